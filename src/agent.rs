@@ -1,0 +1,237 @@
+//! Agents: state plus a step function.
+//!
+//! # The step
+//!
+//! An [`Agent`] is a plain struct. The runtime calls [`Agent::step`] whenever one of its inputs
+//! has new elements. The step sees, for each input, every element not yet consumed as one slice
+//! ([`Inputs::slice`]), tells the runtime how many it consumed ([`Inputs::consume`]), and appends
+//! to the streams it owns ([`Outputs::push`], [`Outputs::extend`], [`Outputs::vec`]). Elements it
+//! leaves unconsumed are shown again, followed by newer ones, at the next step: that is how
+//! windows and merges keep partial input without copying it themselves.
+//!
+//! An agent never learns which transport feeds it or reads from it, nor which thread, process or
+//! host it runs on: the same struct runs under the deterministic [`Harness`](crate::Harness), on an
+//! actix arbiter, or (later) in another process.
+//!
+//! # Declaring ports
+//!
+//! Ports are declared when the agent is added, with [`Ports`]:
+//!
+//! ```
+//! use iotstream::{Agent, AgentError, Graph, Input, Inputs, Outputs, Stream};
+//!
+//! /// Emits the running maximum of its input.
+//! struct RunningMax { input: Input<i64>, out: Stream<i64>, max: Option<i64> }
+//!
+//! impl Agent for RunningMax {
+//!     fn step(&mut self, inputs: &mut Inputs, outputs: &mut Outputs) -> Result<(), AgentError> {
+//!         let new = inputs.slice(&self.input);
+//!         let out = outputs.vec(&self.out);
+//!         for &v in new {
+//!             let m = self.max.map_or(v, |m| m.max(v));
+//!             self.max = Some(m);
+//!             out.push(m);
+//!         }
+//!         let n = new.len();
+//!         inputs.consume(&self.input, n);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let mut g = Graph::new("running_max");
+//! let readings = g.source_iter("readings", [3, 1, 4, 1, 5, 9, 2, 6]);
+//! let (input, out) = g.add_agent("max", |p| {
+//!     let input = p.input::<i64>("in");
+//!     let out = p.output::<i64>("out");
+//!     (RunningMax { input, out, max: None }, (input, out))
+//! });
+//! g.connect(&readings, &input);
+//! let maxima = g.collect("maxima", &out);
+//! g.run().unwrap();
+//! assert_eq!(maxima.values(), [3, 3, 4, 4, 5, 9, 9, 9]);
+//! ```
+//!
+//! # End of stream
+//!
+//! When every input is closed and a step consumed nothing more, the runtime calls
+//! [`Agent::finish`] once (the place to emit a final partial result, if the agent has one) and
+//! then closes the agent's outputs. Elements still unconsumed then (an incomplete window, say)
+//! are dropped by design: the agent has seen them and chose not to use them.
+
+use std::any::Any;
+
+use crate::error::AgentError;
+use crate::host::{InBuf, InSlot, OutBuf, OutSlot};
+use crate::stream::{Element, Input, PortId, Stream};
+
+/// The logic of an agent: state plus a step function. See the [module docs](self).
+pub trait Agent: Send + 'static {
+    /// Reads new input, appends output. Called whenever an input has new elements, and once more
+    /// after all inputs are closed so the agent can drain what it holds.
+    fn step(&mut self, inputs: &mut Inputs<'_>, outputs: &mut Outputs<'_>)
+        -> Result<(), AgentError>;
+
+    /// Called once when every input is closed and drained, before the outputs close.
+    fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
+        let _ = outputs;
+        Ok(())
+    }
+}
+
+/// The inputs of one agent, as seen by its step.
+pub struct Inputs<'a> {
+    pub(crate) agent: (u32, u32),
+    pub(crate) slots: &'a mut [Box<dyn InSlot>],
+}
+
+impl Inputs<'_> {
+    fn slot<T: Element>(&self, input: &Input<T>) -> &InBuf<T> {
+        let i = self.index(input.id);
+        self.slots[i]
+            .as_any()
+            .downcast_ref::<InBuf<T>>()
+            .expect("input port type mismatch")
+    }
+
+    fn slot_mut<T: Element>(&mut self, input: &Input<T>) -> &mut InBuf<T> {
+        let i = self.index(input.id);
+        self.slots[i]
+            .as_any_mut()
+            .downcast_mut::<InBuf<T>>()
+            .expect("input port type mismatch")
+    }
+
+    fn index(&self, id: PortId) -> usize {
+        assert!(
+            (id.graph, id.agent) == self.agent && (id.port as usize) < self.slots.len(),
+            "an agent used an Input handle that belongs to another agent"
+        );
+        id.port as usize
+    }
+
+    /// Every element of `input` not yet consumed, oldest first.
+    pub fn slice<T: Element>(&self, input: &Input<T>) -> &[T] {
+        self.slot(input).as_slice()
+    }
+
+    /// Marks the first `n` elements of `input`'s slice as consumed: they are not shown again.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is more than the slice holds (the runtime reports it as the agent's panic).
+    pub fn consume<T: Element>(&mut self, input: &Input<T>, n: usize) {
+        self.slot_mut(input).consume(n);
+    }
+
+    /// Consumes everything `input` currently shows.
+    pub fn consume_all<T: Element>(&mut self, input: &Input<T>) {
+        let n = self.slice(input).len();
+        self.consume(input, n);
+    }
+
+    /// True once the writer of `input` has closed it and every element it sent is in the slice.
+    pub fn is_closed<T: Element>(&self, input: &Input<T>) -> bool {
+        self.slot(input).is_closed()
+    }
+}
+
+/// The outputs of one agent, as seen by its step. Everything appended to one output during one
+/// step travels as one batch.
+pub struct Outputs<'a> {
+    pub(crate) agent: (u32, u32),
+    pub(crate) slots: &'a mut [Box<dyn OutSlot>],
+}
+
+impl Outputs<'_> {
+    /// The buffer of elements appended to `stream` in this step: push to it directly in hot loops.
+    pub fn vec<T: Element>(&mut self, stream: &Stream<T>) -> &mut Vec<T> {
+        let id = stream.id;
+        assert!(
+            (id.graph, id.agent) == self.agent && (id.port as usize) < self.slots.len(),
+            "an agent appended to a Stream it does not own"
+        );
+        self.slots[id.port as usize]
+            .as_any_mut()
+            .downcast_mut::<OutBuf<T>>()
+            .expect("output port type mismatch")
+            .pending()
+    }
+
+    /// Appends one element to `stream`.
+    pub fn push<T: Element>(&mut self, stream: &Stream<T>, value: T) {
+        self.vec(stream).push(value);
+    }
+
+    /// Appends every element of `values` to `stream`, in order.
+    pub fn extend<T: Element, I: IntoIterator<Item = T>>(&mut self, stream: &Stream<T>, values: I) {
+        self.vec(stream).extend(values);
+    }
+}
+
+/// Declares the ports of an agent being added with [`Graph::add_agent`](crate::Graph::add_agent).
+pub struct Ports {
+    pub(crate) graph: u32,
+    pub(crate) agent: u32,
+    pub(crate) inputs: Vec<PortDecl>,
+    pub(crate) outputs: Vec<PortDecl>,
+}
+
+/// What the graph keeps of a declared port until the application is instantiated.
+pub(crate) struct PortDecl {
+    pub name: String,
+    pub type_name: &'static str,
+    /// For inputs: the fewest elements the agent needs buffered to make progress.
+    pub min_capacity: usize,
+    pub make_in: fn() -> Box<dyn InSlot>,
+    pub make_out: fn() -> Box<dyn OutSlot>,
+}
+
+fn make_in<T: Element>() -> Box<dyn InSlot> {
+    Box::new(InBuf::<T>::new())
+}
+fn make_out<T: Element>() -> Box<dyn OutSlot> {
+    Box::new(OutBuf::<T>::new())
+}
+
+impl Ports {
+    fn decl<T: Element>(name: &str) -> PortDecl {
+        PortDecl {
+            name: name.to_string(),
+            type_name: std::any::type_name::<T>(),
+            min_capacity: 1,
+            make_in: make_in::<T>,
+            make_out: make_out::<T>,
+        }
+    }
+
+    /// Declares an input of type `T` named `name` (unique among this agent's inputs).
+    pub fn input<T: Element>(&mut self, name: &str) -> Input<T> {
+        let port = self.inputs.len() as u32;
+        self.inputs.push(Self::decl::<T>(name));
+        Input::new(PortId {
+            graph: self.graph,
+            agent: self.agent,
+            port,
+        })
+    }
+
+    /// Declares an output stream of type `T` named `name`, owned by this agent.
+    pub fn output<T: Element>(&mut self, name: &str) -> Stream<T> {
+        let port = self.outputs.len() as u32;
+        self.outputs.push(Self::decl::<T>(name));
+        Stream::new(PortId {
+            graph: self.graph,
+            agent: self.agent,
+            port,
+        })
+    }
+
+    /// Says the agent cannot make progress on `input` with fewer than `n` unconsumed elements
+    /// (a count window of size `n`, say). A connection with a smaller capacity is rejected when
+    /// the application is built, instead of stalling at run time.
+    pub fn needs_at_least<T: Element>(&mut self, input: &Input<T>, n: usize) {
+        self.inputs[input.id.port as usize].min_capacity = n.max(1);
+    }
+}
+
+pub(crate) fn _assert_object_safe(_: &dyn Agent, _: &dyn Any) {}

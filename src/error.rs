@@ -1,0 +1,92 @@
+//! Errors: what went wrong, and where.
+//!
+//! Every error names the place it comes from: the agent (and, for graph mistakes, the port or
+//! stream) so that a user reading one line knows where to look.
+
+use std::fmt;
+
+/// The error type an agent's step (or a source, or a sink callback) returns.
+///
+/// Any `std::error::Error + Send + Sync` converts into it with `?`, and so does a `String` or
+/// `&str`, so agent code can return `Err("sensor offline".into())`.
+pub type AgentError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why building or running an application failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The graph is not well formed: every problem found is listed, one per line.
+    Graph {
+        /// The application's name.
+        app: String,
+        /// One message per problem, each naming the agent, port or stream at fault.
+        problems: Vec<String>,
+    },
+    /// An agent's step returned an error.
+    Agent {
+        /// The agent's name.
+        agent: String,
+        /// The error's message.
+        cause: String,
+    },
+    /// An agent's step panicked.
+    Panic {
+        /// The agent's name.
+        agent: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// The application stopped making progress while data was still waiting: a reader holds
+    /// a full input it cannot consume (its connection's capacity is too small for what the
+    /// agent needs), or a feedback loop filled its links.
+    Stalled {
+        /// What is stuck, naming the streams and agents.
+        detail: String,
+    },
+    /// The runtime itself failed (a thread could not start, a peer broke the protocol).
+    Runtime {
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Graph { app, problems } => {
+                write!(f, "application '{app}' is not well formed:")?;
+                for p in problems {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+            Error::Agent { agent, cause } => write!(f, "agent '{agent}' failed: {cause}"),
+            Error::Panic { agent, message } => write!(f, "agent '{agent}' panicked: {message}"),
+            Error::Stalled { detail } => write!(f, "application stalled: {detail}"),
+            Error::Runtime { detail } => write!(f, "runtime error: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// The name of the agent this error is about, if it is about one.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Error::Agent { agent, .. } | Error::Panic { agent, .. } => Some(agent),
+            _ => None,
+        }
+    }
+}
+
+/// Turns a panic payload into a readable message.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

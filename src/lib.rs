@@ -1,0 +1,47 @@
+//! # iotstream
+//!
+//! Streaming applications as **agents** that read input streams and append to the output
+//! streams they own, wired with **one `connect` call**, run in one thread, on many threads, or
+//! (in later releases) across processes and hosts, with no change to agent code.
+//!
+//! ```
+//! use iotstream::Graph;
+//!
+//! let mut g = Graph::new("quickstart");
+//! let readings = g.source_iter("sensor", [20.5, 21.0, 35.2, 21.5, 22.0, 36.1]);
+//! let hot = g.filter("too_hot", &readings, |t: &f64| *t > 30.0);
+//! let alerts = g.map("alert", &hot, |t: &f64| format!("ALERT {t:.1} °C"));
+//! let out = g.collect("alerts", &alerts);
+//! g.run().unwrap();
+//! assert_eq!(out.values(), ["ALERT 35.2 °C", "ALERT 36.1 °C"]);
+//! ```
+//!
+//! ## Guide
+//!
+//! - [`stream`]: streams, ports and elements.
+//! - [`agent`]: writing an agent (state plus a step).
+//! - [`graph`]: building an application, `connect`, capacities and back-pressure.
+//! - [`ops`]: the operator library.
+//! - [`runtime`]: running on threads, and how a run ends.
+//! - [`testing`]: the deterministic harness for tests.
+//! - [`metrics`]: counters of every stream, connection and agent.
+
+pub mod agent;
+pub mod error;
+pub mod graph;
+mod host;
+pub mod metrics;
+pub mod ops;
+pub mod runtime;
+pub mod stream;
+pub mod testing;
+
+pub use agent::{Agent, Inputs, Outputs, Ports};
+pub use error::{AgentError, Error};
+pub use graph::{Connection, Graph, Policy, DEFAULT_CAPACITY};
+pub use metrics::{AgentStats, LinkStats, Metrics, StreamStats};
+pub use ops::sink::Collected;
+pub use ops::source::{InputSender, Source, SourceOptions};
+pub use runtime::Running;
+pub use stream::{Element, Input, Stream};
+pub use testing::Harness;

@@ -1,0 +1,182 @@
+//! Counters for every stream, connection and agent, readable while the application runs.
+//!
+//! Each counter is a relaxed atomic updated once per batch (never per element) by the one thread
+//! that owns it, so keeping them costs nothing measurable. [`Metrics`] is a snapshot: take one
+//! from [`Running::metrics`](crate::Running::metrics) during a run, or from the value
+//! [`Graph::run`](crate::Graph::run) returns at the end.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::graph::Policy;
+
+#[derive(Default, Debug)]
+pub(crate) struct StreamCounters {
+    pub elements: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct LinkCounters {
+    pub elements: AtomicU64,
+    pub batches: AtomicU64,
+    pub dropped: AtomicU64,
+    pub blocked_ns: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct AgentCounters {
+    pub steps: AtomicU64,
+    pub consumed: AtomicU64,
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+/// Where every counter of one application lives; shared by the hosts that update them.
+#[derive(Default, Debug)]
+pub(crate) struct Registry {
+    pub streams: Vec<(String, String, Arc<StreamCounters>)>,
+    pub links: Vec<LinkEntry>,
+    pub agents: Vec<(String, Arc<AgentCounters>)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LinkEntry {
+    pub stream: String,
+    pub reader: String,
+    pub input: String,
+    pub policy: Policy,
+    pub capacity: usize,
+    pub counters: Arc<LinkCounters>,
+}
+
+impl Registry {
+    pub fn snapshot(&self) -> Metrics {
+        Metrics {
+            streams: self
+                .streams
+                .iter()
+                .map(|(name, writer, c)| StreamStats {
+                    name: name.clone(),
+                    writer: writer.clone(),
+                    elements: c.elements.load(Relaxed),
+                    batches: c.batches.load(Relaxed),
+                })
+                .collect(),
+            links: self
+                .links
+                .iter()
+                .map(|l| LinkStats {
+                    stream: l.stream.clone(),
+                    reader: l.reader.clone(),
+                    input: l.input.clone(),
+                    policy: l.policy,
+                    capacity: l.capacity,
+                    elements: l.counters.elements.load(Relaxed),
+                    batches: l.counters.batches.load(Relaxed),
+                    dropped: l.counters.dropped.load(Relaxed),
+                    blocked: Duration::from_nanos(l.counters.blocked_ns.load(Relaxed)),
+                    in_flight: l.counters.in_flight.load(Relaxed),
+                    max_in_flight: l.counters.max_in_flight.load(Relaxed),
+                })
+                .collect(),
+            agents: self
+                .agents
+                .iter()
+                .map(|(name, c)| AgentStats {
+                    name: name.clone(),
+                    steps: c.steps.load(Relaxed),
+                    consumed: c.consumed.load(Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A snapshot of every counter of an application.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// One entry per stream (agent output).
+    pub streams: Vec<StreamStats>,
+    /// One entry per connection (stream → reader input).
+    pub links: Vec<LinkStats>,
+    /// One entry per agent.
+    pub agents: Vec<AgentStats>,
+}
+
+impl Metrics {
+    /// The stream named `name` (`"agent.port"`, e.g. `"double.out"`), if there is one.
+    pub fn stream(&self, name: &str) -> Option<&StreamStats> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+    /// The connection from stream `stream` to agent `reader`, if there is one.
+    pub fn link(&self, stream: &str, reader: &str) -> Option<&LinkStats> {
+        self.links
+            .iter()
+            .find(|l| l.stream == stream && l.reader == reader)
+    }
+    /// The agent named `name`, if there is one.
+    pub fn agent(&self, name: &str) -> Option<&AgentStats> {
+        self.agents.iter().find(|a| a.name == name)
+    }
+    /// Elements dropped by drop policies, over every connection.
+    pub fn total_dropped(&self) -> u64 {
+        self.links.iter().map(|l| l.dropped).sum()
+    }
+}
+
+/// Counters of one stream.
+#[derive(Clone, Debug)]
+pub struct StreamStats {
+    /// `"agent.port"`.
+    pub name: String,
+    /// The agent that owns (writes) the stream.
+    pub writer: String,
+    /// Elements appended.
+    pub elements: u64,
+    /// Batches appended (one per step that appended anything).
+    pub batches: u64,
+}
+
+/// Counters of one connection from a stream to a reader's input.
+#[derive(Clone, Debug)]
+pub struct LinkStats {
+    /// The stream read, `"agent.port"`.
+    pub stream: String,
+    /// The reading agent.
+    pub reader: String,
+    /// The reader's input port name.
+    pub input: String,
+    /// The back-pressure policy.
+    pub policy: Policy,
+    /// Elements that may be in flight (sent, not yet consumed by the reader).
+    pub capacity: usize,
+    /// Elements delivered to the reader.
+    pub elements: u64,
+    /// Batches delivered to the reader.
+    pub batches: u64,
+    /// Elements dropped by the policy (always 0 under `Block`).
+    pub dropped: u64,
+    /// Total time the writer held data it could not send on this connection.
+    pub blocked: Duration,
+    /// Elements in flight now.
+    pub in_flight: u64,
+    /// The most elements that were ever in flight at once (never above `capacity`).
+    pub max_in_flight: u64,
+}
+
+/// Counters of one agent.
+#[derive(Clone, Debug)]
+pub struct AgentStats {
+    /// The agent's name.
+    pub name: String,
+    /// How many times its step ran.
+    pub steps: u64,
+    /// Elements it consumed, over all inputs.
+    pub consumed: u64,
+}

@@ -1,0 +1,242 @@
+//! Element and list operators: a function on each element, or on each batch as a slice.
+//!
+//! | call | IoTPy | output |
+//! |---|---|---|
+//! | [`Graph::map`] | `map_element` | `f(v)` for each `v` |
+//! | [`Graph::filter`] | `filter_element` | `v` where `f(v)` is true |
+//! | [`Graph::filter_map`] | `map_element` returning `_no_value` | `f(v)` where it is `Some` |
+//! | [`Graph::flat_map`] | `map_element` returning `_multivalue` | every item of `f(v)`, in order |
+//! | [`Graph::map_with_state`] | `map_element(…, state=)` | `f(v, s) -> (out, s')` |
+//! | [`Graph::try_map`] | — | `f(v)`, or the application stops with the agent's error |
+//! | [`Graph::map_list`] | `map_list` | `f(new elements)` extends the output |
+//!
+//! Closures are `FnMut`, so they may also keep state of their own.
+
+use crate::agent::{Agent, Inputs, Outputs};
+use crate::error::AgentError;
+use crate::graph::Graph;
+use crate::stream::{Element, Input, Stream};
+
+/// One input, one output, a function on each new slice: the shape of every operator here.
+pub(crate) struct SliceMap<T, U, F> {
+    input: Input<T>,
+    out: Stream<U>,
+    f: F,
+}
+
+impl<T, U, F> Agent for SliceMap<T, U, F>
+where
+    T: Element,
+    U: Element,
+    F: FnMut(&[T], &mut Vec<U>) -> Result<(), AgentError> + Send + 'static,
+{
+    fn step(&mut self, inputs: &mut Inputs<'_>, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
+        let new = inputs.slice(&self.input);
+        let n = new.len();
+        if n == 0 {
+            return Ok(());
+        }
+        (self.f)(new, outputs.vec(&self.out))?;
+        inputs.consume(&self.input, n);
+        Ok(())
+    }
+}
+
+impl Graph {
+    /// Adds an agent that applies `f` to each new slice of `stream`, appending to its output.
+    pub(crate) fn slice_map<T, U, F>(&mut self, name: &str, stream: &Stream<T>, f: F) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        F: FnMut(&[T], &mut Vec<U>) -> Result<(), AgentError> + Send + 'static,
+    {
+        let (input, out) = self.add_agent(name, |p| {
+            let input = p.input::<T>("in");
+            let out = p.output::<U>("out");
+            (SliceMap { input, out, f }, (input, out))
+        });
+        self.connect(stream, &input);
+        out
+    }
+
+    /// `out[i] = f(in[i])`.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("celsius");
+    /// let f = g.source_iter("fahrenheit", [32.0, 212.0]);
+    /// let c = g.map("to_celsius", &f, |v: &f64| (v - 32.0) * 5.0 / 9.0);
+    /// let out = g.collect("out", &c);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [0.0, 100.0]);
+    /// ```
+    pub fn map<T, U, F>(&mut self, name: &str, stream: &Stream<T>, mut f: F) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        F: FnMut(&T) -> U + Send + 'static,
+    {
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
+            out.extend(new.iter().map(&mut f));
+            Ok(())
+        })
+    }
+
+    /// Keeps the elements for which `f` is true.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("alarms");
+    /// let t = g.source_iter("temperatures", [20, 95, 30, 101]);
+    /// let hot = g.filter("too_hot", &t, |v: &i32| *v > 90);
+    /// let out = g.collect("out", &hot);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [95, 101]);
+    /// ```
+    pub fn filter<T, F>(&mut self, name: &str, stream: &Stream<T>, mut f: F) -> Stream<T>
+    where
+        T: Element,
+        F: FnMut(&T) -> bool + Send + 'static,
+    {
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<T>| {
+            out.extend(new.iter().filter(|v| f(v)).cloned());
+            Ok(())
+        })
+    }
+
+    /// `f(v)` where it is `Some`; `None` emits nothing (IoTPy's "no value").
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("parse");
+    /// let lines = g.source_iter("lines", ["12".to_string(), "oops".into(), "7".into()]);
+    /// let n = g.filter_map("parse", &lines, |s: &String| s.parse::<u32>().ok());
+    /// let out = g.collect("out", &n);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [12, 7]);
+    /// ```
+    pub fn filter_map<T, U, F>(&mut self, name: &str, stream: &Stream<T>, mut f: F) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        F: FnMut(&T) -> Option<U> + Send + 'static,
+    {
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
+            out.extend(new.iter().filter_map(&mut f));
+            Ok(())
+        })
+    }
+
+    /// Every item of `f(v)`, in order (IoTPy's "multi value").
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("words");
+    /// let lines = g.source_iter("lines", ["a b".to_string(), "c".into()]);
+    /// let words = g.flat_map("split", &lines, |s: &String| {
+    ///     s.split(' ').map(str::to_string).collect::<Vec<_>>()
+    /// });
+    /// let out = g.collect("out", &words);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), ["a", "b", "c"]);
+    /// ```
+    pub fn flat_map<T, U, I, F>(&mut self, name: &str, stream: &Stream<T>, mut f: F) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        I: IntoIterator<Item = U>,
+        F: FnMut(&T) -> I + Send + 'static,
+    {
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
+            for v in new {
+                out.extend(f(v));
+            }
+            Ok(())
+        })
+    }
+
+    /// `(out, s') = f(v, s)`, starting from `state` (IoTPy's explicit state).
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("totals");
+    /// let s = g.source_iter("readings", [1, 2, 3, 4]);
+    /// let totals = g.map_with_state("running_total", &s, 0, |v: &i32, total| (total + v, total + v));
+    /// let out = g.collect("out", &totals);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [1, 3, 6, 10]);
+    /// ```
+    pub fn map_with_state<T, U, S, F>(&mut self, name: &str, stream: &Stream<T>, state: S, mut f: F) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        S: Send + 'static,
+        F: FnMut(&T, S) -> (U, S) + Send + 'static,
+    {
+        let mut state = Some(state);
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
+            for v in new {
+                let (o, s) = f(v, state.take().expect("state is put back after each call"));
+                state = Some(s);
+                out.push(o);
+            }
+            Ok(())
+        })
+    }
+
+    /// `f(v)`; an `Err` stops the application with an error naming this agent. Elements before
+    /// the failing one in the same batch are still emitted.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("strict");
+    /// let lines = g.source_iter("lines", ["1".to_string(), "x".into()]);
+    /// let n = g.try_map("parse", &lines, |s: &String| s.parse::<u32>());
+    /// let _out = g.collect("out", &n);
+    /// let err = g.run().unwrap_err();
+    /// assert_eq!(err.agent(), Some("parse"));
+    /// ```
+    pub fn try_map<T, U, E, F>(&mut self, name: &str, stream: &Stream<T>, mut f: F) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        E: Into<AgentError>,
+        F: FnMut(&T) -> Result<U, E> + Send + 'static,
+    {
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
+            for (i, v) in new.iter().enumerate() {
+                let o = f(v).map_err(|e| -> AgentError {
+                    let e: AgentError = e.into();
+                    format!("element {i} of the batch: {e}").into()
+                })?;
+                out.push(o);
+            }
+            Ok(())
+        })
+    }
+
+    /// `f(new elements)` extends the output: the cheap, vectorisable form (IoTPy's `map_list`).
+    /// `f` sees batches of whatever size arrived; its result must not depend on where one batch
+    /// ends and the next begins.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("scale");
+    /// let s = g.source_iter("raw", [1, 2, 3]);
+    /// let scaled = g.map_list("scale", &s, |xs: &[i32]| xs.iter().map(|x| x * 10).collect());
+    /// let out = g.collect("out", &scaled);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [10, 20, 30]);
+    /// ```
+    pub fn map_list<T, U, F>(&mut self, name: &str, stream: &Stream<T>, mut f: F) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        F: FnMut(&[T]) -> Vec<U> + Send + 'static,
+    {
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
+            out.extend(f(new));
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,15 @@
+//! The operator library: plain functions turned into agents, in IoTPy's vocabulary.
+//!
+//! Every operator is a method on [`Graph`](crate::Graph) that adds one agent, connects its
+//! inputs to the streams given, and returns its output stream(s). See `docs/operators.md` for
+//! the full table with IoTPy's names.
+//!
+//! | family | module |
+//! |---|---|
+//! | element and list: map, filter, filter_map, flat_map, with state, map_list | [`element`] |
+//! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
+//! | sinks: for_each, with state, collect, file, stdout | [`sink`] |
+
+pub mod element;
+pub mod sink;
+pub mod source;

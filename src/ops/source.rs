@@ -1,0 +1,483 @@
+//! Sources: where streams start.
+//!
+//! A source is an agent with no inputs. Its work (calling an iterator, a function on a timer,
+//! reading a file or standard input) runs **on a thread of its own** in a threaded run, so a slow
+//! or blocking source never holds up other agents; it hands batches to its agent through a
+//! bounded channel, so a source that outruns its readers is slowed down, not buffered without end.
+//! Under the [`Harness`](crate::Harness) the same source is called inline, and timers are
+//! ignored (the harness runs in logical time).
+//!
+//! | call | emits |
+//! |---|---|
+//! | [`Graph::source_iter`] | the items of an iterator, then closes |
+//! | [`Graph::source_fn`] | `f()` every `interval`, `count` times or forever |
+//! | [`Graph::source_file_lines`] | a file's lines, then closes |
+//! | [`Graph::source_stdin`] | standard input's lines, then closes |
+//! | [`Graph::source`] | any [`Source`] you write |
+//! | [`Graph::input`] | what the program pushes through an [`InputSender`] (or the harness pushes) |
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TryRecvError};
+
+use crate::agent::Outputs;
+use crate::error::{AgentError, Error};
+use crate::graph::Graph;
+use crate::host::{Driver, Envelope, Mailbox, SourceDriver, SourceStatus};
+use crate::stream::{Element, Stream};
+
+/// Something that produces elements, called again and again on the source's own thread.
+///
+/// ```
+/// use iotstream::{AgentError, Graph, Source};
+///
+/// /// Counts down from `n` to 1.
+/// struct Countdown(u32);
+///
+/// impl Source<u32> for Countdown {
+///     fn fill(&mut self, out: &mut Vec<u32>, max: usize) -> Result<bool, AgentError> {
+///         while self.0 > 0 && out.len() < max {
+///             out.push(self.0);
+///             self.0 -= 1;
+///         }
+///         Ok(self.0 > 0)
+///     }
+/// }
+///
+/// let mut g = Graph::new("countdown");
+/// let s = g.source("countdown", Countdown(3));
+/// let out = g.collect("out", &s);
+/// g.run().unwrap();
+/// assert_eq!(out.values(), [3, 2, 1]);
+/// ```
+pub trait Source<T>: Send + 'static {
+    /// Appends at most `max` next elements to `out` (it may block to wait for them). Returns
+    /// `Ok(false)` once the source is exhausted (after appending its last elements).
+    fn fill(&mut self, out: &mut Vec<T>, max: usize) -> Result<bool, AgentError>;
+}
+
+/// How a source is driven.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceOptions {
+    /// Most elements per batch (default 1024).
+    pub max_batch: usize,
+    /// If set, [`Source::fill`] is called for one element every `interval` (threaded runs
+    /// only; the harness ignores time).
+    pub interval: Option<Duration>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            max_batch: 1024,
+            interval: None,
+        }
+    }
+}
+
+pub(crate) enum Chunk<T> {
+    Data(Vec<T>),
+    End,
+    Failed(String),
+}
+
+/// What a source thread needs from the executor.
+pub(crate) struct SourceThreadCtx {
+    pub name: String,
+    pub wake: Arc<dyn Mailbox>,
+    pub stop: Arc<AtomicBool>,
+}
+
+enum Mode<T> {
+    Pull(Box<dyn Source<T>>),
+    Channel(Receiver<Chunk<T>>),
+    Finished,
+}
+
+pub(crate) struct SourceAgent<T> {
+    out: Stream<T>,
+    mode: Mode<T>,
+    options: SourceOptions,
+}
+
+impl<T: Element> SourceDriver for SourceAgent<T> {
+    fn step(&mut self, outputs: &mut Outputs<'_>) -> Result<SourceStatus, AgentError> {
+        match &mut self.mode {
+            Mode::Pull(source) => {
+                let buf = outputs.vec(&self.out);
+                let more = source.fill(buf, self.options.max_batch.max(1))?;
+                if more {
+                    Ok(SourceStatus::More)
+                } else {
+                    self.mode = Mode::Finished;
+                    Ok(SourceStatus::Done)
+                }
+            }
+            Mode::Channel(rx) => match rx.try_recv() {
+                Ok(Chunk::Data(items)) => {
+                    let buf = outputs.vec(&self.out);
+                    if buf.is_empty() {
+                        *buf = items;
+                    } else {
+                        buf.extend(items);
+                    }
+                    Ok(SourceStatus::More)
+                }
+                Ok(Chunk::End) | Err(TryRecvError::Disconnected) => {
+                    self.mode = Mode::Finished;
+                    Ok(SourceStatus::Done)
+                }
+                Ok(Chunk::Failed(e)) => Err(e.into()),
+                Err(TryRecvError::Empty) => Ok(SourceStatus::Wait),
+            },
+            Mode::Finished => Ok(SourceStatus::Done),
+        }
+    }
+
+    fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<(), Error> {
+        let Mode::Pull(_) = self.mode else { return Ok(()) };
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let Mode::Pull(source) = std::mem::replace(&mut self.mode, Mode::Channel(rx)) else {
+            unreachable!()
+        };
+        let options = self.options;
+        let name = ctx.name.clone();
+        std::thread::Builder::new()
+            .name(format!("source {name}"))
+            .spawn(move || source_thread(source, options, tx, ctx))
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start the thread of source '{name}': {e}"),
+            })?;
+        Ok(())
+    }
+}
+
+/// Sends `chunk`, waiting while the channel is full; gives up when the run stops.
+fn send_chunk<T>(tx: &Sender<Chunk<T>>, mut chunk: Chunk<T>, ctx: &SourceThreadCtx) -> bool {
+    loop {
+        match tx.send_timeout(chunk, Duration::from_millis(50)) {
+            Ok(()) => {
+                ctx.wake.post(Envelope::Wake);
+                return true;
+            }
+            Err(SendTimeoutError::Timeout(c)) => {
+                if ctx.stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                chunk = c;
+            }
+            Err(SendTimeoutError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+fn source_thread<T: Element>(
+    mut source: Box<dyn Source<T>>,
+    options: SourceOptions,
+    tx: Sender<Chunk<T>>,
+    ctx: SourceThreadCtx,
+) {
+    let max = if options.interval.is_some() { 1 } else { options.max_batch.max(1) };
+    let start = Instant::now();
+    let mut ticks: u32 = 0;
+    loop {
+        if ctx.stop.load(Ordering::Relaxed) {
+            // A graceful stop: what was emitted is delivered, then the stream ends.
+            send_chunk(&tx, Chunk::End, &ctx);
+            return;
+        }
+        let mut buf = Vec::with_capacity(max);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.fill(&mut buf, max)));
+        let more = match result {
+            Ok(Ok(more)) => more,
+            Ok(Err(e)) => {
+                send_chunk(&tx, Chunk::Failed(e.to_string()), &ctx);
+                return;
+            }
+            Err(p) => {
+                let msg = format!("panicked: {}", crate::error::panic_message(&*p));
+                send_chunk(&tx, Chunk::Failed(msg), &ctx);
+                return;
+            }
+        };
+        if !buf.is_empty() && !send_chunk(&tx, Chunk::Data(buf), &ctx) {
+            return;
+        }
+        if !more {
+            send_chunk(&tx, Chunk::End, &ctx);
+            return;
+        }
+        if let Some(interval) = options.interval {
+            ticks = ticks.saturating_add(1);
+            let due = start + interval * ticks;
+            // Sleep in short slices so a stop is noticed promptly.
+            while let Some(left) = due.checked_duration_since(Instant::now()) {
+                if ctx.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(50)));
+            }
+        }
+    }
+}
+
+/// Pushes elements into a stream made with [`Graph::input`] during a threaded run.
+///
+/// `send` waits while the stream's channel is full (back-pressure reaches the pushing thread).
+/// Dropping the sender (or calling [`InputSender::close`]) ends the stream.
+pub struct InputSender<T: Element> {
+    tx: Option<Sender<Chunk<T>>>,
+    wake: Arc<dyn Mailbox>,
+}
+
+impl<T: Element> InputSender<T> {
+    pub(crate) fn new(tx: Sender<Chunk<T>>, wake: Arc<dyn Mailbox>) -> Self {
+        InputSender { tx: Some(tx), wake }
+    }
+
+    /// Appends `items` to the stream as one batch. Fails only if the application has stopped.
+    pub fn send(&self, items: Vec<T>) -> Result<(), Error> {
+        let tx = self.tx.as_ref().expect("sender is open until dropped");
+        tx.send(Chunk::Data(items)).map_err(|_| Error::Runtime {
+            detail: "the application has stopped; input not accepted".into(),
+        })?;
+        self.wake.post(Envelope::Wake);
+        Ok(())
+    }
+
+    /// Ends the stream.
+    pub fn close(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send_timeout(Chunk::End, Duration::from_secs(5));
+            self.wake.post(Envelope::Wake);
+        }
+    }
+}
+
+impl<T: Element> Drop for InputSender<T> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The channel behind an external input: the executor hands out the sender.
+pub(crate) struct ExternalInput<T> {
+    pub tx: Sender<Chunk<T>>,
+    pub agent: usize,
+}
+
+/// An `ExternalInput<T>` of unknown `T`, as the graph stores it.
+pub(crate) trait ExternalAny: Send {
+    fn agent(&self) -> usize;
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The threaded runtime's [`InputSender<T>`], boxed.
+    fn into_sender(self: Box<Self>, wake: Arc<dyn Mailbox>) -> Box<dyn std::any::Any + Send>;
+}
+
+impl<T: Element> ExternalAny for ExternalInput<T> {
+    fn agent(&self) -> usize {
+        self.agent
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn into_sender(self: Box<Self>, wake: Arc<dyn Mailbox>) -> Box<dyn std::any::Any + Send> {
+        Box::new(InputSender::new(self.tx, wake))
+    }
+}
+
+struct IterSource<I>(I);
+
+impl<I> Source<I::Item> for IterSource<I>
+where
+    I: Iterator + Send + 'static,
+{
+    fn fill(&mut self, out: &mut Vec<I::Item>, max: usize) -> Result<bool, AgentError> {
+        for _ in 0..max {
+            match self.0.next() {
+                Some(v) => out.push(v),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+}
+
+struct FnSource<F> {
+    f: F,
+    left: Option<u64>,
+}
+
+impl<T, F: FnMut() -> T + Send + 'static> Source<T> for FnSource<F> {
+    fn fill(&mut self, out: &mut Vec<T>, max: usize) -> Result<bool, AgentError> {
+        for _ in 0..max {
+            match &mut self.left {
+                Some(0) => return Ok(false),
+                Some(n) => *n -= 1,
+                None => {}
+            }
+            out.push((self.f)());
+        }
+        Ok(self.left != Some(0))
+    }
+}
+
+/// Lines of a reader; errors name the origin and the line number.
+struct LineSource<R> {
+    origin: String,
+    open: Option<Box<dyn FnOnce() -> std::io::Result<R> + Send>>,
+    reader: Option<R>,
+    line_no: u64,
+}
+
+impl<R: BufRead + Send + 'static> Source<String> for LineSource<R> {
+    fn fill(&mut self, out: &mut Vec<String>, max: usize) -> Result<bool, AgentError> {
+        if let Some(open) = self.open.take() {
+            self.reader = Some(open().map_err(|e| format!("cannot open {}: {e}", self.origin))?);
+        }
+        let reader = self.reader.as_mut().expect("opened above");
+        for _ in 0..max {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).map_err(|e| {
+                format!("{}, line {}: {e}", self.origin, self.line_no + 1)
+            })?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.line_no += 1;
+            if line.ends_with('\n') {
+                line.pop();
+                if line.ends_with('\r') {
+                    line.pop();
+                }
+            }
+            out.push(line);
+        }
+        Ok(true)
+    }
+}
+
+impl Graph {
+    fn add_source_driver<T: Element>(&mut self, name: &str, mode: Mode<T>, options: SourceOptions) -> Stream<T> {
+        let mut ports = self.ports();
+        let out = ports.output::<T>("out");
+        let agent = SourceAgent { out, mode, options };
+        self.push_agent(name, ports, Driver::Source(Box::new(agent)));
+        out
+    }
+
+    /// A source that emits what `source` produces. See [`Source`].
+    pub fn source<T: Element>(&mut self, name: &str, source: impl Source<T>) -> Stream<T> {
+        self.source_with(name, source, SourceOptions::default())
+    }
+
+    /// [`Graph::source`] with explicit [`SourceOptions`].
+    pub fn source_with<T: Element>(&mut self, name: &str, source: impl Source<T>, options: SourceOptions) -> Stream<T> {
+        self.add_source_driver(name, Mode::Pull(Box::new(source)), options)
+    }
+
+    /// A source that emits the items of `items`, then closes its stream.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("numbers");
+    /// let s = g.source_iter("numbers", 0..5u32);
+    /// let out = g.collect("out", &s);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [0, 1, 2, 3, 4]);
+    /// ```
+    pub fn source_iter<T, I>(&mut self, name: &str, items: I) -> Stream<T>
+    where
+        T: Element,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+    {
+        self.source(name, IterSource(items.into_iter()))
+    }
+
+    /// A source that calls `f` every `interval` and emits its result, `count` times (or
+    /// forever with `None`). IoTPy's `source_func_to_stream`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("ticks");
+    /// let mut n = 0;
+    /// let s = g.source_fn("ticker", Duration::from_millis(1), Some(3), move || { n += 1; n });
+    /// let out = g.collect("out", &s);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [1, 2, 3]);
+    /// ```
+    pub fn source_fn<T, F>(&mut self, name: &str, interval: Duration, count: Option<u64>, f: F) -> Stream<T>
+    where
+        T: Element,
+        F: FnMut() -> T + Send + 'static,
+    {
+        let options = SourceOptions {
+            interval: Some(interval),
+            ..SourceOptions::default()
+        };
+        self.source_with(name, FnSource { f, left: count }, options)
+    }
+
+    /// A source that emits the lines of the file at `path` (without line endings), then closes.
+    /// A file that cannot be opened or read fails the source, naming the file and line.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let path = std::env::temp_dir().join(format!("iotstream-doc-lines-{}", std::process::id()));
+    /// std::fs::write(&path, "21.5\n22.0\n").unwrap();
+    /// let mut g = Graph::new("readings");
+    /// let lines = g.source_file_lines("file", &path);
+    /// let out = g.collect("out", &lines);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), ["21.5", "22.0"]);
+    /// std::fs::remove_file(path).unwrap();
+    /// ```
+    pub fn source_file_lines(&mut self, name: &str, path: impl Into<PathBuf>) -> Stream<String> {
+        let path = path.into();
+        let origin = format!("file '{}'", path.display());
+        let open = move || std::fs::File::open(&path).map(std::io::BufReader::new);
+        self.source(
+            name,
+            LineSource {
+                origin,
+                open: Some(Box::new(open)),
+                reader: None,
+                line_no: 0,
+            },
+        )
+    }
+
+    /// A source that emits the lines of standard input, then closes at its end.
+    pub fn source_stdin(&mut self, name: &str) -> Stream<String> {
+        let open = || Ok(std::io::BufReader::new(std::io::stdin()));
+        self.source(
+            name,
+            LineSource {
+                origin: "standard input".to_string(),
+                open: Some(Box::new(open)),
+                reader: None,
+                line_no: 0,
+            },
+        )
+    }
+
+    /// A stream the program itself appends to: through [`Harness::push`](crate::Harness::push)
+    /// in tests, or through [`Running::input`](crate::Running::input) in a threaded run.
+    pub fn input<T: Element>(&mut self, name: &str) -> Stream<T> {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let agent = self.agents.len();
+        let stream = self.add_source_driver(name, Mode::Channel(rx), SourceOptions::default());
+        self.externals.insert(stream.id, Box::new(ExternalInput { tx, agent }));
+        stream
+    }
+}

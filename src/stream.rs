@@ -1,0 +1,143 @@
+//! Streams and ports: the typed handles an application is wired with.
+//!
+//! # Streams
+//!
+//! A [`Stream<T>`] is an unbounded, append-only, ordered sequence of elements, written by exactly
+//! one agent (its owner) and read by any number of agents, each at its own position. The handle
+//! is a small `Copy` value: it names the stream, it does not hold data.
+//!
+//! # Ports
+//!
+//! An agent declares its inputs ([`Input<T>`]) and outputs (a [`Stream<T>`] it owns) when it is
+//! added to a [`Graph`](crate::Graph). The same handles serve two purposes: the agent uses them in
+//! its step to read and append, and the application uses them to wire streams with
+//! [`Graph::connect`](crate::Graph::connect).
+//!
+//! # Elements
+//!
+//! Any `Clone + Send + Sync + 'static` type that serde can serialize is an [`Element`]: the
+//! serde bound is what lets an edge cross a process or host boundary without changing agent code.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A type that can travel on a stream.
+///
+/// Implemented for every `Clone + Send + Sync + Serialize + DeserializeOwned + 'static` type;
+/// there is nothing to implement by hand.
+pub trait Element: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {}
+
+impl<T: Clone + Send + Sync + Serialize + DeserializeOwned + 'static> Element for T {}
+
+/// Identifies a port: which graph, which agent, which port of that agent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct PortId {
+    pub graph: u32,
+    pub agent: u32,
+    pub port: u32,
+}
+
+/// A stream of `T`, named by the agent that owns (writes) it.
+///
+/// Read it by connecting it to an agent's [`Input<T>`]; the owning agent appends to it in its
+/// step with [`Outputs::push`](crate::Outputs::push) and friends.
+pub struct Stream<T> {
+    pub(crate) id: PortId,
+    _t: PhantomData<fn() -> T>,
+}
+
+/// An agent's input port of type `T`: the agent reads it in its step, and the application wires
+/// a stream to it with [`Graph::connect`](crate::Graph::connect).
+pub struct Input<T> {
+    pub(crate) id: PortId,
+    _t: PhantomData<fn() -> T>,
+}
+
+macro_rules! handle_impls {
+    ($name:ident, $what:literal) => {
+        impl<T> $name<T> {
+            pub(crate) fn new(id: PortId) -> Self {
+                $name { id, _t: PhantomData }
+            }
+        }
+        impl<T> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<T> Copy for $name<T> {}
+        impl<T> PartialEq for $name<T> {
+            fn eq(&self, other: &Self) -> bool {
+                self.id == other.id
+            }
+        }
+        impl<T> Eq for $name<T> {}
+        impl<T> fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    concat!($what, "(agent #{}, port #{})"),
+                    self.id.agent, self.id.port
+                )
+            }
+        }
+    };
+}
+handle_impls!(Stream, "Stream");
+handle_impls!(Input, "Input");
+
+/// A run of elements shared by every reader of one batch: a slice of an `Arc<[T]>`.
+///
+/// A step's appends to one output become one batch; each reader gets a clone of the `Arc` (no
+/// per-reader copy). Splitting a batch (when a link has credit for only part of it) only narrows
+/// the range.
+pub(crate) struct Batch<T> {
+    data: Arc<[T]>,
+    range: Range<usize>,
+}
+
+impl<T> Batch<T> {
+    pub fn new(data: Arc<[T]>) -> Self {
+        let range = 0..data.len();
+        Batch { data, range }
+    }
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+    pub fn as_slice(&self) -> &[T] {
+        &self.data[self.range.clone()]
+    }
+    /// Takes the first `n` elements off the front as a batch of their own.
+    pub fn split_front(&mut self, n: usize) -> Batch<T> {
+        debug_assert!(n <= self.len());
+        let mid = self.range.start + n;
+        let front = Batch {
+            data: Arc::clone(&self.data),
+            range: self.range.start..mid,
+        };
+        self.range.start = mid;
+        front
+    }
+    /// Drops the first `n` elements.
+    pub fn advance(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.range.start += n;
+    }
+}
+
+impl<T> Clone for Batch<T> {
+    fn clone(&self) -> Self {
+        Batch {
+            data: Arc::clone(&self.data),
+            range: self.range.clone(),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The deterministic test harness: push input, run to quiescence, read output.
+//!
+//! [`Harness`] runs a [`Graph`] in the calling thread, with no actix and no other threads:
+//! agents step in a fixed order, envelopes are delivered first in, first out, and `run` returns
+//! when nothing is left to do. The agents, buffers, links, credits and end-of-stream handling are
+//! exactly those of a threaded run (both executors share one host implementation), so a test
+//! written with the harness checks the code that runs in production, just deterministically.
+//!
+//! ```
+//! use iotstream::{Graph, Harness};
+//!
+//! let mut g = Graph::new("double");
+//! let x = g.input::<u64>("x");
+//! let y = g.map("double", &x, |v: &u64| 2 * v);
+//! let out = g.collect("out", &y);
+//!
+//! let mut h = Harness::new(g).unwrap();
+//! h.push(&x, [0, 1, 2]).unwrap();
+//! h.run().unwrap();
+//! assert_eq!(out.values(), [0, 2, 4]);
+//! h.push(&x, [10, 20, 30]).unwrap();
+//! h.run().unwrap();
+//! assert_eq!(out.values(), [0, 2, 4, 20, 40, 60]);
+//! h.finish().unwrap(); // close the inputs, drain, check everything ended
+//! ```
+//!
+//! Sources in the graph ([`Graph::source_iter`], …) are called inline until exhausted; timers are
+//! ignored. A graph that never becomes quiescent (an endless source, a loop that never stops
+//! emitting) makes `run` fail after [`Harness::set_max_rounds`] rounds instead of hanging.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::TrySendError;
+
+use crate::error::Error;
+use crate::graph::Graph;
+use crate::host::{Envelope, Host, Mailbox};
+use crate::metrics::{Metrics, Registry};
+use crate::ops::source::{Chunk, ExternalAny, ExternalInput};
+use crate::stream::{Element, PortId, Stream};
+
+type Queue = Arc<Mutex<VecDeque<(usize, Envelope)>>>;
+
+struct QueueMailbox {
+    queue: Queue,
+    target: usize,
+}
+
+impl Mailbox for QueueMailbox {
+    fn post(&self, env: Envelope) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((self.target, env));
+    }
+}
+
+/// Runs a graph deterministically in the calling thread. See the [module docs](self).
+pub struct Harness {
+    app: String,
+    hosts: Vec<Host>,
+    queue: Queue,
+    registry: Registry,
+    externals: HashMap<PortId, Box<dyn ExternalAny>>,
+    max_rounds: u64,
+}
+
+impl Harness {
+    /// Checks and instantiates `graph`. Fails with every wiring problem at once.
+    pub fn new(mut graph: Graph) -> Result<Harness, Error> {
+        let queue: Queue = Arc::default();
+        let mailboxes: Vec<Arc<dyn Mailbox>> = (0..graph.agents.len())
+            .map(|target| {
+                Arc::new(QueueMailbox {
+                    queue: Arc::clone(&queue),
+                    target,
+                }) as Arc<dyn Mailbox>
+            })
+            .collect();
+        let (hosts, registry) = graph.instantiate(&mailboxes)?;
+        Ok(Harness {
+            app: graph.name.clone(),
+            hosts,
+            queue,
+            registry,
+            externals: std::mem::take(&mut graph.externals),
+            max_rounds: 10_000_000,
+        })
+    }
+
+    /// How many rounds `run` may take before it reports that the graph never settles.
+    pub fn set_max_rounds(&mut self, rounds: u64) -> &mut Self {
+        self.max_rounds = rounds;
+        self
+    }
+
+    fn external<T: Element>(&self, stream: &Stream<T>) -> Result<&ExternalInput<T>, Error> {
+        self.externals
+            .get(&stream.id)
+            .and_then(|e| e.as_any().downcast_ref::<ExternalInput<T>>())
+            .ok_or_else(|| Error::Runtime {
+                detail: format!(
+                    "harness of '{}': stream #{}.{} is not an input made with Graph::input, or it was closed",
+                    self.app, stream.id.agent, stream.id.port
+                ),
+            })
+    }
+
+    /// Appends `items` to an input stream made with [`Graph::input`], as one batch. Nothing
+    /// runs until [`Harness::run`] (unless the input's channel is full, in which case the graph
+    /// runs until it has room).
+    pub fn push<T: Element>(&mut self, stream: &Stream<T>, items: impl IntoIterator<Item = T>) -> Result<(), Error> {
+        let mut chunk = Chunk::Data(items.into_iter().collect());
+        loop {
+            let ext = self.external(stream)?;
+            let agent = ext.agent;
+            match ext.tx.try_send(chunk) {
+                Ok(()) => {
+                    self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((agent, Envelope::Wake));
+                    return Ok(());
+                }
+                Err(TrySendError::Full(c)) => {
+                    chunk = c;
+                    self.run()?;
+                }
+                Err(TrySendError::Disconnected(_)) => unreachable!("the source agent holds the receiver"),
+            }
+        }
+    }
+
+    /// Ends an input stream made with [`Graph::input`].
+    pub fn close<T: Element>(&mut self, stream: &Stream<T>) -> Result<(), Error> {
+        let agent = self.external(stream)?.agent;
+        // Dropping the sender ends the stream once queued chunks are taken.
+        self.externals.remove(&stream.id);
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((agent, Envelope::Wake));
+        Ok(())
+    }
+
+    /// Runs until nothing is left to do: every envelope delivered, every agent with input
+    /// stepped, every source exhausted (or waiting for input from the test).
+    pub fn run(&mut self) -> Result<(), Error> {
+        for _ in 0..self.max_rounds {
+            let delivered = self.deliver()?;
+            let mut stepped = false;
+            for h in &mut self.hosts {
+                if h.ready() {
+                    stepped = true;
+                    h.run()?;
+                }
+            }
+            if !delivered && !stepped {
+                return Ok(());
+            }
+        }
+        Err(Error::Stalled {
+            detail: format!(
+                "harness of '{}': still busy after {} rounds (an endless source, or a feedback loop that never stops emitting?)",
+                self.app, self.max_rounds
+            ),
+        })
+    }
+
+    fn deliver(&mut self) -> Result<bool, Error> {
+        let batch: Vec<_> = self.queue.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        let any = !batch.is_empty();
+        for (target, env) in batch {
+            self.hosts[target].accept(env)?;
+        }
+        Ok(any)
+    }
+
+    /// Closes every input, runs to the end, and checks that every agent finished. Agents still
+    /// open then are in feedback loops: they are closed too (their loop has gone quiet). Data
+    /// that can never be delivered is an [`Error::Stalled`] naming the connection.
+    pub fn finish(&mut self) -> Result<(), Error> {
+        let open: Vec<_> = self.externals.drain().map(|(_, e)| e).collect();
+        drop(open);
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.is_source() {
+                self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((i, Envelope::Wake));
+            }
+        }
+        self.run()?;
+        self.check_stalled()?;
+        if !self.is_finished() {
+            for i in 0..self.hosts.len() {
+                if !self.hosts[i].is_done() {
+                    self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((i, Envelope::ForceClose));
+                }
+            }
+            self.run()?;
+            self.check_stalled()?;
+        }
+        if let Some(h) = self.hosts.iter().find(|h| !h.is_done()) {
+            return Err(Error::Stalled {
+                detail: format!("agent '{}' did not finish", h.name),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_stalled(&self) -> Result<(), Error> {
+        let lines: Vec<String> = self.hosts.iter().flat_map(|h| h.stalled()).collect();
+        if lines.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Stalled { detail: lines.join("; ") })
+        }
+    }
+
+    /// True once every agent has closed its outputs.
+    pub fn is_finished(&self) -> bool {
+        self.hosts.iter().all(Host::is_done)
+    }
+
+    /// Every counter of the application.
+    pub fn metrics(&self) -> Metrics {
+        self.registry.snapshot()
+    }
+}
