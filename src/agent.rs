@@ -58,8 +58,6 @@
 //! then closes the agent's outputs. Elements still unconsumed then (an incomplete window, say)
 //! are dropped by design: the agent has seen them and chose not to use them.
 
-use std::any::Any;
-
 use crate::error::AgentError;
 use crate::host::{InBuf, InSlot, OutBuf, OutSlot};
 use crate::stream::{Element, Input, PortId, Stream};
@@ -68,8 +66,11 @@ use crate::stream::{Element, Input, PortId, Stream};
 pub trait Agent: Send + 'static {
     /// Reads new input, appends output. Called whenever an input has new elements, and once more
     /// after all inputs are closed so the agent can drain what it holds.
-    fn step(&mut self, inputs: &mut Inputs<'_>, outputs: &mut Outputs<'_>)
-        -> Result<(), AgentError>;
+    fn step(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<(), AgentError>;
 
     /// Called once when every input is closed and drained, before the outputs close.
     fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
@@ -233,5 +234,3 @@ impl Ports {
         self.inputs[input.id.port as usize].min_capacity = n.max(1);
     }
 }
-
-pub(crate) fn _assert_object_safe(_: &dyn Agent, _: &dyn Any) {}

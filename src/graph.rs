@@ -132,7 +132,11 @@ impl Graph {
     /// Adds an agent named `name`: `build` declares its ports with [`Ports`] and returns the
     /// agent and whatever handles the caller needs to wire it (usually its inputs and outputs).
     /// See [`Agent`] for an example.
-    pub fn add_agent<A: Agent, H>(&mut self, name: &str, build: impl FnOnce(&mut Ports) -> (A, H)) -> H {
+    pub fn add_agent<A: Agent, H>(
+        &mut self,
+        name: &str,
+        build: impl FnOnce(&mut Ports) -> (A, H),
+    ) -> H {
         let mut ports = self.ports();
         let (agent, handles) = build(&mut ports);
         self.push_agent(name, ports, Driver::Agent(Box::new(agent)));
@@ -157,13 +161,15 @@ impl Graph {
         if name.is_empty() {
             self.problems.push("an agent has an empty name".into());
         } else if self.agents.iter().any(|a| a.name == name) {
-            self.problems.push(format!("agent name '{name}' is used twice"));
+            self.problems
+                .push(format!("agent name '{name}' is used twice"));
         }
         for (kind, decls) in [("input", &ports.inputs), ("output", &ports.outputs)] {
             let mut seen = HashSet::new();
             for d in decls {
                 if !seen.insert(d.name.as_str()) {
-                    self.problems.push(format!("agent '{name}' declares {kind} '{}' twice", d.name));
+                    self.problems
+                        .push(format!("agent '{name}' declares {kind} '{}' twice", d.name));
                 }
             }
         }
@@ -182,11 +188,20 @@ impl Graph {
     }
 
     /// Wires `stream` to `input` with the given capacity and policy.
-    pub fn connect_with<T: Element>(&mut self, stream: &Stream<T>, input: &Input<T>, conn: Connection) {
+    pub fn connect_with<T: Element>(
+        &mut self,
+        stream: &Stream<T>,
+        input: &Input<T>,
+        conn: Connection,
+    ) {
         if stream.id.graph != self.id || input.id.graph != self.id {
             self.problems.push(format!(
                 "connect: a {} handle from another graph was used in '{}'",
-                if stream.id.graph != self.id { "stream" } else { "input" },
+                if stream.id.graph != self.id {
+                    "stream"
+                } else {
+                    "input"
+                },
                 self.name
             ));
             return;
@@ -203,7 +218,9 @@ impl Graph {
     pub fn place_on_thread(&mut self, agent: &str, thread: &str) -> &mut Self {
         match self.agents.iter_mut().find(|a| a.name == agent) {
             Some(a) => a.thread = Some(thread.to_string()),
-            None => self.problems.push(format!("place_on_thread: no agent named '{agent}'")),
+            None => self
+                .problems
+                .push(format!("place_on_thread: no agent named '{agent}'")),
         }
         self
     }
@@ -244,9 +261,16 @@ impl Graph {
         }
         for (ai, a) in self.agents.iter().enumerate() {
             for (pi, p) in a.inputs.iter().enumerate() {
-                let id = PortId { graph: self.id, agent: ai as u32, port: pi as u32 };
+                let id = PortId {
+                    graph: self.id,
+                    agent: ai as u32,
+                    port: pi as u32,
+                };
                 match fed.get(&id) {
-                    None => problems.push(format!("input '{}.{}' is not connected to any stream", a.name, p.name)),
+                    None => problems.push(format!(
+                        "input '{}.{}' (of {}) is not connected to any stream",
+                        a.name, p.name, p.type_name
+                    )),
                     Some(n) if *n > 1 => problems.push(format!(
                         "input '{}.{}' is connected {n} times; an input reads one stream (use a merge operator to combine streams)",
                         a.name, p.name
@@ -258,12 +282,18 @@ impl Graph {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Graph { app: self.name.clone(), problems })
+            Err(Error::Graph {
+                app: self.name.clone(),
+                problems,
+            })
         }
     }
 
     /// Builds one host per agent; `mailboxes[i]` reaches agent `i`.
-    pub(crate) fn instantiate(&mut self, mailboxes: &[Arc<dyn Mailbox>]) -> Result<(Vec<Host>, Registry), Error> {
+    pub(crate) fn instantiate(
+        &mut self,
+        mailboxes: &[Arc<dyn Mailbox>],
+    ) -> Result<(Vec<Host>, Registry), Error> {
         self.validate()?;
         let mut registry = Registry::default();
         let mut hosts = Vec::with_capacity(self.agents.len());
@@ -272,15 +302,26 @@ impl Graph {
             for (o, p) in outputs.iter_mut().zip(&a.outputs) {
                 let c = Arc::default();
                 o.set_counters(Arc::clone(&c));
-                registry.streams.push((format!("{}.{}", a.name, p.name), a.name.clone(), c));
+                registry
+                    .streams
+                    .push((format!("{}.{}", a.name, p.name), a.name.clone(), c));
             }
             let inputs = a.inputs.iter().map(|p| (p.make_in)()).collect();
             let counters = Arc::default();
-            registry.agents.push((a.name.clone(), Arc::clone(&counters)));
+            registry
+                .agents
+                .push((a.name.clone(), Arc::clone(&counters)));
             let driver = a.driver.take().ok_or_else(|| Error::Runtime {
                 detail: format!("graph '{}' was already instantiated", self.name),
             })?;
-            hosts.push(Host::new(a.name.as_str().into(), (self.id, i as u32), driver, inputs, outputs, counters));
+            hosts.push(Host::new(
+                a.name.as_str().into(),
+                (self.id, i as u32),
+                driver,
+                inputs,
+                outputs,
+                counters,
+            ));
         }
         for e in &self.edges {
             let writer = e.from.agent as usize;

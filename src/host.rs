@@ -23,7 +23,10 @@ use crate::stream::{Batch, Element};
 /// stream never overtakes data.
 pub(crate) enum Envelope {
     /// A batch (`Batch<T>`, boxed) for input `input`.
-    Data { input: u32, batch: Box<dyn Any + Send> },
+    Data {
+        input: u32,
+        batch: Box<dyn Any + Send>,
+    },
     /// The writer of input `input` closed its stream; nothing follows.
     Eos { input: u32 },
     /// The reader of link `link` of output `output` consumed `n` elements.
@@ -61,8 +64,6 @@ pub(crate) trait InSlot: Send {
     fn is_closed(&self) -> bool;
     /// Makes everything received visible as one slice.
     fn prepare(&mut self);
-    /// Elements received and not yet consumed.
-    fn unconsumed(&self) -> usize;
     /// Elements consumed since the last call.
     fn take_consumed(&mut self) -> usize;
     fn set_credit_route(&mut self, route: CreditRoute);
@@ -133,9 +134,12 @@ impl<T: Element> InSlot for InBuf<T> {
         if self.closed {
             return Err("data arrived after the end of stream".into());
         }
-        let batch = batch
-            .downcast::<Batch<T>>()
-            .map_err(|_| format!("a batch of the wrong type arrived (expected {})", std::any::type_name::<T>()))?;
+        let batch = batch.downcast::<Batch<T>>().map_err(|_| {
+            format!(
+                "a batch of the wrong type arrived (expected {})",
+                std::any::type_name::<T>()
+            )
+        })?;
         if !batch.is_empty() {
             self.queue.push_back(*batch);
         }
@@ -157,7 +161,8 @@ impl<T: Element> InSlot for InBuf<T> {
         let visible = self.as_slice().len();
         if visible == 0 && self.queue.len() == 1 {
             let batch = self.queue.pop_front().expect("one batch queued");
-            if let View::Owned(mut v, _) = std::mem::replace(&mut self.view, View::Borrowed(batch)) {
+            if let View::Owned(mut v, _) = std::mem::replace(&mut self.view, View::Borrowed(batch))
+            {
                 v.clear();
                 self.spare = v;
             }
@@ -179,10 +184,6 @@ impl<T: Element> InSlot for InBuf<T> {
             buf.extend_from_slice(b.as_slice());
         }
         self.view = View::Owned(buf, 0);
-    }
-
-    fn unconsumed(&self) -> usize {
-        self.as_slice().len() + self.queue.iter().map(Batch::len).sum::<usize>()
     }
 
     fn take_consumed(&mut self) -> usize {
@@ -233,7 +234,10 @@ pub(crate) trait OutSlot: Send {
 /// How a link reaches its reader. One variant per transport; agents never see which.
 enum Flavor {
     /// Same process: envelopes to the reader's mailbox.
-    Local { mailbox: Arc<dyn Mailbox>, input: u32 },
+    Local {
+        mailbox: Arc<dyn Mailbox>,
+        input: u32,
+    },
 }
 
 /// The writer's end of one connection: credit, stash, policy.
@@ -297,7 +301,9 @@ impl<T: Element> LinkTx<T> {
 
     fn pump(&mut self) {
         while self.credit > 0 {
-            let Some(front) = self.stash.front_mut() else { break };
+            let Some(front) = self.stash.front_mut() else {
+                break;
+            };
             let n = self.credit.min(front.len());
             let part = if n == front.len() {
                 self.stash.pop_front().expect("front exists")
@@ -334,7 +340,8 @@ impl<T: Element> LinkTx<T> {
         let c = &self.counters;
         add(&c.elements, n as u64);
         add(&c.batches, 1);
-        c.in_flight.store(in_flight, std::sync::atomic::Ordering::Relaxed);
+        c.in_flight
+            .store(in_flight, std::sync::atomic::Ordering::Relaxed);
         c.max_in_flight
             .fetch_max(in_flight, std::sync::atomic::Ordering::Relaxed);
         match &self.flavor {
@@ -550,6 +557,11 @@ impl Host {
         }
     }
 
+    /// True if a `Block` link of this host holds data it cannot send.
+    pub fn is_blocked(&self) -> bool {
+        self.outputs.iter().any(|o| o.blocked())
+    }
+
     pub fn is_source(&self) -> bool {
         matches!(self.driver, Driver::Source(_))
     }
@@ -558,19 +570,39 @@ impl Host {
     pub fn accept(&mut self, env: Envelope) -> Result<(), Error> {
         match env {
             Envelope::Data { input, batch } => {
-                let slot = match self.inputs.get_mut(input as usize) { Some(s) => s, None => return Err(self.violation(format!("data for input #{input}, which does not exist"))) };
+                let slot = match self.inputs.get_mut(input as usize) {
+                    Some(s) => s,
+                    None => {
+                        return Err(self
+                            .violation(format!("data for input #{input}, which does not exist")))
+                    }
+                };
                 slot.push(batch).map_err(|e| Error::Runtime {
                     detail: format!("agent '{}', input #{input}: {e}", self.name),
                 })?;
                 self.dirty = true;
             }
             Envelope::Eos { input } => {
-                let slot = match self.inputs.get_mut(input as usize) { Some(s) => s, None => return Err(self.violation(format!("end of stream for input #{input}, which does not exist"))) };
+                let slot = match self.inputs.get_mut(input as usize) {
+                    Some(s) => s,
+                    None => {
+                        return Err(self.violation(format!(
+                            "end of stream for input #{input}, which does not exist"
+                        )))
+                    }
+                };
                 slot.close();
                 self.dirty = true;
             }
             Envelope::Credit { output, link, n } => {
-                let slot = match self.outputs.get_mut(output as usize) { Some(s) => s, None => return Err(self.violation(format!("credit for output #{output}, which does not exist"))) };
+                let slot = match self.outputs.get_mut(output as usize) {
+                    Some(s) => s,
+                    None => {
+                        return Err(self.violation(format!(
+                            "credit for output #{output}, which does not exist"
+                        )))
+                    }
+                };
                 let was_blocked = slot.blocked();
                 slot.credit(link, n);
                 // Credit may unblock a step that was held back, or finish a close.
@@ -623,8 +655,14 @@ impl Host {
                         slot.prepare();
                     }
                     let result = {
-                        let mut inputs = Inputs { agent: id, slots: &mut self.inputs };
-                        let mut outputs = Outputs { agent: id, slots: &mut self.outputs };
+                        let mut inputs = Inputs {
+                            agent: id,
+                            slots: &mut self.inputs,
+                        };
+                        let mut outputs = Outputs {
+                            agent: id,
+                            slots: &mut self.outputs,
+                        };
                         catch_unwind(AssertUnwindSafe(|| agent.step(&mut inputs, &mut outputs)))
                     };
                     self.check(result)?;
@@ -635,9 +673,14 @@ impl Host {
                             self.dirty = true;
                             continue;
                         }
-                        let Driver::Agent(agent) = &mut self.driver else { unreachable!() };
+                        let Driver::Agent(agent) = &mut self.driver else {
+                            unreachable!()
+                        };
                         let result = {
-                            let mut outputs = Outputs { agent: id, slots: &mut self.outputs };
+                            let mut outputs = Outputs {
+                                agent: id,
+                                slots: &mut self.outputs,
+                            };
                             catch_unwind(AssertUnwindSafe(|| agent.finish(&mut outputs)))
                         };
                         self.check(result)?;
@@ -647,7 +690,10 @@ impl Host {
                 }
                 Driver::Source(source) => {
                     let result = {
-                        let mut outputs = Outputs { agent: id, slots: &mut self.outputs };
+                        let mut outputs = Outputs {
+                            agent: id,
+                            slots: &mut self.outputs,
+                        };
                         catch_unwind(AssertUnwindSafe(|| source.step(&mut outputs)))
                     };
                     let status = self.check(result)?;

@@ -37,6 +37,9 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Source agents not yet finished.
     active_sources: AtomicUsize,
+    /// Source agents not finished and blocked on credit: they cannot produce until a credit
+    /// envelope arrives, so they do not keep the application from being quiescent.
+    blocked_sources: AtomicUsize,
     /// Agents not yet finished.
     hosts_left: AtomicUsize,
     /// Set to stop sources (graceful) or after a failure.
@@ -59,7 +62,12 @@ impl Shared {
     }
 
     fn stop_system(&self) {
-        if let Some(sys) = self.system.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(sys) = self
+            .system
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             sys.stop();
         }
     }
@@ -68,12 +76,18 @@ impl Shared {
     fn handled(&self) {
         let left = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
         if left == 0
-            && self.active_sources.load(Ordering::SeqCst) == 0
+            && self.active_sources.load(Ordering::SeqCst)
+                == self.blocked_sources.load(Ordering::SeqCst)
             && self.hosts_left.load(Ordering::SeqCst) > 0
         {
-            // Quiescent with agents still open: feedback loops (or a stall, which the
-            // hosts report when they receive this).
-            let boxes = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // Quiescent with agents still open: nothing is in flight and no source can produce.
+            // What is left is feedback loops (which this closes) or a stall (which the hosts
+            // holding undeliverable data report when they receive this).
+            let boxes = self
+                .mailboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             for m in boxes {
                 m.post(Envelope::ForceClose);
             }
@@ -104,6 +118,8 @@ struct AgentActor {
     host: Host,
     shared: Arc<Shared>,
     finished: bool,
+    /// This is a source counted in `Shared::blocked_sources`.
+    counted_blocked: bool,
 }
 
 impl AgentActor {
@@ -112,6 +128,17 @@ impl AgentActor {
             self.shared.fail(e);
             ctx.stop();
             return;
+        }
+        if self.host.is_source() {
+            let blocked = self.host.is_blocked() && !self.host.is_done();
+            if blocked != self.counted_blocked {
+                self.counted_blocked = blocked;
+                if blocked {
+                    self.shared.blocked_sources.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    self.shared.blocked_sources.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
         }
         if self.host.is_done() && !self.finished {
             self.finished = true;
@@ -144,7 +171,9 @@ impl Handler<Msg> for AgentActor {
             if forced && !self.host.is_done() {
                 let stalled = self.host.stalled();
                 if !stalled.is_empty() {
-                    return Err(Error::Stalled { detail: stalled.join("; ") });
+                    return Err(Error::Stalled {
+                        detail: stalled.join("; "),
+                    });
                 }
             }
             self.host.run()
@@ -196,7 +225,10 @@ impl Running {
         let thread = self.thread.take().expect("joined once");
         let result = thread.join().unwrap_or_else(|p| {
             Err(Error::Runtime {
-                detail: format!("the runtime thread panicked: {}", crate::error::panic_message(&*p)),
+                detail: format!(
+                    "the runtime thread panicked: {}",
+                    crate::error::panic_message(&*p)
+                ),
             })
         });
         result.map(|()| self.registry.snapshot())
@@ -240,7 +272,10 @@ impl Graph {
             Err(_) => Err(thread
                 .join()
                 .map_err(|p| Error::Runtime {
-                    detail: format!("the runtime thread panicked: {}", crate::error::panic_message(&*p)),
+                    detail: format!(
+                        "the runtime thread panicked: {}",
+                        crate::error::panic_message(&*p)
+                    ),
                 })?
                 .err()
                 .unwrap_or_else(|| Error::Runtime {
@@ -251,12 +286,17 @@ impl Graph {
 }
 
 /// The runtime thread: builds the actors, runs the actix system, tears everything down.
-fn coordinate(mut graph: Graph, stop: Arc<AtomicBool>, ready: mpsc::Sender<Ready>) -> Result<(), Error> {
+fn coordinate(
+    mut graph: Graph,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Ready>,
+) -> Result<(), Error> {
     let system = System::new();
     let n = graph.agents.len();
     let shared = Arc::new(Shared {
         in_flight: AtomicUsize::new(n),
         active_sources: AtomicUsize::new(0),
+        blocked_sources: AtomicUsize::new(0),
         hosts_left: AtomicUsize::new(n),
         stop: Arc::clone(&stop),
         error: Mutex::new(None),
@@ -264,7 +304,9 @@ fn coordinate(mut graph: Graph, stop: Arc<AtomicBool>, ready: mpsc::Sender<Ready
         mailboxes: Mutex::new(Vec::new()),
     });
     // Addresses exist before the actors, so every link can be wired before any actor starts.
-    let channels: Vec<_> = (0..n).map(|_| actix::dev::channel::channel::<AgentActor>(16)).collect();
+    let channels: Vec<_> = (0..n)
+        .map(|_| actix::dev::channel::channel::<AgentActor>(16))
+        .collect();
     let mut receivers = Vec::with_capacity(n);
     let mailboxes: Vec<Arc<dyn Mailbox>> = channels
         .into_iter()
@@ -296,7 +338,8 @@ fn coordinate(mut graph: Graph, stop: Arc<AtomicBool>, ready: mpsc::Sender<Ready
 
     let mut arbiters: HashMap<String, Arbiter> = HashMap::new();
     let mut result = Ok(());
-    for (i, ((mut host, ctx), thread)) in hosts.into_iter().zip(receivers).zip(threads).enumerate() {
+    for (i, ((mut host, ctx), thread)) in hosts.into_iter().zip(receivers).zip(threads).enumerate()
+    {
         let key = thread.unwrap_or_else(|| format!("agent #{i}"));
         let arbiter = arbiters.entry(key).or_insert_with(Arbiter::new);
         if host.is_source() {
@@ -317,6 +360,7 @@ fn coordinate(mut graph: Graph, stop: Arc<AtomicBool>, ready: mpsc::Sender<Ready
             host,
             shared: Arc::clone(&shared),
             finished: false,
+            counted_blocked: false,
         };
         arbiter.spawn_fn(move || {
             Context::with_receiver(ctx).run(actor);
@@ -338,12 +382,19 @@ fn coordinate(mut graph: Graph, stop: Arc<AtomicBool>, ready: mpsc::Sender<Ready
         arbiter.join().ok();
     }
     // Drop the mailboxes' addresses so nothing keeps the actors alive.
-    shared.mailboxes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    shared
+        .mailboxes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
     *shared.system.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    let error = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let error = shared
+        .error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     match error {
         Some(e) => Err(e),
         None => Ok(()),
     }
 }
-

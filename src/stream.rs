@@ -62,7 +62,10 @@ macro_rules! handle_impls {
     ($name:ident, $what:literal) => {
         impl<T> $name<T> {
             pub(crate) fn new(id: PortId) -> Self {
-                $name { id, _t: PhantomData }
+                $name {
+                    id,
+                    _t: PhantomData,
+                }
             }
         }
         impl<T> Clone for $name<T> {

@@ -110,21 +110,30 @@ impl Harness {
     /// Appends `items` to an input stream made with [`Graph::input`], as one batch. Nothing
     /// runs until [`Harness::run`] (unless the input's channel is full, in which case the graph
     /// runs until it has room).
-    pub fn push<T: Element>(&mut self, stream: &Stream<T>, items: impl IntoIterator<Item = T>) -> Result<(), Error> {
+    pub fn push<T: Element>(
+        &mut self,
+        stream: &Stream<T>,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<(), Error> {
         let mut chunk = Chunk::Data(items.into_iter().collect());
         loop {
             let ext = self.external(stream)?;
             let agent = ext.agent;
             match ext.tx.try_send(chunk) {
                 Ok(()) => {
-                    self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((agent, Envelope::Wake));
+                    self.queue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back((agent, Envelope::Wake));
                     return Ok(());
                 }
                 Err(TrySendError::Full(c)) => {
                     chunk = c;
                     self.run()?;
                 }
-                Err(TrySendError::Disconnected(_)) => unreachable!("the source agent holds the receiver"),
+                Err(TrySendError::Disconnected(_)) => {
+                    unreachable!("the source agent holds the receiver")
+                }
             }
         }
     }
@@ -134,7 +143,10 @@ impl Harness {
         let agent = self.external(stream)?.agent;
         // Dropping the sender ends the stream once queued chunks are taken.
         self.externals.remove(&stream.id);
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((agent, Envelope::Wake));
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((agent, Envelope::Wake));
         Ok(())
     }
 
@@ -163,7 +175,12 @@ impl Harness {
     }
 
     fn deliver(&mut self) -> Result<bool, Error> {
-        let batch: Vec<_> = self.queue.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        let batch: Vec<_> = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
         let any = !batch.is_empty();
         for (target, env) in batch {
             self.hosts[target].accept(env)?;
@@ -179,7 +196,10 @@ impl Harness {
         drop(open);
         for (i, h) in self.hosts.iter().enumerate() {
             if h.is_source() {
-                self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((i, Envelope::Wake));
+                self.queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((i, Envelope::Wake));
             }
         }
         self.run()?;
@@ -187,7 +207,10 @@ impl Harness {
         if !self.is_finished() {
             for i in 0..self.hosts.len() {
                 if !self.hosts[i].is_done() {
-                    self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((i, Envelope::ForceClose));
+                    self.queue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back((i, Envelope::ForceClose));
                 }
             }
             self.run()?;
@@ -206,7 +229,9 @@ impl Harness {
         if lines.is_empty() {
             Ok(())
         } else {
-            Err(Error::Stalled { detail: lines.join("; ") })
+            Err(Error::Stalled {
+                detail: lines.join("; "),
+            })
         }
     }
 

@@ -11,6 +11,9 @@
 //! | [`Graph::map_list`] | `map_list` | `f(new elements)` extends the output |
 //!
 //! Closures are `FnMut`, so they may also keep state of their own.
+//!
+//! [`Graph::feedback`] makes a stream usable before the stream that feeds it exists: the way to
+//! build a feedback loop out of operators.
 
 use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::AgentError;
@@ -30,7 +33,11 @@ where
     U: Element,
     F: FnMut(&[T], &mut Vec<U>) -> Result<(), AgentError> + Send + 'static,
 {
-    fn step(&mut self, inputs: &mut Inputs<'_>, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
+    fn step(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<(), AgentError> {
         let new = inputs.slice(&self.input);
         let n = new.len();
         if n == 0 {
@@ -166,7 +173,13 @@ impl Graph {
     /// g.run().unwrap();
     /// assert_eq!(out.values(), [1, 3, 6, 10]);
     /// ```
-    pub fn map_with_state<T, U, S, F>(&mut self, name: &str, stream: &Stream<T>, state: S, mut f: F) -> Stream<U>
+    pub fn map_with_state<T, U, S, F>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        state: S,
+        mut f: F,
+    ) -> Stream<U>
     where
         T: Element,
         U: Element,
@@ -237,6 +250,39 @@ impl Graph {
         self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
             out.extend(f(new));
             Ok(())
+        })
+    }
+
+    /// A stream that can be read before what feeds it exists: returns the input to connect later
+    /// and the stream that repeats it. This is how a feedback loop is built from operators.
+    ///
+    /// A loop ends when its functions stop emitting; once every source has ended and nothing is
+    /// in flight, the runtime closes the loop's inputs. Under back-pressure, a loop that holds
+    /// more than its connections' capacity cannot make progress, and the run fails with
+    /// [`Error::Stalled`](crate::Error::Stalled) naming the connection, instead of hanging.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// // Each reading is halved until it drops below 1: 8 → 4, 2, 1.
+    /// let mut g = Graph::new("halving");
+    /// let readings = g.source_iter("readings", [8u32]);
+    /// let (loop_in, looped) = g.feedback::<u32>("loop");
+    /// let halves = g.blend("both", &[readings, looped]);
+    /// let next = g.filter_map("halve", &halves, |v: &u32| (*v >= 2).then(|| v / 2));
+    /// g.connect(&next, &loop_in);
+    /// let out = g.collect("out", &next);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [4, 2, 1]);
+    /// ```
+    pub fn feedback<T: Element>(&mut self, name: &str) -> (Input<T>, Stream<T>) {
+        self.add_agent(name, |p| {
+            let input = p.input::<T>("in");
+            let out = p.output::<T>("out");
+            let f = |new: &[T], out: &mut Vec<T>| -> Result<(), AgentError> {
+                out.extend_from_slice(new);
+                Ok(())
+            };
+            (SliceMap { input, out, f }, (input, out))
         })
     }
 }

@@ -30,7 +30,9 @@ pub struct Collected<T> {
 
 impl<T> Clone for Collected<T> {
     fn clone(&self) -> Self {
-        Collected { inner: Arc::clone(&self.inner) }
+        Collected {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
@@ -185,8 +187,13 @@ impl Graph {
     /// g.run().unwrap();
     /// assert_eq!(*log.lock().unwrap(), [(0, 'a'), (1, 'b')]);
     /// ```
-    pub fn for_each_with_state<T, S, F>(&mut self, name: &str, stream: &Stream<T>, state: S, mut f: F)
-    where
+    pub fn for_each_with_state<T, S, F>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        state: S,
+        mut f: F,
+    ) where
         T: Element,
         S: Send + 'static,
         F: FnMut(&T, S) -> S + Send + 'static,
@@ -194,7 +201,10 @@ impl Graph {
         let mut state = Some(state);
         self.sink_list(name, stream, move |xs: &[T]| {
             for x in xs {
-                state = Some(f(x, state.take().expect("state is put back after each call")));
+                state = Some(f(
+                    x,
+                    state.take().expect("state is put back after each call"),
+                ));
             }
             Ok(())
         });
@@ -211,10 +221,15 @@ impl Graph {
     /// assert_eq!(out.values(), ['a', 'b', 'c']);
     /// ```
     pub fn collect<T: Element>(&mut self, name: &str, stream: &Stream<T>) -> Collected<T> {
-        let collected = Collected { inner: Arc::default() };
+        let collected = Collected {
+            inner: Arc::default(),
+        };
         let inner = Arc::clone(&collected.inner);
         self.sink_list(name, stream, move |xs: &[T]| {
-            inner.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(xs);
+            inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(xs);
             Ok(())
         });
         collected
@@ -233,7 +248,12 @@ impl Graph {
     /// assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n2\n");
     /// std::fs::remove_file(path).unwrap();
     /// ```
-    pub fn to_file<T: Element + Display>(&mut self, name: &str, stream: &Stream<T>, path: impl Into<PathBuf>) {
+    pub fn to_file<T: Element + Display>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        path: impl Into<PathBuf>,
+    ) {
         let path: PathBuf = path.into();
         let file: Arc<Mutex<Option<std::io::BufWriter<std::fs::File>>>> = Arc::default();
         let (file_step, file_end) = (Arc::clone(&file), file);
@@ -246,7 +266,8 @@ impl Graph {
                 *guard = Some(std::io::BufWriter::new(f));
             }
             let w = guard.as_mut().expect("opened above");
-            let io = |e: std::io::Error| format!("cannot write file '{}': {e}", path_step.display());
+            let io =
+                |e: std::io::Error| format!("cannot write file '{}': {e}", path_step.display());
             for x in xs {
                 writeln!(w, "{x}").map_err(io)?;
             }
@@ -261,7 +282,8 @@ impl Graph {
                     .map_err(|e| format!("cannot create file '{}': {e}", path_end.display()))?;
             }
             if let Some(w) = guard.as_mut() {
-                w.flush().map_err(|e| format!("cannot write file '{}': {e}", path_end.display()))?;
+                w.flush()
+                    .map_err(|e| format!("cannot write file '{}': {e}", path_end.display()))?;
             }
             Ok(())
         };

@@ -60,6 +60,31 @@ pub trait Source<T>: Send + 'static {
     fn fill(&mut self, out: &mut Vec<T>, max: usize) -> Result<bool, AgentError>;
 }
 
+/// A closure `FnMut(out, max) -> Result<more, AgentError>` is a source, like the `fill` method.
+///
+/// ```
+/// use iotstream::{AgentError, Graph};
+/// let mut g = Graph::new("counter");
+/// let mut next = 0u64;
+/// let s = g.source("counter", move |out: &mut Vec<u64>, max: usize| -> Result<bool, AgentError> {
+///     let end = (next + max as u64).min(10);
+///     out.extend(next..end);
+///     next = end;
+///     Ok(next < 10)
+/// });
+/// let out = g.collect("out", &s);
+/// g.run().unwrap();
+/// assert_eq!(out.values(), (0..10).collect::<Vec<_>>());
+/// ```
+impl<T, F> Source<T> for F
+where
+    F: FnMut(&mut Vec<T>, usize) -> Result<bool, AgentError> + Send + 'static,
+{
+    fn fill(&mut self, out: &mut Vec<T>, max: usize) -> Result<bool, AgentError> {
+        self(out, max)
+    }
+}
+
 /// How a source is driven.
 #[derive(Clone, Copy, Debug)]
 pub struct SourceOptions {
@@ -139,7 +164,9 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
     }
 
     fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<(), Error> {
-        let Mode::Pull(_) = self.mode else { return Ok(()) };
+        let Mode::Pull(_) = self.mode else {
+            return Ok(());
+        };
         let (tx, rx) = crossbeam_channel::bounded(4);
         let Mode::Pull(source) = std::mem::replace(&mut self.mode, Mode::Channel(rx)) else {
             unreachable!()
@@ -181,7 +208,11 @@ fn source_thread<T: Element>(
     tx: Sender<Chunk<T>>,
     ctx: SourceThreadCtx,
 ) {
-    let max = if options.interval.is_some() { 1 } else { options.max_batch.max(1) };
+    let max = if options.interval.is_some() {
+        1
+    } else {
+        options.max_batch.max(1)
+    };
     let start = Instant::now();
     let mut ticks: u32 = 0;
     loop {
@@ -191,7 +222,8 @@ fn source_thread<T: Element>(
             return;
         }
         let mut buf = Vec::with_capacity(max);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.fill(&mut buf, max)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.fill(&mut buf, max)));
         let more = match result {
             Ok(Ok(more)) => more,
             Ok(Err(e)) => {
@@ -346,9 +378,9 @@ impl<R: BufRead + Send + 'static> Source<String> for LineSource<R> {
         let reader = self.reader.as_mut().expect("opened above");
         for _ in 0..max {
             let mut line = String::new();
-            let n = reader.read_line(&mut line).map_err(|e| {
-                format!("{}, line {}: {e}", self.origin, self.line_no + 1)
-            })?;
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("{}, line {}: {e}", self.origin, self.line_no + 1))?;
             if n == 0 {
                 return Ok(false);
             }
@@ -366,7 +398,12 @@ impl<R: BufRead + Send + 'static> Source<String> for LineSource<R> {
 }
 
 impl Graph {
-    fn add_source_driver<T: Element>(&mut self, name: &str, mode: Mode<T>, options: SourceOptions) -> Stream<T> {
+    fn add_source_driver<T: Element>(
+        &mut self,
+        name: &str,
+        mode: Mode<T>,
+        options: SourceOptions,
+    ) -> Stream<T> {
         let mut ports = self.ports();
         let out = ports.output::<T>("out");
         let agent = SourceAgent { out, mode, options };
@@ -380,7 +417,12 @@ impl Graph {
     }
 
     /// [`Graph::source`] with explicit [`SourceOptions`].
-    pub fn source_with<T: Element>(&mut self, name: &str, source: impl Source<T>, options: SourceOptions) -> Stream<T> {
+    pub fn source_with<T: Element>(
+        &mut self,
+        name: &str,
+        source: impl Source<T>,
+        options: SourceOptions,
+    ) -> Stream<T> {
         self.add_source_driver(name, Mode::Pull(Box::new(source)), options)
     }
 
@@ -416,7 +458,13 @@ impl Graph {
     /// g.run().unwrap();
     /// assert_eq!(out.values(), [1, 2, 3]);
     /// ```
-    pub fn source_fn<T, F>(&mut self, name: &str, interval: Duration, count: Option<u64>, f: F) -> Stream<T>
+    pub fn source_fn<T, F>(
+        &mut self,
+        name: &str,
+        interval: Duration,
+        count: Option<u64>,
+        f: F,
+    ) -> Stream<T>
     where
         T: Element,
         F: FnMut() -> T + Send + 'static,
@@ -477,7 +525,8 @@ impl Graph {
         let (tx, rx) = crossbeam_channel::bounded(64);
         let agent = self.agents.len();
         let stream = self.add_source_driver(name, Mode::Channel(rx), SourceOptions::default());
-        self.externals.insert(stream.id, Box::new(ExternalInput { tx, agent }));
+        self.externals
+            .insert(stream.id, Box::new(ExternalInput { tx, agent }));
         stream
     }
 }

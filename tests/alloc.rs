@@ -1,0 +1,77 @@
+//! No heap allocation per element: a counting global allocator shows that the allocations of a
+//! pipeline grow with the number of batches, never with the number of elements.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use iotstream::{Graph, Harness};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made while running source → map → filter → sink over `n` u64 elements, and the
+/// number of batches the source emitted.
+fn allocations(n: u64, threaded: bool) -> (u64, u64) {
+    let mut g = Graph::new("alloc");
+    let s = g.source_iter("numbers", 0..n);
+    let m = g.map("scale", &s, |v: &u64| v.wrapping_mul(3));
+    let f = g.filter("odd", &m, |v: &u64| v % 2 == 1);
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let c = std::sync::Arc::clone(&count);
+    g.sink_list("count", &f, move |xs: &[u64]| {
+        c.fetch_add(xs.len() as u64, Relaxed);
+        Ok(())
+    });
+    let before = ALLOCS.load(Relaxed);
+    let metrics = if threaded {
+        g.run().unwrap()
+    } else {
+        let mut h = Harness::new(g).unwrap();
+        h.finish().unwrap();
+        h.metrics()
+    };
+    let used = ALLOCS.load(Relaxed) - before;
+    assert_eq!(count.load(Relaxed), n / 2);
+    (used, metrics.stream("numbers.out").unwrap().batches)
+}
+
+#[test]
+fn allocations_grow_with_batches_not_elements() {
+    for threaded in [false, true] {
+        let (small, small_batches) = allocations(1_000_000, threaded);
+        let (large, large_batches) = allocations(2_000_000, threaded);
+        // Per batch, a handful of allocations (the shared batch, the envelope, actix's
+        // message box, the credit message …), over three connections: never one per element.
+        let per_batch = (large - small) as f64 / (large_batches - small_batches) as f64;
+        assert!(
+            per_batch < 40.0,
+            "threaded {threaded}: {per_batch:.1} allocations per source batch"
+        );
+        assert!(
+            large < 2_000_000 / 20,
+            "threaded {threaded}: {large} allocations for 2,000,000 elements"
+        );
+        assert!(large_batches >= 2_000_000 / 1024);
+        eprintln!(
+            "threaded {threaded}: {small} allocations for 1M elements ({small_batches} batches), {large} for 2M ({large_batches} batches): {per_batch:.1} per batch"
+        );
+    }
+}

@@ -1,0 +1,403 @@
+//! End of stream, error and panic propagation, feedback loops, stalls and graph mistakes, in
+//! both executors (the deterministic harness and the threaded runtime). Nothing may hang: every
+//! threaded run here is joined through `join_within`, which fails the test after 60 s instead.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use iotstream::{
+    Agent, AgentError, Connection, Error, Graph, Harness, Input, Inputs, Outputs, Stream,
+};
+
+/// Runs `g` on threads; fails the test (instead of hanging) if the run does not end in 60 s.
+fn join_within(g: Graph) -> Result<iotstream::Metrics, Error> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(g.run());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the run did not end within 60 s")
+}
+
+fn pipeline(name: &str, n: u64) -> (Graph, iotstream::Collected<u64>) {
+    let mut g = Graph::new(name);
+    let s = g.source_iter("numbers", 0..n);
+    let m = g.map("square", &s, |v: &u64| v * v);
+    let f = g.filter("even", &m, |v: &u64| v % 2 == 0);
+    let out = g.collect("out", &f);
+    (g, out)
+}
+
+#[test]
+fn finite_sources_end_the_run_and_nothing_is_lost() {
+    let (g, out) = pipeline("finite", 100_000);
+    let m = join_within(g).unwrap();
+    let expected: Vec<u64> = (0..100_000u64)
+        .map(|v| v * v)
+        .filter(|v| v % 2 == 0)
+        .collect();
+    assert_eq!(out.values(), expected);
+    assert_eq!(m.stream("numbers.out").unwrap().elements, 100_000);
+    assert_eq!(m.agent("square").unwrap().consumed, 100_000);
+}
+
+#[test]
+fn harness_finish_drains_and_ends_every_agent() {
+    let (g, out) = pipeline("finite_harness", 1000);
+    let mut h = Harness::new(g).unwrap();
+    h.finish().unwrap();
+    assert!(h.is_finished());
+    assert_eq!(out.len(), 500);
+}
+
+#[test]
+fn an_empty_source_ends_the_run() {
+    let (g, out) = pipeline("empty", 0);
+    join_within(g).unwrap();
+    assert!(out.is_empty());
+}
+
+/// Emits its input's sum once, when its input ends.
+struct SumAtEnd {
+    input: Input<u64>,
+    out: Stream<u64>,
+    sum: u64,
+}
+
+impl Agent for SumAtEnd {
+    fn step(&mut self, inputs: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        self.sum += inputs.slice(&self.input).iter().sum::<u64>();
+        inputs.consume_all(&self.input);
+        Ok(())
+    }
+    fn finish(&mut self, outputs: &mut Outputs) -> Result<(), AgentError> {
+        outputs.push(&self.out, self.sum);
+        Ok(())
+    }
+}
+
+#[test]
+fn finish_runs_after_every_element_and_before_outputs_close() {
+    for threaded in [false, true] {
+        let mut g = Graph::new("sum_at_end");
+        let s = g.source_iter("numbers", 1..=1000u64);
+        let (input, out) = g.add_agent("sum", |p| {
+            let input = p.input::<u64>("in");
+            let out = p.output::<u64>("out");
+            (SumAtEnd { input, out, sum: 0 }, (input, out))
+        });
+        g.connect_with(&s, &input, Connection::new().capacity(7));
+        let total = g.collect("total", &out);
+        if threaded {
+            join_within(g).unwrap();
+        } else {
+            Harness::new(g).unwrap().finish().unwrap();
+        }
+        assert_eq!(total.values(), [500_500], "threaded: {threaded}");
+    }
+}
+
+#[test]
+fn an_agent_error_stops_the_run_and_names_the_agent() {
+    let mut g = Graph::new("bad_data");
+    let s = g.source_iter(
+        "lines",
+        (0..10_000).map(|i| {
+            if i == 5000 {
+                "x".to_string()
+            } else {
+                i.to_string()
+            }
+        }),
+    );
+    let n = g.try_map("parse", &s, |l: &String| l.parse::<u64>());
+    let _out = g.collect("out", &n);
+    let err = join_within(g).unwrap_err();
+    assert_eq!(err.agent(), Some("parse"));
+    assert!(err.to_string().contains("invalid digit"), "{err}");
+}
+
+#[test]
+fn an_agent_error_in_the_harness_names_the_agent() {
+    let mut g = Graph::new("bad_data");
+    let x = g.input::<String>("x");
+    let n = g.try_map("parse", &x, |l: &String| l.parse::<u64>());
+    let out = g.collect("out", &n);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, ["1".to_string(), "2".into()]).unwrap();
+    h.run().unwrap();
+    h.push(&x, ["three".to_string()]).unwrap();
+    let err = h.run().unwrap_err();
+    assert_eq!(err.agent(), Some("parse"));
+    // What was accepted before the bad element is not lost.
+    assert_eq!(out.values(), [1, 2]);
+}
+
+#[test]
+fn a_panic_stops_the_run_and_names_the_agent() {
+    let mut g = Graph::new("panicky");
+    let s = g.source_iter("numbers", 0..10_000u64);
+    let m = g.map("explode", &s, |v: &u64| {
+        assert!(*v != 1234, "reading {v} is impossible");
+        *v
+    });
+    let _out = g.collect("out", &m);
+    let err = join_within(g).unwrap_err();
+    assert!(matches!(err, Error::Panic { .. }), "{err:?}");
+    assert_eq!(err.agent(), Some("explode"));
+    assert!(
+        err.to_string().contains("reading 1234 is impossible"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_source_names_the_source() {
+    let mut g = Graph::new("missing_file");
+    let lines = g.source_file_lines("log", "/nonexistent/iotstream/test.log");
+    let _out = g.collect("out", &lines);
+    let err = join_within(g).unwrap_err();
+    assert_eq!(err.agent(), Some("log"));
+    assert!(
+        err.to_string().contains("/nonexistent/iotstream/test.log"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_panicking_sink_in_the_middle_of_an_endless_source_still_ends_the_run() {
+    let mut g = Graph::new("endless");
+    let mut n = 0u64;
+    let s = g.source(
+        "sensor",
+        move |out: &mut Vec<u64>, max: usize| -> Result<bool, AgentError> {
+            out.extend(n..n + max as u64);
+            n += max as u64;
+            Ok(true)
+        },
+    );
+    g.for_each("fragile", &s, |v: &u64| {
+        assert!(*v < 100_000, "overflow at {v}")
+    });
+    let err = join_within(g).unwrap_err();
+    assert_eq!(err.agent(), Some("fragile"));
+}
+
+/// Each value v ≥ 2 goes round the loop as v / 2; the loop ends when nothing is emitted.
+fn halving_loop(name: &str, capacity: usize) -> (Graph, iotstream::Collected<u64>) {
+    let mut g = Graph::new(name);
+    g.set_default_capacity(capacity);
+    let seeds = g.source_iter("seeds", [1000u64, 17, 64]);
+    let (loop_in, looped) = g.feedback::<u64>("loop");
+    let (a, b, out) = g.add_agent("merge", |p| {
+        let a = p.input::<u64>("seeds");
+        let b = p.input::<u64>("looped");
+        let out = p.output::<u64>("out");
+        (Merge2 { a, b, out }, (a, b, out))
+    });
+    g.connect(&seeds, &a);
+    g.connect(&looped, &b);
+    let next = g.filter_map("halve", &out, |v: &u64| (*v >= 2).then_some(v / 2));
+    g.connect(&next, &loop_in);
+    let all = g.collect("all", &out);
+    (g, all)
+}
+
+struct Merge2 {
+    a: Input<u64>,
+    b: Input<u64>,
+    out: Stream<u64>,
+}
+
+impl Agent for Merge2 {
+    fn step(&mut self, inputs: &mut Inputs, outputs: &mut Outputs) -> Result<(), AgentError> {
+        for input in [self.a, self.b] {
+            outputs.extend(&self.out, inputs.slice(&input).iter().copied());
+            inputs.consume_all(&input);
+        }
+        Ok(())
+    }
+}
+
+fn halvings(seeds: &[u64]) -> Vec<u64> {
+    let mut all: Vec<u64> = Vec::new();
+    for &s in seeds {
+        let mut v = s;
+        all.push(v);
+        while v >= 2 {
+            v /= 2;
+            all.push(v);
+        }
+    }
+    all.sort_unstable();
+    all
+}
+
+#[test]
+fn a_feedback_loop_ends_when_it_goes_quiet() {
+    let expected = halvings(&[1000, 17, 64]);
+    for threaded in [false, true] {
+        let (g, all) = halving_loop("halving", 1024);
+        if threaded {
+            join_within(g).unwrap();
+        } else {
+            let mut h = Harness::new(g).unwrap();
+            h.finish().unwrap();
+            assert!(h.is_finished());
+        }
+        let mut got = all.values();
+        got.sort_unstable();
+        assert_eq!(got, expected, "threaded: {threaded}");
+    }
+}
+
+/// An agent that needs 10 elements before it consumes anything, behind a connection of
+/// capacity 4 (and not declared with `needs_at_least`, so the graph cannot reject it): the run
+/// must fail with a stall naming the connection, not hang.
+struct NeedsTen {
+    input: Input<u64>,
+}
+
+impl Agent for NeedsTen {
+    fn step(&mut self, inputs: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        if inputs.slice(&self.input).len() >= 10 {
+            inputs.consume(&self.input, 10);
+        }
+        Ok(())
+    }
+}
+
+fn stalling_graph() -> Graph {
+    let mut g = Graph::new("stall");
+    let s = g.source_iter("numbers", 0..100u64);
+    let input = g.add_agent("needs_ten", |p| {
+        let input = p.input::<u64>("in");
+        (NeedsTen { input }, input)
+    });
+    g.connect_with(&s, &input, Connection::new().capacity(4));
+    g
+}
+
+#[test]
+fn a_stall_is_reported_not_hung() {
+    let err = join_within(stalling_graph()).unwrap_err();
+    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("numbers.out -> needs_ten.in"),
+        "{err}"
+    );
+    let err = Harness::new(stalling_graph())
+        .unwrap()
+        .finish()
+        .unwrap_err();
+    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("numbers.out -> needs_ten.in"),
+        "{err}"
+    );
+}
+
+#[test]
+fn graph_mistakes_are_all_reported_with_names() {
+    let mut g = Graph::new("broken");
+    let s = g.source_iter("numbers", 0..3u64);
+    let _ = g.map("twice", &s, |v: &u64| *v);
+    let _ = g.map("twice", &s, |v: &u64| *v);
+    let (unfed, _) = g.add_agent("lonely", |p| {
+        let i = p.input::<u64>("in");
+        let o = p.output::<u64>("out");
+        (Merge2 { a: i, b: i, out: o }, (i, o))
+    });
+    let _ = unfed;
+    let (twice_fed, _) = g.add_agent("greedy", |p| {
+        let i = p.input::<u64>("in");
+        let o = p.output::<u64>("out");
+        (Merge2 { a: i, b: i, out: o }, (i, o))
+    });
+    g.connect(&s, &twice_fed);
+    g.connect(&s, &twice_fed);
+    let (zero, _) = g.add_agent("zero", |p| {
+        let i = p.input::<u64>("in");
+        let o = p.output::<u64>("out");
+        (Merge2 { a: i, b: i, out: o }, (i, o))
+    });
+    g.connect_with(&s, &zero, Connection::new().capacity(0));
+    g.place_on_thread("nobody", "t1");
+    let err = Harness::new(g).err().expect("the graph is broken");
+    let Error::Graph { app, problems } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(app, "broken");
+    let text = problems.join("\n");
+    for expected in [
+        "agent name 'twice' is used twice",
+        "input 'lonely.in' (of u64) is not connected",
+        "input 'greedy.in' is connected 2 times",
+        "connection numbers.out -> zero.in: capacity must be at least 1",
+        "place_on_thread: no agent named 'nobody'",
+    ] {
+        assert!(text.contains(expected), "missing '{expected}' in:\n{text}");
+    }
+    assert_eq!(problems.len(), 5, "{text}");
+}
+
+#[test]
+fn handles_from_another_graph_are_rejected() {
+    let mut a = Graph::new("a");
+    let s = a.source_iter("numbers", 0..3u64);
+    let mut b = Graph::new("b");
+    let t = b.source_iter("numbers", 0..3u64);
+    let (input, _) = b.add_agent("sink", |p| {
+        let i = p.input::<u64>("in");
+        let o = p.output::<u64>("out");
+        (Merge2 { a: i, b: i, out: o }, (i, o))
+    });
+    b.connect(&s, &input);
+    b.connect(&t, &input);
+    let err = b.run().unwrap_err();
+    assert!(err.to_string().contains("from another graph"), "{err}");
+    drop(a);
+}
+
+#[test]
+fn threaded_input_sender_feeds_a_running_app() {
+    let mut g = Graph::new("pushed");
+    let x = g.input::<u64>("x");
+    let y = g.map("double", &x, |v: &u64| v * 2);
+    let out = g.collect("out", &y);
+    let mut running = g.start().unwrap();
+    let sender = running.input(&x).unwrap();
+    for i in 0..100u64 {
+        sender.send(vec![i; 3]).unwrap();
+    }
+    sender.close();
+    assert!(running.input(&x).is_err(), "a sender is taken once");
+    running.join().unwrap();
+    let expected: Vec<u64> = (0..100u64).flat_map(|i| [i * 2; 3]).collect();
+    assert_eq!(out.values(), expected);
+}
+
+#[test]
+fn stop_drains_an_endless_source_gracefully() {
+    let mut g = Graph::new("endless");
+    let mut n = 0u64;
+    let s = g.source(
+        "counter",
+        move |out: &mut Vec<u64>, max: usize| -> Result<bool, AgentError> {
+            out.extend(n..n + max as u64);
+            n += max as u64;
+            Ok(true)
+        },
+    );
+    let out = g.collect("out", &s);
+    let running = g.start().unwrap();
+    while out.len() < 10_000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.stop();
+    let m = running.join().unwrap();
+    // Everything the source emitted reached the sink, in order.
+    let got = out.values();
+    assert_eq!(got.len() as u64, m.stream("counter.out").unwrap().elements);
+    assert!(got.iter().enumerate().all(|(i, v)| *v == i as u64));
+}
