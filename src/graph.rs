@@ -32,7 +32,7 @@ use crate::ops::source::ExternalAny;
 use crate::stream::{Element, Input, PortId, Stream};
 
 /// Elements that may be in flight on a connection unless it says otherwise.
-pub const DEFAULT_CAPACITY: usize = 16 * 1024;
+pub const DEFAULT_CAPACITY: usize = 32 * 1024;
 
 /// What a writer does when a reader has `capacity` elements in flight and more arrive.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -353,6 +353,8 @@ impl Graph {
                 mailbox: Arc::clone(&mailboxes[writer]),
                 output: e.from.port,
                 link,
+                capacity,
+                policy: e.conn.policy,
             });
         }
         Ok((hosts, registry))

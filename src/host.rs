@@ -48,6 +48,8 @@ pub(crate) struct CreditRoute {
     pub mailbox: Arc<dyn Mailbox>,
     pub output: u32,
     pub link: u32,
+    pub capacity: usize,
+    pub policy: Policy,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -66,6 +68,8 @@ pub(crate) trait InSlot: Send {
     fn prepare(&mut self);
     /// Elements consumed since the last call.
     fn take_consumed(&mut self) -> usize;
+    /// Credit to return to the writer now, if it is due (see [`InBuf`]).
+    fn credit_due(&mut self) -> usize;
     fn set_credit_route(&mut self, route: CreditRoute);
     fn credit_route(&self) -> Option<&CreditRoute>;
 }
@@ -80,11 +84,25 @@ enum View<T> {
 /// While the agent consumes everything it is shown, the slice is the batch itself (no copy).
 /// When it leaves elements unconsumed and more arrive, they are gathered into one owned vector;
 /// each element is copied at most once per stay, and the vector's allocation is reused.
+///
+/// # Credit in groups
+///
+/// Consumed elements are credited back to the writer in groups of a quarter of the capacity,
+/// which divides the credit messages by the batches per quarter. This never deadlocks: when no
+/// message is in transit, the writer's credit is `capacity - outstanding`, so a writer with no
+/// credit left implies `outstanding == capacity` here, and then whatever was consumed is
+/// returned at once. Drop-policy links return credit after every step, since a writer that
+/// drops instead of waiting should see the reader's room as soon as it exists.
 pub(crate) struct InBuf<T> {
     view: View<T>,
     queue: VecDeque<Batch<T>>,
     closed: bool,
+    /// Consumed since the last `take_consumed`.
     consumed: usize,
+    /// Consumed and not yet credited back.
+    unreturned: usize,
+    /// Received and not yet credited back.
+    outstanding: usize,
     spare: Vec<T>,
     route: Option<CreditRoute>,
 }
@@ -96,6 +114,8 @@ impl<T: Element> InBuf<T> {
             queue: VecDeque::new(),
             closed: false,
             consumed: 0,
+            unreturned: 0,
+            outstanding: 0,
             spare: Vec::new(),
             route: None,
         }
@@ -119,6 +139,7 @@ impl<T: Element> InBuf<T> {
             View::Owned(_, off) => *off += n,
         }
         self.consumed += n;
+        self.unreturned += n;
     }
 }
 
@@ -141,6 +162,7 @@ impl<T: Element> InSlot for InBuf<T> {
             )
         })?;
         if !batch.is_empty() {
+            self.outstanding += batch.len();
             self.queue.push_back(*batch);
         }
         Ok(())
@@ -188,6 +210,21 @@ impl<T: Element> InSlot for InBuf<T> {
 
     fn take_consumed(&mut self) -> usize {
         std::mem::take(&mut self.consumed)
+    }
+
+    fn credit_due(&mut self) -> usize {
+        let Some(route) = &self.route else { return 0 };
+        let group = match route.policy {
+            Policy::Block => (route.capacity / 4).max(1),
+            Policy::DropOldest | Policy::DropNewest => 1,
+        };
+        if self.unreturned >= group || self.outstanding >= route.capacity || self.closed {
+            let n = std::mem::take(&mut self.unreturned);
+            self.outstanding -= n;
+            n
+        } else {
+            0
+        }
     }
 
     fn set_credit_route(&mut self, route: CreditRoute) {
@@ -725,9 +762,9 @@ impl Host {
     fn return_credits(&mut self) -> usize {
         let mut total = 0;
         for slot in &mut self.inputs {
-            let n = slot.take_consumed();
+            total += slot.take_consumed();
+            let n = slot.credit_due();
             if n > 0 {
-                total += n;
                 if let Some(route) = slot.credit_route() {
                     route.mailbox.post(Envelope::Credit {
                         output: route.output,

@@ -69,7 +69,7 @@ fn allocations_grow_with_batches_not_elements() {
             large < 2_000_000 / 20,
             "threaded {threaded}: {large} allocations for 2,000,000 elements"
         );
-        assert!(large_batches >= 2_000_000 / 1024);
+        assert!(large_batches >= 2_000_000 / iotstream::SourceOptions::default().max_batch as u64);
         eprintln!(
             "threaded {threaded}: {small} allocations for 1M elements ({small_batches} batches), {large} for 2M ({large_batches} batches): {per_batch:.1} per batch"
         );

@@ -156,8 +156,9 @@ fn stalled_reader_bounds_memory_and_loses_nothing() {
     let link = m.link("sensor.out", "slow").unwrap();
     assert!(link.max_in_flight as usize <= CAP);
     let emitted = m.stream("sensor.out").unwrap().elements;
+    let batch = iotstream::SourceOptions::default().max_batch;
     assert!(
-        emitted as usize <= CAP + 1024,
+        emitted as usize <= CAP + batch,
         "the source emitted {emitted} elements while its only reader was stalled"
     );
     gate.store(true, Ordering::SeqCst);

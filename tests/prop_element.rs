@@ -1,0 +1,92 @@
+//! Element and list operators give the same output whatever the batch boundaries: random input
+//! pushed in random chunks equals one batch, and equals a plain reference implementation.
+
+use iotstream::{Graph, Harness};
+use proptest::prelude::*;
+
+/// Splits `data` into chunks of the given sizes (cycled), at least one element each.
+fn chunks(data: &[i32], sizes: &[usize]) -> Vec<Vec<i32>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut k = 0;
+    while i < data.len() {
+        let n = sizes[k % sizes.len()].max(1).min(data.len() - i);
+        out.push(data[i..i + n].to_vec());
+        i += n;
+        k += 1;
+    }
+    out
+}
+
+/// Runs every element operator on the same input pushed as `pushes`, with a run after each.
+fn run_all(pushes: &[Vec<i32>], capacity: usize) -> Vec<Vec<i64>> {
+    let mut g = Graph::new("elements");
+    g.set_default_capacity(capacity);
+    let x = g.input::<i32>("x");
+    let streams = vec![
+        g.map("map", &x, |v: &i32| i64::from(*v) * 3),
+        g.filter_map("filter", &x, |v: &i32| {
+            (v % 3 == 0).then_some(i64::from(*v))
+        }),
+        g.filter_map("filter_map", &x, |v: &i32| {
+            (*v > 0).then(|| i64::from(*v) - 1)
+        }),
+        g.flat_map("flat_map", &x, |v: &i32| {
+            vec![i64::from(*v); (v.unsigned_abs() % 3) as usize]
+        }),
+        g.map_with_state("with_state", &x, 0i64, |v: &i32, s| {
+            (s + i64::from(*v), s + i64::from(*v))
+        }),
+        g.map_list("map_list", &x, |xs: &[i32]| {
+            xs.iter().map(|v| i64::from(*v) - 7).collect()
+        }),
+    ];
+    let outs: Vec<_> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| g.collect(&format!("out{i}"), s))
+        .collect();
+    let mut h = Harness::new(g).unwrap();
+    for p in pushes {
+        h.push(&x, p.clone()).unwrap();
+        h.run().unwrap();
+    }
+    h.finish().unwrap();
+    outs.iter().map(|o| o.values()).collect()
+}
+
+fn reference(data: &[i32]) -> Vec<Vec<i64>> {
+    let wide: Vec<i64> = data.iter().map(|v| i64::from(*v)).collect();
+    let mut sum = 0;
+    vec![
+        wide.iter().map(|v| v * 3).collect(),
+        wide.iter().copied().filter(|v| v % 3 == 0).collect(),
+        wide.iter().filter(|v| **v > 0).map(|v| v - 1).collect(),
+        wide.iter()
+            .flat_map(|v| vec![*v; (v.unsigned_abs() % 3) as usize])
+            .collect(),
+        wide.iter()
+            .map(|v| {
+                sum += v;
+                sum
+            })
+            .collect(),
+        wide.iter().map(|v| v - 7).collect(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn batch_boundaries_never_change_element_operators(
+        data in proptest::collection::vec(-1000i32..1000, 0..300),
+        sizes in proptest::collection::vec(1usize..40, 1..8),
+        capacity in 1usize..64,
+    ) {
+        let expected = reference(&data);
+        let one_batch = run_all(&[data.clone()], 1 << 14);
+        let chunked = run_all(&chunks(&data, &sizes), capacity);
+        prop_assert_eq!(&one_batch, &expected);
+        prop_assert_eq!(&chunked, &expected);
+    }
+}
