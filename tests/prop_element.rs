@@ -23,7 +23,7 @@ fn run_all(pushes: &[Vec<i32>], capacity: usize) -> Vec<Vec<i64>> {
     let mut g = Graph::new("elements");
     g.set_default_capacity(capacity);
     let x = g.input::<i32>("x");
-    let streams = vec![
+    let streams = [
         g.map("map", &x, |v: &i32| i64::from(*v) * 3),
         g.filter_map("filter", &x, |v: &i32| {
             (v % 3 == 0).then_some(i64::from(*v))
@@ -84,7 +84,7 @@ proptest! {
         capacity in 1usize..64,
     ) {
         let expected = reference(&data);
-        let one_batch = run_all(&[data.clone()], 1 << 14);
+        let one_batch = run_all(std::slice::from_ref(&data), 1 << 14);
         let chunked = run_all(&chunks(&data, &sizes), capacity);
         prop_assert_eq!(&one_batch, &expected);
         prop_assert_eq!(&chunked, &expected);
