@@ -43,6 +43,13 @@ pub enum Error {
         /// What is stuck, naming the streams and agents.
         detail: String,
     },
+    /// A process of the application failed or was killed.
+    Process {
+        /// The process's name.
+        process: String,
+        /// How it ended (exit status or signal) and what it last wrote to standard error.
+        detail: String,
+    },
     /// The runtime itself failed (a thread could not start, a peer broke the protocol).
     Runtime {
         /// What failed.
@@ -63,6 +70,7 @@ impl fmt::Display for Error {
             Error::Agent { agent, cause } => write!(f, "agent '{agent}' failed: {cause}"),
             Error::Panic { agent, message } => write!(f, "agent '{agent}' panicked: {message}"),
             Error::Stalled { detail } => write!(f, "application stalled: {detail}"),
+            Error::Process { process, detail } => write!(f, "process '{process}' {detail}"),
             Error::Runtime { detail } => write!(f, "runtime error: {detail}"),
         }
     }
@@ -71,6 +79,14 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl Error {
+    /// The name of the process this error is about, if it is about one.
+    pub fn process(&self) -> Option<&str> {
+        match self {
+            Error::Process { process, .. } => Some(process),
+            _ => None,
+        }
+    }
+
     /// The name of the agent this error is about, if it is about one.
     pub fn agent(&self) -> Option<&str> {
         match self {

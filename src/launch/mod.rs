@@ -1,0 +1,428 @@
+//! Processes: one application, several OS processes, the same binary everywhere.
+//!
+//! # Roles
+//!
+//! An application whose agents are placed in several processes
+//! ([`Graph::place_in_process`](crate::Graph::place_in_process)) is started by running its binary
+//! as usual. That first process is the **starter**: it hosts the agents of the process named
+//! `main` (those not placed elsewhere), and starts one child per other process by re-executing
+//! its own binary with the same arguments and a role in the environment (`IOTSTREAM_PROCESS`,
+//! `IOTSTREAM_RUN`, `IOTSTREAM_GRAPH`). Each child builds the same graph, sees its role, and
+//! instantiates only its own agents, as in timely-dataflow. A child checks that the graph it
+//! built is the starter's (same agents, ports, edges and placement: a fingerprint), so a program
+//! that builds its graph differently on each run fails clearly instead of mis-wiring.
+//!
+//! # Supervision
+//!
+//! The starter watches every child: a child that exits with a failure or is killed stops the whole
+//! application, and the error names the process and its exit status or signal (with the last
+//! lines it wrote to standard error). Children die with the starter (`PR_SET_PDEATHSIG`).
+//! Each child's output lines are prefixed with `[process]`.
+//!
+//! # Shared-memory objects
+//!
+//! Only the starter creates and removes shared-memory objects; their names carry the application,
+//! the starter's pid and a run nonce (`/iotstream.<app>.<pid>-<nonce>.e<edge>`). They are removed
+//! on every exit of the starter that runs code (normal end, error, Ctrl-C / SIGTERM); after a
+//! SIGKILL of the starter, the next start of the same application removes the objects of runs
+//! whose starter is dead.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::error::Error;
+
+/// The process a child runs as.
+pub(crate) const ENV_PROCESS: &str = "IOTSTREAM_PROCESS";
+/// `<starter pid>-<nonce>`: names this run's shared-memory objects.
+pub(crate) const ENV_RUN: &str = "IOTSTREAM_RUN";
+/// The starter's graph fingerprint, in hex.
+pub(crate) const ENV_GRAPH: &str = "IOTSTREAM_GRAPH";
+
+/// The process that hosts the agents not placed elsewhere, and starts the others.
+pub const MAIN_PROCESS: &str = "main";
+
+/// Identifies one run of an application across its processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RunId {
+    /// The starter's pid: the owner of the run's shared-memory objects.
+    pub owner: u32,
+    pub nonce: u64,
+}
+
+impl RunId {
+    pub fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        RunId {
+            owner: std::process::id(),
+            nonce: nanos & 0xffff_ffff_ffff,
+        }
+    }
+
+    fn parse(s: &str) -> Option<RunId> {
+        let (owner, nonce) = s.split_once('-')?;
+        Some(RunId {
+            owner: owner.parse().ok()?,
+            nonce: u64::from_str_radix(nonce, 16).ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{:x}", self.owner, self.nonce)
+    }
+}
+
+/// What this process is in the application.
+#[derive(Debug)]
+pub(crate) enum Role {
+    /// Started by the user: hosts `main`, starts and supervises the others.
+    Starter,
+    /// Started by a starter to host one process.
+    Member {
+        process: String,
+        run: RunId,
+        fingerprint: u64,
+    },
+}
+
+/// Reads the role from the environment. A malformed role is an error naming the variable.
+pub(crate) fn role() -> Result<Role, Error> {
+    let Some(process) = std::env::var_os(ENV_PROCESS) else {
+        return Ok(Role::Starter);
+    };
+    let bad = |var: &str, what: &str| Error::Runtime {
+        detail: format!("environment variable {var} {what} (it is set by the iotstream starter, not by hand)"),
+    };
+    let process = process
+        .into_string()
+        .map_err(|_| bad(ENV_PROCESS, "is not valid UTF-8"))?;
+    let run = std::env::var(ENV_RUN)
+        .ok()
+        .and_then(|r| RunId::parse(&r))
+        .ok_or_else(|| bad(ENV_RUN, "is missing or malformed"))?;
+    let fingerprint = std::env::var(ENV_GRAPH)
+        .ok()
+        .and_then(|f| u64::from_str_radix(&f, 16).ok())
+        .ok_or_else(|| bad(ENV_GRAPH, "is missing or malformed"))?;
+    Ok(Role::Member {
+        process,
+        run,
+        fingerprint,
+    })
+}
+
+/// Keeps only characters that are safe in a shared-memory object name.
+pub(crate) fn sanitize(app: &str) -> String {
+    let s: String = app
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .take(64)
+        .collect();
+    if s.is_empty() {
+        "app".to_string()
+    } else {
+        s
+    }
+}
+
+/// The name of the shared-memory object of edge `edge` in run `run` of `app`.
+pub(crate) fn segment_name(app: &str, run: &RunId, edge: usize) -> String {
+    format!("/iotstream.{}.{}.e{edge}", sanitize(app), run)
+}
+
+/// Shared-memory objects of iotstream applications (of `app` only, if given) whose starter is
+/// no longer alive; each is removed. Returns the names removed.
+pub(crate) fn sweep_stale(app: Option<&str>) -> Vec<String> {
+    let prefix = match app {
+        Some(a) => format!("iotstream.{}.", sanitize(a)),
+        None => "iotstream.".to_string(),
+    };
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else { continue };
+        // rest (with app): "<pid>-<nonce>.e<edge>" or, without app, "<app>.<pid>-<nonce>.e<edge>"
+        let run_part = if app.is_some() {
+            rest.split('.').next()
+        } else {
+            rest.split('.').nth(1)
+        };
+        let Some(run) = run_part.and_then(RunId::parse) else { continue };
+        if !pid_alive(run.owner) {
+            let full = format!("/{name}");
+            if nix::sys::mman::shm_unlink(full.as_str()).is_ok() {
+                removed.push(full);
+            }
+        }
+    }
+    removed.sort();
+    removed
+}
+
+/// True if a process with this pid exists (it may belong to another user).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    match kill(Pid::from_raw(pid as i32), None) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// The shared-memory objects this starter created; removed by `remove_all` (and on drop).
+#[derive(Default)]
+pub(crate) struct Segments {
+    names: Mutex<Vec<String>>,
+}
+
+impl Segments {
+    pub fn add(&self, name: String) {
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+    }
+    pub fn remove_all(&self) {
+        let names = std::mem::take(&mut *self.names.lock().unwrap_or_else(|p| p.into_inner()));
+        for n in names {
+            let _ = nix::sys::mman::shm_unlink(n.as_str());
+        }
+    }
+}
+
+impl Drop for Segments {
+    fn drop(&mut self) {
+        self.remove_all();
+    }
+}
+
+/// A child process of the starter.
+pub(crate) struct ChildProcess {
+    pub name: String,
+    pub pid: u32,
+    /// The last lines the child wrote to standard error, for the failure report.
+    pub last_errors: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// How a child ended.
+pub(crate) struct Exit {
+    pub name: String,
+    pub status: ExitStatus,
+    pub last_errors: Vec<String>,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// An error naming the process, how it ended, and what it last wrote to standard error.
+    pub fn to_error(&self) -> Error {
+        use std::os::unix::process::ExitStatusExt;
+        let how = match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => {
+                let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown signal");
+                format!("was killed by signal {sig} ({name})")
+            }
+            _ => "ended abnormally".to_string(),
+        };
+        let mut detail = how;
+        if !self.last_errors.is_empty() {
+            detail.push_str("; its last lines on standard error: ");
+            detail.push_str(&self.last_errors.join(" | "));
+        }
+        Error::Process {
+            process: self.name.clone(),
+            detail,
+        }
+    }
+}
+
+/// Starts `process` as a child: this same binary, same arguments, with its role set. Its
+/// output lines are copied to ours prefixed with `[process]`; each exit is sent on `exits`.
+pub(crate) fn spawn_child(
+    process: &str,
+    run: &RunId,
+    fingerprint: u64,
+    exits: mpsc::Sender<Exit>,
+) -> Result<ChildProcess, Error> {
+    let exe = std::env::current_exe().map_err(|e| Error::Runtime {
+        detail: format!("cannot find this program's own path to start process '{process}': {e}"),
+    })?;
+    let parent = nix::unistd::getpid();
+    let mut cmd = Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(ENV_PROCESS, process)
+        .env(ENV_RUN, run.to_string())
+        .env(ENV_GRAPH, format!("{fingerprint:x}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The starter may have died between fork and prctl: then nobody would kill us.
+            if nix::unistd::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child: Child = cmd.spawn().map_err(|e| Error::Runtime {
+        detail: format!("cannot start process '{process}' ({}): {e}", exe.display()),
+    })?;
+    let pid = child.id();
+    let last_errors: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let out = child.stdout.take().expect("stdout is piped");
+    let err = child.stderr.take().expect("stderr is piped");
+    let copiers = [
+        copy_prefixed(out, process, false, None),
+        copy_prefixed(err, process, true, Some(Arc::clone(&last_errors))),
+    ];
+    let name = process.to_string();
+    let tail = Arc::clone(&last_errors);
+    std::thread::Builder::new()
+        .name(format!("wait {process}"))
+        .spawn(move || {
+            let status = child.wait();
+            // Let the output copiers reach the end of the pipes, so the report has the last lines.
+            for c in copiers.into_iter().flatten() {
+                let _ = c.join();
+            }
+            let status = match status {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let last_errors = tail.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+            let _ = exits.send(Exit {
+                name,
+                status,
+                last_errors,
+            });
+        })
+        .map_err(|e| Error::Runtime {
+            detail: format!("cannot start the thread that watches process '{process}': {e}"),
+        })?;
+    Ok(ChildProcess {
+        name: process.to_string(),
+        pid,
+        last_errors,
+    })
+}
+
+/// Copies lines from a child's pipe to our stdout or stderr, prefixed with the process name.
+fn copy_prefixed(
+    pipe: impl Read + Send + 'static,
+    process: &str,
+    to_stderr: bool,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let prefix = format!("[{process}] ");
+    std::thread::Builder::new()
+        .name(format!("output {process}"))
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                if to_stderr {
+                    let _ = writeln!(std::io::stderr().lock(), "{prefix}{text}");
+                } else {
+                    let _ = writeln!(std::io::stdout().lock(), "{prefix}{text}");
+                }
+                if let Some(tail) = &tail {
+                    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    if t.len() == 5 {
+                        t.pop_front();
+                    }
+                    t.push_back(text.to_string());
+                }
+            }
+        })
+        .ok()
+}
+
+/// Sends `signal` to every child still alive.
+pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
+    for c in children {
+        let _ = kill(Pid::from_raw(c.pid as i32), signal);
+    }
+}
+
+/// Ctrl-C and SIGTERM while a multi-process run is on: the first asks for a graceful drain
+/// (`stop` is set: sources end their streams, data in flight is processed); the second ends
+/// this process at once (after `on_second`, which removes what must not be left behind).
+pub(crate) struct SignalGuard {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SignalGuard {
+    pub fn install(
+        stop: Arc<AtomicBool>,
+        on_first: impl Fn() + Send + 'static,
+        on_second: impl Fn() + Send + 'static,
+    ) -> Result<SignalGuard, Error> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::Runtime {
+            detail: format!("cannot install the SIGINT/SIGTERM handler: {e}"),
+        })?;
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new()
+            .name("iotstream signals".into())
+            .spawn(move || {
+                let mut seen = 0;
+                for sig in signals.forever() {
+                    seen += 1;
+                    if seen == 1 {
+                        tracing::warn!("signal {sig}: draining (send it again to stop at once)");
+                        stop.store(true, Ordering::SeqCst);
+                        on_first();
+                    } else {
+                        on_second();
+                        std::process::exit(128 + sig);
+                    }
+                }
+            })
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start the signal thread: {e}"),
+            })?;
+        Ok(SignalGuard {
+            handle,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How long a graceful drain may take before stragglers are killed.
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(10);
