@@ -179,6 +179,8 @@ pub struct Ports {
 /// What the graph keeps of a declared port until the application is instantiated.
 pub(crate) struct PortDecl {
     pub name: String,
+    // Kept for the type checks of cross-process links (not read yet).
+    #[allow(dead_code)]
     pub type_name: &'static str,
     /// For inputs: the fewest elements the agent needs buffered to make progress.
     pub min_capacity: usize,
