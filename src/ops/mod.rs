@@ -9,7 +9,9 @@
 //! | element and list: map, filter, filter_map, flat_map, with state, map_list | [`element`] |
 //! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
 //! | sinks: for_each, with state, collect, file, stdout | [`sink`] |
+//! | count windows: map_window, merge_window, split_window, multi_window, sink_window | [`window`] |
 
 pub mod element;
 pub mod sink;
 pub mod source;
+pub mod window;

@@ -1,0 +1,308 @@
+//! Property tests: every window operator gives, after every run, exactly what a plain reference
+//! implementation gives for the input pushed so far, whatever the batch sizes and connection
+//! capacities; and the same input pushed as one batch gives the same result.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use iotstream::{Element, Graph, Harness, Stream};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+/// Reads an operator's outputs so far.
+type Reader<U> = Box<dyn Fn() -> Vec<Vec<U>>>;
+
+/// Windows of `data` by IoTPy's rule: window k is `data[k*step .. k*step + size]`, full only.
+fn ref_windows<T: Clone>(data: &[T], size: usize, step: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k * step + size <= data.len() {
+        out.push(data[k * step..k * step + size].to_vec());
+        k += 1;
+    }
+    out
+}
+
+/// Windows of several inputs advanced together: as many as the shortest input allows.
+fn ref_merged<T: Clone>(data: &[Vec<T>], size: usize, step: usize) -> Vec<Vec<Vec<T>>> {
+    let per: Vec<Vec<Vec<T>>> = data.iter().map(|d| ref_windows(d, size, step)).collect();
+    let n = per.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
+        .map(|k| per.iter().map(|w| w[k].clone()).collect())
+        .collect()
+}
+
+fn check<U: PartialEq + Debug>(
+    got: Vec<Vec<U>>,
+    want: Vec<Vec<U>>,
+    when: &str,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got, want, "{}", when);
+    Ok(())
+}
+
+/// Builds a one-input graph with `build`, pushes `data` in chunks of the sizes in `chunks`
+/// (cycled), runs after each push and compares with `expect(prefix)`; then does it again with
+/// the whole input as one batch.
+fn single<U>(
+    data: &[i64],
+    chunks: &[usize],
+    capacity: usize,
+    build: impl Fn(&mut Graph, &Stream<i64>) -> Reader<U>,
+    expect: impl Fn(&[i64]) -> Vec<Vec<U>>,
+) -> Result<(), TestCaseError>
+where
+    U: Element + PartialEq + Debug,
+{
+    let mut g = Graph::new("prop_single");
+    g.set_default_capacity(capacity);
+    let x = g.input::<i64>("x");
+    let read = build(&mut g, &x);
+    let mut h = Harness::new(g).expect("graph builds");
+    let mut pushed = 0;
+    let mut sizes = chunks.iter().cycle();
+    while pushed < data.len() {
+        let n = (*sizes.next().expect("chunks is not empty")).min(data.len() - pushed);
+        h.push(&x, data[pushed..pushed + n].iter().copied())
+            .expect("push");
+        h.run().expect("run");
+        pushed += n;
+        check(
+            read(),
+            expect(&data[..pushed]),
+            &format!("after {pushed} elements"),
+        )?;
+    }
+    h.finish().expect("finish");
+    check(read(), expect(data), "after finish")?;
+
+    let mut g = Graph::new("prop_single_one_batch");
+    let x = g.input::<i64>("x");
+    let read = build(&mut g, &x);
+    let mut h = Harness::new(g).expect("graph builds");
+    h.push(&x, data.iter().copied()).expect("push");
+    h.run().expect("run");
+    check(read(), expect(data), "one batch")?;
+    h.finish().expect("finish");
+    Ok(())
+}
+
+/// Like [`single`] for several inputs: `schedule` says which input gets the next chunk and how
+/// big it is (cycled; inputs already fully pushed are passed over).
+fn many<U>(
+    data: &[Vec<i64>],
+    schedule: &[(usize, usize)],
+    capacity: usize,
+    build: impl Fn(&mut Graph, &[Stream<i64>]) -> Reader<U>,
+    expect: impl Fn(&[Vec<i64>]) -> Vec<Vec<U>>,
+) -> Result<(), TestCaseError>
+where
+    U: Element + PartialEq + Debug,
+{
+    let k = data.len();
+    let mut g = Graph::new("prop_many");
+    g.set_default_capacity(capacity);
+    let xs: Vec<Stream<i64>> = (0..k).map(|i| g.input::<i64>(&format!("x{i}"))).collect();
+    let read = build(&mut g, &xs);
+    let mut h = Harness::new(g).expect("graph builds");
+    let mut pushed = vec![0; k];
+    let mut steps = schedule.iter().cycle();
+    while pushed.iter().zip(data).any(|(p, d)| *p < d.len()) {
+        let &(which, size) = steps.next().expect("schedule is not empty");
+        // The first input at or after `which` that still has data.
+        let i = (0..k)
+            .map(|j| (which + j) % k)
+            .find(|&i| pushed[i] < data[i].len())
+            .expect("some input has data");
+        let n = size.min(data[i].len() - pushed[i]);
+        h.push(&xs[i], data[i][pushed[i]..pushed[i] + n].iter().copied())
+            .expect("push");
+        h.run().expect("run");
+        pushed[i] += n;
+        let prefix: Vec<Vec<i64>> = data
+            .iter()
+            .zip(&pushed)
+            .map(|(d, &p)| d[..p].to_vec())
+            .collect();
+        check(
+            read(),
+            expect(&prefix),
+            &format!("after {pushed:?} elements"),
+        )?;
+    }
+    h.finish().expect("finish");
+    check(read(), expect(data), "after finish")?;
+
+    let mut g = Graph::new("prop_many_one_batch");
+    let xs: Vec<Stream<i64>> = (0..k).map(|i| g.input::<i64>(&format!("x{i}"))).collect();
+    let read = build(&mut g, &xs);
+    let mut h = Harness::new(g).expect("graph builds");
+    for (x, d) in xs.iter().zip(data) {
+        h.push(x, d.iter().copied()).expect("push");
+    }
+    h.run().expect("run");
+    check(read(), expect(data), "one batch")?;
+    h.finish().expect("finish");
+    Ok(())
+}
+
+fn collected<U: Element>(c: Vec<iotstream::Collected<U>>) -> Reader<U> {
+    Box::new(move || c.iter().map(|c| c.values()).collect())
+}
+
+fn data() -> impl Strategy<Value = Vec<i64>> {
+    prop::collection::vec(-50i64..50, 0..80)
+}
+
+fn chunks() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..9, 1..6)
+}
+
+/// Size, step, and extra capacity beyond the size.
+fn shape() -> impl Strategy<Value = (usize, usize, usize)> {
+    (1usize..7, 1usize..9, 0usize..4)
+}
+
+fn inputs(
+    k: std::ops::Range<usize>,
+) -> impl Strategy<Value = (Vec<Vec<i64>>, Vec<(usize, usize)>)> {
+    k.prop_flat_map(|k| {
+        (
+            prop::collection::vec(prop::collection::vec(-50i64..50, 0..50), k),
+            prop::collection::vec((0..k, 1usize..9), 1..6),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn map_window_matches_reference(data in data(), chunks in chunks(), (size, step, extra) in shape()) {
+        single(
+            &data, &chunks, size + extra,
+            |g, x| {
+                let w = g.map_window("w", x, size, step, |w: &[i64]| w.to_vec());
+                collected(vec![g.collect("out", &w)])
+            },
+            |d| vec![ref_windows(d, size, step)],
+        )?;
+    }
+
+    #[test]
+    fn map_window_with_state_matches_reference(data in data(), chunks in chunks(), (size, step, extra) in shape()) {
+        single(
+            &data, &chunks, size + extra,
+            |g, x| {
+                let s = g.map_window_with_state("w", x, size, step, 0i64, |w: &[i64], total| {
+                    let t = total + w.iter().sum::<i64>();
+                    (t, t)
+                });
+                collected(vec![g.collect("out", &s)])
+            },
+            |d| {
+                let mut total = 0;
+                vec![ref_windows(d, size, step).iter().map(|w| { total += w.iter().sum::<i64>(); total }).collect()]
+            },
+        )?;
+    }
+
+    #[test]
+    fn sink_window_matches_reference(data in data(), chunks in chunks(), (size, step, extra) in shape()) {
+        single(
+            &data, &chunks, size + extra,
+            |g, x| {
+                let seen: Arc<Mutex<Vec<Vec<i64>>>> = Arc::default();
+                let log = Arc::clone(&seen);
+                g.sink_window("w", x, size, step, move |w: &[i64]| log.lock().unwrap().push(w.to_vec()));
+                Box::new(move || vec![seen.lock().unwrap().iter().map(|w| w.iter().sum::<i64>()).collect()])
+            },
+            |d| vec![ref_windows(d, size, step).iter().map(|w| w.iter().sum::<i64>()).collect()],
+        )?;
+    }
+
+    #[test]
+    fn split_window_matches_reference(data in data(), chunks in chunks(), (size, step, extra) in shape()) {
+        let f = |w: &[i64]| [w.iter().sum::<i64>(), w[0], w[w.len() - 1]];
+        single(
+            &data, &chunks, size + extra,
+            |g, x| {
+                let outs = g.split_window("w", x, size, step, 3, f);
+                collected(outs.iter().enumerate().map(|(i, o)| g.collect(&format!("out{i}"), o)).collect())
+            },
+            |d| {
+                let ws = ref_windows(d, size, step);
+                (0..3).map(|j| ws.iter().map(|w| f(w)[j]).collect()).collect()
+            },
+        )?;
+    }
+
+    #[test]
+    fn split_window_opt_matches_reference(data in data(), chunks in chunks(), (size, step, extra) in shape()) {
+        let f = |w: &[i64]| {
+            let s = w.iter().sum::<i64>();
+            [(s % 2 == 0).then_some(s), (w[0] > 0).then_some(w[0])]
+        };
+        single(
+            &data, &chunks, size + extra,
+            |g, x| {
+                let outs = g.split_window_opt("w", x, size, step, 2, f);
+                collected(outs.iter().enumerate().map(|(i, o)| g.collect(&format!("out{i}"), o)).collect())
+            },
+            |d| {
+                let ws = ref_windows(d, size, step);
+                (0..2).map(|j| ws.iter().filter_map(|w| f(w)[j]).collect()).collect()
+            },
+        )?;
+    }
+
+    #[test]
+    fn merge_window_matches_reference((data, schedule) in inputs(1..4), (size, step, extra) in shape()) {
+        many(
+            &data, &schedule, size + extra,
+            |g, xs| {
+                let m = g.merge_window("w", xs, size, step, |ws: &[&[i64]]| ws.iter().map(|w| w.to_vec()).collect::<Vec<_>>());
+                collected(vec![g.collect("out", &m)])
+            },
+            |d| vec![ref_merged(d, size, step)],
+        )?;
+    }
+
+    #[test]
+    fn multi_window_matches_reference((data, schedule) in inputs(1..4), (size, step, extra) in shape()) {
+        let f = |ws: &[&[i64]]| vec![ws.iter().map(|w| w.iter().sum::<i64>()).sum::<i64>(), ws[ws.len() - 1][0]];
+        many(
+            &data, &schedule, size + extra,
+            |g, xs| {
+                let outs = g.multi_window("w", xs, size, step, 2, f);
+                collected(outs.iter().enumerate().map(|(i, o)| g.collect(&format!("out{i}"), o)).collect())
+            },
+            |d| {
+                let ws = ref_merged(d, size, step);
+                (0..2).map(|j| ws.iter().map(|w| {
+                    let slices: Vec<&[i64]> = w.iter().map(Vec::as_slice).collect();
+                    f(&slices)[j]
+                }).collect()).collect()
+            },
+        )?;
+    }
+
+    #[test]
+    fn multi_window_opt_matches_reference((data, schedule) in inputs(2..4), (size, step, extra) in shape()) {
+        let f = |ws: &[&[i64]]| [(ws[0][0] > ws[1][0]).then_some(ws[0][0]), (ws[0][0] <= ws[1][0]).then_some(ws[1][0])];
+        many(
+            &data, &schedule, size + extra,
+            |g, xs| {
+                let outs = g.multi_window_opt("w", xs, size, step, 2, f);
+                collected(outs.iter().enumerate().map(|(i, o)| g.collect(&format!("out{i}"), o)).collect())
+            },
+            |d| {
+                let ws = ref_merged(d, size, step);
+                (0..2).map(|j| ws.iter().filter_map(|w| {
+                    let slices: Vec<&[i64]> = w.iter().map(Vec::as_slice).collect();
+                    f(&slices)[j]
+                }).collect()).collect()
+            },
+        )?;
+    }
+}
