@@ -5,6 +5,7 @@
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
+use iotstream::ops::timed::TimedWindow;
 use iotstream::{Element, Graph, Harness, Stream};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -32,6 +33,29 @@ fn ref_merged<T: Clone>(data: &[Vec<T>], size: usize, step: usize) -> Vec<Vec<Ve
         .collect()
 }
 
+/// Timed windows by the definition: window k covers [t0 + kT, t0 + kT + D); it is emitted, if
+/// not empty, once the largest timestamp seen is at least its end.
+fn ref_timed<V: Clone>(data: &[(u64, V)], w: TimedWindow) -> Vec<(u64, Vec<(u64, V)>)> {
+    let Some(&(t_max, _)) = data.last() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut k = 0;
+    while w.start + k * w.step + w.duration <= t_max {
+        let (start, end) = (w.start + k * w.step, w.start + k * w.step + w.duration);
+        let inside: Vec<_> = data
+            .iter()
+            .filter(|(t, _)| start <= *t && *t < end)
+            .cloned()
+            .collect();
+        if !inside.is_empty() {
+            out.push((end, inside));
+        }
+        k += 1;
+    }
+    out
+}
+
 fn check<U: PartialEq + Debug>(
     got: Vec<Vec<U>>,
     want: Vec<Vec<U>>,
@@ -44,26 +68,27 @@ fn check<U: PartialEq + Debug>(
 /// Builds a one-input graph with `build`, pushes `data` in chunks of the sizes in `chunks`
 /// (cycled), runs after each push and compares with `expect(prefix)`; then does it again with
 /// the whole input as one batch.
-fn single<U>(
-    data: &[i64],
+fn single<T, U>(
+    data: &[T],
     chunks: &[usize],
     capacity: usize,
-    build: impl Fn(&mut Graph, &Stream<i64>) -> Reader<U>,
-    expect: impl Fn(&[i64]) -> Vec<Vec<U>>,
+    build: impl Fn(&mut Graph, &Stream<T>) -> Reader<U>,
+    expect: impl Fn(&[T]) -> Vec<Vec<U>>,
 ) -> Result<(), TestCaseError>
 where
+    T: Element,
     U: Element + PartialEq + Debug,
 {
     let mut g = Graph::new("prop_single");
     g.set_default_capacity(capacity);
-    let x = g.input::<i64>("x");
+    let x = g.input::<T>("x");
     let read = build(&mut g, &x);
     let mut h = Harness::new(g).expect("graph builds");
     let mut pushed = 0;
     let mut sizes = chunks.iter().cycle();
     while pushed < data.len() {
         let n = (*sizes.next().expect("chunks is not empty")).min(data.len() - pushed);
-        h.push(&x, data[pushed..pushed + n].iter().copied())
+        h.push(&x, data[pushed..pushed + n].iter().cloned())
             .expect("push");
         h.run().expect("run");
         pushed += n;
@@ -77,10 +102,10 @@ where
     check(read(), expect(data), "after finish")?;
 
     let mut g = Graph::new("prop_single_one_batch");
-    let x = g.input::<i64>("x");
+    let x = g.input::<T>("x");
     let read = build(&mut g, &x);
     let mut h = Harness::new(g).expect("graph builds");
-    h.push(&x, data.iter().copied()).expect("push");
+    h.push(&x, data.iter().cloned()).expect("push");
     h.run().expect("run");
     check(read(), expect(data), "one batch")?;
     h.finish().expect("finish");
@@ -172,6 +197,25 @@ fn inputs(
             prop::collection::vec((0..k, 1usize..9), 1..6),
         )
     })
+}
+
+/// Non-decreasing timestamps (gaps of 0 to 7, sometimes a long one) with small values.
+fn timed_data() -> impl Strategy<Value = Vec<(u64, i32)>> {
+    prop::collection::vec((prop_oneof![8 => 0u64..8, 1 => 8u64..60], -9i32..10), 0..60).prop_map(
+        |v| {
+            let mut t = 0;
+            v.into_iter()
+                .map(|(gap, x)| {
+                    t += gap;
+                    (t, x)
+                })
+                .collect()
+        },
+    )
+}
+
+fn timed_shape() -> impl Strategy<Value = TimedWindow> {
+    (1u64..15, 1u64..15, 0u64..12).prop_map(|(d, s, t0)| TimedWindow::new(d, s).starting_at(t0))
 }
 
 proptest! {
@@ -303,6 +347,18 @@ proptest! {
                     f(&slices)[j]
                 }).collect()).collect()
             },
+        )?;
+    }
+
+    #[test]
+    fn timed_window_matches_reference(data in timed_data(), chunks in chunks(), shape in timed_shape(), cap in 60usize..64) {
+        single(
+            &data, &chunks, cap,
+            |g, x| {
+                let w = g.timed_window("w", x, shape, |w: &[(u64, i32)]| w.to_vec());
+                collected(vec![g.collect("out", &w)])
+            },
+            |d| vec![ref_timed(d, shape)],
         )?;
     }
 }

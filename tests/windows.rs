@@ -324,3 +324,248 @@ fn merge_capacity_smaller_than_window_is_rejected_at_build() {
         "{p:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Timed windows
+
+use iotstream::ops::timed::TimedWindow;
+
+/// C10: timed window, identity, D=10 T=10.
+#[test]
+fn c10_timed_window_identity() {
+    let mut g = Graph::new("c10");
+    let x = g.input::<(u64, char)>("x");
+    let w = g.timed_window(
+        "identity",
+        &x,
+        TimedWindow::new(10, 10),
+        |w: &[(u64, char)]| w.to_vec(),
+    );
+    let out = g.collect("out", &w);
+    let mut h = Harness::new(g).unwrap();
+    h.push(
+        &x,
+        [
+            (1, 'a'),
+            (8, 'b'),
+            (12, 'c'),
+            (14, 'd'),
+            (32, 'e'),
+            (50, 'f'),
+        ],
+    )
+    .unwrap();
+    h.run().unwrap();
+    assert_eq!(
+        out.values(),
+        [
+            (10, vec![(1, 'a'), (8, 'b')]),
+            (20, vec![(12, 'c'), (14, 'd')]),
+            (40, vec![(32, 'e')]),
+        ]
+    );
+    h.finish().unwrap();
+    assert_eq!(out.len(), 3, "the window holding (50, f) never completes");
+}
+
+/// C10 one element per run: each window appears when the first element at or after its end
+/// arrives.
+#[test]
+fn c10_one_element_at_a_time() {
+    let mut g = Graph::new("c10_single");
+    let x = g.input::<(u64, char)>("x");
+    let w = g.timed_window(
+        "count",
+        &x,
+        TimedWindow::tumbling(10),
+        |w: &[(u64, char)]| w.len(),
+    );
+    let out = g.collect("out", &w);
+    let mut h = Harness::new(g).unwrap();
+    let mut seen = Vec::new();
+    for e in [
+        (1, 'a'),
+        (8, 'b'),
+        (12, 'c'),
+        (14, 'd'),
+        (32, 'e'),
+        (50, 'f'),
+    ] {
+        h.push(&x, [e]).unwrap();
+        h.run().unwrap();
+        seen.push(out.values());
+    }
+    assert_eq!(
+        seen,
+        [
+            vec![],
+            vec![],
+            vec![(10, 2)],
+            vec![(10, 2)],
+            vec![(10, 2), (20, 2)],
+            vec![(10, 2), (20, 2), (40, 1)],
+        ]
+    );
+}
+
+#[test]
+fn timed_window_sliding_sampling_and_start() {
+    let input = [(0, 1), (3, 2), (5, 4), (9, 8), (10, 16), (14, 32), (21, 64)];
+    let run = |shape: TimedWindow| {
+        let mut g = Graph::new("shapes");
+        let x = g.input::<(u64, u32)>("x");
+        let w = g.timed_window("sum", &x, shape, |w: &[(u64, u32)]| {
+            w.iter().map(|e| e.1).sum::<u32>()
+        });
+        let out = g.collect("out", &w);
+        let mut h = Harness::new(g).unwrap();
+        h.push(&x, input).unwrap();
+        h.run().unwrap();
+        out.values()
+    };
+    // Sliding: [0,10) [5,15) [10,20) [15,25 incomplete)
+    assert_eq!(run(TimedWindow::new(10, 5)), [(10, 15), (15, 60), (20, 48)]);
+    // Sampling: [0,2) [6,8) [12,14) [18,20): elements at 3, 5, 9, 10, 14 fall in no window
+    assert_eq!(run(TimedWindow::new(2, 6)), [(2, 1)]);
+    // Starting at 4: elements at 0 and 3 are skipped; [4,9) [9,14) [14,19)
+    assert_eq!(
+        run(TimedWindow::tumbling(5).starting_at(4)),
+        [(9, 4), (14, 24), (19, 32)]
+    );
+}
+
+/// A gap of 10^18 time units is jumped over, not walked window by window, and windows that
+/// would end past `u64::MAX` never complete (no overflow). Windows are [k, k + 3).
+#[test]
+fn timed_window_jumps_over_long_gaps_and_huge_timestamps() {
+    let mut g = Graph::new("gaps");
+    let x = g.input::<(u64, u8)>("x");
+    let w = g.timed_window("count", &x, TimedWindow::new(3, 1), |w: &[(u64, u8)]| {
+        w.len()
+    });
+    let out = g.collect("out", &w);
+    let mut h = Harness::new(g).unwrap();
+    h.push(
+        &x,
+        [
+            (0, 0),
+            (1_000_000_000_000_000_000, 1),
+            (u64::MAX - 1, 2),
+            (u64::MAX, 3),
+        ],
+    )
+    .unwrap();
+    h.run().unwrap();
+    assert_eq!(
+        out.values(),
+        [
+            (3, 1),
+            (1_000_000_000_000_000_001, 1),
+            (1_000_000_000_000_000_002, 1),
+            (1_000_000_000_000_000_003, 1),
+            (u64::MAX, 1)
+        ]
+    );
+    h.finish().unwrap();
+}
+
+#[test]
+fn decreasing_timestamp_is_an_agent_error_naming_both() {
+    for batches in [
+        vec![vec![(1, 0.5), (7, 0.1), (5, 0.2)]],
+        vec![vec![(1, 0.5), (7, 0.1)], vec![(5, 0.2)]],
+    ] {
+        let mut g = Graph::new("late");
+        let x = g.input::<(u64, f64)>("x");
+        let w = g.timed_window(
+            "vibration_rms",
+            &x,
+            TimedWindow::tumbling(10),
+            |w: &[(u64, f64)]| w.len(),
+        );
+        g.collect("out", &w);
+        let mut h = Harness::new(g).unwrap();
+        let mut result = Ok(());
+        for b in batches {
+            h.push(&x, b).unwrap();
+            result = h.run();
+            if result.is_err() {
+                break;
+            }
+        }
+        let err = result.unwrap_err();
+        assert_eq!(err.agent(), Some("vibration_rms"));
+        let msg = err.to_string();
+        assert!(msg.contains("5 arrived after 7"), "{msg}");
+    }
+}
+
+#[test]
+fn equal_timestamps_are_accepted() {
+    let mut g = Graph::new("ties");
+    let x = g.input::<(u64, u8)>("x");
+    let w = g.timed_window(
+        "count",
+        &x,
+        TimedWindow::tumbling(2),
+        |w: &[(u64, u8)]| w.len(),
+    );
+    let out = g.collect("out", &w);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, [(1, 0), (1, 1)]).unwrap();
+    h.run().unwrap();
+    h.push(&x, [(1, 2), (2, 3), (2, 4)]).unwrap();
+    h.run().unwrap();
+    assert_eq!(out.values(), [(2, 3)]);
+}
+
+/// Elements are consumed once no future window can hold them: a capacity of a few elements is
+/// enough for a long stream whose windows each hold at most three.
+#[test]
+fn timed_window_memory_stays_bounded() {
+    let mut g = Graph::new("bounded");
+    g.set_default_capacity(4);
+    let x = g.source_iter("ticks", (0..10_000u64).map(|t| (t, t)));
+    let w = g.timed_window("sum", &x, TimedWindow::new(3, 2), |w: &[(u64, u64)]| {
+        w.iter().map(|e| e.1).sum::<u64>()
+    });
+    let out = g.collect("out", &w);
+    let mut h = Harness::new(g).unwrap();
+    h.finish().unwrap();
+    let v = out.values();
+    // windows [2k, 2k + 3) for 2k + 3 <= 9999
+    assert_eq!(v.len(), 4999);
+    assert_eq!(v[0], (3, 3));
+    assert_eq!(v[1], (5, 9));
+}
+
+#[test]
+fn zero_duration_or_step_is_rejected_at_build_naming_the_agent() {
+    let mut g = Graph::new("zeros");
+    let x = g.input::<(u64, f64)>("x");
+    let a = g.timed_window(
+        "instant",
+        &x,
+        TimedWindow::new(0, 1),
+        |w: &[(u64, f64)]| w.len(),
+    );
+    let b = g.timed_window(
+        "frozen",
+        &x,
+        TimedWindow::new(1, 0),
+        |w: &[(u64, f64)]| w.len(),
+    );
+    g.collect("a", &a);
+    g.collect("b", &b);
+    let p = problems(Harness::new(g).err().expect("a graph error"));
+    assert!(
+        p.iter()
+            .any(|m| m.contains("'instant'") && m.contains("duration")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.contains("'frozen'") && m.contains("step")),
+        "{p:?}"
+    );
+}

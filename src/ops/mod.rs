@@ -10,8 +10,10 @@
 //! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
 //! | sinks: for_each, with state, collect, file, stdout | [`sink`] |
 //! | count windows: map_window, merge_window, split_window, multi_window, sink_window | [`window`] |
+//! | timed windows over `(timestamp, value)` streams: timed_window | [`timed`] |
 
 pub mod element;
 pub mod sink;
 pub mod source;
+pub mod timed;
 pub mod window;
