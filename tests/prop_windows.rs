@@ -5,6 +5,10 @@
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
+use iotstream::ops::rolling::{
+    Rolling, RollingAggregate, RollingCount, RollingMax, RollingMean, RollingMin, RollingSum,
+    RollingVariance,
+};
 use iotstream::ops::timed::TimedWindow;
 use iotstream::{Element, Graph, Harness, Stream};
 use proptest::prelude::*;
@@ -54,6 +58,98 @@ fn ref_timed<V: Clone>(data: &[(u64, V)], w: TimedWindow) -> Vec<(u64, Vec<(u64,
         k += 1;
     }
     out
+}
+
+/// Every aggregate of `Rolling`, with the struct that computes it.
+const AGGREGATES: [Rolling; 9] = [
+    Rolling::Count,
+    Rolling::Sum,
+    Rolling::Mean,
+    Rolling::Min,
+    Rolling::Max,
+    Rolling::Variance,
+    Rolling::SampleVariance,
+    Rolling::StdDev,
+    Rolling::SampleStdDev,
+];
+
+/// A fresh struct computing `agg` over `w` values (standard deviations as the square root of
+/// the variance structs).
+fn aggregate(agg: Rolling, w: usize) -> Box<dyn FnMut(f64) -> Option<f64>> {
+    fn boxed<A: RollingAggregate>(mut a: A, sqrt: bool) -> Box<dyn FnMut(f64) -> Option<f64>> {
+        Box::new(move |x| a.push(x).map(|v| if sqrt { v.sqrt() } else { v }))
+    }
+    match agg {
+        Rolling::Count => boxed(RollingCount::new(w), false),
+        Rolling::Sum => boxed(RollingSum::new(w), false),
+        Rolling::Mean => boxed(RollingMean::new(w), false),
+        Rolling::Min => boxed(RollingMin::new(w), false),
+        Rolling::Max => boxed(RollingMax::new(w), false),
+        Rolling::Variance => boxed(RollingVariance::population(w), false),
+        Rolling::SampleVariance => boxed(RollingVariance::sample(w), false),
+        Rolling::StdDev => boxed(RollingVariance::population(w), true),
+        Rolling::SampleStdDev => boxed(RollingVariance::sample(w), true),
+    }
+}
+
+/// The aggregate recomputed from scratch over one window, the plain way, and how far from it
+/// a correct incremental result may be (rounding, relative to the window's magnitude).
+fn naive(agg: Rolling, w: &[f64]) -> (f64, f64) {
+    let n = w.len() as f64;
+    let sum: f64 = w.iter().sum();
+    let abs: f64 = w.iter().filter(|x| x.is_finite()).map(|x| x.abs()).sum();
+    let any_nan = w.iter().any(|x| x.is_nan());
+    let extreme = |max: bool| {
+        if any_nan {
+            f64::NAN
+        } else if max {
+            w.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        } else {
+            w.iter().copied().fold(f64::INFINITY, f64::min)
+        }
+    };
+    let variance = |div: f64| {
+        if w.iter().any(|x| !x.is_finite()) {
+            return (f64::NAN, 0.0);
+        }
+        let mean = sum / n;
+        let m2: f64 = w.iter().map(|x| (x - mean) * (x - mean)).sum();
+        (m2 / div, 1e-9 * m2 / div + 1e-12 * (mean * mean + 1.0))
+    };
+    match agg {
+        Rolling::Count => (w.iter().filter(|x| !x.is_nan()).count() as f64, 0.0),
+        Rolling::Sum => (sum, 1e-9 * abs),
+        Rolling::Mean => (sum / n, 1e-9 * abs / n),
+        Rolling::Min => (extreme(false), 0.0),
+        Rolling::Max => (extreme(true), 0.0),
+        Rolling::Variance => variance(n),
+        Rolling::SampleVariance => variance(n - 1.0),
+        Rolling::StdDev => {
+            let (v, tol) = variance(n);
+            (v.sqrt(), tol.sqrt())
+        }
+        Rolling::SampleStdDev => {
+            let (v, tol) = variance(n - 1.0);
+            (v.sqrt(), tol.sqrt())
+        }
+    }
+}
+
+/// Equal, or both NaN, or both finite and within `tol`.
+fn close(got: f64, want: f64, tol: f64) -> bool {
+    (got.is_nan() && want.is_nan())
+        || got == want
+        || (got.is_finite() && want.is_finite() && (got - want).abs() <= tol)
+}
+
+/// Sensor-like readings with repeated values, rare glitches and rare non-finite values.
+fn reading() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        20 => -1000.0f64..1000.0,
+        4 => (-5i32..5).prop_map(f64::from),
+        1 => prop_oneof![Just(1e12), Just(-3e11)],
+        1 => prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)],
+    ]
 }
 
 fn check<U: PartialEq + Debug>(
@@ -360,5 +456,96 @@ proptest! {
             },
             |d| vec![ref_timed(d, shape)],
         )?;
+    }
+
+    #[test]
+    fn rolling_structs_match_naive_recomputation(
+        xs in prop::collection::vec(reading(), 0..300),
+        w in prop_oneof![1usize..6, 6usize..40],
+    ) {
+        for agg in AGGREGATES {
+            let mut a = aggregate(agg, w);
+            for (i, &x) in xs.iter().enumerate() {
+                let got = a(x);
+                if i + 1 < w {
+                    prop_assert_eq!(got, None, "{:?} before the window is full", agg);
+                    continue;
+                }
+                let window = &xs[i + 1 - w..=i];
+                let (want, tol) = naive(agg, window);
+                let got = got.expect("a value once the window is full");
+                prop_assert!(close(got, want, tol), "{:?} W={} at {}: got {}, naive {} (tol {}) over {:?}", agg, w, i, got, want, tol, window);
+            }
+        }
+    }
+
+    #[test]
+    fn rolling_operator_is_batch_independent_and_matches_naive(
+        xs in prop::collection::vec(reading(), 0..120),
+        chunks in chunks(),
+        w in 1usize..12,
+        which in 0usize..9,
+    ) {
+        let agg = AGGREGATES[which];
+        let run = |chunks: &[usize]| {
+            let mut g = Graph::new("rolling");
+            let x = g.input::<f64>("x");
+            let r = g.rolling("r", &x, w, agg);
+            let out = g.collect("out", &r);
+            let mut h = Harness::new(g).expect("graph builds");
+            let mut pushed = 0;
+            let mut sizes = chunks.iter().cycle();
+            while pushed < xs.len() {
+                let n = (*sizes.next().expect("chunks is not empty")).min(xs.len() - pushed);
+                h.push(&x, xs[pushed..pushed + n].iter().copied()).expect("push");
+                h.run().expect("run");
+                pushed += n;
+                assert_eq!(out.len(), (pushed + 1).saturating_sub(w), "one value per element once full");
+            }
+            h.finish().expect("finish");
+            out.values()
+        };
+        let batched = run(&chunks);
+        let whole = run(&[usize::MAX]);
+        // The same values bit for bit (NaN included): batching never changes a result.
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&batched), bits(&whole));
+        for (k, &got) in batched.iter().enumerate() {
+            let (want, tol) = naive(agg, &xs[k..k + w]);
+            prop_assert!(close(got, want, tol), "{:?} window {}: got {}, naive {}", agg, k, got, want);
+        }
+    }
+
+    /// `rolling(Mean)` equals `map_window(W, 1, mean)` element for element, within 1e-9
+    /// relative, on temperature-like readings.
+    #[test]
+    fn rolling_mean_equals_map_window_mean(
+        xs in prop::collection::vec(-40.0f64..60.0, 0..200),
+        chunks in chunks(),
+        w in 1usize..30,
+    ) {
+        let mut g = Graph::new("mean_vs_window");
+        let x = g.input::<f64>("temperature");
+        let rolling = g.rolling("rolling_mean", &x, w, Rolling::Mean);
+        let window = g.map_window("window_mean", &x, w, 1, |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64);
+        let rolling = g.collect("rolling", &rolling);
+        let window = g.collect("window", &window);
+        let mut h = Harness::new(g).expect("graph builds");
+        let mut pushed = 0;
+        let mut sizes = chunks.iter().cycle();
+        while pushed < xs.len() {
+            let n = (*sizes.next().expect("chunks is not empty")).min(xs.len() - pushed);
+            h.push(&x, xs[pushed..pushed + n].iter().copied()).expect("push");
+            h.run().expect("run");
+            pushed += n;
+        }
+        h.finish().expect("finish");
+        let (r, m) = (rolling.values(), window.values());
+        prop_assert_eq!(r.len(), m.len());
+        for (a, b) in r.iter().zip(&m) {
+            // Relative to the readings' scale (a mean near 0 has no meaningful relative error).
+            let scale = a.abs().max(b.abs()).max(1.0);
+            prop_assert!((a - b).abs() <= 1e-9 * scale, "{} vs {}", a, b);
+        }
     }
 }

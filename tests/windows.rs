@@ -569,3 +569,111 @@ fn zero_duration_or_step_is_rejected_at_build_naming_the_agent() {
         "{p:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rolling aggregates (property tests against recomputation are in prop_windows.rs)
+
+use iotstream::ops::rolling::{Rolling, RollingAggregate, RollingMean, RollingVariance};
+
+#[test]
+fn rolling_aligns_with_map_window() {
+    let mut g = Graph::new("align");
+    let x = g.input::<f64>("temperature");
+    let r = g.rolling("mean_3", &x, 3, Rolling::Mean);
+    let m = g.map_window("window_3", &x, 3, 1, |w: &[f64]| {
+        w.iter().sum::<f64>() / 3.0
+    });
+    let r = g.collect("r", &r);
+    let m = g.collect("m", &m);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, [21.0, 24.0]).unwrap();
+    h.run().unwrap();
+    assert!(r.is_empty() && m.is_empty());
+    h.push(&x, [27.0, 30.0, 18.0]).unwrap();
+    h.run().unwrap();
+    assert_eq!(r.values(), [24.0, 27.0, 25.0]);
+    assert_eq!(r.values(), m.values());
+}
+
+#[test]
+fn rolling_every_aggregate_on_a_small_window() {
+    let xs = [4.0, 8.0, 6.0, f64::NAN, 2.0, 2.0, 2.0];
+    let run = |agg: Rolling| {
+        let mut g = Graph::new("all");
+        let x = g.input::<f64>("x");
+        let r = g.rolling("r", &x, 3, agg);
+        let out = g.collect("out", &r);
+        let mut h = Harness::new(g).unwrap();
+        h.push(&x, xs).unwrap();
+        h.finish().unwrap();
+        out.values()
+    };
+    let nan = f64::NAN;
+    let same = |a: Vec<f64>, b: &[f64]| {
+        assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x.is_nan() && y.is_nan()) || (x - y).abs() < 1e-12,
+                "{a:?} vs {b:?}"
+            );
+        }
+    };
+    same(run(Rolling::Count), &[3.0, 2.0, 2.0, 2.0, 3.0]);
+    same(run(Rolling::Sum), &[18.0, nan, nan, nan, 6.0]);
+    same(run(Rolling::Mean), &[6.0, nan, nan, nan, 2.0]);
+    same(run(Rolling::Min), &[4.0, nan, nan, nan, 2.0]);
+    same(run(Rolling::Max), &[8.0, nan, nan, nan, 2.0]);
+    same(run(Rolling::Variance), &[8.0 / 3.0, nan, nan, nan, 0.0]);
+    same(run(Rolling::SampleVariance), &[4.0, nan, nan, nan, 0.0]);
+    same(
+        run(Rolling::StdDev),
+        &[(8.0f64 / 3.0).sqrt(), nan, nan, nan, 0.0],
+    );
+    same(run(Rolling::SampleStdDev), &[2.0, nan, nan, nan, 0.0]);
+}
+
+/// A glitch of 10^12 among readings near 20 leaves no trace once it is out of the window.
+#[test]
+fn rolling_recovers_exactly_after_a_glitch() {
+    let mut mean = RollingMean::new(4);
+    let mut var = RollingVariance::population(4);
+    let readings = [20.1, 20.2, 1e12, 20.3, 20.4, 20.5, 20.6, 20.7, 20.8];
+    for (i, &x) in readings.iter().enumerate() {
+        let (got_m, got_v) = (mean.push(x), var.push(x));
+        if i < 6 {
+            continue; // the glitch (index 2) is in the window until index 5
+        }
+        let window = &readings[i - 3..=i];
+        let m = window.iter().sum::<f64>() / 4.0;
+        let v = window.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 4.0;
+        let (got_m, got_v) = (got_m.unwrap(), got_v.unwrap());
+        assert!(
+            (got_m - m).abs() <= 1e-12 * m,
+            "at {i}: mean {got_m} vs {m}"
+        );
+        assert!(
+            (got_v - v).abs() <= 1e-9 * v,
+            "at {i}: variance {got_v} vs {v}"
+        );
+    }
+}
+
+#[test]
+fn rolling_zero_window_is_rejected_at_build_naming_the_agent() {
+    let mut g = Graph::new("zero");
+    let x = g.input::<f64>("x");
+    let r = g.rolling("no_window", &x, 0, Rolling::Max);
+    g.collect("out", &r);
+    let p = problems(Harness::new(g).err().expect("a graph error"));
+    assert!(
+        p.iter()
+            .any(|m| m.contains("'no_window'") && m.contains("window")),
+        "{p:?}"
+    );
+}
+
+#[test]
+#[should_panic(expected = "at least 1")]
+fn rolling_struct_with_zero_window_panics() {
+    let _ = RollingMean::new(0);
+}

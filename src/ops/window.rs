@@ -31,7 +31,7 @@
 //! connection feeding a window must be able to hold a full window: its capacity must be at
 //! least `size`, or building the application fails (see
 //! [`Ports::needs_at_least`](crate::Ports::needs_at_least)). For a sliding mean, sum, minimum,
-//! maximum or variance with step 1, `Graph::rolling` updates the result in O(1) per element
+//! maximum or variance with step 1, [`Graph::rolling`] updates the result in O(1) per element
 //! instead of recomputing each window.
 //!
 //! # End of stream
