@@ -159,7 +159,10 @@ impl<T: Element> Agent for MergeCountWindow<T> {
         outputs: &mut Outputs<'_>,
     ) -> Result<(), AgentError> {
         let k = self.inputs.len();
-        // One allocation per step, none per window.
+        if k == 0 {
+            return Ok(()); // reported as a graph problem; nothing to do
+        }
+        // A few allocations per step, none per window.
         let mut data: Vec<&[T]> = Vec::with_capacity(k);
         let mut plans = Vec::with_capacity(k);
         let mut n = usize::MAX;
