@@ -180,6 +180,7 @@ pub struct Ports {
 /// What the graph keeps of a declared port until the application is instantiated.
 pub(crate) struct PortDecl {
     pub name: String,
+    /// The element type's name, for messages.
     pub type_name: &'static str,
     /// For inputs: the fewest elements the agent needs buffered to make progress.
     pub min_capacity: usize,

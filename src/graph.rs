@@ -182,6 +182,13 @@ impl Graph {
         });
     }
 
+    /// Records a problem found while building (an operator's bad parameter, say). It is reported
+    /// with every other problem when the application is built. The message should name the
+    /// agent and what is wrong.
+    pub(crate) fn problem(&mut self, msg: String) {
+        self.problems.push(msg);
+    }
+
     /// Wires `stream` to `input` with the default [`Connection`].
     pub fn connect<T: Element>(&mut self, stream: &Stream<T>, input: &Input<T>) {
         self.connect_with(stream, input, Connection::new());

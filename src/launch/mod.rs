@@ -104,7 +104,9 @@ pub(crate) fn role() -> Result<Role, Error> {
         return Ok(Role::Starter);
     };
     let bad = |var: &str, what: &str| Error::Runtime {
-        detail: format!("environment variable {var} {what} (it is set by the iotstream starter, not by hand)"),
+        detail: format!(
+            "environment variable {var} {what} (it is set by the iotstream starter, not by hand)"
+        ),
     };
     let process = process
         .into_string()
@@ -128,7 +130,13 @@ pub(crate) fn role() -> Result<Role, Error> {
 pub(crate) fn sanitize(app: &str) -> String {
     let s: String = app
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     if s.is_empty() {
@@ -156,14 +164,18 @@ pub(crate) fn sweep_stale(app: Option<&str>) -> Vec<String> {
     let mut removed = Vec::new();
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(&prefix) else { continue };
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
         // rest (with app): "<pid>-<nonce>.e<edge>" or, without app, "<app>.<pid>-<nonce>.e<edge>"
         let run_part = if app.is_some() {
             rest.split('.').next()
         } else {
             rest.split('.').nth(1)
         };
-        let Some(run) = run_part.and_then(RunId::parse) else { continue };
+        let Some(run) = run_part.and_then(RunId::parse) else {
+            continue;
+        };
         if !pid_alive(run.owner) {
             let full = format!("/{name}");
             if nix::sys::mman::shm_unlink(full.as_str()).is_ok() {
@@ -192,7 +204,10 @@ pub(crate) struct Segments {
 
 impl Segments {
     pub fn add(&self, name: String) {
-        self.names.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name);
     }
     pub fn remove_all(&self) {
         let names = std::mem::take(&mut *self.names.lock().unwrap_or_else(|p| p.into_inner()));
@@ -234,7 +249,9 @@ impl Exit {
         let how = match (self.status.code(), self.status.signal()) {
             (Some(code), _) => format!("exited with status {code}"),
             (None, Some(sig)) => {
-                let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown signal");
+                let name = Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
                 format!("was killed by signal {sig} ({name})")
             }
             _ => "ended abnormally".to_string(),
@@ -308,7 +325,12 @@ pub(crate) fn spawn_child(
                 Ok(s) => s,
                 Err(_) => return,
             };
-            let last_errors = tail.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+            let last_errors = tail
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
             let _ = exits.send(Exit {
                 name,
                 status,
@@ -385,9 +407,10 @@ impl SignalGuard {
         on_second: impl Fn() + Send + 'static,
     ) -> Result<SignalGuard, Error> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::Runtime {
-            detail: format!("cannot install the SIGINT/SIGTERM handler: {e}"),
-        })?;
+        let mut signals =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::Runtime {
+                detail: format!("cannot install the SIGINT/SIGTERM handler: {e}"),
+            })?;
         let handle = signals.handle();
         let thread = std::thread::Builder::new()
             .name("iotstream signals".into())

@@ -9,7 +9,13 @@
 //! | element and list: map, filter, filter_map, flat_map, with state, map_list | [`element`] |
 //! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
 //! | sinks: for_each, with state, collect, file, stdout | [`sink`] |
+//! | count windows: map_window, merge_window, split_window, multi_window, sink_window | [`window`] |
+//! | timed windows over `(timestamp, value)` streams: timed_window | [`timed`] |
+//! | rolling aggregates, O(1) per element: count, sum, mean, min, max, variance | [`rolling`] |
 
 pub mod element;
+pub mod rolling;
 pub mod sink;
 pub mod source;
+pub mod timed;
+pub mod window;

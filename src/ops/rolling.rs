@@ -1,0 +1,830 @@
+//! Rolling aggregates: count, sum, mean, minimum, maximum and variance of the last `W` values,
+//! updated in O(1) amortised time per element.
+//!
+//! | call | IoTPy equivalent | output |
+//! |---|---|---|
+//! | [`Graph::rolling`] | `map_window(f, size=W, step=1)` with `f` = sum, mean, … | one aggregate per element once `W` have arrived |
+//! | [`Graph::rolling_with`] | — | the same with any [`RollingAggregate`] |
+//!
+//! # Why not `map_window`
+//!
+//! [`Graph::map_window`] with step 1 calls `f` on every window, so a window of `W` elements
+//! costs O(W) per element (as in IoTPy, which recomputes each window). The aggregates here keep
+//! a running state instead: sums with compensated (Neumaier) summation, variance with shifted
+//! compensated sums, minimum and maximum with monotonic deques. Each also needs no buffering on its input
+//! connection, since every element is consumed as it arrives.
+//!
+//! The output is aligned exactly like `map_window(size = W, step = 1)`: nothing for the first
+//! `W − 1` elements, then one value per element, the aggregate of the last `W`. A rolling mean
+//! equals `map_window(W, 1, mean)` element for element, up to rounding (the rolling sums are in
+//! fact the more accurate: they are recomputed from the window every `W` elements so rounding
+//! never accumulates).
+//!
+//! # The aggregates
+//!
+//! | [`Rolling`] | struct | value over the last `W` elements |
+//! |---|---|---|
+//! | `Count` | [`RollingCount`] | how many are not NaN (a sensor's valid readings) |
+//! | `Sum` | [`RollingSum`] | their sum |
+//! | `Mean` | [`RollingMean`] | sum / `W` |
+//! | `Min`, `Max` | [`RollingMin`], [`RollingMax`] | the smallest, the largest |
+//! | `Variance`, `StdDev` | [`RollingVariance::population`] | population variance Σ(x − mean)² / `W`, its square root |
+//! | `SampleVariance`, `SampleStdDev` | [`RollingVariance::sample`] | sample variance Σ(x − mean)² / (`W` − 1) (NaN when `W` = 1), its square root |
+//!
+//! NaN is propagated as plain arithmetic would: while a NaN is among the last `W` values, sum,
+//! mean, minimum, maximum and variance are NaN, and they recover as soon as it leaves the window
+//! (the running state is never poisoned). Infinities behave as in plain arithmetic too (`+∞` and
+//! `−∞` in one window sum to NaN). `Count` counts the values that are not NaN.
+//!
+//! # Inside your own agent
+//!
+//! The structs are public and independent of the runtime: `push` the next value, get the
+//! aggregate once the window is full.
+//!
+//! ```
+//! use iotstream::ops::rolling::{RollingAggregate, RollingMax};
+//! let mut peak = RollingMax::new(3);
+//! let out: Vec<Option<f64>> = [1.0, 5.0, 2.0, 0.5, 0.1].into_iter().map(|x| peak.push(x)).collect();
+//! assert_eq!(out, [None, None, Some(5.0), Some(5.0), Some(2.0)]);
+//! ```
+
+use std::collections::VecDeque;
+
+use crate::agent::{Agent, Inputs, Outputs};
+use crate::error::AgentError;
+use crate::graph::Graph;
+use crate::stream::{Element, Input, Stream};
+
+/// An aggregate of the last `window` values, updated one value at a time.
+///
+/// Implemented by every struct of this module; implement it for your own aggregate to run it
+/// with [`Graph::rolling_with`].
+pub trait RollingAggregate: Send + 'static {
+    /// Adds the next value. Returns the aggregate of the last [`window`](Self::window) values,
+    /// or `None` while fewer than that many have been pushed.
+    fn push(&mut self, x: f64) -> Option<f64>;
+
+    /// The number of values the aggregate covers.
+    fn window(&self) -> usize;
+}
+
+/// Which aggregate [`Graph::rolling`] computes. See the [module docs](self) for definitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rolling {
+    /// How many of the last `W` values are not NaN.
+    Count,
+    /// Sum of the last `W` values.
+    Sum,
+    /// Mean of the last `W` values.
+    Mean,
+    /// Smallest of the last `W` values.
+    Min,
+    /// Largest of the last `W` values.
+    Max,
+    /// Population variance (divides by `W`).
+    Variance,
+    /// Sample variance (divides by `W − 1`; NaN when `W` = 1).
+    SampleVariance,
+    /// Population standard deviation: the square root of `Variance`.
+    StdDev,
+    /// Sample standard deviation: the square root of `SampleVariance`.
+    SampleStdDev,
+}
+
+fn check_window(window: usize) {
+    assert!(
+        window >= 1,
+        "a rolling window must hold at least 1 value (got 0)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks
+
+/// The last `cap` values, oldest overwritten first. Allocated once.
+#[derive(Clone, Debug)]
+struct Ring {
+    buf: Vec<f64>,
+    cap: usize,
+    next: usize,
+}
+
+impl Ring {
+    fn new(cap: usize) -> Self {
+        Ring {
+            buf: Vec::with_capacity(cap),
+            cap,
+            next: 0,
+        }
+    }
+
+    /// Adds `x`; returns the value it displaced once the ring is full.
+    fn push(&mut self, x: f64) -> Option<f64> {
+        if self.buf.len() < self.cap {
+            self.buf.push(x);
+            return None;
+        }
+        let old = std::mem::replace(&mut self.buf[self.next], x);
+        self.next = (self.next + 1) % self.cap;
+        Some(old)
+    }
+
+    fn is_full(&self) -> bool {
+        self.buf.len() == self.cap
+    }
+
+    /// The values, in no particular order.
+    fn values(&self) -> &[f64] {
+        &self.buf
+    }
+}
+
+/// Neumaier's compensated sum: the rounding error of each addition is kept in `c`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Compensated {
+    sum: f64,
+    c: f64,
+}
+
+impl Compensated {
+    fn add(&mut self, x: f64) {
+        let t = self.sum + x;
+        if self.sum.abs() >= x.abs() {
+            self.c += (self.sum - t) + x;
+        } else {
+            self.c += (x - t) + self.sum;
+        }
+        self.sum = t;
+    }
+
+    fn value(&self) -> f64 {
+        self.sum + self.c
+    }
+}
+
+/// Counts of the values that cannot take part in running arithmetic.
+#[derive(Clone, Copy, Debug, Default)]
+struct NonFinite {
+    nan: usize,
+    pos_inf: usize,
+    neg_inf: usize,
+}
+
+impl NonFinite {
+    /// Counts `x` if it is not finite; returns true if it was counted.
+    fn add(&mut self, x: f64, sign: isize) -> bool {
+        let slot = if x.is_nan() {
+            &mut self.nan
+        } else if x == f64::INFINITY {
+            &mut self.pos_inf
+        } else if x == f64::NEG_INFINITY {
+            &mut self.neg_inf
+        } else {
+            return false;
+        };
+        *slot = slot.wrapping_add_signed(sign);
+        true
+    }
+
+    fn any(&self) -> bool {
+        self.nan + self.pos_inf + self.neg_inf > 0
+    }
+
+    /// What a sum including these values is, if they decide it.
+    fn sum(&self) -> Option<f64> {
+        match (self.nan > 0, self.pos_inf > 0, self.neg_inf > 0) {
+            (true, _, _) | (false, true, true) => Some(f64::NAN),
+            (false, true, false) => Some(f64::INFINITY),
+            (false, false, true) => Some(f64::NEG_INFINITY),
+            (false, false, false) => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Count
+
+/// How many of the last `W` values are not NaN. See the [module docs](self).
+///
+/// ```
+/// use iotstream::ops::rolling::{RollingAggregate, RollingCount};
+/// // Valid readings among the last 3 of a flaky humidity sensor (NaN = no reading).
+/// let mut valid = RollingCount::new(3);
+/// let out: Vec<_> = [40.0, f64::NAN, 41.0, 42.0].into_iter().map(|x| valid.push(x)).collect();
+/// assert_eq!(out, [None, None, Some(2.0), Some(2.0)]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RollingCount {
+    ring: Ring,
+    nan: usize,
+}
+
+impl RollingCount {
+    /// Over the last `window` values.
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0.
+    pub fn new(window: usize) -> Self {
+        check_window(window);
+        RollingCount {
+            ring: Ring::new(window),
+            nan: 0,
+        }
+    }
+}
+
+impl RollingAggregate for RollingCount {
+    fn push(&mut self, x: f64) -> Option<f64> {
+        if self.ring.push(x).is_some_and(f64::is_nan) {
+            self.nan -= 1;
+        }
+        if x.is_nan() {
+            self.nan += 1;
+        }
+        self.ring
+            .is_full()
+            .then(|| (self.ring.cap - self.nan) as f64)
+    }
+
+    fn window(&self) -> usize {
+        self.ring.cap
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sum and mean
+
+/// Sum of the last `W` values, with compensated summation, recomputed from the window every `W`
+/// values so that rounding never accumulates. See the [module docs](self).
+///
+/// ```
+/// use iotstream::ops::rolling::{RollingAggregate, RollingSum};
+/// // Energy used in the last 3 intervals, from a meter's per-interval readings in kWh.
+/// let mut energy = RollingSum::new(3);
+/// let out: Vec<_> = [0.5, 0.25, 1.0, 2.0].into_iter().map(|x| energy.push(x)).collect();
+/// assert_eq!(out, [None, None, Some(1.75), Some(3.25)]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RollingSum {
+    ring: Ring,
+    finite: Compensated,
+    other: NonFinite,
+    since_resync: usize,
+}
+
+impl RollingSum {
+    /// Over the last `window` values.
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0.
+    pub fn new(window: usize) -> Self {
+        check_window(window);
+        RollingSum {
+            ring: Ring::new(window),
+            finite: Compensated::default(),
+            other: NonFinite::default(),
+            since_resync: 0,
+        }
+    }
+
+    fn value(&self) -> f64 {
+        self.other.sum().unwrap_or_else(|| self.finite.value())
+    }
+}
+
+impl RollingAggregate for RollingSum {
+    fn push(&mut self, x: f64) -> Option<f64> {
+        if let Some(old) = self.ring.push(x) {
+            if !self.other.add(old, -1) {
+                self.finite.add(-old);
+            }
+        }
+        if !self.other.add(x, 1) {
+            self.finite.add(x);
+        }
+        self.since_resync += 1;
+        if self.since_resync == self.ring.cap {
+            // O(W) every W values: O(1) amortised, and the error never grows with the stream.
+            self.since_resync = 0;
+            self.finite = Compensated::default();
+            for &v in self.ring.values() {
+                if v.is_finite() {
+                    self.finite.add(v);
+                }
+            }
+        }
+        self.ring.is_full().then(|| self.value())
+    }
+
+    fn window(&self) -> usize {
+        self.ring.cap
+    }
+}
+
+/// Mean of the last `W` values: [`RollingSum`] divided by `W`. See the [module docs](self).
+///
+/// ```
+/// use iotstream::ops::rolling::{RollingAggregate, RollingMean};
+/// // Smooth a thermometer over its last 4 readings.
+/// let mut smooth = RollingMean::new(4);
+/// let out: Vec<_> = [20.0, 21.0, 23.0, 24.0, 27.0].into_iter().map(|x| smooth.push(x)).collect();
+/// assert_eq!(out, [None, None, None, Some(22.0), Some(23.75)]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RollingMean {
+    sum: RollingSum,
+}
+
+impl RollingMean {
+    /// Over the last `window` values.
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0.
+    pub fn new(window: usize) -> Self {
+        RollingMean {
+            sum: RollingSum::new(window),
+        }
+    }
+}
+
+impl RollingAggregate for RollingMean {
+    fn push(&mut self, x: f64) -> Option<f64> {
+        let w = self.sum.ring.cap as f64;
+        self.sum.push(x).map(|s| s / w)
+    }
+
+    fn window(&self) -> usize {
+        self.sum.ring.cap
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Minimum and maximum
+
+/// A monotonic deque: the candidates for the extremum of the window, with their positions.
+/// Every value enters and leaves it at most once, so a push is O(1) amortised.
+#[derive(Clone, Debug)]
+struct Extremum<const MAX: bool> {
+    window: usize,
+    deque: VecDeque<(u64, f64)>,
+    /// Values pushed so far (the position of the next one).
+    count: u64,
+    /// Position of the last NaN pushed.
+    last_nan: Option<u64>,
+}
+
+impl<const MAX: bool> Extremum<MAX> {
+    fn new(window: usize) -> Self {
+        check_window(window);
+        Extremum {
+            window,
+            deque: VecDeque::with_capacity(window + 1),
+            count: 0,
+            last_nan: None,
+        }
+    }
+
+    fn push(&mut self, x: f64) -> Option<f64> {
+        let i = self.count;
+        self.count += 1;
+        let w = self.window as u64;
+        if x.is_nan() {
+            self.last_nan = Some(i);
+        } else {
+            // Drop candidates that `x` beats: they can never be the extremum again.
+            while let Some(&(_, b)) = self.deque.back() {
+                if (MAX && b <= x) || (!MAX && b >= x) {
+                    self.deque.pop_back();
+                } else {
+                    break;
+                }
+            }
+            self.deque.push_back((i, x));
+        }
+        while let Some(&(j, _)) = self.deque.front() {
+            if j + w <= i {
+                self.deque.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.count < w {
+            return None;
+        }
+        if self.last_nan.is_some_and(|j| j + w > i) {
+            return Some(f64::NAN);
+        }
+        // With no NaN in the window, `x` itself is in the deque: it is not empty.
+        self.deque.front().map(|&(_, v)| v)
+    }
+}
+
+/// Smallest of the last `W` values, by a monotonic deque. See the [module docs](self).
+///
+/// ```
+/// use iotstream::ops::rolling::{RollingAggregate, RollingMin};
+/// // Lowest battery voltage over the last 3 samples.
+/// let mut low = RollingMin::new(3);
+/// let out: Vec<_> = [3.7, 3.6, 3.9, 3.8, 3.9].into_iter().map(|x| low.push(x)).collect();
+/// assert_eq!(out, [None, None, Some(3.6), Some(3.6), Some(3.8)]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RollingMin(Extremum<false>);
+
+impl RollingMin {
+    /// Over the last `window` values.
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0.
+    pub fn new(window: usize) -> Self {
+        RollingMin(Extremum::new(window))
+    }
+}
+
+impl RollingAggregate for RollingMin {
+    fn push(&mut self, x: f64) -> Option<f64> {
+        self.0.push(x)
+    }
+
+    fn window(&self) -> usize {
+        self.0.window
+    }
+}
+
+/// Largest of the last `W` values, by a monotonic deque. See the [module docs](self).
+///
+/// ```
+/// use iotstream::ops::rolling::{RollingAggregate, RollingMax};
+/// // Peak vibration amplitude over the last 2 samples.
+/// let mut peak = RollingMax::new(2);
+/// let out: Vec<_> = [0.2, 0.9, 0.1, 0.3].into_iter().map(|x| peak.push(x)).collect();
+/// assert_eq!(out, [None, Some(0.9), Some(0.9), Some(0.3)]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RollingMax(Extremum<true>);
+
+impl RollingMax {
+    /// Over the last `window` values.
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0.
+    pub fn new(window: usize) -> Self {
+        RollingMax(Extremum::new(window))
+    }
+}
+
+impl RollingAggregate for RollingMax {
+    fn push(&mut self, x: f64) -> Option<f64> {
+        self.0.push(x)
+    }
+
+    fn window(&self) -> usize {
+        self.0.window
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variance
+
+/// Variance of the last `W` values. See the [module docs](self).
+///
+/// [`population`](Self::population) divides by `W`, [`sample`](Self::sample) by `W − 1`.
+///
+/// Kept as compensated (Neumaier) sums of `x − K` and `(x − K)²`, where the shift `K` is the
+/// window's mean, recomputed with the sums every `W` values (a two-pass computation, O(1)
+/// amortised), and sooner if the mean has moved so far from `K` that precision would suffer.
+/// Shifting avoids the cancellation of the textbook `Σx² − (Σx)²/n` when the mean
+/// is large beside the spread, and compensation lets a huge outlier (a sensor glitch) leave the
+/// window without a trace, which plain running sums or Welford's update do not.
+///
+/// ```
+/// use iotstream::ops::rolling::{RollingAggregate, RollingVariance};
+/// // How steady is a motor's current draw over the last 4 samples?
+/// let mut spread = RollingVariance::population(4);
+/// let out: Vec<_> = [2.0, 4.0, 4.0, 6.0, 6.0].into_iter().map(|x| spread.push(x)).collect();
+/// assert_eq!(out, [None, None, None, Some(2.0), Some(1.0)]);
+/// let mut sample = RollingVariance::sample(4);
+/// let last = [2.0, 4.0, 4.0, 6.0].into_iter().map(|x| sample.push(x)).last().unwrap();
+/// assert_eq!(last, Some(8.0 / 3.0));
+/// ```
+#[derive(Clone, Debug)]
+pub struct RollingVariance {
+    ring: Ring,
+    /// The shift `K`.
+    shift: f64,
+    /// Finite values in the window.
+    n: usize,
+    /// Σ (x − K) over the finite values in the window.
+    s1: Compensated,
+    /// Σ (x − K)² over the finite values in the window.
+    s2: Compensated,
+    other: NonFinite,
+    since_resync: usize,
+    divisor: f64,
+}
+
+impl RollingVariance {
+    fn with_divisor(window: usize, divisor: f64) -> Self {
+        check_window(window);
+        RollingVariance {
+            ring: Ring::new(window),
+            shift: 0.0,
+            n: 0,
+            s1: Compensated::default(),
+            s2: Compensated::default(),
+            other: NonFinite::default(),
+            since_resync: 0,
+            divisor,
+        }
+    }
+
+    /// Population variance Σ(x − mean)² / `window` of the last `window` values.
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0.
+    pub fn population(window: usize) -> Self {
+        Self::with_divisor(window, window as f64)
+    }
+
+    /// Sample variance Σ(x − mean)² / (`window` − 1) of the last `window` values: NaN when
+    /// `window` is 1.
+    ///
+    /// # Panics
+    ///
+    /// If `window` is 0.
+    pub fn sample(window: usize) -> Self {
+        Self::with_divisor(window, (window as f64) - 1.0)
+    }
+
+    fn add(&mut self, x: f64) {
+        if self.n == 0 {
+            // A fresh start: shift by the first value.
+            (self.shift, self.s1, self.s2) = (x, Compensated::default(), Compensated::default());
+        }
+        let d = x - self.shift;
+        self.s1.add(d);
+        self.s2.add(d * d);
+        self.n += 1;
+    }
+
+    fn remove(&mut self, x: f64) {
+        // The same `x` and shift give the same `d` as when it was added.
+        let d = x - self.shift;
+        self.s1.add(-d);
+        self.s2.add(-(d * d));
+        self.n -= 1;
+    }
+
+    /// Recentres on the window's mean and recomputes the sums from the window.
+    fn resync(&mut self) {
+        let mut sum = Compensated::default();
+        let mut n = 0usize;
+        for &v in self.ring.values().iter().filter(|v| v.is_finite()) {
+            sum.add(v);
+            n += 1;
+        }
+        self.n = 0;
+        self.s1 = Compensated::default();
+        self.s2 = Compensated::default();
+        if n == 0 {
+            return;
+        }
+        self.shift = sum.value() / n as f64;
+        for &v in self.ring.values().iter().filter(|v| v.is_finite()) {
+            let d = v - self.shift;
+            self.s1.add(d);
+            self.s2.add(d * d);
+        }
+        self.n = n;
+    }
+
+    /// True when the shift is so far from the window's mean (after an outlier left, say) that
+    /// `s2 − s1²/n` would lose more than about 1e-10 of the result to cancellation. Rare: each
+    /// value leaving the window can trigger it at most once, and recentring stops it.
+    fn stale(&self) -> bool {
+        if self.n == 0 {
+            return false;
+        }
+        let n = self.n as f64;
+        let s1 = self.s1.value();
+        let offset = s1 * s1 / n;
+        let mean = self.shift + s1 / n;
+        // Below ε·mean²·n, m2 is rounding noise of the data itself: do not chase it.
+        let floor = f64::EPSILON * mean * mean * n;
+        offset > 1e6 * (self.s2.value() - offset).max(floor)
+    }
+
+    /// Σ (x − mean)² over the finite values in the window.
+    fn m2(&self) -> f64 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        let s1 = self.s1.value();
+        (self.s2.value() - s1 * s1 / self.n as f64).max(0.0)
+    }
+}
+
+impl RollingAggregate for RollingVariance {
+    fn push(&mut self, x: f64) -> Option<f64> {
+        if let Some(old) = self.ring.push(x) {
+            if !self.other.add(old, -1) {
+                self.remove(old);
+            }
+        }
+        if !self.other.add(x, 1) {
+            self.add(x);
+        }
+        self.since_resync += 1;
+        if self.since_resync == self.ring.cap || self.stale() {
+            self.since_resync = 0;
+            self.resync();
+        }
+        if !self.ring.is_full() {
+            return None;
+        }
+        if self.other.any() {
+            return Some(f64::NAN);
+        }
+        Some(self.m2() / self.divisor)
+    }
+
+    fn window(&self) -> usize {
+        self.ring.cap
+    }
+}
+
+/// The square root of another aggregate (standard deviation from variance).
+struct Sqrt<A>(A);
+
+impl<A: RollingAggregate> RollingAggregate for Sqrt<A> {
+    fn push(&mut self, x: f64) -> Option<f64> {
+        self.0.push(x).map(f64::sqrt)
+    }
+
+    fn window(&self) -> usize {
+        self.0.window()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator
+
+struct RollingAgent<T, A> {
+    input: Input<T>,
+    out: Stream<f64>,
+    aggregate: A,
+}
+
+impl<T, A> Agent for RollingAgent<T, A>
+where
+    T: Element + Copy + Into<f64>,
+    A: RollingAggregate,
+{
+    fn step(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<(), AgentError> {
+        let new = inputs.slice(&self.input);
+        let n = new.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let out = outputs.vec(&self.out);
+        for &x in new {
+            if let Some(v) = self.aggregate.push(x.into()) {
+                out.push(v);
+            }
+        }
+        inputs.consume(&self.input, n);
+        Ok(())
+    }
+}
+
+impl Graph {
+    /// The `aggregate` of the last `window` elements of `stream`, one value per element once
+    /// `window` elements have arrived, in O(1) amortised time per element. Aligned like
+    /// [`Graph::map_window`] with size `window` and step 1. See the [module docs](self).
+    ///
+    /// `window` 0 is reported when the application is built, naming the agent.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::rolling::Rolling;
+    /// // A vibration sensor: smoothed level and peak over the last 4 samples.
+    /// let mut g = Graph::new("vibration_monitor");
+    /// let accel = g.source_iter("accelerometer", [0.25, 0.5, 0.25, 1.0, 2.0, 0.25]);
+    /// let level = g.rolling("level", &accel, 4, Rolling::Mean);
+    /// let peak = g.rolling("peak", &accel, 4, Rolling::Max);
+    /// let level = g.collect("level_out", &level);
+    /// let peak = g.collect("peak_out", &peak);
+    /// g.run().unwrap();
+    /// assert_eq!(level.values(), [0.5, 0.9375, 0.875]);
+    /// assert_eq!(peak.values(), [1.0, 2.0, 2.0]);
+    /// ```
+    ///
+    /// Integer or `f32` streams work too (any `Copy` type that converts into `f64`):
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::rolling::Rolling;
+    /// let mut g = Graph::new("door_counter");
+    /// let entries = g.source_iter("entries_per_minute", [3u32, 0, 5, 2]);
+    /// let last_3_min = g.rolling("visitors_3_min", &entries, 3, Rolling::Sum);
+    /// let out = g.collect("out", &last_3_min);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [8.0, 7.0]);
+    /// ```
+    pub fn rolling<T>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        window: usize,
+        aggregate: Rolling,
+    ) -> Stream<f64>
+    where
+        T: Element + Copy + Into<f64>,
+    {
+        if window == 0 {
+            self.problem(format!(
+                "agent '{name}': rolling window must be at least 1 (got 0)"
+            ));
+        }
+        let w = window.max(1);
+        match aggregate {
+            Rolling::Count => self.rolling_with(name, stream, RollingCount::new(w)),
+            Rolling::Sum => self.rolling_with(name, stream, RollingSum::new(w)),
+            Rolling::Mean => self.rolling_with(name, stream, RollingMean::new(w)),
+            Rolling::Min => self.rolling_with(name, stream, RollingMin::new(w)),
+            Rolling::Max => self.rolling_with(name, stream, RollingMax::new(w)),
+            Rolling::Variance => self.rolling_with(name, stream, RollingVariance::population(w)),
+            Rolling::SampleVariance => self.rolling_with(name, stream, RollingVariance::sample(w)),
+            Rolling::StdDev => {
+                self.rolling_with(name, stream, Sqrt(RollingVariance::population(w)))
+            }
+            Rolling::SampleStdDev => {
+                self.rolling_with(name, stream, Sqrt(RollingVariance::sample(w)))
+            }
+        }
+    }
+
+    /// Like [`Graph::rolling`], with any [`RollingAggregate`]: one of this module's structs
+    /// (configured as you like) or your own. Emits `aggregate.push(x)` for each element where
+    /// it is `Some`.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::rolling::{RollingAggregate, RollingMax, RollingMin};
+    ///
+    /// /// Peak-to-peak amplitude of the last `W` samples.
+    /// struct PeakToPeak(RollingMin, RollingMax);
+    ///
+    /// impl RollingAggregate for PeakToPeak {
+    ///     fn push(&mut self, x: f64) -> Option<f64> {
+    ///         let (lo, hi) = (self.0.push(x), self.1.push(x));
+    ///         Some(hi? - lo?)
+    ///     }
+    ///     fn window(&self) -> usize {
+    ///         self.0.window()
+    ///     }
+    /// }
+    ///
+    /// let mut g = Graph::new("vibration");
+    /// let accel = g.source_iter("accelerometer", [0.5, -0.5, 0.25, 1.0]);
+    /// let p2p = g.rolling_with("peak_to_peak", &accel, PeakToPeak(RollingMin::new(3), RollingMax::new(3)));
+    /// let out = g.collect("out", &p2p);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [1.0, 1.5]);
+    /// ```
+    pub fn rolling_with<T, A>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        aggregate: A,
+    ) -> Stream<f64>
+    where
+        T: Element + Copy + Into<f64>,
+        A: RollingAggregate,
+    {
+        let (input, out) = self.add_agent(name, |p| {
+            let input = p.input::<T>("in");
+            let out = p.output::<f64>("out");
+            (
+                RollingAgent {
+                    input,
+                    out,
+                    aggregate,
+                },
+                (input, out),
+            )
+        });
+        self.connect(stream, &input);
+        out
+    }
+}
