@@ -26,7 +26,8 @@ use std::sync::Arc;
 
 use crate::agent::{Agent, PortDecl, Ports};
 use crate::error::Error;
-use crate::host::{CreditRoute, Driver, Host, LinkSpec, Mailbox};
+pub(crate) use crate::host::LinkSpec;
+use crate::host::{CreditRoute, Driver, Host, Mailbox};
 use crate::metrics::{LinkEntry, Registry};
 use crate::ops::source::ExternalAny;
 use crate::stream::{Element, Input, PortId, Stream};
@@ -57,6 +58,21 @@ pub enum Policy {
 pub struct Connection {
     pub(crate) capacity: Option<usize>,
     pub(crate) policy: Policy,
+    pub(crate) transport: Transport,
+}
+
+/// How a connection moves data. `Auto` (the default) picks from where the two agents run: the
+/// same process → in-process messages; another process on this host → a shared-memory ring.
+/// Forcing a transport is for tests and benchmarks: the same graph, every path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Transport {
+    /// Chosen from placement.
+    #[default]
+    Auto,
+    /// In-process messages (both agents must be in the same process).
+    Local,
+    /// A shared-memory ring, even between agents of the same process.
+    SharedMemory,
 }
 
 impl Connection {
@@ -74,6 +90,18 @@ impl Connection {
         self.policy = policy;
         self
     }
+    /// Forces a transport instead of choosing it from placement.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+}
+
+/// The transport an edge resolved to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    Local,
+    SharedMemory,
 }
 
 pub(crate) struct AgentDecl {
@@ -82,12 +110,13 @@ pub(crate) struct AgentDecl {
     pub outputs: Vec<PortDecl>,
     pub driver: Option<Driver>,
     pub thread: Option<String>,
+    pub process: Option<String>,
 }
 
-struct Edge {
-    from: PortId,
-    to: PortId,
-    conn: Connection,
+pub(crate) struct Edge {
+    pub from: PortId,
+    pub to: PortId,
+    pub conn: Connection,
 }
 
 static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);
@@ -97,7 +126,7 @@ pub struct Graph {
     pub(crate) name: String,
     pub(crate) id: u32,
     pub(crate) agents: Vec<AgentDecl>,
-    edges: Vec<Edge>,
+    pub(crate) edges: Vec<Edge>,
     problems: Vec<String>,
     default_capacity: usize,
     /// Senders of external inputs ([`Graph::input`]), by the stream they feed.
@@ -179,6 +208,7 @@ impl Graph {
             outputs: ports.outputs,
             driver: Some(driver),
             thread: None,
+            process: None,
         });
     }
 
@@ -232,6 +262,106 @@ impl Graph {
         self
     }
 
+    /// Runs `agent` in the OS process named `process` (on this host). Agents not placed run in
+    /// the process named [`MAIN_PROCESS`](crate::MAIN_PROCESS), the one started by the user,
+    /// which starts the others. Connections between agents in different processes become
+    /// shared-memory rings; agent code does not change, and neither does the output.
+    pub fn place_in_process(&mut self, agent: &str, process: &str) -> &mut Self {
+        let valid = !process.is_empty()
+            && process.len() <= 64
+            && process
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            self.problems.push(format!(
+                "place_in_process: process name '{process}' (for agent '{agent}') must be 1 to 64 letters, digits, '_' or '-'"
+            ));
+            return self;
+        }
+        match self.agents.iter_mut().find(|a| a.name == agent) {
+            Some(a) => a.process = Some(process.to_string()),
+            None => self
+                .problems
+                .push(format!("place_in_process: no agent named '{agent}'")),
+        }
+        self
+    }
+
+    /// The process agent `i` runs in.
+    pub(crate) fn process_of(&self, agent: usize) -> &str {
+        self.agents[agent]
+            .process
+            .as_deref()
+            .unwrap_or(crate::launch::MAIN_PROCESS)
+    }
+
+    /// Every process of the application: `main` first, then in order of first placement.
+    pub(crate) fn processes(&self) -> Vec<String> {
+        let mut out = vec![crate::launch::MAIN_PROCESS.to_string()];
+        for i in 0..self.agents.len() {
+            let p = self.process_of(i);
+            if !out.iter().any(|q| q == p) {
+                out.push(p.to_string());
+            }
+        }
+        out
+    }
+
+    /// The transport of edge `e`, from placement and the connection's forced transport.
+    pub(crate) fn resolve(&self, e: &Edge) -> Resolved {
+        let same = self.process_of(e.from.agent as usize) == self.process_of(e.to.agent as usize);
+        match (e.conn.transport, same) {
+            (Transport::SharedMemory, _) | (Transport::Auto, false) => Resolved::SharedMemory,
+            // A forced Local across processes is reported by `validate`.
+            (Transport::Local, _) | (Transport::Auto, true) => Resolved::Local,
+        }
+    }
+
+    /// A digest of everything that must be identical in every process of one run: agents, their
+    /// ports and types, placement, edges and their options.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.name.hash(&mut h);
+        for (i, a) in self.agents.iter().enumerate() {
+            a.name.hash(&mut h);
+            self.process_of(i).hash(&mut h);
+            for p in a.inputs.iter().chain(&a.outputs) {
+                p.name.hash(&mut h);
+                p.type_name.hash(&mut h);
+            }
+        }
+        for e in &self.edges {
+            (e.from.agent, e.from.port, e.to.agent, e.to.port).hash(&mut h);
+            e.conn
+                .capacity
+                .unwrap_or(self.default_capacity)
+                .hash(&mut h);
+            format!("{:?}{:?}", e.conn.policy, e.conn.transport).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// True if agent `to` can be reached from agent `from` along edges.
+    fn reaches(&self, from: usize, to: usize) -> bool {
+        let mut seen = vec![false; self.agents.len()];
+        let mut stack = vec![from];
+        while let Some(a) = stack.pop() {
+            if a == to {
+                return true;
+            }
+            if std::mem::replace(&mut seen[a], true) {
+                continue;
+            }
+            for e in &self.edges {
+                if e.from.agent as usize == a {
+                    stack.push(e.to.agent as usize);
+                }
+            }
+        }
+        false
+    }
+
     /// The full name of a stream: `"agent.port"`.
     pub fn stream_name<T>(&self, stream: &Stream<T>) -> String {
         self.port_name(stream.id, true)
@@ -257,6 +387,24 @@ impl Graph {
                 self.port_name(e.from, true),
                 self.port_name(e.to, false)
             );
+            let crosses =
+                self.process_of(e.from.agent as usize) != self.process_of(e.to.agent as usize);
+            if crosses && e.conn.transport == Transport::Local {
+                problems.push(format!(
+                    "{what}: forced Transport::Local, but '{}' runs in process '{}' and '{}' in process '{}'",
+                    self.agents[e.from.agent as usize].name,
+                    self.process_of(e.from.agent as usize),
+                    reader.name,
+                    self.process_of(e.to.agent as usize)
+                ));
+            }
+            if self.resolve(e) == Resolved::SharedMemory
+                && self.reaches(e.to.agent as usize, e.from.agent as usize)
+            {
+                problems.push(format!(
+                    "{what}: is part of a feedback loop and crosses processes (or is forced to shared memory); keep every agent of a loop in one process"
+                ));
+            }
             if cap == 0 {
                 problems.push(format!("{what}: capacity must be at least 1"));
             } else if cap < need {
@@ -296,15 +444,25 @@ impl Graph {
         }
     }
 
-    /// Builds one host per agent; `mailboxes[i]` reaches agent `i`.
+    /// Builds the hosts of the agents in `part`; `mailboxes[i]` reaches agent `i` (`None` for an
+    /// agent of another process). Connections between two local agents become in-process links;
+    /// shared-memory connections are wired through `part.shm`.
     pub(crate) fn instantiate(
         &mut self,
-        mailboxes: &[Arc<dyn Mailbox>],
-    ) -> Result<(Vec<Host>, Registry), Error> {
+        mailboxes: &[Option<Arc<dyn Mailbox>>],
+        part: &Part<'_>,
+    ) -> Result<(Vec<(usize, Host)>, Registry), Error> {
         self.validate()?;
+        let local: Vec<bool> = (0..self.agents.len())
+            .map(|i| part.process.is_none_or(|p| self.process_of(i) == p))
+            .collect();
         let mut registry = Registry::default();
-        let mut hosts = Vec::with_capacity(self.agents.len());
+        let mut hosts: Vec<Option<Host>> = Vec::with_capacity(self.agents.len());
         for (i, a) in self.agents.iter_mut().enumerate() {
+            if !local[i] {
+                hosts.push(None);
+                continue;
+            }
             let mut outputs: Vec<_> = a.outputs.iter().map(|p| (p.make_out)()).collect();
             for (o, p) in outputs.iter_mut().zip(&a.outputs) {
                 let c = Arc::default();
@@ -321,20 +479,23 @@ impl Graph {
             let driver = a.driver.take().ok_or_else(|| Error::Runtime {
                 detail: format!("graph '{}' was already instantiated", self.name),
             })?;
-            hosts.push(Host::new(
+            hosts.push(Some(Host::new(
                 a.name.as_str().into(),
                 (self.id, i as u32),
                 driver,
                 inputs,
                 outputs,
                 counters,
-            ));
+            )));
         }
-        for e in &self.edges {
+        for (edge, e) in self.edges.iter().enumerate() {
             let writer = e.from.agent as usize;
             let reader = e.to.agent as usize;
+            if !local[writer] && !local[reader] {
+                continue;
+            }
             let capacity = e.conn.capacity.unwrap_or(self.default_capacity);
-            let counters = Arc::default();
+            let counters: Arc<crate::metrics::LinkCounters> = Arc::default();
             let stream = self.port_name(e.from, true);
             let input = &self.agents[reader].inputs[e.to.port as usize].name;
             let label = format!("{stream} -> {}.{input}", self.agents[reader].name);
@@ -346,29 +507,140 @@ impl Graph {
                 capacity,
                 counters: Arc::clone(&counters),
             });
-            let out = &mut hosts[writer].outputs[e.from.port as usize];
-            let link = out_links(out.as_mut());
-            out.add_link(LinkSpec {
-                mailbox: Arc::clone(&mailboxes[reader]),
-                input: e.to.port,
-                capacity,
-                policy: e.conn.policy,
-                counters,
-                label,
-            });
-            hosts[reader].inputs[e.to.port as usize].set_credit_route(CreditRoute {
-                mailbox: Arc::clone(&mailboxes[writer]),
-                output: e.from.port,
-                link,
-                capacity,
-                policy: e.conn.policy,
-            });
+            let resolved = self.resolve(e);
+            // The writer's end.
+            let link = if local[writer] {
+                let out = &mut hosts[writer].as_mut().expect("local").outputs[e.from.port as usize];
+                let link = out.link_count() as u32;
+                let spec = LinkSpec {
+                    mailbox: None,
+                    input: e.to.port,
+                    capacity,
+                    policy: e.conn.policy,
+                    counters: Arc::clone(&counters),
+                    label: label.clone(),
+                };
+                match resolved {
+                    Resolved::Local => out.add_link(LinkSpec {
+                        mailbox: Some(Arc::clone(
+                            mailboxes[reader].as_ref().expect("local reader"),
+                        )),
+                        ..spec
+                    }),
+                    Resolved::SharedMemory => {
+                        let shm = part.shm.ok_or_else(|| no_shm(&self.name, &label))?;
+                        let wake = Arc::clone(mailboxes[writer].as_ref().expect("local writer"));
+                        shm.writer(edge, out.as_mut(), spec, wake, e.from.port, link)?;
+                    }
+                }
+                link
+            } else {
+                0
+            };
+            // The reader's end: where its credit goes.
+            if local[reader] {
+                let target = Arc::clone(mailboxes[reader].as_ref().expect("local reader"));
+                let credit_to = match resolved {
+                    Resolved::Local => {
+                        Arc::clone(mailboxes[writer].as_ref().expect("local writer"))
+                    }
+                    Resolved::SharedMemory => {
+                        let shm = part.shm.ok_or_else(|| no_shm(&self.name, &label))?;
+                        let decl = &self.agents[reader].inputs[e.to.port as usize];
+                        let counters = if local[writer] {
+                            Arc::default()
+                        } else {
+                            counters
+                        };
+                        shm.reader(
+                            edge,
+                            decl,
+                            target,
+                            e.to.port,
+                            capacity,
+                            e.conn.policy,
+                            counters,
+                            label,
+                        )?
+                    }
+                };
+                let writer_output = if resolved == Resolved::Local {
+                    e.from.port
+                } else {
+                    0
+                };
+                hosts[reader].as_mut().expect("local").inputs[e.to.port as usize].set_credit_route(
+                    CreditRoute {
+                        mailbox: credit_to,
+                        output: writer_output,
+                        link: if resolved == Resolved::Local { link } else { 0 },
+                        capacity,
+                        policy: e.conn.policy,
+                    },
+                );
+            }
         }
+        let hosts = hosts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.map(|h| (i, h)))
+            .collect();
         Ok((hosts, registry))
     }
 }
 
-/// How many links an output has so far (the index the next one gets).
-fn out_links(out: &mut dyn crate::host::OutSlot) -> u32 {
-    out.link_count() as u32
+/// Which agents an executor instantiates, and how it makes shared-memory endpoints.
+pub(crate) struct Part<'a> {
+    /// Only the agents of this process (`None`: every agent).
+    pub process: Option<&'a str>,
+    /// Makes the ends of shared-memory connections (`None`: this executor has none).
+    pub shm: Option<&'a dyn ShmWiring>,
+}
+
+impl Part<'_> {
+    /// Every agent, in-process links only.
+    pub fn whole() -> Part<'static> {
+        Part {
+            process: None,
+            shm: None,
+        }
+    }
+}
+
+/// Makes the two ends of a shared-memory connection (implemented by the transport).
+pub(crate) trait ShmWiring {
+    /// Adds to `out` a link that writes into edge `edge`'s ring; `wake` reaches the writer's
+    /// host (for "room in the ring again"), which knows this link as `(output, link)`.
+    fn writer(
+        &self,
+        edge: usize,
+        out: &mut dyn crate::host::OutSlot,
+        spec: LinkSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        link: u32,
+    ) -> Result<(), Error>;
+
+    /// Starts the receiver of edge `edge`'s ring, which delivers to input `input` of the host
+    /// behind `target`; returns where that input sends its credit.
+    #[allow(clippy::too_many_arguments)]
+    fn reader(
+        &self,
+        edge: usize,
+        decl: &crate::agent::PortDecl,
+        target: Arc<dyn Mailbox>,
+        input: u32,
+        capacity: usize,
+        policy: Policy,
+        counters: Arc<crate::metrics::LinkCounters>,
+        label: String,
+    ) -> Result<Arc<dyn Mailbox>, Error>;
+}
+
+fn no_shm(app: &str, label: &str) -> Error {
+    Error::Runtime {
+        detail: format!(
+            "application '{app}': connection {label} needs shared memory, which the deterministic harness does not provide; run it with Graph::run"
+        ),
+    }
 }

@@ -241,7 +241,8 @@ impl<T: Element> InSlot for InBuf<T> {
 
 /// What the graph tells an output about one of its readers.
 pub(crate) struct LinkSpec {
-    pub mailbox: Arc<dyn Mailbox>,
+    /// The reader's mailbox (in-process links only).
+    pub mailbox: Option<Arc<dyn Mailbox>>,
     pub input: u32,
     pub capacity: usize,
     pub policy: Policy,
@@ -471,7 +472,9 @@ impl<T: Element> OutSlot for OutBuf<T> {
     fn add_link(&mut self, spec: LinkSpec) {
         self.links.push(LinkTx {
             flavor: Flavor::Local {
-                mailbox: spec.mailbox,
+                mailbox: spec
+                    .mailbox
+                    .expect("an in-process link has the reader's mailbox"),
                 input: spec.input,
             },
             capacity: spec.capacity,

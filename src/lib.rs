@@ -30,18 +30,17 @@ pub mod agent;
 pub mod error;
 pub mod graph;
 mod host;
-// Wired into the runtime by the multi-process work in progress.
-#[allow(dead_code)]
 mod launch;
 pub mod metrics;
 pub mod ops;
 pub mod runtime;
 pub mod stream;
 pub mod testing;
+mod transport;
 
 pub use agent::{Agent, Inputs, Outputs, Ports};
 pub use error::{AgentError, Error};
-pub use graph::{Connection, Graph, Policy, DEFAULT_CAPACITY};
+pub use graph::{Connection, Graph, Policy, Transport, DEFAULT_CAPACITY};
 pub use launch::MAIN_PROCESS;
 pub use metrics::{AgentStats, LinkStats, Metrics, StreamStats};
 pub use ops::rolling::{Rolling, RollingAggregate};

@@ -15,6 +15,17 @@
 //! - **Stalls**: if at that point a writer still holds data its reader will never take (a
 //!   capacity too small for what the reader needs), the run fails with
 //!   [`Error::Stalled`](crate::Error::Stalled) naming the connection, instead of hanging.
+//!
+//! # Several processes
+//!
+//! When agents are placed in several processes
+//! ([`Graph::place_in_process`](crate::Graph::place_in_process)), `start` in the process the user
+//! started (the *starter*) creates the shared-memory rings, starts one child per other process
+//! (this same program, re-executed with a role), runs the agents of
+//! [`MAIN_PROCESS`](crate::MAIN_PROCESS) itself, and supervises the children; `join` returns once
+//! every process has ended, or with the first failure, naming the process. In a child, the same
+//! `start` runs only that process's agents. Ctrl-C or SIGTERM drains the application gracefully
+//! (sources end their streams, data in flight is processed); a second one stops it at once.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -25,8 +36,11 @@ use std::thread::JoinHandle;
 use actix::{Actor, ActorContext, Addr, Arbiter, Context, Handler, Message, System};
 
 use crate::error::Error;
-use crate::graph::Graph;
+use nix::sys::signal::Signal;
+
+use crate::graph::{Graph, Part, Resolved};
 use crate::host::{Driver, Envelope, Host, Mailbox};
+use crate::launch::{self, ChildProcess, Role, RunId, Segments};
 use crate::metrics::{Metrics, Registry};
 use crate::ops::source::{InputSender, SourceThreadCtx};
 use crate::stream::{Element, PortId, Stream};
@@ -47,6 +61,67 @@ struct Shared {
     error: Mutex<Option<Error>>,
     system: Mutex<Option<System>>,
     mailboxes: Mutex<Vec<Arc<dyn Mailbox>>>,
+    /// Threads that feed local inputs from other processes (see [`RunHandle`]).
+    feeders: Mutex<Vec<Arc<FeederState>>>,
+}
+
+/// What the runtime knows of a thread that feeds a local input from outside the process.
+pub(crate) struct FeederState {
+    pub label: String,
+    /// It holds data the local reader has no credit for.
+    pub blocked: AtomicBool,
+}
+
+/// What a thread that feeds the application from outside (a shared-memory receiver) needs from
+/// the run: it counts as a source until it ends, so the run is not taken as quiescent while the
+/// other process may still send.
+#[derive(Clone)]
+pub(crate) struct RunHandle {
+    shared: Arc<Shared>,
+}
+
+impl RunHandle {
+    /// Registers a feeder; call `finished` when it has delivered its end of stream.
+    pub fn feeder(&self, label: String) -> Arc<FeederState> {
+        let state = Arc::new(FeederState {
+            label,
+            blocked: AtomicBool::new(false),
+        });
+        self.shared.active_sources.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .feeders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&state));
+        state
+    }
+
+    /// Marks a feeder blocked (holding data without credit) or not.
+    pub fn set_blocked(&self, feeder: &FeederState, blocked: bool) {
+        if feeder.blocked.swap(blocked, Ordering::SeqCst) != blocked {
+            if blocked {
+                self.shared.blocked_sources.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.shared.blocked_sources.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The feeder is done (its end of stream is posted, or it failed).
+    pub fn finished(&self, feeder: &FeederState) {
+        self.set_blocked(feeder, false);
+        self.shared.active_sources.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Fails the run.
+    pub fn fail(&self, e: Error) {
+        self.shared.fail(e);
+    }
+
+    /// Set when the run stops (gracefully or after a failure).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.shared.stop)
+    }
 }
 
 impl Shared {
@@ -83,6 +158,25 @@ impl Shared {
             // Quiescent with agents still open: nothing is in flight and no source can produce.
             // What is left is feedback loops (which this closes) or a stall (which the hosts
             // holding undeliverable data report when they receive this).
+            let stuck: Vec<String> = self
+                .feeders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|f| f.blocked.load(Ordering::SeqCst))
+                .map(|f| {
+                    format!(
+                        "{}: the reader takes no more of what arrived from the other process",
+                        f.label
+                    )
+                })
+                .collect();
+            if !stuck.is_empty() {
+                self.fail(Error::Stalled {
+                    detail: stuck.join("; "),
+                });
+                return;
+            }
             let boxes = self
                 .mailboxes
                 .lock()
@@ -190,6 +284,20 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     inputs: HashMap<PortId, Box<dyn Any + Send>>,
     thread: Option<JoinHandle<Result<(), Error>>>,
+    /// The children, when this is the starter of a multi-process run.
+    children: Option<Children>,
+    /// Ctrl-C / SIGTERM handling, for as long as a multi-process run is on.
+    _signals: Option<launch::SignalGuard>,
+    shared: Option<Arc<Shared>>,
+}
+
+/// The starter's view of its children.
+struct Children {
+    list: Arc<Vec<ChildProcess>>,
+    segments: Arc<Segments>,
+    /// The first failure of a child, set by the supervisor thread.
+    failure: Arc<Mutex<Option<Error>>>,
+    supervisor: Option<JoinHandle<Vec<launch::Exit>>>,
 }
 
 impl Running {
@@ -213,6 +321,10 @@ impl Running {
             })
     }
 
+    fn fail_handle(&self) -> Option<Arc<Shared>> {
+        self.shared.clone()
+    }
+
     /// Asks every source to stop: each ends its stream after what it already emitted, and the
     /// application drains and ends normally.
     pub fn stop(&self) {
@@ -223,7 +335,7 @@ impl Running {
     pub fn join(mut self) -> Result<Metrics, Error> {
         self.inputs.clear(); // dropping untaken senders ends those inputs
         let thread = self.thread.take().expect("joined once");
-        let result = thread.join().unwrap_or_else(|p| {
+        let mut result = thread.join().unwrap_or_else(|p| {
             Err(Error::Runtime {
                 detail: format!(
                     "the runtime thread panicked: {}",
@@ -231,6 +343,26 @@ impl Running {
                 ),
             })
         });
+        if let Some(mut children) = self.children.take() {
+            if result.is_err() {
+                // This process failed: ask the others to stop, then make sure they do.
+                launch::signal_all(&children.list, Signal::SIGTERM);
+                kill_after_grace(&children.list);
+            }
+            if let Some(sup) = children.supervisor.take() {
+                let _ = sup.join();
+            }
+            let failure = children
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            children.segments.remove_all();
+            // A child's failure is the cause; this process's error is then its consequence.
+            if let Some(f) = failure {
+                result = Err(f);
+            }
+        }
         result.map(|()| self.registry.snapshot())
     }
 }
@@ -238,61 +370,265 @@ impl Running {
 type Ready = Result<(Arc<Registry>, HashMap<PortId, Box<dyn Any + Send>>), Error>;
 
 impl Graph {
-    /// Runs the application on threads until it ends; returns its final counters or the first
-    /// error. See [`runtime`](crate::runtime).
+    /// Runs the application until it ends; returns its final counters or the first error. See
+    /// [`runtime`](crate::runtime).
     pub fn run(self) -> Result<Metrics, Error> {
         self.start()?.join()
     }
 
-    /// Starts the application on threads and returns at once.
+    /// Starts the application and returns at once.
     pub fn start(self) -> Result<Running, Error> {
         self.validate()?;
-        let app = self.name.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_thread = Arc::clone(&stop);
-        let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
-        let thread = std::thread::Builder::new()
-            .name(format!("iotstream {app}"))
-            .spawn(move || coordinate(self, stop_thread, ready_tx))
-            .map_err(|e| Error::Runtime {
-                detail: format!("cannot start the runtime thread: {e}"),
-            })?;
-        match ready_rx.recv() {
-            Ok(Ok((registry, inputs))) => Ok(Running {
-                app,
-                registry,
-                stop,
-                inputs,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
+        match launch::role()? {
+            Role::Starter => {
+                let processes = self.processes();
+                let shm = self
+                    .edges
+                    .iter()
+                    .any(|e| self.resolve(e) == Resolved::SharedMemory);
+                let used =
+                    (0..self.agents.len()).any(|i| self.process_of(i) != launch::MAIN_PROCESS);
+                if !shm && !used {
+                    return start_part(self, None, None);
+                }
+                start_starter(self, processes)
             }
-            Err(_) => Err(thread
-                .join()
-                .map_err(|p| Error::Runtime {
-                    detail: format!(
-                        "the runtime thread panicked: {}",
-                        crate::error::panic_message(&*p)
-                    ),
-                })?
-                .err()
-                .unwrap_or_else(|| Error::Runtime {
-                    detail: "the runtime thread ended before starting".into(),
-                })),
+            Role::Member {
+                process,
+                run,
+                fingerprint,
+            } => {
+                if !self.processes().contains(&process) {
+                    return Err(Error::Runtime {
+                        detail: format!(
+                            "this program was started as process '{process}' of application '{}', which has no such process",
+                            self.name
+                        ),
+                    });
+                }
+                if self.fingerprint() != fingerprint {
+                    return Err(Error::Runtime {
+                        detail: format!(
+                            "process '{process}' built a different graph than the starter of application '{}' (agents, ports, placement or connections differ): the graph must be built the same way in every process",
+                            self.name
+                        ),
+                    });
+                }
+                let stop = Arc::new(AtomicBool::new(false));
+                // The starter forwards Ctrl-C as SIGTERM; a terminal's own SIGINT to the whole
+                // process group is ignored here so that the drain stays graceful.
+                let guard = launch::SignalGuard::install(
+                    Arc::clone(&stop),
+                    &[signal_hook::consts::SIGTERM],
+                    || {},
+                    || {},
+                )?;
+                let app = self.name.clone();
+                let mut running = start_part(self, Some(process), Some((app, run, stop)))?;
+                running._signals = Some(guard);
+                Ok(running)
+            }
         }
     }
 }
 
-/// The runtime thread: builds the actors, runs the actix system, tears everything down.
+/// The starter of a multi-process run: rings, children, its own part, supervision.
+fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error> {
+    let run = RunId::new();
+    let app = graph.name.clone();
+    for name in launch::sweep_stale(Some(&app)) {
+        tracing::info!("removed {name}, left behind by an earlier run whose starter died");
+    }
+    let segments = Arc::new(Segments::default());
+    crate::transport::create_segments(&graph, &run, &segments)?;
+    let fingerprint = graph.fingerprint();
+    let (exit_tx, exit_rx) = mpsc::channel();
+    let mut list = Vec::new();
+    for p in processes.iter().filter(|p| *p != launch::MAIN_PROCESS) {
+        match launch::spawn_child(p, &run, fingerprint, exit_tx.clone()) {
+            Ok(c) => list.push(c),
+            Err(e) => {
+                launch::signal_all(&list, Signal::SIGKILL);
+                segments.remove_all();
+                return Err(e);
+            }
+        }
+    }
+    drop(exit_tx);
+    let list = Arc::new(list);
+    let stop = Arc::new(AtomicBool::new(false));
+    let signals = {
+        let (first, second) = (Arc::clone(&list), Arc::clone(&list));
+        let segs = Arc::clone(&segments);
+        launch::SignalGuard::install(
+            Arc::clone(&stop),
+            &[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM],
+            move || launch::signal_all(&first, Signal::SIGTERM),
+            move || {
+                launch::signal_all(&second, Signal::SIGKILL);
+                segs.remove_all();
+            },
+        )
+    };
+    let signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            launch::signal_all(&list, Signal::SIGKILL);
+            segments.remove_all();
+            return Err(e);
+        }
+    };
+    let mut running = match start_part(
+        graph,
+        Some(launch::MAIN_PROCESS.to_string()),
+        Some((app, run, stop)),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            launch::signal_all(&list, Signal::SIGKILL);
+            segments.remove_all();
+            return Err(e);
+        }
+    };
+    let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+    let supervisor = {
+        let list = Arc::clone(&list);
+        let failure = Arc::clone(&failure);
+        let fail_local = running.fail_handle();
+        std::thread::Builder::new()
+            .name("iotstream supervisor".into())
+            .spawn(move || supervise(exit_rx, list, failure, fail_local))
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start the supervisor thread: {e}"),
+            })?
+    };
+    running.children = Some(Children {
+        list,
+        segments,
+        failure,
+        supervisor: Some(supervisor),
+    });
+    running._signals = Some(signals);
+    Ok(running)
+}
+
+/// Watches the children until all have ended. At the first failure: records it, fails the
+/// starter's own part, asks the other children to stop, and kills them after a grace period.
+fn supervise(
+    exits: mpsc::Receiver<launch::Exit>,
+    list: Arc<Vec<ChildProcess>>,
+    failure: Arc<Mutex<Option<Error>>>,
+    fail_local: Option<Arc<Shared>>,
+) -> Vec<launch::Exit> {
+    let mut ended = Vec::new();
+    while ended.len() < list.len() {
+        let Ok(exit) = exits.recv() else { break };
+        if !exit.success() {
+            let first = {
+                let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
+                let first = f.is_none();
+                if first {
+                    *f = Some(exit.to_error());
+                }
+                first
+            };
+            if first {
+                tracing::error!("{}", exit.to_error());
+                if let Some(shared) = &fail_local {
+                    shared.fail(exit.to_error());
+                }
+                launch::signal_all(&list, Signal::SIGTERM);
+                let list = Arc::clone(&list);
+                std::thread::spawn(move || kill_after_grace(&list));
+            }
+        }
+        ended.push(exit);
+    }
+    ended
+}
+
+/// Kills the children still alive after the drain grace period.
+fn kill_after_grace(list: &[ChildProcess]) {
+    let deadline = std::time::Instant::now() + launch::DRAIN_GRACE;
+    while std::time::Instant::now() < deadline {
+        if list
+            .iter()
+            .all(|c| !launch::pid_alive(c.pid) || launch::is_zombie(c.pid))
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    launch::signal_all(list, Signal::SIGKILL);
+}
+
+/// Starts the agents of `process` (every agent if `None`) on actix arbiters.
+fn start_part(
+    graph: Graph,
+    process: Option<String>,
+    shm: Option<(String, RunId, Arc<AtomicBool>)>,
+) -> Result<Running, Error> {
+    let app = graph.name.clone();
+    let stop = shm
+        .as_ref()
+        .map(|(_, _, stop)| Arc::clone(stop))
+        .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+    let stop_thread = Arc::clone(&stop);
+    let (ready_tx, ready_rx) = mpsc::channel::<(Ready, Arc<Shared>)>();
+    let thread = std::thread::Builder::new()
+        .name(format!("iotstream {app}"))
+        .spawn(move || {
+            let run = shm.map(|(app, run, _)| (app, run));
+            coordinate(graph, process, run, stop_thread, ready_tx)
+        })
+        .map_err(|e| Error::Runtime {
+            detail: format!("cannot start the runtime thread: {e}"),
+        })?;
+    match ready_rx.recv() {
+        Ok((Ok((registry, inputs)), shared)) => Ok(Running {
+            app,
+            registry,
+            stop,
+            inputs,
+            thread: Some(thread),
+            children: None,
+            _signals: None,
+            shared: Some(shared),
+        }),
+        Ok((Err(e), _)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(thread
+            .join()
+            .map_err(|p| Error::Runtime {
+                detail: format!(
+                    "the runtime thread panicked: {}",
+                    crate::error::panic_message(&*p)
+                ),
+            })?
+            .err()
+            .unwrap_or_else(|| Error::Runtime {
+                detail: "the runtime thread ended before starting".into(),
+            })),
+    }
+}
+
+/// The runtime thread: builds the actors of this process's part, runs the actix system, tears
+/// everything down.
 fn coordinate(
     mut graph: Graph,
+    process: Option<String>,
+    run: Option<(String, RunId)>,
     stop: Arc<AtomicBool>,
-    ready: mpsc::Sender<Ready>,
+    ready: mpsc::Sender<(Ready, Arc<Shared>)>,
 ) -> Result<(), Error> {
     let system = System::new();
-    let n = graph.agents.len();
+    let total = graph.agents.len();
+    let local: Vec<bool> = (0..total)
+        .map(|i| process.as_deref().is_none_or(|p| graph.process_of(i) == p))
+        .collect();
+    let n = local.iter().filter(|l| **l).count();
     let shared = Arc::new(Shared {
         in_flight: AtomicUsize::new(n),
         active_sources: AtomicUsize::new(0),
@@ -302,29 +638,47 @@ fn coordinate(
         error: Mutex::new(None),
         system: Mutex::new(Some(System::current())),
         mailboxes: Mutex::new(Vec::new()),
+        feeders: Mutex::new(Vec::new()),
     });
     // Addresses exist before the actors, so every link can be wired before any actor starts.
-    let channels: Vec<_> = (0..n)
-        .map(|_| actix::dev::channel::channel::<AgentActor>(16))
-        .collect();
-    let mut receivers = Vec::with_capacity(n);
-    let mailboxes: Vec<Arc<dyn Mailbox>> = channels
-        .into_iter()
-        .map(|(tx, rx)| {
-            receivers.push(rx);
-            Arc::new(ActorMailbox {
+    let mut receivers: Vec<Option<_>> = Vec::with_capacity(total);
+    let mailboxes: Vec<Option<Arc<dyn Mailbox>>> = local
+        .iter()
+        .map(|&is_local| {
+            if !is_local {
+                receivers.push(None);
+                return None;
+            }
+            let (tx, rx) = actix::dev::channel::channel::<AgentActor>(16);
+            receivers.push(Some(rx));
+            Some(Arc::new(ActorMailbox {
                 addr: Addr::new(tx),
                 shared: Arc::clone(&shared),
-            }) as Arc<dyn Mailbox>
+            }) as Arc<dyn Mailbox>)
         })
         .collect();
-    *shared.mailboxes.lock().unwrap_or_else(|p| p.into_inner()) = mailboxes.clone();
+    *shared.mailboxes.lock().unwrap_or_else(|p| p.into_inner()) =
+        mailboxes.iter().flatten().cloned().collect();
     let threads: Vec<Option<String>> = graph.agents.iter().map(|a| a.thread.clone()).collect();
     let externals = std::mem::take(&mut graph.externals);
-    let (hosts, registry) = match graph.instantiate(&mailboxes) {
+    let wiring = run.map(|(app, run)| {
+        crate::transport::ShmTransport::new(
+            app,
+            run,
+            RunHandle {
+                shared: Arc::clone(&shared),
+            },
+        )
+    });
+    let part = Part {
+        process: process.as_deref(),
+        shm: wiring.as_ref().map(|w| w as &dyn crate::graph::ShmWiring),
+    };
+    let (hosts, registry) = match graph.instantiate(&mailboxes, &part) {
         Ok(x) => x,
         Err(e) => {
-            let _ = ready.send(Err(e));
+            stop.store(true, Ordering::SeqCst);
+            let _ = ready.send((Err(e), Arc::clone(&shared)));
             return Ok(());
         }
     };
@@ -332,22 +686,24 @@ fn coordinate(
 
     let mut inputs = HashMap::new();
     for (id, ext) in externals {
-        let wake = Arc::clone(&mailboxes[ext.agent()]);
-        inputs.insert(id, ext.into_sender(wake));
+        if let Some(wake) = &mailboxes[ext.agent()] {
+            inputs.insert(id, ext.into_sender(Arc::clone(wake)));
+        }
     }
 
     let mut arbiters: HashMap<String, Arbiter> = HashMap::new();
     let mut result = Ok(());
-    for (i, ((mut host, ctx), thread)) in hosts.into_iter().zip(receivers).zip(threads).enumerate()
-    {
-        let key = thread.unwrap_or_else(|| format!("agent #{i}"));
+    for (i, mut host) in hosts {
+        let rx = receivers[i].take().expect("a local agent has a mailbox");
+        let key = threads[i].clone().unwrap_or_else(|| format!("agent #{i}"));
         let arbiter = arbiters.entry(key).or_insert_with(Arbiter::new);
         if host.is_source() {
             shared.active_sources.fetch_add(1, Ordering::SeqCst);
+            let wake = Arc::clone(mailboxes[i].as_ref().expect("a local agent has a mailbox"));
             if let Driver::Source(src) = &mut host.driver {
                 let spawned = src.spawn(SourceThreadCtx {
                     name: host.name.to_string(),
-                    wake: Arc::clone(&mailboxes[i]),
+                    wake,
                     stop: Arc::clone(&stop),
                 });
                 if let Err(e) = spawned {
@@ -363,15 +719,18 @@ fn coordinate(
             counted_blocked: false,
         };
         arbiter.spawn_fn(move || {
-            Context::with_receiver(ctx).run(actor);
+            Context::with_receiver(rx).run(actor);
         });
     }
     if let Err(e) = result {
         stop.store(true, Ordering::SeqCst);
-        let _ = ready.send(Err(e));
-    } else if ready.send(Ok((Arc::clone(&registry), inputs))).is_err() {
+        let _ = ready.send((Err(e), Arc::clone(&shared)));
+    } else if ready
+        .send((Ok((Arc::clone(&registry), inputs)), Arc::clone(&shared)))
+        .is_err()
+    {
         stop.store(true, Ordering::SeqCst);
-    } else {
+    } else if n > 0 {
         system.run().map_err(|e| Error::Runtime {
             detail: format!("the actix system failed: {e}"),
         })?;

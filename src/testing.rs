@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::TrySendError;
 
 use crate::error::Error;
-use crate::graph::Graph;
+use crate::graph::{Graph, Part};
 use crate::host::{Envelope, Host, Mailbox};
 use crate::metrics::{Metrics, Registry};
 use crate::ops::source::{Chunk, ExternalAny, ExternalInput};
@@ -70,15 +70,16 @@ impl Harness {
     /// Checks and instantiates `graph`. Fails with every wiring problem at once.
     pub fn new(mut graph: Graph) -> Result<Harness, Error> {
         let queue: Queue = Arc::default();
-        let mailboxes: Vec<Arc<dyn Mailbox>> = (0..graph.agents.len())
+        let mailboxes: Vec<Option<Arc<dyn Mailbox>>> = (0..graph.agents.len())
             .map(|target| {
-                Arc::new(QueueMailbox {
+                Some(Arc::new(QueueMailbox {
                     queue: Arc::clone(&queue),
                     target,
-                }) as Arc<dyn Mailbox>
+                }) as Arc<dyn Mailbox>)
             })
             .collect();
-        let (hosts, registry) = graph.instantiate(&mailboxes)?;
+        let (hosts, registry) = graph.instantiate(&mailboxes, &Part::whole())?;
+        let hosts = hosts.into_iter().map(|(_, h)| h).collect();
         Ok(Harness {
             app: graph.name.clone(),
             hosts,

@@ -225,10 +225,7 @@ impl Drop for Segments {
 
 /// A child process of the starter.
 pub(crate) struct ChildProcess {
-    pub name: String,
     pub pid: u32,
-    /// The last lines the child wrote to standard error, for the failure report.
-    pub last_errors: Arc<Mutex<VecDeque<String>>>,
 }
 
 /// How a child ended.
@@ -312,7 +309,7 @@ pub(crate) fn spawn_child(
         copy_prefixed(err, process, true, Some(Arc::clone(&last_errors))),
     ];
     let name = process.to_string();
-    let tail = Arc::clone(&last_errors);
+    let tail = last_errors;
     std::thread::Builder::new()
         .name(format!("wait {process}"))
         .spawn(move || {
@@ -340,11 +337,7 @@ pub(crate) fn spawn_child(
         .map_err(|e| Error::Runtime {
             detail: format!("cannot start the thread that watches process '{process}': {e}"),
         })?;
-    Ok(ChildProcess {
-        name: process.to_string(),
-        pid,
-        last_errors,
-    })
+    Ok(ChildProcess { pid })
 }
 
 /// Copies lines from a child's pipe to our stdout or stderr, prefixed with the process name.
@@ -385,6 +378,17 @@ fn copy_prefixed(
         .ok()
 }
 
+/// True if `pid` is a zombie (exited, not yet reaped by its waiter thread).
+pub(crate) fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
 /// Sends `signal` to every child still alive.
 pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
     for c in children {
@@ -401,14 +405,22 @@ pub(crate) struct SignalGuard {
 }
 
 impl SignalGuard {
+    /// Handles `signals`; in a child, SIGINT (a terminal's Ctrl-C to the whole group) is
+    /// swallowed so that only the starter's SIGTERM drains it.
     pub fn install(
         stop: Arc<AtomicBool>,
+        signals: &[i32],
         on_first: impl Fn() + Send + 'static,
         on_second: impl Fn() + Send + 'static,
     ) -> Result<SignalGuard, Error> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::consts::SIGINT;
+        let mut all = signals.to_vec();
+        let swallow_int = !all.contains(&SIGINT);
+        if swallow_int {
+            all.push(SIGINT);
+        }
         let mut signals =
-            signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::Runtime {
+            signal_hook::iterator::Signals::new(&all).map_err(|e| Error::Runtime {
                 detail: format!("cannot install the SIGINT/SIGTERM handler: {e}"),
             })?;
         let handle = signals.handle();
@@ -417,6 +429,9 @@ impl SignalGuard {
             .spawn(move || {
                 let mut seen = 0;
                 for sig in signals.forever() {
+                    if swallow_int && sig == SIGINT {
+                        continue;
+                    }
                     seen += 1;
                     if seen == 1 {
                         tracing::warn!("signal {sig}: draining (send it again to stop at once)");
