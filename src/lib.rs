@@ -35,6 +35,7 @@ pub mod ops;
 pub mod runtime;
 pub mod stream;
 pub mod testing;
+pub(crate) mod transport;
 
 pub use agent::{Agent, Inputs, Outputs, Ports};
 pub use error::{AgentError, Error};
