@@ -13,6 +13,8 @@ use crate::launch::{RunId, Segments};
 use crate::metrics::LinkCounters;
 use crate::runtime::RunHandle;
 
+pub(crate) mod shm;
+
 /// Creates the shared-memory ring of every shared-memory connection of `graph`.
 pub(crate) fn create_segments(
     graph: &Graph,

@@ -1,0 +1,1058 @@
+//! A single-producer single-consumer lock-free ring of variable-length frames.
+//!
+//! The ring is generic over its memory ([`RingMemory`]): the same code runs on a heap allocation
+//! ([`HeapRing`], unit tests), under loom (model tests, `tests/loom_ring.rs`) and in a POSIX
+//! shared-memory mapping ([`Segment`](super::segment::Segment), real use). One [`Producer`] writes
+//! frames, one [`Consumer`] reads them, in the same process or in two processes.
+//!
+//! # Layout
+//!
+//! A `#[repr(C)]` [`Header`] of five 64-byte cache lines, then `capacity` data bytes (a power of
+//! two, from [`MIN_CAPACITY`] to [`MAX_CAPACITY`]). All header fields are atomics, native
+//! endian:
+//!
+//! | offset | field | written by |
+//! |---|---|---|
+//! | 0 | `magic: u64` = `b"IOTSRING"` read as a little-endian u64 | creator, once, last |
+//! | 8 | `version: u32` = [`VERSION`] | creator, once |
+//! | 12 | `header_size: u32` = 320 | creator, once |
+//! | 16 | `capacity: u64`, data bytes | creator, once |
+//! | 24 | `producer_pid: u32`, 0 until a producer claims the ring | producer, once |
+//! | 28 | `consumer_pid: u32`, 0 until a consumer claims the ring | consumer, once |
+//! | 32 | `closed: u32`, 0 or 1: the producer ended the stream | producer, once |
+//! | 64 | `head: u64`, bytes published by the producer since the start | producer |
+//! | 128 | `tail: u64`, bytes released by the consumer since the start | consumer |
+//! | 192 | `data_seq: u32` (futex word), `data_waiting: u32` (consumer sleeps) | both |
+//! | 256 | `space_seq: u32` (futex word), `space_waiting: u32` (producer sleeps) | both |
+//! | 320 | data: `capacity` bytes | producer (frames), consumer reads |
+//!
+//! `head` and `tail` are monotonic byte counters; a position's offset in the data area is
+//! `position % capacity`. Both are always multiples of 8, `tail <= head` and
+//! `head - tail <= capacity`.
+//!
+//! # Frames
+//!
+//! A frame is an 8-byte frame header — `len: u32`, then 4 reserved bytes — and `len` payload
+//! bytes, padded to a multiple of 8. Payloads therefore start 8-byte aligned in memory (the data
+//! area is 64-byte aligned), so a batch of `u64` or `f64` can be viewed in place with bytemuck.
+//! A frame never wraps: when it does not fit between its offset and the end of the data area,
+//! the producer writes a **wrap marker** (`len == u32::MAX`) there, skips to offset 0 and writes
+//! the frame there. The largest payload is [`max_frame_len`]`(capacity)` =
+//! `capacity / 2 - 8` bytes, so a frame plus the padding a wrap may cost always fits in an empty
+//! ring: a producer never waits for space that can never come. A larger frame is an error
+//! ([`RingError::FrameTooLarge`]).
+//!
+//! # Protocol
+//!
+//! - The producer writes any number of frames with [`Producer::try_write`], then makes them
+//!   visible at once with [`Producer::publish`]: one `Release` store of `head`. The consumer
+//!   reads `head` with `Acquire`, so the frame bytes written before are visible to it.
+//! - The consumer reads frames with [`Consumer::try_read`], then hands their space back at once
+//!   with [`Consumer::release`]: one `Release` store of `tail`, read by the producer with
+//!   `Acquire`, so the producer overwrites nothing the consumer may still read.
+//! - Each side caches the other's counter and re-reads it only when the ring looks full (the
+//!   producer) or empty (the consumer): on the fast path neither side touches the other's cache
+//!   line.
+//! - [`Producer::close`] publishes what is pending, then sets `closed` (`Release`): a consumer
+//!   that sees `closed` (`Acquire`) sees the final `head`. [`Consumer::is_closed`] is true once the
+//!   consumer has also read every frame: the end of the stream.
+//!
+//! # Waiting without lost wake-ups
+//!
+//! [`Consumer::wait_for_data`] and [`Producer::wait_for_space`] first re-check their condition
+//! [`SPIN_LIMIT`](super::sync::SPIN_LIMIT) times, then sleep on a futex word with the classic
+//! event-count handshake:
+//!
+//! ```text
+//! waiter (consumer)                          waker (producer, in publish)
+//! data_waiting = 1                           head = h            (Release)
+//! fence(SeqCst)                              fence(SeqCst)
+//! s = data_seq                  (Acquire)    if data_waiting != 0:
+//! if data is there: done                         data_seq += 1   (Release)
+//! FUTEX_WAIT(data_seq, s, timeout)               FUTEX_WAKE(data_seq)
+//! ```
+//!
+//! The two `SeqCst` fences are ordered one way or the other. If the waker's fence comes first,
+//! the waiter's re-check (after its fence) sees the new `head` and does not sleep. If the waiter's
+//! fence comes first, the waker sees `data_waiting` and bumps `data_seq`; the waiter either read
+//! `s` after the bump (then, through `Acquire`/`Release`, it also sees the new `head` and does not
+//! sleep) or before it, and then `FUTEX_WAIT` either finds the word changed and returns at once, or
+//! is already asleep when `FUTEX_WAKE` comes. The producer waits for space the same way on
+//! `space_seq`/`space_waiting`, woken by [`Consumer::release`]. There is at most one wake-up per
+//! `publish`/`release`/`close`, never one per frame, and none at all while the other side is not
+//! sleeping. Waits are always timed: the caller loops, and between waits checks that the peer
+//! is alive ([`Consumer::producer_pid`], [`Producer::consumer_pid`]).
+//!
+//! # The peer is not trusted
+//!
+//! In shared memory the other side may be buggy, hostile or dead half-way through a write. Every
+//! value read from the ring is validated before it is used, and a violation is
+//! [`RingError::Corrupt`], naming the field and the values, never a panic, an out-of-bounds
+//! access or undefined behaviour:
+//!
+//! - on attach ([`Producer::new`], [`Consumer::new`]): `magic`, `version`, `header_size`, and
+//!   `capacity` (a power of two in range, equal to the memory's data size), `closed` in {0, 1},
+//!   `head` and `tail` multiples of 8, `tail <= head <= tail + capacity`, both below 2^62;
+//! - `head`, read by the consumer: a multiple of 8, not behind the consumer's read position,
+//!   never going backwards, at most `capacity` ahead of the tail the consumer released;
+//! - `tail`, read by the producer: a multiple of 8, never going backwards, never beyond the
+//!   `head` the producer published;
+//! - a frame, read by the consumer: `len <= max_frame_len`, the frame inside the data area and
+//!   inside the published region; a wrap marker only where the frame after it (at offset 0,
+//!   published) does not fit, and never twice in a row;
+//! - `closed`: 0 or 1. The futex words and waiting flags are only hints: any value is harmless.
+//!
+//! Each side keeps its own counters in private memory and never reads them back from the ring,
+//! and reads a frame's `len` once (an atomic load) before validating and using it.
+//!
+//! Two limits remain, as for any shared-memory transport: a peer that writes into a payload the
+//! consumer is reading changes the bytes under it (they stay plain bytes, every value of which
+//! is valid), and a peer that shrinks the shared-memory object makes the next access fault
+//! (`SIGBUS`).
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::sync::{fence, spin_hint, AtomicU32, AtomicU64, Ordering, Shadow, SPIN_LIMIT};
+
+/// `b"IOTSRING"` as a little-endian u64: the first field of every ring.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"IOTSRING");
+
+/// The layout version; an opener refuses any other.
+pub(crate) const VERSION: u32 = 1;
+
+/// The smallest data area, in bytes.
+pub(crate) const MIN_CAPACITY: usize = 64;
+
+/// The largest data area, in bytes (4 GiB: frame lengths are u32).
+pub(crate) const MAX_CAPACITY: usize = 1 << 32;
+
+/// Bytes before each payload: `len: u32` and 4 reserved bytes.
+pub(crate) const FRAME_HEADER: usize = 8;
+
+/// The `len` of a wrap marker: the next frame is at offset 0.
+pub(crate) const WRAP: u32 = u32::MAX;
+
+/// Positions at or above this are refused on attach, so that no position arithmetic can
+/// overflow for the life of the ring (2^62 bytes is decades of traffic at memory speed).
+const MAX_POSITION: u64 = 1 << 62;
+
+/// The largest payload a ring of `capacity` data bytes accepts: `capacity / 2 - 8`.
+pub(crate) const fn max_frame_len(capacity: usize) -> usize {
+    capacity / 2 - FRAME_HEADER
+}
+
+/// The bytes a frame with a payload of `len` bytes takes: header plus payload padded to 8.
+const fn frame_size(len: usize) -> usize {
+    FRAME_HEADER + len.div_ceil(8) * 8
+}
+
+/// Checks that `capacity` is a usable data-area size.
+pub(crate) fn check_capacity(capacity: usize) -> Result<(), RingError> {
+    if capacity.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+        Ok(())
+    } else {
+        Err(RingError::Capacity { capacity })
+    }
+}
+
+/// Why a ring operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RingError {
+    /// A frame larger than the ring's largest frame.
+    #[error("a frame of {len} bytes is larger than this ring's largest frame ({max} bytes)")]
+    FrameTooLarge {
+        /// The payload length asked for.
+        len: usize,
+        /// [`max_frame_len`] of the ring.
+        max: usize,
+    },
+    /// The capacity is not a power of two between [`MIN_CAPACITY`] and [`MAX_CAPACITY`].
+    #[error(
+        "a ring's capacity must be a power of two from {MIN_CAPACITY} to {MAX_CAPACITY} bytes, \
+         not {capacity}"
+    )]
+    Capacity {
+        /// The capacity asked for.
+        capacity: usize,
+    },
+    /// The producer already closed the ring: nothing more can be written.
+    #[error("the ring is closed: its producer ended the stream")]
+    Closed,
+    /// The ring already has a producer (or a consumer); a ring has one of each for its life.
+    #[error("the ring's {role} is already process {pid}")]
+    RoleTaken {
+        /// `"producer"` or `"consumer"`.
+        role: &'static str,
+        /// The pid recorded by the side that claimed it.
+        pid: u32,
+    },
+    /// Something read from the ring breaks the protocol (see the module documentation).
+    #[error("corrupt ring: {what}")]
+    Corrupt {
+        /// The field at fault and the values seen.
+        what: String,
+    },
+}
+
+/// A [`RingError::Corrupt`] from a formatted description.
+fn corrupt(what: fmt::Arguments<'_>) -> RingError {
+    RingError::Corrupt {
+        what: what.to_string(),
+    }
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The condition holds: data (or the end of the stream) for a consumer, room for a producer.
+    Ready,
+    /// The timeout elapsed first. Check the peer's liveness and wait again.
+    TimedOut,
+}
+
+/// A value on a cache line of its own.
+#[derive(Debug)]
+#[repr(C, align(64))]
+pub(crate) struct Line<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// The header's first line: what the creator writes once, and the claims and `closed` flag.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct Identity {
+    /// [`MAGIC`], written last by the creator (`Release`).
+    pub(crate) magic: AtomicU64,
+    /// [`VERSION`].
+    pub(crate) version: AtomicU32,
+    /// `size_of::<Header>()`: where the data area starts.
+    pub(crate) header_size: AtomicU32,
+    /// Data bytes.
+    pub(crate) capacity: AtomicU64,
+    /// The producer's pid, 0 until claimed.
+    pub(crate) producer_pid: AtomicU32,
+    /// The consumer's pid, 0 until claimed.
+    pub(crate) consumer_pid: AtomicU32,
+    /// 1 once the producer has ended the stream.
+    pub(crate) closed: AtomicU32,
+}
+
+/// A futex word and the flag saying somebody sleeps on it.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct WakeWord {
+    /// Bumped by the waker before `FUTEX_WAKE`; the waiter sleeps while it is unchanged.
+    pub(crate) seq: AtomicU32,
+    /// Non-zero while the waiting side is (about to be) asleep.
+    pub(crate) waiting: AtomicU32,
+}
+
+/// The ring's header; see the module documentation for the layout. Only atomics, so any bytes
+/// are a valid `Header` and it can be shared with another process.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct Header {
+    /// Magic, version, sizes, pids, `closed`.
+    pub(crate) id: Line<Identity>,
+    /// Bytes published by the producer.
+    pub(crate) head: Line<AtomicU64>,
+    /// Bytes released by the consumer.
+    pub(crate) tail: Line<AtomicU64>,
+    /// The consumer sleeps here for data.
+    pub(crate) data_wake: Line<WakeWord>,
+    /// The producer sleeps here for space.
+    pub(crate) space_wake: Line<WakeWord>,
+}
+
+impl Header {
+    /// A header of zeros (not yet a ring: the magic is missing).
+    pub(crate) fn zeroed() -> Header {
+        let wake = || WakeWord {
+            seq: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+        };
+        Header {
+            id: Line(Identity {
+                magic: AtomicU64::new(0),
+                version: AtomicU32::new(0),
+                header_size: AtomicU32::new(0),
+                capacity: AtomicU64::new(0),
+                producer_pid: AtomicU32::new(0),
+                consumer_pid: AtomicU32::new(0),
+                closed: AtomicU32::new(0),
+            }),
+            head: Line(AtomicU64::new(0)),
+            tail: Line(AtomicU64::new(0)),
+            data_wake: Line(wake()),
+            space_wake: Line(wake()),
+        }
+    }
+
+    /// Makes this header an empty ring of `capacity` data bytes (the creator does this once,
+    /// before anyone attaches). The magic is stored last, with `Release`, so an opener that
+    /// reads it with `Acquire` sees every other field.
+    pub(crate) fn init(&self, capacity: usize) -> Result<(), RingError> {
+        check_capacity(capacity)?;
+        let id = &self.id;
+        id.version.store(VERSION, Ordering::Relaxed);
+        id.header_size
+            .store(std::mem::size_of::<Header>() as u32, Ordering::Relaxed);
+        id.capacity.store(capacity as u64, Ordering::Relaxed);
+        id.producer_pid.store(0, Ordering::Relaxed);
+        id.consumer_pid.store(0, Ordering::Relaxed);
+        id.closed.store(0, Ordering::Relaxed);
+        self.head.store(0, Ordering::Relaxed);
+        self.tail.store(0, Ordering::Relaxed);
+        for w in [&self.data_wake, &self.space_wake] {
+            w.seq.store(0, Ordering::Relaxed);
+            w.waiting.store(0, Ordering::Relaxed);
+        }
+        id.magic.store(MAGIC, Ordering::Release);
+        Ok(())
+    }
+
+    /// Checks the creator's fields against a memory of `data_len` data bytes; returns the
+    /// capacity.
+    pub(crate) fn check(&self, data_len: usize) -> Result<usize, RingError> {
+        let id = &self.id;
+        let magic = id.magic.load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(corrupt(format_args!(
+                "magic is {magic:#018x}, not an iotstream ring's {MAGIC:#018x} \
+                 (not a ring, or not initialised yet)"
+            )));
+        }
+        let version = id.version.load(Ordering::Relaxed);
+        if version != VERSION {
+            return Err(corrupt(format_args!(
+                "layout version is {version}, this program reads version {VERSION}"
+            )));
+        }
+        let header_size = id.header_size.load(Ordering::Relaxed);
+        if header_size as usize != std::mem::size_of::<Header>() {
+            return Err(corrupt(format_args!(
+                "header_size is {header_size}, expected {}",
+                std::mem::size_of::<Header>()
+            )));
+        }
+        let capacity = id.capacity.load(Ordering::Relaxed);
+        if capacity != data_len as u64 || check_capacity(data_len).is_err() {
+            return Err(corrupt(format_args!(
+                "capacity is {capacity}, but the memory holds {data_len} data bytes \
+                 (a power of two from {MIN_CAPACITY} to {MAX_CAPACITY})"
+            )));
+        }
+        Ok(data_len)
+    }
+}
+
+/// Memory a ring lives in: a header and a data area.
+///
+/// # Safety
+///
+/// An implementation guarantees, for as long as the value lives:
+/// - [`header`](Self::header) is a [`Header`] that only rings use;
+/// - [`data`](Self::data) points to [`data_len`](Self::data_len) bytes, 8-byte aligned, valid
+///   for reads and writes, that nothing in this process touches except the [`Producer`] and
+///   [`Consumer`] built on this memory (or on other memory sharing the same header, such as a
+///   second mapping of the same shared-memory object);
+/// - `data_len` never changes.
+pub(crate) unsafe trait RingMemory {
+    /// The ring's header.
+    fn header(&self) -> &Header;
+    /// The first data byte.
+    fn data(&self) -> NonNull<u8>;
+    /// Data bytes (the header's `capacity`, once validated).
+    fn data_len(&self) -> usize;
+    /// Model-checking state (nothing in a real build).
+    fn shadow(&self) -> &Shadow;
+}
+
+// SAFETY: forwards to `T`, whose guarantees hold while the `Arc` keeps it alive.
+unsafe impl<T: RingMemory + ?Sized> RingMemory for Arc<T> {
+    fn header(&self) -> &Header {
+        (**self).header()
+    }
+    fn data(&self) -> NonNull<u8> {
+        (**self).data()
+    }
+    fn data_len(&self) -> usize {
+        (**self).data_len()
+    }
+    fn shadow(&self) -> &Shadow {
+        (**self).shadow()
+    }
+}
+
+/// A ring on the heap, for tests and the model checker: share it with an `Arc`, build one
+/// [`Producer`] and one [`Consumer`] on clones.
+pub(crate) struct HeapRing {
+    header: Header,
+    /// `u64` cells: 8-byte alignment; `UnsafeCell`: written through a shared reference.
+    data: Box<[std::cell::UnsafeCell<u64>]>,
+    shadow: Shadow,
+}
+
+impl fmt::Debug for HeapRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeapRing")
+            .field("header", &self.header)
+            .field("capacity", &self.data_len())
+            .finish()
+    }
+}
+
+// SAFETY: the header is atomics; the data cells are only accessed by the one producer and one
+// consumer the ring allows, through the protocol, which orders every access to a byte (a frame
+// is written before the `Release` store of `head` that the consumer `Acquire`s, and read before
+// the `Release` store of `tail` that the producer `Acquire`s before writing there again).
+unsafe impl Sync for HeapRing {}
+// SAFETY: nothing in a `HeapRing` is tied to a thread (see `Sync`).
+unsafe impl Send for HeapRing {}
+
+impl HeapRing {
+    /// An empty ring of `capacity` data bytes on the heap.
+    pub(crate) fn new(capacity: usize) -> Result<Arc<HeapRing>, RingError> {
+        check_capacity(capacity)?;
+        let ring = HeapRing {
+            header: Header::zeroed(),
+            data: (0..capacity / 8)
+                .map(|_| std::cell::UnsafeCell::new(0))
+                .collect(),
+            shadow: Shadow::new(capacity),
+        };
+        ring.header.init(capacity)?;
+        Ok(Arc::new(ring))
+    }
+
+    /// Overwrites data bytes at `off`, as a misbehaving peer would (corruption tests).
+    #[cfg(test)]
+    pub(crate) fn poke(&self, off: usize, bytes: &[u8]) {
+        assert!(off + bytes.len() <= self.data_len(), "poke out of bounds");
+        // SAFETY: in bounds (asserted); tests call this while neither side is inside a frame
+        // access, on one thread.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.data().as_ptr().add(off),
+                bytes.len(),
+            )
+        }
+    }
+}
+
+// SAFETY: `header` and `data` live as long as the `HeapRing`; `data` is `data_len()` bytes of
+// 8-aligned `UnsafeCell<u64>` cells, which may be written through a shared reference, and only
+// the producer and consumer built on this ring touch them.
+unsafe impl RingMemory for HeapRing {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+    fn data(&self) -> NonNull<u8> {
+        // A pointer derived from the whole slice of cells, so it may reach every byte.
+        NonNull::new(self.data.as_ptr() as *mut u8).expect("a boxed slice is never null")
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 8
+    }
+    fn shadow(&self) -> &Shadow {
+        &self.shadow
+    }
+}
+
+/// What both sides share: the memory and what was validated once on attach.
+struct Ring<M: RingMemory> {
+    mem: M,
+    /// Data bytes, validated on attach; never re-read from the ring.
+    cap: usize,
+    /// The largest payload.
+    max_len: usize,
+}
+
+impl<M: RingMemory> Ring<M> {
+    /// Validates the header of `mem`, claims `role` in `pid_field` and returns the ring with the
+    /// current `(head, tail)`, validated.
+    fn attach(
+        mem: M,
+        role: &'static str,
+        pid_field: fn(&Header) -> &AtomicU32,
+    ) -> Result<(Ring<M>, u64, u64), RingError> {
+        let header = mem.header();
+        let cap = header.check(mem.data_len())?;
+        let closed = header.id.closed.load(Ordering::Acquire);
+        if closed > 1 {
+            return Err(corrupt(format_args!("closed flag is {closed}, not 0 or 1")));
+        }
+        let head = header.head.load(Ordering::Acquire);
+        let tail = header.tail.load(Ordering::Acquire);
+        if head % 8 != 0 || tail % 8 != 0 {
+            return Err(corrupt(format_args!(
+                "head {head} or tail {tail} is not a multiple of 8"
+            )));
+        }
+        if tail > head || head - tail > cap as u64 || head >= MAX_POSITION {
+            return Err(corrupt(format_args!(
+                "head {head} and tail {tail} are inconsistent (capacity {cap})"
+            )));
+        }
+        let pid = std::process::id();
+        if let Err(other) =
+            pid_field(header).compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire)
+        {
+            return Err(RingError::RoleTaken { role, pid: other });
+        }
+        let ring = Ring {
+            mem,
+            cap,
+            max_len: max_frame_len(cap),
+        };
+        Ok((ring, head, tail))
+    }
+
+    fn header(&self) -> &Header {
+        self.mem.header()
+    }
+
+    /// The data offset of position `pos`.
+    fn offset(&self, pos: u64) -> usize {
+        (pos % self.cap as u64) as usize
+    }
+
+    /// The frame-header word at `off`, as a std atomic: read once by the consumer, so a peer
+    /// cannot change it between validation and use.
+    ///
+    /// # Safety
+    ///
+    /// `off` is a multiple of 8 and `off + 8 <= self.cap`.
+    unsafe fn word(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
+        debug_assert!(off % 8 == 0 && off + FRAME_HEADER <= self.cap);
+        // SAFETY: in bounds by the caller's promise; 4-aligned since the data area is 8-aligned
+        // and `off` a multiple of 8; the memory lives as long as `self`. The word is only ever
+        // accessed atomically while it is a frame header; payload copies that covered it in an
+        // earlier lap are ordered before this access by the protocol (see `HeapRing`'s `Sync`).
+        unsafe { std::sync::atomic::AtomicU32::from_ptr(self.mem.data().as_ptr().add(off).cast()) }
+    }
+
+    /// Writes the frame header at `off`: `len` and the reserved word.
+    ///
+    /// # Safety
+    ///
+    /// As [`word`](Self::word), and the producer owns bytes `off..off + 8` (between its head
+    /// and the consumer's tail plus capacity).
+    unsafe fn write_frame_header(&self, off: usize, len: u32) {
+        self.mem.shadow().track_write(off, FRAME_HEADER);
+        // SAFETY: the caller's promise; `off + 4` is also a multiple of 4 within the frame
+        // header.
+        unsafe {
+            self.word(off)
+                .store(len, std::sync::atomic::Ordering::Relaxed);
+            self.word(off + 4)
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the `len` word of the frame header at `off`.
+    ///
+    /// # Safety
+    ///
+    /// As [`word`](Self::word), and the consumer owns bytes `off..off + 8` (published, not yet
+    /// released).
+    unsafe fn read_frame_len(&self, off: usize) -> u32 {
+        self.mem.shadow().track_read(off, FRAME_HEADER);
+        // SAFETY: the caller's promise.
+        unsafe { self.word(off) }.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wakes the other side if it sleeps on `wake`: the waker's half of the handshake (see the
+    /// module documentation). Call after the `Release` store that made the condition true.
+    fn notify(&self, wake: &WakeWord) {
+        fence(Ordering::SeqCst);
+        if wake.waiting.load(Ordering::Relaxed) != 0 {
+            wake.seq.fetch_add(1, Ordering::Release);
+            self.mem.shadow().futex_wake(&wake.seq);
+        }
+    }
+
+    /// Waits until `ready` holds or `timeout` elapses: a short spin, then the waiter's half of
+    /// the handshake on `wake`.
+    fn wait(
+        &self,
+        wake: &WakeWord,
+        timeout: Duration,
+        mut ready: impl FnMut(&Self) -> Result<bool, RingError>,
+    ) -> Result<Wait, RingError> {
+        for _ in 0..SPIN_LIMIT {
+            if ready(self)? {
+                return Ok(Wait::Ready);
+            }
+            spin_hint();
+        }
+        let start = Instant::now();
+        loop {
+            wake.waiting.store(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let seq = wake.seq.load(Ordering::Acquire);
+            let now_ready = ready(self);
+            if !matches!(now_ready, Ok(false)) {
+                wake.waiting.store(0, Ordering::Relaxed);
+                return now_ready.map(|_| Wait::Ready);
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= timeout {
+                wake.waiting.store(0, Ordering::Relaxed);
+                return Ok(Wait::TimedOut);
+            }
+            // Woken, timed out or interrupted: the loop re-checks in every case.
+            let _ = self
+                .mem
+                .shadow()
+                .futex_wait(&wake.seq, seq, timeout - elapsed);
+        }
+    }
+}
+
+/// The producer's private state (apart from the memory, so a wait can borrow both).
+#[derive(Debug)]
+struct ProducerState {
+    /// End of the frames written so far (published or not).
+    head: u64,
+    /// The `head` last stored in the ring.
+    published: u64,
+    /// The consumer's `tail` last read (validated): space up to `tail + capacity` is free.
+    tail: u64,
+    /// `close` was called.
+    closed: bool,
+}
+
+impl ProducerState {
+    /// Where a frame of `len` payload bytes goes: `(bytes skipped by a wrap marker, frame
+    /// size)`.
+    fn placement<M: RingMemory>(&self, ring: &Ring<M>, len: usize) -> (usize, usize) {
+        let frame = frame_size(len);
+        let to_end = ring.cap - ring.offset(self.head);
+        if frame <= to_end {
+            (0, frame)
+        } else {
+            (to_end, frame)
+        }
+    }
+
+    /// True if `need` more bytes fit, re-reading the consumer's tail if they do not fit with
+    /// the cached one.
+    fn fits<M: RingMemory>(&mut self, ring: &Ring<M>, need: usize) -> Result<bool, RingError> {
+        let used = self.head - self.tail;
+        if used + need as u64 <= ring.cap as u64 {
+            return Ok(true);
+        }
+        self.refresh_tail(ring)?;
+        Ok(self.head - self.tail + need as u64 <= ring.cap as u64)
+    }
+
+    /// Reads and validates the consumer's `tail`.
+    fn refresh_tail<M: RingMemory>(&mut self, ring: &Ring<M>) -> Result<(), RingError> {
+        let tail = ring.header().tail.load(Ordering::Acquire);
+        if tail % 8 != 0 {
+            return Err(corrupt(format_args!("tail {tail} is not a multiple of 8")));
+        }
+        if tail > self.published {
+            return Err(corrupt(format_args!(
+                "tail {tail} is beyond the published head {}",
+                self.published
+            )));
+        }
+        if tail < self.tail {
+            return Err(corrupt(format_args!(
+                "tail went backwards from {} to {tail}",
+                self.tail
+            )));
+        }
+        self.tail = tail;
+        Ok(())
+    }
+}
+
+/// The writing side of a ring.
+pub(crate) struct Producer<M: RingMemory> {
+    ring: Ring<M>,
+    st: ProducerState,
+}
+
+impl<M: RingMemory> fmt::Debug for Producer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.ring.cap)
+            .field("state", &self.st)
+            .finish()
+    }
+}
+
+impl<M: RingMemory> Producer<M> {
+    /// Attaches the producer to the ring in `mem`: validates the header and claims the producer
+    /// role (this process's pid in `producer_pid`).
+    pub(crate) fn new(mem: M) -> Result<Producer<M>, RingError> {
+        let (ring, head, tail) = Ring::attach(mem, "producer", |h| &h.id.producer_pid)?;
+        if ring.header().id.closed.load(Ordering::Acquire) != 0 {
+            return Err(RingError::Closed);
+        }
+        Ok(Producer {
+            ring,
+            st: ProducerState {
+                head,
+                published: head,
+                tail,
+                closed: false,
+            },
+        })
+    }
+
+    /// Data bytes of the ring.
+    pub(crate) fn capacity(&self) -> usize {
+        self.ring.cap
+    }
+
+    /// The largest payload [`try_write`](Self::try_write) accepts.
+    pub(crate) fn max_frame_len(&self) -> usize {
+        self.ring.max_len
+    }
+
+    /// Writes a frame of `len` payload bytes, filled by `fill`, if it fits now; `Ok(false)` if
+    /// the ring has no room for it (wait with [`wait_for_space`](Self::wait_for_space)). The
+    /// frame is invisible to the consumer until [`publish`](Self::publish). If `fill` panics,
+    /// nothing is written.
+    pub(crate) fn try_write(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<bool, RingError> {
+        if self.st.closed {
+            return Err(RingError::Closed);
+        }
+        if len > self.ring.max_len {
+            return Err(RingError::FrameTooLarge {
+                len,
+                max: self.ring.max_len,
+            });
+        }
+        let (skip, frame) = self.st.placement(&self.ring, len);
+        if !self.st.fits(&self.ring, skip + frame)? {
+            return Ok(false);
+        }
+        let mut off = self.ring.offset(self.st.head);
+        if skip > 0 {
+            // SAFETY: `off` is a multiple of 8 (positions are) and `skip = cap - off >= 8`, so
+            // the marker's 8 bytes are inside the data area; they are free space (checked by
+            // `fits`), owned by the producer until published.
+            unsafe { self.ring.write_frame_header(off, WRAP) };
+            off = 0;
+        }
+        // `len <= max_len < u32::MAX`, so the cast is exact and never a wrap marker.
+        // SAFETY: `off + frame <= cap` (`placement` puts the frame where it fits before the
+        // end), and bytes `off..off + frame` are free space owned by the producer (`fits`).
+        unsafe { self.ring.write_frame_header(off, len as u32) };
+        self.ring.mem.shadow().track_write(off + FRAME_HEADER, len);
+        // SAFETY: same range as above: `off + 8 + len <= off + frame <= cap`; the data pointer
+        // is valid for writes (`RingMemory`), and nobody else accesses these bytes until they
+        // are published, so a unique slice over them is sound for the duration of `fill`.
+        let payload = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ring.mem.data().as_ptr().add(off + FRAME_HEADER),
+                len,
+            )
+        };
+        fill(payload);
+        self.st.head += (skip + frame) as u64;
+        Ok(true)
+    }
+
+    /// Makes every frame written since the last call visible to the consumer (one `Release`
+    /// store), and wakes the consumer if it sleeps. Does nothing if nothing was written.
+    pub(crate) fn publish(&mut self) {
+        if self.st.head == self.st.published {
+            return;
+        }
+        self.ring
+            .header()
+            .head
+            .store(self.st.head, Ordering::Release);
+        self.st.published = self.st.head;
+        self.ring.notify(&self.ring.header().data_wake);
+    }
+
+    /// Ends the stream: publishes pending frames, sets `closed`, wakes the consumer. Idempotent;
+    /// later writes fail with [`RingError::Closed`].
+    pub(crate) fn close(&mut self) {
+        if self.st.closed {
+            return;
+        }
+        if self.st.head != self.st.published {
+            self.ring
+                .header()
+                .head
+                .store(self.st.head, Ordering::Release);
+            self.st.published = self.st.head;
+        }
+        self.ring.header().id.closed.store(1, Ordering::Release);
+        self.st.closed = true;
+        self.ring.notify(&self.ring.header().data_wake);
+    }
+
+    /// Waits until a frame of `len` payload bytes fits, or `timeout` elapses. Publish first:
+    /// the consumer cannot free space for frames it cannot see.
+    pub(crate) fn wait_for_space(
+        &mut self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Wait, RingError> {
+        if self.st.closed {
+            return Err(RingError::Closed);
+        }
+        if len > self.ring.max_len {
+            return Err(RingError::FrameTooLarge {
+                len,
+                max: self.ring.max_len,
+            });
+        }
+        let st = &mut self.st;
+        self.ring
+            .wait(&self.ring.header().space_wake, timeout, |ring| {
+                let (skip, frame) = st.placement(ring, len);
+                st.fits(ring, skip + frame)
+            })
+    }
+
+    /// The consumer's pid, once a consumer has attached (for liveness checks).
+    pub(crate) fn consumer_pid(&self) -> Option<u32> {
+        match self.ring.header().id.consumer_pid.load(Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+}
+
+/// The consumer's private state (apart from the memory, so a wait can borrow both).
+#[derive(Debug)]
+struct ConsumerState {
+    /// Start of the next frame to read.
+    tail: u64,
+    /// The `tail` last stored in the ring.
+    released: u64,
+    /// The producer's `head` last read (validated): frames up to here are readable.
+    head: u64,
+}
+
+impl ConsumerState {
+    /// Reads and validates the producer's `head`.
+    fn refresh_head<M: RingMemory>(&mut self, ring: &Ring<M>) -> Result<(), RingError> {
+        let head = ring.header().head.load(Ordering::Acquire);
+        if head % 8 != 0 {
+            return Err(corrupt(format_args!("head {head} is not a multiple of 8")));
+        }
+        if head < self.tail {
+            return Err(corrupt(format_args!(
+                "head {head} is behind the consumer's tail {}",
+                self.tail
+            )));
+        }
+        if head < self.head {
+            return Err(corrupt(format_args!(
+                "head went backwards from {} to {head}",
+                self.head
+            )));
+        }
+        if head - self.released > ring.cap as u64 {
+            return Err(corrupt(format_args!(
+                "head {head} is more than the capacity ({}) ahead of the released tail {}",
+                ring.cap, self.released
+            )));
+        }
+        self.head = head;
+        Ok(())
+    }
+
+    /// True if a frame is readable or the stream is closed.
+    fn data_ready<M: RingMemory>(&mut self, ring: &Ring<M>) -> Result<bool, RingError> {
+        if self.tail != self.head {
+            return Ok(true);
+        }
+        self.refresh_head(ring)?;
+        Ok(self.tail != self.head || closed_flag(ring)?)
+    }
+}
+
+/// Reads and validates the `closed` flag.
+fn closed_flag<M: RingMemory>(ring: &Ring<M>) -> Result<bool, RingError> {
+    match ring.header().id.closed.load(Ordering::Acquire) {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(corrupt(format_args!("closed flag is {other}, not 0 or 1"))),
+    }
+}
+
+/// The reading side of a ring.
+pub(crate) struct Consumer<M: RingMemory> {
+    ring: Ring<M>,
+    st: ConsumerState,
+}
+
+impl<M: RingMemory> fmt::Debug for Consumer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("capacity", &self.ring.cap)
+            .field("state", &self.st)
+            .finish()
+    }
+}
+
+impl<M: RingMemory> Consumer<M> {
+    /// Attaches the consumer to the ring in `mem`: validates the header and claims the consumer
+    /// role (this process's pid in `consumer_pid`).
+    pub(crate) fn new(mem: M) -> Result<Consumer<M>, RingError> {
+        let (ring, head, tail) = Ring::attach(mem, "consumer", |h| &h.id.consumer_pid)?;
+        Ok(Consumer {
+            ring,
+            st: ConsumerState {
+                tail,
+                released: tail,
+                head,
+            },
+        })
+    }
+
+    /// Data bytes of the ring.
+    pub(crate) fn capacity(&self) -> usize {
+        self.ring.cap
+    }
+
+    /// Reads the next published frame: `Ok(Some(f(payload)))`, or `Ok(None)` if there is none
+    /// now. Its space stays reserved until [`release`](Self::release).
+    pub(crate) fn try_read<R>(
+        &mut self,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, RingError> {
+        if self.st.tail == self.st.head {
+            self.st.refresh_head(&self.ring)?;
+            if self.st.tail == self.st.head {
+                return Ok(None);
+            }
+        }
+        let ring = &self.ring;
+        let cap = ring.cap;
+        let head = self.st.head;
+        let mut pos = self.st.tail;
+        let mut off = ring.offset(pos);
+        // SAFETY: `pos` is a multiple of 8 (validated positions plus multiple-of-8 frame sizes),
+        // so `off` is a multiple of 8 and, `cap` being a multiple of 8, `off + 8 <= cap`. The
+        // word is published (`pos < head`, both multiples of 8) and not released: the
+        // consumer's.
+        let mut len = unsafe { ring.read_frame_len(off) };
+        if len == WRAP {
+            let skip = cap - off;
+            if head - pos < (skip + FRAME_HEADER) as u64 {
+                return Err(corrupt(format_args!(
+                    "wrap marker at offset {off} (position {pos}) is not followed by a \
+                     published frame (head {head})"
+                )));
+            }
+            pos += skip as u64;
+            off = 0;
+            // SAFETY: offset 0 is in bounds and aligned; position `pos` is published (checked
+            // just above) and not released.
+            len = unsafe { ring.read_frame_len(0) };
+            if len == WRAP {
+                return Err(corrupt(format_args!(
+                    "two wrap markers in a row (offsets {} and 0)",
+                    cap - skip
+                )));
+            }
+            if (len as usize) <= ring.max_len && frame_size(len as usize) <= skip {
+                return Err(corrupt(format_args!(
+                    "wrap marker at offset {} although the next frame ({} bytes) fits there \
+                     ({skip} bytes to the end)",
+                    cap - skip,
+                    frame_size(len as usize)
+                )));
+            }
+        }
+        let len = len as usize;
+        if len > ring.max_len {
+            return Err(corrupt(format_args!(
+                "frame length {len} at offset {off} exceeds the largest frame ({} bytes)",
+                ring.max_len
+            )));
+        }
+        let frame = frame_size(len);
+        if off + frame > cap {
+            return Err(corrupt(format_args!(
+                "frame length {len} at offset {off} runs past the end of the data area \
+                 ({cap} bytes)"
+            )));
+        }
+        if head - pos < frame as u64 {
+            return Err(corrupt(format_args!(
+                "frame length {len} at position {pos} runs past the published head {head}"
+            )));
+        }
+        ring.mem.shadow().track_read(off + FRAME_HEADER, len);
+        // SAFETY: `off + 8 + len <= off + frame <= cap` (checked above), so the range is inside
+        // the data area, valid for reads (`RingMemory`); it is published and not yet released,
+        // so the producer does not write it while the slice lives (a misbehaving peer could,
+        // which changes only the values of these plain bytes).
+        let payload = unsafe {
+            std::slice::from_raw_parts(ring.mem.data().as_ptr().add(off + FRAME_HEADER), len)
+        };
+        let r = f(payload);
+        self.st.tail = pos + frame as u64;
+        Ok(Some(r))
+    }
+
+    /// Hands the space of every frame read since the last call back to the producer (one
+    /// `Release` store), and wakes the producer if it sleeps. Does nothing if nothing was read.
+    pub(crate) fn release(&mut self) {
+        if self.st.tail == self.st.released {
+            return;
+        }
+        self.ring
+            .header()
+            .tail
+            .store(self.st.tail, Ordering::Release);
+        self.st.released = self.st.tail;
+        self.ring.notify(&self.ring.header().space_wake);
+    }
+
+    /// True at the end of the stream: the producer closed the ring and every frame has been
+    /// read.
+    pub(crate) fn is_closed(&mut self) -> Result<bool, RingError> {
+        if !closed_flag(&self.ring)? {
+            return Ok(false);
+        }
+        // `closed` was read with `Acquire` after the producer's last `head` store: this sees it.
+        self.st.refresh_head(&self.ring)?;
+        Ok(self.st.tail == self.st.head)
+    }
+
+    /// Waits until a frame is readable or the stream is closed ([`Wait::Ready`]), or `timeout`
+    /// elapses. Release first: a producer waiting for space would otherwise wait for us.
+    pub(crate) fn wait_for_data(&mut self, timeout: Duration) -> Result<Wait, RingError> {
+        let st = &mut self.st;
+        self.ring
+            .wait(&self.ring.header().data_wake, timeout, |ring| {
+                st.data_ready(ring)
+            })
+    }
+
+    /// The producer's pid, once a producer has attached (for liveness checks).
+    pub(crate) fn producer_pid(&self) -> Option<u32> {
+        match self.ring.header().id.producer_pid.load(Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! POSIX shared-memory objects holding one ring each.
+//!
+//! A [`Segment`] is one mapping of a shared-memory object (`/dev/shm/<name>` on Linux) laid out
+//! as a ring: the [`Header`] (320 bytes), then `capacity` data bytes. The creator
+//! ([`Segment::create`]) sizes the object and writes the header; the other process maps the same
+//! object with [`Segment::open`], which checks the header against the object's size. Each side
+//! then builds its end on its own mapping: `Producer::new(segment)` or
+//! `Consumer::new(segment)` ([`Producer`](super::ring::Producer),
+//! [`Consumer`](super::ring::Consumer)).
+//!
+//! Dropping a `Segment` unmaps it; the object itself lives until [`unlink`] (the names stay in
+//! `/dev/shm` until then, even after every process has exited). [`UnlinkGuard`] unlinks on drop,
+//! for the process that owns the object's life.
+//!
+//! # Names
+//!
+//! `/iotstream.<app>.<run>.<edge>`, built by [`segment_name`]: `<app>` is the application's
+//! name with every character other than ASCII letters, digits, `_` and `-` replaced by `_`
+//! ([`sanitize_app`]), `<run>` identifies the run (its owner's pid and a nonce) and `<edge>` the
+//! connection. No part contains `.` or `/`, so a sweeper can split a name into its parts, and
+//! [`list_segments`] lists the objects whose names start with a prefix.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
+use nix::sys::stat::{fstat, Mode};
+
+use super::ring::{check_capacity, Header, RingMemory, MAX_CAPACITY, MIN_CAPACITY};
+use super::sync::Shadow;
+
+/// Bytes before the data area: the ring's header.
+pub(crate) const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+
+// The layout the ring's documentation promises, checked at compile time (real atomics only:
+// loom's are larger).
+#[cfg(not(all(loom, test)))]
+const _: () = {
+    use super::ring::{Identity, WakeWord};
+    use std::mem::offset_of;
+    assert!(HEADER_SIZE == 320);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, magic) == 0);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, version) == 8);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, header_size) == 12);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, capacity) == 16);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, producer_pid) == 24);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, consumer_pid) == 28);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, closed) == 32);
+    assert!(offset_of!(Header, head) == 64);
+    assert!(offset_of!(Header, tail) == 128);
+    assert!(offset_of!(Header, data_wake) + offset_of!(WakeWord, seq) == 192);
+    assert!(offset_of!(Header, data_wake) + offset_of!(WakeWord, waiting) == 196);
+    assert!(offset_of!(Header, space_wake) + offset_of!(WakeWord, seq) == 256);
+    assert!(offset_of!(Header, space_wake) + offset_of!(WakeWord, waiting) == 260);
+};
+
+/// The first part of every segment name.
+pub(crate) const NAME_PREFIX: &str = "/iotstream.";
+
+/// The longest name, leading `/` included (`NAME_MAX` of a file in `/dev/shm`, plus the `/`).
+pub(crate) const NAME_MAX: usize = 255;
+
+/// Where Linux keeps shared-memory objects.
+const SHM_DIR: &str = "/dev/shm";
+
+/// Why a shared-memory operation failed; every variant names the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SegmentError {
+    /// The name is not a valid shared-memory object name.
+    #[error("invalid shared-memory object name '{name}': {reason}")]
+    Name {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A system call failed.
+    #[error("shared-memory object '{name}': {op} failed: {errno}")]
+    Os {
+        /// The object's name.
+        name: String,
+        /// The call (`shm_open`, `ftruncate`, ...).
+        op: &'static str,
+        /// Its error.
+        errno: Errno,
+    },
+    /// The object exists but is not a usable ring (wrong size, header, version, ...).
+    #[error("shared-memory object '{name}' is not a usable ring: {reason}")]
+    Invalid {
+        /// The object's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// One mapping of a shared-memory object holding a ring. Unmapped on drop (not unlinked).
+pub(crate) struct Segment {
+    name: String,
+    base: NonNull<c_void>,
+    /// Bytes mapped: `HEADER_SIZE + capacity`.
+    map_len: usize,
+    capacity: usize,
+    shadow: Shadow,
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+// SAFETY: a mapping belongs to the process, not to a thread; the header is atomics and the data
+// bytes are accessed only through the ring protocol, which orders every access (see `HeapRing`'s
+// `Sync` in ring.rs).
+unsafe impl Send for Segment {}
+// SAFETY: as for `Send`; `&Segment` only gives out the header (atomics) and the data pointer.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Creates the object `name` (which must not exist), sized for a ring of `capacity` data
+    /// bytes (a power of two from 64 bytes to 4 GiB), readable and writable by this user only,
+    /// maps it and writes an empty ring's header. If anything fails, the object is removed again.
+    pub(crate) fn create(name: &str, capacity: usize) -> Result<Segment, SegmentError> {
+        check_name(name)?;
+        check_capacity(capacity).map_err(|e| invalid(name, e))?;
+        let fd = shm_open(
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .map_err(|errno| os(name, "shm_open (create)", errno))?;
+        // The object exists from here on: remove it if we cannot finish.
+        let guard = UnlinkGuard::new(name);
+        let map_len = HEADER_SIZE + capacity;
+        let size = libc::off_t::try_from(map_len)
+            .map_err(|_| invalid(name, format_args!("{map_len} bytes do not fit in an off_t")))?;
+        nix::unistd::ftruncate(&fd, size).map_err(|errno| os(name, "ftruncate", errno))?;
+        let segment = Segment::map(name, &fd, map_len)?;
+        segment
+            .header()
+            .init(capacity)
+            .map_err(|e| invalid(name, e))?;
+        guard.disarm();
+        Ok(segment)
+    }
+
+    /// Maps the existing object `name` and checks that it holds a ring that fits its size
+    /// (magic, layout version, header size, capacity). A missing, truncated or foreign object
+    /// is an error naming it.
+    pub(crate) fn open(name: &str) -> Result<Segment, SegmentError> {
+        check_name(name)?;
+        let fd = shm_open(name, OFlag::O_RDWR, Mode::empty())
+            .map_err(|errno| os(name, "shm_open", errno))?;
+        let stat = fstat(&fd).map_err(|errno| os(name, "fstat", errno))?;
+        let size = stat.st_size;
+        let smallest = (HEADER_SIZE + MIN_CAPACITY) as i64;
+        let largest = (HEADER_SIZE + MAX_CAPACITY) as i64;
+        if !(smallest..=largest).contains(&size) {
+            return Err(invalid(
+                name,
+                format_args!(
+                    "it is {size} bytes; a ring takes {HEADER_SIZE} header bytes plus \
+                     {MIN_CAPACITY} to {MAX_CAPACITY} data bytes"
+                ),
+            ));
+        }
+        let map_len = size as usize;
+        let segment = Segment::map(name, &fd, map_len)?;
+        segment
+            .header()
+            .check(segment.capacity)
+            .map_err(|e| invalid(name, e))?;
+        Ok(segment)
+    }
+
+    /// Maps `map_len` bytes of `fd`, shared and writable.
+    fn map(name: &str, fd: &OwnedFd, map_len: usize) -> Result<Segment, SegmentError> {
+        let len = NonZeroUsize::new(map_len).ok_or_else(|| invalid(name, "it is empty"))?;
+        // SAFETY: a new mapping at an address the kernel chooses (no address given, no
+        // MAP_FIXED), so no existing memory of this process is affected; `fd` is open.
+        let base = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|errno| os(name, "mmap", errno))?;
+        Ok(Segment {
+            name: name.to_string(),
+            base,
+            map_len,
+            capacity: map_len - HEADER_SIZE,
+            shadow: Shadow::new(map_len - HEADER_SIZE),
+        })
+    }
+
+    /// The object's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Data bytes of the ring.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`map_len` are exactly the mapping made in `map`, unmapped only here;
+        // every reference into it borrows `self`, so none outlives this call.
+        if let Err(errno) = unsafe { munmap(self.base, self.map_len) } {
+            tracing::warn!(segment = %self.name, %errno, "munmap failed");
+        }
+    }
+}
+
+// SAFETY: the mapping is `HEADER_SIZE + capacity` bytes, page-aligned, readable and writable, and
+// lives until `drop`. The header is at its start (page alignment satisfies `Header`'s 64), and
+// `Header` is only atomics, valid for any bytes and shared by design. The data area starts at
+// `HEADER_SIZE` (320, a multiple of 64), `capacity` bytes, touched in this process only by the
+// ring ends built on segments of this object.
+unsafe impl RingMemory for Segment {
+    fn header(&self) -> &Header {
+        // SAFETY: see the impl's comment.
+        unsafe { self.base.cast::<Header>().as_ref() }
+    }
+    fn data(&self) -> NonNull<u8> {
+        // SAFETY: `HEADER_SIZE < map_len`, so the result is inside the mapping, not null.
+        unsafe { self.base.cast::<u8>().add(HEADER_SIZE) }
+    }
+    fn data_len(&self) -> usize {
+        self.capacity
+    }
+    fn shadow(&self) -> &Shadow {
+        &self.shadow
+    }
+}
+
+/// Removes the object `name`: it disappears from `/dev/shm`; mappings stay valid until unmapped.
+pub(crate) fn unlink(name: &str) -> Result<(), SegmentError> {
+    check_name(name)?;
+    shm_unlink(name).map_err(|errno| os(name, "shm_unlink", errno))
+}
+
+/// Unlinks a shared-memory object when dropped (errors ignored: it may already be gone), unless
+/// [`disarm`](Self::disarm)ed. Tests use it so that no object outlives a failing test.
+#[derive(Debug)]
+pub(crate) struct UnlinkGuard {
+    name: Option<String>,
+}
+
+impl UnlinkGuard {
+    /// Unlinks `name` on drop.
+    pub(crate) fn new(name: &str) -> UnlinkGuard {
+        UnlinkGuard {
+            name: Some(name.to_string()),
+        }
+    }
+
+    /// Keeps the object: nothing happens on drop.
+    pub(crate) fn disarm(mut self) {
+        self.name = None;
+    }
+}
+
+impl Drop for UnlinkGuard {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            let _ = shm_unlink(name.as_str());
+        }
+    }
+}
+
+/// `app` with every character other than ASCII letters, digits, `_` and `-` replaced by `_`,
+/// cut to 64 characters; `"app"` if empty.
+pub(crate) fn sanitize_app(app: &str) -> String {
+    let s: String = app
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() {
+        "app".to_string()
+    } else {
+        s
+    }
+}
+
+/// The name of the object of connection `edge` in run `run` of application `app`:
+/// `/iotstream.<app>.<run>.<edge>`, `app` sanitized ([`sanitize_app`]). `run` and `edge` must
+/// be non-empty ASCII letters, digits, `_` and `-` (no `.` or `/`), and the whole name at most
+/// [`NAME_MAX`] bytes.
+pub(crate) fn segment_name(app: &str, run: &str, edge: &str) -> Result<String, SegmentError> {
+    let name = format!("{NAME_PREFIX}{}.{run}.{edge}", sanitize_app(app));
+    for (what, part) in [("run", run), ("edge", edge)] {
+        if part.is_empty() {
+            return Err(bad_name(&name, format_args!("the {what} part is empty")));
+        }
+        if let Some(c) = part
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(bad_name(
+                &name,
+                format_args!(
+                    "the {what} part '{part}' contains {c:?} (only ASCII letters, digits, \
+                     '_' and '-')"
+                ),
+            ));
+        }
+    }
+    check_name(&name)?;
+    Ok(name)
+}
+
+/// Checks a POSIX shared-memory object name: `/` then 1 to 254 bytes, none of them `/` or NUL.
+pub(crate) fn check_name(name: &str) -> Result<(), SegmentError> {
+    let Some(rest) = name.strip_prefix('/') else {
+        return Err(bad_name(name, "it must start with '/'"));
+    };
+    if rest.is_empty() {
+        return Err(bad_name(name, "it is empty after the '/'"));
+    }
+    if name.len() > NAME_MAX {
+        return Err(bad_name(
+            name,
+            format_args!("it is {} bytes, at most {NAME_MAX}", name.len()),
+        ));
+    }
+    if rest.contains(['/', '\0']) {
+        return Err(bad_name(name, "it contains '/' or NUL after the first '/'"));
+    }
+    if rest == "." || rest == ".." {
+        return Err(bad_name(name, "it is '.' or '..'"));
+    }
+    Ok(())
+}
+
+/// The names (with their leading `/`) of the shared-memory objects whose names start with
+/// `prefix` (with or without its leading `/`), sorted; empty if `/dev/shm` cannot be read.
+pub(crate) fn list_segments(prefix: &str) -> Vec<String> {
+    let prefix = prefix.strip_prefix('/').unwrap_or(prefix);
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.starts_with(prefix))
+        .map(|name| format!("/{name}"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// True if a process with this pid exists (it may belong to another user, or be a zombie not
+/// yet reaped). Pid 0 (no process recorded) is never alive.
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw == 0 {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+fn os(name: &str, op: &'static str, errno: Errno) -> SegmentError {
+    SegmentError::Os {
+        name: name.to_string(),
+        op,
+        errno,
+    }
+}
+
+fn invalid(name: &str, reason: impl fmt::Display) -> SegmentError {
+    SegmentError::Invalid {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn bad_name(name: &str, reason: impl fmt::Display) -> SegmentError {
+    SegmentError::Name {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
