@@ -186,6 +186,13 @@ pub(crate) struct PortDecl {
     pub min_capacity: usize,
     pub make_in: fn() -> Box<dyn InSlot>,
     pub make_out: fn() -> Box<dyn OutSlot>,
+    /// Bytes of a shared-memory ring for this port's type, from a capacity in elements.
+    pub ring_bytes: fn(usize) -> usize,
+    /// Starts the thread that feeds this input from a shared-memory ring.
+    pub make_feeder: fn(
+        crate::transport::FeederSpec,
+    )
+        -> Result<std::sync::Arc<dyn crate::host::Mailbox>, crate::error::Error>,
 }
 
 fn make_in<T: Element>() -> Box<dyn InSlot> {
@@ -203,6 +210,8 @@ impl Ports {
             min_capacity: 1,
             make_in: make_in::<T>,
             make_out: make_out::<T>,
+            ring_bytes: crate::transport::ring_bytes::<T>,
+            make_feeder: crate::transport::spawn_feeder::<T>,
         }
     }
 

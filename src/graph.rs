@@ -152,6 +152,11 @@ impl Graph {
         &self.name
     }
 
+    /// The capacity of connections that do not set their own.
+    pub fn default_capacity(&self) -> usize {
+        self.default_capacity
+    }
+
     /// Sets the capacity of connections that do not set their own.
     pub fn set_default_capacity(&mut self, elements: usize) -> &mut Self {
         self.default_capacity = elements;

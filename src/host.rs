@@ -263,30 +263,45 @@ pub(crate) trait OutSlot: Send {
     /// Closed, and every link has sent its end of stream.
     fn done(&self) -> bool;
     fn add_link(&mut self, spec: LinkSpec);
+    /// Adds a link that writes into the shared-memory ring `segment`; `wake` reaches this
+    /// output's host, which knows the link as `(output, link)`.
+    fn add_shm_link(
+        &mut self,
+        segment: &str,
+        spec: LinkSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        run: crate::runtime::RunHandle,
+    ) -> Result<(), Error>;
     fn link_count(&self) -> usize;
+    /// The first transport failure of any link, taken.
+    fn take_error(&mut self) -> Option<String>;
     fn set_counters(&mut self, counters: Arc<StreamCounters>);
     /// One line per link that holds data it cannot send.
     fn stalled(&self) -> Vec<String>;
 }
 
 /// How a link reaches its reader. One variant per transport; agents never see which.
-enum Flavor {
-    /// Same process: envelopes to the reader's mailbox.
+pub(crate) enum Flavor<T> {
+    /// Same process: envelopes to the reader's mailbox, within the link's credit.
     Local {
         mailbox: Arc<dyn Mailbox>,
         input: u32,
     },
+    /// Another process (or a forced ring): frames in a shared-memory ring, within its room.
+    Shm(crate::transport::ShmSender<T>),
 }
 
 /// The writer's end of one connection: credit, stash, policy.
 ///
-/// The reader grants `capacity` elements of credit up front and returns credit as its agent
-/// consumes, so at most `capacity` elements are ever in flight (sent, not consumed). Data that
-/// finds no credit waits in the stash (`Block`: the writer's agent does not step again until the
-/// stash is sent), is dropped (`DropNewest`), or waits while the oldest stashed elements beyond
-/// `capacity` are dropped (`DropOldest`). Drops are counted.
-struct LinkTx<T> {
-    flavor: Flavor,
+/// In-process, the reader grants `capacity` elements of credit up front and returns credit as its
+/// agent consumes, so at most `capacity` elements are ever in flight (sent, not consumed). Across
+/// processes the ring's room plays the part of the credit. Data that cannot be sent now waits in
+/// the stash (`Block`: the writer's agent does not step again until the stash is sent), is
+/// dropped (`DropNewest`), or waits while the oldest stashed elements beyond `capacity` are
+/// dropped (`DropOldest`). Drops are counted.
+pub(crate) struct LinkTx<T> {
+    flavor: Flavor<T>,
     capacity: usize,
     credit: usize,
     policy: Policy,
@@ -297,9 +312,89 @@ struct LinkTx<T> {
     blocked_since: Option<Instant>,
     counters: Arc<LinkCounters>,
     label: String,
+    /// The first transport failure (a corrupt ring, an element too large for a frame).
+    error: Option<String>,
+}
+
+/// Sends as much of the front of `batch` as the transport takes now; returns how many elements.
+fn transmit<T: Element>(
+    flavor: &mut Flavor<T>,
+    credit: &mut usize,
+    capacity: usize,
+    counters: &LinkCounters,
+    batch: &mut Batch<T>,
+) -> Result<usize, String> {
+    let n = match flavor {
+        Flavor::Local { mailbox, input } => {
+            let n = (*credit).min(batch.len());
+            if n == 0 {
+                return Ok(0);
+            }
+            *credit -= n;
+            let part = batch.split_front(n);
+            mailbox.post(Envelope::Data {
+                input: *input,
+                batch: Box::new(part),
+            });
+            let in_flight = (capacity - *credit) as u64;
+            counters
+                .in_flight
+                .store(in_flight, std::sync::atomic::Ordering::Relaxed);
+            counters
+                .max_in_flight
+                .fetch_max(in_flight, std::sync::atomic::Ordering::Relaxed);
+            n
+        }
+        Flavor::Shm(tx) => {
+            let n = tx.write(batch.as_slice())?;
+            batch.advance(n);
+            n
+        }
+    };
+    if n > 0 {
+        add(&counters.elements, n as u64);
+        add(&counters.batches, 1);
+    }
+    Ok(n)
 }
 
 impl<T: Element> LinkTx<T> {
+    pub(crate) fn new(flavor: Flavor<T>, spec: &LinkSpec) -> Self {
+        LinkTx {
+            flavor,
+            capacity: spec.capacity,
+            credit: spec.capacity,
+            policy: spec.policy,
+            stash: VecDeque::new(),
+            stashed: 0,
+            close_pending: false,
+            eos_sent: false,
+            blocked_since: None,
+            counters: Arc::clone(&spec.counters),
+            label: spec.label.clone(),
+            error: None,
+        }
+    }
+
+    fn send_now(&mut self, batch: &mut Batch<T>) -> usize {
+        if self.error.is_some() {
+            return 0;
+        }
+        match transmit(
+            &mut self.flavor,
+            &mut self.credit,
+            self.capacity,
+            &self.counters,
+            batch,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error = Some(format!("connection {}: {e}", self.label));
+                0
+            }
+        }
+    }
+
     fn offer(&mut self, mut batch: Batch<T>) {
         match self.policy {
             Policy::Block => {
@@ -309,11 +404,7 @@ impl<T: Element> LinkTx<T> {
             }
             Policy::DropNewest => {
                 if self.stash.is_empty() {
-                    let n = self.credit.min(batch.len());
-                    if n > 0 {
-                        let front = batch.split_front(n);
-                        self.send(front);
-                    }
+                    self.send_now(&mut batch);
                 }
                 add(&self.counters.dropped, batch.len() as u64);
             }
@@ -338,23 +429,21 @@ impl<T: Element> LinkTx<T> {
     }
 
     fn pump(&mut self) {
-        while self.credit > 0 {
-            let Some(front) = self.stash.front_mut() else {
-                break;
-            };
-            let n = self.credit.min(front.len());
-            let part = if n == front.len() {
-                self.stash.pop_front().expect("front exists")
-            } else {
-                front.split_front(n)
-            };
+        while let Some(mut front) = self.stash.pop_front() {
+            let n = self.send_now(&mut front);
             self.stashed -= n;
-            self.send(part);
+            if !front.is_empty() {
+                self.stash.push_front(front);
+            }
+            if n == 0 {
+                break;
+            }
         }
         if self.stash.is_empty() && self.close_pending && !self.eos_sent {
             self.eos_sent = true;
-            match &self.flavor {
+            match &mut self.flavor {
                 Flavor::Local { mailbox, input } => mailbox.post(Envelope::Eos { input: *input }),
+                Flavor::Shm(tx) => tx.close(),
             }
         }
         self.note_blocked();
@@ -371,31 +460,15 @@ impl<T: Element> LinkTx<T> {
         }
     }
 
-    fn send(&mut self, batch: Batch<T>) {
-        let n = batch.len();
-        self.credit -= n;
-        let in_flight = (self.capacity - self.credit) as u64;
-        let c = &self.counters;
-        add(&c.elements, n as u64);
-        add(&c.batches, 1);
-        c.in_flight
-            .store(in_flight, std::sync::atomic::Ordering::Relaxed);
-        c.max_in_flight
-            .fetch_max(in_flight, std::sync::atomic::Ordering::Relaxed);
-        match &self.flavor {
-            Flavor::Local { mailbox, input } => mailbox.post(Envelope::Data {
-                input: *input,
-                batch: Box::new(batch),
-            }),
-        }
-    }
-
     fn credit(&mut self, n: usize) {
-        self.credit = (self.credit + n).min(self.capacity);
-        self.counters.in_flight.store(
-            (self.capacity - self.credit) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        if let Flavor::Local { .. } = self.flavor {
+            self.credit = (self.credit + n).min(self.capacity);
+            self.counters.in_flight.store(
+                (self.capacity - self.credit) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        // For a ring, a credit envelope means "there may be room again".
         self.pump();
     }
 }
@@ -470,24 +543,34 @@ impl<T: Element> OutSlot for OutBuf<T> {
     }
 
     fn add_link(&mut self, spec: LinkSpec) {
-        self.links.push(LinkTx {
-            flavor: Flavor::Local {
-                mailbox: spec
-                    .mailbox
+        let flavor = Flavor::Local {
+            mailbox: Arc::clone(
+                spec.mailbox
+                    .as_ref()
                     .expect("an in-process link has the reader's mailbox"),
-                input: spec.input,
-            },
-            capacity: spec.capacity,
-            credit: spec.capacity,
-            policy: spec.policy,
-            stash: VecDeque::new(),
-            stashed: 0,
-            close_pending: false,
-            eos_sent: false,
-            blocked_since: None,
-            counters: spec.counters,
-            label: spec.label,
-        });
+            ),
+            input: spec.input,
+        };
+        self.links.push(LinkTx::new(flavor, &spec));
+    }
+
+    fn add_shm_link(
+        &mut self,
+        segment: &str,
+        spec: LinkSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        run: crate::runtime::RunHandle,
+    ) -> Result<(), Error> {
+        let link = self.links.len() as u32;
+        let tx =
+            crate::transport::ShmSender::<T>::open(segment, &spec.label, wake, output, link, run)?;
+        self.links.push(LinkTx::new(Flavor::Shm(tx), &spec));
+        Ok(())
+    }
+
+    fn take_error(&mut self) -> Option<String> {
+        self.links.iter_mut().find_map(|l| l.error.take())
     }
 
     fn link_count(&self) -> usize {
@@ -645,6 +728,11 @@ impl Host {
                 };
                 let was_blocked = slot.blocked();
                 slot.credit(link, n);
+                if let Some(e) = slot.take_error() {
+                    return Err(Error::Runtime {
+                        detail: format!("agent '{}': {e}", self.name),
+                    });
+                }
                 // Credit may unblock a step that was held back, or finish a close.
                 if was_blocked || self.state == State::Closing {
                     self.dirty = true;
@@ -707,7 +795,7 @@ impl Host {
                     };
                     self.check(result)?;
                     let consumed = self.return_credits();
-                    self.flush();
+                    self.flush()?;
                     if self.inputs.iter().all(|i| i.is_closed()) {
                         if consumed > 0 {
                             self.dirty = true;
@@ -724,8 +812,8 @@ impl Host {
                             catch_unwind(AssertUnwindSafe(|| agent.finish(&mut outputs)))
                         };
                         self.check(result)?;
-                        self.flush();
-                        self.close_outputs();
+                        self.flush()?;
+                        self.close_outputs()?;
                     }
                 }
                 Driver::Source(source) => {
@@ -737,11 +825,11 @@ impl Host {
                         catch_unwind(AssertUnwindSafe(|| source.step(&mut outputs)))
                     };
                     let status = self.check(result)?;
-                    self.flush();
+                    self.flush()?;
                     match status {
                         SourceStatus::More => self.dirty = true,
                         SourceStatus::Wait => {}
-                        SourceStatus::Done => self.close_outputs(),
+                        SourceStatus::Done => self.close_outputs()?,
                     }
                 }
             }
@@ -781,18 +869,30 @@ impl Host {
         total
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self) -> Result<(), Error> {
         for o in &mut self.outputs {
             o.flush();
+            if let Some(e) = o.take_error() {
+                return Err(Error::Runtime {
+                    detail: format!("agent '{}': {e}", self.name),
+                });
+            }
         }
+        Ok(())
     }
 
-    fn close_outputs(&mut self) {
+    fn close_outputs(&mut self) -> Result<(), Error> {
         for o in &mut self.outputs {
             o.close();
+            if let Some(e) = o.take_error() {
+                return Err(Error::Runtime {
+                    detail: format!("agent '{}': {e}", self.name),
+                });
+            }
         }
         self.state = State::Closing;
         self.dirty = true;
+        Ok(())
     }
 
     /// Lines describing links of this host that hold data they cannot send.

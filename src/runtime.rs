@@ -118,9 +118,19 @@ impl RunHandle {
         self.shared.fail(e);
     }
 
-    /// Set when the run stops (gracefully or after a failure).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.shared.stop)
+    /// True once the run has failed or its actors are torn down: helper threads end.
+    pub fn is_over(&self) -> bool {
+        self.shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            || self
+                .shared
+                .system
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
     }
 }
 
@@ -246,11 +256,26 @@ impl AgentActor {
     }
 }
 
+impl AgentActor {
+    /// Runs host work, turning a panic anywhere in it (not only in the agent's step, which the
+    /// host already catches: in a link, a transport, the runtime itself) into a failure of the
+    /// run that names the agent, instead of a dead arbiter and a hang.
+    fn guarded(&mut self, work: impl FnOnce(&mut Host) -> Result<(), Error>) -> Result<(), Error> {
+        let host = &mut self.host;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(host))).unwrap_or_else(|p| {
+            Err(Error::Panic {
+                agent: self.host.name.to_string(),
+                message: format!("in the runtime: {}", crate::error::panic_message(&*p)),
+            })
+        })
+    }
+}
+
 impl Actor for AgentActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let r = self.host.run();
+        let r = self.guarded(|host| host.run());
         self.after(r, ctx);
         self.shared.handled();
     }
@@ -261,16 +286,17 @@ impl Handler<Msg> for AgentActor {
 
     fn handle(&mut self, Msg(env): Msg, ctx: &mut Context<Self>) {
         let forced = matches!(env, Envelope::ForceClose);
-        let r = self.host.accept(env).and_then(|()| {
-            if forced && !self.host.is_done() {
-                let stalled = self.host.stalled();
+        let r = self.guarded(|host| {
+            host.accept(env)?;
+            if forced && !host.is_done() {
+                let stalled = host.stalled();
                 if !stalled.is_empty() {
                     return Err(Error::Stalled {
                         detail: stalled.join("; "),
                     });
                 }
             }
-            self.host.run()
+            host.run()
         });
         self.after(r, ctx);
         self.shared.handled();

@@ -146,11 +146,6 @@ pub(crate) fn sanitize(app: &str) -> String {
     }
 }
 
-/// The name of the shared-memory object of edge `edge` in run `run` of `app`.
-pub(crate) fn segment_name(app: &str, run: &RunId, edge: usize) -> String {
-    format!("/iotstream.{}.{}.e{edge}", sanitize(app), run)
-}
-
 /// Shared-memory objects of iotstream applications (of `app` only, if given) whose starter is
 /// no longer alive; each is removed. Returns the names removed.
 pub(crate) fn sweep_stale(app: Option<&str>) -> Vec<String> {

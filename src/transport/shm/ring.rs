@@ -531,9 +531,14 @@ impl<M: RingMemory> Ring<M> {
     ///
     /// # Safety
     ///
-    /// `off` is a multiple of 8 and `off + 8 <= self.cap`.
+    /// `off` is a multiple of 4 and `off + 4 <= self.cap` (a frame header is two such words,
+    /// at a multiple of 8 and 4 bytes further).
     unsafe fn word(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
-        debug_assert!(off % 8 == 0 && off + FRAME_HEADER <= self.cap);
+        debug_assert!(
+            off % 4 == 0 && off + 4 <= self.cap,
+            "word at {off}, capacity {}",
+            self.cap
+        );
         // SAFETY: in bounds by the caller's promise; 4-aligned since the data area is 8-aligned
         // and `off` a multiple of 8; the memory lives as long as `self`. The word is only ever
         // accessed atomically while it is a frame header; payload copies that covered it in an
@@ -825,6 +830,55 @@ impl<M: RingMemory> Producer<M> {
             .wait(&self.ring.header().space_wake, timeout, |ring| {
                 let (skip, frame) = st.placement(ring, len);
                 st.fits(ring, skip + frame)
+            })
+    }
+
+    /// The consumer's pid, once a consumer has attached (for liveness checks).
+    pub(crate) fn consumer_pid(&self) -> Option<u32> {
+        match self.ring.header().id.consumer_pid.load(Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+}
+
+impl<M: RingMemory + Clone> Producer<M> {
+    /// A handle with which another thread can wait for room in this ring while this producer
+    /// stays with its owner (the writer's host never blocks; a watcher thread does).
+    pub(crate) fn space_waiter(&self) -> SpaceWaiter<M> {
+        SpaceWaiter {
+            ring: Ring {
+                mem: self.ring.mem.clone(),
+                cap: self.ring.cap,
+                max_len: self.ring.max_len,
+            },
+        }
+    }
+
+    /// The consumer position (`tail`) at which a frame of `len` payload bytes fits.
+    pub(crate) fn tail_needed(&self, len: usize) -> u64 {
+        let (skip, frame) = self.st.placement(&self.ring, len);
+        (self.st.head + (skip + frame) as u64).saturating_sub(self.ring.cap as u64)
+    }
+}
+
+/// Waits for the consumer of a ring to release space, on behalf of a producer owned by another
+/// thread. Only one thread may wait for space in a ring at a time.
+pub(crate) struct SpaceWaiter<M: RingMemory> {
+    ring: Ring<M>,
+}
+
+impl<M: RingMemory> SpaceWaiter<M> {
+    /// Waits until the consumer's `tail` reaches `at_least` (see [`Producer::tail_needed`]), or
+    /// `timeout` elapses.
+    pub(crate) fn wait_for_tail(
+        &self,
+        at_least: u64,
+        timeout: Duration,
+    ) -> Result<Wait, RingError> {
+        self.ring
+            .wait(&self.ring.header().space_wake, timeout, |ring| {
+                Ok(ring.header().tail.load(Ordering::Acquire) >= at_least)
             })
     }
 

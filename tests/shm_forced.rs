@@ -1,0 +1,129 @@
+//! Shared-memory connections forced inside one process: the ring, the codec, the watcher and
+//! the feeder, without child processes. Results must equal the in-process run.
+
+use iotstream::{Connection, Graph, Transport};
+use serde::{Deserialize, Serialize};
+
+fn leftovers(app: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("iotstream.{app}.")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pipeline(app: &str, n: u64, shm: bool, capacity: usize) -> Vec<u64> {
+    let mut g = Graph::new(app);
+    let s = g.source_iter("numbers", 0..n);
+    let conn = if shm {
+        Connection::new()
+            .capacity(capacity)
+            .transport(Transport::SharedMemory)
+    } else {
+        Connection::new().capacity(capacity)
+    };
+    let (input, out) = g.add_agent("triple", |p| {
+        let input = p.input::<u64>("in");
+        let out = p.output::<u64>("out");
+        (Triple { input, out }, (input, out))
+    });
+    g.connect_with(&s, &input, conn);
+    let f = g.filter("odd", &out, |v: &u64| v % 2 == 1);
+    let c = g.collect("out", &f);
+    g.run().unwrap();
+    c.values()
+}
+
+struct Triple {
+    input: iotstream::Input<u64>,
+    out: iotstream::Stream<u64>,
+}
+
+impl iotstream::Agent for Triple {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        o: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        o.extend(&self.out, i.slice(&self.input).iter().map(|v| v * 3));
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+#[test]
+fn u64_through_a_small_ring_wraps_and_matches_local() {
+    let local = pipeline("shm_u64_local", 1_000_000, false, 1024);
+    let shm = pipeline("shm_u64", 1_000_000, true, 1024);
+    assert_eq!(local.len(), 500_000);
+    assert_eq!(shm, local);
+    assert!(
+        leftovers("shm_u64").is_empty(),
+        "{:?}",
+        leftovers("shm_u64")
+    );
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Reading {
+    sensor: String,
+    t: u64,
+    value: f64,
+}
+
+#[test]
+fn serde_structs_with_strings_cross_a_ring() {
+    let run = |shm: bool| {
+        let mut g = Graph::new("shm_serde");
+        let s = g.source_iter(
+            "readings",
+            (0..50_000u64).map(|t| Reading {
+                sensor: format!("s{}", t % 7).repeat((t % 5) as usize + 1),
+                t,
+                value: t as f64 / 7.0,
+            }),
+        );
+        let (input, out) = g.add_agent("copy", |p| {
+            let input = p.input::<Reading>("in");
+            let out = p.output::<Reading>("out");
+            (Copy { input, out }, (input, out))
+        });
+        let conn = Connection::new().capacity(300);
+        g.connect_with(
+            &s,
+            &input,
+            if shm {
+                conn.transport(Transport::SharedMemory)
+            } else {
+                conn
+            },
+        );
+        let c = g.collect("out", &out);
+        g.run().unwrap();
+        c.values()
+    };
+    let local = run(false);
+    assert_eq!(run(true), local);
+    assert_eq!(local.len(), 50_000);
+    assert!(leftovers("shm_serde").is_empty());
+}
+
+struct Copy {
+    input: iotstream::Input<Reading>,
+    out: iotstream::Stream<Reading>,
+}
+
+impl iotstream::Agent for Copy {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        o: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        o.vec(&self.out).extend_from_slice(i.slice(&self.input));
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
