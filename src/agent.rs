@@ -179,6 +179,7 @@ pub struct Ports {
 /// What the graph keeps of a declared port until the application is instantiated.
 pub(crate) struct PortDecl {
     pub name: String,
+    #[allow(dead_code)] // not read yet: kept for type checks across process boundaries
     pub type_name: &'static str,
     /// For inputs: the fewest elements the agent needs buffered to make progress.
     pub min_capacity: usize,
