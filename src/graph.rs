@@ -176,6 +176,12 @@ impl Graph {
         });
     }
 
+    /// Records a problem found while building; it is reported with the others when the graph
+    /// is checked.
+    pub(crate) fn problem(&mut self, msg: String) {
+        self.problems.push(msg)
+    }
+
     /// Wires `stream` to `input` with the default [`Connection`].
     pub fn connect<T: Element>(&mut self, stream: &Stream<T>, input: &Input<T>) {
         self.connect_with(stream, input, Connection::new());

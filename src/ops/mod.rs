@@ -9,7 +9,9 @@
 //! | element and list: map, filter, filter_map, flat_map, with state, map_list | [`element`] |
 //! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
 //! | sinks: for_each, with state, collect, file, stdout | [`sink`] |
+//! | merges: zip, zip3, zip_map, mix, blend, timed_zip, timed_mix | [`merge`] |
 
 pub mod element;
+pub mod merge;
 pub mod sink;
 pub mod source;
