@@ -10,8 +10,10 @@
 //! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
 //! | sinks: for_each, with state, collect, file, stdout | [`sink`] |
 //! | merges: zip, zip3, zip_map, mix, blend, timed_zip, timed_mix | [`merge`] |
+//! | splits: split, unzip, unzip3, separate, multi_element | [`split`] |
 
 pub mod element;
 pub mod merge;
 pub mod sink;
 pub mod source;
+pub mod split;
