@@ -21,6 +21,15 @@
 //! whatever they still send (so their writers are never held back by a reader that can no longer
 //! use their data), and its output closes when the last input closes.
 //!
+//! **Bounded connections.** A zip holds the extra elements of an input that runs ahead, up to
+//! that connection's capacity. If two of its inputs come, directly or through other agents,
+//! from one writer that feeds them unevenly (two outputs of one [`Graph::split`], say), the
+//! faster one's connection fills, the writer waits for the zip, and the zip waits for the slower
+//! input: the application cannot go on. [`Harness::finish`](crate::Harness::finish) reports this
+//! as [`Error::Stalled`](crate::Error::Stalled) naming the full connection; give that connection
+//! a capacity ([`Connection::capacity`](crate::Connection::capacity)) at least as large as the
+//! lead the faster input can take. The same holds for [`Graph::timed_zip`].
+//!
 //! # Asynchronous merges: mix and blend
 //!
 //! A mix handles every element of every input as soon as it arrives; it never waits for one input
