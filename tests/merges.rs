@@ -730,3 +730,97 @@ fn timed_zip_closed_input_releases_the_others() {
     assert_eq!(out.values()[3..], [(7, vec![None, Some('D')])]);
     h.finish().unwrap();
 }
+
+#[test]
+fn zip_of_unbalanced_outputs_of_one_writer_reports_a_stall() {
+    // The split's first output runs ahead; the zip holds it while it waits for the second, the
+    // connection fills, and the split waits for the zip: reported, never a hang.
+    let mut g = Graph::new("unbalanced");
+    g.set_default_capacity(4);
+    let s = g.input::<u32>("s");
+    let outs = g.split("router", &s, 2, |v: &u32| {
+        [Some(*v), (*v >= 10).then_some(*v)]
+    });
+    let z = g.zip("pair", &outs[0], &outs[1]);
+    let _out = g.collect("out", &z);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&s, 0..20).unwrap();
+    h.run().unwrap();
+    match h.finish() {
+        Err(Error::Stalled { detail }) => assert!(detail.contains("router.out0"), "{detail}"),
+        other => panic!("expected a stall, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threaded runs: the same results with real concurrency and small connections
+
+#[test]
+fn threaded_run_gives_the_batch_independent_results() {
+    const N: u64 = 20_000;
+    let mut g = Graph::new("threaded");
+    g.set_default_capacity(64);
+    let a = g.source_iter("a", 0..N);
+    let b = g.source_iter("b", (0..N / 2).map(|v| v * 10));
+    // The timed zip reads sources of its own: fed from `a` and `b`, which the zip pairs one to
+    // one, its 3:2 alignment would need unbounded buffers and the run would stall.
+    let ta = g.source_iter("ta", (0..N).map(|v| (v / 3, v)));
+    let tb = g.source_iter("tb", (0..N / 2).map(|v| (v / 2, v * 10)));
+    let zipped = g.zip("zip", &a, &b);
+    let aligned = g.timed_zip("align", &[ta, tb]);
+    let parts = g.split("parity", &a, 2, |v: &u64| {
+        [(v % 2 == 0).then_some(*v), (v % 2 == 1).then_some(*v)]
+    });
+    let (firsts, _) = g.unzip("unzip", &zipped);
+    let c_zip = g.collect("c_zip", &zipped);
+    let c_aligned = g.collect("c_aligned", &aligned);
+    let c_even = g.collect("c_even", &parts[0]);
+    let c_odd = g.collect("c_odd", &parts[1]);
+    let c_firsts = g.collect("c_firsts", &firsts);
+    g.run().unwrap();
+
+    let zipped: Vec<(u64, u64)> = (0..N / 2).map(|v| (v, v * 10)).collect();
+    assert_eq!(c_zip.values(), zipped);
+    assert_eq!(c_firsts.values(), (0..N / 2).collect::<Vec<_>>());
+    assert_eq!(c_even.values(), (0..N).step_by(2).collect::<Vec<_>>());
+    assert_eq!(c_odd.values(), (1..N).step_by(2).collect::<Vec<_>>());
+    // ta: 3 elements per timestamp; tb: 2 per timestamp, up to t = N / 4. Each row holds
+    // ta's next element at t, and tb's while it has one at t.
+    let got = c_aligned.values();
+    let expect: Vec<(u64, Vec<Option<u64>>)> = (0..N)
+        .map(|v| {
+            let (t, k) = (v / 3, v % 3);
+            let b = (t < N / 4 && k < 2).then_some((2 * t + k) * 10);
+            (t, vec![Some(v), b])
+        })
+        .collect();
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn threaded_mix_keeps_every_element_in_input_order() {
+    const N: u32 = 10_000;
+    let mut g = Graph::new("threaded_mix");
+    g.set_default_capacity(32);
+    let x = g.source_iter("x", 0..N);
+    let y = g.source_iter("y", N..2 * N);
+    let mixed = g.mix("mix", &[x, y]);
+    let blended = g.blend("blend", &[x, y]);
+    let c_mix = g.collect("c_mix", &mixed);
+    let c_blend = g.collect("c_blend", &blended);
+    g.run().unwrap();
+    let got = c_mix.values();
+    let of = |i: usize| -> Vec<u32> {
+        got.iter()
+            .filter(|(j, _)| *j == i)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    assert_eq!(of(0), (0..N).collect::<Vec<_>>());
+    assert_eq!(of(1), (N..2 * N).collect::<Vec<_>>());
+    let blended = c_blend.values();
+    let low: Vec<u32> = blended.iter().copied().filter(|v| *v < N).collect();
+    let high: Vec<u32> = blended.iter().copied().filter(|v| *v >= N).collect();
+    assert_eq!(low, (0..N).collect::<Vec<_>>());
+    assert_eq!(high, (N..2 * N).collect::<Vec<_>>());
+}
