@@ -43,6 +43,7 @@ pub use error::{AgentError, Error};
 pub use graph::{Connection, Graph, Policy, Transport, DEFAULT_CAPACITY};
 pub use launch::MAIN_PROCESS;
 pub use metrics::{AgentStats, LinkStats, Metrics, StreamStats};
+pub use ops::merge::LateCounter;
 pub use ops::rolling::{Rolling, RollingAggregate};
 pub use ops::sink::Collected;
 pub use ops::source::{InputSender, Source, SourceOptions};

@@ -12,10 +12,14 @@
 //! | count windows: map_window, merge_window, split_window, multi_window, sink_window | [`window`] |
 //! | timed windows over `(timestamp, value)` streams: timed_window | [`timed`] |
 //! | rolling aggregates, O(1) per element: count, sum, mean, min, max, variance | [`rolling`] |
+//! | merges: zip, zip3, zip_map, mix, blend, timed_zip, timed_mix | [`merge`] |
+//! | splits: split, unzip, unzip3, separate, multi_element | [`split`] |
 
 pub mod element;
+pub mod merge;
 pub mod rolling;
 pub mod sink;
 pub mod source;
+pub mod split;
 pub mod timed;
 pub mod window;
