@@ -793,6 +793,11 @@ impl Host {
                         };
                         catch_unwind(AssertUnwindSafe(|| agent.step(&mut inputs, &mut outputs)))
                     };
+                    if !matches!(result, Ok(Ok(()))) {
+                        // What the step appended before it failed is delivered: nothing already
+                        // accepted is lost (readers see it; the run then stops with the error).
+                        let _ = self.flush();
+                    }
                     self.check(result)?;
                     let consumed = self.return_credits();
                     self.flush()?;

@@ -63,6 +63,9 @@ struct Shared {
     mailboxes: Mutex<Vec<Arc<dyn Mailbox>>>,
     /// Threads that feed local inputs from other processes (see [`RunHandle`]).
     feeders: Mutex<Vec<Arc<FeederState>>>,
+    /// What each agent blocked on credit holds and cannot send, by agent index. At quiescence,
+    /// anything here is a stall.
+    stalls: Mutex<std::collections::BTreeMap<usize, Vec<String>>>,
 }
 
 /// What the runtime knows of a thread that feeds a local input from outside the process.
@@ -219,11 +222,14 @@ impl Mailbox for ActorMailbox {
 }
 
 struct AgentActor {
+    index: usize,
     host: Host,
     shared: Arc<Shared>,
     finished: bool,
     /// This is a source counted in `Shared::blocked_sources`.
     counted_blocked: bool,
+    /// This agent has an entry in `Shared::stalls`.
+    listed_stalled: bool,
 }
 
 impl AgentActor {
@@ -232,6 +238,16 @@ impl AgentActor {
             self.shared.fail(e);
             ctx.stop();
             return;
+        }
+        let blocked_now = self.host.is_blocked() && !self.host.is_done();
+        if blocked_now || self.listed_stalled {
+            let mut stalls = self.shared.stalls.lock().unwrap_or_else(|p| p.into_inner());
+            if blocked_now {
+                stalls.insert(self.index, self.host.stalled());
+            } else {
+                stalls.remove(&self.index);
+            }
+            self.listed_stalled = blocked_now;
         }
         if self.host.is_source() {
             let blocked = self.host.is_blocked() && !self.host.is_done();
@@ -665,6 +681,7 @@ fn coordinate(
         system: Mutex::new(Some(System::current())),
         mailboxes: Mutex::new(Vec::new()),
         feeders: Mutex::new(Vec::new()),
+        stalls: Mutex::new(std::collections::BTreeMap::new()),
     });
     // Addresses exist before the actors, so every link can be wired before any actor starts.
     let mut receivers: Vec<Option<_>> = Vec::with_capacity(total);
@@ -739,6 +756,8 @@ fn coordinate(
             }
         }
         let actor = AgentActor {
+            index: i,
+            listed_stalled: false,
             host,
             shared: Arc::clone(&shared),
             finished: false,

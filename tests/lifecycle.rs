@@ -401,3 +401,47 @@ fn stop_drains_an_endless_source_gracefully() {
     assert_eq!(got.len() as u64, m.stream("counter.out").unwrap().elements);
     assert!(got.iter().enumerate().all(|(i, v)| *v == i as u64));
 }
+
+/// Two merges fed unevenly by the same sources, with small capacities: the sources block each
+/// other through the merges. Found by the merge operators' tests: the threaded run must report
+/// the stall (naming a connection), exactly like the harness, without closing anything first.
+fn uneven_merges() -> Graph {
+    let mut g = Graph::new("uneven");
+    g.set_default_capacity(64);
+    let a = g.source_iter("a", 0..20_000u64);
+    let b = g.source_iter("b", 0..10_000u64);
+    let z = g.zip("zip", &a, &b);
+    let _ = g.collect("zipped", &z);
+    let ta = g.map("ta", &a, |v: &u64| (v / 3, *v));
+    let tb = g.map("tb", &b, |v: &u64| (v / 20, *v));
+    let tz = g.timed_zip("timed", &[ta, tb]);
+    let _ = g.collect("aligned", &tz);
+    g
+}
+
+#[test]
+fn merges_that_block_each_other_are_reported_as_a_stall() {
+    let err = join_within(uneven_merges()).unwrap_err();
+    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    assert!(err.to_string().contains(" -> "), "{err}");
+    let err = Harness::new(uneven_merges()).unwrap().finish().unwrap_err();
+    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+}
+
+#[test]
+fn output_appended_before_an_error_is_delivered() {
+    let mut g = Graph::new("partial");
+    let x = g.input::<String>("x");
+    let n = g.try_map("parse", &x, |l: &String| l.parse::<u64>());
+    let out = g.collect("out", &n);
+    let mut h = Harness::new(g).unwrap();
+    h.push(
+        &x,
+        ["1".to_string(), "2".into(), "three".into(), "4".into()],
+    )
+    .unwrap();
+    let err = h.run().unwrap_err();
+    assert_eq!(err.agent(), Some("parse"));
+    let _ = h.run(); // let the sink take what was delivered
+    assert_eq!(out.values(), [1, 2]);
+}

@@ -413,7 +413,7 @@ impl<V: Element> Agent for TimedMix<V> {
         let mut late = 0;
         while let Some(Reverse((t, j))) = self.heap.pop() {
             let (_, v) = &slices[j][self.pos[j]];
-            if self.last_emitted.map_or(true, |last| t > last) {
+            if self.last_emitted.is_none_or(|last| t > last) {
                 out.push((t, (j, v.clone())));
                 self.last_emitted = Some(t);
             } else {
