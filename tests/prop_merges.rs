@@ -175,7 +175,7 @@ fn timed_mix_ref<V: Clone>(data: &[Vec<(u64, V)>], log: &[Ev]) -> (Vec<Tagged<V>
                 // Stable: equal (t, input) keep push order, which is input order.
                 pending.sort_by_key(|(t, (i, _))| (*t, *i));
                 for e in pending.drain(..) {
-                    if out.last().map_or(true, |last| e.0 > last.0) {
+                    if out.last().is_none_or(|last| e.0 > last.0) {
                         out.push(e);
                     } else {
                         late += 1;
