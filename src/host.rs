@@ -279,6 +279,8 @@ pub(crate) trait OutSlot: Send {
     fn set_counters(&mut self, counters: Arc<StreamCounters>);
     /// One line per link that holds data it cannot send.
     fn stalled(&self) -> Vec<String>;
+    /// A link holds data for a shared-memory ring: it waits on another process, not on this one.
+    fn waits_on_ring(&self) -> bool;
 }
 
 /// How a link reaches its reader. One variant per transport; agents never see which.
@@ -581,6 +583,12 @@ impl<T: Element> OutSlot for OutBuf<T> {
         self.counters = counters;
     }
 
+    fn waits_on_ring(&self) -> bool {
+        self.links
+            .iter()
+            .any(|l| !l.stash.is_empty() && matches!(l.flavor, Flavor::Shm(_)))
+    }
+
     fn stalled(&self) -> Vec<String> {
         self.links
             .iter()
@@ -678,6 +686,12 @@ impl Host {
             State::Closing => self.outputs.iter().all(|o| o.done()),
             State::Running => self.dirty && !self.outputs.iter().any(|o| o.blocked()),
         }
+    }
+
+    /// True if a link of this host holds data for a shared-memory ring (another process will
+    /// make room, or its death will be noticed).
+    pub fn waits_on_ring(&self) -> bool {
+        self.outputs.iter().any(|o| o.waits_on_ring())
     }
 
     /// True if a `Block` link of this host holds data it cannot send.

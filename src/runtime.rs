@@ -49,6 +49,8 @@ use crate::stream::{Element, PortId, Stream};
 struct Shared {
     /// Envelopes posted and not yet handled, plus actors not yet started.
     in_flight: AtomicUsize,
+    /// Envelopes ever posted: a quiescence reading is valid only if this did not move.
+    posted: std::sync::atomic::AtomicU64,
     /// Source agents not yet finished.
     active_sources: AtomicUsize,
     /// Source agents not finished and blocked on credit: they cannot produce until a credit
@@ -99,11 +101,13 @@ impl RunHandle {
         state
     }
 
-    /// Marks a feeder blocked (holding data without credit) or not.
+    /// Marks a feeder blocked (holding data without credit) or not. A feeder that becomes
+    /// blocked may be the last thing the run was waiting for: it checks for quiescence.
     pub fn set_blocked(&self, feeder: &FeederState, blocked: bool) {
         if feeder.blocked.swap(blocked, Ordering::SeqCst) != blocked {
             if blocked {
                 self.shared.blocked_sources.fetch_add(1, Ordering::SeqCst);
+                self.shared.check_quiescent();
             } else {
                 self.shared.blocked_sources.fetch_sub(1, Ordering::SeqCst);
             }
@@ -114,6 +118,7 @@ impl RunHandle {
     pub fn finished(&self, feeder: &FeederState) {
         self.set_blocked(feeder, false);
         self.shared.active_sources.fetch_sub(1, Ordering::SeqCst);
+        self.shared.check_quiescent();
     }
 
     /// Fails the run.
@@ -162,17 +167,37 @@ impl Shared {
 
     /// One envelope (or one actor start) fully handled.
     fn handled(&self) {
-        let left = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0
-            && self.active_sources.load(Ordering::SeqCst)
-                == self.blocked_sources.load(Ordering::SeqCst)
-            && self.hosts_left.load(Ordering::SeqCst) > 0
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.check_quiescent();
+        }
+    }
+
+    /// Called when nothing may be in flight: if the run is quiescent (nothing in flight, every
+    /// unfinished source blocked) with agents still open, either something holds data it can
+    /// never send (a stall: reported, nothing closed) or what is left is feedback loops (closed).
+    ///
+    /// The state is read between two reads of `posted`; if anything was posted in between, the
+    /// reading is discarded: whoever posted will be handled, and its handler checks again. A
+    /// feeder that blocks outside any handler checks too (see [`RunHandle::set_blocked`]).
+    fn check_quiescent(&self) {
+        let before = self.posted.load(Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) != 0
+            || self.hosts_left.load(Ordering::SeqCst) == 0
+            || self.active_sources.load(Ordering::SeqCst)
+                != self.blocked_sources.load(Ordering::SeqCst)
         {
-            // Quiescent with agents still open: nothing is in flight and no source can produce.
-            // What is left is feedback loops (which this closes) or a stall (which the hosts
-            // holding undeliverable data report when they receive this).
-            let stuck: Vec<String> = self
-                .feeders
+            return;
+        }
+        let mut stuck: Vec<String> = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        stuck.extend(
+            self.feeders
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
@@ -182,22 +207,31 @@ impl Shared {
                         "{}: the reader takes no more of what arrived from the other process",
                         f.label
                     )
-                })
-                .collect();
-            if !stuck.is_empty() {
-                self.fail(Error::Stalled {
-                    detail: stuck.join("; "),
-                });
-                return;
-            }
-            let boxes = self
-                .mailboxes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            for m in boxes {
-                m.post(Envelope::ForceClose);
-            }
+                }),
+        );
+        let still = self.posted.load(Ordering::SeqCst) == before
+            && self.in_flight.load(Ordering::SeqCst) == 0
+            && self.active_sources.load(Ordering::SeqCst)
+                == self.blocked_sources.load(Ordering::SeqCst);
+        if !still {
+            return;
+        }
+        if !stuck.is_empty() {
+            // Anything blocked now stays blocked forever: a stall, reported before anything is
+            // closed (closing would let blocked writers go on into closed readers).
+            self.fail(Error::Stalled {
+                detail: stuck.join("; "),
+            });
+            return;
+        }
+        // What is left is feedback loops: close their inputs; they drain and end.
+        let boxes = self
+            .mailboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for m in boxes {
+            m.post(Envelope::ForceClose);
         }
     }
 }
@@ -216,6 +250,7 @@ struct ActorMailbox {
 impl Mailbox for ActorMailbox {
     fn post(&self, env: Envelope) {
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.shared.posted.fetch_add(1, Ordering::SeqCst);
         // do_send ignores the mailbox capacity; every data message is bounded by credit.
         self.addr.do_send(Msg(env));
     }
@@ -230,6 +265,9 @@ struct AgentActor {
     counted_blocked: bool,
     /// This agent has an entry in `Shared::stalls`.
     listed_stalled: bool,
+    /// This agent waits on a shared-memory ring and is counted in `Shared::active_sources`:
+    /// the run is not quiescent while another process may still make room.
+    counted_ring_wait: bool,
 }
 
 impl AgentActor {
@@ -238,6 +276,15 @@ impl AgentActor {
             self.shared.fail(e);
             ctx.stop();
             return;
+        }
+        let ring_wait = self.host.waits_on_ring() && !self.host.is_done();
+        if ring_wait != self.counted_ring_wait {
+            self.counted_ring_wait = ring_wait;
+            if ring_wait {
+                self.shared.active_sources.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.shared.active_sources.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         let blocked_now = self.host.is_blocked() && !self.host.is_done();
         if blocked_now || self.listed_stalled {
@@ -386,6 +433,13 @@ impl Running {
             })
         });
         if let Some(mut children) = self.children.take() {
+            // Whichever failed first is the cause: a child failure recorded before this process's
+            // own part ended, or this process's error (children stopped because of it fail after).
+            let child_first = children
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
             if result.is_err() {
                 // This process failed: ask the others to stop, then make sure they do.
                 launch::signal_all(&children.list, Signal::SIGTERM);
@@ -400,9 +454,10 @@ impl Running {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
             children.segments.remove_all();
-            // A child's failure is the cause; this process's error is then its consequence.
             if let Some(f) = failure {
-                result = Err(f);
+                if child_first || result.is_ok() {
+                    result = Err(f);
+                }
             }
         }
         result.map(|()| self.registry.snapshot())
@@ -593,10 +648,7 @@ fn supervise(
 fn kill_after_grace(list: &[ChildProcess]) {
     let deadline = std::time::Instant::now() + launch::DRAIN_GRACE;
     while std::time::Instant::now() < deadline {
-        if list
-            .iter()
-            .all(|c| !launch::pid_alive(c.pid) || launch::is_zombie(c.pid))
-        {
+        if list.iter().all(|c| !launch::pid_alive(c.pid)) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -673,6 +725,7 @@ fn coordinate(
     let n = local.iter().filter(|l| **l).count();
     let shared = Arc::new(Shared {
         in_flight: AtomicUsize::new(n),
+        posted: std::sync::atomic::AtomicU64::new(0),
         active_sources: AtomicUsize::new(0),
         blocked_sources: AtomicUsize::new(0),
         hosts_left: AtomicUsize::new(n),
@@ -758,6 +811,7 @@ fn coordinate(
         let actor = AgentActor {
             index: i,
             listed_stalled: false,
+            counted_ring_wait: false,
             host,
             shared: Arc::clone(&shared),
             finished: false,

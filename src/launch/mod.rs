@@ -182,13 +182,15 @@ pub(crate) fn sweep_stale(app: Option<&str>) -> Vec<String> {
     removed
 }
 
-/// True if a process with this pid exists (it may belong to another user).
+/// True if a process with this pid exists and has not exited (a zombie, exited but not yet
+/// reaped by its parent, counts as dead). It may belong to another user.
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    match kill(Pid::from_raw(pid as i32), None) {
+    let exists = match kill(Pid::from_raw(pid as i32), None) {
         Ok(()) => true,
         Err(nix::errno::Errno::EPERM) => true,
         Err(_) => false,
-    }
+    };
+    exists && !is_zombie(pid)
 }
 
 /// The shared-memory objects this starter created; removed by `remove_all` (and on drop).

@@ -21,7 +21,7 @@ pub(crate) mod codec;
 pub(crate) mod shm;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -40,14 +40,14 @@ use crate::stream::{Batch, Element};
 /// How long one futex wait lasts before the waiter checks that its peer is alive.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 
-/// Bytes of the ring of a connection of `capacity` elements of `T`: room for the capacity,
-/// a power of two from 64 KiB to 256 MiB.
+/// Bytes of the ring of a connection of `capacity` elements of `T`: room for the capacity
+/// (estimated for encoded types), a power of two from 4 KiB to 256 MiB. Batches larger than
+/// half the ring travel as several frames.
 pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
     let per = Codec::<T>::new().estimate();
     capacity
         .saturating_mul(per)
-        .saturating_add(4096)
-        .clamp(64 << 10, 256 << 20)
+        .clamp(4 << 10, 256 << 20)
         .next_power_of_two()
 }
 
@@ -306,22 +306,40 @@ pub(crate) struct FeederSpec {
 
 /// Where the reader's input returns credit: the feeder's counter, and a wake-up.
 ///
-/// Credit reaches the feeder outside the envelopes the runtime counts, so the post itself clears
-/// the feeder's "blocked" mark: the reader's host is still handling an envelope at this point,
-/// so the run cannot be judged quiescent (and stalled) in between. The feeder, for its part,
-/// marks itself blocked *before* it looks at the credit one last time.
+/// The feeder's credit and its "blocked" mark (which lets the run judge itself quiescent) change
+/// together under one lock: the feeder marks itself blocked only while its credit is zero, and a
+/// credit post clears the mark in the same critical section. So a blocked feeder has no credit,
+/// and only a handler still running (an envelope in flight) can give it some: the run is never
+/// judged stalled between "credit returned" and "feeder noticed".
 struct FeederMailbox {
-    credit: AtomicUsize,
+    credit: Mutex<usize>,
     thread: std::thread::Thread,
     run: RunHandle,
     state: Arc<crate::runtime::FeederState>,
 }
 
+impl FeederMailbox {
+    /// Takes up to `want` elements of credit; with none, marks the feeder blocked and returns 0.
+    fn take(&self, want: usize) -> usize {
+        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+        if *credit == 0 {
+            self.run.set_blocked(&self.state, true);
+            return 0;
+        }
+        self.run.set_blocked(&self.state, false);
+        let n = (*credit).min(want);
+        *credit -= n;
+        n
+    }
+}
+
 impl Mailbox for FeederMailbox {
     fn post(&self, env: Envelope) {
         if let Envelope::Credit { n, .. } = env {
-            self.credit.fetch_add(n, Ordering::SeqCst);
+            let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+            *credit += n;
             self.run.set_blocked(&self.state, false);
+            drop(credit);
             self.thread.unpark();
         }
     }
@@ -357,7 +375,7 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
             detail: format!("cannot start a ring feeder thread: {e}"),
         })?;
     let mailbox = Arc::new(FeederMailbox {
-        credit: AtomicUsize::new(capacity),
+        credit: Mutex::new(capacity),
         thread: handle.thread().clone(),
         run,
         state,
@@ -371,7 +389,7 @@ fn feed<T: Element>(
     mut consumer: Consumer<Arc<Segment>>,
     spec: &FeederSpec,
     mailbox: &FeederMailbox,
-    state: &crate::runtime::FeederState,
+    _state: &crate::runtime::FeederState,
 ) -> Result<(), String> {
     let codec = Codec::<T>::new();
     let mut pending: VecDeque<Batch<T>> = VecDeque::new();
@@ -380,18 +398,11 @@ fn feed<T: Element>(
             return Ok(());
         }
         if let Some(front) = pending.front_mut() {
-            let mut credit = mailbox.credit.load(Ordering::SeqCst);
-            if credit == 0 {
-                spec.run.set_blocked(state, true);
-                credit = mailbox.credit.load(Ordering::SeqCst);
-                if credit == 0 {
-                    std::thread::park_timeout(WAIT_SLICE);
-                    continue;
-                }
-                spec.run.set_blocked(state, false);
+            let n = mailbox.take(front.len());
+            if n == 0 {
+                std::thread::park_timeout(WAIT_SLICE);
+                continue;
             }
-            let n = credit.min(front.len());
-            mailbox.credit.fetch_sub(n, Ordering::SeqCst);
             let part = front.split_front(n);
             if front.is_empty() {
                 pending.pop_front();

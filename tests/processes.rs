@@ -1,0 +1,564 @@
+//! Multi-process applications, for real: separate OS processes, shared-memory rings, signals.
+//!
+//! This test has its own `main` (`harness = false` in Cargo.toml) because an application that
+//! spans processes re-executes its own binary: run as `processes app NAME ARGS…`, this binary
+//! *is* the application NAME (the starter, or, with the role in its environment, one of its
+//! children). Run without arguments, it runs every scenario below, each starting the
+//! application as a separate process with a deadline, and prints `N passed, M failed`.
+//! Every scenario removes what it may leave behind (processes, shared-memory objects), even
+//! when it fails.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use iotstream::{Connection, Graph, SourceOptions};
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------------------------
+// The applications
+
+fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
+    let arg = |i: usize| -> u64 { args.get(i).and_then(|a| a.parse().ok()).unwrap_or(0) };
+    match name {
+        "c14" => c14(),
+        "pipeline" => pipeline(arg(0), arg(1) as usize, arg(2) as usize, "pipeline"),
+        "readings" => readings(arg(0), arg(1) as usize),
+        "endless" => pipeline(u64::MAX, 3, 256, "endless"),
+        "failing" => failing(),
+        other => panic!("no application named {other}"),
+    }
+}
+
+/// C14: p0 maps v → v + 100, p1 maps v → 2v into a collector; input [0,1], [2,3], [4,5], end.
+fn c14() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("c14");
+    let opts = SourceOptions {
+        max_batch: 2,
+        ..SourceOptions::default()
+    };
+    let x = g.source_iter_with("x", 0..6u64, opts);
+    let y = g.map("plus_100", &x, |v: &u64| v + 100);
+    let z = g.map("double", &y, |v: &u64| 2 * v);
+    let out = g.collect("collector", &z);
+    g.place_in_process("plus_100", "p0");
+    g.place_in_process("double", "p1");
+    g.place_in_process("collector", "p1");
+    let is_p1 = std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("p1");
+    g.run()?;
+    if is_p1 {
+        println!("RESULT {:?}", out.values());
+    }
+    Ok(())
+}
+
+/// numbers → ×3 → odd → a checking sink, in 1 process or 3 (`sensor` / `mapper` / `sink`).
+fn pipeline(n: u64, processes: usize, capacity: usize, app: &str) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new(app);
+    g.set_default_capacity(capacity.max(1));
+    let s = g.source_iter("numbers", 0..n);
+    let m = g.map("triple", &s, |v: &u64| v.wrapping_mul(3));
+    let f = g.filter("odd", &m, |v: &u64| v % 2 == 1);
+    let mut state = (0u64, 0u64, true, None::<u64>);
+    let report = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let r = std::sync::Arc::clone(&report);
+    g.sink_list("check", &f, move |xs: &[u64]| {
+        for &v in xs {
+            state.0 += 1;
+            state.1 = state.1.wrapping_add(v);
+            state.2 &= state.3.is_none_or(|last| v > last);
+            state.3 = Some(v);
+        }
+        *r.lock().unwrap() = Some((state.0, state.1, state.2));
+        Ok(())
+    });
+    if processes >= 3 {
+        g.place_in_process("triple", "mapper");
+        g.place_in_process("odd", "sink");
+        g.place_in_process("check", "sink");
+    }
+    let in_sink = processes < 3 || std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("sink");
+    g.run()?;
+    if in_sink {
+        let (count, sum, ordered) = report.lock().unwrap().unwrap_or((0, 0, true));
+        println!("RESULT count={count} sum={sum} ordered={ordered}");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Reading {
+    sensor: String,
+    t: u64,
+    celsius: f64,
+}
+
+/// Serde structs with a String field through 1 or 3 processes; prints a digest.
+fn readings(n: u64, processes: usize) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("readings");
+    let s = g.source_iter(
+        "station",
+        (0..n).map(|t| Reading {
+            sensor: format!("room-{}", t % 13).repeat(1 + (t % 4) as usize),
+            t,
+            celsius: 20.0 + (t % 100) as f64 / 10.0,
+        }),
+    );
+    let warm = g.filter("warm", &s, |r: &Reading| r.celsius > 25.0);
+    let (input, tagged) = g.add_agent("tag", |p| {
+        let input = p.input::<Reading>("in");
+        let out = p.output::<String>("out");
+        (Tag { input, out }, (input, out))
+    });
+    g.connect_with(&warm, &input, Connection::new().capacity(200));
+    let digest = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let d = std::sync::Arc::clone(&digest);
+    g.for_each("digest", &tagged, move |s: &String| {
+        let mut d = d.lock().unwrap();
+        d.0 += 1;
+        for b in s.bytes() {
+            d.1 = d.1.wrapping_mul(31).wrapping_add(u64::from(b));
+        }
+    });
+    if processes >= 3 {
+        g.place_in_process("warm", "filter");
+        g.place_in_process("tag", "tagger");
+        g.place_in_process("digest", "tagger");
+    }
+    let in_last = processes < 3 || std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("tagger");
+    g.run()?;
+    if in_last {
+        let (count, hash) = *digest.lock().unwrap();
+        println!("RESULT count={count} hash={hash}");
+    }
+    Ok(())
+}
+
+struct Tag {
+    input: iotstream::Input<Reading>,
+    out: iotstream::Stream<String>,
+}
+
+impl iotstream::Agent for Tag {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        o: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        o.extend(
+            &self.out,
+            i.slice(&self.input)
+                .iter()
+                .map(|r| format!("{}@{}={:.1}", r.sensor, r.t, r.celsius)),
+        );
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// An agent in a child process fails: the starter must report that process and agent.
+fn failing() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("failing");
+    let s = g.source_iter("numbers", 0..100_000u64);
+    let m = g.try_map("fragile", &s, |v: &u64| {
+        if *v == 5_000 {
+            Err(format!("bad reading {v}"))
+        } else {
+            Ok(*v)
+        }
+    });
+    g.for_each("sink", &m, |_: &u64| {});
+    g.place_in_process("fragile", "worker");
+    g.run().map(|_| ())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenarios
+
+/// A started application, killed and cleaned up when dropped.
+struct Started {
+    child: Child,
+    app: String,
+}
+
+impl Started {
+    fn new(app_name: &str, args: &[&str]) -> Started {
+        let exe = std::env::current_exe().expect("own path");
+        let child = Command::new(exe)
+            .arg("app")
+            .arg(app_name)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the application");
+        Started {
+            child,
+            app: app_name.to_string(),
+        }
+    }
+
+    /// Waits for the end (at most `limit`); returns the status and the output.
+    fn wait(mut self, limit: Duration) -> Result<(ExitStatus, String, String), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                let mut out = String::new();
+                let mut err = String::new();
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .ok();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .ok();
+                return Ok((status, out, err));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("'{}' did not end within {limit:?}", self.app));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for p in children_of(self.child.id()) {
+            kill(p, libc_sigkill());
+        }
+        remove_segments(&self.app);
+    }
+}
+
+fn libc_sigkill() -> i32 {
+    9
+}
+
+fn kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Pids of processes started by the starter `starter` (their role names its run).
+fn children_of(starter: u32) -> Vec<u32> {
+    role_pids(starter).into_iter().map(|(pid, _)| pid).collect()
+}
+
+/// (pid, process name) of every child of the run started by `starter`.
+fn role_pids(starter: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = env
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let run = vars.iter().find_map(|v| v.strip_prefix("IOTSTREAM_RUN="));
+        let process = vars
+            .iter()
+            .find_map(|v| v.strip_prefix("IOTSTREAM_PROCESS="));
+        if let (Some(run), Some(process)) = (run, process) {
+            if run.split('-').next() == Some(&starter.to_string()) {
+                out.push((pid, process.to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn segments(app: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("iotstream.{app}.")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn remove_segments(app: &str) {
+    for s in segments(app) {
+        let _ = std::fs::remove_file(format!("/dev/shm/{s}"));
+    }
+}
+
+fn result_line(out: &str) -> Result<String, String> {
+    out.lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_string()))
+        .ok_or_else(|| format!("no RESULT line in the output:\n{out}"))
+}
+
+fn run_app(app: &str, args: &[&str]) -> Result<String, String> {
+    let (status, out, err) = Started::new(app, args).wait(Duration::from_secs(120))?;
+    if !status.success() {
+        return Err(format!(
+            "'{app} {args:?}' failed with {status}:\n{out}\n{err}"
+        ));
+    }
+    if !segments(app).is_empty() {
+        return Err(format!(
+            "shared-memory objects left behind: {:?}",
+            segments(app)
+        ));
+    }
+    result_line(&out)
+}
+
+fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+fn c14_two_processes() -> Result<(), String> {
+    let r = run_app("c14", &[])?;
+    ensure(r == "[200, 202, 204, 206, 208, 210]", || format!("got {r}"))
+}
+
+fn same_output_in_one_and_three_processes_u64() -> Result<(), String> {
+    // 10,000,000 elements through rings of 2 KiB of elements (a 4 KiB ring): thousands of laps.
+    let one = run_app("pipeline", &["10000000", "1", "256"])?;
+    let three = run_app("pipeline", &["10000000", "3", "256"])?;
+    ensure(one == three, || {
+        format!("1 process: {one}\n3 processes: {three}")
+    })?;
+    ensure(
+        one.starts_with("count=5000000 ") && one.ends_with("ordered=true"),
+        || one.clone(),
+    )
+}
+
+fn same_output_in_one_and_three_processes_serde() -> Result<(), String> {
+    let one = run_app("readings", &["200000", "1"])?;
+    let three = run_app("readings", &["200000", "3"])?;
+    ensure(one == three, || {
+        format!("1 process: {one}\n3 processes: {three}")
+    })?;
+    ensure(one.starts_with("count=98000 "), || one.clone())
+}
+
+fn a_failing_agent_in_a_child_names_process_and_agent() -> Result<(), String> {
+    let (status, _out, err) = Started::new("failing", &[]).wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || "the application succeeded".into())?;
+    ensure(err.contains("process 'worker'"), || {
+        format!("stderr does not name the process:\n{err}")
+    })?;
+    ensure(
+        err.contains("fragile") && err.contains("bad reading 5000"),
+        || format!("stderr does not name the agent and cause:\n{err}"),
+    )?;
+    ensure(segments("failing").is_empty(), || {
+        format!("left behind: {:?}", segments("failing"))
+    })
+}
+
+/// Waits (bounded) until the run started by `starter` has a child named `process`.
+fn wait_for_child(starter: u32, process: &str) -> Result<u32, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some((pid, _)) = role_pids(starter).into_iter().find(|(_, p)| p == process) {
+            // Let data flow for a moment so the kill lands mid-run.
+            std::thread::sleep(Duration::from_millis(300));
+            return Ok(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("process '{process}' never started"))
+}
+
+fn sigkill_of_a_child_fails_the_app_and_leaves_nothing() -> Result<(), String> {
+    let app = Started::new("endless", &[]);
+    let mapper = wait_for_child(app.pid(), "mapper")?;
+    let starter = app.pid();
+    kill(mapper, 9);
+    let t = Instant::now();
+    let (status, _out, err) = app.wait(Duration::from_secs(20))?;
+    ensure(!status.success(), || {
+        "the application succeeded after its child was killed".into()
+    })?;
+    ensure(t.elapsed() < Duration::from_secs(15), || {
+        format!("took {:?} to notice", t.elapsed())
+    })?;
+    ensure(
+        err.contains("process 'mapper'") && err.contains("SIGKILL"),
+        || format!("stderr does not name the process and signal:\n{err}"),
+    )?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure(role_pids(starter).is_empty(), || {
+        format!("children still alive: {:?}", role_pids(starter))
+    })
+}
+
+fn sigkill_of_the_starter_kills_children_and_next_run_cleans_up() -> Result<(), String> {
+    let app = Started::new("endless", &[]);
+    let starter = app.pid();
+    wait_for_child(starter, "sink")?;
+    let left = segments("endless");
+    ensure(!left.is_empty(), || {
+        "the running application has no rings".into()
+    })?;
+    kill(starter, 9);
+    // The children die with their starter.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !role_pids(starter).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure(role_pids(starter).is_empty(), || {
+        format!("children outlived their starter: {:?}", role_pids(starter))
+    })?;
+    // Its rings are still there (nobody ran cleanup)...
+    let stale: Vec<String> = segments("endless")
+        .into_iter()
+        .filter(|s| left.contains(s))
+        .collect();
+    ensure(!stale.is_empty(), || {
+        "expected the killed run's rings to remain until the next run".into()
+    })?;
+    // Reap the starter as a shell would, and skip its Drop: that would remove the segments,
+    // which is the next run's job here.
+    let mut app = app;
+    let _ = app.child.wait();
+    std::mem::forget(app);
+    // ...until the next start of the same application removes them.
+    let next = Started::new("endless", &[]);
+    let next_pid = next.pid();
+    wait_for_child(next_pid, "sink")?;
+    let still: Vec<String> = segments("endless")
+        .into_iter()
+        .filter(|s| left.contains(s))
+        .collect();
+    drop(next);
+    remove_segments("endless");
+    ensure(still.is_empty(), || {
+        format!("the next run did not remove the dead run's rings: {still:?}")
+    })
+}
+
+fn garbage_in_a_live_ring_is_an_error_not_a_panic() -> Result<(), String> {
+    let app = Started::new("endless", &[]);
+    wait_for_child(app.pid(), "sink")?;
+    let rings = segments("endless");
+    ensure(!rings.is_empty(), || "no ring to corrupt".into())?;
+    // Overwrite the consumer-visible head counter (cache line 1 of the header) of every ring.
+    for r in &rings {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/shm/{r}"))
+            .map_err(|e| e.to_string())?;
+        for line in 1..4u64 {
+            f.seek(SeekFrom::Start(64 * line))
+                .map_err(|e| e.to_string())?;
+            f.write_all(&[0xFF, 0x13, 0x37, 0x42, 0x99, 0x01, 0xFE, 0x7F])
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let (status, _out, err) = app.wait(Duration::from_secs(20))?;
+    ensure(!status.success(), || {
+        "the application did not notice the corruption".into()
+    })?;
+    ensure(
+        err.contains("corrupt") || err.contains("inconsistent") || err.contains("beyond"),
+        || format!("no corruption error in:\n{err}"),
+    )?;
+    ensure(!err.contains("panicked"), || {
+        format!("a process panicked:\n{err}")
+    })?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
+/// A scenario: `Ok` or what went wrong.
+type Scenario = fn() -> Result<(), String>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("app") {
+        let name = args.get(2).cloned().unwrap_or_default();
+        match app(&name, &args[3..]) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
+    let scenarios: [(&str, Scenario); 7] = [
+        ("c14_two_processes", c14_two_processes),
+        (
+            "same_output_in_one_and_three_processes_u64",
+            same_output_in_one_and_three_processes_u64,
+        ),
+        (
+            "same_output_in_one_and_three_processes_serde",
+            same_output_in_one_and_three_processes_serde,
+        ),
+        (
+            "a_failing_agent_in_a_child_names_process_and_agent",
+            a_failing_agent_in_a_child_names_process_and_agent,
+        ),
+        (
+            "sigkill_of_a_child_fails_the_app_and_leaves_nothing",
+            sigkill_of_a_child_fails_the_app_and_leaves_nothing,
+        ),
+        (
+            "sigkill_of_the_starter_kills_children_and_next_run_cleans_up",
+            sigkill_of_the_starter_kills_children_and_next_run_cleans_up,
+        ),
+        (
+            "garbage_in_a_live_ring_is_an_error_not_a_panic",
+            garbage_in_a_live_ring_is_an_error_not_a_panic,
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, f) in scenarios {
+        if filter.is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        let t = Instant::now();
+        match f() {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED\n{e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 || passed == 0 {
+        std::process::exit(1);
+    }
+}
