@@ -423,14 +423,18 @@ impl<T, F: FnMut() -> T + Send + 'static> Source<T> for FnSource<F> {
 }
 
 /// Lines of a reader; errors name the origin and the line number.
+///
+/// A batch holds the lines already available: once the reader's buffer is empty the batch is
+/// emitted rather than waiting (blocking) for more, so a line typed on standard input or
+/// appended to a file reaches the agents at once.
 struct LineSource<R> {
     origin: String,
-    open: Option<Box<dyn FnOnce() -> std::io::Result<R> + Send>>,
-    reader: Option<R>,
+    open: Option<Box<dyn FnOnce() -> std::io::Result<std::io::BufReader<R>> + Send>>,
+    reader: Option<std::io::BufReader<R>>,
     line_no: u64,
 }
 
-impl<R: BufRead + Send + 'static> Source<String> for LineSource<R> {
+impl<R: std::io::Read + Send + 'static> Source<String> for LineSource<R> {
     fn fill(&mut self, out: &mut Vec<String>, max: usize) -> Result<bool, AgentError> {
         if let Some(open) = self.open.take() {
             self.reader = Some(open().map_err(|e| format!("cannot open {}: {e}", self.origin))?);
@@ -452,6 +456,9 @@ impl<R: BufRead + Send + 'static> Source<String> for LineSource<R> {
                 }
             }
             out.push(line);
+            if reader.buffer().is_empty() {
+                break; // more would mean waiting: emit what has arrived
+            }
         }
         Ok(true)
     }
