@@ -497,6 +497,44 @@ fn garbage_in_a_live_ring_is_an_error_not_a_panic() -> Result<(), String> {
     })
 }
 
+/// The demo, as the README runs it (three processes) and in one process: same detections.
+fn quake_detector_three_processes_match_one() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let demo = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("quake_detector"))
+        .ok_or("no examples folder")?;
+    let run = |args: &[&str]| -> Result<Vec<String>, String> {
+        let out = Command::new(&demo)
+            .args(args)
+            .output()
+            .map_err(|e| format!("{}: {e}", demo.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure(out.status.success(), || {
+            format!(
+                "{args:?} failed:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.find("QUAKE at").map(|i| l[i..].to_string()))
+            .collect())
+    };
+    let three = run(&[])?;
+    let one = run(&["--single-process"])?;
+    ensure(three == one, || {
+        format!("3 processes: {three:?}\n1 process: {one:?}")
+    })?;
+    ensure(three.len() == 4, || {
+        format!("expected the 4 injected quakes: {three:?}")
+    })?;
+    ensure(segments("quake_detector").is_empty(), || {
+        format!("left behind: {:?}", segments("quake_detector"))
+    })
+}
+
 /// A scenario: `Ok` or what went wrong.
 type Scenario = fn() -> Result<(), String>;
 
@@ -513,7 +551,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("c14_two_processes", c14_two_processes),
         (
             "same_output_in_one_and_three_processes_u64",
@@ -538,6 +576,10 @@ fn main() {
         (
             "garbage_in_a_live_ring_is_an_error_not_a_panic",
             garbage_in_a_live_ring_is_an_error_not_a_panic,
+        ),
+        (
+            "quake_detector_three_processes_match_one",
+            quake_detector_three_processes_match_one,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
