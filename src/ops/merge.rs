@@ -25,8 +25,8 @@
 //! that connection's capacity. If two of its inputs come, directly or through other agents,
 //! from one writer that feeds them unevenly (two outputs of one [`Graph::split`], say), the
 //! faster one's connection fills, the writer waits for the zip, and the zip waits for the slower
-//! input: the application cannot go on. [`Harness::finish`](crate::Harness::finish) reports this
-//! as [`Error::Stalled`](crate::Error::Stalled) naming the full connection; give that connection
+//! input: the application cannot go on. [`Harness::finish`](crate::Harness::finish) and a threaded
+//! run report this as [`Error::Stalled`](crate::Error::Stalled) naming the full connection; give that connection
 //! a capacity ([`Connection::capacity`](crate::Connection::capacity)) at least as large as the
 //! lead the faster input can take. The same holds for [`Graph::timed_zip`].
 //!
