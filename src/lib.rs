@@ -51,3 +51,8 @@ pub use ops::timed::TimedWindow;
 pub use runtime::Running;
 pub use stream::{Element, Input, Stream};
 pub use testing::Harness;
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
