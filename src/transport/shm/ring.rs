@@ -1057,7 +1057,7 @@ impl<M: RingMemory> Consumer<M> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(iotstream_loom)))]
 mod tests {
     use super::*;
     use rand::rngs::StdRng;

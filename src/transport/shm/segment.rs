@@ -39,7 +39,7 @@ pub(crate) const HEADER_SIZE: usize = std::mem::size_of::<Header>();
 
 // The layout the ring's documentation promises, checked at compile time (real atomics only:
 // loom's are larger).
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(iotstream_loom, test)))]
 const _: () = {
     use super::ring::{Identity, WakeWord};
     use std::mem::offset_of;
@@ -410,7 +410,7 @@ fn bad_name(name: &str, reason: impl fmt::Display) -> SegmentError {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(iotstream_loom)))]
 mod tests {
     use super::*;
     use crate::transport::shm::ring::{Consumer, Producer, RingError, Wait};
