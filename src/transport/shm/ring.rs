@@ -60,7 +60,7 @@
 //! # Waiting without lost wake-ups
 //!
 //! [`Consumer::wait_for_data`] and [`Producer::wait_for_space`] first re-check their condition
-//! [`SPIN_LIMIT`](super::sync::SPIN_LIMIT) times, then sleep on a futex word with the classic
+//! [`SPIN_LIMIT`] times, then sleep on a futex word with the classic
 //! event-count handshake:
 //!
 //! ```text
@@ -479,7 +479,7 @@ struct Ring<M: RingMemory> {
 
 impl<M: RingMemory> Ring<M> {
     /// Validates the header of `mem`, claims `role` in `pid_field` and returns the ring with the
-    /// current `(head, tail)`, validated.
+    /// current `(head, tail)`, validated. A producer cannot attach to a closed ring.
     fn attach(
         mem: M,
         role: &'static str,
@@ -502,6 +502,9 @@ impl<M: RingMemory> Ring<M> {
             return Err(corrupt(format_args!(
                 "head {head} and tail {tail} are inconsistent (capacity {cap})"
             )));
+        }
+        if role == "producer" && closed == 1 {
+            return Err(RingError::Closed);
         }
         let pid = std::process::id();
         if let Err(other) =
@@ -696,12 +699,10 @@ impl<M: RingMemory> fmt::Debug for Producer<M> {
 
 impl<M: RingMemory> Producer<M> {
     /// Attaches the producer to the ring in `mem`: validates the header and claims the producer
-    /// role (this process's pid in `producer_pid`).
+    /// role (this process's pid in `producer_pid`). A ring has one producer for its life, and
+    /// none once closed ([`RingError::Closed`]).
     pub(crate) fn new(mem: M) -> Result<Producer<M>, RingError> {
         let (ring, head, tail) = Ring::attach(mem, "producer", |h| &h.id.producer_pid)?;
-        if ring.header().id.closed.load(Ordering::Acquire) != 0 {
-            return Err(RingError::Closed);
-        }
         Ok(Producer {
             ring,
             st: ProducerState {
@@ -913,7 +914,7 @@ impl<M: RingMemory> fmt::Debug for Consumer<M> {
 
 impl<M: RingMemory> Consumer<M> {
     /// Attaches the consumer to the ring in `mem`: validates the header and claims the consumer
-    /// role (this process's pid in `consumer_pid`).
+    /// role (this process's pid in `consumer_pid`). A ring has one consumer for its life.
     pub(crate) fn new(mem: M) -> Result<Consumer<M>, RingError> {
         let (ring, head, tail) = Ring::attach(mem, "consumer", |h| &h.id.consumer_pid)?;
         Ok(Consumer {
@@ -1302,7 +1303,6 @@ mod tests {
             }
         );
         p.close();
-        ring.header().id.producer_pid.store(0, Ordering::Relaxed);
         assert_eq!(Producer::new(ring).unwrap_err(), RingError::Closed);
     }
 
