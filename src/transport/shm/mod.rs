@@ -15,6 +15,17 @@
 //! ```
 //!
 //! Linux only (the futex system call, `/dev/shm`).
+//!
+//! # Tests
+//!
+//! - `ring.rs`: the ring on the heap — frames, wrap-around (thousands of laps with random
+//!   sizes), full and empty, close, a corruption test for every field read from the peer, and
+//!   random garbage (an error or plain bytes, never a panic).
+//! - `segment.rs`: names, create/open errors, and 10 M u64 through a 4 KiB segment between two
+//!   threads and between two processes (`fork`). Every test object is unlinked by a guard, also
+//!   when the test fails.
+//! - `tests/loom_ring.rs`: loom models of the protocol, including the sleep/wake handshake on
+//!   both sides: `RUSTFLAGS="--cfg iotstream_loom" cargo test --release --test loom_ring`.
 
 // The runtime does not use this module yet (the lead wires it into the graph and the process
 // launcher): until then most items are unused outside the tests.

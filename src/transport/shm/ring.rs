@@ -60,7 +60,7 @@
 //! # Waiting without lost wake-ups
 //!
 //! [`Consumer::wait_for_data`] and [`Producer::wait_for_space`] first re-check their condition
-//! [`SPIN_LIMIT`](super::sync::SPIN_LIMIT) times, then sleep on a futex word with the classic
+//! [`SPIN_LIMIT`] times, then sleep on a futex word with the classic
 //! event-count handshake:
 //!
 //! ```text
@@ -479,7 +479,7 @@ struct Ring<M: RingMemory> {
 
 impl<M: RingMemory> Ring<M> {
     /// Validates the header of `mem`, claims `role` in `pid_field` and returns the ring with the
-    /// current `(head, tail)`, validated.
+    /// current `(head, tail)`, validated. A producer cannot attach to a closed ring.
     fn attach(
         mem: M,
         role: &'static str,
@@ -502,6 +502,9 @@ impl<M: RingMemory> Ring<M> {
             return Err(corrupt(format_args!(
                 "head {head} and tail {tail} are inconsistent (capacity {cap})"
             )));
+        }
+        if role == "producer" && closed == 1 {
+            return Err(RingError::Closed);
         }
         let pid = std::process::id();
         if let Err(other) =
@@ -526,8 +529,8 @@ impl<M: RingMemory> Ring<M> {
         (pos % self.cap as u64) as usize
     }
 
-    /// The frame-header word at `off`, as a std atomic: read once by the consumer, so a peer
-    /// cannot change it between validation and use.
+    /// The 4-byte word at data offset `off` (half of a frame header), as a std atomic, so that
+    /// the consumer reads a `len` once and a peer cannot change it between validation and use.
     ///
     /// # Safety
     ///
@@ -540,7 +543,7 @@ impl<M: RingMemory> Ring<M> {
             self.cap
         );
         // SAFETY: in bounds by the caller's promise; 4-aligned since the data area is 8-aligned
-        // and `off` a multiple of 8; the memory lives as long as `self`. The word is only ever
+        // and `off` a multiple of 4; the memory lives as long as `self`. The word is only ever
         // accessed atomically while it is a frame header; payload copies that covered it in an
         // earlier lap are ordered before this access by the protocol (see `HeapRing`'s `Sync`).
         unsafe { std::sync::atomic::AtomicU32::from_ptr(self.mem.data().as_ptr().add(off).cast()) }
@@ -550,12 +553,12 @@ impl<M: RingMemory> Ring<M> {
     ///
     /// # Safety
     ///
-    /// As [`word`](Self::word), and the producer owns bytes `off..off + 8` (between its head
-    /// and the consumer's tail plus capacity).
+    /// `off` is a multiple of 8, `off + 8 <= self.cap`, and the producer owns bytes
+    /// `off..off + 8` (between its head and the consumer's tail plus capacity).
     unsafe fn write_frame_header(&self, off: usize, len: u32) {
         self.mem.shadow().track_write(off, FRAME_HEADER);
-        // SAFETY: the caller's promise; `off + 4` is also a multiple of 4 within the frame
-        // header.
+        // SAFETY: the caller's promise: both `off` and `off + 4` are multiples of 4 with 4 bytes
+        // in bounds after them.
         unsafe {
             self.word(off)
                 .store(len, std::sync::atomic::Ordering::Relaxed);
@@ -568,8 +571,8 @@ impl<M: RingMemory> Ring<M> {
     ///
     /// # Safety
     ///
-    /// As [`word`](Self::word), and the consumer owns bytes `off..off + 8` (published, not yet
-    /// released).
+    /// `off` is a multiple of 8, `off + 8 <= self.cap`, and the consumer owns bytes
+    /// `off..off + 8` (published, not yet released).
     unsafe fn read_frame_len(&self, off: usize) -> u32 {
         self.mem.shadow().track_read(off, FRAME_HEADER);
         // SAFETY: the caller's promise.
@@ -701,12 +704,10 @@ impl<M: RingMemory> fmt::Debug for Producer<M> {
 
 impl<M: RingMemory> Producer<M> {
     /// Attaches the producer to the ring in `mem`: validates the header and claims the producer
-    /// role (this process's pid in `producer_pid`).
+    /// role (this process's pid in `producer_pid`). A ring has one producer for its life, and
+    /// none once closed ([`RingError::Closed`]).
     pub(crate) fn new(mem: M) -> Result<Producer<M>, RingError> {
         let (ring, head, tail) = Ring::attach(mem, "producer", |h| &h.id.producer_pid)?;
-        if ring.header().id.closed.load(Ordering::Acquire) != 0 {
-            return Err(RingError::Closed);
-        }
         Ok(Producer {
             ring,
             st: ProducerState {
@@ -967,7 +968,7 @@ impl<M: RingMemory> fmt::Debug for Consumer<M> {
 
 impl<M: RingMemory> Consumer<M> {
     /// Attaches the consumer to the ring in `mem`: validates the header and claims the consumer
-    /// role (this process's pid in `consumer_pid`).
+    /// role (this process's pid in `consumer_pid`). A ring has one consumer for its life.
     pub(crate) fn new(mem: M) -> Result<Consumer<M>, RingError> {
         let (ring, head, tail) = Ring::attach(mem, "consumer", |h| &h.id.consumer_pid)?;
         Ok(Consumer {
@@ -1108,5 +1109,602 @@ impl<M: RingMemory> Consumer<M> {
             0 => None,
             pid => Some(pid),
         }
+    }
+}
+
+#[cfg(all(test, not(iotstream_loom)))]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::VecDeque;
+
+    type HeapProducer = Producer<Arc<HeapRing>>;
+    type HeapConsumer = Consumer<Arc<HeapRing>>;
+
+    fn pair(capacity: usize) -> (Arc<HeapRing>, HeapProducer, HeapConsumer) {
+        let ring = HeapRing::new(capacity).unwrap();
+        let p = Producer::new(Arc::clone(&ring)).unwrap();
+        let c = Consumer::new(Arc::clone(&ring)).unwrap();
+        (ring, p, c)
+    }
+
+    fn write(p: &mut HeapProducer, bytes: &[u8]) -> bool {
+        p.try_write(bytes.len(), |b| b.copy_from_slice(bytes))
+            .unwrap()
+    }
+
+    fn read(c: &mut HeapConsumer) -> Option<Vec<u8>> {
+        c.try_read(|b| b.to_vec()).unwrap()
+    }
+
+    /// Asserts a `Corrupt` error whose description contains `needle`.
+    #[track_caller]
+    fn assert_corrupt<T: fmt::Debug>(r: Result<T, RingError>, needle: &str) {
+        match r {
+            Err(RingError::Corrupt { what }) => {
+                assert!(what.contains(needle), "{what:?} does not name {needle:?}")
+            }
+            other => panic!("expected a corrupt ring naming {needle:?}, got {other:?}"),
+        }
+    }
+
+    fn set_len(ring: &HeapRing, off: usize, len: u32) {
+        ring.poke(off, &len.to_ne_bytes());
+    }
+
+    /// Moves both sides to position `pos` (a multiple of 16) through frames of 8 bytes.
+    fn advance(p: &mut HeapProducer, c: &mut HeapConsumer, pos: u64) {
+        while p.st.head < pos {
+            assert!(write(p, &[0; 8]));
+            p.publish();
+            assert!(read(c).is_some());
+            c.release();
+        }
+        assert_eq!(p.st.head, pos);
+    }
+
+    #[test]
+    fn frames_are_invisible_until_published_then_read_in_order() {
+        let (_ring, mut p, mut c) = pair(256);
+        assert!(write(&mut p, b"hello"));
+        assert!(write(&mut p, b""));
+        assert!(write(&mut p, &[7; 100]));
+        assert_eq!(read(&mut c), None, "nothing is visible before publish");
+        p.publish();
+        assert_eq!(read(&mut c).as_deref(), Some(&b"hello"[..]));
+        assert_eq!(read(&mut c).as_deref(), Some(&b""[..]));
+        assert_eq!(read(&mut c).as_deref(), Some(&[7; 100][..]));
+        assert_eq!(read(&mut c), None);
+        c.release();
+        assert_eq!(p.ring.header().tail.load(Ordering::Relaxed), 16 + 8 + 112);
+    }
+
+    #[test]
+    fn payloads_are_8_byte_aligned() {
+        let (_ring, mut p, mut c) = pair(256);
+        for len in [1, 3, 8, 13, 16] {
+            assert!(write(&mut p, &vec![1; len]));
+        }
+        p.publish();
+        while let Some(addr) = c.try_read(|b| b.as_ptr() as usize).unwrap() {
+            assert_eq!(addr % 8, 0);
+        }
+    }
+
+    #[test]
+    fn wraps_around_thousands_of_times_with_random_frame_sizes() {
+        let capacity = 256;
+        let (_ring, mut p, mut c) = pair(capacity);
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let mut in_flight: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut frames = 0u64;
+        let mut markers = 0u64;
+        while p.st.head < 3000 * capacity as u64 {
+            // Write a random number of frames of random sizes, until the ring refuses one.
+            for _ in 0..rng.random_range(1..8) {
+                let len = rng.random_range(0..=p.max_frame_len());
+                let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                let before = p.st.head;
+                if !write(&mut p, &bytes) {
+                    break;
+                }
+                if p.st.head - before > frame_size(len) as u64 {
+                    markers += 1;
+                }
+                in_flight.push_back(bytes);
+            }
+            p.publish();
+            // Read a random number of them, then release.
+            for _ in 0..rng.random_range(0..8) {
+                match read(&mut c) {
+                    Some(got) => {
+                        assert_eq!(Some(got), in_flight.pop_front(), "frame {frames}");
+                        frames += 1;
+                    }
+                    None => {
+                        assert!(in_flight.is_empty());
+                        break;
+                    }
+                }
+            }
+            c.release();
+        }
+        while let Some(got) = read(&mut c) {
+            assert_eq!(Some(got), in_flight.pop_front());
+        }
+        assert!(in_flight.is_empty());
+        assert!(markers > 1000, "only {markers} wrap markers");
+    }
+
+    #[test]
+    fn full_ring_refuses_until_released_and_empty_ring_reads_nothing() {
+        let (_ring, mut p, mut c) = pair(64);
+        assert_eq!(read(&mut c), None);
+        // Four frames of 8 payload bytes (16 bytes each) fill 64 bytes.
+        for i in 0..4u8 {
+            assert!(write(&mut p, &[i; 8]), "frame {i}");
+        }
+        assert!(!write(&mut p, &[9; 8]), "the ring is full");
+        assert!(
+            !write(&mut p, &[]),
+            "even an empty frame needs its 8-byte header"
+        );
+        p.publish();
+        assert!(!write(&mut p, &[9; 8]), "still full: nothing released");
+        assert_eq!(read(&mut c), Some(vec![0; 8]));
+        assert!(!write(&mut p, &[9; 8]), "read but not released");
+        c.release();
+        assert!(write(&mut p, &[4; 8]));
+        p.publish();
+        for i in 1..5u8 {
+            assert_eq!(read(&mut c), Some(vec![i; 8]));
+        }
+        assert_eq!(read(&mut c), None);
+    }
+
+    #[test]
+    fn frame_larger_than_half_the_ring_is_an_error() {
+        let (_ring, mut p, _c) = pair(128);
+        assert_eq!(p.max_frame_len(), 56);
+        assert_eq!(
+            p.try_write(57, |_| unreachable!()),
+            Err(RingError::FrameTooLarge { len: 57, max: 56 })
+        );
+        assert_eq!(
+            p.wait_for_space(1000, Duration::ZERO),
+            Err(RingError::FrameTooLarge { len: 1000, max: 56 })
+        );
+        assert!(write(&mut p, &[1; 56]));
+    }
+
+    #[test]
+    fn a_largest_frame_fits_in_an_empty_ring_at_every_offset() {
+        let (_ring, mut p, mut c) = pair(128);
+        for start in (0..256).step_by(8) {
+            let (_r, mut p2, mut c2) = pair(128);
+            // Reach `start` with 8-byte steps (empty frames), leaving the ring empty.
+            while p2.st.head < start {
+                assert!(write(&mut p2, &[]));
+                p2.publish();
+                assert!(read(&mut c2).is_some());
+                c2.release();
+            }
+            assert!(
+                write(&mut p2, &[3; 56]),
+                "largest frame at position {start}"
+            );
+            p2.publish();
+            assert_eq!(read(&mut c2), Some(vec![3; 56]));
+        }
+        assert!(write(&mut p, &[3; 56]));
+        p.publish();
+        assert!(read(&mut c).is_some());
+    }
+
+    #[test]
+    fn a_panicking_fill_writes_nothing() {
+        let (_ring, mut p, mut c) = pair(64);
+        advance(&mut p, &mut c, 48); // the next 24-byte payload needs a wrap marker
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.try_write(24, |_| panic!("encoder failed"))
+        }));
+        assert!(r.is_err());
+        assert_eq!(p.st.head, 48);
+        assert!(write(&mut p, &[5; 8]));
+        p.publish();
+        assert_eq!(read(&mut c), Some(vec![5; 8]));
+    }
+
+    #[test]
+    fn close_is_seen_after_draining() {
+        let (_ring, mut p, mut c) = pair(128);
+        assert!(!c.is_closed().unwrap());
+        assert!(write(&mut p, b"last words"));
+        p.close();
+        assert!(!c.is_closed().unwrap(), "a frame is still unread");
+        assert_eq!(c.wait_for_data(Duration::ZERO), Ok(Wait::Ready));
+        assert_eq!(read(&mut c).as_deref(), Some(&b"last words"[..]));
+        assert!(c.is_closed().unwrap());
+        assert_eq!(read(&mut c), None);
+        assert_eq!(
+            c.wait_for_data(Duration::from_secs(3600)),
+            Ok(Wait::Ready),
+            "a closed ring never makes its consumer wait"
+        );
+        assert_eq!(p.try_write(1, |_| ()), Err(RingError::Closed));
+        assert_eq!(p.wait_for_space(1, Duration::ZERO), Err(RingError::Closed));
+        p.close(); // idempotent
+    }
+
+    #[test]
+    fn each_role_is_claimed_once_and_a_closed_ring_takes_no_producer() {
+        let (ring, mut p, _c) = pair(64);
+        let me = std::process::id();
+        assert_eq!(p.consumer_pid(), Some(me));
+        assert_eq!(
+            Producer::new(Arc::clone(&ring)).unwrap_err(),
+            RingError::RoleTaken {
+                role: "producer",
+                pid: me
+            }
+        );
+        assert_eq!(
+            Consumer::new(Arc::clone(&ring)).unwrap_err(),
+            RingError::RoleTaken {
+                role: "consumer",
+                pid: me
+            }
+        );
+        p.close();
+        assert_eq!(Producer::new(ring).unwrap_err(), RingError::Closed);
+    }
+
+    #[test]
+    fn waits_return_ready_at_once_or_time_out() {
+        let (_ring, mut p, mut c) = pair(64);
+        assert_eq!(
+            c.wait_for_data(Duration::from_millis(1)),
+            Ok(Wait::TimedOut)
+        );
+        assert_eq!(c.ring.header().data_wake.waiting.load(Ordering::Relaxed), 0);
+        assert!(write(&mut p, &[1; 24]));
+        assert!(write(&mut p, &[2; 24]));
+        assert_eq!(
+            c.wait_for_data(Duration::from_millis(1)),
+            Ok(Wait::TimedOut),
+            "written but not published"
+        );
+        p.publish();
+        assert_eq!(c.wait_for_data(Duration::from_secs(3600)), Ok(Wait::Ready));
+        assert_eq!(
+            p.wait_for_space(24, Duration::from_millis(1)),
+            Ok(Wait::TimedOut)
+        );
+        assert_eq!(
+            p.ring.header().space_wake.waiting.load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(read(&mut c), Some(vec![1; 24]));
+        c.release();
+        assert_eq!(
+            p.wait_for_space(24, Duration::from_secs(3600)),
+            Ok(Wait::Ready)
+        );
+    }
+
+    /// Sets a flag when dropped, even by a panic: tells the other thread to stop waiting.
+    struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+    impl Drop for SetOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn sleeping_sides_are_woken_across_threads() {
+        // A tiny ring and random frame sizes: both sides keep running into a full or empty ring
+        // and go to sleep on the futex. (That no wake-up is ever lost is proven by the loom
+        // models; here a lost one would only cost a timed-out wait, so nothing is asserted
+        // about time.) Each side stops waiting if the other thread has ended, even by a panic.
+        let (_ring, mut p, mut c) = pair(64);
+        const FRAMES: u32 = 20_000;
+        let timeout = Duration::from_millis(100);
+        let producer_done = std::sync::atomic::AtomicBool::new(false);
+        let consumer_done = std::sync::atomic::AtomicBool::new(false);
+        let done =
+            |flag: &std::sync::atomic::AtomicBool| flag.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _done = SetOnDrop(&producer_done);
+                let mut rng = StdRng::seed_from_u64(7);
+                for i in 0..FRAMES {
+                    let len = rng.random_range(4..=24);
+                    while !p
+                        .try_write(len, |b| b[..4].copy_from_slice(&i.to_le_bytes()))
+                        .unwrap()
+                    {
+                        p.publish();
+                        while p.wait_for_space(len, timeout).unwrap() == Wait::TimedOut {
+                            assert!(!done(&consumer_done), "the consumer stopped");
+                        }
+                    }
+                    if rng.random_range(0..4) == 0 {
+                        p.publish();
+                    }
+                }
+                p.close();
+            });
+            let _done = SetOnDrop(&consumer_done);
+            let mut next = 0u32;
+            loop {
+                while let Some(i) = c
+                    .try_read(|b| u32::from_le_bytes(b[..4].try_into().unwrap()))
+                    .unwrap()
+                {
+                    assert_eq!(i, next);
+                    next += 1;
+                }
+                c.release();
+                if c.is_closed().unwrap() {
+                    break;
+                }
+                if c.wait_for_data(timeout).unwrap() == Wait::TimedOut && done(&producer_done) {
+                    assert_eq!(
+                        c.wait_for_data(Duration::ZERO),
+                        Ok(Wait::Ready),
+                        "the producer stopped"
+                    );
+                }
+            }
+            assert_eq!(next, FRAMES);
+        });
+    }
+
+    // ---- corruption: every value read from the ring is checked ----
+
+    #[test]
+    fn corrupt_header_fields_are_refused_on_attach() {
+        type Poke = fn(&Header);
+        let cases: [(Poke, &str); 8] = [
+            (
+                |h| h.id.magic.store(0xdead_beef, Ordering::Relaxed),
+                "magic",
+            ),
+            (|h| h.id.version.store(99, Ordering::Relaxed), "version"),
+            (
+                |h| h.id.header_size.store(64, Ordering::Relaxed),
+                "header_size",
+            ),
+            (
+                |h| h.id.capacity.store(1 << 20, Ordering::Relaxed),
+                "capacity",
+            ),
+            (
+                |h| h.id.closed.store(7, Ordering::Relaxed),
+                "closed flag is 7",
+            ),
+            (|h| h.head.store(12, Ordering::Relaxed), "multiple of 8"),
+            (
+                |h| {
+                    h.head.store(8, Ordering::Relaxed);
+                    h.tail.store(16, Ordering::Relaxed)
+                },
+                "head 8 and tail 16",
+            ),
+            (
+                |h| h.head.store(64 + 8, Ordering::Relaxed),
+                "head 72 and tail 0",
+            ),
+        ];
+        for (poke, needle) in cases {
+            let ring = HeapRing::new(64).unwrap();
+            poke(ring.header());
+            assert_corrupt(Producer::new(Arc::clone(&ring)), needle);
+            assert_corrupt(Consumer::new(Arc::clone(&ring)), needle);
+        }
+    }
+
+    #[test]
+    fn corrupt_head_behind_tail() {
+        let (ring, mut p, mut c) = pair(128);
+        advance(&mut p, &mut c, 32);
+        ring.header().head.store(16, Ordering::Relaxed);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "head 16 is behind the consumer's tail 32",
+        );
+        assert_corrupt(c.wait_for_data(Duration::from_secs(3600)), "head 16");
+    }
+
+    #[test]
+    fn corrupt_head_more_than_capacity_ahead() {
+        let (ring, _p, mut c) = pair(128);
+        ring.header().head.store(136, Ordering::Relaxed);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "head 136 is more than the capacity (128) ahead of the released tail 0",
+        );
+    }
+
+    #[test]
+    fn corrupt_head_misaligned_or_going_backwards() {
+        let (ring, mut p, mut c) = pair(128);
+        ring.header().head.store(20, Ordering::Relaxed);
+        assert_corrupt(c.try_read(|_| ()), "head 20 is not a multiple of 8");
+        ring.header().head.store(0, Ordering::Relaxed);
+        assert!(write(&mut p, &[1; 8]));
+        assert!(write(&mut p, &[2; 8]));
+        p.close();
+        assert!(read(&mut c).is_some());
+        ring.header().head.store(24, Ordering::Relaxed);
+        assert_corrupt(c.is_closed(), "head went backwards from 32 to 24");
+    }
+
+    #[test]
+    fn corrupt_tail_beyond_head_backwards_or_misaligned() {
+        let (ring, mut p, mut c) = pair(64);
+        for _ in 0..4 {
+            assert!(write(&mut p, &[0; 8]));
+        }
+        p.publish();
+        ring.header().tail.store(72, Ordering::Relaxed);
+        assert_corrupt(
+            p.try_write(8, |_| ()),
+            "tail 72 is beyond the published head 64",
+        );
+        ring.header().tail.store(12, Ordering::Relaxed);
+        assert_corrupt(p.try_write(8, |_| ()), "tail 12 is not a multiple of 8");
+        assert!(read(&mut c).is_some());
+        c.release();
+        assert!(write(&mut p, &[0; 8]), "tail 16 read and cached");
+        p.publish();
+        ring.header().tail.store(8, Ordering::Relaxed);
+        assert_corrupt(
+            p.wait_for_space(8, Duration::from_secs(3600)),
+            "tail went backwards from 16 to 8",
+        );
+    }
+
+    #[test]
+    fn corrupt_frame_len_beyond_published_head() {
+        let (ring, mut p, mut c) = pair(128);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        set_len(&ring, 0, 40);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "frame length 40 at position 0 runs past the published head 16",
+        );
+    }
+
+    #[test]
+    fn corrupt_frame_len_beyond_data_area() {
+        let (ring, mut p, mut c) = pair(128);
+        advance(&mut p, &mut c, 96);
+        assert!(write(&mut p, &[1; 24])); // offset 96..128
+        assert!(write(&mut p, &[2; 24])); // offset 0..32
+        p.publish();
+        set_len(&ring, 96, 40);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "frame length 40 at offset 96 runs past the end of the data area (128 bytes)",
+        );
+    }
+
+    #[test]
+    fn corrupt_frame_len_above_the_largest_frame() {
+        let (ring, mut p, mut c) = pair(128);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        set_len(&ring, 0, 1 << 30);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "frame length 1073741824 at offset 0 exceeds the largest frame (56 bytes)",
+        );
+    }
+
+    #[test]
+    fn corrupt_wrap_marker_where_the_frame_fits() {
+        let (ring, mut p, mut c) = pair(128);
+        advance(&mut p, &mut c, 96);
+        for i in 0..3 {
+            assert!(write(&mut p, &[i; 8])); // offsets 96, 112, 0
+        }
+        p.publish();
+        set_len(&ring, 96, WRAP);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "wrap marker at offset 96 although the next frame (16 bytes) fits there",
+        );
+        set_len(&ring, 0, WRAP);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "two wrap markers in a row (offsets 96 and 0)",
+        );
+    }
+
+    #[test]
+    fn corrupt_wrap_marker_without_a_frame_after_it() {
+        let (ring, mut p, mut c) = pair(128);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        set_len(&ring, 0, WRAP);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "wrap marker at offset 0 (position 0) is not followed by a published frame (head 16)",
+        );
+    }
+
+    #[test]
+    fn corrupt_closed_flag() {
+        let (ring, _p, mut c) = pair(64);
+        ring.header().id.closed.store(2, Ordering::Relaxed);
+        assert_corrupt(c.is_closed(), "closed flag is 2");
+        assert_corrupt(
+            c.wait_for_data(Duration::from_secs(3600)),
+            "closed flag is 2",
+        );
+    }
+
+    #[test]
+    fn random_garbage_is_an_error_or_plain_bytes_never_a_panic() {
+        let mut rng = StdRng::seed_from_u64(0xbad);
+        let mut corrupt_seen = 0;
+        for _ in 0..3000 {
+            let (ring, mut p, mut c) = pair(128);
+            for _ in 0..rng.random_range(0..12) {
+                let len = rng.random_range(0..=56);
+                let _ = p.try_write(len, |b| b.fill(0xaa));
+                if rng.random() {
+                    p.publish();
+                }
+                if rng.random() {
+                    let _ = c.try_read(|_| ());
+                    c.release();
+                }
+            }
+            for _ in 0..rng.random_range(1..4) {
+                match rng.random_range(0..5) {
+                    0 => ring
+                        .header()
+                        .head
+                        .store(rng.random_range(0..400), Ordering::Relaxed),
+                    1 => ring
+                        .header()
+                        .tail
+                        .store(rng.random_range(0..400), Ordering::Relaxed),
+                    2 => ring
+                        .header()
+                        .id
+                        .closed
+                        .store(rng.random_range(0..3), Ordering::Relaxed),
+                    3 => set_len(&ring, rng.random_range(0..16) * 8, rng.random_range(0..130)),
+                    _ => set_len(&ring, rng.random_range(0..16) * 8, WRAP),
+                }
+            }
+            let mut results = Vec::new();
+            for _ in 0..20 {
+                results.push(c.try_read(|b| assert!(b.len() <= 56)).map(|_| ()));
+                c.release();
+                results.push(c.is_closed().map(|_| ()));
+                results.push(c.wait_for_data(Duration::ZERO).map(|_| ()));
+                results.push(p.try_write(rng.random_range(0..=56), |_| ()).map(|_| ()));
+                p.publish();
+                results.push(p.wait_for_space(8, Duration::ZERO).map(|_| ()));
+            }
+            for r in results {
+                match r {
+                    Ok(()) | Err(RingError::Closed) => {}
+                    Err(RingError::Corrupt { .. }) => corrupt_seen += 1,
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+            }
+        }
+        assert!(
+            corrupt_seen > 1000,
+            "only {corrupt_seen} corruptions detected"
+        );
     }
 }

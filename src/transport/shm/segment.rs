@@ -39,7 +39,7 @@ pub(crate) const HEADER_SIZE: usize = std::mem::size_of::<Header>();
 
 // The layout the ring's documentation promises, checked at compile time (real atomics only:
 // loom's are larger).
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(iotstream_loom, test)))]
 const _: () = {
     use super::ring::{Identity, WakeWord};
     use std::mem::offset_of;
@@ -407,5 +407,339 @@ fn bad_name(name: &str, reason: impl fmt::Display) -> SegmentError {
     SegmentError::Name {
         name: name.to_string(),
         reason: reason.to_string(),
+    }
+}
+
+#[cfg(all(test, not(iotstream_loom)))]
+mod tests {
+    use super::*;
+    use crate::transport::shm::ring::{Consumer, Producer, RingError, Wait};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::{fork, ForkResult, Pid};
+    use std::time::Duration;
+
+    /// A name unique to this test process and `test`.
+    fn test_name(test: &str) -> String {
+        segment_name(
+            "iotstream-unit-tests",
+            &std::process::id().to_string(),
+            test,
+        )
+        .unwrap()
+    }
+
+    /// u64 values `0..n` in frames of `per_frame`, `frames_per_batch` frames per publish; then
+    /// close. Waits for space in bounded waits, giving up if the consumer's process is gone.
+    /// Allocates nothing and never panics on its own (it runs in a forked child).
+    fn produce(
+        p: &mut Producer<Segment>,
+        n: u64,
+        per_frame: u64,
+        frames_per_batch: u32,
+    ) -> Result<(), RingError> {
+        let mut next = 0u64;
+        let mut in_batch = 0;
+        while next < n {
+            let count = per_frame.min(n - next);
+            let len = (count * 8) as usize;
+            let fill = |buf: &mut [u8]| {
+                for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
+                    chunk.copy_from_slice(&(next + i as u64).to_ne_bytes());
+                }
+            };
+            if p.try_write(len, fill)? {
+                next += count;
+                in_batch += 1;
+                if in_batch == frames_per_batch {
+                    p.publish();
+                    in_batch = 0;
+                }
+                continue;
+            }
+            p.publish();
+            in_batch = 0;
+            while p.wait_for_space(len, Duration::from_millis(100))? == Wait::TimedOut {
+                if !p.consumer_pid().is_some_and(pid_alive) {
+                    return Err(RingError::Closed);
+                }
+            }
+        }
+        p.close();
+        Ok(())
+    }
+
+    /// Reads u64 values until the end of the stream and checks they are `0, 1, 2, ...`;
+    /// returns their count and sum. `producer_gone` is asked after every timed-out wait.
+    fn consume(
+        c: &mut Consumer<Segment>,
+        mut producer_gone: impl FnMut() -> bool,
+    ) -> Result<(u64, u64), String> {
+        let (mut count, mut sum) = (0u64, 0u64);
+        loop {
+            for _ in 0..8 {
+                let frame = c
+                    .try_read(|payload| {
+                        let values: &[u64] = bytemuck::try_cast_slice(payload)
+                            .map_err(|e| format!("payload not a u64 slice in place: {e}"))?;
+                        for &v in values {
+                            if v != count {
+                                return Err(format!("expected {count}, read {v}"));
+                            }
+                            count += 1;
+                            sum = sum.wrapping_add(v);
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())?;
+                match frame {
+                    Some(checked) => checked?,
+                    None => break,
+                }
+            }
+            c.release();
+            if c.is_closed().map_err(|e| e.to_string())? {
+                return Ok((count, sum));
+            }
+            if c.wait_for_data(Duration::from_millis(100))
+                .map_err(|e| e.to_string())?
+                == Wait::TimedOut
+                && producer_gone()
+                && !c.is_closed().map_err(|e| e.to_string())?
+                && c.wait_for_data(Duration::ZERO).map_err(|e| e.to_string())? == Wait::TimedOut
+            {
+                return Err(format!("the producer died after {count} values"));
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_built_sanitized_and_checked() {
+        assert_eq!(
+            segment_name("quake detector/v2", "1234-ab", "e3").unwrap(),
+            "/iotstream.quake_detector_v2.1234-ab.e3"
+        );
+        assert_eq!(segment_name("", "1", "e0").unwrap(), "/iotstream.app.1.e0");
+        assert_eq!(sanitize_app("ä.b").len(), 3);
+        assert_eq!(sanitize_app(&"x".repeat(300)).len(), 64);
+        for (run, edge) in [("", "e0"), ("1.2", "e0"), ("1", "a/b"), ("1", "")] {
+            let err = segment_name("app", run, edge).unwrap_err();
+            assert!(matches!(err, SegmentError::Name { .. }), "{err}");
+        }
+        let long = "r".repeat(300);
+        let err = segment_name("app", &long, "e0").unwrap_err().to_string();
+        assert!(err.contains("at most 255"), "{err}");
+        for bad in ["", "/", "noslash", "/a/b", "/a\0b", "/.."] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        check_name("/iotstream.a.1.e0").unwrap();
+        check_name(&format!("/{}", "n".repeat(254))).unwrap();
+        assert!(check_name(&format!("/{}", "n".repeat(255))).is_err());
+    }
+
+    #[test]
+    fn create_open_list_and_unlink() {
+        let name = test_name("lifecycle");
+        let _guard = UnlinkGuard::new(&name);
+        let created = Segment::create(&name, 4096).unwrap();
+        assert_eq!(created.name(), name);
+        assert_eq!(created.capacity(), 4096);
+        let opened = Segment::open(&name).unwrap();
+        assert_eq!(opened.capacity(), 4096);
+        assert_eq!(list_segments(&name), vec![name.clone()]);
+        assert_eq!(
+            list_segments(&name[1..]),
+            vec![name.clone()],
+            "prefix without '/'"
+        );
+        // Two mappings, one ring: what one writes, the other reads.
+        let mut p = Producer::new(created).unwrap();
+        let mut c = Consumer::new(opened).unwrap();
+        assert!(p.try_write(5, |b| b.copy_from_slice(b"hello")).unwrap());
+        p.publish();
+        assert_eq!(
+            c.try_read(|b| b.to_vec()).unwrap().as_deref(),
+            Some(&b"hello"[..])
+        );
+        unlink(&name).unwrap();
+        assert!(list_segments(&name).is_empty());
+        // Mappings outlive the name.
+        assert!(p.try_write(3, |b| b.copy_from_slice(b"bye")).unwrap());
+        p.publish();
+        assert_eq!(
+            c.try_read(|b| b.to_vec()).unwrap().as_deref(),
+            Some(&b"bye"[..])
+        );
+        let err = unlink(&name).unwrap_err();
+        assert_eq!(
+            err,
+            SegmentError::Os {
+                name: name.clone(),
+                op: "shm_unlink",
+                errno: Errno::ENOENT
+            }
+        );
+    }
+
+    #[test]
+    fn create_and_open_errors_name_the_object() {
+        let name = test_name("errors");
+        let _guard = UnlinkGuard::new(&name);
+        let err = Segment::open(&name).unwrap_err();
+        assert!(
+            matches!(&err, SegmentError::Os { errno: Errno::ENOENT, name: n, .. } if *n == name),
+            "{err}"
+        );
+        let err = Segment::create(&name, 100).unwrap_err();
+        assert!(err.to_string().contains(&name) && err.to_string().contains("power of two"));
+        assert!(
+            list_segments(&name).is_empty(),
+            "a refused create leaves nothing"
+        );
+        let _seg = Segment::create(&name, 64).unwrap();
+        let err = Segment::create(&name, 64).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SegmentError::Os {
+                    errno: Errno::EEXIST,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = Segment::create("no-slash", 64).unwrap_err();
+        assert!(matches!(err, SegmentError::Name { .. }), "{err}");
+    }
+
+    /// Creates `name` by hand with `size` bytes, the first of which are `bytes`.
+    fn raw_object(name: &str, size: usize, bytes: &[u8]) {
+        let fd = shm_open(
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .unwrap();
+        nix::unistd::ftruncate(&fd, size as libc::off_t).unwrap();
+        nix::unistd::write(&fd, bytes).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_truncated_and_foreign_objects() {
+        let cases: [(&str, usize, Vec<u8>, &str); 4] = [
+            ("truncated", 100, vec![], "it is 100 bytes"),
+            ("foreign", 4096, b"#!/bin/sh\n".to_vec(), "magic"),
+            ("zeroed", HEADER_SIZE + 64, vec![], "not initialised yet"),
+            ("other-size", HEADER_SIZE + 128, vec![], ""),
+        ];
+        for (test, size, bytes, needle) in cases {
+            let name = test_name(test);
+            let _guard = UnlinkGuard::new(&name);
+            if test == "other-size" {
+                // A real ring header claiming 64 data bytes, in an object of 128.
+                let seg = Segment::create(&name, 64).unwrap();
+                drop(seg);
+                let fd = shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty()).unwrap();
+                nix::unistd::ftruncate(&fd, size as libc::off_t).unwrap();
+            } else {
+                raw_object(&name, size, &bytes);
+            }
+            let err = Segment::open(&name).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, SegmentError::Invalid { .. }),
+                "{test}: {text}"
+            );
+            assert!(text.contains(&name), "{test}: {text}");
+            let needle = if needle.is_empty() {
+                "capacity is 64"
+            } else {
+                needle
+            };
+            assert!(text.contains(needle), "{test}: {text}");
+        }
+    }
+
+    #[test]
+    fn two_threads_move_10m_u64_through_a_4_kib_segment() {
+        const N: u64 = 10_000_000;
+        let name = test_name("threads");
+        let _guard = UnlinkGuard::new(&name);
+        let mut c = Consumer::new(Segment::create(&name, 4096).unwrap()).unwrap();
+        let mut p = Producer::new(Segment::open(&name).unwrap()).unwrap();
+        let (count, sum) = std::thread::scope(|s| {
+            let producer = s.spawn(move || produce(&mut p, N, 128, 3));
+            let got = consume(&mut c, || producer.is_finished());
+            producer.join().unwrap().unwrap();
+            got.unwrap()
+        });
+        assert_eq!(count, N);
+        assert_eq!(sum, N * (N - 1) / 2);
+    }
+
+    /// Kills and reaps the child if the test fails before reaping it.
+    struct Reap(Option<Pid>);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0.take() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+            }
+        }
+    }
+
+    #[test]
+    fn two_processes_move_10m_u64_through_a_4_kib_segment() {
+        const N: u64 = 10_000_000;
+        let name = test_name("processes");
+        let _guard = UnlinkGuard::new(&name);
+        let consumer_side = Segment::create(&name, 4096).unwrap();
+        let producer_side = Segment::open(&name).unwrap();
+        // SAFETY: the child only uses memory mapped before the fork, atomics, the futex and
+        // getpid/kill system calls (`produce` allocates nothing), catches any panic, and ends
+        // with `_exit`, so it neither needs locks other threads of the test harness may hold,
+        // nor runs their code or destructors.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let code =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match Producer::new(
+                        producer_side,
+                    ) {
+                        Ok(mut p) => match produce(&mut p, N, 200, 2) {
+                            Ok(()) => 0,
+                            Err(_) => 2,
+                        },
+                        Err(_) => 3,
+                    }))
+                    .unwrap_or(4);
+                // SAFETY: ends the child at once, as the comment on `fork` says.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                drop(producer_side);
+                let mut reap = Reap(Some(child));
+                let mut c = Consumer::new(consumer_side).unwrap();
+                let mut exited = None;
+                let got = consume(&mut c, || {
+                    if exited.is_none() {
+                        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                            Ok(WaitStatus::StillAlive) => {}
+                            status => exited = Some(status),
+                        }
+                    }
+                    exited.is_some()
+                });
+                let status = match exited {
+                    Some(status) => status,
+                    None => waitpid(child, None),
+                };
+                reap.0 = None;
+                assert_eq!(status, Ok(WaitStatus::Exited(child, 0)));
+                assert_eq!(c.producer_pid(), Some(child.as_raw() as u32));
+                let (count, sum) = got.unwrap();
+                assert_eq!(count, N);
+                assert_eq!(sum, N * (N - 1) / 2);
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! The ring ([`super::ring`]) reaches everything that synchronises through this module, so the
 //! same ring code runs for real and under the [loom] model checker:
 //!
-//! | item | real build | `cfg(all(loom, test))` |
+//! | item | real build | `cfg(all(iotstream_loom, test))` |
 //! |---|---|---|
 //! | `AtomicU32`, `AtomicU64`, `fence` | `std::sync::atomic` | `loom::sync::atomic` |
 //! | [`Shadow::futex_wait`] / [`Shadow::futex_wake`] | the Linux `futex` system call, shared (not `FUTEX_PRIVATE`), so it works across processes | a loom `Mutex` + `Condvar` emulating wait-if-equal / wake-all |
@@ -13,17 +13,17 @@
 //! [`Shadow`] is the per-ring state the model needs; in a real build it is zero-sized, and a
 //! shared-memory segment needs nothing but the futex words already in the ring's header.
 //!
-//! Why `all(loom, test)` and not `loom` alone: loom is a dev-dependency, so the library itself is
+//! Why `all(iotstream_loom, test)` and not `loom` alone: loom is a dev-dependency, so the library itself is
 //! always built without it (also when `RUSTFLAGS="--cfg loom"`). `tests/loom_ring.rs` compiles
 //! this file and `ring.rs` into the test crate itself (`#[path]` modules), where `test` is set
 //! and loom is available.
 //!
 //! [loom]: https://docs.rs/loom
 
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(iotstream_loom, test)))]
 pub(crate) use real::*;
 
-#[cfg(all(loom, test))]
+#[cfg(all(iotstream_loom, test))]
 pub(crate) use model::*;
 
 /// What a futex wait returned; callers re-check their condition whatever it says.
@@ -35,7 +35,7 @@ pub(crate) enum FutexWait {
     TimedOut,
 }
 
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(iotstream_loom, test)))]
 mod real {
     use super::FutexWait;
     use std::time::Duration;
@@ -130,7 +130,7 @@ mod real {
     }
 }
 
-#[cfg(all(loom, test))]
+#[cfg(all(iotstream_loom, test))]
 mod model {
     use super::FutexWait;
     use loom::cell::UnsafeCell;

@@ -1,0 +1,190 @@
+//! Model tests of the shared-memory ring protocol with [loom]: every interleaving of the two
+//! sides (up to a preemption bound), with loom's model of relaxed memory, and its checks that
+//! no payload byte is accessed by both sides without a happens-before between them.
+//!
+//! ```text
+//! RUSTFLAGS="--cfg iotstream_loom" cargo test --release --test loom_ring
+//! ```
+//!
+//! The ring's source is compiled into this test crate (`#[path]` modules), with the loom
+//! version of its `sync` module: loom is a dev-dependency, so the library itself never sees it.
+//! (The flag is `iotstream_loom`, not `loom`: tokio, under actix, reads `cfg(loom)` too and
+//! then leaves out modules actix needs.)
+//! The futex is emulated by a loom mutex and condition variable that never time out, so a lost
+//! wake-up is a deadlock, which loom reports.
+//!
+//! The models have teeth: each of these one-line mutations of `ring.rs` makes some of them fail
+//! (checked by hand when they were written): the waiter's `SeqCst` fence removed, or the
+//! waker's (a deadlock: a lost wake-up); `head` published with `Relaxed` instead of `Release`,
+//! or `tail` released with `Relaxed` (a causality violation on payload bytes).
+//!
+//! Bounds: the three sleep/wake handshake models are exhaustive; the three longer ones are
+//! bounded to 4–5 preemptions, so that the whole file takes about a minute on two cores.
+//!
+//! [loom]: https://docs.rs/loom
+#![cfg(iotstream_loom)]
+
+#[path = "../src/transport/shm/sync.rs"]
+#[allow(dead_code)]
+mod sync;
+
+#[path = "../src/transport/shm/ring.rs"]
+#[allow(dead_code)]
+mod ring;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom::thread;
+use ring::{Consumer, HeapRing, Producer, Wait};
+
+type P = Producer<Arc<HeapRing>>;
+type C = Consumer<Arc<HeapRing>>;
+
+/// Longer than any model runs: a wait that returns before its condition holds is a bug.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// Checks `f` under every interleaving with at most `preemption_bound` preemptions (`None`:
+/// every interleaving). loom's own `LOOM_MAX_PREEMPTIONS` overrides it, e.g. for a longer run.
+fn model(preemption_bound: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = preemption_bound;
+    }
+    builder.check(f);
+}
+
+fn pair(capacity: usize) -> (P, C) {
+    let ring = HeapRing::new(capacity).unwrap();
+    let p = Producer::new(Arc::clone(&ring)).unwrap();
+    let c = Consumer::new(ring).unwrap();
+    (p, c)
+}
+
+/// Writes one frame, publishing and waiting for space while it does not fit.
+fn send(p: &mut P, bytes: &[u8]) {
+    while !p
+        .try_write(bytes.len(), |b| b.copy_from_slice(bytes))
+        .unwrap()
+    {
+        p.publish();
+        assert_eq!(p.wait_for_space(bytes.len(), FOREVER).unwrap(), Wait::Ready);
+    }
+}
+
+/// Reads frames until the end of the stream, waiting while the ring is empty.
+fn drain(c: &mut C) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    loop {
+        while let Some(frame) = c.try_read(|b| b.to_vec()).unwrap() {
+            got.push(frame);
+        }
+        c.release();
+        if c.is_closed().unwrap() {
+            return got;
+        }
+        assert_eq!(c.wait_for_data(FOREVER).unwrap(), Wait::Ready);
+    }
+}
+
+#[test]
+fn publish_then_consume() {
+    model(Some(5), || {
+        let (mut p, mut c) = pair(64);
+        let producer = thread::spawn(move || {
+            send(&mut p, &[1; 8]);
+            send(&mut p, &[2; 3]);
+            p.publish();
+            send(&mut p, &[3; 16]);
+            p.close();
+        });
+        let got = drain(&mut c);
+        producer.join().unwrap();
+        assert_eq!(got, [vec![1; 8], vec![2; 3], vec![3; 16]]);
+    });
+}
+
+#[test]
+fn wrap_around_with_both_sides_waiting() {
+    // Frames of 24 bytes in a 64-byte ring: the third needs a wrap marker at offset 48, and the
+    // producer must wait for the consumer to release space more than once.
+    model(Some(4), || {
+        let (mut p, mut c) = pair(64);
+        let producer = thread::spawn(move || {
+            for i in 1..=4u8 {
+                send(&mut p, &[i; 16]);
+                p.publish();
+            }
+            p.close();
+        });
+        let got = drain(&mut c);
+        producer.join().unwrap();
+        assert_eq!(got, (1..=4u8).map(|i| vec![i; 16]).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn full_then_empty() {
+    // The producer fills the ring in one batch (four 16-byte frames), then must wait for space
+    // for a fifth; the consumer empties it in one batch.
+    model(Some(5), || {
+        let (mut p, mut c) = pair(64);
+        let producer = thread::spawn(move || {
+            for i in 1..=4u8 {
+                assert!(p.try_write(8, |b| b.fill(i)).unwrap());
+            }
+            assert!(!p.try_write(8, |_| ()).unwrap(), "the ring is full");
+            send(&mut p, &[5; 8]);
+            p.close();
+        });
+        let got = drain(&mut c);
+        producer.join().unwrap();
+        assert_eq!(got, (1..=5u8).map(|i| vec![i; 8]).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn a_consumer_waiting_for_data_is_always_woken() {
+    model(None, || {
+        let (mut p, mut c) = pair(64);
+        let producer = thread::spawn(move || {
+            assert!(p.try_write(8, |b| b.fill(7)).unwrap());
+            p.publish();
+            p
+        });
+        assert_eq!(c.wait_for_data(FOREVER).unwrap(), Wait::Ready);
+        assert_eq!(c.try_read(|b| b.to_vec()).unwrap(), Some(vec![7; 8]));
+        drop(producer.join().unwrap());
+    });
+}
+
+#[test]
+fn a_producer_waiting_for_space_is_always_woken() {
+    model(None, || {
+        let (mut p, mut c) = pair(64);
+        for i in 1..=4u8 {
+            assert!(p.try_write(8, |b| b.fill(i)).unwrap());
+        }
+        p.publish();
+        let consumer = thread::spawn(move || {
+            assert_eq!(c.try_read(|b| b.to_vec()).unwrap(), Some(vec![1; 8]));
+            c.release();
+            c
+        });
+        assert_eq!(p.wait_for_space(8, FOREVER).unwrap(), Wait::Ready);
+        assert!(p.try_write(8, |b| b.fill(5)).unwrap());
+        p.publish();
+        drop(consumer.join().unwrap());
+    });
+}
+
+#[test]
+fn close_wakes_a_waiting_consumer() {
+    model(None, || {
+        let (mut p, mut c) = pair(64);
+        let producer = thread::spawn(move || p.close());
+        assert_eq!(c.wait_for_data(FOREVER).unwrap(), Wait::Ready);
+        assert!(c.is_closed().unwrap());
+        producer.join().unwrap();
+    });
+}
