@@ -27,8 +27,8 @@
 //! - `tests/loom_ring.rs`: loom models of the protocol, including the sleep/wake handshake on
 //!   both sides: `RUSTFLAGS="--cfg iotstream_loom" cargo test --release --test loom_ring`.
 
-// The runtime does not use this module yet (the lead wires it into the graph and the process
-// launcher): until then most items are unused outside the tests.
+// Some items serve only the unit tests and the loom models (the heap-backed ring, the blocking
+// producer wait, segment listing and unlinking by name); the runtime uses the rest.
 #![allow(dead_code)]
 
 pub(crate) mod ring;
