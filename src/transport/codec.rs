@@ -134,6 +134,38 @@ impl<T: Element> Codec<T> {
         }
     }
 
+    /// Decodes one frame's payload straight into the shared allocation a batch is made of
+    /// (plain data: one copy from the ring, no intermediate vector).
+    pub fn decode_shared(&self, payload: &[u8]) -> Result<std::sync::Arc<[T]>, String> {
+        if let (Some(size), true) = (
+            self.plain,
+            payload.len() >= HEADER && payload[0] == KIND_PLAIN,
+        ) {
+            let count = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes")) as usize;
+            let body = &payload[HEADER..];
+            if count.checked_mul(size) != Some(body.len()) {
+                return Err(format!(
+                    "a frame says {count} elements of {size} bytes but carries {} bytes",
+                    body.len()
+                ));
+            }
+            let mut shared = std::sync::Arc::<[T]>::new_uninit_slice(count);
+            let slots = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
+            // SAFETY: `T` is a primitive plain-data type (every bit pattern valid); the slice has
+            // room for `count` elements, exactly `body.len()` bytes; the regions do not overlap.
+            // Every element is then initialised, so `assume_init` is sound.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    body.as_ptr(),
+                    slots.as_mut_ptr().cast::<u8>(),
+                    body.len(),
+                );
+                return Ok(shared.assume_init());
+            }
+        }
+        self.decode(payload).map(Into::into)
+    }
+
     /// Decodes one frame's payload, checking everything (see the module docs).
     pub fn decode(&self, payload: &[u8]) -> Result<Vec<T>, String> {
         if payload.len() < HEADER {
@@ -233,7 +265,10 @@ mod tests {
             assert!(n > 0 && len <= max);
             let mut buf = vec![0xAA; len];
             c.write(rest, n, &mut buf);
-            out.extend(c.decode(&buf).unwrap());
+            let shared = c.decode_shared(&buf).unwrap();
+            let owned = c.decode(&buf).unwrap();
+            assert_eq!(&shared[..], &owned[..]);
+            out.extend(owned);
             rest = &rest[n..];
         }
         out
@@ -299,6 +334,8 @@ mod tests {
                 .collect();
             let _ = s.decode(&bytes);
             let _ = c.decode(&bytes);
+            let _ = c.decode_shared(&bytes);
+            let _ = s.decode_shared(&bytes);
         }
     }
 }

@@ -415,11 +415,11 @@ fn feed<T: Element>(
             });
             continue;
         }
-        match consumer.try_read(|payload| codec.decode(payload)) {
+        match consumer.try_read(|payload| codec.decode_shared(payload)) {
             Ok(Some(Ok(items))) => {
                 consumer.release();
                 if !items.is_empty() {
-                    pending.push_back(Batch::new(items.into()));
+                    pending.push_back(Batch::new(items));
                 }
             }
             Ok(Some(Err(e))) => return Err(format!("corrupt data from the writing process: {e}")),
