@@ -126,31 +126,14 @@ pub(crate) fn role() -> Result<Role, Error> {
     })
 }
 
-/// Keeps only characters that are safe in a shared-memory object name.
-pub(crate) fn sanitize(app: &str) -> String {
-    let s: String = app
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if s.is_empty() {
-        "app".to_string()
-    } else {
-        s
-    }
-}
-
 /// Shared-memory objects of iotstream applications (of `app` only, if given) whose starter is
 /// no longer alive; each is removed. Returns the names removed.
 pub(crate) fn sweep_stale(app: Option<&str>) -> Vec<String> {
     let prefix = match app {
-        Some(a) => format!("iotstream.{}.", sanitize(a)),
+        Some(a) => format!(
+            "iotstream.{}.",
+            crate::transport::shm::segment::sanitize_app(a)
+        ),
         None => "iotstream.".to_string(),
     };
     let Ok(dir) = std::fs::read_dir("/dev/shm") else {
@@ -185,7 +168,12 @@ pub(crate) fn sweep_stale(app: Option<&str>) -> Vec<String> {
 /// True if a process with this pid exists and has not exited (a zombie, exited but not yet
 /// reaped by its parent, counts as dead). It may belong to another user.
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    let exists = match kill(Pid::from_raw(pid as i32), None) {
+    // Pid 0 and values beyond i32 would name a process group to kill(2), not a process.
+    let raw = match i32::try_from(pid) {
+        Ok(raw) if raw > 0 => raw,
+        _ => return false,
+    };
+    let exists = match kill(Pid::from_raw(raw), None) {
         Ok(()) => true,
         Err(nix::errno::Errno::EPERM) => true,
         Err(_) => false,

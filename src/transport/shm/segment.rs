@@ -373,21 +373,6 @@ pub(crate) fn list_segments(prefix: &str) -> Vec<String> {
     names
 }
 
-/// True if a process with this pid exists (it may belong to another user, or be a zombie not
-/// yet reaped). Pid 0 (no process recorded) is never alive.
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    if raw == 0 {
-        return false;
-    }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
-        Ok(()) | Err(Errno::EPERM) => true,
-        Err(_) => false,
-    }
-}
-
 fn os(name: &str, op: &'static str, errno: Errno) -> SegmentError {
     SegmentError::Os {
         name: name.to_string(),
@@ -459,7 +444,7 @@ mod tests {
             p.publish();
             in_batch = 0;
             while p.wait_for_space(len, Duration::from_millis(100))? == Wait::TimedOut {
-                if !p.consumer_pid().is_some_and(pid_alive) {
+                if !p.consumer_pid().is_some_and(crate::launch::pid_alive) {
                     return Err(RingError::Closed);
                 }
             }
