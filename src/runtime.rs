@@ -415,12 +415,17 @@ impl Running {
     }
 
     /// Asks every source to stop: each ends its stream after what it already emitted, and the
-    /// application drains and ends normally.
+    /// application drains and ends normally. In a multi-process starter this also asks every
+    /// child process to drain (as Ctrl-C does).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(children) = &self.children {
+            launch::signal_all(&children.list, Signal::SIGTERM);
+        }
     }
 
-    /// Waits for the end of the run; returns the final counters or the first error.
+    /// Waits for the end of the run (of every process, in a multi-process starter); returns the
+    /// final counters of this process, or the first failure (naming the process that failed).
     pub fn join(mut self) -> Result<Metrics, Error> {
         self.inputs.clear(); // dropping untaken senders ends those inputs
         let thread = self.thread.take().expect("joined once");

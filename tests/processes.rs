@@ -25,6 +25,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "pipeline" => pipeline(arg(0), arg(1) as usize, arg(2) as usize, "pipeline"),
         "readings" => readings(arg(0), arg(1) as usize),
         "endless" => pipeline(u64::MAX, 3, 256, "endless"),
+        "stopped" => pipeline(u64::MAX, 3, 256, "stopped"),
         "failing" => failing(),
         other => panic!("no application named {other}"),
     }
@@ -72,13 +73,26 @@ fn pipeline(n: u64, processes: usize, capacity: usize, app: &str) -> Result<(), 
         *r.lock().unwrap() = Some((state.0, state.1, state.2));
         Ok(())
     });
+    if app == "stopped" {
+        // The source runs in a child: stopping must reach other processes.
+        g.place_in_process("numbers", "sensor");
+    }
     if processes >= 3 {
         g.place_in_process("triple", "mapper");
         g.place_in_process("odd", "sink");
         g.place_in_process("check", "sink");
     }
     let in_sink = processes < 3 || std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("sink");
-    let metrics = g.run()?;
+    let is_starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    let metrics = if app == "stopped" && is_starter {
+        // The program itself asks the running application to drain.
+        let running = g.start()?;
+        std::thread::sleep(Duration::from_millis(500));
+        running.stop();
+        running.join()?
+    } else {
+        g.run()?
+    };
     if let Some(s) = metrics.stream("numbers.out") {
         println!("EMITTED {}", s.elements);
     }
@@ -527,6 +541,25 @@ fn ctrl_c_drains_every_emitted_element() -> Result<(), String> {
     })
 }
 
+/// `Running::stop` in the starter drains every process, like Ctrl-C.
+fn stop_drains_every_process() -> Result<(), String> {
+    let (status, out, err) = Started::new("stopped", &[]).wait(Duration::from_secs(30))?;
+    ensure(status.success(), || format!("exit {status}:\n{out}\n{err}"))?;
+    let emitted: u64 = out
+        .lines()
+        .find_map(|l| l.split_once("EMITTED ").map(|x| x.1))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no EMITTED line:\n{out}"))?;
+    let result = result_line(&out)?;
+    ensure(
+        emitted > 0 && result.starts_with(&format!("count={} ", emitted / 2)),
+        || format!("emitted {emitted}, sink: {result}"),
+    )?;
+    ensure(segments("stopped").is_empty(), || {
+        format!("left behind: {:?}", segments("stopped"))
+    })
+}
+
 /// The demo, as the README runs it (three processes) and in one process: same detections.
 fn quake_detector_three_processes_match_one() -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -581,7 +614,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("c14_two_processes", c14_two_processes),
         (
             "same_output_in_one_and_three_processes_u64",
@@ -615,6 +648,7 @@ fn main() {
             "ctrl_c_drains_every_emitted_element",
             ctrl_c_drains_every_emitted_element,
         ),
+        ("stop_drains_every_process", stop_drains_every_process),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, f) in scenarios {
