@@ -267,6 +267,25 @@ impl Graph {
         self
     }
 
+    /// Declares `T` plain data: batches of `T` then cross processes as their bytes, with no
+    /// encoding (as the primitive numbers always do), instead of as postcard records.
+    /// `bytemuck::Pod` guarantees what makes that sound: no padding, any bit pattern valid.
+    /// Every process builds the graph, so every process makes the same declaration.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, serde::Serialize, serde::Deserialize)]
+    /// #[repr(C)]
+    /// struct Vibration { t_ms: u64, x: f32, y: f32 }
+    ///
+    /// let mut g = Graph::new("plain");
+    /// g.plain_data::<Vibration>();
+    /// ```
+    pub fn plain_data<T: Element + bytemuck::Pod>(&mut self) -> &mut Self {
+        crate::transport::codec::declare_plain::<T>();
+        self
+    }
+
     /// Runs `agent` in the OS process named `process` (on this host). Agents not placed run in
     /// the process named [`MAIN_PROCESS`](crate::MAIN_PROCESS), the one started by the user,
     /// which starts the others. Connections between agents in different processes become

@@ -127,3 +127,129 @@ impl iotstream::Agent for Copy {
         Ok(())
     }
 }
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize,
+)]
+#[repr(C)]
+struct Vibration {
+    t_ms: u64,
+    x: f32,
+    y: f32,
+}
+
+/// A declared plain-data struct crosses a ring as its bytes and arrives intact.
+#[test]
+fn declared_plain_data_structs_cross_a_ring_as_bytes() {
+    let run = |shm: bool| {
+        let mut g = Graph::new("shm_plain");
+        g.plain_data::<Vibration>();
+        let s = g.source_iter(
+            "accelerometer",
+            (0..200_000u64).map(|t| Vibration {
+                t_ms: t,
+                x: t as f32 * 0.5,
+                y: -(t as f32),
+            }),
+        );
+        let (input, out) = g.add_agent("pass", |p| {
+            let input = p.input::<Vibration>("in");
+            let out = p.output::<Vibration>("out");
+            (PassOn { input, out }, (input, out))
+        });
+        let conn = Connection::new().capacity(512);
+        g.connect_with(
+            &s,
+            &input,
+            if shm {
+                conn.transport(Transport::SharedMemory)
+            } else {
+                conn
+            },
+        );
+        let c = g.collect("out", &out);
+        g.run().unwrap();
+        c.values()
+    };
+    let local = run(false);
+    assert_eq!(local.len(), 200_000);
+    assert_eq!(run(true), local);
+    assert!(leftovers("shm_plain").is_empty());
+}
+
+struct PassOn {
+    input: iotstream::Input<Vibration>,
+    out: iotstream::Stream<Vibration>,
+}
+
+impl iotstream::Agent for PassOn {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        o: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        o.vec(&self.out).extend_from_slice(i.slice(&self.input));
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// Drop policies on a ring: what the slow reader did not get was dropped and counted, and what
+/// it got is in order.
+#[test]
+fn drop_policies_across_a_ring_account_for_every_element() {
+    for policy in [iotstream::Policy::DropNewest, iotstream::Policy::DropOldest] {
+        const N: u64 = 200_000;
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>> = std::sync::Arc::default();
+        let mut g = Graph::new("shm_drops");
+        let s = g.source_iter("sensor", 0..N);
+        let log = std::sync::Arc::clone(&seen);
+        let input = g.add_agent("slow", |p| {
+            let input = p.input::<u64>("in");
+            (SlowSink { input, log }, input)
+        });
+        g.connect_with(
+            &s,
+            &input,
+            Connection::new()
+                .capacity(1024)
+                .policy(policy)
+                .transport(Transport::SharedMemory),
+        );
+        let m = g.run().unwrap();
+        let got = seen.lock().unwrap().clone();
+        seen.lock().unwrap().clear();
+        let link = m.link("sensor.out", "slow").unwrap();
+        assert_eq!(
+            got.len() as u64 + link.dropped,
+            N,
+            "{policy:?}: delivered + dropped"
+        );
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "{policy:?}: out of order"
+        );
+        assert!(leftovers("shm_drops").is_empty());
+    }
+}
+
+struct SlowSink {
+    input: iotstream::Input<u64>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl iotstream::Agent for SlowSink {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        _: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        std::thread::sleep(std::time::Duration::from_micros(300));
+        self.log
+            .lock()
+            .unwrap()
+            .extend_from_slice(i.slice(&self.input));
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}

@@ -6,8 +6,9 @@
 //! kind 2, postcard:   body = count × (len: u32 | len bytes of postcard)
 //! ```
 //!
-//! Plain-data element types (the primitive integers and floats) are copied as bytes: no encoding
-//! at all. Every other type is encoded with postcard, element by element, into a scratch buffer
+//! Plain-data element types (the primitive integers and floats, and any `bytemuck::Pod` type
+//! declared with [`Graph::plain_data`](crate::Graph::plain_data)) are copied as bytes: no
+//! encoding at all. Every other type is encoded with postcard, element by element, into a scratch buffer
 //! the encoder keeps (no allocation per element). Decoding trusts nothing: the kind, the count
 //! (bounded by the payload's length before anything is allocated), every record length and the
 //! absence of trailing bytes are checked, and a postcard error names the element's index.
@@ -21,9 +22,29 @@ const KIND_PLAIN: u8 = 1;
 const KIND_POSTCARD: u8 = 2;
 const HEADER: usize = 8;
 
-/// The element size if `T` is a plain-data type whose every bit pattern is a valid value.
+/// Types declared plain data with `Graph::plain_data` (only `bytemuck::Pod` types can be).
+static DECLARED_PLAIN: std::sync::RwLock<Vec<TypeId>> = std::sync::RwLock::new(Vec::new());
+
+/// Declares `T` plain data: its batches cross processes as their bytes.
+pub(crate) fn declare_plain<T: bytemuck::Pod>() {
+    let mut declared = DECLARED_PLAIN.write().unwrap_or_else(|p| p.into_inner());
+    if !declared.contains(&TypeId::of::<T>()) {
+        declared.push(TypeId::of::<T>());
+    }
+}
+
+/// The element size if `T` is a plain-data type whose every bit pattern is a valid value and
+/// that has no padding: a primitive number, or a `bytemuck::Pod` type declared with
+/// `declare_plain` (whose bound guarantees both).
 fn plain_size<T: 'static>() -> Option<usize> {
     let t = TypeId::of::<T>();
+    if DECLARED_PLAIN
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&t)
+    {
+        return Some(std::mem::size_of::<T>());
+    }
     let plain = [
         TypeId::of::<u8>(),
         TypeId::of::<u16>(),
@@ -113,8 +134,9 @@ impl<T: Element> Codec<T> {
         match self.plain {
             Some(size) => {
                 buf[0] = KIND_PLAIN;
-                // SAFETY: `T` is one of the primitive types of `plain_size`: no padding, every
-                // byte initialised, so viewing `n` of them as `n * size` bytes is sound.
+                // SAFETY: `T` is plain data (`plain_size`: a primitive number or a declared
+                // `bytemuck::Pod` type): no padding, every byte initialised, so viewing `n` of
+                // them as `n * size` bytes is sound.
                 let bytes =
                     unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), n * size) };
                 buf[HEADER..HEADER + n * size].copy_from_slice(bytes);
@@ -151,7 +173,7 @@ impl<T: Element> Codec<T> {
             }
             let mut shared = std::sync::Arc::<[T]>::new_uninit_slice(count);
             let slots = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
-            // SAFETY: `T` is a primitive plain-data type (every bit pattern valid); the slice has
+            // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); the slice has
             // room for `count` elements, exactly `body.len()` bytes; the regions do not overlap.
             // Every element is then initialised, so `assume_init` is sound.
             unsafe {
@@ -186,7 +208,7 @@ impl<T: Element> Codec<T> {
                     ));
                 }
                 let mut out: Vec<T> = Vec::with_capacity(count);
-                // SAFETY: `T` is a primitive plain-data type (every bit pattern valid); the
+                // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); the
                 // vector has room for `count` elements, which is exactly `body.len()` bytes;
                 // the regions do not overlap.
                 unsafe {
@@ -283,6 +305,52 @@ mod tests {
         let words: Vec<(u32, String)> =
             (0..300).map(|i| (i, "x".repeat(i as usize % 17))).collect();
         assert_eq!(round_trip(&words, 200), words);
+    }
+
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        bytemuck::Pod,
+        bytemuck::Zeroable,
+        serde::Serialize,
+        serde::Deserialize,
+    )]
+    #[repr(C)]
+    struct Sample {
+        t: u64,
+        v: f32,
+        w: f32,
+    }
+
+    #[test]
+    fn declared_pod_types_travel_as_bytes() {
+        let items: Vec<Sample> = (0..100)
+            .map(|i| Sample {
+                t: i,
+                v: i as f32,
+                w: -1.5,
+            })
+            .collect();
+        let mut before = Codec::<Sample>::new();
+        let (n, len) = before.plan(&items, 4096).unwrap();
+        let mut buf = vec![0; len];
+        before.write(&items, n, &mut buf);
+        assert_eq!(buf[0], KIND_POSTCARD, "undeclared: postcard");
+        declare_plain::<Sample>();
+        let mut after = Codec::<Sample>::new();
+        let (n, len) = after.plan(&items, 4096).unwrap();
+        assert_eq!(
+            (n, len),
+            (100, HEADER + 100 * 16),
+            "declared: 16 bytes each, no encoding"
+        );
+        let mut buf = vec![0; len];
+        after.write(&items, n, &mut buf);
+        assert_eq!(buf[0], KIND_PLAIN);
+        assert_eq!(&after.decode_shared(&buf).unwrap()[..], &items[..]);
+        assert_eq!(round_trip(&items, 200), items);
     }
 
     #[test]
