@@ -413,13 +413,10 @@ fn sigkill_of_a_child_fails_the_app_and_leaves_nothing() -> Result<(), String> {
     let mapper = wait_for_child(app.pid(), "mapper")?;
     let starter = app.pid();
     kill(mapper, 9);
-    let t = Instant::now();
+    // The bound is a guard against a hang, not a speed claim.
     let (status, _out, err) = app.wait(Duration::from_secs(20))?;
     ensure(!status.success(), || {
         "the application succeeded after its child was killed".into()
-    })?;
-    ensure(t.elapsed() < Duration::from_secs(15), || {
-        format!("took {:?} to notice", t.elapsed())
     })?;
     ensure(
         err.contains("process 'mapper'") && err.contains("SIGKILL"),
