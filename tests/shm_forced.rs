@@ -89,7 +89,7 @@ fn serde_structs_with_strings_cross_a_ring() {
         let (input, out) = g.add_agent("copy", |p| {
             let input = p.input::<Reading>("in");
             let out = p.output::<Reading>("out");
-            (Copy { input, out }, (input, out))
+            (PassOn { input, out }, (input, out))
         });
         let conn = Connection::new().capacity(300);
         g.connect_with(
@@ -111,12 +111,13 @@ fn serde_structs_with_strings_cross_a_ring() {
     assert!(leftovers("shm_serde").is_empty());
 }
 
-struct Copy {
-    input: iotstream::Input<Reading>,
-    out: iotstream::Stream<Reading>,
+/// Passes every element on unchanged.
+struct PassOn<T> {
+    input: iotstream::Input<T>,
+    out: iotstream::Stream<T>,
 }
 
-impl iotstream::Agent for Copy {
+impl<T: iotstream::Element> iotstream::Agent for PassOn<T> {
     fn step(
         &mut self,
         i: &mut iotstream::Inputs,
@@ -175,23 +176,6 @@ fn declared_plain_data_structs_cross_a_ring_as_bytes() {
     assert_eq!(local.len(), 200_000);
     assert_eq!(run(true), local);
     assert!(leftovers("shm_plain").is_empty());
-}
-
-struct PassOn {
-    input: iotstream::Input<Vibration>,
-    out: iotstream::Stream<Vibration>,
-}
-
-impl iotstream::Agent for PassOn {
-    fn step(
-        &mut self,
-        i: &mut iotstream::Inputs,
-        o: &mut iotstream::Outputs,
-    ) -> Result<(), iotstream::AgentError> {
-        o.vec(&self.out).extend_from_slice(i.slice(&self.input));
-        i.consume_all(&self.input);
-        Ok(())
-    }
 }
 
 /// Drop policies on a ring: what the slow reader did not get was dropped and counted, and what
