@@ -37,6 +37,7 @@ pub const DEFAULT_CAPACITY: usize = 32 * 1024;
 
 /// What a writer does when a reader has `capacity` elements in flight and more arrive.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// The writer waits (lossless; the default).
     #[default]
@@ -65,6 +66,7 @@ pub struct Connection {
 /// same process → in-process messages; another process on this host → a shared-memory ring.
 /// Forcing a transport is for tests and benchmarks: the same graph, every path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Transport {
     /// Chosen from placement.
     #[default]
@@ -131,6 +133,11 @@ pub struct Graph {
     default_capacity: usize,
     /// Senders of external inputs ([`Graph::input`]), by the stream they feed.
     pub(crate) externals: HashMap<PortId, Box<dyn ExternalAny>>,
+    /// Hosts `(name, address)`; one, [`LOCAL_HOST`](crate::info::LOCAL_HOST), unless a
+    /// deployment names others.
+    pub(crate) hosts: Vec<(String, String)>,
+    /// The host of each process a deployment placed; others run on the first host.
+    pub(crate) process_hosts: HashMap<String, String>,
 }
 
 impl Graph {
@@ -144,6 +151,8 @@ impl Graph {
             problems: Vec::new(),
             default_capacity: DEFAULT_CAPACITY,
             externals: HashMap::new(),
+            hosts: vec![(crate::info::LOCAL_HOST.to_string(), "127.0.0.1".to_string())],
+            process_hosts: HashMap::new(),
         }
     }
 
@@ -319,6 +328,30 @@ impl Graph {
             .unwrap_or(crate::launch::MAIN_PROCESS)
     }
 
+    /// The host `process` runs on.
+    pub(crate) fn host_of(&self, process: &str) -> &str {
+        self.process_hosts
+            .get(process)
+            .map(String::as_str)
+            .unwrap_or(self.hosts[0].0.as_str())
+    }
+
+    /// Applies a deployment's placement and connection options (see [`crate::deploy`]); the
+    /// plan was made from this graph's [`info`](Graph::info), so its indices match.
+    pub(crate) fn apply_plan(&mut self, plan: &crate::deploy::Plan) {
+        for (a, p) in self.agents.iter_mut().zip(&plan.agent_process) {
+            a.process = (p != crate::launch::MAIN_PROCESS).then(|| p.clone());
+        }
+        for (e, (capacity, policy)) in self.edges.iter_mut().zip(&plan.edges) {
+            e.conn.capacity = Some(*capacity);
+            e.conn.policy = *policy;
+        }
+        if !plan.hosts.is_empty() {
+            self.hosts = plan.hosts.clone();
+        }
+        self.process_hosts = plan.process_host.clone().into_iter().collect();
+    }
+
     /// Every process of the application: `main` first, then in order of first placement.
     pub(crate) fn processes(&self) -> Vec<String> {
         let mut out = vec![crate::launch::MAIN_PROCESS.to_string()];
@@ -350,6 +383,7 @@ impl Graph {
         for (i, a) in self.agents.iter().enumerate() {
             a.name.hash(&mut h);
             self.process_of(i).hash(&mut h);
+            self.host_of(self.process_of(i)).hash(&mut h);
             for p in a.inputs.iter().chain(&a.outputs) {
                 p.name.hash(&mut h);
                 p.type_name.hash(&mut h);

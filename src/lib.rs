@@ -27,9 +27,11 @@
 //! - [`metrics`]: counters of every stream, connection and agent.
 
 pub mod agent;
+pub mod deploy;
 pub mod error;
 pub mod graph;
 mod host;
+pub mod info;
 mod launch;
 pub mod metrics;
 pub mod ops;

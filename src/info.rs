@@ -1,0 +1,222 @@
+//! A plain description of an application's graph, as resolved for one deployment.
+//!
+//! [`GraphInfo`] is what the `iotstream` launcher learns from an application binary (the binary
+//! reports it when started with `IOTSTREAM_DESCRIBE` set; see [`crate::launcher`]), what
+//! `iotstream graph` prints (as text, JSON or Graphviz dot), and what a deployment file is
+//! checked against ([`crate::deploy`]). It holds names, types and numbers only: no code.
+//!
+//! ```
+//! use iotstream::Graph;
+//!
+//! let mut g = Graph::new("tiny");
+//! let xs = g.source_iter("numbers", 0..10u64);
+//! let doubled = g.map("double", &xs, |x: &u64| x * 2);
+//! g.sink_list("print", &doubled, |_: &[u64]| {});
+//! g.place_in_process("print", "printer");
+//!
+//! let info = g.info();
+//! assert_eq!(info.processes, ["main", "printer"]);
+//! assert_eq!(info.edges[1].stream, "double.out");
+//! assert_eq!(info.edges[1].transport, "shared-memory");
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::{Graph, Policy, Resolved, Transport};
+
+/// The host every process runs on when no deployment file names hosts.
+pub const LOCAL_HOST: &str = "local";
+
+/// An application's agents, streams, connections, processes and hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphInfo {
+    /// The application's name ([`Graph::new`]).
+    pub app: String,
+    /// The capacity of connections that do not set their own.
+    pub default_capacity: usize,
+    /// Every agent, in the order they were added (edges refer to them by index).
+    pub agents: Vec<AgentInfo>,
+    /// Every connection, in the order `connect` was called.
+    pub edges: Vec<EdgeInfo>,
+    /// Every process: `main` first, then in order of first placement.
+    pub processes: Vec<String>,
+    /// Every host, and the processes placed on it.
+    pub hosts: Vec<HostInfo>,
+}
+
+/// One agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Its unique name.
+    pub name: String,
+    /// The process it runs in.
+    pub process: String,
+    /// The thread it was placed on with [`Graph::place_on_thread`], if any.
+    pub thread: Option<String>,
+    /// Its input ports.
+    pub inputs: Vec<PortInfo>,
+    /// Its output ports (the streams it owns).
+    pub outputs: Vec<PortInfo>,
+}
+
+/// One port of an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// The port's name (a stream is named `agent.port` after its output port).
+    pub name: String,
+    /// The element type, as Rust names it.
+    pub element: String,
+    /// For an input: the fewest elements the agent needs buffered to make progress (a window's
+    /// size); a connection's capacity may not be smaller. 1 for outputs.
+    pub min_capacity: usize,
+}
+
+/// One connection from a stream to an input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeInfo {
+    /// The writer's index in [`GraphInfo::agents`].
+    pub from_agent: usize,
+    /// The writer's output port index.
+    pub from_port: usize,
+    /// The reader's index in [`GraphInfo::agents`].
+    pub to_agent: usize,
+    /// The reader's input port index.
+    pub to_port: usize,
+    /// The stream, `agent.port`.
+    pub stream: String,
+    /// The input, `agent.port`.
+    pub input: String,
+    /// Elements that may be in flight between writer and reader.
+    pub capacity: usize,
+    /// What happens when the capacity is reached.
+    pub policy: Policy,
+    /// The transport the connection forces, or `auto`.
+    pub forced: Transport,
+    /// The transport `connect` chose: `local` (in-process messages), `shared-memory` (a ring
+    /// between processes of one host) or `tcp` (between hosts).
+    pub transport: String,
+    /// For a shared-memory connection: the ring's size in bytes.
+    pub ring_bytes: Option<usize>,
+}
+
+/// One host and its processes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// The host's name in the deployment.
+    pub name: String,
+    /// Its network address.
+    pub address: String,
+    /// The processes placed on it.
+    pub processes: Vec<String>,
+}
+
+impl GraphInfo {
+    /// The index of the agent named `name`.
+    pub fn agent(&self, name: &str) -> Option<usize> {
+        self.agents.iter().position(|a| a.name == name)
+    }
+
+    /// The host process `process` runs on.
+    pub fn host_of(&self, process: &str) -> Option<&HostInfo> {
+        self.hosts
+            .iter()
+            .find(|h| h.processes.iter().any(|p| p == process))
+    }
+}
+
+impl Graph {
+    /// Describes the graph as built and placed so far. See [`crate::info`].
+    pub fn info(&self) -> GraphInfo {
+        let agents = self
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| AgentInfo {
+                name: a.name.clone(),
+                process: self.process_of(i).to_string(),
+                thread: a.thread.clone(),
+                inputs: a
+                    .inputs
+                    .iter()
+                    .map(|p| PortInfo {
+                        name: p.name.clone(),
+                        element: p.type_name.to_string(),
+                        min_capacity: p.min_capacity,
+                    })
+                    .collect(),
+                outputs: a
+                    .outputs
+                    .iter()
+                    .map(|p| PortInfo {
+                        name: p.name.clone(),
+                        element: p.type_name.to_string(),
+                        min_capacity: 1,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let processes = self.processes();
+        let edges = self
+            .edges
+            .iter()
+            .map(|e| {
+                let (fa, fp) = (e.from.agent as usize, e.from.port as usize);
+                let (ta, tp) = (e.to.agent as usize, e.to.port as usize);
+                let capacity = e.conn.capacity.unwrap_or(self.default_capacity());
+                let cross_host =
+                    self.host_of(self.process_of(fa)) != self.host_of(self.process_of(ta));
+                let (transport, ring_bytes) = if cross_host {
+                    ("tcp", None)
+                } else {
+                    match self.resolve(e) {
+                        Resolved::Local => ("local", None),
+                        Resolved::SharedMemory => (
+                            "shared-memory",
+                            Some((self.agents[fa].outputs[fp].ring_bytes)(capacity)),
+                        ),
+                    }
+                };
+                EdgeInfo {
+                    from_agent: fa,
+                    from_port: fp,
+                    to_agent: ta,
+                    to_port: tp,
+                    stream: format!(
+                        "{}.{}",
+                        self.agents[fa].name, self.agents[fa].outputs[fp].name
+                    ),
+                    input: format!(
+                        "{}.{}",
+                        self.agents[ta].name, self.agents[ta].inputs[tp].name
+                    ),
+                    capacity,
+                    policy: e.conn.policy,
+                    forced: e.conn.transport,
+                    transport: transport.to_string(),
+                    ring_bytes,
+                }
+            })
+            .collect();
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|(name, address)| HostInfo {
+                name: name.clone(),
+                address: address.clone(),
+                processes: processes
+                    .iter()
+                    .filter(|p| self.host_of(p) == name.as_str())
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        GraphInfo {
+            app: self.name.clone(),
+            default_capacity: self.default_capacity(),
+            agents,
+            edges,
+            processes,
+            hosts,
+        }
+    }
+}
