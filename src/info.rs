@@ -11,7 +11,7 @@
 //! let mut g = Graph::new("tiny");
 //! let xs = g.source_iter("numbers", 0..10u64);
 //! let doubled = g.map("double", &xs, |x: &u64| x * 2);
-//! g.sink_list("print", &doubled, |_: &[u64]| {});
+//! g.for_each("print", &doubled, |_: &u64| {});
 //! g.place_in_process("print", "printer");
 //!
 //! let info = g.info();
