@@ -50,6 +50,11 @@ pub enum Error {
         /// How it ended (exit status or signal) and what it last wrote to standard error.
         detail: String,
     },
+    /// A deployment file is wrong, or does not fit the application's graph.
+    Deployment {
+        /// One line per problem: `file:line:column: message`.
+        problems: Vec<String>,
+    },
     /// The runtime itself failed (a thread could not start, a peer broke the protocol).
     Runtime {
         /// What failed.
@@ -71,12 +76,21 @@ impl fmt::Display for Error {
             Error::Panic { agent, message } => write!(f, "agent '{agent}' panicked: {message}"),
             Error::Stalled { detail } => write!(f, "application stalled: {detail}"),
             Error::Process { process, detail } => write!(f, "process '{process}' {detail}"),
+            Error::Deployment { problems } => write!(f, "{}", problems.join("\n")),
             Error::Runtime { detail } => write!(f, "runtime error: {detail}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl From<crate::deploy::DeployError> for Error {
+    fn from(e: crate::deploy::DeployError) -> Self {
+        Error::Deployment {
+            problems: e.to_string().lines().map(str::to_string).collect(),
+        }
+    }
+}
 
 impl Error {
     /// The name of the process this error is about, if it is about one.

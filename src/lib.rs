@@ -2,7 +2,8 @@
 //!
 //! Streaming applications as **agents** that read input streams and append to the output
 //! streams they own, wired with **one `connect` call**, run in one thread, on many threads, or
-//! (in later releases) across processes and hosts, with no change to agent code.
+//! across processes (placed in code, or by a deployment file and the `iotstream` launcher),
+//! with no change to agent code.
 //!
 //! ```
 //! use iotstream::Graph;
@@ -25,6 +26,10 @@
 //! - [`runtime`]: running on threads, and how a run ends.
 //! - [`testing`]: the deterministic harness for tests.
 //! - [`metrics`]: counters of every stream, connection and agent.
+//! - [`deploy`]: deployment files: placement, capacities, restarts, without recompiling.
+//! - [`launcher`]: what the `iotstream` binary does (describe, check, run, clean).
+//! - [`info`]: a graph's plain description (what `iotstream graph` prints).
+//! - [`init_logging`]: `tracing` output on standard error, filtered by `RUST_LOG`.
 
 pub mod agent;
 pub mod deploy;
@@ -33,6 +38,8 @@ pub mod graph;
 mod host;
 pub mod info;
 mod launch;
+pub mod launcher;
+mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod runtime;
@@ -44,6 +51,7 @@ pub use agent::{Agent, Inputs, Outputs, Ports};
 pub use error::{AgentError, Error};
 pub use graph::{Connection, Graph, Policy, Transport, DEFAULT_CAPACITY};
 pub use launch::MAIN_PROCESS;
+pub use logging::init_logging;
 pub use metrics::{AgentStats, LinkStats, Metrics, StreamStats};
 pub use ops::merge::LateCounter;
 pub use ops::rolling::{Rolling, RollingAggregate};

@@ -479,7 +479,23 @@ impl Graph {
     }
 
     /// Starts the application and returns at once.
-    pub fn start(self) -> Result<Running, Error> {
+    ///
+    /// Under the `iotstream` launcher, the deployment it passes is applied first (placement,
+    /// connection options); asked to describe itself, the program writes its graph's
+    /// description for the launcher and exits here (see [`crate::launcher`]).
+    pub fn start(mut self) -> Result<Running, Error> {
+        let deployed = launch::deployment_from_env().and_then(|d| {
+            if let Some(d) = d {
+                let plan = d.plan(&self.info())?;
+                self.apply_plan(&plan);
+            }
+            Ok(())
+        });
+        if let Some(path) = launch::describe_request() {
+            let checked = deployed.and_then(|()| self.validate());
+            crate::launcher::write_description(&self, checked, &path);
+        }
+        deployed?;
         self.validate()?;
         match launch::role()? {
             Role::Starter => {
@@ -516,6 +532,11 @@ impl Graph {
                         ),
                     });
                 }
+                if std::env::var_os(launch::ENV_SUPERVISED).is_some() {
+                    // Under the launcher, RUST_LOG works without code (if the program installed
+                    // no subscriber of its own).
+                    crate::init_logging();
+                }
                 let stop = Arc::new(AtomicBool::new(false));
                 // The starter forwards Ctrl-C as SIGTERM; a terminal's own SIGINT to the whole
                 // process group is ignored here so that the drain stays graceful.
@@ -547,7 +568,8 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut list = Vec::new();
     for p in processes.iter().filter(|p| *p != launch::MAIN_PROCESS) {
-        match launch::spawn_child(p, &run, fingerprint, exit_tx.clone()) {
+        let command = launch::ChildCommand::this_program(p).map(|c| c.role(p, &run, fingerprint));
+        match command.and_then(|c| launch::spawn_child(p, c, exit_tx.clone())) {
             Ok(c) => list.push(c),
             Err(e) => {
                 launch::signal_all(&list, Signal::SIGKILL);
@@ -784,6 +806,14 @@ fn coordinate(
         }
     };
     let registry = Arc::new(registry);
+    // Under the launcher: report ready, and let data flow only when every process is.
+    if let Err(e) =
+        launch::take_control().and_then(|c| c.map_or(Ok(()), |c| c.ready_then_wait_go()))
+    {
+        stop.store(true, Ordering::SeqCst);
+        let _ = ready.send((Err(e), Arc::clone(&shared)));
+        return Ok(());
+    }
 
     let mut inputs = HashMap::new();
     for (id, ext) in externals {

@@ -47,6 +47,17 @@ pub(crate) const ENV_RUN: &str = "IOTSTREAM_RUN";
 /// The starter's graph fingerprint, in hex.
 pub(crate) const ENV_GRAPH: &str = "IOTSTREAM_GRAPH";
 
+/// Set by the launcher: a file to write the graph's description to, instead of running.
+pub(crate) const ENV_DESCRIBE: &str = "IOTSTREAM_DESCRIBE";
+/// Set by the launcher: the deployment file's name (for messages) and its text.
+pub(crate) const ENV_DEPLOY_FILE: &str = "IOTSTREAM_DEPLOY_FILE";
+/// See [`ENV_DEPLOY_FILE`].
+pub(crate) const ENV_DEPLOY_TOML: &str = "IOTSTREAM_DEPLOY_TOML";
+/// Set by the launcher to [`CONTROL_FD`]: the child reports ready there and waits for "go".
+pub(crate) const ENV_CONTROL_FD: &str = "IOTSTREAM_CONTROL_FD";
+/// Set by the launcher to `1`: a dead peer process may be restarted, so it is waited for.
+pub(crate) const ENV_SUPERVISED: &str = "IOTSTREAM_SUPERVISED";
+
 /// The process that hosts the agents not placed elsewhere, and starts the others.
 pub const MAIN_PROCESS: &str = "main";
 
@@ -216,6 +227,7 @@ pub(crate) struct ChildProcess {
 /// How a child ended.
 pub(crate) struct Exit {
     pub name: String,
+    pub pid: u32,
     pub status: ExitStatus,
     pub last_errors: Vec<String>,
 }
@@ -250,28 +262,79 @@ impl Exit {
     }
 }
 
-/// Starts `process` as a child: this same binary, same arguments, with its role set. Its
-/// output lines are copied to ours prefixed with `[process]`; each exit is sent on `exits`.
+/// How to start one child process.
+pub(crate) struct ChildCommand {
+    /// The program (an application binary).
+    pub program: std::path::PathBuf,
+    /// Its arguments.
+    pub args: Vec<std::ffi::OsString>,
+    /// Variables added to the environment (the role, a deployment's variables).
+    pub env: Vec<(String, String)>,
+    /// CPUs to pin the process to.
+    pub cpus: Option<Vec<usize>>,
+    /// The child's end of a control channel, passed as file descriptor [`CONTROL_FD`].
+    pub control: Option<std::os::fd::OwnedFd>,
+}
+
+impl ChildCommand {
+    /// This same program with this process's arguments: how a starter re-executes itself.
+    pub fn this_program(process: &str) -> Result<ChildCommand, Error> {
+        let exe = std::env::current_exe().map_err(|e| Error::Runtime {
+            detail: format!(
+                "cannot find this program's own path to start process '{process}': {e}"
+            ),
+        })?;
+        Ok(ChildCommand {
+            program: exe,
+            args: std::env::args_os().skip(1).collect(),
+            env: Vec::new(),
+            cpus: None,
+            control: None,
+        })
+    }
+
+    /// The role variables of `process` in run `run` of a graph with this fingerprint.
+    pub fn role(mut self, process: &str, run: &RunId, fingerprint: u64) -> Self {
+        self.env.push((ENV_PROCESS.into(), process.into()));
+        self.env.push((ENV_RUN.into(), run.to_string()));
+        self.env
+            .push((ENV_GRAPH.into(), format!("{fingerprint:x}")));
+        self
+    }
+}
+
+/// The file descriptor a supervised child finds its control channel on.
+pub(crate) const CONTROL_FD: i32 = 3;
+
+/// Starts `process` as a child as `command` says. Its output lines are copied to ours prefixed
+/// with `[process]`; its exit is sent on `exits`.
 pub(crate) fn spawn_child(
     process: &str,
-    run: &RunId,
-    fingerprint: u64,
+    command: ChildCommand,
     exits: mpsc::Sender<Exit>,
 ) -> Result<ChildProcess, Error> {
-    let exe = std::env::current_exe().map_err(|e| Error::Runtime {
-        detail: format!("cannot find this program's own path to start process '{process}': {e}"),
-    })?;
+    use std::os::fd::AsRawFd;
     let parent = nix::unistd::getpid();
-    let mut cmd = Command::new(&exe);
-    cmd.args(std::env::args_os().skip(1))
-        .env(ENV_PROCESS, process)
-        .env(ENV_RUN, run.to_string())
-        .env(ENV_GRAPH, format!("{fingerprint:x}"))
+    let mut cmd = Command::new(&command.program);
+    cmd.args(&command.args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let control = command.control.as_ref().map(|fd| fd.as_raw_fd());
+    let mut cpu_set = None;
+    if let Some(cpus) = &command.cpus {
+        let mut set = nix::sched::CpuSet::new();
+        for &c in cpus {
+            set.set(c).map_err(|e| Error::Runtime {
+                detail: format!("process '{process}': cannot pin to CPU {c}: {e}"),
+            })?;
+        }
+        cpu_set = Some(set);
+    }
+    let name = process.to_string();
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (prctl, getppid, _exit).
+    // system calls (prctl, getppid, dup2, fcntl, sched_setaffinity, _exit).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
@@ -279,12 +342,30 @@ pub(crate) fn spawn_child(
             if nix::unistd::getppid() != parent {
                 libc::_exit(1);
             }
+            if let Some(fd) = control {
+                if fd == CONTROL_FD {
+                    // Already in place: only clear close-on-exec.
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, CONTROL_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(set) = &cpu_set {
+                nix::sched::sched_setaffinity(Pid::from_raw(0), set)
+                    .map_err(std::io::Error::from)?;
+            }
             Ok(())
         });
     }
     let mut child: Child = cmd.spawn().map_err(|e| Error::Runtime {
-        detail: format!("cannot start process '{process}' ({}): {e}", exe.display()),
+        detail: format!(
+            "cannot start process '{name}' ({}): {e}",
+            command.program.display()
+        ),
     })?;
+    drop(command.control);
     let pid = child.id();
     let last_errors: Arc<Mutex<VecDeque<String>>> = Arc::default();
     let out = child.stdout.take().expect("stdout is piped");
@@ -293,8 +374,8 @@ pub(crate) fn spawn_child(
         copy_prefixed(out, process, false, None),
         copy_prefixed(err, process, true, Some(Arc::clone(&last_errors))),
     ];
-    let name = process.to_string();
     let tail = last_errors;
+    let watched = name.clone();
     std::thread::Builder::new()
         .name(format!("wait {process}"))
         .spawn(move || {
@@ -314,13 +395,14 @@ pub(crate) fn spawn_child(
                 .cloned()
                 .collect();
             let _ = exits.send(Exit {
-                name,
+                name: watched,
+                pid,
                 status,
                 last_errors,
             });
         })
         .map_err(|e| Error::Runtime {
-            detail: format!("cannot start the thread that watches process '{process}': {e}"),
+            detail: format!("cannot start the thread that watches process '{name}': {e}"),
         })?;
     Ok(ChildProcess { pid })
 }
@@ -449,3 +531,109 @@ impl Drop for SignalGuard {
 
 /// How long a graceful drain may take before stragglers are killed.
 pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Where to write the graph's description, if the launcher asked for it.
+pub(crate) fn describe_request() -> Option<std::path::PathBuf> {
+    std::env::var_os(ENV_DESCRIBE).map(std::path::PathBuf::from)
+}
+
+/// The deployment the launcher passed, if any.
+pub(crate) fn deployment_from_env() -> Result<Option<crate::deploy::Deployment>, Error> {
+    let Some(text) = std::env::var_os(ENV_DEPLOY_TOML) else {
+        return Ok(None);
+    };
+    let text = text.into_string().map_err(|_| Error::Runtime {
+        detail: format!("environment variable {ENV_DEPLOY_TOML} is not valid UTF-8"),
+    })?;
+    let file = std::env::var(ENV_DEPLOY_FILE).unwrap_or_else(|_| "deployment".into());
+    crate::deploy::Deployment::parse(&file, &text)
+        .map(Some)
+        .map_err(Error::from)
+}
+
+/// True while a dead peer process may come back (the launcher restarts processes): rings then
+/// wait for it instead of failing. The launcher clears it ("final") once it restarts no more.
+static PEERS_MAY_RESTART: AtomicBool = AtomicBool::new(false);
+
+/// See [`PEERS_MAY_RESTART`].
+pub(crate) fn peers_may_restart() -> bool {
+    PEERS_MAY_RESTART.load(Ordering::SeqCst)
+}
+
+/// Whether the control channel was taken already (one graph per process talks to the launcher).
+static CONTROL_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// A supervised child's channel to its launcher: it says `ready` once its part of the graph is
+/// built (rings opened, agents made), then waits for `go` before any agent runs. Later the
+/// launcher may say `final`: no process will be restarted any more.
+pub(crate) struct Control {
+    stream: std::os::unix::net::UnixStream,
+}
+
+/// The control channel, when started by the launcher (once per process).
+pub(crate) fn take_control() -> Result<Option<Control>, Error> {
+    use std::os::fd::FromRawFd;
+    let Some(fd) = std::env::var_os(ENV_CONTROL_FD) else {
+        return Ok(None);
+    };
+    if fd.to_str() != Some(&CONTROL_FD.to_string()) {
+        return Err(Error::Runtime {
+            detail: format!(
+                "environment variable {ENV_CONTROL_FD} must be {CONTROL_FD} (it is set by the iotstream launcher, not by hand)"
+            ),
+        });
+    }
+    if CONTROL_TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(None);
+    }
+    if std::env::var(ENV_SUPERVISED).as_deref() == Ok("1") {
+        PEERS_MAY_RESTART.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the launcher passed its socket as this descriptor, and it is taken only once.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
+    Ok(Some(Control { stream }))
+}
+
+impl Control {
+    /// Says `ready`, waits for `go`, then keeps listening for `final` on a thread.
+    pub fn ready_then_wait_go(self) -> Result<(), Error> {
+        let lost = |e: std::io::Error| Error::Runtime {
+            detail: format!("the launcher's control channel failed: {e}"),
+        };
+        (&self.stream).write_all(b"ready\n").map_err(lost)?;
+        let mut reader = BufReader::new(self.stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(lost)? == 0 {
+                return Err(Error::Runtime {
+                    detail: "the launcher ended before the run started".into(),
+                });
+            }
+            match line.trim() {
+                "go" => break,
+                "final" => PEERS_MAY_RESTART.store(false, Ordering::SeqCst),
+                _ => {}
+            }
+        }
+        std::thread::Builder::new()
+            .name("iotstream control".into())
+            .spawn(move || {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line.trim() == "final" => {
+                            PEERS_MAY_RESTART.store(false, Ordering::SeqCst)
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start the control thread: {e}"),
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,955 @@
+//! The engine of the `iotstream` launcher binary: describe, check, run and clean.
+//!
+//! The binary (`src/bin/iotstream.rs`) only parses its command line and calls these functions;
+//! they are public so that a program (a test, a service manager) can do the same without a
+//! shell.
+//!
+//! # How the launcher learns an application's graph
+//!
+//! It never guesses: it starts the application binary with `IOTSTREAM_DESCRIBE` set to a file
+//! path (and the deployment, if any, in the environment). [`Graph::start`](crate::Graph::start)
+//! then applies the deployment, checks the graph, writes its [`GraphInfo`] (or what is wrong
+//! with it) to that file as JSON, and exits, before running anything ([`describe`]).
+//!
+//! # How it runs one
+//!
+//! [`run`] creates the shared-memory rings of the application's connections between processes,
+//! then starts each process of this host as a child (the application binary, with its role, the
+//! deployment, and a control channel on file descriptor 3 in its environment), waits for every
+//! child to report **ready** (its part of the graph built, its rings opened), then tells them
+//! all **go**: no agent runs before every process is ready. It then supervises:
+//!
+//! - A child that exits with 0 is done. One that fails or is killed is noticed at once (its
+//!   waiter thread reports it); under `restart = "on-failure"` it is started again after its
+//!   backoff (doubled each time, up to the limit), and resumes from the data waiting in its input
+//!   rings; otherwise the run stops, and the launcher exits with that child's status.
+//! - Ctrl-C or SIGTERM starts a **graceful drain**: no more restarts, every child is asked to stop
+//!   (SIGTERM: its sources end their streams, data in flight is processed, sinks flush) and exits
+//!   0. Children still alive after the drain timeout are killed and the exit is non-zero. A second
+//!   Ctrl-C kills everything at once.
+//! - Every child's output lines are prefixed with `[process]`; the launcher's own lines with
+//!   `[iotstream]`.
+//! - The rings are removed on every exit of the launcher that runs code; after a SIGKILL of the
+//!   launcher (its children die with it), `iotstream clean` or the next run removes them.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::deploy::{Deployment, ProcessSettings, Restart};
+use crate::error::Error;
+use crate::graph::Graph;
+use crate::info::GraphInfo;
+use crate::launch::{self, ChildCommand, RunId, Segments};
+
+/// How long an application may take to describe its graph.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An application binary and the arguments it is started with.
+#[derive(Clone, Debug)]
+pub struct AppCommand {
+    /// The binary: a path, or a name looked up in `PATH`.
+    pub program: PathBuf,
+    /// Arguments passed to every process of the application.
+    pub args: Vec<OsString>,
+}
+
+/// A deployment file, read once: its text is passed to every process, so that a restarted
+/// process sees the same deployment even if the file changes meanwhile.
+#[derive(Debug)]
+pub struct DeploymentFile {
+    /// The file's name, as given (used in messages).
+    pub name: String,
+    /// Its text.
+    pub text: String,
+    /// Its parsed content.
+    pub deployment: Deployment,
+}
+
+impl DeploymentFile {
+    /// Reads and parses `path`. Errors name the file, line and column.
+    pub fn load(path: &Path) -> Result<DeploymentFile, Error> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Deployment {
+            problems: vec![format!("{name}: cannot read the deployment file: {e}")],
+        })?;
+        let deployment = Deployment::parse(&name, &text)?;
+        Ok(DeploymentFile {
+            name,
+            text,
+            deployment,
+        })
+    }
+
+    fn env(&self) -> [(String, String); 2] {
+        [
+            (launch::ENV_DEPLOY_FILE.into(), self.name.clone()),
+            (launch::ENV_DEPLOY_TOML.into(), self.text.clone()),
+        ]
+    }
+}
+
+/// What an application binary reports when asked to describe itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Described {
+    /// The graph, as the deployment places it.
+    Graph {
+        info: GraphInfo,
+        /// The graph's fingerprint, in hex: every process must build the same graph.
+        fingerprint: String,
+    },
+    /// The deployment does not fit the graph, or the graph is not well formed.
+    Error(DescribedError),
+}
+
+/// Why an application could not describe a runnable graph.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum DescribedError {
+    /// The deployment does not fit the graph: one line per problem.
+    Deployment { problems: Vec<String> },
+    /// The graph is not well formed.
+    Graph { app: String, problems: Vec<String> },
+    /// Anything else.
+    Other { message: String },
+}
+
+/// Called by [`Graph::start`] in describe mode: writes the description (or `checked`'s error)
+/// to `path` and ends the process.
+pub(crate) fn write_description(graph: &Graph, checked: Result<(), Error>, path: &Path) -> ! {
+    let described = match checked {
+        Ok(()) => Described::Graph {
+            info: graph.info(),
+            fingerprint: format!("{:x}", graph.fingerprint()),
+        },
+        Err(Error::Deployment { problems }) => {
+            Described::Error(DescribedError::Deployment { problems })
+        }
+        Err(Error::Graph { app, problems }) => {
+            Described::Error(DescribedError::Graph { app, problems })
+        }
+        Err(e) => Described::Error(DescribedError::Other {
+            message: e.to_string(),
+        }),
+    };
+    let written = serde_json::to_vec(&described)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| std::fs::write(path, bytes).map_err(|e| e.to_string()));
+    let _ = std::io::stdout().flush();
+    match written {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!(
+                "iotstream: cannot write the graph's description to {}: {e}",
+                path.display()
+            );
+            std::process::exit(3)
+        }
+    }
+}
+
+/// Asks `app` for its graph, placed by `deployment` (as declared in code if `None`). Fails if
+/// the application does not describe itself, or if the deployment does not fit its graph
+/// (every problem with file, line and column) or the graph is not well formed.
+pub fn describe(
+    app: &AppCommand,
+    deployment: Option<&DeploymentFile>,
+) -> Result<(GraphInfo, String), Error> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let path = std::env::temp_dir().join(format!(
+        "iotstream-describe-{}-{nanos:x}.json",
+        std::process::id()
+    ));
+    let _remove = RemoveOnDrop(path.clone());
+    let mut cmd = Command::new(&app.program);
+    cmd.args(&app.args)
+        .env(launch::ENV_DESCRIBE, &path)
+        .env_remove(launch::ENV_PROCESS)
+        .env_remove(launch::ENV_CONTROL_FD)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(d) = deployment {
+        cmd.envs(d.env());
+    } else {
+        cmd.env_remove(launch::ENV_DEPLOY_TOML);
+    }
+    let shown = app.program.display().to_string();
+    let mut child = cmd.spawn().map_err(|e| Error::Runtime {
+        detail: format!("cannot start the application '{shown}': {e}"),
+    })?;
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let tail = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all);
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    });
+    let deadline = Instant::now() + DESCRIBE_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| Error::Runtime {
+            detail: format!("waiting for '{shown}': {e}"),
+        })? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Runtime {
+                detail: format!(
+                    "'{shown}' did not describe its graph within {} s: does it build its graph and call Graph::run or Graph::start without waiting for anything first?",
+                    DESCRIBE_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let last = tail.join().unwrap_or_default();
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(_) => {
+            let mut detail = format!(
+                "'{shown}' did not describe its graph ({}): is it an iotstream application that builds a Graph and calls Graph::run or Graph::start?",
+                describe_status(status)
+            );
+            if !last.is_empty() {
+                detail.push_str(&format!(" Its last lines on standard error: {last}"));
+            }
+            return Err(Error::Runtime { detail });
+        }
+    };
+    let described: Described = serde_json::from_slice(&text).map_err(|e| Error::Runtime {
+        detail: format!("'{shown}' wrote a description the launcher cannot read: {e}"),
+    })?;
+    match described {
+        Described::Graph { info, fingerprint } => Ok((info, fingerprint)),
+        Described::Error(DescribedError::Deployment { problems }) => {
+            Err(Error::Deployment { problems })
+        }
+        Described::Error(DescribedError::Graph { app, problems }) => {
+            Err(Error::Graph { app, problems })
+        }
+        Described::Error(DescribedError::Other { message }) => Err(Error::Runtime {
+            detail: format!("'{shown}': {message}"),
+        }),
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("it exited with status {c}"),
+        (None, Some(s)) => format!("it was killed by signal {s}"),
+        _ => "it ended abnormally".into(),
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// graph
+
+/// How `iotstream graph` prints a graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphFormat {
+    /// For people: hosts, processes and their agents, connections and their transports.
+    Text,
+    /// [`GraphInfo`] as JSON, for programs.
+    Json,
+    /// Graphviz: hosts and processes as clusters, agents as nodes, connections as edges.
+    Dot,
+}
+
+/// Renders `info` in `format`.
+pub fn render(info: &GraphInfo, format: GraphFormat) -> String {
+    match format {
+        GraphFormat::Text => render_text(info),
+        GraphFormat::Json => {
+            let mut s = serde_json::to_string_pretty(info).expect("a GraphInfo serializes");
+            s.push('\n');
+            s
+        }
+        GraphFormat::Dot => render_dot(info),
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+fn render_text(info: &GraphInfo) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "application '{}': {}, {}, {} on {}",
+        info.app,
+        plural(info.agents.len(), "agent"),
+        plural(info.edges.len(), "connection"),
+        plural(info.processes.len(), "process").replace("processs", "processes"),
+        plural(info.hosts.len(), "host"),
+    );
+    for h in &info.hosts {
+        let _ = writeln!(s, "\nhost {} ({})", h.name, h.address);
+        for p in &h.processes {
+            let agents: Vec<&str> = info
+                .agents
+                .iter()
+                .filter(|a| &a.process == p)
+                .map(|a| a.name.as_str())
+                .collect();
+            let _ = writeln!(s, "  process {p}: {}", agents.join(", "));
+        }
+    }
+    let _ = writeln!(s, "\nconnections");
+    let width = info
+        .edges
+        .iter()
+        .map(|e| e.stream.len() + e.input.len() + 4)
+        .max()
+        .unwrap_or(0);
+    for e in &info.edges {
+        let element = &info.agents[e.from_agent].outputs[e.from_port].element;
+        let mut how = e.transport.clone();
+        if let Some(b) = e.ring_bytes {
+            how.push_str(&format!(" (ring of {})", human_bytes(b)));
+        }
+        let policy = serde_json::to_value(e.policy)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:width$}  {how}, capacity {}, {policy}, {element}",
+            format!("{} -> {}", e.stream, e.input),
+            e.capacity
+        );
+    }
+    s
+}
+
+fn human_bytes(b: usize) -> String {
+    if b >= 1 << 20 && b % (1 << 20) == 0 {
+        format!("{} MiB", b >> 20)
+    } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+        format!("{} KiB", b >> 10)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// A dot identifier: always quoted, with `"` and `\` escaped.
+fn dot_id(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn render_dot(info: &GraphInfo) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "digraph {} {{", dot_id(&info.app));
+    let _ = writeln!(s, "  rankdir=LR;");
+    let _ = writeln!(s, "  node [shape=box];");
+    for h in &info.hosts {
+        let _ = writeln!(
+            s,
+            "  subgraph {} {{",
+            dot_id(&format!("cluster_host_{}", h.name))
+        );
+        let _ = writeln!(
+            s,
+            "    label={};",
+            dot_id(&format!("host {} ({})", h.name, h.address))
+        );
+        for p in &h.processes {
+            let _ = writeln!(
+                s,
+                "    subgraph {} {{",
+                dot_id(&format!("cluster_process_{p}"))
+            );
+            let _ = writeln!(s, "      label={};", dot_id(&format!("process {p}")));
+            for a in info.agents.iter().filter(|a| &a.process == p) {
+                let _ = writeln!(s, "      {};", dot_id(&a.name));
+            }
+            let _ = writeln!(s, "    }}");
+        }
+        let _ = writeln!(s, "  }}");
+    }
+    for e in &info.edges {
+        let from = &info.agents[e.from_agent];
+        let to = &info.agents[e.to_agent];
+        let style = match e.transport.as_str() {
+            "local" => "solid",
+            "shared-memory" => "bold",
+            _ => "dashed",
+        };
+        let _ = writeln!(
+            s,
+            "  {} -> {} [label={}, style={style}];",
+            dot_id(&from.name),
+            dot_id(&to.name),
+            dot_id(&format!(
+                "{} -> {} ({})",
+                from.outputs[e.from_port].name, to.inputs[e.to_port].name, e.transport
+            ))
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// clean
+
+/// Removes the shared-memory objects of iotstream applications whose owner (the starter or
+/// launcher that created them) is no longer alive; returns their names.
+pub fn clean() -> Vec<String> {
+    launch::sweep_stale(None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// run
+
+/// Options of [`run`].
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// The host this launcher runs (its processes only). Default: the deployment's host named
+    /// `local`, or its only host.
+    pub host: Option<String>,
+}
+
+/// Runs `app` as `deployment` places it (as declared in code if `None`) and supervises it
+/// until it ends; returns the exit code the launcher should end with: 0 if every process ended
+/// well, else the first failure's status (a signal `s` as `128 + s`).
+pub fn run(
+    app: &AppCommand,
+    deployment: Option<&DeploymentFile>,
+    options: &RunOptions,
+) -> Result<i32, Error> {
+    let (info, fingerprint) = describe(app, deployment)?;
+    let fingerprint = u64::from_str_radix(&fingerprint, 16).map_err(|_| Error::Runtime {
+        detail: format!("the application reported a malformed fingerprint '{fingerprint}'"),
+    })?;
+    let host = pick_host(&info, options.host.as_deref())?;
+    if let Some(e) = info.edges.iter().find(|e| e.transport == "tcp") {
+        let host_of = |a: usize| {
+            info.host_of(&info.agents[a].process)
+                .map(|h| h.name.clone())
+                .unwrap_or_default()
+        };
+        return Err(Error::Deployment {
+            problems: vec![format!(
+                "connection {} -> {} goes from host '{}' to host '{}': connections between hosts need the TCP transport, which this version of iotstream does not have yet; place both agents on one host",
+                e.stream,
+                e.input,
+                host_of(e.from_agent),
+                host_of(e.to_agent)
+            )],
+        });
+    }
+    let default = Deployment::default();
+    let settings = deployment.map_or(&default, |d| &d.deployment);
+    let processes: Vec<String> = info
+        .processes
+        .iter()
+        .filter(|p| info.host_of(p).is_none_or(|h| h.name == host))
+        .cloned()
+        .collect();
+
+    let run = RunId::new();
+    for name in launch::sweep_stale(Some(&info.app)) {
+        log(&format!(
+            "removed {name}, left behind by an earlier run whose owner died"
+        ));
+    }
+    let segments = Arc::new(Segments::default());
+    create_rings(&info, &run, &segments)?;
+
+    let (events_tx, events) = mpsc::channel::<Event>();
+    let signals = install_signals(events_tx.clone())?;
+    let mut sup = Supervisor {
+        app,
+        deployment,
+        run,
+        fingerprint,
+        drain_timeout: settings.supervisor.drain_timeout,
+        ready_timeout: settings.supervisor.ready_timeout,
+        members: processes
+            .iter()
+            .map(|p| Member::new(p, settings.process(p)))
+            .collect(),
+        events_tx,
+        exits: mpsc::channel(),
+        flowing: false,
+        draining: None,
+        failure: None,
+    };
+    let code = sup.supervise(&events);
+    signals.close();
+    segments.remove_all();
+    code
+}
+
+/// The host this launcher runs: `wanted`, or the one named `local`, or the only one.
+fn pick_host(info: &GraphInfo, wanted: Option<&str>) -> Result<String, Error> {
+    let names: Vec<&str> = info.hosts.iter().map(|h| h.name.as_str()).collect();
+    match wanted {
+        Some(w) if names.contains(&w) => Ok(w.to_string()),
+        Some(w) => Err(Error::Deployment {
+            problems: vec![format!(
+                "--host '{w}' is not a host of the deployment (its hosts: {})",
+                names.join(", ")
+            )],
+        }),
+        None if names.contains(&crate::info::LOCAL_HOST) => Ok(crate::info::LOCAL_HOST.into()),
+        None if names.len() == 1 => Ok(names[0].to_string()),
+        None => Err(Error::Deployment {
+            problems: vec![format!(
+                "the deployment has several hosts ({}): say which one this is with --host",
+                names.join(", ")
+            )],
+        }),
+    }
+}
+
+/// Creates the ring of every shared-memory connection, sized as the application reported.
+fn create_rings(info: &GraphInfo, run: &RunId, segments: &Segments) -> Result<(), Error> {
+    use crate::transport::shm::segment::{segment_name, Segment};
+    for (i, e) in info.edges.iter().enumerate() {
+        let Some(bytes) = e.ring_bytes else { continue };
+        let name = segment_name(&info.app, &run.to_string(), &format!("e{i}")).map_err(|err| {
+            Error::Runtime {
+                detail: err.to_string(),
+            }
+        })?;
+        Segment::create(&name, bytes).map_err(|err| Error::Runtime {
+            detail: format!(
+                "cannot create the ring of connection {} -> {}: {err}",
+                e.stream, e.input
+            ),
+        })?;
+        segments.add(name);
+    }
+    Ok(())
+}
+
+/// The launcher's own lines, on standard error.
+fn log(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "[iotstream] {line}");
+}
+
+/// What the supervisor waits for.
+enum Event {
+    /// A child reported ready on its control channel.
+    Ready { pid: u32 },
+    /// Ctrl-C or SIGTERM.
+    Signal(i32),
+}
+
+struct SignalThread {
+    handle: signal_hook::iterator::Handle,
+}
+
+impl SignalThread {
+    fn close(self) {
+        self.handle.close();
+    }
+}
+
+fn install_signals(events: mpsc::Sender<Event>) -> Result<SignalThread, Error> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::Runtime {
+            detail: format!("cannot install the SIGINT/SIGTERM handler: {e}"),
+        })?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("iotstream signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if events.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Runtime {
+            detail: format!("cannot start the signal thread: {e}"),
+        })?;
+    Ok(SignalThread { handle })
+}
+
+/// One process of the application, across its restarts.
+struct Member {
+    name: String,
+    settings: ProcessSettings,
+    /// The running child, if any.
+    pid: Option<u32>,
+    /// The launcher's end of the running child's control channel.
+    control: Option<UnixStream>,
+    ready: bool,
+    /// When the running child must have reported ready.
+    ready_by: Option<Instant>,
+    restarts: u32,
+    /// When to start it again, after a failure.
+    restart_at: Option<Instant>,
+    /// It will not run again.
+    ended: bool,
+}
+
+impl Member {
+    fn new(name: &str, settings: ProcessSettings) -> Member {
+        Member {
+            name: name.to_string(),
+            settings,
+            pid: None,
+            control: None,
+            ready: false,
+            ready_by: None,
+            restarts: 0,
+            restart_at: None,
+            ended: false,
+        }
+    }
+
+    fn say(&mut self, word: &str) {
+        if let Some(c) = &mut self.control {
+            // A child that died meanwhile is reported by its waiter: nothing to do here.
+            let _ = c.write_all(format!("{word}\n").as_bytes());
+        }
+    }
+}
+
+/// The first failure: the message, and the exit code it gives the launcher.
+struct Failure {
+    message: String,
+    code: i32,
+}
+
+struct Supervisor<'a> {
+    app: &'a AppCommand,
+    deployment: Option<&'a DeploymentFile>,
+    run: RunId,
+    fingerprint: u64,
+    drain_timeout: Duration,
+    ready_timeout: Duration,
+    members: Vec<Member>,
+    events_tx: mpsc::Sender<Event>,
+    exits: (mpsc::Sender<launch::Exit>, mpsc::Receiver<launch::Exit>),
+    /// Every process of the first start reported ready and was told to go.
+    flowing: bool,
+    /// A drain (or stop after a failure) is on, until this deadline.
+    draining: Option<Instant>,
+    failure: Option<Failure>,
+}
+
+impl Supervisor<'_> {
+    fn supervise(&mut self, events: &mpsc::Receiver<Event>) -> Result<i32, Error> {
+        for i in 0..self.members.len() {
+            if let Err(e) = self.start(i) {
+                self.kill_all();
+                return Err(e);
+            }
+        }
+        loop {
+            if self.members.iter().all(|m| m.ended) {
+                break;
+            }
+            // Exits first: a dead process is noticed at once.
+            while let Ok(exit) = self.exits.1.try_recv() {
+                self.on_exit(exit);
+            }
+            let now = Instant::now();
+            let mut wake = now + Duration::from_millis(50);
+            for m in &self.members {
+                for t in [
+                    m.restart_at,
+                    m.ready_by.filter(|_| !m.ready && m.pid.is_some()),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    wake = wake.min(t);
+                }
+            }
+            if let Some(d) = self.draining {
+                wake = wake.min(d);
+            }
+            match events.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(Event::Ready { pid }) => self.on_ready(pid),
+                Ok(Event::Signal(sig)) => {
+                    if self.draining.is_some() {
+                        log(&format!("signal {sig} again: stopping at once"));
+                        self.kill_all();
+                        return Ok(130);
+                    }
+                    log(&format!(
+                        "signal {sig}: draining (sources stop, data in flight is processed); send it again to stop at once"
+                    ));
+                    self.stop();
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    unreachable!("the supervisor holds a sender")
+                }
+            }
+            self.on_timers()?;
+        }
+        Ok(match &self.failure {
+            None => {
+                log("every process ended well");
+                0
+            }
+            Some(f) => {
+                log(&format!("error: {}", f.message));
+                f.code
+            }
+        })
+    }
+
+    /// Starts (or restarts) member `i`.
+    fn start(&mut self, i: usize) -> Result<(), Error> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| Error::Runtime {
+            detail: format!("cannot make a control channel: {e}"),
+        })?;
+        let m = &self.members[i];
+        let mut env: Vec<(String, String)> = m.settings.env.clone().into_iter().collect();
+        if let Some(d) = self.deployment {
+            env.extend(d.env());
+        }
+        env.push((launch::ENV_SUPERVISED.into(), "1".into()));
+        env.push((
+            launch::ENV_CONTROL_FD.into(),
+            launch::CONTROL_FD.to_string(),
+        ));
+        let command = ChildCommand {
+            program: self.app.program.clone(),
+            args: self.app.args.clone(),
+            env,
+            cpus: m.settings.cpus.clone(),
+            control: Some(theirs.into()),
+        }
+        .role(&m.name, &self.run, self.fingerprint);
+        let child = launch::spawn_child(&m.name, command, self.exits.0.clone())?;
+        let pid = child.pid;
+        let reader = ours.try_clone().map_err(|e| Error::Runtime {
+            detail: format!("cannot read the control channel: {e}"),
+        })?;
+        let tx = self.events_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("control {}", m.name))
+            .spawn(move || {
+                let mut line = String::new();
+                if BufReader::new(reader).read_line(&mut line).is_ok() && line.trim() == "ready" {
+                    let _ = tx.send(Event::Ready { pid });
+                }
+            })
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start a control thread: {e}"),
+            })?;
+        let m = &mut self.members[i];
+        m.pid = Some(pid);
+        m.control = Some(ours);
+        m.ready = false;
+        m.ready_by = Some(Instant::now() + self.ready_timeout);
+        m.restart_at = None;
+        log(&format!("process '{}' started (pid {pid})", m.name));
+        Ok(())
+    }
+
+    fn on_ready(&mut self, pid: u32) {
+        let Some(i) = self.members.iter().position(|m| m.pid == Some(pid)) else {
+            return; // a child that died meanwhile
+        };
+        self.members[i].ready = true;
+        if self.flowing || self.draining.is_some() {
+            // A restarted process joins the running application (or one that is stopping:
+            // it then drains at once).
+            self.members[i].say("go");
+            return;
+        }
+        if self.members.iter().all(|m| m.ready || m.ended) {
+            self.flowing = true;
+            log(&format!(
+                "{} ready: data flows",
+                plural(self.members.len(), "process").replace("processs", "processes")
+            ));
+            for m in &mut self.members {
+                m.say("go");
+            }
+        }
+    }
+
+    fn on_exit(&mut self, exit: launch::Exit) {
+        let Some(i) = self.members.iter().position(|m| m.pid == Some(exit.pid)) else {
+            return;
+        };
+        let m = &mut self.members[i];
+        m.pid = None;
+        m.control = None;
+        m.ready = false;
+        if exit.success() {
+            m.ended = true;
+            log(&format!("process '{}' finished", m.name));
+            return;
+        }
+        let error = exit.to_error().to_string();
+        if self.draining.is_none() {
+            if let Restart::OnFailure {
+                max_restarts,
+                backoff,
+                max_backoff,
+            } = m.settings.restart
+            {
+                if m.restarts < max_restarts {
+                    let factor = 1u32.checked_shl(m.restarts.min(31)).unwrap_or(u32::MAX);
+                    let delay = backoff.saturating_mul(factor).min(max_backoff);
+                    m.restarts += 1;
+                    m.restart_at = Some(Instant::now() + delay);
+                    log(&format!(
+                        "{error}; restarting it in {} ms (restart {} of {max_restarts})",
+                        delay.as_millis(),
+                        m.restarts
+                    ));
+                    return;
+                }
+                log(&format!(
+                    "{error}; it was restarted {max_restarts} times already: giving up"
+                ));
+            }
+        }
+        m.ended = true;
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                message: error.clone(),
+                code: exit_code(exit.status),
+            });
+        }
+        if self.draining.is_none() {
+            log(&format!("{error}: stopping the application"));
+            self.stop();
+        }
+    }
+
+    fn on_timers(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        for i in 0..self.members.len() {
+            let m = &self.members[i];
+            if m.restart_at.is_some_and(|t| t <= now) {
+                self.start(i)?;
+                continue;
+            }
+            if m.pid.is_some() && !m.ready && m.ready_by.is_some_and(|t| t <= now) {
+                let message = format!(
+                    "process '{}' did not report ready within {} ms",
+                    m.name,
+                    self.ready_timeout.as_millis()
+                );
+                log(&message);
+                self.failure.get_or_insert(Failure { message, code: 1 });
+                self.members[i].ready_by = None;
+                if self.draining.is_none() {
+                    self.stop();
+                }
+            }
+        }
+        if self.draining.is_some_and(|d| d <= now) {
+            let stragglers: Vec<String> = self
+                .members
+                .iter()
+                .filter(|m| m.pid.is_some())
+                .map(|m| m.name.clone())
+                .collect();
+            if !stragglers.is_empty() {
+                let message = format!(
+                    "the drain did not end within {} ms: killed {}",
+                    self.drain_timeout.as_millis(),
+                    stragglers
+                        .iter()
+                        .map(|s| format!("'{s}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                log(&message);
+                self.failure.get_or_insert(Failure { message, code: 1 });
+                self.kill_all();
+                // Their waiters report the exits; they count as ended now.
+                for m in &mut self.members {
+                    m.ended = true;
+                }
+            }
+            self.draining = None;
+            // Nothing restarts after a stop: whatever is left has ended.
+            for m in &mut self.members {
+                if m.pid.is_none() {
+                    m.ended = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the application gracefully: no more restarts; every child drains and exits.
+    fn stop(&mut self) {
+        self.draining = Some(Instant::now() + self.drain_timeout);
+        for m in &mut self.members {
+            if m.restart_at.take().is_some() || m.pid.is_none() {
+                m.ended = true;
+            }
+            if let Some(pid) = m.pid {
+                m.say("final");
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
+                // A child still waiting for "go" starts and finds its stop flag set: its
+                // sources end at once and it drains like the others.
+                m.say("go");
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for m in &mut self.members {
+            if let Some(pid) = m.pid {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        // Wait (bounded) for the waiters to reap them, so nothing outlives the launcher.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.members.iter().any(|m| m.pid.is_some()) && Instant::now() < deadline {
+            match self.exits.1.recv_timeout(Duration::from_millis(50)) {
+                Ok(exit) => {
+                    if let Some(m) = self.members.iter_mut().find(|m| m.pid == Some(exit.pid)) {
+                        m.pid = None;
+                        m.ended = true;
+                    }
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// The exit code for a child's status: its code, or `128 + signal`.
+fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    }
+}

@@ -1,0 +1,928 @@
+//! The `iotstream` launcher, end to end: the built binary runs this test binary as the
+//! application, in real processes, with real signals and shared memory.
+//!
+//! Like `tests/processes.rs`, this test has its own `main` (`harness = false`): run as
+//! `launcher app NAME ARGS…` it *is* the application NAME (started by the launcher, once to
+//! describe its graph, then once per process). Run without arguments it runs every scenario,
+//! each with a deadline, and prints `N passed, M failed`. Every scenario removes what it may
+//! leave behind (processes, shared-memory objects, files), even when it fails.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iotstream::{Agent, AgentError, Graph, Inputs, Outputs};
+
+// ---------------------------------------------------------------------------------------------
+// The applications
+
+fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
+    let arg = |i: usize| -> u64 { args.get(i).and_then(|a| a.parse().ok()).unwrap_or(0) };
+    match name {
+        // numbers 0..N (paced if a pace is given: elements per 5 ms) → ×3 → record to $OUT
+        "relay" => relay("relay", arg(0), arg(1) as usize),
+        // numbers until stopped, paced → ×3 → record
+        "endless" => relay("endless", u64::MAX, 200),
+        "failing" => failing(),
+        other => panic!("no application named {other}"),
+    }
+}
+
+/// Writes every element as a line to the file named by `$OUT`, one write per step (so what a
+/// step consumed is in the file before the step returns); prints `RESULT count=… sum=…` at the
+/// end of its stream.
+struct Record {
+    input: iotstream::Input<u64>,
+    file: Option<std::fs::File>,
+    count: u64,
+    sum: u64,
+}
+
+impl Agent for Record {
+    fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        let xs = i.slice(&self.input);
+        if let Some(f) = &mut self.file {
+            let mut text = String::with_capacity(xs.len() * 8);
+            for x in xs {
+                text.push_str(&x.to_string());
+                text.push('\n');
+            }
+            f.write_all(text.as_bytes())?;
+        }
+        for &x in xs {
+            self.count += 1;
+            self.sum = self.sum.wrapping_add(x);
+        }
+        i.consume_all(&self.input);
+        Ok(())
+    }
+
+    fn finish(&mut self, _o: &mut Outputs) -> Result<(), AgentError> {
+        println!("RESULT count={} sum={}", self.count, self.sum);
+        Ok(())
+    }
+}
+
+fn relay(app: &str, n: u64, pace: usize) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new(app);
+    g.set_default_capacity(1024);
+    let mut next = 0u64;
+    let numbers = g.source(
+        "numbers",
+        move |out: &mut Vec<u64>, max: usize| -> Result<bool, AgentError> {
+            let take = if pace > 0 { max.min(pace) } else { max };
+            let end = next.saturating_add(take as u64).min(n);
+            out.extend(next..end);
+            next = end;
+            if pace > 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(next < n)
+        },
+    );
+    let tripled = g.map("triple", &numbers, |v: &u64| v.wrapping_mul(3));
+    let input = g.add_agent("record", |p| {
+        let input = p.input::<u64>("in");
+        let file = std::env::var_os("OUT").map(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open $OUT")
+        });
+        (
+            Record {
+                input,
+                file,
+                count: 0,
+                sum: 0,
+            },
+            input,
+        )
+    });
+    g.connect(&tripled, &input);
+    let metrics = g.run()?;
+    if let Some(s) = metrics.stream("numbers.out") {
+        println!("EMITTED {}", s.elements);
+    }
+    Ok(())
+}
+
+/// An agent fails on element 5000.
+fn failing() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("failing");
+    let s = g.source_iter("numbers", 0..100_000u64);
+    let m = g.try_map("fragile", &s, |v: &u64| {
+        if *v == 5_000 {
+            Err(format!("bad reading {v}"))
+        } else {
+            Ok(*v)
+        }
+    });
+    g.for_each("sink", &m, |_: &u64| {});
+    g.run().map(|_| ())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the launcher
+
+fn launcher_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_iotstream"))
+}
+
+fn own_exe() -> PathBuf {
+    std::env::current_exe().expect("own path")
+}
+
+/// A scratch folder, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "iotstream-launcher-test-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write scratch file");
+        p
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `iotstream` command whose output is collected as it comes; killed (with every
+/// process of its run) and its rings removed when dropped.
+struct Launched {
+    child: Child,
+    app: String,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Launched {
+    fn start(args: &[&std::ffi::OsStr], env: &[(&str, &Path)], app: &str) -> Launched {
+        let mut cmd = Command::new(launcher_exe());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start iotstream");
+        let out = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), Arc::clone(&out)),
+            collect(child.stderr.take().unwrap(), Arc::clone(&err)),
+        ];
+        Launched {
+            child,
+            app: app.to_string(),
+            out,
+            err,
+            readers,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded: a guard against a hang, not a speed claim) until `cond` holds on stderr.
+    fn wait_stderr(&self, what: &str, cond: impl Fn(&str) -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if cond(&self.stderr()) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!("never saw {what} on stderr:\n{}", self.stderr()))
+    }
+
+    /// Waits for the end (bounded); returns the status, stdout and stderr.
+    fn wait(mut self) -> Result<(ExitStatus, String, String), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                let out = self.out.lock().unwrap().clone();
+                let err = self.err.lock().unwrap().clone();
+                return Ok((status, out, err));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "iotstream did not end within 120 s; stderr:\n{}",
+                    self.stderr()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+fn collect(
+    pipe: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            let mut s = into.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    })
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let launcher = self.child.id();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in run_pids(launcher) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+        remove_segments(&self.app);
+    }
+}
+
+/// Pids of the processes of the run owned by `owner` (their role names its run).
+fn run_pids(owner: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let run = env
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .find_map(|v| v.strip_prefix("IOTSTREAM_RUN=").map(str::to_string));
+        if run.is_some_and(|r| r.split('-').next() == Some(&owner.to_string())) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn segments(app: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("iotstream.{app}.")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn remove_segments(app: &str) {
+    for s in segments(app) {
+        let _ = std::fs::remove_file(format!("/dev/shm/{s}"));
+    }
+}
+
+fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+/// `iotstream run <this binary> [--deploy FILE] -- app NAME ARGS…` with `$OUT` set.
+fn run_relay(app: &str, args: &[&str], deploy: Option<&Path>, out: &Path) -> Launched {
+    let exe = own_exe();
+    let mut a: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), exe.as_os_str()];
+    if let Some(d) = deploy {
+        a.push("--deploy".as_ref());
+        a.push(d.as_os_str());
+    }
+    a.push("--".as_ref());
+    a.push("app".as_ref());
+    a.push(app.as_ref());
+    for x in args {
+        a.push(x.as_ref());
+    }
+    Launched::start(&a, &[("OUT", out)], app)
+}
+
+fn lines_of(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+fn pid_of(stderr: &str, process: &str) -> Option<u32> {
+    let key = format!("process '{process}' started (pid ");
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once(&key).map(|(_, r)| r))
+        .last()
+        .and_then(|r| r.trim_end_matches(')').parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenarios
+
+const MOVED: &str = r#"
+[processes.work]
+agents = ["triple"]
+
+[processes.sink]
+agents = ["record"]
+"#;
+
+fn moving_agents_by_deployment_gives_identical_output() -> Result<(), String> {
+    let dir = Scratch::new("moved");
+    let deploy = dir.file("moved.toml", MOVED);
+    let (one, many) = (dir.path("one.txt"), dir.path("many.txt"));
+    let (status, out1, err1) = run_relay("relay", &["200000"], None, &one).wait()?;
+    ensure(status.success(), || {
+        format!("as declared: {status}\n{err1}")
+    })?;
+    let (status, out3, err3) = run_relay("relay", &["200000"], Some(&deploy), &many).wait()?;
+    ensure(status.success(), || format!("deployed: {status}\n{err3}"))?;
+    for p in ["main", "work", "sink"] {
+        ensure(err3.contains(&format!("process '{p}' started")), || {
+            format!("process '{p}' was not started:\n{err3}")
+        })?;
+    }
+    ensure(!err1.contains("process 'work'"), || err1.clone())?;
+    let (a, b) = (lines_of(&one), lines_of(&many));
+    ensure(a.len() == 200_000, || {
+        format!("{} lines as declared", a.len())
+    })?;
+    ensure(a == b, || {
+        format!("outputs differ: {} vs {} lines", a.len(), b.len())
+    })?;
+    let result = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("RESULT"))
+            .map(|l| l.split_once("RESULT").unwrap().1.to_string())
+    };
+    ensure(
+        result(&out1).is_some() && result(&out1) == result(&out3),
+        || format!("results differ:\n{out1}\n{out3}"),
+    )?;
+    ensure(segments("relay").is_empty(), || {
+        format!("left behind: {:?}", segments("relay"))
+    })
+}
+
+fn ctrl_c_drains_every_element_and_exits_0() -> Result<(), String> {
+    let dir = Scratch::new("ctrlc");
+    let deploy = dir.file("moved.toml", MOVED);
+    let out = dir.path("out.txt");
+    let run = run_relay("endless", &[], Some(&deploy), &out);
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    // Let data flow for a moment, so the drain has something in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines_of(&out).len() < 5_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(run.pid().to_string())
+        .status();
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.code() == Some(0), || {
+        format!("exit {status} after Ctrl-C:\n{stderr}")
+    })?;
+    let emitted = stdout
+        .lines()
+        .find_map(|l| l.split_once("EMITTED ").map(|(_, n)| n.to_string()))
+        .ok_or_else(|| format!("no EMITTED line:\n{stdout}"))?;
+    let received = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("RESULT count=")
+                .and_then(|(_, r)| r.split(' ').next().map(str::to_string))
+        })
+        .ok_or_else(|| format!("no RESULT line:\n{stdout}"))?;
+    ensure(emitted == received, || {
+        format!("emitted {emitted}, received {received}")
+    })?;
+    ensure(lines_of(&out).len().to_string() == received, || {
+        format!(
+            "{} lines in the file, {received} received",
+            lines_of(&out).len()
+        )
+    })?;
+    ensure(emitted.parse::<u64>().unwrap_or(0) >= 5_000, || {
+        format!("only {emitted} emitted")
+    })?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
+/// SIGKILL of `victim` mid-run under on-failure: it is restarted and the output has no gap.
+fn sigkill_under_on_failure_restarts_without_gap(victim: &str) -> Result<(), String> {
+    let dir = Scratch::new(&format!("restart-{victim}"));
+    let restart = "restart = \"on-failure\"\nmax_restarts = 2\nbackoff_ms = 50\n";
+    let (work, sink) = if victim == "sink" {
+        ("", restart)
+    } else {
+        (restart, "")
+    };
+    let deploy = dir.file(
+        "restart.toml",
+        &format!(
+            "[processes.work]\nagents = [\"triple\"]\n{work}\n[processes.sink]\nagents = [\"record\"]\n{sink}"
+        ),
+    );
+    let out = dir.path("out.txt");
+    let n = 300_000u64;
+    let run = run_relay("relay", &[&n.to_string(), "500"], Some(&deploy), &out);
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines_of(&out).len() < 20_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = pid_of(&run.stderr(), victim).ok_or_else(|| run.stderr())?;
+    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    let (status, _stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    ensure(
+        stderr.contains(&format!("process '{victim}' was killed by signal 9")),
+        || format!("the kill was not reported:\n{stderr}"),
+    )?;
+    ensure(stderr.contains("restart 1 of 2"), || {
+        format!("no restart reported:\n{stderr}")
+    })?;
+    let second = pid_of(&stderr, victim);
+    ensure(second.is_some_and(|p| p != pid), || {
+        format!("'{victim}' was not started again:\n{stderr}")
+    })?;
+    let mut got = lines_of(&out);
+    let total = got.len();
+    got.sort_unstable();
+    got.dedup();
+    let want: Vec<u64> = (0..n).map(|v| v * 3).collect();
+    let missing = want.len() - want.iter().filter(|v| got.binary_search(v).is_ok()).count();
+    ensure(missing == 0, || {
+        format!(
+            "{missing} elements lost ({} distinct of {n}, {total} lines)",
+            got.len()
+        )
+    })?;
+    ensure(got.len() == want.len(), || {
+        format!("unexpected values: {} distinct", got.len())
+    })?;
+    eprintln!(
+        "  ({victim} killed and restarted: {} duplicates delivered again)",
+        total - want.len()
+    );
+    ensure(segments("relay").is_empty(), || {
+        format!("left behind: {:?}", segments("relay"))
+    })
+}
+
+fn a_failed_process_is_named_and_its_status_returned() -> Result<(), String> {
+    let dir = Scratch::new("failing");
+    let deploy = dir.file(
+        "failing.toml",
+        "[processes.worker]\nagents = [\"fragile\"]\n",
+    );
+    let exe = own_exe();
+    let run = Launched::start(
+        &[
+            "run".as_ref(),
+            exe.as_os_str(),
+            "--deploy".as_ref(),
+            deploy.as_os_str(),
+            "--".as_ref(),
+            "app".as_ref(),
+            "failing".as_ref(),
+        ],
+        &[],
+        "failing",
+    );
+    let (status, _out, err) = run.wait()?;
+    ensure(status.code() == Some(1), || {
+        format!("expected the worker's status 1, got {status}:\n{err}")
+    })?;
+    ensure(
+        err.contains("process 'worker' exited with status 1")
+            && err.contains("agent 'fragile' failed: bad reading 5000"),
+        || format!("stderr does not name the process and agent:\n{err}"),
+    )?;
+    ensure(segments("failing").is_empty(), || {
+        format!("left behind: {:?}", segments("failing"))
+    })
+}
+
+fn restarts_stop_at_the_limit() -> Result<(), String> {
+    let dir = Scratch::new("limit");
+    let deploy = dir.file(
+        "limit.toml",
+        "[processes.worker]\nagents = [\"fragile\"]\nrestart = \"on-failure\"\nmax_restarts = 2\nbackoff_ms = 10\n",
+    );
+    let exe = own_exe();
+    let run = Launched::start(
+        &[
+            "run".as_ref(),
+            exe.as_os_str(),
+            "--deploy".as_ref(),
+            deploy.as_os_str(),
+            "--".as_ref(),
+            "app".as_ref(),
+            "failing".as_ref(),
+        ],
+        &[],
+        "failing",
+    );
+    let (status, _out, err) = run.wait()?;
+    ensure(!status.success(), || format!("succeeded:\n{err}"))?;
+    ensure(
+        err.contains("restart 1 of 2")
+            && err.contains("restart 2 of 2")
+            && err.contains("giving up"),
+        || format!("restarts not as configured:\n{err}"),
+    )?;
+    ensure(err.matches("process 'worker' started").count() == 3, || {
+        format!("expected 3 starts of 'worker':\n{err}")
+    })
+}
+
+fn clean_removes_only_rings_of_dead_owners() -> Result<(), String> {
+    // A surely dead pid: a child that has exited and been reaped.
+    let mut child = Command::new("true").spawn().map_err(|e| e.to_string())?;
+    let dead = child.id();
+    child.wait().map_err(|e| e.to_string())?;
+    let stale = format!("/dev/shm/iotstream.cleantest.{dead}-1.e0");
+    let live = format!("/dev/shm/iotstream.cleantest.{}-2.e0", std::process::id());
+    std::fs::write(&stale, b"x").map_err(|e| e.to_string())?;
+    std::fs::write(&live, b"x").map_err(|e| e.to_string())?;
+    let output = Command::new(launcher_exe()).arg("clean").output();
+    let stale_left = Path::new(&stale).exists();
+    let live_left = Path::new(&live).exists();
+    let _ = std::fs::remove_file(&stale);
+    let _ = std::fs::remove_file(&live);
+    let output = output.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure(output.status.success(), || format!("{output:?}"))?;
+    ensure(!stale_left, || format!("{stale} is still there:\n{text}"))?;
+    ensure(live_left, || format!("{live} (a live owner's) was removed"))?;
+    ensure(text.contains(&format!("removed {stale}")), || {
+        format!("removal not printed:\n{text}")
+    })
+}
+
+/// The structure of a Graphviz dot graph, checked by a small parser of the subset the
+/// launcher writes: statements, clusters, quoted ids, edges with attributes.
+fn graph_dot_output_parses() -> Result<(), String> {
+    let dir = Scratch::new("dot");
+    let deploy = dir.file("moved.toml", MOVED);
+    let exe = own_exe();
+    let output = Command::new(launcher_exe())
+        .args([
+            "graph".as_ref(),
+            exe.as_os_str(),
+            "--deploy".as_ref(),
+            deploy.as_os_str(),
+        ])
+        .args(["--format", "dot", "--", "app", "relay", "10"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let dot = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure(output.status.success(), || format!("{output:?}"))?;
+    let parsed = dot::parse(&dot).map_err(|e| format!("{e}\n{dot}"))?;
+    ensure(parsed.name == "relay", || {
+        format!("graph named {}", parsed.name)
+    })?;
+    // Nodes: each agent once, inside its process cluster, inside the host cluster.
+    let placed: Vec<(String, String)> = parsed
+        .nodes
+        .iter()
+        .map(|(node, path)| (node.clone(), path.join("/")))
+        .collect();
+    let want = [
+        ("numbers", "cluster_host_local/cluster_process_main"),
+        ("triple", "cluster_host_local/cluster_process_work"),
+        ("record", "cluster_host_local/cluster_process_sink"),
+    ];
+    ensure(
+        placed.len() == 3
+            && want
+                .iter()
+                .all(|(n, p)| placed.iter().any(|(a, b)| a == n && b == p)),
+        || format!("nodes and clusters: {placed:?}"),
+    )?;
+    ensure(
+        parsed.edges
+            == [
+                ("numbers".to_string(), "triple".to_string()),
+                ("triple".to_string(), "record".to_string()),
+            ],
+        || format!("edges: {:?}", parsed.edges),
+    )?;
+    ensure(dot.contains("(shared-memory)"), || dot.clone())?;
+
+    // And the JSON form names the same placement.
+    let output = Command::new(launcher_exe())
+        .args([
+            "graph".as_ref(),
+            exe.as_os_str(),
+            "--deploy".as_ref(),
+            deploy.as_os_str(),
+        ])
+        .args(["--format", "json", "--", "app", "relay", "10"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let info: iotstream::info::GraphInfo =
+        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let process = |a: &str| info.agents[info.agent(a).unwrap()].process.clone();
+    ensure(
+        process("numbers") == "main" && process("triple") == "work" && process("record") == "sink",
+        || format!("{info:?}"),
+    )?;
+    ensure(
+        info.edges
+            .iter()
+            .all(|e| e.transport == "shared-memory" && e.ring_bytes.is_some()),
+        || format!("{:?}", info.edges),
+    )
+}
+
+mod dot {
+    //! A parser for the dot subset the launcher writes; it rejects anything else.
+
+    pub struct Dot {
+        pub name: String,
+        /// Each node and the clusters it is declared in, outermost first.
+        pub nodes: Vec<(String, Vec<String>)>,
+        pub edges: Vec<(String, String)>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Tok {
+        Id(String),
+        Sym(char),
+        Arrow,
+    }
+
+    fn lex(s: &str) -> Result<Vec<Tok>, String> {
+        let mut out = Vec::new();
+        let mut it = s.chars().peekable();
+        while let Some(c) = it.next() {
+            match c {
+                c if c.is_whitespace() => {}
+                '"' => {
+                    let mut id = String::new();
+                    loop {
+                        match it.next() {
+                            Some('\\') => id.push(it.next().ok_or("dangling escape")?),
+                            Some('"') => break,
+                            Some(c) => id.push(c),
+                            None => return Err("unterminated string".into()),
+                        }
+                    }
+                    out.push(Tok::Id(id));
+                }
+                '-' if it.peek() == Some(&'>') => {
+                    it.next();
+                    out.push(Tok::Arrow);
+                }
+                '{' | '}' | '[' | ']' | ';' | '=' | ',' => out.push(Tok::Sym(c)),
+                c if c.is_ascii_alphanumeric() || c == '_' => {
+                    let mut id = c.to_string();
+                    while let Some(&d) = it.peek() {
+                        if d.is_ascii_alphanumeric() || d == '_' {
+                            id.push(d);
+                            it.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    out.push(Tok::Id(id));
+                }
+                other => return Err(format!("unexpected character {other:?}")),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn parse(s: &str) -> Result<Dot, String> {
+        let toks = lex(s)?;
+        let mut i = 0;
+        let expect = |i: &mut usize, t: Tok| -> Result<(), String> {
+            if toks.get(*i) == Some(&t) {
+                *i += 1;
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected {t:?} at token {i}, found {:?}",
+                    toks.get(*i)
+                ))
+            }
+        };
+        let id = |i: &mut usize| -> Result<String, String> {
+            match toks.get(*i) {
+                Some(Tok::Id(s)) => {
+                    *i += 1;
+                    Ok(s.clone())
+                }
+                other => Err(format!("expected an id at token {i}, found {other:?}")),
+            }
+        };
+        if id(&mut i)? != "digraph" {
+            return Err("not a digraph".into());
+        }
+        let name = id(&mut i)?;
+        expect(&mut i, Tok::Sym('{'))?;
+        let mut dot = Dot {
+            name,
+            nodes: Vec::new(),
+            edges: Vec::new(),
+        };
+        let mut clusters: Vec<String> = Vec::new();
+        loop {
+            match toks.get(i) {
+                Some(Tok::Sym('}')) => {
+                    i += 1;
+                    if clusters.pop().is_none() {
+                        break;
+                    }
+                }
+                Some(Tok::Id(kw)) if kw == "subgraph" => {
+                    i += 1;
+                    let c = id(&mut i)?;
+                    if !c.starts_with("cluster_") {
+                        return Err(format!("subgraph {c} is not a cluster"));
+                    }
+                    expect(&mut i, Tok::Sym('{'))?;
+                    clusters.push(c);
+                }
+                Some(Tok::Id(_)) => {
+                    let first = id(&mut i)?;
+                    match toks.get(i) {
+                        Some(Tok::Sym('=')) => {
+                            i += 1;
+                            id(&mut i)?;
+                        }
+                        Some(Tok::Arrow) => {
+                            i += 1;
+                            let to = id(&mut i)?;
+                            dot.edges.push((first, to));
+                            attrs(&toks, &mut i)?;
+                        }
+                        Some(Tok::Sym('[')) => attrs(&toks, &mut i)?,
+                        _ => {
+                            if dot.nodes.iter().any(|(n, _)| *n == first) {
+                                return Err(format!("node {first} declared twice"));
+                            }
+                            dot.nodes.push((first, clusters.clone()));
+                        }
+                    }
+                    expect(&mut i, Tok::Sym(';'))?;
+                }
+                other => return Err(format!("unexpected {other:?} at token {i}")),
+            }
+        }
+        if i != toks.len() {
+            return Err("text after the graph".into());
+        }
+        for (a, b) in &dot.edges {
+            for n in [a, b] {
+                if !dot.nodes.iter().any(|(m, _)| m == n) {
+                    return Err(format!("edge endpoint {n} is not a declared node"));
+                }
+            }
+        }
+        Ok(dot)
+    }
+
+    fn attrs(toks: &[Tok], i: &mut usize) -> Result<(), String> {
+        if toks.get(*i) != Some(&Tok::Sym('[')) {
+            return Ok(());
+        }
+        *i += 1;
+        loop {
+            match (toks.get(*i), toks.get(*i + 1), toks.get(*i + 2)) {
+                (Some(Tok::Id(_)), Some(Tok::Sym('=')), Some(Tok::Id(_))) => *i += 3,
+                _ => return Err(format!("bad attribute at token {i}")),
+            }
+            match toks.get(*i) {
+                Some(Tok::Sym(',')) => *i += 1,
+                Some(Tok::Sym(']')) => {
+                    *i += 1;
+                    return Ok(());
+                }
+                other => return Err(format!("expected , or ] in attributes, found {other:?}")),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("app") {
+        let name = args.get(2).expect("usage: launcher app NAME ARGS…");
+        if let Err(e) = app(name, &args[3..]) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    // libtest-style filtering: `cargo test --test launcher -- NAME` runs the scenarios whose
+    // name contains NAME.
+    let filter: Option<&str> = args
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .map(String::as_str);
+    let scenarios: Vec<(&str, Box<dyn Fn() -> Result<(), String>>)> = vec![
+        (
+            "moving_agents_by_deployment_gives_identical_output",
+            Box::new(moving_agents_by_deployment_gives_identical_output),
+        ),
+        (
+            "ctrl_c_drains_every_element_and_exits_0",
+            Box::new(ctrl_c_drains_every_element_and_exits_0),
+        ),
+        (
+            "sigkill_of_the_sink_under_on_failure_restarts_without_gap",
+            Box::new(|| sigkill_under_on_failure_restarts_without_gap("sink")),
+        ),
+        (
+            "sigkill_of_a_middle_process_under_on_failure_restarts_without_gap",
+            Box::new(|| sigkill_under_on_failure_restarts_without_gap("work")),
+        ),
+        (
+            "a_failed_process_is_named_and_its_status_returned",
+            Box::new(a_failed_process_is_named_and_its_status_returned),
+        ),
+        (
+            "restarts_stop_at_the_limit",
+            Box::new(restarts_stop_at_the_limit),
+        ),
+        (
+            "clean_removes_only_rings_of_dead_owners",
+            Box::new(clean_removes_only_rings_of_dead_owners),
+        ),
+        ("graph_dot_output_parses", Box::new(graph_dot_output_parses)),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, f) in &scenarios {
+        if filter.is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let started = Instant::now();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err("panicked".into()));
+        match r {
+            Ok(()) => {
+                passed += 1;
+                println!(
+                    "test {name} ... ok ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED\n{e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 || passed == 0 {
+        std::process::exit(1);
+    }
+}
