@@ -485,6 +485,7 @@ fn config_from_args() -> Result<(Config, bool), String> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    iotstream::init_logging(); // tracing output on stderr, filtered by RUST_LOG
     let (cfg, single) = config_from_args().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2)

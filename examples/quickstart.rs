@@ -2,6 +2,7 @@
 use iotstream::Graph;
 
 fn main() -> Result<(), iotstream::Error> {
+    iotstream::init_logging(); // tracing output on stderr, filtered by RUST_LOG
     let mut g = Graph::new("quickstart");
     let celsius = g.source_iter("sensor", [20.0, 21.5, 22.0, 23.5, 30.0, 31.0, 29.5, 30.5]);
     let fahrenheit = g.map("to_fahrenheit", &celsius, |c: &f64| c * 9.0 / 5.0 + 32.0);
