@@ -90,6 +90,8 @@
 //!      'max_backoff_ms', 'cpus' and 'env'"
 //! );
 //! ```
+//!
+//! The file format, every field's default and the rules are in `docs/deployment.md`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -1992,5 +1994,23 @@ policy = "drop-oldest"
                 ("local", "127.0.0.1", vec!["main", "work"]),
             ]
         );
+    }
+
+    /// The example of `docs/deployment.md` is valid for an app with the agents it names.
+    #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../docs/deployment.md");
+        let start = doc.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let example = &doc[start..start + doc[start..].find("```").expect("its end")];
+        let d = Deployment::parse("deployment.md", example).unwrap();
+        let mut g = Graph::new("doc");
+        let s = g.source_iter("sensor", 0..10u64);
+        let alarms = g.map("detector", &s, |x: &u64| *x > 5);
+        g.for_each("alarm", &alarms, |_: &bool| {});
+        let plan = d.plan(&g.info()).unwrap();
+        assert_eq!(plan.agent_process, ["main", "detector", "main"]);
+        assert_eq!(plan.edges[0], (1024, Policy::DropOldest));
+        assert_eq!(d.process("detector").cpus, Some(vec![2, 3]));
+        assert_eq!(d.process("detector").env["RUST_LOG"], "info");
     }
 }
