@@ -1,10 +1,112 @@
-//! Deployment files: where agents run is configuration, not code. (Being written.)
+//! Deployment files: where agents run is configuration, not code.
+//!
+//! An application's code declares its agents, their connections and, optionally, processes
+//! ([`Graph::place_in_process`](crate::Graph::place_in_process)). A deployment file, written in
+//! TOML and read by the `iotstream` launcher, says how to run it: on which hosts, which agents go
+//! in which process, how each process is supervised and restarted, and the capacity and policy
+//! of connections. Every section and field is optional: an empty file runs the application as
+//! declared in code, in one process per declared process, on this host.
+//!
+//! ```toml
+//! [supervisor]
+//! drain_timeout_ms = 10000     # default 10000: bound on a graceful drain (Ctrl-C/SIGTERM), then stragglers are killed
+//! ready_timeout_ms = 30000     # default 30000: how long a process has to report ready
+//!
+//! [env]                        # default empty: environment variables for every process
+//! RUST_LOG = "info"
+//!
+//! [hosts.local]                # default: one host "local", address "127.0.0.1"
+//! address = "127.0.0.1"        # required in each [hosts.NAME]
+//!
+//! [processes.detector]         # a process declared in code, or a new one
+//! host = "local"               # default: host "local" if it exists, else the only host; required when there are several hosts and none is "local"
+//! agents = ["detector"]        # default []: agents moved into this process (overrides code placement)
+//! restart = "on-failure"       # "never" (default) | "on-failure"
+//! max_restarts = 3             # default 3; only with restart = "on-failure"
+//! backoff_ms = 100             # default 100: wait before the first restart, doubled each restart
+//! max_backoff_ms = 5000        # default 5000: the longest wait
+//! cpus = [2, 3]                # default: not pinned; CPU indices 0..=1023, non-empty, no duplicates
+//! env = { KEY = "value" }      # default empty: added to (and overriding) [env]
+//!
+//! [[connections]]              # options of existing connections
+//! stream = "sensor.out"        # required: the writer's stream, "agent.port"
+//! to = "detector.in"           # default: every connection from that stream; else the reader's input
+//! capacity = 1024              # default: as in code; >= 1 and >= the reader's min_capacity
+//! policy = "drop-oldest"       # "block" | "drop-oldest" | "drop-newest"; default: as in code
+//! ```
+//!
+//! Reading a file is two steps. [`Deployment::parse`] (or [`Deployment::load`]) checks what can
+//! be checked from the file alone: TOML syntax, field names and types, names, CPU lists,
+//! environment variables, hosts. [`Deployment::plan`] checks the file against the application's
+//! [`GraphInfo`] (its agents, streams and processes) and resolves it into a [`Plan`]: the process
+//! of every agent, the capacity and policy of every connection, the host of every process. Each
+//! step reports every problem it finds at once, sorted by position, each naming the file, line
+//! and column, like a compiler:
+//!
+//! ```text
+//! deploy.toml:4:20: agent 'detector' is placed twice: in process 'b' here, and in process 'a' on line 2
+//! deploy.toml:6:18: agent 'log' is listed twice in process 'c' (first on line 6)
+//! ```
+//!
+//! ```
+//! use iotstream::deploy::{Deployment, Restart};
+//! use iotstream::{Graph, Policy};
+//! use std::time::Duration;
+//!
+//! let mut g = Graph::new("plant");
+//! let readings = g.source_iter("sensor", 0..100u64);
+//! let alarms = g.map("detector", &readings, |x: &u64| x % 7 == 0);
+//! g.for_each("alarm", &alarms, |_: &bool| {});
+//!
+//! let file = r#"
+//!     [processes.detector]
+//!     agents = ["detector"]
+//!     restart = "on-failure"
+//!
+//!     [[connections]]
+//!     stream = "sensor.out"
+//!     capacity = 1024
+//!     policy = "drop-oldest"
+//! "#;
+//! let deployment = Deployment::parse("deploy.toml", file).unwrap();
+//! let plan = deployment.plan(&g.info()).unwrap();
+//! assert_eq!(plan.agent_process, ["main", "detector", "main"]);
+//! assert_eq!(plan.edges[0], (1024, Policy::DropOldest));
+//! assert_eq!(plan.process_host["detector"], "local");
+//! assert_eq!(
+//!     deployment.process("detector").restart,
+//!     Restart::OnFailure {
+//!         max_restarts: 3,
+//!         backoff: Duration::from_millis(100),
+//!         max_backoff: Duration::from_millis(5000),
+//!     }
+//! );
+//!
+//! let wrong = Deployment::parse("deploy.toml", "[processes.detector]\nrestrat = \"never\"\n");
+//! assert_eq!(
+//!     wrong.unwrap_err().to_string(),
+//!     "deploy.toml:2:1: unknown field 'restrat' in process 'detector' (did you mean 'restart'?); \
+//!      the accepted fields are 'host', 'agents', 'restart', 'max_restarts', 'backoff_ms', \
+//!      'max_backoff_ms', 'cpus' and 'env'"
+//! );
+//! ```
+//!
+//! The file format, every field's default and the rules are in `docs/deployment.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::{DeString, DeTable, DeValue};
+use toml::Spanned;
 
 use crate::graph::Policy;
+use crate::info::{GraphInfo, LOCAL_HOST};
+use crate::launch::MAIN_PROCESS;
 
-/// What a deployment changes in a graph, resolved against its [`GraphInfo`](crate::info::GraphInfo).
+/// What a deployment changes in a graph, resolved against its [`GraphInfo`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// For each agent, by its index in [`GraphInfo::agents`](crate::info::GraphInfo::agents):
@@ -19,84 +121,1896 @@ pub struct Plan {
     pub process_host: BTreeMap<String, String>,
 }
 
-// ---- TEMPORARY STUB (replaced by the real parser from branch `deploy`) ----
-use std::time::Duration;
-#[derive(Debug)]
+/// The default [`SupervisorSettings::drain_timeout`]: 10 s.
+const DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// The default [`SupervisorSettings::ready_timeout`]: 30 s.
+const READY_TIMEOUT_MS: u64 = 30_000;
+/// The default `max_restarts` with `restart = "on-failure"`.
+const MAX_RESTARTS: u32 = 3;
+/// The default `backoff_ms`.
+const BACKOFF_MS: u64 = 100;
+/// The default `max_backoff_ms`.
+const MAX_BACKOFF_MS: u64 = 5_000;
+/// The address of the default host.
+const LOCAL_ADDRESS: &str = "127.0.0.1";
+/// The highest CPU index `cpus` accepts.
+const MAX_CPU: u64 = 1023;
+/// The largest integer TOML can write.
+const TOML_MAX: u64 = i64::MAX as u64;
+
+const SECTIONS: &[&str] = &["supervisor", "env", "hosts", "processes", "connections"];
+const SUPERVISOR_FIELDS: &[&str] = &["drain_timeout_ms", "ready_timeout_ms"];
+const HOST_FIELDS: &[&str] = &["address"];
+const PROCESS_FIELDS: &[&str] = &[
+    "host",
+    "agents",
+    "restart",
+    "max_restarts",
+    "backoff_ms",
+    "max_backoff_ms",
+    "cpus",
+    "env",
+];
+const CONNECTION_FIELDS: &[&str] = &["stream", "to", "capacity", "policy"];
+const RESTARTS: &[&str] = &["never", "on-failure"];
+const POLICIES: &[&str] = &["block", "drop-oldest", "drop-newest"];
+
+/// A deployment file, parsed and checked on its own (see the [module](self) documentation).
+///
+/// [`Deployment::default()`] is what an empty file gives: the application as declared in code.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Deployment {
+    /// The file's name as given to [`load`](Deployment::load) or [`parse`](Deployment::parse)
+    /// (empty for the default); problems found by [`plan`](Deployment::plan) name it.
     pub file: String,
+    /// The `[supervisor]` section.
     pub supervisor: SupervisorSettings,
+    /// The `[env]` section: environment variables for every process
+    /// ([`process`](Deployment::process) merges them with a process's own).
+    pub env: BTreeMap<String, String>,
+    hosts: Vec<HostEntry>,
+    processes: Vec<ProcessEntry>,
+    connections: Vec<ConnectionEntry>,
 }
-impl Default for Deployment {
+
+/// How the supervisor treats every process (the `[supervisor]` section).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupervisorSettings {
+    /// How long a graceful drain (on Ctrl-C or SIGTERM) may take before the processes still
+    /// running are killed (`drain_timeout_ms`, default 10 s).
+    pub drain_timeout: Duration,
+    /// How long a started process has to report ready (`ready_timeout_ms`, default 30 s).
+    pub ready_timeout: Duration,
+}
+
+impl Default for SupervisorSettings {
     fn default() -> Self {
-        Deployment {
-            file: String::new(),
-            supervisor: SupervisorSettings {
-                drain_timeout: Duration::from_secs(10),
-                ready_timeout: Duration::from_secs(30),
-            },
+        SupervisorSettings {
+            drain_timeout: Duration::from_millis(DRAIN_TIMEOUT_MS),
+            ready_timeout: Duration::from_millis(READY_TIMEOUT_MS),
         }
     }
 }
-#[derive(Debug, Clone)]
-pub struct SupervisorSettings {
-    pub drain_timeout: Duration,
-    pub ready_timeout: Duration,
-}
-#[derive(Debug, Clone, PartialEq)]
+
+/// What the supervisor does when a process fails (the `restart` field of a process).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Restart {
+    /// The failure ends the run (`restart = "never"`, the default).
+    #[default]
     Never,
+    /// The process is started again, up to `max_restarts` times in a run
+    /// (`restart = "on-failure"`).
     OnFailure {
+        /// How many times it may be restarted (`max_restarts`, default 3).
         max_restarts: u32,
+        /// The wait before the first restart, doubled before each next one (`backoff_ms`,
+        /// default 100 ms).
         backoff: Duration,
+        /// The longest wait (`max_backoff_ms`, default 5 s).
         max_backoff: Duration,
     },
 }
-#[derive(Debug, Clone)]
+
+impl Restart {
+    /// The wait before restart number `n` (1 for the first): `backoff` doubled `n - 1` times, at
+    /// most `max_backoff`; `None` when restart `n` is not allowed (`Never`, `n` is 0, or `n` is
+    /// more than `max_restarts`).
+    ///
+    /// ```
+    /// use iotstream::deploy::Restart;
+    /// use std::time::Duration;
+    ///
+    /// let r = Restart::OnFailure {
+    ///     max_restarts: 4,
+    ///     backoff: Duration::from_millis(100),
+    ///     max_backoff: Duration::from_millis(300),
+    /// };
+    /// let waits: Vec<_> = (1..=5).map(|n| r.delay(n).map(|d| d.as_millis())).collect();
+    /// assert_eq!(waits, [Some(100), Some(200), Some(300), Some(300), None]);
+    /// ```
+    pub fn delay(&self, n: u32) -> Option<Duration> {
+        match self {
+            Restart::Never => None,
+            Restart::OnFailure {
+                max_restarts,
+                backoff,
+                max_backoff,
+            } => {
+                if n == 0 || n > *max_restarts {
+                    return None;
+                }
+                let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
+                Some(backoff.saturating_mul(factor).min(*max_backoff))
+            }
+        }
+    }
+}
+
+/// The settings of one process, with defaults for whatever the file does not say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessSettings {
+    /// What happens when it fails.
     pub restart: Restart,
+    /// Its environment variables: `[env]`, then the process's own `env` (which wins).
     pub env: BTreeMap<String, String>,
+    /// The CPUs it is pinned to (`None`: not pinned).
     pub cpus: Option<Vec<usize>>,
 }
-#[derive(Debug)]
+
+/// Why a deployment file was rejected: every problem found, sorted by position.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeployError {
-    pub problems: Vec<String>,
+    /// The problems, at least one.
+    pub problems: Vec<Problem>,
 }
-impl std::fmt::Display for DeployError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.problems.join("\n"))
-    }
+
+/// One problem in a deployment file.
+///
+/// Displayed as `FILE:LINE:COLUMN: message` (or `FILE: message` when the file could not be
+/// read, with `line` and `column` 0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file's name.
+    pub file: String,
+    /// The line, from 1 (0 when the problem is not at a place in the file).
+    pub line: usize,
+    /// The column in characters, from 1 (0 when `line` is 0).
+    pub column: usize,
+    /// What is wrong, naming the offending field, value, agent, stream or process in quotes.
+    pub message: String,
 }
-impl std::error::Error for DeployError {}
-impl Deployment {
-    pub fn load(path: &std::path::Path) -> Result<Deployment, DeployError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DeployError {
-            problems: vec![format!("{}: {e}", path.display())],
-        })?;
-        Self::parse(&path.display().to_string(), &text)
-    }
-    pub fn parse(file: &str, _text: &str) -> Result<Deployment, DeployError> {
-        Ok(Deployment {
-            file: file.to_string(),
-            ..Default::default()
-        })
-    }
-    pub fn plan(&self, info: &crate::info::GraphInfo) -> Result<Plan, DeployError> {
-        Ok(Plan {
-            agent_process: info.agents.iter().map(|a| a.process.clone()).collect(),
-            edges: info.edges.iter().map(|e| (e.capacity, e.policy)).collect(),
-            hosts: vec![],
-            process_host: info
-                .processes
-                .iter()
-                .map(|p| (p.clone(), "local".to_string()))
-                .collect(),
-        })
-    }
-    pub fn process(&self, _name: &str) -> ProcessSettings {
-        ProcessSettings {
-            restart: Restart::Never,
-            env: BTreeMap::new(),
-            cpus: None,
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
         }
+    }
+}
+
+impl fmt::Display for DeployError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DeployError {}
+
+/// A position in the file (1-based line and column).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Pos {
+    line: usize,
+    column: usize,
+}
+
+/// One `[hosts.NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HostEntry {
+    name: String,
+    at: Pos,
+    address: String,
+}
+
+/// One `[processes.NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProcessEntry {
+    name: String,
+    at: Pos,
+    host: Option<(String, Pos)>,
+    agents: Vec<(String, Pos)>,
+    restart: Restart,
+    cpus: Option<Vec<usize>>,
+    env: BTreeMap<String, String>,
+}
+
+/// One `[[connections]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ConnectionEntry {
+    stream: (String, Pos),
+    to: Option<(String, Pos)>,
+    capacity: Option<(usize, Pos)>,
+    policy: Option<Policy>,
+}
+
+impl ConnectionEntry {
+    /// `'stream'` or `'stream -> to'`.
+    fn label(&self) -> String {
+        connection_label(&self.stream.0, self.to.as_ref().map(|t| t.0.as_str()))
+    }
+}
+
+fn connection_label(stream: &str, to: Option<&str>) -> String {
+    match to {
+        Some(to) => format!("'{stream} -> {to}'"),
+        None => format!("'{stream}'"),
+    }
+}
+
+impl Deployment {
+    /// Reads and parses the deployment file at `path` (see [`parse`](Deployment::parse)); a
+    /// file that cannot be read is one problem naming the path.
+    pub fn load(path: &Path) -> Result<Deployment, DeployError> {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Deployment::parse(&file, &text),
+            Err(e) => Err(DeployError {
+                problems: vec![Problem {
+                    file,
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read the deployment file: {e}"),
+                }],
+            }),
+        }
+    }
+
+    /// Parses the text of a deployment file named `file` (the name is only used in messages),
+    /// checking everything that does not need the application: TOML syntax, unknown fields,
+    /// types and ranges, process and host names, `restart` options, CPU lists, environment
+    /// variables, hosts of processes, agents listed twice, connections configured twice.
+    ///
+    /// A TOML syntax error stops there: only syntax errors are reported then.
+    pub fn parse(file: &str, text: &str) -> Result<Deployment, DeployError> {
+        let mut r = Reader::new(file, text);
+        let (root, errors) = DeTable::parse_recoverable(text);
+        if !errors.is_empty() {
+            for e in &errors {
+                r.toml_error(e);
+            }
+            return Err(r.problems.into_error());
+        }
+        let mut d = Deployment {
+            file: file.to_string(),
+            ..Deployment::default()
+        };
+        for (key, value) in r.fields(root.get_ref(), SECTIONS, "at the top level") {
+            match key.get_ref().as_ref() {
+                "supervisor" => r.supervisor(value, &mut d.supervisor),
+                "env" => d.env = r.env(value, "'env'", "in [env]"),
+                "hosts" => d.hosts = r.hosts(value),
+                "processes" => d.processes = r.processes(value),
+                _ => d.connections = r.connections(value),
+            }
+        }
+        d.check_hosts(&mut r.problems);
+        d.check_agents_placed_once(&mut r.problems);
+        d.check_connections_once(&mut r.problems);
+        r.problems.finish()?;
+        Ok(d)
+    }
+
+    /// Checks the file against an application's graph and resolves it: which agents exist, which
+    /// streams and inputs, which processes, whether capacities suit the readers, which host each
+    /// process runs on. Every problem is reported, sorted by position.
+    pub fn plan(&self, info: &GraphInfo) -> Result<Plan, DeployError> {
+        let mut problems = Problems::new(&self.file);
+
+        let mut agent_process: Vec<String> =
+            info.agents.iter().map(|a| a.process.clone()).collect();
+        for p in &self.processes {
+            for (agent, at) in &p.agents {
+                match info.agent(agent) {
+                    Some(i) => agent_process[i] = p.name.clone(),
+                    None => problems.add(
+                        *at,
+                        format!(
+                            "unknown agent '{agent}' in process '{}'{}; {}",
+                            p.name,
+                            did_you_mean(agent, info.agents.iter().map(|a| a.name.as_str())),
+                            app_agents(info)
+                        ),
+                    ),
+                }
+            }
+            let known = p.name == MAIN_PROCESS || info.processes.contains(&p.name);
+            if p.agents.is_empty() && !known {
+                problems.add(
+                    p.at,
+                    format!(
+                        "process '{}' is not a process of the app and is given no agents{}; the \
+                         app's processes are {} (a new process needs agents = [...])",
+                        p.name,
+                        did_you_mean(&p.name, info.processes.iter().map(String::as_str)),
+                        list(&info.processes, "and")
+                    ),
+                );
+            }
+        }
+
+        let mut edges: Vec<(usize, Policy)> =
+            info.edges.iter().map(|e| (e.capacity, e.policy)).collect();
+        // Entries for a whole stream first, so that an entry for one connection wins.
+        let stream_wide = self.connections.iter().filter(|c| c.to.is_none());
+        let one = self.connections.iter().filter(|c| c.to.is_some());
+        for c in stream_wide.chain(one) {
+            let (stream, at) = &c.stream;
+            let from: Vec<usize> = (0..info.edges.len())
+                .filter(|&i| info.edges[i].stream == *stream)
+                .collect();
+            if from.is_empty() {
+                problems.add(*at, unknown_stream(stream, info));
+                continue;
+            }
+            let targets: Vec<usize> = match &c.to {
+                None => from.clone(),
+                Some((to, at)) => {
+                    let hit: Vec<usize> = from
+                        .iter()
+                        .copied()
+                        .filter(|&i| info.edges[i].input == *to)
+                        .collect();
+                    if hit.is_empty() {
+                        let readers: Vec<&str> =
+                            from.iter().map(|&i| info.edges[i].input.as_str()).collect();
+                        problems.add(
+                            *at,
+                            format!(
+                                "'{to}' does not read stream '{stream}'{}; its readers are {}",
+                                did_you_mean(to, readers.iter().copied()),
+                                list(&readers, "and")
+                            ),
+                        );
+                    }
+                    hit
+                }
+            };
+            for i in targets {
+                let e = &info.edges[i];
+                if let Some((capacity, at)) = c.capacity {
+                    let reader = &info.agents[e.to_agent];
+                    let input = &reader.inputs[e.to_port];
+                    if capacity < input.min_capacity {
+                        problems.add(
+                            at,
+                            format!(
+                                "capacity {capacity} of connection {} is less than {}, the \
+                                 fewest elements agent '{}' needs on its input '{}'",
+                                connection_label(&e.stream, Some(&e.input)),
+                                input.min_capacity,
+                                reader.name,
+                                input.name
+                            ),
+                        );
+                    }
+                    edges[i].0 = capacity;
+                }
+                if let Some(policy) = c.policy {
+                    edges[i].1 = policy;
+                }
+            }
+        }
+
+        let mut processes = vec![MAIN_PROCESS.to_string()];
+        for p in &agent_process {
+            if !processes.contains(p) {
+                processes.push(p.clone());
+            }
+        }
+        let mut process_host = BTreeMap::new();
+        for process in processes {
+            let entry = self.processes.iter().find(|p| p.name == process);
+            match entry.and_then(|p| p.host.as_ref()) {
+                Some((host, _)) => {
+                    process_host.insert(process, host.clone());
+                }
+                None => match self.default_host() {
+                    Some(host) => {
+                        process_host.insert(process, host.to_string());
+                    }
+                    None => {
+                        let at = entry.map_or(self.hosts[0].at, |p| p.at);
+                        let hint = match entry {
+                            Some(_) => "add host = \"...\"".to_string(),
+                            None => format!("add [processes.{process}] with host = \"...\""),
+                        };
+                        problems.add(
+                            at,
+                            format!(
+                                "process '{process}' needs a host: there are several hosts and \
+                                 none is named 'local' ({hint}); the hosts are {}",
+                                list(&self.host_names(), "and")
+                            ),
+                        );
+                    }
+                },
+            }
+        }
+
+        problems.finish()?;
+        Ok(Plan {
+            agent_process,
+            edges,
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.address.clone()))
+                .collect(),
+            process_host,
+        })
+    }
+
+    /// The settings of process `name`, with defaults for what the file does not say (also for a
+    /// process the file does not mention): its restart policy, its environment (`[env]` with
+    /// the process's own `env` on top) and its CPUs.
+    pub fn process(&self, name: &str) -> ProcessSettings {
+        let mut env = self.env.clone();
+        match self.processes.iter().find(|p| p.name == name) {
+            Some(p) => {
+                env.extend(p.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+                ProcessSettings {
+                    restart: p.restart.clone(),
+                    env,
+                    cpus: p.cpus.clone(),
+                }
+            }
+            None => ProcessSettings {
+                env,
+                ..ProcessSettings::default()
+            },
+        }
+    }
+
+    /// Every host `(name, address)` in the file's order; when the file names none, the one
+    /// default host `("local", "127.0.0.1")`.
+    pub fn hosts(&self) -> Vec<(&str, &str)> {
+        if self.hosts.is_empty() {
+            vec![(LOCAL_HOST, LOCAL_ADDRESS)]
+        } else {
+            self.hosts
+                .iter()
+                .map(|h| (h.name.as_str(), h.address.as_str()))
+                .collect()
+        }
+    }
+
+    fn host_names(&self) -> Vec<&str> {
+        self.hosts().into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// The host of a process without `host`: `local` if it exists, else the only host.
+    fn default_host(&self) -> Option<&str> {
+        let names = self.host_names();
+        if names.contains(&LOCAL_HOST) {
+            Some(LOCAL_HOST)
+        } else if names.len() == 1 {
+            Some(names[0])
+        } else {
+            None
+        }
+    }
+
+    fn check_hosts(&self, problems: &mut Problems) {
+        let names = self.host_names();
+        for p in &self.processes {
+            if let Some((host, at)) = &p.host {
+                if !names.contains(&host.as_str()) {
+                    let default = if self.hosts.is_empty() {
+                        " (the default; declare hosts with [hosts.NAME])"
+                    } else {
+                        ""
+                    };
+                    problems.add(
+                        *at,
+                        format!(
+                            "unknown host '{host}' in process '{}'{}; the hosts are {}{default}",
+                            p.name,
+                            did_you_mean(host, names.iter().copied()),
+                            list(&names, "and")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_agents_placed_once(&self, problems: &mut Problems) {
+        let mut placed: Vec<(&str, &str, Pos)> = self
+            .processes
+            .iter()
+            .flat_map(|p| {
+                p.agents
+                    .iter()
+                    .map(|(a, at)| (a.as_str(), p.name.as_str(), *at))
+            })
+            .collect();
+        placed.sort_by_key(|&(_, _, at)| at);
+        let mut first: HashMap<&str, (&str, Pos)> = HashMap::new();
+        for (agent, process, at) in placed {
+            match first.get(agent) {
+                None => {
+                    first.insert(agent, (process, at));
+                }
+                Some(&(p, first_at)) if p == process => problems.add(
+                    at,
+                    format!(
+                        "agent '{agent}' is listed twice in process '{process}' (first on line {})",
+                        first_at.line
+                    ),
+                ),
+                Some(&(p, first_at)) => problems.add(
+                    at,
+                    format!(
+                        "agent '{agent}' is placed twice: in process '{process}' here, and in \
+                         process '{p}' on line {}",
+                        first_at.line
+                    ),
+                ),
+            }
+        }
+    }
+
+    fn check_connections_once(&self, problems: &mut Problems) {
+        let mut seen: HashMap<(&str, Option<&str>), Pos> = HashMap::new();
+        for c in &self.connections {
+            let key = (c.stream.0.as_str(), c.to.as_ref().map(|t| t.0.as_str()));
+            match seen.get(&key) {
+                None => {
+                    seen.insert(key, c.stream.1);
+                }
+                Some(first) => problems.add(
+                    c.stream.1,
+                    format!(
+                        "connection {} is configured twice (first on line {})",
+                        c.label(),
+                        first.line
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// The message for a `[[connections]]` stream that has no connections.
+fn unknown_stream(stream: &str, info: &GraphInfo) -> String {
+    let is_output = info.agents.iter().any(|a| {
+        a.outputs
+            .iter()
+            .any(|o| stream == format!("{}.{}", a.name, o.name))
+    });
+    if is_output {
+        return format!("stream '{stream}' has no connections: no agent reads it");
+    }
+    let mut streams: Vec<&str> = Vec::new();
+    for e in &info.edges {
+        if !streams.contains(&e.stream.as_str()) {
+            streams.push(&e.stream);
+        }
+    }
+    let listed = if streams.len() <= 12 {
+        format!("the app's connected streams are {}", list(&streams, "and"))
+    } else {
+        format!("the app has {} connected streams", streams.len())
+    };
+    format!(
+        "unknown stream '{stream}'{}; {listed}",
+        did_you_mean(stream, streams.iter().copied())
+    )
+}
+
+/// "the app's agents are 'a', 'b' and 'c'" (or their number, when there are many).
+fn app_agents(info: &GraphInfo) -> String {
+    let names: Vec<&str> = info.agents.iter().map(|a| a.name.as_str()).collect();
+    if names.len() <= 12 {
+        format!("the app's agents are {}", list(&names, "and"))
+    } else {
+        format!(
+            "the app has {} agents (`iotstream graph` lists them)",
+            names.len()
+        )
+    }
+}
+
+/// `'a', 'b' and 'c'` (or with `or`).
+fn list<S: AsRef<str>>(names: &[S], last: &str) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{}'", n.as_ref())).collect();
+    match quoted.split_last() {
+        None => "none".to_string(),
+        Some((only, [])) => only.clone(),
+        Some((end, rest)) => format!("{} {last} {end}", rest.join(", ")),
+    }
+}
+
+/// ` (did you mean 'x'?)` for the candidate closest to `name`, if it is close; else empty.
+fn did_you_mean<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    candidates
+        .map(|c| (distance(name, c), c))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| format!(" (did you mean '{c}'?)"))
+        .unwrap_or_default()
+}
+
+/// The edit distance between `a` and `b` in characters: insertions, deletions, substitutions
+/// and swaps of two neighbours (a typo such as `egde` is one edit from `edge`).
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Whether `name` is a valid process or host name: 1 to 64 ASCII letters, digits, `_` or `-`
+/// (the rule of [`Graph::place_in_process`](crate::Graph::place_in_process)).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Problems found so far, with their positions.
+struct Problems {
+    file: String,
+    list: Vec<(Pos, String)>,
+}
+
+impl Problems {
+    fn new(file: &str) -> Self {
+        Problems {
+            file: file.to_string(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Adds a problem; its message stays on one line whatever names it quotes.
+    fn add(&mut self, at: Pos, message: String) {
+        let message = message.replace('\n', "\\n").replace('\r', "\\r");
+        self.list.push((at, message));
+    }
+
+    /// The problems sorted by position (keeping the order of those at one position), each once.
+    fn into_error(mut self) -> DeployError {
+        self.list.sort_by_key(|&(at, _)| at);
+        let mut seen = std::collections::HashSet::new();
+        self.list.retain(|p| seen.insert(p.clone()));
+        DeployError {
+            problems: self
+                .list
+                .into_iter()
+                .map(|(at, message)| Problem {
+                    file: self.file.clone(),
+                    line: at.line,
+                    column: at.column,
+                    message,
+                })
+                .collect(),
+        }
+    }
+
+    fn finish(self) -> Result<(), DeployError> {
+        if self.list.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_error())
+        }
+    }
+}
+
+type Key<'i> = Spanned<DeString<'i>>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Walks the parsed TOML, collecting settings and problems.
+struct Reader<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+    problems: Problems,
+}
+
+impl<'a> Reader<'a> {
+    fn new(file: &str, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Reader {
+            text,
+            line_starts,
+            problems: Problems::new(file),
+        }
+    }
+
+    /// The line and column of byte `offset`.
+    fn pos(&self, offset: usize) -> Pos {
+        let line = self.line_starts.partition_point(|&s| s <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset.saturating_sub(start), |s| s.chars().count());
+        Pos {
+            line,
+            column: column + 1,
+        }
+    }
+
+    fn error(&mut self, span: Range<usize>, message: String) {
+        let at = self.pos(span.start);
+        self.problems.add(at, message);
+    }
+
+    fn toml_error(&mut self, e: &toml::de::Error) {
+        let span = e.span().unwrap_or(0..0);
+        // One line per problem: the parser's message, without its own position and snippet.
+        let mut message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        if message == "duplicate key" {
+            if let Some(key) = self.text.get(span.clone()).filter(|k| !k.is_empty()) {
+                message = format!("duplicate key '{}'", key.trim_matches(['"', '\'']));
+            }
+        }
+        self.error(span, format!("invalid TOML: {message}"));
+    }
+
+    /// What a value is, for "found ...": its type, and its text when short.
+    fn found(&self, v: &Value<'_>) -> String {
+        match v.get_ref() {
+            DeValue::Table(_) => "a table".to_string(),
+            DeValue::Array(_) => "an array".to_string(),
+            other => {
+                let text = self.text.get(v.span()).unwrap_or("");
+                if text.is_empty() || text.len() > 40 || text.contains('\n') {
+                    other.type_str().to_string()
+                } else {
+                    format!("{} {text}", other.type_str())
+                }
+            }
+        }
+    }
+
+    /// The entries of `table` named in `accepted`, in the file's order; each other one is a
+    /// problem.
+    fn fields<'t, 'i>(
+        &mut self,
+        table: &'t DeTable<'i>,
+        accepted: &[&str],
+        place: &str,
+    ) -> Vec<(&'t Key<'i>, &'t Value<'i>)> {
+        let mut entries: Vec<_> = table.iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        entries.retain(|(k, _)| {
+            let name: &str = k.get_ref();
+            if accepted.contains(&name) {
+                return true;
+            }
+            self.error(
+                k.span(),
+                format!(
+                    "unknown field '{name}' {place}{}; the accepted fields are {}",
+                    did_you_mean(name, accepted.iter().copied()),
+                    list(accepted, "and")
+                ),
+            );
+            false
+        });
+        entries
+    }
+
+    fn table<'t, 'i>(&mut self, v: &'t Value<'i>, what: &str) -> Option<&'t DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => {
+                let found = self.found(v);
+                self.error(v.span(), format!("{what} must be a table, found {found}"));
+                None
+            }
+        }
+    }
+
+    fn array<'t, 'i>(&mut self, v: &'t Value<'i>, what: &str) -> Option<&'t [Value<'i>]> {
+        match v.get_ref() {
+            DeValue::Array(a) => Some(a),
+            _ => {
+                let found = self.found(v);
+                self.error(v.span(), format!("{what} must be an array, found {found}"));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, v: &Value<'_>, what: &str) -> Option<String> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                let found = self.found(v);
+                self.error(v.span(), format!("{what} must be a string, found {found}"));
+                None
+            }
+        }
+    }
+
+    /// An integer from `min` to `max`.
+    fn int(&mut self, v: &Value<'_>, what: &str, min: u64, max: u64) -> Option<u64> {
+        let DeValue::Integer(i) = v.get_ref() else {
+            let found = self.found(v);
+            self.error(
+                v.span(),
+                format!("{what} must be an integer, found {found}"),
+            );
+            return None;
+        };
+        match i128::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) if n < i128::from(min) => {
+                self.error(
+                    v.span(),
+                    format!("{what} must be at least {min}, found {n}"),
+                );
+                None
+            }
+            Ok(n) if n <= i128::from(max) => Some(n as u64),
+            _ => {
+                let text = self.text.get(v.span()).unwrap_or_default();
+                self.error(
+                    v.span(),
+                    format!("{what} must be at most {max}, found {text}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// One of `accepted`, by index.
+    fn choice(
+        &mut self,
+        v: &Value<'_>,
+        field: &str,
+        place: &str,
+        accepted: &[&str],
+    ) -> Option<usize> {
+        let s = self.string(v, &format!("'{field}' {place}"))?;
+        let found = accepted.iter().position(|a| *a == s);
+        if found.is_none() {
+            self.error(
+                v.span(),
+                format!(
+                    "unknown {field} '{s}' {place}{}; expected {}",
+                    did_you_mean(&s, accepted.iter().copied()),
+                    list(accepted, "or")
+                ),
+            );
+        }
+        found
+    }
+
+    /// Checks a process or host name (the key), naming it `kind`.
+    fn name(&mut self, key: &Key<'_>, kind: &str) {
+        let name: &str = key.get_ref();
+        if !valid_name(name) {
+            self.error(
+                key.span(),
+                format!(
+                    "invalid {kind} name '{name}': a {kind} name is 1 to 64 ASCII letters, \
+                     digits, '_' or '-'"
+                ),
+            );
+        }
+    }
+
+    fn supervisor(&mut self, v: &Value<'_>, s: &mut SupervisorSettings) {
+        let Some(t) = self.table(v, "'supervisor'") else {
+            return;
+        };
+        for (key, value) in self.fields(t, SUPERVISOR_FIELDS, "in [supervisor]") {
+            let field: &str = key.get_ref();
+            let what = format!("'{field}' in [supervisor]");
+            if field == "drain_timeout_ms" {
+                if let Some(ms) = self.int(value, &what, 0, TOML_MAX) {
+                    s.drain_timeout = Duration::from_millis(ms);
+                }
+            } else if let Some(ms) = self.int(value, &what, 1, TOML_MAX) {
+                s.ready_timeout = Duration::from_millis(ms);
+            }
+        }
+    }
+
+    /// Environment variables; `what` names the table, `place` says where a variable is.
+    fn env(&mut self, v: &Value<'_>, what: &str, place: &str) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let Some(t) = self.table(v, what) else {
+            return env;
+        };
+        let mut entries: Vec<_> = t.iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        for (key, value) in entries {
+            let name: &str = key.get_ref();
+            if name.is_empty() {
+                self.error(
+                    key.span(),
+                    format!("empty environment variable name {place}"),
+                );
+                continue;
+            }
+            if name.contains(['=', '\0']) {
+                self.error(
+                    key.span(),
+                    format!(
+                        "environment variable name '{}' {place} must not contain '=' or NUL",
+                        name.escape_debug()
+                    ),
+                );
+                continue;
+            }
+            let Some(s) = self.string(value, &format!("environment variable '{name}' {place}"))
+            else {
+                continue;
+            };
+            if s.contains('\0') {
+                self.error(
+                    value.span(),
+                    format!(
+                        "the value of environment variable '{name}' {place} must not contain NUL"
+                    ),
+                );
+                continue;
+            }
+            env.insert(name.to_string(), s);
+        }
+        env
+    }
+
+    fn hosts(&mut self, v: &Value<'_>) -> Vec<HostEntry> {
+        let mut hosts = Vec::new();
+        let Some(t) = self.table(v, "'hosts'") else {
+            return hosts;
+        };
+        let mut entries: Vec<_> = t.iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        for (key, value) in entries {
+            self.name(key, "host");
+            let name = key.get_ref().to_string();
+            let place = format!("in host '{name}'");
+            let Some(t) = self.table(value, &format!("host '{name}'")) else {
+                continue;
+            };
+            let mut address = None;
+            for (_, value) in self.fields(t, HOST_FIELDS, &place) {
+                let what = format!("'address' {place}");
+                address = self.string(value, &what);
+                if address.as_deref() == Some("") {
+                    self.error(value.span(), format!("{what} must not be empty"));
+                }
+            }
+            if !t.iter().any(|(k, _)| k.get_ref() == "address") {
+                self.error(
+                    key.span(),
+                    format!("host '{name}' has no 'address' (it is required)"),
+                );
+            }
+            hosts.push(HostEntry {
+                at: self.pos(key.span().start),
+                name,
+                address: address.unwrap_or_default(),
+            });
+        }
+        hosts
+    }
+
+    fn processes(&mut self, v: &Value<'_>) -> Vec<ProcessEntry> {
+        let mut processes = Vec::new();
+        let Some(t) = self.table(v, "'processes'") else {
+            return processes;
+        };
+        let mut entries: Vec<_> = t.iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        for (key, value) in entries {
+            self.name(key, "process");
+            let name = key.get_ref().to_string();
+            let place = format!("in process '{name}'");
+            let mut p = ProcessEntry {
+                name,
+                at: self.pos(key.span().start),
+                host: None,
+                agents: Vec::new(),
+                restart: Restart::Never,
+                cpus: None,
+                env: BTreeMap::new(),
+            };
+            let Some(t) = self.table(value, &format!("process '{}'", p.name)) else {
+                continue;
+            };
+            // `None`: absent; `Some(None)`: invalid.
+            let mut restart: Option<Option<usize>> = None;
+            // The key's span and the value, if valid.
+            let mut max_restarts: Option<(Range<usize>, Option<u64>)> = None;
+            let mut backoff: Option<(Range<usize>, Option<u64>)> = None;
+            let mut max_backoff: Option<(Range<usize>, Option<u64>)> = None;
+            for (key, value) in self.fields(t, PROCESS_FIELDS, &place) {
+                let field: &str = key.get_ref();
+                let what = format!("'{field}' {place}");
+                match field {
+                    "host" => {
+                        p.host = self
+                            .string(value, &what)
+                            .map(|h| (h, self.pos(value.span().start)));
+                    }
+                    "agents" => p.agents = self.agents(value, &place),
+                    "restart" => restart = Some(self.choice(value, field, &place, RESTARTS)),
+                    "max_restarts" => {
+                        let n = self.int(value, &what, 0, u64::from(u32::MAX));
+                        max_restarts = Some((key.span(), n));
+                    }
+                    "backoff_ms" => {
+                        backoff = Some((key.span(), self.int(value, &what, 0, TOML_MAX)))
+                    }
+                    "max_backoff_ms" => {
+                        max_backoff = Some((key.span(), self.int(value, &what, 0, TOML_MAX)));
+                    }
+                    "cpus" => p.cpus = self.cpus(value, &what, &p.name),
+                    _ => {
+                        p.env = self.env(
+                            value,
+                            &format!("'env' {place}"),
+                            &format!("in the env of process '{}'", p.name),
+                        );
+                    }
+                }
+            }
+            match restart {
+                Some(Some(1)) => {
+                    let value = |o: &Option<(Range<usize>, Option<u64>)>, default| {
+                        o.as_ref().and_then(|(_, v)| *v).unwrap_or(default)
+                    };
+                    let (b, mb) = (
+                        value(&backoff, BACKOFF_MS),
+                        value(&max_backoff, MAX_BACKOFF_MS),
+                    );
+                    // A field given with an invalid value is reported already.
+                    let given = |o: &Option<(Range<usize>, Option<u64>)>| match o {
+                        Some((span, Some(_))) => Some(span.clone()),
+                        _ => None,
+                    };
+                    if mb < b {
+                        match (given(&backoff), given(&max_backoff)) {
+                            (b_given, Some(span)) => {
+                                let default = if b_given.is_some() {
+                                    ""
+                                } else {
+                                    ", the default"
+                                };
+                                self.error(
+                                    span,
+                                    format!(
+                                        "'max_backoff_ms' {place} ({mb}) is less than \
+                                         'backoff_ms' ({b}{default})"
+                                    ),
+                                );
+                            }
+                            (Some(span), None) if max_backoff.is_none() => self.error(
+                                span,
+                                format!(
+                                    "'backoff_ms' {place} ({b}) is more than 'max_backoff_ms' \
+                                     ({mb}, the default)"
+                                ),
+                            ),
+                            _ => {}
+                        }
+                    }
+                    p.restart = Restart::OnFailure {
+                        max_restarts: value(&max_restarts, u64::from(MAX_RESTARTS)) as u32,
+                        backoff: Duration::from_millis(b),
+                        max_backoff: Duration::from_millis(mb),
+                    };
+                }
+                Some(None) => {} // an invalid `restart` is reported already
+                _ => {
+                    let options = [
+                        ("max_restarts", max_restarts),
+                        ("backoff_ms", backoff),
+                        ("max_backoff_ms", max_backoff),
+                    ];
+                    for (field, option) in options {
+                        if let Some((span, _)) = option {
+                            self.error(
+                                span,
+                                format!(
+                                    "'{field}' {place} only applies with restart = \"on-failure\" \
+                                     (restart is \"never\")"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            processes.push(p);
+        }
+        processes
+    }
+
+    fn agents(&mut self, v: &Value<'_>, place: &str) -> Vec<(String, Pos)> {
+        let Some(items) = self.array(v, &format!("'agents' {place}")) else {
+            return Vec::new();
+        };
+        let what = format!("an agent name in 'agents' {place}");
+        items
+            .iter()
+            .filter_map(|item| {
+                let name = self.string(item, &what)?;
+                Some((name, self.pos(item.span().start)))
+            })
+            .collect()
+    }
+
+    /// `what` names the field; `process` is the process's name.
+    fn cpus(&mut self, v: &Value<'_>, what: &str, process: &str) -> Option<Vec<usize>> {
+        let items = self.array(v, what)?;
+        if items.is_empty() {
+            self.error(
+                v.span(),
+                format!("{what} is empty: list at least one CPU, or leave 'cpus' out to not pin"),
+            );
+            return None;
+        }
+        let index = format!("a CPU index in the 'cpus' of process '{process}'");
+        let mut cpus = Vec::new();
+        for item in items {
+            let Some(cpu) = self.int(item, &index, 0, MAX_CPU) else {
+                continue;
+            };
+            let cpu = cpu as usize;
+            if cpus.contains(&cpu) {
+                self.error(
+                    item.span(),
+                    format!("CPU {cpu} is listed twice in the 'cpus' of process '{process}'"),
+                );
+            } else {
+                cpus.push(cpu);
+            }
+        }
+        Some(cpus)
+    }
+
+    fn connections(&mut self, v: &Value<'_>) -> Vec<ConnectionEntry> {
+        let mut connections = Vec::new();
+        let Some(items) = self.array(v, "'connections' (written [[connections]])") else {
+            return connections;
+        };
+        for (n, item) in items.iter().enumerate() {
+            let entry = format!("[[connections]] entry {}", n + 1);
+            let Some(t) = self.table(item, &entry) else {
+                continue;
+            };
+            let text = |field: &str| {
+                t.iter()
+                    .find(|(k, _)| k.get_ref() == field)
+                    .and_then(|(_, v)| v.get_ref().as_str())
+            };
+            let place = match text("stream") {
+                Some(stream) => format!("in connection {}", connection_label(stream, text("to"))),
+                None => format!("in {entry}"),
+            };
+            let mut stream = None;
+            let mut c = ConnectionEntry {
+                stream: (String::new(), Pos::default()),
+                to: None,
+                capacity: None,
+                policy: None,
+            };
+            for (key, value) in self.fields(t, CONNECTION_FIELDS, &place) {
+                let field: &str = key.get_ref();
+                let what = format!("'{field}' {place}");
+                let at = self.pos(value.span().start);
+                match field {
+                    "stream" => stream = self.string(value, &what).map(|s| (s, at)),
+                    "to" => c.to = self.string(value, &what).map(|s| (s, at)),
+                    "capacity" => {
+                        c.capacity = self
+                            .int(value, &what, 1, TOML_MAX)
+                            .map(|n| (n as usize, at));
+                    }
+                    _ => {
+                        c.policy = self
+                            .choice(value, field, &place, POLICIES)
+                            .map(|i| [Policy::Block, Policy::DropOldest, Policy::DropNewest][i]);
+                    }
+                }
+            }
+            if !t.iter().any(|(k, _)| k.get_ref() == "stream") {
+                self.error(
+                    item.span(),
+                    format!("{entry} has no 'stream' (it is required: the writer's stream, \"agent.port\")"),
+                );
+            }
+            if let Some(stream) = stream {
+                c.stream = stream;
+                connections.push(c);
+            }
+        }
+        connections
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Graph;
+
+    /// sensor -> detector -> alarm; sensor -> average (window of 8) -> log, in process `logger`.
+    fn app() -> GraphInfo {
+        app_graph().info()
+    }
+
+    fn app_graph() -> Graph {
+        let mut g = Graph::new("plant");
+        let s = g.source_iter("sensor", 0..10u64);
+        let d = g.map("detector", &s, |x: &u64| *x);
+        let avg = g.map_window("average", &s, 8, 8, |w: &[u64]| w.iter().sum::<u64>());
+        g.for_each("alarm", &d, |_: &u64| {});
+        g.for_each("log", &avg, |_: &u64| {});
+        g.place_in_process("log", "logger");
+        g
+    }
+
+    /// The error of parsing `text`, then planning it against [`app`].
+    fn error(text: &str) -> String {
+        match Deployment::parse("deploy.toml", text) {
+            Err(e) => e.to_string(),
+            Ok(d) => d.plan(&app()).expect_err("a problem").to_string(),
+        }
+    }
+
+    #[test]
+    fn the_test_app_is_as_the_tests_assume() {
+        let info = app();
+        let edges: Vec<(&str, &str)> = info
+            .edges
+            .iter()
+            .map(|e| (e.stream.as_str(), e.input.as_str()))
+            .collect();
+        assert_eq!(
+            edges,
+            [
+                ("sensor.out", "detector.in"),
+                ("sensor.out", "average.in"),
+                ("detector.out", "alarm.in"),
+                ("average.out", "log.in"),
+            ]
+        );
+        assert_eq!(info.agents[2].inputs[0].min_capacity, 8);
+        assert_eq!(info.processes, ["main", "logger"]);
+    }
+
+    /// Each problem of `text` on its own line.
+    fn lines(text: &str) -> Vec<String> {
+        error(text).lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn toml_syntax_error() {
+        assert_eq!(
+            error("[processes.detector\nhost = \"local\"\n"),
+            "deploy.toml:1:20: invalid TOML: unclosed table, expected `]`"
+        );
+    }
+
+    #[test]
+    fn several_toml_syntax_errors_each_once() {
+        assert_eq!(
+            lines("a = \nb = [1,\n"),
+            [
+                "deploy.toml:1:5: invalid TOML: string values must be quoted, expected literal \
+                 string",
+                "deploy.toml:2:8: invalid TOML: unclosed array, expected `]`",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_key() {
+        assert_eq!(
+            lines(
+                "[[connections]]\nstream = \"sensor.out\"\ncapacity = 10\ncapacity = 20\n\
+                 [processes.logger]\n[processes.logger]\n"
+            ),
+            [
+                "deploy.toml:4:1: invalid TOML: duplicate key 'capacity'",
+                "deploy.toml:6:12: invalid TOML: duplicate key 'logger'",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields() {
+        assert_eq!(
+            lines("[proceses.x]\n[processes.detector]\nrestrat = \"never\"\n[[connections]]\nstream = \"sensor.out\"\n  capacty = 5\n"),
+            [
+                "deploy.toml:1:2: unknown field 'proceses' at the top level (did you mean \
+                 'processes'?); the accepted fields are 'supervisor', 'env', 'hosts', 'processes' \
+                 and 'connections'",
+                "deploy.toml:3:1: unknown field 'restrat' in process 'detector' (did you mean \
+                 'restart'?); the accepted fields are 'host', 'agents', 'restart', \
+                 'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus' and 'env'",
+                "deploy.toml:6:3: unknown field 'capacty' in connection 'sensor.out' (did you \
+                 mean 'capacity'?); the accepted fields are 'stream', 'to', 'capacity' and \
+                 'policy'",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        assert_eq!(
+            lines(
+                "[[connections]]\nstream = \"sensor.out\"\ncapacity = \"big\"\n\n\
+                 [processes.logger]\nrestart = \"on-failure\"\nmax_restarts = -1\nagents = \"log\"\n\
+                 [supervisor]\nready_timeout_ms = 1.5\n"
+            ),
+            [
+                "deploy.toml:3:12: 'capacity' in connection 'sensor.out' must be an integer, \
+                 found string \"big\"",
+                "deploy.toml:7:16: 'max_restarts' in process 'logger' must be at least 0, found -1",
+                "deploy.toml:8:10: 'agents' in process 'logger' must be an array, found string \
+                 \"log\"",
+                "deploy.toml:10:20: 'ready_timeout_ms' in [supervisor] must be an integer, found \
+                 float 1.5",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_agent() {
+        assert_eq!(
+            error("[processes.detector]\nagents = [\"sensor\", \"detektor\"]\n"),
+            "deploy.toml:2:21: unknown agent 'detektor' in process 'detector' (did you mean \
+             'detector'?); the app's agents are 'sensor', 'detector', 'average', 'alarm' and 'log'"
+        );
+    }
+
+    #[test]
+    fn agent_placed_twice() {
+        assert_eq!(
+            lines(
+                "[processes.a]\nagents = [\"detector\"]\n[processes.b]\nagents = [\"alarm\", \
+                 \"detector\"]\n[processes.c]\nagents = [\"log\", \"log\"]\n"
+            ),
+            [
+                "deploy.toml:4:20: agent 'detector' is placed twice: in process 'b' here, and in \
+                 process 'a' on line 2",
+                "deploy.toml:6:18: agent 'log' is listed twice in process 'c' (first on line 6)",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_host() {
+        assert_eq!(
+            error(
+                "[hosts.edge]\naddress = \"10.0.0.2\"\n[hosts.cloud]\naddress = \"10.0.0.3\"\n\
+                 [processes.logger]\nhost = \"egde\"\n"
+            ),
+            "deploy.toml:6:8: unknown host 'egde' in process 'logger' (did you mean 'edge'?); \
+             the hosts are 'edge' and 'cloud'"
+        );
+        assert_eq!(
+            error("[processes.logger]\nhost = \"edge\"\n"),
+            "deploy.toml:2:8: unknown host 'edge' in process 'logger'; the hosts are 'local' \
+             (the default; declare hosts with [hosts.NAME])"
+        );
+    }
+
+    #[test]
+    fn host_entries() {
+        assert_eq!(
+            lines(
+                "[hosts.edge]\n[hosts.cloud]\naddress = \"\"\n[hosts.\"x y\"]\naddress = \"h\"\n"
+            ),
+            [
+                "deploy.toml:1:8: host 'edge' has no 'address' (it is required)",
+                "deploy.toml:3:11: 'address' in host 'cloud' must not be empty",
+                "deploy.toml:4:8: invalid host name 'x y': a host name is 1 to 64 ASCII \
+                 letters, digits, '_' or '-'",
+            ]
+        );
+    }
+
+    #[test]
+    fn process_that_is_neither_in_the_app_nor_given_agents() {
+        assert_eq!(
+            error("[processes.spare]\nrestart = \"on-failure\"\n"),
+            "deploy.toml:1:12: process 'spare' is not a process of the app and is given no \
+             agents; the app's processes are 'main' and 'logger' (a new process needs agents = \
+             [...])"
+        );
+        assert_eq!(
+            error("[processes.loger]\nagents = []\n"),
+            "deploy.toml:1:12: process 'loger' is not a process of the app and is given no \
+             agents (did you mean 'logger'?); the app's processes are 'main' and 'logger' (a new \
+             process needs agents = [...])"
+        );
+    }
+
+    #[test]
+    fn bad_policy_and_restart() {
+        assert_eq!(
+            lines(
+                "[[connections]]\nstream = \"sensor.out\"\npolicy = \"drop-some\"\n\
+                 [processes.logger]\nrestart = \"on_failure\"\n"
+            ),
+            [
+                "deploy.toml:3:10: unknown policy 'drop-some' in connection 'sensor.out'; \
+                 expected 'block', 'drop-oldest' or 'drop-newest'",
+                "deploy.toml:5:11: unknown restart 'on_failure' in process 'logger' (did you \
+                 mean 'on-failure'?); expected 'never' or 'on-failure'",
+            ]
+        );
+    }
+
+    #[test]
+    fn capacity_zero() {
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\nto = \"detector.in\"\ncapacity = 0\n"),
+            "deploy.toml:4:12: 'capacity' in connection 'sensor.out -> detector.in' must be at \
+             least 1, found 0"
+        );
+    }
+
+    #[test]
+    fn capacity_below_the_readers_min_capacity() {
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\ncapacity = 4\n"),
+            "deploy.toml:3:12: capacity 4 of connection 'sensor.out -> average.in' is less than \
+             8, the fewest elements agent 'average' needs on its input 'in'"
+        );
+    }
+
+    #[test]
+    fn unknown_stream_and_input() {
+        assert_eq!(
+            lines(
+                "[[connections]]\nstream = \"sensr.out\"\ncapacity = 10\n[[connections]]\n\
+                 stream = \"detector.out\"\nto = \"log.in\"\n"
+            ),
+            [
+                "deploy.toml:2:10: unknown stream 'sensr.out' (did you mean 'sensor.out'?); the \
+                 app's connected streams are 'sensor.out', 'detector.out' and 'average.out'",
+                "deploy.toml:6:6: 'log.in' does not read stream 'detector.out'; its readers are \
+                 'alarm.in'",
+            ]
+        );
+        let mut g = Graph::new("unread");
+        let s = g.source_iter("sensor", 0..3u64);
+        g.map("twice", &s, |x: &u64| x * 2);
+        let d =
+            Deployment::parse("deploy.toml", "[[connections]]\nstream = \"twice.out\"\n").unwrap();
+        assert_eq!(
+            d.plan(&g.info()).unwrap_err().to_string(),
+            "deploy.toml:2:10: stream 'twice.out' has no connections: no agent reads it"
+        );
+    }
+
+    #[test]
+    fn connection_entries() {
+        assert_eq!(
+            lines(
+                "[[connections]]\ncapacity = 3\n[[connections]]\nstream = \"sensor.out\"\n\
+                 [[connections]]\nstream = \"sensor.out\"\nconnections = 5\n"
+            ),
+            [
+                "deploy.toml:1:1: [[connections]] entry 1 has no 'stream' (it is required: the \
+                 writer's stream, \"agent.port\")",
+                "deploy.toml:6:10: connection 'sensor.out' is configured twice (first on line 4)",
+                "deploy.toml:7:1: unknown field 'connections' in connection 'sensor.out'; the \
+                 accepted fields are 'stream', 'to', 'capacity' and 'policy'",
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_options_without_on_failure() {
+        assert_eq!(
+            lines(
+                "[processes.logger]\nmax_restarts = 5\nbackoff_ms = 10\n[processes.main]\n\
+                 restart = \"never\"\nmax_backoff_ms = 10\n[processes.x]\nagents = [\"alarm\"]\n\
+                 restart = \"on-failure\"\nbackoff_ms = 500\nmax_backoff_ms = 200\n"
+            ),
+            [
+                "deploy.toml:2:1: 'max_restarts' in process 'logger' only applies with restart \
+                 = \"on-failure\" (restart is \"never\")",
+                "deploy.toml:3:1: 'backoff_ms' in process 'logger' only applies with restart = \
+                 \"on-failure\" (restart is \"never\")",
+                "deploy.toml:6:1: 'max_backoff_ms' in process 'main' only applies with restart \
+                 = \"on-failure\" (restart is \"never\")",
+                "deploy.toml:11:1: 'max_backoff_ms' in process 'x' (200) is less than \
+                 'backoff_ms' (500)",
+            ]
+        );
+        let on_failure = "[processes.main]\nrestart = \"on-failure\"\n";
+        assert_eq!(
+            lines(&format!(
+                "{on_failure}max_backoff_ms = 50\n[processes.logger]\nrestart = \"on-failure\"\n\
+                 backoff_ms = 6000\n"
+            )),
+            [
+                "deploy.toml:3:1: 'max_backoff_ms' in process 'main' (50) is less than \
+                 'backoff_ms' (100, the default)",
+                "deploy.toml:6:1: 'backoff_ms' in process 'logger' (6000) is more than \
+                 'max_backoff_ms' (5000, the default)",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_process_names() {
+        let long = "p".repeat(65);
+        assert_eq!(
+            lines(&format!(
+                "[processes.\"my process\"]\nagents = [\"log\"]\n[processes.{long}]\n\
+                 agents = [\"alarm\"]\n"
+            )),
+            [
+                "deploy.toml:1:12: invalid process name 'my process': a process name is 1 to 64 \
+                 ASCII letters, digits, '_' or '-'"
+                    .to_string(),
+                format!(
+                    "deploy.toml:3:12: invalid process name '{long}': a process name is 1 to 64 \
+                     ASCII letters, digits, '_' or '-'"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_cpus() {
+        assert_eq!(
+            lines(
+                "[processes.a]\nagents = [\"alarm\"]\ncpus = []\n[processes.b]\n\
+                 agents = [\"log\"]\ncpus = [0, 1024, 3, 0, -1]\n"
+            ),
+            [
+                "deploy.toml:3:8: 'cpus' in process 'a' is empty: list at least one CPU, or \
+                 leave 'cpus' out to not pin",
+                "deploy.toml:6:12: a CPU index in the 'cpus' of process 'b' must be at most \
+                 1023, found 1024",
+                "deploy.toml:6:21: CPU 0 is listed twice in the 'cpus' of process 'b'",
+                "deploy.toml:6:24: a CPU index in the 'cpus' of process 'b' must be at least 0, \
+                 found -1",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_env() {
+        // The column counts characters: 'é' is one.
+        assert_eq!(
+            lines(
+                "[env]\n\"\" = \"x\"\nN = 5\n[processes.logger]\n\
+                 env = { \"café\" = \"x\", \"A=B\" = \"y\", Z = \"a\\u0000b\" }\n"
+            ),
+            [
+                "deploy.toml:2:1: empty environment variable name in [env]",
+                "deploy.toml:3:5: environment variable 'N' in [env] must be a string, found \
+                 integer 5",
+                "deploy.toml:5:23: environment variable name 'A=B' in the env of process \
+                 'logger' must not contain '=' or NUL",
+                "deploy.toml:5:40: the value of environment variable 'Z' in the env of process \
+                 'logger' must not contain NUL",
+            ]
+        );
+    }
+
+    #[test]
+    fn several_hosts_without_local_need_a_host_per_process() {
+        assert_eq!(
+            lines(
+                "[hosts.edge]\naddress = \"10.0.0.2\"\n[hosts.cloud]\naddress = \"10.0.0.3\"\n\
+                 [processes.logger]\nagents = [\"log\"]\n"
+            ),
+            [
+                "deploy.toml:1:8: process 'main' needs a host: there are several hosts and none \
+                 is named 'local' (add [processes.main] with host = \"...\"); the hosts are \
+                 'edge' and 'cloud'",
+                "deploy.toml:5:12: process 'logger' needs a host: there are several hosts and \
+                 none is named 'local' (add host = \"...\"); the hosts are 'edge' and 'cloud'",
+            ]
+        );
+        // The only host is the default.
+        let d = Deployment::parse("deploy.toml", "[hosts.edge]\naddress = \"10.0.0.2\"\n").unwrap();
+        let plan = d.plan(&app()).unwrap();
+        assert_eq!(plan.hosts, [("edge".to_string(), "10.0.0.2".to_string())]);
+        assert_eq!(plan.process_host["main"], "edge");
+        assert_eq!(plan.process_host["logger"], "edge");
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let e = Deployment::load(Path::new("/nonexistent/deploy.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/nonexistent/deploy.toml: cannot read the deployment file: No such file or \
+             directory (os error 2)"
+        );
+        assert_eq!((e.problems[0].line, e.problems[0].column), (0, 0));
+    }
+
+    #[test]
+    fn problems_carry_file_line_and_column() {
+        let e = Deployment::parse("site/deploy.toml", "[processes.a]\n  agents = 3\n").unwrap_err();
+        assert_eq!(
+            e.problems,
+            [Problem {
+                file: "site/deploy.toml".to_string(),
+                line: 2,
+                column: 12,
+                message: "'agents' in process 'a' must be an array, found integer 3".to_string(),
+            }]
+        );
+    }
+
+    #[test]
+    fn empty_file_deploys_as_declared_in_code() {
+        let d = Deployment::parse("deploy.toml", "# nothing\n").unwrap();
+        assert_eq!(
+            d,
+            Deployment {
+                file: "deploy.toml".to_string(),
+                ..Deployment::default()
+            }
+        );
+        assert_eq!(d.supervisor.drain_timeout, Duration::from_secs(10));
+        assert_eq!(d.supervisor.ready_timeout, Duration::from_secs(30));
+        assert_eq!(d.hosts(), [("local", "127.0.0.1")]);
+        assert_eq!(d.process("main"), ProcessSettings::default());
+        assert_eq!(d.process("main").restart, Restart::Never);
+
+        let info = app();
+        let plan = d.plan(&info).unwrap();
+        let placed: Vec<&str> = info.agents.iter().map(|a| a.process.as_str()).collect();
+        assert_eq!(plan.agent_process, placed);
+        let edges: Vec<(usize, Policy)> =
+            info.edges.iter().map(|e| (e.capacity, e.policy)).collect();
+        assert_eq!(plan.edges, edges);
+        assert!(plan.hosts.is_empty());
+        let hosts: BTreeMap<String, String> = [("main", "local"), ("logger", "local")]
+            .map(|(p, h)| (p.to_string(), h.to_string()))
+            .into();
+        assert_eq!(plan.process_host, hosts);
+    }
+
+    #[test]
+    fn full_file() {
+        let text = r#"
+[supervisor]
+drain_timeout_ms = 2500
+ready_timeout_ms = 40000
+
+[env]
+RUST_LOG = "info"
+SHARED = "global"
+
+[hosts.local]
+address = "127.0.0.1"
+
+[hosts.edge]
+address = "10.0.0.7"
+
+[processes.detector]
+host = "local"
+agents = ["detector", "alarm"]
+restart = "on-failure"
+max_restarts = 5
+backoff_ms = 50
+max_backoff_ms = 1000
+cpus = [1, 0]
+env = { KEY = "value", SHARED = "mine" }
+
+[processes.logger]
+host = "edge"
+
+[processes.main]
+restart = "on-failure"
+
+[[connections]]
+stream = "sensor.out"
+to = "average.in"
+capacity = 64
+policy = "drop-newest"
+
+[[connections]]
+stream = "sensor.out"
+capacity = 1024
+policy = "drop-oldest"
+"#;
+        let d = Deployment::parse("deploy.toml", text).unwrap();
+        assert_eq!(d.file, "deploy.toml");
+        assert_eq!(
+            d.supervisor,
+            SupervisorSettings {
+                drain_timeout: Duration::from_millis(2500),
+                ready_timeout: Duration::from_millis(40000),
+            }
+        );
+        assert_eq!(d.hosts(), [("local", "127.0.0.1"), ("edge", "10.0.0.7")]);
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(d.env, env(&[("RUST_LOG", "info"), ("SHARED", "global")]));
+        assert_eq!(
+            d.process("detector"),
+            ProcessSettings {
+                restart: Restart::OnFailure {
+                    max_restarts: 5,
+                    backoff: Duration::from_millis(50),
+                    max_backoff: Duration::from_millis(1000),
+                },
+                env: env(&[("KEY", "value"), ("RUST_LOG", "info"), ("SHARED", "mine")]),
+                cpus: Some(vec![1, 0]),
+            }
+        );
+        assert_eq!(
+            d.process("main"),
+            ProcessSettings {
+                restart: Restart::OnFailure {
+                    max_restarts: 3,
+                    backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_millis(5000),
+                },
+                env: env(&[("RUST_LOG", "info"), ("SHARED", "global")]),
+                cpus: None,
+            }
+        );
+        assert_eq!(
+            d.process("logger"),
+            ProcessSettings {
+                restart: Restart::Never,
+                env: env(&[("RUST_LOG", "info"), ("SHARED", "global")]),
+                cpus: None,
+            }
+        );
+        assert_eq!(d.process("not-in-the-file"), d.process("logger"));
+
+        let info = app();
+        let plan = d.plan(&info).unwrap();
+        let default = info.default_capacity;
+        assert_eq!(
+            plan,
+            Plan {
+                // sensor, detector, average, alarm, log
+                agent_process: ["main", "detector", "main", "detector", "logger"]
+                    .map(String::from)
+                    .into(),
+                // The entry naming one connection wins over the one for its whole stream.
+                edges: vec![
+                    (1024, Policy::DropOldest),
+                    (64, Policy::DropNewest),
+                    (default, Policy::Block),
+                    (default, Policy::Block),
+                ],
+                hosts: vec![
+                    ("local".to_string(), "127.0.0.1".to_string()),
+                    ("edge".to_string(), "10.0.0.7".to_string()),
+                ],
+                process_host: [("main", "local"), ("detector", "local"), ("logger", "edge")]
+                    .map(|(p, h)| (p.to_string(), h.to_string()))
+                    .into(),
+            }
+        );
+    }
+
+    #[test]
+    fn moving_every_agent_out_of_a_code_process_drops_it() {
+        let d = Deployment::parse("deploy.toml", "[processes.main]\nagents = [\"log\"]\n").unwrap();
+        let plan = d.plan(&app()).unwrap();
+        assert_eq!(plan.agent_process, ["main"; 5]);
+        assert_eq!(plan.process_host.keys().collect::<Vec<_>>(), ["main"]);
+    }
+
+    #[test]
+    fn restart_delays_double_up_to_the_limit() {
+        let r = Restart::OnFailure {
+            max_restarts: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(5000),
+        };
+        let waits: Vec<_> = (0..=4).map(|n| r.delay(n)).collect();
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(waits, [None, ms(100), ms(200), ms(400), None]);
+        assert_eq!(Restart::Never.delay(1), None);
+        let many = Restart::OnFailure {
+            max_restarts: u32::MAX,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(5000),
+        };
+        assert_eq!(many.delay(40), ms(5000));
+    }
+
+    #[test]
+    fn a_plan_applies_to_its_graph() {
+        let text = "[hosts.edge]\naddress = \"10.0.0.7\"\n[hosts.local]\naddress = \"127.0.0.1\"\n\
+                    [processes.logger]\nhost = \"edge\"\n[processes.work]\nagents = [\"detector\"]\n\
+                    [[connections]]\nstream = \"sensor.out\"\nto = \"average.in\"\ncapacity = 16\n\
+                    policy = \"drop-oldest\"\n";
+        let d = Deployment::parse("deploy.toml", text).unwrap();
+        let mut g = app_graph();
+        let plan = d.plan(&g.info()).unwrap();
+        g.apply_plan(&plan);
+        let info = g.info();
+        let placed: Vec<&str> = info.agents.iter().map(|a| a.process.as_str()).collect();
+        assert_eq!(placed, plan.agent_process);
+        assert_eq!(placed, ["main", "work", "main", "main", "logger"]);
+        let edges: Vec<(usize, Policy)> =
+            info.edges.iter().map(|e| (e.capacity, e.policy)).collect();
+        assert_eq!(edges, plan.edges);
+        assert_eq!(edges[1], (16, Policy::DropOldest));
+        let hosts: Vec<(&str, &str, Vec<&str>)> = info
+            .hosts
+            .iter()
+            .map(|h| {
+                let processes = h.processes.iter().map(String::as_str).collect();
+                (h.name.as_str(), h.address.as_str(), processes)
+            })
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("edge", "10.0.0.7", vec!["logger"]),
+                ("local", "127.0.0.1", vec!["main", "work"]),
+            ]
+        );
+    }
+
+    /// The example of `docs/deployment.md` is valid for an app with the agents it names.
+    #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../docs/deployment.md");
+        let start = doc.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let example = &doc[start..start + doc[start..].find("```").expect("its end")];
+        let d = Deployment::parse("deployment.md", example).unwrap();
+        let mut g = Graph::new("doc");
+        let s = g.source_iter("sensor", 0..10u64);
+        let alarms = g.map("detector", &s, |x: &u64| *x > 5);
+        g.for_each("alarm", &alarms, |_: &bool| {});
+        let plan = d.plan(&g.info()).unwrap();
+        assert_eq!(plan.agent_process, ["main", "detector", "main"]);
+        assert_eq!(plan.edges[0], (1024, Policy::DropOldest));
+        assert_eq!(d.process("detector").cpus, Some(vec![2, 3]));
+        assert_eq!(d.process("detector").env["RUST_LOG"], "info");
     }
 }

@@ -810,15 +810,8 @@ impl Supervisor<'_> {
         }
         let error = exit.to_error().to_string();
         if self.draining.is_none() {
-            if let Restart::OnFailure {
-                max_restarts,
-                backoff,
-                max_backoff,
-            } = m.settings.restart
-            {
-                if m.restarts < max_restarts {
-                    let factor = 1u32.checked_shl(m.restarts.min(31)).unwrap_or(u32::MAX);
-                    let delay = backoff.saturating_mul(factor).min(max_backoff);
+            if let Restart::OnFailure { max_restarts, .. } = m.settings.restart {
+                if let Some(delay) = m.settings.restart.delay(m.restarts + 1) {
                     m.restarts += 1;
                     m.restart_at = Some(Instant::now() + delay);
                     log(&format!(
