@@ -579,6 +579,118 @@ fn restarts_stop_at_the_limit() -> Result<(), String> {
     })
 }
 
+/// Bad deployment files: `iotstream check` exits 2 and prints exactly these problems, each with
+/// the file, line, column and the offending name.
+const BAD_FILES: &[(&str, &str)] = &[
+    (
+        "[processes.work\nagents = [\"triple\"]\n",
+        "1:16: invalid TOML: unclosed table, expected `]`",
+    ),
+    (
+        "[processes.work]\nagents = [\"triple\"]\nrestrat = \"never\"\n",
+        "3:1: unknown field 'restrat' in process 'work' (did you mean 'restart'?); the accepted fields are 'host', 'agents', 'restart', 'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus' and 'env'",
+    ),
+    (
+        "[[connections]]\nstream = \"numbers.out\"\ncapacity = \"big\"\n",
+        "3:12: 'capacity' in connection 'numbers.out' must be an integer, found string \"big\"",
+    ),
+    (
+        "[processes.work]\nagents = [\"tripel\"]\n",
+        "2:11: unknown agent 'tripel' in process 'work' (did you mean 'triple'?); the app's agents are 'numbers', 'triple' and 'record'",
+    ),
+    (
+        "[processes.a]\nagents = [\"triple\"]\n\n[processes.b]\nagents = [\"triple\"]\n",
+        "5:11: agent 'triple' is placed twice: in process 'b' here, and in process 'a' on line 2",
+    ),
+    (
+        "[processes.work]\nhost = \"pi\"\nagents = [\"triple\"]\n",
+        "2:8: unknown host 'pi' in process 'work'; the hosts are 'local' (the default; declare hosts with [hosts.NAME])",
+    ),
+    (
+        "[processes.spare]\nrestart = \"on-failure\"\n",
+        "1:12: process 'spare' is not a process of the app and is given no agents; the app's processes are 'main' (a new process needs agents = [...])",
+    ),
+    (
+        "[[connections]]\nstream = \"numbers.out\"\npolicy = \"drop-some\"\n",
+        "3:10: unknown policy 'drop-some' in connection 'numbers.out'; expected 'block', 'drop-oldest' or 'drop-newest'",
+    ),
+    (
+        "[processes.work]\nagents = [\"triple\"]\nrestart = \"sometimes\"\n",
+        "3:11: unknown restart 'sometimes' in process 'work'; expected 'never' or 'on-failure'",
+    ),
+    (
+        "[[connections]]\nstream = \"triple.out\"\nto = \"record.in\"\ncapacity = 0\n",
+        "4:12: 'capacity' in connection 'triple.out -> record.in' must be at least 1, found 0",
+    ),
+    (
+        "[[connections]]\nstream = \"numbers.output\"\ncapacity = 8\n",
+        "2:10: unknown stream 'numbers.output' (did you mean 'numbers.out'?); the app's connected streams are 'numbers.out' and 'triple.out'",
+    ),
+    (
+        "[processes.work]\nagents = [\"triple\"]\nmax_restarts = 2\n",
+        "3:1: 'max_restarts' in process 'work' only applies with restart = \"on-failure\" (restart is \"never\")",
+    ),
+    (
+        "[processes.work]\nagents = [\"triple\"]\nagents = [\"record\"]\n",
+        "3:1: invalid TOML: duplicate key 'agents'",
+    ),
+    (
+        "[processes.\"my process\"]\nagents = [\"triple\"]\n",
+        "1:12: invalid process name 'my process': a process name is 1 to 64 ASCII letters, digits, '_' or '-'",
+    ),
+    (
+        "[processes.work]\nagents = [\"triple\"]\ncpus = [1024]\n",
+        "3:9: a CPU index in the 'cpus' of process 'work' must be at most 1023, found 1024",
+    ),
+    (
+        // Every problem at once, in file order.
+        "[processes.work]\nagents = [\"triple\", \"recrod\"]\n\n[[connections]]\nstream = \"triple.out\"\nto = \"numbers.in\"\n",
+        "2:21: unknown agent 'recrod' in process 'work' (did you mean 'record'?); the app's agents are 'numbers', 'triple' and 'record'\n\
+         {file}:6:6: 'numbers.in' does not read stream 'triple.out'; its readers are 'record.in'",
+    ),
+];
+
+fn bad_deployment_files_are_rejected_with_file_line_column_and_name() -> Result<(), String> {
+    let dir = Scratch::new("bad");
+    let exe = own_exe();
+    let check = |path: &Path| {
+        Command::new(launcher_exe())
+            .args([
+                "check".as_ref(),
+                path.as_os_str(),
+                "--app".as_ref(),
+                exe.as_os_str(),
+            ])
+            .args(["--", "app", "relay", "10"])
+            .output()
+            .map_err(|e| e.to_string())
+    };
+    let mut wrong = Vec::new();
+    for (i, (text, expected)) in BAD_FILES.iter().enumerate() {
+        let path = dir.file(&format!("bad{i}.toml"), text);
+        let file = path.display().to_string();
+        let expected = format!("{file}:{}\n", expected.replace("{file}", &file));
+        let out = check(&path)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) || stderr != expected {
+            wrong.push(format!(
+                "file #{i} ({text:?}): exit {:?}\nexpected: {expected}got:      {stderr}",
+                out.status.code()
+            ));
+        }
+    }
+    // And a good file is good.
+    let good = dir.file("good.toml", MOVED);
+    let out = check(&good)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success()
+        || !stdout.contains("good: application 'relay', 3 agents in 3 processes")
+    {
+        wrong.push(format!("the good file: {out:?}"));
+    }
+    ensure(wrong.is_empty(), || wrong.join("\n\n"))
+}
+
 fn clean_removes_only_rings_of_dead_owners() -> Result<(), String> {
     // A surely dead pid: a child that has exited and been reaped.
     let mut child = Command::new("true").spawn().map_err(|e| e.to_string())?;
@@ -898,6 +1010,10 @@ fn main() {
             Box::new(clean_removes_only_rings_of_dead_owners),
         ),
         ("graph_dot_output_parses", Box::new(graph_dot_output_parses)),
+        (
+            "bad_deployment_files_are_rejected_with_file_line_column_and_name",
+            Box::new(bad_deployment_files_are_rejected_with_file_line_column_and_name),
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, f) in &scenarios {
