@@ -291,21 +291,29 @@ pub fn render(info: &GraphInfo, format: GraphFormat) -> String {
 }
 
 fn plural(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+    match (n, what.ends_with('s')) {
+        (1, _) => format!("{n} {what}"),
+        (_, true) => format!("{n} {what}es"),
+        (_, false) => format!("{n} {what}s"),
+    }
+}
+
+/// One line: the application, and how many agents, connections, processes and hosts it has.
+pub fn summary(info: &GraphInfo) -> String {
+    format!(
+        "application '{}': {}, {}, {} on {}",
+        info.app,
+        plural(info.agents.len(), "agent"),
+        plural(info.edges.len(), "connection"),
+        plural(info.processes.len(), "process"),
+        plural(info.hosts.len(), "host"),
+    )
 }
 
 fn render_text(info: &GraphInfo) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "application '{}': {}, {}, {} on {}",
-        info.app,
-        plural(info.agents.len(), "agent"),
-        plural(info.edges.len(), "connection"),
-        plural(info.processes.len(), "process").replace("processs", "processes"),
-        plural(info.hosts.len(), "host"),
-    );
+    let _ = writeln!(s, "{}", summary(info));
     for h in &info.hosts {
         let _ = writeln!(s, "\nhost {} ({})", h.name, h.address);
         for p in &h.processes {
@@ -787,7 +795,7 @@ impl Supervisor<'_> {
             self.flowing = true;
             log(&format!(
                 "{} ready: data flows",
-                plural(self.members.len(), "process").replace("processs", "processes")
+                plural(self.members.len(), "process")
             ));
             for m in &mut self.members {
                 m.say("go");

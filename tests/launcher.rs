@@ -684,7 +684,8 @@ fn bad_deployment_files_are_rejected_with_file_line_column_and_name() -> Result<
     let out = check(&good)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success()
-        || !stdout.contains("good: application 'relay', 3 agents in 3 processes")
+        || !stdout
+            .contains("good: application 'relay': 3 agents, 2 connections, 3 processes on 1 host")
     {
         wrong.push(format!("the good file: {out:?}"));
     }

@@ -177,14 +177,7 @@ fn main() -> ExitCode {
             let app = AppCommand { program: app, args };
             match launcher::describe(&app, Some(&deployment)) {
                 Ok((info, _)) => {
-                    println!(
-                        "{}: good: application '{}', {} agents in {} processes on {} hosts",
-                        deployment.name,
-                        info.app,
-                        info.agents.len(),
-                        info.processes.len(),
-                        info.hosts.len()
-                    );
+                    println!("{}: good: {}", deployment.name, launcher::summary(&info));
                     for e in info.edges.iter().filter(|e| e.transport == "tcp") {
                         println!(
                             "note: connection {} -> {} crosses hosts; this version cannot run it yet (no TCP transport)",
