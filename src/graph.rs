@@ -634,6 +634,7 @@ impl Graph {
                         link: if resolved == Resolved::Local { link } else { 0 },
                         capacity,
                         policy: e.conn.policy,
+                        durable: resolved == Resolved::SharedMemory,
                     },
                 );
             }
