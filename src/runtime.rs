@@ -147,6 +147,11 @@ impl RunHandle {
         (RunHandle { shared }, runner)
     }
 
+    /// True once the application was asked to stop (a graceful stop, a signal) or failed.
+    pub fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
     /// True once the run has failed or its actors are torn down: helper threads end.
     pub fn is_over(&self) -> bool {
         self.shared

@@ -18,8 +18,10 @@
 //!   [`held`]), so that a restarted reading process takes the ring over and reads again what
 //!   the dead one had not consumed: nothing is lost, an element being processed at the crash
 //!   may be delivered twice.
-//! - Waits are always timed; between waits each side checks that the other process is alive, so
-//!   a dead peer is an error naming the connection, never a hang.
+//! - Waits are always timed; between waits each side checks that the other process is alive. A
+//!   dead peer is an error naming the connection, never a hang, unless the process is
+//!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
+//!   or stops the application, and the survivor keeps waiting.
 
 pub(crate) mod codec;
 pub(crate) mod held;
@@ -27,7 +29,7 @@ pub(crate) mod shm;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use codec::Codec;
@@ -58,6 +60,63 @@ pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
         .saturating_mul(2)
         .clamp(8 << 10, 256 << 20)
         .next_power_of_two()
+}
+
+/// True if a launcher supervises this process (environment variable `IOTSTREAM_SUPERVISED=1`,
+/// read once): it restarts a crashed process, or stops the application. A dead peer process is
+/// then not an error: the waits on its rings go on (with a warning) until the restarted peer
+/// takes its role over, or the application is asked to stop.
+pub(crate) fn supervised() -> bool {
+    static SUPERVISED: OnceLock<bool> = OnceLock::new();
+    *SUPERVISED.get_or_init(|| std::env::var_os("IOTSTREAM_SUPERVISED").is_some_and(|v| v == "1"))
+}
+
+/// What one side of a connection does when its peer process looks dead.
+struct PeerWatch {
+    /// `"reading"` or `"writing"`: the peer's role, for messages.
+    peer: &'static str,
+    label: String,
+    /// The dead pid already warned about (once per pid).
+    warned: Option<u32>,
+}
+
+impl PeerWatch {
+    fn new(peer: &'static str, label: &str) -> PeerWatch {
+        PeerWatch {
+            peer,
+            label: label.to_string(),
+            warned: None,
+        }
+    }
+
+    /// Checks the peer recorded in the ring (`pid`, `None` before it attached). A dead peer is an
+    /// error, except in a supervised process that is not stopping: then it warns once per pid and
+    /// the caller waits on (the restarted peer records its new pid in the ring).
+    fn check(
+        &mut self,
+        pid: Option<u32>,
+        alive: impl Fn(u32) -> bool,
+        supervised: bool,
+        stopping: bool,
+    ) -> Result<(), String> {
+        let Some(pid) = pid else { return Ok(()) };
+        if alive(pid) {
+            return Ok(());
+        }
+        let peer = self.peer;
+        if !supervised || stopping {
+            return Err(format!("the {peer} process (pid {pid}) died"));
+        }
+        if self.warned != Some(pid) {
+            self.warned = Some(pid);
+            tracing::warn!(
+                "connection {}: the {peer} process (pid {pid}) died; waiting for the launcher \
+                 to restart it",
+                self.label
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The name of the ring of edge `edge` of `app` in run `run`.
@@ -253,6 +312,7 @@ fn watch_space(
     run: RunHandle,
     label: String,
 ) {
+    let mut peer = PeerWatch::new("reading", &label);
     loop {
         let needed = {
             let mut armed = watch.armed.lock().unwrap_or_else(|p| p.into_inner());
@@ -280,15 +340,12 @@ fn watch_space(
                     break;
                 }
                 Ok(Wait::TimedOut) => {
-                    if let Some(pid) = waiter.consumer_pid() {
-                        if !pid_alive(pid) {
-                            run.fail(Error::Runtime {
-                                detail: format!(
-                                    "connection {label}: the reading process (pid {pid}) died"
-                                ),
-                            });
-                            return;
-                        }
+                    let pid = waiter.consumer_pid();
+                    if let Err(e) = peer.check(pid, pid_alive, supervised(), run.stopping()) {
+                        run.fail(Error::Runtime {
+                            detail: format!("connection {label}: {e}"),
+                        });
+                        return;
                     }
                 }
                 Err(e) => {
@@ -470,6 +527,7 @@ fn feed<T: Element>(
 ) -> Result<(), String> {
     let codec = Codec::<T>::new();
     let mut pending: VecDeque<Batch<T>> = VecDeque::new();
+    let mut peer = PeerWatch::new("writing", &spec.label);
     let mut warned_early = false;
     loop {
         if spec.run.is_over() {
@@ -533,11 +591,12 @@ fn feed<T: Element>(
                     .wait_for_data_or(WAIT_SLICE, watch, || mailbox.has_consumed())
                     .map_err(|e| e.to_string())?;
                 if wait == Wait::TimedOut {
-                    if let Some(pid) = consumer.producer_pid() {
-                        if !pid_alive(pid) {
-                            return Err(format!("the writing process (pid {pid}) died"));
-                        }
-                    }
+                    peer.check(
+                        consumer.producer_pid(),
+                        pid_alive,
+                        supervised(),
+                        spec.run.stopping(),
+                    )?;
                 }
             }
             Err(e) => return Err(e.to_string()),
@@ -794,6 +853,32 @@ mod tests {
         run.fail(Error::Runtime {
             detail: "the test is over".into(),
         });
+    }
+
+    #[test]
+    fn a_dead_peer_is_an_error_unless_supervised_and_not_stopping() {
+        let dead = |_| false;
+        let mut w = PeerWatch::new("reading", "a.out -> b.in");
+        assert_eq!(w.check(None, dead, false, false), Ok(()), "no peer yet");
+        assert_eq!(w.check(Some(7), |_| true, false, false), Ok(()), "alive");
+        assert_eq!(
+            w.check(Some(7), dead, false, false),
+            Err("the reading process (pid 7) died".to_string())
+        );
+        assert_eq!(
+            w.check(Some(7), dead, true, false),
+            Ok(()),
+            "supervised: wait"
+        );
+        assert_eq!(w.warned, Some(7));
+        assert_eq!(w.check(Some(7), dead, true, false), Ok(()));
+        assert_eq!(
+            w.check(Some(7), dead, true, true),
+            Err("the reading process (pid 7) died".to_string()),
+            "supervised, but the application is stopping: nobody will restart it"
+        );
+        assert_eq!(w.check(Some(9), dead, true, false), Ok(()));
+        assert_eq!(w.warned, Some(9), "a new dead pid is warned about again");
     }
 
     #[test]
