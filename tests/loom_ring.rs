@@ -16,7 +16,9 @@
 //! The models have teeth: each of these one-line mutations of `ring.rs` makes some of them fail
 //! (checked by hand when they were written): the waiter's `SeqCst` fence removed, or the
 //! waker's (a deadlock: a lost wake-up); `head` published with `Relaxed` instead of `Release`,
-//! or `tail` released with `Relaxed` (a causality violation on payload bytes).
+//! or `tail` released with `Relaxed` (a causality violation on payload bytes); the producer's
+//! nudge moved before its waiting flag is set and fenced, or a `DataNudger` nudge without its
+//! fence (a deadlock).
 //!
 //! Bounds: the five sleep/wake handshake models are exhaustive (including the producer's nudge
 //! to a consumer that holds frames and watches for a producer out of space, and a nudge from
