@@ -605,11 +605,8 @@ impl Graph {
                     Resolved::SharedMemory => {
                         let shm = part.shm.ok_or_else(|| no_shm(&self.name, &label))?;
                         let decl = &self.agents[reader].inputs[e.to.port as usize];
-                        let counters = if local[writer] {
-                            Arc::default()
-                        } else {
-                            counters
-                        };
+                        // A writer in this process counts the traffic itself.
+                        let count_traffic = !local[writer];
                         shm.reader(
                             edge,
                             decl,
@@ -618,6 +615,7 @@ impl Graph {
                             capacity,
                             e.conn.policy,
                             counters,
+                            count_traffic,
                             label,
                         )?
                     }
@@ -634,6 +632,7 @@ impl Graph {
                         link: if resolved == Resolved::Local { link } else { 0 },
                         capacity,
                         policy: e.conn.policy,
+                        durable: resolved == Resolved::SharedMemory,
                     },
                 );
             }
@@ -691,6 +690,7 @@ pub(crate) trait ShmWiring {
         capacity: usize,
         policy: Policy,
         counters: Arc<crate::metrics::LinkCounters>,
+        count_traffic: bool,
         label: String,
     ) -> Result<Arc<dyn Mailbox>, Error>;
 }

@@ -50,6 +50,10 @@ pub(crate) struct CreditRoute {
     pub link: u32,
     pub capacity: usize,
     pub policy: Policy,
+    /// The input is fed from a shared-memory ring, whose feeder releases ring space as credit
+    /// comes back: credit then means "done with", and is returned only once the step's outputs
+    /// are handed on (see [`Host::run`]), so that a restarted process re-reads what was not.
+    pub durable: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -68,8 +72,9 @@ pub(crate) trait InSlot: Send {
     fn prepare(&mut self);
     /// Elements consumed since the last call.
     fn take_consumed(&mut self) -> usize;
-    /// Credit to return to the writer now, if it is due (see [`InBuf`]).
-    fn credit_due(&mut self) -> usize;
+    /// Credit to return to the writer now, if it is due (see [`InBuf`]). A durable route's
+    /// credit is never due unless `durable_ok` (the host says the outputs are handed on).
+    fn credit_due(&mut self, durable_ok: bool) -> usize;
     fn set_credit_route(&mut self, route: CreditRoute);
     fn credit_route(&self) -> Option<&CreditRoute>;
 }
@@ -93,6 +98,10 @@ enum View<T> {
 /// credit left implies `outstanding == capacity` here, and then whatever was consumed is
 /// returned at once. Drop-policy links return credit after every step, since a writer that
 /// drops instead of waiting should see the reader's room as soon as it exists.
+///
+/// On a durable route (a shared-memory ring) the same credit also tells the feeder which ring
+/// frames it may release; the host returns it only once the step's outputs are handed on (see
+/// [`Host::run`]).
 pub(crate) struct InBuf<T> {
     view: View<T>,
     queue: VecDeque<Batch<T>>,
@@ -212,8 +221,11 @@ impl<T: Element> InSlot for InBuf<T> {
         std::mem::take(&mut self.consumed)
     }
 
-    fn credit_due(&mut self) -> usize {
+    fn credit_due(&mut self, durable_ok: bool) -> usize {
         let Some(route) = &self.route else { return 0 };
+        if route.durable && !durable_ok {
+            return 0;
+        }
         let group = match route.policy {
             Policy::Block => (route.capacity / 4).max(1),
             Policy::DropOldest | Policy::DropNewest => 1,
@@ -650,6 +662,11 @@ pub(crate) struct Host {
     dirty: bool,
     state: State,
     span: tracing::Span,
+    /// Some input has a durable credit route (known once the routes are set, at the first
+    /// step).
+    durable: Option<bool>,
+    /// A durable input may owe credit that waits for the outputs to be handed on.
+    owed: bool,
 }
 
 impl Host {
@@ -672,6 +689,8 @@ impl Host {
             dirty: true,
             state: State::Running,
             span,
+            durable: None,
+            owed: false,
         }
     }
 
@@ -679,8 +698,11 @@ impl Host {
         self.state == State::Done
     }
 
-    /// True if `run` would step the agent or finish a close.
+    /// True if `run` would step the agent, finish a close, or return deferred credit.
     pub fn ready(&self) -> bool {
+        if self.owed && !self.outputs.iter().any(|o| o.blocked()) {
+            return true;
+        }
         match self.state {
             State::Done => false,
             State::Closing => self.outputs.iter().all(|o| o.done()),
@@ -770,9 +792,22 @@ impl Host {
     }
 
     /// Steps the agent as long as it has work and is not blocked.
+    ///
+    /// After each step, credit for what the agent consumed goes back to the writers. For an
+    /// input fed by a shared-memory ring (a durable credit route) that credit lets the ring's
+    /// feeder release the consumed elements' space for good, so it must mean "done with": it
+    /// is returned only after the step's outputs are flushed, and only while no `Block` output
+    /// link holds stashed data (outputs not yet handed to their links or rings). Otherwise it
+    /// waits, and goes back as soon as the outputs unblock: at the start of every `run` (which
+    /// executors call after every envelope, the credit that empties a stash included), in every
+    /// state, so also at the end of the stream. In-process routes return credit right after
+    /// the step, as always.
     pub fn run(&mut self) -> Result<(), Error> {
         let span = self.span.clone();
         let _entered = span.enter();
+        if self.owed {
+            self.settle_durable();
+        }
         loop {
             match self.state {
                 State::Done => return Ok(()),
@@ -815,6 +850,9 @@ impl Host {
                     self.check(result)?;
                     let consumed = self.return_credits();
                     self.flush()?;
+                    if self.owed {
+                        self.settle_durable();
+                    }
                     if self.inputs.iter().all(|i| i.is_closed()) {
                         if consumed > 0 {
                             self.dirty = true;
@@ -869,11 +907,13 @@ impl Host {
         }
     }
 
+    /// Returns the credit due on in-process routes; durable routes' credit is owed until
+    /// [`settle_durable`](Self::settle_durable).
     fn return_credits(&mut self) -> usize {
         let mut total = 0;
         for slot in &mut self.inputs {
             total += slot.take_consumed();
-            let n = slot.credit_due();
+            let n = slot.credit_due(false);
             if n > 0 {
                 if let Some(route) = slot.credit_route() {
                     route.mailbox.post(Envelope::Credit {
@@ -884,8 +924,38 @@ impl Host {
                 }
             }
         }
+        let inputs = &self.inputs;
+        self.owed |= *self.durable.get_or_insert_with(|| {
+            inputs
+                .iter()
+                .any(|i| i.credit_route().is_some_and(|r| r.durable))
+        });
         add(&self.counters.consumed, total as u64);
         total
+    }
+
+    /// Returns the credit owed on durable routes, unless a `Block` output link still holds
+    /// stashed data: then it stays owed.
+    fn settle_durable(&mut self) {
+        if self.outputs.iter().any(|o| o.blocked()) {
+            return;
+        }
+        self.owed = false;
+        for slot in &mut self.inputs {
+            if !slot.credit_route().is_some_and(|r| r.durable) {
+                continue;
+            }
+            let n = slot.credit_due(true);
+            if n > 0 {
+                if let Some(route) = slot.credit_route() {
+                    route.mailbox.post(Envelope::Credit {
+                        output: route.output,
+                        link: route.link,
+                        n,
+                    });
+                }
+            }
+        }
     }
 
     fn flush(&mut self) -> Result<(), Error> {
@@ -917,5 +987,182 @@ impl Host {
     /// Lines describing links of this host that hold data they cannot send.
     pub fn stalled(&self) -> Vec<String> {
         self.outputs.iter().flat_map(|o| o.stalled()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{Inputs, Outputs};
+    use crate::stream::{Input, PortId, Stream};
+    use std::sync::Mutex;
+
+    /// Records the envelopes posted to it.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Envelope>>);
+
+    impl Mailbox for Recorder {
+        fn post(&self, env: Envelope) {
+            self.0.lock().unwrap().push(env);
+        }
+    }
+
+    impl Recorder {
+        /// The credit posted so far, taken.
+        fn credit(&self) -> usize {
+            let mut v = self.0.lock().unwrap();
+            let n = v
+                .iter()
+                .map(|e| match e {
+                    Envelope::Credit { n, .. } => *n,
+                    _ => 0,
+                })
+                .sum();
+            v.clear();
+            n
+        }
+
+        /// The elements of the data envelopes posted so far, taken.
+        fn data(&self) -> Vec<u64> {
+            let mut v = self.0.lock().unwrap();
+            let mut out = Vec::new();
+            for e in v.drain(..) {
+                if let Envelope::Data { batch, .. } = e {
+                    out.extend_from_slice(batch.downcast::<Batch<u64>>().unwrap().as_slice());
+                }
+            }
+            out
+        }
+    }
+
+    struct PassOn {
+        input: Input<u64>,
+        out: Stream<u64>,
+    }
+
+    impl Agent for PassOn {
+        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+            o.vec(&self.out).extend_from_slice(i.slice(&self.input));
+            i.consume_all(&self.input);
+            Ok(())
+        }
+    }
+
+    /// A pass-through host whose input returns credit to `upstream` (durable or not) and whose
+    /// output has one `Block` link of capacity 2 to `downstream`.
+    fn host(durable: bool, upstream: &Arc<Recorder>, downstream: &Arc<Recorder>) -> Host {
+        let port = PortId {
+            graph: 0,
+            agent: 0,
+            port: 0,
+        };
+        let mut input: Box<dyn InSlot> = Box::new(InBuf::<u64>::new());
+        input.set_credit_route(CreditRoute {
+            mailbox: Arc::clone(upstream) as Arc<dyn Mailbox>,
+            output: 0,
+            link: 0,
+            capacity: 8,
+            policy: Policy::Block,
+            durable,
+        });
+        let mut output: Box<dyn OutSlot> = Box::new(OutBuf::<u64>::new());
+        output.add_link(LinkSpec {
+            mailbox: Some(Arc::clone(downstream) as Arc<dyn Mailbox>),
+            input: 0,
+            capacity: 2,
+            policy: Policy::Block,
+            counters: Arc::default(),
+            label: "pass.out -> next.in".into(),
+        });
+        let agent = PassOn {
+            input: Input::new(port),
+            out: Stream::new(port),
+        };
+        Host::new(
+            "pass".into(),
+            (0, 0),
+            Driver::Agent(Box::new(agent)),
+            vec![input],
+            vec![output],
+            Arc::default(),
+        )
+    }
+
+    fn data(items: &[u64]) -> Envelope {
+        Envelope::Data {
+            input: 0,
+            batch: Box::new(Batch::new(items.into())),
+        }
+    }
+
+    fn credit(n: usize) -> Envelope {
+        Envelope::Credit {
+            output: 0,
+            link: 0,
+            n,
+        }
+    }
+
+    #[test]
+    fn durable_credit_waits_until_the_outputs_are_handed_on() {
+        let (up, down) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let mut h = host(true, &up, &down);
+        h.accept(data(&[1, 2, 3, 4, 5, 6, 7, 8])).unwrap();
+        h.run().unwrap();
+        assert_eq!(down.data(), [1, 2], "the link's capacity");
+        assert_eq!(
+            up.credit(),
+            0,
+            "6 outputs wait in the stash: consumed, not done with"
+        );
+        h.accept(credit(2)).unwrap();
+        h.run().unwrap();
+        assert_eq!(down.data(), [3, 4]);
+        assert_eq!(up.credit(), 0, "still 4 in the stash");
+        h.accept(credit(2)).unwrap();
+        h.run().unwrap();
+        h.accept(credit(2)).unwrap();
+        assert!(h.ready(), "the stash is empty: owed credit can go");
+        h.run().unwrap();
+        assert_eq!(down.data(), [5, 6, 7, 8]);
+        assert_eq!(
+            up.credit(),
+            8,
+            "all handed on: credit returned when the stash emptied"
+        );
+        assert!(!h.ready());
+    }
+
+    #[test]
+    fn durable_credit_owed_at_the_end_of_the_stream_is_returned_when_the_outputs_drain() {
+        let (up, down) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let mut h = host(true, &up, &down);
+        h.accept(data(&[1, 2, 3])).unwrap();
+        h.accept(Envelope::Eos { input: 0 }).unwrap();
+        h.run().unwrap();
+        assert_eq!(up.credit(), 0);
+        assert!(!h.is_done());
+        h.accept(credit(2)).unwrap();
+        h.run().unwrap();
+        assert_eq!(up.credit(), 3, "the stash drained while closing");
+        assert_eq!(down.data(), [1, 2, 3]);
+        h.accept(credit(1)).unwrap();
+        h.run().unwrap();
+        assert!(h.is_done());
+        assert_eq!(up.credit(), 0, "nothing returned twice");
+    }
+
+    #[test]
+    fn in_process_credit_is_returned_right_after_the_step() {
+        let (up, down) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let mut h = host(false, &up, &down);
+        h.accept(data(&[1, 2, 3, 4, 5, 6, 7, 8])).unwrap();
+        h.run().unwrap();
+        assert_eq!(down.data(), [1, 2]);
+        assert_eq!(
+            up.credit(),
+            8,
+            "returned although the outputs wait in the stash"
+        );
     }
 }

@@ -25,6 +25,7 @@ pub(crate) struct LinkCounters {
     pub blocked_ns: AtomicU64,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    pub released_early: AtomicU64,
 }
 
 #[derive(Default, Debug)]
@@ -83,6 +84,7 @@ impl Registry {
                     blocked: Duration::from_nanos(l.counters.blocked_ns.load(Relaxed)),
                     in_flight: l.counters.in_flight.load(Relaxed),
                     max_in_flight: l.counters.max_in_flight.load(Relaxed),
+                    released_early: l.counters.released_early.load(Relaxed),
                 })
                 .collect(),
             agents: self
@@ -168,6 +170,13 @@ pub struct LinkStats {
     pub in_flight: u64,
     /// The most elements that were ever in flight at once (never above `capacity`).
     pub max_in_flight: u64,
+    /// Shared-memory connections: elements whose ring space the reading process released
+    /// before its agent had consumed them, because the writer was out of space while the
+    /// reader still waited for more (elements larger than the ring's size estimate for their
+    /// type, or an agent that needs more elements than the ring holds). A crash of the reading
+    /// process may lose these, not only re-deliver them. 0 on in-process connections, and
+    /// normally 0 on rings.
+    pub released_early: u64,
 }
 
 /// Counters of one agent.

@@ -126,6 +126,32 @@ impl RunHandle {
         self.shared.fail(e);
     }
 
+    /// A run of no agents, for unit tests of the transport's helper threads (feeders,
+    /// watchers): never quiescent, over once it fails. The runner keeps its actix system alive.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> (RunHandle, actix::SystemRunner) {
+        let runner = System::new();
+        let shared = Arc::new(Shared {
+            in_flight: AtomicUsize::new(0),
+            posted: std::sync::atomic::AtomicU64::new(0),
+            active_sources: AtomicUsize::new(0),
+            blocked_sources: AtomicUsize::new(0),
+            hosts_left: AtomicUsize::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
+            error: Mutex::new(None),
+            system: Mutex::new(Some(System::current())),
+            mailboxes: Mutex::new(Vec::new()),
+            feeders: Mutex::new(Vec::new()),
+            stalls: Mutex::new(std::collections::BTreeMap::new()),
+        });
+        (RunHandle { shared }, runner)
+    }
+
+    /// True once the application was asked to stop (a graceful stop, a signal) or failed.
+    pub fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
     /// True once the run has failed or its actors are torn down: helper threads end.
     pub fn is_over(&self) -> bool {
         self.shared

@@ -16,10 +16,14 @@
 //! The models have teeth: each of these one-line mutations of `ring.rs` makes some of them fail
 //! (checked by hand when they were written): the waiter's `SeqCst` fence removed, or the
 //! waker's (a deadlock: a lost wake-up); `head` published with `Relaxed` instead of `Release`,
-//! or `tail` released with `Relaxed` (a causality violation on payload bytes).
+//! or `tail` released with `Relaxed` (a causality violation on payload bytes); the producer's
+//! nudge moved before its waiting flag is set and fenced, or a `DataNudger` nudge without its
+//! fence (a deadlock).
 //!
-//! Bounds: the three sleep/wake handshake models are exhaustive; the three longer ones are
-//! bounded to 4–5 preemptions, so that the whole file takes about a minute on two cores.
+//! Bounds: the five sleep/wake handshake models are exhaustive (including the producer's nudge
+//! to a consumer that holds frames and watches for a producer out of space, and a nudge from
+//! another thread of the consumer's process); the three longer ones are bounded to 4–5
+//! preemptions, so that the whole file takes about a minute on two cores.
 //!
 //! [loom]: https://docs.rs/loom
 #![cfg(iotstream_loom)]
@@ -186,5 +190,58 @@ fn close_wakes_a_waiting_consumer() {
         assert_eq!(c.wait_for_data(FOREVER).unwrap(), Wait::Ready);
         assert!(c.is_closed().unwrap());
         producer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_producer_waiting_for_space_wakes_a_consumer_watching_for_it() {
+    // The consumer holds every frame (read, not released) and waits, watching the producer;
+    // the producer runs out of space and waits too. Its nudge must wake the consumer (which
+    // then releases), or both sleep forever: a deadlock, which loom reports.
+    model(None, || {
+        let (mut p, mut c) = pair(64);
+        for i in 1..=4u8 {
+            assert!(p.try_write(8, |b| b.fill(i)).unwrap());
+        }
+        p.publish();
+        for _ in 1..=4 {
+            assert!(c.try_read(|_| ()).unwrap().is_some());
+        }
+        let producer = thread::spawn(move || {
+            assert_eq!(p.wait_for_space(8, FOREVER).unwrap(), Wait::Ready);
+            assert!(p.try_write(8, |b| b.fill(5)).unwrap());
+            p.publish();
+            p
+        });
+        assert_eq!(
+            c.wait_for_data_or(FOREVER, true, || false).unwrap(),
+            Wait::Ready
+        );
+        assert!(c.producer_waits_for_space());
+        c.release();
+        drop(producer.join().unwrap());
+    });
+}
+
+#[test]
+fn a_nudge_wakes_a_consumer_waiting_for_its_condition() {
+    // Another thread of the consumer's process makes the consumer's extra condition true (a
+    // relaxed store: the nudge's fence is what orders it) and nudges.
+    model(None, || {
+        use loom::sync::atomic::{AtomicBool, Ordering};
+        let (_p, mut c) = pair(64);
+        let nudger = c.nudger();
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&flag);
+        let other = thread::spawn(move || {
+            set.store(true, Ordering::Relaxed);
+            nudger.nudge();
+        });
+        assert_eq!(
+            c.wait_for_data_or(FOREVER, false, || flag.load(Ordering::Relaxed))
+                .unwrap(),
+            Wait::Ready
+        );
+        other.join().unwrap();
     });
 }

@@ -14,19 +14,27 @@
 //!   published" futex, decodes frames (trusting nothing: see [`codec`]), and delivers batches to
 //!   the reader's host within an in-process credit, like a local writer would. It counts as a
 //!   source for quiescence until it has delivered the end of stream.
-//! - Waits are always timed; between waits each side checks that the other process is alive, so
-//!   a dead peer is an error naming the connection, never a hang.
+//!   The feeder releases ring space only for elements the reading agent has consumed (see
+//!   [`held`]), so that a restarted reading process takes the ring over and reads again what
+//!   the dead one had not consumed: nothing is lost, an element being processed at the crash
+//!   may be delivered twice.
+//! - Waits are always timed; between waits each side checks that the other process is alive. A
+//!   dead peer is an error naming the connection, never a hang, unless the process is
+//!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
+//!   or stops the application, and the survivor keeps waiting.
 
 pub(crate) mod codec;
+pub(crate) mod held;
 pub(crate) mod shm;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use codec::Codec;
-use shm::ring::{Consumer, Producer, SpaceWaiter, Wait};
+use held::Held;
+use shm::ring::{Consumer, DataNudger, Producer, SpaceWaiter, Wait};
 use shm::segment::Segment;
 
 use crate::error::Error;
@@ -40,15 +48,75 @@ use crate::stream::{Batch, Element};
 /// How long one futex wait lasts before the waiter checks that its peer is alive.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 
-/// Bytes of the ring of a connection of `capacity` elements of `T`: room for the capacity
-/// (estimated for encoded types), a power of two from 4 KiB to 256 MiB. Batches larger than
-/// half the ring travel as several frames.
+/// Bytes of the ring of a connection of `capacity` elements of `T`: room for twice the
+/// capacity (estimated for encoded types), a power of two from 8 KiB to 256 MiB. Twice, because
+/// the reader keeps the frames of elements it has not consumed yet (up to the capacity, see
+/// [`held`]) and the writer needs room beside them. Batches larger than half the ring travel as
+/// several frames.
 pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
     let per = Codec::<T>::new().estimate();
     capacity
         .saturating_mul(per)
-        .clamp(4 << 10, 256 << 20)
+        .saturating_mul(2)
+        .clamp(8 << 10, 256 << 20)
         .next_power_of_two()
+}
+
+/// True if a launcher supervises this process (environment variable `IOTSTREAM_SUPERVISED=1`,
+/// read once): it restarts a crashed process, or stops the application. A dead peer process is
+/// then not an error: the waits on its rings go on (with a warning) until the restarted peer
+/// takes its role over, or the application is asked to stop.
+pub(crate) fn supervised() -> bool {
+    static SUPERVISED: OnceLock<bool> = OnceLock::new();
+    *SUPERVISED.get_or_init(|| std::env::var_os("IOTSTREAM_SUPERVISED").is_some_and(|v| v == "1"))
+}
+
+/// What one side of a connection does when its peer process looks dead.
+struct PeerWatch {
+    /// `"reading"` or `"writing"`: the peer's role, for messages.
+    peer: &'static str,
+    label: String,
+    /// The dead pid already warned about (once per pid).
+    warned: Option<u32>,
+}
+
+impl PeerWatch {
+    fn new(peer: &'static str, label: &str) -> PeerWatch {
+        PeerWatch {
+            peer,
+            label: label.to_string(),
+            warned: None,
+        }
+    }
+
+    /// Checks the peer recorded in the ring (`pid`, `None` before it attached). A dead peer is an
+    /// error, except in a supervised process that is not stopping: then it warns once per pid and
+    /// the caller waits on (the restarted peer records its new pid in the ring).
+    fn check(
+        &mut self,
+        pid: Option<u32>,
+        alive: impl Fn(u32) -> bool,
+        supervised: bool,
+        stopping: bool,
+    ) -> Result<(), String> {
+        let Some(pid) = pid else { return Ok(()) };
+        if alive(pid) {
+            return Ok(());
+        }
+        let peer = self.peer;
+        if !supervised || stopping {
+            return Err(format!("the {peer} process (pid {pid}) died"));
+        }
+        if self.warned != Some(pid) {
+            self.warned = Some(pid);
+            tracing::warn!(
+                "connection {}: the {peer} process (pid {pid}) died; waiting for the launcher \
+                 to restart it",
+                self.label
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The name of the ring of edge `edge` of `app` in run `run`.
@@ -120,6 +188,7 @@ impl ShmWiring for ShmTransport {
         capacity: usize,
         _policy: Policy,
         counters: Arc<LinkCounters>,
+        count_traffic: bool,
         label: String,
     ) -> Result<Arc<dyn Mailbox>, Error> {
         let segment = segment_name(&self.app, &self.run, edge)?;
@@ -129,6 +198,7 @@ impl ShmWiring for ShmTransport {
             input,
             capacity,
             counters,
+            count_traffic,
             label,
             run: self.handle.clone(),
         })
@@ -169,9 +239,10 @@ impl<T: Element> ShmSender<T> {
         let opened = Segment::open(segment).map_err(|e| Error::Runtime {
             detail: format!("connection {label}: {e}"),
         })?;
-        let producer = Producer::new(Arc::new(opened)).map_err(|e| Error::Runtime {
-            detail: format!("connection {label}: {e}"),
-        })?;
+        let producer =
+            Producer::take_over(Arc::new(opened), pid_alive).map_err(|e| Error::Runtime {
+                detail: format!("connection {label}: {e}"),
+            })?;
         let watch = Arc::new(Watch {
             armed: Mutex::new(None),
             cond: Condvar::new(),
@@ -241,6 +312,7 @@ fn watch_space(
     run: RunHandle,
     label: String,
 ) {
+    let mut peer = PeerWatch::new("reading", &label);
     loop {
         let needed = {
             let mut armed = watch.armed.lock().unwrap_or_else(|p| p.into_inner());
@@ -268,15 +340,12 @@ fn watch_space(
                     break;
                 }
                 Ok(Wait::TimedOut) => {
-                    if let Some(pid) = waiter.consumer_pid() {
-                        if !pid_alive(pid) {
-                            run.fail(Error::Runtime {
-                                detail: format!(
-                                    "connection {label}: the reading process (pid {pid}) died"
-                                ),
-                            });
-                            return;
-                        }
+                    let pid = waiter.consumer_pid();
+                    if let Err(e) = peer.check(pid, pid_alive, supervised(), run.stopping()) {
+                        run.fail(Error::Runtime {
+                            detail: format!("connection {label}: {e}"),
+                        });
+                        return;
                     }
                 }
                 Err(e) => {
@@ -300,8 +369,19 @@ pub(crate) struct FeederSpec {
     pub input: u32,
     pub capacity: usize,
     pub counters: Arc<LinkCounters>,
+    /// Count delivered elements and batches in `counters` (false when the writer, in this
+    /// process too, counts them).
+    pub count_traffic: bool,
     pub label: String,
     pub run: RunHandle,
+}
+
+/// The feeder's credit, and the consumption it has not yet applied to its held frames.
+struct FeederCredit {
+    /// Elements the feeder may deliver.
+    credit: usize,
+    /// Elements the reader consumed (credited back) since the feeder last looked.
+    consumed: usize,
 }
 
 /// Where the reader's input returns credit: the feeder's counter, and a wake-up.
@@ -311,36 +391,62 @@ pub(crate) struct FeederSpec {
 /// credit post clears the mark in the same critical section. So a blocked feeder has no credit,
 /// and only a handler still running (an envelope in flight) can give it some: the run is never
 /// judged stalled between "credit returned" and "feeder noticed".
+///
+/// Credit also says what the reader consumed, which lets the feeder release ring space
+/// ([`held`]): a post wakes the feeder wherever it sleeps (parked for credit, or on the ring's
+/// data futex, through a nudge).
 struct FeederMailbox {
-    credit: Mutex<usize>,
+    credit: Mutex<FeederCredit>,
     thread: std::thread::Thread,
+    nudger: DataNudger<Arc<Segment>>,
     run: RunHandle,
     state: Arc<crate::runtime::FeederState>,
 }
 
 impl FeederMailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeederCredit> {
+        self.credit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Takes up to `want` elements of credit; with none, marks the feeder blocked and returns 0.
     fn take(&self, want: usize) -> usize {
-        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
-        if *credit == 0 {
+        let mut c = self.lock();
+        if c.credit == 0 {
             self.run.set_blocked(&self.state, true);
             return 0;
         }
         self.run.set_blocked(&self.state, false);
-        let n = (*credit).min(want);
-        *credit -= n;
+        let n = c.credit.min(want);
+        c.credit -= n;
         n
+    }
+
+    /// The elements consumed since the last call.
+    fn take_consumed(&self) -> usize {
+        std::mem::take(&mut self.lock().consumed)
+    }
+
+    /// Some consumption not taken yet.
+    fn has_consumed(&self) -> bool {
+        self.lock().consumed > 0
+    }
+
+    /// The reader could take more elements now.
+    fn has_credit(&self) -> bool {
+        self.lock().credit > 0
     }
 }
 
 impl Mailbox for FeederMailbox {
     fn post(&self, env: Envelope) {
         if let Envelope::Credit { n, .. } = env {
-            let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
-            *credit += n;
+            let mut c = self.lock();
+            c.credit += n;
+            c.consumed += n;
             self.run.set_blocked(&self.state, false);
-            drop(credit);
+            drop(c);
             self.thread.unpark();
+            self.nudger.nudge();
         }
     }
 }
@@ -352,9 +458,11 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
     let opened = Segment::open(&spec.segment).map_err(|e| Error::Runtime {
         detail: format!("connection {label}: {e}"),
     })?;
-    let consumer = Consumer::new(Arc::new(opened)).map_err(|e| Error::Runtime {
-        detail: format!("connection {label}: {e}"),
-    })?;
+    let mut consumer =
+        Consumer::take_over(Arc::new(opened), pid_alive).map_err(|e| Error::Runtime {
+            detail: format!("connection {label}: {e}"),
+        })?;
+    let nudger = consumer.nudger();
     let feeder = spec.run.feeder(label.clone());
     let capacity = spec.capacity;
     let (run, state) = (spec.run.clone(), Arc::clone(&feeder));
@@ -364,19 +472,28 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
         .spawn(move || {
             let Ok(mailbox) = rx.recv() else { return };
             let run = spec.run.clone();
-            if let Err(e) = feed::<T>(consumer, &spec, &mailbox, &feeder) {
+            let mut held = Held::new();
+            let fed = feed::<T>(&mut consumer, &spec, &mailbox, &mut held);
+            if let Err(e) = &fed {
                 run.fail(Error::Runtime {
                     detail: format!("connection {}: {e}", spec.label),
                 });
             }
             run.finished(&feeder);
+            if fed.is_ok() {
+                linger(&mut consumer, &spec, &mailbox, &mut held);
+            }
         })
         .map_err(|e| Error::Runtime {
             detail: format!("cannot start a ring feeder thread: {e}"),
         })?;
     let mailbox = Arc::new(FeederMailbox {
-        credit: Mutex::new(capacity),
+        credit: Mutex::new(FeederCredit {
+            credit: capacity,
+            consumed: 0,
+        }),
         thread: handle.thread().clone(),
+        nudger,
         run,
         state,
     });
@@ -384,19 +501,39 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
     Ok(mailbox)
 }
 
-/// The feeder's loop: frames in, batches out within credit, end of stream last.
+/// Applies the consumption credited since the last call: releases the ring past every frame
+/// whose elements are all consumed.
+fn apply_consumed(
+    consumer: &mut Consumer<Arc<Segment>>,
+    mailbox: &FeederMailbox,
+    held: &mut Held,
+) -> Result<(), String> {
+    let n = mailbox.take_consumed();
+    if n > 0 {
+        if let Some(pos) = held.consumed(n) {
+            consumer.release_to(pos).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The feeder's loop: frames in, batches out within credit, end of stream last. Ring space is
+/// released only past frames whose elements the reader consumed (see [`held`]).
 fn feed<T: Element>(
-    mut consumer: Consumer<Arc<Segment>>,
+    consumer: &mut Consumer<Arc<Segment>>,
     spec: &FeederSpec,
     mailbox: &FeederMailbox,
-    _state: &crate::runtime::FeederState,
+    held: &mut Held,
 ) -> Result<(), String> {
     let codec = Codec::<T>::new();
     let mut pending: VecDeque<Batch<T>> = VecDeque::new();
+    let mut peer = PeerWatch::new("writing", &spec.label);
+    let mut warned_early = false;
     loop {
         if spec.run.is_over() {
             return Ok(());
         }
+        apply_consumed(consumer, mailbox, held)?;
         if let Some(front) = pending.front_mut() {
             let n = mailbox.take(front.len());
             if n == 0 {
@@ -407,8 +544,10 @@ fn feed<T: Element>(
             if front.is_empty() {
                 pending.pop_front();
             }
-            add(&spec.counters.elements, n as u64);
-            add(&spec.counters.batches, 1);
+            if spec.count_traffic {
+                add(&spec.counters.elements, n as u64);
+                add(&spec.counters.batches, 1);
+            }
             spec.target.post(Envelope::Data {
                 input: spec.input,
                 batch: Box::new(part),
@@ -417,7 +556,9 @@ fn feed<T: Element>(
         }
         match consumer.try_read(|payload| codec.decode_shared(payload)) {
             Ok(Some(Ok(items))) => {
-                consumer.release();
+                if let Some(pos) = held.read(consumer.position(), items.len()) {
+                    consumer.release_to(pos).map_err(|e| e.to_string())?;
+                }
                 if !items.is_empty() {
                     pending.push_back(Batch::new(items));
                 }
@@ -428,21 +569,322 @@ fn feed<T: Element>(
                     spec.target.post(Envelope::Eos { input: spec.input });
                     return Ok(());
                 }
-                match consumer
-                    .wait_for_data(WAIT_SLICE)
-                    .map_err(|e| e.to_string())?
-                {
-                    Wait::Ready => {}
-                    Wait::TimedOut => {
-                        if let Some(pid) = consumer.producer_pid() {
-                            if !pid_alive(pid) {
-                                return Err(format!("the writing process (pid {pid}) died"));
-                            }
-                        }
-                    }
+                // Nothing unread. If the reader could take more but the writer waits for space
+                // that only frames held here can give, release the oldest ones anyway. With
+                // room for any frame, the writer cannot be waiting for us: no need to watch.
+                let cap = consumer.capacity() as u64;
+                let read = consumer.position();
+                let need = held::room_needed(cap, read % cap);
+                let free = cap - (read - consumer.released());
+                let watch = !held.is_empty() && free < need && mailbox.has_credit();
+                if watch && consumer.producer_waits_for_space() {
+                    let Some((pos, unprotected)) =
+                        held.release_early(|end| cap - (read - end) >= need)
+                    else {
+                        continue;
+                    };
+                    consumer.release_to(pos).map_err(|e| e.to_string())?;
+                    released_early(spec, unprotected, &mut warned_early);
+                    continue;
+                }
+                let wait = consumer
+                    .wait_for_data_or(WAIT_SLICE, watch, || mailbox.has_consumed())
+                    .map_err(|e| e.to_string())?;
+                if wait == Wait::TimedOut {
+                    peer.check(
+                        consumer.producer_pid(),
+                        pid_alive,
+                        supervised(),
+                        spec.run.stopping(),
+                    )?;
                 }
             }
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// Counts the elements the fallback of [`held`] released before they were consumed, and warns
+/// once per connection.
+fn released_early(spec: &FeederSpec, unprotected: usize, warned: &mut bool) {
+    if unprotected == 0 {
+        return;
+    }
+    add(&spec.counters.released_early, unprotected as u64);
+    if !*warned {
+        *warned = true;
+        tracing::warn!(
+            "connection {}: the ring is full of elements the reader has not consumed yet and the \
+             writer waits for space: releasing some early (counted in LinkStats::released_early); \
+             a crash of this process would lose them (elements larger than the ring's size \
+             estimate for their type, or an agent that needs more elements than the ring holds).",
+            spec.label
+        );
+    }
+}
+
+/// After the end of the stream: releases the last frames as the reader consumes them, so that
+/// a restarted reader would not see them again; ends when every frame is released or the run is
+/// over (elements the agent never consumes keep their frames until then).
+fn linger(
+    consumer: &mut Consumer<Arc<Segment>>,
+    spec: &FeederSpec,
+    mailbox: &FeederMailbox,
+    held: &mut Held,
+) {
+    while !held.is_empty() && !spec.run.is_over() {
+        if let Err(e) = apply_consumed(consumer, mailbox, held) {
+            tracing::error!("connection {}: {e}", spec.label);
+            return;
+        }
+        if !held.is_empty() {
+            std::thread::park_timeout(WAIT_SLICE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shm::ring::RingMemory;
+    use shm::segment::UnlinkGuard;
+    use std::time::Instant;
+
+    /// What a mailbox received: elements (of `u64` batches), end of stream, other envelopes.
+    #[derive(Default)]
+    struct Seen {
+        items: Vec<u64>,
+        eos: bool,
+        credits: usize,
+    }
+
+    /// A host's mailbox, as the feeder (reader side) or the space watcher (writer side) sees it.
+    #[derive(Default)]
+    struct Inbox {
+        seen: Mutex<Seen>,
+        cond: Condvar,
+    }
+
+    impl Mailbox for Inbox {
+        fn post(&self, env: Envelope) {
+            let mut seen = self.seen.lock().unwrap();
+            match env {
+                Envelope::Data { batch, .. } => seen
+                    .items
+                    .extend_from_slice(batch.downcast::<Batch<u64>>().unwrap().as_slice()),
+                Envelope::Eos { .. } => seen.eos = true,
+                Envelope::Credit { .. } => seen.credits += 1,
+                _ => {}
+            }
+            self.cond.notify_all();
+        }
+    }
+
+    impl Inbox {
+        /// Waits until `done` holds (a guard of a minute keeps a bug from hanging the test).
+        fn wait(&self, what: &str, done: impl Fn(&Seen) -> bool) {
+            let start = Instant::now();
+            let mut seen = self.seen.lock().unwrap();
+            while !done(&seen) {
+                assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+                seen = self.cond.wait_timeout(seen, WAIT_SLICE).unwrap().0;
+            }
+        }
+
+        fn credits(&self) -> usize {
+            self.seen.lock().unwrap().credits
+        }
+    }
+
+    /// Polls `f` until it holds, asserting `invariant` all along (with the same guard).
+    fn poll(what: &str, f: impl Fn() -> bool, invariant: impl Fn()) {
+        let start = Instant::now();
+        loop {
+            invariant();
+            if f() {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn test_ring(test: &str, bytes: usize) -> (String, UnlinkGuard, Segment) {
+        let name = shm::segment::segment_name(
+            "iotstream-unit-tests",
+            &std::process::id().to_string(),
+            test,
+        )
+        .unwrap();
+        let guard = UnlinkGuard::new(&name);
+        Segment::create(&name, bytes).unwrap();
+        let view = Segment::open(&name).unwrap();
+        (name, guard, view)
+    }
+
+    fn feeder(name: &str, capacity: usize, reader: &Arc<Inbox>, run: &RunHandle) -> FeederSpec {
+        FeederSpec {
+            segment: name.to_string(),
+            target: Arc::clone(reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity,
+            counters: Arc::default(),
+            count_traffic: true,
+            label: "numbers.out -> slow.in".into(),
+            run: run.clone(),
+        }
+    }
+
+    #[test]
+    fn the_feeder_releases_the_ring_only_past_consumed_elements() {
+        let (name, _guard, view) = test_ring("feeder-release", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<u64>::open(&name, "test", writer.clone(), 0, 0, run.clone()).unwrap();
+        let header = view.header();
+        let tail = || header.tail.load(Ordering::SeqCst);
+        // Five frames of three elements; `ends[k]` is where frame k ends in the ring.
+        let mut ends = Vec::new();
+        for k in 0..5u64 {
+            assert_eq!(tx.write(&[3 * k, 3 * k + 1, 3 * k + 2]).unwrap(), 3);
+            ends.push(header.head.load(Ordering::SeqCst));
+        }
+        let reader = Arc::new(Inbox::default());
+        let credit = spawn_feeder::<u64>(feeder(&name, 8, &reader, &run)).unwrap();
+        let consumed = |n| {
+            credit.post(Envelope::Credit {
+                output: 0,
+                link: 0,
+                n,
+            })
+        };
+
+        reader.wait("the capacity delivered", |s| s.items.len() == 8);
+        assert_eq!(tail(), 0, "delivered, not consumed: nothing released");
+        consumed(2);
+        // The feeder applies consumption before it delivers with the credit that came with it.
+        reader.wait("2 more delivered", |s| s.items.len() == 10);
+        assert_eq!(tail(), 0, "2 of the first frame's 3 consumed: it stays");
+        consumed(1);
+        poll(
+            "the first frame released",
+            || tail() == ends[0],
+            || assert!(tail() <= ends[0]),
+        );
+        consumed(4);
+        reader.wait("everything delivered", |s| s.items.len() == 15);
+        poll(
+            "two frames released",
+            || tail() == ends[1],
+            || assert!(tail() <= ends[1]),
+        );
+        assert_eq!(
+            reader.seen.lock().unwrap().items,
+            (0..15).collect::<Vec<_>>()
+        );
+
+        // The reading process dies now: 7 elements consumed (0..=6), 8 delivered and not
+        // consumed. A restarted reader takes the ring over and gets everything after the last
+        // frame fully consumed: element 6 again (its frame was not finished), and 7..=14.
+        run.fail(Error::Runtime {
+            detail: "the test ends this reader".into(),
+        });
+        header.id.consumer_pid.store(dead_pid(), Ordering::SeqCst);
+        let mut again =
+            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
+        let codec = Codec::<u64>::new();
+        let mut got = Vec::new();
+        while let Some(items) = again.try_read(|p| codec.decode_shared(p)).unwrap() {
+            got.extend_from_slice(&items.unwrap());
+        }
+        assert_eq!(got, (6..15).collect::<Vec<_>>());
+    }
+
+    /// The pid of a process that surely ended: `true`, spawned and reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn a_ring_full_of_unconsumed_elements_is_released_early_when_the_writer_waits() {
+        // The reader has credit for everything but consumes nothing (an agent waiting for more
+        // elements than the ring holds): without the fallback, writer and feeder would wait for
+        // each other forever.
+        let (name, _guard, view) = test_ring("feeder-fallback", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<u64>::open(&name, "test", writer.clone(), 0, 0, run.clone()).unwrap();
+        let reader = Arc::new(Inbox::default());
+        let spec = feeder(&name, 1_000_000, &reader, &run);
+        let counters = Arc::clone(&spec.counters);
+        let _credit = spawn_feeder::<u64>(spec).unwrap();
+        const N: u64 = 20_000; // 160 KB through 8 KiB
+        let items: Vec<u64> = (0..N).collect();
+        let mut done = 0;
+        while done < items.len() {
+            let rooms = writer.credits();
+            let n = tx
+                .write(&items[done..done + 100.min(items.len() - done)])
+                .unwrap();
+            done += n;
+            if n == 0 {
+                writer.wait("room in the ring", |s| s.credits > rooms);
+            }
+        }
+        tx.close();
+        reader.wait("the end of the stream", |s| s.eos);
+        assert_eq!(
+            reader.seen.lock().unwrap().items,
+            items,
+            "each once, in order"
+        );
+        let early = counters.released_early.load(Ordering::Relaxed);
+        assert!(early > 0 && early <= N, "released early: {early}");
+        assert_eq!(counters.elements.load(Ordering::Relaxed), N);
+        // What was never released early is still held: the last frames, unconsumed.
+        assert!(
+            view.header().tail.load(Ordering::SeqCst) < view.header().head.load(Ordering::SeqCst)
+        );
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    #[test]
+    fn a_dead_peer_is_an_error_unless_supervised_and_not_stopping() {
+        let dead = |_| false;
+        let mut w = PeerWatch::new("reading", "a.out -> b.in");
+        assert_eq!(w.check(None, dead, false, false), Ok(()), "no peer yet");
+        assert_eq!(w.check(Some(7), |_| true, false, false), Ok(()), "alive");
+        assert_eq!(
+            w.check(Some(7), dead, false, false),
+            Err("the reading process (pid 7) died".to_string())
+        );
+        assert_eq!(
+            w.check(Some(7), dead, true, false),
+            Ok(()),
+            "supervised: wait"
+        );
+        assert_eq!(w.warned, Some(7));
+        assert_eq!(w.check(Some(7), dead, true, false), Ok(()));
+        assert_eq!(
+            w.check(Some(7), dead, true, true),
+            Err("the reading process (pid 7) died".to_string()),
+            "supervised, but the application is stopping: nobody will restart it"
+        );
+        assert_eq!(w.check(Some(9), dead, true, false), Ok(()));
+        assert_eq!(w.warned, Some(9), "a new dead pid is warned about again");
+    }
+
+    #[test]
+    fn rings_hold_twice_the_capacity() {
+        assert_eq!(ring_bytes::<u64>(1024), 16 << 10);
+        assert_eq!(ring_bytes::<u64>(1), 8 << 10, "at least 8 KiB");
+        assert_eq!(ring_bytes::<u64>(usize::MAX), 256 << 20, "at most 256 MiB");
     }
 }

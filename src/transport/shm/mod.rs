@@ -19,8 +19,9 @@
 //! # Tests
 //!
 //! - `ring.rs`: the ring on the heap — frames, wrap-around (thousands of laps with random
-//!   sizes), full and empty, close, a corruption test for every field read from the peer, and
-//!   random garbage (an error or plain bytes, never a panic).
+//!   sizes), full and empty, close, roles taken over from dead processes, partial release, the
+//!   producer's nudge, a corruption test for every field read from the peer, and random garbage
+//!   (an error or plain bytes, never a panic).
 //! - `segment.rs`: names, create/open errors, and 10 M u64 through a 4 KiB segment between two
 //!   threads and between two processes (`fork`). Every test object is unlinked by a guard, also
 //!   when the test fails.

@@ -1,0 +1,234 @@
+//! Which ring frames a feeder may release: only those whose elements its reader has consumed.
+//!
+//! A feeder ([`super::spawn_feeder`]) decodes frames from its ring and delivers their elements
+//! to the reading agent's input. If it released a frame as soon as it had decoded it, elements
+//! still waiting in the reading process (in the feeder, or in the input, not yet consumed by the
+//! agent) would be lost with that process: a consumer that takes the ring over starts at the
+//! released tail. So the feeder keeps the frames it has read in a [`Held`] list, `(end position,
+//! element count)` oldest first, and releases the ring up to the end of the last frame whose
+//! elements have **all been consumed**. Consumption is what the reading input credits back to
+//! the feeder (in groups, and for a ring input only once the step's outputs are handed on:
+//! see `Host::run`); elements are delivered and consumed in order, so the first `n` consumed
+//! elements are the first `n` held.
+//!
+//! - A frame without elements is released as soon as every frame before it is.
+//! - **Fallback** ([`Held::release_early`]): holding frames takes ring space, and the writer
+//!   may run out of it while the reader still waits for more elements (an agent that needs
+//!   more elements than the ring's bytes hold, as encoded types whose size estimate is low can
+//!   make happen). Waiting then would deadlock. So when the feeder has credit to spare (the
+//!   reader could take more), no unread frame is published, and the writer waits for space,
+//!   the feeder releases the oldest held frames anyway, at least one, until the ring has room
+//!   for any frame the writer may write next ([`room_needed`]: the largest frame, plus what a
+//!   wrap skips). Their not yet consumed elements lose their protection: they are counted
+//!   (`LinkStats::released_early`), and the next consumption pays them off before it counts for
+//!   the frames still held. The writer says that it waits for space by a flag in the ring and a
+//!   wake-up of the feeder (see the ring's docs), so the fallback costs no polling; while the
+//!   ring has that much room, the writer cannot be waiting for held frames and the feeder does
+//!   not watch for it.
+
+use std::collections::VecDeque;
+
+/// The most bytes a producer whose next frame starts at data offset `off` of a ring of `cap`
+/// bytes may need for that frame: the largest frame (`cap / 2`, header included), plus the
+/// bytes a wrap marker skips when the frame does not fit before the end of the data area.
+pub(crate) fn room_needed(cap: u64, off: u64) -> u64 {
+    let largest = cap / 2;
+    let to_end = cap - off;
+    if to_end >= largest {
+        largest
+    } else {
+        to_end + largest
+    }
+}
+
+/// Frames read and not released, and how far consumption has gone (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    /// `(end position, elements)` of each frame read and not released, oldest first.
+    frames: VecDeque<(u64, usize)>,
+    /// Elements consumed that belong to the front frame (always fewer than its count).
+    credited: usize,
+    /// Elements of frames released early and not consumed yet: consumption pays them first.
+    early: usize,
+}
+
+impl Held {
+    pub(crate) fn new() -> Held {
+        Held::default()
+    }
+
+    /// No frame is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Elements of the frames held and not consumed.
+    #[cfg(test)]
+    fn unconsumed(&self) -> usize {
+        self.frames.iter().map(|f| f.1).sum::<usize>() - self.credited
+    }
+
+    /// A frame of `count` elements was read; it ends at ring position `end`. Returns the
+    /// position to release the ring to now, if any (an empty frame with nothing held before
+    /// it).
+    pub(crate) fn read(&mut self, end: u64, count: usize) -> Option<u64> {
+        self.frames.push_back((end, count));
+        self.settle()
+    }
+
+    /// `n` more elements were consumed. Returns the position to release the ring to, if it
+    /// moved: the end of the last frame whose elements are now all consumed.
+    pub(crate) fn consumed(&mut self, n: usize) -> Option<u64> {
+        let paid = n.min(self.early);
+        self.early -= paid;
+        self.credited += n - paid;
+        self.settle()
+    }
+
+    /// The fallback: releases the oldest frames, at least one, until `enough(end)` holds for
+    /// the end of the last one released (or none is left), then any empty frames after it.
+    /// Returns the position to release the ring to and how many elements of the released
+    /// frames were not consumed yet (they lose their protection); `None` if nothing is held.
+    pub(crate) fn release_early(&mut self, enough: impl Fn(u64) -> bool) -> Option<(u64, usize)> {
+        let mut released = None;
+        let mut unconsumed = 0;
+        while let Some((end, count)) = self.frames.pop_front() {
+            // Only the front frame has credited elements; they are used up here.
+            unconsumed += count - std::mem::take(&mut self.credited);
+            released = Some(end);
+            if enough(end) {
+                break;
+            }
+        }
+        self.early += unconsumed;
+        let pos = self.settle().or(released)?;
+        Some((pos, unconsumed))
+    }
+
+    /// Pops the frames at the front whose elements are all consumed.
+    fn settle(&mut self) -> Option<u64> {
+        let mut pos = None;
+        while let Some(&(end, count)) = self.frames.front() {
+            if count > self.credited {
+                break;
+            }
+            self.credited -= count;
+            self.frames.pop_front();
+            pos = Some(end);
+        }
+        pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_needed_covers_the_largest_frame_and_its_wrap() {
+        assert_eq!(room_needed(1024, 0), 512);
+        assert_eq!(room_needed(1024, 512), 512, "fits exactly before the end");
+        assert_eq!(
+            room_needed(1024, 520),
+            504 + 512,
+            "skips 504 bytes, then 512 at 0"
+        );
+        assert_eq!(room_needed(1024, 1016), 8 + 512);
+    }
+
+    #[test]
+    fn a_frame_is_released_once_all_its_elements_are_consumed() {
+        let mut h = Held::new();
+        assert_eq!(h.read(16, 3), None);
+        assert_eq!(h.read(40, 2), None);
+        assert_eq!(h.read(64, 4), None);
+        assert_eq!(h.unconsumed(), 9);
+        assert_eq!(h.consumed(2), None, "2 of the first frame's 3");
+        assert_eq!(h.consumed(1), Some(16));
+        assert_eq!(
+            h.consumed(5),
+            Some(40),
+            "the second, and 3 of the third's 4"
+        );
+        assert_eq!(h.unconsumed(), 1);
+        assert_eq!(h.consumed(1), Some(64));
+        assert!(h.is_empty());
+        assert_eq!(h.consumed(0), None);
+    }
+
+    #[test]
+    fn credit_in_groups_releases_several_frames_at_once() {
+        let mut h = Held::new();
+        for i in 0..10u64 {
+            assert_eq!(h.read(16 * (i + 1), 5), None);
+        }
+        assert_eq!(h.consumed(25), Some(80));
+        assert_eq!(
+            h.consumed(24),
+            Some(144),
+            "the last frame still lacks one element"
+        );
+        assert_eq!(h.consumed(1), Some(160));
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn empty_frames_are_released_when_reached() {
+        let mut h = Held::new();
+        assert_eq!(h.read(8, 0), Some(8), "nothing before it: released at once");
+        assert_eq!(h.read(24, 2), None);
+        assert_eq!(h.read(32, 0), None, "behind a frame not consumed");
+        assert_eq!(h.read(40, 0), None);
+        assert_eq!(
+            h.consumed(2),
+            Some(40),
+            "the frame and the empty ones after it"
+        );
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn the_fallback_releases_the_oldest_frames_until_enough_and_counts_what_was_unconsumed() {
+        let mut h = Held::new();
+        for (end, count) in [(100, 4), (200, 4), (300, 4), (310, 0), (400, 4)] {
+            h.read(end, count);
+        }
+        assert_eq!(h.consumed(3), None);
+        // Enough once the ring is released to 200: two frames go, 1 + 4 elements unconsumed;
+        // the empty frame after the second is not reached yet.
+        assert_eq!(h.release_early(|end| end >= 200), Some((200, 5)));
+        assert_eq!(h.unconsumed(), 8);
+        // The next 5 elements consumed are those released early: nothing more to release.
+        assert_eq!(h.consumed(4), None);
+        assert_eq!(h.consumed(1), None);
+        assert_eq!(
+            h.consumed(4),
+            Some(310),
+            "the third frame and the empty one after it"
+        );
+        // At least one frame goes, even if it is already enough.
+        assert_eq!(h.release_early(|_| true), Some((400, 4)));
+        assert!(h.is_empty());
+        assert_eq!(h.release_early(|_| true), None, "nothing held");
+        assert_eq!(h.consumed(4), None, "pays off the early release");
+        assert_eq!(h.read(420, 1), None);
+        assert_eq!(h.consumed(1), Some(420), "counts for held frames again");
+    }
+
+    #[test]
+    fn the_fallback_takes_empty_frames_behind_the_last_one_released() {
+        let mut h = Held::new();
+        h.read(16, 2);
+        h.read(24, 0);
+        h.read(48, 2);
+        assert_eq!(h.release_early(|_| true), Some((24, 2)));
+        assert_eq!(
+            h.release_early(|_| false),
+            Some((48, 2)),
+            "until none is left"
+        );
+        assert!(h.is_empty());
+        assert_eq!(h.consumed(3), None);
+        assert_eq!(h.early, 1);
+    }
+}
