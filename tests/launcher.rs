@@ -350,8 +350,8 @@ fn pid_of(stderr: &str, process: &str) -> Option<u32> {
     let key = format!("process '{process}' started (pid ");
     stderr
         .lines()
-        .filter_map(|l| l.split_once(&key).map(|(_, r)| r))
-        .last()
+        .rev()
+        .find_map(|l| l.split_once(&key).map(|(_, r)| r))
         .and_then(|r| r.trim_end_matches(')').parse().ok())
 }
 
@@ -538,7 +538,8 @@ fn a_failed_process_is_named_and_its_status_returned() -> Result<(), String> {
     })?;
     ensure(
         err.contains("process 'worker' exited with status 1")
-            && err.contains("agent 'fragile' failed: bad reading 5000"),
+            && err.contains("agent 'fragile' failed")
+            && err.contains("bad reading 5000"),
         || format!("stderr does not name the process and agent:\n{err}"),
     )?;
     ensure(segments("failing").is_empty(), || {
@@ -981,7 +982,8 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .map(String::as_str);
-    let scenarios: Vec<(&str, Box<dyn Fn() -> Result<(), String>>)> = vec![
+    type Scenario = Box<dyn Fn() -> Result<(), String>>;
+    let scenarios: Vec<(&str, Scenario)> = vec![
         (
             "moving_agents_by_deployment_gives_identical_output",
             Box::new(moving_agents_by_deployment_gives_identical_output),

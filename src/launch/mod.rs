@@ -551,13 +551,16 @@ pub(crate) fn deployment_from_env() -> Result<Option<crate::deploy::Deployment>,
         .map_err(Error::from)
 }
 
-/// True while a dead peer process may come back (the launcher restarts processes): rings then
-/// wait for it instead of failing. The launcher clears it ("final") once it restarts no more.
-static PEERS_MAY_RESTART: AtomicBool = AtomicBool::new(false);
+/// Set when the launcher says `final`: it restarts no process any more.
+static NO_MORE_RESTARTS: AtomicBool = AtomicBool::new(false);
 
-/// See [`PEERS_MAY_RESTART`].
+/// True while a dead peer process may come back: this process is supervised by the launcher
+/// (`IOTSTREAM_SUPERVISED=1`, read once), which restarts crashed processes, and it has not said
+/// `final` yet. Rings then wait for a dead peer instead of failing.
 pub(crate) fn peers_may_restart() -> bool {
-    PEERS_MAY_RESTART.load(Ordering::SeqCst)
+    static SUPERVISED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPERVISED.get_or_init(|| std::env::var(ENV_SUPERVISED).as_deref() == Ok("1"))
+        && !NO_MORE_RESTARTS.load(Ordering::SeqCst)
 }
 
 /// Whether the control channel was taken already (one graph per process talks to the launcher).
@@ -586,9 +589,6 @@ pub(crate) fn take_control() -> Result<Option<Control>, Error> {
     if CONTROL_TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(None);
     }
-    if std::env::var(ENV_SUPERVISED).as_deref() == Ok("1") {
-        PEERS_MAY_RESTART.store(true, Ordering::SeqCst);
-    }
     // SAFETY: the launcher passed its socket as this descriptor, and it is taken only once.
     let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
     Ok(Some(Control { stream }))
@@ -612,7 +612,7 @@ impl Control {
             }
             match line.trim() {
                 "go" => break,
-                "final" => PEERS_MAY_RESTART.store(false, Ordering::SeqCst),
+                "final" => NO_MORE_RESTARTS.store(true, Ordering::SeqCst),
                 _ => {}
             }
         }
@@ -625,7 +625,7 @@ impl Control {
                     match reader.read_line(&mut line) {
                         Ok(0) | Err(_) => return,
                         Ok(_) if line.trim() == "final" => {
-                            PEERS_MAY_RESTART.store(false, Ordering::SeqCst)
+                            NO_MORE_RESTARTS.store(true, Ordering::SeqCst)
                         }
                         Ok(_) => {}
                     }

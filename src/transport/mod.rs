@@ -29,7 +29,7 @@ pub(crate) mod shm;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use codec::Codec;
@@ -62,13 +62,12 @@ pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
         .next_power_of_two()
 }
 
-/// True if a launcher supervises this process (environment variable `IOTSTREAM_SUPERVISED=1`,
-/// read once): it restarts a crashed process, or stops the application. A dead peer process is
-/// then not an error: the waits on its rings go on (with a warning) until the restarted peer
-/// takes its role over, or the application is asked to stop.
+/// True if a launcher supervises this process and may still restart a crashed peer (see
+/// [`peers_may_restart`](crate::launch::peers_may_restart)). A dead peer process is then not an
+/// error: the waits on its rings go on (with a warning) until the restarted peer takes its role
+/// over, or the application is asked to stop, or the launcher says it restarts no more.
 pub(crate) fn supervised() -> bool {
-    static SUPERVISED: OnceLock<bool> = OnceLock::new();
-    *SUPERVISED.get_or_init(|| std::env::var_os("IOTSTREAM_SUPERVISED").is_some_and(|v| v == "1"))
+    crate::launch::peers_may_restart()
 }
 
 /// What one side of a connection does when its peer process looks dead.
