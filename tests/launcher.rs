@@ -26,6 +26,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         // numbers until stopped, paced → ×3 → record
         "endless" => relay("endless", u64::MAX, 200),
         "failing" => failing(),
+        "stubborn" => stubborn(),
         other => panic!("no application named {other}"),
     }
 }
@@ -66,6 +67,22 @@ impl Agent for Record {
 }
 
 fn relay(app: &str, n: u64, pace: usize) -> Result<(), iotstream::Error> {
+    if std::env::var_os("RELAY_REPORT").is_some() {
+        // What the launcher gave this process: its role, a deployment variable, its CPUs.
+        let cpus = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        println!(
+            "REPORT process={} tag={} cpus={cpus}",
+            std::env::var("IOTSTREAM_PROCESS").unwrap_or_default(),
+            std::env::var("RELAY_TAG").unwrap_or_default()
+        );
+    }
     let mut g = Graph::new(app);
     g.set_default_capacity(1024);
     let mut next = 0u64;
@@ -108,6 +125,16 @@ fn relay(app: &str, n: u64, pace: usize) -> Result<(), iotstream::Error> {
         println!("EMITTED {}", s.elements);
     }
     Ok(())
+}
+
+/// A sink that never finishes its first step: a drain cannot complete.
+fn stubborn() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("stubborn");
+    let s = g.source_fn("numbers", Duration::from_millis(1), None, || 1u64);
+    g.for_each("sleepy", &s, |_: &u64| {
+        std::thread::sleep(Duration::from_secs(3600))
+    });
+    g.run().map(|_| ())
 }
 
 /// An agent fails on element 5000.
@@ -466,11 +493,13 @@ fn sigkill_under_on_failure_restarts_without_gap(victim: &str) -> Result<(), Str
         ),
     );
     let out = dir.path("out.txt");
-    let n = 300_000u64;
-    let run = run_relay("relay", &[&n.to_string(), "500"], Some(&deploy), &out);
+    // Batches of 200, below the quarter-capacity credit group (256): when the kill lands, the
+    // victim usually holds consumed but unacknowledged elements, delivered again after restart.
+    let n = 150_000u64;
+    let run = run_relay("relay", &[&n.to_string(), "200"], Some(&deploy), &out);
     run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lines_of(&out).len() < 20_000 && Instant::now() < deadline {
+    while lines_of(&out).len() < 10_000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     let pid = pid_of(&run.stderr(), victim).ok_or_else(|| run.stderr())?;
@@ -509,6 +538,87 @@ fn sigkill_under_on_failure_restarts_without_gap(victim: &str) -> Result<(), Str
     );
     ensure(segments("relay").is_empty(), || {
         format!("left behind: {:?}", segments("relay"))
+    })
+}
+
+fn a_drain_that_times_out_kills_the_stragglers_and_fails() -> Result<(), String> {
+    let dir = Scratch::new("stubborn");
+    let deploy = dir.file(
+        "stubborn.toml",
+        "[supervisor]\ndrain_timeout_ms = 300\n\n[processes.sleeper]\nagents = [\"sleepy\"]\n",
+    );
+    let exe = own_exe();
+    let run = Launched::start(
+        &[
+            "run".as_ref(),
+            exe.as_os_str(),
+            "--deploy".as_ref(),
+            deploy.as_os_str(),
+            "--".as_ref(),
+            "app".as_ref(),
+            "stubborn".as_ref(),
+        ],
+        &[],
+        "stubborn",
+    );
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    std::thread::sleep(Duration::from_millis(200));
+    let launcher = run.pid();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(launcher.to_string())
+        .status();
+    let (status, _out, err) = run.wait()?;
+    ensure(status.code() == Some(1), || {
+        format!("expected exit 1 after a timed-out drain, got {status}:\n{err}")
+    })?;
+    ensure(
+        err.contains("the drain did not end within 300 ms: killed") && err.contains("'sleeper'"),
+        || format!("the stragglers are not named:\n{err}"),
+    )?;
+    ensure(run_pids(launcher).is_empty(), || {
+        format!("processes left: {:?}", run_pids(launcher))
+    })?;
+    ensure(segments("stubborn").is_empty(), || {
+        format!("left behind: {:?}", segments("stubborn"))
+    })
+}
+
+fn deployment_env_and_cpus_reach_the_processes() -> Result<(), String> {
+    let dir = Scratch::new("env");
+    let deploy = dir.file(
+        "env.toml",
+        "[env]\nRELAY_TAG = \"everyone\"\n\n[processes.work]\nagents = [\"triple\"]\ncpus = [0]\nenv = { RELAY_TAG = \"worker\" }\n\n[processes.sink]\nagents = [\"record\"]\n",
+    );
+    let out = dir.path("out.txt");
+    let exe = own_exe();
+    let run = Launched::start(
+        &[
+            "run".as_ref(),
+            exe.as_os_str(),
+            "--deploy".as_ref(),
+            deploy.as_os_str(),
+            "--".as_ref(),
+            "app".as_ref(),
+            "relay".as_ref(),
+            "1000".as_ref(),
+        ],
+        &[("OUT", &out), ("RELAY_REPORT", Path::new("1"))],
+        "relay",
+    );
+    let (status, stdout, err) = run.wait()?;
+    ensure(status.success(), || format!("{status}:\n{err}"))?;
+    for want in [
+        "[work] REPORT process=work tag=worker cpus=0\n",
+        "[main] REPORT process=main tag=everyone cpus=",
+        "[sink] REPORT process=sink tag=everyone cpus=",
+    ] {
+        ensure(stdout.contains(want), || {
+            format!("no '{want}' in:\n{stdout}")
+        })?;
+    }
+    ensure(lines_of(&out).len() == 1000, || {
+        format!("{} lines", lines_of(&out).len())
     })
 }
 
@@ -1007,6 +1117,14 @@ fn main() {
         (
             "restarts_stop_at_the_limit",
             Box::new(restarts_stop_at_the_limit),
+        ),
+        (
+            "a_drain_that_times_out_kills_the_stragglers_and_fails",
+            Box::new(a_drain_that_times_out_kills_the_stragglers_and_fails),
+        ),
+        (
+            "deployment_env_and_cpus_reach_the_processes",
+            Box::new(deployment_env_and_cpus_reach_the_processes),
         ),
         (
             "clean_removes_only_rings_of_dead_owners",
