@@ -491,6 +491,23 @@ pub fn run(
 
     let (events_tx, events) = mpsc::channel::<Event>();
     let signals = install_signals(events_tx.clone())?;
+    // Children's exits join the other events, so the supervisor wakes the moment one ends.
+    let (exits_tx, exits) = mpsc::channel::<launch::Exit>();
+    {
+        let events_tx = events_tx.clone();
+        std::thread::Builder::new()
+            .name("iotstream exits".into())
+            .spawn(move || {
+                for exit in exits {
+                    if events_tx.send(Event::Exit(exit)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start the exit-forwarding thread: {e}"),
+            })?;
+    }
     let mut sup = Supervisor {
         app,
         deployment,
@@ -503,9 +520,10 @@ pub fn run(
             .map(|p| Member::new(p, settings.process(p)))
             .collect(),
         events_tx,
-        exits: mpsc::channel(),
+        exits_tx,
         flowing: false,
         draining: None,
+        signalled: false,
         failure: None,
     };
     let code = sup.supervise(&events);
@@ -566,6 +584,8 @@ fn log(line: &str) {
 enum Event {
     /// A child reported ready on its control channel.
     Ready { pid: u32 },
+    /// A child ended (reported by its waiter thread the moment it did).
+    Exit(launch::Exit),
     /// Ctrl-C or SIGTERM.
     Signal(i32),
 }
@@ -616,6 +636,9 @@ struct Member {
     restarts: u32,
     /// When to start it again, after a failure.
     restart_at: Option<Instant>,
+    /// Its last failure, while a restart is pending: the failure of the run if the restart
+    /// is cancelled.
+    pending_failure: Option<Failure>,
     /// It will not run again.
     ended: bool,
 }
@@ -631,19 +654,31 @@ impl Member {
             ready_by: None,
             restarts: 0,
             restart_at: None,
+            pending_failure: None,
             ended: false,
         }
     }
 
+    /// Sends a word on the control channel. A child that died meanwhile is reported by its
+    /// waiter; MSG_NOSIGNAL keeps a write to its closed socket from raising SIGPIPE here.
     fn say(&mut self, word: &str) {
-        if let Some(c) = &mut self.control {
-            // A child that died meanwhile is reported by its waiter: nothing to do here.
-            let _ = c.write_all(format!("{word}\n").as_bytes());
+        use std::os::fd::AsRawFd;
+        if let Some(c) = &self.control {
+            let line = format!("{word}\n");
+            // SAFETY: a valid socket descriptor and a buffer of the given length.
+            let _ = unsafe {
+                libc::send(
+                    c.as_raw_fd(),
+                    line.as_ptr().cast(),
+                    line.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
         }
     }
 }
 
-/// The first failure: the message, and the exit code it gives the launcher.
+/// A failure: the message, and the exit code it gives the launcher.
 struct Failure {
     message: String,
     code: i32,
@@ -658,11 +693,15 @@ struct Supervisor<'a> {
     ready_timeout: Duration,
     members: Vec<Member>,
     events_tx: mpsc::Sender<Event>,
-    exits: (mpsc::Sender<launch::Exit>, mpsc::Receiver<launch::Exit>),
+    /// Where children's waiters report exits (forwarded to the events).
+    exits_tx: mpsc::Sender<launch::Exit>,
     /// Every process of the first start reported ready and was told to go.
     flowing: bool,
     /// A drain (or stop after a failure) is on, until this deadline.
     draining: Option<Instant>,
+    /// Ctrl-C or SIGTERM was received: the next one stops everything at once.
+    signalled: bool,
+    /// The first failure: the run's result.
     failure: Option<Failure>,
 }
 
@@ -670,7 +709,7 @@ impl Supervisor<'_> {
     fn supervise(&mut self, events: &mpsc::Receiver<Event>) -> Result<i32, Error> {
         for i in 0..self.members.len() {
             if let Err(e) = self.start(i) {
-                self.kill_all();
+                self.kill_all(events);
                 return Err(e);
             }
         }
@@ -678,12 +717,8 @@ impl Supervisor<'_> {
             if self.members.iter().all(|m| m.ended) {
                 break;
             }
-            // Exits first: a dead process is noticed at once.
-            while let Ok(exit) = self.exits.1.try_recv() {
-                self.on_exit(exit);
-            }
             let now = Instant::now();
-            let mut wake = now + Duration::from_millis(50);
+            let mut wake = now + Duration::from_secs(1);
             for m in &self.members {
                 for t in [
                     m.restart_at,
@@ -700,23 +735,34 @@ impl Supervisor<'_> {
             }
             match events.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Event::Ready { pid }) => self.on_ready(pid),
+                Ok(Event::Exit(exit)) => self.on_exit(exit),
                 Ok(Event::Signal(sig)) => {
-                    if self.draining.is_some() {
+                    if self.signalled {
                         log(&format!("signal {sig} again: stopping at once"));
-                        self.kill_all();
-                        return Ok(130);
+                        self.kill_all(events);
+                        return Ok(self.failure.as_ref().map_or(128 + sig, |f| {
+                            log(&format!("error: {}", f.message));
+                            f.code
+                        }));
                     }
-                    log(&format!(
-                        "signal {sig}: draining (sources stop, data in flight is processed); send it again to stop at once"
-                    ));
-                    self.stop();
+                    self.signalled = true;
+                    if self.draining.is_none() {
+                        log(&format!(
+                            "signal {sig}: draining (sources stop, data in flight is processed); send it again to stop at once"
+                        ));
+                        self.stop();
+                    } else {
+                        log(&format!(
+                            "signal {sig}: already stopping; send it again to stop at once"
+                        ));
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     unreachable!("the supervisor holds a sender")
                 }
             }
-            self.on_timers()?;
+            self.on_timers(events);
         }
         Ok(match &self.failure {
             None => {
@@ -734,6 +780,9 @@ impl Supervisor<'_> {
     fn start(&mut self, i: usize) -> Result<(), Error> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| Error::Runtime {
             detail: format!("cannot make a control channel: {e}"),
+        })?;
+        let reader = ours.try_clone().map_err(|e| Error::Runtime {
+            detail: format!("cannot read the control channel: {e}"),
         })?;
         let m = &self.members[i];
         let mut env: Vec<(String, String)> = m.settings.env.clone().into_iter().collect();
@@ -753,11 +802,15 @@ impl Supervisor<'_> {
             control: Some(theirs.into()),
         }
         .role(&m.name, &self.run, self.fingerprint);
-        let child = launch::spawn_child(&m.name, command, self.exits.0.clone())?;
+        let child = launch::spawn_child(&m.name, command, self.exits_tx.clone())?;
         let pid = child.pid;
-        let reader = ours.try_clone().map_err(|e| Error::Runtime {
-            detail: format!("cannot read the control channel: {e}"),
-        })?;
+        let m = &mut self.members[i];
+        m.pid = Some(pid);
+        m.control = Some(ours);
+        m.ready = false;
+        m.ready_by = Some(Instant::now() + self.ready_timeout);
+        m.restart_at = None;
+        log(&format!("process '{}' started (pid {pid})", m.name));
         let tx = self.events_tx.clone();
         std::thread::Builder::new()
             .name(format!("control {}", m.name))
@@ -770,13 +823,6 @@ impl Supervisor<'_> {
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a control thread: {e}"),
             })?;
-        let m = &mut self.members[i];
-        m.pid = Some(pid);
-        m.control = Some(ours);
-        m.ready = false;
-        m.ready_by = Some(Instant::now() + self.ready_timeout);
-        m.restart_at = None;
-        log(&format!("process '{}' started (pid {pid})", m.name));
         Ok(())
     }
 
@@ -786,8 +832,9 @@ impl Supervisor<'_> {
         };
         self.members[i].ready = true;
         if self.flowing || self.draining.is_some() {
-            // A restarted process joins the running application (or one that is stopping:
-            // it then drains at once).
+            // A restarted process joins the running application; in one that is stopping, it
+            // has been told to stop already and drains at once.
+            log(&format!("process '{}' ready", self.members[i].name));
             self.members[i].say("go");
             return;
         }
@@ -817,11 +864,16 @@ impl Supervisor<'_> {
             return;
         }
         let error = exit.to_error().to_string();
+        let failure = Failure {
+            message: error.clone(),
+            code: exit_code(exit.status),
+        };
         if self.draining.is_none() {
             if let Restart::OnFailure { max_restarts, .. } = m.settings.restart {
                 if let Some(delay) = m.settings.restart.delay(m.restarts + 1) {
                     m.restarts += 1;
                     m.restart_at = Some(Instant::now() + delay);
+                    m.pending_failure = Some(failure);
                     log(&format!(
                         "{error}; restarting it in {} ms (restart {} of {max_restarts})",
                         delay.as_millis(),
@@ -835,24 +887,38 @@ impl Supervisor<'_> {
             }
         }
         m.ended = true;
-        if self.failure.is_none() {
-            self.failure = Some(Failure {
-                message: error.clone(),
-                code: exit_code(exit.status),
-            });
-        }
         if self.draining.is_none() {
             log(&format!("{error}: stopping the application"));
+            self.failure.get_or_insert(failure);
             self.stop();
+        } else {
+            log(&error);
+            self.failure.get_or_insert(failure);
         }
     }
 
-    fn on_timers(&mut self) -> Result<(), Error> {
+    fn on_timers(&mut self, events: &mpsc::Receiver<Event>) {
         let now = Instant::now();
         for i in 0..self.members.len() {
             let m = &self.members[i];
             if m.restart_at.is_some_and(|t| t <= now) {
-                self.start(i)?;
+                if let Err(e) = self.start(i) {
+                    // A restart that cannot even start is that process failing for good.
+                    let m = &mut self.members[i];
+                    let message = format!("process '{}' could not be restarted: {e}", m.name);
+                    log(&message);
+                    m.restart_at = None;
+                    m.pending_failure = None;
+                    if m.pid.is_none() {
+                        m.ended = true;
+                    }
+                    self.failure.get_or_insert(Failure { message, code: 1 });
+                    if self.draining.is_none() {
+                        self.stop();
+                    }
+                } else {
+                    self.members[i].pending_failure = None;
+                }
                 continue;
             }
             if m.pid.is_some() && !m.ready && m.ready_by.is_some_and(|t| t <= now) {
@@ -874,74 +940,71 @@ impl Supervisor<'_> {
                 .members
                 .iter()
                 .filter(|m| m.pid.is_some())
-                .map(|m| m.name.clone())
+                .map(|m| format!("'{}'", m.name))
                 .collect();
             if !stragglers.is_empty() {
                 let message = format!(
                     "the drain did not end within {} ms: killed {}",
                     self.drain_timeout.as_millis(),
-                    stragglers
-                        .iter()
-                        .map(|s| format!("'{s}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    stragglers.join(", ")
                 );
                 log(&message);
                 self.failure.get_or_insert(Failure { message, code: 1 });
-                self.kill_all();
-                // Their waiters report the exits; they count as ended now.
-                for m in &mut self.members {
-                    m.ended = true;
-                }
+                self.kill_all(events);
             }
             self.draining = None;
             // Nothing restarts after a stop: whatever is left has ended.
             for m in &mut self.members {
-                if m.pid.is_none() {
-                    m.ended = true;
-                }
+                m.ended = true;
             }
         }
-        Ok(())
     }
 
-    /// Stops the application gracefully: no more restarts; every child drains and exits.
+    /// Stops the application gracefully: no more restarts; every child is told to drain (on
+    /// its control channel: no signal that could reach it before it can handle one) and exits.
     fn stop(&mut self) {
         self.draining = Some(Instant::now() + self.drain_timeout);
         for m in &mut self.members {
-            if m.restart_at.take().is_some() || m.pid.is_none() {
+            if m.restart_at.take().is_some() {
+                // Its restart is cancelled: its crash is the run's failure, not what its
+                // peers report about it afterwards.
+                if let Some(f) = m.pending_failure.take() {
+                    self.failure.get_or_insert(f);
+                }
+            }
+            if m.pid.is_none() {
                 m.ended = true;
+                continue;
             }
-            if let Some(pid) = m.pid {
-                m.say("final");
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
-                // A child still waiting for "go" starts and finds its stop flag set: its
-                // sources end at once and it drains like the others.
-                m.say("go");
-            }
+            // "final" first: from now on a dead peer is an error, so nobody waits for one.
+            m.say("final");
+            // A child still waiting for "go" starts with its stop flag set: its sources end
+            // at once and it drains like the others.
+            m.say("stop");
         }
     }
 
-    fn kill_all(&mut self) {
+    /// Kills every child and waits (bounded) for their waiters to report them, so nothing
+    /// outlives the launcher.
+    fn kill_all(&mut self, events: &mpsc::Receiver<Event>) {
         for m in &mut self.members {
             if let Some(pid) = m.pid {
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
-        // Wait (bounded) for the waiters to reap them, so nothing outlives the launcher.
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.members.iter().any(|m| m.pid.is_some()) && Instant::now() < deadline {
-            match self.exits.1.recv_timeout(Duration::from_millis(50)) {
-                Ok(exit) => {
-                    if let Some(m) = self.members.iter_mut().find(|m| m.pid == Some(exit.pid)) {
-                        m.pid = None;
-                        m.ended = true;
-                    }
+            if let Ok(Event::Exit(exit)) = events.recv_timeout(Duration::from_millis(50)) {
+                if let Some(m) = self.members.iter_mut().find(|m| m.pid == Some(exit.pid)) {
+                    m.pid = None;
+                    m.control = None;
                 }
-                Err(_) => continue,
             }
+        }
+        for m in &mut self.members {
+            m.ended = true;
+            m.restart_at = None;
         }
     }
 }

@@ -566,11 +566,16 @@ impl Graph {
                 let stop = Arc::new(AtomicBool::new(false));
                 // The starter forwards Ctrl-C as SIGTERM; a terminal's own SIGINT to the whole
                 // process group is ignored here so that the drain stays graceful.
-                let guard = launch::SignalGuard::install(
+                // Under the launcher a second SIGTERM (a service manager signalling the whole
+                // group, say) changes nothing: the launcher decides when to kill.
+                let supervised = std::env::var_os(launch::ENV_SUPERVISED).is_some();
+                let on_second: Option<Box<dyn Fn() + Send>> =
+                    (!supervised).then(|| Box::new(|| {}) as Box<dyn Fn() + Send>);
+                let guard = launch::SignalGuard::install_with(
                     Arc::clone(&stop),
                     &[signal_hook::consts::SIGTERM],
                     || {},
-                    || {},
+                    on_second,
                 )?;
                 let app = self.name.clone();
                 let mut running = start_part(self, Some(process), Some((app, run, stop)))?;
@@ -833,8 +838,8 @@ fn coordinate(
     };
     let registry = Arc::new(registry);
     // Under the launcher: report ready, and let data flow only when every process is.
-    if let Err(e) =
-        launch::take_control().and_then(|c| c.map_or(Ok(()), |c| c.ready_then_wait_go()))
+    if let Err(e) = launch::take_control()
+        .and_then(|c| c.map_or(Ok(()), |c| c.ready_then_wait_go(Arc::clone(&stop))))
     {
         stop.store(true, Ordering::SeqCst);
         let _ = ready.send((Err(e), Arc::clone(&shared)));

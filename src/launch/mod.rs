@@ -322,6 +322,9 @@ pub(crate) fn spawn_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let control = command.control.as_ref().map(|fd| fd.as_raw_fd());
+    // A supervised child gets a process group of its own: a terminal's Ctrl-C reaches only the
+    // launcher, which conducts the drain.
+    let own_group = control.is_some();
     let mut cpu_set = None;
     if let Some(cpus) = &command.cpus {
         let mut set = nix::sched::CpuSet::new();
@@ -333,14 +336,18 @@ pub(crate) fn spawn_child(
         cpu_set = Some(set);
     }
     let name = process.to_string();
-    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (prctl, getppid, dup2, fcntl, sched_setaffinity, _exit).
+    // SAFETY: the closure runs in the forked child before exec, allocates nothing and only makes
+    // async-signal-safe system calls (prctl, getppid, setpgid, dup2, fcntl, sched_setaffinity,
+    // _exit).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
             // The starter may have died between fork and prctl: then nobody would kill us.
             if nix::unistd::getppid() != parent {
                 libc::_exit(1);
+            }
+            if own_group && libc::setpgid(0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
             }
             if let Some(fd) = control {
                 if fd == CONTROL_FD {
@@ -370,24 +377,29 @@ pub(crate) fn spawn_child(
     let last_errors: Arc<Mutex<VecDeque<String>>> = Arc::default();
     let out = child.stdout.take().expect("stdout is piped");
     let err = child.stderr.take().expect("stderr is piped");
-    let copiers = [
-        copy_prefixed(out, process, false, None),
-        copy_prefixed(err, process, true, Some(Arc::clone(&last_errors))),
-    ];
+    let (copied_tx, copied) = mpsc::channel::<()>();
+    copy_prefixed(out, process, false, None, copied_tx.clone());
+    copy_prefixed(
+        err,
+        process,
+        true,
+        Some(Arc::clone(&last_errors)),
+        copied_tx,
+    );
     let tail = last_errors;
     let watched = name.clone();
     std::thread::Builder::new()
         .name(format!("wait {process}"))
         .spawn(move || {
+            use std::os::unix::process::ExitStatusExt;
             let status = child.wait();
-            // Let the output copiers reach the end of the pipes, so the report has the last lines.
-            for c in copiers.into_iter().flatten() {
-                let _ = c.join();
-            }
-            let status = match status {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+            // Let the output copiers reach the end of the pipes, so the report has the last
+            // lines; bounded, since a program the child started may hold its pipes open.
+            // Nothing is sent: this returns when both copiers have ended, or after 2 s.
+            let _ = copied.recv_timeout(Duration::from_secs(2));
+            // If waiting failed (it cannot for our own child), report a failure all the same:
+            // the supervisor must hear of every child.
+            let status = status.unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
             let last_errors = tail
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -413,11 +425,14 @@ fn copy_prefixed(
     process: &str,
     to_stderr: bool,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
-) -> Option<std::thread::JoinHandle<()>> {
+    done: mpsc::Sender<()>,
+) {
     let prefix = format!("[{process}] ");
-    std::thread::Builder::new()
+    let _ = std::thread::Builder::new()
         .name(format!("output {process}"))
         .spawn(move || {
+            // Dropped when the pipe ends: tells the waiter the output is all copied.
+            let _done = done;
             let mut reader = BufReader::new(pipe);
             let mut line = Vec::new();
             loop {
@@ -441,8 +456,7 @@ fn copy_prefixed(
                     t.push_back(text.to_string());
                 }
             }
-        })
-        .ok()
+        });
 }
 
 /// True if `pid` is a zombie (exited, not yet reaped by its waiter thread).
@@ -480,6 +494,17 @@ impl SignalGuard {
         on_first: impl Fn() + Send + 'static,
         on_second: impl Fn() + Send + 'static,
     ) -> Result<SignalGuard, Error> {
+        Self::install_with(stop, signals, on_first, Some(Box::new(on_second)))
+    }
+
+    /// Like [`install`](Self::install); with `on_second` `None`, further signals only repeat
+    /// the stop request (a supervised process: its launcher decides when to kill it).
+    pub fn install_with(
+        stop: Arc<AtomicBool>,
+        signals: &[i32],
+        on_first: impl Fn() + Send + 'static,
+        on_second: Option<Box<dyn Fn() + Send + 'static>>,
+    ) -> Result<SignalGuard, Error> {
         use signal_hook::consts::SIGINT;
         let mut all = signals.to_vec();
         let swallow_int = !all.contains(&SIGINT);
@@ -504,7 +529,7 @@ impl SignalGuard {
                         tracing::warn!("signal {sig}: draining (send it again to stop at once)");
                         stop.store(true, Ordering::SeqCst);
                         on_first();
-                    } else {
+                    } else if let Some(on_second) = &on_second {
                         on_second();
                         std::process::exit(128 + sig);
                     }
@@ -566,9 +591,10 @@ pub(crate) fn peers_may_restart() -> bool {
 /// Whether the control channel was taken already (one graph per process talks to the launcher).
 static CONTROL_TAKEN: AtomicBool = AtomicBool::new(false);
 
-/// A supervised child's channel to its launcher: it says `ready` once its part of the graph is
-/// built (rings opened, agents made), then waits for `go` before any agent runs. Later the
-/// launcher may say `final`: no process will be restarted any more.
+/// A supervised child's channel to its launcher. The child says `ready` once its part of the
+/// graph is built (rings opened, agents made), then waits for `go` before any agent runs. The
+/// launcher may also say `stop` (drain: the same as SIGTERM, but it cannot arrive before the
+/// child is ready to handle it) and `final` (no process will be restarted any more).
 pub(crate) struct Control {
     stream: std::os::unix::net::UnixStream,
 }
@@ -589,14 +615,25 @@ pub(crate) fn take_control() -> Result<Option<Control>, Error> {
     if CONTROL_TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(None);
     }
+    // Programs this process starts must not inherit the launcher's channel.
+    // SAFETY: fcntl on a descriptor number; an invalid one only makes it fail.
+    if unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return Err(Error::Runtime {
+            detail: format!(
+                "{ENV_CONTROL_FD} is set but file descriptor {CONTROL_FD} is not open: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
     // SAFETY: the launcher passed its socket as this descriptor, and it is taken only once.
     let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
     Ok(Some(Control { stream }))
 }
 
 impl Control {
-    /// Says `ready`, waits for `go`, then keeps listening for `final` on a thread.
-    pub fn ready_then_wait_go(self) -> Result<(), Error> {
+    /// Says `ready`, waits for `go` (or `stop`, which sets `stop` and lets the part start
+    /// already draining), then keeps listening for `stop` and `final` on a thread.
+    pub fn ready_then_wait_go(self, stop: Arc<AtomicBool>) -> Result<(), Error> {
         let lost = |e: std::io::Error| Error::Runtime {
             detail: format!("the launcher's control channel failed: {e}"),
         };
@@ -612,6 +649,10 @@ impl Control {
             }
             match line.trim() {
                 "go" => break,
+                "stop" => {
+                    stop.store(true, Ordering::SeqCst);
+                    break;
+                }
                 "final" => NO_MORE_RESTARTS.store(true, Ordering::SeqCst),
                 _ => {}
             }
@@ -624,10 +665,14 @@ impl Control {
                     line.clear();
                     match reader.read_line(&mut line) {
                         Ok(0) | Err(_) => return,
-                        Ok(_) if line.trim() == "final" => {
-                            NO_MORE_RESTARTS.store(true, Ordering::SeqCst)
-                        }
-                        Ok(_) => {}
+                        Ok(_) => match line.trim() {
+                            "final" => NO_MORE_RESTARTS.store(true, Ordering::SeqCst),
+                            "stop" => {
+                                tracing::info!("the launcher asks for a drain");
+                                stop.store(true, Ordering::SeqCst)
+                            }
+                            _ => {}
+                        },
                     }
                 }
             })
