@@ -23,10 +23,11 @@
 //!   waiter thread reports it); under `restart = "on-failure"` it is started again after its
 //!   backoff (doubled each time, up to the limit), and resumes from the data waiting in its input
 //!   rings; otherwise the run stops, and the launcher exits with that child's status.
-//! - Ctrl-C or SIGTERM starts a **graceful drain**: no more restarts, every child is asked to stop
-//!   (SIGTERM: its sources end their streams, data in flight is processed, sinks flush) and exits
-//!   0. Children still alive after the drain timeout are killed and the exit is non-zero. A second
-//!   Ctrl-C kills everything at once.
+//! - Ctrl-C or SIGTERM starts a **graceful drain**: no more restarts, every child is told `stop`
+//!   on its control channel (its sources end their streams, data in flight is processed, sinks
+//!   flush) and exits 0. Children still alive after the drain timeout are killed and the exit is
+//!   non-zero. A second Ctrl-C kills everything at once. Children run in process groups of their
+//!   own, so a terminal's Ctrl-C reaches only the launcher.
 //! - Every child's output lines are prefixed with `[process]`; the launcher's own lines with
 //!   `[iotstream]`.
 //! - The rings are removed on every exit of the launcher that runs code; after a SIGKILL of the
