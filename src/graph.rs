@@ -113,6 +113,9 @@ pub(crate) struct AgentDecl {
     pub driver: Option<Driver>,
     pub thread: Option<String>,
     pub process: Option<String>,
+    /// It reads this program's standard input ([`Graph::source_stdin`]): its process is given
+    /// the standard input of whoever starts the application.
+    pub reads_stdin: bool,
 }
 
 pub(crate) struct Edge {
@@ -223,6 +226,7 @@ impl Graph {
             driver: Some(driver),
             thread: None,
             process: None,
+            reads_stdin: false,
         });
     }
 
@@ -352,6 +356,13 @@ impl Graph {
         self.process_hosts = plan.process_host.clone().into_iter().collect();
     }
 
+    /// The process whose agent reads standard input ([`Graph::source_stdin`]), if any: the
+    /// process that is given the standard input of whoever starts the application.
+    pub(crate) fn stdin_process(&self) -> Option<&str> {
+        let i = self.agents.iter().position(|a| a.reads_stdin)?;
+        Some(self.process_of(i))
+    }
+
     /// Every process of the application: `main` first, then in order of first placement.
     pub(crate) fn processes(&self) -> Vec<String> {
         let mut out = vec![crate::launch::MAIN_PROCESS.to_string()];
@@ -471,6 +482,18 @@ impl Graph {
                     reader.name
                 ));
             }
+        }
+        let stdin_readers: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|a| a.reads_stdin)
+            .map(|a| format!("'{}'", a.name))
+            .collect();
+        if stdin_readers.len() > 1 {
+            problems.push(format!(
+                "agents {} all read standard input, which only one agent can read: read it with one source_stdin and connect its stream to each reader",
+                stdin_readers.join(", ")
+            ));
         }
         for (ai, a) in self.agents.iter().enumerate() {
             for (pi, p) in a.inputs.iter().enumerate() {

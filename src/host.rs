@@ -635,8 +635,12 @@ pub(crate) enum SourceStatus {
 /// A source as the host drives it. See `ops::source`.
 pub(crate) trait SourceDriver: Send {
     fn step(&mut self, outputs: &mut Outputs<'_>) -> Result<SourceStatus, AgentError>;
-    /// Moves the source's work onto its own thread (threaded executor only).
-    fn spawn(&mut self, ctx: crate::ops::source::SourceThreadCtx) -> Result<(), Error>;
+    /// Moves the source's work onto its own thread (threaded executor only); returns what ends
+    /// its stream if that thread does not return after a stop (a source on a thread of its own).
+    fn spawn(
+        &mut self,
+        ctx: crate::ops::source::SourceThreadCtx,
+    ) -> Result<Option<crate::ops::source::SourceEnder>, Error>;
 }
 
 pub(crate) enum Driver {

@@ -57,6 +57,10 @@ pub struct AgentInfo {
     pub inputs: Vec<PortInfo>,
     /// Its output ports (the streams it owns).
     pub outputs: Vec<PortInfo>,
+    /// It reads standard input ([`Graph::source_stdin`]): its process is the one given the
+    /// standard input of whoever starts the application.
+    #[serde(default)]
+    pub reads_stdin: bool,
 }
 
 /// One port of an agent.
@@ -116,6 +120,14 @@ impl GraphInfo {
         self.agents.iter().position(|a| a.name == name)
     }
 
+    /// The process whose agent reads standard input, if any ([`AgentInfo::reads_stdin`]).
+    pub fn stdin_process(&self) -> Option<&str> {
+        self.agents
+            .iter()
+            .find(|a| a.reads_stdin)
+            .map(|a| a.process.as_str())
+    }
+
     /// The host process `process` runs on.
     pub fn host_of(&self, process: &str) -> Option<&HostInfo> {
         self.hosts
@@ -153,6 +165,7 @@ impl Graph {
                         min_capacity: 1,
                     })
                     .collect(),
+                reads_stdin: a.reads_stdin,
             })
             .collect();
         let processes = self.processes();

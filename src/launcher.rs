@@ -318,11 +318,14 @@ fn render_text(info: &GraphInfo) -> String {
     for h in &info.hosts {
         let _ = writeln!(s, "\nhost {} ({})", h.name, h.address);
         for p in &h.processes {
-            let agents: Vec<&str> = info
+            let agents: Vec<String> = info
                 .agents
                 .iter()
                 .filter(|a| &a.process == p)
-                .map(|a| a.name.as_str())
+                .map(|a| match a.reads_stdin {
+                    true => format!("{} (standard input)", a.name),
+                    false => a.name.clone(),
+                })
                 .collect();
             let _ = writeln!(s, "  process {p}: {}", agents.join(", "));
         }
@@ -514,6 +517,7 @@ pub fn run(
         deployment,
         run,
         fingerprint,
+        stdin_process: info.stdin_process().map(str::to_string),
         drain_timeout: settings.supervisor.drain_timeout,
         ready_timeout: settings.supervisor.ready_timeout,
         members: processes
@@ -690,6 +694,8 @@ struct Supervisor<'a> {
     deployment: Option<&'a DeploymentFile>,
     run: RunId,
     fingerprint: u64,
+    /// The process given the launcher's standard input (its agent reads it), if any.
+    stdin_process: Option<String>,
     drain_timeout: Duration,
     ready_timeout: Duration,
     members: Vec<Member>,
@@ -801,6 +807,7 @@ impl Supervisor<'_> {
             env,
             cpus: m.settings.cpus.clone(),
             control: Some(theirs.into()),
+            stdin: self.stdin_process.as_deref() == Some(m.name.as_str()),
         }
         .role(&m.name, &self.run, self.fingerprint);
         let child = launch::spawn_child(&m.name, command, self.exits_tx.clone())?;

@@ -56,7 +56,7 @@ pub use metrics::{AgentStats, LinkStats, Metrics, StreamStats};
 pub use ops::merge::LateCounter;
 pub use ops::rolling::{Rolling, RollingAggregate};
 pub use ops::sink::Collected;
-pub use ops::source::{InputSender, Source, SourceOptions};
+pub use ops::source::{InputSender, Source, SourceOptions, SOURCE_STOP_GRACE};
 pub use ops::timed::TimedWindow;
 pub use runtime::Running;
 pub use stream::{Element, Input, Stream};

@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, Addr, Arbiter, Context, Handler, Message, System};
 
@@ -598,8 +599,13 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     let fingerprint = graph.fingerprint();
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut list = Vec::new();
+    let stdin_process = graph.stdin_process().map(str::to_string);
     for p in processes.iter().filter(|p| *p != launch::MAIN_PROCESS) {
-        let command = launch::ChildCommand::this_program(p).map(|c| c.role(p, &run, fingerprint));
+        let command = launch::ChildCommand::this_program(p).map(|c| {
+            let mut c = c.role(p, &run, fingerprint);
+            c.stdin = stdin_process.as_deref() == Some(p.as_str());
+            c
+        });
         match command.and_then(|c| launch::spawn_child(p, c, exit_tx.clone())) {
             Ok(c) => list.push(c),
             Err(e) => {
@@ -766,6 +772,43 @@ fn start_part(
     }
 }
 
+/// Ends the streams of sources still inside [`Source::fill`](crate::Source::fill)
+/// [`SOURCE_STOP_GRACE`](crate::ops::source::SOURCE_STOP_GRACE) after a stop (blocked reading a terminal or a
+/// quiet pipe, say), so that a drain never waits for input that may never come. The stop flag
+/// is set from signal handlers, control channels and [`Running::stop`], so it is polled; the
+/// thread ends with the run.
+fn end_sources_after_stop(
+    stop: Arc<AtomicBool>,
+    run_over: Arc<AtomicBool>,
+    enders: Vec<crate::ops::source::SourceEnder>,
+) -> Result<(), Error> {
+    const POLL: Duration = Duration::from_millis(50);
+    std::thread::Builder::new()
+        .name("iotstream source stop".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if run_over.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(POLL);
+            }
+            let deadline = Instant::now() + crate::ops::source::SOURCE_STOP_GRACE;
+            while Instant::now() < deadline {
+                if run_over.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(POLL);
+            }
+            for ender in &enders {
+                ender.end();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| Error::Runtime {
+            detail: format!("cannot start the thread that ends sources after a stop: {e}"),
+        })
+}
+
 /// The runtime thread: builds the actors of this process's part, runs the actix system, tears
 /// everything down.
 fn coordinate(
@@ -855,6 +898,7 @@ fn coordinate(
 
     let mut arbiters: HashMap<String, Arbiter> = HashMap::new();
     let mut result = Ok(());
+    let mut enders = Vec::new();
     for (i, mut host) in hosts {
         let rx = receivers[i].take().expect("a local agent has a mailbox");
         let key = threads[i].clone().unwrap_or_else(|| format!("agent #{i}"));
@@ -868,9 +912,12 @@ fn coordinate(
                     wake,
                     stop: Arc::clone(&stop),
                 });
-                if let Err(e) = spawned {
-                    result = Err(e);
-                    break;
+                match spawned {
+                    Ok(ender) => enders.extend(ender),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
                 }
             }
         }
@@ -887,6 +934,10 @@ fn coordinate(
             Context::with_receiver(rx).run(actor);
         });
     }
+    let run_over = Arc::new(AtomicBool::new(false));
+    if result.is_ok() && !enders.is_empty() {
+        result = end_sources_after_stop(Arc::clone(&stop), Arc::clone(&run_over), enders);
+    }
     if let Err(e) = result {
         stop.store(true, Ordering::SeqCst);
         let _ = ready.send((Err(e), Arc::clone(&shared)));
@@ -900,6 +951,7 @@ fn coordinate(
             detail: format!("the actix system failed: {e}"),
         })?;
     }
+    run_over.store(true, Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     for (_, arbiter) in arbiters.drain() {
         arbiter.stop();

@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iotstream::{Agent, AgentError, Graph, Inputs, Outputs};
@@ -27,6 +27,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "endless" => relay("endless", u64::MAX, 200),
         "failing" => failing(),
         "stubborn" => stubborn(),
+        // standard input's lines → parse → ×3 → record to $OUT
+        "lines" => lines(),
         other => panic!("no application named {other}"),
     }
 }
@@ -100,7 +102,18 @@ fn relay(app: &str, n: u64, pace: usize) -> Result<(), iotstream::Error> {
         },
     );
     let tripled = g.map("triple", &numbers, |v: &u64| v.wrapping_mul(3));
-    let input = g.add_agent("record", |p| {
+    let input = record(&mut g);
+    g.connect(&tripled, &input);
+    let metrics = g.run()?;
+    if let Some(s) = metrics.stream("numbers.out") {
+        println!("EMITTED {}", s.elements);
+    }
+    Ok(())
+}
+
+/// The `record` agent: writes every element to `$OUT` (see [`Record`]).
+fn record(g: &mut Graph) -> iotstream::Input<u64> {
+    g.add_agent("record", |p| {
         let input = p.input::<u64>("in");
         let file = std::env::var_os("OUT").map(|path| {
             let mut f = std::fs::OpenOptions::new()
@@ -131,13 +144,18 @@ fn relay(app: &str, n: u64, pace: usize) -> Result<(), iotstream::Error> {
             },
             input,
         )
-    });
+    })
+}
+
+/// Standard input's lines, parsed → ×3 → record.
+fn lines() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("lines");
+    let text = g.source_stdin("stdin");
+    let numbers = g.filter_map("parse", &text, |l: &String| l.parse::<u64>().ok());
+    let tripled = g.map("triple", &numbers, |v: &u64| v.wrapping_mul(3));
+    let input = record(&mut g);
     g.connect(&tripled, &input);
-    let metrics = g.run()?;
-    if let Some(s) = metrics.stream("numbers.out") {
-        println!("EMITTED {}", s.elements);
-    }
-    Ok(())
+    g.run().map(|_| ())
 }
 
 /// A sink that never finishes its first step: a drain cannot complete.
@@ -215,19 +233,50 @@ struct Launched {
     out: Arc<Mutex<String>>,
     err: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// Keeps a [`Feed::KeepOpen`] pipe open while it lives.
+    _stdin_open: mpsc::Sender<()>,
+}
+
+/// What the launcher under test gets on its standard input.
+enum Feed {
+    /// Nothing: its standard input is empty.
+    Nothing,
+    /// These bytes, then the end of input.
+    All(Vec<u8>),
+    /// These bytes, and the pipe stays open (no more input, no end) until the test ends.
+    KeepOpen(Vec<u8>),
 }
 
 impl Launched {
-    fn start(args: &[&std::ffi::OsStr], env: &[(&str, &Path)], app: &str) -> Launched {
+    /// Starts `iotstream ARGS` with `feed` written to its standard input by a thread.
+    fn start(args: &[&std::ffi::OsStr], env: &[(&str, &Path)], app: &str, feed: Feed) -> Launched {
         let mut cmd = Command::new(launcher_exe());
         cmd.args(args)
-            .stdin(Stdio::null())
+            .stdin(match feed {
+                Feed::Nothing => Stdio::null(),
+                _ => Stdio::piped(),
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start iotstream");
+        let (hold, held) = mpsc::channel::<()>();
+        if let Some(mut stdin) = child.stdin.take() {
+            std::thread::spawn(move || {
+                let (bytes, keep_open) = match feed {
+                    Feed::Nothing => return,
+                    Feed::All(b) => (b, false),
+                    Feed::KeepOpen(b) => (b, true),
+                };
+                let _ = stdin.write_all(&bytes);
+                if keep_open {
+                    // Returns when the `Launched` is dropped (its sender with it).
+                    let _ = held.recv();
+                }
+            });
+        }
         let out = Arc::new(Mutex::new(String::new()));
         let err = Arc::new(Mutex::new(String::new()));
         let readers = vec![
@@ -240,6 +289,7 @@ impl Launched {
             out,
             err,
             readers,
+            _stdin_open: hold,
         }
     }
 
@@ -371,6 +421,11 @@ fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 
 /// `iotstream run <this binary> [--deploy FILE] -- app NAME ARGS…` with `$OUT` set.
 fn run_relay(app: &str, args: &[&str], deploy: Option<&Path>, out: &Path) -> Launched {
+    run_app(app, args, deploy, out, Feed::Nothing)
+}
+
+/// [`run_relay`] with `feed` on the launcher's standard input.
+fn run_app(app: &str, args: &[&str], deploy: Option<&Path>, out: &Path, feed: Feed) -> Launched {
     let exe = own_exe();
     let mut a: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), exe.as_os_str()];
     if let Some(d) = deploy {
@@ -383,7 +438,7 @@ fn run_relay(app: &str, args: &[&str], deploy: Option<&Path>, out: &Path) -> Lau
     for x in args {
         a.push(x.as_ref());
     }
-    Launched::start(&a, &[("OUT", out)], app)
+    Launched::start(&a, &[("OUT", out)], app, feed)
 }
 
 fn lines_of(path: &Path) -> Vec<u64> {
@@ -492,6 +547,101 @@ fn ctrl_c_drains_every_element_and_exits_0() -> Result<(), String> {
     })
 }
 
+/// `producer | iotstream run APP --deploy FILE`: the launcher's standard input reaches the
+/// agent that reads it, which the file moves to a process of its own; every line, once.
+fn stdin_reaches_the_agent_that_reads_it_wherever_it_is_placed() -> Result<(), String> {
+    let dir = Scratch::new("stdin");
+    let deploy = dir.file(
+        "stdin.toml",
+        "[processes.reader]\nagents = [\"stdin\", \"parse\"]\n\n[processes.sink]\nagents = [\"record\"]\n",
+    );
+    let graph = Command::new(launcher_exe())
+        .arg("graph")
+        .arg(own_exe())
+        .arg("--deploy")
+        .arg(&deploy)
+        .args(["--", "app", "lines"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&graph.stdout);
+    ensure(
+        text.contains("process reader: stdin (standard input), parse"),
+        || format!("the graph does not show who reads standard input:\n{text}"),
+    )?;
+    let out = dir.path("out.txt");
+    let n = 100_000u64;
+    let input: String = (0..n).map(|v| format!("{v}\n")).collect();
+    let run = run_app(
+        "lines",
+        &[],
+        Some(&deploy),
+        &out,
+        Feed::All(input.into_bytes()),
+    );
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let got = lines_of(&out);
+    let want: Vec<u64> = (0..n).map(|v| v * 3).collect();
+    ensure(got == want, || {
+        format!(
+            "{} lines recorded, {} expected (first {:?})\n{stderr}",
+            got.len(),
+            want.len(),
+            &got[..got.len().min(5)]
+        )
+    })?;
+    ensure(
+        stdout.contains(&format!("[sink] RESULT count={n} ")),
+        || format!("no RESULT line from process 'sink':\n{stdout}"),
+    )
+}
+
+/// Ctrl-C while the process reading standard input waits for more (the producer is quiet, the
+/// pipe open): the drain does not wait for input that may never come. Every line that was read
+/// is recorded, once, and the exit is 0.
+fn ctrl_c_while_standard_input_is_quiet_drains_and_exits_0() -> Result<(), String> {
+    let dir = Scratch::new("stdin-quiet");
+    let deploy = dir.file(
+        "stdin.toml",
+        "[processes.reader]\nagents = [\"stdin\", \"parse\"]\n\n[processes.sink]\nagents = [\"record\"]\n",
+    );
+    let out = dir.path("out.txt");
+    let n = 20_000u64;
+    let input: String = (0..n).map(|v| format!("{v}\n")).collect();
+    let run = run_app(
+        "lines",
+        &[],
+        Some(&deploy),
+        &out,
+        Feed::KeepOpen(input.into_bytes()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (lines_of(&out).len() as u64) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(run.pid().to_string())
+        .status();
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.code() == Some(0), || {
+        format!("exit {status} after Ctrl-C:\n{stderr}")
+    })?;
+    ensure(
+        stderr.contains("source 'stdin' is still waiting for input"),
+        || format!("the waiting source was not reported:\n{stderr}"),
+    )?;
+    let want: Vec<u64> = (0..n).map(|v| v * 3).collect();
+    let got = lines_of(&out);
+    ensure(got == want, || {
+        format!("{} lines recorded, {n} expected\n{stderr}", got.len())
+    })?;
+    ensure(
+        stdout.contains(&format!("[sink] RESULT count={n} ")),
+        || format!("no RESULT line from process 'sink':\n{stdout}"),
+    )
+}
+
 /// SIGKILL of `victim` mid-run under on-failure: it is restarted and the output has no gap.
 fn sigkill_under_on_failure_restarts_without_gap(victim: &str) -> Result<(), String> {
     let dir = Scratch::new(&format!("restart-{victim}"));
@@ -573,6 +723,7 @@ fn a_drain_that_times_out_kills_the_stragglers_and_fails() -> Result<(), String>
         ],
         &[],
         "stubborn",
+        Feed::Nothing,
     );
     run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
     std::thread::sleep(Duration::from_millis(200));
@@ -622,6 +773,7 @@ fn deployment_env_and_cpus_reach_the_processes() -> Result<(), String> {
         ],
         &[("OUT", &out), ("RELAY_REPORT", Path::new("1"))],
         "relay",
+        Feed::Nothing,
     );
     let (status, stdout, err) = run.wait()?;
     ensure(status.success(), || format!("{status}:\n{err}"))?;
@@ -658,6 +810,7 @@ fn a_failed_process_is_named_and_its_status_returned() -> Result<(), String> {
         ],
         &[],
         "failing",
+        Feed::Nothing,
     );
     let (status, _out, err) = run.wait()?;
     ensure(status.code() == Some(1), || {
@@ -690,6 +843,7 @@ fn restarts_stop_at_the_limit() -> Result<(), String> {
         ],
         &[],
         "failing",
+        Feed::Nothing,
     );
     let (status, _out, err) = run.wait()?;
     ensure(!status.success(), || format!("succeeded:\n{err}"))?;
@@ -1111,6 +1265,14 @@ fn main() {
         (
             "moving_agents_by_deployment_gives_identical_output",
             Box::new(moving_agents_by_deployment_gives_identical_output),
+        ),
+        (
+            "stdin_reaches_the_agent_that_reads_it_wherever_it_is_placed",
+            Box::new(stdin_reaches_the_agent_that_reads_it_wherever_it_is_placed),
+        ),
+        (
+            "ctrl_c_while_standard_input_is_quiet_drains_and_exits_0",
+            Box::new(ctrl_c_while_standard_input_is_quiet_drains_and_exits_0),
         ),
         (
             "ctrl_c_drains_every_element_and_exits_0",

@@ -342,6 +342,29 @@ fn graph_mistakes_are_all_reported_with_names() {
 }
 
 #[test]
+fn standard_input_has_one_reader_and_the_graph_says_which() {
+    let mut g = Graph::new("logs");
+    let lines = g.source_stdin("log");
+    g.for_each("print", &lines, |_: &String| {});
+    g.place_in_process("log", "reader");
+    let info = g.info();
+    assert_eq!(info.stdin_process(), Some("reader"));
+    assert!(info.agents[0].reads_stdin && !info.agents[1].reads_stdin);
+
+    let _again = g.source_stdin("log_again");
+    let err = Harness::new(g)
+        .err()
+        .expect("two agents read standard input");
+    let Error::Graph { problems, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        problems,
+        &["agents 'log', 'log_again' all read standard input, which only one agent can read: read it with one source_stdin and connect its stream to each reader"]
+    );
+}
+
+#[test]
 fn handles_from_another_graph_are_rejected() {
     let mut a = Graph::new("a");
     let s = a.source_iter("numbers", 0..3u64);
@@ -400,6 +423,46 @@ fn stop_drains_an_endless_source_gracefully() {
     let got = out.values();
     assert_eq!(got.len() as u64, m.stream("counter.out").unwrap().elements);
     assert!(got.iter().enumerate().all(|(i, v)| *v == i as u64));
+}
+
+/// A source that emits 100 readings, then waits inside `fill` for input that never comes (a
+/// terminal nobody types on, a quiet pipe). A stop ends its stream anyway: what it emitted is
+/// delivered, and the run ends instead of waiting for it.
+#[test]
+fn stop_ends_a_source_blocked_waiting_for_input() {
+    let mut g = Graph::new("blocked");
+    let mut sent = false;
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let s = g.source(
+        "terminal",
+        move |out: &mut Vec<u64>, _max: usize| -> Result<bool, AgentError> {
+            if !sent {
+                sent = true;
+                out.extend(0..100);
+                return Ok(true);
+            }
+            // Blocked until the test ends (its sender dropped), like a read on a quiet pipe.
+            let _ = release_rx.recv();
+            Ok(false)
+        },
+    );
+    let out = g.collect("out", &s);
+    let running = g.start().unwrap();
+    while out.len() < 100 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.stop();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(running.join());
+    });
+    let m = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a stop with a source blocked in fill did not end the run within 60 s")
+        .unwrap();
+    assert_eq!(out.values(), (0..100).collect::<Vec<u64>>());
+    assert_eq!(m.stream("terminal.out").unwrap().elements, 100);
+    drop(release_tx);
 }
 
 /// Two merges fed unevenly by the same sources, with small capacities: the sources block each

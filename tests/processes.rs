@@ -27,6 +27,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "endless" => pipeline(u64::MAX, 3, 256, "endless"),
         "stopped" => pipeline(u64::MAX, 3, 256, "stopped"),
         "failing" => failing(),
+        "stdin_lines" => stdin_lines(),
         other => panic!("no application named {other}"),
     }
 }
@@ -189,6 +190,31 @@ fn failing() -> Result<(), iotstream::Error> {
     g.run().map(|_| ())
 }
 
+/// Standard input's lines, read in process `reader` (not the starter), parsed and doubled
+/// there; counted and summed in `main`.
+fn stdin_lines() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("stdin_lines");
+    let lines = g.source_stdin("stdin");
+    let numbers = g.filter_map("parse", &lines, |l: &String| l.parse::<u64>().ok());
+    let doubled = g.map("double", &numbers, |v: &u64| 2 * v);
+    let tally = g.collect("tally", &doubled);
+    g.place_in_process("stdin", "reader");
+    g.place_in_process("parse", "reader");
+    g.place_in_process("double", "reader");
+    let is_main = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    g.run()?;
+    if !is_main {
+        return Ok(());
+    }
+    let values = tally.values();
+    println!(
+        "RESULT count={} sum={}",
+        values.len(),
+        values.iter().sum::<u64>()
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The scenarios
 
@@ -200,15 +226,32 @@ struct Started {
 
 impl Started {
     fn new(app_name: &str, args: &[&str]) -> Started {
+        Self::with_stdin(app_name, args, None)
+    }
+
+    /// Starts the application with `input` written to its standard input by a thread (then
+    /// closed); without `input`, its standard input is empty.
+    fn with_stdin(app_name: &str, args: &[&str], input: Option<Vec<u8>>) -> Started {
         let exe = std::env::current_exe().expect("own path");
-        let child = Command::new(exe)
+        let mut child = Command::new(exe)
             .arg("app")
             .arg(app_name)
             .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the application");
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = stdin.write_all(&input);
+            });
+        }
         Started {
             child,
             app: app_name.to_string(),
@@ -350,6 +393,23 @@ fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     } else {
         Err(what())
     }
+}
+
+/// Standard input reaches the agent that reads it, in a child process: every line, once.
+fn stdin_reaches_the_process_that_reads_it() -> Result<(), String> {
+    let n = 50_000u64;
+    let input: String = (0..n).map(|v| format!("{v}\n")).collect();
+    let started = Started::with_stdin("stdin_lines", &[], Some(input.into_bytes()));
+    let (status, out, err) = started.wait(Duration::from_secs(120))?;
+    ensure(status.success(), || {
+        format!("failed with {status}:\n{out}\n{err}")
+    })?;
+    ensure(segments("stdin_lines").is_empty(), || {
+        format!("rings left behind: {:?}", segments("stdin_lines"))
+    })?;
+    let r = result_line(&out)?;
+    let want = format!("count={n} sum={}", n * (n - 1));
+    ensure(r == want, || format!("got {r}, expected {want}"))
 }
 
 fn c14_two_processes() -> Result<(), String> {
@@ -611,8 +671,12 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 10] = [
+    let scenarios: [(&str, Scenario); 11] = [
         ("c14_two_processes", c14_two_processes),
+        (
+            "stdin_reaches_the_process_that_reads_it",
+            stdin_reaches_the_process_that_reads_it,
+        ),
         (
             "same_output_in_one_and_three_processes_u64",
             same_output_in_one_and_three_processes_u64,

@@ -274,6 +274,9 @@ pub(crate) struct ChildCommand {
     pub cpus: Option<Vec<usize>>,
     /// The child's end of a control channel, passed as file descriptor [`CONTROL_FD`].
     pub control: Option<std::os::fd::OwnedFd>,
+    /// The child is given our standard input (it holds the agent that reads it); otherwise
+    /// its standard input is empty.
+    pub stdin: bool,
 }
 
 impl ChildCommand {
@@ -290,6 +293,7 @@ impl ChildCommand {
             env: Vec::new(),
             cpus: None,
             control: None,
+            stdin: false,
         })
     }
 
@@ -318,13 +322,20 @@ pub(crate) fn spawn_child(
     let mut cmd = Command::new(&command.program);
     cmd.args(&command.args)
         .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(if command.stdin {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let control = command.control.as_ref().map(|fd| fd.as_raw_fd());
     // A supervised child gets a process group of its own: a terminal's Ctrl-C reaches only the
-    // launcher, which conducts the drain.
-    let own_group = control.is_some();
+    // launcher, which conducts the drain. Not the one that reads a terminal, though: a process
+    // outside the terminal's foreground group is stopped (SIGTTIN) when it reads it. It ignores
+    // a terminal's SIGINT (see `SignalGuard::install_with`), so the launcher still conducts.
+    let reads_terminal = command.stdin && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let own_group = control.is_some() && !reads_terminal;
     let mut cpu_set = None;
     if let Some(cpus) = &command.cpus {
         let mut set = nix::sched::CpuSet::new();

@@ -57,6 +57,11 @@ use crate::stream::{Element, Stream};
 pub trait Source<T>: Send + 'static {
     /// Appends at most `max` next elements to `out` (it may block to wait for them). Returns
     /// `Ok(false)` once the source is exhausted (after appending its last elements).
+    ///
+    /// When the application is asked to stop, the source's stream ends after the call in
+    /// progress returns; a call still waiting [`SOURCE_STOP_GRACE`] after the stop (blocked reading a
+    /// terminal or a quiet pipe, say) is abandoned and the stream ends without it, so a drain
+    /// never waits for input that may never come.
     fn fill(&mut self, out: &mut Vec<T>, max: usize) -> Result<bool, AgentError>;
 }
 
@@ -106,6 +111,10 @@ impl Default for SourceOptions {
     }
 }
 
+/// How long a source still inside [`Source::fill`] after a stop is waited for before its stream
+/// ends without it.
+pub const SOURCE_STOP_GRACE: Duration = Duration::from_secs(1);
+
 pub(crate) enum Chunk<T> {
     Data(Vec<T>),
     End,
@@ -134,6 +143,43 @@ impl Waker {
     }
 }
 
+/// Ends the stream of a source whose thread is still inside [`Source::fill`] after a stop
+/// (see [`SOURCE_STOP_GRACE`]): what the thread had handed over is delivered, then the stream ends.
+pub(crate) struct SourceEnder {
+    name: String,
+    /// Set by the source thread when it returns.
+    thread_done: Arc<AtomicBool>,
+    /// Read by the source's agent once its channel is empty.
+    abandoned: Arc<AtomicBool>,
+    waker: Waker,
+}
+
+impl SourceEnder {
+    /// Abandons the source thread if it has not returned yet.
+    pub fn end(&self) {
+        if self.thread_done.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            "source '{}' is still waiting for input {} ms after the stop: its stream ends without it",
+            self.name,
+            SOURCE_STOP_GRACE.as_millis()
+        );
+        // Before the wake-up: the agent reads `abandoned` after it has cleared `awake`.
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+}
+
+/// Sets its flag when dropped: a source thread's "I have returned", however it returns.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 enum Mode<T> {
     Pull(Box<dyn Source<T>>),
     Channel(Receiver<Chunk<T>>),
@@ -146,6 +192,8 @@ pub(crate) struct SourceAgent<T> {
     options: SourceOptions,
     /// Shared with the source thread: see [`Waker`].
     awake: Arc<AtomicBool>,
+    /// Set by a [`SourceEnder`]: once the channel is empty, the stream ends.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl<T: Element> SourceAgent<T> {
@@ -206,6 +254,10 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                         self.mode = Mode::Finished;
                         Ok(SourceStatus::Done)
                     }
+                    Err(TryRecvError::Empty) if self.abandoned.load(Ordering::SeqCst) => {
+                        self.mode = Mode::Finished;
+                        Ok(SourceStatus::Done)
+                    }
                     Err(TryRecvError::Empty) => Ok(SourceStatus::Wait),
                 }
             }
@@ -213,9 +265,9 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
         }
     }
 
-    fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<(), Error> {
+    fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<Option<SourceEnder>, Error> {
         let Mode::Pull(_) = self.mode else {
-            return Ok(());
+            return Ok(None);
         };
         let (tx, rx) = crossbeam_channel::bounded(4);
         let Mode::Pull(source) = std::mem::replace(&mut self.mode, Mode::Channel(rx)) else {
@@ -227,13 +279,26 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             mailbox: Arc::clone(&ctx.wake),
             awake: Arc::clone(&self.awake),
         };
+        let ender = SourceEnder {
+            name: name.clone(),
+            thread_done: Arc::new(AtomicBool::new(false)),
+            abandoned: Arc::clone(&self.abandoned),
+            waker: Waker {
+                mailbox: Arc::clone(&ctx.wake),
+                awake: Arc::clone(&self.awake),
+            },
+        };
+        let done = SetOnDrop(Arc::clone(&ender.thread_done));
         std::thread::Builder::new()
             .name(format!("source {name}"))
-            .spawn(move || source_thread(source, options, tx, ctx, waker))
+            .spawn(move || {
+                let _done = done;
+                source_thread(source, options, tx, ctx, waker)
+            })
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start the thread of source '{name}': {e}"),
             })?;
-        Ok(())
+        Ok(Some(ender))
     }
 }
 
@@ -478,6 +543,7 @@ impl Graph {
             mode,
             options,
             awake: Arc::new(AtomicBool::new(true)),
+            abandoned: Arc::new(AtomicBool::new(false)),
         };
         self.push_agent(name, ports, Driver::Source(Box::new(agent)));
         out
@@ -593,9 +659,24 @@ impl Graph {
     }
 
     /// A source that emits the lines of standard input, then closes at its end.
+    ///
+    /// Standard input follows this agent wherever it is placed: in a multi-process application
+    /// the process holding it is given the standard input of whoever started the application
+    /// (the program run directly, or `iotstream run`), and no other process reads it. Only one
+    /// agent of an application may read standard input.
+    ///
+    /// ```no_run
+    /// // tail -F /var/log/machine.log | log_monitor
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("log_monitor");
+    /// let lines = g.source_stdin("log");
+    /// let errors = g.filter("errors", &lines, |l: &String| l.contains("ERROR"));
+    /// g.for_each("alert", &errors, |l: &String| eprintln!("alert: {l}"));
+    /// g.run().unwrap();
+    /// ```
     pub fn source_stdin(&mut self, name: &str) -> Stream<String> {
         let open = || Ok(std::io::BufReader::new(std::io::stdin()));
-        self.source(
+        let lines = self.source(
             name,
             LineSource {
                 origin: "standard input".to_string(),
@@ -603,7 +684,9 @@ impl Graph {
                 reader: None,
                 line_no: 0,
             },
-        )
+        );
+        self.agents[lines.id.agent as usize].reads_stdin = true;
+        lines
     }
 
     /// A stream the program itself appends to: through [`Harness::push`](crate::Harness::push)
