@@ -54,6 +54,9 @@ use crate::launch::{self, ChildCommand, RunId, Segments};
 /// How long an application may take to describe its graph.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The supervisor's event queue: a few events per process and signal at most are pending.
+const EVENTS_BOUND: usize = 64;
+
 /// An application binary and the arguments it is started with.
 #[derive(Clone, Debug)]
 pub struct AppCommand {
@@ -191,12 +194,27 @@ pub fn describe(
     let mut child = cmd.spawn().map_err(|e| Error::Runtime {
         detail: format!("cannot start the application '{shown}': {e}"),
     })?;
-    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // Its last 5 lines on standard error, for the message if it does not describe itself.
     let tail = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = stderr.read_to_string(&mut all);
-        let lines: Vec<&str> = all.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        let mut reader = BufReader::new(stderr);
+        let mut last = std::collections::VecDeque::with_capacity(5);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut reader)
+                .take(launch::MAX_LINE as u64)
+                .read_until(b'\n', &mut line)
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if last.len() == 5 {
+                last.pop_front();
+            }
+            last.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
+        }
+        Vec::from(last).join(" | ")
     });
     let deadline = Instant::now() + DESCRIBE_TIMEOUT;
     let status = loop {
@@ -493,25 +511,10 @@ pub fn run(
     let segments = Arc::new(Segments::default());
     create_rings(&info, &run, &segments)?;
 
-    let (events_tx, events) = mpsc::channel::<Event>();
+    // Bounded: its senders (the signal thread, a control reader and an exit waiter per started
+    // child) wait while it is full, and the supervisor is always receiving.
+    let (events_tx, events) = mpsc::sync_channel::<Event>(EVENTS_BOUND);
     let signals = install_signals(events_tx.clone())?;
-    // Children's exits join the other events, so the supervisor wakes the moment one ends.
-    let (exits_tx, exits) = mpsc::channel::<launch::Exit>();
-    {
-        let events_tx = events_tx.clone();
-        std::thread::Builder::new()
-            .name("iotstream exits".into())
-            .spawn(move || {
-                for exit in exits {
-                    if events_tx.send(Event::Exit(exit)).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| Error::Runtime {
-                detail: format!("cannot start the exit-forwarding thread: {e}"),
-            })?;
-    }
     let mut sup = Supervisor {
         app,
         deployment,
@@ -525,7 +528,6 @@ pub fn run(
             .map(|p| Member::new(p, settings.process(p)))
             .collect(),
         events_tx,
-        exits_tx,
         flowing: false,
         draining: None,
         signalled: false,
@@ -605,7 +607,7 @@ impl SignalThread {
     }
 }
 
-fn install_signals(events: mpsc::Sender<Event>) -> Result<SignalThread, Error> {
+fn install_signals(events: mpsc::SyncSender<Event>) -> Result<SignalThread, Error> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::Runtime {
@@ -699,9 +701,8 @@ struct Supervisor<'a> {
     drain_timeout: Duration,
     ready_timeout: Duration,
     members: Vec<Member>,
-    events_tx: mpsc::Sender<Event>,
-    /// Where children's waiters report exits (forwarded to the events).
-    exits_tx: mpsc::Sender<launch::Exit>,
+    /// Where signals, ready reports and children's exits wake the supervisor.
+    events_tx: mpsc::SyncSender<Event>,
     /// Every process of the first start reported ready and was told to go.
     flowing: bool,
     /// A drain (or stop after a failure) is on, until this deadline.
@@ -810,7 +811,11 @@ impl Supervisor<'_> {
             stdin: self.stdin_process.as_deref() == Some(m.name.as_str()),
         }
         .role(&m.name, &self.run, self.fingerprint);
-        let child = launch::spawn_child(&m.name, command, self.exits_tx.clone())?;
+        let exits = self.events_tx.clone();
+        let on_exit = move |exit| {
+            let _ = exits.send(Event::Exit(exit));
+        };
+        let child = launch::spawn_child(&m.name, command, on_exit)?;
         let pid = child.pid;
         let m = &mut self.members[i];
         m.pid = Some(pid);

@@ -597,7 +597,8 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     let segments = Arc::new(Segments::default());
     crate::transport::create_segments(&graph, &run, &segments)?;
     let fingerprint = graph.fingerprint();
-    let (exit_tx, exit_rx) = mpsc::channel();
+    // Each child reports its exit once: the channel never holds more than one per child.
+    let (exit_tx, exit_rx) = mpsc::sync_channel(processes.len());
     let mut list = Vec::new();
     let stdin_process = graph.stdin_process().map(str::to_string);
     for p in processes.iter().filter(|p| *p != launch::MAIN_PROCESS) {
@@ -606,7 +607,11 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
             c.stdin = stdin_process.as_deref() == Some(p.as_str());
             c
         });
-        match command.and_then(|c| launch::spawn_child(p, c, exit_tx.clone())) {
+        let exits = exit_tx.clone();
+        let on_exit = move |exit| {
+            let _ = exits.send(exit);
+        };
+        match command.and_then(|c| launch::spawn_child(p, c, on_exit)) {
             Ok(c) => list.push(c),
             Err(e) => {
                 launch::signal_all(&list, Signal::SIGKILL);

@@ -29,6 +29,11 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "stubborn" => stubborn(),
         // standard input's lines → parse → ×3 → record to $OUT
         "lines" => lines(),
+        // one line of 150 000 characters on stdout, then a tiny graph
+        "long_line" => {
+            println!("{}", "x".repeat(150_000));
+            relay("long_line", 10, 0)
+        }
         other => panic!("no application named {other}"),
     }
 }
@@ -791,6 +796,83 @@ fn deployment_env_and_cpus_reach_the_processes() -> Result<(), String> {
     })
 }
 
+/// A program that is not an iotstream application (here: one that panics before building a
+/// graph), and one that does not exist: refused with exit 2 and a message that says why.
+fn a_program_that_does_not_describe_itself_is_refused_clearly() -> Result<(), String> {
+    let exe = own_exe();
+    let run = Launched::start(
+        &[
+            "run".as_ref(),
+            exe.as_os_str(),
+            "--".as_ref(),
+            "app".as_ref(),
+            "no_such_app".as_ref(),
+        ],
+        // The panic message is among the last lines only without a backtrace after it.
+        &[("RUST_BACKTRACE", Path::new("0"))],
+        "no_such_app",
+        Feed::Nothing,
+    );
+    let (status, _out, err) = run.wait()?;
+    ensure(status.code() == Some(2), || {
+        format!("exit {status}:\n{err}")
+    })?;
+    ensure(
+        err.contains("did not describe its graph (it exited with status 101)")
+            && err.contains("Its last lines on standard error:")
+            && err.contains("no application named no_such_app"),
+        || format!("the refusal does not say why:\n{err}"),
+    )?;
+    let run = Launched::start(
+        &["run".as_ref(), "/no/such/program".as_ref()],
+        &[],
+        "no_such_program",
+        Feed::Nothing,
+    );
+    let (status, _out, err) = run.wait()?;
+    ensure(status.code() == Some(2), || {
+        format!("exit {status}:\n{err}")
+    })?;
+    ensure(
+        err.contains("cannot start the application '/no/such/program'"),
+        || format!("the refusal does not name the program:\n{err}"),
+    )
+}
+
+/// A child's output line longer than the launcher copies at once arrives in prefixed pieces,
+/// none of it lost.
+fn a_very_long_output_line_is_copied_in_prefixed_pieces() -> Result<(), String> {
+    let exe = own_exe();
+    let run = Launched::start(
+        &[
+            "run".as_ref(),
+            exe.as_os_str(),
+            "--".as_ref(),
+            "app".as_ref(),
+            "long_line".as_ref(),
+        ],
+        &[],
+        "long_line",
+        Feed::Nothing,
+    );
+    let (status, out, err) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{err}"))?;
+    let pieces: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("[main] "))
+        .filter(|l| l.starts_with('x'))
+        .collect();
+    ensure(
+        pieces.len() == 3 && pieces.iter().map(|p| p.len()).sum::<usize>() == 150_000,
+        || {
+            format!(
+                "pieces of {:?} characters",
+                pieces.iter().map(|p| p.len()).collect::<Vec<_>>()
+            )
+        },
+    )
+}
+
 fn a_failed_process_is_named_and_its_status_returned() -> Result<(), String> {
     let dir = Scratch::new("failing");
     let deploy = dir.file(
@@ -1289,6 +1371,14 @@ fn main() {
         (
             "a_failed_process_is_named_and_its_status_returned",
             Box::new(a_failed_process_is_named_and_its_status_returned),
+        ),
+        (
+            "a_program_that_does_not_describe_itself_is_refused_clearly",
+            Box::new(a_program_that_does_not_describe_itself_is_refused_clearly),
+        ),
+        (
+            "a_very_long_output_line_is_copied_in_prefixed_pieces",
+            Box::new(a_very_long_output_line_is_copied_in_prefixed_pieces),
         ),
         (
             "restarts_stop_at_the_limit",

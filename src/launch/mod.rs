@@ -311,11 +311,12 @@ impl ChildCommand {
 pub(crate) const CONTROL_FD: i32 = 3;
 
 /// Starts `process` as a child as `command` says. Its output lines are copied to ours prefixed
-/// with `[process]`; its exit is sent on `exits`.
+/// with `[process]`; `on_exit` is called with its exit, on a thread of its own, as soon as it
+/// has ended and its last output lines are copied.
 pub(crate) fn spawn_child(
     process: &str,
     command: ChildCommand,
-    exits: mpsc::Sender<Exit>,
+    on_exit: impl FnOnce(Exit) + Send + 'static,
 ) -> Result<ChildProcess, Error> {
     use std::os::fd::AsRawFd;
     let parent = nix::unistd::getpid();
@@ -417,7 +418,7 @@ pub(crate) fn spawn_child(
                 .iter()
                 .cloned()
                 .collect();
-            let _ = exits.send(Exit {
+            on_exit(Exit {
                 name: watched,
                 pid,
                 status,
@@ -429,6 +430,9 @@ pub(crate) fn spawn_child(
         })?;
     Ok(ChildProcess { pid })
 }
+
+/// The longest piece of a child's output line copied at once (see [`copy_prefixed`]).
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// Copies lines from a child's pipe to our stdout or stderr, prefixed with the process name.
 fn copy_prefixed(
@@ -448,7 +452,12 @@ fn copy_prefixed(
             let mut line = Vec::new();
             loop {
                 line.clear();
-                match reader.read_until(b'\n', &mut line) {
+                // A line longer than that (binary output, say) is copied in pieces, each
+                // prefixed: what one line costs us stays bounded.
+                match (&mut reader)
+                    .take(MAX_LINE as u64)
+                    .read_until(b'\n', &mut line)
+                {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
