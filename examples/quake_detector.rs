@@ -438,6 +438,27 @@ pub fn build(g: &mut Graph, cfg: &Config) -> Handles {
     build_detector(g, &signal, cfg)
 }
 
+/// The whole application: the detector, `alerts` printing each detection, and (unless
+/// `single`) its placement in three processes.
+pub fn application(cfg: &Config, single: bool) -> Graph {
+    let mut g = Graph::new("quake_detector");
+    let h = build(&mut g, cfg);
+    let mut detections = 0u64;
+    g.for_each("alerts", &h.detections, move |d: &Detection| {
+        detections += 1;
+        println!(
+            "QUAKE at {:8.2} s (sample {}, STA/LTA {:.1}), detection #{detections}",
+            d.time_s, d.sample, d.ratio
+        );
+    });
+    if !single {
+        g.place_in_process("sta_lta", "detector");
+        g.place_in_process("trigger", "detector");
+        g.place_in_process("alerts", "alerts");
+    }
+    g
+}
+
 /// Reads `--seed N` (random quakes instead of the default ones), `--minutes M`, `--realtime`
 /// and `--single-process`.
 fn config_from_args() -> Result<(Config, bool), String> {
@@ -510,21 +531,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         );
     }
-    let mut g = Graph::new("quake_detector");
-    let h = build(&mut g, &cfg);
-    let mut detections = 0u64;
-    g.for_each("alerts", &h.detections, move |d: &Detection| {
-        detections += 1;
-        println!(
-            "QUAKE at {:8.2} s (sample {}, STA/LTA {:.1}), detection #{detections}",
-            d.time_s, d.sample, d.ratio
-        );
-    });
-    if !single {
-        g.place_in_process("sta_lta", "detector");
-        g.place_in_process("trigger", "detector");
-        g.place_in_process("alerts", "alerts");
-    }
+    let g = application(&cfg, single);
     let started = Instant::now();
     let metrics = g.run()?;
     let elapsed = started.elapsed().as_secs_f64();

@@ -219,3 +219,17 @@ fn random_configs_are_reproducible_and_well_separated() {
         }
     }
 }
+
+#[test]
+fn the_example_deployment_fits_the_application() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quake_detector.toml");
+    let deployment = iotstream::deploy::Deployment::load(&path).unwrap();
+    let info = quake::application(&Config::default(), false).info();
+    let plan = deployment.plan(&info).unwrap();
+    let process = |agent: &str| plan.agent_process[info.agent(agent).unwrap()].as_str();
+    assert_eq!(
+        ["seismometer", "sta_lta", "trigger", "alerts"].map(process),
+        ["main", "detector", "trigger", "alerts"]
+    );
+}
