@@ -885,6 +885,11 @@ impl Host {
                         };
                         catch_unwind(AssertUnwindSafe(|| source.step(&mut outputs)))
                     };
+                    if !matches!(result, Ok(Ok(_))) {
+                        // As for an agent: what the source appended before it failed is
+                        // delivered.
+                        let _ = self.flush();
+                    }
                     let status = self.check(result)?;
                     self.flush()?;
                     match status {

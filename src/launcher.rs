@@ -34,7 +34,7 @@
 //!   launcher (its children die with it), `iotstream clean` or the next run removes them.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -197,18 +197,10 @@ pub fn describe(
     let stderr = child.stderr.take().expect("stderr is piped");
     // Its last 5 lines on standard error, for the message if it does not describe itself.
     let tail = std::thread::spawn(move || {
-        let mut reader = BufReader::new(stderr);
+        let mut reader = launch::OutputLines::new(stderr);
         let mut last = std::collections::VecDeque::with_capacity(5);
         let mut line = Vec::new();
-        loop {
-            line.clear();
-            match (&mut reader)
-                .take(launch::MAX_LINE as u64)
-                .read_until(b'\n', &mut line)
-            {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+        while reader.next_piece(&mut line) {
             if last.len() == 5 {
                 last.pop_front();
             }

@@ -952,7 +952,9 @@ fn coordinate(
     {
         stop.store(true, Ordering::SeqCst);
     } else if n > 0 {
-        system.run().map_err(|e| Error::Runtime {
+        let ran = system.run();
+        run_over.store(true, Ordering::SeqCst);
+        ran.map_err(|e| Error::Runtime {
             detail: format!("the actix system failed: {e}"),
         })?;
     }

@@ -602,7 +602,7 @@ fn stdin_reaches_the_agent_that_reads_it_wherever_it_is_placed() -> Result<(), S
 }
 
 /// Ctrl-C while the process reading standard input waits for more (the producer is quiet, the
-/// pipe open): the drain does not wait for input that may never come. Every line that was read
+/// pipe open): the drain does not wait for input that may never come. Every line that was sent
 /// is recorded, once, and the exit is 0.
 fn ctrl_c_while_standard_input_is_quiet_drains_and_exits_0() -> Result<(), String> {
     let dir = Scratch::new("stdin-quiet");
@@ -632,10 +632,11 @@ fn ctrl_c_while_standard_input_is_quiet_drains_and_exits_0() -> Result<(), Strin
     ensure(status.code() == Some(0), || {
         format!("exit {status} after Ctrl-C:\n{stderr}")
     })?;
-    ensure(
-        stderr.contains("source 'stdin' is still waiting for input"),
-        || format!("the waiting source was not reported:\n{stderr}"),
-    )?;
+    // The line source saw the stop itself (it waits for input in short slices): it was not
+    // abandoned in the middle of a read.
+    ensure(!stderr.contains("is still waiting for input"), || {
+        format!("the standard input source had to be abandoned:\n{stderr}")
+    })?;
     let want: Vec<u64> = (0..n).map(|v| v * 3).collect();
     let got = lines_of(&out);
     ensure(got == want, || {

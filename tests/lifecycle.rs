@@ -433,6 +433,7 @@ fn stop_ends_a_source_blocked_waiting_for_input() {
     let mut g = Graph::new("blocked");
     let mut sent = false;
     let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (blocked_tx, blocked_rx) = mpsc::channel::<()>();
     let s = g.source(
         "terminal",
         move |out: &mut Vec<u64>, _max: usize| -> Result<bool, AgentError> {
@@ -442,15 +443,17 @@ fn stop_ends_a_source_blocked_waiting_for_input() {
                 return Ok(true);
             }
             // Blocked until the test ends (its sender dropped), like a read on a quiet pipe.
+            let _ = blocked_tx.send(());
             let _ = release_rx.recv();
             Ok(false)
         },
     );
     let out = g.collect("out", &s);
     let running = g.start().unwrap();
-    while out.len() < 100 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // Stop only once the source is inside its blocking call: it cannot see the stop itself.
+    blocked_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the source never got to its blocking call");
     running.stop();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -41,3 +41,104 @@ fn file_lines_arrive_one_by_one_from_a_fifo() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Lines come out exactly: a `\r\n` ending is removed, an empty line is a line, a last line
+/// without its ending still counts, and the lines of a file larger than one read are all there.
+#[test]
+fn file_lines_are_exact_whatever_the_line_endings() {
+    let path = std::env::temp_dir().join(format!("iotstream-lines-{}", std::process::id()));
+    let mut text = String::from("first\r\n\nthird\n");
+    let many: Vec<String> = (0..20_000).map(|i| format!("reading {i}")).collect();
+    for l in &many {
+        text.push_str(l);
+        text.push('\n');
+    }
+    text.push_str("last, no line ending");
+    std::fs::write(&path, &text).unwrap();
+    let mut g = Graph::new("exact_lines");
+    let lines = g.source_file_lines("file", &path);
+    let out = g.collect("out", &lines);
+    g.run().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let mut want = vec!["first".to_string(), String::new(), "third".to_string()];
+    want.extend(many);
+    want.push("last, no line ending".to_string());
+    assert_eq!(out.values(), want);
+}
+
+/// A line that is not UTF-8 fails the source, naming the file and the line; the lines read
+/// with it, before it, are delivered (shown with the harness, where the sink may step after the
+/// error; a threaded run stops at once).
+#[test]
+fn a_line_that_is_not_utf8_is_an_error_naming_it() {
+    let path = std::env::temp_dir().join(format!("iotstream-latin1-{}", std::process::id()));
+    std::fs::write(&path, b"ok\nalso ok\ncaf\xe9\n").unwrap();
+    let mut g = Graph::new("latin1");
+    let lines = g.source_file_lines("file", &path);
+    let out = g.collect("out", &lines);
+    let mut h = iotstream::Harness::new(g).unwrap();
+    let err = h.run().unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(err.agent(), Some("file"));
+    assert!(err.to_string().contains("line 3: not valid UTF-8"), "{err}");
+    let _ = h.run(); // let the sink take what was delivered
+    assert_eq!(out.values(), ["ok", "also ok"]);
+}
+
+/// Waits (bounded: a hang guard, not a speed claim) until `out` holds `n` values.
+fn wait_for(out: &iotstream::Collected<String>, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(out.len(), n, "{what}: {:?}", out.values());
+}
+
+/// A producer that stops in the middle of a line (a block-buffered program, say) does not hold
+/// back the complete lines before it; the unfinished line comes out once it is finished.
+#[test]
+fn complete_lines_are_not_held_back_by_an_unfinished_one() {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&reader));
+    let mut writer = std::fs::File::from(writer);
+    let mut g = Graph::new("unfinished");
+    let lines = g.source_file_lines("pipe", &path);
+    let out = g.collect("out", &lines);
+    let running = g.start().unwrap();
+    writer.write_all(b"a\nb\nc").unwrap();
+    wait_for(&out, 2, "the complete lines");
+    writer.write_all(b"d\n").unwrap();
+    wait_for(&out, 3, "the line once finished");
+    drop(writer);
+    running.join().unwrap();
+    assert_eq!(out.values(), ["a", "b", "cd"]);
+    drop(reader);
+}
+
+/// A stop while the input is quiet ends the source promptly, and it has read nothing it did not
+/// emit: what is written afterwards is still there for the next reader of the same pipe.
+#[test]
+fn a_stopped_line_source_leaves_unread_input_in_the_pipe() {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&reader));
+    let mut writer = std::fs::File::from(writer);
+
+    let mut g = Graph::new("first_reader");
+    let lines = g.source_file_lines("pipe", &path);
+    let first = g.collect("out", &lines);
+    let running = g.start().unwrap();
+    writer.write_all(b"1\n").unwrap();
+    wait_for(&first, 1, "the first reader's line");
+    running.stop();
+    running.join().unwrap();
+
+    writer.write_all(b"2\n3\n").unwrap();
+    drop(writer);
+    let mut g = Graph::new("second_reader");
+    let lines = g.source_file_lines("pipe", &path);
+    let second = g.collect("out", &lines);
+    g.run().unwrap();
+    assert_eq!(first.values(), ["1"]);
+    assert_eq!(second.values(), ["2", "3"]);
+    drop(reader);
+}

@@ -349,8 +349,8 @@ pub(crate) fn spawn_child(
     }
     let name = process.to_string();
     // SAFETY: the closure runs in the forked child before exec, allocates nothing and only makes
-    // async-signal-safe system calls (prctl, getppid, setpgid, dup2, fcntl, sched_setaffinity,
-    // _exit).
+    // async-signal-safe system calls (prctl, getppid, setpgid, signal, dup2, fcntl,
+    // sched_setaffinity, _exit).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
@@ -360,6 +360,11 @@ pub(crate) fn spawn_child(
             }
             if own_group && libc::setpgid(0, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if reads_terminal {
+                // In the terminal's group, a Ctrl-C reaches it too, maybe before its own handler
+                // (which ignores SIGINT) is installed: ignored from the start (kept across exec).
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
             }
             if let Some(fd) = control {
                 if fd == CONTROL_FD {
@@ -431,8 +436,56 @@ pub(crate) fn spawn_child(
     Ok(ChildProcess { pid })
 }
 
-/// The longest piece of a child's output line copied at once (see [`copy_prefixed`]).
+/// The longest piece of a child's output line copied at once (see [`OutputLines`]).
 pub(crate) const MAX_LINE: usize = 64 * 1024;
+
+/// Reads a child's output as lines, bounded: a line longer than [`MAX_LINE`] (binary output,
+/// say) comes in pieces, cut between UTF-8 characters, so what one line costs stays bounded.
+pub(crate) struct OutputLines<R> {
+    reader: BufReader<R>,
+    /// The start of a UTF-8 character cut off at the end of the last piece.
+    carry: Vec<u8>,
+    /// The last piece was cut: a line ending alone next is that piece's, not an empty line.
+    after_cut: bool,
+}
+
+impl<R: Read> OutputLines<R> {
+    pub fn new(pipe: R) -> Self {
+        OutputLines {
+            reader: BufReader::new(pipe),
+            carry: Vec::new(),
+            after_cut: false,
+        }
+    }
+
+    /// The next line or piece of one into `line` (with its `\n` if it has one); false at the end
+    /// of the output.
+    pub fn next_piece(&mut self, line: &mut Vec<u8>) -> bool {
+        loop {
+            line.clear();
+            line.append(&mut self.carry);
+            let room = (MAX_LINE - line.len()) as u64;
+            let read = (&mut self.reader).take(room).read_until(b'\n', line);
+            if matches!(read, Ok(0) | Err(_)) && line.is_empty() {
+                return false;
+            }
+            let cut = !line.ends_with(b"\n");
+            if cut {
+                if let Err(e) = std::str::from_utf8(line) {
+                    if e.error_len().is_none() {
+                        self.carry = line.split_off(e.valid_up_to());
+                    }
+                }
+            }
+            let lone_ending = line.as_slice() == b"\n" || line.as_slice() == b"\r\n";
+            let skip = self.after_cut && lone_ending;
+            self.after_cut = cut;
+            if !skip {
+                return true;
+            }
+        }
+    }
+}
 
 /// Copies lines from a child's pipe to our stdout or stderr, prefixed with the process name.
 fn copy_prefixed(
@@ -448,18 +501,11 @@ fn copy_prefixed(
         .spawn(move || {
             // Dropped when the pipe ends: tells the waiter the output is all copied.
             let _done = done;
-            let mut reader = BufReader::new(pipe);
+            let mut reader = OutputLines::new(pipe);
             let mut line = Vec::new();
             loop {
-                line.clear();
-                // A line longer than that (binary output, say) is copied in pieces, each
-                // prefixed: what one line costs us stays bounded.
-                match (&mut reader)
-                    .take(MAX_LINE as u64)
-                    .read_until(b'\n', &mut line)
-                {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                if !reader.next_piece(&mut line) {
+                    return;
                 }
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
@@ -700,5 +746,61 @@ impl Control {
                 detail: format!("cannot start the control thread: {e}"),
             })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OutputLines, MAX_LINE};
+
+    fn pieces(output: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = OutputLines::new(output);
+        let mut line = Vec::new();
+        let mut out = Vec::new();
+        while lines.next_piece(&mut line) {
+            out.push(line.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn lines_come_whole_with_their_endings_empty_ones_too() {
+        assert_eq!(
+            pieces(b"a\n\nb\r\nlast"),
+            [
+                b"a\n".to_vec(),
+                b"\n".to_vec(),
+                b"b\r\n".to_vec(),
+                b"last".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_line_comes_in_pieces_cut_between_characters() {
+        let line = "€".repeat(30_000); // 90 000 bytes, 3 per character: MAX_LINE cuts one
+        let got = pieces(format!("{line}\nnext\n").as_bytes());
+        assert_eq!(
+            got.len(),
+            3,
+            "{:?}",
+            got.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert!(got[0].len() <= MAX_LINE);
+        for p in &got {
+            assert!(std::str::from_utf8(p).is_ok(), "a piece cut a character");
+        }
+        assert_eq!(
+            [got[0].clone(), got[1].clone()].concat(),
+            format!("{line}\n").as_bytes()
+        );
+        assert_eq!(got[2], b"next\n");
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_gives_no_empty_line_after_it() {
+        let line = "x".repeat(MAX_LINE);
+        let got = pieces(format!("{line}\nnext\n").as_bytes());
+        assert_eq!(got, [line.into_bytes(), b"next\n".to_vec()]);
     }
 }

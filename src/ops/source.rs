@@ -16,7 +16,6 @@
 //! | [`Graph::source`] | any [`Source`] you write |
 //! | [`Graph::input`] | what the program pushes through an [`InputSender`] (or the harness pushes) |
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -326,6 +325,20 @@ fn send_chunk<T>(
     }
 }
 
+/// Ends a source's stream with `failure`, after what its failed call appended (`buf`): nothing
+/// already accepted is lost.
+fn fail<T>(
+    failure: String,
+    buf: Vec<T>,
+    tx: &Sender<Chunk<T>>,
+    ctx: &SourceThreadCtx,
+    waker: &Waker,
+) {
+    if buf.is_empty() || send_chunk(tx, Chunk::Data(buf), ctx, waker) {
+        send_chunk(tx, Chunk::Failed(failure), ctx, waker);
+    }
+}
+
 fn source_thread<T: Element>(
     mut source: Box<dyn Source<T>>,
     options: SourceOptions,
@@ -351,14 +364,10 @@ fn source_thread<T: Element>(
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.fill(&mut buf, max)));
         let more = match result {
             Ok(Ok(more)) => more,
-            Ok(Err(e)) => {
-                send_chunk(&tx, Chunk::Failed(e.to_string()), &ctx, &waker);
-                return;
-            }
+            Ok(Err(e)) => return fail(e.to_string(), buf, &tx, &ctx, &waker),
             Err(p) => {
                 let msg = format!("panicked: {}", crate::error::panic_message(&*p));
-                send_chunk(&tx, Chunk::Failed(msg), &ctx, &waker);
-                return;
+                return fail(msg, buf, &tx, &ctx, &waker);
             }
         };
         if !buf.is_empty() && !send_chunk(&tx, Chunk::Data(buf), &ctx, &waker) {
@@ -492,40 +501,153 @@ impl<T, F: FnMut() -> T + Send + 'static> Source<T> for FnSource<F> {
 /// A batch holds the lines already available: once the reader's buffer is empty the batch is
 /// emitted rather than waiting (blocking) for more, so a line typed on standard input or
 /// appended to a file reaches the agents at once.
-struct LineSource<R> {
+/// How long one [`LineSource::fill`] waits for input before it returns with nothing (its
+/// thread then checks for a stop and calls again).
+const LINE_WAIT_MS: u16 = 50;
+/// The most one read takes from a line source's file.
+const LINE_READ_CHUNK: usize = 64 * 1024;
+/// The longest line a line source accepts: a longer one fails the source, naming the line.
+const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// The lines of a file or of standard input. It never blocks for long and never reads more
+/// than it will emit: it waits for input with `poll` in slices of [`LINE_WAIT_MS`] (a stop is
+/// noticed between calls, and input not read stays in the pipe), reads what has arrived, and
+/// emits the complete lines at once, without waiting for a full batch.
+struct LineSource {
     origin: String,
-    open: Option<Box<dyn FnOnce() -> std::io::Result<std::io::BufReader<R>> + Send>>,
-    reader: Option<std::io::BufReader<R>>,
+    open: Option<Box<dyn FnOnce() -> std::io::Result<std::fs::File> + Send>>,
+    file: Option<std::fs::File>,
+    /// Bytes read and not emitted yet: complete lines from `start` on, then at most one
+    /// unfinished line.
+    pending: Vec<u8>,
+    start: usize,
+    /// `pending` has no `\n` from `start` up to here (an unfinished line is not searched again).
+    searched: usize,
+    /// Lines emitted so far (the number of the last one).
     line_no: u64,
+    /// The file has ended.
+    at_end: bool,
 }
 
-impl<R: std::io::Read + Send + 'static> Source<String> for LineSource<R> {
-    fn fill(&mut self, out: &mut Vec<String>, max: usize) -> Result<bool, AgentError> {
-        if let Some(open) = self.open.take() {
-            self.reader = Some(open().map_err(|e| format!("cannot open {}: {e}", self.origin))?);
+impl LineSource {
+    fn new(
+        origin: String,
+        open: impl FnOnce() -> std::io::Result<std::fs::File> + Send + 'static,
+    ) -> Self {
+        LineSource {
+            origin,
+            open: Some(Box::new(open)),
+            file: None,
+            pending: Vec::new(),
+            start: 0,
+            searched: 0,
+            line_no: 0,
+            at_end: false,
         }
-        let reader = self.reader.as_mut().expect("opened above");
-        for _ in 0..max {
-            let mut line = String::new();
-            let n = reader
-                .read_line(&mut line)
-                .map_err(|e| format!("{}, line {}: {e}", self.origin, self.line_no + 1))?;
-            if n == 0 {
-                return Ok(false);
-            }
-            self.line_no += 1;
-            if line.ends_with('\n') {
-                line.pop();
-                if line.ends_with('\r') {
-                    line.pop();
+    }
+
+    /// Moves complete lines from `pending` to `out`, at most `max` in all.
+    fn take_lines(&mut self, out: &mut Vec<String>, max: usize) -> Result<(), AgentError> {
+        while out.len() < max {
+            let from = self.searched.max(self.start);
+            let Some(i) = self.pending[from..].iter().position(|&b| b == b'\n') else {
+                self.searched = self.pending.len();
+                if self.pending.len() - self.start > MAX_LINE_BYTES {
+                    return Err(format!(
+                        "{}, line {}: longer than {} MiB",
+                        self.origin,
+                        self.line_no + 1,
+                        MAX_LINE_BYTES >> 20
+                    )
+                    .into());
                 }
+                break;
+            };
+            let (begin, end) = (self.start, from + i);
+            self.start = end + 1;
+            self.line_no += 1;
+            out.push(decode_line(
+                &self.origin,
+                self.line_no,
+                &self.pending[begin..end],
+            )?);
+        }
+        if self.start == self.pending.len() || self.start >= LINE_READ_CHUNK {
+            self.pending.drain(..self.start);
+            self.searched = self.searched.saturating_sub(self.start);
+            self.start = 0;
+        }
+        Ok(())
+    }
+
+    /// Waits (at most [`LINE_WAIT_MS`]) for input and reads what has arrived; false if none
+    /// arrived in that time.
+    fn read_more(&mut self) -> Result<bool, AgentError> {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let file = self.file.as_ref().expect("opened before reading");
+        let mut fds = [nix::poll::PollFd::new(
+            file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, LINE_WAIT_MS) {
+            Ok(0) => return Ok(false),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("{}: cannot wait for input: {e}", self.origin).into()),
+        }
+        let old = self.pending.len();
+        self.pending.resize(old + LINE_READ_CHUNK, 0);
+        match (&*file).read(&mut self.pending[old..]) {
+            Ok(0) => {
+                self.pending.truncate(old);
+                self.at_end = true;
             }
-            out.push(line);
-            if reader.buffer().is_empty() {
-                break; // more would mean waiting: emit what has arrived
+            Ok(n) => self.pending.truncate(old + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.pending.truncate(old),
+            Err(e) => {
+                self.pending.truncate(old);
+                return Err(format!("{}, line {}: {e}", self.origin, self.line_no + 1).into());
             }
         }
         Ok(true)
+    }
+}
+
+/// Line `line_no` of `origin` from its bytes (without the `\n`): without a trailing `\r`, as
+/// UTF-8, or an error naming the line.
+fn decode_line(origin: &str, line_no: u64, bytes: &[u8]) -> Result<String, AgentError> {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(_) => Err(format!("{origin}, line {line_no}: not valid UTF-8").into()),
+    }
+}
+
+impl Source<String> for LineSource {
+    fn fill(&mut self, out: &mut Vec<String>, max: usize) -> Result<bool, AgentError> {
+        if let Some(open) = self.open.take() {
+            self.file = Some(open().map_err(|e| format!("cannot open {}: {e}", self.origin))?);
+        }
+        loop {
+            self.take_lines(out, max)?;
+            if !out.is_empty() {
+                return Ok(true); // what has arrived, without waiting for more
+            }
+            if self.at_end {
+                // The last line may lack its line ending.
+                if self.start < self.pending.len() {
+                    self.line_no += 1;
+                    let last = &self.pending[self.start..];
+                    out.push(decode_line(&self.origin, self.line_no, last)?);
+                    self.pending.clear();
+                    (self.start, self.searched) = (0, 0);
+                }
+                return Ok(false);
+            }
+            if !self.read_more()? {
+                return Ok(true); // nothing yet
+            }
+        }
     }
 }
 
@@ -629,8 +751,12 @@ impl Graph {
         self.source_with(name, FnSource { f, left: count }, options)
     }
 
-    /// A source that emits the lines of the file at `path` (without line endings), then closes.
-    /// A file that cannot be opened or read fails the source, naming the file and line.
+    /// A source that emits the lines of the file at `path` (without line endings, `\n` or
+    /// `\r\n`), then closes. Each batch is the complete lines that have arrived: a FIFO or a
+    /// pipe is never held back waiting for a full batch, nor behind an unfinished line. A file
+    /// that cannot be opened or read, a line that is not UTF-8 or longer than 16 MiB fail the
+    /// source, naming the file and line; the lines before it are delivered. The source waits
+    /// for input in slices of 50 ms, so a stop ends it at once and leaves what it has not read.
     ///
     /// ```
     /// use iotstream::Graph;
@@ -646,19 +772,14 @@ impl Graph {
     pub fn source_file_lines(&mut self, name: &str, path: impl Into<PathBuf>) -> Stream<String> {
         let path = path.into();
         let origin = format!("file '{}'", path.display());
-        let open = move || std::fs::File::open(&path).map(std::io::BufReader::new);
         self.source(
             name,
-            LineSource {
-                origin,
-                open: Some(Box::new(open)),
-                reader: None,
-                line_no: 0,
-            },
+            LineSource::new(origin, move || std::fs::File::open(&path)),
         )
     }
 
-    /// A source that emits the lines of standard input, then closes at its end.
+    /// A source that emits the lines of standard input, then closes at its end; lines as
+    /// [`source_file_lines`](Graph::source_file_lines) reads them.
     ///
     /// Standard input follows this agent wherever it is placed: in a multi-process application
     /// the process holding it is given the standard input of whoever started the application
@@ -675,16 +796,14 @@ impl Graph {
     /// g.run().unwrap();
     /// ```
     pub fn source_stdin(&mut self, name: &str) -> Stream<String> {
-        let open = || Ok(std::io::BufReader::new(std::io::stdin()));
-        let lines = self.source(
-            name,
-            LineSource {
-                origin: "standard input".to_string(),
-                open: Some(Box::new(open)),
-                reader: None,
-                line_no: 0,
-            },
-        );
+        // Read through a descriptor of its own, not through `Stdin`'s buffer: what `poll` sees
+        // is then all there is.
+        let open = || {
+            use std::os::fd::AsFd;
+            let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+            Ok(std::fs::File::from(fd))
+        };
+        let lines = self.source(name, LineSource::new("standard input".to_string(), open));
         self.agents[lines.id.agent as usize].reads_stdin = true;
         lines
     }
