@@ -431,6 +431,18 @@ fn run_relay(app: &str, args: &[&str], deploy: Option<&Path>, out: &Path) -> Lau
 
 /// [`run_relay`] with `feed` on the launcher's standard input.
 fn run_app(app: &str, args: &[&str], deploy: Option<&Path>, out: &Path, feed: Feed) -> Launched {
+    launch(app, args, deploy, &[("OUT", out)], feed)
+}
+
+/// `iotstream run <this binary> [--deploy FILE] -- app NAME ARGS…` with `env` added to its
+/// environment and `feed` on its standard input.
+fn launch(
+    app: &str,
+    args: &[&str],
+    deploy: Option<&Path>,
+    env: &[(&str, &Path)],
+    feed: Feed,
+) -> Launched {
     let exe = own_exe();
     let mut a: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), exe.as_os_str()];
     if let Some(d) = deploy {
@@ -443,7 +455,29 @@ fn run_app(app: &str, args: &[&str], deploy: Option<&Path>, out: &Path, feed: Fe
     for x in args {
         a.push(x.as_ref());
     }
-    Launched::start(&a, &[("OUT", out)], app, feed)
+    Launched::start(&a, env, app, feed)
+}
+
+/// Waits (bounded: a hang guard) until `out` has `lines` lines, sends the launcher one Ctrl-C
+/// (SIGINT), waits for its end and checks that it exited with 0; returns its stdout and stderr.
+fn ctrl_c_once_recorded(
+    run: Launched,
+    out: &Path,
+    lines: usize,
+) -> Result<(String, String), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines_of(out).len() < lines && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(run.pid().to_string())
+        .status();
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.code() == Some(0), || {
+        format!("exit {status} after Ctrl-C:\n{stderr}")
+    })?;
+    Ok((stdout, stderr))
 }
 
 fn lines_of(path: &Path) -> Vec<u64> {
@@ -515,18 +549,7 @@ fn ctrl_c_drains_every_element_and_exits_0() -> Result<(), String> {
     let run = run_relay("endless", &[], Some(&deploy), &out);
     run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
     // Let data flow for a moment, so the drain has something in flight.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lines_of(&out).len() < 5_000 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = Command::new("kill")
-        .arg("-INT")
-        .arg(run.pid().to_string())
-        .status();
-    let (status, stdout, stderr) = run.wait()?;
-    ensure(status.code() == Some(0), || {
-        format!("exit {status} after Ctrl-C:\n{stderr}")
-    })?;
+    let (stdout, _stderr) = ctrl_c_once_recorded(run, &out, 5_000)?;
     let emitted = stdout
         .lines()
         .find_map(|l| l.split_once("EMITTED ").map(|(_, n)| n.to_string()))
@@ -556,10 +579,7 @@ fn ctrl_c_drains_every_element_and_exits_0() -> Result<(), String> {
 /// agent that reads it, which the file moves to a process of its own; every line, once.
 fn stdin_reaches_the_agent_that_reads_it_wherever_it_is_placed() -> Result<(), String> {
     let dir = Scratch::new("stdin");
-    let deploy = dir.file(
-        "stdin.toml",
-        "[processes.reader]\nagents = [\"stdin\", \"parse\"]\n\n[processes.sink]\nagents = [\"record\"]\n",
-    );
+    let deploy = dir.file("stdin.toml", READER_MOVED);
     let graph = Command::new(launcher_exe())
         .arg("graph")
         .arg(own_exe())
@@ -585,20 +605,7 @@ fn stdin_reaches_the_agent_that_reads_it_wherever_it_is_placed() -> Result<(), S
     );
     let (status, stdout, stderr) = run.wait()?;
     ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
-    let got = lines_of(&out);
-    let want: Vec<u64> = (0..n).map(|v| v * 3).collect();
-    ensure(got == want, || {
-        format!(
-            "{} lines recorded, {} expected (first {:?})\n{stderr}",
-            got.len(),
-            want.len(),
-            &got[..got.len().min(5)]
-        )
-    })?;
-    ensure(
-        stdout.contains(&format!("[sink] RESULT count={n} ")),
-        || format!("no RESULT line from process 'sink':\n{stdout}"),
-    )
+    each_line_recorded_once(&out, n, &stdout, &stderr)
 }
 
 /// Ctrl-C while the process reading standard input waits for more (the producer is quiet, the
@@ -606,10 +613,7 @@ fn stdin_reaches_the_agent_that_reads_it_wherever_it_is_placed() -> Result<(), S
 /// is recorded, once, and the exit is 0.
 fn ctrl_c_while_standard_input_is_quiet_drains_and_exits_0() -> Result<(), String> {
     let dir = Scratch::new("stdin-quiet");
-    let deploy = dir.file(
-        "stdin.toml",
-        "[processes.reader]\nagents = [\"stdin\", \"parse\"]\n\n[processes.sink]\nagents = [\"record\"]\n",
-    );
+    let deploy = dir.file("stdin.toml", READER_MOVED);
     let out = dir.path("out.txt");
     let n = 20_000u64;
     let input: String = (0..n).map(|v| format!("{v}\n")).collect();
@@ -620,27 +624,36 @@ fn ctrl_c_while_standard_input_is_quiet_drains_and_exits_0() -> Result<(), Strin
         &out,
         Feed::KeepOpen(input.into_bytes()),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (lines_of(&out).len() as u64) < n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = Command::new("kill")
-        .arg("-INT")
-        .arg(run.pid().to_string())
-        .status();
-    let (status, stdout, stderr) = run.wait()?;
-    ensure(status.code() == Some(0), || {
-        format!("exit {status} after Ctrl-C:\n{stderr}")
-    })?;
+    let (stdout, stderr) = ctrl_c_once_recorded(run, &out, n as usize)?;
     // The line source saw the stop itself (it waits for input in short slices): it was not
     // abandoned in the middle of a read.
     ensure(!stderr.contains("is still waiting for input"), || {
         format!("the standard input source had to be abandoned:\n{stderr}")
     })?;
+    each_line_recorded_once(&out, n, &stdout, &stderr)
+}
+
+/// The `lines` app with its reader of standard input (`stdin`, `parse`) and its `record` in
+/// processes of their own.
+const READER_MOVED: &str = r#"
+[processes.reader]
+agents = ["stdin", "parse"]
+
+[processes.sink]
+agents = ["record"]
+"#;
+
+/// The `lines` app recorded the numbers 0..n (×3) in `out`, in order, once each, and its sink
+/// process reported n of them.
+fn each_line_recorded_once(out: &Path, n: u64, stdout: &str, stderr: &str) -> Result<(), String> {
+    let got = lines_of(out);
     let want: Vec<u64> = (0..n).map(|v| v * 3).collect();
-    let got = lines_of(&out);
     ensure(got == want, || {
-        format!("{} lines recorded, {n} expected\n{stderr}", got.len())
+        format!(
+            "{} lines recorded, {n} expected (first {:?})\n{stderr}",
+            got.len(),
+            &got[..got.len().min(5)]
+        )
     })?;
     ensure(
         stdout.contains(&format!("[sink] RESULT count={n} ")),
@@ -716,21 +729,7 @@ fn a_drain_that_times_out_kills_the_stragglers_and_fails() -> Result<(), String>
         "stubborn.toml",
         "[supervisor]\ndrain_timeout_ms = 300\n\n[processes.sleeper]\nagents = [\"sleepy\"]\n",
     );
-    let exe = own_exe();
-    let run = Launched::start(
-        &[
-            "run".as_ref(),
-            exe.as_os_str(),
-            "--deploy".as_ref(),
-            deploy.as_os_str(),
-            "--".as_ref(),
-            "app".as_ref(),
-            "stubborn".as_ref(),
-        ],
-        &[],
-        "stubborn",
-        Feed::Nothing,
-    );
+    let run = launch("stubborn", &[], Some(&deploy), &[], Feed::Nothing);
     run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
     std::thread::sleep(Duration::from_millis(200));
     let launcher = run.pid();
@@ -765,20 +764,11 @@ fn deployment_env_and_cpus_reach_the_processes() -> Result<(), String> {
         &format!("[env]\nRELAY_TAG = \"everyone\"\n\n[processes.work]\nagents = [\"triple\"]\ncpus = [{cpu}]\nenv = {{ RELAY_TAG = \"worker\" }}\n\n[processes.sink]\nagents = [\"record\"]\n"),
     );
     let out = dir.path("out.txt");
-    let exe = own_exe();
-    let run = Launched::start(
-        &[
-            "run".as_ref(),
-            exe.as_os_str(),
-            "--deploy".as_ref(),
-            deploy.as_os_str(),
-            "--".as_ref(),
-            "app".as_ref(),
-            "relay".as_ref(),
-            "1000".as_ref(),
-        ],
-        &[("OUT", &out), ("RELAY_REPORT", Path::new("1"))],
+    let run = launch(
         "relay",
+        &["1000"],
+        Some(&deploy),
+        &[("OUT", &out), ("RELAY_REPORT", Path::new("1"))],
         Feed::Nothing,
     );
     let (status, stdout, err) = run.wait()?;
@@ -800,18 +790,12 @@ fn deployment_env_and_cpus_reach_the_processes() -> Result<(), String> {
 /// A program that is not an iotstream application (here: one that panics before building a
 /// graph), and one that does not exist: refused with exit 2 and a message that says why.
 fn a_program_that_does_not_describe_itself_is_refused_clearly() -> Result<(), String> {
-    let exe = own_exe();
-    let run = Launched::start(
-        &[
-            "run".as_ref(),
-            exe.as_os_str(),
-            "--".as_ref(),
-            "app".as_ref(),
-            "no_such_app".as_ref(),
-        ],
-        // The panic message is among the last lines only without a backtrace after it.
-        &[("RUST_BACKTRACE", Path::new("0"))],
+    // The panic message is among the last lines only without a backtrace after it.
+    let run = launch(
         "no_such_app",
+        &[],
+        None,
+        &[("RUST_BACKTRACE", Path::new("0"))],
         Feed::Nothing,
     );
     let (status, _out, err) = run.wait()?;
@@ -843,19 +827,7 @@ fn a_program_that_does_not_describe_itself_is_refused_clearly() -> Result<(), St
 /// A child's output line longer than the launcher copies at once arrives in prefixed pieces,
 /// none of it lost.
 fn a_very_long_output_line_is_copied_in_prefixed_pieces() -> Result<(), String> {
-    let exe = own_exe();
-    let run = Launched::start(
-        &[
-            "run".as_ref(),
-            exe.as_os_str(),
-            "--".as_ref(),
-            "app".as_ref(),
-            "long_line".as_ref(),
-        ],
-        &[],
-        "long_line",
-        Feed::Nothing,
-    );
+    let run = launch("long_line", &[], None, &[], Feed::Nothing);
     let (status, out, err) = run.wait()?;
     ensure(status.success(), || format!("exit {status}:\n{err}"))?;
     let pieces: Vec<&str> = out
@@ -880,21 +852,7 @@ fn a_failed_process_is_named_and_its_status_returned() -> Result<(), String> {
         "failing.toml",
         "[processes.worker]\nagents = [\"fragile\"]\n",
     );
-    let exe = own_exe();
-    let run = Launched::start(
-        &[
-            "run".as_ref(),
-            exe.as_os_str(),
-            "--deploy".as_ref(),
-            deploy.as_os_str(),
-            "--".as_ref(),
-            "app".as_ref(),
-            "failing".as_ref(),
-        ],
-        &[],
-        "failing",
-        Feed::Nothing,
-    );
+    let run = launch("failing", &[], Some(&deploy), &[], Feed::Nothing);
     let (status, _out, err) = run.wait()?;
     ensure(status.code() == Some(1), || {
         format!("expected the worker's status 1, got {status}:\n{err}")
@@ -913,21 +871,7 @@ fn restarts_stop_at_the_limit() -> Result<(), String> {
         "limit.toml",
         "[processes.worker]\nagents = [\"fragile\"]\nrestart = \"on-failure\"\nmax_restarts = 2\nbackoff_ms = 10\n",
     );
-    let exe = own_exe();
-    let run = Launched::start(
-        &[
-            "run".as_ref(),
-            exe.as_os_str(),
-            "--deploy".as_ref(),
-            deploy.as_os_str(),
-            "--".as_ref(),
-            "app".as_ref(),
-            "failing".as_ref(),
-        ],
-        &[],
-        "failing",
-        Feed::Nothing,
-    );
+    let run = launch("failing", &[], Some(&deploy), &[], Feed::Nothing);
     let (status, _out, err) = run.wait()?;
     ensure(!status.success(), || format!("succeeded:\n{err}"))?;
     ensure(

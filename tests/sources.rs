@@ -94,13 +94,18 @@ fn wait_for(out: &iotstream::Collected<String>, n: usize, what: &str) {
     assert_eq!(out.len(), n, "{what}: {:?}", out.values());
 }
 
+/// A pipe: its read end (kept open while the test lasts), a path that opens it, its write end.
+fn pipe() -> (std::os::fd::OwnedFd, String, std::fs::File) {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&reader));
+    (reader, path, std::fs::File::from(writer))
+}
+
 /// A producer that stops in the middle of a line (a block-buffered program, say) does not hold
 /// back the complete lines before it; the unfinished line comes out once it is finished.
 #[test]
 fn complete_lines_are_not_held_back_by_an_unfinished_one() {
-    let (reader, writer) = nix::unistd::pipe().unwrap();
-    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&reader));
-    let mut writer = std::fs::File::from(writer);
+    let (reader, path, mut writer) = pipe();
     let mut g = Graph::new("unfinished");
     let lines = g.source_file_lines("pipe", &path);
     let out = g.collect("out", &lines);
@@ -119,9 +124,7 @@ fn complete_lines_are_not_held_back_by_an_unfinished_one() {
 /// emit: what is written afterwards is still there for the next reader of the same pipe.
 #[test]
 fn a_stopped_line_source_leaves_unread_input_in_the_pipe() {
-    let (reader, writer) = nix::unistd::pipe().unwrap();
-    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&reader));
-    let mut writer = std::fs::File::from(writer);
+    let (reader, path, mut writer) = pipe();
 
     let mut g = Graph::new("first_reader");
     let lines = g.source_file_lines("pipe", &path);
