@@ -18,7 +18,7 @@
 //! Building never panics on a wiring mistake: problems (a duplicate name, an input connected
 //! twice or never, a capacity too small for a window) are collected and returned together by
 //! [`Graph::run`], [`Graph::start`] or [`Harness::new`](crate::Harness::new) as
-//! [`Error::Graph`](crate::Error::Graph).
+//! [`Error::Graph`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -14,7 +14,7 @@
 //!   drains and ends as if its inputs had closed.
 //! - **Stalls**: if at that point a writer still holds data its reader will never take (a
 //!   capacity too small for what the reader needs), the run fails with
-//!   [`Error::Stalled`](crate::Error::Stalled) naming the connection, instead of hanging.
+//!   [`Error::Stalled`] naming the connection, instead of hanging.
 //!
 //! # Several processes
 //!
