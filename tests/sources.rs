@@ -145,3 +145,27 @@ fn a_stopped_line_source_leaves_unread_input_in_the_pipe() {
     assert_eq!(second.values(), ["2", "3"]);
     drop(reader);
 }
+
+/// A line of 16 MiB is accepted; one byte more fails the source, naming the line.
+#[test]
+fn lines_up_to_16_mib_are_accepted_and_longer_ones_named() {
+    const MIB16: usize = 16 << 20;
+    let path = std::env::temp_dir().join(format!("iotstream-long-{}", std::process::id()));
+    let run = |long: usize| {
+        let mut text = b"short\n".to_vec();
+        text.resize(6 + long, b'x');
+        text.extend_from_slice(b"\r\nafter\n");
+        std::fs::write(&path, &text).unwrap();
+        let mut g = Graph::new("long_lines");
+        let lines = g.source_file_lines("file", &path);
+        let out = g.collect("out", &lines);
+        let result = g
+            .run()
+            .map(|_| out.values().iter().map(String::len).collect::<Vec<_>>());
+        std::fs::remove_file(&path).unwrap();
+        result
+    };
+    assert_eq!(run(MIB16).unwrap(), [5, MIB16, 5]);
+    let err = run(MIB16 + 1).unwrap_err().to_string();
+    assert!(err.contains("line 2: longer than 16 MiB"), "{err}");
+}

@@ -470,10 +470,16 @@ impl<R: Read> OutputLines<R> {
                 return false;
             }
             let cut = !line.ends_with(b"\n");
-            if cut {
-                if let Err(e) = std::str::from_utf8(line) {
+            if cut && line.len() == MAX_LINE {
+                // Cut by the limit, maybe inside a character: its first bytes go with the next
+                // piece. (Output that ends inside a character is copied as it is.)
+                let last = (line.len().saturating_sub(3)..line.len())
+                    .rev()
+                    .find(|&i| line[i] & 0xC0 != 0x80)
+                    .unwrap_or(line.len());
+                if let Err(e) = std::str::from_utf8(&line[last..]) {
                     if e.error_len().is_none() {
-                        self.carry = line.split_off(e.valid_up_to());
+                        self.carry = line.split_off(last);
                     }
                 }
             }
@@ -795,6 +801,28 @@ mod tests {
             format!("{line}\n").as_bytes()
         );
         assert_eq!(got[2], b"next\n");
+    }
+
+    #[test]
+    fn output_that_ends_inside_a_character_ends() {
+        assert_eq!(pieces(b"abc\xE2\x82"), [b"abc\xE2\x82".to_vec()]);
+        let mut cut = "x".repeat(MAX_LINE - 1).into_bytes();
+        cut.extend_from_slice(b"\xE2\x82");
+        let got = pieces(&cut);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1], b"\xE2\x82");
+    }
+
+    #[test]
+    fn an_invalid_byte_earlier_does_not_stop_the_cut_between_characters() {
+        // Two bad bytes, then 3-byte characters: the limit falls inside one of them.
+        let mut line = b"\xFF\xFF".to_vec();
+        line.extend("€".repeat(30_000).into_bytes());
+        assert_ne!((MAX_LINE - 2) % 3, 0);
+        let got = pieces(&line);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got.concat(), line);
+        assert!(std::str::from_utf8(&got[1]).is_ok(), "{:?}", &got[1][..4]);
     }
 
     #[test]

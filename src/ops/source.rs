@@ -552,14 +552,11 @@ impl LineSource {
             let from = self.searched.max(self.start);
             let Some(i) = self.pending[from..].iter().position(|&b| b == b'\n') else {
                 self.searched = self.pending.len();
-                if self.pending.len() - self.start > MAX_LINE_BYTES {
-                    return Err(format!(
-                        "{}, line {}: longer than {} MiB",
-                        self.origin,
-                        self.line_no + 1,
-                        MAX_LINE_BYTES >> 20
-                    )
-                    .into());
+                // (One byte more: the line's `\r` may be there already.)
+                if self.pending.len() - self.start > MAX_LINE_BYTES + 1 {
+                    let mib = MAX_LINE_BYTES >> 20;
+                    let (origin, line) = (&self.origin, self.line_no + 1);
+                    return Err(format!("{origin}, line {line}: longer than {mib} MiB").into());
                 }
                 break;
             };
@@ -591,8 +588,9 @@ impl LineSource {
             nix::poll::PollFlags::POLLIN,
         )];
         match nix::poll::poll(&mut fds, LINE_WAIT_MS) {
-            Ok(0) => return Ok(false),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // Nothing yet (or a signal): never read without knowing there is something to read.
+            Ok(0) | Err(nix::errno::Errno::EINTR) => return Ok(false),
+            Ok(_) => {}
             Err(e) => return Err(format!("{}: cannot wait for input: {e}", self.origin).into()),
         }
         let old = self.pending.len();
@@ -617,6 +615,10 @@ impl LineSource {
 /// UTF-8, or an error naming the line.
 fn decode_line(origin: &str, line_no: u64, bytes: &[u8]) -> Result<String, AgentError> {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if bytes.len() > MAX_LINE_BYTES {
+        let mib = MAX_LINE_BYTES >> 20;
+        return Err(format!("{origin}, line {line_no}: longer than {mib} MiB").into());
+    }
     match std::str::from_utf8(bytes) {
         Ok(text) => Ok(text.to_string()),
         Err(_) => Err(format!("{origin}, line {line_no}: not valid UTF-8").into()),
@@ -755,8 +757,11 @@ impl Graph {
     /// `\r\n`), then closes. Each batch is the complete lines that have arrived: a FIFO or a
     /// pipe is never held back waiting for a full batch, nor behind an unfinished line. A file
     /// that cannot be opened or read, a line that is not UTF-8 or longer than 16 MiB fail the
-    /// source, naming the file and line; the lines before it are delivered. The source waits
-    /// for input in slices of 50 ms, so a stop ends it at once and leaves what it has not read.
+    /// source, naming the file and line; the lines before it are emitted first (a threaded run
+    /// then stops at once, so its readers may not get to them). The source waits for input in
+    /// slices of 50 ms, so a stop ends it at once and leaves what it has not read. (Opening a
+    /// FIFO waits for its writer; a stop during that wait ends the stream after
+    /// [`SOURCE_STOP_GRACE`].)
     ///
     /// ```
     /// use iotstream::Graph;
