@@ -58,9 +58,11 @@ pub trait Source<T>: Send + 'static {
     /// `Ok(false)` once the source is exhausted (after appending its last elements).
     ///
     /// When the application is asked to stop, the source's stream ends after the call in
-    /// progress returns; a call still waiting [`SOURCE_STOP_GRACE`] after the stop (blocked reading a
-    /// terminal or a quiet pipe, say) is abandoned and the stream ends without it, so a drain
-    /// never waits for input that may never come.
+    /// progress returns; a call still waiting [`SOURCE_STOP_GRACE`] after the stop (blocked
+    /// reading a terminal or a quiet pipe, say) is abandoned and the stream ends without it, so
+    /// a drain never waits for input that may never come. A source that waits for input in
+    /// short slices, returning `Ok(true)` with nothing appended when none came, is never
+    /// abandoned and leaves what it has not read.
     fn fill(&mut self, out: &mut Vec<T>, max: usize) -> Result<bool, AgentError>;
 }
 
@@ -142,8 +144,8 @@ impl Waker {
     }
 }
 
-/// Ends the stream of a source whose thread is still inside [`Source::fill`] after a stop
-/// (see [`SOURCE_STOP_GRACE`]): what the thread had handed over is delivered, then the stream ends.
+/// Ends the stream of a source whose thread is still inside [`Source::fill`] after a stop (see
+/// [`SOURCE_STOP_GRACE`]): what the thread had handed over is delivered, then the stream ends.
 pub(crate) struct SourceEnder {
     name: String,
     /// Set by the source thread when it returns.
@@ -496,11 +498,6 @@ impl<T, F: FnMut() -> T + Send + 'static> Source<T> for FnSource<F> {
     }
 }
 
-/// Lines of a reader; errors name the origin and the line number.
-///
-/// A batch holds the lines already available: once the reader's buffer is empty the batch is
-/// emitted rather than waiting (blocking) for more, so a line typed on standard input or
-/// appended to a file reaches the agents at once.
 /// How long one [`LineSource::fill`] waits for input before it returns with nothing (its
 /// thread then checks for a stop and calls again).
 const LINE_WAIT_MS: u16 = 50;
