@@ -943,22 +943,26 @@ fn coordinate(
     if result.is_ok() && !enders.is_empty() {
         result = end_sources_after_stop(Arc::clone(&stop), Arc::clone(&run_over), enders);
     }
-    if let Err(e) = result {
+    let ran = if let Err(e) = result {
         stop.store(true, Ordering::SeqCst);
         let _ = ready.send((Err(e), Arc::clone(&shared)));
+        Ok(())
     } else if ready
         .send((Ok((Arc::clone(&registry), inputs)), Arc::clone(&shared)))
         .is_err()
     {
         stop.store(true, Ordering::SeqCst);
+        Ok(())
     } else if n > 0 {
-        let ran = system.run();
-        run_over.store(true, Ordering::SeqCst);
-        ran.map_err(|e| Error::Runtime {
-            detail: format!("the actix system failed: {e}"),
-        })?;
-    }
+        system.run()
+    } else {
+        Ok(())
+    };
+    // Before the stop flag: the poller must not take the end of the run for a stop.
     run_over.store(true, Ordering::SeqCst);
+    ran.map_err(|e| Error::Runtime {
+        detail: format!("the actix system failed: {e}"),
+    })?;
     stop.store(true, Ordering::SeqCst);
     for (_, arbiter) in arbiters.drain() {
         arbiter.stop();

@@ -595,14 +595,7 @@ fn stdin_reaches_the_agent_that_reads_it_wherever_it_is_placed() -> Result<(), S
     )?;
     let out = dir.path("out.txt");
     let n = 100_000u64;
-    let input: String = (0..n).map(|v| format!("{v}\n")).collect();
-    let run = run_app(
-        "lines",
-        &[],
-        Some(&deploy),
-        &out,
-        Feed::All(input.into_bytes()),
-    );
+    let run = run_lines(&deploy, &out, n, Feed::All);
     let (status, stdout, stderr) = run.wait()?;
     ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
     each_line_recorded_once(&out, n, &stdout, &stderr)
@@ -616,14 +609,7 @@ fn ctrl_c_while_standard_input_is_quiet_drains_and_exits_0() -> Result<(), Strin
     let deploy = dir.file("stdin.toml", READER_MOVED);
     let out = dir.path("out.txt");
     let n = 20_000u64;
-    let input: String = (0..n).map(|v| format!("{v}\n")).collect();
-    let run = run_app(
-        "lines",
-        &[],
-        Some(&deploy),
-        &out,
-        Feed::KeepOpen(input.into_bytes()),
-    );
+    let run = run_lines(&deploy, &out, n, Feed::KeepOpen);
     let (stdout, stderr) = ctrl_c_once_recorded(run, &out, n as usize)?;
     // The line source saw the stop itself (it waits for input in short slices): it was not
     // abandoned in the middle of a read.
@@ -642,6 +628,13 @@ agents = ["stdin", "parse"]
 [processes.sink]
 agents = ["record"]
 "#;
+
+/// The `lines` app as `deploy` places it, fed the numbers 0..n as lines on its standard input
+/// (`feed`: [`Feed::All`] or [`Feed::KeepOpen`]), recording to `out`.
+fn run_lines(deploy: &Path, out: &Path, n: u64, feed: fn(Vec<u8>) -> Feed) -> Launched {
+    let input: String = (0..n).map(|v| format!("{v}\n")).collect();
+    run_app("lines", &[], Some(deploy), out, feed(input.into_bytes()))
+}
 
 /// The `lines` app recorded the numbers 0..n (×3) in `out`, in order, once each, and its sink
 /// process reported n of them.
