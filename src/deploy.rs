@@ -25,8 +25,8 @@
 //! max_restarts = 3             # default 3; only with restart = "on-failure"
 //! backoff_ms = 100             # default 100: wait before the first restart, doubled each restart
 //! max_backoff_ms = 5000        # default 5000: the longest wait
-//! cpus = [2, 3]                # default: not pinned; CPU indices 0..=1023, non-empty, no duplicates
-//! env = { KEY = "value" }      # default empty: added to (and overriding) [env]
+//! cpus = [2, 3]                # default: not pinned; CPU indices 0..=1023, non-empty, no duplicates, on this machine
+//! env = { KEY = "value" }      # default empty: added to (and overriding) [env]; no IOTSTREAM_* names
 //!
 //! [[connections]]              # options of existing connections
 //! stream = "sensor.out"        # required: the writer's stream, "agent.port"
@@ -41,7 +41,8 @@
 //! [`GraphInfo`] (its agents, streams and processes) and resolves it into a [`Plan`]: the process
 //! of every agent, the capacity and policy of every connection, the host of every process. Each
 //! step reports every problem it finds at once, sorted by position, each naming the file, line
-//! and column, like a compiler:
+//! and column, like a compiler (whether the CPUs of `cpus` exist depends on the machine: the
+//! launcher checks them with [`Deployment::check_cpus`]):
 //!
 //! ```text
 //! deploy.toml:4:20: agent 'detector' is placed twice: in process 'b' here, and in process 'a' on line 2
@@ -135,6 +136,9 @@ const MAX_BACKOFF_MS: u64 = 5_000;
 const LOCAL_ADDRESS: &str = "127.0.0.1";
 /// The highest CPU index `cpus` accepts.
 const MAX_CPU: u64 = 1023;
+/// Environment variables whose names start with this are iotstream's own (roles, the
+/// deployment, the control channel): a deployment file may not set them.
+pub(crate) const RESERVED_ENV_PREFIX: &str = "IOTSTREAM_";
 /// The largest integer TOML can write.
 const TOML_MAX: u64 = i64::MAX as u64;
 
@@ -331,7 +335,8 @@ struct ProcessEntry {
     host: Option<(String, Pos)>,
     agents: Vec<(String, Pos)>,
     restart: Restart,
-    cpus: Option<Vec<usize>>,
+    /// Each CPU with its place in the file.
+    cpus: Option<Vec<(usize, Pos)>>,
     env: BTreeMap<String, String>,
 }
 
@@ -572,7 +577,10 @@ impl Deployment {
                 ProcessSettings {
                     restart: p.restart.clone(),
                     env,
-                    cpus: p.cpus.clone(),
+                    cpus: p
+                        .cpus
+                        .as_ref()
+                        .map(|c| c.iter().map(|&(cpu, _)| cpu).collect()),
                 }
             }
             None => ProcessSettings {
@@ -580,6 +588,37 @@ impl Deployment {
                 ..ProcessSettings::default()
             },
         }
+    }
+
+    /// Checks the `cpus` of the processes named in `processes` against `available`, the CPUs
+    /// this machine lets the launcher use (its affinity mask): pinning a process to another
+    /// CPU fails when it starts, so each such CPU is a problem at its place in the file.
+    ///
+    /// Only the machine knows its CPUs, so [`parse`](Deployment::parse) and
+    /// [`plan`](Deployment::plan) cannot check this; the launcher does, for the processes of
+    /// the host it checks or runs (those of other hosts are checked on their own machine).
+    pub fn check_cpus(&self, processes: &[&str], available: &[usize]) -> Result<(), DeployError> {
+        let mut problems = Problems::new(&self.file);
+        for p in self
+            .processes
+            .iter()
+            .filter(|p| processes.contains(&p.name.as_str()))
+        {
+            for &(cpu, at) in p.cpus.iter().flatten() {
+                if !available.contains(&cpu) {
+                    problems.add(
+                        at,
+                        format!(
+                            "CPU {cpu} in the 'cpus' of process '{}' is not available on this \
+                             machine; its CPUs are {}",
+                            p.name,
+                            cpu_ranges(available)
+                        ),
+                    );
+                }
+            }
+        }
+        problems.finish()
     }
 
     /// Every host `(name, address)` in the file's order; when the file names none, the one
@@ -775,6 +814,31 @@ fn distance(a: &str, b: &str) -> usize {
         }
     }
     d[a.len()][b.len()]
+}
+
+/// CPU numbers as ranges: `0-3,6,8-9` (`none` for an empty list).
+fn cpu_ranges(cpus: &[usize]) -> String {
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
+            i += 1;
+        }
+        out.push(match sorted[i] {
+            end if end == start => start.to_string(),
+            end => format!("{start}-{end}"),
+        });
+        i += 1;
+    }
+    if out.is_empty() {
+        "none".to_string()
+    } else {
+        out.join(",")
+    }
 }
 
 /// Whether `name` is a valid process or host name: 1 to 64 ASCII letters, digits, `_` or `-`
@@ -1076,6 +1140,18 @@ impl<'a> Reader<'a> {
                 );
                 continue;
             }
+            if name.starts_with(RESERVED_ENV_PREFIX) {
+                // The launcher sets these to tell a process its role: one set by the file would
+                // change what the process does (IOTSTREAM_DESCRIBE: describe and exit, say).
+                self.error(
+                    key.span(),
+                    format!(
+                        "environment variable '{name}' {place} is reserved: names starting with \
+                         {RESERVED_ENV_PREFIX} are set by iotstream itself"
+                    ),
+                );
+                continue;
+            }
             let Some(s) = self.string(value, &format!("environment variable '{name}' {place}"))
             else {
                 continue;
@@ -1277,7 +1353,7 @@ impl<'a> Reader<'a> {
     }
 
     /// `what` names the field; `process` is the process's name.
-    fn cpus(&mut self, v: &Value<'_>, what: &str, process: &str) -> Option<Vec<usize>> {
+    fn cpus(&mut self, v: &Value<'_>, what: &str, process: &str) -> Option<Vec<(usize, Pos)>> {
         let items = self.array(v, what)?;
         if items.is_empty() {
             self.error(
@@ -1293,13 +1369,13 @@ impl<'a> Reader<'a> {
                 continue;
             };
             let cpu = cpu as usize;
-            if cpus.contains(&cpu) {
+            if cpus.iter().any(|&(c, _)| c == cpu) {
                 self.error(
                     item.span(),
                     format!("CPU {cpu} is listed twice in the 'cpus' of process '{process}'"),
                 );
             } else {
-                cpus.push(cpu);
+                cpus.push((cpu, self.pos(item.span().start)));
             }
         }
         Some(cpus)
@@ -1709,6 +1785,51 @@ mod tests {
                 "deploy.toml:6:21: CPU 0 is listed twice in the 'cpus' of process 'b'",
                 "deploy.toml:6:24: a CPU index in the 'cpus' of process 'b' must be at least 0, \
                  found -1",
+            ]
+        );
+    }
+
+    #[test]
+    fn cpus_the_machine_does_not_have_are_named_with_their_place() {
+        let d = Deployment::parse(
+            "deploy.toml",
+            "[processes.a]\nagents = [\"alarm\"]\ncpus = [1, 7]\n\
+             [processes.logger]\ncpus = [0, 1023, 2]\n",
+        )
+        .unwrap();
+        let available = [0, 1, 2, 3, 5];
+        assert_eq!(
+            d.check_cpus(&["a", "logger"], &available)
+                .unwrap_err()
+                .to_string()
+                .lines()
+                .collect::<Vec<_>>(),
+            [
+                "deploy.toml:3:12: CPU 7 in the 'cpus' of process 'a' is not available on this \
+                 machine; its CPUs are 0-3,5",
+                "deploy.toml:5:12: CPU 1023 in the 'cpus' of process 'logger' is not available \
+                 on this machine; its CPUs are 0-3,5",
+            ]
+        );
+        // Processes of other hosts are not checked here.
+        assert_eq!(d.check_cpus(&["main"], &available), Ok(()));
+        assert_eq!(d.check_cpus(&["a"], &[1, 7]), Ok(()));
+        assert_eq!(cpu_ranges(&[]), "none");
+        assert_eq!(cpu_ranges(&[4, 0, 1, 9, 2]), "0-2,4,9");
+    }
+
+    #[test]
+    fn reserved_env_names_are_rejected_where_they_are() {
+        assert_eq!(
+            lines(
+                "[env]\nIOTSTREAM_DESCRIBE = \"/tmp/x\"\nIOTSTREAMING = \"fine\"\n\
+                 [processes.logger]\nenv = { IOTSTREAM_PROCESS = \"main\", iotstream_run = \"ok\" }\n"
+            ),
+            [
+                "deploy.toml:2:1: environment variable 'IOTSTREAM_DESCRIBE' in [env] is reserved: \
+                 names starting with IOTSTREAM_ are set by iotstream itself",
+                "deploy.toml:5:9: environment variable 'IOTSTREAM_PROCESS' in the env of process \
+                 'logger' is reserved: names starting with IOTSTREAM_ are set by iotstream itself",
             ]
         );
     }

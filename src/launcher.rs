@@ -258,6 +258,56 @@ pub fn describe(
     }
 }
 
+/// Checks `deployment` against `app` as `iotstream check` does: asks the application for its
+/// graph as the file places it ([`describe`]), then checks the `cpus` of the processes of this
+/// host (`host`, or the one [`run`] would pick) against the CPUs this machine lets the launcher
+/// use. When several hosts leave the host undecided (none named `local` and no `host`), CPUs
+/// are not checked: this machine may be any of them.
+pub fn check(
+    app: &AppCommand,
+    deployment: &DeploymentFile,
+    host: Option<&str>,
+) -> Result<GraphInfo, Error> {
+    let (info, _) = describe(app, Some(deployment))?;
+    let host = match (host, pick_host(&info, None)) {
+        (Some(wanted), _) => Some(pick_host(&info, Some(wanted))?),
+        (None, picked) => picked.ok(),
+    };
+    if let Some(host) = host {
+        check_cpus(&info, deployment, &host)?;
+    }
+    Ok(info)
+}
+
+/// The `cpus` of the processes of `host` exist on this machine: the CPUs of the launcher's
+/// affinity mask (a child pinned to another fails to start with EINVAL, or is silently pinned
+/// to fewer CPUs than the file says). Not checked if the mask cannot be read.
+fn check_cpus(info: &GraphInfo, deployment: &DeploymentFile, host: &str) -> Result<(), Error> {
+    let Some(available) = available_cpus() else {
+        return Ok(());
+    };
+    let processes: Vec<&str> = info
+        .processes
+        .iter()
+        .filter(|p| info.host_of(p).is_none_or(|h| h.name == host))
+        .map(String::as_str)
+        .collect();
+    deployment
+        .deployment
+        .check_cpus(&processes, &available)
+        .map_err(Error::from)
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), or `None` if that cannot be read.
+fn available_cpus() -> Option<Vec<usize>> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    Some(
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+    )
+}
+
 fn describe_status(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("it exited with status {c}"),
@@ -469,6 +519,9 @@ pub fn run(
         detail: format!("the application reported a malformed fingerprint '{fingerprint}'"),
     })?;
     let host = pick_host(&info, options.host.as_deref())?;
+    if let Some(d) = deployment {
+        check_cpus(&info, d, &host)?;
+    }
     if let Some(e) = info.edges.iter().find(|e| e.transport == "tcp") {
         let host_of = |a: usize| {
             info.host_of(&info.agents[a].process)

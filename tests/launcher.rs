@@ -942,6 +942,19 @@ const BAD_FILES: &[(&str, &str)] = &[
         "3:9: a CPU index in the 'cpus' of process 'work' must be at most 1023, found 1024",
     ),
     (
+        "[env]\nRUST_LOG = \"info\"\nIOTSTREAM_DESCRIBE = \"/tmp/elsewhere.json\"\n",
+        "3:1: environment variable 'IOTSTREAM_DESCRIBE' in [env] is reserved: names starting with IOTSTREAM_ are set by iotstream itself",
+    ),
+    (
+        "[processes.work]\nagents = [\"triple\"]\nenv = { IOTSTREAM_PROCESS = \"main\" }\n",
+        "3:9: environment variable 'IOTSTREAM_PROCESS' in the env of process 'work' is reserved: names starting with IOTSTREAM_ are set by iotstream itself",
+    ),
+    (
+        // No machine this runs on has CPU 1023 (the highest index the file accepts).
+        "[processes.work]\nagents = [\"triple\"]\ncpus = [0, 1023]\n",
+        "3:12: CPU 1023 in the 'cpus' of process 'work' is not available on this machine; its CPUs are {cpus}",
+    ),
+    (
         // Every problem at once, in file order.
         "[processes.work]\nagents = [\"triple\", \"recrod\"]\n\n[[connections]]\nstream = \"triple.out\"\nto = \"numbers.in\"\n",
         "2:21: unknown agent 'recrod' in process 'work' (did you mean 'record'?); the app's agents are 'numbers', 'triple' and 'record'\n\
@@ -968,7 +981,12 @@ fn bad_deployment_files_are_rejected_with_file_line_column_and_name() -> Result<
     for (i, (text, expected)) in BAD_FILES.iter().enumerate() {
         let path = dir.file(&format!("bad{i}.toml"), text);
         let file = path.display().to_string();
-        let expected = format!("{file}:{}\n", expected.replace("{file}", &file));
+        let expected = format!(
+            "{file}:{}\n",
+            expected
+                .replace("{file}", &file)
+                .replace("{cpus}", &allowed_cpus()?)
+        );
         let out = check(&path)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.code() != Some(2) || stderr != expected {
@@ -989,6 +1007,58 @@ fn bad_deployment_files_are_rejected_with_file_line_column_and_name() -> Result<
         wrong.push(format!("the good file: {out:?}"));
     }
     ensure(wrong.is_empty(), || wrong.join("\n\n"))
+}
+
+/// This process's CPUs as the kernel lists them (`0-1`), which the launcher it starts inherits.
+fn allowed_cpus() -> Result<String, String> {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| "cannot read this process's CPUs".to_string())
+}
+
+/// `run` refuses what `check` refuses, before starting anything: a reserved variable in
+/// `[env]` (which used to make every process describe itself and exit 0, so nothing ran) and
+/// a CPU the machine does not have (which used to fail the start with "Invalid argument").
+fn run_refuses_reserved_variables_and_missing_cpus_before_starting() -> Result<(), String> {
+    let dir = Scratch::new("run-refuses");
+    let cases = [
+        (
+            "env.toml",
+            "[env]\nIOTSTREAM_DESCRIBE = \"/tmp/elsewhere.json\"\n\n[processes.work]\nagents = [\"triple\"]\n",
+            "2:1: environment variable 'IOTSTREAM_DESCRIBE' in [env] is reserved".to_string(),
+        ),
+        (
+            "cpus.toml",
+            "[processes.work]\nagents = [\"triple\"]\ncpus = [1023]\n",
+            format!(
+                "3:9: CPU 1023 in the 'cpus' of process 'work' is not available on this machine; its CPUs are {}",
+                allowed_cpus()?
+            ),
+        ),
+    ];
+    for (name, text, want) in cases {
+        let deploy = dir.file(name, text);
+        let out = dir.path("out.txt");
+        let (status, _stdout, err) = run_relay("relay", &["100"], Some(&deploy), &out).wait()?;
+        ensure(status.code() == Some(2), || {
+            format!("{name}: exit {status}, expected 2:\n{err}")
+        })?;
+        ensure(
+            err.contains(&format!("{}:{want}", deploy.display())),
+            || format!("{name}: no '{want}' in:\n{err}"),
+        )?;
+        ensure(!err.contains("started (pid"), || {
+            format!("{name}: a process was started:\n{err}")
+        })?;
+        // (Describing itself, the application opens $OUT: it may exist, but stays empty.)
+        ensure(lines_of(&out).is_empty(), || {
+            format!("{name}: the application ran")
+        })?;
+    }
+    Ok(())
 }
 
 fn clean_removes_only_rings_of_dead_owners() -> Result<(), String> {
@@ -1335,6 +1405,10 @@ fn main() {
             Box::new(clean_removes_only_rings_of_dead_owners),
         ),
         ("graph_dot_output_parses", Box::new(graph_dot_output_parses)),
+        (
+            "run_refuses_reserved_variables_and_missing_cpus_before_starting",
+            Box::new(run_refuses_reserved_variables_and_missing_cpus_before_starting),
+        ),
         (
             "bad_deployment_files_are_rejected_with_file_line_column_and_name",
             Box::new(bad_deployment_files_are_rejected_with_file_line_column_and_name),

@@ -102,6 +102,11 @@ process, host or stream at fault. Exits 0 if the file is good, 2 if not.",
         /// The application binary.
         #[arg(long, value_name = "APP")]
         app: PathBuf,
+        /// The deployment's host this machine is, whose processes' CPUs are checked (default:
+        /// the host named `local`, or the only host; with several hosts and none of them
+        /// `local`, CPUs are not checked without it).
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
         /// Arguments for the application.
         #[arg(last = true, value_name = "APP_ARGS")]
         args: Vec<OsString>,
@@ -169,14 +174,19 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Cmd::Check { file, app, args } => {
+        Cmd::Check {
+            file,
+            app,
+            host,
+            args,
+        } => {
             let deployment = match DeploymentFile::load(&file) {
                 Ok(d) => d,
                 Err(e) => return fail(&e),
             };
             let app = AppCommand { program: app, args };
-            match launcher::describe(&app, Some(&deployment)) {
-                Ok((info, _)) => {
+            match launcher::check(&app, &deployment, host.as_deref()) {
+                Ok(info) => {
                     println!("{}: good: {}", deployment.name, launcher::summary(&info));
                     for e in info.edges.iter().filter(|e| e.transport == "tcp") {
                         println!(
