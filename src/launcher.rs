@@ -489,10 +489,28 @@ fn render_dot(info: &GraphInfo) -> String {
 // ---------------------------------------------------------------------------------------------
 // clean
 
+/// What [`clean`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// The shared-memory objects removed (names with their leading `/`, in `/dev/shm`): those
+    /// of runs whose owner is provably dead, each run's liveness lock included.
+    pub removed: Vec<String>,
+    /// Objects left alone because nothing proves their owner dead, each with the reason (no
+    /// liveness lock: made by an older iotstream, say).
+    pub left: Vec<(String, String)>,
+}
+
 /// Removes the shared-memory objects of iotstream applications whose owner (the starter or
-/// launcher that created them) is no longer alive; returns their names.
-pub fn clean() -> Vec<String> {
-    launch::sweep_stale(None)
+/// launcher that created them) is provably dead: its run's liveness lock
+/// (`/dev/shm/iotstream.<app>.<run>.lock`, which the owner holds with `flock` for the run's
+/// whole life) is free. A run whose owner holds its lock is never touched, even seen from
+/// another PID namespace where its pid means nothing.
+pub fn clean() -> Cleaned {
+    let swept = launch::sweep_stale(None);
+    Cleaned {
+        removed: swept.removed,
+        left: swept.unproven,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -548,12 +566,16 @@ pub fn run(
         .collect();
 
     let run = RunId::new();
-    for name in launch::sweep_stale(Some(&info.app)) {
+    let swept = launch::sweep_stale(Some(&info.app));
+    for name in swept.removed {
         log(&format!(
             "removed {name}, left behind by an earlier run whose owner died"
         ));
     }
-    let segments = Arc::new(Segments::default());
+    for (name, why) in swept.unproven {
+        log(&format!("left {name}: {why}"));
+    }
+    let segments = Arc::new(Segments::new(&info.app, &run)?);
     create_rings(&info, &run, &segments)?;
 
     // Bounded: its senders (the signal thread, a control reader and an exit waiter per started

@@ -591,10 +591,14 @@ impl Graph {
 fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error> {
     let run = RunId::new();
     let app = graph.name.clone();
-    for name in launch::sweep_stale(Some(&app)) {
+    let swept = launch::sweep_stale(Some(&app));
+    for name in swept.removed {
         tracing::info!("removed {name}, left behind by an earlier run whose starter died");
     }
-    let segments = Arc::new(Segments::default());
+    for (name, why) in swept.unproven {
+        tracing::warn!("left {name}: {why}");
+    }
+    let segments = Arc::new(Segments::new(&app, &run)?);
     crate::transport::create_segments(&graph, &run, &segments)?;
     let fingerprint = graph.fingerprint();
     // Each child reports its exit once: the channel never holds more than one per child.

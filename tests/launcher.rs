@@ -1061,27 +1061,117 @@ fn run_refuses_reserved_variables_and_missing_cpus_before_starting() -> Result<(
     Ok(())
 }
 
-fn clean_removes_only_rings_of_dead_owners() -> Result<(), String> {
+/// `iotstream clean` removes a run's objects only when its owner is provably dead (its liveness
+/// lock is free), never by its pid alone: here every run's owner pid is dead (as a live owner's
+/// pid looks from another PID namespace), and only the run whose lock nobody holds is removed.
+fn clean_removes_only_rings_whose_owner_is_provably_dead() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
     // A surely dead pid: a child that has exited and been reaped.
     let mut child = Command::new("true").spawn().map_err(|e| e.to_string())?;
     let dead = child.id();
     child.wait().map_err(|e| e.to_string())?;
-    let stale = format!("/dev/shm/iotstream.cleantest.{dead}-1.e0");
-    let live = format!("/dev/shm/iotstream.cleantest.{}-2.e0", std::process::id());
-    std::fs::write(&stale, b"x").map_err(|e| e.to_string())?;
-    std::fs::write(&live, b"x").map_err(|e| e.to_string())?;
-    let output = Command::new(launcher_exe()).arg("clean").output();
-    let stale_left = Path::new(&stale).exists();
-    let live_left = Path::new(&live).exists();
-    let _ = std::fs::remove_file(&stale);
-    let _ = std::fs::remove_file(&live);
-    let output = output.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    ensure(output.status.success(), || format!("{output:?}"))?;
-    ensure(!stale_left, || format!("{stale} is still there:\n{text}"))?;
-    ensure(live_left, || format!("{live} (a live owner's) was removed"))?;
-    ensure(text.contains(&format!("removed {stale}")), || {
-        format!("removal not printed:\n{text}")
+    let shm = |run: u32, part: &str| format!("/dev/shm/iotstream.cleantest.{dead}-{run}.{part}");
+    // Run 1: its owner died (lock free). Run 2: its owner lives (this test holds the lock).
+    // Run 3: no liveness lock at all (an older iotstream's): nothing proves its owner dead.
+    let (stale, stale_lock) = (shm(1, "e0"), shm(1, "lock"));
+    let (live, live_lock) = (shm(2, "e0"), shm(2, "lock"));
+    let legacy = shm(3, "e0");
+    let all = [&stale, &stale_lock, &live, &live_lock, &legacy];
+    let result = (|| {
+        for f in all {
+            std::fs::write(f, b"").map_err(|e| format!("{f}: {e}"))?;
+        }
+        let held = std::fs::File::open(&live_lock).map_err(|e| e.to_string())?;
+        // SAFETY: flock on a descriptor we own.
+        let locked = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        ensure(locked == 0, || format!("cannot lock {live_lock}"))?;
+        let output = Command::new(launcher_exe())
+            .arg("clean")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        ensure(output.status.success(), || format!("{output:?}"))?;
+        for gone in [&stale, &stale_lock] {
+            ensure(!Path::new(gone).exists(), || {
+                format!("{gone} (a dead owner's) is still there:\n{text}")
+            })?;
+            ensure(text.contains(&format!("removed {gone}\n")), || {
+                format!("removal of {gone} not printed:\n{text}")
+            })?;
+        }
+        for kept in [&live, &live_lock, &legacy] {
+            ensure(Path::new(kept).exists(), || {
+                format!("{kept} was removed though its owner is not provably dead:\n{text}")
+            })?;
+        }
+        ensure(
+            text.contains(&format!("left {legacy}: no liveness lock")),
+            || format!("the object without a lock is not reported:\n{text}"),
+        )?;
+        drop(held);
+        Ok(())
+    })();
+    for f in all {
+        let _ = std::fs::remove_file(f);
+    }
+    result
+}
+
+/// A run is live; `iotstream clean` runs in another PID namespace sharing /dev/shm (where the
+/// run's pids name nothing): the run's rings survive, a killed process of the run is restarted
+/// on them, and the run drains and exits 0. Needs `unshare` (root); skipped, said so, without.
+fn a_sweep_from_another_pid_namespace_leaves_a_live_run_alone() -> Result<(), String> {
+    let usable = Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } == 0 {
+            return Err("unshare --pid --fork does not work here, as root".into());
+        }
+        println!("  (skipped: unshare --pid --fork needs root)");
+        return Ok(());
+    }
+    let dir = Scratch::new("namespace");
+    let deploy = dir.file(
+        "restart.toml",
+        "[processes.work]\nagents = [\"triple\"]\n\n[processes.sink]\nagents = [\"record\"]\nrestart = \"on-failure\"\nbackoff_ms = 10\n",
+    );
+    let out = dir.path("out.txt");
+    let run = run_relay("endless", &[], Some(&deploy), &out);
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    let rings = segments("endless");
+    let connections = rings.iter().filter(|r| !r.ends_with(".lock")).count();
+    ensure(connections == 2, || {
+        format!("objects of the run: {rings:?}")
+    })?;
+    let clean = Command::new("unshare")
+        .args(["--pid", "--fork"])
+        .arg(launcher_exe())
+        .arg("clean")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&clean.stdout).into_owned();
+    ensure(clean.status.success(), || format!("{clean:?}"))?;
+    let after = segments("endless");
+    ensure(rings.iter().all(|r| after.contains(r)), || {
+        format!("the live run's rings were removed: {rings:?} before, {after:?} after:\n{text}")
+    })?;
+    // A restart opens the rings again by name: it works only if they are still there.
+    let sink = pid_of(&run.stderr(), "sink").ok_or_else(|| run.stderr())?;
+    let _ = Command::new("kill")
+        .arg("-9")
+        .arg(sink.to_string())
+        .status();
+    run.wait_stderr("the restarted sink ready", |e| {
+        e.contains("restart 1 of 3") && e.contains("process 'sink' ready")
+    })?;
+    let recorded = lines_of(&out).len();
+    let (_stdout, stderr) = ctrl_c_once_recorded(run, &out, recorded + 1_000)?;
+    ensure(!stderr.contains("restart 2 of 3"), || {
+        format!("the restarted sink failed:\n{stderr}")
     })
 }
 
@@ -1401,8 +1491,12 @@ fn main() {
             Box::new(deployment_env_and_cpus_reach_the_processes),
         ),
         (
-            "clean_removes_only_rings_of_dead_owners",
-            Box::new(clean_removes_only_rings_of_dead_owners),
+            "clean_removes_only_rings_whose_owner_is_provably_dead",
+            Box::new(clean_removes_only_rings_whose_owner_is_provably_dead),
+        ),
+        (
+            "a_sweep_from_another_pid_namespace_leaves_a_live_run_alone",
+            Box::new(a_sweep_from_another_pid_namespace_leaves_a_live_run_alone),
         ),
         ("graph_dot_output_parses", Box::new(graph_dot_output_parses)),
         (

@@ -114,9 +114,11 @@ process, host or stream at fault. Exits 0 if the file is good, 2 if not.",
     /// Remove shared-memory rings left behind by iotstream applications whose owner died.
     #[command(
         long_about = "Remove the shared-memory rings (/dev/shm/iotstream.*) of iotstream \
-applications whose owner process (the launcher or starter that created them) is no longer \
-running, and print each one removed. Rings of running applications are never touched. Runs \
-clean up after themselves; this is for what a SIGKILL or a power cut left behind."
+applications whose owner process (the launcher or starter that created them) is provably dead \
+(the run's liveness lock, /dev/shm/iotstream.*.lock, is free), and print each one removed. \
+Rings of running applications are never touched, even from another PID namespace; rings \
+without a liveness lock (from an older iotstream) are left and listed. Runs clean up after \
+themselves; this is for what a SIGKILL or a power cut left behind."
     )]
     Clean,
 }
@@ -200,14 +202,17 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Clean => {
-            let removed = launcher::clean();
-            if removed.is_empty() {
+            let cleaned = launcher::clean();
+            if cleaned.removed.is_empty() {
                 println!(
                     "nothing to remove: no shared-memory ring of a dead iotstream application"
                 );
             }
-            for name in &removed {
+            for name in &cleaned.removed {
                 println!("removed /dev/shm{name}");
+            }
+            for (name, why) in &cleaned.left {
+                println!("left /dev/shm{name}: {why}");
             }
             ExitCode::SUCCESS
         }

@@ -24,8 +24,25 @@
 //! Only the starter creates and removes shared-memory objects; their names carry the application,
 //! the starter's pid and a run nonce (`/iotstream.<app>.<pid>-<nonce>.e<edge>`). They are removed
 //! on every exit of the starter that runs code (normal end, error, Ctrl-C / SIGTERM); after a
-//! SIGKILL of the starter, the next start of the same application removes the objects of runs
-//! whose starter is dead.
+//! SIGKILL of the starter, the next start of the same application (or `iotstream clean`) removes
+//! the objects of runs whose starter is dead.
+//!
+//! # Liveness locks
+//!
+//! Whether a run's owner is dead is never judged from its pid: in another PID namespace sharing
+//! `/dev/shm` (containers commonly do) the owner's pid names no process, or another one. Before
+//! it creates any object, the owner creates the run's **liveness lock**,
+//! `/dev/shm/iotstream.<app>.<run>.lock` (mode 0600), and holds an exclusive `flock` on it for
+//! the run's whole life ([`Segments`]); the kernel releases it when the owner dies, however it
+//! dies, and `flock` works across PID namespaces on the shared file. The lock is made under a
+//! hidden name and renamed into place already locked, so it never appears unlocked; it is
+//! close-on-exec, so children never hold it (they die with the owner anyway). It is removed
+//! last, after the run's objects.
+//!
+//! A sweep ([`sweep_stale`]) removes a run's objects only when it can take that lock without
+//! waiting, i.e. when the owner is provably dead, and removes the lock file with them. Objects
+//! without a lock file (made by an iotstream from before liveness locks, or whose lock was
+//! deleted by hand) are left alone and reported: nothing proves their owner dead.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -137,47 +154,154 @@ pub(crate) fn role() -> Result<Role, Error> {
     })
 }
 
-/// Shared-memory objects of iotstream applications (of `app` only, if given) whose starter is
-/// no longer alive; each is removed. Returns the names removed.
-pub(crate) fn sweep_stale(app: Option<&str>) -> Vec<String> {
-    let prefix = match app {
-        Some(a) => format!(
-            "iotstream.{}.",
-            crate::transport::shm::segment::sanitize_app(a)
-        ),
-        None => "iotstream.".to_string(),
-    };
-    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(&prefix) else {
-            continue;
-        };
-        // rest (with app): "<pid>-<nonce>.e<edge>" or, without app, "<app>.<pid>-<nonce>.e<edge>"
-        let run_part = if app.is_some() {
-            rest.split('.').next()
-        } else {
-            rest.split('.').nth(1)
-        };
-        let Some(run) = run_part.and_then(RunId::parse) else {
-            continue;
-        };
-        if !pid_alive(run.owner) {
-            let full = format!("/{name}");
-            if nix::sys::mman::shm_unlink(full.as_str()).is_ok() {
-                removed.push(full);
-            }
-        }
-    }
-    removed.sort();
-    removed
+/// Where shared-memory objects and liveness locks live.
+const SHM_DIR: &str = "/dev/shm";
+
+/// The last part of a liveness lock's name (`iotstream.<app>.<run>.lock`); a connection's is
+/// `e<edge>`, so the two never meet.
+const LOCK_PART: &str = "lock";
+
+/// What a sweep did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Swept {
+    /// Objects of runs whose owner is provably dead, removed (names with their leading `/`,
+    /// liveness locks included), sorted.
+    pub removed: Vec<String>,
+    /// Objects left alone because nothing proves their owner dead (no liveness lock, or one
+    /// that cannot be opened or locked), with the reason, sorted.
+    pub unproven: Vec<(String, String)>,
 }
 
-/// True if a process with this pid exists and has not exited (a zombie, exited but not yet
-/// reaped by its parent, counts as dead). It may belong to another user.
+/// Removes the shared-memory objects of iotstream runs (of application `app` only, if given)
+/// whose owner is provably dead: those whose liveness lock this process can take (see the
+/// [module](self) documentation). Runs whose lock is held are alive and left alone, whatever
+/// their pid says; runs without a lock file, or whose lock cannot be checked, are left alone
+/// and reported in [`Swept::unproven`].
+pub(crate) fn sweep_stale(app: Option<&str>) -> Swept {
+    use crate::transport::shm::segment::{list_segments, sanitize_app};
+    let prefix = match app {
+        Some(a) => format!("iotstream.{}.", sanitize_app(a)),
+        None => "iotstream.".to_string(),
+    };
+    // Each run's objects by its name prefix `iotstream.<app>.<run>.`.
+    let mut runs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for name in list_segments(&prefix) {
+        // "/iotstream.<app>.<run>.<part>": exactly four parts, the run an owner and a nonce.
+        let parts: Vec<&str> = name[1..].split('.').collect();
+        if parts.len() != 4 || RunId::parse(parts[2]).is_none() {
+            continue;
+        }
+        let run = format!("{}.{}.{}.", parts[0], parts[1], parts[2]);
+        runs.entry(run).or_default().push(name);
+    }
+    let mut swept = Swept::default();
+    for (run, names) in runs {
+        let lock = format!("{SHM_DIR}/{run}{LOCK_PART}");
+        let proven = match owner_dead(&lock) {
+            Ok(Some(held)) => held,
+            Ok(None) => continue, // the owner holds it: a live run
+            Err(why) => {
+                swept
+                    .unproven
+                    .extend(names.into_iter().map(|n| (n, why.clone())));
+                continue;
+            }
+        };
+        // The owner is dead and we hold its lock: list again (the listing may predate its last
+        // objects), remove the objects, then the lock file, then let go of the lock.
+        for name in list_segments(&run) {
+            if name.ends_with(&format!(".{LOCK_PART}")) {
+                continue;
+            }
+            if nix::sys::mman::shm_unlink(name.as_str()).is_ok() {
+                swept.removed.push(name);
+            }
+        }
+        if std::fs::remove_file(&lock).is_ok() {
+            swept.removed.push(lock[SHM_DIR.len()..].to_string());
+        }
+        drop(proven);
+    }
+    swept.removed.sort();
+    swept.unproven.sort();
+    swept
+}
+
+/// Takes the liveness lock at `path` without waiting: `Ok(Some(file))` holding it (the owner
+/// is dead), `Ok(None)` if the owner holds it (alive), `Err(why)` if it cannot be checked.
+fn owner_dead(path: &str) -> Result<Option<std::fs::File>, String> {
+    use std::os::fd::AsRawFd;
+    // std opens with O_CLOEXEC: a program started meanwhile does not hold the lock.
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "no liveness lock {path} (made by an older iotstream, or the lock was deleted): \
+                 its owner cannot be proven dead; remove it by hand once its run is over"
+            ));
+        }
+        Err(e) => return Err(format!("cannot open its liveness lock {path}: {e}")),
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(file));
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+        e => Err(format!("cannot lock its liveness lock {path}: {e}")),
+    }
+}
+
+/// A run's liveness lock, held by its owner (see the [module](self) documentation); the lock
+/// is released when the file is closed, at the latest when the owner dies.
+struct RunLock {
+    /// Kept open (close-on-exec) for the lock's sake.
+    _file: std::fs::File,
+    /// `/dev/shm/iotstream.<app>.<run>.lock`.
+    path: String,
+}
+
+impl RunLock {
+    /// Creates and locks the liveness lock of run `run` of application `app`.
+    fn take(app: &str, run: &RunId) -> Result<RunLock, Error> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = crate::transport::shm::segment::segment_name(app, &run.to_string(), LOCK_PART)
+            .map_err(|e| Error::Runtime {
+            detail: e.to_string(),
+        })?;
+        let path = format!("{SHM_DIR}{name}");
+        // Hidden (no sweep looks at it) until locked; then renamed into place.
+        let hidden = format!("{SHM_DIR}/.{}.new", &name[1..]);
+        let failed = |what: &str, e: std::io::Error| Error::Runtime {
+            detail: format!("cannot make the run's liveness lock {path}: {what}: {e}"),
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&hidden)
+            .map_err(|e| failed("create", e))?;
+        // SAFETY: flock on a descriptor we own.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let placed = if locked == 0 {
+            std::fs::rename(&hidden, &path).map_err(|e| failed("rename", e))
+        } else {
+            Err(failed("flock", std::io::Error::last_os_error()))
+        };
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&hidden);
+            return Err(e);
+        }
+        Ok(RunLock { _file: file, path })
+    }
+}
+
+/// True if a process with this pid exists in this PID namespace and has not exited (a zombie,
+/// exited but not yet reaped by its parent, counts as dead). It may belong to another user.
+/// Only meaningful for processes of this namespace (a run's own processes): whether a run's
+/// owner is alive is decided by its liveness lock instead.
 pub(crate) fn pid_alive(pid: u32) -> bool {
     // Pid 0 and values beyond i32 would name a process group to kill(2), not a process.
     let raw = match i32::try_from(pid) {
@@ -192,24 +316,38 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
     exists && !is_zombie(pid)
 }
 
-/// The shared-memory objects this starter created; removed by `remove_all` (and on drop).
-#[derive(Default)]
+/// The shared-memory objects of the run this process owns (as its starter or launcher), and
+/// the run's liveness lock, held from [`new`](Segments::new) until the process ends; the
+/// objects, then the lock file, are removed by `remove_all` (and on drop).
 pub(crate) struct Segments {
     names: Mutex<Vec<String>>,
+    lock: RunLock,
 }
 
 impl Segments {
+    /// Takes the liveness lock of run `run` of `app`: call before creating any object.
+    pub fn new(app: &str, run: &RunId) -> Result<Segments, Error> {
+        Ok(Segments {
+            names: Mutex::default(),
+            lock: RunLock::take(app, run)?,
+        })
+    }
+
+    /// Records an object created for the run.
     pub fn add(&self, name: String) {
         self.names
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(name);
     }
+    /// Removes the run's objects, then its lock file (the lock itself is held until the
+    /// process ends: a sweep that opened the file meanwhile finds nothing left to remove).
     pub fn remove_all(&self) {
         let names = std::mem::take(&mut *self.names.lock().unwrap_or_else(|p| p.into_inner()));
         for n in names {
             let _ = nix::sys::mman::shm_unlink(n.as_str());
         }
+        let _ = std::fs::remove_file(&self.lock.path);
     }
 }
 
@@ -531,7 +669,8 @@ fn copy_prefixed(
         });
 }
 
-/// True if `pid` is a zombie (exited, not yet reaped by its waiter thread).
+/// True if `pid` is a zombie (exited, not yet reaped by its waiter thread). A pid without a
+/// readable `/proc` entry is not known to be one (a `/proc` of another PID namespace, say).
 pub(crate) fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -539,7 +678,7 @@ pub(crate) fn is_zombie(pid: u32) -> bool {
                 .next()
                 .is_some_and(|rest| rest.trim_start().starts_with('Z'))
         })
-        .unwrap_or(true)
+        .unwrap_or(false)
 }
 
 /// Sends `signal` to every child still alive.
