@@ -7,17 +7,18 @@
 //! # How the launcher learns an application's graph
 //!
 //! It never guesses: it starts the application binary with `IOTSTREAM_DESCRIBE` set to a file
-//! path (and the deployment, if any, in the environment). [`Graph::start`](crate::Graph::start)
+//! path (and the deployment, if any: its name in the environment, its text in a sealed memfd
+//! the application inherits, see [`DeploymentFile`]). [`Graph::start`](crate::Graph::start)
 //! then applies the deployment, checks the graph, writes its [`GraphInfo`] (or what is wrong
 //! with it) to that file as JSON, and exits, before running anything ([`describe`]).
 //!
 //! # How it runs one
 //!
 //! [`run`] creates the shared-memory rings of the application's connections between processes,
-//! then starts each process of this host as a child (the application binary, with its role, the
-//! deployment, and a control channel on file descriptor 3 in its environment), waits for every
-//! child to report **ready** (its part of the graph built, its rings opened), then tells them
-//! all **go**: no agent runs before every process is ready. It then supervises:
+//! then starts each process of this host as a child (the application binary, with its role and
+//! the deployment's memfd in its environment, and a control channel on file descriptor 3),
+//! waits for every child to report **ready** (its part of the graph built, its rings opened),
+//! then tells them all **go**: no agent runs before every process is ready. It then supervises:
 //!
 //! - A child that exits with 0 is done. One that fails or is killed is noticed at once (its
 //!   waiter thread reports it); under `restart = "on-failure"` it is started again after its
@@ -67,7 +68,9 @@ pub struct AppCommand {
 }
 
 /// A deployment file, read once: its text is passed to every process, so that a restarted
-/// process sees the same deployment even if the file changes meanwhile.
+/// process sees the same deployment even if the file changes meanwhile. It travels in a sealed
+/// memfd the processes inherit (whatever its size: the environment would limit it to 128 KiB),
+/// closed by the kernel when the last of them ends.
 #[derive(Debug)]
 pub struct DeploymentFile {
     /// The file's name, as given (used in messages).
@@ -76,6 +79,8 @@ pub struct DeploymentFile {
     pub text: String,
     /// Its parsed content.
     pub deployment: Deployment,
+    /// The text, for the application's processes.
+    fd: launch::DeploymentFd,
 }
 
 impl DeploymentFile {
@@ -86,18 +91,27 @@ impl DeploymentFile {
             problems: vec![format!("{name}: cannot read the deployment file: {e}")],
         })?;
         let deployment = Deployment::parse(&name, &text)?;
+        let fd = launch::DeploymentFd::new(&text)?;
         Ok(DeploymentFile {
             name,
             text,
             deployment,
+            fd,
         })
     }
 
+    /// The variables that tell a process where its deployment is; it must also inherit
+    /// [`fd`](Self::fd).
     fn env(&self) -> [(String, String); 2] {
         [
             (launch::ENV_DEPLOY_FILE.into(), self.name.clone()),
-            (launch::ENV_DEPLOY_TOML.into(), self.text.clone()),
+            (launch::ENV_DEPLOY_FD.into(), self.fd.raw().to_string()),
         ]
+    }
+
+    /// The descriptor a process inherits to read the deployment.
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.fd.raw()
     }
 }
 
@@ -187,8 +201,9 @@ pub fn describe(
         .stderr(Stdio::piped());
     if let Some(d) = deployment {
         cmd.envs(d.env());
+        launch::inherit_fd(&mut cmd, d.fd());
     } else {
-        cmd.env_remove(launch::ENV_DEPLOY_TOML);
+        cmd.env_remove(launch::ENV_DEPLOY_FD);
     }
     let shown = app.program.display().to_string();
     let mut child = cmd.spawn().map_err(|e| Error::Runtime {
@@ -876,6 +891,7 @@ impl Supervisor<'_> {
             cpus: m.settings.cpus.clone(),
             control: Some(theirs.into()),
             stdin: self.stdin_process.as_deref() == Some(m.name.as_str()),
+            inherit: self.deployment.iter().map(|d| d.fd()).collect(),
         }
         .role(&m.name, &self.run, self.fingerprint);
         let exits = self.events_tx.clone();

@@ -780,6 +780,58 @@ fn deployment_env_and_cpus_reach_the_processes() -> Result<(), String> {
     })
 }
 
+/// A valid deployment file of 300 KiB (a long comment, and 1000 variables in `[env]`): more
+/// than one environment variable may hold (128 KiB), which is how the file used to travel. It
+/// is checked, and runs, end to end.
+fn a_deployment_file_over_128_kib_runs() -> Result<(), String> {
+    let dir = Scratch::new("large");
+    let mut text = String::from(MOVED);
+    text.push_str("\n[env]\n");
+    for i in 0..1000 {
+        text.push_str(&format!("RELAY_PAD_{i} = \"{}\"\n", "p".repeat(100)));
+    }
+    text.push_str("RELAY_TAG = \"from the large file\"\n");
+    while text.len() < 300 * 1024 {
+        text.push_str(
+            "# padding: a deployment file may be long, with comments and generated parts\n",
+        );
+    }
+    let deploy = dir.file("large.toml", &text);
+    let exe = own_exe();
+    let check = Command::new(launcher_exe())
+        .args([
+            "check".as_ref(),
+            deploy.as_os_str(),
+            "--app".as_ref(),
+            exe.as_os_str(),
+        ])
+        .args(["--", "app", "relay", "10"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(check.status.success(), || format!("check: {check:?}"))?;
+    let out = dir.path("out.txt");
+    let run = launch(
+        "relay",
+        &["1000"],
+        Some(&deploy),
+        &[("OUT", &out), ("RELAY_REPORT", Path::new("1"))],
+        Feed::Nothing,
+    );
+    let (status, stdout, err) = run.wait()?;
+    ensure(status.success(), || format!("{status}:\n{err}"))?;
+    for p in ["main", "work", "sink"] {
+        ensure(
+            stdout.contains(&format!(
+                "[{p}] REPORT process={p} tag=from the large file "
+            )),
+            || format!("process '{p}' did not get the file's [env]:\n{stdout}"),
+        )?;
+    }
+    ensure(lines_of(&out).len() == 1000, || {
+        format!("{} lines", lines_of(&out).len())
+    })
+}
+
 /// A program that is not an iotstream application (here: one that panics before building a
 /// graph), and one that does not exist: refused with exit 2 and a message that says why.
 fn a_program_that_does_not_describe_itself_is_refused_clearly() -> Result<(), String> {
@@ -1489,6 +1541,10 @@ fn main() {
         (
             "deployment_env_and_cpus_reach_the_processes",
             Box::new(deployment_env_and_cpus_reach_the_processes),
+        ),
+        (
+            "a_deployment_file_over_128_kib_runs",
+            Box::new(a_deployment_file_over_128_kib_runs),
         ),
         (
             "clean_removes_only_rings_whose_owner_is_provably_dead",

@@ -66,10 +66,13 @@ pub(crate) const ENV_GRAPH: &str = "IOTSTREAM_GRAPH";
 
 /// Set by the launcher: a file to write the graph's description to, instead of running.
 pub(crate) const ENV_DESCRIBE: &str = "IOTSTREAM_DESCRIBE";
-/// Set by the launcher: the deployment file's name (for messages) and its text.
+/// Set by the launcher: the deployment file's name (for messages).
 pub(crate) const ENV_DEPLOY_FILE: &str = "IOTSTREAM_DEPLOY_FILE";
-/// See [`ENV_DEPLOY_FILE`].
-pub(crate) const ENV_DEPLOY_TOML: &str = "IOTSTREAM_DEPLOY_TOML";
+/// Set by the launcher: the number of an inherited file descriptor holding the deployment
+/// file's text, a sealed memfd ([`DeploymentFd`]). Not the text itself: the environment holds
+/// at most 128 KiB per variable, and a descriptor leaves nothing behind however the launcher
+/// ends.
+pub(crate) const ENV_DEPLOY_FD: &str = "IOTSTREAM_DEPLOY_FD";
 /// Set by the launcher to [`CONTROL_FD`]: the child reports ready there and waits for "go".
 pub(crate) const ENV_CONTROL_FD: &str = "IOTSTREAM_CONTROL_FD";
 /// Set by the launcher to `1`: a dead peer process may be restarted, so it is waited for.
@@ -415,6 +418,9 @@ pub(crate) struct ChildCommand {
     /// The child is given our standard input (it holds the agent that reads it); otherwise
     /// its standard input is empty.
     pub stdin: bool,
+    /// Descriptors of ours the child inherits at the same numbers (the deployment's
+    /// [`DeploymentFd`]); never [`CONTROL_FD`].
+    pub inherit: Vec<std::os::fd::RawFd>,
 }
 
 impl ChildCommand {
@@ -432,6 +438,7 @@ impl ChildCommand {
             cpus: None,
             control: None,
             stdin: false,
+            inherit: Vec::new(),
         })
     }
 
@@ -469,6 +476,17 @@ pub(crate) fn spawn_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let control = command.control.as_ref().map(|fd| fd.as_raw_fd());
+    if command.inherit.contains(&CONTROL_FD) && control.is_some() {
+        return Err(Error::Runtime {
+            detail: format!(
+                "process '{process}': file descriptor {CONTROL_FD} is both the control channel \
+                 and a descriptor to inherit"
+            ),
+        });
+    }
+    for &fd in &command.inherit {
+        inherit_fd(&mut cmd, fd);
+    }
     // A supervised child gets a process group of its own: a terminal's Ctrl-C reaches only the
     // launcher, which conducts the drain. Not the one that reads a terminal, though: a process
     // outside the terminal's foreground group is stopped (SIGTTIN) when it reads it. It ignores
@@ -768,19 +786,145 @@ impl Drop for SignalGuard {
 /// How long a graceful drain may take before stragglers are killed.
 pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
+/// Lets the program `cmd` starts inherit our descriptor `fd` (close-on-exec here) at the same
+/// number: its close-on-exec flag is cleared in the forked child only, just before `exec`.
+pub(crate) fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl, which is
+    // async-signal-safe; the flag belongs to the child's own descriptor table.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The largest deployment a process reads from its [`DeploymentFd`].
+pub(crate) const MAX_DEPLOYMENT_BYTES: u64 = 16 << 20;
+
+/// A deployment file's text in a sealed memfd, for the application's processes to read: made by
+/// the launcher once, inherited by every process it starts (number in [`ENV_DEPLOY_FD`]),
+/// closed by the kernel when the last holder ends, so nothing is left behind on any exit, and
+/// sealed (no write, no resize) so that no process can change what the others read. Kept at a
+/// number of 10 or more (close-on-exec in the launcher), clear of the standard streams and of
+/// [`CONTROL_FD`].
+#[derive(Debug)]
+pub(crate) struct DeploymentFd(std::os::fd::OwnedFd);
+
+impl DeploymentFd {
+    /// A sealed memfd holding `text`.
+    pub fn new(text: &str) -> Result<DeploymentFd, Error> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let failed = |what: &str| Error::Runtime {
+            detail: format!(
+                "cannot pass the deployment to the application's processes: {what}: {}",
+                std::io::Error::last_os_error()
+            ),
+        };
+        // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"iotstream-deployment".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw == -1 {
+            return Err(failed("memfd_create"));
+        }
+        // SAFETY: a descriptor just made and owned by nobody else.
+        let made = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: fcntl on a descriptor we own; the result is checked.
+        let moved = unsafe { libc::fcntl(made.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        if moved == -1 {
+            return Err(failed("fcntl(F_DUPFD_CLOEXEC)"));
+        }
+        // SAFETY: as above.
+        let fd = unsafe { OwnedFd::from_raw_fd(moved) };
+        drop(made);
+        let mut file = std::fs::File::from(fd);
+        file.write_all(text.as_bytes())
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot pass the deployment to the application's processes: {e}"),
+            })?;
+        let seals =
+            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } == -1 {
+            return Err(failed("fcntl(F_ADD_SEALS)"));
+        }
+        Ok(DeploymentFd(file.into()))
+    }
+
+    /// Its descriptor number.
+    pub fn raw(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+}
+
+/// Reads the deployment's text from the inherited descriptor `value` names (see
+/// [`ENV_DEPLOY_FD`]), checking that it is a sealed memfd of a bounded size; then marks it
+/// close-on-exec, so that programs this process starts do not inherit it.
+fn read_deployment_fd(value: &str) -> Result<String, Error> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileExt;
+    let bad = |what: String| Error::Runtime {
+        detail: format!(
+            "environment variable {ENV_DEPLOY_FD}={value}: {what} (it is set by the iotstream \
+             launcher, not by hand)"
+        ),
+    };
+    let fd: std::os::fd::RawFd = value
+        .parse()
+        .ok()
+        .filter(|&fd| fd > 2)
+        .ok_or_else(|| bad("not a file descriptor number above 2".into()))?;
+    // SAFETY: fcntl on a number; one that is not an open descriptor only makes it fail.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    if seals == -1 || seals & libc::F_SEAL_WRITE == 0 {
+        return Err(bad(format!(
+            "file descriptor {fd} is not the launcher's sealed deployment ({})",
+            if seals == -1 {
+                std::io::Error::last_os_error().to_string()
+            } else {
+                "not sealed against writing".to_string()
+            }
+        )));
+    }
+    // SAFETY: an open descriptor (F_GET_SEALS succeeded), borrowed: never closed here, since
+    // another graph of this process may read it again.
+    let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let len = file
+        .metadata()
+        .map_err(|e| bad(format!("cannot read file descriptor {fd}: {e}")))?
+        .len();
+    if len > MAX_DEPLOYMENT_BYTES {
+        return Err(bad(format!(
+            "the deployment is {len} bytes, more than {MAX_DEPLOYMENT_BYTES}"
+        )));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    // Positional reads: the descriptor's offset is shared with every other process.
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| bad(format!("cannot read file descriptor {fd}: {e}")))?;
+    // SAFETY: fcntl on an open descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    String::from_utf8(bytes).map_err(|_| bad("the deployment is not valid UTF-8".into()))
+}
+
 /// Where to write the graph's description, if the launcher asked for it.
 pub(crate) fn describe_request() -> Option<std::path::PathBuf> {
     std::env::var_os(ENV_DESCRIBE).map(std::path::PathBuf::from)
 }
 
-/// The deployment the launcher passed, if any.
+/// The deployment the launcher passed, if any (see [`ENV_DEPLOY_FD`]).
 pub(crate) fn deployment_from_env() -> Result<Option<crate::deploy::Deployment>, Error> {
-    let Some(text) = std::env::var_os(ENV_DEPLOY_TOML) else {
+    let Some(value) = std::env::var_os(ENV_DEPLOY_FD) else {
         return Ok(None);
     };
-    let text = text.into_string().map_err(|_| Error::Runtime {
-        detail: format!("environment variable {ENV_DEPLOY_TOML} is not valid UTF-8"),
-    })?;
+    let text = read_deployment_fd(&value.to_string_lossy())?;
     let file = std::env::var(ENV_DEPLOY_FILE).unwrap_or_else(|_| "deployment".into());
     crate::deploy::Deployment::parse(&file, &text)
         .map(Some)
@@ -896,7 +1040,37 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
-    use super::{OutputLines, MAX_LINE};
+    use super::{read_deployment_fd, DeploymentFd, OutputLines, MAX_LINE};
+
+    #[test]
+    fn the_deployment_travels_in_a_sealed_memfd_and_nothing_else_is_taken_for_it() {
+        use std::os::fd::AsRawFd;
+        let text = format!("# {}\n[env]\nA = \"b\"\n", "x".repeat(200_000));
+        let fd = DeploymentFd::new(&text).unwrap();
+        assert!(fd.raw() >= 10);
+        assert_eq!(read_deployment_fd(&fd.raw().to_string()).unwrap(), text);
+        // Read again (another graph of the same process): the same text.
+        assert_eq!(read_deployment_fd(&fd.raw().to_string()).unwrap(), text);
+        let plain = std::fs::File::open("/proc/self/status").unwrap();
+        for (value, why) in [
+            ("three".to_string(), "not a file descriptor number above 2"),
+            ("1".to_string(), "not a file descriptor number above 2"),
+            (
+                plain.as_raw_fd().to_string(),
+                "is not the launcher's sealed deployment",
+            ),
+            (
+                "999999".to_string(),
+                "is not the launcher's sealed deployment",
+            ),
+        ] {
+            let e = read_deployment_fd(&value).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("IOTSTREAM_DEPLOY_FD={value}: ")) && e.contains(why),
+                "{e}"
+            );
+        }
+    }
 
     fn pieces(output: &[u8]) -> Vec<Vec<u8>> {
         let mut lines = OutputLines::new(output);
