@@ -37,7 +37,8 @@
 //! dies, and `flock` works across PID namespaces on the shared file. The lock is made under a
 //! hidden name and renamed into place already locked, so it never appears unlocked; it is
 //! close-on-exec, so children never hold it (they die with the owner anyway). It is removed
-//! last, after the run's objects.
+//! last, after the run's objects. (A SIGKILL between creating the hidden file and renaming it
+//! leaves that empty hidden file, `.iotstream.<app>.<run>.lock.new`; no sweep touches it.)
 //!
 //! A sweep ([`sweep_stale`]) removes a run's objects only when it can take that lock without
 //! waiting, i.e. when the owner is provably dead, and removes the lock file with them. Objects
