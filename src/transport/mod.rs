@@ -48,14 +48,21 @@ use crate::stream::{Batch, Element};
 /// How long one futex wait lasts before the waiter checks that its peer is alive.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 
-/// Bytes of the ring of a connection of `capacity` elements of `T`: room for twice the
-/// capacity (estimated for encoded types), a power of two from 8 KiB to 256 MiB. Twice, because
-/// the reader keeps the frames of elements it has not consumed yet (up to the capacity, see
-/// [`held`]) and the writer needs room beside them. Batches larger than half the ring travel as
-/// several frames.
+/// Bytes of the ring of a connection of `capacity` elements of `T`, a power of two from 8 KiB
+/// to 256 MiB: at least twice what `capacity + 1` frames of one element each take
+/// ([`Codec::one_element_frame`], exact for plain data, estimated for encoded types).
+///
+/// The reader keeps the frames of the elements it has not consumed yet, up to its credit of
+/// `capacity` elements (see [`held`]); in the worst layout each is a frame of its own, and one
+/// more frame's worth covers a wrap. So for plain data the reader's whole credit never takes
+/// more than half the ring, and the other half is the writer's largest frame (half the ring:
+/// larger batches travel as several frames). Before, the ring held twice the capacity's
+/// *payload* bytes, which one-element frames (24 bytes for a `u64` of 8) exceed. Only the
+/// 256 MiB bound (a capacity of millions of elements) breaks the rule.
 pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
-    let per = Codec::<T>::new().estimate();
+    let per = Codec::<T>::new().one_element_frame();
     capacity
+        .saturating_add(1)
         .saturating_mul(per)
         .saturating_mul(2)
         .clamp(8 << 10, 256 << 20)
@@ -981,9 +988,63 @@ mod tests {
     }
 
     #[test]
-    fn rings_hold_twice_the_capacity() {
-        assert_eq!(ring_bytes::<u64>(1024), 16 << 10);
+    fn rings_are_sized_from_frames_between_8_kib_and_256_mib() {
+        assert_eq!(
+            ring_bytes::<u64>(1024),
+            64 << 10,
+            "1 025 frames of 24 bytes, twice"
+        );
         assert_eq!(ring_bytes::<u64>(1), 8 << 10, "at least 8 KiB");
         assert_eq!(ring_bytes::<u64>(usize::MAX), 256 << 20, "at most 256 MiB");
+    }
+
+    /// Writes `capacity` frames of one element each into a ring of `ring_bytes::<T>(capacity)`
+    /// starting at data offset `start`, with nothing released (a reader holding its whole
+    /// credit unconsumed, in the worst layout), and checks that they took at most half the
+    /// ring: the other half is the writer's largest frame.
+    fn credit_as_single_frames_fits_half<T: Element>(capacity: usize, start: usize, item: T) {
+        let bytes = ring_bytes::<T>(capacity);
+        let ring = shm::ring::HeapRing::new(bytes).unwrap();
+        let mut p = Producer::new(Arc::clone(&ring)).unwrap();
+        let mut c = Consumer::new(Arc::clone(&ring)).unwrap();
+        let start = start % bytes / 8 * 8;
+        while (c.position() as usize) < start {
+            let len = (start - c.position() as usize - 8).min(p.max_frame_len()) / 8 * 8;
+            assert!(p.try_write(len, |_| {}).unwrap());
+            p.publish();
+            c.try_read(|_| ()).unwrap().unwrap();
+            c.release();
+        }
+        let before = c.position();
+        let mut codec = Codec::<T>::new();
+        let items = [item];
+        for k in 0..capacity {
+            let (n, len) = codec.plan(&items, p.max_frame_len()).unwrap();
+            let written = p.try_write(len, |buf| codec.write(&items, n, buf)).unwrap();
+            assert!(
+                written,
+                "frame {k} of {capacity} did not fit a ring of {bytes} bytes"
+            );
+        }
+        p.publish();
+        while c.try_read(|_| ()).unwrap().is_some() {}
+        let held = c.position() - before;
+        assert!(
+            held <= bytes as u64 / 2,
+            "{capacity} one-element frames of {} took {held} of {bytes} ring bytes",
+            std::any::type_name::<T>()
+        );
+    }
+
+    #[test]
+    fn the_credit_of_a_link_as_one_element_frames_fits_half_its_ring() {
+        for capacity in [1, 4, 16, 100, 127, 128, 255, 1000, 1024, 4096, 20_000] {
+            for start in [0, 8, 4096, 5000, 8176, 12_345, 40_000] {
+                credit_as_single_frames_fits_half(capacity, start, 7u8);
+                credit_as_single_frames_fits_half(capacity, start, 7u32);
+                credit_as_single_frames_fits_half(capacity, start, 7u64);
+                credit_as_single_frames_fits_half(capacity, start, 7u128);
+            }
+        }
     }
 }
