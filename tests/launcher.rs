@@ -809,8 +809,9 @@ fn sigkill_under_on_failure_restarts_without_gap(victim: &str) -> Result<(), Str
         ),
     );
     let out = dir.path("out.txt");
-    // Batches of 200, below the quarter-capacity credit group (256): when the kill lands, the
-    // victim usually holds consumed but unacknowledged elements, delivered again after restart.
+    // Paced batches of 200: when the kill lands, the victim usually holds elements delivered
+    // and not yet acknowledged (a ring input acknowledges after each step), delivered again
+    // after the restart.
     let n = 150_000u64;
     let run = run_relay("relay", &[&n.to_string(), "200"], Some(&deploy), &out);
     run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
