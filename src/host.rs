@@ -41,6 +41,12 @@ pub(crate) enum Envelope {
 /// Where a host posts envelopes for another host.
 pub(crate) trait Mailbox: Send + Sync {
     fn post(&self, env: Envelope);
+
+    /// On a durable credit route (a ring's feeder): the reading agent's last step saw every
+    /// element received on the input and left `unconsumed` of them; it waits for more. Posted
+    /// after that step's credit, and only if nothing arrived since the step. Other mailboxes
+    /// ignore it.
+    fn reader_waits(&self, _unconsumed: usize) {}
 }
 
 /// Where an input returns credit: the writer's mailbox and which of its links feeds this input.
@@ -77,6 +83,9 @@ pub(crate) trait InSlot: Send {
     fn credit_due(&mut self, durable_ok: bool) -> usize;
     fn set_credit_route(&mut self, route: CreditRoute);
     fn credit_route(&self) -> Option<&CreditRoute>;
+    /// How many elements the last step left unconsumed, if it left some, saw everything
+    /// received, and nothing arrived since (see [`Mailbox::reader_waits`]); taken once.
+    fn take_waiting(&mut self) -> Option<usize>;
 }
 
 enum View<T> {
@@ -101,7 +110,11 @@ enum View<T> {
 ///
 /// On a durable route (a shared-memory ring) the same credit also tells the feeder which ring
 /// frames it may release; the host returns it only once the step's outputs are handed on (see
-/// [`Host::run`]).
+/// [`Host::run`]), and then all of it, without grouping: a feeder holds ring space for every
+/// element not credited back, and the writer may be waiting for exactly that space. With the
+/// credit, the host tells the feeder when a step left elements unconsumed although it saw
+/// everything received ([`Mailbox::reader_waits`]): only then may the feeder release ring
+/// space early (see `transport::held`).
 pub(crate) struct InBuf<T> {
     view: View<T>,
     queue: VecDeque<Batch<T>>,
@@ -114,6 +127,9 @@ pub(crate) struct InBuf<T> {
     outstanding: usize,
     spare: Vec<T>,
     route: Option<CreditRoute>,
+    /// Elements the last step left unconsumed, having seen everything received (see
+    /// [`InSlot::take_waiting`]); cleared when a batch arrives.
+    waiting: Option<usize>,
 }
 
 impl<T: Element> InBuf<T> {
@@ -127,6 +143,7 @@ impl<T: Element> InBuf<T> {
             outstanding: 0,
             spare: Vec::new(),
             route: None,
+            waiting: None,
         }
     }
 
@@ -173,6 +190,7 @@ impl<T: Element> InSlot for InBuf<T> {
         if !batch.is_empty() {
             self.outstanding += batch.len();
             self.queue.push_back(*batch);
+            self.waiting = None;
         }
         Ok(())
     }
@@ -218,6 +236,10 @@ impl<T: Element> InSlot for InBuf<T> {
     }
 
     fn take_consumed(&mut self) -> usize {
+        // Called once after each step: batches arrive only between steps, so an empty queue
+        // means the step saw everything received.
+        let left = self.as_slice().len();
+        self.waiting = (left > 0 && self.queue.is_empty() && !self.closed).then_some(left);
         std::mem::take(&mut self.consumed)
     }
 
@@ -227,8 +249,8 @@ impl<T: Element> InSlot for InBuf<T> {
             return 0;
         }
         let group = match route.policy {
-            Policy::Block => (route.capacity / 4).max(1),
-            Policy::DropOldest | Policy::DropNewest => 1,
+            Policy::Block if !route.durable => (route.capacity / 4).max(1),
+            Policy::Block | Policy::DropOldest | Policy::DropNewest => 1,
         };
         if self.unreturned >= group || self.outstanding >= route.capacity || self.closed {
             let n = std::mem::take(&mut self.unreturned);
@@ -245,6 +267,10 @@ impl<T: Element> InSlot for InBuf<T> {
 
     fn credit_route(&self) -> Option<&CreditRoute> {
         self.route.as_ref()
+    }
+
+    fn take_waiting(&mut self) -> Option<usize> {
+        self.waiting.take()
     }
 }
 
@@ -955,13 +981,17 @@ impl Host {
                 continue;
             }
             let n = slot.credit_due(true);
-            if n > 0 {
-                if let Some(route) = slot.credit_route() {
+            let waiting = slot.take_waiting();
+            if let Some(route) = slot.credit_route() {
+                if n > 0 {
                     route.mailbox.post(Envelope::Credit {
                         output: route.output,
                         link: route.link,
                         n,
                     });
+                }
+                if let Some(left) = waiting {
+                    route.mailbox.reader_waits(left);
                 }
             }
         }
@@ -1006,13 +1036,17 @@ mod tests {
     use crate::stream::{Input, PortId, Stream};
     use std::sync::Mutex;
 
-    /// Records the envelopes posted to it.
+    /// Records the envelopes posted to it, and what readers said they wait with.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<Envelope>>);
+    struct Recorder(Mutex<Vec<Envelope>>, Mutex<Vec<usize>>);
 
     impl Mailbox for Recorder {
         fn post(&self, env: Envelope) {
             self.0.lock().unwrap().push(env);
+        }
+
+        fn reader_waits(&self, unconsumed: usize) {
+            self.1.lock().unwrap().push(unconsumed);
         }
     }
 
@@ -1057,6 +1091,22 @@ mod tests {
         }
     }
 
+    /// Passes elements on in pairs: an odd one waits for its partner.
+    struct Pairs {
+        input: Input<u64>,
+        out: Stream<u64>,
+    }
+
+    impl Agent for Pairs {
+        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+            let xs = i.slice(&self.input);
+            let n = xs.len() / 2 * 2;
+            o.vec(&self.out).extend_from_slice(&xs[..n]);
+            i.consume(&self.input, n);
+            Ok(())
+        }
+    }
+
     /// A pass-through host whose input returns credit to `upstream` (durable or not) and whose
     /// output has one `Block` link of capacity 2 to `downstream`.
     fn host(durable: bool, upstream: &Arc<Recorder>, downstream: &Arc<Recorder>) -> Host {
@@ -1065,12 +1115,29 @@ mod tests {
             agent: 0,
             port: 0,
         };
+        let agent = PassOn {
+            input: Input::new(port),
+            out: Stream::new(port),
+        };
+        host_of(Box::new(agent), durable, 8, 2, upstream, downstream)
+    }
+
+    /// A host of `agent` (one `u64` input of `capacity`, returning credit to `upstream`, and
+    /// one output with a `Block` link of capacity `out_capacity` to `downstream`).
+    fn host_of(
+        agent: Box<dyn Agent>,
+        durable: bool,
+        capacity: usize,
+        out_capacity: usize,
+        upstream: &Arc<Recorder>,
+        downstream: &Arc<Recorder>,
+    ) -> Host {
         let mut input: Box<dyn InSlot> = Box::new(InBuf::<u64>::new());
         input.set_credit_route(CreditRoute {
             mailbox: Arc::clone(upstream) as Arc<dyn Mailbox>,
             output: 0,
             link: 0,
-            capacity: 8,
+            capacity,
             policy: Policy::Block,
             durable,
         });
@@ -1078,19 +1145,15 @@ mod tests {
         output.add_link(LinkSpec {
             mailbox: Some(Arc::clone(downstream) as Arc<dyn Mailbox>),
             input: 0,
-            capacity: 2,
+            capacity: out_capacity,
             policy: Policy::Block,
             counters: Arc::default(),
             label: "pass.out -> next.in".into(),
         });
-        let agent = PassOn {
-            input: Input::new(port),
-            out: Stream::new(port),
-        };
         Host::new(
             "pass".into(),
             (0, 0),
-            Driver::Agent(Box::new(agent)),
+            Driver::Agent(agent),
             vec![input],
             vec![output],
             Arc::default(),
@@ -1159,6 +1222,51 @@ mod tests {
         h.run().unwrap();
         assert!(h.is_done());
         assert_eq!(up.credit(), 0, "nothing returned twice");
+    }
+
+    #[test]
+    fn durable_credit_goes_back_after_every_step_with_what_the_step_left_waiting() {
+        // A ring's feeder holds ring space for every element not credited back, and the writer
+        // may wait for that space: credit in groups (a quarter of 64 here) could leave reader,
+        // feeder and writer all waiting. So a durable route returns all of it after each step,
+        // and says when a step that saw everything received left some unconsumed.
+        let (up, down) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let port = PortId {
+            graph: 0,
+            agent: 0,
+            port: 0,
+        };
+        let pairs = |durable| {
+            let agent = Pairs {
+                input: Input::new(port),
+                out: Stream::new(port),
+            };
+            host_of(Box::new(agent), durable, 64, 64, &up, &down)
+        };
+        let waits = || std::mem::take(&mut *up.1.lock().unwrap());
+        let mut h = pairs(true);
+        h.accept(data(&[1, 2, 3])).unwrap();
+        h.run().unwrap();
+        assert_eq!(up.credit(), 2, "returned at once, not in a group of 16");
+        assert_eq!(waits(), [1], "the step saw everything and left one");
+        h.accept(data(&[4])).unwrap();
+        h.run().unwrap();
+        assert_eq!(up.credit(), 2);
+        assert_eq!(waits(), [] as [usize; 0], "nothing left");
+        h.accept(data(&[5])).unwrap();
+        h.run().unwrap();
+        assert_eq!(up.credit(), 0);
+        assert_eq!(waits(), [1], "consumed nothing: it waits with one");
+        h.accept(data(&[6, 7])).unwrap();
+        h.run().unwrap();
+        assert_eq!((up.credit(), waits()), (2, vec![1]));
+        assert_eq!(down.data(), [1, 2, 3, 4, 5, 6]);
+
+        let mut h = pairs(false);
+        h.accept(data(&[1, 2, 3])).unwrap();
+        h.run().unwrap();
+        assert_eq!(up.credit(), 0, "in-process: credit in groups of 16");
+        assert_eq!(waits(), [] as [usize; 0], "in-process routes are not told");
     }
 
     #[test]

@@ -172,10 +172,10 @@ pub struct LinkStats {
     pub max_in_flight: u64,
     /// Shared-memory connections: elements whose ring space the reading process released
     /// before its agent had consumed them, because the writer was out of space while the
-    /// reader still waited for more (elements larger than the ring's size estimate for their
-    /// type, or an agent that needs more elements than the ring holds). A crash of the reading
-    /// process may lose these, not only re-deliver them. 0 on in-process connections, and
-    /// normally 0 on rings.
+    /// reading agent waited for more than the ring holds (it saw every element delivered and
+    /// left them unconsumed, as a count window larger than what fits). A crash of the reading
+    /// process may lose these, not only re-deliver them. Always 0 on in-process connections
+    /// and for readers that consume what they are given, however slowly.
     pub released_early: u64,
 }
 

@@ -26,6 +26,14 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         // numbers until stopped, paced → ×3 → record
         "endless" => relay("endless", u64::MAX, 200),
         "failing" => failing(),
+        // KIND N CAPACITY STEP_MS: indexed elements of KIND (u64, string, struct) 0..N, one
+        // per source step → a slow record of their indices to $OUT (STEP_MS per step)
+        "lossless" => lossless(
+            args.first().map_or("u64", String::as_str),
+            arg(1),
+            arg(2) as usize,
+            arg(3),
+        ),
         "stubborn" => stubborn(),
         // standard input's lines → parse → ×3 → record to $OUT
         "lines" => lines(),
@@ -150,6 +158,137 @@ fn record(g: &mut Graph) -> iotstream::Input<u64> {
             input,
         )
     })
+}
+
+/// An element of the `lossless` app with a `Vec` and a `String` (postcard-encoded, some
+/// thousands of bytes: far more than its `size_of`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Reading {
+    index: u64,
+    samples: Vec<u32>,
+    label: String,
+}
+
+/// The element of index `i` of the `lossless` app, for each kind.
+trait Indexed: iotstream::Element + PartialEq {
+    fn make(i: u64) -> Self;
+    fn index(&self) -> u64;
+}
+
+impl Indexed for u64 {
+    fn make(i: u64) -> u64 {
+        i
+    }
+    fn index(&self) -> u64 {
+        *self
+    }
+}
+
+impl Indexed for String {
+    fn make(i: u64) -> String {
+        // 1 500 to 3 500 bytes (under the 4 KiB frame of the smallest ring): the ring's size
+        // estimate for a String is far below.
+        format!("{i} {}", "s".repeat(1_500 + (i as usize * 7) % 2_000))
+    }
+    fn index(&self) -> u64 {
+        self.split(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    }
+}
+
+impl Indexed for Reading {
+    fn make(i: u64) -> Reading {
+        Reading {
+            index: i,
+            // 500 to 749 samples of mostly 5 postcard bytes: up to 3.8 KB encoded.
+            samples: (0..500 + i % 250)
+                .map(|k| (i as u32).wrapping_mul(2_654_435_761) ^ k as u32)
+                .collect(),
+            label: format!("sensor-{}", i % 13),
+        }
+    }
+    fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+/// Records the index of every element to `$OUT` (one write per step, then consumes it), after
+/// sleeping `step` per step: a slow consumer. An element that differs from the one its index
+/// names is recorded as `corrupt I`.
+struct SlowRecord<T> {
+    input: iotstream::Input<T>,
+    file: std::fs::File,
+    step: Duration,
+}
+
+impl<T: Indexed> Agent for SlowRecord<T> {
+    fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        std::thread::sleep(self.step);
+        let mut text = String::new();
+        for x in i.slice(&self.input) {
+            let k = x.index();
+            if *x != T::make(k) {
+                text.push_str("corrupt ");
+            }
+            text.push_str(&k.to_string());
+            text.push('\n');
+        }
+        self.file.write_all(text.as_bytes())?;
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+fn lossless(kind: &str, n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstream::Error> {
+    match kind {
+        "u64" => lossless_of::<u64>(n, capacity, step_ms),
+        "string" => lossless_of::<String>(n, capacity, step_ms),
+        "struct" => lossless_of::<Reading>(n, capacity, step_ms),
+        other => panic!("no element kind {other}"),
+    }
+}
+
+/// `numbers` (one element per source step: one frame each) → `record` ([`SlowRecord`]); a
+/// capacity of 0 keeps the default.
+fn lossless_of<T: Indexed>(n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("lossless");
+    if capacity > 0 {
+        g.set_default_capacity(capacity);
+    }
+    let mut next = 0u64;
+    let numbers = g.source(
+        "numbers",
+        move |out: &mut Vec<T>, _max: usize| -> Result<bool, AgentError> {
+            if next < n {
+                out.push(T::make(next));
+                next += 1;
+            }
+            Ok(next < n)
+        },
+    );
+    let input = g.add_agent("record", |p| {
+        let input = p.input::<T>("in");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(std::env::var_os("OUT").expect("$OUT"))
+            .expect("open $OUT");
+        let agent = SlowRecord {
+            input,
+            file,
+            step: Duration::from_millis(step_ms),
+        };
+        (agent, input)
+    });
+    g.connect(&numbers, &input);
+    let metrics = g.run()?;
+    if let Some(l) = metrics.link("numbers.out", "record") {
+        println!("RELEASED_EARLY {}", l.released_early);
+    }
+    Ok(())
 }
 
 /// Standard input's lines, parsed → ×3 → record.
@@ -670,8 +809,9 @@ fn sigkill_under_on_failure_restarts_without_gap(victim: &str) -> Result<(), Str
         ),
     );
     let out = dir.path("out.txt");
-    // Batches of 200, below the quarter-capacity credit group (256): when the kill lands, the
-    // victim usually holds consumed but unacknowledged elements, delivered again after restart.
+    // Paced batches of 200: when the kill lands, the victim usually holds elements delivered
+    // and not yet acknowledged (a ring input acknowledges after each step), delivered again
+    // after the restart.
     let n = 150_000u64;
     let run = run_relay("relay", &[&n.to_string(), "200"], Some(&deploy), &out);
     run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
@@ -713,6 +853,90 @@ fn sigkill_under_on_failure_restarts_without_gap(victim: &str) -> Result<(), Str
         "  ({victim} killed and restarted: {} duplicates delivered again)",
         total - want.len()
     );
+    Ok(())
+}
+
+/// A slow sink process under `restart = "on-failure"` is killed with SIGKILL `KILLS` times
+/// while a source sends `n` indexed elements of `kind` on a connection of `capacity` (0: the
+/// default): every index arrives (again after a restart, at least once), the launcher exits 0,
+/// and no ring space was released before its elements were consumed.
+fn repeated_sigkills_of_a_slow_sink_lose_nothing(
+    kind: &str,
+    n: u64,
+    capacity: usize,
+) -> Result<(), String> {
+    const KILLS: usize = 3;
+    let dir = Scratch::new(&format!("lossless-{kind}-{capacity}"));
+    let deploy = dir.file(
+        "lossless.toml",
+        "[processes.sink]\nagents = [\"record\"]\nrestart = \"on-failure\"\nmax_restarts = 5\nbackoff_ms = 20\n",
+    );
+    let out = dir.path("out.txt");
+    let args = [kind, &n.to_string(), &capacity.to_string(), "2"];
+    let run = run_app("lossless", &args, Some(&deploy), &out, Feed::Nothing);
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    let recorded = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    for kill in 1..=KILLS {
+        // Kill once the sink has made some progress since it (re)started, while it still
+        // has most of the stream ahead of it.
+        let pid = pid_of(&run.stderr(), "sink").ok_or_else(|| run.stderr())?;
+        let from = recorded();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while recorded() < from + n as usize / 8 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        if kill < KILLS {
+            run.wait_stderr("the sink restarted", |e| {
+                pid_of(e, "sink").is_some_and(|p| p != pid)
+            })?;
+        }
+    }
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let kills = stderr
+        .matches("process 'sink' was killed by signal 9")
+        .count();
+    ensure(kills == KILLS, || {
+        format!("{kills} kills of 'sink' reported, {KILLS} made:\n{stderr}")
+    })?;
+    let text = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+    let mut seen = vec![0u32; n as usize];
+    for line in text.lines() {
+        match line.parse::<u64>() {
+            Ok(i) if i < n => seen[i as usize] += 1,
+            _ => ensure(line == "#torn" || line.is_empty(), || {
+                format!("a bad line in the output: {line:?}")
+            })?,
+        }
+    }
+    let missing: Vec<usize> = (0..n as usize).filter(|&i| seen[i] == 0).collect();
+    ensure(missing.is_empty(), || {
+        format!(
+            "{} of {n} elements lost (first {:?}); the launcher reported success:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            stderr
+                .lines()
+                .filter(|l| l.contains("early"))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    ensure(!stderr.contains("releasing some early"), || {
+        format!("ring space released before consumption:\n{stderr}")
+    })?;
+    ensure(stdout.contains("[sink] RELEASED_EARLY 0"), || {
+        format!("the last sink did not report 0 elements released early:\n{stdout}")
+    })?;
+    let again: u32 = seen.iter().map(|&c| c - 1).sum();
+    eprintln!("  ({kind}, capacity {capacity}: {KILLS} kills, {again} delivered again)");
     Ok(())
 }
 
@@ -1517,6 +1741,34 @@ fn main() {
         (
             "sigkill_of_a_middle_process_under_on_failure_restarts_without_gap",
             Box::new(|| sigkill_under_on_failure_restarts_without_gap("work")),
+        ),
+        (
+            "repeated_sigkills_of_a_slow_sink_lose_no_u64_tiny_capacity",
+            Box::new(|| repeated_sigkills_of_a_slow_sink_lose_nothing("u64", 600, 16)),
+        ),
+        (
+            "repeated_sigkills_of_a_slow_sink_lose_no_u64_capacity_1024",
+            Box::new(|| repeated_sigkills_of_a_slow_sink_lose_nothing("u64", 2_000, 1024)),
+        ),
+        (
+            "repeated_sigkills_of_a_slow_sink_lose_no_u64_default_capacity",
+            Box::new(|| repeated_sigkills_of_a_slow_sink_lose_nothing("u64", 2_000, 0)),
+        ),
+        (
+            "repeated_sigkills_of_a_slow_sink_lose_no_string_tiny_capacity",
+            Box::new(|| repeated_sigkills_of_a_slow_sink_lose_nothing("string", 600, 4)),
+        ),
+        (
+            "repeated_sigkills_of_a_slow_sink_lose_no_string_default_capacity",
+            Box::new(|| repeated_sigkills_of_a_slow_sink_lose_nothing("string", 2_000, 0)),
+        ),
+        (
+            "repeated_sigkills_of_a_slow_sink_lose_no_struct_tiny_capacity",
+            Box::new(|| repeated_sigkills_of_a_slow_sink_lose_nothing("struct", 600, 16)),
+        ),
+        (
+            "repeated_sigkills_of_a_slow_sink_lose_no_struct_default_capacity",
+            Box::new(|| repeated_sigkills_of_a_slow_sink_lose_nothing("struct", 2_000, 0)),
         ),
         (
             "a_failed_process_is_named_and_its_status_returned",

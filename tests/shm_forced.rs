@@ -237,3 +237,76 @@ impl iotstream::Agent for SlowSink {
         Ok(())
     }
 }
+
+/// Consumes its input only in whole groups of `size` elements, emitting each group's first
+/// element: while a group is incomplete it waits for more.
+struct Groups {
+    input: iotstream::Input<String>,
+    out: iotstream::Stream<String>,
+    size: usize,
+}
+
+impl iotstream::Agent for Groups {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        o: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        let xs = i.slice(&self.input);
+        let whole = xs.len() / self.size * self.size;
+        o.extend(&self.out, xs[..whole].iter().step_by(self.size).cloned());
+        i.consume(&self.input, whole);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_agent_waiting_for_more_than_its_ring_holds_gets_it_counted_as_released_early() {
+    // Groups of 64 Strings of 2 000 bytes (128 KB) through a ring sized for 64 small elements
+    // (8 KiB): the reader can only get a group if the feeder releases frames it has not
+    // consumed. The one case left for the fallback: it must not deadlock, and it is counted.
+    const N: usize = 640;
+    const GROUP: usize = 64;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut g = Graph::new("shm_groups");
+        let s = g.source_iter(
+            "words",
+            (0..N).map(|i| format!("{i:04}{}", "w".repeat(2_000))),
+        );
+        let (input, out) = g.add_agent("groups", |p| {
+            let input = p.input::<String>("in");
+            let out = p.output::<String>("out");
+            let agent = Groups {
+                input,
+                out,
+                size: GROUP,
+            };
+            (agent, (input, out))
+        });
+        g.connect_with(
+            &s,
+            &input,
+            Connection::new()
+                .capacity(GROUP)
+                .transport(Transport::SharedMemory),
+        );
+        let c = g.collect("firsts", &out);
+        let m = g
+            .run()
+            .map(|m| m.link("words.out", "groups").unwrap().released_early);
+        let _ = tx.send((m, c.values()));
+    });
+    // A guard against a deadlock, not a speed claim.
+    let (early, firsts) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the run ended (no deadlock between a waiting reader and a full ring)");
+    let early = early.unwrap();
+    let want: Vec<String> = (0..N)
+        .step_by(GROUP)
+        .map(|i| format!("{i:04}{}", "w".repeat(2_000)))
+        .collect();
+    assert_eq!(firsts, want);
+    assert!(early > 0, "released early: {early}");
+    assert!(leftovers("shm_groups").is_empty());
+}

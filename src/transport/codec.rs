@@ -83,9 +83,16 @@ impl<T: Element> Codec<T> {
         }
     }
 
-    /// Bytes a ring needs per element, roughly (to size a ring from a capacity in elements).
-    pub fn estimate(&self) -> usize {
-        self.plain.unwrap_or(std::mem::size_of::<T>().max(8) + 4)
+    /// The ring bytes a frame holding a single element of `T` takes: the ring's frame header,
+    /// this payload's header and the element, padded to 8 (24 bytes for a `u64`). Exact for
+    /// plain data, the worst case per element (a frame of more elements takes less per
+    /// element). For encoded types the element's postcard size is unknown before encoding: it
+    /// is estimated as `size_of::<T>()` (at least 8) plus its 4-byte length, which sizes rings
+    /// for throughput only; what keeps their elements safe does not depend on it (see
+    /// `transport::held`).
+    pub fn one_element_frame(&self) -> usize {
+        let body = self.plain.unwrap_or(4 + std::mem::size_of::<T>().max(8));
+        super::shm::ring::FRAME_HEADER + (HEADER + body).div_ceil(8) * 8
     }
 
     /// Plans a frame of at most `max_len` bytes for the first elements of `items`: how many

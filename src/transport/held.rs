@@ -12,19 +12,28 @@
 //! elements are the first `n` held.
 //!
 //! - A frame without elements is released as soon as every frame before it is.
-//! - **Fallback** ([`Held::release_early`]): holding frames takes ring space, and the writer
-//!   may run out of it while the reader still waits for more elements (an agent that needs
-//!   more elements than the ring's bytes hold, as encoded types whose size estimate is low can
-//!   make happen). Waiting then would deadlock. So when the feeder has credit to spare (the
-//!   reader could take more), no unread frame is published, and the writer waits for space,
-//!   the feeder releases the oldest held frames anyway, at least one, until the ring has room
-//!   for any frame the writer may write next ([`room_needed`]: the largest frame, plus what a
-//!   wrap skips). Their not yet consumed elements lose their protection: they are counted
-//!   (`LinkStats::released_early`), and the next consumption pays them off before it counts for
-//!   the frames still held. The writer says that it waits for space by a flag in the ring and a
-//!   wake-up of the feeder (see the ring's docs), so the fallback costs no polling; while the
-//!   ring has that much room, the writer cannot be waiting for held frames and the feeder does
-//!   not watch for it.
+//! - A reader that consumes what it is given always gives space back: a ring input returns its
+//!   credit after every step, without grouping (see `InBuf` in `host.rs`), so a writer waiting
+//!   for space held here gets it as soon as the elements in it are consumed, however slow the
+//!   reader, whatever the elements' sizes.
+//! - **Fallback** ([`Held::release_early`]), the one exception, and only where waiting would
+//!   deadlock: the reading agent **waits for more** (its last step saw every element delivered
+//!   and left them unconsumed, as a count window does: the host then does not step it again
+//!   before more arrives, and says so, `Mailbox::reader_waits`), it could take more (the feeder
+//!   has credit), no unread frame is published, and the writer waits for space that only the
+//!   held frames can give. A reader that is merely slow never says it waits: before, this rule
+//!   fired on any full ring with credit left, and a slow reader lost what was released if its
+//!   process died. The feeder then releases the oldest held frames, at least one, until the ring
+//!   has room for any frame the writer may write next ([`room_needed`]: the largest frame, plus
+//!   what a wrap skips). Their not yet consumed elements lose their protection: they are counted
+//!   (`LinkStats::released_early`, with a warning naming the connection and the capacity to
+//!   raise), and the next consumption pays them off before it counts for the frames still held.
+//!   Rings are sized so that a connection's whole credit of plain-data elements, one per frame,
+//!   takes at most half the ring (`super::ring_bytes`), so an agent waiting for fewer elements
+//!   than the capacity rarely gets there; for encoded elements the ring's size is an estimate.
+//!   The writer says that it waits for space by a flag in the ring and a wake-up of the feeder
+//!   (see the ring's docs), so the fallback costs no polling; while the ring has that much room,
+//!   the writer cannot be waiting for held frames and the feeder does not watch for it.
 
 use std::collections::VecDeque;
 

@@ -48,14 +48,21 @@ use crate::stream::{Batch, Element};
 /// How long one futex wait lasts before the waiter checks that its peer is alive.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 
-/// Bytes of the ring of a connection of `capacity` elements of `T`: room for twice the
-/// capacity (estimated for encoded types), a power of two from 8 KiB to 256 MiB. Twice, because
-/// the reader keeps the frames of elements it has not consumed yet (up to the capacity, see
-/// [`held`]) and the writer needs room beside them. Batches larger than half the ring travel as
-/// several frames.
+/// Bytes of the ring of a connection of `capacity` elements of `T`, a power of two from 8 KiB
+/// to 256 MiB: at least twice what `capacity + 1` frames of one element each take
+/// ([`Codec::one_element_frame`], exact for plain data, estimated for encoded types).
+///
+/// The reader keeps the frames of the elements it has not consumed yet, up to its credit of
+/// `capacity` elements (see [`held`]); in the worst layout each is a frame of its own, and one
+/// more frame's worth covers a wrap. So for plain data the reader's whole credit never takes
+/// more than half the ring, and the other half is the writer's largest frame (half the ring:
+/// larger batches travel as several frames). Before, the ring held twice the capacity's
+/// *payload* bytes, which one-element frames (24 bytes for a `u64` of 8) exceed. Only the
+/// 256 MiB bound (a capacity of millions of elements) breaks the rule.
 pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
-    let per = Codec::<T>::new().estimate();
+    let per = Codec::<T>::new().one_element_frame();
     capacity
+        .saturating_add(1)
         .saturating_mul(per)
         .saturating_mul(2)
         .clamp(8 << 10, 256 << 20)
@@ -381,6 +388,9 @@ struct FeederCredit {
     credit: usize,
     /// Elements the reader consumed (credited back) since the feeder last looked.
     consumed: usize,
+    /// What the reader last said it holds unconsumed after a step that saw everything it had
+    /// received ([`Mailbox::reader_waits`]); cleared by credit (it consumed something since).
+    waits_with: Option<usize>,
 }
 
 /// Where the reader's input returns credit: the feeder's counter, and a wake-up.
@@ -396,6 +406,8 @@ struct FeederCredit {
 /// data futex, through a nudge).
 struct FeederMailbox {
     credit: Mutex<FeederCredit>,
+    /// The input's capacity: the feeder's credit when nothing is delivered and not credited.
+    capacity: usize,
     thread: std::thread::Thread,
     nudger: DataNudger<Arc<Segment>>,
     run: RunHandle,
@@ -434,6 +446,15 @@ impl FeederMailbox {
     fn has_credit(&self) -> bool {
         self.lock().credit > 0
     }
+
+    /// The reader waits for more: its last step saw every element delivered to it (none was
+    /// delivered since, no credit came back since) and left them unconsumed. Only then may
+    /// the feeder release ring space early (see [`held`]): a reader that is merely slow says
+    /// nothing of the kind.
+    fn reader_starved(&self) -> bool {
+        let c = self.lock();
+        c.waits_with == Some(self.capacity.saturating_sub(c.credit))
+    }
 }
 
 impl Mailbox for FeederMailbox {
@@ -442,11 +463,18 @@ impl Mailbox for FeederMailbox {
             let mut c = self.lock();
             c.credit += n;
             c.consumed += n;
+            c.waits_with = None;
             self.run.set_blocked(&self.state, false);
             drop(c);
             self.thread.unpark();
             self.nudger.nudge();
         }
+    }
+
+    fn reader_waits(&self, unconsumed: usize) {
+        self.lock().waits_with = Some(unconsumed);
+        self.thread.unpark();
+        self.nudger.nudge();
     }
 }
 
@@ -490,7 +518,9 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
         credit: Mutex::new(FeederCredit {
             credit: capacity,
             consumed: 0,
+            waits_with: None,
         }),
+        capacity,
         thread: handle.thread().clone(),
         nudger,
         run,
@@ -568,14 +598,17 @@ fn feed<T: Element>(
                     spec.target.post(Envelope::Eos { input: spec.input });
                     return Ok(());
                 }
-                // Nothing unread. If the reader could take more but the writer waits for space
-                // that only frames held here can give, release the oldest ones anyway. With
-                // room for any frame, the writer cannot be waiting for us: no need to watch.
+                // Nothing unread. If the reader waits for more elements (it saw everything
+                // delivered and left it unconsumed: not merely slow) and could take them, but
+                // the writer waits for space that only frames held here can give, release the
+                // oldest ones anyway. With room for any frame, the writer cannot be waiting for
+                // us: no need to watch.
                 let cap = consumer.capacity() as u64;
                 let read = consumer.position();
                 let need = held::room_needed(cap, read % cap);
                 let free = cap - (read - consumer.released());
-                let watch = !held.is_empty() && free < need && mailbox.has_credit();
+                let starved = mailbox.reader_starved();
+                let watch = !held.is_empty() && free < need && starved && mailbox.has_credit();
                 if watch && consumer.producer_waits_for_space() {
                     let Some((pos, unprotected)) =
                         held.release_early(|end| cap - (read - end) >= need)
@@ -587,7 +620,9 @@ fn feed<T: Element>(
                     continue;
                 }
                 let wait = consumer
-                    .wait_for_data_or(WAIT_SLICE, watch, || mailbox.has_consumed())
+                    .wait_for_data_or(WAIT_SLICE, watch, || {
+                        mailbox.has_consumed() || (!starved && mailbox.reader_starved())
+                    })
                     .map_err(|e| e.to_string())?;
                 if wait == Wait::TimedOut {
                     peer.check(
@@ -613,10 +648,11 @@ fn released_early(spec: &FeederSpec, unprotected: usize, warned: &mut bool) {
     if !*warned {
         *warned = true;
         tracing::warn!(
-            "connection {}: the ring is full of elements the reader has not consumed yet and the \
-             writer waits for space: releasing some early (counted in LinkStats::released_early); \
-             a crash of this process would lose them (elements larger than the ring's size \
-             estimate for their type, or an agent that needs more elements than the ring holds).",
+            "connection {}: the reading agent waits for more elements than the ring holds \
+             beside the writer's next frame (the ring is full of elements it saw and left \
+             unconsumed): releasing some early, counted in LinkStats::released_early; a crash \
+             of this process would lose them. Raise the connection's capacity (the ring grows \
+             with it) or make the agent need fewer elements at a time.",
             spec.label
         );
     }
@@ -809,10 +845,75 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_reader_that_consumes_what_it_gets_never_has_elements_released_early() {
+        // One-element frames (24 bytes each) in an 8 KiB ring: about 340 fit, while the reader
+        // has credit for 1 000. The reader is slow: each time the writer is out of space, it
+        // first waits until the feeder has delivered everything and the writer sleeps for
+        // space, pauses, and only then consumes what it got. Before, the feeder took that
+        // pause for a deadlock and released unconsumed frames (lost if the reader died).
+        let (name, _guard, view) = test_ring("feeder-slow", 8 << 10);
+        let header = view.header();
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<u64>::open(&name, "test", writer.clone(), 0, 0, run.clone()).unwrap();
+        let reader = Arc::new(Inbox::default());
+        let spec = feeder(&name, 1_000, &reader, &run);
+        let counters = Arc::clone(&spec.counters);
+        let credit = spawn_feeder::<u64>(spec).unwrap();
+        const N: u64 = 2_000;
+        let (mut written, mut consumed) = (0u64, 0usize);
+        let mut pauses = 0;
+        while written < N {
+            let rooms = writer.credits();
+            if tx.write(&[written]).unwrap() == 1 {
+                written += 1;
+                continue;
+            }
+            reader.wait("everything written delivered", |s| {
+                s.items.len() as u64 == written
+            });
+            poll(
+                "the writer sleeping for space (or given room without consumption)",
+                || {
+                    header.space_wake.waiting.load(Ordering::SeqCst) != 0
+                        || writer.credits() > rooms
+                },
+                || {},
+            );
+            std::thread::sleep(Duration::from_millis(20)); // a slow step
+            pauses += 1;
+            let delivered = reader.seen.lock().unwrap().items.len();
+            credit.post(Envelope::Credit {
+                output: 0,
+                link: 0,
+                n: delivered - consumed,
+            });
+            consumed = delivered;
+            writer.wait("room in the ring", |s| s.credits > rooms);
+        }
+        tx.close();
+        reader.wait("the end of the stream", |s| s.eos);
+        assert!(pauses >= 5, "the ring filled up {pauses} times");
+        assert_eq!(
+            counters.released_early.load(Ordering::Relaxed),
+            0,
+            "nothing released before it was consumed"
+        );
+        assert_eq!(
+            reader.seen.lock().unwrap().items,
+            (0..N).collect::<Vec<_>>()
+        );
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    #[test]
     fn a_ring_full_of_unconsumed_elements_is_released_early_when_the_writer_waits() {
         // The reader has credit for everything but consumes nothing (an agent waiting for more
-        // elements than the ring holds): without the fallback, writer and feeder would wait for
-        // each other forever.
+        // elements than the ring holds) and says so after each step: without the fallback,
+        // writer and feeder would wait for each other forever.
         let (name, _guard, view) = test_ring("feeder-fallback", 8 << 10);
         let (run, _system) = RunHandle::for_tests();
         let writer = Arc::new(Inbox::default());
@@ -821,7 +922,7 @@ mod tests {
         let reader = Arc::new(Inbox::default());
         let spec = feeder(&name, 1_000_000, &reader, &run);
         let counters = Arc::clone(&spec.counters);
-        let _credit = spawn_feeder::<u64>(spec).unwrap();
+        let credit = spawn_feeder::<u64>(spec).unwrap();
         const N: u64 = 20_000; // 160 KB through 8 KiB
         let items: Vec<u64> = (0..N).collect();
         let mut done = 0;
@@ -832,7 +933,13 @@ mod tests {
                 .unwrap();
             done += n;
             if n == 0 {
-                writer.wait("room in the ring", |s| s.credits > rooms);
+                // The reader's step over everything delivered consumed nothing; a report made
+                // while the feeder was still delivering does not count, so say it again until
+                // the writer gets room.
+                writer.wait("room in the ring", |s| {
+                    credit.reader_waits(reader.seen.lock().unwrap().items.len());
+                    s.credits > rooms
+                });
             }
         }
         tx.close();
@@ -881,9 +988,63 @@ mod tests {
     }
 
     #[test]
-    fn rings_hold_twice_the_capacity() {
-        assert_eq!(ring_bytes::<u64>(1024), 16 << 10);
+    fn rings_are_sized_from_frames_between_8_kib_and_256_mib() {
+        assert_eq!(
+            ring_bytes::<u64>(1024),
+            64 << 10,
+            "1 025 frames of 24 bytes, twice"
+        );
         assert_eq!(ring_bytes::<u64>(1), 8 << 10, "at least 8 KiB");
         assert_eq!(ring_bytes::<u64>(usize::MAX), 256 << 20, "at most 256 MiB");
+    }
+
+    /// Writes `capacity` frames of one element each into a ring of `ring_bytes::<T>(capacity)`
+    /// starting at data offset `start`, with nothing released (a reader holding its whole
+    /// credit unconsumed, in the worst layout), and checks that they took at most half the
+    /// ring: the other half is the writer's largest frame.
+    fn credit_as_single_frames_fits_half<T: Element>(capacity: usize, start: usize, item: T) {
+        let bytes = ring_bytes::<T>(capacity);
+        let ring = shm::ring::HeapRing::new(bytes).unwrap();
+        let mut p = Producer::new(Arc::clone(&ring)).unwrap();
+        let mut c = Consumer::new(Arc::clone(&ring)).unwrap();
+        let start = start % bytes / 8 * 8;
+        while (c.position() as usize) < start {
+            let len = (start - c.position() as usize - 8).min(p.max_frame_len()) / 8 * 8;
+            assert!(p.try_write(len, |_| {}).unwrap());
+            p.publish();
+            c.try_read(|_| ()).unwrap().unwrap();
+            c.release();
+        }
+        let before = c.position();
+        let mut codec = Codec::<T>::new();
+        let items = [item];
+        for k in 0..capacity {
+            let (n, len) = codec.plan(&items, p.max_frame_len()).unwrap();
+            let written = p.try_write(len, |buf| codec.write(&items, n, buf)).unwrap();
+            assert!(
+                written,
+                "frame {k} of {capacity} did not fit a ring of {bytes} bytes"
+            );
+        }
+        p.publish();
+        while c.try_read(|_| ()).unwrap().is_some() {}
+        let held = c.position() - before;
+        assert!(
+            held <= bytes as u64 / 2,
+            "{capacity} one-element frames of {} took {held} of {bytes} ring bytes",
+            std::any::type_name::<T>()
+        );
+    }
+
+    #[test]
+    fn the_credit_of_a_link_as_one_element_frames_fits_half_its_ring() {
+        for capacity in [1, 4, 16, 100, 127, 128, 255, 1000, 1024, 4096, 20_000] {
+            for start in [0, 8, 4096, 5000, 8176, 12_345, 40_000] {
+                credit_as_single_frames_fits_half(capacity, start, 7u8);
+                credit_as_single_frames_fits_half(capacity, start, 7u32);
+                credit_as_single_frames_fits_half(capacity, start, 7u64);
+                credit_as_single_frames_fits_half(capacity, start, 7u128);
+            }
+        }
     }
 }
