@@ -21,7 +21,10 @@
 //! - Waits are always timed; between waits each side checks that the other process is alive. A
 //!   dead peer is an error naming the connection, never a hang, unless the process is
 //!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
-//!   or stops the application, and the survivor keeps waiting.
+//!   or stops the application, and the survivor keeps waiting. A reader that is alive but
+//!   releases nothing while the writer waits is warned about once ([`progress_warn_after`]).
+//! - When this process's part fails, the rings it writes are marked failed at once (through
+//!   [`RunHandle::on_failure`]), so their readers end with an error naming the failed writer.
 
 pub(crate) mod codec;
 pub(crate) mod held;
@@ -29,12 +32,12 @@ pub(crate) mod shm;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use codec::Codec;
 use held::Held;
-use shm::ring::{Consumer, DataNudger, Producer, SpaceWaiter, Wait};
+use shm::ring::{fail_producer, Consumer, DataNudger, Producer, SpaceWaiter, Wait};
 use shm::segment::Segment;
 
 use crate::error::Error;
@@ -115,6 +118,80 @@ impl PeerWatch {
             );
         }
         Ok(())
+    }
+}
+
+/// The variable that sets after how long a peer that makes no progress is warned about.
+pub(crate) const ENV_PROGRESS_WARN_MS: &str = "IOTSTREAM_PROGRESS_WARN_MS";
+
+/// The default of [`ENV_PROGRESS_WARN_MS`]: 10 s.
+const PROGRESS_WARN_DEFAULT: Duration = Duration::from_secs(10);
+
+/// After how long a writer that waits for room while its reading process releases nothing is
+/// warned about: `IOTSTREAM_PROGRESS_WARN_MS` (milliseconds, 0 for never), default 10 s. Read
+/// once; a malformed value is an error naming the variable (checked when a graph starts).
+pub(crate) fn progress_warn_after() -> Result<Option<Duration>, String> {
+    static AFTER: OnceLock<Result<Option<Duration>, String>> = OnceLock::new();
+    AFTER
+        .get_or_init(|| match std::env::var(ENV_PROGRESS_WARN_MS) {
+            Err(std::env::VarError::NotPresent) => Ok(Some(PROGRESS_WARN_DEFAULT)),
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(0) => Ok(None),
+                Ok(ms) => Ok(Some(Duration::from_millis(ms))),
+                Err(_) => Err(format!(
+                    "environment variable {ENV_PROGRESS_WARN_MS} must be a number of \
+                     milliseconds (0 for never), not '{v}'"
+                )),
+            },
+            Err(_) => Err(format!(
+                "environment variable {ENV_PROGRESS_WARN_MS} is not valid UTF-8"
+            )),
+        })
+        .clone()
+}
+
+/// One wait of a writer for room: warns once when the reading process has released nothing for
+/// [`progress_warn_after`] (stopped or hung: alive, so [`PeerWatch`] says nothing), and says so
+/// again when it moves.
+struct ProgressWatch {
+    after: Option<Duration>,
+    tail: u64,
+    since: Instant,
+    warned: bool,
+}
+
+impl ProgressWatch {
+    fn new(after: Option<Duration>, tail: u64) -> ProgressWatch {
+        ProgressWatch {
+            after,
+            tail,
+            since: Instant::now(),
+            warned: false,
+        }
+    }
+
+    /// After a wait slice without enough room: `tail` is the consumer's position now.
+    fn check(&mut self, tail: u64, label: &str, pid: Option<u32>) {
+        let pid = pid.map_or("not attached yet".to_string(), |p| format!("pid {p}"));
+        if tail != self.tail {
+            self.tail = tail;
+            self.since = Instant::now();
+            if std::mem::take(&mut self.warned) {
+                tracing::info!("connection {label}: the reading process ({pid}) moves again");
+            }
+            return;
+        }
+        if let Some(after) = self.after {
+            if !self.warned && self.since.elapsed() >= after {
+                self.warned = true;
+                tracing::warn!(
+                    "connection {label}: no progress for {} ms: the reading process ({pid}) is \
+                     alive but has released nothing while the writer waits for room (stopped \
+                     or hung?); still waiting",
+                    after.as_millis()
+                );
+            }
+        }
     }
 }
 
@@ -247,6 +324,15 @@ impl<T: Element> ShmSender<T> {
             cond: Condvar::new(),
             done: AtomicBool::new(false),
         });
+        // If this process's part fails, the reader must not wait for more, nor take what it got
+        // for the whole stream: the ring is marked failed at once (unless a launcher may restart
+        // this process, whose replacement takes the producer's role over).
+        let segment = Arc::clone(producer.memory());
+        run.on_failure(Box::new(move || {
+            if !supervised() {
+                fail_producer(&segment);
+            }
+        }));
         let waiter = producer.space_waiter();
         let w = Arc::clone(&watch);
         let label = label.to_string();
@@ -312,6 +398,7 @@ fn watch_space(
     label: String,
 ) {
     let mut peer = PeerWatch::new("reading", &label);
+    let warn_after = progress_warn_after().ok().flatten();
     loop {
         let needed = {
             let mut armed = watch.armed.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,6 +416,7 @@ fn watch_space(
                     .0;
             }
         };
+        let mut progress = ProgressWatch::new(warn_after, waiter.tail_hint());
         loop {
             if watch.done.load(Ordering::SeqCst) || run.is_over() {
                 return;
@@ -346,6 +434,7 @@ fn watch_space(
                         });
                         return;
                     }
+                    progress.check(waiter.tail_hint(), &label, pid);
                 }
                 Err(e) => {
                     run.fail(Error::Runtime {
@@ -536,6 +625,8 @@ fn feed<T: Element>(
         if let Some(front) = pending.front_mut() {
             let n = mailbox.take(front.len());
             if n == 0 {
+                // A failed writer ends the stream with an error even while the reader is full.
+                consumer.writer_failed().map_err(|e| e.to_string())?;
                 std::thread::park_timeout(WAIT_SLICE);
                 continue;
             }
