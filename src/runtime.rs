@@ -569,6 +569,8 @@ impl Graph {
         }
         deployed?;
         self.validate()?;
+        // Read by the rings' watcher threads, which cannot report a bad value: checked here.
+        crate::transport::progress_warn_after().map_err(|detail| Error::Runtime { detail })?;
         match launch::role()? {
             Role::Starter => {
                 let processes = self.processes();
@@ -788,7 +790,7 @@ fn bound_drain(
     fail_local: Option<Arc<Shared>>,
 ) {
     const POLL: Duration = Duration::from_millis(20);
-    let all_ended = || list.iter().all(|c| !launch::pid_alive(c.pid));
+    let all_ended = || list.iter().all(|c| !c.running());
     while !stop.load(Ordering::SeqCst) {
         if all_ended() {
             return;
@@ -802,7 +804,7 @@ fn bound_drain(
         }
         std::thread::sleep(POLL);
     }
-    let stragglers: Vec<&ChildProcess> = list.iter().filter(|c| launch::pid_alive(c.pid)).collect();
+    let stragglers: Vec<&ChildProcess> = list.iter().filter(|c| c.running()).collect();
     if stragglers.is_empty() {
         return;
     }

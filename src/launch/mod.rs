@@ -297,6 +297,16 @@ pub(crate) struct ChildProcess {
     pub pid: u32,
     /// The process's name in the application.
     pub name: String,
+    /// Set by its waiter thread as soon as the process is reaped: from then on its pid may be
+    /// another process's, which must never be signalled.
+    pub reaped: Arc<AtomicBool>,
+}
+
+impl ChildProcess {
+    /// True while the process has not ended (not reaped, not a zombie).
+    pub fn running(&self) -> bool {
+        !self.reaped.load(Ordering::SeqCst) && pid_alive(self.pid)
+    }
 }
 
 /// How a child ended.
@@ -480,11 +490,14 @@ pub(crate) fn spawn_child(
     );
     let tail = last_errors;
     let watched = name.clone();
+    let reaped = Arc::new(AtomicBool::new(false));
+    let reaped_by_waiter = Arc::clone(&reaped);
     std::thread::Builder::new()
         .name(format!("wait {process}"))
         .spawn(move || {
             use std::os::unix::process::ExitStatusExt;
             let status = child.wait();
+            reaped_by_waiter.store(true, Ordering::SeqCst);
             // Let the output copiers reach the end of the pipes, so the report has the last
             // lines; bounded, since a program the child started may hold its pipes open.
             // Nothing is sent: this returns when both copiers have ended, or after 2 s.
@@ -511,6 +524,7 @@ pub(crate) fn spawn_child(
     Ok(ChildProcess {
         pid,
         name: process.to_string(),
+        reaped,
     })
 }
 
@@ -634,7 +648,7 @@ pub(crate) fn is_stopped(pid: u32) -> bool {
 
 /// Sends `signal` to every child still alive.
 pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
-    for c in children {
+    for c in children.iter().filter(|c| !c.reaped.load(Ordering::SeqCst)) {
         let _ = kill(Pid::from_raw(c.pid as i32), signal);
     }
 }

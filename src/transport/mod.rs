@@ -75,17 +75,18 @@ pub(crate) fn supervised() -> bool {
 
 /// What one side of a connection does when its peer process looks dead.
 struct PeerWatch {
-    /// `"reading"` or `"writing"`: the peer's role, for messages.
-    peer: &'static str,
+    /// `"reading process 'name'"` or `"writing process 'name'"`: the peer, for messages.
+    peer: String,
     label: String,
     /// The dead pid already warned about (once per pid).
     warned: Option<u32>,
 }
 
 impl PeerWatch {
-    fn new(peer: &'static str, label: &str) -> PeerWatch {
+    /// `role` is `"reading"` or `"writing"`, `process` the peer's process name.
+    fn new(role: &str, process: &str, label: &str) -> PeerWatch {
         PeerWatch {
-            peer,
+            peer: format!("{role} process '{process}'"),
             label: label.to_string(),
             warned: None,
         }
@@ -105,15 +106,15 @@ impl PeerWatch {
         if alive(pid) {
             return Ok(());
         }
-        let peer = self.peer;
+        let peer = &self.peer;
         if !supervised || stopping {
-            return Err(format!("the {peer} process (pid {pid}) died"));
+            return Err(format!("the {peer} (pid {pid}) died"));
         }
         if self.warned != Some(pid) {
             self.warned = Some(pid);
             tracing::warn!(
-                "connection {}: the {peer} process (pid {pid}) died; waiting for the launcher \
-                 to restart it",
+                "connection {}: the {peer} (pid {pid}) died; waiting for the launcher to \
+                 restart it",
                 self.label
             );
         }
@@ -170,27 +171,30 @@ impl ProgressWatch {
         }
     }
 
-    /// After a wait slice without enough room: `tail` is the consumer's position now.
-    fn check(&mut self, tail: u64, label: &str, pid: Option<u32>) {
+    /// After a wait slice without enough room: `tail` is the consumer's position now, `peer`
+    /// the reader (see [`PeerWatch`]) and `pid` its pid. True when it warned.
+    fn check(&mut self, tail: u64, label: &str, peer: &str, pid: Option<u32>) -> bool {
         let pid = pid.map_or("not attached yet".to_string(), |p| format!("pid {p}"));
         if tail != self.tail {
             self.tail = tail;
             self.since = Instant::now();
             if std::mem::take(&mut self.warned) {
-                tracing::info!("connection {label}: the reading process ({pid}) moves again");
+                tracing::info!("connection {label}: the {peer} ({pid}) moves again");
             }
-            return;
+            return false;
         }
-        if let Some(after) = self.after {
-            if !self.warned && self.since.elapsed() >= after {
+        match self.after {
+            Some(after) if !self.warned && self.since.elapsed() >= after => {
                 self.warned = true;
                 tracing::warn!(
-                    "connection {label}: no progress for {} ms: the reading process ({pid}) is \
-                     alive but has released nothing while the writer waits for room (stopped \
-                     or hung?); still waiting",
+                    "connection {label}: no progress for {} ms: the {peer} ({pid}) is alive but \
+                     has released nothing while the writer waits for room (stopped or hung?); \
+                     still waiting",
                     after.as_millis()
                 );
+                true
             }
+            _ => false,
         }
     }
 }
@@ -250,9 +254,10 @@ impl ShmWiring for ShmTransport {
         wake: Arc<dyn Mailbox>,
         output: u32,
         _link: u32,
+        peer: &str,
     ) -> Result<(), Error> {
         let name = segment_name(&self.app, &self.run, edge)?;
-        out.add_shm_link(&name, spec, wake, output, self.handle.clone())
+        out.add_shm_link(&name, spec, wake, output, self.handle.clone(), peer)
     }
 
     fn reader(
@@ -266,6 +271,7 @@ impl ShmWiring for ShmTransport {
         counters: Arc<LinkCounters>,
         count_traffic: bool,
         label: String,
+        peer: &str,
     ) -> Result<Arc<dyn Mailbox>, Error> {
         let segment = segment_name(&self.app, &self.run, edge)?;
         (decl.make_feeder)(FeederSpec {
@@ -276,6 +282,7 @@ impl ShmWiring for ShmTransport {
             counters,
             count_traffic,
             label,
+            peer: peer.to_string(),
             run: self.handle.clone(),
         })
     }
@@ -303,10 +310,11 @@ pub(crate) struct ShmSender<T> {
 
 impl<T: Element> ShmSender<T> {
     /// Opens ring `segment` as its producer and starts the watcher that posts
-    /// `Credit { output, link }` to `wake` when room appears.
+    /// `Credit { output, link }` to `wake` when room appears. `peer` is the reader's process.
     pub fn open(
         segment: &str,
         label: &str,
+        peer: &str,
         wake: Arc<dyn Mailbox>,
         output: u32,
         link: u32,
@@ -335,10 +343,11 @@ impl<T: Element> ShmSender<T> {
         }));
         let waiter = producer.space_waiter();
         let w = Arc::clone(&watch);
+        let peer = PeerWatch::new("reading", peer, label);
         let label = label.to_string();
         std::thread::Builder::new()
             .name(format!("ring space {output}.{link}"))
-            .spawn(move || watch_space(waiter, w, wake, output, link, run, label))
+            .spawn(move || watch_space(waiter, w, wake, output, link, run, label, peer))
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a ring watcher thread: {e}"),
             })?;
@@ -388,6 +397,7 @@ impl<T> Drop for ShmSender<T> {
 }
 
 /// The watcher thread: waits for room when armed, then wakes the writer's host.
+#[allow(clippy::too_many_arguments)]
 fn watch_space(
     waiter: SpaceWaiter<Arc<Segment>>,
     watch: Arc<Watch>,
@@ -396,8 +406,8 @@ fn watch_space(
     link: u32,
     run: RunHandle,
     label: String,
+    mut peer: PeerWatch,
 ) {
-    let mut peer = PeerWatch::new("reading", &label);
     let warn_after = progress_warn_after().ok().flatten();
     loop {
         let needed = {
@@ -434,7 +444,7 @@ fn watch_space(
                         });
                         return;
                     }
-                    progress.check(waiter.tail_hint(), &label, pid);
+                    progress.check(waiter.tail_hint(), &label, &peer.peer, pid);
                 }
                 Err(e) => {
                     run.fail(Error::Runtime {
@@ -461,6 +471,8 @@ pub(crate) struct FeederSpec {
     /// process too, counts them).
     pub count_traffic: bool,
     pub label: String,
+    /// The writer's process (for messages).
+    pub peer: String,
     pub run: RunHandle,
 }
 
@@ -615,7 +627,15 @@ fn feed<T: Element>(
 ) -> Result<(), String> {
     let codec = Codec::<T>::new();
     let mut pending: VecDeque<Batch<T>> = VecDeque::new();
-    let mut peer = PeerWatch::new("writing", &spec.label);
+    let mut peer = PeerWatch::new("writing", &spec.peer, &spec.label);
+    // A failed writer's mark, named (the ring knows only its pid).
+    let writer = peer.peer.clone();
+    let failed = |e: shm::ring::RingError| match e {
+        shm::ring::RingError::WriterFailed { pid } => {
+            format!("the {writer} (pid {pid}) failed: its stream ends incomplete")
+        }
+        other => other.to_string(),
+    };
     let mut warned_early = false;
     loop {
         if spec.run.is_over() {
@@ -626,7 +646,7 @@ fn feed<T: Element>(
             let n = mailbox.take(front.len());
             if n == 0 {
                 // A failed writer ends the stream with an error even while the reader is full.
-                consumer.writer_failed().map_err(|e| e.to_string())?;
+                consumer.writer_failed().map_err(failed)?;
                 std::thread::park_timeout(WAIT_SLICE);
                 continue;
             }
@@ -655,7 +675,7 @@ fn feed<T: Element>(
             }
             Ok(Some(Err(e))) => return Err(format!("corrupt data from the writing process: {e}")),
             Ok(None) => {
-                if consumer.is_closed().map_err(|e| e.to_string())? {
+                if consumer.is_closed().map_err(failed)? {
                     spec.target.post(Envelope::Eos { input: spec.input });
                     return Ok(());
                 }
@@ -821,6 +841,7 @@ mod tests {
             counters: Arc::default(),
             count_traffic: true,
             label: "numbers.out -> slow.in".into(),
+            peer: "numbers".into(),
             run: run.clone(),
         }
     }
@@ -831,7 +852,8 @@ mod tests {
         let (run, _system) = RunHandle::for_tests();
         let writer = Arc::new(Inbox::default());
         let mut tx =
-            ShmSender::<u64>::open(&name, "test", writer.clone(), 0, 0, run.clone()).unwrap();
+            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
         let header = view.header();
         let tail = || header.tail.load(Ordering::SeqCst);
         // Five frames of three elements; `ends[k]` is where frame k ends in the ring.
@@ -908,7 +930,8 @@ mod tests {
         let (run, _system) = RunHandle::for_tests();
         let writer = Arc::new(Inbox::default());
         let mut tx =
-            ShmSender::<u64>::open(&name, "test", writer.clone(), 0, 0, run.clone()).unwrap();
+            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
         let reader = Arc::new(Inbox::default());
         let spec = feeder(&name, 1_000_000, &reader, &run);
         let counters = Arc::clone(&spec.counters);
@@ -948,12 +971,12 @@ mod tests {
     #[test]
     fn a_dead_peer_is_an_error_unless_supervised_and_not_stopping() {
         let dead = |_| false;
-        let mut w = PeerWatch::new("reading", "a.out -> b.in");
+        let mut w = PeerWatch::new("reading", "b", "a.out -> b.in");
         assert_eq!(w.check(None, dead, false, false), Ok(()), "no peer yet");
         assert_eq!(w.check(Some(7), |_| true, false, false), Ok(()), "alive");
         assert_eq!(
             w.check(Some(7), dead, false, false),
-            Err("the reading process (pid 7) died".to_string())
+            Err("the reading process 'b' (pid 7) died".to_string())
         );
         assert_eq!(
             w.check(Some(7), dead, true, false),
@@ -964,11 +987,40 @@ mod tests {
         assert_eq!(w.check(Some(7), dead, true, false), Ok(()));
         assert_eq!(
             w.check(Some(7), dead, true, true),
-            Err("the reading process (pid 7) died".to_string()),
+            Err("the reading process 'b' (pid 7) died".to_string()),
             "supervised, but the application is stopping: nobody will restart it"
         );
         assert_eq!(w.check(Some(9), dead, true, false), Ok(()));
         assert_eq!(w.warned, Some(9), "a new dead pid is warned about again");
+    }
+
+    #[test]
+    fn no_progress_is_warned_about_once_per_episode() {
+        let peer = "reading process 'b'";
+        let mut w = ProgressWatch::new(Some(Duration::ZERO), 64);
+        assert!(
+            w.check(64, "a.out -> b.in", peer, Some(7)),
+            "no move: warned"
+        );
+        assert!(
+            !w.check(64, "a.out -> b.in", peer, Some(7)),
+            "once, not a flood"
+        );
+        assert!(
+            !w.check(128, "a.out -> b.in", peer, Some(7)),
+            "it moved: episode over"
+        );
+        assert!(
+            w.check(128, "a.out -> b.in", peer, Some(7)),
+            "a new episode warns again"
+        );
+        let mut never = ProgressWatch::new(None, 0);
+        assert!(
+            !never.check(0, "a.out -> b.in", peer, Some(7)),
+            "0: never warns"
+        );
+        let mut patient = ProgressWatch::new(Some(Duration::from_secs(3600)), 0);
+        assert!(!patient.check(0, "a.out -> b.in", peer, Some(7)), "not yet");
     }
 
     #[test]
