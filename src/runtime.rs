@@ -448,6 +448,8 @@ struct Children {
     drain_bound: Option<JoinHandle<()>>,
     /// Which children the drain's bound killed, after a failure (then a note on that error).
     killed: Arc<Mutex<Option<String>>>,
+    /// A drain was asked for (a signal, [`Running::stop`]): it is bounded from then on.
+    draining: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -481,6 +483,7 @@ impl Running {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(children) = &self.children {
+            children.draining.store(true, Ordering::SeqCst);
             launch::signal_all(&children.list, Signal::SIGTERM);
         }
     }
@@ -671,13 +674,18 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     drop(exit_tx);
     let list = Arc::new(list);
     let stop = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
     let signals = {
         let (first, second) = (Arc::clone(&list), Arc::clone(&list));
         let segs = Arc::clone(&segments);
+        let asked = Arc::clone(&draining);
         launch::SignalGuard::install(
             Arc::clone(&stop),
             &[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM],
-            move || launch::signal_all(&first, Signal::SIGTERM),
+            move || {
+                asked.store(true, Ordering::SeqCst);
+                launch::signal_all(&first, Signal::SIGTERM)
+            },
             move || {
                 launch::signal_all(&second, Signal::SIGKILL);
                 segs.remove_all();
@@ -720,11 +728,11 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     let drain_bound = {
         let list = Arc::clone(&list);
         let (failure, killed) = (Arc::clone(&failure), Arc::clone(&killed));
-        let stop = Arc::clone(&running.stop);
+        let draining = Arc::clone(&draining);
         let fail_local = running.fail_handle();
         std::thread::Builder::new()
             .name("iotstream drain bound".into())
-            .spawn(move || bound_drain(stop, drain, &list, &failure, &killed, fail_local))
+            .spawn(move || bound_drain(draining, drain, &list, &failure, &killed, fail_local))
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start the thread that bounds the drain: {e}"),
             })?
@@ -736,6 +744,7 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
         supervisor: Some(supervisor),
         drain_bound: Some(drain_bound),
         killed,
+        draining,
     });
     running._signals = Some(signals);
     Ok(running)
@@ -775,14 +784,16 @@ fn supervise(
     ended
 }
 
-/// Bounds a starter's drain. Once `stop` is set (Ctrl-C, SIGTERM, [`Running::stop`], or a
-/// failure, which sets it too), the children have `drain` to end; those still running then (a
+/// Bounds a starter's drain. Once a drain is asked for (`draining`: Ctrl-C, SIGTERM,
+/// [`Running::stop`]) or the run has failed (a child's failure fails the starter's part too),
+/// the children have `drain` to end (not when the starter's own part merely ended: children
+/// may still be processing what it sent); those still running then (a
 /// hung process: stopped by SIGSTOP, say, which no SIGTERM moves) are killed with SIGKILL, the
 /// starter's own part is failed (it may wait on them), and the run fails naming them: as the
 /// launcher does with `drain_timeout_ms`. After an earlier failure, the names are a note on it
 /// instead. Ends when every child has ended.
 fn bound_drain(
-    stop: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
     drain: Duration,
     list: &[ChildProcess],
     failure: &Mutex<Option<Error>>,
@@ -791,7 +802,12 @@ fn bound_drain(
 ) {
     const POLL: Duration = Duration::from_millis(20);
     let all_ended = || list.iter().all(|c| !c.running());
-    while !stop.load(Ordering::SeqCst) {
+    let failed = || {
+        fail_local
+            .as_ref()
+            .is_some_and(|s| s.error.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+    };
+    while !draining.load(Ordering::SeqCst) && !failed() {
         if all_ended() {
             return;
         }

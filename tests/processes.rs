@@ -31,6 +31,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "quiet_tail" => quiet_tail(),
         "spawner" => spawner(),
         "plain" => plain(),
+        "slow_tail" => slow_tail(),
         other => panic!("no application named {other}"),
     }
 }
@@ -255,6 +256,27 @@ fn spawner() -> Result<(), iotstream::Error> {
         println!("RESULT {}", out.values().iter().sum::<u64>());
     }
     Ok(())
+}
+
+/// 200 numbers from `main` (done at once: the ring holds them all) to a sink in `slow` that
+/// takes 20 ms per element: the starter's own part ends long before the run does.
+fn slow_tail() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("slow_tail");
+    g.set_default_capacity(1000);
+    let s = g.source_iter("numbers", 0..200u64);
+    let mut sum = 0u64;
+    g.sink_list("slow", &s, move |xs: &[u64]| {
+        for &v in xs {
+            std::thread::sleep(Duration::from_millis(20));
+            sum += v;
+        }
+        if sum == 19_900 {
+            println!("RESULT {sum}");
+        }
+        Ok(())
+    });
+    g.place_in_process("slow", "slow");
+    g.run().map(|_| ())
 }
 
 /// One process, no launcher: 0..1000 summed.
@@ -815,6 +837,20 @@ fn a_stopped_child_does_not_hold_the_drain() -> Result<(), String> {
     })
 }
 
+/// The drain bound applies to a drain or a failure, not to children still working after the
+/// starter's own part has ended normally.
+fn the_drain_bound_does_not_cut_a_normal_end() -> Result<(), String> {
+    let app = Started::with_env(
+        "slow_tail",
+        &[],
+        None,
+        &[("IOTSTREAM_DRAIN_TIMEOUT_MS", "500")],
+    );
+    let (status, out, err) = app.wait(Duration::from_secs(60))?;
+    ensure(status.success(), || format!("exit {status}:\n{out}\n{err}"))?;
+    ensure(result_line(&out)? == "19900", || out.clone())
+}
+
 /// The last process is killed while the middle one writes nothing to it: the starter's part
 /// fails, and its ring to `middle` must say so at once (not look open, nor cleanly ended), so
 /// that `middle` ends with an error naming its failed writer instead of waiting until it is
@@ -950,7 +986,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 18] = [
+    let scenarios: [(&str, Scenario); 19] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
@@ -1000,6 +1036,10 @@ fn main() {
         (
             "a_stopped_child_does_not_hold_the_drain",
             a_stopped_child_does_not_hold_the_drain,
+        ),
+        (
+            "the_drain_bound_does_not_cut_a_normal_end",
+            the_drain_bound_does_not_cut_a_normal_end,
         ),
         (
             "a_failed_part_fails_its_readers_at_once",
