@@ -837,6 +837,38 @@ fn a_stopped_child_does_not_hold_the_drain() -> Result<(), String> {
     })
 }
 
+/// After a failure (`sink` killed), a process that must be killed when the grace runs out
+/// (`mapper`, stopped) is named in the final error, which still names the cause first.
+fn a_process_killed_after_the_grace_is_named_in_the_error() -> Result<(), String> {
+    let app = Started::with_env(
+        "endless",
+        &[],
+        None,
+        &[("IOTSTREAM_DRAIN_TIMEOUT_MS", "1000")],
+    );
+    let starter = app.pid();
+    let mapper = wait_for_child(starter, "mapper")?;
+    let sink = wait_for_child(starter, "sink")?;
+    kill(mapper, 19); // SIGSTOP
+    kill(sink, 9);
+    // A guard against a hang.
+    let waited = app.wait(Duration::from_secs(40));
+    kill(mapper, 9);
+    let (status, out, err) = waited?;
+    ensure(!status.success(), || {
+        format!("exit {status}:\n{out}\n{err}")
+    })?;
+    let last = err.lines().last().unwrap_or_default();
+    ensure(
+        last.starts_with("error: process 'sink' was killed by signal 9")
+            && last.contains("killed after the 1000 ms grace (SIGKILL): 'mapper' (stopped)"),
+        || format!("the final error does not name the cause, then the killed process:\n{err}"),
+    )?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
 /// The drain bound applies to a drain or a failure, not to children still working after the
 /// starter's own part has ended normally.
 fn the_drain_bound_does_not_cut_a_normal_end() -> Result<(), String> {
@@ -986,7 +1018,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 19] = [
+    let scenarios: [(&str, Scenario); 20] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
@@ -1036,6 +1068,10 @@ fn main() {
         (
             "a_stopped_child_does_not_hold_the_drain",
             a_stopped_child_does_not_hold_the_drain,
+        ),
+        (
+            "a_process_killed_after_the_grace_is_named_in_the_error",
+            a_process_killed_after_the_grace_is_named_in_the_error,
         ),
         (
             "the_drain_bound_does_not_cut_a_normal_end",
