@@ -151,8 +151,10 @@ pub fn application(cfg: &Config) -> Graph {
     g
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
     iotstream::init_logging();
-    application(&Config::default()).run()?;
-    Ok(())
+    if let Err(e) = application(&Config::default()).run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

@@ -505,8 +505,16 @@ fn config_from_args() -> Result<(Config, bool), String> {
     Ok((cfg, single))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
     iotstream::init_logging(); // tracing output on stderr, filtered by RUST_LOG
+    if let Err(e) = run() {
+        // For people: the error's own words (Display), not its Rust value.
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), iotstream::Error> {
     let (cfg, single) = config_from_args().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2)

@@ -611,7 +611,8 @@ impl Graph {
                     Resolved::SharedMemory => {
                         let shm = part.shm.ok_or_else(|| no_shm(&self.name, &label))?;
                         let wake = Arc::clone(mailboxes[writer].as_ref().expect("local writer"));
-                        shm.writer(edge, out.as_mut(), spec, wake, e.from.port, link)?;
+                        let peer = self.process_of(reader);
+                        shm.writer(edge, out.as_mut(), spec, wake, e.from.port, link, peer)?;
                     }
                 }
                 link
@@ -640,6 +641,7 @@ impl Graph {
                             counters,
                             count_traffic,
                             label,
+                            self.process_of(writer),
                         )?
                     }
                 };
@@ -690,7 +692,9 @@ impl Part<'_> {
 /// Makes the two ends of a shared-memory connection (implemented by the transport).
 pub(crate) trait ShmWiring {
     /// Adds to `out` a link that writes into edge `edge`'s ring; `wake` reaches the writer's
-    /// host (for "room in the ring again"), which knows this link as `(output, link)`.
+    /// host (for "room in the ring again"), which knows this link as `(output, link)`. `peer`
+    /// is the reader's process (for messages).
+    #[allow(clippy::too_many_arguments)]
     fn writer(
         &self,
         edge: usize,
@@ -699,10 +703,12 @@ pub(crate) trait ShmWiring {
         wake: Arc<dyn Mailbox>,
         output: u32,
         link: u32,
+        peer: &str,
     ) -> Result<(), Error>;
 
     /// Starts the receiver of edge `edge`'s ring, which delivers to input `input` of the host
-    /// behind `target`; returns where that input sends its credit.
+    /// behind `target`; returns where that input sends its credit. `peer` is the writer's
+    /// process (for messages).
     #[allow(clippy::too_many_arguments)]
     fn reader(
         &self,
@@ -715,6 +721,7 @@ pub(crate) trait ShmWiring {
         counters: Arc<crate::metrics::LinkCounters>,
         count_traffic: bool,
         label: String,
+        peer: &str,
     ) -> Result<Arc<dyn Mailbox>, Error>;
 }
 

@@ -310,6 +310,7 @@ pub(crate) trait OutSlot: Send {
         wake: Arc<dyn Mailbox>,
         output: u32,
         run: crate::runtime::RunHandle,
+        peer: &str,
     ) -> Result<(), Error>;
     fn link_count(&self) -> usize;
     /// The first transport failure of any link, taken.
@@ -601,10 +602,18 @@ impl<T: Element> OutSlot for OutBuf<T> {
         wake: Arc<dyn Mailbox>,
         output: u32,
         run: crate::runtime::RunHandle,
+        peer: &str,
     ) -> Result<(), Error> {
         let link = self.links.len() as u32;
-        let tx =
-            crate::transport::ShmSender::<T>::open(segment, &spec.label, wake, output, link, run)?;
+        let tx = crate::transport::ShmSender::<T>::open(
+            segment,
+            &spec.label,
+            peer,
+            wake,
+            output,
+            link,
+            run,
+        )?;
         self.links.push(LinkTx::new(Flavor::Shm(tx), &spec));
         Ok(())
     }

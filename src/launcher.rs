@@ -884,6 +884,14 @@ impl Supervisor<'_> {
             launch::ENV_CONTROL_FD.into(),
             launch::CONTROL_FD.to_string(),
         ));
+        // The child believes fd 3 only if the first line on it carries this nonce.
+        let nonce = launch::control_nonce();
+        env.push((launch::ENV_CONTROL_NONCE.into(), nonce.clone()));
+        (&ours)
+            .write_all(format!("hello {nonce}\n").as_bytes())
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot write on the control channel: {e}"),
+            })?;
         let command = ChildCommand {
             program: self.app.program.clone(),
             args: self.app.args.clone(),

@@ -25,7 +25,9 @@
 //! [`MAIN_PROCESS`](crate::MAIN_PROCESS) itself, and supervises the children; `join` returns once
 //! every process has ended, or with the first failure, naming the process. In a child, the same
 //! `start` runs only that process's agents. Ctrl-C or SIGTERM drains the application gracefully
-//! (sources end their streams, data in flight is processed); a second one stops it at once.
+//! (sources end their streams, data in flight is processed); a second one stops it at once. The
+//! drain is bounded (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s): child processes still running
+//! then (stopped or hung) are killed and the run fails naming them.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -69,7 +71,12 @@ struct Shared {
     /// What each agent blocked on credit holds and cannot send, by agent index. At quiescence,
     /// anything here is a stall.
     stalls: Mutex<std::collections::BTreeMap<usize, Vec<String>>>,
+    /// Run once, at the first failure, before anything stops (see [`RunHandle::on_failure`]).
+    failure_hooks: Mutex<Vec<FailureHook>>,
 }
+
+/// What a transport does when this process's part of the run fails.
+pub(crate) type FailureHook = Box<dyn Fn() + Send + Sync>;
 
 /// What the runtime knows of a thread that feeds a local input from outside the process.
 pub(crate) struct FeederState {
@@ -127,6 +134,18 @@ impl RunHandle {
         self.shared.fail(e);
     }
 
+    /// Registers `hook`, run once when this process's part fails (an agent's error, a peer's
+    /// death noticed, a stall, the starter's supervisor failing it), before the stop flag is
+    /// set: a ring's writer marks the ring failed, so readers in other processes end at once
+    /// with an error instead of waiting or taking a truncated stream for a complete one.
+    pub fn on_failure(&self, hook: FailureHook) {
+        self.shared
+            .failure_hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
+    }
+
     /// A run of no agents, for unit tests of the transport's helper threads (feeders,
     /// watchers): never quiescent, over once it fails. The runner keeps its actix system alive.
     #[cfg(test)]
@@ -144,6 +163,7 @@ impl RunHandle {
             mailboxes: Mutex::new(Vec::new()),
             feeders: Mutex::new(Vec::new()),
             stalls: Mutex::new(std::collections::BTreeMap::new()),
+            failure_hooks: Mutex::new(Vec::new()),
         });
         (RunHandle { shared }, runner)
     }
@@ -173,10 +193,20 @@ impl Shared {
     fn fail(&self, e: Error) {
         tracing::error!("{e}");
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
+        let first = slot.is_none();
+        if first {
             *slot = Some(e);
         }
         drop(slot);
+        if first {
+            // Before the stop flag: a source that sees it ends its stream, and the stream must
+            // not end cleanly in another process.
+            let hooks =
+                std::mem::take(&mut *self.failure_hooks.lock().unwrap_or_else(|p| p.into_inner()));
+            for hook in hooks {
+                hook();
+            }
+        }
         self.stop.store(true, Ordering::SeqCst);
         self.stop_system();
     }
@@ -414,6 +444,12 @@ struct Children {
     /// The first failure of a child, set by the supervisor thread.
     failure: Arc<Mutex<Option<Error>>>,
     supervisor: Option<JoinHandle<Vec<launch::Exit>>>,
+    /// The thread that bounds the drain (see [`bound_drain`]).
+    drain_bound: Option<JoinHandle<()>>,
+    /// Which children the drain's bound killed, after a failure (then a note on that error).
+    killed: Arc<Mutex<Option<String>>>,
+    /// A drain was asked for (a signal, [`Running::stop`]): it is bounded from then on.
+    draining: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -447,6 +483,7 @@ impl Running {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(children) = &self.children {
+            children.draining.store(true, Ordering::SeqCst);
             launch::signal_all(&children.list, Signal::SIGTERM);
         }
     }
@@ -473,12 +510,23 @@ impl Running {
                 .unwrap_or_else(|p| p.into_inner())
                 .is_some();
             if result.is_err() {
-                // This process failed: ask the others to stop, then make sure they do.
+                // This process failed: ask the others to stop; the drain's bound (see
+                // `bound_drain`) makes sure they do.
                 launch::signal_all(&children.list, Signal::SIGTERM);
-                kill_after_grace(&children.list);
             }
             if let Some(sup) = children.supervisor.take() {
                 let _ = sup.join();
+            }
+            if let Some(bound) = children.drain_bound.take() {
+                let _ = bound.join();
+            }
+            if let Some(note) = children
+                .killed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                result = result.map_err(|e| with_note(e, &note));
             }
             let failure = children
                 .failure
@@ -524,6 +572,8 @@ impl Graph {
         }
         deployed?;
         self.validate()?;
+        // Read by the rings' watcher threads, which cannot report a bad value: checked here.
+        crate::transport::progress_warn_after().map_err(|detail| Error::Runtime { detail })?;
         match launch::role()? {
             Role::Starter => {
                 let processes = self.processes();
@@ -559,7 +609,7 @@ impl Graph {
                         ),
                     });
                 }
-                if std::env::var_os(launch::ENV_SUPERVISED).is_some() {
+                if launch::supervised_by_launcher() {
                     // Under the launcher, RUST_LOG works without code (if the program installed
                     // no subscriber of its own).
                     crate::init_logging();
@@ -569,7 +619,7 @@ impl Graph {
                 // process group is ignored here so that the drain stays graceful.
                 // Under the launcher a second SIGTERM (a service manager signalling the whole
                 // group, say) changes nothing: the launcher decides when to kill.
-                let supervised = std::env::var_os(launch::ENV_SUPERVISED).is_some();
+                let supervised = launch::supervised_by_launcher();
                 let on_second: Option<Box<dyn Fn() + Send>> =
                     (!supervised).then(|| Box::new(|| {}) as Box<dyn Fn() + Send>);
                 let guard = launch::SignalGuard::install_with(
@@ -589,6 +639,7 @@ impl Graph {
 
 /// The starter of a multi-process run: rings, children, its own part, supervision.
 fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error> {
+    let drain = launch::drain_timeout()?;
     let run = RunId::new();
     let app = graph.name.clone();
     let swept = launch::sweep_stale(Some(&app));
@@ -627,13 +678,18 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     drop(exit_tx);
     let list = Arc::new(list);
     let stop = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
     let signals = {
         let (first, second) = (Arc::clone(&list), Arc::clone(&list));
         let segs = Arc::clone(&segments);
+        let asked = Arc::clone(&draining);
         launch::SignalGuard::install(
             Arc::clone(&stop),
             &[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM],
-            move || launch::signal_all(&first, Signal::SIGTERM),
+            move || {
+                asked.store(true, Ordering::SeqCst);
+                launch::signal_all(&first, Signal::SIGTERM)
+            },
             move || {
                 launch::signal_all(&second, Signal::SIGKILL);
                 segs.remove_all();
@@ -672,11 +728,27 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
                 detail: format!("cannot start the supervisor thread: {e}"),
             })?
     };
+    let killed: Arc<Mutex<Option<String>>> = Arc::default();
+    let drain_bound = {
+        let list = Arc::clone(&list);
+        let (failure, killed) = (Arc::clone(&failure), Arc::clone(&killed));
+        let draining = Arc::clone(&draining);
+        let fail_local = running.fail_handle();
+        std::thread::Builder::new()
+            .name("iotstream drain bound".into())
+            .spawn(move || bound_drain(draining, drain, &list, &failure, &killed, fail_local))
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start the thread that bounds the drain: {e}"),
+            })?
+    };
     running.children = Some(Children {
         list,
         segments,
         failure,
         supervisor: Some(supervisor),
+        drain_bound: Some(drain_bound),
+        killed,
+        draining,
     });
     running._signals = Some(signals);
     Ok(running)
@@ -703,13 +775,12 @@ fn supervise(
                 first
             };
             if first {
-                tracing::error!("{}", exit.to_error());
+                // Logged once, by the failing part (`Shared::fail`); the stop it sets starts
+                // the drain's bound.
                 if let Some(shared) = &fail_local {
                     shared.fail(exit.to_error());
                 }
                 launch::signal_all(&list, Signal::SIGTERM);
-                let list = Arc::clone(&list);
-                std::thread::spawn(move || kill_after_grace(&list));
             }
         }
         ended.push(exit);
@@ -717,16 +788,117 @@ fn supervise(
     ended
 }
 
-/// Kills the children still alive after the drain grace period.
-fn kill_after_grace(list: &[ChildProcess]) {
-    let deadline = std::time::Instant::now() + launch::DRAIN_GRACE;
-    while std::time::Instant::now() < deadline {
-        if list.iter().all(|c| !launch::pid_alive(c.pid)) {
+/// Bounds a starter's drain. Once a drain is asked for (`draining`: Ctrl-C, SIGTERM,
+/// [`Running::stop`]) or the run has failed (a child's failure fails the starter's part too),
+/// the children have `drain` to end (not when the starter's own part merely ended: children
+/// may still be processing what it sent); those still running then (a
+/// hung process: stopped by SIGSTOP, say, which no SIGTERM moves) are killed with SIGKILL, the
+/// starter's own part is failed (it may wait on them), and the run fails naming them: as the
+/// launcher does with `drain_timeout_ms`. After an earlier failure, the names are a note on it
+/// instead. Ends when every child has ended.
+fn bound_drain(
+    draining: Arc<AtomicBool>,
+    drain: Duration,
+    list: &[ChildProcess],
+    failure: &Mutex<Option<Error>>,
+    killed: &Mutex<Option<String>>,
+    fail_local: Option<Arc<Shared>>,
+) {
+    const POLL: Duration = Duration::from_millis(20);
+    let all_ended = || list.iter().all(|c| !c.running());
+    let failed = || {
+        fail_local
+            .as_ref()
+            .is_some_and(|s| s.error.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+    };
+    while !draining.load(Ordering::SeqCst) && !failed() {
+        if all_ended() {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
-    launch::signal_all(list, Signal::SIGKILL);
+    let deadline = Instant::now() + drain;
+    while Instant::now() < deadline {
+        if all_ended() {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    let stragglers: Vec<&ChildProcess> = list.iter().filter(|c| c.running()).collect();
+    if stragglers.is_empty() {
+        return;
+    }
+    let names: Vec<String> = stragglers
+        .iter()
+        .map(|c| {
+            let how = if launch::is_stopped(c.pid) {
+                " (stopped)"
+            } else {
+                ""
+            };
+            format!("'{}'{how} (pid {})", c.name, c.pid)
+        })
+        .collect();
+    let ms = drain.as_millis();
+    // Decided and recorded before the kill: the supervisor then hears of the killed children
+    // as consequences, not as the cause.
+    let error = {
+        let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
+        let earlier = first.is_some()
+            || fail_local
+                .as_ref()
+                .is_some_and(|s| s.error.lock().unwrap_or_else(|p| p.into_inner()).is_some());
+        if earlier {
+            let note = format!(
+                "killed after the {ms} ms grace (SIGKILL): {}",
+                names.join(", ")
+            );
+            tracing::error!("{note}");
+            *killed.lock().unwrap_or_else(|p| p.into_inner()) = Some(note);
+            None
+        } else {
+            let error = Error::Runtime {
+                detail: format!(
+                    "the drain did not end within {ms} ms ({}): killed {}",
+                    launch::ENV_DRAIN_TIMEOUT_MS,
+                    names.join(", ")
+                ),
+            };
+            *first = Some(error.clone());
+            Some(error)
+        }
+    };
+    for c in &stragglers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid as i32), Signal::SIGKILL);
+    }
+    if let (Some(error), Some(shared)) = (error, &fail_local) {
+        shared.fail(error);
+    }
+}
+
+/// `e` with `note` added to what it says (how the run's end went after it).
+fn with_note(e: Error, note: &str) -> Error {
+    match e {
+        Error::Process { process, detail } => Error::Process {
+            process,
+            detail: format!("{detail}; {note}"),
+        },
+        Error::Runtime { detail } => Error::Runtime {
+            detail: format!("{detail}; {note}"),
+        },
+        Error::Agent { agent, cause } => Error::Agent {
+            agent,
+            cause: format!("{cause}; {note}"),
+        },
+        Error::Panic { agent, message } => Error::Panic {
+            agent,
+            message: format!("{message}; {note}"),
+        },
+        Error::Stalled { detail } => Error::Stalled {
+            detail: format!("{detail}; {note}"),
+        },
+        other => other,
+    }
 }
 
 /// Starts the agents of `process` (every agent if `None`) on actix arbiters.
@@ -845,6 +1017,7 @@ fn coordinate(
         mailboxes: Mutex::new(Vec::new()),
         feeders: Mutex::new(Vec::new()),
         stalls: Mutex::new(std::collections::BTreeMap::new()),
+        failure_hooks: Mutex::new(Vec::new()),
     });
     // Addresses exist before the actors, so every link can be wired before any actor starts.
     let mut receivers: Vec<Option<_>> = Vec::with_capacity(total);

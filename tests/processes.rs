@@ -28,6 +28,10 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "stopped" => pipeline(u64::MAX, 3, 256, "stopped"),
         "failing" => failing(),
         "stdin_lines" => stdin_lines(),
+        "quiet_tail" => quiet_tail(),
+        "spawner" => spawner(),
+        "plain" => plain(),
+        "slow_tail" => slow_tail(),
         other => panic!("no application named {other}"),
     }
 }
@@ -215,6 +219,76 @@ fn stdin_lines() -> Result<(), iotstream::Error> {
     Ok(())
 }
 
+/// numbers (main, endless) → a filter that passes nothing (`middle`) → a sink (`last`): the
+/// middle process never writes to `last`, so only its input can tell it that the run is over.
+fn quiet_tail() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("quiet_tail");
+    g.set_default_capacity(256);
+    let s = g.source_iter("numbers", 0..u64::MAX);
+    let none = g.filter("never", &s, |_: &u64| false);
+    g.for_each("sink", &none, |_: &u64| {});
+    g.place_in_process("never", "middle");
+    g.place_in_process("sink", "last");
+    g.run().map(|_| ())
+}
+
+/// Two processes; the child `worker`, once its part started, runs `env` as a program of its
+/// own and prints every `IOTSTREAM_` variable that program inherited (`LEAKED …`).
+fn spawner() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("spawner");
+    let s = g.source_iter("numbers", 0..1000u64);
+    let d = g.map("double", &s, |v: &u64| 2 * v);
+    let out = g.collect("collector", &d);
+    g.place_in_process("double", "worker");
+    let is_worker = std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("worker");
+    let running = g.start()?;
+    if is_worker {
+        let env = Command::new("env").output().expect("run env");
+        for line in String::from_utf8_lossy(&env.stdout).lines() {
+            if line.starts_with("IOTSTREAM_") {
+                println!("LEAKED {line}");
+            }
+        }
+        println!("SPAWNED env");
+    }
+    running.join()?;
+    if !is_worker {
+        println!("RESULT {}", out.values().iter().sum::<u64>());
+    }
+    Ok(())
+}
+
+/// 200 numbers from `main` (done at once: the ring holds them all) to a sink in `slow` that
+/// takes 20 ms per element: the starter's own part ends long before the run does.
+fn slow_tail() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("slow_tail");
+    g.set_default_capacity(1000);
+    let s = g.source_iter("numbers", 0..200u64);
+    let mut sum = 0u64;
+    g.sink_list("slow", &s, move |xs: &[u64]| {
+        for &v in xs {
+            std::thread::sleep(Duration::from_millis(20));
+            sum += v;
+        }
+        if sum == 19_900 {
+            println!("RESULT {sum}");
+        }
+        Ok(())
+    });
+    g.place_in_process("slow", "slow");
+    g.run().map(|_| ())
+}
+
+/// One process, no launcher: 0..1000 summed.
+fn plain() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("plain");
+    let s = g.source_iter("numbers", 0..1000u64);
+    let out = g.collect("collector", &s);
+    g.run()?;
+    println!("RESULT {}", out.values().iter().sum::<u64>());
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The scenarios
 
@@ -232,11 +306,22 @@ impl Started {
     /// Starts the application with `input` written to its standard input by a thread (then
     /// closed); without `input`, its standard input is empty.
     fn with_stdin(app_name: &str, args: &[&str], input: Option<Vec<u8>>) -> Started {
+        Self::with_env(app_name, args, input, &[])
+    }
+
+    /// Like [`with_stdin`](Self::with_stdin), with variables added to the environment.
+    fn with_env(
+        app_name: &str,
+        args: &[&str],
+        input: Option<Vec<u8>>,
+        env: &[(&str, &str)],
+    ) -> Started {
         let exe = std::env::current_exe().expect("own path");
         let mut child = Command::new(exe)
             .arg("app")
             .arg(app_name)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(if input.is_some() {
                 Stdio::piped()
             } else {
@@ -310,6 +395,7 @@ fn kill(pid: u32, sig: i32) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
+        .stderr(Stdio::null())
         .status();
 }
 
@@ -655,12 +741,273 @@ fn quake_detector_three_processes_match_one() -> Result<(), String> {
     })
 }
 
+/// The starter logs a child's failure once (the child's own lines are copied once, prefixed).
+fn a_child_failure_is_logged_once() -> Result<(), String> {
+    let (status, _out, err) = Started::new("failing", &[]).wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || "the application succeeded".into())?;
+    let logged = err
+        .lines()
+        .filter(|l| !l.starts_with('[') && !l.starts_with("error: ") && l.contains("ERROR"))
+        .filter(|l| l.contains("process 'worker' exited with status 1"))
+        .count();
+    ensure(logged == 1, || {
+        format!("the starter logged the child's failure {logged} times, not once:\n{err}")
+    })?;
+    let copied = err
+        .lines()
+        .filter(|l| l.starts_with("[worker] ") && l.contains("ERROR"))
+        .count();
+    ensure(copied == 1, || {
+        format!("the child's ERROR line was copied {copied} times, not once:\n{err}")
+    })
+}
+
+/// `mapper` is stopped (SIGSTOP: hung, not dead) while the source runs flat out: the writer
+/// that waits for it to make room warns once, naming the connection and its pid.
+fn a_stopped_peer_is_warned_about_once() -> Result<(), String> {
+    let app = Started::with_env(
+        "endless",
+        &[],
+        None,
+        &[("IOTSTREAM_PROGRESS_WARN_MS", "500")],
+    );
+    let mapper = wait_for_child(app.pid(), "mapper")?;
+    kill(mapper, 19); // SIGSTOP
+    std::thread::sleep(Duration::from_secs(3));
+    kill(mapper, 18); // SIGCONT
+    std::thread::sleep(Duration::from_millis(300));
+    kill(app.pid(), 2);
+    let (status, out, err) = app.wait(Duration::from_secs(60))?;
+    ensure(status.success(), || {
+        format!("exit {status} after the stopped process went on:\n{out}\n{err}")
+    })?;
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("no progress") && l.contains(&format!("pid {mapper}")))
+        .collect();
+    ensure(warnings.len() == 1, || {
+        format!("expected one warning naming pid {mapper}, got {warnings:?}:\n{err}")
+    })?;
+    ensure(
+        warnings[0].contains("numbers.out -> triple.in") && warnings[0].contains("'mapper'"),
+        || {
+            format!(
+                "the warning does not name the connection and process: {}",
+                warnings[0]
+            )
+        },
+    )?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
+/// A child stopped with SIGSTOP does not hold a Ctrl-C drain of a directly started
+/// application for ever: after the drain bound it is killed, named, and the exit is not 0.
+fn a_stopped_child_does_not_hold_the_drain() -> Result<(), String> {
+    let app = Started::with_env(
+        "endless",
+        &[],
+        None,
+        &[("IOTSTREAM_DRAIN_TIMEOUT_MS", "2000")],
+    );
+    let starter = app.pid();
+    let mapper = wait_for_child(starter, "mapper")?;
+    kill(mapper, 19); // SIGSTOP
+    std::thread::sleep(Duration::from_millis(300));
+    kill(starter, 2);
+    // A guard against a hang, far beyond the 2 s drain bound.
+    let waited = app.wait(Duration::from_secs(40));
+    kill(mapper, 9);
+    let (status, out, err) = waited?;
+    ensure(!status.success(), || {
+        format!("a drain cut short ended with {status}:\n{out}\n{err}")
+    })?;
+    let last = err.lines().last().unwrap_or_default();
+    ensure(
+        last.contains("drain did not end within 2000 ms") && last.contains("'mapper' (stopped)"),
+        || format!("the final error does not name the stopped process:\n{err}"),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure(role_pids(starter).is_empty(), || {
+        format!("children still alive: {:?}", role_pids(starter))
+    })?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
+/// After a failure (`sink` killed), a process that must be killed when the grace runs out
+/// (`mapper`, stopped) is named in the final error, which still names the cause first.
+fn a_process_killed_after_the_grace_is_named_in_the_error() -> Result<(), String> {
+    let app = Started::with_env(
+        "endless",
+        &[],
+        None,
+        &[("IOTSTREAM_DRAIN_TIMEOUT_MS", "1000")],
+    );
+    let starter = app.pid();
+    let mapper = wait_for_child(starter, "mapper")?;
+    let sink = wait_for_child(starter, "sink")?;
+    kill(mapper, 19); // SIGSTOP
+    kill(sink, 9);
+    // A guard against a hang.
+    let waited = app.wait(Duration::from_secs(40));
+    kill(mapper, 9);
+    let (status, out, err) = waited?;
+    ensure(!status.success(), || {
+        format!("exit {status}:\n{out}\n{err}")
+    })?;
+    let last = err.lines().last().unwrap_or_default();
+    ensure(
+        last.starts_with("error: process 'sink' was killed by signal 9")
+            && last.contains("killed after the 1000 ms grace (SIGKILL): 'mapper' (stopped)"),
+        || format!("the final error does not name the cause, then the killed process:\n{err}"),
+    )?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
+/// The drain bound applies to a drain or a failure, not to children still working after the
+/// starter's own part has ended normally.
+fn the_drain_bound_does_not_cut_a_normal_end() -> Result<(), String> {
+    let app = Started::with_env(
+        "slow_tail",
+        &[],
+        None,
+        &[("IOTSTREAM_DRAIN_TIMEOUT_MS", "500")],
+    );
+    let (status, out, err) = app.wait(Duration::from_secs(60))?;
+    ensure(status.success(), || format!("exit {status}:\n{out}\n{err}"))?;
+    ensure(result_line(&out)? == "19900", || out.clone())
+}
+
+/// The last process is killed while the middle one writes nothing to it: the starter's part
+/// fails, and its ring to `middle` must say so at once (not look open, nor cleanly ended), so
+/// that `middle` ends with an error naming its failed writer instead of waiting until it is
+/// killed after the grace period.
+fn a_failed_part_fails_its_readers_at_once() -> Result<(), String> {
+    let app = Started::new("quiet_tail", &[]);
+    let starter = app.pid();
+    let last = wait_for_child(starter, "last")?;
+    wait_for_child(starter, "middle")?;
+    kill(last, 9);
+    let (status, out, err) = app.wait(Duration::from_secs(40))?;
+    ensure(!status.success(), || {
+        format!("exit {status}:\n{out}\n{err}")
+    })?;
+    let final_line = err.lines().last().unwrap_or_default();
+    ensure(
+        final_line.contains("process 'last'") && final_line.contains("SIGKILL"),
+        || format!("the final error does not name the killed process:\n{err}"),
+    )?;
+    ensure(
+        err.lines().any(|l| {
+            l.starts_with("[middle] ")
+                && l.contains("numbers.out -> never.in")
+                && l.contains("the writing process 'main'")
+                && l.contains("failed")
+        }),
+        || format!("'middle' did not end on its failed writer:\n{err}"),
+    )?;
+    ensure(!err.contains("killed after"), || {
+        format!("a process had to be killed after the grace period:\n{err}")
+    })?;
+    ensure(segments("quiet_tail").is_empty(), || {
+        format!("left behind: {:?}", segments("quiet_tail"))
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure(role_pids(starter).is_empty(), || {
+        format!("children still alive: {:?}", role_pids(starter))
+    })
+}
+
+/// Programs an iotstream process starts inherit none of its role variables.
+fn started_programs_inherit_no_role() -> Result<(), String> {
+    let (status, out, err) = Started::new("spawner", &[]).wait(Duration::from_secs(60))?;
+    ensure(status.success(), || format!("exit {status}:\n{out}\n{err}"))?;
+    ensure(out.contains("[worker] SPAWNED env"), || {
+        format!("the worker did not run env:\n{out}\n{err}")
+    })?;
+    let leaked: Vec<&str> = out.lines().filter(|l| l.contains("LEAKED")).collect();
+    ensure(leaked.is_empty(), || format!("inherited: {leaked:?}"))?;
+    ensure(result_line(&out)? == "999000", || out.clone())
+}
+
+/// `IOTSTREAM_CONTROL_FD=3` inherited by a program that no launcher started, its fd 3 some
+/// other socket: it must neither write into it nor wait on it.
+fn an_inherited_control_fd_is_not_trusted() -> Result<(), String> {
+    use std::os::unix::net::UnixStream;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // The shell puts the socket (its standard input) on fd 3, then runs the application.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" app plain 3<&0 0</dev/null")
+        .arg(exe)
+        .env("IOTSTREAM_CONTROL_FD", "3")
+        .env("IOTSTREAM_CONTROL_NONCE", "0123456789abcdef")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let app = Started {
+        child,
+        app: "plain".into(),
+    };
+    // A guard against a hang.
+    let (status, out, err) = app.wait(Duration::from_secs(30))?;
+    ensure(status.success(), || format!("exit {status}:\n{out}\n{err}"))?;
+    ensure(result_line(&out)? == "499500", || out.clone())?;
+    ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let _ = (&ours).read_to_end(&mut got);
+    ensure(got.is_empty(), || {
+        format!(
+            "the program wrote into the socket: {:?}",
+            String::from_utf8_lossy(&got)
+        )
+    })?;
+    ensure(err.contains("IOTSTREAM_CONTROL_FD"), || {
+        format!("no warning about the ignored variable:\n{err}")
+    })
+}
+
+/// The demo prints its errors for people (Display), not as Rust values, and exits 1.
+fn quake_detector_prints_errors_for_people() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let demo = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("quake_detector"))
+        .ok_or("no examples folder")?;
+    // A role without its run: the library's start fails with a runtime error.
+    let out = Command::new(&demo)
+        .env("IOTSTREAM_PROCESS", "detector")
+        .env_remove("IOTSTREAM_RUN")
+        .output()
+        .map_err(|e| format!("{}: {e}", demo.display()))?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure(out.status.code() == Some(1), || {
+        format!("exit {:?}:\n{err}", out.status)
+    })?;
+    ensure(
+        err.contains("error: runtime error: environment variable IOTSTREAM_RUN")
+            && !err.contains("Runtime {"),
+        || format!("not a readable error:\n{err}"),
+    )
+}
+
 /// A scenario: `Ok` or what went wrong.
 type Scenario = fn() -> Result<(), String>;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("app") {
+        // The runtime's own messages (warnings, errors) on stderr, as an application shows them.
+        iotstream::init_logging();
         let name = args.get(2).cloned().unwrap_or_default();
         match app(&name, &args[3..]) {
             Ok(()) => std::process::exit(0),
@@ -671,7 +1018,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 11] = [
+    let scenarios: [(&str, Scenario); 20] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
@@ -710,6 +1057,42 @@ fn main() {
             ctrl_c_drains_every_emitted_element,
         ),
         ("stop_drains_every_process", stop_drains_every_process),
+        (
+            "a_child_failure_is_logged_once",
+            a_child_failure_is_logged_once,
+        ),
+        (
+            "a_stopped_peer_is_warned_about_once",
+            a_stopped_peer_is_warned_about_once,
+        ),
+        (
+            "a_stopped_child_does_not_hold_the_drain",
+            a_stopped_child_does_not_hold_the_drain,
+        ),
+        (
+            "a_process_killed_after_the_grace_is_named_in_the_error",
+            a_process_killed_after_the_grace_is_named_in_the_error,
+        ),
+        (
+            "the_drain_bound_does_not_cut_a_normal_end",
+            the_drain_bound_does_not_cut_a_normal_end,
+        ),
+        (
+            "a_failed_part_fails_its_readers_at_once",
+            a_failed_part_fails_its_readers_at_once,
+        ),
+        (
+            "started_programs_inherit_no_role",
+            started_programs_inherit_no_role,
+        ),
+        (
+            "an_inherited_control_fd_is_not_trusted",
+            an_inherited_control_fd_is_not_trusted,
+        ),
+        (
+            "quake_detector_prints_errors_for_people",
+            quake_detector_prints_errors_for_people,
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, f) in scenarios {

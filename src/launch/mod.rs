@@ -17,7 +17,13 @@
 //! The starter watches every child: a child that exits with a failure or is killed stops the whole
 //! application, and the error names the process and its exit status or signal (with the last
 //! lines it wrote to standard error). Children die with the starter (`PR_SET_PDEATHSIG`).
-//! Each child's output lines are prefixed with `[process]`.
+//! Each child's output lines are prefixed with `[process]`. A stop (Ctrl-C, SIGTERM, a failure)
+//! is bounded by [`drain_timeout`] (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s), after which the
+//! children still running are killed and named.
+//!
+//! The role and control variables are read once and removed from the environment
+//! ([`role_env`]), so that programs the application starts do not inherit them; a control
+//! descriptor is believed only if it proves to be the launcher's ([`take_control`]).
 //!
 //! # Shared-memory objects
 //!
@@ -78,6 +84,75 @@ pub(crate) const ENV_DEPLOY_FD: &str = "IOTSTREAM_DEPLOY_FD";
 pub(crate) const ENV_CONTROL_FD: &str = "IOTSTREAM_CONTROL_FD";
 /// Set by the launcher to `1`: a dead peer process may be restarted, so it is waited for.
 pub(crate) const ENV_SUPERVISED: &str = "IOTSTREAM_SUPERVISED";
+/// Set by the launcher beside [`ENV_CONTROL_FD`]: a random nonce, per child, that the
+/// launcher's first message on the control channel carries (`hello <nonce>`).
+pub(crate) const ENV_CONTROL_NONCE: &str = "IOTSTREAM_CONTROL_NONCE";
+
+/// The role and control variables: they describe this process only, so they are read once and
+/// removed from the environment (see [`role_env`]).
+const ROLE_VARS: [&str; 9] = [
+    ENV_PROCESS,
+    ENV_RUN,
+    ENV_GRAPH,
+    ENV_DESCRIBE,
+    ENV_DEPLOY_FILE,
+    ENV_DEPLOY_FD,
+    ENV_CONTROL_FD,
+    ENV_SUPERVISED,
+    ENV_CONTROL_NONCE,
+];
+
+/// The value this process was started with of role or control variable `name` (one of
+/// [`ROLE_VARS`]).
+///
+/// The first call reads them all and removes them from the process's environment, so that no
+/// program the application starts inherits them: it would take itself for a member of this run
+/// (or for the launcher's child, and use whatever its fd 3 is). `Graph::start` calls it first,
+/// which programs do from `main`, before they start threads of their own; the runtime has
+/// started none yet (removing a variable races only with C code reading the environment in
+/// another thread, Rust's own accesses are locked). Applications that need their process's
+/// name read `IOTSTREAM_PROCESS` before they start the graph.
+pub(crate) fn role_env(name: &str) -> Option<std::ffi::OsString> {
+    static VARS: std::sync::OnceLock<Vec<(&'static str, std::ffi::OsString)>> =
+        std::sync::OnceLock::new();
+    VARS.get_or_init(|| {
+        let mut vars = Vec::new();
+        for var in ROLE_VARS {
+            if let Some(value) = std::env::var_os(var) {
+                vars.push((var, value));
+                std::env::remove_var(var);
+            }
+        }
+        vars
+    })
+    .iter()
+    .find(|(var, _)| *var == name)
+    .map(|(_, value)| value.clone())
+}
+
+/// [`role_env`] as UTF-8 (`None` if unset or not UTF-8).
+fn role_var(name: &str) -> Option<String> {
+    role_env(name).and_then(|v| v.into_string().ok())
+}
+
+/// A nonce for a child's control channel: 128 random bits in hex (the standard library's
+/// randomly seeded hasher keys, mixed with the time and pid).
+pub(crate) fn control_nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let word = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.finish()
+    };
+    format!("{:016x}{:016x}", word(1), word(2))
+}
 
 /// The process that hosts the agents not placed elsewhere, and starts the others.
 pub const MAIN_PROCESS: &str = "main";
@@ -132,7 +207,7 @@ pub(crate) enum Role {
 
 /// Reads the role from the environment. A malformed role is an error naming the variable.
 pub(crate) fn role() -> Result<Role, Error> {
-    let Some(process) = std::env::var_os(ENV_PROCESS) else {
+    let Some(process) = role_env(ENV_PROCESS) else {
         return Ok(Role::Starter);
     };
     let bad = |var: &str, what: &str| Error::Runtime {
@@ -143,12 +218,10 @@ pub(crate) fn role() -> Result<Role, Error> {
     let process = process
         .into_string()
         .map_err(|_| bad(ENV_PROCESS, "is not valid UTF-8"))?;
-    let run = std::env::var(ENV_RUN)
-        .ok()
+    let run = role_var(ENV_RUN)
         .and_then(|r| RunId::parse(&r))
         .ok_or_else(|| bad(ENV_RUN, "is missing or malformed"))?;
-    let fingerprint = std::env::var(ENV_GRAPH)
-        .ok()
+    let fingerprint = role_var(ENV_GRAPH)
         .and_then(|f| u64::from_str_radix(&f, 16).ok())
         .ok_or_else(|| bad(ENV_GRAPH, "is missing or malformed"))?;
     Ok(Role::Member {
@@ -364,6 +437,18 @@ impl Drop for Segments {
 /// A child process of the starter.
 pub(crate) struct ChildProcess {
     pub pid: u32,
+    /// The process's name in the application.
+    pub name: String,
+    /// Set by its waiter thread as soon as the process is reaped: from then on its pid may be
+    /// another process's, which must never be signalled.
+    pub reaped: Arc<AtomicBool>,
+}
+
+impl ChildProcess {
+    /// True while the process has not ended (not reaped, not a zombie).
+    pub fn running(&self) -> bool {
+        !self.reaped.load(Ordering::SeqCst) && pid_alive(self.pid)
+    }
 }
 
 /// How a child ended.
@@ -562,11 +647,14 @@ pub(crate) fn spawn_child(
     );
     let tail = last_errors;
     let watched = name.clone();
+    let reaped = Arc::new(AtomicBool::new(false));
+    let reaped_by_waiter = Arc::clone(&reaped);
     std::thread::Builder::new()
         .name(format!("wait {process}"))
         .spawn(move || {
             use std::os::unix::process::ExitStatusExt;
             let status = child.wait();
+            reaped_by_waiter.store(true, Ordering::SeqCst);
             // Let the output copiers reach the end of the pipes, so the report has the last
             // lines; bounded, since a program the child started may hold its pipes open.
             // Nothing is sent: this returns when both copiers have ended, or after 2 s.
@@ -590,7 +678,11 @@ pub(crate) fn spawn_child(
         .map_err(|e| Error::Runtime {
             detail: format!("cannot start the thread that watches process '{name}': {e}"),
         })?;
-    Ok(ChildProcess { pid })
+    Ok(ChildProcess {
+        pid,
+        name: process.to_string(),
+        reaped,
+    })
 }
 
 /// The longest piece of a child's output line copied at once (see [`OutputLines`]).
@@ -700,9 +792,21 @@ pub(crate) fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// True if `pid` is stopped (SIGSTOP, SIGTSTP, a debugger): alive, but it makes no progress.
+pub(crate) fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')').next().is_some_and(|rest| {
+                let rest = rest.trim_start();
+                rest.starts_with('T') || rest.starts_with('t')
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// Sends `signal` to every child still alive.
 pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
-    for c in children {
+    for c in children.iter().filter(|c| !c.reaped.load(Ordering::SeqCst)) {
         let _ = kill(Pid::from_raw(c.pid as i32), signal);
     }
 }
@@ -784,7 +888,8 @@ impl Drop for SignalGuard {
     }
 }
 
-/// How long a graceful drain may take before stragglers are killed.
+/// How long a graceful drain may take before stragglers are killed, by default (the launcher's
+/// `drain_timeout_ms`, and a starter's [`ENV_DRAIN_TIMEOUT_MS`]).
 pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Lets the program `cmd` starts inherit our descriptor `fd` (close-on-exec here) at the same
@@ -915,18 +1020,43 @@ fn read_deployment_fd(value: &str) -> Result<String, Error> {
     String::from_utf8(bytes).map_err(|_| bad("the deployment is not valid UTF-8".into()))
 }
 
+/// Bounds the drain of a directly started application (no launcher), in milliseconds.
+pub(crate) const ENV_DRAIN_TIMEOUT_MS: &str = "IOTSTREAM_DRAIN_TIMEOUT_MS";
+
+/// How long a starter's drain (Ctrl-C, SIGTERM, [`Running::stop`](crate::Running::stop), or
+/// the stop after a failure) may take before the children still running are killed:
+/// `IOTSTREAM_DRAIN_TIMEOUT_MS`, default [`DRAIN_GRACE`]. A malformed value is an error naming
+/// the variable.
+pub(crate) fn drain_timeout() -> Result<Duration, Error> {
+    match std::env::var(ENV_DRAIN_TIMEOUT_MS) {
+        Err(std::env::VarError::NotPresent) => Ok(DRAIN_GRACE),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| Error::Runtime {
+                detail: format!(
+                    "environment variable {ENV_DRAIN_TIMEOUT_MS} must be a number of milliseconds, not '{v}'"
+                ),
+            }),
+        Err(_) => Err(Error::Runtime {
+            detail: format!("environment variable {ENV_DRAIN_TIMEOUT_MS} is not valid UTF-8"),
+        }),
+    }
+}
+
 /// Where to write the graph's description, if the launcher asked for it.
 pub(crate) fn describe_request() -> Option<std::path::PathBuf> {
-    std::env::var_os(ENV_DESCRIBE).map(std::path::PathBuf::from)
+    role_env(ENV_DESCRIBE).map(std::path::PathBuf::from)
 }
 
 /// The deployment the launcher passed, if any (see [`ENV_DEPLOY_FD`]).
 pub(crate) fn deployment_from_env() -> Result<Option<crate::deploy::Deployment>, Error> {
-    let Some(value) = std::env::var_os(ENV_DEPLOY_FD) else {
+    let Some(value) = role_env(ENV_DEPLOY_FD) else {
         return Ok(None);
     };
     let text = read_deployment_fd(&value.to_string_lossy())?;
-    let file = std::env::var(ENV_DEPLOY_FILE).unwrap_or_else(|_| "deployment".into());
+    let file = role_var(ENV_DEPLOY_FILE).unwrap_or_else(|| "deployment".into());
     crate::deploy::Deployment::parse(&file, &text)
         .map(Some)
         .map_err(Error::from)
@@ -940,8 +1070,12 @@ static NO_MORE_RESTARTS: AtomicBool = AtomicBool::new(false);
 /// `final` yet. Rings then wait for a dead peer instead of failing.
 pub(crate) fn peers_may_restart() -> bool {
     static SUPERVISED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SUPERVISED.get_or_init(|| std::env::var(ENV_SUPERVISED).as_deref() == Ok("1"))
-        && !NO_MORE_RESTARTS.load(Ordering::SeqCst)
+    *SUPERVISED.get_or_init(supervised_by_launcher) && !NO_MORE_RESTARTS.load(Ordering::SeqCst)
+}
+
+/// True if the launcher started this process (`IOTSTREAM_SUPERVISED` set).
+pub(crate) fn supervised_by_launcher() -> bool {
+    role_env(ENV_SUPERVISED).is_some()
 }
 
 /// Whether the control channel was taken already (one graph per process talks to the launcher).
@@ -952,38 +1086,124 @@ static CONTROL_TAKEN: AtomicBool = AtomicBool::new(false);
 /// launcher may also say `stop` (drain: the same as SIGTERM, but it cannot arrive before the
 /// child is ready to handle it) and `final` (no process will be restarted any more).
 pub(crate) struct Control {
-    stream: std::os::unix::net::UnixStream,
+    reader: BufReader<std::os::unix::net::UnixStream>,
 }
 
 /// The control channel, when started by the launcher (once per process).
+///
+/// `IOTSTREAM_CONTROL_FD` is only believed when fd 3 really is the launcher's channel: a Unix
+/// stream socket whose peer is our parent process, on which the first line is `hello <nonce>`
+/// with the nonce of `IOTSTREAM_CONTROL_NONCE` (read within [`HELLO_TIMEOUT`]; the launcher
+/// writes it before it starts the child). Anything else (the variables inherited by a program
+/// that no launcher started, fd 3 some file, pipe or other socket) is a warning, and the
+/// descriptor is left alone: nothing is written to it, it is not closed, nothing waits on it
+/// beyond that bound.
 pub(crate) fn take_control() -> Result<Option<Control>, Error> {
-    use std::os::fd::FromRawFd;
-    let Some(fd) = std::env::var_os(ENV_CONTROL_FD) else {
+    use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
+    let Some(fd) = role_env(ENV_CONTROL_FD) else {
         return Ok(None);
     };
+    let ignored = |why: &str| {
+        tracing::warn!(
+            "{ENV_CONTROL_FD} is set but {why}: ignored (this program was not started by the \
+             iotstream launcher; the variable was inherited)"
+        );
+        Ok(None)
+    };
     if fd.to_str() != Some(&CONTROL_FD.to_string()) {
-        return Err(Error::Runtime {
-            detail: format!(
-                "environment variable {ENV_CONTROL_FD} must be {CONTROL_FD} (it is set by the iotstream launcher, not by hand)"
-            ),
-        });
+        return ignored(&format!("is {fd:?}, not {CONTROL_FD}"));
     }
+    let Some(nonce) = role_var(ENV_CONTROL_NONCE).filter(|n| !n.is_empty()) else {
+        return ignored(&format!("{ENV_CONTROL_NONCE} is missing"));
+    };
     if CONTROL_TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(None);
     }
-    // Programs this process starts must not inherit the launcher's channel.
-    // SAFETY: fcntl on a descriptor number; an invalid one only makes it fail.
-    if unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
-        return Err(Error::Runtime {
-            detail: format!(
-                "{ENV_CONTROL_FD} is set but file descriptor {CONTROL_FD} is not open: {}",
-                std::io::Error::last_os_error()
-            ),
-        });
+    // SAFETY: only inspected while this function runs; fstat on a closed fd just fails.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(CONTROL_FD) };
+    match nix::sys::stat::fstat(borrowed) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFSOCK => {}
+        Ok(_) => return ignored(&format!("file descriptor {CONTROL_FD} is not a socket")),
+        Err(e) => return ignored(&format!("file descriptor {CONTROL_FD} is not open ({e})")),
     }
-    // SAFETY: the launcher passed its socket as this descriptor, and it is taken only once.
+    if sock_opt::<libc::c_int>(libc::SO_TYPE).ok() != Some(libc::SOCK_STREAM) {
+        return ignored(&format!(
+            "file descriptor {CONTROL_FD} is not a stream socket"
+        ));
+    }
+    let parent = nix::unistd::getppid().as_raw();
+    match sock_opt::<libc::ucred>(libc::SO_PEERCRED) {
+        Ok(cred) if cred.pid == parent => {}
+        Ok(cred) => {
+            return ignored(&format!(
+                "the peer of file descriptor {CONTROL_FD} is pid {}, not our parent {parent}",
+                cred.pid
+            ))
+        }
+        Err(e) => {
+            return ignored(&format!(
+                "file descriptor {CONTROL_FD} is not a Unix socket ({e})"
+            ))
+        }
+    }
+    // SAFETY: fd 3 is an open stream socket (checked above); it is handed back with
+    // `into_raw_fd`, never closed, unless it proves to be the launcher's.
     let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
-    Ok(Some(Control { stream }))
+    let mut reader = BufReader::new(stream);
+    let hello = read_hello(&mut reader);
+    if hello.as_deref() != Some(format!("hello {nonce}").as_str()) {
+        let _ = reader.into_inner().into_raw_fd();
+        return ignored(&format!(
+            "file descriptor {CONTROL_FD} did not say hello with the nonce within {} ms",
+            HELLO_TIMEOUT.as_millis()
+        ));
+    }
+    let _ = reader.get_ref().set_read_timeout(None);
+    // Programs this process starts must not inherit the launcher's channel.
+    // SAFETY: fcntl on our own open descriptor.
+    unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(Some(Control { reader }))
+}
+
+/// Socket option `option` (level `SOL_SOCKET`) of [`CONTROL_FD`], a plain-data value.
+fn sock_opt<T: Copy>(option: libc::c_int) -> std::io::Result<T> {
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` has room for `len` bytes; getsockopt writes at most that many.
+    let r = unsafe {
+        libc::getsockopt(
+            CONTROL_FD,
+            libc::SOL_SOCKET,
+            option,
+            value.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<T>() {
+        return Err(std::io::Error::other("unexpected option size"));
+    }
+    // SAFETY: zero-initialised, then filled by the kernel with a value of type T (plain data).
+    Ok(unsafe { value.assume_init() })
+}
+
+/// How long a child waits for the launcher's `hello` on its control channel (the launcher
+/// writes it before starting the child, so it is there at once).
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The first line on a control channel, read within [`HELLO_TIMEOUT`] and at most 128 bytes;
+/// `None` if there is none.
+fn read_hello(reader: &mut BufReader<std::os::unix::net::UnixStream>) -> Option<String> {
+    reader
+        .get_ref()
+        .set_read_timeout(Some(HELLO_TIMEOUT))
+        .ok()?;
+    let mut line = Vec::new();
+    (&mut *reader).take(128).read_until(b'\n', &mut line).ok()?;
+    let line = String::from_utf8(line).ok()?;
+    Some(line.trim_end().to_string())
 }
 
 impl Control {
@@ -993,8 +1213,8 @@ impl Control {
         let lost = |e: std::io::Error| Error::Runtime {
             detail: format!("the launcher's control channel failed: {e}"),
         };
-        (&self.stream).write_all(b"ready\n").map_err(lost)?;
-        let mut reader = BufReader::new(self.stream);
+        let mut reader = self.reader;
+        reader.get_ref().write_all(b"ready\n").map_err(lost)?;
         let mut line = String::new();
         loop {
             line.clear();

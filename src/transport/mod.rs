@@ -21,7 +21,10 @@
 //! - Waits are always timed; between waits each side checks that the other process is alive. A
 //!   dead peer is an error naming the connection, never a hang, unless the process is
 //!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
-//!   or stops the application, and the survivor keeps waiting.
+//!   or stops the application, and the survivor keeps waiting. A reader that is alive but
+//!   releases nothing while the writer waits is warned about once ([`progress_warn_after`]).
+//! - When this process's part fails, the rings it writes are marked failed at once (through
+//!   [`RunHandle::on_failure`]), so their readers end with an error naming the failed writer.
 
 pub(crate) mod codec;
 pub(crate) mod held;
@@ -29,12 +32,12 @@ pub(crate) mod shm;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use codec::Codec;
 use held::Held;
-use shm::ring::{Consumer, DataNudger, Producer, SpaceWaiter, Wait};
+use shm::ring::{fail_producer, Consumer, DataNudger, Producer, SpaceWaiter, Wait};
 use shm::segment::Segment;
 
 use crate::error::Error;
@@ -79,17 +82,18 @@ pub(crate) fn supervised() -> bool {
 
 /// What one side of a connection does when its peer process looks dead.
 struct PeerWatch {
-    /// `"reading"` or `"writing"`: the peer's role, for messages.
-    peer: &'static str,
+    /// `"reading process 'name'"` or `"writing process 'name'"`: the peer, for messages.
+    peer: String,
     label: String,
     /// The dead pid already warned about (once per pid).
     warned: Option<u32>,
 }
 
 impl PeerWatch {
-    fn new(peer: &'static str, label: &str) -> PeerWatch {
+    /// `role` is `"reading"` or `"writing"`, `process` the peer's process name.
+    fn new(role: &str, process: &str, label: &str) -> PeerWatch {
         PeerWatch {
-            peer,
+            peer: format!("{role} process '{process}'"),
             label: label.to_string(),
             warned: None,
         }
@@ -109,19 +113,96 @@ impl PeerWatch {
         if alive(pid) {
             return Ok(());
         }
-        let peer = self.peer;
+        let peer = &self.peer;
         if !supervised || stopping {
-            return Err(format!("the {peer} process (pid {pid}) died"));
+            return Err(format!("the {peer} (pid {pid}) died"));
         }
         if self.warned != Some(pid) {
             self.warned = Some(pid);
             tracing::warn!(
-                "connection {}: the {peer} process (pid {pid}) died; waiting for the launcher \
-                 to restart it",
+                "connection {}: the {peer} (pid {pid}) died; waiting for the launcher to \
+                 restart it",
                 self.label
             );
         }
         Ok(())
+    }
+}
+
+/// The variable that sets after how long a peer that makes no progress is warned about.
+pub(crate) const ENV_PROGRESS_WARN_MS: &str = "IOTSTREAM_PROGRESS_WARN_MS";
+
+/// The default of [`ENV_PROGRESS_WARN_MS`]: 10 s.
+const PROGRESS_WARN_DEFAULT: Duration = Duration::from_secs(10);
+
+/// After how long a writer that waits for room while its reading process releases nothing is
+/// warned about: `IOTSTREAM_PROGRESS_WARN_MS` (milliseconds, 0 for never), default 10 s. Read
+/// once; a malformed value is an error naming the variable (checked when a graph starts).
+pub(crate) fn progress_warn_after() -> Result<Option<Duration>, String> {
+    static AFTER: OnceLock<Result<Option<Duration>, String>> = OnceLock::new();
+    AFTER
+        .get_or_init(|| match std::env::var(ENV_PROGRESS_WARN_MS) {
+            Err(std::env::VarError::NotPresent) => Ok(Some(PROGRESS_WARN_DEFAULT)),
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(0) => Ok(None),
+                Ok(ms) => Ok(Some(Duration::from_millis(ms))),
+                Err(_) => Err(format!(
+                    "environment variable {ENV_PROGRESS_WARN_MS} must be a number of \
+                     milliseconds (0 for never), not '{v}'"
+                )),
+            },
+            Err(_) => Err(format!(
+                "environment variable {ENV_PROGRESS_WARN_MS} is not valid UTF-8"
+            )),
+        })
+        .clone()
+}
+
+/// One wait of a writer for room: warns once when the reading process has released nothing for
+/// [`progress_warn_after`] (stopped or hung: alive, so [`PeerWatch`] says nothing), and says so
+/// again when it moves.
+struct ProgressWatch {
+    after: Option<Duration>,
+    tail: u64,
+    since: Instant,
+    warned: bool,
+}
+
+impl ProgressWatch {
+    fn new(after: Option<Duration>, tail: u64) -> ProgressWatch {
+        ProgressWatch {
+            after,
+            tail,
+            since: Instant::now(),
+            warned: false,
+        }
+    }
+
+    /// After a wait slice without enough room: `tail` is the consumer's position now, `peer`
+    /// the reader (see [`PeerWatch`]) and `pid` its pid. True when it warned.
+    fn check(&mut self, tail: u64, label: &str, peer: &str, pid: Option<u32>) -> bool {
+        let pid = pid.map_or("not attached yet".to_string(), |p| format!("pid {p}"));
+        if tail != self.tail {
+            self.tail = tail;
+            self.since = Instant::now();
+            if std::mem::take(&mut self.warned) {
+                tracing::info!("connection {label}: the {peer} ({pid}) moves again");
+            }
+            return false;
+        }
+        match self.after {
+            Some(after) if !self.warned && self.since.elapsed() >= after => {
+                self.warned = true;
+                tracing::warn!(
+                    "connection {label}: no progress for {} ms: the {peer} ({pid}) is alive but \
+                     has released nothing while the writer waits for room (stopped or hung?); \
+                     still waiting",
+                    after.as_millis()
+                );
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -180,9 +261,10 @@ impl ShmWiring for ShmTransport {
         wake: Arc<dyn Mailbox>,
         output: u32,
         _link: u32,
+        peer: &str,
     ) -> Result<(), Error> {
         let name = segment_name(&self.app, &self.run, edge)?;
-        out.add_shm_link(&name, spec, wake, output, self.handle.clone())
+        out.add_shm_link(&name, spec, wake, output, self.handle.clone(), peer)
     }
 
     fn reader(
@@ -196,6 +278,7 @@ impl ShmWiring for ShmTransport {
         counters: Arc<LinkCounters>,
         count_traffic: bool,
         label: String,
+        peer: &str,
     ) -> Result<Arc<dyn Mailbox>, Error> {
         let segment = segment_name(&self.app, &self.run, edge)?;
         (decl.make_feeder)(FeederSpec {
@@ -206,6 +289,7 @@ impl ShmWiring for ShmTransport {
             counters,
             count_traffic,
             label,
+            peer: peer.to_string(),
             run: self.handle.clone(),
         })
     }
@@ -233,10 +317,11 @@ pub(crate) struct ShmSender<T> {
 
 impl<T: Element> ShmSender<T> {
     /// Opens ring `segment` as its producer and starts the watcher that posts
-    /// `Credit { output, link }` to `wake` when room appears.
+    /// `Credit { output, link }` to `wake` when room appears. `peer` is the reader's process.
     pub fn open(
         segment: &str,
         label: &str,
+        peer: &str,
         wake: Arc<dyn Mailbox>,
         output: u32,
         link: u32,
@@ -254,12 +339,22 @@ impl<T: Element> ShmSender<T> {
             cond: Condvar::new(),
             done: AtomicBool::new(false),
         });
+        // If this process's part fails, the reader must not wait for more, nor take what it got
+        // for the whole stream: the ring is marked failed at once (unless a launcher may restart
+        // this process, whose replacement takes the producer's role over).
+        let segment = Arc::clone(producer.memory());
+        run.on_failure(Box::new(move || {
+            if !supervised() {
+                fail_producer(&segment);
+            }
+        }));
         let waiter = producer.space_waiter();
         let w = Arc::clone(&watch);
+        let peer = PeerWatch::new("reading", peer, label);
         let label = label.to_string();
         std::thread::Builder::new()
             .name(format!("ring space {output}.{link}"))
-            .spawn(move || watch_space(waiter, w, wake, output, link, run, label))
+            .spawn(move || watch_space(waiter, w, wake, output, link, run, label, peer))
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a ring watcher thread: {e}"),
             })?;
@@ -309,6 +404,7 @@ impl<T> Drop for ShmSender<T> {
 }
 
 /// The watcher thread: waits for room when armed, then wakes the writer's host.
+#[allow(clippy::too_many_arguments)]
 fn watch_space(
     waiter: SpaceWaiter<Arc<Segment>>,
     watch: Arc<Watch>,
@@ -317,8 +413,9 @@ fn watch_space(
     link: u32,
     run: RunHandle,
     label: String,
+    mut peer: PeerWatch,
 ) {
-    let mut peer = PeerWatch::new("reading", &label);
+    let warn_after = progress_warn_after().ok().flatten();
     loop {
         let needed = {
             let mut armed = watch.armed.lock().unwrap_or_else(|p| p.into_inner());
@@ -336,6 +433,7 @@ fn watch_space(
                     .0;
             }
         };
+        let mut progress = ProgressWatch::new(warn_after, waiter.tail_hint());
         loop {
             if watch.done.load(Ordering::SeqCst) || run.is_over() {
                 return;
@@ -353,6 +451,7 @@ fn watch_space(
                         });
                         return;
                     }
+                    progress.check(waiter.tail_hint(), &label, &peer.peer, pid);
                 }
                 Err(e) => {
                     run.fail(Error::Runtime {
@@ -379,6 +478,8 @@ pub(crate) struct FeederSpec {
     /// process too, counts them).
     pub count_traffic: bool,
     pub label: String,
+    /// The writer's process (for messages).
+    pub peer: String,
     pub run: RunHandle,
 }
 
@@ -556,7 +657,15 @@ fn feed<T: Element>(
 ) -> Result<(), String> {
     let codec = Codec::<T>::new();
     let mut pending: VecDeque<Batch<T>> = VecDeque::new();
-    let mut peer = PeerWatch::new("writing", &spec.label);
+    let mut peer = PeerWatch::new("writing", &spec.peer, &spec.label);
+    // A failed writer's mark, named (the ring knows only its pid).
+    let writer = peer.peer.clone();
+    let failed = |e: shm::ring::RingError| match e {
+        shm::ring::RingError::WriterFailed { pid } => {
+            format!("the {writer} (pid {pid}) failed: its stream ends incomplete")
+        }
+        other => other.to_string(),
+    };
     let mut warned_early = false;
     loop {
         if spec.run.is_over() {
@@ -566,6 +675,8 @@ fn feed<T: Element>(
         if let Some(front) = pending.front_mut() {
             let n = mailbox.take(front.len());
             if n == 0 {
+                // A failed writer ends the stream with an error even while the reader is full.
+                consumer.writer_failed().map_err(failed)?;
                 std::thread::park_timeout(WAIT_SLICE);
                 continue;
             }
@@ -594,7 +705,7 @@ fn feed<T: Element>(
             }
             Ok(Some(Err(e))) => return Err(format!("corrupt data from the writing process: {e}")),
             Ok(None) => {
-                if consumer.is_closed().map_err(|e| e.to_string())? {
+                if consumer.is_closed().map_err(failed)? {
                     spec.target.post(Envelope::Eos { input: spec.input });
                     return Ok(());
                 }
@@ -766,6 +877,7 @@ mod tests {
             counters: Arc::default(),
             count_traffic: true,
             label: "numbers.out -> slow.in".into(),
+            peer: "numbers".into(),
             run: run.clone(),
         }
     }
@@ -776,7 +888,8 @@ mod tests {
         let (run, _system) = RunHandle::for_tests();
         let writer = Arc::new(Inbox::default());
         let mut tx =
-            ShmSender::<u64>::open(&name, "test", writer.clone(), 0, 0, run.clone()).unwrap();
+            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
         let header = view.header();
         let tail = || header.tail.load(Ordering::SeqCst);
         // Five frames of three elements; `ends[k]` is where frame k ends in the ring.
@@ -856,7 +969,8 @@ mod tests {
         let (run, _system) = RunHandle::for_tests();
         let writer = Arc::new(Inbox::default());
         let mut tx =
-            ShmSender::<u64>::open(&name, "test", writer.clone(), 0, 0, run.clone()).unwrap();
+            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
         let reader = Arc::new(Inbox::default());
         let spec = feeder(&name, 1_000, &reader, &run);
         let counters = Arc::clone(&spec.counters);
@@ -918,7 +1032,8 @@ mod tests {
         let (run, _system) = RunHandle::for_tests();
         let writer = Arc::new(Inbox::default());
         let mut tx =
-            ShmSender::<u64>::open(&name, "test", writer.clone(), 0, 0, run.clone()).unwrap();
+            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
         let reader = Arc::new(Inbox::default());
         let spec = feeder(&name, 1_000_000, &reader, &run);
         let counters = Arc::clone(&spec.counters);
@@ -964,12 +1079,12 @@ mod tests {
     #[test]
     fn a_dead_peer_is_an_error_unless_supervised_and_not_stopping() {
         let dead = |_| false;
-        let mut w = PeerWatch::new("reading", "a.out -> b.in");
+        let mut w = PeerWatch::new("reading", "b", "a.out -> b.in");
         assert_eq!(w.check(None, dead, false, false), Ok(()), "no peer yet");
         assert_eq!(w.check(Some(7), |_| true, false, false), Ok(()), "alive");
         assert_eq!(
             w.check(Some(7), dead, false, false),
-            Err("the reading process (pid 7) died".to_string())
+            Err("the reading process 'b' (pid 7) died".to_string())
         );
         assert_eq!(
             w.check(Some(7), dead, true, false),
@@ -980,11 +1095,40 @@ mod tests {
         assert_eq!(w.check(Some(7), dead, true, false), Ok(()));
         assert_eq!(
             w.check(Some(7), dead, true, true),
-            Err("the reading process (pid 7) died".to_string()),
+            Err("the reading process 'b' (pid 7) died".to_string()),
             "supervised, but the application is stopping: nobody will restart it"
         );
         assert_eq!(w.check(Some(9), dead, true, false), Ok(()));
         assert_eq!(w.warned, Some(9), "a new dead pid is warned about again");
+    }
+
+    #[test]
+    fn no_progress_is_warned_about_once_per_episode() {
+        let peer = "reading process 'b'";
+        let mut w = ProgressWatch::new(Some(Duration::ZERO), 64);
+        assert!(
+            w.check(64, "a.out -> b.in", peer, Some(7)),
+            "no move: warned"
+        );
+        assert!(
+            !w.check(64, "a.out -> b.in", peer, Some(7)),
+            "once, not a flood"
+        );
+        assert!(
+            !w.check(128, "a.out -> b.in", peer, Some(7)),
+            "it moved: episode over"
+        );
+        assert!(
+            w.check(128, "a.out -> b.in", peer, Some(7)),
+            "a new episode warns again"
+        );
+        let mut never = ProgressWatch::new(None, 0);
+        assert!(
+            !never.check(0, "a.out -> b.in", peer, Some(7)),
+            "0: never warns"
+        );
+        let mut patient = ProgressWatch::new(Some(Duration::from_secs(3600)), 0);
+        assert!(!patient.check(0, "a.out -> b.in", peer, Some(7)), "not yet");
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! | 16 | `capacity: u64`, data bytes | creator, once |
 //! | 24 | `producer_pid: u32`, 0 until a producer claims the ring | producer, on claim or take-over |
 //! | 28 | `consumer_pid: u32`, 0 until a consumer claims the ring | consumer, on claim or take-over |
-//! | 32 | `closed: u32`, 0 or 1: the producer ended the stream | producer, once |
+//! | 32 | `closed: u32`, 0 open, 1 the producer ended the stream, 2 the producer's process failed (the stream is incomplete) | producer, once |
 //! | 64 | `head: u64`, bytes published by the producer since the start | producer |
 //! | 128 | `tail: u64`, bytes released by the consumer since the start | consumer |
 //! | 192 | `data_seq: u32` (futex word), `data_waiting: u32` (consumer sleeps) | both |
@@ -125,7 +125,7 @@
 //! access or undefined behaviour:
 //!
 //! - on attach ([`Producer::new`], [`Consumer::new`]): `magic`, `version`, `header_size`, and
-//!   `capacity` (a power of two in range, equal to the memory's data size), `closed` in {0, 1},
+//!   `capacity` (a power of two in range, equal to the memory's data size), `closed` in {0, 1, 2},
 //!   `head` and `tail` multiples of 8, `tail <= head <= tail + capacity`, both below 2^62;
 //! - `head`, read by the consumer: a multiple of 8, not behind the consumer's read position,
 //!   never going backwards, at most `capacity` ahead of the tail the consumer released;
@@ -134,7 +134,7 @@
 //! - a frame, read by the consumer: `len <= max_frame_len`, the frame inside the data area and
 //!   inside the published region; a wrap marker only where the frame after it (at offset 0,
 //!   published) does not fit, and never twice in a row;
-//! - `closed`: 0 or 1. The futex words and waiting flags are only hints: any value is harmless.
+//! - `closed`: 0, 1 or 2. The futex words and waiting flags are only hints: any value is harmless.
 //!
 //! Each side keeps its own counters in private memory and never reads them back from the ring,
 //! and reads a frame's `len` once (an atomic load) before validating and using it.
@@ -215,6 +215,13 @@ pub(crate) enum RingError {
     /// The producer already closed the ring: nothing more can be written.
     #[error("the ring is closed: its producer ended the stream")]
     Closed,
+    /// The producer's process failed and marked the ring ([`fail_producer`]): what it wrote is
+    /// not the whole stream.
+    #[error("the writing process (pid {pid}) failed: its stream ends incomplete")]
+    WriterFailed {
+        /// The pid recorded as the ring's producer.
+        pid: u32,
+    },
     /// The ring already has a producer (or a consumer), alive (or not known to be dead): a ring
     /// has one of each at a time.
     #[error("the ring's {role} is already process {pid}")]
@@ -544,10 +551,12 @@ impl<M: RingMemory> Ring<M> {
         let header = mem.header();
         let cap = header.check(mem.data_len())?;
         let closed = header.id.closed.load(Ordering::Acquire);
-        if closed > 1 {
-            return Err(corrupt(format_args!("closed flag is {closed}, not 0 or 1")));
+        if closed > FAILED {
+            return Err(corrupt(format_args!(
+                "closed flag is {closed}, not 0, 1 or 2"
+            )));
         }
-        if role == "producer" && closed == 1 {
+        if role == "producer" && closed != 0 {
             return Err(RingError::Closed);
         }
         let pid = std::process::id();
@@ -907,7 +916,14 @@ impl<M: RingMemory> Producer<M> {
                 .store(self.st.head, Ordering::Release);
             self.st.published = self.st.head;
         }
-        self.ring.header().id.closed.store(1, Ordering::Release);
+        // Not over a failure mark (set by another thread of this process, see
+        // [`fail_producer`]): a failed writer never looks like a complete stream.
+        let _ = self.ring.header().id.closed.compare_exchange(
+            0,
+            1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         self.st.closed = true;
         self.ring.notify(&self.ring.header().data_wake);
     }
@@ -963,6 +979,11 @@ impl<M: RingMemory + Clone> Producer<M> {
         }
     }
 
+    /// The ring's memory (to mark it failed from another thread: [`fail_producer`]).
+    pub(crate) fn memory(&self) -> &M {
+        &self.ring.mem
+    }
+
     /// The consumer position (`tail`) at which a frame of `len` payload bytes fits.
     pub(crate) fn tail_needed(&self, len: usize) -> u64 {
         let (skip, frame) = self.st.placement(&self.ring, len);
@@ -999,6 +1020,12 @@ impl<M: RingMemory> SpaceWaiter<M> {
             0 => None,
             pid => Some(pid),
         }
+    }
+
+    /// The consumer's `tail` as stored now, unvalidated: only compared with an earlier reading
+    /// to tell whether the consumer moves (a progress report), never used as a position.
+    pub(crate) fn tail_hint(&self) -> u64 {
+        self.ring.header().tail.load(Ordering::Relaxed)
     }
 }
 
@@ -1065,13 +1092,35 @@ impl ConsumerState {
     }
 }
 
-/// Reads and validates the `closed` flag.
+/// The `closed` flag's value when the producer's process failed.
+const FAILED: u32 = 2;
+
+/// Reads and validates the `closed` flag: true once the producer closed the ring or failed.
 fn closed_flag<M: RingMemory>(ring: &Ring<M>) -> Result<bool, RingError> {
     match ring.header().id.closed.load(Ordering::Acquire) {
         0 => Ok(false),
-        1 => Ok(true),
-        other => Err(corrupt(format_args!("closed flag is {other}, not 0 or 1"))),
+        1 | FAILED => Ok(true),
+        other => Err(corrupt(format_args!(
+            "closed flag is {other}, not 0, 1 or 2"
+        ))),
     }
+}
+
+/// Marks the ring in `mem` as written by a failed process, unless its producer already ended
+/// the stream, and wakes its consumer, which then fails with [`RingError::WriterFailed`]
+/// instead of waiting for data that will never come or taking the stream for complete. Any
+/// thread of the producer's process may call it, while the producer writes: the producer's own
+/// later [`close`](Producer::close) leaves the mark.
+pub(crate) fn fail_producer<M: RingMemory>(mem: &M) {
+    let header = mem.header();
+    let _ = header
+        .id
+        .closed
+        .compare_exchange(0, FAILED, Ordering::AcqRel, Ordering::Acquire);
+    // As `Ring::notify` does (this thread has the memory, not the producer's `Ring`).
+    fence(Ordering::SeqCst);
+    header.data_wake.seq.fetch_add(1, Ordering::Release);
+    mem.shadow().futex_wake(&header.data_wake.seq);
 }
 
 /// The reading side of a ring.
@@ -1259,10 +1308,14 @@ impl<M: RingMemory> Consumer<M> {
 
     /// True at the end of the stream: the producer closed the ring and every frame has been
     /// read.
+    ///
+    /// A ring marked by a failed producer ([`fail_producer`]) is [`RingError::WriterFailed`] at
+    /// once, even with frames unread: the stream is incomplete, and the reader ends promptly.
     pub(crate) fn is_closed(&mut self) -> Result<bool, RingError> {
         if !closed_flag(&self.ring)? {
             return Ok(false);
         }
+        self.writer_failed()?;
         // `closed` was read with `Acquire` after the producer's last `head` store: this sees it.
         self.st.refresh_head(&self.ring)?;
         Ok(self.st.tail == self.st.head)
@@ -1293,6 +1346,15 @@ impl<M: RingMemory> Consumer<M> {
                     || (watch_producer
                         && ring.header().space_wake.waiting.load(Ordering::Relaxed) != 0))
             })
+    }
+
+    /// [`RingError::WriterFailed`] if the producer's process marked the ring as failed.
+    pub(crate) fn writer_failed(&self) -> Result<(), RingError> {
+        if self.ring.header().id.closed.load(Ordering::Acquire) == FAILED {
+            let pid = self.ring.header().id.producer_pid.load(Ordering::Relaxed);
+            return Err(RingError::WriterFailed { pid });
+        }
+        Ok(())
     }
 
     /// The producer's pid, once a producer has attached (for liveness checks).
@@ -2052,12 +2114,46 @@ mod tests {
     #[test]
     fn corrupt_closed_flag() {
         let (ring, _p, mut c) = pair(64);
-        ring.header().id.closed.store(2, Ordering::Relaxed);
-        assert_corrupt(c.is_closed(), "closed flag is 2");
+        ring.header().id.closed.store(3, Ordering::Relaxed);
+        assert_corrupt(c.is_closed(), "closed flag is 3");
         assert_corrupt(
             c.wait_for_data(Duration::from_secs(3600)),
-            "closed flag is 2",
+            "closed flag is 3",
         );
+    }
+
+    #[test]
+    fn a_failed_producer_is_an_error_for_the_consumer_never_an_end_of_stream() {
+        let (ring, mut p, mut c) = pair(128);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        fail_producer(&ring);
+        // The producer's own close afterwards (its host ending) does not hide the failure.
+        p.close();
+        let failed = RingError::WriterFailed {
+            pid: std::process::id(),
+        };
+        assert_eq!(
+            c.is_closed(),
+            Err(failed.clone()),
+            "even with a frame unread"
+        );
+        assert_eq!(
+            c.wait_for_data(Duration::from_secs(3600)),
+            Ok(Wait::Ready),
+            "a waiting consumer is not kept waiting"
+        );
+        assert_eq!(c.writer_failed(), Err(failed));
+        assert_eq!(
+            Producer::take_over(Arc::clone(&ring), |_| false).unwrap_err(),
+            RingError::Closed,
+            "no producer takes a failed ring over"
+        );
+        // A stream that ended cleanly stays so: the mark is not set over it.
+        let (ring, mut p, mut c) = pair(64);
+        p.close();
+        fail_producer(&ring);
+        assert_eq!(c.is_closed(), Ok(true));
     }
 
     #[test]
@@ -2108,7 +2204,8 @@ mod tests {
             }
             for r in results {
                 match r {
-                    Ok(()) | Err(RingError::Closed) => {}
+                    // A closed flag of 2 is a failed producer's mark, a valid value.
+                    Ok(()) | Err(RingError::Closed) | Err(RingError::WriterFailed { .. }) => {}
                     Err(RingError::Corrupt { .. }) => corrupt_seen += 1,
                     Err(e) => panic!("unexpected error {e}"),
                 }
