@@ -64,6 +64,9 @@ struct Shared {
     /// Set to stop sources (graceful) or after a failure.
     stop: Arc<AtomicBool>,
     error: Mutex<Option<Error>>,
+    /// Set by the first failure and never cleared (the run's end takes `error` out): the
+    /// starter's drain bound starts on it.
+    failed: AtomicBool,
     system: Mutex<Option<System>>,
     mailboxes: Mutex<Vec<Arc<dyn Mailbox>>>,
     /// Threads that feed local inputs from other processes (see [`RunHandle`]).
@@ -159,6 +162,7 @@ impl RunHandle {
             hosts_left: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
             error: Mutex::new(None),
+            failed: AtomicBool::new(false),
             system: Mutex::new(Some(System::current())),
             mailboxes: Mutex::new(Vec::new()),
             feeders: Mutex::new(Vec::new()),
@@ -193,6 +197,7 @@ impl Shared {
     fn fail(&self, e: Error) {
         tracing::error!("{e}");
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        self.failed.store(true, Ordering::SeqCst);
         let first = slot.is_none();
         if first {
             *slot = Some(e);
@@ -520,14 +525,6 @@ impl Running {
             if let Some(bound) = children.drain_bound.take() {
                 let _ = bound.join();
             }
-            if let Some(note) = children
-                .killed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
-                result = result.map_err(|e| with_note(e, &note));
-            }
             let failure = children
                 .failure
                 .lock()
@@ -538,6 +535,15 @@ impl Running {
                 if child_first || result.is_ok() {
                     result = Err(f);
                 }
+            }
+            // A note on whichever error was chosen as the cause.
+            if let Some(note) = children
+                .killed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                result = result.map_err(|e| with_note(e, &note));
             }
         }
         result.map(|()| self.registry.snapshot())
@@ -806,10 +812,13 @@ fn bound_drain(
 ) {
     const POLL: Duration = Duration::from_millis(20);
     let all_ended = || list.iter().all(|c| !c.running());
+    // Not `Shared::error`: the starter's part takes it out when its own run ends, which may
+    // be before this thread looks.
     let failed = || {
         fail_local
             .as_ref()
-            .is_some_and(|s| s.error.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+            .is_some_and(|s| s.failed.load(Ordering::SeqCst))
+            || failure.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     };
     while !draining.load(Ordering::SeqCst) && !failed() {
         if all_ended() {
@@ -847,7 +856,7 @@ fn bound_drain(
         let earlier = first.is_some()
             || fail_local
                 .as_ref()
-                .is_some_and(|s| s.error.lock().unwrap_or_else(|p| p.into_inner()).is_some());
+                .is_some_and(|s| s.failed.load(Ordering::SeqCst));
         if earlier {
             let note = format!(
                 "killed after the {ms} ms grace (SIGKILL): {}",
@@ -1013,6 +1022,7 @@ fn coordinate(
         hosts_left: AtomicUsize::new(n),
         stop: Arc::clone(&stop),
         error: Mutex::new(None),
+        failed: AtomicBool::new(false),
         system: Mutex::new(Some(System::current())),
         mailboxes: Mutex::new(Vec::new()),
         feeders: Mutex::new(Vec::new()),
