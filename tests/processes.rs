@@ -571,6 +571,42 @@ fn garbage_in_a_live_ring_is_an_error_not_a_panic() -> Result<(), String> {
     })
 }
 
+/// A bad `tail` (the consumer's counter, the header's third cache line) written into every ring
+/// of a running application from outside is reported as a corrupt `tail` by the consumer, which
+/// checks it whenever it releases or looks for data. (It used to go unnoticed: the consumer's
+/// next release overwrote it, and the producer reads `tail` only when the ring looks full.)
+fn a_corrupt_tail_in_a_live_ring_is_reported() -> Result<(), String> {
+    let app = Started::new("endless", &[]);
+    wait_for_child(app.pid(), "sink")?;
+    let rings = segments("endless");
+    ensure(!rings.is_empty(), || "no ring to corrupt".into())?;
+    for r in &rings {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/shm/{r}"))
+            .map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(128)).map_err(|e| e.to_string())?;
+        f.write_all(&[0xFF, 0x13, 0x37, 0x42, 0x99, 0x01, 0xFE, 0x7F])
+            .map_err(|e| e.to_string())?;
+    }
+    // The bound is a guard against a hang, not a speed claim.
+    let (status, _out, err) = app.wait(Duration::from_secs(20))?;
+    ensure(!status.success(), || {
+        "the application did not notice the corruption".into()
+    })?;
+    ensure(
+        err.contains("corrupt ring: tail 9222810844653884415 is not the position"),
+        || format!("no corrupt-tail error in:\n{err}"),
+    )?;
+    ensure(!err.contains("panicked"), || {
+        format!("a process panicked:\n{err}")
+    })?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
 /// Ctrl-C (SIGINT) to the starter drains the application: sources end their streams, every
 /// element the source emitted reaches the sink in the other process, every process exits 0.
 fn ctrl_c_drains_every_emitted_element() -> Result<(), String> {
@@ -671,7 +707,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 11] = [
+    let scenarios: [(&str, Scenario); 12] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
@@ -700,6 +736,10 @@ fn main() {
         (
             "garbage_in_a_live_ring_is_an_error_not_a_panic",
             garbage_in_a_live_ring_is_an_error_not_a_panic,
+        ),
+        (
+            "a_corrupt_tail_in_a_live_ring_is_reported",
+            a_corrupt_tail_in_a_live_ring_is_reported,
         ),
         (
             "quake_detector_three_processes_match_one",

@@ -130,7 +130,9 @@
 //! - `head`, read by the consumer: a multiple of 8, not behind the consumer's read position,
 //!   never going backwards, at most `capacity` ahead of the tail the consumer released;
 //! - `tail`, read by the producer: a multiple of 8, never going backwards, never beyond the
-//!   `head` the producer published;
+//!   `head` the producer published; and by the consumer, which alone writes it, whenever it
+//!   releases or looks for data: still the position it released (a value written by anyone
+//!   else would otherwise be overwritten unnoticed by its next release);
 //! - a frame, read by the consumer: `len <= max_frame_len`, the frame inside the data area and
 //!   inside the published region; a wrap marker only where the frame after it (at offset 0,
 //!   published) does not fit, and never twice in a row;
@@ -1027,8 +1029,27 @@ struct ConsumerState {
 }
 
 impl ConsumerState {
-    /// Reads and validates the producer's `head`.
+    /// Checks that the ring's `tail` is still the one this consumer last stored. Only the
+    /// consumer writes `tail`, so any other value was written by something else (a buggy or
+    /// hostile process): left alone, the consumer's next release would silently overwrite it
+    /// and the producer, which reads `tail` only when the ring looks full, might never see it.
+    /// The line is the consumer's own, so the load costs no cache traffic.
+    fn check_tail<M: RingMemory>(&self, ring: &Ring<M>) -> Result<(), RingError> {
+        let tail = ring.header().tail.load(Ordering::Relaxed);
+        if tail != self.released {
+            return Err(corrupt(format_args!(
+                "tail {tail} is not the position {} this consumer released: something else \
+                 wrote it",
+                self.released
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates the producer's `head` (and checks the consumer's own `tail`, see
+    /// [`check_tail`](Self::check_tail)).
     fn refresh_head<M: RingMemory>(&mut self, ring: &Ring<M>) -> Result<(), RingError> {
+        self.check_tail(ring)?;
         let head = ring.header().head.load(Ordering::Acquire);
         if head % 8 != 0 {
             return Err(corrupt(format_args!("head {head} is not a multiple of 8")));
@@ -1205,14 +1226,17 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Hands the space of every frame read since the last call back to the producer (one
     /// `Release` store), and wakes the producer if it sleeps. Does nothing if nothing was read.
-    pub(crate) fn release(&mut self) {
-        self.release_up_to(self.st.tail);
+    /// A `tail` that something else overwrote is [`RingError::Corrupt`] (and nothing is
+    /// released).
+    pub(crate) fn release(&mut self) -> Result<(), RingError> {
+        self.release_up_to(self.st.tail)
     }
 
     /// Hands back the space of the frames read up to position `pos` only: the frames after it
     /// stay reserved (a consumer that takes the role over reads them again). `pos` must be a
     /// [`position`](Self::position) this consumer reached, not before what it already released
-    /// (equal does nothing); anything else is [`RingError::Release`] and releases nothing.
+    /// (equal does nothing); anything else is [`RingError::Release`] and releases nothing. A
+    /// `tail` that something else overwrote is [`RingError::Corrupt`].
     pub(crate) fn release_to(&mut self, pos: u64) -> Result<(), RingError> {
         if pos % 8 != 0 || pos < self.st.released || pos > self.st.tail {
             return Err(RingError::Release {
@@ -1221,17 +1245,18 @@ impl<M: RingMemory> Consumer<M> {
                 read: self.st.tail,
             });
         }
-        self.release_up_to(pos);
-        Ok(())
+        self.release_up_to(pos)
     }
 
-    fn release_up_to(&mut self, pos: u64) {
+    fn release_up_to(&mut self, pos: u64) -> Result<(), RingError> {
+        self.st.check_tail(&self.ring)?;
         if pos == self.st.released {
-            return;
+            return Ok(());
         }
         self.ring.header().tail.store(pos, Ordering::Release);
         self.st.released = pos;
         self.ring.notify(&self.ring.header().space_wake);
+        Ok(())
     }
 
     /// The read position: the end of the last frame [`try_read`](Self::try_read) returned (or
@@ -1365,7 +1390,7 @@ mod tests {
             assert!(write(p, &[0; 8]));
             p.publish();
             assert!(read(c).is_some());
-            c.release();
+            c.release().unwrap();
         }
         assert_eq!(p.st.head, pos);
     }
@@ -1382,7 +1407,7 @@ mod tests {
         assert_eq!(read(&mut c).as_deref(), Some(&b""[..]));
         assert_eq!(read(&mut c).as_deref(), Some(&[7; 100][..]));
         assert_eq!(read(&mut c), None);
-        c.release();
+        c.release().unwrap();
         assert_eq!(p.ring.header().tail.load(Ordering::Relaxed), 16 + 8 + 112);
     }
 
@@ -1434,7 +1459,7 @@ mod tests {
                     }
                 }
             }
-            c.release();
+            c.release().unwrap();
         }
         while let Some(got) = read(&mut c) {
             assert_eq!(Some(got), in_flight.pop_front());
@@ -1460,7 +1485,7 @@ mod tests {
         assert!(!write(&mut p, &[9; 8]), "still full: nothing released");
         assert_eq!(read(&mut c), Some(vec![0; 8]));
         assert!(!write(&mut p, &[9; 8]), "read but not released");
-        c.release();
+        c.release().unwrap();
         assert!(write(&mut p, &[4; 8]));
         p.publish();
         for i in 1..5u8 {
@@ -1494,7 +1519,7 @@ mod tests {
                 assert!(write(&mut p2, &[]));
                 p2.publish();
                 assert!(read(&mut c2).is_some());
-                c2.release();
+                c2.release().unwrap();
             }
             assert!(
                 write(&mut p2, &[3; 56]),
@@ -1592,7 +1617,7 @@ mod tests {
             0
         );
         assert_eq!(read(&mut c), Some(vec![1; 24]));
-        c.release();
+        c.release().unwrap();
         assert_eq!(
             p.wait_for_space(24, Duration::from_secs(3600)),
             Ok(Wait::Ready)
@@ -1652,7 +1677,7 @@ mod tests {
                     assert_eq!(i, next);
                     next += 1;
                 }
-                c.release();
+                c.release().unwrap();
                 if c.is_closed().unwrap() {
                     break;
                 }
@@ -1736,7 +1761,7 @@ mod tests {
             got.push(f[0]);
         }
         assert_eq!(got, [1, 2, 3, 4], "exactly the frames not released");
-        c.release();
+        c.release().unwrap();
         assert!(write(&mut p, &[9; 8]));
         p.close();
         assert_eq!(read(&mut c), Some(vec![9; 8]));
@@ -1816,7 +1841,7 @@ mod tests {
             "before what was released"
         );
         c.release_to(first).unwrap(); // again: nothing
-        c.release();
+        c.release().unwrap();
         assert_eq!(ring.header().tail.load(Ordering::Relaxed), second);
         // The third frame was never read: it is still readable, and still reserved.
         assert_eq!(read(&mut c), Some(vec![2; 8]));
@@ -1845,7 +1870,7 @@ mod tests {
             });
             assert_eq!(c.wait_for_data_or(guard, true, || false), Ok(Wait::Ready));
             assert!(c.producer_waits_for_space());
-            c.release();
+            c.release().unwrap();
         });
         assert_eq!(read(&mut c), Some(vec![9; 8]));
     }
@@ -1968,14 +1993,42 @@ mod tests {
         );
         ring.header().tail.store(12, Ordering::Relaxed);
         assert_corrupt(p.try_write(8, |_| ()), "tail 12 is not a multiple of 8");
+        ring.header().tail.store(0, Ordering::Relaxed); // (the consumer checks it too, below)
         assert!(read(&mut c).is_some());
-        c.release();
+        c.release().unwrap();
         assert!(write(&mut p, &[0; 8]), "tail 16 read and cached");
         p.publish();
         ring.header().tail.store(8, Ordering::Relaxed);
         assert_corrupt(
             p.wait_for_space(8, Duration::from_secs(3600)),
             "tail went backwards from 16 to 8",
+        );
+    }
+
+    #[test]
+    fn a_tail_written_by_anyone_but_the_consumer_is_corrupt_for_the_consumer_at_once() {
+        // The producer reads `tail` only when the ring looks full, and the consumer's next
+        // release would overwrite a bad value: the consumer, which alone writes `tail`, checks
+        // it whenever it looks for data or releases.
+        let (ring, mut p, mut c) = pair(128);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        assert!(read(&mut c).is_some());
+        ring.header()
+            .tail
+            .store(0x7ffe_0199_4237_13ff, Ordering::Relaxed);
+        assert_corrupt(
+            c.release(),
+            "tail 9222810844653884415 is not the position 0 this consumer released",
+        );
+        assert_corrupt(c.try_read(|_| ()), "tail 9222810844653884415");
+        assert_corrupt(c.wait_for_data(Duration::from_secs(3600)), "tail");
+        ring.header().tail.store(0, Ordering::Relaxed);
+        c.release().unwrap();
+        ring.header().tail.store(8, Ordering::Relaxed);
+        assert_corrupt(
+            c.release_to(16),
+            "tail 8 is not the position 16 this consumer released",
         );
     }
 
@@ -2074,7 +2127,7 @@ mod tests {
                 }
                 if rng.random() {
                     let _ = c.try_read(|_| ());
-                    c.release();
+                    let _ = c.release();
                 }
             }
             for _ in 0..rng.random_range(1..4) {
@@ -2099,7 +2152,7 @@ mod tests {
             let mut results = Vec::new();
             for _ in 0..20 {
                 results.push(c.try_read(|b| assert!(b.len() <= 56)).map(|_| ()));
-                c.release();
+                results.push(c.release());
                 results.push(c.is_closed().map(|_| ()));
                 results.push(c.wait_for_data(Duration::ZERO).map(|_| ()));
                 results.push(p.try_write(rng.random_range(0..=56), |_| ()).map(|_| ()));

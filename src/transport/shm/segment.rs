@@ -481,7 +481,7 @@ mod tests {
                     None => break,
                 }
             }
-            c.release();
+            c.release().map_err(|e| e.to_string())?;
             if c.is_closed().map_err(|e| e.to_string())? {
                 return Ok((count, sum));
             }
