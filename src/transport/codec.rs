@@ -9,13 +9,17 @@
 //! Plain-data element types (the primitive integers and floats, and any `bytemuck::Pod` type
 //! declared with [`Graph::plain_data`](crate::Graph::plain_data)) are copied as bytes: no
 //! encoding at all. Every other type is encoded with postcard, element by element, into a scratch buffer
-//! the encoder keeps (no allocation per element). Decoding trusts nothing: the kind, the count
+//! the encoder keeps (no allocation per element). The ring's bytes are another process's to
+//! write, so they are read once, into private memory, before anything is checked or decoded:
+//! plain data straight into the batch's allocation, postcard records into a buffer the feeder
+//! reuses (see [`Payload`]). Decoding trusts nothing: the kind, the count
 //! (bounded by the payload's length before anything is allocated), every record length and the
 //! absence of trailing bytes are checked, and a postcard error names the element's index.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
 
+use super::shm::ring::{Payload, PayloadMut};
 use crate::stream::Element;
 
 const KIND_PLAIN: u8 = 1;
@@ -126,29 +130,33 @@ impl<T: Element> Codec<T> {
         Ok((self.ends.len(), len))
     }
 
-    /// Writes the frame planned by the last `plan` for `items` into `buf` (exactly the planned
-    /// length).
-    pub fn write(&self, items: &[T], n: usize, buf: &mut [u8]) {
-        buf[4..8].copy_from_slice(&(n as u32).to_le_bytes());
-        buf[1..4].fill(0);
+    /// Writes the frame planned by the last `plan` for `items` into the ring payload `buf`
+    /// (exactly the planned length), with raw copies of private bytes (see [`PayloadMut`]).
+    pub fn write(&self, items: &[T], n: usize, buf: &mut PayloadMut<'_>) {
+        let kind = if self.plain.is_some() {
+            KIND_PLAIN
+        } else {
+            KIND_POSTCARD
+        };
+        let mut header = [kind, 0, 0, 0, 0, 0, 0, 0];
+        header[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+        buf.write_at(0, &header);
         match self.plain {
             Some(size) => {
-                buf[0] = KIND_PLAIN;
                 // SAFETY: `T` is plain data (`plain_size`: a primitive number or a declared
                 // `bytemuck::Pod` type): no padding, every byte initialised, so viewing `n` of
                 // them as `n * size` bytes is sound.
                 let bytes =
                     unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), n * size) };
-                buf[HEADER..HEADER + n * size].copy_from_slice(bytes);
+                buf.write_at(HEADER, bytes);
             }
             None => {
-                buf[0] = KIND_POSTCARD;
                 let mut at = HEADER;
                 let mut start = 0;
                 for &end in &self.ends[..n] {
                     let rec = &self.scratch[start..end];
-                    buf[at..at + 4].copy_from_slice(&(rec.len() as u32).to_le_bytes());
-                    buf[at + 4..at + 4 + rec.len()].copy_from_slice(rec);
+                    buf.write_at(at, &(rec.len() as u32).to_le_bytes());
+                    buf.write_at(at + 4, rec);
                     at += 4 + rec.len();
                     start = end;
                 }
@@ -156,39 +164,46 @@ impl<T: Element> Codec<T> {
         }
     }
 
-    /// Decodes one frame's payload straight into the shared allocation a batch is made of
-    /// (plain data: one copy from the ring, no intermediate vector).
-    pub fn decode_shared(&self, payload: &[u8]) -> Result<std::sync::Arc<[T]>, String> {
-        if let (Some(size), true) = (
-            self.plain,
-            payload.len() >= HEADER && payload[0] == KIND_PLAIN,
-        ) {
-            let count = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes")) as usize;
-            let body = &payload[HEADER..];
-            if count.checked_mul(size) != Some(body.len()) {
-                return Err(format!(
-                    "a frame says {count} elements of {size} bytes but carries {} bytes",
-                    body.len()
-                ));
-            }
-            let mut shared = std::sync::Arc::<[T]>::new_uninit_slice(count);
-            let slots = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
-            // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); the slice has
-            // room for `count` elements, exactly `body.len()` bytes; the regions do not overlap.
-            // Every element is then initialised, so `assume_init` is sound.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    body.as_ptr(),
-                    slots.as_mut_ptr().cast::<u8>(),
-                    body.len(),
-                );
-                return Ok(shared.assume_init());
+    /// Decodes one frame's payload, read in place from the ring, into the shared allocation a
+    /// batch is made of. Every shared byte is read once, into private memory, before anything
+    /// is checked or decoded (see [`Payload`]): plain data is copied straight from the ring
+    /// into the batch's allocation (one copy, no intermediate vector) after its 8-byte header
+    /// was copied and checked; anything else is copied into `private` (the caller's buffer,
+    /// reused from frame to frame) and decoded from there.
+    pub fn decode_shared(
+        &self,
+        payload: Payload<'_>,
+        private: &mut Vec<u8>,
+    ) -> Result<std::sync::Arc<[T]>, String> {
+        if let (Some(size), true) = (self.plain, payload.len() >= HEADER) {
+            let mut header = [0u8; HEADER];
+            payload.copy_to(0, &mut header);
+            if header[0] == KIND_PLAIN {
+                let count = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+                let body_len = payload.len() - HEADER;
+                if count.checked_mul(size) != Some(body_len) {
+                    return Err(format!(
+                        "a frame says {count} elements of {size} bytes but carries {body_len} bytes"
+                    ));
+                }
+                let mut shared = std::sync::Arc::<[T]>::new_uninit_slice(count);
+                let slots = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
+                // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); the
+                // slice has room for `count` elements, exactly `body_len` bytes, the payload's
+                // bytes after the header; it is private, so it does not overlap the ring. Every
+                // element is then initialised, so `assume_init` is sound.
+                unsafe {
+                    payload.copy_to_ptr(HEADER, slots.as_mut_ptr().cast::<u8>(), body_len);
+                    return Ok(shared.assume_init());
+                }
             }
         }
-        self.decode(payload).map(Into::into)
+        payload.copy_into(private);
+        self.decode(private).map(Into::into)
     }
 
-    /// Decodes one frame's payload, checking everything (see the module docs).
+    /// Decodes one frame's payload from private memory, checking everything (see the module
+    /// docs).
     pub fn decode(&self, payload: &[u8]) -> Result<Vec<T>, String> {
         if payload.len() < HEADER {
             return Err(format!(
@@ -286,8 +301,10 @@ mod tests {
             let (n, len) = c.plan(rest, max).unwrap();
             assert!(n > 0 && len <= max);
             let mut buf = vec![0xAA; len];
-            c.write(rest, n, &mut buf);
-            let shared = c.decode_shared(&buf).unwrap();
+            c.write(rest, n, &mut PayloadMut::from_private(&mut buf));
+            let shared = c
+                .decode_shared(Payload::from_private(&buf), &mut Vec::new())
+                .unwrap();
             let owned = c.decode(&buf).unwrap();
             assert_eq!(&shared[..], &owned[..]);
             out.extend(owned);
@@ -336,7 +353,7 @@ mod tests {
         let mut before = Codec::<Sample>::new();
         let (n, len) = before.plan(&items, 4096).unwrap();
         let mut buf = vec![0; len];
-        before.write(&items, n, &mut buf);
+        before.write(&items, n, &mut PayloadMut::from_private(&mut buf));
         assert_eq!(buf[0], KIND_POSTCARD, "undeclared: postcard");
         declare_plain::<Sample>();
         let mut after = Codec::<Sample>::new();
@@ -347,9 +364,14 @@ mod tests {
             "declared: 16 bytes each, no encoding"
         );
         let mut buf = vec![0; len];
-        after.write(&items, n, &mut buf);
+        after.write(&items, n, &mut PayloadMut::from_private(&mut buf));
         assert_eq!(buf[0], KIND_PLAIN);
-        assert_eq!(&after.decode_shared(&buf).unwrap()[..], &items[..]);
+        assert_eq!(
+            &after
+                .decode_shared(Payload::from_private(&buf), &mut Vec::new())
+                .unwrap()[..],
+            &items[..]
+        );
         assert_eq!(round_trip(&items, 200), items);
     }
 
@@ -402,8 +424,8 @@ mod tests {
                 .collect();
             let _ = s.decode(&bytes);
             let _ = c.decode(&bytes);
-            let _ = c.decode_shared(&bytes);
-            let _ = s.decode_shared(&bytes);
+            let _ = c.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
+            let _ = s.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
         }
     }
 }

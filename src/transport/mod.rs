@@ -525,6 +525,8 @@ fn feed<T: Element>(
     held: &mut Held,
 ) -> Result<(), String> {
     let codec = Codec::<T>::new();
+    // Frames are copied here before they are decoded (see `Codec::decode_shared`); reused.
+    let mut private = Vec::new();
     let mut pending: VecDeque<Batch<T>> = VecDeque::new();
     let mut peer = PeerWatch::new("writing", &spec.label);
     let mut warned_early = false;
@@ -553,7 +555,7 @@ fn feed<T: Element>(
             });
             continue;
         }
-        match consumer.try_read(|payload| codec.decode_shared(payload)) {
+        match consumer.try_read(|payload| codec.decode_shared(payload, &mut private)) {
             Ok(Some(Ok(items))) => {
                 if let Some(pos) = held.read(consumer.position(), items.len()) {
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
@@ -794,7 +796,10 @@ mod tests {
             Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
         let codec = Codec::<u64>::new();
         let mut got = Vec::new();
-        while let Some(items) = again.try_read(|p| codec.decode_shared(p)).unwrap() {
+        while let Some(items) = again
+            .try_read(|p| codec.decode_shared(p, &mut Vec::new()))
+            .unwrap()
+        {
             got.extend_from_slice(&items.unwrap());
         }
         assert_eq!(got, (6..15).collect::<Vec<_>>());
@@ -852,6 +857,68 @@ mod tests {
         run.fail(Error::Runtime {
             detail: "the test is over".into(),
         });
+    }
+
+    /// An element whose decoding lets "the peer" rewrite the ring in the middle: postcard
+    /// hands its visitor the string it has just validated, borrowed from the bytes it decodes;
+    /// the visitor then runs `PEER` (which writes into the ring, as a racing process would)
+    /// before copying the string, as serde's `String` does.
+    #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+    struct Racy(String);
+
+    std::thread_local! {
+        static PEER: std::cell::RefCell<Option<Box<dyn Fn()>>> = const {
+            std::cell::RefCell::new(None)
+        };
+    }
+
+    impl<'de> serde::Deserialize<'de> for Racy {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Racy, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Racy;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Racy, E> {
+                    PEER.with(|p| p.borrow().as_ref().map(|peer| peer()));
+                    Ok(Racy(v.to_string()))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Racy, E> {
+                    Ok(Racy(v.to_string()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    use std::fmt;
+
+    #[test]
+    fn a_frame_rewritten_by_the_peer_during_decoding_decodes_as_written() {
+        // A hostile peer rewrites a frame between postcard's UTF-8 check and serde's copy of a
+        // string. Decoding straight from the shared bytes reads them twice and builds a string
+        // from bytes that were never validated (here valid ones, "jello", so that the test
+        // itself stays sound; a peer writing 0xFF plants invalid UTF-8 in a `String`). Decoding
+        // reads every shared byte once, into private memory: the value is the one written.
+        let ring = shm::ring::HeapRing::new(256).unwrap();
+        let mut p = Producer::new(Arc::clone(&ring)).unwrap();
+        let mut c = Consumer::new(Arc::clone(&ring)).unwrap();
+        let codec = Codec::<Racy>::new();
+        let items = [Racy("hello".into())];
+        let mut tx = Codec::<Racy>::new();
+        let (n, len) = tx.plan(&items, p.max_frame_len()).unwrap();
+        assert!(p.try_write(len, |b| tx.write(&items, n, b)).unwrap());
+        p.publish();
+        // The payload (after the 8-byte frame header): codec header (8), record length (4),
+        // postcard string length (1), then "hello" at data offset 21.
+        let shared = Arc::clone(&ring);
+        PEER.with(|peer| *peer.borrow_mut() = Some(Box::new(move || shared.poke(21, b"j"))));
+        let got = c
+            .try_read(|payload| codec.decode_shared(payload, &mut Vec::new()))
+            .unwrap();
+        PEER.with(|peer| *peer.borrow_mut() = None);
+        assert_eq!(got.unwrap().unwrap()[..], items[..]);
     }
 
     #[test]

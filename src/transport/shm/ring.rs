@@ -141,10 +141,14 @@
 //! Each side keeps its own counters in private memory and never reads them back from the ring,
 //! and reads a frame's `len` once (an atomic load) before validating and using it.
 //!
-//! Two limits remain, as for any shared-memory transport: a peer that writes into a payload the
-//! consumer is reading changes the bytes under it (they stay plain bytes, every value of which
-//! is valid), and a peer that shrinks the shared-memory object makes the next access fault
-//! (`SIGBUS`).
+//! Payloads are never seen through a Rust reference (`&[u8]` / `&mut [u8]` promise bytes that
+//! nobody else changes, which a peer can break): [`Consumer::try_read`] hands out a
+//! [`Payload`] and [`Producer::try_write`] a [`PayloadMut`], which only copy bytes out or in
+//! with raw copies. A reader copies each shared byte once into private memory and decodes
+//! that, so a peer writing into a payload while it is read changes at most which bytes are
+//! copied (every value of a byte is valid), never a value after it was validated. One limit
+//! remains, as for any shared-memory transport: a peer that shrinks the shared-memory object
+//! makes the next access fault (`SIGBUS`).
 
 use std::fmt;
 use std::ptr::NonNull;
@@ -519,6 +523,160 @@ unsafe impl RingMemory for HeapRing {
     }
 }
 
+/// A published frame's payload, read in place: bytes another process can write at any time.
+///
+/// No Rust reference to these bytes is ever created: a `&[u8]` promises that the bytes do not
+/// change while it lives, which a buggy or hostile peer can break at will, and code that reads
+/// such a slice twice (postcard validates a string's UTF-8, then serde copies it) can see two
+/// different values. A `Payload` only copies bytes out, with raw copies
+/// (`ptr::copy_nonoverlapping` from the ring's pointer into private memory), so each copy
+/// reads each byte once and what is then decoded is private and stable. Read each byte once:
+/// two copies of the same range may differ.
+pub(crate) struct Payload<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _frame: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> Payload<'a> {
+    /// Payload bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No payload bytes.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies bytes `at..at + dst.len()` of the payload into `dst`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the payload (a bug of the caller, which knows [`len`](Self::len)).
+    pub(crate) fn copy_to(&self, at: usize, dst: &mut [u8]) {
+        assert!(
+            at.checked_add(dst.len()).is_some_and(|end| end <= self.len),
+            "bytes {at}..+{} of a payload of {}",
+            dst.len(),
+            self.len
+        );
+        // SAFETY: in bounds (asserted), `dst` is private memory that cannot overlap the ring.
+        unsafe { self.copy_to_ptr(at, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies `n` bytes from payload offset `at` to `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `at + n <= self.len()`, and `dst` is valid for `n` byte writes and does not overlap the
+    /// ring.
+    pub(crate) unsafe fn copy_to_ptr(&self, at: usize, dst: *mut u8, n: usize) {
+        debug_assert!(at + n <= self.len);
+        // SAFETY: the caller's promise; the source range is inside the frame's payload, valid
+        // for reads (`RingMemory`). A peer may write it concurrently: the copy then yields some
+        // mix of old and new bytes, every one of which is a valid `u8`, and nothing is assumed
+        // about them afterwards except through validation of the private copy.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(at), dst, n) }
+    }
+
+    /// Replaces the contents of `buf` with a copy of the payload (reusing its allocation).
+    pub(crate) fn copy_into(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.reserve(self.len);
+        // SAFETY: `buf` has room for `len` bytes (reserved), private; the bytes are initialised
+        // by the copy before `set_len`.
+        unsafe {
+            self.copy_to_ptr(0, buf.as_mut_ptr(), self.len);
+            buf.set_len(self.len);
+        }
+    }
+
+    /// A private copy of the payload.
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.copy_into(&mut v);
+        v
+    }
+
+    /// A payload over private bytes (codec tests).
+    #[cfg(test)]
+    pub(crate) fn from_private(bytes: &'a [u8]) -> Payload<'a> {
+        Payload {
+            ptr: NonNull::from(bytes).cast(),
+            len: bytes.len(),
+            _frame: std::marker::PhantomData,
+        }
+    }
+
+    /// Where the payload starts in memory (alignment checks in tests).
+    #[cfg(test)]
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+/// The payload of a frame being written, in place: bytes of the ring that a misbehaving
+/// consumer could write too, so, as for [`Payload`], no Rust reference to them is created;
+/// the producer copies private bytes in with raw copies.
+pub(crate) struct PayloadMut<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _frame: std::marker::PhantomData<&'a mut ()>,
+}
+
+impl<'a> PayloadMut<'a> {
+    /// Payload bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No payload bytes.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `src` to payload offset `at`.
+    ///
+    /// # Panics
+    ///
+    /// If `at + src.len()` exceeds the payload (a bug of the caller, which chose its length).
+    pub(crate) fn write_at(&mut self, at: usize, src: &[u8]) {
+        assert!(
+            at.checked_add(src.len()).is_some_and(|end| end <= self.len),
+            "bytes {at}..+{} of a payload of {}",
+            src.len(),
+            self.len
+        );
+        // SAFETY: in bounds (asserted) of the frame's payload, valid for writes (`RingMemory`)
+        // and owned by the producer until published; `src` is private memory, so the ranges
+        // do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(at), src.len()) }
+    }
+
+    /// Copies `src`, exactly the payload's length.
+    pub(crate) fn copy_from_slice(&mut self, src: &[u8]) {
+        assert_eq!(src.len(), self.len, "a payload of {} bytes", self.len);
+        self.write_at(0, src);
+    }
+
+    /// A payload over private bytes (codec tests).
+    #[cfg(test)]
+    pub(crate) fn from_private(bytes: &'a mut [u8]) -> PayloadMut<'a> {
+        PayloadMut {
+            len: bytes.len(),
+            ptr: NonNull::from(bytes).cast(),
+            _frame: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets every payload byte to `byte`.
+    pub(crate) fn fill(&mut self, byte: u8) {
+        // SAFETY: the payload's `len` bytes, valid for writes and owned by the producer.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), byte, self.len) }
+    }
+}
+
 /// What both sides share: the memory and what was validated once on attach.
 struct Ring<M: RingMemory> {
     mem: M,
@@ -836,11 +994,12 @@ impl<M: RingMemory> Producer<M> {
     /// Writes a frame of `len` payload bytes, filled by `fill`, if it fits now; `Ok(false)` if
     /// the ring has no room for it (wait with [`wait_for_space`](Self::wait_for_space)). The
     /// frame is invisible to the consumer until [`publish`](Self::publish). If `fill` panics,
-    /// nothing is written.
+    /// nothing is written. `fill` gets a [`PayloadMut`], not a `&mut [u8]`: the bytes are
+    /// shared with another process.
     pub(crate) fn try_write(
         &mut self,
         len: usize,
-        fill: impl FnOnce(&mut [u8]),
+        fill: impl FnOnce(&mut PayloadMut<'_>),
     ) -> Result<bool, RingError> {
         if self.st.closed {
             return Err(RingError::Closed);
@@ -868,16 +1027,18 @@ impl<M: RingMemory> Producer<M> {
         // end), and bytes `off..off + frame` are free space owned by the producer (`fits`).
         unsafe { self.ring.write_frame_header(off, len as u32) };
         self.ring.mem.shadow().track_write(off + FRAME_HEADER, len);
-        // SAFETY: same range as above: `off + 8 + len <= off + frame <= cap`; the data pointer
-        // is valid for writes (`RingMemory`), and nobody else accesses these bytes until they
-        // are published, so a unique slice over them is sound for the duration of `fill`.
-        let payload = unsafe {
-            std::slice::from_raw_parts_mut(
-                self.ring.mem.data().as_ptr().add(off + FRAME_HEADER),
-                len,
-            )
+        // SAFETY: same range as above: `off + 8 + len <= off + frame <= cap`, so the pointer
+        // stays inside the data area. No reference is made: a well-behaved consumer does not
+        // touch these bytes until they are published, but a misbehaving one could, so the
+        // payload is written only through raw copies (`PayloadMut`).
+        let mut payload = PayloadMut {
+            ptr: unsafe {
+                NonNull::new_unchecked(self.ring.mem.data().as_ptr().add(off + FRAME_HEADER))
+            },
+            len,
+            _frame: std::marker::PhantomData,
         };
-        fill(payload);
+        fill(&mut payload);
         self.st.head += (skip + frame) as u64;
         Ok(true)
     }
@@ -1143,10 +1304,12 @@ impl<M: RingMemory> Consumer<M> {
     }
 
     /// Reads the next published frame: `Ok(Some(f(payload)))`, or `Ok(None)` if there is none
-    /// now. Its space stays reserved until [`release`](Self::release).
+    /// now. Its space stays reserved until [`release`](Self::release). `f` gets a [`Payload`],
+    /// not a `&[u8]`: it copies the bytes it needs into private memory, reading each once, and
+    /// decodes only those.
     pub(crate) fn try_read<R>(
         &mut self,
-        f: impl FnOnce(&[u8]) -> R,
+        f: impl FnOnce(Payload<'_>) -> R,
     ) -> Result<Option<R>, RingError> {
         if self.st.tail == self.st.head {
             self.st.refresh_head(&self.ring)?;
@@ -1212,12 +1375,18 @@ impl<M: RingMemory> Consumer<M> {
             )));
         }
         ring.mem.shadow().track_read(off + FRAME_HEADER, len);
-        // SAFETY: `off + 8 + len <= off + frame <= cap` (checked above), so the range is inside
-        // the data area, valid for reads (`RingMemory`); it is published and not yet released,
-        // so the producer does not write it while the slice lives (a misbehaving peer could,
-        // which changes only the values of these plain bytes).
-        let payload = unsafe {
-            std::slice::from_raw_parts(ring.mem.data().as_ptr().add(off + FRAME_HEADER), len)
+        // SAFETY: `off + 8 + len <= off + frame <= cap` (checked above), so the pointer and the
+        // `len` bytes after it are inside the data area, valid for reads (`RingMemory`). The
+        // range is published and not yet released, so a well-behaved producer does not write
+        // it; a misbehaving one can, at any time. So no reference to it is made: `Payload`
+        // only copies bytes out (raw copies into private memory), and what is decoded is the
+        // private copy, each shared byte read once.
+        let payload = Payload {
+            ptr: unsafe {
+                NonNull::new_unchecked(ring.mem.data().as_ptr().add(off + FRAME_HEADER))
+            },
+            len,
+            _frame: std::marker::PhantomData,
         };
         let r = f(payload);
         self.st.tail = pos + frame as u64;
@@ -1653,7 +1822,7 @@ mod tests {
                 for i in 0..FRAMES {
                     let len = rng.random_range(4..=24);
                     while !p
-                        .try_write(len, |b| b[..4].copy_from_slice(&i.to_le_bytes()))
+                        .try_write(len, |b| b.write_at(0, &i.to_le_bytes()))
                         .unwrap()
                     {
                         p.publish();
@@ -1671,7 +1840,11 @@ mod tests {
             let mut next = 0u32;
             loop {
                 while let Some(i) = c
-                    .try_read(|b| u32::from_le_bytes(b[..4].try_into().unwrap()))
+                    .try_read(|b| {
+                        let mut word = [0; 4];
+                        b.copy_to(0, &mut word);
+                        u32::from_le_bytes(word)
+                    })
                     .unwrap()
                 {
                     assert_eq!(i, next);
