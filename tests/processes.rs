@@ -28,6 +28,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "stopped" => pipeline(u64::MAX, 3, 256, "stopped"),
         "failing" => failing(),
         "stdin_lines" => stdin_lines(),
+        "long_lines" => long_lines(),
         other => panic!("no application named {other}"),
     }
 }
@@ -213,6 +214,31 @@ fn stdin_lines() -> Result<(), iotstream::Error> {
         values.iter().sum::<u64>()
     );
     Ok(())
+}
+
+/// Lines of standard input read in process "reader", sent as they are (Strings) to the starter,
+/// which prints their lengths and a checksum of their bytes.
+fn long_lines() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("long_lines");
+    let lines = g.source_stdin("stdin");
+    let got = g.collect("got", &lines);
+    g.place_in_process("stdin", "reader");
+    let is_main = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    g.run()?;
+    if is_main {
+        let lines = got.values();
+        let lens: Vec<usize> = lines.iter().map(String::len).collect();
+        println!("RESULT lens={lens:?} sum={}", checksum(&lines));
+    }
+    Ok(())
+}
+
+/// A checksum of the bytes of `lines`, position-sensitive.
+fn checksum(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .flat_map(|l| l.bytes())
+        .fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u64))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,6 +435,33 @@ fn stdin_reaches_the_process_that_reads_it() -> Result<(), String> {
     })?;
     let r = result_line(&out)?;
     let want = format!("count={n} sum={}", n * (n - 1));
+    ensure(r == want, || format!("got {r}, expected {want}"))
+}
+
+/// The case: a 1.1 MB line (and a 4 MB one) read from standard input in one process
+/// and sent to another cross the ring in parts, as in one process.
+fn a_long_line_crosses_to_another_process() -> Result<(), String> {
+    let lines: Vec<String> = [5, 1_100_000, 0, 4 << 20, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (0..n)
+                .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
+                .collect()
+        })
+        .collect();
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let started = Started::with_stdin("long_lines", &[], Some(input.into_bytes()));
+    let (status, out, err) = started.wait(Duration::from_secs(120))?;
+    ensure(status.success(), || {
+        format!("failed with {status}:\n{out}\n{err}")
+    })?;
+    ensure(segments("long_lines").is_empty(), || {
+        format!("rings left behind: {:?}", segments("long_lines"))
+    })?;
+    let r = result_line(&out)?;
+    let lens: Vec<usize> = lines.iter().map(String::len).collect();
+    let want = format!("lens={lens:?} sum={}", checksum(&lines));
     ensure(r == want, || format!("got {r}, expected {want}"))
 }
 
@@ -707,11 +760,15 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 12] = [
+    let scenarios: [(&str, Scenario); 13] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
             stdin_reaches_the_process_that_reads_it,
+        ),
+        (
+            "a_long_line_crosses_to_another_process",
+            a_long_line_crosses_to_another_process,
         ),
         (
             "same_output_in_one_and_three_processes_u64",
