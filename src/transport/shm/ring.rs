@@ -138,8 +138,9 @@
 //!   published) does not fit, and never twice in a row;
 //! - `closed`: 0 or 1. The futex words and waiting flags are only hints: any value is harmless.
 //!
-//! Each side keeps its own counters in private memory and never reads them back from the ring,
-//! and reads a frame's `len` once (an atomic load) before validating and using it.
+//! Each side keeps its own counters in private memory and never uses a value read back from the
+//! ring (the consumer reads `tail` back only to compare it with its own), and reads a frame's
+//! `len` once (an atomic load) before validating and using it.
 //!
 //! Payloads are never seen through a Rust reference (`&[u8]` / `&mut [u8]` promise bytes that
 //! nobody else changes, which a peer can break): [`Consumer::try_read`] hands out a
@@ -1152,7 +1153,15 @@ impl<M: RingMemory> SpaceWaiter<M> {
             &header.space_wake,
             Some(&header.data_wake),
             timeout,
-            |ring| Ok(ring.header().tail.load(Ordering::Acquire) >= at_least),
+            |ring| {
+                // Only a hint for the producer, which validates `tail` before it writes; a
+                // misaligned one is reported here at once all the same.
+                let tail = ring.header().tail.load(Ordering::Acquire);
+                if tail % 8 != 0 {
+                    return Err(corrupt(format_args!("tail {tail} is not a multiple of 8")));
+                }
+                Ok(tail >= at_least)
+            },
         )
     }
 
@@ -2202,6 +2211,13 @@ mod tests {
         assert_corrupt(
             c.release_to(16),
             "tail 8 is not the position 16 this consumer released",
+        );
+        // The producer's watcher, waiting for space, refuses a misaligned one too.
+        ring.header().tail.store(12, Ordering::Relaxed);
+        assert_corrupt(
+            p.space_waiter()
+                .wait_for_tail(1000, Duration::from_secs(3600)),
+            "tail 12 is not a multiple of 8",
         );
     }
 
