@@ -40,7 +40,8 @@
 //! the frame there. The largest payload is [`max_frame_len`]`(capacity)` =
 //! `capacity / 2 - 8` bytes, so a frame plus the padding a wrap may cost always fits in an empty
 //! ring: a producer never waits for space that can never come. A larger frame is an error
-//! ([`RingError::FrameTooLarge`]).
+//! ([`RingError::FrameTooLarge`]); the transport splits a larger element over several frames
+//! (`transport::codec`, "Large elements").
 //!
 //! # Protocol
 //!
