@@ -97,13 +97,17 @@ impl Held {
             self.open = !last;
             return self.settle();
         }
-        if !self.open {
-            return self.read(end, 0);
+        match self.frames.back_mut() {
+            Some(back) if self.open => {
+                back.0 = end;
+                self.open = !last;
+                None
+            }
+            _ => {
+                self.open = false;
+                self.read(end, 0)
+            }
         }
-        let back = self.frames.back_mut().expect("an open element is held");
-        back.0 = end;
-        self.open = !last;
-        None
     }
 
     /// `n` more elements were consumed. Returns the position to release the ring to, if it
@@ -149,6 +153,11 @@ impl Held {
             self.credited -= count;
             self.frames.pop_front();
             pos = Some(end);
+        }
+        if self.frames.is_empty() {
+            // An element being read in parts is never consumed before its last part; this only
+            // keeps `open` true to its meaning whatever the credit says.
+            self.open = false;
         }
         pos
     }
