@@ -470,6 +470,12 @@ impl<T: Element> LinkTx<T> {
     }
 
     fn pump(&mut self) {
+        // A ring may still owe parts of a large element it accepted: they go first.
+        if let (Flavor::Shm(tx), None) = (&mut self.flavor, &self.error) {
+            if let Err(e) = tx.flush() {
+                self.error = Some(format!("connection {}: {e}", self.label));
+            }
+        }
         while let Some(mut front) = self.stash.pop_front() {
             let n = self.send_now(&mut front);
             self.stashed -= n;
@@ -480,7 +486,7 @@ impl<T: Element> LinkTx<T> {
                 break;
             }
         }
-        if self.stash.is_empty() && self.close_pending && !self.eos_sent {
+        if self.stash.is_empty() && self.close_pending && !self.eos_sent && self.transport_idle() {
             self.eos_sent = true;
             match &mut self.flavor {
                 Flavor::Local { mailbox, input } => mailbox.post(Envelope::Eos { input: *input }),
@@ -488,6 +494,15 @@ impl<T: Element> LinkTx<T> {
             }
         }
         self.note_blocked();
+    }
+
+    /// Nothing accepted waits in the transport (a ring's large element written entirely), or
+    /// the link failed: the stream may be closed.
+    fn transport_idle(&self) -> bool {
+        match &self.flavor {
+            Flavor::Local { .. } => true,
+            Flavor::Shm(tx) => tx.idle() || self.error.is_some(),
+        }
     }
 
     fn note_blocked(&mut self) {
@@ -631,9 +646,9 @@ impl<T: Element> OutSlot for OutBuf<T> {
     }
 
     fn waits_on_ring(&self) -> bool {
-        self.links
-            .iter()
-            .any(|l| !l.stash.is_empty() && matches!(l.flavor, Flavor::Shm(_)))
+        self.links.iter().any(|l| {
+            matches!(l.flavor, Flavor::Shm(_)) && !(l.stash.is_empty() && l.transport_idle())
+        })
     }
 
     fn stalled(&self) -> Vec<String> {

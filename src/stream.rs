@@ -26,6 +26,17 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// The largest element, in bytes of its encoding, that a connection between processes carries
+/// (17 MiB): postcard's encoding, or for plain-data types (see
+/// [`Graph::plain_data`](crate::Graph::plain_data)) the element's own bytes.
+///
+/// Every element up to this size works in every placement: within a process elements are not
+/// encoded at all, and across a shared-memory ring an element larger than a frame is split into
+/// several frames and reassembled by the reader, whatever the ring's size. A larger element is
+/// an error of the writing process naming the connection, its size and this limit. It holds any
+/// line a line source reads (at most 16 MiB), with room for the fields of a struct around it.
+pub const MAX_ELEMENT_BYTES: usize = 17 << 20;
+
 /// A type that can travel on a stream.
 ///
 /// Implemented for every `Clone + Send + Sync + Serialize + DeserializeOwned + 'static` type;

@@ -83,7 +83,7 @@ fn drain(c: &mut C) -> Vec<Vec<u8>> {
         while let Some(frame) = c.try_read(|b| b.to_vec()).unwrap() {
             got.push(frame);
         }
-        c.release();
+        c.release().unwrap();
         if c.is_closed().unwrap() {
             return got;
         }
@@ -172,7 +172,7 @@ fn a_producer_waiting_for_space_is_always_woken() {
         p.publish();
         let consumer = thread::spawn(move || {
             assert_eq!(c.try_read(|b| b.to_vec()).unwrap(), Some(vec![1; 8]));
-            c.release();
+            c.release().unwrap();
             c
         });
         assert_eq!(p.wait_for_space(8, FOREVER).unwrap(), Wait::Ready);
@@ -218,7 +218,7 @@ fn a_producer_waiting_for_space_wakes_a_consumer_watching_for_it() {
             Wait::Ready
         );
         assert!(c.producer_waits_for_space());
-        c.release();
+        c.release().unwrap();
         drop(producer.join().unwrap());
     });
 }

@@ -32,6 +32,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "spawner" => spawner(),
         "plain" => plain(),
         "slow_tail" => slow_tail(),
+        "long_lines" => long_lines(),
         other => panic!("no application named {other}"),
     }
 }
@@ -289,6 +290,31 @@ fn plain() -> Result<(), iotstream::Error> {
     Ok(())
 }
 
+/// Lines of standard input read in process "reader", sent as they are (Strings) to the starter,
+/// which prints their lengths and a checksum of their bytes.
+fn long_lines() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("long_lines");
+    let lines = g.source_stdin("stdin");
+    let got = g.collect("got", &lines);
+    g.place_in_process("stdin", "reader");
+    let is_main = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    g.run()?;
+    if is_main {
+        let lines = got.values();
+        let lens: Vec<usize> = lines.iter().map(String::len).collect();
+        println!("RESULT lens={lens:?} sum={}", checksum(&lines));
+    }
+    Ok(())
+}
+
+/// A checksum of the bytes of `lines`, position-sensitive.
+fn checksum(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .flat_map(|l| l.bytes())
+        .fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(b as u64))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The scenarios
 
@@ -498,6 +524,33 @@ fn stdin_reaches_the_process_that_reads_it() -> Result<(), String> {
     ensure(r == want, || format!("got {r}, expected {want}"))
 }
 
+/// The case: a 1.1 MB line (and a 4 MB one) read from standard input in one process
+/// and sent to another cross the ring in parts, as in one process.
+fn a_long_line_crosses_to_another_process() -> Result<(), String> {
+    let lines: Vec<String> = [5, 1_100_000, 0, 4 << 20, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (0..n)
+                .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
+                .collect()
+        })
+        .collect();
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let started = Started::with_stdin("long_lines", &[], Some(input.into_bytes()));
+    let (status, out, err) = started.wait(Duration::from_secs(120))?;
+    ensure(status.success(), || {
+        format!("failed with {status}:\n{out}\n{err}")
+    })?;
+    ensure(segments("long_lines").is_empty(), || {
+        format!("rings left behind: {:?}", segments("long_lines"))
+    })?;
+    let r = result_line(&out)?;
+    let lens: Vec<usize> = lines.iter().map(String::len).collect();
+    let want = format!("lens={lens:?} sum={}", checksum(&lines));
+    ensure(r == want, || format!("got {r}, expected {want}"))
+}
+
 fn c14_two_processes() -> Result<(), String> {
     let r = run_app("c14", &[])?;
     ensure(r == "[200, 202, 204, 206, 208, 210]", || format!("got {r}"))
@@ -648,6 +701,43 @@ fn garbage_in_a_live_ring_is_an_error_not_a_panic() -> Result<(), String> {
     ensure(
         err.contains("corrupt") || err.contains("inconsistent") || err.contains("beyond"),
         || format!("no corruption error in:\n{err}"),
+    )?;
+    ensure(!err.contains("panicked"), || {
+        format!("a process panicked:\n{err}")
+    })?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
+/// A bad `tail` (the consumer's counter, the header's third cache line) written into every ring
+/// of a running application from outside is reported as a corrupt `tail`: by the consumer, which
+/// checks it whenever it releases or looks for data, or by the producer if it happens to read it
+/// first. (It used to go unnoticed unless the producer, which reads `tail` only when the ring
+/// looks full, read it before the consumer's next release overwrote it: most runs hung.)
+fn a_corrupt_tail_in_a_live_ring_is_reported() -> Result<(), String> {
+    let app = Started::new("endless", &[]);
+    wait_for_child(app.pid(), "sink")?;
+    let rings = segments("endless");
+    ensure(!rings.is_empty(), || "no ring to corrupt".into())?;
+    for r in &rings {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/shm/{r}"))
+            .map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(128)).map_err(|e| e.to_string())?;
+        f.write_all(&[0xFF, 0x13, 0x37, 0x42, 0x99, 0x01, 0xFE, 0x7F])
+            .map_err(|e| e.to_string())?;
+    }
+    // The bound is a guard against a hang, not a speed claim.
+    let (status, _out, err) = app.wait(Duration::from_secs(20))?;
+    ensure(!status.success(), || {
+        "the application did not notice the corruption".into()
+    })?;
+    ensure(
+        err.contains("corrupt ring: tail 9222810844653884415 is not"),
+        || format!("no corrupt-tail error in:\n{err}"),
     )?;
     ensure(!err.contains("panicked"), || {
         format!("a process panicked:\n{err}")
@@ -1018,11 +1108,15 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 20] = [
+    let scenarios: [(&str, Scenario); 22] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
             stdin_reaches_the_process_that_reads_it,
+        ),
+        (
+            "a_long_line_crosses_to_another_process",
+            a_long_line_crosses_to_another_process,
         ),
         (
             "same_output_in_one_and_three_processes_u64",
@@ -1047,6 +1141,10 @@ fn main() {
         (
             "garbage_in_a_live_ring_is_an_error_not_a_panic",
             garbage_in_a_live_ring_is_an_error_not_a_panic,
+        ),
+        (
+            "a_corrupt_tail_in_a_live_ring_is_reported",
+            a_corrupt_tail_in_a_live_ring_is_reported,
         ),
         (
             "quake_detector_three_processes_match_one",

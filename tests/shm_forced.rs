@@ -310,3 +310,70 @@ fn an_agent_waiting_for_more_than_its_ring_holds_gets_it_counted_as_released_ear
     assert!(early > 0, "released early: {early}");
     assert!(leftovers("shm_groups").is_empty());
 }
+
+/// Strings through a forced ring (small: its default size for the capacity), and what arrived.
+fn strings_through_a_ring(
+    app: &str,
+    strings: Vec<String>,
+) -> Result<Vec<String>, iotstream::Error> {
+    let mut g = Graph::new(app);
+    let s = g.source_iter("text", strings);
+    let (input, out) = g.add_agent("copy", |p| {
+        let input = p.input::<String>("in");
+        let out = p.output::<String>("out");
+        (PassOn { input, out }, (input, out))
+    });
+    g.connect_with(
+        &s,
+        &input,
+        Connection::new()
+            .capacity(16)
+            .transport(Transport::SharedMemory),
+    );
+    let c = g.collect("out", &out);
+    let run = g.run();
+    assert!(leftovers(app).is_empty(), "{:?}", leftovers(app));
+    run.map(|_| c.values())
+}
+
+/// Elements up to `MAX_ELEMENT_BYTES` encoded (a 16 MiB line, the line sources' limit, and a
+/// 1.1 MB one) cross a ring far smaller than they are, split into parts, between small ones.
+#[test]
+fn elements_up_to_the_largest_cross_a_small_ring() {
+    let max_line = 16 << 20;
+    let strings: Vec<String> = [3, 1_100_000, 0, max_line, 7, 1_100_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            (0..len)
+                .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
+                .collect()
+        })
+        .collect();
+    let got = strings_through_a_ring("shm_large", strings.clone()).unwrap();
+    assert_eq!(got.len(), strings.len());
+    for (i, (got, want)) in got.iter().zip(&strings).enumerate() {
+        assert!(
+            got == want,
+            "string {i}: {} bytes, expected {}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// An element whose encoding exceeds `MAX_ELEMENT_BYTES` is an error in the writing process,
+/// naming the connection, its size and the limit.
+#[test]
+fn an_element_over_the_largest_is_an_error_naming_the_connection() {
+    let too_long = "x".repeat(iotstream::MAX_ELEMENT_BYTES);
+    let err = strings_through_a_ring("shm_too_large", vec!["a".into(), too_long])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("connection text.out -> copy.in")
+            && err.contains(&format!("{} bytes", iotstream::MAX_ELEMENT_BYTES + 4))
+            && err.contains(&format!("({} bytes", iotstream::MAX_ELEMENT_BYTES)),
+        "{err}"
+    );
+}

@@ -505,6 +505,8 @@ const LINE_WAIT_MS: u16 = 50;
 const LINE_READ_CHUNK: usize = 64 * 1024;
 /// The longest line a line source accepts: a longer one fails the source, naming the line.
 const MAX_LINE_BYTES: usize = 16 << 20;
+// A line crosses a ring as a postcard string: its bytes and a length of at most 5 bytes.
+const _: () = assert!(MAX_LINE_BYTES + 5 <= crate::stream::MAX_ELEMENT_BYTES);
 
 /// The lines of a file or of standard input. It never blocks for long and never reads more
 /// than it will emit: it waits for input with `poll` in slices of [`LINE_WAIT_MS`] (a stop is

@@ -1,26 +1,72 @@
 //! How a batch of elements becomes the payload of one ring frame, and back.
 //!
 //! ```text
-//! payload = kind: u8 | 3 zero bytes | count: u32 (little endian) | body
-//! kind 1, plain data: body = count × size_of::<T>() bytes, the elements' own bytes
-//! kind 2, postcard:   body = count × (len: u32 | len bytes of postcard)
+//! payload = kind: u8 | 3 zero bytes | word: u32 (little endian) | body
+//! kind 1, plain data: word = count, body = count × size_of::<T>() bytes, the elements' own bytes
+//! kind 2, postcard:   word = count, body = count × (len: u32 | len bytes of postcard)
+//! kind 3, first part: word = total, body = the first bytes of one element's record
+//! kind 4, next part:  word = offset, body = bytes offset.. of that record
 //! ```
+//!
+//! # Large elements
+//!
+//! An element whose record (its postcard bytes, or its own bytes for plain data) does not fit
+//! one frame with its header travels as **parts**: a kind-3 frame with the record's `total`
+//! length and its first bytes, then kind-4 frames, each with the `offset` of its bytes in the
+//! record, until `total` bytes have come; nothing else comes between them. The writer refuses
+//! a record over [`MAX_ELEMENT_BYTES`] (naming its size and the limit), so any element up to
+//! that crosses any ring; the reader reassembles parts in private memory ([`Reader`]), checks
+//! `total` against the same limit before it reserves anything, and checks every offset.
 //!
 //! Plain-data element types (the primitive integers and floats, and any `bytemuck::Pod` type
 //! declared with [`Graph::plain_data`](crate::Graph::plain_data)) are copied as bytes: no
 //! encoding at all. Every other type is encoded with postcard, element by element, into a scratch buffer
-//! the encoder keeps (no allocation per element). Decoding trusts nothing: the kind, the count
+//! the encoder keeps (no allocation per element). The ring's bytes are another process's to
+//! write, so they are read once, into private memory, before anything is checked or decoded:
+//! plain data straight into the batch's allocation, postcard records into a buffer the feeder
+//! reuses (see [`Payload`]). Decoding trusts nothing: the kind, the count
 //! (bounded by the payload's length before anything is allocated), every record length and the
 //! absence of trailing bytes are checked, and a postcard error names the element's index.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
 
-use crate::stream::Element;
+use super::shm::ring::{Payload, PayloadMut};
+use crate::stream::{Element, MAX_ELEMENT_BYTES};
 
 const KIND_PLAIN: u8 = 1;
 const KIND_POSTCARD: u8 = 2;
+const KIND_FIRST: u8 = 3;
+const KIND_NEXT: u8 = 4;
 const HEADER: usize = 8;
+
+/// What fits the next frame (see [`Codec::plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// A frame of `n` whole elements, a payload of `len` bytes.
+    Frame { n: usize, len: usize },
+    /// The first element alone does not fit a frame: it goes in parts
+    /// ([`Codec::take_large`]).
+    Large,
+}
+
+/// The header of part `at` of a record of `total` bytes: a first part (`at == 0`) says the
+/// total, a next part its offset.
+pub(crate) fn part_header(at: usize, total: usize) -> [u8; HEADER] {
+    let (kind, word) = if at == 0 {
+        (KIND_FIRST, total)
+    } else {
+        (KIND_NEXT, at)
+    };
+    let mut h = [kind, 0, 0, 0, 0, 0, 0, 0];
+    h[4..8].copy_from_slice(&(word as u32).to_le_bytes());
+    h
+}
+
+/// The bytes of record payload a part frame of at most `max_len` bytes carries.
+pub(crate) fn part_room(max_len: usize) -> usize {
+    max_len - HEADER
+}
 
 /// Types declared plain data with `Graph::plain_data` (only `bytemuck::Pod` types can be).
 static DECLARED_PLAIN: std::sync::RwLock<Vec<TypeId>> = std::sync::RwLock::new(Vec::new());
@@ -64,6 +110,18 @@ fn plain_size<T: 'static>() -> Option<usize> {
     plain.contains(&t).then(std::mem::size_of::<T>)
 }
 
+/// An error if a record of `len` bytes exceeds [`MAX_ELEMENT_BYTES`].
+fn too_large(len: usize) -> Result<(), String> {
+    if len > MAX_ELEMENT_BYTES {
+        return Err(format!(
+            "an element of {len} bytes (encoded) is larger than the largest element a \
+             connection between processes carries ({MAX_ELEMENT_BYTES} bytes, \
+             iotstream::MAX_ELEMENT_BYTES)"
+        ));
+    }
+    Ok(())
+}
+
 /// Encodes and decodes batches of `T`.
 pub(crate) struct Codec<T> {
     plain: Option<usize>,
@@ -96,19 +154,22 @@ impl<T: Element> Codec<T> {
     }
 
     /// Plans a frame of at most `max_len` bytes for the first elements of `items`: how many
-    /// elements go in it and the payload's length. An element that alone exceeds `max_len` is
-    /// an error.
-    pub fn plan(&mut self, items: &[T], max_len: usize) -> Result<(usize, usize), String> {
+    /// elements go in it and the payload's length, or [`Plan::Large`] if the first element
+    /// alone does not fit (its record is then kept for [`take_large`](Self::take_large)). An
+    /// element whose record exceeds [`MAX_ELEMENT_BYTES`] is an error naming both sizes.
+    pub fn plan(&mut self, items: &[T], max_len: usize) -> Result<Plan, String> {
         if let Some(size) = self.plain {
             let n = items
                 .len()
                 .min(max_len.saturating_sub(HEADER) / size.max(1));
             if n == 0 && !items.is_empty() {
-                return Err(format!(
-                    "an element of {size} bytes does not fit a frame of {max_len} bytes"
-                ));
+                too_large(size)?;
+                return Ok(Plan::Large);
             }
-            return Ok((n, HEADER + n * size));
+            return Ok(Plan::Frame {
+                n,
+                len: HEADER + n * size,
+            });
         }
         self.scratch.clear();
         self.ends.clear();
@@ -117,45 +178,66 @@ impl<T: Element> Codec<T> {
             let start = self.scratch.len();
             self.scratch = postcard::to_extend(item, std::mem::take(&mut self.scratch))
                 .map_err(|e| format!("cannot encode element {i} with postcard: {e}"))?;
-            let record = 4 + self.scratch.len() - start;
-            if len + record > max_len {
-                self.scratch.truncate(start);
+            let record = self.scratch.len() - start;
+            if len + 4 + record > max_len {
                 if i == 0 {
-                    return Err(format!(
-                        "an encoded element of {record} bytes does not fit a frame of {max_len} bytes; raise the connection's capacity"
-                    ));
+                    too_large(record)?;
+                    return Ok(Plan::Large);
                 }
+                self.scratch.truncate(start);
                 break;
             }
-            len += record;
+            len += 4 + record;
             self.ends.push(self.scratch.len());
         }
-        Ok((self.ends.len(), len))
+        Ok(Plan::Frame {
+            n: self.ends.len(),
+            len,
+        })
     }
 
-    /// Writes the frame planned by the last `plan` for `items` into `buf` (exactly the planned
-    /// length).
-    pub fn write(&self, items: &[T], n: usize, buf: &mut [u8]) {
-        buf[4..8].copy_from_slice(&(n as u32).to_le_bytes());
-        buf[1..4].fill(0);
+    /// After [`Plan::Large`] for `first`: its record (postcard bytes, or its own bytes for
+    /// plain data), in `into` (replacing its contents).
+    pub fn take_large(&mut self, first: &T, into: &mut Vec<u8>) {
+        into.clear();
         match self.plain {
             Some(size) => {
-                buf[0] = KIND_PLAIN;
+                // SAFETY: `T` is plain data (see `write`): its `size` bytes are initialised.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts((first as *const T).cast::<u8>(), size) };
+                into.extend_from_slice(bytes);
+            }
+            None => std::mem::swap(into, &mut self.scratch),
+        }
+    }
+
+    /// Writes the frame planned by the last `plan` for `items` into the ring payload `buf`
+    /// (exactly the planned length), with raw copies of private bytes (see [`PayloadMut`]).
+    pub fn write(&self, items: &[T], n: usize, buf: &mut PayloadMut<'_>) {
+        let kind = if self.plain.is_some() {
+            KIND_PLAIN
+        } else {
+            KIND_POSTCARD
+        };
+        let mut header = [kind, 0, 0, 0, 0, 0, 0, 0];
+        header[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+        buf.write_at(0, &header);
+        match self.plain {
+            Some(size) => {
                 // SAFETY: `T` is plain data (`plain_size`: a primitive number or a declared
                 // `bytemuck::Pod` type): no padding, every byte initialised, so viewing `n` of
                 // them as `n * size` bytes is sound.
                 let bytes =
                     unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), n * size) };
-                buf[HEADER..HEADER + n * size].copy_from_slice(bytes);
+                buf.write_at(HEADER, bytes);
             }
             None => {
-                buf[0] = KIND_POSTCARD;
                 let mut at = HEADER;
                 let mut start = 0;
                 for &end in &self.ends[..n] {
                     let rec = &self.scratch[start..end];
-                    buf[at..at + 4].copy_from_slice(&(rec.len() as u32).to_le_bytes());
-                    buf[at + 4..at + 4 + rec.len()].copy_from_slice(rec);
+                    buf.write_at(at, &(rec.len() as u32).to_le_bytes());
+                    buf.write_at(at + 4, rec);
                     at += 4 + rec.len();
                     start = end;
                 }
@@ -163,39 +245,100 @@ impl<T: Element> Codec<T> {
         }
     }
 
-    /// Decodes one frame's payload straight into the shared allocation a batch is made of
-    /// (plain data: one copy from the ring, no intermediate vector).
-    pub fn decode_shared(&self, payload: &[u8]) -> Result<std::sync::Arc<[T]>, String> {
-        if let (Some(size), true) = (
-            self.plain,
-            payload.len() >= HEADER && payload[0] == KIND_PLAIN,
-        ) {
-            let count = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes")) as usize;
-            let body = &payload[HEADER..];
-            if count.checked_mul(size) != Some(body.len()) {
+    /// Decodes one frame's payload, read in place from the ring, into the shared allocation a
+    /// batch is made of. Every shared byte is read once, into private memory, before anything
+    /// is checked or decoded (see [`Payload`]): plain data is copied straight from the ring
+    /// into the batch's allocation (one copy, no intermediate vector) after its 8-byte header
+    /// was copied and checked; anything else is copied into `private` (the caller's buffer,
+    /// reused from frame to frame) and decoded from there. Parts of large elements are for a
+    /// [`Reader`], which the feeder uses; this serves tests.
+    #[cfg(test)]
+    pub fn decode_shared(
+        &self,
+        payload: Payload<'_>,
+        private: &mut Vec<u8>,
+    ) -> Result<std::sync::Arc<[T]>, String> {
+        if payload.len() < HEADER {
+            return Err(format!(
+                "a frame of {} bytes is shorter than its 8-byte header",
+                payload.len()
+            ));
+        }
+        let mut header = [0u8; HEADER];
+        payload.copy_to(0, &mut header);
+        self.decode_after_header(header, &payload, private)
+    }
+
+    /// [`decode_shared`](Self::decode_shared) with the payload's `header` already copied out:
+    /// reads only the bytes after it.
+    fn decode_after_header(
+        &self,
+        header: [u8; HEADER],
+        payload: &Payload<'_>,
+        private: &mut Vec<u8>,
+    ) -> Result<std::sync::Arc<[T]>, String> {
+        let body_len = payload.len() - HEADER;
+        if let (Some(size), KIND_PLAIN) = (self.plain, header[0]) {
+            let count = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+            if count.checked_mul(size) != Some(body_len) {
                 return Err(format!(
-                    "a frame says {count} elements of {size} bytes but carries {} bytes",
-                    body.len()
+                    "a frame says {count} elements of {size} bytes but carries {body_len} bytes"
                 ));
             }
             let mut shared = std::sync::Arc::<[T]>::new_uninit_slice(count);
             let slots = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
-            // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); the slice has
-            // room for `count` elements, exactly `body.len()` bytes; the regions do not overlap.
-            // Every element is then initialised, so `assume_init` is sound.
+            // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); the slice
+            // has room for `count` elements, exactly `body_len` bytes, the payload's bytes
+            // after the header; it is private, so it does not overlap the ring. Every element
+            // is then initialised, so `assume_init` is sound.
             unsafe {
-                std::ptr::copy_nonoverlapping(
-                    body.as_ptr(),
-                    slots.as_mut_ptr().cast::<u8>(),
-                    body.len(),
-                );
+                payload.copy_to_ptr(HEADER, slots.as_mut_ptr().cast::<u8>(), body_len);
                 return Ok(shared.assume_init());
             }
         }
-        self.decode(payload).map(Into::into)
+        private.clear();
+        private.reserve(payload.len());
+        private.extend_from_slice(&header);
+        // SAFETY: `private` has room for the `body_len` bytes after its `HEADER` (reserved),
+        // is private memory, and they are initialised by the copy before `set_len`.
+        unsafe {
+            payload.copy_to_ptr(HEADER, private.as_mut_ptr().add(HEADER), body_len);
+            private.set_len(payload.len());
+        }
+        self.decode(private).map(Into::into)
     }
 
-    /// Decodes one frame's payload, checking everything (see the module docs).
+    /// Decodes the record of one large element, reassembled in private memory.
+    fn decode_record(&self, record: &[u8]) -> Result<T, String> {
+        if let Some(size) = self.plain {
+            if record.len() != size {
+                return Err(format!(
+                    "a large element of {} bytes, but {} has {size}",
+                    record.len(),
+                    std::any::type_name::<T>()
+                ));
+            }
+            // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`) of `size`
+            // bytes, which `record` holds; the read is unaligned-safe.
+            return Ok(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) });
+        }
+        match postcard::take_from_bytes::<T>(record) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(format!(
+                "{} bytes follow a large element of {} bytes",
+                rest.len(),
+                record.len() - rest.len()
+            )),
+            Err(e) => Err(format!(
+                "a large element of {} bytes: postcard cannot decode it as {}: {e}",
+                record.len(),
+                std::any::type_name::<T>()
+            )),
+        }
+    }
+
+    /// Decodes one frame's payload from private memory, checking everything (see the module
+    /// docs).
     pub fn decode(&self, payload: &[u8]) -> Result<Vec<T>, String> {
         if payload.len() < HEADER {
             return Err(format!(
@@ -281,20 +424,199 @@ impl<T: Element> Codec<T> {
     }
 }
 
+/// What one frame held (see [`Reader::read`]).
+#[derive(Debug)]
+pub(crate) enum Decoded<T> {
+    /// Whole elements (possibly none).
+    Batch(std::sync::Arc<[T]>),
+    /// A part of a large element, the first one if `first`; with the last part, the element.
+    Part {
+        first: bool,
+        element: Option<std::sync::Arc<[T]>>,
+    },
+    /// A next part of an element whose first part this reader never saw: it took the ring over
+    /// where its predecessor had released that first part early (see `transport::held`), so
+    /// the element is lost; `new` for the first such part of that element. Only before
+    /// anything else was read.
+    Orphan { new: bool },
+}
+
+/// A record buffer larger than this is freed once its element is decoded, not kept for the
+/// next large element.
+const KEEP_RECORD_BYTES: usize = 1 << 20;
+
+/// The reading side of a ring's payloads: decodes frames and reassembles large elements, in
+/// private memory (see the module docs). One per feeder.
+pub(crate) struct Reader<T> {
+    codec: Codec<T>,
+    /// Frames copied out of the ring to be decoded; reused.
+    private: Vec<u8>,
+    /// The record of the large element being reassembled.
+    record: Vec<u8>,
+    /// Its total length, while one is being reassembled.
+    total: Option<usize>,
+    /// A frame other than an orphan part was read.
+    started: bool,
+    /// The last frame was an orphan part.
+    orphan: bool,
+}
+
+impl<T: Element> Reader<T> {
+    /// A reader at the start of a ring, or where a previous reader released it.
+    pub fn new() -> Self {
+        Reader {
+            codec: Codec::new(),
+            private: Vec::new(),
+            record: Vec::new(),
+            total: None,
+            started: false,
+            orphan: false,
+        }
+    }
+
+    /// Decodes one frame, checking everything, reading each of its bytes once.
+    pub fn read(&mut self, payload: Payload<'_>) -> Result<Decoded<T>, String> {
+        if payload.len() < HEADER {
+            return Err(format!(
+                "a frame of {} bytes is shorter than its 8-byte header",
+                payload.len()
+            ));
+        }
+        let mut header = [0u8; HEADER];
+        payload.copy_to(0, &mut header);
+        let word = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+        let body = payload.len() - HEADER;
+        match header[0] {
+            KIND_FIRST => {
+                if let Some(total) = self.total {
+                    return Err(format!(
+                        "a large element starts before the previous one ended ({} of its {total} \
+                         bytes came)",
+                        self.record.len()
+                    ));
+                }
+                if word > MAX_ELEMENT_BYTES {
+                    return Err(format!(
+                        "a large element of {word} bytes exceeds the largest \
+                         ({MAX_ELEMENT_BYTES} bytes)"
+                    ));
+                }
+                if body > word {
+                    return Err(format!(
+                        "the first part ({body} bytes) of a large element is longer than the \
+                         element ({word} bytes)"
+                    ));
+                }
+                (self.started, self.orphan) = (true, false);
+                self.record.clear();
+                self.record.reserve(word);
+                self.total = Some(word);
+                self.append(&payload, body);
+                self.finish(true)
+            }
+            KIND_NEXT => {
+                let Some(total) = self.total else {
+                    if self.started {
+                        return Err(format!(
+                            "a part of a large element (offset {word}) without its first part"
+                        ));
+                    }
+                    let new = !self.orphan;
+                    self.orphan = true;
+                    return Ok(Decoded::Orphan { new });
+                };
+                let have = self.record.len();
+                if word != have {
+                    return Err(format!(
+                        "a part of a large element at offset {word}, but {have} of its {total} \
+                         bytes came so far"
+                    ));
+                }
+                if body == 0 {
+                    return Err(format!(
+                        "a part of 0 bytes at offset {word} of a large element of {total} bytes"
+                    ));
+                }
+                if have + body > total {
+                    return Err(format!(
+                        "a part of {body} bytes at offset {word} runs past the end of its large \
+                         element ({total} bytes)"
+                    ));
+                }
+                self.append(&payload, body);
+                self.finish(false)
+            }
+            _ => {
+                if let Some(total) = self.total {
+                    return Err(format!(
+                        "a frame of whole elements inside a large element ({} of its {total} \
+                         bytes came)",
+                        self.record.len()
+                    ));
+                }
+                (self.started, self.orphan) = (true, false);
+                let batch = self
+                    .codec
+                    .decode_after_header(header, &payload, &mut self.private)?;
+                Ok(Decoded::Batch(batch))
+            }
+        }
+    }
+
+    /// Appends the `body` bytes after the payload's header to the record.
+    fn append(&mut self, payload: &Payload<'_>, body: usize) {
+        let have = self.record.len();
+        debug_assert!(have + body <= self.total.unwrap_or(0));
+        self.record.reserve(body);
+        // SAFETY: `record` has room for `body` more bytes (reserved), is private memory, and
+        // they are initialised by the copy before `set_len`; `HEADER + body` is the payload's
+        // length.
+        unsafe {
+            payload.copy_to_ptr(HEADER, self.record.as_mut_ptr().add(have), body);
+            self.record.set_len(have + body);
+        }
+    }
+
+    /// After a part: the element, if this was its last part.
+    fn finish(&mut self, first: bool) -> Result<Decoded<T>, String> {
+        let total = self.total.expect("a large element is being reassembled");
+        if self.record.len() < total {
+            return Ok(Decoded::Part {
+                first,
+                element: None,
+            });
+        }
+        self.total = None;
+        let element = self.codec.decode_record(&self.record)?;
+        if self.record.capacity() > KEEP_RECORD_BYTES {
+            self.record = Vec::new();
+        }
+        Ok(Decoded::Part {
+            first,
+            element: Some(std::sync::Arc::from([element])),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn round_trip<T: Element + PartialEq + std::fmt::Debug>(items: &[T], max: usize) -> Vec<T> {
         let mut c = Codec::<T>::new();
         let mut out = Vec::new();
         let mut rest = items;
         while !rest.is_empty() {
-            let (n, len) = c.plan(rest, max).unwrap();
+            let Plan::Frame { n, len } = c.plan(rest, max).unwrap() else {
+                panic!("an element larger than {max}");
+            };
             assert!(n > 0 && len <= max);
             let mut buf = vec![0xAA; len];
-            c.write(rest, n, &mut buf);
-            let shared = c.decode_shared(&buf).unwrap();
+            c.write(rest, n, &mut PayloadMut::from_private(&mut buf));
+            let shared = c
+                .decode_shared(Payload::from_private(&buf), &mut Vec::new())
+                .unwrap();
             let owned = c.decode(&buf).unwrap();
             assert_eq!(&shared[..], &owned[..]);
             out.extend(owned);
@@ -341,30 +663,203 @@ mod tests {
             })
             .collect();
         let mut before = Codec::<Sample>::new();
-        let (n, len) = before.plan(&items, 4096).unwrap();
+        let Plan::Frame { n, len } = before.plan(&items, 4096).unwrap() else {
+            panic!("small elements")
+        };
         let mut buf = vec![0; len];
-        before.write(&items, n, &mut buf);
+        before.write(&items, n, &mut PayloadMut::from_private(&mut buf));
         assert_eq!(buf[0], KIND_POSTCARD, "undeclared: postcard");
         declare_plain::<Sample>();
         let mut after = Codec::<Sample>::new();
-        let (n, len) = after.plan(&items, 4096).unwrap();
+        let plan = after.plan(&items, 4096).unwrap();
         assert_eq!(
-            (n, len),
-            (100, HEADER + 100 * 16),
+            plan,
+            Plan::Frame {
+                n: 100,
+                len: HEADER + 100 * 16
+            },
             "declared: 16 bytes each, no encoding"
         );
+        let Plan::Frame { n, len } = plan else {
+            unreachable!()
+        };
         let mut buf = vec![0; len];
-        after.write(&items, n, &mut buf);
+        after.write(&items, n, &mut PayloadMut::from_private(&mut buf));
         assert_eq!(buf[0], KIND_PLAIN);
-        assert_eq!(&after.decode_shared(&buf).unwrap()[..], &items[..]);
+        assert_eq!(
+            &after
+                .decode_shared(Payload::from_private(&buf), &mut Vec::new())
+                .unwrap()[..],
+            &items[..]
+        );
         assert_eq!(round_trip(&items, 200), items);
     }
 
+    /// The frames `items` become with frames of at most `max` bytes (large elements in parts).
+    fn frames<T: Element>(items: &[T], max: usize) -> Vec<Vec<u8>> {
+        let mut c = Codec::<T>::new();
+        let mut out = Vec::new();
+        let mut rest = items;
+        let mut record = Vec::new();
+        while !rest.is_empty() {
+            match c.plan(rest, max).unwrap() {
+                Plan::Frame { n, len } => {
+                    let mut buf = vec![0xAA; len];
+                    c.write(rest, n, &mut PayloadMut::from_private(&mut buf));
+                    out.push(buf);
+                    rest = &rest[n..];
+                }
+                Plan::Large => {
+                    c.take_large(&rest[0], &mut record);
+                    for at in (0..record.len()).step_by(part_room(max)) {
+                        let end = (at + part_room(max)).min(record.len());
+                        let mut buf = part_header(at, record.len()).to_vec();
+                        buf.extend_from_slice(&record[at..end]);
+                        out.push(buf);
+                    }
+                    rest = &rest[1..];
+                }
+            }
+        }
+        out
+    }
+
+    /// `(first, last)` of each part a [`Reader`] read.
+    type Parts = Vec<(bool, bool)>;
+
+    /// What a [`Reader`] makes of `frames`: elements, and (first, last) of each part.
+    fn read_all<T: Element>(frames: &[Vec<u8>]) -> Result<(Vec<T>, Parts), String> {
+        let mut r = Reader::<T>::new();
+        let (mut items, mut parts) = (Vec::new(), Vec::new());
+        for f in frames {
+            match r.read(Payload::from_private(f))? {
+                Decoded::Batch(b) => items.extend_from_slice(&b),
+                Decoded::Part { first, element } => {
+                    parts.push((first, element.is_some()));
+                    items.extend_from_slice(&element.unwrap_or_else(|| Arc::from([])));
+                }
+                Decoded::Orphan { .. } => return Err("orphan".into()),
+            }
+        }
+        Ok((items, parts))
+    }
+
     #[test]
-    fn an_element_larger_than_a_frame_is_an_error() {
+    fn an_element_larger_than_a_frame_goes_in_parts_between_whole_frames() {
+        let words = vec!["a".to_string(), "y".repeat(500), "b".into(), "z".repeat(92)];
+        let f = frames(&words, 100);
+        assert_eq!(
+            f.len(),
+            1 + 6 + 1 + 2,
+            "500 + 2 bytes in parts of 92: 6; 92 + 1: 2"
+        );
+        let (got, parts) = read_all::<String>(&f).unwrap();
+        assert_eq!(got, words);
+        let mut want = vec![(true, false)];
+        want.extend([(false, false); 4]);
+        want.extend([(false, true), (true, false), (false, true)]);
+        assert_eq!(parts, want);
+        // Plain data too: an element larger than a frame.
+        #[derive(
+            Clone,
+            Copy,
+            Debug,
+            PartialEq,
+            bytemuck::Pod,
+            bytemuck::Zeroable,
+            serde::Serialize,
+            serde::Deserialize,
+        )]
+        #[repr(C)]
+        struct Block {
+            w: [u64; 32],
+        }
+        declare_plain::<Block>();
+        let blocks: Vec<Block> = (0..3).map(|i| Block { w: [i; 32] }).collect();
+        let f = frames(&blocks, 100);
+        assert_eq!(f.len(), 3 * 3, "256 bytes in parts of 92");
+        assert_eq!(read_all::<Block>(&f).unwrap().0, blocks);
+    }
+
+    #[test]
+    fn an_element_over_the_largest_is_an_error_naming_both_sizes() {
         let mut c = Codec::<String>::new();
-        let err = c.plan(&["y".repeat(500)], 100).unwrap_err();
-        assert!(err.contains("does not fit"), "{err}");
+        let err = c.plan(&["y".repeat(MAX_ELEMENT_BYTES)], 4096).unwrap_err();
+        assert!(
+            err.contains(&format!("{} bytes", MAX_ELEMENT_BYTES + 4))
+                && err.contains(&format!("({MAX_ELEMENT_BYTES} bytes")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parts_are_checked() {
+        let f = frames(&["x".repeat(300), "y".repeat(300)], 100);
+        let fail = |frames: Vec<Vec<u8>>, needle: &str| {
+            let err = read_all::<String>(&frames).unwrap_err();
+            assert!(err.contains(needle), "{err:?} does not say {needle:?}");
+        };
+        // A part missing, a part twice, a whole frame or a new element inside one.
+        fail(
+            vec![f[0].clone(), f[2].clone()],
+            "at offset 184, but 92 of its 302",
+        );
+        fail(
+            vec![f[0].clone(), f[1].clone(), f[1].clone()],
+            "at offset 92, but 184",
+        );
+        let whole = frames(&["w".to_string()], 100).remove(0);
+        fail(
+            vec![f[0].clone(), whole],
+            "a frame of whole elements inside",
+        );
+        fail(
+            vec![f[0].clone(), f[4].clone()],
+            "starts before the previous one ended",
+        );
+        // A part running past its element, an empty part, a hostile total, a first part
+        // longer than its element, a record that is not the type's.
+        let mut long = f[3].clone();
+        long.extend_from_slice(&[0; 40]);
+        fail(
+            vec![f[0].clone(), f[1].clone(), f[2].clone(), long],
+            "runs past",
+        );
+        fail(
+            vec![f[0].clone(), part_header(92, 302).to_vec()],
+            "a part of 0 bytes",
+        );
+        let huge = part_header(0, u32::MAX as usize).to_vec();
+        fail(vec![huge], "of 4294967295 bytes exceeds the largest");
+        let mut short = part_header(0, 4).to_vec();
+        short.extend_from_slice(&[1; 8]);
+        fail(vec![short], "longer than the element");
+        let mut bad = part_header(0, 3).to_vec();
+        bad.extend_from_slice(&[9, 0xFF, 0xFF]);
+        fail(vec![bad], "postcard cannot decode it");
+        // Parts whose first part a previous reader released: skipped, only before anything
+        // else; afterwards a part without its first part is an error.
+        let mut r = Reader::<String>::new();
+        for (frame, new) in [(&f[1], true), (&f[2], false), (&f[3], false)] {
+            assert!(matches!(
+                r.read(Payload::from_private(frame)),
+                Ok(Decoded::Orphan { new: n }) if n == new
+            ));
+        }
+        assert!(matches!(
+            r.read(Payload::from_private(&f[4])),
+            Ok(Decoded::Part {
+                first: true,
+                element: None
+            })
+        ));
+        let mut r = Reader::<String>::new();
+        r.read(Payload::from_private(&frames(&["w".to_string()], 100)[0]))
+            .unwrap();
+        assert!(r
+            .read(Payload::from_private(&f[1]))
+            .unwrap_err()
+            .contains("without its first part"));
     }
 
     #[test]
@@ -409,8 +904,8 @@ mod tests {
                 .collect();
             let _ = s.decode(&bytes);
             let _ = c.decode(&bytes);
-            let _ = c.decode_shared(&bytes);
-            let _ = s.decode_shared(&bytes);
+            let _ = c.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
+            let _ = s.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
         }
     }
 }

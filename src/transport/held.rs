@@ -16,6 +16,12 @@
 //!   credit after every step, without grouping (see `InBuf` in `host.rs`), so a writer waiting
 //!   for space held here gets it as soon as the elements in it are consumed, however slow the
 //!   reader, whatever the elements' sizes.
+//! - The parts of a large element (one element split over several frames, see `codec`) are
+//!   one held frame of one element, whose end moves with each part read ([`Held::read_part`]):
+//!   the ring is released past them all at once, once the element is consumed, never to a
+//!   position inside the element. Only the fallback can release a first part early; the later
+//!   parts of that element are then released as they are reached, and a reader that takes the
+//!   ring over at such a position skips them (the element is lost and counted).
 //! - **Fallback** ([`Held::release_early`]), the one exception, and only where waiting would
 //!   deadlock: the reading agent **waits for more** (its last step saw every element delivered
 //!   and left them unconsumed, as a count window does: the host then does not step it again
@@ -59,6 +65,9 @@ pub(crate) struct Held {
     credited: usize,
     /// Elements of frames released early and not consumed yet: consumption pays them first.
     early: usize,
+    /// The last frame held is the start of a large element whose other parts are still being
+    /// read ([`read_part`](Held::read_part)).
+    open: bool,
 }
 
 impl Held {
@@ -83,6 +92,31 @@ impl Held {
     pub(crate) fn read(&mut self, end: u64, count: usize) -> Option<u64> {
         self.frames.push_back((end, count));
         self.settle()
+    }
+
+    /// A part of a large element was read (see `codec`); it ends at ring position `end`.
+    /// Parts count as one frame of one element, held until that element is consumed: the
+    /// first part adds it, each later part moves its end. If the fallback released the first
+    /// part early (the element already counted as released early), the later parts are
+    /// released as soon as they are reached, as empty frames are. Returns the position to
+    /// release the ring to now, if any.
+    pub(crate) fn read_part(&mut self, end: u64, first: bool, last: bool) -> Option<u64> {
+        if first {
+            self.frames.push_back((end, 1));
+            self.open = !last;
+            return self.settle();
+        }
+        match self.frames.back_mut() {
+            Some(back) if self.open => {
+                back.0 = end;
+                self.open = !last;
+                None
+            }
+            _ => {
+                self.open = false;
+                self.read(end, 0)
+            }
+        }
     }
 
     /// `n` more elements were consumed. Returns the position to release the ring to, if it
@@ -110,6 +144,10 @@ impl Held {
             }
         }
         self.early += unconsumed;
+        if self.frames.is_empty() {
+            // The element being read in parts, if any, was the last frame: released.
+            self.open = false;
+        }
         let pos = self.settle().or(released)?;
         Some((pos, unconsumed))
     }
@@ -124,6 +162,11 @@ impl Held {
             self.credited -= count;
             self.frames.pop_front();
             pos = Some(end);
+        }
+        if self.frames.is_empty() {
+            // An element being read in parts is never consumed before its last part; this only
+            // keeps `open` true to its meaning whatever the credit says.
+            self.open = false;
         }
         pos
     }
@@ -222,6 +265,49 @@ mod tests {
         assert_eq!(h.consumed(4), None, "pays off the early release");
         assert_eq!(h.read(420, 1), None);
         assert_eq!(h.consumed(1), Some(420), "counts for held frames again");
+    }
+
+    #[test]
+    fn the_parts_of_a_large_element_are_held_until_it_is_consumed() {
+        let mut h = Held::new();
+        assert_eq!(h.read(16, 1), None);
+        assert_eq!(h.read_part(100, true, false), None);
+        assert_eq!(h.read_part(200, false, false), None);
+        assert_eq!(h.consumed(1), Some(16), "the frame before it");
+        assert_eq!(
+            h.read_part(300, false, true),
+            None,
+            "delivered, not consumed"
+        );
+        assert_eq!(h.read(320, 2), None);
+        assert_eq!(h.unconsumed(), 3);
+        assert_eq!(
+            h.consumed(1),
+            Some(300),
+            "every part at once, at the end of the last one: never inside the element"
+        );
+        assert_eq!(h.consumed(2), Some(320));
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn parts_after_a_first_part_released_early_are_released_when_reached() {
+        let mut h = Held::new();
+        h.read(16, 2);
+        assert_eq!(h.read_part(100, true, false), None);
+        // The fallback releases the held frames, the element's first part with them: its one
+        // element is counted as released before it was consumed.
+        assert_eq!(h.release_early(|end| end >= 100), Some((100, 3)));
+        assert!(h.is_empty());
+        assert_eq!(
+            h.read_part(200, false, false),
+            Some(200),
+            "nothing left to protect"
+        );
+        assert_eq!(h.read_part(300, false, true), Some(300));
+        assert_eq!(h.read(320, 1), None, "an element after it is held as usual");
+        assert_eq!(h.consumed(3), None, "pays the early release");
+        assert_eq!(h.consumed(1), Some(320));
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //! - [`create_segments`]: the starter makes every ring before any process starts, so no process
 //!   ever waits for a ring to appear, and only the starter removes them.
 //! - The writer's end, [`ShmSender`], is a `Flavor` of the writer's link: the host encodes each
-//!   batch into one frame (or more, if it exceeds the largest frame), publishes once per batch,
+//!   batch into one frame (or more, if it exceeds the largest frame; an element larger than a
+//!   frame goes as parts, see [`codec`], written before anything else), publishes once per batch,
 //!   and when the ring is full keeps the rest in the link's stash exactly like an in-process link
 //!   out of credit. A **watcher thread** then sleeps on the ring's "space released" futex and
 //!   posts a credit envelope to the host when the reader has made room: the host never blocks.
 //! - The reader's end is a **feeder thread** ([`spawn_feeder`]): it sleeps on the "data
-//!   published" futex, decodes frames (trusting nothing: see [`codec`]), and delivers batches to
+//!   published" futex, copies each frame into private memory and decodes it there (trusting
+//!   nothing, reassembling large elements: see [`codec`]), and delivers batches to
 //!   the reader's host within an in-process credit, like a local writer would. It counts as a
 //!   source for quiescence until it has delivered the end of stream.
 //!   The feeder releases ring space only for elements the reading agent has consumed (see
@@ -35,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use codec::Codec;
+use codec::{Codec, Decoded, Plan, Reader};
 use held::Held;
 use shm::ring::{fail_producer, Consumer, DataNudger, Producer, SpaceWaiter, Wait};
 use shm::segment::Segment;
@@ -313,6 +315,10 @@ pub(crate) struct ShmSender<T> {
     producer: Producer<Arc<Segment>>,
     codec: Codec<T>,
     watch: Arc<Watch>,
+    /// The record of a large element accepted and not yet entirely written (see
+    /// [`codec`]'s "Large elements"), and how many of its bytes are written.
+    large: Vec<u8>,
+    large_sent: Option<usize>,
 }
 
 impl<T: Element> ShmSender<T> {
@@ -362,36 +368,121 @@ impl<T: Element> ShmSender<T> {
             producer,
             codec: Codec::new(),
             watch,
+            large: Vec::new(),
+            large_sent: None,
         })
     }
 
     /// Writes as many leading elements of `items` as the ring has room for, in frames, and
-    /// publishes them; returns how many. When the ring is full, arms the watcher.
+    /// publishes them; returns how many it accepted. When the ring is full, arms the watcher.
+    ///
+    /// An element too large for one frame is accepted once its first part is written; its
+    /// other parts follow, ahead of anything else, as room appears: `write` and
+    /// [`flush`](Self::flush) send them first, and accept nothing more until they are all
+    /// written ([`idle`](Self::idle)).
     pub fn write(&mut self, items: &[T]) -> Result<usize, String> {
         let mut done = 0;
         let max = self.producer.max_frame_len();
-        while done < items.len() {
+        let result = loop {
+            match self.write_parts(max) {
+                Ok(true) => {}
+                Ok(false) => break Ok(done),
+                Err(e) => break Err(e),
+            }
+            if done == items.len() {
+                break Ok(done);
+            }
             let rest = &items[done..];
-            let (n, len) = self.codec.plan(rest, max)?;
+            let (n, len) = match self.codec.plan(rest, max) {
+                Ok(Plan::Frame { n, len }) => (n, len),
+                Ok(Plan::Large) => {
+                    self.codec.take_large(&rest[0], &mut self.large);
+                    self.large_sent = Some(0);
+                    // Accepted: at least its first part fits (the ring has room for a largest
+                    // frame) or the watcher is armed for it, and nothing else goes before the
+                    // rest of its parts.
+                    done += 1;
+                    continue;
+                }
+                Err(e) => break Err(e),
+            };
             let codec = &self.codec;
-            let written = self
+            match self
                 .producer
                 .try_write(len, |buf| codec.write(rest, n, buf))
-                .map_err(|e| e.to_string())?;
-            if !written {
-                let needed = self.producer.tail_needed(len);
-                *self.watch.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(needed);
-                self.watch.cond.notify_one();
-                break;
+            {
+                Ok(true) => done += n,
+                Ok(false) => {
+                    self.arm(len);
+                    break Ok(done);
+                }
+                Err(e) => break Err(e.to_string()),
             }
-            done += n;
-        }
+        };
         self.producer.publish();
-        Ok(done)
+        result
     }
 
-    /// Ends the stream: the reader sees it after the last frame.
+    /// Writes the parts of the large element in progress that fit; true once none is left
+    /// (or there was none). Arms the watcher for the next part otherwise.
+    fn write_parts(&mut self, max: usize) -> Result<bool, String> {
+        let Some(mut sent) = self.large_sent else {
+            return Ok(true);
+        };
+        let total = self.large.len();
+        while sent < total {
+            let chunk = codec::part_room(max).min(total - sent);
+            let header = codec::part_header(sent, total);
+            let bytes = &self.large[sent..sent + chunk];
+            let written = self
+                .producer
+                .try_write(header.len() + chunk, |buf| {
+                    buf.write_at(0, &header);
+                    buf.write_at(header.len(), bytes);
+                })
+                .map_err(|e| e.to_string())?;
+            if !written {
+                self.large_sent = Some(sent);
+                self.arm(header.len() + chunk);
+                return Ok(false);
+            }
+            sent += chunk;
+        }
+        self.large_sent = None;
+        if self.large.capacity() > 1 << 20 {
+            self.large = Vec::new();
+        }
+        Ok(true)
+    }
+
+    /// Arms the watcher: wake the host when a frame of `len` payload bytes fits.
+    fn arm(&mut self, len: usize) {
+        let needed = self.producer.tail_needed(len);
+        *self.watch.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(needed);
+        self.watch.cond.notify_one();
+    }
+
+    /// Writes and publishes what is left of a large element already accepted; true once
+    /// nothing is (the host calls this whenever the ring may have room, see `LinkTx::pump`).
+    pub fn flush(&mut self) -> Result<bool, String> {
+        let max = self.producer.max_frame_len();
+        let done = self.write_parts(max);
+        self.producer.publish();
+        done
+    }
+
+    /// No part of an accepted element waits to be written: the stream may be closed.
+    pub fn idle(&self) -> bool {
+        self.large_sent.is_none()
+    }
+
+    /// Ends the stream: the reader sees it after the last frame. Call only when
+    /// [`idle`](Self::idle): an element cut short would be an error for the reader.
     pub fn close(&mut self) {
+        debug_assert!(
+            self.idle(),
+            "closing a ring in the middle of a large element"
+        );
         self.producer.close();
     }
 }
@@ -655,7 +746,8 @@ fn feed<T: Element>(
     mailbox: &FeederMailbox,
     held: &mut Held,
 ) -> Result<(), String> {
-    let codec = Codec::<T>::new();
+    // Copies every frame into private memory before decoding it, reassembles large elements.
+    let mut reader = Reader::<T>::new();
     let mut pending: VecDeque<Batch<T>> = VecDeque::new();
     let mut peer = PeerWatch::new("writing", &spec.peer, &spec.label);
     // A failed writer's mark, named (the ring knows only its pid).
@@ -694,13 +786,33 @@ fn feed<T: Element>(
             });
             continue;
         }
-        match consumer.try_read(|payload| codec.decode_shared(payload)) {
-            Ok(Some(Ok(items))) => {
+        match consumer.try_read(|payload| reader.read(payload)) {
+            Ok(Some(Ok(Decoded::Batch(items)))) => {
                 if let Some(pos) = held.read(consumer.position(), items.len()) {
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
                 }
                 if !items.is_empty() {
                     pending.push_back(Batch::new(items));
+                }
+            }
+            Ok(Some(Ok(Decoded::Part { first, element }))) => {
+                let last = element.is_some();
+                if let Some(pos) = held.read_part(consumer.position(), first, last) {
+                    consumer.release_to(pos).map_err(|e| e.to_string())?;
+                }
+                if let Some(items) = element {
+                    pending.push_back(Batch::new(items));
+                }
+            }
+            Ok(Some(Ok(Decoded::Orphan { new }))) => {
+                // The rest of an element whose start a previous reader released early: lost
+                // (it was counted there, but its counters died with it), skipped to the next
+                // element.
+                if let Some(pos) = held.read(consumer.position(), 0) {
+                    consumer.release_to(pos).map_err(|e| e.to_string())?;
+                }
+                if new {
+                    released_early(spec, 1, &mut warned_early);
                 }
             }
             Ok(Some(Err(e))) => return Err(format!("corrupt data from the writing process: {e}")),
@@ -943,10 +1055,142 @@ mod tests {
             Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
         let codec = Codec::<u64>::new();
         let mut got = Vec::new();
-        while let Some(items) = again.try_read(|p| codec.decode_shared(p)).unwrap() {
+        while let Some(items) = again
+            .try_read(|p| codec.decode_shared(p, &mut Vec::new()))
+            .unwrap()
+        {
             got.extend_from_slice(&items.unwrap());
         }
         assert_eq!(got, (6..15).collect::<Vec<_>>());
+    }
+
+    /// Collects the strings a feeder delivers.
+    #[derive(Default)]
+    struct Strings(Mutex<Vec<String>>);
+
+    impl Mailbox for Strings {
+        fn post(&self, env: Envelope) {
+            if let Envelope::Data { batch, .. } = env {
+                let batch = batch.downcast::<Batch<String>>().unwrap();
+                self.0.lock().unwrap().extend_from_slice(batch.as_slice());
+            }
+        }
+    }
+
+    #[test]
+    fn the_parts_of_a_large_element_stay_held_until_it_is_consumed() {
+        // A 6000-byte string in an 8 KiB ring (largest frame 4088 bytes): two parts, then a
+        // small element. Delivered and not consumed, nothing is released; a reader taking the
+        // ring over then reads the whole element again. Consumed, the ring is released past
+        // its last part, never to a position inside it.
+        let (name, _guard, view) = test_ring("feeder-parts", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let big: String = (0..6000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        let items = vec![big.clone(), "small".to_string()];
+        assert_eq!(tx.write(&items).unwrap(), 2);
+        assert!(tx.idle(), "both parts fit");
+        let header = view.header();
+        let tail = || header.tail.load(Ordering::SeqCst);
+        let reader = Arc::new(Strings::default());
+        let spec = FeederSpec {
+            segment: name.clone(),
+            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters: Arc::default(),
+            count_traffic: true,
+            label: "text.out -> copy.in".into(),
+            peer: "text".into(),
+            run: run.clone(),
+        };
+        let credit = spawn_feeder::<String>(spec).unwrap();
+        poll(
+            "both delivered",
+            || reader.0.lock().unwrap().len() == 2,
+            || assert_eq!(tail(), 0),
+        );
+        assert_eq!(*reader.0.lock().unwrap(), items);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(tail(), 0, "delivered, not consumed: every part stays");
+        // Where the big element's parts end: the small element's frame is 8 + 8 + 4 + 6 = 32
+        // bytes (header, codec header, record length, postcard "small").
+        let end_of_big = header.head.load(Ordering::SeqCst) - 32;
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 1,
+        });
+        poll(
+            "the big element released",
+            || tail() == end_of_big,
+            || assert!(tail() == 0 || tail() == end_of_big),
+        );
+        // The reader dies now: a new one reads the small element again, and nothing else.
+        run.fail(Error::Runtime {
+            detail: "the test ends this reader".into(),
+        });
+        header.id.consumer_pid.store(dead_pid(), Ordering::SeqCst);
+        let mut again =
+            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
+        let mut r = Reader::<String>::new();
+        let mut got = Vec::new();
+        while let Some(frame) = again.try_read(|p| r.read(p)).unwrap() {
+            match frame.unwrap() {
+                Decoded::Batch(b) => got.extend_from_slice(&b),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, ["small"]);
+    }
+
+    #[test]
+    fn a_reader_taking_over_reads_an_unconsumed_large_element_whole() {
+        let (name, _guard, view) = test_ring("feeder-parts-again", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let big = "q".repeat(6000);
+        assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
+        let reader = Arc::new(Strings::default());
+        let spec = FeederSpec {
+            segment: name.clone(),
+            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters: Arc::default(),
+            count_traffic: true,
+            label: "text.out -> copy.in".into(),
+            peer: "text".into(),
+            run: run.clone(),
+        };
+        let _credit = spawn_feeder::<String>(spec).unwrap();
+        poll("delivered", || reader.0.lock().unwrap().len() == 1, || ());
+        run.fail(Error::Runtime {
+            detail: "the test ends this reader".into(),
+        });
+        view.header()
+            .id
+            .consumer_pid
+            .store(dead_pid(), Ordering::SeqCst);
+        let mut again =
+            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
+        let mut r = Reader::<String>::new();
+        let mut got = Vec::new();
+        while let Some(frame) = again.try_read(|p| r.read(p)).unwrap() {
+            if let Decoded::Part {
+                element: Some(e), ..
+            } = frame.unwrap()
+            {
+                got.extend_from_slice(&e);
+            }
+        }
+        assert_eq!(got, [big], "from its first part");
     }
 
     /// The pid of a process that surely ended: `true`, spawned and reaped.
@@ -1076,6 +1320,71 @@ mod tests {
         });
     }
 
+    /// An element whose decoding lets "the peer" rewrite the ring in the middle: postcard
+    /// hands its visitor the string it has just validated, borrowed from the bytes it decodes;
+    /// the visitor then runs `PEER` (which writes into the ring, as a racing process would)
+    /// before copying the string, as serde's `String` does.
+    #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+    struct Racy(String);
+
+    std::thread_local! {
+        static PEER: std::cell::RefCell<Option<Box<dyn Fn()>>> = const {
+            std::cell::RefCell::new(None)
+        };
+    }
+
+    impl<'de> serde::Deserialize<'de> for Racy {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Racy, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Racy;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Racy, E> {
+                    PEER.with(|p| p.borrow().as_ref().map(|peer| peer()));
+                    Ok(Racy(v.to_string()))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Racy, E> {
+                    Ok(Racy(v.to_string()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    use std::fmt;
+
+    #[test]
+    fn a_frame_rewritten_by_the_peer_during_decoding_decodes_as_written() {
+        // A hostile peer rewrites a frame between postcard's UTF-8 check and serde's copy of a
+        // string. Decoding straight from the shared bytes reads them twice and builds a string
+        // from bytes that were never validated (here valid ones, "jello", so that the test
+        // itself stays sound; a peer writing 0xFF plants invalid UTF-8 in a `String`). Decoding
+        // reads every shared byte once, into private memory: the value is the one written.
+        let ring = shm::ring::HeapRing::new(256).unwrap();
+        let mut p = Producer::new(Arc::clone(&ring)).unwrap();
+        let mut c = Consumer::new(Arc::clone(&ring)).unwrap();
+        let mut reader = Reader::<Racy>::new();
+        let items = [Racy("hello".into())];
+        let mut tx = Codec::<Racy>::new();
+        let Plan::Frame { n, len } = tx.plan(&items, p.max_frame_len()).unwrap() else {
+            panic!("a small element")
+        };
+        assert!(p.try_write(len, |b| tx.write(&items, n, b)).unwrap());
+        p.publish();
+        // The payload (after the 8-byte frame header): codec header (8), record length (4),
+        // postcard string length (1), then "hello" at data offset 21.
+        let shared = Arc::clone(&ring);
+        PEER.with(|peer| *peer.borrow_mut() = Some(Box::new(move || shared.poke(21, b"j"))));
+        let got = c.try_read(|payload| reader.read(payload)).unwrap();
+        PEER.with(|peer| *peer.borrow_mut() = None);
+        let Some(Ok(Decoded::Batch(got))) = got else {
+            panic!("not a batch")
+        };
+        assert_eq!(got[..], items[..]);
+    }
+
     #[test]
     fn a_dead_peer_is_an_error_unless_supervised_and_not_stopping() {
         let dead = |_| false;
@@ -1157,13 +1466,16 @@ mod tests {
             assert!(p.try_write(len, |_| {}).unwrap());
             p.publish();
             c.try_read(|_| ()).unwrap().unwrap();
-            c.release();
+            c.release().unwrap();
         }
         let before = c.position();
         let mut codec = Codec::<T>::new();
         let items = [item];
         for k in 0..capacity {
-            let (n, len) = codec.plan(&items, p.max_frame_len()).unwrap();
+            let codec::Plan::Frame { n, len } = codec.plan(&items, p.max_frame_len()).unwrap()
+            else {
+                panic!("one small element is one frame");
+            };
             let written = p.try_write(len, |buf| codec.write(&items, n, buf)).unwrap();
             assert!(
                 written,

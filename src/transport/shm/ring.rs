@@ -40,7 +40,8 @@
 //! the frame there. The largest payload is [`max_frame_len`]`(capacity)` =
 //! `capacity / 2 - 8` bytes, so a frame plus the padding a wrap may cost always fits in an empty
 //! ring: a producer never waits for space that can never come. A larger frame is an error
-//! ([`RingError::FrameTooLarge`]).
+//! ([`RingError::FrameTooLarge`]); the transport splits a larger element over several frames
+//! (`transport::codec`, "Large elements").
 //!
 //! # Protocol
 //!
@@ -130,19 +131,26 @@
 //! - `head`, read by the consumer: a multiple of 8, not behind the consumer's read position,
 //!   never going backwards, at most `capacity` ahead of the tail the consumer released;
 //! - `tail`, read by the producer: a multiple of 8, never going backwards, never beyond the
-//!   `head` the producer published;
+//!   `head` the producer published; and by the consumer, which alone writes it, whenever it
+//!   releases or looks for data: still the position it released (a value written by anyone
+//!   else would otherwise be overwritten unnoticed by its next release);
 //! - a frame, read by the consumer: `len <= max_frame_len`, the frame inside the data area and
 //!   inside the published region; a wrap marker only where the frame after it (at offset 0,
 //!   published) does not fit, and never twice in a row;
 //! - `closed`: 0, 1 or 2. The futex words and waiting flags are only hints: any value is harmless.
 //!
-//! Each side keeps its own counters in private memory and never reads them back from the ring,
-//! and reads a frame's `len` once (an atomic load) before validating and using it.
+//! Each side keeps its own counters in private memory and never uses a value read back from the
+//! ring (the consumer reads `tail` back only to compare it with its own), and reads a frame's
+//! `len` once (an atomic load) before validating and using it.
 //!
-//! Two limits remain, as for any shared-memory transport: a peer that writes into a payload the
-//! consumer is reading changes the bytes under it (they stay plain bytes, every value of which
-//! is valid), and a peer that shrinks the shared-memory object makes the next access fault
-//! (`SIGBUS`).
+//! Payloads are never seen through a Rust reference (`&[u8]` / `&mut [u8]` promise bytes that
+//! nobody else changes, which a peer can break): [`Consumer::try_read`] hands out a
+//! [`Payload`] and [`Producer::try_write`] a [`PayloadMut`], which only copy bytes out or in
+//! with raw copies. A reader copies each shared byte once into private memory and decodes
+//! that, so a peer writing into a payload while it is read changes at most which bytes are
+//! copied (every value of a byte is valid), never a value after it was validated. One limit
+//! remains, as for any shared-memory transport: a peer that shrinks the shared-memory object
+//! makes the next access fault (`SIGBUS`).
 
 use std::fmt;
 use std::ptr::NonNull;
@@ -524,6 +532,160 @@ unsafe impl RingMemory for HeapRing {
     }
 }
 
+/// A published frame's payload, read in place: bytes another process can write at any time.
+///
+/// No Rust reference to these bytes is ever created: a `&[u8]` promises that the bytes do not
+/// change while it lives, which a buggy or hostile peer can break at will, and code that reads
+/// such a slice twice (postcard validates a string's UTF-8, then serde copies it) can see two
+/// different values. A `Payload` only copies bytes out, with raw copies
+/// (`ptr::copy_nonoverlapping` from the ring's pointer into private memory), so each copy
+/// reads each byte once and what is then decoded is private and stable. Read each byte once:
+/// two copies of the same range may differ.
+pub(crate) struct Payload<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _frame: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> Payload<'a> {
+    /// Payload bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No payload bytes.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies bytes `at..at + dst.len()` of the payload into `dst`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the payload (a bug of the caller, which knows [`len`](Self::len)).
+    pub(crate) fn copy_to(&self, at: usize, dst: &mut [u8]) {
+        assert!(
+            at.checked_add(dst.len()).is_some_and(|end| end <= self.len),
+            "bytes {at}..+{} of a payload of {}",
+            dst.len(),
+            self.len
+        );
+        // SAFETY: in bounds (asserted), `dst` is private memory that cannot overlap the ring.
+        unsafe { self.copy_to_ptr(at, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies `n` bytes from payload offset `at` to `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `at + n <= self.len()`, and `dst` is valid for `n` byte writes and does not overlap the
+    /// ring.
+    pub(crate) unsafe fn copy_to_ptr(&self, at: usize, dst: *mut u8, n: usize) {
+        debug_assert!(at + n <= self.len);
+        // SAFETY: the caller's promise; the source range is inside the frame's payload, valid
+        // for reads (`RingMemory`). A peer may write it concurrently: the copy then yields some
+        // mix of old and new bytes, every one of which is a valid `u8`, and nothing is assumed
+        // about them afterwards except through validation of the private copy.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(at), dst, n) }
+    }
+
+    /// Replaces the contents of `buf` with a copy of the payload (reusing its allocation).
+    pub(crate) fn copy_into(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.reserve(self.len);
+        // SAFETY: `buf` has room for `len` bytes (reserved), private; the bytes are initialised
+        // by the copy before `set_len`.
+        unsafe {
+            self.copy_to_ptr(0, buf.as_mut_ptr(), self.len);
+            buf.set_len(self.len);
+        }
+    }
+
+    /// A private copy of the payload.
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.copy_into(&mut v);
+        v
+    }
+
+    /// A payload over private bytes (codec tests).
+    #[cfg(test)]
+    pub(crate) fn from_private(bytes: &'a [u8]) -> Payload<'a> {
+        Payload {
+            ptr: NonNull::from(bytes).cast(),
+            len: bytes.len(),
+            _frame: std::marker::PhantomData,
+        }
+    }
+
+    /// Where the payload starts in memory (alignment checks in tests).
+    #[cfg(test)]
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+/// The payload of a frame being written, in place: bytes of the ring that a misbehaving
+/// consumer could write too, so, as for [`Payload`], no Rust reference to them is created;
+/// the producer copies private bytes in with raw copies.
+pub(crate) struct PayloadMut<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _frame: std::marker::PhantomData<&'a mut ()>,
+}
+
+impl<'a> PayloadMut<'a> {
+    /// Payload bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No payload bytes.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `src` to payload offset `at`.
+    ///
+    /// # Panics
+    ///
+    /// If `at + src.len()` exceeds the payload (a bug of the caller, which chose its length).
+    pub(crate) fn write_at(&mut self, at: usize, src: &[u8]) {
+        assert!(
+            at.checked_add(src.len()).is_some_and(|end| end <= self.len),
+            "bytes {at}..+{} of a payload of {}",
+            src.len(),
+            self.len
+        );
+        // SAFETY: in bounds (asserted) of the frame's payload, valid for writes (`RingMemory`)
+        // and owned by the producer until published; `src` is private memory, so the ranges
+        // do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(at), src.len()) }
+    }
+
+    /// Copies `src`, exactly the payload's length.
+    pub(crate) fn copy_from_slice(&mut self, src: &[u8]) {
+        assert_eq!(src.len(), self.len, "a payload of {} bytes", self.len);
+        self.write_at(0, src);
+    }
+
+    /// A payload over private bytes (codec tests).
+    #[cfg(test)]
+    pub(crate) fn from_private(bytes: &'a mut [u8]) -> PayloadMut<'a> {
+        PayloadMut {
+            len: bytes.len(),
+            ptr: NonNull::from(bytes).cast(),
+            _frame: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets every payload byte to `byte`.
+    pub(crate) fn fill(&mut self, byte: u8) {
+        // SAFETY: the payload's `len` bytes, valid for writes and owned by the producer.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), byte, self.len) }
+    }
+}
+
 /// What both sides share: the memory and what was validated once on attach.
 struct Ring<M: RingMemory> {
     mem: M,
@@ -843,11 +1005,12 @@ impl<M: RingMemory> Producer<M> {
     /// Writes a frame of `len` payload bytes, filled by `fill`, if it fits now; `Ok(false)` if
     /// the ring has no room for it (wait with [`wait_for_space`](Self::wait_for_space)). The
     /// frame is invisible to the consumer until [`publish`](Self::publish). If `fill` panics,
-    /// nothing is written.
+    /// nothing is written. `fill` gets a [`PayloadMut`], not a `&mut [u8]`: the bytes are
+    /// shared with another process.
     pub(crate) fn try_write(
         &mut self,
         len: usize,
-        fill: impl FnOnce(&mut [u8]),
+        fill: impl FnOnce(&mut PayloadMut<'_>),
     ) -> Result<bool, RingError> {
         if self.st.closed {
             return Err(RingError::Closed);
@@ -875,16 +1038,18 @@ impl<M: RingMemory> Producer<M> {
         // end), and bytes `off..off + frame` are free space owned by the producer (`fits`).
         unsafe { self.ring.write_frame_header(off, len as u32) };
         self.ring.mem.shadow().track_write(off + FRAME_HEADER, len);
-        // SAFETY: same range as above: `off + 8 + len <= off + frame <= cap`; the data pointer
-        // is valid for writes (`RingMemory`), and nobody else accesses these bytes until they
-        // are published, so a unique slice over them is sound for the duration of `fill`.
-        let payload = unsafe {
-            std::slice::from_raw_parts_mut(
-                self.ring.mem.data().as_ptr().add(off + FRAME_HEADER),
-                len,
-            )
+        // SAFETY: same range as above: `off + 8 + len <= off + frame <= cap`, so the pointer
+        // stays inside the data area. No reference is made: a well-behaved consumer does not
+        // touch these bytes until they are published, but a misbehaving one could, so the
+        // payload is written only through raw copies (`PayloadMut`).
+        let mut payload = PayloadMut {
+            ptr: unsafe {
+                NonNull::new_unchecked(self.ring.mem.data().as_ptr().add(off + FRAME_HEADER))
+            },
+            len,
+            _frame: std::marker::PhantomData,
         };
-        fill(payload);
+        fill(&mut payload);
         self.st.head += (skip + frame) as u64;
         Ok(true)
     }
@@ -1010,7 +1175,15 @@ impl<M: RingMemory> SpaceWaiter<M> {
             &header.space_wake,
             Some(&header.data_wake),
             timeout,
-            |ring| Ok(ring.header().tail.load(Ordering::Acquire) >= at_least),
+            |ring| {
+                // Only a hint for the producer, which validates `tail` before it writes; a
+                // misaligned one is reported here at once all the same.
+                let tail = ring.header().tail.load(Ordering::Acquire);
+                if tail % 8 != 0 {
+                    return Err(corrupt(format_args!("tail {tail} is not a multiple of 8")));
+                }
+                Ok(tail >= at_least)
+            },
         )
     }
 
@@ -1054,8 +1227,27 @@ struct ConsumerState {
 }
 
 impl ConsumerState {
-    /// Reads and validates the producer's `head`.
+    /// Checks that the ring's `tail` is still the one this consumer last stored. Only the
+    /// consumer writes `tail`, so any other value was written by something else (a buggy or
+    /// hostile process): left alone, the consumer's next release would silently overwrite it
+    /// and the producer, which reads `tail` only when the ring looks full, might never see it.
+    /// The line is the consumer's own, so the load costs no cache traffic.
+    fn check_tail<M: RingMemory>(&self, ring: &Ring<M>) -> Result<(), RingError> {
+        let tail = ring.header().tail.load(Ordering::Relaxed);
+        if tail != self.released {
+            return Err(corrupt(format_args!(
+                "tail {tail} is not the position {} this consumer released: something else \
+                 wrote it",
+                self.released
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates the producer's `head` (and checks the consumer's own `tail`, see
+    /// [`check_tail`](Self::check_tail)).
     fn refresh_head<M: RingMemory>(&mut self, ring: &Ring<M>) -> Result<(), RingError> {
+        self.check_tail(ring)?;
         let head = ring.header().head.load(Ordering::Acquire);
         if head % 8 != 0 {
             return Err(corrupt(format_args!("head {head} is not a multiple of 8")));
@@ -1171,10 +1363,12 @@ impl<M: RingMemory> Consumer<M> {
     }
 
     /// Reads the next published frame: `Ok(Some(f(payload)))`, or `Ok(None)` if there is none
-    /// now. Its space stays reserved until [`release`](Self::release).
+    /// now. Its space stays reserved until [`release`](Self::release). `f` gets a [`Payload`],
+    /// not a `&[u8]`: it copies the bytes it needs into private memory, reading each once, and
+    /// decodes only those.
     pub(crate) fn try_read<R>(
         &mut self,
-        f: impl FnOnce(&[u8]) -> R,
+        f: impl FnOnce(Payload<'_>) -> R,
     ) -> Result<Option<R>, RingError> {
         if self.st.tail == self.st.head {
             self.st.refresh_head(&self.ring)?;
@@ -1240,12 +1434,18 @@ impl<M: RingMemory> Consumer<M> {
             )));
         }
         ring.mem.shadow().track_read(off + FRAME_HEADER, len);
-        // SAFETY: `off + 8 + len <= off + frame <= cap` (checked above), so the range is inside
-        // the data area, valid for reads (`RingMemory`); it is published and not yet released,
-        // so the producer does not write it while the slice lives (a misbehaving peer could,
-        // which changes only the values of these plain bytes).
-        let payload = unsafe {
-            std::slice::from_raw_parts(ring.mem.data().as_ptr().add(off + FRAME_HEADER), len)
+        // SAFETY: `off + 8 + len <= off + frame <= cap` (checked above), so the pointer and the
+        // `len` bytes after it are inside the data area, valid for reads (`RingMemory`). The
+        // range is published and not yet released, so a well-behaved producer does not write
+        // it; a misbehaving one can, at any time. So no reference to it is made: `Payload`
+        // only copies bytes out (raw copies into private memory), and what is decoded is the
+        // private copy, each shared byte read once.
+        let payload = Payload {
+            ptr: unsafe {
+                NonNull::new_unchecked(ring.mem.data().as_ptr().add(off + FRAME_HEADER))
+            },
+            len,
+            _frame: std::marker::PhantomData,
         };
         let r = f(payload);
         self.st.tail = pos + frame as u64;
@@ -1254,14 +1454,17 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Hands the space of every frame read since the last call back to the producer (one
     /// `Release` store), and wakes the producer if it sleeps. Does nothing if nothing was read.
-    pub(crate) fn release(&mut self) {
-        self.release_up_to(self.st.tail);
+    /// A `tail` that something else overwrote is [`RingError::Corrupt`] (and nothing is
+    /// released).
+    pub(crate) fn release(&mut self) -> Result<(), RingError> {
+        self.release_up_to(self.st.tail)
     }
 
     /// Hands back the space of the frames read up to position `pos` only: the frames after it
     /// stay reserved (a consumer that takes the role over reads them again). `pos` must be a
     /// [`position`](Self::position) this consumer reached, not before what it already released
-    /// (equal does nothing); anything else is [`RingError::Release`] and releases nothing.
+    /// (equal does nothing); anything else is [`RingError::Release`] and releases nothing. A
+    /// `tail` that something else overwrote is [`RingError::Corrupt`].
     pub(crate) fn release_to(&mut self, pos: u64) -> Result<(), RingError> {
         if pos % 8 != 0 || pos < self.st.released || pos > self.st.tail {
             return Err(RingError::Release {
@@ -1270,17 +1473,18 @@ impl<M: RingMemory> Consumer<M> {
                 read: self.st.tail,
             });
         }
-        self.release_up_to(pos);
-        Ok(())
+        self.release_up_to(pos)
     }
 
-    fn release_up_to(&mut self, pos: u64) {
+    fn release_up_to(&mut self, pos: u64) -> Result<(), RingError> {
+        self.st.check_tail(&self.ring)?;
         if pos == self.st.released {
-            return;
+            return Ok(());
         }
         self.ring.header().tail.store(pos, Ordering::Release);
         self.st.released = pos;
         self.ring.notify(&self.ring.header().space_wake);
+        Ok(())
     }
 
     /// The read position: the end of the last frame [`try_read`](Self::try_read) returned (or
@@ -1427,7 +1631,7 @@ mod tests {
             assert!(write(p, &[0; 8]));
             p.publish();
             assert!(read(c).is_some());
-            c.release();
+            c.release().unwrap();
         }
         assert_eq!(p.st.head, pos);
     }
@@ -1444,7 +1648,7 @@ mod tests {
         assert_eq!(read(&mut c).as_deref(), Some(&b""[..]));
         assert_eq!(read(&mut c).as_deref(), Some(&[7; 100][..]));
         assert_eq!(read(&mut c), None);
-        c.release();
+        c.release().unwrap();
         assert_eq!(p.ring.header().tail.load(Ordering::Relaxed), 16 + 8 + 112);
     }
 
@@ -1496,7 +1700,7 @@ mod tests {
                     }
                 }
             }
-            c.release();
+            c.release().unwrap();
         }
         while let Some(got) = read(&mut c) {
             assert_eq!(Some(got), in_flight.pop_front());
@@ -1522,7 +1726,7 @@ mod tests {
         assert!(!write(&mut p, &[9; 8]), "still full: nothing released");
         assert_eq!(read(&mut c), Some(vec![0; 8]));
         assert!(!write(&mut p, &[9; 8]), "read but not released");
-        c.release();
+        c.release().unwrap();
         assert!(write(&mut p, &[4; 8]));
         p.publish();
         for i in 1..5u8 {
@@ -1556,7 +1760,7 @@ mod tests {
                 assert!(write(&mut p2, &[]));
                 p2.publish();
                 assert!(read(&mut c2).is_some());
-                c2.release();
+                c2.release().unwrap();
             }
             assert!(
                 write(&mut p2, &[3; 56]),
@@ -1654,7 +1858,7 @@ mod tests {
             0
         );
         assert_eq!(read(&mut c), Some(vec![1; 24]));
-        c.release();
+        c.release().unwrap();
         assert_eq!(
             p.wait_for_space(24, Duration::from_secs(3600)),
             Ok(Wait::Ready)
@@ -1690,7 +1894,7 @@ mod tests {
                 for i in 0..FRAMES {
                     let len = rng.random_range(4..=24);
                     while !p
-                        .try_write(len, |b| b[..4].copy_from_slice(&i.to_le_bytes()))
+                        .try_write(len, |b| b.write_at(0, &i.to_le_bytes()))
                         .unwrap()
                     {
                         p.publish();
@@ -1708,13 +1912,17 @@ mod tests {
             let mut next = 0u32;
             loop {
                 while let Some(i) = c
-                    .try_read(|b| u32::from_le_bytes(b[..4].try_into().unwrap()))
+                    .try_read(|b| {
+                        let mut word = [0; 4];
+                        b.copy_to(0, &mut word);
+                        u32::from_le_bytes(word)
+                    })
                     .unwrap()
                 {
                     assert_eq!(i, next);
                     next += 1;
                 }
-                c.release();
+                c.release().unwrap();
                 if c.is_closed().unwrap() {
                     break;
                 }
@@ -1798,7 +2006,7 @@ mod tests {
             got.push(f[0]);
         }
         assert_eq!(got, [1, 2, 3, 4], "exactly the frames not released");
-        c.release();
+        c.release().unwrap();
         assert!(write(&mut p, &[9; 8]));
         p.close();
         assert_eq!(read(&mut c), Some(vec![9; 8]));
@@ -1878,7 +2086,7 @@ mod tests {
             "before what was released"
         );
         c.release_to(first).unwrap(); // again: nothing
-        c.release();
+        c.release().unwrap();
         assert_eq!(ring.header().tail.load(Ordering::Relaxed), second);
         // The third frame was never read: it is still readable, and still reserved.
         assert_eq!(read(&mut c), Some(vec![2; 8]));
@@ -1907,7 +2115,7 @@ mod tests {
             });
             assert_eq!(c.wait_for_data_or(guard, true, || false), Ok(Wait::Ready));
             assert!(c.producer_waits_for_space());
-            c.release();
+            c.release().unwrap();
         });
         assert_eq!(read(&mut c), Some(vec![9; 8]));
     }
@@ -2030,14 +2238,49 @@ mod tests {
         );
         ring.header().tail.store(12, Ordering::Relaxed);
         assert_corrupt(p.try_write(8, |_| ()), "tail 12 is not a multiple of 8");
+        ring.header().tail.store(0, Ordering::Relaxed); // (the consumer checks it too, below)
         assert!(read(&mut c).is_some());
-        c.release();
+        c.release().unwrap();
         assert!(write(&mut p, &[0; 8]), "tail 16 read and cached");
         p.publish();
         ring.header().tail.store(8, Ordering::Relaxed);
         assert_corrupt(
             p.wait_for_space(8, Duration::from_secs(3600)),
             "tail went backwards from 16 to 8",
+        );
+    }
+
+    #[test]
+    fn a_tail_written_by_anyone_but_the_consumer_is_corrupt_for_the_consumer_at_once() {
+        // The producer reads `tail` only when the ring looks full, and the consumer's next
+        // release would overwrite a bad value: the consumer, which alone writes `tail`, checks
+        // it whenever it looks for data or releases.
+        let (ring, mut p, mut c) = pair(128);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        assert!(read(&mut c).is_some());
+        ring.header()
+            .tail
+            .store(0x7ffe_0199_4237_13ff, Ordering::Relaxed);
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "tail 9222810844653884415 is not the position 0 this consumer released",
+        );
+        assert_corrupt(c.release(), "tail 9222810844653884415");
+        assert_corrupt(c.wait_for_data(Duration::from_secs(3600)), "tail");
+        ring.header().tail.store(0, Ordering::Relaxed);
+        c.release().unwrap();
+        ring.header().tail.store(8, Ordering::Relaxed);
+        assert_corrupt(
+            c.release_to(16),
+            "tail 8 is not the position 16 this consumer released",
+        );
+        // The producer's watcher, waiting for space, refuses a misaligned one too.
+        ring.header().tail.store(12, Ordering::Relaxed);
+        assert_corrupt(
+            p.space_waiter()
+                .wait_for_tail(1000, Duration::from_secs(3600)),
+            "tail 12 is not a multiple of 8",
         );
     }
 
@@ -2170,7 +2413,7 @@ mod tests {
                 }
                 if rng.random() {
                     let _ = c.try_read(|_| ());
-                    c.release();
+                    let _ = c.release();
                 }
             }
             for _ in 0..rng.random_range(1..4) {
@@ -2195,7 +2438,7 @@ mod tests {
             let mut results = Vec::new();
             for _ in 0..20 {
                 results.push(c.try_read(|b| assert!(b.len() <= 56)).map(|_| ()));
-                c.release();
+                results.push(c.release());
                 results.push(c.is_closed().map(|_| ()));
                 results.push(c.wait_for_data(Duration::ZERO).map(|_| ()));
                 results.push(p.try_write(rng.random_range(0..=56), |_| ()).map(|_| ()));

@@ -398,7 +398,7 @@ fn bad_name(name: &str, reason: impl fmt::Display) -> SegmentError {
 #[cfg(all(test, not(iotstream_loom)))]
 mod tests {
     use super::*;
-    use crate::transport::shm::ring::{Consumer, Producer, RingError, Wait};
+    use crate::transport::shm::ring::{Consumer, PayloadMut, Producer, RingError, Wait};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     use nix::unistd::{fork, ForkResult, Pid};
     use std::time::Duration;
@@ -427,9 +427,9 @@ mod tests {
         while next < n {
             let count = per_frame.min(n - next);
             let len = (count * 8) as usize;
-            let fill = |buf: &mut [u8]| {
-                for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
-                    chunk.copy_from_slice(&(next + i as u64).to_ne_bytes());
+            let fill = |buf: &mut PayloadMut<'_>| {
+                for i in 0..count {
+                    buf.write_at(8 * i as usize, &(next + i).to_ne_bytes());
                 }
             };
             if p.try_write(len, fill)? {
@@ -464,9 +464,14 @@ mod tests {
             for _ in 0..8 {
                 let frame = c
                     .try_read(|payload| {
-                        let values: &[u64] = bytemuck::try_cast_slice(payload)
-                            .map_err(|e| format!("payload not a u64 slice in place: {e}"))?;
-                        for &v in values {
+                        let bytes = payload.to_vec();
+                        if bytes.len() % 8 != 0 {
+                            return Err(format!("a payload of {} bytes", bytes.len()));
+                        }
+                        let values = bytes
+                            .chunks_exact(8)
+                            .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")));
+                        for v in values {
                             if v != count {
                                 return Err(format!("expected {count}, read {v}"));
                             }
@@ -481,7 +486,7 @@ mod tests {
                     None => break,
                 }
             }
-            c.release();
+            c.release().map_err(|e| e.to_string())?;
             if c.is_closed().map_err(|e| e.to_string())? {
                 return Ok((count, sum));
             }
