@@ -80,6 +80,12 @@ impl Held {
         self.frames.is_empty()
     }
 
+    /// The last frame held starts a large element whose remaining parts are not read yet: the
+    /// reader cannot have that element before they are, however much it consumes.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
+    }
+
     /// Elements of the frames held and not consumed.
     #[cfg(test)]
     fn unconsumed(&self) -> usize {

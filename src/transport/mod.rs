@@ -822,15 +822,16 @@ fn feed<T: Element>(
                     return Ok(());
                 }
                 // Nothing unread. If the reader waits for more elements (it saw everything
-                // delivered and left it unconsumed: not merely slow) and could take them, but
-                // the writer waits for space that only frames held here can give, release the
-                // oldest ones anyway. With room for any frame, the writer cannot be waiting for
-                // us: no need to watch.
+                // delivered and left it unconsumed: not merely slow; or the element it needs
+                // next is a large one whose first parts are held here and whose rest the
+                // writer has no room for) and could take them, but the writer waits for space
+                // that only frames held here can give, release the oldest ones anyway. With
+                // room for any frame, the writer cannot be waiting for us: no need to watch.
                 let cap = consumer.capacity() as u64;
                 let read = consumer.position();
                 let need = held::room_needed(cap, read % cap);
                 let free = cap - (read - consumer.released());
-                let starved = mailbox.reader_starved();
+                let starved = held.is_open() || mailbox.reader_starved();
                 let watch = !held.is_empty() && free < need && starved && mailbox.has_credit();
                 if watch && consumer.producer_waits_for_space() {
                     let Some((pos, unprotected)) =
