@@ -1096,10 +1096,11 @@ pub(crate) struct Control {
 /// with the nonce of `IOTSTREAM_CONTROL_NONCE` (read within [`HELLO_TIMEOUT`]; the launcher
 /// writes it before it starts the child). Anything else (the variables inherited by a program
 /// that no launcher started, fd 3 some file, pipe or other socket) is a warning, and the
-/// descriptor is left alone: nothing is written to it, it is not closed, nothing waits on it
+/// descriptor is left alone: nothing is written to it or taken off it (the hello is only peeked
+/// at), it is not closed, no option of it is changed, nothing waits on it
 /// beyond that bound.
 pub(crate) fn take_control() -> Result<Option<Control>, Error> {
-    use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
+    use std::os::fd::{BorrowedFd, FromRawFd};
     let Some(fd) = role_env(ENV_CONTROL_FD) else {
         return Ok(None);
     };
@@ -1146,19 +1147,23 @@ pub(crate) fn take_control() -> Result<Option<Control>, Error> {
             ))
         }
     }
-    // SAFETY: fd 3 is an open stream socket (checked above); it is handed back with
-    // `into_raw_fd`, never closed, unless it proves to be the launcher's.
-    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
-    let mut reader = BufReader::new(stream);
-    let hello = read_hello(&mut reader);
-    if hello.as_deref() != Some(format!("hello {nonce}").as_str()) {
-        let _ = reader.into_inner().into_raw_fd();
+    // Peeked, not read: a socket that is not the launcher's keeps every byte it had.
+    let hello = format!("hello {nonce}\n");
+    if !peek_hello(borrowed, hello.as_bytes(), HELLO_TIMEOUT) {
         return ignored(&format!(
             "file descriptor {CONTROL_FD} did not say hello with the nonce within {} ms",
             HELLO_TIMEOUT.as_millis()
         ));
     }
-    let _ = reader.get_ref().set_read_timeout(None);
+    // SAFETY: fd 3 is an open stream socket (checked above) that proved to be the launcher's:
+    // ours from now on.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
+    let mut reader = BufReader::new(stream);
+    // The hello, peeked above, is taken off the channel; it is all there already.
+    let mut taken = vec![0u8; hello.len()];
+    reader.read_exact(&mut taken).map_err(|e| Error::Runtime {
+        detail: format!("the launcher's control channel failed: {e}"),
+    })?;
     // Programs this process starts must not inherit the launcher's channel.
     // SAFETY: fcntl on our own open descriptor.
     unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -1193,17 +1198,61 @@ fn sock_opt<T: Copy>(option: libc::c_int) -> std::io::Result<T> {
 /// writes it before starting the child, so it is there at once).
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The first line on a control channel, read within [`HELLO_TIMEOUT`] and at most 128 bytes;
-/// `None` if there is none.
-fn read_hello(reader: &mut BufReader<std::os::unix::net::UnixStream>) -> Option<String> {
-    reader
-        .get_ref()
-        .set_read_timeout(Some(HELLO_TIMEOUT))
-        .ok()?;
-    let mut line = Vec::new();
-    (&mut *reader).take(128).read_until(b'\n', &mut line).ok()?;
-    let line = String::from_utf8(line).ok()?;
-    Some(line.trim_end().to_string())
+/// True if the first bytes waiting on socket `fd` are `hello` exactly, within `timeout`. Only
+/// peeks (`MSG_PEEK`): nothing is taken off a socket that turns out not
+/// to be the launcher's, and no socket option of it is changed. Stops at the first byte that
+/// differs.
+fn peek_hello(fd: std::os::fd::BorrowedFd<'_>, hello: &[u8], timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; hello.len()];
+    loop {
+        // SAFETY: `buf` has room for `buf.len()` bytes; recv writes at most that many.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return false, // the peer closed it
+            n if n > 0 => {
+                let n = n as usize;
+                if buf[..n] != hello[..n] {
+                    return false;
+                }
+                if n == hello.len() {
+                    return true;
+                }
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::Interrupted
+                {
+                    return false;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        // Wait for more bytes (a peek returns the same ones at once): poll until the count
+        // grows, in short slices.
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        let slice = left.min(Duration::from_millis(10));
+        let _ = nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::try_from(slice).unwrap_or(nix::poll::PollTimeout::ZERO),
+        );
+        if n > 0 {
+            // Some bytes but not all: poll says readable at once, so sleep the slice.
+            std::thread::sleep(slice);
+        }
+    }
 }
 
 impl Control {
@@ -1261,7 +1310,47 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
-    use super::{read_deployment_fd, DeploymentFd, OutputLines, MAX_LINE};
+    use super::{peek_hello, read_deployment_fd, DeploymentFd, OutputLines, MAX_LINE};
+
+    #[test]
+    fn the_hello_check_takes_nothing_off_a_socket_that_is_not_the_launchers() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        use std::os::unix::net::UnixStream;
+        use std::time::Duration;
+        let short = Duration::from_millis(200);
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        // Someone else's protocol: refused at its first differing byte, every byte kept.
+        ours.write_all(b"help me\n").unwrap();
+        assert!(!peek_hello(theirs.as_fd(), b"hello n0nce\n", short));
+        // Nothing at all: refused once the bound is over.
+        let (_quiet, silent) = UnixStream::pair().unwrap();
+        assert!(!peek_hello(silent.as_fd(), b"hello n0nce\n", short));
+        let mut kept = [0u8; 8];
+        (&theirs).read_exact(&mut kept).unwrap();
+        assert_eq!(
+            &kept, b"help me\n",
+            "the refused socket's bytes are all still there"
+        );
+        // The launcher's hello, in two pieces: accepted, and still there to be taken.
+        let (mut launcher, child) = UnixStream::pair().unwrap();
+        launcher.write_all(b"hello n0").unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            launcher.write_all(b"nce\n").unwrap();
+            launcher
+        });
+        assert!(peek_hello(
+            child.as_fd(),
+            b"hello n0nce\n",
+            Duration::from_secs(10)
+        ));
+        let _launcher = writer.join().unwrap();
+        let mut hello = [0u8; 12];
+        (&child).read_exact(&mut hello).unwrap();
+        assert_eq!(&hello, b"hello n0nce\n");
+        drop(ours);
+    }
 
     #[test]
     fn the_deployment_travels_in_a_sealed_memfd_and_nothing_else_is_taken_for_it() {
