@@ -9,7 +9,8 @@
 //!   batch into one frame (or more, if it exceeds the largest frame; an element larger than a
 //!   frame goes as parts, see [`codec`], written before anything else), publishes once per batch,
 //!   and when the ring is full keeps the rest in the link's stash exactly like an in-process link
-//!   out of credit. A **watcher thread** then sleeps on the ring's "space released" futex and
+//!   out of credit. A frame that does not fit is replaced by a smaller one of what fits (a
+//!   shorter part, for a large element): the ring is full only when not even one element fits. A **watcher thread** then sleeps on the ring's "space released" futex and
 //!   posts a credit envelope to the host when the reader has made room: the host never blocks.
 //! - The reader's end is a **feeder thread** ([`spawn_feeder`]): it sleeps on the "data
 //!   published" futex, copies each frame into private memory and decodes it there (trusting
@@ -374,7 +375,8 @@ impl<T: Element> ShmSender<T> {
     }
 
     /// Writes as many leading elements of `items` as the ring has room for, in frames, and
-    /// publishes them; returns how many it accepted. When the ring is full, arms the watcher.
+    /// publishes them; returns how many it accepted. A frame is as large as the room there is
+    /// (up to the largest); when not even one element fits, arms the watcher for it.
     ///
     /// An element too large for one frame is accepted once its first part is written; its
     /// other parts follow, ahead of anything else, as room appears: `write` and
@@ -412,10 +414,11 @@ impl<T: Element> ShmSender<T> {
                 .try_write(len, |buf| codec.write(rest, n, buf))
             {
                 Ok(true) => done += n,
-                Ok(false) => {
-                    self.arm(len);
-                    break Ok(done);
-                }
+                Ok(false) => match self.write_what_fits(rest) {
+                    Ok(Some(n)) => done += n,
+                    Ok(None) => break Ok(done),
+                    Err(e) => break Err(e),
+                },
                 Err(e) => break Err(e.to_string()),
             }
         };
@@ -423,8 +426,44 @@ impl<T: Element> ShmSender<T> {
         result
     }
 
-    /// Writes the parts of the large element in progress that fit; true once none is left
-    /// (or there was none). Arms the watcher for the next part otherwise.
+    /// When the largest frame planned for `items` (none of them large) does not fit: writes a
+    /// frame of the leading elements that fit the room there is, and returns how many; or, if
+    /// not even the first one fits, arms the watcher for a frame of that one alone and returns
+    /// `None`. Waiting for the largest frame instead would keep a writer waiting while the
+    /// reader holds a few unconsumed elements that pin their frames, and make the reader's
+    /// feeder release them early (see [`held`]).
+    fn write_what_fits(&mut self, items: &[T]) -> Result<Option<usize>, String> {
+        let room = self.producer.room_now().map_err(|e| e.to_string())?;
+        // Planned with the room, not the largest frame: an element that does not fit it is not
+        // a large one (it fits a largest frame), so `Plan::Large` here means "wait".
+        if let Some(room) = room {
+            if let Plan::Frame { n, len } = self.codec.plan(items, room)? {
+                if n > 0 {
+                    let codec = &self.codec;
+                    let written = self
+                        .producer
+                        .try_write(len, |buf| codec.write(items, n, buf))
+                        .map_err(|e| e.to_string())?;
+                    if written {
+                        return Ok(Some(n));
+                    }
+                }
+            }
+        }
+        match self
+            .codec
+            .plan(&items[..1], self.producer.max_frame_len())?
+        {
+            Plan::Frame { len, .. } => self.arm(len),
+            // Not after a largest frame held it; a largest frame is the most to wait for.
+            Plan::Large => self.arm(self.producer.max_frame_len()),
+        }
+        Ok(None)
+    }
+
+    /// Writes the parts of the large element in progress that fit, the last of them shortened
+    /// to the room there is; true once none is left (or there was none). Arms the watcher for
+    /// a part of one word otherwise.
     fn write_parts(&mut self, max: usize) -> Result<bool, String> {
         let Some(mut sent) = self.large_sent else {
             return Ok(true);
@@ -441,11 +480,31 @@ impl<T: Element> ShmSender<T> {
                     buf.write_at(header.len(), bytes);
                 })
                 .map_err(|e| e.to_string())?;
-            if !written {
-                self.large_sent = Some(sent);
-                self.arm(header.len() + chunk);
-                return Ok(false);
-            }
+            let chunk = if written {
+                chunk
+            } else {
+                // A smaller part, if any fits: parts may have any length (see `codec`).
+                let room = self.producer.room_now().map_err(|e| e.to_string())?;
+                let smaller = room
+                    .map_or(0, |r| r.saturating_sub(header.len()))
+                    .min(total - sent);
+                let bytes = &self.large[sent..sent + smaller];
+                let written = smaller > 0
+                    && self
+                        .producer
+                        .try_write(header.len() + smaller, |buf| {
+                            buf.write_at(0, &header);
+                            buf.write_at(header.len(), bytes);
+                        })
+                        .map_err(|e| e.to_string())?;
+                if !written {
+                    // Wake up when a part of one 8-byte word fits.
+                    self.large_sent = Some(sent);
+                    self.arm(header.len() + 8.min(total - sent));
+                    return Ok(false);
+                }
+                smaller
+            };
             sent += chunk;
         }
         self.large_sent = None;
@@ -834,13 +893,16 @@ fn feed<T: Element>(
                 let starved = held.is_open() || mailbox.reader_starved();
                 let watch = !held.is_empty() && free < need && starved && mailbox.has_credit();
                 if watch && consumer.producer_waits_for_space() {
-                    let Some((pos, unprotected)) =
-                        held.release_early(|end| cap - (read - end) >= need)
-                    else {
+                    // As little as needed: the oldest frame, then a wait slice for the writer
+                    // to write into what it gave (it writes what fits) or to wait again.
+                    let Some((pos, unprotected)) = held.release_early(|_| true) else {
                         continue;
                     };
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
                     released_early(spec, unprotected, &mut warned_early);
+                    consumer
+                        .wait_for_data_or(WAIT_SLICE, false, || mailbox.has_consumed())
+                        .map_err(|e| e.to_string())?;
                     continue;
                 }
                 let wait = consumer
@@ -956,7 +1018,7 @@ mod tests {
     }
 
     /// Polls `f` until it holds, asserting `invariant` all along (with the same guard).
-    fn poll(what: &str, f: impl Fn() -> bool, invariant: impl Fn()) {
+    fn poll(what: &str, mut f: impl FnMut() -> bool, invariant: impl Fn()) {
         let start = Instant::now();
         loop {
             invariant();
@@ -1503,5 +1565,70 @@ mod tests {
                 credit_as_single_frames_fits_half(capacity, start, 7u128);
             }
         }
+    }
+
+    /// Review finding 3: the writer waited for room for its largest frame (half the ring) even
+    /// with nearly that much free before the end, while the reader's few unconsumed elements
+    /// pinned their frames; the feeder then released them early. A count window of 4 on a
+    /// connection of capacity 100 must get every element without any early release.
+    #[test]
+    fn a_window_of_4_with_capacity_100_gets_every_element_without_early_release() {
+        assert_eq!(ring_bytes::<u64>(100), 8 << 10);
+        let (name, _guard, view) = test_ring("window-of-4", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<u64>::open(&name, "test", "window4", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let items: Vec<u64> = (0..2000).collect();
+        assert_eq!(tx.write(&items[..1]).unwrap(), 1);
+        assert_eq!(tx.write(&items[1..511]).unwrap(), 510, "one largest frame");
+        // 4120 bytes written, 4072 free before the end of the ring: 507 elements fit there.
+        let third = tx.write(&items[511..1021]).unwrap();
+        let head = view.header().head.load(Ordering::SeqCst);
+        assert_eq!(
+            third, 507,
+            "the writer writes what fits before the end (head {head})"
+        );
+        let mut sent = 511 + third;
+
+        let reader = Arc::new(Inbox::default());
+        let spec = feeder(&name, 100, &reader, &run);
+        let counters = Arc::clone(&spec.counters);
+        let credit = spawn_feeder::<u64>(spec).unwrap();
+        // The reader: a count window of 4 (consumes whole windows, waits with the rest).
+        let mut consumed = 0;
+        poll(
+            "every element delivered and consumed",
+            || {
+                if sent < items.len() {
+                    sent += tx.write(&items[sent..]).unwrap();
+                }
+                let delivered = reader.seen.lock().unwrap().items.len();
+                let upto = delivered / 4 * 4;
+                if upto > consumed {
+                    credit.post(Envelope::Credit {
+                        output: 0,
+                        link: 0,
+                        n: upto - consumed,
+                    });
+                    consumed = upto;
+                } else if delivered > consumed {
+                    credit.reader_waits(delivered - consumed);
+                }
+                consumed == items.len()
+            },
+            || {
+                let early = counters.released_early.load(Ordering::Relaxed);
+                assert_eq!(
+                    early, 0,
+                    "elements released before the window consumed them"
+                );
+            },
+        );
+        assert_eq!(reader.seen.lock().unwrap().items, items);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
     }
 }
