@@ -1057,6 +1057,7 @@ fn coordinate(
             RunHandle {
                 shared: Arc::clone(&shared),
             },
+            launch::is_stopped,
         )
     });
     let part = Part {

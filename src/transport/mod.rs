@@ -25,7 +25,9 @@
 //!   dead peer is an error naming the connection, never a hang, unless the process is
 //!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
 //!   or stops the application, and the survivor keeps waiting. A reader that is alive but
-//!   releases nothing while the writer waits is warned about once ([`progress_warn_after`]).
+//!   releases nothing while the writer waits is warned about once ([`progress_warn_after`]), and
+//!   so is a writing process that is stopped while its feeder waits for data (the feeder asks
+//!   [`FeederSpec::stopped`], given by the caller).
 //! - When this process's part fails, the rings it writes are marked failed at once (through
 //!   [`RunHandle::on_failure`]), so their readers end with an error naming the failed writer.
 
@@ -247,11 +249,19 @@ pub(crate) struct ShmTransport {
     app: String,
     run: RunId,
     handle: RunHandle,
+    stopped: fn(u32) -> bool,
 }
 
 impl ShmTransport {
-    pub fn new(app: String, run: RunId, handle: RunHandle) -> Self {
-        ShmTransport { app, run, handle }
+    /// `stopped` says whether a process is stopped (alive, making no progress): feeders warn
+    /// about a writing process that is ([`FeederSpec::stopped`]).
+    pub fn new(app: String, run: RunId, handle: RunHandle, stopped: fn(u32) -> bool) -> Self {
+        ShmTransport {
+            app,
+            run,
+            handle,
+            stopped,
+        }
     }
 }
 
@@ -294,6 +304,7 @@ impl ShmWiring for ShmTransport {
             label,
             peer: peer.to_string(),
             run: self.handle.clone(),
+            stopped: self.stopped,
         })
     }
 }
@@ -631,6 +642,70 @@ pub(crate) struct FeederSpec {
     /// The writer's process (for messages).
     pub peer: String,
     pub run: RunHandle,
+    /// True if a pid is stopped (SIGSTOP: alive, writes nothing); see [`StoppedWatch`].
+    pub stopped: fn(u32) -> bool,
+}
+
+/// What a feeder does about a writing process that is stopped: the writer side warns about a
+/// reader that releases nothing ([`ProgressWatch`]), but a writer that writes nothing may just
+/// have nothing to write, so the feeder asks whether its process is stopped. Warns once per
+/// episode, after the writer has been stopped for [`progress_warn_after`], and says so again
+/// when it goes on.
+struct StoppedWatch {
+    after: Option<Duration>,
+    /// The stopped pid and since when it was seen stopped.
+    since: Option<(u32, Instant)>,
+    warned: bool,
+}
+
+impl StoppedWatch {
+    fn new(after: Option<Duration>) -> StoppedWatch {
+        StoppedWatch {
+            after,
+            since: None,
+            warned: false,
+        }
+    }
+
+    /// After a wait slice without data: `pid` is the writer's (see [`PeerWatch`] for `peer`).
+    /// True when it warned.
+    fn check(
+        &mut self,
+        pid: Option<u32>,
+        stopped: fn(u32) -> bool,
+        label: &str,
+        peer: &str,
+    ) -> bool {
+        let Some(pid) = pid.filter(|&p| stopped(p)) else {
+            if let Some((pid, _)) = self.since.take() {
+                if std::mem::take(&mut self.warned) {
+                    tracing::info!("connection {label}: the {peer} (pid {pid}) goes on");
+                }
+            }
+            return false;
+        };
+        let since = match self.since {
+            Some((p, since)) if p == pid => since,
+            _ => {
+                // Another pid (a restarted writer): a new episode.
+                self.warned = false;
+                self.since = Some((pid, Instant::now()));
+                Instant::now()
+            }
+        };
+        match self.after {
+            Some(after) if !self.warned && since.elapsed() >= after => {
+                self.warned = true;
+                tracing::warn!(
+                    "connection {label}: the {peer} (pid {pid}) is stopped (SIGSTOP?) and has \
+                     written nothing for {} ms; still waiting",
+                    after.as_millis()
+                );
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The feeder's credit, and the consumption it has not yet applied to its held frames.
@@ -818,6 +893,7 @@ fn feed<T: Element>(
         other => other.to_string(),
     };
     let mut warned_early = false;
+    let mut stopped = StoppedWatch::new(progress_warn_after().ok().flatten());
     loop {
         if spec.run.is_over() {
             return Ok(());
@@ -911,12 +987,9 @@ fn feed<T: Element>(
                     })
                     .map_err(|e| e.to_string())?;
                 if wait == Wait::TimedOut {
-                    peer.check(
-                        consumer.producer_pid(),
-                        pid_alive,
-                        supervised(),
-                        spec.run.stopping(),
-                    )?;
+                    let pid = consumer.producer_pid();
+                    peer.check(pid, pid_alive, supervised(), spec.run.stopping())?;
+                    stopped.check(pid, spec.stopped, &spec.label, &peer.peer);
                 }
             }
             Err(e) => return Err(e.to_string()),
@@ -1054,6 +1127,7 @@ mod tests {
             label: "numbers.out -> slow.in".into(),
             peer: "numbers".into(),
             run: run.clone(),
+            stopped: |_| false,
         }
     }
 
@@ -1169,6 +1243,7 @@ mod tests {
             label: "text.out -> copy.in".into(),
             peer: "text".into(),
             run: run.clone(),
+            stopped: |_| false,
         };
         let credit = spawn_feeder::<String>(spec).unwrap();
         poll(
@@ -1231,6 +1306,7 @@ mod tests {
             label: "text.out -> copy.in".into(),
             peer: "text".into(),
             run: run.clone(),
+            stopped: |_| false,
         };
         let _credit = spawn_feeder::<String>(spec).unwrap();
         poll("delivered", || reader.0.lock().unwrap().len() == 1, || ());
