@@ -1707,4 +1707,121 @@ mod tests {
             detail: "the test is over".into(),
         });
     }
+
+    /// The fallback releases as little as the writer needs: one frame, into which the writer
+    /// (which writes what fits) goes on. Before, it released frames until the ring had room for
+    /// a largest frame plus a wrap: several frames' elements lost their protection for one.
+    #[test]
+    fn the_fallback_releases_one_frame_when_that_gives_the_writer_room() {
+        let (name, _guard, view) = test_ring("fallback-one-frame", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        // Frames of 100 elements (816 bytes) until not one element more fits.
+        let items: Vec<u64> = (0..2000).collect();
+        let mut sent = 0;
+        while sent < items.len() {
+            let n = tx
+                .write(&items[sent..(sent + 100).min(items.len())])
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            sent += n;
+        }
+        assert!(sent < items.len(), "the ring is full");
+        let first_frame_end = 816;
+        let reader = Arc::new(Inbox::default());
+        let spec = feeder(&name, 1_000_000, &reader, &run);
+        let counters = Arc::clone(&spec.counters);
+        let credit = spawn_feeder::<u64>(spec).unwrap();
+        reader.wait("everything written delivered", |s| s.items.len() == sent);
+        // The reader consumes nothing and waits for more (as a window larger than the ring).
+        writer.wait("room in the ring", |s| {
+            credit.reader_waits(sent);
+            s.credits > 0
+        });
+        assert_eq!(
+            view.header().tail.load(Ordering::SeqCst),
+            first_frame_end,
+            "released past the first frame only"
+        );
+        // Counted right after the release, which the writer may see first.
+        let early = || counters.released_early.load(Ordering::Relaxed);
+        poll(
+            "the first frame's 100 elements counted",
+            || early() >= 100,
+            || (),
+        );
+        assert_eq!(early(), 100, "the first frame's elements only");
+        let more = tx.write(&items[sent..]).unwrap();
+        assert!(more > 0, "the writer writes into the room it got");
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// A large element's next part is shortened to the room the ring has, rather than waiting
+    /// for room for a largest frame while the reader's unconsumed elements pin theirs; the
+    /// reader reassembles the element from parts of any length.
+    #[test]
+    fn a_large_elements_part_is_shortened_to_the_room_there_is() {
+        let (name, _guard, view) = test_ring("short-part", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        // 3000 bytes held, then a 6000-byte element: its first part (4088 bytes) fits, the
+        // rest (about 1900 bytes) does not fit the 1100 bytes left: a shorter part fills them.
+        let small = "s".repeat(2980);
+        let big: String = (0..6000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        let items = vec![small, big];
+        assert_eq!(tx.write(&items).unwrap(), 2);
+        assert!(!tx.idle(), "the last part waits for room");
+        let header = view.header();
+        assert_eq!(
+            header.head.load(Ordering::SeqCst),
+            8 << 10,
+            "the ring is filled to the end"
+        );
+        let reader = Arc::new(Strings::default());
+        let spec = FeederSpec {
+            segment: name.clone(),
+            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters: Arc::default(),
+            count_traffic: true,
+            label: "text.out -> copy.in".into(),
+            peer: "text".into(),
+            run: run.clone(),
+            stopped: |_| false,
+        };
+        let credit = spawn_feeder::<String>(spec).unwrap();
+        poll(
+            "the small element delivered",
+            || reader.0.lock().unwrap().len() == 1,
+            || (),
+        );
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 1,
+        });
+        poll(
+            "the rest of the large element written and delivered",
+            || {
+                let _ = tx.flush().unwrap();
+                reader.0.lock().unwrap().len() == 2
+            },
+            || (),
+        );
+        assert_eq!(*reader.0.lock().unwrap(), items);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
 }
