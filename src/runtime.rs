@@ -878,7 +878,12 @@ fn bound_drain(
         }
     };
     for c in &stragglers {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid as i32), Signal::SIGKILL);
+        // Re-checked right before the kill: a child reaped since the check above (it ended
+        // meanwhile) may have left its pid to another process, which must never be signalled.
+        if !c.reaped.load(Ordering::SeqCst) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid as i32), Signal::SIGKILL);
+        }
     }
     if let (Some(error), Some(shared)) = (error, &fail_local) {
         shared.fail(error);
@@ -1057,6 +1062,7 @@ fn coordinate(
             RunHandle {
                 shared: Arc::clone(&shared),
             },
+            launch::is_stopped,
         )
     });
     let part = Part {

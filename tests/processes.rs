@@ -892,6 +892,49 @@ fn a_stopped_peer_is_warned_about_once() -> Result<(), String> {
     })
 }
 
+/// `mapper` is stopped (SIGSTOP) while the source runs flat out: the feeder of `sink`, which
+/// reads what `mapper` writes, warns once that its writing process is stopped, naming the
+/// connection, the process and its pid (the writer side only sees a reader that releases
+/// nothing).
+fn a_stopped_writer_is_warned_about_once() -> Result<(), String> {
+    let app = Started::with_env(
+        "endless",
+        &[],
+        None,
+        &[("IOTSTREAM_PROGRESS_WARN_MS", "500")],
+    );
+    let mapper = wait_for_child(app.pid(), "mapper")?;
+    kill(mapper, 19); // SIGSTOP
+    std::thread::sleep(Duration::from_secs(3));
+    kill(mapper, 18); // SIGCONT
+    std::thread::sleep(Duration::from_millis(300));
+    kill(app.pid(), 2);
+    let (status, out, err) = app.wait(Duration::from_secs(60))?;
+    ensure(status.success(), || {
+        format!("exit {status} after the stopped process went on:\n{out}\n{err}")
+    })?;
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("is stopped") && l.contains(&format!("pid {mapper}")))
+        .collect();
+    ensure(warnings.len() == 1, || {
+        format!("expected one warning naming pid {mapper}, got {warnings:?}:\n{err}")
+    })?;
+    ensure(
+        warnings[0].contains("triple.out -> odd.in")
+            && warnings[0].contains("writing process 'mapper'"),
+        || {
+            format!(
+                "the warning does not name the connection and the writing process: {}",
+                warnings[0]
+            )
+        },
+    )?;
+    ensure(segments("endless").is_empty(), || {
+        format!("left behind: {:?}", segments("endless"))
+    })
+}
+
 /// A child stopped with SIGSTOP does not hold a Ctrl-C drain of a directly started
 /// application for ever: after the drain bound it is killed, named, and the exit is not 0.
 fn a_stopped_child_does_not_hold_the_drain() -> Result<(), String> {
@@ -1108,7 +1151,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 22] = [
+    let scenarios: [(&str, Scenario); 23] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
@@ -1162,6 +1205,10 @@ fn main() {
         (
             "a_stopped_peer_is_warned_about_once",
             a_stopped_peer_is_warned_about_once,
+        ),
+        (
+            "a_stopped_writer_is_warned_about_once",
+            a_stopped_writer_is_warned_about_once,
         ),
         (
             "a_stopped_child_does_not_hold_the_drain",

@@ -13,7 +13,8 @@
 //! An element whose record (its postcard bytes, or its own bytes for plain data) does not fit
 //! one frame with its header travels as **parts**: a kind-3 frame with the record's `total`
 //! length and its first bytes, then kind-4 frames, each with the `offset` of its bytes in the
-//! record, until `total` bytes have come; nothing else comes between them. The writer refuses
+//! record, until `total` bytes have come; nothing else comes between them. A part has any
+//! length from 1 byte to a largest frame's: the writer shortens one to the room the ring has. The writer refuses
 //! a record over [`MAX_ELEMENT_BYTES`] (naming its size and the limit), so any element up to
 //! that crosses any ring; the reader reassembles parts in private memory ([`Reader`]), checks
 //! `total` against the same limit before it reserves anything, and checks every offset.

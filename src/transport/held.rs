@@ -29,9 +29,11 @@
 //!   has credit), no unread frame is published, and the writer waits for space that only the
 //!   held frames can give. A reader that is merely slow never says it waits: before, this rule
 //!   fired on any full ring with credit left, and a slow reader lost what was released if its
-//!   process died. The feeder then releases the oldest held frames, at least one, until the ring
-//!   has room for any frame the writer may write next ([`room_needed`]: the largest frame, plus
-//!   what a wrap skips). Their not yet consumed elements lose their protection: they are counted
+//!   process died. The feeder then releases the oldest held frame, only one, and gives the
+//!   writer a wait slice to write into that room (it writes whatever fits, down to one element
+//!   or a part of one word) or to say again that it waits; it watches for this only while the
+//!   ring has less room than any frame the writer may write next ([`room_needed`]: the largest
+//!   frame, plus what a wrap skips). Their not yet consumed elements lose their protection: they are counted
 //!   (`LinkStats::released_early`, with a warning naming the connection and the capacity to
 //!   raise), and the next consumption pays them off before it counts for the frames still held.
 //!   Rings are sized so that a connection's whole credit of plain-data elements, one per frame,

@@ -9,7 +9,8 @@
 //!   batch into one frame (or more, if it exceeds the largest frame; an element larger than a
 //!   frame goes as parts, see [`codec`], written before anything else), publishes once per batch,
 //!   and when the ring is full keeps the rest in the link's stash exactly like an in-process link
-//!   out of credit. A **watcher thread** then sleeps on the ring's "space released" futex and
+//!   out of credit. A frame that does not fit is replaced by a smaller one of what fits (a
+//!   shorter part, for a large element): the ring is full only when not even one element fits. A **watcher thread** then sleeps on the ring's "space released" futex and
 //!   posts a credit envelope to the host when the reader has made room: the host never blocks.
 //! - The reader's end is a **feeder thread** ([`spawn_feeder`]): it sleeps on the "data
 //!   published" futex, copies each frame into private memory and decodes it there (trusting
@@ -24,7 +25,9 @@
 //!   dead peer is an error naming the connection, never a hang, unless the process is
 //!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
 //!   or stops the application, and the survivor keeps waiting. A reader that is alive but
-//!   releases nothing while the writer waits is warned about once ([`progress_warn_after`]).
+//!   releases nothing while the writer waits is warned about once ([`progress_warn_after`]), and
+//!   so is a writing process that is stopped while its feeder waits for data (the feeder asks
+//!   [`FeederSpec::stopped`], given by the caller).
 //! - When this process's part fails, the rings it writes are marked failed at once (through
 //!   [`RunHandle::on_failure`]), so their readers end with an error naming the failed writer.
 
@@ -246,11 +249,19 @@ pub(crate) struct ShmTransport {
     app: String,
     run: RunId,
     handle: RunHandle,
+    stopped: fn(u32) -> bool,
 }
 
 impl ShmTransport {
-    pub fn new(app: String, run: RunId, handle: RunHandle) -> Self {
-        ShmTransport { app, run, handle }
+    /// `stopped` says whether a process is stopped (alive, making no progress): feeders warn
+    /// about a writing process that is ([`FeederSpec::stopped`]).
+    pub fn new(app: String, run: RunId, handle: RunHandle, stopped: fn(u32) -> bool) -> Self {
+        ShmTransport {
+            app,
+            run,
+            handle,
+            stopped,
+        }
     }
 }
 
@@ -293,6 +304,7 @@ impl ShmWiring for ShmTransport {
             label,
             peer: peer.to_string(),
             run: self.handle.clone(),
+            stopped: self.stopped,
         })
     }
 }
@@ -374,7 +386,8 @@ impl<T: Element> ShmSender<T> {
     }
 
     /// Writes as many leading elements of `items` as the ring has room for, in frames, and
-    /// publishes them; returns how many it accepted. When the ring is full, arms the watcher.
+    /// publishes them; returns how many it accepted. A frame is as large as the room there is
+    /// (up to the largest); when not even one element fits, arms the watcher for it.
     ///
     /// An element too large for one frame is accepted once its first part is written; its
     /// other parts follow, ahead of anything else, as room appears: `write` and
@@ -412,10 +425,11 @@ impl<T: Element> ShmSender<T> {
                 .try_write(len, |buf| codec.write(rest, n, buf))
             {
                 Ok(true) => done += n,
-                Ok(false) => {
-                    self.arm(len);
-                    break Ok(done);
-                }
+                Ok(false) => match self.write_what_fits(rest) {
+                    Ok(Some(n)) => done += n,
+                    Ok(None) => break Ok(done),
+                    Err(e) => break Err(e),
+                },
                 Err(e) => break Err(e.to_string()),
             }
         };
@@ -423,8 +437,44 @@ impl<T: Element> ShmSender<T> {
         result
     }
 
-    /// Writes the parts of the large element in progress that fit; true once none is left
-    /// (or there was none). Arms the watcher for the next part otherwise.
+    /// When the largest frame planned for `items` (none of them large) does not fit: writes a
+    /// frame of the leading elements that fit the room there is, and returns how many; or, if
+    /// not even the first one fits, arms the watcher for a frame of that one alone and returns
+    /// `None`. Waiting for the largest frame instead would keep a writer waiting while the
+    /// reader holds a few unconsumed elements that pin their frames, and make the reader's
+    /// feeder release them early (see [`held`]).
+    fn write_what_fits(&mut self, items: &[T]) -> Result<Option<usize>, String> {
+        let room = self.producer.room_now().map_err(|e| e.to_string())?;
+        // Planned with the room, not the largest frame: an element that does not fit it is not
+        // a large one (it fits a largest frame), so `Plan::Large` here means "wait".
+        if let Some(room) = room {
+            if let Plan::Frame { n, len } = self.codec.plan(items, room)? {
+                if n > 0 {
+                    let codec = &self.codec;
+                    let written = self
+                        .producer
+                        .try_write(len, |buf| codec.write(items, n, buf))
+                        .map_err(|e| e.to_string())?;
+                    if written {
+                        return Ok(Some(n));
+                    }
+                }
+            }
+        }
+        match self
+            .codec
+            .plan(&items[..1], self.producer.max_frame_len())?
+        {
+            Plan::Frame { len, .. } => self.arm(len),
+            // Not after a largest frame held it; a largest frame is the most to wait for.
+            Plan::Large => self.arm(self.producer.max_frame_len()),
+        }
+        Ok(None)
+    }
+
+    /// Writes the parts of the large element in progress that fit, the last of them shortened
+    /// to the room there is; true once none is left (or there was none). Arms the watcher for
+    /// a part of one word otherwise.
     fn write_parts(&mut self, max: usize) -> Result<bool, String> {
         let Some(mut sent) = self.large_sent else {
             return Ok(true);
@@ -441,11 +491,31 @@ impl<T: Element> ShmSender<T> {
                     buf.write_at(header.len(), bytes);
                 })
                 .map_err(|e| e.to_string())?;
-            if !written {
-                self.large_sent = Some(sent);
-                self.arm(header.len() + chunk);
-                return Ok(false);
-            }
+            let chunk = if written {
+                chunk
+            } else {
+                // A smaller part, if any fits: parts may have any length (see `codec`).
+                let room = self.producer.room_now().map_err(|e| e.to_string())?;
+                let smaller = room
+                    .map_or(0, |r| r.saturating_sub(header.len()))
+                    .min(total - sent);
+                let bytes = &self.large[sent..sent + smaller];
+                let written = smaller > 0
+                    && self
+                        .producer
+                        .try_write(header.len() + smaller, |buf| {
+                            buf.write_at(0, &header);
+                            buf.write_at(header.len(), bytes);
+                        })
+                        .map_err(|e| e.to_string())?;
+                if !written {
+                    // Wake up when a part of one 8-byte word fits.
+                    self.large_sent = Some(sent);
+                    self.arm(header.len() + 8.min(total - sent));
+                    return Ok(false);
+                }
+                smaller
+            };
             sent += chunk;
         }
         self.large_sent = None;
@@ -572,6 +642,70 @@ pub(crate) struct FeederSpec {
     /// The writer's process (for messages).
     pub peer: String,
     pub run: RunHandle,
+    /// True if a pid is stopped (SIGSTOP: alive, writes nothing); see [`StoppedWatch`].
+    pub stopped: fn(u32) -> bool,
+}
+
+/// What a feeder does about a writing process that is stopped: the writer side warns about a
+/// reader that releases nothing ([`ProgressWatch`]), but a writer that writes nothing may just
+/// have nothing to write, so the feeder asks whether its process is stopped. Warns once per
+/// episode, after the writer has been stopped for [`progress_warn_after`], and says so again
+/// when it goes on.
+struct StoppedWatch {
+    after: Option<Duration>,
+    /// The stopped pid and since when it was seen stopped.
+    since: Option<(u32, Instant)>,
+    warned: bool,
+}
+
+impl StoppedWatch {
+    fn new(after: Option<Duration>) -> StoppedWatch {
+        StoppedWatch {
+            after,
+            since: None,
+            warned: false,
+        }
+    }
+
+    /// After a wait slice without data: `pid` is the writer's (see [`PeerWatch`] for `peer`).
+    /// True when it warned.
+    fn check(
+        &mut self,
+        pid: Option<u32>,
+        stopped: fn(u32) -> bool,
+        label: &str,
+        peer: &str,
+    ) -> bool {
+        let Some(pid) = pid.filter(|&p| stopped(p)) else {
+            if let Some((pid, _)) = self.since.take() {
+                if std::mem::take(&mut self.warned) {
+                    tracing::info!("connection {label}: the {peer} (pid {pid}) goes on");
+                }
+            }
+            return false;
+        };
+        let since = match self.since {
+            Some((p, since)) if p == pid => since,
+            _ => {
+                // Another pid (a restarted writer): a new episode.
+                self.warned = false;
+                self.since = Some((pid, Instant::now()));
+                Instant::now()
+            }
+        };
+        match self.after {
+            Some(after) if !self.warned && since.elapsed() >= after => {
+                self.warned = true;
+                tracing::warn!(
+                    "connection {label}: the {peer} (pid {pid}) is stopped (SIGSTOP?) and has \
+                     written nothing for {} ms; still waiting",
+                    after.as_millis()
+                );
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The feeder's credit, and the consumption it has not yet applied to its held frames.
@@ -759,6 +893,7 @@ fn feed<T: Element>(
         other => other.to_string(),
     };
     let mut warned_early = false;
+    let mut stopped = StoppedWatch::new(progress_warn_after().ok().flatten());
     loop {
         if spec.run.is_over() {
             return Ok(());
@@ -834,13 +969,16 @@ fn feed<T: Element>(
                 let starved = held.is_open() || mailbox.reader_starved();
                 let watch = !held.is_empty() && free < need && starved && mailbox.has_credit();
                 if watch && consumer.producer_waits_for_space() {
-                    let Some((pos, unprotected)) =
-                        held.release_early(|end| cap - (read - end) >= need)
-                    else {
+                    // As little as needed: the oldest frame, then a wait slice for the writer
+                    // to write into what it gave (it writes what fits) or to wait again.
+                    let Some((pos, unprotected)) = held.release_early(|_| true) else {
                         continue;
                     };
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
                     released_early(spec, unprotected, &mut warned_early);
+                    consumer
+                        .wait_for_data_or(WAIT_SLICE, false, || mailbox.has_consumed())
+                        .map_err(|e| e.to_string())?;
                     continue;
                 }
                 let wait = consumer
@@ -849,12 +987,9 @@ fn feed<T: Element>(
                     })
                     .map_err(|e| e.to_string())?;
                 if wait == Wait::TimedOut {
-                    peer.check(
-                        consumer.producer_pid(),
-                        pid_alive,
-                        supervised(),
-                        spec.run.stopping(),
-                    )?;
+                    let pid = consumer.producer_pid();
+                    peer.check(pid, pid_alive, supervised(), spec.run.stopping())?;
+                    stopped.check(pid, spec.stopped, &spec.label, &peer.peer);
                 }
             }
             Err(e) => return Err(e.to_string()),
@@ -956,7 +1091,7 @@ mod tests {
     }
 
     /// Polls `f` until it holds, asserting `invariant` all along (with the same guard).
-    fn poll(what: &str, f: impl Fn() -> bool, invariant: impl Fn()) {
+    fn poll(what: &str, mut f: impl FnMut() -> bool, invariant: impl Fn()) {
         let start = Instant::now();
         loop {
             invariant();
@@ -992,6 +1127,7 @@ mod tests {
             label: "numbers.out -> slow.in".into(),
             peer: "numbers".into(),
             run: run.clone(),
+            stopped: |_| false,
         }
     }
 
@@ -1107,6 +1243,7 @@ mod tests {
             label: "text.out -> copy.in".into(),
             peer: "text".into(),
             run: run.clone(),
+            stopped: |_| false,
         };
         let credit = spawn_feeder::<String>(spec).unwrap();
         poll(
@@ -1169,6 +1306,7 @@ mod tests {
             label: "text.out -> copy.in".into(),
             peer: "text".into(),
             run: run.clone(),
+            stopped: |_| false,
         };
         let _credit = spawn_feeder::<String>(spec).unwrap();
         poll("delivered", || reader.0.lock().unwrap().len() == 1, || ());
@@ -1503,5 +1641,187 @@ mod tests {
                 credit_as_single_frames_fits_half(capacity, start, 7u128);
             }
         }
+    }
+
+    /// Review finding 3: the writer waited for room for its largest frame (half the ring) even
+    /// with nearly that much free before the end, while the reader's few unconsumed elements
+    /// pinned their frames; the feeder then released them early. A count window of 4 on a
+    /// connection of capacity 100 must get every element without any early release.
+    #[test]
+    fn a_window_of_4_with_capacity_100_gets_every_element_without_early_release() {
+        assert_eq!(ring_bytes::<u64>(100), 8 << 10);
+        let (name, _guard, view) = test_ring("window-of-4", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<u64>::open(&name, "test", "window4", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let items: Vec<u64> = (0..2000).collect();
+        assert_eq!(tx.write(&items[..1]).unwrap(), 1);
+        assert_eq!(tx.write(&items[1..511]).unwrap(), 510, "one largest frame");
+        // 4120 bytes written, 4072 free before the end of the ring: 507 elements fit there.
+        let third = tx.write(&items[511..1021]).unwrap();
+        let head = view.header().head.load(Ordering::SeqCst);
+        assert_eq!(
+            third, 507,
+            "the writer writes what fits before the end (head {head})"
+        );
+        let mut sent = 511 + third;
+
+        let reader = Arc::new(Inbox::default());
+        let spec = feeder(&name, 100, &reader, &run);
+        let counters = Arc::clone(&spec.counters);
+        let credit = spawn_feeder::<u64>(spec).unwrap();
+        // The reader: a count window of 4 (consumes whole windows, waits with the rest).
+        let mut consumed = 0;
+        poll(
+            "every element delivered and consumed",
+            || {
+                if sent < items.len() {
+                    sent += tx.write(&items[sent..]).unwrap();
+                }
+                let delivered = reader.seen.lock().unwrap().items.len();
+                let upto = delivered / 4 * 4;
+                if upto > consumed {
+                    credit.post(Envelope::Credit {
+                        output: 0,
+                        link: 0,
+                        n: upto - consumed,
+                    });
+                    consumed = upto;
+                } else if delivered > consumed {
+                    credit.reader_waits(delivered - consumed);
+                }
+                consumed == items.len()
+            },
+            || {
+                let early = counters.released_early.load(Ordering::Relaxed);
+                assert_eq!(
+                    early, 0,
+                    "elements released before the window consumed them"
+                );
+            },
+        );
+        assert_eq!(reader.seen.lock().unwrap().items, items);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// The fallback releases as little as the writer needs: one frame, into which the writer
+    /// (which writes what fits) goes on. Before, it released frames until the ring had room for
+    /// a largest frame plus a wrap: several frames' elements lost their protection for one.
+    #[test]
+    fn the_fallback_releases_one_frame_when_that_gives_the_writer_room() {
+        let (name, _guard, view) = test_ring("fallback-one-frame", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        // Frames of 100 elements (816 bytes) until not one element more fits.
+        let items: Vec<u64> = (0..2000).collect();
+        let mut sent = 0;
+        while sent < items.len() {
+            let n = tx
+                .write(&items[sent..(sent + 100).min(items.len())])
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            sent += n;
+        }
+        assert!(sent < items.len(), "the ring is full");
+        let first_frame_end = 816;
+        let reader = Arc::new(Inbox::default());
+        let spec = feeder(&name, 1_000_000, &reader, &run);
+        let counters = Arc::clone(&spec.counters);
+        let credit = spawn_feeder::<u64>(spec).unwrap();
+        reader.wait("everything written delivered", |s| s.items.len() == sent);
+        // The reader consumes nothing and waits for more (as a window larger than the ring).
+        writer.wait("room in the ring", |s| {
+            credit.reader_waits(sent);
+            s.credits > 0
+        });
+        assert_eq!(
+            view.header().tail.load(Ordering::SeqCst),
+            first_frame_end,
+            "released past the first frame only"
+        );
+        // Counted right after the release, which the writer may see first.
+        let early = || counters.released_early.load(Ordering::Relaxed);
+        poll(
+            "the first frame's 100 elements counted",
+            || early() >= 100,
+            || (),
+        );
+        assert_eq!(early(), 100, "the first frame's elements only");
+        let more = tx.write(&items[sent..]).unwrap();
+        assert!(more > 0, "the writer writes into the room it got");
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// A large element's next part is shortened to the room the ring has, rather than waiting
+    /// for room for a largest frame while the reader's unconsumed elements pin theirs; the
+    /// reader reassembles the element from parts of any length.
+    #[test]
+    fn a_large_elements_part_is_shortened_to_the_room_there_is() {
+        let (name, _guard, view) = test_ring("short-part", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        // 3000 bytes held, then a 6000-byte element: its first part (4088 bytes) fits, the
+        // rest (about 1900 bytes) does not fit the 1100 bytes left: a shorter part fills them.
+        let small = "s".repeat(2980);
+        let big: String = (0..6000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        let items = vec![small, big];
+        assert_eq!(tx.write(&items).unwrap(), 2);
+        assert!(!tx.idle(), "the last part waits for room");
+        let header = view.header();
+        assert_eq!(
+            header.head.load(Ordering::SeqCst),
+            8 << 10,
+            "the ring is filled to the end"
+        );
+        let reader = Arc::new(Strings::default());
+        let spec = FeederSpec {
+            segment: name.clone(),
+            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters: Arc::default(),
+            count_traffic: true,
+            label: "text.out -> copy.in".into(),
+            peer: "text".into(),
+            run: run.clone(),
+            stopped: |_| false,
+        };
+        let credit = spawn_feeder::<String>(spec).unwrap();
+        poll(
+            "the small element delivered",
+            || reader.0.lock().unwrap().len() == 1,
+            || (),
+        );
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 1,
+        });
+        poll(
+            "the rest of the large element written and delivered",
+            || {
+                let _ = tx.flush().unwrap();
+                reader.0.lock().unwrap().len() == 2
+            },
+            || (),
+        );
+        assert_eq!(*reader.0.lock().unwrap(), items);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
     }
 }

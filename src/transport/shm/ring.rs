@@ -1054,6 +1054,23 @@ impl<M: RingMemory> Producer<M> {
         Ok(true)
     }
 
+    /// The largest payload [`try_write`](Self::try_write) writes now (at most
+    /// [`max_frame_len`](Self::max_frame_len)), re-reading the consumer's tail: the frame goes
+    /// before the end of the data area or, if that leaves more room, after a wrap marker at 0.
+    /// `None` if not even an empty frame fits.
+    pub(crate) fn room_now(&mut self) -> Result<Option<usize>, RingError> {
+        if self.st.closed {
+            return Err(RingError::Closed);
+        }
+        self.st.refresh_tail(&self.ring)?;
+        let free = self.ring.cap - (self.st.head - self.st.tail) as usize;
+        let to_end = self.ring.cap - self.ring.offset(self.st.head);
+        let frame = to_end.min(free).max(free.saturating_sub(to_end));
+        Ok(frame
+            .checked_sub(FRAME_HEADER)
+            .map(|len| len.min(self.ring.max_len)))
+    }
+
     /// Makes every frame written since the last call visible to the consumer (one `Release`
     /// store), and wakes the consumer if it sleeps. Does nothing if nothing was written.
     pub(crate) fn publish(&mut self) {
