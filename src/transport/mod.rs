@@ -647,6 +647,11 @@ impl FeederMailbox {
         let c = self.lock();
         c.waits_with == Some(self.capacity.saturating_sub(c.credit))
     }
+
+    /// Every element delivered has been consumed (the feeder has its whole credit back).
+    fn all_consumed(&self) -> bool {
+        self.lock().credit >= self.capacity
+    }
 }
 
 impl Mailbox for FeederMailbox {
@@ -822,16 +827,19 @@ fn feed<T: Element>(
                     return Ok(());
                 }
                 // Nothing unread. If the reader waits for more elements (it saw everything
-                // delivered and left it unconsumed: not merely slow; or the element it needs
-                // next is a large one whose first parts are held here and whose rest the
-                // writer has no room for) and could take them, but the writer waits for space
-                // that only frames held here can give, release the oldest ones anyway. With
+                // delivered and left it unconsumed: not merely slow; or it consumed everything
+                // delivered and the element it needs next is a large one whose first parts are
+                // held here and whose rest the writer has no room for) and could take them,
+                // but the writer waits for space that only frames held here can give, release
+                // the oldest ones anyway. A reader that has not consumed what it was given is
+                // merely slow, whatever is held: once it consumes, the writer has room. With
                 // room for any frame, the writer cannot be waiting for us: no need to watch.
                 let cap = consumer.capacity() as u64;
                 let read = consumer.position();
                 let need = held::room_needed(cap, read % cap);
                 let free = cap - (read - consumer.released());
-                let starved = held.is_open() || mailbox.reader_starved();
+                let starved =
+                    (held.is_open() && mailbox.all_consumed()) || mailbox.reader_starved();
                 let watch = !held.is_empty() && free < need && starved && mailbox.has_credit();
                 if watch && consumer.producer_waits_for_space() {
                     let Some((pos, unprotected)) =
@@ -956,7 +964,7 @@ mod tests {
     }
 
     /// Polls `f` until it holds, asserting `invariant` all along (with the same guard).
-    fn poll(what: &str, f: impl Fn() -> bool, invariant: impl Fn()) {
+    fn poll(what: &str, mut f: impl FnMut() -> bool, invariant: impl Fn()) {
         let start = Instant::now();
         loop {
             invariant();
@@ -1192,6 +1200,81 @@ mod tests {
             }
         }
         assert_eq!(got, [big], "from its first part");
+    }
+
+    #[test]
+    fn a_slow_reader_keeps_its_elements_held_while_a_large_element_waits_for_room() {
+        // An 8 KiB ring, capacity 8: three 1000-byte strings, then one of 6000 bytes whose
+        // second part has no room until the three are consumed. The reader is merely slow: it
+        // has not consumed them and never said it waits for more. Nothing may be released
+        // early (a reader taking the ring over would start after them: lost); waiting is
+        // enough, since once they are consumed the part fits.
+        let (name, _guard, view) = test_ring("feeder-slow-open", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let mut items: Vec<String> = (0..3).map(|i| format!("{i}").repeat(1000)).collect();
+        let big = "b".repeat(6000);
+        items.push(big.clone());
+        assert_eq!(tx.write(&items).unwrap(), 4);
+        assert!(!tx.idle(), "the large element's second part waits for room");
+        let header = view.header();
+        let tail = || header.tail.load(Ordering::SeqCst);
+        let reader = Arc::new(Strings::default());
+        let counters: Arc<LinkCounters> = Arc::default();
+        let spec = FeederSpec {
+            segment: name.clone(),
+            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters: Arc::clone(&counters),
+            count_traffic: true,
+            label: "text.out -> slow.in".into(),
+            peer: "text".into(),
+            run: run.clone(),
+        };
+        let credit = spawn_feeder::<String>(spec).unwrap();
+        let early = || counters.released_early.load(Ordering::Relaxed);
+        poll(
+            "the small elements delivered",
+            || reader.0.lock().unwrap().len() == 3,
+            || (),
+        );
+        poll(
+            "the writer waits for space (or the ring is released)",
+            || header.space_wake.waiting.load(Ordering::SeqCst) != 0 || tail() > 0,
+            || (),
+        );
+        // Give a feeder that would wrongly release early the time to do it.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            (early(), tail()),
+            (0, 0),
+            "a slow reader that never said it waits had elements released early \
+             (released_early, tail)"
+        );
+        // Consumed, they are released, and the large element's last part follows.
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 3,
+        });
+        poll(
+            "the large element written",
+            || tx.flush().unwrap(),
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        poll(
+            "the large element delivered",
+            || reader.0.lock().unwrap().len() == 4,
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        assert_eq!(*reader.0.lock().unwrap(), items);
+        run.fail(Error::Runtime {
+            detail: "the test ends".into(),
+        });
     }
 
     /// The pid of a process that surely ended: `true`, spawned and reaped.
