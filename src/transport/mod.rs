@@ -23,7 +23,9 @@
 //! - Waits are always timed; between waits each side checks that the other process is alive. A
 //!   dead peer is an error naming the connection, never a hang, unless the process is
 //!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
-//!   or stops the application, and the survivor keeps waiting. A reader that is alive but
+//!   or stops the application, and the survivor keeps waiting. A writer restarted between the
+//!   parts of a large element flags its first frame; the reader drops the part it had there
+//!   (see [`codec`]). A reader that is alive but
 //!   releases nothing while the writer waits is warned about once ([`progress_warn_after`]).
 //! - When this process's part fails, the rings it writes are marked failed at once (through
 //!   [`RunHandle::on_failure`]), so their readers end with an error naming the failed writer.
@@ -791,7 +793,15 @@ fn feed<T: Element>(
             });
             continue;
         }
-        match consumer.try_read(|payload| reader.read(payload)) {
+        let frame = consumer.try_read(|payload| reader.read(payload));
+        if reader.take_abandoned() {
+            // The writer died between the parts of a large element; the restarted one sends
+            // it again: the parts read so far hold no element any more.
+            if let Some(pos) = held.abandon_part() {
+                consumer.release_to(pos).map_err(|e| e.to_string())?;
+            }
+        }
+        match frame {
             Ok(Some(Ok(Decoded::Batch(items)))) => {
                 if let Some(pos) = held.read(consumer.position(), items.len()) {
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
@@ -1272,6 +1282,81 @@ mod tests {
             || assert!(!run.is_over(), "the feeder failed"),
         );
         assert_eq!(*reader.0.lock().unwrap(), items);
+        run.fail(Error::Runtime {
+            detail: "the test ends".into(),
+        });
+    }
+
+    #[test]
+    fn a_writer_restarted_between_the_parts_of_a_large_element_sends_it_again_and_the_reader_goes_on(
+    ) {
+        // An 8 KiB ring: a 20000-byte string goes in 5 parts of at most 4080 bytes. The writer
+        // writes the first two (the ring is full) and is killed; the restarted writer takes the
+        // producer role over and sends the element again from its input, then another. The
+        // reader drops the interrupted element and reads both, with no error, and releases
+        // the whole ring once they are consumed.
+        let (name, _guard, view) = test_ring("feeder-writer-restart", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "r", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let big: String = (0..20_000)
+            .map(|i| (b'a' + (i % 26) as u8) as char)
+            .collect();
+        assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
+        assert!(!tx.idle(), "three parts wait for room");
+        let header = view.header();
+        let reader = Arc::new(Strings::default());
+        let counters: Arc<LinkCounters> = Arc::default();
+        let spec = FeederSpec {
+            segment: name.clone(),
+            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters: Arc::clone(&counters),
+            count_traffic: true,
+            label: "text.out -> copy.in".into(),
+            peer: "text".into(),
+            run: run.clone(),
+        };
+        let credit = spawn_feeder::<String>(spec).unwrap();
+        // The writing process is SIGKILLed, waiting for room for its third part.
+        drop(tx);
+        header.id.producer_pid.store(dead_pid(), Ordering::SeqCst);
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "r", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let items = vec![big.clone(), "next".to_string()];
+        let mut accepted = 0;
+        poll(
+            "the restarted writer's elements written",
+            || {
+                if tx.flush().unwrap() && accepted < items.len() {
+                    accepted += tx.write(&items[accepted..]).unwrap();
+                    tx.flush().unwrap();
+                }
+                accepted == items.len() && tx.idle()
+            },
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        poll(
+            "both delivered",
+            || reader.0.lock().unwrap().len() == 2,
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        assert_eq!(*reader.0.lock().unwrap(), items);
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 2,
+        });
+        let head = header.head.load(Ordering::SeqCst);
+        poll(
+            "everything released once consumed",
+            || header.tail.load(Ordering::SeqCst) == head,
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
         run.fail(Error::Runtime {
             detail: "the test ends".into(),
         });
