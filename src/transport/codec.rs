@@ -19,6 +19,12 @@
 //! that crosses any ring; the reader reassembles parts in private memory ([`Reader`]), checks
 //! `total` against the same limit before it reserves anything, and checks every offset.
 //!
+//! A writer killed between the parts of an element leaves it cut short. The writer restarted
+//! in its place takes the producer role over, and its first frame is flagged so
+//! ([`Payload::after_take_over`]): there, and only there, the reader drops the element it was
+//! reassembling ([`Reader::take_abandoned`]): the restarted writer sends it again if its
+//! input still holds it. Anywhere else, an element cut short by another frame is corrupt data.
+//!
 //! Plain-data element types (the primitive integers and floats, and any `bytemuck::Pod` type
 //! declared with [`Graph::plain_data`](crate::Graph::plain_data)) are copied as bytes: no
 //! encoding at all. Every other type is encoded with postcard, element by element, into a scratch buffer
@@ -460,6 +466,9 @@ pub(crate) struct Reader<T> {
     started: bool,
     /// The last frame was an orphan part.
     orphan: bool,
+    /// A large element being reassembled was dropped because its writer died (see
+    /// [`take_abandoned`](Reader::take_abandoned)).
+    abandoned: bool,
 }
 
 impl<T: Element> Reader<T> {
@@ -472,7 +481,16 @@ impl<T: Element> Reader<T> {
             total: None,
             started: false,
             orphan: false,
+            abandoned: false,
         }
+    }
+
+    /// True once after [`read`](Self::read) dropped the large element it was reassembling: the
+    /// frame read was the first of a producer that took the ring over from a dead one, which
+    /// had written only some of that element's parts. Nothing of it is delivered here: the
+    /// restarted writer sends it again if its input still holds it.
+    pub fn take_abandoned(&mut self) -> bool {
+        std::mem::take(&mut self.abandoned)
     }
 
     /// Decodes one frame, checking everything, reading each of its bytes once.
@@ -487,6 +505,12 @@ impl<T: Element> Reader<T> {
         payload.copy_to(0, &mut header);
         let word = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
         let body = payload.len() - HEADER;
+        if payload.after_take_over() && self.total.take().is_some() {
+            // The dead writer's element ends here, cut short: dropped. Anywhere else, an
+            // element cut short is corruption (below).
+            self.record.clear();
+            self.abandoned = true;
+        }
         match header[0] {
             KIND_FIRST => {
                 if let Some(total) = self.total {
@@ -861,6 +885,44 @@ mod tests {
             .read(Payload::from_private(&f[1]))
             .unwrap_err()
             .contains("without its first part"));
+    }
+
+    #[test]
+    fn an_element_cut_short_is_dropped_only_at_a_restarted_writers_first_frame() {
+        let f = frames(&["x".repeat(300), "y".repeat(300)], 100);
+        let whole = frames(&["w".to_string()], 100).remove(0);
+        // Unflagged, a new element or a whole frame cutting one short is corrupt data.
+        for next in [&f[4], &whole] {
+            let mut r = Reader::<String>::new();
+            r.read(Payload::from_private(&f[0])).unwrap();
+            assert!(r.read(Payload::from_private(next)).is_err());
+        }
+        // Flagged: the element is dropped, once, and the frame read as usual.
+        let mut r = Reader::<String>::new();
+        r.read(Payload::from_private(&f[0])).unwrap();
+        r.read(Payload::from_private(&f[1])).unwrap();
+        assert!(!r.take_abandoned());
+        assert!(matches!(
+            r.read(Payload::from_private_after_take_over(&whole)),
+            Ok(Decoded::Batch(b)) if b[..] == ["w".to_string()]
+        ));
+        assert!(r.take_abandoned());
+        assert!(!r.take_abandoned(), "once");
+        let mut got = Vec::new();
+        for part in &f[4..] {
+            if let Decoded::Part {
+                element: Some(e), ..
+            } = r.read(Payload::from_private(part)).unwrap()
+            {
+                got.extend_from_slice(&e);
+            }
+        }
+        assert_eq!(got, ["y".repeat(300)]);
+        // A flagged frame with nothing being reassembled drops nothing.
+        let mut r = Reader::<String>::new();
+        r.read(Payload::from_private_after_take_over(&f[0]))
+            .unwrap();
+        assert!(!r.take_abandoned());
     }
 
     #[test]

@@ -21,13 +21,18 @@
 //!   the ring is released past them all at once, once the element is consumed, never to a
 //!   position inside the element. Only the fallback can release a first part early; the later
 //!   parts of that element are then released as they are reached, and a reader that takes the
-//!   ring over at such a position skips them (the element is lost and counted).
+//!   ring over at such a position skips them (the element is lost and counted). If the writer
+//!   dies before the last part, the restarted writer's first frame says so (see `codec`): the
+//!   parts read then hold no element any more ([`Held::abandon_part`]) and are released as an
+//!   empty frame is.
 //! - **Fallback** ([`Held::release_early`]), the one exception, and only where waiting would
 //!   deadlock: the reading agent **waits for more** (its last step saw every element delivered
 //!   and left them unconsumed, as a count window does: the host then does not step it again
-//!   before more arrives, and says so, `Mailbox::reader_waits`), it could take more (the feeder
-//!   has credit), no unread frame is published, and the writer waits for space that only the
-//!   held frames can give. A reader that is merely slow never says it waits: before, this rule
+//!   before more arrives, and says so, `Mailbox::reader_waits`; or it consumed everything
+//!   delivered and the element it needs next is a large one whose first parts are held here,
+//!   [`Held::is_open`]), it could take more (the feeder has credit), no unread frame is
+//!   published, and the writer waits for space that only the held frames can give. A reader
+//!   that is merely slow never says it waits, nor has it consumed everything: before, this rule
 //!   fired on any full ring with credit left, and a slow reader lost what was released if its
 //!   process died. The feeder then releases the oldest held frame, only one, and gives the
 //!   writer a wait slice to write into that room (it writes whatever fits, down to one element
@@ -70,6 +75,9 @@ pub(crate) struct Held {
     /// The last frame held is the start of a large element whose other parts are still being
     /// read ([`read_part`](Held::read_part)).
     open: bool,
+    /// The large element whose parts are being read had its first part released early (it is
+    /// counted in `early`).
+    open_early: bool,
 }
 
 impl Held {
@@ -112,6 +120,7 @@ impl Held {
         if first {
             self.frames.push_back((end, 1));
             self.open = !last;
+            self.open_early = false;
             return self.settle();
         }
         match self.frames.back_mut() {
@@ -122,9 +131,30 @@ impl Held {
             }
             _ => {
                 self.open = false;
+                if last {
+                    self.open_early = false;
+                }
                 self.read(end, 0)
             }
         }
+    }
+
+    /// The large element whose parts were being read will never be complete: its writer died
+    /// and the restarted one starts over (see `codec`). Its frame becomes a frame of no
+    /// element, released as soon as every frame before it is; if the fallback had released its
+    /// first part early, it no longer waits to be consumed. Returns the position to release
+    /// the ring to now, if any.
+    pub(crate) fn abandon_part(&mut self) -> Option<u64> {
+        if std::mem::take(&mut self.open) {
+            if let Some(back) = self.frames.back_mut() {
+                back.1 = 0;
+            }
+            return self.settle();
+        }
+        if std::mem::take(&mut self.open_early) {
+            self.early = self.early.saturating_sub(1);
+        }
+        None
     }
 
     /// `n` more elements were consumed. Returns the position to release the ring to, if it
@@ -154,7 +184,7 @@ impl Held {
         self.early += unconsumed;
         if self.frames.is_empty() {
             // The element being read in parts, if any, was the last frame: released.
-            self.open = false;
+            self.open_early |= std::mem::take(&mut self.open);
         }
         let pos = self.settle().or(released)?;
         Some((pos, unconsumed))
@@ -316,6 +346,49 @@ mod tests {
         assert_eq!(h.read(320, 1), None, "an element after it is held as usual");
         assert_eq!(h.consumed(3), None, "pays the early release");
         assert_eq!(h.consumed(1), Some(320));
+    }
+
+    #[test]
+    fn a_large_element_whose_writer_died_holds_nothing_any_more() {
+        let mut h = Held::new();
+        h.read(16, 1);
+        assert_eq!(h.read_part(100, true, false), None);
+        assert_eq!(h.read_part(200, false, false), None);
+        // The restarted writer's first frame: the element's parts hold no element now,
+        // released once the frame before them is consumed.
+        assert_eq!(h.abandon_part(), None, "behind a frame not consumed");
+        assert!(!h.is_open());
+        assert_eq!(h.read(240, 2), None);
+        assert_eq!(
+            h.consumed(1),
+            Some(200),
+            "the frame and the abandoned parts"
+        );
+        assert_eq!(h.consumed(2), Some(240));
+        assert!(h.is_empty());
+        // Nothing before it: released at once.
+        assert_eq!(h.read_part(300, true, false), None);
+        assert_eq!(h.abandon_part(), Some(300));
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_large_element_released_early_whose_writer_died_is_not_waited_for() {
+        let mut h = Held::new();
+        h.read(16, 2);
+        h.read_part(100, true, false);
+        assert_eq!(h.release_early(|_| false), Some((100, 3)));
+        assert_eq!(h.read_part(200, false, false), Some(200));
+        // The element will never be delivered, so never consumed: only the two before it
+        // are still to pay for the early release.
+        assert_eq!(h.abandon_part(), None);
+        assert_eq!(h.read(240, 1), None);
+        assert_eq!(h.consumed(2), None, "pays the early release");
+        assert_eq!(
+            h.consumed(1),
+            Some(240),
+            "counts for the held frame at once"
+        );
     }
 
     #[test]

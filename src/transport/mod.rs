@@ -24,10 +24,12 @@
 //! - Waits are always timed; between waits each side checks that the other process is alive. A
 //!   dead peer is an error naming the connection, never a hang, unless the process is
 //!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
-//!   or stops the application, and the survivor keeps waiting. A reader that is alive but
-//!   releases nothing while the writer waits is warned about once ([`progress_warn_after`]), and
-//!   so is a writing process that is stopped while its feeder waits for data (the feeder asks
-//!   [`FeederSpec::stopped`], given by the caller).
+//!   or stops the application, and the survivor keeps waiting. A writer restarted between the
+//!   parts of a large element flags its first frame; the reader drops the part it had there
+//!   (see [`codec`]). A reader that is alive but releases nothing while the writer waits is
+//!   warned about once ([`progress_warn_after`]), and so is a writing process that is stopped
+//!   while its feeder waits for data (the feeder asks [`FeederSpec::stopped`], given by the
+//!   caller).
 //! - When this process's part fails, the rings it writes are marked failed at once (through
 //!   [`RunHandle::on_failure`]), so their readers end with an error naming the failed writer.
 
@@ -781,6 +783,11 @@ impl FeederMailbox {
         let c = self.lock();
         c.waits_with == Some(self.capacity.saturating_sub(c.credit))
     }
+
+    /// Every element delivered has been consumed (the feeder has its whole credit back).
+    fn all_consumed(&self) -> bool {
+        self.lock().credit >= self.capacity
+    }
 }
 
 impl Mailbox for FeederMailbox {
@@ -921,7 +928,15 @@ fn feed<T: Element>(
             });
             continue;
         }
-        match consumer.try_read(|payload| reader.read(payload)) {
+        let frame = consumer.try_read(|payload| reader.read(payload));
+        if reader.take_abandoned() {
+            // The writer died between the parts of a large element; the restarted one sends
+            // it again: the parts read so far hold no element any more.
+            if let Some(pos) = held.abandon_part() {
+                consumer.release_to(pos).map_err(|e| e.to_string())?;
+            }
+        }
+        match frame {
             Ok(Some(Ok(Decoded::Batch(items)))) => {
                 if let Some(pos) = held.read(consumer.position(), items.len()) {
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
@@ -957,16 +972,19 @@ fn feed<T: Element>(
                     return Ok(());
                 }
                 // Nothing unread. If the reader waits for more elements (it saw everything
-                // delivered and left it unconsumed: not merely slow; or the element it needs
-                // next is a large one whose first parts are held here and whose rest the
-                // writer has no room for) and could take them, but the writer waits for space
-                // that only frames held here can give, release the oldest ones anyway. With
+                // delivered and left it unconsumed: not merely slow; or it consumed everything
+                // delivered and the element it needs next is a large one whose first parts are
+                // held here and whose rest the writer has no room for) and could take them,
+                // but the writer waits for space that only frames held here can give, release
+                // the oldest ones anyway. A reader that has not consumed what it was given is
+                // merely slow, whatever is held: once it consumes, the writer has room. With
                 // room for any frame, the writer cannot be waiting for us: no need to watch.
                 let cap = consumer.capacity() as u64;
                 let read = consumer.position();
                 let need = held::room_needed(cap, read % cap);
                 let free = cap - (read - consumer.released());
-                let starved = held.is_open() || mailbox.reader_starved();
+                let starved =
+                    (held.is_open() && mailbox.all_consumed()) || mailbox.reader_starved();
                 let watch = !held.is_empty() && free < need && starved && mailbox.has_credit();
                 if watch && consumer.producer_waits_for_space() {
                     // As little as needed: the oldest frame, then a wait slice for the writer
@@ -1330,6 +1348,158 @@ mod tests {
             }
         }
         assert_eq!(got, [big], "from its first part");
+    }
+
+    #[test]
+    fn a_slow_reader_keeps_its_elements_held_while_a_large_element_waits_for_room() {
+        // An 8 KiB ring, capacity 8: three 1000-byte strings, then one of 6000 bytes whose
+        // second part has no room until the three are consumed. The reader is merely slow: it
+        // has not consumed them and never said it waits for more. Nothing may be released
+        // early (a reader taking the ring over would start after them: lost); waiting is
+        // enough, since once they are consumed the part fits.
+        let (name, _guard, view) = test_ring("feeder-slow-open", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let mut items: Vec<String> = (0..3).map(|i| format!("{i}").repeat(1000)).collect();
+        let big = "b".repeat(6000);
+        items.push(big.clone());
+        assert_eq!(tx.write(&items).unwrap(), 4);
+        assert!(!tx.idle(), "the large element's second part waits for room");
+        let header = view.header();
+        let tail = || header.tail.load(Ordering::SeqCst);
+        let reader = Arc::new(Strings::default());
+        let counters: Arc<LinkCounters> = Arc::default();
+        let spec = FeederSpec {
+            segment: name.clone(),
+            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters: Arc::clone(&counters),
+            count_traffic: true,
+            label: "text.out -> slow.in".into(),
+            peer: "text".into(),
+            run: run.clone(),
+            stopped: |_| false,
+        };
+        let credit = spawn_feeder::<String>(spec).unwrap();
+        let early = || counters.released_early.load(Ordering::Relaxed);
+        poll(
+            "the small elements delivered",
+            || reader.0.lock().unwrap().len() == 3,
+            || (),
+        );
+        poll(
+            "the writer waits for space (or the ring is released)",
+            || header.space_wake.waiting.load(Ordering::SeqCst) != 0 || tail() > 0,
+            || (),
+        );
+        // Give a feeder that would wrongly release early the time to do it.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            (early(), tail()),
+            (0, 0),
+            "a slow reader that never said it waits had elements released early \
+             (released_early, tail)"
+        );
+        // Consumed, they are released, and the large element's last part follows.
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 3,
+        });
+        poll(
+            "the large element written",
+            || tx.flush().unwrap(),
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        poll(
+            "the large element delivered",
+            || reader.0.lock().unwrap().len() == 4,
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        assert_eq!(*reader.0.lock().unwrap(), items);
+        run.fail(Error::Runtime {
+            detail: "the test ends".into(),
+        });
+    }
+
+    #[test]
+    fn a_writer_restarted_between_the_parts_of_a_large_element_sends_it_again_and_the_reader_goes_on(
+    ) {
+        // An 8 KiB ring: a 20000-byte string goes in 5 parts of at most 4080 bytes. The writer
+        // writes the first two (the ring is full) and is killed; the restarted writer takes the
+        // producer role over and sends the element again from its input, then another. The
+        // reader drops the interrupted element and reads both, with no error, and releases
+        // the whole ring once they are consumed.
+        let (name, _guard, view) = test_ring("feeder-writer-restart", 8 << 10);
+        let (run, _system) = RunHandle::for_tests();
+        let writer = Arc::new(Inbox::default());
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "r", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let big: String = (0..20_000)
+            .map(|i| (b'a' + (i % 26) as u8) as char)
+            .collect();
+        assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
+        assert!(!tx.idle(), "three parts wait for room");
+        let header = view.header();
+        let reader = Arc::new(Strings::default());
+        let counters: Arc<LinkCounters> = Arc::default();
+        let spec = FeederSpec {
+            segment: name.clone(),
+            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters: Arc::clone(&counters),
+            count_traffic: true,
+            label: "text.out -> copy.in".into(),
+            peer: "text".into(),
+            run: run.clone(),
+            stopped: |_| false,
+        };
+        let credit = spawn_feeder::<String>(spec).unwrap();
+        // The writing process is SIGKILLed, waiting for room for its third part.
+        drop(tx);
+        header.id.producer_pid.store(dead_pid(), Ordering::SeqCst);
+        let mut tx =
+            ShmSender::<String>::open(&name, "test", "r", writer.clone(), 0, 0, run.clone())
+                .unwrap();
+        let items = vec![big.clone(), "next".to_string()];
+        let mut accepted = 0;
+        poll(
+            "the restarted writer's elements written",
+            || {
+                if tx.flush().unwrap() && accepted < items.len() {
+                    accepted += tx.write(&items[accepted..]).unwrap();
+                    tx.flush().unwrap();
+                }
+                accepted == items.len() && tx.idle()
+            },
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        poll(
+            "both delivered",
+            || reader.0.lock().unwrap().len() == 2,
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        assert_eq!(*reader.0.lock().unwrap(), items);
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 2,
+        });
+        let head = header.head.load(Ordering::SeqCst);
+        poll(
+            "everything released once consumed",
+            || header.tail.load(Ordering::SeqCst) == head,
+            || assert!(!run.is_over(), "the feeder failed"),
+        );
+        run.fail(Error::Runtime {
+            detail: "the test ends".into(),
+        });
     }
 
     /// The pid of a process that surely ended: `true`, spawned and reaped.

@@ -32,8 +32,9 @@
 //!
 //! # Frames
 //!
-//! A frame is an 8-byte frame header — `len: u32`, then 4 reserved bytes — and `len` payload
-//! bytes, padded to a multiple of 8. Payloads therefore start 8-byte aligned in memory (the data
+//! A frame is an 8-byte frame header — `len: u32`, then `flags: u32` (0, or 1 on the first
+//! frame of a producer that took the role over, below) — and `len` payload bytes, padded to a
+//! multiple of 8. Payloads therefore start 8-byte aligned in memory (the data
 //! area is 64-byte aligned), so a batch of `u64` or `f64` can be viewed in place with bytemuck.
 //! A frame never wraps: when it does not fit between its offset and the end of the data area,
 //! the producer writes a **wrap marker** (`len == u32::MAX`) there, skips to offset 0 and writes
@@ -76,8 +77,10 @@
 //!   consumer read but did not release is delivered again, none is lost — which is why a
 //!   reader releases a frame only once it is done with its contents;
 //! - a producer that takes over continues at the published `head`: frames the dead producer
-//!   wrote but did not publish are overwritten, the consumer never saw them. A closed ring
-//!   takes no new producer ([`RingError::Closed`]);
+//!   wrote but did not publish are overwritten, the consumer never saw them. Its first frame is
+//!   flagged ([`Payload::after_take_over`]), so that the consumer knows where the dead
+//!   producer's frames end (something the dead one left half-sent, such as the first parts of
+//!   a large element, ends there). A closed ring takes no new producer ([`RingError::Closed`]);
 //! - the new owner clears its own "asleep" flag, which the dead one may have left set.
 //!
 //! The positions are read after the claim: only the role's owner moves them, so they are then
@@ -134,7 +137,7 @@
 //!   `head` the producer published; and by the consumer, which alone writes it, whenever it
 //!   releases or looks for data: still the position it released (a value written by anyone
 //!   else would otherwise be overwritten unnoticed by its next release);
-//! - a frame, read by the consumer: `len <= max_frame_len`, the frame inside the data area and
+//! - a frame, read by the consumer: `len <= max_frame_len`, `flags` 0 or 1, the frame inside the data area and
 //!   inside the published region; a wrap marker only where the frame after it (at offset 0,
 //!   published) does not fit, and never twice in a row;
 //! - `closed`: 0, 1 or 2. The futex words and waiting flags are only hints: any value is harmless.
@@ -171,8 +174,12 @@ pub(crate) const MIN_CAPACITY: usize = 64;
 /// The largest data area, in bytes (4 GiB: frame lengths are u32).
 pub(crate) const MAX_CAPACITY: usize = 1 << 32;
 
-/// Bytes before each payload: `len: u32` and 4 reserved bytes.
+/// Bytes before each payload: `len: u32` and a `flags: u32` word.
 pub(crate) const FRAME_HEADER: usize = 8;
+
+/// Frame flag: the first frame a producer wrote after it took the role over from a dead one
+/// (see the module docs, "Roles").
+const FLAG_TAKEN_OVER: u32 = 1;
 
 /// The `len` of a wrap marker: the next frame is at offset 0.
 pub(crate) const WRAP: u32 = u32::MAX;
@@ -544,6 +551,8 @@ unsafe impl RingMemory for HeapRing {
 pub(crate) struct Payload<'a> {
     ptr: NonNull<u8>,
     len: usize,
+    /// The frame is the first of a producer that took the role over from a dead one.
+    taken_over: bool,
     _frame: std::marker::PhantomData<&'a ()>,
 }
 
@@ -551,6 +560,12 @@ impl<'a> Payload<'a> {
     /// Payload bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The frame is the first one a producer wrote after it took the role over from a dead
+    /// producer: every frame before it is the dead one's (see the module docs, "Roles").
+    pub(crate) fn after_take_over(&self) -> bool {
+        self.taken_over
     }
 
     /// No payload bytes.
@@ -614,7 +629,17 @@ impl<'a> Payload<'a> {
         Payload {
             ptr: NonNull::from(bytes).cast(),
             len: bytes.len(),
+            taken_over: false,
             _frame: std::marker::PhantomData,
+        }
+    }
+
+    /// A payload over private bytes, flagged as a producer's first after a take-over (tests).
+    #[cfg(test)]
+    pub(crate) fn from_private_after_take_over(bytes: &'a [u8]) -> Payload<'a> {
+        Payload {
+            taken_over: true,
+            ..Payload::from_private(bytes)
         }
     }
 
@@ -802,13 +827,13 @@ impl<M: RingMemory> Ring<M> {
         unsafe { std::sync::atomic::AtomicU32::from_ptr(self.mem.data().as_ptr().add(off).cast()) }
     }
 
-    /// Writes the frame header at `off`: `len` and the reserved word.
+    /// Writes the frame header at `off`: `len` and the `flags` word.
     ///
     /// # Safety
     ///
     /// `off` is a multiple of 8, `off + 8 <= self.cap`, and the producer owns bytes
     /// `off..off + 8` (between its head and the consumer's tail plus capacity).
-    unsafe fn write_frame_header(&self, off: usize, len: u32) {
+    unsafe fn write_frame_header(&self, off: usize, len: u32, flags: u32) {
         self.mem.shadow().track_write(off, FRAME_HEADER);
         // SAFETY: the caller's promise: both `off` and `off + 4` are multiples of 4 with 4 bytes
         // in bounds after them.
@@ -816,7 +841,7 @@ impl<M: RingMemory> Ring<M> {
             self.word(off)
                 .store(len, std::sync::atomic::Ordering::Relaxed);
             self.word(off + 4)
-                .store(0, std::sync::atomic::Ordering::Relaxed);
+                .store(flags, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -830,6 +855,16 @@ impl<M: RingMemory> Ring<M> {
         self.mem.shadow().track_read(off, FRAME_HEADER);
         // SAFETY: the caller's promise.
         unsafe { self.word(off) }.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reads the `flags` word of the frame header at `off`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`read_frame_len`](Self::read_frame_len).
+    unsafe fn read_frame_flags(&self, off: usize) -> u32 {
+        // SAFETY: the caller's promise: `off + 4` is a multiple of 4 with 4 bytes in bounds.
+        unsafe { self.word(off + 4) }.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Wakes the other side if it sleeps on `wake`: the waker's half of the handshake (see the
@@ -897,6 +932,9 @@ struct ProducerState {
     tail: u64,
     /// `close` was called.
     closed: bool,
+    /// This producer took the role over from a dead one and has written no frame yet: the
+    /// next one is flagged [`FLAG_TAKEN_OVER`].
+    flag_next: bool,
 }
 
 impl ProducerState {
@@ -980,7 +1018,8 @@ impl<M: RingMemory> Producer<M> {
     }
 
     fn attach(mem: M, alive: Option<&dyn Fn(u32) -> bool>) -> Result<Producer<M>, RingError> {
-        let (ring, head, tail, _) = Ring::attach(mem, "producer", |h| &h.id.producer_pid, alive)?;
+        let (ring, head, tail, taken_over) =
+            Ring::attach(mem, "producer", |h| &h.id.producer_pid, alive)?;
         Ok(Producer {
             ring,
             st: ProducerState {
@@ -988,6 +1027,7 @@ impl<M: RingMemory> Producer<M> {
                 published: head,
                 tail,
                 closed: false,
+                flag_next: taken_over,
             },
         })
     }
@@ -1030,13 +1070,18 @@ impl<M: RingMemory> Producer<M> {
             // SAFETY: `off` is a multiple of 8 (positions are) and `skip = cap - off >= 8`, so
             // the marker's 8 bytes are inside the data area; they are free space (checked by
             // `fits`), owned by the producer until published.
-            unsafe { self.ring.write_frame_header(off, WRAP) };
+            unsafe { self.ring.write_frame_header(off, WRAP, 0) };
             off = 0;
         }
+        let flags = if self.st.flag_next {
+            FLAG_TAKEN_OVER
+        } else {
+            0
+        };
         // `len <= max_len < u32::MAX`, so the cast is exact and never a wrap marker.
         // SAFETY: `off + frame <= cap` (`placement` puts the frame where it fits before the
         // end), and bytes `off..off + frame` are free space owned by the producer (`fits`).
-        unsafe { self.ring.write_frame_header(off, len as u32) };
+        unsafe { self.ring.write_frame_header(off, len as u32, flags) };
         self.ring.mem.shadow().track_write(off + FRAME_HEADER, len);
         // SAFETY: same range as above: `off + 8 + len <= off + frame <= cap`, so the pointer
         // stays inside the data area. No reference is made: a well-behaved consumer does not
@@ -1051,6 +1096,7 @@ impl<M: RingMemory> Producer<M> {
         };
         fill(&mut payload);
         self.st.head += (skip + frame) as u64;
+        self.st.flag_next = false;
         Ok(true)
     }
 
@@ -1431,6 +1477,13 @@ impl<M: RingMemory> Consumer<M> {
                 )));
             }
         }
+        // SAFETY: as for the `len` word just read at `off`.
+        let flags = unsafe { ring.read_frame_flags(off) };
+        if flags > FLAG_TAKEN_OVER {
+            return Err(corrupt(format_args!(
+                "frame flags {flags} at offset {off} (position {pos}) are not 0 or 1"
+            )));
+        }
         let len = len as usize;
         if len > ring.max_len {
             return Err(corrupt(format_args!(
@@ -1462,6 +1515,7 @@ impl<M: RingMemory> Consumer<M> {
                 NonNull::new_unchecked(ring.mem.data().as_ptr().add(off + FRAME_HEADER))
             },
             len,
+            taken_over: flags == FLAG_TAKEN_OVER,
             _frame: std::marker::PhantomData,
         };
         let r = f(payload);
@@ -2066,6 +2120,50 @@ mod tests {
         assert_eq!(
             Producer::take_over(ring, alive).unwrap_err(),
             RingError::Closed
+        );
+    }
+
+    #[test]
+    fn a_producer_taking_over_flags_its_first_frame_only() {
+        let (ring, mut p, mut c) = pair(256);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        drop(p);
+        ring.header()
+            .id
+            .producer_pid
+            .store(dead_pid(), Ordering::Relaxed);
+        let mut p = Producer::take_over(Arc::clone(&ring), alive).unwrap();
+        // A fill that panics writes nothing: the flag waits for the first frame written.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.try_write(8, |_| panic!("the fill fails")).unwrap()
+        }));
+        assert!(panicked.is_err());
+        for i in 2..5 {
+            assert!(write(&mut p, &[i; 8]));
+        }
+        p.publish();
+        let mut flags = Vec::new();
+        while let Some(f) = c.try_read(|b| b.after_take_over()).unwrap() {
+            flags.push(f);
+        }
+        assert_eq!(flags, [false, true, false, false]);
+        // A producer that claims a free role took nothing over: no flag.
+        let (_ring, mut p, mut c) = pair(128);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        assert_eq!(c.try_read(|b| b.after_take_over()).unwrap(), Some(false));
+    }
+
+    #[test]
+    fn corrupt_frame_flags() {
+        let (ring, mut p, mut c) = pair(128);
+        assert!(write(&mut p, &[1; 8]));
+        p.publish();
+        ring.poke(4, &2u32.to_ne_bytes());
+        assert_corrupt(
+            c.try_read(|_| ()),
+            "frame flags 2 at offset 0 (position 0) are not 0 or 1",
         );
     }
 
