@@ -293,7 +293,8 @@ pub(crate) trait OutSlot: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// Sends what the step appended as one batch to every reader.
     fn flush(&mut self);
-    /// A `Block` link holds data it could not send yet.
+    /// A `Block` link holds data it could not send yet (a stash, or parts of a large element
+    /// owed to a ring).
     fn blocked(&self) -> bool;
     fn credit(&mut self, link: u32, n: usize);
     /// Closes the stream: every link sends its end of stream once its stash is sent.
@@ -575,9 +576,12 @@ impl<T: Element> OutSlot for OutBuf<T> {
     }
 
     fn blocked(&self) -> bool {
+        // Parts of a large element still owed to a ring count as stashed data: the element is
+        // not handed on (a restarted writer must get it again from its input, so durable
+        // credit waits for it), and they go before anything the agent writes next.
         self.links
             .iter()
-            .any(|l| l.policy == Policy::Block && !l.stash.is_empty())
+            .any(|l| l.policy == Policy::Block && !(l.stash.is_empty() && l.transport_idle()))
     }
 
     fn credit(&mut self, link: u32, n: usize) {

@@ -442,6 +442,10 @@ pub(crate) struct ChildProcess {
     /// Set by its waiter thread as soon as the process is reaped: from then on its pid may be
     /// another process's, which must never be signalled.
     pub reaped: Arc<AtomicBool>,
+    /// A SIGTERM was sent: [`signal_all`] sends it once. A child takes a second SIGTERM for
+    /// "end at once" (as a second Ctrl-C), which would cut its drain, and with it the error
+    /// it was about to report.
+    pub term_sent: AtomicBool,
 }
 
 impl ChildProcess {
@@ -682,6 +686,7 @@ pub(crate) fn spawn_child(
         pid,
         name: process.to_string(),
         reaped,
+        term_sent: AtomicBool::new(false),
     })
 }
 
@@ -804,9 +809,12 @@ pub(crate) fn is_stopped(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Sends `signal` to every child still alive.
+/// Sends `signal` to every child still alive (SIGTERM at most once to each).
 pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
     for c in children.iter().filter(|c| !c.reaped.load(Ordering::SeqCst)) {
+        if signal == Signal::SIGTERM && c.term_sent.swap(true, Ordering::SeqCst) {
+            continue; // asked to drain already: a second SIGTERM would cut the drain short
+        }
         let _ = kill(Pid::from_raw(c.pid as i32), signal);
     }
 }
