@@ -1149,6 +1149,29 @@ mod tests {
         }
     }
 
+    /// A feeder of Strings from ring `name` (written by agent `text`) to `reader`'s input 0
+    /// (agent `agent`), capacity 8.
+    fn strings_spec(
+        name: &str,
+        reader: &Arc<Strings>,
+        run: &RunHandle,
+        counters: Arc<LinkCounters>,
+        agent: &str,
+    ) -> FeederSpec {
+        FeederSpec {
+            segment: name.to_string(),
+            target: Arc::clone(reader) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity: 8,
+            counters,
+            count_traffic: true,
+            label: format!("text.out -> {agent}.in"),
+            peer: "text".into(),
+            run: run.clone(),
+            stopped: |_| false,
+        }
+    }
+
     #[test]
     fn the_feeder_releases_the_ring_only_past_consumed_elements() {
         let (name, _guard, view) = test_ring("feeder-release", 8 << 10);
@@ -1251,18 +1274,7 @@ mod tests {
         let header = view.header();
         let tail = || header.tail.load(Ordering::SeqCst);
         let reader = Arc::new(Strings::default());
-        let spec = FeederSpec {
-            segment: name.clone(),
-            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
-            input: 0,
-            capacity: 8,
-            counters: Arc::default(),
-            count_traffic: true,
-            label: "text.out -> copy.in".into(),
-            peer: "text".into(),
-            run: run.clone(),
-            stopped: |_| false,
-        };
+        let spec = strings_spec(&name, &reader, &run, Arc::default(), "copy");
         let credit = spawn_feeder::<String>(spec).unwrap();
         poll(
             "both delivered",
@@ -1314,18 +1326,7 @@ mod tests {
         let big = "q".repeat(6000);
         assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
         let reader = Arc::new(Strings::default());
-        let spec = FeederSpec {
-            segment: name.clone(),
-            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
-            input: 0,
-            capacity: 8,
-            counters: Arc::default(),
-            count_traffic: true,
-            label: "text.out -> copy.in".into(),
-            peer: "text".into(),
-            run: run.clone(),
-            stopped: |_| false,
-        };
+        let spec = strings_spec(&name, &reader, &run, Arc::default(), "copy");
         let _credit = spawn_feeder::<String>(spec).unwrap();
         poll("delivered", || reader.0.lock().unwrap().len() == 1, || ());
         run.fail(Error::Runtime {
@@ -1372,18 +1373,7 @@ mod tests {
         let tail = || header.tail.load(Ordering::SeqCst);
         let reader = Arc::new(Strings::default());
         let counters: Arc<LinkCounters> = Arc::default();
-        let spec = FeederSpec {
-            segment: name.clone(),
-            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
-            input: 0,
-            capacity: 8,
-            counters: Arc::clone(&counters),
-            count_traffic: true,
-            label: "text.out -> slow.in".into(),
-            peer: "text".into(),
-            run: run.clone(),
-            stopped: |_| false,
-        };
+        let spec = strings_spec(&name, &reader, &run, Arc::clone(&counters), "slow");
         let credit = spawn_feeder::<String>(spec).unwrap();
         let early = || counters.released_early.load(Ordering::Relaxed);
         poll(
@@ -1448,18 +1438,7 @@ mod tests {
         let header = view.header();
         let reader = Arc::new(Strings::default());
         let counters: Arc<LinkCounters> = Arc::default();
-        let spec = FeederSpec {
-            segment: name.clone(),
-            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
-            input: 0,
-            capacity: 8,
-            counters: Arc::clone(&counters),
-            count_traffic: true,
-            label: "text.out -> copy.in".into(),
-            peer: "text".into(),
-            run: run.clone(),
-            stopped: |_| false,
-        };
+        let spec = strings_spec(&name, &reader, &run, Arc::clone(&counters), "copy");
         let credit = spawn_feeder::<String>(spec).unwrap();
         // The writing process is SIGKILLed, waiting for room for its third part.
         drop(tx);
@@ -1958,18 +1937,7 @@ mod tests {
             "the ring is filled to the end"
         );
         let reader = Arc::new(Strings::default());
-        let spec = FeederSpec {
-            segment: name.clone(),
-            target: Arc::clone(&reader) as Arc<dyn Mailbox>,
-            input: 0,
-            capacity: 8,
-            counters: Arc::default(),
-            count_traffic: true,
-            label: "text.out -> copy.in".into(),
-            peer: "text".into(),
-            run: run.clone(),
-            stopped: |_| false,
-        };
+        let spec = strings_spec(&name, &reader, &run, Arc::default(), "copy");
         let credit = spawn_feeder::<String>(spec).unwrap();
         poll(
             "the small element delivered",
