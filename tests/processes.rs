@@ -852,9 +852,11 @@ fn a_child_failure_is_logged_once() -> Result<(), String> {
     })
 }
 
-/// `mapper` is stopped (SIGSTOP: hung, not dead) while the source runs flat out: the writer
-/// that waits for it to make room warns once, naming the connection and its pid.
-fn a_stopped_peer_is_warned_about_once() -> Result<(), String> {
+/// `mapper` is stopped (SIGSTOP: hung, not dead) while the source runs flat out. Each side of
+/// it warns once, naming the connection, the process and its pid: the writer that waits for it
+/// to make room (the reader releases nothing), and the feeder of `sink`, which reads what
+/// `mapper` writes (its writing process is stopped).
+fn a_stopped_process_is_warned_about_once_by_its_writer_and_its_reader() -> Result<(), String> {
     let app = Started::with_env(
         "endless",
         &[],
@@ -871,65 +873,33 @@ fn a_stopped_peer_is_warned_about_once() -> Result<(), String> {
     ensure(status.success(), || {
         format!("exit {status} after the stopped process went on:\n{out}\n{err}")
     })?;
-    let warnings: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("no progress") && l.contains(&format!("pid {mapper}")))
-        .collect();
-    ensure(warnings.len() == 1, || {
-        format!("expected one warning naming pid {mapper}, got {warnings:?}:\n{err}")
-    })?;
-    ensure(
-        warnings[0].contains("numbers.out -> triple.in") && warnings[0].contains("'mapper'"),
-        || {
-            format!(
-                "the warning does not name the connection and process: {}",
-                warnings[0]
-            )
-        },
-    )?;
-    ensure(segments("endless").is_empty(), || {
-        format!("left behind: {:?}", segments("endless"))
-    })
-}
-
-/// `mapper` is stopped (SIGSTOP) while the source runs flat out: the feeder of `sink`, which
-/// reads what `mapper` writes, warns once that its writing process is stopped, naming the
-/// connection, the process and its pid (the writer side only sees a reader that releases
-/// nothing).
-fn a_stopped_writer_is_warned_about_once() -> Result<(), String> {
-    let app = Started::with_env(
-        "endless",
-        &[],
-        None,
-        &[("IOTSTREAM_PROGRESS_WARN_MS", "500")],
-    );
-    let mapper = wait_for_child(app.pid(), "mapper")?;
-    kill(mapper, 19); // SIGSTOP
-    std::thread::sleep(Duration::from_secs(3));
-    kill(mapper, 18); // SIGCONT
-    std::thread::sleep(Duration::from_millis(300));
-    kill(app.pid(), 2);
-    let (status, out, err) = app.wait(Duration::from_secs(60))?;
-    ensure(status.success(), || {
-        format!("exit {status} after the stopped process went on:\n{out}\n{err}")
-    })?;
-    let warnings: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("is stopped") && l.contains(&format!("pid {mapper}")))
-        .collect();
-    ensure(warnings.len() == 1, || {
-        format!("expected one warning naming pid {mapper}, got {warnings:?}:\n{err}")
-    })?;
-    ensure(
-        warnings[0].contains("triple.out -> odd.in")
-            && warnings[0].contains("writing process 'mapper'"),
-        || {
-            format!(
-                "the warning does not name the connection and the writing process: {}",
-                warnings[0]
-            )
-        },
-    )?;
+    // (what the warning says, the connection, how it names the process)
+    let sides = [
+        ("no progress", "numbers.out -> triple.in", "'mapper'"),
+        (
+            "is stopped",
+            "triple.out -> odd.in",
+            "writing process 'mapper'",
+        ),
+    ];
+    for (says, connection, process) in sides {
+        let warnings: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains(says) && l.contains(&format!("pid {mapper}")))
+            .collect();
+        ensure(warnings.len() == 1, || {
+            format!("expected one '{says}' warning naming pid {mapper}, got {warnings:?}:\n{err}")
+        })?;
+        ensure(
+            warnings[0].contains(connection) && warnings[0].contains(process),
+            || {
+                format!(
+                    "the warning does not name {connection} and {process}: {}",
+                    warnings[0]
+                )
+            },
+        )?;
+    }
     ensure(segments("endless").is_empty(), || {
         format!("left behind: {:?}", segments("endless"))
     })
@@ -1151,7 +1121,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 23] = [
+    let scenarios: [(&str, Scenario); 22] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
@@ -1203,12 +1173,8 @@ fn main() {
             a_child_failure_is_logged_once,
         ),
         (
-            "a_stopped_peer_is_warned_about_once",
-            a_stopped_peer_is_warned_about_once,
-        ),
-        (
-            "a_stopped_writer_is_warned_about_once",
-            a_stopped_writer_is_warned_about_once,
+            "a_stopped_process_is_warned_about_once_by_its_writer_and_its_reader",
+            a_stopped_process_is_warned_about_once_by_its_writer_and_its_reader,
         ),
         (
             "a_stopped_child_does_not_hold_the_drain",
