@@ -1149,6 +1149,15 @@ mod tests {
         }
     }
 
+    /// The producer end of ring `name` (read by process "slow"), and the inbox its space
+    /// watcher posts credit to.
+    fn open_writer<T: Element>(name: &str, run: &RunHandle) -> (Arc<Inbox>, ShmSender<T>) {
+        let writer = Arc::new(Inbox::default());
+        let tx =
+            ShmSender::<T>::open(name, "test", "slow", writer.clone(), 0, 0, run.clone()).unwrap();
+        (writer, tx)
+    }
+
     /// A feeder of Strings from ring `name` (written by agent `text`) to `reader`'s input 0
     /// (agent `agent`), capacity 8.
     fn strings_spec(
@@ -1176,10 +1185,7 @@ mod tests {
     fn the_feeder_releases_the_ring_only_past_consumed_elements() {
         let (name, _guard, view) = test_ring("feeder-release", 8 << 10);
         let (run, _system) = RunHandle::for_tests();
-        let writer = Arc::new(Inbox::default());
-        let mut tx =
-            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
-                .unwrap();
+        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
         let header = view.header();
         let tail = || header.tail.load(Ordering::SeqCst);
         // Five frames of three elements; `ends[k]` is where frame k ends in the ring.
@@ -1263,10 +1269,7 @@ mod tests {
         // its last part, never to a position inside it.
         let (name, _guard, view) = test_ring("feeder-parts", 8 << 10);
         let (run, _system) = RunHandle::for_tests();
-        let writer = Arc::new(Inbox::default());
-        let mut tx =
-            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
-                .unwrap();
+        let (_writer, mut tx) = open_writer::<String>(&name, &run);
         let big: String = (0..6000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
         let items = vec![big.clone(), "small".to_string()];
         assert_eq!(tx.write(&items).unwrap(), 2);
@@ -1319,10 +1322,7 @@ mod tests {
     fn a_reader_taking_over_reads_an_unconsumed_large_element_whole() {
         let (name, _guard, view) = test_ring("feeder-parts-again", 8 << 10);
         let (run, _system) = RunHandle::for_tests();
-        let writer = Arc::new(Inbox::default());
-        let mut tx =
-            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
-                .unwrap();
+        let (_writer, mut tx) = open_writer::<String>(&name, &run);
         let big = "q".repeat(6000);
         assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
         let reader = Arc::new(Strings::default());
@@ -1360,10 +1360,7 @@ mod tests {
         // enough, since once they are consumed the part fits.
         let (name, _guard, view) = test_ring("feeder-slow-open", 8 << 10);
         let (run, _system) = RunHandle::for_tests();
-        let writer = Arc::new(Inbox::default());
-        let mut tx =
-            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
-                .unwrap();
+        let (_writer, mut tx) = open_writer::<String>(&name, &run);
         let mut items: Vec<String> = (0..3).map(|i| format!("{i}").repeat(1000)).collect();
         let big = "b".repeat(6000);
         items.push(big.clone());
@@ -1499,10 +1496,7 @@ mod tests {
         let (name, _guard, view) = test_ring("feeder-slow", 8 << 10);
         let header = view.header();
         let (run, _system) = RunHandle::for_tests();
-        let writer = Arc::new(Inbox::default());
-        let mut tx =
-            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
-                .unwrap();
+        let (writer, mut tx) = open_writer::<u64>(&name, &run);
         let reader = Arc::new(Inbox::default());
         let spec = feeder(&name, 1_000, &reader, &run);
         let counters = Arc::clone(&spec.counters);
@@ -1562,10 +1556,7 @@ mod tests {
         // writer and feeder would wait for each other forever.
         let (name, _guard, view) = test_ring("feeder-fallback", 8 << 10);
         let (run, _system) = RunHandle::for_tests();
-        let writer = Arc::new(Inbox::default());
-        let mut tx =
-            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
-                .unwrap();
+        let (writer, mut tx) = open_writer::<u64>(&name, &run);
         let reader = Arc::new(Inbox::default());
         let spec = feeder(&name, 1_000_000, &reader, &run);
         let counters = Arc::clone(&spec.counters);
@@ -1864,10 +1855,7 @@ mod tests {
     fn the_fallback_releases_one_frame_when_that_gives_the_writer_room() {
         let (name, _guard, view) = test_ring("fallback-one-frame", 8 << 10);
         let (run, _system) = RunHandle::for_tests();
-        let writer = Arc::new(Inbox::default());
-        let mut tx =
-            ShmSender::<u64>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
-                .unwrap();
+        let (writer, mut tx) = open_writer::<u64>(&name, &run);
         // Frames of 100 elements (816 bytes) until not one element more fits.
         let items: Vec<u64> = (0..2000).collect();
         let mut sent = 0;
@@ -1919,10 +1907,7 @@ mod tests {
     fn a_large_elements_part_is_shortened_to_the_room_there_is() {
         let (name, _guard, view) = test_ring("short-part", 8 << 10);
         let (run, _system) = RunHandle::for_tests();
-        let writer = Arc::new(Inbox::default());
-        let mut tx =
-            ShmSender::<String>::open(&name, "test", "slow", writer.clone(), 0, 0, run.clone())
-                .unwrap();
+        let (_writer, mut tx) = open_writer::<String>(&name, &run);
         // 3000 bytes held, then a 6000-byte element: its first part (4088 bytes) fits, the
         // rest (about 1900 bytes) does not fit the 1100 bytes left: a shorter part fills them.
         let small = "s".repeat(2980);
