@@ -59,7 +59,7 @@
 //! are dropped by design: the agent has seen them and chose not to use them.
 
 use crate::error::AgentError;
-use crate::host::{InBuf, InSlot, OutBuf, OutSlot};
+use crate::port::{InBuf, InSlot, OutBuf, OutSlot};
 use crate::stream::{Element, Input, PortId, Stream};
 
 /// The logic of an agent: state plus a step function. See the [module docs](self).
@@ -189,10 +189,10 @@ pub(crate) struct PortDecl {
     /// Bytes of a shared-memory ring for this port's type, from a capacity in elements.
     pub ring_bytes: fn(usize) -> usize,
     /// Starts the thread that feeds this input from a shared-memory ring.
-    pub make_feeder: fn(
-        crate::transport::FeederSpec,
-    )
-        -> Result<std::sync::Arc<dyn crate::host::Mailbox>, crate::error::Error>,
+    pub make_feeder:
+        fn(
+            crate::transport::FeederSpec,
+        ) -> Result<std::sync::Arc<dyn crate::transport::Mailbox>, crate::error::Error>,
 }
 
 fn make_in<T: Element>() -> Box<dyn InSlot> {

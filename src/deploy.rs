@@ -103,9 +103,9 @@ use std::time::Duration;
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
-use crate::graph::Policy;
-use crate::info::{GraphInfo, LOCAL_HOST};
-use crate::launch::MAIN_PROCESS;
+use crate::error::Error;
+use crate::info::{GraphInfo, LOCAL_HOST, MAIN_PROCESS};
+use crate::stream::Policy;
 
 /// What a deployment changes in a graph, resolved against its [`GraphInfo`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -311,6 +311,15 @@ impl fmt::Display for DeployError {
 }
 
 impl std::error::Error for DeployError {}
+
+/// A deployment's problems, one per line, become [`Error::Deployment`].
+impl From<DeployError> for Error {
+    fn from(e: DeployError) -> Self {
+        Error::Deployment {
+            problems: e.to_string().lines().map(str::to_string).collect(),
+        }
+    }
+}
 
 /// A position in the file (1-based line and column).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -84,14 +84,6 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<crate::deploy::DeployError> for Error {
-    fn from(e: crate::deploy::DeployError) -> Self {
-        Error::Deployment {
-            problems: e.to_string().lines().map(str::to_string).collect(),
-        }
-    }
-}
-
 impl Error {
     /// The name of the process this error is about, if it is about one.
     pub fn process(&self) -> Option<&str> {

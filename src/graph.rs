@@ -26,28 +26,16 @@ use std::sync::Arc;
 
 use crate::agent::{Agent, PortDecl, Ports};
 use crate::error::Error;
-pub(crate) use crate::host::LinkSpec;
-use crate::host::{CreditRoute, Driver, Host, Mailbox};
+use crate::host::{Driver, Host};
 use crate::metrics::{LinkEntry, Registry};
-use crate::ops::source::ExternalAny;
+use crate::port::CreditRoute;
 use crate::stream::{Element, Input, PortId, Stream};
+pub use crate::stream::{Policy, Transport};
+pub(crate) use crate::transport::LinkSpec;
+use crate::transport::Mailbox;
 
 /// Elements that may be in flight on a connection unless it says otherwise.
 pub const DEFAULT_CAPACITY: usize = 32 * 1024;
-
-/// What a writer does when a reader has `capacity` elements in flight and more arrive.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    /// The writer waits (lossless; the default).
-    #[default]
-    Block,
-    /// The oldest waiting elements are dropped, keeping at most `capacity` waiting at the
-    /// writer (for sensors where the freshest reading matters most). Drops are counted.
-    DropOldest,
-    /// Elements that find no room are dropped. Drops are counted.
-    DropNewest,
-}
 
 /// Options of one connection: capacity and back-pressure policy.
 ///
@@ -60,21 +48,6 @@ pub struct Connection {
     pub(crate) capacity: Option<usize>,
     pub(crate) policy: Policy,
     pub(crate) transport: Transport,
-}
-
-/// How a connection moves data. `Auto` (the default) picks from where the two agents run: the
-/// same process → in-process messages; another process on this host → a shared-memory ring.
-/// Forcing a transport is for tests and benchmarks: the same graph, every path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// Chosen from placement.
-    #[default]
-    Auto,
-    /// In-process messages (both agents must be in the same process).
-    Local,
-    /// A shared-memory ring, even between agents of the same process.
-    SharedMemory,
 }
 
 impl Connection {
@@ -122,6 +95,15 @@ pub(crate) struct Edge {
     pub from: PortId,
     pub to: PortId,
     pub conn: Connection,
+}
+
+/// An external input's channel (`ops::source::ExternalInput<T>`) of unknown `T`, as the graph
+/// stores it until a run hands out its sender.
+pub(crate) trait ExternalAny: Send {
+    fn agent(&self) -> usize;
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The threaded runtime's [`InputSender<T>`](crate::InputSender), boxed.
+    fn into_sender(self: Box<Self>, wake: Arc<dyn Mailbox>) -> Box<dyn std::any::Any + Send>;
 }
 
 static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);
@@ -329,7 +311,7 @@ impl Graph {
         self.agents[agent]
             .process
             .as_deref()
-            .unwrap_or(crate::launch::MAIN_PROCESS)
+            .unwrap_or(crate::info::MAIN_PROCESS)
     }
 
     /// The host `process` runs on.
@@ -344,7 +326,7 @@ impl Graph {
     /// plan was made from this graph's [`info`](Graph::info), so its indices match.
     pub(crate) fn apply_plan(&mut self, plan: &crate::deploy::Plan) {
         for (a, p) in self.agents.iter_mut().zip(&plan.agent_process) {
-            a.process = (p != crate::launch::MAIN_PROCESS).then(|| p.clone());
+            a.process = (p != crate::info::MAIN_PROCESS).then(|| p.clone());
         }
         for (e, (capacity, policy)) in self.edges.iter_mut().zip(&plan.edges) {
             e.conn.capacity = Some(*capacity);
@@ -365,7 +347,7 @@ impl Graph {
 
     /// Every process of the application: `main` first, then in order of first placement.
     pub(crate) fn processes(&self) -> Vec<String> {
-        let mut out = vec![crate::launch::MAIN_PROCESS.to_string()];
+        let mut out = vec![crate::info::MAIN_PROCESS.to_string()];
         for i in 0..self.agents.len() {
             let p = self.process_of(i);
             if !out.iter().any(|q| q == p) {
@@ -698,7 +680,7 @@ pub(crate) trait ShmWiring {
     fn writer(
         &self,
         edge: usize,
-        out: &mut dyn crate::host::OutSlot,
+        out: &mut dyn crate::port::OutSlot,
         spec: LinkSpec,
         wake: Arc<dyn Mailbox>,
         output: u32,
@@ -730,5 +712,102 @@ fn no_shm(app: &str, label: &str) -> Error {
         detail: format!(
             "application '{app}': connection {label} needs shared memory, which the deterministic harness does not provide; run it with Graph::run"
         ),
+    }
+}
+impl Graph {
+    /// Describes the graph as built and placed so far. See [`crate::info`].
+    pub fn info(&self) -> crate::info::GraphInfo {
+        let agents = self
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| crate::info::AgentInfo {
+                name: a.name.clone(),
+                process: self.process_of(i).to_string(),
+                thread: a.thread.clone(),
+                inputs: a
+                    .inputs
+                    .iter()
+                    .map(|p| crate::info::PortInfo {
+                        name: p.name.clone(),
+                        element: p.type_name.to_string(),
+                        min_capacity: p.min_capacity,
+                    })
+                    .collect(),
+                outputs: a
+                    .outputs
+                    .iter()
+                    .map(|p| crate::info::PortInfo {
+                        name: p.name.clone(),
+                        element: p.type_name.to_string(),
+                        min_capacity: 1,
+                    })
+                    .collect(),
+                reads_stdin: a.reads_stdin,
+            })
+            .collect();
+        let processes = self.processes();
+        let edges = self
+            .edges
+            .iter()
+            .map(|e| {
+                let (fa, fp) = (e.from.agent as usize, e.from.port as usize);
+                let (ta, tp) = (e.to.agent as usize, e.to.port as usize);
+                let capacity = e.conn.capacity.unwrap_or(self.default_capacity());
+                let cross_host =
+                    self.host_of(self.process_of(fa)) != self.host_of(self.process_of(ta));
+                let (transport, ring_bytes) = if cross_host {
+                    ("tcp", None)
+                } else {
+                    match self.resolve(e) {
+                        Resolved::Local => ("local", None),
+                        Resolved::SharedMemory => (
+                            "shared-memory",
+                            Some((self.agents[fa].outputs[fp].ring_bytes)(capacity)),
+                        ),
+                    }
+                };
+                crate::info::EdgeInfo {
+                    from_agent: fa,
+                    from_port: fp,
+                    to_agent: ta,
+                    to_port: tp,
+                    stream: format!(
+                        "{}.{}",
+                        self.agents[fa].name, self.agents[fa].outputs[fp].name
+                    ),
+                    input: format!(
+                        "{}.{}",
+                        self.agents[ta].name, self.agents[ta].inputs[tp].name
+                    ),
+                    capacity,
+                    policy: e.conn.policy,
+                    forced: e.conn.transport,
+                    transport: transport.to_string(),
+                    ring_bytes,
+                }
+            })
+            .collect();
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|(name, address)| crate::info::HostInfo {
+                name: name.clone(),
+                address: address.clone(),
+                processes: processes
+                    .iter()
+                    .filter(|p| self.host_of(p) == name.as_str())
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        crate::info::GraphInfo {
+            app: self.name.clone(),
+            default_capacity: self.default_capacity(),
+            agents,
+            edges,
+            processes,
+            hosts,
+        }
     }
 }

@@ -7,673 +7,75 @@
 //! closes its outputs once its inputs are drained. Both executors therefore share one
 //! implementation of the stream semantics, and the harness tests exactly what runs in production.
 
-use std::any::Any;
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::{panic_message, AgentError, Error};
-use crate::graph::Policy;
-use crate::metrics::{add, AgentCounters, LinkCounters, StreamCounters};
-use crate::stream::{Batch, Element};
-
-/// A message to a host. Data and end-of-stream travel in order on the same path, so an end of
-/// stream never overtakes data.
-pub(crate) enum Envelope {
-    /// A batch (`Batch<T>`, boxed) for input `input`.
-    Data {
-        input: u32,
-        batch: Box<dyn Any + Send>,
-    },
-    /// The writer of input `input` closed its stream; nothing follows.
-    Eos { input: u32 },
-    /// The reader of link `link` of output `output` consumed `n` elements.
-    Credit { output: u32, link: u32, n: usize },
-    /// A source of this host has data (or has ended).
-    Wake,
-    /// The application is quiescent with this host's inputs still open (a feedback loop):
-    /// treat every input as closed.
-    ForceClose,
-}
-
-/// Where a host posts envelopes for another host.
-pub(crate) trait Mailbox: Send + Sync {
-    fn post(&self, env: Envelope);
-
-    /// On a durable credit route (a ring's feeder): the reading agent's last step saw every
-    /// element received on the input and left `unconsumed` of them; it waits for more. Posted
-    /// after that step's credit, and only if nothing arrived since the step. Other mailboxes
-    /// ignore it.
-    fn reader_waits(&self, _unconsumed: usize) {}
-}
-
-/// Where an input returns credit: the writer's mailbox and which of its links feeds this input.
-pub(crate) struct CreditRoute {
-    pub mailbox: Arc<dyn Mailbox>,
-    pub output: u32,
-    pub link: u32,
-    pub capacity: usize,
-    pub policy: Policy,
-    /// The input is fed from a shared-memory ring, whose feeder releases ring space as credit
-    /// comes back: credit then means "done with", and is returned only once the step's outputs
-    /// are handed on (see [`Host::run`]), so that a restarted process re-reads what was not.
-    pub durable: bool,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Inputs
-
-/// The type-erased face of an input buffer.
-pub(crate) trait InSlot: Send {
-    fn as_any(&self) -> &dyn Any;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Queues a batch; an error if the payload is not a `Batch<T>` or the input is closed.
-    fn push(&mut self, batch: Box<dyn Any + Send>) -> Result<(), String>;
-    fn close(&mut self);
-    /// Closed and every element received is in the view.
-    fn is_closed(&self) -> bool;
-    /// Makes everything received visible as one slice.
-    fn prepare(&mut self);
-    /// Elements consumed since the last call.
-    fn take_consumed(&mut self) -> usize;
-    /// Credit to return to the writer now, if it is due (see [`InBuf`]). A durable route's
-    /// credit is never due unless `durable_ok` (the host says the outputs are handed on).
-    fn credit_due(&mut self, durable_ok: bool) -> usize;
-    fn set_credit_route(&mut self, route: CreditRoute);
-    fn credit_route(&self) -> Option<&CreditRoute>;
-    /// How many elements the last step left unconsumed, if it left some, saw everything
-    /// received, and nothing arrived since (see [`Mailbox::reader_waits`]); taken once.
-    fn take_waiting(&mut self) -> Option<usize>;
-}
-
-enum View<T> {
-    Borrowed(Batch<T>),
-    Owned(Vec<T>, usize),
-}
-
-/// An input buffer: batches received, shown to the step as one slice.
-///
-/// While the agent consumes everything it is shown, the slice is the batch itself (no copy).
-/// When it leaves elements unconsumed and more arrive, they are gathered into one owned vector;
-/// each element is copied at most once per stay, and the vector's allocation is reused.
-///
-/// # Credit in groups
-///
-/// Consumed elements are credited back to the writer in groups of a quarter of the capacity,
-/// which divides the credit messages by the batches per quarter. This never deadlocks: when no
-/// message is in transit, the writer's credit is `capacity - outstanding`, so a writer with no
-/// credit left implies `outstanding == capacity` here, and then whatever was consumed is
-/// returned at once. Drop-policy links return credit after every step, since a writer that
-/// drops instead of waiting should see the reader's room as soon as it exists.
-///
-/// On a durable route (a shared-memory ring) the same credit also tells the feeder which ring
-/// frames it may release; the host returns it only once the step's outputs are handed on (see
-/// [`Host::run`]), and then all of it, without grouping: a feeder holds ring space for every
-/// element not credited back, and the writer may be waiting for exactly that space. With the
-/// credit, the host tells the feeder when a step left elements unconsumed although it saw
-/// everything received ([`Mailbox::reader_waits`]): only then may the feeder release ring
-/// space early (see `transport::held`).
-pub(crate) struct InBuf<T> {
-    view: View<T>,
-    queue: VecDeque<Batch<T>>,
-    closed: bool,
-    /// Consumed since the last `take_consumed`.
-    consumed: usize,
-    /// Consumed and not yet credited back.
-    unreturned: usize,
-    /// Received and not yet credited back.
-    outstanding: usize,
-    spare: Vec<T>,
-    route: Option<CreditRoute>,
-    /// Elements the last step left unconsumed, having seen everything received (see
-    /// [`InSlot::take_waiting`]); cleared when a batch arrives.
-    waiting: Option<usize>,
-}
-
-impl<T: Element> InBuf<T> {
-    pub fn new() -> Self {
-        InBuf {
-            view: View::Owned(Vec::new(), 0),
-            queue: VecDeque::new(),
-            closed: false,
-            consumed: 0,
-            unreturned: 0,
-            outstanding: 0,
-            spare: Vec::new(),
-            route: None,
-            waiting: None,
-        }
-    }
-
-    pub fn as_slice(&self) -> &[T] {
-        match &self.view {
-            View::Borrowed(b) => b.as_slice(),
-            View::Owned(v, off) => &v[*off..],
-        }
-    }
-
-    pub fn consume(&mut self, n: usize) {
-        let have = self.as_slice().len();
-        assert!(
-            n <= have,
-            "consumed {n} elements but the input shows only {have}"
-        );
-        match &mut self.view {
-            View::Borrowed(b) => b.advance(n),
-            View::Owned(_, off) => *off += n,
-        }
-        self.consumed += n;
-        self.unreturned += n;
-    }
-}
-
-impl<T: Element> InSlot for InBuf<T> {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn push(&mut self, batch: Box<dyn Any + Send>) -> Result<(), String> {
-        if self.closed {
-            return Err("data arrived after the end of stream".into());
-        }
-        let batch = batch.downcast::<Batch<T>>().map_err(|_| {
-            format!(
-                "a batch of the wrong type arrived (expected {})",
-                std::any::type_name::<T>()
-            )
-        })?;
-        if !batch.is_empty() {
-            self.outstanding += batch.len();
-            self.queue.push_back(*batch);
-            self.waiting = None;
-        }
-        Ok(())
-    }
-
-    fn close(&mut self) {
-        self.closed = true;
-    }
-
-    fn is_closed(&self) -> bool {
-        self.closed && self.queue.is_empty()
-    }
-
-    fn prepare(&mut self) {
-        if self.queue.is_empty() {
-            return;
-        }
-        let visible = self.as_slice().len();
-        if visible == 0 && self.queue.len() == 1 {
-            let batch = self.queue.pop_front().expect("one batch queued");
-            if let View::Owned(mut v, _) = std::mem::replace(&mut self.view, View::Borrowed(batch))
-            {
-                v.clear();
-                self.spare = v;
-            }
-            return;
-        }
-        let mut buf = match std::mem::replace(&mut self.view, View::Owned(Vec::new(), 0)) {
-            View::Borrowed(b) => {
-                let mut v = std::mem::take(&mut self.spare);
-                v.clear();
-                v.extend_from_slice(b.as_slice());
-                v
-            }
-            View::Owned(mut v, off) => {
-                v.drain(..off);
-                v
-            }
-        };
-        for b in self.queue.drain(..) {
-            buf.extend_from_slice(b.as_slice());
-        }
-        self.view = View::Owned(buf, 0);
-    }
-
-    fn take_consumed(&mut self) -> usize {
-        // Called once after each step: batches arrive only between steps, so an empty queue
-        // means the step saw everything received.
-        let left = self.as_slice().len();
-        self.waiting = (left > 0 && self.queue.is_empty() && !self.closed).then_some(left);
-        std::mem::take(&mut self.consumed)
-    }
-
-    fn credit_due(&mut self, durable_ok: bool) -> usize {
-        let Some(route) = &self.route else { return 0 };
-        if route.durable && !durable_ok {
-            return 0;
-        }
-        let group = match route.policy {
-            Policy::Block if !route.durable => (route.capacity / 4).max(1),
-            Policy::Block | Policy::DropOldest | Policy::DropNewest => 1,
-        };
-        if self.unreturned >= group || self.outstanding >= route.capacity || self.closed {
-            let n = std::mem::take(&mut self.unreturned);
-            self.outstanding -= n;
-            n
-        } else {
-            0
-        }
-    }
-
-    fn set_credit_route(&mut self, route: CreditRoute) {
-        self.route = Some(route);
-    }
-
-    fn credit_route(&self) -> Option<&CreditRoute> {
-        self.route.as_ref()
-    }
-
-    fn take_waiting(&mut self) -> Option<usize> {
-        self.waiting.take()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Outputs and links
-
-/// What the graph tells an output about one of its readers.
-pub(crate) struct LinkSpec {
-    /// The reader's mailbox (in-process links only).
-    pub mailbox: Option<Arc<dyn Mailbox>>,
-    pub input: u32,
-    pub capacity: usize,
-    pub policy: Policy,
-    pub counters: Arc<LinkCounters>,
-    pub label: String,
-}
-
-/// The type-erased face of an output buffer.
-pub(crate) trait OutSlot: Send {
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Sends what the step appended as one batch to every reader.
-    fn flush(&mut self);
-    /// A `Block` link holds data it could not send yet (a stash, or parts of a large element
-    /// owed to a ring).
-    fn blocked(&self) -> bool;
-    fn credit(&mut self, link: u32, n: usize);
-    /// Closes the stream: every link sends its end of stream once its stash is sent.
-    fn close(&mut self);
-    /// Closed, and every link has sent its end of stream.
-    fn done(&self) -> bool;
-    fn add_link(&mut self, spec: LinkSpec);
-    /// Adds a link that writes into the shared-memory ring `segment`; `wake` reaches this
-    /// output's host, which knows the link as `(output, link)`.
-    fn add_shm_link(
-        &mut self,
-        segment: &str,
-        spec: LinkSpec,
-        wake: Arc<dyn Mailbox>,
-        output: u32,
-        run: crate::runtime::RunHandle,
-        peer: &str,
-    ) -> Result<(), Error>;
-    fn link_count(&self) -> usize;
-    /// The first transport failure of any link, taken.
-    fn take_error(&mut self) -> Option<String>;
-    fn set_counters(&mut self, counters: Arc<StreamCounters>);
-    /// One line per link that holds data it cannot send.
-    fn stalled(&self) -> Vec<String>;
-    /// A link holds data for a shared-memory ring: it waits on another process, not on this one.
-    fn waits_on_ring(&self) -> bool;
-}
-
-/// How a link reaches its reader. One variant per transport; agents never see which.
-pub(crate) enum Flavor<T> {
-    /// Same process: envelopes to the reader's mailbox, within the link's credit.
-    Local {
-        mailbox: Arc<dyn Mailbox>,
-        input: u32,
-    },
-    /// Another process (or a forced ring): frames in a shared-memory ring, within its room.
-    Shm(crate::transport::ShmSender<T>),
-}
-
-/// The writer's end of one connection: credit, stash, policy.
-///
-/// In-process, the reader grants `capacity` elements of credit up front and returns credit as its
-/// agent consumes, so at most `capacity` elements are ever in flight (sent, not consumed). Across
-/// processes the ring's room plays the part of the credit. Data that cannot be sent now waits in
-/// the stash (`Block`: the writer's agent does not step again until the stash is sent), is
-/// dropped (`DropNewest`), or waits while the oldest stashed elements beyond `capacity` are
-/// dropped (`DropOldest`). Drops are counted.
-pub(crate) struct LinkTx<T> {
-    flavor: Flavor<T>,
-    capacity: usize,
-    credit: usize,
-    policy: Policy,
-    stash: VecDeque<Batch<T>>,
-    stashed: usize,
-    close_pending: bool,
-    eos_sent: bool,
-    blocked_since: Option<Instant>,
-    counters: Arc<LinkCounters>,
-    label: String,
-    /// The first transport failure (a corrupt ring, an element too large for a frame).
-    error: Option<String>,
-}
-
-/// Sends as much of the front of `batch` as the transport takes now; returns how many elements.
-fn transmit<T: Element>(
-    flavor: &mut Flavor<T>,
-    credit: &mut usize,
-    capacity: usize,
-    counters: &LinkCounters,
-    batch: &mut Batch<T>,
-) -> Result<usize, String> {
-    let n = match flavor {
-        Flavor::Local { mailbox, input } => {
-            let n = (*credit).min(batch.len());
-            if n == 0 {
-                return Ok(0);
-            }
-            *credit -= n;
-            let part = batch.split_front(n);
-            mailbox.post(Envelope::Data {
-                input: *input,
-                batch: Box::new(part),
-            });
-            let in_flight = (capacity - *credit) as u64;
-            counters
-                .in_flight
-                .store(in_flight, std::sync::atomic::Ordering::Relaxed);
-            counters
-                .max_in_flight
-                .fetch_max(in_flight, std::sync::atomic::Ordering::Relaxed);
-            n
-        }
-        Flavor::Shm(tx) => {
-            let n = tx.write(batch.as_slice())?;
-            batch.advance(n);
-            n
-        }
-    };
-    if n > 0 {
-        add(&counters.elements, n as u64);
-        add(&counters.batches, 1);
-    }
-    Ok(n)
-}
-
-impl<T: Element> LinkTx<T> {
-    pub(crate) fn new(flavor: Flavor<T>, spec: &LinkSpec) -> Self {
-        LinkTx {
-            flavor,
-            capacity: spec.capacity,
-            credit: spec.capacity,
-            policy: spec.policy,
-            stash: VecDeque::new(),
-            stashed: 0,
-            close_pending: false,
-            eos_sent: false,
-            blocked_since: None,
-            counters: Arc::clone(&spec.counters),
-            label: spec.label.clone(),
-            error: None,
-        }
-    }
-
-    fn send_now(&mut self, batch: &mut Batch<T>) -> usize {
-        if self.error.is_some() {
-            return 0;
-        }
-        match transmit(
-            &mut self.flavor,
-            &mut self.credit,
-            self.capacity,
-            &self.counters,
-            batch,
-        ) {
-            Ok(n) => n,
-            Err(e) => {
-                self.error = Some(format!("connection {}: {e}", self.label));
-                0
-            }
-        }
-    }
-
-    fn offer(&mut self, mut batch: Batch<T>) {
-        match self.policy {
-            Policy::Block => {
-                self.stashed += batch.len();
-                self.stash.push_back(batch);
-                self.pump();
-            }
-            Policy::DropNewest => {
-                if self.stash.is_empty() {
-                    self.send_now(&mut batch);
-                }
-                add(&self.counters.dropped, batch.len() as u64);
-            }
-            Policy::DropOldest => {
-                self.stashed += batch.len();
-                self.stash.push_back(batch);
-                self.pump();
-                while self.stashed > self.capacity {
-                    let excess = self.stashed - self.capacity;
-                    let front = self.stash.front_mut().expect("stash holds the excess");
-                    let n = excess.min(front.len());
-                    front.advance(n);
-                    if front.is_empty() {
-                        self.stash.pop_front();
-                    }
-                    self.stashed -= n;
-                    add(&self.counters.dropped, n as u64);
-                }
-            }
-        }
-        self.note_blocked();
-    }
-
-    fn pump(&mut self) {
-        // A ring may still owe parts of a large element it accepted: they go first.
-        if let (Flavor::Shm(tx), None) = (&mut self.flavor, &self.error) {
-            if let Err(e) = tx.flush() {
-                self.error = Some(format!("connection {}: {e}", self.label));
-            }
-        }
-        while let Some(mut front) = self.stash.pop_front() {
-            let n = self.send_now(&mut front);
-            self.stashed -= n;
-            if !front.is_empty() {
-                self.stash.push_front(front);
-            }
-            if n == 0 {
-                break;
-            }
-        }
-        if self.stash.is_empty() && self.close_pending && !self.eos_sent && self.transport_idle() {
-            self.eos_sent = true;
-            match &mut self.flavor {
-                Flavor::Local { mailbox, input } => mailbox.post(Envelope::Eos { input: *input }),
-                Flavor::Shm(tx) => tx.close(),
-            }
-        }
-        self.note_blocked();
-    }
-
-    /// Nothing accepted waits in the transport (a ring's large element written entirely), or
-    /// the link failed: the stream may be closed.
-    fn transport_idle(&self) -> bool {
-        match &self.flavor {
-            Flavor::Local { .. } => true,
-            Flavor::Shm(tx) => tx.idle() || self.error.is_some(),
-        }
-    }
-
-    fn note_blocked(&mut self) {
-        match (self.stash.is_empty(), self.blocked_since) {
-            (false, None) => self.blocked_since = Some(Instant::now()),
-            (true, Some(since)) => {
-                add(&self.counters.blocked_ns, since.elapsed().as_nanos() as u64);
-                self.blocked_since = None;
-            }
-            _ => {}
-        }
-    }
-
-    fn credit(&mut self, n: usize) {
-        if let Flavor::Local { .. } = self.flavor {
-            self.credit = (self.credit + n).min(self.capacity);
-            self.counters.in_flight.store(
-                (self.capacity - self.credit) as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
-        // For a ring, a credit envelope means "there may be room again".
-        self.pump();
-    }
-}
-
-/// An output buffer: the step appends to `pending`; `flush` makes it one shared batch.
-pub(crate) struct OutBuf<T> {
-    pending: Vec<T>,
-    links: Vec<LinkTx<T>>,
-    closed: bool,
-    counters: Arc<StreamCounters>,
-}
-
-impl<T: Element> OutBuf<T> {
-    pub fn new() -> Self {
-        OutBuf {
-            pending: Vec::new(),
-            links: Vec::new(),
-            closed: false,
-            counters: Arc::default(),
-        }
-    }
-    pub fn pending(&mut self) -> &mut Vec<T> {
-        &mut self.pending
-    }
-}
-
-impl<T: Element> OutSlot for OutBuf<T> {
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        add(&self.counters.elements, self.pending.len() as u64);
-        add(&self.counters.batches, 1);
-        if self.closed {
-            // Appends after close (from a buggy finish) have nowhere to go; the host
-            // never calls finish after closing, so this is unreachable in practice.
-            self.pending.clear();
-            return;
-        }
-        let data: Arc<[T]> = self.pending.drain(..).collect();
-        for link in &mut self.links {
-            link.offer(Batch::new(Arc::clone(&data)));
-        }
-    }
-
-    fn blocked(&self) -> bool {
-        // Parts of a large element still owed to a ring count as stashed data: the element is
-        // not handed on (a restarted writer must get it again from its input, so durable
-        // credit waits for it), and they go before anything the agent writes next.
-        self.links
-            .iter()
-            .any(|l| l.policy == Policy::Block && !(l.stash.is_empty() && l.transport_idle()))
-    }
-
-    fn credit(&mut self, link: u32, n: usize) {
-        if let Some(l) = self.links.get_mut(link as usize) {
-            l.credit(n);
-        }
-    }
-
-    fn close(&mut self) {
-        self.closed = true;
-        for link in &mut self.links {
-            link.close_pending = true;
-            link.pump();
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.closed && self.links.iter().all(|l| l.eos_sent)
-    }
-
-    fn add_link(&mut self, spec: LinkSpec) {
-        let flavor = Flavor::Local {
-            mailbox: Arc::clone(
-                spec.mailbox
-                    .as_ref()
-                    .expect("an in-process link has the reader's mailbox"),
-            ),
-            input: spec.input,
-        };
-        self.links.push(LinkTx::new(flavor, &spec));
-    }
-
-    fn add_shm_link(
-        &mut self,
-        segment: &str,
-        spec: LinkSpec,
-        wake: Arc<dyn Mailbox>,
-        output: u32,
-        run: crate::runtime::RunHandle,
-        peer: &str,
-    ) -> Result<(), Error> {
-        let link = self.links.len() as u32;
-        let tx = crate::transport::ShmSender::<T>::open(
-            segment,
-            &spec.label,
-            peer,
-            wake,
-            output,
-            link,
-            run,
-        )?;
-        self.links.push(LinkTx::new(Flavor::Shm(tx), &spec));
-        Ok(())
-    }
-
-    fn take_error(&mut self) -> Option<String> {
-        self.links.iter_mut().find_map(|l| l.error.take())
-    }
-
-    fn link_count(&self) -> usize {
-        self.links.len()
-    }
-
-    fn set_counters(&mut self, counters: Arc<StreamCounters>) {
-        self.counters = counters;
-    }
-
-    fn waits_on_ring(&self) -> bool {
-        self.links.iter().any(|l| {
-            matches!(l.flavor, Flavor::Shm(_)) && !(l.stash.is_empty() && l.transport_idle())
-        })
-    }
-
-    fn stalled(&self) -> Vec<String> {
-        self.links
-            .iter()
-            .filter(|l| !l.stash.is_empty())
-            .map(|l| {
-                format!(
-                    "{}: {} elements wait at the writer, {} in flight unconsumed by the reader (capacity {})",
-                    l.label,
-                    l.stashed,
-                    l.capacity - l.credit,
-                    l.capacity
-                )
-            })
-            .collect()
-    }
-}
+use crate::metrics::{add, AgentCounters};
+use crate::port::{InSlot, OutSlot};
+pub(crate) use crate::transport::{Envelope, Mailbox};
 
 // ---------------------------------------------------------------------------------------------
 // The host
+
+/// How long a source still inside [`Source::fill`](crate::Source::fill) after a stop is waited for before its stream
+/// ends without it.
+pub const SOURCE_STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// What a source thread needs from the executor.
+pub(crate) struct SourceThreadCtx {
+    pub name: String,
+    pub wake: Arc<dyn Mailbox>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Wakes a source's host when a chunk arrives, once: while the host is awake (it will look at
+/// the channel again before it goes idle), the source thread posts no more wake-ups.
+pub(crate) struct Waker {
+    pub mailbox: Arc<dyn Mailbox>,
+    pub awake: Arc<AtomicBool>,
+}
+
+impl Waker {
+    /// Posts a wake-up unless one is pending.
+    pub fn wake(&self) {
+        if !self.awake.swap(true, Ordering::SeqCst) {
+            self.mailbox.post(Envelope::Wake);
+        }
+    }
+}
+
+/// Ends the stream of a source whose thread is still inside `Source::fill` after a stop (see
+/// [`SOURCE_STOP_GRACE`]): what the thread had handed over is delivered, then the stream ends.
+pub(crate) struct SourceEnder {
+    pub name: String,
+    /// Set by the source thread when it returns.
+    pub thread_done: Arc<AtomicBool>,
+    /// Read by the source's agent once its channel is empty.
+    pub abandoned: Arc<AtomicBool>,
+    pub waker: Waker,
+}
+
+impl SourceEnder {
+    /// Abandons the source thread if it has not returned yet.
+    pub fn end(&self) {
+        if self.thread_done.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            "source '{}' is still waiting for input {} ms after the stop: its stream ends without it",
+            self.name,
+            SOURCE_STOP_GRACE.as_millis()
+        );
+        // Before the wake-up: the agent reads `abandoned` after it has cleared `awake`.
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+}
 
 /// What a source driver reports after a step.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -691,10 +93,7 @@ pub(crate) trait SourceDriver: Send {
     fn step(&mut self, outputs: &mut Outputs<'_>) -> Result<SourceStatus, AgentError>;
     /// Moves the source's work onto its own thread (threaded executor only); returns what ends
     /// its stream if that thread does not return after a stop (a source on a thread of its own).
-    fn spawn(
-        &mut self,
-        ctx: crate::ops::source::SourceThreadCtx,
-    ) -> Result<Option<crate::ops::source::SourceEnder>, Error>;
+    fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<Option<SourceEnder>, Error>;
 }
 
 pub(crate) enum Driver {
@@ -1061,7 +460,9 @@ impl Host {
 mod tests {
     use super::*;
     use crate::agent::{Inputs, Outputs};
-    use crate::stream::{Input, PortId, Stream};
+    use crate::port::{CreditRoute, InBuf, OutBuf};
+    use crate::stream::{Batch, Input, Policy, PortId, Stream};
+    use crate::transport::LinkSpec;
     use std::sync::Mutex;
 
     /// Records the envelopes posted to it, and what readers said they wait with.

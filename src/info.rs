@@ -22,7 +22,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Graph, Policy, Resolved, Transport};
+use crate::stream::{Policy, Transport};
+
+/// The process that hosts the agents not placed elsewhere, and starts the others.
+pub const MAIN_PROCESS: &str = "main";
 
 /// The host every process runs on when no deployment file names hosts.
 pub const LOCAL_HOST: &str = "local";
@@ -30,7 +33,7 @@ pub const LOCAL_HOST: &str = "local";
 /// An application's agents, streams, connections, processes and hosts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraphInfo {
-    /// The application's name ([`Graph::new`]).
+    /// The application's name ([`Graph::new`](crate::Graph::new)).
     pub app: String,
     /// The capacity of connections that do not set their own.
     pub default_capacity: usize,
@@ -51,13 +54,13 @@ pub struct AgentInfo {
     pub name: String,
     /// The process it runs in.
     pub process: String,
-    /// The thread it was placed on with [`Graph::place_on_thread`], if any.
+    /// The thread it was placed on with [`Graph::place_on_thread`](crate::Graph::place_on_thread), if any.
     pub thread: Option<String>,
     /// Its input ports.
     pub inputs: Vec<PortInfo>,
     /// Its output ports (the streams it owns).
     pub outputs: Vec<PortInfo>,
-    /// It reads standard input ([`Graph::source_stdin`]): its process is the one given the
+    /// It reads standard input ([`Graph::source_stdin`](crate::Graph::source_stdin)): its process is the one given the
     /// standard input of whoever starts the application.
     #[serde(default)]
     pub reads_stdin: bool,
@@ -133,103 +136,5 @@ impl GraphInfo {
         self.hosts
             .iter()
             .find(|h| h.processes.iter().any(|p| p == process))
-    }
-}
-
-impl Graph {
-    /// Describes the graph as built and placed so far. See [`crate::info`].
-    pub fn info(&self) -> GraphInfo {
-        let agents = self
-            .agents
-            .iter()
-            .enumerate()
-            .map(|(i, a)| AgentInfo {
-                name: a.name.clone(),
-                process: self.process_of(i).to_string(),
-                thread: a.thread.clone(),
-                inputs: a
-                    .inputs
-                    .iter()
-                    .map(|p| PortInfo {
-                        name: p.name.clone(),
-                        element: p.type_name.to_string(),
-                        min_capacity: p.min_capacity,
-                    })
-                    .collect(),
-                outputs: a
-                    .outputs
-                    .iter()
-                    .map(|p| PortInfo {
-                        name: p.name.clone(),
-                        element: p.type_name.to_string(),
-                        min_capacity: 1,
-                    })
-                    .collect(),
-                reads_stdin: a.reads_stdin,
-            })
-            .collect();
-        let processes = self.processes();
-        let edges = self
-            .edges
-            .iter()
-            .map(|e| {
-                let (fa, fp) = (e.from.agent as usize, e.from.port as usize);
-                let (ta, tp) = (e.to.agent as usize, e.to.port as usize);
-                let capacity = e.conn.capacity.unwrap_or(self.default_capacity());
-                let cross_host =
-                    self.host_of(self.process_of(fa)) != self.host_of(self.process_of(ta));
-                let (transport, ring_bytes) = if cross_host {
-                    ("tcp", None)
-                } else {
-                    match self.resolve(e) {
-                        Resolved::Local => ("local", None),
-                        Resolved::SharedMemory => (
-                            "shared-memory",
-                            Some((self.agents[fa].outputs[fp].ring_bytes)(capacity)),
-                        ),
-                    }
-                };
-                EdgeInfo {
-                    from_agent: fa,
-                    from_port: fp,
-                    to_agent: ta,
-                    to_port: tp,
-                    stream: format!(
-                        "{}.{}",
-                        self.agents[fa].name, self.agents[fa].outputs[fp].name
-                    ),
-                    input: format!(
-                        "{}.{}",
-                        self.agents[ta].name, self.agents[ta].inputs[tp].name
-                    ),
-                    capacity,
-                    policy: e.conn.policy,
-                    forced: e.conn.transport,
-                    transport: transport.to_string(),
-                    ring_bytes,
-                }
-            })
-            .collect();
-        let hosts = self
-            .hosts
-            .iter()
-            .map(|(name, address)| HostInfo {
-                name: name.clone(),
-                address: address.clone(),
-                processes: processes
-                    .iter()
-                    .filter(|p| self.host_of(p) == name.as_str())
-                    .cloned()
-                    .collect(),
-            })
-            .collect();
-        GraphInfo {
-            app: self.name.clone(),
-            default_capacity: self.default_capacity(),
-            agents,
-            edges,
-            processes,
-            hosts,
-        }
     }
 }

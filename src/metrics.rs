@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::graph::Policy;
+use crate::stream::Policy;
 
 #[derive(Default, Debug)]
 pub(crate) struct StreamCounters {

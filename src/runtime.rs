@@ -42,11 +42,13 @@ use crate::error::Error;
 use nix::sys::signal::Signal;
 
 use crate::graph::{Graph, Part, Resolved};
+use crate::host::SourceThreadCtx;
 use crate::host::{Driver, Envelope, Host, Mailbox};
 use crate::launch::{self, ChildProcess, Role, RunId, Segments};
 use crate::metrics::{Metrics, Registry};
-use crate::ops::source::{InputSender, SourceThreadCtx};
+use crate::ops::source::InputSender;
 use crate::stream::{Element, PortId, Stream};
+use crate::transport::{self, FailureHook, FeederState, LinkSpec, RunContext};
 
 /// State shared by every actor of one run.
 struct Shared {
@@ -76,16 +78,6 @@ struct Shared {
     stalls: Mutex<std::collections::BTreeMap<usize, Vec<String>>>,
     /// Run once, at the first failure, before anything stops (see [`RunHandle::on_failure`]).
     failure_hooks: Mutex<Vec<FailureHook>>,
-}
-
-/// What a transport does when this process's part of the run fails.
-pub(crate) type FailureHook = Box<dyn Fn() + Send + Sync>;
-
-/// What the runtime knows of a thread that feeds a local input from outside the process.
-pub(crate) struct FeederState {
-    pub label: String,
-    /// It holds data the local reader has no credit for.
-    pub blocked: AtomicBool,
 }
 
 /// What a thread that feeds the application from outside (a shared-memory receiver) needs from
@@ -149,29 +141,6 @@ impl RunHandle {
             .push(hook);
     }
 
-    /// A run of no agents, for unit tests of the transport's helper threads (feeders,
-    /// watchers): never quiescent, over once it fails. The runner keeps its actix system alive.
-    #[cfg(test)]
-    pub(crate) fn for_tests() -> (RunHandle, actix::SystemRunner) {
-        let runner = System::new();
-        let shared = Arc::new(Shared {
-            in_flight: AtomicUsize::new(0),
-            posted: std::sync::atomic::AtomicU64::new(0),
-            active_sources: AtomicUsize::new(0),
-            blocked_sources: AtomicUsize::new(0),
-            hosts_left: AtomicUsize::new(0),
-            stop: Arc::new(AtomicBool::new(false)),
-            error: Mutex::new(None),
-            failed: AtomicBool::new(false),
-            system: Mutex::new(Some(System::current())),
-            mailboxes: Mutex::new(Vec::new()),
-            feeders: Mutex::new(Vec::new()),
-            stalls: Mutex::new(std::collections::BTreeMap::new()),
-            failure_hooks: Mutex::new(Vec::new()),
-        });
-        (RunHandle { shared }, runner)
-    }
-
     /// True once the application was asked to stop (a graceful stop, a signal) or failed.
     pub fn stopping(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
@@ -190,6 +159,34 @@ impl RunHandle {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_none()
+    }
+}
+
+/// The run as its links see it (see [`transport::RunContext`]).
+impl RunContext for RunHandle {
+    fn feeder(&self, label: String) -> Arc<FeederState> {
+        RunHandle::feeder(self, label)
+    }
+    fn set_blocked(&self, feeder: &FeederState, blocked: bool) {
+        RunHandle::set_blocked(self, feeder, blocked)
+    }
+    fn finished(&self, feeder: &FeederState) {
+        RunHandle::finished(self, feeder)
+    }
+    fn fail(&self, e: Error) {
+        RunHandle::fail(self, e)
+    }
+    fn on_failure(&self, hook: FailureHook) {
+        RunHandle::on_failure(self, hook)
+    }
+    fn stopping(&self) -> bool {
+        RunHandle::stopping(self)
+    }
+    fn is_over(&self) -> bool {
+        RunHandle::is_over(self)
+    }
+    fn peers_may_restart(&self) -> bool {
+        launch::peers_may_restart()
     }
 }
 
@@ -574,7 +571,7 @@ impl Graph {
         });
         if let Some(path) = launch::describe_request() {
             let checked = deployed.and_then(|()| self.validate());
-            crate::launcher::write_description(&self, checked, &path);
+            launch::describe::write_description(&self, checked, &path);
         }
         deployed?;
         self.validate()?;
@@ -618,7 +615,7 @@ impl Graph {
                 if launch::supervised_by_launcher() {
                     // Under the launcher, RUST_LOG works without code (if the program installed
                     // no subscriber of its own).
-                    crate::init_logging();
+                    crate::logging::init_logging();
                 }
                 let stop = Arc::new(AtomicBool::new(false));
                 // The starter forwards Ctrl-C as SIGTERM; a terminal's own SIGINT to the whole
@@ -656,7 +653,7 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
         tracing::warn!("left {name}: {why}");
     }
     let segments = Arc::new(Segments::new(&app, &run)?);
-    crate::transport::create_segments(&graph, &run, &segments)?;
+    create_segments(&graph, &run, &segments)?;
     let fingerprint = graph.fingerprint();
     // Each child reports its exit once: the channel never holds more than one per child.
     let (exit_tx, exit_rx) = mpsc::sync_channel(processes.len());
@@ -968,14 +965,14 @@ fn start_part(
 }
 
 /// Ends the streams of sources still inside [`Source::fill`](crate::Source::fill)
-/// [`SOURCE_STOP_GRACE`](crate::ops::source::SOURCE_STOP_GRACE) after a stop (blocked reading a terminal or a
+/// [`SOURCE_STOP_GRACE`](crate::host::SOURCE_STOP_GRACE) after a stop (blocked reading a terminal or a
 /// quiet pipe, say), so that a drain never waits for input that may never come. The stop flag
 /// is set from signal handlers, control channels and [`Running::stop`], so it is polled; the
 /// thread ends with the run.
 fn end_sources_after_stop(
     stop: Arc<AtomicBool>,
     run_over: Arc<AtomicBool>,
-    enders: Vec<crate::ops::source::SourceEnder>,
+    enders: Vec<crate::host::SourceEnder>,
 ) -> Result<(), Error> {
     const POLL: Duration = Duration::from_millis(50);
     std::thread::Builder::new()
@@ -987,7 +984,7 @@ fn end_sources_after_stop(
                 }
                 std::thread::sleep(POLL);
             }
-            let deadline = Instant::now() + crate::ops::source::SOURCE_STOP_GRACE;
+            let deadline = Instant::now() + crate::host::SOURCE_STOP_GRACE;
             while Instant::now() < deadline {
                 if run_over.load(Ordering::SeqCst) {
                     return;
@@ -1056,12 +1053,12 @@ fn coordinate(
     let threads: Vec<Option<String>> = graph.agents.iter().map(|a| a.thread.clone()).collect();
     let externals = std::mem::take(&mut graph.externals);
     let wiring = run.map(|(app, run)| {
-        crate::transport::ShmTransport::new(
+        ShmTransport::new(
             app,
             run,
-            RunHandle {
+            Arc::new(RunHandle {
                 shared: Arc::clone(&shared),
-            },
+            }),
             launch::is_stopped,
         )
     });
@@ -1176,5 +1173,89 @@ fn coordinate(
     match error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+// ---------------------------------------------------------------------------------------------
+// Shared-memory wiring
+
+/// Creates the ring of every shared-memory connection of `graph` (the starter does this before
+/// any process starts); each name is recorded in `segments`, which removes them.
+fn create_segments(graph: &Graph, run: &RunId, segments: &Segments) -> Result<(), Error> {
+    for (edge, e) in graph.edges.iter().enumerate() {
+        if graph.resolve(e) != Resolved::SharedMemory {
+            continue;
+        }
+        let name = transport::ring_name(&graph.name, &run.to_string(), edge)?;
+        let capacity = e.conn.capacity.unwrap_or_else(|| graph.default_capacity());
+        let decl = &graph.agents[e.from.agent as usize].outputs[e.from.port as usize];
+        let bytes = (decl.ring_bytes)(capacity);
+        transport::create_ring(&name, bytes, edge)?;
+        segments.add(name);
+    }
+    Ok(())
+}
+
+/// Opens the ends of shared-memory connections in one process.
+struct ShmTransport {
+    app: String,
+    run: RunId,
+    handle: transport::Run,
+    stopped: fn(u32) -> bool,
+}
+
+impl ShmTransport {
+    /// `stopped` says whether a process is stopped (alive, making no progress): feeders warn
+    /// about a writing process that is (`transport::FeederSpec::stopped`).
+    fn new(app: String, run: RunId, handle: transport::Run, stopped: fn(u32) -> bool) -> Self {
+        ShmTransport {
+            app,
+            run,
+            handle,
+            stopped,
+        }
+    }
+}
+
+impl crate::graph::ShmWiring for ShmTransport {
+    fn writer(
+        &self,
+        edge: usize,
+        out: &mut dyn crate::port::OutSlot,
+        spec: LinkSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        _link: u32,
+        peer: &str,
+    ) -> Result<(), Error> {
+        let name = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
+        out.add_shm_link(&name, spec, wake, output, self.handle.clone(), peer)
+    }
+
+    fn reader(
+        &self,
+        edge: usize,
+        decl: &crate::agent::PortDecl,
+        target: Arc<dyn Mailbox>,
+        input: u32,
+        capacity: usize,
+        _policy: crate::stream::Policy,
+        counters: Arc<crate::metrics::LinkCounters>,
+        count_traffic: bool,
+        label: String,
+        peer: &str,
+    ) -> Result<Arc<dyn Mailbox>, Error> {
+        let segment = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
+        (decl.make_feeder)(transport::FeederSpec {
+            segment,
+            target,
+            input,
+            capacity,
+            counters,
+            count_traffic,
+            label,
+            peer: peer.to_string(),
+            run: self.handle.clone(),
+            stopped: self.stopped,
+        })
     }
 }

@@ -155,3 +155,32 @@ impl<T> Clone for Batch<T> {
         }
     }
 }
+
+/// What a writer does when a reader has `capacity` elements in flight and more arrive.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// The writer waits (lossless; the default).
+    #[default]
+    Block,
+    /// The oldest waiting elements are dropped, keeping at most `capacity` waiting at the
+    /// writer (for sensors where the freshest reading matters most). Drops are counted.
+    DropOldest,
+    /// Elements that find no room are dropped. Drops are counted.
+    DropNewest,
+}
+
+/// How a connection moves data. `Auto` (the default) picks from where the two agents run: the
+/// same process → in-process messages; another process on this host → a shared-memory ring.
+/// Forcing a transport is for tests and benchmarks: the same graph, every path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Chosen from placement.
+    #[default]
+    Auto,
+    /// In-process messages (both agents must be in the same process).
+    Local,
+    /// A shared-memory ring, even between agents of the same process.
+    SharedMemory,
+}

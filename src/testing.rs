@@ -34,10 +34,11 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::TrySendError;
 
 use crate::error::Error;
+use crate::graph::ExternalAny;
 use crate::graph::{Graph, Part};
 use crate::host::{Envelope, Host, Mailbox};
 use crate::metrics::{Metrics, Registry};
-use crate::ops::source::{Chunk, ExternalAny, ExternalInput};
+use crate::ops::source::{Chunk, ExternalInput};
 use crate::stream::{Element, PortId, Stream};
 
 type Queue = Arc<Mutex<VecDeque<(usize, Envelope)>>>;

@@ -51,6 +51,10 @@
 //! without a lock file (made by an iotstream from before liveness locks, or whose lock was
 //! deleted by hand) are left alone and reported: nothing proves their owner dead.
 
+pub(crate) mod describe;
+
+pub(crate) use crate::transport::process::{is_stopped, pid_alive};
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -154,8 +158,7 @@ pub(crate) fn control_nonce() -> String {
     format!("{:016x}{:016x}", word(1), word(2))
 }
 
-/// The process that hosts the agents not placed elsewhere, and starts the others.
-pub const MAIN_PROCESS: &str = "main";
+pub use crate::info::MAIN_PROCESS;
 
 /// Identifies one run of an application across its processes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -373,24 +376,6 @@ impl RunLock {
         }
         Ok(RunLock { _file: file, path })
     }
-}
-
-/// True if a process with this pid exists in this PID namespace and has not exited (a zombie,
-/// exited but not yet reaped by its parent, counts as dead). It may belong to another user.
-/// Only meaningful for processes of this namespace (a run's own processes): whether a run's
-/// owner is alive is decided by its liveness lock instead.
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    // Pid 0 and values beyond i32 would name a process group to kill(2), not a process.
-    let raw = match i32::try_from(pid) {
-        Ok(raw) if raw > 0 => raw,
-        _ => return false,
-    };
-    let exists = match kill(Pid::from_raw(raw), None) {
-        Ok(()) => true,
-        Err(nix::errno::Errno::EPERM) => true,
-        Err(_) => false,
-    };
-    exists && !is_zombie(pid)
 }
 
 /// The shared-memory objects of the run this process owns (as its starter or launcher), and
@@ -783,30 +768,6 @@ fn copy_prefixed(
                 }
             }
         });
-}
-
-/// True if `pid` is a zombie (exited, not yet reaped by its waiter thread). A pid without a
-/// readable `/proc` entry is not known to be one (a `/proc` of another PID namespace, say).
-pub(crate) fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// True if `pid` is stopped (SIGSTOP, SIGTSTP, a debugger): alive, but it makes no progress.
-pub(crate) fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')').next().is_some_and(|rest| {
-                let rest = rest.trim_start();
-                rest.starts_with('T') || rest.starts_with('t')
-            })
-        })
-        .unwrap_or(false)
 }
 
 /// Sends `signal` to every child still alive (SIGTERM at most once to each).

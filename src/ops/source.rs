@@ -25,8 +25,11 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TryRecvError};
 
 use crate::agent::Outputs;
 use crate::error::{AgentError, Error};
-use crate::graph::Graph;
-use crate::host::{Driver, Envelope, Mailbox, SourceDriver, SourceStatus};
+use crate::graph::{ExternalAny, Graph};
+pub use crate::host::SOURCE_STOP_GRACE;
+use crate::host::{
+    Driver, Envelope, Mailbox, SourceDriver, SourceEnder, SourceStatus, SourceThreadCtx, Waker,
+};
 use crate::stream::{Element, Stream};
 
 /// Something that produces elements, called again and again on the source's own thread.
@@ -112,64 +115,10 @@ impl Default for SourceOptions {
     }
 }
 
-/// How long a source still inside [`Source::fill`] after a stop is waited for before its stream
-/// ends without it.
-pub const SOURCE_STOP_GRACE: Duration = Duration::from_secs(1);
-
 pub(crate) enum Chunk<T> {
     Data(Vec<T>),
     End,
     Failed(String),
-}
-
-/// What a source thread needs from the executor.
-pub(crate) struct SourceThreadCtx {
-    pub name: String,
-    pub wake: Arc<dyn Mailbox>,
-    pub stop: Arc<AtomicBool>,
-}
-
-/// Wakes a source's host when a chunk arrives, once: while the host is awake (it will look at
-/// the channel again before it goes idle), the source thread posts no more wake-ups.
-struct Waker {
-    mailbox: Arc<dyn Mailbox>,
-    awake: Arc<AtomicBool>,
-}
-
-impl Waker {
-    fn wake(&self) {
-        if !self.awake.swap(true, Ordering::SeqCst) {
-            self.mailbox.post(Envelope::Wake);
-        }
-    }
-}
-
-/// Ends the stream of a source whose thread is still inside [`Source::fill`] after a stop (see
-/// [`SOURCE_STOP_GRACE`]): what the thread had handed over is delivered, then the stream ends.
-pub(crate) struct SourceEnder {
-    name: String,
-    /// Set by the source thread when it returns.
-    thread_done: Arc<AtomicBool>,
-    /// Read by the source's agent once its channel is empty.
-    abandoned: Arc<AtomicBool>,
-    waker: Waker,
-}
-
-impl SourceEnder {
-    /// Abandons the source thread if it has not returned yet.
-    pub fn end(&self) {
-        if self.thread_done.load(Ordering::SeqCst) {
-            return;
-        }
-        tracing::warn!(
-            "source '{}' is still waiting for input {} ms after the stop: its stream ends without it",
-            self.name,
-            SOURCE_STOP_GRACE.as_millis()
-        );
-        // Before the wake-up: the agent reads `abandoned` after it has cleared `awake`.
-        self.abandoned.store(true, Ordering::SeqCst);
-        self.waker.wake();
-    }
 }
 
 /// Sets its flag when dropped: a source thread's "I have returned", however it returns.
@@ -440,14 +389,6 @@ impl<T: Element> Drop for InputSender<T> {
 pub(crate) struct ExternalInput<T> {
     pub tx: Sender<Chunk<T>>,
     pub agent: usize,
-}
-
-/// An `ExternalInput<T>` of unknown `T`, as the graph stores it.
-pub(crate) trait ExternalAny: Send {
-    fn agent(&self) -> usize;
-    fn as_any(&self) -> &dyn std::any::Any;
-    /// The threaded runtime's [`InputSender<T>`], boxed.
-    fn into_sender(self: Box<Self>, wake: Arc<dyn Mailbox>) -> Box<dyn std::any::Any + Send>;
 }
 
 impl<T: Element> ExternalAny for ExternalInput<T> {

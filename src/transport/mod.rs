@@ -1,17 +1,29 @@
 //! Transports: how a connection moves batches, behind the one private link interface.
 //!
-//! In-process links live in `host.rs` (envelopes to the reader's mailbox, within credit). This
-//! module wires shared-memory connections, between processes of one host (or forced, within one):
+//! This is the bottom of the crate's runtime layers: it imports nothing above it (no host,
+//! agent, graph, runtime or launcher; `tests/layers.rs` checks it). What a host sees of any
+//! connection is in [`link`]: the writer's [`LinkTx<T>`] (one handle over private flavors) and
+//! the [`Mailbox`] its envelopes go to; what a link needs from its run (a feeder counting as a
+//! source, failing the run, whether a dead peer may come back) is a [`RunContext`] the runtime
+//! hands down. The flavors:
 //!
-//! - [`create_segments`]: the starter makes every ring before any process starts, so no process
-//!   ever waits for a ring to appear, and only the starter removes them.
-//! - The writer's end, [`ShmSender`], is a `Flavor` of the writer's link: the host encodes each
+//! - in-process: envelopes to the reader's mailbox, within credit ([`link`]);
+//! - shared memory, between processes of one host (or forced, within one): this module, with
+//!   the ring in [`shm`], the frame payloads in [`codec`], and what a feeder may release in
+//!   [`held`]. The starter makes every ring ([`create_ring`], named by [`ring_name`]) before any
+//!   process starts, so no process ever waits for a ring to appear, and only the starter
+//!   removes them.
+//!
+//! The shared-memory flavor, end to end:
+//!
+//! - The writer's end, [`ShmSender`], is a flavor of the writer's [`LinkTx`]: the host encodes each
 //!   batch into one frame (or more, if it exceeds the largest frame; an element larger than a
 //!   frame goes as parts, see [`codec`], written before anything else), publishes once per batch,
 //!   and when the ring is full keeps the rest in the link's stash exactly like an in-process link
 //!   out of credit. A frame that does not fit is replaced by a smaller one of what fits (a
-//!   shorter part, for a large element): the ring is full only when not even one element fits. A **watcher thread** then sleeps on the ring's "space released" futex and
-//!   posts a credit envelope to the host when the reader has made room: the host never blocks.
+//!   shorter part, for a large element): the ring is full only when not even one element fits.
+//!   A **watcher thread** then sleeps on the ring's "space released" futex and posts a credit
+//!   envelope to the host when the reader has made room: the host never blocks.
 //! - The reader's end is a **feeder thread** ([`spawn_feeder`]): it sleeps on the "data
 //!   published" futex, copies each frame into private memory and decodes it there (trusting
 //!   nothing, reassembling large elements: see [`codec`]), and delivers batches to
@@ -22,19 +34,22 @@
 //!   the dead one had not consumed: nothing is lost, an element being processed at the crash
 //!   may be delivered twice.
 //! - Waits are always timed; between waits each side checks that the other process is alive. A
-//!   dead peer is an error naming the connection, never a hang, unless the process is
-//!   [`supervised`]: then a launcher restarts the peer (which takes its role in the ring over)
-//!   or stops the application, and the survivor keeps waiting. A writer restarted between the
+//!   dead peer is an error naming the connection, never a hang, unless the peer may come back
+//!   ([`RunContext::peers_may_restart`]: a launcher supervises this process): then the
+//!   launcher restarts the peer (which takes its role in the ring over) or stops the
+//!   application, and the survivor keeps waiting. A writer restarted between the
 //!   parts of a large element flags its first frame; the reader drops the part it had there
 //!   (see [`codec`]). A reader that is alive but releases nothing while the writer waits is
 //!   warned about once ([`progress_warn_after`]), and so is a writing process that is stopped
 //!   while its feeder waits for data (the feeder asks [`FeederSpec::stopped`], given by the
 //!   caller).
 //! - When this process's part fails, the rings it writes are marked failed at once (through
-//!   [`RunHandle::on_failure`]), so their readers end with an error naming the failed writer.
+//!   [`RunContext::on_failure`]), so their readers end with an error naming the failed writer.
 
 pub(crate) mod codec;
 pub(crate) mod held;
+pub(crate) mod link;
+pub(crate) mod process;
 pub(crate) mod shm;
 
 use std::collections::VecDeque;
@@ -47,12 +62,13 @@ use held::Held;
 use shm::ring::{fail_producer, Consumer, DataNudger, Producer, SpaceWaiter, Wait};
 use shm::segment::Segment;
 
+pub(crate) use link::{
+    Envelope, FailureHook, FeederState, LinkSpec, LinkTx, Mailbox, Run, RunContext,
+};
+use process::pid_alive;
+
 use crate::error::Error;
-use crate::graph::{Graph, LinkSpec, Policy, Resolved, ShmWiring};
-use crate::host::{Envelope, Mailbox, OutSlot};
-use crate::launch::{pid_alive, RunId, Segments};
 use crate::metrics::{add, LinkCounters};
-use crate::runtime::RunHandle;
 use crate::stream::{Batch, Element};
 
 /// How long one futex wait lasts before the waiter checks that its peer is alive.
@@ -77,14 +93,6 @@ pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
         .saturating_mul(2)
         .clamp(8 << 10, 256 << 20)
         .next_power_of_two()
-}
-
-/// True if a launcher supervises this process and may still restart a crashed peer (see
-/// [`peers_may_restart`](crate::launch::peers_may_restart)). A dead peer process is then not an
-/// error: the waits on its rings go on (with a warning) until the restarted peer takes its role
-/// over, or the application is asked to stop, or the launcher says it restarts no more.
-pub(crate) fn supervised() -> bool {
-    crate::launch::peers_may_restart()
 }
 
 /// What one side of a connection does when its peer process looks dead.
@@ -213,102 +221,22 @@ impl ProgressWatch {
     }
 }
 
-/// The name of the ring of edge `edge` of `app` in run `run`.
-fn segment_name(app: &str, run: &RunId, edge: usize) -> Result<String, Error> {
-    shm::segment::segment_name(app, &run.to_string(), &format!("e{edge}")).map_err(|e| {
-        Error::Runtime {
-            detail: e.to_string(),
-        }
+/// The name of the ring of connection `edge` of application `app` in run `run`.
+pub(crate) fn ring_name(app: &str, run: &str, edge: usize) -> Result<String, Error> {
+    shm::segment::segment_name(app, run, &format!("e{edge}")).map_err(|e| Error::Runtime {
+        detail: e.to_string(),
     })
 }
 
-/// Creates the ring of every shared-memory connection of `graph` (the starter does this before
-/// any process starts); each name is recorded in `segments`, which removes them.
-pub(crate) fn create_segments(
-    graph: &Graph,
-    run: &RunId,
-    segments: &Segments,
-) -> Result<(), Error> {
-    for (edge, e) in graph.edges.iter().enumerate() {
-        if graph.resolve(e) != Resolved::SharedMemory {
-            continue;
-        }
-        let name = segment_name(&graph.name, run, edge)?;
-        let capacity = e.conn.capacity.unwrap_or_else(|| graph.default_capacity());
-        let decl = &graph.agents[e.from.agent as usize].outputs[e.from.port as usize];
-        let bytes = (decl.ring_bytes)(capacity);
-        let segment = Segment::create(&name, bytes).map_err(|err| Error::Runtime {
+/// Creates the shared-memory object of the ring of connection `edge`, named `name`, of `bytes`
+/// bytes. The object stays until it is unlinked (by whoever created it: see
+/// `launch::Segments`).
+pub(crate) fn create_ring(name: &str, bytes: usize, edge: usize) -> Result<(), Error> {
+    Segment::create(name, bytes)
+        .map(drop)
+        .map_err(|err| Error::Runtime {
             detail: format!("cannot create the ring of connection #{edge}: {err}"),
-        })?;
-        segments.add(name);
-        drop(segment); // the object stays until the starter removes it
-    }
-    Ok(())
-}
-
-/// Opens the ends of shared-memory connections in one process.
-pub(crate) struct ShmTransport {
-    app: String,
-    run: RunId,
-    handle: RunHandle,
-    stopped: fn(u32) -> bool,
-}
-
-impl ShmTransport {
-    /// `stopped` says whether a process is stopped (alive, making no progress): feeders warn
-    /// about a writing process that is ([`FeederSpec::stopped`]).
-    pub fn new(app: String, run: RunId, handle: RunHandle, stopped: fn(u32) -> bool) -> Self {
-        ShmTransport {
-            app,
-            run,
-            handle,
-            stopped,
-        }
-    }
-}
-
-impl ShmWiring for ShmTransport {
-    fn writer(
-        &self,
-        edge: usize,
-        out: &mut dyn OutSlot,
-        spec: LinkSpec,
-        wake: Arc<dyn Mailbox>,
-        output: u32,
-        _link: u32,
-        peer: &str,
-    ) -> Result<(), Error> {
-        let name = segment_name(&self.app, &self.run, edge)?;
-        out.add_shm_link(&name, spec, wake, output, self.handle.clone(), peer)
-    }
-
-    fn reader(
-        &self,
-        edge: usize,
-        decl: &crate::agent::PortDecl,
-        target: Arc<dyn Mailbox>,
-        input: u32,
-        capacity: usize,
-        _policy: Policy,
-        counters: Arc<LinkCounters>,
-        count_traffic: bool,
-        label: String,
-        peer: &str,
-    ) -> Result<Arc<dyn Mailbox>, Error> {
-        let segment = segment_name(&self.app, &self.run, edge)?;
-        (decl.make_feeder)(FeederSpec {
-            segment,
-            target,
-            input,
-            capacity,
-            counters,
-            count_traffic,
-            label,
-            peer: peer.to_string(),
-            run: self.handle.clone(),
-            stopped: self.stopped,
         })
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,7 +273,7 @@ impl<T: Element> ShmSender<T> {
         wake: Arc<dyn Mailbox>,
         output: u32,
         link: u32,
-        run: RunHandle,
+        run: Run,
     ) -> Result<Self, Error> {
         let opened = Segment::open(segment).map_err(|e| Error::Runtime {
             detail: format!("connection {label}: {e}"),
@@ -362,9 +290,11 @@ impl<T: Element> ShmSender<T> {
         // If this process's part fails, the reader must not wait for more, nor take what it got
         // for the whole stream: the ring is marked failed at once (unless a launcher may restart
         // this process, whose replacement takes the producer's role over).
+        // The hook holds the run weakly: the run holds its hooks.
         let segment = Arc::clone(producer.memory());
+        let weak_run = Arc::downgrade(&run);
         run.on_failure(Box::new(move || {
-            if !supervised() {
+            if !weak_run.upgrade().is_some_and(|r| r.peers_may_restart()) {
                 fail_producer(&segment);
             }
         }));
@@ -574,7 +504,7 @@ fn watch_space(
     wake: Arc<dyn Mailbox>,
     output: u32,
     link: u32,
-    run: RunHandle,
+    run: Run,
     label: String,
     mut peer: PeerWatch,
 ) {
@@ -608,7 +538,9 @@ fn watch_space(
                 }
                 Ok(Wait::TimedOut) => {
                     let pid = waiter.consumer_pid();
-                    if let Err(e) = peer.check(pid, pid_alive, supervised(), run.stopping()) {
+                    if let Err(e) =
+                        peer.check(pid, pid_alive, run.peers_may_restart(), run.stopping())
+                    {
                         run.fail(Error::Runtime {
                             detail: format!("connection {label}: {e}"),
                         });
@@ -643,7 +575,7 @@ pub(crate) struct FeederSpec {
     pub label: String,
     /// The writer's process (for messages).
     pub peer: String,
-    pub run: RunHandle,
+    pub run: Run,
     /// True if a pid is stopped (SIGSTOP: alive, writes nothing); see [`StoppedWatch`].
     pub stopped: fn(u32) -> bool,
 }
@@ -738,8 +670,8 @@ struct FeederMailbox {
     capacity: usize,
     thread: std::thread::Thread,
     nudger: DataNudger<Arc<Segment>>,
-    run: RunHandle,
-    state: Arc<crate::runtime::FeederState>,
+    run: Run,
+    state: Arc<FeederState>,
 }
 
 impl FeederMailbox {
@@ -1006,7 +938,12 @@ fn feed<T: Element>(
                     .map_err(|e| e.to_string())?;
                 if wait == Wait::TimedOut {
                     let pid = consumer.producer_pid();
-                    peer.check(pid, pid_alive, supervised(), spec.run.stopping())?;
+                    peer.check(
+                        pid,
+                        pid_alive,
+                        spec.run.peers_may_restart(),
+                        spec.run.stopping(),
+                    )?;
                     stopped.check(pid, spec.stopped, &spec.label, &peer.peer);
                 }
             }
@@ -1059,6 +996,54 @@ fn linger(
 mod tests {
     use super::*;
     use shm::ring::RingMemory;
+    use std::sync::atomic::AtomicBool;
+
+    /// A run of no agents for the helper threads under test (feeders, watchers): never
+    /// quiescent, over once it fails; the failure hooks run at the failure, as in a real run.
+    #[derive(Default)]
+    struct TestRun {
+        failed: Mutex<Option<String>>,
+        hooks: Mutex<Vec<FailureHook>>,
+    }
+
+    impl RunContext for TestRun {
+        fn feeder(&self, label: String) -> Arc<FeederState> {
+            Arc::new(FeederState {
+                label,
+                blocked: AtomicBool::new(false),
+            })
+        }
+        fn set_blocked(&self, feeder: &FeederState, blocked: bool) {
+            feeder.blocked.store(blocked, Ordering::SeqCst);
+        }
+        fn finished(&self, _feeder: &FeederState) {}
+        fn fail(&self, e: Error) {
+            let mut failed = self.failed.lock().unwrap();
+            if failed.is_none() {
+                *failed = Some(e.to_string());
+                drop(failed);
+                for hook in self.hooks.lock().unwrap().iter() {
+                    hook();
+                }
+            }
+        }
+        fn on_failure(&self, hook: FailureHook) {
+            self.hooks.lock().unwrap().push(hook);
+        }
+        fn stopping(&self) -> bool {
+            self.is_over()
+        }
+        fn is_over(&self) -> bool {
+            self.failed.lock().unwrap().is_some()
+        }
+        fn peers_may_restart(&self) -> bool {
+            false
+        }
+    }
+
+    fn test_run() -> Run {
+        Arc::new(TestRun::default())
+    }
     use shm::segment::UnlinkGuard;
     use std::time::Instant;
 
@@ -1134,7 +1119,7 @@ mod tests {
         (name, guard, view)
     }
 
-    fn feeder(name: &str, capacity: usize, reader: &Arc<Inbox>, run: &RunHandle) -> FeederSpec {
+    fn feeder(name: &str, capacity: usize, reader: &Arc<Inbox>, run: &Run) -> FeederSpec {
         FeederSpec {
             segment: name.to_string(),
             target: Arc::clone(reader) as Arc<dyn Mailbox>,
@@ -1151,7 +1136,7 @@ mod tests {
 
     /// The producer end of ring `name` (read by process "slow"), and the inbox its space
     /// watcher posts credit to.
-    fn open_writer<T: Element>(name: &str, run: &RunHandle) -> (Arc<Inbox>, ShmSender<T>) {
+    fn open_writer<T: Element>(name: &str, run: &Run) -> (Arc<Inbox>, ShmSender<T>) {
         let writer = Arc::new(Inbox::default());
         let tx =
             ShmSender::<T>::open(name, "test", "slow", writer.clone(), 0, 0, run.clone()).unwrap();
@@ -1163,7 +1148,7 @@ mod tests {
     fn strings_spec(
         name: &str,
         reader: &Arc<Strings>,
-        run: &RunHandle,
+        run: &Run,
         counters: Arc<LinkCounters>,
         agent: &str,
     ) -> FeederSpec {
@@ -1184,7 +1169,7 @@ mod tests {
     #[test]
     fn the_feeder_releases_the_ring_only_past_consumed_elements() {
         let (name, _guard, view) = test_ring("feeder-release", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let (_writer, mut tx) = open_writer::<u64>(&name, &run);
         let header = view.header();
         let tail = || header.tail.load(Ordering::SeqCst);
@@ -1268,7 +1253,7 @@ mod tests {
         // ring over then reads the whole element again. Consumed, the ring is released past
         // its last part, never to a position inside it.
         let (name, _guard, view) = test_ring("feeder-parts", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let (_writer, mut tx) = open_writer::<String>(&name, &run);
         let big: String = (0..6000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
         let items = vec![big.clone(), "small".to_string()];
@@ -1321,7 +1306,7 @@ mod tests {
     #[test]
     fn a_reader_taking_over_reads_an_unconsumed_large_element_whole() {
         let (name, _guard, view) = test_ring("feeder-parts-again", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let (_writer, mut tx) = open_writer::<String>(&name, &run);
         let big = "q".repeat(6000);
         assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
@@ -1359,7 +1344,7 @@ mod tests {
         // early (a reader taking the ring over would start after them: lost); waiting is
         // enough, since once they are consumed the part fits.
         let (name, _guard, view) = test_ring("feeder-slow-open", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let (_writer, mut tx) = open_writer::<String>(&name, &run);
         let mut items: Vec<String> = (0..3).map(|i| format!("{i}").repeat(1000)).collect();
         let big = "b".repeat(6000);
@@ -1422,7 +1407,7 @@ mod tests {
         // reader drops the interrupted element and reads both, with no error, and releases
         // the whole ring once they are consumed.
         let (name, _guard, view) = test_ring("feeder-writer-restart", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let writer = Arc::new(Inbox::default());
         let mut tx =
             ShmSender::<String>::open(&name, "test", "r", writer.clone(), 0, 0, run.clone())
@@ -1495,7 +1480,7 @@ mod tests {
         // pause for a deadlock and released unconsumed frames (lost if the reader died).
         let (name, _guard, view) = test_ring("feeder-slow", 8 << 10);
         let header = view.header();
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let (writer, mut tx) = open_writer::<u64>(&name, &run);
         let reader = Arc::new(Inbox::default());
         let spec = feeder(&name, 1_000, &reader, &run);
@@ -1555,7 +1540,7 @@ mod tests {
         // elements than the ring holds) and says so after each step: without the fallback,
         // writer and feeder would wait for each other forever.
         let (name, _guard, view) = test_ring("feeder-fallback", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let (writer, mut tx) = open_writer::<u64>(&name, &run);
         let reader = Arc::new(Inbox::default());
         let spec = feeder(&name, 1_000_000, &reader, &run);
@@ -1791,7 +1776,7 @@ mod tests {
     fn a_window_of_4_with_capacity_100_gets_every_element_without_early_release() {
         assert_eq!(ring_bytes::<u64>(100), 8 << 10);
         let (name, _guard, view) = test_ring("window-of-4", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let writer = Arc::new(Inbox::default());
         let mut tx =
             ShmSender::<u64>::open(&name, "test", "window4", writer.clone(), 0, 0, run.clone())
@@ -1854,7 +1839,7 @@ mod tests {
     #[test]
     fn the_fallback_releases_one_frame_when_that_gives_the_writer_room() {
         let (name, _guard, view) = test_ring("fallback-one-frame", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let (writer, mut tx) = open_writer::<u64>(&name, &run);
         // Frames of 100 elements (816 bytes) until not one element more fits.
         let items: Vec<u64> = (0..2000).collect();
@@ -1906,7 +1891,7 @@ mod tests {
     #[test]
     fn a_large_elements_part_is_shortened_to_the_room_there_is() {
         let (name, _guard, view) = test_ring("short-part", 8 << 10);
-        let (run, _system) = RunHandle::for_tests();
+        let run = test_run();
         let (_writer, mut tx) = open_writer::<String>(&name, &run);
         // 3000 bytes held, then a 6000-byte element: its first part (4088 bytes) fits, the
         // rest (about 1900 bytes) does not fit the 1100 bytes left: a shorter part fills them.

@@ -2020,7 +2020,7 @@ mod tests {
     }
 
     fn alive(pid: u32) -> bool {
-        crate::launch::pid_alive(pid)
+        crate::transport::process::pid_alive(pid)
     }
 
     #[test]

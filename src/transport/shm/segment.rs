@@ -444,7 +444,10 @@ mod tests {
             p.publish();
             in_batch = 0;
             while p.wait_for_space(len, Duration::from_millis(100))? == Wait::TimedOut {
-                if !p.consumer_pid().is_some_and(crate::launch::pid_alive) {
+                if !p
+                    .consumer_pid()
+                    .is_some_and(crate::transport::process::pid_alive)
+                {
                     return Err(RingError::Closed);
                 }
             }

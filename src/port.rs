@@ -1,0 +1,391 @@
+//! The buffers behind an agent's ports, which the host fills and drains.
+//!
+//! An input's [`InBuf<T>`] queues the batches that arrive for it, shows everything not yet
+//! consumed to the agent's step as one slice, and works out the credit to return to the writer
+//! (to a ring's feeder only once the step's outputs are handed on: "durable" credit). An
+//! output's [`OutBuf<T>`] collects what a step appends and sends it, as one shared batch, on
+//! each of its links (a [`LinkTx<T>`], whatever the transport). The host sees both through the
+//! type-erased [`InSlot`] and [`OutSlot`]; the agent API ([`crate::agent`]) sees them typed.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::metrics::{add, StreamCounters};
+use crate::stream::{Batch, Element, Policy};
+use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
+
+/// Where an input returns credit: the writer's mailbox and which of its links feeds this input.
+pub(crate) struct CreditRoute {
+    pub mailbox: Arc<dyn Mailbox>,
+    pub output: u32,
+    pub link: u32,
+    pub capacity: usize,
+    pub policy: Policy,
+    /// The input is fed from a shared-memory ring, whose feeder releases ring space as credit
+    /// comes back: credit then means "done with", and is returned only once the step's outputs
+    /// are handed on (see [`Host::run`]), so that a restarted process re-reads what was not.
+    pub durable: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+/// The type-erased face of an input buffer.
+pub(crate) trait InSlot: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Queues a batch; an error if the payload is not a `Batch<T>` or the input is closed.
+    fn push(&mut self, batch: Box<dyn Any + Send>) -> Result<(), String>;
+    fn close(&mut self);
+    /// Closed and every element received is in the view.
+    fn is_closed(&self) -> bool;
+    /// Makes everything received visible as one slice.
+    fn prepare(&mut self);
+    /// Elements consumed since the last call.
+    fn take_consumed(&mut self) -> usize;
+    /// Credit to return to the writer now, if it is due (see [`InBuf`]). A durable route's
+    /// credit is never due unless `durable_ok` (the host says the outputs are handed on).
+    fn credit_due(&mut self, durable_ok: bool) -> usize;
+    fn set_credit_route(&mut self, route: CreditRoute);
+    fn credit_route(&self) -> Option<&CreditRoute>;
+    /// How many elements the last step left unconsumed, if it left some, saw everything
+    /// received, and nothing arrived since (see [`Mailbox::reader_waits`]); taken once.
+    fn take_waiting(&mut self) -> Option<usize>;
+}
+
+enum View<T> {
+    Borrowed(Batch<T>),
+    Owned(Vec<T>, usize),
+}
+
+/// An input buffer: batches received, shown to the step as one slice.
+///
+/// While the agent consumes everything it is shown, the slice is the batch itself (no copy).
+/// When it leaves elements unconsumed and more arrive, they are gathered into one owned vector;
+/// each element is copied at most once per stay, and the vector's allocation is reused.
+///
+/// # Credit in groups
+///
+/// Consumed elements are credited back to the writer in groups of a quarter of the capacity,
+/// which divides the credit messages by the batches per quarter. This never deadlocks: when no
+/// message is in transit, the writer's credit is `capacity - outstanding`, so a writer with no
+/// credit left implies `outstanding == capacity` here, and then whatever was consumed is
+/// returned at once. Drop-policy links return credit after every step, since a writer that
+/// drops instead of waiting should see the reader's room as soon as it exists.
+///
+/// On a durable route (a shared-memory ring) the same credit also tells the feeder which ring
+/// frames it may release; the host returns it only once the step's outputs are handed on (see
+/// [`Host::run`]), and then all of it, without grouping: a feeder holds ring space for every
+/// element not credited back, and the writer may be waiting for exactly that space. With the
+/// credit, the host tells the feeder when a step left elements unconsumed although it saw
+/// everything received ([`Mailbox::reader_waits`]): only then may the feeder release ring
+/// space early (see `transport::held`).
+pub(crate) struct InBuf<T> {
+    view: View<T>,
+    queue: VecDeque<Batch<T>>,
+    closed: bool,
+    /// Consumed since the last `take_consumed`.
+    consumed: usize,
+    /// Consumed and not yet credited back.
+    unreturned: usize,
+    /// Received and not yet credited back.
+    outstanding: usize,
+    spare: Vec<T>,
+    route: Option<CreditRoute>,
+    /// Elements the last step left unconsumed, having seen everything received (see
+    /// [`InSlot::take_waiting`]); cleared when a batch arrives.
+    waiting: Option<usize>,
+}
+
+impl<T: Element> InBuf<T> {
+    pub fn new() -> Self {
+        InBuf {
+            view: View::Owned(Vec::new(), 0),
+            queue: VecDeque::new(),
+            closed: false,
+            consumed: 0,
+            unreturned: 0,
+            outstanding: 0,
+            spare: Vec::new(),
+            route: None,
+            waiting: None,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        match &self.view {
+            View::Borrowed(b) => b.as_slice(),
+            View::Owned(v, off) => &v[*off..],
+        }
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        let have = self.as_slice().len();
+        assert!(
+            n <= have,
+            "consumed {n} elements but the input shows only {have}"
+        );
+        match &mut self.view {
+            View::Borrowed(b) => b.advance(n),
+            View::Owned(_, off) => *off += n,
+        }
+        self.consumed += n;
+        self.unreturned += n;
+    }
+}
+
+impl<T: Element> InSlot for InBuf<T> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn push(&mut self, batch: Box<dyn Any + Send>) -> Result<(), String> {
+        if self.closed {
+            return Err("data arrived after the end of stream".into());
+        }
+        let batch = batch.downcast::<Batch<T>>().map_err(|_| {
+            format!(
+                "a batch of the wrong type arrived (expected {})",
+                std::any::type_name::<T>()
+            )
+        })?;
+        if !batch.is_empty() {
+            self.outstanding += batch.len();
+            self.queue.push_back(*batch);
+            self.waiting = None;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed && self.queue.is_empty()
+    }
+
+    fn prepare(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let visible = self.as_slice().len();
+        if visible == 0 && self.queue.len() == 1 {
+            let batch = self.queue.pop_front().expect("one batch queued");
+            if let View::Owned(mut v, _) = std::mem::replace(&mut self.view, View::Borrowed(batch))
+            {
+                v.clear();
+                self.spare = v;
+            }
+            return;
+        }
+        let mut buf = match std::mem::replace(&mut self.view, View::Owned(Vec::new(), 0)) {
+            View::Borrowed(b) => {
+                let mut v = std::mem::take(&mut self.spare);
+                v.clear();
+                v.extend_from_slice(b.as_slice());
+                v
+            }
+            View::Owned(mut v, off) => {
+                v.drain(..off);
+                v
+            }
+        };
+        for b in self.queue.drain(..) {
+            buf.extend_from_slice(b.as_slice());
+        }
+        self.view = View::Owned(buf, 0);
+    }
+
+    fn take_consumed(&mut self) -> usize {
+        // Called once after each step: batches arrive only between steps, so an empty queue
+        // means the step saw everything received.
+        let left = self.as_slice().len();
+        self.waiting = (left > 0 && self.queue.is_empty() && !self.closed).then_some(left);
+        std::mem::take(&mut self.consumed)
+    }
+
+    fn credit_due(&mut self, durable_ok: bool) -> usize {
+        let Some(route) = &self.route else { return 0 };
+        if route.durable && !durable_ok {
+            return 0;
+        }
+        let group = match route.policy {
+            Policy::Block if !route.durable => (route.capacity / 4).max(1),
+            Policy::Block | Policy::DropOldest | Policy::DropNewest => 1,
+        };
+        if self.unreturned >= group || self.outstanding >= route.capacity || self.closed {
+            let n = std::mem::take(&mut self.unreturned);
+            self.outstanding -= n;
+            n
+        } else {
+            0
+        }
+    }
+
+    fn set_credit_route(&mut self, route: CreditRoute) {
+        self.route = Some(route);
+    }
+
+    fn credit_route(&self) -> Option<&CreditRoute> {
+        self.route.as_ref()
+    }
+
+    fn take_waiting(&mut self) -> Option<usize> {
+        self.waiting.take()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs and links
+
+/// The type-erased face of an output buffer.
+pub(crate) trait OutSlot: Send {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Sends what the step appended as one batch to every reader.
+    fn flush(&mut self);
+    /// A `Block` link holds data it could not send yet (a stash, or parts of a large element
+    /// owed to a ring).
+    fn blocked(&self) -> bool;
+    fn credit(&mut self, link: u32, n: usize);
+    /// Closes the stream: every link sends its end of stream once its stash is sent.
+    fn close(&mut self);
+    /// Closed, and every link has sent its end of stream.
+    fn done(&self) -> bool;
+    fn add_link(&mut self, spec: LinkSpec);
+    /// Adds a link that writes into the shared-memory ring `segment`; `wake` reaches this
+    /// output's host, which knows the link as `(output, link)`.
+    fn add_shm_link(
+        &mut self,
+        segment: &str,
+        spec: LinkSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        run: Run,
+        peer: &str,
+    ) -> Result<(), Error>;
+    fn link_count(&self) -> usize;
+    /// The first transport failure of any link, taken.
+    fn take_error(&mut self) -> Option<String>;
+    fn set_counters(&mut self, counters: Arc<StreamCounters>);
+    /// One line per link that holds data it cannot send.
+    fn stalled(&self) -> Vec<String>;
+    /// A link holds data for a shared-memory ring: it waits on another process, not on this one.
+    fn waits_on_ring(&self) -> bool;
+}
+
+/// An output buffer: the step appends to `pending`; `flush` makes it one shared batch.
+pub(crate) struct OutBuf<T> {
+    pending: Vec<T>,
+    links: Vec<LinkTx<T>>,
+    closed: bool,
+    counters: Arc<StreamCounters>,
+}
+
+impl<T: Element> OutBuf<T> {
+    pub fn new() -> Self {
+        OutBuf {
+            pending: Vec::new(),
+            links: Vec::new(),
+            closed: false,
+            counters: Arc::default(),
+        }
+    }
+    pub fn pending(&mut self) -> &mut Vec<T> {
+        &mut self.pending
+    }
+}
+
+impl<T: Element> OutSlot for OutBuf<T> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        add(&self.counters.elements, self.pending.len() as u64);
+        add(&self.counters.batches, 1);
+        if self.closed {
+            // Appends after close (from a buggy finish) have nowhere to go; the host
+            // never calls finish after closing, so this is unreachable in practice.
+            self.pending.clear();
+            return;
+        }
+        let data: Arc<[T]> = self.pending.drain(..).collect();
+        for link in &mut self.links {
+            link.offer(Batch::new(Arc::clone(&data)));
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        // Parts of a large element still owed to a ring count as stashed data: the element is
+        // not handed on (a restarted writer must get it again from its input, so durable
+        // credit waits for it), and they go before anything the agent writes next.
+        self.links
+            .iter()
+            .any(|l| l.policy() == Policy::Block && l.holds_data())
+    }
+
+    fn credit(&mut self, link: u32, n: usize) {
+        if let Some(l) = self.links.get_mut(link as usize) {
+            l.credit(n);
+        }
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        for link in &mut self.links {
+            link.close();
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.closed && self.links.iter().all(|l| l.eos_sent())
+    }
+
+    fn add_link(&mut self, spec: LinkSpec) {
+        self.links.push(LinkTx::local(&spec));
+    }
+
+    fn add_shm_link(
+        &mut self,
+        segment: &str,
+        spec: LinkSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        run: Run,
+        peer: &str,
+    ) -> Result<(), Error> {
+        let link = self.links.len() as u32;
+        let tx = ShmSender::<T>::open(segment, &spec.label, peer, wake, output, link, run)?;
+        self.links.push(LinkTx::shm(tx, &spec));
+        Ok(())
+    }
+
+    fn take_error(&mut self) -> Option<String> {
+        self.links.iter_mut().find_map(|l| l.take_error())
+    }
+
+    fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    fn set_counters(&mut self, counters: Arc<StreamCounters>) {
+        self.counters = counters;
+    }
+
+    fn waits_on_ring(&self) -> bool {
+        self.links.iter().any(|l| l.waits_on_peer())
+    }
+
+    fn stalled(&self) -> Vec<String> {
+        self.links.iter().filter_map(|l| l.stalled()).collect()
+    }
+}

@@ -1,0 +1,392 @@
+//! The link: what a host sees of a connection, whatever carries it.
+//!
+//! A host talks to its connections through two things defined here, so that no transport needs
+//! to know the host:
+//!
+//! - the writer's end is a [`LinkTx<T>`]: one handle over private flavors (in-process
+//!   envelopes, a shared-memory ring, later a socket), as crossbeam-channel hides its array,
+//!   list and zero flavors behind one `Sender`. It keeps the link's credit, its stash and its
+//!   back-pressure [`Policy`], and counts what it moves;
+//! - the reader's side, and every wake-up, is a [`Mailbox`]: where [`Envelope`]s go. A host
+//!   hands its own mailbox down to a link as a value (`Arc<dyn Mailbox>`); a ring's feeder
+//!   hands back its own as the place the reader returns credit to.
+//!
+//! What a link needs from the run of its process (to count as a source while it feeds, to fail
+//! the run, to know whether a dead peer may come back) is a [`RunContext`], also handed down as
+//! a value by the runtime.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::ShmSender;
+use crate::error::Error;
+use crate::metrics::{add, LinkCounters};
+use crate::stream::{Batch, Element, Policy};
+
+// ---------------------------------------------------------------------------------------------
+// What a link needs from its run
+
+/// What the run of this process does for its links, handed down by the runtime: feeders (the
+/// threads that feed a local input from another process) count as sources until they end, and
+/// any link may fail the run.
+pub(crate) trait RunContext: Send + Sync {
+    /// Registers a feeder; call [`finished`](RunContext::finished) when it has delivered its
+    /// end of stream (or failed).
+    fn feeder(&self, label: String) -> Arc<FeederState>;
+    /// Marks a feeder blocked (holding data without credit) or not. A feeder that becomes
+    /// blocked may be the last thing the run was waiting for.
+    fn set_blocked(&self, feeder: &FeederState, blocked: bool);
+    /// The feeder is done.
+    fn finished(&self, feeder: &FeederState);
+    /// Fails the run.
+    fn fail(&self, e: Error);
+    /// Registers `hook`, run once when this process's part fails, before anything stops.
+    fn on_failure(&self, hook: FailureHook);
+    /// The application was asked to stop, or failed.
+    fn stopping(&self) -> bool;
+    /// The run has failed or is torn down: helper threads end.
+    fn is_over(&self) -> bool;
+    /// A dead peer process may come back: a launcher supervises this process and may still
+    /// restart a crashed one. Waits on that peer then go on instead of failing.
+    fn peers_may_restart(&self) -> bool;
+}
+
+/// A run's context, as links hold it.
+pub(crate) type Run = Arc<dyn RunContext>;
+
+/// What a link does when this process's part of the run fails.
+pub(crate) type FailureHook = Box<dyn Fn() + Send + Sync>;
+
+/// What the run knows of a feeder.
+pub(crate) struct FeederState {
+    /// The connection, for messages.
+    pub label: String,
+    /// It holds data the local reader has no credit for.
+    pub blocked: AtomicBool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelopes and mailboxes
+
+/// A message to a host. Data and end-of-stream travel in order on the same path, so an end of
+/// stream never overtakes data.
+pub(crate) enum Envelope {
+    /// A batch (`Batch<T>`, boxed) for input `input`.
+    Data {
+        input: u32,
+        batch: Box<dyn Any + Send>,
+    },
+    /// The writer of input `input` closed its stream; nothing follows.
+    Eos { input: u32 },
+    /// The reader of link `link` of output `output` consumed `n` elements.
+    Credit { output: u32, link: u32, n: usize },
+    /// A source of this host has data (or has ended).
+    Wake,
+    /// The application is quiescent with this host's inputs still open (a feedback loop):
+    /// treat every input as closed.
+    ForceClose,
+}
+
+/// Where a host posts envelopes for another host.
+pub(crate) trait Mailbox: Send + Sync {
+    fn post(&self, env: Envelope);
+
+    /// On a durable credit route (a ring's feeder): the reading agent's last step saw every
+    /// element received on the input and left `unconsumed` of them; it waits for more. Posted
+    /// after that step's credit, and only if nothing arrived since the step. Other mailboxes
+    /// ignore it.
+    fn reader_waits(&self, _unconsumed: usize) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer's end
+
+/// What the graph tells an output about one of its readers.
+pub(crate) struct LinkSpec {
+    /// The reader's mailbox (in-process links only).
+    pub mailbox: Option<Arc<dyn Mailbox>>,
+    pub input: u32,
+    pub capacity: usize,
+    pub policy: Policy,
+    pub counters: Arc<LinkCounters>,
+    pub label: String,
+}
+
+/// How a link reaches its reader. One variant per transport; agents never see which.
+enum Flavor<T> {
+    /// Same process: envelopes to the reader's mailbox, within the link's credit.
+    Local {
+        mailbox: Arc<dyn Mailbox>,
+        input: u32,
+    },
+    /// Another process (or a forced ring): frames in a shared-memory ring, within its room.
+    Shm(ShmSender<T>),
+}
+
+/// The writer's end of one connection: credit, stash, policy.
+///
+/// In-process, the reader grants `capacity` elements of credit up front and returns credit as its
+/// agent consumes, so at most `capacity` elements are ever in flight (sent, not consumed). Across
+/// processes the ring's room plays the part of the credit. Data that cannot be sent now waits in
+/// the stash (`Block`: the writer's agent does not step again until the stash is sent), is
+/// dropped (`DropNewest`), or waits while the oldest stashed elements beyond `capacity` are
+/// dropped (`DropOldest`). Drops are counted.
+pub(crate) struct LinkTx<T> {
+    flavor: Flavor<T>,
+    capacity: usize,
+    credit: usize,
+    policy: Policy,
+    stash: VecDeque<Batch<T>>,
+    stashed: usize,
+    close_pending: bool,
+    eos_sent: bool,
+    blocked_since: Option<Instant>,
+    counters: Arc<LinkCounters>,
+    label: String,
+    /// The first transport failure (a corrupt ring, an element too large for a frame).
+    error: Option<String>,
+}
+
+/// Sends as much of the front of `batch` as the transport takes now; returns how many elements.
+fn transmit<T: Element>(
+    flavor: &mut Flavor<T>,
+    credit: &mut usize,
+    capacity: usize,
+    counters: &LinkCounters,
+    batch: &mut Batch<T>,
+) -> Result<usize, String> {
+    let n = match flavor {
+        Flavor::Local { mailbox, input } => {
+            let n = (*credit).min(batch.len());
+            if n == 0 {
+                return Ok(0);
+            }
+            *credit -= n;
+            let part = batch.split_front(n);
+            mailbox.post(Envelope::Data {
+                input: *input,
+                batch: Box::new(part),
+            });
+            let in_flight = (capacity - *credit) as u64;
+            counters
+                .in_flight
+                .store(in_flight, std::sync::atomic::Ordering::Relaxed);
+            counters
+                .max_in_flight
+                .fetch_max(in_flight, std::sync::atomic::Ordering::Relaxed);
+            n
+        }
+        Flavor::Shm(tx) => {
+            let n = tx.write(batch.as_slice())?;
+            batch.advance(n);
+            n
+        }
+    };
+    if n > 0 {
+        add(&counters.elements, n as u64);
+        add(&counters.batches, 1);
+    }
+    Ok(n)
+}
+
+impl<T: Element> LinkTx<T> {
+    /// A link to a reader in this process: batches go to `spec.mailbox` as envelopes.
+    pub(crate) fn local(spec: &LinkSpec) -> Self {
+        let mailbox = Arc::clone(
+            spec.mailbox
+                .as_ref()
+                .expect("an in-process link has the reader's mailbox"),
+        );
+        Self::new(
+            Flavor::Local {
+                mailbox,
+                input: spec.input,
+            },
+            spec,
+        )
+    }
+
+    /// A link that writes into a shared-memory ring, opened by [`ShmSender::open`].
+    pub(crate) fn shm(tx: ShmSender<T>, spec: &LinkSpec) -> Self {
+        Self::new(Flavor::Shm(tx), spec)
+    }
+
+    fn new(flavor: Flavor<T>, spec: &LinkSpec) -> Self {
+        LinkTx {
+            flavor,
+            capacity: spec.capacity,
+            credit: spec.capacity,
+            policy: spec.policy,
+            stash: VecDeque::new(),
+            stashed: 0,
+            close_pending: false,
+            eos_sent: false,
+            blocked_since: None,
+            counters: Arc::clone(&spec.counters),
+            label: spec.label.clone(),
+            error: None,
+        }
+    }
+
+    fn send_now(&mut self, batch: &mut Batch<T>) -> usize {
+        if self.error.is_some() {
+            return 0;
+        }
+        match transmit(
+            &mut self.flavor,
+            &mut self.credit,
+            self.capacity,
+            &self.counters,
+            batch,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error = Some(format!("connection {}: {e}", self.label));
+                0
+            }
+        }
+    }
+
+    /// Sends `batch` now as far as the credit (or the ring's room) allows; the rest waits in
+    /// the stash, or is dropped, as the link's policy says.
+    pub(crate) fn offer(&mut self, mut batch: Batch<T>) {
+        match self.policy {
+            Policy::Block => {
+                self.stashed += batch.len();
+                self.stash.push_back(batch);
+                self.pump();
+            }
+            Policy::DropNewest => {
+                if self.stash.is_empty() {
+                    self.send_now(&mut batch);
+                }
+                add(&self.counters.dropped, batch.len() as u64);
+            }
+            Policy::DropOldest => {
+                self.stashed += batch.len();
+                self.stash.push_back(batch);
+                self.pump();
+                while self.stashed > self.capacity {
+                    let excess = self.stashed - self.capacity;
+                    let front = self.stash.front_mut().expect("stash holds the excess");
+                    let n = excess.min(front.len());
+                    front.advance(n);
+                    if front.is_empty() {
+                        self.stash.pop_front();
+                    }
+                    self.stashed -= n;
+                    add(&self.counters.dropped, n as u64);
+                }
+            }
+        }
+        self.note_blocked();
+    }
+
+    fn pump(&mut self) {
+        // A ring may still owe parts of a large element it accepted: they go first.
+        if let (Flavor::Shm(tx), None) = (&mut self.flavor, &self.error) {
+            if let Err(e) = tx.flush() {
+                self.error = Some(format!("connection {}: {e}", self.label));
+            }
+        }
+        while let Some(mut front) = self.stash.pop_front() {
+            let n = self.send_now(&mut front);
+            self.stashed -= n;
+            if !front.is_empty() {
+                self.stash.push_front(front);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        if self.stash.is_empty() && self.close_pending && !self.eos_sent && self.transport_idle() {
+            self.eos_sent = true;
+            match &mut self.flavor {
+                Flavor::Local { mailbox, input } => mailbox.post(Envelope::Eos { input: *input }),
+                Flavor::Shm(tx) => tx.close(),
+            }
+        }
+        self.note_blocked();
+    }
+
+    /// Nothing accepted waits in the transport (a ring's large element written entirely), or
+    /// the link failed: the stream may be closed.
+    fn transport_idle(&self) -> bool {
+        match &self.flavor {
+            Flavor::Local { .. } => true,
+            Flavor::Shm(tx) => tx.idle() || self.error.is_some(),
+        }
+    }
+
+    fn note_blocked(&mut self) {
+        match (self.stash.is_empty(), self.blocked_since) {
+            (false, None) => self.blocked_since = Some(Instant::now()),
+            (true, Some(since)) => {
+                add(&self.counters.blocked_ns, since.elapsed().as_nanos() as u64);
+                self.blocked_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The reader consumed `n` elements (a ring: there may be room again); sends what waits.
+    pub(crate) fn credit(&mut self, n: usize) {
+        if let Flavor::Local { .. } = self.flavor {
+            self.credit = (self.credit + n).min(self.capacity);
+            self.counters.in_flight.store(
+                (self.capacity - self.credit) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        // For a ring, a credit envelope means "there may be room again".
+        self.pump();
+    }
+
+    /// Closes the stream: the end of stream follows what waits, once it is sent.
+    pub(crate) fn close(&mut self) {
+        self.close_pending = true;
+        self.pump();
+    }
+
+    /// The end of stream is sent.
+    pub(crate) fn eos_sent(&self) -> bool {
+        self.eos_sent
+    }
+
+    /// The link's back-pressure policy.
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Data accepted and not yet handed to the transport: a stash, or parts of a large element
+    /// still owed to a ring.
+    pub(crate) fn holds_data(&self) -> bool {
+        !(self.stash.is_empty() && self.transport_idle())
+    }
+
+    /// It holds data for a transport that waits on another process (a ring), not on this one.
+    pub(crate) fn waits_on_peer(&self) -> bool {
+        !matches!(self.flavor, Flavor::Local { .. }) && self.holds_data()
+    }
+
+    /// The first transport failure, taken.
+    pub(crate) fn take_error(&mut self) -> Option<String> {
+        self.error.take()
+    }
+
+    /// One line about the data it cannot send, if it holds any.
+    pub(crate) fn stalled(&self) -> Option<String> {
+        (!self.stash.is_empty()).then(|| {
+            format!(
+                "{}: {} elements wait at the writer, {} in flight unconsumed by the reader (capacity {})",
+                self.label,
+                self.stashed,
+                self.capacity - self.credit,
+                self.capacity
+            )
+        })
+    }
+}
