@@ -36,6 +36,7 @@
 pub(crate) mod codec;
 pub(crate) mod held;
 pub(crate) mod shm;
+pub(crate) mod tcp;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
