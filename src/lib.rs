@@ -34,6 +34,8 @@
 pub mod agent;
 pub mod deploy;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 mod host;
 pub mod info;

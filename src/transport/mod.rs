@@ -51,6 +51,7 @@ pub(crate) mod held;
 pub(crate) mod link;
 pub(crate) mod process;
 pub(crate) mod shm;
+pub(crate) mod tcp;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
