@@ -13,6 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("foundation", &["error", "logging"]),
     ("elements and counters", &["stream", "metrics"]),
     ("transport", &["transport"]),
+    ("fuzzing entry points", &["fuzzing"]),
     ("ports", &["port"]),
     ("agent API", &["agent"]),
     ("host", &["host"]),
