@@ -16,7 +16,20 @@
 //! RUST_LOG = "info"
 //!
 //! [hosts.local]                # default: one host "local", address "127.0.0.1"
-//! address = "127.0.0.1"        # required in each [hosts.NAME]
+//! address = "127.0.0.1"        # required in each [hosts.NAME]: an IP address or a DNS name
+//! port = 7400                  # default 7400: the link of connection i into this host listens on port + i
+//!
+//! [network]                    # links between hosts (only with several hosts)
+//! secret_file = "secret"       # required with several hosts (unless insecure = true); relative to this file; mode 600
+//! insecure = false             # default false: true runs links without authentication (warned on every start)
+//! tls_cert = "host.pem"        # tls_cert, tls_key, tls_ca: all three or none; TLS (mutual) on every link
+//! tls_key = "host.key"
+//! tls_ca = "ca.pem"
+//! connect_wait_ms = 60000      # default 60000: how long a link waits at start for the other host
+//! heartbeat_ms = 1000          # default 1000: a silent link says it is alive this often
+//! peer_timeout_ms = 5000       # default 5000: a peer silent this long is taken as gone (> heartbeat_ms)
+//! reconnect_limit_ms = 60000   # default 60000: a broken link is retried this long, then the application fails
+//! unacked_bytes = 16777216     # default 16 MiB, at least 64 KiB: bytes sent and not yet acknowledged per link
 //!
 //! [processes.detector]         # a process declared in code, or a new one
 //! host = "local"               # default: host "local" if it exists, else the only host; required when there are several hosts and none is "local"
@@ -97,9 +110,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
@@ -116,10 +130,21 @@ pub struct Plan {
     /// For each connection, by its index in [`GraphInfo::edges`](crate::info::GraphInfo::edges):
     /// its capacity and policy.
     pub edges: Vec<(usize, Policy)>,
-    /// Every host `(name, address)`, in the file's order (empty: the one local host).
-    pub hosts: Vec<(String, String)>,
+    /// Every host, in the file's order (empty: the one local host).
+    pub hosts: Vec<HostPlan>,
     /// The host of every process.
     pub process_host: BTreeMap<String, String>,
+}
+
+/// One host of a [`Plan`]: where the links into its processes listen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPlan {
+    /// The host's name (`[hosts.NAME]`).
+    pub name: String,
+    /// Its IP address or DNS name.
+    pub address: String,
+    /// Its base port: the link of connection `i` into this host listens on `port + i`.
+    pub port: u16,
 }
 
 /// The default [`SupervisorSettings::drain_timeout`]: 10 s.
@@ -142,9 +167,30 @@ pub(crate) const RESERVED_ENV_PREFIX: &str = "IOTSTREAM_";
 /// The largest integer TOML can write.
 const TOML_MAX: u64 = i64::MAX as u64;
 
-const SECTIONS: &[&str] = &["supervisor", "env", "hosts", "processes", "connections"];
+const SECTIONS: &[&str] = &[
+    "supervisor",
+    "env",
+    "network",
+    "hosts",
+    "processes",
+    "connections",
+];
 const SUPERVISOR_FIELDS: &[&str] = &["drain_timeout_ms", "ready_timeout_ms"];
-const HOST_FIELDS: &[&str] = &["address"];
+const HOST_FIELDS: &[&str] = &["address", "port"];
+const NETWORK_FIELDS: &[&str] = &[
+    "secret_file",
+    "insecure",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "connect_wait_ms",
+    "heartbeat_ms",
+    "peer_timeout_ms",
+    "reconnect_limit_ms",
+    "unacked_bytes",
+];
+/// The default base port of a host (`port` in `[hosts.NAME]`).
+pub const DEFAULT_PORT: u16 = 7400;
 const PROCESS_FIELDS: &[&str] = &[
     "host",
     "agents",
@@ -172,6 +218,11 @@ pub struct Deployment {
     /// The `[env]` section: environment variables for every process
     /// ([`process`](Deployment::process) merges them with a process's own).
     pub env: BTreeMap<String, String>,
+    /// The `[network]` section: how links between hosts are secured and kept alive.
+    pub network: NetworkSettings,
+    /// SHA-256 of the file's text: every host must run the same deployment, and the links
+    /// between hosts check it in their handshake.
+    pub digest: [u8; 32],
     hosts: Vec<HostEntry>,
     processes: Vec<ProcessEntry>,
     connections: Vec<ConnectionEntry>,
@@ -192,6 +243,58 @@ impl Default for SupervisorSettings {
         SupervisorSettings {
             drain_timeout: Duration::from_millis(DRAIN_TIMEOUT_MS),
             ready_timeout: Duration::from_millis(READY_TIMEOUT_MS),
+        }
+    }
+}
+
+/// How links between hosts are secured and kept alive (the `[network]` section). Read only
+/// when the deployment has several hosts; see `docs/deployment.md` and `docs/security.md`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// The shared secret's file (`secret_file`), relative paths taken from the deployment
+    /// file's folder. Links authenticate each other with it (HMAC-SHA256 challenge-response).
+    pub secret_file: Option<PathBuf>,
+    /// `insecure = true`: links between hosts run without a secret (warned on every start).
+    pub insecure: bool,
+    /// TLS on every link between hosts (`tls_cert`, `tls_key`, `tls_ca`: all three or none).
+    pub tls: Option<TlsPaths>,
+    /// How long a link waits at start for the other host (`connect_wait_ms`, default 60 s).
+    pub connect_wait: Duration,
+    /// A link says it is alive after this long without traffic (`heartbeat_ms`, default 1 s).
+    pub heartbeat: Duration,
+    /// A peer silent this long is taken as gone (`peer_timeout_ms`, default 5 s).
+    pub peer_timeout: Duration,
+    /// How long a broken link is retried before the application fails naming the other host
+    /// (`reconnect_limit_ms`, default 60 s).
+    pub reconnect_limit: Duration,
+    /// The most payload bytes a writer keeps sent and not yet acknowledged on one link
+    /// (`unacked_bytes`, default 16 MiB): a writer out of room waits.
+    pub unacked_bytes: usize,
+}
+
+/// The files of TLS on links between hosts (PEM): this host's certificate and key, and the
+/// certificate authority every host's certificate is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// This host's certificate (`tls_cert`).
+    pub cert: PathBuf,
+    /// Its private key (`tls_key`; refused if readable by group or others).
+    pub key: PathBuf,
+    /// The certificate authority (`tls_ca`).
+    pub ca: PathBuf,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            secret_file: None,
+            insecure: false,
+            tls: None,
+            connect_wait: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(5),
+            reconnect_limit: Duration::from_secs(60),
+            unacked_bytes: 16 << 20,
         }
     }
 }
@@ -334,6 +437,7 @@ struct HostEntry {
     name: String,
     at: Pos,
     address: String,
+    port: u16,
 }
 
 /// One `[processes.NAME]`.
@@ -413,12 +517,15 @@ impl Deployment {
             match key.get_ref().as_ref() {
                 "supervisor" => r.supervisor(value, &mut d.supervisor),
                 "env" => d.env = r.env(value, "'env'", "in [env]"),
+                "network" => r.network(value, &mut d.network, Path::new(file).parent()),
                 "hosts" => d.hosts = r.hosts(value),
                 "processes" => d.processes = r.processes(value),
                 _ => d.connections = r.connections(value),
             }
         }
         d.check_hosts(&mut r.problems);
+        d.check_network(&mut r.problems);
+        d.digest = Sha256::digest(text.as_bytes()).into();
         d.check_agents_placed_once(&mut r.problems);
         d.check_connections_once(&mut r.problems);
         r.problems.finish()?;
@@ -562,6 +669,27 @@ impl Deployment {
             }
         }
 
+        // The link of connection `i` into a host listens on the host's port + i.
+        for (i, e) in info.edges.iter().enumerate() {
+            let host_of = |agent: usize| process_host.get(&agent_process[agent]);
+            let (Some(from), Some(to)) = (host_of(e.from_agent), host_of(e.to_agent)) else {
+                continue;
+            };
+            let Some(h) = self.hosts.iter().find(|h| &h.name == to) else {
+                continue;
+            };
+            if from != to && usize::from(h.port) + i > usize::from(u16::MAX) {
+                problems.add(
+                    h.at,
+                    format!(
+                        "host '{}': connection {} -> {} would listen on port {} + {i}, beyond \
+                         65535; choose a lower 'port'",
+                        h.name, e.stream, e.input, h.port
+                    ),
+                );
+            }
+        }
+
         problems.finish()?;
         Ok(Plan {
             agent_process,
@@ -569,7 +697,11 @@ impl Deployment {
             hosts: self
                 .hosts
                 .iter()
-                .map(|h| (h.name.clone(), h.address.clone()))
+                .map(|h| HostPlan {
+                    name: h.name.clone(),
+                    address: h.address.clone(),
+                    port: h.port,
+                })
                 .collect(),
             process_host,
         })
@@ -681,6 +813,22 @@ impl Deployment {
                 }
             }
         }
+    }
+
+    /// Links between hosts need a secret, unless the file says they may run without one.
+    fn check_network(&self, problems: &mut Problems) {
+        if self.hosts.len() < 2 || self.network.secret_file.is_some() || self.network.insecure {
+            return;
+        }
+        problems.add(
+            self.hosts[1].at,
+            format!(
+                "the deployment has several hosts ({}) but no secret for the links between \
+                 them: set secret_file in [network] (see docs/security.md), or insecure = true \
+                 to run them without authentication",
+                list(&self.host_names(), "and")
+            ),
+        );
     }
 
     fn check_agents_placed_once(&self, problems: &mut Problems) {
@@ -852,6 +1000,18 @@ fn cpu_ranges(cpus: &[usize]) -> String {
 
 /// Whether `name` is a valid process or host name: 1 to 64 ASCII letters, digits, `_` or `-`
 /// (the rule of [`Graph::place_in_process`](crate::Graph::place_in_process)).
+/// An IP address, or a DNS name (letters, digits, '-' and '.', labels of 1 to 63).
+fn valid_address(address: &str) -> bool {
+    address.parse::<std::net::IpAddr>().is_ok()
+        || (address.len() <= 253
+            && address.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            }))
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -1122,6 +1282,115 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn network(&mut self, v: &Value<'_>, n: &mut NetworkSettings, folder: Option<&Path>) {
+        let Some(t) = self.table(v, "'network'") else {
+            return;
+        };
+        let mut tls: [Option<(PathBuf, Pos)>; 3] = [None, None, None];
+        for (key, value) in self.fields(t, NETWORK_FIELDS, "in [network]") {
+            let field: &str = key.get_ref();
+            let what = format!("'{field}' in [network]");
+            let ms = |r: &mut Self, min| {
+                r.int(value, &what, min, TOML_MAX)
+                    .map(Duration::from_millis)
+            };
+            match field {
+                "secret_file" | "tls_cert" | "tls_key" | "tls_ca" => {
+                    let Some(s) = self.string(value, &what) else {
+                        continue;
+                    };
+                    if s.is_empty() {
+                        self.error(value.span(), format!("{what} must not be empty"));
+                        continue;
+                    }
+                    // Relative to the deployment file, wherever the launcher is started.
+                    let path = match folder {
+                        Some(f) if Path::new(&s).is_relative() => f.join(&s),
+                        _ => PathBuf::from(&s),
+                    };
+                    let at = self.pos(key.span().start);
+                    match field {
+                        "secret_file" => n.secret_file = Some(path),
+                        "tls_cert" => tls[0] = Some((path, at)),
+                        "tls_key" => tls[1] = Some((path, at)),
+                        _ => tls[2] = Some((path, at)),
+                    }
+                }
+                "insecure" => match value.get_ref() {
+                    DeValue::Boolean(b) => n.insecure = *b,
+                    _ => {
+                        let found = self.found(value);
+                        self.error(
+                            value.span(),
+                            format!("{what} must be true or false, found {found}"),
+                        );
+                    }
+                },
+                "connect_wait_ms" => n.connect_wait = ms(self, 0).unwrap_or(n.connect_wait),
+                "heartbeat_ms" => n.heartbeat = ms(self, 10).unwrap_or(n.heartbeat),
+                "peer_timeout_ms" => n.peer_timeout = ms(self, 10).unwrap_or(n.peer_timeout),
+                "reconnect_limit_ms" => {
+                    n.reconnect_limit = ms(self, 0).unwrap_or(n.reconnect_limit)
+                }
+                _ => {
+                    // A link always sends one batch when nothing is unacknowledged, whatever
+                    // its size: the bound need not hold the largest element.
+                    if let Some(b) = self.int(value, &what, 64 << 10, 1 << 40) {
+                        n.unacked_bytes = b as usize;
+                    }
+                }
+            }
+        }
+        let given: Vec<&str> = ["tls_cert", "tls_key", "tls_ca"]
+            .iter()
+            .zip(&tls)
+            .filter(|(_, t)| t.is_some())
+            .map(|(name, _)| *name)
+            .collect();
+        match tls {
+            [Some(cert), Some(key), Some(ca)] => {
+                n.tls = Some(TlsPaths {
+                    cert: cert.0,
+                    key: key.0,
+                    ca: ca.0,
+                })
+            }
+            [None, None, None] => {}
+            _ => {
+                let at = tls
+                    .iter()
+                    .flatten()
+                    .map(|t| t.1)
+                    .min()
+                    .expect("one is given");
+                let missing: Vec<&str> = ["tls_cert", "tls_key", "tls_ca"]
+                    .into_iter()
+                    .filter(|f| !given.contains(f))
+                    .collect();
+                self.problems.add(
+                    at,
+                    format!(
+                        "TLS in [network] needs 'tls_cert', 'tls_key' and 'tls_ca' together: \
+                         {} missing",
+                        list(&missing, "and")
+                    ),
+                );
+            }
+        }
+        if n.peer_timeout <= n.heartbeat {
+            let at = self.pos(v.span().start);
+            self.problems.add(
+                at,
+                format!(
+                    "'peer_timeout_ms' in [network] ({} ms) must be longer than 'heartbeat_ms' \
+                     ({} ms): a peer would be taken as gone between two heartbeats",
+                    n.peer_timeout.as_millis(),
+                    n.heartbeat.as_millis()
+                ),
+            );
+        }
+    }
+
     /// Environment variables; `what` names the table, `place` says where a variable is.
     fn env(&mut self, v: &Value<'_>, what: &str, place: &str) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
@@ -1194,11 +1463,28 @@ impl<'a> Reader<'a> {
                 continue;
             };
             let mut address = None;
-            for (_, value) in self.fields(t, HOST_FIELDS, &place) {
-                let what = format!("'address' {place}");
+            let mut port = DEFAULT_PORT;
+            for (key, value) in self.fields(t, HOST_FIELDS, &place) {
+                let field: &str = key.get_ref();
+                let what = format!("'{field}' {place}");
+                if field == "port" {
+                    if let Some(p) = self.int(value, &what, 1, u64::from(u16::MAX)) {
+                        port = p as u16;
+                    }
+                    continue;
+                }
                 address = self.string(value, &what);
-                if address.as_deref() == Some("") {
-                    self.error(value.span(), format!("{what} must not be empty"));
+                match address.as_deref() {
+                    Some("") => self.error(value.span(), format!("{what} must not be empty")),
+                    Some(a) if !valid_address(a) => self.error(
+                        value.span(),
+                        format!(
+                            "{what} must be an IP address or a host name, without a port (set \
+                             'port'), found '{}'",
+                            a.escape_debug()
+                        ),
+                    ),
+                    _ => {}
                 }
             }
             if !t.iter().any(|(k, _)| k.get_ref() == "address") {
@@ -1211,6 +1497,7 @@ impl<'a> Reader<'a> {
                 at: self.pos(key.span().start),
                 name,
                 address: address.unwrap_or_default(),
+                port,
             });
         }
         hosts
@@ -1456,6 +1743,14 @@ mod tests {
     use crate::Graph;
 
     /// sensor -> detector -> alarm; sensor -> average (window of 8) -> log, in process `logger`.
+    fn host(name: &str, address: &str, port: u16) -> HostPlan {
+        HostPlan {
+            name: name.to_string(),
+            address: address.to_string(),
+            port,
+        }
+    }
+
     fn app() -> GraphInfo {
         app_graph().info()
     }
@@ -1545,7 +1840,8 @@ mod tests {
             lines("[proceses.x]\n[processes.detector]\nrestrat = \"never\"\n[[connections]]\nstream = \"sensor.out\"\n  capacty = 5\n"),
             [
                 "deploy.toml:1:2: unknown field 'proceses' at the top level (did you mean \
-                 'processes'?); the accepted fields are 'supervisor', 'env', 'hosts', 'processes' \
+                 'processes'?); the accepted fields are 'supervisor', 'env', 'network', 'hosts', \
+                 'processes' \
                  and 'connections'",
                 "deploy.toml:3:1: unknown field 'restrat' in process 'detector' (did you mean \
                  'restart'?); the accepted fields are 'host', 'agents', 'restart', \
@@ -1606,7 +1902,7 @@ mod tests {
         assert_eq!(
             error(
                 "[hosts.edge]\naddress = \"10.0.0.2\"\n[hosts.cloud]\naddress = \"10.0.0.3\"\n\
-                 [processes.logger]\nhost = \"egde\"\n"
+                 [processes.logger]\nhost = \"egde\"\n[network]\ninsecure = true\n"
             ),
             "deploy.toml:6:8: unknown host 'egde' in process 'logger' (did you mean 'edge'?); \
              the hosts are 'edge' and 'cloud'"
@@ -1619,10 +1915,97 @@ mod tests {
     }
 
     #[test]
+    fn network_section() {
+        let text = "[hosts.pi]\naddress = \"10.0.0.2\"\nport = 9000\n[hosts.cloud]\n\
+                    address = \"cloud.example.org\"\n[network]\nsecret_file = \"secret\"\n\
+                    tls_cert = \"/etc/iot/host.pem\"\ntls_key = \"host.key\"\ntls_ca = \"ca.pem\"\n\
+                    connect_wait_ms = 2000\nheartbeat_ms = 200\npeer_timeout_ms = 1000\n\
+                    reconnect_limit_ms = 0\nunacked_bytes = 33554432\n";
+        let d = Deployment::parse("site/deploy.toml", text).unwrap();
+        let n = &d.network;
+        // Relative paths are taken from the deployment file's folder.
+        assert_eq!(n.secret_file.as_deref(), Some(Path::new("site/secret")));
+        assert_eq!(
+            n.tls,
+            Some(TlsPaths {
+                cert: "/etc/iot/host.pem".into(),
+                key: "site/host.key".into(),
+                ca: "site/ca.pem".into(),
+            })
+        );
+        assert!(!n.insecure);
+        assert_eq!(n.connect_wait, Duration::from_millis(2000));
+        assert_eq!(n.heartbeat, Duration::from_millis(200));
+        assert_eq!(n.peer_timeout, Duration::from_millis(1000));
+        assert_eq!(n.reconnect_limit, Duration::ZERO);
+        assert_eq!(n.unacked_bytes, 32 << 20);
+        let plan = d.plan(&app()).unwrap_err();
+        // Two hosts and no 'local': every process needs one (the check before the plan).
+        assert!(plan.to_string().contains("needs a host"), "{plan}");
+        assert_eq!(
+            Deployment::parse("deploy.toml", "").unwrap().network,
+            NetworkSettings::default()
+        );
+        // The same file gives the same digest; any change another.
+        let again = Deployment::parse("elsewhere.toml", text).unwrap();
+        assert_eq!(d.digest, again.digest);
+        let other = Deployment::parse("deploy.toml", &text.replace("9000", "9001")).unwrap();
+        assert_ne!(d.digest, other.digest);
+    }
+
+    #[test]
+    fn network_problems() {
+        assert_eq!(
+            lines(
+                "[hosts.pi]\naddress = \"10.0.0.2:80\"\nport = 0\n[hosts.cloud]\n\
+                 address = \"a b\"\n[network]\ninsecure = \"yes\"\ntls_cert = \"c.pem\"\n\
+                 heartbeat_ms = 5000\nunacked_bytes = 1024\n"
+            ),
+            [
+                "deploy.toml:2:11: 'address' in host 'pi' must be an IP address or a host name, \
+                 without a port (set 'port'), found '10.0.0.2:80'",
+                "deploy.toml:3:8: 'port' in host 'pi' must be at least 1, found 0",
+                "deploy.toml:4:8: the deployment has several hosts ('pi' and 'cloud') but no \
+                 secret for the links between them: set secret_file in [network] (see \
+                 docs/security.md), or insecure = true to run them without authentication",
+                "deploy.toml:5:11: 'address' in host 'cloud' must be an IP address or a host \
+                 name, without a port (set 'port'), found 'a b'",
+                "deploy.toml:6:1: 'peer_timeout_ms' in [network] (5000 ms) must be longer than \
+                 'heartbeat_ms' (5000 ms): a peer would be taken as gone between two heartbeats",
+                "deploy.toml:7:12: 'insecure' in [network] must be true or false, found string \
+                 \"yes\"",
+                "deploy.toml:8:1: TLS in [network] needs 'tls_cert', 'tls_key' and 'tls_ca' \
+                 together: 'tls_key' and 'tls_ca' missing",
+                "deploy.toml:10:17: 'unacked_bytes' in [network] must be at least 65536, found \
+                 1024",
+            ]
+        );
+        // One host: no secret needed.
+        assert!(Deployment::parse("d.toml", "[hosts.pi]\naddress = \"10.0.0.2\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_host_port_leaves_room_for_every_connection_into_it() {
+        let text = "[hosts.local]\naddress = \"127.0.0.1\"\n[hosts.edge]\naddress = \
+                    \"10.0.0.7\"\nport = 65535\n[processes.logger]\nhost = \"edge\"\n\
+                    [network]\ninsecure = true\n";
+        let err = Deployment::parse("deploy.toml", text)
+            .unwrap()
+            .plan(&app())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "deploy.toml:3:8: host 'edge': connection average.out -> log.in would listen on \
+             port 65535 + 3, beyond 65535; choose a lower 'port'"
+        );
+    }
+
+    #[test]
     fn host_entries() {
         assert_eq!(
             lines(
-                "[hosts.edge]\n[hosts.cloud]\naddress = \"\"\n[hosts.\"x y\"]\naddress = \"h\"\n"
+                "[hosts.edge]\n[hosts.cloud]\naddress = \"\"\n[hosts.\"x y\"]\naddress = \"h\"\n\
+                 [network]\ninsecure = true\n"
             ),
             [
                 "deploy.toml:1:8: host 'edge' has no 'address' (it is required)",
@@ -1868,7 +2251,7 @@ mod tests {
         assert_eq!(
             lines(
                 "[hosts.edge]\naddress = \"10.0.0.2\"\n[hosts.cloud]\naddress = \"10.0.0.3\"\n\
-                 [processes.logger]\nagents = [\"log\"]\n"
+                 [processes.logger]\nagents = [\"log\"]\n[network]\ninsecure = true\n"
             ),
             [
                 "deploy.toml:1:8: process 'main' needs a host: there are several hosts and none \
@@ -1881,7 +2264,7 @@ mod tests {
         // The only host is the default.
         let d = Deployment::parse("deploy.toml", "[hosts.edge]\naddress = \"10.0.0.2\"\n").unwrap();
         let plan = d.plan(&app()).unwrap();
-        assert_eq!(plan.hosts, [("edge".to_string(), "10.0.0.2".to_string())]);
+        assert_eq!(plan.hosts, [host("edge", "10.0.0.2", DEFAULT_PORT)]);
         assert_eq!(plan.process_host["main"], "edge");
         assert_eq!(plan.process_host["logger"], "edge");
     }
@@ -1918,6 +2301,7 @@ mod tests {
             d,
             Deployment {
                 file: "deploy.toml".to_string(),
+                digest: Sha256::digest(b"# nothing\n").into(),
                 ..Deployment::default()
             }
         );
@@ -1984,6 +2368,9 @@ policy = "drop-newest"
 stream = "sensor.out"
 capacity = 1024
 policy = "drop-oldest"
+
+[network]
+insecure = true
 "#;
         let d = Deployment::parse("deploy.toml", text).unwrap();
         assert_eq!(d.file, "deploy.toml");
@@ -2054,8 +2441,8 @@ policy = "drop-oldest"
                     (default, Policy::Block),
                 ],
                 hosts: vec![
-                    ("local".to_string(), "127.0.0.1".to_string()),
-                    ("edge".to_string(), "10.0.0.7".to_string()),
+                    host("local", "127.0.0.1", DEFAULT_PORT),
+                    host("edge", "10.0.0.7", DEFAULT_PORT),
                 ],
                 process_host: [("main", "local"), ("detector", "local"), ("logger", "edge")]
                     .map(|(p, h)| (p.to_string(), h.to_string()))
@@ -2096,7 +2483,7 @@ policy = "drop-oldest"
         let text = "[hosts.edge]\naddress = \"10.0.0.7\"\n[hosts.local]\naddress = \"127.0.0.1\"\n\
                     [processes.logger]\nhost = \"edge\"\n[processes.work]\nagents = [\"detector\"]\n\
                     [[connections]]\nstream = \"sensor.out\"\nto = \"average.in\"\ncapacity = 16\n\
-                    policy = \"drop-oldest\"\n";
+                    policy = \"drop-oldest\"\n[network]\ninsecure = true\n";
         let d = Deployment::parse("deploy.toml", text).unwrap();
         let mut g = app_graph();
         let plan = d.plan(&g.info()).unwrap();

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::agent::{Agent, PortDecl, Ports};
+use crate::deploy::HostPlan;
 use crate::error::Error;
 use crate::host::{Driver, Host};
 use crate::metrics::{LinkEntry, Registry};
@@ -118,9 +119,8 @@ pub struct Graph {
     default_capacity: usize,
     /// Senders of external inputs ([`Graph::input`]), by the stream they feed.
     pub(crate) externals: HashMap<PortId, Box<dyn ExternalAny>>,
-    /// Hosts `(name, address)`; one, [`LOCAL_HOST`](crate::info::LOCAL_HOST), unless a
-    /// deployment names others.
-    pub(crate) hosts: Vec<(String, String)>,
+    /// Hosts; one, [`LOCAL_HOST`](crate::info::LOCAL_HOST), unless a deployment names others.
+    pub(crate) hosts: Vec<HostPlan>,
     /// The host of each process a deployment placed; others run on the first host.
     pub(crate) process_hosts: HashMap<String, String>,
 }
@@ -136,7 +136,11 @@ impl Graph {
             problems: Vec::new(),
             default_capacity: DEFAULT_CAPACITY,
             externals: HashMap::new(),
-            hosts: vec![(crate::info::LOCAL_HOST.to_string(), "127.0.0.1".to_string())],
+            hosts: vec![HostPlan {
+                name: crate::info::LOCAL_HOST.to_string(),
+                address: "127.0.0.1".to_string(),
+                port: crate::deploy::DEFAULT_PORT,
+            }],
             process_hosts: HashMap::new(),
         }
     }
@@ -319,7 +323,7 @@ impl Graph {
         self.process_hosts
             .get(process)
             .map(String::as_str)
-            .unwrap_or(self.hosts[0].0.as_str())
+            .unwrap_or(self.hosts[0].name.as_str())
     }
 
     /// Applies a deployment's placement and connection options (see [`crate::deploy`]); the
@@ -791,12 +795,13 @@ impl Graph {
         let hosts = self
             .hosts
             .iter()
-            .map(|(name, address)| crate::info::HostInfo {
-                name: name.clone(),
-                address: address.clone(),
+            .map(|h| crate::info::HostInfo {
+                name: h.name.clone(),
+                address: h.address.clone(),
+                port: h.port,
                 processes: processes
                     .iter()
-                    .filter(|p| self.host_of(p) == name.as_str())
+                    .filter(|p| self.host_of(p) == h.name.as_str())
                     .cloned()
                     .collect(),
             })

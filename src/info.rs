@@ -111,8 +111,10 @@ pub struct EdgeInfo {
 pub struct HostInfo {
     /// The host's name in the deployment.
     pub name: String,
-    /// Its network address.
+    /// Its network address (an IP address or a DNS name).
     pub address: String,
+    /// Its base port: the link of connection `i` into this host listens on `port + i`.
+    pub port: u16,
     /// The processes placed on it.
     pub processes: Vec<String>,
 }
