@@ -326,9 +326,23 @@ impl Graph {
             .unwrap_or(self.hosts[0].name.as_str())
     }
 
-    /// Applies a deployment's placement and connection options (see [`crate::deploy`]); the
-    /// plan was made from this graph's [`info`](Graph::info), so its indices match.
-    pub(crate) fn apply_plan(&mut self, plan: &crate::deploy::Plan) {
+    /// Applies a deployment's placement and connection options (see [`crate::deploy`]), as
+    /// every process started by the launcher does; the plan must have been made from this
+    /// graph's [`info`](Graph::info), so that its indices match.
+    ///
+    /// ```
+    /// use iotstream::deploy::Deployment;
+    /// use iotstream::Graph;
+    ///
+    /// let mut g = Graph::new("plant");
+    /// let xs = g.source_iter("sensor", 0..10u64);
+    /// g.for_each("log", &xs, |_: &u64| {});
+    /// let d = Deployment::parse("d.toml", "[processes.logger]\nagents = [\"log\"]\n").unwrap();
+    /// let plan = d.plan(&g.info()).unwrap();
+    /// g.apply_plan(&plan);
+    /// assert_eq!(g.info().edges[0].transport, "shared-memory");
+    /// ```
+    pub fn apply_plan(&mut self, plan: &crate::deploy::Plan) {
         for (a, p) in self.agents.iter_mut().zip(&plan.agent_process) {
             a.process = (p != crate::info::MAIN_PROCESS).then(|| p.clone());
         }

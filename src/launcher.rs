@@ -494,24 +494,9 @@ pub fn run(
     if let Some(d) = deployment {
         check_cpus(&info, d, &host)?;
     }
-    if let Some(e) = info.edges.iter().find(|e| e.transport == "tcp") {
-        let host_of = |a: usize| {
-            info.host_of(&info.agents[a].process)
-                .map(|h| h.name.clone())
-                .unwrap_or_default()
-        };
-        return Err(Error::Deployment {
-            problems: vec![format!(
-                "connection {} -> {} goes from host '{}' to host '{}': connections between hosts need the TCP transport, which this version of iotstream does not have yet; place both agents on one host",
-                e.stream,
-                e.input,
-                host_of(e.from_agent),
-                host_of(e.to_agent)
-            )],
-        });
-    }
     let default = Deployment::default();
     let settings = deployment.map_or(&default, |d| &d.deployment);
+    check_links(&info, settings, &host)?;
     let processes: Vec<String> = info
         .processes
         .iter()
@@ -530,7 +515,7 @@ pub fn run(
         log(&format!("left {name}: {why}"));
     }
     let segments = Arc::new(Segments::new(&info.app, &run)?);
-    create_rings(&info, &run, &segments)?;
+    create_rings(&info, &run, &segments, &host)?;
 
     // Bounded: its senders (the signal thread, a control reader and an exit waiter per started
     // child) wait while it is full, and the supervisor is always receiving.
@@ -582,23 +567,93 @@ fn pick_host(info: &GraphInfo, wanted: Option<&str>) -> Result<String, Error> {
     }
 }
 
-/// Creates the ring of every shared-memory connection, sized as the application reported.
-fn create_rings(info: &GraphInfo, run: &RunId, segments: &Segments) -> Result<(), Error> {
-    use crate::transport::shm::segment::{segment_name, Segment};
+/// Creates the ring of every shared-memory connection between processes of `host`, sized as the
+/// application reported.
+fn create_rings(
+    info: &GraphInfo,
+    run: &RunId,
+    segments: &Segments,
+    host: &str,
+) -> Result<(), Error> {
+    let on_host = |agent: usize| {
+        info.host_of(&info.agents[agent].process)
+            .is_none_or(|h| h.name == host)
+    };
     for (i, e) in info.edges.iter().enumerate() {
         let Some(bytes) = e.ring_bytes else { continue };
-        let name = segment_name(&info.app, &run.to_string(), &format!("e{i}")).map_err(|err| {
-            Error::Runtime {
-                detail: err.to_string(),
-            }
-        })?;
-        Segment::create(&name, bytes).map_err(|err| Error::Runtime {
-            detail: format!(
-                "cannot create the ring of connection {} -> {}: {err}",
-                e.stream, e.input
-            ),
+        if !(on_host(e.from_agent) && on_host(e.to_agent)) {
+            continue;
+        }
+        let name = crate::transport::ring_name(&info.app, &run.to_string(), i)?;
+        crate::transport::create_ring(&name, bytes, i).map_err(|err| Error::Runtime {
+            detail: format!("connection {} -> {}: {err}", e.stream, e.input),
         })?;
         segments.add(name);
+    }
+    Ok(())
+}
+
+/// The links between `host` and other hosts: logs them, and checks before anything starts
+/// that their secret file is usable (or warns that they run without one).
+fn check_links(info: &GraphInfo, settings: &Deployment, host: &str) -> Result<(), Error> {
+    let host_of = |agent: usize| {
+        info.host_of(&info.agents[agent].process)
+            .map_or(crate::info::LOCAL_HOST, |h| h.name.as_str())
+    };
+    let links: Vec<String> = info
+        .edges
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.transport == "tcp")
+        .filter(|(_, e)| host_of(e.from_agent) == host || host_of(e.to_agent) == host)
+        .map(|(i, e)| {
+            let to = host_of(e.to_agent);
+            let at = info
+                .hosts
+                .iter()
+                .find(|h| h.name == to)
+                .map(|h| format!("{}:{}", h.address, usize::from(h.port) + i))
+                .unwrap_or_default();
+            format!(
+                "{} -> {} (host '{}' -> host '{to}', {at})",
+                e.stream,
+                e.input,
+                host_of(e.from_agent)
+            )
+        })
+        .collect();
+    if links.is_empty() {
+        return Ok(());
+    }
+    // TODO(issue 10): removed when the TCP links are wired in (next commits).
+    if !links.is_empty() {
+        return Err(Error::Deployment {
+            problems: vec![format!(
+                "connection {}: connections between hosts need the TCP transport, which this \
+                 version of iotstream does not have yet; place both agents on one host",
+                links[0]
+            )],
+        });
+    }
+    let network = &settings.network;
+    match &network.secret_file {
+        Some(path) => {
+            crate::transport::tcp::auth::Secret::from_file(path).map_err(|e| {
+                Error::Deployment {
+                    problems: vec![format!("{}: [network] secret_file: {e}", settings.file)],
+                }
+            })?;
+        }
+        None if network.insecure => log(
+            "warning: links between hosts run WITHOUT authentication (insecure = true in \
+             [network]): anyone who can reach their ports can read the streams and inject data; \
+             see docs/security.md",
+        ),
+        // Refused when the file was read; a deployment built in code has one host.
+        None => {}
+    }
+    for l in &links {
+        log(&format!("link {l}"));
     }
     Ok(())
 }
@@ -612,6 +667,8 @@ fn log(line: &str) {
 enum Event {
     /// A child reported ready on its control channel.
     Ready { pid: u32 },
+    /// A child asks for a drain of the application (another host is stopping it).
+    Drain { pid: u32 },
     /// A child ended (reported by its waiter thread the moment it did).
     Exit(launch::Exit),
     /// Ctrl-C or SIGTERM.
@@ -764,6 +821,20 @@ impl Supervisor<'_> {
             }
             match events.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Event::Ready { pid }) => self.on_ready(pid),
+                Ok(Event::Drain { pid }) => {
+                    if self.draining.is_none() {
+                        let name = self
+                            .members
+                            .iter()
+                            .find(|m| m.pid == Some(pid))
+                            .map_or("?", |m| m.name.as_str());
+                        log(&format!(
+                            "process '{name}' (pid {pid}): another host is stopping the \
+                             application: draining"
+                        ));
+                        self.stop();
+                    }
+                }
                 Ok(Event::Exit(exit)) => self.on_exit(exit),
                 Ok(Event::Signal(sig)) => {
                     if self.signalled {
@@ -858,9 +929,23 @@ impl Supervisor<'_> {
         std::thread::Builder::new()
             .name(format!("control {}", m.name))
             .spawn(move || {
+                // `ready` once, then `drain` whenever a link from another host says the
+                // application is stopping there.
+                let mut lines = BufReader::new(reader);
                 let mut line = String::new();
-                if BufReader::new(reader).read_line(&mut line).is_ok() && line.trim() == "ready" {
-                    let _ = tx.send(Event::Ready { pid });
+                while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
+                    let event = match line.trim() {
+                        "ready" => Event::Ready { pid },
+                        "drain" => Event::Drain { pid },
+                        _ => {
+                            line.clear();
+                            continue;
+                        }
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                    line.clear();
                 }
             })
             .map_err(|e| Error::Runtime {

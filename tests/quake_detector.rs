@@ -233,3 +233,26 @@ fn the_example_deployment_fits_the_application() {
         ["main", "detector", "trigger", "alerts"]
     );
 }
+
+#[test]
+fn the_two_host_deployment_puts_the_sensor_on_the_edge_and_the_rest_on_the_server() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/quake_detector_two_hosts.toml");
+    let deployment = iotstream::deploy::Deployment::load(&path).unwrap();
+    let mut g = quake::application(&Config::default(), false);
+    let plan = deployment.plan(&g.info()).unwrap();
+    assert_eq!(plan.process_host["main"], "edge");
+    assert_eq!(plan.process_host["detector"], "server");
+    assert_eq!(plan.process_host["alerts"], "server");
+    g.apply_plan(&plan);
+    let info = g.info();
+    // Only the seismometer's stream crosses hosts.
+    let crossing: Vec<&str> = info
+        .edges
+        .iter()
+        .filter(|e| e.transport == "tcp")
+        .map(|e| e.stream.as_str())
+        .collect();
+    assert_eq!(crossing, ["seismometer.out"]);
+    assert!(deployment.network.secret_file.is_some());
+}

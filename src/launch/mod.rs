@@ -1224,6 +1224,23 @@ fn peek_hello(fd: std::os::fd::BorrowedFd<'_>, hello: &[u8], timeout: Duration) 
     }
 }
 
+/// This process's writing end of its control channel, once it said `ready` (see
+/// [`ask_launcher_to_drain`]).
+static CONTROL_OUT: std::sync::OnceLock<Mutex<std::os::unix::net::UnixStream>> =
+    std::sync::OnceLock::new();
+
+/// Asks the launcher that supervises this process to drain the whole application on its host
+/// (as Ctrl-C would): a link from another host said the application is stopping there. False
+/// if no launcher supervises this process (or its channel is gone).
+#[allow(dead_code)] // TODO(issue 10): called by the TCP links, wired in next
+pub(crate) fn ask_launcher_to_drain() -> bool {
+    let Some(out) = CONTROL_OUT.get() else {
+        return false;
+    };
+    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    out.write_all(b"drain\n").is_ok()
+}
+
 impl Control {
     /// Says `ready`, waits for `go` (or `stop`, which sets `stop` and lets the part start
     /// already draining), then keeps listening for `stop` and `final` on a thread.
@@ -1232,6 +1249,9 @@ impl Control {
             detail: format!("the launcher's control channel failed: {e}"),
         };
         let mut reader = self.reader;
+        if let Ok(out) = reader.get_ref().try_clone() {
+            let _ = CONTROL_OUT.set(Mutex::new(out));
+        }
         reader.get_ref().write_all(b"ready\n").map_err(lost)?;
         let mut line = String::new();
         loop {
