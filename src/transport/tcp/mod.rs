@@ -73,4 +73,5 @@
 
 pub(crate) mod auth;
 pub(crate) mod handshake;
+pub(crate) mod tls;
 pub(crate) mod wire;

@@ -872,6 +872,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_declared_length_reserves_nothing_before_its_bytes_come() {
+        let mut d = FrameDecoder::default();
+        let mut header = (60u32 << 20).to_le_bytes().to_vec();
+        header.extend_from_slice(&[KIND_DATA, 1, 2, 3]);
+        d.push(&header);
+        assert_eq!(
+            d.next(),
+            Ok(None),
+            "a 60 MiB frame, under the limit, is awaited"
+        );
+        assert!(d.held_bytes() <= 64, "held {}", d.held_bytes());
+    }
+
+    #[test]
     fn push_takes_only_what_fits_the_limit() {
         let mut out = Vec::new();
         for seq in 0..10 {
