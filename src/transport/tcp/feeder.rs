@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -131,6 +131,8 @@ struct Shared<T> {
     label: String,
     host: String,
     listen: String,
+    /// The address the port is bound to (the port chosen, if `listen` said 0).
+    bound: SocketAddr,
     run: Run,
     counters: Arc<LinkCounters>,
     count_traffic: bool,
@@ -138,6 +140,8 @@ struct Shared<T> {
     feeder: Thread,
     /// Handshakes in progress.
     handshakes: AtomicUsize,
+    /// The last Ack sent (for tests and diagnostics).
+    acked: AtomicU64,
     /// The feeder thread ended: the other threads end and the port closes.
     done: AtomicBool,
     /// The reasons connections were refused, the latest last.
@@ -177,7 +181,7 @@ impl<T> Shared<T> {
             c.cut();
         }
         let why = why.unwrap_or_else(|| "the writer closed the connection".into());
-        let ended = st.eos_posted || st.goodbye;
+        let ended = st.eos_posted || st.goodbye || self.over();
         if !ended {
             let addr = st
                 .peer_addr
@@ -262,10 +266,12 @@ pub(crate) struct FeederProbe(Arc<dyn Probe>);
 trait Probe: Send + Sync {
     fn refusals(&self) -> Vec<String>;
     fn finished(&self) -> bool;
+    fn bound(&self) -> SocketAddr;
+    fn acked(&self) -> u64;
 }
 
 #[cfg(test)]
-impl<T: Send> Probe for Shared<T> {
+impl<T: Element> Probe for Shared<T> {
     fn refusals(&self) -> Vec<String> {
         self.refusals
             .lock()
@@ -274,6 +280,12 @@ impl<T: Send> Probe for Shared<T> {
     }
     fn finished(&self) -> bool {
         self.done.load(Ordering::SeqCst)
+    }
+    fn bound(&self) -> SocketAddr {
+        self.bound
+    }
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
     }
 }
 
@@ -287,6 +299,14 @@ impl FeederProbe {
     pub(crate) fn finished(&self) -> bool {
         self.0.finished()
     }
+    /// The address the feeder listens on.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.0.bound()
+    }
+    /// The last Ack sent: every batch below it is consumed.
+    pub(crate) fn acked(&self) -> u64 {
+        self.0.acked()
+    }
 }
 
 /// [`spawn_tcp_feeder`], with a probe for tests.
@@ -297,13 +317,19 @@ pub(crate) fn spawn_probed<T: Element>(
     spawn::<T>(spec).map(|(m, s)| (m, FeederProbe(s)))
 }
 
-fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<(Arc<dyn Mailbox>, Arc<Shared<T>>), Error> {
+/// A running feeder: where its input returns credit, and what its threads share.
+type Spawned<T> = (Arc<dyn Mailbox>, Arc<Shared<T>>);
+
+fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
     let label = spec.label.clone();
     let listener = TcpListener::bind(&spec.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| Error::Runtime {
             detail: format!("connection {label}: cannot listen on {}: {e}", spec.listen),
         })?;
+    let bound = listener.local_addr().map_err(|e| Error::Runtime {
+        detail: format!("connection {label}: cannot listen on {}: {e}", spec.listen),
+    })?;
     let feeder_state = spec.run.feeder(label.clone());
     let (tx, rx) = std::sync::mpsc::channel::<(Arc<FeederMailbox>, Arc<Shared<T>>)>();
     let target = Arc::clone(&spec.target);
@@ -362,11 +388,13 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<(Arc<dyn Mailbox>, Arc<Share
         label,
         host: spec.peer_host,
         listen: spec.listen,
+        bound,
         run: Arc::clone(&spec.run),
         counters: spec.counters,
         count_traffic: spec.count_traffic,
         feeder: handle.thread().clone(),
         handshakes: AtomicUsize::new(0),
+        acked: AtomicU64::new(0),
         done: AtomicBool::new(false),
         refusals: Mutex::new(Vec::new()),
     });
@@ -766,10 +794,7 @@ impl<T> State<T> {
     /// leaves once it was delivered.
     fn consume(&mut self, mut n: usize) {
         // Ends: each pass removes a frame or breaks.
-        loop {
-            let Some(front) = self.held.front() else {
-                break;
-            };
+        while let Some(front) = self.held.front() {
             if front.end {
                 if !self.eos_posted {
                     break;
@@ -971,6 +996,11 @@ impl<T: Element> Feeder<T> {
             }
             if !out.is_empty() && self.send(&mut writer, &out) {
                 last_send = Instant::now();
+                for f in &out {
+                    if let Frame::Ack { next } = f {
+                        shared.acked.store(*next, Ordering::SeqCst);
+                    }
+                }
             }
             if !progressed {
                 std::thread::park_timeout(SLICE.min(settings.heartbeat));

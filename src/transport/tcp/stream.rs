@@ -145,4 +145,11 @@ impl Cutter {
         // Already shut down or reset: the connection is cut either way.
         let _ = self.0.shutdown(Shutdown::Both);
     }
+
+    /// Shuts the writing direction down (the peer reads the end of the stream after what was
+    /// written); reading goes on.
+    pub(crate) fn close_writes(&self) {
+        // Already shut down or reset: nothing more can be written either way.
+        let _ = self.0.shutdown(Shutdown::Write);
+    }
 }

@@ -303,11 +303,14 @@ impl<T: Element> TcpSender<T> {
         self.shared.lock().finished
     }
 
-    /// Test hook: cuts the current connection, as a network failure would.
+    /// Test hook: what cuts the current connection, as a network failure would.
     #[cfg(test)]
-    pub(crate) fn cut(&self) {
-        if let Some(c) = &self.shared.lock().cutter {
-            c.cut();
+    pub(crate) fn cutter(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            if let Some(c) = &shared.lock().cutter {
+                c.cut();
+            }
         }
     }
 }
@@ -329,7 +332,9 @@ enum DialError {
 
 /// How a connection ended.
 enum Outcome {
-    /// The link is done (End acknowledged, run over, sender dropped).
+    /// The End is acknowledged and the Goodbye sent.
+    Finished,
+    /// The link is done otherwise (run over, sender dropped).
     Ended,
     /// It broke, for this reason: reconnect.
     Broken(String),
@@ -369,7 +374,7 @@ impl Io {
         // reconnection fails.
         loop {
             match self.drive(conn) {
-                Outcome::Ended => return,
+                Outcome::Finished | Outcome::Ended => return,
                 Outcome::Broken(error) => {
                     tracing::warn!(
                         "connection {}: the link to host '{}' ({}) broke: {error}; reconnecting \
@@ -582,7 +587,14 @@ impl Io {
             }
         };
         let outcome = self.pump(&mut w);
-        cutter.cut();
+        if let Outcome::Finished = outcome {
+            // An orderly close: no more writes; the ack thread reads until the reader, which
+            // got the Goodbye, closes too (closing with its bytes unread would reset the
+            // connection, and the reader could lose the Goodbye).
+            cutter.close_writes();
+        } else {
+            cutter.cut();
+        }
         // The ack thread sees the cut (or its stale connection number) within a slice.
         let _ = acks.join();
         let mut st = self.shared.lock();
@@ -620,7 +632,7 @@ impl Io {
                         );
                         // Best effort: the reader ends without it once its peer is gone.
                         let _ = w.write_all(&bye).and_then(|()| w.flush());
-                        return Outcome::Ended;
+                        return Outcome::Finished;
                     }
                     if self.run.stopping() && !st.stop_sent {
                         st.stop_sent = true;
@@ -741,15 +753,20 @@ impl AckReader {
         loop {
             {
                 let st = self.shared.lock();
-                if st.conn != self.gen || st.broken.is_some() || st.finished {
+                if st.conn != self.gen || st.broken.is_some() {
+                    return None;
+                }
+                // Once finished, reads on until the reader closes (see `drive`).
+                let dropped = self.shared.dropped.load(Ordering::SeqCst);
+                if self.run.is_over() || (dropped && !st.finished) {
                     return None;
                 }
             }
-            if self.run.is_over() || self.shared.dropped.load(Ordering::SeqCst) {
-                return None;
-            }
             match dec.read_from(r) {
                 Ok(0) => {
+                    if self.shared.lock().finished {
+                        return None;
+                    }
                     let goodbye = self.shared.lock().goodbye.clone();
                     return Some(match (goodbye, dec.finish()) {
                         (_, Err(e)) => {
