@@ -12,7 +12,9 @@
 //!   the ring in [`shm`], the frame payloads in [`codec`], and what a feeder may release in
 //!   [`held`]. The starter makes every ring ([`create_ring`], named by [`ring_name`]) before any
 //!   process starts, so no process ever waits for a ring to appear, and only the starter
-//!   removes them.
+//!   removes them;
+//! - TCP, between hosts: [`tcp`] (a writer's `TcpSender`, a reader's `spawn_tcp_feeder`), with
+//!   the same codec and the same "acknowledged = consumed" rule as the rings' durable credit.
 //!
 //! The shared-memory flavor, end to end:
 //!

@@ -967,6 +967,10 @@ impl<T: Element> Feeder<T> {
                             ),
                         });
                     }
+                    if st.broken.is_some() && said.is_none() {
+                        // The break was just logged: the next word in a while.
+                        said = Some(since);
+                    }
                     if !st.eos_posted && said.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
                         said = Some(Instant::now());
                         tracing::info!(

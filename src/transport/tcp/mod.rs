@@ -90,6 +90,20 @@
 //! more unacknowledged payload than the writer may send (`unacked_bytes` and a frame): more is
 //! a protocol error, not an allocation.
 //!
+//! # Behaviour at the time of writing
+//!
+//! - Frames carry at most 256 KiB of payload unless one element needs more; a writer hands at
+//!   most 1 MiB of frames to one round of writes, small frames copied into one buffer.
+//! - Every link thread looks at its run and its link at least every 100 ms; the acceptor polls
+//!   every 20 ms; a connect attempt lasts at most 3 s.
+//! - The reader does not acknowledge early: a reading agent that waits for more elements than
+//!   `unacked_bytes` holds (a count window of more than 16 MiB of elements, by default) waits
+//!   forever, as its writer does for room. Size `unacked_bytes` above the largest window a
+//!   reader of the link needs (the shared-memory flavor releases early instead, see
+//!   `transport::held`).
+//! - Threads per link: writer, one I/O thread and one ack thread per connection; reader, the
+//!   acceptor, the feeder thread and one thread per connection (at most 4 in handshake).
+//!
 //! # Frames
 //!
 //! Everything on the connection, handshake included, is a frame: a `u32` little-endian length
