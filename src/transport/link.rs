@@ -48,6 +48,13 @@ pub(crate) trait RunContext: Send + Sync {
     fn on_failure(&self, hook: FailureHook);
     /// The application was asked to stop, or failed.
     fn stopping(&self) -> bool;
+    /// This process's part has failed (not merely asked to stop).
+    fn failed(&self) -> bool;
+    /// The application was asked to stop gracefully (Ctrl-C, `stop`, another host) and this
+    /// part has not failed: its streams end and drain.
+    fn draining(&self) -> bool {
+        self.stopping() && !self.failed()
+    }
     /// The run has failed or is torn down: helper threads end.
     fn is_over(&self) -> bool;
     /// A dead peer process may come back: a launcher supervises this process and may still

@@ -51,6 +51,9 @@ impl RunContext for TestRun {
     fn is_over(&self) -> bool {
         self.failed.lock().unwrap().is_some() || self.ended.load(Ordering::SeqCst)
     }
+    fn failed(&self) -> bool {
+        self.failed.lock().unwrap().is_some()
+    }
     fn peers_may_restart(&self) -> bool {
         false
     }

@@ -132,6 +132,7 @@ struct Shared<T> {
     host: String,
     listen: String,
     /// The address the port is bound to (the port chosen, if `listen` said 0).
+    #[cfg_attr(not(test), allow(dead_code))] // read by the tests' probe
     bound: SocketAddr,
     run: Run,
     counters: Arc<LinkCounters>,
@@ -512,13 +513,17 @@ fn claim<T>(shared: &Shared<T>, hello: &Hello, claimed: &mut Option<u64>) -> Res
 /// One accepted connection: the handshake, then the writer's frames.
 fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr, slot: Slot<T>) {
     // Accepted sockets are blocking on Linux; said here so that it holds everywhere.
-    let conn = stream
-        .set_nonblocking(false)
-        .and_then(|()| Conn::plain(stream));
-    let mut conn = match conn.and_then(|c| {
-        c.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
-            .map(|()| c)
-    }) {
+    if let Err(e) = stream.set_nonblocking(false) {
+        return shared.refused(addr, &format!("cannot set up the connection: {e}"));
+    }
+    let conn = match Conn::server(stream, shared.settings.tls.as_ref(), HANDSHAKE_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return shared.refused(addr, &e.to_string()),
+    };
+    let mut conn = match conn
+        .set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
+        .map(|()| conn)
+    {
         Ok(c) => c,
         Err(e) => return shared.refused(addr, &format!("cannot set up the connection: {e}")),
     };
@@ -929,7 +934,7 @@ impl<T: Element> Feeder<T> {
                         out.push(Frame::Ack { next: a });
                         acked_sent = Some(a);
                     }
-                    if shared.run.stopping() && !stop_sent && !st.eos_posted {
+                    if shared.run.draining() && !stop_sent && !st.eos_posted {
                         stop_sent = true;
                         out.push(Frame::Stop);
                     }
@@ -1016,7 +1021,7 @@ impl<T: Element> Feeder<T> {
     /// agents left unconsumed never will be) and says Goodbye; a failed one just closes, so
     /// that its writer keeps everything for a restarted reader.
     fn end_of_run(&self, writer: &mut Option<(u64, ConnWrite)>) {
-        if self.shared.run.stopping() {
+        if self.shared.run.failed() {
             return;
         }
         let mut frames = Vec::new();

@@ -167,9 +167,6 @@
 //! Without a secret (`insecure = true` on both sides) the Challenge and Proof carry zeros,
 //! nothing is checked, and any process that can reach the port can connect.
 
-// Not wired into the runtime yet (issue 10): the unit tests and the fuzzing hooks use it.
-#![allow(dead_code)]
-
 pub(crate) mod auth;
 pub(crate) mod feeder;
 pub(crate) mod handshake;
@@ -203,6 +200,8 @@ use wire::Hello;
 pub(crate) struct TcpSettings {
     /// The shared secret (`None`: the deployment says `insecure = true`).
     pub secret: Option<Arc<auth::Secret>>,
+    /// TLS on the link (`None`: plain TCP).
+    pub tls: Option<tls::TlsConfig>,
     /// How long a writer waits, at start, for its reader's host to listen (and a reader for its
     /// writer's first connection). Default 60 s.
     pub connect_wait: Duration,
@@ -226,6 +225,7 @@ impl Default for TcpSettings {
     fn default() -> Self {
         TcpSettings {
             secret: None,
+            tls: None,
             connect_wait: Duration::from_secs(60),
             heartbeat: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(5),

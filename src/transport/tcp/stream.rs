@@ -1,28 +1,30 @@
-//! The connection under a TCP link: one type over the ways bytes can travel (plain TCP now,
-//! TLS later), with the two things a link does with it: a blocking handshake over the whole
+//! The connection under a TCP link: one type over the ways bytes can travel (plain TCP, or
+//! TLS over it: [`super::tls`]), with the two things a link does with it: a blocking handshake over the whole
 //! connection ([`Conn`] is `Read + Write`), then a split into a reading half and a writing
 //! half that two threads own ([`Conn::split`]), plus a [`Cutter`] that any thread may use to
 //! cut the connection, which wakes both halves out of a blocked read or write.
 //!
-//! A new transport (TLS: rustls over the same `TcpStream`) adds a variant to the private
-//! enums here; the link code above sees only [`Conn`], [`ConnRead`], [`ConnWrite`] and
+//! Each way is a variant of the private enums here; the link code above sees only [`Conn`], [`ConnRead`], [`ConnWrite`] and
 //! [`Cutter`]. The [`Cutter`] always holds the raw socket, whatever runs over it: shutting a
 //! socket down is how a stuck half is woken, encrypted or not.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
+
+use super::tls::{self, TlsConfig, TlsError, TlsReader, TlsStream, TlsWriter};
 
 /// How a connection's bytes travel.
 enum Inner {
     /// Plain TCP: bytes as they are.
     Plain(TcpStream),
+    /// TLS 1.3 over TCP (mutual certificates).
+    Tls(Box<TlsStream>),
 }
 
 /// One established TCP connection of a link, before it is split.
 pub(crate) struct Conn {
     inner: Inner,
-    peer: SocketAddr,
 }
 
 impl Conn {
@@ -30,16 +32,51 @@ impl Conn {
     /// the link batches them itself).
     pub(crate) fn plain(stream: TcpStream) -> io::Result<Conn> {
         stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
         Ok(Conn {
             inner: Inner::Plain(stream),
-            peer,
         })
     }
 
-    /// The peer's address.
-    pub(crate) fn peer_addr(&self) -> SocketAddr {
-        self.peer
+    /// The connecting side of a link: TLS when `tls` is set (the server's certificate must
+    /// name `server_name`, the address it was dialled at), else plain. `timeout` bounds each
+    /// read and write of the TLS handshake.
+    pub(crate) fn client(
+        stream: TcpStream,
+        tls: Option<&TlsConfig>,
+        server_name: &str,
+        timeout: Duration,
+    ) -> Result<Conn, TlsError> {
+        let Some(cfg) = tls else {
+            return Conn::plain(stream).map_err(|e| TlsError::Io(e.to_string()));
+        };
+        Conn::tls(stream, timeout, |s| tls::client(s, cfg, server_name))
+    }
+
+    /// The listening side of a link: TLS when `tls` is set, else plain.
+    pub(crate) fn server(
+        stream: TcpStream,
+        tls: Option<&TlsConfig>,
+        timeout: Duration,
+    ) -> Result<Conn, TlsError> {
+        let Some(cfg) = tls else {
+            return Conn::plain(stream).map_err(|e| TlsError::Io(e.to_string()));
+        };
+        Conn::tls(stream, timeout, |s| tls::server(s, cfg))
+    }
+
+    fn tls(
+        stream: TcpStream,
+        timeout: Duration,
+        handshake: impl FnOnce(TcpStream) -> Result<TlsStream, TlsError>,
+    ) -> Result<Conn, TlsError> {
+        let io = |e: io::Error| TlsError::Io(e.to_string());
+        stream.set_nodelay(true).map_err(io)?;
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        let tls = handshake(stream)?;
+        Ok(Conn {
+            inner: Inner::Tls(Box::new(tls)),
+        })
     }
 
     /// Sets how long one read and one write may block (`None`: forever); both halves share it.
@@ -48,18 +85,21 @@ impl Conn {
         read: Option<Duration>,
         write: Option<Duration>,
     ) -> io::Result<()> {
-        match &self.inner {
-            Inner::Plain(s) => {
-                s.set_read_timeout(read)?;
-                s.set_write_timeout(write)
-            }
-        }
+        let s = self.tcp();
+        s.set_read_timeout(read)?;
+        s.set_write_timeout(write)
     }
 
     /// A handle that cuts this connection from any thread.
     pub(crate) fn cutter(&self) -> io::Result<Cutter> {
+        Ok(Cutter(self.tcp().try_clone()?))
+    }
+
+    /// The socket under whatever runs over it.
+    fn tcp(&self) -> &TcpStream {
         match &self.inner {
-            Inner::Plain(s) => Ok(Cutter(s.try_clone()?)),
+            Inner::Plain(s) => s,
+            Inner::Tls(t) => t.tcp(),
         }
     }
 
@@ -73,6 +113,13 @@ impl Conn {
                     ConnWrite(WriteInner::Plain(s)),
                 ))
             }
+            Inner::Tls(t) => {
+                let (r, w) = t.split()?;
+                Ok((
+                    ConnRead(ReadInner::Tls(Box::new(r))),
+                    ConnWrite(WriteInner::Tls(Box::new(w))),
+                ))
+            }
         }
     }
 }
@@ -81,6 +128,7 @@ impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.inner {
             Inner::Plain(s) => s.read(buf),
+            Inner::Tls(t) => t.read(buf),
         }
     }
 }
@@ -89,18 +137,21 @@ impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.inner {
             Inner::Plain(s) => s.write(buf),
+            Inner::Tls(t) => t.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
             Inner::Plain(s) => s.flush(),
+            Inner::Tls(t) => t.flush(),
         }
     }
 }
 
 enum ReadInner {
     Plain(TcpStream),
+    Tls(Box<TlsReader>),
 }
 
 /// The reading half of a [`Conn`].
@@ -110,12 +161,14 @@ impl Read for ConnRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.0 {
             ReadInner::Plain(s) => s.read(buf),
+            ReadInner::Tls(t) => t.read(buf),
         }
     }
 }
 
 enum WriteInner {
     Plain(TcpStream),
+    Tls(Box<TlsWriter>),
 }
 
 /// The writing half of a [`Conn`].
@@ -125,12 +178,14 @@ impl Write for ConnWrite {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.0 {
             WriteInner::Plain(s) => s.write(buf),
+            WriteInner::Tls(t) => t.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.0 {
             WriteInner::Plain(s) => s.flush(),
+            WriteInner::Tls(t) => t.flush(),
         }
     }
 }

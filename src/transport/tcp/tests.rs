@@ -33,6 +33,7 @@ fn secret(s: &str) -> Option<Arc<auth::Secret>> {
 fn settings() -> TcpSettings {
     TcpSettings {
         secret: secret("0123456789abcdef-shared"),
+        tls: None,
         connect_wait: Duration::from_secs(10),
         heartbeat: Duration::from_millis(100),
         peer_timeout: Duration::from_secs(2),
@@ -384,6 +385,61 @@ fn cuts_mid_stream_lose_nothing_and_repeat_nothing() {
     assert!(w.counters.reconnects.load(Ordering::Relaxed) >= 1);
     assert_eq!(rrun.failure(), None);
     assert_eq!(wrun.failure(), None);
+}
+
+#[test]
+fn over_tls_with_cuts_nothing_is_lost_or_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = super::tls::tests::loopback_config(dir.path());
+    let with_tls = || TcpSettings {
+        tls: Some(tls.clone()),
+        ..settings()
+    };
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, with_tls(), 4096, usize::MAX);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, with_tls());
+    let cut = w.tx.cutter();
+    let items: Vec<u64> = (0..300_000).collect();
+    w.send(&items, 1000, |i| {
+        if i % 60 == 59 {
+            cut();
+        }
+    });
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    let got = r.sink.items();
+    assert_eq!(got.len(), items.len(), "nothing lost, nothing repeated");
+    assert!(got == items, "in order");
+    assert!(w.counters.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+#[test]
+fn a_plain_writer_at_a_tls_reader_is_refused_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = super::tls::tests::loopback_config(dir.path());
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let reader_settings = TcpSettings {
+        tls: Some(tls),
+        connect_wait: Duration::from_secs(2),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, reader_settings, 4096, usize::MAX);
+    let writer_settings = TcpSettings {
+        connect_wait: Duration::from_secs(2),
+        reconnect_limit: Duration::from_secs(2),
+        ..settings()
+    };
+    let _w = writer::<u64>(r.probe.addr(), &wrun, writer_settings);
+    poll("the reader refuses the plain writer", || {
+        r.probe
+            .refusals()
+            .iter()
+            .any(|x| x.contains("does not speak TLS"))
+    });
 }
 
 #[test]

@@ -266,6 +266,7 @@ pub(crate) fn data_header(seq: u64, elements: u32, payload_bytes: usize, out: &m
 pub(crate) const DATA_SEQ_AT: usize = HEADER_BYTES + 1;
 
 /// The bytes a Data frame of `payload_bytes` takes on the wire, length prefix included.
+#[cfg(test)]
 pub(crate) fn data_frame_bytes(payload_bytes: usize) -> usize {
     HEADER_BYTES + 1 + DATA_FIXED_BYTES + payload_bytes
 }

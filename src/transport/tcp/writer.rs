@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::handshake::{self, HandshakeError};
 use super::stream::{Conn, ConnRead, Cutter};
+use super::tls::TlsError;
 use super::wire::{self, Frame, FrameDecoder, Hello};
 use super::{
     secs, set_gauge, sleep_while, timed_out, Backoff, LinkIdentity, PeerStop, StopHook,
@@ -271,13 +272,6 @@ impl<T: Element> TcpSender<T> {
         }
     }
 
-    /// Nothing taken waits to be written to a connection (acknowledgements may still be
-    /// outstanding).
-    pub(crate) fn idle(&self) -> bool {
-        let st = self.shared.lock();
-        st.send_from >= st.next_seq
-    }
-
     /// Ends the stream: an End frame after everything written. Closing twice is harmless.
     pub(crate) fn close(&mut self) {
         let mut st = self.shared.lock();
@@ -512,7 +506,18 @@ impl Io {
         };
         let io_error =
             |e: std::io::Error| DialError::Transient(format!("cannot set up the connection: {e}"));
-        let mut conn = Conn::plain(stream).map_err(io_error)?;
+        let mut conn = Conn::client(
+            stream,
+            self.settings.tls.as_ref(),
+            &self.addr,
+            HANDSHAKE_TIMEOUT,
+        )
+        .map_err(|e| match e {
+            // The network failed: try again. Anything else is a certificate or configuration
+            // problem that a retry would only repeat.
+            TlsError::Io(_) | TlsError::Closed { .. } => DialError::Transient(e.to_string()),
+            e => DialError::Fatal(e.to_string()),
+        })?;
         conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
             .map_err(io_error)?;
         let accept =
@@ -634,7 +639,7 @@ impl Io {
                         let _ = w.write_all(&bye).and_then(|()| w.flush());
                         return Outcome::Finished;
                     }
-                    if self.run.stopping() && !st.stop_sent {
+                    if self.run.draining() && !st.stop_sent {
                         st.stop_sent = true;
                         control.push(Frame::Stop);
                     }
