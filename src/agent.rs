@@ -193,6 +193,14 @@ pub(crate) struct PortDecl {
         fn(
             crate::transport::FeederSpec,
         ) -> Result<std::sync::Arc<dyn crate::transport::Mailbox>, crate::error::Error>,
+    /// What a TCP link of this port's type says it carries in its handshake: `(application,
+    /// deployment digest, connection, label)`.
+    pub link_identity: fn(&str, [u8; 32], u32, &str) -> crate::transport::tcp::LinkIdentity,
+    /// Starts the receiver that feeds this input from a TCP link.
+    pub make_tcp_feeder:
+        fn(
+            crate::transport::tcp::TcpFeederSpec,
+        ) -> Result<std::sync::Arc<dyn crate::transport::Mailbox>, crate::error::Error>,
 }
 
 fn make_in<T: Element>() -> Box<dyn InSlot> {
@@ -212,6 +220,8 @@ impl Ports {
             make_out: make_out::<T>,
             ring_bytes: crate::transport::ring_bytes::<T>,
             make_feeder: crate::transport::spawn_feeder::<T>,
+            link_identity: crate::transport::tcp::LinkIdentity::new::<T>,
+            make_tcp_feeder: crate::transport::tcp::spawn_tcp_feeder::<T>,
         }
     }
 

@@ -76,8 +76,12 @@ impl Connection {
 /// The transport an edge resolved to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Resolved {
+    /// Both agents in one process: envelopes.
     Local,
+    /// Two processes of one host (or forced): a shared-memory ring.
     SharedMemory,
+    /// Two hosts: a TCP link.
+    Tcp,
 }
 
 pub(crate) struct AgentDecl {
@@ -117,6 +121,9 @@ pub struct Graph {
     pub(crate) edges: Vec<Edge>,
     problems: Vec<String>,
     default_capacity: usize,
+    /// The deployment's `[network]` section and its digest, when a launcher started this
+    /// process with a deployment file: how links between hosts are set up.
+    pub(crate) network: Option<(crate::deploy::NetworkSettings, [u8; 32])>,
     /// Senders of external inputs ([`Graph::input`]), by the stream they feed.
     pub(crate) externals: HashMap<PortId, Box<dyn ExternalAny>>,
     /// Hosts; one, [`LOCAL_HOST`](crate::info::LOCAL_HOST), unless a deployment names others.
@@ -136,6 +143,7 @@ impl Graph {
             problems: Vec::new(),
             default_capacity: DEFAULT_CAPACITY,
             externals: HashMap::new(),
+            network: None,
             hosts: vec![HostPlan {
                 name: crate::info::LOCAL_HOST.to_string(),
                 address: "127.0.0.1".to_string(),
@@ -377,11 +385,35 @@ impl Graph {
 
     /// The transport of edge `e`, from placement and the connection's forced transport.
     pub(crate) fn resolve(&self, e: &Edge) -> Resolved {
-        let same = self.process_of(e.from.agent as usize) == self.process_of(e.to.agent as usize);
-        match (e.conn.transport, same) {
+        let (from, to) = (
+            self.process_of(e.from.agent as usize),
+            self.process_of(e.to.agent as usize),
+        );
+        if self.host_of(from) != self.host_of(to) {
+            // A forced transport across hosts is reported by `validate`.
+            return Resolved::Tcp;
+        }
+        match (e.conn.transport, from == to) {
             (Transport::SharedMemory, _) | (Transport::Auto, false) => Resolved::SharedMemory,
             // A forced Local across processes is reported by `validate`.
             (Transport::Local, _) | (Transport::Auto, true) => Resolved::Local,
+        }
+    }
+
+    /// Where the reading end of a link between hosts listens: its host's address, at the
+    /// host's port plus the connection's index.
+    pub(crate) fn listen_address(&self, edge: usize) -> String {
+        let e = &self.edges[edge];
+        let host = self.host_of(self.process_of(e.to.agent as usize));
+        let h = self
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .unwrap_or(&self.hosts[0]);
+        let port = usize::from(h.port) + edge;
+        match h.address.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{}]:{port}", h.address),
+            Err(_) => format!("{}:{port}", h.address),
         }
     }
 
@@ -467,7 +499,17 @@ impl Graph {
                     self.process_of(e.to.agent as usize)
                 ));
             }
-            if self.resolve(e) == Resolved::SharedMemory
+            let (from_host, to_host) = (
+                self.host_of(self.process_of(e.from.agent as usize)),
+                self.host_of(self.process_of(e.to.agent as usize)),
+            );
+            if from_host != to_host && e.conn.transport == Transport::SharedMemory {
+                problems.push(format!(
+                    "{what}: forced Transport::SharedMemory, but '{}' runs on host '{from_host}' and '{}' on host '{to_host}'",
+                    self.agents[e.from.agent as usize].name, reader.name
+                ));
+            }
+            if self.resolve(e) != Resolved::Local
                 && self.reaches(e.to.agent as usize, e.from.agent as usize)
             {
                 problems.push(format!(
@@ -608,11 +650,13 @@ impl Graph {
                         )),
                         ..spec
                     }),
-                    Resolved::SharedMemory => {
-                        let shm = part.shm.ok_or_else(|| no_shm(&self.name, &label))?;
+                    Resolved::SharedMemory | Resolved::Tcp => {
+                        let wiring = part.wiring.ok_or_else(|| no_wiring(&self.name, &label))?;
                         let wake = Arc::clone(mailboxes[writer].as_ref().expect("local writer"));
-                        let peer = self.process_of(reader);
-                        shm.writer(edge, out.as_mut(), spec, wake, e.from.port, link, peer)?;
+                        let remote = self.remote(edge, resolved, reader);
+                        let decl = &self.agents[writer].outputs[e.from.port as usize];
+                        let at = (e.from.port, link);
+                        wiring.writer(edge, decl, out.as_mut(), spec, wake, at, &remote)?;
                     }
                 }
                 link
@@ -626,22 +670,21 @@ impl Graph {
                     Resolved::Local => {
                         Arc::clone(mailboxes[writer].as_ref().expect("local writer"))
                     }
-                    Resolved::SharedMemory => {
-                        let shm = part.shm.ok_or_else(|| no_shm(&self.name, &label))?;
+                    Resolved::SharedMemory | Resolved::Tcp => {
+                        let wiring = part.wiring.ok_or_else(|| no_wiring(&self.name, &label))?;
                         let decl = &self.agents[reader].inputs[e.to.port as usize];
                         // A writer in this process counts the traffic itself.
                         let count_traffic = !local[writer];
-                        shm.reader(
+                        wiring.reader(
                             edge,
                             decl,
                             target,
                             e.to.port,
                             capacity,
-                            e.conn.policy,
                             counters,
                             count_traffic,
                             label,
-                            self.process_of(writer),
+                            &self.remote(edge, resolved, writer),
                         )?
                     }
                 };
@@ -657,7 +700,9 @@ impl Graph {
                         link: if resolved == Resolved::Local { link } else { 0 },
                         capacity,
                         policy: e.conn.policy,
-                        durable: resolved == Resolved::SharedMemory,
+                        // A ring's feeder and a TCP link release or acknowledge only what
+                        // the reader consumed.
+                        durable: resolved != Resolved::Local,
                     },
                 );
             }
@@ -671,12 +716,13 @@ impl Graph {
     }
 }
 
-/// Which agents an executor instantiates, and how it makes shared-memory endpoints.
+/// Which agents an executor instantiates, and how it makes the ends of connections that leave
+/// the process.
 pub(crate) struct Part<'a> {
     /// Only the agents of this process (`None`: every agent).
     pub process: Option<&'a str>,
-    /// Makes the ends of shared-memory connections (`None`: this executor has none).
-    pub shm: Option<&'a dyn ShmWiring>,
+    /// Makes the ends of rings and TCP links (`None`: this executor has none).
+    pub wiring: Option<&'a dyn Wiring>,
 }
 
 impl Part<'_> {
@@ -684,31 +730,60 @@ impl Part<'_> {
     pub fn whole() -> Part<'static> {
         Part {
             process: None,
-            shm: None,
+            wiring: None,
         }
     }
 }
 
-/// Makes the two ends of a shared-memory connection (implemented by the transport).
-pub(crate) trait ShmWiring {
-    /// Adds to `out` a link that writes into edge `edge`'s ring; `wake` reaches the writer's
-    /// host (for "room in the ring again"), which knows this link as `(output, link)`. `peer`
-    /// is the reader's process (for messages).
+/// The other end of a connection that leaves this process.
+pub(crate) enum Remote<'a> {
+    /// Another process of this host: a shared-memory ring.
+    Ring {
+        /// The other end's process (for messages).
+        process: &'a str,
+    },
+    /// Another host: a TCP link.
+    Tcp {
+        /// The other end's host (for messages).
+        host: &'a str,
+        /// Where the reading end listens, `address:port` (the writer connects there).
+        at: String,
+    },
+}
+
+impl Graph {
+    /// The other end of connection `edge`, whose end in this process talks to agent `peer`.
+    fn remote(&self, edge: usize, resolved: Resolved, peer: usize) -> Remote<'_> {
+        let process = self.process_of(peer);
+        match resolved {
+            Resolved::Tcp => Remote::Tcp {
+                host: self.host_of(process),
+                at: self.listen_address(edge),
+            },
+            _ => Remote::Ring { process },
+        }
+    }
+}
+
+/// Makes the two ends of a connection between processes (implemented by the runtime).
+pub(crate) trait Wiring {
+    /// Adds to `out` (the output declared as `decl`) a link that writes connection `edge` to
+    /// `remote`; `wake` reaches the writer's host (for "room again"), which knows this link as
+    /// `at = (output, link)`.
     #[allow(clippy::too_many_arguments)]
     fn writer(
         &self,
         edge: usize,
+        decl: &crate::agent::PortDecl,
         out: &mut dyn crate::port::OutSlot,
         spec: LinkSpec,
         wake: Arc<dyn Mailbox>,
-        output: u32,
-        link: u32,
-        peer: &str,
+        at: (u32, u32),
+        remote: &Remote<'_>,
     ) -> Result<(), Error>;
 
-    /// Starts the receiver of edge `edge`'s ring, which delivers to input `input` of the host
-    /// behind `target`; returns where that input sends its credit. `peer` is the writer's
-    /// process (for messages).
+    /// Starts the receiver of connection `edge` from `remote`, which delivers to input `input`
+    /// of the host behind `target`; returns where that input sends its credit.
     #[allow(clippy::too_many_arguments)]
     fn reader(
         &self,
@@ -717,21 +792,21 @@ pub(crate) trait ShmWiring {
         target: Arc<dyn Mailbox>,
         input: u32,
         capacity: usize,
-        policy: Policy,
         counters: Arc<crate::metrics::LinkCounters>,
         count_traffic: bool,
         label: String,
-        peer: &str,
+        remote: &Remote<'_>,
     ) -> Result<Arc<dyn Mailbox>, Error>;
 }
 
-fn no_shm(app: &str, label: &str) -> Error {
+fn no_wiring(app: &str, label: &str) -> Error {
     Error::Runtime {
         detail: format!(
-            "application '{app}': connection {label} needs shared memory, which the deterministic harness does not provide; run it with Graph::run"
+            "application '{app}': connection {label} leaves the process (a shared-memory ring or a TCP link), which the deterministic harness does not provide; run it with Graph::run"
         ),
     }
 }
+
 impl Graph {
     /// Describes the graph as built and placed so far. See [`crate::info`].
     pub fn info(&self) -> crate::info::GraphInfo {
@@ -772,18 +847,13 @@ impl Graph {
                 let (fa, fp) = (e.from.agent as usize, e.from.port as usize);
                 let (ta, tp) = (e.to.agent as usize, e.to.port as usize);
                 let capacity = e.conn.capacity.unwrap_or(self.default_capacity());
-                let cross_host =
-                    self.host_of(self.process_of(fa)) != self.host_of(self.process_of(ta));
-                let (transport, ring_bytes) = if cross_host {
-                    ("tcp", None)
-                } else {
-                    match self.resolve(e) {
-                        Resolved::Local => ("local", None),
-                        Resolved::SharedMemory => (
-                            "shared-memory",
-                            Some((self.agents[fa].outputs[fp].ring_bytes)(capacity)),
-                        ),
-                    }
+                let (transport, ring_bytes) = match self.resolve(e) {
+                    Resolved::Tcp => ("tcp", None),
+                    Resolved::Local => ("local", None),
+                    Resolved::SharedMemory => (
+                        "shared-memory",
+                        Some((self.agents[fa].outputs[fp].ring_bytes)(capacity)),
+                    ),
                 };
                 crate::info::EdgeInfo {
                     from_agent: fa,

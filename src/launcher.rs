@@ -625,16 +625,6 @@ fn check_links(info: &GraphInfo, settings: &Deployment, host: &str) -> Result<()
     if links.is_empty() {
         return Ok(());
     }
-    // TODO(issue 10): removed when the TCP links are wired in (next commits).
-    if !links.is_empty() {
-        return Err(Error::Deployment {
-            problems: vec![format!(
-                "connection {}: connections between hosts need the TCP transport, which this \
-                 version of iotstream does not have yet; place both agents on one host",
-                links[0]
-            )],
-        });
-    }
     let network = &settings.network;
     match &network.secret_file {
         Some(path) => {
@@ -651,6 +641,16 @@ fn check_links(info: &GraphInfo, settings: &Deployment, host: &str) -> Result<()
         ),
         // Refused when the file was read; a deployment built in code has one host.
         None => {}
+    }
+    if let Some(t) = &network.tls {
+        let files = crate::transport::tcp::tls::TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            ca: t.ca.clone(),
+        };
+        crate::transport::tcp::tls::TlsConfig::load(&files).map_err(|e| Error::Deployment {
+            problems: vec![format!("{}: [network] TLS: {e}", settings.file)],
+        })?;
     }
     for l in &links {
         log(&format!("link {l}"));

@@ -26,6 +26,12 @@ pub(crate) struct LinkCounters {
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
     pub released_early: AtomicU64,
+    /// TCP links: payload bytes sent (writer) or received (reader).
+    pub bytes: AtomicU64,
+    /// TCP links: connections re-established after a break.
+    pub reconnects: AtomicU64,
+    /// TCP links, writer side: payload bytes sent and not yet acknowledged (a gauge).
+    pub unacked_bytes: AtomicU64,
 }
 
 #[derive(Default, Debug)]
@@ -85,6 +91,9 @@ impl Registry {
                     in_flight: l.counters.in_flight.load(Relaxed),
                     max_in_flight: l.counters.max_in_flight.load(Relaxed),
                     released_early: l.counters.released_early.load(Relaxed),
+                    bytes: l.counters.bytes.load(Relaxed),
+                    reconnects: l.counters.reconnects.load(Relaxed),
+                    unacked_bytes: l.counters.unacked_bytes.load(Relaxed),
                 })
                 .collect(),
             agents: self
@@ -177,6 +186,18 @@ pub struct LinkStats {
     /// process may lose these, not only re-deliver them. Always 0 on in-process connections
     /// and for readers that consume what they are given, however slowly.
     pub released_early: u64,
+    /// TCP connections: payload bytes (encoded batches, without framing) sent by the writer or
+    /// received by the reader, whichever side this process is; resent batches count again.
+    /// Always 0 on in-process and shared-memory connections.
+    pub bytes: u64,
+    /// TCP connections: how many times the connection was established again after a break
+    /// (a cut, a peer silent too long, a restarted peer). Always 0 on other connections.
+    pub reconnects: u64,
+    /// TCP connections, writer side: payload bytes sent and not yet acknowledged by the reader
+    /// (which acknowledges what its agent consumed), now. Bounded by the deployment's
+    /// `unacked_bytes` plus one frame: that bound is the link's back-pressure. Always 0 on the
+    /// reader's side and on other connections.
+    pub unacked_bytes: u64,
 }
 
 /// Counters of one agent.

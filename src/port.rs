@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::error::Error;
 use crate::metrics::{add, StreamCounters};
 use crate::stream::{Batch, Element, Policy};
+use crate::transport::tcp::{TcpSender, TcpWriterSpec};
 use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
 
 /// Where an input returns credit: the writer's mailbox and which of its links feeds this input.
@@ -269,13 +270,24 @@ pub(crate) trait OutSlot: Send {
         run: Run,
         peer: &str,
     ) -> Result<(), Error>;
+    /// Adds a link that writes to a TCP link to another host; `wake` reaches this output's
+    /// host, which knows the link as `(output, link)`.
+    fn add_tcp_link(
+        &mut self,
+        spec: LinkSpec,
+        tcp: TcpWriterSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        run: Run,
+    ) -> Result<(), Error>;
     fn link_count(&self) -> usize;
     /// The first transport failure of any link, taken.
     fn take_error(&mut self) -> Option<String>;
     fn set_counters(&mut self, counters: Arc<StreamCounters>);
     /// One line per link that holds data it cannot send.
     fn stalled(&self) -> Vec<String>;
-    /// A link holds data for a shared-memory ring: it waits on another process, not on this one.
+    /// A link holds data for another process (a ring, a TCP link), or waits for its reader to
+    /// acknowledge its end: it waits on another process, not on this one.
     fn waits_on_ring(&self) -> bool;
 }
 
@@ -352,6 +364,20 @@ impl<T: Element> OutSlot for OutBuf<T> {
 
     fn add_link(&mut self, spec: LinkSpec) {
         self.links.push(LinkTx::local(&spec));
+    }
+
+    fn add_tcp_link(
+        &mut self,
+        spec: LinkSpec,
+        tcp: TcpWriterSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        run: Run,
+    ) -> Result<(), Error> {
+        let link = self.links.len() as u32;
+        let tx = TcpSender::<T>::open(tcp, wake, output, link, run)?;
+        self.links.push(LinkTx::tcp(tx, &spec));
+        Ok(())
     }
 
     fn add_shm_link(

@@ -41,13 +41,16 @@ use actix::{Actor, ActorContext, Addr, Arbiter, Context, Handler, Message, Syste
 use crate::error::Error;
 use nix::sys::signal::Signal;
 
-use crate::graph::{Graph, Part, Resolved};
+use crate::graph::{Graph, Part, Remote, Resolved};
 use crate::host::SourceThreadCtx;
 use crate::host::{Driver, Envelope, Host, Mailbox};
 use crate::launch::{self, ChildProcess, Role, RunId, Segments};
 use crate::metrics::{Metrics, Registry};
 use crate::ops::source::InputSender;
 use crate::stream::{Element, PortId, Stream};
+use crate::transport::tcp::auth::Secret;
+use crate::transport::tcp::tls::{TlsConfig, TlsFiles};
+use crate::transport::tcp::{StopHook, TcpFeederSpec, TcpSettings, TcpWriterSpec};
 use crate::transport::{self, FailureHook, FeederState, LinkSpec, RunContext};
 
 /// State shared by every actor of one run.
@@ -184,6 +187,9 @@ impl RunContext for RunHandle {
     }
     fn is_over(&self) -> bool {
         RunHandle::is_over(self)
+    }
+    fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::SeqCst)
     }
     fn peers_may_restart(&self) -> bool {
         launch::peers_may_restart()
@@ -566,6 +572,7 @@ impl Graph {
             if let Some(d) = d {
                 let plan = d.plan(&self.info())?;
                 self.apply_plan(&plan);
+                self.network = Some((d.network.clone(), d.digest));
             }
             Ok(())
         });
@@ -1052,19 +1059,36 @@ fn coordinate(
         mailboxes.iter().flatten().cloned().collect();
     let threads: Vec<Option<String>> = graph.agents.iter().map(|a| a.thread.clone()).collect();
     let externals = std::mem::take(&mut graph.externals);
-    let wiring = run.map(|(app, run)| {
-        ShmTransport::new(
-            app,
-            run,
-            Arc::new(RunHandle {
-                shared: Arc::clone(&shared),
-            }),
-            launch::is_stopped,
-        )
+    let tcp = match graph.network.take() {
+        Some((network, digest))
+            if graph
+                .edges
+                .iter()
+                .any(|e| graph.resolve(e) == Resolved::Tcp) =>
+        {
+            match TcpContext::load(&network, digest, Arc::clone(&stop)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    stop.store(true, Ordering::SeqCst);
+                    let _ = ready.send((Err(e), Arc::clone(&shared)));
+                    return Ok(());
+                }
+            }
+        }
+        _ => None,
+    };
+    let wiring = run.map(|(app, run)| ProcessLinks {
+        app,
+        run,
+        handle: Arc::new(RunHandle {
+            shared: Arc::clone(&shared),
+        }),
+        stopped: launch::is_stopped,
+        tcp,
     });
     let part = Part {
         process: process.as_deref(),
-        shm: wiring.as_ref().map(|w| w as &dyn crate::graph::ShmWiring),
+        wiring: wiring.as_ref().map(|w| w as &dyn crate::graph::Wiring),
     };
     let (hosts, registry) = match graph.instantiate(&mailboxes, &part) {
         Ok(x) => x,
@@ -1195,40 +1219,121 @@ fn create_segments(graph: &Graph, run: &RunId, segments: &Segments) -> Result<()
     Ok(())
 }
 
-/// Opens the ends of shared-memory connections in one process.
-struct ShmTransport {
+/// Opens this process's ends of the connections that leave it: shared-memory rings to other
+/// processes of this host, TCP links to other hosts.
+struct ProcessLinks {
     app: String,
     run: RunId,
     handle: transport::Run,
     stopped: fn(u32) -> bool,
+    /// The links to other hosts' settings (`None`: no deployment names other hosts).
+    tcp: Option<TcpContext>,
 }
 
-impl ShmTransport {
-    /// `stopped` says whether a process is stopped (alive, making no progress): feeders warn
-    /// about a writing process that is (`transport::FeederSpec::stopped`).
-    fn new(app: String, run: RunId, handle: transport::Run, stopped: fn(u32) -> bool) -> Self {
-        ShmTransport {
-            app,
-            run,
-            handle,
-            stopped,
-        }
+/// What every TCP link of a process shares.
+struct TcpContext {
+    settings: Arc<TcpSettings>,
+    /// The deployment file's digest: both ends of a link must run the same file.
+    digest: [u8; 32],
+    /// Called when a link hears that another host is stopping the application.
+    on_peer_stop: StopHook,
+}
+
+impl TcpContext {
+    /// Loads the secret and TLS files `network` names (errors name the file), and makes a
+    /// link's "another host stops" into a drain of this process, and of its launcher's others.
+    fn load(
+        network: &crate::deploy::NetworkSettings,
+        digest: [u8; 32],
+        stop: Arc<AtomicBool>,
+    ) -> Result<TcpContext, Error> {
+        let problem = |message: String| Error::Deployment {
+            problems: vec![message],
+        };
+        let secret = match &network.secret_file {
+            Some(path) => {
+                Some(Arc::new(Secret::from_file(path).map_err(|e| {
+                    problem(format!("[network] secret_file: {e}"))
+                })?))
+            }
+            None => None,
+        };
+        let tls = match &network.tls {
+            Some(t) => Some(
+                TlsConfig::load(&TlsFiles {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    ca: t.ca.clone(),
+                })
+                .map_err(|e| problem(format!("[network] TLS: {e}")))?,
+            ),
+            None => None,
+        };
+        let settings = TcpSettings {
+            secret,
+            tls,
+            connect_wait: network.connect_wait,
+            heartbeat: network.heartbeat,
+            peer_timeout: network.peer_timeout,
+            reconnect_limit: network.reconnect_limit,
+            unacked_bytes: network.unacked_bytes,
+            ..TcpSettings::default()
+        };
+        let on_peer_stop: StopHook = Arc::new(move |host: String| {
+            if !stop.swap(true, Ordering::SeqCst) {
+                tracing::warn!("host '{host}' is stopping the application: draining");
+            }
+            launch::ask_launcher_to_drain();
+        });
+        Ok(TcpContext {
+            settings: Arc::new(settings),
+            digest,
+            on_peer_stop,
+        })
     }
 }
 
-impl crate::graph::ShmWiring for ShmTransport {
+impl ProcessLinks {
+    /// The TCP settings, or the error of a link between hosts without a deployment.
+    fn tcp(&self, label: &str, host: &str) -> Result<&TcpContext, Error> {
+        self.tcp.as_ref().ok_or_else(|| Error::Runtime {
+            detail: format!(
+                "connection {label} goes to host '{host}', but this process was not started \
+                 by the launcher with a deployment file that names it"
+            ),
+        })
+    }
+}
+
+impl crate::graph::Wiring for ProcessLinks {
     fn writer(
         &self,
         edge: usize,
+        decl: &crate::agent::PortDecl,
         out: &mut dyn crate::port::OutSlot,
         spec: LinkSpec,
         wake: Arc<dyn Mailbox>,
-        output: u32,
-        _link: u32,
-        peer: &str,
+        (output, _link): (u32, u32),
+        remote: &Remote<'_>,
     ) -> Result<(), Error> {
-        let name = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
-        out.add_shm_link(&name, spec, wake, output, self.handle.clone(), peer)
+        match remote {
+            Remote::Ring { process } => {
+                let name = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
+                out.add_shm_link(&name, spec, wake, output, self.handle.clone(), process)
+            }
+            Remote::Tcp { host, at } => {
+                let tcp = self.tcp(&spec.label, host)?;
+                let writer = TcpWriterSpec {
+                    id: (decl.link_identity)(&self.app, tcp.digest, edge as u32, &spec.label),
+                    peer_host: host.to_string(),
+                    connect_to: at.clone(),
+                    settings: Arc::clone(&tcp.settings),
+                    counters: Arc::clone(&spec.counters),
+                    on_peer_stop: Arc::clone(&tcp.on_peer_stop),
+                };
+                out.add_tcp_link(spec, writer, wake, output, self.handle.clone())
+            }
+        }
     }
 
     fn reader(
@@ -1238,24 +1343,44 @@ impl crate::graph::ShmWiring for ShmTransport {
         target: Arc<dyn Mailbox>,
         input: u32,
         capacity: usize,
-        _policy: crate::stream::Policy,
         counters: Arc<crate::metrics::LinkCounters>,
         count_traffic: bool,
         label: String,
-        peer: &str,
+        remote: &Remote<'_>,
     ) -> Result<Arc<dyn Mailbox>, Error> {
-        let segment = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
-        (decl.make_feeder)(transport::FeederSpec {
-            segment,
-            target,
-            input,
-            capacity,
-            counters,
-            count_traffic,
-            label,
-            peer: peer.to_string(),
-            run: self.handle.clone(),
-            stopped: self.stopped,
-        })
+        match remote {
+            Remote::Ring { process } => {
+                let segment = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
+                (decl.make_feeder)(transport::FeederSpec {
+                    segment,
+                    target,
+                    input,
+                    capacity,
+                    counters,
+                    count_traffic,
+                    label,
+                    peer: process.to_string(),
+                    run: self.handle.clone(),
+                    stopped: self.stopped,
+                })
+            }
+            Remote::Tcp { host, at } => {
+                let tcp = self.tcp(&label, host)?;
+                (decl.make_tcp_feeder)(TcpFeederSpec {
+                    id: (decl.link_identity)(&self.app, tcp.digest, edge as u32, &label),
+                    peer_host: host.to_string(),
+                    listen: at.clone(),
+                    settings: Arc::clone(&tcp.settings),
+                    target,
+                    input,
+                    capacity,
+                    counters,
+                    count_traffic,
+                    label,
+                    run: self.handle.clone(),
+                    on_peer_stop: Arc::clone(&tcp.on_peer_stop),
+                })
+            }
+        }
     }
 }

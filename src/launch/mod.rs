@@ -1232,7 +1232,6 @@ static CONTROL_OUT: std::sync::OnceLock<Mutex<std::os::unix::net::UnixStream>> =
 /// Asks the launcher that supervises this process to drain the whole application on its host
 /// (as Ctrl-C would): a link from another host said the application is stopping there. False
 /// if no launcher supervises this process (or its channel is gone).
-#[allow(dead_code)] // TODO(issue 10): called by the TCP links, wired in next
 pub(crate) fn ask_launcher_to_drain() -> bool {
     let Some(out) = CONTROL_OUT.get() else {
         return false;

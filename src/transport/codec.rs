@@ -89,7 +89,7 @@ pub(crate) fn declare_plain<T: bytemuck::Pod>() {
 /// The element size if `T` is a plain-data type whose every bit pattern is a valid value and
 /// that has no padding: a primitive number, or a `bytemuck::Pod` type declared with
 /// `declare_plain` (whose bound guarantees both).
-fn plain_size<T: 'static>() -> Option<usize> {
+pub(crate) fn plain_size<T: 'static>() -> Option<usize> {
     let t = TypeId::of::<T>();
     if DECLARED_PLAIN
         .read()
@@ -221,6 +221,21 @@ impl<T: Element> Codec<T> {
     /// Writes the frame planned by the last `plan` for `items` into the ring payload `buf`
     /// (exactly the planned length), with raw copies of private bytes (see [`PayloadMut`]).
     pub fn write(&self, items: &[T], n: usize, buf: &mut PayloadMut<'_>) {
+        self.write_with(items, n, |at, bytes| buf.write_at(at, bytes));
+    }
+
+    /// Appends the payload planned by the last `plan` for `items` to `out` (exactly the planned
+    /// length): a TCP link's Data frame carries the same payload as a ring frame.
+    pub fn append(&self, items: &[T], n: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        self.write_with(items, n, |at, bytes| {
+            debug_assert_eq!(start + at, out.len(), "the payload is written in order");
+            out.extend_from_slice(bytes);
+        });
+    }
+
+    /// The planned payload's bytes, in order, each piece with its offset in the payload.
+    fn write_with(&self, items: &[T], n: usize, mut put: impl FnMut(usize, &[u8])) {
         let kind = if self.plain.is_some() {
             KIND_PLAIN
         } else {
@@ -228,7 +243,7 @@ impl<T: Element> Codec<T> {
         };
         let mut header = [kind, 0, 0, 0, 0, 0, 0, 0];
         header[4..8].copy_from_slice(&(n as u32).to_le_bytes());
-        buf.write_at(0, &header);
+        put(0, &header);
         match self.plain {
             Some(size) => {
                 // SAFETY: `T` is plain data (`plain_size`: a primitive number or a declared
@@ -236,15 +251,15 @@ impl<T: Element> Codec<T> {
                 // them as `n * size` bytes is sound.
                 let bytes =
                     unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), n * size) };
-                buf.write_at(HEADER, bytes);
+                put(HEADER, bytes);
             }
             None => {
                 let mut at = HEADER;
                 let mut start = 0;
                 for &end in &self.ends[..n] {
                     let rec = &self.scratch[start..end];
-                    buf.write_at(at, &(rec.len() as u32).to_le_bytes());
-                    buf.write_at(at + 4, rec);
+                    put(at, &(rec.len() as u32).to_le_bytes());
+                    put(at + 4, rec);
                     at += 4 + rec.len();
                     start = end;
                 }

@@ -4,7 +4,7 @@
 //! to know the host:
 //!
 //! - the writer's end is a [`LinkTx<T>`]: one handle over private flavors (in-process
-//!   envelopes, a shared-memory ring, later a socket), as crossbeam-channel hides its array,
+//!   envelopes, a shared-memory ring, a TCP connection), as crossbeam-channel hides its array,
 //!   list and zero flavors behind one `Sender`. It keeps the link's credit, its stash and its
 //!   back-pressure [`Policy`], and counts what it moves;
 //! - the reader's side, and every wake-up, is a [`Mailbox`]: where [`Envelope`]s go. A host
@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::tcp::TcpSender;
 use super::ShmSender;
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -47,6 +48,13 @@ pub(crate) trait RunContext: Send + Sync {
     fn on_failure(&self, hook: FailureHook);
     /// The application was asked to stop, or failed.
     fn stopping(&self) -> bool;
+    /// This process's part has failed (not merely asked to stop).
+    fn failed(&self) -> bool;
+    /// The application was asked to stop gracefully (Ctrl-C, `stop`, another host) and this
+    /// part has not failed: its streams end and drain.
+    fn draining(&self) -> bool {
+        self.stopping() && !self.failed()
+    }
     /// The run has failed or is torn down: helper threads end.
     fn is_over(&self) -> bool;
     /// A dead peer process may come back: a launcher supervises this process and may still
@@ -124,13 +132,18 @@ enum Flavor<T> {
     },
     /// Another process (or a forced ring): frames in a shared-memory ring, within its room.
     Shm(ShmSender<T>),
+    /// Another host: frames on a TCP connection, within the budget of unacknowledged bytes.
+    // Built by `LinkTx::tcp` once the runtime wires TCP links (issue 10).
+    #[allow(dead_code)]
+    Tcp(TcpSender<T>),
 }
 
 /// The writer's end of one connection: credit, stash, policy.
 ///
 /// In-process, the reader grants `capacity` elements of credit up front and returns credit as its
 /// agent consumes, so at most `capacity` elements are ever in flight (sent, not consumed). Across
-/// processes the ring's room plays the part of the credit. Data that cannot be sent now waits in
+/// processes the ring's room plays the part of the credit, across hosts the TCP link's budget of
+/// unacknowledged bytes. Data that cannot be sent now waits in
 /// the stash (`Block`: the writer's agent does not step again until the stash is sent), is
 /// dropped (`DropNewest`), or waits while the oldest stashed elements beyond `capacity` are
 /// dropped (`DropOldest`). Drops are counted.
@@ -184,6 +197,11 @@ fn transmit<T: Element>(
             batch.advance(n);
             n
         }
+        Flavor::Tcp(tx) => {
+            let n = tx.write(batch.as_slice())?;
+            batch.advance(n);
+            n
+        }
     };
     if n > 0 {
         add(&counters.elements, n as u64);
@@ -212,6 +230,13 @@ impl<T: Element> LinkTx<T> {
     /// A link that writes into a shared-memory ring, opened by [`ShmSender::open`].
     pub(crate) fn shm(tx: ShmSender<T>, spec: &LinkSpec) -> Self {
         Self::new(Flavor::Shm(tx), spec)
+    }
+
+    /// A link to a reader on another host, through [`TcpSender::open`]'s connection.
+    // Called by the runtime once it wires TCP links (issue 10).
+    #[allow(dead_code)]
+    pub(crate) fn tcp(tx: TcpSender<T>, spec: &LinkSpec) -> Self {
+        Self::new(Flavor::Tcp(tx), spec)
     }
 
     fn new(flavor: Flavor<T>, spec: &LinkSpec) -> Self {
@@ -307,16 +332,18 @@ impl<T: Element> LinkTx<T> {
             match &mut self.flavor {
                 Flavor::Local { mailbox, input } => mailbox.post(Envelope::Eos { input: *input }),
                 Flavor::Shm(tx) => tx.close(),
+                Flavor::Tcp(tx) => tx.close(),
             }
         }
         self.note_blocked();
     }
 
     /// Nothing accepted waits in the transport (a ring's large element written entirely), or
-    /// the link failed: the stream may be closed.
+    /// the link failed: the stream may be closed. A TCP link queues its End behind what it
+    /// took, in order, so it may always be closed.
     fn transport_idle(&self) -> bool {
         match &self.flavor {
-            Flavor::Local { .. } => true,
+            Flavor::Local { .. } | Flavor::Tcp(_) => true,
             Flavor::Shm(tx) => tx.idle() || self.error.is_some(),
         }
     }
@@ -351,9 +378,14 @@ impl<T: Element> LinkTx<T> {
         self.pump();
     }
 
-    /// The end of stream is sent.
+    /// The end of stream is sent. Across hosts: sent and acknowledged, i.e. the reader consumed
+    /// every element, so that a process does not exit with data only it holds (the link posts a
+    /// credit envelope when the acknowledgement comes).
     pub(crate) fn eos_sent(&self) -> bool {
-        self.eos_sent
+        match &self.flavor {
+            Flavor::Tcp(tx) => self.eos_sent && tx.finished(),
+            _ => self.eos_sent,
+        }
     }
 
     /// The link's back-pressure policy.
@@ -367,9 +399,14 @@ impl<T: Element> LinkTx<T> {
         !(self.stash.is_empty() && self.transport_idle())
     }
 
-    /// It holds data for a transport that waits on another process (a ring), not on this one.
+    /// It holds data for a transport that waits on another process (a ring, a TCP link), not
+    /// on this one; or, across hosts, its end of stream waits for the reader's acknowledgement.
     pub(crate) fn waits_on_peer(&self) -> bool {
-        !matches!(self.flavor, Flavor::Local { .. }) && self.holds_data()
+        match &self.flavor {
+            Flavor::Local { .. } => false,
+            Flavor::Shm(_) => self.holds_data(),
+            Flavor::Tcp(tx) => self.holds_data() || (self.eos_sent && !tx.finished()),
+        }
     }
 
     /// The first transport failure, taken.

@@ -12,7 +12,9 @@
 //!   the ring in [`shm`], the frame payloads in [`codec`], and what a feeder may release in
 //!   [`held`]. The starter makes every ring ([`create_ring`], named by [`ring_name`]) before any
 //!   process starts, so no process ever waits for a ring to appear, and only the starter
-//!   removes them.
+//!   removes them;
+//! - TCP, between hosts: [`tcp`] (a writer's `TcpSender`, a reader's `spawn_tcp_feeder`), with
+//!   the same codec and the same "acknowledged = consumed" rule as the rings' durable credit.
 //!
 //! The shared-memory flavor, end to end:
 //!
@@ -52,6 +54,8 @@ pub(crate) mod link;
 pub(crate) mod process;
 pub(crate) mod shm;
 pub(crate) mod tcp;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -997,54 +1001,8 @@ fn linger(
 mod tests {
     use super::*;
     use shm::ring::RingMemory;
-    use std::sync::atomic::AtomicBool;
 
-    /// A run of no agents for the helper threads under test (feeders, watchers): never
-    /// quiescent, over once it fails; the failure hooks run at the failure, as in a real run.
-    #[derive(Default)]
-    struct TestRun {
-        failed: Mutex<Option<String>>,
-        hooks: Mutex<Vec<FailureHook>>,
-    }
-
-    impl RunContext for TestRun {
-        fn feeder(&self, label: String) -> Arc<FeederState> {
-            Arc::new(FeederState {
-                label,
-                blocked: AtomicBool::new(false),
-            })
-        }
-        fn set_blocked(&self, feeder: &FeederState, blocked: bool) {
-            feeder.blocked.store(blocked, Ordering::SeqCst);
-        }
-        fn finished(&self, _feeder: &FeederState) {}
-        fn fail(&self, e: Error) {
-            let mut failed = self.failed.lock().unwrap();
-            if failed.is_none() {
-                *failed = Some(e.to_string());
-                drop(failed);
-                for hook in self.hooks.lock().unwrap().iter() {
-                    hook();
-                }
-            }
-        }
-        fn on_failure(&self, hook: FailureHook) {
-            self.hooks.lock().unwrap().push(hook);
-        }
-        fn stopping(&self) -> bool {
-            self.is_over()
-        }
-        fn is_over(&self) -> bool {
-            self.failed.lock().unwrap().is_some()
-        }
-        fn peers_may_restart(&self) -> bool {
-            false
-        }
-    }
-
-    fn test_run() -> Run {
-        Arc::new(TestRun::default())
-    }
+    use super::testutil::test_run;
     use shm::segment::UnlinkGuard;
     use std::time::Instant;
 

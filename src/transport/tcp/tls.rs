@@ -56,7 +56,7 @@
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -807,13 +807,6 @@ pub(crate) struct TlsReader {
     failed: Option<(io::ErrorKind, String)>,
 }
 
-impl TlsReader {
-    /// The socket underneath.
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        &self.shared.tcp
-    }
-}
-
 impl Read for TlsReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some((kind, msg)) = &self.failed {
@@ -877,21 +870,17 @@ pub(crate) struct TlsWriter {
 }
 
 impl TlsWriter {
-    /// The socket underneath.
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        &self.shared.tcp
-    }
-
     /// Closes the connection both ways: sends close_notify (unless another write is under
     /// way), then shuts the socket down, which wakes a [`TlsReader`] blocked in a read (it
     /// returns `Ok(0)`).
+    #[cfg(test)]
     pub(crate) fn shutdown(&self) -> io::Result<()> {
         self.shared.shut_down_here.store(true, Ordering::Release);
         if let Ok(mut conn) = self.shared.conn.lock() {
             conn.send_close_notify();
         }
         self.shared.try_send_pending();
-        match self.shared.tcp.shutdown(Shutdown::Both) {
+        match self.shared.tcp.shutdown(std::net::Shutdown::Both) {
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
             _ => Ok(()),
         }
@@ -930,7 +919,7 @@ impl Write for TlsWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::transport::tcp::handshake::{client_handshake, server_handshake, HandshakeError};
     use crate::transport::tcp::wire::tests::sample_hello;
@@ -980,6 +969,13 @@ mod tests {
         let issuer = Issuer::from_params(&ca.params, &ca.key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// A TLS setup for links on 127.0.0.1, its files in `dir`: a CA, and one host
+    /// certificate signed by it that every side uses.
+    pub(crate) fn loopback_config(dir: &Path) -> TlsConfig {
+        let ca = ca("test CA");
+        TlsConfig::load(&host_files(dir, "host", &ca, &["127.0.0.1"], &[&ca])).unwrap()
     }
 
     fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {

@@ -8,6 +8,7 @@
 //! Ack       kind 0x03  next: u64                 every seq < next is consumed (cumulative)
 //! Heartbeat kind 0x04  (empty)
 //! Goodbye   kind 0x05  reason: UTF-8             orderly close, the peer logs the reason
+//! Stop      kind 0x06  (empty)                   the sender's application is stopping
 //! Hello     kind 0x10  see [`Hello`]
 //! Refuse    kind 0x11  reason: UTF-8
 //! Challenge kind 0x12  nonce: [u8; 32] | proof: [u8; 32]
@@ -49,6 +50,7 @@ const KIND_END: u8 = 0x02;
 const KIND_ACK: u8 = 0x03;
 const KIND_HEARTBEAT: u8 = 0x04;
 const KIND_GOODBYE: u8 = 0x05;
+const KIND_STOP: u8 = 0x06;
 pub(crate) const KIND_HELLO: u8 = 0x10;
 const KIND_REFUSE: u8 = 0x11;
 const KIND_CHALLENGE: u8 = 0x12;
@@ -71,6 +73,7 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         KIND_ACK => "Ack frame",
         KIND_HEARTBEAT => "Heartbeat frame",
         KIND_GOODBYE => "Goodbye frame",
+        KIND_STOP => "Stop frame",
         KIND_HELLO => "Hello message",
         KIND_REFUSE => "Refuse message",
         KIND_CHALLENGE => "Challenge message",
@@ -204,6 +207,9 @@ pub(crate) enum Frame {
         /// Why the sender closes.
         reason: String,
     },
+    /// Either side: the sender's application was asked to stop (Ctrl-C, a failure); the
+    /// receiver drains its own side too.
+    Stop,
 }
 
 /// Appends the length prefix and kind of a message whose body is `body_bytes` long.
@@ -233,6 +239,7 @@ pub(crate) fn encode_frame(f: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&next.to_le_bytes());
         }
         Frame::Heartbeat => put_header(out, KIND_HEARTBEAT, 0),
+        Frame::Stop => put_header(out, KIND_STOP, 0),
         Frame::Goodbye { reason } => {
             put_header(out, KIND_GOODBYE, reason.len());
             out.extend_from_slice(reason.as_bytes());
@@ -242,13 +249,24 @@ pub(crate) fn encode_frame(f: &Frame, out: &mut Vec<u8>) {
 
 /// Appends a Data frame from a borrowed payload, without building a [`Frame`] (the hot path).
 pub(crate) fn encode_data(seq: u64, elements: u32, payload: &[u8], out: &mut Vec<u8>) {
-    put_header(out, KIND_DATA, DATA_FIXED_BYTES + payload.len());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&elements.to_le_bytes());
+    data_header(seq, elements, payload.len(), out);
     out.extend_from_slice(payload);
 }
 
+/// Appends the start of a Data frame whose `payload_bytes` of payload the caller appends next
+/// (encoding straight into the frame). Its seq sits at [`DATA_SEQ_AT`] from the frame's start,
+/// to be set once known.
+pub(crate) fn data_header(seq: u64, elements: u32, payload_bytes: usize, out: &mut Vec<u8>) {
+    put_header(out, KIND_DATA, DATA_FIXED_BYTES + payload_bytes);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&elements.to_le_bytes());
+}
+
+/// Where a Data frame's seq (`u64` LE) sits, from the frame's first byte.
+pub(crate) const DATA_SEQ_AT: usize = HEADER_BYTES + 1;
+
 /// The bytes a Data frame of `payload_bytes` takes on the wire, length prefix included.
+#[cfg(test)]
 pub(crate) fn data_frame_bytes(payload_bytes: usize) -> usize {
     HEADER_BYTES + 1 + DATA_FIXED_BYTES + payload_bytes
 }
@@ -294,6 +312,12 @@ fn decode_frame(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
         KIND_HEARTBEAT if body.is_empty() => Ok(Frame::Heartbeat),
         KIND_HEARTBEAT => Err(WireError::BadSize {
             what: "Heartbeat frame",
+            bytes: body.len(),
+            expected: "0",
+        }),
+        KIND_STOP if body.is_empty() => Ok(Frame::Stop),
+        KIND_STOP => Err(WireError::BadSize {
+            what: "Stop frame",
             bytes: body.len(),
             expected: "0",
         }),
@@ -734,6 +758,7 @@ pub(crate) mod tests {
             Frame::End { seq: 42 },
             Frame::Ack { next: 17 },
             Frame::Heartbeat,
+            Frame::Stop,
             Frame::Goodbye {
                 reason: "the run is over — ünïcode".into(),
             },
@@ -786,6 +811,7 @@ pub(crate) mod tests {
         );
         assert_eq!(a, b);
         assert_eq!(a.len(), data_frame_bytes(7));
+        assert_eq!(&a[DATA_SEQ_AT..DATA_SEQ_AT + 8], &5u64.to_le_bytes());
         assert_eq!(&a[..5], &[20, 0, 0, 0, KIND_DATA]);
     }
 
@@ -850,6 +876,10 @@ pub(crate) mod tests {
         assert_eq!(
             text(&[2, 0, 0, 0, KIND_HEARTBEAT, 0]),
             "Heartbeat frame with a body of 1 bytes, expected 0"
+        );
+        assert_eq!(
+            text(&[2, 0, 0, 0, KIND_STOP, 0]),
+            "Stop frame with a body of 1 bytes, expected 0"
         );
         assert_eq!(
             text(&[3, 0, 0, 0, KIND_GOODBYE, 0xc3, 0x28]),
@@ -1005,6 +1035,7 @@ pub(crate) mod tests {
             any::<u64>().prop_map(|seq| Frame::End { seq }),
             any::<u64>().prop_map(|next| Frame::Ack { next }),
             Just(Frame::Heartbeat),
+            Just(Frame::Stop),
             ".{0,20}".prop_map(|reason| Frame::Goodbye { reason }),
         ]
     }

@@ -1,0 +1,1039 @@
+//! The reader's end of a TCP link: [`spawn_tcp_feeder`] (see the [module docs](super) for the
+//! protocol and the resume rules).
+//!
+//! Threads, all ending when the run is over or the link has ended:
+//!
+//! - the **acceptor** polls the listening port and hands each connection to a handshake
+//!   thread, at most [`MAX_HANDSHAKES`] at once (more are closed at once, and logged);
+//! - a **connection thread** runs the handshake (10 s at most), then, if the writer was
+//!   accepted, reads its frames: checks each seq, decodes each batch into private memory and
+//!   queues it for the feeder; it ends when its connection breaks or is replaced;
+//! - the **feeder thread** delivers queued batches to the reading host within the input's
+//!   credit, turns credit coming back (consumption) into cumulative Acks, sends Heartbeats and
+//!   Stop on the current connection, and watches how long the writer has been away.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use super::handshake;
+use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
+use super::wire::{Frame, FrameDecoder, Hello};
+use super::{
+    secs, timed_out, LinkIdentity, PeerStop, StopHook, TcpSettings, BUSY_REASON, HANDSHAKE_TIMEOUT,
+    SLICE, WAIT_LOG_EVERY,
+};
+use crate::error::Error;
+use crate::metrics::{add, LinkCounters};
+use crate::stream::{Batch, Element};
+use crate::transport::codec::Codec;
+use crate::transport::link::{Envelope, FeederState, Mailbox, Run};
+
+/// The most handshakes one listening port runs at once: a few connectors that say nothing
+/// cannot hold more threads than this, for [`HANDSHAKE_TIMEOUT`] each.
+pub(crate) const MAX_HANDSHAKES: usize = 4;
+
+/// How often the acceptor looks for a new connection.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
+/// The most refusals a feeder remembers (for tests and diagnostics; each is logged too).
+const REFUSALS_KEPT: usize = 64;
+
+/// What a reader's feeder needs.
+pub(crate) struct TcpFeederSpec {
+    /// What the handshake checks.
+    pub id: LinkIdentity,
+    /// The writer's host, for messages.
+    pub peer_host: String,
+    /// Where to listen, `"addr:port"`.
+    pub listen: String,
+    /// The deployment's TCP settings.
+    pub settings: Arc<TcpSettings>,
+    /// The reading host's mailbox.
+    pub target: Arc<dyn Mailbox>,
+    /// The reading input's index on that host.
+    pub input: u32,
+    /// The input's capacity: the most elements delivered and not consumed.
+    pub capacity: usize,
+    /// The link's counters.
+    pub counters: Arc<LinkCounters>,
+    /// Count elements, batches, bytes and reconnects here (false when the writer, in this
+    /// process too, counts them).
+    pub count_traffic: bool,
+    /// The connection's label, for messages and the run's feeder list.
+    pub label: String,
+    /// The run of this process.
+    pub run: Run,
+    /// Called once if the writer says its application is stopping.
+    pub on_peer_stop: StopHook,
+}
+
+/// Received, not yet delivered.
+enum Item<T> {
+    Data(Batch<T>),
+    End,
+}
+
+/// A frame received and not yet entirely consumed, in delivery order.
+struct Held {
+    seq: u64,
+    /// Which writer sequence it belongs to (a new writer epoch starts a new one).
+    stream: u64,
+    elements: usize,
+    payload: usize,
+    end: bool,
+}
+
+/// What the feeder's threads share.
+struct State<T> {
+    /// The writer epoch of the current sequence.
+    epoch: Option<u64>,
+    /// Counts writer sequences; tags [`Held`] frames.
+    stream: u64,
+    /// The next seq expected; `None` for a fresh sequence (any first seq is taken).
+    next: Option<u64>,
+    /// The End of the current sequence was received.
+    end_seq: Option<u64>,
+    pending: VecDeque<Item<T>>,
+    held: VecDeque<Held>,
+    /// Elements of `held.front()` consumed.
+    front_consumed: usize,
+    /// Payload bytes of `held`.
+    held_payload: usize,
+    /// What to acknowledge (every seq below is consumed), for the current sequence.
+    ack: Option<u64>,
+    eos_posted: bool,
+    end_acked: bool,
+    /// The current connection's number; threads of older ones stop.
+    gen: u64,
+    /// A connection thread of number `gen` runs.
+    connected: bool,
+    /// The writing half of a new connection, for the feeder thread.
+    incoming: Option<(u64, ConnWrite)>,
+    cutter: Option<Cutter>,
+    peer_addr: Option<SocketAddr>,
+    /// Since when no writer is connected, and why, after a break.
+    broken: Option<(Instant, String)>,
+    ever_connected: bool,
+    /// The writer said Goodbye on the current connection.
+    goodbye: bool,
+}
+
+/// What does not change, and what every thread of the feeder shares.
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    id: LinkIdentity,
+    settings: Arc<TcpSettings>,
+    label: String,
+    host: String,
+    listen: String,
+    /// The address the port is bound to (the port chosen, if `listen` said 0).
+    #[cfg_attr(not(test), allow(dead_code))] // read by the tests' probe
+    bound: SocketAddr,
+    run: Run,
+    counters: Arc<LinkCounters>,
+    count_traffic: bool,
+    stop: Arc<PeerStop>,
+    feeder: Thread,
+    /// Handshakes in progress.
+    handshakes: AtomicUsize,
+    /// The last Ack sent (for tests and diagnostics).
+    acked: AtomicU64,
+    /// The feeder thread ended: the other threads end and the port closes.
+    done: AtomicBool,
+    /// The reasons connections were refused, the latest last.
+    refusals: Mutex<Vec<String>>,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn over(&self) -> bool {
+        self.done.load(Ordering::SeqCst) || self.run.is_over()
+    }
+
+    fn refused(&self, addr: SocketAddr, reason: &str) {
+        tracing::warn!(
+            "connection {}: refused a connection from {addr}: {reason}",
+            self.label
+        );
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() == REFUSALS_KEPT {
+            r.remove(0);
+        }
+        r.push(reason.to_string());
+    }
+
+    /// Connection `gen` broke (`why`; `None` for an orderly close): unless a newer one
+    /// replaced it, the link waits for the writer to come back.
+    fn broke(&self, gen: u64, why: Option<String>) {
+        let mut st = self.lock();
+        if st.gen != gen || !st.connected {
+            return;
+        }
+        st.connected = false;
+        if let Some(c) = st.cutter.take() {
+            c.cut();
+        }
+        let why = why.unwrap_or_else(|| "the writer closed the connection".into());
+        let ended = st.eos_posted || st.goodbye || self.over();
+        if !ended {
+            let addr = st
+                .peer_addr
+                .map_or_else(|| "?".to_string(), |a| a.to_string());
+            tracing::warn!(
+                "connection {}: the link from host '{}' ({addr}) broke: {why}; waiting up to {} \
+                 for it to reconnect",
+                self.label,
+                self.host,
+                secs(self.settings.reconnect_limit)
+            );
+        }
+        st.broken = Some((Instant::now(), why));
+        drop(st);
+        self.feeder.unpark();
+    }
+}
+
+/// The feeder's credit, and the consumption it has not yet turned into acknowledgements.
+struct Credit {
+    credit: usize,
+    consumed: usize,
+}
+
+/// Where the reader's input returns credit (see the shared-memory `FeederMailbox`: the same
+/// lock discipline). Credit is consumption: the feeder acknowledges what it covers.
+struct FeederMailbox {
+    credit: Mutex<Credit>,
+    thread: Thread,
+    run: Run,
+    state: Arc<FeederState>,
+}
+
+impl FeederMailbox {
+    fn lock(&self) -> MutexGuard<'_, Credit> {
+        self.credit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes up to `want` elements of credit; with none, marks the feeder blocked, returns 0.
+    fn take(&self, want: usize) -> usize {
+        let mut c = self.lock();
+        if c.credit == 0 {
+            self.run.set_blocked(&self.state, true);
+            return 0;
+        }
+        self.run.set_blocked(&self.state, false);
+        let n = c.credit.min(want);
+        c.credit -= n;
+        n
+    }
+
+    fn take_consumed(&self) -> usize {
+        std::mem::take(&mut self.lock().consumed)
+    }
+}
+
+impl Mailbox for FeederMailbox {
+    fn post(&self, env: Envelope) {
+        if let Envelope::Credit { n, .. } = env {
+            let mut c = self.lock();
+            c.credit += n;
+            c.consumed += n;
+            self.run.set_blocked(&self.state, false);
+            drop(c);
+            self.thread.unpark();
+        }
+    }
+}
+
+/// Listens on `spec.listen` and starts the feeder of input `spec.input` of the host behind
+/// `spec.target`; returns where that input sends its credit. A port that cannot be bound is
+/// an error naming it.
+pub(crate) fn spawn_tcp_feeder<T: Element>(spec: TcpFeederSpec) -> Result<Arc<dyn Mailbox>, Error> {
+    spawn::<T>(spec).map(|(mailbox, _)| mailbox)
+}
+
+/// What a test sees of a running feeder.
+#[cfg(test)]
+pub(crate) struct FeederProbe(Arc<dyn Probe>);
+
+#[cfg(test)]
+trait Probe: Send + Sync {
+    fn refusals(&self) -> Vec<String>;
+    fn finished(&self) -> bool;
+    fn bound(&self) -> SocketAddr;
+    fn acked(&self) -> u64;
+}
+
+#[cfg(test)]
+impl<T: Element> Probe for Shared<T> {
+    fn refusals(&self) -> Vec<String> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    fn finished(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+    fn bound(&self) -> SocketAddr {
+        self.bound
+    }
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl FeederProbe {
+    /// The reasons connections were refused so far.
+    pub(crate) fn refusals(&self) -> Vec<String> {
+        self.0.refusals()
+    }
+    /// The feeder thread has ended (its port is closed or closing).
+    pub(crate) fn finished(&self) -> bool {
+        self.0.finished()
+    }
+    /// The address the feeder listens on.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.0.bound()
+    }
+    /// The last Ack sent: every batch below it is consumed.
+    pub(crate) fn acked(&self) -> u64 {
+        self.0.acked()
+    }
+}
+
+/// [`spawn_tcp_feeder`], with a probe for tests.
+#[cfg(test)]
+pub(crate) fn spawn_probed<T: Element>(
+    spec: TcpFeederSpec,
+) -> Result<(Arc<dyn Mailbox>, FeederProbe), Error> {
+    spawn::<T>(spec).map(|(m, s)| (m, FeederProbe(s)))
+}
+
+/// A running feeder: where its input returns credit, and what its threads share.
+type Spawned<T> = (Arc<dyn Mailbox>, Arc<Shared<T>>);
+
+fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
+    let label = spec.label.clone();
+    let listener = TcpListener::bind(&spec.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| Error::Runtime {
+            detail: format!("connection {label}: cannot listen on {}: {e}", spec.listen),
+        })?;
+    let bound = listener.local_addr().map_err(|e| Error::Runtime {
+        detail: format!("connection {label}: cannot listen on {}: {e}", spec.listen),
+    })?;
+    let feeder_state = spec.run.feeder(label.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<(Arc<FeederMailbox>, Arc<Shared<T>>)>();
+    let target = Arc::clone(&spec.target);
+    let input = spec.input;
+    let state_for_thread = Arc::clone(&feeder_state);
+    let started = std::thread::Builder::new()
+        .name(format!("tcp feeder {input}"))
+        .spawn(move || {
+            let Ok((mailbox, shared)) = rx.recv() else {
+                return;
+            };
+            let mut feeder = Feeder {
+                shared,
+                mailbox,
+                target,
+                input,
+                state: state_for_thread,
+                reported: false,
+            };
+            feeder.run();
+        });
+    let handle = match started {
+        Ok(h) => h,
+        Err(e) => {
+            spec.run.finished(&feeder_state);
+            return Err(Error::Runtime {
+                detail: format!("cannot start a TCP feeder thread: {e}"),
+            });
+        }
+    };
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            epoch: None,
+            stream: 0,
+            next: None,
+            end_seq: None,
+            pending: VecDeque::new(),
+            held: VecDeque::new(),
+            front_consumed: 0,
+            held_payload: 0,
+            ack: None,
+            eos_posted: false,
+            end_acked: false,
+            gen: 0,
+            connected: false,
+            incoming: None,
+            cutter: None,
+            peer_addr: None,
+            broken: None,
+            ever_connected: false,
+            goodbye: false,
+        }),
+        stop: PeerStop::new(spec.on_peer_stop, &spec.peer_host),
+        id: spec.id,
+        settings: spec.settings,
+        label,
+        host: spec.peer_host,
+        listen: spec.listen,
+        bound,
+        run: Arc::clone(&spec.run),
+        counters: spec.counters,
+        count_traffic: spec.count_traffic,
+        feeder: handle.thread().clone(),
+        handshakes: AtomicUsize::new(0),
+        acked: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+        refusals: Mutex::new(Vec::new()),
+    });
+    let mailbox = Arc::new(FeederMailbox {
+        credit: Mutex::new(Credit {
+            credit: spec.capacity,
+            consumed: 0,
+        }),
+        thread: handle.thread().clone(),
+        run: Arc::clone(&spec.run),
+        state: feeder_state,
+    });
+    let acceptor = Arc::clone(&shared);
+    let accepting = std::thread::Builder::new()
+        .name(format!("tcp accept {input}"))
+        .spawn(move || accept_loop(listener, acceptor));
+    if let Err(e) = accepting {
+        // The feeder thread gets nothing, ends, and the run no longer waits for it.
+        drop(tx);
+        spec.run.finished(&mailbox.state);
+        return Err(Error::Runtime {
+            detail: format!("cannot start a TCP accept thread: {e}"),
+        });
+    }
+    let _ = tx.send((Arc::clone(&mailbox), Arc::clone(&shared)));
+    Ok((mailbox, shared))
+}
+
+/// Frees a handshake slot when dropped.
+struct Slot<T>(Arc<Shared<T>>);
+
+impl<T> Drop for Slot<T> {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
+    // Ends: when the feeder ends or the run is over (checked at each pass, a pass waits at
+    // most ACCEPT_POLL); dropping the listener closes the port.
+    loop {
+        if shared.over() {
+            return;
+        }
+        match listener.accept() {
+            Ok((stream, addr)) => {
+                if shared.handshakes.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
+                    shared.refused(
+                        addr,
+                        &format!("{MAX_HANDSHAKES} handshakes are already in progress"),
+                    );
+                    continue;
+                }
+                shared.handshakes.fetch_add(1, Ordering::SeqCst);
+                let slot = Slot(Arc::clone(&shared));
+                let serving = Arc::clone(&shared);
+                let started = std::thread::Builder::new()
+                    .name("tcp handshake".into())
+                    .spawn(move || serve(serving, stream, addr, slot));
+                if let Err(e) = started {
+                    shared.refused(addr, &format!("cannot start a thread: {e}"));
+                }
+            }
+            Err(e) if timed_out(&e) => std::thread::sleep(ACCEPT_POLL),
+            Err(e) => {
+                tracing::warn!(
+                    "connection {}: cannot accept on {}: {e}",
+                    shared.label,
+                    shared.listen
+                );
+                std::thread::sleep(SLICE);
+            }
+        }
+    }
+}
+
+/// The reader's answer to an authenticated writer's Hello: refused, or the seq to resume at
+/// (see "Resuming after a break" in the module docs). Claims the link for the new connection.
+fn claim<T>(shared: &Shared<T>, hello: &Hello, claimed: &mut Option<u64>) -> Result<u64, String> {
+    shared.id.check(hello)?;
+    let mut st = shared.lock();
+    if shared.over() {
+        return Err("the link has ended".into());
+    }
+    let same = st.epoch == Some(hello.writer_epoch);
+    if st.connected && !same {
+        return Err(format!(
+            "{BUSY_REASON} (a writer of another epoch, from {})",
+            st.peer_addr
+                .map_or_else(|| "?".to_string(), |a| a.to_string())
+        ));
+    }
+    if !same {
+        if st.end_seq.is_some() || st.eos_posted {
+            return Err(
+                "the stream on this link has ended: a new writer cannot start it again".into(),
+            );
+        }
+        st.epoch = Some(hello.writer_epoch);
+        st.stream += 1;
+        st.next = None;
+        st.ack = None;
+    }
+    // The same writer again: its previous connection is stale (it reconnects only after a
+    // break it saw first).
+    if let Some(c) = st.cutter.take() {
+        c.cut();
+    }
+    st.gen += 1;
+    st.connected = true;
+    *claimed = Some(st.gen);
+    Ok(st.next.unwrap_or(0))
+}
+
+/// One accepted connection: the handshake, then the writer's frames.
+fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr, slot: Slot<T>) {
+    // Accepted sockets are blocking on Linux; said here so that it holds everywhere.
+    if let Err(e) = stream.set_nonblocking(false) {
+        return shared.refused(addr, &format!("cannot set up the connection: {e}"));
+    }
+    let conn = match Conn::server(stream, shared.settings.tls.as_ref(), HANDSHAKE_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return shared.refused(addr, &e.to_string()),
+    };
+    let mut conn = match conn
+        .set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
+        .map(|()| conn)
+    {
+        Ok(c) => c,
+        Err(e) => return shared.refused(addr, &format!("cannot set up the connection: {e}")),
+    };
+    let mut claimed = None;
+    let secret = shared.settings.secret.clone();
+    let result = handshake::server_handshake(&mut conn, secret.as_deref(), |hello| {
+        claim(&shared, hello, &mut claimed)
+    });
+    let resume = match result {
+        Ok((_, resume)) => resume,
+        Err(e) => {
+            if let Some(gen) = claimed {
+                shared.broke(gen, Some(format!("the handshake failed: {e}")));
+            }
+            return shared.refused(addr, &e.to_string());
+        }
+    };
+    drop(slot);
+    let gen = claimed.expect("an accepted writer claimed the link");
+    let setup = (|| {
+        conn.set_timeouts(Some(SLICE), Some(shared.settings.peer_timeout))?;
+        let cutter = conn.cutter()?;
+        let (r, w) = conn.split()?;
+        Ok::<_, std::io::Error>((cutter, r, w))
+    })();
+    let (cutter, r, w) = match setup {
+        Ok(parts) => parts,
+        Err(e) => return shared.broke(gen, Some(format!("cannot set up the connection: {e}"))),
+    };
+    {
+        let mut st = shared.lock();
+        if st.gen != gen {
+            return;
+        }
+        st.cutter = Some(cutter);
+        st.incoming = Some((gen, w));
+        st.peer_addr = Some(addr);
+        st.goodbye = false;
+        if let Some((since, _)) = st.broken.take() {
+            tracing::info!(
+                "connection {}: host '{}' ({addr}) reconnected after {}; resuming at batch \
+                 {resume}",
+                shared.label,
+                shared.host,
+                secs(since.elapsed())
+            );
+            if shared.count_traffic {
+                add(&shared.counters.reconnects, 1);
+            }
+        } else if !st.ever_connected {
+            tracing::info!(
+                "connection {}: host '{}' connected from {addr}",
+                shared.label,
+                shared.host
+            );
+        }
+        st.ever_connected = true;
+    }
+    shared.feeder.unpark();
+    let why = Reading {
+        shared: &shared,
+        gen,
+        codec: Codec::new(),
+    }
+    .read(r);
+    shared.broke(gen, why);
+}
+
+/// A connection thread after the handshake.
+struct Reading<'a, T> {
+    shared: &'a Shared<T>,
+    gen: u64,
+    codec: Codec<T>,
+}
+
+/// Why a frame ends the connection: `None` when it is merely stale (replaced).
+type Stop = Option<String>;
+
+impl<T: Element> Reading<'_, T> {
+    /// Reads frames until the connection breaks (returns why) or is replaced or the link ends
+    /// (returns `None`).
+    fn read(&self, mut r: ConnRead) -> Option<String> {
+        let shared = self.shared;
+        let mut dec = FrameDecoder::new(shared.settings.frame_limit());
+        let mut heard = Instant::now();
+        let timeout = shared.settings.peer_timeout;
+        // Ends: each pass reads for at most a slice; a stale connection or the end of the link
+        // returns.
+        loop {
+            if shared.over() || shared.lock().gen != self.gen {
+                return None;
+            }
+            match dec.read_from(&mut r) {
+                Ok(0) => {
+                    if let Err(e) = dec.finish() {
+                        return Some(format!(
+                            "the writer sent bytes that break the protocol: {e}"
+                        ));
+                    }
+                    return if shared.lock().goodbye {
+                        None
+                    } else {
+                        Some("the writer closed the connection".into())
+                    };
+                }
+                Ok(_) => {
+                    heard = Instant::now();
+                    // Ends: each pass takes a frame out of the bounded buffer.
+                    loop {
+                        match dec.next() {
+                            Ok(Some(f)) => {
+                                if let Err(why) = self.on_frame(f) {
+                                    return why;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                return Some(format!(
+                                    "the writer sent bytes that break the protocol: {e}"
+                                ))
+                            }
+                        }
+                    }
+                }
+                Err(e) if timed_out(&e) => {
+                    if heard.elapsed() >= timeout {
+                        return Some(format!("the writer was silent for {}", secs(timeout)));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(format!("cannot read: {e}")),
+            }
+        }
+    }
+
+    /// Handles one frame; `Err(Some(why))` breaks the connection, `Err(None)` it is stale.
+    fn on_frame(&self, f: Frame) -> Result<(), Stop> {
+        let shared = self.shared;
+        match f {
+            Frame::Data {
+                seq,
+                elements,
+                payload,
+            } => self.on_data(seq, elements, payload),
+            Frame::End { seq } => {
+                let mut st = shared.lock();
+                if st.gen != self.gen {
+                    return Err(None);
+                }
+                if !self.in_order(&st, seq)? {
+                    return Ok(());
+                }
+                st.next = Some(seq + 1);
+                st.end_seq = Some(seq);
+                let stream = st.stream;
+                st.pending.push_back(Item::End);
+                st.held.push_back(Held {
+                    seq,
+                    stream,
+                    elements: 0,
+                    payload: 0,
+                    end: true,
+                });
+                drop(st);
+                shared.feeder.unpark();
+                Ok(())
+            }
+            Frame::Ack { .. } => Err(Some(
+                "the writer sent an Ack frame, which only a reader sends".into(),
+            )),
+            Frame::Heartbeat => Ok(()),
+            Frame::Stop => {
+                shared.stop.fire(&shared.label);
+                Ok(())
+            }
+            Frame::Goodbye { reason } => {
+                let reason: String = reason.chars().take(200).collect();
+                tracing::info!(
+                    "connection {}: host '{}' closes the connection: {}",
+                    shared.label,
+                    shared.host,
+                    reason.escape_debug()
+                );
+                shared.lock().goodbye = true;
+                shared.feeder.unpark();
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether frame `seq` is the next one (true), one already received (false: dropped), or
+    /// after a gap (an error). Nothing may follow the End.
+    fn in_order(&self, st: &State<T>, seq: u64) -> Result<bool, Stop> {
+        match st.next {
+            Some(next) if seq < next => return Ok(false),
+            Some(next) if seq > next => {
+                return Err(Some(format!(
+                    "batch {seq} came where batch {next} was expected (a gap)"
+                )))
+            }
+            _ => {}
+        }
+        if let Some(end) = st.end_seq {
+            return Err(Some(format!(
+                "batch {seq} came after the end of stream (batch {end})"
+            )));
+        }
+        Ok(true)
+    }
+
+    fn on_data(&self, seq: u64, elements: u32, payload: Vec<u8>) -> Result<(), Stop> {
+        let shared = self.shared;
+        {
+            let st = shared.lock();
+            if st.gen != self.gen {
+                return Err(None);
+            }
+            if !self.in_order(&st, seq)? {
+                return Ok(());
+            }
+            let bound = shared.settings.unacked_bytes + shared.settings.frame_limit() as usize;
+            if st.held_payload + payload.len() > bound {
+                return Err(Some(format!(
+                    "the writer sent more than {bound} bytes not acknowledged (its bound and \
+                     a frame)"
+                )));
+            }
+        }
+        // Decoded outside the lock, in this connection's private memory.
+        let items = self.codec.decode(&payload).map_err(|e| {
+            Some(format!(
+                "batch {seq} does not decode as {}: {e}",
+                shared.id.type_name
+            ))
+        })?;
+        if items.len() != elements as usize {
+            return Err(Some(format!(
+                "batch {seq} says it holds {elements} elements but holds {}",
+                items.len()
+            )));
+        }
+        let mut st = shared.lock();
+        // Only this thread adds frames while its connection is current.
+        if st.gen != self.gen {
+            return Err(None);
+        }
+        st.next = Some(seq + 1);
+        let stream = st.stream;
+        let n = items.len();
+        st.held.push_back(Held {
+            seq,
+            stream,
+            elements: n,
+            payload: payload.len(),
+            end: false,
+        });
+        st.held_payload += payload.len();
+        if n > 0 {
+            st.pending.push_back(Item::Data(Batch::new(items.into())));
+        }
+        drop(st);
+        if shared.count_traffic {
+            add(&shared.counters.bytes, payload.len() as u64);
+        }
+        shared.feeder.unpark();
+        Ok(())
+    }
+}
+
+impl<T> State<T> {
+    /// The reader consumed `n` more elements: frames whose every element is consumed leave
+    /// `held` and, if of the current sequence, move the acknowledgement past them. The End
+    /// leaves once it was delivered.
+    fn consume(&mut self, mut n: usize) {
+        // Ends: each pass removes a frame or breaks.
+        while let Some(front) = self.held.front() {
+            if front.end {
+                if !self.eos_posted {
+                    break;
+                }
+            } else {
+                let k = (front.elements - self.front_consumed).min(n);
+                self.front_consumed += k;
+                n -= k;
+                if self.front_consumed < front.elements {
+                    break;
+                }
+            }
+            let done = self.held.pop_front().expect("a front");
+            self.front_consumed = 0;
+            self.held_payload -= done.payload;
+            if done.stream == self.stream {
+                self.ack = Some(done.seq + 1);
+                self.end_acked |= done.end;
+            }
+        }
+    }
+}
+
+/// The feeder thread.
+struct Feeder<T> {
+    shared: Arc<Shared<T>>,
+    mailbox: Arc<FeederMailbox>,
+    target: Arc<dyn Mailbox>,
+    input: u32,
+    state: Arc<FeederState>,
+    /// `run.finished` was called.
+    reported: bool,
+}
+
+impl<T: Element> Feeder<T> {
+    fn run(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let fed = self.feed();
+        if let Err(e) = &fed {
+            shared.run.fail(Error::Runtime {
+                detail: format!("connection {}: {e}", shared.label),
+            });
+        }
+        if !self.reported {
+            shared.run.finished(&self.state);
+        }
+        shared.done.store(true, Ordering::SeqCst);
+        let cutter = shared.lock().cutter.take();
+        if let Some(c) = cutter {
+            c.cut();
+        }
+    }
+
+    /// Sends `frames` on the current connection; a failure breaks it.
+    fn send(&self, writer: &mut Option<(u64, ConnWrite)>, frames: &[Frame]) -> bool {
+        let Some((gen, w)) = writer else {
+            return false;
+        };
+        let mut out = Vec::new();
+        for f in frames {
+            super::wire::encode_frame(f, &mut out);
+        }
+        if let Err(e) = w.write_all(&out).and_then(|()| w.flush()) {
+            let gen = *gen;
+            *writer = None;
+            self.shared.broke(gen, Some(format!("cannot write: {e}")));
+            return false;
+        }
+        true
+    }
+
+    fn feed(&mut self) -> Result<(), String> {
+        let shared = Arc::clone(&self.shared);
+        let settings = Arc::clone(&shared.settings);
+        let start = Instant::now();
+        let mut writer: Option<(u64, ConnWrite)> = None;
+        let mut acked_sent: Option<u64> = None;
+        let mut last_send = Instant::now();
+        let mut stop_sent = false;
+        let mut said: Option<Instant> = None;
+        // Ends: when the run is over, the link ended (End acknowledged and the writer gone),
+        // or the writer stayed away too long; each pass delivers or waits at most a slice.
+        loop {
+            if shared.run.is_over() {
+                self.end_of_run(&mut writer);
+                return Ok(());
+            }
+            let consumed = self.mailbox.take_consumed();
+            let mut deliver = Vec::new();
+            let mut eos = false;
+            let mut out = Vec::new();
+            {
+                let mut st = shared.lock();
+                if let Some(w) = st.incoming.take() {
+                    writer = Some(w);
+                    // The writer may have missed the last Ack: say it again.
+                    acked_sent = None;
+                    last_send = Instant::now();
+                }
+                if writer
+                    .as_ref()
+                    .is_some_and(|(g, _)| *g != st.gen || !st.connected)
+                {
+                    writer = None;
+                }
+                st.consume(consumed);
+                // Ends: each pass delivers a batch (or its part) or breaks.
+                loop {
+                    match st.pending.front_mut() {
+                        Some(Item::Data(batch)) => {
+                            let n = self.mailbox.take(batch.len());
+                            if n == 0 {
+                                break;
+                            }
+                            deliver.push(batch.split_front(n));
+                            if batch.is_empty() {
+                                st.pending.pop_front();
+                            }
+                        }
+                        Some(Item::End) => {
+                            st.pending.pop_front();
+                            st.eos_posted = true;
+                            eos = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                st.consume(0);
+                if writer.is_some() {
+                    if let Some(a) = st.ack.filter(|&a| acked_sent.is_none_or(|s| a > s)) {
+                        out.push(Frame::Ack { next: a });
+                        acked_sent = Some(a);
+                    }
+                    if shared.run.draining() && !stop_sent && !st.eos_posted {
+                        stop_sent = true;
+                        out.push(Frame::Stop);
+                    }
+                    if out.is_empty() && last_send.elapsed() >= settings.heartbeat {
+                        out.push(Frame::Heartbeat);
+                    }
+                }
+                if st.end_acked && st.goodbye {
+                    return Ok(());
+                }
+                if st.connected {
+                    said = None;
+                } else {
+                    let (since, limit, why) = match &st.broken {
+                        Some((t, why)) => (*t, settings.reconnect_limit, Some(why.clone())),
+                        None => (start, settings.connect_wait, None),
+                    };
+                    if since.elapsed() >= limit {
+                        if st.eos_posted {
+                            // Everything came; only acknowledgements were left to give.
+                            return Ok(());
+                        }
+                        return Err(match why {
+                            None => format!(
+                                "host '{}' did not connect to {} within {}",
+                                shared.host,
+                                shared.listen,
+                                secs(limit)
+                            ),
+                            Some(why) => format!(
+                                "host '{}' did not reconnect within {} after the link broke: \
+                                 {why}",
+                                shared.host,
+                                secs(limit)
+                            ),
+                        });
+                    }
+                    if st.broken.is_some() && said.is_none() {
+                        // The break was just logged: the next word in a while.
+                        said = Some(since);
+                    }
+                    if !st.eos_posted && said.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
+                        said = Some(Instant::now());
+                        tracing::info!(
+                            "connection {}: waiting for host '{}' to connect to {}",
+                            shared.label,
+                            shared.host,
+                            shared.listen
+                        );
+                    }
+                }
+            }
+            let progressed = !deliver.is_empty() || eos;
+            for part in deliver {
+                if shared.count_traffic {
+                    add(&shared.counters.elements, part.len() as u64);
+                    add(&shared.counters.batches, 1);
+                }
+                self.target.post(Envelope::Data {
+                    input: self.input,
+                    batch: Box::new(part),
+                });
+            }
+            if eos {
+                self.target.post(Envelope::Eos { input: self.input });
+                shared.run.finished(&self.state);
+                self.reported = true;
+            }
+            if !out.is_empty() && self.send(&mut writer, &out) {
+                last_send = Instant::now();
+                for f in &out {
+                    if let Frame::Ack { next } = f {
+                        shared.acked.store(*next, Ordering::SeqCst);
+                    }
+                }
+            }
+            if !progressed {
+                std::thread::park_timeout(SLICE.min(settings.heartbeat));
+            }
+        }
+    }
+
+    /// The run is over. A process ending normally acknowledges the End it delivered (what its
+    /// agents left unconsumed never will be) and says Goodbye; a failed one just closes, so
+    /// that its writer keeps everything for a restarted reader.
+    fn end_of_run(&self, writer: &mut Option<(u64, ConnWrite)>) {
+        if self.shared.run.failed() {
+            return;
+        }
+        let mut frames = Vec::new();
+        {
+            let st = self.shared.lock();
+            if let (true, Some(end)) = (st.eos_posted, st.end_seq) {
+                frames.push(Frame::Ack { next: end + 1 });
+            }
+        }
+        frames.push(Frame::Goodbye {
+            reason: "the reading process ended".into(),
+        });
+        self.send(writer, &frames);
+    }
+}

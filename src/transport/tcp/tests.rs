@@ -1,0 +1,818 @@
+//! The TCP link over real loopback sockets: a [`TcpSender`] writing to a feeder from
+//! [`spawn_tcp_feeder`], each with its own [`TestRun`] (as if on two hosts), the reading host a
+//! [`Sink`] that consumes (returns credit for) what it gets, up to a limit the test sets.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::feeder::{spawn_probed, FeederProbe};
+use super::*;
+use crate::error::Error;
+use crate::metrics::LinkCounters;
+use crate::stream::{Batch, Element};
+use crate::transport::link::{Envelope, Mailbox, Run, RunContext};
+use crate::transport::testutil::TestRun;
+
+const LABEL: &str = "sensor.out -> detector.in";
+const READER_HOST: &str = "server";
+const WRITER_HOST: &str = "pi";
+
+/// How long any wait of a test lasts before it fails instead of hanging.
+const GUARD: Duration = Duration::from_secs(60);
+
+fn secret(s: &str) -> Option<Arc<auth::Secret>> {
+    Some(Arc::new(auth::Secret::from_bytes(
+        s.as_bytes().to_vec(),
+        "test",
+    )))
+}
+
+fn settings() -> TcpSettings {
+    TcpSettings {
+        secret: secret("0123456789abcdef-shared"),
+        tls: None,
+        connect_wait: Duration::from_secs(10),
+        heartbeat: Duration::from_millis(100),
+        peer_timeout: Duration::from_secs(2),
+        reconnect_limit: Duration::from_secs(10),
+        max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+        unacked_bytes: 1 << 20,
+    }
+}
+
+fn identity<T: Element>() -> LinkIdentity {
+    LinkIdentity::new::<T>("plant", [7; 32], 3, LABEL)
+}
+
+/// Ends the runs when the test ends, passed or not: every link thread ends within a slice.
+struct Ends(Vec<Arc<TestRun>>);
+
+impl Drop for Ends {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            r.end();
+        }
+    }
+}
+
+fn run() -> Arc<TestRun> {
+    Arc::new(TestRun::default())
+}
+
+/// Polls `f` until it holds, failing after [`GUARD`].
+fn poll(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < GUARD, "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What the reading host received.
+struct Seen<T> {
+    items: Vec<T>,
+    consumed: usize,
+    eos: bool,
+}
+
+/// The reading host: records every batch and the end of stream, and consumes (credits back)
+/// what it received, up to `limit` elements in all.
+struct Sink<T> {
+    seen: Mutex<Seen<T>>,
+    cond: Condvar,
+    credit_to: OnceLock<Arc<dyn Mailbox>>,
+    limit: AtomicUsize,
+}
+
+impl<T: Element> Sink<T> {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Sink {
+            seen: Mutex::new(Seen {
+                items: Vec::new(),
+                consumed: 0,
+                eos: false,
+            }),
+            cond: Condvar::new(),
+            credit_to: OnceLock::new(),
+            limit: AtomicUsize::new(limit),
+        })
+    }
+
+    fn consume(&self, seen: &mut Seen<T>) {
+        let upto = seen.items.len().min(self.limit.load(Ordering::SeqCst));
+        if upto > seen.consumed {
+            let n = upto - seen.consumed;
+            seen.consumed = upto;
+            if let Some(m) = self.credit_to.get() {
+                m.post(Envelope::Credit {
+                    output: 0,
+                    link: 0,
+                    n,
+                });
+            }
+        }
+    }
+
+    fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::SeqCst);
+        let mut seen = self.seen.lock().unwrap();
+        self.consume(&mut seen);
+    }
+
+    fn wait(&self, what: &str, done: impl Fn(&Seen<T>) -> bool) {
+        let start = Instant::now();
+        let mut seen = self.seen.lock().unwrap();
+        while !done(&seen) {
+            assert!(start.elapsed() < GUARD, "never: {what}");
+            seen = self
+                .cond
+                .wait_timeout(seen, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+    }
+
+    fn items(&self) -> Vec<T> {
+        self.seen.lock().unwrap().items.clone()
+    }
+}
+
+impl<T: Element> Mailbox for Sink<T> {
+    fn post(&self, env: Envelope) {
+        let mut seen = self.seen.lock().unwrap();
+        match env {
+            Envelope::Data { batch, .. } => {
+                let batch = batch.downcast::<Batch<T>>().unwrap();
+                assert!(!seen.eos, "data after the end of stream");
+                seen.items.extend_from_slice(batch.as_slice());
+                self.consume(&mut seen);
+            }
+            Envelope::Eos { .. } => seen.eos = true,
+            _ => {}
+        }
+        self.cond.notify_all();
+    }
+}
+
+/// The writing host's mailbox: counts the credit envelopes the link posts.
+#[derive(Default)]
+struct Wake {
+    credits: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl Mailbox for Wake {
+    fn post(&self, env: Envelope) {
+        if let Envelope::Credit { .. } = env {
+            *self.credits.lock().unwrap() += 1;
+            self.cond.notify_all();
+        }
+    }
+}
+
+impl Wake {
+    fn credits(&self) -> usize {
+        *self.credits.lock().unwrap()
+    }
+
+    /// Waits a little for a credit envelope (the link posts one when room comes).
+    fn nap(&self) {
+        let c = self.credits.lock().unwrap();
+        let _ = self
+            .cond
+            .wait_timeout(c, Duration::from_millis(50))
+            .unwrap();
+    }
+}
+
+/// Records the hosts a stop hook was called with.
+fn stop_recorder() -> (StopHook, Arc<Mutex<Vec<String>>>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let c = Arc::clone(&calls);
+    (Arc::new(move |host| c.lock().unwrap().push(host)), calls)
+}
+
+struct Reader<T> {
+    sink: Arc<Sink<T>>,
+    probe: FeederProbe,
+    counters: Arc<LinkCounters>,
+    stops: Arc<Mutex<Vec<String>>>,
+}
+
+/// A feeder listening on `listen`, delivering to a sink that consumes up to `limit` elements.
+fn reader<T: Element>(
+    listen: &str,
+    run: &Arc<TestRun>,
+    settings: TcpSettings,
+    capacity: usize,
+    limit: usize,
+) -> Reader<T> {
+    let sink = Sink::<T>::new(limit);
+    let counters = Arc::new(LinkCounters::default());
+    let (hook, stops) = stop_recorder();
+    let spec = TcpFeederSpec {
+        id: identity::<T>(),
+        peer_host: WRITER_HOST.into(),
+        listen: listen.into(),
+        settings: Arc::new(settings),
+        target: Arc::clone(&sink) as Arc<dyn Mailbox>,
+        input: 0,
+        capacity,
+        counters: Arc::clone(&counters),
+        count_traffic: true,
+        label: LABEL.into(),
+        run: Arc::clone(run) as Run,
+        on_peer_stop: hook,
+    };
+    let (credit, probe) = spawn_probed::<T>(spec).unwrap();
+    let _ = sink.credit_to.set(credit);
+    Reader {
+        sink,
+        probe,
+        counters,
+        stops,
+    }
+}
+
+struct Writer<T> {
+    tx: TcpSender<T>,
+    wake: Arc<Wake>,
+    counters: Arc<LinkCounters>,
+    stops: Arc<Mutex<Vec<String>>>,
+    run: Arc<TestRun>,
+}
+
+fn writer_with<T: Element>(
+    id: LinkIdentity,
+    addr: SocketAddr,
+    run: &Arc<TestRun>,
+    settings: TcpSettings,
+) -> Writer<T> {
+    let wake = Arc::new(Wake::default());
+    let counters = Arc::new(LinkCounters::default());
+    let (hook, stops) = stop_recorder();
+    let spec = TcpWriterSpec {
+        id,
+        peer_host: READER_HOST.into(),
+        connect_to: addr.to_string(),
+        settings: Arc::new(settings),
+        counters: Arc::clone(&counters),
+        on_peer_stop: hook,
+    };
+    let tx = TcpSender::<T>::open(
+        spec,
+        Arc::clone(&wake) as Arc<dyn Mailbox>,
+        0,
+        0,
+        Arc::clone(run) as Run,
+    )
+    .unwrap();
+    Writer {
+        tx,
+        wake,
+        counters,
+        stops,
+        run: Arc::clone(run),
+    }
+}
+
+fn writer<T: Element>(addr: SocketAddr, run: &Arc<TestRun>, settings: TcpSettings) -> Writer<T> {
+    writer_with(identity::<T>(), addr, run, settings)
+}
+
+impl<T: Element> Writer<T> {
+    /// Writes `items` in batches of `batch`, waiting for room as a host would; `each` runs after
+    /// every batch with its index.
+    fn send(&mut self, items: &[T], batch: usize, mut each: impl FnMut(usize)) {
+        let start = Instant::now();
+        for (i, chunk) in items.chunks(batch).enumerate() {
+            let mut done = 0;
+            while done < chunk.len() {
+                let n = self.tx.write(&chunk[done..]).unwrap();
+                done += n;
+                if n == 0 {
+                    assert!(self.run.failure().is_none(), "{:?}", self.run.failure());
+                    assert!(start.elapsed() < GUARD, "the writer never had room");
+                    self.wake.nap();
+                }
+            }
+            each(i);
+        }
+    }
+
+    /// Closes the stream and waits until the reader consumed all of it.
+    fn finish(&mut self) {
+        self.tx.close();
+        let run = Arc::clone(&self.run);
+        poll("the End acknowledged", || {
+            assert!(run.failure().is_none(), "{:?}", run.failure());
+            self.tx.finished()
+        });
+    }
+}
+
+fn failure_of(run: &TestRun) -> String {
+    poll("the run fails", || run.failure().is_some());
+    run.failure().unwrap()
+}
+
+#[test]
+fn a_million_numbers_arrive_in_order_and_complete() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 4096, usize::MAX);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, settings());
+    let items: Vec<u64> = (0..1_000_000).collect();
+    w.send(&items, 1000, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(r.sink.items() == items, "every element, in order, once");
+    poll("the feeder ends after the writer's Goodbye", || {
+        r.probe.finished()
+    });
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+    assert_eq!(rrun.feeders_finished(), 1);
+    let sent = w.counters.bytes.load(Ordering::Relaxed);
+    assert!(sent >= 8_000_000, "{sent}");
+    assert_eq!(
+        r.counters.bytes.load(Ordering::Relaxed),
+        sent,
+        "nothing resent"
+    );
+    assert_eq!(r.counters.elements.load(Ordering::Relaxed), 1_000_000);
+    assert_eq!(w.counters.unacked_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(w.counters.reconnects.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn strings_arrive_in_order_and_complete() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<String>("127.0.0.1:0", &rrun, settings(), 1000, usize::MAX);
+    let mut w = writer::<String>(r.probe.addr(), &wrun, settings());
+    let items: Vec<String> = (0..200_000).map(|i| format!("reading #{i}")).collect();
+    w.send(&items, 700, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(r.sink.items() == items, "every element, in order, once");
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+#[test]
+fn cuts_mid_stream_lose_nothing_and_repeat_nothing() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 4096, usize::MAX);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, settings());
+    let cut = w.tx.cutter();
+    let items: Vec<u64> = (0..1_000_000).collect();
+    // A cut every 40 batches, wherever the connection is then (writing, reconnecting).
+    w.send(&items, 1000, |i| {
+        if i % 40 == 39 {
+            cut();
+        }
+    });
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    let got = r.sink.items();
+    assert_eq!(got.len(), items.len(), "nothing lost, nothing repeated");
+    assert!(got == items, "in order");
+    assert!(w.counters.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+#[test]
+fn over_tls_with_cuts_nothing_is_lost_or_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = super::tls::tests::loopback_config(dir.path());
+    let with_tls = || TcpSettings {
+        tls: Some(tls.clone()),
+        ..settings()
+    };
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, with_tls(), 4096, usize::MAX);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, with_tls());
+    let cut = w.tx.cutter();
+    let items: Vec<u64> = (0..300_000).collect();
+    w.send(&items, 1000, |i| {
+        if i % 60 == 59 {
+            cut();
+        }
+    });
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    let got = r.sink.items();
+    assert_eq!(got.len(), items.len(), "nothing lost, nothing repeated");
+    assert!(got == items, "in order");
+    assert!(w.counters.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+#[test]
+fn a_plain_writer_at_a_tls_reader_is_refused_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = super::tls::tests::loopback_config(dir.path());
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let reader_settings = TcpSettings {
+        tls: Some(tls),
+        connect_wait: Duration::from_secs(2),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, reader_settings, 4096, usize::MAX);
+    let writer_settings = TcpSettings {
+        connect_wait: Duration::from_secs(2),
+        reconnect_limit: Duration::from_secs(2),
+        ..settings()
+    };
+    let _w = writer::<u64>(r.probe.addr(), &wrun, writer_settings);
+    poll("the reader refuses the plain writer", || {
+        r.probe
+            .refusals()
+            .iter()
+            .any(|x| x.contains("does not speak TLS"))
+    });
+}
+
+#[test]
+fn a_restarted_reader_gets_everything_its_predecessor_did_not_consume() {
+    let (rrun1, rrun2, wrun) = (run(), run(), run());
+    let _ends = Ends(vec![rrun1.clone(), rrun2.clone(), wrun.clone()]);
+    let consumed = 300_000;
+    let r1 = reader::<u64>("127.0.0.1:0", &rrun1, settings(), 4096, consumed);
+    let addr = r1.probe.addr();
+    let mut w = writer::<u64>(addr, &wrun, settings());
+    let items: Vec<u64> = (0..1_000_000).collect();
+    let sending = std::thread::spawn(move || {
+        w.send(&items, 1000, |_| {});
+        w.finish();
+        w
+    });
+    // The first reader consumes 300 batches, receives more, acknowledges the 300, and dies.
+    r1.sink.wait("the first reader consumed its share", |s| {
+        s.consumed == consumed && s.items.len() > consumed
+    });
+    poll("the consumed batches acknowledged", || {
+        r1.probe.acked() == 300
+    });
+    rrun1.fail(Error::Runtime {
+        detail: "killed".into(),
+    });
+    poll("the first reader's port closes", || r1.probe.finished());
+    let start = Instant::now();
+    let r2 = loop {
+        // Its port may take a moment to close.
+        let bound = std::panic::catch_unwind(|| {
+            reader::<u64>(&addr.to_string(), &rrun2, settings(), 4096, usize::MAX)
+        });
+        match bound {
+            Ok(r) => break r,
+            Err(_) => assert!(start.elapsed() < GUARD, "cannot listen again on {addr}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let w = sending.join().unwrap();
+    r2.sink.wait("the end of stream", |s| s.eos);
+    let first = r1.sink.items();
+    let second = r2.sink.items();
+    // The second reader gets exactly what the first did not consume: what it received beyond
+    // that comes again, nothing else does, nothing is missing.
+    assert!(first.len() > consumed);
+    assert_eq!(second.len(), 1_000_000 - consumed);
+    assert!(second.iter().copied().eq(consumed as u64..1_000_000));
+    assert!(w.counters.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(rrun2.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+#[test]
+fn a_restarted_writer_starts_a_fresh_sequence() {
+    let (rrun, wrun1, wrun2) = (run(), run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun1.clone(), wrun2.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 4096, usize::MAX);
+    let items: Vec<u64> = (0..400_000).collect();
+    let mut w1 = writer::<u64>(r.probe.addr(), &wrun1, settings());
+    w1.send(&items[..200_000], 1000, |_| {});
+    poll("the first writer's batches consumed", || {
+        r.probe.acked() == 200
+    });
+    // The writing process dies; a new one (a new epoch) takes over where its input was.
+    wrun1.fail(Error::Runtime {
+        detail: "killed".into(),
+    });
+    drop(w1);
+    let mut w2 = writer::<u64>(r.probe.addr(), &wrun2, settings());
+    w2.send(&items[200_000..], 1000, |_| {});
+    w2.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(r.sink.items() == items, "every element, in order, once");
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun2.failure(), None);
+}
+
+#[test]
+fn a_stalled_reader_stops_the_writer_at_the_unacknowledged_bound() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let budget = 64 << 10;
+    let s = TcpSettings {
+        unacked_bytes: budget,
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 100, 0);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, s);
+    let items: Vec<u64> = (0..200_000).collect();
+    let batch = 1000;
+    // One batch is one frame of 8 + 8000 payload bytes.
+    let one_batch = 8 + 8 * batch;
+    let mut taken = 0;
+    let mut most = 0;
+    // Ends: the budget is reached within budget / one_batch + 1 batches.
+    loop {
+        let n = w.tx.write(&items[taken..taken + batch]).unwrap();
+        let unacked = w.counters.unacked_bytes.load(Ordering::Relaxed) as usize;
+        most = most.max(unacked);
+        if n == 0 {
+            break;
+        }
+        assert_eq!(n, batch);
+        taken += n;
+        assert!(taken <= budget, "the writer never stopped");
+    }
+    assert!(most >= budget, "{most}");
+    assert!(
+        most <= budget + one_batch,
+        "{most} over {budget} and a batch"
+    );
+    assert_eq!(w.wake.credits(), 0);
+    // The reader consumes again: acknowledgements make room, the writer is woken, and the
+    // rest goes through.
+    r.sink.set_limit(usize::MAX);
+    poll("the writer woken", || w.wake.credits() > 0);
+    let counters = Arc::clone(&w.counters);
+    w.send(&items[taken..], batch, |_| {
+        let unacked = counters.unacked_bytes.load(Ordering::Relaxed) as usize;
+        assert!(unacked <= budget + one_batch, "{unacked}");
+    });
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(r.sink.items() == items);
+}
+
+#[test]
+fn bad_peers_are_refused_and_the_running_link_goes_on() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 4096, usize::MAX);
+    let addr = r.probe.addr();
+    let mut w = writer::<u64>(addr, &wrun, settings());
+    let items: Vec<u64> = (0..200_000).collect();
+    w.send(&items[..100_000], 1000, |_| {});
+    // A connector that says nothing holds a handshake slot; the others still get theirs.
+    let _silent = TcpStream::connect(addr).unwrap();
+    let refused = |what: &str, expected: &str| {
+        poll(what, || {
+            r.probe
+                .refusals()
+                .iter()
+                .any(|reason| reason.contains(expected))
+        });
+    };
+    let bad_writer = |id: LinkIdentity, s: TcpSettings| {
+        let run = run();
+        let _ends = Ends(vec![run.clone()]);
+        let _w = writer_with::<u64>(id, addr, &run, s);
+        failure_of(&run)
+    };
+    let prefix = format!("runtime error: connection {LABEL}: host '{READER_HOST}' ({addr})");
+
+    let failure = bad_writer(
+        identity::<u64>(),
+        TcpSettings {
+            secret: secret("a wrong secret, long enough"),
+            ..settings()
+        },
+    );
+    let reason = "wrong secret: the server's proof does not match the client's secret (the \
+                  server does not know the secret, or the client has a wrong one)";
+    assert_eq!(
+        failure,
+        format!("{prefix} refused the link: refused the server: {reason}")
+    );
+    refused(
+        "a wrong secret",
+        &format!("the client refused the connection: {reason}"),
+    );
+
+    let failure = bad_writer(identity::<u32>(), settings());
+    let wrong_type = format!(
+        "wrong type: the reader takes u64 (fingerprint {:016x}), the writer sends u32 \
+         (fingerprint {:016x})",
+        identity::<u64>().type_fingerprint,
+        identity::<u32>().type_fingerprint
+    );
+    assert_eq!(
+        failure,
+        format!("{prefix} refused the link: the server refused the connection: {wrong_type}")
+    );
+    refused("a wrong type", &format!("refused the client: {wrong_type}"));
+
+    let other_app = LinkIdentity {
+        app: "other".into(),
+        ..identity::<u64>()
+    };
+    let failure = bad_writer(other_app, settings());
+    let wrong_app = "wrong application: the reader runs 'plant', the writer 'other'";
+    assert_eq!(
+        failure,
+        format!("{prefix} refused the link: the server refused the connection: {wrong_app}")
+    );
+    refused(
+        "a wrong application",
+        &format!("refused the client: {wrong_app}"),
+    );
+
+    let mut garbage = TcpStream::connect(addr).unwrap();
+    garbage
+        .write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3])
+        .unwrap();
+    refused(
+        "garbage",
+        r#"the peer is not an iotstream process (it sent "\xde\xad\xbe\xef\x01\x02\x03")"#,
+    );
+    let mut http = TcpStream::connect(addr).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: server\r\n\r\n")
+        .unwrap();
+    refused(
+        "an HTTP request",
+        r#"the peer is not an iotstream process (it sent "GET / HTTP/1.1\r\nHost: server\r\n\r\n")"#,
+    );
+
+    // A second writer of the same link (another process: another epoch) is busy-refused; it
+    // retries until its own connect_wait runs out.
+    let failure = bad_writer(
+        identity::<u64>(),
+        TcpSettings {
+            connect_wait: Duration::from_millis(500),
+            ..settings()
+        },
+    );
+    assert!(
+        failure.starts_with(&format!(
+            "{prefix} did not accept the connection within 0.5 s; last error: the server \
+             refused the connection: {BUSY_REASON}"
+        )),
+        "{failure}"
+    );
+    refused("a second writer", BUSY_REASON);
+
+    w.send(&items[100_000..], 1000, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(r.sink.items() == items, "the running link is untouched");
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+    assert_eq!(w.counters.reconnects.load(Ordering::Relaxed), 0);
+}
+
+/// A loopback port nobody listens on (bound, then closed).
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[test]
+fn a_reader_that_never_listens_fails_the_writer_naming_its_host() {
+    let wrun = run();
+    let _ends = Ends(vec![wrun.clone()]);
+    let addr = closed_port();
+    let s = TcpSettings {
+        connect_wait: Duration::from_millis(300),
+        ..settings()
+    };
+    let _w = writer::<u64>(addr, &wrun, s);
+    assert_eq!(
+        failure_of(&wrun),
+        format!(
+            "runtime error: connection {LABEL}: host '{READER_HOST}' ({addr}) did not accept \
+             the connection within 0.3 s; last error: cannot connect: Connection refused (os \
+             error 111)"
+        )
+    );
+}
+
+#[test]
+fn a_writer_that_never_connects_fails_the_reader_naming_its_host() {
+    let rrun = run();
+    let _ends = Ends(vec![rrun.clone()]);
+    let s = TcpSettings {
+        connect_wait: Duration::from_millis(300),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s, 10, usize::MAX);
+    assert_eq!(
+        failure_of(&rrun),
+        format!(
+            "runtime error: connection {LABEL}: host '{WRITER_HOST}' did not connect to \
+             127.0.0.1:0 within 0.3 s"
+        )
+    );
+    poll("the port closes", || r.probe.finished());
+    assert_eq!(rrun.feeders_finished(), 1);
+}
+
+#[test]
+fn a_reader_gone_for_good_fails_the_writer_after_the_reconnect_limit() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let s = TcpSettings {
+        reconnect_limit: Duration::from_millis(500),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 100, usize::MAX);
+    let addr = r.probe.addr();
+    let mut w = writer::<u64>(addr, &wrun, s);
+    let items: Vec<u64> = (0..10_000).collect();
+    w.send(&items, 1000, |_| {});
+    r.sink
+        .wait("the first elements", |s| s.items.len() == items.len());
+    rrun.fail(Error::Runtime {
+        detail: "the reading host died".into(),
+    });
+    let failure = failure_of(&wrun);
+    assert!(
+        failure.starts_with(&format!(
+            "runtime error: connection {LABEL}: lost host '{READER_HOST}' ({addr}) and could \
+             not reconnect within 0.5 s; last error: "
+        )),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_writer_gone_for_good_fails_the_reader_after_the_reconnect_limit() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let s = TcpSettings {
+        reconnect_limit: Duration::from_millis(500),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 100, usize::MAX);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, s);
+    let items: Vec<u64> = (0..10_000).collect();
+    w.send(&items, 1000, |_| {});
+    r.sink
+        .wait("the first elements", |s| s.items.len() == items.len());
+    // Gone without a word: no Stop, no Goodbye (a run that ends normally with its link open).
+    wrun.end();
+    drop(w);
+    let failure = failure_of(&rrun);
+    // Closed or reset, as the kernel has it: the writer's socket may close with bytes unread.
+    assert!(
+        failure.starts_with(&format!(
+            "runtime error: connection {LABEL}: host '{WRITER_HOST}' did not reconnect within \
+             0.5 s after the link broke: "
+        )),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_stopping_side_tells_its_peer_once() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 100, usize::MAX);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, settings());
+    w.send(&[1, 2, 3], 3, |_| {});
+    r.sink.wait("the first elements", |s| s.items.len() == 3);
+    wrun.stop();
+    poll("the reader told", || !r.stops.lock().unwrap().is_empty());
+    rrun.stop();
+    poll("the writer told", || !w.stops.lock().unwrap().is_empty());
+    // Several slices later, still once each.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(*r.stops.lock().unwrap(), vec![WRITER_HOST.to_string()]);
+    assert_eq!(*w.stops.lock().unwrap(), vec![READER_HOST.to_string()]);
+    // A stop is a request to drain, not a break: the stream still completes.
+    w.send(&[4, 5], 2, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert_eq!(r.sink.items(), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn the_type_fingerprint_is_stable_and_tells_types_apart() {
+    let a = identity::<u64>();
+    assert_eq!(a, identity::<u64>());
+    assert_ne!(a.type_fingerprint, identity::<i64>().type_fingerprint);
+    assert_ne!(a.type_fingerprint, identity::<String>().type_fingerprint);
+    assert_eq!(a.type_name, "u64");
+}

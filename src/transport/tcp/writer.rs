@@ -1,0 +1,884 @@
+//! The writer's end of a TCP link: [`TcpSender`], a flavor of the host's `LinkTx` (see the
+//! [module docs](super) for the protocol and the resume rules).
+//!
+//! Three parts share one [`State`] under a mutex:
+//!
+//! - the host's thread calls [`TcpSender::write`], which encodes batches into Data frames and
+//!   queues them within the unacknowledged-bytes budget, and [`TcpSender::close`];
+//! - the link's **I/O thread** connects (bounded by `connect_wait`), handshakes, writes the
+//!   queued frames (several per write call), heartbeats, sends Stop, and reconnects after a
+//!   break (bounded by `reconnect_limit`); it ends when the End is acknowledged, the run is
+//!   over, or the sender is dropped;
+//! - per connection, an **ack thread** reads what the reader sends (Acks, Heartbeats, Stop,
+//!   Goodbye), frees acknowledged frames, posts a credit envelope to the host when that makes
+//!   room (or acknowledges the End), and watches the reader's silence.
+//!
+//! Either connection thread that meets an error records it and cuts the connection, which
+//! wakes the other out of any blocked read or write.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::handshake::{self, HandshakeError};
+use super::stream::{Conn, ConnRead, Cutter};
+use super::tls::TlsError;
+use super::wire::{self, Frame, FrameDecoder, Hello};
+use super::{
+    secs, set_gauge, sleep_while, timed_out, Backoff, LinkIdentity, PeerStop, StopHook,
+    TcpSettings, BUSY_REASON, DATA_OVERHEAD_BYTES, HANDSHAKE_TIMEOUT, SLICE, TARGET_PAYLOAD_BYTES,
+    WAIT_LOG_EVERY,
+};
+use crate::error::Error;
+use crate::metrics::{add, LinkCounters};
+use crate::stream::Element;
+use crate::transport::codec::{Codec, Plan};
+use crate::transport::link::{Envelope, Mailbox, Run};
+
+/// How long one TCP connect attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest pause between two connect attempts while a writer waits for its reader's host
+/// to start (after a break, [`super::BACKOFF_MAX`] applies).
+const START_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Frames up to this size are copied into one buffer and written together; larger ones are
+/// written straight from the queue.
+const COALESCE_BYTES: usize = 64 << 10;
+
+/// The most bytes of frames the I/O thread takes from the queue for one round of writes.
+const WRITE_ROUND_BYTES: usize = 1 << 20;
+
+/// What the writer's I/O thread needs to reach its reader.
+pub(crate) struct TcpWriterSpec {
+    /// What the handshake says and checks.
+    pub id: LinkIdentity,
+    /// The reader's host, for messages.
+    pub peer_host: String,
+    /// The reader's listening address, `"addr:port"` (a name is resolved at each attempt).
+    pub connect_to: String,
+    /// The deployment's TCP settings.
+    pub settings: Arc<TcpSettings>,
+    /// The link's counters (`bytes`, `reconnects`, `unacked_bytes` here; `LinkTx` counts
+    /// elements and batches).
+    pub counters: Arc<LinkCounters>,
+    /// Called once if the reader says its application is stopping.
+    pub on_peer_stop: StopHook,
+}
+
+/// A frame taken and not yet acknowledged.
+struct Queued {
+    seq: u64,
+    /// The whole frame, length prefix included.
+    frame: Arc<Vec<u8>>,
+    /// Its payload bytes (0 for the End).
+    payload: usize,
+    end: bool,
+}
+
+/// What the host's thread, the I/O thread and the ack thread share.
+struct State {
+    /// Every frame taken and not acknowledged, in seq order.
+    queue: VecDeque<Queued>,
+    /// The seq of the next frame taken.
+    next_seq: u64,
+    /// Every seq below is acknowledged.
+    acked: u64,
+    /// The next seq to write on the current connection.
+    send_from: u64,
+    /// Every seq below was handed to some connection: an Ack beyond is a protocol error.
+    written: u64,
+    /// Payload bytes of the frames in `queue`.
+    unacked: usize,
+    /// `write` stopped short for the budget: post a credit envelope when room comes.
+    full: bool,
+    /// The End is queued.
+    closed: bool,
+    /// The End is acknowledged.
+    finished: bool,
+    /// The current connection's number (0: none yet); a thread of an older one stops.
+    conn: u64,
+    /// Why the current connection broke, set by whichever of its threads saw it first.
+    broken: Option<String>,
+    /// Cuts the current connection.
+    cutter: Option<Cutter>,
+    /// The reader's last Goodbye reason on the current connection.
+    goodbye: Option<String>,
+    /// A Stop was sent.
+    stop_sent: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signals the I/O thread: frames queued, a connection broke, the End acknowledged.
+    cond: Condvar,
+    /// The [`TcpSender`] is gone: the I/O thread ends.
+    dropped: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The writer's end of a TCP link (see the [module docs](self)).
+pub(crate) struct TcpSender<T> {
+    shared: Arc<Shared>,
+    codec: Codec<T>,
+    counters: Arc<LinkCounters>,
+    /// The budget of unacknowledged payload bytes.
+    budget: usize,
+    /// The largest payload a frame may carry.
+    max_payload: usize,
+}
+
+impl<T: Element> TcpSender<T> {
+    /// Starts the link's I/O thread, which connects in the background (see the module docs);
+    /// returns at once. The thread posts `Credit { output, link, n: 0 }` to `wake` when
+    /// acknowledgements make room after a short [`write`](Self::write), and when the End is
+    /// acknowledged.
+    pub(crate) fn open(
+        spec: TcpWriterSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        link: u32,
+        run: Run,
+    ) -> Result<Self, Error> {
+        let label = spec.id.label.clone();
+        let epoch_bytes = super::auth::nonce().map_err(|e| Error::Runtime {
+            detail: format!("connection {label}: {e}"),
+        })?;
+        let epoch = u64::from_le_bytes(epoch_bytes[..8].try_into().expect("8 bytes"));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                next_seq: 0,
+                acked: 0,
+                send_from: 0,
+                written: 0,
+                unacked: 0,
+                full: false,
+                closed: false,
+                finished: false,
+                conn: 0,
+                broken: None,
+                cutter: None,
+                goodbye: None,
+                stop_sent: false,
+            }),
+            cond: Condvar::new(),
+            dropped: AtomicBool::new(false),
+        });
+        let settings = Arc::clone(&spec.settings);
+        let io = Io {
+            shared: Arc::clone(&shared),
+            hello: spec.id.hello(epoch, settings.secret.is_some()),
+            label: label.clone(),
+            host: spec.peer_host.clone(),
+            addr: spec.connect_to.clone(),
+            stop: PeerStop::new(spec.on_peer_stop, &spec.peer_host),
+            settings: Arc::clone(&settings),
+            counters: Arc::clone(&spec.counters),
+            wake,
+            output,
+            link,
+            run,
+        };
+        std::thread::Builder::new()
+            .name(format!("tcp link {output}.{link}"))
+            .spawn(move || io.run())
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start a TCP link thread: {e}"),
+            })?;
+        Ok(TcpSender {
+            shared,
+            codec: Codec::new(),
+            counters: spec.counters,
+            budget: settings.unacked_bytes,
+            max_payload: settings.frame_limit() as usize
+                - (DATA_OVERHEAD_BYTES - wire::HEADER_BYTES),
+        })
+    }
+
+    /// Takes as many leading elements of `items` as the unacknowledged-bytes budget allows,
+    /// encoded into Data frames, and returns how many; always at least one frame's worth when
+    /// nothing is unacknowledged. 0 means full: the I/O thread posts a credit envelope when
+    /// acknowledgements make room. An element whose encoding exceeds `MAX_ELEMENT_BYTES` is an
+    /// error naming its size.
+    pub(crate) fn write(&mut self, items: &[T]) -> Result<usize, String> {
+        let mut done = 0;
+        // Ends: each pass takes at least one element, or returns.
+        loop {
+            let mut unacked = self.shared.lock().unacked;
+            let mut frames = Vec::new();
+            while done < items.len() && (unacked == 0 || unacked < self.budget) {
+                let rest = &items[done..];
+                let (n, len) = self.plan(rest)?;
+                let mut frame = Vec::with_capacity(DATA_OVERHEAD_BYTES + len);
+                wire::data_header(0, n as u32, len, &mut frame);
+                self.codec.append(rest, n, &mut frame);
+                debug_assert_eq!(frame.len(), DATA_OVERHEAD_BYTES + len);
+                frames.push((frame, len));
+                unacked += len;
+                done += n;
+            }
+            let mut st = self.shared.lock();
+            for (mut frame, payload) in frames {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                frame[wire::DATA_SEQ_AT..wire::DATA_SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
+                st.queue.push_back(Queued {
+                    seq,
+                    frame: Arc::new(frame),
+                    payload,
+                    end: false,
+                });
+                st.unacked += payload;
+            }
+            set_gauge(&self.counters, st.unacked);
+            self.shared.cond.notify_all();
+            if done == items.len() {
+                return Ok(done);
+            }
+            if st.unacked < self.budget {
+                // Acknowledgements came while this call encoded: go on.
+                continue;
+            }
+            // Set under the lock the ack thread takes: it cannot free room unseen.
+            st.full = true;
+            return Ok(done);
+        }
+    }
+
+    /// The next frame for the leading elements of `rest`: how many, and the payload's bytes.
+    fn plan(&mut self, rest: &[T]) -> Result<(usize, usize), String> {
+        match self
+            .codec
+            .plan(rest, TARGET_PAYLOAD_BYTES.min(self.max_payload))?
+        {
+            Plan::Frame { n, len } if n > 0 => Ok((n, len)),
+            // An element larger than a usual frame goes in a frame of its own, up to the
+            // frame limit, which any element within `MAX_ELEMENT_BYTES` fits.
+            _ => match self.codec.plan(&rest[..1], self.max_payload)? {
+                Plan::Frame { n: 1, len } => Ok((1, len)),
+                _ => Err(format!(
+                    "an element does not fit a frame of {} bytes",
+                    self.max_payload
+                )),
+            },
+        }
+    }
+
+    /// Ends the stream: an End frame after everything written. Closing twice is harmless.
+    pub(crate) fn close(&mut self) {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let mut frame = Vec::new();
+        wire::encode_frame(&Frame::End { seq }, &mut frame);
+        st.queue.push_back(Queued {
+            seq,
+            frame: Arc::new(frame),
+            payload: 0,
+            end: true,
+        });
+        self.shared.cond.notify_all();
+    }
+
+    /// The End is acknowledged: the reader consumed every element.
+    pub(crate) fn finished(&self) -> bool {
+        self.shared.lock().finished
+    }
+
+    /// Test hook: what cuts the current connection, as a network failure would.
+    #[cfg(test)]
+    pub(crate) fn cutter(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            if let Some(c) = &shared.lock().cutter {
+                c.cut();
+            }
+        }
+    }
+}
+
+impl<T> Drop for TcpSender<T> {
+    fn drop(&mut self) {
+        self.shared.dropped.store(true, Ordering::SeqCst);
+        self.shared.cond.notify_all();
+    }
+}
+
+/// Why an attempt to connect failed.
+enum DialError {
+    /// Worth another attempt (nobody listens yet, a reset, a busy reader).
+    Transient(String),
+    /// The reader refused this writer for a reason another attempt does not change.
+    Fatal(String),
+}
+
+/// How a connection ended.
+enum Outcome {
+    /// The End is acknowledged and the Goodbye sent.
+    Finished,
+    /// The link is done otherwise (run over, sender dropped).
+    Ended,
+    /// It broke, for this reason: reconnect.
+    Broken(String),
+}
+
+/// The I/O thread's view of the link.
+struct Io {
+    shared: Arc<Shared>,
+    hello: Hello,
+    label: String,
+    host: String,
+    addr: String,
+    stop: Arc<PeerStop>,
+    settings: Arc<TcpSettings>,
+    counters: Arc<LinkCounters>,
+    wake: Arc<dyn Mailbox>,
+    output: u32,
+    link: u32,
+    run: Run,
+}
+
+impl Io {
+    /// The link still has work: the run goes on and the sender exists.
+    fn alive(&self) -> bool {
+        !self.run.is_over() && !self.shared.dropped.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, detail: String) {
+        self.run.fail(Error::Runtime { detail });
+    }
+
+    fn run(self) {
+        let Some(mut conn) = self.connect_first() else {
+            return;
+        };
+        // Ends: each pass is one connection; the loop returns when the link is done or
+        // reconnection fails.
+        loop {
+            match self.drive(conn) {
+                Outcome::Finished | Outcome::Ended => return,
+                Outcome::Broken(error) => {
+                    tracing::warn!(
+                        "connection {}: the link to host '{}' ({}) broke: {error}; reconnecting \
+                         for up to {}",
+                        self.label,
+                        self.host,
+                        self.addr,
+                        secs(self.settings.reconnect_limit)
+                    );
+                    let since = Instant::now();
+                    let Some(next) = self.reconnect(since, error) else {
+                        return;
+                    };
+                    add(&self.counters.reconnects, 1);
+                    let from = self.shared.lock().send_from;
+                    tracing::info!(
+                        "connection {}: reconnected to host '{}' ({}) after {}; resuming at \
+                         batch {from}",
+                        self.label,
+                        self.host,
+                        self.addr,
+                        secs(since.elapsed())
+                    );
+                    conn = next;
+                }
+            }
+        }
+    }
+
+    /// At start: retries for `connect_wait`, saying every few seconds what it waits for.
+    fn connect_first(&self) -> Option<Conn> {
+        let start = Instant::now();
+        let wait = self.settings.connect_wait;
+        let mut backoff = Backoff::new();
+        let mut said: Option<Instant> = None;
+        // Ends: each pass dials once; the deadline or the end of the run returns.
+        loop {
+            if !self.alive() {
+                return None;
+            }
+            let error = match self.dial() {
+                Ok(conn) => return Some(conn),
+                Err(DialError::Fatal(e)) => {
+                    self.fail(format!(
+                        "connection {}: host '{}' ({}) refused the link: {e}",
+                        self.label, self.host, self.addr
+                    ));
+                    return None;
+                }
+                Err(DialError::Transient(e)) => e,
+            };
+            let waited = start.elapsed();
+            if waited >= wait {
+                self.fail(format!(
+                    "connection {}: host '{}' ({}) did not accept the connection within {}; \
+                     last error: {error}",
+                    self.label,
+                    self.host,
+                    self.addr,
+                    secs(wait)
+                ));
+                return None;
+            }
+            if said.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
+                said = Some(Instant::now());
+                tracing::info!(
+                    "connection {}: waiting for host '{}' ({}) to listen ({error})",
+                    self.label,
+                    self.host,
+                    self.addr
+                );
+            }
+            let pause = backoff.pause().min(START_BACKOFF_MAX).min(wait - waited);
+            if !sleep_while(pause, || self.alive()) {
+                return None;
+            }
+        }
+    }
+
+    /// After a break: retries with backoff until `reconnect_limit` has passed since `since`.
+    fn reconnect(&self, since: Instant, mut last: String) -> Option<Conn> {
+        let limit = self.settings.reconnect_limit;
+        let mut backoff = Backoff::new();
+        // Ends: each pass dials once; the limit or the end of the run returns.
+        loop {
+            let left = limit.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                self.fail(format!(
+                    "connection {}: lost host '{}' ({}) and could not reconnect within {}; last \
+                     error: {last}",
+                    self.label,
+                    self.host,
+                    self.addr,
+                    secs(limit)
+                ));
+                return None;
+            }
+            if !sleep_while(backoff.pause().min(left), || self.alive()) {
+                return None;
+            }
+            match self.dial() {
+                Ok(conn) => return Some(conn),
+                Err(DialError::Fatal(e)) => {
+                    self.fail(format!(
+                        "connection {}: host '{}' ({}) refused the link: {e}",
+                        self.label, self.host, self.addr
+                    ));
+                    return None;
+                }
+                Err(DialError::Transient(e)) => last = e,
+            }
+        }
+    }
+
+    /// One attempt: connect, handshake, apply the reader's resume point.
+    fn dial(&self) -> Result<Conn, DialError> {
+        let addrs: Vec<SocketAddr> = self
+            .addr
+            .to_socket_addrs()
+            .map_err(|e| DialError::Transient(format!("cannot resolve the address: {e}")))?
+            .collect();
+        let mut last = DialError::Transient("the address resolves to nothing".into());
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = DialError::Transient(format!("cannot connect: {e}")),
+            }
+        }
+        let Some(stream) = stream else {
+            return Err(last);
+        };
+        let io_error =
+            |e: std::io::Error| DialError::Transient(format!("cannot set up the connection: {e}"));
+        let mut conn = Conn::client(
+            stream,
+            self.settings.tls.as_ref(),
+            &self.addr,
+            HANDSHAKE_TIMEOUT,
+        )
+        .map_err(|e| match e {
+            // The network failed: try again. Anything else is a certificate or configuration
+            // problem that a retry would only repeat.
+            TlsError::Io(_) | TlsError::Closed { .. } => DialError::Transient(e.to_string()),
+            e => DialError::Fatal(e.to_string()),
+        })?;
+        conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
+            .map_err(io_error)?;
+        let accept =
+            handshake::client_handshake(&mut conn, &self.hello, self.settings.secret.as_deref())
+                .map_err(|e| match &e {
+                    HandshakeError::Io(_) | HandshakeError::Closed => {
+                        DialError::Transient(e.to_string())
+                    }
+                    HandshakeError::Refused { reason, .. } if reason.starts_with(BUSY_REASON) => {
+                        DialError::Transient(e.to_string())
+                    }
+                    _ => DialError::Fatal(e.to_string()),
+                })?;
+        let mut st = self.shared.lock();
+        if accept.resume_from > st.next_seq {
+            return Err(DialError::Transient(format!(
+                "the reader resumes at batch {} but only {} were ever sent",
+                accept.resume_from, st.next_seq
+            )));
+        }
+        // A fresh reader (0) gets everything not acknowledged; a reader that has frames up to
+        // `resume_from` gets the rest. Frames it has stay queued until acknowledged.
+        st.send_from = accept.resume_from.max(st.acked);
+        Ok(conn)
+    }
+
+    /// Runs one connection until it breaks or the link is done.
+    fn drive(&self, conn: Conn) -> Outcome {
+        let setup = (|| {
+            conn.set_timeouts(Some(SLICE), Some(self.settings.peer_timeout))?;
+            let mine = conn.cutter()?;
+            let theirs = conn.cutter()?;
+            let (r, w) = conn.split()?;
+            Ok::<_, std::io::Error>((mine, theirs, r, w))
+        })();
+        let (cutter, shared_cutter, r, mut w) = match setup {
+            Ok(parts) => parts,
+            Err(e) => return Outcome::Broken(format!("cannot set up the connection: {e}")),
+        };
+        let gen = {
+            let mut st = self.shared.lock();
+            st.conn += 1;
+            st.broken = None;
+            st.goodbye = None;
+            st.cutter = Some(shared_cutter);
+            st.conn
+        };
+        let acks = {
+            let reader = AckReader {
+                shared: Arc::clone(&self.shared),
+                gen,
+                label: self.label.clone(),
+                host: self.host.clone(),
+                stop: Arc::clone(&self.stop),
+                budget: self.settings.unacked_bytes,
+                peer_timeout: self.settings.peer_timeout,
+                counters: Arc::clone(&self.counters),
+                wake: Arc::clone(&self.wake),
+                output: self.output,
+                link: self.link,
+                run: Arc::clone(&self.run),
+            };
+            std::thread::Builder::new()
+                .name(format!("tcp acks {}.{}", self.output, self.link))
+                .spawn(move || reader.run(r))
+        };
+        let acks = match acks {
+            Ok(handle) => handle,
+            Err(e) => {
+                cutter.cut();
+                return Outcome::Broken(format!("cannot start a thread: {e}"));
+            }
+        };
+        let outcome = self.pump(&mut w);
+        if let Outcome::Finished = outcome {
+            // An orderly close: no more writes; the ack thread reads until the reader, which
+            // got the Goodbye, closes too (closing with its bytes unread would reset the
+            // connection, and the reader could lose the Goodbye).
+            cutter.close_writes();
+        } else {
+            cutter.cut();
+        }
+        // The ack thread sees the cut (or its stale connection number) within a slice.
+        let _ = acks.join();
+        let mut st = self.shared.lock();
+        st.cutter = None;
+        outcome
+    }
+
+    /// Writes what is queued, heartbeats and Stop on one connection until it breaks or the link
+    /// is done.
+    fn pump(&self, w: &mut impl std::io::Write) -> Outcome {
+        let heartbeat = self.settings.heartbeat;
+        let mut last_send = Instant::now();
+        let mut out = Vec::new();
+        // Ends: each pass writes something or waits a slice; every exit condition is checked
+        // at each pass.
+        loop {
+            let mut control = Vec::new();
+            let mut frames: Vec<Arc<Vec<u8>>> = Vec::new();
+            let mut payload = 0;
+            {
+                let mut st = self.shared.lock();
+                // Ends: each pass returns, breaks with work, or waits at most a slice.
+                loop {
+                    if let Some(e) = st.broken.take() {
+                        return Outcome::Broken(e);
+                    }
+                    if st.finished {
+                        drop(st);
+                        let mut bye = Vec::new();
+                        wire::encode_frame(
+                            &Frame::Goodbye {
+                                reason: "the stream ended and the reader consumed it".into(),
+                            },
+                            &mut bye,
+                        );
+                        // Best effort: the reader ends without it once its peer is gone.
+                        let _ = w.write_all(&bye).and_then(|()| w.flush());
+                        return Outcome::Finished;
+                    }
+                    if self.run.draining() && !st.stop_sent {
+                        st.stop_sent = true;
+                        control.push(Frame::Stop);
+                    }
+                    if control.is_empty() && !self.alive() {
+                        return Outcome::Ended;
+                    }
+                    if st.send_from < st.next_seq {
+                        let first = st.queue.front().map_or(st.next_seq, |q| q.seq);
+                        let skip = (st.send_from.max(first) - first) as usize;
+                        let mut bytes = 0;
+                        let mut upto = st.send_from;
+                        for q in st.queue.iter().skip(skip) {
+                            if bytes >= WRITE_ROUND_BYTES {
+                                break;
+                            }
+                            bytes += q.frame.len();
+                            payload += q.payload;
+                            frames.push(Arc::clone(&q.frame));
+                            upto = q.seq + 1;
+                        }
+                        st.send_from = upto;
+                        // Handed to this connection before it is written: an Ack for it may
+                        // come back before `write` returns.
+                        st.written = st.written.max(st.send_from);
+                    }
+                    if !frames.is_empty() || !control.is_empty() {
+                        break;
+                    }
+                    let since = last_send.elapsed();
+                    if since >= heartbeat {
+                        control.push(Frame::Heartbeat);
+                        break;
+                    }
+                    st = self
+                        .shared
+                        .cond
+                        .wait_timeout(st, SLICE.min(heartbeat - since))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+            out.clear();
+            for f in &control {
+                wire::encode_frame(f, &mut out);
+            }
+            let written = (|| {
+                for f in &frames {
+                    if f.len() <= COALESCE_BYTES {
+                        out.extend_from_slice(f);
+                        continue;
+                    }
+                    if !out.is_empty() {
+                        w.write_all(&out)?;
+                        out.clear();
+                    }
+                    w.write_all(f)?;
+                }
+                if !out.is_empty() {
+                    w.write_all(&out)?;
+                }
+                w.flush()
+            })();
+            if let Err(e) = written {
+                let mut st = self.shared.lock();
+                let why = st
+                    .broken
+                    .take()
+                    .unwrap_or_else(|| format!("cannot write: {e}"));
+                return Outcome::Broken(why);
+            }
+            add(&self.counters.bytes, payload as u64);
+            last_send = Instant::now();
+        }
+    }
+}
+
+/// The thread that reads what the reader sends on one connection.
+struct AckReader {
+    shared: Arc<Shared>,
+    gen: u64,
+    label: String,
+    host: String,
+    stop: Arc<PeerStop>,
+    budget: usize,
+    peer_timeout: Duration,
+    counters: Arc<LinkCounters>,
+    wake: Arc<dyn Mailbox>,
+    output: u32,
+    link: u32,
+    run: Run,
+}
+
+impl AckReader {
+    fn run(self, mut r: ConnRead) {
+        let error = self.read(&mut r);
+        let mut st = self.shared.lock();
+        if st.conn == self.gen {
+            if let (None, Some(e)) = (&st.broken, error) {
+                st.broken = Some(e);
+            }
+            if let Some(c) = &st.cutter {
+                c.cut();
+            }
+        }
+        self.shared.cond.notify_all();
+    }
+
+    /// Reads until the connection fails, and returns why; `None` when it ends because the link
+    /// is done or the connection was replaced.
+    fn read(&self, r: &mut ConnRead) -> Option<String> {
+        // Only small frames come from a reader: Acks, Heartbeats, Stop, a Goodbye.
+        let mut dec = FrameDecoder::new(wire::HANDSHAKE_MAX_BYTES);
+        let mut heard = Instant::now();
+        // Ends: each pass reads for at most a slice; a stale connection or the end of the run
+        // returns.
+        loop {
+            {
+                let st = self.shared.lock();
+                if st.conn != self.gen || st.broken.is_some() {
+                    return None;
+                }
+                // Once finished, reads on until the reader closes (see `drive`).
+                let dropped = self.shared.dropped.load(Ordering::SeqCst);
+                if self.run.is_over() || (dropped && !st.finished) {
+                    return None;
+                }
+            }
+            match dec.read_from(r) {
+                Ok(0) => {
+                    if self.shared.lock().finished {
+                        return None;
+                    }
+                    let goodbye = self.shared.lock().goodbye.clone();
+                    return Some(match (goodbye, dec.finish()) {
+                        (_, Err(e)) => {
+                            format!("the reader sent bytes that break the protocol: {e}")
+                        }
+                        (Some(reason), Ok(())) => {
+                            format!("the reader closed the connection: {reason}")
+                        }
+                        (None, Ok(())) => "the reader closed the connection".into(),
+                    });
+                }
+                Ok(_) => {
+                    heard = Instant::now();
+                    // Ends: each pass takes a frame out of the bounded buffer.
+                    loop {
+                        match dec.next() {
+                            Ok(Some(f)) => {
+                                if let Err(e) = self.on_frame(f) {
+                                    return Some(e);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                return Some(format!(
+                                    "the reader sent bytes that break the protocol: {e}"
+                                ))
+                            }
+                        }
+                    }
+                }
+                Err(e) if timed_out(&e) => {
+                    if heard.elapsed() >= self.peer_timeout {
+                        return Some(format!(
+                            "the reader was silent for {}",
+                            secs(self.peer_timeout)
+                        ));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(format!("cannot read: {e}")),
+            }
+        }
+    }
+
+    fn on_frame(&self, f: Frame) -> Result<(), String> {
+        match f {
+            Frame::Ack { next } => self.on_ack(next),
+            Frame::Heartbeat => Ok(()),
+            Frame::Stop => {
+                self.stop.fire(&self.label);
+                Ok(())
+            }
+            Frame::Goodbye { reason } => {
+                let reason: String = reason.chars().take(200).collect();
+                tracing::info!(
+                    "connection {}: host '{}' closes the connection: {}",
+                    self.label,
+                    self.host,
+                    reason.escape_debug()
+                );
+                self.shared.lock().goodbye = Some(reason);
+                Ok(())
+            }
+            Frame::Data { .. } | Frame::End { .. } => {
+                Err("the reader sent a Data or End frame, which only a writer sends".into())
+            }
+        }
+    }
+
+    fn on_ack(&self, next: u64) -> Result<(), String> {
+        let mut st = self.shared.lock();
+        if next > st.written {
+            return Err(format!(
+                "the reader acknowledged batches up to {next} but only {} were sent",
+                st.written
+            ));
+        }
+        if next <= st.acked {
+            return Ok(());
+        }
+        let mut ended = false;
+        while st.queue.front().is_some_and(|q| q.seq < next) {
+            let q = st.queue.pop_front().expect("a front");
+            st.unacked -= q.payload;
+            ended |= q.end;
+        }
+        st.acked = next;
+        st.send_from = st.send_from.max(next);
+        set_gauge(&self.counters, st.unacked);
+        let mut wake = false;
+        if st.full && st.unacked < self.budget {
+            st.full = false;
+            wake = true;
+        }
+        if ended {
+            st.finished = true;
+            wake = true;
+        }
+        drop(st);
+        self.shared.cond.notify_all();
+        if wake {
+            self.wake.post(Envelope::Credit {
+                output: self.output,
+                link: self.link,
+                n: 0,
+            });
+        }
+        Ok(())
+    }
+}
