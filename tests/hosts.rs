@@ -696,11 +696,6 @@ fn error_naming<'a>(text: &'a str, host: &str) -> Option<&'a str> {
     })
 }
 
-/// A line of `text` holding every one of `parts`.
-fn line_with<'a>(text: &'a str, parts: &[&str]) -> Option<&'a str> {
-    text.lines().find(|l| parts.iter().all(|p| l.contains(p)))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Checking what the sink recorded
 
@@ -834,8 +829,8 @@ fn pid_of(stderr: &str, process: &str) -> Option<u32> {
 // ---------------------------------------------------------------------------------------------
 // The scenarios
 
-/// Either host may start first: the first one says it waits for the other, naming it; then
-/// the run ends on both hosts with every process finished, exit 0, and every index once.
+/// Either host may start first: the run ends on both hosts with every process finished,
+/// exit 0, and every index once.
 fn runs_to_the_end_whichever_host_starts_first() -> Result<(), String> {
     for first in [SOURCE, SINK] {
         let net = Net::new(&format!("order-{first}"));
@@ -844,11 +839,13 @@ fn runs_to_the_end_whichever_host_starts_first() -> Result<(), String> {
         let count = n.to_string();
         let args = [count.as_str(), "0"];
         let early = net.launch(first, "indexed", &args);
-        let other = HOST_NAMES[1 - first];
-        early.wait_stderr(
-            &format!("{} waiting for '{other}'", HOST_NAMES[first]),
-            |e| line_with(e, &["wait", &format!("'{other}'")]).is_some(),
-        )?;
+        early.wait_stderr("data flowing on the first host", |e| {
+            e.contains("ready: data flows")
+        })?;
+        // Not a measurement: the first host's link is left alone for a while (the writer's
+        // first attempts fail, or the reader listens with nobody there) before the other host
+        // starts.
+        std::thread::sleep(Duration::from_millis(1_000));
         let late = net.launch(1 - first, "indexed", &args);
         let (source, sink) = if first == SOURCE {
             (early, late)
@@ -866,6 +863,36 @@ fn runs_to_the_end_whichever_host_starts_first() -> Result<(), String> {
         })?;
     }
     Ok(())
+}
+
+/// A host started alone says, with the default logging, that it waits for the other host,
+/// naming it; started then, the other host completes the run. Checked for both hosts first.
+fn the_host_started_first_says_which_host_it_waits_for() -> Result<(), String> {
+    let network = "secret_file = \"secret\"\nconnect_wait_ms = 8000\nheartbeat_ms = 200\n\
+                   peer_timeout_ms = 1000\nreconnect_limit_ms = 8000\n";
+    let mut wrong = Vec::new();
+    for first in [SOURCE, SINK] {
+        let net = Net::new(&format!("waits-{first}"));
+        net.deploy(&net.file(network, INDEXED_PROCESSES), [SECRET, SECRET]);
+        let args = ["1000", "0"];
+        let early = net.launch(first, "indexed", &args);
+        let other = HOST_NAMES[1 - first];
+        let said = early.wait_stderr(
+            &format!("{} saying it waits for '{other}'", HOST_NAMES[first]),
+            |e| {
+                e.lines()
+                    .any(|l| l.contains(&format!("'{other}'")) && l.contains("wait"))
+            },
+        );
+        if let Err(e) = said {
+            wrong.push(e);
+            continue;
+        }
+        let late = net.launch(1 - first, "indexed", &args);
+        late.success()?;
+        early.success()?;
+    }
+    ensure(wrong.is_empty(), || wrong.join("\n"))
 }
 
 /// Ctrl-C on either host drains the application on both: both launchers exit 0, every process
@@ -1008,7 +1035,23 @@ fn link_cuts_and_killed_sockets_lose_and_duplicate_nothing() -> Result<(), Strin
                     cuts += 1;
                 }
             }
-            _ => kills += net.hosts.kill_tcp(SINK, port)?,
+            // The link may be reconnecting after a cut: kill it once it is up again.
+            _ => {
+                let outcome = Cell::new(None);
+                wait_until(
+                    "a link connection to kill",
+                    || match net.hosts.kill_tcp(SINK, port) {
+                        Ok(0) => false,
+                        r => {
+                            outcome.set(Some(r));
+                            true
+                        }
+                    },
+                    || tails(&source, &sink),
+                    || source.alive() && sink.alive(),
+                )?;
+                kills += outcome.take().unwrap_or(Ok(0))?;
+            }
         }
     }
     let (_, sink_err) = sink.success()?;
@@ -1160,9 +1203,11 @@ fn no_secret_refused_unless_insecure() -> Result<(), String> {
     exactly_once_in_order(&net.out(SINK), 10_000)
 }
 
-/// Mutual TLS: with certificates from the CA both hosts trust the run completes; a host whose
-/// certificate comes from another CA is refused, the refusing side naming the unknown CA, and
-/// the run fails. Needs the `openssl` command (skipped, said so, without it).
+/// Mutual TLS: with certificates from the CA both hosts trust, the run completes. A host
+/// whose certificate comes from another CA (it trusts both, the other host only its own) is
+/// refused: the refusing side names its CA file, the refused side hears so, nothing crosses,
+/// and the run fails. A host whose own certificate its own CA file does not sign is refused
+/// before it starts anything. Needs the `openssl` command (skipped, said so, without it).
 fn tls_refuses_a_certificate_from_an_unknown_ca() -> Result<(), String> {
     let openssl_works = Command::new("openssl")
         .arg("version")
@@ -1173,75 +1218,98 @@ fn tls_refuses_a_certificate_from_an_unknown_ca() -> Result<(), String> {
         println!("  (skipped: no openssl command to make certificates with)");
         return Ok(());
     }
-    let tls = "tls_cert = \"tls.pem\"\ntls_key = \"tls.key\"\ntls_ca = \"ca.pem\"\n";
-    let network = format!("{NETWORK}{tls}");
-    // Which host (if any) gets a certificate from the CA nobody trusts, and who must say so.
+    let network = "secret_file = \"secret\"\nconnect_wait_ms = 5000\nheartbeat_ms = 200\n\
+                   peer_timeout_ms = 1000\nreconnect_limit_ms = 5000\n\
+                   tls_cert = \"tls.pem\"\ntls_key = \"tls.key\"\ntls_ca = \"ca.pem\"\n";
+    // Which host (if any) has a certificate from a CA the other host does not trust.
+    let mut wrong = Vec::new();
     for rogue in [None, Some(SOURCE), Some(SINK)] {
-        let label = rogue.map_or("trusted".to_string(), |r| format!("rogue-{r}"));
-        let net = Net::new(&format!("tls-{label}"));
-        let pki = net.dir.0.join("pki");
-        std::fs::create_dir_all(&pki).map_err(|e| e.to_string())?;
-        make_ca(&pki, "trusted-ca")?;
-        make_ca(&pki, "rogue-ca")?;
-        for i in [SOURCE, SINK] {
-            let ca = if rogue == Some(i) {
-                "rogue-ca"
-            } else {
-                "trusted-ca"
-            };
-            let name = HOST_NAMES[i];
-            make_cert(&pki, ca, name, &net.hosts.addr(i).to_string())?;
-            let site = net.site(i);
-            let copy = |from: &str, to: &str| -> Result<(), String> {
-                let bytes = std::fs::read(pki.join(from)).map_err(|e| e.to_string())?;
-                write_private(&site.join(to), &bytes);
-                Ok(())
-            };
-            copy(&format!("{name}.pem"), "tls.pem")?;
-            copy(&format!("{name}.key"), "tls.key")?;
-            copy("trusted-ca.pem", "ca.pem")?;
+        if let Err(e) = tls_case(network, rogue) {
+            wrong.push(e);
         }
-        net.deploy(&net.file(&network, INDEXED_PROCESSES), [SECRET, SECRET]);
-        let n = 20_000u64;
-        let count = n.to_string();
-        let args = [count.as_str(), "0"];
+    }
+    ensure(wrong.is_empty(), || wrong.join("\n"))
+}
+
+/// One case of [`tls_refuses_a_certificate_from_an_unknown_ca`]: `rogue` is the host whose
+/// certificate comes from the CA the other does not trust, if any.
+fn tls_case(network: &str, rogue: Option<usize>) -> Result<(), String> {
+    let label = rogue.map_or("trusted".to_string(), |r| format!("rogue-{r}"));
+    let net = Net::new(&format!("tls-{label}"));
+    let pki = net.dir.0.join("pki");
+    std::fs::create_dir_all(&pki).map_err(|e| e.to_string())?;
+    make_ca(&pki, "trusted-ca")?;
+    make_ca(&pki, "rogue-ca")?;
+    let read = |name: &str| std::fs::read(pki.join(name)).map_err(|e| e.to_string());
+    for i in [SOURCE, SINK] {
+        let ca = if rogue == Some(i) {
+            "rogue-ca"
+        } else {
+            "trusted-ca"
+        };
+        let name = HOST_NAMES[i];
+        make_cert(&pki, ca, name, &net.hosts.addr(i).to_string())?;
+        let site = net.site(i);
+        write_private(&site.join("tls.pem"), &read(&format!("{name}.pem"))?);
+        write_private(&site.join("tls.key"), &read(&format!("{name}.key"))?);
+        write_private(&site.join("ca.pem"), &read("trusted-ca.pem")?);
+    }
+    net.deploy(&net.file(network, INDEXED_PROCESSES), [SECRET, SECRET]);
+    let n = 20_000u64;
+    let count = n.to_string();
+    let args = [count.as_str(), "0"];
+    let Some(rogue) = rogue else {
         let sink = net.launch(SINK, "indexed", &args);
         let source = net.launch(SOURCE, "indexed", &args);
-        let Some(rogue) = rogue else {
-            sink.success()?;
-            source.success()?;
-            exactly_once_in_order(&net.out(SINK), n)?;
-            continue;
-        };
-        let (source_status, _, source_err) = source.wait()?;
-        let (sink_status, _, sink_err) = sink.wait()?;
-        let errs = [&source_err, &sink_err];
-        let both = format!(
-            "{}\n{}",
-            tail_of("sensorbox", &source_err),
-            tail_of("cloudbox", &sink_err)
-        );
-        ensure(!source_status.success() && !sink_status.success(), || {
-            format!("{label}: sensorbox {source_status}, cloudbox {sink_status}\n{both}")
-        })?;
-        // The side that checks the rogue certificate names the CA file it trusts; the rogue
-        // side hears that its certificate was refused.
+        sink.success()?;
+        source.success()?;
+        return exactly_once_in_order(&net.out(SINK), n);
+    };
+    let site = net.site(rogue);
+    if rogue == SOURCE {
+        // Its own CA file does not sign its certificate: refused before anything starts.
+        let (status, _, err) = net.launch(rogue, "indexed", &args).wait()?;
         let want = format!(
-            "TLS: the peer's certificate is not signed by the CA in '{}' (UnknownIssuer)",
-            net.site(1 - rogue).join("ca.pem").display()
+            "TLS: the certificate in {} is refused by the CA in {}",
+            site.join("tls.pem").display(),
+            site.join("ca.pem").display()
         );
-        ensure(errs[1 - rogue].contains(&want), || {
-            format!("{label}: no \"{want}\"\n{both}")
-        })?;
-        let refused = "TLS: the peer refused this host's certificate (alert UnknownCA)";
-        ensure(errs[rogue].contains(refused), || {
-            format!("{label}: no \"{refused}\"\n{both}")
-        })?;
-        ensure(file_len(&net.out(SINK)) == 0, || {
-            format!("{label}: data crossed a link with an untrusted certificate")
-        })?;
+        ensure(
+            !status.success() && err.contains(&want) && !err.contains("started (pid"),
+            || format!("{label}: exit {status}, no \"{want}\" before any start\n{err}"),
+        )?;
     }
-    Ok(())
+    // The rogue host trusts both CAs; the other host only its own.
+    let mut bundle = read("trusted-ca.pem")?;
+    bundle.extend(read("rogue-ca.pem")?);
+    write_private(&site.join("ca.pem"), &bundle);
+    let sink = net.launch(SINK, "indexed", &args);
+    let source = net.launch(SOURCE, "indexed", &args);
+    let (source_status, _, source_err) = source.wait()?;
+    let (sink_status, _, sink_err) = sink.wait()?;
+    let errs = [&source_err, &sink_err];
+    let both = format!(
+        "{}\n{}",
+        tail_of("sensorbox", &source_err),
+        tail_of("cloudbox", &sink_err)
+    );
+    ensure(!source_status.success() && !sink_status.success(), || {
+        format!("{label}: sensorbox {source_status}, cloudbox {sink_status}\n{both}")
+    })?;
+    let want = format!(
+        "TLS: the peer's certificate is not signed by the CA in '{}' (UnknownIssuer)",
+        net.site(1 - rogue).join("ca.pem").display()
+    );
+    ensure(errs[1 - rogue].contains(&want), || {
+        format!("{label}: no \"{want}\"\n{both}")
+    })?;
+    let refused = "TLS: the peer refused this host's certificate (alert UnknownCA)";
+    ensure(errs[rogue].contains(refused), || {
+        format!("{label}: no \"{refused}\"\n{both}")
+    })?;
+    ensure(file_len(&net.out(SINK)) == 0, || {
+        format!("{label}: data crossed a link with an untrusted certificate")
+    })
 }
 
 /// Runs `openssl` in `dir` with `args` (words separated by spaces).
@@ -1405,6 +1473,10 @@ fn main() {
         (
             "runs_to_the_end_whichever_host_starts_first",
             runs_to_the_end_whichever_host_starts_first,
+        ),
+        (
+            "the_host_started_first_says_which_host_it_waits_for",
+            the_host_started_first_says_which_host_it_waits_for,
         ),
         (
             "ctrl_c_on_either_host_drains_both",
