@@ -51,10 +51,11 @@ use netns::Hosts;
 fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
     let arg = |i: usize| -> u64 { args.get(i).and_then(|a| a.parse().ok()).unwrap_or(0) };
     match name {
-        // INDEX 0..N, PACE per 5 ms step (0: full speed) → record each index to $OUT
-        "indexed" => indexed("hosts_indexed", arg(0), arg(1)),
-        // indices until stopped, PACE per 5 ms step → record
-        "endless" => indexed("hosts_endless", u64::MAX, arg(0).max(1)),
+        // N PACE [STEP_MS]: indices 0..N, PACE per 5 ms step (0: full speed) → record each
+        // index to $OUT, sleeping STEP_MS per step (default 0)
+        "indexed" => indexed("hosts_indexed", arg(0), arg(1), arg(2)),
+        // PACE: indices until stopped, PACE per 5 ms step → record
+        "endless" => indexed("hosts_endless", u64::MAX, arg(0).max(1), 0),
         // the quake detector as the example builds it; `single`: in one process
         "quake" => {
             let single = args.first().is_some_and(|a| a == "single");
@@ -66,9 +67,10 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
     }
 }
 
-/// `numbers` (0..n, `pace` per step and a 5 ms sleep per step when `pace` > 0) → `record`;
-/// the process running `numbers` prints `EMITTED <count>` at the end.
-fn indexed(app: &str, n: u64, pace: u64) -> Result<(), iotstream::Error> {
+/// `numbers` (0..n, `pace` per step and a 5 ms sleep per step when `pace` > 0) → `record`
+/// (sleeping `step_ms` per step); the process running `numbers` prints `EMITTED <count>` at
+/// the end.
+fn indexed(app: &str, n: u64, pace: u64, step_ms: u64) -> Result<(), iotstream::Error> {
     let mut g = Graph::new(app);
     let mut next = 0u64;
     let numbers = g.source(
@@ -95,6 +97,7 @@ fn indexed(app: &str, n: u64, pace: u64) -> Result<(), iotstream::Error> {
             input,
             file,
             count: 0,
+            step: Duration::from_millis(step_ms),
         };
         (agent, input)
     });
@@ -125,15 +128,20 @@ fn open_out() -> std::fs::File {
 }
 
 /// Writes the index of every element as a line to `$OUT`, one write per step, before it
-/// consumes them (so what it consumed is in the file); prints `RESULT count=<n>` at the end.
+/// consumes them (so what it consumed is in the file), after sleeping `step`; prints
+/// `RESULT count=<n>` at the end.
 struct Record {
     input: iotstream::Input<u64>,
     file: std::fs::File,
     count: u64,
+    step: Duration,
 }
 
 impl Agent for Record {
     fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        if !self.step.is_zero() {
+            std::thread::sleep(self.step);
+        }
         let xs = i.slice(&self.input);
         let mut text = String::with_capacity(xs.len() * 8);
         for x in xs {
@@ -563,28 +571,52 @@ impl Launched {
         )?;
         Ok(status)
     }
+}
 
-    /// Waits for the end and checks it was a success (exit 0) after which every process of the
-    /// host had finished; returns stdout and stderr.
-    fn success(self) -> Result<(String, String), String> {
-        let host = self.host;
-        let (status, out, err) = self.wait()?;
-        ensure(status.code() == Some(0), || {
-            format!("{host}: exit {status}\n{}", tail_of(host, &err))
-        })?;
-        let started = processes_started(&err);
-        let unfinished: Vec<&String> = started
-            .iter()
-            .filter(|p| !err.contains(&format!("process '{p}' finished\n")))
-            .collect();
-        ensure(!started.is_empty() && unfinished.is_empty(), || {
-            format!(
-                "{host}: processes {started:?} started, {unfinished:?} did not finish\n{}",
-                tail_of(host, &err)
-            )
-        })?;
-        Ok((out, err))
-    }
+/// Whether a launcher's end was a success: exit 0, and every process it started finished.
+fn succeeded(host: &str, status: ExitStatus, err: &str) -> Result<(), String> {
+    ensure(status.code() == Some(0), || {
+        format!("{host}: exit {status}")
+    })?;
+    let started = processes_started(err);
+    let unfinished: Vec<&String> = started
+        .iter()
+        .filter(|p| !err.contains(&format!("process '{p}' finished\n")))
+        .collect();
+    ensure(!started.is_empty() && unfinished.is_empty(), || {
+        format!("{host}: processes {started:?} started, {unfinished:?} did not finish")
+    })
+}
+
+/// Waits for both launchers and checks both succeeded (see [`succeeded`]); returns
+/// their stdout and stderr in argument order. A failure shows both hosts' last lines.
+fn both_succeed(a: Launched, b: Launched) -> Result<[(String, String); 2], String> {
+    let (host_a, host_b) = (a.host, b.host);
+    let ra = a.wait();
+    let rb = b.wait();
+    let (ra, rb) = match (ra, rb) {
+        (Ok(ra), Ok(rb)) => (ra, rb),
+        (ra, rb) => {
+            let e = [ra.err(), rb.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>();
+            return Err(e.join("\n"));
+        }
+    };
+    let problems: Vec<String> = [(host_a, &ra), (host_b, &rb)]
+        .iter()
+        .filter_map(|(host, (status, _, err))| succeeded(host, *status, err).err())
+        .collect();
+    ensure(problems.is_empty(), || {
+        format!(
+            "{}\n{}\n{}",
+            problems.join("\n"),
+            tail_of(host_a, &ra.2),
+            tail_of(host_b, &rb.2)
+        )
+    })?;
+    Ok([(ra.1, ra.2), (rb.1, rb.2)])
 }
 
 impl Drop for Launched {
@@ -852,8 +884,7 @@ fn runs_to_the_end_whichever_host_starts_first() -> Result<(), String> {
         } else {
             (late, early)
         };
-        let (sink_out, _) = sink.success()?;
-        let (source_out, _) = source.success()?;
+        let [(source_out, _), (sink_out, _)] = both_succeed(source, sink)?;
         exactly_once_in_order(&net.out(SINK), n)?;
         ensure(result_count(&sink_out, "sink") == Some(n), || {
             format!("the sink's result: {sink_out}")
@@ -889,8 +920,7 @@ fn the_host_started_first_says_which_host_it_waits_for() -> Result<(), String> {
             continue;
         }
         let late = net.launch(1 - first, "indexed", &args);
-        late.success()?;
-        early.success()?;
+        both_succeed(early, late)?;
     }
     ensure(wrong.is_empty(), || wrong.join("\n"))
 }
@@ -905,8 +935,7 @@ fn ctrl_c_on_either_host_drains_both() -> Result<(), String> {
         let source = net.launch(SOURCE, "endless", &["200"]);
         wait_recorded(&net.out(SINK), 5_000, (&source, &sink))?;
         [&source, &sink][stopped].signal(libc::SIGINT);
-        let (sink_out, sink_err) = sink.success()?;
-        let (source_out, source_err) = source.success()?;
+        let [(source_out, source_err), (sink_out, sink_err)] = both_succeed(source, sink)?;
         let sent = emitted(&source_out, "main")
             .ok_or_else(|| format!("no EMITTED line:\n{source_out}\n{source_err}"))?;
         let got = result_count(&sink_out, "sink")
@@ -944,8 +973,7 @@ fn a_killed_sink_host_started_again_completes_the_run() -> Result<(), String> {
         warning_naming(&e[seen_before..], "cloudbox").is_some()
     })?;
     let sink = net.launch(SINK, "indexed", &args);
-    let (_, sink_err) = sink.success()?;
-    source.success()?;
+    let [_, (_, sink_err)] = both_succeed(source, sink)?;
     let again = each_at_least_once_in_order(&net.out(SINK), n)
         .map_err(|e| format!("{e}\n{}", tail_of("cloudbox", &sink_err)))?;
     println!("  ({again} indices recorded again after the sink host's restart)");
@@ -974,8 +1002,7 @@ fn a_killed_source_host_started_again_completes_the_run() -> Result<(), String> 
         warning_naming(&e[seen_before..], "sensorbox").is_some()
     })?;
     let source = net.launch(SOURCE, "indexed", &args);
-    source.success()?;
-    sink.success()?;
+    both_succeed(source, sink)?;
     let got = recorded(&net.out(SINK))?;
     let got: Vec<u64> = got.into_iter().flatten().collect();
     // The restarted run is the last 0 and what follows it.
@@ -1006,7 +1033,10 @@ fn a_killed_source_host_started_again_completes_the_run() -> Result<(), String> 
 /// timeout, then up) and its sockets killed (`ss -K`) several times: every index once, in order.
 fn link_cuts_and_killed_sockets_lose_and_duplicate_nothing() -> Result<(), String> {
     let net = Net::new("cuts");
-    net.deploy(&net.file(NETWORK, INDEXED_PROCESSES), [SECRET, SECRET]);
+    // A small budget of unacknowledged bytes (32 768 indices): the source waits while the link
+    // is down, so every cut and kill falls in the middle of the stream.
+    let network = format!("{NETWORK}unacked_bytes = 262144\n");
+    net.deploy(&net.file(&network, INDEXED_PROCESSES), [SECRET, SECRET]);
     let n = 1_000_000u64;
     let count = n.to_string();
     let args = [count.as_str(), "1000"];
@@ -1054,8 +1084,7 @@ fn link_cuts_and_killed_sockets_lose_and_duplicate_nothing() -> Result<(), Strin
             }
         }
     }
-    let (_, sink_err) = sink.success()?;
-    let (_, source_err) = source.success()?;
+    let [(_, source_err), (_, sink_err)] = both_succeed(source, sink)?;
     exactly_once_in_order(&out, n)?;
     ensure(kills > 0, || {
         "ss -K killed no connection: this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY)"
@@ -1071,6 +1100,45 @@ fn link_cuts_and_killed_sockets_lose_and_duplicate_nothing() -> Result<(), Strin
         broken(&sink_err)
     );
     Ok(())
+}
+
+/// The whole stream, its end included, has reached the sink host (whose sink is slow) when the
+/// link is cut; the sink consumes the rest while the link is down, and the link comes back:
+/// both hosts still end well (the source host learns that its end of stream was consumed),
+/// every index once, in order.
+fn a_link_cut_after_the_last_element_arrived_still_ends_well() -> Result<(), String> {
+    let net = Net::new("cut-at-end");
+    if !net.hosts.isolated() {
+        println!("  (skipped: the loopback flavor cannot cut a link)");
+        return Ok(());
+    }
+    let network = "secret_file = \"secret\"\nconnect_wait_ms = 20000\nheartbeat_ms = 200\n\
+                   peer_timeout_ms = 1000\nreconnect_limit_ms = 10000\n";
+    let processes = format!(
+        "{INDEXED_PROCESSES}\n[[connections]]\nstream = \"numbers.out\"\ncapacity = 1000\n"
+    );
+    net.deploy(&net.file(network, &processes), [SECRET, SECRET]);
+    // 20 000 indices at full speed; the sink takes 1 000 per step, 100 ms each.
+    let n = 20_000u64;
+    let count = n.to_string();
+    let args = [count.as_str(), "0", "100"];
+    let sink = net.launch(SINK, "indexed", &args);
+    let source = net.launch(SOURCE, "indexed", &args);
+    let out = net.out(SINK);
+    wait_recorded(&out, 1_000, (&source, &sink))?;
+    // Not a measurement: 160 kB cross a veth in far less; the sink needs 2 s for them.
+    std::thread::sleep(Duration::from_millis(300));
+    ensure(file_len(&out) < bytes_of_first(n), || {
+        "the sink recorded everything before the cut".to_string()
+    })?;
+    ensure(net.hosts.cut(SINK), || "no link to cut".to_string())?;
+    let consumed = wait_recorded(&out, n, (&source, &sink));
+    // Give a sink process that would end now the time to do so, then heal.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = net.hosts.heal(SINK);
+    consumed?;
+    both_succeed(source, sink)?;
+    exactly_once_in_order(&out, n)
 }
 
 /// The sink process is killed (SIGKILL) twice mid-stream and restarted by its launcher
@@ -1095,8 +1163,7 @@ fn a_killed_sink_process_restarted_by_its_launcher_loses_nothing() -> Result<(),
                 && pid_of(e, "sink").is_some_and(|p| p != pid)
         })?;
     }
-    let (_, sink_err) = sink.success()?;
-    source.success()?;
+    let [_, (_, sink_err)] = both_succeed(source, sink)?;
     ensure(
         sink_err
             .matches("process 'sink' was killed by signal 9")
@@ -1190,8 +1257,7 @@ fn no_secret_refused_unless_insecure() -> Result<(), String> {
     let _ = std::fs::remove_file(net.out(SINK));
     let sink = net.launch(SINK, "indexed", &args);
     let source = net.launch(SOURCE, "indexed", &args);
-    let (_, sink_err) = sink.success()?;
-    let (_, source_err) = source.success()?;
+    let [(_, source_err), (_, sink_err)] = both_succeed(source, sink)?;
     for (host, err) in [("sensorbox", &source_err), ("cloudbox", &sink_err)] {
         ensure(err.contains("WITHOUT authentication"), || {
             format!(
@@ -1261,8 +1327,7 @@ fn tls_case(network: &str, rogue: Option<usize>) -> Result<(), String> {
     let Some(rogue) = rogue else {
         let sink = net.launch(SINK, "indexed", &args);
         let source = net.launch(SOURCE, "indexed", &args);
-        sink.success()?;
-        source.success()?;
+        both_succeed(source, sink)?;
         return exactly_once_in_order(&net.out(SINK), n);
     };
     let site = net.site(rogue);
@@ -1388,8 +1453,7 @@ fn the_quake_detector_across_two_hosts_detects_as_in_one_process() -> Result<(),
     net.deploy(&net.file(NETWORK, processes), [SECRET, SECRET]);
     let server = net.launch(SINK, "quake", &[]);
     let edge = net.launch(SOURCE, "quake", &[]);
-    let (server_out, _) = server.success()?;
-    edge.success()?;
+    let [_, (server_out, _)] = both_succeed(edge, server)?;
     let got = quakes(&server_out, "[alerts] ");
     ensure(got == want, || {
         format!(
@@ -1489,6 +1553,10 @@ fn main() {
         (
             "link_cuts_and_killed_sockets_lose_and_duplicate_nothing",
             link_cuts_and_killed_sockets_lose_and_duplicate_nothing,
+        ),
+        (
+            "a_link_cut_after_the_last_element_arrived_still_ends_well",
+            a_link_cut_after_the_last_element_arrived_still_ends_well,
         ),
         (
             "a_killed_sink_process_restarted_by_its_launcher_loses_nothing",
