@@ -389,11 +389,12 @@ impl Graph {
             self.process_of(e.from.agent as usize),
             self.process_of(e.to.agent as usize),
         );
-        if self.host_of(from) != self.host_of(to) {
-            // A forced transport across hosts is reported by `validate`.
+        if self.host_of(from) != self.host_of(to) || e.conn.transport == Transport::Tcp {
+            // A forced Local or SharedMemory across hosts is reported by `validate`.
             return Resolved::Tcp;
         }
         match (e.conn.transport, from == to) {
+            (Transport::Tcp, _) => Resolved::Tcp,
             (Transport::SharedMemory, _) | (Transport::Auto, false) => Resolved::SharedMemory,
             // A forced Local across processes is reported by `validate`.
             (Transport::Local, _) | (Transport::Auto, true) => Resolved::Local,
@@ -631,6 +632,15 @@ impl Graph {
                 counters: Arc::clone(&counters),
             });
             let resolved = self.resolve(e);
+            // A TCP link within this process (forced, for tests and benchmarks) listens on a
+            // free loopback port rather than on its host's port plan.
+            let loopback = if resolved == Resolved::Tcp && local[writer] && local[reader] {
+                Some(free_loopback_port().map_err(|e| Error::Runtime {
+                    detail: format!("connection {label}: no free port on 127.0.0.1: {e}"),
+                })?)
+            } else {
+                None
+            };
             // The writer's end.
             let link = if local[writer] {
                 let out = &mut hosts[writer].as_mut().expect("local").outputs[e.from.port as usize];
@@ -653,7 +663,7 @@ impl Graph {
                     Resolved::SharedMemory | Resolved::Tcp => {
                         let wiring = part.wiring.ok_or_else(|| no_wiring(&self.name, &label))?;
                         let wake = Arc::clone(mailboxes[writer].as_ref().expect("local writer"));
-                        let remote = self.remote(edge, resolved, reader);
+                        let remote = self.remote(edge, resolved, reader, loopback.as_ref());
                         let decl = &self.agents[writer].outputs[e.from.port as usize];
                         let at = (e.from.port, link);
                         wiring.writer(edge, decl, out.as_mut(), spec, wake, at, &remote)?;
@@ -684,7 +694,7 @@ impl Graph {
                             counters,
                             count_traffic,
                             label,
-                            &self.remote(edge, resolved, writer),
+                            &self.remote(edge, resolved, writer, loopback.as_ref()),
                         )?
                     }
                 };
@@ -753,16 +763,31 @@ pub(crate) enum Remote<'a> {
 
 impl Graph {
     /// The other end of connection `edge`, whose end in this process talks to agent `peer`.
-    fn remote(&self, edge: usize, resolved: Resolved, peer: usize) -> Remote<'_> {
+    /// `loopback`: a free port of 127.0.0.1 for a TCP link whose two ends are in this process.
+    fn remote(
+        &self,
+        edge: usize,
+        resolved: Resolved,
+        peer: usize,
+        loopback: Option<&String>,
+    ) -> Remote<'_> {
         let process = self.process_of(peer);
         match resolved {
             Resolved::Tcp => Remote::Tcp {
                 host: self.host_of(process),
-                at: self.listen_address(edge),
+                at: loopback
+                    .cloned()
+                    .unwrap_or_else(|| self.listen_address(edge)),
             },
             _ => Remote::Ring { process },
         }
     }
+}
+
+/// `127.0.0.1:PORT` with a port free now (the link's reader binds it right after).
+fn free_loopback_port() -> std::io::Result<String> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(probe.local_addr()?.to_string())
 }
 
 /// Makes the two ends of a connection between processes (implemented by the runtime).

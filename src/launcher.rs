@@ -351,11 +351,15 @@ fn render_text(info: &GraphInfo) -> String {
         .map(|e| e.stream.len() + e.input.len() + 4)
         .max()
         .unwrap_or(0);
-    for e in &info.edges {
+    for (i, e) in info.edges.iter().enumerate() {
         let element = &info.agents[e.from_agent].outputs[e.from_port].element;
         let mut how = e.transport.clone();
         if let Some(b) = e.ring_bytes {
             how.push_str(&format!(" (ring of {})", human_bytes(b)));
+        }
+        let reader_host = info.host_of(&info.agents[e.to_agent].process);
+        if let (true, Some(h)) = (e.transport == "tcp", reader_host) {
+            how.push_str(&format!(" (to {}:{})", h.address, usize::from(h.port) + i));
         }
         let policy = serde_json::to_value(e.policy)
             .ok()

@@ -590,7 +590,7 @@ impl Graph {
                 let shm = self
                     .edges
                     .iter()
-                    .any(|e| self.resolve(e) == Resolved::SharedMemory);
+                    .any(|e| self.resolve(e) != Resolved::Local);
                 let used =
                     (0..self.agents.len()).any(|i| self.process_of(i) != launch::MAIN_PROCESS);
                 if !shm && !used {
@@ -1067,7 +1067,7 @@ fn coordinate(
                 .any(|e| graph.resolve(e) == Resolved::Tcp) =>
         {
             match TcpContext::load(&network, digest, Arc::clone(&stop)) {
-                Ok(t) => Some(t),
+                Ok(t) => t,
                 Err(e) => {
                     stop.store(true, Ordering::SeqCst);
                     let _ = ready.send((Err(e), Arc::clone(&shared)));
@@ -1075,7 +1075,8 @@ fn coordinate(
                 }
             }
         }
-        _ => None,
+        // TCP links forced within one host, without a deployment: loopback, no secret.
+        _ => TcpContext::loopback(Arc::clone(&stop)),
     };
     let wiring = run.map(|(app, run)| ProcessLinks {
         app,
@@ -1226,8 +1227,8 @@ struct ProcessLinks {
     run: RunId,
     handle: transport::Run,
     stopped: fn(u32) -> bool,
-    /// The links to other hosts' settings (`None`: no deployment names other hosts).
-    tcp: Option<TcpContext>,
+    /// What the TCP links of this process share.
+    tcp: TcpContext,
 }
 
 /// What every TCP link of a process shares.
@@ -1293,15 +1294,14 @@ impl TcpContext {
     }
 }
 
-impl ProcessLinks {
-    /// The TCP settings, or the error of a link between hosts without a deployment.
-    fn tcp(&self, label: &str, host: &str) -> Result<&TcpContext, Error> {
-        self.tcp.as_ref().ok_or_else(|| Error::Runtime {
-            detail: format!(
-                "connection {label} goes to host '{host}', but this process was not started \
-                 by the launcher with a deployment file that names it"
-            ),
-        })
+impl TcpContext {
+    /// For links forced to TCP on one host without a deployment: default timings, no secret.
+    fn loopback(stop: Arc<AtomicBool>) -> TcpContext {
+        TcpContext {
+            settings: Arc::new(TcpSettings::default()),
+            digest: [0; 32],
+            on_peer_stop: Arc::new(move |_| stop.store(true, Ordering::SeqCst)),
+        }
     }
 }
 
@@ -1322,7 +1322,7 @@ impl crate::graph::Wiring for ProcessLinks {
                 out.add_shm_link(&name, spec, wake, output, self.handle.clone(), process)
             }
             Remote::Tcp { host, at } => {
-                let tcp = self.tcp(&spec.label, host)?;
+                let tcp = &self.tcp;
                 let writer = TcpWriterSpec {
                     id: (decl.link_identity)(&self.app, tcp.digest, edge as u32, &spec.label),
                     peer_host: host.to_string(),
@@ -1365,7 +1365,7 @@ impl crate::graph::Wiring for ProcessLinks {
                 })
             }
             Remote::Tcp { host, at } => {
-                let tcp = self.tcp(&label, host)?;
+                let tcp = &self.tcp;
                 (decl.make_tcp_feeder)(TcpFeederSpec {
                     id: (decl.link_identity)(&self.app, tcp.digest, edge as u32, &label),
                     peer_host: host.to_string(),

@@ -183,4 +183,8 @@ pub enum Transport {
     Local,
     /// A shared-memory ring, even between agents of the same process.
     SharedMemory,
+    /// A TCP link over loopback (`127.0.0.1`, a free port), even between agents of the same
+    /// process or host; without a deployment it runs without a secret. Between hosts a
+    /// connection is a TCP link whatever it says.
+    Tcp,
 }

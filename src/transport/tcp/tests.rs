@@ -816,3 +816,76 @@ fn the_type_fingerprint_is_stable_and_tells_types_apart() {
     assert_ne!(a.type_fingerprint, identity::<String>().type_fingerprint);
     assert_eq!(a.type_name, "u64");
 }
+
+/// Arbitrary bytes after a handshake the reader accepted (a peer that knows the secret but
+/// sends nonsense, or a stream corrupted past TLS) end that connection with an error, never a
+/// panic, a hang or a large allocation; the reader goes on and serves the real writer after.
+#[test]
+fn arbitrary_bytes_after_the_handshake_are_an_error_and_the_reader_goes_on() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let s = TcpSettings {
+        reconnect_limit: Duration::from_secs(30),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 4096, usize::MAX);
+    let addr = r.probe.addr();
+    let shared_secret = s.secret.clone();
+    // Random bytes, and random bytes after a well-formed frame header of each kind.
+    let garbage = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..2048),
+        (
+            any::<u32>(),
+            0u8..8,
+            proptest::collection::vec(any::<u8>(), 0..512)
+        )
+            .prop_map(|(len, kind, body)| {
+                let mut v = len.to_le_bytes().to_vec();
+                v.push(kind);
+                v.extend(body);
+                v
+            }),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&garbage, |bytes| {
+            let mut tcp = TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let hello = identity::<u64>().hello(rand_epoch(), true);
+            let accepted = handshake::client_handshake(&mut tcp, &hello, shared_secret.as_deref());
+            prop_assert!(accepted.is_ok(), "{accepted:?}");
+            let _ = tcp.write_all(&bytes);
+            let _ = tcp.shutdown(std::net::Shutdown::Both);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        rrun.failure(),
+        None,
+        "nonsense from a peer never fails the reader"
+    );
+    // The real writer comes after (a new epoch: a restarted writing process, as it were).
+    let mut w = writer::<u64>(addr, &wrun, s);
+    let items: Vec<u64> = (0..50_000).collect();
+    w.send(&items, 1000, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    // A random Data frame may have been well-formed and delivered: the real stream follows it.
+    assert!(
+        r.sink.items().ends_with(&items),
+        "the real stream arrives whole, in order"
+    );
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+fn rand_epoch() -> u64 {
+    u64::from_le_bytes(auth::nonce().unwrap()[..8].try_into().unwrap())
+}
