@@ -994,7 +994,7 @@ impl<T: Element> Feeder<T> {
                     }
                     if !st.eos_posted && said.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
                         said = Some(Instant::now());
-                        tracing::info!(
+                        tracing::warn!(
                             "connection {}: waiting for host '{}' to connect to {}",
                             shared.label,
                             shared.host,

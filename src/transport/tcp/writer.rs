@@ -434,7 +434,7 @@ impl Io {
             }
             if said.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
                 said = Some(Instant::now());
-                tracing::info!(
+                tracing::warn!(
                     "connection {}: waiting for host '{}' ({}) to listen ({error})",
                     self.label,
                     self.host,
