@@ -609,6 +609,7 @@ fn handshake(tcp: TcpStream, mut conn: Connection, ca: PathBuf) -> Result<TlsStr
         if let Err(e) = conn.process_new_packets() {
             // The alert saying why, if rustls queued one; the error is what matters.
             let _ = conn.write_tls(&mut &tcp);
+            close_after_alert(&tcp);
             return Err(classify(e, &ca));
         }
     }
@@ -632,6 +633,33 @@ fn handshake(tcp: TcpStream, mut conn: Connection, ca: PathBuf) -> Result<TlsStr
         },
         writer: TlsWriter { shared },
     })
+}
+
+/// Closes a connection refused during the TLS handshake so that the peer reads the alert just
+/// written: the writing direction first (the alert, then the end of the stream), then what the
+/// peer has sent meanwhile is read and dropped, for at most a second. Closing a socket with
+/// unread bytes in it sends a reset, and a reset can discard the alert at the peer before it
+/// reads it (a TLS 1.3 client sends its first data right after its Finished), leaving it with
+/// "closed without answering" instead of the reason.
+fn close_after_alert(tcp: &TcpStream) {
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let _ = tcp.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+    let mut sink = [0u8; 4096];
+    // Ends: at the peer's end of stream, an error, or the deadline.
+    while std::time::Instant::now() < deadline {
+        match (&mut &*tcp).read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// What rustls's error means for an iotstream operator.

@@ -523,6 +523,12 @@ impl Io {
         let accept =
             handshake::client_handshake(&mut conn, &self.hello, self.settings.secret.as_deref())
                 .map_err(|e| match &e {
+                    // Under TLS 1.3 the server checks this host's certificate after the
+                    // client's handshake is over: its refusal arrives as an alert at the first
+                    // read, as InvalidData (`TlsError`). A retry would only repeat it.
+                    HandshakeError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                        DialError::Fatal(e.to_string())
+                    }
                     HandshakeError::Io(_) | HandshakeError::Closed => {
                         DialError::Transient(e.to_string())
                     }
