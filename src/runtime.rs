@@ -51,7 +51,11 @@ use crate::stream::{Element, PortId, Stream};
 use crate::transport::tcp::auth::Secret;
 use crate::transport::tcp::tls::{TlsConfig, TlsFiles};
 use crate::transport::tcp::{StopHook, TcpFeederSpec, TcpSettings, TcpWriterSpec};
-use crate::transport::{self, FailureHook, FeederState, LinkSpec, RunContext};
+use crate::transport::{self, FailureHook, FeederState, Linger, LinkSpec, RunContext};
+
+/// How long past a linger's deadline the run's end still waits for the link to give up by
+/// itself (and say why): link threads look at their deadline every 100 ms.
+const LINGER_GRACE: Duration = Duration::from_secs(1);
 
 /// State shared by every actor of one run.
 struct Shared {
@@ -81,6 +85,8 @@ struct Shared {
     stalls: Mutex<std::collections::BTreeMap<usize, Vec<String>>>,
     /// Run once, at the first failure, before anything stops (see [`RunHandle::on_failure`]).
     failure_hooks: Mutex<Vec<FailureHook>>,
+    /// Links that may hold the exit after a normal end (see [`RunHandle::linger`]).
+    lingers: Mutex<Vec<Arc<Linger>>>,
 }
 
 /// What a thread that feeds the application from outside (a shared-memory receiver) needs from
@@ -144,6 +150,16 @@ impl RunHandle {
             .push(hook);
     }
 
+    /// Registers `linger`: after a normal end, the run's end waits until it is released or its
+    /// deadline passed (see [`Shared::wait_lingers`]); after a failure it is not waited for.
+    pub fn linger(&self, linger: Arc<Linger>) {
+        self.shared
+            .lingers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(linger);
+    }
+
     /// True once the application was asked to stop (a graceful stop, a signal) or failed.
     pub fn stopping(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
@@ -194,6 +210,9 @@ impl RunContext for RunHandle {
     fn peers_may_restart(&self) -> bool {
         launch::peers_may_restart()
     }
+    fn linger(&self, linger: Arc<Linger>) {
+        RunHandle::linger(self, linger)
+    }
 }
 
 impl Shared {
@@ -217,6 +236,55 @@ impl Shared {
         }
         self.stop.store(true, Ordering::SeqCst);
         self.stop_system();
+    }
+
+    /// After a normal end (the actors are torn down, [`RunHandle::is_over`] holds): waits
+    /// until every registered linger is released, so that a link can still give its peer the
+    /// last word (a TCP reader acknowledging an end of stream its writer has not heard of).
+    /// Each linger is bounded by its own deadline; after a drain (`drained`), by half the
+    /// drain's bound too, so that the process ends within that bound. A failure meanwhile
+    /// ends the wait: the run's end reports it.
+    fn wait_lingers(&self, drained: bool) {
+        const POLL: Duration = Duration::from_millis(20);
+        let lingers = std::mem::take(&mut *self.lingers.lock().unwrap_or_else(|p| p.into_inner()));
+        let cap = drained
+            .then(|| Instant::now() + launch::drain_timeout().unwrap_or(launch::DRAIN_GRACE) / 2);
+        let deadlines: Vec<Instant> = lingers.iter().map(|l| l.start(cap)).collect();
+        let mut said = false;
+        // Ends: every linger is released, or the run fails, or every deadline (and a grace for
+        // the link to say why it gave up) has passed; each pass waits at most POLL.
+        loop {
+            if self.failed.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = Instant::now();
+            let held: Vec<&Arc<Linger>> = lingers
+                .iter()
+                .zip(&deadlines)
+                .filter(|(l, d)| !l.released() && now < **d + LINGER_GRACE)
+                .map(|(l, _)| l)
+                .collect();
+            if held.is_empty() {
+                break;
+            }
+            if !said {
+                said = true;
+                tracing::info!(
+                    "every agent has ended; waiting for {} to finish",
+                    held.iter()
+                        .map(|l| format!("connection {}", l.label))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+        for l in lingers.iter().filter(|l| !l.released()) {
+            tracing::warn!(
+                "connection {}: its link did not finish by its deadline; the process ends anyway",
+                l.label
+            );
+        }
     }
 
     fn stop_system(&self) {
@@ -1037,6 +1105,7 @@ fn coordinate(
         feeders: Mutex::new(Vec::new()),
         stalls: Mutex::new(std::collections::BTreeMap::new()),
         failure_hooks: Mutex::new(Vec::new()),
+        lingers: Mutex::new(Vec::new()),
     });
     // Addresses exist before the actors, so every link can be wired before any actor starts.
     let mut receivers: Vec<Option<_>> = Vec::with_capacity(total);
@@ -1173,6 +1242,8 @@ fn coordinate(
     } else {
         Ok(())
     };
+    // Read before the stop flag is set below: whether this run ended by a drain.
+    let drained = stop.load(Ordering::SeqCst);
     // Before the stop flag: the poller must not take the end of the run for a stop.
     run_over.store(true, Ordering::SeqCst);
     ran.map_err(|e| Error::Runtime {
@@ -1190,6 +1261,11 @@ fn coordinate(
         .unwrap_or_else(|p| p.into_inner())
         .clear();
     *shared.system.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    // The run is over for every link thread now; after a normal end, links that still owe
+    // their peer the last word may hold the exit a little (bounded).
+    if !shared.failed.load(Ordering::SeqCst) {
+        shared.wait_lingers(drained);
+    }
     let error = shared
         .error
         .lock()

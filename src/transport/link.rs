@@ -12,14 +12,14 @@
 //!   hands back its own as the place the reader returns credit to.
 //!
 //! What a link needs from the run of its process (to count as a source while it feeds, to fail
-//! the run, to know whether a dead peer may come back) is a [`RunContext`], also handed down as
-//! a value by the runtime.
+//! the run, to know whether a dead peer may come back, to hold the process's exit until its
+//! peer heard the last word) is a [`RunContext`], also handed down as a value by the runtime.
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::tcp::TcpSender;
 use super::ShmSender;
@@ -60,6 +60,10 @@ pub(crate) trait RunContext: Send + Sync {
     /// A dead peer process may come back: a launcher supervises this process and may still
     /// restart a crashed one. Waits on that peer then go on instead of failing.
     fn peers_may_restart(&self) -> bool;
+    /// Registers `linger`: after a normal end (not a failure), this process does not exit
+    /// until the link [released](Linger::release) it or its deadline passed (see [`Linger`]).
+    /// Register before the run can end: from the link's start, say.
+    fn linger(&self, linger: Arc<Linger>);
 }
 
 /// A run's context, as links hold it.
@@ -74,6 +78,81 @@ pub(crate) struct FeederState {
     pub label: String,
     /// It holds data the local reader has no credit for.
     pub blocked: AtomicBool,
+}
+
+/// A link's hold on the exit of its process after the run ended normally.
+///
+/// A TCP reader whose agents consumed the whole stream may still owe its writer, on another
+/// host, the acknowledgement of the end of stream (the connection broke just before it went
+/// out). Its process must not exit before the writer reconnected and heard it, or the writer
+/// fails for a stream that was in fact consumed. The link registers a `Linger` with its run
+/// ([`RunContext::linger`]) and releases it once it has nothing left to say; the run, after a
+/// normal end, waits for every registered linger.
+///
+/// # Guarantees
+///
+/// - Bounded: once the run has ended, a linger holds the exit at most `limit` (less after a
+///   drain: the runtime may bring the deadline nearer, see [`start`](Linger::start)); the
+///   link gives up by then, saying why.
+/// - A failed run does not wait on lingers at all.
+pub(crate) struct Linger {
+    /// The connection, for messages.
+    pub label: String,
+    /// How long after the run's end it may hold the exit.
+    limit: Duration,
+    /// The link has nothing left to say: the process may exit.
+    released: AtomicBool,
+    /// Set when the run's end is first seen (by the runtime or the link).
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl Linger {
+    /// A linger for connection `label`, holding the exit at most `limit` after the run's end.
+    pub(crate) fn new(label: String, limit: Duration) -> Arc<Self> {
+        Arc::new(Linger {
+            label,
+            limit,
+            released: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+        })
+    }
+
+    /// The run has ended: fixes the deadline (`limit` from now) if nobody did yet, brings it
+    /// down to `cap` if that is earlier, and returns it. Both the runtime and the link call
+    /// it; whichever sees the end first fixes it, so both wait for the same instant.
+    pub(crate) fn start(&self, cap: Option<Instant>) -> Instant {
+        let mut d = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = d.unwrap_or_else(|| Instant::now() + self.limit);
+        if let Some(cap) = cap {
+            at = at.min(cap);
+        }
+        *d = Some(at);
+        at
+    }
+
+    /// The deadline, once [`start`](Linger::start) fixed it.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The link has nothing left to say (or gave up): the process may exit.
+    pub(crate) fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`release`](Linger::release) was called.
+    pub(crate) fn released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
+    }
+}
+
+/// Releases a [`Linger`] when dropped: whatever way the thread that holds it ends.
+pub(crate) struct LingerGuard(pub Arc<Linger>);
+
+impl Drop for LingerGuard {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ use shm::ring::{fail_producer, Consumer, DataNudger, Producer, SpaceWaiter, Wait
 use shm::segment::Segment;
 
 pub(crate) use link::{
-    Envelope, FailureHook, FeederState, LinkSpec, LinkTx, Mailbox, Run, RunContext,
+    Envelope, FailureHook, FeederState, Linger, LinkSpec, LinkTx, Mailbox, Run, RunContext,
 };
 use process::pid_alive;
 

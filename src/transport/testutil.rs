@@ -4,15 +4,17 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::link::{FailureHook, FeederState, Run, RunContext};
+use super::link::{FailureHook, FeederState, Linger, Run, RunContext};
 use crate::error::Error;
 
 /// A run for helper threads under test: never quiescent, over once it fails or is ended; the
 /// failure hooks run at the failure, as in a real run. It can be made to stop (the application
-/// asked to stop) without being over, and to end normally (over without stopping).
+/// asked to stop) without being over, and to end normally (over without stopping). It records
+/// the lingers its links register (a real run waits on them after a normal end; a test looks).
 #[derive(Default)]
 pub(crate) struct TestRun {
     failed: Mutex<Option<String>>,
+    lingers: Mutex<Vec<Arc<Linger>>>,
     hooks: Mutex<Vec<FailureHook>>,
     stop: AtomicBool,
     ended: AtomicBool,
@@ -57,6 +59,9 @@ impl RunContext for TestRun {
     fn peers_may_restart(&self) -> bool {
         false
     }
+    fn linger(&self, linger: Arc<Linger>) {
+        self.lingers.lock().unwrap().push(linger);
+    }
 }
 
 impl TestRun {
@@ -73,6 +78,17 @@ impl TestRun {
     /// Why the run failed, if it did.
     pub(crate) fn failure(&self) -> Option<String> {
         self.failed.lock().unwrap().clone()
+    }
+
+    /// The lingers registered and not released: what a real process would still wait for
+    /// after a normal end.
+    pub(crate) fn lingering(&self) -> Vec<String> {
+        let lingers = self.lingers.lock().unwrap();
+        lingers
+            .iter()
+            .filter(|l| !l.released())
+            .map(|l| l.label.clone())
+            .collect()
     }
 
     /// How many feeders said they were finished.

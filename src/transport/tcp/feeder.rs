@@ -1,7 +1,7 @@
 //! The reader's end of a TCP link: [`spawn_tcp_feeder`] (see the [module docs](super) for the
 //! protocol and the resume rules).
 //!
-//! Threads, all ending when the run is over or the link has ended:
+//! Threads, all ending when the feeder thread ends (the others look at least every slice):
 //!
 //! - the **acceptor** polls the listening port and hands each connection to a handshake
 //!   thread, at most [`MAX_HANDSHAKES`] at once (more are closed at once, and logged);
@@ -10,7 +10,23 @@
 //!   queues it for the feeder; it ends when its connection breaks or is replaced;
 //! - the **feeder thread** delivers queued batches to the reading host within the input's
 //!   credit, turns credit coming back (consumption) into cumulative Acks, sends Heartbeats and
-//!   Stop on the current connection, and watches how long the writer has been away.
+//!   Stop on the current connection, and watches how long the writer has been away. It ends
+//!   when the link has ended (the writer said Goodbye after its End was acknowledged), when
+//!   the writer stayed away too long, or when the run is over, but see below.
+//!
+//! # The last word after a normal end
+//!
+//! When the reading process's run ends normally, the End it delivered must still be
+//! acknowledged to the writer: otherwise the writer, which keeps its stream until then,
+//! reconnects in vain and fails. The End acknowledgement counts as **delivered** once the
+//! writer said Goodbye (it says it only after the acknowledgement of its End reached it).
+//! Until then the feeder **lingers**: it holds the process's exit (a [`Linger`] registered
+//! with the run), keeps the port accepting, and answers the writer, on its current connection
+//! and on every reconnection (which resumes past the End), with `Ack {end + 1}` and Goodbye.
+//! It gives up `reconnect_limit` after the run's end (less after a drain, as the runtime
+//! says), with a warning naming the writer's host; the process still ends well, as everything
+//! was consumed. A failed run does not linger: its writer keeps the stream for a restarted
+//! reader.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -31,7 +47,7 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Batch, Element};
 use crate::transport::codec::Codec;
-use crate::transport::link::{Envelope, FeederState, Mailbox, Run};
+use crate::transport::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
 
 /// The most handshakes one listening port runs at once: a few connectors that say nothing
 /// cannot hold more threads than this, for [`HANDSHAKE_TIMEOUT`] each.
@@ -145,6 +161,10 @@ struct Shared<T> {
     acked: AtomicU64,
     /// The feeder thread ended: the other threads end and the port closes.
     done: AtomicBool,
+    /// The feeder holds the process's exit after a normal end (see the module docs).
+    linger: Arc<Linger>,
+    /// The feeder is lingering now (for tests and diagnostics).
+    lingering: AtomicBool,
     /// The reasons connections were refused, the latest last.
     refusals: Mutex<Vec<String>>,
 }
@@ -154,8 +174,9 @@ impl<T> Shared<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn over(&self) -> bool {
-        self.done.load(Ordering::SeqCst) || self.run.is_over()
+    /// The feeder thread has ended: every other thread of the link ends.
+    fn ended(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
     }
 
     fn refused(&self, addr: SocketAddr, reason: &str) {
@@ -182,7 +203,7 @@ impl<T> Shared<T> {
             c.cut();
         }
         let why = why.unwrap_or_else(|| "the writer closed the connection".into());
-        let ended = st.eos_posted || st.goodbye || self.over();
+        let ended = st.eos_posted || st.goodbye || self.ended() || self.run.is_over();
         if !ended {
             let addr = st
                 .peer_addr
@@ -278,6 +299,8 @@ trait Probe: Send + Sync {
     fn finished(&self) -> bool;
     fn bound(&self) -> SocketAddr;
     fn acked(&self) -> u64;
+    fn connected(&self) -> bool;
+    fn lingering(&self) -> bool;
 }
 
 #[cfg(test)]
@@ -296,6 +319,12 @@ impl<T: Element> Probe for Shared<T> {
     }
     fn acked(&self) -> u64 {
         self.acked.load(Ordering::SeqCst)
+    }
+    fn connected(&self) -> bool {
+        self.lock().connected
+    }
+    fn lingering(&self) -> bool {
+        self.lingering.load(Ordering::SeqCst)
     }
 }
 
@@ -316,6 +345,15 @@ impl FeederProbe {
     /// The last Ack sent: every batch below it is consumed.
     pub(crate) fn acked(&self) -> u64 {
         self.0.acked()
+    }
+    /// A writer's connection is accepted and not broken.
+    pub(crate) fn connected(&self) -> bool {
+        self.0.connected()
+    }
+    /// The run ended normally and the feeder waits to give its writer the End's
+    /// acknowledgement.
+    pub(crate) fn lingering(&self) -> bool {
+        self.0.lingering()
     }
 }
 
@@ -341,6 +379,11 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         detail: format!("connection {label}: cannot listen on {}: {e}", spec.listen),
     })?;
     let feeder_state = spec.run.feeder(label.clone());
+    // Registered before anything can end the run; released when the feeder thread ends,
+    // whichever way (or at once, if it never starts).
+    let linger = Linger::new(label.clone(), spec.settings.reconnect_limit);
+    spec.run.linger(Arc::clone(&linger));
+    let release = LingerGuard(Arc::clone(&linger));
     let (tx, rx) = std::sync::mpsc::channel::<(Arc<FeederMailbox>, Arc<Shared<T>>)>();
     let target = Arc::clone(&spec.target);
     let input = spec.input;
@@ -348,6 +391,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
     let started = std::thread::Builder::new()
         .name(format!("tcp feeder {input}"))
         .spawn(move || {
+            let _release = release;
             let Ok((mailbox, shared)) = rx.recv() else {
                 return;
             };
@@ -406,6 +450,8 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         handshakes: AtomicUsize::new(0),
         acked: AtomicU64::new(0),
         done: AtomicBool::new(false),
+        linger,
+        lingering: AtomicBool::new(false),
         refusals: Mutex::new(Vec::new()),
     });
     let mailbox = Arc::new(FeederMailbox {
@@ -443,10 +489,11 @@ impl<T> Drop for Slot<T> {
 }
 
 fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
-    // Ends: when the feeder ends or the run is over (checked at each pass, a pass waits at
-    // most ACCEPT_POLL); dropping the listener closes the port.
+    // Ends: when the feeder thread ends (checked at each pass, a pass waits at most
+    // ACCEPT_POLL), which it does within a slice of the run's end unless it lingers; dropping
+    // the listener closes the port.
     loop {
-        if shared.over() {
+        if shared.ended() {
             return;
         }
         match listener.accept() {
@@ -486,7 +533,9 @@ fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
 fn claim<T>(shared: &Shared<T>, hello: &Hello, claimed: &mut Option<u64>) -> Result<u64, String> {
     shared.id.check(hello)?;
     let mut st = shared.lock();
-    if shared.over() {
+    // A run that ended normally may still answer its writer (see "The last word after a
+    // normal end"); a failed one takes nothing more.
+    if shared.ended() || shared.run.failed() {
         return Err("the link has ended".into());
     }
     let same = st.epoch == Some(hello.writer_epoch);
@@ -622,7 +671,7 @@ impl<T: Element> Reading<'_, T> {
         // Ends: each pass reads for at most a slice; a stale connection or the end of the link
         // returns.
         loop {
-            if shared.over() || shared.lock().gen != self.gen {
+            if shared.ended() || shared.lock().gen != self.gen {
                 return None;
             }
             match dec.read_from(&mut r) {
@@ -847,6 +896,7 @@ impl<T: Element> Feeder<T> {
     fn run(&mut self) {
         let shared = Arc::clone(&self.shared);
         let fed = self.feed();
+        shared.lingering.store(false, Ordering::SeqCst);
         if let Err(e) = &fed {
             shared.run.fail(Error::Runtime {
                 detail: format!("connection {}: {e}", shared.label),
@@ -1033,23 +1083,107 @@ impl<T: Element> Feeder<T> {
         }
     }
 
-    /// The run is over. A process ending normally acknowledges the End it delivered (what its
-    /// agents left unconsumed never will be) and says Goodbye; a failed one just closes, so
-    /// that its writer keeps everything for a restarted reader.
+    /// The run is over. A failed process just closes, so that its writer keeps everything for
+    /// a restarted reader. A process ending normally acknowledges the End it delivered (what
+    /// its agents left unconsumed never will be) and says Goodbye; if the writer has not
+    /// confirmed the End's acknowledgement yet (its Goodbye), the feeder lingers until it does
+    /// (see "The last word after a normal end" in the module docs).
     fn end_of_run(&self, writer: &mut Option<(u64, ConnWrite)>) {
-        if self.shared.run.failed() {
+        let shared = &self.shared;
+        if shared.run.failed() {
             return;
         }
-        let mut frames = Vec::new();
-        {
-            let st = self.shared.lock();
-            if let (true, Some(end)) = (st.eos_posted, st.end_seq) {
-                frames.push(Frame::Ack { next: end + 1 });
+        let (end, confirmed) = {
+            let st = shared.lock();
+            let end = st.end_seq.filter(|_| st.eos_posted);
+            // The writer says Goodbye only once its End is acknowledged.
+            (end, st.goodbye)
+        };
+        let Some(end) = end.filter(|_| !confirmed) else {
+            self.send(
+                writer,
+                &[Frame::Goodbye {
+                    reason: "the reading process ended".into(),
+                }],
+            );
+            return;
+        };
+        let deadline = shared.linger.start(None);
+        shared.lingering.store(true, Ordering::SeqCst);
+        let last_word = [
+            Frame::Ack { next: end + 1 },
+            Frame::Goodbye {
+                reason: "the reading process ended".into(),
+            },
+        ];
+        let heartbeat = shared.settings.heartbeat;
+        // The connection the last word was sent on.
+        let mut told: Option<u64> = None;
+        let mut last_send = Instant::now();
+        let mut said = false;
+        // Ends: the writer confirms, the run fails, or the deadline passes; each pass waits at
+        // most a slice.
+        loop {
+            if shared.run.failed() {
+                return;
             }
+            {
+                let mut st = shared.lock();
+                if st.goodbye {
+                    tracing::info!(
+                        "connection {}: host '{}' has the acknowledgement of its end of stream",
+                        shared.label,
+                        shared.host
+                    );
+                    return;
+                }
+                if let Some(w) = st.incoming.take() {
+                    *writer = Some(w);
+                }
+                if writer
+                    .as_ref()
+                    .is_some_and(|(g, _)| *g != st.gen || !st.connected)
+                {
+                    *writer = None;
+                }
+            }
+            // The deadline may have been brought nearer (a drain).
+            let deadline = shared.linger.deadline().unwrap_or(deadline);
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "connection {}: host '{}' did not come back for the acknowledgement of its                      end of stream ({}); ending anyway: everything it sent was consumed",
+                    shared.label,
+                    shared.host,
+                    if told.is_some() {
+                        "sent, not confirmed"
+                    } else {
+                        "not sent: no connection"
+                    }
+                );
+                return;
+            }
+            if let Some(gen) = writer.as_ref().map(|(g, _)| *g) {
+                if told != Some(gen) {
+                    if self.send(writer, &last_word) {
+                        told = Some(gen);
+                        last_send = Instant::now();
+                        shared.acked.store(end + 1, Ordering::SeqCst);
+                    }
+                } else if last_send.elapsed() >= heartbeat && self.send(writer, &[Frame::Heartbeat])
+                {
+                    last_send = Instant::now();
+                }
+            } else if !said {
+                said = true;
+                tracing::info!(
+                    "connection {}: the run ended; waiting up to {} for host '{}' to reconnect \
+                     and take the acknowledgement of its end of stream",
+                    shared.label,
+                    secs(deadline.saturating_duration_since(Instant::now())),
+                    shared.host
+                );
+            }
+            std::thread::park_timeout(SLICE.min(heartbeat));
         }
-        frames.push(Frame::Goodbye {
-            reason: "the reading process ended".into(),
-        });
-        self.send(writer, &frames);
     }
 }

@@ -78,6 +78,12 @@
 //! - A writer whose End was acknowledged says Goodbye and closes; its reader then ends. A
 //!   reading process that ends normally says Goodbye too (acknowledging the End if it had
 //!   it); one that fails just closes, and its writer waits for a restarted one.
+//! - A reading process that ends normally with the End delivered but its acknowledgement not
+//!   confirmed (no Goodbye from the writer yet: the connection broke just before) does not
+//!   exit yet: its feeder keeps the port open and answers the writer's reconnection
+//!   (`resume_from` past the End) with the End's Ack and Goodbye, until the writer's Goodbye
+//!   or `reconnect_limit` after the run's end (see the feeder's "The last word after a normal
+//!   end").
 //!
 //! # Bad peers
 //!

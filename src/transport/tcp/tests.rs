@@ -683,6 +683,173 @@ fn bad_peers_are_refused_and_the_running_link_goes_on() {
     assert_eq!(w.counters.reconnects.load(Ordering::Relaxed), 0);
 }
 
+/// A relay between a writer and its reader that a test can cut, and keep closed to new
+/// connections (accepted, then closed at once) until it reopens: a network that goes away
+/// and comes back, on loopback. Its threads end when it is dropped.
+struct Relay {
+    addr: SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+    /// Both sockets of every relayed connection, for cutting.
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn new(upstream: SocketAddr) -> Relay {
+        use std::sync::atomic::AtomicBool;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let relay = Relay {
+            addr: listener.local_addr().unwrap(),
+            open: Arc::new(AtomicBool::new(true)),
+            ended: Arc::new(AtomicBool::new(false)),
+            conns: Arc::default(),
+        };
+        let (open, ended, conns) = (
+            Arc::clone(&relay.open),
+            Arc::clone(&relay.ended),
+            Arc::clone(&relay.conns),
+        );
+        std::thread::spawn(move || {
+            // Ends: when the relay is dropped; each pass accepts one connection or naps.
+            while !ended.load(Ordering::SeqCst) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                if !open.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(up) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                down.set_nonblocking(false).unwrap();
+                let pairs = [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up.try_clone().unwrap(), down.try_clone().unwrap()),
+                ];
+                conns.lock().unwrap().extend([down, up]);
+                for (mut from, mut to) in pairs {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        relay
+    }
+
+    /// Cuts every relayed connection and refuses new ones until [`Relay::reopen`].
+    fn cut_and_hold(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.cut_and_hold();
+    }
+}
+
+/// The reader got the whole stream, its End included, but its agents leave the last element
+/// unconsumed: the End is acknowledged only when the reading run ends. The connection is cut
+/// just before that, and the run ends normally while the writer cannot reach it: the feeder
+/// lingers (holding the exit), answers the writer's reconnection with the End's
+/// acknowledgement, and ends once the writer says Goodbye. Nobody fails.
+#[test]
+fn a_reader_that_ends_while_cut_off_still_acknowledges_the_end() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let n = 10_000;
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 4096, n - 1);
+    let relay = Relay::new(r.probe.addr());
+    let mut w = writer::<u64>(relay.addr, &wrun, settings());
+    let items: Vec<u64> = (0..n as u64).collect();
+    w.send(&items, 1000, |_| {});
+    w.tx.close();
+    r.sink.wait("the end of stream, all but one consumed", |s| {
+        s.eos && s.consumed == n - 1
+    });
+    assert!(rrun.lingering().len() == 1, "registered from the start");
+    relay.cut_and_hold();
+    poll("the reader sees the break", || !r.probe.connected());
+    rrun.end();
+    poll("the reader lingers", || r.probe.lingering());
+    assert_eq!(rrun.lingering(), vec![LABEL.to_string()]);
+    assert!(!w.tx.finished(), "the End's acknowledgement did not go out");
+    assert!(!r.probe.finished(), "the port still accepts");
+    relay.reopen();
+    poll("the End acknowledged", || {
+        assert!(wrun.failure().is_none(), "{:?}", wrun.failure());
+        w.tx.finished()
+    });
+    poll("the feeder ends after the writer's Goodbye", || {
+        r.probe.finished()
+    });
+    assert!(rrun.lingering().is_empty(), "the exit is no longer held");
+    assert!(r.sink.items() == items);
+    assert!(w.counters.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(w.counters.unacked_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+/// As above, but the writer never comes back: the feeder gives up `reconnect_limit` after the
+/// run's end, releasing the exit; the reading run still has not failed (everything it was
+/// sent was consumed). A failed run does not linger at all.
+#[test]
+fn a_lingering_reader_gives_up_after_the_reconnect_limit_and_a_failed_one_does_not_linger() {
+    let s = TcpSettings {
+        reconnect_limit: Duration::from_millis(500),
+        ..settings()
+    };
+    for fail in [false, true] {
+        let (rrun, wrun) = (run(), run());
+        let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+        let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 100, 2);
+        let relay = Relay::new(r.probe.addr());
+        let mut w = writer::<u64>(relay.addr, &wrun, s.clone());
+        w.send(&[1, 2, 3], 3, |_| {});
+        w.tx.close();
+        r.sink
+            .wait("the end of stream", |s| s.eos && s.consumed == 2);
+        // The writing host goes away for good.
+        wrun.fail(Error::Runtime {
+            detail: "the writing host died".into(),
+        });
+        drop(w);
+        drop(relay);
+        poll("the reader sees the break", || !r.probe.connected());
+        let ended = Instant::now();
+        if fail {
+            rrun.fail(Error::Runtime {
+                detail: "killed".into(),
+            });
+        } else {
+            rrun.end();
+            poll("the reader lingers", || r.probe.lingering());
+        }
+        poll("the feeder ends", || r.probe.finished());
+        assert!(rrun.lingering().is_empty());
+        if fail {
+            assert!(!r.probe.lingering());
+        } else {
+            // Not a timing threshold: the bound must have been waited out, not skipped.
+            assert!(ended.elapsed() >= Duration::from_millis(500));
+            assert_eq!(rrun.failure(), None);
+        }
+    }
+}
+
 /// A loopback port nobody listens on (bound, then closed).
 fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
