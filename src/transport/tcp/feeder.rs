@@ -234,6 +234,15 @@ impl FeederMailbox {
         n
     }
 
+    /// Takes up to `want` elements of credit without marking the feeder blocked when there is
+    /// none (it has taken some in this pass already, not yet posted).
+    fn take_if_any(&self, want: usize) -> usize {
+        let mut c = self.lock();
+        let n = c.credit.min(want);
+        c.credit -= n;
+        n
+    }
+
     fn take_consumed(&self) -> usize {
         std::mem::take(&mut self.lock().consumed)
     }
@@ -910,7 +919,14 @@ impl<T: Element> Feeder<T> {
                 loop {
                     match st.pending.front_mut() {
                         Some(Item::Data(batch)) => {
-                            let n = self.mailbox.take(batch.len());
+                            // Only a pass that delivers nothing may mark the feeder blocked:
+                            // marking it checks for a stall, which must not see the reader
+                            // idle while batches taken in this pass are not posted yet.
+                            let n = if deliver.is_empty() {
+                                self.mailbox.take(batch.len())
+                            } else {
+                                self.mailbox.take_if_any(batch.len())
+                            };
                             if n == 0 {
                                 break;
                             }
