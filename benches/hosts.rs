@@ -26,7 +26,7 @@
 //! The launcher is found as `iotstream` in the directory above this binary's (`target/release/`
 //! for `target/release/deps/hosts-…`): `env!("CARGO_BIN_EXE_…")` exists only for tests, and a
 //! bench cannot build it itself while cargo holds the build lock. A missing launcher stops the
-//! bench with the command to build it; one older than this binary gets a warning.
+//! bench with the command to build it; one older than the crate's library gets a warning.
 //!
 //! The bench binary is also the application: the launcher starts it, and `IOTSTREAM_BENCH_APP`
 //! (inherited) tells it which graph to build.
@@ -257,11 +257,23 @@ fn launcher() -> PathBuf {
         );
         std::process::exit(2);
     }
+    // The launcher is stale if the library was built after it (this binary links the newest).
     let age = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if age(&l) < age(&exe) {
+    let newest_lib = std::fs::read_dir(release.join("deps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libiotstream-") && name.ends_with(".rlib")
+        })
+        .filter_map(|e| age(&e.path()))
+        .max();
+    if age(&l) < newest_lib {
         println!(
-            "warning: {} is older than this bench binary; rebuild it with \
-             `cargo build --release --bin iotstream` if the crate changed",
+            "warning: {} is older than the crate's library; rebuild it with \
+             `cargo build --release --bin iotstream`",
             l.display()
         );
     }
