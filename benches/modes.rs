@@ -1,8 +1,12 @@
 //! Concurrency modes on the same application, measured in the same run.
 //!
-//! - **Throughput** (criterion): source → map → sink over u64, all in one process versus the sink
-//!   in a second process behind a shared-memory ring. The bar (DESIGN §7): shared memory at least
-//!   0.7× one process.
+//! - **Throughput** (criterion): source → map → sink over u64, all in one process (`local`),
+//!   versus the sink in a second process behind a shared-memory ring (`shm`), versus the map →
+//!   sink connection forced to a TCP link over 127.0.0.1 inside one process (`tcp`), beside a raw
+//!   batched TCP sender and receiver moving the same bytes (`raw_tcp`, see
+//!   `benches/common/raw_tcp.rs`). The bars: shared memory at least 0.7× one process (DESIGN §7),
+//!   the TCP link at least 0.8× raw TCP (issue 10). After the criterion output the bench times
+//!   `tcp` and `raw_tcp` in alternation and prints the median ratio.
 //! - **Latency** (printed table): one-way latency from a source agent in one process to a sink
 //!   agent in another, for 8-byte and 1-KiB elements, p50 and p99, beside a raw cache-line
 //!   ping-pong between the same two kinds of processes (the floor: what two processes of this
@@ -20,26 +24,55 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use iotstream::Graph;
+use iotstream::{
+    Agent, AgentError, Connection, Graph, Input, Inputs, Outputs, SourceOptions, Transport,
+};
 use serde::{Deserialize, Serialize};
+
+#[path = "common/raw_tcp.rs"]
+mod raw_tcp;
 
 const APP_VAR: &str = "IOTSTREAM_BENCH_APP";
 
-/// source → map → sink over `n` u64; the sink in process "sink" when `split`.
-fn throughput_app(n: u64, split: bool) -> Result<(), iotstream::Error> {
-    let mut g = Graph::new(if split { "modes_shm" } else { "modes_local" });
+/// Alternated runs of `tcp` and `raw_tcp` after the criterion group, for their ratio.
+const TCP_RATIO_ROUNDS: usize = 9;
+
+/// Where the throughput app's map → sink connection runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Everything in one process: envelopes between threads.
+    Local,
+    /// The sink in process "sink": a shared-memory ring.
+    Shm,
+    /// Everything in one process, map → sink forced to a TCP link on 127.0.0.1.
+    Tcp,
+}
+
+/// source → map → sink over `n` u64, the map → sink connection as `mode` says.
+fn throughput_app(n: u64, mode: Mode) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new(match mode {
+        Mode::Local => "modes_local",
+        Mode::Shm => "modes_shm",
+        Mode::Tcp => "modes_tcp",
+    });
     let s = g.source_iter("numbers", 0..n);
     let m = g.map("scale", &s, |v: &u64| v.wrapping_mul(7));
     let seen = Arc::new(AtomicU64::new(0));
     let count = Arc::clone(&seen);
-    g.sink_list("count", &m, move |xs: &[u64]| {
-        count.fetch_add(xs.len() as u64, Ordering::Relaxed);
-        Ok(())
+    // What `sink_list` builds, spelled out so that the connection can be forced.
+    let input = g.add_agent("count", |p| {
+        let input = p.input::<u64>("in");
+        (Count { input, seen: count }, input)
     });
-    if split {
+    let transport = match mode {
+        Mode::Tcp => Transport::Tcp,
+        Mode::Local | Mode::Shm => Transport::Auto,
+    };
+    g.connect_with(&m, &input, Connection::new().transport(transport));
+    if mode == Mode::Shm {
         g.place_in_process("count", "sink");
     }
-    let in_sink = !split || std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("sink");
+    let in_sink = mode != Mode::Shm || std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("sink");
     g.run()?;
     if in_sink && seen.load(Ordering::Relaxed) != n {
         return Err(iotstream::Error::Runtime {
@@ -50,6 +83,23 @@ fn throughput_app(n: u64, split: bool) -> Result<(), iotstream::Error> {
         });
     }
     Ok(())
+}
+
+/// The throughput app's sink: counts what it consumes.
+struct Count {
+    input: Input<u64>,
+    seen: Arc<AtomicU64>,
+}
+
+impl Agent for Count {
+    fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        let n = i.slice(&self.input).len();
+        if n > 0 {
+            self.seen.fetch_add(n as u64, Ordering::Relaxed);
+            i.consume(&self.input, n);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -180,8 +230,13 @@ fn main() {
         let (kind, arg) = app.split_once(':').unwrap_or((app.as_str(), "0"));
         let arg: u64 = arg.parse().unwrap_or(0);
         let r = match kind {
-            "local" => throughput_app(arg, false),
-            "shm" => throughput_app(arg, true),
+            "local" => throughput_app(arg, Mode::Local),
+            "shm" => throughput_app(arg, Mode::Shm),
+            "tcp" => throughput_app(arg, Mode::Tcp),
+            "raw_tcp" => {
+                raw_tcp::raw_tcp_run(arg, SourceOptions::default().max_batch, "127.0.0.1");
+                Ok(())
+            }
             "latency" => latency_app(5_000, arg as usize),
             other => panic!("unknown bench application {other}"),
         };
@@ -199,7 +254,7 @@ fn main() {
     let n: u64 = 20_000_000;
     let mut group = c.benchmark_group("modes");
     group.throughput(Throughput::Elements(n));
-    for mode in ["local", "shm"] {
+    for mode in ["local", "shm", "tcp", "raw_tcp"] {
         group.bench_with_input(BenchmarkId::new(mode, n), &mode, |b, mode| {
             b.iter(|| run_app(&format!("{mode}:{n}")));
         });
@@ -219,5 +274,46 @@ fn main() {
             p50, p99
         );
     }
+    tcp_over_raw(n);
     c.final_summary();
+}
+
+/// Times `tcp` and `raw_tcp` runs of `n` elements in alternation (each a fresh process, as in
+/// the criterion group) and prints their medians and the median of the pairs' ratios.
+fn tcp_over_raw(n: u64) {
+    let time = |mode: &str| {
+        let t = Instant::now();
+        run_app(&format!("{mode}:{n}"));
+        n as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
+    let (mut tcp, mut raw, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..TCP_RATIO_ROUNDS {
+        let (t, r) = (time("tcp"), time("raw_tcp"));
+        tcp.push(t);
+        raw.push(r);
+        ratio.push(t / r);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (lo, hi) = ratio
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "\nTCP link / raw TCP, {n} u64, {TCP_RATIO_ROUNDS} alternated pairs (wall time of a \
+         fresh process each), same run:"
+    );
+    println!(
+        "  iotstream tcp (median) : {:>8.1} M elements/s",
+        median(&mut tcp)
+    );
+    println!(
+        "  raw tcp (median)       : {:>8.1} M elements/s",
+        median(&mut raw)
+    );
+    println!(
+        "  tcp / raw              : {:>8.2} median of pairs (min {lo:.2}, max {hi:.2}; bar 0.8)",
+        median(&mut ratio)
+    );
 }
