@@ -7,9 +7,11 @@
 //!   thread, at most [`MAX_HANDSHAKES`] at once (more are closed at once, and logged);
 //! - a **connection thread** runs the handshake (10 s at most), then, if the writer was
 //!   accepted, reads its frames: checks each seq, decodes each batch into private memory and
-//!   queues it for the feeder; it ends when its connection breaks or is replaced;
+//!   queues it for the feeder, which it wakes once per read; it ends when its connection
+//!   breaks or is replaced;
 //! - the **feeder thread** delivers queued batches to the reading host within the input's
-//!   credit, turns credit coming back (consumption) into cumulative Acks, sends Heartbeats and
+//!   credit, turns credit coming back (consumption) into cumulative Acks (coalesced under
+//!   load, see [`Feeder::ack_due`]), sends Heartbeats and
 //!   Stop on the current connection, and watches how long the writer has been away. It ends
 //!   when the link has ended (the writer said Goodbye after its End was acknowledged), when
 //!   the writer stayed away too long, or when the run is over, but see below.
@@ -55,6 +57,11 @@ pub(crate) const MAX_HANDSHAKES: usize = 4;
 
 /// How often the acceptor looks for a new connection.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
+/// How long the feeder holds back an Ack while nothing arrives: consumption is acknowledged
+/// in bursts under load, and at most this late once the stream pauses (see
+/// [`Feeder::ack_due`]).
+const ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// The most refusals a feeder remembers (for tests and diagnostics; each is logged too).
 const REFUSALS_KEPT: usize = 64;
@@ -122,6 +129,8 @@ struct State<T> {
     held_payload: usize,
     /// What to acknowledge (every seq below is consumed), for the current sequence.
     ack: Option<u64>,
+    /// Payload bytes consumed since the last Ack sent (see [`Feeder::ack_due`]).
+    ack_bytes: usize,
     eos_posted: bool,
     end_acked: bool,
     /// The current connection's number; threads of older ones stop.
@@ -232,6 +241,9 @@ struct Credit {
 /// lock discipline). Credit is consumption: the feeder acknowledges what it covers.
 struct FeederMailbox {
     credit: Mutex<Credit>,
+    /// Every post wakes the feeder thread; otherwise only a post to a feeder out of credit
+    /// does (the feeder turns consumption into Acks when it next wakes, see `Feeder::feed`).
+    eager: AtomicBool,
     thread: Thread,
     run: Run,
     state: Arc<FeederState>,
@@ -267,17 +279,27 @@ impl FeederMailbox {
     fn take_consumed(&self) -> usize {
         std::mem::take(&mut self.lock().consumed)
     }
+
+    /// Whether consumption was posted and not taken yet.
+    fn consumed_waits(&self) -> bool {
+        self.lock().consumed > 0
+    }
 }
 
 impl Mailbox for FeederMailbox {
     fn post(&self, env: Envelope) {
         if let Envelope::Credit { n, .. } = env {
             let mut c = self.lock();
+            let starved = c.credit == 0;
             c.credit += n;
             c.consumed += n;
             self.run.set_blocked(&self.state, false);
             drop(c);
-            self.thread.unpark();
+            // Read after the lock: a feeder that turned eager before it last looked at
+            // `consumed` is seen eager here, or it saw this consumption.
+            if starved || self.eager.load(Ordering::SeqCst) {
+                self.thread.unpark();
+            }
         }
     }
 }
@@ -425,6 +447,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             front_consumed: 0,
             held_payload: 0,
             ack: None,
+            ack_bytes: 0,
             eos_posted: false,
             end_acked: false,
             gen: 0,
@@ -459,6 +482,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             credit: spec.capacity,
             consumed: 0,
         }),
+        eager: AtomicBool::new(true),
         thread: handle.thread().clone(),
         run: Arc::clone(&spec.run),
         state: feeder_state,
@@ -689,21 +713,24 @@ impl<T: Element> Reading<'_, T> {
                 }
                 Ok(_) => {
                     heard = Instant::now();
-                    // Ends: each pass takes a frame out of the bounded buffer.
-                    loop {
-                        match dec.next() {
-                            Ok(Some(f)) => {
-                                if let Err(why) = self.on_frame(f) {
-                                    return why;
+                    // The frames of one read are queued, then the feeder woken once.
+                    let taken = (|| {
+                        // Ends: each pass takes a frame out of the bounded buffer.
+                        loop {
+                            match dec.next() {
+                                Ok(Some(f)) => self.on_frame(f)?,
+                                Ok(None) => return Ok(()),
+                                Err(e) => {
+                                    return Err(Some(format!(
+                                        "the writer sent bytes that break the protocol: {e}"
+                                    )))
                                 }
                             }
-                            Ok(None) => break,
-                            Err(e) => {
-                                return Some(format!(
-                                    "the writer sent bytes that break the protocol: {e}"
-                                ))
-                            }
                         }
+                    })();
+                    shared.feeder.unpark();
+                    if let Err(why) = taken {
+                        return why;
                     }
                 }
                 Err(e) if timed_out(&e) => {
@@ -745,8 +772,6 @@ impl<T: Element> Reading<'_, T> {
                     payload: 0,
                     end: true,
                 });
-                drop(st);
-                shared.feeder.unpark();
                 Ok(())
             }
             Frame::Ack { .. } => Err(Some(
@@ -846,7 +871,6 @@ impl<T: Element> Reading<'_, T> {
         if shared.count_traffic {
             add(&shared.counters.bytes, payload.len() as u64);
         }
-        shared.feeder.unpark();
         Ok(())
     }
 }
@@ -875,6 +899,7 @@ impl<T> State<T> {
             self.held_payload -= done.payload;
             if done.stream == self.stream {
                 self.ack = Some(done.seq + 1);
+                self.ack_bytes += done.payload;
                 self.end_acked |= done.end;
             }
         }
@@ -939,6 +964,12 @@ impl<T: Element> Feeder<T> {
         let mut last_send = Instant::now();
         let mut stop_sent = false;
         let mut said: Option<Instant> = None;
+        // Since when passes delivered nothing (`None`: the last pass delivered).
+        let mut quiet_since: Option<Instant> = None;
+        // An Ack is held back (see `ack_due`).
+        let mut ack_waits;
+        // Frames delivered and not all consumed.
+        let mut awaits_consumption;
         // Ends: when the run is over, the link ended (End acknowledged and the writer gone),
         // or the writer stayed away too long; each pass delivers or waits at most a slice.
         loop {
@@ -995,10 +1026,20 @@ impl<T: Element> Feeder<T> {
                     }
                 }
                 st.consume(0);
+                // Consumption to come would move the acknowledgement (or, for the End, end
+                // the link).
+                awaits_consumption = !st.held.is_empty();
+                let fresh = st.ack.filter(|&a| acked_sent.is_none_or(|s| a > s));
+                ack_waits = false;
                 if writer.is_some() {
-                    if let Some(a) = st.ack.filter(|&a| acked_sent.is_none_or(|s| a > s)) {
-                        out.push(Frame::Ack { next: a });
-                        acked_sent = Some(a);
+                    if let Some(a) = fresh {
+                        if Self::ack_due(&st, acked_sent, &settings, quiet_since) {
+                            out.push(Frame::Ack { next: a });
+                            acked_sent = Some(a);
+                            st.ack_bytes = 0;
+                        } else {
+                            ack_waits = true;
+                        }
                     }
                     if shared.run.draining() && !stop_sent && !st.eos_posted {
                         stop_sent = true;
@@ -1077,10 +1118,43 @@ impl<T: Element> Feeder<T> {
                     }
                 }
             }
-            if !progressed {
-                std::thread::park_timeout(SLICE.min(settings.heartbeat));
+            // Under load, the feeder wakes for arriving frames and takes the consumption posted
+            // meanwhile then; once no frame was delivered for `ACK_DELAY` (a pause, the end),
+            // every post of credit wakes it (`eager`), so that its Acks come promptly.
+            if progressed {
+                quiet_since = None;
+                // After the End, only its acknowledgement is left to give: at once.
+                self.mailbox.eager.store(eos, Ordering::SeqCst);
+            } else {
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                let left = ACK_DELAY.saturating_sub(since.elapsed());
+                if (ack_waits || awaits_consumption) && !left.is_zero() {
+                    std::thread::park_timeout(left);
+                } else {
+                    self.mailbox.eager.store(true, Ordering::SeqCst);
+                    if !self.mailbox.consumed_waits() {
+                        std::thread::park_timeout(SLICE.min(settings.heartbeat));
+                    }
+                }
             }
         }
+    }
+
+    /// Whether the consumption acknowledged by `st.ack` is to be sent now rather than held back
+    /// (one Ack per batch would wake the writer for each): always on a new connection (the
+    /// writer may have missed the last one) and for the End; otherwise once a quarter of the
+    /// writer's budget is consumed, or once no frame was delivered for [`ACK_DELAY`] (the
+    /// stream pauses, or the reader waits for what only the writer's budget lets come).
+    fn ack_due(
+        st: &State<T>,
+        acked_sent: Option<u64>,
+        settings: &TcpSettings,
+        quiet_since: Option<Instant>,
+    ) -> bool {
+        acked_sent.is_none()
+            || st.end_acked
+            || st.ack_bytes >= settings.unacked_bytes / 4
+            || quiet_since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
     }
 
     /// The run is over. A failed process just closes, so that its writer keeps everything for

@@ -33,8 +33,11 @@
 //!   quiescence until it has delivered the end of stream.
 //! - **Acknowledgements mean "consumed"**. Credit coming back from the reading agent is
 //!   consumption (the shm feeder's durable credit); the feeder acknowledges, cumulatively, the
-//!   frames whose every element was consumed, one Ack per group of credit it handles. The
-//!   End is acknowledged once it was delivered and everything before it was consumed.
+//!   frames whose every element was consumed. Under load it holds Acks back until a quarter
+//!   of `unacked_bytes` is consumed (one Ack per batch would wake the writer for each); once
+//!   no frame was delivered for a millisecond, and on a new connection, it acknowledges at
+//!   once. The End is acknowledged once it was delivered and everything before it was
+//!   consumed, at once.
 //!
 //! # Resuming after a break
 //!

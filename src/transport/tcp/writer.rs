@@ -8,7 +8,8 @@
 //! - the link's **I/O thread** connects (bounded by `connect_wait`), handshakes, writes the
 //!   queued frames (several per write call), heartbeats, sends Stop, and reconnects after a
 //!   break (bounded by `reconnect_limit`); it ends when the End is acknowledged, the run is
-//!   over, or the sender is dropped;
+//!   over, or the sender is dropped. It is notified only while it waits for work (a notify
+//!   is a system call even when nobody waits), and Acks notify it only for the End;
 //! - per connection, an **ack thread** reads what the reader sends (Acks, Heartbeats, Stop,
 //!   Goodbye), frees acknowledged frames, posts a credit envelope to the host when that makes
 //!   room (or acknowledges the End), and watches the reader's silence.
@@ -108,6 +109,9 @@ struct State {
     goodbye: Option<String>,
     /// A Stop was sent.
     stop_sent: bool,
+    /// The I/O thread waits on [`Shared::cond`] for work: only then does new work notify it
+    /// (a notification costs a system call even when nobody waits).
+    io_waiting: bool,
 }
 
 struct Shared {
@@ -168,6 +172,7 @@ impl<T: Element> TcpSender<T> {
                 cutter: None,
                 goodbye: None,
                 stop_sent: false,
+                io_waiting: false,
             }),
             cond: Condvar::new(),
             dropped: AtomicBool::new(false),
@@ -239,7 +244,9 @@ impl<T: Element> TcpSender<T> {
                 st.unacked += payload;
             }
             set_gauge(&self.counters, st.unacked);
-            self.shared.cond.notify_all();
+            if st.io_waiting {
+                self.shared.cond.notify_all();
+            }
             if done == items.len() {
                 return Ok(done);
             }
@@ -679,12 +686,14 @@ impl Io {
                         control.push(Frame::Heartbeat);
                         break;
                     }
+                    st.io_waiting = true;
                     st = self
                         .shared
                         .cond
                         .wait_timeout(st, SLICE.min(heartbeat - since))
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
+                    st.io_waiting = false;
                 }
             }
             out.clear();
@@ -876,8 +885,12 @@ impl AckReader {
             st.finished = true;
             wake = true;
         }
+        // Only the End's acknowledgement gives the I/O thread work (the Goodbye).
+        let notify = ended && st.io_waiting;
         drop(st);
-        self.shared.cond.notify_all();
+        if notify {
+            self.shared.cond.notify_all();
+        }
         if wake {
             self.wake.post(Envelope::Credit {
                 output: self.output,
