@@ -118,48 +118,71 @@ pub(crate) enum SecretError {
     },
 }
 
+/// Why a local file of a link (a secret, a TLS file) could not be read; the caller says which
+/// file it is.
+pub(crate) enum FileProblem {
+    /// No file at that path.
+    Missing,
+    /// Opening or reading failed: the system's error.
+    Unreadable(String),
+    /// Not a regular file (a directory, a device, a pipe).
+    NotAFile,
+    /// Group or others may read or write a file that must be private: its permission bits.
+    TooOpen(u32),
+    /// Longer than the caller's limit.
+    TooLarge,
+}
+
+/// Reads the file at `path` whole: a regular file of at most `max` bytes and, if `private`,
+/// one that group and others may neither read nor write (as ssh requires of keys). Opened
+/// without blocking (a named pipe named by mistake must not wait for a writer); the checks look
+/// at the file opened, not at the path again.
+pub(crate) fn read_local_file(
+    path: &Path,
+    max: usize,
+    private: bool,
+) -> Result<Vec<u8>, FileProblem> {
+    let unreadable = |e: io::Error| FileProblem::Unreadable(e.to_string());
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => FileProblem::Missing,
+            _ => unreadable(e),
+        })?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(FileProblem::NotAFile);
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if private && mode & 0o077 != 0 {
+        return Err(FileProblem::TooOpen(mode));
+    }
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() > max {
+        return Err(FileProblem::TooLarge);
+    }
+    Ok(bytes)
+}
+
 impl Secret {
     /// Reads a secret from `path`: a regular file of at most 4 KiB that only its owner may read
     /// or write, of at least 16 bytes once one trailing newline (`\n` or `\r\n`) is trimmed.
     pub(crate) fn from_file(path: &Path) -> Result<Secret, SecretError> {
-        let unreadable = |e: io::Error| SecretError::Unreadable {
-            path: path.to_owned(),
-            error: e.to_string(),
-        };
-        // Non-blocking: opening a named pipe by mistake must not wait for a writer.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => SecretError::Missing {
-                    path: path.to_owned(),
-                },
-                _ => unreadable(e),
-            })?;
-        // The checks look at the file opened, not at the path again.
-        let meta = file.metadata().map_err(unreadable)?;
-        if !meta.is_file() {
-            return Err(SecretError::NotAFile {
-                path: path.to_owned(),
-            });
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(SecretError::TooOpen {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let mut bytes = Vec::new();
-        file.take(SECRET_FILE_MAX_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(unreadable)?;
-        if bytes.len() > SECRET_FILE_MAX_BYTES {
-            return Err(SecretError::TooLarge {
-                path: path.to_owned(),
-            });
-        }
+        let mut bytes = read_local_file(path, SECRET_FILE_MAX_BYTES, true).map_err(|p| {
+            let path = path.to_owned();
+            match p {
+                FileProblem::Missing => SecretError::Missing { path },
+                FileProblem::Unreadable(error) => SecretError::Unreadable { path, error },
+                FileProblem::NotAFile => SecretError::NotAFile { path },
+                FileProblem::TooOpen(mode) => SecretError::TooOpen { path, mode },
+                FileProblem::TooLarge => SecretError::TooLarge { path },
+            }
+        })?;
         if bytes.ends_with(b"\n") {
             bytes.pop();
             if bytes.ends_with(b"\r") {

@@ -54,14 +54,13 @@
 //! `io::Error` whose message is the same sentence (the iotstream handshake reads right away).
 
 use std::fmt;
-use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::auth::{read_local_file, FileProblem};
 use rustls::client::Resumption;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -420,49 +419,17 @@ impl TlsConfig {
 /// Reads a whole PEM file of `kind`, checking that it is a regular file of at most
 /// [`PEM_FILE_MAX_BYTES`] and, for the key, that group and others cannot read or write it.
 fn read_pem_file(kind: FileKind, path: &Path) -> Result<Vec<u8>, TlsError> {
-    let unreadable = |e: io::Error| TlsError::Unreadable {
-        kind,
-        path: path.to_owned(),
-        error: e.to_string(),
-    };
-    // Non-blocking: opening a named pipe by mistake must not wait for a writer.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => TlsError::Missing {
-                kind,
-                path: path.to_owned(),
-            },
-            _ => unreadable(e),
-        })?;
-    // The checks look at the file opened, not at the path again.
-    let meta = file.metadata().map_err(unreadable)?;
-    if !meta.is_file() {
-        return Err(TlsError::NotAFile {
-            kind,
-            path: path.to_owned(),
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if kind == FileKind::Key && mode & 0o077 != 0 {
-        return Err(TlsError::KeyTooOpen {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(PEM_FILE_MAX_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
-    if bytes.len() > PEM_FILE_MAX_BYTES {
-        return Err(TlsError::TooLarge {
-            kind,
-            path: path.to_owned(),
-        });
-    }
-    Ok(bytes)
+    let private = kind == FileKind::Key;
+    read_local_file(path, PEM_FILE_MAX_BYTES, private).map_err(|p| {
+        let path = path.to_owned();
+        match p {
+            FileProblem::Missing => TlsError::Missing { kind, path },
+            FileProblem::Unreadable(error) => TlsError::Unreadable { kind, path, error },
+            FileProblem::NotAFile => TlsError::NotAFile { kind, path },
+            FileProblem::TooOpen(mode) => TlsError::KeyTooOpen { path, mode },
+            FileProblem::TooLarge => TlsError::TooLarge { kind, path },
+        }
+    })
 }
 
 /// The certificates of a certificate or CA file, in order; at least one.
@@ -958,6 +925,7 @@ pub(crate) mod tests {
     };
     use std::fs;
     use std::net::TcpListener;
+    use std::os::unix::fs::PermissionsExt;
     use std::thread;
     use std::time::Duration;
 
