@@ -51,6 +51,24 @@
 //! assert_eq!(maxima.values(), [3, 3, 4, 4, 5, 9, 9, 9]);
 //! ```
 //!
+//! # Event time: marks and timers
+//!
+//! A stream of timestamped elements may carry [`Mark`]s in band: watermarks ("no element
+//! with a timestamp below `w` follows") and idleness (see the [`ops::event`](crate::ops::event)
+//! guide). An agent sees the marks among its unconsumed elements with [`Inputs::marks`], and
+//! each input's progress so far with [`Inputs::watermark`] and [`Inputs::is_idle`].
+//!
+//! By default the runtime forwards marks for the agent: after each step, an input's marks up
+//! to where the agent consumed are *passed*, and each output gets the smallest watermark of
+//! the inputs (an input closed or idle does not count; one that never had a watermark holds
+//! it back; all idle makes the outputs idle), after the step's elements. An agent that holds
+//! elements back and emits them later with earlier timestamps must say what its outputs'
+//! progress is itself: it declares [`Ports::manages_watermarks`] and calls [`Outputs::mark`].
+//!
+//! A step may also ask to be called again at a processing time ([`Inputs::wake_at`], with
+//! the clock of [`Inputs::processing_time`]): for output "every N seconds of wall clock" or
+//! after an input went quiet. The [`Harness`](crate::Harness) runs that clock by hand.
+//!
 //! # End of stream
 //!
 //! When every input is closed and a step consumed nothing more, the runtime calls
@@ -58,9 +76,11 @@
 //! then closes the agent's outputs. Elements still unconsumed then (an incomplete window, say)
 //! are dropped by design: the agent has seen them and chose not to use them.
 
+use std::time::Duration;
+
 use crate::error::AgentError;
 use crate::port::{InBuf, InSlot, OutBuf, OutSlot};
-use crate::stream::{Element, Input, PortId, Stream};
+use crate::stream::{Element, Input, Mark, PortId, Stream};
 
 /// The logic of an agent: state plus a step function. See the [module docs](self).
 pub trait Agent: Send + 'static {
@@ -83,6 +103,10 @@ pub trait Agent: Send + 'static {
 pub struct Inputs<'a> {
     pub(crate) agent: (u32, u32),
     pub(crate) slots: &'a mut [Box<dyn InSlot>],
+    /// The processing time at the start of the step.
+    pub(crate) now: Duration,
+    /// The earliest processing time the step asked to be called again at.
+    pub(crate) wake: &'a mut Option<Duration>,
 }
 
 impl Inputs<'_> {
@@ -134,6 +158,87 @@ impl Inputs<'_> {
     pub fn is_closed<T: Element>(&self, input: &Input<T>) -> bool {
         self.slot(input).is_closed()
     }
+
+    /// The marks among `input`'s unconsumed elements, oldest first: `(i, mark)` means `mark`
+    /// follows the first `i` elements of [`slice`](Self::slice) (`i` may equal its length).
+    /// A mark is passed, and no longer listed, once the elements before it are consumed.
+    ///
+    /// ```
+    /// use iotstream::{Agent, AgentError, Graph, Harness, Input, Inputs, Mark, Outputs, Stream};
+    /// use iotstream::ops::event::Watermarks;
+    ///
+    /// /// Emits each element, and each watermark as a negative number.
+    /// struct Show { input: Input<(u64, i64)>, out: Stream<i64> }
+    /// impl Agent for Show {
+    ///     fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+    ///         let data = i.slice(&self.input);
+    ///         let mut at = 0;
+    ///         for (k, mark) in i.marks(&self.input) {
+    ///             o.extend(&self.out, data[at..k].iter().map(|e| e.1));
+    ///             at = k;
+    ///             if let Mark::Watermark(w) = mark {
+    ///                 o.push(&self.out, -(w as i64));
+    ///             }
+    ///         }
+    ///         o.extend(&self.out, data[at..].iter().map(|e| e.1));
+    ///         i.consume_all(&self.input);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let mut g = Graph::new("marks");
+    /// let x = g.input::<(u64, i64)>("x");
+    /// let timed = g.watermarks("timed", &x, Watermarks::ascending());
+    /// let (input, out) = g.add_agent("show", |p| {
+    ///     let input = p.input("in");
+    ///     let out = p.output("out");
+    ///     (Show { input, out }, (input, out))
+    /// });
+    /// g.connect(&timed, &input);
+    /// let seen = g.collect("seen", &out);
+    /// let mut h = Harness::new(g).unwrap();
+    /// h.push(&x, [(10, 1), (12, 2)]).unwrap();
+    /// h.run().unwrap();
+    /// h.push(&x, [(15, 3)]).unwrap();
+    /// h.run().unwrap();
+    /// assert_eq!(seen.values(), [1, 2, -12, 3, -15]);
+    /// h.finish().unwrap();
+    /// ```
+    pub fn marks<T: Element>(&self, input: &Input<T>) -> impl Iterator<Item = (usize, Mark)> + '_ {
+        self.slot(input).marks()
+    }
+
+    /// The highest watermark of `input` passed so far (`None`: none yet). See
+    /// [`marks`](Self::marks) for the ones among the unconsumed elements.
+    pub fn watermark<T: Element>(&self, input: &Input<T>) -> Option<u64> {
+        self.slot(input).watermark()
+    }
+
+    /// True if `input`'s writer said it is idle (and nothing arrived since).
+    pub fn is_idle<T: Element>(&self, input: &Input<T>) -> bool {
+        self.slot(input).is_idle()
+    }
+
+    /// True if the stream connected to `input` carries watermarks: it comes from
+    /// [`Graph::watermarks`](crate::Graph::watermarks), or from agents that forward the marks
+    /// of such a stream. Known from the graph before the first element arrives. An operator
+    /// uses it to choose between watermarks and timestamps taken as ascending.
+    pub fn carries_watermarks<T: Element>(&self, input: &Input<T>) -> bool {
+        self.slot(input).is_timed()
+    }
+
+    /// Processing time: how long the process has run, on the clock of the executor (the
+    /// [`Harness`](crate::Harness) moves it by hand). For timers, not for event time.
+    pub fn processing_time(&self) -> Duration {
+        self.now
+    }
+
+    /// Asks for a step at processing time `at` (or soon after), even if no input arrives. The
+    /// earliest request of a step counts; a new step forgets older requests, so a step that
+    /// still wants its timer asks again.
+    pub fn wake_at(&mut self, at: Duration) {
+        *self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+    }
 }
 
 /// The outputs of one agent, as seen by its step. Everything appended to one output during one
@@ -167,6 +272,20 @@ impl Outputs<'_> {
     pub fn extend<T: Element, I: IntoIterator<Item = T>>(&mut self, stream: &Stream<T>, values: I) {
         self.vec(stream).extend(values);
     }
+
+    /// Sends `mark` on `stream` after the elements appended to it so far in this step (marks
+    /// may go between a step's elements: they travel in that order). Only for agents
+    /// that declared [`Ports::manages_watermarks`] (otherwise the runtime forwards their
+    /// inputs' marks and this one may be overridden). A watermark not above the last one
+    /// sent is ignored: watermarks never go back.
+    pub fn mark<T: Element>(&mut self, stream: &Stream<T>, mark: Mark) {
+        let id = stream.id;
+        assert!(
+            (id.graph, id.agent) == self.agent && (id.port as usize) < self.slots.len(),
+            "an agent marked a Stream it does not own"
+        );
+        self.slots[id.port as usize].set_mark(mark);
+    }
 }
 
 /// Declares the ports of an agent being added with [`Graph::add_agent`](crate::Graph::add_agent).
@@ -175,6 +294,8 @@ pub struct Ports {
     pub(crate) agent: u32,
     pub(crate) inputs: Vec<PortDecl>,
     pub(crate) outputs: Vec<PortDecl>,
+    /// The agent sends its outputs' marks itself ([`Ports::manages_watermarks`]).
+    pub(crate) manages_watermarks: bool,
 }
 
 /// What the graph keeps of a declared port until the application is instantiated.
@@ -252,5 +373,13 @@ impl Ports {
     /// the application is built, instead of stalling at run time.
     pub fn needs_at_least<T: Element>(&mut self, input: &Input<T>, n: usize) {
         self.inputs[input.id.port as usize].min_capacity = n.max(1);
+    }
+
+    /// Says the agent sends its outputs' marks itself, with [`Outputs::mark`], instead of the
+    /// runtime forwarding its inputs' (see the [module docs](self#event-time-marks-and-timers)).
+    /// Its outputs then count as carrying watermarks
+    /// ([`Inputs::carries_watermarks`] of their readers).
+    pub fn manages_watermarks(&mut self) {
+        self.manages_watermarks = true;
     }
 }

@@ -94,6 +94,8 @@ pub(crate) struct AgentDecl {
     /// It reads this program's standard input ([`Graph::source_stdin`]): its process is given
     /// the standard input of whoever starts the application.
     pub reads_stdin: bool,
+    /// It sends its outputs' marks itself ([`Ports::manages_watermarks`]).
+    pub manages_watermarks: bool,
 }
 
 pub(crate) struct Edge {
@@ -189,6 +191,7 @@ impl Graph {
             agent: self.agents.len() as u32,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            manages_watermarks: false,
         }
     }
 
@@ -221,6 +224,7 @@ impl Graph {
             thread: None,
             process: None,
             reads_stdin: false,
+            manages_watermarks: ports.manages_watermarks,
         });
     }
 
@@ -571,6 +575,27 @@ impl Graph {
     /// Builds the hosts of the agents in `part`; `mailboxes[i]` reaches agent `i` (`None` for an
     /// agent of another process). Connections between two local agents become in-process links;
     /// shared-memory connections are wired through `part.shm`.
+    /// Which agents' outputs carry watermarks: those of agents that send marks themselves
+    /// ([`Ports::manages_watermarks`]), and of agents that forward marks with an input
+    /// connected to such an output. Every process computes the same from the same graph.
+    pub(crate) fn timed_agents(&self) -> Vec<bool> {
+        let mut timed: Vec<bool> = self.agents.iter().map(|a| a.manages_watermarks).collect();
+        // Ends: each pass marks at least one more agent, or stops.
+        loop {
+            let mut changed = false;
+            for e in &self.edges {
+                let (w, r) = (e.from.agent as usize, e.to.agent as usize);
+                if timed[w] && !timed[r] && !self.agents[r].manages_watermarks {
+                    timed[r] = true;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return timed;
+            }
+        }
+    }
+
     pub(crate) fn instantiate(
         &mut self,
         mailboxes: &[Option<Arc<dyn Mailbox>>],
@@ -580,6 +605,7 @@ impl Graph {
         let local: Vec<bool> = (0..self.agents.len())
             .map(|i| part.process.is_none_or(|p| self.process_of(i) == p))
             .collect();
+        let timed = self.timed_agents();
         let mut registry = Registry::default();
         let mut hosts: Vec<Option<Host>> = Vec::with_capacity(self.agents.len());
         for (i, a) in self.agents.iter_mut().enumerate() {
@@ -603,14 +629,16 @@ impl Graph {
             let driver = a.driver.take().ok_or_else(|| Error::Runtime {
                 detail: format!("graph '{}' was already instantiated", self.name),
             })?;
-            hosts.push(Some(Host::new(
+            let mut host = Host::new(
                 a.name.as_str().into(),
                 (self.id, i as u32),
                 driver,
                 inputs,
                 outputs,
                 counters,
-            )));
+            );
+            host.forward_marks = !a.manages_watermarks;
+            hosts.push(Some(host));
         }
         for (edge, e) in self.edges.iter().enumerate() {
             let writer = e.from.agent as usize;
@@ -675,6 +703,8 @@ impl Graph {
             };
             // The reader's end: where its credit goes.
             if local[reader] {
+                hosts[reader].as_mut().expect("local").inputs[e.to.port as usize]
+                    .set_timed(timed[writer]);
                 let target = Arc::clone(mailboxes[reader].as_ref().expect("local reader"));
                 let credit_to = match resolved {
                     Resolved::Local => {

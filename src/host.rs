@@ -10,13 +10,15 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::{panic_message, AgentError, Error};
 use crate::metrics::{add, AgentCounters};
 use crate::port::{InSlot, OutSlot};
+use crate::stream::Mark;
 pub(crate) use crate::transport::{Envelope, Mailbox};
 
 // ---------------------------------------------------------------------------------------------
@@ -25,6 +27,28 @@ pub(crate) use crate::transport::{Envelope, Mailbox};
 /// How long a source still inside [`Source::fill`](crate::Source::fill) after a stop is waited for before its stream
 /// ends without it.
 pub const SOURCE_STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Processing time, for agents' timers ([`Inputs::wake_at`](crate::Inputs::wake_at)): the
+/// process's monotonic clock, or one a test moves by hand.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Clock {
+    /// Time since the first look at the clock in this process.
+    #[default]
+    Real,
+    /// Nanoseconds, set by the [`Harness`](crate::Harness).
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// The processing time now.
+    pub fn now(&self) -> Duration {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        match self {
+            Clock::Real => ORIGIN.get_or_init(Instant::now).elapsed(),
+            Clock::Manual(ns) => Duration::from_nanos(ns.load(Ordering::SeqCst)),
+        }
+    }
+}
 
 /// What a source thread needs from the executor.
 pub(crate) struct SourceThreadCtx {
@@ -124,6 +148,15 @@ pub(crate) struct Host {
     durable: Option<bool>,
     /// A durable input may owe credit that waits for the outputs to be handed on.
     owed: bool,
+    /// The runtime forwards the inputs' marks to the outputs (the agent did not declare
+    /// [`Ports::manages_watermarks`](crate::Ports::manages_watermarks)).
+    pub forward_marks: bool,
+    /// The last mark forwarded.
+    forwarded: Option<Mark>,
+    /// The clock of [`Inputs::processing_time`](crate::Inputs::processing_time).
+    pub clock: Clock,
+    /// The processing time the last step asked to be called again at.
+    timer: Option<Duration>,
 }
 
 impl Host {
@@ -148,6 +181,27 @@ impl Host {
             span,
             durable: None,
             owed: false,
+            forward_marks: true,
+            forwarded: None,
+            clock: Clock::Real,
+            timer: None,
+        }
+    }
+
+    /// The processing time the agent asked to be called again at, if it did.
+    pub fn timer(&self) -> Option<Duration> {
+        self.timer
+    }
+
+    /// Marks the agent for a step if its timer is due; returns whether it was.
+    pub fn fire_timer_if_due(&mut self) -> bool {
+        match self.timer {
+            Some(at) if at <= self.clock.now() && self.state == State::Running => {
+                self.timer = None;
+                self.dirty = true;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -194,6 +248,19 @@ impl Host {
                     }
                 };
                 slot.push(batch).map_err(|e| Error::Runtime {
+                    detail: format!("agent '{}', input #{input}: {e}", self.name),
+                })?;
+                self.dirty = true;
+            }
+            Envelope::Mark { input, mark } => {
+                let slot = match self.inputs.get_mut(input as usize) {
+                    Some(s) => s,
+                    None => {
+                        return Err(self
+                            .violation(format!("a mark for input #{input}, which does not exist")))
+                    }
+                };
+                slot.push_mark(mark).map_err(|e| Error::Runtime {
                     detail: format!("agent '{}', input #{input}: {e}", self.name),
                 })?;
                 self.dirty = true;
@@ -288,10 +355,15 @@ impl Host {
                     for slot in &mut self.inputs {
                         slot.prepare();
                     }
+                    let now = self.clock.now();
+                    // A step forgets older timer requests (see `Inputs::wake_at`).
+                    self.timer = None;
                     let result = {
                         let mut inputs = Inputs {
                             agent: id,
                             slots: &mut self.inputs,
+                            now,
+                            wake: &mut self.timer,
                         };
                         let mut outputs = Outputs {
                             agent: id,
@@ -306,6 +378,7 @@ impl Host {
                     }
                     self.check(result)?;
                     let consumed = self.return_credits();
+                    self.pass_marks();
                     self.flush()?;
                     if self.owed {
                         self.settle_durable();
@@ -352,6 +425,47 @@ impl Host {
                     }
                 }
             }
+        }
+    }
+
+    /// Passes the marks each input's agent has consumed up to and, unless the agent sends
+    /// its own, sets the outputs' mark: the smallest watermark of the open inputs that are not
+    /// idle (one with no watermark yet holds it back), or idleness if every open input is idle.
+    fn pass_marks(&mut self) {
+        let mut open = false;
+        let mut all_idle = true;
+        let mut held = false;
+        let mut min: Option<u64> = None;
+        for slot in &mut self.inputs {
+            slot.pass_marks();
+            let p = slot.progress();
+            if p.closed {
+                continue;
+            }
+            open = true;
+            if p.idle {
+                continue;
+            }
+            all_idle = false;
+            match p.watermark {
+                Some(w) => min = Some(min.map_or(w, |m| m.min(w))),
+                None => held = true,
+            }
+        }
+        if !self.forward_marks || !open {
+            return;
+        }
+        let mark = match (all_idle, held, min) {
+            (true, _, _) => Mark::Idle,
+            (false, false, Some(w)) => Mark::Watermark(w),
+            _ => return,
+        };
+        if self.forwarded == Some(mark) {
+            return;
+        }
+        self.forwarded = Some(mark);
+        for o in &mut self.outputs {
+            o.set_mark(mark);
         }
     }
 

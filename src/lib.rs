@@ -62,7 +62,7 @@ pub use ops::sink::Collected;
 pub use ops::source::{InputSender, Source, SourceOptions, SOURCE_STOP_GRACE};
 pub use ops::timed::TimedWindow;
 pub use runtime::Running;
-pub use stream::{Element, Input, Stream, MAX_ELEMENT_BYTES};
+pub use stream::{Element, Input, Mark, Stream, MAX_ELEMENT_BYTES};
 pub use testing::Harness;
 
 /// The README's examples, compiled and run as doctests so that they stay true.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::metrics::{add, StreamCounters};
-use crate::stream::{Batch, Element, Policy};
+use crate::stream::{Batch, Element, Mark, Policy};
 use crate::transport::tcp::{TcpSender, TcpWriterSpec};
 use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
 
@@ -54,6 +54,26 @@ pub(crate) trait InSlot: Send {
     /// How many elements the last step left unconsumed, if it left some, saw everything
     /// received, and nothing arrived since (see [`Mailbox::reader_waits`]); taken once.
     fn take_waiting(&mut self) -> Option<usize>;
+    /// Queues a mark after the elements received so far; an error if the input is closed.
+    fn push_mark(&mut self, mark: Mark) -> Result<(), String>;
+    /// Passes the marks the agent has consumed up to (every element before them consumed):
+    /// they become the input's [`progress`](InSlot::progress). Called after each step.
+    fn pass_marks(&mut self);
+    /// The input's event-time progress, as of the marks passed.
+    fn progress(&self) -> Progress;
+    /// Says whether the stream feeding this input carries watermarks (known from the graph).
+    fn set_timed(&mut self, timed: bool);
+}
+
+/// An input's event-time progress, as its host combines it (see [`Host`](crate::host::Host)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// The writer closed the stream and every element was received.
+    pub closed: bool,
+    /// The highest watermark passed (`None`: none yet).
+    pub watermark: Option<u64>,
+    /// An idleness mark was passed and nothing arrived since.
+    pub idle: bool,
 }
 
 enum View<T> {
@@ -98,6 +118,17 @@ pub(crate) struct InBuf<T> {
     /// Elements the last step left unconsumed, having seen everything received (see
     /// [`InSlot::take_waiting`]); cleared when a batch arrives.
     waiting: Option<usize>,
+    /// Elements received and consumed since the start, for the positions of marks.
+    received_total: u64,
+    consumed_total: u64,
+    /// Marks not passed yet, each with the number of elements received before it.
+    marks: VecDeque<(u64, Mark)>,
+    /// The highest watermark passed.
+    watermark: Option<u64>,
+    /// An idleness mark was passed at this position (and is void once an element follows).
+    idle_at: Option<u64>,
+    /// The stream feeding this input carries watermarks.
+    timed: bool,
 }
 
 impl<T: Element> InBuf<T> {
@@ -112,6 +143,12 @@ impl<T: Element> InBuf<T> {
             spare: Vec::new(),
             route: None,
             waiting: None,
+            received_total: 0,
+            consumed_total: 0,
+            marks: VecDeque::new(),
+            watermark: None,
+            idle_at: None,
+            timed: false,
         }
     }
 
@@ -134,6 +171,31 @@ impl<T: Element> InBuf<T> {
         }
         self.consumed += n;
         self.unreturned += n;
+        self.consumed_total += n as u64;
+    }
+
+    /// The marks among the unconsumed elements, each with its place in the slice: `(i, m)`
+    /// means `m` follows the first `i` elements of [`as_slice`](Self::as_slice).
+    pub fn marks(&self) -> impl Iterator<Item = (usize, Mark)> + '_ {
+        let base = self.consumed_total;
+        self.marks
+            .iter()
+            .map(move |&(at, m)| ((at.saturating_sub(base)) as usize, m))
+    }
+
+    /// The highest watermark passed (see [`InSlot::progress`]).
+    pub fn watermark(&self) -> Option<u64> {
+        self.watermark
+    }
+
+    /// An idleness mark was passed and nothing arrived since.
+    pub fn is_idle(&self) -> bool {
+        self.idle_at == Some(self.received_total)
+    }
+
+    /// The stream feeding this input carries watermarks.
+    pub fn is_timed(&self) -> bool {
+        self.timed
     }
 }
 
@@ -157,10 +219,51 @@ impl<T: Element> InSlot for InBuf<T> {
         })?;
         if !batch.is_empty() {
             self.outstanding += batch.len();
+            self.received_total += batch.len() as u64;
             self.queue.push_back(*batch);
             self.waiting = None;
         }
         Ok(())
+    }
+
+    fn push_mark(&mut self, mark: Mark) -> Result<(), String> {
+        if self.closed {
+            return Err("a watermark arrived after the end of stream".into());
+        }
+        match self.marks.back_mut() {
+            // Two marks with no element between: the later says all the earlier did.
+            Some((at, m)) if *at == self.received_total => *m = mark,
+            _ => self.marks.push_back((self.received_total, mark)),
+        }
+        Ok(())
+    }
+
+    fn pass_marks(&mut self) {
+        while let Some(&(at, mark)) = self.marks.front() {
+            if at > self.consumed_total {
+                break;
+            }
+            self.marks.pop_front();
+            match mark {
+                Mark::Watermark(w) => {
+                    self.watermark = Some(self.watermark.map_or(w, |old| old.max(w)));
+                    self.idle_at = None;
+                }
+                Mark::Idle => self.idle_at = Some(at),
+            }
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        Progress {
+            closed: self.is_closed(),
+            watermark: self.watermark,
+            idle: self.is_idle(),
+        }
+    }
+
+    fn set_timed(&mut self, timed: bool) {
+        self.timed = timed;
     }
 
     fn close(&mut self) {
@@ -248,8 +351,10 @@ impl<T: Element> InSlot for InBuf<T> {
 /// The type-erased face of an output buffer.
 pub(crate) trait OutSlot: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Sends what the step appended as one batch to every reader.
+    /// Sends what the step appended as one batch to every reader, then the step's mark.
     fn flush(&mut self);
+    /// Sets the mark sent after this step's elements (see [`OutBuf::set_mark`]).
+    fn set_mark(&mut self, mark: Mark);
     /// A `Block` link holds data it could not send yet (a stash, or parts of a large element
     /// owed to a ring).
     fn blocked(&self) -> bool;
@@ -291,9 +396,15 @@ pub(crate) trait OutSlot: Send {
     fn waits_on_ring(&self) -> bool;
 }
 
-/// An output buffer: the step appends to `pending`; `flush` makes it one shared batch.
+/// An output buffer: the step appends to `pending`; `flush` makes it one shared batch, then
+/// sends the step's mark, if it set one, after it.
 pub(crate) struct OutBuf<T> {
     pending: Vec<T>,
+    /// The marks to send with `pending`, each after the first `n` of its elements.
+    pending_marks: Vec<(usize, Mark)>,
+    /// The last watermark sent, and whether an idleness mark followed it.
+    sent_watermark: Option<u64>,
+    sent_idle: bool,
     links: Vec<LinkTx<T>>,
     closed: bool,
     counters: Arc<StreamCounters>,
@@ -303,6 +414,9 @@ impl<T: Element> OutBuf<T> {
     pub fn new() -> Self {
         OutBuf {
             pending: Vec::new(),
+            pending_marks: Vec::new(),
+            sent_watermark: None,
+            sent_idle: false,
             links: Vec::new(),
             closed: false,
             counters: Arc::default(),
@@ -313,27 +427,108 @@ impl<T: Element> OutBuf<T> {
     }
 }
 
+impl<T> OutBuf<T> {
+    /// Sends `mark` after the elements appended so far in this step. Watermarks never go
+    /// back: one not above the last is ignored (it says nothing new), as is idleness already
+    /// said.
+    pub fn set_mark(&mut self, mark: Mark) {
+        let (mut watermark, mut idle) = (self.sent_watermark, self.sent_idle);
+        let mut last_at = 0;
+        for &(at, m) in &self.pending_marks {
+            match m {
+                Mark::Watermark(w) => (watermark, idle) = (Some(w), false),
+                Mark::Idle => idle = true,
+            }
+            last_at = at;
+        }
+        let at = self.pending.len();
+        if at > last_at {
+            // An element ends idleness.
+            idle = false;
+        }
+        let news = match mark {
+            Mark::Watermark(w) => watermark.is_none_or(|old| w > old),
+            Mark::Idle => !idle,
+        };
+        if !news {
+            return;
+        }
+        match self.pending_marks.last_mut() {
+            // Two marks with no element between: the later says all the earlier did, unless
+            // it is idleness after a watermark.
+            Some((a, m))
+                if *a == at && !(mark == Mark::Idle && matches!(m, Mark::Watermark(_))) =>
+            {
+                *m = mark
+            }
+            _ => self.pending_marks.push((at, mark)),
+        }
+    }
+}
+
 impl<T: Element> OutSlot for OutBuf<T> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
 
+    fn set_mark(&mut self, mark: Mark) {
+        OutBuf::set_mark(self, mark);
+    }
+
     fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        add(&self.counters.elements, self.pending.len() as u64);
-        add(&self.counters.batches, 1);
         if self.closed {
             // Appends after close (from a buggy finish) have nowhere to go; the host
             // never calls finish after closing, so this is unreachable in practice.
             self.pending.clear();
+            self.pending_marks.clear();
             return;
         }
-        let data: Arc<[T]> = self.pending.drain(..).collect();
-        for link in &mut self.links {
-            link.offer(Batch::new(Arc::clone(&data)));
+        let len = self.pending.len();
+        if len > 0 {
+            add(&self.counters.elements, len as u64);
+            add(&self.counters.batches, 1);
         }
+        if self.pending_marks.is_empty() {
+            if len > 0 {
+                let data: Arc<[T]> = self.pending.drain(..).collect();
+                for link in &mut self.links {
+                    link.offer(Batch::new(Arc::clone(&data)));
+                }
+                self.sent_idle = false;
+            }
+            return;
+        }
+        // Elements and marks in the order the step made them: parts of one shared batch.
+        let data: Arc<[T]> = self.pending.drain(..).collect();
+        let mut marks = std::mem::take(&mut self.pending_marks);
+        let mut from = 0;
+        for &(at, mark) in &marks {
+            if at > from {
+                for link in &mut self.links {
+                    link.offer(Batch::part(Arc::clone(&data), from..at));
+                }
+                from = at;
+                self.sent_idle = false;
+            }
+            match mark {
+                Mark::Watermark(w) => {
+                    self.sent_watermark = Some(w);
+                    self.sent_idle = false;
+                }
+                Mark::Idle => self.sent_idle = true,
+            }
+            for link in &mut self.links {
+                link.offer_mark(mark);
+            }
+        }
+        if len > from {
+            for link in &mut self.links {
+                link.offer(Batch::part(Arc::clone(&data), from..len));
+            }
+            self.sent_idle = false;
+        }
+        marks.clear();
+        self.pending_marks = marks;
     }
 
     fn blocked(&self) -> bool {

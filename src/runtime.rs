@@ -36,7 +36,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, Addr, Arbiter, Context, Handler, Message, System};
+use actix::{Actor, ActorContext, Addr, Arbiter, AsyncContext, Context, Handler, Message, System};
 
 use crate::error::Error;
 use nix::sys::signal::Signal;
@@ -401,6 +401,8 @@ struct AgentActor {
     /// This agent waits on a shared-memory ring and is counted in `Shared::active_sources`:
     /// the run is not quiescent while another process may still make room.
     counted_ring_wait: bool,
+    /// The agent's timer last scheduled on the arbiter (see `Inputs::wake_at`).
+    timer_set: Option<Duration>,
 }
 
 impl AgentActor {
@@ -409,6 +411,23 @@ impl AgentActor {
             self.shared.fail(e);
             ctx.stop();
             return;
+        }
+        if let Some(at) = self.host.timer() {
+            if self.timer_set != Some(at) && !self.host.is_done() {
+                self.timer_set = Some(at);
+                let delay = at.saturating_sub(self.host.clock.now());
+                ctx.run_later(delay, move |act, ctx| {
+                    if act.timer_set == Some(at) {
+                        act.timer_set = None;
+                    }
+                    let r = if act.host.fire_timer_if_due() {
+                        act.guarded(|host| host.run())
+                    } else {
+                        Ok(())
+                    };
+                    act.after(r, ctx);
+                });
+            }
         }
         let ring_wait = self.host.waits_on_ring() && !self.host.is_done();
         if ring_wait != self.counted_ring_wait {
@@ -1218,6 +1237,7 @@ fn coordinate(
             shared: Arc::clone(&shared),
             finished: false,
             counted_blocked: false,
+            timer_set: None,
         };
         arbiter.spawn_fn(move || {
             Context::with_receiver(rx).run(actor);

@@ -105,6 +105,22 @@ macro_rules! handle_impls {
 handle_impls!(Stream, "Stream");
 handle_impls!(Input, "Input");
 
+/// Event-time progress, travelling in band with a stream's elements (see the
+/// [`ops::event`](crate::ops::event) guide).
+///
+/// A mark sits between two elements of a stream and says something about every element after
+/// it. Marks never overtake elements, nor elements marks, on any transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Mark {
+    /// A watermark: no element with a timestamp below this one follows (an element that does
+    /// is *late*). Watermarks of one stream never decrease.
+    Watermark(u64),
+    /// The stream is idle: it sends nothing for now, and should not hold back the watermark of
+    /// agents that read it together with other streams. The next element or watermark ends
+    /// the idleness.
+    Idle,
+}
+
 /// A run of elements shared by every reader of one batch: a slice of an `Arc<[T]>`.
 ///
 /// A step's appends to one output become one batch; each reader gets a clone of the `Arc` (no
@@ -118,6 +134,11 @@ pub(crate) struct Batch<T> {
 impl<T> Batch<T> {
     pub fn new(data: Arc<[T]>) -> Self {
         let range = 0..data.len();
+        Batch { data, range }
+    }
+    /// Elements `range` of `data`.
+    pub fn part(data: Arc<[T]>, range: Range<usize>) -> Self {
+        debug_assert!(range.end <= data.len());
         Batch { data, range }
     }
     pub fn len(&self) -> usize {

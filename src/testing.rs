@@ -24,19 +24,29 @@
 //! h.finish().unwrap(); // close the inputs, drain, check everything ended
 //! ```
 //!
-//! Sources in the graph ([`Graph::source_iter`], …) are called inline until exhausted; timers are
-//! ignored. A graph that never becomes quiescent (an endless source, a loop that never stops
-//! emitting) makes `run` fail after [`Harness::set_max_rounds`] rounds instead of hanging.
+//! Sources in the graph ([`Graph::source_iter`], …) are called inline until exhausted; a periodic
+//! source's period is ignored. A graph that never becomes quiescent (an endless source, a loop
+//! that never stops emitting) makes `run` fail after [`Harness::set_max_rounds`] rounds instead
+//! of hanging.
+//!
+//! # Processing time
+//!
+//! The harness has its own clock for agents' timers
+//! ([`Inputs::wake_at`](crate::Inputs::wake_at)): it starts at zero and moves only when the
+//! test calls [`Harness::advance_clock`], which then runs every timer that came due. A test
+//! of "after 30 s without input" therefore takes no time and never depends on the machine.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crossbeam_channel::TrySendError;
 
 use crate::error::Error;
 use crate::graph::ExternalAny;
 use crate::graph::{Graph, Part};
-use crate::host::{Envelope, Host, Mailbox};
+use crate::host::{Clock, Envelope, Host, Mailbox};
 use crate::metrics::{Metrics, Registry};
 use crate::ops::source::{Chunk, ExternalInput};
 use crate::stream::{Element, PortId, Stream};
@@ -65,6 +75,8 @@ pub struct Harness {
     registry: Registry,
     externals: HashMap<PortId, Box<dyn ExternalAny>>,
     max_rounds: u64,
+    /// The agents' processing time, in nanoseconds.
+    clock: Arc<AtomicU64>,
 }
 
 impl Harness {
@@ -80,7 +92,14 @@ impl Harness {
             })
             .collect();
         let (hosts, registry) = graph.instantiate(&mailboxes, &Part::whole())?;
-        let hosts = hosts.into_iter().map(|(_, h)| h).collect();
+        let clock: Arc<AtomicU64> = Arc::default();
+        let hosts = hosts
+            .into_iter()
+            .map(|(_, mut h)| {
+                h.clock = Clock::Manual(Arc::clone(&clock));
+                h
+            })
+            .collect();
         Ok(Harness {
             app: graph.name.clone(),
             hosts,
@@ -88,7 +107,44 @@ impl Harness {
             registry,
             externals: std::mem::take(&mut graph.externals),
             max_rounds: 10_000_000,
+            clock,
         })
+    }
+
+    /// The agents' processing time (see the [module docs](self#processing-time)).
+    pub fn clock(&self) -> Duration {
+        Duration::from_nanos(self.clock.load(Ordering::SeqCst))
+    }
+
+    /// Moves the agents' processing time forward by `by`, then runs (see [`run`](Self::run))
+    /// with every timer that came due.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use iotstream::{Graph, Harness};
+    /// use iotstream::ops::event::Watermarks;
+    ///
+    /// let mut g = Graph::new("quiet");
+    /// let x = g.input::<(u64, f64)>("x");
+    /// // Idle after 5 s of processing time without an element.
+    /// let timed = g.watermarks("timed", &x, Watermarks::ascending().idle_after(Duration::from_secs(5)));
+    /// let out = g.collect("out", &timed);
+    /// let mut h = Harness::new(g).unwrap();
+    /// h.push(&x, [(1, 0.5)]).unwrap();
+    /// h.advance_clock(Duration::from_secs(6)).unwrap();
+    /// assert_eq!(h.clock(), Duration::from_secs(6));
+    /// assert_eq!(h.metrics().stream("timed.out").unwrap().elements, 1);
+    /// h.finish().unwrap();
+    /// assert_eq!(out.values(), [(1, 0.5)]);
+    /// ```
+    pub fn advance_clock(&mut self, by: Duration) -> Result<(), Error> {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.clock
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                Some(t.saturating_add(by))
+            })
+            .expect("the update always succeeds");
+        self.run()
     }
 
     /// How many rounds `run` may take before it reports that the graph never settles.
@@ -158,6 +214,9 @@ impl Harness {
         for _ in 0..self.max_rounds {
             let delivered = self.deliver()?;
             let mut stepped = false;
+            for h in &mut self.hosts {
+                h.fire_timer_if_due();
+            }
             for h in &mut self.hosts {
                 if h.ready() {
                     stepped = true;

@@ -25,7 +25,7 @@ use super::tcp::TcpSender;
 use super::ShmSender;
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element, Policy};
+use crate::stream::{Batch, Element, Mark, Policy};
 
 // ---------------------------------------------------------------------------------------------
 // What a link needs from its run
@@ -166,6 +166,8 @@ pub(crate) enum Envelope {
         input: u32,
         batch: Box<dyn Any + Send>,
     },
+    /// A [`Mark`] for input `input`, after the data sent before it.
+    Mark { input: u32, mark: Mark },
     /// The writer of input `input` closed its stream; nothing follows.
     Eos { input: u32 },
     /// The reader of link `link` of output `output` consumed `n` elements.
@@ -217,6 +219,12 @@ enum Flavor<T> {
     Tcp(TcpSender<T>),
 }
 
+/// What waits in a link's stash: data, or a mark between data.
+enum Piece<T> {
+    Data(Batch<T>),
+    Mark(Mark),
+}
+
 /// The writer's end of one connection: credit, stash, policy.
 ///
 /// In-process, the reader grants `capacity` elements of credit up front and returns credit as its
@@ -226,12 +234,20 @@ enum Flavor<T> {
 /// the stash (`Block`: the writer's agent does not step again until the stash is sent), is
 /// dropped (`DropNewest`), or waits while the oldest stashed elements beyond `capacity` are
 /// dropped (`DropOldest`). Drops are counted.
+///
+/// # Marks
+///
+/// A [`Mark`] (a watermark, or idleness) takes no credit and is never dropped: it goes after
+/// everything offered before it, and waits in the stash behind data that waits. Marks that
+/// wait next to each other are merged (the later one says all the earlier said), so the stash
+/// holds at most one mark per stashed batch, plus one.
 pub(crate) struct LinkTx<T> {
     flavor: Flavor<T>,
     capacity: usize,
     credit: usize,
     policy: Policy,
-    stash: VecDeque<Batch<T>>,
+    stash: VecDeque<Piece<T>>,
+    /// Elements in the stash.
     stashed: usize,
     close_pending: bool,
     eos_sent: bool,
@@ -287,6 +303,21 @@ fn transmit<T: Element>(
         add(&counters.batches, 1);
     }
     Ok(n)
+}
+
+/// Hands `mark` to the transport; `Ok(false)` if it has no room for it now (a full ring).
+fn transmit_mark<T: Element>(flavor: &mut Flavor<T>, mark: Mark) -> Result<bool, String> {
+    match flavor {
+        Flavor::Local { mailbox, input } => {
+            mailbox.post(Envelope::Mark {
+                input: *input,
+                mark,
+            });
+            Ok(true)
+        }
+        Flavor::Shm(tx) => tx.write_mark(mark),
+        Flavor::Tcp(tx) => tx.write_mark(mark),
+    }
 }
 
 impl<T: Element> LinkTx<T> {
@@ -360,10 +391,12 @@ impl<T: Element> LinkTx<T> {
         match self.policy {
             Policy::Block => {
                 self.stashed += batch.len();
-                self.stash.push_back(batch);
+                self.stash.push_back(Piece::Data(batch));
                 self.pump();
             }
             Policy::DropNewest => {
+                // Only marks ever wait here: data may not overtake them.
+                self.pump();
                 if self.stash.is_empty() {
                     self.send_now(&mut batch);
                 }
@@ -371,21 +404,57 @@ impl<T: Element> LinkTx<T> {
             }
             Policy::DropOldest => {
                 self.stashed += batch.len();
-                self.stash.push_back(batch);
+                self.stash.push_back(Piece::Data(batch));
                 self.pump();
-                while self.stashed > self.capacity {
-                    let excess = self.stashed - self.capacity;
-                    let front = self.stash.front_mut().expect("stash holds the excess");
-                    let n = excess.min(front.len());
-                    front.advance(n);
-                    if front.is_empty() {
-                        self.stash.pop_front();
-                    }
-                    self.stashed -= n;
-                    add(&self.counters.dropped, n as u64);
-                }
+                self.drop_oldest_excess();
             }
         }
+        self.note_blocked();
+    }
+
+    /// Drops the oldest stashed elements beyond `capacity` (`DropOldest`); marks stay.
+    fn drop_oldest_excess(&mut self) {
+        if self.stashed <= self.capacity {
+            return;
+        }
+        for piece in self.stash.iter_mut() {
+            let excess = self.stashed - self.capacity;
+            if excess == 0 {
+                break;
+            }
+            if let Piece::Data(b) = piece {
+                let n = excess.min(b.len());
+                b.advance(n);
+                self.stashed -= n;
+                add(&self.counters.dropped, n as u64);
+            }
+        }
+        self.stash
+            .retain(|p| !matches!(p, Piece::Data(b) if b.is_empty()));
+        self.merge_marks();
+    }
+
+    /// Merges marks that wait next to each other into the later one.
+    fn merge_marks(&mut self) {
+        let mut merged: VecDeque<Piece<T>> = VecDeque::with_capacity(self.stash.len());
+        for p in self.stash.drain(..) {
+            if let (Piece::Mark(_), Some(Piece::Mark(_))) = (&p, merged.back()) {
+                merged.pop_back();
+            }
+            merged.push_back(p);
+        }
+        self.stash = merged;
+    }
+
+    /// Sends `mark` after everything offered before it: now if nothing waits, else behind
+    /// what waits.
+    pub(crate) fn offer_mark(&mut self, mark: Mark) {
+        if let Some(Piece::Mark(m)) = self.stash.back_mut() {
+            *m = mark;
+        } else {
+            self.stash.push_back(Piece::Mark(mark));
+        }
+        self.pump();
         self.note_blocked();
     }
 
@@ -396,14 +465,35 @@ impl<T: Element> LinkTx<T> {
                 self.error = Some(format!("connection {}: {e}", self.label));
             }
         }
-        while let Some(mut front) = self.stash.pop_front() {
-            let n = self.send_now(&mut front);
-            self.stashed -= n;
-            if !front.is_empty() {
-                self.stash.push_front(front);
-            }
-            if n == 0 {
-                break;
+        while let Some(front) = self.stash.pop_front() {
+            match front {
+                Piece::Data(mut batch) => {
+                    let n = self.send_now(&mut batch);
+                    self.stashed -= n;
+                    if !batch.is_empty() {
+                        self.stash.push_front(Piece::Data(batch));
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                Piece::Mark(mark) => {
+                    if self.error.is_some() {
+                        break;
+                    }
+                    match transmit_mark(&mut self.flavor, mark) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.stash.push_front(Piece::Mark(mark));
+                            break;
+                        }
+                        Err(e) => {
+                            self.error = Some(format!("connection {}: {e}", self.label));
+                            self.stash.push_front(Piece::Mark(mark));
+                            break;
+                        }
+                    }
+                }
             }
         }
         if self.stash.is_empty() && self.close_pending && !self.eos_sent && self.transport_idle() {

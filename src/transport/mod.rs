@@ -330,6 +330,13 @@ impl<T: Element> ShmSender<T> {
     /// other parts follow, ahead of anything else, as room appears: `write` and
     /// [`flush`](Self::flush) send them first, and accept nothing more until they are all
     /// written ([`idle`](Self::idle)).
+    /// Writes `mark` after everything written before it; `Ok(false)` when the ring has no
+    /// room for it now (the watcher is armed, as for data).
+    pub fn write_mark(&mut self, mark: crate::stream::Mark) -> Result<bool, String> {
+        let _ = mark;
+        Err("watermarks do not cross shared-memory rings yet".into())
+    }
+
     pub fn write(&mut self, items: &[T]) -> Result<usize, String> {
         let mut done = 0;
         let max = self.producer.max_frame_len();

@@ -213,6 +213,13 @@ impl<T: Element> TcpSender<T> {
     /// nothing is unacknowledged. 0 means full: the I/O thread posts a credit envelope when
     /// acknowledgements make room. An element whose encoding exceeds `MAX_ELEMENT_BYTES` is an
     /// error naming its size.
+    /// Queues `mark` after everything written before it; `Ok(false)` when the budget of
+    /// unacknowledged bytes has no room for it now.
+    pub(crate) fn write_mark(&mut self, mark: crate::stream::Mark) -> Result<bool, String> {
+        let _ = mark;
+        Err("watermarks do not cross TCP links yet".into())
+    }
+
     pub(crate) fn write(&mut self, items: &[T]) -> Result<usize, String> {
         let mut done = 0;
         // Ends: each pass takes at least one element, or returns.

@@ -1,0 +1,232 @@
+//! Event time: watermarks, idle inputs, and the operators that use them.
+//!
+//! Real data arrives out of order: clocks drift, networks reorder, a log line is written late,
+//! two hosts' streams are merged. An element's **event time** is the timestamp it carries (the
+//! `t` of a `(t, value)` element, in any unit: seconds, milliseconds, sample counters); its
+//! **processing time** is when an agent sees it. Operators that group or align by event time
+//! (windows, timed merges, joins) need to know when they have seen everything up to some time.
+//! Watermarks tell them.
+//!
+//! # Watermarks
+//!
+//! A **watermark** `W` is a [`Mark`] that travels in band with a stream's elements and says "no
+//! element with a timestamp below `W` follows". An element that does follow with `t < W` is
+//! **late**. Marks travel in order with the data on every transport (in-process, shared
+//! memory, TCP): they never overtake an element, nor an element them.
+//!
+//! [`Graph::watermarks`] puts watermarks on a stream, following a [`Watermarks`] strategy:
+//!
+//! - [`Watermarks::bounded`]`(d)`: elements may come up to `d` time units out of order; the
+//!   watermark trails the highest timestamp seen by `d` (Flink's bounded out-of-orderness);
+//! - [`Watermarks::ascending`]: timestamps never decrease (`d = 0`), the behaviour of the
+//!   IoTPy operators.
+//!
+//! ```text
+//!  elements (t):   3   7   5  12   9  16  10
+//!  bounded(4):    ─┬───┬───┬───┬───┬───┬───┬──►
+//!  watermark:      0   3   3   8   8  12  12     (highest t so far − 4)
+//!                                          ▲ 10 < 12: late, beyond the bound
+//! ```
+//!
+//! The watermark goes out after each step's elements, and also right before an element that
+//! is beyond the bound, so whether an element is late never depends on how the input was cut
+//! into batches: it is late exactly when its timestamp is more than `d` below the highest one
+//! before it.
+//!
+//! Every other agent forwards the watermarks of its inputs: after each step, the smallest of
+//! its inputs' watermarks up to where it consumed (an input that is closed or idle does not
+//! count; one without a watermark yet holds the others back), after that step's elements. So
+//! `map`, `filter` and the like keep the watermarks of the stream they transform, and an
+//! agent that reads several streams goes as fast as the slowest.
+//!
+//! # Idle inputs
+//!
+//! A stream that goes quiet holds back every watermark computed from it: a merge with one
+//! silent sensor would wait for ever. With [`Watermarks::idle_after`]`(d)`, a stream with no
+//! element for `d` of processing time is marked **idle** ([`Mark::Idle`]): agents that read it
+//! with other streams go on without it, until its next element (Flink's `withIdleness`). An
+//! agent all of whose inputs are idle marks its outputs idle.
+//!
+//! Processing time is the executor's clock: the process's monotonic clock when the application
+//! runs, and a clock the test moves by hand under the [`Harness`](crate::Harness)
+//! ([`Harness::advance_clock`](crate::Harness::advance_clock)).
+//!
+//! # In your own agent
+//!
+//! [`Inputs::marks`](crate::Inputs::marks) lists the marks among an input's unconsumed
+//! elements, with their places; [`Inputs::watermark`](crate::Inputs::watermark) and
+//! [`Inputs::is_idle`](crate::Inputs::is_idle) say where an input stands;
+//! [`Inputs::wake_at`](crate::Inputs::wake_at) asks for a step at a processing time. An agent
+//! that emits elements later than it reads them, with earlier timestamps, declares
+//! [`Ports::manages_watermarks`](crate::Ports::manages_watermarks) and sends its own marks
+//! with [`Outputs::mark`](crate::Outputs::mark).
+
+use std::time::Duration;
+
+use crate::agent::{Agent, Inputs, Outputs};
+use crate::error::AgentError;
+use crate::graph::Graph;
+use crate::stream::{Element, Input, Mark, Stream};
+
+/// How [`Graph::watermarks`] derives watermarks from a stream's timestamps.
+///
+/// ```
+/// use std::time::Duration;
+/// use iotstream::ops::event::Watermarks;
+/// // Readings up to 2 s late (timestamps in ms); a sensor silent for 30 s stops holding
+/// // back the others.
+/// let w = Watermarks::bounded(2_000).idle_after(Duration::from_secs(30));
+/// assert_eq!(w.max_delay(), 2_000);
+/// assert_eq!(Watermarks::ascending().max_delay(), 0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watermarks {
+    max_delay: u64,
+    idle_after: Option<Duration>,
+}
+
+impl Watermarks {
+    /// Timestamps never decrease: the watermark is the highest timestamp seen.
+    pub fn ascending() -> Self {
+        Self::bounded(0)
+    }
+
+    /// Elements come at most `max_delay` time units after a later one: the watermark is the
+    /// highest timestamp seen minus `max_delay`.
+    pub fn bounded(max_delay: u64) -> Self {
+        Watermarks {
+            max_delay,
+            idle_after: None,
+        }
+    }
+
+    /// Marks the stream idle after `quiet` of processing time without an element (see the
+    /// [module docs](self#idle-inputs)).
+    pub fn idle_after(self, quiet: Duration) -> Self {
+        Watermarks {
+            idle_after: Some(quiet),
+            ..self
+        }
+    }
+
+    /// The out-of-orderness bound.
+    pub fn max_delay(&self) -> u64 {
+        self.max_delay
+    }
+
+    /// The idle timeout, if any.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_after
+    }
+}
+
+/// The agent of [`Graph::watermarks`].
+struct WatermarkAgent<V> {
+    input: Input<(u64, V)>,
+    out: Stream<(u64, V)>,
+    strategy: Watermarks,
+    /// The highest timestamp seen.
+    max_seen: Option<u64>,
+    /// The last watermark sent.
+    sent: Option<u64>,
+    /// When the last element came (processing time), and whether idleness was said since.
+    last_element: Option<Duration>,
+    idle: bool,
+}
+
+impl<V: Element> WatermarkAgent<V> {
+    /// The watermark the elements so far imply.
+    fn due(&self) -> Option<u64> {
+        self.max_seen
+            .map(|m| m.saturating_sub(self.strategy.max_delay))
+    }
+
+    fn send(&mut self, outputs: &mut Outputs<'_>) {
+        if let Some(w) = self.due() {
+            if self.sent.is_none_or(|s| w > s) {
+                outputs.mark(&self.out, Mark::Watermark(w));
+                self.sent = Some(w);
+            }
+        }
+    }
+}
+
+impl<V: Element> Agent for WatermarkAgent<V> {
+    fn step(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<(), AgentError> {
+        let now = inputs.processing_time();
+        let data = inputs.slice(&self.input);
+        if !data.is_empty() {
+            self.last_element = Some(now);
+            self.idle = false;
+        }
+        for e in data {
+            // An element beyond the bound: the watermark it breaks goes first, so that it is
+            // late whatever the batches (see the module docs).
+            if self.due().is_some_and(|w| e.0 < w) {
+                self.send(outputs);
+            }
+            outputs.push(&self.out, e.clone());
+            self.max_seen = Some(self.max_seen.map_or(e.0, |m| m.max(e.0)));
+        }
+        self.send(outputs);
+        inputs.consume_all(&self.input);
+        if let Some(quiet) = self.strategy.idle_after {
+            let since = self.last_element.unwrap_or_default();
+            if !self.idle && now.saturating_sub(since) >= quiet {
+                self.idle = true;
+                outputs.mark(&self.out, Mark::Idle);
+            } else if !self.idle {
+                inputs.wake_at(since + quiet);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Graph {
+    /// The elements of `stream`, unchanged, with watermarks following `strategy` (see the
+    /// [module docs](crate::ops::event)): what event-time windows, merges and joins read.
+    ///
+    /// ```
+    /// use iotstream::{Graph, Harness, Mark};
+    /// use iotstream::ops::event::Watermarks;
+    ///
+    /// let mut g = Graph::new("readings");
+    /// let x = g.input::<(u64, f64)>("x");
+    /// let timed = g.watermarks("timed", &x, Watermarks::bounded(5));
+    /// let out = g.collect("out", &timed);
+    /// let mut h = Harness::new(g).unwrap();
+    /// h.push(&x, [(10, 0.1), (8, 0.2), (20, 0.3)]).unwrap();
+    /// h.finish().unwrap();
+    /// // Elements are passed on as they came; the watermarks (5, then 15) travel with them.
+    /// assert_eq!(out.values(), [(10, 0.1), (8, 0.2), (20, 0.3)]);
+    /// ```
+    pub fn watermarks<V: Element>(
+        &mut self,
+        name: &str,
+        stream: &Stream<(u64, V)>,
+        strategy: Watermarks,
+    ) -> Stream<(u64, V)> {
+        let (input, out) = self.add_agent(name, |p| {
+            p.manages_watermarks();
+            let input = p.input::<(u64, V)>("in");
+            let out = p.output::<(u64, V)>("out");
+            let agent = WatermarkAgent {
+                input,
+                out,
+                strategy,
+                max_seen: None,
+                sent: None,
+                last_element: None,
+                idle: false,
+            };
+            (agent, (input, out))
+        });
+        self.connect(stream, &input);
+        out
+    }
+}
