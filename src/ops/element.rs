@@ -107,7 +107,10 @@ where
         }
         let out = outputs.vec(&self.out);
         for v in new {
-            let s = self.state.take().expect("state is put back after each call");
+            let s = self
+                .state
+                .take()
+                .expect("state is put back after each call");
             let (items, s) = (self.f)(v, s);
             self.state = Some(s);
             out.extend(items);
