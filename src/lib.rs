@@ -57,7 +57,7 @@ pub use info::MAIN_PROCESS;
 pub use logging::init_logging;
 pub use metrics::{AgentStats, LinkStats, Metrics, StreamStats};
 pub use ops::merge::LateCounter;
-pub use ops::rolling::{Rolling, RollingAggregate};
+pub use ops::rolling::{Rolling, RollingAggregate, RollingValue};
 pub use ops::sink::Collected;
 pub use ops::source::{InputSender, Source, SourceOptions, SOURCE_STOP_GRACE};
 pub use ops::timed::TimedWindow;

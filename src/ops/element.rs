@@ -9,8 +9,32 @@
 //! | [`Graph::map_with_state`] | `map_element(…, state=)` | `f(v, s) -> (out, s')` |
 //! | [`Graph::try_map`] | — | `f(v)`, or the application stops with the agent's error |
 //! | [`Graph::map_list`] | `map_list` | `f(new elements)` extends the output |
+//! | [`Graph::skip`] | — | every element after the first `n` |
+//! | [`Graph::take`] | — | the first `n` elements; the rest is read and discarded |
+//! | [`Graph::map_with_state_and_end`] | `map_element(…, state=)` | as `map_with_state`, then `end(s)` when the input ends |
+//! | [`Graph::flat_map_with_state_and_end`] | `map_element(…, state=)` + `_multivalue` | every item of `f(v, s) -> (items, s')`, then of `end(s)` |
 //!
 //! Closures are `FnMut`, so they may also keep state of their own.
+//!
+//! # Lining streams up: `skip` and `take`
+//!
+//! Two rolling aggregates of different lengths start at different elements: a rolling mean over
+//! `S` values emits its first value at element `S − 1`, one over `L > S` values at element
+//! `L − 1`. [`Graph::skip`] drops the first `L − S` values of the shorter one so that the two
+//! line up element for element, as a seismologist's STA/LTA ratio (short-term over long-term
+//! average) needs. [`Graph::take`] keeps a prefix (the first hour of a recording, a test's first
+//! thousand samples); after it, the input is still read and discarded, so the writer is never
+//! held back by a reader that has stopped listening.
+//!
+//! # Emitting at the end: the `_and_end` forms
+//!
+//! An element-by-element operator sees nothing after its last element, yet some results are
+//! known only then: a trigger still on at the last sample must report its "off", a run-length
+//! encoder its last run, a de-bouncer the value it was holding. The `_and_end` forms take a
+//! second closure, `end(state)`, called once when the input has ended (also after a drain:
+//! [`Running::stop`](crate::Running::stop) ends the sources' streams, and this input with
+//! them); the items it returns (an `Option`, a `Vec`, any iterator) are the last elements of the
+//! output. If the application fails, `end` is not called.
 //!
 //! [`Graph::feedback`] makes a stream usable before the stream that feeds it exists: the way to
 //! build a feedback loop out of operators.
@@ -45,6 +69,60 @@ where
         }
         (self.f)(new, outputs.vec(&self.out))?;
         inputs.consume(&self.input, n);
+        Ok(())
+    }
+}
+
+/// One input, one output, a state threaded through a function on each element, and a last word
+/// from the state when the input ends: the `_and_end` operators.
+struct StatefulMap<T, U, S, F, E> {
+    input: Input<T>,
+    out: Stream<U>,
+    /// `None` only while `f` holds it, or after `end` took it.
+    state: Option<S>,
+    f: F,
+    /// Taken by `finish`, which the runtime calls once.
+    end: Option<E>,
+}
+
+impl<T, U, S, I, J, F, E> Agent for StatefulMap<T, U, S, F, E>
+where
+    T: Element,
+    U: Element,
+    S: Send + 'static,
+    I: IntoIterator<Item = U>,
+    J: IntoIterator<Item = U>,
+    F: FnMut(&T, S) -> (I, S) + Send + 'static,
+    E: FnOnce(S) -> J + Send + 'static,
+{
+    fn step(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<(), AgentError> {
+        let new = inputs.slice(&self.input);
+        let n = new.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let out = outputs.vec(&self.out);
+        for v in new {
+            let s = self
+                .state
+                .take()
+                .expect("state is put back after each call");
+            let (items, s) = (self.f)(v, s);
+            self.state = Some(s);
+            out.extend(items);
+        }
+        inputs.consume(&self.input, n);
+        Ok(())
+    }
+
+    fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
+        if let (Some(end), Some(state)) = (self.end.take(), self.state.take()) {
+            outputs.vec(&self.out).extend(end(state));
+        }
         Ok(())
     }
 }
@@ -251,6 +329,167 @@ impl Graph {
             out.extend(f(new));
             Ok(())
         })
+    }
+
+    /// Every element after the first `n`: `out[i] = in[n + i]`. `skip(…, 0)` passes everything.
+    ///
+    /// Lines up two rolling aggregates of different lengths (see the [module docs](self)): the
+    /// short-term average over `S` values starts `L − S` elements before the long-term one
+    /// over `L`, so skipping its first `L − S` values pairs each with the long-term value of the
+    /// same sample.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::rolling::Rolling;
+    /// // STA/LTA: the mean energy of the last 2 samples over that of the last 4.
+    /// let mut g = Graph::new("sta_lta");
+    /// let energy = g.source_iter("energy", [1.0, 1.0, 1.0, 1.0, 9.0, 1.0]);
+    /// let sta = g.rolling("sta", &energy, 2, Rolling::Mean);
+    /// let lta = g.rolling("lta", &energy, 4, Rolling::Mean);
+    /// let sta = g.skip("line_up", &sta, 4 - 2);
+    /// let pairs = g.zip("pair", &sta, &lta);
+    /// let ratio = g.map("ratio", &pairs, |(s, l): &(f64, f64)| s / l);
+    /// let out = g.collect("out", &ratio);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [1.0, 5.0 / 3.0, 5.0 / 3.0]);
+    /// ```
+    pub fn skip<T: Element>(&mut self, name: &str, stream: &Stream<T>, n: usize) -> Stream<T> {
+        let mut to_skip = n;
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<T>| {
+            let k = to_skip.min(new.len());
+            to_skip -= k;
+            out.extend_from_slice(&new[k..]);
+            Ok(())
+        })
+    }
+
+    /// The first `n` elements of `stream`. After them the input is still read, and discarded,
+    /// so its writer is never held back; the output ends when the input does.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// // Calibrate on the first 3 readings of a sensor that never stops sending.
+    /// let mut g = Graph::new("calibration");
+    /// let readings = g.source_iter("readings", [10.5, 10.25, 10.75, 99.0, 98.0]);
+    /// let first = g.take("calibration_window", &readings, 3);
+    /// let out = g.collect("out", &first);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [10.5, 10.25, 10.75]);
+    /// ```
+    pub fn take<T: Element>(&mut self, name: &str, stream: &Stream<T>, n: usize) -> Stream<T> {
+        let mut left = n;
+        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<T>| {
+            let k = left.min(new.len());
+            left -= k;
+            out.extend_from_slice(&new[..k]);
+            Ok(())
+        })
+    }
+
+    /// `(out, s') = f(v, s)` for each element, starting from `state`, like
+    /// [`Graph::map_with_state`]; when the input ends, the items of `end(s)` (an `Option`, a
+    /// `Vec`, any iterator) are appended. See the [module docs](self).
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// // Number each reading, and end with how many there were.
+    /// let mut g = Graph::new("numbered");
+    /// let s = g.source_iter("readings", ["a".to_string(), "b".into()]);
+    /// let lines = g.map_with_state_and_end(
+    ///     "number",
+    ///     &s,
+    ///     0,
+    ///     |v: &String, n| (format!("{n}: {v}"), n + 1),
+    ///     |n| Some(format!("{n} readings")),
+    /// );
+    /// let out = g.collect("out", &lines);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), ["0: a", "1: b", "2 readings"]);
+    /// ```
+    pub fn map_with_state_and_end<T, U, S, J, F, E>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        state: S,
+        mut f: F,
+        end: E,
+    ) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        S: Send + 'static,
+        J: IntoIterator<Item = U>,
+        F: FnMut(&T, S) -> (U, S) + Send + 'static,
+        E: FnOnce(S) -> J + Send + 'static,
+    {
+        self.flat_map_with_state_and_end(
+            name,
+            stream,
+            state,
+            move |v: &T, s| {
+                let (o, s) = f(v, s);
+                (Some(o), s)
+            },
+            end,
+        )
+    }
+
+    /// Every item of `items` for each element, where `(items, s') = f(v, s)`, starting from
+    /// `state`; when the input ends, every item of `end(s)`. `items` and `end(s)` may be an
+    /// `Option`, a `Vec` or any iterator. See the [module docs](self).
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// // A trigger: (on, off) sample indices of the runs above 5. The last run is still on
+    /// // at the last sample; `end` closes it there.
+    /// let mut g = Graph::new("trigger");
+    /// let ratio = g.source_iter("sta_lta", [1.0, 7.0, 8.0, 2.0, 6.0, 9.0]);
+    /// let events = g.flat_map_with_state_and_end(
+    ///     "on_off",
+    ///     &ratio,
+    ///     (0u64, None), // (index of the next sample, index where the trigger went on)
+    ///     |r: &f64, (i, on): (u64, Option<u64>)| match (on, *r > 5.0) {
+    ///         (None, true) => (None, (i + 1, Some(i))),
+    ///         (Some(start), false) => (Some((start, i - 1)), (i + 1, None)),
+    ///         _ => (None, (i + 1, on)),
+    ///     },
+    ///     |(i, on)| on.map(|start| (start, i - 1)),
+    /// );
+    /// let out = g.collect("out", &events);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [(1, 2), (4, 5)]);
+    /// ```
+    pub fn flat_map_with_state_and_end<T, U, S, I, J, F, E>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        state: S,
+        f: F,
+        end: E,
+    ) -> Stream<U>
+    where
+        T: Element,
+        U: Element,
+        S: Send + 'static,
+        I: IntoIterator<Item = U>,
+        J: IntoIterator<Item = U>,
+        F: FnMut(&T, S) -> (I, S) + Send + 'static,
+        E: FnOnce(S) -> J + Send + 'static,
+    {
+        let (input, out) = self.add_agent(name, |p| {
+            let input = p.input::<T>("in");
+            let out = p.output::<U>("out");
+            let agent = StatefulMap {
+                input,
+                out,
+                state: Some(state),
+                f,
+                end: Some(end),
+            };
+            (agent, (input, out))
+        });
+        self.connect(stream, &input);
+        out
     }
 
     /// A stream that can be read before what feeds it exists: returns the input to connect later

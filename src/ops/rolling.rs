@@ -5,6 +5,21 @@
 //! |---|---|---|
 //! | [`Graph::rolling`] | `map_window(f, size=W, step=1)` with `f` = sum, mean, … | one aggregate per element once `W` have arrived |
 //! | [`Graph::rolling_with`] | — | the same with any [`RollingAggregate`] |
+//! | [`Graph::rolling_timed`] | — | over `(t, v)`: `(t, aggregate)`, `t` of the element that completed the window |
+//! | [`Graph::rolling_timed_with`] | — | the same with any [`RollingAggregate`] |
+//!
+//! # Values and timestamps
+//!
+//! The input may hold any primitive number (`f64`, `f32`, `i8` … `i128`, `u8` … `u128`,
+//! `isize`, `usize`) or `bool` (`true` is 1): the types that implement [`RollingValue`].
+//! Aggregates are computed in `f64`, so an integer beyond ±2⁵³ is rounded to the nearest `f64`
+//! first. For a type of your own, implement [`RollingValue`] (one conversion).
+//!
+//! A timestamped stream of `(t, v)` pairs keeps its timestamps through
+//! [`Graph::rolling_timed`]: each output is `(t, aggregate)`, where `t` is the timestamp of the
+//! element that completed the window (the newest of the last `W`). The window is still the
+//! last `W` *elements*, whatever their timestamps; the timestamps are carried, not checked or
+//! reordered. For windows over a span of time, see [`Graph::timed_window`].
 //!
 //! # Why not `map_window`
 //!
@@ -54,6 +69,57 @@ use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::AgentError;
 use crate::graph::Graph;
 use crate::stream::{Element, Input, Stream};
+
+/// A value [`Graph::rolling`] accepts: a number it can aggregate as an `f64`.
+///
+/// Implemented for every primitive number and for `bool` (`true` is 1, so a rolling `Sum` of
+/// booleans counts the `true`s). Integers beyond ±2⁵³ (`i64`, `u64`, …) are rounded to the
+/// nearest `f64`, as `as f64` does.
+///
+/// ```
+/// use iotstream::Graph;
+/// use iotstream::ops::rolling::{Rolling, RollingValue};
+///
+/// /// A reading in tenths of a degree, as many sensors send it.
+/// #[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+/// struct Decidegrees(i16);
+///
+/// impl RollingValue for Decidegrees {
+///     fn to_f64(self) -> f64 {
+///         f64::from(self.0) / 10.0
+///     }
+/// }
+///
+/// let mut g = Graph::new("thermostat");
+/// let t = g.source_iter("temperature", [Decidegrees(215), Decidegrees(225), Decidegrees(230)]);
+/// let warmest = g.rolling("warmest", &t, 2, Rolling::Max);
+/// let out = g.collect("out", &warmest);
+/// g.run().unwrap();
+/// assert_eq!(out.values(), [22.5, 23.0]);
+/// ```
+pub trait RollingValue: Element + Copy {
+    /// The value as an `f64`.
+    fn to_f64(self) -> f64;
+}
+
+macro_rules! rolling_value_as {
+    ($($t:ty),*) => {$(
+        impl RollingValue for $t {
+            fn to_f64(self) -> f64 {
+                // Rounds to the nearest f64 beyond ±2^53 (documented on the trait).
+                self as f64
+            }
+        }
+    )*};
+}
+
+rolling_value_as!(f64, f32, i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize);
+
+impl RollingValue for bool {
+    fn to_f64(self) -> f64 {
+        f64::from(u8::from(self))
+    }
+}
 
 /// An aggregate of the last `window` values, updated one value at a time.
 ///
@@ -673,18 +739,25 @@ impl<A: RollingAggregate> RollingAggregate for Sqrt<A> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The operator
+// The operators
 
-struct RollingAgent<T, A> {
+/// One input, one output, `aggregate.push(value(v))` for each element `v`, emitted as
+/// `emit(v, aggregate)` once the window is full.
+struct RollingAgent<T, O, A, V, E> {
     input: Input<T>,
-    out: Stream<f64>,
+    out: Stream<O>,
     aggregate: A,
+    value: V,
+    emit: E,
 }
 
-impl<T, A> Agent for RollingAgent<T, A>
+impl<T, O, A, V, E> Agent for RollingAgent<T, O, A, V, E>
 where
-    T: Element + Copy + Into<f64>,
+    T: Element,
+    O: Element,
     A: RollingAggregate,
+    V: Fn(&T) -> f64 + Send + 'static,
+    E: Fn(&T, f64) -> O + Send + 'static,
 {
     fn step(
         &mut self,
@@ -697,9 +770,9 @@ where
             return Ok(());
         }
         let out = outputs.vec(&self.out);
-        for &x in new {
-            if let Some(v) = self.aggregate.push(x.into()) {
-                out.push(v);
+        for x in new {
+            if let Some(v) = self.aggregate.push((self.value)(x)) {
+                out.push((self.emit)(x, v));
             }
         }
         inputs.consume(&self.input, n);
@@ -708,6 +781,88 @@ where
 }
 
 impl Graph {
+    /// Adds the agent of every rolling operator: the aggregate of `value(v)` over the last
+    /// elements, emitted as `emit(v, aggregate)`.
+    fn rolling_agent<T, O, A, V, E>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        aggregate: A,
+        value: V,
+        emit: E,
+    ) -> Stream<O>
+    where
+        T: Element,
+        O: Element,
+        A: RollingAggregate,
+        V: Fn(&T) -> f64 + Send + 'static,
+        E: Fn(&T, f64) -> O + Send + 'static,
+    {
+        let (input, out) = self.add_agent(name, |p| {
+            let input = p.input::<T>("in");
+            let out = p.output::<O>("out");
+            let agent = RollingAgent {
+                input,
+                out,
+                aggregate,
+                value,
+                emit,
+            };
+            (agent, (input, out))
+        });
+        self.connect(stream, &input);
+        out
+    }
+
+    /// [`Graph::rolling_agent`] with the struct that computes `aggregate` over `window` values;
+    /// a window of 0 is a graph problem naming the agent.
+    fn rolling_named<T, O, V, E>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        window: usize,
+        aggregate: Rolling,
+        value: V,
+        emit: E,
+    ) -> Stream<O>
+    where
+        T: Element,
+        O: Element,
+        V: Fn(&T) -> f64 + Send + 'static,
+        E: Fn(&T, f64) -> O + Send + 'static,
+    {
+        if window == 0 {
+            self.problem(format!(
+                "agent '{name}': rolling window must be at least 1 (got 0)"
+            ));
+        }
+        let w = window.max(1);
+        // One arm runs: each moves `value` and `emit` into its own monomorphic agent.
+        match aggregate {
+            Rolling::Count => self.rolling_agent(name, stream, RollingCount::new(w), value, emit),
+            Rolling::Sum => self.rolling_agent(name, stream, RollingSum::new(w), value, emit),
+            Rolling::Mean => self.rolling_agent(name, stream, RollingMean::new(w), value, emit),
+            Rolling::Min => self.rolling_agent(name, stream, RollingMin::new(w), value, emit),
+            Rolling::Max => self.rolling_agent(name, stream, RollingMax::new(w), value, emit),
+            Rolling::Variance => {
+                let a = RollingVariance::population(w);
+                self.rolling_agent(name, stream, a, value, emit)
+            }
+            Rolling::SampleVariance => {
+                let a = RollingVariance::sample(w);
+                self.rolling_agent(name, stream, a, value, emit)
+            }
+            Rolling::StdDev => {
+                let a = Sqrt(RollingVariance::population(w));
+                self.rolling_agent(name, stream, a, value, emit)
+            }
+            Rolling::SampleStdDev => {
+                let a = Sqrt(RollingVariance::sample(w));
+                self.rolling_agent(name, stream, a, value, emit)
+            }
+        }
+    }
+
     /// The `aggregate` of the last `window` elements of `stream`, one value per element once
     /// `window` elements have arrived, in O(1) amortised time per element. Aligned like
     /// [`Graph::map_window`] with size `window` and step 1. See the [module docs](self).
@@ -729,49 +884,33 @@ impl Graph {
     /// assert_eq!(peak.values(), [1.0, 2.0, 2.0]);
     /// ```
     ///
-    /// Integer or `f32` streams work too (any `Copy` type that converts into `f64`):
+    /// Integer streams work too (any [`RollingValue`]: every primitive number, and `bool`):
     ///
     /// ```
     /// use iotstream::Graph;
     /// use iotstream::ops::rolling::Rolling;
     /// let mut g = Graph::new("door_counter");
-    /// let entries = g.source_iter("entries_per_minute", [3u32, 0, 5, 2]);
+    /// let entries = g.source_iter("entries_per_minute", [3u64, 0, 5, 2]);
     /// let last_3_min = g.rolling("visitors_3_min", &entries, 3, Rolling::Sum);
     /// let out = g.collect("out", &last_3_min);
     /// g.run().unwrap();
     /// assert_eq!(out.values(), [8.0, 7.0]);
     /// ```
-    pub fn rolling<T>(
+    pub fn rolling<T: RollingValue>(
         &mut self,
         name: &str,
         stream: &Stream<T>,
         window: usize,
         aggregate: Rolling,
-    ) -> Stream<f64>
-    where
-        T: Element + Copy + Into<f64>,
-    {
-        if window == 0 {
-            self.problem(format!(
-                "agent '{name}': rolling window must be at least 1 (got 0)"
-            ));
-        }
-        let w = window.max(1);
-        match aggregate {
-            Rolling::Count => self.rolling_with(name, stream, RollingCount::new(w)),
-            Rolling::Sum => self.rolling_with(name, stream, RollingSum::new(w)),
-            Rolling::Mean => self.rolling_with(name, stream, RollingMean::new(w)),
-            Rolling::Min => self.rolling_with(name, stream, RollingMin::new(w)),
-            Rolling::Max => self.rolling_with(name, stream, RollingMax::new(w)),
-            Rolling::Variance => self.rolling_with(name, stream, RollingVariance::population(w)),
-            Rolling::SampleVariance => self.rolling_with(name, stream, RollingVariance::sample(w)),
-            Rolling::StdDev => {
-                self.rolling_with(name, stream, Sqrt(RollingVariance::population(w)))
-            }
-            Rolling::SampleStdDev => {
-                self.rolling_with(name, stream, Sqrt(RollingVariance::sample(w)))
-            }
-        }
+    ) -> Stream<f64> {
+        self.rolling_named(
+            name,
+            stream,
+            window,
+            aggregate,
+            |x: &T| x.to_f64(),
+            |_: &T, a| a,
+        )
     }
 
     /// Like [`Graph::rolling`], with any [`RollingAggregate`]: one of this module's structs
@@ -809,22 +948,77 @@ impl Graph {
         aggregate: A,
     ) -> Stream<f64>
     where
-        T: Element + Copy + Into<f64>,
+        T: RollingValue,
         A: RollingAggregate,
     {
-        let (input, out) = self.add_agent(name, |p| {
-            let input = p.input::<T>("in");
-            let out = p.output::<f64>("out");
-            (
-                RollingAgent {
-                    input,
-                    out,
-                    aggregate,
-                },
-                (input, out),
-            )
-        });
-        self.connect(stream, &input);
-        out
+        self.rolling_agent(name, stream, aggregate, |x: &T| x.to_f64(), |_: &T, a| a)
+    }
+
+    /// The `aggregate` of the values of the last `window` elements of a `(t, v)` stream, as
+    /// `(t, aggregate)` with the timestamp `t` of the element that completed the window: one
+    /// pair per element once `window` elements have arrived. The window counts elements, not
+    /// time; timestamps are carried as they are (not checked for order). Otherwise exactly
+    /// [`Graph::rolling`]. See the [module docs](self).
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::rolling::Rolling;
+    /// // A seismometer's counts (integers) at sample times in ms: short-term energy, timed.
+    /// let mut g = Graph::new("station");
+    /// let counts = g.source_iter("counts", [(1000u64, 3i32), (1010, -4), (1020, 12), (1030, 0)]);
+    /// let energy = g.map("square", &counts, |&(t, c): &(u64, i32)| (t, i64::from(c) * i64::from(c)));
+    /// let sta = g.rolling_timed("sta", &energy, 2, Rolling::Mean);
+    /// let out = g.collect("out", &sta);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [(1010, 12.5), (1020, 80.0), (1030, 72.0)]);
+    /// ```
+    pub fn rolling_timed<V: RollingValue>(
+        &mut self,
+        name: &str,
+        stream: &Stream<(u64, V)>,
+        window: usize,
+        aggregate: Rolling,
+    ) -> Stream<(u64, f64)> {
+        self.rolling_named(
+            name,
+            stream,
+            window,
+            aggregate,
+            |x: &(u64, V)| x.1.to_f64(),
+            |x: &(u64, V), a| (x.0, a),
+        )
+    }
+
+    /// Like [`Graph::rolling_timed`], with any [`RollingAggregate`]: emits `(t, a)` for each
+    /// element `(t, v)` where `aggregate.push(v)` is `Some(a)`.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::rolling::RollingMin;
+    /// // Lowest battery voltage over the last 3 reports, with the time of the newest.
+    /// let mut g = Graph::new("battery");
+    /// let volts = g.source_iter("volts", [(60u64, 3.7f32), (120, 3.5), (180, 3.75), (240, 3.75)]);
+    /// let low = g.rolling_timed_with("low", &volts, RollingMin::new(3));
+    /// let out = g.collect("out", &low);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [(180, 3.5), (240, 3.5)]);
+    /// ```
+    pub fn rolling_timed_with<V, A>(
+        &mut self,
+        name: &str,
+        stream: &Stream<(u64, V)>,
+        aggregate: A,
+    ) -> Stream<(u64, f64)>
+    where
+        V: RollingValue,
+        A: RollingAggregate,
+    {
+        self.rolling_agent(
+            name,
+            stream,
+            aggregate,
+            |x: &(u64, V)| x.1.to_f64(),
+            |x: &(u64, V), a| (x.0, a),
+        )
     }
 }

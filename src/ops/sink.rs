@@ -8,6 +8,7 @@
 //! | [`Graph::sink_list`] | `sink_list` | `f(new elements)` |
 //! | [`Graph::collect`] | `stream_to_list` | keeps every element in a [`Collected`], for tests |
 //! | [`Graph::to_file`] | `stream_to_file` | writes one line per element |
+//! | [`Graph::to_file_with`] | `stream_to_file` | writes `format(v)` as one line per element |
 //! | [`Graph::to_stdout`] | `print_stream` | prints one line per element |
 //!
 //! In a threaded run every agent that is not placed with others has a thread of its own, so a
@@ -236,7 +237,9 @@ impl Graph {
     }
 
     /// Writes each element as one line of the file at `path` (created or truncated when the
-    /// first batch arrives; flushed after every batch and at the end).
+    /// first batch arrives; flushed after every batch and at the end). For types that do not
+    /// implement `Display` (tuples, your own structs), or for another format, use
+    /// [`Graph::to_file_with`].
     ///
     /// ```
     /// use iotstream::Graph;
@@ -254,11 +257,55 @@ impl Graph {
         stream: &Stream<T>,
         path: impl Into<PathBuf>,
     ) {
-        let path: PathBuf = path.into();
+        self.file_sink(name, stream, path.into(), |w, x: &T| writeln!(w, "{x}"));
+    }
+
+    /// Writes `format(v)` as one line of the file at `path` for each element `v`: the way to
+    /// write tuples and structs, or CSV. `format` returns anything that implements `Display`
+    /// (a `String` from `format!`, or a type of your own that writes without allocating); a
+    /// newline is added after it. The file is created or truncated when the first batch
+    /// arrives, flushed after every batch and at the end, as with [`Graph::to_file`].
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let path = std::env::temp_dir().join(format!("iotstream-doc-to-file-with-{}", std::process::id()));
+    /// let mut g = Graph::new("save_csv");
+    /// let s = g.source_iter("triggers", [(1200u64, 3.5), (4800, 4.25)]);
+    /// g.to_file_with("csv", &s, &path, |(t, ratio): &(u64, f64)| format!("{t},{ratio:.2}"));
+    /// g.run().unwrap();
+    /// assert_eq!(std::fs::read_to_string(&path).unwrap(), "1200,3.50\n4800,4.25\n");
+    /// std::fs::remove_file(path).unwrap();
+    /// ```
+    pub fn to_file_with<T, D, F>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        path: impl Into<PathBuf>,
+        mut format: F,
+    ) where
+        T: Element,
+        D: Display,
+        F: FnMut(&T) -> D + Send + 'static,
+    {
+        self.file_sink(name, stream, path.into(), move |w, x: &T| {
+            writeln!(w, "{}", format(x))
+        });
+    }
+
+    /// A sink writing each element to the file at `path` with `write` (created or truncated
+    /// when the first batch arrives; flushed after every batch and at the end; an empty stream
+    /// leaves an empty file).
+    fn file_sink<T, W>(&mut self, name: &str, stream: &Stream<T>, path: PathBuf, mut write: W)
+    where
+        T: Element,
+        W: FnMut(&mut std::io::BufWriter<std::fs::File>, &T) -> std::io::Result<()>
+            + Send
+            + 'static,
+    {
         let file: Arc<Mutex<Option<std::io::BufWriter<std::fs::File>>>> = Arc::default();
         let (file_step, file_end) = (Arc::clone(&file), file);
         let (path_step, path_end) = (path.clone(), path);
-        let write = move |xs: &[T]| -> Result<(), AgentError> {
+        let step = move |xs: &[T]| -> Result<(), AgentError> {
             let mut guard = file_step.lock().unwrap_or_else(|p| p.into_inner());
             if guard.is_none() {
                 let f = std::fs::File::create(&path_step)
@@ -269,7 +316,7 @@ impl Graph {
             let io =
                 |e: std::io::Error| format!("cannot write file '{}': {e}", path_step.display());
             for x in xs {
-                writeln!(w, "{x}").map_err(io)?;
+                write(w, x).map_err(io)?;
             }
             w.flush().map_err(io)?;
             Ok(())
@@ -287,7 +334,7 @@ impl Graph {
             }
             Ok(())
         };
-        self.slice_sink(name, stream, write, Some(Box::new(finish)));
+        self.slice_sink(name, stream, step, Some(Box::new(finish)));
     }
 
     /// Prints each element as one line on standard output.

@@ -6,6 +6,16 @@
 //! | [`Graph::unzip`], [`Graph::unzip3`] | `unzip` | tuple component `j` to output `j` |
 //! | [`Graph::separate`] | `separate` | `v` of `(j, v)` to output `j`: the inverse of [`Graph::mix`] |
 //! | [`Graph::multi_element`] | `multi_element` | zips its inputs like [`Graph::zip_map`]; value `j` of `f(row)` to output `j` |
+//! | [`Graph::split_either`] | `split_element` | `f(v)` is [`Either::Left(a)`](Either::Left) or `Right(b)`: `a` to the first output, `b` to the second, of different types |
+//! | [`Graph::split3`] | `split_element` | `f(v)` is a [`OneOf3`]: to one of three outputs, of three types |
+//!
+//! # Outputs of different types
+//!
+//! [`Graph::split`] sends one type to every output. When the parts differ in type (parsed
+//! readings and the lines that failed to parse; measurements and status messages of one
+//! device), [`Graph::split_either`] takes a function returning an [`Either`], a small enum of
+//! this crate, and returns one stream per side. A `Result` converts into an `Either` (`Ok` is
+//! `Left`) with `.into()`. [`Graph::split3`] does the same for three outputs with [`OneOf3`].
 //!
 //! # Functions with several results
 //!
@@ -23,6 +33,8 @@
 //! a full output holds back all of them).
 
 use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::AgentError;
@@ -79,6 +91,44 @@ impl<U: Element> Fanout<U> {
     }
 }
 
+/// One of two values of possibly different types: what the function of
+/// [`Graph::split_either`] returns to choose an output.
+///
+/// ```
+/// use iotstream::ops::split::Either;
+/// let parsed: Either<u32, String> = "42".parse::<u32>().map_err(|e| e.to_string()).into();
+/// assert_eq!(parsed, Either::Left(42));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Either<L, R> {
+    /// Goes to the first output.
+    Left(L),
+    /// Goes to the second output.
+    Right(R),
+}
+
+impl<L, R> From<Result<L, R>> for Either<L, R> {
+    /// `Ok` is `Left`, `Err` is `Right`.
+    fn from(r: Result<L, R>) -> Self {
+        match r {
+            Ok(l) => Either::Left(l),
+            Err(e) => Either::Right(e),
+        }
+    }
+}
+
+/// One of three values of possibly different types: what the function of [`Graph::split3`]
+/// returns to choose an output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OneOf3<A, B, C> {
+    /// Goes to the first output.
+    First(A),
+    /// Goes to the second output.
+    Second(B),
+    /// Goes to the third output.
+    Third(C),
+}
+
 fn declare_outputs<U: Element>(p: &mut crate::agent::Ports, n: usize) -> Vec<Stream<U>> {
     (0..n).map(|j| p.output::<U>(&format!("out{j}"))).collect()
 }
@@ -111,6 +161,101 @@ where
             self.fan.row((self.f)(v))?;
         }
         self.fan.flush(outputs);
+        inputs.consume(&self.input, n);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// split_either, split3
+
+/// Moves what `buf` gathered to `out`, leaving `buf` empty with its allocation.
+fn hand_over<U: Element>(outputs: &mut Outputs<'_>, out: &Stream<U>, buf: &mut Vec<U>) {
+    if !buf.is_empty() {
+        outputs.vec(out).append(buf);
+    }
+}
+
+/// The outputs' buffers (`bufs`) are filled in a step, then handed over: one batch per output
+/// per step, their allocations kept from step to step.
+struct SplitEither<T, A, B, F> {
+    input: Input<T>,
+    a: Stream<A>,
+    b: Stream<B>,
+    bufs: (Vec<A>, Vec<B>),
+    f: F,
+}
+
+impl<T, A, B, F> Agent for SplitEither<T, A, B, F>
+where
+    T: Element,
+    A: Element,
+    B: Element,
+    F: FnMut(&T) -> Either<A, B> + Send + 'static,
+{
+    fn step(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<(), AgentError> {
+        let new = inputs.slice(&self.input);
+        let n = new.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (a, b) = &mut self.bufs;
+        for v in new {
+            match (self.f)(v) {
+                Either::Left(x) => a.push(x),
+                Either::Right(y) => b.push(y),
+            }
+        }
+        hand_over(outputs, &self.a, a);
+        hand_over(outputs, &self.b, b);
+        inputs.consume(&self.input, n);
+        Ok(())
+    }
+}
+
+/// As [`SplitEither`], with three outputs.
+struct Split3<T, A, B, C, F> {
+    input: Input<T>,
+    a: Stream<A>,
+    b: Stream<B>,
+    c: Stream<C>,
+    bufs: (Vec<A>, Vec<B>, Vec<C>),
+    f: F,
+}
+
+impl<T, A, B, C, F> Agent for Split3<T, A, B, C, F>
+where
+    T: Element,
+    A: Element,
+    B: Element,
+    C: Element,
+    F: FnMut(&T) -> OneOf3<A, B, C> + Send + 'static,
+{
+    fn step(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<(), AgentError> {
+        let new = inputs.slice(&self.input);
+        let n = new.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (a, b, c) = &mut self.bufs;
+        for v in new {
+            match (self.f)(v) {
+                OneOf3::First(x) => a.push(x),
+                OneOf3::Second(y) => b.push(y),
+                OneOf3::Third(z) => c.push(z),
+            }
+        }
+        hand_over(outputs, &self.a, a);
+        hand_over(outputs, &self.b, b);
+        hand_over(outputs, &self.c, c);
         inputs.consume(&self.input, n);
         Ok(())
     }
@@ -282,6 +427,110 @@ impl Graph {
         });
         self.connect(stream, &input);
         outs
+    }
+
+    /// Sends `a` to the first output where `f(v)` is `Either::Left(a)`, and `b` to the second
+    /// where it is `Either::Right(b)`: a split into two outputs of different types. See the
+    /// [module docs](self).
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::split::Either;
+    /// let mut g = Graph::new("meter");
+    /// let lines = g.source_iter("lines", ["230.5".to_string(), "E17 cover open".into(), "229.0".into()]);
+    /// // Readings as numbers to the chart, anything else as text to the operator's log.
+    /// let (volts, messages) = g.split_either("parse", &lines, |l: &String| match l.parse::<f64>() {
+    ///     Ok(v) => Either::Left(v),
+    ///     Err(_) => Either::Right(l.clone()),
+    /// });
+    /// let volts = g.collect("chart", &volts);
+    /// let messages = g.collect("log", &messages);
+    /// g.run().unwrap();
+    /// assert_eq!(volts.values(), [230.5, 229.0]);
+    /// assert_eq!(messages.values(), ["E17 cover open"]);
+    /// ```
+    pub fn split_either<T, A, B, F>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        f: F,
+    ) -> (Stream<A>, Stream<B>)
+    where
+        T: Element,
+        A: Element,
+        B: Element,
+        F: FnMut(&T) -> Either<A, B> + Send + 'static,
+    {
+        let (input, a, b) = self.add_agent(name, |p| {
+            let input = p.input::<T>("in");
+            let a = p.output::<A>("out0");
+            let b = p.output::<B>("out1");
+            let agent = SplitEither {
+                input,
+                a,
+                b,
+                bufs: (Vec::new(), Vec::new()),
+                f,
+            };
+            (agent, (input, a, b))
+        });
+        self.connect(stream, &input);
+        (a, b)
+    }
+
+    /// Sends each element's [`OneOf3`] value to the first, second or third output, by its
+    /// variant: a split into three outputs of different types, as [`Graph::split_either`] is
+    /// into two.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::split::OneOf3;
+    /// let mut g = Graph::new("gateway");
+    /// // A radio gateway's frames: a temperature, a door switch, or something unknown.
+    /// let frames = g.source_iter("frames", [(1u8, 215i32), (2, 1), (9, 0), (1, 220)]);
+    /// let (temps, doors, unknown) = g.split3("by_kind", &frames, |&(kind, v): &(u8, i32)| match kind {
+    ///     1 => OneOf3::First(f64::from(v) / 10.0),
+    ///     2 => OneOf3::Second(v != 0),
+    ///     _ => OneOf3::Third(kind),
+    /// });
+    /// let temps = g.collect("temps", &temps);
+    /// let doors = g.collect("doors", &doors);
+    /// let unknown = g.collect("unknown", &unknown);
+    /// g.run().unwrap();
+    /// assert_eq!(temps.values(), [21.5, 22.0]);
+    /// assert_eq!(doors.values(), [true]);
+    /// assert_eq!(unknown.values(), [9]);
+    /// ```
+    pub fn split3<T, A, B, C, F>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        f: F,
+    ) -> (Stream<A>, Stream<B>, Stream<C>)
+    where
+        T: Element,
+        A: Element,
+        B: Element,
+        C: Element,
+        F: FnMut(&T) -> OneOf3<A, B, C> + Send + 'static,
+    {
+        let (input, a, b, c) = self.add_agent(name, |p| {
+            let input = p.input::<T>("in");
+            let a = p.output::<A>("out0");
+            let b = p.output::<B>("out1");
+            let c = p.output::<C>("out2");
+            let agent = Split3 {
+                input,
+                a,
+                b,
+                c,
+                bufs: (Vec::new(), Vec::new(), Vec::new()),
+                f,
+            };
+            (agent, (input, a, b, c))
+        });
+        self.connect(stream, &input);
+        (a, b, c)
     }
 
     /// Sends the first component of each pair to the first output and the second to the
