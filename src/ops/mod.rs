@@ -6,15 +6,15 @@
 //!
 //! | family | module |
 //! |---|---|
-//! | element and list: map, filter, filter_map, flat_map, with state, map_list | [`element`] |
+//! | element and list: map, filter, filter_map, flat_map, with state (and at the end), map_list, skip, take | [`element`] |
 //! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
-//! | sinks: for_each, with state, collect, file, stdout | [`sink`] |
+//! | sinks: for_each, with state, collect, file (with a formatter), stdout | [`sink`] |
 //! | count windows: map_window, merge_window, split_window, multi_window, sink_window | [`window`] |
 //! | event time: watermarks, idleness, event-time windows, keys | [`event`] |
 //! | timed windows over `(timestamp, value)` streams: timed_window | [`timed`] |
-//! | rolling aggregates, O(1) per element: count, sum, mean, min, max, variance | [`rolling`] |
+//! | rolling aggregates, O(1) per element: count, sum, mean, min, max, variance; timed | [`rolling`] |
 //! | merges: zip, zip3, zip_map, mix, blend, timed_zip, timed_mix | [`merge`] |
-//! | splits: split, unzip, unzip3, separate, multi_element | [`split`] |
+//! | splits: split, split_either, split3, unzip, unzip3, separate, multi_element | [`split`] |
 
 pub mod element;
 pub mod event;
