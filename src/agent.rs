@@ -296,6 +296,8 @@ pub struct Ports {
     pub(crate) outputs: Vec<PortDecl>,
     /// The agent sends its outputs' marks itself ([`Ports::manages_watermarks`]).
     pub(crate) manages_watermarks: bool,
+    /// Its outputs carry watermarks whatever its inputs ([`Ports::originates_watermarks`]).
+    pub(crate) originates_watermarks: bool,
 }
 
 /// What the graph keeps of a declared port until the application is instantiated.
@@ -377,9 +379,17 @@ impl Ports {
 
     /// Says the agent sends its outputs' marks itself, with [`Outputs::mark`], instead of the
     /// runtime forwarding its inputs' (see the [module docs](self#event-time-marks-and-timers)).
-    /// Its outputs then count as carrying watermarks
-    /// ([`Inputs::carries_watermarks`] of their readers).
+    /// Its outputs carry watermarks ([`Inputs::carries_watermarks`] of their readers) if one
+    /// of its inputs does, as for any agent.
     pub fn manages_watermarks(&mut self) {
         self.manages_watermarks = true;
+    }
+
+    /// Says the agent makes watermarks (it [manages](Self::manages_watermarks) them, and its
+    /// outputs carry watermarks whatever its inputs): a watermark generator, like
+    /// [`Graph::watermarks`](crate::Graph::watermarks).
+    pub fn originates_watermarks(&mut self) {
+        self.manages_watermarks = true;
+        self.originates_watermarks = true;
     }
 }

@@ -96,6 +96,8 @@ pub(crate) struct AgentDecl {
     pub reads_stdin: bool,
     /// It sends its outputs' marks itself ([`Ports::manages_watermarks`]).
     pub manages_watermarks: bool,
+    /// Its outputs carry watermarks whatever its inputs ([`Ports::originates_watermarks`]).
+    pub originates_watermarks: bool,
 }
 
 pub(crate) struct Edge {
@@ -192,6 +194,7 @@ impl Graph {
             inputs: Vec::new(),
             outputs: Vec::new(),
             manages_watermarks: false,
+            originates_watermarks: false,
         }
     }
 
@@ -225,6 +228,7 @@ impl Graph {
             process: None,
             reads_stdin: false,
             manages_watermarks: ports.manages_watermarks,
+            originates_watermarks: ports.originates_watermarks,
         });
     }
 
@@ -575,17 +579,21 @@ impl Graph {
     /// Builds the hosts of the agents in `part`; `mailboxes[i]` reaches agent `i` (`None` for an
     /// agent of another process). Connections between two local agents become in-process links;
     /// shared-memory connections are wired through `part.shm`.
-    /// Which agents' outputs carry watermarks: those of agents that send marks themselves
-    /// ([`Ports::manages_watermarks`]), and of agents that forward marks with an input
-    /// connected to such an output. Every process computes the same from the same graph.
+    /// Which agents' outputs carry watermarks: those of watermark generators
+    /// ([`Ports::originates_watermarks`]), and of every agent with an input connected to such
+    /// an output. Every process computes the same from the same graph.
     pub(crate) fn timed_agents(&self) -> Vec<bool> {
-        let mut timed: Vec<bool> = self.agents.iter().map(|a| a.manages_watermarks).collect();
+        let mut timed: Vec<bool> = self
+            .agents
+            .iter()
+            .map(|a| a.originates_watermarks)
+            .collect();
         // Ends: each pass marks at least one more agent, or stops.
         loop {
             let mut changed = false;
             for e in &self.edges {
                 let (w, r) = (e.from.agent as usize, e.to.agent as usize);
-                if timed[w] && !timed[r] && !self.agents[r].manages_watermarks {
+                if timed[w] && !timed[r] {
                     timed[r] = true;
                     changed = true;
                 }

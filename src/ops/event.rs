@@ -212,7 +212,7 @@ impl Graph {
         strategy: Watermarks,
     ) -> Stream<(u64, V)> {
         let (input, out) = self.add_agent(name, |p| {
-            p.manages_watermarks();
+            p.originates_watermarks();
             let input = p.input::<(u64, V)>("in");
             let out = p.output::<(u64, V)>("out");
             let agent = WatermarkAgent {
