@@ -7,7 +7,7 @@
 //! | [`Graph::mix`] | `mix` | every element, as it arrives | `(input index, v)` |
 //! | [`Graph::blend`] | `blend`, `weave` | every element, as it arrives | `v` |
 //! | [`Graph::timed_zip`] | `timed_zip` | `(t, v)` elements, aligned by time | `(t, [v or None per input])` |
-//! | [`Graph::timed_mix`] | `timed_mix` | `(t, v)` elements, as they arrive | `(t, (input index, v))`; late ones dropped and counted |
+//! | [`Graph::timed_mix`] | `timed_mix` | `(t, v)` elements, as they arrive (or by watermark, in event time) | `(t, (input index, v))`; late ones dropped and counted |
 //!
 //! # Synchronous merges: zip
 //!
@@ -64,6 +64,17 @@
 //! every input has closed, everything has been emitted. The output never depends on batch
 //! boundaries.
 //!
+//! **In event time.** When the inputs of [`Graph::timed_mix`] carry watermarks (each made with
+//! [`Graph::watermarks`], see the [`event`](crate::ops::event) guide), it does not judge by
+//! arrival: it buffers elements until every input's watermark has passed them (an idle or
+//! ended input does not hold the others back), then emits them in `(t, input index, arrival)`
+//! order, so input that is out of order within the watermarks' bound gives the same output
+//! whatever the arrival. Only an element behind what was already emitted is late: dropped and
+//! counted. At the end everything buffered is emitted. Either all its inputs carry watermarks or
+//! none do (a mix of both is an error naming the input). For two streams of different types,
+//! or a match within a tolerance, see [`join`](crate::ops::join).
+//!
+//! **In arrival order** (no watermarks, IoTPy's rule):
 //! [`Graph::timed_mix`] emits `(t, (i, v))` as elements arrive, keeping the output's timestamps
 //! strictly increasing: an element whose `t` is not after the last emitted timestamp is late, is
 //! dropped, and is counted in the [`LateCounter`] the call returns. Arrival order is as for
@@ -371,7 +382,7 @@ impl<V: Element> Agent for TimedZip<V> {
 /// A cheap handle (an `Arc` around an atomic counter): clone it freely and read it while the
 /// application runs or after it ended.
 #[derive(Clone, Debug, Default)]
-pub struct LateCounter(Arc<AtomicU64>);
+pub struct LateCounter(pub(crate) Arc<AtomicU64>);
 
 impl LateCounter {
     /// Elements dropped so far.
@@ -381,6 +392,11 @@ impl LateCounter {
 }
 
 struct TimedMix<V> {
+    name: String,
+    /// Event time, once the first step saw that the inputs carry watermarks.
+    event: Option<crate::ops::join::EventMix<V>>,
+    /// The first step chose between event time and arrival order.
+    chosen: bool,
     ins: Vec<Input<(u64, V)>>,
     out: Stream<(u64, (usize, V))>,
     order: Vec<TimeOrder>,
@@ -397,6 +413,29 @@ impl<V: Element> Agent for TimedMix<V> {
         inputs: &mut Inputs<'_>,
         outputs: &mut Outputs<'_>,
     ) -> Result<(), AgentError> {
+        if !self.chosen {
+            self.chosen = true;
+            let timed: Vec<bool> = self
+                .ins
+                .iter()
+                .map(|i| inputs.carries_watermarks(i))
+                .collect();
+            if timed.iter().any(|&t| t) {
+                if let Some(j) = timed.iter().position(|&t| !t) {
+                    return Err(format!(
+                        "input {j} carries no watermarks while others do: put \
+                         Graph::watermarks on every input of a timed mix in event time, or on none"
+                    )
+                    .into());
+                }
+                self.event = Some(crate::ops::join::EventMix::new(self.ins.len()));
+            }
+        }
+        if let Some(ev) = &mut self.event {
+            let late = ev.step(&self.name, inputs, &self.ins, &self.out, outputs)?;
+            self.late.0.fetch_add(late, Ordering::Relaxed);
+            return Ok(());
+        }
         for (j, input) in self.ins.iter().enumerate() {
             self.order[j].check(j, inputs.slice(input))?;
         }
@@ -429,6 +468,13 @@ impl<V: Element> Agent for TimedMix<V> {
         for (j, input) in self.ins.iter().enumerate() {
             inputs.consume(input, self.pos[j]);
             self.order[j].consumed(self.pos[j]);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
+        if let Some(ev) = &mut self.event {
+            ev.emit(u64::MAX, &self.out, outputs);
         }
         Ok(())
     }
@@ -713,7 +759,11 @@ impl Graph {
         let (ins, out) = self.add_agent(name, |p| {
             let ins = declare_inputs::<(u64, V)>(p, n);
             let out = p.output::<(u64, (usize, V))>("out");
+            p.manages_watermarks();
             let agent = TimedMix {
+                name: name.to_string(),
+                event: None,
+                chosen: false,
                 ins: ins.clone(),
                 out,
                 order: (0..n).map(|_| TimeOrder::default()).collect(),

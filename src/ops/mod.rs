@@ -14,10 +14,12 @@
 //! | timed windows over `(timestamp, value)` streams: timed_window | [`timed`] |
 //! | rolling aggregates, O(1) per element: count, sum, mean, min, max, variance; timed | [`rolling`] |
 //! | merges: zip, zip3, zip_map, mix, blend, timed_zip, timed_mix | [`merge`] |
+//! | event-time joins of two types: timed_join (nearest within a tolerance), timed_zip2 | [`join`] |
 //! | splits: split, split_either, split3, unzip, unzip3, separate, multi_element | [`split`] |
 
 pub mod element;
 pub mod event;
+pub mod join;
 pub mod merge;
 pub mod rolling;
 pub mod sink;

@@ -1,0 +1,240 @@
+//! Event-time merges and joins: for input permuted within the watermarks' bound, delivered in
+//! random batches with the inputs interleaved at random, `timed_mix`, `timed_zip2` and
+//! `timed_join` give exactly what a plain reference gives on the sorted input, and drop
+//! nothing; beyond the bound, exactly the late elements are dropped and counted.
+
+use std::collections::BTreeSet;
+
+use iotstream::ops::event::Watermarks;
+use iotstream::{Graph, Harness, Stream};
+use proptest::prelude::*;
+
+/// Distinct sorted timestamps with values, and an arrival order within `bound` of it: each
+/// element arrives at `t + delay` with `delay <= bound` (ties by timestamp).
+fn arrivals(times: &BTreeSet<u64>, delays: &[u64], bound: u64) -> Vec<(u64, u32)> {
+    let mut v: Vec<(u64, u64, u32)> = times
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t + delays[i % delays.len()] % (bound + 1), t, i as u32))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, t, x)| (t, x)).collect()
+}
+
+/// Pushes `inputs[j]` to `streams[j]` in chunks of the sizes in `cuts`, choosing the input of
+/// each chunk from `order`, with a run after each chunk when `runs` says so.
+fn deliver(
+    h: &mut Harness,
+    streams: &[Stream<(u64, u32)>],
+    inputs: &[Vec<(u64, u32)>],
+    cuts: &[usize],
+    order: &[usize],
+) {
+    let mut at = vec![0; inputs.len()];
+    let mut k = 0;
+    while at.iter().zip(inputs).any(|(a, i)| *a < i.len()) {
+        let mut j = order[k % order.len()] % inputs.len();
+        while at[j] >= inputs[j].len() {
+            j = (j + 1) % inputs.len();
+        }
+        let n = cuts[k % cuts.len()].min(inputs[j].len() - at[j]);
+        h.push(&streams[j], inputs[j][at[j]..at[j] + n].iter().cloned())
+            .unwrap();
+        at[j] += n;
+        if k % 3 != 0 {
+            h.run().unwrap();
+        }
+        k += 1;
+    }
+}
+
+fn times() -> impl Strategy<Value = BTreeSet<u64>> {
+    prop::collection::btree_set(0u64..400, 0..60)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn timed_mix_in_event_time_gives_the_sorted_merge_whatever_the_arrival(
+        t0 in times(), t1 in times(), t2 in times(),
+        delays in prop::collection::vec(0u64..50, 1..20),
+        bound in 0u64..30,
+        cuts in prop::collection::vec(1usize..7, 1..10),
+        order in prop::collection::vec(0usize..3, 1..10),
+    ) {
+        let inputs: Vec<Vec<(u64, u32)>> =
+            [&t0, &t1, &t2].iter().map(|t| arrivals(t, &delays, bound)).collect();
+        let mut g = Graph::new("mix");
+        let xs: Vec<_> = (0..3).map(|j| g.input::<(u64, u32)>(&format!("x{j}"))).collect();
+        let timed: Vec<_> = xs
+            .iter()
+            .enumerate()
+            .map(|(j, x)| g.watermarks(&format!("w{j}"), x, Watermarks::bounded(bound)))
+            .collect();
+        let (mixed, late) = g.timed_mix("mix", &timed);
+        let out = g.collect("out", &mixed);
+        let mut h = Harness::new(g).unwrap();
+        deliver(&mut h, &xs, &inputs, &cuts, &order);
+        h.finish().unwrap();
+        let mut want: Vec<(u64, (usize, u32))> = Vec::new();
+        for (j, t) in [&t0, &t1, &t2].iter().enumerate() {
+            for (i, &t) in t.iter().enumerate() {
+                want.push((t, (j, i as u32)));
+            }
+        }
+        want.sort();
+        prop_assert_eq!(late.get(), 0);
+        prop_assert_eq!(out.values(), want);
+    }
+
+    #[test]
+    fn timed_zip2_aligns_by_time_whatever_the_arrival(
+        t0 in times(), t1 in times(),
+        delays in prop::collection::vec(0u64..50, 1..20),
+        bound in 0u64..30,
+        cuts in prop::collection::vec(1usize..7, 1..10),
+        order in prop::collection::vec(0usize..2, 1..10),
+        timed in any::<bool>(),
+    ) {
+        // Without watermarks the inputs are taken as ascending: deliver them sorted then.
+        let bound = if timed { bound } else { 0 };
+        let inputs: Vec<Vec<(u64, u32)>> =
+            [&t0, &t1].iter().map(|t| arrivals(t, &delays, bound)).collect();
+        let mut g = Graph::new("zip2");
+        let a = g.input::<(u64, u32)>("a");
+        let b = g.input::<(u64, u32)>("b");
+        let (ta, tb) = if timed {
+            (
+                g.watermarks("wa", &a, Watermarks::bounded(bound)),
+                g.watermarks("wb", &b, Watermarks::bounded(bound)),
+            )
+        } else {
+            (a, b)
+        };
+        let (rows, late) = g.timed_zip2_counted("rows", &ta, &tb);
+        let out = g.collect("out", &rows);
+        let mut h = Harness::new(g).unwrap();
+        deliver(&mut h, &[a, b], &inputs, &cuts, &order);
+        h.finish().unwrap();
+        let idx = |ts: &BTreeSet<u64>, t: u64| ts.iter().position(|&x| x == t).map(|i| i as u32);
+        let want: Vec<(u64, Option<u32>, Option<u32>)> = t0
+            .union(&t1)
+            .map(|&t| (t, idx(&t0, t), idx(&t1, t)))
+            .collect();
+        prop_assert_eq!(late.get(), 0);
+        prop_assert_eq!(out.values(), want);
+    }
+
+    #[test]
+    fn timed_join_pairs_each_reading_with_the_nearest_within_the_tolerance(
+        t0 in times(), t1 in times(),
+        delays in prop::collection::vec(0u64..50, 1..20),
+        bound in 0u64..30,
+        tolerance in 0u64..20,
+        cuts in prop::collection::vec(1usize..7, 1..10),
+        order in prop::collection::vec(0usize..2, 1..10),
+    ) {
+        let inputs: Vec<Vec<(u64, u32)>> =
+            [&t0, &t1].iter().map(|t| arrivals(t, &delays, bound)).collect();
+        let mut g = Graph::new("join");
+        let a = g.input::<(u64, u32)>("a");
+        let b = g.input::<(u64, u32)>("b");
+        let ta = g.watermarks("wa", &a, Watermarks::bounded(bound));
+        let tb = g.watermarks("wb", &b, Watermarks::bounded(bound));
+        let (pairs, late) = g.timed_join("pairs", &ta, &tb, tolerance);
+        let out = g.collect("out", &pairs);
+        let mut h = Harness::new(g).unwrap();
+        deliver(&mut h, &[a, b], &inputs, &cuts, &order);
+        h.finish().unwrap();
+        let mut want = Vec::new();
+        for (i, &t) in t0.iter().enumerate() {
+            // The nearest b; ties: the earlier.
+            let best = t1
+                .iter()
+                .enumerate()
+                .filter(|(_, &tb)| tb.abs_diff(t) <= tolerance)
+                .min_by_key(|(_, &tb)| (tb.abs_diff(t), tb));
+            if let Some((k, _)) = best {
+                want.push((t, i as u32, k as u32));
+            }
+        }
+        prop_assert_eq!(late.get(), 0);
+        prop_assert_eq!(out.values(), want);
+    }
+}
+
+#[test]
+fn beyond_the_bound_exactly_the_late_elements_are_dropped_and_counted() {
+    // Bound 5. Input 0: 10, 30, 12 (12 < 30 - 5: beyond the bound). Input 1: 11, 31, 29
+    // (29 >= 31 - 5: within). Watermarks: 25 after 30, 26 after 31: everything below 25 is
+    // emitted by then, so 12 is late; 29 is not.
+    let mut g = Graph::new("late");
+    let a = g.input::<(u64, u32)>("a");
+    let b = g.input::<(u64, u32)>("b");
+    let ta = g.watermarks("wa", &a, Watermarks::bounded(5));
+    let tb = g.watermarks("wb", &b, Watermarks::bounded(5));
+    let (mixed, late) = g.timed_mix("mix", &[ta, tb]);
+    let out = g.collect("out", &mixed);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&a, [(10, 0), (30, 1)]).unwrap();
+    h.push(&b, [(11, 0), (31, 1)]).unwrap();
+    h.run().unwrap();
+    h.push(&a, [(12, 2)]).unwrap();
+    h.push(&b, [(29, 2)]).unwrap();
+    h.finish().unwrap();
+    assert_eq!(late.get(), 1);
+    assert_eq!(
+        out.values(),
+        [
+            (10, (0, 0)),
+            (11, (1, 0)),
+            (29, (1, 2)),
+            (30, (0, 1)),
+            (31, (1, 1))
+        ]
+    );
+}
+
+#[test]
+fn a_humidity_reading_that_comes_late_in_processing_time_is_not_dropped() {
+    // The case: a reading delivered well after the time it carries, within the bound,
+    // merged with a faster sensor. Arrival order must not matter.
+    let mut g = Graph::new("dew");
+    let temp = g.input::<(u64, u32)>("temperature");
+    let hum = g.input::<(u64, u32)>("humidity");
+    let t = g.watermarks("t", &temp, Watermarks::bounded(2_000));
+    let hu = g.watermarks("h", &hum, Watermarks::bounded(2_000));
+    let (mixed, late) = g.timed_mix("mix", &[t, hu]);
+    let out = g.collect("out", &mixed);
+    let mut h = Harness::new(g).unwrap();
+    for k in 0..20u64 {
+        h.push(&temp, [(k * 1_000, 20)]).unwrap();
+        h.run().unwrap();
+        if k >= 1 {
+            // Humidity at (k-1) s + 0.5 s, delivered after temperature at k s.
+            h.push(&hum, [((k - 1) * 1_000 + 500, 60)]).unwrap();
+            h.run().unwrap();
+        }
+    }
+    h.finish().unwrap();
+    assert_eq!(late.get(), 0, "nothing within the bound is late");
+    assert_eq!(out.values().len(), 39);
+    let ts: Vec<u64> = out.values().iter().map(|e| e.0).collect();
+    assert!(ts.windows(2).all(|w| w[0] < w[1]), "in time order: {ts:?}");
+}
+
+#[test]
+fn a_timed_mix_with_watermarks_on_some_inputs_only_is_an_error_naming_the_input() {
+    let mut g = Graph::new("half");
+    let a = g.source_iter("a", [(1u64, 0u32)]);
+    let b = g.source_iter("b", [(2u64, 0u32)]);
+    let ta = g.watermarks("wa", &a, Watermarks::ascending());
+    let (mixed, _) = g.timed_mix("mix", &[ta, b]);
+    g.collect("out", &mixed);
+    let e = g.run().unwrap_err().to_string();
+    assert!(
+        e.contains("mix") && e.contains("input 1 carries no watermarks"),
+        "{e}"
+    );
+}
