@@ -23,8 +23,11 @@
 //! # Errors
 //!
 //! A timestamp smaller than the one before it stops the application with an error naming the
-//! agent and both timestamps: the operator does not reorder, because silently moving or dropping
-//! a late reading hides a fault upstream. Sort or filter first if late data is expected. A
+//! agent and both timestamps: this operator keeps IoTPy's rule (ascending timestamps) and does
+//! not reorder. For data that arrives out of order, late, or with quiet periods, use the
+//! event-time operators instead (see the [`event`](crate::ops::event) guide): watermarks, then
+//! `Graph::event_window`, which buffers within the bound, counts or routes late elements, and
+//! emits the last windows at the end of the stream. A
 //! duration or step of 0 is reported when the application is built.
 //!
 //! # Memory
@@ -117,7 +120,12 @@ where
             if let Some(prev) = last {
                 if t < prev {
                     return Err(
-                        format!("timestamps must not decrease: {t} arrived after {prev}").into(),
+                        format!(
+                            "timestamps must not decrease: {t} arrived after {prev} (for \
+                             out-of-order input, put Graph::watermarks on the stream and use \
+                             Graph::event_window)"
+                        )
+                        .into(),
                     );
                 }
             }
