@@ -235,3 +235,40 @@ fn watermarks_cross_the_threaded_runtime_in_order_with_the_data() {
     assert_eq!(elements, 20_000);
     assert_eq!(last_mark, Some(19_999));
 }
+
+#[test]
+fn an_idle_timeout_fires_in_the_threaded_runtime_without_any_input() {
+    // The timer runs on the real clock here: the input stays open and silent, and the
+    // observer must see the stream marked idle. The wait below is a hang guard, not a timing
+    // assertion: the timeout is 20 ms and the guard 20 s.
+    let mut g = Graph::new("idle_runtime");
+    let x = g.input::<(u64, u32)>("x");
+    let timed = g.watermarks(
+        "timed",
+        &x,
+        Watermarks::ascending().idle_after(Duration::from_millis(20)),
+    );
+    let log = observe(&mut g, "obs", &[timed]);
+    let mut running = g.start().unwrap();
+    let tx = running.input(&x).unwrap();
+    tx.send(vec![(7, 0)]).unwrap();
+    let guard = std::time::Instant::now();
+    while !marks(&log).contains(&Mark::Idle) {
+        assert!(
+            guard.elapsed() < Duration::from_secs(20),
+            "no idleness mark: {:?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tx.close();
+    running.join().unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            Seen::El(7),
+            Seen::M(Mark::Watermark(7)),
+            Seen::M(Mark::Idle)
+        ]
+    );
+}

@@ -129,7 +129,8 @@ struct WatermarkAgent<V> {
     max_seen: Option<u64>,
     /// The last watermark sent.
     sent: Option<u64>,
-    /// When the last element came (processing time), and whether idleness was said since.
+    /// When the last element came (processing time; the first step before any), and whether
+    /// idleness was said since.
     last_element: Option<Duration>,
     idle: bool,
 }
@@ -159,7 +160,8 @@ impl<V: Element> Agent for WatermarkAgent<V> {
     ) -> Result<(), AgentError> {
         let now = inputs.processing_time();
         let data = inputs.slice(&self.input);
-        if !data.is_empty() {
+        // The quiet time counts from the first step, then from the last element.
+        if !data.is_empty() || self.last_element.is_none() {
             self.last_element = Some(now);
             self.idle = false;
         }
