@@ -54,7 +54,7 @@ pub(crate) trait InSlot: Send {
     /// How many elements the last step left unconsumed, if it left some, saw everything
     /// received, and nothing arrived since (see [`Mailbox::reader_waits`]); taken once.
     fn take_waiting(&mut self) -> Option<usize>;
-    /// Queues a mark after the elements received so far; an error if the input is closed.
+    /// Queues a mark after the elements received so far (ignored once the input is closed).
     fn push_mark(&mut self, mark: Mark) -> Result<(), String>;
     /// Passes the marks the agent has consumed up to (every element before them consumed):
     /// they become the input's [`progress`](InSlot::progress). Called after each step.
@@ -178,9 +178,11 @@ impl<T: Element> InBuf<T> {
     /// means `m` follows the first `i` elements of [`as_slice`](Self::as_slice).
     pub fn marks(&self) -> impl Iterator<Item = (usize, Mark)> + '_ {
         let base = self.consumed_total;
+        // Marks before what was consumed in this step are passed (they leave after it).
         self.marks
             .iter()
-            .map(move |&(at, m)| ((at.saturating_sub(base)) as usize, m))
+            .filter(move |&&(at, _)| at >= base)
+            .map(move |&(at, m)| ((at - base) as usize, m))
     }
 
     /// The highest watermark passed (see [`InSlot::progress`]).
@@ -228,7 +230,9 @@ impl<T: Element> InSlot for InBuf<T> {
 
     fn push_mark(&mut self, mark: Mark) -> Result<(), String> {
         if self.closed {
-            return Err("a watermark arrived after the end of stream".into());
+            // After the end (a feedback loop closed when the application went quiet, say) a
+            // mark says nothing any more.
+            return Ok(());
         }
         match self.marks.back_mut() {
             // Two marks with no element between: the later says all the earlier did.
