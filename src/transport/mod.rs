@@ -74,7 +74,7 @@ use process::pid_alive;
 
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element};
+use crate::stream::{Batch, Element, Mark};
 
 /// How long one futex wait lasts before the waiter checks that its peer is alive.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
@@ -330,13 +330,6 @@ impl<T: Element> ShmSender<T> {
     /// other parts follow, ahead of anything else, as room appears: `write` and
     /// [`flush`](Self::flush) send them first, and accept nothing more until they are all
     /// written ([`idle`](Self::idle)).
-    /// Writes `mark` after everything written before it; `Ok(false)` when the ring has no
-    /// room for it now (the watcher is armed, as for data).
-    pub fn write_mark(&mut self, mark: crate::stream::Mark) -> Result<bool, String> {
-        let _ = mark;
-        Err("watermarks do not cross shared-memory rings yet".into())
-    }
-
     pub fn write(&mut self, items: &[T]) -> Result<usize, String> {
         let mut done = 0;
         let max = self.producer.max_frame_len();
@@ -379,6 +372,31 @@ impl<T: Element> ShmSender<T> {
         };
         self.producer.publish();
         result
+    }
+
+    /// Writes `mark` as a frame of its own (see [`codec`]'s "Marks") after everything written
+    /// before it, and publishes it; `Ok(false)` when it cannot go now: parts of a large element
+    /// still wait to be written (a mark never comes between them), or the ring has no room for
+    /// its 16 bytes. The watcher is then armed, as for data, and the caller offers the mark
+    /// again when woken.
+    pub fn write_mark(&mut self, mark: Mark) -> Result<bool, String> {
+        let max = self.producer.max_frame_len();
+        let parts_done = self.write_parts(max);
+        if !matches!(parts_done, Ok(true)) {
+            self.producer.publish();
+            return parts_done;
+        }
+        let frame = codec::mark_frame(mark);
+        let written = self
+            .producer
+            .try_write(frame.len(), |buf| buf.write_at(0, &frame))
+            .map_err(|e| e.to_string())?;
+        if written {
+            self.producer.publish();
+        } else {
+            self.arm(frame.len());
+        }
+        Ok(written)
     }
 
     /// When the largest frame planned for `items` (none of them large) does not fit: writes a
@@ -823,7 +841,16 @@ fn apply_consumed(
     Ok(())
 }
 
-/// The feeder's loop: frames in, batches out within credit, end of stream last. Ring space is
+/// What a feeder read and has not delivered yet, in ring order.
+enum Pending<T> {
+    /// Elements, delivered within credit.
+    Data(Batch<T>),
+    /// A mark, delivered as soon as everything before it is (it takes no credit).
+    Mark(Mark),
+}
+
+/// The feeder's loop: frames in, batches and marks out within credit (marks in order with the
+/// batches), end of stream last. Ring space is
 /// released only past frames whose elements the reader consumed (see [`held`]).
 fn feed<T: Element>(
     consumer: &mut Consumer<Arc<Segment>>,
@@ -833,7 +860,7 @@ fn feed<T: Element>(
 ) -> Result<(), String> {
     // Copies every frame into private memory before decoding it, reassembles large elements.
     let mut reader = Reader::<T>::new();
-    let mut pending: VecDeque<Batch<T>> = VecDeque::new();
+    let mut pending: VecDeque<Pending<T>> = VecDeque::new();
     let mut peer = PeerWatch::new("writing", &spec.peer, &spec.label);
     // A failed writer's mark, named (the ring knows only its pid).
     let writer = peer.peer.clone();
@@ -850,7 +877,19 @@ fn feed<T: Element>(
             return Ok(());
         }
         apply_consumed(consumer, mailbox, held)?;
-        if let Some(front) = pending.front_mut() {
+        if let Some(Pending::Mark(mark)) = pending.front() {
+            // A mark takes no credit: it goes as soon as the data before it went.
+            spec.target.post(Envelope::Mark {
+                input: spec.input,
+                mark: *mark,
+            });
+            pending.pop_front();
+            if let Some(pos) = held.mark_delivered() {
+                consumer.release_to(pos).map_err(|e| e.to_string())?;
+            }
+            continue;
+        }
+        if let Some(Pending::Data(front)) = pending.front_mut() {
             let n = mailbox.take(front.len());
             if n == 0 {
                 // A failed writer ends the stream with an error even while the reader is full.
@@ -886,8 +925,12 @@ fn feed<T: Element>(
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
                 }
                 if !items.is_empty() {
-                    pending.push_back(Batch::new(items));
+                    pending.push_back(Pending::Data(Batch::new(items)));
                 }
+            }
+            Ok(Some(Ok(Decoded::Mark(mark)))) => {
+                held.read_mark(consumer.position());
+                pending.push_back(Pending::Mark(mark));
             }
             Ok(Some(Ok(Decoded::Part { first, element }))) => {
                 let last = element.is_some();
@@ -895,7 +938,7 @@ fn feed<T: Element>(
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
                 }
                 if let Some(items) = element {
-                    pending.push_back(Batch::new(items));
+                    pending.push_back(Pending::Data(Batch::new(items)));
                 }
             }
             Ok(Some(Ok(Decoded::Orphan { new }))) => {
