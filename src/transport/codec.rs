@@ -82,7 +82,9 @@ pub(crate) fn mark_from_parts(tag: u32, value: u64) -> Result<Mark, String> {
         (MARK_WATERMARK, w) => Ok(Mark::Watermark(w)),
         (MARK_IDLE, 0) => Ok(Mark::Idle),
         (MARK_IDLE, v) => Err(format!("an idleness mark carries a value ({v}), not 0")),
-        (t, _) => Err(format!("a mark with tag {t}, neither 0 (watermark) nor 1 (idle)")),
+        (t, _) => Err(format!(
+            "a mark with tag {t}, neither 0 (watermark) nor 1 (idle)"
+        )),
     }
 }
 
@@ -645,9 +647,7 @@ impl<T: Element> Reader<T> {
                     ));
                 }
                 if body != 8 {
-                    return Err(format!(
-                        "a mark frame with a body of {body} bytes, not 8"
-                    ));
+                    return Err(format!("a mark frame with a body of {body} bytes, not 8"));
                 }
                 let mut value = [0u8; 8];
                 payload.copy_to(HEADER, &mut value);
