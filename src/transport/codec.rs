@@ -6,7 +6,18 @@
 //! kind 2, postcard:   word = count, body = count × (len: u32 | len bytes of postcard)
 //! kind 3, first part: word = total, body = the first bytes of one element's record
 //! kind 4, next part:  word = offset, body = bytes offset.. of that record
+//! kind 5, mark:       word = tag (0 watermark, 1 idle), body = value: u64 (the watermark; 0
+//!                     for idle), 8 bytes exactly
 //! ```
+//!
+//! # Marks
+//!
+//! A [`Mark`] (a watermark, or idleness) is a frame of its own, of no element, between the
+//! frames of the data around it: it travels in order with them and is never merged into a
+//! batch ([`mark_frame`] writes it, [`Reader::read`] returns [`Decoded::Mark`]). Like any
+//! frame other than a part, it never comes between the parts of a large element (the writer
+//! sends it behind them). Its tag and length are checked like everything else: an unknown
+//! tag, a body that is not 8 bytes, or an idleness mark with a value are corrupt data.
 //!
 //! # Large elements
 //!
@@ -39,13 +50,53 @@ use std::any::TypeId;
 use std::marker::PhantomData;
 
 use super::shm::ring::{Payload, PayloadMut};
-use crate::stream::{Element, MAX_ELEMENT_BYTES};
+use crate::stream::{Element, Mark, MAX_ELEMENT_BYTES};
 
 const KIND_PLAIN: u8 = 1;
 const KIND_POSTCARD: u8 = 2;
 const KIND_FIRST: u8 = 3;
 const KIND_NEXT: u8 = 4;
+const KIND_MARK: u8 = 5;
 const HEADER: usize = 8;
+
+/// A mark's tag: a watermark (the value is its time).
+const MARK_WATERMARK: u32 = 0;
+/// A mark's tag: idleness (the value is 0).
+const MARK_IDLE: u32 = 1;
+
+/// Bytes of a mark frame's payload: the header and the value.
+pub(crate) const MARK_FRAME_LEN: usize = HEADER + 8;
+
+/// The tag and value `mark` travels as (the ring's kind-5 frame; a TCP link's Mark frame).
+pub(crate) fn mark_parts(mark: Mark) -> (u32, u64) {
+    match mark {
+        Mark::Watermark(w) => (MARK_WATERMARK, w),
+        Mark::Idle => (MARK_IDLE, 0),
+    }
+}
+
+/// The mark a tag and value stand for; an error naming what is wrong for an unknown tag or an
+/// idleness mark with a value.
+pub(crate) fn mark_from_parts(tag: u32, value: u64) -> Result<Mark, String> {
+    match (tag, value) {
+        (MARK_WATERMARK, w) => Ok(Mark::Watermark(w)),
+        (MARK_IDLE, 0) => Ok(Mark::Idle),
+        (MARK_IDLE, v) => Err(format!("an idleness mark carries a value ({v}), not 0")),
+        (t, _) => Err(format!(
+            "a mark with tag {t}, neither 0 (watermark) nor 1 (idle)"
+        )),
+    }
+}
+
+/// The payload of the frame of `mark` ([`MARK_FRAME_LEN`] bytes).
+pub(crate) fn mark_frame(mark: Mark) -> [u8; MARK_FRAME_LEN] {
+    let (tag, value) = mark_parts(mark);
+    let mut f = [0u8; MARK_FRAME_LEN];
+    f[0] = KIND_MARK;
+    f[4..8].copy_from_slice(&tag.to_le_bytes());
+    f[HEADER..].copy_from_slice(&value.to_le_bytes());
+    f
+}
 
 /// What fits the next frame (see [`Codec::plan`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,6 +512,8 @@ pub(crate) enum Decoded<T> {
     /// the element is lost; `new` for the first such part of that element. Only before
     /// anything else was read.
     Orphan { new: bool },
+    /// A mark, between the frames before and after it (see "Marks" above).
+    Mark(Mark),
 }
 
 /// A record buffer larger than this is freed once its element is decoded, not kept for the
@@ -585,6 +638,22 @@ impl<T: Element> Reader<T> {
                 }
                 self.append(&payload, body);
                 self.finish(false)
+            }
+            KIND_MARK => {
+                if let Some(total) = self.total {
+                    return Err(format!(
+                        "a mark inside a large element ({} of its {total} bytes came)",
+                        self.record.len()
+                    ));
+                }
+                if body != 8 {
+                    return Err(format!("a mark frame with a body of {body} bytes, not 8"));
+                }
+                let mut value = [0u8; 8];
+                payload.copy_to(HEADER, &mut value);
+                let mark = mark_from_parts(word as u32, u64::from_le_bytes(value))?;
+                (self.started, self.orphan) = (true, false);
+                Ok(Decoded::Mark(mark))
             }
             _ => {
                 if let Some(total) = self.total {
@@ -779,6 +848,7 @@ mod tests {
                     items.extend_from_slice(&element.unwrap_or_else(|| Arc::from([])));
                 }
                 Decoded::Orphan { .. } => return Err("orphan".into()),
+                Decoded::Mark(m) => return Err(format!("mark {m:?}")),
             }
         }
         Ok((items, parts))
@@ -938,6 +1008,73 @@ mod tests {
         r.read(Payload::from_private_after_take_over(&f[0]))
             .unwrap();
         assert!(!r.take_abandoned());
+    }
+
+    #[test]
+    fn marks_are_frames_of_their_own_between_batches_never_inside_a_large_element() {
+        let batch = |items: &[u64]| frames(items, 4096).remove(0);
+        let mut r = Reader::<u64>::new();
+        let mut got = Vec::new();
+        for f in [
+            batch(&[1, 2]),
+            mark_frame(Mark::Watermark(2)).to_vec(),
+            mark_frame(Mark::Idle).to_vec(),
+            batch(&[3]),
+            mark_frame(Mark::Watermark(u64::MAX)).to_vec(),
+            mark_frame(Mark::Watermark(0)).to_vec(),
+        ] {
+            assert_eq!(f.len() % 8, 0);
+            got.push(match r.read(Payload::from_private(&f)).unwrap() {
+                Decoded::Batch(b) => format!("{:?}", &b[..]),
+                Decoded::Mark(m) => format!("{m:?}"),
+                other => panic!("{other:?}"),
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                "[1, 2]",
+                "Watermark(2)",
+                "Idle",
+                "[3]",
+                "Watermark(18446744073709551615)",
+                "Watermark(0)"
+            ]
+        );
+        // Inside a large element: corrupt; at a restarted writer's first frame, the element
+        // is dropped and the mark read.
+        let parts = frames(&["x".repeat(300)], 100);
+        let mark = mark_frame(Mark::Watermark(7));
+        let mut r = Reader::<String>::new();
+        r.read(Payload::from_private(&parts[0])).unwrap();
+        let err = r.read(Payload::from_private(&mark)).unwrap_err();
+        assert!(err.contains("a mark inside a large element"), "{err}");
+        let mut r = Reader::<String>::new();
+        r.read(Payload::from_private(&parts[0])).unwrap();
+        assert!(matches!(
+            r.read(Payload::from_private_after_take_over(&mark)),
+            Ok(Decoded::Mark(Mark::Watermark(7)))
+        ));
+        assert!(r.take_abandoned());
+        // Bad tags, values and lengths, from an untrusted peer: errors naming them.
+        let fail = |bytes: &[u8], needle: &str| {
+            let err = Reader::<u64>::new()
+                .read(Payload::from_private(bytes))
+                .unwrap_err();
+            assert!(err.contains(needle), "{err:?} does not say {needle:?}");
+        };
+        let mut tag = mark_frame(Mark::Watermark(1));
+        tag[4] = 9;
+        fail(&tag, "a mark with tag 9");
+        let mut idle = mark_frame(Mark::Idle);
+        idle[8] = 1;
+        fail(&idle, "an idleness mark carries a value (1)");
+        let mark = mark_frame(Mark::Idle);
+        fail(&mark[..12], "a body of 4 bytes, not 8");
+        let mut long = mark.to_vec();
+        long.extend_from_slice(&[0; 8]);
+        fail(&long, "a body of 16 bytes, not 8");
+        fail(&mark[..8], "a body of 0 bytes");
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //! elements are the first `n` held.
 //!
 //! - A frame without elements is released as soon as every frame before it is.
+//! - A mark frame (see `codec`'s "Marks") holds no element either, but it is released only
+//!   once it was also **delivered** to the reading host ([`Held::read_mark`],
+//!   [`Held::mark_delivered`]): a feeder that delivers within credit may hold it behind data
+//!   that waits for credit, and a reader that takes the ring over must read it again if the
+//!   dead one never passed it on. Everything before it consumed and the mark delivered, the
+//!   host has it in order after those elements. (Not covered: a reading process that dies
+//!   after the delivery and before its agent's next step forwarded the mark; the marks after
+//!   it say at least as much.)
 //! - A reader that consumes what it is given always gives space back: a ring input returns its
 //!   credit after every step, without grouping (see `InBuf` in `host.rs`), so a writer waiting
 //!   for space held here gets it as soon as the elements in it are consumed, however slow the
@@ -63,11 +71,32 @@ pub(crate) fn room_needed(cap: u64, off: u64) -> u64 {
     }
 }
 
+/// A frame read and not released.
+#[derive(Debug, Clone, Copy)]
+struct HeldFrame {
+    /// Its end position in the ring.
+    end: u64,
+    /// Its elements.
+    count: usize,
+    /// A mark frame not delivered yet: it holds the frames after it too.
+    undelivered: bool,
+}
+
+impl HeldFrame {
+    fn new(end: u64, count: usize) -> HeldFrame {
+        HeldFrame {
+            end,
+            count,
+            undelivered: false,
+        }
+    }
+}
+
 /// Frames read and not released, and how far consumption has gone (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct Held {
-    /// `(end position, elements)` of each frame read and not released, oldest first.
-    frames: VecDeque<(u64, usize)>,
+    /// Each frame read and not released, oldest first.
+    frames: VecDeque<HeldFrame>,
     /// Elements consumed that belong to the front frame (always fewer than its count).
     credited: usize,
     /// Elements of frames released early and not consumed yet: consumption pays them first.
@@ -99,14 +128,35 @@ impl Held {
     /// Elements of the frames held and not consumed.
     #[cfg(test)]
     fn unconsumed(&self) -> usize {
-        self.frames.iter().map(|f| f.1).sum::<usize>() - self.credited
+        self.frames.iter().map(|f| f.count).sum::<usize>() - self.credited
     }
 
     /// A frame of `count` elements was read; it ends at ring position `end`. Returns the
     /// position to release the ring to now, if any (an empty frame with nothing held before
     /// it).
     pub(crate) fn read(&mut self, end: u64, count: usize) -> Option<u64> {
-        self.frames.push_back((end, count));
+        self.frames.push_back(HeldFrame::new(end, count));
+        self.settle()
+    }
+
+    /// A mark frame was read; it ends at ring position `end`. It is held until it is
+    /// [delivered](Held::mark_delivered) and every frame before it released.
+    pub(crate) fn read_mark(&mut self, end: u64) {
+        self.frames.push_back(HeldFrame {
+            end,
+            count: 0,
+            undelivered: true,
+        });
+    }
+
+    /// The oldest mark read and not delivered was delivered (marks are delivered in the order
+    /// they were read). Returns the position to release the ring to now, if any.
+    pub(crate) fn mark_delivered(&mut self) -> Option<u64> {
+        let mark = self.frames.iter_mut().find(|f| f.undelivered);
+        debug_assert!(mark.is_some(), "a mark delivered that was never read");
+        if let Some(f) = mark {
+            f.undelivered = false;
+        }
         self.settle()
     }
 
@@ -118,14 +168,14 @@ impl Held {
     /// release the ring to now, if any.
     pub(crate) fn read_part(&mut self, end: u64, first: bool, last: bool) -> Option<u64> {
         if first {
-            self.frames.push_back((end, 1));
+            self.frames.push_back(HeldFrame::new(end, 1));
             self.open = !last;
             self.open_early = false;
             return self.settle();
         }
         match self.frames.back_mut() {
             Some(back) if self.open => {
-                back.0 = end;
+                back.end = end;
                 self.open = !last;
                 None
             }
@@ -147,7 +197,7 @@ impl Held {
     pub(crate) fn abandon_part(&mut self) -> Option<u64> {
         if std::mem::take(&mut self.open) {
             if let Some(back) = self.frames.back_mut() {
-                back.1 = 0;
+                back.count = 0;
             }
             return self.settle();
         }
@@ -173,7 +223,14 @@ impl Held {
     pub(crate) fn release_early(&mut self, enough: impl Fn(u64) -> bool) -> Option<(u64, usize)> {
         let mut released = None;
         let mut unconsumed = 0;
-        while let Some((end, count)) = self.frames.pop_front() {
+        while let Some(HeldFrame {
+            end,
+            count,
+            undelivered,
+        }) = self.frames.pop_front()
+        {
+            // The feeder falls back only with nothing waiting to be delivered.
+            debug_assert!(!undelivered, "a mark released before it was delivered");
             // Only the front frame has credited elements; they are used up here.
             unconsumed += count - std::mem::take(&mut self.credited);
             released = Some(end);
@@ -193,13 +250,13 @@ impl Held {
     /// Pops the frames at the front whose elements are all consumed.
     fn settle(&mut self) -> Option<u64> {
         let mut pos = None;
-        while let Some(&(end, count)) = self.frames.front() {
-            if count > self.credited {
+        while let Some(&f) = self.frames.front() {
+            if f.count > self.credited || f.undelivered {
                 break;
             }
-            self.credited -= count;
+            self.credited -= f.count;
             self.frames.pop_front();
-            pos = Some(end);
+            pos = Some(f.end);
         }
         if self.frames.is_empty() {
             // An element being read in parts is never consumed before its last part; this only
@@ -389,6 +446,30 @@ mod tests {
             Some(240),
             "counts for the held frame at once"
         );
+    }
+
+    #[test]
+    fn a_mark_frame_is_released_once_delivered_and_everything_before_it_consumed() {
+        let mut h = Held::new();
+        h.read(16, 2);
+        h.read_mark(32);
+        assert_eq!(h.read(48, 1), None);
+        assert_eq!(h.consumed(2), Some(16), "the mark is not delivered yet");
+        assert_eq!(h.mark_delivered(), Some(32), "delivered: released at once");
+        assert_eq!(h.consumed(1), Some(48));
+        // Delivered before what is before it is consumed: released with it.
+        h.read(60, 1);
+        h.read_mark(70);
+        assert_eq!(h.mark_delivered(), None, "behind a frame not consumed");
+        h.read_mark(80);
+        assert_eq!(h.consumed(1), Some(70), "the second mark still waits");
+        assert_eq!(h.mark_delivered(), Some(80));
+        assert!(h.is_empty());
+        // Nothing before it: released as soon as it is delivered, and not before.
+        h.read_mark(90);
+        assert_eq!(h.consumed(0), None);
+        assert_eq!(h.mark_delivered(), Some(90));
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -596,3 +596,121 @@ impl<T: Element> LinkTx<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the reader of an in-process link received, in order.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Ev {
+        El(u64),
+        M(Mark),
+        Eos,
+    }
+
+    #[derive(Default)]
+    struct Log(Mutex<Vec<Ev>>);
+
+    impl Mailbox for Log {
+        fn post(&self, env: Envelope) {
+            let mut log = self.0.lock().unwrap();
+            match env {
+                Envelope::Data { batch, .. } => log.extend(
+                    batch
+                        .downcast::<Batch<u64>>()
+                        .unwrap()
+                        .as_slice()
+                        .iter()
+                        .map(|&v| Ev::El(v)),
+                ),
+                Envelope::Mark { mark, .. } => log.push(Ev::M(mark)),
+                Envelope::Eos { .. } => log.push(Ev::Eos),
+                _ => {}
+            }
+        }
+    }
+
+    /// An in-process link of `capacity` with `policy` to a logging reader.
+    fn link(capacity: usize, policy: Policy) -> (LinkTx<u64>, Arc<Log>, Arc<LinkCounters>) {
+        let log = Arc::new(Log::default());
+        let counters = Arc::new(LinkCounters::default());
+        let spec = LinkSpec {
+            mailbox: Some(Arc::clone(&log) as Arc<dyn Mailbox>),
+            input: 0,
+            capacity,
+            policy,
+            counters: Arc::clone(&counters),
+            label: "a.out -> b.in".into(),
+        };
+        (LinkTx::local(&spec), log, counters)
+    }
+
+    fn batch(items: &[u64]) -> Batch<u64> {
+        Batch::new(items.to_vec().into())
+    }
+
+    #[test]
+    fn marks_wait_behind_a_block_stash_and_adjacent_ones_merge() {
+        use Ev::*;
+        let (mut tx, log, _) = link(2, Policy::Block);
+        tx.offer(batch(&[1, 2]));
+        tx.offer_mark(Mark::Watermark(2));
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [El(1), El(2), M(Mark::Watermark(2))],
+            "nothing waits: the mark goes at once, without credit"
+        );
+        tx.offer(batch(&[3]));
+        tx.offer_mark(Mark::Watermark(3));
+        tx.offer_mark(Mark::Idle);
+        tx.offer(batch(&[4]));
+        assert!(tx.holds_data());
+        assert_eq!(log.0.lock().unwrap().len(), 3, "all of it waits behind 3");
+        tx.credit(1);
+        assert_eq!(
+            log.0.lock().unwrap()[3..],
+            [El(3), M(Mark::Idle)],
+            "3, then the merged marks (the later says all), then 4 waits for credit"
+        );
+        tx.close();
+        tx.credit(1);
+        assert_eq!(log.0.lock().unwrap()[5..], [El(4), Eos]);
+    }
+
+    #[test]
+    fn drop_oldest_drops_data_but_never_marks() {
+        use Ev::*;
+        let (mut tx, log, counters) = link(2, Policy::DropOldest);
+        tx.offer(batch(&[1, 2]));
+        tx.offer(batch(&[3, 4]));
+        tx.offer_mark(Mark::Watermark(4));
+        tx.offer(batch(&[5]));
+        tx.offer_mark(Mark::Watermark(5));
+        tx.offer(batch(&[6, 7]));
+        // 5 stashed, capacity 2: 3, 4 and 5 dropped; the marks stay, merged once no element
+        // is left between them.
+        assert_eq!(counters.dropped.load(Ordering::SeqCst), 3);
+        tx.credit(2);
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [El(1), El(2), M(Mark::Watermark(5)), El(6), El(7)]
+        );
+    }
+
+    #[test]
+    fn drop_newest_sends_marks_at_once_in_process() {
+        use Ev::*;
+        let (mut tx, log, counters) = link(1, Policy::DropNewest);
+        tx.offer(batch(&[1, 2]));
+        tx.offer_mark(Mark::Watermark(2));
+        tx.offer(batch(&[3]));
+        assert_eq!(counters.dropped.load(Ordering::SeqCst), 2);
+        tx.credit(1);
+        tx.offer(batch(&[4]));
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [El(1), M(Mark::Watermark(2)), El(4)]
+        );
+    }
+}

@@ -35,6 +35,14 @@
 //!   [`held`]), so that a restarted reading process takes the ring over and reads again what
 //!   the dead one had not consumed: nothing is lost, an element being processed at the crash
 //!   may be delivered twice.
+//! - **Marks** (watermarks, idleness: `crate::stream::Mark`) travel in band: the writer's
+//!   [`ShmSender::write_mark`] writes each as a 16-byte frame of its own (see [`codec`]'s
+//!   "Marks"), behind any parts of a large element still owed, and when the ring is full
+//!   the mark waits in the link's stash like data. The feeder delivers it as an
+//!   `Envelope::Mark` after the batches read before it and before those read after it; a mark
+//!   takes no credit, but waits behind data that waits for credit. Its frame is released once
+//!   it is delivered and everything before it consumed ([`held`]), so a reader that takes the
+//!   ring over reads it again, in order, if the dead one may not have had it.
 //! - Waits are always timed; between waits each side checks that the other process is alive. A
 //!   dead peer is an error naming the connection, never a hang, unless the peer may come back
 //!   ([`RunContext::peers_may_restart`]: a launcher supervises this process): then the
@@ -74,7 +82,7 @@ use process::pid_alive;
 
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element};
+use crate::stream::{Batch, Element, Mark};
 
 /// How long one futex wait lasts before the waiter checks that its peer is alive.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
@@ -330,13 +338,6 @@ impl<T: Element> ShmSender<T> {
     /// other parts follow, ahead of anything else, as room appears: `write` and
     /// [`flush`](Self::flush) send them first, and accept nothing more until they are all
     /// written ([`idle`](Self::idle)).
-    /// Writes `mark` after everything written before it; `Ok(false)` when the ring has no
-    /// room for it now (the watcher is armed, as for data).
-    pub fn write_mark(&mut self, mark: crate::stream::Mark) -> Result<bool, String> {
-        let _ = mark;
-        Err("watermarks do not cross shared-memory rings yet".into())
-    }
-
     pub fn write(&mut self, items: &[T]) -> Result<usize, String> {
         let mut done = 0;
         let max = self.producer.max_frame_len();
@@ -379,6 +380,31 @@ impl<T: Element> ShmSender<T> {
         };
         self.producer.publish();
         result
+    }
+
+    /// Writes `mark` as a frame of its own (see [`codec`]'s "Marks") after everything written
+    /// before it, and publishes it; `Ok(false)` when it cannot go now: parts of a large element
+    /// still wait to be written (a mark never comes between them), or the ring has no room for
+    /// its 16 bytes. The watcher is then armed, as for data, and the caller offers the mark
+    /// again when woken.
+    pub fn write_mark(&mut self, mark: Mark) -> Result<bool, String> {
+        let max = self.producer.max_frame_len();
+        let parts_done = self.write_parts(max);
+        if !matches!(parts_done, Ok(true)) {
+            self.producer.publish();
+            return parts_done;
+        }
+        let frame = codec::mark_frame(mark);
+        let written = self
+            .producer
+            .try_write(frame.len(), |buf| buf.write_at(0, &frame))
+            .map_err(|e| e.to_string())?;
+        if written {
+            self.producer.publish();
+        } else {
+            self.arm(frame.len());
+        }
+        Ok(written)
     }
 
     /// When the largest frame planned for `items` (none of them large) does not fit: writes a
@@ -823,7 +849,16 @@ fn apply_consumed(
     Ok(())
 }
 
-/// The feeder's loop: frames in, batches out within credit, end of stream last. Ring space is
+/// What a feeder read and has not delivered yet, in ring order.
+enum Pending<T> {
+    /// Elements, delivered within credit.
+    Data(Batch<T>),
+    /// A mark, delivered as soon as everything before it is (it takes no credit).
+    Mark(Mark),
+}
+
+/// The feeder's loop: frames in, batches and marks out within credit (marks in order with the
+/// batches), end of stream last. Ring space is
 /// released only past frames whose elements the reader consumed (see [`held`]).
 fn feed<T: Element>(
     consumer: &mut Consumer<Arc<Segment>>,
@@ -833,7 +868,7 @@ fn feed<T: Element>(
 ) -> Result<(), String> {
     // Copies every frame into private memory before decoding it, reassembles large elements.
     let mut reader = Reader::<T>::new();
-    let mut pending: VecDeque<Batch<T>> = VecDeque::new();
+    let mut pending: VecDeque<Pending<T>> = VecDeque::new();
     let mut peer = PeerWatch::new("writing", &spec.peer, &spec.label);
     // A failed writer's mark, named (the ring knows only its pid).
     let writer = peer.peer.clone();
@@ -850,7 +885,19 @@ fn feed<T: Element>(
             return Ok(());
         }
         apply_consumed(consumer, mailbox, held)?;
-        if let Some(front) = pending.front_mut() {
+        if let Some(Pending::Mark(mark)) = pending.front() {
+            // A mark takes no credit: it goes as soon as the data before it went.
+            spec.target.post(Envelope::Mark {
+                input: spec.input,
+                mark: *mark,
+            });
+            pending.pop_front();
+            if let Some(pos) = held.mark_delivered() {
+                consumer.release_to(pos).map_err(|e| e.to_string())?;
+            }
+            continue;
+        }
+        if let Some(Pending::Data(front)) = pending.front_mut() {
             let n = mailbox.take(front.len());
             if n == 0 {
                 // A failed writer ends the stream with an error even while the reader is full.
@@ -886,8 +933,12 @@ fn feed<T: Element>(
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
                 }
                 if !items.is_empty() {
-                    pending.push_back(Batch::new(items));
+                    pending.push_back(Pending::Data(Batch::new(items)));
                 }
+            }
+            Ok(Some(Ok(Decoded::Mark(mark)))) => {
+                held.read_mark(consumer.position());
+                pending.push_back(Pending::Mark(mark));
             }
             Ok(Some(Ok(Decoded::Part { first, element }))) => {
                 let last = element.is_some();
@@ -895,7 +946,7 @@ fn feed<T: Element>(
                     consumer.release_to(pos).map_err(|e| e.to_string())?;
                 }
                 if let Some(items) = element {
-                    pending.push_back(Batch::new(items));
+                    pending.push_back(Pending::Data(Batch::new(items)));
                 }
             }
             Ok(Some(Ok(Decoded::Orphan { new }))) => {
@@ -1894,6 +1945,315 @@ mod tests {
             || (),
         );
         assert_eq!(*reader.0.lock().unwrap(), items);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Marks across a ring
+
+    /// What a host received on one input, in order.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Ev<T> {
+        El(T),
+        M(Mark),
+        Eos,
+    }
+
+    /// A host's mailbox that logs elements, marks and the end of stream in order.
+    struct Log<T>(Mutex<Vec<Ev<T>>>);
+
+    impl<T> Default for Log<T> {
+        fn default() -> Self {
+            Log(Mutex::new(Vec::new()))
+        }
+    }
+
+    impl<T: Element> Mailbox for Log<T> {
+        fn post(&self, env: Envelope) {
+            let mut log = self.0.lock().unwrap();
+            match env {
+                Envelope::Data { batch, .. } => log.extend(
+                    batch
+                        .downcast::<Batch<T>>()
+                        .unwrap()
+                        .as_slice()
+                        .iter()
+                        .cloned()
+                        .map(Ev::El),
+                ),
+                Envelope::Mark { mark, .. } => log.push(Ev::M(mark)),
+                Envelope::Eos { .. } => log.push(Ev::Eos),
+                _ => {}
+            }
+        }
+    }
+
+    impl<T: Clone> Log<T> {
+        fn get(&self) -> Vec<Ev<T>> {
+            self.0.lock().unwrap().clone()
+        }
+        fn elements(&self) -> usize {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e, Ev::El(_)))
+                .count()
+        }
+    }
+
+    /// A feeder of ring `name` to `log`'s input 0, with credit for `capacity` elements.
+    fn log_feeder<T: Element>(
+        name: &str,
+        capacity: usize,
+        log: &Arc<Log<T>>,
+        run: &Run,
+    ) -> FeederSpec {
+        FeederSpec {
+            segment: name.to_string(),
+            target: Arc::clone(log) as Arc<dyn Mailbox>,
+            input: 0,
+            capacity,
+            counters: Arc::default(),
+            count_traffic: true,
+            label: "timed.out -> obs.in".into(),
+            peer: "timed".into(),
+            run: run.clone(),
+            stopped: |_| false,
+        }
+    }
+
+    /// Credits back every element `log` received that `consumed` does not count yet: a reader
+    /// that consumes whatever it gets.
+    fn consume_all<T: Clone>(log: &Log<T>, credit: &Arc<dyn Mailbox>, consumed: &mut usize) {
+        let got = log.elements();
+        if got > *consumed {
+            credit.post(Envelope::Credit {
+                output: 0,
+                link: 0,
+                n: got - *consumed,
+            });
+            *consumed = got;
+        }
+    }
+
+    #[test]
+    fn marks_between_batches_come_out_in_order_within_credit_and_survive_a_restarted_reader() {
+        use Ev::*;
+        let (name, _guard, view) = test_ring("feeder-marks", 8 << 10);
+        let run = test_run();
+        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
+        let header = view.header();
+        let head = || header.head.load(Ordering::SeqCst);
+        let tail = || header.tail.load(Ordering::SeqCst);
+        assert_eq!(tx.write(&[1, 2]).unwrap(), 2);
+        let first = head();
+        assert!(tx.write_mark(Mark::Watermark(2)).unwrap());
+        assert!(tx.write_mark(Mark::Idle).unwrap());
+        let marks = head();
+        assert_eq!(marks - first, 2 * 24, "a mark frame: 8 + 16 bytes");
+        assert_eq!(tx.write(&[3]).unwrap(), 1);
+        assert!(tx.write_mark(Mark::Watermark(3)).unwrap());
+        // Credit for one element: the marks wait behind the element that waits for credit.
+        let log = Arc::new(Log::<u64>::default());
+        let credit = spawn_feeder::<u64>(log_feeder(&name, 1, &log, &run)).unwrap();
+        poll("1 delivered", || log.get() == [El(1)], || ());
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            log.get(),
+            [El(1)],
+            "nothing overtakes the element waiting for credit"
+        );
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 1,
+        });
+        poll(
+            "2 and the marks after it",
+            || log.get() == [El(1), El(2), M(Mark::Watermark(2)), M(Mark::Idle)],
+            || assert!(log.get().len() <= 4),
+        );
+        assert_eq!(tail(), 0, "2 delivered, not consumed: nothing released");
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 1,
+        });
+        poll(
+            "the first frame and the two delivered marks released",
+            || tail() == marks,
+            || assert!(tail() == 0 || tail() == marks),
+        );
+        poll("everything delivered", || log.get().len() == 6, || ());
+        assert_eq!(
+            log.get(),
+            [
+                El(1),
+                El(2),
+                M(Mark::Watermark(2)),
+                M(Mark::Idle),
+                El(3),
+                M(Mark::Watermark(3))
+            ]
+        );
+        // The reading process dies with 3 delivered and not consumed: a reader taking over
+        // gets 3 and the mark after it again, in order; nothing before it.
+        run.fail(Error::Runtime {
+            detail: "the test ends this reader".into(),
+        });
+        header.id.consumer_pid.store(dead_pid(), Ordering::SeqCst);
+        let mut again =
+            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
+        let mut r = Reader::<u64>::new();
+        let mut got = Vec::new();
+        while let Some(frame) = again.try_read(|p| r.read(p)).unwrap() {
+            match frame.unwrap() {
+                Decoded::Batch(b) => got.extend(b.iter().map(|&v| El(v))),
+                Decoded::Mark(m) => got.push(M(m)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, [El(3), M(Mark::Watermark(3))]);
+    }
+
+    #[test]
+    fn a_mark_behind_a_full_ring_waits_and_goes_once_there_is_room() {
+        let (name, _guard, _view) = test_ring("feeder-mark-full", 8 << 10);
+        let run = test_run();
+        let (writer, mut tx) = open_writer::<u64>(&name, &run);
+        let items: Vec<u64> = (0..10_000).collect();
+        let n = tx.write(&items).unwrap();
+        assert!(n > 0 && n < items.len(), "the ring takes {n}");
+        assert!(!tx.write_mark(Mark::Watermark(41)).unwrap(), "no room");
+        assert_eq!(writer.credits(), 0);
+        let log = Arc::new(Log::<u64>::default());
+        let credit = spawn_feeder::<u64>(log_feeder(&name, 1 << 20, &log, &run)).unwrap();
+        let mut consumed = 0;
+        poll(
+            "room for the mark",
+            || {
+                consume_all(&log, &credit, &mut consumed);
+                writer.credits() > 0 && tx.write_mark(Mark::Watermark(41)).unwrap()
+            },
+            || (),
+        );
+        tx.close();
+        poll(
+            "the end of stream",
+            || log.get().last() == Some(&Ev::Eos),
+            || (),
+        );
+        let mut want: Vec<Ev<u64>> = items[..n].iter().map(|&v| Ev::El(v)).collect();
+        want.extend([Ev::M(Mark::Watermark(41)), Ev::Eos]);
+        assert_eq!(log.get(), want);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    #[test]
+    fn a_mark_after_a_large_element_goes_after_its_last_part() {
+        let (name, _guard, _view) = test_ring("feeder-mark-large", 8 << 10);
+        let run = test_run();
+        let (writer, mut tx) = open_writer::<String>(&name, &run);
+        let big: String = (0..20_000)
+            .map(|i| (b'a' + (i % 26) as u8) as char)
+            .collect();
+        assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
+        assert!(!tx.idle(), "parts wait for room");
+        assert!(
+            !tx.write_mark(Mark::Watermark(7)).unwrap(),
+            "a mark never comes between the parts"
+        );
+        let log = Arc::new(Log::<String>::default());
+        let credit = spawn_feeder::<String>(log_feeder(&name, 8, &log, &run)).unwrap();
+        let mut consumed = 0;
+        let mut sent = false;
+        poll(
+            "the parts and the mark written",
+            || {
+                consume_all(&log, &credit, &mut consumed);
+                if writer.credits() > 0 && !sent {
+                    sent = tx.write_mark(Mark::Watermark(7)).unwrap();
+                }
+                sent
+            },
+            || assert!(log.get().len() <= 1, "nothing before the element"),
+        );
+        assert!(tx.idle());
+        tx.close();
+        poll(
+            "the end of stream",
+            || log.get().last() == Some(&Ev::Eos),
+            || (),
+        );
+        assert_eq!(log.get(), [Ev::El(big), Ev::M(Mark::Watermark(7)), Ev::Eos]);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    #[test]
+    fn drop_newest_never_lets_data_overtake_a_mark_that_waits_for_room() {
+        let (name, _guard, _view) = test_ring("link-drop-newest-mark", 8 << 10);
+        let run = test_run();
+        let (writer, tx) = open_writer::<u64>(&name, &run);
+        let counters = Arc::new(LinkCounters::default());
+        let spec = LinkSpec {
+            mailbox: None,
+            input: 0,
+            capacity: 1 << 20,
+            policy: crate::stream::Policy::DropNewest,
+            counters: Arc::clone(&counters),
+            label: "timed.out -> obs.in".into(),
+        };
+        let mut link = LinkTx::shm(tx, &spec);
+        let items: Vec<u64> = (0..10_000).collect();
+        link.offer(Batch::new(items.clone().into()));
+        let sent = counters.elements.load(Ordering::SeqCst) as usize;
+        assert!(sent > 0 && sent < items.len());
+        assert_eq!(
+            counters.dropped.load(Ordering::SeqCst) as usize,
+            items.len() - sent
+        );
+        link.offer_mark(Mark::Watermark(9_999));
+        assert!(link.holds_data(), "the mark waits for room");
+        // Data offered now would overtake the mark: it is dropped, even once there is room.
+        link.offer(Batch::new(vec![77u64].into()));
+        assert_eq!(
+            counters.dropped.load(Ordering::SeqCst) as usize,
+            items.len() - sent + 1
+        );
+        let log = Arc::new(Log::<u64>::default());
+        let credit = spawn_feeder::<u64>(log_feeder(&name, 1 << 20, &log, &run)).unwrap();
+        let mut consumed = 0;
+        poll(
+            "the mark written",
+            || {
+                consume_all(&log, &credit, &mut consumed);
+                if writer.credits() > 0 {
+                    link.credit(0);
+                }
+                !link.holds_data()
+            },
+            || (),
+        );
+        link.offer(Batch::new(vec![88u64].into()));
+        link.close();
+        poll(
+            "the end of stream",
+            || {
+                consume_all(&log, &credit, &mut consumed);
+                log.get().last() == Some(&Ev::Eos)
+            },
+            || (),
+        );
+        let mut want: Vec<Ev<u64>> = items[..sent].iter().map(|&v| Ev::El(v)).collect();
+        want.extend([Ev::M(Mark::Watermark(9_999)), Ev::El(88), Ev::Eos]);
+        assert_eq!(log.get(), want);
         run.fail(Error::Runtime {
             detail: "the test is over".into(),
         });

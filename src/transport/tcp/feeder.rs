@@ -40,14 +40,14 @@ use std::time::{Duration, Instant};
 
 use super::handshake;
 use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
-use super::wire::{Frame, FrameDecoder, Hello};
+use super::wire::{Frame, FrameDecoder, Hello, MARK_FRAME_BYTES};
 use super::{
     secs, timed_out, LinkIdentity, PeerStop, StopHook, TcpSettings, BUSY_REASON, HANDSHAKE_TIMEOUT,
     SLICE, WAIT_LOG_EVERY,
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element};
+use crate::stream::{Batch, Element, Mark};
 use crate::transport::codec::Codec;
 use crate::transport::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
 
@@ -98,6 +98,8 @@ pub(crate) struct TcpFeederSpec {
 /// Received, not yet delivered.
 enum Item<T> {
     Data(Batch<T>),
+    /// A mark: delivered as soon as everything before it was (it takes no credit).
+    Mark(Mark),
     End,
 }
 
@@ -109,6 +111,8 @@ struct Held {
     elements: usize,
     payload: usize,
     end: bool,
+    /// A Mark frame: its number among the marks received (see [`State::marks_delivered`]).
+    mark: Option<u64>,
 }
 
 /// What the feeder's threads share.
@@ -133,6 +137,10 @@ struct State<T> {
     ack_bytes: usize,
     eos_posted: bool,
     end_acked: bool,
+    /// Marks received, and marks delivered: a held Mark frame numbered below
+    /// `marks_delivered` was delivered (marks are delivered in the order received).
+    marks_received: u64,
+    marks_delivered: u64,
     /// The current connection's number; threads of older ones stop.
     gen: u64,
     /// A connection thread of number `gen` runs.
@@ -450,6 +458,8 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             ack_bytes: 0,
             eos_posted: false,
             end_acked: false,
+            marks_received: 0,
+            marks_delivered: 0,
             gen: 0,
             connected: false,
             incoming: None,
@@ -771,9 +781,11 @@ impl<T: Element> Reading<'_, T> {
                     elements: 0,
                     payload: 0,
                     end: true,
+                    mark: None,
                 });
                 Ok(())
             }
+            Frame::Mark { seq, mark } => self.on_mark(seq, mark),
             Frame::Ack { .. } => Err(Some(
                 "the writer sent an Ack frame, which only a reader sends".into(),
             )),
@@ -815,6 +827,45 @@ impl<T: Element> Reading<'_, T> {
             )));
         }
         Ok(true)
+    }
+
+    /// A Mark frame: queued in order, held as a frame of no element (it costs the budget
+    /// its frame's bytes, as at the writer) until it is delivered and everything before it
+    /// consumed.
+    fn on_mark(&self, seq: u64, mark: Mark) -> Result<(), Stop> {
+        let shared = self.shared;
+        let cost = MARK_FRAME_BYTES;
+        let mut st = shared.lock();
+        if st.gen != self.gen {
+            return Err(None);
+        }
+        if !self.in_order(&st, seq)? {
+            return Ok(());
+        }
+        let bound = shared.settings.unacked_bytes + shared.settings.frame_limit() as usize;
+        if st.held_payload + cost > bound {
+            return Err(Some(format!(
+                "the writer sent more than {bound} bytes not acknowledged (its bound and a frame)"
+            )));
+        }
+        st.next = Some(seq + 1);
+        let (stream, no) = (st.stream, st.marks_received);
+        st.marks_received += 1;
+        st.held.push_back(Held {
+            seq,
+            stream,
+            elements: 0,
+            payload: cost,
+            end: false,
+            mark: Some(no),
+        });
+        st.held_payload += cost;
+        st.pending.push_back(Item::Mark(mark));
+        drop(st);
+        if shared.count_traffic {
+            add(&shared.counters.bytes, cost as u64);
+        }
+        Ok(())
     }
 
     fn on_data(&self, seq: u64, elements: u32, payload: Vec<u8>) -> Result<(), Stop> {
@@ -862,6 +913,7 @@ impl<T: Element> Reading<'_, T> {
             elements: n,
             payload: payload.len(),
             end: false,
+            mark: None,
         });
         st.held_payload += payload.len();
         if n > 0 {
@@ -878,7 +930,7 @@ impl<T: Element> Reading<'_, T> {
 impl<T> State<T> {
     /// The reader consumed `n` more elements: frames whose every element is consumed leave
     /// `held` and, if of the current sequence, move the acknowledgement past them. The End
-    /// leaves once it was delivered.
+    /// and marks leave once they were delivered.
     fn consume(&mut self, mut n: usize) {
         // Ends: each pass removes a frame or breaks.
         while let Some(front) = self.held.front() {
@@ -886,6 +938,9 @@ impl<T> State<T> {
                 if !self.eos_posted {
                     break;
                 }
+            } else if front.mark.is_some_and(|k| k >= self.marks_delivered) {
+                // Not delivered yet.
+                break;
             } else {
                 let k = (front.elements - self.front_consumed).min(n);
                 self.front_consumed += k;
@@ -1011,10 +1066,15 @@ impl<T: Element> Feeder<T> {
                             if n == 0 {
                                 break;
                             }
-                            deliver.push(batch.split_front(n));
+                            deliver.push(Item::Data(batch.split_front(n)));
                             if batch.is_empty() {
                                 st.pending.pop_front();
                             }
+                        }
+                        Some(Item::Mark(mark)) => {
+                            deliver.push(Item::Mark(*mark));
+                            st.pending.pop_front();
+                            st.marks_delivered += 1;
                         }
                         Some(Item::End) => {
                             st.pending.pop_front();
@@ -1095,7 +1155,18 @@ impl<T: Element> Feeder<T> {
                 }
             }
             let progressed = !deliver.is_empty() || eos;
-            for part in deliver {
+            for item in deliver {
+                let part = match item {
+                    Item::Data(part) => part,
+                    Item::Mark(mark) => {
+                        self.target.post(Envelope::Mark {
+                            input: self.input,
+                            mark,
+                        });
+                        continue;
+                    }
+                    Item::End => unreachable!("the End is delivered apart"),
+                };
                 if shared.count_traffic {
                     add(&shared.counters.elements, part.len() as u64);
                     add(&shared.counters.batches, 1);

@@ -39,6 +39,18 @@
 //!   once. The End is acknowledged once it was delivered and everything before it was
 //!   consumed, at once.
 //!
+//! # Marks
+//!
+//! A mark (`crate::stream::Mark`) is a frame of its own, sequenced like Data and End, so it
+//! crosses a reconnection as they do: resent if unacknowledged, dropped by the reader if it
+//! already has its seq, never lost or repeated. [`TcpSender::write_mark`] queues it behind
+//! everything written before it; it costs the unacknowledged-bytes budget its 22 bytes of
+//! frame (so marks with no data between them are bounded like data, and counted in
+//! `bytes`), and when the budget is used up it waits in the link's stash like data. The
+//! feeder queues it in order with the batches and delivers it as soon as the batches before it
+//! went (it takes no credit, but waits behind a batch that waits for credit); it acknowledges
+//! it as a frame of no element, once delivered and everything before it consumed.
+//!
 //! # Resuming after a break
 //!
 //! Any break (a read or write error, the peer silent for `peer_timeout`, bytes that break the
@@ -121,6 +133,8 @@
 //! - **Data** `{seq, elements, payload}`: one encoded batch (the shm rings' codec), several per
 //!   write when they wait ([`wire::encode_data`] appends one from a borrowed payload);
 //! - **End** `{seq}`: end of stream, in band after the last batch, with a seq of its own;
+//! - **Mark** `{seq, mark}`: a watermark or idleness, in band between the batches around it,
+//!   with a seq of its own (see "Marks" above);
 //! - **Ack** `{next}`: from the reader, every seq below `next` is consumed (cumulative);
 //! - **Heartbeat**: either side, when it has sent nothing for a while;
 //! - **Goodbye** `{reason}`: either side, before an orderly close; the peer logs the reason;

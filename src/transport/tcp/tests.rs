@@ -12,7 +12,7 @@ use super::feeder::{spawn_probed, FeederProbe};
 use super::*;
 use crate::error::Error;
 use crate::metrics::LinkCounters;
-use crate::stream::{Batch, Element};
+use crate::stream::{Batch, Element, Mark};
 use crate::transport::link::{Envelope, Mailbox, Run, RunContext};
 use crate::transport::testutil::TestRun;
 
@@ -74,6 +74,8 @@ fn poll(what: &str, mut f: impl FnMut() -> bool) {
 /// What the reading host received.
 struct Seen<T> {
     items: Vec<T>,
+    /// Each mark, with the number of elements received before it.
+    marks: Vec<(usize, Mark)>,
     consumed: usize,
     eos: bool,
 }
@@ -92,6 +94,7 @@ impl<T: Element> Sink<T> {
         Arc::new(Sink {
             seen: Mutex::new(Seen {
                 items: Vec::new(),
+                marks: Vec::new(),
                 consumed: 0,
                 eos: false,
             }),
@@ -149,6 +152,11 @@ impl<T: Element> Mailbox for Sink<T> {
                 assert!(!seen.eos, "data after the end of stream");
                 seen.items.extend_from_slice(batch.as_slice());
                 self.consume(&mut seen);
+            }
+            Envelope::Mark { mark, .. } => {
+                assert!(!seen.eos, "a mark after the end of stream");
+                let at = seen.items.len();
+                seen.marks.push((at, mark));
             }
             Envelope::Eos { .. } => seen.eos = true,
             _ => {}
@@ -303,6 +311,16 @@ impl<T: Element> Writer<T> {
         }
     }
 
+    /// Queues `mark`, waiting for room as a host would.
+    fn mark(&mut self, mark: Mark) {
+        let start = Instant::now();
+        while !self.tx.write_mark(mark).unwrap() {
+            assert!(self.run.failure().is_none(), "{:?}", self.run.failure());
+            assert!(start.elapsed() < GUARD, "the writer never had room");
+            self.wake.nap();
+        }
+    }
+
     /// Closes the stream and waits until the reader consumed all of it.
     fn finish(&mut self) {
         self.tx.close();
@@ -383,6 +401,81 @@ fn cuts_mid_stream_lose_nothing_and_repeat_nothing() {
     assert_eq!(got.len(), items.len(), "nothing lost, nothing repeated");
     assert!(got == items, "in order");
     assert!(w.counters.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+#[test]
+fn marks_cross_cuts_in_order_with_the_data_once_each() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 4096, usize::MAX);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, settings());
+    let cut = w.tx.cutter();
+    let items: Vec<u64> = (0..200_000).collect();
+    // After each batch of 1000, a watermark (and, every 10th, idleness after it); a cut every
+    // 25 batches, wherever the connection is then.
+    let mut want = Vec::new();
+    for (i, chunk) in items.chunks(1000).enumerate() {
+        w.send(chunk, 1000, |_| {});
+        let at = 1000 * (i + 1);
+        w.mark(Mark::Watermark(at as u64 - 1));
+        want.push((at, Mark::Watermark(at as u64 - 1)));
+        if i % 10 == 9 {
+            w.mark(Mark::Idle);
+            want.push((at, Mark::Idle));
+        }
+        if i % 25 == 24 {
+            cut();
+        }
+    }
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(r.sink.items() == items, "every element, in order, once");
+    let marks = r.sink.seen.lock().unwrap().marks.clone();
+    assert_eq!(marks.len(), want.len(), "no mark lost or repeated");
+    assert_eq!(marks, want, "each after the elements before it");
+    assert!(w.counters.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
+#[test]
+fn a_mark_waits_for_the_budget_and_the_reader_acknowledges_it_once_delivered() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let small = || TcpSettings {
+        unacked_bytes: 4096,
+        ..settings()
+    };
+    // The reader consumes nothing yet: the writer's budget fills up with data.
+    let r = reader::<u64>("127.0.0.1:0", &rrun, small(), 1 << 20, 0);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, small());
+    let items: Vec<u64> = (0..10_000).collect();
+    // One frame goes whatever the budget (80 000 bytes of payload here), then nothing.
+    let n = w.tx.write(&items).unwrap();
+    assert!(n > 0, "the budget takes {n}");
+    assert_eq!(w.tx.write(&[1]).unwrap(), 0, "no budget left");
+    assert!(
+        !w.tx.write_mark(Mark::Watermark(1)).unwrap(),
+        "no budget left"
+    );
+    r.sink
+        .wait("everything sent delivered", |s| s.items.len() == n);
+    r.sink.set_limit(usize::MAX);
+    w.mark(Mark::Watermark(n as u64 - 1));
+    // Marks alone, nothing between them: each costs the budget, and the reader acknowledges
+    // them once delivered, so they keep flowing.
+    for k in 0..1000 {
+        w.mark(Mark::Watermark(n as u64 + k));
+    }
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    let seen = r.sink.seen.lock().unwrap();
+    assert_eq!(seen.items, items[..n]);
+    assert_eq!(seen.marks.len(), 1001);
+    assert_eq!(seen.marks[0], (n, Mark::Watermark(n as u64 - 1)));
+    assert_eq!(seen.marks[1000], (n, Mark::Watermark(n as u64 + 999)));
     assert_eq!(rrun.failure(), None);
     assert_eq!(wrun.failure(), None);
 }

@@ -9,6 +9,9 @@
 //! Heartbeat kind 0x04  (empty)
 //! Goodbye   kind 0x05  reason: UTF-8             orderly close, the peer logs the reason
 //! Stop      kind 0x06  (empty)                   the sender's application is stopping
+//! Mark      kind 0x07  seq: u64 | tag: u8 | value: u64
+//!                                                a watermark (tag 0, value = its time) or
+//!                                                idleness (tag 1, value 0), in band, takes a seq
 //! Hello     kind 0x10  see [`Hello`]
 //! Refuse    kind 0x11  reason: UTF-8
 //! Challenge kind 0x12  nonce: [u8; 32] | proof: [u8; 32]
@@ -24,6 +27,9 @@
 //! Decoding never panics, whatever the bytes.
 
 use std::io::{self, Read};
+
+use crate::stream::Mark;
+use crate::transport::codec::{mark_from_parts, mark_parts};
 
 /// Bytes of the length prefix before every frame.
 pub(crate) const HEADER_BYTES: usize = 4;
@@ -51,11 +57,18 @@ const KIND_ACK: u8 = 0x03;
 const KIND_HEARTBEAT: u8 = 0x04;
 const KIND_GOODBYE: u8 = 0x05;
 const KIND_STOP: u8 = 0x06;
+const KIND_MARK: u8 = 0x07;
 pub(crate) const KIND_HELLO: u8 = 0x10;
 const KIND_REFUSE: u8 = 0x11;
 const KIND_CHALLENGE: u8 = 0x12;
 const KIND_PROOF: u8 = 0x13;
 const KIND_ACCEPT: u8 = 0x14;
+
+/// Bytes of a Mark body: seq, tag and value.
+const MARK_BODY_BYTES: usize = 8 + 1 + 8;
+
+/// The bytes a Mark frame takes on the wire, length prefix included (22).
+pub(crate) const MARK_FRAME_BYTES: usize = HEADER_BYTES + 1 + MARK_BODY_BYTES;
 
 /// Bytes of a Data body before its payload: seq and elements.
 const DATA_FIXED_BYTES: usize = 8 + 4;
@@ -74,6 +87,7 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         KIND_HEARTBEAT => "Heartbeat frame",
         KIND_GOODBYE => "Goodbye frame",
         KIND_STOP => "Stop frame",
+        KIND_MARK => "Mark frame",
         KIND_HELLO => "Hello message",
         KIND_REFUSE => "Refuse message",
         KIND_CHALLENGE => "Challenge message",
@@ -152,6 +166,12 @@ pub(crate) enum WireError {
         /// How many bytes are left over.
         bytes: usize,
     },
+    /// A Mark frame whose tag or value is not a mark's.
+    #[error("Mark frame: {detail}")]
+    BadMark {
+        /// What is wrong, as the codec says it.
+        detail: String,
+    },
     /// A text field that is not UTF-8.
     #[error("{what}'s {field} is not UTF-8")]
     BadText {
@@ -183,7 +203,7 @@ pub(crate) enum WireError {
 pub(crate) enum Frame {
     /// One encoded batch (see `transport::codec`).
     Data {
-        /// The batch's sequence number: one per Data or End frame, from the writer's first.
+        /// The batch's sequence number: one per Data, Mark or End frame, from the writer's first.
         seq: u64,
         /// How many elements the payload holds.
         elements: u32,
@@ -210,6 +230,14 @@ pub(crate) enum Frame {
     /// Either side: the sender's application was asked to stop (Ctrl-C, a failure); the
     /// receiver drains its own side too.
     Stop,
+    /// A watermark or idleness, in band between the Data frames around it; it takes a seq and
+    /// is acknowledged like them (a frame of no element).
+    Mark {
+        /// Its sequence number.
+        seq: u64,
+        /// The mark.
+        mark: Mark,
+    },
 }
 
 /// Appends the length prefix and kind of a message whose body is `body_bytes` long.
@@ -237,6 +265,13 @@ pub(crate) fn encode_frame(f: &Frame, out: &mut Vec<u8>) {
         Frame::Ack { next } => {
             put_header(out, KIND_ACK, 8);
             out.extend_from_slice(&next.to_le_bytes());
+        }
+        Frame::Mark { seq, mark } => {
+            let (tag, value) = mark_parts(*mark);
+            put_header(out, KIND_MARK, MARK_BODY_BYTES);
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.push(u8::try_from(tag).expect("a mark's tag fits a byte"));
+            out.extend_from_slice(&value.to_le_bytes());
         }
         Frame::Heartbeat => put_header(out, KIND_HEARTBEAT, 0),
         Frame::Stop => put_header(out, KIND_STOP, 0),
@@ -309,6 +344,18 @@ fn decode_frame(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
         KIND_ACK => Ok(Frame::Ack {
             next: u64_body("Ack frame", body)?,
         }),
+        KIND_MARK => {
+            let body: &[u8; MARK_BODY_BYTES] = body.try_into().map_err(|_| WireError::BadSize {
+                what: "Mark frame",
+                bytes: body.len(),
+                expected: "17",
+            })?;
+            let seq = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+            let value = u64::from_le_bytes(body[9..].try_into().expect("8 bytes"));
+            let mark = mark_from_parts(u32::from(body[8]), value)
+                .map_err(|detail| WireError::BadMark { detail })?;
+            Ok(Frame::Mark { seq, mark })
+        }
         KIND_HEARTBEAT if body.is_empty() => Ok(Frame::Heartbeat),
         KIND_HEARTBEAT => Err(WireError::BadSize {
             what: "Heartbeat frame",
@@ -756,6 +803,14 @@ pub(crate) mod tests {
                 payload: vec![],
             },
             Frame::End { seq: 42 },
+            Frame::Mark {
+                seq: 43,
+                mark: Mark::Watermark(1_700_000_000_000),
+            },
+            Frame::Mark {
+                seq: 44,
+                mark: Mark::Idle,
+            },
             Frame::Ack { next: 17 },
             Frame::Heartbeat,
             Frame::Stop,
@@ -872,6 +927,33 @@ pub(crate) mod tests {
         assert_eq!(
             text(&[6, 0, 0, 0, KIND_DATA, 1, 2, 3, 4, 5]),
             "Data frame with a body of 5 bytes, expected at least 12"
+        );
+        let mut mark = Vec::new();
+        encode_frame(
+            &Frame::Mark {
+                seq: 1,
+                mark: Mark::Idle,
+            },
+            &mut mark,
+        );
+        assert_eq!(mark.len(), MARK_FRAME_BYTES);
+        let mut short = mark[..mark.len() - 1].to_vec();
+        short[0] -= 1;
+        assert_eq!(
+            text(&short),
+            "Mark frame with a body of 16 bytes, expected 17"
+        );
+        let mut tag = mark.clone();
+        tag[5 + 8] = 2;
+        assert_eq!(
+            text(&tag),
+            "Mark frame: a mark with tag 2, neither 0 (watermark) nor 1 (idle)"
+        );
+        let mut idle = mark.clone();
+        idle[5 + 9] = 5;
+        assert_eq!(
+            text(&idle),
+            "Mark frame: an idleness mark carries a value (5), not 0"
         );
         assert_eq!(
             text(&[2, 0, 0, 0, KIND_HEARTBEAT, 0]),
@@ -1033,6 +1115,11 @@ pub(crate) mod tests {
                     payload
                 }),
             any::<u64>().prop_map(|seq| Frame::End { seq }),
+            (
+                any::<u64>(),
+                prop_oneof![any::<u64>().prop_map(Mark::Watermark), Just(Mark::Idle)]
+            )
+                .prop_map(|(seq, mark)| Frame::Mark { seq, mark }),
             any::<u64>().prop_map(|next| Frame::Ack { next }),
             Just(Frame::Heartbeat),
             Just(Frame::Stop),

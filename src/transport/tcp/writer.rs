@@ -34,7 +34,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::Element;
+use crate::stream::{Element, Mark};
 use crate::transport::codec::{Codec, Plan};
 use crate::transport::link::{Envelope, Mailbox, Run};
 
@@ -74,7 +74,7 @@ struct Queued {
     seq: u64,
     /// The whole frame, length prefix included.
     frame: Arc<Vec<u8>>,
-    /// Its payload bytes (0 for the End).
+    /// Its payload bytes (0 for the End; a Mark frame's whole size, see `write_mark`).
     payload: usize,
     end: bool,
 }
@@ -213,13 +213,6 @@ impl<T: Element> TcpSender<T> {
     /// nothing is unacknowledged. 0 means full: the I/O thread posts a credit envelope when
     /// acknowledgements make room. An element whose encoding exceeds `MAX_ELEMENT_BYTES` is an
     /// error naming its size.
-    /// Queues `mark` after everything written before it; `Ok(false)` when the budget of
-    /// unacknowledged bytes has no room for it now.
-    pub(crate) fn write_mark(&mut self, mark: crate::stream::Mark) -> Result<bool, String> {
-        let _ = mark;
-        Err("watermarks do not cross TCP links yet".into())
-    }
-
     pub(crate) fn write(&mut self, items: &[T]) -> Result<usize, String> {
         let mut done = 0;
         // Ends: each pass takes at least one element, or returns.
@@ -284,6 +277,43 @@ impl<T: Element> TcpSender<T> {
                 )),
             },
         }
+    }
+
+    /// Queues `mark` as a Mark frame after everything written before it, with the next seq
+    /// (acknowledged, resent and deduplicated like a Data frame); `Ok(false)` when the budget
+    /// of unacknowledged bytes is used up: the I/O thread then posts a credit envelope when
+    /// acknowledgements make room, as after a short [`write`](Self::write).
+    ///
+    /// A mark costs the budget its frame's [`wire::MARK_FRAME_BYTES`] (22), counted as payload
+    /// (in `bytes` and `unacked_bytes` too): so marks without data between them, which the
+    /// reader acknowledges only once delivered, are bounded by the budget as data is.
+    pub(crate) fn write_mark(&mut self, mark: Mark) -> Result<bool, String> {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err("a mark after the end of stream".into());
+        }
+        if st.unacked != 0 && st.unacked >= self.budget {
+            // Set under the lock the ack thread takes: it cannot free room unseen.
+            st.full = true;
+            return Ok(false);
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let mut frame = Vec::with_capacity(wire::MARK_FRAME_BYTES);
+        wire::encode_frame(&Frame::Mark { seq, mark }, &mut frame);
+        debug_assert_eq!(frame.len(), wire::MARK_FRAME_BYTES);
+        st.queue.push_back(Queued {
+            seq,
+            frame: Arc::new(frame),
+            payload: wire::MARK_FRAME_BYTES,
+            end: false,
+        });
+        st.unacked += wire::MARK_FRAME_BYTES;
+        set_gauge(&self.counters, st.unacked);
+        if st.io_waiting {
+            self.shared.cond.notify_all();
+        }
+        Ok(true)
     }
 
     /// Ends the stream: an End frame after everything written. Closing twice is harmless.
@@ -857,8 +887,8 @@ impl AckReader {
                 self.shared.lock().goodbye = Some(reason);
                 Ok(())
             }
-            Frame::Data { .. } | Frame::End { .. } => {
-                Err("the reader sent a Data or End frame, which only a writer sends".into())
+            Frame::Data { .. } | Frame::End { .. } | Frame::Mark { .. } => {
+                Err("the reader sent a Data, End or Mark frame, which only a writer sends".into())
             }
         }
     }
