@@ -616,3 +616,24 @@ fn keyed_state_is_per_key_and_bounded_with_the_least_recently_seen_evicted() {
     );
     assert_eq!(m.evicted.get(), 2);
 }
+
+#[test]
+fn the_timeline_of_the_docs() {
+    // docs/operators.md, "Event time", and the module docs of ops::event_window.
+    let (mut h, x, windows, late) = graph(EventWindow::tumbling(10).allowed_lateness(5), 3);
+    for e in [(2, 0), (12, 0), (7, 0), (16, 0), (8, 0)] {
+        h.push(&x, [e]).unwrap();
+        h.run().unwrap();
+    }
+    let (a, b, c) = ((2, 0), (7, 0), (8, 0));
+    assert_eq!(
+        windows.values(),
+        [
+            win(0, 10, vec![a, b], Firing::OnTime),
+            win(0, 10, vec![a, b, c], Firing::Late),
+        ]
+    );
+    h.finish().unwrap();
+    assert!(late.values().is_empty());
+    assert_eq!(windows.values()[2].firing, Firing::Final);
+}

@@ -35,17 +35,19 @@
 //! timestamp seen so far, advanced element by element.
 //!
 //! ```text
-//!  tumbling(10), input watermarks(bounded(3)):
-//!  elements:   2   8   5  11  14   9  13  ...
-//!  watermark:              8  11  11  11      (highest - 3)
-//!                             ▲ W = 11 ≥ 10: [0,10) = {2, 5, 8, 9?} — 9 came after W = 11:
-//!                                            it is late (see below); [0,10) = {2, 5, 8}
+//!  tumbling(10) after watermarks(bounded(3)), allowed_lateness(5), one element a batch:
+//!  element:    2   12    7   16    8
+//!  watermark:  0    9    9   13   13
+//!                        │    │    └ 8 < 13, but 13 < 10 + 5: [0,10) again, Late {2, 7, 8}
+//!                        │    └ 13 ≥ 10: [0,10) OnTime {2, 7}
+//!                        └ 7 < 9: beyond the bound, but [0,10) has not closed: kept
 //! ```
 //!
-//! - **Late elements.** An element that belongs to a window already emitted (more precisely:
-//!   whose first window ended at or before the watermark, plus the allowed lateness) is
-//!   **late**: it is in no window, it is counted in the [`LateCounter`] and sent to the `late`
-//!   stream (connect it or not).
+//! - **Late elements.** An element for a window already closed (more precisely: its first
+//!   window's end plus the allowed lateness is at or below the watermark) is **late**: it is in
+//!   no window (for sliding windows: in none of its windows, even those still open, so that
+//!   each element is either in its windows or late), it is counted in the [`LateCounter`] and
+//!   sent to the `late` stream (connect it or not).
 //! - **Allowed lateness** ([`EventWindow::allowed_lateness`]`(l)`): a window is kept `l` time
 //!   units after the watermark passed its end; an element for it in that time updates it and
 //!   the window is emitted again, whole, with [`Firing::Late`]: a correction that supersedes

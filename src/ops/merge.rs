@@ -366,7 +366,8 @@ impl<V: Element> Agent for TimedZip<V> {
 // timed_mix
 
 /// How many elements a [`Graph::timed_mix`] dropped because they arrived late (their timestamp
-/// was not after the last one emitted).
+/// was not after the last one emitted), or an event window
+/// ([`Graph::event_window`](crate::ops::event_window)) found late.
 ///
 /// A cheap handle (an `Arc` around an atomic counter): clone it freely and read it while the
 /// application runs or after it ended.
