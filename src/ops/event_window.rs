@@ -546,6 +546,8 @@ struct KeyState<K, V> {
     elems: BTreeMap<(u64, u64), V>,
     /// Sessions by start: (end, emitted). Disjoint, so ends increase with starts.
     sessions: BTreeMap<u64, (u64, bool)>,
+    /// This key's entries of `Engine::pending`, as (end, start).
+    pending: BTreeSet<(u64, u64)>,
     /// When the front of the buffer may go: the entry of this key in `Engine::expiry`.
     expiry: Option<u64>,
     /// The key's entry in `Engine::lru`.
@@ -703,12 +705,13 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
             self.pending.pop_first();
             due.push(first);
         }
-        for &(_, start, id) in &due {
-            if let Some(s) = self
+        for &(end, start, id) in &due {
+            let state = self
                 .keys
                 .get_mut(&id)
-                .and_then(|k| k.sessions.get_mut(&start))
-            {
+                .expect("a pending window's key is live");
+            state.pending.remove(&(end, start));
+            if let Some(s) = state.sessions.get_mut(&start) {
                 s.1 = true;
             }
         }
@@ -766,6 +769,7 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
     /// Forgets a key (its pending windows must be gone already).
     fn remove_key(&mut self, id: u64) {
         if let Some(state) = self.keys.remove(&id) {
+            debug_assert!(state.pending.is_empty(), "a key leaves with no open window");
             if let Some(at) = state.expiry {
                 self.expiry.remove(&(at, id));
             }
@@ -775,28 +779,16 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
         }
     }
 
-    /// The pending windows of one key.
-    fn pending_of(&self, id: u64) -> Vec<(u64, u64, u64)> {
-        let state = &self.keys[&id];
-        match self.grid() {
-            Some(_) => self.pending.iter().filter(|p| p.2 == id).copied().collect(),
-            None => state
-                .sessions
-                .iter()
-                .filter(|(_, (_, emitted))| !emitted)
-                .map(|(&s, &(e, _))| (e, s, id))
-                .collect(),
-        }
-    }
-
     /// Evicts the least recently seen key: emits (or drops) its open windows.
     fn evict(&mut self, out: &mut Vec<Fired<K, V>>) {
         let Some((_, &id)) = self.lru.first_key_value() else {
             return;
         };
-        // A key's grid windows are found by a scan of the pending set: eviction is the rare
-        // path, and the common one stays without a per-key index.
-        let mine = self.pending_of(id);
+        let state = self.keys.get_mut(&id).expect("a live key");
+        let mine: Vec<_> = std::mem::take(&mut state.pending)
+            .into_iter()
+            .map(|(e, s)| (e, s, id))
+            .collect();
         for p in &mine {
             self.pending.remove(p);
         }
@@ -831,6 +823,7 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 key,
                 elems: BTreeMap::new(),
                 sessions: BTreeMap::new(),
+                pending: BTreeSet::new(),
                 expiry: None,
                 seen: seq,
             },
@@ -879,11 +872,13 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                     state.sessions.remove(&s);
                     if !emitted {
                         self.pending.remove(&(e, s, id));
+                        state.pending.remove(&(e, s));
                     }
                 }
                 let open = end > w;
                 state.sessions.insert(start, (end, !open));
                 if open {
+                    state.pending.insert((end, start));
                     self.pending.insert((end, start, id));
                 } else {
                     out.push(self.fired(id, start, end, Firing::Late));
@@ -906,6 +901,11 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                     let end = start.saturating_add(size);
                     if end > w {
                         self.pending.insert((end, start, id));
+                        self.keys
+                            .get_mut(&id)
+                            .expect("a live key")
+                            .pending
+                            .insert((end, start));
                     } else {
                         out.push(self.fired(id, start, end, Firing::Late));
                     }
