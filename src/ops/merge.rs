@@ -377,7 +377,8 @@ impl<V: Element> Agent for TimedZip<V> {
 // timed_mix
 
 /// How many elements a [`Graph::timed_mix`] dropped because they arrived late (their timestamp
-/// was not after the last one emitted).
+/// was not after the last one emitted), or an event window
+/// ([`Graph::event_window`](crate::ops::event_window)) found late.
 ///
 /// A cheap handle (an `Arc` around an atomic counter): clone it freely and read it while the
 /// application runs or after it ended.
@@ -388,6 +389,11 @@ impl LateCounter {
     /// Elements dropped so far.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` more dropped elements (for the operators that share this counter).
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -10,7 +10,8 @@
 //! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
 //! | sinks: for_each, with state, collect, file (with a formatter), stdout | [`sink`] |
 //! | count windows: map_window, merge_window, split_window, multi_window, sink_window | [`window`] |
-//! | event time: watermarks, idleness, event-time windows, keys | [`event`] |
+//! | event time: watermarks, idleness | [`event`] |
+//! | event-time windows (tumbling, sliding, session), lateness, keys, keyed state | [`event_window`] |
 //! | timed windows over `(timestamp, value)` streams: timed_window | [`timed`] |
 //! | rolling aggregates, O(1) per element: count, sum, mean, min, max, variance; timed | [`rolling`] |
 //! | merges: zip, zip3, zip_map, mix, blend, timed_zip, timed_mix | [`merge`] |
@@ -19,6 +20,7 @@
 
 pub mod element;
 pub mod event;
+pub mod event_window;
 pub mod join;
 pub mod merge;
 pub mod rolling;

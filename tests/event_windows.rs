@@ -1,0 +1,639 @@
+//! Event-time windows and keys: property tests against plain reference implementations (input
+//! permuted within the out-of-orderness bound, random batches; beyond the bound, exactly the
+//! late elements dropped), and the behaviours one by one: final windows, drop_partial,
+//! corrections, early windows on a quiet input (the harness's clock, no sleeps), sessions,
+//! 10,000 keys, the key bound, the buffer bound, keyed state.
+
+use std::time::Duration;
+
+use iotstream::ops::event::Watermarks;
+use iotstream::ops::event_window::{EventWindow, Firing, KeyedWindow, Window, WindowKind};
+use iotstream::{Collected, Error, Graph, Harness, Stream};
+use proptest::prelude::*;
+
+type El = (u64, u32);
+type Out = Window<Vec<El>>;
+
+/// The window's elements as `f` must see them: by time, equal times by postcard encoding.
+fn canonical(mut elems: Vec<El>) -> Vec<El> {
+    elems.sort_by_cached_key(|e| (e.0, postcard::to_allocvec(&e.1).unwrap()));
+    elems
+}
+
+/// Windows `(start, end)` of a grid kind that contain `t`.
+fn grid_windows(size: u64, step: u64, t: u64) -> Vec<(u64, u64)> {
+    (0..=t / step)
+        .map(|k| (k * step, k * step + size))
+        .filter(|&(s, e)| s <= t && t < e)
+        .collect()
+}
+
+/// Every non-empty window of `data` (any order) by the definitions, each with its elements.
+fn ref_windows(kind: WindowKind, data: &[El]) -> Vec<(u64, u64, Vec<El>)> {
+    let mut out: Vec<(u64, u64, Vec<El>)> = Vec::new();
+    match kind {
+        WindowKind::Tumbling { size } | WindowKind::Sliding { size, .. } => {
+            let step = match kind {
+                WindowKind::Sliding { step, .. } => step,
+                _ => size,
+            };
+            let mut all: Vec<(u64, u64)> = data
+                .iter()
+                .flat_map(|e| grid_windows(size, step, e.0))
+                .collect();
+            all.sort();
+            all.dedup();
+            for (s, e) in all {
+                let inside = data
+                    .iter()
+                    .filter(|x| s <= x.0 && x.0 < e)
+                    .copied()
+                    .collect();
+                out.push((s, e, canonical(inside)));
+            }
+        }
+        WindowKind::Session { gap } => {
+            let sorted = canonical(data.to_vec());
+            for x in sorted {
+                match out.last_mut() {
+                    Some((_, end, elems)) if x.0 < *end => {
+                        *end = (*end).max(x.0 + gap);
+                        elems.push(x);
+                    }
+                    _ => out.push((x.0, x.0 + gap, vec![x])),
+                }
+            }
+        }
+    }
+    out.sort_by_key(|w| (w.1, w.0));
+    out
+}
+
+/// What the operator must emit for `data` (none late) with watermarks `bounded(d)`: windows
+/// the last watermark passed are on time, the others final.
+fn ref_output(kind: WindowKind, data: &[El], d: u64) -> Vec<Out> {
+    let wm = data
+        .iter()
+        .map(|e| e.0)
+        .max()
+        .map_or(0, |m| m.saturating_sub(d));
+    ref_windows(kind, data)
+        .into_iter()
+        .map(|(start, end, value)| Window {
+            start,
+            end,
+            value,
+            firing: if end <= wm {
+                Firing::OnTime
+            } else {
+                Firing::Final
+            },
+        })
+        .collect()
+}
+
+/// Runs `data` through watermarks(bounded(d)) and an event window that returns its elements,
+/// pushed in chunks of `chunks` (cycled) with a run after each.
+fn run_windows(
+    spec: EventWindow,
+    data: &[El],
+    d: u64,
+    chunks: &[usize],
+) -> (Vec<Out>, Vec<El>, u64) {
+    let mut g = Graph::new("prop_event");
+    let x = g.input::<El>("x");
+    let timed = g.watermarks("timed", &x, Watermarks::bounded(d));
+    let w = g.event_window("w", &timed, spec, |e: &[El]| e.to_vec());
+    let windows = g.collect("windows", &w.windows);
+    let late = g.collect("late", &w.late);
+    let mut h = Harness::new(g).unwrap();
+    let mut pushed = 0;
+    let mut sizes = chunks.iter().cycle();
+    while pushed < data.len() {
+        let n = (*sizes.next().unwrap()).min(data.len() - pushed).max(1);
+        h.push(&x, data[pushed..pushed + n].iter().copied())
+            .unwrap();
+        h.run().unwrap();
+        pushed += n;
+    }
+    h.finish().unwrap();
+    (windows.values(), late.values(), w.late_count.get())
+}
+
+fn kind() -> impl Strategy<Value = WindowKind> {
+    prop_oneof![
+        (1u64..30).prop_map(|size| WindowKind::Tumbling { size }),
+        (1u64..30, 1u64..30).prop_map(|(size, step)| WindowKind::Sliding { size, step }),
+        (1u64..20).prop_map(|gap| WindowKind::Session { gap }),
+    ]
+}
+
+fn spec_of(kind: WindowKind) -> EventWindow {
+    match kind {
+        WindowKind::Tumbling { size } => EventWindow::tumbling(size),
+        WindowKind::Sliding { size, step } => EventWindow::sliding(size, step),
+        WindowKind::Session { gap } => EventWindow::session(gap),
+    }
+}
+
+/// Sorted timestamps (with repeats) and values with multi-byte encodings, then the same
+/// elements permuted within `d`: each sorted by `t + jitter`, `jitter ≤ d`.
+fn disorder() -> impl Strategy<Value = (Vec<El>, Vec<El>, u64)> {
+    (0u64..15).prop_flat_map(|d| {
+        prop::collection::vec((0u64..200, 0u32..400, 0u64..=d), 0..70).prop_map(move |v| {
+            let mut sorted: Vec<El> = v.iter().map(|&(t, x, _)| (t, x)).collect();
+            sorted.sort();
+            let mut jittered = v.clone();
+            jittered.sort_by_key(|&(t, _, j)| t + j);
+            let permuted = jittered.iter().map(|&(t, x, _)| (t, x)).collect();
+            (sorted, permuted, d)
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn within_the_bound_the_output_is_the_reference_whatever_the_order_and_batches(
+        (sorted, permuted, d) in disorder(),
+        kind in kind(),
+        chunks in prop::collection::vec(1usize..9, 1..6),
+    ) {
+        let spec = spec_of(kind);
+        let want = ref_output(kind, &sorted, d);
+        let (got, late, n_late) = run_windows(spec, &permuted, d, &chunks);
+        prop_assert_eq!(&got, &want, "permuted, chunks {:?}", chunks);
+        prop_assert!(late.is_empty());
+        prop_assert_eq!(n_late, 0);
+        let (one, _, _) = run_windows(spec, &sorted, d, &[usize::MAX]);
+        prop_assert_eq!(&one, &want, "sorted, one batch");
+    }
+
+    #[test]
+    fn beyond_the_bound_exactly_the_late_elements_are_dropped_counted_and_routed(
+        data in prop::collection::vec((0u64..200, 0u32..400), 0..70),
+        d in 0u64..10,
+        grid in prop_oneof![
+            (1u64..30).prop_map(|s| (s, s)),
+            (1u64..30, 1u64..30),
+        ],
+        chunks in prop::collection::vec(1usize..9, 1..6),
+    ) {
+        let (size, step) = grid;
+        let kind = if size == step {
+            WindowKind::Tumbling { size }
+        } else {
+            WindowKind::Sliding { size, step }
+        };
+        // Late: more than d below the highest timestamp before it, and its (first) window
+        // ended at or before that watermark.
+        let mut max_before: Option<u64> = None;
+        let mut kept = Vec::new();
+        let mut want_late = Vec::new();
+        for &e in &data {
+            let wm = max_before.map(|m| m.saturating_sub(d));
+            let first_end = grid_windows(size, step, e.0).first().map(|w| w.1);
+            match (wm, first_end) {
+                (Some(w), Some(end)) if e.0 < w && end <= w => want_late.push(e),
+                (_, Some(_)) => kept.push(e),
+                (_, None) => {} // in no window
+            }
+            max_before = Some(max_before.map_or(e.0, |m| m.max(e.0)));
+        }
+        let wm = data.iter().map(|e| e.0).max().map_or(0, |m| m.saturating_sub(d));
+        let want: Vec<Out> = ref_windows(kind, &kept)
+            .into_iter()
+            .map(|(start, end, value)| Window {
+                start,
+                end,
+                value,
+                firing: if end <= wm { Firing::OnTime } else { Firing::Final },
+            })
+            .collect();
+        let (got, late, n_late) = run_windows(spec_of(kind), &data, d, &chunks);
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(&late, &want_late);
+        prop_assert_eq!(n_late, want_late.len() as u64);
+    }
+}
+
+fn win(start: u64, end: u64, value: Vec<El>, firing: Firing) -> Out {
+    Window {
+        start,
+        end,
+        value,
+        firing,
+    }
+}
+
+/// A graph: input → watermarks(bounded(d)) → event window returning its elements.
+fn graph(spec: EventWindow, d: u64) -> (Harness, Stream<El>, Collected<Out>, Collected<El>) {
+    let mut g = Graph::new("event");
+    let x = g.input::<El>("x");
+    let timed = g.watermarks("timed", &x, Watermarks::bounded(d));
+    let w = g.event_window("w", &timed, spec, |e: &[El]| e.to_vec());
+    let windows = g.collect("windows", &w.windows);
+    let late = g.collect("late", &w.late);
+    (Harness::new(g).unwrap(), x, windows, late)
+}
+
+#[test]
+fn windows_the_watermark_did_not_pass_are_final_at_end_of_stream_or_dropped() {
+    let (mut h, x, windows, _) = graph(EventWindow::tumbling(10), 2);
+    h.push(&x, [(1, 1), (13, 2), (25, 3)]).unwrap();
+    h.run().unwrap();
+    assert_eq!(
+        windows.values(),
+        [
+            win(0, 10, vec![(1, 1)], Firing::OnTime),
+            win(10, 20, vec![(13, 2)], Firing::OnTime),
+        ]
+    );
+    h.finish().unwrap();
+    assert_eq!(
+        windows.values()[2..],
+        [win(20, 30, vec![(25, 3)], Firing::Final)]
+    );
+
+    let (mut h, x, windows, _) = graph(EventWindow::tumbling(10).drop_partial(), 2);
+    h.push(&x, [(1, 1), (13, 2), (25, 3)]).unwrap();
+    h.finish().unwrap();
+    assert_eq!(windows.values().len(), 2, "the partial [20, 30) is dropped");
+}
+
+#[test]
+fn a_late_element_within_the_allowed_lateness_updates_its_window_and_it_is_emitted_again() {
+    let (mut h, x, windows, late) = graph(EventWindow::tumbling(10).allowed_lateness(5), 0);
+    h.push(&x, [(2, 1), (12, 2)]).unwrap(); // watermark 12: [0, 10) on time
+    h.push(&x, [(7, 3)]).unwrap(); // 12 < 10 + 5: a correction
+    h.push(&x, [(16, 4), (8, 5)]).unwrap(); // watermark 16 ≥ 15: [0, 10) is gone; 8 is late
+    h.finish().unwrap();
+    assert_eq!(
+        windows.values(),
+        [
+            win(0, 10, vec![(2, 1)], Firing::OnTime),
+            win(0, 10, vec![(2, 1), (7, 3)], Firing::Late),
+            win(10, 20, vec![(12, 2), (16, 4)], Firing::Final),
+        ]
+    );
+    assert_eq!(late.values(), [(8, 5)]);
+}
+
+#[test]
+fn a_quiet_input_emits_its_open_windows_early_on_the_harness_clock() {
+    let quiet = Duration::from_secs(30);
+    let (mut h, x, windows, _) = graph(EventWindow::tumbling(10).fire_when_idle(quiet), 0);
+    h.push(&x, [(1, 1), (12, 2), (14, 3)]).unwrap();
+    h.run().unwrap();
+    assert_eq!(windows.values().len(), 1, "[0, 10) on time; [10, 20) open");
+    h.advance_clock(Duration::from_secs(29)).unwrap();
+    assert_eq!(windows.values().len(), 1, "not quiet long enough");
+    h.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        windows.values()[1..],
+        [win(10, 20, vec![(12, 2), (14, 3)], Firing::Early)]
+    );
+    h.advance_clock(Duration::from_secs(100)).unwrap();
+    assert_eq!(windows.values().len(), 2, "once per quiet period");
+    h.push(&x, [(15, 4)]).unwrap();
+    h.run().unwrap(); // at 130 s: a new quiet period starts
+    h.advance_clock(Duration::from_secs(29)).unwrap();
+    assert_eq!(windows.values().len(), 2);
+    h.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        windows.values()[2..],
+        [win(10, 20, vec![(12, 2), (14, 3), (15, 4)], Firing::Early)]
+    );
+    h.push(&x, [(21, 5)]).unwrap();
+    h.run().unwrap();
+    assert_eq!(
+        windows.values()[3..],
+        [win(10, 20, vec![(12, 2), (14, 3), (15, 4)], Firing::OnTime)],
+        "a window emitted early is emitted again when it closes"
+    );
+    h.finish().unwrap();
+}
+
+#[test]
+fn sessions_close_after_the_gap_and_an_element_between_two_merges_them() {
+    let (mut h, x, windows, _) = graph(EventWindow::session(5), 10);
+    h.push(&x, [(1, 1), (3, 2), (10, 3), (12, 4)]).unwrap();
+    h.run().unwrap();
+    assert!(windows.values().is_empty(), "watermark 2: nothing closed");
+    h.push(&x, [(6, 5)]).unwrap(); // bridges [1, 8) and [10, 17)
+    h.push(&x, [(40, 6)]).unwrap();
+    h.finish().unwrap();
+    assert_eq!(
+        windows.values(),
+        [
+            win(
+                1,
+                17,
+                vec![(1, 1), (3, 2), (6, 5), (10, 3), (12, 4)],
+                Firing::OnTime
+            ),
+            win(40, 45, vec![(40, 6)], Firing::Final),
+        ]
+    );
+}
+
+#[test]
+fn an_input_without_watermarks_is_taken_as_ascending() {
+    let mut g = Graph::new("ascending");
+    let x = g.input::<El>("x");
+    let w = g.event_window("w", &x, EventWindow::tumbling(10), |e: &[El]| e.len());
+    let windows = g.collect("windows", &w.windows);
+    let late = g.collect("late", &w.late);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, [(1, 0), (5, 0), (12, 0), (3, 0), (11, 0)])
+        .unwrap();
+    h.finish().unwrap();
+    let values: Vec<_> = windows
+        .values()
+        .iter()
+        .map(|w| (w.end, w.value, w.firing))
+        .collect();
+    assert_eq!(values, [(10, 2, Firing::OnTime), (20, 2, Firing::Final)]);
+    assert_eq!(late.values(), [(3, 0)]);
+}
+
+#[test]
+fn the_output_carries_watermarks_so_windows_of_windows_close_on_time() {
+    let mut g = Graph::new("two_stages");
+    let x = g.input::<El>("x");
+    let timed = g.watermarks("timed", &x, Watermarks::bounded(0));
+    let w = g.event_window("per_10", &timed, EventWindow::tumbling(10), |e: &[El]| {
+        e.len() as u32
+    });
+    // Each window at its start: [0, 10) counts in [0, 30).
+    let counts = g.map("at_start", &w.windows, |w: &Window<u32>| (w.start, w.value));
+    let w30 = g.event_window(
+        "per_30",
+        &counts,
+        EventWindow::tumbling(30),
+        |e: &[El]| e.iter().map(|c| c.1).sum::<u32>(),
+    );
+    let out = g.collect("out", &w30.windows);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, [(1, 0), (2, 0), (15, 0), (29, 0), (45, 0)])
+        .unwrap();
+    h.run().unwrap();
+    assert_eq!(
+        out.values(),
+        [Window {
+            start: 0,
+            end: 30,
+            value: 4,
+            firing: Firing::OnTime
+        }],
+        "the second stage closed [0, 30) on the first stage's watermark 45, before the end"
+    );
+    h.finish().unwrap();
+}
+
+#[test]
+fn keyed_windows_over_10_000_keys_match_the_reference_per_key() {
+    type KEl = (u64, (u32, u32));
+    let keys = 10_000u32;
+    let mut data: Vec<KEl> = Vec::new();
+    for round in 0..3u64 {
+        for k in 0..keys {
+            let t = round * 7 + u64::from(k % 5);
+            data.push((t, (k, k ^ round as u32)));
+        }
+    }
+    let mut g = Graph::new("keys");
+    let x = g.input::<KEl>("x");
+    let timed = g.watermarks("timed", &x, Watermarks::bounded(3));
+    let w = g.keyed_event_window(
+        "per_key",
+        &timed,
+        |e: &KEl| e.1 .0,
+        EventWindow::tumbling(10),
+        |e: &[KEl]| e.iter().map(|x| x.1 .1).collect::<Vec<u32>>(),
+    );
+    let windows = g.collect("windows", &w.windows);
+    let mut h = Harness::new(g).unwrap();
+    for chunk in data.chunks(777) {
+        h.push(&x, chunk.iter().copied()).unwrap();
+        h.run().unwrap();
+    }
+    h.finish().unwrap();
+    // Reference: per key, tumbling(10) windows of its elements; the last watermark is 18 - 3.
+    let wm = data.iter().map(|e| e.0).max().unwrap() - 3;
+    let mut want: Vec<KeyedWindow<u32, Vec<u32>>> = Vec::new();
+    for k in 0..keys {
+        let mine: Vec<El> = data
+            .iter()
+            .filter(|e| e.1 .0 == k)
+            .map(|e| (e.0, e.1 .1))
+            .collect();
+        for (start, end, elems) in ref_windows(WindowKind::Tumbling { size: 10 }, &mine) {
+            want.push(KeyedWindow {
+                key: k,
+                start,
+                end,
+                value: elems.iter().map(|e| e.1).collect(),
+                firing: if end <= wm {
+                    Firing::OnTime
+                } else {
+                    Firing::Final
+                },
+            });
+        }
+    }
+    want.sort_by_cached_key(|w| (w.end, w.start, postcard::to_allocvec(&w.key).unwrap()));
+    let got = windows.values();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+    assert_eq!(w.evicted.get(), 0);
+    assert_eq!(w.late_count.get(), 0);
+}
+
+#[test]
+fn the_key_bound_evicts_the_least_recently_seen_key_and_counts_it() {
+    type KEl = (u64, (u32, u32));
+    let mut g = Graph::new("evict");
+    let x = g.input::<KEl>("x");
+    let w = g.keyed_event_window(
+        "per_key",
+        &x,
+        |e: &KEl| e.1 .0,
+        EventWindow::tumbling(10_000).max_keys(100),
+        |e: &[KEl]| e.len(),
+    );
+    let windows = g.collect("windows", &w.windows);
+    let mut h = Harness::new(g).unwrap();
+    // 1000 keys in one window; key 0 comes back often, so it is never the least recent.
+    let data: Vec<KEl> = (0..1000u64)
+        .flat_map(|i| [(i, (i as u32, 1)), (i, (0, 1))])
+        .collect();
+    h.push(&x, data).unwrap();
+    h.finish().unwrap();
+    let got = windows.values();
+    assert_eq!(w.evicted.get(), 900, "1000 keys, 100 live");
+    let evicted: Vec<_> = got.iter().filter(|w| w.firing == Firing::Evicted).collect();
+    assert_eq!(evicted.len(), 900);
+    assert!(evicted.iter().all(|w| w.key != 0 && w.value == 1));
+    assert_eq!(evicted[0].key, 1, "the least recently seen goes first");
+    let finals: Vec<_> = got.iter().filter(|w| w.firing == Firing::Final).collect();
+    assert_eq!(finals.len(), 100);
+    assert_eq!(
+        got.iter().map(|w| w.value).sum::<usize>(),
+        2000,
+        "nothing lost"
+    );
+
+    // Keys whose windows all closed hold nothing: they are not live, nothing is evicted.
+    let mut g = Graph::new("closed_keys");
+    let x = g.input::<KEl>("x");
+    let w = g.keyed_event_window(
+        "per_key",
+        &x,
+        |e: &KEl| e.1 .0,
+        EventWindow::tumbling(10).max_keys(1),
+        |e: &[KEl]| e.len(),
+    );
+    let windows = g.collect("windows", &w.windows);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, (0..50u64).map(|i| (i * 100, (i as u32, 0))))
+        .unwrap();
+    h.finish().unwrap();
+    assert_eq!(w.evicted.get(), 0);
+    assert_eq!(windows.values().len(), 50);
+}
+
+#[test]
+fn more_buffered_elements_than_the_bound_is_an_error_naming_the_operator_and_the_bound() {
+    let (mut h, x, _, _) = graph(EventWindow::tumbling(1_000).max_buffered(5), 0);
+    h.push(&x, (0..6u64).map(|t| (t, 0))).unwrap();
+    let err = h.run().unwrap_err();
+    match &err {
+        Error::Agent { agent, cause } => {
+            assert_eq!(agent, "w");
+            assert!(cause.contains("event window 'w'"), "{cause}");
+            assert!(cause.contains("more than 5 elements buffered"), "{cause}");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+
+    // Elements leave the buffer when their windows close: the same bound holds a long stream
+    // (ascending input: the watermark moves element by element).
+    let mut g = Graph::new("bounded_buffer");
+    let x = g.input::<El>("x");
+    let w = g.event_window(
+        "w",
+        &x,
+        EventWindow::tumbling(5).max_buffered(5),
+        |e: &[El]| e.len(),
+    );
+    let windows = g.collect("windows", &w.windows);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, (0..1000u64).map(|t| (t, 0))).unwrap();
+    h.finish().unwrap();
+    assert_eq!(windows.values().len(), 200);
+    assert!(windows.values().iter().all(|w| w.value == 5));
+}
+
+#[test]
+fn parameters_of_zero_are_reported_when_the_graph_is_built() {
+    let mut g = Graph::new("zeros");
+    let x = g.input::<El>("x");
+    let _ = g.event_window("a", &x, EventWindow::sliding(0, 0), |e: &[El]| e.len());
+    let _ = g.event_window(
+        "b",
+        &x,
+        EventWindow::session(0).max_keys(0),
+        |e: &[El]| e.len(),
+    );
+    let _ = g.keyed_map_with_state(
+        "c",
+        &x,
+        0,
+        |e: &El| e.1,
+        |_: &u32| (),
+        |_: &mut (), _: &El| Some(0u8),
+    );
+    match Harness::new(g).err().expect("the graph is rejected") {
+        Error::Graph { problems, .. } => {
+            let all = problems.join("\n");
+            for want in [
+                "agent 'a': window size must be at least 1",
+                "agent 'a': window step must be at least 1",
+                "agent 'b': session gap must be at least 1",
+                "agent 'b': max_keys must be at least 1",
+                "agent 'c': max_keys must be at least 1",
+            ] {
+                assert!(all.contains(want), "missing {want:?} in {all}");
+            }
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+}
+
+#[test]
+fn keyed_state_is_per_key_and_bounded_with_the_least_recently_seen_evicted() {
+    let mut g = Graph::new("state");
+    let x = g.input::<(char, u32)>("x");
+    let m = g.keyed_map_with_state(
+        "running_sum",
+        &x,
+        2,
+        |e: &(char, u32)| e.0,
+        |_: &char| 0u32,
+        |s: &mut u32, e: &(char, u32)| {
+            *s += e.1;
+            Some(*s)
+        },
+    );
+    let out = g.collect("out", &m.out);
+    let mut h = Harness::new(g).unwrap();
+    h.push(
+        &x,
+        [
+            ('a', 1),
+            ('b', 10),
+            ('a', 2),
+            ('c', 100),
+            ('a', 3),
+            ('b', 20),
+        ],
+    )
+    .unwrap();
+    h.finish().unwrap();
+    // 'c' evicts 'b' (seen least recently); 'b' comes back from scratch, evicting 'c'.
+    assert_eq!(
+        out.values(),
+        [
+            ('a', 1),
+            ('b', 10),
+            ('a', 3),
+            ('c', 100),
+            ('a', 6),
+            ('b', 20)
+        ]
+    );
+    assert_eq!(m.evicted.get(), 2);
+}
+
+#[test]
+fn the_timeline_of_the_docs() {
+    // docs/operators.md, "Event time", and the module docs of ops::event_window.
+    let (mut h, x, windows, late) = graph(EventWindow::tumbling(10).allowed_lateness(5), 3);
+    for e in [(2, 0), (12, 0), (7, 0), (16, 0), (8, 0)] {
+        h.push(&x, [e]).unwrap();
+        h.run().unwrap();
+    }
+    let (a, b, c) = ((2, 0), (7, 0), (8, 0));
+    assert_eq!(
+        windows.values(),
+        [
+            win(0, 10, vec![a, b], Firing::OnTime),
+            win(0, 10, vec![a, b, c], Firing::Late),
+        ]
+    );
+    h.finish().unwrap();
+    assert!(late.values().is_empty());
+    assert_eq!(windows.values()[2].firing, Firing::Final);
+}
