@@ -61,9 +61,14 @@
 //! By default the runtime forwards marks for the agent: after each step, an input's marks up
 //! to where the agent consumed are *passed*, and each output gets the smallest watermark of
 //! the inputs (an input closed or idle does not count; one that never had a watermark holds
-//! it back; all idle makes the outputs idle), after the step's elements. An agent that holds
-//! elements back and emits them later with earlier timestamps must say what its outputs'
-//! progress is itself: it declares [`Ports::manages_watermarks`] and calls [`Outputs::mark`].
+//! it back; all idle makes the outputs idle), after the step's elements. So that a mark keeps
+//! its place through such an agent whatever the batches, a step of an agent that consumed all
+//! it was shown last time is shown the elements up to the next mark only; what follows comes
+//! in the next step. (An agent that leaves elements unconsumed, a count window say, is shown
+//! everything, and its marks may move later: never earlier.) An agent that holds elements
+//! back and emits them later with earlier timestamps must say what its outputs' progress is
+//! itself: it declares [`Ports::manages_watermarks`], is shown everything, and calls
+//! [`Outputs::mark`].
 //!
 //! A step may also ask to be called again at a processing time ([`Inputs::wake_at`], with
 //! the clock of [`Inputs::processing_time`]): for output "every N seconds of wall clock" or

@@ -352,8 +352,9 @@ impl Host {
             let id = self.id;
             match &mut self.driver {
                 Driver::Agent(agent) => {
+                    let segment = self.forward_marks;
                     for slot in &mut self.inputs {
-                        slot.prepare();
+                        slot.prepare(segment);
                     }
                     let now = self.clock.now();
                     // A step forgets older timer requests (see `Inputs::wake_at`).
@@ -380,6 +381,10 @@ impl Host {
                     let consumed = self.return_credits();
                     self.pass_marks();
                     self.flush()?;
+                    if self.inputs.iter().any(|i| i.has_unseen()) {
+                        // What waits behind a mark gets its own step.
+                        self.dirty = true;
+                    }
                     if self.owed {
                         self.settle_durable();
                     }

@@ -42,8 +42,12 @@ pub(crate) trait InSlot: Send {
     fn close(&mut self);
     /// Closed and every element received is in the view.
     fn is_closed(&self) -> bool;
-    /// Makes everything received visible as one slice.
-    fn prepare(&mut self);
+    /// Makes what was received visible as one slice: everything, or, with `segment` and an
+    /// agent that consumed all it was shown last time, only the elements before the next
+    /// unpassed mark (so that marks keep their places through an agent that forwards them).
+    fn prepare(&mut self, segment: bool);
+    /// Elements received that the last [`prepare`](InSlot::prepare) did not show.
+    fn has_unseen(&self) -> bool;
     /// Elements consumed since the last call.
     fn take_consumed(&mut self) -> usize;
     /// Credit to return to the writer now, if it is due (see [`InBuf`]). A durable route's
@@ -129,6 +133,10 @@ pub(crate) struct InBuf<T> {
     idle_at: Option<u64>,
     /// The stream feeding this input carries watermarks.
     timed: bool,
+    /// Elements of the view shown to the step (the rest waits behind a mark).
+    shown: usize,
+    /// The last step consumed everything it was shown.
+    kept_up: bool,
 }
 
 impl<T: Element> InBuf<T> {
@@ -149,14 +157,21 @@ impl<T: Element> InBuf<T> {
             watermark: None,
             idle_at: None,
             timed: false,
+            shown: 0,
+            kept_up: true,
         }
     }
 
-    pub fn as_slice(&self) -> &[T] {
+    /// Everything in the view, shown or not.
+    fn view_all(&self) -> &[T] {
         match &self.view {
             View::Borrowed(b) => b.as_slice(),
             View::Owned(v, off) => &v[*off..],
         }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.view_all()[..self.shown]
     }
 
     pub fn consume(&mut self, n: usize) {
@@ -169,6 +184,7 @@ impl<T: Element> InBuf<T> {
             View::Borrowed(b) => b.advance(n),
             View::Owned(_, off) => *off += n,
         }
+        self.shown -= n;
         self.consumed += n;
         self.unreturned += n;
         self.consumed_total += n as u64;
@@ -178,10 +194,12 @@ impl<T: Element> InBuf<T> {
     /// means `m` follows the first `i` elements of [`as_slice`](Self::as_slice).
     pub fn marks(&self) -> impl Iterator<Item = (usize, Mark)> + '_ {
         let base = self.consumed_total;
-        // Marks before what was consumed in this step are passed (they leave after it).
+        let end = base + self.shown as u64;
+        // Marks before what was consumed in this step are passed (they leave after it); marks
+        // after what is shown come with their elements.
         self.marks
             .iter()
-            .filter(move |&&(at, _)| at >= base)
+            .filter(move |&&(at, _)| at >= base && at <= end)
             .map(move |&(at, m)| ((at - base) as usize, m))
     }
 
@@ -275,46 +293,71 @@ impl<T: Element> InSlot for InBuf<T> {
     }
 
     fn is_closed(&self) -> bool {
-        self.closed && self.queue.is_empty()
+        self.closed && !self.has_unseen()
     }
 
-    fn prepare(&mut self) {
-        if self.queue.is_empty() {
-            return;
-        }
-        let visible = self.as_slice().len();
-        if visible == 0 && self.queue.len() == 1 {
-            let batch = self.queue.pop_front().expect("one batch queued");
-            if let View::Owned(mut v, _) = std::mem::replace(&mut self.view, View::Borrowed(batch))
-            {
-                v.clear();
-                self.spare = v;
+    fn has_unseen(&self) -> bool {
+        !self.queue.is_empty() || self.shown < self.view_all().len()
+    }
+
+    fn prepare(&mut self, segment: bool) {
+        // With `segment`, show only what comes before the next mark (none, if it is at the
+        // front: it passes after this step, before what follows it is shown). Not after a
+        // step that left elements: an agent that waits for more (a count window, a zip) must
+        // see them all.
+        let want = match self.marks.front() {
+            Some(&(at, _)) if segment && self.kept_up => {
+                usize::try_from(at.saturating_sub(self.consumed_total)).unwrap_or(usize::MAX)
             }
-            return;
-        }
-        let mut buf = match std::mem::replace(&mut self.view, View::Owned(Vec::new(), 0)) {
-            View::Borrowed(b) => {
-                let mut v = std::mem::take(&mut self.spare);
-                v.clear();
-                v.extend_from_slice(b.as_slice());
-                v
-            }
-            View::Owned(mut v, off) => {
-                v.drain(..off);
-                v
-            }
+            _ => usize::MAX,
         };
-        for b in self.queue.drain(..) {
-            buf.extend_from_slice(b.as_slice());
+        let visible = self.view_all().len();
+        if visible < want && !self.queue.is_empty() {
+            // How many queued batches the view needs.
+            let (mut have, mut take) = (visible, 0);
+            for b in &self.queue {
+                if have >= want {
+                    break;
+                }
+                have += b.len();
+                take += 1;
+            }
+            if visible == 0 && take == 1 {
+                let batch = self.queue.pop_front().expect("one batch queued");
+                if let View::Owned(mut v, _) =
+                    std::mem::replace(&mut self.view, View::Borrowed(batch))
+                {
+                    v.clear();
+                    self.spare = v;
+                }
+            } else {
+                let mut buf = match std::mem::replace(&mut self.view, View::Owned(Vec::new(), 0)) {
+                    View::Borrowed(b) => {
+                        let mut v = std::mem::take(&mut self.spare);
+                        v.clear();
+                        v.extend_from_slice(b.as_slice());
+                        v
+                    }
+                    View::Owned(mut v, off) => {
+                        v.drain(..off);
+                        v
+                    }
+                };
+                for b in self.queue.drain(..take) {
+                    buf.extend_from_slice(b.as_slice());
+                }
+                self.view = View::Owned(buf, 0);
+            }
         }
-        self.view = View::Owned(buf, 0);
+        self.shown = self.view_all().len().min(want);
     }
 
     fn take_consumed(&mut self) -> usize {
         // Called once after each step: batches arrive only between steps, so an empty queue
         // means the step saw everything received.
         let left = self.as_slice().len();
-        self.waiting = (left > 0 && self.queue.is_empty() && !self.closed).then_some(left);
+        self.kept_up = left == 0;
+        self.waiting = (left > 0 && !self.has_unseen() && !self.closed).then_some(left);
         std::mem::take(&mut self.consumed)
     }
 

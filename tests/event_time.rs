@@ -272,3 +272,56 @@ fn an_idle_timeout_fires_in_the_threaded_runtime_without_any_input() {
         ]
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Marks keep their places through agents that forward them (a map, a filter): an element
+    /// seen behind the watermark before it downstream is exactly one more than `d` below the
+    /// highest timestamp before it, whatever the batches.
+    #[test]
+    fn lateness_survives_forwarding_agents_whatever_the_batches(
+        times in proptest::collection::vec(0u64..200, 1..80),
+        bound in 0u64..20,
+        cuts in proptest::collection::vec(1usize..9, 1..8),
+    ) {
+        let mut g = Graph::new("exact");
+        let x = g.input::<(u64, u32)>("x");
+        let timed = g.watermarks("timed", &x, Watermarks::bounded(bound));
+        let m = g.map("same", &timed, |e: &(u64, u32)| *e);
+        let f = g.filter("all", &m, |_: &(u64, u32)| true);
+        let log = observe(&mut g, "obs", &[f]);
+        let mut h = Harness::new(g).unwrap();
+        let input: Vec<(u64, u32)> = times.iter().enumerate().map(|(i, &t)| (t, i as u32)).collect();
+        let mut at = 0;
+        let mut k = 0;
+        while at < input.len() {
+            let n = cuts[k % cuts.len()].min(input.len() - at);
+            h.push(&x, input[at..at + n].iter().cloned()).unwrap();
+            if k % 2 == 0 {
+                h.run().unwrap();
+            }
+            at += n;
+            k += 1;
+        }
+        h.finish().unwrap();
+        let mut want = Vec::new();
+        let mut max: Option<u64> = None;
+        for &(t, _) in &input {
+            if max.is_some_and(|m| t + bound < m) {
+                want.push(t);
+            }
+            max = Some(max.map_or(t, |m| m.max(t)));
+        }
+        let mut got = Vec::new();
+        let mut wm: Option<u64> = None;
+        for s in log.lock().unwrap().iter() {
+            match s {
+                Seen::El(t) if wm.is_some_and(|w| *t < w) => got.push(*t),
+                Seen::El(_) | Seen::M(Mark::Idle) => {}
+                Seen::M(Mark::Watermark(w)) => wm = Some(*w),
+            }
+        }
+        proptest::prop_assert_eq!(got, want);
+    }
+}

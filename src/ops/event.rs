@@ -35,9 +35,11 @@
 //!
 //! Every other agent forwards the watermarks of its inputs: after each step, the smallest of
 //! its inputs' watermarks up to where it consumed (an input that is closed or idle does not
-//! count; one without a watermark yet holds the others back), after that step's elements. So
-//! `map`, `filter` and the like keep the watermarks of the stream they transform, and an
-//! agent that reads several streams goes as fast as the slowest.
+//! count; one without a watermark yet holds the others back), after that step's elements. A
+//! step is shown the elements up to the next mark, so `map`, `filter` and the like keep the
+//! watermarks of the stream they transform exactly in place (whether an element is late
+//! downstream does not depend on batches either), and an agent that reads several streams goes
+//! as fast as the slowest.
 //!
 //! # Idle inputs
 //!

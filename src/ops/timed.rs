@@ -119,14 +119,12 @@ where
         for &(t, _) in &data[self.checked..] {
             if let Some(prev) = last {
                 if t < prev {
-                    return Err(
-                        format!(
-                            "timestamps must not decrease: {t} arrived after {prev} (for \
+                    return Err(format!(
+                        "timestamps must not decrease: {t} arrived after {prev} (for \
                              out-of-order input, put Graph::watermarks on the stream and use \
                              Graph::event_window)"
-                        )
-                        .into(),
-                    );
+                    )
+                    .into());
                 }
             }
             last = Some(t);
