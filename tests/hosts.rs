@@ -63,8 +63,65 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
                 .run()
                 .map(|_| ())
         }
+        // `single`: in one process; otherwise the windows run in process `sink`
+        "event" => event_windows(args.first().is_some_and(|a| a == "single")),
         other => panic!("no application named {other}"),
     }
+}
+
+/// Timestamped readings of 50 keys, out of order within 40 ms and a few beyond, through
+/// `watermarks(bounded(50))` in process `main`, then keyed tumbling windows of 100 ms in
+/// process `sink` (on the other host: the marks cross the TCP link); the windows' process
+/// prints every window (`WINDOW key start end count firing`) and the late count (`LATE n`).
+fn event_windows(single: bool) -> Result<(), iotstream::Error> {
+    use iotstream::ops::event::Watermarks;
+    use iotstream::ops::event_window::{EventWindow, KeyedWindow};
+    let mut g = Graph::new("hosts_event");
+    let n = 60_000u64;
+    let readings: Vec<(u64, u32)> = (0..n)
+        .map(|i| {
+            // In order, but every 10th reading 1 to 39 ms late, every 1000th 200 ms late.
+            let t = i / 10;
+            let t = if i % 1000 == 999 {
+                t.saturating_sub(200)
+            } else if i % 10 == 9 {
+                t.saturating_sub(1 + i % 39)
+            } else {
+                t
+            };
+            (t, (i % 50) as u32)
+        })
+        .collect();
+    let s = g.source_iter("readings", readings);
+    let timed = g.watermarks("timed", &s, Watermarks::bounded(50));
+    let w = g.keyed_event_window(
+        "windows",
+        &timed,
+        |e: &(u64, u32)| e.1,
+        EventWindow::tumbling(100),
+        |xs: &[(u64, u32)]| xs.len() as u64,
+    );
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = Arc::clone(&lines);
+    g.for_each("print", &w.windows, move |k: &KeyedWindow<u32, u64>| {
+        out.lock().unwrap().push(format!(
+            "WINDOW {} {} {} {} {:?}",
+            k.key, k.start, k.end, k.value, k.firing
+        ));
+    });
+    if !single {
+        g.place_in_process("windows", "sink");
+        g.place_in_process("print", "sink");
+    }
+    let in_sink = single || std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("sink");
+    g.run()?;
+    if in_sink {
+        for l in lines.lock().unwrap().iter() {
+            println!("{l}");
+        }
+        println!("LATE {}", w.late_count.get());
+    }
+    Ok(())
 }
 
 /// `numbers` (0..n, `pace` per step and a 5 ms sleep per step when `pace` > 0) → `record`
@@ -1464,6 +1521,47 @@ fn the_quake_detector_across_two_hosts_detects_as_in_one_process() -> Result<(),
     })
 }
 
+/// Watermarks cross the TCP link between hosts in order with the data: the keyed event-time
+/// windows computed on the second host are exactly those of one process, late count included.
+fn event_time_windows_across_two_hosts_are_those_of_one_process() -> Result<(), String> {
+    let pick = |text: &str, prefix: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter(|l| l.starts_with("WINDOW ") || l.starts_with("LATE "))
+            .map(str::to_string)
+            .collect()
+    };
+    let one = Command::new(own_exe())
+        .args(["app", "event", "single"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(one.status.success(), || format!("one process: {one:?}"))?;
+    let want = pick(&String::from_utf8_lossy(&one.stdout), "");
+    ensure(want.len() > 1_000, || {
+        format!("one process printed only {} lines", want.len())
+    })?;
+    ensure(want.last().is_some_and(|l| l != "LATE 0"), || {
+        "the run has late readings".to_string()
+    })?;
+
+    let net = Net::new("event");
+    let processes = "[processes.main]\nhost = \"sensorbox\"\n\n\
+                     [processes.sink]\nhost = \"cloudbox\"\n";
+    net.deploy(&net.file(NETWORK, processes), [SECRET, SECRET]);
+    let server = net.launch(SINK, "event", &[]);
+    let edge = net.launch(SOURCE, "event", &[]);
+    let [_, (server_out, _)] = both_succeed(edge, server)?;
+    let got = pick(&server_out, "[sink] ");
+    ensure(got == want, || {
+        let first = got.iter().zip(&want).position(|(a, b)| a != b);
+        format!(
+            "two hosts printed {} lines, one process {}; first difference at {first:?}",
+            got.len(),
+            want.len()
+        )
+    })
+}
+
 /// The harness itself: a scenario that fails (a panic) while launchers run in both hosts, with
 /// processes, shared-memory rings and files, leaves nothing behind once its guards are dropped.
 /// The launchers here run the app on one host each (no link between hosts), so this holds
@@ -1549,6 +1647,10 @@ fn main() {
         (
             "the_quake_detector_across_two_hosts_detects_as_in_one_process",
             the_quake_detector_across_two_hosts_detects_as_in_one_process,
+        ),
+        (
+            "event_time_windows_across_two_hosts_are_those_of_one_process",
+            event_time_windows_across_two_hosts_are_those_of_one_process,
         ),
         (
             "link_cuts_and_killed_sockets_lose_and_duplicate_nothing",

@@ -33,6 +33,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "plain" => plain(),
         "slow_tail" => slow_tail(),
         "long_lines" => long_lines(),
+        "event" => event_windows(arg(0) as usize),
         other => panic!("no application named {other}"),
     }
 }
@@ -117,6 +118,62 @@ struct Reading {
 }
 
 /// Serde structs with a String field through 1 or 3 processes; prints a digest.
+/// Out-of-order readings (within 40 ms, and some 200 ms late) → `watermarks(bounded(50))` →
+/// a `map` → keyed event-time windows of 100 ms; with 3 processes, each of the last three
+/// agents in its own (marks cross two rings). Prints `RESULT` with a digest of every window
+/// (key, bounds, count, firing, in emission order) and the late count.
+fn event_windows(processes: usize) -> Result<(), iotstream::Error> {
+    use iotstream::ops::event::Watermarks;
+    use iotstream::ops::event_window::{EventWindow, KeyedWindow};
+    let mut g = Graph::new("event");
+    let readings = (0..100_000u64).map(|i| {
+        let t = i / 10;
+        let t = if i % 1000 == 999 {
+            t.saturating_sub(200)
+        } else if i % 10 == 9 {
+            t.saturating_sub(1 + i % 39)
+        } else {
+            t
+        };
+        (t, (i % 50) as u32)
+    });
+    let s = g.source_iter("readings", readings);
+    let timed = g.watermarks("timed", &s, Watermarks::bounded(50));
+    let shifted = g.map("shift", &timed, |e: &(u64, u32)| (e.0, e.1 + 1));
+    let w = g.keyed_event_window(
+        "windows",
+        &shifted,
+        |e: &(u64, u32)| e.1,
+        EventWindow::tumbling(100),
+        |xs: &[(u64, u32)]| xs.len() as u64,
+    );
+    let digest = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let d = std::sync::Arc::clone(&digest);
+    g.for_each("digest", &w.windows, move |k: &KeyedWindow<u32, u64>| {
+        let mut d = d.lock().unwrap();
+        d.0 += 1;
+        let line = format!("{} {} {} {} {:?}", k.key, k.start, k.end, k.value, k.firing);
+        for b in line.bytes() {
+            d.1 = d.1.wrapping_mul(31).wrapping_add(u64::from(b));
+        }
+    });
+    if processes >= 3 {
+        g.place_in_process("shift", "shifter");
+        g.place_in_process("windows", "windows");
+        g.place_in_process("digest", "windows");
+    }
+    let in_last = processes < 3 || std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("windows");
+    g.run()?;
+    if in_last {
+        let (count, hash) = *digest.lock().unwrap();
+        println!(
+            "RESULT windows={count} hash={hash} late={}",
+            w.late_count.get()
+        );
+    }
+    Ok(())
+}
+
 fn readings(n: u64, processes: usize) -> Result<(), iotstream::Error> {
     let mut g = Graph::new("readings");
     let s = g.source_iter(
@@ -576,6 +633,20 @@ fn same_output_in_one_and_three_processes_serde() -> Result<(), String> {
         format!("1 process: {one}\n3 processes: {three}")
     })?;
     ensure(one.starts_with("count=98000 "), || one.clone())
+}
+
+/// Watermarks cross shared-memory rings in order with the data: keyed event-time windows in a
+/// third process are exactly those of one process, late count included.
+fn same_event_time_windows_in_one_and_three_processes() -> Result<(), String> {
+    let one = run_app("event", &["1"])?;
+    let three = run_app("event", &["3"])?;
+    ensure(one == three, || {
+        format!("1 process: {one}\n3 processes: {three}")
+    })?;
+    ensure(
+        one.starts_with("windows=5000 ") && !one.ends_with("late=0"),
+        || one.clone(),
+    )
 }
 
 fn a_failing_agent_in_a_child_names_process_and_agent() -> Result<(), String> {
@@ -1121,7 +1192,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 22] = [
+    let scenarios: [(&str, Scenario); 23] = [
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",
@@ -1138,6 +1209,10 @@ fn main() {
         (
             "same_output_in_one_and_three_processes_serde",
             same_output_in_one_and_three_processes_serde,
+        ),
+        (
+            "same_event_time_windows_in_one_and_three_processes",
+            same_event_time_windows_in_one_and_three_processes,
         ),
         (
             "a_failing_agent_in_a_child_names_process_and_agent",
