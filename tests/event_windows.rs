@@ -637,3 +637,74 @@ fn the_timeline_of_the_docs() {
     assert!(late.values().is_empty());
     assert_eq!(windows.values()[2].firing, Firing::Final);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `keyed_rolling` gives, per key, the rolling aggregate of that key's values (the plain
+    /// reference: the sum of the key's last `w` values), whatever the batches; with fewer
+    /// keys than the bound nothing is evicted.
+    #[test]
+    fn keyed_rolling_is_the_rolling_aggregate_of_each_key(
+        data in prop::collection::vec((0u8..6, -100i32..100), 0..200),
+        window in 1usize..5,
+        cuts in prop::collection::vec(1usize..9, 1..6),
+    ) {
+        use iotstream::ops::rolling::Rolling;
+        let mut g = Graph::new("keyed_rolling");
+        let x = g.input::<(u8, i32)>("x");
+        let means = g.keyed_rolling(
+            "means", &x, 16,
+            |e: &(u8, i32)| e.0, |e: &(u8, i32)| f64::from(e.1),
+            window, Rolling::Sum,
+        );
+        let out = g.collect("out", &means.out);
+        let mut h = Harness::new(g).unwrap();
+        let (mut at, mut k) = (0, 0);
+        while at < data.len() {
+            let n = cuts[k % cuts.len()].min(data.len() - at);
+            h.push(&x, data[at..at + n].iter().cloned()).unwrap();
+            h.run().unwrap();
+            at += n;
+            k += 1;
+        }
+        h.finish().unwrap();
+        let mut per_key: std::collections::HashMap<u8, Vec<i32>> = Default::default();
+        let mut want = Vec::new();
+        for &(key, v) in &data {
+            let seen = per_key.entry(key).or_default();
+            seen.push(v);
+            if seen.len() >= window {
+                let sum: i32 = seen[seen.len() - window..].iter().sum();
+                want.push((key, f64::from(sum)));
+            }
+        }
+        prop_assert_eq!(out.values(), want);
+        prop_assert_eq!(means.evicted.get(), 0);
+    }
+}
+
+#[test]
+fn keyed_rolling_evicts_beyond_its_key_bound_and_a_returning_key_starts_afresh() {
+    use iotstream::ops::rolling::Rolling;
+    let mut g = Graph::new("keyed_rolling_bound");
+    let x = g.input::<(u8, i32)>("x");
+    let sums = g.keyed_rolling(
+        "sums",
+        &x,
+        2,
+        |e: &(u8, i32)| e.0,
+        |e: &(u8, i32)| f64::from(e.1),
+        2,
+        Rolling::Sum,
+    );
+    let out = g.collect("out", &sums.out);
+    let mut h = Harness::new(g).unwrap();
+    // Key 1 twice (a sum), key 2, key 3 (evicts key 1, the least recently seen), key 1 again
+    // (fresh: one value, no sum yet; evicts key 2), key 1 (a sum of the fresh two).
+    h.push(&x, [(1, 10), (1, 20), (2, 5), (3, 7), (1, 100), (1, 1)])
+        .unwrap();
+    h.finish().unwrap();
+    assert_eq!(out.values(), [(1, 30.0), (1, 101.0)]);
+    assert_eq!(sums.evicted.get(), 2);
+}

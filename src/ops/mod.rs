@@ -12,6 +12,7 @@
 //! | count windows: map_window, merge_window, split_window, multi_window, sink_window | [`window`] |
 //! | event time: watermarks, idleness | [`event`] |
 //! | event-time windows (tumbling, sliding, session), lateness, keys, keyed state | [`event_window`] |
+//! | keyed rolling aggregates: keyed_rolling | [`rolling`] |
 //! | timed windows over `(timestamp, value)` streams: timed_window | [`timed`] |
 //! | rolling aggregates, O(1) per element: count, sum, mean, min, max, variance; timed | [`rolling`] |
 //! | merges: zip, zip3, zip_map, mix, blend, timed_zip, timed_mix | [`merge`] |

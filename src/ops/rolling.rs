@@ -1022,3 +1022,81 @@ impl Graph {
         )
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per key
+
+/// A fresh aggregate of `kind` over `window` values, boxed: one per key.
+fn boxed(kind: Rolling, window: usize) -> Box<dyn RollingAggregate> {
+    let w = window.max(1);
+    match kind {
+        Rolling::Count => Box::new(RollingCount::new(w)),
+        Rolling::Sum => Box::new(RollingSum::new(w)),
+        Rolling::Mean => Box::new(RollingMean::new(w)),
+        Rolling::Min => Box::new(RollingMin::new(w)),
+        Rolling::Max => Box::new(RollingMax::new(w)),
+        Rolling::Variance => Box::new(RollingVariance::population(w)),
+        Rolling::SampleVariance => Box::new(RollingVariance::sample(w)),
+        Rolling::StdDev => Box::new(Sqrt(RollingVariance::population(w))),
+        Rolling::SampleStdDev => Box::new(Sqrt(RollingVariance::sample(w))),
+    }
+}
+
+impl Graph {
+    /// [`Graph::rolling`] per key: the `aggregate` of the last `window` values of each key
+    /// (`key(element)`, `value(element)`), emitted as `(key, aggregate)` for each element once
+    /// its key has had `window` of them. At most `max_keys` keys are kept: a new key beyond
+    /// that evicts the least recently seen one (counted in the returned
+    /// [`KeyedMap::evicted`](crate::ops::event_window::KeyedMap::evicted)); a key that comes
+    /// back starts afresh.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// use iotstream::ops::rolling::Rolling;
+    /// // Mean of the last 2 readings of each sensor.
+    /// let mut g = Graph::new("sensors");
+    /// let readings = g.source_iter("readings", [('a', 1.0), ('b', 10.0), ('a', 3.0), ('b', 30.0), ('a', 5.0)]);
+    /// let means = g.keyed_rolling(
+    ///     "means", &readings, 1_000,
+    ///     |r: &(char, f64)| r.0, |r: &(char, f64)| r.1,
+    ///     2, Rolling::Mean,
+    /// );
+    /// let out = g.collect("out", &means.out);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [('a', 2.0), ('b', 20.0), ('a', 4.0)]);
+    /// assert_eq!(means.evicted.get(), 0);
+    /// ```
+    // A key function and a value function, both plain closures: spelled out like the other
+    // keyed operators.
+    #[allow(clippy::too_many_arguments)]
+    pub fn keyed_rolling<T, K, KF, VF>(
+        &mut self,
+        name: &str,
+        stream: &Stream<T>,
+        max_keys: usize,
+        key: KF,
+        value: VF,
+        window: usize,
+        aggregate: Rolling,
+    ) -> crate::ops::event_window::KeyedMap<K, f64>
+    where
+        T: Element,
+        K: Element + Eq + std::hash::Hash,
+        KF: Fn(&T) -> K + Send + 'static,
+        VF: Fn(&T) -> f64 + Send + 'static,
+    {
+        if window == 0 {
+            self.problem(format!(
+                "agent '{name}': rolling window must be at least 1 (got 0)"
+            ));
+        }
+        self.keyed_map_with_state(
+            name,
+            stream,
+            max_keys,
+            key,
+            move |_: &K| boxed(aggregate, window),
+            move |agg: &mut Box<dyn RollingAggregate>, e: &T| agg.push(value(e)),
+        )
+    }
+}
