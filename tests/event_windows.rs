@@ -708,3 +708,49 @@ fn keyed_rolling_evicts_beyond_its_key_bound_and_a_returning_key_starts_afresh()
     assert_eq!(out.values(), [(1, 30.0), (1, 101.0)]);
     assert_eq!(sums.evicted.get(), 2);
 }
+
+#[test]
+fn a_drain_emits_the_open_windows_as_final() {
+    // A threaded run that is stopped (as Ctrl-C does) while its input is still open: what was
+    // sent is processed, and the windows the watermark had not passed come out as Final.
+    let mut g = Graph::new("drain_final");
+    let x = g.input::<(u64, u32)>("x");
+    let timed = g.watermarks("timed", &x, Watermarks::bounded(2));
+    let w = g.event_window(
+        "count",
+        &timed,
+        EventWindow::tumbling(10),
+        |e: &[(u64, u32)]| e.len(),
+    );
+    let out = g.collect("out", &w.windows);
+    let mut running = g.start().unwrap();
+    let tx = running.input(&x).unwrap();
+    tx.send((0..25u64).map(|t| (t, 0)).collect()).unwrap();
+    // Wait (bounded: a hang guard, not a timing assertion) until the on-time windows are out,
+    // so that the stop comes after the data.
+    let guard = std::time::Instant::now();
+    while out.values().len() < 2 {
+        assert!(
+            guard.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            out.values()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.stop();
+    running.join().unwrap();
+    drop(tx);
+    let got: Vec<(u64, u64, usize, Firing)> = out
+        .values()
+        .iter()
+        .map(|w| (w.start, w.end, w.value, w.firing))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, 10, 10, Firing::OnTime),
+            (10, 20, 10, Firing::OnTime),
+            (20, 30, 5, Firing::Final)
+        ]
+    );
+}

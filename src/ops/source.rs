@@ -217,7 +217,18 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
 
     fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<Option<SourceEnder>, Error> {
         let Mode::Pull(_) = self.mode else {
-            return Ok(None);
+            // An input the program appends to (`Graph::input`): its "thread" is the program's,
+            // which may keep its sender for ever. After a stop, once the grace has passed,
+            // what it sent is delivered and the stream ends, as for a source stuck in `fill`.
+            return Ok(matches!(self.mode, Mode::Channel(_)).then(|| SourceEnder {
+                name: ctx.name.clone(),
+                thread_done: Arc::new(AtomicBool::new(false)),
+                abandoned: Arc::clone(&self.abandoned),
+                waker: Waker {
+                    mailbox: Arc::clone(&ctx.wake),
+                    awake: Arc::clone(&self.awake),
+                },
+            }));
         };
         let (tx, rx) = crossbeam_channel::bounded(4);
         let Mode::Pull(source) = std::mem::replace(&mut self.mode, Mode::Channel(rx)) else {
@@ -755,6 +766,8 @@ impl Graph {
 
     /// A stream the program itself appends to: through [`Harness::push`](crate::Harness::push)
     /// in tests, or through [`Running::input`](crate::Running::input) in a threaded run.
+    /// The stream ends when its sender is dropped, or, after [`Running::stop`](crate::Running::stop)
+    /// (or Ctrl-C), [`SOURCE_STOP_GRACE`] after the stop, with everything sent until then.
     pub fn input<T: Element>(&mut self, name: &str) -> Stream<T> {
         let (tx, rx) = crossbeam_channel::bounded(64);
         let agent = self.agents.len();
