@@ -7,14 +7,19 @@
 //!   thread, at most [`MAX_HANDSHAKES`] at once (more are closed at once, and logged);
 //! - a **connection thread** runs the handshake (10 s at most), then, if the writer was
 //!   accepted, reads its frames: checks each seq, decodes each batch into private memory and
-//!   queues it for the feeder, which it wakes once per read; it ends when its connection
+//!   queues it; after each read it delivers, itself, what the input's credit covers (no
+//!   hand-off on the way), and wakes the feeder thread only for what the feeder owns: the
+//!   End, a batch left without credit, an Ack that is due. It ends when its connection
 //!   breaks or is replaced;
-//! - the **feeder thread** delivers queued batches to the reading host within the input's
-//!   credit, turns credit coming back (consumption) into cumulative Acks (coalesced under
-//!   load, see [`Feeder::ack_due`]), sends Heartbeats and
+//! - the **feeder thread** delivers what waited for credit once credit comes back (a starved
+//!   input's credit wakes it), delivers the End, turns credit coming back (consumption) into
+//!   cumulative Acks (coalesced under load, see [`Feeder::ack_due`]), sends Heartbeats and
 //!   Stop on the current connection, and watches how long the writer has been away. It ends
 //!   when the link has ended (the writer said Goodbye after its End was acknowledged), when
 //!   the writer stayed away too long, or when the run is over, but see below.
+//!
+//! Both threads deliver under one delivery lock, held across "take from the queue + post", so
+//! batches reach the input in order whichever thread posts them.
 //!
 //! # The last word after a normal end
 //!
@@ -93,6 +98,17 @@ pub(crate) struct TcpFeederSpec {
     pub run: Run,
     /// Called once if the writer says its application is stopping.
     pub on_peer_stop: StopHook,
+}
+
+/// What stopped [`Shared::take_deliveries`].
+#[derive(PartialEq)]
+enum Next {
+    /// Nothing more is pending.
+    Nothing,
+    /// The End comes next: the feeder thread delivers it.
+    End,
+    /// A batch waits for credit.
+    NoCredit,
 }
 
 /// Received, not yet delivered.
@@ -176,6 +192,18 @@ struct Shared<T> {
     lingering: AtomicBool,
     /// The reasons connections were refused, the latest last.
     refusals: Mutex<Vec<String>>,
+    /// Where the reading input returns credit.
+    mailbox: Arc<FeederMailbox>,
+    /// The reading host's mailbox.
+    target: Arc<dyn Mailbox>,
+    /// The reading input's index on that host.
+    input: u32,
+    /// Held across "take from `pending` + post to `target`" by whichever thread delivers (the
+    /// connection thread after a read, the feeder thread when credit comes back), so that
+    /// batches reach the input in order. Taken before `state`, never after.
+    delivery: Mutex<()>,
+    /// Batches delivered so far, by either thread: the feeder tells a pause from load by it.
+    delivered: AtomicU64,
 }
 
 impl<T> Shared<T> {
@@ -228,6 +256,63 @@ impl<T> Shared<T> {
         st.broken = Some((Instant::now(), why));
         drop(st);
         self.feeder.unpark();
+    }
+}
+
+impl<T: Element> Shared<T> {
+    /// Holds the delivery lock (see [`Shared::delivery`]).
+    fn delivering(&self) -> MutexGuard<'_, ()> {
+        self.delivery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves from `st.pending` into `out` the batches (or their parts) the input's credit
+    /// covers, up to the End (left in place, for the feeder thread). Called with the delivery
+    /// lock held; the caller posts `out` before releasing it.
+    ///
+    /// Only a call that takes nothing may mark the feeder blocked: marking it checks for a
+    /// stall, which must not see the reader idle while batches taken here are not posted yet.
+    fn take_deliveries(&self, st: &mut State<T>, out: &mut Vec<Batch<T>>) -> Next {
+        let start = out.len();
+        // Ends: each pass takes a batch (or its part) or returns.
+        loop {
+            match st.pending.front_mut() {
+                Some(Item::Data(batch)) => {
+                    let n = if out.len() == start {
+                        self.mailbox.take(batch.len())
+                    } else {
+                        self.mailbox.take_if_any(batch.len())
+                    };
+                    if n == 0 {
+                        return Next::NoCredit;
+                    }
+                    out.push(batch.split_front(n));
+                    if batch.is_empty() {
+                        st.pending.pop_front();
+                    }
+                }
+                Some(Item::End) => return Next::End,
+                None => return Next::Nothing,
+            }
+        }
+    }
+
+    /// Posts `parts` to the reading input, in order (the delivery lock is held).
+    fn post_deliveries(&self, parts: Vec<Batch<T>>) {
+        if parts.is_empty() {
+            return;
+        }
+        self.delivered
+            .fetch_add(parts.len() as u64, Ordering::SeqCst);
+        for part in parts {
+            if self.count_traffic {
+                add(&self.counters.elements, part.len() as u64);
+                add(&self.counters.batches, 1);
+            }
+            self.target.post(Envelope::Data {
+                input: self.input,
+                batch: Box::new(part),
+            });
+        }
     }
 }
 
@@ -407,7 +492,6 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
     spec.run.linger(Arc::clone(&linger));
     let release = LingerGuard(Arc::clone(&linger));
     let (tx, rx) = std::sync::mpsc::channel::<(Arc<FeederMailbox>, Arc<Shared<T>>)>();
-    let target = Arc::clone(&spec.target);
     let input = spec.input;
     let state_for_thread = Arc::clone(&feeder_state);
     let started = std::thread::Builder::new()
@@ -420,8 +504,6 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             let mut feeder = Feeder {
                 shared,
                 mailbox,
-                target,
-                input,
                 state: state_for_thread,
                 reported: false,
             };
@@ -436,6 +518,16 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             });
         }
     };
+    let mailbox = Arc::new(FeederMailbox {
+        credit: Mutex::new(Credit {
+            credit: spec.capacity,
+            consumed: 0,
+        }),
+        eager: AtomicBool::new(true),
+        thread: handle.thread().clone(),
+        run: Arc::clone(&spec.run),
+        state: feeder_state,
+    });
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             epoch: None,
@@ -476,16 +568,11 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         linger,
         lingering: AtomicBool::new(false),
         refusals: Mutex::new(Vec::new()),
-    });
-    let mailbox = Arc::new(FeederMailbox {
-        credit: Mutex::new(Credit {
-            credit: spec.capacity,
-            consumed: 0,
-        }),
-        eager: AtomicBool::new(true),
-        thread: handle.thread().clone(),
-        run: Arc::clone(&spec.run),
-        state: feeder_state,
+        mailbox: Arc::clone(&mailbox),
+        target: spec.target,
+        input: spec.input,
+        delivery: Mutex::new(()),
+        delivered: AtomicU64::new(0),
     });
     let acceptor = Arc::clone(&shared);
     let accepting = std::thread::Builder::new()
@@ -713,7 +800,7 @@ impl<T: Element> Reading<'_, T> {
                 }
                 Ok(_) => {
                     heard = Instant::now();
-                    // The frames of one read are queued, then the feeder woken once.
+                    // The frames of one read are queued, then delivered at once.
                     let taken = (|| {
                         // Ends: each pass takes a frame out of the bounded buffer.
                         loop {
@@ -728,7 +815,7 @@ impl<T: Element> Reading<'_, T> {
                             }
                         }
                     })();
-                    shared.feeder.unpark();
+                    self.deliver();
                     if let Err(why) = taken {
                         return why;
                     }
@@ -741,6 +828,27 @@ impl<T: Element> Reading<'_, T> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Some(format!("cannot read: {e}")),
             }
+        }
+    }
+
+    /// Delivers what the frames just read brought, within the input's credit, on this thread
+    /// (no hand-off to the feeder thread on the way). Wakes the feeder thread only for what it
+    /// owns: the End, credit that ran out (it delivers when credit comes back; a starved
+    /// input's credit wakes it too), and an Ack that is due.
+    fn deliver(&self) {
+        let shared = self.shared;
+        let delivery = shared.delivering();
+        let mut parts = Vec::new();
+        let wake = {
+            let mut st = shared.lock();
+            st.consume(shared.mailbox.take_consumed());
+            let next = shared.take_deliveries(&mut st, &mut parts);
+            next != Next::Nothing || st.ack_bytes >= shared.settings.unacked_bytes / 4
+        };
+        shared.post_deliveries(parts);
+        drop(delivery);
+        if wake {
+            shared.feeder.unpark();
         }
     }
 
@@ -910,8 +1018,6 @@ impl<T> State<T> {
 struct Feeder<T> {
     shared: Arc<Shared<T>>,
     mailbox: Arc<FeederMailbox>,
-    target: Arc<dyn Mailbox>,
-    input: u32,
     state: Arc<FeederState>,
     /// `run.finished` was called.
     reported: bool,
@@ -966,6 +1072,8 @@ impl<T: Element> Feeder<T> {
         let mut said: Option<Instant> = None;
         // Since when passes delivered nothing (`None`: the last pass delivered).
         let mut quiet_since: Option<Instant> = None;
+        // `shared.delivered` as this thread last saw it.
+        let mut seen_delivered = 0;
         // An Ack is held back (see `ack_due`).
         let mut ack_waits;
         // Frames delivered and not all consumed.
@@ -977,12 +1085,22 @@ impl<T: Element> Feeder<T> {
                 self.end_of_run(&mut writer);
                 return Ok(());
             }
-            let consumed = self.mailbox.take_consumed();
             let mut deliver = Vec::new();
             let mut eos = false;
             let mut out = Vec::new();
+            let delivery = shared.delivering();
             {
                 let mut st = shared.lock();
+                // The connection thread delivers what arrives while there is credit: that is
+                // load too, not a pause.
+                let delivered = shared.delivered.load(Ordering::SeqCst);
+                if delivered != seen_delivered {
+                    seen_delivered = delivered;
+                    quiet_since = None;
+                    if !st.eos_posted {
+                        self.mailbox.eager.store(false, Ordering::SeqCst);
+                    }
+                }
                 if let Some(w) = st.incoming.take() {
                     writer = Some(w);
                     // The writer may have missed the last Ack: say it again.
@@ -995,35 +1113,11 @@ impl<T: Element> Feeder<T> {
                 {
                     writer = None;
                 }
-                st.consume(consumed);
-                // Ends: each pass delivers a batch (or its part) or breaks.
-                loop {
-                    match st.pending.front_mut() {
-                        Some(Item::Data(batch)) => {
-                            // Only a pass that delivers nothing may mark the feeder blocked:
-                            // marking it checks for a stall, which must not see the reader
-                            // idle while batches taken in this pass are not posted yet.
-                            let n = if deliver.is_empty() {
-                                self.mailbox.take(batch.len())
-                            } else {
-                                self.mailbox.take_if_any(batch.len())
-                            };
-                            if n == 0 {
-                                break;
-                            }
-                            deliver.push(batch.split_front(n));
-                            if batch.is_empty() {
-                                st.pending.pop_front();
-                            }
-                        }
-                        Some(Item::End) => {
-                            st.pending.pop_front();
-                            st.eos_posted = true;
-                            eos = true;
-                            break;
-                        }
-                        None => break,
-                    }
+                st.consume(self.mailbox.take_consumed());
+                if shared.take_deliveries(&mut st, &mut deliver) == Next::End {
+                    st.pending.pop_front();
+                    st.eos_posted = true;
+                    eos = true;
                 }
                 st.consume(0);
                 // Consumption to come would move the acknowledgement (or, for the End, end
@@ -1095,21 +1189,17 @@ impl<T: Element> Feeder<T> {
                 }
             }
             let progressed = !deliver.is_empty() || eos;
-            for part in deliver {
-                if shared.count_traffic {
-                    add(&shared.counters.elements, part.len() as u64);
-                    add(&shared.counters.batches, 1);
-                }
-                self.target.post(Envelope::Data {
-                    input: self.input,
-                    batch: Box::new(part),
-                });
-            }
+            shared.post_deliveries(deliver);
+            // Its own deliveries are not news to this thread.
+            seen_delivered = shared.delivered.load(Ordering::SeqCst).max(seen_delivered);
             if eos {
-                self.target.post(Envelope::Eos { input: self.input });
+                shared.target.post(Envelope::Eos {
+                    input: shared.input,
+                });
                 shared.run.finished(&self.state);
                 self.reported = true;
             }
+            drop(delivery);
             if !out.is_empty() && self.send(&mut writer, &out) {
                 last_send = Instant::now();
                 for f in &out {
@@ -1118,9 +1208,10 @@ impl<T: Element> Feeder<T> {
                     }
                 }
             }
-            // Under load, the feeder wakes for arriving frames and takes the consumption posted
-            // meanwhile then; once no frame was delivered for `ACK_DELAY` (a pause, the end),
-            // every post of credit wakes it (`eager`), so that its Acks come promptly.
+            // Under load, the feeder wakes when consumption reaches the Ack threshold (the
+            // connection thread sees it), when credit comes back to a starved input, and at
+            // least every `ACK_DELAY`; once no frame was delivered for `ACK_DELAY` (a pause, the
+            // end), every post of credit wakes it (`eager`), so that its Acks come promptly.
             if progressed {
                 quiet_since = None;
                 // After the End, only its acknowledgement is left to give: at once.
