@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use super::handshake;
 use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
-use super::wire::{Frame, FrameDecoder, Hello};
+use super::wire::{Frame, FrameDecoder, FrameRef, Hello};
 use super::{
     secs, timed_out, LinkIdentity, PeerStop, StopHook, TcpSettings, BUSY_REASON, HANDSHAKE_TIMEOUT,
     SLICE, WAIT_LOG_EVERY,
@@ -804,8 +804,13 @@ impl<T: Element> Reading<'_, T> {
                     let taken = (|| {
                         // Ends: each pass takes a frame out of the bounded buffer.
                         loop {
-                            match dec.next() {
-                                Ok(Some(f)) => self.on_frame(f)?,
+                            match dec.next_ref() {
+                                Ok(Some(FrameRef::Data {
+                                    seq,
+                                    elements,
+                                    payload,
+                                })) => self.on_data(seq, elements, payload)?,
+                                Ok(Some(FrameRef::Other(f))) => self.on_frame(f)?,
                                 Ok(None) => return Ok(()),
                                 Err(e) => {
                                     return Err(Some(format!(
@@ -860,7 +865,7 @@ impl<T: Element> Reading<'_, T> {
                 seq,
                 elements,
                 payload,
-            } => self.on_data(seq, elements, payload),
+            } => self.on_data(seq, elements, &payload),
             Frame::End { seq } => {
                 let mut st = shared.lock();
                 if st.gen != self.gen {
@@ -925,7 +930,7 @@ impl<T: Element> Reading<'_, T> {
         Ok(true)
     }
 
-    fn on_data(&self, seq: u64, elements: u32, payload: Vec<u8>) -> Result<(), Stop> {
+    fn on_data(&self, seq: u64, elements: u32, payload: &[u8]) -> Result<(), Stop> {
         let shared = self.shared;
         {
             let st = shared.lock();
@@ -944,7 +949,7 @@ impl<T: Element> Reading<'_, T> {
             }
         }
         // Decoded outside the lock, in this connection's private memory.
-        let items = self.codec.decode(&payload).map_err(|e| {
+        let items = self.codec.decode_shared_private(payload).map_err(|e| {
             Some(format!(
                 "batch {seq} does not decode as {}: {e}",
                 shared.id.type_name
@@ -973,7 +978,7 @@ impl<T: Element> Reading<'_, T> {
         });
         st.held_payload += payload.len();
         if n > 0 {
-            st.pending.push_back(Item::Data(Batch::new(items.into())));
+            st.pending.push_back(Item::Data(Batch::new(items)));
         }
         drop(st);
         if shared.count_traffic {

@@ -178,6 +178,23 @@ pub(crate) enum WireError {
     },
 }
 
+/// A frame from [`FrameDecoder::next_ref`]: a Data frame's payload borrowed, any other frame
+/// decoded.
+#[derive(Debug)]
+pub(crate) enum FrameRef<'a> {
+    /// A Data frame (see [`Frame::Data`]), its payload in the decoder's buffer.
+    Data {
+        /// The batch's sequence number.
+        seq: u64,
+        /// How many elements the payload holds.
+        elements: u32,
+        /// The encoded batch.
+        payload: &'a [u8],
+    },
+    /// Any other frame.
+    Other(Frame),
+}
+
 /// One frame after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
@@ -285,16 +302,22 @@ fn text_body(what: &'static str, field: &'static str, body: &[u8]) -> Result<Str
 }
 
 /// Decodes a frame's kind and body (the length prefix already checked and removed).
+/// A Data body holds at least its fixed part (seq and elements).
+fn data_fixed_fits(body: &[u8]) -> Result<(), WireError> {
+    if body.len() < DATA_FIXED_BYTES {
+        return Err(WireError::BadSize {
+            what: "Data frame",
+            bytes: body.len(),
+            expected: "at least 12",
+        });
+    }
+    Ok(())
+}
+
 fn decode_frame(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
     match kind {
         KIND_DATA => {
-            if body.len() < DATA_FIXED_BYTES {
-                return Err(WireError::BadSize {
-                    what: "Data frame",
-                    bytes: body.len(),
-                    expected: "at least 12",
-                });
-            }
+            data_fixed_fits(body)?;
             let (fixed, payload) = body.split_at(DATA_FIXED_BYTES);
             let (seq, elements) = fixed.split_at(8);
             Ok(Frame::Data {
@@ -439,6 +462,23 @@ impl FrameDecoder {
     // Not `Iterator::next`: it returns a Result, and `Ok(None)` is not the end.
     #[allow(clippy::should_implement_trait)]
     pub(crate) fn next(&mut self) -> Result<Option<Frame>, WireError> {
+        Ok(self.next_ref()?.map(|f| match f {
+            FrameRef::Data {
+                seq,
+                elements,
+                payload,
+            } => Frame::Data {
+                seq,
+                elements,
+                payload: payload.to_vec(),
+            },
+            FrameRef::Other(f) => f,
+        }))
+    }
+
+    /// [`next`](Self::next), with a Data frame's payload borrowed from the decoder's buffer
+    /// (valid until the decoder is used again): a reader decodes it from there, uncopied.
+    pub(crate) fn next_ref(&mut self) -> Result<Option<FrameRef<'_>>, WireError> {
         let pending = &self.buf[self.start..self.end];
         let Some(header) = pending.first_chunk::<HEADER_BYTES>() else {
             return Ok(None);
@@ -457,9 +497,24 @@ impl FrameDecoder {
         if pending.len() < total {
             return Ok(None);
         }
-        let frame = decode_frame(pending[HEADER_BYTES], &pending[HEADER_BYTES + 1..total])?;
+        let kind = pending[HEADER_BYTES];
+        if kind == KIND_DATA {
+            let body = &pending[HEADER_BYTES + 1..total];
+            data_fixed_fits(body)?;
+            let at = self.start + HEADER_BYTES + 1;
+            self.start += total;
+            let body = &self.buf[at..at + total - HEADER_BYTES - 1];
+            let (fixed, payload) = body.split_at(DATA_FIXED_BYTES);
+            let (seq, elements) = fixed.split_at(8);
+            return Ok(Some(FrameRef::Data {
+                seq: u64::from_le_bytes(seq.try_into().expect("8 bytes")),
+                elements: u32::from_le_bytes(elements.try_into().expect("4 bytes")),
+                payload,
+            }));
+        }
+        let frame = decode_frame(kind, &pending[HEADER_BYTES + 1..total])?;
         self.start += total;
-        Ok(Some(frame))
+        Ok(Some(FrameRef::Other(frame)))
     }
 
     /// At the end of the stream: an error if part of a frame is left.
