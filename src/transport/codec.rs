@@ -686,6 +686,8 @@ mod tests {
                 .unwrap();
             let owned = c.decode(&buf).unwrap();
             assert_eq!(&shared[..], &owned[..]);
+            let private = c.decode_shared_private(&buf).unwrap();
+            assert_eq!(&private[..], &owned[..]);
             out.extend(owned);
             rest = &rest[n..];
         }
@@ -1007,8 +1009,10 @@ mod tests {
                     x as u8
                 })
                 .collect();
-            let _ = s.decode(&bytes);
-            let _ = c.decode(&bytes);
+            // From private memory, into a batch's allocation: the same result, the same error.
+            let (sd, cd) = (s.decode(&bytes), c.decode(&bytes));
+            assert_eq!(s.decode_shared_private(&bytes).map(|a| a.to_vec()), sd);
+            assert_eq!(c.decode_shared_private(&bytes).map(|a| a.to_vec()), cd);
             let _ = c.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
             let _ = s.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
         }
