@@ -327,7 +327,8 @@ struct Credit {
 struct FeederMailbox {
     credit: Mutex<Credit>,
     /// Every post wakes the feeder thread; otherwise only a post to a feeder out of credit
-    /// does (the feeder turns consumption into Acks when it next wakes, see `Feeder::feed`).
+    /// does (consumption is taken by the connection thread after each read, which wakes the
+    /// feeder once an Ack is due, and by the feeder when it next wakes, see `Feeder::feed`).
     eager: AtomicBool,
     thread: Thread,
     run: Run,

@@ -18,9 +18,12 @@
 //!   `unacked_bytes` of payload wait for acknowledgement (but always at least one frame when
 //!   none does): that bound is the link's back-pressure, exactly like an out-of-credit local
 //!   link, and the I/O thread posts a credit envelope to the host when acknowledgements make
-//!   room. An **I/O thread** connects, handshakes, writes queued frames (several per write
-//!   call), heartbeats, and reconnects; a second thread per connection reads the reader's
-//!   acknowledgements. `close` queues an End frame after the data; the stream counts as
+//!   room. On plain TCP, while the connection is up and idle, `write` then writes the new
+//!   frames itself, as far as the socket takes them without blocking: no other thread is
+//!   woken for them. An **I/O thread** connects, handshakes, writes whatever the host's thread
+//!   did not (the rest of a frame the socket took in part, frames queued meanwhile,
+//!   everything under TLS; several per write call), heartbeats, and reconnects; a second
+//!   thread per connection reads the reader's acknowledgements. `close` queues an End frame after the data; the stream counts as
 //!   ended for the host only once the End is acknowledged ([`TcpSender::finished`]), i.e.
 //!   once the reading agent consumed every element, so a writing process never exits with
 //!   data only it holds.
@@ -28,15 +31,17 @@
 //!   handshake thread (at most 4 at once, 10 s each), which, once the writer is accepted,
 //!   reads its frames, checks their seq and decodes them into private memory (an element
 //!   count that does not match, or a payload that does not decode, is a protocol error
-//!   naming the link and the peer). A **feeder thread** delivers the batches to the reading
-//!   host within the input's credit, like a local writer, and counts as a source for
-//!   quiescence until it has delivered the end of stream.
+//!   naming the link and the peer), and delivers them to the reading host itself, after each
+//!   read, within the input's credit, like a local writer. A **feeder thread** delivers what
+//!   waited for credit once credit comes back, and the end of stream; it sends the Acks,
+//!   heartbeats and Stop, and counts as a source for quiescence until it has delivered the end
+//!   of stream. Both deliver under one lock, in order.
 //! - **Acknowledgements mean "consumed"**. Credit coming back from the reading agent is
 //!   consumption (the shm feeder's durable credit); the feeder acknowledges, cumulatively, the
 //!   frames whose every element was consumed. Under load it holds Acks back until a quarter
-//!   of `unacked_bytes` is consumed (one Ack per batch would wake the writer for each); once
-//!   no frame was delivered for a millisecond, and on a new connection, it acknowledges at
-//!   once. The End is acknowledged once it was delivered and everything before it was
+//!   of `unacked_bytes` is consumed (one Ack per batch would wake the writer for each; the
+//!   connection thread wakes the feeder when that much is consumed); once no frame was
+//!   delivered for a millisecond, and on a new connection, it acknowledges at once. The End is acknowledged once it was delivered and everything before it was
 //!   consumed, at once.
 //!
 //! # Resuming after a break
@@ -110,8 +115,10 @@
 //!   forever, as its writer does for room. Size `unacked_bytes` above the largest window a
 //!   reader of the link needs (the shared-memory flavor releases early instead, see
 //!   `transport::held`).
-//! - Threads per link: writer, one I/O thread and one ack thread per connection; reader, the
-//!   acceptor, the feeder thread and one thread per connection (at most 4 in handshake).
+//! - Threads per link: writer, one I/O thread (idle while the host's thread writes) and one
+//!   ack thread per connection; reader, the acceptor, the feeder thread and one thread per
+//!   connection (at most 4 in handshake). Under load a batch crosses one hand-off besides the
+//!   socket: the connection thread posting it to the reading host.
 //!
 //! # Frames
 //!
