@@ -7,8 +7,9 @@
 //!   thread, at most [`MAX_HANDSHAKES`] at once (more are closed at once, and logged);
 //! - a **connection thread** runs the handshake (10 s at most), then, if the writer was
 //!   accepted, reads its frames: checks each seq, decodes each batch into private memory and
-//!   queues it; after each read it delivers, itself, what the input's credit covers (no
-//!   hand-off on the way), and wakes the feeder thread only for what the feeder owns: the
+//!   queues it; after each read (or a few, while more bytes wait in the socket: the reading
+//!   host is then woken once for all) it delivers, itself, what the input's credit covers
+//!   (no hand-off on the way), and wakes the feeder thread only for what the feeder owns: the
 //!   End, a batch left without credit, an Ack that is due. It ends when its connection
 //!   breaks or is replaced;
 //! - the **feeder thread** delivers what waited for credit once credit comes back (a starved
@@ -67,6 +68,10 @@ const ACCEPT_POLL: Duration = Duration::from_millis(20);
 /// in bursts under load, and at most this late once the stream pauses (see
 /// [`Feeder::ack_due`]).
 const ACK_DELAY: Duration = Duration::from_millis(1);
+
+/// The most reads a connection thread makes before it delivers what they brought, while more
+/// bytes wait in the socket.
+const MAX_READS_HELD: usize = 4;
 
 /// The most refusals a feeder remembers (for tests and diagnostics; each is logged too).
 const REFUSALS_KEPT: usize = 64;
@@ -753,12 +758,14 @@ fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr
         st.ever_connected = true;
     }
     shared.feeder.unpark();
-    let why = Reading {
+    let reading = Reading {
         shared: &shared,
         gen,
         codec: Codec::new(),
-    }
-    .read(r);
+    };
+    let why = reading.read(r);
+    // Frames taken in before the end (a break, a stale connection) are delivered all the same.
+    reading.deliver();
     shared.broke(gen, why);
 }
 
@@ -780,6 +787,8 @@ impl<T: Element> Reading<'_, T> {
         let mut dec = FrameDecoder::new(shared.settings.frame_limit());
         let mut heard = Instant::now();
         let timeout = shared.settings.peer_timeout;
+        // Reads whose frames wait for the next delivery.
+        let mut reads_held = 0;
         // Ends: each pass reads for at most a slice; a stale connection or the end of the link
         // returns.
         loop {
@@ -821,12 +830,24 @@ impl<T: Element> Reading<'_, T> {
                             }
                         }
                     })();
-                    self.deliver();
                     if let Err(why) = taken {
+                        // What came before is delivered as the thread ends (see `serve`).
                         return why;
                     }
+                    // More frames wait in the socket: read them first, and wake the reading
+                    // host once for all (up to a bound, so that it starts on some).
+                    if reads_held < MAX_READS_HELD && r.readable_now() {
+                        reads_held += 1;
+                        continue;
+                    }
+                    reads_held = 0;
+                    self.deliver();
                 }
                 Err(e) if timed_out(&e) => {
+                    if reads_held > 0 {
+                        reads_held = 0;
+                        self.deliver();
+                    }
                     if heard.elapsed() >= timeout {
                         return Some(format!("the writer was silent for {}", secs(timeout)));
                     }
