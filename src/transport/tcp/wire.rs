@@ -45,6 +45,10 @@ pub(crate) const VERSION: u16 = 1;
 /// How many bytes [`FrameDecoder::read_from`] asks a reader for at most, in one call.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
+/// The buffer [`FrameDecoder::read_from`] reads into (unless the limit is lower, or a frame
+/// needs more): a few reads' room.
+const READ_BUFFER_BYTES: usize = 4 * READ_CHUNK_BYTES;
+
 const KIND_DATA: u8 = 0x01;
 const KIND_END: u8 = 0x02;
 const KIND_ACK: u8 = 0x03;
@@ -408,17 +412,21 @@ impl FrameDecoder {
         self.buf.capacity()
     }
 
-    /// Moves the undecoded bytes to the front of the buffer, and gives memory back after a
-    /// large frame.
-    fn compact(&mut self) {
-        if self.start > 0 {
+    /// Moves the undecoded bytes to the front of the buffer (`lazy`: only when less than a
+    /// read's room is left after them, so that a frame split between reads is not copied at
+    /// every read), and gives memory back after a large frame.
+    fn compact(&mut self, lazy: bool) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 && (!lazy || self.buf.len() - self.end < READ_CHUNK_BYTES) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end <= READ_CHUNK_BYTES && self.buf.len() > 4 * READ_CHUNK_BYTES {
-            self.buf.truncate(READ_CHUNK_BYTES);
-            self.buf.shrink_to(READ_CHUNK_BYTES);
+        if self.end <= READ_CHUNK_BYTES && self.buf.len() > READ_BUFFER_BYTES {
+            self.buf.truncate(READ_BUFFER_BYTES);
+            self.buf.shrink_to(READ_BUFFER_BYTES);
         }
     }
 
@@ -435,7 +443,7 @@ impl FrameDecoder {
     /// Takes as many of `bytes` as fit under the limit and returns how many it took. It takes
     /// at least one byte unless a frame or an error is waiting for [`next`](Self::next).
     pub(crate) fn push(&mut self, bytes: &[u8]) -> usize {
-        self.compact();
+        self.compact(false);
         let take = bytes.len().min(self.limit_bytes() - self.end);
         self.grow_for(take);
         self.buf[self.end..self.end + take].copy_from_slice(&bytes[..take]);
@@ -449,10 +457,12 @@ impl FrameDecoder {
     /// # Panics
     /// When the decoder is full: call [`next`](Self::next) until `Ok(None)` before reading.
     pub(crate) fn read_from<R: Read + ?Sized>(&mut self, r: &mut R) -> io::Result<usize> {
-        self.compact();
+        self.compact(true);
         let room = (self.limit_bytes() - self.end).min(READ_CHUNK_BYTES);
         assert!(room > 0, "the frame decoder is full: take its frames first");
-        self.grow_for(room);
+        // Room for a few reads, so that the undecoded bytes move to the front rarely.
+        let reads = READ_BUFFER_BYTES.min(self.limit_bytes());
+        self.grow_for(room.max(reads.saturating_sub(self.end)));
         let n = r.read(&mut self.buf[self.end..self.end + room])?;
         self.end += n.min(room);
         Ok(n)
