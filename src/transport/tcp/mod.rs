@@ -18,12 +18,11 @@
 //!   `unacked_bytes` of payload wait for acknowledgement (but always at least one frame when
 //!   none does): that bound is the link's back-pressure, exactly like an out-of-credit local
 //!   link, and the I/O thread posts a credit envelope to the host when acknowledgements make
-//!   room. On plain TCP, while the connection is up and idle, `write` then writes the new
-//!   frames itself, as far as the socket takes them without blocking: no other thread is
-//!   woken for them. An **I/O thread** connects, handshakes, writes whatever the host's thread
-//!   did not (the rest of a frame the socket took in part, frames queued meanwhile,
-//!   everything under TLS; several per write call), heartbeats, and reconnects; a second
-//!   thread per connection reads the reader's acknowledgements. `close` queues an End frame after the data; the stream counts as
+//!   room. An **I/O thread** connects, handshakes, writes queued frames (several per write
+//!   call), heartbeats, and reconnects; a second thread per connection reads the reader's
+//!   acknowledgements. (Writing from the host's thread when the socket has room was tried and
+//!   measured: on loopback it was no faster, the host's thread then paying for the receiver's
+//!   side of each `send`; see `docs/benchmarks.md`, issue 10.) `close` queues an End frame after the data; the stream counts as
 //!   ended for the host only once the End is acknowledged ([`TcpSender::finished`]), i.e.
 //!   once the reading agent consumed every element, so a writing process never exits with
 //!   data only it holds.
@@ -115,10 +114,11 @@
 //!   forever, as its writer does for room. Size `unacked_bytes` above the largest window a
 //!   reader of the link needs (the shared-memory flavor releases early instead, see
 //!   `transport::held`).
-//! - Threads per link: writer, one I/O thread (idle while the host's thread writes) and one
-//!   ack thread per connection; reader, the acceptor, the feeder thread and one thread per
-//!   connection (at most 4 in handshake). Under load a batch crosses one hand-off besides the
-//!   socket: the connection thread posting it to the reading host.
+//! - Threads per link: writer, one I/O thread and one ack thread per connection; reader, the
+//!   acceptor, the feeder thread and one thread per connection (at most 4 in handshake). Under
+//!   load a batch crosses two hand-offs besides the socket: the writing host's thread to the
+//!   I/O thread (woken only while it waits for work), and the connection thread posting it to
+//!   the reading host.
 //!
 //! # Frames
 //!

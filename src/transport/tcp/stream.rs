@@ -211,35 +211,6 @@ impl Write for ConnWrite {
     }
 }
 
-impl ConnWrite {
-    /// Whether [`try_write_now`](Self::try_write_now) can write (plain TCP).
-    pub(crate) fn writes_without_blocking(&self) -> bool {
-        matches!(self.0, WriteInner::Plain(_))
-    }
-
-    /// Writes what the socket takes at once, without blocking: `Some(Ok(n))` for the first `n`
-    /// bytes of `buf` (0 when the socket has no room, then the rest is for a blocking write),
-    /// `Some(Err)` for a broken connection. `None` when this connection cannot write without
-    /// blocking (TLS: its records are written by blocking writes only).
-    pub(crate) fn try_write_now(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
-        use nix::sys::socket::{send, MsgFlags};
-        use std::os::fd::AsRawFd;
-        let WriteInner::Plain(s) = &self.0 else {
-            return None;
-        };
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        // Ends: a pass that is interrupted retries (a signal, not the socket's state).
-        loop {
-            return Some(match send(s.as_raw_fd(), buf, flags) {
-                Ok(n) => Ok(n),
-                Err(nix::errno::Errno::EAGAIN) => Ok(0),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => Err(io::Error::from(e)),
-            });
-        }
-    }
-}
-
 /// Cuts a connection: both directions shut down, so that a read or write blocked in another
 /// thread returns at once. Cutting twice is harmless.
 pub(crate) struct Cutter(TcpStream);

@@ -790,9 +790,8 @@ impl Relay {
 }
 
 /// The writer's socket fills (the network takes nothing for a while): the host's thread goes
-/// on writing into the budget without blocking, a frame the socket took only in part is
-/// finished by the I/O thread once the network moves again, and the reader gets every
-/// element once, in order.
+/// on writing into the budget without blocking (the I/O thread is the one that waits), and
+/// once the network moves again the reader gets every element once, in order.
 #[test]
 fn a_full_socket_never_blocks_the_host_and_loses_nothing() {
     let (rrun, wrun) = (run(), run());

@@ -4,35 +4,27 @@
 //! Three parts share one [`State`] under a mutex:
 //!
 //! - the host's thread calls [`TcpSender::write`], which encodes batches into Data frames and
-//!   queues them within the unacknowledged-bytes budget, then, on plain TCP with the
-//!   connection up and idle, writes them itself as far as the socket takes them without
-//!   blocking (no other thread is woken on that path); and [`TcpSender::close`];
-//! - the link's **I/O thread** connects (bounded by `connect_wait`), handshakes, writes what
-//!   the host's thread did not (the tail of a frame the socket took only in part, frames
-//!   queued while it was writing or reconnecting, everything under TLS; several frames per
-//!   write call), heartbeats, sends Stop, and reconnects after a break (bounded by
-//!   `reconnect_limit`), resending from where the reader is; it ends when the End is
-//!   acknowledged, the run is over, or the sender is dropped. It is notified only while it
-//!   waits for work (a notify is a system call even when nobody waits), and Acks notify it
-//!   only for the End;
+//!   queues them within the unacknowledged-bytes budget, and [`TcpSender::close`];
+//! - the link's **I/O thread** connects (bounded by `connect_wait`), handshakes, writes the
+//!   queued frames (several per write call), heartbeats, sends Stop, and reconnects after a
+//!   break (bounded by `reconnect_limit`); it ends when the End is acknowledged, the run is
+//!   over, or the sender is dropped. It is notified only while it waits for work (a notify
+//!   is a system call even when nobody waits), and Acks notify it only for the End;
 //! - per connection, an **ack thread** reads what the reader sends (Acks, Heartbeats, Stop,
 //!   Goodbye), frees acknowledged frames, posts a credit envelope to the host when that makes
 //!   room (or acknowledges the End), and watches the reader's silence.
 //!
-//! Whichever thread writes holds the [`Outlet`] (the connection's writing half) while it
-//! hands frames to the connection and writes them, so frames go out in seq order; the host's
-//! thread only tries it. Any thread that meets an error on the connection records it and
-//! cuts the connection, which wakes the others out of any blocked read or write.
+//! Either connection thread that meets an error records it and cuts the connection, which
+//! wakes the other out of any blocked read or write.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::handshake::{self, HandshakeError};
-use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
+use super::stream::{Conn, ConnRead, Cutter};
 use super::tls::TlsError;
 use super::wire::{self, Frame, FrameDecoder, Hello};
 use super::{
@@ -120,63 +112,10 @@ struct State {
     /// The I/O thread waits on [`Shared::cond`] for work: only then does new work notify it
     /// (a notification costs a system call even when nobody waits).
     io_waiting: bool,
-    /// The current connection takes writes from the host's thread (plain TCP, set up, not
-    /// broken): see [`TcpSender::write_now`].
-    direct: bool,
-    /// [`Outlet::rest`] holds bytes for the I/O thread to write first.
-    rest_waits: bool,
-    /// When this side last wrote to the connection (for heartbeats).
-    last_write: Instant,
-}
-
-impl State {
-    /// Hands the next queued frames, up to [`WRITE_ROUND_BYTES`], to the current connection:
-    /// the frames and their payload bytes. The caller holds the [`Outlet`] and writes them
-    /// next.
-    fn claim(&mut self) -> (Vec<Arc<Vec<u8>>>, usize) {
-        let mut frames = Vec::new();
-        let mut payload = 0;
-        if self.send_from >= self.next_seq {
-            return (frames, payload);
-        }
-        let first = self.queue.front().map_or(self.next_seq, |q| q.seq);
-        let skip = (self.send_from.max(first) - first) as usize;
-        let mut bytes = 0;
-        let mut upto = self.send_from;
-        for q in self.queue.iter().skip(skip) {
-            if bytes >= WRITE_ROUND_BYTES {
-                break;
-            }
-            bytes += q.frame.len();
-            payload += q.payload;
-            frames.push(Arc::clone(&q.frame));
-            upto = q.seq + 1;
-        }
-        self.send_from = upto;
-        // Handed to this connection before it is written: an Ack for it may come back before
-        // the write returns.
-        self.written = self.written.max(self.send_from);
-        (frames, payload)
-    }
-}
-
-/// The writing half of the current connection, which the I/O thread and the host's thread
-/// share: whoever holds it hands frames to the connection ([`State::claim`]) and writes them,
-/// so frames go out in seq order whichever thread writes. The host's thread only tries it
-/// (it never waits for the lock, nor blocks in a write). Taken before [`Shared::state`].
-struct Outlet {
-    /// The connection's number and writing half; `None` between connections.
-    conn: Option<(u64, ConnWrite)>,
-    /// Bytes handed to this connection that the host's thread could not write without
-    /// blocking (the tail of a frame and the frames after it): the I/O thread writes them
-    /// before anything else.
-    rest: Vec<u8>,
 }
 
 struct Shared {
     state: Mutex<State>,
-    /// The current connection's writing half (see [`Outlet`]).
-    outlet: Mutex<Outlet>,
     /// Signals the I/O thread: frames queued, a connection broke, the End acknowledged.
     cond: Condvar,
     /// The [`TcpSender`] is gone: the I/O thread ends.
@@ -186,17 +125,6 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn outlet(&self) -> MutexGuard<'_, Outlet> {
-        self.outlet.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Wakes the I/O thread if it waits for work (new work is there).
-    fn nudge(&self) {
-        if self.lock().io_waiting {
-            self.cond.notify_all();
-        }
     }
 }
 
@@ -245,13 +173,6 @@ impl<T: Element> TcpSender<T> {
                 goodbye: None,
                 stop_sent: false,
                 io_waiting: false,
-                direct: false,
-                rest_waits: false,
-                last_write: Instant::now(),
-            }),
-            outlet: Mutex::new(Outlet {
-                conn: None,
-                rest: Vec::new(),
             }),
             cond: Condvar::new(),
             dropped: AtomicBool::new(false),
@@ -323,11 +244,7 @@ impl<T: Element> TcpSender<T> {
                 st.unacked += payload;
             }
             set_gauge(&self.counters, st.unacked);
-            if st.direct && !st.rest_waits && st.send_from < st.next_seq {
-                drop(st);
-                self.write_now();
-                st = self.shared.lock();
-            } else if st.io_waiting {
+            if st.io_waiting {
                 self.shared.cond.notify_all();
             }
             if done == items.len() {
@@ -340,82 +257,6 @@ impl<T: Element> TcpSender<T> {
             // Set under the lock the ack thread takes: it cannot free room unseen.
             st.full = true;
             return Ok(done);
-        }
-    }
-
-    /// Writes the frames not yet handed to the connection from the host's thread, as far as
-    /// the socket takes them without blocking; what it does not take is left to the I/O
-    /// thread, woken for it. On the fast path (the socket has room) no other thread is woken:
-    /// the I/O thread sleeps while the host's thread writes.
-    fn write_now(&self) {
-        let shared = &self.shared;
-        let mut outlet = match shared.outlet.try_lock() {
-            Ok(o) => o,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            // The I/O thread writes: it takes these frames next.
-            Err(std::sync::TryLockError::WouldBlock) => return shared.nudge(),
-        };
-        let Outlet { conn, rest } = &mut *outlet;
-        let Some((gen, w)) = conn.as_mut() else {
-            drop(outlet);
-            return shared.nudge();
-        };
-        let gen = *gen;
-        let (frames, payload) = {
-            let mut st = shared.lock();
-            if st.conn != gen || st.broken.is_some() || st.rest_waits || !st.direct {
-                drop(st);
-                drop(outlet);
-                return shared.nudge();
-            }
-            st.claim()
-        };
-        let mut error = None;
-        let mut wrote = false;
-        for f in &frames {
-            if !rest.is_empty() || error.is_some() {
-                rest.extend_from_slice(f);
-                continue;
-            }
-            let mut at = 0;
-            // Ends: each pass writes some bytes or breaks.
-            while at < f.len() {
-                match w.try_write_now(&f[at..]) {
-                    Some(Ok(0)) | None => break,
-                    Some(Ok(n)) => {
-                        at += n;
-                        wrote = true;
-                    }
-                    Some(Err(e)) => {
-                        error = Some(e);
-                        break;
-                    }
-                }
-            }
-            if at < f.len() {
-                rest.extend_from_slice(&f[at..]);
-            }
-        }
-        add(&self.counters.bytes, payload as u64);
-        let left = !rest.is_empty();
-        let mut st = shared.lock();
-        if let Some(e) = &error {
-            if st.conn == gen && st.broken.is_none() {
-                st.broken = Some(format!("cannot write: {e}"));
-            }
-            if let Some(c) = &st.cutter {
-                c.cut();
-            }
-        }
-        if wrote {
-            st.last_write = Instant::now();
-        }
-        st.rest_waits |= left;
-        let notify = st.io_waiting && (left || error.is_some() || st.send_from < st.next_seq);
-        drop(st);
-        drop(outlet);
-        if notify {
-            shared.cond.notify_all();
         }
     }
 
@@ -725,25 +566,18 @@ impl Io {
             let (r, w) = conn.split()?;
             Ok::<_, std::io::Error>((mine, theirs, r, w))
         })();
-        let (cutter, shared_cutter, r, w) = match setup {
+        let (cutter, shared_cutter, r, mut w) = match setup {
             Ok(parts) => parts,
             Err(e) => return Outcome::Broken(format!("cannot set up the connection: {e}")),
         };
-        let direct = w.writes_without_blocking();
-        let mut outlet = self.shared.outlet();
         let gen = {
             let mut st = self.shared.lock();
             st.conn += 1;
             st.broken = None;
             st.goodbye = None;
             st.cutter = Some(shared_cutter);
-            st.direct = direct;
-            st.rest_waits = false;
             st.conn
         };
-        outlet.conn = Some((gen, w));
-        outlet.rest.clear();
-        drop(outlet);
         let acks = {
             let reader = AckReader {
                 shared: Arc::clone(&self.shared),
@@ -770,7 +604,7 @@ impl Io {
                 return Outcome::Broken(format!("cannot start a thread: {e}"));
             }
         };
-        let outcome = self.pump();
+        let outcome = self.pump(&mut w);
         if let Outcome::Finished = outcome {
             // An orderly close: no more writes; the ack thread reads until the reader, which
             // got the Goodbye, closes too (closing with its bytes unread would reset the
@@ -781,26 +615,23 @@ impl Io {
         }
         // The ack thread sees the cut (or its stale connection number) within a slice.
         let _ = acks.join();
-        let mut outlet = self.shared.outlet();
-        outlet.conn = None;
-        outlet.rest.clear();
         let mut st = self.shared.lock();
         st.cutter = None;
-        st.direct = false;
-        st.rest_waits = false;
         outcome
     }
 
-    /// Writes what is queued (what the host's thread left), heartbeats and Stop on one
-    /// connection until it breaks or the link is done.
-    fn pump(&self) -> Outcome {
+    /// Writes what is queued, heartbeats and Stop on one connection until it breaks or the link
+    /// is done.
+    fn pump(&self, w: &mut impl std::io::Write) -> Outcome {
         let heartbeat = self.settings.heartbeat;
+        let mut last_send = Instant::now();
         let mut out = Vec::new();
         // Ends: each pass writes something or waits a slice; every exit condition is checked
         // at each pass.
         loop {
             let mut control = Vec::new();
-            let mut finished = false;
+            let mut frames: Vec<Arc<Vec<u8>>> = Vec::new();
+            let mut payload = 0;
             {
                 let mut st = self.shared.lock();
                 // Ends: each pass returns, breaks with work, or waits at most a slice.
@@ -809,8 +640,17 @@ impl Io {
                         return Outcome::Broken(e);
                     }
                     if st.finished {
-                        finished = true;
-                        break;
+                        drop(st);
+                        let mut bye = Vec::new();
+                        wire::encode_frame(
+                            &Frame::Goodbye {
+                                reason: "the stream ended and the reader consumed it".into(),
+                            },
+                            &mut bye,
+                        );
+                        // Best effort: the reader ends without it once its peer is gone.
+                        let _ = w.write_all(&bye).and_then(|()| w.flush());
+                        return Outcome::Finished;
                     }
                     if self.run.draining() && !st.stop_sent {
                         st.stop_sent = true;
@@ -819,10 +659,29 @@ impl Io {
                     if control.is_empty() && !self.alive() {
                         return Outcome::Ended;
                     }
-                    if st.send_from < st.next_seq || st.rest_waits || !control.is_empty() {
+                    if st.send_from < st.next_seq {
+                        let first = st.queue.front().map_or(st.next_seq, |q| q.seq);
+                        let skip = (st.send_from.max(first) - first) as usize;
+                        let mut bytes = 0;
+                        let mut upto = st.send_from;
+                        for q in st.queue.iter().skip(skip) {
+                            if bytes >= WRITE_ROUND_BYTES {
+                                break;
+                            }
+                            bytes += q.frame.len();
+                            payload += q.payload;
+                            frames.push(Arc::clone(&q.frame));
+                            upto = q.seq + 1;
+                        }
+                        st.send_from = upto;
+                        // Handed to this connection before it is written: an Ack for it may
+                        // come back before `write` returns.
+                        st.written = st.written.max(st.send_from);
+                    }
+                    if !frames.is_empty() || !control.is_empty() {
                         break;
                     }
-                    let since = st.last_write.elapsed();
+                    let since = last_send.elapsed();
                     if since >= heartbeat {
                         control.push(Frame::Heartbeat);
                         break;
@@ -837,30 +696,7 @@ impl Io {
                     st.io_waiting = false;
                 }
             }
-            let mut outlet = self.shared.outlet();
-            let Outlet { conn, rest } = &mut *outlet;
-            let Some((_, w)) = conn.as_mut() else {
-                return Outcome::Broken("the connection is gone".into());
-            };
-            // What the host's thread left half written goes first.
             out.clear();
-            std::mem::swap(&mut out, rest);
-            if finished {
-                wire::encode_frame(
-                    &Frame::Goodbye {
-                        reason: "the stream ended and the reader consumed it".into(),
-                    },
-                    &mut out,
-                );
-                // Best effort: the reader ends without it once its peer is gone.
-                let _ = w.write_all(&out).and_then(|()| w.flush());
-                return Outcome::Finished;
-            }
-            let (frames, payload) = {
-                let mut st = self.shared.lock();
-                st.rest_waits = false;
-                st.claim()
-            };
             for f in &control {
                 wire::encode_frame(f, &mut out);
             }
@@ -881,18 +717,16 @@ impl Io {
                 }
                 w.flush()
             })();
-            drop(outlet);
-            let mut st = self.shared.lock();
             if let Err(e) = written {
+                let mut st = self.shared.lock();
                 let why = st
                     .broken
                     .take()
                     .unwrap_or_else(|| format!("cannot write: {e}"));
                 return Outcome::Broken(why);
             }
-            st.last_write = Instant::now();
-            drop(st);
             add(&self.counters.bytes, payload as u64);
+            last_send = Instant::now();
         }
     }
 }
