@@ -810,7 +810,8 @@ impl<T: Element> Reading<'_, T> {
                 }
                 Ok(_) => {
                     heard = Instant::now();
-                    // The frames of one read are queued, then delivered at once.
+                    // The frames of one read are queued, then delivered after it (or after a
+                    // few reads, while more bytes wait: see below).
                     let taken = (|| {
                         // Ends: each pass takes a frame out of the bounded buffer.
                         loop {
