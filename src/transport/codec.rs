@@ -410,6 +410,33 @@ impl<T: Element> Codec<T> {
         }
     }
 
+    /// [`decode`](Self::decode) into the shared allocation a batch is made of: plain data is
+    /// copied once, straight from `payload` into it (no intermediate vector); anything else,
+    /// and any payload that does not check, goes through `decode` (the same errors).
+    pub fn decode_shared_private(&self, payload: &[u8]) -> Result<std::sync::Arc<[T]>, String> {
+        if let (Some(size), Some(header)) = (self.plain, payload.first_chunk::<HEADER>()) {
+            let count = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+            let body = &payload[HEADER..];
+            if header[0] == KIND_PLAIN && count.checked_mul(size) == Some(body.len()) {
+                let mut shared = std::sync::Arc::<[T]>::new_uninit_slice(count);
+                let slots = std::sync::Arc::get_mut(&mut shared).expect("a new Arc is unique");
+                // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); the
+                // slice has room for `count` elements, exactly `body.len()` bytes; the regions
+                // do not overlap (a new allocation). Every element is then initialised, so
+                // `assume_init` is sound.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        body.as_ptr(),
+                        slots.as_mut_ptr().cast::<u8>(),
+                        body.len(),
+                    );
+                    return Ok(shared.assume_init());
+                }
+            }
+        }
+        self.decode(payload).map(std::sync::Arc::from)
+    }
+
     /// Decodes one frame's payload from private memory, checking everything (see the module
     /// docs).
     pub fn decode(&self, payload: &[u8]) -> Result<Vec<T>, String> {
@@ -728,6 +755,8 @@ mod tests {
                 .unwrap();
             let owned = c.decode(&buf).unwrap();
             assert_eq!(&shared[..], &owned[..]);
+            let private = c.decode_shared_private(&buf).unwrap();
+            assert_eq!(&private[..], &owned[..]);
             out.extend(owned);
             rest = &rest[n..];
         }
@@ -1117,8 +1146,10 @@ mod tests {
                     x as u8
                 })
                 .collect();
-            let _ = s.decode(&bytes);
-            let _ = c.decode(&bytes);
+            // From private memory, into a batch's allocation: the same result, the same error.
+            let (sd, cd) = (s.decode(&bytes), c.decode(&bytes));
+            assert_eq!(s.decode_shared_private(&bytes).map(|a| a.to_vec()), sd);
+            assert_eq!(c.decode_shared_private(&bytes).map(|a| a.to_vec()), cd);
             let _ = c.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
             let _ = s.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
         }

@@ -7,14 +7,20 @@
 //!   thread, at most [`MAX_HANDSHAKES`] at once (more are closed at once, and logged);
 //! - a **connection thread** runs the handshake (10 s at most), then, if the writer was
 //!   accepted, reads its frames: checks each seq, decodes each batch into private memory and
-//!   queues it for the feeder, which it wakes once per read; it ends when its connection
+//!   queues it; after each read (or a few, while more bytes wait in the socket: the reading
+//!   host is then woken once for all) it delivers, itself, what the input's credit covers
+//!   (no hand-off on the way), and wakes the feeder thread only for what the feeder owns: the
+//!   End, a batch left without credit, an Ack that is due. It ends when its connection
 //!   breaks or is replaced;
-//! - the **feeder thread** delivers queued batches to the reading host within the input's
-//!   credit, turns credit coming back (consumption) into cumulative Acks (coalesced under
-//!   load, see [`Feeder::ack_due`]), sends Heartbeats and
+//! - the **feeder thread** delivers what waited for credit once credit comes back (a starved
+//!   input's credit wakes it), delivers the End, turns credit coming back (consumption) into
+//!   cumulative Acks (coalesced under load, see [`Feeder::ack_due`]), sends Heartbeats and
 //!   Stop on the current connection, and watches how long the writer has been away. It ends
 //!   when the link has ended (the writer said Goodbye after its End was acknowledged), when
 //!   the writer stayed away too long, or when the run is over, but see below.
+//!
+//! Both threads deliver under one delivery lock, held across "take from the queue + post", so
+//! batches reach the input in order whichever thread posts them.
 //!
 //! # The last word after a normal end
 //!
@@ -40,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use super::handshake;
 use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
-use super::wire::{Frame, FrameDecoder, Hello, MARK_FRAME_BYTES};
+use super::wire::{Frame, FrameDecoder, FrameRef, Hello, MARK_FRAME_BYTES};
 use super::{
     secs, timed_out, LinkIdentity, PeerStop, StopHook, TcpSettings, BUSY_REASON, HANDSHAKE_TIMEOUT,
     SLICE, WAIT_LOG_EVERY,
@@ -62,6 +68,10 @@ const ACCEPT_POLL: Duration = Duration::from_millis(20);
 /// in bursts under load, and at most this late once the stream pauses (see
 /// [`Feeder::ack_due`]).
 const ACK_DELAY: Duration = Duration::from_millis(1);
+
+/// The most reads a connection thread makes before it delivers what they brought, while more
+/// bytes wait in the socket.
+const MAX_READS_HELD: usize = 4;
 
 /// The most refusals a feeder remembers (for tests and diagnostics; each is logged too).
 const REFUSALS_KEPT: usize = 64;
@@ -93,6 +103,17 @@ pub(crate) struct TcpFeederSpec {
     pub run: Run,
     /// Called once if the writer says its application is stopping.
     pub on_peer_stop: StopHook,
+}
+
+/// What stopped [`Shared::take_deliveries`].
+#[derive(PartialEq)]
+enum Next {
+    /// Nothing more is pending.
+    Nothing,
+    /// The End comes next: the feeder thread delivers it.
+    End,
+    /// A batch waits for credit.
+    NoCredit,
 }
 
 /// Received, not yet delivered.
@@ -184,6 +205,18 @@ struct Shared<T> {
     lingering: AtomicBool,
     /// The reasons connections were refused, the latest last.
     refusals: Mutex<Vec<String>>,
+    /// Where the reading input returns credit.
+    mailbox: Arc<FeederMailbox>,
+    /// The reading host's mailbox.
+    target: Arc<dyn Mailbox>,
+    /// The reading input's index on that host.
+    input: u32,
+    /// Held across "take from `pending` + post to `target`" by whichever thread delivers (the
+    /// connection thread after a read, the feeder thread when credit comes back), so that
+    /// batches reach the input in order. Taken before `state`, never after.
+    delivery: Mutex<()>,
+    /// Batches delivered so far, by either thread: the feeder tells a pause from load by it.
+    delivered: AtomicU64,
 }
 
 impl<T> Shared<T> {
@@ -239,6 +272,79 @@ impl<T> Shared<T> {
     }
 }
 
+impl<T: Element> Shared<T> {
+    /// Holds the delivery lock (see [`Shared::delivery`]).
+    fn delivering(&self) -> MutexGuard<'_, ()> {
+        self.delivery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves from `st.pending` into `out` the batches (or their parts) the input's credit
+    /// covers, up to the End (left in place, for the feeder thread). Called with the delivery
+    /// lock held; the caller posts `out` before releasing it.
+    ///
+    /// Only a call that takes nothing may mark the feeder blocked: marking it checks for a
+    /// stall, which must not see the reader idle while batches taken here are not posted yet.
+    fn take_deliveries(&self, st: &mut State<T>, out: &mut Vec<Item<T>>) -> Next {
+        let start = out.len();
+        // Ends: each pass takes a batch (or its part) or a mark, or returns.
+        loop {
+            match st.pending.front_mut() {
+                Some(Item::Data(batch)) => {
+                    let n = if out.len() == start {
+                        self.mailbox.take(batch.len())
+                    } else {
+                        self.mailbox.take_if_any(batch.len())
+                    };
+                    if n == 0 {
+                        return Next::NoCredit;
+                    }
+                    out.push(Item::Data(batch.split_front(n)));
+                    if batch.is_empty() {
+                        st.pending.pop_front();
+                    }
+                }
+                // A mark takes no credit; it goes after the data before it.
+                Some(Item::Mark(mark)) => {
+                    out.push(Item::Mark(*mark));
+                    st.pending.pop_front();
+                    st.marks_delivered += 1;
+                }
+                Some(Item::End) => return Next::End,
+                None => return Next::Nothing,
+            }
+        }
+    }
+
+    /// Posts `items` (batches and marks) to the reading input, in order (the delivery lock is
+    /// held).
+    fn post_deliveries(&self, items: Vec<Item<T>>) {
+        if items.is_empty() {
+            return;
+        }
+        self.delivered
+            .fetch_add(items.len() as u64, Ordering::SeqCst);
+        for item in items {
+            match item {
+                Item::Data(part) => {
+                    if self.count_traffic {
+                        add(&self.counters.elements, part.len() as u64);
+                        add(&self.counters.batches, 1);
+                    }
+                    self.target.post(Envelope::Data {
+                        input: self.input,
+                        batch: Box::new(part),
+                    });
+                }
+                Item::Mark(mark) => self.target.post(Envelope::Mark {
+                    input: self.input,
+                    mark,
+                }),
+                Item::End => unreachable!("the End is delivered apart"),
+            }
+        }
+    }
+}
+
 /// The feeder's credit, and the consumption it has not yet turned into acknowledgements.
 struct Credit {
     credit: usize,
@@ -250,7 +356,8 @@ struct Credit {
 struct FeederMailbox {
     credit: Mutex<Credit>,
     /// Every post wakes the feeder thread; otherwise only a post to a feeder out of credit
-    /// does (the feeder turns consumption into Acks when it next wakes, see `Feeder::feed`).
+    /// does (consumption is taken by the connection thread after each read, which wakes the
+    /// feeder once an Ack is due, and by the feeder when it next wakes, see `Feeder::feed`).
     eager: AtomicBool,
     thread: Thread,
     run: Run,
@@ -415,7 +522,6 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
     spec.run.linger(Arc::clone(&linger));
     let release = LingerGuard(Arc::clone(&linger));
     let (tx, rx) = std::sync::mpsc::channel::<(Arc<FeederMailbox>, Arc<Shared<T>>)>();
-    let target = Arc::clone(&spec.target);
     let input = spec.input;
     let state_for_thread = Arc::clone(&feeder_state);
     let started = std::thread::Builder::new()
@@ -428,8 +534,6 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             let mut feeder = Feeder {
                 shared,
                 mailbox,
-                target,
-                input,
                 state: state_for_thread,
                 reported: false,
             };
@@ -444,6 +548,16 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             });
         }
     };
+    let mailbox = Arc::new(FeederMailbox {
+        credit: Mutex::new(Credit {
+            credit: spec.capacity,
+            consumed: 0,
+        }),
+        eager: AtomicBool::new(true),
+        thread: handle.thread().clone(),
+        run: Arc::clone(&spec.run),
+        state: feeder_state,
+    });
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             epoch: None,
@@ -486,16 +600,11 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         linger,
         lingering: AtomicBool::new(false),
         refusals: Mutex::new(Vec::new()),
-    });
-    let mailbox = Arc::new(FeederMailbox {
-        credit: Mutex::new(Credit {
-            credit: spec.capacity,
-            consumed: 0,
-        }),
-        eager: AtomicBool::new(true),
-        thread: handle.thread().clone(),
-        run: Arc::clone(&spec.run),
-        state: feeder_state,
+        mailbox: Arc::clone(&mailbox),
+        target: spec.target,
+        input: spec.input,
+        delivery: Mutex::new(()),
+        delivered: AtomicU64::new(0),
     });
     let acceptor = Arc::clone(&shared);
     let accepting = std::thread::Builder::new()
@@ -675,12 +784,14 @@ fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr
         st.ever_connected = true;
     }
     shared.feeder.unpark();
-    let why = Reading {
+    let reading = Reading {
         shared: &shared,
         gen,
         codec: Codec::new(),
-    }
-    .read(r);
+    };
+    let why = reading.read(r);
+    // Frames taken in before the end (a break, a stale connection) are delivered all the same.
+    reading.deliver();
     shared.broke(gen, why);
 }
 
@@ -702,6 +813,8 @@ impl<T: Element> Reading<'_, T> {
         let mut dec = FrameDecoder::new(shared.settings.frame_limit());
         let mut heard = Instant::now();
         let timeout = shared.settings.peer_timeout;
+        // Reads whose frames wait for the next delivery.
+        let mut reads_held = 0;
         // Ends: each pass reads for at most a slice; a stale connection or the end of the link
         // returns.
         loop {
@@ -723,12 +836,18 @@ impl<T: Element> Reading<'_, T> {
                 }
                 Ok(_) => {
                     heard = Instant::now();
-                    // The frames of one read are queued, then the feeder woken once.
+                    // The frames of one read are queued, then delivered after it (or after a
+                    // few reads, while more bytes wait: see below).
                     let taken = (|| {
                         // Ends: each pass takes a frame out of the bounded buffer.
                         loop {
-                            match dec.next() {
-                                Ok(Some(f)) => self.on_frame(f)?,
+                            match dec.next_ref() {
+                                Ok(Some(FrameRef::Data {
+                                    seq,
+                                    elements,
+                                    payload,
+                                })) => self.on_data(seq, elements, payload)?,
+                                Ok(Some(FrameRef::Other(f))) => self.on_frame(f)?,
                                 Ok(None) => return Ok(()),
                                 Err(e) => {
                                     return Err(Some(format!(
@@ -738,12 +857,24 @@ impl<T: Element> Reading<'_, T> {
                             }
                         }
                     })();
-                    shared.feeder.unpark();
                     if let Err(why) = taken {
+                        // What came before is delivered as the thread ends (see `serve`).
                         return why;
                     }
+                    // More frames wait in the socket: read them first, and wake the reading
+                    // host once for all (up to a bound, so that it starts on some).
+                    if reads_held < MAX_READS_HELD && r.readable_now() {
+                        reads_held += 1;
+                        continue;
+                    }
+                    reads_held = 0;
+                    self.deliver();
                 }
                 Err(e) if timed_out(&e) => {
+                    if reads_held > 0 {
+                        reads_held = 0;
+                        self.deliver();
+                    }
                     if heard.elapsed() >= timeout {
                         return Some(format!("the writer was silent for {}", secs(timeout)));
                     }
@@ -751,6 +882,27 @@ impl<T: Element> Reading<'_, T> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Some(format!("cannot read: {e}")),
             }
+        }
+    }
+
+    /// Delivers what the frames just read brought, within the input's credit, on this thread
+    /// (no hand-off to the feeder thread on the way). Wakes the feeder thread only for what it
+    /// owns: the End, credit that ran out (it delivers when credit comes back; a starved
+    /// input's credit wakes it too), and an Ack that is due.
+    fn deliver(&self) {
+        let shared = self.shared;
+        let delivery = shared.delivering();
+        let mut parts = Vec::new();
+        let wake = {
+            let mut st = shared.lock();
+            st.consume(shared.mailbox.take_consumed());
+            let next = shared.take_deliveries(&mut st, &mut parts);
+            next != Next::Nothing || st.ack_bytes >= shared.settings.unacked_bytes / 4
+        };
+        shared.post_deliveries(parts);
+        drop(delivery);
+        if wake {
+            shared.feeder.unpark();
         }
     }
 
@@ -762,7 +914,7 @@ impl<T: Element> Reading<'_, T> {
                 seq,
                 elements,
                 payload,
-            } => self.on_data(seq, elements, payload),
+            } => self.on_data(seq, elements, &payload),
             Frame::End { seq } => {
                 let mut st = shared.lock();
                 if st.gen != self.gen {
@@ -868,7 +1020,7 @@ impl<T: Element> Reading<'_, T> {
         Ok(())
     }
 
-    fn on_data(&self, seq: u64, elements: u32, payload: Vec<u8>) -> Result<(), Stop> {
+    fn on_data(&self, seq: u64, elements: u32, payload: &[u8]) -> Result<(), Stop> {
         let shared = self.shared;
         {
             let st = shared.lock();
@@ -887,7 +1039,7 @@ impl<T: Element> Reading<'_, T> {
             }
         }
         // Decoded outside the lock, in this connection's private memory.
-        let items = self.codec.decode(&payload).map_err(|e| {
+        let items = self.codec.decode_shared_private(payload).map_err(|e| {
             Some(format!(
                 "batch {seq} does not decode as {}: {e}",
                 shared.id.type_name
@@ -917,7 +1069,7 @@ impl<T: Element> Reading<'_, T> {
         });
         st.held_payload += payload.len();
         if n > 0 {
-            st.pending.push_back(Item::Data(Batch::new(items.into())));
+            st.pending.push_back(Item::Data(Batch::new(items)));
         }
         drop(st);
         if shared.count_traffic {
@@ -965,8 +1117,6 @@ impl<T> State<T> {
 struct Feeder<T> {
     shared: Arc<Shared<T>>,
     mailbox: Arc<FeederMailbox>,
-    target: Arc<dyn Mailbox>,
-    input: u32,
     state: Arc<FeederState>,
     /// `run.finished` was called.
     reported: bool,
@@ -1021,6 +1171,8 @@ impl<T: Element> Feeder<T> {
         let mut said: Option<Instant> = None;
         // Since when passes delivered nothing (`None`: the last pass delivered).
         let mut quiet_since: Option<Instant> = None;
+        // `shared.delivered` as this thread last saw it.
+        let mut seen_delivered = 0;
         // An Ack is held back (see `ack_due`).
         let mut ack_waits;
         // Frames delivered and not all consumed.
@@ -1032,12 +1184,22 @@ impl<T: Element> Feeder<T> {
                 self.end_of_run(&mut writer);
                 return Ok(());
             }
-            let consumed = self.mailbox.take_consumed();
             let mut deliver = Vec::new();
             let mut eos = false;
             let mut out = Vec::new();
+            let delivery = shared.delivering();
             {
                 let mut st = shared.lock();
+                // The connection thread delivers what arrives while there is credit: that is
+                // load too, not a pause.
+                let delivered = shared.delivered.load(Ordering::SeqCst);
+                if delivered != seen_delivered {
+                    seen_delivered = delivered;
+                    quiet_since = None;
+                    if !st.eos_posted {
+                        self.mailbox.eager.store(false, Ordering::SeqCst);
+                    }
+                }
                 if let Some(w) = st.incoming.take() {
                     writer = Some(w);
                     // The writer may have missed the last Ack: say it again.
@@ -1050,40 +1212,11 @@ impl<T: Element> Feeder<T> {
                 {
                     writer = None;
                 }
-                st.consume(consumed);
-                // Ends: each pass delivers a batch (or its part) or breaks.
-                loop {
-                    match st.pending.front_mut() {
-                        Some(Item::Data(batch)) => {
-                            // Only a pass that delivers nothing may mark the feeder blocked:
-                            // marking it checks for a stall, which must not see the reader
-                            // idle while batches taken in this pass are not posted yet.
-                            let n = if deliver.is_empty() {
-                                self.mailbox.take(batch.len())
-                            } else {
-                                self.mailbox.take_if_any(batch.len())
-                            };
-                            if n == 0 {
-                                break;
-                            }
-                            deliver.push(Item::Data(batch.split_front(n)));
-                            if batch.is_empty() {
-                                st.pending.pop_front();
-                            }
-                        }
-                        Some(Item::Mark(mark)) => {
-                            deliver.push(Item::Mark(*mark));
-                            st.pending.pop_front();
-                            st.marks_delivered += 1;
-                        }
-                        Some(Item::End) => {
-                            st.pending.pop_front();
-                            st.eos_posted = true;
-                            eos = true;
-                            break;
-                        }
-                        None => break,
-                    }
+                st.consume(self.mailbox.take_consumed());
+                if shared.take_deliveries(&mut st, &mut deliver) == Next::End {
+                    st.pending.pop_front();
+                    st.eos_posted = true;
+                    eos = true;
                 }
                 st.consume(0);
                 // Consumption to come would move the acknowledgement (or, for the End, end
@@ -1155,32 +1288,17 @@ impl<T: Element> Feeder<T> {
                 }
             }
             let progressed = !deliver.is_empty() || eos;
-            for item in deliver {
-                let part = match item {
-                    Item::Data(part) => part,
-                    Item::Mark(mark) => {
-                        self.target.post(Envelope::Mark {
-                            input: self.input,
-                            mark,
-                        });
-                        continue;
-                    }
-                    Item::End => unreachable!("the End is delivered apart"),
-                };
-                if shared.count_traffic {
-                    add(&shared.counters.elements, part.len() as u64);
-                    add(&shared.counters.batches, 1);
-                }
-                self.target.post(Envelope::Data {
-                    input: self.input,
-                    batch: Box::new(part),
-                });
-            }
+            shared.post_deliveries(deliver);
+            // Its own deliveries are not news to this thread.
+            seen_delivered = shared.delivered.load(Ordering::SeqCst).max(seen_delivered);
             if eos {
-                self.target.post(Envelope::Eos { input: self.input });
+                shared.target.post(Envelope::Eos {
+                    input: shared.input,
+                });
                 shared.run.finished(&self.state);
                 self.reported = true;
             }
+            drop(delivery);
             if !out.is_empty() && self.send(&mut writer, &out) {
                 last_send = Instant::now();
                 for f in &out {
@@ -1189,9 +1307,10 @@ impl<T: Element> Feeder<T> {
                     }
                 }
             }
-            // Under load, the feeder wakes for arriving frames and takes the consumption posted
-            // meanwhile then; once no frame was delivered for `ACK_DELAY` (a pause, the end),
-            // every post of credit wakes it (`eager`), so that its Acks come promptly.
+            // Under load, the feeder wakes when consumption reaches the Ack threshold (the
+            // connection thread sees it), when credit comes back to a starved input, and at
+            // least every `ACK_DELAY`; once no frame was delivered for `ACK_DELAY` (a pause, the
+            // end), every post of credit wakes it (`eager`), so that its Acks come promptly.
             if progressed {
                 quiet_since = None;
                 // After the End, only its acknowledgement is left to give: at once.

@@ -20,7 +20,9 @@
 //!   link, and the I/O thread posts a credit envelope to the host when acknowledgements make
 //!   room. An **I/O thread** connects, handshakes, writes queued frames (several per write
 //!   call), heartbeats, and reconnects; a second thread per connection reads the reader's
-//!   acknowledgements. `close` queues an End frame after the data; the stream counts as
+//!   acknowledgements. (Writing from the host's thread when the socket has room was tried and
+//!   measured: on loopback it was no faster, the host's thread then paying for the receiver's
+//!   side of each `send`; see `docs/benchmarks.md`, issue 10.) `close` queues an End frame after the data; the stream counts as
 //!   ended for the host only once the End is acknowledged ([`TcpSender::finished`]), i.e.
 //!   once the reading agent consumed every element, so a writing process never exits with
 //!   data only it holds.
@@ -28,15 +30,17 @@
 //!   handshake thread (at most 4 at once, 10 s each), which, once the writer is accepted,
 //!   reads its frames, checks their seq and decodes them into private memory (an element
 //!   count that does not match, or a payload that does not decode, is a protocol error
-//!   naming the link and the peer). A **feeder thread** delivers the batches to the reading
-//!   host within the input's credit, like a local writer, and counts as a source for
-//!   quiescence until it has delivered the end of stream.
+//!   naming the link and the peer), and delivers them to the reading host itself, after each
+//!   read, within the input's credit, like a local writer. A **feeder thread** delivers what
+//!   waited for credit once credit comes back, and the end of stream; it sends the Acks,
+//!   heartbeats and Stop, and counts as a source for quiescence until it has delivered the end
+//!   of stream. Both deliver under one lock, in order.
 //! - **Acknowledgements mean "consumed"**. Credit coming back from the reading agent is
 //!   consumption (the shm feeder's durable credit); the feeder acknowledges, cumulatively, the
 //!   frames whose every element was consumed. Under load it holds Acks back until a quarter
-//!   of `unacked_bytes` is consumed (one Ack per batch would wake the writer for each); once
-//!   no frame was delivered for a millisecond, and on a new connection, it acknowledges at
-//!   once. The End is acknowledged once it was delivered and everything before it was
+//!   of `unacked_bytes` is consumed (one Ack per batch would wake the writer for each; the
+//!   connection thread wakes the feeder when that much is consumed); once no frame was
+//!   delivered for a millisecond, and on a new connection, it acknowledges at once. The End is acknowledged once it was delivered and everything before it was
 //!   consumed, at once.
 //!
 //! # Marks
@@ -123,7 +127,10 @@
 //!   reader of the link needs (the shared-memory flavor releases early instead, see
 //!   `transport::held`).
 //! - Threads per link: writer, one I/O thread and one ack thread per connection; reader, the
-//!   acceptor, the feeder thread and one thread per connection (at most 4 in handshake).
+//!   acceptor, the feeder thread and one thread per connection (at most 4 in handshake). Under
+//!   load a batch crosses two hand-offs besides the socket: the writing host's thread to the
+//!   I/O thread (woken only while it waits for work), and the connection thread posting it to
+//!   the reading host.
 //!
 //! # Frames
 //!

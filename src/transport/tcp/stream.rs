@@ -157,6 +157,27 @@ enum ReadInner {
 /// The reading half of a [`Conn`].
 pub(crate) struct ConnRead(ReadInner);
 
+impl ConnRead {
+    /// Whether bytes wait to be read now (a read would not block). Plain TCP only: under TLS
+    /// the socket's bytes may hold no complete record, so this says false.
+    pub(crate) fn readable_now(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let ReadInner::Plain(s) = &self.0 else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        matches!(
+            recv(
+                s.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Ok(1)
+        )
+    }
+}
+
 impl Read for ConnRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.0 {

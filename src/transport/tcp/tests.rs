@@ -778,11 +778,17 @@ fn bad_peers_are_refused_and_the_running_link_goes_on() {
 
 /// A relay between a writer and its reader that a test can cut, and keep closed to new
 /// connections (accepted, then closed at once) until it reopens: a network that goes away
-/// and comes back, on loopback. Its threads end when it is dropped.
+/// and comes back, on loopback. It can also pause the writer's direction (it reads nothing
+/// from the writer, whose socket fills), and counts what it forwarded that way. Its threads
+/// end when it is dropped.
 struct Relay {
     addr: SocketAddr,
     open: Arc<std::sync::atomic::AtomicBool>,
     ended: Arc<std::sync::atomic::AtomicBool>,
+    /// The writer's direction is paused.
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes forwarded from the writer to the reader.
+    forwarded: Arc<std::sync::atomic::AtomicU64>,
     /// Both sockets of every relayed connection, for cutting.
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -796,6 +802,8 @@ impl Relay {
             addr: listener.local_addr().unwrap(),
             open: Arc::new(AtomicBool::new(true)),
             ended: Arc::new(AtomicBool::new(false)),
+            paused: Arc::new(AtomicBool::new(false)),
+            forwarded: Arc::default(),
             conns: Arc::default(),
         };
         let (open, ended, conns) = (
@@ -803,6 +811,7 @@ impl Relay {
             Arc::clone(&relay.ended),
             Arc::clone(&relay.conns),
         );
+        let (paused, forwarded) = (Arc::clone(&relay.paused), Arc::clone(&relay.forwarded));
         std::thread::spawn(move || {
             // Ends: when the relay is dropped; each pass accepts one connection or naps.
             while !ended.load(Ordering::SeqCst) {
@@ -822,9 +831,31 @@ impl Relay {
                     (up.try_clone().unwrap(), down.try_clone().unwrap()),
                 ];
                 conns.lock().unwrap().extend([down, up]);
-                for (mut from, mut to) in pairs {
+                for (i, (mut from, mut to)) in pairs.into_iter().enumerate() {
+                    // The writer's direction (the first) pauses and counts.
+                    let pause = (i == 0).then(|| (Arc::clone(&paused), Arc::clone(&forwarded)));
+                    let ended = Arc::clone(&ended);
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = vec![0u8; 64 << 10];
+                        // Ends: when either socket closes or is cut (dropping the relay cuts).
+                        loop {
+                            if let Some((paused, _)) = &pause {
+                                while paused.load(Ordering::SeqCst) && !ended.load(Ordering::SeqCst)
+                                {
+                                    std::thread::sleep(Duration::from_millis(2));
+                                }
+                            }
+                            let n = match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            if let Some((_, forwarded)) = &pause {
+                                forwarded.fetch_add(n as u64, Ordering::SeqCst);
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 }
@@ -844,6 +875,48 @@ impl Relay {
     fn reopen(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
+
+    /// Stops (true) or resumes (false) forwarding what the writer sends.
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+}
+
+/// The writer's socket fills (the network takes nothing for a while): the host's thread goes
+/// on writing into the budget without blocking (the I/O thread is the one that waits), and
+/// once the network moves again the reader gets every element once, in order.
+#[test]
+fn a_full_socket_never_blocks_the_host_and_loses_nothing() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    // Room for the whole stream: only the socket can hold the writer back.
+    let s = TcpSettings {
+        unacked_bytes: 64 << 20,
+        peer_timeout: Duration::from_secs(10),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 4096, usize::MAX);
+    let relay = Relay::new(r.probe.addr());
+    let mut w = writer::<u64>(relay.addr, &wrun, s);
+    let items: Vec<u64> = (0..4_000_000).collect();
+    // Connected first: the writes below go to a connection, not to the queue.
+    w.send(&items[..1000], 1000, |_| {});
+    poll("the first batch through", || r.sink.items().len() == 1000);
+    relay.pause(true);
+    // 32 MB: more than loopback socket buffers hold.
+    w.send(&items[1000..], 1000, |_| {});
+    let stuck = relay.forwarded.load(Ordering::SeqCst);
+    assert!(
+        stuck < 8 * items.len() as u64,
+        "every write returned while the network held {stuck} bytes back"
+    );
+    relay.pause(false);
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(r.sink.items() == items, "every element, in order, once");
+    assert_eq!(w.counters.reconnects.load(Ordering::Relaxed), 0);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
 }
 
 impl Drop for Relay {

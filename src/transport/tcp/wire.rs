@@ -51,6 +51,10 @@ pub(crate) const VERSION: u16 = 1;
 /// How many bytes [`FrameDecoder::read_from`] asks a reader for at most, in one call.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
+/// The buffer [`FrameDecoder::read_from`] reads into (unless the limit is lower, or a frame
+/// needs more): a few reads' room.
+const READ_BUFFER_BYTES: usize = 4 * READ_CHUNK_BYTES;
+
 const KIND_DATA: u8 = 0x01;
 const KIND_END: u8 = 0x02;
 const KIND_ACK: u8 = 0x03;
@@ -198,6 +202,23 @@ pub(crate) enum WireError {
     },
 }
 
+/// A frame from [`FrameDecoder::next_ref`]: a Data frame's payload borrowed, any other frame
+/// decoded.
+#[derive(Debug)]
+pub(crate) enum FrameRef<'a> {
+    /// A Data frame (see [`Frame::Data`]), its payload in the decoder's buffer.
+    Data {
+        /// The batch's sequence number.
+        seq: u64,
+        /// How many elements the payload holds.
+        elements: u32,
+        /// The encoded batch.
+        payload: &'a [u8],
+    },
+    /// Any other frame.
+    Other(Frame),
+}
+
 /// One frame after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
@@ -320,16 +341,22 @@ fn text_body(what: &'static str, field: &'static str, body: &[u8]) -> Result<Str
 }
 
 /// Decodes a frame's kind and body (the length prefix already checked and removed).
+/// A Data body holds at least its fixed part (seq and elements).
+fn data_fixed_fits(body: &[u8]) -> Result<(), WireError> {
+    if body.len() < DATA_FIXED_BYTES {
+        return Err(WireError::BadSize {
+            what: "Data frame",
+            bytes: body.len(),
+            expected: "at least 12",
+        });
+    }
+    Ok(())
+}
+
 fn decode_frame(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
     match kind {
         KIND_DATA => {
-            if body.len() < DATA_FIXED_BYTES {
-                return Err(WireError::BadSize {
-                    what: "Data frame",
-                    bytes: body.len(),
-                    expected: "at least 12",
-                });
-            }
+            data_fixed_fits(body)?;
             let (fixed, payload) = body.split_at(DATA_FIXED_BYTES);
             let (seq, elements) = fixed.split_at(8);
             Ok(Frame::Data {
@@ -432,17 +459,21 @@ impl FrameDecoder {
         self.buf.capacity()
     }
 
-    /// Moves the undecoded bytes to the front of the buffer, and gives memory back after a
-    /// large frame.
-    fn compact(&mut self) {
-        if self.start > 0 {
+    /// Moves the undecoded bytes to the front of the buffer (`lazy`: only when less than a
+    /// read's room is left after them, so that a frame split between reads is not copied at
+    /// every read), and gives memory back after a large frame.
+    fn compact(&mut self, lazy: bool) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 && (!lazy || self.buf.len() - self.end < READ_CHUNK_BYTES) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end <= READ_CHUNK_BYTES && self.buf.len() > 4 * READ_CHUNK_BYTES {
-            self.buf.truncate(READ_CHUNK_BYTES);
-            self.buf.shrink_to(READ_CHUNK_BYTES);
+        if self.end <= READ_CHUNK_BYTES && self.buf.len() > READ_BUFFER_BYTES {
+            self.buf.truncate(READ_BUFFER_BYTES);
+            self.buf.shrink_to(READ_BUFFER_BYTES);
         }
     }
 
@@ -459,7 +490,7 @@ impl FrameDecoder {
     /// Takes as many of `bytes` as fit under the limit and returns how many it took. It takes
     /// at least one byte unless a frame or an error is waiting for [`next`](Self::next).
     pub(crate) fn push(&mut self, bytes: &[u8]) -> usize {
-        self.compact();
+        self.compact(false);
         let take = bytes.len().min(self.limit_bytes() - self.end);
         self.grow_for(take);
         self.buf[self.end..self.end + take].copy_from_slice(&bytes[..take]);
@@ -473,10 +504,12 @@ impl FrameDecoder {
     /// # Panics
     /// When the decoder is full: call [`next`](Self::next) until `Ok(None)` before reading.
     pub(crate) fn read_from<R: Read + ?Sized>(&mut self, r: &mut R) -> io::Result<usize> {
-        self.compact();
+        self.compact(true);
         let room = (self.limit_bytes() - self.end).min(READ_CHUNK_BYTES);
         assert!(room > 0, "the frame decoder is full: take its frames first");
-        self.grow_for(room);
+        // Room for a few reads, so that the undecoded bytes move to the front rarely.
+        let reads = READ_BUFFER_BYTES.min(self.limit_bytes());
+        self.grow_for(room.max(reads.saturating_sub(self.end)));
         let n = r.read(&mut self.buf[self.end..self.end + room])?;
         self.end += n.min(room);
         Ok(n)
@@ -486,6 +519,23 @@ impl FrameDecoder {
     // Not `Iterator::next`: it returns a Result, and `Ok(None)` is not the end.
     #[allow(clippy::should_implement_trait)]
     pub(crate) fn next(&mut self) -> Result<Option<Frame>, WireError> {
+        Ok(self.next_ref()?.map(|f| match f {
+            FrameRef::Data {
+                seq,
+                elements,
+                payload,
+            } => Frame::Data {
+                seq,
+                elements,
+                payload: payload.to_vec(),
+            },
+            FrameRef::Other(f) => f,
+        }))
+    }
+
+    /// [`next`](Self::next), with a Data frame's payload borrowed from the decoder's buffer
+    /// (valid until the decoder is used again): a reader decodes it from there, uncopied.
+    pub(crate) fn next_ref(&mut self) -> Result<Option<FrameRef<'_>>, WireError> {
         let pending = &self.buf[self.start..self.end];
         let Some(header) = pending.first_chunk::<HEADER_BYTES>() else {
             return Ok(None);
@@ -504,9 +554,24 @@ impl FrameDecoder {
         if pending.len() < total {
             return Ok(None);
         }
-        let frame = decode_frame(pending[HEADER_BYTES], &pending[HEADER_BYTES + 1..total])?;
+        let kind = pending[HEADER_BYTES];
+        if kind == KIND_DATA {
+            let body = &pending[HEADER_BYTES + 1..total];
+            data_fixed_fits(body)?;
+            let at = self.start + HEADER_BYTES + 1;
+            self.start += total;
+            let body = &self.buf[at..at + total - HEADER_BYTES - 1];
+            let (fixed, payload) = body.split_at(DATA_FIXED_BYTES);
+            let (seq, elements) = fixed.split_at(8);
+            return Ok(Some(FrameRef::Data {
+                seq: u64::from_le_bytes(seq.try_into().expect("8 bytes")),
+                elements: u32::from_le_bytes(elements.try_into().expect("4 bytes")),
+                payload,
+            }));
+        }
+        let frame = decode_frame(kind, &pending[HEADER_BYTES + 1..total])?;
         self.start += total;
-        Ok(Some(frame))
+        Ok(Some(FrameRef::Other(frame)))
     }
 
     /// At the end of the stream: an error if part of a frame is left.
