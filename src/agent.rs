@@ -241,6 +241,46 @@ impl Inputs<'_> {
     /// Asks for a step at processing time `at` (or soon after), even if no input arrives. The
     /// earliest request of a step counts; a new step forgets older requests, so a step that
     /// still wants its timer asks again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use iotstream::{Agent, AgentError, Graph, Harness, Input, Inputs, Outputs, Stream};
+    ///
+    /// /// Every 10 s of wall clock, how many readings came in that time, whatever the traffic.
+    /// struct EveryTen { input: Input<f64>, out: Stream<usize>, seen: usize, next: Option<Duration> }
+    ///
+    /// impl Agent for EveryTen {
+    ///     fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+    ///         self.seen += i.slice(&self.input).len();
+    ///         i.consume_all(&self.input);
+    ///         let now = i.processing_time();
+    ///         let next = *self.next.get_or_insert(now + Duration::from_secs(10));
+    ///         if now >= next {
+    ///             o.push(&self.out, std::mem::take(&mut self.seen));
+    ///             self.next = Some(next + Duration::from_secs(10));
+    ///         }
+    ///         i.wake_at(self.next.unwrap());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let mut g = Graph::new("rate");
+    /// let x = g.input::<f64>("x");
+    /// let (input, out) = g.add_agent("every_ten", |p| {
+    ///     let input = p.input("in");
+    ///     let out = p.output("out");
+    ///     (EveryTen { input, out, seen: 0, next: None }, (input, out))
+    /// });
+    /// g.connect(&x, &input);
+    /// let counts = g.collect("counts", &out);
+    /// let mut h = Harness::new(g).unwrap();
+    /// h.push(&x, [1.0, 2.0, 3.0]).unwrap();
+    /// h.run().unwrap(); // at 0 s
+    /// h.advance_clock(Duration::from_secs(10)).unwrap();
+    /// h.advance_clock(Duration::from_secs(10)).unwrap(); // nothing came: 0
+    /// assert_eq!(counts.values(), [3, 0]);
+    /// h.finish().unwrap();
+    /// ```
     pub fn wake_at(&mut self, at: Duration) {
         *self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
     }
