@@ -63,6 +63,8 @@
 //! [`Ports::manages_watermarks`](crate::Ports::manages_watermarks) and sends its own marks
 //! with [`Outputs::mark`](crate::Outputs::mark).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use crate::agent::{Agent, Inputs, Outputs};
@@ -232,5 +234,194 @@ impl Graph {
         });
         self.connect(stream, &input);
         out
+    }
+}
+
+/// How many elements an event-time merge or join buffers at most while it waits for watermarks.
+pub const DEFAULT_MAX_BUFFERED: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// The pieces of buffering operators (merges and joins): one input's event time
+
+/// Where one input of a buffering operator stands in event time.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EventInput {
+    /// The input's watermark: no element below it will come (timestamps taken as ascending
+    /// when the input carries no watermarks).
+    pub watermark: Option<u64>,
+    /// It said it is idle, and nothing came since.
+    pub idle: bool,
+    /// It ended, and every element was taken.
+    pub closed: bool,
+}
+
+impl EventInput {
+    /// Takes every unconsumed element of `input`, in order with its marks: `each` gets every
+    /// element and the input's watermark just before it. Consumes them all.
+    pub fn take<V: Element>(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        input: &Input<(u64, V)>,
+        mut each: impl FnMut(&(u64, V), Option<u64>),
+    ) {
+        let timed = inputs.carries_watermarks(input);
+        let data = inputs.slice(input);
+        let mut at = 0;
+        let mut marks = inputs.marks(input).peekable();
+        // Ends: each pass takes an element or a mark.
+        loop {
+            if let Some(&(k, mark)) = marks.peek() {
+                if k <= at {
+                    marks.next();
+                    match mark {
+                        Mark::Watermark(w) if timed => {
+                            self.watermark = Some(self.watermark.map_or(w, |o| o.max(w)));
+                            self.idle = false;
+                        }
+                        Mark::Idle if timed => self.idle = true,
+                        _ => {}
+                    }
+                    continue;
+                }
+            }
+            let Some(e) = data.get(at) else { break };
+            each(e, self.watermark);
+            self.idle = false;
+            if !timed {
+                self.watermark = Some(self.watermark.map_or(e.0, |o| o.max(e.0)));
+            }
+            at += 1;
+        }
+        drop(marks);
+        inputs.consume_all(input);
+        self.closed = inputs.is_closed(input);
+    }
+}
+
+/// The point below which every input is complete: the smallest watermark of the inputs that
+/// are open and not idle (`None` while one has none yet; `u64::MAX` once all ended). All idle
+/// (and none ended with nothing left): nothing is known beyond what was emitted.
+pub(crate) fn frontier(ins: &[EventInput]) -> Option<u64> {
+    let mut min: Option<u64> = None;
+    let mut active = false;
+    for i in ins {
+        if i.closed || i.idle {
+            continue;
+        }
+        active = true;
+        // One without a watermark yet holds everything back.
+        let w = i.watermark?;
+        min = Some(min.map_or(w, |m| m.min(w)));
+    }
+    if active {
+        min
+    } else if ins.iter().all(|i| i.closed) {
+        Some(u64::MAX)
+    } else {
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// timed_mix in event time
+
+/// [`Graph::timed_mix`](crate::Graph::timed_mix) over inputs that carry watermarks: elements
+/// wait until every input's watermark has passed them, then go out in `(t, input, arrival)`
+/// order; an element behind what was emitted is late.
+pub(crate) struct EventMix<V> {
+    clocks: Vec<EventInput>,
+    pending: BinaryHeap<Reverse<Keyed<(usize, V)>>>,
+    seq: u64,
+    done_below: u64,
+}
+
+impl<V: Element> EventMix<V> {
+    pub fn new(inputs: usize) -> Self {
+        EventMix {
+            clocks: vec![EventInput::default(); inputs],
+            pending: BinaryHeap::new(),
+            seq: 0,
+            done_below: 0,
+        }
+    }
+
+    /// One step: takes every input's elements, emits what every watermark has passed;
+    /// returns how many were late.
+    pub fn step(
+        &mut self,
+        name: &str,
+        inputs: &mut Inputs<'_>,
+        ins: &[Input<(u64, V)>],
+        out: &Stream<(u64, (usize, V))>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<u64, AgentError> {
+        let mut late = 0;
+        let done_below = self.done_below;
+        for (j, input) in ins.iter().enumerate() {
+            let (pending, seq) = (&mut self.pending, &mut self.seq);
+            self.clocks[j].take(inputs, input, |e, _| {
+                if e.0 < done_below {
+                    late += 1;
+                } else {
+                    *seq += 1;
+                    pending.push(Reverse(Keyed {
+                        t: e.0,
+                        seq: (j as u64) << 48 | *seq,
+                        v: (j, e.1.clone()),
+                    }));
+                }
+            });
+        }
+        if self.pending.len() > DEFAULT_MAX_BUFFERED {
+            return Err(format!(
+                "timed mix '{name}': more than {DEFAULT_MAX_BUFFERED} elements wait for the \
+                 watermarks (check that every input's watermark advances, or mark quiet inputs \
+                 idle)"
+            )
+            .into());
+        }
+        if let Some(upto) = frontier(&self.clocks).filter(|&u| u > self.done_below) {
+            self.emit(upto, out, outputs);
+        }
+        Ok(late)
+    }
+
+    /// Emits everything below `upto`, then the watermark.
+    pub fn emit(&mut self, upto: u64, out: &Stream<(u64, (usize, V))>, outputs: &mut Outputs<'_>) {
+        while let Some(Reverse(k)) = self.pending.peek() {
+            if k.t >= upto {
+                break;
+            }
+            let Reverse(k) = self.pending.pop().expect("peeked");
+            outputs.push(out, (k.t, k.v));
+        }
+        self.done_below = self.done_below.max(upto);
+        if upto < u64::MAX {
+            outputs.mark(out, Mark::Watermark(upto));
+        }
+    }
+}
+
+/// An element ordered by (timestamp, arrival) only.
+pub(crate) struct Keyed<V> {
+    pub t: u64,
+    pub seq: u64,
+    pub v: V,
+}
+
+impl<V> PartialEq for Keyed<V> {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl<V> Eq for Keyed<V> {}
+impl<V> PartialOrd for Keyed<V> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<V> Ord for Keyed<V> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.t, self.seq).cmp(&(o.t, o.seq))
     }
 }

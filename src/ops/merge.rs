@@ -400,7 +400,7 @@ impl LateCounter {
 struct TimedMix<V> {
     name: String,
     /// Event time, once the first step saw that the inputs carry watermarks.
-    event: Option<crate::ops::join::EventMix<V>>,
+    event: Option<crate::ops::event::EventMix<V>>,
     /// The first step chose between event time and arrival order.
     chosen: bool,
     ins: Vec<Input<(u64, V)>>,
@@ -434,7 +434,7 @@ impl<V: Element> Agent for TimedMix<V> {
                     )
                     .into());
                 }
-                self.event = Some(crate::ops::join::EventMix::new(self.ins.len()));
+                self.event = Some(crate::ops::event::EventMix::new(self.ins.len()));
             }
         }
         if let Some(ev) = &mut self.event {
