@@ -89,6 +89,38 @@ proptest! {
     }
 
     #[test]
+    fn timed_zip_in_event_time_aligns_three_inputs_whatever_the_arrival(
+        t0 in times(), t1 in times(), t2 in times(),
+        delays in prop::collection::vec(0u64..50, 1..20),
+        bound in 0u64..30,
+        cuts in prop::collection::vec(1usize..7, 1..10),
+        order in prop::collection::vec(0usize..3, 1..10),
+    ) {
+        let ts = [&t0, &t1, &t2];
+        let inputs: Vec<Vec<(u64, u32)>> = ts.iter().map(|t| arrivals(t, &delays, bound)).collect();
+        let mut g = Graph::new("zip");
+        let xs: Vec<_> = (0..3).map(|j| g.input::<(u64, u32)>(&format!("x{j}"))).collect();
+        let timed: Vec<_> = xs
+            .iter()
+            .enumerate()
+            .map(|(j, x)| g.watermarks(&format!("w{j}"), x, Watermarks::bounded(bound)))
+            .collect();
+        let (rows, late) = g.timed_zip_counted("zip", &timed);
+        let out = g.collect("out", &rows);
+        let mut h = Harness::new(g).unwrap();
+        deliver(&mut h, &xs, &inputs, &cuts, &order);
+        h.finish().unwrap();
+        let idx = |s: &BTreeSet<u64>, t: u64| s.iter().position(|&x| x == t).map(|i| i as u32);
+        let all: BTreeSet<u64> = t0.union(&t1).chain(t2.iter()).copied().collect();
+        let want: Vec<(u64, Vec<Option<u32>>)> = all
+            .iter()
+            .map(|&t| (t, ts.iter().map(|s| idx(s, t)).collect()))
+            .collect();
+        prop_assert_eq!(late.get(), 0);
+        prop_assert_eq!(out.values(), want);
+    }
+
+    #[test]
     fn timed_zip2_aligns_by_time_whatever_the_arrival(
         t0 in times(), t1 in times(),
         delays in prop::collection::vec(0u64..50, 1..20),

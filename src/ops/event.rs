@@ -425,3 +425,93 @@ impl<V> Ord for Keyed<V> {
         (self.t, self.seq).cmp(&(o.t, o.seq))
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// timed_zip in event time
+
+/// [`Graph::timed_zip`](crate::Graph::timed_zip) over inputs that carry watermarks: rows wait
+/// until every input's watermark has passed their timestamp, then go out in time order; an
+/// element behind what was emitted is late.
+pub(crate) struct EventZip<V> {
+    clocks: Vec<EventInput>,
+    /// Per timestamp, what each input brought, in arrival order.
+    rows: std::collections::BTreeMap<u64, Vec<std::collections::VecDeque<V>>>,
+    buffered: usize,
+    done_below: u64,
+}
+
+impl<V: Element> EventZip<V> {
+    pub fn new(inputs: usize) -> Self {
+        EventZip {
+            clocks: vec![EventInput::default(); inputs],
+            rows: std::collections::BTreeMap::new(),
+            buffered: 0,
+            done_below: 0,
+        }
+    }
+
+    /// One step: takes every input's elements, emits the rows every watermark has passed;
+    /// returns how many elements were late.
+    pub fn step(
+        &mut self,
+        name: &str,
+        inputs: &mut Inputs<'_>,
+        ins: &[Input<(u64, V)>],
+        out: &Stream<(u64, Vec<Option<V>>)>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<u64, AgentError> {
+        let mut late = 0;
+        let (done_below, n) = (self.done_below, ins.len());
+        for (j, input) in ins.iter().enumerate() {
+            let (rows, buffered) = (&mut self.rows, &mut self.buffered);
+            self.clocks[j].take(inputs, input, |e, _| {
+                if e.0 < done_below {
+                    late += 1;
+                } else {
+                    let row = rows
+                        .entry(e.0)
+                        .or_insert_with(|| (0..n).map(|_| Default::default()).collect());
+                    row[j].push_back(e.1.clone());
+                    *buffered += 1;
+                }
+            });
+        }
+        if self.buffered > DEFAULT_MAX_BUFFERED {
+            return Err(format!(
+                "timed zip '{name}': more than {DEFAULT_MAX_BUFFERED} elements wait for the \
+                 watermarks (check that every input's watermark advances, or mark quiet inputs \
+                 idle)"
+            )
+            .into());
+        }
+        if let Some(upto) = frontier(&self.clocks).filter(|&u| u > self.done_below) {
+            self.emit(upto, out, outputs);
+        }
+        Ok(late)
+    }
+
+    /// Emits every row below `upto` (several when an input has several elements at one
+    /// timestamp), then the watermark.
+    pub fn emit(
+        &mut self,
+        upto: u64,
+        out: &Stream<(u64, Vec<Option<V>>)>,
+        outputs: &mut Outputs<'_>,
+    ) {
+        while let Some(entry) = self.rows.first_entry() {
+            if *entry.key() >= upto {
+                break;
+            }
+            let (t, mut queues) = entry.remove_entry();
+            while queues.iter().any(|q| !q.is_empty()) {
+                let row: Vec<Option<V>> = queues.iter_mut().map(|q| q.pop_front()).collect();
+                self.buffered -= row.iter().filter(|v| v.is_some()).count();
+                outputs.push(out, (t, row));
+            }
+        }
+        self.done_below = self.done_below.max(upto);
+        if upto < u64::MAX {
+            outputs.mark(out, Mark::Watermark(upto));
+        }
+    }
+}
