@@ -252,10 +252,23 @@ impl<T: Element> InSlot for InBuf<T> {
             // mark says nothing any more.
             return Ok(());
         }
+        let at = self.received_total;
+        // Marks with no element between say, together, a watermark and whether the stream
+        // is idle after it: at most a watermark then idleness wait at one place. Idleness
+        // does not replace the watermark before it (that watermark would be lost to the
+        // input's progress); a watermark does replace idleness (it ends it).
+        if mark == Mark::Idle {
+            if !matches!(self.marks.back(), Some(&(a, Mark::Idle)) if a == at) {
+                self.marks.push_back((at, mark));
+            }
+            return Ok(());
+        }
+        if matches!(self.marks.back(), Some(&(a, Mark::Idle)) if a == at) {
+            self.marks.pop_back();
+        }
         match self.marks.back_mut() {
-            // Two marks with no element between: the later says all the earlier did.
-            Some((at, m)) if *at == self.received_total => *m = mark,
-            _ => self.marks.push_back((self.received_total, mark)),
+            Some((a, m @ Mark::Watermark(_))) if *a == at => *m = mark,
+            _ => self.marks.push_back((at, mark)),
         }
         Ok(())
     }
@@ -655,5 +668,45 @@ impl<T: Element> OutSlot for OutBuf<T> {
 
     fn stalled(&self) -> Vec<String> {
         self.links.iter().filter_map(|l| l.stalled()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(items: &[u64]) -> Box<dyn Any + Send> {
+        Box::new(Batch::new(items.to_vec().into()))
+    }
+
+    /// The progress after a step that consumed everything it was shown.
+    fn step(buf: &mut InBuf<u64>) -> Progress {
+        buf.prepare(false);
+        let n = buf.as_slice().len();
+        buf.consume(n);
+        buf.take_consumed();
+        buf.pass_marks();
+        buf.progress()
+    }
+
+    #[test]
+    fn idleness_right_after_a_watermark_does_not_erase_the_watermark() {
+        let mut buf = InBuf::<u64>::new();
+        buf.push(batch(&[3, 12])).unwrap();
+        buf.push_mark(Mark::Watermark(12)).unwrap();
+        // The writer went quiet: idleness follows with no element between.
+        buf.push_mark(Mark::Idle).unwrap();
+        let p = step(&mut buf);
+        assert_eq!(p.watermark, Some(12), "the watermark before the idleness");
+        assert!(p.idle);
+        // Another watermark (ending the idleness) replaces it; idleness again stays one.
+        for _ in 0..3 {
+            buf.push_mark(Mark::Watermark(20)).unwrap();
+            buf.push_mark(Mark::Idle).unwrap();
+        }
+        assert!(buf.marks.len() <= 2, "marks at one place stay bounded");
+        buf.push_mark(Mark::Watermark(21)).unwrap();
+        let p = step(&mut buf);
+        assert_eq!((p.watermark, p.idle), (Some(21), false));
     }
 }

@@ -325,3 +325,39 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn a_watermark_followed_at_once_by_idleness_still_closes_the_windows_it_passes() {
+    // The watermark and the idleness after it reach the window's input together: the
+    // idleness must not erase the watermark, or the window [0, 10) waits for the next element
+    // (here: for the end, as Final) although the watermark 12 passed it.
+    use iotstream::ops::event_window::{EventWindow, Firing, Window};
+    let mut g = Graph::new("idle_after_mark");
+    let x = g.input::<(u64, u32)>("x");
+    let timed = g.watermarks(
+        "timed",
+        &x,
+        Watermarks::ascending().idle_after(Duration::ZERO),
+    );
+    let w = g.event_window(
+        "count",
+        &timed,
+        EventWindow::tumbling(10),
+        |e: &[(u64, u32)]| e.len(),
+    );
+    let windows = g.collect("windows", &w.windows);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, [(3, 0), (12, 0)]).unwrap();
+    h.run().unwrap();
+    assert_eq!(
+        windows.values(),
+        [Window {
+            start: 0,
+            end: 10,
+            value: 1,
+            firing: Firing::OnTime
+        }],
+        "the watermark 12 closed [0, 10)"
+    );
+    h.finish().unwrap();
+}

@@ -239,8 +239,9 @@ enum Piece<T> {
 ///
 /// A [`Mark`] (a watermark, or idleness) takes no credit and is never dropped: it goes after
 /// everything offered before it, and waits in the stash behind data that waits. Marks that
-/// wait next to each other are merged (the later one says all the earlier said), so the stash
-/// holds at most one mark per stashed batch, plus one.
+/// wait next to each other are merged into what they say together: the last watermark, then
+/// idleness if the last of them is idleness (idleness does not erase the watermark before
+/// it), so the stash holds at most two marks per stashed batch, plus two.
 pub(crate) struct LinkTx<T> {
     flavor: Flavor<T>,
     capacity: usize,
@@ -317,6 +318,29 @@ fn transmit_mark<T: Element>(flavor: &mut Flavor<T>, mark: Mark) -> Result<bool,
         }
         Flavor::Shm(tx) => tx.write_mark(mark),
         Flavor::Tcp(tx) => tx.write_mark(mark),
+    }
+}
+
+/// Puts `mark` at the back of `stash`, merged with the marks already there with no data
+/// between: idleness after idleness says nothing new; a watermark replaces the idleness (it
+/// ends it) and the watermark before; idleness after a watermark is kept beside it, since the
+/// watermark still says where the stream stands.
+fn stash_mark<T>(stash: &mut VecDeque<Piece<T>>, mark: Mark) {
+    match mark {
+        Mark::Idle => {
+            if !matches!(stash.back(), Some(Piece::Mark(Mark::Idle))) {
+                stash.push_back(Piece::Mark(mark));
+            }
+        }
+        Mark::Watermark(_) => {
+            if matches!(stash.back(), Some(Piece::Mark(Mark::Idle))) {
+                stash.pop_back();
+            }
+            match stash.back_mut() {
+                Some(Piece::Mark(m)) => *m = mark,
+                _ => stash.push_back(Piece::Mark(mark)),
+            }
+        }
     }
 }
 
@@ -434,14 +458,14 @@ impl<T: Element> LinkTx<T> {
         self.merge_marks();
     }
 
-    /// Merges marks that wait next to each other into the later one.
+    /// Merges marks that wait next to each other (see [`stash_mark`]).
     fn merge_marks(&mut self) {
         let mut merged: VecDeque<Piece<T>> = VecDeque::with_capacity(self.stash.len());
         for p in self.stash.drain(..) {
-            if let (Piece::Mark(_), Some(Piece::Mark(_))) = (&p, merged.back()) {
-                merged.pop_back();
+            match p {
+                Piece::Mark(m) => stash_mark(&mut merged, m),
+                data => merged.push_back(data),
             }
-            merged.push_back(p);
         }
         self.stash = merged;
     }
@@ -449,11 +473,7 @@ impl<T: Element> LinkTx<T> {
     /// Sends `mark` after everything offered before it: now if nothing waits, else behind
     /// what waits.
     pub(crate) fn offer_mark(&mut self, mark: Mark) {
-        if let Some(Piece::Mark(m)) = self.stash.back_mut() {
-            *m = mark;
-        } else {
-            self.stash.push_back(Piece::Mark(mark));
-        }
+        stash_mark(&mut self.stash, mark);
         self.pump();
         self.note_blocked();
     }
@@ -670,12 +690,32 @@ mod tests {
         tx.credit(1);
         assert_eq!(
             log.0.lock().unwrap()[3..],
-            [El(3), M(Mark::Idle)],
-            "3, then the merged marks (the later says all), then 4 waits for credit"
+            [El(3), M(Mark::Watermark(3)), M(Mark::Idle)],
+            "3, then its watermark and the idleness after it, then 4 waits for credit"
         );
         tx.close();
         tx.credit(1);
-        assert_eq!(log.0.lock().unwrap()[5..], [El(4), Eos]);
+        assert_eq!(log.0.lock().unwrap()[6..], [El(4), Eos]);
+    }
+
+    #[test]
+    fn waiting_marks_merge_into_what_they_say_together() {
+        use Ev::*;
+        let (mut tx, log, _) = link(1, Policy::Block);
+        tx.offer(batch(&[1]));
+        tx.offer(batch(&[2]));
+        // Everything from here waits behind 2: idleness must not erase the watermark 2 before
+        // it, and repeated marks with no element between stay two at most.
+        for _ in 0..100 {
+            tx.offer_mark(Mark::Watermark(2));
+            tx.offer_mark(Mark::Idle);
+        }
+        assert!(tx.stash.len() <= 3, "stash: {} pieces", tx.stash.len());
+        tx.credit(1);
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [El(1), El(2), M(Mark::Watermark(2)), M(Mark::Idle)]
+        );
     }
 
     #[test]
