@@ -361,3 +361,35 @@ fn a_watermark_followed_at_once_by_idleness_still_closes_the_windows_it_passes()
     );
     h.finish().unwrap();
 }
+
+#[test]
+fn timed_join_emits_the_last_readings_of_an_input_gone_idle() {
+    // The dew-point join: the temperature sensor (a) goes quiet after its reading at 10 and is
+    // marked idle; humidity (b) goes on. The reading at 10 has its nearest humidity (at 9,
+    // nothing nearer can come: b is at 40) and must not wait for the temperature sensor to
+    // come back, as an idle input of a timed_mix or timed_zip does not.
+    let mut g = Graph::new("idle_join");
+    let a = g.input::<(u64, u32)>("temperature");
+    let b = g.input::<(u64, u32)>("humidity");
+    let quiet = Duration::from_secs(30);
+    let ta = g.watermarks("ta", &a, Watermarks::ascending().idle_after(quiet));
+    let tb = g.watermarks("tb", &b, Watermarks::ascending());
+    let (pairs, late) = g.timed_join("dew", &ta, &tb, 2);
+    let out = g.collect("out", &pairs);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&a, [(5, 50), (10, 100)]).unwrap();
+    h.push(&b, [(4, 1), (9, 2), (40, 3)]).unwrap();
+    h.run().unwrap();
+    assert_eq!(out.values(), [(5, 50, 1)], "10 waits: a may still send 10");
+    h.advance_clock(Duration::from_secs(31)).unwrap();
+    assert_eq!(
+        out.values(),
+        [(5, 50, 1), (10, 100, 2)],
+        "a is idle: b alone says what is complete"
+    );
+    h.push(&b, [(50, 4)]).unwrap();
+    h.run().unwrap();
+    assert_eq!(out.values(), [(5, 50, 1), (10, 100, 2)]);
+    h.finish().unwrap();
+    assert_eq!(late.get(), 0);
+}

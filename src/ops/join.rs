@@ -149,6 +149,10 @@ impl<A: Element, B: Element> Agent for TimedJoin<A, B> {
                 Some(a.min(b))
             }
             (Some(a), None) if self.clocks[1].idle => Some(a),
+            // `a` idle: `b` alone says how far `a`'s buffered readings are complete (as for
+            // an idle input of a timed merge). Not once `b` ended: `a` may still come back,
+            // and everything it sends then would be behind an emitted u64::MAX.
+            (None, Some(b)) if self.clocks[0].idle && b < u64::MAX => Some(b.saturating_sub(tol)),
             _ => None,
         };
         if let Some(upto) = upto.filter(|&u| u > self.done_below) {
