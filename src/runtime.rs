@@ -413,8 +413,13 @@ impl AgentActor {
             return;
         }
         if let Some(at) = self.host.timer() {
-            if self.timer_set != Some(at) && !self.host.is_done() {
+            // Only a request earlier than the timer already armed arms another: one moved
+            // later at every step (an idle timeout counted from the last element) is looked
+            // at again when the armed one fires, instead of arming a timer per step.
+            if self.timer_set.is_none_or(|set| at < set) && !self.host.is_done() {
                 self.timer_set = Some(at);
+                #[cfg(test)]
+                tests::armed(&self.host.name);
                 let delay = at.saturating_sub(self.host.clock.now());
                 ctx.run_later(delay, move |act, ctx| {
                     if act.timer_set == Some(at) {
@@ -1478,5 +1483,63 @@ impl crate::graph::Wiring for ProcessLinks {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use crate::ops::event::Watermarks;
+    use crate::Graph;
+
+    /// Timers armed on the arbiter, by agent name.
+    static ARMED: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+
+    pub(super) fn armed(agent: &str) {
+        let mut m = ARMED.lock().unwrap_or_else(|p| p.into_inner());
+        *m.get_or_insert_with(HashMap::new)
+            .entry(agent.to_string())
+            .or_default() += 1;
+    }
+
+    fn armed_count(agent: &str) -> u64 {
+        let m = ARMED.lock().unwrap_or_else(|p| p.into_inner());
+        m.as_ref().and_then(|m| m.get(agent).copied()).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_timer_moved_later_at_every_step_is_armed_once() {
+        // An idle timeout counts from the last element: every step with data moves the timer
+        // later. Each step arming its own timer would pile up (steps per second x timeout)
+        // timers on the arbiter. The wait below is a hang guard, not a timing assertion.
+        let mut g = Graph::new("timer_arming");
+        let x = g.input::<(u64, u32)>("x");
+        let quiet = Duration::from_secs(3600);
+        let timed = g.watermarks(
+            "timer_arming_probe",
+            &x,
+            Watermarks::ascending().idle_after(quiet),
+        );
+        let out = g.collect("out", &timed);
+        let mut running = g.start().unwrap();
+        let tx = running.input(&x).unwrap();
+        for i in 0..20u64 {
+            tx.send(vec![(i, 0)]).unwrap();
+            let guard = Instant::now();
+            while out.values().len() <= i as usize {
+                assert!(
+                    guard.elapsed() < Duration::from_secs(20),
+                    "element {i} never came"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        tx.close();
+        running.join().unwrap();
+        assert_eq!(out.values().len(), 20);
+        assert_eq!(armed_count("timer_arming_probe"), 1);
     }
 }
