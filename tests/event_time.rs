@@ -393,3 +393,24 @@ fn timed_join_emits_the_last_readings_of_an_input_gone_idle() {
     h.finish().unwrap();
     assert_eq!(late.get(), 0);
 }
+
+#[test]
+fn timed_join_picks_the_same_reading_among_equal_timestamps_whatever_the_arrival() {
+    // Two humidity readings carry the same timestamp (a duplicate with another value): which
+    // one is joined must not depend on which arrived first.
+    let run = |b_order: [(u64, u32); 2]| {
+        let mut g = Graph::new("join_ties");
+        let a = g.input::<(u64, u32)>("a");
+        let b = g.input::<(u64, u32)>("b");
+        let ta = g.watermarks("ta", &a, Watermarks::bounded(5));
+        let tb = g.watermarks("tb", &b, Watermarks::bounded(5));
+        let (pairs, _) = g.timed_join("pairs", &ta, &tb, 2);
+        let out = g.collect("out", &pairs);
+        let mut h = Harness::new(g).unwrap();
+        h.push(&a, [(10, 1)]).unwrap();
+        h.push(&b, b_order).unwrap();
+        h.finish().unwrap();
+        out.values()
+    };
+    assert_eq!(run([(10, 7), (10, 3)]), run([(10, 3), (10, 7)]));
+}

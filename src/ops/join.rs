@@ -21,7 +21,8 @@
 //!
 //! A temperature and a humidity sensor sample at their own instants. `timed_join(temperature,
 //! humidity, tolerance)` pairs each temperature reading with the humidity reading nearest to it
-//! in time, if one is within `tolerance` (ties: the earlier one). A reading of `a` with no `b`
+//! in time, if one is within `tolerance` (ties: the earlier one; several readings at that
+//! timestamp: the one with the smallest postcard encoding). A reading of `a` with no `b`
 //! within the tolerance gives nothing. It is emitted once nothing nearer can come: once the
 //! watermark of `b` has passed `t + tolerance`.
 
@@ -40,6 +41,11 @@ use crate::stream::{Element, Input, Mark, Stream};
 
 // ---------------------------------------------------------------------------------------------
 // timed_join
+
+/// `v`'s postcard encoding (the bytes it crosses a link as): a fixed order for ties.
+fn encoding<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
+}
 
 struct TimedJoin<A, B> {
     a: Input<(u64, A)>,
@@ -65,14 +71,21 @@ impl<A: Element, B: Element> TimedJoin<A, B> {
     fn nearest(&self, t: u64) -> Option<&B> {
         let lo = t.saturating_sub(self.tolerance);
         let hi = t.saturating_add(self.tolerance);
-        let mut best: Option<(u64, &B)> = None;
+        let mut best: Option<(u64, u64, &B)> = None;
         for (&(tb, _), v) in self.candidates.range((lo, 0)..=(hi, u64::MAX)) {
             let d = tb.abs_diff(t);
-            if best.is_none_or(|(bd, _)| d < bd) {
-                best = Some((d, v));
+            let better = match best {
+                None => true,
+                Some((bd, _, _)) if d != bd => d < bd,
+                // Several readings at one timestamp: the smallest encoding, not the first to
+                // arrive, so that arrival order does not matter.
+                Some((_, btb, bv)) => tb == btb && encoding(v) < encoding(bv),
+            };
+            if better {
+                best = Some((d, tb, v));
             }
         }
-        best.map(|(_, v)| v)
+        best.map(|(_, _, v)| v)
     }
 
     /// Emits every waiting `a` below `upto`; forgets the `b`s no later `a` can match.
