@@ -270,3 +270,69 @@ fn a_timed_mix_with_watermarks_on_some_inputs_only_is_an_error_naming_the_input(
         "{e}"
     );
 }
+
+/// Elements `(t, v)` with repeated timestamps (values distinct), arriving at `t + delay` for
+/// the given delays (at most `bound`; ties by position).
+fn arrivals_dup(elems: &[(u64, u32)], delays: &[u64], bound: u64) -> Vec<(u64, u32)> {
+    let mut v: Vec<(u64, usize, (u64, u32))> = elems
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| (e.0 + delays[i % delays.len()] % (bound + 1), i, e))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, _, e)| e).collect()
+}
+
+fn dup_input() -> impl Strategy<Value = Vec<(u64, u32)>> {
+    prop::collection::vec(0u64..40, 0..40).prop_map(|mut ts| {
+        ts.sort();
+        ts.into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect()
+    })
+}
+
+/// Runs timed_mix and timed_zip over three inputs arriving as `inputs` says; their outputs.
+#[allow(clippy::type_complexity)]
+fn mix_and_zip(
+    inputs: &[Vec<(u64, u32)>],
+    bound: u64,
+) -> (Vec<(u64, (usize, u32))>, Vec<(u64, Vec<Option<u32>>)>) {
+    let mut g = Graph::new("ties");
+    let xs: Vec<_> = (0..3)
+        .map(|j| g.input::<(u64, u32)>(&format!("x{j}")))
+        .collect();
+    let timed: Vec<_> = xs
+        .iter()
+        .enumerate()
+        .map(|(j, x)| g.watermarks(&format!("w{j}"), x, Watermarks::bounded(bound)))
+        .collect();
+    let (mixed, _) = g.timed_mix("mix", &timed);
+    let rows = g.timed_zip("zip", &timed);
+    let m = g.collect("m", &mixed);
+    let z = g.collect("z", &rows);
+    let mut h = Harness::new(g).unwrap();
+    deliver(&mut h, &xs, inputs, &[3], &[0, 1, 2]);
+    h.finish().unwrap();
+    (m.values(), z.values())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Several elements of one input at one timestamp: the output of `timed_mix` and
+    /// `timed_zip` does not depend on the order they arrive in (within the bound).
+    #[test]
+    fn equal_timestamps_give_the_same_output_whatever_their_arrival(
+        e0 in dup_input(), e1 in dup_input(), e2 in dup_input(),
+        d1 in prop::collection::vec(0u64..50, 1..20),
+        d2 in prop::collection::vec(0u64..50, 1..20),
+        bound in 0u64..10,
+    ) {
+        let order = |d: &[u64]| -> Vec<Vec<(u64, u32)>> {
+            [&e0, &e1, &e2].iter().map(|e| arrivals_dup(e, d, bound)).collect()
+        };
+        prop_assert_eq!(mix_and_zip(&order(&d1), bound), mix_and_zip(&order(&d2), bound));
+    }
+}

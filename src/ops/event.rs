@@ -326,7 +326,7 @@ pub(crate) fn frontier(ins: &[EventInput]) -> Option<u64> {
 // timed_mix in event time
 
 /// [`Graph::timed_mix`](crate::Graph::timed_mix) over inputs that carry watermarks: elements
-/// wait until every input's watermark has passed them, then go out in `(t, input, arrival)`
+/// wait until every input's watermark has passed them, then go out in `(t, input, encoding)`
 /// order; an element behind what was emitted is late.
 pub(crate) struct EventMix<V> {
     clocks: Vec<EventInput>,
@@ -388,13 +388,33 @@ impl<V: Element> EventMix<V> {
 
     /// Emits everything below `upto`, then the watermark.
     pub fn emit(&mut self, upto: u64, out: &Stream<(u64, (usize, V))>, outputs: &mut Outputs<'_>) {
+        // Elements of one input at one timestamp go out in a fixed order (`sort_ties`), not
+        // in their order of arrival.
+        let mut run: Vec<(usize, V)> = Vec::new();
+        let mut run_t = 0;
+        let flush = |run: &mut Vec<(usize, V)>, t: u64, outputs: &mut Outputs<'_>| {
+            if run.len() > 1 {
+                run.sort_by_cached_key(|(_, v)| encoding(v));
+            }
+            for e in run.drain(..) {
+                outputs.push(out, (t, e));
+            }
+        };
         while let Some(Reverse(k)) = self.pending.peek() {
             if k.t >= upto {
                 break;
             }
             let Reverse(k) = self.pending.pop().expect("peeked");
-            outputs.push(out, (k.t, k.v));
+            if run
+                .first()
+                .is_some_and(|(j, _)| (run_t, *j) != (k.t, k.v.0))
+            {
+                flush(&mut run, run_t, outputs);
+            }
+            run_t = k.t;
+            run.push(k.v);
         }
+        flush(&mut run, run_t, outputs);
         self.done_below = self.done_below.max(upto);
         if upto < u64::MAX {
             outputs.mark(out, Mark::Watermark(upto));
@@ -503,6 +523,9 @@ impl<V: Element> EventZip<V> {
                 break;
             }
             let (t, mut queues) = entry.remove_entry();
+            for q in &mut queues {
+                sort_ties(q);
+            }
             while queues.iter().any(|q| !q.is_empty()) {
                 let row: Vec<Option<V>> = queues.iter_mut().map(|q| q.pop_front()).collect();
                 self.buffered -= row.iter().filter(|v| v.is_some()).count();
@@ -513,5 +536,19 @@ impl<V: Element> EventZip<V> {
         if upto < u64::MAX {
             outputs.mark(out, Mark::Watermark(upto));
         }
+    }
+}
+
+/// `v`'s postcard encoding (the bytes it crosses a link as): a fixed total order for elements
+/// with equal timestamps, so that their order never depends on their arrival.
+pub(crate) fn encoding<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// Puts the elements of one input at one timestamp in the order of their encoding (nothing to
+/// do, and no encoding, for fewer than two).
+pub(crate) fn sort_ties<V: serde::Serialize>(q: &mut std::collections::VecDeque<V>) {
+    if q.len() > 1 {
+        q.make_contiguous().sort_by_cached_key(encoding);
     }
 }

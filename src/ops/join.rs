@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::AgentError;
 use crate::graph::Graph;
-use crate::ops::event::{frontier, EventInput, Keyed};
+use crate::ops::event::{encoding, frontier, sort_ties, EventInput, Keyed};
 use crate::ops::merge::LateCounter;
 
 pub use crate::ops::event::DEFAULT_MAX_BUFFERED;
@@ -41,11 +41,6 @@ use crate::stream::{Element, Input, Mark, Stream};
 
 // ---------------------------------------------------------------------------------------------
 // timed_join
-
-/// `v`'s postcard encoding (the bytes it crosses a link as): a fixed order for ties.
-fn encoding<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).unwrap_or_default()
-}
 
 struct TimedJoin<A, B> {
     a: Input<(u64, A)>,
@@ -205,6 +200,8 @@ impl<A: Element, B: Element> TimedZip2<A, B> {
             }
             let (t, (mut xs, mut ys)) = entry.remove_entry();
             self.buffered -= xs.len() + ys.len();
+            sort_ties(&mut xs);
+            sort_ties(&mut ys);
             while !xs.is_empty() || !ys.is_empty() {
                 outputs.push(&self.out, (t, xs.pop_front(), ys.pop_front()));
             }

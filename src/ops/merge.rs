@@ -73,7 +73,7 @@
 //! **In event time.** When the inputs of [`Graph::timed_mix`] carry watermarks (each made with
 //! [`Graph::watermarks`], see the [`event`](crate::ops::event) guide), it does not judge by
 //! arrival: it buffers elements until every input's watermark has passed them (an idle or
-//! ended input does not hold the others back), then emits them in `(t, input index, arrival)`
+//! ended input does not hold the others back), then emits them in `(t, input index, encoding)`
 //! order, so input that is out of order within the watermarks' bound gives the same output
 //! whatever the arrival. Only an element behind what was already emitted is late: dropped and
 //! counted. At the end everything buffered is emitted. Either all its inputs carry watermarks or
