@@ -53,6 +53,18 @@
 //! runs, and a clock the test moves by hand under the [`Harness`](crate::Harness)
 //! ([`Harness::advance_clock`](crate::Harness::advance_clock)).
 //!
+//! # Limits at the time of writing
+//!
+//! - A pending timer does not keep an application alive: when every source has ended and the
+//!   rest is quiet, agents are closed (their `finish` runs: event windows emit what they hold as
+//!   `Final`) without waiting for timers.
+//! - When every open input of a merge is idle, nothing is emitted until one sends again or
+//!   ends (an ended input's buffered elements wait too): idleness never makes elements late.
+//! - An agent that forwards marks takes one step per mark: a stream with a watermark after
+//!   nearly every element (heavy disorder beyond the bound) costs a step per element there.
+//! - `sliding(size, step)` keeps one pending window per window an element is in: a very
+//!   large `size / step` costs memory in proportion.
+//!
 //! # In your own agent
 //!
 //! [`Inputs::marks`](crate::Inputs::marks) lists the marks among an input's unconsumed
