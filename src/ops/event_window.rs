@@ -106,7 +106,7 @@
 //! | a `ContinuousProcessingTimeTrigger` | [`EventWindow::fire_when_idle`] (once per quiet period) |
 //! | state TTL / key limits | [`EventWindow::max_keys`] (least recently seen evicted) |
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -550,13 +550,44 @@ struct KeyState<K, V> {
     pending: BTreeSet<(u64, u64)>,
     /// When the front of the buffer may go: the entry of this key in `Engine::expiry`.
     expiry: Option<u64>,
-    /// The key's entry in `Engine::lru`.
+    /// When the key was last seen (its current touch in `Engine::lru`).
     seen: u64,
 }
 
 /// Encodes `v` for tie-breaking (empty if it cannot be encoded: arrival order then).
 fn encoding<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// Keys in the order they were last seen, kept lazily: every touch is queued, and a touch that
+/// is no longer its key's last (or whose key is gone) is skipped when met. O(1) amortised per
+/// touch, where ordered maps cost a removal and an insertion; the queue is compacted when it
+/// holds more than twice the live keys, so it stays bounded.
+#[derive(Default)]
+struct Touches {
+    queue: VecDeque<(u64, u64)>,
+}
+
+impl Touches {
+    /// Queues that key `id` was seen at `seq`; `current(id, seq)` says whether a queued touch
+    /// is still its key's last.
+    fn touch(&mut self, id: u64, seq: u64, live: usize, current: impl Fn(u64, u64) -> bool) {
+        self.queue.push_back((seq, id));
+        if self.queue.len() > 2 * live + 64 {
+            self.queue.retain(|&(seq, id)| current(id, seq));
+        }
+    }
+
+    /// The least recently seen key, dropping stale touches in front of it.
+    fn oldest(&mut self, current: impl Fn(u64, u64) -> bool) -> Option<u64> {
+        while let Some(&(seq, id)) = self.queue.front() {
+            if current(id, seq) {
+                return Some(id);
+            }
+            self.queue.pop_front();
+        }
+        None
+    }
 }
 
 struct Engine<K, V> {
@@ -570,8 +601,8 @@ struct Engine<K, V> {
     pending: BTreeSet<(u64, u64, u64)>,
     /// (time the front of a key's buffer may go, key id).
     expiry: BTreeSet<(u64, u64)>,
-    /// (last seen, key id), least recent first.
-    lru: BTreeMap<u64, u64>,
+    /// Keys by last seen, least recent first.
+    lru: Touches,
     next_id: u64,
     /// Arrival counter: element numbers and last-seen numbers.
     seq: u64,
@@ -588,7 +619,7 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
             keys: HashMap::new(),
             pending: BTreeSet::new(),
             expiry: BTreeSet::new(),
-            lru: BTreeMap::new(),
+            lru: Touches::default(),
             next_id: 0,
             seq: 0,
             buffered: 0,
@@ -773,7 +804,6 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
             if let Some(at) = state.expiry {
                 self.expiry.remove(&(at, id));
             }
-            self.lru.remove(&state.seen);
             self.ids.remove(&state.key);
             self.buffered -= state.elems.len();
         }
@@ -781,7 +811,11 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
 
     /// Evicts the least recently seen key: emits (or drops) its open windows.
     fn evict(&mut self, out: &mut Vec<Fired<K, V>>) {
-        let Some((_, &id)) = self.lru.first_key_value() else {
+        let keys = &self.keys;
+        let Some(id) = self
+            .lru
+            .oldest(|id, seen| keys.get(&id).is_some_and(|k| k.seen == seen))
+        else {
             return;
         };
         let state = self.keys.get_mut(&id).expect("a live key");
@@ -805,9 +839,8 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
         let seq = self.seq;
         if let Some(&id) = self.ids.get(&key) {
             let state = self.keys.get_mut(&id).expect("a live key");
-            self.lru.remove(&state.seen);
             state.seen = seq;
-            self.lru.insert(seq, id);
+            self.touch(id, seq);
             return id;
         }
         while self.keys.len() >= self.spec.max_keys.max(1) {
@@ -828,8 +861,16 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 seen: seq,
             },
         );
-        self.lru.insert(seq, id);
+        self.touch(id, seq);
         id
+    }
+
+    /// Records that key `id` was seen at `seq`.
+    fn touch(&mut self, id: u64, seq: u64) {
+        let keys = &self.keys;
+        self.lru.touch(id, seq, keys.len(), |id, seen| {
+            keys.get(&id).is_some_and(|k| k.seen == seen)
+        });
     }
 
     /// Takes one element. Returns it back if it is late; corrections (and windows of an
