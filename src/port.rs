@@ -366,8 +366,8 @@ impl<T: Element> InSlot for InBuf<T> {
     }
 
     fn take_consumed(&mut self) -> usize {
-        // Called once after each step: batches arrive only between steps, so an empty queue
-        // means the step saw everything received.
+        // Called once after each step: batches arrive only between steps, so nothing unseen
+        // (no batch queued, nothing held behind a mark) means the step saw everything received.
         let left = self.as_slice().len();
         self.kept_up = left == 0;
         self.waiting = (left > 0 && !self.has_unseen() && !self.closed).then_some(left);
