@@ -43,6 +43,7 @@ mod launch;
 pub mod launcher;
 mod logging;
 pub mod metrics;
+pub mod observe;
 pub mod ops;
 mod port;
 pub mod runtime;

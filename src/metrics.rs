@@ -110,7 +110,7 @@ impl Registry {
 }
 
 /// A snapshot of every counter of an application.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// One entry per stream (agent output).
     pub streams: Vec<StreamStats>,
@@ -142,7 +142,7 @@ impl Metrics {
 }
 
 /// Counters of one stream.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StreamStats {
     /// `"agent.port"`.
     pub name: String,
@@ -155,7 +155,7 @@ pub struct StreamStats {
 }
 
 /// Counters of one connection from a stream to a reader's input.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LinkStats {
     /// The stream read, `"agent.port"`.
     pub stream: String,
@@ -201,7 +201,7 @@ pub struct LinkStats {
 }
 
 /// Counters of one agent.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AgentStats {
     /// The agent's name.
     pub name: String,

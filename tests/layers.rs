@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("agent API", &["agent"]),
     ("host", &["host"]),
     ("plain description", &["info"]),
+    ("live view", &["observe"]),
     ("deployment model", &["deploy"]),
     ("graph", &["graph"]),
     ("operators", &["ops"]),
