@@ -119,6 +119,15 @@ pub struct HostInfo {
     pub processes: Vec<String>,
 }
 
+impl HostInfo {
+    /// The port its launcher's observation channel listens on (the port just below the links'
+    /// base port): another host's launcher asks it for its processes' counters there (see
+    /// [`crate::observe`]).
+    pub fn observe_port(&self) -> u16 {
+        self.port.saturating_sub(1)
+    }
+}
+
 impl GraphInfo {
     /// The index of the agent named `name`.
     pub fn agent(&self, name: &str) -> Option<usize> {

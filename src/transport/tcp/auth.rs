@@ -283,6 +283,31 @@ pub(crate) fn verify(
         .is_ok()
 }
 
+/// HMAC-SHA256(secret, `label` || each of `parts`), for protocols other than a link's
+/// handshake (the launchers' observation channel): `label` names the protocol and the message,
+/// so a tag made for one can never pass for another, nor for a link's proof. Callers keep
+/// the concatenation unambiguous (fixed-length parts, or a length-carrying last part).
+pub(crate) fn tag(secret: &Secret, label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(&tag_mac(secret, label, parts).finalize().into_bytes());
+    out
+}
+
+/// Whether `claimed` is [`tag`]`(secret, label, parts)`, compared in constant time.
+pub(crate) fn verify_tag(secret: &Secret, label: &[u8], parts: &[&[u8]], claimed: &[u8]) -> bool {
+    tag_mac(secret, label, parts).verify_slice(claimed).is_ok()
+}
+
+fn tag_mac(secret: &Secret, label: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret.bytes)
+        .expect("HMAC takes a key of any length");
+    mac.update(label);
+    for part in parts {
+        mac.update(part);
+    }
+    mac
+}
+
 /// 32 bytes from the operating system's random source.
 pub(crate) fn nonce() -> io::Result<[u8; 32]> {
     let mut out = [0; 32];
