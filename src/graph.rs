@@ -190,6 +190,9 @@ impl Graph {
     /// [`Running::stop`](crate::Running::stop). This applies to the process the user started;
     /// the processes a multi-process run starts always take their starter's (or the
     /// launcher's) request to drain, and the [`Harness`](crate::Harness) never handles signals.
+    /// (Tests that call `run` under `cargo test` therefore take a Ctrl-C as a drain of the runs
+    /// in progress, and the test binary goes on with its other tests: use the `Harness` there,
+    /// or `false`.)
     ///
     /// ```
     /// # use iotstream::Graph;
