@@ -365,7 +365,10 @@ pub struct ProcessSettings {
 }
 
 /// Why a deployment file was rejected: every problem found, sorted by position.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` output is its message, one problem per line (as `Display`), so that a `main`
+/// that returns one prints the problems, not a struct; `{:#?}` shows the fields.
+#[derive(Clone, PartialEq, Eq)]
 pub struct DeployError {
     /// The problems, at least one.
     pub problems: Vec<Problem>,
@@ -410,6 +413,19 @@ impl fmt::Display for DeployError {
             write!(f, "{p}")?;
         }
         Ok(())
+    }
+}
+
+/// The readable message (as `Display`); with `{:#?}`, the fields.
+impl fmt::Debug for DeployError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.debug_struct("DeployError")
+                .field("problems", &self.problems)
+                .finish()
+        } else {
+            fmt::Display::fmt(self, f)
+        }
     }
 }
 

@@ -12,7 +12,12 @@ use std::fmt;
 pub type AgentError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why building or running an application failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` output is its message, as `Display` writes it, so that a
+/// `fn main() -> Result<(), iotstream::Error>` that returns one prints a sentence
+/// (`Error: agent 'detector' failed: …`), not a struct; `{:#?}` shows the variant and its
+/// fields.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
     /// The graph is not well formed: every problem found is listed, one per line.
@@ -82,6 +87,43 @@ impl fmt::Display for Error {
     }
 }
 
+/// The readable message (as `Display`); with `{:#?}`, the variant and its fields.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return fmt::Display::fmt(self, f);
+        }
+        match self {
+            Error::Graph { app, problems } => f
+                .debug_struct("Graph")
+                .field("app", app)
+                .field("problems", problems)
+                .finish(),
+            Error::Agent { agent, cause } => f
+                .debug_struct("Agent")
+                .field("agent", agent)
+                .field("cause", cause)
+                .finish(),
+            Error::Panic { agent, message } => f
+                .debug_struct("Panic")
+                .field("agent", agent)
+                .field("message", message)
+                .finish(),
+            Error::Stalled { detail } => f.debug_struct("Stalled").field("detail", detail).finish(),
+            Error::Process { process, detail } => f
+                .debug_struct("Process")
+                .field("process", process)
+                .field("detail", detail)
+                .finish(),
+            Error::Deployment { problems } => f
+                .debug_struct("Deployment")
+                .field("problems", problems)
+                .finish(),
+            Error::Runtime { detail } => f.debug_struct("Runtime").field("detail", detail).finish(),
+        }
+    }
+}
+
 impl std::error::Error for Error {}
 
 impl Error {
@@ -110,5 +152,38 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn debug_is_the_readable_message_and_alternate_debug_the_fields() {
+        let errors = [
+            Error::Agent {
+                agent: "detector".into(),
+                cause: "sensor offline".into(),
+            },
+            Error::Graph {
+                app: "quake".into(),
+                problems: vec!["a".into(), "b".into()],
+            },
+            Error::Runtime { detail: "x".into() },
+        ];
+        for e in &errors {
+            assert_eq!(format!("{e:?}"), format!("{e}"));
+            // What `fn main() -> Result<(), Error>` prints.
+            assert!(!format!("{e:?}").contains('{'), "{e:?}");
+        }
+        assert_eq!(
+            format!("{:?}", errors[0]),
+            "agent 'detector' failed: sensor offline"
+        );
+        assert_eq!(
+            format!("{:#?}", errors[2]),
+            "Runtime {\n    detail: \"x\",\n}"
+        );
     }
 }

@@ -134,6 +134,8 @@ pub struct Graph {
     pub(crate) hosts: Vec<HostPlan>,
     /// The host of each process a deployment placed; others run on the first host.
     pub(crate) process_hosts: HashMap<String, String>,
+    /// Ctrl-C and SIGTERM drain the run (see [`Graph::handle_signals`]).
+    pub(crate) handle_signals: bool,
 }
 
 impl Graph {
@@ -154,6 +156,7 @@ impl Graph {
                 port: crate::deploy::DEFAULT_PORT,
             }],
             process_hosts: HashMap::new(),
+            handle_signals: true,
         }
     }
 
@@ -170,6 +173,38 @@ impl Graph {
     /// Sets the capacity of connections that do not set their own.
     pub fn set_default_capacity(&mut self, elements: usize) -> &mut Self {
         self.default_capacity = elements;
+        self
+    }
+
+    /// Whether Ctrl-C (SIGINT) and SIGTERM drain the application while it runs (default: yes).
+    ///
+    /// With `true`, the first of them drains the run [`start`](Graph::start)ed here (sources
+    /// stop, data in flight is processed, sinks flush, [`run`](Graph::run) returns `Ok`) and
+    /// forwards the drain to its child processes; a second one, while it drains, ends the
+    /// process at once with status 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), killing
+    /// its child processes and removing their shared-memory rings. Once the run is over, the
+    /// signals do what they did before (by default, end the program).
+    ///
+    /// A program that owns its signals (one that embeds iotstream in a larger service, say)
+    /// passes `false`: nothing is installed, and it stops the run itself with
+    /// [`Running::stop`](crate::Running::stop). This applies to the process the user started;
+    /// the processes a multi-process run starts always take their starter's (or the
+    /// launcher's) request to drain, and the [`Harness`](crate::Harness) never handles signals.
+    /// (Tests that call `run` under `cargo test` therefore take a Ctrl-C as a drain of the runs
+    /// in progress, and the test binary goes on with its other tests: use the `Harness` there,
+    /// or `false`.)
+    ///
+    /// ```
+    /// # use iotstream::Graph;
+    /// let mut g = Graph::new("embedded");
+    /// g.handle_signals(false);
+    /// let numbers = g.source_iter("numbers", 0..3u64);
+    /// let all = g.collect("all", &numbers);
+    /// g.run().unwrap();
+    /// assert_eq!(all.values(), [0, 1, 2]);
+    /// ```
+    pub fn handle_signals(&mut self, on: bool) -> &mut Self {
+        self.handle_signals = on;
         self
     }
 

@@ -49,6 +49,7 @@ use crate::deploy::{Deployment, ProcessSettings, Restart};
 use crate::error::Error;
 use crate::info::GraphInfo;
 use crate::launch::describe::{Described, DescribedError};
+use crate::launch::signals::{self, Again, OnSignal};
 use crate::launch::{self, ChildCommand, RunId, Segments};
 
 /// How long an application may take to describe its graph.
@@ -527,6 +528,7 @@ pub fn run(
     let signals = install_signals(events_tx.clone())?;
     let mut sup = Supervisor {
         app,
+        app_name: info.app.clone(),
         deployment,
         run,
         fingerprint,
@@ -544,7 +546,8 @@ pub fn run(
         failure: None,
     };
     let code = sup.supervise(&events);
-    signals.close();
+    // From here on the process's signals do what they did before this run.
+    drop(signals);
     segments.remove_all();
     code
 }
@@ -679,36 +682,20 @@ enum Event {
     Signal(i32),
 }
 
-struct SignalThread {
-    handle: signal_hook::iterator::Handle,
-}
-
-impl SignalThread {
-    fn close(self) {
-        self.handle.close();
-    }
-}
-
-fn install_signals(events: mpsc::SyncSender<Event>) -> Result<SignalThread, Error> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::Runtime {
-            detail: format!("cannot install the SIGINT/SIGTERM handler: {e}"),
-        })?;
-    let handle = signals.handle();
-    std::thread::Builder::new()
-        .name("iotstream signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if events.send(Event::Signal(sig)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| Error::Runtime {
-            detail: format!("cannot start the signal thread: {e}"),
-        })?;
-    Ok(SignalThread { handle })
+/// Ctrl-C and SIGTERM go to the supervisor as events, every one of them (it drains on the
+/// first and stops at once on the second), for as long as the returned registration lives
+/// (see [`launch::signals`]).
+fn install_signals(events: mpsc::SyncSender<Event>) -> Result<signals::Registration, Error> {
+    let again = events.clone();
+    signals::register(OnSignal {
+        sigint: true,
+        first: Box::new(move |sig| {
+            let _ = events.send(Event::Signal(sig));
+        }),
+        again: Again::Call(Box::new(move |sig| {
+            let _ = again.send(Event::Signal(sig));
+        })),
+    })
 }
 
 /// One process of the application, across its restarts.
@@ -775,6 +762,8 @@ struct Failure {
 
 struct Supervisor<'a> {
     app: &'a AppCommand,
+    /// The application's name (as given to `Graph::new`), for its processes' titles.
+    app_name: String,
     deployment: Option<&'a DeploymentFile>,
     run: RunId,
     fingerprint: u64,
@@ -914,8 +903,9 @@ impl Supervisor<'_> {
             control: Some(theirs.into()),
             stdin: self.stdin_process.as_deref() == Some(m.name.as_str()),
             inherit: self.deployment.iter().map(|d| d.fd()).collect(),
+            title: None,
         }
-        .role(&m.name, &self.run, self.fingerprint);
+        .role(&self.app_name, &m.name, &self.run, self.fingerprint);
         let exits = self.events_tx.clone();
         let on_exit = move |exit| {
             let _ = exits.send(Event::Exit(exit));

@@ -15,6 +15,14 @@
 //! - **Stalls**: if at that point a writer still holds data its reader will never take (a
 //!   capacity too small for what the reader needs), the run fails with
 //!   [`Error::Stalled`] naming the connection, instead of hanging.
+//! - **On Ctrl-C or SIGTERM** (or [`Running::stop`]): a graceful drain. Sources stop and end
+//!   their streams, data in flight is processed, sinks see their end of stream (and flush in
+//!   [`Agent::finish`](crate::Agent::finish)), and `run` returns the final counters, `Ok`: the
+//!   program goes on and exits 0 as after a normal end. A second signal while the drain is on
+//!   ends the process at once with status 128 + the signal (130 for Ctrl-C, 143 for SIGTERM),
+//!   as the `iotstream` launcher does. Once the run is over, the signals do what they did
+//!   before it (by default, end the program). A program that handles signals itself turns this
+//!   off with [`Graph::handle_signals`]`(false)`.
 //!
 //! # Several processes
 //!
@@ -25,9 +33,11 @@
 //! [`MAIN_PROCESS`](crate::MAIN_PROCESS) itself, and supervises the children; `join` returns once
 //! every process has ended, or with the first failure, naming the process. In a child, the same
 //! `start` runs only that process's agents. Ctrl-C or SIGTERM drains the application gracefully
-//! (sources end their streams, data in flight is processed); a second one stops it at once. The
-//! drain is bounded (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s): child processes still running
-//! then (stopped or hung) are killed and the run fails naming them.
+//! (sources end their streams, data in flight is processed, in every process); a second one
+//! kills the children, removes the rings and ends the starter at once. The drain is bounded
+//! (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s): child processes still running then (stopped or
+//! hung) are killed and the run fails naming them. Each child is named
+//! `iotstream <app>/<process>` in `ps` and `<app>/<process>` in `top`.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -44,6 +54,7 @@ use nix::sys::signal::Signal;
 use crate::graph::{Graph, Part, Remote, Resolved};
 use crate::host::SourceThreadCtx;
 use crate::host::{Driver, Envelope, Host, Mailbox};
+use crate::launch::signals::{self, Again, OnSignal};
 use crate::launch::{self, ChildProcess, Role, RunId, Segments};
 use crate::metrics::{Metrics, Registry};
 use crate::ops::source::InputSender;
@@ -532,8 +543,9 @@ pub struct Running {
     thread: Option<JoinHandle<Result<(), Error>>>,
     /// The children, when this is the starter of a multi-process run.
     children: Option<Children>,
-    /// Ctrl-C / SIGTERM handling, for as long as a multi-process run is on.
-    _signals: Option<launch::SignalGuard>,
+    /// What Ctrl-C and SIGTERM do to this run, for as long as it is on (see
+    /// [`launch::signals`]); `None` if it does not handle them.
+    _signals: Option<signals::Registration>,
     shared: Option<Arc<Shared>>,
 }
 
@@ -686,7 +698,32 @@ impl Graph {
                 let used =
                     (0..self.agents.len()).any(|i| self.process_of(i) != launch::MAIN_PROCESS);
                 if !shm && !used {
-                    return start_part(self, None, None);
+                    let handle_signals = self.handle_signals;
+                    let mut running = start_part(self, None, None)?;
+                    if handle_signals {
+                        // Ctrl-C and SIGTERM drain it as they drain a launched application;
+                        // a second one ends the process at once (128 + the signal).
+                        let stop = Arc::clone(&running.stop);
+                        let registered = signals::register(OnSignal {
+                            sigint: true,
+                            first: Box::new(move |sig| {
+                                tracing::warn!(
+                                    "signal {sig}: draining (send it again to stop at once)"
+                                );
+                                stop.store(true, Ordering::SeqCst);
+                            }),
+                            again: Again::Exit(Box::new(|| {})),
+                        });
+                        match registered {
+                            Ok(r) => running._signals = Some(r),
+                            Err(e) => {
+                                running.stop();
+                                let _ = running.join();
+                                return Err(e);
+                            }
+                        }
+                    }
+                    return Ok(running);
                 }
                 start_starter(self, processes)
             }
@@ -695,6 +732,8 @@ impl Graph {
                 run,
                 fingerprint,
             } => {
+                // `ps -o comm` and `top` show `<app>/<process>` from now on.
+                launch::name_this_process(&self.name, &process);
                 if !self.processes().contains(&process) {
                     return Err(Error::Runtime {
                         detail: format!(
@@ -717,22 +756,31 @@ impl Graph {
                     crate::logging::init_logging();
                 }
                 let stop = Arc::new(AtomicBool::new(false));
-                // The starter forwards Ctrl-C as SIGTERM; a terminal's own SIGINT to the whole
-                // process group is ignored here so that the drain stays graceful.
+                // Always, whatever `handle_signals` says: a member's signals are its starter's
+                // drain request, not the user's. SIGINT (a terminal's Ctrl-C to the whole
+                // process group) is swallowed, so that only the starter's SIGTERM drains it.
                 // Under the launcher a second SIGTERM (a service manager signalling the whole
                 // group, say) changes nothing: the launcher decides when to kill.
-                let supervised = launch::supervised_by_launcher();
-                let on_second: Option<Box<dyn Fn() + Send>> =
-                    (!supervised).then(|| Box::new(|| {}) as Box<dyn Fn() + Send>);
-                let guard = launch::SignalGuard::install_with(
-                    Arc::clone(&stop),
-                    &[signal_hook::consts::SIGTERM],
-                    || {},
-                    on_second,
-                )?;
+                let first = {
+                    let stop = Arc::clone(&stop);
+                    move |sig: i32| {
+                        tracing::warn!("signal {sig}: draining");
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                };
+                let again = if launch::supervised_by_launcher() {
+                    Again::Nothing
+                } else {
+                    Again::Exit(Box::new(|| {}))
+                };
+                let registration = signals::register(OnSignal {
+                    sigint: false,
+                    first: Box::new(first),
+                    again,
+                })?;
                 let app = self.name.clone();
                 let mut running = start_part(self, Some(process), Some((app, run, stop)))?;
-                running._signals = Some(guard);
+                running._signals = Some(registration);
                 Ok(running)
             }
         }
@@ -760,7 +808,7 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     let stdin_process = graph.stdin_process().map(str::to_string);
     for p in processes.iter().filter(|p| *p != launch::MAIN_PROCESS) {
         let command = launch::ChildCommand::this_program(p).map(|c| {
-            let mut c = c.role(p, &run, fingerprint);
+            let mut c = c.role(&app, p, &run, fingerprint);
             c.stdin = stdin_process.as_deref() == Some(p.as_str());
             c
         });
@@ -781,25 +829,30 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     let list = Arc::new(list);
     let stop = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
-    let signals = {
+    let handle_signals = graph.handle_signals;
+    let registration = if handle_signals {
         let (first, second) = (Arc::clone(&list), Arc::clone(&list));
         let segs = Arc::clone(&segments);
-        let asked = Arc::clone(&draining);
-        launch::SignalGuard::install(
-            Arc::clone(&stop),
-            &[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM],
-            move || {
+        let (asked, stopping) = (Arc::clone(&draining), Arc::clone(&stop));
+        signals::register(OnSignal {
+            sigint: true,
+            first: Box::new(move |sig| {
+                tracing::warn!("signal {sig}: draining (send it again to stop at once)");
                 asked.store(true, Ordering::SeqCst);
+                stopping.store(true, Ordering::SeqCst);
                 launch::signal_all(&first, Signal::SIGTERM)
-            },
-            move || {
+            }),
+            again: Again::Exit(Box::new(move || {
                 launch::signal_all(&second, Signal::SIGKILL);
                 segs.remove_all();
-            },
-        )
+            })),
+        })
+        .map(Some)
+    } else {
+        Ok(None)
     };
-    let signals = match signals {
-        Ok(s) => s,
+    let registration = match registration {
+        Ok(r) => r,
         Err(e) => {
             launch::signal_all(&list, Signal::SIGKILL);
             segments.remove_all();
@@ -852,7 +905,7 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
         killed,
         draining,
     });
-    running._signals = Some(signals);
+    running._signals = registration;
     Ok(running)
 }
 

@@ -687,6 +687,27 @@ fn ctrl_c_drains_every_element_and_exits_0() -> Result<(), String> {
     let out = dir.path("out.txt");
     let run = run_relay("endless", &[], Some(&deploy), &out);
     run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    // Every process says what it is in `ps` (argv[0]) and `top` (comm).
+    let mut titles: Vec<(String, String)> = run_pids(run.pid())
+        .into_iter()
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (
+                String::from_utf8_lossy(argv0).into_owned(),
+                comm.trim_end().to_string(),
+            )
+        })
+        .collect();
+    titles.sort();
+    let expected: Vec<(String, String)> = ["main", "sink", "work"]
+        .iter()
+        .map(|p| (format!("iotstream endless/{p}"), format!("endless/{p}")))
+        .collect();
+    ensure(titles == expected, || {
+        format!("the processes' argv[0] and comm: {titles:?}")
+    })?;
     // Let data flow for a moment, so the drain has something in flight.
     let (stdout, _stderr) = ctrl_c_once_recorded(run, &out, 5_000)?;
     let emitted = stdout

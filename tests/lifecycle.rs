@@ -143,7 +143,7 @@ fn a_panic_stops_the_run_and_names_the_agent() {
     });
     let _out = g.collect("out", &m);
     let err = join_within(g).unwrap_err();
-    assert!(matches!(err, Error::Panic { .. }), "{err:?}");
+    assert!(matches!(err, Error::Panic { .. }), "{err:#?}");
     assert_eq!(err.agent(), Some("explode"));
     assert!(
         err.to_string().contains("reading 1234 is impossible"),
@@ -281,7 +281,7 @@ fn stalling_graph() -> Graph {
 #[test]
 fn a_stall_is_reported_not_hung() {
     let err = join_within(stalling_graph()).unwrap_err();
-    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    assert!(matches!(err, Error::Stalled { .. }), "{err:#?}");
     assert!(
         err.to_string().contains("numbers.out -> needs_ten.in"),
         "{err}"
@@ -290,7 +290,7 @@ fn a_stall_is_reported_not_hung() {
         .unwrap()
         .finish()
         .unwrap_err();
-    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    assert!(matches!(err, Error::Stalled { .. }), "{err:#?}");
     assert!(
         err.to_string().contains("numbers.out -> needs_ten.in"),
         "{err}"
@@ -488,10 +488,10 @@ fn uneven_merges() -> Graph {
 #[test]
 fn merges_that_block_each_other_are_reported_as_a_stall() {
     let err = join_within(uneven_merges()).unwrap_err();
-    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    assert!(matches!(err, Error::Stalled { .. }), "{err:#?}");
     assert!(err.to_string().contains(" -> "), "{err}");
     let err = Harness::new(uneven_merges()).unwrap().finish().unwrap_err();
-    assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
+    assert!(matches!(err, Error::Stalled { .. }), "{err:#?}");
 }
 
 #[test]

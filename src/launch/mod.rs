@@ -19,7 +19,12 @@
 //! lines it wrote to standard error). Children die with the starter (`PR_SET_PDEATHSIG`).
 //! Each child's output lines are prefixed with `[process]`. A stop (Ctrl-C, SIGTERM, a failure)
 //! is bounded by [`drain_timeout`] (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s), after which the
-//! children still running are killed and named.
+//! children still running are killed and named. What Ctrl-C and SIGTERM do, to a starter, a
+//! child, a one-process run or the launcher, is decided in one place: [`signals`].
+//!
+//! Each child says what it is: its `argv[0]` is `iotstream <app>/<process>` (what `ps` shows),
+//! and its name, once it knows its role, `<app>/<process>` (what `top` and `ps -o comm` show;
+//! [`name_this_process`]).
 //!
 //! The role and control variables are read once and removed from the environment
 //! ([`role_env`]), so that programs the application starts do not inherit them; a control
@@ -52,6 +57,7 @@
 //! deleted by hand) are left alone and reported: nothing proves their owner dead.
 
 pub(crate) mod describe;
+pub(crate) mod signals;
 
 pub(crate) use crate::transport::process::{is_stopped, pid_alive};
 
@@ -496,6 +502,10 @@ pub(crate) struct ChildCommand {
     /// Descriptors of ours the child inherits at the same numbers (the deployment's
     /// [`DeploymentFd`]); never [`CONTROL_FD`].
     pub inherit: Vec<std::os::fd::RawFd>,
+    /// Its `argv[0]`, what `ps` shows as its command (`iotstream <app>/<process>`, set by
+    /// [`role`](Self::role)); `None`: the program's path. Nothing reads it back: a process
+    /// finds its own program through `/proc/self/exe` ([`this_program`](Self::this_program)).
+    pub title: Option<String>,
 }
 
 impl ChildCommand {
@@ -514,16 +524,50 @@ impl ChildCommand {
             control: None,
             stdin: false,
             inherit: Vec::new(),
+            title: None,
         })
     }
 
-    /// The role variables of `process` in run `run` of a graph with this fingerprint.
-    pub fn role(mut self, process: &str, run: &RunId, fingerprint: u64) -> Self {
+    /// The role variables of `process` of application `app` in run `run` of a graph with this
+    /// fingerprint, and the title that names it in `ps` (`iotstream <app>/<process>`).
+    pub fn role(mut self, app: &str, process: &str, run: &RunId, fingerprint: u64) -> Self {
+        self.title = Some(format!("iotstream {app}/{process}"));
         self.env.push((ENV_PROCESS.into(), process.into()));
         self.env.push((ENV_RUN.into(), run.to_string()));
         self.env
             .push((ENV_GRAPH.into(), format!("{fingerprint:x}")));
         self
+    }
+}
+
+/// The name `top`, `ps -o comm` and `/proc/<pid>/comm` show for process `process` of
+/// application `app`: `<app>/<process>`, cut to the kernel's 15 bytes at a character boundary.
+pub(crate) fn process_comm(app: &str, process: &str) -> String {
+    const COMM_MAX: usize = 15;
+    let mut comm = format!("{app}/{process}").replace('\0', "");
+    if comm.len() > COMM_MAX {
+        let cut = (0..=COMM_MAX)
+            .rev()
+            .find(|&i| comm.is_char_boundary(i))
+            .unwrap_or(0);
+        comm.truncate(cut);
+    }
+    comm
+}
+
+/// Names this process `<app>/<process>` ([`process_comm`]) for `top` and `ps -o comm`: a child
+/// calls it once it knows its role. `PR_SET_NAME` names the calling thread, so from another
+/// thread than the main one the main thread's `/proc/self/comm` is written instead (the same
+/// kernel call). Best effort: a failure changes nothing else.
+pub(crate) fn name_this_process(app: &str, process: &str) {
+    let comm = process_comm(app, process);
+    let main_thread = nix::unistd::gettid() == nix::unistd::getpid();
+    if main_thread {
+        if let Ok(name) = std::ffi::CString::new(comm) {
+            let _ = nix::sys::prctl::set_name(&name);
+        }
+    } else {
+        let _ = std::fs::write("/proc/self/comm", comm);
     }
 }
 
@@ -541,6 +585,9 @@ pub(crate) fn spawn_child(
     use std::os::fd::AsRawFd;
     let parent = nix::unistd::getpid();
     let mut cmd = Command::new(&command.program);
+    if let Some(title) = &command.title {
+        cmd.arg0(title);
+    }
     cmd.args(&command.args)
         .envs(command.env.iter().map(|(k, v)| (k, v)))
         .stdin(if command.stdin {
@@ -565,7 +612,7 @@ pub(crate) fn spawn_child(
     // A supervised child gets a process group of its own: a terminal's Ctrl-C reaches only the
     // launcher, which conducts the drain. Not the one that reads a terminal, though: a process
     // outside the terminal's foreground group is stopped (SIGTTIN) when it reads it. It ignores
-    // a terminal's SIGINT (see `SignalGuard::install_with`), so the launcher still conducts.
+    // a terminal's SIGINT (see [`signals`]), so the launcher still conducts.
     let reads_terminal = command.stdin && std::io::IsTerminal::is_terminal(&std::io::stdin());
     let own_group = control.is_some() && !reads_terminal;
     let mut cpu_set = None;
@@ -777,83 +824,6 @@ pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
             continue; // asked to drain already: a second SIGTERM would cut the drain short
         }
         let _ = kill(Pid::from_raw(c.pid as i32), signal);
-    }
-}
-
-/// Ctrl-C and SIGTERM while a multi-process run is on: the first asks for a graceful drain
-/// (`stop` is set: sources end their streams, data in flight is processed); the second ends
-/// this process at once (after `on_second`, which removes what must not be left behind).
-pub(crate) struct SignalGuard {
-    handle: signal_hook::iterator::Handle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SignalGuard {
-    /// Handles `signals`; in a child, SIGINT (a terminal's Ctrl-C to the whole group) is
-    /// swallowed so that only the starter's SIGTERM drains it.
-    pub fn install(
-        stop: Arc<AtomicBool>,
-        signals: &[i32],
-        on_first: impl Fn() + Send + 'static,
-        on_second: impl Fn() + Send + 'static,
-    ) -> Result<SignalGuard, Error> {
-        Self::install_with(stop, signals, on_first, Some(Box::new(on_second)))
-    }
-
-    /// Like [`install`](Self::install); with `on_second` `None`, further signals only repeat
-    /// the stop request (a supervised process: its launcher decides when to kill it).
-    pub fn install_with(
-        stop: Arc<AtomicBool>,
-        signals: &[i32],
-        on_first: impl Fn() + Send + 'static,
-        on_second: Option<Box<dyn Fn() + Send + 'static>>,
-    ) -> Result<SignalGuard, Error> {
-        use signal_hook::consts::SIGINT;
-        let mut all = signals.to_vec();
-        let swallow_int = !all.contains(&SIGINT);
-        if swallow_int {
-            all.push(SIGINT);
-        }
-        let mut signals =
-            signal_hook::iterator::Signals::new(&all).map_err(|e| Error::Runtime {
-                detail: format!("cannot install the SIGINT/SIGTERM handler: {e}"),
-            })?;
-        let handle = signals.handle();
-        let thread = std::thread::Builder::new()
-            .name("iotstream signals".into())
-            .spawn(move || {
-                let mut seen = 0;
-                for sig in signals.forever() {
-                    if swallow_int && sig == SIGINT {
-                        continue;
-                    }
-                    seen += 1;
-                    if seen == 1 {
-                        tracing::warn!("signal {sig}: draining (send it again to stop at once)");
-                        stop.store(true, Ordering::SeqCst);
-                        on_first();
-                    } else if let Some(on_second) = &on_second {
-                        on_second();
-                        std::process::exit(128 + sig);
-                    }
-                }
-            })
-            .map_err(|e| Error::Runtime {
-                detail: format!("cannot start the signal thread: {e}"),
-            })?;
-        Ok(SignalGuard {
-            handle,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for SignalGuard {
-    fn drop(&mut self) {
-        self.handle.close();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -1298,7 +1268,29 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
-    use super::{peek_hello, read_deployment_fd, DeploymentFd, OutputLines, MAX_LINE};
+    use super::{
+        peek_hello, process_comm, read_deployment_fd, DeploymentFd, OutputLines, MAX_LINE,
+    };
+
+    #[test]
+    fn a_process_name_fits_the_kernels_15_bytes_cut_between_characters() {
+        assert_eq!(process_comm("quake", "detector"), "quake/detector");
+        assert_eq!(process_comm("seismology", "detector"), "seismology/dete");
+        // The euro sign takes bytes 14 to 16: cut before it, not inside.
+        assert_eq!(process_comm("abcdefg", "hijklm€x"), "abcdefg/hijklm");
+        assert_eq!(process_comm("a\0b", "c"), "ab/c");
+    }
+
+    #[test]
+    fn naming_from_another_thread_than_the_main_one_names_the_process() {
+        // Test threads are not the main thread: the process's (main thread's) name changes,
+        // which is what `top` shows. Put back afterwards.
+        let before = std::fs::read_to_string("/proc/self/comm").unwrap();
+        super::name_this_process("quake", "detector");
+        let after = std::fs::read_to_string("/proc/self/comm").unwrap();
+        std::fs::write("/proc/self/comm", before.trim_end()).unwrap();
+        assert_eq!(after.trim_end(), "quake/detector");
+    }
 
     #[test]
     fn the_hello_check_takes_nothing_off_a_socket_that_is_not_the_launchers() {
