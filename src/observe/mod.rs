@@ -4,6 +4,7 @@
 //! (Work in progress for issue 12: the model is in [`model`].)
 
 pub mod model;
+pub mod ui;
 
 pub use model::{
     AgentView, AppMetrics, LinkView, ProcessSample, ProcessStatus, ProcessView, StreamView,
