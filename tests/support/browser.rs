@@ -12,6 +12,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The longest a browser run may take before it is killed: a safety bound so that a stuck
@@ -34,7 +35,16 @@ pub struct Browser {
 impl Browser {
     /// Chromium from `$IOTSTREAM_CHROMIUM`, the `PATH`, or installed with `apt-get` (as root);
     /// the error says why none is available.
+    /// Tests of one binary running at once share one search (and at most one install).
     pub fn find_or_install() -> Result<Browser, String> {
+        static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        let exe = FOUND
+            .get_or_init(|| Browser::search().map(|b| b.exe))
+            .clone()?;
+        Ok(Browser { exe })
+    }
+
+    fn search() -> Result<Browser, String> {
         if let Some(exe) = find() {
             return Ok(Browser { exe });
         }
