@@ -34,6 +34,9 @@
 //! - The rings are removed on every exit of the launcher that runs code; after a SIGKILL of the
 //!   launcher (its children die with it), `iotstream clean` or the next run removes them.
 
+#[cfg(feature = "cli")]
+pub mod top;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -5,6 +5,7 @@
 
 pub mod model;
 pub mod peers;
+pub mod ui;
 
 pub use model::{
     AgentView, AppMetrics, LinkView, ProcessSample, ProcessStatus, ProcessView, StreamView,
