@@ -741,6 +741,12 @@ impl Graph {
                     // no subscriber of its own).
                     crate::logging::init_logging();
                 }
+                if let Some((addr, _)) = &self.serve_metrics {
+                    tracing::debug!(
+                        "process '{process}' does not serve the live view on {addr}: whoever \
+                         started the processes (the starter, or the launcher's --metrics) does"
+                    );
+                }
                 let stop = Arc::new(AtomicBool::new(false));
                 // The starter forwards Ctrl-C as SIGTERM; a terminal's own SIGINT to the whole
                 // process group is ignored here so that the drain stays graceful.

@@ -378,6 +378,17 @@ impl Aggregator {
         }
     }
 
+    /// Host `host`'s launcher is not reached any more: its processes show as
+    /// [`ProcessStatus::Unknown`], with what this aggregator itself last knew of them, until
+    /// a new view of the host is merged.
+    pub fn forget_remote(&mut self, host: &str) {
+        if self.remote.remove(host).is_some() {
+            for p in self.processes.iter_mut().filter(|p| p.host == host) {
+                p.status = ProcessStatus::Unknown;
+            }
+        }
+    }
+
     /// Makes the view as of `now` (from the reports taken so far) and returns it.
     pub fn tick(&mut self, now: SystemTime) -> &AppMetrics {
         self.view = self.build(now);
@@ -1063,6 +1074,12 @@ mod tests {
         assert_eq!(l.transport, "tcp");
         // The remote view's own processes only: main stays this aggregator's.
         assert_eq!(v.processes[0].cpu_s, 0.1);
+        // A host no longer reached: its processes are unknown, its ends missing.
+        here.forget_remote("b");
+        let v = here.tick(at(1_000)).clone();
+        assert_eq!(v.processes[1].status, ProcessStatus::Unknown);
+        assert_eq!(v.links[1].ends, Some(LinkEnds::Writer));
+        assert_eq!(v.links[1].elements, 100, "the writer's count stands in");
     }
 
     #[test]
