@@ -81,6 +81,7 @@
 //! then closes the agent's outputs. Elements still unconsumed then (an incomplete window, say)
 //! are dropped by design: the agent has seen them and chose not to use them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::AgentError;
@@ -112,6 +113,8 @@ pub struct Inputs<'a> {
     pub(crate) now: Duration,
     /// The earliest processing time the step asked to be called again at.
     pub(crate) wake: &'a mut Option<Duration>,
+    /// The agent's count of late elements ([`Inputs::count_late`]).
+    pub(crate) late: &'a AtomicU64,
 }
 
 impl Inputs<'_> {
@@ -283,6 +286,57 @@ impl Inputs<'_> {
     /// ```
     pub fn wake_at(&mut self, at: Duration) {
         *self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+    }
+
+    /// Counts `n` input elements this step found **late** (event time: behind what the
+    /// watermarks already closed) and dropped, routed aside or used only to correct an
+    /// earlier result. The count is the agent's `late` counter
+    /// ([`AgentStats::late`](crate::AgentStats::late)), shown by the live view and exported as
+    /// `iotstream_agent_late_total`, so that late data is never lost silently. The built-in
+    /// event-time operators (windows, merges, joins) call it; an agent of your own that
+    /// drops late elements should too. Cheap: one relaxed atomic add; call it once per step
+    /// with the step's total rather than once per element.
+    ///
+    /// ```
+    /// use iotstream::{Agent, AgentError, Graph, Input, Inputs, Outputs, Stream};
+    ///
+    /// /// Passes on readings `(time, value)` in time order, dropping any behind the last one.
+    /// struct InOrder { input: Input<(u64, f64)>, out: Stream<(u64, f64)>, last: u64 }
+    ///
+    /// impl Agent for InOrder {
+    ///     fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+    ///         let mut late = 0;
+    ///         for &(t, v) in i.slice(&self.input) {
+    ///             if t < self.last {
+    ///                 late += 1;
+    ///             } else {
+    ///                 self.last = t;
+    ///                 o.push(&self.out, (t, v));
+    ///             }
+    ///         }
+    ///         i.consume_all(&self.input);
+    ///         i.count_late(late);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let mut g = Graph::new("in_order");
+    /// let readings = g.source_iter("readings", [(1, 0.5), (3, 0.7), (2, 0.6), (4, 0.9)]);
+    /// let (input, out) = g.add_agent("in_order", |p| {
+    ///     let input = p.input("in");
+    ///     let out = p.output("out");
+    ///     (InOrder { input, out, last: 0 }, (input, out))
+    /// });
+    /// g.connect(&readings, &input);
+    /// let kept = g.collect("kept", &out);
+    /// let metrics = g.run().unwrap();
+    /// assert_eq!(kept.values(), [(1, 0.5), (3, 0.7), (4, 0.9)]);
+    /// assert_eq!(metrics.agent("in_order").unwrap().late, 1);
+    /// ```
+    pub fn count_late(&mut self, n: u64) {
+        if n > 0 {
+            self.late.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 

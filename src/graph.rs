@@ -28,7 +28,7 @@ use crate::agent::{Agent, PortDecl, Ports};
 use crate::deploy::HostPlan;
 use crate::error::Error;
 use crate::host::{Driver, Host};
-use crate::metrics::{LinkEntry, Registry};
+use crate::metrics::{LinkEnds, LinkEntry, Registry};
 use crate::port::CreditRoute;
 use crate::stream::{Element, Input, PortId, Stream};
 pub use crate::stream::{Policy, Transport};
@@ -136,6 +136,8 @@ pub struct Graph {
     pub(crate) process_hosts: HashMap<String, String>,
     /// Ctrl-C and SIGTERM drain the run (see [`Graph::handle_signals`]).
     pub(crate) handle_signals: bool,
+    /// Where the program serves its own live view ([`Graph::serve_metrics`]).
+    pub(crate) serve_metrics: Option<(String, crate::observe::ServeOptions)>,
 }
 
 impl Graph {
@@ -157,6 +159,7 @@ impl Graph {
             }],
             process_hosts: HashMap::new(),
             handle_signals: true,
+            serve_metrics: None,
         }
     }
 
@@ -333,6 +336,48 @@ impl Graph {
     /// ```
     pub fn plain_data<T: Element + bytemuck::Pod>(&mut self) -> &mut Self {
         crate::transport::codec::declare_plain::<T>();
+        self
+    }
+
+    /// Serves the running application's live view on `addr` (`127.0.0.1:PORT`; port 0
+    /// picks a free one, see [`Running::metrics_addr`](crate::Running::metrics_addr)), for
+    /// programs that run without the `iotstream` launcher: `/metrics` (Prometheus text),
+    /// `/api/metrics` and `/api/graph` (JSON) and the live-view page on `/` (see
+    /// [`observe`](crate::observe)). The counters are read every second.
+    ///
+    /// Takes effect when the application starts ([`Graph::run`], [`Graph::start`]), which
+    /// fails if the address cannot be served (naming it), and lasts until the run ends. An
+    /// address that is not a loopback address needs a token: see
+    /// [`serve_metrics_with`](Self::serve_metrics_with). Only the process the user started
+    /// serves: in a run with several processes its counters are its own (the others are
+    /// listed without counters; the launcher, `iotstream run --metrics`, gathers them all),
+    /// and processes started by the launcher leave it to the launcher.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    ///
+    /// let mut g = Graph::new("served");
+    /// let xs = g.source_iter("numbers", 0..1000u64);
+    /// g.for_each("print", &xs, |_: &u64| {});
+    /// g.serve_metrics("127.0.0.1:0");
+    /// let running = g.start().unwrap();
+    /// let addr = running.metrics_addr().expect("serving");
+    /// assert!(addr.ip().is_loopback());
+    /// running.join().unwrap();
+    /// ```
+    pub fn serve_metrics(&mut self, addr: &str) -> &mut Self {
+        self.serve_metrics_with(addr, crate::observe::ServeOptions::default())
+    }
+
+    /// [`serve_metrics`](Self::serve_metrics) with a token (required on an address that is
+    /// not a loopback address: requests then carry `Authorization: Bearer <token>`) or
+    /// another interval.
+    pub fn serve_metrics_with(
+        &mut self,
+        addr: &str,
+        options: crate::observe::ServeOptions,
+    ) -> &mut Self {
+        self.serve_metrics = Some((addr.to_string(), options));
         self
     }
 
@@ -695,6 +740,12 @@ impl Graph {
             let input = &self.agents[reader].inputs[e.to.port as usize].name;
             let label = format!("{stream} -> {}.{input}", self.agents[reader].name);
             registry.links.push(LinkEntry {
+                edge,
+                ends: match (local[writer], local[reader]) {
+                    (true, true) => LinkEnds::Both,
+                    (true, false) => LinkEnds::Writer,
+                    _ => LinkEnds::Reader,
+                },
                 stream,
                 reader: self.agents[reader].name.clone(),
                 input: input.clone(),

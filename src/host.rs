@@ -365,12 +365,18 @@ impl Host {
                             slots: &mut self.inputs,
                             now,
                             wake: &mut self.timer,
+                            late: &self.counters.late,
                         };
                         let mut outputs = Outputs {
                             agent: id,
                             slots: &mut self.outputs,
                         };
-                        catch_unwind(AssertUnwindSafe(|| agent.step(&mut inputs, &mut outputs)))
+                        let started = Instant::now();
+                        let r = catch_unwind(AssertUnwindSafe(|| {
+                            agent.step(&mut inputs, &mut outputs)
+                        }));
+                        self.counters.note_busy(started);
+                        r
                     };
                     if !matches!(result, Ok(Ok(()))) {
                         // What the step appended before it failed is delivered: nothing already
@@ -401,7 +407,10 @@ impl Host {
                                 agent: id,
                                 slots: &mut self.outputs,
                             };
-                            catch_unwind(AssertUnwindSafe(|| agent.finish(&mut outputs)))
+                            let started = Instant::now();
+                            let r = catch_unwind(AssertUnwindSafe(|| agent.finish(&mut outputs)));
+                            self.counters.note_busy(started);
+                            r
                         };
                         self.check(result)?;
                         self.flush()?;
@@ -414,7 +423,10 @@ impl Host {
                             agent: id,
                             slots: &mut self.outputs,
                         };
-                        catch_unwind(AssertUnwindSafe(|| source.step(&mut outputs)))
+                        let started = Instant::now();
+                        let r = catch_unwind(AssertUnwindSafe(|| source.step(&mut outputs)));
+                        self.counters.note_busy(started);
+                        r
                     };
                     if !matches!(result, Ok(Ok(_))) {
                         // As for an agent: what the source appended before it failed is

@@ -26,6 +26,8 @@
 //! - [`runtime`]: running on threads, and how a run ends.
 //! - [`testing`]: the deterministic harness for tests.
 //! - [`metrics`]: counters of every stream, connection and agent.
+//! - [`observe`]: the live view: counters of every process put together, Prometheus text,
+//!   JSON, the HTTP endpoints ([`Graph::serve_metrics`]).
 //! - [`deploy`]: deployment files: placement, capacities, restarts, without recompiling.
 //! - [`launcher`]: what the `iotstream` binary does (describe, check, run, clean).
 //! - [`info`]: a graph's plain description (what `iotstream graph` prints).
@@ -56,7 +58,7 @@ pub use error::{AgentError, Error};
 pub use graph::{Connection, Graph, Policy, Transport, DEFAULT_CAPACITY};
 pub use info::MAIN_PROCESS;
 pub use logging::init_logging;
-pub use metrics::{AgentStats, LinkStats, Metrics, StreamStats};
+pub use metrics::{AgentStats, LinkEnds, LinkStats, Metrics, StreamStats};
 pub use ops::merge::LateCounter;
 pub use ops::rolling::{Rolling, RollingAggregate, RollingValue};
 pub use ops::sink::Collected;

@@ -5,7 +5,7 @@
 //! from [`Running::metrics`](crate::Running::metrics) during a run, or from the value
 //! [`Graph::run`](crate::Graph::run) returns at the end.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,25 @@ use crate::stream::Policy;
 pub(crate) struct StreamCounters {
     pub elements: AtomicU64,
     pub batches: AtomicU64,
+    /// The last watermark sent, valid once `has_watermark` is set.
+    watermark: AtomicU64,
+    has_watermark: AtomicBool,
+}
+
+impl StreamCounters {
+    /// Records `w` as the last watermark sent on the stream (by its one writer).
+    pub fn set_watermark(&self, w: u64) {
+        self.watermark.store(w, Relaxed);
+        // Release: a reader that sees the flag sees a watermark stored with or after it.
+        self.has_watermark.store(true, Ordering::Release);
+    }
+
+    /// The last watermark sent, if any.
+    pub fn watermark(&self) -> Option<u64> {
+        self.has_watermark
+            .load(Ordering::Acquire)
+            .then(|| self.watermark.load(Relaxed))
+    }
 }
 
 #[derive(Default, Debug)]
@@ -38,6 +57,25 @@ pub(crate) struct LinkCounters {
 pub(crate) struct AgentCounters {
     pub steps: AtomicU64,
     pub consumed: AtomicU64,
+    /// Time spent in steps (and `finish`), nanoseconds.
+    pub busy_ns: AtomicU64,
+    /// Elements the agent found late ([`Inputs::count_late`](crate::Inputs::count_late)).
+    pub late: AtomicU64,
+}
+
+impl LinkCounters {
+    /// Sets the elements in flight now (and the most ever): called per batch or credit.
+    pub fn set_in_flight(&self, n: u64) {
+        self.in_flight.store(n, Relaxed);
+        self.max_in_flight.fetch_max(n, Relaxed);
+    }
+}
+
+impl AgentCounters {
+    /// Adds the time since `started` to `busy_ns`: called once per step.
+    pub fn note_busy(&self, started: std::time::Instant) {
+        add(&self.busy_ns, started.elapsed().as_nanos() as u64);
+    }
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -54,6 +92,10 @@ pub(crate) struct Registry {
 
 #[derive(Debug)]
 pub(crate) struct LinkEntry {
+    /// The connection's index in the graph's edges.
+    pub edge: usize,
+    /// Which ends of the connection this process holds.
+    pub ends: LinkEnds,
     pub stream: String,
     pub reader: String,
     pub input: String,
@@ -73,12 +115,15 @@ impl Registry {
                     writer: writer.clone(),
                     elements: c.elements.load(Relaxed),
                     batches: c.batches.load(Relaxed),
+                    watermark: c.watermark(),
                 })
                 .collect(),
             links: self
                 .links
                 .iter()
                 .map(|l| LinkStats {
+                    edge: l.edge,
+                    ends: l.ends,
                     stream: l.stream.clone(),
                     reader: l.reader.clone(),
                     input: l.input.clone(),
@@ -103,6 +148,8 @@ impl Registry {
                     name: name.clone(),
                     steps: c.steps.load(Relaxed),
                     consumed: c.consumed.load(Relaxed),
+                    busy: Duration::from_nanos(c.busy_ns.load(Relaxed)),
+                    late: c.late.load(Relaxed),
                 })
                 .collect(),
         }
@@ -152,11 +199,62 @@ pub struct StreamStats {
     pub elements: u64,
     /// Batches appended (one per step that appended anything).
     pub batches: u64,
+    /// The last watermark sent on the stream (event time, see
+    /// [`ops::event`](crate::ops::event)); `None` before the first one and on streams that
+    /// carry none.
+    #[serde(default)]
+    pub watermark: Option<u64>,
+}
+
+/// Which ends of a connection a process holds, and so which of a [`LinkStats`]'s counters
+/// it updates.
+///
+/// A connection between two processes (a shared-memory ring, a TCP link) has one set of
+/// counters in each: the writer's process counts what its agent sent (`elements`, `batches`,
+/// `dropped`, `blocked`; over TCP also `bytes` sent, `reconnects`, `unacked_bytes`), the
+/// reader's process what its agent was handed (`elements`, `batches`, `in_flight`,
+/// `max_in_flight`, `released_early`; over TCP also `bytes` received, `reconnects`). Put the
+/// two together by [`LinkStats::edge`] (the live view does: see
+/// [`observe`](crate::observe)). A connection within one process has one set, both ends'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkEnds {
+    /// The writing agent's end only: the reader is in another process.
+    Writer,
+    /// The reading agent's end only: the writer is in another process.
+    Reader,
+    /// Both ends: writer and reader run in this process.
+    #[default]
+    Both,
+}
+
+impl LinkEnds {
+    /// This process holds the writer's end.
+    pub fn writer(self) -> bool {
+        matches!(self, LinkEnds::Writer | LinkEnds::Both)
+    }
+
+    /// This process holds the reader's end.
+    pub fn reader(self) -> bool {
+        matches!(self, LinkEnds::Reader | LinkEnds::Both)
+    }
 }
 
 /// Counters of one connection from a stream to a reader's input.
+///
+/// In a process that holds only one end of the connection ([`LinkStats::ends`]), the counters
+/// of the other end stay 0: see [`LinkEnds`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LinkStats {
+    /// The connection's index in the graph's connections
+    /// ([`GraphInfo::edges`](crate::info::GraphInfo::edges), in the order `connect` was
+    /// called): the same in every process, so the reports of a connection's two ends can be
+    /// put together.
+    #[serde(default)]
+    pub edge: usize,
+    /// Which ends of the connection this process holds.
+    #[serde(default)]
+    pub ends: LinkEnds,
     /// The stream read, `"agent.port"`.
     pub stream: String,
     /// The reading agent.
@@ -167,15 +265,18 @@ pub struct LinkStats {
     pub policy: Policy,
     /// Elements that may be in flight (sent, not yet consumed by the reader).
     pub capacity: usize,
-    /// Elements delivered to the reader.
+    /// Elements delivered: sent by the writer (counted by the writer's end), or handed to the
+    /// reading agent (by the reader's end, where the writer is in another process).
     pub elements: u64,
-    /// Batches delivered to the reader.
+    /// Batches delivered, counted as `elements` is.
     pub batches: u64,
     /// Elements dropped by the policy (always 0 under `Block`).
     pub dropped: u64,
     /// Total time the writer held data it could not send on this connection.
     pub blocked: Duration,
-    /// Elements in flight now.
+    /// Elements in flight now: sent and not yet consumed by the reader (within one process),
+    /// or handed to the reading agent and not yet consumed (counted by the reader's end of a
+    /// ring or TCP link; what still waits in the ring or the socket is not counted).
     pub in_flight: u64,
     /// The most elements that were ever in flight at once (never above `capacity`).
     pub max_in_flight: u64,
@@ -209,4 +310,12 @@ pub struct AgentStats {
     pub steps: u64,
     /// Elements it consumed, over all inputs.
     pub consumed: u64,
+    /// Time spent in its steps (and in [`Agent::finish`](crate::Agent::finish)), measured
+    /// once per step.
+    #[serde(default)]
+    pub busy: Duration,
+    /// Elements it found late (event time) and dropped or routed aside, as the agent counted
+    /// them with [`Inputs::count_late`](crate::Inputs::count_late).
+    #[serde(default)]
+    pub late: u64,
 }

@@ -574,6 +574,7 @@ impl<T: Element> OutSlot for OutBuf<T> {
                 Mark::Watermark(w) => {
                     self.sent_watermark = Some(w);
                     self.sent_idle = false;
+                    self.counters.set_watermark(w);
                 }
                 Mark::Idle => self.sent_idle = true,
             }

@@ -547,6 +547,9 @@ pub struct Running {
     /// [`launch::signals`]); `None` if it does not handle them.
     _signals: Option<signals::Registration>,
     shared: Option<Arc<Shared>>,
+    /// The live view this process serves itself ([`Graph::serve_metrics`]); stops when the
+    /// run is joined (or the handle dropped).
+    serving: Option<SelfServe>,
 }
 
 /// The starter's view of its children.
@@ -568,6 +571,13 @@ impl Running {
     /// Every counter, now.
     pub fn metrics(&self) -> Metrics {
         self.registry.snapshot()
+    }
+
+    /// Where the live view is served, if the graph asked for it
+    /// ([`Graph::serve_metrics`](crate::Graph::serve_metrics)): the port chosen, if 0 was
+    /// asked for.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.serving.as_ref().map(|s| s.server.local_addr())
     }
 
     /// The sender of an input stream made with [`Graph::input`]. Each input's sender can be taken
@@ -690,6 +700,12 @@ impl Graph {
         crate::transport::progress_warn_after().map_err(|detail| Error::Runtime { detail })?;
         match launch::role()? {
             Role::Starter => {
+                // The live view the program serves itself: bound before anything starts, so
+                // that an address that cannot be served fails the start with nothing to undo.
+                let serving = match self.serve_metrics.take() {
+                    Some((addr, options)) => Some(SelfServe::bind(&addr, options, self.info())?),
+                    None => None,
+                };
                 let processes = self.processes();
                 let shm = self
                     .edges
@@ -697,7 +713,7 @@ impl Graph {
                     .any(|e| self.resolve(e) != Resolved::Local);
                 let used =
                     (0..self.agents.len()).any(|i| self.process_of(i) != launch::MAIN_PROCESS);
-                if !shm && !used {
+                let mut running = if !shm && !used {
                     let handle_signals = self.handle_signals;
                     let mut running = start_part(self, None, None)?;
                     if handle_signals {
@@ -723,9 +739,18 @@ impl Graph {
                             }
                         }
                     }
-                    return Ok(running);
+                    running
+                } else {
+                    start_starter(self, processes)?
+                };
+                if let Some(serving) = serving {
+                    if let Err(e) = serving.start(&mut running) {
+                        running.stop();
+                        let _ = running.join();
+                        return Err(e);
+                    }
                 }
-                start_starter(self, processes)
+                Ok(running)
             }
             Role::Member {
                 process,
@@ -754,6 +779,12 @@ impl Graph {
                     // Under the launcher, RUST_LOG works without code (if the program installed
                     // no subscriber of its own).
                     crate::logging::init_logging();
+                }
+                if let Some((addr, _)) = &self.serve_metrics {
+                    tracing::debug!(
+                        "process '{process}' does not serve the live view on {addr}: whoever \
+                         started the processes (the starter, or the launcher's --metrics) does"
+                    );
                 }
                 let stop = Arc::new(AtomicBool::new(false));
                 // Always, whatever `handle_signals` says: a member's signals are its starter's
@@ -784,6 +815,98 @@ impl Graph {
                 Ok(running)
             }
         }
+    }
+}
+
+/// The live view a program serves itself ([`Graph::serve_metrics`]): the server, and a
+/// thread that reads this process's counters (and its children's liveness) every interval
+/// into an [`Aggregator`](crate::observe::Aggregator).
+struct SelfServe {
+    server: crate::observe::Server,
+    view: Arc<Mutex<crate::observe::Aggregator>>,
+    interval: Duration,
+    /// Dropping the sender ends the thread.
+    ticker: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+impl SelfServe {
+    /// Binds the server on `addr` (nothing counted yet: every process "starting").
+    fn bind(
+        addr: &str,
+        options: crate::observe::ServeOptions,
+        info: crate::info::GraphInfo,
+    ) -> Result<SelfServe, Error> {
+        let view = Arc::new(Mutex::new(crate::observe::Aggregator::new(
+            info,
+            "",
+            options.interval,
+        )));
+        let source: Arc<dyn crate::observe::ViewSource> = view.clone();
+        let server = crate::observe::Server::start(addr, options.token.as_deref(), source)?;
+        Ok(SelfServe {
+            server,
+            view,
+            interval: options.interval,
+            ticker: None,
+        })
+    }
+
+    /// Reads `running`'s counters now, then every interval, on a thread of its own; hands
+    /// itself to `running`.
+    fn start(mut self, running: &mut Running) -> Result<(), Error> {
+        let registry = Arc::clone(&running.registry);
+        let children = running.children.as_ref().map(|c| Arc::clone(&c.list));
+        let view = Arc::clone(&self.view);
+        let interval = self.interval;
+        let (stop, stopped) = mpsc::channel::<()>();
+        self.view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_status(
+                launch::MAIN_PROCESS,
+                crate::observe::ProcessStatus::Running,
+                std::process::id(),
+            );
+        let read = move || {
+            let sample = crate::observe::sample_this_process(registry.snapshot());
+            let mut agg = view.lock().unwrap_or_else(|p| p.into_inner());
+            agg.record(launch::MAIN_PROCESS, sample);
+            for c in children.iter().flat_map(|l| l.iter()) {
+                let (status, pid) = if c.running() {
+                    (crate::observe::ProcessStatus::Running, c.pid)
+                } else {
+                    (crate::observe::ProcessStatus::Ended, 0)
+                };
+                agg.set_status(&c.name, status, pid);
+            }
+            agg.tick(std::time::SystemTime::now());
+        };
+        // The first view is there before `start` returns.
+        read();
+        let thread = std::thread::Builder::new()
+            .name("iotstream metrics".into())
+            // Ends when the sender is dropped (or sends).
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    read();
+                }
+            })
+            .map_err(|e| Error::Runtime {
+                detail: format!("cannot start the thread that reads the metrics: {e}"),
+            })?;
+        self.ticker = Some((stop, thread));
+        running.serving = Some(self);
+        Ok(())
+    }
+}
+
+impl Drop for SelfServe {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.ticker.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+        // Then `server` drops, which stops it.
     }
 }
 
@@ -1096,6 +1219,7 @@ fn start_part(
             children: None,
             _signals: None,
             shared: Some(shared),
+            serving: None,
         }),
         Ok((Err(e), _)) => {
             let _ = thread.join();

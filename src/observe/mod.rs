@@ -1,15 +1,74 @@
 //! Seeing a running application: its counters gathered from every process, exported as
 //! Prometheus text and JSON, and shown live (a web page, `iotstream top`).
 //!
-//! (Work in progress for issue 12: the model is in [`model`].)
+//! # What is counted
+//!
+//! Every process keeps counters of its agents, streams and connections ([`crate::metrics`]):
+//! elements and batches, drops, time blocked, elements in flight, late elements, the last
+//! watermark, time spent in steps. Each process's part is one [`ProcessSample`], with its CPU
+//! time and resident memory ([`process_usage`]), reported every interval (1 s by default).
+//!
+//! # Putting processes together
+//!
+//! An [`Aggregator`], made from the application's [`GraphInfo`](crate::info::GraphInfo),
+//! takes every process's samples ([`Aggregator::record`]), what the supervisor knows of each
+//! process ([`Aggregator::set_status`], [`Aggregator::restarted`]), and other hosts' views
+//! ([`Aggregator::merge_remote`]); [`Aggregator::tick`] makes an [`AppMetrics`]: one entry
+//! per process, agent, stream and connection, counters that never go back (restarts
+//! included), rates over the last interval. The two ends of a connection between processes
+//! are put together, each counter taken from the end that knows it (see [`aggregate`]).
+//!
+//! # Serving it
+//!
+//! [`prometheus_text`] renders an [`AppMetrics`] in the Prometheus text format
+//! (`iotstream_stream_elements_total{app,stream,process,host}`, … see [`prometheus`]).
+//! [`Server`] serves `/metrics`, `/api/metrics`, `/api/graph` and the live-view page on
+//! `/`, from any [`ViewSource`] (an `Arc<Mutex<Aggregator>>` is one), on 127.0.0.1 by
+//! default and only with a token elsewhere (see [`http`]).
+//!
+//! The launcher does this for a launched application (`iotstream run APP --metrics ADDR`);
+//! a program that runs without it calls [`Graph::serve_metrics`](crate::Graph::serve_metrics)
+//! before starting:
+//!
+//! ```no_run
+//! use iotstream::Graph;
+//!
+//! let mut g = Graph::new("quake");
+//! let readings = g.source_iter("sensor", 0..u64::MAX);
+//! g.for_each("detector", &readings, |_: &u64| {});
+//! g.serve_metrics("127.0.0.1:9464");
+//! g.run().unwrap(); // curl 127.0.0.1:9464/metrics while it runs
+//! ```
 
+pub mod aggregate;
+pub mod http;
 pub mod model;
 pub mod peers;
+pub mod prometheus;
 pub mod ui;
 
+pub use aggregate::Aggregator;
+pub use http::{ServeOptions, Server, ViewSource};
 pub use model::{
     AgentView, AppMetrics, LinkView, ProcessSample, ProcessStatus, ProcessView, StreamView,
 };
+pub use prometheus::{prometheus_text, PROMETHEUS_CONTENT_TYPE};
+
+/// This process's report now: its pid, the time, its CPU time and memory
+/// ([`process_usage`]), and `metrics` (its counters).
+pub fn sample_this_process(metrics: crate::metrics::Metrics) -> ProcessSample {
+    let (cpu_ns, rss_bytes) = process_usage();
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    ProcessSample {
+        pid: std::process::id(),
+        time_ms,
+        cpu_ns,
+        rss_bytes,
+        metrics,
+    }
+}
 
 /// This process's CPU time (user plus system, nanoseconds) and resident memory (bytes), from
 /// `/proc/self/stat` and `/proc/self/statm`; zeros where they cannot be read.

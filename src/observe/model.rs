@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
+use crate::metrics::{LinkEnds, Metrics};
 
 /// One process's report: its counters and what it costs. A process sends one every
 /// reporting interval (default 1 s) to its launcher or starter.
@@ -16,6 +16,10 @@ use crate::metrics::Metrics;
 pub struct ProcessSample {
     /// The process's pid.
     pub pid: u32,
+    /// When the sample was taken, milliseconds since the Unix epoch (0: unknown, taken as
+    /// the time it is received). Rates are computed between two samples' times.
+    #[serde(default)]
+    pub time_ms: u64,
     /// User plus system CPU time used so far, in nanoseconds.
     pub cpu_ns: u64,
     /// Resident memory now, in bytes.
@@ -166,6 +170,16 @@ pub struct LinkView {
     pub reconnects: u64,
     /// TCP writer: bytes sent and not acknowledged.
     pub unacked_bytes: u64,
+    /// Shared memory: elements whose ring space the reader released before its agent
+    /// consumed them ([`LinkStats::released_early`](crate::metrics::LinkStats::released_early)).
+    #[serde(default)]
+    pub released_early: u64,
+    /// Which ends' reports this view was made from: both, or only the writer's or the
+    /// reader's (the other process has not reported yet, or runs on a host not reached);
+    /// `None` before either reported. The [aggregator](crate::observe::Aggregator) takes each
+    /// counter from the end that knows it.
+    #[serde(default)]
+    pub ends: Option<LinkEnds>,
     /// Elements delivered per second over the last interval.
     pub elements_per_s: Option<f64>,
     /// Elements dropped per second over the last interval.

@@ -1023,12 +1023,13 @@ where
         }
     }
 
+    /// Takes one element in; returns 1 if it was late, else 0.
     fn take(
         &mut self,
         e: &(u64, V),
         ascending: bool,
         outputs: &mut Outputs<'_>,
-    ) -> Result<(), AgentError> {
+    ) -> Result<u64, AgentError> {
         if ascending && e.0 > self.engine.wm {
             self.engine.advance(e.0, &mut self.fired);
         }
@@ -1041,8 +1042,9 @@ where
         if let Some(l) = late {
             self.late.add(1);
             outputs.push(&self.late_out, l);
+            return Ok(1);
         }
-        Ok(())
+        Ok(0)
     }
 }
 
@@ -1069,9 +1071,10 @@ where
         }
         let marks: Vec<(usize, Mark)> = inputs.marks(&self.input).collect();
         let mut at = 0;
+        let mut late = 0;
         for (k, mark) in marks {
             for e in &data[at..k] {
-                self.take(e, ascending, outputs)?;
+                late += self.take(e, ascending, outputs)?;
             }
             at = k;
             match mark {
@@ -1084,9 +1087,10 @@ where
             }
         }
         for e in &data[at..] {
-            self.take(e, ascending, outputs)?;
+            late += self.take(e, ascending, outputs)?;
         }
         inputs.consume_all(&self.input);
+        inputs.count_late(late);
         if ascending && self.engine.wm > 0 {
             outputs.mark(&self.out, Mark::Watermark(self.engine.wm));
         }

@@ -136,6 +136,7 @@ impl<A: Element, B: Element> Agent for TimedJoin<A, B> {
             }
         });
         self.late.0.fetch_add(late, Ordering::Relaxed);
+        inputs.count_late(late);
         if self.pending.len() + self.candidates.len() > self.max_buffered {
             return Err(format!(
                 "timed join '{}': more than {} elements wait for the watermarks (raise \
@@ -239,6 +240,7 @@ impl<A: Element, B: Element> Agent for TimedZip2<A, B> {
             }
         });
         self.late.0.fetch_add(late, Ordering::Relaxed);
+        inputs.count_late(late);
         if self.buffered > self.max_buffered {
             return Err(format!(
                 "timed zip '{}': more than {} elements wait for the watermarks (raise \

@@ -366,6 +366,7 @@ impl<V: Element> Agent for TimedZip<V> {
         if let Some(ev) = &mut self.event {
             let late = ev.step(&self.name, inputs, &self.ins, &self.out, outputs)?;
             self.late.add(late);
+            inputs.count_late(late);
             return Ok(());
         }
         let n = self.ins.len();
@@ -478,6 +479,7 @@ impl<V: Element> Agent for TimedMix<V> {
         if let Some(ev) = &mut self.event {
             let late = ev.step(&self.name, inputs, &self.ins, &self.out, outputs)?;
             self.late.0.fetch_add(late, Ordering::Relaxed);
+            inputs.count_late(late);
             return Ok(());
         }
         for (j, input) in self.ins.iter().enumerate() {
@@ -509,6 +511,7 @@ impl<V: Element> Agent for TimedMix<V> {
         }
         self.late.0.fetch_add(late, Ordering::Relaxed);
         drop(slices);
+        inputs.count_late(late);
         for (j, input) in self.ins.iter().enumerate() {
             inputs.consume(input, self.pos[j]);
             self.order[j].consumed(self.pos[j]);

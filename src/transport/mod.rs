@@ -706,6 +706,9 @@ struct FeederMailbox {
     credit: Mutex<FeederCredit>,
     /// The input's capacity: the feeder's credit when nothing is delivered and not credited.
     capacity: usize,
+    /// The link's counters: the reader's end counts what is in flight (handed to the reading
+    /// agent, not consumed), which the writer's end of a ring cannot see.
+    counters: Arc<LinkCounters>,
     thread: std::thread::Thread,
     nudger: DataNudger<Arc<Segment>>,
     run: Run,
@@ -727,6 +730,8 @@ impl FeederMailbox {
         self.run.set_blocked(&self.state, false);
         let n = c.credit.min(want);
         c.credit -= n;
+        self.counters
+            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
         n
     }
 
@@ -767,6 +772,8 @@ impl Mailbox for FeederMailbox {
             c.credit += n;
             c.consumed += n;
             c.waits_with = None;
+            self.counters
+                .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
             self.run.set_blocked(&self.state, false);
             drop(c);
             self.thread.unpark();
@@ -795,6 +802,7 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
     let nudger = consumer.nudger();
     let feeder = spec.run.feeder(label.clone());
     let capacity = spec.capacity;
+    let counters = Arc::clone(&spec.counters);
     let (run, state) = (spec.run.clone(), Arc::clone(&feeder));
     let (tx, rx) = std::sync::mpsc::channel::<Arc<FeederMailbox>>();
     let handle = std::thread::Builder::new()
@@ -824,6 +832,7 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
             waits_with: None,
         }),
         capacity,
+        counters,
         thread: handle.thread().clone(),
         nudger,
         run,

@@ -355,6 +355,11 @@ struct Credit {
 /// lock discipline). Credit is consumption: the feeder acknowledges what it covers.
 struct FeederMailbox {
     credit: Mutex<Credit>,
+    /// The input's capacity: the feeder's credit when nothing is delivered and not credited.
+    capacity: usize,
+    /// The link's counters: the reader's end counts what is in flight (handed to the reading
+    /// agent, not consumed), which the writer's end cannot see.
+    counters: Arc<LinkCounters>,
     /// Every post wakes the feeder thread; otherwise only a post to a feeder out of credit
     /// does (consumption is taken by the connection thread after each read, which wakes the
     /// feeder once an Ack is due, and by the feeder when it next wakes, see `Feeder::feed`).
@@ -379,7 +384,13 @@ impl FeederMailbox {
         self.run.set_blocked(&self.state, false);
         let n = c.credit.min(want);
         c.credit -= n;
+        self.note_in_flight(&c);
         n
+    }
+
+    fn note_in_flight(&self, c: &Credit) {
+        self.counters
+            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
     }
 
     /// Takes up to `want` elements of credit without marking the feeder blocked when there is
@@ -388,6 +399,7 @@ impl FeederMailbox {
         let mut c = self.lock();
         let n = c.credit.min(want);
         c.credit -= n;
+        self.note_in_flight(&c);
         n
     }
 
@@ -408,6 +420,7 @@ impl Mailbox for FeederMailbox {
             let starved = c.credit == 0;
             c.credit += n;
             c.consumed += n;
+            self.note_in_flight(&c);
             self.run.set_blocked(&self.state, false);
             drop(c);
             // Read after the lock: a feeder that turned eager before it last looked at
@@ -553,6 +566,8 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             credit: spec.capacity,
             consumed: 0,
         }),
+        capacity: spec.capacity,
+        counters: Arc::clone(&spec.counters),
         eager: AtomicBool::new(true),
         thread: handle.thread().clone(),
         run: Arc::clone(&spec.run),

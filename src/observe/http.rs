@@ -1,0 +1,609 @@
+//! The live view over HTTP: [`Server`].
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | the Prometheus text format ([`prometheus_text`]) |
+//! | `GET /api/metrics` | the [`AppMetrics`] as JSON |
+//! | `GET /api/graph` | the [`GraphInfo`] as JSON (what `iotstream graph --format json` prints) |
+//! | `GET /` | the live-view page ([`ui::PAGE`](crate::observe::ui::PAGE)) |
+//!
+//! Any other path is 404; any method but `GET` (or `HEAD`) is 405. The data comes from a
+//! [`ViewSource`] at each request.
+//!
+//! # Who may ask
+//!
+//! The server listens on the address it is given, `127.0.0.1:PORT` by default in the
+//! launcher: only users of this host can reach it. An address that is not a loopback address
+//! (another interface, `0.0.0.0`) needs a token, the deployment's secret: every request must
+//! then carry `Authorization: Bearer <token>` (compared in constant time), except that the
+//! page (`/`) may also be opened as `/?token=<token>` (percent-encoded) from a browser; the
+//! page passes the token on to its API calls as the header. Starting on such an address
+//! without a token is an error. A token given with a loopback address is required too.
+//!
+//! # Behaviour at the time of writing
+//!
+//! The server is [`tiny_http`]: small, synchronous, with no async runtime of its own (the
+//! application's actors run on actix's; the live view needs nothing more than a few requests
+//! a second), and it parses HTTP so that this crate does not. [`WORKERS`] threads answer
+//! requests; tiny_http itself reads each open connection on a thread of its pool (grown on
+//! demand, idle ones end after a few seconds), which the loopback default and the token keep
+//! to the users meant. The server stops when the [`Server`] is dropped.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::info::GraphInfo;
+use crate::observe::model::AppMetrics;
+use crate::observe::prometheus::{prometheus_text, PROMETHEUS_CONTENT_TYPE};
+
+/// Where the served data comes from: called at each request, from the server's threads.
+pub trait ViewSource: Send + Sync {
+    /// The application's graph, as placed.
+    fn graph(&self) -> GraphInfo;
+    /// The application's counters and rates now.
+    fn metrics(&self) -> AppMetrics;
+}
+
+/// How many threads answer requests.
+pub const WORKERS: usize = 2;
+
+/// How a program serves its own live view ([`Graph::serve_metrics_with`](crate::Graph::serve_metrics_with)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// The token requests must carry (see the [module docs](self)); required on an address
+    /// that is not a loopback address. Default: none.
+    pub token: Option<String>,
+    /// How often the counters are read and the rates computed. Default: 1 s.
+    pub interval: std::time::Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            token: None,
+            interval: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Requests must carry `token`.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// Reads the counters every `interval` (at least 10 ms).
+    pub fn interval(mut self, interval: std::time::Duration) -> Self {
+        self.interval = interval.max(std::time::Duration::from_millis(10));
+        self
+    }
+}
+
+/// A running HTTP server of the live view. See the [module docs](self). Stops when dropped.
+pub struct Server {
+    addr: SocketAddr,
+    http: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).finish()
+    }
+}
+
+impl Server {
+    /// Serves the live view of `source` on `addr` (`host:port`; port 0 picks a free one, see
+    /// [`local_addr`](Self::local_addr)). `token` is required on an address that is not a
+    /// loopback address (see the [module docs](self)). Errors name the address: one that does
+    /// not resolve, one without a token where it needs one, one that cannot be bound.
+    pub fn start(
+        addr: &str,
+        token: Option<&str>,
+        source: Arc<dyn ViewSource>,
+    ) -> Result<Server, Error> {
+        let fail = |why: String| Error::Runtime {
+            detail: format!("cannot serve the live view on '{addr}': {why}"),
+        };
+        let resolved = addr
+            .to_socket_addrs()
+            .map_err(|e| fail(format!("not an address (host:port): {e}")))?
+            .next()
+            .ok_or_else(|| fail("the name resolves to no address".into()))?;
+        let token = match token {
+            Some("") => return Err(fail("the token is empty".into())),
+            Some(t) => Some(digest(t.as_bytes())),
+            None if !resolved.ip().is_loopback() => {
+                return Err(fail(format!(
+                    "{} is not a loopback address, so anyone who can reach it could read the \
+                     application's metrics: give a token (the deployment's secret; clients then \
+                     send 'Authorization: Bearer <token>'), or listen on 127.0.0.1",
+                    resolved.ip()
+                )))
+            }
+            None => None,
+        };
+        let http = tiny_http::Server::http(resolved).map_err(|e| fail(e.to_string()))?;
+        let bound = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| fail("not bound to an IP address".into()))?;
+        let http = Arc::new(http);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut server = Server {
+            addr: bound,
+            http: Arc::clone(&http),
+            stop: Arc::clone(&stop),
+            workers: Vec::with_capacity(WORKERS),
+        };
+        for i in 0..WORKERS {
+            let (http, stop, source) = (Arc::clone(&http), Arc::clone(&stop), Arc::clone(&source));
+            let worker = std::thread::Builder::new()
+                .name(format!("iotstream http {i}"))
+                .spawn(move || serve(&http, &stop, &*source, token.as_ref()))
+                .map_err(|e| fail(format!("cannot start a server thread: {e}")))?;
+            // Pushed at once: a failure to start the next one drops `server`, which stops it.
+            server.workers.push(worker);
+        }
+        tracing::info!("live view on http://{bound}/");
+        Ok(server)
+    }
+
+    /// The address the server listens on (with the port chosen, if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Each unblock wakes one worker waiting for a request; each worker ends at its first
+        // wake-up after the stop.
+        for _ in 0..self.workers.len() {
+            self.http.unblock();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        // The last `Arc` of the tiny_http server goes here: it ends its accept thread.
+    }
+}
+
+/// A worker: answers requests until the stop. Ends at its first wake-up after the stop.
+fn serve(
+    http: &tiny_http::Server,
+    stop: &AtomicBool,
+    source: &dyn ViewSource,
+    token: Option<&[u8; 32]>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        match http.recv() {
+            Ok(request) => answer(request, source, token),
+            Err(e) => {
+                if !stop.load(Ordering::SeqCst) {
+                    tracing::warn!("live view: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// An answer: status, content type, body and extra headers.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Reply {
+    fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status: 200,
+            content_type,
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn text(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into_bytes(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with(mut self, name: &'static str, value: &'static str) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+
+    fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+        let mut response = tiny_http::Response::from_data(self.body).with_status_code(self.status);
+        let common = [
+            ("Content-Type", self.content_type),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            // The page may be opened with its token in the query: never pass it on.
+            ("Referrer-Policy", "no-referrer"),
+        ];
+        for (name, value) in common.into_iter().chain(self.headers) {
+            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                response.add_header(h);
+            }
+        }
+        response
+    }
+}
+
+fn answer(request: tiny_http::Request, source: &dyn ViewSource, token: Option<&[u8; 32]>) {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let authorized = token.is_none_or(|expected| {
+        let bearer = request
+            .headers()
+            .iter()
+            .filter(|h| h.field.equiv("Authorization"))
+            .filter_map(|h| bearer_token(h.value.as_str()))
+            .any(|t| same_token(t.as_bytes(), expected));
+        let query =
+            path == "/" && query_token(query).is_some_and(|t| same_token(t.as_bytes(), expected));
+        bearer || query
+    });
+    let reply = if !authorized {
+        Reply::text(
+            401,
+            "a token is required: send 'Authorization: Bearer <token>'\n".into(),
+        )
+        .with("WWW-Authenticate", "Bearer realm=\"iotstream\"")
+    } else if !matches!(
+        request.method(),
+        tiny_http::Method::Get | tiny_http::Method::Head
+    ) {
+        Reply::text(405, format!("{} is not allowed here\n", request.method()))
+            .with("Allow", "GET, HEAD")
+    } else {
+        catch_unwind(AssertUnwindSafe(|| route(path, source))).unwrap_or_else(|p| {
+            let why = crate::error::panic_message(&*p);
+            tracing::error!("live view: {path}: {why}");
+            Reply::text(500, format!("internal error: {why}\n"))
+        })
+    };
+    // The client may have gone: nothing to do about it.
+    let _ = request.respond(reply.into_response());
+}
+
+fn route(path: &str, source: &dyn ViewSource) -> Reply {
+    let json = |r: serde_json::Result<String>| match r {
+        Ok(body) => Reply::ok("application/json", body),
+        Err(e) => Reply::text(500, format!("internal error: {e}\n")),
+    };
+    match path {
+        "/" => Reply::ok("text/html; charset=utf-8", crate::observe::ui::PAGE),
+        "/metrics" => Reply::ok(PROMETHEUS_CONTENT_TYPE, prometheus_text(&source.metrics())),
+        "/api/metrics" => json(serde_json::to_string(&source.metrics())),
+        "/api/graph" => json(serde_json::to_string(&source.graph())),
+        _ => Reply::text(
+            404,
+            "not found: the live view serves /, /metrics, /api/metrics and /api/graph\n".into(),
+        ),
+    }
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+/// `token` is the expected one (whose digest is `expected`), compared in constant time: the
+/// digests, of equal length whatever the token, are compared in full.
+fn same_token(token: &[u8], expected: &[u8; 32]) -> bool {
+    let given = digest(token);
+    let diff = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(diff) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The percent-decoded value of `token=` in a query string.
+fn query_token(query: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    percent_decode(raw)
+}
+
+/// `%XX` decoded; `None` on a malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::model::StreamView;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// A source whose stream count goes up at each request for metrics.
+    struct Fixed {
+        calls: AtomicU64,
+    }
+
+    impl ViewSource for Fixed {
+        fn graph(&self) -> GraphInfo {
+            let mut g = crate::Graph::new("fixed");
+            let xs = g.source_iter("numbers", 0..3u64);
+            g.for_each("print", &xs, |_: &u64| {});
+            g.info()
+        }
+
+        fn metrics(&self) -> AppMetrics {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            AppMetrics {
+                app: "fixed".into(),
+                streams: vec![StreamView {
+                    name: "numbers.out".into(),
+                    elements: n,
+                    ..StreamView::default()
+                }],
+                ..AppMetrics::default()
+            }
+        }
+    }
+
+    fn source() -> Arc<dyn ViewSource> {
+        Arc::new(Fixed {
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// A response: status, headers (lower-case names), body.
+    struct Got {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Got {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Sends one HTTP/1.1 request on a new connection and reads the whole answer.
+    fn request(addr: SocketAddr, method: &str, target: &str, headers: &[&str]) -> Got {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req =
+            format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("read the answer");
+        let text = String::from_utf8(raw).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Got {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn get(addr: SocketAddr, target: &str) -> Got {
+        request(addr, "GET", target, &[])
+    }
+
+    #[test]
+    fn every_route_answers_with_its_content_type() {
+        let server = Server::start("127.0.0.1:0", None, source()).unwrap();
+        let addr = server.local_addr();
+        assert!(addr.ip().is_loopback() && addr.port() != 0);
+
+        let m = get(addr, "/metrics");
+        assert_eq!(m.status, 200);
+        assert_eq!(
+            m.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        assert!(m
+            .body
+            .contains("iotstream_stream_elements_total{app=\"fixed\",stream=\"numbers.out\""));
+        assert!(prom_text_format_parser::Scrape::parse(&m.body).is_ok());
+
+        let j = get(addr, "/api/metrics");
+        assert_eq!(j.status, 200);
+        assert_eq!(j.header("content-type"), Some("application/json"));
+        let view: AppMetrics = serde_json::from_str(&j.body).expect("AppMetrics JSON");
+        assert_eq!(view.app, "fixed");
+        assert_eq!(view.streams[0].elements, 2, "a new view at each request");
+
+        let g = get(addr, "/api/graph");
+        assert_eq!(g.status, 200);
+        assert_eq!(g.header("content-type"), Some("application/json"));
+        let info: GraphInfo = serde_json::from_str(&g.body).expect("GraphInfo JSON");
+        assert_eq!(info.agents.len(), 2);
+        assert_eq!(info.agents[1].name, "print");
+
+        let page = get(addr, "/");
+        assert_eq!(page.status, 200);
+        assert_eq!(
+            page.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert_eq!(page.body, crate::observe::ui::PAGE);
+        assert_eq!(page.header("cache-control"), Some("no-store"));
+        assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+
+        let head = request(addr, "HEAD", "/metrics", &[]);
+        assert_eq!(head.status, 200);
+        assert_eq!(head.body, "", "no body for HEAD");
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_other_methods_405() {
+        let server = Server::start("127.0.0.1:0", None, source()).unwrap();
+        let addr = server.local_addr();
+        let missing = get(addr, "/api/nothing");
+        assert_eq!(missing.status, 404);
+        assert_eq!(
+            missing.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(get(addr, "/metrics/").status, 404);
+        let post = request(addr, "POST", "/metrics", &["Content-Length: 0"]);
+        assert_eq!(post.status, 405);
+        assert_eq!(post.header("allow"), Some("GET, HEAD"));
+        assert_eq!(request(addr, "DELETE", "/", &[]).status, 405);
+        // A query string does not change the route.
+        assert_eq!(get(addr, "/api/metrics?x=1").status, 200);
+    }
+
+    #[test]
+    fn a_token_is_required_when_given() {
+        let server = Server::start("127.0.0.1:0", Some("s3cret+/="), source()).unwrap();
+        let addr = server.local_addr();
+        let none = get(addr, "/metrics");
+        assert_eq!(none.status, 401);
+        assert_eq!(
+            none.header("www-authenticate"),
+            Some("Bearer realm=\"iotstream\"")
+        );
+        assert!(!none.body.contains("iotstream_"), "nothing leaks");
+        let wrong = request(addr, "GET", "/metrics", &["Authorization: Bearer s3cret"]);
+        assert_eq!(wrong.status, 401);
+        let basic = request(addr, "GET", "/metrics", &["Authorization: Basic s3cret+/="]);
+        assert_eq!(basic.status, 401);
+        for route in ["/metrics", "/api/metrics", "/api/graph", "/"] {
+            let ok = request(addr, "GET", route, &["Authorization: Bearer s3cret+/="]);
+            assert_eq!(ok.status, 200, "{route}");
+        }
+        // Unknown paths and other methods only after the token.
+        assert_eq!(get(addr, "/nothing").status, 401);
+        assert_eq!(
+            request(addr, "POST", "/", &["Content-Length: 0"]).status,
+            401
+        );
+        let auth = ["authorization: bearer s3cret+/="];
+        assert_eq!(request(addr, "GET", "/nothing", &auth).status, 404);
+        // The page also takes it from the query, percent-encoded; the API does not.
+        assert_eq!(get(addr, "/?token=s3cret%2B%2F%3D").status, 200);
+        assert_eq!(get(addr, "/?a=b&token=s3cret%2B%2F%3D").status, 200);
+        assert_eq!(get(addr, "/?token=s3cret").status, 401);
+        assert_eq!(get(addr, "/?token=%zz").status, 401);
+        assert_eq!(get(addr, "/api/metrics?token=s3cret%2B%2F%3D").status, 401);
+    }
+
+    #[test]
+    fn an_address_that_is_not_loopback_needs_a_token() {
+        let e = Server::start("0.0.0.0:0", None, source()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("'0.0.0.0:0'"), "{msg}");
+        assert!(msg.contains("not a loopback address"), "{msg}");
+        assert!(msg.contains("token"), "{msg}");
+        // With one it starts, and asks for it.
+        let server = Server::start("0.0.0.0:0", Some("secret"), source()).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], server.local_addr().port()));
+        assert_eq!(get(addr, "/metrics").status, 401);
+        let ok = request(addr, "GET", "/metrics", &["Authorization: Bearer secret"]);
+        assert_eq!(ok.status, 200);
+    }
+
+    #[test]
+    fn bad_addresses_and_tokens_are_errors_naming_the_address() {
+        let e = Server::start("not an address", None, source()).unwrap_err();
+        assert!(e.to_string().contains("'not an address'"), "{e}");
+        let e = Server::start("127.0.0.1:0", Some(""), source()).unwrap_err();
+        assert!(e.to_string().contains("token is empty"), "{e}");
+        let first = Server::start("127.0.0.1:0", None, source()).unwrap();
+        let taken = first.local_addr().to_string();
+        let e = Server::start(&taken, None, source()).unwrap_err();
+        assert!(e.to_string().contains(&format!("'{taken}'")), "{e}");
+    }
+
+    #[test]
+    fn the_server_stops_when_dropped() {
+        let server = Server::start("127.0.0.1:0", None, source()).unwrap();
+        let addr = server.local_addr();
+        assert_eq!(get(addr, "/metrics").status, 200);
+        drop(server);
+        // Its threads are joined; the listener goes with tiny_http's accept thread, which
+        // ends right after: the port is soon free again (bounded wait).
+        let mut again = None;
+        for _ in 0..500 {
+            match Server::start(&addr.to_string(), None, source()) {
+                Ok(s) => {
+                    again = Some(s);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let again = again.expect("the port is free again");
+        assert_eq!(again.local_addr(), addr);
+        assert_eq!(get(addr, "/api/graph").status, 200);
+    }
+
+    #[test]
+    fn tokens_compare_by_content() {
+        let d = digest(b"abc");
+        assert!(same_token(b"abc", &d));
+        assert!(!same_token(b"abd", &d));
+        assert!(!same_token(b"ab", &d));
+        assert!(!same_token(b"", &d));
+        assert_eq!(bearer_token("Bearer  xyz "), Some("xyz"));
+        assert_eq!(bearer_token("bearer xyz"), Some("xyz"));
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Token xyz"), None);
+        assert_eq!(percent_decode("a%20b%2b"), Some("a b+".into()));
+        assert_eq!(percent_decode("a%2"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}
