@@ -184,6 +184,7 @@ fn fake_metrics(graph: &GraphInfo, n: u64) -> AppMetrics {
                 elements_per_s: Some(rate),
                 dropped_per_s: Some(if dropping { 40.0 } else { 0.0 }),
                 blocked_share: Some(if blocked { 0.82 } else { 0.0 }),
+                ..LinkView::default()
             }
         })
         .collect();
