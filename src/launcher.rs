@@ -1317,8 +1317,10 @@ impl Supervisor<'_> {
                     self.ready_timeout.as_millis()
                 );
                 note(&self.board, &message);
+                let message_for_waiters = message.clone();
                 self.failure.get_or_insert(Failure { message, code: 1 });
                 self.members[i].ready_by = None;
+                self.members[i].answer_waiters(Err(message_for_waiters));
                 if self.draining.is_none() {
                     self.stop();
                 }

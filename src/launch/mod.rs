@@ -1077,7 +1077,10 @@ static CONTROL_TAKEN: AtomicBool = AtomicBool::new(false);
 /// A supervised child's channel to its launcher. The child says `ready` once its part of the
 /// graph is built (rings opened, agents made), then waits for `go` before any agent runs. The
 /// launcher may also say `stop` (drain: the same as SIGTERM, but it cannot arrive before the
-/// child is ready to handle it) and `final` (no process will be restarted any more).
+/// child is ready to handle it) and `final` (no process will be restarted any more). Once
+/// running, the child may say `drain` (another host is stopping the application:
+/// [`ask_launcher_to_drain`]) and says `metrics <json>` every reporting interval
+/// ([`MetricsReporter`]).
 pub(crate) struct Control {
     reader: BufReader<std::os::unix::net::UnixStream>,
 }
