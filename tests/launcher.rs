@@ -1648,6 +1648,24 @@ fn list_shows_a_running_application_and_stop_drains_it() -> Result<(), String> {
     ensure(listed == "no iotstream application is running\n", || {
         format!("before any run: {listed:?}")
     })?;
+    // A socket left by a launcher that was killed: nobody listens. `list` removes it.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(xdg.0.join("iotstream"))
+            .map_err(|e| e.to_string())?;
+    }
+    let ghost = xdg.0.join("iotstream/ghost.1.sock");
+    drop(std::os::unix::net::UnixListener::bind(&ghost).map_err(|e| e.to_string())?);
+    let out = ops(&xdg.0, &["list"], false)?;
+    ensure(
+        out.status.success()
+            && text(&out.stdout) == "no iotstream application is running\n"
+            && text(&out.stderr).contains("ghost.1.sock: its launcher is gone")
+            && !ghost.exists(),
+        || format!("a stale socket: {out:?}"),
+    )?;
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quake_detector.toml");
     let run = launch_in(
         &xdg.0,
@@ -1781,7 +1799,8 @@ fn stop_picks_a_run_drains_it_and_now_kills() -> Result<(), String> {
             &format!("'endless' (run {run_a})"),
         ],
     )?;
-    while lines_of(&out_a).len() < 5_000 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines_of(&out_a).len() < 5_000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let stopped = ops_ok(&xdg.0, &["stop", "endless", "--run", &run_a])?;
@@ -1932,7 +1951,8 @@ fn restart_restarts_a_process_and_loses_nothing() -> Result<(), String> {
     let xdg = Scratch::new("restart");
     let deploy = xdg.file("moved.toml", MOVED);
     let out = xdg.path("out.txt");
-    let n = 150_000u64;
+    // Paced: 40 000 elements per second, so that the run is still on when the restart lands.
+    let n = 300_000u64;
     let run = launch_in(
         &xdg.0,
         "relay",
