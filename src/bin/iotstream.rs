@@ -344,11 +344,12 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         ));
     };
     match number.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v * scale <= 86_400.0 => {
+        Ok(0.0) => Ok(Duration::ZERO),
+        Ok(v) if v.is_finite() && (0.001..=86_400.0).contains(&(v * scale)) => {
             Ok(Duration::from_secs_f64(v * scale))
         }
         _ => Err(format!(
-            "'{text}' is not a duration between 0 and a day: write it as 500ms, 2s or 0 (never)"
+            "'{text}' is not a duration from 1ms to a day: write it as 500ms, 2s or 0 (never)"
         )),
     }
 }
@@ -466,4 +467,22 @@ fn fail(e: &iotstream::Error) -> ExitCode {
         _ => eprintln!("iotstream: error: {e}"),
     }
     ExitCode::from(USAGE_ERROR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn intervals_read_as_documented() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_interval("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("0s"), Ok(Duration::ZERO));
+        for bad in ["", "5", "fast", "-1s", "0.1ms", "2d", "90000s", "NaNs"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
 }

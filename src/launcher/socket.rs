@@ -1026,9 +1026,10 @@ impl Listed {
         if let Some(message) = refused {
             return Err(OpError::failed(message));
         }
-        // The socket closes just before the launcher exits: wait for the process itself.
+        // The socket closes just before the launcher exits: wait for the process itself
+        // (bounded: it has nothing left to do but return from `main`).
         let pid = self.status.launcher_pid;
-        let deadline = std::time::Instant::now() + LONG_WAIT;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while crate::transport::process::pid_alive(pid) {
             if std::time::Instant::now() > deadline {
                 return Err(OpError::failed(format!(
