@@ -33,18 +33,35 @@
 //!   `[iotstream]`.
 //! - The rings are removed on every exit of the launcher that runs code; after a SIGKILL of the
 //!   launcher (its children die with it), `iotstream clean` or the next run removes them.
+//!
+//! # How it can be seen and steered while it runs
+//!
+//! - Every supervised process reports its counters on its control channel (`metrics <json>`,
+//!   every `--metrics-interval`, default 1 s); the launcher keeps the latest report of each
+//!   process, with its status, pid, start time and restarts, and the last output lines of
+//!   each, on its [`Board`].
+//! - It listens on a Unix socket in the user's runtime folder ([`socket`]), through which
+//!   `iotstream list`, `stop`, `logs` and `restart` (and the functions behind them:
+//!   [`socket::list`], [`socket::find`], [`Listed`]) reach it. Only the same user can: the
+//!   folder is private, the socket mode 0600, and each peer's uid is checked.
+
+pub mod board;
+pub mod socket;
+
+pub use board::{Board, LogBook, LogFilter, LogLine, Phase, ProcessState, Status};
+pub use socket::{Listed, Listing, OpError, OpErrorKind, Reply, Request};
 
 #[cfg(feature = "cli")]
 pub mod top;
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 
@@ -54,6 +71,7 @@ use crate::info::GraphInfo;
 use crate::launch::describe::{Described, DescribedError};
 use crate::launch::signals::{self, Again, OnSignal};
 use crate::launch::{self, ChildCommand, RunId, Segments};
+use crate::observe::{ProcessSample, ProcessStatus};
 
 /// How long an application may take to describe its graph.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -479,11 +497,27 @@ pub fn clean() -> Cleaned {
 // run
 
 /// Options of [`run`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RunOptions {
     /// The host this launcher runs (its processes only). Default: the deployment's host named
     /// `local`, or its only host.
     pub host: Option<String>,
+    /// How often every process reports its counters to the launcher (default 1 s; zero:
+    /// never).
+    pub metrics_interval: Duration,
+    /// How many output lines the launcher keeps per process for `iotstream logs` (default
+    /// [`board::DEFAULT_LOG_LINES`]).
+    pub log_lines: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            host: None,
+            metrics_interval: launch::DEFAULT_METRICS_INTERVAL,
+            log_lines: board::DEFAULT_LOG_LINES,
+        }
+    }
 }
 
 /// Runs `app` as `deployment` places it (as declared in code if `None`) and supervises it
@@ -513,6 +547,27 @@ pub fn run(
         .collect();
 
     let run = RunId::new();
+    // Bounded: its senders (the signal thread, a control reader and an exit waiter per started
+    // child, the control socket's connections) wait while it is full, and the supervisor is
+    // always receiving.
+    let (events_tx, events) = mpsc::sync_channel::<Event>(EVENTS_BOUND);
+    let board = Arc::new(Board::new(
+        info.clone(),
+        run.to_string(),
+        host.clone(),
+        &processes,
+        options.metrics_interval,
+        options.log_lines,
+    ));
+    // Before anything is created: a launcher that cannot be reached is refused.
+    let server = socket::Server::start(Arc::clone(&board), events_tx.clone())?;
+    note(
+        &board,
+        &format!(
+            "control socket {} (iotstream list, stop, logs, restart)",
+            server.path().display()
+        ),
+    );
     let swept = launch::sweep_stale(Some(&info.app));
     for name in swept.removed {
         log(&format!(
@@ -524,10 +579,6 @@ pub fn run(
     }
     let segments = Arc::new(Segments::new(&info.app, &run)?);
     create_rings(&info, &run, &segments, &host)?;
-
-    // Bounded: its senders (the signal thread, a control reader and an exit waiter per started
-    // child) wait while it is full, and the supervisor is always receiving.
-    let (events_tx, events) = mpsc::sync_channel::<Event>(EVENTS_BOUND);
     let signals = install_signals(events_tx.clone())?;
     let mut sup = Supervisor {
         app,
@@ -538,6 +589,8 @@ pub fn run(
         stdin_process: info.stdin_process().map(str::to_string),
         drain_timeout: settings.supervisor.drain_timeout,
         ready_timeout: settings.supervisor.ready_timeout,
+        metrics_interval: options.metrics_interval,
+        board,
         members: processes
             .iter()
             .map(|p| Member::new(p, settings.process(p)))
@@ -549,9 +602,11 @@ pub fn run(
         failure: None,
     };
     let code = sup.supervise(&events);
+    sup.publish();
     // From here on the process's signals do what they did before this run.
     drop(signals);
     segments.remove_all();
+    server.finish(Some(*code.as_ref().unwrap_or(&2)));
     code
 }
 
@@ -673,6 +728,83 @@ fn log(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "[iotstream] {line}");
 }
 
+/// A line of the launcher's, on standard error and kept on the board (`iotstream logs`, and
+/// what `iotstream stop` shows).
+fn note(board: &Board, line: &str) {
+    log(line);
+    board.logs().push(None, true, line);
+}
+
+/// Reads child `pid`'s (process `index`, `name`) control channel until it closes: `ready`
+/// once, `drain` whenever a link from another host says the application is stopping there,
+/// `metrics <json>` every reporting interval (kept on the board). Nothing a child says is
+/// trusted: lines are bounded ([`launch::MAX_METRICS_LINE`]), and a line that is too long or
+/// not understood is warned about (once per kind and process start) and skipped.
+fn read_control(
+    reader: UnixStream,
+    index: usize,
+    name: &str,
+    pid: u32,
+    events: &mpsc::SyncSender<Event>,
+    board: &Board,
+) {
+    let mut lines = BufReader::new(reader);
+    let mut line = Vec::new();
+    let (mut warned_long, mut warned_bad) = (false, false);
+    loop {
+        match socket::read_line_bounded(&mut lines, &mut line, launch::MAX_METRICS_LINE) {
+            Ok(socket::LineRead::Line) => {}
+            Ok(socket::LineRead::TooLong) => {
+                if !std::mem::replace(&mut warned_long, true) {
+                    note(
+                        board,
+                        &format!(
+                            "warning: process '{name}' (pid {pid}) sent a control line over {} \
+                             bytes: skipped (warned once)",
+                            launch::MAX_METRICS_LINE
+                        ),
+                    );
+                }
+                continue;
+            }
+            Ok(socket::LineRead::End) | Err(_) => return,
+        }
+        let text = String::from_utf8_lossy(&line);
+        let event = match text.trim() {
+            "ready" => Event::Ready { pid },
+            "drain" => Event::Drain { pid },
+            t => {
+                let sample = t
+                    .strip_prefix("metrics ")
+                    .ok_or_else(|| "not a control message".to_string())
+                    .and_then(|json| {
+                        serde_json::from_str::<ProcessSample>(json).map_err(|e| e.to_string())
+                    });
+                match sample {
+                    Ok(sample) => board.record_sample(index, pid, sample),
+                    Err(why) => {
+                        if !std::mem::replace(&mut warned_bad, true) {
+                            let start: String = t.chars().take(40).collect();
+                            note(
+                                board,
+                                &format!(
+                                    "warning: process '{name}' (pid {pid}) sent a control line \
+                                     the launcher does not understand ({why}): '{start}…' \
+                                     skipped (warned once)"
+                                ),
+                            );
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
 /// What the supervisor waits for.
 enum Event {
     /// A child reported ready on its control channel.
@@ -683,6 +815,8 @@ enum Event {
     Exit(launch::Exit),
     /// Ctrl-C or SIGTERM.
     Signal(i32),
+    /// A request on the control socket (`iotstream stop`, `restart`).
+    Command(socket::Command),
 }
 
 /// Ctrl-C and SIGTERM go to the supervisor as events, every one of them (it drains on the
@@ -713,13 +847,24 @@ struct Member {
     /// When the running child must have reported ready.
     ready_by: Option<Instant>,
     restarts: u32,
-    /// When to start it again, after a failure.
+    /// Restarts asked for (`iotstream restart`): not failures, not counted against
+    /// `max_restarts`.
+    asked_restarts: u32,
+    /// When to start it again, after a failure or when asked.
     restart_at: Option<Instant>,
     /// Its last failure, while a restart is pending: the failure of the run if the restart
     /// is cancelled.
     pending_failure: Option<Failure>,
+    /// It was killed to be restarted (`iotstream restart`): its death is no failure.
+    killed_for_restart: bool,
+    /// Who asked for its restart, told once it runs again (or why it does not).
+    restart_waiters: Vec<mpsc::Sender<Result<String, String>>>,
+    /// When the running child (or the last one) started.
+    started_at: Option<SystemTime>,
     /// It will not run again.
     ended: bool,
+    /// It ended with a failure (or was killed).
+    failed: bool,
 }
 
 impl Member {
@@ -732,9 +877,34 @@ impl Member {
             ready: false,
             ready_by: None,
             restarts: 0,
+            asked_restarts: 0,
             restart_at: None,
             pending_failure: None,
+            killed_for_restart: false,
+            restart_waiters: Vec::new(),
+            started_at: None,
             ended: false,
+            failed: false,
+        }
+    }
+
+    /// Tells whoever asked for this process's restart how it went.
+    fn answer_waiters(&mut self, answer: Result<String, String>) {
+        for w in self.restart_waiters.drain(..) {
+            let _ = w.send(answer.clone());
+        }
+    }
+
+    /// What it is doing, for the board.
+    fn status(&self, draining: bool) -> ProcessStatus {
+        match (self.pid, self.restart_at) {
+            (Some(_), _) if draining => ProcessStatus::Draining,
+            (Some(_), _) if self.ready => ProcessStatus::Running,
+            (Some(_), _) => ProcessStatus::Starting,
+            (None, Some(_)) => ProcessStatus::Restarting,
+            (None, None) if self.failed => ProcessStatus::Failed,
+            (None, None) if self.ended => ProcessStatus::Ended,
+            (None, None) => ProcessStatus::Starting,
         }
     }
 
@@ -774,6 +944,10 @@ struct Supervisor<'a> {
     stdin_process: Option<String>,
     drain_timeout: Duration,
     ready_timeout: Duration,
+    /// How often children report their counters (zero: never).
+    metrics_interval: Duration,
+    /// What the launcher knows of the application, for the control socket.
+    board: Arc<Board>,
     members: Vec<Member>,
     /// Where signals, ready reports and children's exits wake the supervisor.
     events_tx: mpsc::SyncSender<Event>,
@@ -796,6 +970,7 @@ impl Supervisor<'_> {
             }
         }
         loop {
+            self.publish();
             if self.members.iter().all(|m| m.ended) {
                 break;
             }
@@ -824,33 +999,71 @@ impl Supervisor<'_> {
                             .iter()
                             .find(|m| m.pid == Some(pid))
                             .map_or("?", |m| m.name.as_str());
-                        log(&format!(
-                            "process '{name}' (pid {pid}): another host is stopping the \
+                        note(
+                            &self.board,
+                            &format!(
+                                "process '{name}' (pid {pid}): another host is stopping the \
                              application: draining"
-                        ));
+                            ),
+                        );
                         self.stop();
                     }
                 }
                 Ok(Event::Exit(exit)) => self.on_exit(exit),
+                Ok(Event::Command(socket::Command::Stop { now: false, reply })) => {
+                    let answer = if self.draining.is_none() {
+                        note(
+                            &self.board,
+                            "asked to stop (iotstream stop): draining (sources stop, data in \
+                             flight is processed)",
+                        );
+                        self.stop();
+                        "draining: sources stop, data in flight is processed"
+                    } else {
+                        "already stopping"
+                    };
+                    let _ = reply.send(Ok(answer.to_string()));
+                }
+                Ok(Event::Command(socket::Command::Stop { now: true, reply })) => {
+                    note(
+                        &self.board,
+                        "asked to stop at once (iotstream stop --now): killing every process",
+                    );
+                    let _ = reply.send(Ok("killing every process".into()));
+                    self.kill_all(events);
+                    return Ok(self.failure.as_ref().map_or(128 + 9, |f| {
+                        note(&self.board, &format!("error: {}", f.message));
+                        f.code
+                    }));
+                }
+                Ok(Event::Command(socket::Command::Restart { process, reply })) => {
+                    self.restart_asked(&process, reply)
+                }
                 Ok(Event::Signal(sig)) => {
                     if self.signalled {
-                        log(&format!("signal {sig} again: stopping at once"));
+                        note(
+                            &self.board,
+                            &format!("signal {sig} again: stopping at once"),
+                        );
                         self.kill_all(events);
                         return Ok(self.failure.as_ref().map_or(128 + sig, |f| {
-                            log(&format!("error: {}", f.message));
+                            note(&self.board, &format!("error: {}", f.message));
                             f.code
                         }));
                     }
                     self.signalled = true;
                     if self.draining.is_none() {
-                        log(&format!(
+                        note(&self.board, &format!(
                             "signal {sig}: draining (sources stop, data in flight is processed); send it again to stop at once"
                         ));
                         self.stop();
                     } else {
-                        log(&format!(
-                            "signal {sig}: already stopping; send it again to stop at once"
-                        ));
+                        note(
+                            &self.board,
+                            &format!(
+                                "signal {sig}: already stopping; send it again to stop at once"
+                            ),
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -862,11 +1075,11 @@ impl Supervisor<'_> {
         }
         Ok(match &self.failure {
             None => {
-                log("every process ended well");
+                note(&self.board, "every process ended well");
                 0
             }
             Some(f) => {
-                log(&format!("error: {}", f.message));
+                note(&self.board, &format!("error: {}", f.message));
                 f.code
             }
         })
@@ -890,6 +1103,10 @@ impl Supervisor<'_> {
             launch::ENV_CONTROL_FD.into(),
             launch::CONTROL_FD.to_string(),
         ));
+        env.push((
+            launch::ENV_METRICS_INTERVAL_MS.into(),
+            self.metrics_interval.as_millis().to_string(),
+        ));
         // The child believes fd 3 only if the first line on it carries this nonce.
         let nonce = launch::control_nonce();
         env.push((launch::ENV_CONTROL_NONCE.into(), nonce.clone()));
@@ -907,6 +1124,13 @@ impl Supervisor<'_> {
             stdin: self.stdin_process.as_deref() == Some(m.name.as_str()),
             inherit: self.deployment.iter().map(|d| d.fd()).collect(),
             title: None,
+            tap: Some({
+                let board = Arc::clone(&self.board);
+                let name = m.name.clone();
+                Arc::new(move |stderr: bool, line: &str| {
+                    board.logs().push(Some(&name), stderr, line)
+                })
+            }),
         }
         .role(&self.app_name, &m.name, &self.run, self.fingerprint);
         let exits = self.events_tx.clone();
@@ -921,30 +1145,17 @@ impl Supervisor<'_> {
         m.ready = false;
         m.ready_by = Some(Instant::now() + self.ready_timeout);
         m.restart_at = None;
-        log(&format!("process '{}' started (pid {pid})", m.name));
+        m.started_at = Some(SystemTime::now());
+        note(
+            &self.board,
+            &format!("process '{}' started (pid {pid})", m.name),
+        );
         let tx = self.events_tx.clone();
+        let board = Arc::clone(&self.board);
+        let name = m.name.clone();
         std::thread::Builder::new()
             .name(format!("control {}", m.name))
-            .spawn(move || {
-                // `ready` once, then `drain` whenever a link from another host says the
-                // application is stopping there.
-                let mut lines = BufReader::new(reader);
-                let mut line = String::new();
-                while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
-                    let event = match line.trim() {
-                        "ready" => Event::Ready { pid },
-                        "drain" => Event::Drain { pid },
-                        _ => {
-                            line.clear();
-                            continue;
-                        }
-                    };
-                    if tx.send(event).is_err() {
-                        return;
-                    }
-                    line.clear();
-                }
-            })
+            .spawn(move || read_control(reader, i, &name, pid, &tx, &board))
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a control thread: {e}"),
             })?;
@@ -956,19 +1167,30 @@ impl Supervisor<'_> {
             return; // a child that died meanwhile
         };
         self.members[i].ready = true;
+        let answer = format!(
+            "process '{}' is running again (pid {pid})",
+            self.members[i].name
+        );
+        self.members[i].answer_waiters(Ok(answer));
         if self.flowing || self.draining.is_some() {
             // A restarted process joins the running application; in one that is stopping, it
             // has been told to stop already and drains at once.
-            log(&format!("process '{}' ready", self.members[i].name));
+            note(
+                &self.board,
+                &format!("process '{}' ready", self.members[i].name),
+            );
             self.members[i].say("go");
             return;
         }
         if self.members.iter().all(|m| m.ready || m.ended) {
             self.flowing = true;
-            log(&format!(
-                "{} ready: data flows",
-                plural(self.members.len(), "process")
-            ));
+            note(
+                &self.board,
+                &format!(
+                    "{} ready: data flows",
+                    plural(self.members.len(), "process")
+                ),
+            );
             for m in &mut self.members {
                 m.say("go");
             }
@@ -983,9 +1205,36 @@ impl Supervisor<'_> {
         m.pid = None;
         m.control = None;
         m.ready = false;
+        let killed_for_restart = std::mem::take(&mut m.killed_for_restart);
         if exit.success() {
             m.ended = true;
-            log(&format!("process '{}' finished", m.name));
+            note(&self.board, &format!("process '{}' finished", m.name));
+            let why = format!("process '{}' finished before it could be restarted", m.name);
+            m.answer_waiters(Err(why));
+            return;
+        }
+        if killed_for_restart {
+            if self.draining.is_none() {
+                // Asked for: no failure, no backoff, not counted against max_restarts.
+                m.asked_restarts += 1;
+                m.restart_at = Some(Instant::now());
+                note(
+                    &self.board,
+                    &format!(
+                        "process '{}' stopped for its restart: starting it again",
+                        m.name
+                    ),
+                );
+            } else {
+                // The application stops meanwhile: nothing restarts.
+                m.ended = true;
+                let why = format!(
+                    "the application is stopping: process '{}' was not restarted",
+                    m.name
+                );
+                note(&self.board, &why);
+                m.answer_waiters(Err(why));
+            }
             return;
         }
         let error = exit.to_error().to_string();
@@ -999,25 +1248,31 @@ impl Supervisor<'_> {
                     m.restarts += 1;
                     m.restart_at = Some(Instant::now() + delay);
                     m.pending_failure = Some(failure);
-                    log(&format!(
-                        "{error}; restarting it in {} ms (restart {} of {max_restarts})",
-                        delay.as_millis(),
-                        m.restarts
-                    ));
+                    note(
+                        &self.board,
+                        &format!(
+                            "{error}; restarting it in {} ms (restart {} of {max_restarts})",
+                            delay.as_millis(),
+                            m.restarts
+                        ),
+                    );
                     return;
                 }
-                log(&format!(
-                    "{error}; it was restarted {max_restarts} times already: giving up"
-                ));
+                note(
+                    &self.board,
+                    &format!("{error}; it was restarted {max_restarts} times already: giving up"),
+                );
             }
         }
         m.ended = true;
+        m.failed = true;
+        m.answer_waiters(Err(error.clone()));
         if self.draining.is_none() {
-            log(&format!("{error}: stopping the application"));
+            note(&self.board, &format!("{error}: stopping the application"));
             self.failure.get_or_insert(failure);
             self.stop();
         } else {
-            log(&error);
+            note(&self.board, &error);
             self.failure.get_or_insert(failure);
         }
     }
@@ -1031,12 +1286,14 @@ impl Supervisor<'_> {
                     // A restart that cannot even start is that process failing for good.
                     let m = &mut self.members[i];
                     let message = format!("process '{}' could not be restarted: {e}", m.name);
-                    log(&message);
+                    note(&self.board, &message);
                     m.restart_at = None;
                     m.pending_failure = None;
                     if m.pid.is_none() {
                         m.ended = true;
+                        m.failed = true;
                     }
+                    m.answer_waiters(Err(message.clone()));
                     self.failure.get_or_insert(Failure { message, code: 1 });
                     if self.draining.is_none() {
                         self.stop();
@@ -1052,9 +1309,11 @@ impl Supervisor<'_> {
                     m.name,
                     self.ready_timeout.as_millis()
                 );
-                log(&message);
+                note(&self.board, &message);
+                let message_for_waiters = message.clone();
                 self.failure.get_or_insert(Failure { message, code: 1 });
                 self.members[i].ready_by = None;
+                self.members[i].answer_waiters(Err(message_for_waiters));
                 if self.draining.is_none() {
                     self.stop();
                 }
@@ -1073,7 +1332,7 @@ impl Supervisor<'_> {
                     self.drain_timeout.as_millis(),
                     stragglers.join(", ")
                 );
-                log(&message);
+                note(&self.board, &message);
                 self.failure.get_or_insert(Failure { message, code: 1 });
                 self.kill_all(events);
             }
@@ -1094,8 +1353,14 @@ impl Supervisor<'_> {
                 // Its restart is cancelled: its crash is the run's failure, not what its
                 // peers report about it afterwards.
                 if let Some(f) = m.pending_failure.take() {
+                    m.failed = true;
                     self.failure.get_or_insert(f);
                 }
+                let why = format!(
+                    "the application is stopping: process '{}' was not restarted",
+                    m.name
+                );
+                m.answer_waiters(Err(why));
             }
             if m.pid.is_none() {
                 m.ended = true;
@@ -1109,6 +1374,85 @@ impl Supervisor<'_> {
         }
     }
 
+    /// `iotstream restart APP PROCESS`: kills `process` (SIGKILL: nothing of it runs, so its
+    /// rings are left as a crash leaves them) and starts it again at once when its waiter
+    /// reports the death (see `on_exit`), whatever its restart policy; `reply` is answered once
+    /// it reported ready again, or with why it was not restarted. Its peers wait for it meanwhile
+    /// (the launcher has not said `final`: that is said only when the application stops).
+    fn restart_asked(&mut self, process: &str, reply: mpsc::Sender<Result<String, String>>) {
+        let Some(i) = self.members.iter().position(|m| m.name == process) else {
+            let names: Vec<String> = self
+                .members
+                .iter()
+                .map(|m| format!("'{}'", m.name))
+                .collect();
+            let _ = reply.send(Err(format!(
+                "no process '{process}' in this launcher of '{}'; its processes are {}",
+                self.board.graph().app,
+                names.join(", ")
+            )));
+            return;
+        };
+        if self.draining.is_some() {
+            let _ = reply.send(Err(
+                "the application is stopping: nothing is restarted".to_string()
+            ));
+            return;
+        }
+        let m = &mut self.members[i];
+        if m.ended {
+            let how = if m.failed { "failed" } else { "finished" };
+            let _ = reply.send(Err(format!(
+                "process '{process}' has {how}: it cannot be restarted (its input streams may \
+                 have ended); restart the application"
+            )));
+            return;
+        }
+        m.restart_waiters.push(reply);
+        if m.restart_at.is_some() {
+            // A restart after a failure is pending: now rather than after its backoff.
+            m.restart_at = Some(Instant::now());
+            note(
+                &self.board,
+                &format!("process '{process}': restart asked (iotstream restart): now"),
+            );
+            return;
+        }
+        if m.killed_for_restart {
+            return; // on its way already
+        }
+        if let Some(pid) = m.pid {
+            m.killed_for_restart = true;
+            note(
+                &self.board,
+                &format!(
+                    "process '{process}' (pid {pid}): restart asked (iotstream restart): killing it"
+                ),
+            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Writes every process's state on the board (the control socket's view).
+    fn publish(&self) {
+        let draining = self.draining.is_some();
+        let phase = match (self.members.iter().all(|m| m.ended), draining, self.flowing) {
+            (true, _, _) => Phase::Ended,
+            (_, true, _) => Phase::Draining,
+            (_, _, true) => Phase::Running,
+            _ => Phase::Starting,
+        };
+        self.board.update(|s| {
+            s.phase = phase;
+            for (p, m) in s.processes.iter_mut().zip(&self.members) {
+                p.status = m.status(draining);
+                p.pid = m.pid.unwrap_or(0);
+                p.started_ms = m.started_at.map_or(0, board::epoch_ms);
+                p.restarts = u64::from(m.restarts) + u64::from(m.asked_restarts);
+            }
+        });
+    }
+
     /// Kills every child and waits (bounded) for their waiters to report them, so nothing
     /// outlives the launcher.
     fn kill_all(&mut self, events: &mpsc::Receiver<Event>) {
@@ -1116,7 +1460,9 @@ impl Supervisor<'_> {
             if let Some(pid) = m.pid {
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+                m.failed = true;
             }
+            m.answer_waiters(Err("the launcher is stopping everything at once".into()));
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.members.iter().any(|m| m.pid.is_some()) && Instant::now() < deadline {
@@ -1140,5 +1486,86 @@ fn exit_code(status: ExitStatus) -> i32 {
         (Some(c), _) => c,
         (None, Some(s)) => 128 + s,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board() -> Board {
+        let info = GraphInfo {
+            app: "demo".into(),
+            default_capacity: 1,
+            agents: Vec::new(),
+            edges: Vec::new(),
+            processes: vec!["main".into()],
+            hosts: Vec::new(),
+        };
+        Board::new(
+            info,
+            "1-a".into(),
+            "local".into(),
+            &["main".to_string()],
+            Duration::from_secs(1),
+            100,
+        )
+    }
+
+    #[test]
+    fn a_child_is_never_trusted_on_its_control_channel() {
+        let (mut child, ours) = UnixStream::pair().unwrap();
+        let board = board();
+        let (tx, rx) = mpsc::sync_channel(8);
+        let sample = ProcessSample {
+            pid: 1, // a lie: the launcher knows its child's pid
+            cpu_ns: 7,
+            rss_bytes: 8,
+            ..ProcessSample::default()
+        };
+        let good = launch::metrics_line(&sample, launch::MAX_METRICS_LINE).unwrap();
+        let writer = std::thread::spawn(move || {
+            let huge = format!("metrics {}\n", "x".repeat(launch::MAX_METRICS_LINE + 10));
+            for line in [
+                "ready\n",
+                "metrics {not json\n",
+                "hello there\n",
+                huge.as_str(),
+                huge.as_str(),
+                good.as_str(),
+                "drain\n",
+            ] {
+                child.write_all(line.as_bytes()).unwrap();
+            }
+        });
+        read_control(ours, 0, "main", 4242, &tx, &board);
+        writer.join().unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Event::Ready { pid: 4242 })));
+        assert!(matches!(rx.try_recv(), Ok(Event::Drain { pid: 4242 })));
+        let status = board.status(true);
+        let kept = status.processes[0]
+            .sample
+            .as_ref()
+            .expect("the good report");
+        assert_eq!((kept.pid, kept.cpu_ns, kept.rss_bytes), (4242, 7, 8));
+        let warnings: Vec<String> = board
+            .logs()
+            .since(0, &LogFilter::Launcher)
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains(
+            "process 'main' (pid 4242) sent a control line the launcher does not understand"
+        ));
+        assert!(warnings[1].contains("over 4194304 bytes"));
+    }
+
+    #[test]
+    fn a_report_over_the_limit_is_not_made() {
+        let sample = ProcessSample::default();
+        let line = launch::metrics_line(&sample, 1 << 20).unwrap();
+        assert!(line.starts_with("metrics {") && line.ends_with("}\n"));
+        assert_eq!(launch::metrics_line(&sample, 10), Err(line.len()));
     }
 }

@@ -1370,14 +1370,22 @@ fn coordinate(
         }
     };
     let registry = Arc::new(registry);
-    // Under the launcher: report ready, and let data flow only when every process is.
-    if let Err(e) = launch::take_control()
-        .and_then(|c| c.map_or(Ok(()), |c| c.ready_then_wait_go(Arc::clone(&stop))))
-    {
-        stop.store(true, Ordering::SeqCst);
-        let _ = ready.send((Err(e), Arc::clone(&shared)));
-        return Ok(());
-    }
+    // Under the launcher: report ready, and let data flow only when every process is; then
+    // report the counters every interval until the run is over.
+    let reporter = match launch::take_control().and_then(|c| {
+        c.map_or(Ok(false), |c| {
+            c.ready_then_wait_go(Arc::clone(&stop)).map(|()| true)
+        })
+    }) {
+        Ok(supervised) => supervised
+            .then(|| launch::MetricsReporter::start(Arc::clone(&registry)))
+            .flatten(),
+        Err(e) => {
+            stop.store(true, Ordering::SeqCst);
+            let _ = ready.send((Err(e), Arc::clone(&shared)));
+            return Ok(());
+        }
+    };
 
     let mut inputs = HashMap::new();
     for (id, ext) in externals {
@@ -1448,6 +1456,8 @@ fn coordinate(
     let drained = stop.load(Ordering::SeqCst);
     // Before the stop flag: the poller must not take the end of the run for a stop.
     run_over.store(true, Ordering::SeqCst);
+    // The last report: the counters as the run ended.
+    drop(reporter);
     ran.map_err(|e| Error::Runtime {
         detail: format!("the actix system failed: {e}"),
     })?;

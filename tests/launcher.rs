@@ -7,6 +7,12 @@
 //! each with a deadline, and prints `N passed, M failed`. Every scenario removes what it may
 //! leave behind (processes, shared-memory objects, files), even when it fails.
 
+// The detector of the example; this file runs it (app `quake`), not the example's `main` nor
+// its arguments. (The example allows dead code itself under cfg(test), which clippy sets here.)
+#[cfg_attr(not(test), allow(dead_code))]
+#[path = "../examples/quake_detector.rs"]
+mod quake;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -37,6 +43,17 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "stubborn" => stubborn(),
         // standard input's lines → parse → ×3 → record to $OUT
         "lines" => lines(),
+        // numbers, 200 per second, until stopped → `tick` (prints `TICK v` for every 20th) →
+        // record
+        "chatty" => chatty(),
+        // the quake detector as the example builds it, paced at 250 samples/s (ten minutes)
+        "quake" => {
+            let cfg = quake::Config {
+                realtime: true,
+                ..quake::Config::default()
+            };
+            quake::application(&cfg, false).run().map(|_| ())
+        }
         // one line of 150 000 characters on stdout, then a tiny graph
         "long_line" => {
             println!("{}", "x".repeat(150_000));
@@ -291,6 +308,31 @@ fn lossless_of<T: Indexed>(n: u64, capacity: usize, step_ms: u64) -> Result<(), 
     Ok(())
 }
 
+/// Numbers paced at 200 per second until stopped → `tick`, which prints `TICK v` for every
+/// 20th → record.
+fn chatty() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("chatty");
+    let mut next = 0u64;
+    let numbers = g.source(
+        "numbers",
+        move |out: &mut Vec<u64>, _max: usize| -> Result<bool, AgentError> {
+            out.push(next);
+            next += 1;
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(true)
+        },
+    );
+    let ticked = g.map("tick", &numbers, |v: &u64| {
+        if v % 20 == 0 {
+            println!("TICK {v}");
+        }
+        *v
+    });
+    let input = record(&mut g);
+    g.connect(&ticked, &input);
+    g.run().map(|_| ())
+}
+
 /// Standard input's lines, parsed → ×3 → record.
 fn lines() -> Result<(), iotstream::Error> {
     let mut g = Graph::new("lines");
@@ -465,7 +507,7 @@ impl Launched {
                 let err = self.err.lock().unwrap().clone();
                 // Whatever the outcome, the launcher must leave nothing behind: checked here,
                 // before `drop` cleans up for the next scenario.
-                let (pids, rings) = (run_pids(self.pid()), segments(&self.app));
+                let (pids, rings) = (run_pids(self.pid()), self.own_segments());
                 if !pids.is_empty() || !rings.is_empty() {
                     return Err(format!(
                         "iotstream ended ({status}) but left processes {pids:?} and rings {rings:?}:\n{err}"
@@ -485,6 +527,16 @@ impl Launched {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The shared-memory objects of this launcher's run (their names carry its pid: another
+    /// run of the same application may be on).
+    fn own_segments(&self) -> Vec<String> {
+        let run = format!("iotstream.{}.{}-", self.app, self.pid());
+        segments(&self.app)
+            .into_iter()
+            .filter(|s| s.starts_with(&run))
+            .collect()
     }
 }
 
@@ -510,7 +562,9 @@ impl Drop for Launched {
         for pid in run_pids(launcher) {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
-        remove_segments(&self.app);
+        for s in self.own_segments() {
+            let _ = std::fs::remove_file(format!("/dev/shm/{s}"));
+        }
     }
 }
 
@@ -547,12 +601,6 @@ fn segments(app: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn remove_segments(app: &str) {
-    for s in segments(app) {
-        let _ = std::fs::remove_file(format!("/dev/shm/{s}"));
-    }
 }
 
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
@@ -1472,6 +1520,576 @@ fn a_sweep_from_another_pid_namespace_leaves_a_live_run_alone() -> Result<(), St
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Operating a running application: list, stop, logs, restart, over the control socket
+
+/// `iotstream ARGS` with `XDG_RUNTIME_DIR=xdg` (each scenario has a runtime folder of its own),
+/// as uid 65534 if `nobody`; waits for its end.
+fn ops(xdg: &Path, args: &[&str], nobody: bool) -> Result<std::process::Output, String> {
+    let mut cmd = if nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(launcher_exe());
+        c
+    } else {
+        Command::new(launcher_exe())
+    };
+    cmd.args(args)
+        .env("XDG_RUNTIME_DIR", xdg)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("iotstream {args:?}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `iotstream ARGS` succeeded; its stdout.
+fn ops_ok(xdg: &Path, args: &[&str]) -> Result<String, String> {
+    let out = ops(xdg, args, false)?;
+    ensure(out.status.success(), || {
+        format!(
+            "iotstream {args:?}: {}\nstdout:\n{}stderr:\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })?;
+    Ok(text(&out.stdout))
+}
+
+/// `iotstream ARGS` failed with exit 1 and a message containing every one of `want`.
+fn ops_refused(xdg: &Path, args: &[&str], nobody: bool, want: &[&str]) -> Result<(), String> {
+    let out = ops(xdg, args, nobody)?;
+    let err = text(&out.stderr);
+    ensure(
+        out.status.code() == Some(1) && want.iter().all(|w| err.contains(w)),
+        || {
+            format!(
+                "iotstream {args:?} (as uid {}): {}, expected exit 1 and {want:?}; stderr:\n{err}stdout:\n{}",
+                if nobody { 65534 } else { 0 },
+                out.status,
+                text(&out.stdout)
+            )
+        },
+    )
+}
+
+/// `iotstream run <this binary> [--deploy FILE] [RUN_ARGS] -- app NAME ARGS…` with
+/// `XDG_RUNTIME_DIR=xdg` and `env`.
+fn launch_in(
+    xdg: &Path,
+    app: &str,
+    args: &[&str],
+    deploy: Option<&Path>,
+    run_args: &[&str],
+    env: &[(&str, &Path)],
+) -> Launched {
+    let exe = own_exe();
+    let mut a: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), exe.as_os_str()];
+    if let Some(d) = deploy {
+        a.push("--deploy".as_ref());
+        a.push(d.as_os_str());
+    }
+    for r in run_args
+        .iter()
+        .copied()
+        .chain(["--", "app", app])
+        .chain(args.iter().copied())
+    {
+        a.push(std::ffi::OsStr::new(r));
+    }
+    let mut env = env.to_vec();
+    env.push(("XDG_RUNTIME_DIR", xdg));
+    // The name its graph has (its rings carry it).
+    let graph = if app == "quake" {
+        "quake_detector"
+    } else {
+        app
+    };
+    Launched::start(&a, &env, graph, Feed::Nothing)
+}
+
+/// The control sockets in runtime folder `xdg`.
+fn sockets(xdg: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(xdg.join("iotstream"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The control socket of the launcher `pid` in `xdg`.
+fn socket_of(xdg: &Path, pid: u32) -> Result<PathBuf, String> {
+    sockets(xdg)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(&format!(".{pid}.sock")))
+        .ok_or_else(|| format!("no control socket of launcher {pid}: {:?}", sockets(xdg)))
+}
+
+/// Sends one JSON request line on `socket`, as any client may, and reads one answer line.
+fn ask(socket: &Path, request: &str) -> Result<serde_json::Value, String> {
+    let conn = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    (&conn)
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(&conn)
+        .read_line(&mut line)
+        .map_err(|e| format!("{request}: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("{request}: {e}: {line}"))
+}
+
+/// The `process` entry of a `status` or `metrics` answer.
+fn process_entry<'a>(
+    answer: &'a serde_json::Value,
+    kind: &str,
+    process: &str,
+) -> Option<&'a serde_json::Value> {
+    answer[kind]["processes"]
+        .as_array()?
+        .iter()
+        .find(|p| p["process"] == process)
+}
+
+/// The example quake detector under the launcher, as its deployment file places it:
+/// `iotstream list` shows it (and nothing before it starts), every process reports its
+/// counters on the control channel (the `metrics` request has each one's report), and
+/// `iotstream stop` drains it: exit 0, the launcher gone, its socket removed.
+fn list_shows_a_running_application_and_stop_drains_it() -> Result<(), String> {
+    let xdg = Scratch::new("list");
+    let listed = ops_ok(&xdg.0, &["list"])?;
+    ensure(listed == "no iotstream application is running\n", || {
+        format!("before any run: {listed:?}")
+    })?;
+    // A socket left by a launcher that was killed: nobody listens. `list` removes it.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(xdg.0.join("iotstream"))
+            .map_err(|e| e.to_string())?;
+    }
+    let ghost = xdg.0.join("iotstream/ghost.1.sock");
+    drop(std::os::unix::net::UnixListener::bind(&ghost).map_err(|e| e.to_string())?);
+    let out = ops(&xdg.0, &["list"], false)?;
+    ensure(
+        out.status.success()
+            && text(&out.stdout) == "no iotstream application is running\n"
+            && text(&out.stderr).contains("ghost.1.sock: its launcher is gone")
+            && !ghost.exists(),
+        || format!("a stale socket: {out:?}"),
+    )?;
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quake_detector.toml");
+    let run = launch_in(
+        &xdg.0,
+        "quake",
+        &[],
+        Some(&deploy),
+        &["--metrics-interval", "100ms"],
+        &[],
+    );
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    let launcher = run.pid();
+    let listed = ops_ok(&xdg.0, &["list"])?;
+    let lines: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    ensure(
+        lines.len() == 2
+            && lines[0] == ["APP", "RUN", "PROCESSES", "HOSTS", "UP", "STATUS"]
+            && lines[1][0] == "quake_detector"
+            && lines[1][1].starts_with(&format!("{launcher}-"))
+            && lines[1][2..4] == ["4/4", "local"]
+            && lines[1][5] == "running",
+        || format!("list:\n{listed}"),
+    )?;
+
+    // Every process's report arrives, with its own pid and counters.
+    let socket = socket_of(&xdg.0, launcher)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = ask(&socket, r#"{"cmd":"metrics"}"#)?;
+        let reported = ["main", "detector", "trigger", "alerts"].iter().all(|p| {
+            process_entry(&answer, "metrics", p).is_some_and(|e| {
+                e["sample"]["pid"] == e["pid"]
+                    && Some(e["pid"].as_u64().unwrap_or(0) as u32) == pid_of(&run.stderr(), p)
+                    && e["sample"]["rss_bytes"].as_u64().unwrap_or(0) > 0
+            })
+        });
+        let samples = process_entry(&answer, "metrics", "main")
+            .and_then(|e| e["sample"]["metrics"]["streams"].as_array().cloned())
+            .and_then(|streams| {
+                streams
+                    .iter()
+                    .find(|s| s["name"] == "seismometer.out")
+                    .and_then(|s| s["elements"].as_u64())
+            })
+            .unwrap_or(0);
+        if reported && samples > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no report of every process: {answer}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let stopped = ops_ok(&xdg.0, &["stop", "quake_detector"])?;
+    ensure(
+        stopped.contains("[iotstream] every process ended well")
+            && stopped.contains("stopped: its launcher exited with code 0"),
+        || format!("stop said:\n{stopped}"),
+    )?;
+    // The launcher has exited already (stop waits for it): its status is there at once.
+    let (status, _stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("launcher: {status}\n{stderr}"))?;
+    ensure(
+        stderr.contains("asked to stop (iotstream stop)")
+            && stderr.contains("every process ended well"),
+        || format!("the drain did not run to its end:\n{stderr}"),
+    )?;
+    ensure(sockets(&xdg.0).is_empty(), || {
+        format!("sockets left: {:?}", sockets(&xdg.0))
+    })?;
+    let listed = ops_ok(&xdg.0, &["list"])?;
+    ensure(listed == "no iotstream application is running\n", || {
+        format!("after the stop: {listed:?}")
+    })
+}
+
+/// Two runs of one application: `stop APP` refuses to choose and lists both runs, an unknown
+/// APP is refused with the running ones listed, `stop APP --run ID` drains that run (exit 0,
+/// every element emitted recorded), and `stop APP --now` kills the other at once.
+fn stop_picks_a_run_drains_it_and_now_kills() -> Result<(), String> {
+    let xdg = Scratch::new("stop");
+    let deploy = xdg.file("moved.toml", MOVED);
+    let (out_a, out_b) = (xdg.path("a.txt"), xdg.path("b.txt"));
+    let a = launch_in(
+        &xdg.0,
+        "endless",
+        &[],
+        Some(&deploy),
+        &[],
+        &[("OUT", &out_a)],
+    );
+    let b = launch_in(
+        &xdg.0,
+        "endless",
+        &[],
+        Some(&deploy),
+        &[],
+        &[("OUT", &out_b)],
+    );
+    a.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    b.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    let status = |l: &Launched| ask(&socket_of(&xdg.0, l.pid())?, r#"{"cmd":"status"}"#);
+    let run_a = status(&a)?["status"]["run"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let run_b = status(&b)?["status"]["run"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ops_refused(
+        &xdg.0,
+        &["stop", "endless"],
+        false,
+        &[
+            "2 runs of application 'endless' are running",
+            &run_a,
+            &run_b,
+            "--run ID",
+        ],
+    )?;
+    ops_refused(
+        &xdg.0,
+        &["stop", "endles"],
+        false,
+        &[
+            "no application 'endles' is running",
+            &format!("'endless' (run {run_a})"),
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines_of(&out_a).len() < 5_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = ops_ok(&xdg.0, &["stop", "endless", "--run", &run_a])?;
+    ensure(stopped.contains("exited with code 0"), || stopped.clone())?;
+    let (status_a, stdout, stderr) = a.wait()?;
+    ensure(status_a.success(), || {
+        format!("run a: {status_a}\n{stderr}")
+    })?;
+    let number = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.split_once(key).map(|(_, r)| r.to_string()))
+            .and_then(|r| r.split(' ').next().and_then(|n| n.parse::<u64>().ok()))
+    };
+    let (emitted, received) = (number("EMITTED "), number("RESULT count="));
+    ensure(
+        emitted.is_some() && emitted == received && received == Some(lines_of(&out_a).len() as u64),
+        || {
+            format!(
+                "emitted {emitted:?}, received {received:?}, {} recorded:\n{stdout}",
+                lines_of(&out_a).len()
+            )
+        },
+    )?;
+    // Run b is alone now: no --run needed; killed at once.
+    let killed = ops_ok(&xdg.0, &["stop", "endless", "--now"])?;
+    ensure(
+        killed.contains("killing every process") && killed.contains("killed: its launcher exited"),
+        || format!("stop --now said:\n{killed}"),
+    )?;
+    let (status_b, _, stderr) = b.wait()?;
+    ensure(status_b.code() == Some(137), || {
+        format!("run b after stop --now: {status_b}\n{stderr}")
+    })?;
+    ensure(sockets(&xdg.0).is_empty(), || {
+        format!("sockets left: {:?}", sockets(&xdg.0))
+    })
+}
+
+const CHATTY: &str = r#"
+[processes.work]
+agents = ["tick"]
+
+[processes.sink]
+agents = ["record"]
+"#;
+
+/// The last `TICK v` value in `text`.
+fn last_tick(text: &str) -> Option<u64> {
+    text.lines().rev().find_map(|l| {
+        l.split_once("TICK ")
+            .and_then(|(_, v)| v.trim().parse().ok())
+    })
+}
+
+/// `iotstream logs APP PROCESS` prints that process's kept lines (and only its); `logs APP`
+/// every process's and the launcher's; `--follow` sees new lines, and ends with the application.
+fn logs_shows_a_process_lines_and_follows_new_ones() -> Result<(), String> {
+    let xdg = Scratch::new("logs");
+    let deploy = xdg.file("chatty.toml", CHATTY);
+    let out = xdg.path("out.txt");
+    let run = launch_in(&xdg.0, "chatty", &[], Some(&deploy), &[], &[("OUT", &out)]);
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.out.lock().unwrap().contains("[work] TICK 100\n") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let work = ops_ok(&xdg.0, &["logs", "chatty", "work"])?;
+    ensure(
+        work.starts_with("[work] TICK 0\n")
+            && work.contains("[work] TICK 100\n")
+            && work.lines().all(|l| l.starts_with("[work] TICK ")),
+        || format!("logs chatty work:\n{work}"),
+    )?;
+    let all = ops(&xdg.0, &["logs", "chatty"], false)?;
+    ensure(
+        all.status.success()
+            && text(&all.stdout).contains("[work] TICK 100\n")
+            && text(&all.stderr).contains("[iotstream] process 'sink' started"),
+        || format!("logs chatty: {all:?}"),
+    )?;
+    ops_refused(
+        &xdg.0,
+        &["logs", "chatty", "wrok"],
+        false,
+        &["no process 'wrok'", "'main', 'work', 'sink'"],
+    )?;
+
+    // Follow: lines after the last one seen above arrive.
+    let seen = last_tick(&work).ok_or("no TICK")?;
+    let mut follow = Command::new(launcher_exe())
+        .args(["logs", "chatty", "work", "--follow"])
+        .env("XDG_RUNTIME_DIR", &xdg.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let followed = Arc::new(Mutex::new(String::new()));
+    let followed_err = Arc::new(Mutex::new(String::new()));
+    let readers = [
+        collect(follow.stdout.take().unwrap(), Arc::clone(&followed)),
+        collect(follow.stderr.take().unwrap(), Arc::clone(&followed_err)),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_tick(&followed.lock().unwrap()).is_none_or(|t| t <= seen + 40)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = followed.lock().unwrap().clone();
+    if last_tick(&got).is_none_or(|t| t <= seen + 40) {
+        let _ = follow.kill();
+        let _ = follow.wait();
+        return Err(format!(
+            "--follow saw no new line after TICK {seen}:\n{got}"
+        ));
+    }
+    // The application ends: so does the follower, by itself.
+    ops_ok(&xdg.0, &["stop", "chatty"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        match follow.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => break Some(status),
+            None if Instant::now() > deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let Some(ended) = ended else {
+        let _ = follow.kill();
+        let _ = follow.wait();
+        return Err("logs --follow did not end with the application".into());
+    };
+    for r in readers {
+        let _ = r.join();
+    }
+    let err = followed_err.lock().unwrap().clone();
+    ensure(
+        ended.success() && err.contains("the launcher exited with code 0"),
+        || format!("logs --follow ended with {ended}:\n{err}"),
+    )?;
+    let (status, _, stderr) = run.wait()?;
+    ensure(status.success(), || format!("{status}\n{stderr}"))
+}
+
+/// `iotstream restart APP PROCESS` kills a process whose restart policy is `never` and starts
+/// it again: a new pid, 1 restart, no failure, and no element lost.
+fn restart_restarts_a_process_and_loses_nothing() -> Result<(), String> {
+    let xdg = Scratch::new("restart");
+    let deploy = xdg.file("moved.toml", MOVED);
+    let out = xdg.path("out.txt");
+    // Paced: 40 000 elements per second, so that the run is still on when the restart lands.
+    let n = 300_000u64;
+    let run = launch_in(
+        &xdg.0,
+        "relay",
+        &[&n.to_string(), "200"],
+        Some(&deploy),
+        &[],
+        &[("OUT", &out)],
+    );
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines_of(&out).len() < 10_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = pid_of(&run.stderr(), "work").ok_or_else(|| run.stderr())?;
+    ops_refused(
+        &xdg.0,
+        &["restart", "relay", "wrok"],
+        false,
+        &["no process 'wrok'", "'main', 'work', 'sink'"],
+    )?;
+    let said = ops_ok(&xdg.0, &["restart", "relay", "work"])?;
+    let after = pid_of(&run.stderr(), "work");
+    ensure(
+        after.is_some_and(|p| p != before)
+            && said.contains(&format!(
+                "process 'work' is running again (pid {})",
+                after.unwrap_or(0)
+            )),
+        || format!("restart said:\n{said}\n{}", run.stderr()),
+    )?;
+    let status = ask(&socket_of(&xdg.0, run.pid())?, r#"{"cmd":"status"}"#)?;
+    let work = process_entry(&status, "status", "work").ok_or("no 'work' in the status")?;
+    ensure(
+        work["restarts"] == 1 && work["status"] == "running" && work["pid"] == after.unwrap_or(0),
+        || format!("status after the restart: {work}"),
+    )?;
+    let (status, _stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let mut got = lines_of(&out);
+    got.sort_unstable();
+    got.dedup();
+    let want: Vec<u64> = (0..n).map(|v| v * 3).collect();
+    ensure(got == want, || {
+        format!(
+            "{} distinct values of {n} after the restart:\n{stderr}",
+            got.len()
+        )
+    })
+}
+
+/// Another local user (uid 65534) can neither list nor stop our applications: the runtime
+/// folder is ours and closed to others, so the commands say "permission denied" and a direct
+/// connection to the socket is refused by the kernel; the application runs on unharmed.
+fn another_user_can_neither_list_nor_stop_an_application() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("  (skipped: not root, so no second uid can be taken with setpriv)");
+        return Ok(());
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        println!("  (skipped: setpriv is not installed)");
+        return Ok(());
+    }
+    let xdg = Scratch::new("other-user");
+    let deploy = xdg.file("moved.toml", MOVED);
+    let out = xdg.path("out.txt");
+    let run = launch_in(&xdg.0, "endless", &[], Some(&deploy), &[], &[("OUT", &out)]);
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    let socket = socket_of(&xdg.0, run.pid())?;
+    ops_refused(
+        &xdg.0,
+        &["list"],
+        true,
+        &["permission denied", "belongs to uid 0"],
+    )?;
+    ops_refused(&xdg.0, &["stop", "endless"], true, &["permission denied"])?;
+    let direct = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(own_exe())
+        .arg("connect")
+        .arg(&socket)
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(
+        direct.status.code() == Some(1) && text(&direct.stdout).contains("Permission denied"),
+        || format!("a direct connection as uid 65534: {direct:?}"),
+    )?;
+    // Still running, and ours to stop.
+    let listed = ops_ok(&xdg.0, &["list"])?;
+    ensure(
+        listed.contains("endless") && listed.contains("running"),
+        || listed.clone(),
+    )?;
+    ops_ok(&xdg.0, &["stop", "endless"])?;
+    let (status, _, stderr) = run.wait()?;
+    ensure(status.success(), || format!("{status}\n{stderr}"))
+}
+
+/// `launcher connect SOCKET`: connects and asks for the status, printing what happened; exits
+/// 1 if the connection failed (run as another uid by the scenario above).
+fn connect_mode(socket: &str) -> ! {
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(conn) => {
+            let _ = (&conn).write_all(b"{\"cmd\":\"status\"}\n");
+            let mut line = String::new();
+            let _ = BufReader::new(&conn).read_line(&mut line);
+            println!("connected: {line}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            println!("connect: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// The structure of a Graphviz dot graph, checked by a small parser of the subset the
 /// launcher writes: statements, clusters, quoted ids, edges with attributes.
 fn graph_dot_output_parses() -> Result<(), String> {
@@ -1722,6 +2340,9 @@ mod dot {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("connect") {
+        connect_mode(args.get(2).map_or("", String::as_str));
+    }
     if args.get(1).map(String::as_str) == Some("app") {
         let name = args.get(2).expect("usage: launcher app NAME ARGS…");
         if let Err(e) = app(name, &args[3..]) {
@@ -1828,6 +2449,26 @@ fn main() {
             Box::new(a_sweep_from_another_pid_namespace_leaves_a_live_run_alone),
         ),
         ("graph_dot_output_parses", Box::new(graph_dot_output_parses)),
+        (
+            "list_shows_a_running_application_and_stop_drains_it",
+            Box::new(list_shows_a_running_application_and_stop_drains_it),
+        ),
+        (
+            "stop_picks_a_run_drains_it_and_now_kills",
+            Box::new(stop_picks_a_run_drains_it_and_now_kills),
+        ),
+        (
+            "logs_shows_a_process_lines_and_follows_new_ones",
+            Box::new(logs_shows_a_process_lines_and_follows_new_ones),
+        ),
+        (
+            "restart_restarts_a_process_and_loses_nothing",
+            Box::new(restart_restarts_a_process_and_loses_nothing),
+        ),
+        (
+            "another_user_can_neither_list_nor_stop_an_application",
+            Box::new(another_user_can_neither_list_nor_stop_an_application),
+        ),
         (
             "run_refuses_reserved_variables_and_missing_cpus_before_starting",
             Box::new(run_refuses_reserved_variables_and_missing_cpus_before_starting),

@@ -2,8 +2,10 @@
 //! See `iotstream --help` and docs/deployment.md.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use iotstream::launcher::{self, AppCommand, DeploymentFile, GraphFormat, RunOptions};
@@ -11,6 +13,10 @@ use iotstream::launcher::{self, AppCommand, DeploymentFile, GraphFormat, RunOpti
 /// Exit code of the launcher's own errors: a bad deployment file, an application that does
 /// not describe itself, a bad command line (clap uses 2 as well).
 const USAGE_ERROR: u8 = 2;
+
+/// Exit code of an operating command (`list`, `stop`, `logs`, `restart`) that failed: no such
+/// application or process, permission denied, the launcher refused.
+const COMMAND_FAILED: u8 = 1;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +34,10 @@ binary writes its graph and exits before running anything), so it never guesses.
 iotstream graph target/release/examples/quake_detector\n  \
 iotstream check deploy.toml --app target/release/examples/quake_detector\n  \
 iotstream run target/release/examples/quake_detector --deploy deploy.toml -- --minutes 5\n  \
+iotstream list\n  \
+iotstream logs quake_detector detector --follow\n  \
+iotstream restart quake_detector trigger\n  \
+iotstream stop quake_detector\n  \
 iotstream clean\n\n\
 The deployment file format, supervision and restart semantics: docs/deployment.md.\n\
 Logs: each process's lines are prefixed with [process]; set RUST_LOG (e.g. RUST_LOG=debug) for \
@@ -50,12 +60,16 @@ data waiting in its input rings. Otherwise the application stops and `iotstream 
 that process's status (128 + N for a signal N).\n\n\
 Ctrl-C or SIGTERM drains the application: sources stop, data in flight is processed, sinks \
 flush, every process exits 0. Processes still running after the drain timeout are killed and \
-the exit is non-zero. A second Ctrl-C stops everything at once.",
+the exit is non-zero. A second Ctrl-C stops everything at once.\n\n\
+While it runs, `iotstream list`, `stop`, `logs` and `restart` reach it through a Unix socket in \
+your runtime folder ($XDG_RUNTIME_DIR/iotstream, or /tmp/iotstream-UID), private to you. Every \
+process reports its counters to the launcher every --metrics-interval.",
         after_help = "Examples:\n  \
 iotstream run ./my_app\n  \
 iotstream run ./my_app --deploy deploy.toml\n  \
 iotstream run ./my_app --deploy deploy.toml -- --input /var/log/sensor.log\n  \
-iotstream run ./my_app --deploy cluster.toml --host pi-kitchen"
+iotstream run ./my_app --deploy cluster.toml --host pi-kitchen\n  \
+iotstream run ./my_app --metrics-interval 250ms --log-lines 5000"
     )]
     Run {
         /// The application binary (a path, or a name found in PATH).
@@ -67,9 +81,87 @@ iotstream run ./my_app --deploy cluster.toml --host pi-kitchen"
         /// only host).
         #[arg(long, value_name = "NAME")]
         host: Option<String>,
+        /// How often every process reports its counters to the launcher: `500ms`, `2s`, or
+        /// `0` for never.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+        metrics_interval: Duration,
+        /// How many output lines the launcher keeps per process for `iotstream logs`.
+        #[arg(long, value_name = "N", default_value_t = launcher::board::DEFAULT_LOG_LINES)]
+        log_lines: usize,
         /// Arguments for the application, after `--`.
         #[arg(last = true, value_name = "APP_ARGS")]
         args: Vec<OsString>,
+    },
+    /// List the iotstream applications running on this host (yours).
+    #[command(
+        long_about = "List the iotstream applications you run on this host: each one's name, run \
+id, processes (running/total), hosts, up time and status. Only your own: they are found in your \
+runtime folder ($XDG_RUNTIME_DIR/iotstream, or /tmp/iotstream-UID), which no other user can \
+read. Sockets left by launchers that were killed are removed.",
+        after_help = "Example:\n  iotstream list"
+    )]
+    List,
+    /// Drain a running application gracefully (as Ctrl-C in its launcher would), or kill it.
+    #[command(
+        long_about = "Drain a running application gracefully, exactly as a Ctrl-C in its launcher \
+would: sources stop, data in flight is processed, sinks flush, every process exits. Waits until \
+the launcher has exited, printing what it said meanwhile. Exits 0 once it has (1 if the drain \
+failed). With --now, every process is killed at once, as a second Ctrl-C would.",
+        after_help = "Examples:\n  \
+iotstream stop quake_detector\n  \
+iotstream stop quake_detector --now\n  \
+iotstream stop quake_detector --run 4242-18c3f2a9d"
+    )]
+    Stop {
+        /// The application's name, as given to Graph::new (see `iotstream list`).
+        app: String,
+        /// Which run, when several runs of the application are running.
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
+        /// Kill every process at once instead of draining.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Print the last output lines of a running application's processes, and follow new ones.
+    #[command(
+        long_about = "Print the last output lines the launcher kept (run --log-lines, default \
+1000 per process): of every process, interleaved in the order they came and prefixed with \
+[process] as the launcher prints them (the launcher's own lines as [iotstream]), or of one \
+process. With --follow, keep printing new lines until the application ends (or Ctrl-C). Lines \
+a process wrote on standard error go to standard error.",
+        after_help = "Examples:\n  \
+iotstream logs quake_detector\n  \
+iotstream logs quake_detector detector\n  \
+iotstream logs quake_detector --follow"
+    )]
+    Logs {
+        /// The application's name, as given to Graph::new.
+        app: String,
+        /// Only this process's lines.
+        process: Option<String>,
+        /// Keep printing new lines until the application ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Which run, when several runs of the application are running.
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
+    },
+    /// Kill one process of a running application and start it again.
+    #[command(
+        long_about = "Kill one process of a running application and start it again, as a restart \
+after a failure: it resumes from the data waiting in its input rings, and its peers wait for it \
+meanwhile. Done whatever its restart policy (\"never\" included), and not counted against \
+max_restarts. Returns once the process runs again (it reported ready).",
+        after_help = "Example:\n  iotstream restart quake_detector trigger"
+    )]
+    Restart {
+        /// The application's name, as given to Graph::new.
+        app: String,
+        /// The process to restart.
+        process: String,
+        /// Which run, when several runs of the application are running.
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
     },
     /// Print an application's resolved graph: agents, streams, processes, hosts, transports.
     #[command(after_help = "Examples:\n  \
@@ -140,6 +232,8 @@ fn main() -> ExitCode {
             app,
             deploy,
             host,
+            metrics_interval,
+            log_lines,
             args,
         } => {
             let deployment = match deploy.as_deref().map(DeploymentFile::load).transpose() {
@@ -147,7 +241,12 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             let app = AppCommand { program: app, args };
-            match launcher::run(&app, deployment.as_ref(), &RunOptions { host }) {
+            let options = RunOptions {
+                host,
+                metrics_interval,
+                log_lines,
+            };
+            match launcher::run(&app, deployment.as_ref(), &options) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => fail(&e),
             }
@@ -203,6 +302,15 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Cmd::List => list(),
+        Cmd::Stop { app, run, now } => stop(&app, run.as_deref(), now),
+        Cmd::Logs {
+            app,
+            process,
+            follow,
+            run,
+        } => logs(&app, process.as_deref(), follow, run.as_deref()),
+        Cmd::Restart { app, process, run } => restart(&app, &process, run.as_deref()),
         Cmd::Clean => {
             let cleaned = launcher::clean();
             if cleaned.removed.is_empty() {
@@ -221,10 +329,160 @@ fn main() -> ExitCode {
     }
 }
 
+/// `500ms`, `2s`, `1.5s`, `0`.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if t == "0" {
+        (t, 1.0)
+    } else {
+        return Err(format!(
+            "'{text}' is not a duration: write it as 500ms, 2s or 0 (never)"
+        ));
+    };
+    match number.trim().parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        Ok(v) if v.is_finite() && (0.001..=86_400.0).contains(&(v * scale)) => {
+            Ok(Duration::from_secs_f64(v * scale))
+        }
+        _ => Err(format!(
+            "'{text}' is not a duration from 1ms to a day: write it as 500ms, 2s or 0 (never)"
+        )),
+    }
+}
+
+fn list() -> ExitCode {
+    let listing = match launcher::socket::list() {
+        Ok(l) => l,
+        Err(e) => return command_failed(&e),
+    };
+    for removed in &listing.removed {
+        eprintln!(
+            "iotstream: removed {}: its launcher is gone",
+            removed.display()
+        );
+    }
+    for problem in &listing.problems {
+        eprintln!("iotstream: warning: {problem}");
+    }
+    if listing.apps.is_empty() {
+        println!("no iotstream application is running");
+    } else {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        print!("{}", launcher::socket::render_list(&listing.apps, now_ms));
+    }
+    ExitCode::SUCCESS
+}
+
+fn stop(app: &str, run: Option<&str>, now: bool) -> ExitCode {
+    let found = match launcher::socket::find(app, run) {
+        Ok(f) => f,
+        Err(e) => return command_failed(&e),
+    };
+    let what = format!("'{}' (run {})", found.status.app, found.status.run);
+    let stopped = found.stop(now, |line| println!("{}", line.prefixed()));
+    match stopped {
+        Ok(s) => match s.exit_code {
+            Some(0) => {
+                println!("{what} stopped: its launcher exited with code 0");
+                ExitCode::SUCCESS
+            }
+            Some(code) if now => {
+                println!("{what} killed: its launcher exited with code {code}");
+                ExitCode::SUCCESS
+            }
+            Some(code) => {
+                eprintln!(
+                    "iotstream: error: {what} stopped, but not cleanly: its launcher exited with code {code} (its lines above say why)"
+                );
+                ExitCode::from(COMMAND_FAILED)
+            }
+            None => {
+                println!("{what} stopped: its launcher has exited");
+                ExitCode::SUCCESS
+            }
+        },
+        Err(e) => command_failed(&e),
+    }
+}
+
+fn logs(app: &str, process: Option<&str>, follow: bool, run: Option<&str>) -> ExitCode {
+    let found = match launcher::socket::find(app, run) {
+        Ok(f) => f,
+        Err(e) => return command_failed(&e),
+    };
+    let printed = found.logs(process, follow, |line| {
+        // A reader that went away (`| head`) ends the command quietly.
+        let text = line.prefixed();
+        let written = if line.stderr {
+            writeln!(std::io::stderr().lock(), "{text}")
+        } else {
+            writeln!(std::io::stdout().lock(), "{text}")
+        };
+        if written.is_err() {
+            std::process::exit(0);
+        }
+    });
+    match printed {
+        Ok(Some(end)) => {
+            eprintln!("iotstream: {end}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => command_failed(&e),
+    }
+}
+
+fn restart(app: &str, process: &str, run: Option<&str>) -> ExitCode {
+    let found = match launcher::socket::find(app, run) {
+        Ok(f) => f,
+        Err(e) => return command_failed(&e),
+    };
+    println!(
+        "restarting process '{process}' of '{app}' (run {})…",
+        found.status.run
+    );
+    match found.restart(process) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => command_failed(&e),
+    }
+}
+
+fn command_failed(e: &launcher::OpError) -> ExitCode {
+    eprintln!("iotstream: error: {e}");
+    ExitCode::from(COMMAND_FAILED)
+}
+
 fn fail(e: &iotstream::Error) -> ExitCode {
     match e {
         iotstream::Error::Deployment { .. } => eprintln!("{e}"),
         _ => eprintln!("iotstream: error: {e}"),
     }
     ExitCode::from(USAGE_ERROR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn intervals_read_as_documented() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_interval("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("0s"), Ok(Duration::ZERO));
+        for bad in ["", "5", "fast", "-1s", "0.1ms", "2d", "90000s", "NaNs"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -97,10 +97,13 @@ pub(crate) const ENV_SUPERVISED: &str = "IOTSTREAM_SUPERVISED";
 /// Set by the launcher beside [`ENV_CONTROL_FD`]: a random nonce, per child, that the
 /// launcher's first message on the control channel carries (`hello <nonce>`).
 pub(crate) const ENV_CONTROL_NONCE: &str = "IOTSTREAM_CONTROL_NONCE";
+/// Set by the launcher: how often a supervised child reports its counters on the control
+/// channel, in milliseconds (`0`: never). See [`MetricsReporter`].
+pub(crate) const ENV_METRICS_INTERVAL_MS: &str = "IOTSTREAM_METRICS_INTERVAL_MS";
 
 /// The role and control variables: they describe this process only, so they are read once and
 /// removed from the environment (see [`role_env`]).
-const ROLE_VARS: [&str; 9] = [
+const ROLE_VARS: [&str; 10] = [
     ENV_PROCESS,
     ENV_RUN,
     ENV_GRAPH,
@@ -110,6 +113,7 @@ const ROLE_VARS: [&str; 9] = [
     ENV_CONTROL_FD,
     ENV_SUPERVISED,
     ENV_CONTROL_NONCE,
+    ENV_METRICS_INTERVAL_MS,
 ];
 
 /// The value this process was started with of role or control variable `name` (one of
@@ -506,7 +510,14 @@ pub(crate) struct ChildCommand {
     /// [`role`](Self::role)); `None`: the program's path. Nothing reads it back: a process
     /// finds its own program through `/proc/self/exe` ([`this_program`](Self::this_program)).
     pub title: Option<String>,
+    /// Called with each output line of the child (without its prefix and line ending, and
+    /// whether it came on standard error) after it is copied: the launcher keeps the last ones
+    /// for `iotstream logs`.
+    pub tap: Option<OutputTap>,
 }
+
+/// See [`ChildCommand::tap`]: `(on standard error, line)`.
+pub(crate) type OutputTap = Arc<dyn Fn(bool, &str) + Send + Sync>;
 
 impl ChildCommand {
     /// This same program with this process's arguments: how a starter re-executes itself.
@@ -525,6 +536,7 @@ impl ChildCommand {
             stdin: false,
             inherit: Vec::new(),
             title: None,
+            tap: None,
         })
     }
 
@@ -673,12 +685,20 @@ pub(crate) fn spawn_child(
     let out = child.stdout.take().expect("stdout is piped");
     let err = child.stderr.take().expect("stderr is piped");
     let (copied_tx, copied) = mpsc::channel::<()>();
-    copy_prefixed(out, process, false, None, copied_tx.clone());
+    copy_prefixed(
+        out,
+        process,
+        false,
+        None,
+        command.tap.clone(),
+        copied_tx.clone(),
+    );
     copy_prefixed(
         err,
         process,
         true,
         Some(Arc::clone(&last_errors)),
+        command.tap.clone(),
         copied_tx,
     );
     let tail = last_errors;
@@ -785,6 +805,7 @@ fn copy_prefixed(
     process: &str,
     to_stderr: bool,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    tap: Option<OutputTap>,
     done: mpsc::Sender<()>,
 ) {
     let prefix = format!("[{process}] ");
@@ -812,6 +833,9 @@ fn copy_prefixed(
                         t.pop_front();
                     }
                     t.push_back(text.to_string());
+                }
+                if let Some(tap) = &tap {
+                    tap(to_stderr, text);
                 }
             }
         });
@@ -1023,7 +1047,10 @@ static CONTROL_TAKEN: AtomicBool = AtomicBool::new(false);
 /// A supervised child's channel to its launcher. The child says `ready` once its part of the
 /// graph is built (rings opened, agents made), then waits for `go` before any agent runs. The
 /// launcher may also say `stop` (drain: the same as SIGTERM, but it cannot arrive before the
-/// child is ready to handle it) and `final` (no process will be restarted any more).
+/// child is ready to handle it) and `final` (no process will be restarted any more). Once
+/// running, the child may say `drain` (another host is stopping the application:
+/// [`ask_launcher_to_drain`]) and says `metrics <json>` every reporting interval
+/// ([`MetricsReporter`]).
 pub(crate) struct Control {
     reader: BufReader<std::os::unix::net::UnixStream>,
 }
@@ -1208,6 +1235,131 @@ pub(crate) fn ask_launcher_to_drain() -> bool {
     };
     let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
     out.write_all(b"drain\n").is_ok()
+}
+
+/// The longest `metrics <json>` line a child sends on its control channel (and the launcher
+/// reads): a report over it is not sent (warned about once).
+pub(crate) const MAX_METRICS_LINE: usize = 4 << 20;
+
+/// How often this process reports its counters to its launcher ([`ENV_METRICS_INTERVAL_MS`],
+/// default 1 s); `None` for never (`0`). A malformed value is warned about and the default
+/// kept: reporting is not worth failing the process for.
+pub(crate) fn metrics_interval() -> Option<Duration> {
+    let Some(value) = role_var(ENV_METRICS_INTERVAL_MS) else {
+        return Some(DEFAULT_METRICS_INTERVAL);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(0) => None,
+        Ok(ms) => Some(Duration::from_millis(ms)),
+        Err(_) => {
+            tracing::warn!(
+                "{ENV_METRICS_INTERVAL_MS}={value:?} is not a number of milliseconds: reporting \
+                 every {} ms",
+                DEFAULT_METRICS_INTERVAL.as_millis()
+            );
+            Some(DEFAULT_METRICS_INTERVAL)
+        }
+    }
+}
+
+/// The reporting interval when nothing says otherwise.
+pub(crate) const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A supervised process's counters, reported to its launcher: a thread writes
+/// `metrics <json>\n` (an [`observe::ProcessSample`](crate::observe::ProcessSample): pid, CPU
+/// time, resident memory, every counter of its agents and connections) on the control channel
+/// every interval, through the same writer as `drain`, and a last one when the guard is dropped
+/// (the run is over), then ends.
+///
+/// A report larger than [`MAX_METRICS_LINE`] is not sent (warned about once); a write that
+/// fails (the launcher is gone, or does not read for [`CONTROL_WRITE_TIMEOUT`]) ends the
+/// reporting.
+pub(crate) struct MetricsReporter {
+    /// Dropped to end the thread (its `recv_timeout` sees the disconnection at once).
+    over: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long a write on the control channel may wait for the launcher to read.
+pub(crate) const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl MetricsReporter {
+    /// Starts reporting `registry`'s counters, if this process said `ready` on a launcher's
+    /// control channel and reporting is on ([`metrics_interval`]).
+    pub fn start(registry: Arc<crate::metrics::Registry>) -> Option<MetricsReporter> {
+        let out = CONTROL_OUT.get()?;
+        let interval = metrics_interval()?;
+        if let Ok(s) = out.lock() {
+            let _ = s.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT));
+        }
+        let (over, until) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("iotstream metrics".into())
+            .spawn(move || {
+                let mut warned = false;
+                loop {
+                    let last = matches!(
+                        until.recv_timeout(interval),
+                        Err(mpsc::RecvTimeoutError::Disconnected)
+                    );
+                    let sample = crate::observe::sample_this_process(registry.snapshot());
+                    match metrics_line(&sample, MAX_METRICS_LINE) {
+                        Ok(line) => {
+                            let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Err(e) = out.write_all(line.as_bytes()) {
+                                tracing::warn!(
+                                    "cannot report counters to the launcher ({e}): no more reports"
+                                );
+                                return;
+                            }
+                        }
+                        Err(size) if !warned => {
+                            warned = true;
+                            tracing::warn!(
+                                "this process's counters take {size} bytes, more than the \
+                                 {MAX_METRICS_LINE} a report may: not reported to the launcher \
+                                 (warned once)"
+                            );
+                        }
+                        Err(_) => {}
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(MetricsReporter {
+            over: Some(over),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for MetricsReporter {
+    fn drop(&mut self) {
+        // The thread wakes at once, sends a last report and ends.
+        self.over.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `metrics <json>\n` for `sample`, or its size if that is more than `limit` bytes.
+pub(crate) fn metrics_line(
+    sample: &crate::observe::ProcessSample,
+    limit: usize,
+) -> Result<String, usize> {
+    let mut line = String::from("metrics ");
+    // A sample of plain values always serializes.
+    line.push_str(&serde_json::to_string(sample).unwrap_or_else(|_| "{}".into()));
+    line.push('\n');
+    if line.len() > limit {
+        Err(line.len())
+    } else {
+        Ok(line)
+    }
 }
 
 impl Control {
