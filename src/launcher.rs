@@ -47,6 +47,7 @@
 
 pub mod board;
 pub mod socket;
+mod watch;
 
 pub use board::{Board, LogBook, LogFilter, LogLine, Phase, ProcessState, Status};
 pub use socket::{Listed, Listing, OpError, OpErrorKind, Reply, Request};
@@ -508,6 +509,12 @@ pub struct RunOptions {
     /// How many output lines the launcher keeps per process for `iotstream logs` (default
     /// [`board::DEFAULT_LOG_LINES`]).
     pub log_lines: usize,
+    /// `--metrics ADDR`: serve Prometheus text on `/metrics` and JSON on `/api/metrics` and
+    /// `/api/graph` there (`host:port`; a loopback address unless the deployment has a secret,
+    /// which clients then send as a bearer token).
+    pub metrics: Option<String>,
+    /// `--ui ADDR`: serve the live view's web page there (and the same endpoints).
+    pub ui: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -516,6 +523,8 @@ impl Default for RunOptions {
             host: None,
             metrics_interval: launch::DEFAULT_METRICS_INTERVAL,
             log_lines: board::DEFAULT_LOG_LINES,
+            metrics: None,
+            ui: None,
         }
     }
 }
@@ -568,6 +577,18 @@ pub fn run(
             server.path().display()
         ),
     );
+    let watch = watch::Watch::start(
+        Arc::clone(&board),
+        watch_options(&info, settings, &host, options)?,
+    )?;
+    let mut addrs = watch.addrs().into_iter();
+    for (what, addr) in [("metrics", &options.metrics), ("live view", &options.ui)] {
+        if addr.is_some() {
+            if let Some(bound) = addrs.next() {
+                note(&board, &format!("{what} on http://{bound}/"));
+            }
+        }
+    }
     let swept = launch::sweep_stale(Some(&info.app));
     for name in swept.removed {
         log(&format!(
@@ -603,6 +624,7 @@ pub fn run(
     };
     let code = sup.supervise(&events);
     sup.publish();
+    drop(watch);
     // From here on the process's signals do what they did before this run.
     drop(signals);
     segments.remove_all();
@@ -721,6 +743,92 @@ fn check_links(info: &GraphInfo, settings: &Deployment, host: &str) -> Result<()
         log(&format!("link {l}"));
     }
     Ok(())
+}
+
+/// What the live view serves and to whom: `--metrics` and `--ui` with the deployment's
+/// secret as their token, and, with several hosts and a secret, the observation channel with
+/// the other hosts' launchers.
+fn watch_options(
+    info: &GraphInfo,
+    settings: &Deployment,
+    host: &str,
+    options: &RunOptions,
+) -> Result<watch::WatchOptions, Error> {
+    let problem = |detail: String| Error::Deployment {
+        problems: vec![format!(
+            "{}: [network] secret_file: {detail}",
+            settings.file
+        )],
+    };
+    let secret = match &settings.network.secret_file {
+        Some(path) => Some(
+            crate::transport::tcp::auth::Secret::from_file(path)
+                .map_err(|e| problem(e.to_string()))?,
+        ),
+        None => None,
+    };
+    // The token is the secret file's text (surrounding white space aside).
+    let token = match (
+        &settings.network.secret_file,
+        options.metrics.is_some() || options.ui.is_some(),
+    ) {
+        (Some(path), true) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                problem(format!(
+                    "cannot read it as text for the live view's token: {e}"
+                ))
+            })?;
+            Some(text.trim().to_string())
+        }
+        _ => None,
+    };
+    let peers = match (&secret, info.hosts.len() > 1) {
+        (Some(secret), true) => {
+            let me = info
+                .hosts
+                .iter()
+                .find(|h| h.name == host)
+                .ok_or_else(|| Error::Runtime {
+                    detail: format!("host '{host}' is not in the deployment"),
+                })?;
+            let listen = format!("{}:{}", me.address, me.observe_port());
+            let listen = std::net::ToSocketAddrs::to_socket_addrs(&listen)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| Error::Runtime {
+                    detail: format!("host '{host}': its address {listen} does not resolve"),
+                })?;
+            Some(watch::Peers {
+                secret: secret.clone(),
+                listen,
+                others: info
+                    .hosts
+                    .iter()
+                    .filter(|h| h.name != host)
+                    .map(|h| {
+                        (
+                            h.name.clone(),
+                            format!("{}:{}", h.address, h.observe_port()),
+                        )
+                    })
+                    .collect(),
+            })
+        }
+        (None, true) => {
+            log(
+                "note: the live view shows this host only: without a secret ([network] \
+                 secret_file) the launchers of the other hosts are not asked",
+            );
+            None
+        }
+        _ => None,
+    };
+    Ok(watch::WatchOptions {
+        metrics: options.metrics.clone(),
+        ui: options.ui.clone(),
+        token,
+        peers,
+    })
 }
 
 /// The launcher's own lines, on standard error.

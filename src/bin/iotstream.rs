@@ -88,6 +88,16 @@ iotstream run ./my_app --metrics-interval 250ms --log-lines 5000"
         /// How many output lines the launcher keeps per process for `iotstream logs`.
         #[arg(long, value_name = "N", default_value_t = launcher::board::DEFAULT_LOG_LINES)]
         log_lines: usize,
+        /// Serve the metrics at this address (`127.0.0.1:9464`): Prometheus text on /metrics,
+        /// JSON on /api/metrics and /api/graph. An address that is not loopback needs the
+        /// deployment's secret, which clients send as `Authorization: Bearer <secret>`.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
+        /// Serve the live view's web page at this address (`127.0.0.1:9465`; the same
+        /// endpoints as --metrics too): the graph with each connection's rate, backlog and
+        /// drops, updated every second. Same address rule as --metrics.
+        #[arg(long, value_name = "ADDR")]
+        ui: Option<String>,
         /// Arguments for the application, after `--`.
         #[arg(last = true, value_name = "APP_ARGS")]
         args: Vec<OsString>,
@@ -142,6 +152,22 @@ iotstream logs quake_detector --follow"
         /// Keep printing new lines until the application ends.
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Which run, when several runs of the application are running.
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
+    },
+    /// The live view of a running application in the terminal: connections, agents, processes.
+    #[command(
+        long_about = "The live view of a running application in the terminal, updated every \
+second: each connection's rate, backlog (elements in flight / capacity), drops and the share of \
+time its writer was blocked; each agent's busy share; each process's status, CPU, memory and \
+restarts. Problems (a blocked writer, a full backlog, drops, a failed process) are coloured and \
+listed. Keys: r sort by rate, b by backlog, n by name; up/down select a connection; q quits.",
+        after_help = "Example:\n  iotstream top quake_detector"
+    )]
+    Top {
+        /// The application's name, as given to Graph::new.
+        app: String,
         /// Which run, when several runs of the application are running.
         #[arg(long, value_name = "ID")]
         run: Option<String>,
@@ -234,6 +260,8 @@ fn main() -> ExitCode {
             host,
             metrics_interval,
             log_lines,
+            metrics,
+            ui,
             args,
         } => {
             let deployment = match deploy.as_deref().map(DeploymentFile::load).transpose() {
@@ -245,6 +273,8 @@ fn main() -> ExitCode {
                 host,
                 metrics_interval,
                 log_lines,
+                metrics,
+                ui,
             };
             match launcher::run(&app, deployment.as_ref(), &options) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -311,6 +341,7 @@ fn main() -> ExitCode {
             run,
         } => logs(&app, process.as_deref(), follow, run.as_deref()),
         Cmd::Restart { app, process, run } => restart(&app, &process, run.as_deref()),
+        Cmd::Top { app, run } => top(&app, run.as_deref()),
         Cmd::Clean => {
             let cleaned = launcher::clean();
             if cleaned.removed.is_empty() {
@@ -453,6 +484,31 @@ fn restart(app: &str, process: &str, run: Option<&str>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => command_failed(&e),
+    }
+}
+
+fn top(app: &str, run: Option<&str>) -> ExitCode {
+    let found = match launcher::socket::find(app, run) {
+        Ok(f) => f,
+        Err(e) => return command_failed(&e),
+    };
+    let graph = match found.graph() {
+        Ok(g) => g,
+        Err(e) => return command_failed(&e),
+    };
+    let interval = match found.status.interval_ms {
+        0 => std::time::Duration::from_secs(1),
+        ms => std::time::Duration::from_millis(ms),
+    };
+    let fetch = || {
+        found
+            .view()
+            .map(|view| (graph.clone(), view))
+            .map_err(|e| e.to_string())
+    };
+    match launcher::top::run_top(fetch, interval) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::info::GraphInfo;
-use crate::observe::{ProcessSample, ProcessStatus};
+use crate::observe::{AppMetrics, ProcessSample, ProcessStatus};
 
 /// Milliseconds since the Unix epoch of `t` (0 if before it).
 pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
@@ -115,6 +115,11 @@ pub struct Board {
     status: Mutex<Status>,
     info: GraphInfo,
     logs: LogBook,
+    /// The live view of the whole application (other hosts merged in), made every interval
+    /// by [`super::watch`].
+    view: Mutex<AppMetrics>,
+    /// The same of this host's processes only: what the other hosts' launchers are told.
+    local_view: Mutex<AppMetrics>,
 }
 
 impl Board {
@@ -148,10 +153,18 @@ impl Board {
                 .collect(),
             host,
         };
+        let view = AppMetrics {
+            app: info.app.clone(),
+            run: status.run.clone(),
+            interval_ms: status.interval_ms,
+            ..AppMetrics::default()
+        };
         Board {
             status: Mutex::new(status),
             info,
             logs: LogBook::new(log_lines),
+            local_view: Mutex::new(view.clone()),
+            view: Mutex::new(view),
         }
     }
 
@@ -173,6 +186,28 @@ impl Board {
     /// The application's graph as placed (what `iotstream graph --format json` prints).
     pub fn graph(&self) -> &GraphInfo {
         &self.info
+    }
+
+    /// The live view of the whole application, as of the last interval (empty counters
+    /// before the first).
+    pub fn view(&self) -> AppMetrics {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// This host's part of the live view (what other hosts' launchers ask for).
+    pub fn local_view(&self) -> AppMetrics {
+        self.local_view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_view(&self, view: AppMetrics) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    pub(crate) fn set_local_view(&self, view: AppMetrics) {
+        *self.local_view.lock().unwrap_or_else(|p| p.into_inner()) = view;
     }
 
     /// The processes' last output lines.

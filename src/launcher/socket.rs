@@ -33,6 +33,7 @@
 //! | `{"cmd":"status"}` | `{"status":{…}}`: a [`Status`] without the processes' counters |
 //! | `{"cmd":"metrics"}` | `{"metrics":{…}}`: a [`Status`] with each process's latest report |
 //! | `{"cmd":"graph"}` | `{"graph":{…}}`: the [`GraphInfo`] as placed |
+//! | `{"cmd":"view"}` | `{"view":{…}}`: the live view, an [`AppMetrics`] (every process, agent, stream and connection with counters and rates; other hosts' merged in) |
 //! | `{"cmd":"stop","now":false}` | `{"ok":{"message":…}}`, then the launcher's own lines as `{"line":{…}}` until `{"end":{"message":…,"exit_code":N}}` as it exits |
 //! | `{"cmd":"logs","process":null,"follow":false}` | the kept lines as `{"line":{…}}` ([`LogLine`], in arrival order; of one process if `process` names one), then `{"end":…}`; with `follow`, new lines as they come until the application ends |
 //! | `{"cmd":"restart","process":"work"}` | `{"ok":{"message":…}}` once the process runs again (it reported ready), or `{"error":…}` |
@@ -66,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use super::board::{Board, LogFilter, LogLine, Phase, Status};
 use crate::error::Error;
 use crate::info::GraphInfo;
-use crate::observe::ProcessStatus;
+use crate::observe::{AppMetrics, ProcessStatus};
 
 /// The longest request line the launcher reads.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -93,6 +94,9 @@ pub enum Request {
     Graph,
     /// The state with each process's latest counters.
     Metrics,
+    /// The live view: every process, agent, stream and connection with counters and rates,
+    /// the other hosts' merged in (what `iotstream top` shows).
+    View,
     /// Drain the application (`now`: kill every process at once).
     Stop {
         /// Kill at once instead of draining.
@@ -125,6 +129,8 @@ pub enum Reply {
     Metrics(Status),
     /// The answer to `graph`.
     Graph(GraphInfo),
+    /// The answer to `view`.
+    View(Box<AppMetrics>),
     /// Done (`stop`, `restart`).
     Ok {
         /// What was done.
@@ -598,6 +604,7 @@ fn answer(request: Request, conn: &mut UnixStream, shared: &Shared) -> Result<()
         Request::Status => io(send(conn, &Reply::Status(board.status(false)))),
         Request::Metrics => io(send(conn, &Reply::Metrics(board.status(true)))),
         Request::Graph => io(send(conn, &Reply::Graph(board.graph().clone()))),
+        Request::View => io(send(conn, &Reply::View(Box::new(board.view())))),
         Request::Stop { now } => {
             let after = board.logs().last_seq();
             let (reply, answered) = mpsc::channel();
@@ -987,6 +994,22 @@ impl Listed {
     pub fn metrics(&self) -> Result<Status, OpError> {
         match one_answer(connect(&self.socket)?, &Request::Metrics)? {
             Reply::Metrics(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The live view now (see [`Request::View`]).
+    pub fn view(&self) -> Result<AppMetrics, OpError> {
+        match one_answer(connect(&self.socket)?, &Request::View)? {
+            Reply::View(v) => Ok(*v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The application's graph as placed.
+    pub fn graph(&self) -> Result<GraphInfo, OpError> {
+        match one_answer(connect(&self.socket)?, &Request::Graph)? {
+            Reply::Graph(g) => Ok(g),
             other => Err(unexpected(other)),
         }
     }

@@ -1,0 +1,307 @@
+//! The launcher's live view: the processes' reports on the [`Board`] turned into one
+//! [`AppMetrics`] every interval, served over HTTP (`--metrics`, `--ui`), to `iotstream top`
+//! (the control socket's `view` request), and to the other hosts' launchers.
+//!
+//! ```text
+//!  Board (samples, statuses) ──► Watch thread, every interval ──► Aggregator::tick
+//!  other hosts' launchers ──(observe::peers::fetch)──┘                 │
+//!                                                                      ▼
+//!                                   Board::set_view ◄── the view ──► HTTP /metrics /api/* /
+//!                                   (control socket `view`)          observation port (peers)
+//! ```
+//!
+//! With several hosts, each launcher listens on its host's observation port
+//! ([`HostInfo::observe_port`](crate::info::HostInfo::observe_port)) for the others (requests
+//! proved with the deployment's secret, see [`crate::observe::peers`]), and asks every other
+//! host's launcher for its view each interval, on a thread per host so that a host that does
+//! not answer delays nothing: its processes show as `unknown` until it answers again.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Error;
+use crate::observe::http::{Server, ViewSource};
+use crate::observe::peers::{self, PeerServer};
+use crate::observe::{Aggregator, AppMetrics};
+use crate::transport::tcp::auth::Secret;
+
+use super::board::Board;
+
+/// What the launcher serves, and to whom.
+#[derive(Default)]
+pub(crate) struct WatchOptions {
+    /// `--metrics ADDR`: Prometheus text and the JSON endpoints.
+    pub metrics: Option<String>,
+    /// `--ui ADDR`: the web page (and the same endpoints).
+    pub ui: Option<String>,
+    /// The bearer token an address that is not loopback requires (the deployment's secret).
+    pub token: Option<String>,
+    /// The other hosts' observation addresses, and the secret that proves requests; where this
+    /// launcher's own observation port listens.
+    pub peers: Option<Peers>,
+}
+
+/// The launchers of the other hosts.
+pub(crate) struct Peers {
+    pub secret: Secret,
+    /// Where this launcher answers the others.
+    pub listen: SocketAddr,
+    /// Each other host's name and observation address (`address:observe_port`).
+    pub others: Vec<(String, String)>,
+}
+
+/// The running live view; stops when dropped.
+pub(crate) struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    servers: Vec<Server>,
+    _peer_server: Option<PeerServer>,
+}
+
+impl ViewSource for Board {
+    fn graph(&self) -> crate::info::GraphInfo {
+        Board::graph(self).clone()
+    }
+    fn metrics(&self) -> AppMetrics {
+        self.view()
+    }
+}
+
+impl Watch {
+    /// Starts the view of `board`'s application; the servers named in `options` are bound
+    /// before this returns (an address that cannot be served is an error naming it).
+    pub fn start(board: Arc<Board>, options: WatchOptions) -> Result<Watch, Error> {
+        let status = board.status(false);
+        let interval = match status.interval_ms {
+            0 => Duration::from_secs(1),
+            ms => Duration::from_millis(ms),
+        };
+        let aggregator = Arc::new(Mutex::new(Aggregator::new(
+            board.graph().clone(),
+            &status.run,
+            interval,
+        )));
+        let mut servers = Vec::new();
+        let source: Arc<dyn ViewSource> = Arc::clone(&board) as Arc<dyn ViewSource>;
+        let mut served = Vec::new();
+        for (flag, addr) in [("--metrics", &options.metrics), ("--ui", &options.ui)] {
+            let Some(addr) = addr else { continue };
+            if served.contains(addr) {
+                continue; // one server serves both
+            }
+            let server = Server::start(addr, options.token.as_deref(), Arc::clone(&source))
+                .map_err(|e| Error::Runtime {
+                    detail: format!("{flag}: {e}"),
+                })?;
+            served.push(addr.clone());
+            servers.push(server);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut peer_server = None;
+        let mut remotes: Vec<Remote> = Vec::new();
+        if let Some(p) = options.peers {
+            let own = Arc::clone(&board);
+            let view: peers::ViewFn = Arc::new(move || own.local_view());
+            peer_server = Some(PeerServer::start(p.listen, p.secret.clone(), view).map_err(
+                |e| Error::Runtime {
+                    detail: format!(
+                        "cannot listen for the other hosts' launchers on {} (the host's \
+                             port - 1; see docs/operations.md): {e}",
+                        p.listen
+                    ),
+                },
+            )?);
+            for (host, addr) in p.others {
+                remotes.push(Remote::start(
+                    host,
+                    addr,
+                    p.secret.clone(),
+                    interval,
+                    Arc::clone(&stop),
+                )?);
+            }
+        }
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("iotstream live view".into())
+                .spawn(move || watch(&board, &aggregator, &remotes, interval, &stop))
+                .map_err(|e| Error::Runtime {
+                    detail: format!("cannot start the live view's thread: {e}"),
+                })?
+        };
+        Ok(Watch {
+            stop,
+            thread: Some(thread),
+            servers,
+            _peer_server: peer_server,
+        })
+    }
+
+    /// Where each HTTP server listens (`--metrics` first, then `--ui` if another address).
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(Server::local_addr).collect()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the watch thread remembers of a process between two looks at the board.
+#[derive(Default, Clone)]
+struct Seen {
+    restarts: u64,
+    sample_ms: u64,
+}
+
+/// Every interval: the board's samples and statuses into the aggregator, the other hosts'
+/// latest views merged, one tick, the view published on the board.
+fn watch(
+    board: &Board,
+    aggregator: &Mutex<Aggregator>,
+    remotes: &[Remote],
+    interval: Duration,
+    stop: &AtomicBool,
+) {
+    let mut seen: Vec<Seen> = Vec::new();
+    loop {
+        {
+            let mut agg = aggregator.lock().unwrap_or_else(|p| p.into_inner());
+            let status = board.status(true);
+            seen.resize(status.processes.len(), Seen::default());
+            for (p, seen) in status.processes.iter().zip(seen.iter_mut()) {
+                // A restart first: the ended incarnation's last report is folded into the
+                // totals before the new one's first report counts.
+                for _ in seen.restarts..p.restarts {
+                    agg.restarted(&p.process);
+                }
+                seen.restarts = p.restarts;
+                agg.set_status(&p.process, p.status, p.pid);
+                if let Some(sample) = &p.sample {
+                    if p.sample_ms != seen.sample_ms {
+                        seen.sample_ms = p.sample_ms;
+                        agg.record(&p.process, sample.clone());
+                    }
+                }
+            }
+            let mut local = agg.tick(SystemTime::now()).clone();
+            // What this host knows, before the others are merged: what other hosts ask for.
+            keep_host(&mut local, &status.host);
+            board.set_local_view(local);
+            for r in remotes {
+                match r.latest() {
+                    Some(view) => agg.merge_remote(&r.host, view),
+                    None => agg.forget_remote(&r.host),
+                }
+            }
+            if !remotes.is_empty() {
+                agg.tick(SystemTime::now());
+            }
+            board.set_view(agg.view().clone());
+        }
+        // Ends at once when stopped, else after the interval.
+        let mut left = interval;
+        while !left.is_zero() {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let step = left.min(Duration::from_millis(50));
+            std::thread::sleep(step);
+            left -= step;
+        }
+    }
+}
+
+/// `view` with only what runs on `host` (and the connections that one of its processes holds
+/// an end of): what this launcher tells the others.
+fn keep_host(view: &mut AppMetrics, host: &str) {
+    view.processes.retain(|p| p.host == host);
+    view.agents.retain(|a| a.host == host);
+    view.streams.retain(|s| s.host == host);
+    view.links.retain(|l| l.ends.is_some());
+}
+
+/// Another host's launcher, asked for its view every interval by a thread of its own.
+struct Remote {
+    host: String,
+    latest: Arc<Mutex<Option<AppMetrics>>>,
+    _thread: JoinHandle<()>,
+}
+
+impl Remote {
+    fn start(
+        host: String,
+        addr: String,
+        secret: Secret,
+        interval: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Remote, Error> {
+        let latest: Arc<Mutex<Option<AppMetrics>>> = Arc::default();
+        let thread = {
+            let (latest, name) = (Arc::clone(&latest), host.clone());
+            let host = host.clone();
+            std::thread::Builder::new()
+                .name(format!("iotstream view of {host}"))
+                .spawn(move || {
+                    let mut said = None::<String>;
+                    while !stop.load(Ordering::SeqCst) {
+                        let got = addr
+                            .to_socket_addrs()
+                            .map_err(|e| format!("cannot resolve {addr}: {e}"))
+                            .and_then(|mut a| {
+                                a.next().ok_or_else(|| format!("{addr} resolves to nothing"))
+                            })
+                            .and_then(|a| peers::fetch(a, &secret));
+                        match got {
+                            Ok(view) => {
+                                if said.take().is_some() {
+                                    tracing::info!("host '{host}' ({addr}): its launcher answers again");
+                                }
+                                *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+                            }
+                            Err(e) => {
+                                // Said once per cause, not every interval.
+                                if said.as_deref() != Some(e.as_str()) {
+                                    tracing::warn!(
+                                        "host '{host}' ({addr}): its launcher's view cannot be had: {e}"
+                                    );
+                                    said = Some(e);
+                                }
+                                *latest.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            }
+                        }
+                        let mut left = interval;
+                        while !left.is_zero() && !stop.load(Ordering::SeqCst) {
+                            let step = left.min(Duration::from_millis(50));
+                            std::thread::sleep(step);
+                            left -= step;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Runtime {
+                    detail: format!("cannot start the thread that asks host '{name}': {e}"),
+                })?
+        };
+        Ok(Remote {
+            host,
+            latest,
+            _thread: thread,
+        })
+    }
+
+    fn latest(&self) -> Option<AppMetrics> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
