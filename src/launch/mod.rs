@@ -553,18 +553,30 @@ impl ChildCommand {
 }
 
 /// The name `top`, `ps -o comm` and `/proc/<pid>/comm` show for process `process` of
-/// application `app`: `<app>/<process>`, cut to the kernel's 15 bytes at a character boundary.
+/// application `app`: `<app>/<process>`, within the kernel's 15 bytes. What is cut is the
+/// application's name first (the process's name says which of its processes this is):
+/// `quake_detector/detector` shows as `quake_/detector`; a process name of 14 bytes or more
+/// shows alone, cut to 15. Cuts fall between characters.
 pub(crate) fn process_comm(app: &str, process: &str) -> String {
     const COMM_MAX: usize = 15;
-    let mut comm = format!("{app}/{process}").replace('\0', "");
-    if comm.len() > COMM_MAX {
-        let cut = (0..=COMM_MAX)
+    let app = app.replace('\0', "");
+    let process = process.replace('\0', "");
+    let cut = |s: &str, max: usize| -> String {
+        let end = (0..=max.min(s.len()))
             .rev()
-            .find(|&i| comm.is_char_boundary(i))
+            .find(|&i| s.is_char_boundary(i))
             .unwrap_or(0);
-        comm.truncate(cut);
+        s[..end].to_string()
+    };
+    if app.len() + 1 + process.len() <= COMM_MAX {
+        return format!("{app}/{process}");
     }
-    comm
+    match COMM_MAX.checked_sub(process.len() + 1) {
+        Some(room) if room > 0 && !cut(&app, room).is_empty() => {
+            format!("{}/{process}", cut(&app, room))
+        }
+        _ => cut(&process, COMM_MAX),
+    }
 }
 
 /// Names this process `<app>/<process>` ([`process_comm`]) for `top` and `ps -o comm`: a child
@@ -1427,9 +1439,15 @@ mod tests {
     #[test]
     fn a_process_name_fits_the_kernels_15_bytes_cut_between_characters() {
         assert_eq!(process_comm("quake", "detector"), "quake/detector");
-        assert_eq!(process_comm("seismology", "detector"), "seismology/dete");
-        // The euro sign takes bytes 14 to 16: cut before it, not inside.
-        assert_eq!(process_comm("abcdefg", "hijklm€x"), "abcdefg/hijklm");
+        // The application's name is cut first: the process's says which process this is.
+        assert_eq!(process_comm("seismology", "detector"), "seismo/detector");
+        assert_eq!(process_comm("quake_detector", "trigger"), "quake_d/trigger");
+        // A long process name shows alone, cut.
+        assert_eq!(process_comm("app", "a_very_long_process"), "a_very_long_pro");
+        assert_eq!(process_comm("app", "fourteen_bytes"), "fourteen_bytes");
+        // The euro sign takes 3 bytes: a cut falls before it, not inside.
+        assert_eq!(process_comm("ab€€€", "process"), "ab€/process");
+        assert_eq!(process_comm("€", "processname_"), "processname_");
         assert_eq!(process_comm("a\0b", "c"), "ab/c");
     }
 
