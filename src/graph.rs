@@ -349,9 +349,9 @@ impl Graph {
     /// fails if the address cannot be served (naming it), and lasts until the run ends. An
     /// address that is not a loopback address needs a token: see
     /// [`serve_metrics_with`](Self::serve_metrics_with). Only the process the user started
-    /// serves: in a run with several processes its counters are its own (the others are
-    /// listed without counters; the launcher, `iotstream run --metrics`, gathers them all),
-    /// and processes started by the launcher leave it to the launcher.
+    /// serves: in a run with several processes, the processes it starts report their counters
+    /// to it every interval over a control channel, and it serves them all; processes started
+    /// by the launcher leave serving to the launcher (`iotstream run --metrics`).
     ///
     /// ```
     /// use iotstream::Graph;

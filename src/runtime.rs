@@ -41,6 +41,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -565,6 +566,94 @@ struct Children {
     killed: Arc<Mutex<Option<String>>>,
     /// A drain was asked for (a signal, [`Running::stop`]): it is bounded from then on.
     draining: Arc<AtomicBool>,
+    /// Each child's latest report of its counters, when the program serves its live view
+    /// ([`Graph::serve_metrics`]): by process name.
+    reports: ChildReports,
+}
+
+/// The children's latest reports, by process name (see [`report_channel`]).
+type ChildReports = Arc<Mutex<std::collections::BTreeMap<String, crate::observe::ProcessSample>>>;
+
+/// Gives child `process`'s command a control channel on which it reports its counters every
+/// `interval` (as a launcher's children do; the starter says `go` as soon as the child is
+/// ready, and is no launcher: the child is not "supervised", nothing restarts). Returns the
+/// starter's end, whose `hello` is written already.
+fn report_channel(
+    command: &mut launch::ChildCommand,
+    interval: Duration,
+) -> Result<std::os::unix::net::UnixStream, Error> {
+    let broken = |e: std::io::Error| Error::Runtime {
+        detail: format!("cannot make a control channel for a child process: {e}"),
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(broken)?;
+    let nonce = launch::control_nonce();
+    (&ours)
+        .write_all(format!("hello {nonce}\n").as_bytes())
+        .map_err(broken)?;
+    command.env.push((
+        launch::ENV_CONTROL_FD.into(),
+        launch::CONTROL_FD.to_string(),
+    ));
+    command.env.push((launch::ENV_CONTROL_NONCE.into(), nonce));
+    command.env.push((
+        launch::ENV_METRICS_INTERVAL_MS.into(),
+        interval.as_millis().max(1).to_string(),
+    ));
+    command.control = Some(theirs.into());
+    Ok(ours)
+}
+
+/// Reads child `process`'s (pid `pid`) control channel until it closes: `ready` is answered
+/// with `go` at once, each `metrics <json>` is kept in `reports`. Nothing the child says is
+/// trusted: lines are bounded, and one not understood is warned about once and skipped.
+fn read_reports(
+    channel: std::os::unix::net::UnixStream,
+    process: &str,
+    pid: u32,
+    reports: &ChildReports,
+) {
+    let mut writer = match channel.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut lines = std::io::BufReader::new(channel);
+    let mut line = Vec::new();
+    let mut warned = false;
+    loop {
+        match launch::read_line_bounded(&mut lines, &mut line, launch::MAX_METRICS_LINE) {
+            Ok(launch::LineRead::Line) => {}
+            Ok(launch::LineRead::TooLong) => continue,
+            Ok(launch::LineRead::End) | Err(_) => return,
+        }
+        let text = String::from_utf8_lossy(&line);
+        match text.trim() {
+            "ready" => {
+                let _ = writer.write_all(b"go\n");
+            }
+            // Only a launcher drains other hosts; a starter's run has one host.
+            "drain" => {}
+            t => match t
+                .strip_prefix("metrics ")
+                .map(serde_json::from_str::<crate::observe::ProcessSample>)
+            {
+                Some(Ok(mut sample)) => {
+                    sample.pid = pid;
+                    reports
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(process.to_string(), sample);
+                }
+                _ => {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(
+                            "process '{process}' (pid {pid}) sent a control line that is not \
+                             understood: skipped (warned once)"
+                        );
+                    }
+                }
+            },
+        }
+    }
 }
 
 impl Running {
@@ -741,7 +830,8 @@ impl Graph {
                     }
                     running
                 } else {
-                    start_starter(self, processes)?
+                    let reports = serving.as_ref().map(|s| s.interval);
+                    start_starter(self, processes, reports)?
                 };
                 if let Some(serving) = serving {
                     if let Err(e) = serving.start(&mut running) {
@@ -856,6 +946,7 @@ impl SelfServe {
     fn start(mut self, running: &mut Running) -> Result<(), Error> {
         let registry = Arc::clone(&running.registry);
         let children = running.children.as_ref().map(|c| Arc::clone(&c.list));
+        let reports = running.children.as_ref().map(|c| Arc::clone(&c.reports));
         let view = Arc::clone(&self.view);
         let interval = self.interval;
         let (stop, stopped) = mpsc::channel::<()>();
@@ -878,6 +969,13 @@ impl SelfServe {
                     (crate::observe::ProcessStatus::Ended, 0)
                 };
                 agg.set_status(&c.name, status, pid);
+            }
+            // The children's latest reports (each taken once: a report is recorded once).
+            let latest = reports
+                .as_ref()
+                .map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|p| p.into_inner())));
+            for (process, sample) in latest.into_iter().flatten() {
+                agg.record(&process, sample);
             }
             agg.tick(std::time::SystemTime::now());
         };
@@ -911,7 +1009,14 @@ impl Drop for SelfServe {
 }
 
 /// The starter of a multi-process run: rings, children, its own part, supervision.
-fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error> {
+///
+/// With `reports` (the program serves its live view), every child reports its counters every
+/// `reports` on a control channel ([`report_channel`]).
+fn start_starter(
+    graph: Graph,
+    processes: Vec<String>,
+    reports: Option<Duration>,
+) -> Result<Running, Error> {
     let drain = launch::drain_timeout()?;
     let run = RunId::new();
     let app = graph.name.clone();
@@ -928,6 +1033,7 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
     // Each child reports its exit once: the channel never holds more than one per child.
     let (exit_tx, exit_rx) = mpsc::sync_channel(processes.len());
     let mut list = Vec::new();
+    let child_reports: ChildReports = Arc::default();
     let stdin_process = graph.stdin_process().map(str::to_string);
     for p in processes.iter().filter(|p| *p != launch::MAIN_PROCESS) {
         let command = launch::ChildCommand::this_program(p).map(|c| {
@@ -939,7 +1045,25 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
         let on_exit = move |exit| {
             let _ = exits.send(exit);
         };
-        match command.and_then(|c| launch::spawn_child(p, c, on_exit)) {
+        let spawned = command.and_then(|mut c| {
+            let channel = match reports {
+                Some(interval) => Some(report_channel(&mut c, interval)?),
+                None => None,
+            };
+            let child = launch::spawn_child(p, c, on_exit)?;
+            if let Some(channel) = channel {
+                let (name, pid, reports) = (p.clone(), child.pid, Arc::clone(&child_reports));
+                // Not fatal: without it the child waits for its `go`, so it is started.
+                std::thread::Builder::new()
+                    .name(format!("iotstream reports {p}"))
+                    .spawn(move || read_reports(channel, &name, pid, &reports))
+                    .map_err(|e| Error::Runtime {
+                        detail: format!("cannot start the thread that reads process '{p}': {e}"),
+                    })?;
+            }
+            Ok(child)
+        });
+        match spawned {
             Ok(c) => list.push(c),
             Err(e) => {
                 launch::signal_all(&list, Signal::SIGKILL);
@@ -1027,6 +1151,7 @@ fn start_starter(graph: Graph, processes: Vec<String>) -> Result<Running, Error>
         drain_bound: Some(drain_bound),
         killed,
         draining,
+        reports: child_reports,
     });
     running._signals = registration;
     Ok(running)

@@ -34,6 +34,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "slow_tail" => slow_tail(),
         "long_lines" => long_lines(),
         "event" => event_windows(arg(0) as usize),
+        "served" => served(),
         other => panic!("no application named {other}"),
     }
 }
@@ -237,6 +238,80 @@ impl iotstream::Agent for Tag {
 }
 
 /// An agent in a child process fails: the starter must report that process and agent.
+/// Three processes, the starter serving its live view (`Graph::serve_metrics`): the starter
+/// reads its own `/api/metrics` until every process's agents show counters, prints what it
+/// saw (`VIEW process=… agent=… steps=…`), then stops the run.
+fn served() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("served");
+    let opts = SourceOptions {
+        max_batch: 10,
+        interval: Some(Duration::from_millis(2)),
+    };
+    let s = g.source_iter_with("numbers", 0..u64::MAX, opts);
+    let m = g.map("triple", &s, |v: &u64| v.wrapping_mul(3));
+    g.for_each("sink", &m, |_: &u64| {});
+    g.place_in_process("triple", "mapper");
+    g.place_in_process("sink", "sink");
+    g.serve_metrics("127.0.0.1:0");
+    // Read before the start, which takes the role variables out of the environment.
+    let is_child = std::env::var_os("IOTSTREAM_PROCESS").is_some();
+    let running = g.start()?;
+    if is_child {
+        running.join()?;
+        return Ok(());
+    }
+    let addr = running.metrics_addr().expect("the starter serves");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(body) = http_get(addr, "/api/metrics") else {
+            continue;
+        };
+        let view: serde_json::Value = match serde_json::from_str(&body) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let agents = view["agents"].as_array().cloned().unwrap_or_default();
+        let counted = |name: &str| {
+            agents
+                .iter()
+                .any(|a| a["name"] == name && a["steps"].as_u64().unwrap_or(0) > 0)
+        };
+        if counted("numbers") && counted("triple") && counted("sink") {
+            seen = agents
+                .iter()
+                .map(|a| {
+                    format!(
+                        "VIEW process={} agent={} steps>0\n",
+                        a["process"].as_str().unwrap_or("?"),
+                        a["name"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            break;
+        }
+    }
+    print!("{seen}");
+    running.stop();
+    running.join()?;
+    Ok(())
+}
+
+/// `GET path` from `addr`, the body (HTTP/1.0: the server closes when done).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
+
 fn failing() -> Result<(), iotstream::Error> {
     let mut g = Graph::new("failing");
     let s = g.source_iter("numbers", 0..100_000u64);
@@ -562,6 +637,25 @@ fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     } else {
         Err(what())
     }
+}
+
+/// A starter that serves its live view shows every process's counters: its children report
+/// them to it over their control channels.
+fn a_starter_serves_every_processs_counters() -> Result<(), String> {
+    let (status, out, err) = Started::new("served", &[]).wait(Duration::from_secs(60))?;
+    ensure(status.success(), || {
+        format!("failed with {status}:\n{out}\n{err}")
+    })?;
+    ensure(segments("served").is_empty(), || {
+        format!("rings left behind: {:?}", segments("served"))
+    })?;
+    for (process, agent) in [("main", "numbers"), ("mapper", "triple"), ("sink", "sink")] {
+        let line = format!("VIEW process={process} agent={agent} steps>0");
+        ensure(out.lines().any(|l| l == line), || {
+            format!("no '{line}' in the output:\n{out}\n{err}")
+        })?;
+    }
+    Ok(())
 }
 
 /// Standard input reaches the agent that reads it, in a child process: every line, once.
@@ -1192,7 +1286,11 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 23] = [
+    let scenarios: [(&str, Scenario); 24] = [
+        (
+            "a_starter_serves_every_processs_counters",
+            a_starter_serves_every_processs_counters,
+        ),
         ("c14_two_processes", c14_two_processes),
         (
             "stdin_reaches_the_process_that_reads_it",

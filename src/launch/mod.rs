@@ -595,6 +595,58 @@ pub(crate) fn name_this_process(app: &str, process: &str) {
     }
 }
 
+/// How reading a bounded line went.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LineRead {
+    /// A line is in the buffer, without its `\n`.
+    Line,
+    /// A line longer than the limit was skipped (up to and including its `\n`).
+    TooLong,
+    /// The end of the input (a last line without `\n` is dropped).
+    End,
+}
+
+/// Reads one line of at most `limit` bytes into `buf` (cleared first): never holds more than
+/// `limit` bytes of a line that a peer sends, however long it is.
+pub(crate) fn read_line_bounded(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<LineRead> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(LineRead::End);
+        }
+        let (piece, found) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        if !too_long && buf.len() + piece.len() > limit {
+            too_long = true;
+            buf.clear();
+        }
+        if !too_long {
+            buf.extend_from_slice(piece);
+        }
+        let used = found.unwrap_or(available.len());
+        reader.consume(used);
+        if found.is_some() {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
+
 /// The file descriptor a supervised child finds its control channel on.
 pub(crate) const CONTROL_FD: i32 = 3;
 
@@ -1443,7 +1495,10 @@ mod tests {
         assert_eq!(process_comm("seismology", "detector"), "seismo/detector");
         assert_eq!(process_comm("quake_detector", "trigger"), "quake_d/trigger");
         // A long process name shows alone, cut.
-        assert_eq!(process_comm("app", "a_very_long_process"), "a_very_long_pro");
+        assert_eq!(
+            process_comm("app", "a_very_long_process"),
+            "a_very_long_pro"
+        );
         assert_eq!(process_comm("app", "fourteen_bytes"), "fourteen_bytes");
         // The euro sign takes 3 bytes: a cut falls before it, not inside.
         assert_eq!(process_comm("ab€€€", "process"), "ab€/process");

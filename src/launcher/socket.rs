@@ -54,7 +54,7 @@
 //! its death is not the application's failure. A process that has ended, or an application that
 //! is stopping, is not restarted (an error says so).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -67,6 +67,7 @@ use serde::{Deserialize, Serialize};
 use super::board::{Board, LogFilter, LogLine, Phase, Status};
 use crate::error::Error;
 use crate::info::GraphInfo;
+pub(crate) use crate::launch::{read_line_bounded, LineRead};
 use crate::observe::{AppMetrics, ProcessStatus};
 
 /// The longest request line the launcher reads.
@@ -500,58 +501,6 @@ fn send(conn: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_string(reply).map_err(std::io::Error::other)?;
     line.push('\n');
     conn.write_all(line.as_bytes())
-}
-
-/// How reading a bounded line went.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum LineRead {
-    /// A line is in the buffer, without its `\n`.
-    Line,
-    /// A line longer than the limit was skipped (up to and including its `\n`).
-    TooLong,
-    /// The end of the input (a last line without `\n` is dropped).
-    End,
-}
-
-/// Reads one line of at most `limit` bytes into `buf` (cleared first): never holds more than
-/// `limit` bytes of a line that a peer sends, however long it is.
-pub(crate) fn read_line_bounded(
-    reader: &mut impl BufRead,
-    buf: &mut Vec<u8>,
-    limit: usize,
-) -> std::io::Result<LineRead> {
-    buf.clear();
-    let mut too_long = false;
-    loop {
-        let available = match reader.fill_buf() {
-            Ok(a) => a,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if available.is_empty() {
-            return Ok(LineRead::End);
-        }
-        let (piece, found) = match available.iter().position(|&b| b == b'\n') {
-            Some(i) => (&available[..i], Some(i + 1)),
-            None => (available, None),
-        };
-        if !too_long && buf.len() + piece.len() > limit {
-            too_long = true;
-            buf.clear();
-        }
-        if !too_long {
-            buf.extend_from_slice(piece);
-        }
-        let used = found.unwrap_or(available.len());
-        reader.consume(used);
-        if found.is_some() {
-            return Ok(if too_long {
-                LineRead::TooLong
-            } else {
-                LineRead::Line
-            });
-        }
-    }
 }
 
 /// Serves one connection: requests one after the other until the client leaves.
