@@ -88,7 +88,8 @@ iotstream run ./my_app --metrics-interval 250ms --log-lines 5000"
         /// How many output lines the launcher keeps per process for `iotstream logs`.
         #[arg(long, value_name = "N", default_value_t = launcher::board::DEFAULT_LOG_LINES)]
         log_lines: usize,
-        /// Serve the metrics at this address (`127.0.0.1:9464`): Prometheus text on /metrics,
+        /// Serve the metrics at this address (`127.0.0.1:9464`, or a port alone for 127.0.0.1):
+        /// Prometheus text on /metrics,
         /// JSON on /api/metrics and /api/graph. An address that is not loopback needs the
         /// deployment's secret, which clients send as `Authorization: Bearer <secret>`.
         #[arg(long, value_name = "ADDR")]

@@ -101,7 +101,8 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Serves the live view of `source` on `addr` (`host:port`; port 0 picks a free one, see
+    /// Serves the live view of `source` on `addr` (`host:port`, or a port alone for
+    /// `127.0.0.1:port`; port 0 picks a free one, see
     /// [`local_addr`](Self::local_addr)). `token` is required on an address that is not a
     /// loopback address (see the [module docs](self)). Errors name the address: one that does
     /// not resolve, one without a token where it needs one, one that cannot be bound.
@@ -112,6 +113,11 @@ impl Server {
     ) -> Result<Server, Error> {
         let fail = |why: String| Error::Runtime {
             detail: format!("cannot serve the live view on '{addr}': {why}"),
+        };
+        // A port alone is a port on the loopback interface.
+        let addr = match addr.parse::<u16>() {
+            Ok(port) => format!("127.0.0.1:{port}"),
+            Err(_) => addr.to_string(),
         };
         let resolved = addr
             .to_socket_addrs()
@@ -566,6 +572,14 @@ mod tests {
         let taken = first.local_addr().to_string();
         let e = Server::start(&taken, None, source()).unwrap_err();
         assert!(e.to_string().contains(&format!("'{taken}'")), "{e}");
+    }
+
+    #[test]
+    fn a_port_alone_is_served_on_loopback() {
+        let server = Server::start("0", None, source()).unwrap();
+        let addr = server.local_addr();
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert_eq!(get(addr, "/metrics").status, 200);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Each host's launcher of a multi-host deployment listens on its host's address and
 //! *observation port* ([`HostInfo::observe_port`](crate::info::HostInfo::observe_port)); a launcher that
 //! serves the live view or the metrics asks every other host's launcher for its view once per
-//! interval ([`fetch`]) and merges what it gets. Hosts not reached show their processes as
+//! interval (`fetch`) and merges what it gets. Hosts not reached show their processes as
 //! `unknown`; nothing waits on them for longer than [`PEER_TIMEOUT`].
 //!
 //! # Protocol
