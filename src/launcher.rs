@@ -570,6 +570,11 @@ pub fn run(
     ));
     // Before anything is created: a launcher that cannot be reached is refused.
     let server = socket::Server::start(Arc::clone(&board), events_tx.clone())?;
+    let watch = watch::Watch::start(
+        Arc::clone(&board),
+        watch_options(&info, settings, &host, options)?,
+    )?;
+    // Said once every way in is open (a run refused above announces nothing).
     note(
         &board,
         &format!(
@@ -577,17 +582,13 @@ pub fn run(
             server.path().display()
         ),
     );
-    let watch = watch::Watch::start(
-        Arc::clone(&board),
-        watch_options(&info, settings, &host, options)?,
-    )?;
-    let mut addrs = watch.addrs().into_iter();
-    for (what, addr) in [("metrics", &options.metrics), ("live view", &options.ui)] {
-        if addr.is_some() {
-            if let Some(bound) = addrs.next() {
-                note(&board, &format!("{what} on http://{bound}/"));
-            }
-        }
+    for (flag, bound) in watch.addrs() {
+        let what = if flag == "--ui" {
+            "live view"
+        } else {
+            "metrics"
+        };
+        note(&board, &format!("{what} on http://{bound}/"));
     }
     let swept = launch::sweep_stale(Some(&info.app));
     for name in swept.removed {

@@ -58,6 +58,9 @@ pub(crate) struct Watch {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     servers: Vec<Server>,
+    /// Each of `--metrics` and `--ui` that was given, and the index in `servers` of the
+    /// server that serves it (one serves both when they name the same address).
+    served: Vec<(&'static str, usize)>,
     _peer_server: Option<PeerServer>,
 }
 
@@ -86,17 +89,17 @@ impl Watch {
         )));
         let mut servers = Vec::new();
         let source: Arc<dyn ViewSource> = Arc::clone(&board) as Arc<dyn ViewSource>;
+        let mut addrs: Vec<&String> = Vec::new();
         let mut served = Vec::new();
         for (flag, addr) in [("--metrics", &options.metrics), ("--ui", &options.ui)] {
             let Some(addr) = addr else { continue };
-            if served.contains(addr) {
-                continue; // one server serves both
+            if let Some(i) = addrs.iter().position(|a| *a == addr) {
+                served.push((flag, i)); // one server serves both
+                continue;
             }
-            let server = Server::start(addr, options.token.as_deref(), Arc::clone(&source))
-                .map_err(|e| Error::Runtime {
-                    detail: format!("{flag}: {e}"),
-                })?;
-            served.push(addr.clone());
+            let server = serve(flag, addr, options.token.as_deref(), Arc::clone(&source))?;
+            served.push((flag, servers.len()));
+            addrs.push(addr);
             servers.push(server);
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -137,14 +140,54 @@ impl Watch {
             stop,
             thread: Some(thread),
             servers,
+            served,
             _peer_server: peer_server,
         })
     }
 
-    /// Where each HTTP server listens (`--metrics` first, then `--ui` if another address).
-    pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.servers.iter().map(Server::local_addr).collect()
+    /// Where each of `--metrics` and `--ui` that was given is served, in that order: the
+    /// flag and the address its server listens on (the same for both when one server serves
+    /// both).
+    pub fn addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.served
+            .iter()
+            .map(|&(flag, i)| (flag, self.servers[i].local_addr()))
+            .collect()
     }
+}
+
+/// Starts the server `flag` (`--metrics` or `--ui`) asks for on `addr`. Its errors name the
+/// flag and the address once; an address that is not loopback without a token is refused
+/// with what a launcher's user can do about it (the token is the deployment's secret).
+fn serve(
+    flag: &str,
+    addr: &str,
+    token: Option<&str>,
+    source: Arc<dyn ViewSource>,
+) -> Result<Server, Error> {
+    let off_loopback = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .filter(|a| !a.ip().is_loopback());
+    if let (Some(resolved), None) = (off_loopback, token) {
+        return Err(Error::Runtime {
+            detail: format!(
+                "{flag} '{addr}': {} is not a loopback address, so anyone who can reach it \
+                 could read the application's metrics: there the deployment's secret is \
+                 required as a bearer token (name its file in the deployment's [network] \
+                 secret_file, see docs/security.md; clients then send 'Authorization: Bearer \
+                 <secret>'), or listen on 127.0.0.1",
+                resolved.ip()
+            ),
+        });
+    }
+    Server::start(addr, token, source).map_err(|e| Error::Runtime {
+        detail: match e {
+            Error::Runtime { detail } => format!("{flag}: {detail}"),
+            other => format!("{flag}: {other}"),
+        },
+    })
 }
 
 impl Drop for Watch {
@@ -303,5 +346,96 @@ impl Remote {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::info::GraphInfo;
+
+    fn board() -> Arc<Board> {
+        let info = GraphInfo {
+            app: "demo".into(),
+            default_capacity: 1,
+            agents: Vec::new(),
+            edges: Vec::new(),
+            processes: vec!["main".into()],
+            hosts: Vec::new(),
+        };
+        Arc::new(Board::new(
+            info,
+            "1-a".into(),
+            "local".into(),
+            &["main".to_string()],
+            Duration::from_secs(1),
+            10,
+        ))
+    }
+
+    fn options(metrics: Option<&str>, ui: Option<&str>) -> WatchOptions {
+        WatchOptions {
+            metrics: metrics.map(String::from),
+            ui: ui.map(String::from),
+            ..WatchOptions::default()
+        }
+    }
+
+    #[test]
+    fn each_flag_given_is_said_served_even_when_one_server_serves_both() {
+        let watch = Watch::start(board(), options(Some("127.0.0.1:0"), Some("127.0.0.1:0")))
+            .expect("served");
+        let addrs = watch.addrs();
+        assert_eq!(addrs.len(), 2, "{addrs:?}");
+        assert_eq!((addrs[0].0, addrs[1].0), ("--metrics", "--ui"));
+        assert_eq!(addrs[0].1, addrs[1].1, "one server for the same address");
+
+        let watch = Watch::start(board(), options(Some("127.0.0.1:0"), Some("localhost:0")))
+            .expect("served");
+        let addrs = watch.addrs();
+        assert_eq!(addrs.len(), 2, "{addrs:?}");
+        assert_ne!(addrs[0].1, addrs[1].1, "two addresses, two servers");
+
+        let watch = Watch::start(board(), options(None, Some("127.0.0.1:0"))).expect("served");
+        let addrs = watch.addrs();
+        assert_eq!(addrs.len(), 1);
+        assert_eq!(addrs[0].0, "--ui");
+    }
+
+    #[test]
+    fn an_address_off_loopback_without_the_secret_is_refused_saying_how_to_give_it() {
+        for (flag, o) in [
+            ("--metrics", options(Some("0.0.0.0:0"), None)),
+            ("--ui", options(None, Some("0.0.0.0:0"))),
+        ] {
+            let e = Watch::start(board(), o).err().expect("refused").to_string();
+            assert!(
+                e.starts_with(&format!("runtime error: {flag} '0.0.0.0:0': ")),
+                "{e}"
+            );
+            assert_eq!(e.matches("runtime error").count(), 1, "{e}");
+            assert!(e.contains("[network] secret_file"), "{e}");
+        }
+        // With the secret as token, the same address is served.
+        let mut o = options(Some("0.0.0.0:0"), None);
+        o.token = Some("a-secret-of-the-deployment".into());
+        assert_eq!(Watch::start(board(), o).expect("served").addrs().len(), 1);
+    }
+
+    #[test]
+    fn other_server_errors_name_the_flag_once() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let e = Watch::start(board(), options(None, Some(&addr)))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "runtime error: --ui: cannot serve the live view on '{addr}'"
+            )),
+            "{e}"
+        );
+        assert_eq!(e.matches("runtime error").count(), 1, "{e}");
     }
 }

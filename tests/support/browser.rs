@@ -85,10 +85,22 @@ impl Browser {
 
     /// A PNG screenshot of `url` in a 1400×900 window after `virtual_ms` of virtual time.
     pub fn screenshot(&self, url: &str, virtual_ms: u32, png: &Path) -> Result<(), String> {
+        self.screenshot_sized(url, virtual_ms, (1400, 900), png)
+    }
+
+    /// A PNG screenshot of `url` in a window of `(width, height)` pixels after `virtual_ms`
+    /// of virtual time.
+    pub fn screenshot_sized(
+        &self,
+        url: &str,
+        virtual_ms: u32,
+        (width, height): (u32, u32),
+        png: &Path,
+    ) -> Result<(), String> {
         let _ = std::fs::remove_file(png);
         self.run(&[
             format!("--screenshot={}", png.display()),
-            "--window-size=1400,900".into(),
+            format!("--window-size={width},{height}"),
             "--hide-scrollbars".into(),
             format!("--virtual-time-budget={virtual_ms}"),
             url.into(),
