@@ -10,11 +10,14 @@
 //!                                   (control socket `view`)          observation port (peers)
 //! ```
 //!
-//! With several hosts, each launcher listens on its host's observation port
-//! ([`HostInfo::observe_port`](crate::info::HostInfo::observe_port)) for the others (requests
-//! proved with the deployment's secret, see [`crate::observe::peers`]), and asks every other
-//! host's launcher for its view each interval, on a thread per host so that a host that does
-//! not answer delays nothing: its processes show as `unknown` until it answers again.
+//! With several hosts and a secret, each launcher listens on its host's observation port
+//! ([`HostInfo::observation_port`](crate::info::HostInfo::observation_port)) for the others
+//! (requests proved with the deployment's secret, see [`crate::observe::peers`]), and asks
+//! every other host's launcher for its view each interval (at most every
+//! [`PEER_PERIOD_MIN`], at least every [`PEER_PERIOD_MAX`]), on a thread per host so that a
+//! host that does not answer delays nothing: its processes show as `unknown` (with what was
+//! last heard of them) until it answers again. What goes wrong on this channel is said on the
+//! launcher's standard error and in its log (`iotstream logs APP`), once per cause.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,11 +50,20 @@ pub(crate) struct WatchOptions {
 /// The launchers of the other hosts.
 pub(crate) struct Peers {
     pub secret: Secret,
-    /// Where this launcher answers the others.
+    /// This host's name, and where this launcher answers the others.
+    pub host: String,
     pub listen: SocketAddr,
-    /// Each other host's name and observation address (`address:observe_port`).
-    pub others: Vec<(String, String)>,
+    /// Each other host: its name, address and observation port.
+    pub others: Vec<(String, String, u16)>,
 }
+
+/// The shortest time between two requests to another host's launcher, whatever the
+/// reporting interval (`--metrics-interval` may be 1 ms): each request is a connection.
+pub const PEER_PERIOD_MIN: Duration = Duration::from_millis(250);
+
+/// The longest: how soon a host's launcher that stopped answering shows as `unknown` (and
+/// one that answers again as known) when the reporting interval is long.
+pub const PEER_PERIOD_MAX: Duration = Duration::from_secs(5);
 
 /// The running live view; stops when dropped.
 pub(crate) struct Watch {
@@ -105,21 +117,25 @@ impl Watch {
         if let Some(p) = options.peers {
             let own = Arc::clone(&board);
             let view: peers::ViewFn = Arc::new(move || own.local_view());
-            peer_server = Some(PeerServer::start(p.listen, p.secret.clone(), view).map_err(
-                |e| Error::Runtime {
-                    detail: format!(
-                        "cannot listen for the other hosts' launchers on {} (the host's \
-                             port - 1; see docs/operations.md): {e}",
-                        p.listen
-                    ),
-                },
-            )?);
-            for (host, addr) in p.others {
+            let logs = Arc::clone(&board);
+            let report: peers::ReportFn = Arc::new(move |line: &str| super::note(&logs, line));
+            let server = PeerServer::start(p.listen, p.secret.clone(), view, report);
+            peer_server = Some(server.map_err(|e| Error::Runtime {
+                detail: format!(
+                    "host '{}': cannot listen for the other hosts' launchers on its observation \
+                     port, {} ('observe_port' in [hosts.{}], by default 'port' - 1; see \
+                     docs/deployment.md, \"The observation port\"): {e}",
+                    p.host, p.listen, p.host
+                ),
+            })?);
+            let period = interval.clamp(PEER_PERIOD_MIN, PEER_PERIOD_MAX);
+            for (host, address, port) in p.others {
                 remotes.push(Remote::start(
                     host,
-                    addr,
+                    (address, port),
                     p.secret.clone(),
-                    interval,
+                    period,
+                    Arc::clone(&board),
                     Arc::clone(&stop),
                 )?);
             }
@@ -230,7 +246,9 @@ fn keep_host(view: &mut AppMetrics, host: &str) {
     view.links.retain(|l| l.ends.is_some());
 }
 
-/// Another host's launcher, asked for its view every interval by a thread of its own.
+/// Another host's launcher, asked for its view every period by a thread of its own. The
+/// thread is not waited for when the view stops: it sees the stop within 50 ms, or when its
+/// exchange in progress ends (within the exchange's bounds, see [`crate::observe::peers`]).
 struct Remote {
     host: String,
     latest: Arc<Mutex<Option<AppMetrics>>>,
@@ -240,9 +258,10 @@ struct Remote {
 impl Remote {
     fn start(
         host: String,
-        addr: String,
+        (address, port): (String, u16),
         secret: Secret,
-        interval: Duration,
+        period: Duration,
+        board: Arc<Board>,
         stop: Arc<AtomicBool>,
     ) -> Result<Remote, Error> {
         let latest: Arc<Mutex<Option<AppMetrics>>> = Arc::default();
@@ -252,34 +271,46 @@ impl Remote {
             std::thread::Builder::new()
                 .name(format!("iotstream view of {host}"))
                 .spawn(move || {
+                    let addr = format!("{address}:{port}");
+                    // What went wrong last: said once per cause, not every period.
                     let mut said = None::<String>;
+                    // Ends when the view stops (looked at every 50 ms at most).
                     while !stop.load(Ordering::SeqCst) {
-                        let got = addr
+                        let got = (address.as_str(), port)
                             .to_socket_addrs()
-                            .map_err(|e| format!("cannot resolve {addr}: {e}"))
+                            .map_err(|e| format!("cannot resolve {address}: {e}"))
                             .and_then(|mut a| {
-                                a.next().ok_or_else(|| format!("{addr} resolves to nothing"))
+                                a.next()
+                                    .ok_or_else(|| format!("{address} resolves to nothing"))
                             })
                             .and_then(|a| peers::fetch(a, &secret));
                         match got {
                             Ok(view) => {
                                 if said.take().is_some() {
-                                    tracing::info!("host '{host}' ({addr}): its launcher answers again");
+                                    super::note(
+                                        &board,
+                                        &format!(
+                                            "host '{host}' ({addr}): its launcher answers again"
+                                        ),
+                                    );
                                 }
                                 *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
                             }
                             Err(e) => {
-                                // Said once per cause, not every interval.
                                 if said.as_deref() != Some(e.as_str()) {
-                                    tracing::warn!(
-                                        "host '{host}' ({addr}): its launcher's view cannot be had: {e}"
+                                    super::note(
+                                        &board,
+                                        &format!(
+                                            "warning: host '{host}' ({addr}): its launcher's view \
+                                             cannot be had, its processes show as unknown: {e}"
+                                        ),
                                     );
                                     said = Some(e);
                                 }
                                 *latest.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             }
                         }
-                        let mut left = interval;
+                        let mut left = period;
                         while !left.is_zero() && !stop.load(Ordering::SeqCst) {
                             let step = left.min(Duration::from_millis(50));
                             std::thread::sleep(step);
