@@ -179,8 +179,10 @@ struct Seen {
     sample_ms: u64,
 }
 
-/// Every interval: the board's samples and statuses into the aggregator, the other hosts'
-/// latest views merged, one tick, the view published on the board.
+/// Every interval (with other hosts, at least every [`PEER_PERIOD_MAX`], so that a host lost
+/// shows soon whatever the interval): the board's samples and statuses into the aggregator,
+/// this host's own part published for the others, their latest views merged, one tick, the
+/// view published on the board.
 fn watch(
     board: &Board,
     aggregator: &Mutex<Aggregator>,
@@ -188,6 +190,10 @@ fn watch(
     interval: Duration,
     stop: &AtomicBool,
 ) {
+    let period = match remotes.is_empty() {
+        true => interval,
+        false => interval.min(PEER_PERIOD_MAX),
+    };
     let mut seen: Vec<Seen> = Vec::new();
     loop {
         {
@@ -209,8 +215,9 @@ fn watch(
                     }
                 }
             }
-            let mut local = agg.tick(SystemTime::now()).clone();
-            // What this host knows, before the others are merged: what other hosts ask for.
+            let now = SystemTime::now();
+            // What this host knows itself (no other host's view in it): what the others ask for.
+            let mut local = agg.own_view(now);
             keep_host(&mut local, &status.host);
             board.set_local_view(local);
             for r in remotes {
@@ -219,13 +226,10 @@ fn watch(
                     None => agg.forget_remote(&r.host),
                 }
             }
-            if !remotes.is_empty() {
-                agg.tick(SystemTime::now());
-            }
-            board.set_view(agg.view().clone());
+            board.set_view(agg.tick(now).clone());
         }
-        // Ends at once when stopped, else after the interval.
-        let mut left = interval;
+        // Ends at once when stopped, else after the period.
+        let mut left = period;
         while !left.is_zero() {
             if stop.load(Ordering::SeqCst) {
                 return;

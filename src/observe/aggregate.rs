@@ -293,7 +293,7 @@ impl Aggregator {
             view: AppMetrics::default(),
             info,
         };
-        agg.view = agg.build(SystemTime::now());
+        agg.view = agg.build(SystemTime::now(), true);
         agg
     }
 
@@ -394,8 +394,15 @@ impl Aggregator {
 
     /// Makes the view as of `now` (from the reports taken so far) and returns it.
     pub fn tick(&mut self, now: SystemTime) -> &AppMetrics {
-        self.view = self.build(now);
+        self.view = self.build(now, true);
         &self.view
+    }
+
+    /// The view as of `now` of this aggregator's own reports only, no other host's view merged
+    /// in (its processes on other hosts as it knows them itself: no counters): what a
+    /// launcher tells the other hosts' launchers. Changes nothing.
+    pub fn own_view(&self, now: SystemTime) -> AppMetrics {
+        self.build(now, false)
     }
 
     /// The view the last [`tick`](Self::tick) made.
@@ -475,14 +482,15 @@ impl Aggregator {
             .unwrap_or(0)
     }
 
-    fn build(&self, now: SystemTime) -> AppMetrics {
+    /// The view as of `now`, with the other hosts' views merged in or not.
+    fn build(&self, now: SystemTime, merged: bool) -> AppMetrics {
         let now_ms = epoch_ms(now);
         let stale_ms = u64::try_from(self.interval.as_millis().saturating_mul(3)).unwrap_or(0);
         // Per process: its current totals, previous totals and the seconds between them
         // (`None`: no rates), or the remote view that speaks for it.
         let spans: Vec<Span<'_>> = (0..self.processes.len())
             .map(|pi| {
-                if let Some((view, reached)) = self.remote_for(pi) {
+                if let Some((view, reached)) = self.remote_for(pi).filter(|_| merged) {
                     return Span::Remote { view, reached };
                 }
                 let p = &self.processes[pi];
@@ -1097,6 +1105,12 @@ mod tests {
         assert_eq!(remote.links[1].ends, Some(LinkEnds::Reader));
         here.merge_remote("b", remote.clone());
         here.merge_remote("nowhere", AppMetrics::default());
+        let own = here.own_view(at(1_000));
+        assert_eq!(
+            own.links[1].ends,
+            Some(LinkEnds::Writer),
+            "nothing of b's is its own"
+        );
         let v = here.tick(at(1_000)).clone();
         assert_eq!(v.processes[1].pid, 77);
         assert_eq!(v.processes[1].host, "b");
