@@ -572,7 +572,9 @@ impl Deployment {
 
     /// Checks the file against an application's graph and resolves it: which agents exist, which
     /// streams and inputs, which processes, whether capacities suit the readers, which host each
-    /// process runs on. Every problem is reported, sorted by position.
+    /// process runs on, and that no two listeners of one address (links into a host, the
+    /// launchers' observation ports) share a port. Every problem is reported, sorted by
+    /// position.
     pub fn plan(&self, info: &GraphInfo) -> Result<Plan, DeployError> {
         let mut problems = Problems::new(&self.file);
 

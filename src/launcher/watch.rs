@@ -287,7 +287,16 @@ impl Remote {
                                 a.next()
                                     .ok_or_else(|| format!("{address} resolves to nothing"))
                             })
-                            .and_then(|a| peers::fetch(a, &secret));
+                            .and_then(|a| peers::fetch(a, &secret))
+                            .and_then(|view| match view.app == board.graph().app {
+                                true => Ok(view),
+                                // Another deployment with the same secret on that port.
+                                false => Err(format!(
+                                    "it runs application '{}', not '{}'",
+                                    view.app,
+                                    board.graph().app
+                                )),
+                            });
                         match got {
                             Ok(view) => {
                                 if said.take().is_some() {
