@@ -231,17 +231,23 @@ fn make_certificates(root: &Path, host_dirs: &[PathBuf]) -> Result<(), String> {
 }
 
 /// A base port with `port` and `port + 1` free on host b's address (the map → sink link is
-/// connection 1 of the graph and listens on base + 1).
+/// connection 1 of the graph and listens on base + 1), and `port - 1` free on both hosts'
+/// addresses (with a secret, each launcher answers the other's on its observation port).
 fn free_base_port() -> u16 {
+    let free = |host: &str, port: u16| std::net::TcpListener::bind((host, port)).is_ok();
     for _ in 0..100 {
         let probe = std::net::TcpListener::bind((HOST_B, 0)).expect("bind 127.0.0.2");
         let port = probe.local_addr().expect("an address").port();
         drop(probe);
-        if port < 65000 && (0..3).all(|i| std::net::TcpListener::bind((HOST_B, port + i)).is_ok()) {
+        if (2..65000).contains(&port)
+            && (0..3).all(|i| free(HOST_B, port + i))
+            && free(HOST_A, port - 1)
+            && free(HOST_B, port - 1)
+        {
             return port;
         }
     }
-    panic!("no three consecutive free ports on {HOST_B}");
+    panic!("no three consecutive free ports on {HOST_B} with the one below free on both hosts");
 }
 
 /// The launcher next to this binary's directory (`target/release/iotstream`).

@@ -18,6 +18,7 @@
 //! [hosts.local]                # default: one host "local", address "127.0.0.1"
 //! address = "127.0.0.1"        # required in each [hosts.NAME]: an IP address or a DNS name
 //! port = 7400                  # default 7400: the link of connection i into this host listens on port + i
+//! observe_port = 7399          # default port - 1: where this host's launcher answers the other hosts' (several hosts and a secret only)
 //!
 //! [network]                    # links between hosts (only with several hosts)
 //! secret_file = "secret"       # required with several hosts (unless insecure = true); relative to this file; mode 600
@@ -145,6 +146,10 @@ pub struct HostPlan {
     pub address: String,
     /// Its base port: the link of connection `i` into this host listens on `port + i`.
     pub port: u16,
+    /// Where its launcher answers the other hosts' launchers (the live view across hosts), as
+    /// the file sets it; `None`: `port - 1`
+    /// ([`HostInfo::observation_port`](crate::info::HostInfo::observation_port)).
+    pub observe_port: Option<u16>,
 }
 
 /// The default [`SupervisorSettings::drain_timeout`]: 10 s.
@@ -176,7 +181,7 @@ const SECTIONS: &[&str] = &[
     "connections",
 ];
 const SUPERVISOR_FIELDS: &[&str] = &["drain_timeout_ms", "ready_timeout_ms"];
-const HOST_FIELDS: &[&str] = &["address", "port"];
+const HOST_FIELDS: &[&str] = &["address", "port", "observe_port"];
 const NETWORK_FIELDS: &[&str] = &[
     "secret_file",
     "insecure",
@@ -452,8 +457,24 @@ struct Pos {
 struct HostEntry {
     name: String,
     at: Pos,
+    /// The address and where it is written.
     address: String,
+    address_at: Pos,
     port: u16,
+    port_at: Option<Pos>,
+    /// `observe_port`, if the file sets it, and where.
+    observe_port: Option<(u16, Pos)>,
+}
+
+impl HostEntry {
+    /// The port its launcher's observation channel listens on, and where the file says so
+    /// (`None` for `port - 1` with `port` left out); `None` as the port when `port - 1` is 0.
+    fn observation_port(&self) -> (Option<u16>, Option<Pos>) {
+        match self.observe_port {
+            Some((p, at)) => (Some(p), Some(at)),
+            None => (self.port.checked_sub(1).filter(|&p| p > 0), self.port_at),
+        }
+    }
 }
 
 /// One `[processes.NAME]`.
@@ -541,6 +562,7 @@ impl Deployment {
         }
         d.check_hosts(&mut r.problems);
         d.check_network(&mut r.problems);
+        d.check_addresses(&mut r.problems);
         d.digest = Sha256::digest(text.as_bytes()).into();
         d.check_agents_placed_once(&mut r.problems);
         d.check_connections_once(&mut r.problems);
@@ -550,7 +572,9 @@ impl Deployment {
 
     /// Checks the file against an application's graph and resolves it: which agents exist, which
     /// streams and inputs, which processes, whether capacities suit the readers, which host each
-    /// process runs on. Every problem is reported, sorted by position.
+    /// process runs on, and that no two listeners of one address (links into a host, the
+    /// launchers' observation ports) share a port. Every problem is reported, sorted by
+    /// position.
     pub fn plan(&self, info: &GraphInfo) -> Result<Plan, DeployError> {
         let mut problems = Problems::new(&self.file);
 
@@ -685,26 +709,7 @@ impl Deployment {
             }
         }
 
-        // The link of connection `i` into a host listens on the host's port + i.
-        for (i, e) in info.edges.iter().enumerate() {
-            let host_of = |agent: usize| process_host.get(&agent_process[agent]);
-            let (Some(from), Some(to)) = (host_of(e.from_agent), host_of(e.to_agent)) else {
-                continue;
-            };
-            let Some(h) = self.hosts.iter().find(|h| &h.name == to) else {
-                continue;
-            };
-            if from != to && usize::from(h.port) + i > usize::from(u16::MAX) {
-                problems.add(
-                    h.at,
-                    format!(
-                        "host '{}': connection {} -> {} would listen on port {} + {i}, beyond \
-                         65535; choose a lower 'port'",
-                        h.name, e.stream, e.input, h.port
-                    ),
-                );
-            }
-        }
+        self.check_ports(info, &agent_process, &process_host, &mut problems);
 
         problems.finish()?;
         Ok(Plan {
@@ -717,10 +722,103 @@ impl Deployment {
                     name: h.name.clone(),
                     address: h.address.clone(),
                     port: h.port,
+                    observe_port: h.observe_port.map(|(p, _)| p),
                 })
                 .collect(),
             process_host,
         })
+    }
+
+    /// Whether the launchers of this deployment answer each other on their observation ports:
+    /// with several hosts and a secret to prove their requests.
+    fn observed(&self) -> bool {
+        self.hosts.len() > 1 && self.network.secret_file.is_some()
+    }
+
+    /// The ports every host listens on: the link of connection `i` into a host from another
+    /// host on the host's `port + i` (within 65535), and, when the launchers [observe each
+    /// other](Self::observed), each launcher on its observation port. Two of them on one port
+    /// of one address cannot both listen: each such clash is a problem.
+    fn check_ports(
+        &self,
+        info: &GraphInfo,
+        agent_process: &[String],
+        process_host: &BTreeMap<String, String>,
+        problems: &mut Problems,
+    ) {
+        // Who listens on a port of an address: the first one named there, as a phrase.
+        let mut taken: HashMap<(&str, usize), String> = HashMap::new();
+        for (i, e) in info.edges.iter().enumerate() {
+            let host_of = |agent: usize| process_host.get(&agent_process[agent]);
+            let (Some(from), Some(to)) = (host_of(e.from_agent), host_of(e.to_agent)) else {
+                continue;
+            };
+            let Some(h) = self.hosts.iter().find(|h| &h.name == to) else {
+                continue;
+            };
+            if from == to {
+                continue;
+            }
+            let port = usize::from(h.port) + i;
+            let link = format!(
+                "connection {} -> {} into host '{}' ({} + {i})",
+                e.stream, e.input, h.name, h.port
+            );
+            if port > usize::from(u16::MAX) {
+                problems.add(
+                    h.at,
+                    format!(
+                        "host '{}': connection {} -> {} would listen on port {} + {i}, beyond \
+                         65535; choose a lower 'port'",
+                        h.name, e.stream, e.input, h.port
+                    ),
+                );
+            } else if let Some(first) = taken.get(&(h.address.as_str(), port)) {
+                problems.add(
+                    h.port_at.unwrap_or(h.at),
+                    format!(
+                        "port {port} of {} is taken twice: by {first}, and by {link}; give the \
+                         hosts of one address port ranges that do not overlap",
+                        h.address
+                    ),
+                );
+            } else {
+                taken.insert((h.address.as_str(), port), link);
+            }
+        }
+        if !self.observed() {
+            return;
+        }
+        for h in &self.hosts {
+            let (port, at) = h.observation_port();
+            let at = at.unwrap_or(h.at);
+            let Some(port) = port else {
+                problems.add(
+                    at,
+                    format!(
+                        "host '{}': port 1 leaves no port below it for the launcher's \
+                         observation channel (port - 1 by default); set 'observe_port', or a \
+                         'port' above 1",
+                        h.name
+                    ),
+                );
+                continue;
+            };
+            let observe = format!("the observation port of host '{}'", h.name);
+            match taken.get(&(h.address.as_str(), usize::from(port))) {
+                Some(first) => problems.add(
+                    at,
+                    format!(
+                        "port {port} of {} is taken twice: by {first}, and by {observe}; set \
+                         'observe_port' of host '{}' to a free port",
+                        h.address, h.name
+                    ),
+                ),
+                None => {
+                    taken.insert((h.address.as_str(), usize::from(port)), observe);
+                }
+            }
+        }
     }
 
     /// The settings of process `name`, with defaults for what the file does not say (also for a
@@ -845,6 +943,31 @@ impl Deployment {
                 list(&self.host_names(), "and")
             ),
         );
+    }
+
+    /// With several hosts, each host's address is where the others connect (its links, its
+    /// launcher's observation port): an address that means "every interface" (`0.0.0.0`,
+    /// `::`) names no host to connect to (the others would reach themselves).
+    fn check_addresses(&self, problems: &mut Problems) {
+        if self.hosts.len() < 2 {
+            return;
+        }
+        for h in &self.hosts {
+            if h.address
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_unspecified())
+            {
+                problems.add(
+                    h.address_at,
+                    format!(
+                        "'address' in host '{}' is {}, which the other hosts cannot connect to: \
+                         give an address of the host's own (its listeners bind it, the other \
+                         hosts connect to it)",
+                        h.name, h.address
+                    ),
+                );
+            }
+        }
     }
 
     fn check_agents_placed_once(&self, problems: &mut Problems) {
@@ -1479,16 +1602,31 @@ impl<'a> Reader<'a> {
                 continue;
             };
             let mut address = None;
+            let mut address_at = self.pos(key.span().start);
             let mut port = DEFAULT_PORT;
+            let mut port_at = None;
+            let mut observe_port = None;
             for (key, value) in self.fields(t, HOST_FIELDS, &place) {
                 let field: &str = key.get_ref();
                 let what = format!("'{field}' {place}");
-                if field == "port" {
-                    if let Some(p) = self.int(value, &what, 1, u64::from(u16::MAX)) {
-                        port = p as u16;
+                let at = self.pos(value.span().start);
+                match field {
+                    "port" => {
+                        if let Some(p) = self.int(value, &what, 1, u64::from(u16::MAX)) {
+                            port = p as u16;
+                            port_at = Some(at);
+                        }
+                        continue;
                     }
-                    continue;
+                    "observe_port" => {
+                        if let Some(p) = self.int(value, &what, 1, u64::from(u16::MAX)) {
+                            observe_port = Some((p as u16, at));
+                        }
+                        continue;
+                    }
+                    _ => {}
                 }
+                address_at = at;
                 address = self.string(value, &what);
                 match address.as_deref() {
                     Some("") => self.error(value.span(), format!("{what} must not be empty")),
@@ -1513,7 +1651,10 @@ impl<'a> Reader<'a> {
                 at: self.pos(key.span().start),
                 name,
                 address: address.unwrap_or_default(),
+                address_at,
                 port,
+                port_at,
+                observe_port,
             });
         }
         hosts
@@ -1764,6 +1905,7 @@ mod tests {
             name: name.to_string(),
             address: address.to_string(),
             port,
+            observe_port: None,
         }
     }
 
@@ -2014,6 +2156,141 @@ mod tests {
             "deploy.toml:3:8: host 'edge': connection average.out -> log.in would listen on \
              port 65535 + 3, beyond 65535; choose a lower 'port'"
         );
+    }
+
+    /// Two hosts (`local` with `main`, `edge` with `logger`, so `average.out -> log.in`,
+    /// connection 3, listens on edge's port + 3), `[hosts.*]` lines as given, and a secret
+    /// (the launchers observe each other) or not.
+    fn two_hosts(local: &str, edge: &str, secret: bool) -> String {
+        let network = match secret {
+            true => "secret_file = \"secret\"",
+            false => "insecure = true",
+        };
+        format!(
+            "[hosts.local]\n{local}\n[hosts.edge]\n{edge}\n[processes.logger]\nhost = \"edge\"\n\
+             [network]\n{network}\n"
+        )
+    }
+
+    #[test]
+    fn the_observation_port_is_port_minus_1_unless_set() {
+        let text = two_hosts(
+            "address = \"10.0.0.1\"",
+            "address = \"10.0.0.7\"\nport = 9000\nobserve_port = 8000",
+            true,
+        );
+        let d = Deployment::parse("deploy.toml", &text).unwrap();
+        let mut g = app_graph();
+        let plan = d.plan(&g.info()).unwrap();
+        let observe: Vec<Option<u16>> = plan.hosts.iter().map(|h| h.observe_port).collect();
+        assert_eq!(observe, [None, Some(8000)]);
+        g.apply_plan(&plan);
+        let info = g.info();
+        let ports: Vec<(u16, u16)> = info
+            .hosts
+            .iter()
+            .map(|h| (h.port, h.observation_port()))
+            .collect();
+        assert_eq!(ports, [(DEFAULT_PORT, DEFAULT_PORT - 1), (9000, 8000)]);
+        // What an older application binary reports (no `observe_port`) means port - 1.
+        let json = serde_json::to_string(&info.hosts[0]).unwrap();
+        assert!(!json.contains("observe_port"), "{json}");
+        let old: crate::info::HostInfo = serde_json::from_str(&json).unwrap();
+        assert_eq!(old.observation_port(), DEFAULT_PORT - 1);
+        assert_eq!(
+            error("[hosts.local]\naddress = \"10.0.0.1\"\nobserve_port = 0\n"),
+            "deploy.toml:3:16: 'observe_port' in host 'local' must be at least 1, found 0"
+        );
+        assert_eq!(
+            error("[hosts.local]\naddress = \"10.0.0.1\"\nobserve_prot = 7000\n"),
+            "deploy.toml:3:1: unknown field 'observe_prot' in host 'local' (did you mean \
+             'observe_port'?); the accepted fields are 'address', 'port' and 'observe_port'"
+        );
+    }
+
+    #[test]
+    fn ports_taken_twice_on_one_address_are_named() {
+        let same = "address = \"10.0.0.7\"";
+        // edge's link 3 listens on 7396 + 3 = 7399: local's observation port (7400 - 1).
+        assert_eq!(
+            error(&two_hosts(same, &format!("{same}\nport = 7396"), true)),
+            "deploy.toml:1:8: port 7399 of 10.0.0.7 is taken twice: by connection average.out \
+             -> log.in into host 'edge' (7396 + 3), and by the observation port of host 'local'; \
+             set 'observe_port' of host 'local' to a free port"
+        );
+        // The same ports without a secret: the launchers do not observe each other.
+        let insecure = Deployment::parse(
+            "deploy.toml",
+            &two_hosts(same, &format!("{same}\nport = 7396"), false),
+        )
+        .unwrap();
+        assert!(insecure.plan(&app()).is_ok());
+        // An observation port set on a host's own link; another on the other's.
+        assert_eq!(
+            lines(&two_hosts(
+                &format!("{same}\nobserve_port = 8002"),
+                &format!("{same}\nport = 8000\nobserve_port = 8003"),
+                true
+            )),
+            [
+                "deploy.toml:7:16: port 8003 of 10.0.0.7 is taken twice: by connection \
+                 average.out -> log.in into host 'edge' (8000 + 3), and by the observation port \
+                 of host 'edge'; set 'observe_port' of host 'edge' to a free port",
+            ]
+        );
+        assert_eq!(
+            error(&two_hosts(
+                &format!("{same}\nport = 8000"),
+                &format!("{same}\nport = 9000\nobserve_port = 7999"),
+                true
+            )),
+            "deploy.toml:7:16: port 7999 of 10.0.0.7 is taken twice: by the observation port of \
+             host 'local', and by the observation port of host 'edge'; set 'observe_port' of \
+             host 'edge' to a free port"
+        );
+        // Two hosts of one address whose links would listen on one port.
+        let text = "[hosts.a]\naddress = \"10.0.0.7\"\n[hosts.b]\naddress = \"10.0.0.7\"\n\
+                    port = 7000\n[hosts.c]\naddress = \"10.0.0.7\"\nport = 7001\n\
+                    [processes.main]\nhost = \"a\"\n[processes.logger]\nhost = \"b\"\n\
+                    [processes.p]\nhost = \"c\"\nagents = [\"alarm\"]\n[network]\ninsecure = true\n";
+        assert_eq!(
+            error(text),
+            "deploy.toml:5:8: port 7003 of 10.0.0.7 is taken twice: by connection \
+             detector.out -> alarm.in into host 'c' (7001 + 2), and by connection average.out -> \
+             log.in into host 'b' (7000 + 3); give the hosts of one address port ranges that do \
+             not overlap"
+        );
+        // Port 1 leaves no default observation port.
+        assert_eq!(
+            error(&two_hosts(
+                "address = \"10.0.0.1\"\nport = 1",
+                "address = \"10.0.0.7\"",
+                true
+            )),
+            "deploy.toml:3:8: host 'local': port 1 leaves no port below it for the launcher's \
+             observation channel (port - 1 by default); set 'observe_port', or a 'port' above 1"
+        );
+    }
+
+    #[test]
+    fn several_hosts_need_addresses_the_others_can_connect_to() {
+        assert_eq!(
+            lines(&two_hosts(
+                "address = \"0.0.0.0\"",
+                "address = \"::\"",
+                true
+            )),
+            [
+                "deploy.toml:2:11: 'address' in host 'local' is 0.0.0.0, which the other hosts \
+                 cannot connect to: give an address of the host's own (its listeners bind it, \
+                 the other hosts connect to it)",
+                "deploy.toml:4:11: 'address' in host 'edge' is ::, which the other hosts cannot \
+                 connect to: give an address of the host's own (its listeners bind it, the \
+                 other hosts connect to it)",
+            ]
+        );
+        // One host has no other to be reached from.
+        assert!(Deployment::parse("d.toml", "[hosts.local]\naddress = \"0.0.0.0\"\n").is_ok());
     }
 
     #[test]

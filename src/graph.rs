@@ -156,6 +156,7 @@ impl Graph {
                 name: crate::info::LOCAL_HOST.to_string(),
                 address: "127.0.0.1".to_string(),
                 port: crate::deploy::DEFAULT_PORT,
+                observe_port: None,
             }],
             process_hosts: HashMap::new(),
             handle_signals: true,
@@ -1032,6 +1033,7 @@ impl Graph {
                 name: h.name.clone(),
                 address: h.address.clone(),
                 port: h.port,
+                observe_port: h.observe_port,
                 processes: processes
                     .iter()
                     .filter(|p| self.host_of(p) == h.name.as_str())

@@ -115,16 +115,23 @@ pub struct HostInfo {
     pub address: String,
     /// Its base port: the link of connection `i` into this host listens on `port + i`.
     pub port: u16,
+    /// The port its launcher's observation channel listens on, as the deployment file sets it
+    /// (`observe_port` in `[hosts.NAME]`); `None`: the default, `port - 1`. Read
+    /// [`HostInfo::observation_port`] for the port in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe_port: Option<u16>,
     /// The processes placed on it.
     pub processes: Vec<String>,
 }
 
 impl HostInfo {
-    /// The port its launcher's observation channel listens on (the port just below the links'
-    /// base port): another host's launcher asks it for its processes' counters there (see
-    /// [`crate::observe`]).
-    pub fn observe_port(&self) -> u16 {
-        self.port.saturating_sub(1)
+    /// The port its launcher's observation channel listens on: `observe_port` if the
+    /// deployment sets it, else the port just below the links' base port. With several hosts
+    /// and a secret, every other host's launcher asks it there for this host's part of the
+    /// live view (see [`crate::observe::peers`]).
+    pub fn observation_port(&self) -> u16 {
+        self.observe_port
+            .unwrap_or_else(|| self.port.saturating_sub(1))
     }
 }
 

@@ -353,7 +353,12 @@ fn render_text(info: &GraphInfo) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", summary(info));
     for h in &info.hosts {
-        let _ = writeln!(s, "\nhost {} ({})", h.name, h.address);
+        // With several hosts the launchers ask each other for the live view there.
+        let observe = match info.hosts.len() {
+            1 => String::new(),
+            _ => format!(", observation port {}", h.observation_port()),
+        };
+        let _ = writeln!(s, "\nhost {} ({}{observe})", h.name, h.address);
         for p in &h.processes {
             let agents: Vec<String> = info
                 .agents
@@ -792,26 +797,24 @@ fn watch_options(
                 .ok_or_else(|| Error::Runtime {
                     detail: format!("host '{host}' is not in the deployment"),
                 })?;
-            let listen = format!("{}:{}", me.address, me.observe_port());
-            let listen = std::net::ToSocketAddrs::to_socket_addrs(&listen)
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| Error::Runtime {
-                    detail: format!("host '{host}': its address {listen} does not resolve"),
-                })?;
+            let listen = std::net::ToSocketAddrs::to_socket_addrs(&(
+                me.address.as_str(),
+                me.observation_port(),
+            ))
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| Error::Runtime {
+                detail: format!("host '{host}': its address {} does not resolve", me.address),
+            })?;
             Some(watch::Peers {
                 secret: secret.clone(),
+                host: host.to_string(),
                 listen,
                 others: info
                     .hosts
                     .iter()
                     .filter(|h| h.name != host)
-                    .map(|h| {
-                        (
-                            h.name.clone(),
-                            format!("{}:{}", h.address, h.observe_port()),
-                        )
-                    })
+                    .map(|h| (h.name.clone(), h.address.clone(), h.observation_port()))
                     .collect(),
             })
         }
@@ -1601,6 +1604,7 @@ fn exit_code(status: ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::info::HostInfo;
 
     fn board() -> Board {
         let info = GraphInfo {
@@ -1668,6 +1672,38 @@ mod tests {
             "process 'main' (pid 4242) sent a control line the launcher does not understand"
         ));
         assert!(warnings[1].contains("over 4194304 bytes"));
+    }
+
+    #[test]
+    fn the_text_of_a_graph_on_several_hosts_gives_each_observation_port() {
+        let host = |name: &str, address: &str, observe_port, process: &str| HostInfo {
+            name: name.into(),
+            address: address.into(),
+            port: 7400,
+            observe_port,
+            processes: vec![process.into()],
+        };
+        let mut info = GraphInfo {
+            app: "demo".into(),
+            default_capacity: 1,
+            agents: Vec::new(),
+            edges: Vec::new(),
+            processes: vec!["main".into(), "work".into()],
+            hosts: vec![
+                host("edge", "10.0.0.2", None, "main"),
+                host("server", "10.0.0.3", Some(9000), "work"),
+            ],
+        };
+        let text = render(&info, GraphFormat::Text);
+        assert!(
+            text.contains("\nhost edge (10.0.0.2, observation port 7399)\n")
+                && text.contains("\nhost server (10.0.0.3, observation port 9000)\n"),
+            "{text}"
+        );
+        // One host: no launcher to answer.
+        info.hosts.truncate(1);
+        let text = render(&info, GraphFormat::Text);
+        assert!(text.contains("\nhost edge (10.0.0.2)\n"), "{text}");
     }
 
     #[test]

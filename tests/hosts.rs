@@ -36,13 +36,15 @@ mod quake;
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iotstream::{Agent, AgentError, Graph, Inputs, Outputs};
+use iotstream::observe::{AgentView, AppMetrics, LinkView, ProcessStatus, ProcessView};
+use iotstream::{Agent, AgentError, Graph, Inputs, LinkEnds, Outputs};
 use netns::Hosts;
 
 // ---------------------------------------------------------------------------------------------
@@ -56,16 +58,43 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "indexed" => indexed("hosts_indexed", arg(0), arg(1), arg(2)),
         // PACE: indices until stopped, PACE per 5 ms step → record
         "endless" => indexed("hosts_endless", u64::MAX, arg(0).max(1), 0),
-        // the quake detector as the example builds it; `single`: in one process
+        // the quake detector as the example builds it; `single`: in one process; `live`: in
+        // its processes, paced (see `live_quakes`)
         "quake" => {
             let single = args.first().is_some_and(|a| a == "single");
-            quake::application(&quake::Config::default(), single)
-                .run()
-                .map(|_| ())
+            let cfg = match args.first().is_some_and(|a| a == "live") {
+                true => live_quakes(),
+                false => quake::Config::default(),
+            };
+            quake::application(&cfg, single).run().map(|_| ())
         }
         // `single`: in one process; otherwise the windows run in process `sink`
         "event" => event_windows(args.first().is_some_and(|a| a == "single")),
         other => panic!("no application named {other}"),
+    }
+}
+
+/// The quake detector's recording for watching it run: paced in real time at 2 000 samples/s
+/// for five minutes, short windows (STA 50 ms, LTA 1 s) and a quake every 2.5 s, so that every
+/// agent has something to do every few seconds from the start.
+fn live_quakes() -> quake::Config {
+    let quakes = (0..120)
+        .map(|k| quake::Quake {
+            start_s: 2.0 + 2.5 * f64::from(k),
+            amplitude: 20.0,
+            decay_s: 0.2,
+            freq_hz: 8.0,
+            phase: 0.0,
+        })
+        .collect();
+    quake::Config {
+        sample_rate: 2000.0,
+        duration_s: 300.0,
+        quakes,
+        sta_s: 0.05,
+        lta_s: 1.0,
+        realtime: true,
+        ..quake::Config::default()
     }
 }
 
@@ -419,6 +448,12 @@ const NETWORK: &str = "secret_file = \"secret\"\nconnect_wait_ms = 20000\nheartb
 const INDEXED_PROCESSES: &str = "[processes.main]\nhost = \"sensorbox\"\n\n\
                                  [processes.sink]\nhost = \"cloudbox\"\nagents = [\"record\"]\n";
 
+/// The quake detector: the seismometer (process `main`) on `sensorbox`, detection
+/// (`detector`: `sta_lta`, `trigger`) and `alerts` on `cloudbox`.
+const QUAKE_PROCESSES: &str = "[processes.main]\nhost = \"sensorbox\"\n\n\
+                               [processes.detector]\nhost = \"cloudbox\"\nrestart = \"on-failure\"\n\n\
+                               [processes.alerts]\nhost = \"cloudbox\"\nrestart = \"on-failure\"\n";
+
 /// Two hosts, a scratch folder with a folder per host, and a base port.
 struct Net {
     // Dropped in this order: the scratch folder, then the namespaces.
@@ -477,13 +512,20 @@ impl Net {
     /// `iotstream run <this test> --deploy <host i's file> --host <name> -- app APP ARGS…`,
     /// in host `i`, with `$OUT` in host `i`'s folder.
     fn launch(&self, i: usize, app: &str, args: &[&str]) -> Launched {
+        self.launch_with(i, &[], app, args)
+    }
+
+    /// As [`Net::launch`], with `options` for `iotstream run` (before `--`).
+    fn launch_with(&self, i: usize, options: &[&str], app: &str, args: &[&str]) -> Launched {
         let site = self.site(i);
         let mut cmd = self.hosts.command(i, launcher_exe());
         cmd.arg("run")
             .arg(own_exe())
             .arg("--deploy")
             .arg(site.join("deploy.toml"))
-            .args(["--host", HOST_NAMES[i], "--", "app", app])
+            .args(["--host", HOST_NAMES[i]])
+            .args(options)
+            .args(["--", "app", app])
             .args(args)
             .env("OUT", self.out(i))
             .env("RUST_BACKTRACE", "0")
@@ -1504,10 +1546,7 @@ fn the_quake_detector_across_two_hosts_detects_as_in_one_process() -> Result<(),
     ensure(!want.is_empty(), || "one process: no detection".to_string())?;
 
     let net = Net::new("quake");
-    let processes = "[processes.main]\nhost = \"sensorbox\"\n\n\
-                     [processes.detector]\nhost = \"cloudbox\"\nrestart = \"on-failure\"\n\n\
-                     [processes.alerts]\nhost = \"cloudbox\"\nrestart = \"on-failure\"\n";
-    net.deploy(&net.file(NETWORK, processes), [SECRET, SECRET]);
+    net.deploy(&net.file(NETWORK, QUAKE_PROCESSES), [SECRET, SECRET]);
     let server = net.launch(SINK, "quake", &[]);
     let edge = net.launch(SOURCE, "quake", &[]);
     let [_, (server_out, _)] = both_succeed(edge, server)?;
@@ -1518,6 +1557,324 @@ fn the_quake_detector_across_two_hosts_detects_as_in_one_process() -> Result<(),
             got.join("\n"),
             want.join("\n")
         )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The live view across hosts
+
+/// `iotstream run` options: the live view served on the host's loopback, on a port the system
+/// picks (each launcher prints it), processes reporting every 250 ms.
+const VIEW_OPTIONS: [&str; 4] = ["--metrics", "127.0.0.1:0", "--metrics-interval", "250ms"];
+
+/// The `[network]` of the live-view scenarios: a secret, a reader stopped for a few seconds
+/// is not taken as gone, a host killed is waited for a minute, and a writer may keep at most
+/// 64 KiB unacknowledged (filled in about a second by the paced quake detector).
+const VIEW_NETWORK: &str =
+    "secret_file = \"secret\"\nconnect_wait_ms = 20000\nheartbeat_ms = 200\n\
+                            peer_timeout_ms = 10000\nreconnect_limit_ms = 60000\n\
+                            unacked_bytes = 65536\n";
+
+/// The processes and agents of each host in the quake detector ([`QUAKE_PROCESSES`]).
+const QUAKE_PARTS: [(&[&str], &[&str]); 2] = [
+    (&["main"], &["seismometer"]),
+    (&["detector", "alerts"], &["sta_lta", "trigger", "alerts"]),
+];
+
+/// The address a launcher serves its live view at (`--metrics 127.0.0.1:0`), from the line it
+/// prints at start.
+fn metrics_addr(l: &Launched) -> Result<SocketAddr, String> {
+    const KEY: &str = "[iotstream] metrics on http://";
+    l.wait_stderr("the live view's address", |e| e.contains(KEY))?;
+    l.stderr()
+        .lines()
+        .find_map(|line| line.split_once(KEY))
+        .and_then(|(_, rest)| rest.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| format!("no address in the launcher's line\n{}", l.tail()))
+}
+
+/// `GET /api/metrics` of the live view at `addr`, a loopback address of host `i`: asked from
+/// inside host `i`, with host `i`'s secret as the token (a launcher whose deployment has a
+/// secret asks for it, also on loopback).
+fn view_of(net: &Net, i: usize, addr: SocketAddr) -> Result<AppMetrics, String> {
+    let secret = std::fs::read_to_string(net.site(i).join("secret"))
+        .map_err(|e| format!("{}'s secret: {e}", HOST_NAMES[i]))?;
+    let token = secret.trim();
+    net.hosts.in_host(i, || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET /api/metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .map_err(|e| format!("ask {addr}: {e}"))?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP answer: {raw:?}"))?;
+        ensure(head.starts_with("HTTP/1.1 200 "), || {
+            format!("{addr}: {}", head.lines().next().unwrap_or(""))
+        })?;
+        serde_json::from_str(body).map_err(|e| format!("{addr}: not a view: {e}"))
+    })
+}
+
+/// A view in a few lines, for failure messages.
+fn view_text(v: &AppMetrics) -> String {
+    let mut out = format!("view at {} ms:", v.time_ms);
+    for p in &v.processes {
+        out.push_str(&format!(
+            "\n  process {} on {}: {:?}, pid {}, up {:.1} s",
+            p.process, p.host, p.status, p.pid, p.up_s
+        ));
+    }
+    for a in &v.agents {
+        out.push_str(&format!(
+            "\n  agent {} on {}: {} steps",
+            a.name, a.host, a.steps
+        ));
+    }
+    for l in &v.links {
+        out.push_str(&format!(
+            "\n  link {} -> {}.{} ({}): ends {:?}, {} elements, max in flight {}, blocked {} ns, \
+             unacked {} B",
+            l.stream,
+            l.reader,
+            l.input,
+            l.transport,
+            l.ends,
+            l.elements,
+            l.max_in_flight,
+            l.blocked_ns,
+            l.unacked_bytes
+        ));
+    }
+    out
+}
+
+/// Asks host `i`'s live view (every 50 ms, until the deadline or the end of a launcher of
+/// `running`) until `done` holds of it; returns that view.
+fn wait_view(
+    net: &Net,
+    (i, addr): (usize, SocketAddr),
+    what: &str,
+    running: &[&Launched],
+    done: impl Fn(&AppMetrics) -> bool,
+) -> Result<AppMetrics, String> {
+    let deadline = deadline();
+    loop {
+        let last = match view_of(net, i, addr) {
+            Ok(v) if done(&v) => return Ok(v),
+            Ok(v) => view_text(&v),
+            Err(e) => e,
+        };
+        let ended = running.iter().any(|l| !l.alive());
+        if ended || Instant::now() > deadline {
+            let tails: Vec<String> = running.iter().map(|l| l.tail()).collect();
+            return Err(format!(
+                "{}'s live view never showed {what}{}; last:\n{last}\n{}",
+                HOST_NAMES[i],
+                if ended { " (a launcher ended)" } else { "" },
+                tails.join("\n")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn process<'a>(v: &'a AppMetrics, name: &str) -> Option<&'a ProcessView> {
+    v.processes.iter().find(|p| p.process == name)
+}
+
+fn agent<'a>(v: &'a AppMetrics, name: &str) -> Option<&'a AgentView> {
+    v.agents.iter().find(|a| a.name == name)
+}
+
+/// The connection between the hosts: the seismometer's samples into `sta_lta`.
+fn tcp_link(v: &AppMetrics) -> Option<&LinkView> {
+    v.links.iter().find(|l| l.stream == "seismometer.out")
+}
+
+/// Every process and agent of host `h` in `v`, on `h`, with status `status` (and a pid when
+/// running).
+fn host_shown(v: &AppMetrics, h: usize, status: ProcessStatus) -> bool {
+    let (processes, agents) = QUAKE_PARTS[h];
+    processes.iter().all(|p| {
+        process(v, p).is_some_and(|p| {
+            p.host == HOST_NAMES[h]
+                && p.status == status
+                && (status != ProcessStatus::Running || p.pid != 0)
+        })
+    }) && agents
+        .iter()
+        .all(|a| agent(v, a).is_some_and(|a| a.host == HOST_NAMES[h]))
+}
+
+/// Whether every process of host `h` has been up longer, and every agent of host `h` has
+/// stepped more, in `now` than in `before`.
+fn host_grew(before: &AppMetrics, now: &AppMetrics, h: usize) -> bool {
+    let (processes, agents) = QUAKE_PARTS[h];
+    processes.iter().all(
+        |p| matches!((process(before, p), process(now, p)), (Some(b), Some(n)) if n.up_s > b.up_s),
+    ) && agents.iter().all(
+        |a| matches!((agent(before, a), agent(now, a)), (Some(b), Some(n)) if n.steps > b.steps),
+    )
+}
+
+/// The quake detector on two hosts, each launcher serving its live view: each shows the other
+/// host's processes and agents running, with counters that grow, and the link between the
+/// hosts with both ends put together, each counter from its end (`max_in_flight` only the
+/// reader counts, unacknowledged bytes and time blocked only the writer: a reader stopped for
+/// a moment makes the writer wait). Then the sink host's launcher is SIGKILLed: the source
+/// host shows its processes `unknown`, their counters as last heard, and its own view goes
+/// on.
+fn each_launcher_shows_both_hosts_and_a_killed_host_as_unknown() -> Result<(), String> {
+    let net = Net::new("view");
+    net.deploy(&net.file(VIEW_NETWORK, QUAKE_PROCESSES), [SECRET, SECRET]);
+    let server = net.launch_with(SINK, &VIEW_OPTIONS, "quake", &["live"]);
+    let edge = net.launch_with(SOURCE, &VIEW_OPTIONS, "quake", &["live"]);
+    let views = [
+        (SOURCE, metrics_addr(&edge)?),
+        (SINK, metrics_addr(&server)?),
+    ];
+    let both = [&edge, &server];
+
+    // Each launcher: the other host's every process running, every agent stepping (alerts
+    // too: a quake every 2.5 s), the link with both ends (max_in_flight: the reader's).
+    let mut seen = Vec::new();
+    for (i, at) in views {
+        let other = 1 - i;
+        let first = wait_view(&net, (i, at), "the other host running", &both, |v| {
+            host_shown(v, other, ProcessStatus::Running)
+                && QUAKE_PARTS[other]
+                    .1
+                    .iter()
+                    .all(|a| agent(v, a).is_some_and(|a| a.steps > 0))
+                && tcp_link(v).is_some_and(|l| {
+                    l.transport == "tcp"
+                        && l.ends == Some(LinkEnds::Both)
+                        && l.elements > 0
+                        && l.max_in_flight > 0
+                })
+        })?;
+        let later = wait_view(
+            &net,
+            (i, at),
+            "the other host's counters growing",
+            &both,
+            |v| host_shown(v, other, ProcessStatus::Running) && host_grew(&first, v, other),
+        )?;
+        seen.push(later);
+    }
+
+    // The reader stopped: the writer fills its unacknowledged budget, and the sink host's
+    // launcher, which holds the reader's end, shows it from the source host's report.
+    let detector = pid_of(&server.stderr(), "detector")
+        .ok_or_else(|| format!("no pid for the detector\n{}", server.tail()))?;
+    kill(detector, libc::SIGSTOP);
+    let full = wait_view(&net, views[1], "the writer's full budget", &both, |v| {
+        tcp_link(v).is_some_and(|l| l.unacked_bytes >= 65536)
+    });
+    kill(detector, libc::SIGCONT);
+    full?;
+    // Going on again, the writer has counted the time it waited: both launchers show it.
+    for view in views {
+        wait_view(&net, view, "the writer's time blocked", &both, |v| {
+            tcp_link(v).is_some_and(|l| l.blocked_ns > 0 && l.ends == Some(LinkEnds::Both))
+        })?;
+    }
+
+    // The sink host's launcher killed: its processes die with it, and the source host's
+    // launcher shows them unknown, with what it last heard of them.
+    server.signal(libc::SIGKILL);
+    server.killed()?;
+    let before = view_of(&net, SOURCE, views[0].1)?;
+    let lost = wait_view(&net, views[0], "the killed host unknown", &[&edge], |v| {
+        host_shown(v, SINK, ProcessStatus::Unknown)
+    })?;
+    for a in QUAKE_PARTS[SINK].1 {
+        let (b, l) = (agent(&before, a), agent(&lost, a));
+        ensure(
+            matches!((b, l), (Some(b), Some(l)) if l.steps >= b.steps && l.steps > 0),
+            || {
+                format!(
+                    "agent {a}'s counters went back:\n{}\n{}",
+                    view_text(&before),
+                    view_text(&lost)
+                )
+            },
+        )?;
+    }
+    edge.wait_stderr("a warning that cloudbox's view cannot be had", |e| {
+        e.contains("host 'cloudbox' (") && e.contains("its launcher's view cannot be had")
+    })?;
+    // The source host's own view goes on: made again and again, its own process running.
+    let mut last = lost;
+    for _ in 0..2 {
+        let prev = last;
+        last = wait_view(&net, views[0], "its own view going on", &[&edge], |v| {
+            v.time_ms > prev.time_ms
+                && host_shown(v, SOURCE, ProcessStatus::Running)
+                && host_shown(v, SINK, ProcessStatus::Unknown)
+                && matches!(
+                    (process(&prev, "main"), process(v, "main")),
+                    (Some(a), Some(b)) if b.up_s > a.up_s
+                )
+        })?;
+    }
+    drop(seen);
+    Ok(())
+}
+
+/// A wrong secret on one host: each launcher refuses the other's requests for its view and
+/// says so, says it cannot have the other's view, shows the other host's processes
+/// `unknown`, and goes on running. (The link is refused too, which fails the source process
+/// at once: here it is started again and again, so that its launcher stays.)
+fn a_wrong_secret_leaves_the_other_host_unknown_in_the_view() -> Result<(), String> {
+    let net = Net::new("view-secret");
+    let processes = QUAKE_PROCESSES.replace(
+        "[processes.main]\nhost = \"sensorbox\"\n",
+        "[processes.main]\nhost = \"sensorbox\"\nrestart = \"on-failure\"\nmax_restarts = 1000\n\
+         backoff_ms = 200\nmax_backoff_ms = 200\n",
+    );
+    net.deploy(
+        &net.file(VIEW_NETWORK, &processes),
+        [SECRET, "another secret, not the same one\n"],
+    );
+    let server = net.launch_with(SINK, &VIEW_OPTIONS, "quake", &["live"]);
+    let edge = net.launch_with(SOURCE, &VIEW_OPTIONS, "quake", &["live"]);
+    let views = [
+        (SOURCE, metrics_addr(&edge)?),
+        (SINK, metrics_addr(&server)?),
+    ];
+    let both = [&edge, &server];
+    for (l, other) in [(&edge, SINK), (&server, SOURCE)] {
+        // On loopback addresses a connection comes from 127.0.0.1, whatever the host.
+        let from = match net.hosts.isolated() {
+            true => format!("observation request from {}:", net.hosts.addr(other)),
+            false => "observation request from ".to_string(),
+        };
+        l.wait_stderr("a refused request for its view", |e| {
+            e.lines()
+                .any(|line| line.contains(&from) && line.contains("refused: wrong proof"))
+        })?;
+        l.wait_stderr("a warning that the other's view cannot be had", |e| {
+            e.contains(&format!("host '{}' (", HOST_NAMES[other]))
+                && e.contains("its launcher's view cannot be had")
+        })?;
+    }
+    for (i, at) in views {
+        wait_view(&net, (i, at), "the other host unknown", &both, |v| {
+            host_shown(v, 1 - i, ProcessStatus::Unknown)
+        })?;
+    }
+    ensure(edge.alive() && server.alive(), || {
+        format!("a launcher ended\n{}", tails(&edge, &server))
     })
 }
 
@@ -1647,6 +2004,14 @@ fn main() {
         (
             "the_quake_detector_across_two_hosts_detects_as_in_one_process",
             the_quake_detector_across_two_hosts_detects_as_in_one_process,
+        ),
+        (
+            "each_launcher_shows_both_hosts_and_a_killed_host_as_unknown",
+            each_launcher_shows_both_hosts_and_a_killed_host_as_unknown,
+        ),
+        (
+            "a_wrong_secret_leaves_the_other_host_unknown_in_the_view",
+            a_wrong_secret_leaves_the_other_host_unknown_in_the_view,
         ),
         (
             "event_time_windows_across_two_hosts_are_those_of_one_process",

@@ -86,6 +86,7 @@ fn fake_graph() -> GraphInfo {
         name: name.into(),
         address: address.into(),
         port: 7000,
+        observe_port: None,
         processes: processes.iter().map(|p| p.to_string()).collect(),
     };
     GraphInfo {

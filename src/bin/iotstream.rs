@@ -265,6 +265,9 @@ fn main() -> ExitCode {
             ui,
             args,
         } => {
+            // The launcher's own components (the live view's servers) report through tracing:
+            // warnings and errors on standard error (RUST_LOG changes the level).
+            iotstream::init_logging();
             let deployment = match deploy.as_deref().map(DeploymentFile::load).transpose() {
                 Ok(d) => d,
                 Err(e) => return fail(&e),

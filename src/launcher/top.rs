@@ -924,6 +924,7 @@ mod tests {
                 name: "local".into(),
                 address: "127.0.0.1".into(),
                 port: 7400,
+                observe_port: None,
                 processes: vec!["main".into(), "work".into()],
             }],
         }

@@ -10,11 +10,14 @@
 //!                                   (control socket `view`)          observation port (peers)
 //! ```
 //!
-//! With several hosts, each launcher listens on its host's observation port
-//! ([`HostInfo::observe_port`](crate::info::HostInfo::observe_port)) for the others (requests
-//! proved with the deployment's secret, see [`crate::observe::peers`]), and asks every other
-//! host's launcher for its view each interval, on a thread per host so that a host that does
-//! not answer delays nothing: its processes show as `unknown` until it answers again.
+//! With several hosts and a secret, each launcher listens on its host's observation port
+//! ([`HostInfo::observation_port`](crate::info::HostInfo::observation_port)) for the others
+//! (requests proved with the deployment's secret, see [`crate::observe::peers`]), and asks
+//! every other host's launcher for its view each interval (at most every
+//! [`PEER_PERIOD_MIN`], at least every [`PEER_PERIOD_MAX`]), on a thread per host so that a
+//! host that does not answer delays nothing: its processes show as `unknown` (with what was
+//! last heard of them) until it answers again. What goes wrong on this channel is said on the
+//! launcher's standard error and in its log (`iotstream logs APP`), once per cause.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,11 +50,20 @@ pub(crate) struct WatchOptions {
 /// The launchers of the other hosts.
 pub(crate) struct Peers {
     pub secret: Secret,
-    /// Where this launcher answers the others.
+    /// This host's name, and where this launcher answers the others.
+    pub host: String,
     pub listen: SocketAddr,
-    /// Each other host's name and observation address (`address:observe_port`).
-    pub others: Vec<(String, String)>,
+    /// Each other host: its name, address and observation port.
+    pub others: Vec<(String, String, u16)>,
 }
+
+/// The shortest time between two requests to another host's launcher, whatever the
+/// reporting interval (`--metrics-interval` may be 1 ms): each request is a connection.
+pub const PEER_PERIOD_MIN: Duration = Duration::from_millis(250);
+
+/// The longest: how soon a host's launcher that stopped answering shows as `unknown` (and
+/// one that answers again as known) when the reporting interval is long.
+pub const PEER_PERIOD_MAX: Duration = Duration::from_secs(5);
 
 /// The running live view; stops when dropped.
 pub(crate) struct Watch {
@@ -108,21 +120,25 @@ impl Watch {
         if let Some(p) = options.peers {
             let own = Arc::clone(&board);
             let view: peers::ViewFn = Arc::new(move || own.local_view());
-            peer_server = Some(PeerServer::start(p.listen, p.secret.clone(), view).map_err(
-                |e| Error::Runtime {
-                    detail: format!(
-                        "cannot listen for the other hosts' launchers on {} (the host's \
-                             port - 1; see docs/operations.md): {e}",
-                        p.listen
-                    ),
-                },
-            )?);
-            for (host, addr) in p.others {
+            let logs = Arc::clone(&board);
+            let report: peers::ReportFn = Arc::new(move |line: &str| super::note(&logs, line));
+            let server = PeerServer::start(p.listen, p.secret.clone(), view, report);
+            peer_server = Some(server.map_err(|e| Error::Runtime {
+                detail: format!(
+                    "host '{}': cannot listen for the other hosts' launchers on its observation \
+                     port, {} ('observe_port' in [hosts.{}], by default 'port' - 1; see \
+                     docs/deployment.md, \"The observation port\"): {e}",
+                    p.host, p.listen, p.host
+                ),
+            })?);
+            let period = interval.clamp(PEER_PERIOD_MIN, PEER_PERIOD_MAX);
+            for (host, address, port) in p.others {
                 remotes.push(Remote::start(
                     host,
-                    addr,
+                    (address, port),
                     p.secret.clone(),
-                    interval,
+                    period,
+                    Arc::clone(&board),
                     Arc::clone(&stop),
                 )?);
             }
@@ -158,7 +174,8 @@ impl Watch {
 
 /// Starts the server `flag` (`--metrics` or `--ui`) asks for on `addr`. Its errors name the
 /// flag and the address once; an address that is not loopback without a token is refused
-/// with what a launcher's user can do about it (the token is the deployment's secret).
+/// with what a launcher's user can do about it (the token is the deployment's secret). On a
+/// loopback address no token is asked for.
 fn serve(
     flag: &str,
     addr: &str,
@@ -182,6 +199,9 @@ fn serve(
             ),
         });
     }
+    // On loopback anyone on the machine may read (as documented): no token asked there, even
+    // when the deployment has a secret.
+    let token = off_loopback.and(token);
     Server::start(addr, token, source).map_err(|e| Error::Runtime {
         detail: match e {
             Error::Runtime { detail } => format!("{flag}: {detail}"),
@@ -206,8 +226,10 @@ struct Seen {
     sample_ms: u64,
 }
 
-/// Every interval: the board's samples and statuses into the aggregator, the other hosts'
-/// latest views merged, one tick, the view published on the board.
+/// Every interval (with other hosts, at least every [`PEER_PERIOD_MAX`], so that a host lost
+/// shows soon whatever the interval): the board's samples and statuses into the aggregator,
+/// this host's own part published for the others, their latest views merged, one tick, the
+/// view published on the board.
 fn watch(
     board: &Board,
     aggregator: &Mutex<Aggregator>,
@@ -215,6 +237,10 @@ fn watch(
     interval: Duration,
     stop: &AtomicBool,
 ) {
+    let period = match remotes.is_empty() {
+        true => interval,
+        false => interval.min(PEER_PERIOD_MAX),
+    };
     let mut seen: Vec<Seen> = Vec::new();
     loop {
         {
@@ -236,8 +262,9 @@ fn watch(
                     }
                 }
             }
-            let mut local = agg.tick(SystemTime::now()).clone();
-            // What this host knows, before the others are merged: what other hosts ask for.
+            let now = SystemTime::now();
+            // What this host knows itself (no other host's view in it): what the others ask for.
+            let mut local = agg.own_view(now);
             keep_host(&mut local, &status.host);
             board.set_local_view(local);
             for r in remotes {
@@ -246,13 +273,10 @@ fn watch(
                     None => agg.forget_remote(&r.host),
                 }
             }
-            if !remotes.is_empty() {
-                agg.tick(SystemTime::now());
-            }
-            board.set_view(agg.view().clone());
+            board.set_view(agg.tick(now).clone());
         }
-        // Ends at once when stopped, else after the interval.
-        let mut left = interval;
+        // Ends at once when stopped, else after the period.
+        let mut left = period;
         while !left.is_zero() {
             if stop.load(Ordering::SeqCst) {
                 return;
@@ -273,7 +297,9 @@ fn keep_host(view: &mut AppMetrics, host: &str) {
     view.links.retain(|l| l.ends.is_some());
 }
 
-/// Another host's launcher, asked for its view every interval by a thread of its own.
+/// Another host's launcher, asked for its view every period by a thread of its own. The
+/// thread is not waited for when the view stops: it sees the stop within 50 ms, or when its
+/// exchange in progress ends (within the exchange's bounds, see [`crate::observe::peers`]).
 struct Remote {
     host: String,
     latest: Arc<Mutex<Option<AppMetrics>>>,
@@ -283,9 +309,10 @@ struct Remote {
 impl Remote {
     fn start(
         host: String,
-        addr: String,
+        (address, port): (String, u16),
         secret: Secret,
-        interval: Duration,
+        period: Duration,
+        board: Arc<Board>,
         stop: Arc<AtomicBool>,
     ) -> Result<Remote, Error> {
         let latest: Arc<Mutex<Option<AppMetrics>>> = Arc::default();
@@ -295,34 +322,55 @@ impl Remote {
             std::thread::Builder::new()
                 .name(format!("iotstream view of {host}"))
                 .spawn(move || {
+                    let addr = format!("{address}:{port}");
+                    // What went wrong last: said once per cause, not every period.
                     let mut said = None::<String>;
+                    // Ends when the view stops (looked at every 50 ms at most).
                     while !stop.load(Ordering::SeqCst) {
-                        let got = addr
+                        let got = (address.as_str(), port)
                             .to_socket_addrs()
-                            .map_err(|e| format!("cannot resolve {addr}: {e}"))
+                            .map_err(|e| format!("cannot resolve {address}: {e}"))
                             .and_then(|mut a| {
-                                a.next().ok_or_else(|| format!("{addr} resolves to nothing"))
+                                a.next()
+                                    .ok_or_else(|| format!("{address} resolves to nothing"))
                             })
-                            .and_then(|a| peers::fetch(a, &secret));
+                            .and_then(|a| peers::fetch(a, &secret))
+                            .and_then(|view| match view.app == board.graph().app {
+                                true => Ok(view),
+                                // Another deployment with the same secret on that port.
+                                false => Err(format!(
+                                    "it runs application '{}', not '{}'",
+                                    view.app,
+                                    board.graph().app
+                                )),
+                            });
                         match got {
                             Ok(view) => {
                                 if said.take().is_some() {
-                                    tracing::info!("host '{host}' ({addr}): its launcher answers again");
+                                    super::note(
+                                        &board,
+                                        &format!(
+                                            "host '{host}' ({addr}): its launcher answers again"
+                                        ),
+                                    );
                                 }
                                 *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
                             }
                             Err(e) => {
-                                // Said once per cause, not every interval.
                                 if said.as_deref() != Some(e.as_str()) {
-                                    tracing::warn!(
-                                        "host '{host}' ({addr}): its launcher's view cannot be had: {e}"
+                                    super::note(
+                                        &board,
+                                        &format!(
+                                            "warning: host '{host}' ({addr}): its launcher's view \
+                                             cannot be had, its processes show as unknown: {e}"
+                                        ),
                                     );
                                     said = Some(e);
                                 }
                                 *latest.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             }
                         }
-                        let mut left = interval;
+                        let mut left = period;
                         while !left.is_zero() && !stop.load(Ordering::SeqCst) {
                             let step = left.min(Duration::from_millis(50));
                             std::thread::sleep(step);

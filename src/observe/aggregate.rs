@@ -78,8 +78,9 @@ pub struct Aggregator {
     stream_index: HashMap<String, usize>,
     processes: Vec<ProcState>,
     process_index: HashMap<String, usize>,
-    /// The last view of each other host merged in ([`Aggregator::merge_remote`]).
-    remote: BTreeMap<String, AppMetrics>,
+    /// The last view of each other host merged in ([`Aggregator::merge_remote`]), and whether
+    /// that host is reached now ([`Aggregator::forget_remote`] says it is not).
+    remote: BTreeMap<String, (AppMetrics, bool)>,
     view: AppMetrics,
 }
 
@@ -292,7 +293,7 @@ impl Aggregator {
             view: AppMetrics::default(),
             info,
         };
-        agg.view = agg.build(SystemTime::now());
+        agg.view = agg.build(SystemTime::now(), true);
         agg
     }
 
@@ -374,25 +375,34 @@ impl Aggregator {
     /// [`tick`](Self::tick). A host the graph does not name is ignored.
     pub fn merge_remote(&mut self, host: &str, view: AppMetrics) {
         if self.info.hosts.iter().any(|h| h.name == host) {
-            self.remote.insert(host.to_string(), view);
+            self.remote.insert(host.to_string(), (view, true));
         }
     }
 
-    /// Host `host`'s launcher is not reached any more: its processes show as
-    /// [`ProcessStatus::Unknown`], with what this aggregator itself last knew of them, until
-    /// a new view of the host is merged.
+    /// Host `host`'s launcher is not reached (now, or ever yet): its processes show as
+    /// [`ProcessStatus::Unknown`] until a view of the host is merged again. Their counters
+    /// stay at what the host's last view said (counters never go back), without rates or
+    /// shares (nothing is known of the last interval).
     pub fn forget_remote(&mut self, host: &str) {
-        if self.remote.remove(host).is_some() {
-            for p in self.processes.iter_mut().filter(|p| p.host == host) {
-                p.status = ProcessStatus::Unknown;
-            }
+        if let Some((_, reached)) = self.remote.get_mut(host) {
+            *reached = false;
+        }
+        for p in self.processes.iter_mut().filter(|p| p.host == host) {
+            p.status = ProcessStatus::Unknown;
         }
     }
 
     /// Makes the view as of `now` (from the reports taken so far) and returns it.
     pub fn tick(&mut self, now: SystemTime) -> &AppMetrics {
-        self.view = self.build(now);
+        self.view = self.build(now, true);
         &self.view
+    }
+
+    /// The view as of `now` of this aggregator's own reports only, no other host's view merged
+    /// in (its processes on other hosts as it knows them itself: no counters): what a
+    /// launcher tells the other hosts' launchers. Changes nothing.
+    pub fn own_view(&self, now: SystemTime) -> AppMetrics {
+        self.build(now, false)
     }
 
     /// The view the last [`tick`](Self::tick) made.
@@ -455,12 +465,14 @@ impl Aggregator {
         t
     }
 
-    /// The remote view that speaks for `process`, if its host's launcher sent one listing it.
-    fn remote_for(&self, pi: usize) -> Option<&AppMetrics> {
+    /// The remote view that speaks for `process`, if its host's launcher sent one listing it,
+    /// and whether that host is reached now.
+    fn remote_for(&self, pi: usize) -> Option<(&AppMetrics, bool)> {
         let p = &self.processes[pi];
         self.remote
             .get(&p.host)
-            .filter(|v| v.processes.iter().any(|q| q.process == p.name))
+            .filter(|(v, _)| v.processes.iter().any(|q| q.process == p.name))
+            .map(|(v, reached)| (v, *reached))
     }
 
     fn process_of_agent(&self, agent: usize) -> usize {
@@ -470,15 +482,16 @@ impl Aggregator {
             .unwrap_or(0)
     }
 
-    fn build(&self, now: SystemTime) -> AppMetrics {
+    /// The view as of `now`, with the other hosts' views merged in or not.
+    fn build(&self, now: SystemTime, merged: bool) -> AppMetrics {
         let now_ms = epoch_ms(now);
         let stale_ms = u64::try_from(self.interval.as_millis().saturating_mul(3)).unwrap_or(0);
         // Per process: its current totals, previous totals and the seconds between them
         // (`None`: no rates), or the remote view that speaks for it.
         let spans: Vec<Span<'_>> = (0..self.processes.len())
             .map(|pi| {
-                if let Some(r) = self.remote_for(pi) {
-                    return Span::Remote(r);
+                if let Some((view, reached)) = self.remote_for(pi).filter(|_| merged) {
+                    return Span::Remote { view, reached };
                 }
                 let p = &self.processes[pi];
                 let active = matches!(
@@ -506,12 +519,19 @@ impl Aggregator {
             .iter()
             .enumerate()
             .map(|(pi, p)| match &spans[pi] {
-                Span::Remote(r) => r
-                    .processes
-                    .iter()
-                    .find(|q| q.process == p.name)
-                    .cloned()
-                    .unwrap_or_default(),
+                Span::Remote { view, reached } => {
+                    let mut q = view
+                        .processes
+                        .iter()
+                        .find(|q| q.process == p.name)
+                        .cloned()
+                        .unwrap_or_default();
+                    if !reached {
+                        q.status = ProcessStatus::Unknown;
+                        q.cpu_share = None;
+                    }
+                    q
+                }
                 Span::Local { cur, prev, dt_s } => {
                     let cpu = cur.map_or(0, |t| t.cpu_ns);
                     ProcessView {
@@ -544,17 +564,23 @@ impl Aggregator {
                 let pi = self.process_of_agent(ai);
                 let host = self.processes[pi].host.clone();
                 match &spans[pi] {
-                    Span::Remote(r) => r
-                        .agents
-                        .iter()
-                        .find(|v| v.name == a.name)
-                        .cloned()
-                        .unwrap_or_else(|| AgentView {
-                            name: a.name.clone(),
-                            process: a.process.clone(),
-                            host,
-                            ..AgentView::default()
-                        }),
+                    Span::Remote { view, reached } => {
+                        let mut v = view
+                            .agents
+                            .iter()
+                            .find(|v| v.name == a.name)
+                            .cloned()
+                            .unwrap_or_else(|| AgentView {
+                                name: a.name.clone(),
+                                process: a.process.clone(),
+                                host,
+                                ..AgentView::default()
+                            });
+                        if !reached {
+                            v.busy_share = None;
+                        }
+                        v
+                    }
                     Span::Local { cur, prev, dt_s } => {
                         let c = cur.and_then(|t| t.agents.get(&ai)).copied();
                         let c = c.unwrap_or_default();
@@ -588,12 +614,18 @@ impl Aggregator {
                     ..StreamView::default()
                 };
                 match &spans[pi] {
-                    Span::Remote(r) => r
-                        .streams
-                        .iter()
-                        .find(|v| &v.name == name)
-                        .cloned()
-                        .unwrap_or(blank),
+                    Span::Remote { view, reached } => {
+                        let mut v = view
+                            .streams
+                            .iter()
+                            .find(|v| &v.name == name)
+                            .cloned()
+                            .unwrap_or(blank);
+                        if !reached {
+                            v.elements_per_s = None;
+                        }
+                        v
+                    }
                     Span::Local { cur, prev, dt_s } => {
                         let c = cur.and_then(|t| t.streams.get(&si)).copied();
                         let c = c.unwrap_or_default();
@@ -616,17 +648,25 @@ impl Aggregator {
                 let half = |agent: usize, end: End| -> Option<LinkView> {
                     let pi = self.process_of_agent(agent);
                     match &spans[pi] {
-                        Span::Remote(r) => r
-                            .links
-                            .iter()
-                            .find(|l| l.edge == ei && l.stream == e.stream)
-                            .filter(|l| {
-                                l.ends.is_some_and(|x| match end {
-                                    End::Writer => x.writer(),
-                                    End::Reader => x.reader(),
+                        Span::Remote { view, reached } => {
+                            let mut l = view
+                                .links
+                                .iter()
+                                .find(|l| l.edge == ei && l.stream == e.stream)
+                                .filter(|l| {
+                                    l.ends.is_some_and(|x| match end {
+                                        End::Writer => x.writer(),
+                                        End::Reader => x.reader(),
+                                    })
                                 })
-                            })
-                            .cloned(),
+                                .cloned()?;
+                            if !reached {
+                                l.elements_per_s = None;
+                                l.dropped_per_s = None;
+                                l.blocked_share = None;
+                            }
+                            Some(l)
+                        }
                         Span::Local { cur, prev, dt_s } => {
                             let c = cur.and_then(|t| t.links.get(&(ei, end)))?;
                             let p = prev.and_then(|t| t.links.get(&(ei, end)));
@@ -746,8 +786,8 @@ enum Span<'a> {
         /// Seconds between the two reports, when rates may be given.
         dt_s: Option<f64>,
     },
-    /// Another host's launcher.
-    Remote(&'a AppMetrics),
+    /// Another host's launcher's last view, and whether that host is reached now.
+    Remote { view: &'a AppMetrics, reached: bool },
 }
 
 /// The live view served from an aggregator that its owner keeps up to date (records reports,
@@ -1044,12 +1084,14 @@ mod tests {
                 name: "a".into(),
                 address: "10.0.0.1".into(),
                 port: 7000,
+                observe_port: None,
                 processes: vec!["main".into()],
             },
             crate::info::HostInfo {
                 name: "b".into(),
                 address: "10.0.0.2".into(),
                 port: 7000,
+                observe_port: None,
                 processes: vec!["printer".into()],
             },
         ];
@@ -1061,8 +1103,14 @@ mod tests {
         there.record("printer", printer_sample(1_000, 77, 60, 9));
         let remote = there.tick(at(1_000)).clone();
         assert_eq!(remote.links[1].ends, Some(LinkEnds::Reader));
-        here.merge_remote("b", remote);
+        here.merge_remote("b", remote.clone());
         here.merge_remote("nowhere", AppMetrics::default());
+        let own = here.own_view(at(1_000));
+        assert_eq!(
+            own.links[1].ends,
+            Some(LinkEnds::Writer),
+            "nothing of b's is its own"
+        );
         let v = here.tick(at(1_000)).clone();
         assert_eq!(v.processes[1].pid, 77);
         assert_eq!(v.processes[1].host, "b");
@@ -1074,10 +1122,48 @@ mod tests {
         assert_eq!(l.transport, "tcp");
         // The remote view's own processes only: main stays this aggregator's.
         assert_eq!(v.processes[0].cpu_s, 0.1);
-        // A host no longer reached: its processes are unknown, its ends missing.
+        // A host no longer reached: its processes are unknown, their counters what was last
+        // heard (never going back), without rates.
         here.forget_remote("b");
         let v = here.tick(at(1_000)).clone();
         assert_eq!(v.processes[1].status, ProcessStatus::Unknown);
+        assert_eq!(v.agents[2].steps, 3);
+        assert_eq!(v.agents[2].busy_share, None);
+        assert_eq!(v.links[1].ends, Some(LinkEnds::Both));
+        assert_eq!(v.links[1].elements, 60, "the reader's last count stays");
+        assert_eq!(v.links[1].elements_per_s, None);
+        // Reached again.
+        here.merge_remote("b", remote);
+        let v = here.tick(at(1_000)).clone();
+        assert_eq!(v.processes[1].status, ProcessStatus::Running);
+    }
+
+    #[test]
+    fn a_host_never_reached_is_unknown_with_its_writers_count_standing_in() {
+        let mut i = info();
+        i.hosts = vec![
+            crate::info::HostInfo {
+                name: "a".into(),
+                address: "10.0.0.1".into(),
+                port: 7000,
+                observe_port: None,
+                processes: vec!["main".into()],
+            },
+            crate::info::HostInfo {
+                name: "b".into(),
+                address: "10.0.0.2".into(),
+                port: 7000,
+                observe_port: None,
+                processes: vec!["printer".into()],
+            },
+        ];
+        let mut here = Aggregator::new(i, "1-x", Duration::from_secs(1));
+        here.set_status("main", ProcessStatus::Running, 10);
+        here.record("main", main_sample(1_000, 10, 100, 0));
+        here.forget_remote("b");
+        let v = here.tick(at(1_000)).clone();
+        assert_eq!(v.processes[1].status, ProcessStatus::Unknown);
+        assert_eq!(v.processes[0].status, ProcessStatus::Running);
         assert_eq!(v.links[1].ends, Some(LinkEnds::Writer));
         assert_eq!(v.links[1].elements, 100, "the writer's count stands in");
     }

@@ -1,11 +1,13 @@
 //! The launchers' observation channel: how one launcher shows the whole application when its
 //! processes run on several hosts.
 //!
-//! Each host's launcher of a multi-host deployment listens on its host's address and
-//! *observation port* ([`HostInfo::observe_port`](crate::info::HostInfo::observe_port)); a launcher that
-//! serves the live view or the metrics asks every other host's launcher for its view once per
-//! interval (`fetch`) and merges what it gets. Hosts not reached show their processes as
-//! `unknown`; nothing waits on them for longer than [`PEER_TIMEOUT`].
+//! Each host's launcher of a multi-host deployment with a secret listens on its host's
+//! address and *observation port*
+//! ([`HostInfo::observation_port`](crate::info::HostInfo::observation_port): `observe_port` in
+//! `[hosts.NAME]`, by default the links' base port - 1), and asks every other host's launcher
+//! for its view once per interval (`fetch`) to merge it into its own. Hosts not reached show
+//! their processes as `unknown`; nothing waits on them for longer than [`PEER_TIMEOUT`] plus
+//! [`EXCHANGE_TIMEOUT`].
 //!
 //! # Protocol
 //!
@@ -21,14 +23,25 @@
 //!                  HMAC(secret, ANSWER_LABEL | server nonce | client nonce | request | length | JSON)
 //! ```
 //!
-//! A client whose proof is wrong gets nothing and the connection is closed (the server logs
-//! it once per address). Every read and write is bounded in time.
+//! A client whose proof is wrong gets nothing and the connection is closed (the server
+//! reports it once per address).
+//!
+//! # Bounds
+//!
+//! - One exchange, either side, ends within [`EXCHANGE_TIMEOUT`] of the connection (every read
+//!   and write is given what is left of it), and a connection within [`PEER_TIMEOUT`]: a slow
+//!   or silent peer costs that much at most, never a hang.
+//! - The server answers up to [`MAX_EXCHANGES`] clients at once, each on a thread of its own,
+//!   so one slow client delays no other; while that many are in progress it accepts no more
+//!   (they wait in the listen queue, within their own deadlines).
+//! - An answer is at most [`MAX_ANSWER_BYTES`], refused by its announced length before any of
+//!   it is read, and read as it arrives (no buffer of the announced size up front).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::observe::model::AppMetrics;
 use crate::transport::tcp::auth::{nonce, tag, verify_tag, Secret};
@@ -42,54 +55,72 @@ const REQUEST_VIEW: u8 = 0;
 /// The largest answer accepted (a view of a very large graph is a few MiB).
 pub const MAX_ANSWER_BYTES: u32 = 64 << 20;
 
-/// How long one exchange may take, each way.
+/// How long a connection to another launcher may take to be made.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one exchange (greeting, request, answer) may take in all, on either side, from
+/// the connection on.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many clients the server answers at once.
+pub const MAX_EXCHANGES: usize = 16;
+
+/// Addresses whose refusals the server remembers having reported (each is reported once).
+const MAX_REPORTED_ADDRESSES: usize = 1024;
+
+/// How long the server's accepting thread sleeps when there is nothing to accept, or no room
+/// for one more exchange: also how soon it sees that it must stop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Where a launcher's view comes from.
 pub type ViewFn = Arc<dyn Fn() -> AppMetrics + Send + Sync>;
 
-/// A launcher's observation endpoint; stops when dropped.
+/// Where the server's reports go (one line each: a refused request, a failing listener).
+pub type ReportFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A launcher's observation endpoint; stops accepting when dropped (exchanges in progress end
+/// within their deadline).
 pub struct PeerServer {
     stop: Arc<AtomicBool>,
     addr: SocketAddr,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What the server's threads share.
+struct Shared {
+    secret: Secret,
+    view: ViewFn,
+    report: ReportFn,
+    /// Exchanges in progress (at most [`MAX_EXCHANGES`]).
+    active: AtomicUsize,
+    /// Addresses whose refusal was reported.
+    reported: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+}
+
 impl PeerServer {
-    /// Listens on `addr` and answers every authenticated request with `view()`.
-    pub(crate) fn start(addr: SocketAddr, secret: Secret, view: ViewFn) -> std::io::Result<Self> {
+    /// Listens on `addr` and answers every authenticated request with `view()`; refusals and
+    /// listener errors go to `report`.
+    pub(crate) fn start(
+        addr: SocketAddr,
+        secret: Secret,
+        view: ViewFn,
+        report: ReportFn,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            secret,
+            view,
+            report,
+            active: AtomicUsize::new(0),
+            reported: Mutex::new(std::collections::HashSet::new()),
+        });
         let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("iotstream observe peers".into())
-            .spawn(move || {
-                let mut warned = std::collections::HashSet::new();
-                while !stopped.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, peer)) => {
-                            // One at a time: an answer takes milliseconds, and a slow or hostile
-                            // client is cut off by the timeouts.
-                            if let Err(e) = answer(stream, &secret, &view) {
-                                if warned.len() < 1024 && warned.insert(peer.ip()) {
-                                    tracing::warn!(
-                                        "observation request from {peer} refused: {e} (said once per address)"
-                                    );
-                                }
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        Err(e) => {
-                            tracing::warn!("observation endpoint {addr}: {e}");
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || accept_loop(&listener, addr, &shared, &stopped))?;
         Ok(PeerServer {
             stop,
             addr,
@@ -112,21 +143,130 @@ impl Drop for PeerServer {
     }
 }
 
-fn answer(mut stream: TcpStream, secret: &Secret, view: &ViewFn) -> Result<(), String> {
+/// Accepts connections until `stop`, each answered on a thread of its own, at most
+/// [`MAX_EXCHANGES`] at once. Ends when `stop` is set (looked at every [`ACCEPT_PAUSE`] at
+/// most).
+fn accept_loop(listener: &TcpListener, addr: SocketAddr, shared: &Arc<Shared>, stop: &AtomicBool) {
+    let mut failing = None::<String>;
+    while !stop.load(Ordering::SeqCst) {
+        if shared.active.load(Ordering::SeqCst) >= MAX_EXCHANGES {
+            std::thread::sleep(ACCEPT_PAUSE);
+            continue;
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(ACCEPT_PAUSE);
+                continue;
+            }
+            Err(e) => {
+                // Said once per cause (a full file table would say it every pause).
+                let e = e.to_string();
+                if failing.as_deref() != Some(e.as_str()) {
+                    (shared.report)(&format!("observation port {addr}: cannot accept: {e}"));
+                    failing = Some(e);
+                }
+                std::thread::sleep(ACCEPT_PAUSE);
+                continue;
+            }
+        };
+        failing = None;
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        let one = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name("iotstream observe answer".into())
+            .spawn(move || {
+                let mut stream = stream;
+                // Reported before the connection closes: the client learns of the refusal
+                // after the report is made.
+                if let Err(e) = answer(&mut stream, &one.secret, &one.view) {
+                    one.refused(peer, &e);
+                }
+                drop(stream);
+                one.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            // The closure (and the connection) is dropped: the client sees it closed.
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            shared.refused(peer, &format!("no thread to answer it: {e}"));
+        }
+    }
+}
+
+impl Shared {
+    /// Reports a refused request, once per address.
+    fn refused(&self, peer: SocketAddr, why: &str) {
+        let first = {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            reported.len() < MAX_REPORTED_ADDRESSES && reported.insert(peer.ip())
+        };
+        if first {
+            (self.report)(&format!(
+                "observation request from {peer} refused: {why} (said once per address)"
+            ));
+        }
+    }
+}
+
+/// Reads `buf` whole from `stream` before `deadline`.
+fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    let mut filled = 0;
+    // Bounded: every turn reads at least one byte or ends, and the deadline ends it.
+    while filled < buf.len() {
+        stream.set_read_timeout(Some(left(deadline)?))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `buf` whole to `stream` before `deadline`.
+fn write_by(stream: &mut TcpStream, buf: &[u8], deadline: Instant) -> std::io::Result<()> {
+    let mut written = 0;
+    // Bounded as `read_by`.
+    while written < buf.len() {
+        stream.set_write_timeout(Some(left(deadline)?))?;
+        match stream.write(&buf[written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The time left before `deadline`; an error once it has passed.
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the exchange took longer than {} s",
+                    EXCHANGE_TIMEOUT.as_secs()
+                ),
+            )
+        })
+}
+
+/// The server's side of one exchange; an error says why the request was refused.
+fn answer(stream: &mut TcpStream, secret: &Secret, view: &ViewFn) -> Result<(), String> {
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(PEER_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(PEER_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
     let server_nonce = nonce().map_err(|e| e.to_string())?;
     let mut hello = Vec::with_capacity(40);
     hello.extend_from_slice(MAGIC);
     hello.extend_from_slice(&server_nonce);
-    stream.write_all(&hello).map_err(|e| e.to_string())?;
+    write_by(stream, &hello, deadline).map_err(|e| e.to_string())?;
     let mut request = [0u8; 8 + 32 + 1 + 32];
-    stream
-        .read_exact(&mut request)
-        .map_err(|e| format!("no complete request: {e}"))?;
+    read_by(stream, &mut request, deadline).map_err(|e| format!("no complete request: {e}"))?;
     if &request[..8] != MAGIC {
         return Err("not an iotstream launcher (wrong magic)".into());
     }
@@ -158,22 +298,18 @@ fn answer(mut stream: TcpStream, secret: &Secret, view: &ViewFn) -> Result<(), S
     out.extend_from_slice(&len);
     out.extend_from_slice(&json);
     out.extend_from_slice(&mac);
-    stream.write_all(&out).map_err(|e| e.to_string())
+    write_by(stream, &out, deadline).map_err(|e| e.to_string())
 }
 
-/// Asks the launcher at `addr` for its view. The error says what went wrong, for a line such as
+/// Asks the launcher at `addr` for its view, within [`PEER_TIMEOUT`] to connect and
+/// [`EXCHANGE_TIMEOUT`] for the rest. The error says what went wrong, for a line such as
 /// "host 'cloud' (10.0.0.2:7399): …".
 pub(crate) fn fetch(addr: SocketAddr, secret: &Secret) -> Result<AppMetrics, String> {
     let mut stream = TcpStream::connect_timeout(&addr, PEER_TIMEOUT)
         .map_err(|e| format!("cannot connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(PEER_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(PEER_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
     let mut hello = [0u8; 40];
-    stream
-        .read_exact(&mut hello)
-        .map_err(|e| format!("no greeting: {e}"))?;
+    read_by(&mut stream, &mut hello, deadline).map_err(|e| format!("no greeting: {e}"))?;
     if &hello[..8] != MAGIC {
         return Err("not an iotstream launcher's observation port (wrong greeting)".into());
     }
@@ -186,11 +322,10 @@ pub(crate) fn fetch(addr: SocketAddr, secret: &Secret) -> Result<AppMetrics, Str
     request.extend_from_slice(&client_nonce);
     request.extend_from_slice(&kind);
     request.extend_from_slice(&proof);
-    stream
-        .write_all(&request)
+    write_by(&mut stream, &request, deadline)
         .map_err(|e| format!("cannot send the request: {e}"))?;
     let mut len = [0u8; 4];
-    stream.read_exact(&mut len).map_err(|e| {
+    read_by(&mut stream, &mut len, deadline).map_err(|e| {
         format!("no answer ({e}): does it hold the same secret? its launcher logs a refusal")
     })?;
     let n = u32::from_be_bytes(len);
@@ -199,13 +334,17 @@ pub(crate) fn fetch(addr: SocketAddr, secret: &Secret) -> Result<AppMetrics, Str
             "an answer of {n} bytes, above the {MAX_ANSWER_BYTES} allowed"
         ));
     }
-    let mut json = vec![0u8; n as usize];
-    stream
-        .read_exact(&mut json)
-        .map_err(|e| format!("the answer was cut short: {e}"))?;
+    // Read as it comes, so that an announced length costs nothing before the bytes arrive.
+    let mut json = Vec::new();
+    let n = n as usize;
+    while json.len() < n {
+        let from = json.len();
+        json.resize(from + (n - from).min(64 << 10), 0);
+        read_by(&mut stream, &mut json[from..], deadline)
+            .map_err(|e| format!("the answer was cut short: {e}"))?;
+    }
     let mut mac = [0u8; 32];
-    stream
-        .read_exact(&mut mac)
+    read_by(&mut stream, &mut mac, deadline)
         .map_err(|e| format!("the answer's tag was cut short: {e}"))?;
     if !verify_tag(
         secret,
@@ -226,13 +365,23 @@ mod tests {
         Secret::from_bytes(s.as_bytes().to_vec(), "test")
     }
 
-    fn serve(s: &str) -> PeerServer {
+    /// A server answering with a view of app "quake", and the lines it reported.
+    fn serve_reporting(s: &str) -> (PeerServer, Arc<Mutex<Vec<String>>>) {
         let view: ViewFn = Arc::new(|| AppMetrics {
             app: "quake".into(),
             run: "1-2".into(),
             ..AppMetrics::default()
         });
-        PeerServer::start("127.0.0.1:0".parse().unwrap(), secret(s), view).unwrap()
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&lines);
+        let report: ReportFn = Arc::new(move |l: &str| into.lock().unwrap().push(l.to_string()));
+        let server =
+            PeerServer::start("127.0.0.1:0".parse().unwrap(), secret(s), view, report).unwrap();
+        (server, lines)
+    }
+
+    fn serve(s: &str) -> PeerServer {
+        serve_reporting(s).0
     }
 
     #[test]
@@ -250,10 +399,42 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_secret_gets_nothing() {
-        let server = serve("0123456789abcdef-right");
-        let e = fetch(server.addr(), &secret("0123456789abcdef-wrong")).unwrap_err();
-        assert!(e.contains("same secret"), "{e}");
+    fn a_wrong_secret_gets_nothing_and_is_reported_once() {
+        let (server, reported) = serve_reporting("0123456789abcdef-right");
+        for _ in 0..2 {
+            let e = fetch(server.addr(), &secret("0123456789abcdef-wrong")).unwrap_err();
+            assert!(e.contains("same secret"), "{e}");
+        }
+        let reported = reported.lock().unwrap().clone();
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert!(
+            reported[0].starts_with("observation request from 127.0.0.1:")
+                && reported[0].ends_with(
+                    "refused: wrong proof: the peer does not hold this deployment's secret \
+                     (said once per address)"
+                ),
+            "{}",
+            reported[0]
+        );
+    }
+
+    #[test]
+    fn clients_that_say_nothing_do_not_keep_others_waiting() {
+        let server = serve("0123456789abcdef-same");
+        // All exchanges but one taken by clients that read the greeting and then say nothing
+        // (a server answering one client at a time would wait for each of them in turn).
+        let silent: Vec<TcpStream> = (0..MAX_EXCHANGES - 1)
+            .map(|_| {
+                let mut s = TcpStream::connect(server.addr()).unwrap();
+                let mut hello = [0u8; 40];
+                s.read_exact(&mut hello).unwrap();
+                assert_eq!(&hello[..8], MAGIC);
+                s
+            })
+            .collect();
+        let got = fetch(server.addr(), &secret("0123456789abcdef-same")).unwrap();
+        assert_eq!(got.app, "quake");
+        drop(silent);
     }
 
     #[test]
