@@ -20,6 +20,10 @@
 //! page passes the token on to its API calls as the header. Starting on such an address
 //! without a token is an error. A token given with a loopback address is required too.
 //!
+//! Without a token, a request whose `Host` header names a domain (not an IP address, nor
+//! `localhost`) is refused with 403: a web page the user visits could otherwise point a name
+//! of its own at 127.0.0.1 and read the view through the user's browser (DNS rebinding).
+//!
 //! # Behaviour at the time of writing
 //!
 //! The server is [`tiny_http`]: small, synchronous, with no async runtime of its own (the
@@ -267,7 +271,23 @@ fn answer(request: tiny_http::Request, source: &dyn ViewSource, token: Option<&[
             path == "/" && query_token(query).is_some_and(|t| same_token(t.as_bytes(), expected));
         bearer || query
     });
-    let reply = if !authorized {
+    // Without a token, the loopback address is all that keeps others out, and a web page the
+    // user visits could get round it by pointing a name of its own at 127.0.0.1 (DNS
+    // rebinding): its requests name that domain as their Host, and are refused.
+    let rebound = token.is_none()
+        && request
+            .headers()
+            .iter()
+            .filter(|h| h.field.equiv("Host"))
+            .any(|h| !names_this_host(h.value.as_str()));
+    let reply = if rebound {
+        Reply::text(
+            403,
+            "refused: the Host header names a domain; without a token this server answers \
+             only requests to an address (127.0.0.1:PORT) or to localhost\n"
+                .into(),
+        )
+    } else if !authorized {
         Reply::text(
             401,
             "a token is required: send 'Authorization: Bearer <token>'\n".into(),
@@ -305,6 +325,22 @@ fn route(path: &str, source: &dyn ViewSource) -> Reply {
             "not found: the live view serves /, /metrics, /api/metrics and /api/graph\n".into(),
         ),
     }
+}
+
+/// Whether a `Host` header value names this host the way a local client does: an IP address
+/// or `localhost`, with or without a port (not a domain that may have been pointed at it).
+fn names_this_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
+            _ => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -417,8 +453,13 @@ mod tests {
     fn request(addr: SocketAddr, method: &str, target: &str, headers: &[&str]) -> Got {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut req =
-            format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut req = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+        {
+            req.push_str(&format!("Host: {addr}\r\n"));
+        }
         for h in headers {
             req.push_str(h);
             req.push_str("\r\n");
@@ -603,6 +644,47 @@ mod tests {
         let again = again.expect("the port is free again");
         assert_eq!(again.local_addr(), addr);
         assert_eq!(get(addr, "/api/graph").status, 200);
+    }
+
+    #[test]
+    fn without_a_token_only_requests_naming_this_host_by_address_are_answered() {
+        // A web page the user visits may point a name of its own at 127.0.0.1 (DNS
+        // rebinding) and read the view from the browser: such a request names that domain in
+        // its Host header, and is refused. Addresses and `localhost` are answered.
+        let server = Server::start("127.0.0.1:0", None, source()).unwrap();
+        let addr = server.local_addr();
+        let port = addr.port();
+        for host in [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            "LOCALHOST".to_string(),
+            format!("[::1]:{port}"),
+            "10.1.2.3".to_string(),
+        ] {
+            let got = request(addr, "GET", "/api/metrics", &[&format!("Host: {host}")]);
+            assert_eq!(got.status, 200, "Host: {host}");
+        }
+        for host in [
+            format!("attacker.example:{port}"),
+            "attacker.example".to_string(),
+            "127.0.0.1.nip.io".to_string(),
+        ] {
+            for route in ["/api/metrics", "/api/graph", "/metrics", "/"] {
+                let got = request(addr, "GET", route, &[&format!("Host: {host}")]);
+                assert_eq!(got.status, 403, "Host: {host} {route}");
+                assert!(got.body.contains("Host"), "{}", got.body);
+                assert!(!got.body.contains("iotstream_"), "nothing leaks");
+            }
+        }
+        // With a token, the token is what counts.
+        let server = Server::start("127.0.0.1:0", Some("tok"), source()).unwrap();
+        let got = request(
+            server.local_addr(),
+            "GET",
+            "/metrics",
+            &["Host: metrics.example.org", "Authorization: Bearer tok"],
+        );
+        assert_eq!(got.status, 200);
     }
 
     #[test]
