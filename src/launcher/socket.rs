@@ -566,7 +566,11 @@ fn answer(request: Request, conn: &mut UnixStream, shared: &Shared) -> Result<()
                 None => io(send(
                     conn,
                     &Reply::Ok {
-                        message: "the launcher is exiting already".into(),
+                        message: format!(
+                            "asked; the launcher did not confirm within {} s (it is busy, or \
+                             exiting already)",
+                            IO_TIMEOUT.as_secs()
+                        ),
                     },
                 ))?,
             }
