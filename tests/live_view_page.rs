@@ -1,4 +1,4 @@
-//! The live view's web page in a real headless browser, against a fake metrics server: a tiny
+//! The live view's web page in a real headless browser, against a fake metrics server: a small
 //! HTTP server serving [`iotstream::observe::ui::PAGE`], a fixed graph (the quake detector on
 //! two hosts, with an archive that drops and a tuner feeding thresholds back to the trigger) and
 //! metrics whose counters and rates change with every call.
@@ -14,8 +14,11 @@
 #[path = "support/browser.rs"]
 mod browser;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use iotstream::info::{AgentInfo, EdgeInfo, GraphInfo, HostInfo, PortInfo};
 use iotstream::observe::{AgentView, AppMetrics, LinkView, ProcessStatus, ProcessView};
@@ -201,9 +204,11 @@ fn fake_metrics(graph: &GraphInfo, n: u64) -> AppMetrics {
     }
 }
 
-/// The fake metrics server: serves until dropped.
+/// The fake metrics server: serves until dropped. Test-only and trusting its one client (the
+/// browser): std sockets, [`httparse`] for the requests, a thread per connection (the browser
+/// may keep one open and idle), one request per connection.
 struct FakeServer {
-    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     port: u16,
     /// `/api/*` calls refused for a missing or wrong token.
@@ -219,16 +224,34 @@ impl FakeServer {
 
     /// A server whose `/api/metrics` answers 503 from its `ok_calls`th call on.
     fn failing_after(ok_calls: u64) -> FakeServer {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1:0"));
-        let port = server.server_addr().to_ip().expect("an IP address").port();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let port = listener.local_addr().expect("an address").port();
+        let stop = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(AtomicU64::new(0));
         let metrics_calls = Arc::new(AtomicU64::new(0));
         let thread = {
-            let (server, refused, calls) = (server.clone(), refused.clone(), metrics_calls.clone());
-            std::thread::spawn(move || serve(&server, &refused, &calls, ok_calls))
+            let (stop, refused, calls) = (stop.clone(), refused.clone(), metrics_calls.clone());
+            std::thread::spawn(move || {
+                let graph = Arc::new(fake_graph());
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let (graph, refused, calls) =
+                                (graph.clone(), refused.clone(), calls.clone());
+                            std::thread::spawn(move || {
+                                serve(stream, &graph, &refused, &calls, ok_calls)
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
         };
         FakeServer {
-            server,
+            stop,
             thread: Some(thread),
             port,
             refused,
@@ -243,52 +266,86 @@ impl FakeServer {
 
 impl Drop for FakeServer {
     fn drop(&mut self) {
-        self.server.unblock();
+        self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn serve(server: &tiny_http::Server, refused: &AtomicU64, calls: &AtomicU64, ok_calls: u64) {
-    let graph = fake_graph();
-    let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k, v).expect("a valid header");
-    for request in server.incoming_requests() {
-        let path = request.url().split('?').next().unwrap_or("").to_string();
-        let authorized = request.headers().iter().any(|h| {
-            h.field.equiv("Authorization") && h.value.as_str() == format!("Bearer {TOKEN}")
-        });
-        let (status, kind, body) = match path.as_str() {
-            "/" => (
-                200,
-                "text/html; charset=utf-8",
-                iotstream::observe::ui::PAGE.to_string(),
-            ),
-            "/api/graph" | "/api/metrics" if !authorized => {
-                refused.fetch_add(1, Ordering::SeqCst);
-                (401, "text/plain", "a bearer token is needed".to_string())
+/// Answers the one request of `stream`.
+fn serve(
+    mut stream: TcpStream,
+    graph: &GraphInfo,
+    refused: &AtomicU64,
+    calls: &AtomicU64,
+    ok_calls: u64,
+) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0;
+    let (path, authorized) = loop {
+        match stream.read(&mut buf[len..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let path = request.path.unwrap_or("").split('?').next().unwrap_or("");
+                let authorized = request.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("Authorization")
+                        && h.value == format!("Bearer {TOKEN}").as_bytes()
+                });
+                break (path.to_string(), authorized);
             }
-            "/api/graph" => (
-                200,
+            Ok(httparse::Status::Partial) if len < buf.len() => {}
+            _ => return,
+        }
+    };
+    let (status, kind, body) = match path.as_str() {
+        "/" => (
+            "200 OK",
+            "text/html; charset=utf-8",
+            iotstream::observe::ui::PAGE.to_string(),
+        ),
+        "/api/graph" | "/api/metrics" if !authorized => {
+            refused.fetch_add(1, Ordering::SeqCst);
+            (
+                "401 Unauthorized",
+                "text/plain",
+                "a bearer token is needed".to_string(),
+            )
+        }
+        "/api/graph" => (
+            "200 OK",
+            "application/json",
+            serde_json::to_string(graph).unwrap(),
+        ),
+        "/api/metrics" if calls.load(Ordering::SeqCst) >= ok_calls => (
+            "503 Service Unavailable",
+            "text/plain",
+            "the launcher is gone".to_string(),
+        ),
+        "/api/metrics" => {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let m = fake_metrics(graph, n);
+            (
+                "200 OK",
                 "application/json",
-                serde_json::to_string(&graph).unwrap(),
-            ),
-            "/api/metrics" if calls.load(Ordering::SeqCst) >= ok_calls => {
-                (503, "text/plain", "the launcher is gone".to_string())
-            }
-            "/api/metrics" => {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                let m = fake_metrics(&graph, n);
-                (200, "application/json", serde_json::to_string(&m).unwrap())
-            }
-            _ => (404, "text/plain", "not found".to_string()),
-        };
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header("Content-Type", kind))
-            .with_header(header("Cache-Control", "no-store"));
-        let _ = request.respond(response);
-    }
+                serde_json::to_string(&m).unwrap(),
+            )
+        }
+        _ => ("404 Not Found", "text/plain", "not found".to_string()),
+    };
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nCache-Control: no-store\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes());
 }
 
 /// `data-rate` of every edge, by edge index.

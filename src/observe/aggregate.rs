@@ -20,12 +20,23 @@
 //!
 //! [`LinkView::ends`] says which ends the view was made from.
 //!
+//! A connection's counters never go back in the view [`Aggregator::tick`] makes: each shows
+//! the most it has shown so far. Without that, `elements` would drop when the reader's first
+//! report takes over from the writer's larger count (Prometheus would see a counter reset);
+//! it stays at the writer's count until the reader's passes it. The same holds for
+//! `batches`, `bytes`, `released_early`, `max_in_flight`, `dropped`, `blocked_ns` and
+//! `reconnects`. ([`Aggregator::own_view`], what other launchers merge, gives the counts as
+//! they are: each launcher keeps the most it has shown itself.)
+//!
 //! # Restarts
 //!
 //! A restarted process counts from 0 again. [`Aggregator::restarted`] folds what the ended
 //! incarnation last reported into a base that later reports are added to, so counters never
 //! go back (what it counted between its last report and its death is lost: at most one
-//! interval). A sample with a new pid is folded the same way even without that call.
+//! interval). A sample with a new pid is folded the same way even without that call. The
+//! pid of an incarnation folded in is retired: a report of it that comes later (the killed
+//! process's last report, handed over after the restart) is ignored rather than counted
+//! twice.
 //! Gauges (in flight, resident memory, unacknowledged bytes) are not folded: a dead process
 //! holds nothing.
 //!
@@ -81,8 +92,45 @@ pub struct Aggregator {
     /// The last view of each other host merged in ([`Aggregator::merge_remote`]), and whether
     /// that host is reached now ([`Aggregator::forget_remote`] says it is not).
     remote: BTreeMap<String, (AppMetrics, bool)>,
+    /// Per connection: the most each counter has shown (see the module docs).
+    shown: Vec<LinkMax>,
     view: AppMetrics,
 }
+
+/// The most a connection's counters have shown in the view.
+#[derive(Clone, Copy, Debug, Default)]
+struct LinkMax {
+    elements: u64,
+    batches: u64,
+    bytes: u64,
+    released_early: u64,
+    max_in_flight: u64,
+    dropped: u64,
+    blocked_ns: u64,
+    reconnects: u64,
+}
+
+impl LinkMax {
+    /// Raises each counter of `l` to the most shown, and the most shown to it.
+    fn hold(&mut self, l: &mut LinkView) {
+        for (most, now) in [
+            (&mut self.elements, &mut l.elements),
+            (&mut self.batches, &mut l.batches),
+            (&mut self.bytes, &mut l.bytes),
+            (&mut self.released_early, &mut l.released_early),
+            (&mut self.max_in_flight, &mut l.max_in_flight),
+            (&mut self.dropped, &mut l.dropped),
+            (&mut self.blocked_ns, &mut l.blocked_ns),
+            (&mut self.reconnects, &mut l.reconnects),
+        ] {
+            *most = (*most).max(*now);
+            *now = *most;
+        }
+    }
+}
+
+/// How many retired pids a process remembers.
+const RETIRED_PIDS: usize = 4;
 
 /// What the aggregator knows of one process.
 #[derive(Debug, Default)]
@@ -98,10 +146,26 @@ struct ProcState {
     base: Totals,
     /// The current incarnation's last sample, and its pid.
     raw: Option<(u32, Totals)>,
+    /// The pids of the last incarnations folded into `base` (at most [`RETIRED_PIDS`]):
+    /// their reports no longer count.
+    retired: Vec<u32>,
     /// Totals (base plus the current incarnation) at the last two samples, with their times
     /// (milliseconds since the Unix epoch).
     cur: Option<(u64, Totals)>,
     prev: Option<(u64, Totals)>,
+}
+
+impl ProcState {
+    /// Its incarnation `pid` was folded into `base`: later reports of it are ignored.
+    fn retire(&mut self, pid: u32) {
+        if pid == 0 || self.retired.contains(&pid) {
+            return;
+        }
+        if self.retired.len() == RETIRED_PIDS {
+            self.retired.remove(0);
+        }
+        self.retired.push(pid);
+    }
 }
 
 /// One end of a connection.
@@ -290,6 +354,7 @@ impl Aggregator {
             processes,
             process_index,
             remote: BTreeMap::new(),
+            shown: vec![LinkMax::default(); info.edges.len()],
             view: AppMetrics::default(),
             info,
         };
@@ -309,7 +374,8 @@ impl Aggregator {
 
     /// Takes process `process`'s report. Entries the graph does not know (an agent, stream or
     /// connection of another graph: a mismatched binary) are ignored, as is a report of an
-    /// unknown process. A sample whose `time_ms` is 0 is taken as made now.
+    /// unknown process, and one of an incarnation already folded in (a retired pid: see the
+    /// [module docs](self)). A sample whose `time_ms` is 0 is taken as made now.
     pub fn record(&mut self, process: &str, sample: ProcessSample) {
         let Some(&pi) = self.process_index.get(process) else {
             tracing::debug!("metrics of unknown process '{process}' ignored");
@@ -320,12 +386,20 @@ impl Aggregator {
         } else {
             sample.time_ms
         };
+        if self.processes[pi].retired.contains(&sample.pid) {
+            tracing::debug!(
+                "a late report of process '{process}' (pid {}), already counted, ignored",
+                sample.pid
+            );
+            return;
+        }
         let raw = self.totals_of(&sample);
         let p = &mut self.processes[pi];
         if let Some((pid, old)) = p.raw.take() {
             if pid != sample.pid {
                 // A new incarnation, whose restart was not announced: fold the old one.
                 p.base = p.base.plus(&old).without_gauges();
+                p.retire(pid);
             }
         }
         if p.pid == 0 {
@@ -347,6 +421,10 @@ impl Aggregator {
         if pid != 0 && (pid != p.pid || p.since.is_none()) {
             p.since = Some(SystemTime::now());
         }
+        // A new incarnation announced with a pid retired earlier (the system reused it).
+        if pid != 0 && pid != p.pid {
+            p.retired.retain(|&r| r != pid);
+        }
         p.pid = pid;
         p.status = status;
     }
@@ -359,8 +437,9 @@ impl Aggregator {
             return;
         };
         let p = &mut self.processes[pi];
-        if let Some((_, old)) = p.raw.take() {
+        if let Some((pid, old)) = p.raw.take() {
             p.base = p.base.plus(&old).without_gauges();
+            p.retire(pid);
         }
         if let Some((time_ms, cur)) = p.cur.take() {
             p.cur = Some((time_ms, cur.without_gauges()));
@@ -392,9 +471,15 @@ impl Aggregator {
         }
     }
 
-    /// Makes the view as of `now` (from the reports taken so far) and returns it.
+    /// Makes the view as of `now` (from the reports taken so far) and returns it. A
+    /// connection's counters show at least what they showed at the last tick (see the
+    /// [module docs](self)).
     pub fn tick(&mut self, now: SystemTime) -> &AppMetrics {
-        self.view = self.build(now, true);
+        let mut view = self.build(now, true);
+        for (l, most) in view.links.iter_mut().zip(self.shown.iter_mut()) {
+            most.hold(l);
+        }
+        self.view = view;
         &self.view
     }
 
@@ -955,7 +1040,7 @@ mod tests {
         let mut a = agg();
         a.record("main", main_sample(1_000, 10, 100, 250));
         // Only the writer has reported: its counts stand in.
-        let v = a.tick(at(1_000)).clone();
+        let v = a.own_view(at(1_000));
         assert_eq!(v.links[1].ends, Some(LinkEnds::Writer));
         assert_eq!(v.links[1].elements, 100);
         assert_eq!(v.links[1].dropped, 3);
@@ -1056,6 +1141,89 @@ mod tests {
         let v = a.tick(at(4_000)).clone();
         assert_eq!(v.links[1].elements, 1_300);
         assert_eq!(v.processes[1].restarts, 1);
+    }
+
+    #[test]
+    fn a_connections_counters_never_go_back_when_the_reader_takes_over() {
+        let mut a = agg();
+        // The writer's end reports first: 100 elements, 10 batches, 999 bytes.
+        a.record("main", main_sample(1_000, 10, 100, 0));
+        let v = a.tick(at(1_000)).clone();
+        assert_eq!(v.links[1].ends, Some(LinkEnds::Writer));
+        assert_eq!(
+            (v.links[1].elements, v.links[1].batches, v.links[1].bytes),
+            (100, 10, 999)
+        );
+        // The reader's end, behind it (80 elements, 4 batches, 900 bytes), takes over: the
+        // view stays at what it showed rather than going back (a counter reset).
+        a.record("printer", printer_sample(1_000, 11, 80, 20));
+        let v = a.tick(at(1_000)).clone();
+        let l = &v.links[1];
+        assert_eq!(l.ends, Some(LinkEnds::Both));
+        assert_eq!((l.elements, l.batches, l.bytes), (100, 10, 999));
+        assert_eq!(l.in_flight, 20, "a gauge is the reader's as it is");
+        // Once the reader's counts pass it, they show.
+        a.record("main", main_sample(2_000, 10, 400, 0));
+        a.record("printer", printer_sample(2_000, 11, 300, 0));
+        let v = a.tick(at(2_000)).clone();
+        assert_eq!((v.links[1].elements, v.links[1].batches), (300, 15));
+        assert_eq!(v.links[1].elements_per_s, Some(220.0), "the reader's rate");
+        // At every tick, no link counter is below the one before.
+        let mut last = v.links.clone();
+        a.record("printer", printer_sample(3_000, 11, 310, 0));
+        for t in [3_000, 4_000] {
+            let v = a.tick(at(t)).clone();
+            for (now, before) in v.links.iter().zip(&last) {
+                assert!(now.elements >= before.elements, "{now:?} {before:?}");
+                assert!(now.batches >= before.batches);
+                assert!(now.bytes >= before.bytes);
+                assert!(now.reconnects >= before.reconnects);
+                assert!(now.dropped >= before.dropped);
+            }
+            last = v.links.clone();
+        }
+        // What other launchers merge is the counts as they are.
+        a.record("printer", printer_sample(5_000, 11, 320, 0));
+        let own = a.own_view(at(5_000));
+        assert_eq!(own.links[1].bytes, 900);
+    }
+
+    #[test]
+    fn a_late_report_of_a_killed_incarnation_is_not_counted_twice() {
+        let mut a = agg();
+        a.set_status("printer", ProcessStatus::Running, 11);
+        a.record("printer", printer_sample(1_000, 11, 800, 0));
+        // Killed and restarted: its last report (800) is folded in.
+        a.set_status("printer", ProcessStatus::Restarting, 0);
+        a.restarted("printer");
+        // Its control channel hands over one more report after that: ignored.
+        a.record("printer", printer_sample(1_500, 11, 900, 0));
+        let v = a.tick(at(1_600)).clone();
+        assert_eq!(v.links[1].elements, 800);
+        assert_eq!(v.agents[2].steps, 40);
+        // The new incarnation counts on top of the folded one, once.
+        a.set_status("printer", ProcessStatus::Running, 12);
+        a.record("printer", printer_sample(2_000, 12, 200, 0));
+        let v = a.tick(at(2_000)).clone();
+        assert_eq!(v.links[1].elements, 1_000);
+        assert_eq!(v.agents[2].steps, 40 + 10);
+        assert_eq!(v.processes[1].restarts, 1);
+        // A late report of the old pid still changes nothing, now or later.
+        a.record("printer", printer_sample(2_100, 11, 950, 0));
+        a.record("printer", printer_sample(3_000, 12, 300, 0));
+        let v = a.tick(at(3_000)).clone();
+        assert_eq!(v.links[1].elements, 1_100);
+        assert_eq!(v.processes[1].pid, 12);
+        // An incarnation folded without `restarted` (a new pid reported) is retired too.
+        a.record("printer", printer_sample(4_000, 13, 50, 0));
+        a.record("printer", printer_sample(4_100, 12, 310, 0));
+        let v = a.tick(at(4_100)).clone();
+        assert_eq!(v.links[1].elements, 1_150);
+        // A pid the system hands out again to a new incarnation counts again.
+        a.set_status("printer", ProcessStatus::Running, 11);
+        a.record("printer", printer_sample(5_000, 11, 5, 0));
+        let v = a.tick(at(5_000)).clone();
+        assert_eq!(v.links[1].elements, 1_155);
     }
 
     #[test]

@@ -24,25 +24,29 @@
 //! `localhost`) is refused with 403: a web page the user visits could otherwise point a name
 //! of its own at 127.0.0.1 and read the view through the user's browser (DNS rebinding).
 //!
-//! # Behaviour at the time of writing
+//! # What a client can make it spend
 //!
-//! The server is [`tiny_http`]: small, synchronous, with no async runtime of its own (the
-//! application's actors run on actix's; the live view needs nothing more than a few requests
-//! a second), and it parses HTTP so that this crate does not. [`WORKERS`] threads answer
-//! requests; tiny_http itself reads each open connection on a thread of its pool (grown on
-//! demand, idle ones end after a few seconds), which the loopback default and the token keep
-//! to the users meant. The server stops when the [`Server`] is dropped.
+//! The server is our own small one on std sockets and threads (`observe/bounded.rs`), with
+//! [`httparse`] to parse the requests: the application's actors run on actix's runtime, and the
+//! live view needs nothing more than a few requests a second, but it must stay bounded when
+//! the address is reachable by others (tiny_http, used before, was not). Each connection carries
+//! one request (every answer says `Connection: close`) and is served within
+//! [`REQUEST_DEADLINE`] from its accept; a request head is at most [`MAX_HEAD_BYTES`] (beyond:
+//! 431, the connection closed; a head still incomplete at the deadline: 408); at most
+//! [`MAX_CONNECTIONS`] are open at once (one more is accepted and closed at once, unanswered);
+//! [`WORKERS`] threads answer, fed by a bounded queue, besides one that accepts. The server
+//! stops when the [`Server`] is dropped: its threads are joined, the port is free again.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 use crate::info::GraphInfo;
+use crate::observe::bounded::{Limits, Listener, Request, Response};
 use crate::observe::model::AppMetrics;
 use crate::observe::prometheus::{prometheus_text, PROMETHEUS_CONTENT_TYPE};
 
@@ -54,8 +58,17 @@ pub trait ViewSource: Send + Sync {
     fn metrics(&self) -> AppMetrics;
 }
 
-/// How many threads answer requests.
-pub const WORKERS: usize = 2;
+/// How many threads answer requests (besides the one that accepts connections).
+pub const WORKERS: usize = 4;
+
+/// The most bytes of a request head (request line and headers); a longer one is answered 431.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The most connections open at once; one more is accepted and closed at once, unanswered.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The most time a connection is served, from its accept to the last byte of its answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How a program serves its own live view ([`Graph::serve_metrics_with`](crate::Graph::serve_metrics_with)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,15 +105,14 @@ impl ServeOptions {
 
 /// A running HTTP server of the live view. See the [module docs](self). Stops when dropped.
 pub struct Server {
-    addr: SocketAddr,
-    http: Arc<tiny_http::Server>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
+    http: Listener,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("addr", &self.addr).finish()
+        f.debug_struct("Server")
+            .field("addr", &self.http.local_addr())
+            .finish()
     }
 }
 
@@ -141,69 +153,24 @@ impl Server {
             }
             None => None,
         };
-        let http = tiny_http::Server::http(resolved).map_err(|e| fail(e.to_string()))?;
-        let bound = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| fail("not bound to an IP address".into()))?;
-        let http = Arc::new(http);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut server = Server {
-            addr: bound,
-            http: Arc::clone(&http),
-            stop: Arc::clone(&stop),
-            workers: Vec::with_capacity(WORKERS),
+        let listener = TcpListener::bind(resolved).map_err(|e| fail(e.to_string()))?;
+        let limits = Limits {
+            max_head: MAX_HEAD_BYTES,
+            max_connections: MAX_CONNECTIONS,
+            workers: WORKERS,
+            deadline: REQUEST_DEADLINE,
         };
-        for i in 0..WORKERS {
-            let (http, stop, source) = (Arc::clone(&http), Arc::clone(&stop), Arc::clone(&source));
-            let worker = std::thread::Builder::new()
-                .name(format!("iotstream http {i}"))
-                .spawn(move || serve(&http, &stop, &*source, token.as_ref()))
-                .map_err(|e| fail(format!("cannot start a server thread: {e}")))?;
-            // Pushed at once: a failure to start the next one drops `server`, which stops it.
-            server.workers.push(worker);
-        }
+        let handler = move |request: &Request| answer(request, &*source, token.as_ref());
+        let http = Listener::start(listener, limits, Arc::new(handler), "http")
+            .map_err(|e| fail(format!("cannot start the server: {e}")))?;
+        let bound = http.local_addr();
         tracing::info!("live view on http://{bound}/");
-        Ok(server)
+        Ok(Server { http })
     }
 
     /// The address the server listens on (with the port chosen, if 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Each unblock wakes one worker waiting for a request; each worker ends at its first
-        // wake-up after the stop.
-        for _ in 0..self.workers.len() {
-            self.http.unblock();
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        // The last `Arc` of the tiny_http server goes here: it ends its accept thread.
-    }
-}
-
-/// A worker: answers requests until the stop. Ends at its first wake-up after the stop.
-fn serve(
-    http: &tiny_http::Server,
-    stop: &AtomicBool,
-    source: &dyn ViewSource,
-    token: Option<&[u8; 32]>,
-) {
-    while !stop.load(Ordering::SeqCst) {
-        match http.recv() {
-            Ok(request) => answer(request, source, token),
-            Err(e) => {
-                if !stop.load(Ordering::SeqCst) {
-                    tracing::warn!("live view: {e}");
-                }
-            }
-        }
+        self.http.local_addr()
     }
 }
 
@@ -239,8 +206,7 @@ impl Reply {
         self
     }
 
-    fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let mut response = tiny_http::Response::from_data(self.body).with_status_code(self.status);
+    fn into_response(self) -> Response {
         let common = [
             ("Content-Type", self.content_type),
             ("Cache-Control", "no-store"),
@@ -248,24 +214,26 @@ impl Reply {
             // The page may be opened with its token in the query: never pass it on.
             ("Referrer-Policy", "no-referrer"),
         ];
-        for (name, value) in common.into_iter().chain(self.headers) {
-            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response.add_header(h);
-            }
+        Response {
+            status: self.status,
+            headers: common
+                .into_iter()
+                .chain(self.headers)
+                .map(|(name, value)| (name, value.to_string()))
+                .collect(),
+            body: self.body,
         }
-        response
     }
 }
 
-fn answer(request: tiny_http::Request, source: &dyn ViewSource, token: Option<&[u8; 32]>) {
-    let url = request.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+fn answer(request: &Request, source: &dyn ViewSource, token: Option<&[u8; 32]>) -> Response {
+    let url = request.target();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let authorized = token.is_none_or(|expected| {
         let bearer = request
-            .headers()
-            .iter()
-            .filter(|h| h.field.equiv("Authorization"))
-            .filter_map(|h| bearer_token(h.value.as_str()))
+            .headers("Authorization")
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .filter_map(bearer_token)
             .any(|t| same_token(t.as_bytes(), expected));
         let query =
             path == "/" && query_token(query).is_some_and(|t| same_token(t.as_bytes(), expected));
@@ -273,13 +241,12 @@ fn answer(request: tiny_http::Request, source: &dyn ViewSource, token: Option<&[
     });
     // Without a token, the loopback address is all that keeps others out, and a web page the
     // user visits could get round it by pointing a name of its own at 127.0.0.1 (DNS
-    // rebinding): its requests name that domain as their Host, and are refused.
+    // rebinding): its requests name that domain as their Host, and are refused (as is a Host
+    // that is not text).
     let rebound = token.is_none()
         && request
-            .headers()
-            .iter()
-            .filter(|h| h.field.equiv("Host"))
-            .any(|h| !names_this_host(h.value.as_str()));
+            .headers("Host")
+            .any(|v| std::str::from_utf8(v).map_or(true, |h| !names_this_host(h)));
     let reply = if rebound {
         Reply::text(
             403,
@@ -293,10 +260,7 @@ fn answer(request: tiny_http::Request, source: &dyn ViewSource, token: Option<&[
             "a token is required: send 'Authorization: Bearer <token>'\n".into(),
         )
         .with("WWW-Authenticate", "Bearer realm=\"iotstream\"")
-    } else if !matches!(
-        request.method(),
-        tiny_http::Method::Get | tiny_http::Method::Head
-    ) {
+    } else if !matches!(request.method(), "GET" | "HEAD") {
         Reply::text(405, format!("{} is not allowed here\n", request.method()))
             .with("Allow", "GET, HEAD")
     } else {
@@ -306,8 +270,7 @@ fn answer(request: tiny_http::Request, source: &dyn ViewSource, token: Option<&[
             Reply::text(500, format!("internal error: {why}\n"))
         })
     };
-    // The client may have gone: nothing to do about it.
-    let _ = request.respond(reply.into_response());
+    reply.into_response()
 }
 
 fn route(path: &str, source: &dyn ViewSource) -> Reply {
@@ -397,7 +360,7 @@ mod tests {
     use crate::observe::model::StreamView;
     use std::io::{Read, Write};
     use std::net::TcpStream;
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
     /// A source whose stream count goes up at each request for metrics.
@@ -629,8 +592,8 @@ mod tests {
         let addr = server.local_addr();
         assert_eq!(get(addr, "/metrics").status, 200);
         drop(server);
-        // Its threads are joined; the listener goes with tiny_http's accept thread, which
-        // ends right after: the port is soon free again (bounded wait).
+        // Its threads are joined, the listener closed with them: the port is free again
+        // (bounded wait, should the system keep it a moment).
         let mut again = None;
         for _ in 0..500 {
             match Server::start(&addr.to_string(), None, source()) {
@@ -701,5 +664,100 @@ mod tests {
         assert_eq!(percent_decode("a%20b%2b"), Some("a b+".into()));
         assert_eq!(percent_decode("a%2"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    /// Sends `raw` on a new connection, then reads until the server closes (at most 20 s).
+    fn exchange(addr: SocketAddr, raw: &[u8]) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(raw)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn one_request_per_connection_and_heads_beyond_the_limits_are_refused() {
+        let server = Server::start("127.0.0.1:0", None, source()).unwrap();
+        let addr = server.local_addr();
+        // Two requests on one connection: one answer, saying the connection closes.
+        let two = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat(2);
+        let got = exchange(addr, two.as_bytes()).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{got}");
+        assert!(got.contains("\r\nConnection: close\r\n"), "{got}");
+        // HTTP/1.0 is answered too.
+        let got = exchange(addr, b"GET /api/graph HTTP/1.0\r\n\r\n").unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        // A head just within the limit is answered; one past it is 431.
+        let head = |len: usize| {
+            let start = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nX-Pad: ");
+            let pad = "p".repeat(len - start.len() - 4);
+            format!("{start}{pad}\r\n\r\n")
+        };
+        let got = exchange(addr, head(MAX_HEAD_BYTES).as_bytes()).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+        let got = exchange(addr, head(MAX_HEAD_BYTES + 1).as_bytes()).unwrap();
+        assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
+        assert!(got.contains("Connection: close"), "{got}");
+        // Too many headers: 431 as well.
+        let many = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{}\r\n",
+            "X-A: b\r\n".repeat(100)
+        );
+        let got = exchange(addr, many.as_bytes()).unwrap();
+        assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
+        // Not HTTP: 400.
+        let got = exchange(addr, b"HELLO THERE\r\n\r\n").unwrap();
+        assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
+        let got = exchange(addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").unwrap();
+        assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
+        // A body sent with a request is not read, and does not lose the answer.
+        let post = format!(
+            "POST /metrics HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\n\r\n{}",
+            "x".repeat(100_000)
+        );
+        let got = exchange(addr, post.as_bytes()).unwrap();
+        assert!(got.starts_with("HTTP/1.1 405 "), "{got}");
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_closed_at_once() {
+        let server = Server::start("127.0.0.1:0", None, source()).unwrap();
+        let addr = server.local_addr();
+        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // Accepted after those: closed unanswered (not left waiting), while they are open.
+        match exchange(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+        ) {
+            Ok(got) => assert_eq!(got, "", "closed unanswered"),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "closed at once, not left waiting: {e}"
+            ),
+        }
+        // Once the idle ones are cut (their deadline), others are answered again (bounded
+        // wait).
+        let mut answered = false;
+        for _ in 0..600 {
+            if let Ok(got) = exchange(
+                addr,
+                format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+            ) {
+                if got.starts_with("HTTP/1.1 200 ") {
+                    answered = true;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(answered, "answered once the idle connections are cut");
+        drop(idle);
     }
 }

@@ -41,6 +41,7 @@
 //! ```
 
 pub mod aggregate;
+mod bounded;
 pub mod http;
 pub mod model;
 pub mod peers;

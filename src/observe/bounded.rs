@@ -1,0 +1,533 @@
+//! The small HTTP/1.x server under the live view ([`Server`](crate::observe::Server)), bounded
+//! in everything a client can make it spend.
+//!
+//! [`httparse`] parses each request head; the rest is here, on std sockets and threads:
+//!
+//! | what | bound |
+//! |---|---|
+//! | a request head (request line and headers) | [`Limits::max_head`] bytes, at most [`MAX_HEADERS`] headers: beyond, `431` (`400` for a head that does not parse) and the connection is closed |
+//! | requests per connection | one: every answer says `Connection: close`; a request body is never read |
+//! | time | [`Limits::deadline`] per connection, from its accept to the last byte of the answer: before each read and write the socket's timeout is set to the time left (at most [`SLICE`], so that a stop is seen soon). A head not complete by then is answered `408` (nothing, if not a byte came) and the connection closed |
+//! | open connections | [`Limits::max_connections`], counted from the accept to the close: one accepted beyond that is closed at once, unanswered (not left in the backlog, where it would wait unseen) |
+//! | threads | one accept thread and [`Limits::workers`] workers, fed by a bounded queue: a connection waits there for a worker, its deadline running |
+//! | memory | one head buffer per worker; a connection queued holds only its socket |
+//!
+//! After an error answer, or when the client sent more than the head, the server stops
+//! writing and reads what still comes (into the same buffer, thrown away) until the client
+//! closes or the deadline: closing with unread data would reset the connection, and the
+//! client could lose the answer before reading it.
+//!
+//! The accept loop never ends on an error: each kind of error is logged as a warning the first
+//! time (debug after), and after running out of file descriptors or memory it pauses briefly.
+//! Dropping the [`Listener`] stops it: the accept thread is woken (a connection to itself; it
+//! also looks at the stop flag every [`SLICE`]), the workers end their current connection at
+//! their next read or write and close the queued ones unanswered; all threads are joined.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use nix::poll::{poll, PollFd, PollFlags};
+
+/// The most headers a request may have.
+pub(crate) const MAX_HEADERS: usize = 64;
+
+/// The longest a thread blocks before it looks at the stop flag again.
+pub(crate) const SLICE: Duration = Duration::from_millis(250);
+
+/// How long an error answer may take to write once the deadline has passed.
+const LATE_GRACE: Duration = Duration::from_millis(100);
+
+/// What the server lets a client spend. See the [module docs](self).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// The most bytes of a request head.
+    pub max_head: usize,
+    /// The most connections open at once.
+    pub max_connections: usize,
+    /// The threads that answer.
+    pub workers: usize,
+    /// The most time a connection is served, from its accept.
+    pub deadline: Duration,
+}
+
+/// A request head, parsed.
+#[derive(Debug)]
+pub(crate) struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Request {
+    fn of(r: &httparse::Request<'_, '_>) -> Request {
+        Request {
+            method: r.method.unwrap_or_default().to_string(),
+            target: r.path.unwrap_or_default().to_string(),
+            headers: r
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// The method, as sent (`GET`, `HEAD`, …).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The request target: path and query.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The values of the headers named `name` (case-insensitive), in their order.
+    pub fn headers<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Whether the request says it has a body.
+    fn has_body(&self) -> bool {
+        self.headers("transfer-encoding").next().is_some()
+            || self
+                .headers("content-length")
+                .any(|v| v.iter().any(|b| !matches!(b, b'0' | b' ' | b'\t')))
+    }
+}
+
+/// An answer. `Content-Length` and `Connection: close` are added; the body is left out for
+/// `HEAD`.
+#[derive(Debug)]
+pub(crate) struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Headers besides `Content-Length` and `Connection`.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A plain-text answer.
+    pub fn text(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            headers: vec![
+                ("Content-Type", "text/plain; charset=utf-8".into()),
+                ("Cache-Control", "no-store".into()),
+            ],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// The bytes sent: status line, headers, and the body unless `head_only`.
+    fn encode(&self, head_only: bool) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (name, value) in &self.headers {
+            // Never split the head: a value with a line break is left out.
+            if !value.contains(['\r', '\n']) {
+                out.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        out.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        ));
+        let mut out = out.into_bytes();
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// What answers a request; called on the workers' threads.
+pub(crate) type Handler = dyn Fn(&Request) -> Response + Send + Sync;
+
+/// A running server. See the [module docs](self). Stops when dropped.
+pub(crate) struct Listener {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// An accepted connection, counted as open until dropped.
+struct Conn {
+    stream: TcpStream,
+    accepted: Instant,
+    _open: OpenSlot,
+}
+
+/// One of the open connections: the count goes down when it is dropped.
+struct OpenSlot(Arc<AtomicUsize>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Listener {
+    /// Serves `listener` with `handler` within `limits`, on threads named `{name} …`.
+    pub fn start(
+        listener: TcpListener,
+        limits: Limits,
+        handler: Arc<Handler>,
+        name: &str,
+    ) -> io::Result<Listener> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut server = Listener {
+            addr,
+            stop: Arc::clone(&stop),
+            accept: None,
+            workers: Vec::with_capacity(limits.workers),
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<Conn>(limits.max_connections.max(1));
+        for i in 0..limits.workers.max(1) {
+            let (rx, stop, handler) = (rx.clone(), Arc::clone(&stop), Arc::clone(&handler));
+            let worker = std::thread::Builder::new()
+                .name(format!("{name} {i}"))
+                .spawn(move || work(&rx, &*handler, &limits, &stop))?;
+            // Kept at once: a failure to start the next thread drops `server`, which stops it.
+            server.workers.push(worker);
+        }
+        drop(rx);
+        let accept = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name(format!("{name} accept"))
+                .spawn(move || accept_loop(&listener, &tx, &limits, &stop))?
+        };
+        server.accept = Some(accept);
+        Ok(server)
+    }
+
+    /// The address listened on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(accept) = self.accept.take() {
+            // Wake the accept thread now rather than at its next look at the flag.
+            let mut wake = self.addr;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(match wake {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let _ = TcpStream::connect_timeout(&wake, SLICE);
+            let _ = accept.join();
+        }
+        // The queue's sender went with the accept thread: each worker ends once the queue is
+        // empty, closing what is left in it unanswered.
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Whether `listener` has a connection to accept within `timeout`.
+fn readable(listener: &TcpListener, timeout: Duration) -> bool {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, ms), Ok(n) if n > 0)
+}
+
+/// Accepts connections until the stop, handing each to the workers' queue (or closing it at
+/// once when `max_connections` are open).
+fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, stop: &AtomicBool) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut logged: HashSet<String> = HashSet::new();
+    let mut log_once = |what: String, detail: String| {
+        if logged.insert(what) {
+            tracing::warn!("live view: {detail} (said once)");
+        } else {
+            tracing::debug!("live view: {detail}");
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if !readable(listener, SLICE) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if open.load(Ordering::SeqCst) >= limits.max_connections {
+                    log_once(
+                        "full".into(),
+                        format!(
+                            "{} connections open: one from {peer} closed unanswered",
+                            limits.max_connections
+                        ),
+                    );
+                    continue;
+                }
+                open.fetch_add(1, Ordering::SeqCst);
+                let conn = Conn {
+                    stream,
+                    accepted: Instant::now(),
+                    _open: OpenSlot(Arc::clone(&open)),
+                };
+                // Never full: it holds at most the open connections. A connection that does
+                // not fit is closed.
+                let _ = queue.try_send(conn);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                let errno = e.raw_os_error();
+                log_once(
+                    format!("{:?}/{errno:?}", e.kind()),
+                    format!("cannot accept a connection: {e}; going on"),
+                );
+                let short_of_resources = matches!(
+                    errno,
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                // Out of descriptors or memory the next accept fails the same way at once:
+                // give what holds them time to let go.
+                let pause = if short_of_resources { 100 } else { 10 };
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+        }
+    }
+}
+
+/// A worker: serves connections from the queue until it is empty and its sender gone.
+fn work(queue: &Receiver<Conn>, handler: &Handler, limits: &Limits, stop: &AtomicBool) {
+    let mut buf = vec![0u8; limits.max_head.max(1)];
+    while let Ok(conn) = queue.recv() {
+        if !stop.load(Ordering::SeqCst) {
+            serve(conn, &mut buf, handler, limits, stop);
+        }
+    }
+}
+
+/// Why a read or write ended without its bytes.
+enum Cut {
+    /// The deadline passed.
+    Late,
+    /// The server stops.
+    Stop,
+    /// The connection failed.
+    Failed,
+}
+
+/// What the head read came to.
+enum Head {
+    /// A request, whose head was `n` of the bytes read.
+    Request(Request, usize),
+    /// Too long, or too many headers.
+    TooLarge,
+    /// Not a request head.
+    Bad(httparse::Error),
+    /// The deadline passed: after some bytes or none.
+    Late { some: bool },
+    /// Closed by the client, failed, or the server stops: nothing to answer.
+    Gone,
+}
+
+/// Reads into `buf` within `deadline`: the bytes read, 0 at the end of the stream.
+fn read_by(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<usize, Cut> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Err(Cut::Stop);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Cut::Late);
+        }
+        let wait = left.clamp(Duration::from_millis(1), SLICE);
+        stream
+            .set_read_timeout(Some(wait))
+            .map_err(|_| Cut::Failed)?;
+        match stream.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return Err(Cut::Failed),
+        }
+    }
+}
+
+/// Writes all of `bytes` within `deadline`.
+fn write_by(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<(), Cut> {
+    while !bytes.is_empty() {
+        if stop.load(Ordering::SeqCst) {
+            return Err(Cut::Stop);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Cut::Late);
+        }
+        let wait = left.clamp(Duration::from_millis(1), SLICE);
+        stream
+            .set_write_timeout(Some(wait))
+            .map_err(|_| Cut::Failed)?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(Cut::Failed),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return Err(Cut::Failed),
+        }
+    }
+    Ok(())
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Reads the request head into `buf` (its length is the limit) and parses it.
+fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> (Head, usize) {
+    let mut len = 0;
+    loop {
+        if len > 0 {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(&buf[..len]) {
+                Ok(httparse::Status::Complete(n)) => {
+                    return (Head::Request(Request::of(&request), n), len)
+                }
+                Ok(httparse::Status::Partial) if len == buf.len() => return (Head::TooLarge, len),
+                Ok(httparse::Status::Partial) => {}
+                Err(httparse::Error::TooManyHeaders) => return (Head::TooLarge, len),
+                Err(e) => return (Head::Bad(e), len),
+            }
+        }
+        match read_by(stream, &mut buf[len..], deadline, stop) {
+            Ok(0) => return (Head::Gone, len),
+            Ok(n) => len += n,
+            Err(Cut::Late) => return (Head::Late { some: len > 0 }, len),
+            Err(Cut::Stop | Cut::Failed) => return (Head::Gone, len),
+        }
+    }
+}
+
+/// Serves one connection: one request, one answer, the close.
+fn serve(conn: Conn, buf: &mut [u8], handler: &Handler, limits: &Limits, stop: &AtomicBool) {
+    let Conn {
+        mut stream,
+        accepted,
+        _open,
+    } = conn;
+    let mut deadline = accepted + limits.deadline;
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let (head, read) = read_head(&mut stream, buf, deadline, stop);
+    let (response, head_only, linger) = match head {
+        Head::Request(request, n) => {
+            let response =
+                catch_unwind(AssertUnwindSafe(|| handler(&request))).unwrap_or_else(|p| {
+                    let why = crate::error::panic_message(&*p);
+                    tracing::error!("live view: {}: {why}", request.target());
+                    Response::text(500, &format!("internal error: {why}\n"))
+                });
+            let unread = n < read || request.has_body();
+            (response, request.method() == "HEAD", unread)
+        }
+        Head::TooLarge => (
+            Response::text(
+                431,
+                &format!(
+                    "request head too large: at most {} bytes and {MAX_HEADERS} headers\n",
+                    limits.max_head
+                ),
+            ),
+            false,
+            true,
+        ),
+        Head::Bad(e) => (
+            Response::text(400, &format!("not an HTTP/1.x request: {e}\n")),
+            false,
+            true,
+        ),
+        Head::Late { some: true } => {
+            deadline = Instant::now() + LATE_GRACE;
+            (
+                Response::text(
+                    408,
+                    &format!(
+                        "the request head did not come within {} s\n",
+                        limits.deadline.as_secs_f64()
+                    ),
+                ),
+                false,
+                false,
+            )
+        }
+        Head::Late { some: false } | Head::Gone => return,
+    };
+    if write_by(&mut stream, &response.encode(head_only), deadline, stop).is_err() {
+        return;
+    }
+    if linger {
+        // Read what still comes (thrown away) until the client closes: closing on unread
+        // bytes would reset the connection, and the client might lose the answer.
+        let _ = stream.shutdown(Shutdown::Write);
+        while let Ok(n) = read_by(&mut stream, buf, deadline, stop) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
