@@ -208,6 +208,31 @@ fn idle_connections_take_no_threads_and_a_request_is_still_answered() {
 }
 
 #[test]
+fn idle_connections_hold_no_worker() {
+    let server = start();
+    let addr = server.local_addr();
+    // More idle connections than workers, fewer than the limit: they wait in the accept
+    // thread's poll set, so a request is answered while every one of them is still open
+    // (before, each held a worker until its deadline and the request waited for them).
+    let idle: Vec<TcpStream> = (0..3 * WORKERS)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    assert_eq!(status_of(addr, "/api/graph"), Ok(200));
+    for (i, c) in idle.iter().enumerate() {
+        c.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let still_open = matches!(
+            (&*c).read(&mut byte),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
+        assert!(
+            still_open,
+            "idle connection {i} was closed before the request was answered"
+        );
+    }
+}
+
+#[test]
 fn clients_that_never_read_do_not_stop_the_others() {
     let server = start();
     let addr = server.local_addr();

@@ -261,17 +261,14 @@ impl Drop for Listener {
     }
 }
 
-/// Whether `listener` has a connection to accept within `timeout`.
-fn readable(listener: &TcpListener, timeout: Duration) -> bool {
-    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut fds, ms), Ok(n) if n > 0)
-}
-
-/// Accepts connections until the stop, handing each to the workers' queue (or closing it at
-/// once when `max_connections` are open).
+/// Accepts connections until the stop. A connection waits here, in this thread's poll set,
+/// until it has something to read (or its deadline passes: it is then closed unanswered, as
+/// one that sent nothing); only then does it go to the workers' queue. So idle connections (a
+/// browser's spare ones, a flood of silent ones) hold no worker: at most `max_connections`
+/// are open, beyond which a new one is closed at once.
 fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, stop: &AtomicBool) {
     let open = Arc::new(AtomicUsize::new(0));
+    let mut waiting: Vec<Conn> = Vec::new();
     let mut logged: HashSet<String> = HashSet::new();
     let mut log_once = |what: String, detail: String| {
         if logged.insert(what) {
@@ -281,7 +278,33 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, st
         }
     };
     while !stop.load(Ordering::SeqCst) {
-        if !readable(listener, SLICE) {
+        let ms = u16::try_from(SLICE.as_millis()).unwrap_or(u16::MAX);
+        let (acceptable, ready) = {
+            let mut fds = Vec::with_capacity(1 + waiting.len());
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            for c in &waiting {
+                fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+            }
+            let polled = poll(&mut fds, ms);
+            let seen =
+                |f: &PollFd<'_>| polled.is_ok() && f.revents().is_some_and(|r| !r.is_empty());
+            let ready: Vec<bool> = fds[1..].iter().map(seen).collect();
+            (seen(&fds[0]), ready)
+        };
+        // Readable (or closed, or failed: the worker finds out) go to the workers; those
+        // past their deadline are closed; the others wait on.
+        let now = Instant::now();
+        let mut still = Vec::with_capacity(waiting.len());
+        for (conn, ready) in waiting.drain(..).zip(ready) {
+            if ready {
+                // Never full: it holds at most the open connections.
+                let _ = queue.try_send(conn);
+            } else if now.duration_since(conn.accepted) < limits.deadline {
+                still.push(conn);
+            }
+        }
+        waiting = still;
+        if !acceptable {
             continue;
         }
         match listener.accept() {
@@ -300,14 +323,11 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, st
                     continue;
                 }
                 open.fetch_add(1, Ordering::SeqCst);
-                let conn = Conn {
+                waiting.push(Conn {
                     stream,
                     accepted: Instant::now(),
                     _open: OpenSlot(Arc::clone(&open)),
-                };
-                // Never full: it holds at most the open connections. A connection that does
-                // not fit is closed.
-                let _ = queue.try_send(conn);
+                });
             }
             Err(e)
                 if matches!(

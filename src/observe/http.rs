@@ -34,7 +34,8 @@
 //! [`REQUEST_DEADLINE`] from its accept; a request head is at most [`MAX_HEAD_BYTES`] (beyond:
 //! 431, the connection closed; a head still incomplete at the deadline: 408); at most
 //! [`MAX_CONNECTIONS`] are open at once (one more is accepted and closed at once, unanswered);
-//! [`WORKERS`] threads answer, fed by a bounded queue, besides one that accepts. The server
+//! [`WORKERS`] threads answer, fed by a bounded queue, besides one that accepts and holds each
+//! connection in its poll set until it has sent something (idle ones hold no worker). The server
 //! stops when the [`Server`] is dropped: its threads are joined, the port is free again.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
