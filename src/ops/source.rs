@@ -28,7 +28,7 @@ use crate::error::{AgentError, Error};
 use crate::graph::{ExternalAny, Graph};
 pub use crate::host::SOURCE_STOP_GRACE;
 use crate::host::{
-    Driver, Envelope, Mailbox, SourceDriver, SourceEnder, SourceStatus, SourceThreadCtx, Waker,
+    Driver, Mailbox, SourceDriver, SourceEnder, SourceStatus, SourceThreadCtx, Waker,
 };
 use crate::stream::{Element, Stream};
 
@@ -117,6 +117,8 @@ impl Default for SourceOptions {
 
 pub(crate) enum Chunk<T> {
     Data(Vec<T>),
+    /// One element, without a `Vec` of its own ([`InputSender::push`]).
+    One(T),
     End,
     Failed(String),
 }
@@ -146,37 +148,16 @@ pub(crate) struct SourceAgent<T> {
     abandoned: Arc<AtomicBool>,
 }
 
-impl<T: Element> SourceAgent<T> {
-    fn take_chunk(
-        &mut self,
-        chunk: Chunk<T>,
-        outputs: &mut Outputs<'_>,
-    ) -> Result<SourceStatus, AgentError> {
-        match chunk {
-            Chunk::Data(items) => {
-                let buf = outputs.vec(&self.out);
-                if buf.is_empty() {
-                    *buf = items;
-                } else {
-                    buf.extend(items);
-                }
-                Ok(SourceStatus::More)
-            }
-            Chunk::End => {
-                self.mode = Mode::Finished;
-                Ok(SourceStatus::Done)
-            }
-            Chunk::Failed(e) => Err(e.into()),
-        }
-    }
-}
-
 impl<T: Element> SourceDriver for SourceAgent<T> {
+    /// A pull source fills one batch. A channel-fed one takes every chunk waiting, up to
+    /// `max_batch` elements, as one batch (adaptive batching: what queued up while the stage
+    /// was busy travels together; a quiet stream's single element goes alone, at once).
     fn step(&mut self, outputs: &mut Outputs<'_>) -> Result<SourceStatus, AgentError> {
+        let max = self.options.max_batch.max(1);
         match &mut self.mode {
             Mode::Pull(source) => {
                 let buf = outputs.vec(&self.out);
-                let more = source.fill(buf, self.options.max_batch.max(1))?;
+                let more = source.fill(buf, max)?;
                 if more {
                     Ok(SourceStatus::More)
                 } else {
@@ -185,30 +166,50 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 }
             }
             Mode::Channel(rx) => {
-                let next = match rx.try_recv() {
-                    Err(TryRecvError::Empty) => {
-                        // About to go idle: ask for a wake-up, then look once more so a chunk
-                        // sent just before cannot be missed.
-                        self.awake.store(false, Ordering::SeqCst);
-                        let again = rx.try_recv();
-                        if again.is_ok() {
-                            self.awake.store(true, Ordering::SeqCst);
+                let mut took = false;
+                loop {
+                    let next = match rx.try_recv() {
+                        Err(TryRecvError::Empty) => {
+                            // About to go idle: ask for a wake-up, then look once more so a
+                            // chunk sent just before cannot be missed.
+                            self.awake.store(false, Ordering::SeqCst);
+                            let again = rx.try_recv();
+                            if again.is_ok() {
+                                self.awake.store(true, Ordering::SeqCst);
+                            }
+                            again
                         }
-                        again
+                        other => other,
+                    };
+                    let buf = outputs.vec(&self.out);
+                    match next {
+                        Ok(Chunk::Data(items)) => {
+                            if buf.is_empty() {
+                                *buf = items;
+                            } else {
+                                buf.extend(items);
+                            }
+                        }
+                        Ok(Chunk::One(item)) => buf.push(item),
+                        Ok(Chunk::End) | Err(TryRecvError::Disconnected) => {
+                            self.mode = Mode::Finished;
+                            return Ok(SourceStatus::Done);
+                        }
+                        Ok(Chunk::Failed(e)) => return Err(e.into()),
+                        Err(TryRecvError::Empty) if self.abandoned.load(Ordering::SeqCst) => {
+                            if took {
+                                // Deliver this batch first; the next step ends the stream.
+                                return Ok(SourceStatus::More);
+                            }
+                            self.mode = Mode::Finished;
+                            return Ok(SourceStatus::Done);
+                        }
+                        Err(TryRecvError::Empty) => return Ok(SourceStatus::Wait),
                     }
-                    other => other,
-                };
-                match next {
-                    Ok(chunk) => self.take_chunk(chunk, outputs),
-                    Err(TryRecvError::Disconnected) => {
-                        self.mode = Mode::Finished;
-                        Ok(SourceStatus::Done)
+                    took = true;
+                    if buf.len() >= max {
+                        return Ok(SourceStatus::More);
                     }
-                    Err(TryRecvError::Empty) if self.abandoned.load(Ordering::SeqCst) => {
-                        self.mode = Mode::Finished;
-                        Ok(SourceStatus::Done)
-                    }
-                    Err(TryRecvError::Empty) => Ok(SourceStatus::Wait),
                 }
             }
             Mode::Finished => Ok(SourceStatus::Done),
@@ -355,25 +356,56 @@ fn source_thread<T: Element>(
 
 /// Pushes elements into a stream made with [`Graph::input`] during a threaded run.
 ///
-/// `send` waits while the stream's channel is full (back-pressure reaches the pushing thread).
-/// Dropping the sender (or calling [`InputSender::close`]) ends the stream.
+/// `send` and `push` wait while the stream's channel is full (back-pressure reaches the pushing
+/// thread). Dropping the sender (or calling [`InputSender::close`]) ends the stream.
+///
+/// Pushing one element at a time costs little: while the input's agent is awake, no wake-up is
+/// sent, and whatever was pushed while it was busy goes downstream as one batch.
+///
+/// ```
+/// use iotstream::Graph;
+/// let mut g = Graph::new("readings");
+/// let readings = g.input::<f64>("readings");
+/// let out = g.collect("out", &readings);
+/// let mut running = g.start().unwrap();
+/// let tx = running.input(&readings).unwrap();
+/// for r in [20.5, 20.7, 21.0] {
+///     tx.push(r).unwrap();
+/// }
+/// tx.send(vec![21.2, 21.3]).unwrap();
+/// drop(tx); // ends the stream
+/// running.join().unwrap();
+/// assert_eq!(out.values(), [20.5, 20.7, 21.0, 21.2, 21.3]);
+/// ```
 pub struct InputSender<T: Element> {
     tx: Option<Sender<Chunk<T>>>,
-    wake: Arc<dyn Mailbox>,
+    waker: Waker,
 }
 
 impl<T: Element> InputSender<T> {
-    pub(crate) fn new(tx: Sender<Chunk<T>>, wake: Arc<dyn Mailbox>) -> Self {
-        InputSender { tx: Some(tx), wake }
+    pub(crate) fn new(tx: Sender<Chunk<T>>, waker: Waker) -> Self {
+        InputSender {
+            tx: Some(tx),
+            waker,
+        }
     }
 
     /// Appends `items` to the stream as one batch. Fails only if the application has stopped.
     pub fn send(&self, items: Vec<T>) -> Result<(), Error> {
+        self.hand_over(Chunk::Data(items))
+    }
+
+    /// Appends one element. Fails only if the application has stopped.
+    pub fn push(&self, item: T) -> Result<(), Error> {
+        self.hand_over(Chunk::One(item))
+    }
+
+    fn hand_over(&self, chunk: Chunk<T>) -> Result<(), Error> {
         let tx = self.tx.as_ref().expect("sender is open until dropped");
-        tx.send(Chunk::Data(items)).map_err(|_| Error::Runtime {
+        tx.send(chunk).map_err(|_| Error::Runtime {
             detail: "the application has stopped; input not accepted".into(),
         })?;
-        self.wake.post(Envelope::Wake);
+        self.waker.wake();
         Ok(())
     }
 
@@ -385,7 +417,7 @@ impl<T: Element> InputSender<T> {
     fn end(&mut self) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send_timeout(Chunk::End, Duration::from_secs(5));
-            self.wake.post(Envelope::Wake);
+            self.waker.wake();
         }
     }
 }
@@ -400,6 +432,8 @@ impl<T: Element> Drop for InputSender<T> {
 pub(crate) struct ExternalInput<T> {
     pub tx: Sender<Chunk<T>>,
     pub agent: usize,
+    /// The input's agent's [`Waker`] flag.
+    pub awake: Arc<AtomicBool>,
 }
 
 impl<T: Element> ExternalAny for ExternalInput<T> {
@@ -410,7 +444,11 @@ impl<T: Element> ExternalAny for ExternalInput<T> {
         self
     }
     fn into_sender(self: Box<Self>, wake: Arc<dyn Mailbox>) -> Box<dyn std::any::Any + Send> {
-        Box::new(InputSender::new(self.tx, wake))
+        let waker = Waker {
+            mailbox: wake,
+            awake: self.awake,
+        };
+        Box::new(InputSender::new(self.tx, waker))
     }
 }
 
@@ -610,6 +648,7 @@ impl Graph {
         name: &str,
         mode: Mode<T>,
         options: SourceOptions,
+        awake: Arc<AtomicBool>,
     ) -> Stream<T> {
         let mut ports = self.ports();
         let out = ports.output::<T>("out");
@@ -617,7 +656,7 @@ impl Graph {
             out,
             mode,
             options,
-            awake: Arc::new(AtomicBool::new(true)),
+            awake,
             abandoned: Arc::new(AtomicBool::new(false)),
         };
         self.push_agent(name, ports, Driver::Source(Box::new(agent)));
@@ -636,7 +675,9 @@ impl Graph {
         source: impl Source<T>,
         options: SourceOptions,
     ) -> Stream<T> {
-        self.add_source_driver(name, Mode::Pull(Box::new(source)), options)
+        // Awake: the host steps a source when it starts.
+        let awake = Arc::new(AtomicBool::new(true));
+        self.add_source_driver(name, Mode::Pull(Box::new(source)), options, awake)
     }
 
     /// A source that emits the items of `items`, then closes its stream.
@@ -771,9 +812,15 @@ impl Graph {
     pub fn input<T: Element>(&mut self, name: &str) -> Stream<T> {
         let (tx, rx) = crossbeam_channel::bounded(64);
         let agent = self.agents.len();
-        let stream = self.add_source_driver(name, Mode::Channel(rx), SourceOptions::default());
+        let awake = Arc::new(AtomicBool::new(true));
+        let stream = self.add_source_driver(
+            name,
+            Mode::Channel(rx),
+            SourceOptions::default(),
+            Arc::clone(&awake),
+        );
         self.externals
-            .insert(stream.id, Box::new(ExternalInput { tx, agent }));
+            .insert(stream.id, Box::new(ExternalInput { tx, agent, awake }));
         stream
     }
 }

@@ -1,0 +1,167 @@
+//! Adaptive batching (issue 13): what queues up while a stage is busy travels and is processed
+//! as one batch, so the per-batch cost is paid once per burst, not once per element.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iotstream::{Agent, AgentError, Connection, Graph, Input, Inputs, Outputs};
+
+/// Polls `done` every few milliseconds for at most a minute (a hang guard, not a timing
+/// assertion).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Envelopes that reach a busy agent's mailbox are taken in together: its next step sees all
+/// of them at once instead of one envelope per step.
+#[test]
+fn a_busy_agent_takes_everything_that_arrived_meanwhile_in_one_step() {
+    const N: u64 = 100;
+    let mut g = Graph::new("adaptive_mailbox");
+    let input = g.input::<u64>("readings");
+    let steps = Arc::new(Mutex::new(Vec::<Vec<u64>>::new()));
+    let seen = Arc::clone(&steps);
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    g.sink_list("slow", &input, move |xs: &[u64]| {
+        let first = {
+            let mut s = seen.lock().unwrap();
+            s.push(xs.to_vec());
+            s.len() == 1
+        };
+        if first {
+            // Busy in the first step until the test has pushed everything else.
+            entered_tx.send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+        Ok(())
+    });
+    let mut running = g.start().unwrap();
+    let tx = running.input(&input).unwrap();
+    tx.push(0).unwrap();
+    entered_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    for v in 1..N {
+        tx.push(v).unwrap();
+    }
+    // Everything has left the input's agent (and so waits in the slow agent's mailbox).
+    wait_until("the input to send everything", || {
+        running
+            .metrics()
+            .stream("readings.out")
+            .is_some_and(|s| s.elements == N)
+    });
+    release_tx.send(()).unwrap();
+    drop(tx);
+    running.join().unwrap();
+    let steps = steps.lock().unwrap().clone();
+    let all: Vec<u64> = steps.iter().flatten().copied().collect();
+    assert_eq!(all, (0..N).collect::<Vec<_>>(), "every element, in order");
+    assert_eq!(
+        steps.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1, N as usize - 1],
+        "one step for the first element, one for everything that arrived while it ran"
+    );
+}
+
+/// Records each step's elements; the first step waits for the test's go.
+struct Gate {
+    input: Input<u64>,
+    steps: Arc<Mutex<Vec<Vec<u64>>>>,
+    entered: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+impl Agent for Gate {
+    fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        let xs = i.slice(&self.input).to_vec();
+        if xs.is_empty() {
+            return Ok(());
+        }
+        i.consume_all(&self.input);
+        let first = {
+            let mut s = self.steps.lock().unwrap();
+            s.push(xs);
+            s.len() == 1
+        };
+        if first {
+            self.entered.send(()).unwrap();
+            self.release.recv().unwrap();
+        }
+        Ok(())
+    }
+}
+
+/// An input's agent takes every chunk waiting in its channel as one batch (up to its
+/// `max_batch`), not one chunk per step: pushes made while it could not send (its reader busy,
+/// a connection of capacity 1 full) leave it as one batch.
+#[test]
+fn an_input_sends_everything_pushed_while_it_waited_as_one_batch() {
+    const N: u64 = 50;
+    let mut g = Graph::new("adaptive_input");
+    let input = g.input::<u64>("readings");
+    let steps = Arc::new(Mutex::new(Vec::<Vec<u64>>::new()));
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let seen = Arc::clone(&steps);
+    let gate_input = g.add_agent("gate", move |p| {
+        let input = p.input::<u64>("in");
+        let gate = Gate {
+            input,
+            steps: seen,
+            entered: entered_tx,
+            release: release_rx,
+        };
+        (gate, input)
+    });
+    g.connect_with(&input, &gate_input, Connection::new().capacity(1));
+    let mut running = g.start().unwrap();
+    let tx = running.input(&input).unwrap();
+    tx.push(0).unwrap();
+    entered_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    for v in 1..N {
+        tx.push(v).unwrap();
+    }
+    release_tx.send(()).unwrap();
+    drop(tx);
+    let metrics = running.join().unwrap();
+    let all: Vec<u64> = steps.lock().unwrap().iter().flatten().copied().collect();
+    assert_eq!(all, (0..N).collect::<Vec<_>>(), "every element, in order");
+    let batches = metrics.stream("readings.out").unwrap().batches;
+    // [0] alone; then at most one batch taken while the gate is busy (after it the input waits:
+    // the connection's one element of credit is spent); then everything pushed meanwhile,
+    // together. Taking one push per step would make it N.
+    assert!(
+        (2..=3).contains(&batches),
+        "{batches} batches for {N} pushes"
+    );
+}
+
+/// A quiet stream adds no waiting: each element pushed alone is delivered alone, before the
+/// next one is pushed.
+#[test]
+fn a_quiet_input_delivers_each_element_at_once() {
+    let mut g = Graph::new("adaptive_quiet");
+    let input = g.input::<u32>("readings");
+    let (got_tx, got_rx) = mpsc::channel::<Vec<u32>>();
+    let got_tx = Mutex::new(got_tx);
+    g.sink_list("record", &input, move |xs: &[u32]| {
+        got_tx.lock().unwrap().send(xs.to_vec()).unwrap();
+        Ok(())
+    });
+    let mut running = g.start().unwrap();
+    let tx = running.input(&input).unwrap();
+    for v in 0..20 {
+        tx.push(v).unwrap();
+        // The element arrives on its own, without another push to carry it along.
+        let batch = got_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(batch, [v]);
+    }
+    drop(tx);
+    running.join().unwrap();
+}
