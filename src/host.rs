@@ -454,9 +454,11 @@ impl Host {
         let mut held = false;
         let mut min: Option<u64> = None;
         for slot in &mut self.inputs {
-            slot.pass_marks();
+            let passed = slot.pass_marks();
             let p = slot.progress();
-            if p.closed {
+            // An input that ends in this very step still hands on the marks it passed (its end
+            // may have come in with its last elements and marks: adaptive batching).
+            if p.closed && !passed {
                 continue;
             }
             open = true;

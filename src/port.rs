@@ -61,8 +61,9 @@ pub(crate) trait InSlot: Send {
     /// Queues a mark after the elements received so far (ignored once the input is closed).
     fn push_mark(&mut self, mark: Mark) -> Result<(), String>;
     /// Passes the marks the agent has consumed up to (every element before them consumed):
-    /// they become the input's [`progress`](InSlot::progress). Called after each step.
-    fn pass_marks(&mut self);
+    /// they become the input's [`progress`](InSlot::progress). Called after each step. True if
+    /// it passed any.
+    fn pass_marks(&mut self) -> bool;
     /// The input's event-time progress, as of the marks passed.
     fn progress(&self) -> Progress;
     /// Says whether the stream feeding this input carries watermarks (known from the graph).
@@ -273,12 +274,14 @@ impl<T: Element> InSlot for InBuf<T> {
         Ok(())
     }
 
-    fn pass_marks(&mut self) {
+    fn pass_marks(&mut self) -> bool {
+        let mut passed = false;
         while let Some(&(at, mark)) = self.marks.front() {
             if at > self.consumed_total {
                 break;
             }
             self.marks.pop_front();
+            passed = true;
             match mark {
                 Mark::Watermark(w) => {
                     self.watermark = Some(self.watermark.map_or(w, |old| old.max(w)));
@@ -287,6 +290,7 @@ impl<T: Element> InSlot for InBuf<T> {
                 Mark::Idle => self.idle_at = Some(at),
             }
         }
+        passed
     }
 
     fn progress(&self) -> Progress {

@@ -334,7 +334,9 @@ impl Shared {
     /// feeder that blocks outside any handler checks too (see [`RunHandle::set_blocked`]).
     fn check_quiescent(&self) {
         let before = self.posted.load(Ordering::SeqCst);
-        if self.in_flight.load(Ordering::SeqCst) != 0
+        // A failed run is stopping: what it leaves blocked is no stall of its own.
+        if self.failed.load(Ordering::SeqCst)
+            || self.in_flight.load(Ordering::SeqCst) != 0
             || self.hosts_left.load(Ordering::SeqCst) == 0
             || self.active_sources.load(Ordering::SeqCst)
                 != self.blocked_sources.load(Ordering::SeqCst)

@@ -41,14 +41,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::TrySendError;
-
 use crate::error::Error;
 use crate::graph::ExternalAny;
 use crate::graph::{Graph, Part};
 use crate::host::{Clock, Envelope, Host, Mailbox};
 use crate::metrics::{Metrics, Registry};
-use crate::ops::source::{Chunk, ExternalInput};
+use crate::ops::handoff::{PutError, Wait};
+use crate::ops::source::ExternalInput;
 use crate::stream::{Element, PortId, Stream};
 
 type Queue = Arc<Mutex<VecDeque<(usize, Envelope)>>>;
@@ -165,19 +164,38 @@ impl Harness {
             })
     }
 
-    /// Appends `items` to an input stream made with [`Graph::input`], as one batch. Nothing
-    /// runs until [`Harness::run`] (unless the input's channel is full, in which case the graph
-    /// runs until it has room).
+    /// Appends `items` to an input stream made with [`Graph::input`]. Nothing runs until
+    /// [`Harness::run`] (unless the input holds as much as it may, in which case the graph
+    /// runs until it has room); what was pushed until then travels as one batch, as it would
+    /// in a threaded run whose input's agent was busy.
     pub fn push<T: Element>(
         &mut self,
         stream: &Stream<T>,
         items: impl IntoIterator<Item = T>,
     ) -> Result<(), Error> {
-        let mut chunk = Chunk::Data(items.into_iter().collect());
+        let mut items = items.into_iter();
+        // One element goes in without a Vec of its own.
+        let mut batch: Vec<T> = Vec::new();
+        let mut one = None;
+        match (items.next(), items.next()) {
+            (Some(a), None) => one = Some(a),
+            (Some(a), Some(b)) => {
+                batch.extend([a, b]);
+                batch.extend(items);
+            }
+            (None, _) => {}
+        }
         loop {
             let ext = self.external(stream)?;
             let agent = ext.agent;
-            match ext.tx.try_send(chunk) {
+            let put = match one.take() {
+                Some(item) => ext
+                    .tx
+                    .put_one(item, Wait::Never)
+                    .map_err(|(e, t)| (e, Some(t))),
+                None => ext.tx.put(&mut batch, Wait::Never).map_err(|e| (e, None)),
+            };
+            match put {
                 Ok(()) => {
                     self.queue
                         .lock()
@@ -185,12 +203,12 @@ impl Harness {
                         .push_back((agent, Envelope::Wake));
                     return Ok(());
                 }
-                Err(TrySendError::Full(c)) => {
-                    chunk = c;
+                Err((PutError::Full, item)) => {
+                    one = item;
                     self.run()?;
                 }
-                Err(TrySendError::Disconnected(_)) => {
-                    unreachable!("the source agent holds the receiver")
+                Err((PutError::ReaderGone, _)) => {
+                    unreachable!("the source agent holds the reading end")
                 }
             }
         }

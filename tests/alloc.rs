@@ -27,6 +27,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is global: tests that read it take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Allocations made while running source → map → filter → sink over `n` u64 elements, and the
 /// number of batches the source emitted.
 fn allocations(n: u64, threaded: bool) -> (u64, u64) {
@@ -55,6 +58,7 @@ fn allocations(n: u64, threaded: bool) -> (u64, u64) {
 
 #[test]
 fn allocations_grow_with_batches_not_elements() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     for threaded in [false, true] {
         let (small, small_batches) = allocations(1_000_000, threaded);
         let (large, large_batches) = allocations(2_000_000, threaded);
@@ -73,5 +77,67 @@ fn allocations_grow_with_batches_not_elements() {
         eprintln!(
             "threaded {threaded}: {small} allocations for 1M elements ({small_batches} batches), {large} for 2M ({large_batches} batches): {per_batch:.1} per batch"
         );
+    }
+}
+
+/// Allocations made while pushing `n` u64 one element at a time into an input (the program's
+/// thread, [`InputSender::push`](iotstream::InputSender::push), or [`Harness::push`]) read by
+/// map → sink, and the number of batches the input sent.
+fn push_allocations(n: u64, threaded: bool) -> (u64, u64) {
+    let mut g = Graph::new("alloc_push");
+    let input = g.input::<u64>("readings");
+    let m = g.map("scale", &input, |v: &u64| v.wrapping_mul(3));
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let c = std::sync::Arc::clone(&count);
+    g.sink_list("count", &m, move |xs: &[u64]| {
+        c.fetch_add(xs.len() as u64, Relaxed);
+        Ok(())
+    });
+    let before = ALLOCS.load(Relaxed);
+    let metrics = if threaded {
+        let mut running = g.start().unwrap();
+        let tx = running.input(&input).unwrap();
+        for v in 0..n {
+            tx.push(v).unwrap();
+        }
+        drop(tx);
+        running.join().unwrap()
+    } else {
+        let mut h = Harness::new(g).unwrap();
+        for v in 0..n {
+            h.push(&input, [v]).unwrap();
+        }
+        h.close(&input).unwrap();
+        h.finish().unwrap();
+        h.metrics()
+    };
+    let used = ALLOCS.load(Relaxed) - before;
+    assert_eq!(count.load(Relaxed), n);
+    (used, metrics.stream("readings.out").unwrap().batches)
+}
+
+/// One element per push: the push itself allocates nothing (it appends to the input's waiting
+/// elements), so allocations still grow with batches. How many batches depends on how busy the
+/// readers are (adaptive batching): under the harness, pushes wait until the input is full.
+#[test]
+fn one_element_pushes_allocate_per_batch_not_per_element() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    for threaded in [false, true] {
+        let (small, small_batches) = push_allocations(200_000, threaded);
+        let (large, large_batches) = push_allocations(400_000, threaded);
+        let per_batch = (large - small) as f64 / (large_batches - small_batches).max(1) as f64;
+        eprintln!(
+            "threaded {threaded}: {small} allocations for 200k pushes ({small_batches} batches), {large} for 400k ({large_batches} batches): {per_batch:.1} per batch"
+        );
+        assert!(
+            per_batch < 40.0,
+            "threaded {threaded}: {per_batch:.1} allocations per batch"
+        );
+        if !threaded {
+            assert!(
+                large < 400_000 / 100,
+                "harness: {large} allocations for 400,000 pushes"
+            );
+        }
     }
 }

@@ -33,7 +33,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "endless" => relay("endless", u64::MAX, 200),
         "failing" => failing(),
         // KIND N CAPACITY STEP_MS: indexed elements of KIND (u64, string, struct) 0..N, one
-        // per source step → a slow record of their indices to $OUT (STEP_MS per step)
+        // per source step → a slow record of their indices to $OUT (STEP_MS per element)
         "lossless" => lossless(
             args.first().map_or("u64", String::as_str),
             arg(1),
@@ -231,9 +231,11 @@ impl Indexed for Reading {
     }
 }
 
-/// Records the index of every element to `$OUT` (one write per step, then consumes it), after
-/// sleeping `step` per step: a slow consumer. An element that differs from the one its index
-/// names is recorded as `corrupt I`.
+/// Records the index of every element to `$OUT`, one write per element after sleeping `step`
+/// for it, then consumes the step's elements: a slow consumer that makes steady progress
+/// however many elements a step gets (adaptive batching hands a busy reader everything that
+/// waits). A kill in the middle of a step leaves the step's elements unconsumed: they come
+/// again. An element that differs from the one its index names is recorded as `corrupt I`.
 struct SlowRecord<T> {
     input: iotstream::Input<T>,
     file: std::fs::File,
@@ -242,17 +244,16 @@ struct SlowRecord<T> {
 
 impl<T: Indexed> Agent for SlowRecord<T> {
     fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
-        std::thread::sleep(self.step);
-        let mut text = String::new();
         for x in i.slice(&self.input) {
+            std::thread::sleep(self.step);
             let k = x.index();
-            if *x != T::make(k) {
-                text.push_str("corrupt ");
-            }
-            text.push_str(&k.to_string());
-            text.push('\n');
+            let line = if *x != T::make(k) {
+                format!("corrupt {k}\n")
+            } else {
+                format!("{k}\n")
+            };
+            self.file.write_all(line.as_bytes())?;
         }
-        self.file.write_all(text.as_bytes())?;
         i.consume_all(&self.input);
         Ok(())
     }

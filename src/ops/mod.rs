@@ -22,6 +22,7 @@
 pub mod element;
 pub mod event;
 pub mod event_window;
+pub(crate) mod handoff;
 pub mod join;
 pub mod merge;
 pub mod rolling;

@@ -2,8 +2,11 @@
 //!
 //! A source is an agent with no inputs. Its work (calling an iterator, a function on a timer,
 //! reading a file or standard input) runs **on a thread of its own** in a threaded run, so a slow
-//! or blocking source never holds up other agents; it hands batches to its agent through a
-//! bounded channel, so a source that outruns its readers is slowed down, not buffered without end.
+//! or blocking source never holds up other agents; it hands what it produces to its agent
+//! through a bounded queue of elements (at most four batches wait), so a source that outruns
+//! its readers is slowed down, not buffered without end. The agent takes everything waiting as
+//! one batch: a source that produces one element per call still travels in batches whenever
+//! its readers are busy, and alone, at once, when they are not.
 //! Under the [`Harness`](crate::Harness) the same source is called inline, and timers are
 //! ignored (the harness runs in logical time).
 //!
@@ -21,8 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TryRecvError};
-
 use crate::agent::Outputs;
 use crate::error::{AgentError, Error};
 use crate::graph::{ExternalAny, Graph};
@@ -30,6 +31,7 @@ pub use crate::host::SOURCE_STOP_GRACE;
 use crate::host::{
     Driver, Mailbox, SourceDriver, SourceEnder, SourceStatus, SourceThreadCtx, Waker,
 };
+use crate::ops::handoff::{handoff, Ending, HandoffRx, HandoffTx, PutError, Wait};
 use crate::stream::{Element, Stream};
 
 /// Something that produces elements, called again and again on the source's own thread.
@@ -115,14 +117,6 @@ impl Default for SourceOptions {
     }
 }
 
-pub(crate) enum Chunk<T> {
-    Data(Vec<T>),
-    /// One element, without a `Vec` of its own ([`InputSender::push`]).
-    One(T),
-    End,
-    Failed(String),
-}
-
 /// Sets its flag when dropped: a source thread's "I have returned", however it returns.
 struct SetOnDrop(Arc<AtomicBool>);
 
@@ -133,8 +127,10 @@ impl Drop for SetOnDrop {
 }
 
 enum Mode<T> {
+    /// Called inline (the harness; a threaded run moves it to its own thread).
     Pull(Box<dyn Source<T>>),
-    Channel(Receiver<Chunk<T>>),
+    /// Fed by a source thread or the program, through a handoff.
+    Channel(HandoffRx<T>),
     Finished,
 }
 
@@ -144,7 +140,7 @@ pub(crate) struct SourceAgent<T> {
     options: SourceOptions,
     /// Shared with the source thread: see [`Waker`].
     awake: Arc<AtomicBool>,
-    /// Set by a [`SourceEnder`]: once the channel is empty, the stream ends.
+    /// Set by a [`SourceEnder`]: once the handoff is empty, the stream ends.
     abandoned: Arc<AtomicBool>,
 }
 
@@ -166,50 +162,23 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 }
             }
             Mode::Channel(rx) => {
-                let mut took = false;
-                loop {
-                    let next = match rx.try_recv() {
-                        Err(TryRecvError::Empty) => {
-                            // About to go idle: ask for a wake-up, then look once more so a
-                            // chunk sent just before cannot be missed.
-                            self.awake.store(false, Ordering::SeqCst);
-                            let again = rx.try_recv();
-                            if again.is_ok() {
-                                self.awake.store(true, Ordering::SeqCst);
-                            }
-                            again
-                        }
-                        other => other,
-                    };
-                    let buf = outputs.vec(&self.out);
-                    match next {
-                        Ok(Chunk::Data(items)) => {
-                            if buf.is_empty() {
-                                *buf = items;
-                            } else {
-                                buf.extend(items);
-                            }
-                        }
-                        Ok(Chunk::One(item)) => buf.push(item),
-                        Ok(Chunk::End) | Err(TryRecvError::Disconnected) => {
-                            self.mode = Mode::Finished;
-                            return Ok(SourceStatus::Done);
-                        }
-                        Ok(Chunk::Failed(e)) => return Err(e.into()),
-                        Err(TryRecvError::Empty) if self.abandoned.load(Ordering::SeqCst) => {
-                            if took {
-                                // Deliver this batch first; the next step ends the stream.
-                                return Ok(SourceStatus::More);
-                            }
-                            self.mode = Mode::Finished;
-                            return Ok(SourceStatus::Done);
-                        }
-                        Err(TryRecvError::Empty) => return Ok(SourceStatus::Wait),
+                let buf = outputs.vec(&self.out);
+                let taken = rx.take(buf, max, &self.awake);
+                match taken.end {
+                    // What came before the failure is delivered first (the host flushes).
+                    Some(Ending::Failed(e)) => Err(e.into()),
+                    Some(Ending::Done) => {
+                        self.mode = Mode::Finished;
+                        Ok(SourceStatus::Done)
                     }
-                    took = true;
-                    if buf.len() >= max {
-                        return Ok(SourceStatus::More);
+                    // More may have come meanwhile: look again (the next look that finds
+                    // nothing puts the agent to sleep).
+                    None if taken.got => Ok(SourceStatus::More),
+                    None if self.abandoned.load(Ordering::SeqCst) => {
+                        self.mode = Mode::Finished;
+                        Ok(SourceStatus::Done)
                     }
+                    None => Ok(SourceStatus::Wait),
                 }
             }
             Mode::Finished => Ok(SourceStatus::Done),
@@ -231,7 +200,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 },
             }));
         };
-        let (tx, rx) = crossbeam_channel::bounded(4);
+        let (tx, rx) = handoff(waiting_limit(&self.options));
         let Mode::Pull(source) = std::mem::replace(&mut self.mode, Mode::Channel(rx)) else {
             unreachable!()
         };
@@ -264,48 +233,47 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
     }
 }
 
-/// Sends `chunk`, waiting while the channel is full; gives up when the run stops.
-fn send_chunk<T>(
-    tx: &Sender<Chunk<T>>,
-    mut chunk: Chunk<T>,
-    ctx: &SourceThreadCtx,
-    waker: &Waker,
-) -> bool {
-    loop {
-        match tx.send_timeout(chunk, Duration::from_millis(50)) {
-            Ok(()) => {
-                waker.wake();
-                return true;
-            }
-            Err(SendTimeoutError::Timeout(c)) => {
-                if ctx.stop.load(Ordering::Relaxed) {
-                    return false;
-                }
-                chunk = c;
-            }
-            Err(SendTimeoutError::Disconnected(_)) => return false,
-        }
+/// How many elements may wait between a source's thread (or the program) and its agent before
+/// the writer waits: four batches.
+fn waiting_limit(options: &SourceOptions) -> usize {
+    options.max_batch.max(1).saturating_mul(4)
+}
+
+/// Hands `buf` over, waiting while the handoff is full; after a stop, appends it anyway (what
+/// the source produced is delivered). False if the run is over.
+fn hand_over<T>(tx: &HandoffTx<T>, buf: &mut Vec<T>, ctx: &SourceThreadCtx, waker: &Waker) -> bool {
+    let handed = tx.put(buf, Wait::UntilStop(&ctx.stop)).is_ok();
+    if handed {
+        waker.wake();
     }
+    handed
 }
 
 /// Ends a source's stream with `failure`, after what its failed call appended (`buf`): nothing
 /// already accepted is lost.
 fn fail<T>(
     failure: String,
-    buf: Vec<T>,
-    tx: &Sender<Chunk<T>>,
+    mut buf: Vec<T>,
+    tx: &HandoffTx<T>,
     ctx: &SourceThreadCtx,
     waker: &Waker,
 ) {
-    if buf.is_empty() || send_chunk(tx, Chunk::Data(buf), ctx, waker) {
-        send_chunk(tx, Chunk::Failed(failure), ctx, waker);
+    if buf.is_empty() || hand_over(tx, &mut buf, ctx, waker) {
+        tx.end(Ending::Failed(failure));
+        waker.wake();
     }
+}
+
+/// Ends a source's stream after what it handed over.
+fn end<T>(tx: &HandoffTx<T>, waker: &Waker) {
+    tx.end(Ending::Done);
+    waker.wake();
 }
 
 fn source_thread<T: Element>(
     mut source: Box<dyn Source<T>>,
     options: SourceOptions,
-    tx: Sender<Chunk<T>>,
+    tx: HandoffTx<T>,
     ctx: SourceThreadCtx,
     waker: Waker,
 ) {
@@ -316,13 +284,13 @@ fn source_thread<T: Element>(
     };
     let start = Instant::now();
     let mut ticks: u32 = 0;
+    // Handing over swaps this with the agent's empty Vec: no allocation per call.
+    let mut buf = Vec::with_capacity(max);
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
             // A graceful stop: what was emitted is delivered, then the stream ends.
-            send_chunk(&tx, Chunk::End, &ctx, &waker);
-            return;
+            return end(&tx, &waker);
         }
-        let mut buf = Vec::with_capacity(max);
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.fill(&mut buf, max)));
         let more = match result {
@@ -333,12 +301,11 @@ fn source_thread<T: Element>(
                 return fail(msg, buf, &tx, &ctx, &waker);
             }
         };
-        if !buf.is_empty() && !send_chunk(&tx, Chunk::Data(buf), &ctx, &waker) {
+        if !buf.is_empty() && !hand_over(&tx, &mut buf, &ctx, &waker) {
             return;
         }
         if !more {
-            send_chunk(&tx, Chunk::End, &ctx, &waker);
-            return;
+            return end(&tx, &waker);
         }
         if let Some(interval) = options.interval {
             ticks = ticks.saturating_add(1);
@@ -378,31 +345,33 @@ fn source_thread<T: Element>(
 /// assert_eq!(out.values(), [20.5, 20.7, 21.0, 21.2, 21.3]);
 /// ```
 pub struct InputSender<T: Element> {
-    tx: Option<Sender<Chunk<T>>>,
+    tx: Option<HandoffTx<T>>,
     waker: Waker,
 }
 
 impl<T: Element> InputSender<T> {
-    pub(crate) fn new(tx: Sender<Chunk<T>>, waker: Waker) -> Self {
+    pub(crate) fn new(tx: HandoffTx<T>, waker: Waker) -> Self {
         InputSender {
             tx: Some(tx),
             waker,
         }
     }
 
-    /// Appends `items` to the stream as one batch. Fails only if the application has stopped.
-    pub fn send(&self, items: Vec<T>) -> Result<(), Error> {
-        self.hand_over(Chunk::Data(items))
+    /// Appends `items` to the stream (with whatever else waits, as one batch). Fails only if
+    /// the application has stopped.
+    pub fn send(&self, mut items: Vec<T>) -> Result<(), Error> {
+        let tx = self.tx.as_ref().expect("sender is open until dropped");
+        self.handed(tx.put(&mut items, Wait::Forever))
     }
 
     /// Appends one element. Fails only if the application has stopped.
     pub fn push(&self, item: T) -> Result<(), Error> {
-        self.hand_over(Chunk::One(item))
+        let tx = self.tx.as_ref().expect("sender is open until dropped");
+        self.handed(tx.put_one(item, Wait::Forever).map_err(|(e, _)| e))
     }
 
-    fn hand_over(&self, chunk: Chunk<T>) -> Result<(), Error> {
-        let tx = self.tx.as_ref().expect("sender is open until dropped");
-        tx.send(chunk).map_err(|_| Error::Runtime {
+    fn handed(&self, put: Result<(), PutError>) -> Result<(), Error> {
+        put.map_err(|_| Error::Runtime {
             detail: "the application has stopped; input not accepted".into(),
         })?;
         self.waker.wake();
@@ -416,7 +385,8 @@ impl<T: Element> InputSender<T> {
 
     fn end(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send_timeout(Chunk::End, Duration::from_secs(5));
+            tx.end(Ending::Done);
+            drop(tx);
             self.waker.wake();
         }
     }
@@ -430,7 +400,7 @@ impl<T: Element> Drop for InputSender<T> {
 
 /// The channel behind an external input: the executor hands out the sender.
 pub(crate) struct ExternalInput<T> {
-    pub tx: Sender<Chunk<T>>,
+    pub tx: HandoffTx<T>,
     pub agent: usize,
     /// The input's agent's [`Waker`] flag.
     pub awake: Arc<AtomicBool>,
@@ -810,7 +780,7 @@ impl Graph {
     /// The stream ends when its sender is dropped, or, after [`Running::stop`](crate::Running::stop)
     /// (or Ctrl-C), [`SOURCE_STOP_GRACE`] after the stop, with everything sent until then.
     pub fn input<T: Element>(&mut self, name: &str) -> Stream<T> {
-        let (tx, rx) = crossbeam_channel::bounded(64);
+        let (tx, rx) = handoff(waiting_limit(&SourceOptions::default()));
         let agent = self.agents.len();
         let awake = Arc::new(AtomicBool::new(true));
         let stream = self.add_source_driver(
