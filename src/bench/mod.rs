@@ -990,6 +990,94 @@ mod tests {
         assert_eq!(percentiles(&mut [7]), (7, 7, 7));
     }
 
+    fn outcome(sent: u64, delivered: u64) -> Result<Outcome, String> {
+        let v = serde_json::json!({
+            "sent": sent, "delivered": delivered, "start_ns": 1_000, "end_ns": 1_000_001_000u64,
+            "p50_ns": 10, "p99_ns": 20, "p999_ns": 30, "samples": delivered,
+        });
+        Ok(Outcome {
+            values: v.as_object().cloned().unwrap_or_default(),
+            cpu_s: 0.5,
+        })
+    }
+
+    #[test]
+    fn a_shortfall_fails_the_row_naming_mode_size_and_pattern() {
+        let p = Params::new(64, Pattern::Single, Duration::from_secs(1));
+        let good = assemble(
+            Mode::Threads,
+            &p,
+            outcome(100, 100),
+            outcome(10, 10),
+            &outcome(50, 50),
+            &outcome(3, 3),
+        );
+        assert_eq!(good.error, None);
+        assert_eq!((good.elements_per_s, good.ratio), (100.0, 2.0));
+        let short = assemble(
+            Mode::Processes,
+            &p,
+            outcome(100, 99),
+            outcome(10, 10),
+            &outcome(50, 50),
+            &Err("killed after 60 s (--timeout)".into()),
+        );
+        let report = Report {
+            runs: vec![good, short],
+            ..Report::default()
+        };
+        let failures = report.failures();
+        assert_eq!(
+            failures,
+            [
+                "processes 64 B single: throughput: delivered 99 of 100 elements; \
+              baseline shm-ring latency: killed after 60 s (--timeout)"
+            ]
+        );
+        assert!(render_table(&report).contains("FAILED processes 64 B single"));
+        let empty = assemble(
+            Mode::Tcp,
+            &p,
+            outcome(0, 0),
+            outcome(1, 1),
+            &outcome(1, 1),
+            &outcome(1, 1),
+        );
+        assert!(empty.error.unwrap().contains("sent nothing"));
+    }
+
+    #[test]
+    fn a_scaling_point_that_failed_or_fell_short_says_so() {
+        let values = |delivered: u64| {
+            let v = serde_json::json!({
+                "sent": 10, "expected": 30, "delivered": delivered, "total_s": 2.0,
+            });
+            Ok((v.as_object().cloned().unwrap_or_default(), 0.1))
+        };
+        let p = scaling::point(Shape::FanOut, 3, values(30), Some((1, 0.5)));
+        assert_eq!(p.error, None);
+        assert_eq!(p.time_ratio, Some(4.0));
+        assert!((p.exponent.unwrap_or(0.0) - 4f64.ln() / 3f64.ln()).abs() < 1e-9);
+        let p = scaling::point(Shape::FanOut, 3, values(29), None);
+        assert_eq!(p.error.as_deref(), Some("delivered 29 of 30 elements"));
+        let p = scaling::point(
+            Shape::Chain,
+            10_000,
+            Err("Too many open files".into()),
+            None,
+        );
+        assert_eq!(p.error.as_deref(), Some("Too many open files"));
+        let report = Report {
+            scaling: vec![p],
+            ..Report::default()
+        };
+        assert_eq!(
+            report.failures(),
+            ["scaling chain 10000: Too many open files"]
+        );
+        assert!(render_scaling(&report).contains("FAILED: Too many open files"));
+    }
+
     #[test]
     fn capacities_hold_about_four_mebibytes() {
         let p = Params::new(8, Pattern::Batch, Duration::from_secs(1));

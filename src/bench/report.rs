@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{Report, Run, ScalePoint, SIZES};
+use super::{Report, Run, ScalePoint};
 
 /// `1.23 M`, `456 k`, `12.3`.
 fn si(x: f64) -> String {
@@ -245,106 +245,182 @@ pub fn write_plot(path: &Path, report: &Report) -> Result<(), String> {
     plot(path, report).map_err(|e| format!("cannot draw {}: {e}", path.display()))
 }
 
-type Series = (String, bool, Vec<(f64, f64)>);
+/// One line of a panel: its legend, its colour's key (mode or baseline), whether it is a
+/// baseline, whether it is the `single` pattern, and its points (x: index of the size).
+struct Line {
+    label: String,
+    key: String,
+    baseline: bool,
+    single: bool,
+    points: Vec<(f64, f64)>,
+}
 
-/// One series per mode and pattern, and one per baseline and pattern (`true`: a baseline).
-fn series(report: &Report, pick: impl Fn(&Run) -> (f64, f64)) -> Vec<Series> {
-    let mut out: Vec<Series> = Vec::new();
-    let mut add = |name: String, base: bool, x: f64, y: f64| {
+/// One line per mode and pattern, and one per baseline and pattern.
+fn lines(report: &Report, sizes: &[usize], pick: impl Fn(&Run) -> (f64, f64)) -> Vec<Line> {
+    let mut out: Vec<Line> = Vec::new();
+    let mut add = |key: &str, pattern: &str, baseline: bool, x: f64, y: f64| {
         if y <= 0.0 {
             return;
         }
-        match out.iter_mut().find(|(n, b, _)| *n == name && *b == base) {
-            Some((_, _, pts)) => {
-                if !pts.iter().any(|(px, _)| *px == x) {
-                    pts.push((x, y));
+        let label = if baseline {
+            format!("{key} {pattern} (baseline)")
+        } else {
+            format!("{key} {pattern}")
+        };
+        match out.iter_mut().find(|l| l.label == label) {
+            Some(l) => {
+                if !l.points.iter().any(|(px, _)| *px == x) {
+                    l.points.push((x, y));
                 }
             }
-            None => out.push((name, base, vec![(x, y)])),
+            None => out.push(Line {
+                label,
+                key: key.to_string(),
+                baseline,
+                single: pattern == "single",
+                points: vec![(x, y)],
+            }),
         }
     };
     for r in report.runs.iter().filter(|r| r.error.is_none()) {
         let (y, by) = pick(r);
-        let x = r.element_bytes as f64;
-        add(format!("{} {}", r.mode, r.pattern), false, x, y);
-        add(format!("{} {}", r.baseline, r.pattern), true, x, by);
+        let x = sizes
+            .iter()
+            .position(|s| *s == r.element_bytes)
+            .unwrap_or(0) as f64;
+        add(&r.mode, &r.pattern, false, x, y);
+        add(&r.baseline, &r.pattern, true, x, by);
     }
-    for (_, _, pts) in &mut out {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for l in &mut out {
+        l.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     out
 }
 
+/// A colour per mode and per baseline.
+fn colour(key: &str) -> plotters::style::RGBColor {
+    use plotters::style::RGBColor;
+    match key {
+        "thread" => RGBColor(31, 119, 180),
+        "threads" => RGBColor(255, 127, 14),
+        "processes" => RGBColor(44, 160, 44),
+        "tcp" => RGBColor(214, 39, 40),
+        "crossbeam" => RGBColor(148, 103, 189),
+        "shm-ring" => RGBColor(140, 86, 75),
+        "raw-tcp" => RGBColor(90, 90, 90),
+        _ => RGBColor(0, 0, 0),
+    }
+}
+
 fn plot(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1400, 560)).into_drawing_area();
+    let mut sizes: Vec<usize> = report.runs.iter().map(|r| r.element_bytes).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let root = SVGBackend::new(path, (1500, 600)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(700);
-    let panels = [
-        (
-            left,
-            "Throughput (elements/s)",
-            "elements/s",
-            series(report, |r| (r.elements_per_s, r.baseline_elements_per_s)),
-        ),
-        (
-            right,
-            "Latency p50 (one way, ns)",
-            "ns",
-            series(report, |r| (r.p50_ns as f64, r.baseline_p50_ns as f64)),
-        ),
-    ];
-    let x_min = SIZES[0] as f64;
-    let x_max = SIZES[SIZES.len() - 1] as f64;
-    for (area, title, unit, lines) in panels {
-        let ys = lines.iter().flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y));
-        let (lo, hi) = ys.fold((f64::MAX, 0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
-        let (lo, hi) = if hi > 0.0 {
-            (lo / 2.0, hi * 2.0)
+    let (charts, legend) = root.split_horizontally(1220);
+    let (left, right) = charts.split_horizontally(610);
+    let tput = lines(report, &sizes, |r| {
+        (r.elements_per_s, r.baseline_elements_per_s)
+    });
+    let latency = lines(report, &sizes, |r| {
+        (r.p50_ns as f64, r.baseline_p50_ns as f64)
+    });
+    draw_panel(&left, "Throughput", "elements/s", &tput, &sizes, si)?;
+    draw_panel(&right, "Latency p50 (one way)", "", &latency, &sizes, |y| {
+        ns(y.round() as u64)
+    })?;
+    // The legend, beside the charts: colour = mode or baseline, thick = iotstream, thin =
+    // baseline, solid = batch, dashed = single.
+    let font = ("sans-serif", 14).into_font();
+    legend.draw(&Text::new(
+        "solid: batch, dashed: single",
+        (10, 30),
+        font.clone(),
+    ))?;
+    legend.draw(&Text::new(
+        "thick: iotstream, thin: baseline",
+        (10, 50),
+        font.clone(),
+    ))?;
+    for (i, l) in tput.iter().enumerate() {
+        let y = 84 + i as i32 * 22;
+        let style = colour(&l.key).stroke_width(if l.baseline { 1 } else { 3 });
+        if l.single {
+            for k in 0..3 {
+                legend.draw(&PathElement::new(
+                    vec![(10 + k * 12, y), (18 + k * 12, y)],
+                    style,
+                ))?;
+            }
         } else {
-            (1.0, 10.0)
-        };
-        let mut chart = ChartBuilder::on(&area)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d((x_min / 1.5..x_max * 1.5).log_scale(), (lo..hi).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc("element bytes")
-            .y_desc(unit)
-            .x_label_formatter(&|x| size(x.round() as usize))
-            .y_label_formatter(&|y| si(*y))
-            .draw()?;
-        for (i, (name, base, pts)) in lines.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let style = if *base {
-                color.stroke_width(1)
-            } else {
-                color.stroke_width(3)
-            };
-            let label = if *base {
-                format!("{name} (baseline)")
-            } else {
-                name.clone()
-            };
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), style))?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart.draw_series(
-                pts.iter()
-                    .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
-            )?;
+            legend.draw(&PathElement::new(vec![(10, y), (42, y)], style))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        legend.draw(&Text::new(l.label.clone(), (50, y - 7), font.clone()))?;
     }
     root.present()?;
+    Ok(())
+}
+
+/// One chart: `lines` over the sizes (as categories), a log scale of `unit`.
+fn draw_panel<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    unit: &str,
+    panel: &[Line],
+    sizes: &[usize],
+    format_y: fn(f64) -> String,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+    let x_max = sizes.len().max(1) as f64 - 0.5;
+    let ys = panel.iter().flat_map(|l| l.points.iter().map(|(_, y)| *y));
+    let (lo, hi) = ys.fold((f64::MAX, 0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let (lo, hi) = if hi > 0.0 {
+        (lo / 2.0, hi * 2.0)
+    } else {
+        (1.0, 10.0)
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5..x_max, (lo..hi).log_scale())?;
+    let size_label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            sizes.get(i as usize).map_or(String::new(), |s| size(*s))
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_labels(sizes.len().max(1) * 2 + 1)
+        .x_label_formatter(&size_label)
+        .disable_x_mesh()
+        .x_desc("element size")
+        .y_desc(unit)
+        .y_label_formatter(&|y| format_y(*y))
+        .draw()?;
+    for l in panel {
+        let style = colour(&l.key).stroke_width(if l.baseline { 1 } else { 3 });
+        if l.single {
+            chart.draw_series(DashedLineSeries::new(l.points.iter().copied(), 8, 5, style))?;
+        } else {
+            chart.draw_series(LineSeries::new(l.points.iter().copied(), style))?;
+        }
+        chart.draw_series(l.points.iter().map(|&(x, y)| {
+            Circle::new(
+                (x, y),
+                if l.baseline { 2 } else { 4 },
+                colour(&l.key).filled(),
+            )
+        }))?;
+    }
     Ok(())
 }

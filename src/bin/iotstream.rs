@@ -649,15 +649,17 @@ fn run_bench(
     plot: Option<&std::path::Path>,
 ) -> ExitCode {
     let report = bench::run(options, &mut bench::Bar::new());
-    print!("{}", bench::render_table(&report));
+    let mut text = bench::render_table(&report);
     if !report.runs.is_empty() && !report.scaling.is_empty() {
-        println!();
+        text.push('\n');
     }
-    print!("{}", bench::render_scaling(&report));
+    text.push_str(&bench::render_scaling(&report));
+    // A reader that went away (`| head`) does not stop the files from being written.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     let mut code = ExitCode::SUCCESS;
     if let Some(path) = json {
         match bench::write_json(path, &report) {
-            Ok(()) => println!("results written to {}", path.display()),
+            Ok(()) => eprintln!("results written to {}", path.display()),
             Err(e) => {
                 eprintln!("iotstream: error: --json: {e}");
                 code = ExitCode::from(COMMAND_FAILED);
@@ -666,7 +668,7 @@ fn run_bench(
     }
     if let Some(path) = plot {
         match bench::write_plot(path, &report) {
-            Ok(()) => println!("plot drawn in {}", path.display()),
+            Ok(()) => eprintln!("plot drawn in {}", path.display()),
             Err(e) => {
                 eprintln!("iotstream: error: --plot: {e}");
                 code = ExitCode::from(COMMAND_FAILED);
