@@ -56,6 +56,9 @@ pub const CELL_VAR: &str = "IOTSTREAM_BENCH_CELL";
 /// The marker of a result line a cell's process prints on standard output.
 const RESULT_MARK: &str = "iotstream-bench-result";
 
+/// How a cell's process starts its error line on standard error.
+const CELL_ERROR: &str = "iotstream bench cell: ";
+
 /// Round trips left out of the latency percentiles at the start (cold caches, threads not yet
 /// awake), when there are at least twice as many.
 pub const WARM_UP: usize = 100;
@@ -521,7 +524,7 @@ pub fn cell_from_env() -> Option<ExitCode> {
     Some(match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("iotstream bench cell: {e}");
+            eprintln!("{CELL_ERROR}{e}");
             ExitCode::FAILURE
         }
     })
@@ -672,7 +675,11 @@ fn spawn_cell(cell: &Cell, limit: Duration) -> Result<Outcome, String> {
         ));
     }
     if !status.success() {
-        let said = last_lines(&stderr, 3);
+        // The cell's own error line says it best; otherwise whatever it said last.
+        let said = match stderr.lines().rev().find_map(|l| l.split_once(CELL_ERROR)) {
+            Some((_, e)) => e.trim().to_string(),
+            None => last_lines(&stderr, 3),
+        };
         return Err(if said.is_empty() {
             format!("its process ended with {status}")
         } else {
@@ -1075,7 +1082,7 @@ mod tests {
             report.failures(),
             ["scaling chain 10000: Too many open files"]
         );
-        assert!(render_scaling(&report).contains("FAILED: Too many open files"));
+        assert!(render_scaling(&report).contains("FAILED scaling chain 10000: Too many open files"));
     }
 
     #[test]

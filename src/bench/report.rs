@@ -180,7 +180,11 @@ fn point_row(p: &ScalePoint) -> Vec<String> {
     if let Some(e) = &p.error {
         let mut row = vec![p.shape.clone(), p.n.to_string()];
         row.extend(std::iter::repeat_n("-".to_string(), 9));
-        row.push(format!("FAILED: {e}"));
+        row.push(if e.starts_with("skipped") {
+            "skipped".into()
+        } else {
+            "FAILED".into()
+        });
         return row;
     }
     vec![
@@ -230,6 +234,11 @@ pub fn render_scaling(report: &Report) -> String {
          per unit: total / n; ×time: total over the previous point's; k: time grows as nᵏ \
          between the two points (1 linear, 2 quadratic); threads and max RSS: the starter's.\n",
     );
+    for p in &report.scaling {
+        if let Some(e) = &p.error {
+            let _ = writeln!(out, "FAILED scaling {} {}: {e}", p.shape, p.n);
+        }
+    }
     out
 }
 
