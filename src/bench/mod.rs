@@ -6,14 +6,14 @@
 //! A **cell** is one mode × element size × input pattern:
 //!
 //! - **throughput**: source → map → sink over elements of the size
-//!   ([`Payload<N>`](element::Payload), plain data), the source feeding for `--duration` as fast
+//!   (`N` bytes of plain data, see docs/benchmarks.md), the source feeding for `--duration` as fast
 //!   as the graph takes it; elements/s counts what the sink got, from the source's first element
 //!   to the sink's last (both on `CLOCK_MONOTONIC`, shared by the processes of a host);
 //! - **latency**: a ping-pong pair (ping → echo → pong, one element in flight) for half the
 //!   duration; half of each round trip is one sample, p50/p99/p999 over them (the first
 //!   [`WARM_UP`] left out);
 //! - **baseline**: the same two measures over a raw mechanism moving the same bytes, fed the
-//!   same way (see [`raw`]): crossbeam channels for `thread` and `threads`, a raw shared-memory
+//!   same way (`src/bench/raw.rs`): crossbeam channels for `thread` and `threads`, a raw shared-memory
 //!   ring between two processes for `processes`, a raw loopback TCP connection for `tcp`.
 //!
 //! Modes ([`Mode`]): `thread` (every agent on one thread), `threads` (each on a thread of its
@@ -21,7 +21,7 @@
 //! (map → sink, or both echo connections, forced onto a TCP link on loopback). Patterns
 //! ([`Pattern`]): `batch` (a [`Source`](crate::Source) handing over batches) and `single` (one
 //! [`InputSender::send`](crate::InputSender::send) per element). The `scaling` mode runs
-//! shapes instead ([`scaling`]): a chain of agents, a fan-out to readers, a chain of processes,
+//! shapes instead ([`Shape`]): a chain of agents, a fan-out to readers, a chain of processes,
 //! and prints how the time grows.
 //!
 //! Every cell runs in a **fresh process** of this same binary (the `iotstream` executable
@@ -125,7 +125,7 @@ impl Pattern {
     }
 }
 
-/// A raw mechanism a mode is compared with (see [`raw`]).
+/// A raw mechanism a mode is compared with (`src/bench/raw.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Baseline {
