@@ -30,10 +30,14 @@
 //!   JSON, the HTTP endpoints ([`Graph::serve_metrics`]).
 //! - [`deploy`]: deployment files: placement, capacities, restarts, without recompiling.
 //! - [`launcher`]: what the `iotstream` binary does (describe, check, run, clean).
+//! - `bench`: `iotstream bench`, the concurrency modes measured against raw baselines
+//!   (feature `cli`).
 //! - [`info`]: a graph's plain description (what `iotstream graph` prints).
 //! - [`init_logging`]: `tracing` output on standard error, filtered by `RUST_LOG`.
 
 pub mod agent;
+#[cfg(feature = "cli")]
+pub mod bench;
 pub mod deploy;
 pub mod error;
 #[doc(hidden)]

@@ -25,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("deterministic harness", &["testing"]),
     ("process start", &["launch"]),
     ("runtime", &["runtime"]),
-    ("launcher", &["launcher"]),
+    ("launcher", &["launcher", "bench"]),
 ];
 
 /// Where `module` sits in [`LAYERS`].

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use iotstream::bench;
 use iotstream::launcher::{self, AppCommand, DeploymentFile, GraphFormat, RunOptions};
 
 /// Exit code of the launcher's own errors: a bad deployment file, an application that does
@@ -38,7 +39,8 @@ iotstream list\n  \
 iotstream logs quake_detector detector --follow\n  \
 iotstream restart quake_detector trigger\n  \
 iotstream stop quake_detector\n  \
-iotstream clean\n\n\
+iotstream clean\n  \
+iotstream bench --json bench.json --plot bench.svg\n\n\
 The deployment file format, supervision and restart semantics: docs/deployment.md.\n\
 Logs: each process's lines are prefixed with [process]; set RUST_LOG (e.g. RUST_LOG=debug) for \
 the applications' tracing output."
@@ -240,6 +242,101 @@ without a liveness lock (from an older iotstream) are left and listed. Runs clea
 themselves; this is for what a SIGKILL or a power cut left behind."
     )]
     Clean,
+    /// Measure what each way of running agents costs on this machine, against raw baselines.
+    #[command(
+        long_about = "Measure what each way of running agents costs on this machine, each figure \
+beside a baseline measured in the same run.\n\n\
+For every mode, element size and input pattern it runs source -> map -> sink for --duration \
+(throughput: elements/s, bytes/s, CPU seconds of every process and thread) and a ping-pong pair \
+for half as long (latency: half a round trip, p50/p99/p999). Modes: thread (every agent on one \
+thread), threads (each agent on a thread of its own), processes (the sink in a second process, \
+over shared memory), tcp (map -> sink forced onto a TCP link on loopback). Patterns: batch (a \
+Source handing over batches) and single (one InputSender::send per element). Baselines move the \
+same bytes the same way: crossbeam channels (thread, threads), a raw shared-memory ring between \
+two processes (processes), a raw loopback TCP connection (tcp).\n\n\
+The scaling mode runs shapes instead: a chain of --agents maps, one stream read by --readers \
+sinks, a chain over --procs processes; it prints each point's time and how it grows.\n\n\
+Every cell runs in a fresh process and checks that every element sent was delivered; a cell \
+that fails (or runs --timeout past its duration) is a row with its error, and the command then \
+exits 1, naming it. The default run (4 modes x 2 sizes x 2 patterns, 0.5 s each, the short \
+scaling points) takes about half a minute. See docs/benchmarks.md for how to read each ratio.",
+        after_help = "Examples:\n  \
+iotstream bench\n  \
+iotstream bench --modes threads,processes --sizes 8,64,1024,65536 --duration 2 --json bench.json --plot bench.svg\n  \
+iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,10,100,1000 --procs 1,2,4,8,16"
+    )]
+    Bench {
+        /// Modes to measure, comma-separated: thread, threads, processes, tcp, scaling.
+        #[arg(long, value_name = "LIST", default_value = "thread,threads,processes,tcp,scaling", value_parser = modes_arg)]
+        modes: Modes,
+        /// Element sizes in bytes, comma-separated, from 8, 64, 256, 1024, 4096, 65536.
+        #[arg(long, value_name = "LIST", default_value = "8,1024", value_parser = sizes_arg)]
+        sizes: Sizes,
+        /// Input patterns, comma-separated: batch, single.
+        #[arg(long, value_name = "LIST", default_value = "batch,single", value_parser = patterns_arg)]
+        patterns: Patterns,
+        /// Seconds each throughput run feeds (0.5, 2, 250ms); each latency run takes half.
+        #[arg(long, value_name = "S", default_value = "0.5", value_parser = bench::parse_seconds)]
+        duration: Duration,
+        /// Also write the results as JSON to this file (`runs`, `scaling`, `settings`).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Also draw throughput and latency per mode and size into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+        /// Scaling: lengths of the chain of maps, increasing (up to 100000).
+        #[arg(long, value_name = "LIST", default_value = "1,10,100,1000", value_parser = agents_arg)]
+        agents: Counts,
+        /// Scaling: readers of one stream, increasing (up to 10000).
+        #[arg(long, value_name = "LIST", default_value = "1,10,100", value_parser = readers_arg)]
+        readers: Counts,
+        /// Scaling: processes in a chain, increasing (up to 64).
+        #[arg(long, value_name = "LIST", default_value = "1,2,4", value_parser = procs_arg)]
+        procs: Counts,
+        /// Seconds a cell may run past its duration before it is killed and reported failed.
+        #[arg(long, value_name = "S", default_value = "60", value_parser = bench::parse_seconds)]
+        timeout: Duration,
+    },
+}
+
+/// `--modes`: the modes, and whether `scaling` was named.
+#[derive(Clone)]
+struct Modes(Vec<bench::Mode>, bool);
+
+fn modes_arg(text: &str) -> Result<Modes, String> {
+    bench::parse_modes(text).map(|(m, s)| Modes(m, s))
+}
+
+/// `--sizes`.
+#[derive(Clone)]
+struct Sizes(Vec<usize>);
+
+fn sizes_arg(text: &str) -> Result<Sizes, String> {
+    bench::parse_sizes(text).map(Sizes)
+}
+
+/// `--patterns`.
+#[derive(Clone)]
+struct Patterns(Vec<bench::Pattern>);
+
+fn patterns_arg(text: &str) -> Result<Patterns, String> {
+    bench::parse_patterns(text).map(Patterns)
+}
+
+/// `--agents`, `--readers`, `--procs`.
+#[derive(Clone)]
+struct Counts(Vec<usize>);
+
+fn agents_arg(text: &str) -> Result<Counts, String> {
+    bench::parse_counts(text, 100_000).map(Counts)
+}
+
+fn readers_arg(text: &str) -> Result<Counts, String> {
+    bench::parse_counts(text, 10_000).map(Counts)
+}
+
+fn procs_arg(text: &str) -> Result<Counts, String> {
+    bench::parse_counts(text, 64).map(Counts)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -253,6 +350,11 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    // A process `iotstream bench` started to run one cell (or one of that cell's processes):
+    // its role is in the environment, not on the command line.
+    if let Some(code) = bench::cell_from_env() {
+        return code;
+    }
     let cli = Cli::parse();
     match cli.command {
         Cmd::Run {
@@ -346,6 +448,31 @@ fn main() -> ExitCode {
         } => logs(&app, process.as_deref(), follow, run.as_deref()),
         Cmd::Restart { app, process, run } => restart(&app, &process, run.as_deref()),
         Cmd::Top { app, run } => top(&app, run.as_deref()),
+        Cmd::Bench {
+            modes,
+            sizes,
+            patterns,
+            duration,
+            json,
+            plot,
+            agents,
+            readers,
+            procs,
+            timeout,
+        } => {
+            let options = bench::Options {
+                modes: modes.0,
+                scaling: modes.1,
+                sizes: sizes.0,
+                patterns: patterns.0,
+                duration,
+                agents: agents.0,
+                readers: readers.0,
+                processes: procs.0,
+                timeout,
+            };
+            run_bench(&options, json.as_deref(), plot.as_deref())
+        }
         Cmd::Clean => {
             let cleaned = launcher::clean();
             if cleaned.removed.is_empty() {
@@ -514,6 +641,45 @@ fn top(app: &str, run: Option<&str>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+fn run_bench(
+    options: &bench::Options,
+    json: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
+) -> ExitCode {
+    let report = bench::run(options, &mut bench::Bar::new());
+    let mut text = bench::render_table(&report);
+    if !report.runs.is_empty() && !report.scaling.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&bench::render_scaling(&report));
+    // A reader that went away (`| head`) does not stop the files from being written.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    let mut code = ExitCode::SUCCESS;
+    if let Some(path) = json {
+        match bench::write_json(path, &report) {
+            Ok(()) => eprintln!("results written to {}", path.display()),
+            Err(e) => {
+                eprintln!("iotstream: error: --json: {e}");
+                code = ExitCode::from(COMMAND_FAILED);
+            }
+        }
+    }
+    if let Some(path) = plot {
+        match bench::write_plot(path, &report) {
+            Ok(()) => eprintln!("plot drawn in {}", path.display()),
+            Err(e) => {
+                eprintln!("iotstream: error: --plot: {e}");
+                code = ExitCode::from(COMMAND_FAILED);
+            }
+        }
+    }
+    for failure in report.failures() {
+        eprintln!("iotstream bench: error: {failure}");
+        code = ExitCode::from(COMMAND_FAILED);
+    }
+    code
 }
 
 fn command_failed(e: &launcher::OpError) -> ExitCode {

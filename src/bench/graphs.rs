@@ -1,0 +1,409 @@
+//! The measured graphs: what one cell of `iotstream bench` runs through iotstream.
+//!
+//! - **Throughput**: source → map → sink over [`Payload<N>`], the source feeding for the cell's
+//!   duration as fast as the graph takes it: through a [`Source`](crate::Source) handing over
+//!   batches (`batch`), or through [`Graph::input`] and one
+//!   [`InputSender::send`](crate::InputSender::send) per element (`single`). The sink counts.
+//! - **Latency**: a ping-pong pair, ping → echo → pong, one element in flight: the pong agent
+//!   measures the round trip and lets the ping side send the next element. The ping enters
+//!   the way the pattern's elements do (a `Source` returning one element per call, or one
+//!   `InputSender::send` per element). Half a round trip is reported as the one-way latency.
+//!
+//! A mode only changes placement and transports: `thread` puts every agent on one thread,
+//! `threads` gives each agent a thread of its own, `processes` moves the sink (the echo) to
+//! another process over shared memory, `tcp` forces the map → sink connection (both
+//! connections of the echo) onto a TCP link on loopback inside one process.
+//!
+//! Each process of a cell prints what it knows as one result line (see
+//! [`emit`](super::emit)): the source side `sent` and `start_ns`, the sink side `delivered`
+//! and `end_ns`, both on `CLOCK_MONOTONIC`, which every process of the host shares.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::json;
+
+use super::element::Payload;
+use super::{emit, now_ns, percentiles, Mode, Params, Pattern, CLOCK_EVERY, WARM_UP};
+use crate::agent::{Agent, Inputs, Outputs};
+use crate::error::{AgentError, Error};
+use crate::graph::{Connection, Graph, Transport};
+use crate::ops::source::SourceOptions;
+use crate::stream::{Input, Stream};
+
+/// How long the ping side waits for its pong before the cell fails.
+const PONG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The process this one runs as in a multi-process cell (`None`: the starter, "main").
+fn role() -> Option<String> {
+    std::env::var(crate::launch::ENV_PROCESS).ok()
+}
+
+/// Puts the agents where `mode` says (`far` goes to another process in `processes`).
+fn place(g: &mut Graph, mode: Mode, agents: &[&str], far: &str) {
+    match mode {
+        Mode::Thread => {
+            for a in agents {
+                g.place_on_thread(a, "bench");
+            }
+        }
+        Mode::Threads => {
+            for a in agents {
+                g.place_on_thread(a, a);
+            }
+        }
+        Mode::Processes => {
+            g.place_in_process(far, far);
+        }
+        Mode::Tcp => {}
+    }
+}
+
+/// The transport of a connection that `mode` forces.
+fn transport(mode: Mode) -> Transport {
+    match mode {
+        Mode::Tcp => Transport::Tcp,
+        _ => Transport::Auto,
+    }
+}
+
+/// A map stage (`Payload::mapped`), added by hand so that its input's transport can be forced.
+struct MapStage<const N: usize> {
+    input: Input<Payload<N>>,
+    out: Stream<Payload<N>>,
+}
+
+impl<const N: usize> Agent for MapStage<N> {
+    fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+        o.extend(&self.out, i.slice(&self.input).iter().map(Payload::mapped));
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+fn map_stage<const N: usize>(
+    g: &mut Graph,
+    name: &str,
+    from: &Stream<Payload<N>>,
+    conn: Connection,
+) -> Stream<Payload<N>> {
+    let (input, out) = g.add_agent(name, |p| {
+        let input = p.input::<Payload<N>>("in");
+        let out = p.output::<Payload<N>>("out");
+        (MapStage { input, out }, (input, out))
+    });
+    g.connect_with(from, &input, conn);
+    out
+}
+
+/// What the throughput sink saw.
+#[derive(Default)]
+struct Tally {
+    delivered: AtomicU64,
+    end_ns: AtomicU64,
+}
+
+/// The throughput sink: counts, and notes when the last elements came.
+struct CountSink<const N: usize> {
+    input: Input<Payload<N>>,
+    tally: Arc<Tally>,
+}
+
+impl<const N: usize> Agent for CountSink<N> {
+    fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        let n = i.slice(&self.input).len();
+        if n > 0 {
+            self.tally.delivered.fetch_add(n as u64, Ordering::Relaxed);
+            self.tally.end_ns.store(now_ns(), Ordering::Relaxed);
+            i.consume(&self.input, n);
+        }
+        Ok(())
+    }
+}
+
+/// The source side of a throughput cell: hands out elements until its duration, counted from
+/// its first element, is over.
+struct Feed {
+    next: u64,
+    duration: Duration,
+    deadline: Option<Instant>,
+    sent: Arc<AtomicU64>,
+    start_ns: Arc<AtomicU64>,
+}
+
+impl Feed {
+    fn new(duration: Duration, sent: Arc<AtomicU64>, start_ns: Arc<AtomicU64>) -> Feed {
+        Feed {
+            next: 0,
+            duration,
+            deadline: None,
+            sent,
+            start_ns,
+        }
+    }
+
+    /// True while the duration is not over (starting the clock on the first call).
+    fn going(&mut self) -> bool {
+        let now = Instant::now();
+        match self.deadline {
+            None => {
+                self.start_ns.store(now_ns(), Ordering::Relaxed);
+                self.deadline = Some(now + self.duration);
+                true
+            }
+            Some(d) => now < d,
+        }
+    }
+}
+
+/// The source of the `batch` pattern: `max` elements per call.
+struct BatchSource<const N: usize>(Feed);
+
+impl<const N: usize> crate::ops::source::Source<Payload<N>> for BatchSource<N> {
+    fn fill(&mut self, out: &mut Vec<Payload<N>>, max: usize) -> Result<bool, AgentError> {
+        let feed = &mut self.0;
+        if !feed.going() {
+            return Ok(false);
+        }
+        let start = feed.next;
+        out.extend((start..start + max as u64).map(Payload::new));
+        feed.next += max as u64;
+        feed.sent.store(feed.next, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+/// source → map → sink for the cell's duration, placed as `mode` says. Every process prints
+/// its side of the result.
+pub(crate) fn throughput<const N: usize>(mode: Mode, p: &Params) -> Result<(), Error> {
+    let role = role();
+    let mut g = Graph::new(&format!("bench_{}_{N}", mode.name()));
+    g.plain_data::<Payload<N>>();
+    g.set_default_capacity(p.capacity);
+    // Signals belong to the bench command (the starter's children still take part).
+    g.handle_signals(false);
+    let sent = Arc::new(AtomicU64::new(0));
+    let start_ns = Arc::new(AtomicU64::new(0));
+    let source = match p.pattern {
+        Pattern::Batch => g.source_with(
+            "source",
+            BatchSource::<N>(Feed::new(
+                p.duration,
+                Arc::clone(&sent),
+                Arc::clone(&start_ns),
+            )),
+            SourceOptions {
+                max_batch: p.batch,
+                interval: None,
+            },
+        ),
+        Pattern::Single => g.input::<Payload<N>>("source"),
+    };
+    let mapped = map_stage(&mut g, "map", &source, Connection::new());
+    let tally = Arc::new(Tally::default());
+    let t = Arc::clone(&tally);
+    let input = g.add_agent("sink", |ports| {
+        let input = ports.input::<Payload<N>>("in");
+        (CountSink { input, tally: t }, input)
+    });
+    g.connect_with(
+        &mapped,
+        &input,
+        Connection::new().transport(transport(mode)),
+    );
+    place(&mut g, mode, &["source", "map", "sink"], "sink");
+    let here_sink = mode != Mode::Processes || role.as_deref() == Some("sink");
+    let here_source = role.is_none();
+
+    let mut running = g.start()?;
+    if here_source && p.pattern == Pattern::Single {
+        let tx = running.input(&source)?;
+        let mut feed = Feed::new(p.duration, Arc::clone(&sent), Arc::clone(&start_ns));
+        let mut going = feed.going();
+        while going {
+            for _ in 0..CLOCK_EVERY {
+                tx.send(vec![Payload::new(feed.next)])?;
+                feed.next += 1;
+            }
+            going = feed.going();
+        }
+        sent.store(feed.next, Ordering::Relaxed);
+        drop(tx);
+    }
+    running.join()?;
+    if here_source {
+        emit(json!({
+            "sent": sent.load(Ordering::Relaxed),
+            "start_ns": start_ns.load(Ordering::Relaxed),
+        }));
+    }
+    if here_sink {
+        emit(json!({
+            "delivered": tally.delivered.load(Ordering::Relaxed),
+            "end_ns": tally.end_ns.load(Ordering::Relaxed),
+        }));
+    }
+    Ok(())
+}
+
+/// What the ping and pong sides of a latency cell share (both run in the starter).
+struct PingPong {
+    /// When the element in flight was sent (`CLOCK_MONOTONIC`, ns).
+    sent_at: AtomicU64,
+    /// Half of each round trip, ns.
+    samples: Mutex<Vec<u64>>,
+    /// One message per pong: the ping side may send the next element.
+    back: Sender<()>,
+}
+
+/// The pong agent: notes each round trip and lets the ping side go on.
+struct Pong<const N: usize> {
+    input: Input<Payload<N>>,
+    shared: Arc<PingPong>,
+}
+
+impl<const N: usize> Agent for Pong<N> {
+    fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        let n = i.slice(&self.input).len();
+        for _ in 0..n {
+            let now = now_ns();
+            let rtt = now.saturating_sub(self.shared.sent_at.load(Ordering::Acquire));
+            self.shared
+                .samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(rtt / 2);
+            let _ = self.shared.back.send(());
+        }
+        i.consume(&self.input, n);
+        Ok(())
+    }
+}
+
+/// The ping side: one element per round trip, until the duration is over.
+struct Pinger {
+    feed: Feed,
+    shared: Arc<PingPong>,
+    back: Receiver<()>,
+}
+
+impl Pinger {
+    /// Waits for the previous pong (not before the first ping), then says whether to send
+    /// another, stamping it.
+    fn next(&mut self) -> Result<Option<u64>, String> {
+        if self.feed.deadline.is_some() && self.back.recv_timeout(PONG_TIMEOUT).is_err() {
+            return Err(format!(
+                "element {} did not come back within {PONG_TIMEOUT:?}",
+                self.feed.next.saturating_sub(1)
+            ));
+        }
+        if !self.feed.going() {
+            return Ok(None);
+        }
+        let seq = self.feed.next;
+        self.feed.next += 1;
+        self.feed.sent.store(self.feed.next, Ordering::Relaxed);
+        self.shared.sent_at.store(now_ns(), Ordering::Release);
+        Ok(Some(seq))
+    }
+}
+
+/// The `batch` pattern's ping: a source returning one element per call.
+struct PingSource<const N: usize>(Pinger);
+
+impl<const N: usize> crate::ops::source::Source<Payload<N>> for PingSource<N> {
+    fn fill(&mut self, out: &mut Vec<Payload<N>>, _max: usize) -> Result<bool, AgentError> {
+        match self.0.next()? {
+            Some(seq) => {
+                out.push(Payload::new(seq));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// ping → echo → pong for the cell's duration, one element in flight; the starter prints the
+/// one-way latencies' percentiles.
+pub(crate) fn latency<const N: usize>(mode: Mode, p: &Params) -> Result<(), Error> {
+    let role = role();
+    let mut g = Graph::new(&format!("bench_latency_{}_{N}", mode.name()));
+    g.plain_data::<Payload<N>>();
+    g.set_default_capacity(p.capacity);
+    g.handle_signals(false);
+    let (back_tx, back_rx) = crossbeam_channel::bounded(1);
+    let shared = Arc::new(PingPong {
+        sent_at: AtomicU64::new(0),
+        samples: Mutex::new(Vec::new()),
+        back: back_tx,
+    });
+    let sent = Arc::new(AtomicU64::new(0));
+    let start_ns = Arc::new(AtomicU64::new(0));
+    let pinger = Pinger {
+        feed: Feed::new(p.duration, Arc::clone(&sent), Arc::clone(&start_ns)),
+        shared: Arc::clone(&shared),
+        back: back_rx,
+    };
+    let (ping, mut pinger) = match p.pattern {
+        Pattern::Batch => {
+            let s = g.source_with(
+                "ping",
+                PingSource::<N>(pinger),
+                SourceOptions {
+                    max_batch: 1,
+                    interval: None,
+                },
+            );
+            (s, None)
+        }
+        Pattern::Single => (g.input::<Payload<N>>("ping"), Some(pinger)),
+    };
+    let conn = Connection::new().transport(transport(mode));
+    let echoed = map_stage(&mut g, "echo", &ping, conn);
+    let s = Arc::clone(&shared);
+    let input = g.add_agent("pong", |ports| {
+        let input = ports.input::<Payload<N>>("in");
+        (Pong { input, shared: s }, input)
+    });
+    g.connect_with(&echoed, &input, conn);
+    place(&mut g, mode, &["ping", "echo", "pong"], "echo");
+    let starter = role.is_none();
+
+    let mut running = g.start()?;
+    if let (true, Some(pinger)) = (starter, pinger.as_mut()) {
+        let tx = running.input(&ping)?;
+        loop {
+            match pinger.next() {
+                Ok(Some(seq)) => tx.send(vec![Payload::new(seq)])?,
+                Ok(None) => break,
+                Err(e) => {
+                    running.stop();
+                    let _ = running.join();
+                    return Err(Error::Runtime { detail: e });
+                }
+            }
+        }
+        drop(tx);
+    }
+    running.join()?;
+    if starter {
+        let mut samples =
+            std::mem::take(&mut *shared.samples.lock().unwrap_or_else(|p| p.into_inner()));
+        let received = samples.len() as u64;
+        if samples.len() > 2 * WARM_UP {
+            samples.drain(..WARM_UP);
+        }
+        let (p50, p99, p999) = percentiles(&mut samples);
+        emit(json!({
+            "sent": sent.load(Ordering::Relaxed),
+            "delivered": received,
+            "samples": samples.len(),
+            "p50_ns": p50,
+            "p99_ns": p99,
+            "p999_ns": p999,
+        }));
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! `iotstream bench` end to end, through the built binary: the JSON it writes (its structure,
+//! and that every mode and every baseline delivered every element it sent: counts, never
+//! timings), its table, its plot, a failing cell reported as a row and an error exit naming
+//! it, and bad flag values refused naming the flag.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn iotstream() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_iotstream"));
+    c.env_remove("IOTSTREAM_DRAIN_TIMEOUT_MS")
+        .env_remove("IOTSTREAM_BENCH_CELL");
+    c
+}
+
+/// A folder of the test's own, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "iotstream-bench-test-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch folder");
+        Scratch(dir)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("the JSON file was written");
+    serde_json::from_str(&text).expect("the JSON file parses")
+}
+
+fn u(run: &Value, key: &str) -> u64 {
+    run[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("'{key}' is not a count in {run}"))
+}
+
+#[test]
+fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
+    let dir = Scratch::new("all");
+    let (json, svg) = (dir.path("bench.json"), dir.path("bench.svg"));
+    let out = iotstream()
+        .args([
+            "bench",
+            "--modes",
+            "thread,threads,processes,tcp,scaling",
+            "--sizes",
+            "8,1024",
+            "--duration",
+            "0.1",
+            "--agents",
+            "1,10",
+            "--readers",
+            "1,3",
+            "--procs",
+            "1,2",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .expect("run iotstream bench");
+    assert!(out.status.success(), "{}", text(&out));
+    let report = read_json(&json);
+
+    let runs = report["runs"].as_array().expect("a runs array");
+    assert_eq!(runs.len(), 4 * 2 * 2, "one run per mode × size × pattern");
+    let mut seen = Vec::new();
+    for run in runs {
+        for key in [
+            "elements_per_s",
+            "bytes_per_s",
+            "baseline_elements_per_s",
+            "ratio",
+            "cpu_s",
+        ] {
+            assert!(run[key].is_number(), "'{key}' in {run}");
+        }
+        for key in ["p50_ns", "p99_ns", "p999_ns", "element_bytes"] {
+            u(run, key);
+        }
+        assert!(run["error"].is_null(), "{run}");
+        let (mode, size, pattern) = (
+            run["mode"].as_str().expect("a mode"),
+            u(run, "element_bytes"),
+            run["pattern"].as_str().expect("a pattern"),
+        );
+        seen.push(format!("{mode} {size} {pattern}"));
+        // Counts, never timings: everything sent arrived, in the graph and in the baseline.
+        let sent = u(run, "sent");
+        assert!(sent > 0, "{run}");
+        assert_eq!(u(run, "delivered"), sent, "{run}");
+        let base = u(run, "baseline_sent");
+        assert!(base > 0, "{run}");
+        assert_eq!(u(run, "baseline_delivered"), base, "{run}");
+        let pings = u(run, "latency_sent");
+        assert!(pings > 0, "{run}");
+        assert_eq!(u(run, "latency_delivered"), pings, "{run}");
+        let baseline = run["baseline"].as_str().expect("a baseline");
+        let want = match mode {
+            "thread" | "threads" => "crossbeam",
+            "processes" => "shm-ring",
+            "tcp" => "raw-tcp",
+            other => panic!("unexpected mode {other}"),
+        };
+        assert_eq!(baseline, want);
+    }
+    seen.sort();
+    let mut want = Vec::new();
+    for mode in ["thread", "threads", "processes", "tcp"] {
+        for size in [8, 1024] {
+            for pattern in ["batch", "single"] {
+                want.push(format!("{mode} {size} {pattern}"));
+            }
+        }
+    }
+    want.sort();
+    assert_eq!(seen, want);
+
+    let points = report["scaling"].as_array().expect("a scaling array");
+    let shapes: Vec<(String, u64)> = points
+        .iter()
+        .map(|p| (p["shape"].as_str().unwrap_or("?").to_string(), u(p, "n")))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            ("chain".into(), 1),
+            ("chain".into(), 10),
+            ("fan-out".into(), 1),
+            ("fan-out".into(), 3),
+            ("processes".into(), 1),
+            ("processes".into(), 2)
+        ]
+    );
+    for p in points {
+        assert!(p["error"].is_null(), "{p}");
+        assert!(u(p, "expected") > 0, "{p}");
+        assert_eq!(u(p, "delivered"), u(p, "expected"), "{p}");
+        assert!(
+            p["total_s"].is_number() && p["per_unit_us"].is_number(),
+            "{p}"
+        );
+    }
+    // The fan-out's readers each got every element.
+    assert_eq!(u(&points[3], "expected"), 3 * u(&points[3], "sent"));
+    // A second point has its growth over the first.
+    assert!(points[1]["time_ratio"].is_number(), "{}", points[1]);
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "elements/s",
+        "p999",
+        "×base",
+        "shm-ring",
+        "fan-out",
+        "delivered",
+    ] {
+        assert!(stdout.contains(word), "'{word}' in the table:\n{stdout}");
+    }
+    let svg = std::fs::read_to_string(&svg).expect("the plot was drawn");
+    assert!(svg.contains("<svg") && svg.contains("Throughput"), "{svg}");
+}
+
+#[test]
+fn a_failing_cell_is_a_row_with_its_error_and_an_error_exit_naming_it() {
+    // A malformed drain timeout fails every multi-process start (naming the variable), and
+    // nothing else: the processes cells fail, the threads cells run.
+    let dir = Scratch::new("fail");
+    let json = dir.path("bench.json");
+    let out = iotstream()
+        .env("IOTSTREAM_DRAIN_TIMEOUT_MS", "soon")
+        .args([
+            "bench",
+            "--modes",
+            "threads,processes",
+            "--sizes",
+            "8",
+            "--patterns",
+            "single",
+            "--duration",
+            "0.05",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run iotstream bench");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("processes 8 B single") && stderr.contains("IOTSTREAM_DRAIN_TIMEOUT_MS"),
+        "{}",
+        text(&out)
+    );
+    assert!(!stderr.contains("panicked"), "{}", text(&out));
+    assert!(!stderr.contains("threads 8 B"), "{}", text(&out));
+    let report = read_json(&json);
+    let runs = report["runs"].as_array().expect("a runs array");
+    assert_eq!(runs.len(), 2);
+    assert!(runs[0]["error"].is_null(), "{}", runs[0]);
+    assert_eq!(u(&runs[0], "delivered"), u(&runs[0], "sent"));
+    let error = runs[1]["error"]
+        .as_str()
+        .expect("the processes row's error");
+    assert!(error.contains("IOTSTREAM_DRAIN_TIMEOUT_MS"), "{error}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED"));
+}
+
+#[test]
+fn bad_flag_values_are_refused_naming_the_flag() {
+    for (flag, value, says) in [
+        ("--sizes", "8,100", "100 bytes"),
+        ("--modes", "thread,fast", "'fast'"),
+        ("--patterns", "burst", "'burst'"),
+        ("--duration", "0", "10ms"),
+        ("--agents", "10,1", "increasing"),
+        ("--procs", "100", "from 1 to 64"),
+    ] {
+        let out = iotstream()
+            .args(["bench", flag, value])
+            .output()
+            .expect("run iotstream bench");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains(says),
+            "{flag} {value}: {}",
+            text(&out)
+        );
+        assert!(out.stdout.is_empty(), "nothing ran: {}", text(&out));
+    }
+}
