@@ -224,7 +224,7 @@ pub(crate) fn throughput<const N: usize>(mode: Mode, p: &Params) -> Result<(), E
         let mut going = feed.going();
         while going {
             for _ in 0..CLOCK_EVERY {
-                tx.send(vec![Payload::new(feed.next)])?;
+                tx.push(Payload::new(feed.next))?;
                 feed.next += 1;
             }
             going = feed.going();
@@ -376,7 +376,7 @@ pub(crate) fn latency<const N: usize>(mode: Mode, p: &Params) -> Result<(), Erro
         let tx = running.input(&ping)?;
         loop {
             match pinger.next() {
-                Ok(Some(seq)) => tx.send(vec![Payload::new(seq)])?,
+                Ok(Some(seq)) => tx.push(Payload::new(seq))?,
                 Ok(None) => break,
                 Err(e) => {
                     running.stop();

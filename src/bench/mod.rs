@@ -110,7 +110,7 @@ impl Mode {
 pub enum Pattern {
     /// A `Source` whose `fill` appends a whole batch (as `source_iter` does).
     Batch,
-    /// One `InputSender::send(vec![x])` per element, from the program's thread (as sensor
+    /// One `InputSender::push(x)` per element, from the program's thread (as sensor
     /// callbacks, sockets and MQTT clients deliver).
     Single,
 }
