@@ -90,6 +90,9 @@ pub(crate) struct AgentDecl {
     pub outputs: Vec<PortDecl>,
     pub driver: Option<Driver>,
     pub thread: Option<String>,
+    /// It talks to the outside world (a file, standard output): unless placed, it runs on a
+    /// thread of its own instead of the worker pool, so that its I/O never holds up agents.
+    pub own_thread: bool,
     pub process: Option<String>,
     /// It reads this program's standard input ([`Graph::source_stdin`]): its process is given
     /// the standard input of whoever starts the application.
@@ -138,6 +141,8 @@ pub struct Graph {
     pub(crate) handle_signals: bool,
     /// Where the program serves its own live view ([`Graph::serve_metrics`]).
     pub(crate) serve_metrics: Option<(String, crate::observe::ServeOptions)>,
+    /// Worker threads of a threaded run ([`Graph::worker_threads`]); `None`: one per core.
+    pub(crate) workers: Option<usize>,
 }
 
 impl Graph {
@@ -150,6 +155,7 @@ impl Graph {
             edges: Vec::new(),
             problems: Vec::new(),
             default_capacity: DEFAULT_CAPACITY,
+            workers: None,
             externals: HashMap::new(),
             network: None,
             hosts: vec![HostPlan {
@@ -264,6 +270,7 @@ impl Graph {
             outputs: ports.outputs,
             driver: Some(driver),
             thread: None,
+            own_thread: false,
             process: None,
             reads_stdin: false,
             manages_watermarks: ports.manages_watermarks,
@@ -309,8 +316,24 @@ impl Graph {
         });
     }
 
-    /// Runs `agent` on the thread (actix arbiter) named `thread`; agents given the same thread
-    /// name share it. Agents not placed get a thread each.
+    /// Runs `agent` on a thread of its own named `thread` (an actix arbiter), instead of the
+    /// worker pool; agents given the same thread name share it.
+    ///
+    /// Agents not placed run on a pool of worker threads (see [`Graph::worker_threads`]), each
+    /// agent always on the same worker, so a step should not block: an agent whose step waits
+    /// (on a lock, a socket, a slow device) belongs on a thread of its own. The sinks that
+    /// write to the outside world ([`Graph::to_file`], [`Graph::to_stdout`]) and sources'
+    /// work ([`Source::fill`](crate::Source::fill)) get a thread of their own anyway.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("placed");
+    /// let s = g.source_iter("numbers", 0..10u64);
+    /// let out = g.collect("out", &s);
+    /// g.place_on_thread("out", "collector");
+    /// g.run().unwrap();
+    /// assert_eq!(out.len(), 10);
+    /// ```
     pub fn place_on_thread(&mut self, agent: &str, thread: &str) -> &mut Self {
         match self.agents.iter_mut().find(|a| a.name == agent) {
             Some(a) => a.thread = Some(thread.to_string()),
@@ -319,6 +342,40 @@ impl Graph {
                 .push(format!("place_on_thread: no agent named '{agent}'")),
         }
         self
+    }
+
+    /// How many worker threads run the agents not placed on a thread of their own
+    /// ([`Graph::place_on_thread`]) in a threaded run, per process: by default one per core
+    /// (`std::thread::available_parallelism`). Agents are spread over the workers in the order
+    /// they were added, each always on the same worker. A pool keeps the number of threads
+    /// (and their memory and file descriptors) fixed however many agents there are.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("small");
+    /// g.worker_threads(1);
+    /// let s = g.source_iter("numbers", 0..100u64);
+    /// let doubled = g.map("double", &s, |v: &u64| v * 2);
+    /// let out = g.collect("out", &doubled);
+    /// g.run().unwrap();
+    /// assert_eq!(out.len(), 100);
+    /// ```
+    pub fn worker_threads(&mut self, n: usize) -> &mut Self {
+        if n == 0 {
+            self.problems
+                .push("worker_threads: at least one worker thread is needed, not 0".into());
+        } else {
+            self.workers = Some(n);
+        }
+        self
+    }
+
+    /// Gives the agent added last a thread of its own unless it is placed (a sink that does
+    /// I/O).
+    pub(crate) fn last_agent_on_own_thread(&mut self) {
+        if let Some(a) = self.agents.last_mut() {
+            a.own_thread = true;
+        }
     }
 
     /// Declares `T` plain data: batches of `T` then cross processes as their bytes, with no

@@ -1446,6 +1446,40 @@ fn end_sources_after_stop(
         })
 }
 
+/// The thread an agent runs on (see [`Graph::place_on_thread`] and [`Graph::worker_threads`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ThreadKey {
+    /// Placed by name: shared with the agents placed on the same name.
+    Named(String),
+    /// A thread of its own (an agent that does I/O), by agent index.
+    Own(usize),
+    /// A worker of the pool.
+    Worker(usize),
+}
+
+/// Worker threads when the graph does not say: one per core.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Starts the arbiter (a thread with an event loop) for `key`, where `agent` is its first
+/// agent. Actix panics when it cannot (no thread, or no file descriptor for the event loop
+/// left): that becomes an error naming what ran out.
+fn start_arbiter(key: &ThreadKey, agent: &str) -> Result<Arbiter, Error> {
+    let what = match key {
+        ThreadKey::Named(name) => format!("thread '{name}'"),
+        ThreadKey::Own(_) => format!("the thread of agent '{agent}'"),
+        ThreadKey::Worker(k) => format!("worker thread {k}"),
+    };
+    // The panic hook (process-wide, not ours to swap) still prints actix's message once.
+    std::panic::catch_unwind(Arbiter::new).map_err(|p| Error::Runtime {
+        detail: format!(
+            "cannot start {what} (for agent '{agent}'): {} (out of threads or open files? see `ulimit -u` and `ulimit -n`, or run fewer threads: Graph::worker_threads, fewer place_on_thread names)",
+            crate::error::panic_message(&*p)
+        ),
+    })
+}
+
 /// The runtime thread: builds the actors of this process's part, runs the actix system, tears
 /// everything down.
 fn coordinate(
@@ -1496,7 +1530,25 @@ fn coordinate(
         .collect();
     *shared.mailboxes.lock().unwrap_or_else(|p| p.into_inner()) =
         mailboxes.iter().flatten().cloned().collect();
-    let threads: Vec<Option<String>> = graph.agents.iter().map(|a| a.thread.clone()).collect();
+    // Where each agent runs: its named thread, a thread of its own, or a worker of the pool.
+    let workers = graph.workers.unwrap_or_else(default_workers);
+    let mut next_worker = 0;
+    let threads: Vec<ThreadKey> = graph
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match (&a.thread, a.own_thread) {
+            (Some(name), _) => ThreadKey::Named(name.clone()),
+            (None, true) => ThreadKey::Own(i),
+            (None, false) => {
+                let k = next_worker % workers;
+                if local[i] {
+                    next_worker += 1;
+                }
+                ThreadKey::Worker(k)
+            }
+        })
+        .collect();
     let externals = std::mem::take(&mut graph.externals);
     let tcp = match graph.network.take() {
         Some((network, digest))
@@ -1563,13 +1615,24 @@ fn coordinate(
         }
     }
 
-    let mut arbiters: HashMap<String, Arbiter> = HashMap::new();
+    let mut arbiters: HashMap<ThreadKey, Arbiter> = HashMap::new();
     let mut result = Ok(());
     let mut enders = Vec::new();
     for (i, mut host) in hosts {
         let rx = receivers[i].take().expect("a local agent has a mailbox");
-        let key = threads[i].clone().unwrap_or_else(|| format!("agent #{i}"));
-        let arbiter = arbiters.entry(key).or_insert_with(Arbiter::new);
+        let key = threads[i].clone();
+        let arbiter = match arbiters.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                match start_arbiter(e.key(), &host.name) {
+                    Ok(arbiter) => e.insert(arbiter),
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+        };
         if host.is_source() {
             shared.active_sources.fetch_add(1, Ordering::SeqCst);
             let wake = Arc::clone(mailboxes[i].as_ref().expect("a local agent has a mailbox"));

@@ -42,6 +42,8 @@ fn a_busy_agent_takes_everything_that_arrived_meanwhile_in_one_step() {
         }
         Ok(())
     });
+    // It blocks in its step: a thread of its own, not a worker other agents need.
+    g.place_on_thread("slow", "slow");
     let mut running = g.start().unwrap();
     let tx = running.input(&input).unwrap();
     tx.push(0).unwrap();
@@ -120,6 +122,7 @@ fn an_input_sends_everything_pushed_while_it_waited_as_one_batch() {
         (gate, input)
     });
     g.connect_with(&input, &gate_input, Connection::new().capacity(1));
+    g.place_on_thread("gate", "gate");
     let mut running = g.start().unwrap();
     let tx = running.input(&input).unwrap();
     tx.push(0).unwrap();

@@ -335,6 +335,7 @@ impl Graph {
             Ok(())
         };
         self.slice_sink(name, stream, step, Some(Box::new(finish)));
+        self.last_agent_on_own_thread();
     }
 
     /// Prints each element as one line on standard output.
@@ -346,5 +347,6 @@ impl Graph {
             }
             Ok(())
         });
+        self.last_agent_on_own_thread();
     }
 }

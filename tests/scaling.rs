@@ -1,0 +1,118 @@
+//! Threads scale with the cores, not with the agents (issue 13): agents not placed on a thread
+//! run on a pool of worker threads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use iotstream::Graph;
+
+/// Threads of this process now.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A chain of 10,000 maps runs on the worker pool: every element comes through, and the
+/// process has about as many threads as workers (plus the runtime's own few), not one per agent.
+#[test]
+fn ten_thousand_agents_run_on_a_few_threads() {
+    const AGENTS: usize = 10_000;
+    const WORKERS: usize = 2;
+    let before = threads();
+    let mut g = Graph::new("long_chain");
+    g.worker_threads(WORKERS);
+    let mut s = g.source_iter("numbers", 0..1_000u64);
+    for k in 0..AGENTS {
+        s = g.map(&format!("add{k}"), &s, |v: &u64| v + 1);
+    }
+    let peak = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&peak);
+    let sum = Arc::new(AtomicUsize::new(0));
+    let total = Arc::clone(&sum);
+    g.sink_list("sum", &s, move |xs: &[u64]| {
+        seen.fetch_max(threads(), Ordering::Relaxed);
+        total.fetch_add(xs.iter().sum::<u64>() as usize, Ordering::Relaxed);
+        Ok(())
+    });
+    g.run().unwrap();
+    let want: u64 = (0..1_000u64).map(|v| v + AGENTS as u64).sum();
+    assert_eq!(sum.load(Ordering::Relaxed) as u64, want);
+    let during = peak.load(Ordering::Relaxed) - before;
+    // The workers, the runtime's thread, the source's thread, actix's system arbiter and a
+    // few helpers: a handful, not 10,000.
+    assert!(
+        during <= WORKERS + 8,
+        "{during} threads for {AGENTS} agents on {WORKERS} workers"
+    );
+}
+
+/// Without `worker_threads` the pool has one worker per core.
+#[test]
+fn the_default_pool_has_one_worker_per_core() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let before = threads();
+    let mut g = Graph::new("default_pool");
+    let mut s = g.source_iter("numbers", 0..10u64);
+    for k in 0..200 {
+        s = g.map(&format!("same{k}"), &s, |v: &u64| *v);
+    }
+    let peak = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&peak);
+    g.sink_list("watch", &s, move |_: &[u64]| {
+        seen.fetch_max(threads(), Ordering::Relaxed);
+        Ok(())
+    });
+    g.run().unwrap();
+    let during = peak.load(Ordering::Relaxed) - before;
+    assert!(
+        during <= cores + 8,
+        "{during} threads for 200 agents on {cores} cores"
+    );
+}
+
+/// With one worker, every agent not placed shares one thread; a placed agent runs on another.
+#[test]
+fn pooled_agents_share_the_workers_and_a_placed_one_has_its_own_thread() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::thread::ThreadId;
+    let mut g = Graph::new("placed");
+    g.worker_threads(1);
+    let pooled: Arc<Mutex<HashSet<ThreadId>>> = Arc::default();
+    let mut s = g.source_iter("numbers", 0..100u64);
+    for k in 0..5 {
+        let ids = Arc::clone(&pooled);
+        s = g.map(&format!("m{k}"), &s, move |v: &u64| {
+            ids.lock().unwrap().insert(std::thread::current().id());
+            *v
+        });
+    }
+    let placed: Arc<Mutex<HashSet<ThreadId>>> = Arc::default();
+    let ids = Arc::clone(&placed);
+    g.sink_list("watch", &s, move |_: &[u64]| {
+        ids.lock().unwrap().insert(std::thread::current().id());
+        Ok(())
+    });
+    g.place_on_thread("watch", "watcher");
+    g.run().unwrap();
+    let pooled = pooled.lock().unwrap().clone();
+    let placed = placed.lock().unwrap().clone();
+    assert_eq!(pooled.len(), 1, "five maps on one worker");
+    assert_eq!(placed.len(), 1);
+    assert!(
+        pooled.is_disjoint(&placed),
+        "the placed sink ran on the worker"
+    );
+}
+
+/// A worker count of 0 is refused with a clear error.
+#[test]
+fn zero_workers_is_an_error() {
+    let mut g = Graph::new("none");
+    g.worker_threads(0);
+    let s = g.source_iter("numbers", 0..10u64);
+    g.collect("out", &s);
+    let err = g.run().unwrap_err().to_string();
+    assert!(err.contains("worker_threads"), "{err}");
+}
