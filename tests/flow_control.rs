@@ -3,7 +3,7 @@
 
 use iotstream::{
     Agent, AgentError, Connection, Graph, Harness, Input, Inputs, Outputs, Source, SourceOptions,
-    Stream,
+    Stream, Transport,
 };
 
 /// Sums consecutive, non-overlapping runs of `size` elements; consumes only whole runs.
@@ -43,8 +43,20 @@ impl Source<u64> for Count {
     }
 }
 
-/// source (batches of `batch`) → run sums of `size` → collect, over a connection of `capacity`.
+/// source (batches of `batch`) → run sums of `size` → collect, over a connection of `capacity`
+/// (in process).
 fn graph(n: u64, batch: usize, size: usize, capacity: usize) -> (Graph, iotstream::Collected<u64>) {
+    graph_over(n, batch, size, capacity, Transport::Auto)
+}
+
+/// [`graph`] over `transport`.
+fn graph_over(
+    n: u64,
+    batch: usize,
+    size: usize,
+    capacity: usize,
+    transport: Transport,
+) -> (Graph, iotstream::Collected<u64>) {
     let mut g = Graph::new("flow_control");
     let options = SourceOptions {
         max_batch: batch,
@@ -57,7 +69,11 @@ fn graph(n: u64, batch: usize, size: usize, capacity: usize) -> (Graph, iotstrea
         p.needs_at_least(&input, size);
         (RunSums { input, out, size }, (input, out))
     });
-    g.connect_with(&src, &input, Connection::new().capacity(capacity));
+    g.connect_with(
+        &src,
+        &input,
+        Connection::new().capacity(capacity).transport(transport),
+    );
     let out = g.collect("out", &sums);
     (g, out)
 }
@@ -103,6 +119,40 @@ fn readers_that_need_many_elements_never_stall() {
                     .expect("the link exists");
                 assert!(link.max_in_flight <= capacity as u64);
                 assert_eq!(link.elements, n);
+            }
+        }
+    }
+}
+
+/// A capacity of N on a shared-memory ring means what it means in process: at most N elements
+/// in flight between the writer's send and the reading agent's consumption, whatever the
+/// writer's batches (it splits them at its credit, as an in-process link sends a sub-range),
+/// and a reader that needs several elements never stalls (consumption inside a frame counts).
+/// The reader's end counts what it read from the ring and has not consumed; the writer's end
+/// what it wrote and has not seen consumed.
+#[test]
+fn a_ring_holds_at_most_capacity_elements_in_flight() {
+    let n = 2_000;
+    for capacity in [1, 7, 64] {
+        let mut sizes = vec![1, capacity / 2, capacity];
+        sizes.sort_unstable();
+        sizes.dedup();
+        for size in sizes.into_iter().filter(|&s| s > 0) {
+            for batch in [1, 5, 512] {
+                let what = format!("capacity {capacity}, size {size}, batch {batch}");
+                let (g, out) = graph_over(n, batch, size, capacity, Transport::SharedMemory);
+                let metrics = g.run().unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(out.values(), expected(n, size), "{what}");
+                let link = metrics
+                    .link("source.out", "run_sums")
+                    .expect("the link exists");
+                assert_eq!(link.elements, n, "{what}");
+                assert_eq!(link.released_early, 0, "{what}: nothing released early");
+                assert!(
+                    link.max_in_flight > 0 && link.max_in_flight <= capacity as u64,
+                    "{what}: at most {} elements in flight",
+                    link.max_in_flight
+                );
             }
         }
     }
