@@ -157,3 +157,154 @@ fn a_ring_holds_at_most_capacity_elements_in_flight() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Byte bounds
+
+/// A 1 KiB element (`size_of` 1024; its postcard encoding, mostly zeros as varints, is far
+/// smaller, but a ring counts it as its size says: see `Graph`'s "Capacity"), numbered.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Kib([[u64; 32]; 4]);
+
+impl Kib {
+    fn new(i: u64) -> Kib {
+        let mut k = Kib([[0; 32]; 4]);
+        k.0[0][0] = i;
+        k.0[3][31] = i;
+        k
+    }
+}
+
+/// Passes on the numbers of the `Kib`s it reads, checking each is whole.
+struct Ids {
+    input: Input<Kib>,
+    out: Stream<u64>,
+}
+
+impl Agent for Ids {
+    fn step(&mut self, inputs: &mut Inputs, outputs: &mut Outputs) -> Result<(), AgentError> {
+        let ids = outputs.vec(&self.out);
+        for k in inputs.slice(&self.input) {
+            assert_eq!(k.0[0][0], k.0[3][31], "a whole element");
+            ids.push(k.0[0][0]);
+        }
+        inputs.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// `n` `Kib`s in batches of `batch` → their numbers, over `conn`.
+fn kibs(n: u64, batch: usize, conn: Connection) -> (Graph, iotstream::Collected<u64>) {
+    let mut g = Graph::new("byte_bounds");
+    let options = SourceOptions {
+        max_batch: batch,
+        ..SourceOptions::default()
+    };
+    let src = g.source_iter_with("source", (0..n).map(Kib::new), options);
+    let (input, ids) = g.add_agent("ids", |p| {
+        let input = p.input::<Kib>("in");
+        let out = p.output::<u64>("out");
+        (Ids { input, out }, (input, out))
+    });
+    g.connect_with(&src, &input, conn);
+    let out = g.collect("out", &ids);
+    (g, out)
+}
+
+/// By default a connection holds 4 MiB of elements, not 32 Ki elements: a link of 1 KiB
+/// elements held up to 32 MiB in process and had a 128 MiB ring. In process the credit is
+/// 4 096 elements of 1 024 bytes; a ring counts each element as the frame it may take (1 048
+/// bytes, its encoding and headers), and is at most twice the bound: 8 MiB.
+#[test]
+fn the_default_byte_bound_keeps_a_link_of_1_kib_elements_to_4_mib() {
+    assert_eq!(iotstream::DEFAULT_CAPACITY_BYTES, 4 << 20);
+    let n = 20_000;
+    for (transport, credit, ring) in [
+        (Transport::Auto, 4096, None),
+        (Transport::SharedMemory, 4001, Some(8 << 20)),
+    ] {
+        let (g, out) = kibs(n, 1024, Connection::new().transport(transport));
+        let info = g.info();
+        assert_eq!(info.edges[0].capacity, iotstream::DEFAULT_CAPACITY);
+        assert_eq!(info.edges[0].capacity_bytes, 4 << 20);
+        assert_eq!(info.edges[0].element_bytes, 1024);
+        assert_eq!(info.edges[0].credit, credit, "{transport:?}");
+        assert_eq!(info.edges[0].ring_bytes, ring, "{transport:?}");
+        let metrics = g.run().unwrap();
+        assert_eq!(out.values(), (0..n).collect::<Vec<_>>(), "{transport:?}");
+        let link = metrics.link("source.out", "ids").unwrap();
+        assert_eq!(link.capacity, credit);
+        assert!(
+            link.max_in_flight > 0 && link.max_in_flight as usize <= credit,
+            "{transport:?}: {} in flight",
+            link.max_in_flight
+        );
+        assert!(link.max_in_flight * 1024 <= 4 << 20);
+    }
+}
+
+/// A batch larger than the byte bound is split at it, and an element larger than the bound
+/// travels alone: everything arrives, in order, within the bound (one element at least).
+#[test]
+fn a_batch_larger_than_the_byte_bound_is_split_and_a_larger_element_travels_alone() {
+    let n = 3_000;
+    // The credit in process (bytes / 1024) and on a ring (bytes / 1048, less one).
+    for (transport, ring) in [(Transport::Auto, false), (Transport::SharedMemory, true)] {
+        for (bytes, local, in_ring) in [(3_500, 3, 2), (100, 1, 1)] {
+            let credit = if ring { in_ring } else { local };
+            let what = format!("{transport:?}, capacity_bytes {bytes}");
+            let conn = Connection::new().capacity_bytes(bytes).transport(transport);
+            let (g, out) = kibs(n, 512, conn);
+            let metrics = g.run().unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(out.values(), (0..n).collect::<Vec<_>>(), "{what}");
+            let link = metrics.link("source.out", "ids").unwrap();
+            assert_eq!(link.capacity, credit, "{what}");
+            assert_eq!(link.elements, n, "{what}");
+            assert!(
+                link.max_in_flight > 0 && link.max_in_flight as usize <= credit,
+                "{what}: {} in flight",
+                link.max_in_flight
+            );
+        }
+    }
+}
+
+/// A byte bound set on a connection must hold what the reader needs to make progress (an
+/// error naming the connection otherwise); the default bound is raised to it.
+#[test]
+fn a_byte_bound_too_small_for_the_reader_is_an_error_and_the_default_is_raised_to_it() {
+    let build = |conn: Connection| {
+        let mut g = Graph::new("byte_bound_need");
+        let src = g.source_iter("source", 0..100u64);
+        let (input, sums) = g.add_agent("run_sums", |p| {
+            let input = p.input::<u64>("in");
+            let out = p.output::<u64>("out");
+            p.needs_at_least(&input, 10);
+            (
+                RunSums {
+                    input,
+                    out,
+                    size: 10,
+                },
+                (input, out),
+            )
+        });
+        g.connect_with(&src, &input, conn);
+        let out = g.collect("out", &sums);
+        (g, out)
+    };
+    let (g, _) = build(Connection::new().capacity_bytes(40));
+    let err = g.run().unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "connection source.out -> run_sums.in: capacity_bytes 40 holds 5 elements of 8 \
+             bytes, fewer than the 10 elements agent 'run_sums' needs to make progress"
+        ),
+        "{err}"
+    );
+    let (mut g, out) = build(Connection::new());
+    g.set_default_capacity_bytes(16);
+    let metrics = g.run().unwrap();
+    assert_eq!(out.values(), expected(100, 10));
+    assert_eq!(metrics.link("source.out", "run_sums").unwrap().capacity, 10);
+}

@@ -101,14 +101,38 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// larger batches travel as several frames). Before, the ring held twice the capacity's
 /// *payload* bytes, which one-element frames (24 bytes for a `u64` of 8) exceed. Only the
 /// 256 MiB bound (a capacity of millions of elements) breaks the rule.
+#[cfg(test)]
 pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
-    let per = Codec::<T>::new().one_element_frame();
+    ring_size(capacity, one_element_frame::<T>())
+}
+
+/// [`ring_bytes`] for elements whose one-element frame takes `frame` bytes.
+pub(crate) fn ring_size(capacity: usize, frame: usize) -> usize {
     capacity
         .saturating_add(1)
-        .saturating_mul(per)
+        .saturating_mul(frame)
         .saturating_mul(2)
         .clamp(8 << 10, 256 << 20)
         .next_power_of_two()
+}
+
+/// The ring bytes a frame of one element of `T` takes ([`Codec::one_element_frame`]): the most
+/// an element can take in a ring, what a connection's byte bound counts per element there.
+/// Read when the graph is resolved, not when it is built: [`Graph::plain_data`] may come
+/// after `connect`.
+///
+/// [`Graph::plain_data`]: crate::Graph::plain_data
+pub(crate) fn one_element_frame<T: Element>() -> usize {
+    Codec::<T>::new().one_element_frame()
+}
+
+/// The elements a ring of connection capacity `capacity` and byte bound `capacity_bytes`
+/// (see `Connection::capacity_bytes`) lets be in flight, at least 1 (an element larger than
+/// the bound travels alone): each counted as a frame of its own of `frame` bytes, and the
+/// one-element frame [`ring_size`] adds for a wrap counted too, so that the ring, twice what
+/// these frames take, is at most twice the bound (a power of two at or above it).
+pub(crate) fn ring_elements(capacity: usize, capacity_bytes: usize, frame: usize) -> usize {
+    capacity.min((capacity_bytes / frame.max(1)).saturating_sub(1).max(1))
 }
 
 /// What one side of a connection does when its peer process looks dead.
