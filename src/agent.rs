@@ -408,8 +408,12 @@ pub(crate) struct PortDecl {
     pub min_capacity: usize,
     pub make_in: fn() -> Box<dyn InSlot>,
     pub make_out: fn() -> Box<dyn OutSlot>,
-    /// Bytes of a shared-memory ring for this port's type, from a capacity in elements.
-    pub ring_bytes: fn(usize) -> usize,
+    /// `size_of` of the element type: what a connection's byte bound counts per element in
+    /// process.
+    pub element_bytes: usize,
+    /// The ring bytes one element of this port's type takes at most (a frame of its own):
+    /// what the byte bound counts per element on a ring, and what rings are sized from.
+    pub ring_frame: fn() -> usize,
     /// Starts the thread that feeds this input from a shared-memory ring.
     pub make_feeder:
         fn(
@@ -440,7 +444,8 @@ impl Ports {
             min_capacity: 1,
             make_in: make_in::<T>,
             make_out: make_out::<T>,
-            ring_bytes: crate::transport::ring_bytes::<T>,
+            element_bytes: std::mem::size_of::<T>(),
+            ring_frame: crate::transport::one_element_frame::<T>,
             make_feeder: crate::transport::spawn_feeder::<T>,
             link_identity: crate::transport::tcp::LinkIdentity::new::<T>,
             make_tcp_feeder: crate::transport::tcp::spawn_tcp_feeder::<T>,

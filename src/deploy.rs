@@ -46,6 +46,7 @@
 //! stream = "sensor.out"        # required: the writer's stream, "agent.port"
 //! to = "detector.in"           # default: every connection from that stream; else the reader's input
 //! capacity = 1024              # default: as in code; >= 1 and >= the reader's min_capacity
+//! capacity_bytes = 1048576     # default: as in code (4 MiB unless set); >= 1; must hold min_capacity elements
 //! policy = "drop-oldest"       # "block" | "drop-oldest" | "drop-newest"; default: as in code
 //! ```
 //!
@@ -131,6 +132,10 @@ pub struct Plan {
     /// For each connection, by its index in [`GraphInfo::edges`](crate::info::GraphInfo::edges):
     /// its capacity and policy.
     pub edges: Vec<(usize, Policy)>,
+    /// For each connection, as `edges`: the byte bound the file sets
+    /// ([`Connection::capacity_bytes`](crate::Connection::capacity_bytes)), `None` where it
+    /// sets none (the code's bound, or the graph's default, stays).
+    pub capacity_bytes: Vec<Option<usize>>,
     /// Every host, in the file's order (empty: the one local host).
     pub hosts: Vec<HostPlan>,
     /// The host of every process.
@@ -206,7 +211,7 @@ const PROCESS_FIELDS: &[&str] = &[
     "cpus",
     "env",
 ];
-const CONNECTION_FIELDS: &[&str] = &["stream", "to", "capacity", "policy"];
+const CONNECTION_FIELDS: &[&str] = &["stream", "to", "capacity", "capacity_bytes", "policy"];
 const RESTARTS: &[&str] = &["never", "on-failure"];
 const POLICIES: &[&str] = &["block", "drop-oldest", "drop-newest"];
 
@@ -496,6 +501,7 @@ struct ConnectionEntry {
     stream: (String, Pos),
     to: Option<(String, Pos)>,
     capacity: Option<(usize, Pos)>,
+    capacity_bytes: Option<(usize, Pos)>,
     policy: Option<Policy>,
 }
 
@@ -612,6 +618,7 @@ impl Deployment {
 
         let mut edges: Vec<(usize, Policy)> =
             info.edges.iter().map(|e| (e.capacity, e.policy)).collect();
+        let mut capacity_bytes: Vec<Option<usize>> = vec![None; info.edges.len()];
         // Entries for a whole stream first, so that an entry for one connection wins.
         let stream_wide = self.connections.iter().filter(|c| c.to.is_none());
         let one = self.connections.iter().filter(|c| c.to.is_some());
@@ -667,6 +674,28 @@ impl Deployment {
                     }
                     edges[i].0 = capacity;
                 }
+                if let Some((bytes, at)) = c.capacity_bytes {
+                    let reader = &info.agents[e.to_agent];
+                    let input = &reader.inputs[e.to_port];
+                    // As the graph counts it (see `graph`, "Capacity"): `size_of` each.
+                    let holds = (bytes / e.element_bytes.max(1)).max(1);
+                    if holds < input.min_capacity {
+                        problems.add(
+                            at,
+                            format!(
+                                "capacity_bytes {bytes} of connection {} holds {holds} elements \
+                                 of {} bytes, fewer than {}, the fewest elements agent '{}' \
+                                 needs on its input '{}'",
+                                connection_label(&e.stream, Some(&e.input)),
+                                e.element_bytes,
+                                input.min_capacity,
+                                reader.name,
+                                input.name
+                            ),
+                        );
+                    }
+                    capacity_bytes[i] = Some(bytes);
+                }
                 if let Some(policy) = c.policy {
                     edges[i].1 = policy;
                 }
@@ -715,6 +744,7 @@ impl Deployment {
         Ok(Plan {
             agent_process,
             edges,
+            capacity_bytes,
             hosts: self
                 .hosts
                 .iter()
@@ -1858,6 +1888,7 @@ impl<'a> Reader<'a> {
                 stream: (String::new(), Pos::default()),
                 to: None,
                 capacity: None,
+                capacity_bytes: None,
                 policy: None,
             };
             for (key, value) in self.fields(t, CONNECTION_FIELDS, &place) {
@@ -1869,6 +1900,11 @@ impl<'a> Reader<'a> {
                     "to" => c.to = self.string(value, &what).map(|s| (s, at)),
                     "capacity" => {
                         c.capacity = self
+                            .int(value, &what, 1, TOML_MAX)
+                            .map(|n| (n as usize, at));
+                    }
+                    "capacity_bytes" => {
+                        c.capacity_bytes = self
                             .int(value, &what, 1, TOML_MAX)
                             .map(|n| (n as usize, at));
                     }
@@ -2005,8 +2041,8 @@ mod tests {
                  'restart'?); the accepted fields are 'host', 'agents', 'restart', \
                  'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus' and 'env'",
                 "deploy.toml:6:3: unknown field 'capacty' in connection 'sensor.out' (did you \
-                 mean 'capacity'?); the accepted fields are 'stream', 'to', 'capacity' and \
-                 'policy'",
+                 mean 'capacity'?); the accepted fields are 'stream', 'to', 'capacity', \
+                 'capacity_bytes' and 'policy'",
             ]
         );
     }
@@ -2351,6 +2387,43 @@ mod tests {
     }
 
     #[test]
+    fn capacity_bytes_zero_or_below_the_readers_min_capacity() {
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\ncapacity_bytes = 0\n"),
+            "deploy.toml:3:18: 'capacity_bytes' in connection 'sensor.out' must be at least 1, \
+             found 0"
+        );
+        // The window of 8 u64 needs 64 bytes.
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\ncapacity_bytes = 63\n"),
+            "deploy.toml:3:18: capacity_bytes 63 of connection 'sensor.out -> average.in' holds \
+             7 elements of 8 bytes, fewer than 8, the fewest elements agent 'average' needs on \
+             its input 'in'"
+        );
+        let d = Deployment::parse(
+            "deploy.toml",
+            "[[connections]]\nstream = \"sensor.out\"\ncapacity_bytes = 64\n",
+        )
+        .unwrap();
+        let mut g = app_graph();
+        g.apply_plan(&d.plan(&g.info()).unwrap());
+        let info = g.info();
+        assert_eq!(
+            info.edges
+                .iter()
+                .map(|e| (e.capacity_bytes, e.credit))
+                .collect::<Vec<_>>(),
+            [
+                (64, 8),
+                (64, 8),
+                (crate::DEFAULT_CAPACITY_BYTES, crate::DEFAULT_CAPACITY),
+                (crate::DEFAULT_CAPACITY_BYTES, crate::DEFAULT_CAPACITY),
+            ],
+            "8 u64 in 64 bytes; the others as in code"
+        );
+    }
+
+    #[test]
     fn capacity_below_the_readers_min_capacity() {
         assert_eq!(
             error("[[connections]]\nstream = \"sensor.out\"\ncapacity = 4\n"),
@@ -2396,7 +2469,7 @@ mod tests {
                  writer's stream, \"agent.port\")",
                 "deploy.toml:6:10: connection 'sensor.out' is configured twice (first on line 4)",
                 "deploy.toml:7:1: unknown field 'connections' in connection 'sensor.out'; the \
-                 accepted fields are 'stream', 'to', 'capacity' and 'policy'",
+                 accepted fields are 'stream', 'to', 'capacity', 'capacity_bytes' and 'policy'",
             ]
         );
     }
@@ -2655,6 +2728,7 @@ restart = "on-failure"
 stream = "sensor.out"
 to = "average.in"
 capacity = 64
+capacity_bytes = 4096
 policy = "drop-newest"
 
 [[connections]]
@@ -2733,6 +2807,7 @@ insecure = true
                     (default, Policy::Block),
                     (default, Policy::Block),
                 ],
+                capacity_bytes: vec![None, Some(4096), None, None],
                 hosts: vec![
                     host("local", "127.0.0.1", DEFAULT_PORT),
                     host("edge", "10.0.0.7", DEFAULT_PORT),

@@ -11,7 +11,30 @@
 //!
 //! [`Graph::connect`] is the one wiring call. Where both agents run decides the transport; the
 //! [`Connection`] options decide the capacity (elements in flight between the writer and this
-//! reader) and what happens when the reader falls that far behind ([`Policy`]).
+//! reader, and the bytes they may take: see "Capacity") and what happens when the reader falls
+//! that far behind ([`Policy`]).
+//!
+//! # Capacity
+//!
+//! A connection bounds what is in flight on it (sent by the writer, not yet consumed by the
+//! reader) twice: in elements ([`Connection::capacity`], default [`DEFAULT_CAPACITY`]) and in
+//! bytes ([`Connection::capacity_bytes`], default [`DEFAULT_CAPACITY_BYTES`]). The link's
+//! credit is the smaller of the two, counted in elements, the same on every transport:
+//!
+//! - in process, each element counts `size_of::<T>()` bytes: what the shared batches hold.
+//!   Data an element owns on the heap (a `String`'s text, a `Vec`'s items) is not counted
+//!   (there is no cheap way to know it): bound such streams in elements;
+//! - on a shared-memory ring, each element counts the bytes it takes in the ring at most (a
+//!   frame of its own: its encoding, up to 24 bytes more), and the ring is made twice what the
+//!   credit takes (room for the writer's next frame), so a ring is at most twice the bound,
+//!   rounded up to a power of two (8 KiB at least);
+//! - over TCP, as in process; the deployment's `unacked_bytes` bounds the bytes there.
+//!
+//! A batch larger than the credit is split (what fits goes, the rest waits), and the credit is
+//! never less than one element (an element larger than the bound travels alone) nor less than
+//! what the reading agent needs to make progress ([`Ports::needs_at_least`]: a bound set on
+//! the connection that cannot hold that many is an error; the default is raised to it).
+//! [`LinkStats::capacity`](crate::LinkStats::capacity) is the credit in elements.
 //!
 //! # Mistakes
 //!
@@ -38,15 +61,32 @@ use crate::transport::Mailbox;
 /// Elements that may be in flight on a connection unless it says otherwise.
 pub const DEFAULT_CAPACITY: usize = 32 * 1024;
 
-/// Options of one connection: capacity and back-pressure policy.
+/// Bytes of elements that may be in flight on a connection unless it says otherwise: 4 MiB
+/// (see the module docs, "Capacity", for how they are counted).
+///
+/// The element bound alone let a connection of 1 KiB elements hold 32 MiB in process (and a
+/// 64 MiB ring across processes): ten such connections would fill a small Raspberry Pi. 4 MiB
+/// keeps every connection of elements up to 128 bytes at its element bound (32 Ki × 128 B),
+/// so small elements lose nothing; it holds 4 096 elements of 1 KiB, 64 of 64 KiB. Throughput
+/// does not need more: in flight is what a round trip of credit (tens of microseconds) must
+/// cover, and 4 MiB per round trip is far beyond what one core copies. Raise it per
+/// connection ([`Connection::capacity_bytes`]), per graph
+/// ([`Graph::set_default_capacity_bytes`]) or in the deployment file.
+pub const DEFAULT_CAPACITY_BYTES: usize = 4 << 20;
+
+/// Options of one connection: capacity (in elements and in bytes) and back-pressure policy.
 ///
 /// ```
 /// use iotstream::{Connection, Policy};
-/// let c = Connection::new().capacity(256).policy(Policy::DropOldest);
+/// let c = Connection::new()
+///     .capacity(256)
+///     .capacity_bytes(64 << 10)
+///     .policy(Policy::DropOldest);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Connection {
     pub(crate) capacity: Option<usize>,
+    pub(crate) capacity_bytes: Option<usize>,
     pub(crate) policy: Policy,
     pub(crate) transport: Transport,
 }
@@ -59,6 +99,16 @@ impl Connection {
     /// Elements that may be in flight (sent, not yet consumed) between writer and reader.
     pub fn capacity(mut self, elements: usize) -> Self {
         self.capacity = Some(elements);
+        self
+    }
+    /// Bytes of elements that may be in flight between writer and reader, besides the element
+    /// bound: the smaller of the two is the link's credit (see the [module docs](self),
+    /// "Capacity", for how elements are counted). At least 1; it must hold as many elements as
+    /// the reader needs to make progress. Default: the graph's
+    /// ([`DEFAULT_CAPACITY_BYTES`] unless [`Graph::set_default_capacity_bytes`] says
+    /// otherwise).
+    pub fn capacity_bytes(mut self, bytes: usize) -> Self {
+        self.capacity_bytes = Some(bytes);
         self
     }
     /// What happens when the capacity is reached.
@@ -109,6 +159,22 @@ pub(crate) struct Edge {
     pub conn: Connection,
 }
 
+/// What a connection's two bounds come to (see the module docs, "Capacity").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    /// The element bound asked for (the connection's, or the graph's default).
+    pub capacity: usize,
+    /// The byte bound asked for (the connection's, or the graph's default).
+    pub capacity_bytes: usize,
+    /// The byte bound was set on the connection (or by a deployment), not the default.
+    pub bytes_set: bool,
+    /// Elements the byte bound holds, counted as in process (`size_of`), at least 1.
+    pub by_bytes: usize,
+    /// The link's credit in elements: what both bounds allow on its transport, at least 1 and
+    /// at least what the reader needs.
+    pub elements: usize,
+}
+
 /// An external input's channel (`ops::source::ExternalInput<T>`) of unknown `T`, as the graph
 /// stores it until a run hands out its sender.
 pub(crate) trait ExternalAny: Send {
@@ -128,6 +194,7 @@ pub struct Graph {
     pub(crate) edges: Vec<Edge>,
     problems: Vec<String>,
     default_capacity: usize,
+    default_capacity_bytes: usize,
     /// The deployment's `[network]` section and its digest, when a launcher started this
     /// process with a deployment file: how links between hosts are set up.
     pub(crate) network: Option<(crate::deploy::NetworkSettings, [u8; 32])>,
@@ -155,6 +222,7 @@ impl Graph {
             edges: Vec::new(),
             problems: Vec::new(),
             default_capacity: DEFAULT_CAPACITY,
+            default_capacity_bytes: DEFAULT_CAPACITY_BYTES,
             workers: None,
             externals: HashMap::new(),
             network: None,
@@ -183,6 +251,33 @@ impl Graph {
     /// Sets the capacity of connections that do not set their own.
     pub fn set_default_capacity(&mut self, elements: usize) -> &mut Self {
         self.default_capacity = elements;
+        self
+    }
+
+    /// The byte bound of connections that do not set their own ([`Connection::capacity_bytes`]).
+    pub fn default_capacity_bytes(&self) -> usize {
+        self.default_capacity_bytes
+    }
+
+    /// Sets the byte bound of connections that do not set their own (see the
+    /// [module docs](self), "Capacity"); at least 1. Unlike a connection's own bound, the
+    /// default never makes a connection too small for its reader: it is raised to what the
+    /// reader needs.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("pi");
+    /// g.set_default_capacity_bytes(256 << 10);
+    /// let frames = g.source_iter("camera", (0..3u64).map(|i| [i; 32]));
+    /// let out = g.collect("frames", &frames);
+    /// assert_eq!(g.info().edges[0].capacity_bytes, 256 << 10);
+    /// let metrics = g.run().unwrap();
+    /// // 256 KiB of 256-byte elements: 1024 in flight at most.
+    /// assert_eq!(metrics.links[0].capacity, 1024);
+    /// assert_eq!(out.values().len(), 3);
+    /// ```
+    pub fn set_default_capacity_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.default_capacity_bytes = bytes.max(1);
         self
     }
 
@@ -504,6 +599,11 @@ impl Graph {
             e.conn.capacity = Some(*capacity);
             e.conn.policy = *policy;
         }
+        for (e, bytes) in self.edges.iter_mut().zip(&plan.capacity_bytes) {
+            if let Some(bytes) = bytes {
+                e.conn.capacity_bytes = Some(*bytes);
+            }
+        }
         if !plan.hosts.is_empty() {
             self.hosts = plan.hosts.clone();
         }
@@ -527,6 +627,37 @@ impl Graph {
             }
         }
         out
+    }
+
+    /// What edge `e`'s element and byte bounds come to (see the module docs, "Capacity").
+    pub(crate) fn bounds(&self, e: &Edge) -> Bounds {
+        let capacity = e.conn.capacity.unwrap_or(self.default_capacity);
+        let capacity_bytes = e.conn.capacity_bytes.unwrap_or(self.default_capacity_bytes);
+        let decl = &self.agents[e.from.agent as usize].outputs[e.from.port as usize];
+        let need = self.agents[e.to.agent as usize].inputs[e.to.port as usize].min_capacity;
+        let by_bytes = (capacity_bytes / decl.element_bytes.max(1)).max(1);
+        let elements = match self.resolve(e) {
+            Resolved::SharedMemory => {
+                crate::transport::ring_elements(capacity, capacity_bytes, (decl.ring_frame)())
+            }
+            Resolved::Local | Resolved::Tcp => capacity.min(by_bytes),
+        };
+        Bounds {
+            capacity,
+            capacity_bytes,
+            bytes_set: e.conn.capacity_bytes.is_some(),
+            by_bytes,
+            elements: elements.max(need).max(1),
+        }
+    }
+
+    /// The bytes of edge `e`'s ring, if it is a shared-memory connection: twice what its
+    /// credit takes as one-element frames (see [`crate::transport::ring_size`]).
+    pub(crate) fn ring_bytes(&self, e: &Edge) -> Option<usize> {
+        (self.resolve(e) == Resolved::SharedMemory).then(|| {
+            let decl = &self.agents[e.from.agent as usize].outputs[e.from.port as usize];
+            crate::transport::ring_size(self.bounds(e).elements, (decl.ring_frame)())
+        })
     }
 
     /// The transport of edge `e`, from placement and the connection's forced transport.
@@ -581,10 +712,8 @@ impl Graph {
         }
         for e in &self.edges {
             (e.from.agent, e.from.port, e.to.agent, e.to.port).hash(&mut h);
-            e.conn
-                .capacity
-                .unwrap_or(self.default_capacity)
-                .hash(&mut h);
+            let b = self.bounds(e);
+            (b.capacity, b.capacity_bytes, b.elements).hash(&mut h);
             format!("{:?}{:?}", e.conn.policy, e.conn.transport).hash(&mut h);
         }
         h.finish()
@@ -627,7 +756,8 @@ impl Graph {
         let mut fed: HashMap<PortId, usize> = HashMap::new();
         for e in &self.edges {
             *fed.entry(e.to).or_default() += 1;
-            let cap = e.conn.capacity.unwrap_or(self.default_capacity);
+            let bounds = self.bounds(e);
+            let cap = bounds.capacity;
             let reader = &self.agents[e.to.agent as usize];
             let need = reader.inputs[e.to.port as usize].min_capacity;
             let what = format!(
@@ -669,6 +799,16 @@ impl Graph {
                 problems.push(format!(
                     "{what}: capacity {cap} is smaller than the {need} elements agent '{}' needs to make progress; raise it with Connection::capacity",
                     reader.name
+                ));
+            }
+            if bounds.bytes_set && bounds.capacity_bytes == 0 {
+                problems.push(format!("{what}: capacity_bytes must be at least 1"));
+            } else if bounds.bytes_set && bounds.by_bytes < need {
+                let size =
+                    self.agents[e.from.agent as usize].outputs[e.from.port as usize].element_bytes;
+                problems.push(format!(
+                    "{what}: capacity_bytes {} holds {} elements of {size} bytes, fewer than the {need} elements agent '{}' needs to make progress; raise it with Connection::capacity_bytes",
+                    bounds.capacity_bytes, bounds.by_bytes, reader.name
                 ));
             }
         }
@@ -792,7 +932,7 @@ impl Graph {
             if !local[writer] && !local[reader] {
                 continue;
             }
-            let capacity = e.conn.capacity.unwrap_or(self.default_capacity);
+            let capacity = self.bounds(e).elements;
             let counters: Arc<crate::metrics::LinkCounters> = Arc::default();
             let stream = self.port_name(e.from, true);
             let input = &self.agents[reader].inputs[e.to.port as usize].name;
@@ -1053,14 +1193,11 @@ impl Graph {
             .map(|e| {
                 let (fa, fp) = (e.from.agent as usize, e.from.port as usize);
                 let (ta, tp) = (e.to.agent as usize, e.to.port as usize);
-                let capacity = e.conn.capacity.unwrap_or(self.default_capacity());
-                let (transport, ring_bytes) = match self.resolve(e) {
-                    Resolved::Tcp => ("tcp", None),
-                    Resolved::Local => ("local", None),
-                    Resolved::SharedMemory => (
-                        "shared-memory",
-                        Some((self.agents[fa].outputs[fp].ring_bytes)(capacity)),
-                    ),
+                let bounds = self.bounds(e);
+                let transport = match self.resolve(e) {
+                    Resolved::Tcp => "tcp",
+                    Resolved::Local => "local",
+                    Resolved::SharedMemory => "shared-memory",
                 };
                 crate::info::EdgeInfo {
                     from_agent: fa,
@@ -1075,11 +1212,14 @@ impl Graph {
                         "{}.{}",
                         self.agents[ta].name, self.agents[ta].inputs[tp].name
                     ),
-                    capacity,
+                    capacity: bounds.capacity,
+                    capacity_bytes: bounds.capacity_bytes,
+                    element_bytes: self.agents[fa].outputs[fp].element_bytes,
+                    credit: bounds.elements,
                     policy: e.conn.policy,
                     forced: e.conn.transport,
                     transport: transport.to_string(),
-                    ring_bytes,
+                    ring_bytes: self.ring_bytes(e),
                 }
             })
             .collect();

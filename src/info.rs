@@ -93,8 +93,20 @@ pub struct EdgeInfo {
     pub stream: String,
     /// The input, `agent.port`.
     pub input: String,
-    /// Elements that may be in flight between writer and reader.
+    /// The element bound asked for: the connection's capacity, or the graph's default.
     pub capacity: usize,
+    /// The byte bound asked for: the connection's `capacity_bytes`, or the graph's default
+    /// (see [`Connection::capacity_bytes`](crate::Connection::capacity_bytes)).
+    #[serde(default)]
+    pub capacity_bytes: usize,
+    /// `size_of` of the element type: what the byte bound counts per element in process.
+    #[serde(default)]
+    pub element_bytes: usize,
+    /// Elements that may be in flight between writer and reader: what both bounds allow on
+    /// the chosen transport (see [`graph`](crate::graph), "Capacity"), as
+    /// [`LinkStats::capacity`](crate::LinkStats::capacity) reports it.
+    #[serde(default)]
+    pub credit: usize,
     /// What happens when the capacity is reached.
     pub policy: Policy,
     /// The transport the connection forces, or `auto`.

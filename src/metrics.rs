@@ -211,7 +211,8 @@ pub struct StreamStats {
 ///
 /// A connection between two processes (a shared-memory ring, a TCP link) has one set of
 /// counters in each: the writer's process counts what its agent sent (`elements`, `batches`,
-/// `dropped`, `blocked`; over TCP also `bytes` sent, `reconnects`, `unacked_bytes`), the
+/// `dropped`, `blocked`; on a ring also `max_in_flight`, as it counts what it wrote and has
+/// not seen consumed; over TCP also `bytes` sent, `reconnects`, `unacked_bytes`), the
 /// reader's process what its agent was handed (`elements`, `batches`, `in_flight`,
 /// `max_in_flight`, `released_early`; over TCP also `bytes` received, `reconnects`). Put the
 /// two together by [`LinkStats::edge`] (the live view does: see
@@ -263,7 +264,8 @@ pub struct LinkStats {
     pub input: String,
     /// The back-pressure policy.
     pub policy: Policy,
-    /// Elements that may be in flight (sent, not yet consumed by the reader).
+    /// Elements that may be in flight (sent, not yet consumed by the reader), on every
+    /// transport.
     pub capacity: usize,
     /// Elements delivered: sent by the writer (counted by the writer's end), or handed to the
     /// reading agent (by the reader's end, where the writer is in another process).
@@ -274,11 +276,17 @@ pub struct LinkStats {
     pub dropped: u64,
     /// Total time the writer held data it could not send on this connection.
     pub blocked: Duration,
-    /// Elements in flight now: sent and not yet consumed by the reader (within one process),
-    /// or handed to the reading agent and not yet consumed (counted by the reader's end of a
-    /// ring or TCP link; what still waits in the ring or the socket is not counted).
+    /// Elements in flight now, counted by the reader's end: sent and not yet consumed by the
+    /// reader (within one process); read from the ring by the reading process and not yet
+    /// consumed (waiting in its feeder or handed to the agent; what still waits in the ring is
+    /// not counted); over TCP, handed to the reading agent and not yet consumed.
     pub in_flight: u64,
-    /// The most elements that were ever in flight at once (never above `capacity`).
+    /// The most elements that were ever in flight at once (never above `capacity`, except for
+    /// elements a ring's reader released early, and right after a ring's writing process
+    /// restarted, see `docs/ARCHITECTURE.md`). On a
+    /// shared-memory ring both ends count it: the writer's end what it wrote and had not seen
+    /// consumed (including what waited in the ring), the reader's end as `in_flight`. Over
+    /// TCP only the reader's end counts it.
     pub max_in_flight: u64,
     /// Shared-memory connections: elements whose ring space the reading process released
     /// before its agent had consumed them, because the writer was out of space while the

@@ -1733,9 +1733,9 @@ fn create_segments(graph: &Graph, run: &RunId, segments: &Segments) -> Result<()
             continue;
         }
         let name = transport::ring_name(&graph.name, &run.to_string(), edge)?;
-        let capacity = e.conn.capacity.unwrap_or_else(|| graph.default_capacity());
-        let decl = &graph.agents[e.from.agent as usize].outputs[e.from.port as usize];
-        let bytes = (decl.ring_bytes)(capacity);
+        let Some(bytes) = graph.ring_bytes(e) else {
+            continue;
+        };
         transport::create_ring(&name, bytes, edge)?;
         segments.add(name);
     }

@@ -18,11 +18,15 @@
 //! waker's (a deadlock: a lost wake-up); `head` published with `Relaxed` instead of `Release`,
 //! or `tail` released with `Relaxed` (a causality violation on payload bytes); the producer's
 //! nudge moved before its waiting flag is set and fenced, or a `DataNudger` nudge without its
-//! fence (a deadlock).
+//! fence (a deadlock); the consumer's `consumed` stored after the `tail` it goes with (a
+//! producer counting less in flight than there is), or `release_consumed` not waking the
+//! producer when only `consumed` changed (a deadlock).
 //!
 //! Bounds: the five sleep/wake handshake models are exhaustive (including the producer's nudge
 //! to a consumer that holds frames and watches for a producer out of space, and a nudge from
-//! another thread of the consumer's process); the three longer ones are bounded to 4–5
+//! another thread of the consumer's process), and so are the two of the consumer's
+//! `consumed` word (the producer's count of what is in flight, its wait for consumption);
+//! the three longer ones are bounded to 4–5
 //! preemptions, so that the whole file takes about a minute on two cores.
 //!
 //! [loom]: https://docs.rs/loom
@@ -243,5 +247,71 @@ fn a_nudge_wakes_a_consumer_waiting_for_its_condition() {
             Wait::Ready
         );
         other.join().unwrap();
+    });
+}
+
+#[test]
+fn a_producer_never_counts_less_in_flight_than_there_is() {
+    // Frames A (3 elements) and B (2). The reader consumes 2 of A (the consumer says
+    // consumed 2, nothing released), then 2 more: A is released and 1 of B consumed (consumed
+    // 1 at A's end). At the least 1 element is in flight; the producer, reading `tail` then
+    // `consumed` at any moment, must never count fewer (it would write past its capacity).
+    model(None, || {
+        let (mut p, mut c) = pair(64);
+        assert!(p.try_write(8, |b| b.fill(1)).unwrap());
+        let end_a = p.head();
+        assert!(p.try_write(8, |b| b.fill(2)).unwrap());
+        let end_b = p.head();
+        p.publish();
+        let consumer = thread::spawn(move || {
+            assert!(c.try_read(|_| ()).unwrap().is_some());
+            assert!(c.try_read(|_| ()).unwrap().is_some());
+            c.release_consumed(2, None).unwrap();
+            c.release_consumed(1, Some(end_a)).unwrap();
+            c
+        });
+        // Reads until it sees the end state, checking every reading on the way.
+        loop {
+            let (tail, consumed) = p.released().unwrap();
+            let written: u64 = [(end_a, 3), (end_b, 2)]
+                .iter()
+                .filter(|&&(end, _)| end > tail)
+                .map(|&(_, n)| n)
+                .sum();
+            let counted = written - consumed.min(written);
+            assert!(
+                (1..=5).contains(&counted),
+                "tail {tail}, consumed {consumed}: {counted} counted in flight"
+            );
+            if (tail, consumed) == (end_a, 1) {
+                break;
+            }
+            thread::yield_now();
+        }
+        drop(consumer.join().unwrap());
+    });
+}
+
+#[test]
+fn a_producer_waiting_for_consumption_is_woken_by_it() {
+    // The reader consumes part of a frame: nothing is released, only `consumed` changes. A
+    // producer out of element credit waits for exactly that; missing it is a deadlock.
+    model(None, || {
+        let (mut p, mut c) = pair(64);
+        assert!(p.try_write(8, |b| b.fill(1)).unwrap());
+        p.publish();
+        let waiter = p.space_waiter();
+        let (tail, consumed) = p.released().unwrap();
+        let consumer = thread::spawn(move || {
+            assert!(c.try_read(|_| ()).unwrap().is_some());
+            c.release_consumed(1, None).unwrap();
+            c
+        });
+        assert_eq!(
+            waiter.wait_for_progress(tail, consumed, FOREVER).unwrap(),
+            Wait::Ready
+        );
+        assert_eq!(p.released().unwrap(), (0, 1));
+        drop(consumer.join().unwrap());
     });
 }

@@ -104,6 +104,12 @@ fn pipeline(n: u64, processes: usize, capacity: usize, app: &str) -> Result<(), 
     if let Some(s) = metrics.stream("numbers.out") {
         println!("EMITTED {}", s.elements);
     }
+    for l in &metrics.links {
+        println!(
+            "LINK {} -> {} ends={:?} max_in_flight={} capacity={}",
+            l.stream, l.reader, l.ends, l.max_in_flight, l.capacity
+        );
+    }
     if in_sink {
         let (count, sum, ordered) = report.lock().unwrap().unwrap_or((0, 0, true));
         println!("RESULT count={count} sum={sum} ordered={ordered}");
@@ -702,6 +708,54 @@ fn a_long_line_crosses_to_another_process() -> Result<(), String> {
     ensure(r == want, || format!("got {r}, expected {want}"))
 }
 
+/// A capacity of N on a ring between processes means at most N elements in flight, as in
+/// process (it used to let a whole frame of a batch through: up to 511 `u64` for a capacity of
+/// 1), and both ends of each ring measure it (the writer's end used to say 0).
+fn a_ring_holds_at_most_capacity_elements_in_flight() -> Result<(), String> {
+    for capacity in [1u64, 7] {
+        let cap = capacity.to_string();
+        let (status, out, err) =
+            Started::new("pipeline", &["20000", "3", &cap]).wait(Duration::from_secs(120))?;
+        ensure(status.success(), || {
+            format!("capacity {capacity}: failed with {status}:\n{out}\n{err}")
+        })?;
+        ensure(segments("pipeline").is_empty(), || {
+            format!("rings left behind: {:?}", segments("pipeline"))
+        })?;
+        let r = result_line(&out)?;
+        ensure(
+            r.starts_with("count=10000 ") && r.ends_with("ordered=true"),
+            || format!("capacity {capacity}: {r}"),
+        )?;
+        // numbers → triple and triple → odd are rings: each reported by its writer's and its
+        // reader's process; odd → check is in process.
+        let links: Vec<&str> = out.lines().filter(|l| l.contains("LINK ")).collect();
+        for (stream, reader, ends) in [
+            ("numbers.out", "triple", "Writer"),
+            ("numbers.out", "triple", "Reader"),
+            ("triple.out", "odd", "Writer"),
+            ("triple.out", "odd", "Reader"),
+            ("odd.out", "check", "Both"),
+        ] {
+            let head = format!("LINK {stream} -> {reader} ends={ends} ");
+            let line = links
+                .iter()
+                .find(|l| l.contains(&head))
+                .ok_or_else(|| format!("capacity {capacity}: no '{head}' in:\n{out}"))?;
+            let most: u64 = line
+                .split("max_in_flight=")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("no max_in_flight in '{line}'"))?;
+            ensure((1..=capacity).contains(&most), || {
+                format!("capacity {capacity}: {line}")
+            })?;
+        }
+    }
+    Ok(())
+}
+
 fn c14_two_processes() -> Result<(), String> {
     let r = run_app("c14", &[])?;
     ensure(r == "[200, 202, 204, 206, 208, 210]", || format!("got {r}"))
@@ -1286,12 +1340,16 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 24] = [
+    let scenarios: [(&str, Scenario); 25] = [
         (
             "a_starter_serves_every_processs_counters",
             a_starter_serves_every_processs_counters,
         ),
         ("c14_two_processes", c14_two_processes),
+        (
+            "a_ring_holds_at_most_capacity_elements_in_flight",
+            a_ring_holds_at_most_capacity_elements_in_flight,
+        ),
         (
             "stdin_reaches_the_process_that_reads_it",
             stdin_reaches_the_process_that_reads_it,

@@ -125,6 +125,14 @@ impl Held {
         self.open
     }
 
+    /// Elements of the frames held that are consumed already (frames are released only once
+    /// all their elements are): what the feeder tells the writer through the ring's
+    /// `consumed`, so that a writer bounding its elements in flight sees consumption that ends
+    /// inside a frame.
+    pub(crate) fn consumed_held(&self) -> usize {
+        self.credited
+    }
+
     /// Elements of the frames held and not consumed.
     #[cfg(test)]
     fn unconsumed(&self) -> usize {

@@ -229,8 +229,9 @@ enum Piece<T> {
 ///
 /// In-process, the reader grants `capacity` elements of credit up front and returns credit as its
 /// agent consumes, so at most `capacity` elements are ever in flight (sent, not consumed). Across
-/// processes the ring's room plays the part of the credit, across hosts the TCP link's budget of
-/// unacknowledged bytes. Data that cannot be sent now waits in
+/// processes the ring keeps the same bound (its writer counts what the reader consumed, see
+/// [`ShmSender::set_capacity`]) and its room bounds the bytes; across hosts the TCP link's
+/// budget of unacknowledged bytes plays the part of the credit. Data that cannot be sent now waits in
 /// the stash (`Block`: the writer's agent does not step again until the stash is sent), is
 /// dropped (`DropNewest`), or waits while the oldest stashed elements beyond `capacity` are
 /// dropped (`DropOldest`). Drops are counted.
@@ -291,6 +292,11 @@ fn transmit<T: Element>(
         Flavor::Shm(tx) => {
             let n = tx.write(batch.as_slice())?;
             batch.advance(n);
+            // The most ever in flight, as the writer counts it (written, not seen consumed);
+            // the reader's end keeps the gauge (see `LinkEnds`).
+            counters
+                .max_in_flight
+                .fetch_max(tx.in_flight() as u64, std::sync::atomic::Ordering::Relaxed);
             n
         }
         Flavor::Tcp(tx) => {
@@ -361,8 +367,10 @@ impl<T: Element> LinkTx<T> {
         )
     }
 
-    /// A link that writes into a shared-memory ring, opened by [`ShmSender::open`].
-    pub(crate) fn shm(tx: ShmSender<T>, spec: &LinkSpec) -> Self {
+    /// A link that writes into a shared-memory ring, opened by [`ShmSender::open`]: at most
+    /// `spec.capacity` elements in flight, as in process (see [`ShmSender::set_capacity`]).
+    pub(crate) fn shm(mut tx: ShmSender<T>, spec: &LinkSpec) -> Self {
+        tx.set_capacity(spec.capacity);
         Self::new(Flavor::Shm(tx), spec)
     }
 
@@ -606,12 +614,13 @@ impl<T: Element> LinkTx<T> {
     /// One line about the data it cannot send, if it holds any.
     pub(crate) fn stalled(&self) -> Option<String> {
         (!self.stash.is_empty()).then(|| {
+            let in_flight = match &self.flavor {
+                Flavor::Shm(tx) => tx.in_flight(),
+                _ => self.capacity - self.credit,
+            };
             format!(
-                "{}: {} elements wait at the writer, {} in flight unconsumed by the reader (capacity {})",
-                self.label,
-                self.stashed,
-                self.capacity - self.credit,
-                self.capacity
+                "{}: {} elements wait at the writer, {in_flight} in flight unconsumed by the reader (capacity {})",
+                self.label, self.stashed, self.capacity
             )
         })
     }

@@ -25,7 +25,10 @@
 //!   out of credit. A frame that does not fit is replaced by a smaller one of what fits (a
 //!   shorter part, for a large element): the ring is full only when not even one element fits.
 //!   A **watcher thread** then sleeps on the ring's "space released" futex and posts a credit
-//!   envelope to the host when the reader has made room: the host never blocks.
+//!   envelope to the host when the reader has made room: the host never blocks. The writer
+//!   also keeps at most the connection's capacity of elements in flight, written and not yet
+//!   consumed, as an in-process link does (its [`Credit`]: it splits a batch at what is left,
+//!   and its watcher wakes it when the reader consumes).
 //! - The reader's end is a **feeder thread** ([`spawn_feeder`]): it sleeps on the "data
 //!   published" futex, copies each frame into private memory and decodes it there (trusting
 //!   nothing, reassembling large elements: see [`codec`]), and delivers batches to
@@ -98,14 +101,38 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// larger batches travel as several frames). Before, the ring held twice the capacity's
 /// *payload* bytes, which one-element frames (24 bytes for a `u64` of 8) exceed. Only the
 /// 256 MiB bound (a capacity of millions of elements) breaks the rule.
+#[cfg(test)]
 pub(crate) fn ring_bytes<T: Element>(capacity: usize) -> usize {
-    let per = Codec::<T>::new().one_element_frame();
+    ring_size(capacity, one_element_frame::<T>())
+}
+
+/// [`ring_bytes`] for elements whose one-element frame takes `frame` bytes.
+pub(crate) fn ring_size(capacity: usize, frame: usize) -> usize {
     capacity
         .saturating_add(1)
-        .saturating_mul(per)
+        .saturating_mul(frame)
         .saturating_mul(2)
         .clamp(8 << 10, 256 << 20)
         .next_power_of_two()
+}
+
+/// The ring bytes a frame of one element of `T` takes ([`Codec::one_element_frame`]): the most
+/// an element can take in a ring, what a connection's byte bound counts per element there.
+/// Read when the graph is resolved, not when it is built: [`Graph::plain_data`] may come
+/// after `connect`.
+///
+/// [`Graph::plain_data`]: crate::Graph::plain_data
+pub(crate) fn one_element_frame<T: Element>() -> usize {
+    Codec::<T>::new().one_element_frame()
+}
+
+/// The elements a ring of connection capacity `capacity` and byte bound `capacity_bytes`
+/// (see `Connection::capacity_bytes`) lets be in flight, at least 1 (an element larger than
+/// the bound travels alone): each counted as a frame of its own of `frame` bytes, and the
+/// one-element frame [`ring_size`] adds for a wrap counted too, so that the ring, twice what
+/// these frames take, is at most twice the bound (a power of two at or above it).
+pub(crate) fn ring_elements(capacity: usize, capacity_bytes: usize, frame: usize) -> usize {
+    capacity.min((capacity_bytes / frame.max(1)).saturating_sub(1).max(1))
 }
 
 /// What one side of a connection does when its peer process looks dead.
@@ -255,14 +282,120 @@ pub(crate) fn create_ring(name: &str, bytes: usize, edge: usize) -> Result<(), E
 // ---------------------------------------------------------------------------------------------
 // The writer's end
 
+/// What the watcher thread waits for, for the writer's host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Armed {
+    /// Room: the consumer's `tail` at or past this position (the frame that waits fits then).
+    Tail(u64),
+    /// Element credit: the consumer's `tail` or `consumed` moving from these values (its
+    /// reader consumed something: see [`Credit`]).
+    Progress { tail: u64, consumed: u64 },
+}
+
 /// What the writer's host and its watcher thread share.
 struct Watch {
-    /// The ring position the reader must release for the stashed frame to fit; `None` when
-    /// nothing waits.
-    armed: Mutex<Option<u64>>,
+    /// What the writer waits for; `None` when nothing waits.
+    armed: Mutex<Option<Armed>>,
     cond: Condvar,
     /// The link is gone: the watcher ends.
     done: AtomicBool,
+}
+
+/// The writer's element credit on a ring: at most `capacity` elements in flight, written and
+/// not yet consumed by the reading agent, as on an in-process link.
+///
+/// The ring counts bytes; this counts elements. It keeps the frames this producer wrote and
+/// has not seen released, `(end position, elements)`, and reads from the ring how many
+/// elements of the frames past the released `tail` the reader has consumed (the ring's
+/// `consumed`, stored by the feeder: see [`shm::ring`], "Elements consumed past the tail").
+/// In flight is then what it wrote past `tail` minus that. The feeder releases a frame only
+/// once all its elements are consumed, so without `consumed` a reader that consumed part of a
+/// frame and waits for more elements than the rest holds would wait for a writer waiting for
+/// that frame: `consumed` makes the credit as fine-grained as an in-process link's.
+///
+/// What it counts is never less than what is in flight (the ring's values are read tail
+/// first, and only between writes), so `capacity` is never exceeded, with two exceptions:
+/// elements the feeder released early (its fallback, counted in `LinkStats::released_early`)
+/// are no longer counted, and a producer that took the role over from a dead one does not
+/// know what the dead one's frames hold: until the reader releases past them, it counts only
+/// its own frames (so up to twice the capacity may be in flight right after a restart).
+struct Credit {
+    /// Elements that may be in flight; `usize::MAX` for no bound (the ring's room only).
+    capacity: usize,
+    /// Frames written and not seen released: end position, elements. None empty (marks and
+    /// other frames without elements are not kept).
+    frames: VecDeque<(u64, usize)>,
+    /// Elements in `frames`.
+    written: usize,
+    /// A large element accepted and not yet entirely written: 1, else 0 (its frame goes into
+    /// `frames` once its last part is written).
+    open: usize,
+    /// The consumer's `consumed` last read, and the `tail` it was read with.
+    consumed: u64,
+    tail: u64,
+    /// Where this producer's own frames start: frames before it are a dead producer's, whose
+    /// elements it does not know.
+    origin: u64,
+}
+
+impl Credit {
+    fn new(origin: u64) -> Credit {
+        Credit {
+            capacity: usize::MAX,
+            frames: VecDeque::new(),
+            written: 0,
+            open: 0,
+            consumed: 0,
+            tail: origin,
+            origin,
+        }
+    }
+
+    /// Elements in flight as last counted.
+    fn in_flight(&self) -> usize {
+        // While a dead producer's frames are not all released, what the reader consumed is
+        // theirs (elements are consumed in order): none of ours.
+        let consumed = if self.tail < self.origin {
+            0
+        } else {
+            usize::try_from(self.consumed).unwrap_or(usize::MAX)
+        };
+        (self.written - consumed.min(self.written)) + self.open
+    }
+
+    /// Elements that may be written now, at most `want`: counted again from the ring's
+    /// `tail` and `consumed` if what was counted last does not allow `want`.
+    fn available(
+        &mut self,
+        producer: &mut Producer<Arc<Segment>>,
+        want: usize,
+    ) -> Result<usize, String> {
+        if self.capacity == usize::MAX {
+            return Ok(want);
+        }
+        let free = self.capacity.saturating_sub(self.in_flight());
+        if free >= want || self.in_flight() == 0 {
+            return Ok(want.min(free));
+        }
+        let (tail, consumed) = producer.released().map_err(|e| e.to_string())?;
+        (self.tail, self.consumed) = (tail, consumed);
+        while let Some(&(end, n)) = self.frames.front() {
+            if end > tail {
+                break;
+            }
+            self.frames.pop_front();
+            self.written -= n;
+        }
+        Ok(want.min(self.capacity.saturating_sub(self.in_flight())))
+    }
+
+    /// A frame of `n` elements was written, ending at `end`.
+    fn wrote(&mut self, end: u64, n: usize) {
+        if n > 0 && self.capacity != usize::MAX {
+            self.frames.push_back((end, n));
+            self.written += n;
+        }
+    }
 }
 
 /// The writer's end of a shared-memory connection (see the module docs).
@@ -274,6 +407,8 @@ pub(crate) struct ShmSender<T> {
     /// [`codec`]'s "Large elements"), and how many of its bytes are written.
     large: Vec<u8>,
     large_sent: Option<usize>,
+    /// Elements in flight, within the connection's capacity.
+    credit: Credit,
 }
 
 impl<T: Element> ShmSender<T> {
@@ -321,13 +456,29 @@ impl<T: Element> ShmSender<T> {
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a ring watcher thread: {e}"),
             })?;
+        let credit = Credit::new(producer.head());
         Ok(ShmSender {
             producer,
             codec: Codec::new(),
             watch,
             large: Vec::new(),
             large_sent: None,
+            credit,
         })
+    }
+
+    /// Bounds the elements in flight (written, not yet consumed by the reading agent) to
+    /// `capacity`, as an in-process link's credit does; unbounded (the ring's room only) until
+    /// called. [`write`](Self::write) then splits a batch at the credit, as an in-process link
+    /// sends a sub-range.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.credit.capacity = capacity.max(1);
+    }
+
+    /// Elements in flight as this writer last counted them: written and not seen consumed
+    /// (never less than what is really in flight, see [`Credit`]).
+    pub fn in_flight(&self) -> usize {
+        self.credit.in_flight()
     }
 
     /// Writes as many leading elements of `items` as the ring has room for, in frames, and
@@ -350,12 +501,28 @@ impl<T: Element> ShmSender<T> {
             if done == items.len() {
                 break Ok(done);
             }
-            let rest = &items[done..];
+            let allowed = match self
+                .credit
+                .available(&mut self.producer, items.len() - done)
+            {
+                Ok(0) => {
+                    // Out of element credit: wake up when the reader consumes.
+                    self.arm_for(Armed::Progress {
+                        tail: self.credit.tail,
+                        consumed: self.credit.consumed,
+                    });
+                    break Ok(done);
+                }
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            let rest = &items[done..done + allowed];
             let (n, len) = match self.codec.plan(rest, max) {
                 Ok(Plan::Frame { n, len }) => (n, len),
                 Ok(Plan::Large) => {
                     self.codec.take_large(&rest[0], &mut self.large);
                     self.large_sent = Some(0);
+                    self.credit.open = 1;
                     // Accepted: at least its first part fits (the ring has room for a largest
                     // frame) or the watcher is armed for it, and nothing else goes before the
                     // rest of its parts.
@@ -369,9 +536,15 @@ impl<T: Element> ShmSender<T> {
                 .producer
                 .try_write(len, |buf| codec.write(rest, n, buf))
             {
-                Ok(true) => done += n,
+                Ok(true) => {
+                    self.credit.wrote(self.producer.head(), n);
+                    done += n;
+                }
                 Ok(false) => match self.write_what_fits(rest) {
-                    Ok(Some(n)) => done += n,
+                    Ok(Some(n)) => {
+                        self.credit.wrote(self.producer.head(), n);
+                        done += n;
+                    }
                     Ok(None) => break Ok(done),
                     Err(e) => break Err(e),
                 },
@@ -489,6 +662,9 @@ impl<T: Element> ShmSender<T> {
             sent += chunk;
         }
         self.large_sent = None;
+        // The element's one frame, for the credit: it ends with its last part.
+        self.credit.open = 0;
+        self.credit.wrote(self.producer.head(), 1);
         if self.large.capacity() > 1 << 20 {
             self.large = Vec::new();
         }
@@ -497,8 +673,12 @@ impl<T: Element> ShmSender<T> {
 
     /// Arms the watcher: wake the host when a frame of `len` payload bytes fits.
     fn arm(&mut self, len: usize) {
-        let needed = self.producer.tail_needed(len);
-        *self.watch.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(needed);
+        self.arm_for(Armed::Tail(self.producer.tail_needed(len)));
+    }
+
+    /// Arms the watcher: wake the host when `what` happens.
+    fn arm_for(&mut self, what: Armed) {
+        *self.watch.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(what);
         self.watch.cond.notify_one();
     }
 
@@ -569,7 +749,13 @@ fn watch_space(
             if watch.done.load(Ordering::SeqCst) || run.is_over() {
                 return;
             }
-            match waiter.wait_for_tail(needed, WAIT_SLICE) {
+            let waited = match needed {
+                Armed::Tail(at_least) => waiter.wait_for_tail(at_least, WAIT_SLICE),
+                Armed::Progress { tail, consumed } => {
+                    waiter.wait_for_progress(tail, consumed, WAIT_SLICE)
+                }
+            };
+            match waited {
                 Ok(Wait::Ready) => {
                     wake.post(Envelope::Credit { output, link, n: 0 });
                     break;
@@ -689,6 +875,8 @@ struct FeederCredit {
     /// What the reader last said it holds unconsumed after a step that saw everything it had
     /// received ([`Mailbox::reader_waits`]); cleared by credit (it consumed something since).
     waits_with: Option<usize>,
+    /// Elements read from the ring and not delivered yet.
+    pending: usize,
 }
 
 /// Where the reader's input returns credit: the feeder's counter, and a wake-up.
@@ -706,8 +894,9 @@ struct FeederMailbox {
     credit: Mutex<FeederCredit>,
     /// The input's capacity: the feeder's credit when nothing is delivered and not credited.
     capacity: usize,
-    /// The link's counters: the reader's end counts what is in flight (handed to the reading
-    /// agent, not consumed), which the writer's end of a ring cannot see.
+    /// The link's counters: the reader's end counts what is in flight in its process (read
+    /// from the ring and not consumed by the reading agent: waiting in the feeder, or handed
+    /// to the agent).
     counters: Arc<LinkCounters>,
     thread: std::thread::Thread,
     nudger: DataNudger<Arc<Segment>>,
@@ -730,9 +919,22 @@ impl FeederMailbox {
         self.run.set_blocked(&self.state, false);
         let n = c.credit.min(want);
         c.credit -= n;
-        self.counters
-            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
+        c.pending = c.pending.saturating_sub(n);
+        self.note_in_flight(&c);
         n
+    }
+
+    /// `n` elements were read from the ring, to be delivered.
+    fn read(&self, n: usize) {
+        let mut c = self.lock();
+        c.pending += n;
+        self.note_in_flight(&c);
+    }
+
+    /// Sets the link's in-flight gauge (and its most): read from the ring and not consumed.
+    fn note_in_flight(&self, c: &FeederCredit) {
+        self.counters
+            .set_in_flight((self.capacity.saturating_sub(c.credit) + c.pending) as u64);
     }
 
     /// The elements consumed since the last call.
@@ -772,8 +974,7 @@ impl Mailbox for FeederMailbox {
             c.credit += n;
             c.consumed += n;
             c.waits_with = None;
-            self.counters
-                .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
+            self.note_in_flight(&c);
             self.run.set_blocked(&self.state, false);
             drop(c);
             self.thread.unpark();
@@ -830,6 +1031,7 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
             credit: capacity,
             consumed: 0,
             waits_with: None,
+            pending: 0,
         }),
         capacity,
         counters,
@@ -851,11 +1053,24 @@ fn apply_consumed(
 ) -> Result<(), String> {
     let n = mailbox.take_consumed();
     if n > 0 {
-        if let Some(pos) = held.consumed(n) {
-            consumer.release_to(pos).map_err(|e| e.to_string())?;
-        }
+        let pos = held.consumed(n);
+        // Also without a frame to release: the writer counts what was consumed inside one.
+        release(consumer, held, pos)?;
     }
     Ok(())
+}
+
+/// Releases the ring up to `pos`, if given, after telling the writer how many elements of the
+/// frames still held the reader has consumed ([`Held::consumed_held`]: the ring's `consumed`,
+/// which a writer bounding its elements in flight reads, see [`Credit`]).
+fn release(
+    consumer: &mut Consumer<Arc<Segment>>,
+    held: &Held,
+    pos: Option<u64>,
+) -> Result<(), String> {
+    consumer
+        .release_consumed(held.consumed_held() as u64, pos)
+        .map_err(|e| e.to_string())
 }
 
 /// What a feeder read and has not delivered yet, in ring order.
@@ -902,7 +1117,7 @@ fn feed<T: Element>(
             });
             pending.pop_front();
             if let Some(pos) = held.mark_delivered() {
-                consumer.release_to(pos).map_err(|e| e.to_string())?;
+                release(consumer, held, Some(pos))?;
             }
             continue;
         }
@@ -933,15 +1148,16 @@ fn feed<T: Element>(
             // The writer died between the parts of a large element; the restarted one sends
             // it again: the parts read so far hold no element any more.
             if let Some(pos) = held.abandon_part() {
-                consumer.release_to(pos).map_err(|e| e.to_string())?;
+                release(consumer, held, Some(pos))?;
             }
         }
         match frame {
             Ok(Some(Ok(Decoded::Batch(items)))) => {
                 if let Some(pos) = held.read(consumer.position(), items.len()) {
-                    consumer.release_to(pos).map_err(|e| e.to_string())?;
+                    release(consumer, held, Some(pos))?;
                 }
                 if !items.is_empty() {
+                    mailbox.read(items.len());
                     pending.push_back(Pending::Data(Batch::new(items)));
                 }
             }
@@ -952,9 +1168,10 @@ fn feed<T: Element>(
             Ok(Some(Ok(Decoded::Part { first, element }))) => {
                 let last = element.is_some();
                 if let Some(pos) = held.read_part(consumer.position(), first, last) {
-                    consumer.release_to(pos).map_err(|e| e.to_string())?;
+                    release(consumer, held, Some(pos))?;
                 }
                 if let Some(items) = element {
+                    mailbox.read(items.len());
                     pending.push_back(Pending::Data(Batch::new(items)));
                 }
             }
@@ -963,7 +1180,7 @@ fn feed<T: Element>(
                 // (it was counted there, but its counters died with it), skipped to the next
                 // element.
                 if let Some(pos) = held.read(consumer.position(), 0) {
-                    consumer.release_to(pos).map_err(|e| e.to_string())?;
+                    release(consumer, held, Some(pos))?;
                 }
                 if new {
                     released_early(spec, 1, &mut warned_early);
@@ -996,7 +1213,7 @@ fn feed<T: Element>(
                     let Some((pos, unprotected)) = held.release_early(|_| true) else {
                         continue;
                     };
-                    consumer.release_to(pos).map_err(|e| e.to_string())?;
+                    release(consumer, held, Some(pos))?;
                     released_early(spec, unprotected, &mut warned_early);
                     consumer
                         .wait_for_data_or(WAIT_SLICE, false, || mailbox.has_consumed())
@@ -1190,6 +1407,43 @@ mod tests {
             run: run.clone(),
             stopped: |_| false,
         }
+    }
+
+    #[test]
+    fn a_writer_keeps_its_capacity_in_flight_and_sees_consumption_inside_a_frame() {
+        // Capacity 7: a batch of 512 is split at the credit (the ring alone would take 511 in
+        // one frame). The reader then consumes 5 of that frame's 7: the frame stays held (a
+        // restarted reader must read the other 2 again), yet the writer may write 5 more, as
+        // in process: a reader waiting for 3 more elements would otherwise wait forever.
+        let (name, _guard, view) = test_ring("writer-credit", 8 << 10);
+        let run = test_run();
+        let (writer, mut tx) = open_writer::<u64>(&name, &run);
+        tx.set_capacity(7);
+        let items: Vec<u64> = (0..512).collect();
+        assert_eq!(tx.write(&items).unwrap(), 7, "split at the credit");
+        assert_eq!(tx.write(&items[7..]).unwrap(), 0, "no credit left");
+        assert_eq!(tx.in_flight(), 7);
+        let reader = Arc::new(Inbox::default());
+        let credit = spawn_feeder::<u64>(feeder(&name, 7, &reader, &run)).unwrap();
+        reader.wait("the first 7 delivered", |s| s.items.len() == 7);
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 5,
+        });
+        poll("the writer woken", || writer.credits() > 0, || ());
+        assert_eq!(tx.write(&items[7..]).unwrap(), 5, "5 consumed: 5 more");
+        assert_eq!(tx.in_flight(), 7);
+        assert_eq!(
+            view.header().tail.load(Ordering::SeqCst),
+            0,
+            "the first frame is not all consumed: held"
+        );
+        reader.wait("12 delivered", |s| s.items.len() == 12);
+        assert_eq!(
+            reader.seen.lock().unwrap().items,
+            (0..12).collect::<Vec<_>>()
+        );
     }
 
     #[test]

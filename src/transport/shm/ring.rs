@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //!
-//! A `#[repr(C)]` [`Header`] of five 64-byte cache lines, then `capacity` data bytes (a power of
+//! A `#[repr(C)]` [`Header`] of six 64-byte cache lines, then `capacity` data bytes (a power of
 //! two, from [`MIN_CAPACITY`] to [`MAX_CAPACITY`]). All header fields are atomics, native
 //! endian:
 //!
@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | 0 | `magic: u64` = `b"IOTSRING"` read as a little-endian u64 | creator, once, last |
 //! | 8 | `version: u32` = [`VERSION`] | creator, once |
-//! | 12 | `header_size: u32` = 320 | creator, once |
+//! | 12 | `header_size: u32` = 384 | creator, once |
 //! | 16 | `capacity: u64`, data bytes | creator, once |
 //! | 24 | `producer_pid: u32`, 0 until a producer claims the ring | producer, on claim or take-over |
 //! | 28 | `consumer_pid: u32`, 0 until a consumer claims the ring | consumer, on claim or take-over |
@@ -24,7 +24,8 @@
 //! | 128 | `tail: u64`, bytes released by the consumer since the start | consumer |
 //! | 192 | `data_seq: u32` (futex word), `data_waiting: u32` (consumer sleeps) | both |
 //! | 256 | `space_seq: u32` (futex word), `space_waiting: u32` (producer sleeps) | both |
-//! | 320 | data: `capacity` bytes | producer (frames), consumer reads |
+//! | 320 | `consumed: u64`, elements of the frames past `tail` that the consumer's reader has consumed | consumer |
+//! | 384 | data: `capacity` bytes | producer (frames), consumer reads |
 //!
 //! `head` and `tail` are monotonic byte counters; a position's offset in the data area is
 //! `position % capacity`. Both are always multiples of 8, `tail <= head` and
@@ -61,6 +62,22 @@
 //! - [`Producer::close`] publishes what is pending, then sets `closed` (`Release`): a consumer
 //!   that sees `closed` (`Acquire`) sees the final `head`. [`Consumer::is_closed`] is true once the
 //!   consumer has also read every frame: the end of the stream.
+//!
+//! # Elements consumed past the tail
+//!
+//! The ring itself counts bytes; what a frame holds is the transport's business. But a
+//! consumer may release a frame only once its reader has consumed every element in it, and a
+//! producer that bounds the elements in flight (written, not yet consumed: see
+//! `transport::ShmSender`) must learn of consumption that ends inside a frame, or a reader
+//! that needs more elements than a partly consumed frame leaves it would wait forever for a
+//! writer that waits for that frame's release. So the consumer also stores `consumed`: how many
+//! elements of the frames from `tail` on its reader has consumed ([`Consumer::release_consumed`]),
+//! always **before** the `tail` it goes with (a release lowers it by the elements of the frames
+//! it releases), and wakes a producer waiting for space when it changes. The producer reads
+//! `tail` first, then `consumed` ([`Producer::released`]): what it sees is never more
+//! consumption than there was for that `tail`, so it may overestimate what is in flight, never
+//! underestimate it. `consumed` is a hint like the futex words: any value is harmless to the
+//! ring (a wrong one only changes how much the producer's owner chooses to write).
 //!
 //! # Roles, and taking one over from a dead process
 //!
@@ -165,8 +182,16 @@ use super::sync::{fence, spin_hint, AtomicU32, AtomicU64, Ordering, Shadow, SPIN
 /// `b"IOTSRING"` as a little-endian u64: the first field of every ring.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"IOTSRING");
 
-/// The layout version; an opener refuses any other.
-pub(crate) const VERSION: u32 = 1;
+/// A waiting flag's value: the side sleeps (for data, or a producer for room).
+pub(crate) const ASLEEP: u32 = 1;
+
+/// A `space_waiting` value: the producer sleeps until the consumer's `tail` or `consumed`
+/// moves ([`SpaceWaiter::wait_for_progress`]), not for room. A consumer watching for a
+/// producer out of room ([`Consumer::producer_waits_for_space`]) does not count it.
+pub(crate) const ASLEEP_FOR_PROGRESS: u32 = 2;
+
+/// The layout version; an opener refuses any other. Version 2 added `consumed`.
+pub(crate) const VERSION: u32 = 2;
 
 /// The smallest data area, in bytes.
 pub(crate) const MIN_CAPACITY: usize = 64;
@@ -322,7 +347,9 @@ pub(crate) struct Identity {
 pub(crate) struct WakeWord {
     /// Bumped by the waker before `FUTEX_WAKE`; the waiter sleeps while it is unchanged.
     pub(crate) seq: AtomicU32,
-    /// Non-zero while the waiting side is (about to be) asleep.
+    /// Non-zero while the waiting side is (about to be) asleep: [`ASLEEP`], or, for a
+    /// producer waiting for its reader's consumption rather than for room,
+    /// [`ASLEEP_FOR_PROGRESS`].
     pub(crate) waiting: AtomicU32,
 }
 
@@ -341,6 +368,9 @@ pub(crate) struct Header {
     pub(crate) data_wake: Line<WakeWord>,
     /// The producer sleeps here for space.
     pub(crate) space_wake: Line<WakeWord>,
+    /// Elements of the frames from `tail` on that the consumer's reader has consumed (see the
+    /// module docs, "Elements consumed past the tail").
+    pub(crate) consumed: Line<AtomicU64>,
 }
 
 impl Header {
@@ -364,6 +394,7 @@ impl Header {
             tail: Line(AtomicU64::new(0)),
             data_wake: Line(wake()),
             space_wake: Line(wake()),
+            consumed: Line(AtomicU64::new(0)),
         }
     }
 
@@ -382,6 +413,7 @@ impl Header {
         id.closed.store(0, Ordering::Relaxed);
         self.head.store(0, Ordering::Relaxed);
         self.tail.store(0, Ordering::Relaxed);
+        self.consumed.store(0, Ordering::Relaxed);
         for w in [&self.data_wake, &self.space_wake] {
             w.seq.store(0, Ordering::Relaxed);
             w.waiting.store(0, Ordering::Relaxed);
@@ -884,6 +916,7 @@ impl<M: RingMemory> Ring<M> {
     fn wait(
         &self,
         wake: &WakeWord,
+        asleep: u32,
         nudge: Option<&WakeWord>,
         timeout: Duration,
         mut ready: impl FnMut(&Self) -> Result<bool, RingError>,
@@ -896,7 +929,7 @@ impl<M: RingMemory> Ring<M> {
         }
         let start = Instant::now();
         loop {
-            wake.waiting.store(1, Ordering::Relaxed);
+            wake.waiting.store(asleep, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if let Some(other) = nudge {
                 self.notify(other);
@@ -1035,6 +1068,24 @@ impl<M: RingMemory> Producer<M> {
     /// Data bytes of the ring.
     pub(crate) fn capacity(&self) -> usize {
         self.ring.cap
+    }
+
+    /// The end of the frames written so far, published or not: the position of the last
+    /// frame's end right after [`try_write`](Self::try_write) wrote it.
+    pub(crate) fn head(&self) -> u64 {
+        self.st.head
+    }
+
+    /// The consumer's `tail`, re-read and validated, then its `consumed`: how many elements of
+    /// the frames from that tail on its reader has consumed, as the consumer said at that tail
+    /// or later (see the module docs, "Elements consumed past the tail"). `consumed` is a hint,
+    /// not validated: the caller bounds it by what it wrote.
+    pub(crate) fn released(&mut self) -> Result<(u64, u64), RingError> {
+        self.st.refresh_tail(&self.ring)?;
+        // Read after `tail` (`Acquire`): the consumer stores `consumed` before the `tail` it
+        // goes with, so this is never the consumption of a later tail's frames.
+        let consumed = self.ring.header().consumed.load(Ordering::Acquire);
+        Ok((self.st.tail, consumed))
     }
 
     /// The largest payload [`try_write`](Self::try_write) accepts.
@@ -1176,6 +1227,7 @@ impl<M: RingMemory> Producer<M> {
         let header = self.ring.header();
         self.ring.wait(
             &header.space_wake,
+            ASLEEP,
             Some(&header.data_wake),
             timeout,
             |ring| {
@@ -1236,6 +1288,7 @@ impl<M: RingMemory> SpaceWaiter<M> {
         let header = self.ring.header();
         self.ring.wait(
             &header.space_wake,
+            ASLEEP,
             Some(&header.data_wake),
             timeout,
             |ring| {
@@ -1263,6 +1316,31 @@ impl<M: RingMemory> SpaceWaiter<M> {
     pub(crate) fn tail_hint(&self) -> u64 {
         self.ring.header().tail.load(Ordering::Relaxed)
     }
+
+    /// Waits until the consumer's `tail` or `consumed` is no longer `tail` and `consumed` (what
+    /// [`Producer::released`] last said), or `timeout` elapses: its reader consumed something
+    /// (or a new consumer took over). The producer then counts again what is in flight.
+    pub(crate) fn wait_for_progress(
+        &self,
+        tail: u64,
+        consumed: u64,
+        timeout: Duration,
+    ) -> Result<Wait, RingError> {
+        let header = self.ring.header();
+        // No nudge: a consumer has nothing to do for a producer that waits for consumption.
+        self.ring.wait(
+            &header.space_wake,
+            ASLEEP_FOR_PROGRESS,
+            None,
+            timeout,
+            |ring| {
+                // Hints: the producer validates `tail` when it counts again.
+                let h = ring.header();
+                Ok(h.tail.load(Ordering::Acquire) != tail
+                    || h.consumed.load(Ordering::Acquire) != consumed)
+            },
+        )
+    }
 }
 
 /// Wakes a consumer sleeping in [`Consumer::wait_for_data_or`] from another thread of its
@@ -1287,6 +1365,8 @@ struct ConsumerState {
     released: u64,
     /// The producer's `head` last read (validated): frames up to here are readable.
     head: u64,
+    /// The `consumed` last stored in the ring.
+    consumed: u64,
 }
 
 impl ConsumerState {
@@ -1410,12 +1490,16 @@ impl<M: RingMemory> Consumer<M> {
 
     fn attach(mem: M, alive: Option<&dyn Fn(u32) -> bool>) -> Result<Consumer<M>, RingError> {
         let (ring, head, tail, _) = Ring::attach(mem, "consumer", |h| &h.id.consumer_pid, alive)?;
+        // A new consumer has consumed nothing past the tail: a dead one's count goes with it
+        // (what it had consumed there is read and consumed again).
+        ring.header().consumed.store(0, Ordering::Release);
         Ok(Consumer {
             ring,
             st: ConsumerState {
                 tail,
                 released: tail,
                 head,
+                consumed: 0,
             },
         })
     }
@@ -1547,6 +1631,43 @@ impl<M: RingMemory> Consumer<M> {
         self.release_up_to(pos)
     }
 
+    /// Says that the reader has consumed `consumed` elements of the frames from the tail on
+    /// (see the module docs, "Elements consumed past the tail"), as they stand once the ring
+    /// is released up to `pos`, if given (checked as [`release_to`](Self::release_to) checks
+    /// it); then releases up to `pos`. `consumed` is stored first, and a producer that waits
+    /// for space is woken once, if either changed.
+    pub(crate) fn release_consumed(
+        &mut self,
+        consumed: u64,
+        pos: Option<u64>,
+    ) -> Result<(), RingError> {
+        self.st.check_tail(&self.ring)?;
+        let pos = pos.unwrap_or(self.st.released);
+        if pos % 8 != 0 || pos < self.st.released || pos > self.st.tail {
+            return Err(RingError::Release {
+                pos,
+                released: self.st.released,
+                read: self.st.tail,
+            });
+        }
+        let header = self.ring.header();
+        let mut changed = false;
+        if consumed != self.st.consumed {
+            header.consumed.store(consumed, Ordering::Release);
+            self.st.consumed = consumed;
+            changed = true;
+        }
+        if pos != self.st.released {
+            header.tail.store(pos, Ordering::Release);
+            self.st.released = pos;
+            changed = true;
+        }
+        if changed {
+            self.ring.notify(&header.space_wake);
+        }
+        Ok(())
+    }
+
     fn release_up_to(&mut self, pos: u64) -> Result<(), RingError> {
         self.st.check_tail(&self.ring)?;
         if pos == self.st.released {
@@ -1573,12 +1694,13 @@ impl<M: RingMemory> Consumer<M> {
     /// True if the producer is (about to be) asleep waiting for space. A hint: it can be stale
     /// by the time it is used, and a dead producer may have left it set.
     pub(crate) fn producer_waits_for_space(&self) -> bool {
+        // Not a producer waiting for consumption (`ASLEEP_FOR_PROGRESS`): it has room.
         self.ring
             .header()
             .space_wake
             .waiting
             .load(Ordering::Relaxed)
-            != 0
+            == ASLEEP
     }
 
     /// True at the end of the stream: the producer closed the ring and every frame has been
@@ -1614,13 +1736,18 @@ impl<M: RingMemory> Consumer<M> {
         mut also: impl FnMut() -> bool,
     ) -> Result<Wait, RingError> {
         let st = &mut self.st;
-        self.ring
-            .wait(&self.ring.header().data_wake, None, timeout, |ring| {
+        self.ring.wait(
+            &self.ring.header().data_wake,
+            ASLEEP,
+            None,
+            timeout,
+            |ring| {
                 Ok(st.data_ready(ring)?
                     || also()
                     || (watch_producer
-                        && ring.header().space_wake.waiting.load(Ordering::Relaxed) != 0))
-            })
+                        && ring.header().space_wake.waiting.load(Ordering::Relaxed) == ASLEEP))
+            },
+        )
     }
 
     /// [`RingError::WriterFailed`] if the producer's process marked the ring as failed.

@@ -1,7 +1,7 @@
 //! POSIX shared-memory objects holding one ring each.
 //!
 //! A [`Segment`] is one mapping of a shared-memory object (`/dev/shm/<name>` on Linux) laid out
-//! as a ring: the [`Header`] (320 bytes), then `capacity` data bytes. The creator
+//! as a ring: the [`Header`] (384 bytes), then `capacity` data bytes. The creator
 //! ([`Segment::create`]) sizes the object and writes the header; the other process maps the same
 //! object with [`Segment::open`], which checks the header against the object's size. Each side
 //! then builds its end on its own mapping: `Producer::new(segment)` or
@@ -43,7 +43,7 @@ pub(crate) const HEADER_SIZE: usize = std::mem::size_of::<Header>();
 const _: () = {
     use super::ring::{Identity, WakeWord};
     use std::mem::offset_of;
-    assert!(HEADER_SIZE == 320);
+    assert!(HEADER_SIZE == 384);
     assert!(offset_of!(Header, id) + offset_of!(Identity, magic) == 0);
     assert!(offset_of!(Header, id) + offset_of!(Identity, version) == 8);
     assert!(offset_of!(Header, id) + offset_of!(Identity, header_size) == 12);
@@ -57,6 +57,7 @@ const _: () = {
     assert!(offset_of!(Header, data_wake) + offset_of!(WakeWord, waiting) == 196);
     assert!(offset_of!(Header, space_wake) + offset_of!(WakeWord, seq) == 256);
     assert!(offset_of!(Header, space_wake) + offset_of!(WakeWord, waiting) == 260);
+    assert!(offset_of!(Header, consumed) == 320);
 };
 
 /// The first part of every segment name.
@@ -231,7 +232,7 @@ impl Drop for Segment {
 // SAFETY: the mapping is `HEADER_SIZE + capacity` bytes, page-aligned, readable and writable, and
 // lives until `drop`. The header is at its start (page alignment satisfies `Header`'s 64), and
 // `Header` is only atomics, valid for any bytes and shared by design. The data area starts at
-// `HEADER_SIZE` (320, a multiple of 64), `capacity` bytes, touched in this process only by the
+// `HEADER_SIZE` (384, a multiple of 64), `capacity` bytes, touched in this process only by the
 // ring ends built on segments of this object.
 unsafe impl RingMemory for Segment {
     fn header(&self) -> &Header {
