@@ -1488,7 +1488,7 @@ fn a_sweep_from_another_pid_namespace_leaves_a_live_run_alone() -> Result<(), St
     let out = dir.path("out.txt");
     let run = run_relay("endless", &[], Some(&deploy), &out);
     run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
-    let rings = segments("endless");
+    let rings = run.own_segments();
     let connections = rings.iter().filter(|r| !r.ends_with(".lock")).count();
     ensure(connections == 2, || {
         format!("objects of the run: {rings:?}")
@@ -1501,7 +1501,7 @@ fn a_sweep_from_another_pid_namespace_leaves_a_live_run_alone() -> Result<(), St
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&clean.stdout).into_owned();
     ensure(clean.status.success(), || format!("{clean:?}"))?;
-    let after = segments("endless");
+    let after = run.own_segments();
     ensure(rings.iter().all(|r| after.contains(r)), || {
         format!("the live run's rings were removed: {rings:?} before, {after:?} after:\n{text}")
     })?;
