@@ -42,7 +42,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -95,9 +95,15 @@ struct Shared {
     mailboxes: Mutex<Vec<Arc<dyn Mailbox>>>,
     /// Threads that feed local inputs from other processes (see [`RunHandle`]).
     feeders: Mutex<Vec<Arc<FeederState>>>,
-    /// What each agent blocked on credit holds and cannot send, by agent index. At quiescence,
-    /// anything here is a stall.
-    stalls: Mutex<std::collections::BTreeMap<usize, Vec<String>>>,
+    /// The agents blocked on credit, by agent index: their mailbox, and what they hold and
+    /// cannot send as of the description round they last wrote (see `stall_round`). At
+    /// quiescence, anything here is a stall.
+    stalls: Mutex<std::collections::BTreeMap<usize, Stall>>,
+    /// Descriptions of stalls are written when an agent becomes blocked, not at every message
+    /// while it stays blocked (that cost grew with readers × messages under fan-out). Before a
+    /// stall is reported, a new round asks every blocked agent to write its description again,
+    /// so the report says what is blocked at the end.
+    stall_round: AtomicU64,
     /// Run once, at the first failure, before anything stops (see [`RunHandle::on_failure`]).
     failure_hooks: Mutex<Vec<FailureHook>>,
     /// Links that may hold the exit after a normal end (see [`RunHandle::linger`]).
@@ -343,14 +349,19 @@ impl Shared {
         {
             return;
         }
-        let mut stuck: Vec<String> = self
-            .stalls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .flatten()
-            .cloned()
-            .collect();
+        let round = self.stall_round.load(Ordering::SeqCst);
+        let (mut stuck, stale) = {
+            let stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
+            let stale: Vec<Arc<dyn Mailbox>> = stalls
+                .values()
+                // Round 0: no round was asked for yet, so every description is from whenever
+                // its agent became blocked.
+                .filter(|s| s.round != round || round == 0)
+                .map(|s| Arc::clone(&s.mailbox))
+                .collect();
+            let stuck: Vec<String> = stalls.values().flat_map(|s| s.what.clone()).collect();
+            (stuck, stale)
+        };
         stuck.extend(
             self.feeders
                 .lock()
@@ -371,6 +382,16 @@ impl Shared {
         if !still {
             return;
         }
+        if !stale.is_empty() {
+            // Blocked agents whose description may be out of date: a new round, and a wake-up
+            // each (a blocked agent does not step, but writes its description again). Their
+            // handlers check again once the descriptions are fresh.
+            self.stall_round.fetch_add(1, Ordering::SeqCst);
+            for m in stale {
+                m.post(Envelope::Wake);
+            }
+            return;
+        }
         if !stuck.is_empty() {
             // Anything blocked now stays blocked forever: a stall, reported before anything is
             // closed (closing would let blocked writers go on into closed readers).
@@ -389,6 +410,15 @@ impl Shared {
             m.post(Envelope::ForceClose);
         }
     }
+}
+
+/// An agent blocked on credit (see `Shared::stalls`).
+struct Stall {
+    mailbox: Arc<dyn Mailbox>,
+    /// The description round it was written in.
+    round: u64,
+    /// What it holds and cannot send.
+    what: Vec<String>,
 }
 
 struct Msg(Envelope);
@@ -420,6 +450,10 @@ struct AgentActor {
     counted_blocked: bool,
     /// This agent has an entry in `Shared::stalls`.
     listed_stalled: bool,
+    /// The description round of that entry.
+    stall_written: u64,
+    /// Its own mailbox (for `Shared::stalls`).
+    mailbox: Arc<dyn Mailbox>,
     /// This agent waits on a shared-memory ring and is counted in `Shared::active_sources`:
     /// the run is not quiescent while another process may still make room.
     counted_ring_wait: bool,
@@ -470,14 +504,23 @@ impl AgentActor {
             }
         }
         let blocked_now = self.host.is_blocked() && !self.host.is_done();
-        if blocked_now || self.listed_stalled {
+        // Written when the agent becomes blocked and when a new round asks (see
+        // `Shared::stall_round`), not at every message while it stays blocked.
+        let round = self.shared.stall_round.load(Ordering::SeqCst);
+        if blocked_now && (!self.listed_stalled || self.stall_written != round) {
+            let stall = Stall {
+                mailbox: Arc::clone(&self.mailbox),
+                round,
+                what: self.host.stalled(),
+            };
             let mut stalls = self.shared.stalls.lock().unwrap_or_else(|p| p.into_inner());
-            if blocked_now {
-                stalls.insert(self.index, self.host.stalled());
-            } else {
-                stalls.remove(&self.index);
-            }
-            self.listed_stalled = blocked_now;
+            stalls.insert(self.index, stall);
+            self.stall_written = round;
+            self.listed_stalled = true;
+        } else if !blocked_now && self.listed_stalled {
+            let mut stalls = self.shared.stalls.lock().unwrap_or_else(|p| p.into_inner());
+            stalls.remove(&self.index);
+            self.listed_stalled = false;
         }
         if self.host.is_source() {
             let blocked = self.host.is_blocked() && !self.host.is_done();
@@ -1508,6 +1551,7 @@ fn coordinate(
         mailboxes: Mutex::new(Vec::new()),
         feeders: Mutex::new(Vec::new()),
         stalls: Mutex::new(std::collections::BTreeMap::new()),
+        stall_round: AtomicU64::new(0),
         failure_hooks: Mutex::new(Vec::new()),
         lingers: Mutex::new(Vec::new()),
     });
@@ -1654,6 +1698,8 @@ fn coordinate(
         let actor = AgentActor {
             index: i,
             listed_stalled: false,
+            stall_written: 0,
+            mailbox: Arc::clone(mailboxes[i].as_ref().expect("a local agent has a mailbox")),
             counted_ring_wait: false,
             host,
             shared: Arc::clone(&shared),
