@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::metrics::{add, StreamCounters};
-use crate::stream::{Batch, Element, Mark, Policy};
+use crate::stream::{Batch, Element, Mark, Policy, VecPool};
 use crate::transport::tcp::{TcpSender, TcpWriterSpec};
 use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
 
@@ -462,8 +462,13 @@ pub(crate) trait OutSlot: Send {
 
 /// An output buffer: the step appends to `pending`; `flush` makes it one shared batch, then
 /// sends the step's mark, if it set one, after it.
+///
+/// The batch is `pending` itself, moved (not copied) into the batch every reader shares; the
+/// next step appends to a vector from `pool`, where batch vectors come back once their last
+/// reader has dropped them. In a steady state no step allocates or copies its output.
 pub(crate) struct OutBuf<T> {
     pending: Vec<T>,
+    pool: Arc<VecPool<T>>,
     /// The marks to send with `pending`, each after the first `n` of its elements.
     pending_marks: Vec<(usize, Mark)>,
     /// The last watermark sent, and whether an idleness mark followed it.
@@ -478,6 +483,7 @@ impl<T: Element> OutBuf<T> {
     pub fn new() -> Self {
         OutBuf {
             pending: Vec::new(),
+            pool: Arc::new(VecPool::new()),
             pending_marks: Vec::new(),
             sent_watermark: None,
             sent_idle: false,
@@ -488,6 +494,13 @@ impl<T: Element> OutBuf<T> {
     }
     pub fn pending(&mut self) -> &mut Vec<T> {
         &mut self.pending
+    }
+
+    /// What the step appended, as one batch (moved, not copied); `pending` starts again
+    /// with a vector from the pool.
+    fn take_batch(&mut self) -> Batch<T> {
+        let items = std::mem::replace(&mut self.pending, self.pool.take());
+        Batch::pooled(items, &self.pool)
     }
 }
 
@@ -554,22 +567,25 @@ impl<T: Element> OutSlot for OutBuf<T> {
         }
         if self.pending_marks.is_empty() {
             if len > 0 {
-                let data: Arc<[T]> = self.pending.drain(..).collect();
+                let data = self.take_batch();
                 for link in &mut self.links {
-                    link.offer(Batch::new(Arc::clone(&data)));
+                    link.offer(data.clone());
                 }
                 self.sent_idle = false;
             }
             return;
         }
         // Elements and marks in the order the step made them: parts of one shared batch.
-        let data: Arc<[T]> = self.pending.drain(..).collect();
+        // (No batch for a step that only set marks.)
+        let mut data = (len > 0).then(|| self.take_batch());
         let mut marks = std::mem::take(&mut self.pending_marks);
         let mut from = 0;
         for &(at, mark) in &marks {
             if at > from {
+                let data = data.as_mut().expect("elements before a mark");
+                let part = data.split_front(at - from);
                 for link in &mut self.links {
-                    link.offer(Batch::part(Arc::clone(&data), from..at));
+                    link.offer(part.clone());
                 }
                 from = at;
                 self.sent_idle = false;
@@ -586,9 +602,9 @@ impl<T: Element> OutSlot for OutBuf<T> {
                 link.offer_mark(mark);
             }
         }
-        if len > from {
+        if let Some(data) = data.filter(|_| len > from) {
             for link in &mut self.links {
-                link.offer(Batch::part(Arc::clone(&data), from..len));
+                link.offer(data.clone());
             }
             self.sent_idle = false;
         }
