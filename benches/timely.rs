@@ -11,11 +11,14 @@
 //!
 //! Every variant is checked against the sum computed without a pipeline before anything is
 //! timed. Criterion then times each variant; after it, an interleaved pass runs the three
-//! variants in turn `TIMELY_ROUNDS` times (default 5) and prints the median wall and process CPU
+//! variants in turn `TIMELY_ROUNDS` times (default 5; 0 skips it, for profiling) and prints the median wall and process CPU
 //! time of each and the ratios `timely time / iotstream time` (above 1: iotstream is faster),
 //! measured in the same run, round by round, so that a busy machine weighs on all of them alike.
 //!
 //! Run with `cargo bench --bench timely`; `TIMELY_N` sets the element count (default 20 M).
+//! `TIMELY_ONLY=iotstream` (or `timely_1_worker`, `timely_2_workers`) runs that variant
+//! `TIMELY_ROUNDS` times and nothing else, for a profiler. `TIMELY_BATCH` sets iotstream's
+//! source batch (`SourceOptions::max_batch`; default: the default options).
 //! Results: `docs/benchmarks.md`.
 
 use std::hint::black_box;
@@ -24,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use iotstream::Graph;
+use iotstream::{Graph, SourceOptions};
 use timely::dataflow::operators::{Filter, Inspect, Map, ToStream};
 
 mod common;
@@ -52,7 +55,19 @@ fn iotstream_pipeline(n: u64) -> u64 {
     let sum = Arc::new(AtomicU64::new(0));
     let total = Arc::clone(&sum);
     let mut g = Graph::new("bench_timely");
-    let src = g.source_iter("source", 0..n);
+    let src = match std::env::var("TIMELY_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(max_batch) => {
+            let options = SourceOptions {
+                max_batch,
+                ..SourceOptions::default()
+            };
+            g.source_iter_with("source", 0..n, options)
+        }
+        None => g.source_iter("source", 0..n),
+    };
     let mapped = g.map("map", &src, |v: &u64| map_fn(*v));
     let kept = g.filter("filter", &mapped, |v: &u64| keep(*v));
     let mut acc = 0u64;
@@ -103,7 +118,7 @@ fn run_variant(name: &str, n: u64) -> u64 {
         "iotstream" => iotstream_pipeline(n),
         "timely_1_worker" => timely_pipeline(n, 1),
         "timely_2_workers" => timely_pipeline(n, 2),
-        other => unreachable!("no variant {other}"),
+        other => panic!("no variant {other}: one of {VARIANTS:?}"),
     }
 }
 
@@ -152,9 +167,15 @@ fn bench(c: &mut Criterion) {
     let rounds: usize = std::env::var("TIMELY_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
-        .max(1);
+        .unwrap_or(5);
     let want = expected(n);
+    if let Ok(only) = std::env::var("TIMELY_ONLY") {
+        // One variant, `rounds` times, nothing else: for `perf stat` and `perf record`.
+        for _ in 0..rounds.max(1) {
+            assert_eq!(run_variant(&only, n), want, "{only}: the sink's sum");
+        }
+        return;
+    }
     for name in VARIANTS {
         assert_eq!(run_variant(name, n), want, "{name}: the sink's sum");
     }
@@ -189,7 +210,9 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
-    interleaved(n, rounds);
+    if rounds > 0 {
+        interleaved(n, rounds);
+    }
 }
 
 criterion_group!(benches, bench);
