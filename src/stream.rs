@@ -224,53 +224,74 @@ impl<T> Clone for Batch<T> {
 
 /// A writer's bounded free list of batch vectors (see [`Batch::pooled`]).
 ///
-/// It keeps at most [`VecPool::MAX_VECS`] vectors, each of at most [`VecPool::MAX_BYTES`] bytes
-/// of capacity; a vector that does not fit is freed. So a pool holds at most
-/// `MAX_VECS × MAX_BYTES` bytes however large the batches, and what it holds is bounded by
-/// what the writer allocated anyway: vectors come back only from batches it sent.
+/// It keeps at most [`VecPool::MAX_VECS`] vectors of at most [`VecPool::MAX_BYTES`] bytes of
+/// capacity in all; a vector that does not fit is freed. Eight default batches of `u64` (32 KiB
+/// each) fit: as many as a default connection has in flight, so a writer whose batches come
+/// back in bursts still finds them here. What it keeps is what the writer allocated anyway:
+/// vectors come back only from batches it sent.
 pub(crate) struct VecPool<T> {
-    free: std::sync::Mutex<Vec<Vec<T>>>,
+    free: std::sync::Mutex<Free<T>>,
+}
+
+/// The vectors a [`VecPool`] keeps, and their capacity in bytes.
+struct Free<T> {
+    vecs: Vec<Vec<T>>,
+    bytes: usize,
 }
 
 impl<T> VecPool<T> {
     /// Most vectors kept.
-    pub const MAX_VECS: usize = 4;
-    /// Largest capacity kept, in bytes (a default batch of 4096 elements of up to 128 bytes).
-    pub const MAX_BYTES: usize = 512 << 10;
+    pub const MAX_VECS: usize = 8;
+    /// Most bytes of capacity kept, all vectors together.
+    pub const MAX_BYTES: usize = 1 << 20;
 
     pub fn new() -> Self {
         VecPool {
-            free: std::sync::Mutex::new(Vec::with_capacity(Self::MAX_VECS)),
+            free: std::sync::Mutex::new(Free {
+                vecs: Vec::with_capacity(Self::MAX_VECS),
+                bytes: 0,
+            }),
         }
     }
 
-    /// An empty vector: a returned one (with its capacity) if there is one, else a new one
-    /// (no allocation until it grows).
+    /// An empty vector: the one returned last (with its capacity) if there is one, else a new
+    /// one (no allocation until it grows).
     pub fn take(&self) -> Vec<T> {
-        self.lock().pop().unwrap_or_default()
+        let mut free = self.lock();
+        match free.vecs.pop() {
+            Some(v) => {
+                free.bytes -= Self::bytes(&v);
+                v
+            }
+            None => Vec::new(),
+        }
     }
 
-    /// Gives `items` back for reuse (cleared), or frees it if the pool is full or the vector
-    /// too large.
+    /// Gives `items` back for reuse (cleared), or frees it if the pool has no room for it.
     pub fn put(&self, mut items: Vec<T>) {
-        let bytes = items.capacity().saturating_mul(std::mem::size_of::<T>());
+        let bytes = Self::bytes(&items);
         if items.capacity() == 0 || bytes > Self::MAX_BYTES {
             return;
         }
         items.clear();
         let mut free = self.lock();
-        if free.len() < Self::MAX_VECS {
-            free.push(items);
+        if free.vecs.len() < Self::MAX_VECS && free.bytes + bytes <= Self::MAX_BYTES {
+            free.bytes += bytes;
+            free.vecs.push(items);
         }
+    }
+
+    fn bytes(v: &Vec<T>) -> usize {
+        v.capacity().saturating_mul(std::mem::size_of::<T>())
     }
 
     /// Vectors kept now.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().vecs.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<T>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Free<T>> {
         // A panic while holding the lock leaves a valid list (push and pop only).
         self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -343,10 +364,16 @@ mod tests {
             .collect();
         drop(batches);
         assert_eq!(pool.len(), VecPool::<u64>::MAX_VECS);
-        // A vector above the byte bound is freed, not kept.
-        let huge = VecPool::<u64>::MAX_BYTES / 8 + 1;
+        // Vectors beyond the byte bound are freed, not kept: one alone too large, or one
+        // that would take the pool over it.
         let pool = Arc::new(VecPool::<u64>::new());
-        drop(Batch::pooled(vec![0u64; huge], &pool));
+        drop(Batch::pooled(vec![0u64; VecPool::<u64>::MAX_BYTES / 8 + 1], &pool));
         assert_eq!(pool.len(), 0);
+        let half = VecPool::<u64>::MAX_BYTES / 16;
+        let batches: Vec<Batch<u64>> = (0..3)
+            .map(|_| Batch::pooled(Vec::with_capacity(half), &pool))
+            .collect();
+        drop(batches);
+        assert_eq!(pool.len(), 2);
     }
 }
