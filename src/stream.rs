@@ -367,7 +367,10 @@ mod tests {
         // Vectors beyond the byte bound are freed, not kept: one alone too large, or one
         // that would take the pool over it.
         let pool = Arc::new(VecPool::<u64>::new());
-        drop(Batch::pooled(vec![0u64; VecPool::<u64>::MAX_BYTES / 8 + 1], &pool));
+        drop(Batch::pooled(
+            vec![0u64; VecPool::<u64>::MAX_BYTES / 8 + 1],
+            &pool,
+        ));
         assert_eq!(pool.len(), 0);
         let half = VecPool::<u64>::MAX_BYTES / 16;
         let batches: Vec<Batch<u64>> = (0..3)
