@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use iotstream::{Graph, SourceOptions};
+use iotstream::{Graph, Harness, SourceOptions};
 use timely::dataflow::operators::{Filter, Inspect, Map, ToStream};
 
 mod common;
@@ -50,8 +50,9 @@ fn expected(n: u64) -> u64 {
         .fold(0u64, u64::wrapping_add)
 }
 
-/// The pipeline in iotstream's threaded runtime; returns the sink's sum.
-fn iotstream_pipeline(n: u64) -> u64 {
+/// The pipeline in iotstream's threaded runtime (or, with `harness`, in the single-thread
+/// `Harness`: the same hosts with no thread hand-offs); returns the sink's sum.
+fn iotstream_pipeline(n: u64, harness: bool) -> u64 {
     let sum = Arc::new(AtomicU64::new(0));
     let total = Arc::clone(&sum);
     let mut g = Graph::new("bench_timely");
@@ -76,7 +77,12 @@ fn iotstream_pipeline(n: u64) -> u64 {
         total.store(acc, Ordering::Relaxed);
         Ok(())
     });
-    g.run().expect("pipeline runs");
+    if harness {
+        let mut h = Harness::new(g).expect("pipeline builds");
+        h.finish().expect("pipeline runs");
+    } else {
+        g.run().expect("pipeline runs");
+    }
     sum.load(Ordering::Relaxed)
 }
 
@@ -110,12 +116,20 @@ fn timely_pipeline(n: u64, workers: usize) -> u64 {
         .fold(0u64, u64::wrapping_add)
 }
 
-/// The variants, in the order they run and print.
-const VARIANTS: [&str; 3] = ["iotstream", "timely_1_worker", "timely_2_workers"];
+/// The variants, in the order they run and print. `iotstream_harness` is not a mode to compare
+/// with timely (it runs every agent in one thread, in a deterministic order); it shows what the
+/// same hosts cost without the threaded runtime's hand-offs between threads.
+const VARIANTS: [&str; 4] = [
+    "iotstream",
+    "timely_1_worker",
+    "timely_2_workers",
+    "iotstream_harness",
+];
 
 fn run_variant(name: &str, n: u64) -> u64 {
     match name {
-        "iotstream" => iotstream_pipeline(n),
+        "iotstream" => iotstream_pipeline(n, false),
+        "iotstream_harness" => iotstream_pipeline(n, true),
         "timely_1_worker" => timely_pipeline(n, 1),
         "timely_2_workers" => timely_pipeline(n, 2),
         other => panic!("no variant {other}: one of {VARIANTS:?}"),
@@ -150,7 +164,11 @@ fn interleaved(n: u64, rounds: usize) {
             cpu[i].as_secs_f64() * 1e3,
         );
     }
-    for (i, name) in VARIANTS.iter().enumerate().skip(1) {
+    for (i, name) in VARIANTS
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.starts_with("timely"))
+    {
         println!(
             "  iotstream vs {name}: {:.2}x wall, {:.2}x cpu (timely time / iotstream time)",
             wall[i].as_secs_f64() / wall[0].as_secs_f64(),
