@@ -465,7 +465,8 @@ pub(crate) trait OutSlot: Send {
 ///
 /// The batch is `pending` itself, moved (not copied) into the batch every reader shares; the
 /// next step appends to a vector from `pool`, where batch vectors come back once their last
-/// reader has dropped them. In a steady state no step allocates or copies its output.
+/// reader has dropped them. In a steady state no step allocates or copies its output (a batch
+/// that fills less than half its vector is copied instead: see `take_batch`).
 pub(crate) struct OutBuf<T> {
     pending: Vec<T>,
     pool: Arc<VecPool<T>>,
@@ -496,9 +497,17 @@ impl<T: Element> OutBuf<T> {
         &mut self.pending
     }
 
-    /// What the step appended, as one batch (moved, not copied); `pending` starts again
-    /// with a vector from the pool.
+    /// What the step appended, as one batch: the vector itself, moved, and `pending` starts
+    /// again with a vector from the pool. Unless the vector is mostly empty room (a selective
+    /// filter's output in a vector sized for its input, say): then the elements are copied
+    /// into a batch of their own size and `pending` keeps its room, so that what a batch
+    /// holds in memory stays within twice its elements.
     fn take_batch(&mut self) -> Batch<T> {
+        let len = self.pending.len();
+        if self.pending.capacity() / 2 > len {
+            let data: Arc<[T]> = self.pending.drain(..).collect();
+            return Batch::new(data);
+        }
         let items = std::mem::replace(&mut self.pending, self.pool.take());
         Batch::pooled(items, &self.pool)
     }
@@ -708,6 +717,35 @@ mod tests {
         buf.take_consumed();
         buf.pass_marks();
         buf.progress()
+    }
+
+    #[test]
+    fn a_full_output_vector_is_moved_into_its_batch_and_comes_back_for_the_next_step() {
+        let mut out = OutBuf::<u64>::new();
+        out.pending().extend(0..4096u64);
+        let ptr = out.pending().as_ptr();
+        let batch = out.take_batch();
+        assert_eq!(batch.as_slice().as_ptr(), ptr, "moved, not copied");
+        assert_eq!(batch.len(), 4096);
+        // Once its reader drops it, the vector waits in the pool: the output's step after
+        // the next one appends to it again, with its room.
+        drop(batch);
+        out.pending().extend(0..4096u64);
+        let second = out.take_batch();
+        assert_eq!(out.pending().as_ptr(), ptr);
+        assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+        drop(second);
+    }
+
+    #[test]
+    fn a_mostly_empty_output_vector_is_copied_and_keeps_its_room() {
+        let mut out = OutBuf::<u64>::new();
+        out.pending().reserve(4096);
+        out.pending().extend(0..10u64);
+        let batch = out.take_batch();
+        assert_eq!(batch.as_slice(), (0..10).collect::<Vec<_>>());
+        // The batch holds 10 elements' worth, not 4096; the room stays with the output.
+        assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
     }
 
     #[test]
