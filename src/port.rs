@@ -460,6 +460,10 @@ pub(crate) trait OutSlot: Send {
     fn waits_on_ring(&self) -> bool;
 }
 
+/// A batch of at most this many bytes of elements that fills less than half its vector is
+/// copied into a batch of its own size rather than moved (see `OutBuf::take_batch`).
+const SMALL_BATCH_BYTES: usize = 4 << 10;
+
 /// An output buffer: the step appends to `pending`; `flush` makes it one shared batch, then
 /// sends the step's mark, if it set one, after it.
 ///
@@ -498,15 +502,21 @@ impl<T: Element> OutBuf<T> {
     }
 
     /// What the step appended, as one batch: the vector itself, moved, and `pending` starts
-    /// again with a vector from the pool. Unless the vector is mostly empty room (a selective
-    /// filter's output in a vector sized for its input, say): then the elements are copied
-    /// into a batch of their own size and `pending` keeps its room, so that what a batch
-    /// holds in memory stays within twice its elements.
+    /// again with a vector from the pool.
+    ///
+    /// A batch in flight holds at most twice its elements' memory: a vector that is mostly
+    /// empty room (a selective filter's output in a vector sized for its input, a source's
+    /// batch in a vector its hand-over grew) is either copied, when its elements are few (the
+    /// output keeps its room), or shrunk to its elements before it goes (the allocator gives
+    /// the rest back in place, without copying).
     fn take_batch(&mut self) -> Batch<T> {
         let len = self.pending.len();
         if self.pending.capacity() / 2 > len {
-            let data: Arc<[T]> = self.pending.drain(..).collect();
-            return Batch::new(data);
+            if len.saturating_mul(std::mem::size_of::<T>()) <= SMALL_BATCH_BYTES {
+                let data: Arc<[T]> = self.pending.drain(..).collect();
+                return Batch::new(data);
+            }
+            self.pending.shrink_to_fit();
         }
         let items = std::mem::replace(&mut self.pending, self.pool.take());
         Batch::pooled(items, &self.pool)
@@ -746,6 +756,19 @@ mod tests {
         assert_eq!(batch.as_slice(), (0..10).collect::<Vec<_>>());
         // The batch holds 10 elements' worth, not 4096; the room stays with the output.
         assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+    }
+
+    #[test]
+    fn a_large_batch_in_a_much_larger_vector_is_shrunk_not_sent_with_its_room() {
+        let mut out = OutBuf::<u64>::new();
+        out.pending().reserve(16384);
+        out.pending().extend(0..4096u64);
+        let batch = out.take_batch();
+        assert_eq!(batch.as_slice(), (0..4096).collect::<Vec<_>>());
+        let held = batch
+            .vec_capacity()
+            .expect("a large batch is moved, not copied into an Arc<[T]>");
+        assert!(held < 2 * 4096, "sent with its room: {held}");
     }
 
     #[test]

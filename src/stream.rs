@@ -206,6 +206,14 @@ impl<T> Batch<T> {
         self.range.start = mid;
         front
     }
+    /// The capacity of the vector behind the batch, if it is one (not an `Arc<[T]>`).
+    #[cfg(test)]
+    pub fn vec_capacity(&self) -> Option<usize> {
+        match &self.data {
+            Shared::Slice(_) => None,
+            Shared::Vec(a) => Some(a.items.capacity()),
+        }
+    }
     /// Drops the first `n` elements.
     pub fn advance(&mut self, n: usize) {
         debug_assert!(n <= self.len());
