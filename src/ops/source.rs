@@ -284,7 +284,8 @@ fn source_thread<T: Element>(
     };
     let start = Instant::now();
     let mut ticks: u32 = 0;
-    // Handing over swaps this with the agent's empty Vec: no allocation per call.
+    // Handing over moves this to the agent and gives back an empty Vec the agent is done with
+    // (when there is one): no allocation per call in steady state.
     let mut buf = Vec::with_capacity(max);
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
