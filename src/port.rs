@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::metrics::{add, StreamCounters};
-use crate::stream::{Batch, Element, Mark, Policy};
+use crate::stream::{Batch, Element, Mark, Policy, VecPool};
 use crate::transport::tcp::{TcpSender, TcpWriterSpec};
 use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
 
@@ -460,10 +460,20 @@ pub(crate) trait OutSlot: Send {
     fn waits_on_ring(&self) -> bool;
 }
 
+/// A batch of at most this many bytes of elements that fills less than half its vector is
+/// copied into a batch of its own size rather than moved (see `OutBuf::take_batch`).
+const SMALL_BATCH_BYTES: usize = 4 << 10;
+
 /// An output buffer: the step appends to `pending`; `flush` makes it one shared batch, then
 /// sends the step's mark, if it set one, after it.
+///
+/// The batch is `pending` itself, moved (not copied) into the batch every reader shares; the
+/// next step appends to a vector from `pool`, where batch vectors come back once their last
+/// reader has dropped them. In a steady state no step allocates or copies its output (a batch
+/// that fills less than half its vector is copied instead: see `take_batch`).
 pub(crate) struct OutBuf<T> {
     pending: Vec<T>,
+    pool: Arc<VecPool<T>>,
     /// The marks to send with `pending`, each after the first `n` of its elements.
     pending_marks: Vec<(usize, Mark)>,
     /// The last watermark sent, and whether an idleness mark followed it.
@@ -478,6 +488,7 @@ impl<T: Element> OutBuf<T> {
     pub fn new() -> Self {
         OutBuf {
             pending: Vec::new(),
+            pool: Arc::new(VecPool::new()),
             pending_marks: Vec::new(),
             sent_watermark: None,
             sent_idle: false,
@@ -488,6 +499,27 @@ impl<T: Element> OutBuf<T> {
     }
     pub fn pending(&mut self) -> &mut Vec<T> {
         &mut self.pending
+    }
+
+    /// What the step appended, as one batch: the vector itself, moved, and `pending` starts
+    /// again with a vector from the pool.
+    ///
+    /// A batch in flight holds at most twice its elements' memory: a vector that is mostly
+    /// empty room (a selective filter's output in a vector sized for its input, a source's
+    /// batch in a vector its hand-over grew) is either copied, when its elements are few (the
+    /// output keeps its room), or shrunk to its elements before it goes (the allocator gives
+    /// the rest back in place, without copying).
+    fn take_batch(&mut self) -> Batch<T> {
+        let len = self.pending.len();
+        if self.pending.capacity() / 2 > len {
+            if len.saturating_mul(std::mem::size_of::<T>()) <= SMALL_BATCH_BYTES {
+                let data: Arc<[T]> = self.pending.drain(..).collect();
+                return Batch::new(data);
+            }
+            self.pending.shrink_to_fit();
+        }
+        let items = std::mem::replace(&mut self.pending, self.pool.take());
+        Batch::pooled(items, &self.pool)
     }
 }
 
@@ -554,22 +586,25 @@ impl<T: Element> OutSlot for OutBuf<T> {
         }
         if self.pending_marks.is_empty() {
             if len > 0 {
-                let data: Arc<[T]> = self.pending.drain(..).collect();
+                let data = self.take_batch();
                 for link in &mut self.links {
-                    link.offer(Batch::new(Arc::clone(&data)));
+                    link.offer(data.clone());
                 }
                 self.sent_idle = false;
             }
             return;
         }
         // Elements and marks in the order the step made them: parts of one shared batch.
-        let data: Arc<[T]> = self.pending.drain(..).collect();
+        // (No batch for a step that only set marks.)
+        let mut data = (len > 0).then(|| self.take_batch());
         let mut marks = std::mem::take(&mut self.pending_marks);
         let mut from = 0;
         for &(at, mark) in &marks {
             if at > from {
+                let data = data.as_mut().expect("elements before a mark");
+                let part = data.split_front(at - from);
                 for link in &mut self.links {
-                    link.offer(Batch::part(Arc::clone(&data), from..at));
+                    link.offer(part.clone());
                 }
                 from = at;
                 self.sent_idle = false;
@@ -586,9 +621,9 @@ impl<T: Element> OutSlot for OutBuf<T> {
                 link.offer_mark(mark);
             }
         }
-        if len > from {
+        if let Some(data) = data.filter(|_| len > from) {
             for link in &mut self.links {
-                link.offer(Batch::part(Arc::clone(&data), from..len));
+                link.offer(data.clone());
             }
             self.sent_idle = false;
         }
@@ -692,6 +727,48 @@ mod tests {
         buf.take_consumed();
         buf.pass_marks();
         buf.progress()
+    }
+
+    #[test]
+    fn a_full_output_vector_is_moved_into_its_batch_and_comes_back_for_the_next_step() {
+        let mut out = OutBuf::<u64>::new();
+        out.pending().extend(0..4096u64);
+        let ptr = out.pending().as_ptr();
+        let batch = out.take_batch();
+        assert_eq!(batch.as_slice().as_ptr(), ptr, "moved, not copied");
+        assert_eq!(batch.len(), 4096);
+        // Once its reader drops it, the vector waits in the pool: the output's step after
+        // the next one appends to it again, with its room.
+        drop(batch);
+        out.pending().extend(0..4096u64);
+        let second = out.take_batch();
+        assert_eq!(out.pending().as_ptr(), ptr);
+        assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+        drop(second);
+    }
+
+    #[test]
+    fn a_mostly_empty_output_vector_is_copied_and_keeps_its_room() {
+        let mut out = OutBuf::<u64>::new();
+        out.pending().reserve(4096);
+        out.pending().extend(0..10u64);
+        let batch = out.take_batch();
+        assert_eq!(batch.as_slice(), (0..10).collect::<Vec<_>>());
+        // The batch holds 10 elements' worth, not 4096; the room stays with the output.
+        assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+    }
+
+    #[test]
+    fn a_large_batch_in_a_much_larger_vector_is_shrunk_not_sent_with_its_room() {
+        let mut out = OutBuf::<u64>::new();
+        out.pending().reserve(16384);
+        out.pending().extend(0..4096u64);
+        let batch = out.take_batch();
+        assert_eq!(batch.as_slice(), (0..4096).collect::<Vec<_>>());
+        let held = batch
+            .vec_capacity()
+            .expect("a large batch is moved, not copied into an Arc<[T]>");
+        assert!(held < 2 * 4096, "sent with its room: {held}");
     }
 
     #[test]

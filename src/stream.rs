@@ -121,25 +121,66 @@ pub enum Mark {
     Idle,
 }
 
-/// A run of elements shared by every reader of one batch: a slice of an `Arc<[T]>`.
+/// A run of elements shared by every reader of one batch: a range of one shared buffer.
 ///
-/// A step's appends to one output become one batch; each reader gets a clone of the `Arc` (no
-/// per-reader copy). Splitting a batch (when a link has credit for only part of it) only narrows
-/// the range.
+/// A step's appends to one output become one batch; each reader gets a clone (a reference
+/// count, no per-reader copy). Splitting a batch (when a link has credit for only part of it)
+/// only narrows the range.
+///
+/// The buffer is either the vector the step appended to, moved in without a copy
+/// ([`Batch::pooled`]), or an `Arc<[T]>` ([`Batch::new`], what a transport decodes). The
+/// vector goes back to its writer's [`VecPool`] when the last reader drops its batch, so a
+/// writer in a steady state reuses the same few buffers instead of allocating one per batch.
 pub(crate) struct Batch<T> {
-    data: Arc<[T]>,
+    data: Shared<T>,
     range: Range<usize>,
 }
 
+/// The buffer behind a [`Batch`].
+enum Shared<T> {
+    Slice(Arc<[T]>),
+    Vec(Arc<Owned<T>>),
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Shared::Slice(a) => Shared::Slice(Arc::clone(a)),
+            Shared::Vec(a) => Shared::Vec(Arc::clone(a)),
+        }
+    }
+}
+
+/// A vector shared by the readers of a batch, and the pool it returns to.
+struct Owned<T> {
+    items: Vec<T>,
+    home: Arc<VecPool<T>>,
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.home.put(std::mem::take(&mut self.items));
+    }
+}
+
 impl<T> Batch<T> {
+    /// The elements of `data`.
     pub fn new(data: Arc<[T]>) -> Self {
         let range = 0..data.len();
-        Batch { data, range }
+        Batch {
+            data: Shared::Slice(data),
+            range,
+        }
     }
-    /// Elements `range` of `data`.
-    pub fn part(data: Arc<[T]>, range: Range<usize>) -> Self {
-        debug_assert!(range.end <= data.len());
-        Batch { data, range }
+    /// The elements of `items`, moved in (no copy); the vector goes back to `pool` when the
+    /// last clone of the batch is dropped.
+    pub fn pooled(items: Vec<T>, pool: &Arc<VecPool<T>>) -> Self {
+        let range = 0..items.len();
+        let home = Arc::clone(pool);
+        Batch {
+            data: Shared::Vec(Arc::new(Owned { items, home })),
+            range,
+        }
     }
     pub fn len(&self) -> usize {
         self.range.len()
@@ -148,18 +189,30 @@ impl<T> Batch<T> {
         self.range.is_empty()
     }
     pub fn as_slice(&self) -> &[T] {
-        &self.data[self.range.clone()]
+        let all: &[T] = match &self.data {
+            Shared::Slice(a) => a,
+            Shared::Vec(a) => &a.items,
+        };
+        &all[self.range.clone()]
     }
     /// Takes the first `n` elements off the front as a batch of their own.
     pub fn split_front(&mut self, n: usize) -> Batch<T> {
         debug_assert!(n <= self.len());
         let mid = self.range.start + n;
         let front = Batch {
-            data: Arc::clone(&self.data),
+            data: self.data.clone(),
             range: self.range.start..mid,
         };
         self.range.start = mid;
         front
+    }
+    /// The capacity of the vector behind the batch, if it is one (not an `Arc<[T]>`).
+    #[cfg(test)]
+    pub fn vec_capacity(&self) -> Option<usize> {
+        match &self.data {
+            Shared::Slice(_) => None,
+            Shared::Vec(a) => Some(a.items.capacity()),
+        }
     }
     /// Drops the first `n` elements.
     pub fn advance(&mut self, n: usize) {
@@ -171,9 +224,84 @@ impl<T> Batch<T> {
 impl<T> Clone for Batch<T> {
     fn clone(&self) -> Self {
         Batch {
-            data: Arc::clone(&self.data),
+            data: self.data.clone(),
             range: self.range.clone(),
         }
+    }
+}
+
+/// A writer's bounded free list of batch vectors (see [`Batch::pooled`]).
+///
+/// It keeps at most [`VecPool::MAX_VECS`] vectors of at most [`VecPool::MAX_BYTES`] bytes of
+/// capacity in all; a vector that does not fit is freed. Sixteen default batches of `u64` (32
+/// KiB each) fit: as many as a default connection has in flight, and as many again waiting at
+/// a source, so a writer whose batches come back in bursts still finds them here. What it keeps is what the writer allocated anyway:
+/// vectors come back only from batches it sent.
+pub(crate) struct VecPool<T> {
+    free: std::sync::Mutex<Free<T>>,
+}
+
+/// The vectors a [`VecPool`] keeps, and their capacity in bytes.
+struct Free<T> {
+    vecs: Vec<Vec<T>>,
+    bytes: usize,
+}
+
+impl<T> VecPool<T> {
+    /// Most vectors kept.
+    pub const MAX_VECS: usize = 16;
+    /// Most bytes of capacity kept, all vectors together.
+    pub const MAX_BYTES: usize = 1 << 20;
+
+    pub fn new() -> Self {
+        VecPool {
+            free: std::sync::Mutex::new(Free {
+                vecs: Vec::with_capacity(Self::MAX_VECS),
+                bytes: 0,
+            }),
+        }
+    }
+
+    /// An empty vector: the one returned last (with its capacity) if there is one, else a new
+    /// one (no allocation until it grows).
+    pub fn take(&self) -> Vec<T> {
+        let mut free = self.lock();
+        match free.vecs.pop() {
+            Some(v) => {
+                free.bytes -= Self::bytes(&v);
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Gives `items` back for reuse (cleared), or frees it if the pool has no room for it.
+    pub fn put(&self, mut items: Vec<T>) {
+        let bytes = Self::bytes(&items);
+        if items.capacity() == 0 || bytes > Self::MAX_BYTES {
+            return;
+        }
+        items.clear();
+        let mut free = self.lock();
+        if free.vecs.len() < Self::MAX_VECS && free.bytes + bytes <= Self::MAX_BYTES {
+            free.bytes += bytes;
+            free.vecs.push(items);
+        }
+    }
+
+    fn bytes(v: &Vec<T>) -> usize {
+        v.capacity().saturating_mul(std::mem::size_of::<T>())
+    }
+
+    /// Vectors kept now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().vecs.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Free<T>> {
+        // A panic while holding the lock leaves a valid list (push and pop only).
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -208,4 +336,55 @@ pub enum Transport {
     /// process or host; without a deployment it runs without a secret. Between hosts a
     /// connection is a TCP link whatever it says.
     Tcp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pooled_vector_comes_back_when_its_last_reader_drops_it() {
+        let pool = Arc::new(VecPool::<u64>::new());
+        let mut items = pool.take();
+        items.extend(0..100u64);
+        let (ptr, cap) = (items.as_ptr(), items.capacity());
+        let mut a = Batch::pooled(items, &pool);
+        let b = a.clone();
+        let front = a.split_front(40);
+        assert_eq!(front.as_slice(), (0..40).collect::<Vec<_>>());
+        assert_eq!(a.as_slice(), (40..100).collect::<Vec<_>>());
+        assert_eq!(b.len(), 100);
+        drop((a, front));
+        assert_eq!(pool.len(), 0, "a reader still holds the batch");
+        drop(b);
+        assert_eq!(pool.len(), 1);
+        // The same allocation, empty, with its capacity: no copy, no new allocation.
+        let again = pool.take();
+        assert!(again.is_empty());
+        assert_eq!((again.as_ptr(), again.capacity()), (ptr, cap));
+    }
+
+    #[test]
+    fn the_pool_keeps_a_bounded_number_of_bounded_vectors() {
+        let pool = Arc::new(VecPool::<u64>::new());
+        let batches: Vec<Batch<u64>> = (0..VecPool::<u64>::MAX_VECS + 3)
+            .map(|i| Batch::pooled(vec![i as u64; 10], &pool))
+            .collect();
+        drop(batches);
+        assert_eq!(pool.len(), VecPool::<u64>::MAX_VECS);
+        // Vectors beyond the byte bound are freed, not kept: one alone too large, or one
+        // that would take the pool over it.
+        let pool = Arc::new(VecPool::<u64>::new());
+        drop(Batch::pooled(
+            vec![0u64; VecPool::<u64>::MAX_BYTES / 8 + 1],
+            &pool,
+        ));
+        assert_eq!(pool.len(), 0);
+        let half = VecPool::<u64>::MAX_BYTES / 16;
+        let batches: Vec<Batch<u64>> = (0..3)
+            .map(|_| Batch::pooled(Vec::with_capacity(half), &pool))
+            .collect();
+        drop(batches);
+        assert_eq!(pool.len(), 2);
+    }
 }

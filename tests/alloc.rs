@@ -1,5 +1,7 @@
 //! No heap allocation per element: a counting global allocator shows that the allocations of a
-//! pipeline grow with the number of batches, never with the number of elements.
+//! pipeline grow with the number of batches, never with the number of elements; and, in the
+//! single-thread harness, that batch buffers are reused: the allocations the size of a batch
+//! do not grow with the number of batches either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -9,17 +11,29 @@ use iotstream::{Graph, Harness};
 struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Allocations of at least [`BIG`] bytes.
+static BIG_ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// A quarter of a default batch of `u64` (4096 × 8 bytes): anything this large is a batch
+/// buffer (or a queue of them), not a message or a counter.
+const BIG: usize = 8 << 10;
+
+fn count(size: usize) {
+    ALLOCS.fetch_add(1, Relaxed);
+    if size >= BIG {
+        BIG_ALLOCS.fetch_add(1, Relaxed);
+    }
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
+        count(layout.size());
         System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         System.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
+        count(new_size);
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -30,9 +44,17 @@ static GLOBAL: Counting = Counting;
 /// The counter is global: tests that read it take turns.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Allocations made while running source → map → filter → sink over `n` u64 elements, and the
-/// number of batches the source emitted.
-fn allocations(n: u64, threaded: bool) -> (u64, u64) {
+/// What running source → map → filter → sink over `n` u64 elements allocated.
+struct Used {
+    /// Allocations.
+    all: u64,
+    /// Allocations of at least [`BIG`] bytes.
+    big: u64,
+    /// Batches the source emitted.
+    batches: u64,
+}
+
+fn allocations(n: u64, threaded: bool) -> Used {
     let mut g = Graph::new("alloc");
     let s = g.source_iter("numbers", 0..n);
     let m = g.map("scale", &s, |v: &u64| v.wrapping_mul(3));
@@ -43,7 +65,7 @@ fn allocations(n: u64, threaded: bool) -> (u64, u64) {
         c.fetch_add(xs.len() as u64, Relaxed);
         Ok(())
     });
-    let before = ALLOCS.load(Relaxed);
+    let (before, big_before) = (ALLOCS.load(Relaxed), BIG_ALLOCS.load(Relaxed));
     let metrics = if threaded {
         g.run().unwrap()
     } else {
@@ -51,32 +73,51 @@ fn allocations(n: u64, threaded: bool) -> (u64, u64) {
         h.finish().unwrap();
         h.metrics()
     };
-    let used = ALLOCS.load(Relaxed) - before;
+    let used = Used {
+        all: ALLOCS.load(Relaxed) - before,
+        big: BIG_ALLOCS.load(Relaxed) - big_before,
+        batches: metrics.stream("numbers.out").unwrap().batches,
+    };
     assert_eq!(count.load(Relaxed), n / 2);
-    (used, metrics.stream("numbers.out").unwrap().batches)
+    used
 }
 
 #[test]
 fn allocations_grow_with_batches_not_elements() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     for threaded in [false, true] {
-        let (small, small_batches) = allocations(1_000_000, threaded);
-        let (large, large_batches) = allocations(2_000_000, threaded);
+        let small = allocations(1_000_000, threaded);
+        let large = allocations(2_000_000, threaded);
         // Per batch, a handful of allocations (the shared batch, the envelope, actix's
         // message box, the credit message …), over three connections: never one per element.
-        let per_batch = (large - small) as f64 / (large_batches - small_batches) as f64;
+        let per_batch = (large.all - small.all) as f64 / (large.batches - small.batches) as f64;
         assert!(
             per_batch < 40.0,
             "threaded {threaded}: {per_batch:.1} allocations per source batch"
         );
         assert!(
-            large < 2_000_000 / 20,
-            "threaded {threaded}: {large} allocations for 2,000,000 elements"
+            large.all < 2_000_000 / 20,
+            "threaded {threaded}: {} allocations for 2,000,000 elements",
+            large.all
         );
-        assert!(large_batches >= 2_000_000 / iotstream::SourceOptions::default().max_batch as u64);
+        assert!(large.batches >= 2_000_000 / iotstream::SourceOptions::default().max_batch as u64);
         eprintln!(
-            "threaded {threaded}: {small} allocations for 1M elements ({small_batches} batches), {large} for 2M ({large_batches} batches): {per_batch:.1} per batch"
+            "threaded {threaded}: {} allocations for 1M elements ({} batches, {} of at least {BIG} bytes), {} for 2M ({} batches, {} big): {per_batch:.1} per batch",
+            small.all, small.batches, small.big, large.all, large.batches, large.big
         );
+        if !threaded {
+            // Batch buffers come back to their writer's pool and are reused: twice the
+            // batches, no more buffers. (Threaded, they come back too, but how many are in
+            // flight at once, and so how many a writer makes, depends on timing.)
+            assert!(
+                large.big <= small.big + 4,
+                "{} buffer-sized allocations for {} batches, {} for {}: batch buffers are not reused",
+                large.big,
+                large.batches,
+                small.big,
+                small.batches
+            );
+        }
     }
 }
 

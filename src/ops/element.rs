@@ -184,6 +184,9 @@ impl Graph {
         F: FnMut(&T) -> bool + Send + 'static,
     {
         self.slice_map(name, stream, move |new: &[T], out: &mut Vec<T>| {
+            // Room for all of them up front: no growth in the loop (the output vector is
+            // reused from batch to batch, so this allocates only until it has the room).
+            out.reserve(new.len());
             out.extend(new.iter().filter(|v| f(v)).cloned());
             Ok(())
         })

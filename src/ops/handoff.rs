@@ -3,19 +3,29 @@
 //!
 //! A channel of chunks would bound the number of *chunks*, and a source that hands over one
 //! element at a time would then send one tiny batch per element: every batch costs a step, a
-//! message and a wake-up downstream. Here the writer appends to one waiting `Vec`, and the
-//! agent's step takes everything that waits (up to its batch size) as one batch: the per-batch
-//! cost is paid once per burst, whatever the writer's rhythm (adaptive batching). When the two
-//! `Vec`s are swapped, the writer gets back the agent's empty one with its capacity: no
-//! allocation per element or per hand-over in steady state.
+//! message and a wake-up downstream. Here the agent's step takes everything that waits (up to
+//! its batch size) as one batch: the per-batch cost is paid once per burst, whatever the
+//! writer's rhythm (adaptive batching).
+//!
+//! What waits is a queue of `Vec`s of up to a batch each (`limit / 4` elements): small
+//! hand-overs and single elements are appended to the last one, a full batch waits as the `Vec`
+//! it came in. A step whose buffer is empty takes the first `Vec` itself (swapped, not copied)
+//! and appends the next ones while they fit; the writer gets back the agent's empty `Vec` with
+//! its capacity. So a source that hands over whole batches has its elements moved, never
+//! copied, on the way to its agent, and in steady state nothing is allocated per element or per
+//! hand-over.
 //!
 //! The writer waits while `limit` elements or more wait (one hand-over may go past it, so a
 //! hand-over larger than the limit still goes through): memory stays bounded by the limit plus
 //! the largest hand-over.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// The most empty `Vec`s kept for the writer: one per batch that may wait.
+const SPARES: usize = 4;
 
 /// How a stream fed through a handoff ended.
 #[derive(Debug)]
@@ -47,7 +57,13 @@ pub(crate) enum Wait<'a> {
 }
 
 struct State<T> {
-    items: Vec<T>,
+    /// What waits, in order; no `Vec` in it is empty.
+    chunks: VecDeque<Vec<T>>,
+    /// Elements in `chunks`.
+    waiting: usize,
+    /// Empty `Vec`s the agent is done with (at most [`SPARES`]), for the writer's next
+    /// hand-overs.
+    spares: Vec<Vec<T>>,
     end: Option<Ending>,
     writer_gone: bool,
     reader_gone: bool,
@@ -57,6 +73,8 @@ struct Shared<T> {
     state: Mutex<State<T>>,
     room: Condvar,
     limit: usize,
+    /// The most elements gathered into one waiting `Vec` (a batch: a quarter of the limit).
+    chunk: usize,
 }
 
 impl<T> Shared<T> {
@@ -71,17 +89,21 @@ pub(crate) struct HandoffTx<T>(Arc<Shared<T>>);
 /// The reading end (the source's agent).
 pub(crate) struct HandoffRx<T>(Arc<Shared<T>>);
 
-/// A handoff whose writer waits while `limit` (at least 1) elements wait.
+/// A handoff whose writer waits while `limit` (at least 1) elements wait; what waits is
+/// gathered in `Vec`s of up to `limit / 4` elements (a batch).
 pub(crate) fn handoff<T>(limit: usize) -> (HandoffTx<T>, HandoffRx<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            items: Vec::new(),
+            chunks: VecDeque::new(),
+            waiting: 0,
+            spares: Vec::new(),
             end: None,
             writer_gone: false,
             reader_gone: false,
         }),
         room: Condvar::new(),
         limit: limit.max(1),
+        chunk: (limit / 4).max(1),
     });
     (HandoffTx(Arc::clone(&shared)), HandoffRx(shared))
 }
@@ -91,10 +113,19 @@ impl<T> HandoffTx<T> {
     /// done with), waiting for room as `wait` says.
     pub fn put(&self, items: &mut Vec<T>, wait: Wait<'_>) -> Result<(), PutError> {
         let mut state = self.room(wait)?;
-        if state.items.is_empty() {
-            std::mem::swap(&mut state.items, items);
-        } else {
-            state.items.append(items);
+        if items.is_empty() {
+            return Ok(());
+        }
+        state.waiting += items.len();
+        let chunk = self.0.chunk;
+        match state.chunks.back_mut() {
+            // Small hand-overs gather into one batch.
+            Some(last) if last.len() + items.len() <= chunk => last.append(items),
+            // A batch waits as it came: moved, not copied.
+            _ => {
+                let spare = state.spares.pop().unwrap_or_default();
+                state.chunks.push_back(std::mem::replace(items, spare));
+            }
         }
         Ok(())
     }
@@ -104,7 +135,20 @@ impl<T> HandoffTx<T> {
     pub fn put_one(&self, item: T, wait: Wait<'_>) -> Result<(), (PutError, T)> {
         match self.room(wait) {
             Ok(mut state) => {
-                state.items.push(item);
+                state.waiting += 1;
+                let chunk = self.0.chunk;
+                match state.chunks.back_mut() {
+                    Some(last) if last.len() < chunk => last.push(item),
+                    _ => {
+                        let mut v = match state.spares.pop() {
+                            Some(v) => v,
+                            // Room for a batch at once, not a growth per few elements.
+                            None => Vec::with_capacity(chunk),
+                        };
+                        v.push(item);
+                        state.chunks.push_back(v);
+                    }
+                }
                 Ok(())
             }
             Err(e) => Err((e, item)),
@@ -119,7 +163,7 @@ impl<T> HandoffTx<T> {
             if state.reader_gone {
                 return Err(PutError::ReaderGone);
             }
-            if state.items.len() < self.0.limit {
+            if state.waiting < self.0.limit {
                 return Ok(state);
             }
             match wait {
@@ -171,22 +215,37 @@ impl<T> HandoffRx<T> {
     /// lock, so a writer that hands over afterwards sees it cleared and wakes the agent.
     pub fn take(&self, out: &mut Vec<T>, max: usize, awake: &AtomicBool) -> Taken {
         let mut state = self.0.lock();
-        let was_full = state.items.len() >= self.0.limit;
-        let room = max.saturating_sub(out.len()).max(1);
-        let got = !state.items.is_empty();
-        if state.items.len() <= room {
-            if out.is_empty() {
-                std::mem::swap(out, &mut state.items);
-            } else {
-                out.append(&mut state.items);
+        let was_full = state.waiting >= self.0.limit;
+        let mut room = max.saturating_sub(out.len()).max(1);
+        let got = state.waiting > 0;
+        while let Some(front) = state.chunks.front_mut() {
+            let n = front.len();
+            if n > room {
+                // Only part of it fits: that part is copied, the rest waits.
+                out.extend(front.drain(..room));
+                state.waiting -= room;
+                break;
             }
-        } else {
-            out.extend(state.items.drain(..room));
+            let mut taken = state.chunks.pop_front().expect("a front chunk");
+            if out.is_empty() {
+                std::mem::swap(out, &mut taken);
+            } else {
+                out.append(&mut taken);
+            }
+            // `taken` is empty now: the writer's next hand-over goes out in it.
+            if taken.capacity() > 0 && state.spares.len() < SPARES {
+                state.spares.push(taken);
+            }
+            state.waiting -= n;
+            room -= n;
+            if room == 0 {
+                break;
+            }
         }
-        if was_full && state.items.len() < self.0.limit {
+        if was_full && state.waiting < self.0.limit {
             self.0.room.notify_all();
         }
-        if !state.items.is_empty() {
+        if state.waiting > 0 {
             return Taken { got, end: None };
         }
         let end = state
@@ -231,6 +290,58 @@ mod tests {
         let mut buf = vec![9];
         tx.put(&mut buf, Wait::Never).unwrap();
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn whole_batches_are_moved_to_the_agent_not_copied() {
+        let (tx, rx) = handoff::<u64>(4 * 1000);
+        let awake = AtomicBool::new(true);
+        let mut ptrs = Vec::new();
+        for b in 0..3u64 {
+            let batch: Vec<u64> = (b * 1000..(b + 1) * 1000).collect();
+            ptrs.push(batch.as_ptr());
+            let mut batch = batch;
+            tx.put(&mut batch, Wait::Never).unwrap();
+            assert!(batch.is_empty());
+        }
+        // A step with an empty buffer takes the first batch's own Vec.
+        for (i, &ptr) in ptrs.iter().enumerate().take(2) {
+            let mut out = Vec::new();
+            rx.take(&mut out, 1000, &awake);
+            assert_eq!(out.as_ptr(), ptr);
+            assert_eq!(
+                out,
+                (i as u64 * 1000..(i as u64 + 1) * 1000).collect::<Vec<_>>()
+            );
+        }
+        // With room for more, the next batches are appended (gathered into one).
+        tx.put(&mut (3000..3500).collect(), Wait::Never).unwrap();
+        let mut out = Vec::new();
+        rx.take(&mut out, 2000, &awake);
+        assert_eq!(out, (2000..3500).collect::<Vec<_>>());
+        // The agent's empty Vec went back to the writer: its next hand-over reuses it.
+        let mut next = vec![7u64; 1000];
+        tx.put(&mut next, Wait::Never).unwrap();
+        assert!(next.is_empty() && next.capacity() > 0);
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_step_takes_is_split_in_order() {
+        let (tx, rx) = handoff::<u32>(40);
+        tx.put(&mut (0..25).collect(), Wait::Never).unwrap();
+        tx.put_one(25, Wait::Never).unwrap();
+        let awake = AtomicBool::new(true);
+        let mut got = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            let taken = rx.take(&mut out, 10, &awake);
+            assert!(out.len() <= 10);
+            got.extend(out);
+            if !taken.got {
+                break;
+            }
+        }
+        assert_eq!(got, (0..26).collect::<Vec<_>>());
     }
 
     #[test]

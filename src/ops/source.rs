@@ -284,7 +284,8 @@ fn source_thread<T: Element>(
     };
     let start = Instant::now();
     let mut ticks: u32 = 0;
-    // Handing over swaps this with the agent's empty Vec: no allocation per call.
+    // Handing over moves this to the agent and gives back an empty Vec the agent is done with
+    // (when there is one): no allocation per call in steady state.
     let mut buf = Vec::with_capacity(max);
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
@@ -422,6 +423,7 @@ impl<T: Element> ExternalAny for ExternalInput<T> {
     }
 }
 
+/// The items of an iterator, `max` at a time.
 struct IterSource<I>(I);
 
 impl<I> Source<I::Item> for IterSource<I>
@@ -429,13 +431,16 @@ where
     I: Iterator + Send + 'static,
 {
     fn fill(&mut self, out: &mut Vec<I::Item>, max: usize) -> Result<bool, AgentError> {
-        for _ in 0..max {
-            match self.0.next() {
-                Some(v) => out.push(v),
-                None => return Ok(false),
-            }
+        // One `extend` per batch, not one `push` per item: for an iterator of known length (a
+        // range, a vector's items, a slice's) the vector reserves once and the loop writes
+        // without a capacity check per item.
+        let before = out.len();
+        out.extend(self.0.by_ref().take(max));
+        if out.len() - before < max {
+            return Ok(false);
         }
-        Ok(true)
+        // Ended exactly at a batch's end: say so now rather than with an empty batch after.
+        Ok(self.0.size_hint().1 != Some(0))
     }
 }
 
