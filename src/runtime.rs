@@ -1,7 +1,20 @@
-//! The threaded runtime: every agent an actix actor, placed on arbiters (threads).
+//! The threaded runtime: every agent an actix actor, on a pool of worker threads.
 //!
 //! [`Graph::run`] runs an application to its end; [`Graph::start`] starts it and returns a
 //! [`Running`] handle to push input, read counters while it runs, ask it to stop, and wait.
+//!
+//! # Threads
+//!
+//! Agents run on a pool of worker threads, one per core unless
+//! [`Graph::worker_threads`](crate::Graph::worker_threads) says otherwise, each agent always on
+//! the same worker: the number of threads does not grow with the agents. A step should therefore
+//! not block; an agent that waits (on a device, a lock, a socket) belongs on a thread of its own,
+//! [`Graph::place_on_thread`](crate::Graph::place_on_thread). Sources' work and the sinks that
+//! write files or standard output have threads of their own anyway.
+//!
+//! An agent busy in a step does not miss what arrives meanwhile: its next step takes all of it
+//! at once (adaptive batching), so a stage that falls behind catches up with larger batches,
+//! and a quiet stream's elements go through one by one without waiting.
 //!
 //! # How a run ends
 //!

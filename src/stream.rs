@@ -233,9 +233,9 @@ impl<T> Clone for Batch<T> {
 /// A writer's bounded free list of batch vectors (see [`Batch::pooled`]).
 ///
 /// It keeps at most [`VecPool::MAX_VECS`] vectors of at most [`VecPool::MAX_BYTES`] bytes of
-/// capacity in all; a vector that does not fit is freed. Sixteen default batches of `u64` (32
-/// KiB each) fit: as many as a default connection has in flight, and as many again waiting at
-/// a source, so a writer whose batches come back in bursts still finds them here. What it keeps is what the writer allocated anyway:
+/// capacity in all; a vector that does not fit is freed. Eight default batches of `u64` (32
+/// KiB each) fit: as many as a default connection has in flight. The bound is per writer, so
+/// it is kept small: a process of 10,000 agents keeps at most 2.5 GiB here, not ten. What it keeps is what the writer allocated anyway:
 /// vectors come back only from batches it sent.
 pub(crate) struct VecPool<T> {
     free: std::sync::Mutex<Free<T>>,
@@ -249,9 +249,9 @@ struct Free<T> {
 
 impl<T> VecPool<T> {
     /// Most vectors kept.
-    pub const MAX_VECS: usize = 16;
+    pub const MAX_VECS: usize = 8;
     /// Most bytes of capacity kept, all vectors together.
-    pub const MAX_BYTES: usize = 1 << 20;
+    pub const MAX_BYTES: usize = 256 << 10;
 
     pub fn new() -> Self {
         VecPool {
