@@ -50,6 +50,30 @@ impl Clock {
     }
 }
 
+thread_local! {
+    /// This thread is inside an agent's step (see [`in_a_step`]).
+    static IN_STEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (an agent's step or finish) marked as inside a step on this thread.
+fn in_step<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_STEP.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(IN_STEP.with(|c| c.replace(true)));
+    f()
+}
+
+/// True on a thread that is running an agent's step: something that would wait there (for
+/// room in an input, say) would hold up every agent of that worker thread, possibly the very
+/// one that makes the room.
+pub(crate) fn in_a_step() -> bool {
+    IN_STEP.with(|c| c.get())
+}
+
 /// What a source thread needs from the executor.
 pub(crate) struct SourceThreadCtx {
     pub name: String,
@@ -373,7 +397,7 @@ impl Host {
                         };
                         let started = Instant::now();
                         let r = catch_unwind(AssertUnwindSafe(|| {
-                            agent.step(&mut inputs, &mut outputs)
+                            in_step(|| agent.step(&mut inputs, &mut outputs))
                         }));
                         self.counters.note_busy(started);
                         r
@@ -408,7 +432,9 @@ impl Host {
                                 slots: &mut self.outputs,
                             };
                             let started = Instant::now();
-                            let r = catch_unwind(AssertUnwindSafe(|| agent.finish(&mut outputs)));
+                            let r = catch_unwind(AssertUnwindSafe(|| {
+                                in_step(|| agent.finish(&mut outputs))
+                            }));
                             self.counters.note_busy(started);
                             r
                         };

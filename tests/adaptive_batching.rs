@@ -168,3 +168,46 @@ fn a_quiet_input_delivers_each_element_at_once() {
     drop(tx);
     running.join().unwrap();
 }
+
+/// An agent that feeds an input of the application from inside its step gets an error when
+/// that input is full, instead of waiting for ever on the worker thread that would have to
+/// make room (here the only worker, shared with the input's own agent).
+#[test]
+fn a_full_input_fed_from_inside_a_step_is_an_error_not_a_hang() {
+    use iotstream::InputSender;
+    let mut g = Graph::new("feed_from_a_step");
+    g.worker_threads(1);
+    let trigger = g.input::<u32>("trigger");
+    let looped = g.input::<u64>("looped");
+    let slot: Arc<Mutex<Option<InputSender<u64>>>> = Arc::default();
+    let outcome: Arc<Mutex<Option<Result<u64, String>>>> = Arc::default();
+    let (sender, result) = (Arc::clone(&slot), Arc::clone(&outcome));
+    g.sink_list("feeder", &trigger, move |_: &[u32]| {
+        let Some(tx) = sender.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let mut pushed = 0u64;
+        let r = loop {
+            if pushed == 1_000_000 {
+                break Ok(pushed);
+            }
+            match tx.push(pushed) {
+                Ok(()) => pushed += 1,
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        *result.lock().unwrap() = Some(r);
+        Ok(())
+    });
+    let out = g.collect("out", &looped);
+    let mut running = g.start().unwrap();
+    *slot.lock().unwrap() = Some(running.input(&looped).unwrap());
+    let tx = running.input(&trigger).unwrap();
+    tx.push(1).unwrap();
+    drop(tx);
+    running.join().unwrap();
+    let outcome = outcome.lock().unwrap().clone().expect("the feeder stepped");
+    let err = outcome.expect_err("a million pushes cannot all fit while nothing drains them");
+    assert!(err.contains("inside an agent's step"), "{err}");
+    assert!(!out.values().is_empty(), "what went in before is delivered");
+}

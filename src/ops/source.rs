@@ -360,20 +360,36 @@ impl<T: Element> InputSender<T> {
 
     /// Appends `items` to the stream (with whatever else waits, as one batch). Fails only if
     /// the application has stopped.
+    ///
+    /// Called from inside an agent's step (an agent that feeds an input of the application),
+    /// it does not wait: if the input is full it fails, since waiting could hold up the worker
+    /// thread that is the one to make room.
     pub fn send(&self, mut items: Vec<T>) -> Result<(), Error> {
         let tx = self.tx.as_ref().expect("sender is open until dropped");
-        self.handed(tx.put(&mut items, Wait::Forever))
+        self.handed(tx.put(&mut items, Self::wait()))
     }
 
-    /// Appends one element. Fails only if the application has stopped.
+    /// Appends one element. Fails only if the application has stopped, or, called from inside
+    /// an agent's step, if the input is full (see [`send`](Self::send)).
     pub fn push(&self, item: T) -> Result<(), Error> {
         let tx = self.tx.as_ref().expect("sender is open until dropped");
-        self.handed(tx.put_one(item, Wait::Forever).map_err(|(e, _)| e))
+        self.handed(tx.put_one(item, Self::wait()).map_err(|(e, _)| e))
+    }
+
+    fn wait() -> Wait<'static> {
+        if crate::host::in_a_step() {
+            Wait::Never
+        } else {
+            Wait::Forever
+        }
     }
 
     fn handed(&self, put: Result<(), PutError>) -> Result<(), Error> {
-        put.map_err(|_| Error::Runtime {
-            detail: "the application has stopped; input not accepted".into(),
+        put.map_err(|e| Error::Runtime {
+            detail: match e {
+                PutError::ReaderGone => "the application has stopped; input not accepted".into(),
+                PutError::Full => "an input is full and its sender was called from inside an agent's step, where waiting could hold up the very thread that makes room: send from a thread of your own".into(),
+            },
         })?;
         self.waker.wake();
         Ok(())
