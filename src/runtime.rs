@@ -12,6 +12,10 @@
 //! [`Graph::place_on_thread`](crate::Graph::place_on_thread). Sources' work and the sinks that
 //! write files or standard output have threads of their own anyway.
 //!
+//! An agent whose every input comes from another process over a shared-memory ring is stepped
+//! by the thread that reads the ring, as soon as it has read, instead of being woken on its
+//! worker: one wake-up less between the writing process's step and the reading one's.
+//!
 //! An agent busy in a step does not miss what arrives meanwhile: its next step takes all of it
 //! at once (adaptive batching), so a stage that falls behind catches up with larger batches,
 //! and a quiet stream's elements go through one by one without waiting.
@@ -67,6 +71,8 @@ use actix::{
 
 use crate::error::Error;
 use nix::sys::signal::Signal;
+
+mod direct;
 
 use crate::graph::{Graph, Part, Remote, Resolved};
 use crate::host::SourceThreadCtx;
@@ -454,7 +460,10 @@ impl Mailbox for ActorMailbox {
     }
 }
 
-struct AgentActor {
+/// One agent's host and the run's bookkeeping around it, whichever executor drives it: an
+/// actix actor on a worker ([`AgentActor`]) or the thread that delivers its input
+/// ([`direct`]).
+struct Tended {
     index: usize,
     host: Host,
     shared: Arc<Shared>,
@@ -470,21 +479,86 @@ struct AgentActor {
     /// This agent waits on a shared-memory ring and is counted in `Shared::active_sources`:
     /// the run is not quiescent while another process may still make room.
     counted_ring_wait: bool,
-    /// The agent's timer last scheduled on the arbiter (see `Inputs::wake_at`).
+    /// The agent's timer last scheduled (see `Inputs::wake_at`).
     timer_set: Option<Duration>,
-    /// Envelopes taken in whose step has not run yet (see the `Handler<Msg>` impl).
-    accepted: usize,
-    /// A step is scheduled to run once the mailbox is empty.
-    step_scheduled: bool,
 }
 
-impl AgentActor {
-    fn after(&mut self, result: Result<(), Error>, ctx: &mut Context<Self>) {
+/// What the executor must do after [`Tended::after`].
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Go on.
+    Continue,
+    /// Call [`Tended::timer_fired`] with this time after this delay.
+    Timer { delay: Duration, at: Duration },
+    /// The agent failed (the run is failing): take nothing more in.
+    Stop,
+}
+
+impl Tended {
+    fn new(index: usize, host: Host, shared: Arc<Shared>, mailbox: Arc<dyn Mailbox>) -> Tended {
+        Tended {
+            index,
+            host,
+            shared,
+            finished: false,
+            counted_blocked: false,
+            listed_stalled: false,
+            stall_written: 0,
+            mailbox,
+            counted_ring_wait: false,
+            timer_set: None,
+        }
+    }
+
+    /// Takes one envelope in; a forced close of an agent that still holds data it cannot send
+    /// is a stall.
+    fn accept(&mut self, env: Envelope) -> Result<(), Error> {
+        let forced = matches!(env, Envelope::ForceClose);
+        self.guarded(|host| {
+            host.accept(env)?;
+            if forced && !host.is_done() {
+                let stalled = host.stalled();
+                if !stalled.is_empty() {
+                    return Err(Error::Stalled {
+                        detail: stalled.join("; "),
+                    });
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Steps the agent if it has something to do.
+    fn step(&mut self) -> Result<(), Error> {
+        self.guarded(|host| host.run())
+    }
+
+    /// The timer asked for at `at` fired: marks the agent for a step if it is still due.
+    /// Returns whether it was.
+    fn timer_due(&mut self, at: Duration) -> bool {
+        if self.timer_set == Some(at) {
+            self.timer_set = None;
+        }
+        self.host.fire_timer_if_due()
+    }
+
+    /// The timer asked for at `at` fired: steps the agent if it is still due.
+    fn timer_fired(&mut self, at: Duration) -> Result<(), Error> {
+        if self.timer_due(at) {
+            self.step()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Books what the last piece of work left: a failure, a timer to arm, a source blocked or
+    /// not, a stall description, the agent's end.
+    fn after(&mut self, result: Result<(), Error>) -> Next {
         if let Err(e) = result {
             self.shared.fail(e);
-            ctx.stop();
-            return;
+            return Next::Stop;
         }
+        let mut next = Next::Continue;
         if let Some(at) = self.host.timer() {
             // Only a request earlier than the timer already armed arms another: one moved
             // later at every step (an idle timeout counted from the last element) is looked
@@ -494,17 +568,7 @@ impl AgentActor {
                 #[cfg(test)]
                 tests::armed(&self.host.name);
                 let delay = at.saturating_sub(self.host.clock.now());
-                ctx.run_later(delay, move |act, ctx| {
-                    if act.timer_set == Some(at) {
-                        act.timer_set = None;
-                    }
-                    let r = if act.host.fire_timer_if_due() {
-                        act.guarded(|host| host.run())
-                    } else {
-                        Ok(())
-                    };
-                    act.after(r, ctx);
-                });
+                next = Next::Timer { delay, at };
             }
         }
         let ring_wait = self.host.waits_on_ring() && !self.host.is_done();
@@ -555,13 +619,12 @@ impl AgentActor {
                 self.shared.stop_system();
             }
         }
+        next
     }
-}
 
-impl AgentActor {
     /// Runs host work, turning a panic anywhere in it (not only in the agent's step, which the
     /// host already catches: in a link, a transport, the runtime itself) into a failure of the
-    /// run that names the agent, instead of a dead arbiter and a hang.
+    /// run that names the agent, instead of a dead thread and a hang.
     fn guarded(&mut self, work: impl FnOnce(&mut Host) -> Result<(), Error>) -> Result<(), Error> {
         let host = &mut self.host;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(host))).unwrap_or_else(|p| {
@@ -573,13 +636,37 @@ impl AgentActor {
     }
 }
 
+/// An agent as an actix actor on its worker (or named, or own) thread.
+struct AgentActor {
+    tended: Tended,
+    /// Envelopes taken in whose step has not run yet (see the `Handler<Msg>` impl).
+    accepted: usize,
+    /// A step is scheduled to run once the mailbox is empty.
+    step_scheduled: bool,
+}
+
+impl AgentActor {
+    fn after(&mut self, result: Result<(), Error>, ctx: &mut Context<Self>) {
+        match self.tended.after(result) {
+            Next::Continue => {}
+            Next::Stop => ctx.stop(),
+            Next::Timer { delay, at } => {
+                ctx.run_later(delay, move |act, ctx| {
+                    let r = act.tended.timer_fired(at);
+                    act.after(r, ctx);
+                });
+            }
+        }
+    }
+}
+
 impl Actor for AgentActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let r = self.guarded(|host| host.run());
+        let r = self.tended.step();
         self.after(r, ctx);
-        self.shared.handled();
+        self.tended.shared.handled();
     }
 }
 
@@ -593,19 +680,7 @@ impl Handler<Msg> for AgentActor {
     type Result = ();
 
     fn handle(&mut self, Msg(env): Msg, ctx: &mut Context<Self>) {
-        let forced = matches!(env, Envelope::ForceClose);
-        let r = self.guarded(|host| {
-            host.accept(env)?;
-            if forced && !host.is_done() {
-                let stalled = host.stalled();
-                if !stalled.is_empty() {
-                    return Err(Error::Stalled {
-                        detail: stalled.join("; "),
-                    });
-                }
-            }
-            Ok(())
-        });
+        let r = self.tended.accept(env);
         // Counted as handled only after the step that takes it in: until then the run is not
         // quiescent.
         self.accepted += 1;
@@ -619,7 +694,7 @@ impl Handler<Msg> for AgentActor {
             ctx.spawn(
                 fut::wrap_future::<_, Self>(std::future::ready(())).map(|(), act, ctx| {
                     act.step_scheduled = false;
-                    let r = act.guarded(|host| host.run());
+                    let r = act.tended.step();
                     act.after(r, ctx);
                     act.settle_accepted();
                 }),
@@ -631,7 +706,9 @@ impl Handler<Msg> for AgentActor {
 impl AgentActor {
     /// Marks the envelopes taken in since the last step as handled.
     fn settle_accepted(&mut self) {
-        self.shared.handled_many(std::mem::take(&mut self.accepted));
+        self.tended
+            .shared
+            .handled_many(std::mem::take(&mut self.accepted));
     }
 }
 
@@ -1513,6 +1590,25 @@ enum ThreadKey {
     Worker(usize),
 }
 
+/// True if every input of agent `i` is connected, and connected over a shared-memory ring, and
+/// the agent is not placed on a thread: then the ring's feeder steps it (see [`direct`]).
+fn fed_by_rings_only(graph: &Graph, i: usize) -> bool {
+    let agent = &graph.agents[i];
+    if agent.thread.is_some() || agent.own_thread || agent.inputs.is_empty() {
+        return false;
+    }
+    let mut fed = vec![false; agent.inputs.len()];
+    for e in graph.edges.iter().filter(|e| e.to.agent as usize == i) {
+        if graph.resolve(e) != Resolved::SharedMemory {
+            return false;
+        }
+        if let Some(f) = fed.get_mut(e.to.port as usize) {
+            *f = true;
+        }
+    }
+    fed.iter().all(|f| *f)
+}
+
 /// Worker threads when the graph does not say: one per core.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -1568,14 +1664,26 @@ fn coordinate(
         failure_hooks: Mutex::new(Vec::new()),
         lingers: Mutex::new(Vec::new()),
     });
+    // Agents fed only by rings are stepped by the feeders (see `direct`).
+    let stepped_by_feeder: Vec<bool> = (0..total)
+        .map(|i| local[i] && fed_by_rings_only(&graph, i))
+        .collect();
+    let mut direct: Vec<Option<Arc<direct::DirectMailbox>>> = vec![None; total];
     // Addresses exist before the actors, so every link can be wired before any actor starts.
     let mut receivers: Vec<Option<_>> = Vec::with_capacity(total);
     let mailboxes: Vec<Option<Arc<dyn Mailbox>>> = local
         .iter()
-        .map(|&is_local| {
+        .enumerate()
+        .map(|(i, &is_local)| {
             if !is_local {
                 receivers.push(None);
                 return None;
+            }
+            if stepped_by_feeder[i] {
+                receivers.push(None);
+                let mailbox = direct::DirectMailbox::new(Arc::clone(&shared));
+                direct[i] = Some(Arc::clone(&mailbox));
+                return Some(mailbox as Arc<dyn Mailbox>);
             }
             let (tx, rx) = actix::dev::channel::channel::<AgentActor>(16);
             receivers.push(Some(rx));
@@ -1676,7 +1784,6 @@ fn coordinate(
     let mut result = Ok(());
     let mut enders = Vec::new();
     for (i, mut host) in hosts {
-        let rx = receivers[i].take().expect("a local agent has a mailbox");
         let key = threads[i].clone();
         let arbiter = match arbiters.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -1708,17 +1815,16 @@ fn coordinate(
                 }
             }
         }
+        let mailbox = Arc::clone(mailboxes[i].as_ref().expect("a local agent has a mailbox"));
+        if let Some(direct) = &direct[i] {
+            let tended = Tended::new(i, host, Arc::clone(&shared), mailbox);
+            let direct = Arc::clone(direct);
+            arbiter.spawn_fn(move || direct.start(tended, Arbiter::current()));
+            continue;
+        }
+        let rx = receivers[i].take().expect("a local agent has a mailbox");
         let actor = AgentActor {
-            index: i,
-            listed_stalled: false,
-            stall_written: 0,
-            mailbox: Arc::clone(mailboxes[i].as_ref().expect("a local agent has a mailbox")),
-            counted_ring_wait: false,
-            host,
-            shared: Arc::clone(&shared),
-            finished: false,
-            counted_blocked: false,
-            timer_set: None,
+            tended: Tended::new(i, host, Arc::clone(&shared), mailbox),
             accepted: 0,
             step_scheduled: false,
         };
@@ -1758,6 +1864,10 @@ fn coordinate(
     for (_, arbiter) in arbiters.drain() {
         arbiter.stop();
         arbiter.join().ok();
+    }
+    // As the arbiters dropped their actors: the hosts stepped by feeders go now too.
+    for mailbox in direct.iter().flatten() {
+        mailbox.tear_down();
     }
     // Drop the mailboxes' addresses so nothing keeps the actors alive.
     shared

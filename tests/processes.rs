@@ -35,6 +35,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "long_lines" => long_lines(),
         "event" => event_windows(arg(0) as usize),
         "served" => served(),
+        "stepped" => stepped(),
         other => panic!("no application named {other}"),
     }
 }
@@ -428,6 +429,90 @@ fn plain() -> Result<(), iotstream::Error> {
     Ok(())
 }
 
+/// 1000 numbers from the starter to agent `watch` in process `p1` (with a pause halfway),
+/// which notes the threads its steps with data ran on, asks for a timer at its first element
+/// and notes whether it fired while the stream was open; `p1` prints what it saw.
+fn stepped() -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs, Stream};
+    use std::collections::BTreeSet;
+
+    struct Watch {
+        input: Input<u64>,
+        out: Stream<String>,
+        count: u64,
+        threads: BTreeSet<String>,
+        timer: Option<Duration>,
+        fired: bool,
+    }
+    impl Agent for Watch {
+        fn step(&mut self, inputs: &mut Inputs<'_>, _: &mut Outputs<'_>) -> Result<(), AgentError> {
+            let n = inputs.slice(&self.input).len();
+            if n > 0 {
+                let name = std::thread::current().name().unwrap_or("?").to_string();
+                self.threads.insert(name);
+                self.count += n as u64;
+                inputs.consume_all(&self.input);
+                if self.timer.is_none() {
+                    let at = inputs.processing_time() + Duration::from_millis(20);
+                    self.timer = Some(at);
+                    inputs.wake_at(at);
+                }
+            } else if self.timer.is_some_and(|at| inputs.processing_time() >= at)
+                && !inputs.is_closed(&self.input)
+            {
+                self.fired = true;
+            }
+            Ok(())
+        }
+        fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
+            let threads: Vec<&str> = self.threads.iter().map(String::as_str).collect();
+            outputs.push(
+                &self.out,
+                format!(
+                    "count={} fired={} threads={threads:?}",
+                    self.count, self.fired
+                ),
+            );
+            Ok(())
+        }
+    }
+
+    let mut g = Graph::new("stepped");
+    let numbers = (0..1000u64).inspect(|&i| {
+        if i == 500 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let opts = SourceOptions {
+        max_batch: 10,
+        ..SourceOptions::default()
+    };
+    let s = g.source_iter_with("numbers", numbers, opts);
+    let seen = g.add_agent("watch", |ports| {
+        let input = ports.input::<u64>("in");
+        let out = ports.output::<String>("out");
+        let agent = Watch {
+            input,
+            out,
+            count: 0,
+            threads: BTreeSet::new(),
+            timer: None,
+            fired: false,
+        };
+        (agent, (input, out))
+    });
+    g.connect(&s, &seen.0);
+    let got = g.collect("got", &seen.1);
+    g.place_in_process("watch", "p1");
+    g.place_in_process("got", "p1");
+    let is_p1 = std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("p1");
+    g.run()?;
+    if is_p1 {
+        println!("RESULT {}", got.values().join(" "));
+    }
+    Ok(())
+}
+
 /// Lines of standard input read in process "reader", sent as they are (Strings) to the starter,
 /// which prints their lengths and a checksum of their bytes.
 fn long_lines() -> Result<(), iotstream::Error> {
@@ -754,6 +839,18 @@ fn a_ring_holds_at_most_capacity_elements_in_flight() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An agent whose only input comes over a ring is stepped by that ring's feeder thread (no
+/// hop through a worker's mailbox), and its timers still fire.
+fn a_ring_fed_agent_steps_on_the_feeder_thread() -> Result<(), String> {
+    // Steps with data run on the feeder, or on a worker that held the agent (giving it
+    // credit back from `got`, or its timer) when the data came: never on a worker alone.
+    let r = run_app("stepped", &[])?;
+    ensure(
+        r.starts_with("count=1000 fired=true threads=[") && r.contains("\"ring feeder 0\""),
+        || format!("got {r}"),
+    )
 }
 
 fn c14_two_processes() -> Result<(), String> {
@@ -1348,7 +1445,11 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 25] = [
+    let scenarios: [(&str, Scenario); 26] = [
+        (
+            "a_ring_fed_agent_steps_on_the_feeder_thread",
+            a_ring_fed_agent_steps_on_the_feeder_thread,
+        ),
         (
             "a_starter_serves_every_processs_counters",
             a_starter_serves_every_processs_counters,
