@@ -2008,7 +2008,7 @@ impl crate::graph::Wiring for ProcessLinks {
         remote: &Remote<'_>,
     ) -> Result<(), Error> {
         match remote {
-            Remote::Ring { process } => {
+            Remote::Ring { process, .. } => {
                 let name = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
                 out.add_shm_link(&name, spec, wake, output, self.handle.clone(), process)
             }
@@ -2040,7 +2040,7 @@ impl crate::graph::Wiring for ProcessLinks {
         remote: &Remote<'_>,
     ) -> Result<Arc<dyn Mailbox>, Error> {
         match remote {
-            Remote::Ring { process } => {
+            Remote::Ring { process, spin } => {
                 let segment = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
                 (decl.make_feeder)(transport::FeederSpec {
                     segment,
@@ -2053,6 +2053,7 @@ impl crate::graph::Wiring for ProcessLinks {
                     peer: process.to_string(),
                     run: self.handle.clone(),
                     stopped: self.stopped,
+                    spin: *spin,
                 })
             }
             Remote::Tcp { host, at } => {

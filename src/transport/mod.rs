@@ -802,6 +802,9 @@ pub(crate) struct FeederSpec {
     pub run: Run,
     /// True if a pid is stopped (SIGSTOP: alive, writes nothing); see [`StoppedWatch`].
     pub stopped: fn(u32) -> bool,
+    /// How long the feeder checks the ring before it sleeps (`Connection::spin`); `None`: the
+    /// ring's short default spin.
+    pub spin: Option<Duration>,
 }
 
 /// What a feeder does about a writing process that is stopped: the writer side warns about a
@@ -1000,6 +1003,9 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
         Consumer::take_over(Arc::new(opened), pid_alive).map_err(|e| Error::Runtime {
             detail: format!("connection {label}: {e}"),
         })?;
+    if let Some(window) = spec.spin {
+        consumer.spin_for(window);
+    }
     let nudger = consumer.nudger();
     let feeder = spec.run.feeder(label.clone());
     let capacity = spec.capacity;
@@ -1374,6 +1380,7 @@ mod tests {
             peer: "numbers".into(),
             run: run.clone(),
             stopped: |_| false,
+            spin: None,
         }
     }
 
@@ -1406,6 +1413,7 @@ mod tests {
             peer: "text".into(),
             run: run.clone(),
             stopped: |_| false,
+            spin: None,
         }
     }
 
@@ -2285,6 +2293,7 @@ mod tests {
             peer: "timed".into(),
             run: run.clone(),
             stopped: |_| false,
+            spin: None,
         }
     }
 

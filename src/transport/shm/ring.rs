@@ -909,8 +909,8 @@ impl<M: RingMemory> Ring<M> {
         }
     }
 
-    /// Waits until `ready` holds or `timeout` elapses: a short spin, then the waiter's half of
-    /// the handshake on `wake`. With `nudge`, each time the waiter is about to sleep (its
+    /// Waits until `ready` holds or `timeout` elapses: a short spin (or one of `spin`, at most
+    /// `timeout`), then the waiter's half of the handshake on `wake`. With `nudge`, each time the waiter is about to sleep (its
     /// waiting flag set and fenced) it also wakes the other side if that sleeps on `nudge`: so
     /// a consumer can learn, without a lost wake-up, that the producer waits for space.
     fn wait(
@@ -919,6 +919,7 @@ impl<M: RingMemory> Ring<M> {
         asleep: u32,
         nudge: Option<&WakeWord>,
         timeout: Duration,
+        spin: Option<Duration>,
         mut ready: impl FnMut(&Self) -> Result<bool, RingError>,
     ) -> Result<Wait, RingError> {
         for _ in 0..SPIN_LIMIT {
@@ -928,6 +929,24 @@ impl<M: RingMemory> Ring<M> {
             spin_hint();
         }
         let start = Instant::now();
+        if let Some(window) = spin {
+            // Low-latency mode: keep checking, looking at the clock now and then.
+            let window = window.min(timeout);
+            'spin: loop {
+                for _ in 0..64 {
+                    if ready(self)? {
+                        return Ok(Wait::Ready);
+                    }
+                    spin_hint();
+                }
+                if start.elapsed() >= window {
+                    break 'spin;
+                }
+            }
+            if window >= timeout {
+                return Ok(Wait::TimedOut);
+            }
+        }
         loop {
             wake.waiting.store(asleep, Ordering::Relaxed);
             fence(Ordering::SeqCst);
@@ -1230,6 +1249,7 @@ impl<M: RingMemory> Producer<M> {
             ASLEEP,
             Some(&header.data_wake),
             timeout,
+            None,
             |ring| {
                 let (skip, frame) = st.placement(ring, len);
                 st.fits(ring, skip + frame)
@@ -1291,6 +1311,7 @@ impl<M: RingMemory> SpaceWaiter<M> {
             ASLEEP,
             Some(&header.data_wake),
             timeout,
+            None,
             |ring| {
                 // Only a hint for the producer, which validates `tail` before it writes; a
                 // misaligned one is reported here at once all the same.
@@ -1333,6 +1354,7 @@ impl<M: RingMemory> SpaceWaiter<M> {
             ASLEEP_FOR_PROGRESS,
             None,
             timeout,
+            None,
             |ring| {
                 // Hints: the producer validates `tail` when it counts again.
                 let h = ring.header();
@@ -1462,6 +1484,8 @@ pub(crate) fn fail_producer<M: RingMemory>(mem: &M) {
 pub(crate) struct Consumer<M: RingMemory> {
     ring: Ring<M>,
     st: ConsumerState,
+    /// How long a wait for data checks before it sleeps ([`spin_for`](Self::spin_for)).
+    spin: Option<Duration>,
 }
 
 impl<M: RingMemory> fmt::Debug for Consumer<M> {
@@ -1501,6 +1525,7 @@ impl<M: RingMemory> Consumer<M> {
                 head,
                 consumed: 0,
             },
+            spin: None,
         })
     }
 
@@ -1718,6 +1743,12 @@ impl<M: RingMemory> Consumer<M> {
         Ok(self.st.tail == self.st.head)
     }
 
+    /// Low-latency mode: waits for data check the ring for up to `window` before they sleep
+    /// (`Duration::MAX`: always, up to each wait's timeout), instead of about a microsecond.
+    pub(crate) fn spin_for(&mut self, window: Duration) {
+        self.spin = Some(window);
+    }
+
     /// Waits until a frame is readable or the stream is closed ([`Wait::Ready`]), or `timeout`
     /// elapses. Release first: a producer waiting for space would otherwise wait for us.
     pub(crate) fn wait_for_data(&mut self, timeout: Duration) -> Result<Wait, RingError> {
@@ -1741,6 +1772,7 @@ impl<M: RingMemory> Consumer<M> {
             ASLEEP,
             None,
             timeout,
+            self.spin,
             |ring| {
                 Ok(st.data_ready(ring)?
                     || also()
@@ -2028,6 +2060,42 @@ mod tests {
         );
         p.close();
         assert_eq!(Producer::new(ring).unwrap_err(), RingError::Closed);
+    }
+
+    /// Whether a consumer waiting `wait` for data that does not come went to sleep (its
+    /// waiting flag set) during that wait: sampled from this thread until the wait returns.
+    fn slept_while_waiting(spin: Option<Duration>, wait: Duration) -> bool {
+        let (ring, _p, mut c) = pair(64);
+        if let Some(window) = spin {
+            c.spin_for(window);
+        }
+        let waiting = std::thread::scope(|s| {
+            let waiter = s.spawn(move || c.wait_for_data(wait));
+            let mut slept = false;
+            while !waiter.is_finished() {
+                slept |= ring.header().data_wake.waiting.load(Ordering::Relaxed) != 0;
+                std::hint::spin_loop();
+            }
+            assert_eq!(waiter.join().unwrap(), Ok(Wait::TimedOut));
+            slept
+        });
+        waiting
+    }
+
+    #[test]
+    fn a_consumer_that_spins_always_never_sleeps_and_one_that_does_not_sleeps() {
+        // Spinning always: the wait checks until its timeout and never sets its flag.
+        assert!(!slept_while_waiting(
+            Some(Duration::MAX),
+            Duration::from_millis(200)
+        ));
+        // The default: a microsecond of checks, then asleep on the futex for the rest.
+        assert!(slept_while_waiting(None, Duration::from_millis(200)));
+        // A window shorter than the wait: checks, then sleeps.
+        assert!(slept_while_waiting(
+            Some(Duration::from_millis(1)),
+            Duration::from_millis(200)
+        ));
     }
 
     #[test]
