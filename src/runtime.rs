@@ -1590,16 +1590,35 @@ enum ThreadKey {
     Worker(usize),
 }
 
-/// True if every input of agent `i` is connected, and connected over a shared-memory ring, and
-/// the agent is not placed on a thread: then the ring's feeder steps it (see [`direct`]).
-fn fed_by_rings_only(graph: &Graph, i: usize) -> bool {
+/// True if agent `i` is stepped by whoever posts to it (see [`direct`]), not placed on a
+/// thread:
+/// - every input of it is connected, and connected over a shared-memory ring: the rings'
+///   feeders step it;
+/// - or it is a source whose every output goes over a ring in low-latency mode
+///   ([`Connection::spin`](crate::Connection::spin)): its own thread (or the program, through
+///   an [`InputSender`]) steps it as it hands elements over.
+fn stepped_directly(graph: &Graph, i: usize) -> bool {
     let agent = &graph.agents[i];
-    if agent.thread.is_some() || agent.own_thread || agent.inputs.is_empty() {
+    if agent.thread.is_some() || agent.own_thread {
+        return false;
+    }
+    let edges = |out: bool| {
+        graph.edges.iter().filter(move |e| {
+            let end = if out { e.from } else { e.to };
+            end.agent as usize == i
+        })
+    };
+    let ring = |e: &crate::graph::Edge| graph.resolve(e) == Resolved::SharedMemory;
+    if matches!(agent.driver, Some(Driver::Source(_))) {
+        let mut outs = edges(true).peekable();
+        return outs.peek().is_some() && outs.all(|e| ring(e) && e.conn.spin.is_some());
+    }
+    if agent.inputs.is_empty() {
         return false;
     }
     let mut fed = vec![false; agent.inputs.len()];
-    for e in graph.edges.iter().filter(|e| e.to.agent as usize == i) {
-        if graph.resolve(e) != Resolved::SharedMemory {
+    for e in edges(false) {
+        if !ring(e) {
             return false;
         }
         if let Some(f) = fed.get_mut(e.to.port as usize) {
@@ -1664,9 +1683,10 @@ fn coordinate(
         failure_hooks: Mutex::new(Vec::new()),
         lingers: Mutex::new(Vec::new()),
     });
-    // Agents fed only by rings are stepped by the feeders (see `direct`).
-    let stepped_by_feeder: Vec<bool> = (0..total)
-        .map(|i| local[i] && fed_by_rings_only(&graph, i))
+    // Agents fed only by rings are stepped by the feeders, sources of low-latency rings by
+    // their own threads (see `direct`).
+    let stepped_by_poster: Vec<bool> = (0..total)
+        .map(|i| local[i] && stepped_directly(&graph, i))
         .collect();
     let mut direct: Vec<Option<Arc<direct::DirectMailbox>>> = vec![None; total];
     // Addresses exist before the actors, so every link can be wired before any actor starts.
@@ -1679,7 +1699,7 @@ fn coordinate(
                 receivers.push(None);
                 return None;
             }
-            if stepped_by_feeder[i] {
+            if stepped_by_poster[i] {
                 receivers.push(None);
                 let mailbox = direct::DirectMailbox::new(Arc::clone(&shared));
                 direct[i] = Some(Arc::clone(&mailbox));
@@ -2132,5 +2152,79 @@ mod tests {
         running.join().unwrap();
         assert_eq!(out.values().len(), 20);
         assert_eq!(armed_count("timer_arming_probe"), 1);
+    }
+
+    /// Passes its input on.
+    struct Pass {
+        input: crate::Input<u64>,
+        out: crate::Stream<u64>,
+    }
+
+    impl crate::Agent for Pass {
+        fn step(
+            &mut self,
+            inputs: &mut crate::Inputs<'_>,
+            outputs: &mut crate::Outputs<'_>,
+        ) -> Result<(), crate::AgentError> {
+            outputs.extend(&self.out, inputs.slice(&self.input).iter().copied());
+            inputs.consume_all(&self.input);
+            Ok(())
+        }
+    }
+
+    /// A pass-through agent `name` reading `from` over `conn`.
+    fn pass(
+        g: &mut Graph,
+        name: &str,
+        from: &crate::Stream<u64>,
+        conn: crate::Connection,
+    ) -> crate::Stream<u64> {
+        let (input, out) = g.add_agent(name, |p| {
+            let input = p.input::<u64>("in");
+            let out = p.output::<u64>("out");
+            (Pass { input, out }, (input, out))
+        });
+        g.connect_with(from, &input, conn);
+        out
+    }
+
+    #[test]
+    fn agents_fed_only_by_rings_and_sources_of_spinning_rings_are_stepped_by_their_posters() {
+        use crate::Connection;
+        let mut g = Graph::new("stepping");
+        let plain = Connection::new();
+        let spin = Connection::new().spin(Duration::from_micros(50));
+        let a = g.source_iter("a", 0..10u64);
+        let b = g.source_iter("b", 0..10u64);
+        let far = pass(&mut g, "far", &a, spin);
+        let far2 = pass(&mut g, "far2", &b, plain);
+        let near = pass(&mut g, "near", &b, plain);
+        let pinned = pass(&mut g, "pinned", &b, plain);
+        // Two inputs: one over a ring (from `near`), one local (from `far`).
+        let (x, y) = g.add_agent("mixed", |p| {
+            let x = p.input::<u64>("x");
+            let y = p.input::<u64>("y");
+            let out = p.output::<u64>("out");
+            (Pass { input: x, out }, (x, y))
+        });
+        g.connect(&near, &x);
+        g.connect(&far, &y);
+        g.for_each("sink_far2", &far2, |_: &u64| {});
+        g.for_each("sink_pinned", &pinned, |_: &u64| {});
+        for agent in ["far", "far2", "pinned", "mixed"] {
+            g.place_in_process(agent, "p1");
+        }
+        g.place_on_thread("pinned", "own");
+        let direct: Vec<(String, bool)> = (0..g.agents.len())
+            .map(|i| (g.agents[i].name.clone(), super::stepped_directly(&g, i)))
+            .filter(|(name, _)| !name.starts_with("sink"))
+            .collect();
+        // `a` feeds `far` over a spinning ring; `b` feeds `near` locally; `far` and `far2`
+        // read one ring each; `pinned` is placed on a thread; `mixed` has a local input.
+        let expect = |name: &str| ["a", "far", "far2"].contains(&name);
+        for (name, is) in &direct {
+            assert_eq!(*is, expect(name), "agent {name}: stepped directly {is}");
+        }
+        assert_eq!(direct.len(), 7, "{direct:?}");
     }
 }

@@ -36,6 +36,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "event" => event_windows(arg(0) as usize),
         "served" => served(),
         "stepped" => stepped(),
+        "spinning" => spinning(arg(0)),
         other => panic!("no application named {other}"),
     }
 }
@@ -513,6 +514,61 @@ fn stepped() -> Result<(), iotstream::Error> {
     Ok(())
 }
 
+/// Low-latency mode both ways: `n` numbers from the starter to `triple` in process `p1` and
+/// back, both rings spinning (the source and both readers stepped by the threads that hand
+/// them data); the starter prints the count, the sum, and whether the order held.
+fn spinning(n: u64) -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs, Stream};
+
+    struct Triple {
+        input: Input<u64>,
+        out: Stream<u64>,
+    }
+    impl Agent for Triple {
+        fn step(
+            &mut self,
+            inputs: &mut Inputs<'_>,
+            outputs: &mut Outputs<'_>,
+        ) -> Result<(), AgentError> {
+            outputs.extend(&self.out, inputs.slice(&self.input).iter().map(|v| v * 3));
+            inputs.consume_all(&self.input);
+            Ok(())
+        }
+    }
+
+    let mut g = Graph::new("spinning");
+    g.set_default_capacity(64);
+    let spin = Connection::new().spin(Duration::from_micros(200));
+    let opts = SourceOptions {
+        max_batch: 7,
+        ..SourceOptions::default()
+    };
+    let s = g.source_iter_with("numbers", 0..n, opts);
+    let (input, out) = g.add_agent("triple", |ports| {
+        let input = ports.input::<u64>("in");
+        let out = ports.output::<u64>("out");
+        (Triple { input, out }, (input, out))
+    });
+    g.connect_with(&s, &input, spin);
+    let back = g.add_agent("back", |ports| {
+        let input = ports.input::<u64>("in");
+        let out = ports.output::<u64>("out");
+        (Triple { input, out }, (input, out))
+    });
+    g.connect_with(&out, &back.0, spin);
+    let got = g.collect("got", &back.1);
+    g.place_in_process("triple", "p1");
+    let is_main = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    g.run()?;
+    if is_main {
+        let values = got.values();
+        let ordered = values.windows(2).all(|w| w[0] < w[1]);
+        let sum: u64 = values.iter().sum();
+        println!("RESULT count={} sum={sum} ordered={ordered}", values.len());
+    }
+    Ok(())
+}
+
 /// Lines of standard input read in process "reader", sent as they are (Strings) to the starter,
 /// which prints their lengths and a checksum of their bytes.
 fn long_lines() -> Result<(), iotstream::Error> {
@@ -851,6 +907,16 @@ fn a_ring_fed_agent_steps_on_the_feeder_thread() -> Result<(), String> {
         r.starts_with("count=1000 fired=true threads=[") && r.contains("\"ring feeder 0\""),
         || format!("got {r}"),
     )
+}
+
+/// Low-latency mode (`Connection::spin`) loses, repeats and reorders nothing.
+fn spinning_rings_deliver_everything_in_order() -> Result<(), String> {
+    let n: u64 = 20_000;
+    let r = run_app("spinning", &[&n.to_string()])?;
+    let sum = 9 * n * (n - 1) / 2;
+    ensure(r == format!("count={n} sum={sum} ordered=true"), || {
+        format!("got {r}")
+    })
 }
 
 fn c14_two_processes() -> Result<(), String> {
@@ -1445,7 +1511,11 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 26] = [
+    let scenarios: [(&str, Scenario); 27] = [
+        (
+            "spinning_rings_deliver_everything_in_order",
+            spinning_rings_deliver_everything_in_order,
+        ),
         (
             "a_ring_fed_agent_steps_on_the_feeder_thread",
             a_ring_fed_agent_steps_on_the_feeder_thread,
