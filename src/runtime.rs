@@ -12,9 +12,12 @@
 //! [`Graph::place_on_thread`](crate::Graph::place_on_thread). Sources' work and the sinks that
 //! write files or standard output have threads of their own anyway.
 //!
-//! An agent whose every input comes from another process over a shared-memory ring is stepped
-//! by the thread that reads the ring, as soon as it has read, instead of being woken on its
-//! worker: one wake-up less between the writing process's step and the reading one's.
+//! An agent whose every input comes from another process (over a shared-memory ring or a TCP
+//! link) is stepped by the thread that reads the link, as soon as it has read, instead of
+//! being woken on its worker: one wake-up less between the writing process's step and the
+//! reading one's. In low-latency mode ([`Connection::spin`](crate::Connection::spin)) the
+//! reading thread also checks the ring a while before it sleeps, and a source whose every
+//! output is such a ring is stepped by the thread that hands it elements.
 //!
 //! An agent busy in a step does not miss what arrives meanwhile: its next step takes all of it
 //! at once (adaptive batching), so a stage that falls behind catches up with larger batches,
@@ -1592,8 +1595,9 @@ enum ThreadKey {
 
 /// True if agent `i` is stepped by whoever posts to it (see [`direct`]), not placed on a
 /// thread:
-/// - every input of it is connected, and connected over a shared-memory ring: the rings'
-///   feeders step it;
+/// - every input of it is connected, and connected to another process (a shared-memory ring
+///   or a TCP link): the links' feeders (for TCP, also the connection's reading thread) step
+///   it;
 /// - or it is a source whose every output goes over a ring in low-latency mode
 ///   ([`Connection::spin`](crate::Connection::spin)): its own thread (or the program, through
 ///   an [`InputSender`]) steps it as it hands elements over.
@@ -1618,7 +1622,7 @@ fn stepped_directly(graph: &Graph, i: usize) -> bool {
     }
     let mut fed = vec![false; agent.inputs.len()];
     for e in edges(false) {
-        if !ring(e) {
+        if graph.resolve(e) == Resolved::Local {
             return false;
         }
         if let Some(f) = fed.get_mut(e.to.port as usize) {
@@ -2189,7 +2193,8 @@ mod tests {
     }
 
     #[test]
-    fn agents_fed_only_by_rings_and_sources_of_spinning_rings_are_stepped_by_their_posters() {
+    fn agents_fed_only_from_other_processes_and_sources_of_spinning_rings_are_stepped_by_their_posters(
+    ) {
         use crate::Connection;
         let mut g = Graph::new("stepping");
         let plain = Connection::new();
@@ -2200,6 +2205,9 @@ mod tests {
         let far2 = pass(&mut g, "far2", &b, plain);
         let near = pass(&mut g, "near", &b, plain);
         let pinned = pass(&mut g, "pinned", &b, plain);
+        let tcp = Connection::new().transport(crate::Transport::Tcp);
+        let over_tcp = pass(&mut g, "over_tcp", &b, tcp);
+        g.for_each("sink_over_tcp", &over_tcp, |_: &u64| {});
         // Two inputs: one over a ring (from `near`), one local (from `far`).
         let (x, y) = g.add_agent("mixed", |p| {
             let x = p.input::<u64>("x");
@@ -2220,11 +2228,12 @@ mod tests {
             .filter(|(name, _)| !name.starts_with("sink"))
             .collect();
         // `a` feeds `far` over a spinning ring; `b` feeds `near` locally; `far` and `far2`
-        // read one ring each; `pinned` is placed on a thread; `mixed` has a local input.
-        let expect = |name: &str| ["a", "far", "far2"].contains(&name);
+        // read one ring each, `over_tcp` a TCP link; `pinned` is placed on a thread; `mixed`
+        // has a local input.
+        let expect = |name: &str| ["a", "far", "far2", "over_tcp"].contains(&name);
         for (name, is) in &direct {
             assert_eq!(*is, expect(name), "agent {name}: stepped directly {is}");
         }
-        assert_eq!(direct.len(), 7, "{direct:?}");
+        assert_eq!(direct.len(), 8, "{direct:?}");
     }
 }

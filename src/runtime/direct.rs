@@ -1,12 +1,14 @@
 //! Agents stepped by the thread that delivers their input: no mailbox hop, no extra wake-up.
 //!
-//! An agent whose every input comes from another process over a shared-memory ring is woken,
-//! on a worker of the pool, by the ring's feeder thread: the writer's step wakes the feeder,
-//! the feeder posts the batch to the agent's actix mailbox, which wakes the worker, which
-//! steps. Two wake-ups (each a few to tens of microseconds on an idle core) between the
+//! An actor whose every input comes from another process is woken, on a worker of the pool, by
+//! the link's feeder thread: the writer's step wakes the feeder (the ring's futex, or the
+//! socket), the feeder posts the batch to the agent's actix mailbox, which wakes the worker,
+//! which steps. Two wake-ups (each a few to tens of microseconds on an idle core) between the
 //! writer's step and the reader's. A [`DirectMailbox`] takes the second one out: whoever posts
 //! to it runs the agent's step right there, on its own thread, the feeder included. So one
-//! wake-up separates the two steps, as with a raw ring.
+//! wake-up separates the two steps, as with a raw ring. The runtime gives one to every agent
+//! fed only from other processes, and, in low-latency mode, to a source whose every output is
+//! a spinning ring (its source thread, or the program through an `InputSender`, steps it).
 //!
 //! Posts never wait for each other: a post queues its envelope, then tries to take the agent.
 //! If another thread holds it (it is stepping), that thread takes the queued envelope in
