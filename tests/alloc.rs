@@ -184,3 +184,101 @@ fn one_element_pushes_allocate_per_batch_not_per_element() {
         }
     }
 }
+
+/// Passes its input on, tripled.
+struct Triple {
+    input: iotstream::Input<u64>,
+    out: iotstream::Stream<u64>,
+}
+
+impl iotstream::Agent for Triple {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        o: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        o.extend(&self.out, i.slice(&self.input).iter().map(|v| v * 3));
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// Allocations made while `n` u64 cross a link of `transport` (forced within this process: the
+/// same ring or socket, encoder, feeder and decoder as between processes) from an input to
+/// triple → sink, fed by batches of 4096 or (`pushes`) one `InputSender::push` per element;
+/// and the number of batches the link carried.
+fn link_allocations(n: u64, transport: iotstream::Transport, pushes: bool) -> (u64, u64) {
+    let mut g = Graph::new(&format!("alloc_link_{transport:?}_{pushes}").to_lowercase());
+    let input = g.input::<u64>("readings");
+    let (tin, tout) = g.add_agent("triple", |p| {
+        let input = p.input::<u64>("in");
+        let out = p.output::<u64>("out");
+        (Triple { input, out }, (input, out))
+    });
+    g.connect_with(
+        &input,
+        &tin,
+        iotstream::Connection::new().transport(transport),
+    );
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let c = std::sync::Arc::clone(&count);
+    g.sink_list("count", &tout, move |xs: &[u64]| {
+        c.fetch_add(xs.len() as u64, Relaxed);
+        Ok(())
+    });
+    let before = ALLOCS.load(Relaxed);
+    let mut running = g.start().unwrap();
+    let tx = running.input(&input).unwrap();
+    if pushes {
+        for v in 0..n {
+            tx.push(v).unwrap();
+        }
+    } else {
+        let mut batch = Vec::with_capacity(4096);
+        for v in 0..n {
+            batch.push(v);
+            if batch.len() == 4096 {
+                tx.send(std::mem::replace(&mut batch, Vec::with_capacity(4096)))
+                    .unwrap();
+            }
+        }
+        tx.send(batch).unwrap();
+    }
+    drop(tx);
+    let metrics = running.join().unwrap();
+    let used = ALLOCS.load(Relaxed) - before;
+    assert_eq!(count.load(Relaxed), n, "{transport:?}");
+    (used, metrics.stream("readings.out").unwrap().batches)
+}
+
+/// Between processes too (a shared-memory ring, a TCP link), allocations grow with batches,
+/// not elements, whether the program hands over batches or one element at a time. (The test's
+/// own batches of 4096 are not counted against the link: one vector per 4096 elements.)
+#[test]
+fn links_between_processes_allocate_per_batch_not_per_element() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    for transport in [
+        iotstream::Transport::SharedMemory,
+        iotstream::Transport::Tcp,
+    ] {
+        for pushes in [false, true] {
+            let (fixed, _) = link_allocations(0, transport, pushes);
+            let n = 400_000;
+            let (used, batches) = link_allocations(n, transport, pushes);
+            let per_batch = used.saturating_sub(fixed) as f64 / batches.max(1) as f64;
+            eprintln!(
+                "{transport:?}, pushes {pushes}: {used} allocations for {n} elements in {batches} batches ({fixed} to start and end a run): {per_batch:.1} per batch"
+            );
+            assert!(
+                per_batch < 40.0,
+                "{transport:?}, pushes {pushes}: {per_batch:.1} allocations per batch"
+            );
+            // Batches of 4096 (pushes make batches of any size, up to one per push, as
+            // busy as the readers are: there only the rate per batch says anything).
+            assert!(
+                pushes || used < n / 100,
+                "{transport:?}: {used} allocations for {n} elements"
+            );
+        }
+    }
+}
