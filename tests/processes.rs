@@ -431,8 +431,8 @@ fn plain() -> Result<(), iotstream::Error> {
 }
 
 /// 1000 numbers from the starter to agent `watch` in process `p1` (with a pause halfway),
-/// which notes the threads its steps with data ran on, asks for a timer at its first element
-/// and notes whether it fired while the stream was open; `p1` prints what it saw.
+/// which notes the threads its steps with data ran on, asks for a timer 20 ms after its latest
+/// element and notes whether it fired while the stream was open; `p1` prints what it saw.
 fn stepped() -> Result<(), iotstream::Error> {
     use iotstream::{Agent, AgentError, Input, Inputs, Outputs, Stream};
     use std::collections::BTreeSet;
@@ -453,11 +453,10 @@ fn stepped() -> Result<(), iotstream::Error> {
                 self.threads.insert(name);
                 self.count += n as u64;
                 inputs.consume_all(&self.input);
-                if self.timer.is_none() {
-                    let at = inputs.processing_time() + Duration::from_millis(20);
-                    self.timer = Some(at);
-                    inputs.wake_at(at);
-                }
+                // 20 ms after the last data: it fires in the pause, however slow the rest.
+                let at = inputs.processing_time() + Duration::from_millis(20);
+                self.timer = Some(at);
+                inputs.wake_at(at);
             } else if self.timer.is_some_and(|at| inputs.processing_time() >= at)
                 && !inputs.is_closed(&self.input)
             {

@@ -127,13 +127,23 @@ impl DirectMailbox {
                 State::Gone => {
                     let dropped =
                         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-                    drop(state);
                     let counted = dropped
                         .iter()
                         .filter(|i| !matches!(i, Item::Timer(_)))
                         .count();
+                    drop(state);
+                    drop(dropped);
+                    // May post again (a close after quiescence): the loop looks again.
                     self.shared.handled_many(counted);
-                    return;
+                    if self
+                        .queue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty()
+                    {
+                        return;
+                    }
+                    continue;
                 }
                 State::Running(agent) => {
                     while self.step_burst(agent) {}
