@@ -394,6 +394,9 @@ fn plot(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> 
         } else {
             legend.draw(&PathElement::new(vec![(10, y), (42, y)], style))?;
         }
+        if l.paced {
+            legend.draw(&TriangleMarker::new((26, y), 5, colour(&l.key).filled()))?;
+        }
         legend.draw(&Text::new(l.label.clone(), (50, y - 7), font.clone()))?;
     }
     root.present()?;
