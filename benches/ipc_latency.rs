@@ -22,8 +22,9 @@
 //! The iceoryx2 echo process is this bench binary re-executed with [`CHILD_VAR`] naming the
 //! variant. iceoryx2 keeps its files under a root folder and a name prefix of this run's own
 //! (a folder in the temporary directory, `iotlat<pid>_`), so that cleaning up is removing
-//! them: [`Scratch`] does it when dropped, on success, error or panic, after killing the echo
-//! process and removing the resources of dead nodes; the bench then checks that nothing is left.
+//! them: [`Scratch`] does it when dropped, on success, error, panic or Ctrl-C (SIGINT and
+//! SIGTERM end the run as an error), after killing the echo process and removing the resources
+//! of dead nodes; the bench then checks that nothing is left.
 //!
 //! The table gives, per rate, each row's p50/p99/p999 and `iotstream ÷ row`: iotstream's p50
 //! over that row's p50 at the same rate (above 1: iotstream is slower). Issue 13's bars: at or
@@ -37,6 +38,9 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use iceoryx2::port::listener::Listener;
@@ -67,6 +71,16 @@ const HELLO: u64 = u64::MAX - 1;
 const PONG_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the echo process may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest a wait goes without looking at [`interrupted`].
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// Set by SIGINT or SIGTERM (registered in `main`).
+static STOP_FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// True once SIGINT or SIGTERM came: the run ends as an error, and cleans up.
+fn interrupted() -> bool {
+    STOP_FLAG.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -309,15 +323,19 @@ impl Ends {
             match &self.listener {
                 Some(l) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    l.timed_wait_one(left.min(PONG_TIMEOUT))
+                    l.timed_wait_one(left.min(WAIT_SLICE))
                         .map_err(|e| format!("wait: {e:?}"))?;
                 }
                 None => std::hint::spin_loop(),
             }
             spins = spins.wrapping_add(1);
-            let check = spins % 1024 == 0 || self.listener.is_some();
-            if check && Instant::now() >= deadline {
-                return Err(format!("no pong {want} in time"));
+            if spins % 1024 == 0 || self.listener.is_some() {
+                if interrupted() {
+                    return Err("interrupted".into());
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("no pong {want} in time"));
+                }
             }
         }
     }
@@ -375,6 +393,9 @@ fn iceoryx2_run(scratch: &mut Scratch, kind: Kind, rate: u32, secs: f64) -> Resu
         {
             break;
         }
+        if interrupted() {
+            return Err("interrupted".into());
+        }
         if Instant::now() >= connect_by {
             return Err(format!(
                 "the echo process did not answer within {CONNECT_TIMEOUT:?}"
@@ -390,6 +411,9 @@ fn iceoryx2_run(scratch: &mut Scratch, kind: Kind, rate: u32, secs: f64) -> Resu
     let mut seq = 0u64;
     loop {
         pace.wait();
+        if interrupted() {
+            return Err("interrupted".into());
+        }
         if Instant::now() >= end {
             break;
         }
@@ -591,6 +615,13 @@ fn main() {
         return;
     }
     set_log_level(LogLevel::Error);
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&flag)) {
+            eprintln!("ipc_latency: cannot handle signal {signal}: {e}");
+        }
+    }
+    let _ = STOP_FLAG.set(flag);
     let secs: f64 = std::env::var(SECS_VAR)
         .ok()
         .and_then(|s| s.parse().ok())
@@ -609,6 +640,12 @@ fn main() {
         }
     }
     scratch.clean();
+    if interrupted() {
+        let left = scratch.leftovers();
+        drop(scratch);
+        eprintln!("ipc_latency: interrupted; iceoryx2 files left: {left:?}");
+        std::process::exit(130);
+    }
     let left = scratch.leftovers();
     drop(scratch);
     eprintln!("ipc_latency: iotstream bench --modes processes ...");
