@@ -564,7 +564,10 @@ fn table(rows: &[Row]) -> String {
                 continue;
             }
             let ratio = match ours {
-                Some(o) if r.p50 > 0 => format!("{:.2}×", o as f64 / r.p50 as f64),
+                Some(o) if r.p50 > 0 => match o as f64 / r.p50 as f64 {
+                    x if x < 0.1 => format!("{x:.4}×"),
+                    x => format!("{x:.2}×"),
+                },
                 _ => "-".into(),
             };
             let samples = if r.samples > 0 {
