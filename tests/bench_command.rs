@@ -1,7 +1,8 @@
 //! `iotstream bench` end to end, through the built binary: the JSON it writes (its structure,
 //! and that every mode and every baseline delivered every element it sent: counts, never
-//! timings), its table, its plot, a failing cell reported as a row and an error exit naming
-//! it, and bad flag values refused naming the flag.
+//! timings), its table, its plot, paced latency runs (`--rate`: a row per rate), a failing
+//! cell reported as a row and an error exit naming it, and bad flag values refused naming the
+//! flag.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -104,6 +105,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
         for key in ["p50_ns", "p99_ns", "p999_ns", "element_bytes"] {
             u(run, key);
         }
+        assert_eq!(u(run, "rate_per_s"), 0, "back to back by default: {run}");
         assert!(run["error"].is_null(), "{run}");
         let (mode, size, pattern) = (
             run["mode"].as_str().expect("a mode"),
@@ -188,6 +190,71 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
 }
 
 #[test]
+fn each_rate_is_a_row_of_its_own_sharing_the_throughput_run() {
+    let dir = Scratch::new("rate");
+    let (json, svg) = (dir.path("bench.json"), dir.path("bench.svg"));
+    let out = iotstream()
+        .args([
+            "bench",
+            "--modes",
+            "threads,processes",
+            "--sizes",
+            "8",
+            "--rate",
+            "0,1000",
+            "--duration",
+            "0.1",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .expect("run iotstream bench");
+    assert!(out.status.success(), "{}", text(&out));
+    let report = read_json(&json);
+    assert_eq!(report["settings"]["rates"], serde_json::json!([0, 1000]));
+    let runs = report["runs"].as_array().expect("a runs array");
+    assert_eq!(runs.len(), 2 * 2 * 2, "one run per mode × pattern × rate");
+    let mut seen = Vec::new();
+    for pair in runs.chunks(2) {
+        let (fast, paced) = (&pair[0], &pair[1]);
+        assert_eq!((u(fast, "rate_per_s"), u(paced, "rate_per_s")), (0, 1000));
+        for key in ["mode", "pattern", "element_bytes"] {
+            assert_eq!(fast[key], paced[key], "{key}");
+        }
+        seen.push(format!("{} {}", fast["mode"], fast["pattern"]));
+        // The rows of one cell share its throughput run: the same counts.
+        for key in ["sent", "delivered", "baseline_sent", "baseline_delivered"] {
+            assert_eq!(u(fast, key), u(paced, key), "{key}");
+        }
+        for run in pair {
+            assert!(run["error"].is_null(), "{run}");
+            let pings = u(run, "latency_sent");
+            assert!(pings > 0, "{run}");
+            assert_eq!(u(run, "latency_delivered"), pings, "{run}");
+            assert!(u(run, "latency_samples") > 0, "{run}");
+            assert_eq!(u(run, "delivered"), u(run, "sent"), "{run}");
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            r#""threads" "batch""#,
+            r#""threads" "single""#,
+            r#""processes" "batch""#,
+            r#""processes" "single""#
+        ]
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for word in ["batch @1000/s", "single @1000/s"] {
+        assert!(stdout.contains(word), "'{word}' in the table:\n{stdout}");
+    }
+    let svg = std::fs::read_to_string(&svg).expect("the plot was drawn");
+    assert!(svg.contains("@1000/s"), "the paced lines in the legend");
+}
+
+#[test]
 fn a_failing_cell_is_a_row_with_its_error_and_an_error_exit_naming_it() {
     // A malformed drain timeout fails every multi-process start (naming the variable), and
     // nothing else: the processes cells fail, the threads cells run.
@@ -238,6 +305,7 @@ fn bad_flag_values_are_refused_naming_the_flag() {
         ("--modes", "thread,fast", "'fast'"),
         ("--patterns", "burst", "'burst'"),
         ("--duration", "0", "10ms"),
+        ("--rate", "0,fast", "'fast'"),
         ("--agents", "10,1", "increasing"),
         ("--procs", "100", "from 1 to 64"),
     ] {

@@ -8,6 +8,8 @@
 //!   measures the round trip and lets the ping side send the next element. The ping enters
 //!   the way the pattern's elements do (a `Source` returning one element per call, or one
 //!   `InputSender::send` per element). Half a round trip is reported as the one-way latency.
+//!   At a rate (`--rate`), the ping side sleeps until the next tick before each ping
+//!   ([`Pace`]); the clock of a round trip starts when the ping leaves.
 //!
 //! A mode only changes placement and transports: `thread` puts every agent on one thread,
 //! `threads` gives each agent a thread of its own, `processes` moves the sink (the echo) to
@@ -26,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
 
 use super::element::Payload;
-use super::{emit, now_ns, percentiles, Mode, Params, Pattern, CLOCK_EVERY, WARM_UP};
+use super::{emit, now_ns, percentiles, Mode, Pace, Params, Pattern, CLOCK_EVERY, WARM_UP};
 use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::{AgentError, Error};
 use crate::graph::{Connection, Graph, Transport};
@@ -282,16 +284,18 @@ impl<const N: usize> Agent for Pong<N> {
     }
 }
 
-/// The ping side: one element per round trip, until the duration is over.
+/// The ping side: one element per round trip (at most one per tick of its pace), until the
+/// duration is over.
 struct Pinger {
     feed: Feed,
     shared: Arc<PingPong>,
     back: Receiver<()>,
+    pace: Pace,
 }
 
 impl Pinger {
-    /// Waits for the previous pong (not before the first ping), then says whether to send
-    /// another, stamping it.
+    /// Waits for the previous pong (not before the first ping) and for the next tick of the
+    /// pace, then says whether to send another, stamping it.
     fn next(&mut self) -> Result<Option<u64>, String> {
         if self.feed.deadline.is_some() && self.back.recv_timeout(PONG_TIMEOUT).is_err() {
             return Err(format!(
@@ -299,6 +303,7 @@ impl Pinger {
                 self.feed.next.saturating_sub(1)
             ));
         }
+        self.pace.wait();
         if !self.feed.going() {
             return Ok(None);
         }
@@ -345,6 +350,7 @@ pub(crate) fn latency<const N: usize>(mode: Mode, p: &Params) -> Result<(), Erro
         feed: Feed::new(p.duration, Arc::clone(&sent), Arc::clone(&start_ns)),
         shared: Arc::clone(&shared),
         back: back_rx,
+        pace: Pace::new(p.rate),
     };
     let (ping, mut pinger) = match p.pattern {
         Pattern::Batch => {

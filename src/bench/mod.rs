@@ -11,7 +11,9 @@
 //!   to the sink's last (both on `CLOCK_MONOTONIC`, shared by the processes of a host);
 //! - **latency**: a ping-pong pair (ping → echo → pong, one element in flight) for half the
 //!   duration; half of each round trip is one sample, p50/p99/p999 over them (the first
-//!   [`WARM_UP`] left out);
+//!   [`WARM_UP`] left out). Back to back by default; at each rate of `--rate` the ping side
+//!   sends the next ping at the next tick of that rate ([`Pace`]), never before the previous
+//!   pong came back, so the pair sleeps between round trips as a sensor's stream does;
 //! - **baseline**: the same two measures over a raw mechanism moving the same bytes, fed the
 //!   same way (`src/bench/raw.rs`): crossbeam channels for `thread` and `threads`, a raw shared-memory
 //!   ring between two processes for `processes`, a raw loopback TCP connection for `tcp`.
@@ -161,6 +163,8 @@ pub struct Options {
     pub patterns: Vec<Pattern>,
     /// How long each throughput run feeds (a latency run takes half as long).
     pub duration: Duration,
+    /// Pings per second of the latency runs, one run (one row) each; 0 is back to back.
+    pub rates: Vec<u32>,
     /// Scaling: lengths of the chain of agents.
     pub agents: Vec<usize>,
     /// Scaling: readers of one stream.
@@ -179,6 +183,7 @@ impl Default for Options {
             sizes: vec![8, 1024],
             patterns: vec![Pattern::Batch, Pattern::Single],
             duration: Duration::from_millis(500),
+            rates: vec![0],
             agents: vec![1, 10, 100, 1000],
             readers: vec![1, 10, 100],
             processes: vec![1, 2, 4],
@@ -264,6 +269,82 @@ pub fn parse_patterns(text: &str) -> Result<Vec<Pattern>, String> {
     Ok(patterns)
 }
 
+/// The highest `--rate`: one ping per microsecond is already faster than any round trip here.
+pub const MAX_RATE: u32 = 1_000_000;
+
+/// Parses `--rate`: pings per second of the latency runs, comma-separated (`0,1000`; 0 is back
+/// to back), each from 0 to [`MAX_RATE`].
+pub fn parse_rates(text: &str) -> Result<Vec<u32>, String> {
+    let mut rates = Vec::new();
+    for word in list_words(text)? {
+        let rate = word
+            .replace('_', "")
+            .parse::<u32>()
+            .ok()
+            .filter(|r| *r <= MAX_RATE)
+            .ok_or_else(|| {
+                format!(
+                    "'{word}' is not a rate: write messages per second, from 0 (back to back) \
+                     to {MAX_RATE}"
+                )
+            })?;
+        if !rates.contains(&rate) {
+            rates.push(rate);
+        }
+    }
+    Ok(rates)
+}
+
+/// Paces a latency run's pings at a fixed rate: ticks every `1/rate` seconds from the first
+/// ping on; [`Pace::wait`] sleeps until the first tick not yet past. Called once the previous
+/// pong is back, it never sends a ping before that pong, and a round trip longer than a tick
+/// skips the ticks it overran (no catching up in a burst). At rate 0 it never waits.
+/// `benches/ipc_latency.rs` paces its iceoryx2 runs with it too.
+pub struct Pace {
+    period: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Pace {
+    /// A pace of `rate` pings per second (0: back to back).
+    pub fn new(rate: u32) -> Pace {
+        Pace {
+            period: (rate > 0).then(|| Duration::from_secs(1) / rate),
+            next: None,
+        }
+    }
+
+    /// Sleeps until the next tick (at once for the first ping, and always at rate 0).
+    pub fn wait(&mut self) {
+        let Some(period) = self.period else {
+            return;
+        };
+        let tick = Pace::tick(self.next, Instant::now(), period);
+        loop {
+            let now = Instant::now();
+            if now >= tick {
+                break;
+            }
+            std::thread::sleep(tick - now);
+        }
+        self.next = Some(tick + period);
+    }
+
+    /// When the ping sent at `now` or later goes: at once for the first (`scheduled` is
+    /// `None`), at its tick if that is still ahead, else at the first tick of the grid at or
+    /// after `now`.
+    fn tick(scheduled: Option<Instant>, now: Instant, period: Duration) -> Instant {
+        match scheduled {
+            None => now,
+            Some(t) if t >= now => t,
+            Some(t) => {
+                let steps = (now - t).as_nanos().div_ceil(period.as_nanos());
+                t + period * u32::try_from(steps).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
 /// Parses a duration in seconds (`0.5`, `2`, `1.5s`, `250ms`), from 10 ms to an hour.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -316,7 +397,8 @@ fn list_words(text: &str) -> Result<Vec<&str>, String> {
     Ok(words)
 }
 
-/// One row of the table: a mode, size and pattern, its baseline beside it.
+/// One row of the table: a mode, size, pattern and latency rate, its baseline beside it. Rows
+/// that differ only in their rate share one throughput run (and its figures).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Run {
     /// The mode's name.
@@ -325,6 +407,8 @@ pub struct Run {
     pub element_bytes: usize,
     /// The pattern's name.
     pub pattern: String,
+    /// Pings per second of the latency run (and its baseline's): 0 is back to back.
+    pub rate_per_s: u32,
     /// Elements the sink got per second of the throughput run.
     pub elements_per_s: f64,
     /// `elements_per_s` × `element_bytes`.
@@ -423,15 +507,29 @@ pub struct Report {
     pub settings: serde_json::Value,
 }
 
+impl Run {
+    /// The pattern, and the latency rate when it is paced: `batch`, `batch @1000/s`.
+    pub fn pattern_label(&self) -> String {
+        if self.rate_per_s == 0 {
+            self.pattern.clone()
+        } else {
+            format!("{} @{}/s", self.pattern, self.rate_per_s)
+        }
+    }
+}
+
 impl Report {
-    /// Every failure, one line each, naming the mode, size and pattern (or shape and point).
+    /// Every failure, one line each, naming the mode, size and pattern (with its rate when
+    /// paced), or the shape and point.
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
         for r in &self.runs {
             if let Some(e) = &r.error {
                 out.push(format!(
                     "{} {} B {}: {e}",
-                    r.mode, r.element_bytes, r.pattern
+                    r.mode,
+                    r.element_bytes,
+                    r.pattern_label()
                 ));
             }
         }
@@ -464,6 +562,8 @@ pub(crate) struct Params {
     pub capacity: usize,
     /// Elements per batch of the `batch` pattern.
     pub batch: usize,
+    /// Latency cells: pings per second (0: back to back).
+    pub rate: u32,
 }
 
 impl Params {
@@ -479,6 +579,7 @@ impl Params {
             duration,
             capacity,
             batch,
+            rate: 0,
         }
     }
 }
@@ -497,7 +598,7 @@ pub(crate) fn now_ns() -> u64 {
 }
 
 /// p50, p99 and p999 of `samples` (sorted in place; nearest rank), zeroes if empty.
-pub(crate) fn percentiles(samples: &mut [u64]) -> (u64, u64, u64) {
+pub fn percentiles(samples: &mut [u64]) -> (u64, u64, u64) {
     if samples.is_empty() {
         return (0, 0, 0);
     }
@@ -558,6 +659,7 @@ fn run_cell(cell: &Cell) -> Result<(), String> {
 }
 
 /// What a cell's processes reported, merged, with its CPU time.
+#[derive(Clone)]
 struct Outcome {
     values: serde_json::Map<String, serde_json::Value>,
     cpu_s: f64,
@@ -751,19 +853,20 @@ impl Progress for Bar {
 /// How many cells `options` runs (for the progress display).
 fn cell_count(o: &Options) -> usize {
     let cells = o.modes.len() * o.sizes.len() * o.patterns.len();
+    let rates = o.rates.len();
     let mut baselines: Vec<Baseline> = Vec::new();
     for b in o.modes.iter().map(|m| m.baseline()) {
         if !baselines.contains(&b) {
             baselines.push(b);
         }
     }
-    let base = baselines.len() * o.sizes.len() * (o.patterns.len() + 1);
+    let base = baselines.len() * o.sizes.len() * (o.patterns.len() + rates);
     let scaling = if o.scaling {
         o.agents.len() + o.readers.len() + o.processes.len()
     } else {
         0
     };
-    2 * cells + base + scaling
+    cells * (1 + rates) + base + scaling
 }
 
 /// Runs every cell `options` asks for and returns what they measured. A cell that fails is a
@@ -778,17 +881,13 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
     let limit = options.duration + options.timeout;
     let mut base_tput: HashMap<(Baseline, usize, Pattern), Result<Outcome, String>> =
         HashMap::new();
-    let mut base_lat: HashMap<(Baseline, usize), Result<Outcome, String>> = HashMap::new();
+    let mut base_lat: HashMap<(Baseline, usize, u32), Result<Outcome, String>> = HashMap::new();
     let mut runs = Vec::new();
     for &mode in &options.modes {
         let b = mode.baseline();
         for &size in &options.sizes {
             for &pattern in &options.patterns {
                 let p = Params::new(size, pattern, options.duration);
-                let lat = Params {
-                    duration: (options.duration / 2).max(Duration::from_millis(10)),
-                    ..p.clone()
-                };
                 let name = format!("{} {size} B {}", mode.name(), pattern.name());
                 // The baseline first, next to the run it is compared with.
                 if let Entry::Vacant(slot) = base_tput.entry((b, size, pattern)) {
@@ -798,22 +897,33 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
                     );
                     slot.insert(spawn_cell(&Cell::BaseThroughput(b, p.clone()), limit));
                 }
-                if let Entry::Vacant(slot) = base_lat.entry((b, size)) {
-                    step(format!("{} {size} B latency", b.name()), progress);
-                    slot.insert(spawn_cell(&Cell::BaseLatency(b, lat.clone()), limit));
-                }
                 step(format!("{name} throughput"), progress);
                 let tput = spawn_cell(&Cell::Throughput(mode, p.clone()), limit);
-                step(format!("{name} latency"), progress);
-                let latency = spawn_cell(&Cell::Latency(mode, lat), limit);
-                runs.push(assemble(
-                    mode,
-                    &p,
-                    tput,
-                    latency,
-                    &base_tput[&(b, size, pattern)],
-                    &base_lat[&(b, size)],
-                ));
+                for &rate in &options.rates {
+                    let lat = Params {
+                        duration: (options.duration / 2).max(Duration::from_millis(10)),
+                        rate,
+                        ..p.clone()
+                    };
+                    let paced = match rate {
+                        0 => String::new(),
+                        r => format!(" @{r}/s"),
+                    };
+                    if let Entry::Vacant(slot) = base_lat.entry((b, size, rate)) {
+                        step(format!("{} {size} B latency{paced}", b.name()), progress);
+                        slot.insert(spawn_cell(&Cell::BaseLatency(b, lat.clone()), limit));
+                    }
+                    step(format!("{name} latency{paced}"), progress);
+                    let latency = spawn_cell(&Cell::Latency(mode, lat.clone()), limit);
+                    runs.push(assemble(
+                        mode,
+                        &lat,
+                        &tput,
+                        latency,
+                        &base_tput[&(b, size, pattern)],
+                        &base_lat[&(b, size, rate)],
+                    ));
+                }
             }
         }
     }
@@ -860,6 +970,7 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
             "patterns": options.patterns.iter().map(|p| p.name()).collect::<Vec<_>>(),
             "duration_s": options.duration.as_secs_f64(),
             "latency_duration_s": (options.duration / 2).as_secs_f64(),
+            "rates": options.rates,
             "agents": options.agents,
             "readers": options.readers,
             "processes": options.processes,
@@ -868,11 +979,11 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
     }
 }
 
-/// One row from its four cells' outcomes.
+/// One row from its four cells' outcomes (`p`: the latency run's parameters, with its rate).
 fn assemble(
     mode: Mode,
     p: &Params,
-    tput: Result<Outcome, String>,
+    tput: &Result<Outcome, String>,
     latency: Result<Outcome, String>,
     base_tput: &Result<Outcome, String>,
     base_lat: &Result<Outcome, String>,
@@ -882,6 +993,7 @@ fn assemble(
         mode: mode.name().into(),
         element_bytes: p.size,
         pattern: p.pattern.name().into(),
+        rate_per_s: p.rate,
         baseline: b.name().into(),
         capacity: p.capacity,
         batch: p.batch,
@@ -896,7 +1008,7 @@ fn assemble(
             o.u64("delivered") as f64 / (ns as f64 * 1e-9)
         }
     };
-    match &tput {
+    match tput {
         Ok(o) => {
             run.sent = o.u64("sent");
             run.delivered = o.u64("delivered");
@@ -987,6 +1099,29 @@ mod tests {
         assert!(parse_counts("10,1", 100).is_err());
         assert!(parse_counts("0", 100).is_err());
         assert!(parse_counts("101", 100).is_err());
+        assert_eq!(parse_rates("0, 1000,1_000,10").unwrap(), [0, 1000, 10]);
+        for bad in ["", "fast", "-1", "1.5", "2000000"] {
+            assert!(parse_rates(bad).is_err(), "{bad}");
+        }
+        assert!(parse_rates("fast").unwrap_err().contains("'fast'"));
+    }
+
+    #[test]
+    fn pace_keeps_to_its_grid_and_skips_the_ticks_it_overran() {
+        let ms = Duration::from_millis(1);
+        let t0 = Instant::now();
+        // The first ping goes at once; a tick still ahead is kept.
+        assert_eq!(Pace::tick(None, t0, ms), t0);
+        assert_eq!(Pace::tick(Some(t0 + ms), t0, ms), t0 + ms);
+        assert_eq!(Pace::tick(Some(t0), t0, ms), t0);
+        // A pong 2.5 ticks late: the next tick of the grid, not three pings in a burst.
+        assert_eq!(Pace::tick(Some(t0), t0 + ms * 5 / 2, ms), t0 + ms * 3);
+        assert_eq!(Pace::tick(Some(t0), t0 + ms * 2, ms), t0 + ms * 2);
+        // Back to back never waits and keeps no grid.
+        let mut p = Pace::new(0);
+        p.wait();
+        assert!(p.next.is_none() && p.period.is_none());
+        assert_eq!(Pace::new(1000).period, Some(ms));
     }
 
     #[test]
@@ -1014,7 +1149,7 @@ mod tests {
         let good = assemble(
             Mode::Threads,
             &p,
-            outcome(100, 100),
+            &outcome(100, 100),
             outcome(10, 10),
             &outcome(50, 50),
             &outcome(3, 3),
@@ -1024,7 +1159,7 @@ mod tests {
         let short = assemble(
             Mode::Processes,
             &p,
-            outcome(100, 99),
+            &outcome(100, 99),
             outcome(10, 10),
             &outcome(50, 50),
             &Err("killed after 60 s (--timeout)".into()),
@@ -1045,12 +1180,30 @@ mod tests {
         let empty = assemble(
             Mode::Tcp,
             &p,
-            outcome(0, 0),
+            &outcome(0, 0),
             outcome(1, 1),
             &outcome(1, 1),
             &outcome(1, 1),
         );
         assert!(empty.error.unwrap().contains("sent nothing"));
+        let paced = Params { rate: 1000, ..p };
+        let slow = assemble(
+            Mode::Processes,
+            &paced,
+            &outcome(1, 1),
+            outcome(10, 9),
+            &outcome(1, 1),
+            &outcome(1, 1),
+        );
+        assert_eq!(slow.rate_per_s, 1000);
+        let report = Report {
+            runs: vec![slow],
+            ..Report::default()
+        };
+        assert_eq!(
+            report.failures(),
+            ["processes 64 B single @1000/s: latency: delivered 9 of 10 elements"]
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@
 //!   (`TCP_NODELAY`), a reader thread reading and counting them. No framing, no
 //!   acknowledgements: the floor a link can approach, not reach.
 //!
-//! Latency: the same ping-pong as the graphs (one element in flight, half the round trip):
-//! driver → echo → pong over channels; there and back over two rings; there and back over one
-//! socket.
+//! Latency: the same ping-pong as the graphs (one element in flight, half the round trip, at
+//! the same pace: back to back, or the next ping at the next tick of `--rate`): driver → echo →
+//! pong over channels; there and back over two rings; there and back over one socket.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::element::Payload;
-use super::{emit, now_ns, percentiles, Params, Pattern, CLOCK_EVERY, WARM_UP};
+use super::{emit, now_ns, percentiles, Pace, Params, Pattern, CLOCK_EVERY, WARM_UP};
 
 /// The source side of a baseline: counts, and knows when its duration (counted from its first
 /// element) is over.
@@ -44,6 +44,12 @@ impl Clock {
     }
     fn going(&self) -> bool {
         Instant::now() < self.deadline
+    }
+    /// For a latency run: waits for the next tick of `pace`, then says whether the duration
+    /// still runs.
+    fn paced(&self, pace: &mut Pace) -> bool {
+        pace.wait();
+        self.going()
     }
     /// The next element, mapped as the graphs' map stage maps it.
     fn element<const N: usize>(&mut self) -> Payload<N> {
@@ -160,8 +166,9 @@ pub(crate) fn crossbeam_latency<const N: usize>(p: &Params) -> Result<(), String
         }
     });
     let mut c = Clock::start(p.duration);
+    let mut pace = Pace::new(p.rate);
     let mut samples = Vec::new();
-    while c.going() {
+    while c.paced(&mut pace) {
         let t0 = now_ns();
         let e = Payload::<N>::new(c.next);
         c.next += 1;
@@ -506,9 +513,10 @@ pub(crate) fn ring_latency<const N: usize>(p: &Params) -> Result<(), String> {
         }
     })?;
     let mut c = Clock::start(p.duration);
+    let mut pace = Pace::new(p.rate);
     let mut samples = Vec::new();
     let mut buf = vec![0u8; N];
-    while c.going() {
+    while c.paced(&mut pace) {
         let t0 = now_ns();
         let e = Payload::<N>::new(c.next);
         c.next += 1;
@@ -607,9 +615,10 @@ pub(crate) fn tcp_latency<const N: usize>(p: &Params) -> Result<(), String> {
         }
     });
     let mut c = Clock::start(p.duration);
+    let mut pace = Pace::new(p.rate);
     let mut samples = Vec::new();
     let mut buf = vec![0u8; N];
-    while c.going() {
+    while c.paced(&mut pace) {
         let t0 = now_ns();
         let e = Payload::<N>::new(c.next);
         c.next += 1;

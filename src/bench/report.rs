@@ -133,7 +133,7 @@ pub fn render_table(report: &Report) -> String {
             vec![
                 r.mode.clone(),
                 size(r.element_bytes),
-                r.pattern.clone(),
+                r.pattern_label(),
                 si(r.elements_per_s),
                 format!("{}B", si(r.bytes_per_s)),
                 ns(r.p50_ns),
@@ -152,7 +152,8 @@ pub fn render_table(report: &Report) -> String {
     let mut out = columns(&head, &rows, 3);
     out.push_str(
         "\nelements/s: what the sink got, first element sent to last received; latency: half a \
-         ping-pong round trip, one element in flight;\n\
+         ping-pong round trip, one element in flight, back to back or paced (@N/s: the next ping \
+         at the next tick of N per second);\n\
          CPU s: the throughput run's CPU time, every thread and process; ×base: elements/s over \
          the baseline's (above 1 is faster);\n\
          p50/base: latency p50 over the baseline's (above 1 is slower). Baselines move the same \
@@ -165,7 +166,7 @@ pub fn render_table(report: &Report) -> String {
                 "FAILED {} {} {}: {e}",
                 r.mode,
                 size(r.element_bytes),
-                r.pattern
+                r.pattern_label()
             );
         }
     }
@@ -255,22 +256,36 @@ pub fn write_plot(path: &Path, report: &Report) -> Result<(), String> {
 }
 
 /// One line of a panel: its legend, its colour's key (mode or baseline), whether it is a
-/// baseline, whether it is the `single` pattern, and its points (x: index of the size).
+/// baseline, whether it is the `single` pattern, whether it is a paced latency (`@N/s`), and
+/// its points (x: index of the size).
 struct Line {
     label: String,
     key: String,
     baseline: bool,
     single: bool,
+    paced: bool,
     points: Vec<(f64, f64)>,
 }
 
-/// One line per mode and pattern, and one per baseline and pattern.
-fn lines(report: &Report, sizes: &[usize], pick: impl Fn(&Run) -> (f64, f64)) -> Vec<Line> {
+/// One line per mode and pattern, and one per baseline and pattern; with `by_rate` (latency),
+/// one per rate too (rows of several rates share their throughput figures).
+fn lines(
+    report: &Report,
+    sizes: &[usize],
+    by_rate: bool,
+    pick: impl Fn(&Run) -> (f64, f64),
+) -> Vec<Line> {
     let mut out: Vec<Line> = Vec::new();
-    let mut add = |key: &str, pattern: &str, baseline: bool, x: f64, y: f64| {
+    let mut add = |key: &str, r: &Run, baseline: bool, x: f64, y: f64| {
         if y <= 0.0 {
             return;
         }
+        let paced = by_rate && r.rate_per_s > 0;
+        let pattern = if paced {
+            r.pattern_label()
+        } else {
+            r.pattern.clone()
+        };
         let label = if baseline {
             format!("{key} {pattern} (baseline)")
         } else {
@@ -286,7 +301,8 @@ fn lines(report: &Report, sizes: &[usize], pick: impl Fn(&Run) -> (f64, f64)) ->
                 label,
                 key: key.to_string(),
                 baseline,
-                single: pattern == "single",
+                single: r.pattern == "single",
+                paced,
                 points: vec![(x, y)],
             }),
         }
@@ -297,8 +313,8 @@ fn lines(report: &Report, sizes: &[usize], pick: impl Fn(&Run) -> (f64, f64)) ->
             .iter()
             .position(|s| *s == r.element_bytes)
             .unwrap_or(0) as f64;
-        add(&r.mode, &r.pattern, false, x, y);
-        add(&r.baseline, &r.pattern, true, x, by);
+        add(&r.mode, r, false, x, y);
+        add(&r.baseline, r, true, x, by);
     }
     for l in &mut out {
         l.points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -330,10 +346,10 @@ fn plot(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> 
     root.fill(&WHITE)?;
     let (charts, legend) = root.split_horizontally(1220);
     let (left, right) = charts.split_horizontally(610);
-    let tput = lines(report, &sizes, |r| {
+    let tput = lines(report, &sizes, false, |r| {
         (r.elements_per_s, r.baseline_elements_per_s)
     });
-    let latency = lines(report, &sizes, |r| {
+    let latency = lines(report, &sizes, true, |r| {
         (r.p50_ns as f64, r.baseline_p50_ns as f64)
     });
     draw_panel(&left, "Throughput", "elements/s", &tput, &sizes, si)?;
@@ -341,7 +357,8 @@ fn plot(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> 
         ns(y.round() as u64)
     })?;
     // The legend, beside the charts: colour = mode or baseline, thick = iotstream, thin =
-    // baseline, solid = batch, dashed = single.
+    // baseline, solid = batch, dashed = single, triangles = paced latency. Every line of
+    // either panel, once.
     let font = ("sans-serif", 14).into_font();
     legend.draw(&Text::new(
         "solid: batch, dashed: single",
@@ -353,8 +370,19 @@ fn plot(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> 
         (10, 50),
         font.clone(),
     ))?;
-    for (i, l) in tput.iter().enumerate() {
-        let y = 84 + i as i32 * 22;
+    legend.draw(&Text::new(
+        "triangles: paced latency (@N/s)",
+        (10, 70),
+        font.clone(),
+    ))?;
+    let mut shown: Vec<&Line> = tput.iter().collect();
+    for l in &latency {
+        if !shown.iter().any(|s| s.label == l.label) {
+            shown.push(l);
+        }
+    }
+    for (i, l) in shown.iter().enumerate() {
+        let y = 104 + i as i32 * 22;
         let style = colour(&l.key).stroke_width(if l.baseline { 1 } else { 3 });
         if l.single {
             for k in 0..3 {
@@ -365,6 +393,9 @@ fn plot(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> 
             }
         } else {
             legend.draw(&PathElement::new(vec![(10, y), (42, y)], style))?;
+        }
+        if l.paced {
+            legend.draw(&TriangleMarker::new((26, y), 5, colour(&l.key).filled()))?;
         }
         legend.draw(&Text::new(l.label.clone(), (50, y - 7), font.clone()))?;
     }
@@ -423,13 +454,20 @@ where
         } else {
             chart.draw_series(LineSeries::new(l.points.iter().copied(), style))?;
         }
-        chart.draw_series(l.points.iter().map(|&(x, y)| {
-            Circle::new(
-                (x, y),
-                if l.baseline { 2 } else { 4 },
-                colour(&l.key).filled(),
-            )
-        }))?;
+        let radius = if l.baseline { 2 } else { 4 };
+        if l.paced {
+            chart.draw_series(
+                l.points.iter().map(|&(x, y)| {
+                    TriangleMarker::new((x, y), radius + 2, colour(&l.key).filled())
+                }),
+            )?;
+        } else {
+            chart.draw_series(
+                l.points
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), radius, colour(&l.key).filled())),
+            )?;
+        }
     }
     Ok(())
 }

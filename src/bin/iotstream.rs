@@ -248,7 +248,8 @@ themselves; this is for what a SIGKILL or a power cut left behind."
 beside a baseline measured in the same run.\n\n\
 For every mode, element size and input pattern it runs source -> map -> sink for --duration \
 (throughput: elements/s, bytes/s, CPU seconds of every process and thread) and a ping-pong pair \
-for half as long (latency: half a round trip, p50/p99/p999). Modes: thread (every agent on one \
+for half as long (latency: half a round trip, p50/p99/p999; back to back, or paced at each \
+--rate, a row per rate). Modes: thread (every agent on one \
 thread), threads (each agent on a thread of its own), processes (the sink in a second process, \
 over shared memory), tcp (map -> sink forced onto a TCP link on loopback). Patterns: batch (a \
 Source handing over batches) and single (one InputSender::send per element). Baselines move the \
@@ -263,6 +264,7 @@ scaling points) takes about half a minute. See docs/benchmarks.md for how to rea
         after_help = "Examples:\n  \
 iotstream bench\n  \
 iotstream bench --modes threads,processes --sizes 8,64,1024,65536 --duration 2 --json bench.json --plot bench.svg\n  \
+iotstream bench --modes processes --sizes 8 --patterns batch --rate 0,1000 --duration 4\n  \
 iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,10,100,1000 --procs 1,2,4,8,16"
     )]
     Bench {
@@ -278,6 +280,10 @@ iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,
         /// Seconds each throughput run feeds (0.5, 2, 250ms); each latency run takes half.
         #[arg(long, value_name = "S", default_value = "0.5", value_parser = bench::parse_seconds)]
         duration: Duration,
+        /// Pings per second of the latency runs, comma-separated, a row each (0: back to back;
+        /// 1000: the next ping at the next millisecond tick, never before the pong is back).
+        #[arg(long, value_name = "MSG/S", default_value = "0", value_parser = rates_arg)]
+        rate: Rates,
         /// Also write the results as JSON to this file (`runs`, `scaling`, `settings`).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -321,6 +327,14 @@ struct Patterns(Vec<bench::Pattern>);
 
 fn patterns_arg(text: &str) -> Result<Patterns, String> {
     bench::parse_patterns(text).map(Patterns)
+}
+
+/// `--rate`.
+#[derive(Clone)]
+struct Rates(Vec<u32>);
+
+fn rates_arg(text: &str) -> Result<Rates, String> {
+    bench::parse_rates(text).map(Rates)
 }
 
 /// `--agents`, `--readers`, `--procs`.
@@ -453,6 +467,7 @@ fn main() -> ExitCode {
             sizes,
             patterns,
             duration,
+            rate,
             json,
             plot,
             agents,
@@ -466,6 +481,7 @@ fn main() -> ExitCode {
                 sizes: sizes.0,
                 patterns: patterns.0,
                 duration,
+                rates: rate.0,
                 agents: agents.0,
                 readers: readers.0,
                 processes: procs.0,
