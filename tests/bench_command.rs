@@ -68,7 +68,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
         .args([
             "bench",
             "--modes",
-            "thread,threads,processes,tcp,scaling",
+            "thread,threads,processes,tcp,spin,scaling",
             "--sizes",
             "8,1024",
             "--duration",
@@ -90,7 +90,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
     let report = read_json(&json);
 
     let runs = report["runs"].as_array().expect("a runs array");
-    assert_eq!(runs.len(), 4 * 2 * 2, "one run per mode × size × pattern");
+    assert_eq!(runs.len(), 5 * 2 * 2, "one run per mode × size × pattern");
     let mut seen = Vec::new();
     for run in runs {
         for key in [
@@ -126,7 +126,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
         let baseline = run["baseline"].as_str().expect("a baseline");
         let want = match mode {
             "thread" | "threads" => "crossbeam",
-            "processes" => "shm-ring",
+            "processes" | "spin" => "shm-ring",
             "tcp" => "raw-tcp",
             other => panic!("unexpected mode {other}"),
         };
@@ -134,7 +134,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
     }
     seen.sort();
     let mut want = Vec::new();
-    for mode in ["thread", "threads", "processes", "tcp"] {
+    for mode in ["thread", "threads", "processes", "tcp", "spin"] {
         for size in [8, 1024] {
             for pattern in ["batch", "single"] {
                 want.push(format!("{mode} {size} {pattern}"));

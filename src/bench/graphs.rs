@@ -56,18 +56,20 @@ fn place(g: &mut Graph, mode: Mode, agents: &[&str], far: &str) {
                 g.place_on_thread(a, a);
             }
         }
-        Mode::Processes => {
+        Mode::Processes | Mode::Spin => {
             g.place_in_process(far, far);
         }
         Mode::Tcp => {}
     }
 }
 
-/// The transport of a connection that `mode` forces.
-fn transport(mode: Mode) -> Transport {
+/// The connection to and from the far agent: the transport `mode` forces, low-latency mode
+/// for `spin`.
+fn connection(mode: Mode) -> Connection {
     match mode {
-        Mode::Tcp => Transport::Tcp,
-        _ => Transport::Auto,
+        Mode::Tcp => Connection::new().transport(Transport::Tcp),
+        Mode::Spin => Connection::new().spin(super::SPIN_WINDOW),
+        _ => Connection::new(),
     }
 }
 
@@ -210,13 +212,9 @@ pub(crate) fn throughput<const N: usize>(mode: Mode, p: &Params) -> Result<(), E
         let input = ports.input::<Payload<N>>("in");
         (CountSink { input, tally: t }, input)
     });
-    g.connect_with(
-        &mapped,
-        &input,
-        Connection::new().transport(transport(mode)),
-    );
+    g.connect_with(&mapped, &input, connection(mode));
     place(&mut g, mode, &["source", "map", "sink"], "sink");
-    let here_sink = mode != Mode::Processes || role.as_deref() == Some("sink");
+    let here_sink = !mode.two_processes() || role.as_deref() == Some("sink");
     let here_source = role.is_none();
 
     let mut running = g.start()?;
@@ -366,7 +364,7 @@ pub(crate) fn latency<const N: usize>(mode: Mode, p: &Params) -> Result<(), Erro
         }
         Pattern::Single => (g.input::<Payload<N>>("ping"), Some(pinger)),
     };
-    let conn = Connection::new().transport(transport(mode));
+    let conn = connection(mode);
     let echoed = map_stage(&mut g, "echo", &ping, conn);
     let s = Arc::clone(&shared);
     let input = g.add_agent("pong", |ports| {

@@ -80,11 +80,25 @@ pub enum Mode {
     Processes,
     /// One process; map → sink (both echo connections) forced to `Transport::Tcp` on loopback.
     Tcp,
+    /// As `processes`, every ring in low-latency mode (`Connection::spin` of [`SPIN_WINDOW`]).
+    Spin,
 }
+
+/// How long the rings of the `spin` mode are checked before their readers sleep.
+pub const SPIN_WINDOW: Duration = Duration::from_micros(200);
 
 impl Mode {
     /// Every mode, in the order the bench runs them.
-    pub const ALL: [Mode; 4] = [Mode::Thread, Mode::Threads, Mode::Processes, Mode::Tcp];
+    pub const ALL: [Mode; 5] = [
+        Mode::Thread,
+        Mode::Threads,
+        Mode::Processes,
+        Mode::Tcp,
+        Mode::Spin,
+    ];
+
+    /// The modes a plain `iotstream bench` runs (`spin` keeps a core busy: asked for only).
+    pub const DEFAULT: [Mode; 4] = [Mode::Thread, Mode::Threads, Mode::Processes, Mode::Tcp];
 
     /// Its name on the command line and in the output.
     pub fn name(self) -> &'static str {
@@ -93,14 +107,20 @@ impl Mode {
             Mode::Threads => "threads",
             Mode::Processes => "processes",
             Mode::Tcp => "tcp",
+            Mode::Spin => "spin",
         }
+    }
+
+    /// Its sink (or echo) runs in a process of its own.
+    pub fn two_processes(self) -> bool {
+        matches!(self, Mode::Processes | Mode::Spin)
     }
 
     /// The baseline its figures are compared with.
     pub fn baseline(self) -> Baseline {
         match self {
             Mode::Thread | Mode::Threads => Baseline::Crossbeam,
-            Mode::Processes => Baseline::ShmRing,
+            Mode::Processes | Mode::Spin => Baseline::ShmRing,
             Mode::Tcp => Baseline::RawTcp,
         }
     }
@@ -178,7 +198,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            modes: Mode::ALL.to_vec(),
+            modes: Mode::DEFAULT.to_vec(),
             scaling: true,
             sizes: vec![8, 1024],
             patterns: vec![Pattern::Batch, Pattern::Single],
@@ -192,7 +212,7 @@ impl Default for Options {
     }
 }
 
-/// Parses `--modes`: names separated by commas (`thread,threads,processes,tcp,scaling`).
+/// Parses `--modes`: names separated by commas (`thread,threads,processes,tcp,spin,scaling`).
 pub fn parse_modes(text: &str) -> Result<(Vec<Mode>, bool), String> {
     let mut modes = Vec::new();
     let mut scaling = false;
@@ -204,7 +224,7 @@ pub fn parse_modes(text: &str) -> Result<(Vec<Mode>, bool), String> {
                 Some(_) => {}
                 None => {
                     return Err(format!(
-                    "unknown mode '{w}': the modes are thread, threads, processes, tcp and scaling"
+                    "unknown mode '{w}': the modes are thread, threads, processes, tcp, spin and scaling"
                 ))
                 }
             },

@@ -330,6 +330,7 @@ fn colour(key: &str) -> plotters::style::RGBColor {
         "threads" => RGBColor(255, 127, 14),
         "processes" => RGBColor(44, 160, 44),
         "tcp" => RGBColor(214, 39, 40),
+        "spin" => RGBColor(23, 190, 207),
         "crossbeam" => RGBColor(148, 103, 189),
         "shm-ring" => RGBColor(140, 86, 75),
         "raw-tcp" => RGBColor(90, 90, 90),

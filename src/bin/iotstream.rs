@@ -251,10 +251,12 @@ For every mode, element size and input pattern it runs source -> map -> sink for
 for half as long (latency: half a round trip, p50/p99/p999; back to back, or paced at each \
 --rate, a row per rate). Modes: thread (every agent on one \
 thread), threads (each agent on a thread of its own), processes (the sink in a second process, \
-over shared memory), tcp (map -> sink forced onto a TCP link on loopback). Patterns: batch (a \
+over shared memory), tcp (map -> sink forced onto a TCP link on loopback), spin (as processes, \
+the rings in low-latency mode: Connection::spin, 200 us; asked for only, it keeps cores busy). \
+Patterns: batch (a \
 Source handing over batches) and single (one InputSender::send per element). Baselines move the \
 same bytes the same way: crossbeam channels (thread, threads), a raw shared-memory ring between \
-two processes (processes), a raw loopback TCP connection (tcp).\n\n\
+two processes (processes, spin), a raw loopback TCP connection (tcp).\n\n\
 The scaling mode runs shapes instead: a chain of --agents maps, one stream read by --readers \
 sinks, a chain over --procs processes; it prints each point's time and how it grows.\n\n\
 Every cell runs in a fresh process and checks that every element sent was delivered; a cell \
@@ -264,11 +266,11 @@ scaling points) takes about half a minute. See docs/benchmarks.md for how to rea
         after_help = "Examples:\n  \
 iotstream bench\n  \
 iotstream bench --modes threads,processes --sizes 8,64,1024,65536 --duration 2 --json bench.json --plot bench.svg\n  \
-iotstream bench --modes processes --sizes 8 --patterns batch --rate 0,1000 --duration 4\n  \
+iotstream bench --modes processes,spin --sizes 8 --patterns batch --rate 0,1000 --duration 4\n  \
 iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,10,100,1000 --procs 1,2,4,8,16"
     )]
     Bench {
-        /// Modes to measure, comma-separated: thread, threads, processes, tcp, scaling.
+        /// Modes to measure, comma-separated: thread, threads, processes, tcp, spin, scaling.
         #[arg(long, value_name = "LIST", default_value = "thread,threads,processes,tcp,scaling", value_parser = modes_arg)]
         modes: Modes,
         /// Element sizes in bytes, comma-separated, from 8, 64, 256, 1024, 4096, 65536.
