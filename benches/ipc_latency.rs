@@ -13,11 +13,11 @@
 //!   subscriber), without its WaitSet (one listener to wait on needs no multiplexing);
 //! - **iceoryx2 polling**: the same publish/subscribe, each side busy-looping on `receive`
 //!   (the echo process spins all the time, also between the paced pings);
-//! - **iotstream processes**: the built `iotstream` binary, as
-//!   `iotstream bench --modes processes --sizes 8 --patterns batch --rate 0,1000`: ping (a
-//!   source) → echo in a second process over shared-memory rings → pong, whatever the binary's
-//!   runtime does today; and that command's own baseline, a raw shared-memory ring with a futex
-//!   wake-up after 100 spins (`shm-ring`).
+//! - **iotstream processes** and **iotstream spin**: the built `iotstream` binary, as
+//!   `iotstream bench --modes processes,spin --sizes 8 --patterns batch --rate 0,1000`: ping (a
+//!   source) → echo in a second process over shared-memory rings → pong, in the default
+//!   (blocking) mode and in low-latency mode (`Connection::spin`); and the command's own
+//!   baseline, a raw shared-memory ring with a futex wake-up after 100 spins (`shm-ring`).
 //!
 //! The iceoryx2 echo process is this bench binary re-executed with [`CHILD_VAR`] naming the
 //! variant. iceoryx2 keeps its files under a root folder and a name prefix of this run's own
@@ -26,10 +26,10 @@
 //! SIGTERM end the run as an error), after killing the echo process and removing the resources
 //! of dead nodes; the bench then checks that nothing is left.
 //!
-//! The table gives, per rate, each row's p50/p99/p999 and `iotstream ÷ row`: iotstream's p50
-//! over that row's p50 at the same rate (above 1: iotstream is slower). Issue 13's bars: at or
-//! below 1 against iceoryx2 event (blocking mode); within 2 of iceoryx2 polling (low-latency
-//! mode). Results: `docs/benchmarks.md`.
+//! The table gives, per rate, each row's p50/p99/p999, `processes ÷ row` and `spin ÷ row`:
+//! iotstream's p50 in that mode over that row's p50 at the same rate (above 1: iotstream is
+//! slower). Issue 13's bars: processes at or below 1 against iceoryx2 event (blocking mode);
+//! spin within 2 of iceoryx2 polling (low-latency mode). Results: `docs/benchmarks.md`.
 //!
 //! `cargo bench --bench ipc_latency`; `IPC_LATENCY_SECS` sets each latency run's seconds
 //! (default 2; the whole bench takes about 12 times that, the iotstream command running its
@@ -450,7 +450,8 @@ fn iceoryx2_run(scratch: &mut Scratch, kind: Kind, rate: u32, secs: f64) -> Resu
     })
 }
 
-/// `iotstream bench` in processes mode at both rates; its rows and its shm-ring baseline's.
+/// `iotstream bench` in processes mode (blocking) and spin mode (low-latency) at both rates;
+/// their rows and the shm-ring baseline's (measured beside the processes mode).
 fn iotstream_rows(secs: f64) -> Vec<Row> {
     let json =
         std::env::temp_dir().join(format!("iotstream-ipc-latency-{}.json", std::process::id()));
@@ -460,6 +461,7 @@ fn iotstream_rows(secs: f64) -> Vec<Row> {
             .flat_map(|&r| {
                 [
                     Row::failed("iotstream processes", r, e.clone()),
+                    Row::failed("iotstream spin", r, e.clone()),
                     Row::failed("shm-ring (raw, futex)", r, e.clone()),
                 ]
             })
@@ -469,7 +471,7 @@ fn iotstream_rows(secs: f64) -> Vec<Row> {
         .args([
             "bench",
             "--modes",
-            "processes",
+            "processes,spin",
             "--sizes",
             "8",
             "--patterns",
@@ -505,8 +507,9 @@ fn iotstream_rows(secs: f64) -> Vec<Row> {
         let u = |k: &str| run[k].as_u64().unwrap_or(0);
         let rate = u("rate_per_s") as u32;
         let error = run["error"].as_str().map(str::to_string);
+        let mode = run["mode"].as_str().unwrap_or("?");
         rows.push(Row {
-            name: "iotstream processes".into(),
+            name: format!("iotstream {mode}"),
             rate,
             samples: u("latency_samples"),
             p50: u("p50_ns"),
@@ -514,6 +517,9 @@ fn iotstream_rows(secs: f64) -> Vec<Row> {
             p999: u("p999_ns"),
             error: error.clone(),
         });
+        if mode != "processes" {
+            continue;
+        }
         rows.push(Row {
             name: "shm-ring (raw, futex)".into(),
             rate,
@@ -545,15 +551,17 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>16}",
-        "variant", "rate", "samples", "p50", "p99", "p999", "iotstream ÷ row"
+        "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>16} {:>12}",
+        "variant", "rate", "samples", "p50", "p99", "p999", "processes ÷ row", "spin ÷ row"
     );
     let _ = writeln!(out, "{}", "-".repeat(90));
     for rate in [0, RATE] {
-        let ours = rows
-            .iter()
-            .find(|r| r.rate == rate && r.name.starts_with("iotstream") && r.error.is_none())
-            .map(|r| r.p50);
+        let ours = |name: &str| {
+            rows.iter()
+                .find(|r| r.rate == rate && r.name == name && r.error.is_none())
+                .map(|r| r.p50)
+        };
+        let (blocking, spinning) = (ours("iotstream processes"), ours("iotstream spin"));
         for r in rows.iter().filter(|r| r.rate == rate) {
             let rate = if rate == 0 {
                 "b2b".to_string()
@@ -564,7 +572,7 @@ fn table(rows: &[Row]) -> String {
                 let _ = writeln!(out, "{:<24} {:>9} FAILED: {e}", r.name, rate);
                 continue;
             }
-            let ratio = match ours {
+            let ratio = |ours: Option<u64>| match ours {
                 Some(o) if r.p50 > 0 => match o as f64 / r.p50 as f64 {
                     x if x < 0.1 => format!("{x:.4}×"),
                     x => format!("{x:.2}×"),
@@ -578,23 +586,25 @@ fn table(rows: &[Row]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>16}",
+                "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>16} {:>12}",
                 r.name,
                 rate,
                 samples,
                 ns(r.p50),
                 ns(r.p99),
                 ns(r.p999),
-                ratio
+                ratio(blocking),
+                ratio(spinning)
             );
         }
     }
     out.push_str(
         "\nOne-way latency: half a round trip, one 8-byte message in flight, two processes; b2b: \
          back to back; 1000/s: the next ping at the next millisecond tick.\n\
-         iotstream ÷ row: iotstream's p50 over the row's p50 at the same rate (above 1: \
-         iotstream slower). Bars (issue 13): ≤ 1 against iceoryx2 event, ≤ 2 against iceoryx2 \
-         polling (low-latency mode).\n",
+         processes ÷ row, spin ÷ row: the p50 of iotstream's processes mode (blocking, the \
+         default) or spin mode (low-latency: Connection::spin) over the row's p50 at the same \
+         rate (above 1: iotstream slower). Bars (issue 13): processes ≤ 1 against iceoryx2 \
+         event, spin ≤ 2 against iceoryx2 polling.\n",
     );
     out
 }
