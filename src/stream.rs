@@ -399,5 +399,15 @@ mod tests {
             .collect();
         drop(batches);
         assert_eq!(pool.len(), 2);
+        // A pool with limits of its own (a ring feeder's) keeps what a default one would free.
+        let pool = Arc::new(VecPool::<u64>::with_limits(
+            1,
+            VecPool::<u64>::MAX_BYTES * 4,
+        ));
+        let big: Vec<Batch<u64>> = (0..2)
+            .map(|_| Batch::pooled(vec![0u64; VecPool::<u64>::MAX_BYTES / 8 + 1], &pool))
+            .collect();
+        drop(big);
+        assert_eq!(pool.len(), 1, "one vector kept, at most");
     }
 }

@@ -1377,6 +1377,8 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         items: Vec<u64>,
+        /// The length of each batch delivered.
+        batches: Vec<usize>,
         eos: bool,
         credits: usize,
     }
@@ -1392,9 +1394,11 @@ mod tests {
         fn post(&self, env: Envelope) {
             let mut seen = self.seen.lock().unwrap();
             match env {
-                Envelope::Data { batch, .. } => seen
-                    .items
-                    .extend_from_slice(batch.downcast::<Batch<u64>>().unwrap().as_slice()),
+                Envelope::Data { batch, .. } => {
+                    let batch = batch.downcast::<Batch<u64>>().unwrap();
+                    seen.batches.push(batch.len());
+                    seen.items.extend_from_slice(batch.as_slice());
+                }
                 Envelope::Eos { .. } => seen.eos = true,
                 Envelope::Credit { .. } => seen.credits += 1,
                 _ => {}
@@ -1490,6 +1494,41 @@ mod tests {
             run: run.clone(),
             stopped: |_| false,
         }
+    }
+
+    #[test]
+    fn frames_readable_at_once_go_as_one_batch_within_credit() {
+        // Five frames of 10 elements wait in the ring before the feeder starts; the reader has
+        // credit for 25. The feeder gathers frames while they are readable and the gathered
+        // elements are fewer than the credit: 30 from three frames, delivered as one batch of
+        // 25 (the credit), the 5 left over waiting for credit. Once the 25 are consumed, those
+        // 5 go, then the two other frames as one batch.
+        let (name, _guard, _view) = test_ring("feeder-gathers", 8 << 10);
+        let run = test_run();
+        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
+        for f in 0..5u64 {
+            let items: Vec<u64> = (f * 10..f * 10 + 10).collect();
+            assert_eq!(tx.write(&items).unwrap(), 10);
+        }
+        tx.close();
+        let reader = Arc::new(Inbox::default());
+        let credit = spawn_feeder::<u64>(feeder(&name, 25, &reader, &run)).unwrap();
+        reader.wait("the credit's worth delivered", |s| s.items.len() == 25);
+        std::thread::sleep(Duration::from_millis(20)); // nothing more comes without credit
+        assert_eq!(reader.seen.lock().unwrap().batches, [25]);
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 25,
+        });
+        reader.wait("the end of the stream", |s| s.eos);
+        let seen = reader.seen.lock().unwrap();
+        assert_eq!(seen.items, (0..50).collect::<Vec<_>>());
+        assert_eq!(seen.batches, [25, 5, 20]);
+        drop(seen);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
     }
 
     #[test]
