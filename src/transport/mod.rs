@@ -32,8 +32,12 @@
 //! - The reader's end is a **feeder thread** ([`spawn_feeder`]): it sleeps on the "data
 //!   published" futex, copies each frame into private memory and decodes it there (trusting
 //!   nothing, reassembling large elements: see [`codec`]), and delivers batches to
-//!   the reader's host within an in-process credit, like a local writer would. It counts as a
-//!   source for quiescence until it has delivered the end of stream.
+//!   the reader's host within an in-process credit, like a local writer would. Frames readable
+//!   at once are gathered into one batch, up to that credit (one delivery, one credit return
+//!   for what the writer published while the reader was busy; never a wait for more), in a
+//!   vector from the feeder's pool: plain data is copied once, from the ring straight into
+//!   it. It takes its credit lock once per batch; what it checks while it spins are atomics.
+//!   It counts as a source for quiescence until it has delivered the end of stream.
 //!   The feeder releases ring space only for elements the reading agent has consumed (see
 //!   [`held`]), so that a restarted reading process takes the ring over and reads again what
 //!   the dead one had not consumed: nothing is lost, an element being processed at the crash
