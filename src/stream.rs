@@ -239,6 +239,10 @@ impl<T> Clone for Batch<T> {
 /// vectors come back only from batches it sent.
 pub(crate) struct VecPool<T> {
     free: std::sync::Mutex<Free<T>>,
+    /// Most vectors kept ([`VecPool::MAX_VECS`] unless made [`with_limits`](VecPool::with_limits)).
+    max_vecs: usize,
+    /// Most bytes of capacity kept, all vectors together ([`VecPool::MAX_BYTES`] by default).
+    max_bytes: usize,
 }
 
 /// The vectors a [`VecPool`] keeps, and their capacity in bytes.
@@ -254,11 +258,20 @@ impl<T> VecPool<T> {
     pub const MAX_BYTES: usize = 256 << 10;
 
     pub fn new() -> Self {
+        Self::with_limits(Self::MAX_VECS, Self::MAX_BYTES)
+    }
+
+    /// A pool that keeps at most `max_vecs` vectors of at most `max_bytes` bytes of capacity in
+    /// all: for a writer whose batches are larger than a step's (a ring's feeder, whose
+    /// batches are bounded by its connection's capacity).
+    pub fn with_limits(max_vecs: usize, max_bytes: usize) -> Self {
         VecPool {
             free: std::sync::Mutex::new(Free {
-                vecs: Vec::with_capacity(Self::MAX_VECS),
+                vecs: Vec::with_capacity(max_vecs),
                 bytes: 0,
             }),
+            max_vecs,
+            max_bytes,
         }
     }
 
@@ -278,12 +291,12 @@ impl<T> VecPool<T> {
     /// Gives `items` back for reuse (cleared), or frees it if the pool has no room for it.
     pub fn put(&self, mut items: Vec<T>) {
         let bytes = Self::bytes(&items);
-        if items.capacity() == 0 || bytes > Self::MAX_BYTES {
+        if items.capacity() == 0 || bytes > self.max_bytes {
             return;
         }
         items.clear();
         let mut free = self.lock();
-        if free.vecs.len() < Self::MAX_VECS && free.bytes + bytes <= Self::MAX_BYTES {
+        if free.vecs.len() < self.max_vecs && free.bytes + bytes <= self.max_bytes {
             free.bytes += bytes;
             free.vecs.push(items);
         }
@@ -386,5 +399,15 @@ mod tests {
             .collect();
         drop(batches);
         assert_eq!(pool.len(), 2);
+        // A pool with limits of its own (a ring feeder's) keeps what a default one would free.
+        let pool = Arc::new(VecPool::<u64>::with_limits(
+            1,
+            VecPool::<u64>::MAX_BYTES * 4,
+        ));
+        let big: Vec<Batch<u64>> = (0..2)
+            .map(|_| Batch::pooled(vec![0u64; VecPool::<u64>::MAX_BYTES / 8 + 1], &pool))
+            .collect();
+        drop(big);
+        assert_eq!(pool.len(), 1, "one vector kept, at most");
     }
 }

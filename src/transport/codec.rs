@@ -381,6 +381,51 @@ impl<T: Element> Codec<T> {
         self.decode(private).map(Into::into)
     }
 
+    /// Like [`decode_after_header`](Self::decode_after_header), but appends the elements to
+    /// `out` (a vector the caller reuses, from a pool) and returns how many: plain data is
+    /// copied once, straight from the ring into `out`'s spare capacity, and needs no checking
+    /// beyond its length (every bit pattern is a value); anything else is copied into
+    /// `private` and decoded from there. On an error `out` is left as it was.
+    fn append_after_header(
+        &self,
+        header: [u8; HEADER],
+        payload: &Payload<'_>,
+        private: &mut Vec<u8>,
+        out: &mut Vec<T>,
+    ) -> Result<usize, String> {
+        let body_len = payload.len() - HEADER;
+        if let (Some(size), KIND_PLAIN) = (self.plain, header[0]) {
+            let count = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+            if count.checked_mul(size) != Some(body_len) {
+                return Err(format!(
+                    "a frame says {count} elements of {size} bytes but carries {body_len} bytes"
+                ));
+            }
+            let have = out.len();
+            out.reserve(count);
+            // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); `out` has
+            // room for `count` more elements (reserved), exactly `body_len` bytes, the
+            // payload's bytes after the header; it is private, so it does not overlap the
+            // ring. Those elements are initialised by the copy before `set_len`.
+            unsafe {
+                payload.copy_to_ptr(HEADER, out.as_mut_ptr().add(have).cast::<u8>(), body_len);
+                out.set_len(have + count);
+            }
+            return Ok(count);
+        }
+        private.clear();
+        private.reserve(payload.len());
+        private.extend_from_slice(&header);
+        // SAFETY: as in `decode_after_header`.
+        unsafe {
+            payload.copy_to_ptr(HEADER, private.as_mut_ptr().add(HEADER), body_len);
+            private.set_len(payload.len());
+        }
+        let have = out.len();
+        self.decode_into(private, out)
+            .inspect_err(|_| out.truncate(have))
+    }
+
     /// Decodes the record of one large element, reassembled in private memory.
     fn decode_record(&self, record: &[u8]) -> Result<T, String> {
         if let Some(size) = self.plain {
@@ -440,6 +485,14 @@ impl<T: Element> Codec<T> {
     /// Decodes one frame's payload from private memory, checking everything (see the module
     /// docs).
     pub fn decode(&self, payload: &[u8]) -> Result<Vec<T>, String> {
+        let mut out = Vec::new();
+        self.decode_into(payload, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`decode`](Self::decode), appending the elements to `out`; returns how many. On an
+    /// error, some may have been appended.
+    fn decode_into(&self, payload: &[u8], out: &mut Vec<T>) -> Result<usize, String> {
         if payload.len() < HEADER {
             return Err(format!(
                 "a frame of {} bytes is shorter than its 8-byte header",
@@ -457,19 +510,20 @@ impl<T: Element> Codec<T> {
                         body.len()
                     ));
                 }
-                let mut out: Vec<T> = Vec::with_capacity(count);
+                let have = out.len();
+                out.reserve(count);
                 // SAFETY: `T` is plain data (every bit pattern valid, see `plain_size`); the
-                // vector has room for `count` elements, which is exactly `body.len()` bytes;
-                // the regions do not overlap.
+                // vector has room for `count` more elements (reserved), which is exactly
+                // `body.len()` bytes; the regions do not overlap.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         body.as_ptr(),
-                        out.as_mut_ptr().cast::<u8>(),
+                        out.as_mut_ptr().add(have).cast::<u8>(),
                         body.len(),
                     );
-                    out.set_len(count);
+                    out.set_len(have + count);
                 }
-                Ok(out)
+                Ok(count)
             }
             (KIND_POSTCARD, None) => {
                 if count > body.len() / 4 {
@@ -478,7 +532,7 @@ impl<T: Element> Codec<T> {
                         body.len()
                     ));
                 }
-                let mut out = Vec::with_capacity(count);
+                out.reserve(count);
                 let mut rest = body;
                 for i in 0..count {
                     if rest.len() < 4 {
@@ -509,7 +563,7 @@ impl<T: Element> Codec<T> {
                         rest.len()
                     ));
                 }
-                Ok(out)
+                Ok(count)
             }
             (k, _) => Err(format!(
                 "frame kind {k} is not the kind of {} ({})",
@@ -529,6 +583,9 @@ impl<T: Element> Codec<T> {
 pub(crate) enum Decoded<T> {
     /// Whole elements (possibly none).
     Batch(std::sync::Arc<[T]>),
+    /// Whole elements (possibly none), appended to the caller's vector
+    /// ([`Reader::read_into`]): how many.
+    Appended(usize),
     /// A part of a large element, the first one if `first`; with the last part, the element.
     Part {
         first: bool,
@@ -589,7 +646,27 @@ impl<T: Element> Reader<T> {
     }
 
     /// Decodes one frame, checking everything, reading each of its bytes once.
+    #[cfg(test)]
     pub fn read(&mut self, payload: Payload<'_>) -> Result<Decoded<T>, String> {
+        self.read_with(payload, None)
+    }
+
+    /// Like [`read`](Self::read), but a frame of whole elements is appended to `out`
+    /// ([`Decoded::Appended`]): the feeder gathers consecutive frames into one vector of its
+    /// pool, plain data copied once, straight from the ring into it.
+    pub fn read_into(
+        &mut self,
+        payload: Payload<'_>,
+        out: &mut Vec<T>,
+    ) -> Result<Decoded<T>, String> {
+        self.read_with(payload, Some(out))
+    }
+
+    fn read_with(
+        &mut self,
+        payload: Payload<'_>,
+        out: Option<&mut Vec<T>>,
+    ) -> Result<Decoded<T>, String> {
         if payload.len() < HEADER {
             return Err(format!(
                 "a frame of {} bytes is shorter than its 8-byte header",
@@ -691,6 +768,12 @@ impl<T: Element> Reader<T> {
                     ));
                 }
                 (self.started, self.orphan) = (true, false);
+                if let Some(out) = out {
+                    let n =
+                        self.codec
+                            .append_after_header(header, &payload, &mut self.private, out)?;
+                    return Ok(Decoded::Appended(n));
+                }
                 let batch = self
                     .codec
                     .decode_after_header(header, &payload, &mut self.private)?;
@@ -870,7 +953,9 @@ mod tests {
         let mut r = Reader::<T>::new();
         let (mut items, mut parts) = (Vec::new(), Vec::new());
         for f in frames {
-            match r.read(Payload::from_private(f))? {
+            // Whole elements are appended to `items` (the feeder's way).
+            match r.read_into(Payload::from_private(f), &mut items)? {
+                Decoded::Appended(_) => {}
                 Decoded::Batch(b) => items.extend_from_slice(&b),
                 Decoded::Part { first, element } => {
                     parts.push((first, element.is_some()));

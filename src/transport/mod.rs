@@ -32,8 +32,12 @@
 //! - The reader's end is a **feeder thread** ([`spawn_feeder`]): it sleeps on the "data
 //!   published" futex, copies each frame into private memory and decodes it there (trusting
 //!   nothing, reassembling large elements: see [`codec`]), and delivers batches to
-//!   the reader's host within an in-process credit, like a local writer would. It counts as a
-//!   source for quiescence until it has delivered the end of stream.
+//!   the reader's host within an in-process credit, like a local writer would. Frames readable
+//!   at once are gathered into one batch, up to that credit (one delivery, one credit return
+//!   for what the writer published while the reader was busy; never a wait for more), in a
+//!   vector from the feeder's pool: plain data is copied once, from the ring straight into
+//!   it. It takes its credit lock once per batch; what it checks while it spins are atomics.
+//!   It counts as a source for quiescence until it has delivered the end of stream.
 //!   The feeder releases ring space only for elements the reading agent has consumed (see
 //!   [`held`]), so that a restarted reading process takes the ring over and reads again what
 //!   the dead one had not consumed: nothing is lost, an element being processed at the crash
@@ -69,7 +73,7 @@ pub(crate) mod tcp;
 pub(crate) mod testutil;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -85,7 +89,7 @@ use process::pid_alive;
 
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element, Mark};
+use crate::stream::{Batch, Element, Mark, VecPool};
 
 /// How long one futex wait lasts before the waiter checks that its peer is alive.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
@@ -869,17 +873,28 @@ impl StoppedWatch {
     }
 }
 
-/// The feeder's credit, and the consumption it has not yet applied to its held frames.
+/// The feeder's credit, and what the reader said about its last step.
 struct FeederCredit {
     /// Elements the feeder may deliver.
     credit: usize,
-    /// Elements the reader consumed (credited back) since the feeder last looked.
-    consumed: usize,
     /// What the reader last said it holds unconsumed after a step that saw everything it had
     /// received ([`Mailbox::reader_waits`]); cleared by credit (it consumed something since).
     waits_with: Option<usize>,
-    /// Elements read from the ring and not delivered yet.
+    /// Elements read from the ring and not delivered yet (as the feeder last said).
     pending: usize,
+}
+
+/// What the feeder sees of its reader's state when it finds nothing to read (one lock).
+struct ReaderState {
+    /// The reader could take more elements now.
+    has_credit: bool,
+    /// Every element delivered has been consumed (the feeder has its whole credit back).
+    all_consumed: bool,
+    /// The reader waits for more: its last step saw every element delivered to it (none was
+    /// delivered since, no credit came back since) and left them unconsumed. Only then may
+    /// the feeder release ring space early (see [`held`]): a reader that is merely slow says
+    /// nothing of the kind.
+    starved: bool,
 }
 
 /// Where the reader's input returns credit: the feeder's counter, and a wake-up.
@@ -888,13 +903,23 @@ struct FeederCredit {
 /// together under one lock: the feeder marks itself blocked only while its credit is zero, and a
 /// credit post clears the mark in the same critical section. So a blocked feeder has no credit,
 /// and only a handler still running (an envelope in flight) can give it some: the run is never
-/// judged stalled between "credit returned" and "feeder noticed".
+/// judged stalled between "credit returned" and "feeder noticed". The feeder takes that lock
+/// once per batch it delivers (and once when it finds nothing to read); what it checks while
+/// it spins or works (consumption to apply, a reader that says it waits) are atomics.
 ///
 /// Credit also says what the reader consumed, which lets the feeder release ring space
 /// ([`held`]): a post wakes the feeder wherever it sleeps (parked for credit, or on the ring's
 /// data futex, through a nudge).
 struct FeederMailbox {
     credit: Mutex<FeederCredit>,
+    /// Elements the reader consumed (credited back) since the feeder last looked.
+    consumed: AtomicUsize,
+    /// The credit as last changed (under the lock): how much the feeder gathers into one
+    /// batch. A hint: the lock's value is the one spent.
+    credit_hint: AtomicUsize,
+    /// Counts [`Mailbox::reader_waits`] calls: a feeder watching for a starved reader wakes
+    /// when it moves.
+    waits: AtomicU64,
     /// The input's capacity: the feeder's credit when nothing is delivered and not credited.
     capacity: usize,
     /// The link's counters: the reader's end counts what is in flight in its process (read
@@ -912,10 +937,14 @@ impl FeederMailbox {
         self.credit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes up to `want` elements of credit; with none, marks the feeder blocked and returns 0.
-    fn take(&self, want: usize) -> usize {
+    /// Takes up to `want` elements of credit, `unposted` elements being read from the ring and
+    /// not delivered (`want` of them included); with none, marks the feeder blocked and
+    /// returns 0.
+    fn take(&self, want: usize, unposted: usize) -> usize {
         let mut c = self.lock();
+        c.pending = unposted;
         if c.credit == 0 {
+            self.note_in_flight(&c);
             self.run.set_blocked(&self.state, true);
             return 0;
         }
@@ -923,15 +952,9 @@ impl FeederMailbox {
         let n = c.credit.min(want);
         c.credit -= n;
         c.pending = c.pending.saturating_sub(n);
+        self.credit_hint.store(c.credit, Ordering::Relaxed);
         self.note_in_flight(&c);
         n
-    }
-
-    /// `n` elements were read from the ring, to be delivered.
-    fn read(&self, n: usize) {
-        let mut c = self.lock();
-        c.pending += n;
-        self.note_in_flight(&c);
     }
 
     /// Sets the link's in-flight gauge (and its most): read from the ring and not consumed.
@@ -942,31 +965,32 @@ impl FeederMailbox {
 
     /// The elements consumed since the last call.
     fn take_consumed(&self) -> usize {
-        std::mem::take(&mut self.lock().consumed)
+        self.consumed.swap(0, Ordering::Acquire)
     }
 
     /// Some consumption not taken yet.
     fn has_consumed(&self) -> bool {
-        self.lock().consumed > 0
+        self.consumed.load(Ordering::Relaxed) > 0
     }
 
-    /// The reader could take more elements now.
-    fn has_credit(&self) -> bool {
-        self.lock().credit > 0
+    /// About how many elements the reader could take now (see `credit_hint`).
+    fn credit_hint(&self) -> usize {
+        self.credit_hint.load(Ordering::Relaxed)
     }
 
-    /// The reader waits for more: its last step saw every element delivered to it (none was
-    /// delivered since, no credit came back since) and left them unconsumed. Only then may
-    /// the feeder release ring space early (see [`held`]): a reader that is merely slow says
-    /// nothing of the kind.
-    fn reader_starved(&self) -> bool {
+    /// How many times the reader said it waits (see `waits`).
+    fn waits_seen(&self) -> u64 {
+        self.waits.load(Ordering::Acquire)
+    }
+
+    /// The reader's state, as [`ReaderState`] says, in one critical section.
+    fn reader_state(&self) -> ReaderState {
         let c = self.lock();
-        c.waits_with == Some(self.capacity.saturating_sub(c.credit))
-    }
-
-    /// Every element delivered has been consumed (the feeder has its whole credit back).
-    fn all_consumed(&self) -> bool {
-        self.lock().credit >= self.capacity
+        ReaderState {
+            has_credit: c.credit > 0,
+            all_consumed: c.credit >= self.capacity,
+            starved: c.waits_with == Some(self.capacity.saturating_sub(c.credit)),
+        }
     }
 }
 
@@ -975,11 +999,12 @@ impl Mailbox for FeederMailbox {
         if let Envelope::Credit { n, .. } = env {
             let mut c = self.lock();
             c.credit += n;
-            c.consumed += n;
             c.waits_with = None;
+            self.credit_hint.store(c.credit, Ordering::Relaxed);
             self.note_in_flight(&c);
             self.run.set_blocked(&self.state, false);
             drop(c);
+            self.consumed.fetch_add(n, Ordering::Release);
             self.thread.unpark();
             self.nudger.nudge();
         }
@@ -987,6 +1012,7 @@ impl Mailbox for FeederMailbox {
 
     fn reader_waits(&self, unconsumed: usize) {
         self.lock().waits_with = Some(unconsumed);
+        self.waits.fetch_add(1, Ordering::Release);
         self.thread.unpark();
         self.nudger.nudge();
     }
@@ -1035,10 +1061,12 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
     let mailbox = Arc::new(FeederMailbox {
         credit: Mutex::new(FeederCredit {
             credit: capacity,
-            consumed: 0,
             waits_with: None,
             pending: 0,
         }),
+        consumed: AtomicUsize::new(0),
+        credit_hint: AtomicUsize::new(capacity),
+        waits: AtomicU64::new(0),
         capacity,
         counters,
         thread: handle.thread().clone(),
@@ -1087,9 +1115,36 @@ enum Pending<T> {
     Mark(Mark),
 }
 
+/// The pool a feeder's batch vectors come from and go back to when the reading agent is done
+/// with them: about twice the connection's capacity of elements (what the feeder may have
+/// delivered and not seen consumed, plus what it gathers), at least a default pool's bytes
+/// and at most 64 MiB.
+fn feeder_pool<T>(capacity: usize) -> VecPool<T> {
+    let bytes = capacity
+        .saturating_mul(std::mem::size_of::<T>())
+        .saturating_mul(2)
+        .clamp(VecPool::<T>::MAX_BYTES, 64 << 20);
+    VecPool::with_limits(VecPool::<T>::MAX_VECS, bytes)
+}
+
+/// Moves the elements gathered in `staged` (if any) to the end of `pending`, as one batch of a
+/// vector from `pool`, and starts gathering into another one from it.
+fn seal<T>(staged: &mut Vec<T>, pending: &mut VecDeque<Pending<T>>, pool: &Arc<VecPool<T>>) {
+    if !staged.is_empty() {
+        let items = std::mem::replace(staged, pool.take());
+        pending.push_back(Pending::Data(Batch::pooled(items, pool)));
+    }
+}
+
 /// The feeder's loop: frames in, batches and marks out within credit (marks in order with the
 /// batches), end of stream last. Ring space is
 /// released only past frames whose elements the reader consumed (see [`held`]).
+///
+/// Consecutive frames of whole elements that are readable at once are gathered into one batch,
+/// up to the reader's credit: one delivery (one wake-up of the reader, one credit return) for
+/// what the writer published while the reader was busy, never a wait for more. Plain data is
+/// copied once, from the ring straight into the batch's vector, which comes from the feeder's
+/// pool and goes back to it when the reading agent drops the batch.
 fn feed<T: Element>(
     consumer: &mut Consumer<Arc<Segment>>,
     spec: &FeederSpec,
@@ -1099,6 +1154,11 @@ fn feed<T: Element>(
     // Copies every frame into private memory before decoding it, reassembles large elements.
     let mut reader = Reader::<T>::new();
     let mut pending: VecDeque<Pending<T>> = VecDeque::new();
+    let pool = Arc::new(feeder_pool::<T>(spec.capacity));
+    // Whole elements of the frames read since `pending` was last empty and not yet in it.
+    let mut staged: Vec<T> = pool.take();
+    // Elements read and not delivered: in `pending` and `staged`.
+    let mut unposted = 0usize;
     let mut peer = PeerWatch::new("writing", &spec.peer, &spec.label);
     // A failed writer's mark, named (the ring knows only its pid).
     let writer = peer.peer.clone();
@@ -1114,7 +1174,9 @@ fn feed<T: Element>(
         if spec.run.is_over() {
             return Ok(());
         }
-        apply_consumed(consumer, mailbox, held)?;
+        if mailbox.has_consumed() {
+            apply_consumed(consumer, mailbox, held)?;
+        }
         if let Some(Pending::Mark(mark)) = pending.front() {
             // A mark takes no credit: it goes as soon as the data before it went.
             spec.target.post(Envelope::Mark {
@@ -1128,7 +1190,7 @@ fn feed<T: Element>(
             continue;
         }
         if let Some(Pending::Data(front)) = pending.front_mut() {
-            let n = mailbox.take(front.len());
+            let n = mailbox.take(front.len(), unposted);
             if n == 0 {
                 // A failed writer ends the stream with an error even while the reader is full.
                 consumer.writer_failed().map_err(failed)?;
@@ -1139,6 +1201,7 @@ fn feed<T: Element>(
             if front.is_empty() {
                 pending.pop_front();
             }
+            unposted -= n;
             if spec.count_traffic {
                 add(&spec.counters.elements, n as u64);
                 add(&spec.counters.batches, 1);
@@ -1149,7 +1212,12 @@ fn feed<T: Element>(
             });
             continue;
         }
-        let frame = consumer.try_read(|payload| reader.read(payload));
+        // Nothing waits to be delivered: gather what is readable, up to the reader's credit.
+        if !staged.is_empty() && staged.len() >= mailbox.credit_hint().max(1) {
+            seal(&mut staged, &mut pending, &pool);
+            continue;
+        }
+        let frame = consumer.try_read(|payload| reader.read_into(payload, &mut staged));
         if reader.take_abandoned() {
             // The writer died between the parts of a large element; the restarted one sends
             // it again: the parts read so far hold no element any more.
@@ -1158,26 +1226,37 @@ fn feed<T: Element>(
             }
         }
         match frame {
+            Ok(Some(Ok(Decoded::Appended(n)))) => {
+                if let Some(pos) = held.read(consumer.position(), n) {
+                    release(consumer, held, Some(pos))?;
+                }
+                unposted += n;
+            }
             Ok(Some(Ok(Decoded::Batch(items)))) => {
+                // Not from `read_into`; handled all the same.
+                seal(&mut staged, &mut pending, &pool);
                 if let Some(pos) = held.read(consumer.position(), items.len()) {
                     release(consumer, held, Some(pos))?;
                 }
                 if !items.is_empty() {
-                    mailbox.read(items.len());
+                    unposted += items.len();
                     pending.push_back(Pending::Data(Batch::new(items)));
                 }
             }
             Ok(Some(Ok(Decoded::Mark(mark)))) => {
+                seal(&mut staged, &mut pending, &pool);
                 held.read_mark(consumer.position());
                 pending.push_back(Pending::Mark(mark));
             }
             Ok(Some(Ok(Decoded::Part { first, element }))) => {
+                // What came before goes now, not after the rest of the element.
+                seal(&mut staged, &mut pending, &pool);
                 let last = element.is_some();
                 if let Some(pos) = held.read_part(consumer.position(), first, last) {
                     release(consumer, held, Some(pos))?;
                 }
                 if let Some(items) = element {
-                    mailbox.read(items.len());
+                    unposted += items.len();
                     pending.push_back(Pending::Data(Batch::new(items)));
                 }
             }
@@ -1193,6 +1272,10 @@ fn feed<T: Element>(
                 }
             }
             Ok(Some(Err(e))) => return Err(format!("corrupt data from the writing process: {e}")),
+            Ok(None) if !staged.is_empty() => {
+                // Nothing more readable now: what was gathered goes.
+                seal(&mut staged, &mut pending, &pool);
+            }
             Ok(None) => {
                 if consumer.is_closed().map_err(failed)? {
                     spec.target.post(Envelope::Eos { input: spec.input });
@@ -1210,9 +1293,11 @@ fn feed<T: Element>(
                 let read = consumer.position();
                 let need = held::room_needed(cap, read % cap);
                 let free = cap - (read - consumer.released());
-                let starved =
-                    (held.is_open() && mailbox.all_consumed()) || mailbox.reader_starved();
-                let watch = !held.is_empty() && free < need && starved && mailbox.has_credit();
+                // Read before the state: a reader that says it waits after this wakes us.
+                let waits_seen = mailbox.waits_seen();
+                let reader_state = mailbox.reader_state();
+                let starved = (held.is_open() && reader_state.all_consumed) || reader_state.starved;
+                let watch = !held.is_empty() && free < need && starved && reader_state.has_credit;
                 if watch && consumer.producer_waits_for_space() {
                     // As little as needed: the oldest frame, then a wait slice for the writer
                     // to write into what it gave (it writes what fits) or to wait again.
@@ -1228,7 +1313,9 @@ fn feed<T: Element>(
                 }
                 let wait = consumer
                     .wait_for_data_or(WAIT_SLICE, watch, || {
-                        mailbox.has_consumed() || (!starved && mailbox.reader_starved())
+                        // Consumption to apply; or, unless it already waits, a reader that
+                        // says it waits (the loop looks at its state again).
+                        mailbox.has_consumed() || (!starved && mailbox.waits_seen() != waits_seen)
                     })
                     .map_err(|e| e.to_string())?;
                 if wait == Wait::TimedOut {
@@ -1300,6 +1387,8 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         items: Vec<u64>,
+        /// The length of each batch delivered.
+        batches: Vec<usize>,
         eos: bool,
         credits: usize,
     }
@@ -1315,9 +1404,11 @@ mod tests {
         fn post(&self, env: Envelope) {
             let mut seen = self.seen.lock().unwrap();
             match env {
-                Envelope::Data { batch, .. } => seen
-                    .items
-                    .extend_from_slice(batch.downcast::<Batch<u64>>().unwrap().as_slice()),
+                Envelope::Data { batch, .. } => {
+                    let batch = batch.downcast::<Batch<u64>>().unwrap();
+                    seen.batches.push(batch.len());
+                    seen.items.extend_from_slice(batch.as_slice());
+                }
                 Envelope::Eos { .. } => seen.eos = true,
                 Envelope::Credit { .. } => seen.credits += 1,
                 _ => {}
@@ -1415,6 +1506,41 @@ mod tests {
             stopped: |_| false,
             spin: None,
         }
+    }
+
+    #[test]
+    fn frames_readable_at_once_go_as_one_batch_within_credit() {
+        // Five frames of 10 elements wait in the ring before the feeder starts; the reader has
+        // credit for 25. The feeder gathers frames while they are readable and the gathered
+        // elements are fewer than the credit: 30 from three frames, delivered as one batch of
+        // 25 (the credit), the 5 left over waiting for credit. Once the 25 are consumed, those
+        // 5 go, then the two other frames as one batch.
+        let (name, _guard, _view) = test_ring("feeder-gathers", 8 << 10);
+        let run = test_run();
+        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
+        for f in 0..5u64 {
+            let items: Vec<u64> = (f * 10..f * 10 + 10).collect();
+            assert_eq!(tx.write(&items).unwrap(), 10);
+        }
+        tx.close();
+        let reader = Arc::new(Inbox::default());
+        let credit = spawn_feeder::<u64>(feeder(&name, 25, &reader, &run)).unwrap();
+        reader.wait("the credit's worth delivered", |s| s.items.len() == 25);
+        std::thread::sleep(Duration::from_millis(20)); // nothing more comes without credit
+        assert_eq!(reader.seen.lock().unwrap().batches, [25]);
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 25,
+        });
+        reader.wait("the end of the stream", |s| s.eos);
+        let seen = reader.seen.lock().unwrap();
+        assert_eq!(seen.items, (0..50).collect::<Vec<_>>());
+        assert_eq!(seen.batches, [25, 5, 20]);
+        drop(seen);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
     }
 
     #[test]
