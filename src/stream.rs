@@ -230,13 +230,54 @@ impl<T> Clone for Batch<T> {
     }
 }
 
+/// The process's bound on spare buffers: empty vectors kept for reuse (a writer's
+/// [`VecPool`], an input's vector for gathering batches), not data.
+///
+/// Each keeper asks [`keep`] before it keeps a vector and [`release`]s the bytes when the
+/// vector leaves (reused, freed, or its keeper dropped). In all they keep at most
+/// [`MAX_BYTES`]: a few busy agents reuse their buffers as before, while the spare buffers of
+/// a process of 100,000 agents, each of which has seen a stream go by, stay a few MiB in all
+/// rather than hundreds of KiB per agent. A vector that finds no room is freed: its owner
+/// allocates when it next needs one (once per batch, never per element).
+pub(crate) mod spare {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// Most bytes of spare buffers kept in the process, every keeper together.
+    pub const MAX_BYTES: usize = 16 << 20;
+
+    static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts `bytes` more kept, if they fit under [`MAX_BYTES`]; false (nothing counted)
+    /// if they do not.
+    pub fn keep(bytes: usize) -> bool {
+        KEPT.fetch_update(Relaxed, Relaxed, |k| {
+            k.checked_add(bytes).filter(|&t| t <= MAX_BYTES)
+        })
+        .is_ok()
+    }
+
+    /// Counts `bytes` (kept with [`keep`]) no longer kept.
+    pub fn release(bytes: usize) {
+        if bytes > 0 {
+            let before = KEPT.fetch_sub(bytes, Relaxed);
+            debug_assert!(before >= bytes, "released more spare bytes than kept");
+        }
+    }
+
+    /// Bytes kept now, every keeper together.
+    #[cfg(test)]
+    pub fn kept() -> usize {
+        KEPT.load(Relaxed)
+    }
+}
+
 /// A writer's bounded free list of batch vectors (see [`Batch::pooled`]).
 ///
 /// It keeps at most [`VecPool::MAX_VECS`] vectors of at most [`VecPool::MAX_BYTES`] bytes of
-/// capacity in all; a vector that does not fit is freed. Eight default batches of `u64` (32
-/// KiB each) fit: as many as a default connection has in flight. The bound is per writer, so
-/// it is kept small: a process of 10,000 agents keeps at most 2.5 GiB here, not ten. What it keeps is what the writer allocated anyway:
-/// vectors come back only from batches it sent.
+/// capacity in all, and only while the process's bound on spare buffers ([`spare`]) has
+/// room; a vector that does not fit is freed. Eight default batches of `u64` (32 KiB each)
+/// fit: as many as a default connection has in flight. What it keeps is what the writer
+/// allocated anyway: vectors come back only from batches it sent.
 pub(crate) struct VecPool<T> {
     free: std::sync::Mutex<Free<T>>,
 }
@@ -245,6 +286,12 @@ pub(crate) struct VecPool<T> {
 struct Free<T> {
     vecs: Vec<Vec<T>>,
     bytes: usize,
+}
+
+impl<T> Drop for VecPool<T> {
+    fn drop(&mut self) {
+        spare::release(self.lock().bytes);
+    }
 }
 
 impl<T> VecPool<T> {
@@ -256,7 +303,7 @@ impl<T> VecPool<T> {
     pub fn new() -> Self {
         VecPool {
             free: std::sync::Mutex::new(Free {
-                vecs: Vec::with_capacity(Self::MAX_VECS),
+                vecs: Vec::new(),
                 bytes: 0,
             }),
         }
@@ -268,7 +315,9 @@ impl<T> VecPool<T> {
         let mut free = self.lock();
         match free.vecs.pop() {
             Some(v) => {
-                free.bytes -= Self::bytes(&v);
+                let bytes = Self::bytes(&v);
+                free.bytes -= bytes;
+                spare::release(bytes);
                 v
             }
             None => Vec::new(),
@@ -283,7 +332,10 @@ impl<T> VecPool<T> {
         }
         items.clear();
         let mut free = self.lock();
-        if free.vecs.len() < Self::MAX_VECS && free.bytes + bytes <= Self::MAX_BYTES {
+        if free.vecs.len() < Self::MAX_VECS
+            && free.bytes + bytes <= Self::MAX_BYTES
+            && spare::keep(bytes)
+        {
             free.bytes += bytes;
             free.vecs.push(items);
         }
