@@ -210,6 +210,9 @@ pub struct Graph {
     pub(crate) serve_metrics: Option<(String, crate::observe::ServeOptions)>,
     /// Worker threads of a threaded run ([`Graph::worker_threads`]); `None`: one per core.
     pub(crate) workers: Option<usize>,
+    /// Each agent's index by name (the first, if a name is used twice): a name is looked up
+    /// in constant time, so adding n agents takes linear time, not quadratic.
+    by_name: HashMap<String, usize>,
 }
 
 impl Graph {
@@ -224,6 +227,7 @@ impl Graph {
             default_capacity: DEFAULT_CAPACITY,
             default_capacity_bytes: DEFAULT_CAPACITY_BYTES,
             workers: None,
+            by_name: HashMap::new(),
             externals: HashMap::new(),
             network: None,
             hosts: vec![HostPlan {
@@ -346,9 +350,11 @@ impl Graph {
         );
         if name.is_empty() {
             self.problems.push("an agent has an empty name".into());
-        } else if self.agents.iter().any(|a| a.name == name) {
+        } else if self.by_name.contains_key(name) {
             self.problems
                 .push(format!("agent name '{name}' is used twice"));
+        } else {
+            self.by_name.insert(name.to_string(), self.agents.len());
         }
         for (kind, decls) in [("input", &ports.inputs), ("output", &ports.outputs)] {
             let mut seen = HashSet::new();
@@ -430,7 +436,7 @@ impl Graph {
     /// assert_eq!(out.len(), 10);
     /// ```
     pub fn place_on_thread(&mut self, agent: &str, thread: &str) -> &mut Self {
-        match self.agents.iter_mut().find(|a| a.name == agent) {
+        match self.by_name.get(agent).map(|&i| &mut self.agents[i]) {
             Some(a) => a.thread = Some(thread.to_string()),
             None => self
                 .problems
@@ -550,7 +556,7 @@ impl Graph {
             ));
             return self;
         }
-        match self.agents.iter_mut().find(|a| a.name == agent) {
+        match self.by_name.get(agent).map(|&i| &mut self.agents[i]) {
             Some(a) => a.process = Some(process.to_string()),
             None => self
                 .problems

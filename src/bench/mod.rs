@@ -413,6 +413,9 @@ pub struct ScalePoint {
     pub idle_kib_per_unit: f64,
     /// Its peak resident memory over what it was before the graph was built, per unit (KiB).
     pub peak_kib_per_unit: f64,
+    /// The fewest batches any stream of the starter carried (with the chain: what the least
+    /// busy agent sent on).
+    pub min_batches: u64,
     /// CPU seconds, every process.
     pub cpu_s: f64,
     /// What failed, if anything did.

@@ -197,7 +197,7 @@ fn kib(x: f64) -> String {
 fn point_row(p: &ScalePoint) -> Vec<String> {
     if let Some(e) = &p.error {
         let mut row = vec![p.shape.clone(), p.n.to_string()];
-        row.extend(std::iter::repeat_n("-".to_string(), 12));
+        row.extend(std::iter::repeat_n("-".to_string(), 13));
         row.push(if e.starts_with("skipped") {
             "skipped".into()
         } else {
@@ -220,6 +220,7 @@ fn point_row(p: &ScalePoint) -> Vec<String> {
         kib(p.peak_kib_per_unit),
         format!("{:.2}", p.cpu_s),
         si(p.delivered as f64),
+        p.min_batches.to_string(),
         "all".into(),
     ]
 }
@@ -244,6 +245,7 @@ pub fn render_scaling(report: &Report) -> String {
         "peak/unit",
         "CPU s",
         "elements",
+        "batches",
         "delivered",
     ];
     let rows: Vec<Vec<String>> = report.scaling.iter().map(point_row).collect();
@@ -255,7 +257,8 @@ pub fn render_scaling(report: &Report) -> String {
          between the two points (1 linear, 2 quadratic); start/unit: start s / n; threads and \
          max RSS: the starter's;\n\
          idle/unit: the starter's resident memory once started, before the first element, over \
-         its own before building, / n; peak/unit: its peak over the same, / n.\n",
+         its own before building, / n; peak/unit: its peak over the same, / n; batches: the \
+         fewest batches a stream of the starter carried.\n",
     );
     for p in &report.scaling {
         if let Some(e) = &p.error {

@@ -8,13 +8,14 @@
 //!
 //! Each point is a fresh process: the time from building the graph to the end of the run,
 //! the time until [`Graph::start`](crate::Graph::start) returned (and per unit), the
-//! starter's threads once started and its peak memory. Memory per unit is the starter's
-//! resident memory growth over its own before the graph was built, divided by `n`: once
-//! started, before the first element (the source waits until then: what idle agents
-//! cost), and at its peak during the run. Between successive points the report gives the
-//! time ratio and the exponent `k` of time ∝ nᵏ (1: linear, 2: quadratic). A point that fails (a thread
-//! that cannot be made, a run killed after `--timeout`) is reported with its error, and the
-//! larger points of its shape are skipped.
+//! starter's threads once started, its peak memory, and the fewest batches any stream of
+//! the starter carried (with the chain: what the least busy agent sent on). Memory per unit
+//! is the starter's resident memory growth over its own before the graph was built, divided
+//! by `n`: once started, before the first element (the source waits until then: what idle
+//! agents cost), and at its peak during the run. Between successive points the report gives
+//! the time ratio and the exponent `k` of time ∝ nᵏ (1: linear, 2: quadratic). A point that
+//! fails (a thread that cannot be made, a run killed after `--timeout`) is reported with its
+//! error, and the larger points of its shape are skipped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -163,7 +164,10 @@ pub(crate) fn run(shape: Shape, n: usize) -> Result<(), Error> {
     let threads = threads_now();
     let rss_started = rss_kib();
     go.store(true, Ordering::Release);
-    running.join()?;
+    let metrics = running.join()?;
+    // The fewest batches a stream of this process carried: with the chain, what the least
+    // busy agent sent on.
+    let min_batches = metrics.streams.iter().map(|s| s.batches).min().unwrap_or(0);
     let total = t0.elapsed();
     if role.is_none() {
         emit(json!({
@@ -176,6 +180,7 @@ pub(crate) fn run(shape: Shape, n: usize) -> Result<(), Error> {
             "max_rss_kib": max_rss_kib(),
             "rss_before_kib": rss_before,
             "rss_started_kib": rss_started,
+            "min_batches": min_batches,
         }));
     }
     if role == sinks_in {
@@ -217,6 +222,7 @@ pub(crate) fn point(
     p.cpu_s = cpu_s;
     p.per_unit_us = p.total_s / n as f64 * 1e6;
     p.start_per_unit_us = p.start_s / n as f64 * 1e6;
+    p.min_batches = u("min_batches");
     let before = u("rss_before_kib");
     p.idle_kib_per_unit = u("rss_started_kib").saturating_sub(before) as f64 / n as f64;
     p.peak_kib_per_unit = p.max_rss_kib.saturating_sub(before) as f64 / n as f64;
