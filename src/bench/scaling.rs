@@ -2,7 +2,7 @@
 //!
 //! | shape | graph | elements |
 //! |---|---|---|
-//! | `chain` (n = `--agents`) | source → n maps → sink, one process | [`CHAIN_ELEMENTS`] `u64` |
+//! | `chain` (n = `--agents`) | source → n maps → sink, one process, links of [`CHAIN_CAPACITY`] | [`CHAIN_ELEMENTS`] `u64` |
 //! | `fan-out` (n = `--readers`) | one source read by n sinks | [`FAN_OUT_ELEMENTS`] `u64` to each |
 //! | `processes` (n = `--processes`) | source (main) → a map in each of processes `p1` … `p{n-1}`, the sink in the last; all in one process for n = 1 | [`PROCESS_ELEMENTS`] `u64` |
 //!
@@ -31,6 +31,8 @@ use crate::ops::source::SourceOptions;
 
 /// Elements through the chain.
 pub const CHAIN_ELEMENTS: u64 = 100_000;
+/// Each link's capacity in the chain, and so its largest batch.
+pub const CHAIN_CAPACITY: usize = 1024;
 /// Elements to each reader of the fan-out.
 pub const FAN_OUT_ELEMENTS: u64 = 100_000;
 /// Elements through the chain of processes.
@@ -128,6 +130,9 @@ pub(crate) fn run(shape: Shape, n: usize) -> Result<(), Error> {
     };
     let (sent, expected, sinks_in) = match shape {
         Shape::Chain => {
+            // Batches merge while a stage is behind, up to a link's capacity: with 1024 every
+            // agent handles at least CHAIN_ELEMENTS / 1024 batches, not a few large ones.
+            g.set_default_capacity(CHAIN_CAPACITY);
             let mut s = g.source_with("source", gated(CHAIN_ELEMENTS, &go), options);
             for i in 0..n {
                 s = g.map(&format!("map{i}"), &s, |v: &u64| v.wrapping_add(1));
