@@ -384,6 +384,8 @@ impl<T: Element> InSlot for InBuf<T> {
                         v.extend_from_slice(b.as_slice());
                         v
                     }
+                    // An empty view without a vector (let go of after a step): the spare.
+                    View::Owned(v, _) if v.capacity() == 0 => self.take_spare(),
                     View::Owned(mut v, off) => {
                         v.drain(..off);
                         v
@@ -797,6 +799,39 @@ mod tests {
         assert_eq!(out.pending.capacity(), 0);
         drop(second);
         assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+    }
+
+    #[test]
+    fn a_consumed_input_lets_go_of_its_batch_and_keeps_a_gathered_vector_as_its_spare() {
+        let pool = Arc::new(VecPool::<u64>::new());
+        let mut buf = InBuf::<u64>::new();
+        // One batch: the view is the batch itself; once consumed, the input lets go of it
+        // after the step, and its vector is back in the writer's pool.
+        buf.push(Box::new(Batch::pooled((0..4096).collect(), &pool)))
+            .unwrap();
+        step(&mut buf);
+        assert_eq!(pool.len(), 1, "the batch went back to its writer");
+        // Two batches: gathered into a vector of the input's own; once consumed, the vector
+        // is kept as the spare (the bound on spare buffers has room for it), not as a view.
+        buf.push(batch(&[1, 2])).unwrap();
+        buf.push(batch(&[3])).unwrap();
+        buf.prepare(false);
+        assert_eq!(buf.as_slice(), [1, 2, 3]);
+        buf.consume(3);
+        buf.take_consumed();
+        assert!(matches!(&buf.view, View::Owned(v, _) if v.capacity() == 0));
+        assert!(buf.spare.capacity() >= 3);
+        assert_eq!(buf.spare_bytes, buf.spare.capacity() * 8);
+        // The next gathering reuses it; a step that leaves elements keeps its view.
+        let spare = buf.spare.as_ptr();
+        buf.push(batch(&[4, 5])).unwrap();
+        buf.push(batch(&[6])).unwrap();
+        buf.prepare(false);
+        assert!(matches!(&buf.view, View::Owned(v, _) if v.as_ptr() == spare));
+        assert_eq!(buf.spare_bytes, 0);
+        buf.consume(1);
+        buf.take_consumed();
+        assert_eq!(buf.view_all(), [5, 6]);
     }
 
     #[test]

@@ -245,29 +245,52 @@ pub(crate) mod spare {
     /// Most bytes of spare buffers kept in the process, every keeper together.
     pub const MAX_BYTES: usize = 16 << 20;
 
-    static KEPT: AtomicUsize = AtomicUsize::new(0);
+    static PROCESS: Budget = Budget::new(MAX_BYTES);
 
-    /// Counts `bytes` more kept, if they fit under [`MAX_BYTES`]; false (nothing counted)
-    /// if they do not.
+    /// Counts `bytes` more kept in the process, if they fit under [`MAX_BYTES`]; false
+    /// (nothing counted) if they do not.
     pub fn keep(bytes: usize) -> bool {
-        KEPT.fetch_update(Relaxed, Relaxed, |k| {
-            k.checked_add(bytes).filter(|&t| t <= MAX_BYTES)
-        })
-        .is_ok()
+        PROCESS.keep(bytes)
     }
 
     /// Counts `bytes` (kept with [`keep`]) no longer kept.
     pub fn release(bytes: usize) {
-        if bytes > 0 {
-            let before = KEPT.fetch_sub(bytes, Relaxed);
-            debug_assert!(before >= bytes, "released more spare bytes than kept");
-        }
+        PROCESS.release(bytes)
     }
 
-    /// Bytes kept now, every keeper together.
-    #[cfg(test)]
-    pub fn kept() -> usize {
-        KEPT.load(Relaxed)
+    /// Bytes counted as kept, up to a bound.
+    pub(super) struct Budget {
+        kept: AtomicUsize,
+        max: usize,
+    }
+
+    impl Budget {
+        pub(super) const fn new(max: usize) -> Self {
+            Budget {
+                kept: AtomicUsize::new(0),
+                max,
+            }
+        }
+
+        pub(super) fn keep(&self, bytes: usize) -> bool {
+            self.kept
+                .fetch_update(Relaxed, Relaxed, |k| {
+                    k.checked_add(bytes).filter(|&t| t <= self.max)
+                })
+                .is_ok()
+        }
+
+        pub(super) fn release(&self, bytes: usize) {
+            if bytes > 0 {
+                let before = self.kept.fetch_sub(bytes, Relaxed);
+                debug_assert!(before >= bytes, "released more spare bytes than kept");
+            }
+        }
+
+        #[cfg(test)]
+        pub(super) fn kept(&self) -> usize {
+            self.kept.load(Relaxed)
+        }
     }
 }
 
@@ -393,6 +416,19 @@ pub enum Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spare_budget_counts_what_is_kept_up_to_its_bound() {
+        let budget = spare::Budget::new(100);
+        assert!(budget.keep(60));
+        assert!(!budget.keep(41), "over the bound: not counted");
+        assert_eq!(budget.kept(), 60);
+        assert!(budget.keep(40));
+        budget.release(60);
+        assert_eq!(budget.kept(), 40);
+        assert!(budget.keep(60));
+        assert_eq!(budget.kept(), 100);
+    }
 
     #[test]
     fn a_pooled_vector_comes_back_when_its_last_reader_drops_it() {
