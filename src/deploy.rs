@@ -40,6 +40,7 @@
 //! backoff_ms = 100             # default 100: wait before the first restart, doubled each restart
 //! max_backoff_ms = 5000        # default 5000: the longest wait
 //! cpus = [2, 3]                # default: not pinned; CPU indices 0..=1023, non-empty, no duplicates, on this machine
+//! workers = 2                  # default: as in code (Graph::worker_threads), else one per core; 1..=1024
 //! env = { KEY = "value" }      # default empty: added to (and overriding) [env]; no IOTSTREAM_* names
 //!
 //! [[connections]]              # options of existing connections
@@ -103,7 +104,7 @@
 //!     wrong.unwrap_err().to_string(),
 //!     "deploy.toml:2:1: unknown field 'restrat' in process 'detector' (did you mean 'restart'?); \
 //!      the accepted fields are 'host', 'agents', 'restart', 'max_restarts', 'backoff_ms', \
-//!      'max_backoff_ms', 'cpus' and 'env'"
+//!      'max_backoff_ms', 'cpus', 'workers' and 'env'"
 //! );
 //! ```
 //!
@@ -140,6 +141,9 @@ pub struct Plan {
     pub hosts: Vec<HostPlan>,
     /// The host of every process.
     pub process_host: BTreeMap<String, String>,
+    /// The worker threads of each process whose section sets `workers` (see
+    /// [`Graph::worker_threads`](crate::Graph::worker_threads)); the others keep the code's.
+    pub process_workers: BTreeMap<String, usize>,
 }
 
 /// One host of a [`Plan`]: where the links into its processes listen.
@@ -171,6 +175,8 @@ const MAX_BACKOFF_MS: u64 = 5_000;
 const LOCAL_ADDRESS: &str = "127.0.0.1";
 /// The highest CPU index `cpus` accepts.
 const MAX_CPU: u64 = 1023;
+/// The most worker threads `workers` accepts.
+pub const MAX_WORKERS: usize = 1024;
 /// Environment variables whose names start with this are iotstream's own (roles, the
 /// deployment, the control channel): a deployment file may not set them.
 pub(crate) const RESERVED_ENV_PREFIX: &str = "IOTSTREAM_";
@@ -209,6 +215,7 @@ const PROCESS_FIELDS: &[&str] = &[
     "backoff_ms",
     "max_backoff_ms",
     "cpus",
+    "workers",
     "env",
 ];
 const CONNECTION_FIELDS: &[&str] = &["stream", "to", "capacity", "capacity_bytes", "policy"];
@@ -372,6 +379,8 @@ pub struct ProcessSettings {
     pub env: BTreeMap<String, String>,
     /// The CPUs it is pinned to (`None`: not pinned).
     pub cpus: Option<Vec<usize>>,
+    /// Its worker threads (`None`: as in code, else one per core).
+    pub workers: Option<usize>,
 }
 
 /// Why a deployment file was rejected: every problem found, sorted by position.
@@ -492,6 +501,7 @@ struct ProcessEntry {
     restart: Restart,
     /// Each CPU with its place in the file.
     cpus: Option<Vec<(usize, Pos)>>,
+    workers: Option<usize>,
     env: BTreeMap<String, String>,
 }
 
@@ -756,6 +766,11 @@ impl Deployment {
                 })
                 .collect(),
             process_host,
+            process_workers: self
+                .processes
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.workers?)))
+                .collect(),
         })
     }
 
@@ -866,6 +881,7 @@ impl Deployment {
                         .cpus
                         .as_ref()
                         .map(|c| c.iter().map(|&(cpu, _)| cpu).collect()),
+                    workers: p.workers,
                 }
             }
             None => ProcessSettings {
@@ -1708,6 +1724,7 @@ impl<'a> Reader<'a> {
                 agents: Vec::new(),
                 restart: Restart::Never,
                 cpus: None,
+                workers: None,
                 env: BTreeMap::new(),
             };
             let Some(t) = self.table(value, &format!("process '{}'", p.name)) else {
@@ -1741,6 +1758,11 @@ impl<'a> Reader<'a> {
                         max_backoff = Some((key.span(), self.int(value, &what, 0, TOML_MAX)));
                     }
                     "cpus" => p.cpus = self.cpus(value, &what, &p.name),
+                    "workers" => {
+                        p.workers = self
+                            .int(value, &what, 1, MAX_WORKERS as u64)
+                            .map(|n| n as usize);
+                    }
                     _ => {
                         p.env = self.env(
                             value,
@@ -1995,6 +2017,53 @@ mod tests {
     }
 
     #[test]
+    fn workers_are_set_per_process_and_applied_there() {
+        let d = Deployment::parse(
+            "deploy.toml",
+            "[processes.main]\nworkers = 1\n[processes.logger]\nworkers = 1024\n",
+        )
+        .unwrap();
+        assert_eq!(d.process("main").workers, Some(1));
+        assert_eq!(d.process("logger").workers, Some(1024));
+        assert_eq!(d.process("other").workers, None);
+        let plan = d.plan(&app()).unwrap();
+        assert_eq!(
+            plan.process_workers,
+            BTreeMap::from([("logger".to_string(), 1024), ("main".to_string(), 1)])
+        );
+        let mut g = app_graph();
+        g.worker_threads(3);
+        g.apply_plan(&plan);
+        assert_eq!(g.workers_in("main"), Some(1));
+        assert_eq!(g.workers_in("logger"), Some(1024));
+        // A process the file gives no `workers` keeps the code's.
+        let plan = Deployment::parse("deploy.toml", "[processes.logger]\nworkers = 2\n")
+            .unwrap()
+            .plan(&app())
+            .unwrap();
+        let mut g = app_graph();
+        g.worker_threads(3);
+        g.apply_plan(&plan);
+        assert_eq!(g.workers_in("main"), Some(3));
+        assert_eq!(g.workers_in("logger"), Some(2));
+    }
+
+    #[test]
+    fn workers_out_of_range_or_not_an_integer_are_named_with_their_place() {
+        assert_eq!(
+            lines(
+                "[processes.main]\nworkers = 0\n[processes.logger]\nworkers = 1025\n\
+                 [processes.x]\nagents = [\"alarm\"]\nworkers = \"4\"\n"
+            ),
+            [
+                "deploy.toml:2:11: 'workers' in process 'main' must be at least 1, found 0",
+                "deploy.toml:4:11: 'workers' in process 'logger' must be at most 1024, found 1025",
+                "deploy.toml:7:11: 'workers' in process 'x' must be an integer, found string \"4\"",
+            ]
+        );
+    }
+
+    #[test]
     fn toml_syntax_error() {
         assert_eq!(
             error("[processes.detector\nhost = \"local\"\n"),
@@ -2039,7 +2108,7 @@ mod tests {
                  and 'connections'",
                 "deploy.toml:3:1: unknown field 'restrat' in process 'detector' (did you mean \
                  'restart'?); the accepted fields are 'host', 'agents', 'restart', \
-                 'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus' and 'env'",
+                 'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus', 'workers' and 'env'",
                 "deploy.toml:6:3: unknown field 'capacty' in connection 'sensor.out' (did you \
                  mean 'capacity'?); the accepted fields are 'stream', 'to', 'capacity', \
                  'capacity_bytes' and 'policy'",
@@ -2716,6 +2785,7 @@ max_restarts = 5
 backoff_ms = 50
 max_backoff_ms = 1000
 cpus = [1, 0]
+workers = 2
 env = { KEY = "value", SHARED = "mine" }
 
 [processes.logger]
@@ -2766,6 +2836,7 @@ insecure = true
                 },
                 env: env(&[("KEY", "value"), ("RUST_LOG", "info"), ("SHARED", "mine")]),
                 cpus: Some(vec![1, 0]),
+                workers: Some(2),
             }
         );
         assert_eq!(
@@ -2778,6 +2849,7 @@ insecure = true
                 },
                 env: env(&[("RUST_LOG", "info"), ("SHARED", "global")]),
                 cpus: None,
+                workers: None,
             }
         );
         assert_eq!(
@@ -2786,6 +2858,7 @@ insecure = true
                 restart: Restart::Never,
                 env: env(&[("RUST_LOG", "info"), ("SHARED", "global")]),
                 cpus: None,
+                workers: None,
             }
         );
         assert_eq!(d.process("not-in-the-file"), d.process("logger"));
@@ -2815,6 +2888,7 @@ insecure = true
                 process_host: [("main", "local"), ("detector", "local"), ("logger", "edge")]
                     .map(|(p, h)| (p.to_string(), h.to_string()))
                     .into(),
+                process_workers: [("detector".to_string(), 2)].into(),
             }
         );
     }

@@ -43,7 +43,7 @@
 //! [`Graph::run`], [`Graph::start`] or [`Harness::new`](crate::Harness::new) as
 //! [`Error::Graph`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,6 +233,12 @@ pub struct Graph {
     pub(crate) serve_metrics: Option<(String, crate::observe::ServeOptions)>,
     /// Worker threads of a threaded run ([`Graph::worker_threads`]); `None`: one per core.
     pub(crate) workers: Option<usize>,
+    /// Worker threads of the processes a deployment sets them for (`workers`), which win
+    /// over `workers` in those processes.
+    process_workers: BTreeMap<String, usize>,
+    /// Each agent's index by name (the first, if a name is used twice): a name is looked up
+    /// in constant time, so adding n agents takes linear time, not quadratic.
+    by_name: HashMap<String, usize>,
 }
 
 impl Graph {
@@ -247,6 +253,8 @@ impl Graph {
             default_capacity: DEFAULT_CAPACITY,
             default_capacity_bytes: DEFAULT_CAPACITY_BYTES,
             workers: None,
+            process_workers: BTreeMap::new(),
+            by_name: HashMap::new(),
             externals: HashMap::new(),
             network: None,
             hosts: vec![HostPlan {
@@ -369,9 +377,11 @@ impl Graph {
         );
         if name.is_empty() {
             self.problems.push("an agent has an empty name".into());
-        } else if self.agents.iter().any(|a| a.name == name) {
+        } else if self.by_name.contains_key(name) {
             self.problems
                 .push(format!("agent name '{name}' is used twice"));
+        } else {
+            self.by_name.insert(name.to_string(), self.agents.len());
         }
         for (kind, decls) in [("input", &ports.inputs), ("output", &ports.outputs)] {
             let mut seen = HashSet::new();
@@ -453,7 +463,7 @@ impl Graph {
     /// assert_eq!(out.len(), 10);
     /// ```
     pub fn place_on_thread(&mut self, agent: &str, thread: &str) -> &mut Self {
-        match self.agents.iter_mut().find(|a| a.name == agent) {
+        match self.by_name.get(agent).map(|&i| &mut self.agents[i]) {
             Some(a) => a.thread = Some(thread.to_string()),
             None => self
                 .problems
@@ -466,7 +476,8 @@ impl Graph {
     /// ([`Graph::place_on_thread`]) in a threaded run, per process: by default one per core
     /// (`std::thread::available_parallelism`). Agents are spread over the workers in the order
     /// they were added, each always on the same worker. A pool keeps the number of threads
-    /// (and their memory and file descriptors) fixed however many agents there are.
+    /// (and their memory and file descriptors) fixed however many agents there are. A
+    /// deployment file's `workers = N` in a process's section wins over this in that process.
     ///
     /// ```
     /// use iotstream::Graph;
@@ -573,7 +584,7 @@ impl Graph {
             ));
             return self;
         }
-        match self.agents.iter_mut().find(|a| a.name == agent) {
+        match self.by_name.get(agent).map(|&i| &mut self.agents[i]) {
             Some(a) => a.process = Some(process.to_string()),
             None => self
                 .problems
@@ -598,9 +609,9 @@ impl Graph {
             .unwrap_or(self.hosts[0].name.as_str())
     }
 
-    /// Applies a deployment's placement and connection options (see [`crate::deploy`]), as
-    /// every process started by the launcher does; the plan must have been made from this
-    /// graph's [`info`](Graph::info), so that its indices match.
+    /// Applies a deployment's placement, connection options and worker threads (see
+    /// [`crate::deploy`]), as every process started by the launcher does; the plan must have
+    /// been made from this graph's [`info`](Graph::info), so that its indices match.
     ///
     /// ```
     /// use iotstream::deploy::Deployment;
@@ -631,6 +642,13 @@ impl Graph {
             self.hosts = plan.hosts.clone();
         }
         self.process_hosts = plan.process_host.clone().into_iter().collect();
+        self.process_workers = plan.process_workers.clone();
+    }
+
+    /// The worker threads of `process` as set: by a deployment for that process, else by
+    /// [`Graph::worker_threads`]; `None`: one per core.
+    pub(crate) fn workers_in(&self, process: &str) -> Option<usize> {
+        self.process_workers.get(process).copied().or(self.workers)
     }
 
     /// The process whose agent reads standard input ([`Graph::source_stdin`]), if any: the

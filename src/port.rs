@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::metrics::{add, StreamCounters};
-use crate::stream::{Batch, Element, Mark, Policy, VecPool};
+use crate::stream::{spare, Batch, Element, Mark, Policy, VecPool};
 use crate::transport::tcp::{TcpSender, TcpWriterSpec};
 use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
 
@@ -118,7 +118,10 @@ pub(crate) struct InBuf<T> {
     unreturned: usize,
     /// Received and not yet credited back.
     outstanding: usize,
+    /// An empty vector kept for the next gathering (see `keep_spare`).
     spare: Vec<T>,
+    /// Its capacity in bytes, counted in the process's spare buffers.
+    spare_bytes: usize,
     route: Option<CreditRoute>,
     /// Elements the last step left unconsumed, having seen everything received (see
     /// [`InSlot::take_waiting`]); cleared when a batch arrives.
@@ -150,6 +153,7 @@ impl<T: Element> InBuf<T> {
             unreturned: 0,
             outstanding: 0,
             spare: Vec::new(),
+            spare_bytes: 0,
             route: None,
             waiting: None,
             received_total: 0,
@@ -161,6 +165,28 @@ impl<T: Element> InBuf<T> {
             shown: 0,
             kept_up: true,
         }
+    }
+
+    /// Keeps `v`, emptied, as the vector the next gathering of batches reuses, if the
+    /// process's bound on spare buffers allows (see [`spare`](crate::stream::spare));
+    /// otherwise frees it. A vector with no capacity is not worth keeping.
+    fn keep_spare(&mut self, mut v: Vec<T>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        v.clear();
+        drop(self.take_spare());
+        let bytes = v.capacity().saturating_mul(std::mem::size_of::<T>());
+        if spare::keep(bytes) {
+            self.spare = v;
+            self.spare_bytes = bytes;
+        }
+    }
+
+    /// The spare vector (empty; possibly without capacity), no longer counted as spare.
+    fn take_spare(&mut self) -> Vec<T> {
+        spare::release(std::mem::take(&mut self.spare_bytes));
+        std::mem::take(&mut self.spare)
     }
 
     /// Everything in the view, shown or not.
@@ -217,6 +243,12 @@ impl<T: Element> InBuf<T> {
     /// The stream feeding this input carries watermarks.
     pub fn is_timed(&self) -> bool {
         self.timed
+    }
+}
+
+impl<T> Drop for InBuf<T> {
+    fn drop(&mut self) {
+        spare::release(self.spare_bytes);
     }
 }
 
@@ -341,20 +373,19 @@ impl<T: Element> InSlot for InBuf<T> {
             }
             if visible == 0 && take == 1 {
                 let batch = self.queue.pop_front().expect("one batch queued");
-                if let View::Owned(mut v, _) =
-                    std::mem::replace(&mut self.view, View::Borrowed(batch))
+                if let View::Owned(v, _) = std::mem::replace(&mut self.view, View::Borrowed(batch))
                 {
-                    v.clear();
-                    self.spare = v;
+                    self.keep_spare(v);
                 }
             } else {
                 let mut buf = match std::mem::replace(&mut self.view, View::Owned(Vec::new(), 0)) {
                     View::Borrowed(b) => {
-                        let mut v = std::mem::take(&mut self.spare);
-                        v.clear();
+                        let mut v = self.take_spare();
                         v.extend_from_slice(b.as_slice());
                         v
                     }
+                    // An empty view without a vector (let go of after a step): the spare.
+                    View::Owned(v, _) if v.capacity() == 0 => self.take_spare(),
                     View::Owned(mut v, off) => {
                         v.drain(..off);
                         v
@@ -375,6 +406,15 @@ impl<T: Element> InSlot for InBuf<T> {
         let left = self.as_slice().len();
         self.kept_up = left == 0;
         self.waiting = (left > 0 && !self.has_unseen() && !self.closed).then_some(left);
+        if self.view_all().is_empty() && self.queue.is_empty() {
+            // Everything received is consumed: let go of the view now rather than at the next
+            // step, however far off (a batch goes back to its writer's pool; a gathered vector
+            // becomes the spare, within the process's bound on spare buffers).
+            match std::mem::replace(&mut self.view, View::Owned(Vec::new(), 0)) {
+                View::Borrowed(_) => {}
+                View::Owned(v, _) => self.keep_spare(v),
+            }
+        }
         std::mem::take(&mut self.consumed)
     }
 
@@ -468,8 +508,8 @@ const SMALL_BATCH_BYTES: usize = 4 << 10;
 /// sends the step's mark, if it set one, after it.
 ///
 /// The batch is `pending` itself, moved (not copied) into the batch every reader shares; the
-/// next step appends to a vector from `pool`, where batch vectors come back once their last
-/// reader has dropped them. In a steady state no step allocates or copies its output (a batch
+/// next step that appends takes a vector from `pool`, where batch vectors come back once
+/// their last reader has dropped them. In a steady state no step allocates or copies its output (a batch
 /// that fills less than half its vector is copied instead: see `take_batch`).
 pub(crate) struct OutBuf<T> {
     pending: Vec<T>,
@@ -497,7 +537,13 @@ impl<T: Element> OutBuf<T> {
             counters: Arc::default(),
         }
     }
+    /// What this step appended so far. The vector comes from the pool at the first call of
+    /// a step that appends: between steps an output holds no buffer of its own (an idle
+    /// agent holds none), only its pool does (see [`VecPool`]).
     pub fn pending(&mut self) -> &mut Vec<T> {
+        if self.pending.capacity() == 0 {
+            self.pending = self.pool.take();
+        }
         &mut self.pending
     }
 
@@ -514,12 +560,13 @@ impl<T: Element> OutBuf<T> {
         if self.pending.capacity() / 2 > len {
             if len.saturating_mul(std::mem::size_of::<T>()) <= SMALL_BATCH_BYTES {
                 let data: Arc<[T]> = self.pending.drain(..).collect();
+                // The room waits in the pool, not in this output, until a step appends again.
+                self.pool.put(std::mem::take(&mut self.pending));
                 return Batch::new(data);
             }
             self.pending.shrink_to_fit();
         }
-        let items = std::mem::replace(&mut self.pending, self.pool.take());
-        Batch::pooled(items, &self.pool)
+        Batch::pooled(std::mem::take(&mut self.pending), &self.pool)
     }
 }
 
@@ -737,14 +784,54 @@ mod tests {
         let batch = out.take_batch();
         assert_eq!(batch.as_slice().as_ptr(), ptr, "moved, not copied");
         assert_eq!(batch.len(), 4096);
-        // Once its reader drops it, the vector waits in the pool: the output's step after
-        // the next one appends to it again, with its room.
+        // Once its reader drops it, the vector waits in the pool: the output's next step
+        // appends to it again, with its room.
         drop(batch);
+        assert_eq!(
+            out.pending().as_ptr(),
+            ptr,
+            "the next step appends to it again"
+        );
         out.pending().extend(0..4096u64);
         let second = out.take_batch();
-        assert_eq!(out.pending().as_ptr(), ptr);
-        assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+        assert_eq!(second.as_slice().as_ptr(), ptr);
+        // Between steps the output holds no buffer of its own.
+        assert_eq!(out.pending.capacity(), 0);
         drop(second);
+        assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+    }
+
+    #[test]
+    fn a_consumed_input_lets_go_of_its_batch_and_keeps_a_gathered_vector_as_its_spare() {
+        let pool = Arc::new(VecPool::<u64>::new());
+        let mut buf = InBuf::<u64>::new();
+        // One batch: the view is the batch itself; once consumed, the input lets go of it
+        // after the step, and its vector is back in the writer's pool.
+        buf.push(Box::new(Batch::pooled((0..4096).collect(), &pool)))
+            .unwrap();
+        step(&mut buf);
+        assert_eq!(pool.len(), 1, "the batch went back to its writer");
+        // Two batches: gathered into a vector of the input's own; once consumed, the vector
+        // is kept as the spare (the bound on spare buffers has room for it), not as a view.
+        buf.push(batch(&[1, 2])).unwrap();
+        buf.push(batch(&[3])).unwrap();
+        buf.prepare(false);
+        assert_eq!(buf.as_slice(), [1, 2, 3]);
+        buf.consume(3);
+        buf.take_consumed();
+        assert!(matches!(&buf.view, View::Owned(v, _) if v.capacity() == 0));
+        assert!(buf.spare.capacity() >= 3);
+        assert_eq!(buf.spare_bytes, buf.spare.capacity() * 8);
+        // The next gathering reuses it; a step that leaves elements keeps its view.
+        let spare = buf.spare.as_ptr();
+        buf.push(batch(&[4, 5])).unwrap();
+        buf.push(batch(&[6])).unwrap();
+        buf.prepare(false);
+        assert!(matches!(&buf.view, View::Owned(v, _) if v.as_ptr() == spare));
+        assert_eq!(buf.spare_bytes, 0);
+        buf.consume(1);
+        buf.take_consumed();
+        assert_eq!(buf.view_all(), [5, 6]);
     }
 
     #[test]

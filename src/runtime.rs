@@ -1720,7 +1720,9 @@ fn coordinate(
     *shared.mailboxes.lock().unwrap_or_else(|p| p.into_inner()) =
         mailboxes.iter().flatten().cloned().collect();
     // Where each agent runs: its named thread, a thread of its own, or a worker of the pool.
-    let workers = graph.workers.unwrap_or_else(default_workers);
+    let workers = graph
+        .workers_in(process.as_deref().unwrap_or(launch::MAIN_PROCESS))
+        .unwrap_or_else(default_workers);
     let mut next_worker = 0;
     let threads: Vec<ThreadKey> = graph
         .agents

@@ -230,13 +230,77 @@ impl<T> Clone for Batch<T> {
     }
 }
 
+/// The process's bound on spare buffers: empty vectors kept for reuse (a writer's
+/// [`VecPool`], an input's vector for gathering batches), not data.
+///
+/// Each keeper asks [`keep`] before it keeps a vector and [`release`]s the bytes when the
+/// vector leaves (reused, freed, or its keeper dropped). In all they keep at most
+/// [`MAX_BYTES`]: a few busy agents reuse their buffers as before, while the spare buffers of
+/// a process of 100,000 agents, each of which has seen a stream go by, stay a few MiB in all
+/// rather than hundreds of KiB per agent. A vector that finds no room is freed: its owner
+/// allocates when it next needs one (once per batch, never per element).
+pub(crate) mod spare {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// Most bytes of spare buffers kept in the process, every keeper together.
+    pub const MAX_BYTES: usize = 16 << 20;
+
+    static PROCESS: Budget = Budget::new(MAX_BYTES);
+
+    /// Counts `bytes` more kept in the process, if they fit under [`MAX_BYTES`]; false
+    /// (nothing counted) if they do not.
+    pub fn keep(bytes: usize) -> bool {
+        PROCESS.keep(bytes)
+    }
+
+    /// Counts `bytes` (kept with [`keep`]) no longer kept.
+    pub fn release(bytes: usize) {
+        PROCESS.release(bytes)
+    }
+
+    /// Bytes counted as kept, up to a bound.
+    pub(super) struct Budget {
+        kept: AtomicUsize,
+        max: usize,
+    }
+
+    impl Budget {
+        pub(super) const fn new(max: usize) -> Self {
+            Budget {
+                kept: AtomicUsize::new(0),
+                max,
+            }
+        }
+
+        pub(super) fn keep(&self, bytes: usize) -> bool {
+            self.kept
+                .fetch_update(Relaxed, Relaxed, |k| {
+                    k.checked_add(bytes).filter(|&t| t <= self.max)
+                })
+                .is_ok()
+        }
+
+        pub(super) fn release(&self, bytes: usize) {
+            if bytes > 0 {
+                let before = self.kept.fetch_sub(bytes, Relaxed);
+                debug_assert!(before >= bytes, "released more spare bytes than kept");
+            }
+        }
+
+        #[cfg(test)]
+        pub(super) fn kept(&self) -> usize {
+            self.kept.load(Relaxed)
+        }
+    }
+}
+
 /// A writer's bounded free list of batch vectors (see [`Batch::pooled`]).
 ///
 /// It keeps at most [`VecPool::MAX_VECS`] vectors of at most [`VecPool::MAX_BYTES`] bytes of
-/// capacity in all; a vector that does not fit is freed. Eight default batches of `u64` (32
-/// KiB each) fit: as many as a default connection has in flight. The bound is per writer, so
-/// it is kept small: a process of 10,000 agents keeps at most 2.5 GiB here, not ten. What it keeps is what the writer allocated anyway:
-/// vectors come back only from batches it sent.
+/// capacity in all, and only while the process's bound on spare buffers ([`spare`]) has
+/// room; a vector that does not fit is freed. Eight default batches of `u64` (32 KiB each)
+/// fit: as many as a default connection has in flight. What it keeps is what the writer
+/// allocated anyway: vectors come back only from batches it sent.
 pub(crate) struct VecPool<T> {
     free: std::sync::Mutex<Free<T>>,
     /// Most vectors kept ([`VecPool::MAX_VECS`] unless made [`with_limits`](VecPool::with_limits)).
@@ -249,6 +313,12 @@ pub(crate) struct VecPool<T> {
 struct Free<T> {
     vecs: Vec<Vec<T>>,
     bytes: usize,
+}
+
+impl<T> Drop for VecPool<T> {
+    fn drop(&mut self) {
+        spare::release(self.lock().bytes);
+    }
 }
 
 impl<T> VecPool<T> {
@@ -267,7 +337,7 @@ impl<T> VecPool<T> {
     pub fn with_limits(max_vecs: usize, max_bytes: usize) -> Self {
         VecPool {
             free: std::sync::Mutex::new(Free {
-                vecs: Vec::with_capacity(max_vecs),
+                vecs: Vec::new(),
                 bytes: 0,
             }),
             max_vecs,
@@ -281,7 +351,9 @@ impl<T> VecPool<T> {
         let mut free = self.lock();
         match free.vecs.pop() {
             Some(v) => {
-                free.bytes -= Self::bytes(&v);
+                let bytes = Self::bytes(&v);
+                free.bytes -= bytes;
+                spare::release(bytes);
                 v
             }
             None => Vec::new(),
@@ -296,7 +368,10 @@ impl<T> VecPool<T> {
         }
         items.clear();
         let mut free = self.lock();
-        if free.vecs.len() < self.max_vecs && free.bytes + bytes <= self.max_bytes {
+        if free.vecs.len() < self.max_vecs
+            && free.bytes + bytes <= self.max_bytes
+            && spare::keep(bytes)
+        {
             free.bytes += bytes;
             free.vecs.push(items);
         }
@@ -354,6 +429,19 @@ pub enum Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spare_budget_counts_what_is_kept_up_to_its_bound() {
+        let budget = spare::Budget::new(100);
+        assert!(budget.keep(60));
+        assert!(!budget.keep(41), "over the bound: not counted");
+        assert_eq!(budget.kept(), 60);
+        assert!(budget.keep(40));
+        budget.release(60);
+        assert_eq!(budget.kept(), 40);
+        assert!(budget.keep(60));
+        assert_eq!(budget.kept(), 100);
+    }
 
     #[test]
     fn a_pooled_vector_comes_back_when_its_last_reader_drops_it() {

@@ -1233,7 +1233,7 @@ const BAD_FILES: &[(&str, &str)] = &[
     ),
     (
         "[processes.work]\nagents = [\"triple\"]\nrestrat = \"never\"\n",
-        "3:1: unknown field 'restrat' in process 'work' (did you mean 'restart'?); the accepted fields are 'host', 'agents', 'restart', 'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus' and 'env'",
+        "3:1: unknown field 'restrat' in process 'work' (did you mean 'restart'?); the accepted fields are 'host', 'agents', 'restart', 'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus', 'workers' and 'env'",
     ),
     (
         "[[connections]]\nstream = \"numbers.out\"\ncapacity = \"big\"\n",

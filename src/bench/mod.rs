@@ -510,6 +510,16 @@ pub struct ScalePoint {
     pub threads: u64,
     /// Peak resident memory of the starter, KiB.
     pub max_rss_kib: u64,
+    /// `start_s / n`, in microseconds.
+    pub start_per_unit_us: f64,
+    /// The starter's resident memory once started, before the first element, over what it
+    /// was before the graph was built, per unit (KiB): what an idle agent costs.
+    pub idle_kib_per_unit: f64,
+    /// Its peak resident memory over what it was before the graph was built, per unit (KiB).
+    pub peak_kib_per_unit: f64,
+    /// The fewest batches any stream of the starter carried (with the chain: what the least
+    /// busy agent sent on).
+    pub min_batches: u64,
     /// CPU seconds, every process.
     pub cpu_s: f64,
     /// What failed, if anything did.

@@ -177,10 +177,28 @@ fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
     x.map_or_else(|| "-".into(), f)
 }
 
+/// Microseconds, or milliseconds from 1000 µs.
+fn us(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{:.2} ms", x / 1000.0)
+    } else {
+        format!("{x:.1} µs")
+    }
+}
+
+/// KiB, or MiB from 1024 KiB.
+fn kib(x: f64) -> String {
+    if x >= 1024.0 {
+        format!("{:.1} MiB", x / 1024.0)
+    } else {
+        format!("{x:.1} KiB")
+    }
+}
+
 fn point_row(p: &ScalePoint) -> Vec<String> {
     if let Some(e) = &p.error {
         let mut row = vec![p.shape.clone(), p.n.to_string()];
-        row.extend(std::iter::repeat_n("-".to_string(), 9));
+        row.extend(std::iter::repeat_n("-".to_string(), 13));
         row.push(if e.starts_with("skipped") {
             "skipped".into()
         } else {
@@ -193,17 +211,17 @@ fn point_row(p: &ScalePoint) -> Vec<String> {
         p.n.to_string(),
         format!("{:.3}", p.start_s),
         format!("{:.3}", p.total_s),
-        if p.per_unit_us >= 1000.0 {
-            format!("{:.2} ms", p.per_unit_us / 1000.0)
-        } else {
-            format!("{:.1} µs", p.per_unit_us)
-        },
+        us(p.per_unit_us),
         opt(p.time_ratio, |r| format!("{r:.2}×")),
         opt(p.exponent, |k| format!("{k:.2}")),
+        us(p.start_per_unit_us),
         p.threads.to_string(),
         format!("{:.0} MiB", p.max_rss_kib as f64 / 1024.0),
+        kib(p.idle_kib_per_unit),
+        kib(p.peak_kib_per_unit),
         format!("{:.2}", p.cpu_s),
         si(p.delivered as f64),
+        p.min_batches.to_string(),
         "all".into(),
     ]
 }
@@ -221,10 +239,14 @@ pub fn render_scaling(report: &Report) -> String {
         "per unit",
         "×time",
         "k",
+        "start/unit",
         "threads",
         "max RSS",
+        "idle/unit",
+        "peak/unit",
         "CPU s",
         "elements",
+        "batches",
         "delivered",
     ];
     let rows: Vec<Vec<String>> = report.scaling.iter().map(point_row).collect();
@@ -233,7 +255,11 @@ pub fn render_scaling(report: &Report) -> String {
         "\nn: agents in the chain, readers of one stream, processes in the chain. start s: until \
          Graph::start returned; total s: building to the end of the run;\n\
          per unit: total / n; ×time: total over the previous point's; k: time grows as nᵏ \
-         between the two points (1 linear, 2 quadratic); threads and max RSS: the starter's.\n",
+         between the two points (1 linear, 2 quadratic); start/unit: start s / n; threads and \
+         max RSS: the starter's;\n\
+         idle/unit: the starter's resident memory once started, before the first element, over \
+         its own before building, / n; peak/unit: its peak over the same, / n; batches: the \
+         fewest batches a stream of the starter carried.\n",
     );
     for p in &report.scaling {
         if let Some(e) = &p.error {
