@@ -49,6 +49,9 @@
 //! capacity = 1024              # default: as in code; >= 1 and >= the reader's min_capacity
 //! capacity_bytes = 1048576     # default: as in code (4 MiB unless set); >= 1; must hold min_capacity elements
 //! policy = "drop-oldest"       # "block" | "drop-oldest" | "drop-newest"; default: as in code
+//! spin_us = 200                # low-latency mode of a ring (Connection::spin): microseconds the
+//!                              # reader checks before it sleeps, 0..=60000000 (0: off), or
+//!                              # "always" (never sleeps); default: as in code
 //! ```
 //!
 //! Reading a file is two steps. [`Deployment::parse`] (or [`Deployment::load`]) checks what can
@@ -137,6 +140,10 @@ pub struct Plan {
     /// ([`Connection::capacity_bytes`](crate::Connection::capacity_bytes)), `None` where it
     /// sets none (the code's bound, or the graph's default, stays).
     pub capacity_bytes: Vec<Option<usize>>,
+    /// For each connection, as `edges`: the low-latency window the file sets
+    /// ([`Connection::spin`](crate::Connection::spin)) in microseconds, `Some(0)` to turn it
+    /// off, `Some(u64::MAX)` for always; `None` where it sets none (the code's stays).
+    pub spin_us: Vec<Option<u64>>,
     /// Every host, in the file's order (empty: the one local host).
     pub hosts: Vec<HostPlan>,
     /// The host of every process.
@@ -218,7 +225,17 @@ const PROCESS_FIELDS: &[&str] = &[
     "workers",
     "env",
 ];
-const CONNECTION_FIELDS: &[&str] = &["stream", "to", "capacity", "capacity_bytes", "policy"];
+const CONNECTION_FIELDS: &[&str] = &[
+    "stream",
+    "to",
+    "capacity",
+    "capacity_bytes",
+    "policy",
+    "spin_us",
+];
+
+/// The largest `spin_us` as a number: a minute.
+const MAX_SPIN_US: u64 = 60_000_000;
 const RESTARTS: &[&str] = &["never", "on-failure"];
 const POLICIES: &[&str] = &["block", "drop-oldest", "drop-newest"];
 
@@ -513,6 +530,8 @@ struct ConnectionEntry {
     capacity: Option<(usize, Pos)>,
     capacity_bytes: Option<(usize, Pos)>,
     policy: Option<Policy>,
+    /// Microseconds, `u64::MAX` for "always".
+    spin_us: Option<u64>,
 }
 
 impl ConnectionEntry {
@@ -629,6 +648,7 @@ impl Deployment {
         let mut edges: Vec<(usize, Policy)> =
             info.edges.iter().map(|e| (e.capacity, e.policy)).collect();
         let mut capacity_bytes: Vec<Option<usize>> = vec![None; info.edges.len()];
+        let mut spin_us: Vec<Option<u64>> = vec![None; info.edges.len()];
         // Entries for a whole stream first, so that an entry for one connection wins.
         let stream_wide = self.connections.iter().filter(|c| c.to.is_none());
         let one = self.connections.iter().filter(|c| c.to.is_some());
@@ -709,6 +729,9 @@ impl Deployment {
                 if let Some(policy) = c.policy {
                     edges[i].1 = policy;
                 }
+                if let Some(us) = c.spin_us {
+                    spin_us[i] = Some(us);
+                }
             }
         }
 
@@ -755,6 +778,7 @@ impl Deployment {
             agent_process,
             edges,
             capacity_bytes,
+            spin_us,
             hosts: self
                 .hosts
                 .iter()
@@ -1912,6 +1936,7 @@ impl<'a> Reader<'a> {
                 capacity: None,
                 capacity_bytes: None,
                 policy: None,
+                spin_us: None,
             };
             for (key, value) in self.fields(t, CONNECTION_FIELDS, &place) {
                 let field: &str = key.get_ref();
@@ -1929,6 +1954,23 @@ impl<'a> Reader<'a> {
                         c.capacity_bytes = self
                             .int(value, &what, 1, TOML_MAX)
                             .map(|n| (n as usize, at));
+                    }
+                    "spin_us" => {
+                        c.spin_us = match value.get_ref() {
+                            DeValue::String(s) if s.as_ref() == "always" => Some(u64::MAX),
+                            DeValue::String(_) => {
+                                let found = self.found(value);
+                                self.error(
+                                    value.span(),
+                                    format!(
+                                        "{what} must be a number of microseconds \
+                                         (0..={MAX_SPIN_US}, 0: off) or \"always\", found {found}"
+                                    ),
+                                );
+                                None
+                            }
+                            _ => self.int(value, &what, 0, MAX_SPIN_US),
+                        };
                     }
                     _ => {
                         c.policy = self
@@ -2111,7 +2153,7 @@ mod tests {
                  'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus', 'workers' and 'env'",
                 "deploy.toml:6:3: unknown field 'capacty' in connection 'sensor.out' (did you \
                  mean 'capacity'?); the accepted fields are 'stream', 'to', 'capacity', \
-                 'capacity_bytes' and 'policy'",
+                 'capacity_bytes', 'policy' and 'spin_us'",
             ]
         );
     }
@@ -2456,6 +2498,39 @@ mod tests {
     }
 
     #[test]
+    fn spin_us_is_microseconds_or_always() {
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\nspin_us = -1\n"),
+            "deploy.toml:3:11: 'spin_us' in connection 'sensor.out' must be at least 0, found -1"
+        );
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\nspin_us = \"often\"\n"),
+            "deploy.toml:3:11: 'spin_us' in connection 'sensor.out' must be a number of \
+             microseconds (0..=60000000, 0: off) or \"always\", found string \"often\""
+        );
+        assert!(
+            error("[[connections]]\nstream = \"sensor.out\"\nspin_us = 60000001\n")
+                .contains("must be at most 60000000")
+        );
+        // Applied: 0 turns the code's spin off, a number sets the window.
+        let mut g = Graph::new("spin_plan");
+        let s = g.source_iter("sensor", 0..3u64);
+        let a = g.map("a", &s, |v: &u64| *v);
+        let _ = g.map("b", &a, |v: &u64| *v);
+        let d = Deployment::parse(
+            "deploy.toml",
+            "[[connections]]\nstream = \"sensor.out\"\nspin_us = 250\n\n\
+             [[connections]]\nstream = \"a.out\"\nspin_us = 0\n",
+        )
+        .unwrap();
+        let plan = d.plan(&g.info()).unwrap();
+        assert_eq!(plan.spin_us, [Some(250), Some(0)]);
+        g.apply_plan(&plan);
+        assert_eq!(g.edges[0].conn.spin, Some(Duration::from_micros(250)));
+        assert_eq!(g.edges[1].conn.spin, None);
+    }
+
+    #[test]
     fn capacity_bytes_zero_or_below_the_readers_min_capacity() {
         assert_eq!(
             error("[[connections]]\nstream = \"sensor.out\"\ncapacity_bytes = 0\n"),
@@ -2538,7 +2613,8 @@ mod tests {
                  writer's stream, \"agent.port\")",
                 "deploy.toml:6:10: connection 'sensor.out' is configured twice (first on line 4)",
                 "deploy.toml:7:1: unknown field 'connections' in connection 'sensor.out'; the \
-                 accepted fields are 'stream', 'to', 'capacity', 'capacity_bytes' and 'policy'",
+                 accepted fields are 'stream', 'to', 'capacity', 'capacity_bytes', 'policy' \
+                 and 'spin_us'",
             ]
         );
     }
@@ -2800,11 +2876,13 @@ to = "average.in"
 capacity = 64
 capacity_bytes = 4096
 policy = "drop-newest"
+spin_us = 150
 
 [[connections]]
 stream = "sensor.out"
 capacity = 1024
 policy = "drop-oldest"
+spin_us = "always"
 
 [network]
 insecure = true
@@ -2881,6 +2959,7 @@ insecure = true
                     (default, Policy::Block),
                 ],
                 capacity_bytes: vec![None, Some(4096), None, None],
+                spin_us: vec![Some(u64::MAX), Some(150), None, None],
                 hosts: vec![
                     host("local", "127.0.0.1", DEFAULT_PORT),
                     host("edge", "10.0.0.7", DEFAULT_PORT),

@@ -638,6 +638,14 @@ impl Graph {
                 e.conn.capacity_bytes = Some(*bytes);
             }
         }
+        for (e, us) in self.edges.iter_mut().zip(&plan.spin_us) {
+            match *us {
+                None => {}
+                Some(0) => e.conn.spin = None,
+                Some(u64::MAX) => e.conn.spin = Some(Duration::MAX),
+                Some(us) => e.conn.spin = Some(Duration::from_micros(us)),
+            }
+        }
         if !plan.hosts.is_empty() {
             self.hosts = plan.hosts.clone();
         }
