@@ -15,9 +15,11 @@
 //! An agent whose every input comes from another process (over a shared-memory ring or a TCP
 //! link) is stepped by the thread that reads the link, as soon as it has read, instead of
 //! being woken on its worker: one wake-up less between the writing process's step and the
-//! reading one's. In low-latency mode ([`Connection::spin`](crate::Connection::spin)) the
-//! reading thread also checks the ring a while before it sleeps, and a source whose every
-//! output is such a ring is stepped by the thread that hands it elements.
+//! reading one's. Likewise a source whose every output goes to another process over a ring
+//! is stepped by the thread that hands it elements (its own, or the program's through an
+//! [`InputSender`]): its step is mostly the write into the ring. In low-latency mode
+//! ([`Connection::spin`](crate::Connection::spin)) the reading thread also checks the ring a
+//! while before it sleeps.
 //!
 //! An agent busy in a step does not miss what arrives meanwhile: its next step takes all of it
 //! at once (adaptive batching), so a stage that falls behind catches up with larger batches,
@@ -1598,9 +1600,9 @@ enum ThreadKey {
 /// - every input of it is connected, and connected to another process (a shared-memory ring
 ///   or a TCP link): the links' feeders (for TCP, also the connection's reading thread) step
 ///   it;
-/// - or it is a source whose every output goes over a ring in low-latency mode
-///   ([`Connection::spin`](crate::Connection::spin)): its own thread (or the program, through
-///   an [`InputSender`]) steps it as it hands elements over.
+/// - or it is a source whose every output goes to another process over a ring: its own
+///   thread (or the program, through an [`InputSender`]) steps it as it hands elements over
+///   (the step is mostly the write into the ring; a wake-up of a worker would cost more).
 fn stepped_directly(graph: &Graph, i: usize) -> bool {
     let agent = &graph.agents[i];
     if agent.thread.is_some() || agent.own_thread {
@@ -1615,7 +1617,7 @@ fn stepped_directly(graph: &Graph, i: usize) -> bool {
     let ring = |e: &crate::graph::Edge| graph.resolve(e) == Resolved::SharedMemory;
     if matches!(agent.driver, Some(Driver::Source(_))) {
         let mut outs = edges(true).peekable();
-        return outs.peek().is_some() && outs.all(|e| ring(e) && e.conn.spin.is_some());
+        return outs.peek().is_some() && outs.all(ring);
     }
     if agent.inputs.is_empty() {
         return false;
@@ -2195,7 +2197,7 @@ mod tests {
     }
 
     #[test]
-    fn agents_fed_only_from_other_processes_and_sources_of_spinning_rings_are_stepped_by_their_posters(
+    fn agents_fed_only_from_other_processes_and_sources_writing_only_rings_are_stepped_by_their_posters(
     ) {
         use crate::Connection;
         let mut g = Graph::new("stepping");
@@ -2203,6 +2205,9 @@ mod tests {
         let spin = Connection::new().spin(Duration::from_micros(50));
         let a = g.source_iter("a", 0..10u64);
         let b = g.source_iter("b", 0..10u64);
+        let c = g.source_iter("c", 0..10u64);
+        let far3 = pass(&mut g, "far3", &c, plain);
+        g.for_each("sink_far3", &far3, |_: &u64| {});
         let far = pass(&mut g, "far", &a, spin);
         let far2 = pass(&mut g, "far2", &b, plain);
         let near = pass(&mut g, "near", &b, plain);
@@ -2221,7 +2226,7 @@ mod tests {
         g.connect(&far, &y);
         g.for_each("sink_far2", &far2, |_: &u64| {});
         g.for_each("sink_pinned", &pinned, |_: &u64| {});
-        for agent in ["far", "far2", "pinned", "mixed"] {
+        for agent in ["far", "far2", "far3", "sink_far3", "pinned", "mixed"] {
             g.place_in_process(agent, "p1");
         }
         g.place_on_thread("pinned", "own");
@@ -2229,13 +2234,13 @@ mod tests {
             .map(|i| (g.agents[i].name.clone(), super::stepped_directly(&g, i)))
             .filter(|(name, _)| !name.starts_with("sink"))
             .collect();
-        // `a` feeds `far` over a spinning ring; `b` feeds `near` locally; `far` and `far2`
-        // read one ring each, `over_tcp` a TCP link; `pinned` is placed on a thread; `mixed`
-        // has a local input.
-        let expect = |name: &str| ["a", "far", "far2", "over_tcp"].contains(&name);
+        // `a` feeds `far` over a spinning ring, `c` feeds `far3` over a ring; `b` feeds `near`
+        // locally; `far`, `far2` and `far3` read one ring each, `over_tcp` a TCP link;
+        // `pinned` is placed on a thread; `mixed` has a local input.
+        let expect = |name: &str| ["a", "c", "far", "far2", "far3", "over_tcp"].contains(&name);
         for (name, is) in &direct {
             assert_eq!(*is, expect(name), "agent {name}: stepped directly {is}");
         }
-        assert_eq!(direct.len(), 8, "{direct:?}");
+        assert_eq!(direct.len(), 10, "{direct:?}");
     }
 }
