@@ -4,7 +4,11 @@
 //! least 1.5× timely with one worker and with two workers):
 //!
 //! - **iotstream**: `Graph::run`, the threaded runtime with its defaults: `source_iter(0..n)`,
-//!   `map`, `filter`, `sink_list` summing (each agent on its own thread).
+//!   `map`, `filter`, `sink_list` summing (the agents on the worker pool, one worker per core;
+//!   the source's `fill` on a thread of its own);
+//! - **iotstream_1_worker**: the same with `Graph::worker_threads(1)`: every agent on one
+//!   worker, the source's `fill` beside it (a chain of light stages keeps its batches in one
+//!   core's cache and wakes no other thread between stages).
 //! - **timely, 1 and 2 workers**: `timely::execute` with `Config::process(w)`; each worker reads
 //!   its share of `0..n` with `to_stream`, then `map`, `filter`, and `inspect_batch` summing. Two
 //!   workers split the data (timely's data parallelism), no exchange between them.
@@ -52,7 +56,7 @@ fn expected(n: u64) -> u64 {
 
 /// The pipeline in iotstream's threaded runtime (or, with `harness`, in the single-thread
 /// `Harness`: the same hosts with no thread hand-offs); returns the sink's sum.
-fn iotstream_pipeline(n: u64, harness: bool) -> u64 {
+fn iotstream_pipeline(n: u64, harness: bool, workers: Option<usize>) -> u64 {
     let sum = Arc::new(AtomicU64::new(0));
     let total = Arc::clone(&sum);
     let mut g = Graph::new("bench_timely");
@@ -81,6 +85,9 @@ fn iotstream_pipeline(n: u64, harness: bool) -> u64 {
         let mut h = Harness::new(g).expect("pipeline builds");
         h.finish().expect("pipeline runs");
     } else {
+        if let Some(w) = workers {
+            g.worker_threads(w);
+        }
         g.run().expect("pipeline runs");
     }
     sum.load(Ordering::Relaxed)
@@ -119,8 +126,9 @@ fn timely_pipeline(n: u64, workers: usize) -> u64 {
 /// The variants, in the order they run and print. `iotstream_harness` is not a mode to compare
 /// with timely (it runs every agent in one thread, in a deterministic order); it shows what the
 /// same hosts cost without the threaded runtime's hand-offs between threads.
-const VARIANTS: [&str; 4] = [
+const VARIANTS: [&str; 5] = [
     "iotstream",
+    "iotstream_1_worker",
     "timely_1_worker",
     "timely_2_workers",
     "iotstream_harness",
@@ -128,8 +136,9 @@ const VARIANTS: [&str; 4] = [
 
 fn run_variant(name: &str, n: u64) -> u64 {
     match name {
-        "iotstream" => iotstream_pipeline(n, false),
-        "iotstream_harness" => iotstream_pipeline(n, true),
+        "iotstream" => iotstream_pipeline(n, false, None),
+        "iotstream_1_worker" => iotstream_pipeline(n, false, Some(1)),
+        "iotstream_harness" => iotstream_pipeline(n, true, None),
         "timely_1_worker" => timely_pipeline(n, 1),
         "timely_2_workers" => timely_pipeline(n, 2),
         other => panic!("no variant {other}: one of {VARIANTS:?}"),
@@ -164,16 +173,18 @@ fn interleaved(n: u64, rounds: usize) {
             cpu[i].as_secs_f64() * 1e3,
         );
     }
-    for (i, name) in VARIANTS
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.starts_with("timely"))
-    {
-        println!(
-            "  iotstream vs {name}: {:.2}x wall, {:.2}x cpu (timely time / iotstream time)",
-            wall[i].as_secs_f64() / wall[0].as_secs_f64(),
-            cpu[i].as_secs_f64() / cpu[0].as_secs_f64(),
-        );
+    for (o, ours) in VARIANTS.iter().enumerate().take(2) {
+        for (i, name) in VARIANTS
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.starts_with("timely"))
+        {
+            println!(
+                "  {ours} vs {name}: {:.2}x wall, {:.2}x cpu (timely time / iotstream time)",
+                wall[i].as_secs_f64() / wall[o].as_secs_f64(),
+                cpu[i].as_secs_f64() / cpu[o].as_secs_f64(),
+            );
+        }
     }
 }
 
