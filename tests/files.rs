@@ -34,7 +34,11 @@ fn wait_for(out: &Collected<String>, n: usize, what: &str) {
 fn wait_for_file(path: &Path, what: &str) {
     let deadline = Instant::now() + DEADLINE;
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{what}: no {} after {DEADLINE:?}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no {} after {DEADLINE:?}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -261,11 +265,7 @@ fn follow_bounds_lines_and_names_the_file_and_offset() {
     let log = dir.path().join("app.log");
     let long = "L".repeat(500);
     std::fs::write(&log, format!("ok 1\nok 2\n{long}\nafter\n")).unwrap();
-    let options = || {
-        fast()
-            .start(FollowStart::Beginning)
-            .max_line_bytes(100)
-    };
+    let options = || fast().start(FollowStart::Beginning).max_line_bytes(100);
 
     let mut g = Graph::new("long_fails");
     let lines = g.source_file_follow_with("log", &log, options());
@@ -293,14 +293,13 @@ fn follow_bounds_lines_and_names_the_file_and_offset() {
     g.collect("out", &lines);
     let msg = g.run().expect_err("invalid UTF-8 fails").to_string();
     assert!(msg.contains(&bad.display().to_string()), "{msg}");
-    assert!(msg.contains("byte offset 5") && msg.contains("UTF-8"), "{msg}");
+    assert!(
+        msg.contains("byte offset 5") && msg.contains("UTF-8"),
+        "{msg}"
+    );
 
     let mut g = Graph::new("utf8_lossy");
-    let lines = g.source_file_follow_with(
-        "log",
-        &bad,
-        options().invalid_utf8(InvalidUtf8::Lossy),
-    );
+    let lines = g.source_file_follow_with("log", &bad, options().invalid_utf8(InvalidUtf8::Lossy));
     let out = g.collect("out", &lines);
     let running = g.start().unwrap();
     wait_for(&out, 3, "lossy lines");
@@ -321,7 +320,10 @@ fn follow_rejects_bad_options() {
     );
     g.collect("out", &lines);
     let msg = g.run().expect_err("bad options").to_string();
-    assert!(msg.contains("source_file_follow 'log': max_line_bytes"), "{msg}");
+    assert!(
+        msg.contains("source_file_follow 'log': max_line_bytes"),
+        "{msg}"
+    );
     assert!(msg.contains("poll_interval"), "{msg}");
 }
 
@@ -404,7 +406,10 @@ fn json_lines_round_trip_and_append() {
     g.run().unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().count(), 1);
-    assert_eq!(serde_json::from_str::<Alert>(text.trim_end()).unwrap(), alerts(7, 1)[0]);
+    assert_eq!(
+        serde_json::from_str::<Alert>(text.trim_end()).unwrap(),
+        alerts(7, 1)[0]
+    );
 }
 
 /// An element JSON cannot represent (a map with keys that are not strings) is an error naming

@@ -116,7 +116,8 @@ impl Drop for Hook {
 
 /// Serves one connection's requests (keep-alive) until the peer closes or the server stops.
 fn serve(mut conn: TcpStream, state: &HookState, stop: &AtomicBool) {
-    conn.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -201,20 +202,39 @@ fn webhook_delivers_every_element_in_order_through_retries() {
     for (i, r) in requests.iter().enumerate() {
         assert_eq!(r.method, "POST", "request {i}");
         assert_eq!(r.path, "/hooks/alerts", "request {i}");
-        assert_eq!(r.content_type.as_deref(), Some("application/json"), "request {i}");
-        assert_eq!(r.authorization.as_deref(), Some("Bearer t0ken"), "request {i}");
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/json"),
+            "request {i}"
+        );
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some("Bearer t0ken"),
+            "request {i}"
+        );
         assert!(r.body.len() <= 4096, "request {i}: {} bytes", r.body.len());
         let batch: Vec<Alert> = serde_json::from_slice(&r.body)
             .unwrap_or_else(|e| panic!("request {i}: not a JSON array of alerts: {e}"));
-        assert!(!batch.is_empty() && batch.len() <= 100, "request {i}: {}", batch.len());
+        assert!(
+            !batch.is_empty() && batch.len() <= 100,
+            "request {i}: {}",
+            batch.len()
+        );
         if r.status == 200 {
             got.extend(batch);
         }
     }
     assert_eq!(got.len(), sent.len(), "elements lost or repeated");
-    assert!(got == sent, "the elements differ from what was sent, or their order");
+    assert!(
+        got == sent,
+        "the elements differ from what was sent, or their order"
+    );
     // The byte bound split requests below 100 elements.
-    assert!(requests.len() > 3000 / 100 + 3, "{} requests", requests.len());
+    assert!(
+        requests.len() > 3000 / 100 + 3,
+        "{} requests",
+        requests.len()
+    );
     assert_eq!(metrics.agent("hook").unwrap().undelivered, 0);
 }
 

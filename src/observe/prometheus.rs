@@ -593,7 +593,10 @@ mod tests {
             1.5
         );
         assert_eq!(get(&format!("iotstream_agent_late_total{agent}")), 3.0);
-        assert_eq!(get(&format!("iotstream_agent_undelivered_total{agent}")), 2.0);
+        assert_eq!(
+            get(&format!("iotstream_agent_undelivered_total{agent}")),
+            2.0
+        );
         let main = r#"{app="quake",process="main",host="local"}"#;
         let detector = r#"{app="quake",process="detector",host="local"}"#;
         assert_eq!(get(&format!("iotstream_process_up{main}")), 1.0);

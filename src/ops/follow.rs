@@ -288,7 +288,13 @@ impl Follower {
     }
 
     /// Makes `file` the current file, read from `pos` on.
-    fn start_file(&mut self, mut file: File, dev: u64, ino: u64, pos: u64) -> Result<(), AgentError> {
+    fn start_file(
+        &mut self,
+        mut file: File,
+        dev: u64,
+        ino: u64,
+        pos: u64,
+    ) -> Result<(), AgentError> {
         file.seek(SeekFrom::Start(pos))
             .map_err(|e| format!("cannot seek {} to byte {pos}: {e}", self.origin()))?;
         let from = pos.saturating_sub(FINGERPRINT_BYTES as u64);
@@ -569,9 +575,7 @@ fn read_offset_file(path: &Path) -> Result<Option<(u64, u64, u64)>, AgentError> 
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(format!("cannot read offset file '{}': {e}", path.display()).into())
-        }
+        Err(e) => return Err(format!("cannot read offset file '{}': {e}", path.display()).into()),
     };
     let bad = || -> AgentError {
         format!(

@@ -204,9 +204,8 @@ impl<T: Element> WebhookSink<T> {
         let index = self.seen;
         self.seen += 1;
         self.element.clear();
-        serde_json::to_writer(&mut self.element, x).map_err(|e| {
-            format!("sink_webhook: element {index} cannot be written as JSON: {e}")
-        })?;
+        serde_json::to_writer(&mut self.element, x)
+            .map_err(|e| format!("sink_webhook: element {index} cannot be written as JSON: {e}"))?;
         // `[`, the element, `]`.
         if self.element.len() + 2 > self.options.max_bytes {
             let cause = format!(
@@ -270,10 +269,7 @@ impl<T: Element> WebhookSink<T> {
 
     /// One try of the request in `body`.
     fn post(&self) -> Result<(), Failure> {
-        let mut request = self
-            .client
-            .post(&self.url)
-            .content_type("application/json");
+        let mut request = self.client.post(&self.url).content_type("application/json");
         for (k, v) in &self.options.headers {
             request = request.header(k, v);
         }
@@ -398,7 +394,9 @@ impl Graph {
             ));
         }
         if options.attempts == 0 {
-            self.problem(format!("sink_webhook '{name}': attempts must be at least 1"));
+            self.problem(format!(
+                "sink_webhook '{name}': attempts must be at least 1"
+            ));
         }
         let input = self.add_agent(name, |p| {
             let input = p.input::<T>("in");
