@@ -626,7 +626,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("no family {name}"))
         };
         // Every family: documented, typed as its name says.
-        assert_eq!(scrape.metrics.len(), 1 + 4 + 4 + 3 + 11);
+        assert_eq!(scrape.metrics.len(), 1 + 4 + 5 + 3 + 11);
         for m in &scrape.metrics {
             assert!(
                 m.help_desc.as_deref().is_some_and(|h| !h.is_empty()),

@@ -636,17 +636,43 @@ impl Graph {
     /// long or non-UTF-8 lines. Under the [`Harness`](crate::Harness), which runs sources
     /// until they end, a follower never ends: use it in threaded runs.
     ///
-    /// ```no_run
-    /// use std::time::Duration;
+    /// ```
+    /// use std::io::Write;
+    /// use std::time::{Duration, Instant};
     /// use iotstream::{FollowOptions, FollowStart, Graph};
+    /// let dir = std::env::temp_dir().join(format!("iotstream-doc-follow-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let log = dir.join("app.log");
+    /// std::fs::write(&log, "booted\n").unwrap();
+    ///
     /// let mut g = Graph::new("ingest");
     /// let options = FollowOptions::default()
     ///     .start(FollowStart::Beginning)
-    ///     .offset_file("/var/lib/ingest/app.log.offset")
-    ///     .poll_interval(Duration::from_millis(20));
-    /// let lines = g.source_file_follow_with("log", "/var/log/app.log", options);
-    /// g.to_json_lines("archive", &lines, "/var/lib/ingest/lines.jsonl");
-    /// g.run().unwrap();
+    ///     .offset_file(dir.join("app.log.offset"))
+    ///     .poll_interval(Duration::from_millis(10));
+    /// let lines = g.source_file_follow_with("log", &log, options);
+    /// let out = g.collect("out", &lines);
+    /// let running = g.start().unwrap();
+    ///
+    /// // Once the follower has the file open (it has written its offset file), the
+    /// // application writes on, then logrotate renames the file and a new one starts.
+    /// let deadline = Instant::now() + Duration::from_secs(30);
+    /// while !dir.join("app.log.offset").exists() && Instant::now() < deadline {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// let mut writer = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    /// writer.write_all(b"ERROR disk full\n").unwrap();
+    /// std::fs::rename(&log, dir.join("app.log.1")).unwrap();
+    /// std::fs::write(&log, "recovered\n").unwrap();
+    ///
+    /// let deadline = Instant::now() + Duration::from_secs(30);
+    /// while out.len() < 3 && Instant::now() < deadline {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// running.stop();
+    /// running.join().unwrap();
+    /// assert_eq!(out.values(), ["booted", "ERROR disk full", "recovered"]);
+    /// std::fs::remove_dir_all(dir).unwrap();
     /// ```
     pub fn source_file_follow_with(
         &mut self,

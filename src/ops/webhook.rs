@@ -357,18 +357,22 @@ impl Graph {
     /// backoff, timeout, headers, and whether undelivered elements are counted or fail the
     /// application.
     ///
-    /// ```no_run
+    /// ```
     /// use std::time::Duration;
     /// use iotstream::{Graph, Undelivered, WebhookOptions};
+    /// // A port nobody listens on: every try fails, and the alerts are counted undelivered.
+    /// let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     /// let mut g = Graph::new("alerting");
     /// let alerts = g.source_iter("alerts", ["boiler 3 over 95 C".to_string()]);
     /// let options = WebhookOptions::default()
-    ///     .attempts(8)
-    ///     .backoff(Duration::from_millis(500), Duration::from_secs(30))
+    ///     .attempts(2)
+    ///     .backoff(Duration::from_millis(10), Duration::from_secs(1))
+    ///     .timeout(Duration::from_secs(5))
     ///     .header("Authorization", "Bearer s3cr3t")
-    ///     .undelivered(Undelivered::Fail);
-    /// g.sink_webhook_with("notify", &alerts, "https://hooks.example.com/alerts", options);
-    /// g.run().unwrap();
+    ///     .undelivered(Undelivered::Count);
+    /// g.sink_webhook_with("notify", &alerts, format!("http://127.0.0.1:{port}/alerts"), options);
+    /// let metrics = g.run().unwrap();
+    /// assert_eq!(metrics.agent("notify").unwrap().undelivered, 1);
     /// ```
     pub fn sink_webhook_with<T: Element>(
         &mut self,
