@@ -245,6 +245,11 @@ fn follow_resumes_from_its_offset_file_across_runs() {
     let third = follow_run(&log, &offset, 2, "the third run");
     assert_eq!(third, ["fresh 1", "fresh 2"]);
 
+    // An empty offset file (a power cut after the rename) counts as none.
+    std::fs::write(&offset, "").unwrap();
+    let fourth = follow_run(&log, &offset, 2, "a run with an empty offset file");
+    assert_eq!(fourth, ["fresh 1", "fresh 2"]);
+
     // A corrupt offset file is an error naming it.
     std::fs::write(&offset, "not an offset\n").unwrap();
     let mut g = Graph::new("corrupt_offset");

@@ -28,7 +28,10 @@
 //! same file (same device and inode) and at least that long, reading resumes there; otherwise
 //! it starts as [`FollowOptions::start`] says. A graceful stop (Ctrl-C, [`Running::stop`])
 //! delivers every line handed over, so a restart neither loses nor repeats a line; after a
-//! crash, the lines handed over but not yet processed downstream are not read again.
+//! crash, the lines handed over but not yet processed downstream are not read again. The
+//! offset file is written once per batch and not synced to disk (an empty one, left by a
+//! power cut, counts as none); one that cannot be read as `<device> <inode> <offset>` stops
+//! the application with an error naming it.
 //!
 //! # Limits and bad input
 //!
@@ -577,6 +580,15 @@ fn read_offset_file(path: &Path) -> Result<Option<(u64, u64, u64)>, AgentError> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read offset file '{}': {e}", path.display()).into()),
     };
+    if text.is_empty() {
+        // The rename reached the disk before the data did (a power cut: the offset file is
+        // written without fsync, once per batch): as if there were none.
+        tracing::warn!(
+            "offset file '{}' is empty: starting as if there were none",
+            path.display()
+        );
+        return Ok(None);
+    }
     let bad = || -> AgentError {
         format!(
             "offset file '{}': expected one line `<device> <inode> <offset>`, found {:?}",

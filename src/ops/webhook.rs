@@ -25,6 +25,10 @@
 //!   the hook, its input connection fills up to its capacity (a bounded queue) and then holds
 //!   its writer back, or drops and counts, as the connection's [`Policy`](crate::Policy) says.
 //!
+//! A stop (Ctrl-C, [`Running::stop`](crate::Running::stop)) drains: what the sink's input
+//! holds is still posted, each request with its tries, so a drain towards a hook that is down
+//! takes up to `attempts` × (`timeout` + `backoff_max`) per request.
+//!
 //! A request that timed out may still have reached the hook: a retry may then deliver the same
 //! elements twice. Make the receiver idempotent if that matters (an alert's id, say).
 
