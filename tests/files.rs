@@ -288,8 +288,13 @@ fn follow_bounds_lines_and_names_the_file_and_offset() {
     wait_for(&out, 3, "the lines around the long one");
     append(&log, "last\n");
     wait_for(&out, 4, "a line after the long one");
+    // A long line still being written: skipped once past the limit, up to its newline.
+    append(&log, &"M".repeat(300));
+    append(&log, &"M".repeat(300));
+    append(&log, "\nend\n");
+    wait_for(&out, 5, "a line after a long one written in pieces");
     stop(running);
-    assert_eq!(out.values(), ["ok 1", "ok 2", "after", "last"]);
+    assert_eq!(out.values(), ["ok 1", "ok 2", "after", "last", "end"]);
 
     let bad = dir.path().join("bad.log");
     std::fs::write(&bad, b"fine\nbad \xff byte\nfine again\n").unwrap();
