@@ -457,7 +457,7 @@ fn reader_killed_twice_loses_nothing() -> Result<(), String> {
     let (n, capacity) = (1_000_000u64, 1024u64);
     let run = Running::launched(
         "pipe",
-        &["-", &n.to_string(), &capacity.to_string(), "4"],
+        &["-", &n.to_string(), &capacity.to_string(), "2"],
         &deploy,
         &out,
     );
@@ -493,20 +493,36 @@ fn reader_killed_twice_loses_nothing() -> Result<(), String> {
     Ok(())
 }
 
-/// The NATS server stopped and started again (same port, same store) while the stream flows:
+/// The NATS server stopped and started again (same port, same store) while the stream flows,
+/// with the connection's JetStream stream limited to 1 MiB (less than the stream's 2.4 MB), so
+/// that the writer waits at that limit (policy `block`) and publishes across the restart too:
 /// nothing is lost, nothing repeated, the order kept.
 fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
     let mut server = NatsServer::start();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let deploy = dir.path().join("pipe.toml");
+    std::fs::write(
+        &deploy,
+        format!(
+            "[broker]\nurl = \"{}\"\nmax_bytes = 1048576\nmax_pending = 8\n\n\
+             [processes.sink]\nagents = [\"record\"]\n\n\
+             [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n",
+            server.url()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
     let out = dir.path().join("out.txt");
     let n = 300_000u64;
-    let run = Running::app("pipe", &[&server.url(), &n.to_string(), "1024", "3"], &out);
+    let run = Running::launched("pipe", &["-", &n.to_string(), "1024", "3"], &deploy, &out);
+    run.wait_stderr("the writer waiting at the stream's limit", |e| {
+        e.contains("is at its limit")
+    })?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while recorded(&out) < 30_000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    ensure(recorded(&out) < n as usize, || {
-        "the stream ended before the server could be restarted".into()
+    ensure(recorded(&out) < n as usize / 2, || {
+        "the stream was half over before the server could be restarted".into()
     })?;
     server.restart();
     let (status, _, stderr) = run.wait()?;
@@ -560,6 +576,10 @@ fn quake_detector_behind_the_broker_detects_as_in_one_process() -> Result<(), St
         .collect();
     ensure(samples == expected, || {
         format!("detections at samples {samples:?}, in one process {expected:?}:\n{stdout}")
+    })?;
+    let stream = "IOTSTREAM_quake_detector_seismometer_out__sta_lta_samples";
+    ensure(server.has_stream(stream), || {
+        format!("the samples did not cross the broker: no JetStream stream {stream}")
     })
 }
 

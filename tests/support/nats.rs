@@ -121,6 +121,16 @@ impl NatsServer {
         }
     }
 
+    /// Whether the server stores a JetStream stream named `name` (in its store folder).
+    pub fn has_stream(&self, name: &str) -> bool {
+        let Ok(accounts) = std::fs::read_dir(self.store.join("jetstream")) else {
+            return false;
+        };
+        accounts
+            .flatten()
+            .any(|a| a.path().join("streams").join(name).is_dir())
+    }
+
     /// What the server wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -342,7 +342,7 @@ fn feed<T: Element>(shared: &Shared<T>) {
         for reply in acks {
             shared.ack(reply);
         }
-        for item in out {
+        for item in gather(out) {
             match item {
                 Item::Data(part) => {
                     if shared.count_traffic {
@@ -405,6 +405,36 @@ fn feed<T: Element>(shared: &Shared<T>) {
         // The run is over without the end of stream: the run no longer waits for it.
         shared.run.finished(&mb.state);
     }
+}
+
+/// Consecutive batches taken in one pass become one (one delivery, one step, one credit
+/// return for what piled up while the reader was busy, as a ring's feeder gathers frames).
+fn gather<T: Element>(items: Vec<Item<T>>) -> Vec<Item<T>> {
+    let mut out: Vec<Item<T>> = Vec::with_capacity(items.len());
+    let mut run: Vec<Batch<T>> = Vec::new();
+    let flush = |run: &mut Vec<Batch<T>>, out: &mut Vec<Item<T>>| match run.len() {
+        0 => {}
+        1 => out.push(Item::Data(run.pop().expect("one"))),
+        _ => {
+            let total = run.iter().map(Batch::len).sum();
+            let mut v: Vec<T> = Vec::with_capacity(total);
+            for b in run.drain(..) {
+                v.extend_from_slice(b.as_slice());
+            }
+            out.push(Item::Data(Batch::new(v.into())));
+        }
+    };
+    for item in items {
+        match item {
+            Item::Data(b) => run.push(b),
+            other => {
+                flush(&mut run, &mut out);
+                out.push(other);
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// The first held mark or End not yet delivered is delivered now.
