@@ -1139,7 +1139,7 @@ impl Deployment {
                     problems.add(
                         at,
                         format!(
-                            "'transport' in connection {} is \"broker\", but the file has no                              [broker] section (add one with url = \"nats://host:4222\")",
+                            "'transport' in connection {} is \"broker\", but the file has no [broker] section (add one with url = \"nats://host:4222\")",
                             c.label()
                         ),
                     );
@@ -2110,7 +2110,7 @@ impl<'a> Reader<'a> {
                         Some(one) => self.error(
                             value.span(),
                             format!(
-                                "{what} must be nats://HOST:PORT or tls://HOST:PORT (several                                  separated by commas), found '{one}'"
+                                "{what} must be nats://HOST:PORT or tls://HOST:PORT (several separated by commas), found '{one}'"
                             ),
                         ),
                         None => b.url = u,
@@ -2180,7 +2180,7 @@ impl<'a> Reader<'a> {
                                 self.error(
                                     pair.span(),
                                     format!(
-                                        "{what} must list pairs of host names, as [[\"edge\",                                          \"server\"]], found {found}"
+                                        "{what} must list pairs of host names, as [[\"edge\", \"server\"]], found {found}"
                                     ),
                                 );
                             }
@@ -2208,7 +2208,7 @@ impl<'a> Reader<'a> {
             let at = self.pos(v.span().start);
             self.problems.add(
                 at,
-                "[broker] has no 'url' (it is required: the NATS server, as                  \"nats://host:4222\")"
+                "[broker] has no 'url' (it is required: the NATS server, as \"nats://host:4222\")"
                     .to_string(),
             );
             return None;
@@ -2458,14 +2458,13 @@ mod tests {
             [
                 "deploy.toml:1:2: unknown field 'proceses' at the top level (did you mean \
                  'processes'?); the accepted fields are 'supervisor', 'env', 'network', 'hosts', \
-                 'processes' \
-                 and 'connections'",
+                 'processes', 'connections' and 'broker'",
                 "deploy.toml:3:1: unknown field 'restrat' in process 'detector' (did you mean \
                  'restart'?); the accepted fields are 'host', 'agents', 'restart', \
                  'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus', 'workers' and 'env'",
                 "deploy.toml:6:3: unknown field 'capacty' in connection 'sensor.out' (did you \
                  mean 'capacity'?); the accepted fields are 'stream', 'to', 'capacity', \
-                 'capacity_bytes', 'policy' and 'spin_us'",
+                 'capacity_bytes', 'policy', 'spin_us' and 'transport'",
             ]
         );
     }
@@ -2810,6 +2809,89 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_section_and_broker_connections() {
+        let text = "[hosts.edge]\naddress = \"10.0.0.7\"\n[hosts.server]\naddress = \"10.0.0.8\"\n\
+                    [network]\ninsecure = true\n\
+                    [broker]\nurl = \"nats://10.0.0.5:4222, tls://10.0.0.6:4222\"\n\
+                    token_file = \"nats.token\"\nmax_bytes = 2097152\nmax_age_s = 3600\n\
+                    max_pending = 16\nconnect_wait_ms = 500\nbetween = [[\"edge\", \"server\"]]\n\
+                    [processes.p]\nhost = \"server\"\nagents = [\"detector\"]\n\
+                    [processes.main]\nhost = \"edge\"\n";
+        let d = Deployment::parse("/etc/d/deploy.toml", text).unwrap();
+        let b = d.broker.as_ref().unwrap();
+        assert_eq!(b.url, "nats://10.0.0.5:4222, tls://10.0.0.6:4222");
+        assert_eq!(b.token_file, Some(PathBuf::from("/etc/d/nats.token")));
+        assert_eq!(b.max_bytes, 2 << 20);
+        assert_eq!(b.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            (b.max_pending, b.connect_wait),
+            (16, Duration::from_millis(500))
+        );
+        assert_eq!(b.between, [("edge".to_string(), "server".to_string())]);
+        // A token file that cannot be read is an error naming it, when the run starts.
+        let e = b.settings().unwrap_err().to_string();
+        assert!(
+            e.contains("token_file") && e.contains("/etc/d/nats.token"),
+            "{e}"
+        );
+        // Every connection between the two hosts goes through the broker.
+        let mut g = Graph::new("between");
+        let s = g.source_iter("sensor", 0..3u64);
+        let a = g.map("detector", &s, |v: &u64| *v);
+        let _ = g.map("log", &a, |v: &u64| *v);
+        let plan = d.plan(&g.info()).unwrap();
+        assert_eq!(plan.broker, [true, true]);
+        g.apply_plan(&plan);
+        assert_eq!(g.edges[0].conn.transport, crate::Transport::Broker);
+
+        // One connection, on one host; "direct" keeps the other one as placed.
+        let d = Deployment::parse(
+            "deploy.toml",
+            "[broker]\nurl = \"nats://127.0.0.1:4222\"\n\
+             [[connections]]\nstream = \"sensor.out\"\ntransport = \"broker\"\n\
+             [[connections]]\nstream = \"detector.out\"\ntransport = \"direct\"\n",
+        )
+        .unwrap();
+        assert_eq!(d.plan(&g.info()).unwrap().broker, [true, false]);
+        assert_eq!(
+            d.broker.unwrap().settings().unwrap().url,
+            "nats://127.0.0.1:4222"
+        );
+    }
+
+    #[test]
+    fn broker_problems_name_file_line_and_field() {
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\ntransport = \"broker\"\n"),
+            "deploy.toml:3:13: 'transport' in connection 'sensor.out' is \"broker\", but the \
+             file has no [broker] section (add one with url = \"nats://host:4222\")"
+        );
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\ntransport = \"nats\"\n"),
+            "deploy.toml:3:13: unknown transport 'nats' in connection 'sensor.out'; expected \
+             'direct' or 'broker'"
+        );
+        assert_eq!(
+            error("[broker]\nmax_pending = 0\n"),
+            "deploy.toml:1:1: [broker] has no 'url' (it is required: the NATS server, as \
+             \"nats://host:4222\")\n\
+             deploy.toml:2:15: 'max_pending' in [broker] must be at least 1, found 0"
+        );
+        assert_eq!(
+            error("[broker]\nurl = \"http://x:4222\"\ntls_cert = \"c.pem\"\n"),
+            "deploy.toml:2:7: 'url' in [broker] must be nats://HOST:PORT or tls://HOST:PORT \
+             (several separated by commas), found 'http://x:4222'\n\
+             deploy.toml:3:1: TLS in [broker] needs 'tls_cert' and 'tls_key' together"
+        );
+        assert_eq!(
+            error("[broker]\nurl = \"nats://a:1\"\nbetween = [[\"a\", \"b\"]]\nmax_bytes = 5\n"),
+            "deploy.toml:3:12: unknown host 'a' in 'between' in [broker]; the hosts are 'local'\n\
+             deploy.toml:3:12: unknown host 'b' in 'between' in [broker]; the hosts are 'local'\n\
+             deploy.toml:4:13: 'max_bytes' in [broker] must be at least 1048576, found 5"
+        );
+    }
+
+    #[test]
     fn spin_us_is_microseconds_or_always() {
         assert_eq!(
             error("[[connections]]\nstream = \"sensor.out\"\nspin_us = -1\n"),
@@ -2925,8 +3007,8 @@ mod tests {
                  writer's stream, \"agent.port\")",
                 "deploy.toml:6:10: connection 'sensor.out' is configured twice (first on line 4)",
                 "deploy.toml:7:1: unknown field 'connections' in connection 'sensor.out'; the \
-                 accepted fields are 'stream', 'to', 'capacity', 'capacity_bytes', 'policy' \
-                 and 'spin_us'",
+                 accepted fields are 'stream', 'to', 'capacity', 'capacity_bytes', 'policy', \
+                 'spin_us' and 'transport'",
             ]
         );
     }
