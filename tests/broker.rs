@@ -11,7 +11,6 @@
 mod nats;
 
 #[path = "../examples/quake_detector.rs"]
-#[allow(dead_code)]
 mod quake;
 
 use std::io::{BufRead, BufReader, Write};

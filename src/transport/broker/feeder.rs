@@ -449,10 +449,7 @@ fn mark_delivered<T>(st: &mut State<T>) {
 /// it) into `acks`. The End's acknowledgement ends the link.
 fn settle<T>(st: &mut State<T>, mut consumed: usize, acks: &mut Vec<async_nats::Subject>) {
     // Ends: each pass removes the front or breaks.
-    loop {
-        let Some(front) = st.held.front_mut() else {
-            break;
-        };
+    while let Some(front) = st.held.front_mut() {
         if front.empty {
             if !front.delivered {
                 break;
