@@ -41,6 +41,7 @@
 //! tls_key = "client.key"
 //! max_bytes = 268435456        # default 256 MiB, at least 1 MiB: each connection's JetStream stream at most
 //! max_age_s = 0                # default 0 (none): messages older than this are discarded by the server
+//! max_messages = 100000        # default none: each connection's JetStream stream at most this many messages
 //! max_pending = 64             # default 64, 1..=65536: messages per connection awaiting the server's acknowledgement
 //! connect_wait_ms = 60000      # default 60000: how long a link waits for the server at start
 //! between = [["edge", "server"]] # default none: every connection between these two hosts goes through the broker
@@ -226,6 +227,7 @@ const BROKER_FIELDS: &[&str] = &[
     "tls_key",
     "max_bytes",
     "max_age_s",
+    "max_messages",
     "max_pending",
     "connect_wait_ms",
     "between",
@@ -361,6 +363,9 @@ pub struct BrokerSection {
     pub max_bytes: u64,
     /// Messages older than this are discarded by the server (`max_age_s`; `None`: never).
     pub max_age: Option<Duration>,
+    /// Each connection's JetStream stream at most this many messages (`max_messages`; `None`:
+    /// no such limit); a publish refused there follows the connection's policy.
+    pub max_messages: Option<u64>,
     /// Messages per connection awaiting the server's acknowledgement (`max_pending`, 64).
     pub max_pending: usize,
     /// How long a link waits for the server at start (`connect_wait_ms`, default 60 s).
@@ -400,6 +405,9 @@ impl BrokerSection {
         }
         s.max_bytes = i64::try_from(self.max_bytes).unwrap_or(i64::MAX);
         s.max_age = self.max_age;
+        s.max_messages = self
+            .max_messages
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
         s.max_pending = self.max_pending;
         s.connect_wait = self.connect_wait;
         Ok(s)
@@ -2086,6 +2094,7 @@ impl<'a> Reader<'a> {
             tls_client: None,
             max_bytes: 256 << 20,
             max_age: None,
+            max_messages: None,
             max_pending: 64,
             connect_wait: Duration::from_secs(60),
             between: Vec::new(),
@@ -2145,6 +2154,11 @@ impl<'a> Reader<'a> {
                 "max_age_s" => {
                     if let Some(n) = self.int(value, &what, 0, 100 * 365 * 86_400) {
                         b.max_age = (n > 0).then(|| Duration::from_secs(n));
+                    }
+                }
+                "max_messages" => {
+                    if let Some(n) = self.int(value, &what, 1, i64::MAX as u64) {
+                        b.max_messages = Some(n);
                     }
                 }
                 "max_pending" => {

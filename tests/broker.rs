@@ -92,7 +92,11 @@ fn pipe(url: &str, n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstrea
     }
     g.connect_with(&numbers, &input, conn);
     g.place_in_process("record", "sink");
-    g.run().map(|_| ())
+    let metrics = g.run()?;
+    if let Some(l) = metrics.link("numbers.out", "record") {
+        println!("LINK dropped {}", l.dropped);
+    }
+    Ok(())
 }
 
 /// `$OUT`, opened for appending; a torn last line (a kill mid-write) is ended with `#torn`.
@@ -493,8 +497,8 @@ fn reader_killed_twice_loses_nothing() -> Result<(), String> {
 }
 
 /// The NATS server stopped and started again (same port, same store) while the stream flows,
-/// with the connection's JetStream stream limited to 1 MiB (less than the stream's 2.4 MB), so
-/// that the writer waits at that limit (policy `block`) and publishes across the restart too:
+/// with the connection's JetStream stream limited to 128 messages (of 3 000), so that the
+/// writer waits at that limit (policy `block`) and publishes across the restart too:
 /// nothing is lost, nothing repeated, the order kept.
 fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
     let mut server = NatsServer::start();
@@ -503,7 +507,7 @@ fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
     std::fs::write(
         &deploy,
         format!(
-            "[broker]\nurl = \"{}\"\nmax_bytes = 1048576\nmax_pending = 8\n\n\
+            "[broker]\nurl = \"{}\"\nmax_messages = 128\nmax_pending = 8\n\n\
              [processes.sink]\nagents = [\"record\"]\n\n\
              [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n",
             server.url()
@@ -533,6 +537,52 @@ fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
     ensure(seen.len() == n as usize, || {
         format!("{} lines for {n} elements", seen.len())
     })
+}
+
+/// At the stream's limit (128 messages, of 3 000; the writer's own bound, 4096 messages or
+/// 16 MiB awaiting PubAcks, is far above it) a drop policy drops what the server
+/// refuses and counts it instead of waiting: what arrives is in order and never twice, and what arrived plus
+/// what the writer counted as dropped is everything sent.
+fn a_drop_policy_drops_and_counts_at_the_streams_limit() -> Result<(), String> {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let deploy = dir.path().join("pipe.toml");
+    std::fs::write(
+        &deploy,
+        format!(
+            "[broker]\nurl = \"{}\"\nmax_messages = 128\nmax_pending = 4096\n\n\
+             [processes.sink]\nagents = [\"record\"]\n\n\
+             [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n\
+             policy = \"drop-newest\"\n",
+            server.url()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let n = 300_000u64;
+    let run = Running::launched("pipe", &["-", &n.to_string(), "1024", "3"], &deploy, &out);
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let dropped: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("[main] LINK dropped "))
+        .and_then(|d| d.trim().parse().ok())
+        .ok_or_else(|| format!("the writer reported no drop count:\n{stdout}"))?;
+    let seen = indices(&out)?;
+    ensure(seen.windows(2).all(|w| w[0] < w[1]), || {
+        "what arrived is not in order, or came twice".into()
+    })?;
+    ensure(dropped > 0, || {
+        format!(
+            "nothing dropped although the stream was at its limit ({} arrived)",
+            seen.len()
+        )
+    })?;
+    ensure(seen.len() as u64 + dropped == n, || {
+        format!("{} arrived + {dropped} dropped, {n} sent", seen.len())
+    })?;
+    eprintln!("  ({} arrived, {dropped} dropped)", seen.len());
+    Ok(())
 }
 
 /// The quake detector with its detection stage behind the broker (a deployment file): the same
@@ -597,7 +647,7 @@ fn main() {
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     type Scenario = fn() -> Result<(), String>;
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, Scenario); 6] = [
         (
             "forced_in_one_process_matches_local",
             forced_in_one_process_matches_local,
@@ -613,6 +663,10 @@ fn main() {
         (
             "server_restarted_mid_run_loses_nothing",
             server_restarted_mid_run_loses_nothing,
+        ),
+        (
+            "a_drop_policy_drops_and_counts_at_the_streams_limit",
+            a_drop_policy_drops_and_counts_at_the_streams_limit,
         ),
         (
             "quake_detector_behind_the_broker_detects_as_in_one_process",

@@ -17,8 +17,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::{
-    connect, ensure_stream, parse_msg_id, runtime, BrokerNames, BrokerSettings, MSG_ID, PULL_BATCH,
-    SLICE,
+    connect, ensure_stream, parse_msg_id, runtime, BrokerNames, BrokerSettings, MSG_ID, PREV,
+    PULL_BATCH, SLICE,
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -86,6 +86,10 @@ struct State<T> {
     last: Option<(u64, u64)>,
     /// The stream sequence of the last message taken: a redelivery is dropped.
     last_stream_seq: u64,
+    /// The consumer (delivery) sequence of the last message delivered, 0 for a fresh
+    /// consumer: deliveries are numbered one by one, redeliveries included, so a jump means
+    /// one was lost on the way.
+    last_delivery: u64,
     eos_posted: bool,
     /// The End's acknowledgement was sent: the link is done.
     done: bool,
@@ -254,6 +258,7 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
             held: VecDeque::new(),
             last: None,
             last_stream_seq: 0,
+            last_delivery: 0,
             eos_posted: false,
             done: false,
         }),
@@ -473,7 +478,6 @@ fn settle<T>(st: &mut State<T>, mut consumed: usize, acks: &mut Vec<async_nats::
 
 /// The pulling task (see the module docs).
 async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
-    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     let client = match connect(&shared.settings, &shared.label).await {
         Ok(c) => c,
         Err(e) => return shared.fail(e),
@@ -487,39 +491,7 @@ async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
     // A former reader's consumer would hold back what it had been sent until its
     // acknowledgement wait ran out: made afresh, it starts at the first message nobody
     // acknowledged (work-queue retention removed the others).
-    let _ = stream.delete_consumer(&shared.names.consumer).await;
-    let config = pull::Config {
-        durable_name: Some(shared.names.consumer.clone()),
-        filter_subject: shared.names.subject.clone(),
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
-        deliver_policy: DeliverPolicy::All,
-        max_ack_pending: (shared.capacity + 2 * PULL_BATCH).min(1 << 20) as i64,
-        ..Default::default()
-    };
-    let consumer = match stream.create_consumer(config).await {
-        Ok(c) => c,
-        Err(e) => {
-            return shared.fail(format!(
-                "cannot create the consumer '{}' of JetStream stream '{}' on {}: {e}",
-                shared.names.consumer, shared.names.stream, shared.settings.url
-            ))
-        }
-    };
-    let open = || async {
-        consumer
-            .stream()
-            .max_messages_per_batch(PULL_BATCH)
-            .messages()
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot pull from the consumer '{}' of JetStream stream '{}': {e}",
-                    shared.names.consumer, shared.names.stream
-                )
-            })
-    };
-    let mut messages = match open().await {
+    let mut messages = match fresh_consumer(&shared, &stream).await {
         Ok(m) => m,
         Err(e) => return shared.fail(e),
     };
@@ -538,21 +510,9 @@ async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
             Err(_) => continue,
             Ok(n) => n,
         };
-        match next {
-            None => {
-                // The pull ended (the connection broke for good, the consumer went away):
-                // pull again, from the same durable consumer.
-                tokio::time::sleep(SLICE).await;
-                match open().await {
-                    Ok(m) => messages = m,
-                    Err(e) => {
-                        if !warned {
-                            warned = true;
-                            tracing::warn!("connection {}: {e}; trying again", shared.label);
-                        }
-                    }
-                }
-            }
+        let resync = match next {
+            // The pull ended (the connection broke for good, the consumer went away).
+            None => true,
             Some(Err(e)) => {
                 if !warned {
                     warned = true;
@@ -562,19 +522,83 @@ async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
                         shared.names.stream
                     );
                 }
+                false
             }
             Some(Ok(msg)) => {
                 warned = false;
-                if let Err(e) = take(&shared, &codec, msg) {
-                    return shared.fail(format!(
-                        "a malformed message in JetStream stream '{}' (subject '{}'): {e}",
-                        shared.names.stream, shared.names.subject
-                    ));
-                }
+                let taken = match take(&shared, &codec, msg) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return shared.fail(format!(
+                            "JetStream stream '{}' (subject '{}'): {e}",
+                            shared.names.stream, shared.names.subject
+                        ))
+                    }
+                };
                 shared.mailbox.thread.unpark();
+                matches!(taken, Taken::Resync)
+            }
+        };
+        if resync {
+            tracing::info!(
+                "connection {}: pulling again from JetStream stream '{}'",
+                shared.label,
+                shared.names.stream
+            );
+            tokio::time::sleep(SLICE).await;
+            match fresh_consumer(&shared, &stream).await {
+                Ok(m) => messages = m,
+                Err(e) => tracing::warn!("connection {}: {e}; trying again", shared.label),
             }
         }
     }
+}
+
+/// Deletes the reader's durable consumer if it exists and creates it again (deliver all:
+/// what work-queue retention left is what nobody acknowledged); its message stream.
+async fn fresh_consumer<T>(
+    shared: &Shared<T>,
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Result<async_nats::jetstream::consumer::pull::Stream, String> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let _ = stream.delete_consumer(&shared.names.consumer).await;
+    shared.lock().last_delivery = 0;
+    let config = pull::Config {
+        durable_name: Some(shared.names.consumer.clone()),
+        filter_subject: shared.names.subject.clone(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        deliver_policy: DeliverPolicy::All,
+        max_ack_pending: (shared.capacity + 2 * PULL_BATCH).min(1 << 20) as i64,
+        ..Default::default()
+    };
+    let consumer = stream.create_consumer(config).await.map_err(|e| {
+        format!(
+            "cannot create the consumer '{}' of JetStream stream '{}' on {}: {e}",
+            shared.names.consumer, shared.names.stream, shared.settings.url
+        )
+    })?;
+    consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .messages()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot pull from the consumer '{}' of JetStream stream '{}': {e}",
+                shared.names.consumer, shared.names.stream
+            )
+        })
+}
+
+/// What [`take`] made of a message.
+enum Taken {
+    /// Queued, or recognised as a repeat.
+    Done,
+    /// Not taken: a delivery before it was lost. The pulling task deletes and re-creates the
+    /// consumer: the broker then sends again, in stream order, every message not acknowledged;
+    /// those this reader holds or consumed are recognised by their stream sequence.
+    Resync,
 }
 
 /// Validates and decodes one message, and queues what it holds (a repeat is acknowledged or
@@ -583,11 +607,21 @@ fn take<T: Element>(
     shared: &Shared<T>,
     codec: &Codec<T>,
     msg: async_nats::jetstream::Message,
-) -> Result<(), String> {
-    let stream_seq = msg
+) -> Result<Taken, String> {
+    let (stream_seq, delivery) = msg
         .info()
-        .map_err(|e| format!("no delivery information: {e}"))?
-        .stream_sequence;
+        .map(|i| (i.stream_sequence, i.consumer_sequence))
+        .map_err(|e| format!("no delivery information: {e}"))?;
+    {
+        let mut st = shared.lock();
+        if st.last_delivery != 0 && delivery != st.last_delivery + 1 {
+            // A delivery was lost on the way (a broken connection, a restarted server): the
+            // consumer is made afresh before anything after it is taken, so that what was
+            // lost comes again in order (see `Taken::Resync`).
+            return Ok(Taken::Resync);
+        }
+        st.last_delivery = delivery;
+    }
     let id = msg
         .headers
         .as_ref()
@@ -596,6 +630,15 @@ fn take<T: Element>(
         .ok_or_else(|| format!("message {stream_seq} has no {MSG_ID} header"))?;
     let (epoch, seq) = parse_msg_id(&id)
         .ok_or_else(|| format!("message {stream_seq} has a malformed {MSG_ID} '{id}'"))?;
+    let prev = match msg.headers.as_ref().and_then(|h| h.get(PREV)) {
+        None => None,
+        Some(v) => Some(v.as_str().parse::<u64>().map_err(|_| {
+            format!(
+                "message {stream_seq} has a malformed {PREV} header '{}'",
+                v.as_str()
+            )
+        })?),
+    };
     let mut dec = FrameDecoder::new((MAX_ELEMENT_BYTES + 4096) as u32);
     if dec.push(&msg.payload) != msg.payload.len() {
         return Err(format!("message {stream_seq} is larger than any frame"));
@@ -658,14 +701,7 @@ fn take<T: Element>(
                 }
             }
         }
-        return Ok(());
-    }
-    if st.last_stream_seq != 0 && stream_seq != st.last_stream_seq + 1 {
-        // Messages before it were lost on the way (a broken connection): it is not taken
-        // now; the broker sends the missing ones again after its acknowledgement wait, then
-        // this one (work-queue retention keeps the sequence without holes otherwise: a
-        // message leaves the stream only once this consumer acknowledged it).
-        return Ok(());
+        return Ok(Taken::Done);
     }
     st.last_stream_seq = stream_seq;
     if matches!(st.last, Some((e, s)) if e == epoch && seq <= s) {
@@ -674,7 +710,20 @@ fn take<T: Element>(
         if let Some(r) = reply {
             shared.ack(r);
         }
-        return Ok(());
+        return Ok(Taken::Done);
+    }
+    if let (Some((e, s)), Some(p)) = (st.last, prev) {
+        if e == epoch && p != s {
+            // Not a drop at the stream's limit (the writer leaves those out of `PREV`): the
+            // broker lost what was published between them.
+            return Err(format!(
+                "message {stream_seq} follows the writer's frame {p}, but the last frame \
+                 received was {s}: the broker lost {} published message(s) (a server that \
+                 discards messages at its byte limit although told to refuse new ones: use \
+                 max_messages, or a newer nats-server)",
+                p.saturating_sub(s)
+            ));
+        }
     }
     st.last = Some((epoch, seq));
     let empty = elements == 0;
@@ -702,5 +751,5 @@ fn take<T: Element>(
         drop(st);
         shared.ack(r);
     }
-    Ok(())
+    Ok(Taken::Done)
 }

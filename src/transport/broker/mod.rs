@@ -116,6 +116,8 @@ pub(crate) struct BrokerSettings {
     pub max_bytes: i64,
     /// The JetStream stream's age limit (`None`: none).
     pub max_age: Option<Duration>,
+    /// The JetStream stream's message limit (`None`: none).
+    pub max_messages: Option<i64>,
     /// Messages published and not yet acknowledged by the server, per link.
     pub max_pending: usize,
     /// Payload bytes published and not yet acknowledged by the server, per link (at least one
@@ -145,6 +147,7 @@ impl BrokerSettings {
             tls: None,
             max_bytes: 256 << 20,
             max_age: None,
+            max_messages: None,
             max_pending: 64,
             max_pending_bytes: 16 << 20,
             connect_wait: Duration::from_secs(60),
@@ -167,6 +170,11 @@ const SLICE: Duration = Duration::from_millis(100);
 /// The header that carries a message's id (JetStream's de-duplication), `Nats-Msg-Id`. The
 /// client's constant: a name made from a string would not equal the one parsed from the wire.
 const MSG_ID: async_nats::HeaderName = async_nats::header::NATS_MESSAGE_ID;
+
+/// The header that names the writer's previous frame the stream holds (frames dropped at the
+/// stream's limit are left out): the reader checks it, so that a message the broker lost is
+/// an error, never a silent gap.
+const PREV: &str = "Iotstream-Prev";
 
 /// The header that makes a publish conditional on the stream's last message id,
 /// `Nats-Expected-Last-Msg-Id`.
@@ -302,6 +310,7 @@ pub(crate) fn stream_config(
         storage: StorageType::File,
         max_bytes: settings.max_bytes,
         max_age: settings.max_age.unwrap_or_default(),
+        max_messages: settings.max_messages.unwrap_or(-1),
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::{
     connect, ensure_stream, msg_id, runtime, BrokerNames, BrokerSettings, EXPECTED_LAST_ID, MSG_ID,
-    PUBLISH_TIMEOUT, SLICE, TARGET_PAYLOAD_BYTES,
+    PREV, PUBLISH_TIMEOUT, SLICE, TARGET_PAYLOAD_BYTES,
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -349,7 +349,10 @@ impl Publisher {
         // Every frame before `next` that is not in flight is confirmed: the next publish
         // needs no expected last id.
         let mut confirmed_before_next = true;
-        let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::new();
+        // The seq of the frame before `next` that the stream is to hold (dropped frames are
+        // left out): what the next frame says in its `PREV` header.
+        let mut prev: Option<u64> = None;
+        let mut in_flight: VecDeque<(u64, Option<u64>, PublishAckFuture)> = VecDeque::new();
         let mut warned_full = false;
         let mut warned_transient = false;
         // Ends: when the run is over or the sender dropped (checked every pass; a pass waits
@@ -376,13 +379,17 @@ impl Publisher {
                 if !confirmed_before_next && next > 0 {
                     headers.insert(EXPECTED_LAST_ID, msg_id(self.epoch, next - 1).as_str());
                 }
+                if let Some(p) = prev {
+                    headers.insert(PREV, p.to_string().as_str());
+                }
                 match js
                     .publish_with_headers(self.names.subject.clone(), headers, frame)
                     .await
                 {
                     Ok(ack) => {
                         add(&self.counters.bytes, payload as u64);
-                        in_flight.push_back((next, ack));
+                        in_flight.push_back((next, prev, ack));
+                        prev = Some(next);
                         next += 1;
                         confirmed_before_next = false;
                     }
@@ -393,7 +400,7 @@ impl Publisher {
                     }
                 }
             }
-            let Some((seq, ack)) = in_flight.pop_front() else {
+            let Some((seq, seq_prev, ack)) = in_flight.pop_front() else {
                 // Nothing in flight: wait for a frame (or a look at the run).
                 let _ = tokio::time::timeout(SLICE, self.shared.notify.notified()).await;
                 continue;
@@ -419,6 +426,7 @@ impl Publisher {
                     // (duplicates are dropped by id, an out-of-order one was refused).
                     in_flight.clear();
                     next = seq;
+                    prev = seq_prev;
                     confirmed_before_next = true;
                     match f {
                         Failure::OutOfOrder => {}
