@@ -2828,7 +2828,7 @@ mod tests {
                     [network]\ninsecure = true\n\
                     [broker]\nurl = \"nats://10.0.0.5:4222, tls://10.0.0.6:4222\"\n\
                     token_file = \"nats.token\"\nmax_bytes = 2097152\nmax_age_s = 3600\n\
-                    max_pending = 16\nconnect_wait_ms = 500\nbetween = [[\"edge\", \"server\"]]\n\
+                    max_messages = 500\nmax_pending = 16\nconnect_wait_ms = 500\nbetween = [[\"edge\", \"server\"]]\n\
                     [processes.p]\nhost = \"server\"\nagents = [\"detector\"]\n\
                     [processes.main]\nhost = \"edge\"\n";
         let d = Deployment::parse("/etc/d/deploy.toml", text).unwrap();
@@ -2837,6 +2837,7 @@ mod tests {
         assert_eq!(b.token_file, Some(PathBuf::from("/etc/d/nats.token")));
         assert_eq!(b.max_bytes, 2 << 20);
         assert_eq!(b.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(b.max_messages, Some(500));
         assert_eq!(
             (b.max_pending, b.connect_wait),
             (16, Duration::from_millis(500))

@@ -38,7 +38,7 @@
 //!   host once the End's PubAck came: the broker then holds everything, the reader may be
 //!   gone for hours.
 //! - **The stream's limit**: the JetStream stream has `max_bytes` (default 256 MiB) and
-//!   optionally `max_age`, with "discard new" and work-queue retention (a message is removed
+//!   optionally `max_messages` and `max_age`, with "discard new" and work-queue retention (a message is removed
 //!   once its reader acknowledged it). A publish refused at that limit follows the
 //!   connection's policy: `Block` retries it (every 100 ms) and keeps the link out of credit,
 //!   so the writing agent waits; `DropNewest`/`DropOldest` drop that message's elements and
@@ -49,9 +49,19 @@
 //!   runtime, validates and decodes each frame into private memory (a malformed frame is an
 //!   error of the run naming the stream and subject, never a panic), and hands them to a
 //!   feeder thread, which delivers them to the reading host within the input's credit, like a
-//!   ring's feeder, and counts as a source until it delivered the end of stream. At most the
-//!   input's capacity of elements plus one pull (`PULL_BATCH` messages) is held by the
-//!   process.
+//!   ring's feeder, and counts as a source until it delivered the end of stream. It stops
+//!   pulling while the input's capacity of elements waits for credit.
+//!
+//! - **Nothing lost silently**: each message carries, besides its id, the seq of the writer's
+//!   previous frame that the stream is to hold (`Iotstream-Prev`; a frame dropped at the
+//!   stream's limit is left out, the frames after it re-published naming the one before it).
+//!   The reader checks it against the last frame it took from the same writer epoch: a
+//!   mismatch is an error of the run naming the stream, the frames and how many were lost.
+//! - **Lost deliveries**: the consumer numbers its deliveries one by one (redeliveries too); a
+//!   jump means one was lost on the way (a broken connection, a restarted server). The reader
+//!   takes nothing after it: it deletes and re-creates the consumer, which sends again, in
+//!   stream order, every message not acknowledged; those it holds or consumed are recognised by
+//!   their stream sequence.
 //!
 //! # Where the reader acknowledges, and what may come twice
 //!
@@ -62,9 +72,11 @@
 //! reading process, its restart (same durable consumer) gets again exactly the messages not
 //! acknowledged: those that were in the process (pulled, delivered, or being consumed) and
 //! those whose acknowledgement was still on its way. Nothing acknowledged comes again, nothing
-//! unacknowledged is lost; **duplicates are bounded by what was mid-processing: at most the
-//! input's capacity plus one pull of messages** (a message is a writer's batch, up to 256 KiB
-//! of payload). While a reader lives, a message redelivered by the broker (acknowledgement
+//! unacknowledged is lost; **duplicates are bounded by what was mid-processing**: what the
+//! process held, at most the input's capacity of elements waiting for credit, the capacity
+//! delivered and not consumed, and one pull (`PULL_BATCH` messages) prefetched; never more
+//! than the consumer's `max_ack_pending` messages (the capacity plus two pulls), which the
+//! server enforces (a message is a writer's batch, up to 256 KiB of payload). While a reader lives, a message redelivered by the broker (acknowledgement
 //! timeout) or published twice (a writer's retry outside the duplicate window) is recognised
 //! by its `(writer epoch, seq)` and dropped.
 //!
