@@ -394,7 +394,11 @@ impl Publisher {
                         confirmed_before_next = false;
                     }
                     Err(e) => {
-                        tracing::warn!("connection {}: cannot publish: {e}", self.label);
+                        // Once per episode, as for a failed PubAck.
+                        if !warned_transient {
+                            warned_transient = true;
+                            tracing::warn!("connection {}: cannot publish: {e}", self.label);
+                        }
                         tokio::time::sleep(SLICE).await;
                         break;
                     }
