@@ -465,6 +465,11 @@ pub(crate) struct PortDecl {
         fn(
             crate::transport::tcp::TcpFeederSpec,
         ) -> Result<std::sync::Arc<dyn crate::transport::Mailbox>, crate::error::Error>,
+    /// Starts the receiver that feeds this input from a broker (NATS JetStream).
+    pub make_broker_feeder:
+        fn(
+            crate::transport::broker::BrokerFeederSpec,
+        ) -> Result<std::sync::Arc<dyn crate::transport::Mailbox>, crate::error::Error>,
 }
 
 fn make_in<T: Element>() -> Box<dyn InSlot> {
@@ -487,6 +492,7 @@ impl Ports {
             make_feeder: crate::transport::spawn_feeder::<T>,
             link_identity: crate::transport::tcp::LinkIdentity::new::<T>,
             make_tcp_feeder: crate::transport::tcp::spawn_tcp_feeder::<T>,
+            make_broker_feeder: crate::transport::broker::spawn_broker_feeder::<T>,
         }
     }
 

@@ -32,6 +32,20 @@
 //! reconnect_limit_ms = 60000   # default 60000: a broken link is retried this long, then the application fails
 //! unacked_bytes = 16777216     # default 16 MiB, at least 64 KiB: bytes sent and not yet acknowledged per link
 //!
+//! [broker]                     # a NATS server with JetStream, for connections marked transport = "broker"
+//! url = "nats://10.0.0.5:4222" # required: nats:// or tls://, several separated by commas
+//! creds = "fleet.creds"        # default none: a NATS credentials file (JWT + nkey seed); relative to this file
+//! token_file = "nats.token"    # default none: a file holding a token (not with creds)
+//! tls_ca = "nats-ca.pem"       # default none: TLS to the server, checked against this CA
+//! tls_cert = "client.pem"      # tls_cert, tls_key: both or none, for a server that asks for a client certificate
+//! tls_key = "client.key"
+//! max_bytes = 268435456        # default 256 MiB, at least 1 MiB: each connection's JetStream stream at most
+//! max_age_s = 0                # default 0 (none): messages older than this are discarded by the server
+//! max_messages = 100000        # default none: each connection's JetStream stream at most this many messages
+//! max_pending = 64             # default 64, 1..=65536: messages per connection awaiting the server's acknowledgement
+//! connect_wait_ms = 60000      # default 60000: how long a link waits for the server at start
+//! between = [["edge", "server"]] # default none: every connection between these two hosts goes through the broker
+//!
 //! [processes.detector]         # a process declared in code, or a new one
 //! host = "local"               # default: host "local" if it exists, else the only host; required when there are several hosts and none is "local"
 //! agents = ["detector"]        # default []: agents moved into this process (overrides code placement)
@@ -52,6 +66,8 @@
 //! spin_us = 200                # low-latency mode of a ring (Connection::spin): microseconds the
 //!                              # reader checks before it sleeps, 0..=60000000 (0: off), or
 //!                              # "always" (never sleeps); default: as in code
+//! transport = "broker"         # "direct" (default: a ring or a TCP link, from placement) or
+//!                              # "broker" (through the [broker]; needs that section)
 //! ```
 //!
 //! Reading a file is two steps. [`Deployment::parse`] (or [`Deployment::load`]) checks what can
@@ -144,6 +160,9 @@ pub struct Plan {
     /// ([`Connection::spin`](crate::Connection::spin)) in microseconds, `Some(0)` to turn it
     /// off, `Some(u64::MAX)` for always; `None` where it sets none (the code's stays).
     pub spin_us: Vec<Option<u64>>,
+    /// For each connection, as `edges`: it goes through the `[broker]` (`transport =
+    /// "broker"`, or a pair of hosts in `between`).
+    pub broker: Vec<bool>,
     /// Every host, in the file's order (empty: the one local host).
     pub hosts: Vec<HostPlan>,
     /// The host of every process.
@@ -197,7 +216,23 @@ const SECTIONS: &[&str] = &[
     "hosts",
     "processes",
     "connections",
+    "broker",
 ];
+const BROKER_FIELDS: &[&str] = &[
+    "url",
+    "creds",
+    "token_file",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "max_bytes",
+    "max_age_s",
+    "max_messages",
+    "max_pending",
+    "connect_wait_ms",
+    "between",
+];
+const TRANSPORTS: &[&str] = &["direct", "broker"];
 const SUPERVISOR_FIELDS: &[&str] = &["drain_timeout_ms", "ready_timeout_ms"];
 const HOST_FIELDS: &[&str] = &["address", "port", "observe_port"];
 const NETWORK_FIELDS: &[&str] = &[
@@ -232,6 +267,7 @@ const CONNECTION_FIELDS: &[&str] = &[
     "capacity_bytes",
     "policy",
     "spin_us",
+    "transport",
 ];
 
 /// The largest `spin_us` as a number: a minute.
@@ -254,6 +290,9 @@ pub struct Deployment {
     pub env: BTreeMap<String, String>,
     /// The `[network]` section: how links between hosts are secured and kept alive.
     pub network: NetworkSettings,
+    /// The `[broker]` section, if any: the NATS server that connections marked
+    /// `transport = "broker"` cross.
+    pub broker: Option<BrokerSection>,
     /// SHA-256 of the file's text: every host must run the same deployment, and the links
     /// between hosts check it in their handshake.
     pub digest: [u8; 32],
@@ -304,6 +343,75 @@ pub struct NetworkSettings {
     /// The most payload bytes a writer keeps sent and not yet acknowledged on one link
     /// (`unacked_bytes`, default 16 MiB): a writer out of room waits.
     pub unacked_bytes: usize,
+}
+
+/// The `[broker]` section: a NATS server with JetStream (see `docs/deployment.md`, "Broker").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerSection {
+    /// The server(s), `nats://host:port` or `tls://host:port`, separated by commas (`url`).
+    pub url: String,
+    /// A NATS credentials file (`creds`), relative paths from the deployment file's folder.
+    pub creds: Option<PathBuf>,
+    /// A file holding a token (`token_file`), read when the application starts.
+    pub token_file: Option<PathBuf>,
+    /// The CA that signed the server's certificate (`tls_ca`): TLS to the server.
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate and key (`tls_cert`, `tls_key`), for a server that asks.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Each connection's JetStream stream at most this many bytes (`max_bytes`, default
+    /// 256 MiB); a publish refused there follows the connection's policy.
+    pub max_bytes: u64,
+    /// Messages older than this are discarded by the server (`max_age_s`; `None`: never).
+    pub max_age: Option<Duration>,
+    /// Each connection's JetStream stream at most this many messages (`max_messages`; `None`:
+    /// no such limit); a publish refused there follows the connection's policy.
+    pub max_messages: Option<u64>,
+    /// Messages per connection awaiting the server's acknowledgement (`max_pending`, 64).
+    pub max_pending: usize,
+    /// How long a link waits for the server at start (`connect_wait_ms`, default 60 s).
+    pub connect_wait: Duration,
+    /// Pairs of hosts all of whose connections go through the broker (`between`).
+    pub between: Vec<(String, String)>,
+    /// Where each pair of `between` is written, for problems found by `plan`.
+    between_at: Vec<Pos>,
+}
+
+impl BrokerSection {
+    /// The settings broker links use; reads the token file (an error names it).
+    pub(crate) fn settings(&self) -> Result<crate::transport::broker::BrokerSettings, Error> {
+        let mut s = crate::transport::broker::BrokerSettings::new(&self.url);
+        if let Some(path) = &self.token_file {
+            let token = std::fs::read_to_string(path).map_err(|e| Error::Deployment {
+                problems: vec![format!(
+                    "[broker] token_file: cannot read {}: {e}",
+                    path.display()
+                )],
+            })?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(Error::Deployment {
+                    problems: vec![format!("[broker] token_file: {} is empty", path.display())],
+                });
+            }
+            s.token = Some(token.to_string());
+        }
+        s.creds = self.creds.clone();
+        if self.tls_ca.is_some() || self.tls_client.is_some() {
+            s.tls = Some(crate::transport::broker::BrokerTls {
+                ca: self.tls_ca.clone(),
+                cert: self.tls_client.as_ref().map(|c| c.0.clone()),
+                key: self.tls_client.as_ref().map(|c| c.1.clone()),
+            });
+        }
+        s.max_bytes = i64::try_from(self.max_bytes).unwrap_or(i64::MAX);
+        s.max_age = self.max_age;
+        s.max_messages = self
+            .max_messages
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        s.max_pending = self.max_pending;
+        s.connect_wait = self.connect_wait;
+        Ok(s)
+    }
 }
 
 /// The files of TLS on links between hosts (PEM): this host's certificate and key, and the
@@ -532,6 +640,8 @@ struct ConnectionEntry {
     policy: Option<Policy>,
     /// Microseconds, `u64::MAX` for "always".
     spin_us: Option<u64>,
+    /// `transport`: `true` for "broker", `false` for "direct", and where it is written.
+    broker: Option<(bool, Pos)>,
 }
 
 impl ConnectionEntry {
@@ -590,6 +700,7 @@ impl Deployment {
                 "supervisor" => r.supervisor(value, &mut d.supervisor),
                 "env" => d.env = r.env(value, "'env'", "in [env]"),
                 "network" => r.network(value, &mut d.network, Path::new(file).parent()),
+                "broker" => d.broker = r.broker(value, Path::new(file).parent()),
                 "hosts" => d.hosts = r.hosts(value),
                 "processes" => d.processes = r.processes(value),
                 _ => d.connections = r.connections(value),
@@ -601,6 +712,7 @@ impl Deployment {
         d.digest = Sha256::digest(text.as_bytes()).into();
         d.check_agents_placed_once(&mut r.problems);
         d.check_connections_once(&mut r.problems);
+        d.check_broker(&mut r.problems);
         r.problems.finish()?;
         Ok(d)
     }
@@ -649,6 +761,7 @@ impl Deployment {
             info.edges.iter().map(|e| (e.capacity, e.policy)).collect();
         let mut capacity_bytes: Vec<Option<usize>> = vec![None; info.edges.len()];
         let mut spin_us: Vec<Option<u64>> = vec![None; info.edges.len()];
+        let mut broker: Vec<bool> = vec![false; info.edges.len()];
         // Entries for a whole stream first, so that an entry for one connection wins.
         let stream_wide = self.connections.iter().filter(|c| c.to.is_none());
         let one = self.connections.iter().filter(|c| c.to.is_some());
@@ -732,6 +845,9 @@ impl Deployment {
                 if let Some(us) = c.spin_us {
                     spin_us[i] = Some(us);
                 }
+                if let Some((b, _)) = c.broker {
+                    broker[i] = b;
+                }
             }
         }
 
@@ -771,6 +887,29 @@ impl Deployment {
             }
         }
 
+        // Connections between two hosts that `between` pairs go through the broker, unless
+        // their own entry says "direct".
+        if let Some(b) = &self.broker {
+            for (e, edge) in info.edges.iter().enumerate() {
+                let host = |agent: usize| process_host.get(&agent_process[agent]);
+                let (Some(from), Some(to)) = (host(edge.from_agent), host(edge.to_agent)) else {
+                    continue;
+                };
+                let paired = b
+                    .between
+                    .iter()
+                    .any(|(x, y)| (x == from && y == to) || (x == to && y == from));
+                let said = self.connections.iter().any(|c| {
+                    c.broker.is_some()
+                        && c.stream.0 == edge.stream
+                        && c.to.as_ref().is_none_or(|t| t.0 == edge.input)
+                });
+                if paired && !said {
+                    broker[e] = true;
+                }
+            }
+        }
+
         self.check_ports(info, &agent_process, &process_host, &mut problems);
 
         problems.finish()?;
@@ -779,6 +918,7 @@ impl Deployment {
             edges,
             capacity_bytes,
             spin_us,
+            broker,
             hosts: self
                 .hosts
                 .iter()
@@ -991,6 +1131,40 @@ impl Deployment {
                             "unknown host '{host}' in process '{}'{}; the hosts are {}{default}",
                             p.name,
                             did_you_mean(host, names.iter().copied()),
+                            list(&names, "and")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `transport = "broker"` needs a `[broker]`; `between` names hosts of the file.
+    fn check_broker(&self, problems: &mut Problems) {
+        if self.broker.is_none() {
+            for c in &self.connections {
+                if let Some((true, at)) = c.broker {
+                    problems.add(
+                        at,
+                        format!(
+                            "'transport' in connection {} is \"broker\", but the file has no [broker] section (add one with url = \"nats://host:4222\")",
+                            c.label()
+                        ),
+                    );
+                }
+            }
+            return;
+        }
+        let b = self.broker.as_ref().expect("checked");
+        let names = self.host_names();
+        for ((x, y), at) in b.between.iter().zip(&b.between_at) {
+            for h in [x, y] {
+                if !names.contains(&h.as_str()) {
+                    problems.add(
+                        *at,
+                        format!(
+                            "unknown host '{h}' in 'between' in [broker]{}; the hosts are {}",
+                            did_you_mean(h, names.iter().copied()),
                             list(&names, "and")
                         ),
                     );
@@ -1910,6 +2084,152 @@ impl<'a> Reader<'a> {
         Some(cpus)
     }
 
+    fn broker(&mut self, v: &Value<'_>, folder: Option<&Path>) -> Option<BrokerSection> {
+        let t = self.table(v, "'broker'")?;
+        let mut b = BrokerSection {
+            url: String::new(),
+            creds: None,
+            token_file: None,
+            tls_ca: None,
+            tls_client: None,
+            max_bytes: 256 << 20,
+            max_age: None,
+            max_messages: None,
+            max_pending: 64,
+            connect_wait: Duration::from_secs(60),
+            between: Vec::new(),
+            between_at: Vec::new(),
+        };
+        let mut client: [Option<(PathBuf, Pos)>; 2] = [None, None];
+        let mut url = false;
+        for (key, value) in self.fields(t, BROKER_FIELDS, "in [broker]") {
+            let field: &str = key.get_ref();
+            let what = format!("'{field}' in [broker]");
+            match field {
+                "url" => {
+                    let Some(u) = self.string(value, &what) else {
+                        continue;
+                    };
+                    url = true;
+                    let bad = u.split(',').map(str::trim).find(|one| {
+                        !(one.starts_with("nats://") || one.starts_with("tls://"))
+                            || one.len() <= "nats://".len()
+                    });
+                    match bad {
+                        Some(one) => self.error(
+                            value.span(),
+                            format!(
+                                "{what} must be nats://HOST:PORT or tls://HOST:PORT (several separated by commas), found '{one}'"
+                            ),
+                        ),
+                        None => b.url = u,
+                    }
+                }
+                "creds" | "token_file" | "tls_ca" | "tls_cert" | "tls_key" => {
+                    let Some(s) = self.string(value, &what) else {
+                        continue;
+                    };
+                    if s.is_empty() {
+                        self.error(value.span(), format!("{what} must not be empty"));
+                        continue;
+                    }
+                    let path = match folder {
+                        Some(f) if Path::new(&s).is_relative() => f.join(&s),
+                        _ => PathBuf::from(&s),
+                    };
+                    let at = self.pos(key.span().start);
+                    match field {
+                        "creds" => b.creds = Some(path),
+                        "token_file" => b.token_file = Some(path),
+                        "tls_ca" => b.tls_ca = Some(path),
+                        "tls_cert" => client[0] = Some((path, at)),
+                        _ => client[1] = Some((path, at)),
+                    }
+                }
+                "max_bytes" => {
+                    if let Some(n) = self.int(value, &what, 1 << 20, i64::MAX as u64) {
+                        b.max_bytes = n;
+                    }
+                }
+                "max_age_s" => {
+                    if let Some(n) = self.int(value, &what, 0, 100 * 365 * 86_400) {
+                        b.max_age = (n > 0).then(|| Duration::from_secs(n));
+                    }
+                }
+                "max_messages" => {
+                    if let Some(n) = self.int(value, &what, 1, i64::MAX as u64) {
+                        b.max_messages = Some(n);
+                    }
+                }
+                "max_pending" => {
+                    if let Some(n) = self.int(value, &what, 1, 65_536) {
+                        b.max_pending = n as usize;
+                    }
+                }
+                "connect_wait_ms" => {
+                    if let Some(n) = self.int(value, &what, 0, TOML_MAX) {
+                        b.connect_wait = Duration::from_millis(n);
+                    }
+                }
+                _ => {
+                    let Some(pairs) = self.array(value, &what) else {
+                        continue;
+                    };
+                    for pair in pairs {
+                        let at = self.pos(pair.span().start);
+                        let names: Option<Vec<String>> = match pair.get_ref() {
+                            DeValue::Array(a) if a.len() == 2 => a
+                                .iter()
+                                .map(|h| h.get_ref().as_str().map(str::to_string))
+                                .collect(),
+                            _ => None,
+                        };
+                        match names {
+                            Some(n) => {
+                                b.between.push((n[0].clone(), n[1].clone()));
+                                b.between_at.push(at);
+                            }
+                            None => {
+                                let found = self.found(pair);
+                                self.error(
+                                    pair.span(),
+                                    format!(
+                                        "{what} must list pairs of host names, as [[\"edge\", \"server\"]], found {found}"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match client {
+            [Some(cert), Some(key)] => b.tls_client = Some((cert.0, key.0)),
+            [None, None] => {}
+            [Some((_, at)), None] | [None, Some((_, at))] => self.problems.add(
+                at,
+                "TLS in [broker] needs 'tls_cert' and 'tls_key' together".to_string(),
+            ),
+        }
+        if b.creds.is_some() && b.token_file.is_some() {
+            let at = self.pos(v.span().start);
+            self.problems.add(
+                at,
+                "[broker] takes 'creds' or 'token_file', not both".to_string(),
+            );
+        }
+        if !url {
+            let at = self.pos(v.span().start);
+            self.problems.add(
+                at,
+                "[broker] has no 'url' (it is required: the NATS server, as \"nats://host:4222\")"
+                    .to_string(),
+            );
+            return None;
+        }
+        (!b.url.is_empty()).then_some(b)
+    }
+
     fn connections(&mut self, v: &Value<'_>) -> Vec<ConnectionEntry> {
         let mut connections = Vec::new();
         let Some(items) = self.array(v, "'connections' (written [[connections]])") else {
@@ -1937,6 +2257,7 @@ impl<'a> Reader<'a> {
                 capacity_bytes: None,
                 policy: None,
                 spin_us: None,
+                broker: None,
             };
             for (key, value) in self.fields(t, CONNECTION_FIELDS, &place) {
                 let field: &str = key.get_ref();
@@ -1971,6 +2292,11 @@ impl<'a> Reader<'a> {
                             }
                             _ => self.int(value, &what, 0, MAX_SPIN_US),
                         };
+                    }
+                    "transport" => {
+                        c.broker = self
+                            .choice(value, field, &place, TRANSPORTS)
+                            .map(|i| (i == 1, at));
                     }
                     _ => {
                         c.policy = self
@@ -2146,14 +2472,13 @@ mod tests {
             [
                 "deploy.toml:1:2: unknown field 'proceses' at the top level (did you mean \
                  'processes'?); the accepted fields are 'supervisor', 'env', 'network', 'hosts', \
-                 'processes' \
-                 and 'connections'",
+                 'processes', 'connections' and 'broker'",
                 "deploy.toml:3:1: unknown field 'restrat' in process 'detector' (did you mean \
                  'restart'?); the accepted fields are 'host', 'agents', 'restart', \
                  'max_restarts', 'backoff_ms', 'max_backoff_ms', 'cpus', 'workers' and 'env'",
                 "deploy.toml:6:3: unknown field 'capacty' in connection 'sensor.out' (did you \
                  mean 'capacity'?); the accepted fields are 'stream', 'to', 'capacity', \
-                 'capacity_bytes', 'policy' and 'spin_us'",
+                 'capacity_bytes', 'policy', 'spin_us' and 'transport'",
             ]
         );
     }
@@ -2498,6 +2823,90 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_section_and_broker_connections() {
+        let text = "[hosts.edge]\naddress = \"10.0.0.7\"\n[hosts.server]\naddress = \"10.0.0.8\"\n\
+                    [network]\ninsecure = true\n\
+                    [broker]\nurl = \"nats://10.0.0.5:4222, tls://10.0.0.6:4222\"\n\
+                    token_file = \"nats.token\"\nmax_bytes = 2097152\nmax_age_s = 3600\n\
+                    max_messages = 500\nmax_pending = 16\nconnect_wait_ms = 500\nbetween = [[\"edge\", \"server\"]]\n\
+                    [processes.p]\nhost = \"server\"\nagents = [\"detector\"]\n\
+                    [processes.main]\nhost = \"edge\"\n";
+        let d = Deployment::parse("/etc/d/deploy.toml", text).unwrap();
+        let b = d.broker.as_ref().unwrap();
+        assert_eq!(b.url, "nats://10.0.0.5:4222, tls://10.0.0.6:4222");
+        assert_eq!(b.token_file, Some(PathBuf::from("/etc/d/nats.token")));
+        assert_eq!(b.max_bytes, 2 << 20);
+        assert_eq!(b.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(b.max_messages, Some(500));
+        assert_eq!(
+            (b.max_pending, b.connect_wait),
+            (16, Duration::from_millis(500))
+        );
+        assert_eq!(b.between, [("edge".to_string(), "server".to_string())]);
+        // A token file that cannot be read is an error naming it, when the run starts.
+        let e = b.settings().unwrap_err().to_string();
+        assert!(
+            e.contains("token_file") && e.contains("/etc/d/nats.token"),
+            "{e}"
+        );
+        // Every connection between the two hosts goes through the broker.
+        let mut g = Graph::new("between");
+        let s = g.source_iter("sensor", 0..3u64);
+        let a = g.map("detector", &s, |v: &u64| *v);
+        let _ = g.map("log", &a, |v: &u64| *v);
+        let plan = d.plan(&g.info()).unwrap();
+        assert_eq!(plan.broker, [true, true]);
+        g.apply_plan(&plan);
+        assert_eq!(g.edges[0].conn.transport, crate::Transport::Broker);
+
+        // One connection, on one host; "direct" keeps the other one as placed.
+        let d = Deployment::parse(
+            "deploy.toml",
+            "[broker]\nurl = \"nats://127.0.0.1:4222\"\n\
+             [[connections]]\nstream = \"sensor.out\"\ntransport = \"broker\"\n\
+             [[connections]]\nstream = \"detector.out\"\ntransport = \"direct\"\n",
+        )
+        .unwrap();
+        assert_eq!(d.plan(&g.info()).unwrap().broker, [true, false]);
+        assert_eq!(
+            d.broker.unwrap().settings().unwrap().url,
+            "nats://127.0.0.1:4222"
+        );
+    }
+
+    #[test]
+    fn broker_problems_name_file_line_and_field() {
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\ntransport = \"broker\"\n"),
+            "deploy.toml:3:13: 'transport' in connection 'sensor.out' is \"broker\", but the \
+             file has no [broker] section (add one with url = \"nats://host:4222\")"
+        );
+        assert_eq!(
+            error("[[connections]]\nstream = \"sensor.out\"\ntransport = \"nats\"\n"),
+            "deploy.toml:3:13: unknown transport 'nats' in connection 'sensor.out'; expected \
+             'direct' or 'broker'"
+        );
+        assert_eq!(
+            error("[broker]\nmax_pending = 0\n"),
+            "deploy.toml:1:1: [broker] has no 'url' (it is required: the NATS server, as \
+             \"nats://host:4222\")\n\
+             deploy.toml:2:15: 'max_pending' in [broker] must be at least 1, found 0"
+        );
+        assert_eq!(
+            error("[broker]\nurl = \"http://x:4222\"\ntls_cert = \"c.pem\"\n"),
+            "deploy.toml:2:7: 'url' in [broker] must be nats://HOST:PORT or tls://HOST:PORT \
+             (several separated by commas), found 'http://x:4222'\n\
+             deploy.toml:3:1: TLS in [broker] needs 'tls_cert' and 'tls_key' together"
+        );
+        assert_eq!(
+            error("[broker]\nurl = \"nats://a:1\"\nbetween = [[\"a\", \"b\"]]\nmax_bytes = 5\n"),
+            "deploy.toml:3:12: unknown host 'a' in 'between' in [broker]; the hosts are 'local'\n\
+             deploy.toml:3:12: unknown host 'b' in 'between' in [broker]; the hosts are 'local'\n\
+             deploy.toml:4:13: 'max_bytes' in [broker] must be at least 1048576, found 5"
+        );
+    }
+
+    #[test]
     fn spin_us_is_microseconds_or_always() {
         assert_eq!(
             error("[[connections]]\nstream = \"sensor.out\"\nspin_us = -1\n"),
@@ -2613,8 +3022,8 @@ mod tests {
                  writer's stream, \"agent.port\")",
                 "deploy.toml:6:10: connection 'sensor.out' is configured twice (first on line 4)",
                 "deploy.toml:7:1: unknown field 'connections' in connection 'sensor.out'; the \
-                 accepted fields are 'stream', 'to', 'capacity', 'capacity_bytes', 'policy' \
-                 and 'spin_us'",
+                 accepted fields are 'stream', 'to', 'capacity', 'capacity_bytes', 'policy', \
+                 'spin_us' and 'transport'",
             ]
         );
     }
@@ -2959,6 +3368,7 @@ insecure = true
                     (default, Policy::Block),
                 ],
                 capacity_bytes: vec![None, Some(4096), None, None],
+                broker: vec![false; 4],
                 spin_us: vec![Some(u64::MAX), Some(150), None, None],
                 hosts: vec![
                     host("local", "127.0.0.1", DEFAULT_PORT),

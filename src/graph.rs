@@ -155,6 +155,8 @@ pub(crate) enum Resolved {
     SharedMemory,
     /// Two hosts: a TCP link.
     Tcp,
+    /// Through a broker (NATS JetStream), wherever the two agents run.
+    Broker,
 }
 
 pub(crate) struct AgentDecl {
@@ -221,6 +223,9 @@ pub struct Graph {
     /// The deployment's `[network]` section and its digest, when a launcher started this
     /// process with a deployment file: how links between hosts are set up.
     pub(crate) network: Option<(crate::deploy::NetworkSettings, [u8; 32])>,
+    /// The broker that `Transport::Broker` connections cross ([`Graph::use_broker`], or the
+    /// deployment's `[broker]` section).
+    pub(crate) broker: Option<crate::transport::broker::BrokerSettings>,
     /// Senders of external inputs ([`Graph::input`]), by the stream they feed.
     pub(crate) externals: HashMap<PortId, Box<dyn ExternalAny>>,
     /// Hosts; one, [`LOCAL_HOST`](crate::info::LOCAL_HOST), unless a deployment names others.
@@ -257,6 +262,7 @@ impl Graph {
             by_name: HashMap::new(),
             externals: HashMap::new(),
             network: None,
+            broker: None,
             hosts: vec![HostPlan {
                 name: crate::info::LOCAL_HOST.to_string(),
                 address: "127.0.0.1".to_string(),
@@ -309,6 +315,49 @@ impl Graph {
     /// ```
     pub fn set_default_capacity_bytes(&mut self, bytes: usize) -> &mut Self {
         self.default_capacity_bytes = bytes.max(1);
+        self
+    }
+
+    /// Names the NATS server (JetStream on) that connections forced to [`Transport::Broker`]
+    /// cross: `nats://host:port`, with defaults for everything else (no credentials, no TLS,
+    /// 256 MiB per connection's JetStream stream). A deployment file's `[broker]` section
+    /// says the same with every option (credentials, token, TLS, limits) and replaces it.
+    /// Every process of the application builds the same graph, so each names the same server.
+    ///
+    /// ```no_run
+    /// use iotstream::{Connection, Graph, Transport};
+    ///
+    /// let mut g = Graph::new("fleet");
+    /// g.use_broker("nats://127.0.0.1:4222");
+    /// let readings = g.source_iter("sensor", 0..1000u64);
+    /// let (input, out) = g.add_agent("double", |p| {
+    ///     let input = p.input::<u64>("in");
+    ///     let out = p.output::<u64>("out");
+    ///     (Double { input, out }, (input, out))
+    /// });
+    /// g.connect_with(&readings, &input, Connection::new().transport(Transport::Broker));
+    /// let doubled = g.collect("doubled", &out);
+    /// g.run().unwrap();
+    /// assert_eq!(doubled.values().len(), 1000);
+    ///
+    /// struct Double {
+    ///     input: iotstream::Input<u64>,
+    ///     out: iotstream::Stream<u64>,
+    /// }
+    /// impl iotstream::Agent for Double {
+    ///     fn step(
+    ///         &mut self,
+    ///         i: &mut iotstream::Inputs,
+    ///         o: &mut iotstream::Outputs,
+    ///     ) -> Result<(), iotstream::AgentError> {
+    ///         o.extend(&self.out, i.slice(&self.input).iter().map(|v| v * 2));
+    ///         i.consume_all(&self.input);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn use_broker(&mut self, url: &str) -> &mut Self {
+        self.broker = Some(crate::transport::broker::BrokerSettings::new(url));
         self
     }
 
@@ -651,6 +700,11 @@ impl Graph {
                 Some(us) => e.conn.spin = Some(Duration::from_micros(us)),
             }
         }
+        for (e, broker) in self.edges.iter_mut().zip(&plan.broker) {
+            if *broker {
+                e.conn.transport = Transport::Broker;
+            }
+        }
         if !plan.hosts.is_empty() {
             self.hosts = plan.hosts.clone();
         }
@@ -694,7 +748,7 @@ impl Graph {
             Resolved::SharedMemory => {
                 crate::transport::ring_elements(capacity, capacity_bytes, (decl.ring_frame)())
             }
-            Resolved::Local | Resolved::Tcp => capacity.min(by_bytes),
+            Resolved::Local | Resolved::Tcp | Resolved::Broker => capacity.min(by_bytes),
         };
         Bounds {
             capacity,
@@ -720,12 +774,16 @@ impl Graph {
             self.process_of(e.from.agent as usize),
             self.process_of(e.to.agent as usize),
         );
+        if e.conn.transport == Transport::Broker {
+            return Resolved::Broker;
+        }
         if self.host_of(from) != self.host_of(to) || e.conn.transport == Transport::Tcp {
             // A forced Local or SharedMemory across hosts is reported by `validate`.
             return Resolved::Tcp;
         }
         match (e.conn.transport, from == to) {
             (Transport::Tcp, _) => Resolved::Tcp,
+            (Transport::Broker, _) => Resolved::Broker,
             (Transport::SharedMemory, _) | (Transport::Auto, false) => Resolved::SharedMemory,
             // A forced Local across processes is reported by `validate`.
             (Transport::Local, _) | (Transport::Auto, true) => Resolved::Local,
@@ -838,6 +896,11 @@ impl Graph {
                 problems.push(format!(
                     "{what}: forced Transport::SharedMemory, but '{}' runs on host '{from_host}' and '{}' on host '{to_host}'",
                     self.agents[e.from.agent as usize].name, reader.name
+                ));
+            }
+            if e.conn.transport == Transport::Broker && self.broker.is_none() {
+                problems.push(format!(
+                    "{what}: forced Transport::Broker, but no broker is named: call Graph::use_broker, or add a [broker] section to the deployment file"
                 ));
             }
             if self.resolve(e) != Resolved::Local
@@ -1034,7 +1097,7 @@ impl Graph {
                         )),
                         ..spec
                     }),
-                    Resolved::SharedMemory | Resolved::Tcp => {
+                    Resolved::SharedMemory | Resolved::Tcp | Resolved::Broker => {
                         let wiring = part.wiring.ok_or_else(|| no_wiring(&self.name, &label))?;
                         let wake = Arc::clone(mailboxes[writer].as_ref().expect("local writer"));
                         let remote = self.remote(edge, resolved, reader, loopback.as_ref());
@@ -1056,7 +1119,7 @@ impl Graph {
                     Resolved::Local => {
                         Arc::clone(mailboxes[writer].as_ref().expect("local writer"))
                     }
-                    Resolved::SharedMemory | Resolved::Tcp => {
+                    Resolved::SharedMemory | Resolved::Tcp | Resolved::Broker => {
                         let wiring = part.wiring.ok_or_else(|| no_wiring(&self.name, &label))?;
                         let decl = &self.agents[reader].inputs[e.to.port as usize];
                         // A writer in this process counts the traffic itself.
@@ -1086,8 +1149,8 @@ impl Graph {
                         link: if resolved == Resolved::Local { link } else { 0 },
                         capacity,
                         policy: e.conn.policy,
-                        // A ring's feeder and a TCP link release or acknowledge only what
-                        // the reader consumed.
+                        // A ring's feeder, a TCP link and a broker link release or
+                        // acknowledge only what the reader consumed.
                         durable: resolved != Resolved::Local,
                     },
                 );
@@ -1137,6 +1200,10 @@ pub(crate) enum Remote<'a> {
         /// Where the reading end listens, `address:port` (the writer connects there).
         at: String,
     },
+    /// A broker: the connection's NATS names.
+    Broker {
+        names: crate::transport::broker::BrokerNames,
+    },
 }
 
 impl Graph {
@@ -1150,7 +1217,17 @@ impl Graph {
         loopback: Option<&String>,
     ) -> Remote<'_> {
         let process = self.process_of(peer);
+        let e = &self.edges[edge];
         match resolved {
+            Resolved::Broker => Remote::Broker {
+                names: crate::transport::broker::BrokerNames::new(
+                    &self.name,
+                    &self.agents[e.from.agent as usize].name,
+                    &self.agents[e.from.agent as usize].outputs[e.from.port as usize].name,
+                    &self.agents[e.to.agent as usize].name,
+                    &self.agents[e.to.agent as usize].inputs[e.to.port as usize].name,
+                ),
+            },
             Resolved::Tcp => Remote::Tcp {
                 host: self.host_of(process),
                 at: loopback
@@ -1208,7 +1285,7 @@ pub(crate) trait Wiring {
 fn no_wiring(app: &str, label: &str) -> Error {
     Error::Runtime {
         detail: format!(
-            "application '{app}': connection {label} leaves the process (a shared-memory ring or a TCP link), which the deterministic harness does not provide; run it with Graph::run"
+            "application '{app}': connection {label} leaves the process (a shared-memory ring, a TCP link or a broker link), which the deterministic harness does not provide; run it with Graph::run"
         ),
     }
 }
@@ -1257,6 +1334,7 @@ impl Graph {
                     Resolved::Tcp => "tcp",
                     Resolved::Local => "local",
                     Resolved::SharedMemory => "shared-memory",
+                    Resolved::Broker => "broker",
                 };
                 crate::info::EdgeInfo {
                     from_agent: fa,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::error::Error;
 use crate::metrics::{add, StreamCounters};
 use crate::stream::{spare, Batch, Element, Mark, Policy, VecPool};
+use crate::transport::broker::{BrokerSender, BrokerWriterSpec};
 use crate::transport::tcp::{TcpSender, TcpWriterSpec};
 use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
 
@@ -489,6 +490,16 @@ pub(crate) trait OutSlot: Send {
         output: u32,
         run: Run,
     ) -> Result<(), Error>;
+    /// Adds a link that publishes to a broker (NATS JetStream); `wake` reaches this output's
+    /// host, which knows the link as `(output, link)`.
+    fn add_broker_link(
+        &mut self,
+        spec: LinkSpec,
+        broker: BrokerWriterSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        run: Run,
+    ) -> Result<(), Error>;
     fn link_count(&self) -> usize;
     /// The first transport failure of any link, taken.
     fn take_error(&mut self) -> Option<String>;
@@ -719,6 +730,20 @@ impl<T: Element> OutSlot for OutBuf<T> {
         let link = self.links.len() as u32;
         let tx = TcpSender::<T>::open(tcp, wake, output, link, run)?;
         self.links.push(LinkTx::tcp(tx, &spec));
+        Ok(())
+    }
+
+    fn add_broker_link(
+        &mut self,
+        spec: LinkSpec,
+        broker: BrokerWriterSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        run: Run,
+    ) -> Result<(), Error> {
+        let link = self.links.len() as u32;
+        let tx = BrokerSender::<T>::open(broker, wake, output, link, run)?;
+        self.links.push(LinkTx::broker(tx, &spec));
         Ok(())
     }
 

@@ -90,6 +90,7 @@ use crate::launch::{self, ChildProcess, Role, RunId, Segments};
 use crate::metrics::{Metrics, Registry};
 use crate::ops::source::InputSender;
 use crate::stream::{Element, PortId, Stream};
+use crate::transport::broker::{BrokerFeederSpec, BrokerSettings, BrokerWriterSpec};
 use crate::transport::tcp::auth::Secret;
 use crate::transport::tcp::tls::{TlsConfig, TlsFiles};
 use crate::transport::tcp::{StopHook, TcpFeederSpec, TcpSettings, TcpWriterSpec};
@@ -961,6 +962,9 @@ impl Graph {
                 let plan = d.plan(&self.info())?;
                 self.apply_plan(&plan);
                 self.network = Some((d.network.clone(), d.digest));
+                if let Some(b) = &d.broker {
+                    self.broker = Some(b.settings()?);
+                }
             }
             Ok(())
         });
@@ -1825,7 +1829,9 @@ fn coordinate(
         // TCP links forced within one host, without a deployment: loopback, no secret.
         _ => TcpContext::loopback(Arc::clone(&stop)),
     };
+    let broker = graph.broker.clone().map(Arc::new);
     let wiring = run.map(|(app, run)| ProcessLinks {
+        broker,
         app,
         run,
         handle: Arc::new(RunHandle {
@@ -2011,6 +2017,17 @@ struct ProcessLinks {
     stopped: fn(u32) -> bool,
     /// What the TCP links of this process share.
     tcp: TcpContext,
+    /// The broker that broker links cross, if the graph names one.
+    broker: Option<Arc<BrokerSettings>>,
+}
+
+impl ProcessLinks {
+    /// The broker's settings, or an error naming the connection.
+    fn broker(&self, label: &str) -> Result<Arc<BrokerSettings>, Error> {
+        self.broker.clone().ok_or_else(|| Error::Runtime {
+            detail: format!("connection {label} goes through a broker, but none is named"),
+        })
+    }
 }
 
 /// What every TCP link of a process shares.
@@ -2115,6 +2132,16 @@ impl crate::graph::Wiring for ProcessLinks {
                 };
                 out.add_tcp_link(spec, writer, wake, output, self.handle.clone())
             }
+            Remote::Broker { names } => {
+                let writer = BrokerWriterSpec {
+                    names: names.clone(),
+                    settings: self.broker(&spec.label)?,
+                    counters: Arc::clone(&spec.counters),
+                    policy: spec.policy,
+                    label: spec.label.clone(),
+                };
+                out.add_broker_link(spec, writer, wake, output, self.handle.clone())
+            }
         }
     }
 
@@ -2164,6 +2191,17 @@ impl crate::graph::Wiring for ProcessLinks {
                     on_peer_stop: Arc::clone(&tcp.on_peer_stop),
                 })
             }
+            Remote::Broker { names } => (decl.make_broker_feeder)(BrokerFeederSpec {
+                names: names.clone(),
+                settings: self.broker(&label)?,
+                target,
+                input,
+                capacity,
+                counters,
+                count_traffic,
+                label,
+                run: self.handle.clone(),
+            }),
         }
     }
 }

@@ -424,6 +424,12 @@ pub enum Transport {
     /// process or host; without a deployment it runs without a secret. Between hosts a
     /// connection is a TCP link whatever it says.
     Tcp,
+    /// Through a broker, NATS JetStream: the graph must name one ([`Graph::use_broker`], or
+    /// `[broker]` in a deployment file). Works between agents of one process, of two
+    /// processes, or of two hosts; the reader resumes after a restart where it stopped.
+    ///
+    /// [`Graph::use_broker`]: crate::Graph::use_broker
+    Broker,
 }
 
 #[cfg(test)]

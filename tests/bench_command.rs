@@ -9,6 +9,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "support/nats.rs"]
+mod nats;
+
 fn iotstream() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_iotstream"));
     c.env_remove("IOTSTREAM_DRAIN_TIMEOUT_MS")
@@ -296,6 +299,71 @@ fn a_failing_cell_is_a_row_with_its_error_and_an_error_exit_naming_it() {
         .expect("the processes row's error");
     assert!(error.contains("IOTSTREAM_DRAIN_TIMEOUT_MS"), "{error}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED"));
+}
+
+/// `--nats URL`: the broker mode (every connection through a JetStream server the test
+/// starts) and its raw async-nats baseline, both delivering every element; without a server
+/// the broker mode is refused naming the flag.
+#[test]
+fn the_broker_mode_and_its_raw_nats_baseline_deliver_every_element() {
+    let server = nats::NatsServer::start();
+    let dir = Scratch::new("broker");
+    let json = dir.path("bench.json");
+    let out = iotstream()
+        .args([
+            "bench",
+            "--modes",
+            "broker,tcp",
+            "--sizes",
+            "64",
+            "--duration",
+            "0.2",
+            "--nats",
+            &server.url(),
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run iotstream bench");
+    assert!(out.status.success(), "{}", text(&out));
+    let report = read_json(&json);
+    let runs = report["runs"].as_array().expect("a runs array");
+    assert_eq!(runs.len(), 2 * 2, "broker and tcp × two patterns");
+    for run in runs {
+        assert!(run["error"].is_null(), "{run}");
+        let sent = u(run, "sent");
+        assert!(sent > 0, "{run}");
+        assert_eq!(u(run, "delivered"), sent, "{run}");
+        let base = u(run, "baseline_sent");
+        assert!(base > 0, "{run}");
+        assert_eq!(u(run, "baseline_delivered"), base, "{run}");
+        let pings = u(run, "latency_sent");
+        assert!(pings > 0, "{run}");
+        assert_eq!(u(run, "latency_delivered"), pings, "{run}");
+        assert!(run["ratio"].is_number(), "{run}");
+        let want = match run["mode"].as_str() {
+            Some("broker") => "raw-nats",
+            Some("tcp") => "raw-tcp",
+            other => panic!("unexpected mode {other:?}"),
+        };
+        assert_eq!(run["baseline"].as_str(), Some(want), "{run}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("raw-nats"),
+        "the table names the baseline:\n{stdout}"
+    );
+
+    let refused = iotstream()
+        .args(["bench", "--modes", "broker"])
+        .output()
+        .expect("run iotstream bench");
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--nats"),
+        "{}",
+        text(&refused)
+    );
 }
 
 #[test]

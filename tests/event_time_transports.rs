@@ -1,7 +1,8 @@
 //! Watermarks cross every transport unchanged: the same small application (disordered
 //! `(t, v)` readings → `watermarks` → a map → an observer recording elements and marks in
 //! order) run with its map → observer connection in process, forced onto a shared-memory ring,
-//! and forced onto a TCP loopback link; the observed sequence must be identical.
+//! forced onto a TCP loopback link, and forced through a NATS JetStream broker (a
+//! `nats-server -js` the test starts); the observed sequence must be identical.
 //!
 //! For the sequence to be a property of the application and not of thread timing, every piece
 //! that could move a mark is pinned: the source's batches equal the capacity of the connection
@@ -12,6 +13,9 @@
 //! transport under test.
 
 use std::sync::{Arc, Mutex};
+
+#[path = "support/nats.rs"]
+mod nats;
 
 use iotstream::ops::event::Watermarks;
 use iotstream::{
@@ -93,7 +97,15 @@ fn readings(n: u64) -> Vec<(u64, u32)> {
 /// Runs the application with the map → observer connection on `transport`; what the
 /// observer saw.
 fn observed(app: &str, transport: Transport) -> Vec<Seen> {
+    observed_with(app, transport, None)
+}
+
+/// [`observed`], with the broker at `broker` named (for `Transport::Broker`).
+fn observed_with(app: &str, transport: Transport, broker: Option<&str>) -> Vec<Seen> {
     let mut g = Graph::new(app);
+    if let Some(url) = broker {
+        g.use_broker(url);
+    }
     g.set_default_capacity(BATCH);
     let opts = SourceOptions {
         max_batch: BATCH,
@@ -171,4 +183,16 @@ fn watermarks_cross_a_ring_and_a_tcp_link_unchanged() {
     );
     let tcp = observed("evt_tcp", Transport::Tcp);
     assert!(tcp == local, "TCP: the same elements and marks, in order");
+}
+
+#[test]
+fn watermarks_cross_a_broker_unchanged() {
+    let local = observed("evt_local_b", Transport::Auto);
+    check(&local);
+    let server = nats::NatsServer::start();
+    let broker = observed_with("evt_broker", Transport::Broker, Some(&server.url()));
+    assert!(
+        broker == local,
+        "broker: the same elements and marks, in order"
+    );
 }

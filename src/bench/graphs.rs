@@ -63,8 +63,28 @@ fn place(g: &mut Graph, mode: Mode, agents: &[&str], far: &str) {
         Mode::Processes | Mode::Spin => {
             g.place_in_process(far, far);
         }
-        Mode::Tcp => {}
+        Mode::Tcp | Mode::Broker => {}
     }
+}
+
+/// The application's name: `base`, and for the `broker` mode this process's id after it, so
+/// that each cell has JetStream streams of its own (the broker keeps them across runs).
+fn app_name(mode: Mode, base: &str) -> String {
+    match mode {
+        Mode::Broker => format!("{base}_{}", std::process::id()),
+        _ => base.to_string(),
+    }
+}
+
+/// Names the `broker` mode's server (`--nats`) in `g`.
+fn use_broker(g: &mut Graph, mode: Mode, p: &Params) -> Result<(), Error> {
+    if mode == Mode::Broker {
+        let url = p.nats.as_deref().ok_or_else(|| Error::Runtime {
+            detail: "the broker mode needs a NATS server: --nats nats://host:4222".into(),
+        })?;
+        g.use_broker(url);
+    }
+    Ok(())
 }
 
 /// The connection to and from the far agent: the transport `mode` forces, low-latency mode
@@ -72,6 +92,7 @@ fn place(g: &mut Graph, mode: Mode, agents: &[&str], far: &str) {
 fn connection(mode: Mode) -> Connection {
     match mode {
         Mode::Tcp => Connection::new().transport(Transport::Tcp),
+        Mode::Broker => Connection::new().transport(Transport::Broker),
         Mode::Spin => Connection::new().spin(super::SPIN_WINDOW),
         _ => Connection::new(),
     }
@@ -187,7 +208,8 @@ impl<const N: usize> crate::ops::source::Source<Payload<N>> for BatchSource<N> {
 /// its side of the result.
 pub(crate) fn throughput<const N: usize>(mode: Mode, p: &Params) -> Result<(), Error> {
     let role = role();
-    let mut g = Graph::new(&format!("bench_{}_{N}", mode.name()));
+    let mut g = Graph::new(&app_name(mode, &format!("bench_{}_{N}", mode.name())));
+    use_broker(&mut g, mode, p)?;
     g.plain_data::<Payload<N>>();
     g.set_default_capacity(p.capacity);
     // Signals belong to the bench command (the starter's children still take part).
@@ -378,7 +400,11 @@ impl<const N: usize> crate::ops::source::Source<Payload<N>> for PingSource<N> {
 /// one-way latencies' percentiles.
 pub(crate) fn latency<const N: usize>(mode: Mode, p: &Params) -> Result<(), Error> {
     let role = role();
-    let mut g = Graph::new(&format!("bench_latency_{}_{N}", mode.name()));
+    let mut g = Graph::new(&app_name(
+        mode,
+        &format!("bench_latency_{}_{N}", mode.name()),
+    ));
+    use_broker(&mut g, mode, p)?;
     g.plain_data::<Payload<N>>();
     g.set_default_capacity(p.capacity);
     g.handle_signals(false);

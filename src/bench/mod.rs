@@ -82,6 +82,9 @@ pub enum Mode {
     Tcp,
     /// As `processes`, every ring in low-latency mode (`Connection::spin` of [`SPIN_WINDOW`]).
     Spin,
+    /// One process; map → sink (both echo connections) forced through a NATS JetStream
+    /// broker (`Transport::Broker`, the server `--nats` names).
+    Broker,
 }
 
 /// How long the rings of the `spin` mode are checked before their readers sleep.
@@ -89,12 +92,13 @@ pub const SPIN_WINDOW: Duration = Duration::from_micros(200);
 
 impl Mode {
     /// Every mode, in the order the bench runs them.
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Thread,
         Mode::Threads,
         Mode::Processes,
         Mode::Tcp,
         Mode::Spin,
+        Mode::Broker,
     ];
 
     /// The modes a plain `iotstream bench` runs (`spin` keeps a core busy: asked for only).
@@ -108,6 +112,7 @@ impl Mode {
             Mode::Processes => "processes",
             Mode::Tcp => "tcp",
             Mode::Spin => "spin",
+            Mode::Broker => "broker",
         }
     }
 
@@ -122,6 +127,7 @@ impl Mode {
             Mode::Thread | Mode::Threads => Baseline::Crossbeam,
             Mode::Processes | Mode::Spin => Baseline::ShmRing,
             Mode::Tcp => Baseline::RawTcp,
+            Mode::Broker => Baseline::RawNats,
         }
     }
 }
@@ -157,6 +163,8 @@ pub enum Baseline {
     ShmRing,
     /// A loopback TCP connection between two threads.
     RawTcp,
+    /// An async-nats JetStream publisher and pull subscriber on the same server as `broker`.
+    RawNats,
 }
 
 impl Baseline {
@@ -166,6 +174,7 @@ impl Baseline {
             Baseline::Crossbeam => "crossbeam",
             Baseline::ShmRing => "shm-ring",
             Baseline::RawTcp => "raw-tcp",
+            Baseline::RawNats => "raw-nats",
         }
     }
 }
@@ -193,6 +202,8 @@ pub struct Options {
     pub processes: Vec<usize>,
     /// How long a cell may run beyond its duration before it is killed and reported failed.
     pub timeout: Duration,
+    /// The NATS server (JetStream on) of the `broker` mode and its baseline.
+    pub nats: Option<String>,
 }
 
 impl Default for Options {
@@ -208,6 +219,7 @@ impl Default for Options {
             readers: vec![1, 10, 100],
             processes: vec![1, 2, 4],
             timeout: Duration::from_secs(60),
+            nats: None,
         }
     }
 }
@@ -224,7 +236,7 @@ pub fn parse_modes(text: &str) -> Result<(Vec<Mode>, bool), String> {
                 Some(_) => {}
                 None => {
                     return Err(format!(
-                    "unknown mode '{w}': the modes are thread, threads, processes, tcp, spin and scaling"
+                    "unknown mode '{w}': the modes are thread, threads, processes, tcp, spin, broker and scaling"
                 ))
                 }
             },
@@ -594,6 +606,9 @@ pub(crate) struct Params {
     pub batch: usize,
     /// Latency cells: pings per second (0: back to back).
     pub rate: u32,
+    /// The NATS server of the `broker` mode and its baseline.
+    #[serde(default)]
+    pub nats: Option<String>,
 }
 
 impl Params {
@@ -610,6 +625,7 @@ impl Params {
             capacity,
             batch,
             rate: 0,
+            nats: None,
         }
     }
 }
@@ -676,12 +692,14 @@ fn run_cell(cell: &Cell) -> Result<(), String> {
             Baseline::Crossbeam => raw::crossbeam_throughput::<N>(p),
             Baseline::ShmRing => raw::ring_throughput::<N>(p),
             Baseline::RawTcp => raw::tcp_throughput::<N>(p),
+            Baseline::RawNats => raw::nats_throughput::<N>(p),
         })
         .ok_or_else(|| unsupported(p.size))?,
         Cell::BaseLatency(b, p) => element::with_size!(p.size, N => match b {
             Baseline::Crossbeam => raw::crossbeam_latency::<N>(p),
             Baseline::ShmRing => raw::ring_latency::<N>(p),
             Baseline::RawTcp => raw::tcp_latency::<N>(p),
+            Baseline::RawNats => raw::nats_latency::<N>(p),
         })
         .ok_or_else(|| unsupported(p.size))?,
         Cell::Scaling(shape, n) => scaling::run(*shape, *n).map_err(|e| e.to_string()),
@@ -917,7 +935,10 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
         let b = mode.baseline();
         for &size in &options.sizes {
             for &pattern in &options.patterns {
-                let p = Params::new(size, pattern, options.duration);
+                let p = Params {
+                    nats: options.nats.clone(),
+                    ..Params::new(size, pattern, options.duration)
+                };
                 let name = format!("{} {size} B {}", mode.name(), pattern.name());
                 // The baseline first, next to the run it is compared with.
                 if let Entry::Vacant(slot) = base_tput.entry((b, size, pattern)) {

@@ -633,3 +633,212 @@ pub(crate) fn tcp_latency<const N: usize>(p: &Params) -> Result<(), String> {
     emit_latency(c.next, samples);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// The `broker` mode's baseline: async-nats on the same JetStream server, no iotstream between
+
+/// A small runtime of the cell's own for the raw NATS baseline.
+fn nats_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("raw nats: no runtime: {e}"))
+}
+
+/// A JetStream stream of its own (work-queue retention, as the broker links make theirs) and a
+/// durable pull consumer on it, named after this process and `what`.
+async fn nats_queue(
+    js: &async_nats::jetstream::Context,
+    what: &str,
+) -> Result<
+    (
+        String,
+        async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+    ),
+    String,
+> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
+    let id = std::process::id();
+    let subject = format!("iotstream.bench_raw.{what}.{id}");
+    let name = format!("IOTSTREAM_BENCH_RAW_{what}_{id}");
+    let stream = js
+        .get_or_create_stream(Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            max_bytes: 256 << 20,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("raw nats: cannot create stream {name}: {e}"))?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("raw nats: cannot create a consumer of {name}: {e}"))?;
+    Ok((subject, consumer))
+}
+
+/// The NATS server of the raw baseline, connected.
+async fn nats_connect(p: &Params) -> Result<async_nats::jetstream::Context, String> {
+    let url = p
+        .nats
+        .clone()
+        .ok_or("the raw-nats baseline needs a NATS server: --nats nats://host:4222")?;
+    let client = async_nats::connect(url.as_str())
+        .await
+        .map_err(|e| format!("raw nats: cannot connect to {url}: {e}"))?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// Removes the baseline's streams (the server keeps them otherwise).
+async fn nats_clean(js: &async_nats::jetstream::Context, what: &[&str]) {
+    for w in what {
+        let _ = js
+            .delete_stream(format!("IOTSTREAM_BENCH_RAW_{w}_{}", std::process::id()))
+            .await;
+    }
+}
+
+/// Messages of `batch` elements (one for `single`) published with at most 64 awaiting their
+/// PubAck, as the broker links publish; a pull subscriber acknowledges each and counts bytes.
+pub(crate) fn nats_throughput<const N: usize>(p: &Params) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let rt = nats_runtime()?;
+    rt.block_on(async {
+        let js = nats_connect(p).await?;
+        let (subject, consumer) = nats_queue(&js, "tput").await?;
+        let reader = tokio::spawn(async move {
+            let mut msgs = consumer
+                .stream()
+                .max_messages_per_batch(64)
+                .messages()
+                .await
+                .map_err(|e| format!("raw nats: cannot pull: {e}"))?;
+            let (mut bytes, mut end_ns) = (0u64, 0u64);
+            while let Some(m) = msgs.next().await {
+                let m = m.map_err(|e| format!("raw nats: pull: {e}"))?;
+                let len = m.payload.len() as u64;
+                let _ = m.ack().await;
+                if len == 0 {
+                    break;
+                }
+                bytes += len;
+                end_ns = now_ns();
+            }
+            Ok::<_, String>((bytes, end_ns))
+        });
+        let per_write = match p.pattern {
+            Pattern::Batch => p.batch,
+            Pattern::Single => 1,
+        };
+        let mut c = Clock::start(p.duration);
+        let mut in_flight = std::collections::VecDeque::new();
+        let publish_error = |e: &dyn std::fmt::Display| format!("raw nats: publish: {e}");
+        while c.going() {
+            for _ in 0..CLOCK_EVERY.div_ceil(per_write) {
+                let mut buf: Vec<u8> = Vec::with_capacity(per_write * N);
+                for _ in 0..per_write {
+                    buf.extend_from_slice(&c.element::<N>().0);
+                }
+                if in_flight.len() >= 64 {
+                    let ack: async_nats::jetstream::context::PublishAckFuture =
+                        in_flight.pop_front().expect("64 in flight");
+                    ack.await.map_err(|e| publish_error(&e))?;
+                }
+                let ack = js
+                    .publish(subject.clone(), buf.into())
+                    .await
+                    .map_err(|e| publish_error(&e))?;
+                in_flight.push_back(ack);
+            }
+        }
+        for ack in in_flight {
+            ack.await.map_err(|e| publish_error(&e))?;
+        }
+        js.publish(subject.clone(), bytes::Bytes::new())
+            .await
+            .map_err(|e| publish_error(&e))?
+            .await
+            .map_err(|e| publish_error(&e))?;
+        let (bytes, end_ns) = reader.await.map_err(|_| thread_failed("reader"))??;
+        nats_clean(&js, &["tput"]).await;
+        if bytes % N as u64 != 0 {
+            return Err(format!(
+                "raw nats: the reader got {bytes} bytes, not a whole number of {N}-byte elements"
+            ));
+        }
+        emit_throughput(c.next, c.start_ns, bytes / N as u64, end_ns);
+        Ok(())
+    })
+}
+
+/// There and back through two JetStream streams: an echo task pulls each ping, acknowledges
+/// it and publishes the pong; the pinger pulls the pong.
+pub(crate) fn nats_latency<const N: usize>(p: &Params) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let rt = nats_runtime()?;
+    rt.block_on(async {
+        let js = nats_connect(p).await?;
+        let (ping_subject, ping_consumer) = nats_queue(&js, "ping").await?;
+        let (pong_subject, pong_consumer) = nats_queue(&js, "pong").await?;
+        let echo_js = js.clone();
+        let echo = tokio::spawn(async move {
+            let mut pings = ping_consumer
+                .stream()
+                .max_messages_per_batch(64)
+                .messages()
+                .await
+                .map_err(|e| format!("raw nats echo: cannot pull: {e}"))?;
+            while let Some(m) = pings.next().await {
+                let m = m.map_err(|e| format!("raw nats echo: {e}"))?;
+                let _ = m.ack().await;
+                if m.payload.len() != N {
+                    break;
+                }
+                let e: Payload<N> = bytemuck::pod_read_unaligned(&m.payload);
+                echo_js
+                    .publish(pong_subject.clone(), e.mapped().0.to_vec().into())
+                    .await
+                    .map_err(|e| format!("raw nats echo: publish: {e}"))?;
+            }
+            Ok::<_, String>(())
+        });
+        let mut pongs = pong_consumer
+            .stream()
+            .max_messages_per_batch(64)
+            .messages()
+            .await
+            .map_err(|e| format!("raw nats pong: cannot pull: {e}"))?;
+        let mut c = Clock::start(p.duration);
+        let mut pace = Pace::new(p.rate);
+        let mut samples = Vec::new();
+        while c.paced(&mut pace) {
+            let t0 = now_ns();
+            let e = Payload::<N>::new(c.next);
+            c.next += 1;
+            js.publish(ping_subject.clone(), e.0.to_vec().into())
+                .await
+                .map_err(|e| format!("raw nats ping: {e}"))?;
+            let pong = pongs
+                .next()
+                .await
+                .ok_or("raw nats pong: the pull ended")?
+                .map_err(|e| format!("raw nats pong: {e}"))?;
+            let _ = pong.ack().await;
+            samples.push(now_ns().saturating_sub(t0) / 2);
+        }
+        js.publish(ping_subject.clone(), bytes::Bytes::new())
+            .await
+            .map_err(|e| format!("raw nats ping: {e}"))?;
+        echo.await.map_err(|_| thread_failed("echo"))??;
+        nats_clean(&js, &["ping", "pong"]).await;
+        emit_latency(c.next, samples);
+        Ok(())
+    })
+}

@@ -256,7 +256,8 @@ the rings in low-latency mode: Connection::spin, 200 us; asked for only, it keep
 Patterns: batch (a \
 Source handing over batches) and single (one InputSender::send per element). Baselines move the \
 same bytes the same way: crossbeam channels (thread, threads), a raw shared-memory ring between \
-two processes (processes, spin), a raw loopback TCP connection (tcp).\n\n\
+two processes (processes, spin), a raw loopback TCP connection (tcp), a raw async-nats \
+JetStream publisher and pull subscriber on the same server (broker, with --nats URL).\n\n\
 The scaling mode runs shapes instead: a chain of --agents maps, one stream read by --readers \
 sinks, a chain over --procs processes; it prints each point's time and how it grows.\n\n\
 Every cell runs in a fresh process and checks that every element sent was delivered; a cell \
@@ -270,7 +271,8 @@ iotstream bench --modes processes,spin --sizes 8 --patterns batch --rate 0,1000 
 iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,10,100,1000 --procs 1,2,4,8,16"
     )]
     Bench {
-        /// Modes to measure, comma-separated: thread, threads, processes, tcp, spin, scaling.
+        /// Modes to measure, comma-separated: thread, threads, processes, tcp, spin, broker
+        /// (needs --nats), scaling.
         #[arg(long, value_name = "LIST", default_value = "thread,threads,processes,tcp,scaling", value_parser = modes_arg)]
         modes: Modes,
         /// Element sizes in bytes, comma-separated, from 8, 64, 256, 1024, 4096, 65536.
@@ -304,6 +306,11 @@ iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,
         /// Seconds a cell may run past its duration before it is killed and reported failed.
         #[arg(long, value_name = "S", default_value = "60", value_parser = bench::parse_seconds)]
         timeout: Duration,
+        /// A NATS server with JetStream (nats://host:4222): adds the broker mode (unless
+        /// --modes is given), measured beside a raw async-nats publisher and subscriber on
+        /// the same server.
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
     },
 }
 
@@ -476,7 +483,17 @@ fn main() -> ExitCode {
             readers,
             procs,
             timeout,
+            nats,
         } => {
+            let mut modes = modes;
+            let asked = std::env::args().any(|a| a == "--modes" || a.starts_with("--modes="));
+            if nats.is_some() && !asked && !modes.0.contains(&bench::Mode::Broker) {
+                modes.0.push(bench::Mode::Broker);
+            }
+            if modes.0.contains(&bench::Mode::Broker) && nats.is_none() {
+                eprintln!("error: the broker mode needs a NATS server: --nats nats://host:4222");
+                return ExitCode::from(2);
+            }
             let options = bench::Options {
                 modes: modes.0,
                 scaling: modes.1,
@@ -488,6 +505,7 @@ fn main() -> ExitCode {
                 readers: readers.0,
                 processes: procs.0,
                 timeout,
+                nats,
             };
             run_bench(&options, json.as_deref(), plot.as_deref())
         }

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::broker::BrokerSender;
 use super::tcp::TcpSender;
 use super::ShmSender;
 use crate::error::Error;
@@ -217,6 +218,9 @@ enum Flavor<T> {
     // Built by `LinkTx::tcp` once the runtime wires TCP links (issue 10).
     #[allow(dead_code)]
     Tcp(TcpSender<T>),
+    /// Through a broker: messages in a JetStream stream, within the bound of publishes
+    /// awaiting the server's acknowledgement.
+    Broker(BrokerSender<T>),
 }
 
 /// What waits in a link's stash: data, or a mark between data.
@@ -304,6 +308,11 @@ fn transmit<T: Element>(
             batch.advance(n);
             n
         }
+        Flavor::Broker(tx) => {
+            let n = tx.write(batch.as_slice())?;
+            batch.advance(n);
+            n
+        }
     };
     if n > 0 {
         add(&counters.elements, n as u64);
@@ -324,6 +333,7 @@ fn transmit_mark<T: Element>(flavor: &mut Flavor<T>, mark: Mark) -> Result<bool,
         }
         Flavor::Shm(tx) => tx.write_mark(mark),
         Flavor::Tcp(tx) => tx.write_mark(mark),
+        Flavor::Broker(tx) => tx.write_mark(mark),
     }
 }
 
@@ -379,6 +389,11 @@ impl<T: Element> LinkTx<T> {
     #[allow(dead_code)]
     pub(crate) fn tcp(tx: TcpSender<T>, spec: &LinkSpec) -> Self {
         Self::new(Flavor::Tcp(tx), spec)
+    }
+
+    /// A link through a broker, through [`BrokerSender::open`]'s publishing task.
+    pub(crate) fn broker(tx: BrokerSender<T>, spec: &LinkSpec) -> Self {
+        Self::new(Flavor::Broker(tx), spec)
     }
 
     fn new(flavor: Flavor<T>, spec: &LinkSpec) -> Self {
@@ -530,6 +545,7 @@ impl<T: Element> LinkTx<T> {
                 Flavor::Local { mailbox, input } => mailbox.post(Envelope::Eos { input: *input }),
                 Flavor::Shm(tx) => tx.close(),
                 Flavor::Tcp(tx) => tx.close(),
+                Flavor::Broker(tx) => tx.close(),
             }
         }
         self.note_blocked();
@@ -540,7 +556,7 @@ impl<T: Element> LinkTx<T> {
     /// took, in order, so it may always be closed.
     fn transport_idle(&self) -> bool {
         match &self.flavor {
-            Flavor::Local { .. } | Flavor::Tcp(_) => true,
+            Flavor::Local { .. } | Flavor::Tcp(_) | Flavor::Broker(_) => true,
             Flavor::Shm(tx) => tx.idle() || self.error.is_some(),
         }
     }
@@ -581,6 +597,7 @@ impl<T: Element> LinkTx<T> {
     pub(crate) fn eos_sent(&self) -> bool {
         match &self.flavor {
             Flavor::Tcp(tx) => self.eos_sent && tx.finished(),
+            Flavor::Broker(tx) => self.eos_sent && tx.finished(),
             _ => self.eos_sent,
         }
     }
@@ -603,6 +620,7 @@ impl<T: Element> LinkTx<T> {
             Flavor::Local { .. } => false,
             Flavor::Shm(_) => self.holds_data(),
             Flavor::Tcp(tx) => self.holds_data() || (self.eos_sent && !tx.finished()),
+            Flavor::Broker(tx) => self.holds_data() || (self.eos_sent && !tx.finished()),
         }
     }
 
@@ -616,6 +634,7 @@ impl<T: Element> LinkTx<T> {
         (!self.stash.is_empty()).then(|| {
             let in_flight = match &self.flavor {
                 Flavor::Shm(tx) => tx.in_flight(),
+                Flavor::Broker(tx) => tx.pending(),
                 _ => self.capacity - self.credit,
             };
             format!(

@@ -14,7 +14,9 @@
 //!   process starts, so no process ever waits for a ring to appear, and only the starter
 //!   removes them;
 //! - TCP, between hosts: [`tcp`] (a writer's `TcpSender`, a reader's `spawn_tcp_feeder`), with
-//!   the same codec and the same "acknowledged = consumed" rule as the rings' durable credit.
+//!   the same codec and the same "acknowledged = consumed" rule as the rings' durable credit;
+//! - a broker, NATS JetStream, for fleets: [`broker`] (a writer's `BrokerSender`, a reader's
+//!   `spawn_broker_feeder`), the TCP flavor's frames as messages, acknowledged once consumed.
 //!
 //! The shared-memory flavor, end to end:
 //!
@@ -63,6 +65,7 @@
 //! - When this process's part fails, the rings it writes are marked failed at once (through
 //!   [`RunContext::on_failure`]), so their readers end with an error naming the failed writer.
 
+pub(crate) mod broker;
 pub(crate) mod codec;
 pub(crate) mod held;
 pub(crate) mod link;

@@ -1,0 +1,755 @@
+//! The reader's end of a broker link: [`spawn_broker_feeder`] (see the [module docs](super)).
+//!
+//! - A **pulling task** on the broker runtime creates the durable consumer afresh, pulls
+//!   messages while the reading process holds less than the input's capacity, validates and
+//!   decodes each into private memory, and queues it.
+//! - A **feeder thread** delivers what is queued to the reading host within the input's
+//!   credit, in order, and turns credit coming back (consumption) into acknowledgements of the
+//!   messages all of whose elements came back (see "Where the reader acknowledges"). It counts
+//!   as a source for quiescence until it delivered the end of stream.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::Thread;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::{
+    connect, ensure_stream, parse_msg_id, runtime, BrokerNames, BrokerSettings, MSG_ID, PREV,
+    PULL_BATCH, SLICE,
+};
+use crate::error::Error;
+use crate::metrics::{add, LinkCounters};
+use crate::stream::{Batch, Element, Mark, MAX_ELEMENT_BYTES};
+use crate::transport::codec::Codec;
+use crate::transport::link::{Envelope, FeederState, Mailbox, Run};
+use crate::transport::tcp::wire::{Frame, FrameDecoder, FrameRef};
+
+/// How long the broker waits for the reader's acknowledgement before it sends a message again.
+/// A message this reader holds is then recognised and not taken twice; one lost on the way
+/// (the server restarted, the connection broke) comes again after at most this long.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// What a reader's end needs.
+pub(crate) struct BrokerFeederSpec {
+    /// The connection's NATS names.
+    pub names: BrokerNames,
+    /// The broker's settings.
+    pub settings: Arc<BrokerSettings>,
+    /// The reading host's mailbox.
+    pub target: Arc<dyn Mailbox>,
+    /// The reading input's index on that host.
+    pub input: u32,
+    /// The input's capacity: the most elements delivered and not consumed.
+    pub capacity: usize,
+    /// The link's counters.
+    pub counters: Arc<LinkCounters>,
+    /// Count elements, batches and bytes here (false when the writer, in this process too,
+    /// counts them).
+    pub count_traffic: bool,
+    /// The connection, for messages and the run's feeder list.
+    pub label: String,
+    /// The run of this process.
+    pub run: Run,
+}
+
+/// Received, not yet delivered.
+enum Item<T> {
+    Data(Batch<T>),
+    Mark(Mark),
+    End,
+}
+
+/// A message received and not yet acknowledged, in order.
+struct Held {
+    /// Its sequence number in the JetStream stream.
+    stream_seq: u64,
+    /// Its elements not yet consumed (0 for a mark or the End).
+    left: usize,
+    /// A mark or the End: delivered (it is acknowledged once delivered and everything before
+    /// it consumed).
+    delivered: bool,
+    /// A mark or the End.
+    empty: bool,
+    /// Where its acknowledgement goes.
+    reply: Option<async_nats::Subject>,
+}
+
+struct State<T> {
+    pending: VecDeque<Item<T>>,
+    /// Elements in `pending`.
+    pending_elements: usize,
+    held: VecDeque<Held>,
+    /// The `(writer epoch, seq)` of the last message taken: a repeat is dropped.
+    last: Option<(u64, u64)>,
+    /// The stream sequence of the last message taken: a redelivery is dropped.
+    last_stream_seq: u64,
+    /// The consumer (delivery) sequence of the last message delivered, 0 for a fresh
+    /// consumer: deliveries are numbered one by one, redeliveries included, so a jump means
+    /// one was lost on the way.
+    last_delivery: u64,
+    eos_posted: bool,
+    /// The End's acknowledgement was sent: the link is done.
+    done: bool,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    names: BrokerNames,
+    settings: Arc<BrokerSettings>,
+    label: String,
+    capacity: usize,
+    counters: Arc<LinkCounters>,
+    count_traffic: bool,
+    run: Run,
+    target: Arc<dyn Mailbox>,
+    input: u32,
+    mailbox: Arc<FeederMailbox>,
+    /// Wakes the pulling task: room again, or the link is done.
+    room: tokio::sync::Notify,
+    /// The connection, once made (acknowledgements go through it).
+    client: OnceLock<async_nats::Client>,
+    /// The feeder thread ended.
+    ended: AtomicBool,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn over(&self) -> bool {
+        self.run.is_over() || self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Fails the run with `detail` about this link.
+    fn fail(&self, detail: String) {
+        if !self.run.is_over() {
+            self.run.fail(Error::Runtime {
+                detail: format!("connection {}: {detail}", self.label),
+            });
+        }
+    }
+
+    /// Sends the acknowledgement of a message (fire and forget, on the broker runtime).
+    fn ack(&self, reply: async_nats::Subject) {
+        let (Some(client), Ok(rt)) = (self.client.get(), runtime()) else {
+            return;
+        };
+        let client = client.clone();
+        rt.spawn(async move {
+            let _ = client
+                .publish(reply, bytes::Bytes::from_static(b"+ACK"))
+                .await;
+        });
+    }
+}
+
+/// The feeder's credit, and the consumption it has not yet turned into acknowledgements.
+struct Credit {
+    credit: usize,
+    consumed: usize,
+}
+
+/// Where the reader's input returns credit; credit is consumption.
+struct FeederMailbox {
+    credit: Mutex<Credit>,
+    capacity: usize,
+    counters: Arc<LinkCounters>,
+    thread: Thread,
+    run: Run,
+    state: Arc<FeederState>,
+}
+
+impl FeederMailbox {
+    fn lock(&self) -> MutexGuard<'_, Credit> {
+        self.credit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes up to `want` elements of credit; with none, marks the feeder blocked, returns 0.
+    fn take(&self, want: usize) -> usize {
+        let mut c = self.lock();
+        if c.credit == 0 {
+            self.run.set_blocked(&self.state, true);
+            return 0;
+        }
+        self.run.set_blocked(&self.state, false);
+        let n = c.credit.min(want);
+        c.credit -= n;
+        self.counters
+            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
+        n
+    }
+
+    /// Takes up to `want` elements of credit without marking the feeder blocked when there is
+    /// none (this pass took some already, not yet posted).
+    fn take_if_any(&self, want: usize) -> usize {
+        let mut c = self.lock();
+        let n = c.credit.min(want);
+        c.credit -= n;
+        self.counters
+            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
+        n
+    }
+
+    fn take_consumed(&self) -> usize {
+        std::mem::take(&mut self.lock().consumed)
+    }
+}
+
+impl Mailbox for FeederMailbox {
+    fn post(&self, env: Envelope) {
+        if let Envelope::Credit { n, .. } = env {
+            let mut c = self.lock();
+            c.credit += n;
+            c.consumed += n;
+            self.counters
+                .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
+            self.run.set_blocked(&self.state, false);
+            drop(c);
+            self.thread.unpark();
+        }
+    }
+}
+
+/// Starts the reader's end of a broker link feeding input `spec.input` of the host behind
+/// `spec.target`; returns where that input sends its credit.
+pub(crate) fn spawn_broker_feeder<T: Element>(
+    spec: BrokerFeederSpec,
+) -> Result<Arc<dyn Mailbox>, Error> {
+    let rt = runtime().map_err(|detail| Error::Runtime { detail })?;
+    let feeder_state = spec.run.feeder(spec.label.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared<T>>>();
+    let started = std::thread::Builder::new()
+        .name(format!("broker feeder {}", spec.input))
+        .spawn(move || {
+            if let Ok(shared) = rx.recv() {
+                feed(&shared);
+                shared.ended.store(true, Ordering::SeqCst);
+                shared.room.notify_one();
+            }
+        });
+    let handle = match started {
+        Ok(h) => h,
+        Err(e) => {
+            spec.run.finished(&feeder_state);
+            return Err(Error::Runtime {
+                detail: format!("cannot start a broker feeder thread: {e}"),
+            });
+        }
+    };
+    let mailbox = Arc::new(FeederMailbox {
+        credit: Mutex::new(Credit {
+            credit: spec.capacity,
+            consumed: 0,
+        }),
+        capacity: spec.capacity,
+        counters: Arc::clone(&spec.counters),
+        thread: handle.thread().clone(),
+        run: Arc::clone(&spec.run),
+        state: feeder_state,
+    });
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            pending: VecDeque::new(),
+            pending_elements: 0,
+            held: VecDeque::new(),
+            last: None,
+            last_stream_seq: 0,
+            last_delivery: 0,
+            eos_posted: false,
+            done: false,
+        }),
+        names: spec.names,
+        settings: spec.settings,
+        label: spec.label,
+        capacity: spec.capacity,
+        counters: spec.counters,
+        count_traffic: spec.count_traffic,
+        run: spec.run,
+        target: spec.target,
+        input: spec.input,
+        mailbox: Arc::clone(&mailbox),
+        room: tokio::sync::Notify::new(),
+        client: OnceLock::new(),
+        ended: AtomicBool::new(false),
+    });
+    rt.spawn(pull(Arc::clone(&shared), Codec::<T>::new()));
+    let _ = tx.send(shared);
+    Ok(mailbox)
+}
+
+/// The feeder thread: delivers within credit, acknowledges what was consumed.
+fn feed<T: Element>(shared: &Shared<T>) {
+    let mb = &shared.mailbox;
+    // Ends: once the End is delivered and acknowledged, the run is over, or a drain ended
+    // the input (each pass parks at most a slice).
+    loop {
+        if shared.run.is_over() {
+            break;
+        }
+        let consumed = mb.take_consumed();
+        let mut out = Vec::new();
+        let mut acks = Vec::new();
+        let mut end_now = false;
+        {
+            let mut st = shared.lock();
+            settle(&mut st, consumed, &mut acks);
+            // Deliver within credit, in order.
+            // Ends: each pass takes a batch (or its part) or a mark, or breaks.
+            loop {
+                match st.pending.front_mut() {
+                    Some(Item::Data(batch)) => {
+                        // Only a pass that took nothing may mark the feeder blocked: marking
+                        // it checks for a stall, which must not see the reader idle while
+                        // batches taken here are not posted yet.
+                        let n = if out.is_empty() {
+                            mb.take(batch.len())
+                        } else {
+                            mb.take_if_any(batch.len())
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        let part = batch.split_front(n);
+                        if batch.is_empty() {
+                            st.pending.pop_front();
+                        }
+                        st.pending_elements -= n;
+                        out.push(Item::Data(part));
+                    }
+                    Some(Item::Mark(m)) => {
+                        let m = *m;
+                        st.pending.pop_front();
+                        mark_delivered(&mut st);
+                        out.push(Item::Mark(m));
+                    }
+                    Some(Item::End) => {
+                        st.pending.pop_front();
+                        mark_delivered(&mut st);
+                        st.eos_posted = true;
+                        end_now = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            // A drain ends the input after what was delivered: the rest stays in the broker.
+            if !st.eos_posted && st.pending.is_empty() && shared.run.draining() {
+                st.eos_posted = true;
+                st.done = true;
+                end_now = true;
+            }
+            settle(&mut st, 0, &mut acks);
+        }
+        for reply in acks {
+            shared.ack(reply);
+        }
+        for item in gather(out) {
+            match item {
+                Item::Data(part) => {
+                    if shared.count_traffic {
+                        add(&shared.counters.elements, part.len() as u64);
+                        add(&shared.counters.batches, 1);
+                    }
+                    shared.target.post(Envelope::Data {
+                        input: shared.input,
+                        batch: Box::new(part),
+                    });
+                }
+                Item::Mark(mark) => shared.target.post(Envelope::Mark {
+                    input: shared.input,
+                    mark,
+                }),
+                Item::End => {}
+            }
+        }
+        if end_now {
+            shared.target.post(Envelope::Eos {
+                input: shared.input,
+            });
+            shared.run.finished(&mb.state);
+        }
+        let (room, done) = {
+            let st = shared.lock();
+            (st.pending_elements < shared.capacity, st.done)
+        };
+        if done {
+            break;
+        }
+        if room {
+            shared.room.notify_one();
+        }
+        std::thread::park_timeout(SLICE);
+    }
+    // What was consumed last is acknowledged before the thread ends, and the connection
+    // flushed (bounded), so that the End's acknowledgement is not lost at exit.
+    let mut acks = Vec::new();
+    let eos_posted = {
+        let mut st = shared.lock();
+        settle(&mut st, mb.take_consumed(), &mut acks);
+        st.eos_posted
+    };
+    if let (Some(client), Ok(rt)) = (shared.client.get(), runtime()) {
+        let client = client.clone();
+        rt.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                for reply in acks {
+                    let _ = client
+                        .publish(reply, bytes::Bytes::from_static(b"+ACK"))
+                        .await;
+                }
+                let _ = client.flush().await;
+            })
+            .await;
+        });
+    }
+    if !eos_posted {
+        // The run is over without the end of stream: the run no longer waits for it.
+        shared.run.finished(&mb.state);
+    }
+}
+
+/// Consecutive batches taken in one pass become one (one delivery, one step, one credit
+/// return for what piled up while the reader was busy, as a ring's feeder gathers frames).
+fn gather<T: Element>(items: Vec<Item<T>>) -> Vec<Item<T>> {
+    let mut out: Vec<Item<T>> = Vec::with_capacity(items.len());
+    let mut run: Vec<Batch<T>> = Vec::new();
+    let flush = |run: &mut Vec<Batch<T>>, out: &mut Vec<Item<T>>| match run.len() {
+        0 => {}
+        1 => out.push(Item::Data(run.pop().expect("one"))),
+        _ => {
+            let total = run.iter().map(Batch::len).sum();
+            let mut v: Vec<T> = Vec::with_capacity(total);
+            for b in run.drain(..) {
+                v.extend_from_slice(b.as_slice());
+            }
+            out.push(Item::Data(Batch::new(v.into())));
+        }
+    };
+    for item in items {
+        match item {
+            Item::Data(b) => run.push(b),
+            other => {
+                flush(&mut run, &mut out);
+                out.push(other);
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// The first held mark or End not yet delivered is delivered now.
+fn mark_delivered<T>(st: &mut State<T>) {
+    if let Some(h) = st.held.iter_mut().find(|h| h.empty && !h.delivered) {
+        h.delivered = true;
+    }
+}
+
+/// Applies `consumed` elements to the held messages, front first, and moves the replies of
+/// those now done (every element consumed; a mark or End delivered with everything before
+/// it) into `acks`. The End's acknowledgement ends the link.
+fn settle<T>(st: &mut State<T>, mut consumed: usize, acks: &mut Vec<async_nats::Subject>) {
+    // Ends: each pass removes the front or breaks.
+    while let Some(front) = st.held.front_mut() {
+        if front.empty {
+            if !front.delivered {
+                break;
+            }
+        } else {
+            let n = consumed.min(front.left);
+            front.left -= n;
+            consumed -= n;
+            if front.left > 0 {
+                break;
+            }
+        }
+        let h = st.held.pop_front().expect("front");
+        if h.empty && st.eos_posted && st.held.is_empty() && st.pending.is_empty() {
+            st.done = true;
+        }
+        acks.extend(h.reply);
+    }
+    debug_assert_eq!(consumed, 0, "credit beyond what was delivered");
+}
+
+/// The pulling task (see the module docs).
+async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
+    let client = match connect(&shared.settings, &shared.label).await {
+        Ok(c) => c,
+        Err(e) => return shared.fail(e),
+    };
+    let _ = shared.client.set(client.clone());
+    let js = async_nats::jetstream::new(client);
+    let stream = match ensure_stream(&js, &shared.names, &shared.settings, || shared.over()).await {
+        Ok(s) => s,
+        Err(e) => return shared.fail(e),
+    };
+    // A former reader's consumer would hold back what it had been sent until its
+    // acknowledgement wait ran out: made afresh, it starts at the first message nobody
+    // acknowledged (work-queue retention removed the others).
+    let mut messages = match fresh_consumer(&shared, &stream).await {
+        Ok(m) => m,
+        Err(e) => return shared.fail(e),
+    };
+    let mut warned = false;
+    // Ends: when the link or the run is over (checked every pass; a pass waits at most a
+    // slice).
+    loop {
+        if shared.over() || shared.lock().done {
+            return;
+        }
+        if shared.lock().pending_elements >= shared.capacity {
+            let _ = tokio::time::timeout(SLICE, shared.room.notified()).await;
+            continue;
+        }
+        let next = match tokio::time::timeout(SLICE, messages.next()).await {
+            Err(_) => continue,
+            Ok(n) => n,
+        };
+        let resync = match next {
+            // The pull ended (the connection broke for good, the consumer went away).
+            None => true,
+            Some(Err(e)) => {
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        "connection {}: pulling from JetStream stream '{}': {e}",
+                        shared.label,
+                        shared.names.stream
+                    );
+                }
+                false
+            }
+            Some(Ok(msg)) => {
+                warned = false;
+                let taken = match take(&shared, &codec, msg) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return shared.fail(format!(
+                            "JetStream stream '{}' (subject '{}'): {e}",
+                            shared.names.stream, shared.names.subject
+                        ))
+                    }
+                };
+                shared.mailbox.thread.unpark();
+                matches!(taken, Taken::Resync)
+            }
+        };
+        if resync {
+            tracing::info!(
+                "connection {}: pulling again from JetStream stream '{}'",
+                shared.label,
+                shared.names.stream
+            );
+            tokio::time::sleep(SLICE).await;
+            match fresh_consumer(&shared, &stream).await {
+                Ok(m) => messages = m,
+                Err(e) => tracing::warn!("connection {}: {e}; trying again", shared.label),
+            }
+        }
+    }
+}
+
+/// Deletes the reader's durable consumer if it exists and creates it again (deliver all:
+/// what work-queue retention left is what nobody acknowledged); its message stream.
+async fn fresh_consumer<T>(
+    shared: &Shared<T>,
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Result<async_nats::jetstream::consumer::pull::Stream, String> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let _ = stream.delete_consumer(&shared.names.consumer).await;
+    shared.lock().last_delivery = 0;
+    let config = pull::Config {
+        durable_name: Some(shared.names.consumer.clone()),
+        filter_subject: shared.names.subject.clone(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        deliver_policy: DeliverPolicy::All,
+        max_ack_pending: (shared.capacity + 2 * PULL_BATCH).min(1 << 20) as i64,
+        ..Default::default()
+    };
+    let consumer = stream.create_consumer(config).await.map_err(|e| {
+        format!(
+            "cannot create the consumer '{}' of JetStream stream '{}' on {}: {e}",
+            shared.names.consumer, shared.names.stream, shared.settings.url
+        )
+    })?;
+    consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .messages()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot pull from the consumer '{}' of JetStream stream '{}': {e}",
+                shared.names.consumer, shared.names.stream
+            )
+        })
+}
+
+/// What [`take`] made of a message.
+enum Taken {
+    /// Queued, or recognised as a repeat.
+    Done,
+    /// Not taken: a delivery before it was lost. The pulling task deletes and re-creates the
+    /// consumer: the broker then sends again, in stream order, every message not acknowledged;
+    /// those this reader holds or consumed are recognised by their stream sequence.
+    Resync,
+}
+
+/// Validates and decodes one message, and queues what it holds (a repeat is acknowledged or
+/// left, and dropped).
+fn take<T: Element>(
+    shared: &Shared<T>,
+    codec: &Codec<T>,
+    msg: async_nats::jetstream::Message,
+) -> Result<Taken, String> {
+    let (stream_seq, delivery) = msg
+        .info()
+        .map(|i| (i.stream_sequence, i.consumer_sequence))
+        .map_err(|e| format!("no delivery information: {e}"))?;
+    {
+        let mut st = shared.lock();
+        if st.last_delivery != 0 && delivery != st.last_delivery + 1 {
+            // A delivery was lost on the way (a broken connection, a restarted server): the
+            // consumer is made afresh before anything after it is taken, so that what was
+            // lost comes again in order (see `Taken::Resync`).
+            return Ok(Taken::Resync);
+        }
+        st.last_delivery = delivery;
+    }
+    let id = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(MSG_ID))
+        .map(|v| v.as_str().to_string())
+        .ok_or_else(|| format!("message {stream_seq} has no {MSG_ID} header"))?;
+    let (epoch, seq) = parse_msg_id(&id)
+        .ok_or_else(|| format!("message {stream_seq} has a malformed {MSG_ID} '{id}'"))?;
+    let prev = match msg.headers.as_ref().and_then(|h| h.get(PREV)) {
+        None => None,
+        Some(v) => Some(v.as_str().parse::<u64>().map_err(|_| {
+            format!(
+                "message {stream_seq} has a malformed {PREV} header '{}'",
+                v.as_str()
+            )
+        })?),
+    };
+    let mut dec = FrameDecoder::new((MAX_ELEMENT_BYTES + 4096) as u32);
+    if dec.push(&msg.payload) != msg.payload.len() {
+        return Err(format!("message {stream_seq} is larger than any frame"));
+    }
+    let (elements, item) = match dec.next_ref() {
+        Ok(Some(FrameRef::Data {
+            seq: fseq,
+            elements,
+            payload,
+        })) => {
+            if fseq != seq {
+                return Err(format!(
+                    "message {stream_seq}: its frame says seq {fseq}, its id {id}"
+                ));
+            }
+            let items = codec.decode_shared_private(payload).map_err(|e| {
+                format!(
+                    "message {stream_seq} does not decode as {}: {e}",
+                    std::any::type_name::<T>()
+                )
+            })?;
+            if items.len() != elements as usize {
+                return Err(format!(
+                    "message {stream_seq} says it holds {elements} elements but holds {}",
+                    items.len()
+                ));
+            }
+            if shared.count_traffic {
+                add(&shared.counters.bytes, payload.len() as u64);
+            }
+            (items.len(), Item::Data(Batch::new(items)))
+        }
+        Ok(Some(FrameRef::Other(Frame::Mark { seq: fseq, mark }))) if fseq == seq => {
+            (0, Item::Mark(mark))
+        }
+        Ok(Some(FrameRef::Other(Frame::End { seq: fseq }))) if fseq == seq => (0, Item::End),
+        Ok(Some(FrameRef::Other(f))) => {
+            return Err(format!(
+                "message {stream_seq} holds an unexpected frame {f:?}"
+            ))
+        }
+        Ok(None) => return Err(format!("message {stream_seq} holds no whole frame")),
+        Err(e) => return Err(format!("message {stream_seq}: {e}")),
+    };
+    if dec.finish().is_err() || dec.buffered_bytes() != 0 {
+        return Err(format!("message {stream_seq} holds bytes after its frame"));
+    }
+    let reply = msg.message.reply.clone();
+    let mut st = shared.lock();
+    if stream_seq <= st.last_stream_seq {
+        // Sent again by the broker (its acknowledgement wait ran out): if this reader still
+        // holds it, its acknowledgement goes to the latest delivery once consumed; if it was
+        // consumed, its acknowledgement was lost: send it again.
+        match st.held.iter_mut().find(|h| h.stream_seq == stream_seq) {
+            Some(h) => h.reply = reply,
+            None => {
+                drop(st);
+                if let Some(r) = reply {
+                    shared.ack(r);
+                }
+            }
+        }
+        return Ok(Taken::Done);
+    }
+    st.last_stream_seq = stream_seq;
+    if matches!(st.last, Some((e, s)) if e == epoch && seq <= s) {
+        // Published twice by its writer (a retry outside the duplicate window): drop it.
+        drop(st);
+        if let Some(r) = reply {
+            shared.ack(r);
+        }
+        return Ok(Taken::Done);
+    }
+    if let (Some((e, s)), Some(p)) = (st.last, prev) {
+        if e == epoch && p != s {
+            // Not a drop at the stream's limit (the writer leaves those out of `PREV`): the
+            // broker lost what was published between them.
+            return Err(format!(
+                "message {stream_seq} follows the writer's frame {p}, but the last frame \
+                 received was {s}: the broker lost {} published message(s) (a server that \
+                 discards messages at its byte limit although told to refuse new ones: use \
+                 max_messages, or a newer nats-server)",
+                p.saturating_sub(s)
+            ));
+        }
+    }
+    st.last = Some((epoch, seq));
+    let empty = elements == 0;
+    if empty && !matches!(item, Item::Data(_)) {
+        st.held.push_back(Held {
+            stream_seq,
+            left: 0,
+            delivered: false,
+            empty: true,
+            reply,
+        });
+        st.pending.push_back(item);
+    } else if elements > 0 {
+        st.held.push_back(Held {
+            stream_seq,
+            left: elements,
+            delivered: false,
+            empty: false,
+            reply,
+        });
+        st.pending_elements += elements;
+        st.pending.push_back(item);
+    } else if let Some(r) = reply {
+        // A Data message of no element: nothing to deliver.
+        drop(st);
+        shared.ack(r);
+    }
+    Ok(Taken::Done)
+}

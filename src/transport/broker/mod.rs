@@ -1,0 +1,408 @@
+//! Broker links: a connection that crosses NATS JetStream instead of a direct TCP link.
+//!
+//! A deployment with a `[broker]` section may mark a connection (or a pair of hosts)
+//! `transport = "broker"`; programs and tests force it with `Transport::Broker` and
+//! `Graph::broker`. The writer then needs no address of its reader, the reader resumes where it
+//! stopped after a restart, and any number of hosts may come and go: the broker keeps the
+//! stream. Agents see nothing of it.
+//!
+//! # Names
+//!
+//! Each connection (edge) has a JetStream stream of its own, named after the application, the
+//! stream and the reading input ([`BrokerNames`]):
+//!
+//! - stream `IOTSTREAM_<app>_<agent>_<port>__<reader>_<input>`,
+//! - subject `iotstream.<app>.<agent>.<port>.<reader>.<input>` (the stream's only subject),
+//! - durable pull consumer `<reader>_<input>`.
+//!
+//! NATS allows in stream and consumer names only characters other than whitespace, `.`, `*`,
+//! `>`, `/` and `\`, and in subject tokens none of whitespace, `.`, `*`, `>`. Every character
+//! outside `A-Z a-z 0-9 - _` is replaced by `_`, and when anything was replaced (or the name
+//! is longer than 200 bytes, cut) an 8-hex-digit hash of the original name is appended, so two
+//! names that differ only in such characters stay apart.
+//!
+//! # The link, end to end
+//!
+//! - **Writer** ([`BrokerSender`], a flavor of the host's `LinkTx`): encodes each batch on the
+//!   host's thread into the TCP flavor's Data frame (the rings' codec: plain bytes for numbers
+//!   and declared `Pod` types, postcard otherwise; at most 256 KiB of payload a frame), a mark
+//!   into a Mark frame, the end of stream into an End frame, each with the next seq, and queues
+//!   it. The broker's own runtime (below) publishes each frame as one message, with the
+//!   message id `<writer epoch>-<seq>` (JetStream drops a repeated id within its duplicate
+//!   window) and, unless every earlier frame is confirmed, the previous frame's id as the
+//!   expected last id (so a frame never lands before one that failed). A frame stays queued
+//!   until its publish acknowledgement (PubAck) came: **at most `max_pending` messages
+//!   (default 64) and `max_pending_bytes` (default 16 MiB) await PubAcks per link**; past
+//!   that `write` takes nothing and the link is out of credit like any other, until PubAcks
+//!   make room (a credit envelope to the host). The stream counts as ended for the writing
+//!   host once the End's PubAck came: the broker then holds everything, the reader may be
+//!   gone for hours.
+//! - **The stream's limit**: the JetStream stream has `max_bytes` (default 256 MiB) and
+//!   optionally `max_messages` and `max_age`, with "discard new" and work-queue retention (a message is removed
+//!   once its reader acknowledged it). A publish refused at that limit follows the
+//!   connection's policy: `Block` retries it (every 100 ms) and keeps the link out of credit,
+//!   so the writing agent waits; `DropNewest`/`DropOldest` drop that message's elements and
+//!   count them in `LinkStats::dropped` (marks and the End are never dropped: they wait).
+//! - **Reader** ([`spawn_broker_feeder`]): deletes the durable consumer if a former reader
+//!   left one and creates it again (deliver all: with work-queue retention, what is left in the
+//!   stream is exactly what no reader acknowledged), then pulls messages on the broker's
+//!   runtime, validates and decodes each frame into private memory (a malformed frame is an
+//!   error of the run naming the stream and subject, never a panic), and hands them to a
+//!   feeder thread, which delivers them to the reading host within the input's credit, like a
+//!   ring's feeder, and counts as a source until it delivered the end of stream. It stops
+//!   pulling while the input's capacity of elements waits for credit.
+//!
+//! - **Nothing lost silently**: each message carries, besides its id, the seq of the writer's
+//!   previous frame that the stream is to hold (`Iotstream-Prev`; a frame dropped at the
+//!   stream's limit is left out, the frames after it re-published naming the one before it).
+//!   The reader checks it against the last frame it took from the same writer epoch: a
+//!   mismatch is an error of the run naming the stream, the frames and how many were lost.
+//! - **Lost deliveries**: the consumer numbers its deliveries one by one (redeliveries too); a
+//!   jump means one was lost on the way (a broken connection, a restarted server). The reader
+//!   takes nothing after it: it deletes and re-creates the consumer, which sends again, in
+//!   stream order, every message not acknowledged; those it holds or consumed are recognised by
+//!   their stream sequence.
+//!
+//! # Where the reader acknowledges, and what may come twice
+//!
+//! The input's credit route is durable, as for rings and TCP links: credit comes back only
+//! once the reading agent consumed the elements and the step's outputs were handed on. The
+//! feeder **acknowledges a message once every element of it came back as credit** (a Mark or
+//! End message once delivered and everything before it credited). So after a crash of the
+//! reading process, its restart (same durable consumer) gets again exactly the messages not
+//! acknowledged: those that were in the process (pulled, delivered, or being consumed) and
+//! those whose acknowledgement was still on its way. Nothing acknowledged comes again, nothing
+//! unacknowledged is lost; **duplicates are bounded by what was mid-processing**: what the
+//! process held, at most the input's capacity of elements waiting for credit, the capacity
+//! delivered and not consumed, and one pull (`PULL_BATCH` messages) prefetched; never more
+//! than the consumer's `max_ack_pending` messages (the capacity plus two pulls), which the
+//! server enforces (a message is a writer's batch, up to 256 KiB of payload). While a reader lives, a message redelivered by the broker (acknowledgement
+//! timeout) or published twice (a writer's retry outside the duplicate window) is recognised
+//! by its `(writer epoch, seq)` and dropped.
+//!
+//! # The broker's runtime
+//!
+//! async-nats runs on tokio. The links of a process share one small tokio runtime (one worker
+//! thread, `iotstream broker`), made on first use and owned by this module: no actix worker
+//! ever runs or waits for broker I/O. What crosses between the hosts' threads and it is a
+//! mutex-guarded bounded queue per link (above) and wake-ups. The client reconnects by itself
+//! (async-nats: forever, with backoff); a publish that times out meanwhile is sent again with
+//! the same id.
+//!
+//! # Behaviour at the time of writing
+//!
+//! - One NATS connection per link end; PubAck timeout 5 s; a broker unreachable at start is
+//!   retried for `connect_wait` (default 60 s), then the run fails naming the server.
+//! - A drain of the reading process ends its input after what was delivered; what the writer
+//!   publishes after stays in the broker for the reader's next run. A drain of the writing
+//!   process ends its stream as usual (the End goes through the broker).
+//! - The broker keeps a connection's unconsumed messages across runs of the application: a new
+//!   run's reader first gets what the last run left (that is the durability). To start afresh,
+//!   delete the stream (`nats stream rm <name>`).
+
+pub(crate) mod feeder;
+pub(crate) mod writer;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub(crate) use feeder::{spawn_broker_feeder, BrokerFeederSpec};
+pub(crate) use writer::{BrokerSender, BrokerWriterSpec};
+
+/// How broker links reach the server and size their streams; from the deployment file's
+/// `[broker]` section or [`crate::Graph::broker`].
+#[derive(Debug, Clone)]
+pub(crate) struct BrokerSettings {
+    /// The server, `nats://host:port` (`tls://` for TLS), or several separated by commas.
+    pub url: String,
+    /// A token (read from the deployment's `token_file`).
+    pub token: Option<String>,
+    /// A NATS credentials file (JWT and nkey seed).
+    pub creds: Option<PathBuf>,
+    /// TLS towards the server.
+    pub tls: Option<BrokerTls>,
+    /// The JetStream stream's byte limit (per connection).
+    pub max_bytes: i64,
+    /// The JetStream stream's age limit (`None`: none).
+    pub max_age: Option<Duration>,
+    /// The JetStream stream's message limit (`None`: none).
+    pub max_messages: Option<i64>,
+    /// Messages published and not yet acknowledged by the server, per link.
+    pub max_pending: usize,
+    /// Payload bytes published and not yet acknowledged by the server, per link (at least one
+    /// message always goes).
+    pub max_pending_bytes: usize,
+    /// How long a link waits for the server at start before the run fails.
+    pub connect_wait: Duration,
+}
+
+/// TLS towards the NATS server (rustls, ring).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BrokerTls {
+    /// PEM file of the CA that signed the server's certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM files of this client's certificate and key, for a server that asks for one.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl BrokerSettings {
+    /// The defaults for the server at `url`.
+    pub(crate) fn new(url: &str) -> Self {
+        BrokerSettings {
+            url: url.to_string(),
+            token: None,
+            creds: None,
+            tls: None,
+            max_bytes: 256 << 20,
+            max_age: None,
+            max_messages: None,
+            max_pending: 64,
+            max_pending_bytes: 16 << 20,
+            connect_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How long a publish waits for its PubAck before it is sent again.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The payload a writer puts in one message when elements are small.
+const TARGET_PAYLOAD_BYTES: usize = 256 << 10;
+
+/// Messages the reader asks for in one pull.
+pub(crate) const PULL_BATCH: usize = 64;
+
+/// The longest any broker thread or task waits before it looks at its run and its link again.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// The header that carries a message's id (JetStream's de-duplication), `Nats-Msg-Id`. The
+/// client's constant: a name made from a string would not equal the one parsed from the wire.
+const MSG_ID: async_nats::HeaderName = async_nats::header::NATS_MESSAGE_ID;
+
+/// The header that names the writer's previous frame the stream holds (frames dropped at the
+/// stream's limit are left out): the reader checks it, so that a message the broker lost is
+/// an error, never a silent gap.
+const PREV: &str = "Iotstream-Prev";
+
+/// The header that makes a publish conditional on the stream's last message id,
+/// `Nats-Expected-Last-Msg-Id`.
+const EXPECTED_LAST_ID: async_nats::HeaderName = async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID;
+
+/// The NATS names of one connection (see the module docs, "Names").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BrokerNames {
+    /// The JetStream stream.
+    pub stream: String,
+    /// The one subject of that stream.
+    pub subject: String,
+    /// The durable pull consumer of the reading input.
+    pub consumer: String,
+}
+
+impl BrokerNames {
+    /// The names of the connection of application `app` from output `port` of agent `agent`
+    /// to input `input` of agent `reader`.
+    pub(crate) fn new(app: &str, agent: &str, port: &str, reader: &str, input: &str) -> Self {
+        let t = |s: &str| sanitize(s, 64);
+        BrokerNames {
+            stream: sanitize(
+                &format!("IOTSTREAM_{app}_{agent}_{port}__{reader}_{input}"),
+                200,
+            ),
+            subject: format!(
+                "iotstream.{}.{}.{}.{}.{}",
+                t(app),
+                t(agent),
+                t(port),
+                t(reader),
+                t(input)
+            ),
+            consumer: sanitize(&format!("{reader}_{input}"), 200),
+        }
+    }
+}
+
+/// `name` with every character outside `A-Z a-z 0-9 - _` replaced by `_`, cut to `max` bytes;
+/// if anything changed, an 8-hex-digit hash of `name` is appended (see the module docs).
+pub(crate) fn sanitize(name: &str, max: usize) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out != name || out.len() > max || out.is_empty() {
+        out.truncate(max.saturating_sub(9));
+        let digest = Sha256::digest(name.as_bytes());
+        out.push('_');
+        for b in &digest[..4] {
+            out.push_str(&format!("{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The broker links' runtime (see the module docs, "The broker's runtime").
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("iotstream broker")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the broker links' runtime: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Connects to the server `settings` names (on the broker runtime), retrying for
+/// `connect_wait`; the error names the server.
+pub(crate) async fn connect(
+    settings: &BrokerSettings,
+    label: &str,
+) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("iotstream {label}"))
+        .connection_timeout(Duration::from_secs(3))
+        .retry_on_initial_connect();
+    if let Some(token) = &settings.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(creds) = &settings.creds {
+        opts = opts.credentials_file(creds).await.map_err(|e| {
+            format!(
+                "cannot read the NATS credentials file {}: {e}",
+                creds.display()
+            )
+        })?;
+    }
+    if let Some(tls) = &settings.tls {
+        opts = opts.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let url = settings.url.clone();
+    let client = tokio::time::timeout(settings.connect_wait, opts.connect(url.as_str()))
+        .await
+        .map_err(|_| {
+            format!(
+                "the NATS server {url} did not answer within {} s",
+                settings.connect_wait.as_secs_f64()
+            )
+        })?
+        .map_err(|e| format!("cannot connect to the NATS server {url}: {e}"))?;
+    Ok(client)
+}
+
+/// The JetStream stream of a connection, as both ends declare it.
+pub(crate) fn stream_config(
+    names: &BrokerNames,
+    settings: &BrokerSettings,
+) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+    Config {
+        name: names.stream.clone(),
+        subjects: vec![names.subject.clone()],
+        retention: RetentionPolicy::WorkQueue,
+        discard: DiscardPolicy::New,
+        storage: StorageType::File,
+        max_bytes: settings.max_bytes,
+        max_age: settings.max_age.unwrap_or_default(),
+        max_messages: settings.max_messages.unwrap_or(-1),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// Makes sure the connection's JetStream stream exists (either end may come first), retrying
+/// every second for `connect_wait`.
+pub(crate) async fn ensure_stream(
+    js: &async_nats::jetstream::Context,
+    names: &BrokerNames,
+    settings: &BrokerSettings,
+    stopped: impl Fn() -> bool,
+) -> Result<async_nats::jetstream::stream::Stream, String> {
+    let deadline = tokio::time::Instant::now() + settings.connect_wait;
+    let mut last;
+    // Ends: at the deadline, or when the run stops, or once the stream exists.
+    loop {
+        match js
+            .get_or_create_stream(stream_config(names, settings))
+            .await
+        {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+        if stopped() || tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "cannot create the JetStream stream '{}' on {}: {last} (is JetStream on? \
+                 nats-server -js)",
+                names.stream, settings.url
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The message id of frame `seq` of writer `epoch`.
+fn msg_id(epoch: u64, seq: u64) -> String {
+    format!("{epoch:016x}-{seq}")
+}
+
+/// The writer epoch and seq of a message id, if it is one of ours.
+fn parse_msg_id(id: &str) -> Option<(u64, u64)> {
+    let (e, s) = id.split_once('-')?;
+    if e.len() != 16 {
+        return None;
+    }
+    Some((u64::from_str_radix(e, 16).ok()?, s.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_nats_rules_and_stay_apart() {
+        let n = BrokerNames::new("quake", "detect", "out", "alerts", "in");
+        assert_eq!(n.stream, "IOTSTREAM_quake_detect_out__alerts_in");
+        assert_eq!(n.subject, "iotstream.quake.detect.out.alerts.in");
+        assert_eq!(n.consumer, "alerts_in");
+        let a = BrokerNames::new("my app", "a.b", "out", "c*", "in>");
+        for name in [&a.stream, &a.consumer] {
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{name}"
+            );
+        }
+        assert_eq!(a.subject.split('.').count(), 6, "{}", a.subject);
+        let b = BrokerNames::new("my_app", "a_b", "out", "c_", "in_");
+        assert_ne!(
+            a.stream, b.stream,
+            "replaced characters do not make names collide"
+        );
+        assert!(sanitize(&"x".repeat(500), 200).len() <= 200);
+    }
+
+    #[test]
+    fn message_ids_round_trip() {
+        assert_eq!(parse_msg_id(&msg_id(0xabc, 42)), Some((0xabc, 42)));
+        assert_eq!(parse_msg_id("12-3"), None);
+        assert_eq!(parse_msg_id("nonsense"), None);
+    }
+}

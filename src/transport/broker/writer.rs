@@ -1,0 +1,525 @@
+//! The writer's end of a broker link: [`BrokerSender`], a flavor of the host's `LinkTx` (see
+//! the [module docs](super)).
+//!
+//! The host's thread encodes frames and queues them in [`State`] (bounded: `max_pending`
+//! messages and `max_pending_bytes` of payload awaiting PubAcks); a task on the broker's
+//! runtime publishes them in order, awaits their PubAcks in order, and frees them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use bytes::Bytes;
+
+use super::{
+    connect, ensure_stream, msg_id, runtime, BrokerNames, BrokerSettings, EXPECTED_LAST_ID, MSG_ID,
+    PREV, PUBLISH_TIMEOUT, SLICE, TARGET_PAYLOAD_BYTES,
+};
+use crate::error::Error;
+use crate::metrics::{add, LinkCounters};
+use crate::stream::{Element, Mark, Policy};
+use crate::transport::codec::{Codec, Plan};
+use crate::transport::link::{Envelope, Mailbox, Run};
+use crate::transport::tcp::wire::{self, Frame};
+
+/// What a writer's end needs.
+pub(crate) struct BrokerWriterSpec {
+    /// The connection's NATS names.
+    pub names: BrokerNames,
+    /// The broker's settings.
+    pub settings: Arc<BrokerSettings>,
+    /// The link's counters (`bytes`, `reconnects`, `unacked_bytes`, `dropped` at the stream's
+    /// limit here; `LinkTx` counts elements and batches).
+    pub counters: Arc<LinkCounters>,
+    /// The connection's policy: what a publish refused at the stream's limit does.
+    pub policy: Policy,
+    /// The connection, for messages.
+    pub label: String,
+}
+
+/// A frame queued and not yet acknowledged by the server.
+struct Queued {
+    seq: u64,
+    frame: Bytes,
+    /// Its elements (0 for a mark or the End).
+    elements: usize,
+    /// Its payload bytes, as the budget counts them.
+    payload: usize,
+    end: bool,
+}
+
+/// What the host's thread and the publishing task share.
+struct State {
+    /// Every frame queued and not acknowledged, in seq order.
+    queue: VecDeque<Queued>,
+    next_seq: u64,
+    /// Payload bytes of `queue`.
+    unacked: usize,
+    /// `write` stopped short: post a credit envelope when room comes.
+    full: bool,
+    closed: bool,
+    /// The End's PubAck came.
+    finished: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the publishing task: a frame was queued, or the sender is gone.
+    notify: tokio::sync::Notify,
+    dropped: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The writer's end of a broker link (see the [module docs](super)).
+pub(crate) struct BrokerSender<T> {
+    shared: Arc<Shared>,
+    codec: Codec<T>,
+    counters: Arc<LinkCounters>,
+    max_pending: usize,
+    max_pending_bytes: usize,
+}
+
+impl<T: Element> BrokerSender<T> {
+    /// Starts the link's publishing task on the broker runtime; returns at once. The task posts
+    /// `Credit { output, link, n: 0 }` to `wake` when PubAcks make room after a short
+    /// [`write`](Self::write), and when the End is acknowledged.
+    pub(crate) fn open(
+        spec: BrokerWriterSpec,
+        wake: Arc<dyn Mailbox>,
+        output: u32,
+        link: u32,
+        run: Run,
+    ) -> Result<Self, Error> {
+        let rt = runtime().map_err(|detail| Error::Runtime { detail })?;
+        let mut epoch_bytes = [0u8; 8];
+        getrandom::fill(&mut epoch_bytes).map_err(|e| Error::Runtime {
+            detail: format!("connection {}: no random epoch: {e}", spec.label),
+        })?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                next_seq: 0,
+                unacked: 0,
+                full: false,
+                closed: false,
+                finished: false,
+            }),
+            notify: tokio::sync::Notify::new(),
+            dropped: AtomicBool::new(false),
+        });
+        let settings = Arc::clone(&spec.settings);
+        let publisher = Publisher {
+            shared: Arc::clone(&shared),
+            epoch: u64::from_le_bytes(epoch_bytes),
+            names: spec.names,
+            settings: Arc::clone(&settings),
+            counters: Arc::clone(&spec.counters),
+            drops: spec.policy != Policy::Block,
+            label: spec.label,
+            wake,
+            output,
+            link,
+            run,
+        };
+        rt.spawn(publisher.run());
+        Ok(BrokerSender {
+            shared,
+            codec: Codec::new(),
+            counters: spec.counters,
+            max_pending: settings.max_pending.max(1),
+            max_pending_bytes: settings.max_pending_bytes,
+        })
+    }
+
+    /// Whether another message may be queued now: fewer than `max_pending` messages and
+    /// `max_pending_bytes` await PubAcks (one always may when none does).
+    fn room(&self, msgs: usize, bytes: usize) -> bool {
+        msgs == 0 || (msgs < self.max_pending && bytes < self.max_pending_bytes)
+    }
+
+    /// Takes as many leading elements of `items` as the budget allows, encoded into Data
+    /// frames, and returns how many; 0 means full (a credit envelope comes when PubAcks make
+    /// room). An element whose encoding exceeds `MAX_ELEMENT_BYTES` is an error naming its
+    /// size.
+    pub(crate) fn write(&mut self, items: &[T]) -> Result<usize, String> {
+        let mut done = 0;
+        let mut frames = Vec::new();
+        {
+            // Only the task frees room meanwhile: counting from here errs on the safe side.
+            let (mut msgs, mut bytes) = {
+                let st = self.shared.lock();
+                (st.queue.len(), st.unacked)
+            };
+            while done < items.len() && self.room(msgs, bytes) {
+                let rest = &items[done..];
+                let (n, len) = self.plan(rest)?;
+                let mut frame = Vec::with_capacity(wire::HEADER_BYTES + 1 + 12 + len);
+                wire::data_header(0, n as u32, len, &mut frame);
+                self.codec.append(rest, n, &mut frame);
+                frames.push((frame, n, len));
+                msgs += 1;
+                bytes += len;
+                done += n;
+            }
+        }
+        let mut st = self.shared.lock();
+        for (mut frame, n, payload) in frames {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            frame[wire::DATA_SEQ_AT..wire::DATA_SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
+            st.queue.push_back(Queued {
+                seq,
+                frame: Bytes::from(frame),
+                elements: n,
+                payload,
+                end: false,
+            });
+            st.unacked += payload;
+        }
+        self.counters
+            .unacked_bytes
+            .store(st.unacked as u64, Ordering::Relaxed);
+        if done < items.len() {
+            // Set under the lock the task takes: it cannot free room unseen.
+            st.full = true;
+        }
+        drop(st);
+        self.shared.notify.notify_one();
+        Ok(done)
+    }
+
+    /// The next frame for the leading elements of `rest`: how many, and the payload's bytes.
+    fn plan(&mut self, rest: &[T]) -> Result<(usize, usize), String> {
+        let max = crate::stream::MAX_ELEMENT_BYTES + 1024;
+        match self.codec.plan(rest, TARGET_PAYLOAD_BYTES)? {
+            Plan::Frame { n, len } if n > 0 => Ok((n, len)),
+            _ => match self.codec.plan(&rest[..1], max)? {
+                Plan::Frame { n: 1, len } => Ok((1, len)),
+                _ => Err(format!("an element does not fit a message of {max} bytes")),
+            },
+        }
+    }
+
+    /// Queues `mark` after everything written before it; `Ok(false)` when the budget is used
+    /// up (a credit envelope comes when PubAcks make room).
+    pub(crate) fn write_mark(&mut self, mark: Mark) -> Result<bool, String> {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err("a mark after the end of stream".into());
+        }
+        if !self.room(st.queue.len(), st.unacked) {
+            st.full = true;
+            return Ok(false);
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let mut frame = Vec::with_capacity(wire::MARK_FRAME_BYTES);
+        wire::encode_frame(&Frame::Mark { seq, mark }, &mut frame);
+        st.queue.push_back(Queued {
+            seq,
+            frame: Bytes::from(frame),
+            elements: 0,
+            payload: wire::MARK_FRAME_BYTES,
+            end: false,
+        });
+        st.unacked += wire::MARK_FRAME_BYTES;
+        drop(st);
+        self.shared.notify.notify_one();
+        Ok(true)
+    }
+
+    /// Ends the stream: an End frame after everything written. Closing twice is harmless.
+    pub(crate) fn close(&mut self) {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let mut frame = Vec::new();
+        wire::encode_frame(&Frame::End { seq }, &mut frame);
+        st.queue.push_back(Queued {
+            seq,
+            frame: Bytes::from(frame),
+            elements: 0,
+            payload: 0,
+            end: true,
+        });
+        drop(st);
+        self.shared.notify.notify_one();
+    }
+
+    /// The End's PubAck came: the broker holds the whole stream.
+    pub(crate) fn finished(&self) -> bool {
+        self.shared.lock().finished
+    }
+
+    /// Messages awaiting PubAcks (for the stall description).
+    pub(crate) fn pending(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+}
+
+impl<T> Drop for BrokerSender<T> {
+    fn drop(&mut self) {
+        self.shared.dropped.store(true, Ordering::SeqCst);
+        self.shared.notify.notify_one();
+    }
+}
+
+/// What a failed publish means.
+enum Failure {
+    /// The stream is at its limit (max bytes, messages or age with "discard new").
+    Full(String),
+    /// The frame before it did not land (its expected last id differs): publish again from
+    /// the first unconfirmed frame.
+    OutOfOrder,
+    /// The server did not answer in time, the connection broke: publish again.
+    Transient(String),
+    /// Anything else: the run fails.
+    Fatal(String),
+}
+
+fn classify(e: async_nats::jetstream::context::PublishError) -> Failure {
+    let text = e.to_string();
+    match e.kind() {
+        PublishErrorKind::WrongLastMessageId => Failure::OutOfOrder,
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Failure::Transient(text),
+        PublishErrorKind::MaxAckPending => Failure::Transient(text),
+        _ if text.contains("maximum") || text.contains("exceeded") => Failure::Full(text),
+        PublishErrorKind::StreamNotFound => Failure::Transient(text),
+        _ => Failure::Fatal(text),
+    }
+}
+
+/// The publishing task of one link.
+struct Publisher {
+    shared: Arc<Shared>,
+    epoch: u64,
+    names: BrokerNames,
+    settings: Arc<BrokerSettings>,
+    counters: Arc<LinkCounters>,
+    /// The connection drops at the stream's limit (a drop policy) instead of waiting.
+    drops: bool,
+    label: String,
+    wake: Arc<dyn Mailbox>,
+    output: u32,
+    link: u32,
+    run: Run,
+}
+
+impl Publisher {
+    fn alive(&self) -> bool {
+        !self.run.is_over() && !self.shared.dropped.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, detail: String) {
+        if !self.run.is_over() {
+            self.run.fail(Error::Runtime {
+                detail: format!("connection {}: {detail}", self.label),
+            });
+        }
+    }
+
+    async fn run(self) {
+        let client = match connect(&self.settings, &self.label).await {
+            Ok(c) => c,
+            Err(e) => return self.fail(e),
+        };
+        let mut js = async_nats::jetstream::new(client);
+        js.set_timeout(PUBLISH_TIMEOUT);
+        if let Err(e) = ensure_stream(&js, &self.names, &self.settings, || !self.alive()).await {
+            return self.fail(e);
+        }
+        self.publish_loop(&js).await;
+    }
+
+    /// Publishes queued frames in order, at most `max_pending` at once, and frees each once
+    /// its PubAck came.
+    async fn publish_loop(&self, js: &async_nats::jetstream::Context) {
+        // The seq of the next frame to publish.
+        let mut next: u64 = 0;
+        // Every frame before `next` that is not in flight is confirmed: the next publish
+        // needs no expected last id.
+        let mut confirmed_before_next = true;
+        // The seq of the frame before `next` that the stream is to hold (dropped frames are
+        // left out): what the next frame says in its `PREV` header.
+        let mut prev: Option<u64> = None;
+        let mut in_flight: VecDeque<(u64, Option<u64>, PublishAckFuture)> = VecDeque::new();
+        let mut warned_full = false;
+        let mut warned_transient = false;
+        // Ends: when the run is over or the sender dropped (checked every pass; a pass waits
+        // at most a slice or a PubAck timeout), or once the End is acknowledged.
+        loop {
+            if !self.alive() {
+                return;
+            }
+            // Publish what is queued and not in flight, up to the window.
+            while in_flight.len() < self.settings.max_pending.max(1) {
+                let frame = {
+                    let st = self.shared.lock();
+                    let first = st.queue.front().map_or(st.next_seq, |q| q.seq);
+                    if next < first {
+                        next = first;
+                    }
+                    st.queue
+                        .get((next - first) as usize)
+                        .map(|q| (q.frame.clone(), q.payload))
+                };
+                let Some((frame, payload)) = frame else { break };
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(MSG_ID, msg_id(self.epoch, next).as_str());
+                if !confirmed_before_next && next > 0 {
+                    headers.insert(EXPECTED_LAST_ID, msg_id(self.epoch, next - 1).as_str());
+                }
+                if let Some(p) = prev {
+                    headers.insert(PREV, p.to_string().as_str());
+                }
+                match js
+                    .publish_with_headers(self.names.subject.clone(), headers, frame)
+                    .await
+                {
+                    Ok(ack) => {
+                        add(&self.counters.bytes, payload as u64);
+                        in_flight.push_back((next, prev, ack));
+                        prev = Some(next);
+                        next += 1;
+                        confirmed_before_next = false;
+                    }
+                    Err(e) => {
+                        // Once per episode, as for a failed PubAck.
+                        if !warned_transient {
+                            warned_transient = true;
+                            tracing::warn!("connection {}: cannot publish: {e}", self.label);
+                        }
+                        tokio::time::sleep(SLICE).await;
+                        break;
+                    }
+                }
+            }
+            let Some((seq, seq_prev, ack)) = in_flight.pop_front() else {
+                // Nothing in flight: wait for a frame (or a look at the run).
+                let _ = tokio::time::timeout(SLICE, self.shared.notify.notified()).await;
+                continue;
+            };
+            let failure = match ack.await {
+                Ok(_) => None,
+                Err(e) => Some(classify(e)),
+            };
+            match failure {
+                None => {
+                    if warned_transient || warned_full {
+                        tracing::info!("connection {}: publishing again", self.label);
+                        warned_transient = false;
+                        warned_full = false;
+                    }
+                    self.confirm(seq, false);
+                    if in_flight.is_empty() {
+                        confirmed_before_next = true;
+                    }
+                }
+                Some(f) => {
+                    // Whatever was in flight after it is published again from `seq`
+                    // (duplicates are dropped by id, an out-of-order one was refused).
+                    in_flight.clear();
+                    next = seq;
+                    prev = seq_prev;
+                    confirmed_before_next = true;
+                    match f {
+                        Failure::OutOfOrder => {}
+                        Failure::Full(why) => {
+                            if self.drops && !self.is_mark_or_end(seq) {
+                                self.confirm(seq, true);
+                                next = seq + 1;
+                            } else {
+                                if !warned_full {
+                                    warned_full = true;
+                                    tracing::warn!(
+                                        "connection {}: the JetStream stream '{}' is at its limit \
+                                         ({why}); waiting for its reader",
+                                        self.label,
+                                        self.names.stream
+                                    );
+                                }
+                                tokio::time::sleep(SLICE).await;
+                            }
+                        }
+                        Failure::Transient(why) => {
+                            if !warned_transient {
+                                warned_transient = true;
+                                add(&self.counters.reconnects, 1);
+                                tracing::warn!(
+                                    "connection {}: publishing to {} failed ({why}); trying again",
+                                    self.label,
+                                    self.settings.url
+                                );
+                            }
+                            tokio::time::sleep(SLICE).await;
+                        }
+                        Failure::Fatal(why) => {
+                            return self.fail(format!(
+                                "the NATS server {} refused a message for stream '{}' (subject \
+                                 '{}'): {why}",
+                                self.settings.url, self.names.stream, self.names.subject
+                            ));
+                        }
+                    }
+                }
+            }
+            if self.shared.lock().finished {
+                return;
+            }
+        }
+    }
+
+    fn is_mark_or_end(&self, seq: u64) -> bool {
+        let st = self.shared.lock();
+        st.queue
+            .front()
+            .is_none_or(|q| q.seq != seq || q.elements == 0)
+    }
+
+    /// Frame `seq` (the queue's front) is acknowledged, or dropped at the stream's limit
+    /// (`dropped`): frees it, and wakes the host if it waited for room or this was the End.
+    fn confirm(&self, seq: u64, dropped: bool) {
+        let mut st = self.shared.lock();
+        let Some(front) = st.queue.front() else {
+            return;
+        };
+        if front.seq != seq {
+            return;
+        }
+        let q = st.queue.pop_front().expect("checked");
+        st.unacked -= q.payload;
+        self.counters
+            .unacked_bytes
+            .store(st.unacked as u64, Ordering::Relaxed);
+        if dropped {
+            add(&self.counters.dropped, q.elements as u64);
+        }
+        let mut wake = false;
+        if q.end {
+            st.finished = true;
+            wake = true;
+        }
+        if st.full {
+            st.full = false;
+            wake = true;
+        }
+        drop(st);
+        if wake {
+            self.wake.post(Envelope::Credit {
+                output: self.output,
+                link: self.link,
+                n: 0,
+            });
+        }
+    }
+}

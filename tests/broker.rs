@@ -1,0 +1,713 @@
+//! Broker links (NATS JetStream) for real: a `nats-server -js` started by each scenario on a
+//! free loopback port with a temporary store (`support/nats.rs`, always stopped), and the
+//! application as separate processes (the starter, or the `iotstream` launcher with a
+//! deployment file).
+//!
+//! This test has its own `main` (`harness = false`): run as `broker app NAME ARGS…` this binary
+//! *is* the application NAME. Without arguments it runs every scenario and prints
+//! `N passed, M failed`; `cargo test --test broker -- NAME` runs those whose name contains NAME.
+
+#[path = "support/nats.rs"]
+mod nats;
+
+#[path = "../examples/quake_detector.rs"]
+mod quake;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iotstream::{Agent, AgentError, Connection, Graph, Inputs, Outputs, SourceOptions, Transport};
+use nats::NatsServer;
+
+// ---------------------------------------------------------------------------------------------
+// The applications
+
+fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
+    match name {
+        // pipe URL|- N CAPACITY STEP_MS
+        "pipe" => pipe(&arg(0), num(1), num(2) as usize, num(3)),
+        "quake" => quake::application(&quake::Config::default(), false)
+            .run()
+            .map(|_| ()),
+        other => panic!("no application named {other}"),
+    }
+}
+
+/// Records every element's index to `$OUT`, one line each, written once per step, after
+/// sleeping `step`; then consumes the step's elements. A kill in the middle of a step leaves
+/// them unconsumed (they come again) and may leave half a line (ended with `#torn` at the next
+/// start).
+struct Record {
+    input: iotstream::Input<u64>,
+    file: std::fs::File,
+    step: Duration,
+}
+
+impl Agent for Record {
+    fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        let xs = i.slice(&self.input);
+        if xs.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(self.step);
+        let mut text = String::with_capacity(xs.len() * 8);
+        for x in xs {
+            text.push_str(&x.to_string());
+            text.push('\n');
+        }
+        self.file.write_all(text.as_bytes())?;
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// `numbers` (0..n, batches of at most 100) → `record` (in process `sink`). With a URL, the
+/// connection is forced through that broker in code; with `-`, a deployment file says how.
+fn pipe(url: &str, n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("broker_pipe");
+    let opts = SourceOptions {
+        max_batch: 100,
+        ..SourceOptions::default()
+    };
+    let numbers = g.source_iter_with("numbers", 0..n, opts);
+    let input = g.add_agent("record", |p| {
+        let input = p.input::<u64>("in");
+        let file = open_out();
+        let agent = Record {
+            input,
+            file,
+            step: Duration::from_millis(step_ms),
+        };
+        (agent, input)
+    });
+    let mut conn = Connection::new().capacity(capacity.max(1));
+    if url != "-" {
+        g.use_broker(url);
+        conn = conn.transport(Transport::Broker);
+    }
+    g.connect_with(&numbers, &input, conn);
+    g.place_in_process("record", "sink");
+    let metrics = g.run()?;
+    if let Some(l) = metrics.link("numbers.out", "record") {
+        println!("LINK dropped {}", l.dropped);
+    }
+    Ok(())
+}
+
+/// `$OUT`, opened for appending; a torn last line (a kill mid-write) is ended with `#torn`.
+fn open_out() -> std::fs::File {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(std::env::var_os("OUT").expect("$OUT"))
+        .expect("open $OUT");
+    let mut last = [0u8; 1];
+    if f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] != b'\n' {
+        f.write_all(b"#torn\n").expect("write $OUT");
+    }
+    f
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running applications
+
+fn own_exe() -> PathBuf {
+    std::env::current_exe().expect("own path")
+}
+
+/// A started command whose output is collected as it comes; killed (with every process of its
+/// run) when dropped.
+struct Running {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn collect(
+    pipe: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            let mut s = into.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    })
+}
+
+impl Running {
+    /// `program ARGS` with `OUT=out` (and `RUST_LOG=info`, for the launcher's process lines).
+    fn start(program: &Path, args: &[&str], out: &Path) -> Running {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("OUT", out)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the application");
+        let out = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), Arc::clone(&out)),
+            collect(child.stderr.take().unwrap(), Arc::clone(&err)),
+        ];
+        Running {
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    /// This binary as application `name` (the starter runs its other processes itself).
+    fn app(name: &str, args: &[&str], out: &Path) -> Running {
+        let mut a = vec!["app", name];
+        a.extend_from_slice(args);
+        Running::start(&own_exe(), &a, out)
+    }
+
+    /// `iotstream run <this binary> --deploy FILE -- app NAME ARGS…`.
+    fn launched(name: &str, args: &[&str], deploy: &Path, out: &Path) -> Running {
+        let exe = own_exe();
+        let deploy = deploy.to_str().expect("a UTF-8 path");
+        let mut a = vec![
+            "run",
+            exe.to_str().expect("a UTF-8 path"),
+            "--deploy",
+            deploy,
+            "--",
+            "app",
+            name,
+        ];
+        a.extend_from_slice(args);
+        Running::start(Path::new(env!("CARGO_BIN_EXE_iotstream")), &a, out)
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded: a hang guard, not a speed claim) until `cond` holds on stderr.
+    fn wait_stderr(&self, what: &str, cond: impl Fn(&str) -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if cond(&self.stderr()) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!("never saw {what} on stderr:\n{}", self.stderr()))
+    }
+
+    /// Waits for the end (bounded); returns the status, stdout and stderr.
+    fn wait(mut self) -> Result<(ExitStatus, String, String), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                let out = self.out.lock().unwrap().clone();
+                let err = self.err.lock().unwrap().clone();
+                return Ok((status, out, err));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the application did not end within 120 s; stderr:\n{}",
+                    self.stderr()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let owner = self.child.id();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in run_pids(owner) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// Pids of the processes of the run owned by `owner` (their role names its run).
+fn run_pids(owner: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let run = env
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .find_map(|v| v.strip_prefix("IOTSTREAM_RUN=").map(str::to_string));
+        if run.is_some_and(|r| r.split('-').next() == Some(&owner.to_string())) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The pid the launcher last reported for `process`.
+fn pid_of(stderr: &str, process: &str) -> Option<u32> {
+    let key = format!("process '{process}' started (pid ");
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once(&key).map(|(_, r)| r))
+        .and_then(|r| r.trim_end_matches(')').parse().ok())
+}
+
+fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+fn recorded(out: &Path) -> usize {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// The indices recorded in `out` (torn lines left out), in order.
+fn indices(out: &Path) -> Result<Vec<u64>, String> {
+    let text = std::fs::read_to_string(out).map_err(|e| e.to_string())?;
+    let mut v = Vec::new();
+    for line in text.lines() {
+        match line.parse::<u64>() {
+            Ok(i) => v.push(i),
+            Err(_) => ensure(line == "#torn" || line.is_empty(), || {
+                format!("a bad line in the output: {line:?}")
+            })?,
+        }
+    }
+    Ok(v)
+}
+
+/// Checks that `seen` holds every index below `n`, and that it is 0, 1, 2, … in order except
+/// where a restarted reader went back: at most `restarts` times, each time by at most `bound`
+/// elements (those not acknowledged when it died). Returns the elements delivered again.
+fn check_indices(seen: &[u64], n: u64, restarts: usize, bound: u64) -> Result<u64, String> {
+    let mut expected = 0u64;
+    let mut back = 0;
+    let mut again = 0;
+    for (at, &i) in seen.iter().enumerate() {
+        if i == expected {
+            expected += 1;
+            continue;
+        }
+        ensure(i < expected, || {
+            format!(
+                "element {i} at line {at} after {}: {} lost",
+                expected - 1,
+                i - expected
+            )
+        })?;
+        back += 1;
+        ensure(back <= restarts, || {
+            format!(
+                "the stream went back at line {at} ({i} after {}): more than {restarts} restarts",
+                expected - 1
+            )
+        })?;
+        let dup = expected - i;
+        ensure(dup <= bound, || {
+            format!(
+                "a restart went back {dup} elements (from {} to {i}), over the bound {bound}",
+                expected - 1
+            )
+        })?;
+        again += dup;
+        expected = i + 1;
+    }
+    ensure(expected == n, || {
+        format!(
+            "{} of {n} elements arrived (the last {})",
+            expected,
+            expected.saturating_sub(1)
+        )
+    })?;
+    Ok(again)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenarios
+
+/// In one process, a connection forced through the broker gives what an in-process one gives,
+/// and its counters say what crossed.
+fn forced_in_one_process_matches_local() -> Result<(), String> {
+    let server = NatsServer::start();
+    let run = |broker: Option<&str>| -> Result<(Vec<u64>, u64, u64), String> {
+        let mut g = Graph::new("broker_forced");
+        let s = g.source_iter("numbers", 0..200_000u64);
+        let tripled = g.map("triple", &s, |v: &u64| v * 3);
+        let (input, out) = g.add_agent("odd", |p| {
+            let input = p.input::<u64>("in");
+            let out = p.output::<u64>("out");
+            (Odd { input, out }, (input, out))
+        });
+        let mut conn = Connection::new().capacity(1024);
+        if let Some(url) = broker {
+            g.use_broker(url);
+            conn = conn.transport(Transport::Broker);
+        }
+        g.connect_with(&tripled, &input, conn);
+        let c = g.collect("out", &out);
+        let metrics = g.run().map_err(|e| e.to_string())?;
+        let l = metrics
+            .link("triple.out", "odd")
+            .ok_or("no counters for the link")?;
+        Ok((c.values(), l.bytes, l.elements))
+    };
+    let (local, local_bytes, _) = run(None)?;
+    let (broker, bytes, elements) = run(Some(&server.url()))?;
+    ensure(local.len() == 100_000, || {
+        format!("{} odd numbers", local.len())
+    })?;
+    ensure(broker == local, || {
+        "not the same elements in the same order".into()
+    })?;
+    ensure(local_bytes == 0, || {
+        "an in-process link moves no bytes".into()
+    })?;
+    ensure(elements == 200_000, || {
+        format!("{elements} elements counted")
+    })?;
+    // Plain data crosses as its bytes: 8 per element (counted by the writer).
+    ensure(bytes >= 1_600_000, || format!("{bytes} bytes counted"))?;
+    Ok(())
+}
+
+struct Odd {
+    input: iotstream::Input<u64>,
+    out: iotstream::Stream<u64>,
+}
+
+impl Agent for Odd {
+    fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+        o.extend(
+            &self.out,
+            i.slice(&self.input).iter().copied().filter(|v| v % 2 == 1),
+        );
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// Two processes (the starter runs `sink` itself): every element arrives, in order, once,
+/// then the end of stream, and both processes end well.
+fn two_processes_deliver_everything_in_order() -> Result<(), String> {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let n = 200_000u64;
+    let run = Running::app("pipe", &[&server.url(), &n.to_string(), "1024", "0"], &out);
+    let (status, _, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let seen = indices(&out)?;
+    check_indices(&seen, n, 0, 0)?;
+    ensure(seen.len() == n as usize, || {
+        format!("{} lines for {n} elements", seen.len())
+    })
+}
+
+/// The deployment file of the pipe under the launcher: the sink restarts on failure and the
+/// connection goes through the broker at `url`.
+fn pipe_deployment(url: &str) -> String {
+    format!(
+        "[broker]\nurl = \"{url}\"\n\n[processes.sink]\nagents = [\"record\"]\n\
+         restart = \"on-failure\"\nmax_restarts = 5\nbackoff_ms = 20\n\n\
+         [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n"
+    )
+}
+
+/// 1 000 000 indexed elements; the reading process is SIGKILLed twice and restarted by the
+/// launcher: nothing is lost, the order is kept, and each restart repeats at most what the
+/// broker had not had acknowledged (see `transport::broker`: at most the consumer's
+/// `max_ack_pending` messages of at most 100 elements each here).
+fn reader_killed_twice_loses_nothing() -> Result<(), String> {
+    const KILLS: usize = 2;
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let deploy = dir.path().join("pipe.toml");
+    std::fs::write(&deploy, pipe_deployment(&server.url())).map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let (n, capacity) = (1_000_000u64, 1024u64);
+    let run = Running::launched(
+        "pipe",
+        &["-", &n.to_string(), &capacity.to_string(), "2"],
+        &deploy,
+        &out,
+    );
+    for kill in 1..=KILLS {
+        run.wait_stderr("the sink started", |e| pid_of(e, "sink").is_some())?;
+        let pid = pid_of(&run.stderr(), "sink").ok_or_else(|| run.stderr())?;
+        // Kill once the sink made progress since it (re)started, with most of the stream left.
+        let from = recorded(&out);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while recorded(&out) < from + n as usize / 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        if kill < KILLS {
+            run.wait_stderr("the sink restarted", |e| {
+                pid_of(e, "sink").is_some_and(|p| p != pid)
+            })?;
+        }
+    }
+    let (status, _, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let kills = stderr
+        .matches("process 'sink' was killed by signal 9")
+        .count();
+    ensure(kills == KILLS, || {
+        format!("{kills} kills of 'sink' reported, {KILLS} made:\n{stderr}")
+    })?;
+    // What a killed reader may not have had acknowledged: the consumer's max_ack_pending
+    // (capacity + 2 pulls of 64) messages of at most 100 elements.
+    let bound = (capacity + 2 * 64) * 100;
+    let again = check_indices(&indices(&out)?, n, KILLS, bound)?;
+    eprintln!("  ({KILLS} kills, {again} elements delivered again, bound {bound} per kill)");
+    Ok(())
+}
+
+/// The NATS server stopped and started again (same port, same store) while the stream flows,
+/// with the connection's JetStream stream limited to 128 messages (of 3 000), so that the
+/// writer waits at that limit (policy `block`) and publishes across the restart too:
+/// nothing is lost, nothing repeated, the order kept.
+fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let deploy = dir.path().join("pipe.toml");
+    std::fs::write(
+        &deploy,
+        format!(
+            "[broker]\nurl = \"{}\"\nmax_messages = 128\nmax_pending = 8\n\n\
+             [processes.sink]\nagents = [\"record\"]\n\n\
+             [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n",
+            server.url()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let n = 300_000u64;
+    let run = Running::launched("pipe", &["-", &n.to_string(), "1024", "3"], &deploy, &out);
+    run.wait_stderr("the writer waiting at the stream's limit", |e| {
+        e.contains("is at its limit")
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recorded(&out) < 30_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ensure(recorded(&out) < n as usize / 2, || {
+        "the stream was half over before the server could be restarted".into()
+    })?;
+    server.restart();
+    let (status, _, stderr) = run.wait()?;
+    ensure(status.success(), || {
+        format!("exit {status}:\n{stderr}\nserver log:\n{}", server.log())
+    })?;
+    let seen = indices(&out)?;
+    check_indices(&seen, n, 0, 0)?;
+    ensure(seen.len() == n as usize, || {
+        format!("{} lines for {n} elements", seen.len())
+    })
+}
+
+/// At the stream's limit (128 messages, of 3 000; the writer's own bound, 4096 messages or
+/// 16 MiB awaiting PubAcks, is far above it) a drop policy drops what the server
+/// refuses and counts it instead of waiting: what arrives is in order and never twice, and what arrived plus
+/// what the writer counted as dropped is everything sent.
+fn a_drop_policy_drops_and_counts_at_the_streams_limit() -> Result<(), String> {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let deploy = dir.path().join("pipe.toml");
+    std::fs::write(
+        &deploy,
+        format!(
+            "[broker]\nurl = \"{}\"\nmax_messages = 128\nmax_pending = 4096\n\n\
+             [processes.sink]\nagents = [\"record\"]\n\n\
+             [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n\
+             policy = \"drop-newest\"\n",
+            server.url()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let n = 300_000u64;
+    let run = Running::launched("pipe", &["-", &n.to_string(), "1024", "3"], &deploy, &out);
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let dropped: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("[main] LINK dropped "))
+        .and_then(|d| d.trim().parse().ok())
+        .ok_or_else(|| format!("the writer reported no drop count:\n{stdout}"))?;
+    let seen = indices(&out)?;
+    ensure(seen.windows(2).all(|w| w[0] < w[1]), || {
+        "what arrived is not in order, or came twice".into()
+    })?;
+    ensure(dropped > 0, || {
+        format!(
+            "nothing dropped although the stream was at its limit ({} arrived)",
+            seen.len()
+        )
+    })?;
+    ensure(seen.len() as u64 + dropped == n, || {
+        format!("{} arrived + {dropped} dropped, {n} sent", seen.len())
+    })?;
+    eprintln!("  ({} arrived, {dropped} dropped)", seen.len());
+    Ok(())
+}
+
+/// The quake detector with its detection stage behind the broker (a deployment file): the same
+/// detections as in one process.
+fn quake_detector_behind_the_broker_detects_as_in_one_process() -> Result<(), String> {
+    let cfg = quake::Config::default();
+    let mut g = Graph::new("quake_detector");
+    let h = quake::build(&mut g, &cfg);
+    let found = g.collect("detections", &h.detections);
+    g.run().map_err(|e| e.to_string())?;
+    let expected: Vec<u64> = found.values().iter().map(|d| d.sample).collect();
+    ensure(!expected.is_empty(), || {
+        "no detection in one process".into()
+    })?;
+
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let deploy = dir.path().join("quake.toml");
+    std::fs::write(
+        &deploy,
+        format!(
+            "[broker]\nurl = \"{}\"\n\n[[connections]]\nstream = \"seismometer.out\"\n\
+             transport = \"broker\"\n",
+            server.url()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = dir.path().join("unused.txt");
+    let run = Running::launched("quake", &[], &deploy, &out);
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let samples: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.contains("QUAKE at"))
+        .filter_map(|l| {
+            l.split_once("(sample ")
+                .and_then(|(_, r)| r.split(',').next())
+                .and_then(|s| s.trim().parse().ok())
+        })
+        .collect();
+    ensure(samples == expected, || {
+        format!("detections at samples {samples:?}, in one process {expected:?}:\n{stdout}")
+    })?;
+    let stream = "IOTSTREAM_quake_detector_seismometer_out__sta_lta_samples";
+    ensure(server.has_stream(stream), || {
+        format!("the samples did not cross the broker: no JetStream stream {stream}")
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("app") {
+        iotstream::init_logging();
+        let name = args.get(2).cloned().unwrap_or_default();
+        match app(&name, &args[3..]) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
+    type Scenario = fn() -> Result<(), String>;
+    let scenarios: [(&str, Scenario); 6] = [
+        (
+            "forced_in_one_process_matches_local",
+            forced_in_one_process_matches_local,
+        ),
+        (
+            "two_processes_deliver_everything_in_order",
+            two_processes_deliver_everything_in_order,
+        ),
+        (
+            "reader_killed_twice_loses_nothing",
+            reader_killed_twice_loses_nothing,
+        ),
+        (
+            "server_restarted_mid_run_loses_nothing",
+            server_restarted_mid_run_loses_nothing,
+        ),
+        (
+            "a_drop_policy_drops_and_counts_at_the_streams_limit",
+            a_drop_policy_drops_and_counts_at_the_streams_limit,
+        ),
+        (
+            "quake_detector_behind_the_broker_detects_as_in_one_process",
+            quake_detector_behind_the_broker_detects_as_in_one_process,
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, scenario) in scenarios {
+        if filter.is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        let started = Instant::now();
+        match std::panic::catch_unwind(scenario) {
+            Ok(Ok(())) => {
+                passed += 1;
+                println!(
+                    "test {name} ... ok ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                println!("test {name} ... FAILED\n{e}");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED (panicked)");
+            }
+        }
+    }
+    ensure_ran(passed + failed);
+    println!("\n{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// A filter that matches nothing is a failure, not a silent pass.
+fn ensure_ran(n: usize) {
+    if n == 0 {
+        println!("no scenario matched the filter");
+        std::process::exit(1);
+    }
+}
