@@ -133,6 +133,10 @@ fn stalled_reader_bounds_memory_and_loses_nothing() {
         )
     });
     g.connect_with(&src, &input, Connection::new().capacity(CAP));
+    // `slow` blocks in its step until the gate opens: a thread of its own, as the runtime's
+    // docs ask of an agent that waits (on the pool it would hold up its worker, which, the
+    // only reader of the source, it shares with the source's agent).
+    g.place_on_thread("slow", "slow");
     let running = g.start().unwrap();
     // Wait until the connection is full (bounded wait: 30 s at most), then give the writer
     // ample time to overrun if it could.
