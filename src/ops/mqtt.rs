@@ -454,29 +454,33 @@ pub struct MqttSource<T> {
 
 impl MqttSource<String> {
     /// Payloads as UTF-8 text (one that is not is malformed).
-    pub fn utf8<S: Into<String>>(broker: MqttBroker, topics: impl IntoIterator<Item = S>) -> Self {
+    pub fn utf8(broker: MqttBroker, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
         MqttSource::with_decoder(broker, topics, decode_utf8)
     }
 }
 
 impl MqttSource<Vec<u8>> {
     /// Payloads as they are, bytes.
-    pub fn bytes<S: Into<String>>(broker: MqttBroker, topics: impl IntoIterator<Item = S>) -> Self {
+    pub fn bytes(broker: MqttBroker, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
         MqttSource::with_decoder(broker, topics, decode_bytes)
     }
 }
 
-impl<T: DeserializeOwned> MqttSource<T> {
-    /// Payloads as JSON documents of `T` (serde); one that is not is malformed.
-    pub fn json<S: Into<String>>(broker: MqttBroker, topics: impl IntoIterator<Item = S>) -> Self {
+impl MqttSource<()> {
+    /// Payloads as JSON documents of `T` (serde): `MqttSource::json::<Reading>(broker,
+    /// topics)`. A payload that is not is malformed.
+    pub fn json<T: DeserializeOwned>(
+        broker: MqttBroker,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> MqttSource<T> {
         MqttSource::with_decoder(broker, topics, decode_json::<T>)
     }
 }
 
 impl<T> MqttSource<T> {
-    fn with_decoder<S: Into<String>>(
+    fn with_decoder(
         broker: MqttBroker,
-        topics: impl IntoIterator<Item = S>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
         decode: Decode<T>,
     ) -> Self {
         MqttSource {
