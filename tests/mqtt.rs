@@ -410,6 +410,7 @@ fn a_malformed_payload_fails_the_source_naming_the_topic_when_asked() {
     wait_for(&broker, "the source's subscription", || stats.subscribed());
     let _publisher = publish_mixed(&broker, 2, 1);
     let err = running.join().unwrap_err().to_string();
+    eprintln!("the error: {err}");
     assert!(err.contains("'sensors/bad'"), "{err}");
     assert!(err.contains("readings"), "names the agent: {err}");
     assert!(err.contains("not the JSON expected"), "{err}");
@@ -454,6 +455,7 @@ fn a_rejected_user_name_or_password_is_a_clear_error() {
     let s = g.source_mqtt("in", source);
     let _ = g.collect("out", &s);
     let err = g.run().unwrap_err().to_string();
+    eprintln!("the error: {err}");
     let addr = format!("127.0.0.1:{}", broker.port);
     assert!(err.contains(&addr) && err.contains("'alice'"), "{err}");
     assert!(err.contains("refused the connection"), "{err}");
@@ -464,6 +466,7 @@ fn a_rejected_user_name_or_password_is_a_clear_error() {
     let sink = MqttSink::utf8(broker.broker("bad-sink").credentials("alice", "wrong"), "n");
     let stats = g.sink_mqtt("out", &s, sink);
     let err = g.run().unwrap_err().to_string();
+    eprintln!("the error: {err}");
     assert!(err.contains("'alice'") && err.contains("refused"), "{err}");
     assert_eq!(stats.delivered(), 0);
 }
@@ -517,6 +520,7 @@ fn bad_options_are_reported_when_the_graph_is_built() {
         MqttSink::utf8(MqttBroker::new("127.0.0.1", 1, "x"), "alerts/{unclosed"),
     );
     let err = g.run().unwrap_err().to_string();
+    eprintln!("the error: {err}");
     assert!(
         err.contains("persistent session needs a client id"),
         "{err}"
@@ -527,4 +531,93 @@ fn bad_options_are_reported_when_the_graph_is_built() {
     );
     assert!(err.contains("topic template 'alerts/{unclosed'"), "{err}");
     let _ = std::io::stderr().flush();
+}
+
+/// TLS (feature `mqtt-tls`): a broker with a certificate from a CA made here; a source and a
+/// sink that trust the CA exchange messages, one that trusts another CA fails naming TLS.
+#[cfg(feature = "mqtt-tls")]
+#[test]
+fn tls_connections_work_with_the_right_ca_and_fail_clearly_with_another() {
+    use iotstream::ops::mqtt::MqttTls;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    fn ca(name: &str) -> (CertificateParams, KeyPair, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        (params, key, pem)
+    }
+    let files = tempfile::tempdir().unwrap();
+    let (ca_params, ca_key, ca_pem) = ca("mqtt test CA");
+    let (_, _, other_pem) = ca("another CA");
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params
+        .signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let write = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_file = write("ca.pem", &ca_pem);
+    let other_ca = write("other.pem", &other_pem);
+    let cert_file = write("server.pem", &cert.pem());
+    let key_file = write("server.key", &key.serialize_pem());
+    let broker = Mosquitto::start(&format!(
+        "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}",
+        ca_file.display(),
+        cert_file.display(),
+        key_file.display()
+    ));
+
+    let mut g = Graph::new("tls");
+    let source = MqttSource::utf8(
+        broker.broker("tls-in").tls(MqttTls::new(&ca_file)),
+        ["tls/in"],
+    );
+    let stats = source.stats();
+    let s = g.source_mqtt("in", source);
+    let upper = g.map("upper", &s, |t: &String| t.to_uppercase());
+    let sink = MqttSink::utf8(
+        broker.broker("tls-out").tls(MqttTls::new(&ca_file)),
+        "tls/out",
+    );
+    let out_stats = g.sink_mqtt("out", &upper, sink);
+    let echo = MqttSource::utf8(
+        broker.broker("tls-echo").tls(MqttTls::new(&ca_file)),
+        ["tls/out"],
+    );
+    let echo_stats = echo.stats();
+    let echoed = g.source_mqtt("echo", echo);
+    let got = g.collect("got", &echoed);
+    let running = g.start().unwrap();
+    wait_for(&broker, "the TLS subscriptions", || {
+        stats.subscribed() && echo_stats.subscribed()
+    });
+    let publisher = MqttSink::utf8(
+        broker.broker("tls-pub").tls(MqttTls::new(&ca_file)),
+        "tls/in",
+    );
+    let mut p = Graph::new("tls_publisher");
+    let words = p.source_iter("words", ["hello".to_string()]);
+    p.sink_mqtt("pub", &words, publisher);
+    p.run().unwrap();
+    wait_for(&broker, "the message back over TLS", || !got.is_empty());
+    running.stop();
+    running.join().unwrap();
+    assert_eq!(got.values()[0], "HELLO");
+    assert!(out_stats.delivered() >= 1);
+
+    let mut g = Graph::new("tls_wrong_ca");
+    let s = g.source_mqtt(
+        "in",
+        MqttSource::utf8(broker.broker("tls-bad").tls(MqttTls::new(&other_ca)), ["t"]),
+    );
+    let _ = g.collect("out", &s);
+    let err = g.run().unwrap_err().to_string();
+    eprintln!("the error: {err}");
+    assert!(err.contains("TLS failed"), "{err}");
 }

@@ -313,6 +313,10 @@ impl MqttBroker {
                 self.max_payload_bytes
             ));
         }
+        #[cfg(feature = "mqtt-tls")]
+        if let Some(Err(e)) = self.tls.as_ref().map(MqttTls::config) {
+            p.push(e);
+        }
         p
     }
 
@@ -507,7 +511,9 @@ impl<T> MqttSource<T> {
     }
 
     /// The most messages waiting between the connection and the source's agent (4096 by
-    /// default); also the broker's in-flight window asked for.
+    /// default). When it is full the connection stops reading and the broker holds the rest
+    /// (how many QoS 1 messages it sends before acknowledgements is the broker's setting:
+    /// mosquitto's `max_inflight_messages`, 20 by default).
     pub fn queue(mut self, messages: usize) -> Self {
         self.queue = messages.max(1);
         self
@@ -785,19 +791,24 @@ impl<T> MqttSink<T> {
 /// Why a connection error ends the connection instead of a reconnection, if it does.
 fn fatal(e: &ConnectionError, broker: &MqttBroker) -> Option<String> {
     let why = match e {
-        ConnectionError::ConnectionRefused(code) => match code {
-            ConnectReturnCode::BadUserNamePassword => match &broker.credentials {
-                Some((user, _)) => format!("bad user name or password (user '{user}')"),
-                None => "bad user name or password (none was given)".to_string(),
-            },
-            ConnectReturnCode::NotAuthorized => match &broker.credentials {
-                Some((user, _)) => format!("not authorized (user '{user}')"),
-                None => "not authorized (no user name was given)".to_string(),
-            },
-            ConnectReturnCode::BadClientId => "client id not accepted".to_string(),
-            ConnectReturnCode::RefusedProtocolVersion => "MQTT 3.1.1 not accepted".to_string(),
-            _ => return None,
-        },
+        ConnectionError::ConnectionRefused(code) => {
+            match code {
+                ConnectReturnCode::BadUserNamePassword => match &broker.credentials {
+                    Some((user, _)) => format!("bad user name or password (user '{user}')"),
+                    None => "bad user name or password (none was given)".to_string(),
+                },
+                // mosquitto answers a wrong password with this too.
+                ConnectReturnCode::NotAuthorized => match &broker.credentials {
+                    Some((user, _)) => {
+                        format!("not authorized: wrong user name or password, or no access (user '{user}')")
+                    }
+                    None => "not authorized (no user name was given)".to_string(),
+                },
+                ConnectReturnCode::BadClientId => "client id not accepted".to_string(),
+                ConnectReturnCode::RefusedProtocolVersion => "MQTT 3.1.1 not accepted".to_string(),
+                _ => return None,
+            }
+        }
         ConnectionError::MqttState(StateError::Deserialization(
             rumqttc::Error::PayloadSizeLimitExceeded(n),
         )) => {
@@ -807,7 +818,7 @@ fn fatal(e: &ConnectionError, broker: &MqttBroker) -> Option<String> {
             ))
         }
         #[cfg(feature = "mqtt-tls")]
-        ConnectionError::Tls(e) => format!("TLS: {e}"),
+        ConnectionError::Tls(e) => return Some(format!("{broker}: TLS failed: {e}")),
         _ => return None,
     };
     Some(format!("{broker} refused the connection: {why}"))
@@ -822,6 +833,8 @@ struct Reconnect {
     /// Since when no connection has been up (None while one is).
     down_since: Option<Instant>,
     ever_connected: bool,
+    /// This outage was logged (once per outage, not once per attempt).
+    warned: bool,
 }
 
 impl Reconnect {
@@ -833,6 +846,7 @@ impl Reconnect {
             pause: broker.backoff_first,
             down_since: Some(Instant::now()),
             ever_connected: false,
+            warned: false,
         }
     }
 
@@ -844,6 +858,7 @@ impl Reconnect {
         }
         self.ever_connected = true;
         self.down_since = None;
+        self.warned = false;
         self.pause = self.broker.backoff_first;
         self.stats.inner.connections.fetch_add(1, Relaxed);
         first
@@ -858,8 +873,8 @@ impl Reconnect {
         self.stats.inner.reconnects.fetch_add(1, Relaxed);
         let since = *self.down_since.get_or_insert_with(Instant::now);
         let what = format!("{}: {e}", self.broker);
-        if self.pause == self.broker.backoff_first {
-            // Once per outage, not once per attempt.
+        if !self.warned {
+            self.warned = true;
             tracing::warn!(
                 "mqtt '{}': {what}; reconnecting with backoff up to {:?}",
                 self.agent,
@@ -924,7 +939,9 @@ fn start_connection(
         .name(format!("mqtt {agent}"))
         .spawn(move || {
             let _done = done_tx;
-            let built = std::panic::catch_unwind(|| Client::new(options, cap));
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Client::new(options, cap)
+            }));
             match built {
                 Ok((client, connection)) => {
                     let _ = client_tx.send(Ok(client.clone()));
@@ -1107,8 +1124,8 @@ impl<T: Element> MqttReader<T> {
         if self.reading.is_none() {
             let o = &self.options;
             let qos1 = o.qos == MqttQos::AtLeastOnce;
-            let inflight = o.queue.min(u16::MAX as usize) as u16;
-            let options = o.broker.options(inflight, qos1)?;
+            // A source publishes nothing: a small window of its own.
+            let options = o.broker.options(10, qos1)?;
             let (tx, rx) = crossbeam_channel::bounded(o.queue);
             let control = Arc::new(Control::default());
             let thread = SourceThread {
@@ -1371,7 +1388,7 @@ impl<T: Element> MqttWriter<T> {
                 .control
                 .fatal()
                 .unwrap_or_else(|| "the MQTT connection ended".to_string());
-            return Err(format!("sink '{}': {why}", self.agent).into());
+            return Err(why.into());
         }
         self.options.stats.inner.published.fetch_add(1, Relaxed);
         Ok(())
@@ -1387,7 +1404,7 @@ impl<T: Element> Agent for MqttWriter<T> {
         }
         inputs.consume(&self.input, n);
         if let Some(why) = self.writing.as_ref().and_then(|w| w.control.fatal()) {
-            return Err(format!("sink '{}': {why}", self.agent).into());
+            return Err(why.into());
         }
         Ok(())
     }
@@ -1412,7 +1429,7 @@ impl<T: Element> Agent for MqttWriter<T> {
         close_connection(&writing.client, &writing.control, &writing.done, || {});
         if let Some(why) = writing.control.fatal() {
             stats.undelivered.fetch_add(missing, Relaxed);
-            return Err(format!("sink '{}': {why}", self.agent).into());
+            return Err(why.into());
         }
         if missing > 0 {
             stats.undelivered.fetch_add(missing, Relaxed);
