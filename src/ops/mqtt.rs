@@ -1057,7 +1057,7 @@ impl SourceThread {
                             self.broker,
                             refused.join(", ")
                         );
-                        self.hand(Incoming::Fatal(why));
+                        self.fail(why);
                         return;
                     }
                     self.stats.inner.subscribed.store(true, Relaxed);
@@ -1075,12 +1075,18 @@ impl SourceThread {
                     }
                     resend.after_error(&connection);
                     if let Err(why) = reconnect.failed(&e, &self.control.stop) {
-                        self.hand(Incoming::Fatal(why));
+                        self.fail(why);
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// Ends the connection for good: the source fails with `why` after what came before.
+    fn fail(&self, why: String) {
+        self.control.set_fatal(why.clone());
+        self.hand(Incoming::Fatal(why));
     }
 
     /// Hands `m` to the source, waiting while its queue is full. False if the source is gone.
@@ -1215,7 +1221,13 @@ impl<T: Element> Source<T> for MqttReader<T> {
         let mut next = match rx.recv_timeout(FILL_WAIT) {
             Ok(m) => Some(m),
             Err(ChanTimeout::Timeout) => return Ok(true),
-            Err(ChanTimeout::Disconnected) => None,
+            // Its thread ended without a word: never a silent end (nor a busy loop).
+            Err(ChanTimeout::Disconnected) => {
+                let why = self.reading.as_ref().and_then(|r| r.control.fatal());
+                let why = why
+                    .unwrap_or_else(|| format!("the connection to {} ended", self.options.broker));
+                return Err(why.into());
+            }
         };
         while let Some(m) = next.take() {
             match m {
@@ -1226,9 +1238,6 @@ impl<T: Element> Source<T> for MqttReader<T> {
                 break;
             }
             next = rx.try_recv().ok();
-        }
-        if let Some(why) = self.reading.as_ref().and_then(|r| r.control.fatal()) {
-            return Err(why.into());
         }
         if out.len() == before {
             // Only skipped messages: nothing goes to the graph, acknowledge them now.
@@ -1308,6 +1317,7 @@ fn sink_thread(
                 }
                 resend.after_error(&connection);
                 if let Err(why) = reconnect.failed(&e, &control.stop) {
+                    tracing::error!("sink '{agent}': {why}");
                     control.set_fatal(why);
                     return;
                 }
