@@ -245,9 +245,15 @@ fn publish_indices(client: Client, topic: &'static str, n: u64) -> JoinHandle<()
     })
 }
 
-/// source_mqtt (UTF-8) → map → sink_mqtt (JSON, topic template), both QoS 1 with persistent
-/// sessions: the graph under test.
-fn pipeline(broker: &Mosquitto) -> (Graph, MqttStats, MqttStats) {
+#[derive(Clone, Copy, Debug)]
+enum Session {
+    Persistent,
+    Clean,
+}
+
+/// source_mqtt (UTF-8) → map → sink_mqtt (JSON, topic template), both QoS 1, the source with a
+/// persistent session, the sink with `sink_session`: the graph under test.
+fn pipeline(broker: &Mosquitto, sink_session: Session) -> (Graph, MqttStats, MqttStats) {
     let mut g = Graph::new("mqtt_pipeline");
     let source = MqttSource::utf8(
         broker.broker("pipeline-in").persistent_session(),
@@ -263,12 +269,13 @@ fn pipeline(broker: &Mosquitto) -> (Graph, MqttStats, MqttStats) {
             shard: index % 7,
         }
     });
-    let sink = MqttSink::json(
-        broker.broker("pipeline-out").persistent_session(),
-        "out/{shard}",
-    )
-    .qos(MqttQos::AtLeastOnce)
-    .max_outstanding(200);
+    let out = match sink_session {
+        Session::Persistent => broker.broker("pipeline-out").persistent_session(),
+        Session::Clean => broker.broker("pipeline-out"),
+    };
+    let sink = MqttSink::json(out, "out/{shard}")
+        .qos(MqttQos::AtLeastOnce)
+        .max_outstanding(200);
     let sink_stats = g.sink_mqtt("out", &indexed, sink);
     (g, source_stats, sink_stats)
 }
@@ -282,7 +289,7 @@ fn a_hundred_thousand_messages_through_source_map_sink_with_qos_1_none_lost() {
     const N: u64 = 100_000;
     let broker = Mosquitto::start("allow_anonymous true");
     let (_checker, seen) = checker(&broker, "out/#");
-    let (g, source_stats, sink_stats) = pipeline(&broker);
+    let (g, source_stats, sink_stats) = pipeline(&broker, Session::Persistent);
     let running = g.start().unwrap();
     wait_for(&broker, "the source's subscription", || {
         source_stats.subscribed()
@@ -308,10 +315,21 @@ fn a_hundred_thousand_messages_through_source_map_sink_with_qos_1_none_lost() {
 
 #[test]
 fn a_broker_restarted_mid_run_loses_nothing_with_qos_1_and_persistent_sessions() {
+    broker_restarted_mid_run(Session::Persistent);
+}
+
+/// The sink's new connection has no session at the broker: it publishes again what was not
+/// acknowledged (rumqttc alone would drop it).
+#[test]
+fn a_sink_on_a_clean_session_resends_what_was_not_acknowledged_after_a_broker_restart() {
+    broker_restarted_mid_run(Session::Clean);
+}
+
+fn broker_restarted_mid_run(sink_session: Session) {
     const N: u64 = 30_000;
     let mut broker = Mosquitto::start("allow_anonymous true");
     let (_checker, seen) = checker(&broker, "out/#");
-    let (g, source_stats, sink_stats) = pipeline(&broker);
+    let (g, source_stats, sink_stats) = pipeline(&broker, sink_session);
     let running = g.start().unwrap();
     wait_for(&broker, "the source's subscription", || {
         source_stats.subscribed()
