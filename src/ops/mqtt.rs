@@ -43,7 +43,22 @@
 //!
 //! The broker decides what it keeps for a client while it is away or slow: mosquitto keeps at
 //! most `max_queued_messages` (1000 by default) per persistent session and drops the rest, QoS 1
-//! included. Raise it (`max_queued_messages 0` is no limit) where bursts are larger.
+//! included. Raise it (`max_queued_messages 0` is no limit) where bursts are larger, and turn its
+//! `persistence` on for sessions to survive a restart of the broker.
+//!
+//! # Sessions and waiting
+//!
+//! - With a **clean session** the broker forgets the client when the connection breaks: what it
+//!   held for a source then is lost. Use [`MqttBroker::persistent_session`] (and a client id of
+//!   the source's own) where a source must not miss messages across reconnections and restarts.
+//! - A source whose readers hold it back long enough for its queue to fill stops reading; if
+//!   that lasts longer than one and a half keep-alives the broker drops the connection, and the
+//!   source reconnects (with a persistent session, nothing is lost).
+//! - A sink's step waits while the broker is away and its client's queue is full: for ever,
+//!   unless [`MqttBroker::give_up_after`] fails it. A stop (Ctrl-C) then waits for the broker
+//!   too; a second Ctrl-C ends the program.
+//! - A message that fails a source ([`OnMalformed::Fail`]) is not acknowledged: with a
+//!   persistent session the broker offers it again at the next start.
 //!
 //! # Behaviour at the time of writing
 //!
