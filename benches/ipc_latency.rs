@@ -14,8 +14,10 @@
 //! - **iceoryx2 polling**: the same publish/subscribe, each side busy-looping on `receive`
 //!   (the echo process spins all the time, also between the paced pings);
 //! - **iotstream processes** and **iotstream spin**: the built `iotstream` binary, as
-//!   `iotstream bench --modes processes,spin --sizes 8 --patterns batch --rate 0,1000`: ping (a
-//!   source) → echo in a second process over shared-memory rings → pong, in the default
+//!   `iotstream bench --modes processes,spin --sizes 8 --patterns single --rate 0,1000`: ping
+//!   (an input of the graph, one `InputSender::push` per ping) → echo in a second process over
+//!   shared-memory rings → pong; back to back the pong agent pushes the next ping from its
+//!   step, paced the program's thread does at each tick (as the iceoryx2 parent does); in the default
 //!   (blocking) mode and in low-latency mode (`Connection::spin`); and the command's own
 //!   baseline, a raw shared-memory ring with a futex wake-up after 100 spins (`shm-ring`).
 //!
@@ -475,7 +477,7 @@ fn iotstream_rows(secs: f64) -> Vec<Row> {
             "--sizes",
             "8",
             "--patterns",
-            "batch",
+            "single",
             "--rate",
             &format!("0,{RATE}"),
             "--duration",

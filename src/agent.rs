@@ -115,6 +115,8 @@ pub struct Inputs<'a> {
     pub(crate) wake: &'a mut Option<Duration>,
     /// The agent's count of late elements ([`Inputs::count_late`]).
     pub(crate) late: &'a AtomicU64,
+    /// The agent's count of undelivered elements ([`Inputs::count_undelivered`]).
+    pub(crate) undelivered: &'a AtomicU64,
 }
 
 impl Inputs<'_> {
@@ -336,6 +338,42 @@ impl Inputs<'_> {
     pub fn count_late(&mut self, n: u64) {
         if n > 0 {
             self.late.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `n` elements this agent (a sink) consumed but could not deliver to the outside
+    /// world and gave up on: they show in [`AgentStats::undelivered`](crate::AgentStats) and
+    /// the live view's `iotstream_agent_undelivered_total`, never silently lost.
+    ///
+    /// ```
+    /// use iotstream::{Agent, AgentError, Graph, Input, Inputs, Outputs};
+    ///
+    /// /// "Delivers" only even numbers; counts the others.
+    /// struct EvenOnly { input: Input<u32> }
+    ///
+    /// impl Agent for EvenOnly {
+    ///     fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+    ///         let new = i.slice(&self.input);
+    ///         let (n, odd) = (new.len(), new.iter().filter(|v| *v % 2 == 1).count());
+    ///         i.consume(&self.input, n);
+    ///         i.count_undelivered(odd as u64);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let mut g = Graph::new("even_only");
+    /// let s = g.source_iter("numbers", 0..10u32);
+    /// let input = g.add_agent("even_only", |p| {
+    ///     let input = p.input("in");
+    ///     (EvenOnly { input }, input)
+    /// });
+    /// g.connect(&s, &input);
+    /// let metrics = g.run().unwrap();
+    /// assert_eq!(metrics.agent("even_only").unwrap().undelivered, 5);
+    /// ```
+    pub fn count_undelivered(&mut self, n: u64) {
+        if n > 0 {
+            self.undelivered.fetch_add(n, Ordering::Relaxed);
         }
     }
 }

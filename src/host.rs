@@ -390,6 +390,7 @@ impl Host {
                             now,
                             wake: &mut self.timer,
                             late: &self.counters.late,
+                            undelivered: &self.counters.undelivered,
                         };
                         let mut outputs = Outputs {
                             agent: id,

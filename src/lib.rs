@@ -63,11 +63,13 @@ pub use graph::{Connection, Graph, Policy, Transport, DEFAULT_CAPACITY, DEFAULT_
 pub use info::MAIN_PROCESS;
 pub use logging::init_logging;
 pub use metrics::{AgentStats, LinkEnds, LinkStats, Metrics, StreamStats};
+pub use ops::follow::{FollowOptions, FollowStart, InvalidUtf8, LongLines, FOLLOW_MAX_LINE_BYTES};
 pub use ops::merge::LateCounter;
 pub use ops::rolling::{Rolling, RollingAggregate, RollingValue};
-pub use ops::sink::Collected;
+pub use ops::sink::{Collected, FileMode};
 pub use ops::source::{InputSender, Source, SourceOptions, SOURCE_STOP_GRACE};
 pub use ops::timed::TimedWindow;
+pub use ops::webhook::{Undelivered, WebhookOptions};
 pub use runtime::Running;
 pub use stream::{Element, Input, Mark, Stream, MAX_ELEMENT_BYTES};
 pub use testing::Harness;

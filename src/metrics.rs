@@ -61,6 +61,9 @@ pub(crate) struct AgentCounters {
     pub busy_ns: AtomicU64,
     /// Elements the agent found late ([`Inputs::count_late`](crate::Inputs::count_late)).
     pub late: AtomicU64,
+    /// Elements a sink could not deliver to the outside world
+    /// ([`Inputs::count_undelivered`](crate::Inputs::count_undelivered)).
+    pub undelivered: AtomicU64,
 }
 
 impl LinkCounters {
@@ -150,6 +153,7 @@ impl Registry {
                     consumed: c.consumed.load(Relaxed),
                     busy: Duration::from_nanos(c.busy_ns.load(Relaxed)),
                     late: c.late.load(Relaxed),
+                    undelivered: c.undelivered.load(Relaxed),
                 })
                 .collect(),
         }
@@ -326,4 +330,9 @@ pub struct AgentStats {
     /// them with [`Inputs::count_late`](crate::Inputs::count_late).
     #[serde(default)]
     pub late: u64,
+    /// Elements a sink could not deliver to the outside world (a web hook that kept failing,
+    /// say) and gave up on, as the agent counted them with
+    /// [`Inputs::count_undelivered`](crate::Inputs::count_undelivered).
+    #[serde(default)]
+    pub undelivered: u64,
 }

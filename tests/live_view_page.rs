@@ -153,6 +153,7 @@ fn fake_metrics(graph: &GraphInfo, n: u64) -> AppMetrics {
             consumed: 50_000 + 2000 * n,
             busy_ns: 1_000_000 * n,
             late: 0,
+            undelivered: 0,
             busy_share: Some(if a.name == "sta_lta" {
                 0.93
             } else {

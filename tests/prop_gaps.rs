@@ -371,7 +371,8 @@ proptest! {
         let dir = tempfile::tempdir().expect("temporary directory");
         let want: String = data.iter().map(|(t, v)| format!("{t};{v}\n")).collect();
         for (label, sizes) in [("random batches", chunks.clone()), ("one batch", vec![usize::MAX])] {
-            let path = dir.path().join("out.csv");
+            // A file per run: `to_file_with` appends.
+            let path = dir.path().join(format!("{label}.csv"));
             let mut g = Graph::new("file");
             g.set_default_capacity(8);
             let x = g.input::<(u64, i32)>("x");

@@ -9,7 +9,11 @@
 //!   the way the pattern's elements do (a `Source` returning one element per call, or one
 //!   `InputSender::send` per element). Half a round trip is reported as the one-way latency.
 //!   At a rate (`--rate`), the ping side sleeps until the next tick before each ping
-//!   ([`Pace`]); the clock of a round trip starts when the ping leaves.
+//!   ([`Pace`]); the clock of a round trip starts when the ping leaves. With `batch`, a
+//!   source's thread sends the pings, woken by the pong; with `single`, the pong agent itself
+//!   waits for the tick and pushes the next ping from its step (through the `InputSender`):
+//!   one thread per side receives and sends, as in iceoryx2's ping-pong
+//!   (`benches/ipc_latency.rs`), with no hand-off to a pinging thread.
 //!
 //! A mode only changes placement and transports: `thread` puts every agent on one thread,
 //! `threads` gives each agent a thread of its own, `processes` moves the sink (the echo) to
@@ -262,6 +266,36 @@ struct PingPong {
 struct Pong<const N: usize> {
     input: Input<Payload<N>>,
     shared: Arc<PingPong>,
+    /// Back to back with the `single` pattern: the pong sends the next ping itself.
+    relay: Arc<Mutex<Option<Relay<N>>>>,
+}
+
+/// The `single` pattern's ping side, inside the pong agent: the thread that steps the pong
+/// waits for the next tick of the pace (none back to back) and sends the next ping through
+/// the [`InputSender`], as the one thread of each side of iceoryx2's ping-pong does, instead
+/// of waking another thread to send it.
+///
+/// [`InputSender`]: crate::InputSender
+struct Relay<const N: usize> {
+    feed: Feed,
+    pace: Pace,
+    tx: crate::InputSender<Payload<N>>,
+}
+
+impl<const N: usize> Relay<N> {
+    /// Sends the next ping at the next tick, stamped; `false` once the duration is over (or
+    /// the graph stopped).
+    fn ping(&mut self, shared: &PingPong) -> bool {
+        self.pace.wait();
+        if !self.feed.going() {
+            return false;
+        }
+        let seq = self.feed.next;
+        self.feed.next += 1;
+        self.feed.sent.store(self.feed.next, Ordering::Relaxed);
+        shared.sent_at.store(now_ns(), Ordering::Release);
+        self.tx.push(Payload::new(seq)).is_ok()
+    }
 }
 
 impl<const N: usize> Agent for Pong<N> {
@@ -275,7 +309,19 @@ impl<const N: usize> Agent for Pong<N> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(rtt / 2);
-            let _ = self.shared.back.send(());
+            let mut relay = self.relay.lock().unwrap_or_else(|p| p.into_inner());
+            match relay.as_mut() {
+                Some(r) => {
+                    if !r.ping(&self.shared) {
+                        // Over: the ping input ends, and the program stops waiting.
+                        *relay = None;
+                        let _ = self.shared.back.send(());
+                    }
+                }
+                None => {
+                    let _ = self.shared.back.send(());
+                }
+            }
         }
         i.consume(&self.input, n);
         Ok(())
@@ -344,52 +390,68 @@ pub(crate) fn latency<const N: usize>(mode: Mode, p: &Params) -> Result<(), Erro
     });
     let sent = Arc::new(AtomicU64::new(0));
     let start_ns = Arc::new(AtomicU64::new(0));
-    let pinger = Pinger {
-        feed: Feed::new(p.duration, Arc::clone(&sent), Arc::clone(&start_ns)),
-        shared: Arc::clone(&shared),
-        back: back_rx,
-        pace: Pace::new(p.rate),
-    };
-    let (ping, mut pinger) = match p.pattern {
+    let ping = match p.pattern {
         Pattern::Batch => {
-            let s = g.source_with(
+            let pinger = Pinger {
+                feed: Feed::new(p.duration, Arc::clone(&sent), Arc::clone(&start_ns)),
+                shared: Arc::clone(&shared),
+                back: back_rx.clone(),
+                pace: Pace::new(p.rate),
+            };
+            g.source_with(
                 "ping",
                 PingSource::<N>(pinger),
                 SourceOptions {
                     max_batch: 1,
                     interval: None,
                 },
-            );
-            (s, None)
+            )
         }
-        Pattern::Single => (g.input::<Payload<N>>("ping"), Some(pinger)),
+        Pattern::Single => g.input::<Payload<N>>("ping"),
     };
     let conn = connection(mode);
     let echoed = map_stage(&mut g, "echo", &ping, conn);
     let s = Arc::clone(&shared);
+    let relay: Arc<Mutex<Option<Relay<N>>>> = Arc::default();
+    let r = Arc::clone(&relay);
     let input = g.add_agent("pong", |ports| {
         let input = ports.input::<Payload<N>>("in");
-        (Pong { input, shared: s }, input)
+        let pong = Pong {
+            input,
+            shared: s,
+            relay: r,
+        };
+        (pong, input)
     });
     g.connect_with(&echoed, &input, conn);
     place(&mut g, mode, &["ping", "echo", "pong"], "echo");
     let starter = role.is_none();
 
     let mut running = g.start()?;
-    if let (true, Some(pinger)) = (starter, pinger.as_mut()) {
-        let tx = running.input(&ping)?;
-        loop {
-            match pinger.next() {
-                Ok(Some(seq)) => tx.push(Payload::new(seq))?,
-                Ok(None) => break,
-                Err(e) => {
-                    running.stop();
-                    let _ = running.join();
-                    return Err(Error::Runtime { detail: e });
-                }
-            }
+    if starter && p.pattern == Pattern::Single {
+        // The first ping from here, every next one from the pong's step.
+        let relay_ = Relay {
+            feed: Feed::new(p.duration, Arc::clone(&sent), Arc::clone(&start_ns)),
+            pace: Pace::new(p.rate),
+            tx: running.input(&ping)?,
+        };
+        let mut slot = relay.lock().unwrap_or_else(|e| e.into_inner());
+        let first = slot.insert(relay_).ping(&shared);
+        drop(slot);
+        // The pong clears the relay (ending the ping input) once the duration is over.
+        let over = first && back_rx.recv_timeout(p.duration + PONG_TIMEOUT).is_ok();
+        let lost = relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if !over {
+            let next = lost.map_or(0, |r| r.feed.next);
+            running.stop();
+            let _ = running.join();
+            return Err(Error::Runtime {
+                detail: format!(
+                    "element {} did not come back within {PONG_TIMEOUT:?}",
+                    next.saturating_sub(1)
+                ),
+            });
         }
-        drop(tx);
     }
     running.join()?;
     if starter {

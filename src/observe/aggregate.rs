@@ -192,6 +192,7 @@ struct AgentCount {
     consumed: u64,
     busy_ns: u64,
     late: u64,
+    undelivered: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -261,6 +262,7 @@ impl Totals {
             e.consumed = e.consumed.saturating_add(a.consumed);
             e.busy_ns = e.busy_ns.saturating_add(a.busy_ns);
             e.late = e.late.saturating_add(a.late);
+            e.undelivered = e.undelivered.saturating_add(a.undelivered);
         }
         for (k, s) in &n.streams {
             let e = t.streams.entry(*k).or_default();
@@ -516,6 +518,7 @@ impl Aggregator {
                         consumed: a.consumed,
                         busy_ns: u64::try_from(a.busy.as_nanos()).unwrap_or(u64::MAX),
                         late: a.late,
+                        undelivered: a.undelivered,
                     },
                 );
             }
@@ -679,6 +682,7 @@ impl Aggregator {
                             consumed: c.consumed,
                             busy_ns: c.busy_ns,
                             late: c.late,
+                            undelivered: c.undelivered,
                             busy_share: p.and_then(|p| share(c.busy_ns, p.busy_ns, *dt_s)),
                         }
                     }
@@ -945,6 +949,7 @@ mod tests {
             consumed: steps * 10,
             busy: Duration::from_millis(busy_ms),
             late: 0,
+            undelivered: 0,
         }
     }
 

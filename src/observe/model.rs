@@ -112,6 +112,9 @@ pub struct AgentView {
     pub busy_ns: u64,
     /// Elements it found late (event time) and dropped or routed aside.
     pub late: u64,
+    /// Elements a sink could not deliver to the outside world and gave up on.
+    #[serde(default)]
+    pub undelivered: u64,
     /// Share of the last interval spent in its steps (0.0 to 1.0).
     pub busy_share: Option<f64>,
 }

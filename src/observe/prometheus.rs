@@ -206,7 +206,7 @@ pub fn prometheus_text(view: &AppMetrics) -> String {
     }
 
     // Agents.
-    let agent_families: [(&str, &str); 4] = [
+    let agent_families: [(&str, &str); 5] = [
         ("iotstream_agent_steps_total", "Steps the agent ran."),
         (
             "iotstream_agent_consumed_total",
@@ -219,6 +219,10 @@ pub fn prometheus_text(view: &AppMetrics) -> String {
         (
             "iotstream_agent_late_total",
             "Elements the agent found late (event time) and dropped or routed aside.",
+        ),
+        (
+            "iotstream_agent_undelivered_total",
+            "Elements a sink could not deliver to the outside world and gave up on.",
         ),
     ];
     for (i, (name, help)) in agent_families.iter().enumerate() {
@@ -234,7 +238,8 @@ pub fn prometheus_text(view: &AppMetrics) -> String {
                 0 => t.sample(name, &labels, a.steps),
                 1 => t.sample(name, &labels, a.consumed),
                 2 => t.sample(name, &labels, ns_to_s(a.busy_ns)),
-                _ => t.sample(name, &labels, a.late),
+                3 => t.sample(name, &labels, a.late),
+                _ => t.sample(name, &labels, a.undelivered),
             }
         }
     }
@@ -403,6 +408,7 @@ mod tests {
                 consumed: 70,
                 busy_ns: 1_500_000_000,
                 late: 3,
+                undelivered: 2,
                 ..Default::default()
             }],
             streams: vec![
@@ -587,6 +593,10 @@ mod tests {
             1.5
         );
         assert_eq!(get(&format!("iotstream_agent_late_total{agent}")), 3.0);
+        assert_eq!(
+            get(&format!("iotstream_agent_undelivered_total{agent}")),
+            2.0
+        );
         let main = r#"{app="quake",process="main",host="local"}"#;
         let detector = r#"{app="quake",process="detector",host="local"}"#;
         assert_eq!(get(&format!("iotstream_process_up{main}")), 1.0);
@@ -616,7 +626,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("no family {name}"))
         };
         // Every family: documented, typed as its name says.
-        assert_eq!(scrape.metrics.len(), 1 + 4 + 4 + 3 + 11);
+        assert_eq!(scrape.metrics.len(), 1 + 4 + 5 + 3 + 11);
         for m in &scrape.metrics {
             assert!(
                 m.help_desc.as_deref().is_some_and(|h| !h.is_empty()),

@@ -8,7 +8,9 @@
 //! |---|---|
 //! | element and list: map, filter, filter_map, flat_map, with state (and at the end), map_list, skip, take | [`element`] |
 //! | sources: iterators, timed functions, files, stdin, program input | [`source`] |
-//! | sinks: for_each, with state, collect, file (with a formatter), stdout | [`sink`] |
+//! | sinks: for_each, with state, collect, file (with a formatter, appending or truncating), JSON lines, stdout | [`sink`] |
+//! | following a growing file (`tail -F`: rotation, truncation, resuming from an offset file) | [`follow`] |
+//! | posting JSON batches to a web hook (bounded requests, retries, undelivered counted) | [`webhook`] |
 //! | count windows: map_window, merge_window, split_window, multi_window, sink_window | [`window`] |
 //! | event time: watermarks, idleness | [`event`] |
 //! | event-time windows (tumbling, sliding, session), lateness, keys, keyed state | [`event_window`] |
@@ -23,6 +25,7 @@
 pub mod element;
 pub mod event;
 pub mod event_window;
+pub mod follow;
 pub(crate) mod handoff;
 pub mod join;
 pub mod merge;
@@ -32,4 +35,5 @@ pub mod sink;
 pub mod source;
 pub mod split;
 pub mod timed;
+pub mod webhook;
 pub mod window;

@@ -15,6 +15,7 @@
 //! | [`Graph::source_iter`] | the items of an iterator, then closes |
 //! | [`Graph::source_fn`] | `f()` every `interval`, `count` times or forever |
 //! | [`Graph::source_file_lines`] | a file's lines, then closes |
+//! | [`Graph::source_file_follow`] | the lines appended to a file, through rotation (`tail -F`; [`follow`](crate::ops::follow)) |
 //! | [`Graph::source_stdin`] | standard input's lines, then closes |
 //! | [`Graph::source`] | any [`Source`] you write |
 //! | [`Graph::input`] | what the program pushes through an [`InputSender`] (or the harness pushes) |

@@ -1,0 +1,709 @@
+//! Following a file that grows: `tail -F` as a source.
+//!
+//! [`Graph::source_file_follow`] emits the lines appended to a file for as long as the
+//! application runs, the way `tail -F` prints them, through the two ways logs are rotated:
+//!
+//! - **rename** (logrotate's default, most loggers): the file is renamed and a new one is
+//!   created at the path. The follower keeps the renamed file open, reads it to its end (a
+//!   last line without its newline included), then opens the new file and reads it from its
+//!   beginning. A new file is recognised by its device and inode, checked whenever the follower
+//!   has read everything.
+//! - **copytruncate**: the file is copied elsewhere and truncated to nothing in place. The
+//!   follower notices that the file is shorter than what it has read, or that the bytes just
+//!   before its position are no longer the ones it read (the file was truncated and written
+//!   again past that point before it looked), and starts again from the beginning. Lines
+//!   written after the follower's last read and before the truncation are only in the copy:
+//!   copytruncate loses them for every reader, which is why rename rotation is preferred.
+//!
+//! # Where it starts, and resuming
+//!
+//! [`FollowOptions::start`] says where reading starts in the file found at the start: at its
+//! end (the default, as `tail -F -n0`: only lines that begin after the start; an unfinished
+//! last line is read whole once finished) or at its beginning. A file that does not exist yet
+//! is waited for, and read from its beginning once it appears.
+//!
+//! With [`FollowOptions::offset_file`], the follower records in that file the device, inode and
+//! byte offset just past the last line it handed over (written to a temporary file beside it,
+//! then renamed over it: never half written). On the next start, if the file at the path is the
+//! same file (same device and inode) and at least that long, reading resumes there; otherwise
+//! it starts as [`FollowOptions::start`] says. A graceful stop (Ctrl-C, [`Running::stop`])
+//! delivers every line handed over, so a restart neither loses nor repeats a line; after a
+//! crash, the lines handed over but not yet processed downstream are not read again. The
+//! offset file is written once per batch and not synced to disk (an empty one, left by a
+//! power cut, counts as none); one that cannot be read as `<device> <inode> <offset>` stops
+//! the application with an error naming it.
+//!
+//! # Limits and bad input
+//!
+//! A line is at most [`FollowOptions::max_line_bytes`] long (1 MiB by default): a longer one
+//! stops the application with an error naming the file and the byte offset where the line
+//! starts, or is skipped with a warning ([`LongLines::Skip`]). A line that is not UTF-8 is an
+//! error naming the file and offset, or is decoded lossily ([`InvalidUtf8::Lossy`]). The
+//! follower holds at most one unfinished line and one read (64 KiB) in memory.
+//!
+//! # Behaviour at the time of writing
+//!
+//! The follower polls: when it has read everything, it looks again every
+//! [`FollowOptions::poll_interval`] (100 ms by default). Its stream never ends by itself; a
+//! stop of the application ends it after the poll in progress.
+//!
+//! [`Running::stop`]: crate::Running::stop
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::AgentError;
+use crate::graph::Graph;
+use crate::ops::source::SourceOptions;
+use crate::stream::Stream;
+
+/// The longest line [`FollowOptions::max_line_bytes`] may allow: a line crosses a ring as one
+/// element.
+pub const FOLLOW_MAX_LINE_BYTES: usize = 16 << 20;
+// A line crosses a ring as a postcard string: its bytes and a length of at most 5 bytes.
+const _: () = assert!(FOLLOW_MAX_LINE_BYTES + 5 <= crate::stream::MAX_ELEMENT_BYTES);
+
+/// The most one read takes from the file.
+const READ_CHUNK: usize = 64 * 1024;
+/// The most reads in one call that hand over nothing (a long line growing, or one skipped),
+/// so that a stop is noticed between calls.
+const READS_PER_CALL: usize = 16;
+/// How many bytes before the read position are compared to what was read there, to notice a
+/// file truncated and written again past that position.
+const FINGERPRINT_BYTES: usize = 64;
+
+/// Where [`Graph::source_file_follow`] starts reading the file found at the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FollowStart {
+    /// After the last complete line: only lines that begin after the start (`tail -F -n0`).
+    #[default]
+    End,
+    /// At the first byte: every line in the file, then what is appended.
+    Beginning,
+}
+
+/// What [`Graph::source_file_follow`] does with a line longer than
+/// [`FollowOptions::max_line_bytes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LongLines {
+    /// Stop the application with an error naming the file and the line's byte offset.
+    #[default]
+    Fail,
+    /// Skip the line (up to its newline), with a warning naming the file and the offset.
+    Skip,
+}
+
+/// What [`Graph::source_file_follow`] does with a line that is not UTF-8.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InvalidUtf8 {
+    /// Stop the application with an error naming the file and the line's byte offset.
+    #[default]
+    Fail,
+    /// Replace what is not UTF-8 with U+FFFD (`String::from_utf8_lossy`).
+    Lossy,
+}
+
+/// How [`Graph::source_file_follow`] follows its file. Build it from the default with the
+/// methods below (or set the fields).
+///
+/// ```
+/// use std::time::Duration;
+/// use iotstream::{FollowOptions, FollowStart};
+/// let options = FollowOptions::default()
+///     .start(FollowStart::Beginning)
+///     .offset_file("/var/lib/monitor/app.log.offset")
+///     .poll_interval(Duration::from_millis(250))
+///     .max_line_bytes(64 * 1024);
+/// assert_eq!(options.start, FollowStart::Beginning);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowOptions {
+    /// Where reading starts in the file found at the start (default: its end).
+    pub start: FollowStart,
+    /// Where to record the position reached, and resume from on the next start (default:
+    /// none, every start is per [`FollowOptions::start`]).
+    pub offset_file: Option<PathBuf>,
+    /// How often to look for more once everything was read (default 100 ms).
+    pub poll_interval: Duration,
+    /// The longest line accepted, in bytes without its newline (default 1 MiB, at most
+    /// [`FOLLOW_MAX_LINE_BYTES`]).
+    pub max_line_bytes: usize,
+    /// What to do with a longer line (default: fail).
+    pub long_lines: LongLines,
+    /// What to do with a line that is not UTF-8 (default: fail).
+    pub invalid_utf8: InvalidUtf8,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        FollowOptions {
+            start: FollowStart::End,
+            offset_file: None,
+            poll_interval: Duration::from_millis(100),
+            max_line_bytes: 1 << 20,
+            long_lines: LongLines::Fail,
+            invalid_utf8: InvalidUtf8::Fail,
+        }
+    }
+}
+
+impl FollowOptions {
+    /// Sets [`FollowOptions::start`].
+    pub fn start(mut self, start: FollowStart) -> Self {
+        self.start = start;
+        self
+    }
+    /// Sets [`FollowOptions::offset_file`].
+    pub fn offset_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.offset_file = Some(path.into());
+        self
+    }
+    /// Sets [`FollowOptions::poll_interval`].
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+    /// Sets [`FollowOptions::max_line_bytes`].
+    pub fn max_line_bytes(mut self, bytes: usize) -> Self {
+        self.max_line_bytes = bytes;
+        self
+    }
+    /// Sets [`FollowOptions::long_lines`].
+    pub fn long_lines(mut self, what: LongLines) -> Self {
+        self.long_lines = what;
+        self
+    }
+    /// Sets [`FollowOptions::invalid_utf8`].
+    pub fn invalid_utf8(mut self, what: InvalidUtf8) -> Self {
+        self.invalid_utf8 = what;
+        self
+    }
+}
+
+/// The file being read.
+struct Current {
+    file: File,
+    dev: u64,
+    ino: u64,
+    /// Bytes of the file read so far (the position of the next read).
+    read_pos: u64,
+}
+
+/// The state of a follower: the file it reads, and the bytes read and not handed over.
+struct Follower {
+    path: PathBuf,
+    options: FollowOptions,
+    cur: Option<Current>,
+    /// The first file has been opened (the start option applies to it only).
+    started: bool,
+    /// Bytes read and not yet handed over, from file offset `read_pos - pending.len()`:
+    /// at most one unfinished line (after `take_lines`).
+    pending: Vec<u8>,
+    /// `pending[..searched]` holds no newline.
+    searched: usize,
+    /// Discarding a line up to its next newline: where it started, and whether to warn (an
+    /// over-long line) or not (the end of a line begun before a start at the end).
+    skipping: Option<(u64, bool)>,
+    /// The last bytes read before `read_pos` (at most [`FINGERPRINT_BYTES`]).
+    fingerprint: Vec<u8>,
+    /// What the offset file says now: (device, inode, offset).
+    saved: Option<(u64, u64, u64)>,
+}
+
+impl Follower {
+    fn new(path: PathBuf, options: FollowOptions) -> Self {
+        Follower {
+            path,
+            options,
+            cur: None,
+            started: false,
+            pending: Vec::new(),
+            searched: 0,
+            skipping: None,
+            fingerprint: Vec::new(),
+            saved: None,
+        }
+    }
+
+    fn origin(&self) -> String {
+        format!("file '{}'", self.path.display())
+    }
+
+    /// The file offset just past the last line handed over or skipped.
+    fn committed(&self) -> u64 {
+        let cur = self.cur.as_ref().expect("a file is open");
+        cur.read_pos - self.pending.len() as u64
+    }
+
+    /// Opens the file at the path for the first time: where the offset file says, or per the
+    /// start option. False if there is no file yet.
+    fn open_first(&mut self) -> Result<bool, AgentError> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Read from its beginning once it appears.
+                self.started = true;
+                return Ok(false);
+            }
+            Err(e) => return Err(format!("cannot open {}: {e}", self.origin()).into()),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot read the size of {}: {e}", self.origin()))?;
+        let (dev, ino, len) = (meta.dev(), meta.ino(), meta.len());
+        let saved = match &self.options.offset_file {
+            Some(p) => read_offset_file(p)?,
+            None => None,
+        };
+        self.saved = saved;
+        let mut skip_partial = false;
+        let pos = match saved {
+            Some((d, i, offset)) if (d, i) == (dev, ino) && offset <= len => offset,
+            // The same file, shorter than the offset: truncated while we were away.
+            Some((d, i, _)) if (d, i) == (dev, ino) => 0,
+            _ if !self.started && self.options.start == FollowStart::End => {
+                // After the last complete line: an unfinished one is read whole once finished.
+                let from = len.saturating_sub(READ_CHUNK as u64);
+                let mut tail = vec![0u8; (len - from) as usize];
+                file.read_exact_at(&mut tail, from)
+                    .map_err(|e| format!("cannot read {}: {e}", self.origin()))?;
+                match tail.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => from + i as u64 + 1,
+                    None if from == 0 => 0,
+                    None => {
+                        skip_partial = true;
+                        len
+                    }
+                }
+            }
+            _ => 0,
+        };
+        self.start_file(file, dev, ino, pos)?;
+        if skip_partial {
+            // The line in progress began more than a read before the end: not ours to emit.
+            self.skipping = Some((pos, false));
+        }
+        self.started = true;
+        Ok(true)
+    }
+
+    /// Makes `file` the current file, read from `pos` on.
+    fn start_file(
+        &mut self,
+        mut file: File,
+        dev: u64,
+        ino: u64,
+        pos: u64,
+    ) -> Result<(), AgentError> {
+        file.seek(SeekFrom::Start(pos))
+            .map_err(|e| format!("cannot seek {} to byte {pos}: {e}", self.origin()))?;
+        let from = pos.saturating_sub(FINGERPRINT_BYTES as u64);
+        let mut fp = vec![0u8; (pos - from) as usize];
+        file.read_exact_at(&mut fp, from)
+            .map_err(|e| format!("cannot read {}: {e}", self.origin()))?;
+        self.fingerprint = fp;
+        self.pending.clear();
+        self.searched = 0;
+        self.skipping = None;
+        self.cur = Some(Current {
+            file,
+            dev,
+            ino,
+            read_pos: pos,
+        });
+        Ok(())
+    }
+
+    /// Whether the current file still holds, just before `pos`, the bytes read there: false if
+    /// it was truncated (copytruncate), perhaps written again past `pos` since.
+    fn unchanged_before(&self, pos: u64) -> Result<bool, AgentError> {
+        let cur = self.cur.as_ref().expect("a file is open");
+        let len = cur
+            .file
+            .metadata()
+            .map_err(|e| format!("cannot read the size of {}: {e}", self.origin()))?
+            .len();
+        if len < pos {
+            return Ok(false);
+        }
+        let mut now = vec![0u8; self.fingerprint.len()];
+        let from = pos - now.len() as u64;
+        match cur.file.read_exact_at(&mut now, from) {
+            Ok(()) => Ok(now == self.fingerprint),
+            // Shorter than `pos` by now.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(format!("cannot read {}: {e}", self.origin()).into()),
+        }
+    }
+
+    /// Reads what has arrived (at most one chunk). Returns the bytes read, or `None` if the
+    /// file was truncated (what was read from it then is dropped).
+    fn read_some(&mut self) -> Result<Option<usize>, AgentError> {
+        let origin = self.origin();
+        let old_pos = self.cur.as_ref().expect("a file is open").read_pos;
+        let old_len = self.pending.len();
+        self.pending.resize(old_len + READ_CHUNK, 0);
+        let cur = self.cur.as_mut().expect("a file is open");
+        let n = loop {
+            match cur.file.read(&mut self.pending[old_len..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.pending.truncate(old_len);
+                    return Err(format!("cannot read {origin} at byte {old_pos}: {e}").into());
+                }
+            }
+        };
+        self.pending.truncate(old_len + n);
+        // Checked after the read: a truncation before it means what was read is the new
+        // content from the middle, not ours.
+        if !self.unchanged_before(old_pos)? {
+            self.pending.truncate(old_len);
+            return Ok(None);
+        }
+        let cur = self.cur.as_mut().expect("a file is open");
+        cur.read_pos += n as u64;
+        let read = &self.pending[old_len..];
+        let keep = FINGERPRINT_BYTES.saturating_sub(read.len());
+        let drop = self.fingerprint.len().saturating_sub(keep);
+        self.fingerprint.drain(..drop);
+        self.fingerprint
+            .extend_from_slice(&read[read.len().saturating_sub(FINGERPRINT_BYTES)..]);
+        Ok(Some(n))
+    }
+
+    /// Moves complete lines from `pending` to `out`, at most `max` in all; fails or skips a
+    /// line longer than the limit.
+    fn take_lines(&mut self, out: &mut Vec<String>, max: usize) -> Result<(), AgentError> {
+        let base = self.committed();
+        let limit = self.options.max_line_bytes;
+        let mut start = 0;
+        while out.len() < max {
+            let from = self.searched.max(start);
+            let Some(i) = self.pending[from..].iter().position(|&b| b == b'\n') else {
+                self.searched = self.pending.len();
+                if self.skipping.is_some() {
+                    // Still inside the skipped line: drop what was read of it.
+                    start = self.pending.len();
+                } else if self.pending.len() - start > limit + 1 {
+                    // (One byte more: the line's `\r` may be there already.)
+                    self.long_line(base + start as u64)?;
+                    self.skipping = Some((base + start as u64, true));
+                    start = self.pending.len();
+                }
+                break;
+            };
+            let end = from + i;
+            let line_at = base + start as u64;
+            let line = &self.pending[start..end];
+            start = end + 1;
+            if let Some((at, warn)) = self.skipping.take() {
+                if warn {
+                    self.skipped(at, base + start as u64);
+                }
+                continue;
+            }
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.len() > limit {
+                self.long_line(line_at)?;
+                self.skipped(line_at, base + start as u64);
+                continue;
+            }
+            out.push(self.decode(line_at, line)?);
+        }
+        self.pending.drain(..start);
+        self.searched = self.searched.saturating_sub(start);
+        Ok(())
+    }
+
+    /// An over-long line at `at`: the error, or nothing if such lines are skipped.
+    fn long_line(&self, at: u64) -> Result<(), AgentError> {
+        match self.options.long_lines {
+            LongLines::Fail => Err(format!(
+                "{}, byte offset {at}: a line longer than {} bytes (FollowOptions::max_line_bytes)",
+                self.origin(),
+                self.options.max_line_bytes
+            )
+            .into()),
+            LongLines::Skip => Ok(()),
+        }
+    }
+
+    fn skipped(&self, at: u64, end: u64) {
+        tracing::warn!(
+            "{}, byte offset {at}: skipped a line of {} bytes, longer than {} bytes",
+            self.origin(),
+            end - at,
+            self.options.max_line_bytes
+        );
+    }
+
+    /// The line at offset `at` as a `String`.
+    fn decode(&self, at: u64, bytes: &[u8]) -> Result<String, AgentError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(text.to_string()),
+            Err(_) if self.options.invalid_utf8 == InvalidUtf8::Lossy => {
+                Ok(String::from_utf8_lossy(bytes).into_owned())
+            }
+            Err(e) => Err(format!(
+                "{}, byte offset {at}: a line that is not valid UTF-8 (at its byte {})",
+                self.origin(),
+                e.valid_up_to()
+            )
+            .into()),
+        }
+    }
+
+    /// The current file is done with (rotated away or truncated): its unfinished last line,
+    /// if any, goes to `out`.
+    fn flush_unfinished(&mut self, out: &mut Vec<String>) -> Result<(), AgentError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let at = self.committed();
+        if let Some((from, warn)) = self.skipping.take() {
+            if warn {
+                self.skipped(from, at + self.pending.len() as u64);
+            }
+        } else {
+            let line = std::mem::take(&mut self.pending);
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if line.len() > self.options.max_line_bytes {
+                self.long_line(at)?;
+                self.skipped(at, at + line.len() as u64);
+            } else {
+                out.push(self.decode(at, line)?);
+            }
+        }
+        self.pending.clear();
+        self.searched = 0;
+        Ok(())
+    }
+
+    /// The file now at the path, if it is another one than the current file.
+    fn replacement(&self) -> Result<Option<(File, u64, u64)>, AgentError> {
+        let cur = self.cur.as_ref().expect("a file is open");
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            // Renamed away and not created again yet (or not readable for now): keep reading
+            // the file we have.
+            Err(_) => return Ok(None),
+        };
+        if (meta.dev(), meta.ino()) == (cur.dev, cur.ino) {
+            return Ok(None);
+        }
+        match File::open(&self.path) {
+            Ok(f) => {
+                let m = f
+                    .metadata()
+                    .map_err(|e| format!("cannot read the size of {}: {e}", self.origin()))?;
+                Ok(Some((f, m.dev(), m.ino())))
+            }
+            // Gone again between the two looks: next time.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot open {}: {e}", self.origin()).into()),
+        }
+    }
+
+    /// Records the position in the offset file, if asked and if it moved.
+    fn save(&mut self) -> Result<(), AgentError> {
+        let Some(path) = &self.options.offset_file else {
+            return Ok(());
+        };
+        let Some(cur) = &self.cur else {
+            return Ok(());
+        };
+        let now = (cur.dev, cur.ino, self.committed());
+        if self.saved == Some(now) {
+            return Ok(());
+        }
+        write_offset_file(path, now)?;
+        self.saved = Some(now);
+        Ok(())
+    }
+
+    fn fill(&mut self, out: &mut Vec<String>, max: usize) -> Result<(), AgentError> {
+        if self.cur.is_none() && !self.open_first()? {
+            std::thread::sleep(self.options.poll_interval);
+            return Ok(());
+        }
+        self.take_lines(out, max)?;
+        let mut reads = 0;
+        while out.is_empty() && reads < READS_PER_CALL {
+            reads += 1;
+            match self.read_some()? {
+                Some(0) => {}
+                Some(_) => {
+                    self.take_lines(out, max)?;
+                    continue;
+                }
+                None => {
+                    // Truncated: start again from the beginning.
+                    tracing::info!("{} was truncated: reading it from its start", self.origin());
+                    self.flush_unfinished(out)?;
+                    let cur = self.cur.take().expect("a file is open");
+                    self.start_file(cur.file, cur.dev, cur.ino, 0)?;
+                    continue;
+                }
+            }
+            // Everything read: is there a new file at the path?
+            match self.replacement()? {
+                Some((file, dev, ino)) => {
+                    // Leave the old file only at its very end: what its writer added between
+                    // our last read and the rename is read first.
+                    if matches!(self.read_some()?, Some(n) if n > 0) {
+                        self.take_lines(out, max)?;
+                        continue;
+                    }
+                    self.flush_unfinished(out)?;
+                    tracing::info!("{} was replaced: following the new file", self.origin());
+                    self.start_file(file, dev, ino, 0)?;
+                }
+                None => break,
+            }
+        }
+        self.save()?;
+        if out.is_empty() && reads < READS_PER_CALL {
+            std::thread::sleep(self.options.poll_interval);
+        }
+        Ok(())
+    }
+}
+
+/// Reads an offset file: `None` if there is none.
+fn read_offset_file(path: &Path) -> Result<Option<(u64, u64, u64)>, AgentError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read offset file '{}': {e}", path.display()).into()),
+    };
+    if text.is_empty() {
+        // The rename reached the disk before the data did (a power cut: the offset file is
+        // written without fsync, once per batch): as if there were none.
+        tracing::warn!(
+            "offset file '{}' is empty: starting as if there were none",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let bad = || -> AgentError {
+        format!(
+            "offset file '{}': expected one line `<device> <inode> <offset>`, found {:?}",
+            path.display(),
+            text.chars().take(80).collect::<String>()
+        )
+        .into()
+    };
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [dev, ino, offset] = fields[..] else {
+        return Err(bad());
+    };
+    let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
+    Ok(Some((num(dev)?, num(ino)?, num(offset)?)))
+}
+
+/// Writes an offset file whole: to a temporary file beside it, then renamed over it.
+fn write_offset_file(path: &Path, (dev, ino, offset): (u64, u64, u64)) -> Result<(), AgentError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let cannot = |e: std::io::Error| format!("cannot write offset file '{}': {e}", path.display());
+    std::fs::write(&tmp, format!("{dev} {ino} {offset}\n")).map_err(cannot)?;
+    std::fs::rename(&tmp, path).map_err(cannot)?;
+    Ok(())
+}
+
+impl crate::Source<String> for Follower {
+    fn fill(&mut self, out: &mut Vec<String>, max: usize) -> Result<bool, AgentError> {
+        Follower::fill(self, out, max.max(1))?;
+        Ok(true)
+    }
+}
+
+impl Graph {
+    /// A source that follows the file at `path` as `tail -F` does, with the default
+    /// [`FollowOptions`]: it emits each line appended to the file (without its line ending,
+    /// `\n` or `\r\n`) from its end at the start on, through rename rotation and
+    /// copytruncate. Its stream never ends by itself: it ends when the application stops.
+    /// See [`Graph::source_file_follow_with`] and the [module documentation](crate::ops::follow).
+    ///
+    /// ```no_run
+    /// // Alert on every ERROR line of a log that logrotate rotates.
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("log_alerts");
+    /// let lines = g.source_file_follow("log", "/var/log/machine.log");
+    /// let errors = g.filter("errors", &lines, |l: &String| l.contains("ERROR"));
+    /// g.to_file("alerts", &errors, "/var/log/machine-alerts.log");
+    /// g.run().unwrap(); // until Ctrl-C
+    /// ```
+    pub fn source_file_follow(&mut self, name: &str, path: impl Into<PathBuf>) -> Stream<String> {
+        self.source_file_follow_with(name, path, FollowOptions::default())
+    }
+
+    /// [`Graph::source_file_follow`] with explicit [`FollowOptions`]: where to start, an offset
+    /// file to resume from, the poll interval, the line length limit and what to do with
+    /// long or non-UTF-8 lines. Under the [`Harness`](crate::Harness), which runs sources
+    /// until they end, a follower never ends: use it in threaded runs.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::time::{Duration, Instant};
+    /// use iotstream::{FollowOptions, FollowStart, Graph};
+    /// let dir = std::env::temp_dir().join(format!("iotstream-doc-follow-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let log = dir.join("app.log");
+    /// std::fs::write(&log, "booted\n").unwrap();
+    ///
+    /// let mut g = Graph::new("ingest");
+    /// let options = FollowOptions::default()
+    ///     .start(FollowStart::Beginning)
+    ///     .offset_file(dir.join("app.log.offset"))
+    ///     .poll_interval(Duration::from_millis(10));
+    /// let lines = g.source_file_follow_with("log", &log, options);
+    /// let out = g.collect("out", &lines);
+    /// let running = g.start().unwrap();
+    ///
+    /// // Once the follower has the file open (it has written its offset file), the
+    /// // application writes on, then logrotate renames the file and a new one starts.
+    /// let deadline = Instant::now() + Duration::from_secs(30);
+    /// while !dir.join("app.log.offset").exists() && Instant::now() < deadline {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// let mut writer = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    /// writer.write_all(b"ERROR disk full\n").unwrap();
+    /// std::fs::rename(&log, dir.join("app.log.1")).unwrap();
+    /// std::fs::write(&log, "recovered\n").unwrap();
+    ///
+    /// let deadline = Instant::now() + Duration::from_secs(30);
+    /// while out.len() < 3 && Instant::now() < deadline {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// running.stop();
+    /// running.join().unwrap();
+    /// assert_eq!(out.values(), ["booted", "ERROR disk full", "recovered"]);
+    /// std::fs::remove_dir_all(dir).unwrap();
+    /// ```
+    pub fn source_file_follow_with(
+        &mut self,
+        name: &str,
+        path: impl Into<PathBuf>,
+        options: FollowOptions,
+    ) -> Stream<String> {
+        if options.max_line_bytes == 0 || options.max_line_bytes > FOLLOW_MAX_LINE_BYTES {
+            self.problem(format!(
+                "source_file_follow '{name}': max_line_bytes must be 1 to {FOLLOW_MAX_LINE_BYTES}, not {}",
+                options.max_line_bytes
+            ));
+        }
+        if options.poll_interval.is_zero() {
+            self.problem(format!(
+                "source_file_follow '{name}': poll_interval must be more than zero"
+            ));
+        }
+        let follower = Follower::new(path.into(), options);
+        self.source_with(name, follower, SourceOptions::default())
+    }
+}
