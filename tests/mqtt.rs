@@ -302,10 +302,11 @@ fn a_hundred_thousand_messages_through_source_map_sink_with_qos_1_none_lost() {
     });
     publishing.join().unwrap();
     running.stop();
-    running.join().unwrap();
+    let metrics = running.join().unwrap();
 
     let seen = seen.lock().unwrap();
     assert_eq!(missing(&seen, N), Vec::<u64>::new());
+    assert_eq!(metrics.agent("out").unwrap().undelivered, 0);
     assert!(source_stats.received() >= N);
     assert_eq!(source_stats.malformed(), 0);
     assert!(sink_stats.published() >= N);
@@ -508,7 +509,9 @@ fn a_sink_counts_what_it_cannot_deliver_and_retains_when_asked() {
         .qos(MqttQos::AtMostOnce)
         .retain(true);
     let stats = g.sink_mqtt("status", &s, sink);
-    g.run().unwrap();
+    let metrics = g.run().unwrap();
+    // In the agent's metrics (the live view) too.
+    assert_eq!(metrics.agent("status").unwrap().undelivered, 2);
     assert_eq!(stats.published(), 1);
     assert_eq!(stats.delivered(), 1);
     assert_eq!(stats.undelivered(), 2, "too large, and not a topic name");

@@ -23,7 +23,9 @@
 //!   until the broker acknowledges it, publishes again what was not acknowledged after a
 //!   reconnection (on a new session too), and at the end of its stream waits for every
 //!   acknowledgement (at most [`MqttSink::drain_timeout`]); what the broker never acknowledged
-//!   is counted in [`MqttStats::undelivered`] and logged. QoS 0 is at most once both ways.
+//!   is counted in [`MqttStats::undelivered`] (and in the agent's
+//!   [`AgentStats::undelivered`](crate::AgentStats), which the live view shows) and logged.
+//!   QoS 0 is at most once both ways.
 //! - **Reconnects with backoff**: a broken or refused connection is tried again after a pause
 //!   that doubles from [`MqttBroker::reconnect_backoff`]'s first to its last value, for ever or
 //!   until [`MqttBroker::give_up_after`]. A broker that refuses the client's user name,
@@ -1297,6 +1299,8 @@ struct MqttWriter<T> {
     input: Input<T>,
     options: MqttSink<T>,
     writing: Option<Writing>,
+    /// Undelivered elements already counted in the agent's metrics.
+    reported: u64,
 }
 
 fn sink_thread(
@@ -1420,21 +1424,11 @@ impl<T: Element> MqttWriter<T> {
     }
 }
 
-impl<T: Element> Agent for MqttWriter<T> {
-    fn step(&mut self, inputs: &mut Inputs<'_>, _: &mut Outputs<'_>) -> Result<(), AgentError> {
-        let new = inputs.slice(&self.input);
-        let n = new.len();
-        for x in new {
-            self.publish(x)?;
-        }
-        inputs.consume(&self.input, n);
-        if let Some(why) = self.writing.as_ref().and_then(|w| w.control.fatal()) {
-            return Err(why.into());
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, _: &mut Outputs<'_>) -> Result<(), AgentError> {
+impl<T: Element> MqttWriter<T> {
+    /// Waits (at most the drain timeout) for the broker to acknowledge everything published,
+    /// then disconnects. What was not acknowledged is counted as undelivered; a connection
+    /// that ended for good is an error.
+    fn drain(&mut self) -> Result<(), AgentError> {
         let Some(writing) = self.writing.take() else {
             return Ok(());
         };
@@ -1452,12 +1446,11 @@ impl<T: Element> Agent for MqttWriter<T> {
             .load(Relaxed)
             .saturating_sub(stats.delivered.load(Relaxed));
         close_connection(&writing.client, &writing.control, &writing.done, || {});
+        stats.undelivered.fetch_add(missing, Relaxed);
         if let Some(why) = writing.control.fatal() {
-            stats.undelivered.fetch_add(missing, Relaxed);
             return Err(why.into());
         }
         if missing > 0 {
-            stats.undelivered.fetch_add(missing, Relaxed);
             let why = format!(
                 "{} publishes not acknowledged by {} within the drain timeout of {:?}",
                 missing, self.options.broker, self.options.drain_timeout
@@ -1466,6 +1459,45 @@ impl<T: Element> Agent for MqttWriter<T> {
             self.options.stats.problem(why);
         }
         Ok(())
+    }
+
+    /// Reports what became undelivered since the last report to the agent's counters
+    /// ([`Inputs::count_undelivered`]: `AgentStats::undelivered`, the live view).
+    fn report_undelivered(&mut self, inputs: &mut Inputs<'_>) {
+        let now = self.options.stats.undelivered();
+        inputs.count_undelivered(now.saturating_sub(self.reported));
+        self.reported = now;
+    }
+}
+
+impl<T: Element> Agent for MqttWriter<T> {
+    fn step(&mut self, inputs: &mut Inputs<'_>, _: &mut Outputs<'_>) -> Result<(), AgentError> {
+        let new = inputs.slice(&self.input);
+        let n = new.len();
+        let mut result = Ok(());
+        for x in new {
+            result = self.publish(x);
+            if result.is_err() {
+                break;
+            }
+        }
+        inputs.consume(&self.input, n);
+        if result.is_ok() {
+            if let Some(why) = self.writing.as_ref().and_then(|w| w.control.fatal()) {
+                result = Err(why.into());
+            } else if inputs.is_closed(&self.input) {
+                // The end of the stream: the drain happens here, where what it could not
+                // deliver can still be counted in the agent's metrics (`finish` sees no
+                // inputs); `finish` drains only if this step did not.
+                result = self.drain();
+            }
+        }
+        self.report_undelivered(inputs);
+        result
+    }
+
+    fn finish(&mut self, _: &mut Outputs<'_>) -> Result<(), AgentError> {
+        self.drain()
     }
 }
 
@@ -1555,6 +1587,7 @@ impl Graph {
                     input,
                     options: sink,
                     writing: None,
+                    reported: 0,
                 },
                 input,
             )
