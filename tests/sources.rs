@@ -169,3 +169,67 @@ fn lines_up_to_16_mib_are_accepted_and_longer_ones_named() {
     let err = run(MIB16 + 1).unwrap_err().to_string();
     assert!(err.contains("line 2: longer than 16 MiB"), "{err}");
 }
+
+/// `Source::delivered` follows every `fill` that appended something, once its elements are in
+/// the graph, and never one that appended nothing: in a threaded run and under the harness.
+#[test]
+fn delivered_is_called_after_each_fill_that_emitted() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// Emits one element per call, every other call nothing, `n` elements in all; records
+    /// how many elements had been emitted at each `delivered`.
+    struct Acking {
+        next: u32,
+        n: u32,
+        calls: u32,
+        emitted: usize,
+        delivered_at: Arc<Mutex<Vec<usize>>>,
+        fills: Arc<AtomicUsize>,
+    }
+    impl iotstream::Source<u32> for Acking {
+        fn fill(&mut self, out: &mut Vec<u32>, _max: usize) -> Result<bool, iotstream::AgentError> {
+            self.calls += 1;
+            self.fills.fetch_add(1, Ordering::Relaxed);
+            if self.calls % 2 == 0 && self.next < self.n {
+                out.push(self.next);
+                self.next += 1;
+                self.emitted += 1;
+            }
+            Ok(self.next < self.n)
+        }
+        fn delivered(&mut self) {
+            self.delivered_at.lock().unwrap().push(self.emitted);
+        }
+    }
+    for threaded in [true, false] {
+        let delivered_at = Arc::new(Mutex::new(Vec::new()));
+        let fills = Arc::new(AtomicUsize::new(0));
+        let mut g = Graph::new("acking");
+        let s = g.source(
+            "acking",
+            Acking {
+                next: 0,
+                n: 5,
+                calls: 0,
+                emitted: 0,
+                delivered_at: Arc::clone(&delivered_at),
+                fills: Arc::clone(&fills),
+            },
+        );
+        let out = g.collect("out", &s);
+        if threaded {
+            g.run().unwrap();
+        } else {
+            let mut h = iotstream::Harness::new(g).unwrap();
+            h.finish().unwrap();
+        }
+        assert_eq!(out.values(), [0, 1, 2, 3, 4], "threaded: {threaded}");
+        assert_eq!(
+            *delivered_at.lock().unwrap(),
+            [1, 2, 3, 4, 5],
+            "threaded: {threaded}"
+        );
+        assert_eq!(fills.load(Ordering::Relaxed), 10, "threaded: {threaded}");
+    }
+}

@@ -19,6 +19,7 @@
 //! | rolling aggregates, O(1) per element: count, sum, mean, min, max, variance; timed | [`rolling`] |
 //! | merges: zip, zip3, zip_map, mix, blend, timed_zip, timed_mix | [`merge`] |
 //! | event-time joins of two types: timed_join (nearest within a tolerance), timed_zip2 | [`join`] |
+//! | MQTT: source_mqtt (subscribe, decode UTF-8, JSON or bytes), sink_mqtt (publish to a topic template) | [`mqtt`] |
 //! | splits: split, split_either, split3, unzip, unzip3, separate, multi_element | [`split`] |
 
 pub mod element;
@@ -28,6 +29,7 @@ pub mod follow;
 pub(crate) mod handoff;
 pub mod join;
 pub mod merge;
+pub mod mqtt;
 pub mod rolling;
 pub mod sink;
 pub mod source;

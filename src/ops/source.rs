@@ -19,6 +19,7 @@
 //! | [`Graph::source_stdin`] | standard input's lines, then closes |
 //! | [`Graph::source`] | any [`Source`] you write |
 //! | [`Graph::input`] | what the program pushes through an [`InputSender`] (or the harness pushes) |
+//! | [`Graph::source_mqtt`] | messages from an MQTT broker (see [`ops::mqtt`](crate::ops::mqtt)) |
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +71,14 @@ pub trait Source<T>: Send + 'static {
     /// short slices, returning `Ok(true)` with nothing appended when none came, is never
     /// abandoned and leaves what it has not read.
     fn fill(&mut self, out: &mut Vec<T>, max: usize) -> Result<bool, AgentError>;
+
+    /// Called once the elements appended by the last [`fill`](Source::fill) are in the graph:
+    /// handed over to the source's agent (a threaded run) or appended to its output (the
+    /// [`Harness`](crate::Harness)). Not called after a `fill` that appended nothing, nor after
+    /// one that failed. A source that reads from a system which redelivers what is not
+    /// acknowledged (an MQTT broker at QoS 1, say) acknowledges here, so nothing acknowledged
+    /// can be lost between the system and the graph. Does nothing by default.
+    fn delivered(&mut self) {}
 }
 
 /// A closure `FnMut(out, max) -> Result<more, AgentError>` is a source, like the `fill` method.
@@ -154,7 +163,11 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
         match &mut self.mode {
             Mode::Pull(source) => {
                 let buf = outputs.vec(&self.out);
+                let before = buf.len();
                 let more = source.fill(buf, max)?;
+                if buf.len() > before {
+                    source.delivered();
+                }
                 if more {
                     Ok(SourceStatus::More)
                 } else {
@@ -303,8 +316,16 @@ fn source_thread<T: Element>(
                 return fail(msg, buf, &tx, &ctx, &waker);
             }
         };
-        if !buf.is_empty() && !hand_over(&tx, &mut buf, &ctx, &waker) {
-            return;
+        if !buf.is_empty() {
+            if !hand_over(&tx, &mut buf, &ctx, &waker) {
+                return;
+            }
+            let told =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.delivered()));
+            if let Err(p) = told {
+                let msg = format!("panicked: {}", crate::error::panic_message(&*p));
+                return fail(msg, buf, &tx, &ctx, &waker);
+            }
         }
         if !more {
             return end(&tx, &waker);
