@@ -177,7 +177,9 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::sync::{fence, spin_hint, AtomicU32, AtomicU64, Ordering, Shadow, SPIN_LIMIT};
+use super::sync::{
+    fence, spin_hint, yield_core, AtomicU32, AtomicU64, Ordering, Shadow, SPIN_LIMIT,
+};
 
 /// `b"IOTSRING"` as a little-endian u64: the first field of every ring.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"IOTSRING");
@@ -930,7 +932,10 @@ impl<M: RingMemory> Ring<M> {
         }
         let start = Instant::now();
         if let Some(window) = spin {
-            // Low-latency mode: keep checking, looking at the clock now and then.
+            // Low-latency mode: keep checking, looking at the clock now and then, and giving
+            // the core up for a moment: the peer this thread has just woken (the reader of
+            // what it wrote) may have been queued on this very core, and would otherwise wait
+            // for the window to run out (at 1,000 pings/s on two cores: p50 ~215 µs, not 15).
             let window = window.min(timeout);
             'spin: loop {
                 for _ in 0..64 {
@@ -942,6 +947,7 @@ impl<M: RingMemory> Ring<M> {
                 if start.elapsed() >= window {
                     break 'spin;
                 }
+                yield_core();
             }
             if window >= timeout {
                 return Ok(Wait::TimedOut);

@@ -52,6 +52,13 @@ mod real {
         std::hint::spin_loop();
     }
 
+    /// Inside a long spin: lets a thread that waits for this core run (the peer this one just
+    /// woke may have been put on it), at the cost of one system call when none does.
+    #[inline]
+    pub(crate) fn yield_core() {
+        std::thread::yield_now();
+    }
+
     /// Per-ring state of the model checker; nothing in a real build.
     #[derive(Debug, Default)]
     pub(crate) struct Shadow;
@@ -144,6 +151,11 @@ mod model {
 
     /// Lets loom run another thread.
     pub(crate) fn spin_hint() {
+        loom::thread::yield_now();
+    }
+
+    /// Lets loom run another thread.
+    pub(crate) fn yield_core() {
         loom::thread::yield_now();
     }
 
