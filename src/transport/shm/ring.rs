@@ -935,7 +935,7 @@ impl<M: RingMemory> Ring<M> {
             // Low-latency mode: keep checking, looking at the clock now and then, and giving
             // the core up for a moment: the peer this thread has just woken (the reader of
             // what it wrote) may have been queued on this very core, and would otherwise wait
-            // for the window to run out (at 1,000 pings/s on two cores: p50 ~215 µs, not 15).
+            // for the window to run out (at 1,000 pings/s on two cores p50 was ~215 µs).
             let window = window.min(timeout);
             'spin: loop {
                 for _ in 0..64 {
