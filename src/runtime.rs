@@ -262,6 +262,27 @@ impl RunContext for RunHandle {
 }
 
 impl Shared {
+    /// The state of a run of `agents` local agents, none started yet.
+    fn new(agents: usize, stop: Arc<AtomicBool>, system: Option<System>) -> Shared {
+        Shared {
+            in_flight: AtomicUsize::new(agents),
+            posted: std::sync::atomic::AtomicU64::new(0),
+            active_sources: AtomicUsize::new(0),
+            blocked_sources: AtomicUsize::new(0),
+            hosts_left: AtomicUsize::new(agents),
+            stop,
+            error: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            system: Mutex::new(system),
+            mailboxes: Mutex::new(Vec::new()),
+            feeders: Mutex::new(Vec::new()),
+            stalls: Mutex::new(std::collections::BTreeMap::new()),
+            stall_round: AtomicU64::new(0),
+            failure_hooks: Mutex::new(Vec::new()),
+            lingers: Mutex::new(Vec::new()),
+        }
+    }
+
     fn fail(&self, e: Error) {
         tracing::error!("{e}");
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,17 +396,22 @@ impl Shared {
             return;
         }
         let round = self.stall_round.load(Ordering::SeqCst);
-        let (mut stuck, stale) = {
+        let (mut stuck, wake) = {
             let stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
-            let stale: Vec<Arc<dyn Mailbox>> = stalls
-                .values()
-                // Round 0: no round was asked for yet, so every description is from whenever
-                // its agent became blocked.
-                .filter(|s| s.round != round || round == 0)
-                .map(|s| Arc::clone(&s.mailbox))
-                .collect();
+            // Round 0: no round was asked for yet, so every description is from whenever its
+            // agent became blocked.
+            let stale = round == 0 || stalls.values().any(|s| s.round != round);
+            // A new round wakes every blocked agent, fresh or not: the round moves on, so a
+            // description fresh now is stale after it. Waking only the stale ones left the
+            // others a round behind, and the rounds chased each other for ever (a hang, no
+            // stall reported).
+            let wake: Vec<Arc<dyn Mailbox>> = if stale {
+                stalls.values().map(|s| Arc::clone(&s.mailbox)).collect()
+            } else {
+                Vec::new()
+            };
             let stuck: Vec<String> = stalls.values().flat_map(|s| s.what.clone()).collect();
-            (stuck, stale)
+            (stuck, wake)
         };
         stuck.extend(
             self.feeders
@@ -407,12 +433,12 @@ impl Shared {
         if !still {
             return;
         }
-        if !stale.is_empty() {
+        if !wake.is_empty() {
             // Blocked agents whose description may be out of date: a new round, and a wake-up
-            // each (a blocked agent does not step, but writes its description again). Their
-            // handlers check again once the descriptions are fresh.
+            // to each blocked agent (it does not step, but writes its description again, in
+            // the new round). Their handlers check again once every description is fresh.
             self.stall_round.fetch_add(1, Ordering::SeqCst);
-            for m in stale {
+            for m in wake {
                 m.post(Envelope::Wake);
             }
             return;
@@ -1676,23 +1702,7 @@ fn coordinate(
         .map(|i| process.as_deref().is_none_or(|p| graph.process_of(i) == p))
         .collect();
     let n = local.iter().filter(|l| **l).count();
-    let shared = Arc::new(Shared {
-        in_flight: AtomicUsize::new(n),
-        posted: std::sync::atomic::AtomicU64::new(0),
-        active_sources: AtomicUsize::new(0),
-        blocked_sources: AtomicUsize::new(0),
-        hosts_left: AtomicUsize::new(n),
-        stop: Arc::clone(&stop),
-        error: Mutex::new(None),
-        failed: AtomicBool::new(false),
-        system: Mutex::new(Some(System::current())),
-        mailboxes: Mutex::new(Vec::new()),
-        feeders: Mutex::new(Vec::new()),
-        stalls: Mutex::new(std::collections::BTreeMap::new()),
-        stall_round: AtomicU64::new(0),
-        failure_hooks: Mutex::new(Vec::new()),
-        lingers: Mutex::new(Vec::new()),
-    });
+    let shared = Arc::new(Shared::new(n, Arc::clone(&stop), Some(System::current())));
     // Agents fed only by rings are stepped by the feeders, sources of low-latency rings by
     // their own threads (see `direct`).
     let stepped_by_poster: Vec<bool> = (0..total)
@@ -2165,6 +2175,70 @@ mod tests {
     fn armed_count(agent: &str) -> u64 {
         let m = ARMED.lock().unwrap_or_else(|p| p.into_inner());
         m.as_ref().and_then(|m| m.get(agent).copied()).unwrap_or(0)
+    }
+
+    /// Counts the wake-ups posted to it.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl crate::host::Mailbox for Wakes {
+        fn post(&self, env: crate::host::Envelope) {
+            assert!(
+                matches!(env, crate::host::Envelope::Wake),
+                "only wake-ups expected"
+            );
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Two agents blocked on each other, one of them described a round later than the other
+    /// (it became blocked after the last round began): the new round must wake both, or the
+    /// one not woken is a round behind at the next reading, the next round wakes only it, and
+    /// the rounds chase each other for ever while the stall is never reported (the hang of
+    /// tests/lifecycle.rs `merges_that_block_each_other_are_reported_as_a_stall`).
+    #[test]
+    fn a_new_stall_round_wakes_every_blocked_agent_and_the_next_reading_reports_the_stall() {
+        use super::{Shared, Stall};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let shared = Shared::new(2, Arc::new(AtomicBool::new(false)), None);
+        shared.in_flight.store(0, Ordering::SeqCst);
+        shared.stall_round.store(4, Ordering::SeqCst);
+        let boxes = [Arc::new(Wakes::default()), Arc::new(Wakes::default())];
+        let describe = |rounds: [u64; 2]| {
+            let mut stalls = shared.stalls.lock().unwrap();
+            for (i, (mailbox, round)) in boxes.iter().zip(rounds).enumerate() {
+                stalls.insert(
+                    i,
+                    Stall {
+                        mailbox: Arc::clone(mailbox) as Arc<dyn crate::host::Mailbox>,
+                        round,
+                        what: vec![format!("agent {i} -> agent {}", 1 - i)],
+                    },
+                );
+            }
+        };
+        describe([3, 4]);
+        shared.check_quiescent();
+        let woken: Vec<usize> = boxes.iter().map(|b| b.0.load(Ordering::SeqCst)).collect();
+        assert_eq!(
+            woken,
+            [1, 1],
+            "every blocked agent is woken for the new round"
+        );
+        assert_eq!(shared.stall_round.load(Ordering::SeqCst), 5);
+        assert!(shared.error.lock().unwrap().is_none(), "not reported yet");
+
+        // Each woken agent writes its description in the new round, then the last handler
+        // looks again: every description is fresh, so the stall is reported.
+        describe([5, 5]);
+        shared.check_quiescent();
+        let err = shared.error.lock().unwrap().take();
+        assert!(
+            matches!(err, Some(crate::Error::Stalled { ref detail }) if detail.contains("agent 0 -> agent 1")),
+            "{err:?}"
+        );
     }
 
     #[test]
