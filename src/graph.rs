@@ -523,8 +523,13 @@ impl Graph {
 
     /// How many worker threads run the agents not placed on a thread of their own
     /// ([`Graph::place_on_thread`]) in a threaded run, per process: by default one per core
-    /// (`std::thread::available_parallelism`). Agents are spread over the workers in the order
-    /// they were added, each always on the same worker. A pool keeps the number of threads
+    /// (`std::thread::available_parallelism`). Each agent always runs on the same worker. The
+    /// stages of a chain (an agent that is the only reader of the one agent it reads) run on
+    /// the worker of the chain's first stage, so light stages pass batches in one core's cache
+    /// without waking another thread; every other agent (a source, the readers of a fan-out, a
+    /// merge) starts on the next worker in turn, so independent chains and branches spread over
+    /// the cores. A stage heavy enough to deserve a core of its own goes on a thread of its own
+    /// with [`Graph::place_on_thread`]. A pool keeps the number of threads
     /// (and their memory and file descriptors) fixed however many agents there are. A
     /// deployment file's `workers = N` in a process's section wins over this in that process.
     ///
