@@ -28,6 +28,9 @@
 #[path = "support/netns.rs"]
 mod netns;
 
+#[path = "support/nats.rs"]
+mod nats;
+
 // The detector of the example; this file runs it, not the example's `main` nor its arguments.
 // (The example allows dead code itself under cfg(test), which clippy sets here.)
 #[cfg_attr(not(test), allow(dead_code))]
@@ -531,6 +534,66 @@ impl Net {
             .env("RUST_BACKTRACE", "0")
             .current_dir(&site);
         Launched::start(cmd, HOST_NAMES[i])
+    }
+}
+
+/// A NATS server with JetStream (`nats-server -js`) in one host, on that host's address:
+/// killed and waited for when dropped (registered, so a scenario that leaves it running
+/// fails).
+struct HostNats {
+    child: Child,
+    /// `nats://ADDRESS:PORT`, as the other hosts reach it.
+    url: String,
+}
+
+impl HostNats {
+    /// Starts it in host `i` of `net`, its store and log in that host's folder; waits until it
+    /// accepts connections.
+    fn start(net: &Net, i: usize) -> Result<HostNats, String> {
+        let addr = net.hosts.addr(i);
+        // A free port on that address, as seen from inside the host (namespaces have ports of
+        // their own; the loopback flavor shares this machine's).
+        let port = net.hosts.in_host(i, || {
+            std::net::TcpListener::bind((addr, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        });
+        let port = port.map_err(|e| format!("a free port on {addr}: {e}"))?;
+        let site = net.site(i);
+        let log = std::fs::File::create(site.join("nats.log")).map_err(|e| e.to_string())?;
+        let mut cmd = net.hosts.command(i, nats::binary());
+        cmd.args(["-js", "-sd"])
+            .arg(site.join("nats-store"))
+            .args(["-p", &port.to_string(), "-a", &addr.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        let child = cmd.spawn().map_err(|e| format!("start nats-server: {e}"))?;
+        let pid = child.id();
+        registry().launchers.push(pid);
+        let nats = HostNats {
+            child,
+            url: format!("nats://{addr}:{port}"),
+        };
+        wait_until(
+            &format!("nats-server listening on {addr}:{port}"),
+            || {
+                net.hosts.in_host(i, || {
+                    TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(1))
+                        .is_ok()
+                })
+            },
+            || std::fs::read_to_string(site.join("nats.log")).unwrap_or_default(),
+            || is_child_alive(pid),
+        )?;
+        Ok(nats)
+    }
+}
+
+impl Drop for HostNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -1958,6 +2021,46 @@ fn a_failing_scenario_leaves_nothing_behind() -> Result<(), String> {
     ensure(left.is_empty(), || format!("left behind: {left:?}"))
 }
 
+/// The connection between the hosts crosses a NATS server (JetStream, `[broker] between`)
+/// instead of a direct link: the source host runs to its end alone (the sink host is not up;
+/// the broker keeps what was written), then the sink host, started afterwards, records every
+/// index once, in order. The hosts never reach each other, only the server.
+fn a_broker_between_the_hosts_keeps_what_the_sink_host_reads_later() -> Result<(), String> {
+    let net = Net::new("broker");
+    let nats = HostNats::start(&net, SOURCE)?;
+    let broker = format!(
+        "[broker]\nurl = \"{}\"\nbetween = [[\"sensorbox\", \"cloudbox\"]]\n\
+         connect_wait_ms = 20000\nmax_messages = 100000\n\n",
+        nats.url
+    );
+    net.deploy(
+        &net.file(NETWORK, &format!("{broker}{INDEXED_PROCESSES}")),
+        [SECRET, SECRET],
+    );
+    let n = 100_000u64;
+    let count = n.to_string();
+    let args = [count.as_str(), "0"];
+    let source = net.launch(SOURCE, "indexed", &args);
+    let (status, source_out, source_err) = source.wait()?;
+    succeeded("sensorbox", status, &source_err)?;
+    ensure(emitted(&source_out, "main") == Some(n), || {
+        format!("the source's count: {source_out}")
+    })?;
+    ensure(!net.out(SINK).exists(), || {
+        "the sink recorded something before its host started".to_string()
+    })?;
+    let sink = net.launch(SINK, "indexed", &args);
+    let (status, sink_out, sink_err) = sink.wait()?;
+    succeeded("cloudbox", status, &sink_err)?;
+    exactly_once_in_order(&net.out(SINK), n)
+        .map_err(|e| format!("{e}\n{}", tail_of("cloudbox", &sink_err)))?;
+    ensure(result_count(&sink_out, "sink") == Some(n), || {
+        format!("the sink's result: {sink_out}")
+    })?;
+    drop(nats);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// How long a scenario may run before its waits give up.
@@ -2048,6 +2151,10 @@ fn main() {
         (
             "tls_refuses_a_certificate_from_an_unknown_ca",
             tls_refuses_a_certificate_from_an_unknown_ca,
+        ),
+        (
+            "a_broker_between_the_hosts_keeps_what_the_sink_host_reads_later",
+            a_broker_between_the_hosts_keeps_what_the_sink_host_reads_later,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

@@ -24,7 +24,7 @@ pub struct NatsServer {
 }
 
 /// The `nats-server` binary: on `PATH`, or Debian's `/usr/sbin/nats-server`.
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
         let p = PathBuf::from(dir).join("nats-server");
         if p.is_file() {
