@@ -9,7 +9,7 @@
 //!   as a source for quiescence until it delivered the end of stream.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
@@ -24,13 +24,17 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Batch, Element, Mark, MAX_ELEMENT_BYTES};
 use crate::transport::codec::Codec;
-use crate::transport::link::{Envelope, FeederState, Mailbox, Run};
+use crate::transport::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
 use crate::transport::tcp::wire::{Frame, FrameDecoder, FrameRef};
 
 /// How long the broker waits for the reader's acknowledgement before it sends a message again.
 /// A message this reader holds is then recognised and not taken twice; one lost on the way
 /// (the server restarted, the connection broke) comes again after at most this long.
 const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the reader's last acknowledgements may take to go out (the last flush is bounded
+/// by 2 s of it): the longest a normal end of the run waits for them before the process exits.
+const LAST_ACKS_WAIT: Duration = Duration::from_secs(3);
 
 /// What a reader's end needs.
 pub(crate) struct BrokerFeederSpec {
@@ -111,6 +115,9 @@ struct Shared<T> {
     room: tokio::sync::Notify,
     /// The connection, once made (acknowledgements go through it).
     client: OnceLock<async_nats::Client>,
+    /// Acknowledgements handed to the broker runtime and not yet queued on the connection: the
+    /// last flush waits for them (else it may go first, and they are lost at exit).
+    acks_pending: Arc<AtomicUsize>,
     /// The feeder thread ended.
     ended: AtomicBool,
 }
@@ -139,10 +146,13 @@ impl<T> Shared<T> {
             return;
         };
         let client = client.clone();
+        let pending = Arc::clone(&self.acks_pending);
+        pending.fetch_add(1, Ordering::SeqCst);
         rt.spawn(async move {
             let _ = client
                 .publish(reply, bytes::Bytes::from_static(b"+ACK"))
                 .await;
+            pending.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -221,10 +231,18 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
 ) -> Result<Arc<dyn Mailbox>, Error> {
     let rt = runtime().map_err(|detail| Error::Runtime { detail })?;
     let feeder_state = spec.run.feeder(spec.label.clone());
+    // Registered before anything can end the run; released when the feeder thread ends, once
+    // its last acknowledgements are flushed, or at once if it never starts. Without it a
+    // process whose run ended could exit before they went out: the broker would keep the
+    // messages, and the next run's reader would get them again.
+    let linger = Linger::new(spec.label.clone(), LAST_ACKS_WAIT);
+    spec.run.linger(Arc::clone(&linger));
+    let release = LingerGuard(linger);
     let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared<T>>>();
     let started = std::thread::Builder::new()
         .name(format!("broker feeder {}", spec.input))
         .spawn(move || {
+            let _release = release;
             if let Ok(shared) = rx.recv() {
                 feed(&shared);
                 shared.ended.store(true, Ordering::SeqCst);
@@ -274,6 +292,7 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
         mailbox: Arc::clone(&mailbox),
         room: tokio::sync::Notify::new(),
         client: OnceLock::new(),
+        acks_pending: Arc::new(AtomicUsize::new(0)),
         ended: AtomicBool::new(false),
     });
     rt.spawn(pull(Arc::clone(&shared), Codec::<T>::new()));
@@ -385,7 +404,9 @@ fn feed<T: Element>(shared: &Shared<T>) {
         std::thread::park_timeout(SLICE);
     }
     // What was consumed last is acknowledged before the thread ends, and the connection
-    // flushed (bounded), so that the End's acknowledgement is not lost at exit.
+    // flushed (bounded) once every acknowledgement sent before is queued on it, so that none
+    // is lost at exit (a message whose acknowledgement is lost stays in the stream, and the
+    // next run's reader would get it first).
     let mut acks = Vec::new();
     let eos_posted = {
         let mut st = shared.lock();
@@ -394,8 +415,13 @@ fn feed<T: Element>(shared: &Shared<T>) {
     };
     if let (Some(client), Ok(rt)) = (shared.client.get(), runtime()) {
         let client = client.clone();
+        let pending = Arc::clone(&shared.acks_pending);
         rt.block_on(async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                // Ends: each pass waits a millisecond; the timeout bounds the whole.
+                while pending.load(Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 for reply in acks {
                     let _ = client
                         .publish(reply, bytes::Bytes::from_static(b"+ACK"))
