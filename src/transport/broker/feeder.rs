@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::Thread;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -22,9 +21,10 @@ use super::{
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element, Mark, MAX_ELEMENT_BYTES};
+use crate::stream::{Batch, Element, MAX_ELEMENT_BYTES};
 use crate::transport::codec::Codec;
-use crate::transport::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
+use crate::transport::framed::{post_items, take_within_credit, FeederMailbox, Item, Next};
+use crate::transport::link::{Envelope, Linger, LingerGuard, Mailbox, Run};
 use crate::transport::tcp::wire::{Frame, FrameDecoder, FrameRef};
 
 /// How long the broker waits for the reader's acknowledgement before it sends a message again.
@@ -57,13 +57,6 @@ pub(crate) struct BrokerFeederSpec {
     pub label: String,
     /// The run of this process.
     pub run: Run,
-}
-
-/// Received, not yet delivered.
-enum Item<T> {
-    Data(Batch<T>),
-    Mark(Mark),
-    End,
 }
 
 /// A message received and not yet acknowledged, in order.
@@ -157,73 +150,6 @@ impl<T> Shared<T> {
     }
 }
 
-/// The feeder's credit, and the consumption it has not yet turned into acknowledgements.
-struct Credit {
-    credit: usize,
-    consumed: usize,
-}
-
-/// Where the reader's input returns credit; credit is consumption.
-struct FeederMailbox {
-    credit: Mutex<Credit>,
-    capacity: usize,
-    counters: Arc<LinkCounters>,
-    thread: Thread,
-    run: Run,
-    state: Arc<FeederState>,
-}
-
-impl FeederMailbox {
-    fn lock(&self) -> MutexGuard<'_, Credit> {
-        self.credit.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes up to `want` elements of credit; with none, marks the feeder blocked, returns 0.
-    fn take(&self, want: usize) -> usize {
-        let mut c = self.lock();
-        if c.credit == 0 {
-            self.run.set_blocked(&self.state, true);
-            return 0;
-        }
-        self.run.set_blocked(&self.state, false);
-        let n = c.credit.min(want);
-        c.credit -= n;
-        self.counters
-            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
-        n
-    }
-
-    /// Takes up to `want` elements of credit without marking the feeder blocked when there is
-    /// none (this pass took some already, not yet posted).
-    fn take_if_any(&self, want: usize) -> usize {
-        let mut c = self.lock();
-        let n = c.credit.min(want);
-        c.credit -= n;
-        self.counters
-            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
-        n
-    }
-
-    fn take_consumed(&self) -> usize {
-        std::mem::take(&mut self.lock().consumed)
-    }
-}
-
-impl Mailbox for FeederMailbox {
-    fn post(&self, env: Envelope) {
-        if let Envelope::Credit { n, .. } = env {
-            let mut c = self.lock();
-            c.credit += n;
-            c.consumed += n;
-            self.counters
-                .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
-            self.run.set_blocked(&self.state, false);
-            drop(c);
-            self.thread.unpark();
-        }
-    }
-}
-
 /// Starts the reader's end of a broker link feeding input `spec.input` of the host behind
 /// `spec.target`; returns where that input sends its credit.
 pub(crate) fn spawn_broker_feeder<T: Element>(
@@ -258,17 +184,15 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
             });
         }
     };
-    let mailbox = Arc::new(FeederMailbox {
-        credit: Mutex::new(Credit {
-            credit: spec.capacity,
-            consumed: 0,
-        }),
-        capacity: spec.capacity,
-        counters: Arc::clone(&spec.counters),
-        thread: handle.thread().clone(),
-        run: Arc::clone(&spec.run),
-        state: feeder_state,
-    });
+    // Every post of credit wakes the feeder thread: its acknowledgements go out promptly.
+    let mailbox = Arc::new(FeederMailbox::new(
+        spec.capacity,
+        Arc::clone(&spec.counters),
+        true,
+        handle.thread().clone(),
+        Arc::clone(&spec.run),
+        feeder_state,
+    ));
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             pending: VecDeque::new(),
@@ -317,43 +241,16 @@ fn feed<T: Element>(shared: &Shared<T>) {
             let mut st = shared.lock();
             settle(&mut st, consumed, &mut acks);
             // Deliver within credit, in order.
-            // Ends: each pass takes a batch (or its part) or a mark, or breaks.
-            loop {
-                match st.pending.front_mut() {
-                    Some(Item::Data(batch)) => {
-                        // Only a pass that took nothing may mark the feeder blocked: marking
-                        // it checks for a stall, which must not see the reader idle while
-                        // batches taken here are not posted yet.
-                        let n = if out.is_empty() {
-                            mb.take(batch.len())
-                        } else {
-                            mb.take_if_any(batch.len())
-                        };
-                        if n == 0 {
-                            break;
-                        }
-                        let part = batch.split_front(n);
-                        if batch.is_empty() {
-                            st.pending.pop_front();
-                        }
-                        st.pending_elements -= n;
-                        out.push(Item::Data(part));
-                    }
-                    Some(Item::Mark(m)) => {
-                        let m = *m;
-                        st.pending.pop_front();
-                        mark_delivered(&mut st);
-                        out.push(Item::Mark(m));
-                    }
-                    Some(Item::End) => {
-                        st.pending.pop_front();
-                        mark_delivered(&mut st);
-                        st.eos_posted = true;
-                        end_now = true;
-                        break;
-                    }
-                    None => break,
-                }
+            let taken = take_within_credit(&mut st.pending, mb, &mut out);
+            st.pending_elements -= taken.elements;
+            for _ in 0..taken.marks {
+                mark_delivered(&mut st);
+            }
+            if taken.next == Next::End {
+                st.pending.pop_front();
+                mark_delivered(&mut st);
+                st.eos_posted = true;
+                end_now = true;
             }
             // A drain ends the input after what was delivered: the rest stays in the broker.
             if !st.eos_posted && st.pending.is_empty() && shared.run.draining() {
@@ -366,25 +263,13 @@ fn feed<T: Element>(shared: &Shared<T>) {
         for reply in acks {
             shared.ack(reply);
         }
-        for item in gather(out) {
-            match item {
-                Item::Data(part) => {
-                    if shared.count_traffic {
-                        add(&shared.counters.elements, part.len() as u64);
-                        add(&shared.counters.batches, 1);
-                    }
-                    shared.target.post(Envelope::Data {
-                        input: shared.input,
-                        batch: Box::new(part),
-                    });
-                }
-                Item::Mark(mark) => shared.target.post(Envelope::Mark {
-                    input: shared.input,
-                    mark,
-                }),
-                Item::End => {}
-            }
-        }
+        post_items(
+            gather(out),
+            &*shared.target,
+            shared.input,
+            &shared.counters,
+            shared.count_traffic,
+        );
         if end_now {
             shared.target.post(Envelope::Eos {
                 input: shared.input,
