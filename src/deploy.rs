@@ -2119,7 +2119,9 @@ impl<'a> Reader<'a> {
             between_at: Vec::new(),
         };
         let mut client: [Option<(PathBuf, Pos)>; 2] = [None, None];
-        let mut user: (Option<(String, Pos)>, Option<(PathBuf, Pos)>) = (None, None);
+        // `user` and `password_file`, each with where it is written.
+        let mut user_name: Option<(String, Pos)> = None;
+        let mut password: Option<(PathBuf, Pos)> = None;
         let mut url = false;
         for (key, value) in self.fields(t, BROKER_FIELDS, "in [broker]") {
             let field: &str = key.get_ref();
@@ -2165,7 +2167,7 @@ impl<'a> Reader<'a> {
                         self.error(value.span(), format!("{what} must not be empty"));
                         continue;
                     }
-                    user.0 = Some((name, self.pos(key.span().start)));
+                    user_name = Some((name, self.pos(key.span().start)));
                 }
                 "creds" | "token_file" | "password_file" | "tls_ca" | "tls_cert" | "tls_key" => {
                     let Some(s) = self.string(value, &what) else {
@@ -2183,7 +2185,7 @@ impl<'a> Reader<'a> {
                     match field {
                         "creds" => b.creds = Some(path),
                         "token_file" => b.token_file = Some(path),
-                        "password_file" => user.1 = Some((path, at)),
+                        "password_file" => password = Some((path, at)),
                         "tls_ca" => b.tls_ca = Some(path),
                         "tls_cert" => client[0] = Some((path, at)),
                         _ => client[1] = Some((path, at)),
@@ -2254,7 +2256,7 @@ impl<'a> Reader<'a> {
                 "TLS in [broker] needs 'tls_cert' and 'tls_key' together".to_string(),
             ),
         }
-        match user {
+        match (user_name, password) {
             (Some((name, _)), Some((path, _))) => b.user = Some((name, path)),
             (None, None) => {}
             (Some((_, at)), None) | (None, Some((_, at))) => self.problems.add(
