@@ -10,16 +10,18 @@
 //! - The reader's end: [`FeederMailbox`] is the input's credit, which comes back as the reading
 //!   agent consumes (so credit is consumption, which the flavor turns into acknowledgements);
 //!   [`take_within_credit`] takes what that credit covers from the frames received, in order,
-//!   and [`post_items`] hands it to the reading host.
+//!   and [`post_items`] hands it to the reading host; [`start_feeder`] starts the thread that
+//!   does so, registered with the run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 
 use super::codec::{Codec, Plan};
-use super::link::{Envelope, FeederState, Mailbox, Run};
+use super::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
 use super::tcp::wire::{self, Frame};
+use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Batch, Element, Mark};
 
@@ -355,6 +357,52 @@ impl Mailbox for FeederMailbox {
             }
         }
     }
+}
+
+/// Starts a reader's feeder thread, named `name`: registers the feeder with the run (a
+/// source for quiescence until it delivers the end of stream) and `linger`, which is released
+/// when the thread ends, or at once if it does not start; the thread runs `body` with what
+/// the caller sends it on the returned channel once the rest of the link is made (nothing, if
+/// the channel is dropped). Returns the input's credit, fed by that thread. A thread that
+/// cannot start is an error saying `what` it was, and the run no longer waits for it.
+pub(crate) fn start_feeder<S: Send + 'static>(
+    run: &Run,
+    label: &str,
+    linger: &Arc<Linger>,
+    capacity: usize,
+    counters: &Arc<LinkCounters>,
+    (name, what): (String, &str),
+    body: impl FnOnce(S) + Send + 'static,
+) -> Result<(Arc<FeederMailbox>, mpsc::Sender<S>), Error> {
+    let feeder_state = run.feeder(label.to_string());
+    // Registered before anything can end the run.
+    run.linger(Arc::clone(linger));
+    let release = LingerGuard(Arc::clone(linger));
+    let (tx, rx) = mpsc::channel::<S>();
+    let started = std::thread::Builder::new().name(name).spawn(move || {
+        let _release = release;
+        if let Ok(start) = rx.recv() {
+            body(start);
+        }
+    });
+    let handle = match started {
+        Ok(h) => h,
+        Err(e) => {
+            run.finished(&feeder_state);
+            return Err(Error::Runtime {
+                detail: format!("cannot start a {what} thread: {e}"),
+            });
+        }
+    };
+    let mailbox = Arc::new(FeederMailbox::new(
+        capacity,
+        Arc::clone(counters),
+        true,
+        handle.thread().clone(),
+        Arc::clone(run),
+        feeder_state,
+    ));
+    Ok((mailbox, tx))
 }
 
 /// What stopped [`take_within_credit`].

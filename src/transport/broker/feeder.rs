@@ -23,8 +23,10 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Batch, Element, MAX_ELEMENT_BYTES};
 use crate::transport::codec::Codec;
-use crate::transport::framed::{post_items, take_within_credit, FeederMailbox, Item, Next};
-use crate::transport::link::{Envelope, Linger, LingerGuard, Mailbox, Run};
+use crate::transport::framed::{
+    post_items, start_feeder, take_within_credit, FeederMailbox, Item, Next,
+};
+use crate::transport::link::{Envelope, Linger, Mailbox, Run};
 use crate::transport::tcp::wire::{Frame, FrameDecoder, FrameRef};
 
 /// How long the broker waits for the reader's acknowledgement before it sends a message again.
@@ -156,43 +158,24 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
     spec: BrokerFeederSpec,
 ) -> Result<Arc<dyn Mailbox>, Error> {
     let rt = runtime().map_err(|detail| Error::Runtime { detail })?;
-    let feeder_state = spec.run.feeder(spec.label.clone());
-    // Registered before anything can end the run; released when the feeder thread ends, once
-    // its last acknowledgements are flushed, or at once if it never starts. Without it a
-    // process whose run ended could exit before they went out: the broker would keep the
-    // messages, and the next run's reader would get them again.
+    // Released when the feeder thread ends, once its last acknowledgements are flushed.
+    // Without it a process whose run ended could exit before they went out: the broker would
+    // keep the messages, and the next run's reader would get them again. Every post of credit
+    // wakes the feeder thread: its acknowledgements go out promptly.
     let linger = Linger::new(spec.label.clone(), LAST_ACKS_WAIT);
-    spec.run.linger(Arc::clone(&linger));
-    let release = LingerGuard(linger);
-    let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared<T>>>();
-    let started = std::thread::Builder::new()
-        .name(format!("broker feeder {}", spec.input))
-        .spawn(move || {
-            let _release = release;
-            if let Ok(shared) = rx.recv() {
-                feed(&shared);
-                shared.ended.store(true, Ordering::SeqCst);
-                shared.room.notify_one();
-            }
-        });
-    let handle = match started {
-        Ok(h) => h,
-        Err(e) => {
-            spec.run.finished(&feeder_state);
-            return Err(Error::Runtime {
-                detail: format!("cannot start a broker feeder thread: {e}"),
-            });
-        }
-    };
-    // Every post of credit wakes the feeder thread: its acknowledgements go out promptly.
-    let mailbox = Arc::new(FeederMailbox::new(
+    let (mailbox, tx) = start_feeder(
+        &spec.run,
+        &spec.label,
+        &linger,
         spec.capacity,
-        Arc::clone(&spec.counters),
-        true,
-        handle.thread().clone(),
-        Arc::clone(&spec.run),
-        feeder_state,
-    ));
+        &spec.counters,
+        (format!("broker feeder {}", spec.input), "broker feeder"),
+        |shared: Arc<Shared<T>>| {
+            feed(&shared);
+            shared.ended.store(true, Ordering::SeqCst);
+            shared.room.notify_one();
+        },
+    )?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             pending: VecDeque::new(),

@@ -55,8 +55,10 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Batch, Element, Mark};
 use crate::transport::codec::Codec;
-use crate::transport::framed::{post_items, take_within_credit, FeederMailbox, Item, Next};
-use crate::transport::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
+use crate::transport::framed::{
+    post_items, start_feeder, take_within_credit, FeederMailbox, Item, Next,
+};
+use crate::transport::link::{Envelope, FeederState, Linger, Mailbox, Run};
 
 /// The most handshakes one listening port runs at once: a few connectors that say nothing
 /// cannot hold more threads than this, for [`HANDSHAKE_TIMEOUT`] each.
@@ -383,47 +385,26 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
     let bound = listener.local_addr().map_err(|e| Error::Runtime {
         detail: format!("connection {label}: cannot listen on {}: {e}", spec.listen),
     })?;
-    let feeder_state = spec.run.feeder(label.clone());
-    // Registered before anything can end the run; released when the feeder thread ends,
-    // whichever way (or at once, if it never starts).
+    // Released when the feeder thread ends, whichever way.
     let linger = Linger::new(label.clone(), spec.settings.reconnect_limit);
-    spec.run.linger(Arc::clone(&linger));
-    let release = LingerGuard(Arc::clone(&linger));
-    let (tx, rx) = std::sync::mpsc::channel::<(Arc<FeederMailbox>, Arc<Shared<T>>)>();
     let input = spec.input;
-    let state_for_thread = Arc::clone(&feeder_state);
-    let started = std::thread::Builder::new()
-        .name(format!("tcp feeder {input}"))
-        .spawn(move || {
-            let _release = release;
-            let Ok((mailbox, shared)) = rx.recv() else {
-                return;
-            };
+    let (mailbox, tx) = start_feeder(
+        &spec.run,
+        &label,
+        &linger,
+        spec.capacity,
+        &spec.counters,
+        (format!("tcp feeder {input}"), "TCP feeder"),
+        |(mailbox, shared): (Arc<FeederMailbox>, Arc<Shared<T>>)| {
             let mut feeder = Feeder {
+                state: Arc::clone(&mailbox.state),
                 shared,
                 mailbox,
-                state: state_for_thread,
                 reported: false,
             };
             feeder.run();
-        });
-    let handle = match started {
-        Ok(h) => h,
-        Err(e) => {
-            spec.run.finished(&feeder_state);
-            return Err(Error::Runtime {
-                detail: format!("cannot start a TCP feeder thread: {e}"),
-            });
-        }
-    };
-    let mailbox = Arc::new(FeederMailbox::new(
-        spec.capacity,
-        Arc::clone(&spec.counters),
-        true,
-        handle.thread().clone(),
-        Arc::clone(&spec.run),
-        feeder_state,
-    ));
+        },
+    )?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             epoch: None,
@@ -459,7 +440,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         run: Arc::clone(&spec.run),
         counters: spec.counters,
         count_traffic: spec.count_traffic,
-        feeder: handle.thread().clone(),
+        feeder: mailbox.thread.clone(),
         handshakes: AtomicUsize::new(0),
         acked: AtomicU64::new(0),
         done: AtomicBool::new(false),
