@@ -35,7 +35,9 @@
 //! [broker]                     # a NATS server with JetStream, for connections marked transport = "broker"
 //! url = "nats://10.0.0.5:4222" # required: nats:// or tls://, several separated by commas
 //! creds = "fleet.creds"        # default none: a NATS credentials file (JWT + nkey seed); relative to this file
-//! token_file = "nats.token"    # default none: a file holding a token (not with creds)
+//! token_file = "nats.token"    # default none: a file holding a token (not with creds or user)
+//! user = "fleet"               # default none: a user name, with password_file (not with creds or token_file)
+//! password_file = "nats.pass"  # the file holding that user's password; both or none
 //! tls_ca = "nats-ca.pem"       # default none: TLS to the server, checked against this CA
 //! tls_cert = "client.pem"      # tls_cert, tls_key: both or none, for a server that asks for a client certificate
 //! tls_key = "client.key"
@@ -222,6 +224,8 @@ const BROKER_FIELDS: &[&str] = &[
     "url",
     "creds",
     "token_file",
+    "user",
+    "password_file",
     "tls_ca",
     "tls_cert",
     "tls_key",
@@ -354,6 +358,9 @@ pub struct BrokerSection {
     pub creds: Option<PathBuf>,
     /// A file holding a token (`token_file`), read when the application starts.
     pub token_file: Option<PathBuf>,
+    /// A user name (`user`) and the file holding its password (`password_file`, read when the
+    /// application starts): both or none.
+    pub user: Option<(String, PathBuf)>,
     /// The CA that signed the server's certificate (`tls_ca`): TLS to the server.
     pub tls_ca: Option<PathBuf>,
     /// This client's certificate and key (`tls_cert`, `tls_key`), for a server that asks.
@@ -377,23 +384,15 @@ pub struct BrokerSection {
 }
 
 impl BrokerSection {
-    /// The settings broker links use; reads the token file (an error names it).
+    /// The settings broker links use; reads the token and password files (an error names the
+    /// field and the file).
     pub(crate) fn settings(&self) -> Result<crate::transport::broker::BrokerSettings, Error> {
         let mut s = crate::transport::broker::BrokerSettings::new(&self.url);
         if let Some(path) = &self.token_file {
-            let token = std::fs::read_to_string(path).map_err(|e| Error::Deployment {
-                problems: vec![format!(
-                    "[broker] token_file: cannot read {}: {e}",
-                    path.display()
-                )],
-            })?;
-            let token = token.trim();
-            if token.is_empty() {
-                return Err(Error::Deployment {
-                    problems: vec![format!("[broker] token_file: {} is empty", path.display())],
-                });
-            }
-            s.token = Some(token.to_string());
+            s.token = Some(read_secret("token_file", path)?);
+        }
+        if let Some((user, path)) = &self.user {
+            s.user = Some((user.clone(), read_secret("password_file", path)?));
         }
         s.creds = self.creds.clone();
         if self.tls_ca.is_some() || self.tls_client.is_some() {
@@ -412,6 +411,24 @@ impl BrokerSection {
         s.connect_wait = self.connect_wait;
         Ok(s)
     }
+}
+
+/// The secret in the file `path` that `[broker]` field `field` names, without the white space
+/// around it; an error names the field and the file, never the secret.
+fn read_secret(field: &str, path: &Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Deployment {
+        problems: vec![format!(
+            "[broker] {field}: cannot read {}: {e}",
+            path.display()
+        )],
+    })?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(Error::Deployment {
+            problems: vec![format!("[broker] {field}: {} is empty", path.display())],
+        });
+    }
+    Ok(secret.to_string())
 }
 
 /// The files of TLS on links between hosts (PEM): this host's certificate and key, and the
@@ -2090,6 +2107,7 @@ impl<'a> Reader<'a> {
             url: String::new(),
             creds: None,
             token_file: None,
+            user: None,
             tls_ca: None,
             tls_client: None,
             max_bytes: 256 << 20,
@@ -2101,6 +2119,9 @@ impl<'a> Reader<'a> {
             between_at: Vec::new(),
         };
         let mut client: [Option<(PathBuf, Pos)>; 2] = [None, None];
+        // `user` and `password_file`, each with where it is written.
+        let mut user_name: Option<(String, Pos)> = None;
+        let mut password: Option<(PathBuf, Pos)> = None;
         let mut url = false;
         for (key, value) in self.fields(t, BROKER_FIELDS, "in [broker]") {
             let field: &str = key.get_ref();
@@ -2115,6 +2136,13 @@ impl<'a> Reader<'a> {
                         !(one.starts_with("nats://") || one.starts_with("tls://"))
                             || one.len() <= "nats://".len()
                     });
+                    // A user or password written in the URL would be ignored by the client
+                    // (and a password does not belong in this file): said, not shown.
+                    let userinfo = u.split(',').map(str::trim).any(|one| {
+                        one.split_once("://").is_some_and(|(_, rest)| {
+                            rest.split('/').next().unwrap_or("").contains('@')
+                        })
+                    });
                     match bad {
                         Some(one) => self.error(
                             value.span(),
@@ -2122,10 +2150,26 @@ impl<'a> Reader<'a> {
                                 "{what} must be nats://HOST:PORT or tls://HOST:PORT (several separated by commas), found '{one}'"
                             ),
                         ),
+                        None if userinfo => self.error(
+                            value.span(),
+                            format!(
+                                "{what} must not hold a user or password (USER@HOST): name them with 'user' and 'password_file'"
+                            ),
+                        ),
                         None => b.url = u,
                     }
                 }
-                "creds" | "token_file" | "tls_ca" | "tls_cert" | "tls_key" => {
+                "user" => {
+                    let Some(name) = self.string(value, &what) else {
+                        continue;
+                    };
+                    if name.is_empty() {
+                        self.error(value.span(), format!("{what} must not be empty"));
+                        continue;
+                    }
+                    user_name = Some((name, self.pos(key.span().start)));
+                }
+                "creds" | "token_file" | "password_file" | "tls_ca" | "tls_cert" | "tls_key" => {
                     let Some(s) = self.string(value, &what) else {
                         continue;
                     };
@@ -2141,6 +2185,7 @@ impl<'a> Reader<'a> {
                     match field {
                         "creds" => b.creds = Some(path),
                         "token_file" => b.token_file = Some(path),
+                        "password_file" => password = Some((path, at)),
                         "tls_ca" => b.tls_ca = Some(path),
                         "tls_cert" => client[0] = Some((path, at)),
                         _ => client[1] = Some((path, at)),
@@ -2211,11 +2256,33 @@ impl<'a> Reader<'a> {
                 "TLS in [broker] needs 'tls_cert' and 'tls_key' together".to_string(),
             ),
         }
-        if b.creds.is_some() && b.token_file.is_some() {
+        match (user_name, password) {
+            (Some((name, _)), Some((path, _))) => b.user = Some((name, path)),
+            (None, None) => {}
+            (Some((_, at)), None) | (None, Some((_, at))) => self.problems.add(
+                at,
+                "[broker] needs 'user' and 'password_file' together".to_string(),
+            ),
+        }
+        let ways = [
+            ("creds", b.creds.is_some()),
+            ("token_file", b.token_file.is_some()),
+            ("user", b.user.is_some()),
+        ];
+        let named: Vec<&str> = ways.iter().filter(|w| w.1).map(|w| w.0).collect();
+        if named.len() > 1 {
             let at = self.pos(v.span().start);
             self.problems.add(
                 at,
-                "[broker] takes 'creds' or 'token_file', not both".to_string(),
+                format!(
+                    "[broker] takes one way to authenticate: 'creds', 'token_file', or 'user' \
+                     with 'password_file'; found {}",
+                    named
+                        .iter()
+                        .map(|n| format!("'{n}'"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
             );
         }
         if !url {
@@ -2904,6 +2971,62 @@ mod tests {
              deploy.toml:3:12: unknown host 'b' in 'between' in [broker]; the hosts are 'local'\n\
              deploy.toml:4:13: 'max_bytes' in [broker] must be at least 1048576, found 5"
         );
+    }
+
+    #[test]
+    fn broker_user_and_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let deploy = dir.path().join("deploy.toml");
+        let text = "[broker]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"fleet\"\n\
+                    password_file = \"nats.pass\"\n";
+        let d = Deployment::parse(deploy.to_str().unwrap(), text).unwrap();
+        let b = d.broker.as_ref().unwrap();
+        assert_eq!(
+            b.user,
+            Some(("fleet".to_string(), dir.path().join("nats.pass")))
+        );
+        // The password file is read when the run starts: missing, then empty, then there.
+        let e = b.settings().unwrap_err().to_string();
+        assert!(
+            e.contains("password_file") && e.contains("nats.pass"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("nats.pass"), " \n").unwrap();
+        let e = b.settings().unwrap_err().to_string();
+        assert!(e.contains("password_file") && e.contains("is empty"), "{e}");
+        std::fs::write(dir.path().join("nats.pass"), "s3cret\n").unwrap();
+        let s = b.settings().unwrap();
+        assert_eq!(s.user, Some(("fleet".to_string(), "s3cret".to_string())));
+        assert_eq!(s.token, None);
+    }
+
+    #[test]
+    fn broker_authentication_problems() {
+        assert_eq!(
+            error("[broker]\nurl = \"nats://a:1\"\nuser = \"fleet\"\n"),
+            "deploy.toml:3:1: [broker] needs 'user' and 'password_file' together"
+        );
+        assert_eq!(
+            error("[broker]\nurl = \"nats://a:1\"\npassword_file = \"p\"\nuser = \"\"\n"),
+            "deploy.toml:3:1: [broker] needs 'user' and 'password_file' together\n\
+             deploy.toml:4:8: 'user' in [broker] must not be empty"
+        );
+        assert_eq!(
+            error(
+                "[broker]\nurl = \"nats://a:1\"\ntoken_file = \"t\"\nuser = \"u\"\n\
+                 password_file = \"p\"\ncreds = \"c\"\n"
+            ),
+            "deploy.toml:1:1: [broker] takes one way to authenticate: 'creds', 'token_file', \
+             or 'user' with 'password_file'; found 'creds' and 'token_file' and 'user'"
+        );
+        // A user or password in the URL would be ignored by the client: refused, not shown.
+        let e = error("[broker]\nurl = \"nats://a:1, nats://fleet:s3cret@b:2\"\n");
+        assert_eq!(
+            e,
+            "deploy.toml:2:7: 'url' in [broker] must not hold a user or password (USER@HOST): \
+             name them with 'user' and 'password_file'"
+        );
+        assert!(!e.contains("s3cret"));
     }
 
     #[test]

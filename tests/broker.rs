@@ -95,6 +95,7 @@ fn pipe(url: &str, n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstrea
     let metrics = g.run()?;
     if let Some(l) = metrics.link("numbers.out", "record") {
         println!("LINK dropped {}", l.dropped);
+        println!("LINK elements {}", l.elements);
     }
     Ok(())
 }
@@ -632,6 +633,229 @@ fn quake_detector_behind_the_broker_detects_as_in_one_process() -> Result<(), St
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Authentication and TLS towards the server
+
+/// The pipe through the broker at `url` with `broker` (more `[broker]` lines: credentials,
+/// TLS) from a deployment file in `dir`; `connect_wait_ms` is long, so that a failure that
+/// waited for it instead of failing at once would be caught by `wait`'s hang guard.
+fn run_pipe_with(
+    dir: &Path,
+    url: &str,
+    broker: &str,
+    n: u64,
+) -> Result<(ExitStatus, String, String), String> {
+    let deploy = dir.join("pipe.toml");
+    std::fs::write(
+        &deploy,
+        format!(
+            "[broker]\nurl = \"{url}\"\nconnect_wait_ms = 600000\n{broker}\n\n\
+             [processes.sink]\nagents = [\"record\"]\n\n\
+             [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = dir.join("out.txt");
+    let _ = std::fs::remove_file(&out);
+    Running::launched("pipe", &["-", &n.to_string(), "1024", "0"], &deploy, &out).wait()
+}
+
+/// The right secret: every element arrives, in order, once, and the writer counted them.
+fn delivers_with(dir: &Path, url: &str, broker: &str) -> Result<(), String> {
+    let n = 20_000u64;
+    let (status, stdout, stderr) = run_pipe_with(dir, url, broker, n)?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let seen = indices(&dir.join("out.txt"))?;
+    check_indices(&seen, n, 0, 0)?;
+    ensure(seen.len() == n as usize, || {
+        format!("{} lines for {n} elements", seen.len())
+    })?;
+    let counted: Option<u64> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("[main] LINK elements "))
+        .and_then(|d| d.trim().parse().ok());
+    ensure(counted == Some(n), || {
+        format!("the writer counted {counted:?} elements, {n} sent:\n{stdout}")
+    })
+}
+
+/// A wrong or missing secret: the application fails (at once: `connect_wait_ms` is 10 min,
+/// `wait` gives up after 2) with an error naming the server and each of `says`; nothing
+/// arrives.
+fn refused_with(dir: &Path, url: &str, broker: &str, says: &[&str]) -> Result<(), String> {
+    let (status, _, stderr) = run_pipe_with(dir, url, broker, 1_000)?;
+    ensure(!status.success(), || {
+        format!("the run succeeded with [broker] {broker:?}:\n{stderr}")
+    })?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("error") && l.contains(url))
+        .ok_or_else(|| format!("no error naming the server {url}:\n{stderr}"))?;
+    for s in says {
+        ensure(line.contains(s), || {
+            format!("the error does not say '{s}': {line}\nstderr:\n{stderr}")
+        })?;
+    }
+    ensure(recorded(&dir.join("out.txt")) == 0, || {
+        "elements arrived although the server refused the client".into()
+    })?;
+    eprintln!("  ({})", line.trim());
+    Ok(())
+}
+
+/// A file in `dir` holding `text`; its path, for a deployment file.
+fn secret_file(dir: &Path, name: &str, text: &str) -> Result<String, String> {
+    let p = dir.join(name);
+    std::fs::write(&p, text).map_err(|e| e.to_string())?;
+    Ok(p.to_str().ok_or("a UTF-8 path")?.to_string())
+}
+
+/// A server that asks for a token: the right one (from `token_file`) delivers; a wrong one
+/// and none fail at once, naming the server and what was wrong.
+fn token_right_delivers_wrong_or_missing_fails_clearly() -> Result<(), String> {
+    let server = NatsServer::start_with("authorization { token: \"fleet-token-1\" }\n");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let right = secret_file(dir.path(), "right.token", "fleet-token-1\n")?;
+    let wrong = secret_file(dir.path(), "wrong.token", "fleet-token-2\n")?;
+    let url = server.url();
+    delivers_with(dir.path(), &url, &format!("token_file = \"{right}\""))?;
+    refused_with(
+        dir.path(),
+        &url,
+        &format!("token_file = \"{wrong}\""),
+        &[
+            "refused the credentials",
+            "authorization violation",
+            "token_file",
+        ],
+    )?;
+    refused_with(
+        dir.path(),
+        &url,
+        "",
+        &["refused the credentials", "no credentials", "token_file"],
+    )
+}
+
+/// A server with users: the right user and password (from `password_file`) deliver; a wrong
+/// password fails at once, naming the server and the user.
+fn user_and_password_right_delivers_wrong_fails_clearly() -> Result<(), String> {
+    let server = NatsServer::start_with(
+        "authorization { users = [ { user: \"fleet\", password: \"pass-1\" } ] }\n",
+    );
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let right = secret_file(dir.path(), "right.pass", "pass-1\n")?;
+    let wrong = secret_file(dir.path(), "wrong.pass", "pass-2\n")?;
+    let url = server.url();
+    delivers_with(
+        dir.path(),
+        &url,
+        &format!("user = \"fleet\"\npassword_file = \"{right}\""),
+    )?;
+    refused_with(
+        dir.path(),
+        &url,
+        &format!("user = \"fleet\"\npassword_file = \"{wrong}\""),
+        &[
+            "refused the credentials",
+            "authorization violation",
+            "user 'fleet'",
+        ],
+    )
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, and another CA, as PEM files in
+/// `dir`: (ca, server cert, server key, other ca).
+fn tls_files(dir: &Path) -> Result<[String; 4], String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let e = |e: rcgen::Error| e.to_string();
+    let ca = |name: &str| -> Result<(CertificateParams, KeyPair, String), String> {
+        let key = KeyPair::generate().map_err(e)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).map_err(e)?.pem();
+        Ok((params, key, pem))
+    };
+    let (ca_params, ca_key, ca_pem) = ca("nats test CA")?;
+    let (_, _, other_pem) = ca("another CA")?;
+    let key = KeyPair::generate().map_err(e)?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .map_err(e)?
+        .signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))
+        .map_err(e)?;
+    Ok([
+        secret_file(dir, "ca.pem", &ca_pem)?,
+        secret_file(dir, "server.pem", &cert.pem())?,
+        secret_file(dir, "server.key", &key.serialize_pem())?,
+        secret_file(dir, "other-ca.pem", &other_pem)?,
+    ])
+}
+
+/// A server that speaks only TLS: the CA that signed its certificate (`tls_ca`) delivers, with
+/// a `nats://` or a `tls://` URL; no `tls_ca` and another CA fail at once, naming the server
+/// and TLS.
+fn tls_right_ca_delivers_missing_or_other_ca_fails_clearly() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let [ca, cert, key, other] = tls_files(dir.path())?;
+    let server = NatsServer::start_with(&format!(
+        "tls {{ cert_file: \"{cert}\", key_file: \"{key}\" }}\n"
+    ));
+    let url = server.url();
+    let tls_url = format!("tls://127.0.0.1:{}", server.port);
+    delivers_with(dir.path(), &url, &format!("tls_ca = \"{ca}\""))?;
+    delivers_with(dir.path(), &tls_url, &format!("tls_ca = \"{ca}\""))?;
+    refused_with(dir.path(), &url, "", &["TLS", "tls_ca"])?;
+    refused_with(
+        dir.path(),
+        &tls_url,
+        &format!("tls_ca = \"{other}\""),
+        &["TLS", "UnknownIssuer", "tls_ca"],
+    )
+}
+
+/// Runs one after the other on one server (over TLS, where acknowledgements take longest to
+/// go out) each get exactly the elements of their own run: the reading process of a run that
+/// ended well exits only once its last acknowledgements reached the server (else the broker
+/// keeps those messages, and the next run's reader gets them first).
+fn consecutive_runs_each_get_exactly_their_own_elements() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let [ca, cert, key, _] = tls_files(dir.path())?;
+    let server = NatsServer::start_with(&format!(
+        "tls {{ cert_file: \"{cert}\", key_file: \"{key}\" }}\n"
+    ));
+    for run in 1..=4 {
+        delivers_with(dir.path(), &server.url(), &format!("tls_ca = \"{ca}\""))
+            .map_err(|e| format!("run {run}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A client that asks for TLS (`tls_ca`) of a server without TLS fails at once, naming the
+/// server and TLS; a server that asks for a token and TLS at once takes both.
+fn tls_towards_a_plain_server_fails_clearly_and_tls_with_a_token_delivers() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let [ca, cert, key, _] = tls_files(dir.path())?;
+    let plain = NatsServer::start();
+    refused_with(
+        dir.path(),
+        &plain.url(),
+        &format!("tls_ca = \"{ca}\""),
+        &["TLS", "does the server speak TLS"],
+    )?;
+    drop(plain);
+    let server = NatsServer::start_with(&format!(
+        "tls {{ cert_file: \"{cert}\", key_file: \"{key}\" }}\n\
+         authorization {{ token: \"fleet-token-1\" }}\n"
+    ));
+    let token = secret_file(dir.path(), "right.token", "fleet-token-1")?;
+    delivers_with(
+        dir.path(),
+        &server.url(),
+        &format!("tls_ca = \"{ca}\"\ntoken_file = \"{token}\""),
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("app") {
@@ -647,7 +871,7 @@ fn main() {
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     type Scenario = fn() -> Result<(), String>;
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 11] = [
         (
             "forced_in_one_process_matches_local",
             forced_in_one_process_matches_local,
@@ -671,6 +895,26 @@ fn main() {
         (
             "quake_detector_behind_the_broker_detects_as_in_one_process",
             quake_detector_behind_the_broker_detects_as_in_one_process,
+        ),
+        (
+            "token_right_delivers_wrong_or_missing_fails_clearly",
+            token_right_delivers_wrong_or_missing_fails_clearly,
+        ),
+        (
+            "user_and_password_right_delivers_wrong_fails_clearly",
+            user_and_password_right_delivers_wrong_fails_clearly,
+        ),
+        (
+            "tls_right_ca_delivers_missing_or_other_ca_fails_clearly",
+            tls_right_ca_delivers_missing_or_other_ca_fails_clearly,
+        ),
+        (
+            "consecutive_runs_each_get_exactly_their_own_elements",
+            consecutive_runs_each_get_exactly_their_own_elements,
+        ),
+        (
+            "tls_towards_a_plain_server_fails_clearly_and_tls_with_a_token_delivers",
+            tls_towards_a_plain_server_fails_clearly_and_tls_with_a_token_delivers,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

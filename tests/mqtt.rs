@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use iotstream::ops::mqtt::{
-    MqttBroker, MqttQos, MqttSink, MqttSource, MqttStats, MqttTopic, OnMalformed,
+    MqttBroker, MqttMessage, MqttQos, MqttSink, MqttSource, MqttStats, MqttTopic, OnMalformed,
 };
 use iotstream::Graph;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -414,6 +414,80 @@ fn malformed_payloads_are_counted_and_skipped_naming_the_topic() {
     assert_eq!(stats.received(), 8);
     let problem = stats.last_problem().unwrap();
     assert!(problem.contains("'sensors/bad'"), "{problem}");
+}
+
+/// A source subscribed with a wildcard, `with_topic`: each element says which sensor (topic)
+/// its reading came from, in the order each sensor published; a malformed payload is still
+/// counted and skipped, naming its topic.
+#[test]
+fn with_topic_elements_carry_the_topic_each_message_came_on() {
+    const PER_SENSOR: u64 = 200;
+    let broker = Mosquitto::start("allow_anonymous true");
+    let mut g = Graph::new("with_topic");
+    let source = MqttSource::json::<f64>(broker.broker("by-sensor"), ["sensors/+/temp"])
+        .with_topic()
+        .qos(MqttQos::AtLeastOnce);
+    let stats = source.stats();
+    let readings = g.source_mqtt("readings", source);
+    let out = g.collect("out", &readings);
+    let running = g.start().unwrap();
+    wait_for(&broker, "the source's subscription", || stats.subscribed());
+    let publisher = TestClient::new(&broker, "sensors", None, |_| {});
+    let sensors = ["pump-1", "pump-2", "fan-9"];
+    for i in 0..PER_SENSOR {
+        for (k, sensor) in sensors.iter().enumerate() {
+            let value = (k as u64 * 1000 + i) as f64;
+            publisher
+                .client
+                .publish(
+                    format!("sensors/{sensor}/temp"),
+                    QoS::AtLeastOnce,
+                    false,
+                    value.to_string(),
+                )
+                .unwrap();
+        }
+    }
+    // Another level, not matched by the filter; and a payload that is not a number.
+    publisher
+        .client
+        .publish("sensors/pump-1/humidity", QoS::AtLeastOnce, false, "55")
+        .unwrap();
+    publisher
+        .client
+        .publish("sensors/broken/temp", QoS::AtLeastOnce, false, "hot")
+        .unwrap();
+    let n = PER_SENSOR as usize * sensors.len();
+    wait_for(&broker, "every reading and the malformed one", || {
+        out.len() >= n && stats.malformed() == 1
+    });
+    running.stop();
+    running.join().unwrap();
+    drop(publisher);
+
+    let got: Vec<MqttMessage<f64>> = out.values();
+    assert_eq!(
+        got.len(),
+        n,
+        "QoS 1 from one publisher: none lost, none repeated"
+    );
+    for (k, sensor) in sensors.iter().enumerate() {
+        let topic = format!("sensors/{sensor}/temp");
+        let values: Vec<f64> = got
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| m.payload)
+            .collect();
+        let expected: Vec<f64> = (0..PER_SENSOR)
+            .map(|i| (k as u64 * 1000 + i) as f64)
+            .collect();
+        assert_eq!(values, expected, "the readings of {topic}, in order");
+    }
+    assert!(got
+        .iter()
+        .all(|m| m.level(2) == Some("temp") && sensors.contains(&m.level(1).unwrap())));
+    let problem = stats.last_problem().unwrap();
+    assert!(problem.contains("'sensors/broken/temp'"), "{problem}");
 }
 
 #[test]

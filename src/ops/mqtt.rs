@@ -7,6 +7,7 @@
 //! | call | does |
 //! |---|---|
 //! | [`Graph::source_mqtt`] with [`MqttSource::utf8`], [`json`](MqttSource::json), [`bytes`](MqttSource::bytes) | subscribes, emits payloads as `String`, a serde type, or `Vec<u8>` |
+//! | the same, [`.with_topic()`](MqttSource::with_topic) | emits [`MqttMessage`]s: each payload with the topic it came on (which sensor, for `sensors/+/temp`) |
 //! | [`Graph::sink_mqtt`] with [`MqttSink::utf8`], [`json`](MqttSink::json), [`bytes`](MqttSink::bytes) | publishes each element to a topic from a template or a function |
 //!
 //! Both take an [`MqttBroker`]: address, client id, clean or persistent session, user name and
@@ -433,21 +434,47 @@ impl MqttStats {
     }
 }
 
-/// Decodes one payload; the error says what is wrong with it (the caller names the topic).
-type Decode<T> = fn(&[u8]) -> Result<T, String>;
+/// Decodes one message from its topic and payload; the error says what is wrong with the
+/// payload (the caller names the topic).
+type Decode<T> = Arc<dyn Fn(&str, &[u8]) -> Result<T, String> + Send + Sync>;
 
-fn decode_utf8(b: &[u8]) -> Result<String, String> {
+fn decode_utf8(_topic: &str, b: &[u8]) -> Result<String, String> {
     std::str::from_utf8(b)
         .map(str::to_string)
         .map_err(|e| format!("not UTF-8: {e}"))
 }
 
-fn decode_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+fn decode_json<T: DeserializeOwned>(_topic: &str, b: &[u8]) -> Result<T, String> {
     serde_json::from_slice(b).map_err(|e| format!("not the JSON expected: {e}"))
 }
 
-fn decode_bytes(b: &[u8]) -> Result<Vec<u8>, String> {
+fn decode_bytes(_topic: &str, b: &[u8]) -> Result<Vec<u8>, String> {
     Ok(b.to_vec())
+}
+
+/// A message as a source made with [`MqttSource::with_topic`] emits it: the topic it was
+/// published to, and its payload decoded as the source says. The topic is what tells one
+/// sensor from another when a source subscribes with wildcards (`sensors/+/temperature`).
+///
+/// ```
+/// use iotstream::ops::mqtt::MqttMessage;
+/// let m = MqttMessage { topic: "sensors/pump-3/temperature".to_string(), payload: 81.5 };
+/// assert_eq!(m.level(1), Some("pump-3"));
+/// assert_eq!(m.level(3), None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct MqttMessage<T> {
+    /// The topic the message was published to (never a filter: no `+` or `#`).
+    pub topic: String,
+    /// The payload, decoded.
+    pub payload: T,
+}
+
+impl<T> MqttMessage<T> {
+    /// Level `i` of the topic (levels are separated by `/`, the first is 0), if it has one.
+    pub fn level(&self, i: usize) -> Option<&str> {
+        self.topic.split('/').nth(i)
+    }
 }
 
 /// What [`Graph::source_mqtt`] subscribes to and how it decodes payloads into `T`.
@@ -476,25 +503,65 @@ pub struct MqttSource<T> {
 impl MqttSource<String> {
     /// Payloads as UTF-8 text (one that is not is malformed).
     pub fn utf8(broker: MqttBroker, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        MqttSource::with_decoder(broker, topics, decode_utf8)
+        MqttSource::with_decoder(broker, topics, Arc::new(decode_utf8))
     }
 }
 
 impl MqttSource<Vec<u8>> {
     /// Payloads as they are, bytes.
     pub fn bytes(broker: MqttBroker, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        MqttSource::with_decoder(broker, topics, decode_bytes)
+        MqttSource::with_decoder(broker, topics, Arc::new(decode_bytes))
     }
 }
 
 impl MqttSource<()> {
     /// Payloads as JSON documents of `T` (serde): `MqttSource::json::<Reading>(broker,
     /// topics)`. A payload that is not is malformed.
-    pub fn json<T: DeserializeOwned>(
+    pub fn json<T: DeserializeOwned + 'static>(
         broker: MqttBroker,
         topics: impl IntoIterator<Item = impl Into<String>>,
     ) -> MqttSource<T> {
-        MqttSource::with_decoder(broker, topics, decode_json::<T>)
+        MqttSource::with_decoder(broker, topics, Arc::new(decode_json::<T>))
+    }
+}
+
+impl<T: 'static> MqttSource<T> {
+    /// Emits each message with its topic, as an [`MqttMessage`] whose `payload` is decoded as
+    /// before (UTF-8, JSON or bytes): for a subscription with wildcards, where the topic says
+    /// which sensor, machine or room a reading comes from. Counters, QoS, malformed payloads
+    /// and acknowledgements are as without it.
+    ///
+    /// ```no_run
+    /// use iotstream::Graph;
+    /// use iotstream::ops::mqtt::{MqttBroker, MqttMessage, MqttSource};
+    /// let broker = MqttBroker::new("127.0.0.1", 1883, "overheat-by-sensor");
+    /// let mut g = Graph::new("overheat");
+    /// // Each sensor publishes a bare number to sensors/<sensor>/temp.
+    /// let source = MqttSource::json::<f64>(broker, ["sensors/+/temp"]).with_topic();
+    /// let readings = g.source_mqtt("readings", source);
+    /// let hot = g.filter("hot", &readings, |m: &MqttMessage<f64>| m.payload > 80.0);
+    /// g.for_each("alert", &hot, |m: &MqttMessage<f64>| {
+    ///     let sensor = m.level(1).unwrap_or("?");
+    ///     eprintln!("{sensor} is at {} °C", m.payload);
+    /// });
+    /// g.run().unwrap();
+    /// ```
+    pub fn with_topic(self) -> MqttSource<MqttMessage<T>> {
+        let decode = self.decode;
+        MqttSource {
+            broker: self.broker,
+            topics: self.topics,
+            qos: self.qos,
+            on_malformed: self.on_malformed,
+            queue: self.queue,
+            decode: Arc::new(move |topic, b| {
+                Ok(MqttMessage {
+                    topic: topic.to_string(),
+                    payload: decode(topic, b)?,
+                })
+            }),
+            stats: self.stats,
+        }
     }
 }
 
@@ -1196,7 +1263,7 @@ impl<T: Element> MqttReader<T> {
     fn take(&mut self, p: Publish, out: &mut Vec<T>) -> Result<(), AgentError> {
         let stats = &self.options.stats;
         stats.inner.received.fetch_add(1, Relaxed);
-        let decoded = (self.options.decode)(&p.payload);
+        let decoded = (self.options.decode)(&p.topic, &p.payload);
         let topic = p.topic.clone();
         if p.qos != QoS::AtMostOnce {
             // Only what `ack` needs: the packet id and QoS.

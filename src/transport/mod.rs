@@ -67,6 +67,7 @@
 
 pub(crate) mod broker;
 pub(crate) mod codec;
+pub(crate) mod framed;
 pub(crate) mod held;
 pub(crate) mod link;
 pub(crate) mod process;

@@ -20,6 +20,8 @@ pub struct NatsServer {
     store: PathBuf,
     /// Where its output goes (for failure messages).
     log: PathBuf,
+    /// A configuration file (`-c`), for what only a file says (authorization, TLS).
+    config: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,12 +52,25 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server with JetStream on a free port of 127.0.0.1; waits until it accepts.
     pub fn start() -> NatsServer {
+        Self::start_with("")
+    }
+
+    /// [`start`](Self::start), with `config` as the server's configuration file (for example
+    /// `authorization { token: "…" }` or `tls { cert_file: "…", key_file: "…" }`; the port,
+    /// address and JetStream store are still given on the command line, which wins).
+    pub fn start_with(config: &str) -> NatsServer {
         let dir = tempfile::tempdir().expect("a temporary folder");
+        let config = (!config.is_empty()).then(|| {
+            let p = dir.path().join("nats.conf");
+            std::fs::write(&p, config).expect("write the server's configuration");
+            p
+        });
         let mut s = NatsServer {
             child: None,
             port: free_port(),
             store: dir.path().join("store"),
             log: dir.path().join("nats.log"),
+            config,
             _dir: dir,
         };
         s.spawn();
@@ -73,7 +88,11 @@ impl NatsServer {
             .append(true)
             .open(&self.log)
             .expect("the server's log file");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-sd"])
             .arg(&self.store)
             .args(["-p", &self.port.to_string(), "-a", "127.0.0.1"])

@@ -9,9 +9,8 @@
 //!   as a source for quiescence until it delivered the end of stream.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::Thread;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -22,15 +21,22 @@ use super::{
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element, Mark, MAX_ELEMENT_BYTES};
+use crate::stream::{Batch, Element, MAX_ELEMENT_BYTES};
 use crate::transport::codec::Codec;
-use crate::transport::link::{Envelope, FeederState, Mailbox, Run};
+use crate::transport::framed::{
+    post_items, start_feeder, take_within_credit, FeederMailbox, Item, Next,
+};
+use crate::transport::link::{Envelope, Linger, Mailbox, Run};
 use crate::transport::tcp::wire::{Frame, FrameDecoder, FrameRef};
 
 /// How long the broker waits for the reader's acknowledgement before it sends a message again.
 /// A message this reader holds is then recognised and not taken twice; one lost on the way
 /// (the server restarted, the connection broke) comes again after at most this long.
 const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the reader's last acknowledgements may take to go out (the last flush is bounded
+/// by 2 s of it): the longest a normal end of the run waits for them before the process exits.
+const LAST_ACKS_WAIT: Duration = Duration::from_secs(3);
 
 /// What a reader's end needs.
 pub(crate) struct BrokerFeederSpec {
@@ -53,13 +59,6 @@ pub(crate) struct BrokerFeederSpec {
     pub label: String,
     /// The run of this process.
     pub run: Run,
-}
-
-/// Received, not yet delivered.
-enum Item<T> {
-    Data(Batch<T>),
-    Mark(Mark),
-    End,
 }
 
 /// A message received and not yet acknowledged, in order.
@@ -111,6 +110,9 @@ struct Shared<T> {
     room: tokio::sync::Notify,
     /// The connection, once made (acknowledgements go through it).
     client: OnceLock<async_nats::Client>,
+    /// Acknowledgements handed to the broker runtime and not yet queued on the connection: the
+    /// last flush waits for them (else it may go first, and they are lost at exit).
+    acks_pending: Arc<AtomicUsize>,
     /// The feeder thread ended.
     ended: AtomicBool,
 }
@@ -139,78 +141,14 @@ impl<T> Shared<T> {
             return;
         };
         let client = client.clone();
+        let pending = Arc::clone(&self.acks_pending);
+        pending.fetch_add(1, Ordering::SeqCst);
         rt.spawn(async move {
             let _ = client
                 .publish(reply, bytes::Bytes::from_static(b"+ACK"))
                 .await;
+            pending.fetch_sub(1, Ordering::SeqCst);
         });
-    }
-}
-
-/// The feeder's credit, and the consumption it has not yet turned into acknowledgements.
-struct Credit {
-    credit: usize,
-    consumed: usize,
-}
-
-/// Where the reader's input returns credit; credit is consumption.
-struct FeederMailbox {
-    credit: Mutex<Credit>,
-    capacity: usize,
-    counters: Arc<LinkCounters>,
-    thread: Thread,
-    run: Run,
-    state: Arc<FeederState>,
-}
-
-impl FeederMailbox {
-    fn lock(&self) -> MutexGuard<'_, Credit> {
-        self.credit.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes up to `want` elements of credit; with none, marks the feeder blocked, returns 0.
-    fn take(&self, want: usize) -> usize {
-        let mut c = self.lock();
-        if c.credit == 0 {
-            self.run.set_blocked(&self.state, true);
-            return 0;
-        }
-        self.run.set_blocked(&self.state, false);
-        let n = c.credit.min(want);
-        c.credit -= n;
-        self.counters
-            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
-        n
-    }
-
-    /// Takes up to `want` elements of credit without marking the feeder blocked when there is
-    /// none (this pass took some already, not yet posted).
-    fn take_if_any(&self, want: usize) -> usize {
-        let mut c = self.lock();
-        let n = c.credit.min(want);
-        c.credit -= n;
-        self.counters
-            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
-        n
-    }
-
-    fn take_consumed(&self) -> usize {
-        std::mem::take(&mut self.lock().consumed)
-    }
-}
-
-impl Mailbox for FeederMailbox {
-    fn post(&self, env: Envelope) {
-        if let Envelope::Credit { n, .. } = env {
-            let mut c = self.lock();
-            c.credit += n;
-            c.consumed += n;
-            self.counters
-                .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
-            self.run.set_blocked(&self.state, false);
-            drop(c);
-            self.thread.unpark();
-        }
     }
 }
 
@@ -220,37 +158,24 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
     spec: BrokerFeederSpec,
 ) -> Result<Arc<dyn Mailbox>, Error> {
     let rt = runtime().map_err(|detail| Error::Runtime { detail })?;
-    let feeder_state = spec.run.feeder(spec.label.clone());
-    let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared<T>>>();
-    let started = std::thread::Builder::new()
-        .name(format!("broker feeder {}", spec.input))
-        .spawn(move || {
-            if let Ok(shared) = rx.recv() {
-                feed(&shared);
-                shared.ended.store(true, Ordering::SeqCst);
-                shared.room.notify_one();
-            }
-        });
-    let handle = match started {
-        Ok(h) => h,
-        Err(e) => {
-            spec.run.finished(&feeder_state);
-            return Err(Error::Runtime {
-                detail: format!("cannot start a broker feeder thread: {e}"),
-            });
-        }
-    };
-    let mailbox = Arc::new(FeederMailbox {
-        credit: Mutex::new(Credit {
-            credit: spec.capacity,
-            consumed: 0,
-        }),
-        capacity: spec.capacity,
-        counters: Arc::clone(&spec.counters),
-        thread: handle.thread().clone(),
-        run: Arc::clone(&spec.run),
-        state: feeder_state,
-    });
+    // Released when the feeder thread ends, once its last acknowledgements are flushed.
+    // Without it a process whose run ended could exit before they went out: the broker would
+    // keep the messages, and the next run's reader would get them again. Every post of credit
+    // wakes the feeder thread: its acknowledgements go out promptly.
+    let linger = Linger::new(spec.label.clone(), LAST_ACKS_WAIT);
+    let (mailbox, tx) = start_feeder(
+        &spec.run,
+        &spec.label,
+        &linger,
+        spec.capacity,
+        &spec.counters,
+        (format!("broker feeder {}", spec.input), "broker feeder"),
+        |shared: Arc<Shared<T>>| {
+            feed(&shared);
+            shared.ended.store(true, Ordering::SeqCst);
+            shared.room.notify_one();
+        },
+    )?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             pending: VecDeque::new(),
@@ -274,6 +199,7 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
         mailbox: Arc::clone(&mailbox),
         room: tokio::sync::Notify::new(),
         client: OnceLock::new(),
+        acks_pending: Arc::new(AtomicUsize::new(0)),
         ended: AtomicBool::new(false),
     });
     rt.spawn(pull(Arc::clone(&shared), Codec::<T>::new()));
@@ -298,43 +224,16 @@ fn feed<T: Element>(shared: &Shared<T>) {
             let mut st = shared.lock();
             settle(&mut st, consumed, &mut acks);
             // Deliver within credit, in order.
-            // Ends: each pass takes a batch (or its part) or a mark, or breaks.
-            loop {
-                match st.pending.front_mut() {
-                    Some(Item::Data(batch)) => {
-                        // Only a pass that took nothing may mark the feeder blocked: marking
-                        // it checks for a stall, which must not see the reader idle while
-                        // batches taken here are not posted yet.
-                        let n = if out.is_empty() {
-                            mb.take(batch.len())
-                        } else {
-                            mb.take_if_any(batch.len())
-                        };
-                        if n == 0 {
-                            break;
-                        }
-                        let part = batch.split_front(n);
-                        if batch.is_empty() {
-                            st.pending.pop_front();
-                        }
-                        st.pending_elements -= n;
-                        out.push(Item::Data(part));
-                    }
-                    Some(Item::Mark(m)) => {
-                        let m = *m;
-                        st.pending.pop_front();
-                        mark_delivered(&mut st);
-                        out.push(Item::Mark(m));
-                    }
-                    Some(Item::End) => {
-                        st.pending.pop_front();
-                        mark_delivered(&mut st);
-                        st.eos_posted = true;
-                        end_now = true;
-                        break;
-                    }
-                    None => break,
-                }
+            let taken = take_within_credit(&mut st.pending, mb, &mut out);
+            st.pending_elements -= taken.elements;
+            for _ in 0..taken.marks {
+                mark_delivered(&mut st);
+            }
+            if taken.next == Next::End {
+                st.pending.pop_front();
+                mark_delivered(&mut st);
+                st.eos_posted = true;
+                end_now = true;
             }
             // A drain ends the input after what was delivered: the rest stays in the broker.
             if !st.eos_posted && st.pending.is_empty() && shared.run.draining() {
@@ -347,25 +246,13 @@ fn feed<T: Element>(shared: &Shared<T>) {
         for reply in acks {
             shared.ack(reply);
         }
-        for item in gather(out) {
-            match item {
-                Item::Data(part) => {
-                    if shared.count_traffic {
-                        add(&shared.counters.elements, part.len() as u64);
-                        add(&shared.counters.batches, 1);
-                    }
-                    shared.target.post(Envelope::Data {
-                        input: shared.input,
-                        batch: Box::new(part),
-                    });
-                }
-                Item::Mark(mark) => shared.target.post(Envelope::Mark {
-                    input: shared.input,
-                    mark,
-                }),
-                Item::End => {}
-            }
-        }
+        post_items(
+            gather(out),
+            &*shared.target,
+            shared.input,
+            &shared.counters,
+            shared.count_traffic,
+        );
         if end_now {
             shared.target.post(Envelope::Eos {
                 input: shared.input,
@@ -385,7 +272,9 @@ fn feed<T: Element>(shared: &Shared<T>) {
         std::thread::park_timeout(SLICE);
     }
     // What was consumed last is acknowledged before the thread ends, and the connection
-    // flushed (bounded), so that the End's acknowledgement is not lost at exit.
+    // flushed (bounded) once every acknowledgement sent before is queued on it, so that none
+    // is lost at exit (a message whose acknowledgement is lost stays in the stream, and the
+    // next run's reader would get it first).
     let mut acks = Vec::new();
     let eos_posted = {
         let mut st = shared.lock();
@@ -394,8 +283,13 @@ fn feed<T: Element>(shared: &Shared<T>) {
     };
     if let (Some(client), Ok(rt)) = (shared.client.get(), runtime()) {
         let client = client.clone();
+        let pending = Arc::clone(&shared.acks_pending);
         rt.block_on(async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                // Ends: each pass waits a millisecond; the timeout bounds the whole.
+                while pending.load(Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 for reply in acks {
                     let _ = client
                         .publish(reply, bytes::Bytes::from_static(b"+ACK"))

@@ -92,7 +92,14 @@
 //! # Behaviour at the time of writing
 //!
 //! - One NATS connection per link end; PubAck timeout 5 s; a broker unreachable at start is
-//!   retried for `connect_wait` (default 60 s), then the run fails naming the server.
+//!   retried for `connect_wait` (default 60 s), then the run fails naming the server. A server
+//!   that refuses the credentials (token, user and password, credentials file) or a TLS
+//!   handshake that fails (a certificate not signed by `tls_ca`, a server without TLS) fails
+//!   the run at once, naming the server and what was wrong: another attempt would not change
+//!   it.
+//! - After a normal end the reading process exits only once its last acknowledgements went
+//!   out (flushed; at most 3 s): a message whose acknowledgement is lost at exit would stay
+//!   in the stream and come first to the next run's reader.
 //! - A drain of the reading process ends its input after what was delivered; what the writer
 //!   publishes after stays in the broker for the reader's next run. A drain of the writing
 //!   process ends its stream as usual (the End goes through the broker).
@@ -120,6 +127,8 @@ pub(crate) struct BrokerSettings {
     pub url: String,
     /// A token (read from the deployment's `token_file`).
     pub token: Option<String>,
+    /// A user name and its password (the deployment's `user`, and `password_file` read).
+    pub user: Option<(String, String)>,
     /// A NATS credentials file (JWT and nkey seed).
     pub creds: Option<PathBuf>,
     /// TLS towards the server.
@@ -155,6 +164,7 @@ impl BrokerSettings {
         BrokerSettings {
             url: url.to_string(),
             token: None,
+            user: None,
             creds: None,
             tls: None,
             max_bytes: 256 << 20,
@@ -265,18 +275,20 @@ pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     .map_err(Clone::clone)
 }
 
-/// Connects to the server `settings` names (on the broker runtime), retrying for
-/// `connect_wait`; the error names the server.
-pub(crate) async fn connect(
+/// The client options `settings` asks for: name, credentials, TLS. Made afresh for each
+/// connection attempt (a `ConnectOptions` is used up by `connect`).
+async fn connect_options(
     settings: &BrokerSettings,
     label: &str,
-) -> Result<async_nats::Client, String> {
+) -> Result<async_nats::ConnectOptions, String> {
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("iotstream {label}"))
-        .connection_timeout(Duration::from_secs(3))
-        .retry_on_initial_connect();
+        .connection_timeout(Duration::from_secs(3));
     if let Some(token) = &settings.token {
         opts = opts.token(token.clone());
+    }
+    if let Some((user, password)) = &settings.user {
+        opts = opts.user_and_password(user.clone(), password.clone());
     }
     if let Some(creds) = &settings.creds {
         opts = opts.credentials_file(creds).await.map_err(|e| {
@@ -295,17 +307,123 @@ pub(crate) async fn connect(
             opts = opts.add_client_certificate(cert.clone(), key.clone());
         }
     }
-    let url = settings.url.clone();
-    let client = tokio::time::timeout(settings.connect_wait, opts.connect(url.as_str()))
-        .await
-        .map_err(|_| {
-            format!(
-                "the NATS server {url} did not answer within {} s",
+    Ok(opts)
+}
+
+/// What a failed connection attempt means.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Nobody answers yet, or the connection broke on the way: try again until `connect_wait`.
+    Transient,
+    /// The server refused the credentials: another attempt with the same ones fails alike.
+    Credentials,
+    /// TLS failed (the server's certificate is not trusted, or one side speaks no TLS).
+    Tls,
+    /// A URL that does not parse, a client certificate or key that cannot be read.
+    Setup,
+}
+
+/// Classifies a failed connection attempt. A TLS handshake that failed reaches async-nats as
+/// an I/O error holding rustls' error: it is looked for along the error's chain.
+fn refusal(e: &async_nats::ConnectError) -> Refusal {
+    use async_nats::ConnectErrorKind as K;
+    match e.kind() {
+        K::AuthorizationViolation | K::Authentication => Refusal::Credentials,
+        K::Tls => Refusal::Tls,
+        K::ServerParse => Refusal::Setup,
+        _ if holds_tls_error(e) => Refusal::Tls,
+        _ => Refusal::Transient,
+    }
+}
+
+/// Whether `e`, or an error it was caused by (through `source` and inside I/O errors), is
+/// rustls' error.
+fn holds_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    // Ends: an error chain is finite (each step goes to a cause).
+    while let Some(err) = next {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if holds_tls_error(inner) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// How this client introduced itself, for an error about refused credentials.
+fn credentials_used(settings: &BrokerSettings) -> String {
+    if let Some((user, _)) = &settings.user {
+        format!("user '{user}' with the password from password_file")
+    } else if settings.token.is_some() {
+        "the token from token_file".to_string()
+    } else if let Some(creds) = &settings.creds {
+        format!("the credentials file {}", creds.display())
+    } else {
+        "no credentials (the server asks for some: set token_file, user and password_file, \
+         or creds in [broker])"
+            .to_string()
+    }
+}
+
+/// Connects to the server `settings` names (on the broker runtime). A server that does not
+/// answer is tried again for `connect_wait`; credentials the server refuses and a failed TLS
+/// handshake fail at once. Every error names the server and what went wrong. Once connected,
+/// the client reconnects by itself, forever.
+pub(crate) async fn connect(
+    settings: &BrokerSettings,
+    label: &str,
+) -> Result<async_nats::Client, String> {
+    let url = settings.url.as_str();
+    let deadline = tokio::time::Instant::now() + settings.connect_wait;
+    let mut pause = Duration::from_millis(100);
+    // Ends: on success, on a refusal no retry changes, or at the deadline (each pass waits
+    // at most the connection timeout and a pause of at most a second).
+    loop {
+        let opts = connect_options(settings, label).await?;
+        let e = match opts.connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        match refusal(&e) {
+            Refusal::Credentials => {
+                return Err(format!(
+                    "the NATS server {url} refused the credentials ({e}); this client gave {}",
+                    credentials_used(settings)
+                ))
+            }
+            Refusal::Tls => {
+                return Err(format!(
+                    "TLS with the NATS server {url} failed ({e}); {}",
+                    if settings.tls.as_ref().is_some_and(|t| t.ca.is_some()) {
+                        "is the server's certificate signed by the CA in tls_ca, for the host \
+                         in url, and does the server speak TLS (a tls block in its configuration)?"
+                    } else {
+                        "a server whose certificate is signed by a CA of its own needs that CA \
+                         as tls_ca in [broker]"
+                    }
+                ))
+            }
+            Refusal::Setup => return Err(format!("cannot connect to the NATS server {url}: {e}")),
+            Refusal::Transient => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "the NATS server {url} did not answer within {} s (connect_wait_ms): {e}",
                 settings.connect_wait.as_secs_f64()
-            )
-        })?
-        .map_err(|e| format!("cannot connect to the NATS server {url}: {e}"))?;
-    Ok(client)
+            ));
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// The JetStream stream of a connection, as both ends declare it.

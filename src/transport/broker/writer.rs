@@ -19,9 +19,8 @@ use super::{
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark, Policy};
-use crate::transport::codec::{Codec, Plan};
+use crate::transport::framed::{FrameEncoder, Outbox};
 use crate::transport::link::{Envelope, Mailbox, Run};
-use crate::transport::tcp::wire::{self, Frame};
 
 /// What a writer's end needs.
 pub(crate) struct BrokerWriterSpec {
@@ -38,30 +37,9 @@ pub(crate) struct BrokerWriterSpec {
     pub label: String,
 }
 
-/// A frame queued and not yet acknowledged by the server.
-struct Queued {
-    seq: u64,
-    frame: Bytes,
-    /// Its elements (0 for a mark or the End).
-    elements: usize,
-    /// Its payload bytes, as the budget counts them.
-    payload: usize,
-    end: bool,
-}
-
-/// What the host's thread and the publishing task share.
-struct State {
-    /// Every frame queued and not acknowledged, in seq order.
-    queue: VecDeque<Queued>,
-    next_seq: u64,
-    /// Payload bytes of `queue`.
-    unacked: usize,
-    /// `write` stopped short: post a credit envelope when room comes.
-    full: bool,
-    closed: bool,
-    /// The End's PubAck came.
-    finished: bool,
-}
+/// What the host's thread and the publishing task share: the frames queued and not yet
+/// acknowledged by the server (`finished`: the End's PubAck came).
+type State = Outbox<Bytes>;
 
 struct Shared {
     state: Mutex<State>,
@@ -79,7 +57,7 @@ impl Shared {
 /// The writer's end of a broker link (see the [module docs](super)).
 pub(crate) struct BrokerSender<T> {
     shared: Arc<Shared>,
-    codec: Codec<T>,
+    encoder: FrameEncoder<T>,
     counters: Arc<LinkCounters>,
     max_pending: usize,
     max_pending_bytes: usize,
@@ -102,14 +80,7 @@ impl<T: Element> BrokerSender<T> {
             detail: format!("connection {}: no random epoch: {e}", spec.label),
         })?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                queue: VecDeque::new(),
-                next_seq: 0,
-                unacked: 0,
-                full: false,
-                closed: false,
-                finished: false,
-            }),
+            state: Mutex::new(Outbox::new()),
             notify: tokio::sync::Notify::new(),
             dropped: AtomicBool::new(false),
         });
@@ -130,7 +101,11 @@ impl<T: Element> BrokerSender<T> {
         rt.spawn(publisher.run());
         Ok(BrokerSender {
             shared,
-            codec: Codec::new(),
+            encoder: FrameEncoder::new(
+                TARGET_PAYLOAD_BYTES,
+                crate::stream::MAX_ELEMENT_BYTES + 1024,
+                "message",
+            ),
             counters: spec.counters,
             max_pending: settings.max_pending.max(1),
             max_pending_bytes: settings.max_pending_bytes,
@@ -140,7 +115,7 @@ impl<T: Element> BrokerSender<T> {
     /// Whether another message may be queued now: fewer than `max_pending` messages and
     /// `max_pending_bytes` await PubAcks (one always may when none does).
     fn room(&self, msgs: usize, bytes: usize) -> bool {
-        msgs == 0 || (msgs < self.max_pending && bytes < self.max_pending_bytes)
+        room(self.max_pending, self.max_pending_bytes, msgs, bytes)
     }
 
     /// Takes as many leading elements of `items` as the budget allows, encoded into Data
@@ -148,40 +123,17 @@ impl<T: Element> BrokerSender<T> {
     /// room). An element whose encoding exceeds `MAX_ELEMENT_BYTES` is an error naming its
     /// size.
     pub(crate) fn write(&mut self, items: &[T]) -> Result<usize, String> {
-        let mut done = 0;
-        let mut frames = Vec::new();
-        {
-            // Only the task frees room meanwhile: counting from here errs on the safe side.
-            let (mut msgs, mut bytes) = {
-                let st = self.shared.lock();
-                (st.queue.len(), st.unacked)
-            };
-            while done < items.len() && self.room(msgs, bytes) {
-                let rest = &items[done..];
-                let (n, len) = self.plan(rest)?;
-                let mut frame = Vec::with_capacity(wire::HEADER_BYTES + 1 + 12 + len);
-                wire::data_header(0, n as u32, len, &mut frame);
-                self.codec.append(rest, n, &mut frame);
-                frames.push((frame, n, len));
-                msgs += 1;
-                bytes += len;
-                done += n;
-            }
-        }
+        // Only the task frees room meanwhile: counting from here errs on the safe side.
+        let (msgs, bytes) = {
+            let st = self.shared.lock();
+            (st.queue.len(), st.unacked)
+        };
+        let (max_msgs, max_bytes) = (self.max_pending, self.max_pending_bytes);
+        let (frames, done) = self
+            .encoder
+            .encode(items, |n, b| room(max_msgs, max_bytes, msgs + n, bytes + b))?;
         let mut st = self.shared.lock();
-        for (mut frame, n, payload) in frames {
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            frame[wire::DATA_SEQ_AT..wire::DATA_SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
-            st.queue.push_back(Queued {
-                seq,
-                frame: Bytes::from(frame),
-                elements: n,
-                payload,
-                end: false,
-            });
-            st.unacked += payload;
-        }
+        st.push_data(frames);
         self.counters
             .unacked_bytes
             .store(st.unacked as u64, Ordering::Relaxed);
@@ -194,41 +146,16 @@ impl<T: Element> BrokerSender<T> {
         Ok(done)
     }
 
-    /// The next frame for the leading elements of `rest`: how many, and the payload's bytes.
-    fn plan(&mut self, rest: &[T]) -> Result<(usize, usize), String> {
-        let max = crate::stream::MAX_ELEMENT_BYTES + 1024;
-        match self.codec.plan(rest, TARGET_PAYLOAD_BYTES)? {
-            Plan::Frame { n, len } if n > 0 => Ok((n, len)),
-            _ => match self.codec.plan(&rest[..1], max)? {
-                Plan::Frame { n: 1, len } => Ok((1, len)),
-                _ => Err(format!("an element does not fit a message of {max} bytes")),
-            },
-        }
-    }
-
     /// Queues `mark` after everything written before it; `Ok(false)` when the budget is used
     /// up (a credit envelope comes when PubAcks make room).
     pub(crate) fn write_mark(&mut self, mark: Mark) -> Result<bool, String> {
         let mut st = self.shared.lock();
-        if st.closed {
-            return Err("a mark after the end of stream".into());
-        }
+        st.check_open()?;
         if !self.room(st.queue.len(), st.unacked) {
             st.full = true;
             return Ok(false);
         }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        let mut frame = Vec::with_capacity(wire::MARK_FRAME_BYTES);
-        wire::encode_frame(&Frame::Mark { seq, mark }, &mut frame);
-        st.queue.push_back(Queued {
-            seq,
-            frame: Bytes::from(frame),
-            elements: 0,
-            payload: wire::MARK_FRAME_BYTES,
-            end: false,
-        });
-        st.unacked += wire::MARK_FRAME_BYTES;
+        st.push_mark(mark);
         drop(st);
         self.shared.notify.notify_one();
         Ok(true)
@@ -236,24 +163,10 @@ impl<T: Element> BrokerSender<T> {
 
     /// Ends the stream: an End frame after everything written. Closing twice is harmless.
     pub(crate) fn close(&mut self) {
-        let mut st = self.shared.lock();
-        if st.closed {
-            return;
+        let queued = self.shared.lock().push_end();
+        if queued {
+            self.shared.notify.notify_one();
         }
-        st.closed = true;
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        let mut frame = Vec::new();
-        wire::encode_frame(&Frame::End { seq }, &mut frame);
-        st.queue.push_back(Queued {
-            seq,
-            frame: Bytes::from(frame),
-            elements: 0,
-            payload: 0,
-            end: true,
-        });
-        drop(st);
-        self.shared.notify.notify_one();
     }
 
     /// The End's PubAck came: the broker holds the whole stream.
@@ -265,6 +178,12 @@ impl<T: Element> BrokerSender<T> {
     pub(crate) fn pending(&self) -> usize {
         self.shared.lock().queue.len()
     }
+}
+
+/// Whether another message may be queued with `msgs` messages of `bytes` payload awaiting
+/// PubAcks (one always may when none does).
+fn room(max_msgs: usize, max_bytes: usize, msgs: usize, bytes: usize) -> bool {
+    msgs == 0 || (msgs < max_msgs && bytes < max_bytes)
 }
 
 impl<T> Drop for BrokerSender<T> {
@@ -490,25 +409,17 @@ impl Publisher {
     /// (`dropped`): frees it, and wakes the host if it waited for room or this was the End.
     fn confirm(&self, seq: u64, dropped: bool) {
         let mut st = self.shared.lock();
-        let Some(front) = st.queue.front() else {
-            return;
-        };
-        if front.seq != seq {
+        if st.queue.front().is_none_or(|q| q.seq != seq) {
             return;
         }
-        let q = st.queue.pop_front().expect("checked");
-        st.unacked -= q.payload;
+        let freed = st.release_below(seq + 1);
         self.counters
             .unacked_bytes
             .store(st.unacked as u64, Ordering::Relaxed);
         if dropped {
-            add(&self.counters.dropped, q.elements as u64);
+            add(&self.counters.dropped, freed.elements as u64);
         }
-        let mut wake = false;
-        if q.end {
-            st.finished = true;
-            wake = true;
-        }
+        let mut wake = freed.end;
         if st.full {
             st.full = false;
             wake = true;

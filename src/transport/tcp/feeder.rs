@@ -55,7 +55,10 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Batch, Element, Mark};
 use crate::transport::codec::Codec;
-use crate::transport::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
+use crate::transport::framed::{
+    post_items, start_feeder, take_within_credit, FeederMailbox, Item, Next,
+};
+use crate::transport::link::{Envelope, FeederState, Linger, Mailbox, Run};
 
 /// The most handshakes one listening port runs at once: a few connectors that say nothing
 /// cannot hold more threads than this, for [`HANDSHAKE_TIMEOUT`] each.
@@ -103,25 +106,6 @@ pub(crate) struct TcpFeederSpec {
     pub run: Run,
     /// Called once if the writer says its application is stopping.
     pub on_peer_stop: StopHook,
-}
-
-/// What stopped [`Shared::take_deliveries`].
-#[derive(PartialEq)]
-enum Next {
-    /// Nothing more is pending.
-    Nothing,
-    /// The End comes next: the feeder thread delivers it.
-    End,
-    /// A batch waits for credit.
-    NoCredit,
-}
-
-/// Received, not yet delivered.
-enum Item<T> {
-    Data(Batch<T>),
-    /// A mark: delivered as soon as everything before it was (it takes no credit).
-    Mark(Mark),
-    End,
 }
 
 /// A frame received and not yet entirely consumed, in delivery order.
@@ -279,40 +263,12 @@ impl<T: Element> Shared<T> {
     }
 
     /// Moves from `st.pending` into `out` the batches (or their parts) the input's credit
-    /// covers, up to the End (left in place, for the feeder thread). Called with the delivery
-    /// lock held; the caller posts `out` before releasing it.
-    ///
-    /// Only a call that takes nothing may mark the feeder blocked: marking it checks for a
-    /// stall, which must not see the reader idle while batches taken here are not posted yet.
+    /// covers, up to the End (left in place, for the feeder thread: [`Next::End`]). Called
+    /// with the delivery lock held; the caller posts `out` before releasing it.
     fn take_deliveries(&self, st: &mut State<T>, out: &mut Vec<Item<T>>) -> Next {
-        let start = out.len();
-        // Ends: each pass takes a batch (or its part) or a mark, or returns.
-        loop {
-            match st.pending.front_mut() {
-                Some(Item::Data(batch)) => {
-                    let n = if out.len() == start {
-                        self.mailbox.take(batch.len())
-                    } else {
-                        self.mailbox.take_if_any(batch.len())
-                    };
-                    if n == 0 {
-                        return Next::NoCredit;
-                    }
-                    out.push(Item::Data(batch.split_front(n)));
-                    if batch.is_empty() {
-                        st.pending.pop_front();
-                    }
-                }
-                // A mark takes no credit; it goes after the data before it.
-                Some(Item::Mark(mark)) => {
-                    out.push(Item::Mark(*mark));
-                    st.pending.pop_front();
-                    st.marks_delivered += 1;
-                }
-                Some(Item::End) => return Next::End,
-                None => return Next::Nothing,
-            }
-        }
+        let taken = take_within_credit(&mut st.pending, &self.mailbox, out);
+        st.marks_delivered += taken.marks as u64;
+        taken.next
     }
 
     /// Posts `items` (batches and marks) to the reading input, in order (the delivery lock is
@@ -323,112 +279,13 @@ impl<T: Element> Shared<T> {
         }
         self.delivered
             .fetch_add(items.len() as u64, Ordering::SeqCst);
-        for item in items {
-            match item {
-                Item::Data(part) => {
-                    if self.count_traffic {
-                        add(&self.counters.elements, part.len() as u64);
-                        add(&self.counters.batches, 1);
-                    }
-                    self.target.post(Envelope::Data {
-                        input: self.input,
-                        batch: Box::new(part),
-                    });
-                }
-                Item::Mark(mark) => self.target.post(Envelope::Mark {
-                    input: self.input,
-                    mark,
-                }),
-                Item::End => unreachable!("the End is delivered apart"),
-            }
-        }
-    }
-}
-
-/// The feeder's credit, and the consumption it has not yet turned into acknowledgements.
-struct Credit {
-    credit: usize,
-    consumed: usize,
-}
-
-/// Where the reader's input returns credit (see the shared-memory `FeederMailbox`: the same
-/// lock discipline). Credit is consumption: the feeder acknowledges what it covers.
-struct FeederMailbox {
-    credit: Mutex<Credit>,
-    /// The input's capacity: the feeder's credit when nothing is delivered and not credited.
-    capacity: usize,
-    /// The link's counters: the reader's end counts what is in flight (handed to the reading
-    /// agent, not consumed), which the writer's end cannot see.
-    counters: Arc<LinkCounters>,
-    /// Every post wakes the feeder thread; otherwise only a post to a feeder out of credit
-    /// does (consumption is taken by the connection thread after each read, which wakes the
-    /// feeder once an Ack is due, and by the feeder when it next wakes, see `Feeder::feed`).
-    eager: AtomicBool,
-    thread: Thread,
-    run: Run,
-    state: Arc<FeederState>,
-}
-
-impl FeederMailbox {
-    fn lock(&self) -> MutexGuard<'_, Credit> {
-        self.credit.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes up to `want` elements of credit; with none, marks the feeder blocked, returns 0.
-    fn take(&self, want: usize) -> usize {
-        let mut c = self.lock();
-        if c.credit == 0 {
-            self.run.set_blocked(&self.state, true);
-            return 0;
-        }
-        self.run.set_blocked(&self.state, false);
-        let n = c.credit.min(want);
-        c.credit -= n;
-        self.note_in_flight(&c);
-        n
-    }
-
-    fn note_in_flight(&self, c: &Credit) {
-        self.counters
-            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
-    }
-
-    /// Takes up to `want` elements of credit without marking the feeder blocked when there is
-    /// none (it has taken some in this pass already, not yet posted).
-    fn take_if_any(&self, want: usize) -> usize {
-        let mut c = self.lock();
-        let n = c.credit.min(want);
-        c.credit -= n;
-        self.note_in_flight(&c);
-        n
-    }
-
-    fn take_consumed(&self) -> usize {
-        std::mem::take(&mut self.lock().consumed)
-    }
-
-    /// Whether consumption was posted and not taken yet.
-    fn consumed_waits(&self) -> bool {
-        self.lock().consumed > 0
-    }
-}
-
-impl Mailbox for FeederMailbox {
-    fn post(&self, env: Envelope) {
-        if let Envelope::Credit { n, .. } = env {
-            let mut c = self.lock();
-            let starved = c.credit == 0;
-            c.credit += n;
-            c.consumed += n;
-            self.note_in_flight(&c);
-            self.run.set_blocked(&self.state, false);
-            drop(c);
-            // Read after the lock: a feeder that turned eager before it last looked at
-            // `consumed` is seen eager here, or it saw this consumption.
-            if starved || self.eager.load(Ordering::SeqCst) {
-                self.thread.unpark();
-            }
-        }
+        post_items(
+            items,
+            &*self.target,
+            self.input,
+            &self.counters,
+            self.count_traffic,
+        );
     }
 }
 
@@ -528,51 +385,26 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
     let bound = listener.local_addr().map_err(|e| Error::Runtime {
         detail: format!("connection {label}: cannot listen on {}: {e}", spec.listen),
     })?;
-    let feeder_state = spec.run.feeder(label.clone());
-    // Registered before anything can end the run; released when the feeder thread ends,
-    // whichever way (or at once, if it never starts).
+    // Released when the feeder thread ends, whichever way.
     let linger = Linger::new(label.clone(), spec.settings.reconnect_limit);
-    spec.run.linger(Arc::clone(&linger));
-    let release = LingerGuard(Arc::clone(&linger));
-    let (tx, rx) = std::sync::mpsc::channel::<(Arc<FeederMailbox>, Arc<Shared<T>>)>();
     let input = spec.input;
-    let state_for_thread = Arc::clone(&feeder_state);
-    let started = std::thread::Builder::new()
-        .name(format!("tcp feeder {input}"))
-        .spawn(move || {
-            let _release = release;
-            let Ok((mailbox, shared)) = rx.recv() else {
-                return;
-            };
+    let (mailbox, tx) = start_feeder(
+        &spec.run,
+        &label,
+        &linger,
+        spec.capacity,
+        &spec.counters,
+        (format!("tcp feeder {input}"), "TCP feeder"),
+        |(mailbox, shared): (Arc<FeederMailbox>, Arc<Shared<T>>)| {
             let mut feeder = Feeder {
+                state: Arc::clone(&mailbox.state),
                 shared,
                 mailbox,
-                state: state_for_thread,
                 reported: false,
             };
             feeder.run();
-        });
-    let handle = match started {
-        Ok(h) => h,
-        Err(e) => {
-            spec.run.finished(&feeder_state);
-            return Err(Error::Runtime {
-                detail: format!("cannot start a TCP feeder thread: {e}"),
-            });
-        }
-    };
-    let mailbox = Arc::new(FeederMailbox {
-        credit: Mutex::new(Credit {
-            credit: spec.capacity,
-            consumed: 0,
-        }),
-        capacity: spec.capacity,
-        counters: Arc::clone(&spec.counters),
-        eager: AtomicBool::new(true),
-        thread: handle.thread().clone(),
-        run: Arc::clone(&spec.run),
-        state: feeder_state,
-    });
+        },
+    )?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             epoch: None,
@@ -608,7 +440,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         run: Arc::clone(&spec.run),
         counters: spec.counters,
         count_traffic: spec.count_traffic,
-        feeder: handle.thread().clone(),
+        feeder: mailbox.thread.clone(),
         handshakes: AtomicUsize::new(0),
         acked: AtomicU64::new(0),
         done: AtomicBool::new(false),

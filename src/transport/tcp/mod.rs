@@ -274,8 +274,8 @@ pub(crate) const MIN_FRAME_BYTES: u32 = (MAX_ELEMENT_BYTES + 1024) as u32;
 /// frame's fixed cost does not matter, small enough that a few frames keep the pipe full.
 const TARGET_PAYLOAD_BYTES: usize = 256 << 10;
 
-/// Bytes of a Data frame besides its payload: length prefix, kind, seq, elements.
-const DATA_OVERHEAD_BYTES: usize = wire::HEADER_BYTES + 1 + 8 + 4;
+// Bytes of a Data frame besides its payload (shared with the broker links).
+use crate::transport::framed::DATA_OVERHEAD_BYTES;
 
 /// How long a connection's handshake may last, from its accept: a silent connector cannot
 /// keep a handshake slot longer.

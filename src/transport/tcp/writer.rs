@@ -17,7 +17,6 @@
 //! Either connection thread that meets an error records it and cuts the connection, which
 //! wakes the other out of any blocked read or write.
 
-use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -35,7 +34,7 @@ use super::{
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark};
-use crate::transport::codec::{Codec, Plan};
+use crate::transport::framed::{FrameEncoder, Outbox};
 use crate::transport::link::{Envelope, Mailbox, Run};
 
 /// How long one TCP connect attempt may take.
@@ -69,36 +68,19 @@ pub(crate) struct TcpWriterSpec {
     pub on_peer_stop: StopHook,
 }
 
-/// A frame taken and not yet acknowledged.
-struct Queued {
-    seq: u64,
-    /// The whole frame, length prefix included.
-    frame: Arc<Vec<u8>>,
-    /// Its payload bytes (0 for the End; a Mark frame's whole size, see `write_mark`).
-    payload: usize,
-    end: bool,
-}
-
 /// What the host's thread, the I/O thread and the ack thread share.
 struct State {
-    /// Every frame taken and not acknowledged, in seq order.
-    queue: VecDeque<Queued>,
-    /// The seq of the next frame taken.
-    next_seq: u64,
+    /// Every frame taken and not acknowledged, in seq order; the budget's count of their
+    /// payload (`unacked`); `full`: `write` stopped short for the budget, so a credit
+    /// envelope is posted when room comes; `closed`: the End is queued; `finished`: the End
+    /// is acknowledged.
+    out: Outbox<Arc<Vec<u8>>>,
     /// Every seq below is acknowledged.
     acked: u64,
     /// The next seq to write on the current connection.
     send_from: u64,
     /// Every seq below was handed to some connection: an Ack beyond is a protocol error.
     written: u64,
-    /// Payload bytes of the frames in `queue`.
-    unacked: usize,
-    /// `write` stopped short for the budget: post a credit envelope when room comes.
-    full: bool,
-    /// The End is queued.
-    closed: bool,
-    /// The End is acknowledged.
-    finished: bool,
     /// The current connection's number (0: none yet); a thread of an older one stops.
     conn: u64,
     /// Why the current connection broke, set by whichever of its threads saw it first.
@@ -131,12 +113,10 @@ impl Shared {
 /// The writer's end of a TCP link (see the [module docs](self)).
 pub(crate) struct TcpSender<T> {
     shared: Arc<Shared>,
-    codec: Codec<T>,
+    encoder: FrameEncoder<T>,
     counters: Arc<LinkCounters>,
     /// The budget of unacknowledged payload bytes.
     budget: usize,
-    /// The largest payload a frame may carry.
-    max_payload: usize,
 }
 
 impl<T: Element> TcpSender<T> {
@@ -158,15 +138,10 @@ impl<T: Element> TcpSender<T> {
         let epoch = u64::from_le_bytes(epoch_bytes[..8].try_into().expect("8 bytes"));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                queue: VecDeque::new(),
-                next_seq: 0,
+                out: Outbox::new(),
                 acked: 0,
                 send_from: 0,
                 written: 0,
-                unacked: 0,
-                full: false,
-                closed: false,
-                finished: false,
                 conn: 0,
                 broken: None,
                 cutter: None,
@@ -198,13 +173,14 @@ impl<T: Element> TcpSender<T> {
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a TCP link thread: {e}"),
             })?;
+        // The largest payload a frame may carry.
+        let max_payload =
+            settings.frame_limit() as usize - (DATA_OVERHEAD_BYTES - wire::HEADER_BYTES);
         Ok(TcpSender {
             shared,
-            codec: Codec::new(),
+            encoder: FrameEncoder::new(TARGET_PAYLOAD_BYTES, max_payload, "frame"),
             counters: spec.counters,
             budget: settings.unacked_bytes,
-            max_payload: settings.frame_limit() as usize
-                - (DATA_OVERHEAD_BYTES - wire::HEADER_BYTES),
         })
     }
 
@@ -215,67 +191,30 @@ impl<T: Element> TcpSender<T> {
     /// error naming its size.
     pub(crate) fn write(&mut self, items: &[T]) -> Result<usize, String> {
         let mut done = 0;
+        let budget = self.budget;
         // Ends: each pass takes at least one element, or returns.
         loop {
-            let mut unacked = self.shared.lock().unacked;
-            let mut frames = Vec::new();
-            while done < items.len() && (unacked == 0 || unacked < self.budget) {
-                let rest = &items[done..];
-                let (n, len) = self.plan(rest)?;
-                let mut frame = Vec::with_capacity(DATA_OVERHEAD_BYTES + len);
-                wire::data_header(0, n as u32, len, &mut frame);
-                self.codec.append(rest, n, &mut frame);
-                debug_assert_eq!(frame.len(), DATA_OVERHEAD_BYTES + len);
-                frames.push((frame, len));
-                unacked += len;
-                done += n;
-            }
+            let unacked = self.shared.lock().out.unacked;
+            let (frames, n) = self.encoder.encode(&items[done..], |_, b| {
+                unacked + b == 0 || unacked + b < budget
+            })?;
+            done += n;
             let mut st = self.shared.lock();
-            for (mut frame, payload) in frames {
-                let seq = st.next_seq;
-                st.next_seq += 1;
-                frame[wire::DATA_SEQ_AT..wire::DATA_SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
-                st.queue.push_back(Queued {
-                    seq,
-                    frame: Arc::new(frame),
-                    payload,
-                    end: false,
-                });
-                st.unacked += payload;
-            }
-            set_gauge(&self.counters, st.unacked);
+            st.out.push_data(frames);
+            set_gauge(&self.counters, st.out.unacked);
             if st.io_waiting {
                 self.shared.cond.notify_all();
             }
             if done == items.len() {
                 return Ok(done);
             }
-            if st.unacked < self.budget {
+            if st.out.unacked < self.budget {
                 // Acknowledgements came while this call encoded: go on.
                 continue;
             }
             // Set under the lock the ack thread takes: it cannot free room unseen.
-            st.full = true;
+            st.out.full = true;
             return Ok(done);
-        }
-    }
-
-    /// The next frame for the leading elements of `rest`: how many, and the payload's bytes.
-    fn plan(&mut self, rest: &[T]) -> Result<(usize, usize), String> {
-        match self
-            .codec
-            .plan(rest, TARGET_PAYLOAD_BYTES.min(self.max_payload))?
-        {
-            Plan::Frame { n, len } if n > 0 => Ok((n, len)),
-            // An element larger than a usual frame goes in a frame of its own, up to the
-            // frame limit, which any element within `MAX_ELEMENT_BYTES` fits.
-            _ => match self.codec.plan(&rest[..1], self.max_payload)? {
-                Plan::Frame { n: 1, len } => Ok((1, len)),
-                _ => Err(format!(
-                    "an element does not fit a frame of {} bytes",
-                    self.max_payload
-                )),
-            },
         }
     }
 
@@ -289,27 +228,14 @@ impl<T: Element> TcpSender<T> {
     /// reader acknowledges only once delivered, are bounded by the budget as data is.
     pub(crate) fn write_mark(&mut self, mark: Mark) -> Result<bool, String> {
         let mut st = self.shared.lock();
-        if st.closed {
-            return Err("a mark after the end of stream".into());
-        }
-        if st.unacked != 0 && st.unacked >= self.budget {
+        st.out.check_open()?;
+        if st.out.unacked != 0 && st.out.unacked >= self.budget {
             // Set under the lock the ack thread takes: it cannot free room unseen.
-            st.full = true;
+            st.out.full = true;
             return Ok(false);
         }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        let mut frame = Vec::with_capacity(wire::MARK_FRAME_BYTES);
-        wire::encode_frame(&Frame::Mark { seq, mark }, &mut frame);
-        debug_assert_eq!(frame.len(), wire::MARK_FRAME_BYTES);
-        st.queue.push_back(Queued {
-            seq,
-            frame: Arc::new(frame),
-            payload: wire::MARK_FRAME_BYTES,
-            end: false,
-        });
-        st.unacked += wire::MARK_FRAME_BYTES;
-        set_gauge(&self.counters, st.unacked);
+        st.out.push_mark(mark);
+        set_gauge(&self.counters, st.out.unacked);
         if st.io_waiting {
             self.shared.cond.notify_all();
         }
@@ -319,26 +245,14 @@ impl<T: Element> TcpSender<T> {
     /// Ends the stream: an End frame after everything written. Closing twice is harmless.
     pub(crate) fn close(&mut self) {
         let mut st = self.shared.lock();
-        if st.closed {
-            return;
+        if st.out.push_end() {
+            self.shared.cond.notify_all();
         }
-        st.closed = true;
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        let mut frame = Vec::new();
-        wire::encode_frame(&Frame::End { seq }, &mut frame);
-        st.queue.push_back(Queued {
-            seq,
-            frame: Arc::new(frame),
-            payload: 0,
-            end: true,
-        });
-        self.shared.cond.notify_all();
     }
 
     /// The End is acknowledged: the reader consumed every element.
     pub(crate) fn finished(&self) -> bool {
-        self.shared.lock().finished
+        self.shared.lock().out.finished
     }
 
     /// Test hook: what cuts the current connection, as a network failure would.
@@ -582,10 +496,10 @@ impl Io {
                     _ => DialError::Fatal(e.to_string()),
                 })?;
         let mut st = self.shared.lock();
-        if accept.resume_from > st.next_seq {
+        if accept.resume_from > st.out.next_seq {
             return Err(DialError::Transient(format!(
                 "the reader resumes at batch {} but only {} were ever sent",
-                accept.resume_from, st.next_seq
+                accept.resume_from, st.out.next_seq
             )));
         }
         // A fresh reader (0) gets everything not acknowledged; a reader that has frames up to
@@ -676,7 +590,7 @@ impl Io {
                     if let Some(e) = st.broken.take() {
                         return Outcome::Broken(e);
                     }
-                    if st.finished {
+                    if st.out.finished {
                         drop(st);
                         let mut bye = Vec::new();
                         wire::encode_frame(
@@ -696,12 +610,12 @@ impl Io {
                     if control.is_empty() && !self.alive() {
                         return Outcome::Ended;
                     }
-                    if st.send_from < st.next_seq {
-                        let first = st.queue.front().map_or(st.next_seq, |q| q.seq);
+                    if st.send_from < st.out.next_seq {
+                        let first = st.out.queue.front().map_or(st.out.next_seq, |q| q.seq);
                         let skip = (st.send_from.max(first) - first) as usize;
                         let mut bytes = 0;
                         let mut upto = st.send_from;
-                        for q in st.queue.iter().skip(skip) {
+                        for q in st.out.queue.iter().skip(skip) {
                             if bytes >= WRITE_ROUND_BYTES {
                                 break;
                             }
@@ -815,13 +729,13 @@ impl AckReader {
                 }
                 // Once finished, reads on until the reader closes (see `drive`).
                 let dropped = self.shared.dropped.load(Ordering::SeqCst);
-                if self.run.is_over() || (dropped && !st.finished) {
+                if self.run.is_over() || (dropped && !st.out.finished) {
                     return None;
                 }
             }
             match dec.read_from(r) {
                 Ok(0) => {
-                    if self.shared.lock().finished {
+                    if self.shared.lock().out.finished {
                         return None;
                     }
                     let goodbye = self.shared.lock().goodbye.clone();
@@ -904,22 +818,16 @@ impl AckReader {
         if next <= st.acked {
             return Ok(());
         }
-        let mut ended = false;
-        while st.queue.front().is_some_and(|q| q.seq < next) {
-            let q = st.queue.pop_front().expect("a front");
-            st.unacked -= q.payload;
-            ended |= q.end;
-        }
+        let ended = st.out.release_below(next).end;
         st.acked = next;
         st.send_from = st.send_from.max(next);
-        set_gauge(&self.counters, st.unacked);
+        set_gauge(&self.counters, st.out.unacked);
         let mut wake = false;
-        if st.full && st.unacked < self.budget {
-            st.full = false;
+        if st.out.full && st.out.unacked < self.budget {
+            st.out.full = false;
             wake = true;
         }
         if ended {
-            st.finished = true;
             wake = true;
         }
         // Only the End's acknowledgement gives the I/O thread work (the Goodbye).

@@ -1,0 +1,504 @@
+//! What the two flavors that move the wire's frames between processes share: TCP links
+//! ([`super::tcp`]) and broker links ([`super::broker`]). How the frames travel (a socket of
+//! their own, or messages through NATS JetStream) and how they are acknowledged stay with each
+//! flavor; this module knows nothing of either, nor of hosts or graphs.
+//!
+//! - The writer's end: [`FrameEncoder`] encodes a batch's leading elements into Data frames
+//!   (the rings' codec, at most a target payload a frame, an element larger than that in a
+//!   frame of its own), and [`Outbox`] numbers and queues Data, Mark and End frames until the
+//!   flavor says they are acknowledged, counting the payload they hold.
+//! - The reader's end: [`FeederMailbox`] is the input's credit, which comes back as the reading
+//!   agent consumes (so credit is consumption, which the flavor turns into acknowledgements);
+//!   [`take_within_credit`] takes what that credit covers from the frames received, in order,
+//!   and [`post_items`] hands it to the reading host; [`start_feeder`] starts the thread that
+//!   does so, registered with the run.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::Thread;
+
+use super::codec::{Codec, Plan};
+use super::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
+use super::tcp::wire::{self, Frame};
+use crate::error::Error;
+use crate::metrics::{add, LinkCounters};
+use crate::stream::{Batch, Element, Mark};
+
+/// The bytes of a Data frame besides its payload: length prefix, kind, seq and element count.
+pub(crate) const DATA_OVERHEAD_BYTES: usize = wire::HEADER_BYTES + 1 + 8 + 4;
+
+// ---------------------------------------------------------------------------------------------
+// The writer's end
+
+/// A Data frame encoded and not yet numbered (its seq is 0 until [`Outbox::push_data`]).
+pub(crate) struct DataFrame {
+    /// The whole frame, length prefix included.
+    bytes: Vec<u8>,
+    /// The elements it holds.
+    elements: usize,
+    /// Its payload bytes.
+    payload: usize,
+}
+
+/// Encodes a link's elements into Data frames (see the [module docs](self)).
+pub(crate) struct FrameEncoder<T> {
+    codec: Codec<T>,
+    /// The payload a frame holds at most when elements are small.
+    target: usize,
+    /// The payload of a frame of one large element at most.
+    max: usize,
+    /// What a frame is called in an error: "frame", "message".
+    unit: &'static str,
+}
+
+impl<T: Element> FrameEncoder<T> {
+    /// Frames of at most `target` payload bytes; one element up to `max` bytes in a frame of
+    /// its own; `unit` names a frame in errors.
+    pub(crate) fn new(target: usize, max: usize, unit: &'static str) -> Self {
+        FrameEncoder {
+            codec: Codec::new(),
+            target: target.min(max),
+            max,
+            unit,
+        }
+    }
+
+    /// Encodes leading elements of `items` into Data frames while `room(frames, payload)`,
+    /// given the frames made so far and their payload bytes, allows another; returns the
+    /// frames and how many elements they hold. An element whose encoding exceeds `max` is an
+    /// error naming the size.
+    pub(crate) fn encode(
+        &mut self,
+        items: &[T],
+        mut room: impl FnMut(usize, usize) -> bool,
+    ) -> Result<(Vec<DataFrame>, usize), String> {
+        let mut frames = Vec::new();
+        let (mut done, mut payload) = (0, 0);
+        while done < items.len() && room(frames.len(), payload) {
+            let rest = &items[done..];
+            let (n, len) = self.plan(rest)?;
+            let mut bytes = Vec::with_capacity(DATA_OVERHEAD_BYTES + len);
+            wire::data_header(0, n as u32, len, &mut bytes);
+            self.codec.append(rest, n, &mut bytes);
+            debug_assert_eq!(bytes.len(), DATA_OVERHEAD_BYTES + len);
+            frames.push(DataFrame {
+                bytes,
+                elements: n,
+                payload: len,
+            });
+            payload += len;
+            done += n;
+        }
+        Ok((frames, done))
+    }
+
+    /// The next frame for the leading elements of `rest`: how many, and the payload's bytes.
+    fn plan(&mut self, rest: &[T]) -> Result<(usize, usize), String> {
+        match self.codec.plan(rest, self.target)? {
+            Plan::Frame { n, len } if n > 0 => Ok((n, len)),
+            // An element larger than a usual frame goes in a frame of its own, up to `max`,
+            // which any element within `MAX_ELEMENT_BYTES` fits.
+            _ => match self.codec.plan(&rest[..1], self.max)? {
+                Plan::Frame { n: 1, len } => Ok((1, len)),
+                _ => Err(format!(
+                    "an element does not fit a {} of {} bytes",
+                    self.unit, self.max
+                )),
+            },
+        }
+    }
+}
+
+/// A frame queued and not yet acknowledged.
+pub(crate) struct Queued<F> {
+    pub seq: u64,
+    /// The whole frame, length prefix included.
+    pub frame: F,
+    /// Its elements (0 for a Mark or the End).
+    pub elements: usize,
+    /// Its payload bytes, as the budget counts them: a Data frame's payload, a Mark frame's
+    /// whole size (so that marks without data between them are bounded too), 0 for the End.
+    pub payload: usize,
+    pub end: bool,
+}
+
+/// A writer's frames, numbered in order and kept until acknowledged (see the
+/// [module docs](self)); `F` is how the flavor holds a frame's bytes.
+pub(crate) struct Outbox<F> {
+    /// Every frame queued and not acknowledged, in seq order.
+    pub queue: VecDeque<Queued<F>>,
+    /// The seq of the next frame queued.
+    pub next_seq: u64,
+    /// Payload bytes of `queue`.
+    pub unacked: usize,
+    /// The writer stopped short for room: the flavor posts a credit envelope when room comes.
+    pub full: bool,
+    /// The End is queued.
+    pub closed: bool,
+    /// The End is acknowledged.
+    pub finished: bool,
+}
+
+impl<F: From<Vec<u8>>> Outbox<F> {
+    pub(crate) fn new() -> Self {
+        Outbox {
+            queue: VecDeque::new(),
+            next_seq: 0,
+            unacked: 0,
+            full: false,
+            closed: false,
+            finished: false,
+        }
+    }
+
+    /// Queues `frames`, each numbered with the next seq.
+    pub(crate) fn push_data(&mut self, frames: Vec<DataFrame>) {
+        for f in frames {
+            let mut bytes = f.bytes;
+            let seq = self.next_seq;
+            bytes[wire::DATA_SEQ_AT..wire::DATA_SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
+            self.push(bytes, f.elements, f.payload, false);
+        }
+    }
+
+    /// A mark may follow: the End is not queued.
+    pub(crate) fn check_open(&self) -> Result<(), String> {
+        if self.closed {
+            return Err("a mark after the end of stream".into());
+        }
+        Ok(())
+    }
+
+    /// Queues a Mark frame of `mark`; it counts its whole size, [`wire::MARK_FRAME_BYTES`], as
+    /// payload.
+    pub(crate) fn push_mark(&mut self, mark: Mark) {
+        let mut bytes = Vec::with_capacity(wire::MARK_FRAME_BYTES);
+        wire::encode_frame(
+            &Frame::Mark {
+                seq: self.next_seq,
+                mark,
+            },
+            &mut bytes,
+        );
+        debug_assert_eq!(bytes.len(), wire::MARK_FRAME_BYTES);
+        self.push(bytes, 0, wire::MARK_FRAME_BYTES, false);
+    }
+
+    /// Queues the End frame; false if it was queued already.
+    pub(crate) fn push_end(&mut self) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.closed = true;
+        let mut bytes = Vec::new();
+        wire::encode_frame(&Frame::End { seq: self.next_seq }, &mut bytes);
+        self.push(bytes, 0, 0, true);
+        true
+    }
+
+    fn push(&mut self, bytes: Vec<u8>, elements: usize, payload: usize, end: bool) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push_back(Queued {
+            seq,
+            frame: F::from(bytes),
+            elements,
+            payload,
+            end,
+        });
+        self.unacked += payload;
+    }
+
+    /// Frees every frame numbered below `next` (acknowledged, or given up). Freeing the End
+    /// sets `finished`.
+    pub(crate) fn release_below(&mut self, next: u64) -> Released {
+        let mut r = Released {
+            elements: 0,
+            end: false,
+        };
+        while self.queue.front().is_some_and(|q| q.seq < next) {
+            let q = self.queue.pop_front().expect("a front");
+            self.unacked -= q.payload;
+            r.elements += q.elements;
+            r.end |= q.end;
+        }
+        self.finished |= r.end;
+        r
+    }
+}
+
+/// What [`Outbox::release_below`] freed.
+pub(crate) struct Released {
+    /// The elements of the Data frames freed.
+    pub elements: usize,
+    /// The End was among them.
+    pub end: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reader's end
+
+/// Received, not yet delivered.
+pub(crate) enum Item<T> {
+    Data(Batch<T>),
+    /// A mark: delivered as soon as everything before it was (it takes no credit).
+    Mark(Mark),
+    End,
+}
+
+/// The feeder's credit, and the consumption it has not yet turned into acknowledgements.
+struct Credit {
+    credit: usize,
+    consumed: usize,
+}
+
+/// Where the reader's input returns credit; credit is consumption, which the feeder turns into
+/// acknowledgements. Its lock is held only to count.
+pub(crate) struct FeederMailbox {
+    credit: Mutex<Credit>,
+    /// The input's capacity: the feeder's credit when nothing is delivered and not credited.
+    capacity: usize,
+    /// The link's counters: the reader's end counts what is in flight (handed to the reading
+    /// agent, not consumed), which the writer's end cannot see.
+    counters: Arc<LinkCounters>,
+    /// Every post wakes the feeder thread; otherwise only a post to a feeder out of credit
+    /// does.
+    pub eager: AtomicBool,
+    /// The feeder thread.
+    pub thread: Thread,
+    run: Run,
+    /// The feeder's entry in the run (a source for quiescence).
+    pub state: Arc<FeederState>,
+}
+
+impl FeederMailbox {
+    /// The credit of an input of `capacity` elements, fed by `thread`.
+    pub(crate) fn new(
+        capacity: usize,
+        counters: Arc<LinkCounters>,
+        eager: bool,
+        thread: Thread,
+        run: Run,
+        state: Arc<FeederState>,
+    ) -> Self {
+        FeederMailbox {
+            credit: Mutex::new(Credit {
+                credit: capacity,
+                consumed: 0,
+            }),
+            capacity,
+            counters,
+            eager: AtomicBool::new(eager),
+            thread,
+            run,
+            state,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Credit> {
+        self.credit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note_in_flight(&self, c: &Credit) {
+        self.counters
+            .set_in_flight(self.capacity.saturating_sub(c.credit) as u64);
+    }
+
+    /// Takes up to `want` elements of credit; with none, marks the feeder blocked, returns 0.
+    pub(crate) fn take(&self, want: usize) -> usize {
+        let mut c = self.lock();
+        if c.credit == 0 {
+            self.run.set_blocked(&self.state, true);
+            return 0;
+        }
+        self.run.set_blocked(&self.state, false);
+        let n = c.credit.min(want);
+        c.credit -= n;
+        self.note_in_flight(&c);
+        n
+    }
+
+    /// Takes up to `want` elements of credit without marking the feeder blocked when there is
+    /// none (it has taken some in this pass already, not yet posted).
+    pub(crate) fn take_if_any(&self, want: usize) -> usize {
+        let mut c = self.lock();
+        let n = c.credit.min(want);
+        c.credit -= n;
+        self.note_in_flight(&c);
+        n
+    }
+
+    /// The elements consumed since the last call.
+    pub(crate) fn take_consumed(&self) -> usize {
+        std::mem::take(&mut self.lock().consumed)
+    }
+
+    /// Whether consumption was posted and not taken yet.
+    pub(crate) fn consumed_waits(&self) -> bool {
+        self.lock().consumed > 0
+    }
+}
+
+impl Mailbox for FeederMailbox {
+    fn post(&self, env: Envelope) {
+        if let Envelope::Credit { n, .. } = env {
+            let mut c = self.lock();
+            let starved = c.credit == 0;
+            c.credit += n;
+            c.consumed += n;
+            self.note_in_flight(&c);
+            self.run.set_blocked(&self.state, false);
+            drop(c);
+            // Read after the lock: a feeder that turned eager before it last looked at
+            // `consumed` is seen eager here, or it saw this consumption.
+            if starved || self.eager.load(Ordering::SeqCst) {
+                self.thread.unpark();
+            }
+        }
+    }
+}
+
+/// Starts a reader's feeder thread, named `name`: registers the feeder with the run (a
+/// source for quiescence until it delivers the end of stream) and `linger`, which is released
+/// when the thread ends, or at once if it does not start; the thread runs `body` with what
+/// the caller sends it on the returned channel once the rest of the link is made (nothing, if
+/// the channel is dropped). Returns the input's credit, fed by that thread. A thread that
+/// cannot start is an error saying `what` it was, and the run no longer waits for it.
+pub(crate) fn start_feeder<S: Send + 'static>(
+    run: &Run,
+    label: &str,
+    linger: &Arc<Linger>,
+    capacity: usize,
+    counters: &Arc<LinkCounters>,
+    (name, what): (String, &str),
+    body: impl FnOnce(S) + Send + 'static,
+) -> Result<(Arc<FeederMailbox>, mpsc::Sender<S>), Error> {
+    let feeder_state = run.feeder(label.to_string());
+    // Registered before anything can end the run.
+    run.linger(Arc::clone(linger));
+    let release = LingerGuard(Arc::clone(linger));
+    let (tx, rx) = mpsc::channel::<S>();
+    let started = std::thread::Builder::new().name(name).spawn(move || {
+        let _release = release;
+        if let Ok(start) = rx.recv() {
+            body(start);
+        }
+    });
+    let handle = match started {
+        Ok(h) => h,
+        Err(e) => {
+            run.finished(&feeder_state);
+            return Err(Error::Runtime {
+                detail: format!("cannot start a {what} thread: {e}"),
+            });
+        }
+    };
+    let mailbox = Arc::new(FeederMailbox::new(
+        capacity,
+        Arc::clone(counters),
+        true,
+        handle.thread().clone(),
+        Arc::clone(run),
+        feeder_state,
+    ));
+    Ok((mailbox, tx))
+}
+
+/// What stopped [`take_within_credit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Nothing more is pending.
+    Nothing,
+    /// The End comes next (left in place: the flavor delivers it).
+    End,
+    /// A batch waits for credit.
+    NoCredit,
+}
+
+/// What [`take_within_credit`] took.
+pub(crate) struct Taken {
+    /// Elements of the batches (or their parts) taken.
+    pub elements: usize,
+    /// Marks taken.
+    pub marks: usize,
+    pub next: Next,
+}
+
+/// Moves from `pending` into `out` the batches (or their parts) that `credit` covers, and the
+/// marks between them, up to the End (left in place). The caller posts `out` before anything
+/// else is delivered to the input.
+///
+/// Only a call that takes nothing may mark the feeder blocked: marking it checks for a stall,
+/// which must not see the reader idle while batches taken here are not posted yet.
+pub(crate) fn take_within_credit<T: Element>(
+    pending: &mut VecDeque<Item<T>>,
+    credit: &FeederMailbox,
+    out: &mut Vec<Item<T>>,
+) -> Taken {
+    let start = out.len();
+    let mut taken = Taken {
+        elements: 0,
+        marks: 0,
+        next: Next::Nothing,
+    };
+    // Ends: each pass takes a batch (or its part) or a mark, or returns.
+    loop {
+        match pending.front_mut() {
+            Some(Item::Data(batch)) => {
+                let n = if out.len() == start {
+                    credit.take(batch.len())
+                } else {
+                    credit.take_if_any(batch.len())
+                };
+                if n == 0 {
+                    taken.next = Next::NoCredit;
+                    return taken;
+                }
+                out.push(Item::Data(batch.split_front(n)));
+                if batch.is_empty() {
+                    pending.pop_front();
+                }
+                taken.elements += n;
+            }
+            // A mark takes no credit; it goes after the data before it.
+            Some(Item::Mark(mark)) => {
+                out.push(Item::Mark(*mark));
+                pending.pop_front();
+                taken.marks += 1;
+            }
+            Some(Item::End) => {
+                taken.next = Next::End;
+                return taken;
+            }
+            None => return taken,
+        }
+    }
+}
+
+/// Posts `items` (batches and marks: the End is delivered apart) to input `input` behind
+/// `target`, in order, counting elements and batches in `counters` when `count`.
+pub(crate) fn post_items<T: Element>(
+    items: Vec<Item<T>>,
+    target: &dyn Mailbox,
+    input: u32,
+    counters: &LinkCounters,
+    count: bool,
+) {
+    for item in items {
+        match item {
+            Item::Data(part) => {
+                if count {
+                    add(&counters.elements, part.len() as u64);
+                    add(&counters.batches, 1);
+                }
+                target.post(Envelope::Data {
+                    input,
+                    batch: Box::new(part),
+                });
+            }
+            Item::Mark(mark) => target.post(Envelope::Mark { input, mark }),
+            Item::End => unreachable!("the End is delivered apart"),
+        }
+    }
+}
