@@ -2132,30 +2132,8 @@ impl<'a> Reader<'a> {
                         continue;
                     };
                     url = true;
-                    let bad = u.split(',').map(str::trim).find(|one| {
-                        !(one.starts_with("nats://") || one.starts_with("tls://"))
-                            || one.len() <= "nats://".len()
-                    });
-                    // A user or password written in the URL would be ignored by the client
-                    // (and a password does not belong in this file): said, not shown.
-                    let userinfo = u.split(',').map(str::trim).any(|one| {
-                        one.split_once("://").is_some_and(|(_, rest)| {
-                            rest.split('/').next().unwrap_or("").contains('@')
-                        })
-                    });
-                    match bad {
-                        Some(one) => self.error(
-                            value.span(),
-                            format!(
-                                "{what} must be nats://HOST:PORT or tls://HOST:PORT (several separated by commas), found '{one}'"
-                            ),
-                        ),
-                        None if userinfo => self.error(
-                            value.span(),
-                            format!(
-                                "{what} must not hold a user or password (USER@HOST): name them with 'user' and 'password_file'"
-                            ),
-                        ),
+                    match crate::transport::broker::url_problem(&u) {
+                        Some(problem) => self.error(value.span(), format!("{what} {problem}")),
                         None => b.url = u,
                     }
                 }
@@ -3024,7 +3002,7 @@ mod tests {
         assert_eq!(
             e,
             "deploy.toml:2:7: 'url' in [broker] must not hold a user or password (USER@HOST): \
-             name them with 'user' and 'password_file'"
+             name them apart (the deployment's 'user' and 'password_file', or BrokerOptions::user)"
         );
         assert!(!e.contains("s3cret"));
     }

@@ -226,6 +226,9 @@ pub struct Graph {
     /// The broker that `Transport::Broker` connections cross ([`Graph::use_broker`], or the
     /// deployment's `[broker]` section).
     pub(crate) broker: Option<crate::transport::broker::BrokerSettings>,
+    /// What is wrong with the options given to [`Graph::use_broker_with`] (reported by the
+    /// graph's checks at start).
+    broker_problems: Vec<String>,
     /// Senders of external inputs ([`Graph::input`]), by the stream they feed.
     pub(crate) externals: HashMap<PortId, Box<dyn ExternalAny>>,
     /// Hosts; one, [`LOCAL_HOST`](crate::info::LOCAL_HOST), unless a deployment names others.
@@ -263,6 +266,7 @@ impl Graph {
             externals: HashMap::new(),
             network: None,
             broker: None,
+            broker_problems: Vec::new(),
             hosts: vec![HostPlan {
                 name: crate::info::LOCAL_HOST.to_string(),
                 address: "127.0.0.1".to_string(),
@@ -357,8 +361,38 @@ impl Graph {
     /// }
     /// ```
     pub fn use_broker(&mut self, url: &str) -> &mut Self {
-        self.broker = Some(crate::transport::broker::BrokerSettings::new(url));
+        self.use_broker_with(BrokerOptions::new(url))
+    }
+
+    /// As [`use_broker`](Graph::use_broker), with credentials, TLS and limits: what a
+    /// deployment file's `[broker]` section says, in code (a deployment's section still
+    /// replaces it). What is wrong with the options (a bad URL, two ways to authenticate, a
+    /// limit out of range) is an error of [`start`](Graph::start) naming it.
+    ///
+    /// ```no_run
+    /// use iotstream::{BrokerOptions, Graph};
+    /// use std::time::Duration;
+    ///
+    /// let mut g = Graph::new("fleet");
+    /// g.use_broker_with(
+    ///     BrokerOptions::new("tls://nats.example.org:4222")
+    ///         .token(std::fs::read_to_string("/etc/iotstream/nats.token").unwrap().trim())
+    ///         .tls_ca("/etc/iotstream/nats-ca.pem")
+    ///         .max_messages(100_000)
+    ///         .connect_wait(Duration::from_secs(10)),
+    /// );
+    /// ```
+    pub fn use_broker_with(&mut self, options: BrokerOptions) -> &mut Self {
+        self.broker_problems = options.problems();
+        self.broker = Some(options.settings);
         self
+    }
+
+    /// The broker of a deployment file's `[broker]` section, which replaces the code's (and
+    /// what was wrong with the code's options).
+    pub(crate) fn replace_broker(&mut self, settings: crate::transport::broker::BrokerSettings) {
+        self.broker_problems.clear();
+        self.broker = Some(settings);
     }
 
     /// Whether Ctrl-C (SIGINT) and SIGTERM drain the application while it runs (default: yes).
@@ -865,6 +899,7 @@ impl Graph {
     /// Checks the graph; all problems at once.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let mut problems = self.problems.clone();
+        problems.extend(self.broker_problems.iter().cloned());
         let mut fed: HashMap<PortId, usize> = HashMap::new();
         for e in &self.edges {
             *fed.entry(e.to).or_default() += 1;
@@ -1383,5 +1418,156 @@ impl Graph {
             processes,
             hosts,
         }
+    }
+}
+
+/// A NATS server with JetStream for the connections that cross a broker
+/// ([`Transport::Broker`]), with its credentials, TLS and stream limits: in code what a
+/// deployment file's `[broker]` section says (docs/deployment.md, "Broker"). Given to
+/// [`Graph::use_broker_with`]. Its `Debug` shows the URL, never a secret.
+///
+/// ```
+/// use iotstream::BrokerOptions;
+/// let options = BrokerOptions::new("nats://10.0.0.5:4222")
+///     .user("fleet", "a password read from somewhere safe")
+///     .max_messages(50_000);
+/// assert!(!format!("{options:?}").contains("password read"));
+/// ```
+#[derive(Clone)]
+pub struct BrokerOptions {
+    settings: crate::transport::broker::BrokerSettings,
+    /// Ways to authenticate given (at most one may be).
+    auth: Vec<&'static str>,
+    /// What a setter found out of range.
+    problems: Vec<String>,
+}
+
+impl std::fmt::Debug for BrokerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerOptions")
+            .field("url", &self.settings.url)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerOptions {
+    /// The server (`nats://HOST:PORT`, `tls://HOST:PORT` for TLS, or several separated by
+    /// commas: a cluster's seeds), with the defaults of `[broker]`: no credentials, no TLS,
+    /// 256 MiB per connection's stream, 64 publishes awaiting the server's acknowledgement,
+    /// 60 s to reach the server at start.
+    pub fn new(url: &str) -> Self {
+        BrokerOptions {
+            settings: crate::transport::broker::BrokerSettings::new(url),
+            auth: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Authenticates with this token (`token_file`).
+    pub fn token(mut self, token: &str) -> Self {
+        self.auth.push("token");
+        self.settings.token = Some(token.to_string());
+        self
+    }
+
+    /// Authenticates as this user with this password (`user`, `password_file`).
+    pub fn user(mut self, user: &str, password: &str) -> Self {
+        self.auth.push("user");
+        self.settings.user = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// Authenticates with this NATS credentials file: JWT and nkey seed (`creds`).
+    pub fn creds_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.auth.push("creds_file");
+        self.settings.creds = Some(path.into());
+        self
+    }
+
+    /// TLS towards the server, checked against this CA (PEM; `tls_ca`). The system's roots are
+    /// not used.
+    pub fn tls_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.settings.tls.get_or_insert_with(Default::default).ca = Some(path.into());
+        self
+    }
+
+    /// This client's certificate and key (PEM), for a server that asks for one (`tls_cert`,
+    /// `tls_key`).
+    pub fn client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        let tls = self.settings.tls.get_or_insert_with(Default::default);
+        tls.cert = Some(cert.into());
+        tls.key = Some(key.into());
+        self
+    }
+
+    /// Each connection's JetStream stream holds at most this many bytes (`max_bytes`; at least
+    /// 1 MiB). A publish refused there follows the connection's [`Policy`].
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        if bytes < 1 << 20 {
+            self.problems
+                .push(format!("max_bytes must be at least 1048576, found {bytes}"));
+        }
+        self.settings.max_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Each connection's JetStream stream holds at most this many messages (`max_messages`;
+    /// a message is one of the writer's batches). A publish refused there follows the
+    /// connection's [`Policy`].
+    pub fn max_messages(mut self, messages: u64) -> Self {
+        if messages == 0 {
+            self.problems
+                .push("max_messages must be at least 1, found 0".to_string());
+        }
+        self.settings.max_messages = Some(i64::try_from(messages).unwrap_or(i64::MAX));
+        self
+    }
+
+    /// The server discards messages older than this (`max_age_s`; zero: none).
+    pub fn max_age(mut self, age: std::time::Duration) -> Self {
+        self.settings.max_age = (!age.is_zero()).then_some(age);
+        self
+    }
+
+    /// Messages per connection published and not yet acknowledged by the server: the
+    /// writer's back-pressure (`max_pending`; 1 to 65536).
+    pub fn max_pending(mut self, messages: usize) -> Self {
+        if !(1..=65_536).contains(&messages) {
+            self.problems
+                .push(format!("max_pending must be 1 to 65536, found {messages}"));
+        }
+        self.settings.max_pending = messages.clamp(1, 65_536);
+        self
+    }
+
+    /// How long a link waits for the server at start before the application fails naming it
+    /// (`connect_wait_ms`).
+    pub fn connect_wait(mut self, wait: std::time::Duration) -> Self {
+        self.settings.connect_wait = wait;
+        self
+    }
+
+    /// What is wrong, each naming the option (empty if nothing).
+    fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = Vec::new();
+        if let Some(p) = crate::transport::broker::url_problem(&self.settings.url) {
+            problems.push(format!("url {p}"));
+        }
+        if self.auth.len() > 1 {
+            problems.push(format!(
+                "one way to authenticate: token, user or creds_file; found {}",
+                self.auth.join(" and ")
+            ));
+        }
+        problems.extend(self.problems.iter().cloned());
+        problems
+            .into_iter()
+            .map(|p| format!("BrokerOptions: {p}"))
+            .collect()
     }
 }

@@ -59,7 +59,9 @@ mod transport;
 
 pub use agent::{Agent, Inputs, Outputs, Ports};
 pub use error::{AgentError, Error};
-pub use graph::{Connection, Graph, Policy, Transport, DEFAULT_CAPACITY, DEFAULT_CAPACITY_BYTES};
+pub use graph::{
+    BrokerOptions, Connection, Graph, Policy, Transport, DEFAULT_CAPACITY, DEFAULT_CAPACITY_BYTES,
+};
 pub use info::MAIN_PROCESS;
 pub use logging::init_logging;
 pub use metrics::{AgentStats, LinkEnds, LinkStats, Metrics, StreamStats};

@@ -989,7 +989,7 @@ impl Graph {
                 self.apply_plan(&plan);
                 self.network = Some((d.network.clone(), d.digest));
                 if let Some(b) = &d.broker {
-                    self.broker = Some(b.settings()?);
+                    self.replace_broker(b.settings()?);
                 }
             }
             Ok(())

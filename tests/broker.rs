@@ -19,7 +19,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iotstream::{Agent, AgentError, Connection, Graph, Inputs, Outputs, SourceOptions, Transport};
+use iotstream::{
+    Agent, AgentError, BrokerOptions, Connection, Graph, Inputs, Outputs, SourceOptions, Transport,
+};
 use nats::NatsServer;
 
 // ---------------------------------------------------------------------------------------------
@@ -66,6 +68,10 @@ impl Agent for Record {
     }
 }
 
+/// Set for the `pipe` application: the token it gives the broker in code
+/// ([`BrokerOptions::token`]).
+const TOKEN_ENV: &str = "IOTSTREAM_TEST_BROKER_TOKEN";
+
 /// `numbers` (0..n, batches of at most 100) → `record` (in process `sink`). With a URL, the
 /// connection is forced through that broker in code; with `-`, a deployment file says how.
 fn pipe(url: &str, n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstream::Error> {
@@ -87,7 +93,16 @@ fn pipe(url: &str, n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstrea
     });
     let mut conn = Connection::new().capacity(capacity.max(1));
     if url != "-" {
-        g.use_broker(url);
+        match std::env::var(TOKEN_ENV) {
+            // The token in code (every process of the run inherits the variable, so each
+            // builds the same graph).
+            Ok(token) => g.use_broker_with(
+                BrokerOptions::new(url)
+                    .token(&token)
+                    .connect_wait(Duration::from_secs(600)),
+            ),
+            Err(_) => g.use_broker(url),
+        };
         conn = conn.transport(Transport::Broker);
     }
     g.connect_with(&numbers, &input, conn);
@@ -149,8 +164,14 @@ fn collect(
 impl Running {
     /// `program ARGS` with `OUT=out` (and `RUST_LOG=info`, for the launcher's process lines).
     fn start(program: &Path, args: &[&str], out: &Path) -> Running {
+        Running::start_with_env(program, args, out, &[])
+    }
+
+    /// As [`Running::start`], with environment variables `env` set.
+    fn start_with_env(program: &Path, args: &[&str], out: &Path, env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env("OUT", out)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -174,9 +195,14 @@ impl Running {
 
     /// This binary as application `name` (the starter runs its other processes itself).
     fn app(name: &str, args: &[&str], out: &Path) -> Running {
+        Running::app_with_env(name, args, out, &[])
+    }
+
+    /// As [`Running::app`], with environment variables `env` set.
+    fn app_with_env(name: &str, args: &[&str], out: &Path, env: &[(&str, &str)]) -> Running {
         let mut a = vec!["app", name];
         a.extend_from_slice(args);
-        Running::start(&own_exe(), &a, out)
+        Running::start_with_env(&own_exe(), &a, out, env)
     }
 
     /// `iotstream run <this binary> --deploy FILE -- app NAME ARGS…`.
@@ -737,6 +763,93 @@ fn token_right_delivers_wrong_or_missing_fails_clearly() -> Result<(), String> {
     )
 }
 
+/// The same in code, without a deployment file (`Graph::use_broker_with` with
+/// `BrokerOptions::token`, in both processes of the run): the right token delivers, a wrong
+/// one fails at once naming the server; and what is wrong with the options is an error of
+/// `start` naming each problem, never showing a secret.
+fn token_in_code_right_delivers_wrong_fails_and_bad_options_are_named() -> Result<(), String> {
+    let server = NatsServer::start_with("authorization { token: \"fleet-token-1\" }\n");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let url = server.url();
+    let n = 20_000u64;
+    let args = [url.as_str(), &n.to_string(), "1024", "0"].map(str::to_string);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = Running::app_with_env("pipe", &args, &out, &[(TOKEN_ENV, "fleet-token-1")]);
+    let (status, _, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let seen = indices(&out)?;
+    check_indices(&seen, n, 0, 0)?;
+    ensure(seen.len() == n as usize, || {
+        format!("{} lines for {n} elements", seen.len())
+    })?;
+
+    let _ = std::fs::remove_file(&out);
+    let run = Running::app_with_env("pipe", &args, &out, &[(TOKEN_ENV, "fleet-token-2")]);
+    let (status, _, stderr) = run.wait()?;
+    ensure(!status.success(), || {
+        format!("a wrong token in code succeeded:\n{stderr}")
+    })?;
+    ensure(
+        stderr
+            .lines()
+            .any(|l| l.contains(&url) && l.contains("refused the credentials")),
+        || format!("no error naming {url} and the refusal:\n{stderr}"),
+    )?;
+    ensure(recorded(&out) == 0, || {
+        "elements arrived with a wrong token".into()
+    })?;
+
+    let mut g = Graph::new("bad_options");
+    g.use_broker_with(
+        BrokerOptions::new("nats://fleet:s3cret@127.0.0.1:1")
+            .token("t0ken-secret")
+            .user("fleet", "pa55word")
+            .max_bytes(5)
+            .max_pending(0),
+    );
+    let numbers = g.source_iter("numbers", 0..10u64);
+    let sink = g.add_agent("record", |p| {
+        let input = p.input::<u64>("in");
+        (Drain(input), input)
+    });
+    g.connect_with(
+        &numbers,
+        &sink,
+        Connection::new().transport(Transport::Broker),
+    );
+    let err = match g.start() {
+        Ok(_) => return Err("bad broker options were accepted".into()),
+        Err(e) => e.to_string(),
+    };
+    for says in [
+        "BrokerOptions: url must not hold a user or password",
+        "one way to authenticate: token, user or creds_file; found token and user",
+        "max_bytes must be at least 1048576, found 5",
+        "max_pending must be 1 to 65536, found 0",
+    ] {
+        ensure(err.contains(says), || {
+            format!("the error does not say '{says}': {err}")
+        })?;
+    }
+    for secret in ["s3cret", "t0ken-secret", "pa55word"] {
+        ensure(!err.contains(secret), || {
+            format!("the error shows a secret: {err}")
+        })?;
+    }
+    Ok(())
+}
+
+/// Consumes and drops everything.
+struct Drain(iotstream::Input<u64>);
+
+impl Agent for Drain {
+    fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        i.consume_all(&self.0);
+        Ok(())
+    }
+}
+
 /// A server with users: the right user and password (from `password_file`) deliver; a wrong
 /// password fails at once, naming the server and the user.
 fn user_and_password_right_delivers_wrong_fails_clearly() -> Result<(), String> {
@@ -871,7 +984,7 @@ fn main() {
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     type Scenario = fn() -> Result<(), String>;
-    let scenarios: [(&str, Scenario); 11] = [
+    let scenarios: [(&str, Scenario); 12] = [
         (
             "forced_in_one_process_matches_local",
             forced_in_one_process_matches_local,
@@ -899,6 +1012,10 @@ fn main() {
         (
             "token_right_delivers_wrong_or_missing_fails_clearly",
             token_right_delivers_wrong_or_missing_fails_clearly,
+        ),
+        (
+            "token_in_code_right_delivers_wrong_fails_and_bad_options_are_named",
+            token_in_code_right_delivers_wrong_fails_and_bad_options_are_named,
         ),
         (
             "user_and_password_right_delivers_wrong_fails_clearly",

@@ -121,7 +121,7 @@ pub(crate) use writer::{BrokerSender, BrokerWriterSpec};
 
 /// How broker links reach the server and size their streams; from the deployment file's
 /// `[broker]` section or [`crate::Graph::broker`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct BrokerSettings {
     /// The server, `nats://host:port` (`tls://` for TLS), or several separated by commas.
     pub url: String,
@@ -148,6 +148,25 @@ pub(crate) struct BrokerSettings {
     pub connect_wait: Duration,
 }
 
+/// Shows no secret: the token and the password are said to be there, not shown.
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .field("user", &self.user.as_ref().map(|(u, _)| (u, "<secret>")))
+            .field("creds", &self.creds)
+            .field("tls", &self.tls)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_age", &self.max_age)
+            .field("max_messages", &self.max_messages)
+            .field("max_pending", &self.max_pending)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("connect_wait", &self.connect_wait)
+            .finish()
+    }
+}
+
 /// TLS towards the NATS server (rustls, ring).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BrokerTls {
@@ -156,6 +175,30 @@ pub(crate) struct BrokerTls {
     /// PEM files of this client's certificate and key, for a server that asks for one.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+}
+
+/// What is wrong with a broker URL list (`nats://HOST:PORT` or `tls://HOST:PORT`, several
+/// separated by commas), said without showing a password it may hold; `None` if nothing.
+pub(crate) fn url_problem(url: &str) -> Option<String> {
+    let bad = url.split(',').map(str::trim).find(|one| {
+        !(one.starts_with("nats://") || one.starts_with("tls://")) || one.len() <= "nats://".len()
+    });
+    // A user or password written in the URL would be ignored by the client (and a password
+    // does not belong in a file or a log line): said, not shown.
+    let userinfo = url.split(',').map(str::trim).any(|one| {
+        one.split_once("://")
+            .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+    });
+    match bad {
+        Some(one) => Some(format!(
+            "must be nats://HOST:PORT or tls://HOST:PORT (several separated by commas), found '{one}'"
+        )),
+        None if userinfo => Some(
+            "must not hold a user or password (USER@HOST): name them apart (the deployment's 'user' and 'password_file', or BrokerOptions::user)"
+                .to_string(),
+        ),
+        None => None,
+    }
 }
 
 impl BrokerSettings {
