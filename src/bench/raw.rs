@@ -717,6 +717,9 @@ pub(crate) fn nats_throughput<const N: usize>(p: &Params) -> Result<(), String> 
             let mut msgs = consumer
                 .stream()
                 .max_messages_per_batch(64)
+                // As the broker links: 64 messages of 1 MiB would pass the client's 64 MiB
+                // of pending messages, and the server would drop some (a slow consumer).
+                .max_bytes_per_batch(32 << 20)
                 .messages()
                 .await
                 .map_err(|e| format!("raw nats: cannot pull: {e}"))?;
@@ -792,6 +795,9 @@ pub(crate) fn nats_latency<const N: usize>(p: &Params) -> Result<(), String> {
             let mut pings = ping_consumer
                 .stream()
                 .max_messages_per_batch(64)
+                // As the broker links: 64 messages of 1 MiB would pass the client's 64 MiB
+                // of pending messages, and the server would drop some (a slow consumer).
+                .max_bytes_per_batch(32 << 20)
                 .messages()
                 .await
                 .map_err(|e| format!("raw nats echo: cannot pull: {e}"))?;

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 
 use super::{
     connect, ensure_stream, parse_msg_id, runtime, BrokerNames, BrokerSettings, MSG_ID, PREV,
-    PULL_BATCH, SLICE,
+    PULL_BATCH, PULL_BYTES, SLICE,
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -475,6 +475,7 @@ async fn fresh_consumer<T>(
     consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)
+        .max_bytes_per_batch(PULL_BYTES)
         .messages()
         .await
         .map_err(|e| {

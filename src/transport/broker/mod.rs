@@ -223,8 +223,18 @@ impl BrokerSettings {
 /// How long a publish waits for its PubAck before it is sent again.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The payload a writer puts in one message when elements are small.
-const TARGET_PAYLOAD_BYTES: usize = 256 << 10;
+/// The payload a writer puts in one message when elements are small: close to the server's
+/// default `max_payload` (1 MiB, which also counts the headers), so that a stream of small
+/// elements costs as few messages and PubAcks as a publisher of 1 MiB batches (with 256 KiB,
+/// four times as many: 0.64x raw async-nats for 1 KiB elements in one run, 0.75-0.81x with
+/// this). A server configured with a smaller `max_payload` refuses such messages: keep it
+/// at its default or above.
+const TARGET_PAYLOAD_BYTES: usize = 960 << 10;
+
+/// The most bytes one pull asks for: a bound on what the client buffers (its own limit is
+/// 64 MiB, past which the server calls it a slow consumer and drops messages for it), and
+/// above the largest message (an element of `MAX_ELEMENT_BYTES` alone).
+pub(crate) const PULL_BYTES: usize = 32 << 20;
 
 /// Messages the reader asks for in one pull.
 pub(crate) const PULL_BATCH: usize = 64;
