@@ -105,8 +105,10 @@ fn build_quake() -> Result<PathBuf, String> {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", target);
     // The features this test was built with (`cargo test --all-features` or not), so that the
-    // example links the library already built for the tests instead of building another.
+    // example links the library already built for the tests instead of building another
+    // ("default" too: cargo counts it in the library's feature set).
     let features: Vec<&str> = [
+        ("default", cfg!(feature = "default")),
         ("cli", cfg!(feature = "cli")),
         ("mqtt-tls", cfg!(feature = "mqtt-tls")),
     ]
