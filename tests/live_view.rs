@@ -104,6 +104,36 @@ fn build_quake() -> Result<PathBuf, String> {
         .args(["build", "--quiet", "--example", "quake_detector"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", target);
+    // The features this test was built with (`cargo test --all-features` or not), so that the
+    // example links the library already built for the tests instead of building another
+    // ("default" too: cargo counts it in the library's feature set).
+    let features: Vec<&str> = [
+        ("default", cfg!(feature = "default")),
+        ("cli", cfg!(feature = "cli")),
+        ("mqtt-tls", cfg!(feature = "mqtt-tls")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    cargo.args(["--no-default-features", "--features", &features.join(",")]);
+    // Not what cargo set for this test (the package's name, version, manifest folder): some
+    // build scripts (ring's) ask to be run again when one of these changes, so inherited they
+    // would rebuild ring and everything above it here, and again in the next cargo command.
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str() {
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&name)
+            {
+                cargo.env_remove(name);
+            }
+        }
+    }
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some("release") => {

@@ -25,8 +25,9 @@
 //! - `segment.rs`: names, create/open errors, and 10 M u64 through a 4 KiB segment between two
 //!   threads and between two processes (`fork`). Every test object is unlinked by a guard, also
 //!   when the test fails.
-//! - `tests/loom_ring.rs`: loom models of the protocol, including the sleep/wake handshake on
-//!   both sides: `RUSTFLAGS="--cfg iotstream_loom" cargo test --release --test loom_ring`.
+//! - `loom/tests/loom_ring.rs` (a crate of its own, beside the main one): loom models of the
+//!   protocol, including the sleep/wake handshake on both sides:
+//!   `cargo test --release --manifest-path loom/Cargo.toml`.
 
 // Some items serve only the unit tests and the loom models (the heap-backed ring, the blocking
 // producer wait, segment listing and unlinking by name); the runtime uses the rest.

@@ -1,7 +1,7 @@
 //! A single-producer single-consumer lock-free ring of variable-length frames.
 //!
 //! The ring is generic over its memory ([`RingMemory`]): the same code runs on a heap allocation
-//! ([`HeapRing`], unit tests), under loom (model tests, `tests/loom_ring.rs`) and in a POSIX
+//! ([`HeapRing`], unit tests), under loom (model tests, `loom/tests/loom_ring.rs`) and in a POSIX
 //! shared-memory mapping ([`Segment`](super::segment::Segment), real use). One [`Producer`] writes
 //! frames, one [`Consumer`] reads them, in the same process or in two processes.
 //!

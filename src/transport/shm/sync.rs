@@ -13,8 +13,9 @@
 //! [`Shadow`] is the per-ring state the model needs; in a real build it is zero-sized, and a
 //! shared-memory segment needs nothing but the futex words already in the ring's header.
 //!
-//! Why `all(iotstream_loom, test)` and not `loom` alone: loom is a dev-dependency, so the library itself is
-//! always built without it (also when `RUSTFLAGS="--cfg loom"`). `tests/loom_ring.rs` compiles
+//! Why `all(iotstream_loom, test)` and not `loom` alone: the library never depends on loom, so it
+//! is always built without it (also when `RUSTFLAGS="--cfg loom"`). `loom/tests/loom_ring.rs`, a
+//! crate of its own that depends on loom and whose `build.rs` sets `iotstream_loom`, compiles
 //! this file and `ring.rs` into the test crate itself (`#[path]` modules), where `test` is set
 //! and loom is available.
 //!

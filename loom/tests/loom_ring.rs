@@ -3,13 +3,15 @@
 //! no payload byte is accessed by both sides without a happens-before between them.
 //!
 //! ```text
-//! RUSTFLAGS="--cfg iotstream_loom" cargo test --release --test loom_ring
+//! cargo test --release --manifest-path loom/Cargo.toml
 //! ```
 //!
 //! The ring's source is compiled into this test crate (`#[path]` modules), with the loom
-//! version of its `sync` module: loom is a dev-dependency, so the library itself never sees it.
-//! (The flag is `iotstream_loom`, not `loom`: tokio, under actix, reads `cfg(loom)` too and
-//! then leaves out modules actix needs.)
+//! version of its `sync` module. This crate (`loom/`) is a workspace of its own that depends on
+//! loom and thiserror only: the library never sees loom, and the release build the models need
+//! builds none of the main crate's dependencies. Its `build.rs` sets `cfg(iotstream_loom)` for
+//! this crate alone (not `loom`: tokio reads `cfg(loom)` too, and no RUSTFLAGS reach any
+//! dependency).
 //! The futex is emulated by a loom mutex and condition variable that never time out, so a lost
 //! wake-up is a deadlock, which loom reports.
 //!
@@ -32,11 +34,11 @@
 //! [loom]: https://docs.rs/loom
 #![cfg(iotstream_loom)]
 
-#[path = "../src/transport/shm/sync.rs"]
+#[path = "../../src/transport/shm/sync.rs"]
 #[allow(dead_code)]
 mod sync;
 
-#[path = "../src/transport/shm/ring.rs"]
+#[path = "../../src/transport/shm/ring.rs"]
 #[allow(dead_code)]
 mod ring;
 
