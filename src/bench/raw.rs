@@ -706,13 +706,20 @@ async fn nats_clean(js: &async_nats::jetstream::Context, what: &[&str]) {
 }
 
 /// Messages of `batch` elements (one for `single`) published with at most 64 awaiting their
-/// PubAck, as the broker links publish; a pull subscriber acknowledges each and counts bytes.
+/// PubAck, as the broker links publish, and at most the connection's capacity in bytes not yet
+/// received (the links' credit: without it the publisher ran ahead of the reader by the
+/// stream's 256 MiB, and the stream discarded what the reader had not read); a pull
+/// subscriber acknowledges each and counts bytes.
 pub(crate) fn nats_throughput<const N: usize>(p: &Params) -> Result<(), String> {
     use futures_util::StreamExt;
     let rt = nats_runtime()?;
     rt.block_on(async {
         let js = nats_connect(p).await?;
         let (subject, consumer) = nats_queue(&js, "tput").await?;
+        // Bytes the reader got, and a wake-up for a publisher waiting for them.
+        let received = std::sync::Arc::new((AtomicU64::new(0), tokio::sync::Notify::new()));
+        let window = (p.capacity * N) as u64;
+        let got = std::sync::Arc::clone(&received);
         let reader = tokio::spawn(async move {
             let mut msgs = consumer
                 .stream()
@@ -733,6 +740,8 @@ pub(crate) fn nats_throughput<const N: usize>(p: &Params) -> Result<(), String> 
                 }
                 bytes += len;
                 end_ns = now_ns();
+                got.0.store(bytes, Ordering::Release);
+                got.1.notify_one();
             }
             Ok::<_, String>((bytes, end_ns))
         });
@@ -741,6 +750,7 @@ pub(crate) fn nats_throughput<const N: usize>(p: &Params) -> Result<(), String> 
             Pattern::Single => 1,
         };
         let mut c = Clock::start(p.duration);
+        let mut sent = 0u64;
         let mut in_flight = std::collections::VecDeque::new();
         let publish_error = |e: &dyn std::fmt::Display| format!("raw nats: publish: {e}");
         while c.going() {
@@ -748,6 +758,13 @@ pub(crate) fn nats_throughput<const N: usize>(p: &Params) -> Result<(), String> 
                 let mut buf: Vec<u8> = Vec::with_capacity(per_write * N);
                 for _ in 0..per_write {
                     buf.extend_from_slice(&c.element::<N>().0);
+                }
+                sent += buf.len() as u64;
+                // Wait while more than the window would be on its way (one message always
+                // may be).
+                let limit = window.max(buf.len() as u64);
+                while sent.saturating_sub(received.0.load(Ordering::Acquire)) > limit {
+                    received.1.notified().await;
                 }
                 if in_flight.len() >= 64 {
                     let ack: async_nats::jetstream::context::PublishAckFuture =
