@@ -336,6 +336,15 @@ fn indices(out: &Path) -> Result<Vec<u64>, String> {
     Ok(v)
 }
 
+/// Every index of 0..n recorded in `out` exactly once, in order (no restart, nothing lost).
+fn exactly_once_in_order(out: &Path, n: u64) -> Result<(), String> {
+    let seen = indices(out)?;
+    check_indices(&seen, n, 0, 0)?;
+    ensure(seen.len() == n as usize, || {
+        format!("{} lines for {n} elements", seen.len())
+    })
+}
+
 /// Checks that `seen` holds every index below `n`, and that it is 0, 1, 2, … in order except
 /// where a restarted reader went back: at most `restarts` times, each time by at most `bound`
 /// elements (those not acknowledged when it died). Returns the elements delivered again.
@@ -456,11 +465,7 @@ fn two_processes_deliver_everything_in_order() -> Result<(), String> {
     let run = Running::app("pipe", &[&server.url(), &n.to_string(), "1024", "0"], &out);
     let (status, _, stderr) = run.wait()?;
     ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
-    let seen = indices(&out)?;
-    check_indices(&seen, n, 0, 0)?;
-    ensure(seen.len() == n as usize, || {
-        format!("{} lines for {n} elements", seen.len())
-    })
+    exactly_once_in_order(&out, n)
 }
 
 /// The deployment file of the pipe under the launcher: the sink restarts on failure and the
@@ -559,11 +564,7 @@ fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
     ensure(status.success(), || {
         format!("exit {status}:\n{stderr}\nserver log:\n{}", server.log())
     })?;
-    let seen = indices(&out)?;
-    check_indices(&seen, n, 0, 0)?;
-    ensure(seen.len() == n as usize, || {
-        format!("{} lines for {n} elements", seen.len())
-    })
+    exactly_once_in_order(&out, n)
 }
 
 /// At the stream's limit (128 messages, of 3 000; the writer's own bound, 4096 messages or
@@ -691,11 +692,7 @@ fn delivers_with(dir: &Path, url: &str, broker: &str) -> Result<(), String> {
     let n = 20_000u64;
     let (status, stdout, stderr) = run_pipe_with(dir, url, broker, n)?;
     ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
-    let seen = indices(&dir.join("out.txt"))?;
-    check_indices(&seen, n, 0, 0)?;
-    ensure(seen.len() == n as usize, || {
-        format!("{} lines for {n} elements", seen.len())
-    })?;
+    exactly_once_in_order(&dir.join("out.txt"), n)?;
     let counted: Option<u64> = stdout
         .lines()
         .find_map(|l| l.strip_prefix("[main] LINK elements "))
@@ -778,11 +775,7 @@ fn token_in_code_right_delivers_wrong_fails_and_bad_options_are_named() -> Resul
     let run = Running::app_with_env("pipe", &args, &out, &[(TOKEN_ENV, "fleet-token-1")]);
     let (status, _, stderr) = run.wait()?;
     ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
-    let seen = indices(&out)?;
-    check_indices(&seen, n, 0, 0)?;
-    ensure(seen.len() == n as usize, || {
-        format!("{} lines for {n} elements", seen.len())
-    })?;
+    exactly_once_in_order(&out, n)?;
 
     let _ = std::fs::remove_file(&out);
     let run = Running::app_with_env("pipe", &args, &out, &[(TOKEN_ENV, "fleet-token-2")]);
