@@ -296,11 +296,12 @@ fn transmit<T: Element>(
         Flavor::Shm(tx) => {
             let n = tx.write(batch.as_slice())?;
             batch.advance(n);
-            // The most ever in flight, as the writer counts it (written, not seen consumed);
-            // the reader's end keeps the gauge (see `LinkEnds`).
-            counters
-                .max_in_flight
-                .fetch_max(tx.in_flight() as u64, std::sync::atomic::Ordering::Relaxed);
+            // The most ever in flight, as the writer counts it right after its writes
+            // (written, not seen consumed); the reader's end keeps the gauge (see `LinkEnds`).
+            counters.max_in_flight.fetch_max(
+                tx.peak_in_flight() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             n
         }
         Flavor::Tcp(tx) => {
