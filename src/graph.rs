@@ -128,8 +128,12 @@ impl Connection {
     /// data written within that window is taken without a wake-up (a few microseconds less
     /// per hop), at the price of a core busy for that long after each batch.
     /// `Duration::MAX` spins always: the reading thread never sleeps (for cores set aside for
-    /// it). Without it (the default), the reader checks for about a microsecond, then sleeps
-    /// and costs no CPU while the stream is quiet. Other transports ignore it.
+    /// it). Without it (the default, blocking mode), the reader sleeps and costs no CPU while
+    /// the stream is quiet; it keeps checking only after a wait that ended within 50 µs (messages
+    /// back to back, a reply to a request), for up to twice that gap, so a stream paced slower
+    /// than that (1,000 messages per second) never spins and a busy one takes no wake-up per
+    /// message. `Duration::ZERO` sleeps after about a microsecond of checks, always (the least
+    /// CPU, a wake-up per message). Other transports ignore it.
     ///
     /// ```
     /// use std::time::Duration;

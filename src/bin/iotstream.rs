@@ -252,7 +252,7 @@ for half as long (latency: half a round trip, p50/p99/p999; back to back, or pac
 --rate, a row per rate). Modes: thread (every agent on one \
 thread), threads (each agent on a thread of its own), processes (the sink in a second process, \
 over shared memory), tcp (map -> sink forced onto a TCP link on loopback), spin (as processes, \
-the rings in low-latency mode: Connection::spin, 200 us; asked for only, it keeps cores busy). \
+the rings in low-latency mode: Connection::spin(Duration::MAX), the readers never sleep; asked for only, it keeps cores busy). \
 Patterns: batch (a \
 Source handing over batches) and single (one InputSender::send per element). Baselines move the \
 same bytes the same way: crossbeam channels (thread, threads), a raw shared-memory ring between \
