@@ -413,7 +413,8 @@ impl Host {
                     self.pass_marks();
                     self.flush()?;
                     if self.inputs.iter().any(|i| i.has_unseen()) {
-                        // What waits behind a mark gets its own step.
+                        // What waits behind a mark, or behind a large batch shown alone, gets
+                        // its own step.
                         self.dirty = true;
                     }
                     if self.owed {

@@ -298,8 +298,10 @@ pub(crate) mod spare {
 ///
 /// It keeps at most [`VecPool::MAX_VECS`] vectors of at most [`VecPool::MAX_BYTES`] bytes of
 /// capacity in all, and only while the process's bound on spare buffers ([`spare`]) has
-/// room; a vector that does not fit is freed. Eight default batches of `u64` (32 KiB each)
-/// fit: as many as a default connection has in flight. What it keeps is what the writer
+/// room; a vector that does not fit is freed. Eight batches fit, up to a default
+/// connection's byte capacity (4 MiB) in all: as much as a default connection has in flight,
+/// so that batches of large elements (1 MiB of 1 KiB elements) reuse their vectors too,
+/// instead of an allocation and its fresh pages per batch. What it keeps is what the writer
 /// allocated anyway: vectors come back only from batches it sent.
 pub(crate) struct VecPool<T> {
     free: std::sync::Mutex<Free<T>>,
@@ -325,7 +327,7 @@ impl<T> VecPool<T> {
     /// Most vectors kept.
     pub const MAX_VECS: usize = 8;
     /// Most bytes of capacity kept, all vectors together.
-    pub const MAX_BYTES: usize = 256 << 10;
+    pub const MAX_BYTES: usize = 4 << 20;
 
     pub fn new() -> Self {
         Self::with_limits(Self::MAX_VECS, Self::MAX_BYTES)
