@@ -962,6 +962,170 @@ fn tls_towards_a_plain_server_fails_clearly_and_tls_with_a_token_delivers() -> R
     )
 }
 
+/// A NATS JWT (the `ed25519-nkey` kind nsc writes): `claims` of `subject`, signed by `issuer`.
+fn nats_jwt(
+    issuer: &nkeys::KeyPair,
+    subject: &str,
+    name: &str,
+    nats: serde_json::Value,
+) -> Result<String, String> {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}{iat}"),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = issuer.sign(signed.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(format!("{signed}.{}", b64(&signature)))
+}
+
+/// An operator-mode server setup, as nsc makes one: an operator, an account it signed (with
+/// JetStream), and the server's configuration trusting them; `user_creds` writes a user of an
+/// account into a credentials file (its JWT and its seed, nsc's format).
+struct Operator {
+    operator: nkeys::KeyPair,
+    /// The server's own account (JetStream needs one).
+    system: nkeys::KeyPair,
+    account: nkeys::KeyPair,
+}
+
+impl Operator {
+    fn new() -> Operator {
+        Operator {
+            operator: nkeys::KeyPair::new_operator(),
+            system: nkeys::KeyPair::new_account(),
+            account: nkeys::KeyPair::new_account(),
+        }
+    }
+
+    /// The server's configuration: the operator's JWT, the system account and the account
+    /// preloaded.
+    fn server_config(&self) -> Result<String, String> {
+        let op = self.operator.public_key();
+        let system = self.system.public_key();
+        let operator_jwt = nats_jwt(
+            &self.operator,
+            &op,
+            "fleet-operator",
+            serde_json::json!({ "system_account": system, "type": "operator", "version": 2 }),
+        )?;
+        let system_jwt = nats_jwt(
+            &self.operator,
+            &system,
+            "SYS",
+            serde_json::json!({
+                "limits": {
+                    "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                    "wildcards": true, "conn": -1, "leaf": -1
+                },
+                "default_permissions": { "pub": {}, "sub": {} },
+                "type": "account",
+                "version": 2
+            }),
+        )?;
+        let account = self.account.public_key();
+        let account_jwt = nats_jwt(
+            &self.operator,
+            &account,
+            "fleet",
+            serde_json::json!({
+                "limits": {
+                    "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                    "wildcards": true, "conn": -1, "leaf": -1,
+                    "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+                },
+                "default_permissions": { "pub": {}, "sub": {} },
+                "type": "account",
+                "version": 2
+            }),
+        )?;
+        Ok(format!(
+            "operator: \"{operator_jwt}\"\nsystem_account: {system}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {system}: \"{system_jwt}\"\n  {account}: \"{account_jwt}\"\n}}\n"
+        ))
+    }
+
+    /// A credentials file in `dir` for a new user signed by `account`.
+    fn user_creds(dir: &Path, file: &str, account: &nkeys::KeyPair) -> Result<String, String> {
+        let user = nkeys::KeyPair::new_user();
+        let jwt = nats_jwt(
+            account,
+            &user.public_key(),
+            "sensor",
+            serde_json::json!({
+                "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2
+            }),
+        )?;
+        let seed = user.seed().map_err(|e| e.to_string())?;
+        secret_file(
+            dir,
+            file,
+            &format!(
+                "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+                 ************************* IMPORTANT *************************\n\
+                 NKEY Seed printed below can be used to sign and prove identity.\n\
+                 NKEYs are sensitive and should be treated as secrets.\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+                 *************************************************************\n"
+            ),
+        )
+    }
+}
+
+/// A server in operator mode (JWT authentication, as `nsc` sets one up): a credentials file of
+/// a user of its account (`creds`) delivers; a user of an account the server does not know,
+/// and a file that is no credentials file, fail at once, naming the server and the file.
+fn creds_of_the_account_deliver_another_accounts_fail_clearly() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let setup = Operator::new();
+    let server = NatsServer::start_with(&setup.server_config()?);
+    let right = Operator::user_creds(dir.path(), "sensor.creds", &setup.account)?;
+    let stranger =
+        Operator::user_creds(dir.path(), "stranger.creds", &nkeys::KeyPair::new_account())?;
+    let garbage = secret_file(dir.path(), "garbage.creds", "not a credentials file\n")?;
+    let url = server.url();
+    delivers_with(dir.path(), &url, &format!("creds = \"{right}\""))
+        .map_err(|e| format!("{e}\nserver log:\n{}", server.log()))?;
+    refused_with(
+        dir.path(),
+        &url,
+        &format!("creds = \"{stranger}\""),
+        &["refused the credentials", "stranger.creds"],
+    )?;
+    // Not a credentials file: an error naming the file and what is wrong with it, nothing sent.
+    let (status, _, stderr) =
+        run_pipe_with(dir.path(), &url, &format!("creds = \"{garbage}\""), 1_000)?;
+    ensure(!status.success(), || {
+        format!("the run succeeded with a garbage credentials file:\n{stderr}")
+    })?;
+    ensure(
+        stderr.lines().any(|l| {
+            l.contains("error")
+                && l.contains("credentials file")
+                && l.contains(&garbage)
+                && l.contains("cannot parse")
+        }),
+        || format!("no error naming the credentials file and the problem:\n{stderr}"),
+    )?;
+    ensure(recorded(&dir.path().join("out.txt")) == 0, || {
+        "elements arrived with a garbage credentials file".into()
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("app") {
@@ -977,7 +1141,7 @@ fn main() {
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     type Scenario = fn() -> Result<(), String>;
-    let scenarios: [(&str, Scenario); 12] = [
+    let scenarios: [(&str, Scenario); 13] = [
         (
             "forced_in_one_process_matches_local",
             forced_in_one_process_matches_local,
@@ -1025,6 +1189,10 @@ fn main() {
         (
             "tls_towards_a_plain_server_fails_clearly_and_tls_with_a_token_delivers",
             tls_towards_a_plain_server_fails_clearly_and_tls_with_a_token_delivers,
+        ),
+        (
+            "creds_of_the_account_deliver_another_accounts_fail_clearly",
+            creds_of_the_account_deliver_another_accounts_fail_clearly,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
