@@ -66,9 +66,9 @@
 //! capacity_bytes = 1048576     # default: as in code (4 MiB unless set); >= 1; must hold min_capacity elements
 //! policy = "drop-oldest"       # "block" | "drop-oldest" | "drop-newest"; default: as in code
 //! spin_us = 200                # low-latency mode of a ring (Connection::spin): microseconds the
-//!                              # reader checks before it sleeps, 0..=60000000 (0: never spins,
-//!                              # not even blocking mode's short adaptive spin), or "always"
-//!                              # (never sleeps); default: as in code
+//!                              # reader checks before it sleeps, 0..=60000000 (0: off, the
+//!                              # default blocking mode), or "always" (never sleeps);
+//!                              # default: as in code
 //! transport = "broker"         # "direct" (default: a ring or a TCP link, from placement) or
 //!                              # "broker" (through the [broker]; needs that section)
 //! ```
