@@ -382,8 +382,11 @@ impl<T: Element> InSlot for InBuf<T> {
         if visible < want && !self.queue.is_empty() {
             // How many queued batches the view needs.
             let (mut have, mut take) = (visible, 0);
+            let size = std::mem::size_of::<T>();
             for b in &self.queue {
-                if have >= want {
+                // A large batch behind others is not gathered with them: it is shown alone
+                // at the next step.
+                if have >= want || (take > 0 && travels_alone(b.len(), size)) {
                     break;
                 }
                 have += b.len();
@@ -392,7 +395,7 @@ impl<T: Element> InSlot for InBuf<T> {
             let alone = self
                 .queue
                 .front()
-                .is_some_and(|b| travels_alone(b.len(), std::mem::size_of::<T>()));
+                .is_some_and(|b| travels_alone(b.len(), size));
             if visible == 0 && (take == 1 || alone) {
                 let batch = self.queue.pop_front().expect("a batch queued");
                 if let View::Owned(v, _) = std::mem::replace(&mut self.view, View::Borrowed(batch))
@@ -911,6 +914,24 @@ mod tests {
         buf.prepare(false);
         assert_eq!(buf.as_slice().len(), 1 + large.len());
         assert_eq!(buf.as_slice()[0], 9);
+        buf.consume(buf.as_slice().len());
+        buf.take_consumed();
+        // Behind small batches a large one is not gathered with them: it comes next, alone.
+        buf.push(batch(&[1, 2])).unwrap();
+        buf.push(batch(&[3])).unwrap();
+        let behind = Batch::new(large.clone().into());
+        let ptr = behind.as_slice().as_ptr();
+        buf.push(Box::new(behind)).unwrap();
+        buf.prepare(false);
+        assert_eq!(buf.as_slice(), [1, 2, 3]);
+        buf.consume(3);
+        buf.take_consumed();
+        buf.prepare(false);
+        assert_eq!(
+            buf.as_slice().as_ptr(),
+            ptr,
+            "the large batch shown in place"
+        );
         // By bytes as well as by elements.
         assert!(!travels_alone(ALONE_ELEMENTS - 1, 8));
         assert!(travels_alone(ALONE_ELEMENTS - 1, 1024));

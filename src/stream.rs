@@ -302,7 +302,9 @@ pub(crate) mod spare {
 /// connection's byte capacity (4 MiB) in all: as much as a default connection has in flight,
 /// so that batches of large elements (1 MiB of 1 KiB elements) reuse their vectors too,
 /// instead of an allocation and its fresh pages per batch. What it keeps is what the writer
-/// allocated anyway: vectors come back only from batches it sent.
+/// allocated anyway: vectors come back only from batches it sent. The trade-off: four
+/// writers of such batches can fill the process's bound, and other pools then free what
+/// comes back (an allocation per batch, as without a pool) until one of those is dropped.
 pub(crate) struct VecPool<T> {
     free: std::sync::Mutex<Free<T>>,
     /// Most vectors kept ([`VecPool::MAX_VECS`] unless made [`with_limits`](VecPool::with_limits)).
@@ -482,26 +484,23 @@ mod tests {
         drop(batches);
         assert_eq!(pool.len(), VecPool::<u64>::MAX_VECS);
         // Vectors beyond the byte bound are freed, not kept: one alone too large, or one
-        // that would take the pool over it.
-        let pool = Arc::new(VecPool::<u64>::new());
-        drop(Batch::pooled(
-            vec![0u64; VecPool::<u64>::MAX_BYTES / 8 + 1],
-            &pool,
-        ));
+        // that would take the pool over it. (A bound of 64 KiB here, not the default's 4 MiB:
+        // the process's bound on spare buffers is shared with the tests running beside this
+        // one.)
+        const BOUND: usize = 64 << 10;
+        let pool = Arc::new(VecPool::<u64>::with_limits(VecPool::<u64>::MAX_VECS, BOUND));
+        drop(Batch::pooled(vec![0u64; BOUND / 8 + 1], &pool));
         assert_eq!(pool.len(), 0);
-        let half = VecPool::<u64>::MAX_BYTES / 16;
+        let half = BOUND / 16;
         let batches: Vec<Batch<u64>> = (0..3)
             .map(|_| Batch::pooled(Vec::with_capacity(half), &pool))
             .collect();
         drop(batches);
         assert_eq!(pool.len(), 2);
-        // A pool with limits of its own (a ring feeder's) keeps what a default one would free.
-        let pool = Arc::new(VecPool::<u64>::with_limits(
-            1,
-            VecPool::<u64>::MAX_BYTES * 4,
-        ));
+        // A pool with limits of its own (a ring feeder's) keeps what a smaller one would free.
+        let pool = Arc::new(VecPool::<u64>::with_limits(1, BOUND * 4));
         let big: Vec<Batch<u64>> = (0..2)
-            .map(|_| Batch::pooled(vec![0u64; VecPool::<u64>::MAX_BYTES / 8 + 1], &pool))
+            .map(|_| Batch::pooled(vec![0u64; BOUND / 8 + 1], &pool))
             .collect();
         drop(big);
         assert_eq!(pool.len(), 1, "one vector kept, at most");

@@ -1532,10 +1532,10 @@ impl AdaptiveSpin {
         (!self.window.is_zero()).then_some(self.window)
     }
 
-    /// Records how the last wait ended and how long it took.
-    fn waited(&mut self, outcome: Wait, took: Duration) {
-        self.window = match outcome {
-            Wait::Ready if took <= Self::MAX => (took * 2).clamp(Self::MIN, Self::MAX),
+    /// Records how long the last wait for data took, `None` if it timed out.
+    fn waited(&mut self, took: Option<Duration>) {
+        self.window = match took {
+            Some(took) if took <= Self::MAX => (took * 2).max(Self::MIN).min(Self::MAX),
             _ => Duration::ZERO,
         };
     }
@@ -1823,6 +1823,7 @@ impl<M: RingMemory> Consumer<M> {
     ) -> Result<Wait, RingError> {
         let st = &mut self.st;
         let started = Instant::now();
+        let mut data = false;
         let wait = self.ring.wait(
             &self.ring.header().data_wake,
             ASLEEP,
@@ -1830,13 +1831,21 @@ impl<M: RingMemory> Consumer<M> {
             timeout,
             self.spin.or(self.adaptive.window()),
             |ring| {
-                Ok(st.data_ready(ring)?
+                data = st.data_ready(ring)?;
+                Ok(data
                     || also()
                     || (watch_producer
                         && ring.header().space_wake.waiting.load(Ordering::Relaxed) == ASLEEP))
             },
         )?;
-        self.adaptive.waited(wait, started.elapsed());
+        // Only data sizes the next spin: a wait that ended for `also` (credit coming back
+        // after each step, a producer short of space) says nothing about when data comes,
+        // and must not keep the reader of a slow stream spinning after each of its batches.
+        match wait {
+            Wait::Ready if data => self.adaptive.waited(Some(started.elapsed())),
+            Wait::Ready => {}
+            Wait::TimedOut => self.adaptive.waited(None),
+        }
         Ok(wait)
     }
 
@@ -2154,34 +2163,51 @@ mod tests {
             None,
             "a new reader sleeps after the usual checks"
         );
-        for (outcome, took, window) in [
-            (Wait::Ready, micros(0), Some(AdaptiveSpin::MIN)),
-            (Wait::Ready, micros(3), Some(AdaptiveSpin::MIN)),
-            (Wait::Ready, micros(20), Some(micros(40))),
-            (Wait::Ready, micros(40), Some(AdaptiveSpin::MAX)),
-            (Wait::Ready, AdaptiveSpin::MAX, Some(AdaptiveSpin::MAX)),
-            (Wait::Ready, micros(51), None),
-            (Wait::Ready, micros(5), Some(AdaptiveSpin::MIN)),
-            (Wait::TimedOut, micros(5), None),
-            (Wait::Ready, Duration::from_millis(1), None),
+        for (took, window) in [
+            (Some(micros(0)), Some(AdaptiveSpin::MIN)),
+            (Some(micros(3)), Some(AdaptiveSpin::MIN)),
+            (Some(micros(20)), Some(micros(40))),
+            (Some(micros(40)), Some(AdaptiveSpin::MAX)),
+            (Some(AdaptiveSpin::MAX), Some(AdaptiveSpin::MAX)),
+            (Some(micros(51)), None),
+            (Some(micros(5)), Some(AdaptiveSpin::MIN)),
+            (None, None),
+            (Some(Duration::from_millis(1)), None),
         ] {
-            a.waited(outcome, took);
-            assert_eq!(a.window(), window, "after {outcome:?} in {took:?}");
+            a.waited(took);
+            assert_eq!(a.window(), window, "after a wait of {took:?}");
         }
 
         // The consumer keeps it: data found at once makes the next wait spin; a wait that
         // timed out makes the next one sleep after the usual checks.
         let (_ring, mut p, mut c) = pair(64);
-        assert!(write(&mut p, &[1; 8]));
-        p.publish();
-        assert_eq!(c.wait_for_data(Duration::from_secs(3600)), Ok(Wait::Ready));
-        assert_eq!(c.adaptive.window(), Some(AdaptiveSpin::MIN));
-        assert_eq!(read(&mut c).as_deref(), Some(&[1; 8][..]));
+        assert!(armed_by_data(&mut p, &mut c));
         assert_eq!(
             c.wait_for_data(Duration::from_millis(1)),
             Ok(Wait::TimedOut)
         );
         assert_eq!(c.adaptive.window(), None);
+        // A wait that ended for something other than data leaves the window as it was.
+        assert!(armed_by_data(&mut p, &mut c));
+        let armed = c.adaptive.window();
+        assert_eq!(
+            c.wait_for_data_or(Duration::from_secs(3600), false, || true),
+            Ok(Wait::Ready)
+        );
+        assert_eq!(c.adaptive.window(), armed);
+        assert_eq!(
+            c.wait_for_data(Duration::from_millis(1)),
+            Ok(Wait::TimedOut)
+        );
+        assert_eq!(
+            c.wait_for_data_or(Duration::from_secs(3600), false, || true),
+            Ok(Wait::Ready)
+        );
+        assert_eq!(
+            c.adaptive.window(),
+            None,
+            "not armed by a wake-up without data"
+        );
         // Low-latency mode's window replaces it.
         c.spin_for(Duration::from_millis(1));
         assert!(write(&mut p, &[2; 8]));
@@ -2190,15 +2216,24 @@ mod tests {
         assert_eq!(read(&mut c).as_deref(), Some(&[2; 8][..]));
     }
 
+    /// Writes, waits and reads frames until a wait that found data at once arms the spin
+    /// (a wait preempted for longer than the window would not): whether one did, in 100.
+    fn armed_by_data(p: &mut HeapProducer, c: &mut HeapConsumer) -> bool {
+        (0..100).any(|_| {
+            assert!(write(p, &[1; 8]));
+            p.publish();
+            assert_eq!(c.wait_for_data(Duration::from_secs(3600)), Ok(Wait::Ready));
+            assert_eq!(read(c).as_deref(), Some(&[1; 8][..]));
+            c.release().unwrap();
+            c.adaptive.window().is_some()
+        })
+    }
+
     #[test]
     fn a_quiet_stream_costs_one_short_spin_then_sleeps() {
         // Spinning after a quick wait, a reader still goes to sleep once the window is over.
         let (ring, mut p, mut c) = pair(64);
-        assert!(write(&mut p, &[1; 8]));
-        p.publish();
-        assert_eq!(c.wait_for_data(Duration::from_secs(3600)), Ok(Wait::Ready));
-        assert!(c.adaptive.window().is_some());
-        assert_eq!(read(&mut c).as_deref(), Some(&[1; 8][..]));
+        assert!(armed_by_data(&mut p, &mut c));
         assert!(
             slept_in(&ring, &mut c, Duration::from_millis(200)),
             "the reader spun through its whole wait"
