@@ -1497,14 +1497,14 @@ pub(crate) struct Consumer<M: RingMemory> {
     adaptive: AdaptiveSpin,
 }
 
-/// Blocking mode's spin before sleeping, sized from how long the last wait for data took: a
+/// Blocking mode's spin before sleeping, sized from how long the last wait took: a
 /// stream whose data came within [`MAX`](Self::MAX) of the reader starting to wait (a
 /// request and its reply, messages back to back) is checked for up to twice that gap, at least
 /// [`MIN`](Self::MIN), before the reader sleeps, so the next element finds it awake and the
 /// writer makes no wake-up call; after a longer gap, or a wait that timed out, the next wait
 /// sleeps after the usual microsecond ([`SPIN_LIMIT`] checks). A quiet stream thus costs one
 /// spin of at most `MAX` and then nothing, and a stream paced slower than `MAX` per element
-/// (1,000 per second) spins never; a fast one trades up to a core's share of spinning for
+/// (1,000 per second) spins never (but for the credit wake-ups below); a fast one trades up to a core's share of spinning for
 /// what a futex wake-up costs the reader in latency (10 to 30 µs on a virtual machine whose
 /// other core sleeps) and the writer in a system call. A wait that ended for something other
 /// than data (credit coming back from a reader on another thread) counts too, so such a
