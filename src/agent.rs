@@ -214,7 +214,10 @@ impl Inputs<'_> {
     /// assert_eq!(seen.values(), [1, 2, -12, 3, -15]);
     /// h.finish().unwrap();
     /// ```
-    pub fn marks<T: Element>(&self, input: &Input<T>) -> impl Iterator<Item = (usize, Mark)> + '_ {
+    pub fn marks<T: Element>(
+        &self,
+        input: &Input<T>,
+    ) -> impl Iterator<Item = (usize, Mark)> + use<'_, T> {
         self.slot(input).marks()
     }
 

@@ -132,8 +132,7 @@ fn observed_with(app: &str, transport: Transport, broker: Option<&str>) -> Vec<S
         Connection::new().capacity(64).transport(transport),
     );
     g.run().unwrap();
-    let seen = log.lock().unwrap().clone();
-    seen
+    log.lock().unwrap().clone()
 }
 
 /// Checks what every run must show whatever the transport: every element once, in order, and

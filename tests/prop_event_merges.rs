@@ -185,8 +185,8 @@ proptest! {
             let best = t1
                 .iter()
                 .enumerate()
-                .filter(|(_, &tb)| tb.abs_diff(t) <= tolerance)
-                .min_by_key(|(_, &tb)| (tb.abs_diff(t), tb));
+                .filter(|&(_, &tb)| tb.abs_diff(t) <= tolerance)
+                .min_by_key(|&(_, &tb)| (tb.abs_diff(t), tb));
             if let Some((k, _)) = best {
                 want.push((t, i as u32, k as u32));
             }

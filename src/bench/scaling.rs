@@ -89,7 +89,7 @@ fn rss_kib() -> u64 {
 
 /// `0..n` in batches of at most `max`, starting once `go` is set (so that what the started
 /// graph costs idle can be read before the first element).
-fn gated(n: u64, go: &Arc<AtomicBool>) -> impl crate::ops::source::Source<u64> {
+fn gated(n: u64, go: &Arc<AtomicBool>) -> impl crate::ops::source::Source<u64> + use<> {
     let go = Arc::clone(go);
     let mut next = 0u64;
     move |out: &mut Vec<u64>, max: usize| {

@@ -147,8 +147,8 @@ struct State<T> {
     marks_received: u64,
     marks_delivered: u64,
     /// The current connection's number; threads of older ones stop.
-    gen: u64,
-    /// A connection thread of number `gen` runs.
+    conn_no: u64,
+    /// A connection thread of number `conn_no` runs.
     connected: bool,
     /// The writing half of a new connection, for the feeder thread.
     incoming: Option<(u64, ConnWrite)>,
@@ -225,11 +225,11 @@ impl<T> Shared<T> {
         r.push(reason.to_string());
     }
 
-    /// Connection `gen` broke (`why`; `None` for an orderly close): unless a newer one
+    /// Connection `conn_no` broke (`why`; `None` for an orderly close): unless a newer one
     /// replaced it, the link waits for the writer to come back.
-    fn broke(&self, gen: u64, why: Option<String>) {
+    fn broke(&self, conn_no: u64, why: Option<String>) {
         let mut st = self.lock();
-        if st.gen != gen || !st.connected {
+        if st.conn_no != conn_no || !st.connected {
             return;
         }
         st.connected = false;
@@ -421,7 +421,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             end_acked: false,
             marks_received: 0,
             marks_delivered: 0,
-            gen: 0,
+            conn_no: 0,
             connected: false,
             incoming: None,
             cutter: None,
@@ -552,9 +552,9 @@ fn claim<T>(shared: &Shared<T>, hello: &Hello, claimed: &mut Option<u64>) -> Res
     if let Some(c) = st.cutter.take() {
         c.cut();
     }
-    st.gen += 1;
+    st.conn_no += 1;
     st.connected = true;
-    *claimed = Some(st.gen);
+    *claimed = Some(st.conn_no);
     Ok(st.next.unwrap_or(0))
 }
 
@@ -583,14 +583,14 @@ fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr
     let resume = match result {
         Ok((_, resume)) => resume,
         Err(e) => {
-            if let Some(gen) = claimed {
-                shared.broke(gen, Some(format!("the handshake failed: {e}")));
+            if let Some(conn_no) = claimed {
+                shared.broke(conn_no, Some(format!("the handshake failed: {e}")));
             }
             return shared.refused(addr, &e.to_string());
         }
     };
     drop(slot);
-    let gen = claimed.expect("an accepted writer claimed the link");
+    let conn_no = claimed.expect("an accepted writer claimed the link");
     let setup = (|| {
         conn.set_timeouts(Some(SLICE), Some(shared.settings.peer_timeout))?;
         let cutter = conn.cutter()?;
@@ -599,15 +599,15 @@ fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr
     })();
     let (cutter, r, w) = match setup {
         Ok(parts) => parts,
-        Err(e) => return shared.broke(gen, Some(format!("cannot set up the connection: {e}"))),
+        Err(e) => return shared.broke(conn_no, Some(format!("cannot set up the connection: {e}"))),
     };
     {
         let mut st = shared.lock();
-        if st.gen != gen {
+        if st.conn_no != conn_no {
             return;
         }
         st.cutter = Some(cutter);
-        st.incoming = Some((gen, w));
+        st.incoming = Some((conn_no, w));
         st.peer_addr = Some(addr);
         st.goodbye = false;
         if let Some((since, _)) = st.broken.take() {
@@ -633,19 +633,19 @@ fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr
     shared.feeder.unpark();
     let reading = Reading {
         shared: &shared,
-        gen,
+        conn_no,
         codec: Codec::new(),
     };
     let why = reading.read(r);
     // Frames taken in before the end (a break, a stale connection) are delivered all the same.
     reading.deliver();
-    shared.broke(gen, why);
+    shared.broke(conn_no, why);
 }
 
 /// A connection thread after the handshake.
 struct Reading<'a, T> {
     shared: &'a Shared<T>,
-    gen: u64,
+    conn_no: u64,
     codec: Codec<T>,
 }
 
@@ -665,7 +665,7 @@ impl<T: Element> Reading<'_, T> {
         // Ends: each pass reads for at most a slice; a stale connection or the end of the link
         // returns.
         loop {
-            if shared.ended() || shared.lock().gen != self.gen {
+            if shared.ended() || shared.lock().conn_no != self.conn_no {
                 return None;
             }
             match dec.read_from(&mut r) {
@@ -764,7 +764,7 @@ impl<T: Element> Reading<'_, T> {
             } => self.on_data(seq, elements, &payload),
             Frame::End { seq } => {
                 let mut st = shared.lock();
-                if st.gen != self.gen {
+                if st.conn_no != self.conn_no {
                     return Err(None);
                 }
                 if !self.in_order(&st, seq)? {
@@ -835,7 +835,7 @@ impl<T: Element> Reading<'_, T> {
         let shared = self.shared;
         let cost = MARK_FRAME_BYTES;
         let mut st = shared.lock();
-        if st.gen != self.gen {
+        if st.conn_no != self.conn_no {
             return Err(None);
         }
         if !self.in_order(&st, seq)? {
@@ -871,7 +871,7 @@ impl<T: Element> Reading<'_, T> {
         let shared = self.shared;
         {
             let st = shared.lock();
-            if st.gen != self.gen {
+            if st.conn_no != self.conn_no {
                 return Err(None);
             }
             if !self.in_order(&st, seq)? {
@@ -900,7 +900,7 @@ impl<T: Element> Reading<'_, T> {
         }
         let mut st = shared.lock();
         // Only this thread adds frames while its connection is current.
-        if st.gen != self.gen {
+        if st.conn_no != self.conn_no {
             return Err(None);
         }
         st.next = Some(seq + 1);
@@ -991,7 +991,7 @@ impl<T: Element> Feeder<T> {
 
     /// Sends `frames` on the current connection; a failure breaks it.
     fn send(&self, writer: &mut Option<(u64, ConnWrite)>, frames: &[Frame]) -> bool {
-        let Some((gen, w)) = writer else {
+        let Some((conn_no, w)) = writer else {
             return false;
         };
         let mut out = Vec::new();
@@ -999,9 +999,10 @@ impl<T: Element> Feeder<T> {
             super::wire::encode_frame(f, &mut out);
         }
         if let Err(e) = w.write_all(&out).and_then(|()| w.flush()) {
-            let gen = *gen;
+            let conn_no = *conn_no;
             *writer = None;
-            self.shared.broke(gen, Some(format!("cannot write: {e}")));
+            self.shared
+                .broke(conn_no, Some(format!("cannot write: {e}")));
             return false;
         }
         true
@@ -1055,7 +1056,7 @@ impl<T: Element> Feeder<T> {
                 }
                 if writer
                     .as_ref()
-                    .is_some_and(|(g, _)| *g != st.gen || !st.connected)
+                    .is_some_and(|(g, _)| *g != st.conn_no || !st.connected)
                 {
                     writer = None;
                 }
@@ -1253,7 +1254,7 @@ impl<T: Element> Feeder<T> {
                 }
                 if writer
                     .as_ref()
-                    .is_some_and(|(g, _)| *g != st.gen || !st.connected)
+                    .is_some_and(|(g, _)| *g != st.conn_no || !st.connected)
                 {
                     *writer = None;
                 }
@@ -1273,10 +1274,10 @@ impl<T: Element> Feeder<T> {
                 );
                 return;
             }
-            if let Some(gen) = writer.as_ref().map(|(g, _)| *g) {
-                if told != Some(gen) {
+            if let Some(conn_no) = writer.as_ref().map(|(g, _)| *g) {
+                if told != Some(conn_no) {
                     if self.send(writer, &last_word) {
-                        told = Some(gen);
+                        told = Some(conn_no);
                         last_send = Instant::now();
                         shared.acked.store(end + 1, Ordering::SeqCst);
                     }

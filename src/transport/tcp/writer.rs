@@ -257,7 +257,7 @@ impl<T: Element> TcpSender<T> {
 
     /// Test hook: what cuts the current connection, as a network failure would.
     #[cfg(test)]
-    pub(crate) fn cutter(&self) -> impl Fn() + Send + Sync + 'static {
+    pub(crate) fn cutter(&self) -> impl Fn() + Send + Sync + 'static + use<T> {
         let shared = Arc::clone(&self.shared);
         move || {
             if let Some(c) = &shared.lock().cutter {
@@ -521,7 +521,7 @@ impl Io {
             Ok(parts) => parts,
             Err(e) => return Outcome::Broken(format!("cannot set up the connection: {e}")),
         };
-        let gen = {
+        let conn_no = {
             let mut st = self.shared.lock();
             st.conn += 1;
             st.broken = None;
@@ -532,7 +532,7 @@ impl Io {
         let acks = {
             let reader = AckReader {
                 shared: Arc::clone(&self.shared),
-                gen,
+                conn_no,
                 label: self.label.clone(),
                 host: self.host.clone(),
                 stop: Arc::clone(&self.stop),
@@ -685,7 +685,7 @@ impl Io {
 /// The thread that reads what the reader sends on one connection.
 struct AckReader {
     shared: Arc<Shared>,
-    gen: u64,
+    conn_no: u64,
     label: String,
     host: String,
     stop: Arc<PeerStop>,
@@ -702,7 +702,7 @@ impl AckReader {
     fn run(self, mut r: ConnRead) {
         let error = self.read(&mut r);
         let mut st = self.shared.lock();
-        if st.conn == self.gen {
+        if st.conn == self.conn_no {
             if let (None, Some(e)) = (&st.broken, error) {
                 st.broken = Some(e);
             }
@@ -724,7 +724,7 @@ impl AckReader {
         loop {
             {
                 let st = self.shared.lock();
-                if st.conn != self.gen || st.broken.is_some() {
+                if st.conn != self.conn_no || st.broken.is_some() {
                     return None;
                 }
                 // Once finished, reads on until the reader closes (see `drive`).
