@@ -49,8 +49,17 @@ impl<const N: usize> Payload<N> {
     #[inline]
     pub fn mapped(&self) -> Self {
         let mut out = *self;
-        out.0[..8].copy_from_slice(&self.seq().wrapping_mul(7).to_le_bytes());
+        out.map_in_place();
         out
+    }
+
+    /// [`mapped`](Payload::mapped), in place: what a map stage does to its output's copy of a
+    /// batch (one bulk copy, then this per element), where `mapped` per element would copy each
+    /// element twice (into a temporary, then into the output).
+    #[inline]
+    pub fn map_in_place(&mut self) {
+        let seq = self.seq().wrapping_mul(7);
+        self.0[..8].copy_from_slice(&seq.to_le_bytes());
     }
 }
 
@@ -132,6 +141,9 @@ mod tests {
         let p = Payload::<64>::new(0x0102_0304_0506_0708);
         assert_eq!(p.seq(), 0x0102_0304_0506_0708);
         assert_eq!(p.mapped().seq(), 0x0102_0304_0506_0708u64.wrapping_mul(7));
+        let mut q = p;
+        q.map_in_place();
+        assert_eq!(q.0, p.mapped().0);
         let bytes = postcard::to_allocvec(&p).unwrap();
         let back: Payload<64> = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.0, p.0);
