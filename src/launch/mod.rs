@@ -134,7 +134,7 @@ pub(crate) fn role_env(name: &str) -> Option<std::ffi::OsString> {
         for var in ROLE_VARS {
             if let Some(value) = std::env::var_os(var) {
                 vars.push((var, value));
-                // SAFETY: as the doc above says, this runs from `Graph::run`, which programs
+                // SAFETY: as the doc above says, this runs from `Graph::start`, which programs
                 // call from `main` before they start threads of their own, and before the
                 // runtime starts any; Rust's own environment accesses are locked.
                 unsafe { std::env::remove_var(var) };

@@ -1056,7 +1056,7 @@ impl<T: Element> Feeder<T> {
                 }
                 if writer
                     .as_ref()
-                    .is_some_and(|(g, _)| *g != st.conn_no || !st.connected)
+                    .is_some_and(|(n, _)| *n != st.conn_no || !st.connected)
                 {
                     writer = None;
                 }
@@ -1254,7 +1254,7 @@ impl<T: Element> Feeder<T> {
                 }
                 if writer
                     .as_ref()
-                    .is_some_and(|(g, _)| *g != st.conn_no || !st.connected)
+                    .is_some_and(|(n, _)| *n != st.conn_no || !st.connected)
                 {
                     *writer = None;
                 }
@@ -1274,7 +1274,7 @@ impl<T: Element> Feeder<T> {
                 );
                 return;
             }
-            if let Some(conn_no) = writer.as_ref().map(|(g, _)| *g) {
+            if let Some(conn_no) = writer.as_ref().map(|(n, _)| *n) {
                 if told != Some(conn_no) {
                     if self.send(writer, &last_word) {
                         told = Some(conn_no);
