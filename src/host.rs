@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::{panic_message, AgentError, Error};
-use crate::metrics::{add, AgentCounters};
+use crate::metrics::{add, step_clock, AgentCounters};
 use crate::port::{InSlot, OutSlot};
 use crate::stream::Mark;
 pub(crate) use crate::transport::{Envelope, Mailbox};
@@ -42,17 +42,10 @@ pub(crate) enum Clock {
 impl Clock {
     /// The processing time now.
     pub fn now(&self) -> Duration {
-        self.read().0
-    }
-
-    /// The processing time now, and the instant it was read at (for the step's busy time):
-    /// one look at the clock for both (a step looked three times, now twice; 27 ns a look here).
-    pub fn read(&self) -> (Duration, Instant) {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        let at = Instant::now();
         match self {
-            Clock::Real => (at.duration_since(*ORIGIN.get_or_init(|| at)), at),
-            Clock::Manual(ns) => (Duration::from_nanos(ns.load(Ordering::SeqCst)), at),
+            Clock::Real => ORIGIN.get_or_init(Instant::now).elapsed(),
+            Clock::Manual(ns) => Duration::from_nanos(ns.load(Ordering::SeqCst)),
         }
     }
 }
@@ -387,7 +380,7 @@ impl Host {
                     for slot in &mut self.inputs {
                         slot.prepare(segment);
                     }
-                    let (now, started) = self.clock.read();
+                    let now = self.clock.now();
                     // A step forgets older timer requests (see `Inputs::wake_at`).
                     self.timer = None;
                     let result = {
@@ -403,6 +396,7 @@ impl Host {
                             agent: id,
                             slots: &mut self.outputs,
                         };
+                        let started = step_clock::now();
                         let r = catch_unwind(AssertUnwindSafe(|| {
                             in_step(|| agent.step(&mut inputs, &mut outputs))
                         }));
@@ -439,7 +433,7 @@ impl Host {
                                 agent: id,
                                 slots: &mut self.outputs,
                             };
-                            let started = Instant::now();
+                            let started = step_clock::now();
                             let r = catch_unwind(AssertUnwindSafe(|| {
                                 in_step(|| agent.finish(&mut outputs))
                             }));
@@ -457,7 +451,7 @@ impl Host {
                             agent: id,
                             slots: &mut self.outputs,
                         };
-                        let started = Instant::now();
+                        let started = step_clock::now();
                         let r = catch_unwind(AssertUnwindSafe(|| source.step(&mut outputs)));
                         self.counters.note_busy(started);
                         r
