@@ -1504,17 +1504,13 @@ pub(crate) struct Consumer<M: RingMemory> {
 /// writer makes no wake-up call; after a longer gap, or a wait that timed out, the next wait
 /// sleeps after the usual microsecond ([`SPIN_LIMIT`] checks). A quiet stream thus costs one
 /// spin of at most `MAX` and then nothing, and a stream paced slower than `MAX` per element
-/// (1,000 per second) spins never; a fast one trades up to a core's share of spinning for
+/// (1,000 per second) spins never (but for the credit wake-ups below); a fast one trades up to a core's share of spinning for
 /// what a futex wake-up costs the reader in latency (10 to 30 µs on a virtual machine whose
-/// other core sleeps) and the writer in a system call. Two kinds of wait leave it alone or
-/// disarm it: one that ended for something other than data (credit coming back, nothing
-/// readable) leaves the window as it was, and one that found a bulk batch (more than
-/// [`BULK_BYTES`](Self::BULK_BYTES)) sleeps the next time. Before, a credit wake-up armed a
-/// spin once per batch: on two cores that cost 8-byte batches between two processes a
-/// seventh of their throughput. At 1,000 pings/s one evening's runs found the rule now kept
-/// slower (p50 19–21 µs against 12–15 µs), the next night's alternated runs found no
-/// difference (docs/benchmarks.md).
-/// [`Consumer::spin_for`] replaces it (low-latency mode).
+/// other core sleeps) and the writer in a system call. A wait that ended for something other
+/// than data (credit coming back from a reader on another thread) counts too, so such a
+/// reader spins up to twice that wait once per batch even on a slow stream: a cost kept
+/// because counting data alone measured slower at 1,000 pings/s (p50 19–21 µs against
+/// 12–15 µs, docs/benchmarks.md). [`Consumer::spin_for`] replaces it (low-latency mode).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct AdaptiveSpin {
     /// The next wait's window (zero: sleep after the usual checks).
@@ -1539,23 +1535,10 @@ impl AdaptiveSpin {
         (!self.window.is_zero()).then_some(self.window)
     }
 
-    /// More than this readable when a wait ends (a page) is a bulk stream's batch: its reader
-    /// has work for a while, the ring holds what comes meanwhile, and a spin before the next
-    /// sleep would only take a core from the writing side.
-    const BULK_BYTES: u64 = 4096;
-
-    /// Records how the last wait ended, how long it took and how many bytes it found readable.
-    /// A wait that ended ready with nothing readable was ended by something else (credit
-    /// coming back, [`Consumer::wait_for_data_or`]'s `also`): it says nothing of the stream's
-    /// pace and leaves the window as it was.
-    fn waited(&mut self, outcome: Wait, took: Duration, readable: u64) {
-        if outcome == Wait::Ready && readable == 0 {
-            return;
-        }
+    /// Records how the last wait ended and how long it took.
+    fn waited(&mut self, outcome: Wait, took: Duration) {
         self.window = match outcome {
-            Wait::Ready if took <= Self::MAX && readable <= Self::BULK_BYTES => {
-                (took * 2).max(Self::MIN).min(Self::MAX)
-            }
+            Wait::Ready if took <= Self::MAX => (took * 2).max(Self::MIN).min(Self::MAX),
             _ => Duration::ZERO,
         };
     }
@@ -1856,8 +1839,7 @@ impl<M: RingMemory> Consumer<M> {
                         && ring.header().space_wake.waiting.load(Ordering::Relaxed) == ASLEEP))
             },
         )?;
-        let readable = self.st.head - self.st.tail;
-        self.adaptive.waited(wait, started.elapsed(), readable);
+        self.adaptive.waited(wait, started.elapsed());
         Ok(wait)
     }
 
@@ -2175,43 +2157,19 @@ mod tests {
             None,
             "a new reader sleeps after the usual checks"
         );
-        let small = 24; // one element's frame
-        let bulk = AdaptiveSpin::BULK_BYTES + 1;
-        for (outcome, took, readable, window) in [
-            (Wait::Ready, micros(0), small, Some(AdaptiveSpin::MIN)),
-            (Wait::Ready, micros(3), small, Some(AdaptiveSpin::MIN)),
-            (Wait::Ready, micros(20), small, Some(micros(40))),
-            (Wait::Ready, micros(40), small, Some(AdaptiveSpin::MAX)),
-            (
-                Wait::Ready,
-                AdaptiveSpin::MAX,
-                small,
-                Some(AdaptiveSpin::MAX),
-            ),
-            (Wait::Ready, micros(51), small, None),
-            (Wait::Ready, micros(5), small, Some(AdaptiveSpin::MIN)),
-            (Wait::TimedOut, micros(5), 0, None),
-            (Wait::Ready, Duration::from_millis(1), small, None),
-            // Ended by credit, nothing readable: the window stays as it was, closed here...
-            (Wait::Ready, micros(1), 0, None),
-            (Wait::Ready, micros(20), small, Some(micros(40))),
-            // ...and open here.
-            (Wait::Ready, Duration::from_millis(1), 0, Some(micros(40))),
-            // A short wait that found a bulk batch: the next wait sleeps at once.
-            (Wait::Ready, micros(5), bulk, None),
-            (
-                Wait::Ready,
-                micros(5),
-                AdaptiveSpin::BULK_BYTES,
-                Some(AdaptiveSpin::MIN),
-            ),
+        for (outcome, took, window) in [
+            (Wait::Ready, micros(0), Some(AdaptiveSpin::MIN)),
+            (Wait::Ready, micros(3), Some(AdaptiveSpin::MIN)),
+            (Wait::Ready, micros(20), Some(micros(40))),
+            (Wait::Ready, micros(40), Some(AdaptiveSpin::MAX)),
+            (Wait::Ready, AdaptiveSpin::MAX, Some(AdaptiveSpin::MAX)),
+            (Wait::Ready, micros(51), None),
+            (Wait::Ready, micros(5), Some(AdaptiveSpin::MIN)),
+            (Wait::TimedOut, micros(5), None),
+            (Wait::Ready, Duration::from_millis(1), None),
         ] {
-            a.waited(outcome, took, readable);
-            assert_eq!(
-                a.window(),
-                window,
-                "after {outcome:?} in {took:?} with {readable} bytes readable"
-            );
+            a.waited(outcome, took);
+            assert_eq!(a.window(), window, "after {outcome:?} in {took:?}");
         }
 
         // The consumer keeps it: data found at once makes the next wait spin; a wait that
@@ -2242,46 +2200,6 @@ mod tests {
             c.release().unwrap();
             c.adaptive.window().is_some()
         })
-    }
-
-    #[test]
-    fn a_wait_that_finds_a_bulk_batch_leaves_the_next_wait_to_sleep() {
-        // Data ready at once arms the spin when it is one small frame, not when it is a batch
-        // of more than BULK_BYTES: that reader has work, and its spin would take a core.
-        let (_ring, mut p, mut c) = pair(64 << 10);
-        assert!(armed_by_data(&mut p, &mut c));
-        let batch = vec![7u8; AdaptiveSpin::BULK_BYTES as usize + 1];
-        assert!(write(&mut p, &batch));
-        p.publish();
-        assert_eq!(c.wait_for_data(Duration::from_secs(3600)), Ok(Wait::Ready));
-        assert_eq!(c.adaptive.window(), None, "a bulk batch disarmed the spin");
-        assert_eq!(read(&mut c).as_deref(), Some(&batch[..]));
-        c.release().unwrap();
-        assert!(armed_by_data(&mut p, &mut c), "a small frame arms it again");
-    }
-
-    #[test]
-    fn a_wait_ended_by_something_else_leaves_the_spin_as_it_was() {
-        // Nothing readable, ended by `also` (credit coming back in a feeder): the window the
-        // last data wait set stays, whichever it was.
-        let (_ring, mut p, mut c) = pair(64);
-        assert!(armed_by_data(&mut p, &mut c));
-        let armed = c.adaptive.window();
-        assert_eq!(
-            c.wait_for_data_or(Duration::from_secs(3600), false, || true),
-            Ok(Wait::Ready)
-        );
-        assert_eq!(c.adaptive.window(), armed, "an armed spin stays armed");
-        assert_eq!(
-            c.wait_for_data(Duration::from_millis(1)),
-            Ok(Wait::TimedOut)
-        );
-        assert_eq!(c.adaptive.window(), None);
-        assert_eq!(
-            c.wait_for_data_or(Duration::from_secs(3600), false, || true),
-            Ok(Wait::Ready)
-        );
-        assert_eq!(c.adaptive.window(), None, "a closed one stays closed");
     }
 
     #[test]
