@@ -90,7 +90,7 @@ impl AgentCounters {
 /// `0x8000_0007`, EDX bit 8) a reading is the counter itself (`rdtsc`: 9 ns here and not
 /// serializing, where the OS clock's `clock_gettime`, which fences, took 27 ns in a loop and
 /// about a quarter of a one-element step, ~50 ns a reading, inside one). Ticks become
-/// nanoseconds only when counters are read ([`to_nanos`](step_clock::to_nanos)), at the
+/// nanoseconds only when counters are read ([`converter`](step_clock::converter)), at the
 /// counter's rate measured since the process's first reading. Elsewhere a reading is the
 /// monotonic clock, in nanoseconds since the first.
 pub(crate) mod step_clock {
@@ -111,7 +111,7 @@ pub(crate) mod step_clock {
         ORIGIN.get_or_init(|| {
             let counter = invariant_counter();
             let (at, ticks) = if counter {
-                paired(Instant::now())
+                paired()
             } else {
                 (Instant::now(), 0)
             };
@@ -119,19 +119,17 @@ pub(crate) mod step_clock {
         })
     }
 
-    /// The monotonic clock (as an instant past `origin`) and the counter, read together: the
-    /// counter between two clock readings that are at most 20 µs apart (a few tries: a thread
-    /// preempted in between would skew the counter's measured rate), the clock's midpoint.
-    fn paired(origin: Instant) -> (Instant, u64) {
-        let mut best = None;
+    /// The monotonic clock and the counter, read together: the counter between two clock
+    /// readings at most 20 µs apart (the closest of a few tries: a thread preempted in between
+    /// would skew the counter's measured rate), and the clock's midpoint.
+    fn paired() -> (Instant, u64) {
+        let mut best: Option<(std::time::Duration, Instant, u64)> = None;
         for _ in 0..8 {
             let before = Instant::now();
             let ticks = read_counter();
-            let after = Instant::now();
-            let gap = after - before;
-            let mid = before + gap / 2;
+            let gap = before.elapsed();
             if best.is_none_or(|(g, _, _)| gap < g) {
-                best = Some((gap, mid.max(origin), ticks));
+                best = Some((gap, before + gap / 2, ticks));
             }
             if gap <= std::time::Duration::from_micros(20) {
                 break;
@@ -152,19 +150,36 @@ pub(crate) mod step_clock {
         }
     }
 
-    /// `ticks` (a difference of readings) in nanoseconds.
-    pub(crate) fn to_nanos(ticks: u64) -> u64 {
+    /// Turns tick counts into nanoseconds, at the counter's rate measured once, when it is
+    /// made ([`converter`]): one for a whole snapshot of counters.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct ToNanos {
+        /// Nanoseconds and ticks since the origin (1 and 1 on the monotonic clock).
+        ns: u128,
+        ticks: u128,
+    }
+
+    impl ToNanos {
+        /// `ticks` (a difference of readings) in nanoseconds.
+        pub(crate) fn nanos(self, ticks: u64) -> u64 {
+            if self.ticks == 0 {
+                return 0;
+            }
+            u64::try_from(u128::from(ticks) * self.ns / self.ticks).unwrap_or(u64::MAX)
+        }
+    }
+
+    /// The rate of ticks now.
+    pub(crate) fn converter() -> ToNanos {
         let o = origin();
         if !o.counter {
-            return ticks;
+            return ToNanos { ns: 1, ticks: 1 };
         }
-        let (at, now) = paired(o.at);
-        let ns = (at - o.at).as_nanos();
-        let elapsed = u128::from(now.saturating_sub(o.ticks));
-        if elapsed == 0 {
-            return 0;
+        let (at, now) = paired();
+        ToNanos {
+            ns: at.saturating_duration_since(o.at).as_nanos(),
+            ticks: u128::from(now.saturating_sub(o.ticks)),
         }
-        u64::try_from(u128::from(ticks) * ns / elapsed).unwrap_or(u64::MAX)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -205,7 +220,7 @@ pub(crate) mod step_clock {
                 std::hint::spin_loop();
             }
             let (e0, end, e1) = (Instant::now(), super::now(), Instant::now());
-            let measured = super::to_nanos(end - start) as f64;
+            let measured = super::converter().nanos(end - start) as f64;
             let (inner, outer) = ((e0 - i1).as_nanos() as f64, (e1 - i0).as_nanos() as f64);
             assert!(
                 measured >= inner * 0.95 && measured <= outer * 1.05,
@@ -243,6 +258,7 @@ pub(crate) struct LinkEntry {
 
 impl Registry {
     pub fn snapshot(&self) -> Metrics {
+        let busy = step_clock::converter();
         Metrics {
             streams: self
                 .streams
@@ -285,7 +301,7 @@ impl Registry {
                     name: name.clone(),
                     steps: c.steps.load(Relaxed),
                     consumed: c.consumed.load(Relaxed),
-                    busy: Duration::from_nanos(step_clock::to_nanos(c.busy_ticks.load(Relaxed))),
+                    busy: Duration::from_nanos(busy.nanos(c.busy_ticks.load(Relaxed))),
                     late: c.late.load(Relaxed),
                     undelivered: c.undelivered.load(Relaxed),
                 })

@@ -1504,9 +1504,9 @@ pub(crate) struct Consumer<M: RingMemory> {
 /// writer makes no wake-up call; after a longer gap, or a wait that timed out, the next wait
 /// sleeps after the usual microsecond ([`SPIN_LIMIT`] checks). A quiet stream thus costs one
 /// spin of at most `MAX` and then nothing, and a stream paced slower than `MAX` per element
-/// (1,000 per second) spins never (but for the credit wake-ups below); a fast one trades up to a core's share of spinning for
-/// what a futex wake-up costs the reader in latency (10 to 30 µs on a virtual machine whose
-/// other core sleeps) and the writer in a system call. A wait that ended for something other
+/// (1,000 per second) spins never (but for the credit wake-ups below); a fast one trades up
+/// to a core's share of spinning for what a futex wake-up costs the reader in latency (10 to
+/// 30 µs on a virtual machine whose other core sleeps) and the writer in a system call. A wait that ended for something other
 /// than data (credit coming back from a reader on another thread) counts too, so such a
 /// reader spins up to twice that wait once per batch even on a slow stream: a cost kept
 /// because counting data alone measured slower at 1,000 pings/s (p50 19–21 µs against
