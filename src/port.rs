@@ -555,6 +555,9 @@ pub(crate) struct OutBuf<T> {
     sent_watermark: Option<u64>,
     sent_idle: bool,
     links: Vec<LinkTx<T>>,
+    /// Per link, how many of the step's elements it took from the step's vector (see
+    /// [`OutBuf::offer_pending`]); kept to reuse its allocation.
+    taken: Vec<usize>,
     closed: bool,
     counters: Arc<StreamCounters>,
 }
@@ -568,6 +571,7 @@ impl<T: Element> OutBuf<T> {
             sent_watermark: None,
             sent_idle: false,
             links: Vec::new(),
+            taken: Vec::new(),
             closed: false,
             counters: Arc::default(),
         }
@@ -602,6 +606,37 @@ impl<T: Element> OutBuf<T> {
             self.pending.shrink_to_fit();
         }
         Batch::pooled(std::mem::take(&mut self.pending), &self.pool)
+    }
+}
+
+impl<T: Element> OutBuf<T> {
+    /// Hands what the step appended to every link. Links of a transport of bytes (rings,
+    /// sockets, a broker) write what they take straight from the step's vector
+    /// ([`LinkTx::offer_slice`]); a batch is made only for in-process links and for what a
+    /// link could not take now. An output whose readers are all in other processes thus
+    /// builds no batch (no allocation, no reference count) per step, and its vector goes
+    /// back to the pool.
+    fn offer_pending(&mut self) {
+        let len = self.pending.len();
+        self.taken.clear();
+        let mut rest = false;
+        for link in &mut self.links {
+            let taken = link.offer_slice(&self.pending);
+            rest |= taken < len;
+            self.taken.push(taken);
+        }
+        if !rest {
+            self.pool.put(std::mem::take(&mut self.pending));
+            return;
+        }
+        let data = self.take_batch();
+        for (link, &taken) in self.links.iter_mut().zip(&self.taken) {
+            if taken < len {
+                let mut part = data.clone();
+                part.advance(taken);
+                link.offer(part);
+            }
+        }
     }
 }
 
@@ -668,10 +703,7 @@ impl<T: Element> OutSlot for OutBuf<T> {
         }
         if self.pending_marks.is_empty() {
             if len > 0 {
-                let data = self.take_batch();
-                for link in &mut self.links {
-                    link.offer(data.clone());
-                }
+                self.offer_pending();
                 self.sent_idle = false;
             }
             return;

@@ -17,8 +17,14 @@ static BIG_ALLOCS: AtomicU64 = AtomicU64::new(0);
 /// buffer (or a queue of them), not a message or a counter.
 const BIG: usize = 8 << 10;
 
+thread_local! {
+    /// Allocations made by this thread (a `const` thread-local: reading it allocates nothing).
+    static THREAD_ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 fn count(size: usize) {
     ALLOCS.fetch_add(1, Relaxed);
+    let _ = THREAD_ALLOCS.try_with(|c| c.set(c.get() + 1));
     if size >= BIG {
         BIG_ALLOCS.fetch_add(1, Relaxed);
     }
@@ -283,5 +289,71 @@ fn links_between_processes_allocate_per_batch_not_per_element() {
                 "{transport:?}: {used} allocations for {n} elements"
             );
         }
+    }
+}
+
+/// Pushing one element at a time into an input whose only reader is in another process (a
+/// ring, forced within this process): the pushing thread steps the input's agent itself and
+/// writes each element into the ring straight from the step's vector, so once warm it
+/// allocates nothing per push: no batch, no reference count, no message. (The reading side
+/// still allocates per delivered batch: its batch and envelope.)
+#[test]
+fn pushes_into_a_ring_allocate_nothing_on_the_pushing_thread() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut g = Graph::new("alloc_push_ring");
+    let input = g.input::<u64>("readings");
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let c = std::sync::Arc::clone(&count);
+    let sink = g.add_agent("count", |p| {
+        let input = p.input::<u64>("in");
+        (CountAll { input, count: c }, input)
+    });
+    g.connect_with(
+        &input,
+        &sink,
+        iotstream::Connection::new().transport(iotstream::Transport::SharedMemory),
+    );
+    let mut running = g.start().unwrap();
+    let tx = running.input(&input).unwrap();
+    let n = 200_000u64;
+    // Warm up: the step's vector, the pool, the ring's first laps.
+    for v in 0..10_000 {
+        tx.push(v).unwrap();
+    }
+    let before = THREAD_ALLOCS.with(|c| c.get());
+    for v in 10_000..n {
+        tx.push(v).unwrap();
+    }
+    let used = THREAD_ALLOCS.with(|c| c.get()) - before;
+    drop(tx);
+    running.join().unwrap();
+    assert_eq!(count.load(Relaxed), n);
+    eprintln!(
+        "{used} allocations on the pushing thread for {} pushes",
+        n - 10_000
+    );
+    assert!(
+        used < (n - 10_000) / 100,
+        "{used} allocations on the pushing thread for {} pushes into a ring",
+        n - 10_000
+    );
+}
+
+/// Counts what it is shown.
+struct CountAll {
+    input: iotstream::Input<u64>,
+    count: std::sync::Arc<AtomicU64>,
+}
+
+impl iotstream::Agent for CountAll {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        _: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        let n = i.slice(&self.input).len();
+        self.count.fetch_add(n as u64, Relaxed);
+        i.consume(&self.input, n);
+        Ok(())
     }
 }

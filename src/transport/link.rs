@@ -293,9 +293,30 @@ fn transmit<T: Element>(
                 .fetch_max(in_flight, std::sync::atomic::Ordering::Relaxed);
             n
         }
-        Flavor::Shm(tx) => {
-            let n = tx.write(batch.as_slice())?;
+        _ => {
+            let n = write_bytes(flavor, counters, batch.as_slice())?;
             batch.advance(n);
+            return Ok(n);
+        }
+    };
+    if n > 0 {
+        add(&counters.elements, n as u64);
+        add(&counters.batches, 1);
+    }
+    Ok(n)
+}
+
+/// Writes the leading elements of `items` that a transport of bytes (a ring, a socket, a
+/// broker) takes now; how many. Nothing for an in-process link, which moves batches.
+fn write_bytes<T: Element>(
+    flavor: &mut Flavor<T>,
+    counters: &LinkCounters,
+    items: &[T],
+) -> Result<usize, String> {
+    let n = match flavor {
+        Flavor::Local { .. } => return Ok(0),
+        Flavor::Shm(tx) => {
+            let n = tx.write(items)?;
             // The most ever in flight, as the writer counts it right after its writes
             // (written, not seen consumed); the reader's end keeps the gauge (see `LinkEnds`).
             counters.max_in_flight.fetch_max(
@@ -304,16 +325,8 @@ fn transmit<T: Element>(
             );
             n
         }
-        Flavor::Tcp(tx) => {
-            let n = tx.write(batch.as_slice())?;
-            batch.advance(n);
-            n
-        }
-        Flavor::Broker(tx) => {
-            let n = tx.write(batch.as_slice())?;
-            batch.advance(n);
-            n
-        }
+        Flavor::Tcp(tx) => tx.write(items)?,
+        Flavor::Broker(tx) => tx.write(items)?,
     };
     if n > 0 {
         add(&counters.elements, n as u64);
@@ -458,6 +471,35 @@ impl<T: Element> LinkTx<T> {
             }
         }
         self.note_blocked();
+    }
+
+    /// Offers the elements of `items` without a batch: a transport of bytes (a ring, a socket,
+    /// a broker) with nothing waiting before them writes what it takes now straight from the
+    /// slice. Returns how many leading elements the link is done with; the caller
+    /// [`offer`](Self::offer)s the rest as a batch (all of them for an in-process link, which
+    /// moves batches, or while anything waits in the stash). Under `DropNewest` the link is
+    /// done with all of them: what the transport did not take is dropped (and counted), as
+    /// `offer` would.
+    pub(crate) fn offer_slice(&mut self, items: &[T]) -> usize {
+        if matches!(self.flavor, Flavor::Local { .. })
+            || !self.stash.is_empty()
+            || self.error.is_some()
+        {
+            return 0;
+        }
+        // Parts of a large element still owed go first (`write` sends them before anything).
+        let n = match write_bytes(&mut self.flavor, &self.counters, items) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error = Some(format!("connection {}: {e}", self.label));
+                return 0;
+            }
+        };
+        if n < items.len() && self.policy == Policy::DropNewest {
+            add(&self.counters.dropped, (items.len() - n) as u64);
+            return items.len();
+        }
+        n
     }
 
     /// Drops the oldest stashed elements beyond `capacity` (`DropOldest`); marks stay.
