@@ -9,6 +9,7 @@
 //! | [`Shadow::futex_wait`] / [`Shadow::futex_wake`] | the Linux `futex` system call, shared (not `FUTEX_PRIVATE`), so it works across processes | a loom `Mutex` + `Condvar` emulating wait-if-equal / wake-all |
 //! | [`Shadow::track_read`] / [`Shadow::track_write`] | nothing | one loom `UnsafeCell<()>` per 8 data bytes, so loom reports unsynchronised payload accesses |
 //! | [`SPIN_LIMIT`] | a short spin before sleeping | one check, to keep the models small |
+//! | `note_woke` / `take_woke` | a thread-local flag: this thread woke a sleeper (its next wait gives the core up first) | nothing noted |
 //!
 //! [`Shadow`] is the per-ring state the model needs; in a real build it is zero-sized, and a
 //! shared-memory segment needs nothing but the futex words already in the ring's header.
@@ -58,6 +59,24 @@ mod real {
     #[inline]
     pub(crate) fn yield_core() {
         std::thread::yield_now();
+    }
+
+    std::thread_local! {
+        /// This thread woke a sleeper on a ring's futex since it last asked ([`note_woke`]).
+        static WOKE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Notes that this thread has just woken a thread sleeping on a ring's futex word, which
+    /// the scheduler may have put on this very core.
+    #[inline]
+    pub(crate) fn note_woke() {
+        WOKE.with(|w| w.set(true));
+    }
+
+    /// Whether this thread woke a sleeper since the last call.
+    #[inline]
+    pub(crate) fn take_woke() -> bool {
+        WOKE.with(|w| w.replace(false))
     }
 
     /// Per-ring state of the model checker; nothing in a real build.
@@ -158,6 +177,14 @@ mod model {
     /// Lets loom run another thread.
     pub(crate) fn yield_core() {
         loom::thread::yield_now();
+    }
+
+    /// Nothing to note under the model.
+    pub(crate) fn note_woke() {}
+
+    /// Never: the model's waits stay small.
+    pub(crate) fn take_woke() -> bool {
+        false
     }
 
     /// Per-ring state of the model: the futex emulation and one race detector per 8 data bytes.
