@@ -661,7 +661,7 @@ mod tests {
             let mut out = Vec::new();
             for e in v.drain(..) {
                 if let Envelope::Data { batch, .. } = e {
-                    out.extend_from_slice(batch.downcast::<Batch<u64>>().unwrap().as_slice());
+                    out.extend_from_slice(batch.downcast::<u64>().unwrap().as_slice());
                 }
             }
             out
@@ -753,7 +753,7 @@ mod tests {
     fn data(items: &[u64]) -> Envelope {
         Envelope::Data {
             input: 0,
-            batch: Box::new(Batch::new(items.into())),
+            batch: Batch::new(items.into()).into_any(),
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::metrics::{add, StreamCounters};
-use crate::stream::{spare, Batch, Element, Mark, Policy, VecPool};
+use crate::stream::{spare, AnyBatch, Batch, Element, Mark, Policy, VecPool};
 use crate::transport::broker::{BrokerSender, BrokerWriterSpec};
 use crate::transport::tcp::{TcpSender, TcpWriterSpec};
 use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
@@ -39,7 +39,7 @@ pub(crate) trait InSlot: Send {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// Queues a batch; an error if the payload is not a `Batch<T>` or the input is closed.
-    fn push(&mut self, batch: Box<dyn Any + Send>) -> Result<(), String>;
+    fn push(&mut self, batch: AnyBatch) -> Result<(), String>;
     fn close(&mut self);
     /// Closed and every element received is in the view.
     fn is_closed(&self) -> bool;
@@ -278,11 +278,11 @@ impl<T: Element> InSlot for InBuf<T> {
         self
     }
 
-    fn push(&mut self, batch: Box<dyn Any + Send>) -> Result<(), String> {
+    fn push(&mut self, batch: AnyBatch) -> Result<(), String> {
         if self.closed {
             return Err("data arrived after the end of stream".into());
         }
-        let batch = batch.downcast::<Batch<T>>().map_err(|_| {
+        let batch = batch.downcast::<T>().map_err(|_| {
             format!(
                 "a batch of the wrong type arrived (expected {})",
                 std::any::type_name::<T>()
@@ -291,7 +291,7 @@ impl<T: Element> InSlot for InBuf<T> {
         if !batch.is_empty() {
             self.outstanding += batch.len();
             self.received_total += batch.len() as u64;
-            self.queue.push_back(*batch);
+            self.queue.push_back(batch);
             self.waiting = None;
         }
         Ok(())
@@ -535,8 +535,10 @@ pub(crate) trait OutSlot: Send {
     fn waits_on_ring(&self) -> bool;
 }
 
-/// A batch of at most this many bytes of elements that fills less than half its vector is
-/// copied into a batch of its own size rather than moved (see `OutBuf::take_batch`).
+/// A batch of at most this many bytes of elements that fills less than half its vector, when
+/// that vector has more than this many bytes of room, is copied into a vector of its own size
+/// rather than moved (see `OutBuf::take_batch`); a vector of at most this many bytes goes as
+/// it is, whatever its fill.
 const SMALL_BATCH_BYTES: usize = 4 << 10;
 
 /// An output buffer: the step appends to `pending`; `flush` makes it one shared batch, then
@@ -589,19 +591,27 @@ impl<T: Element> OutBuf<T> {
     /// What the step appended, as one batch: the vector itself, moved, and `pending` starts
     /// again with a vector from the pool.
     ///
-    /// A batch in flight holds at most twice its elements' memory: a vector that is mostly
-    /// empty room (a selective filter's output in a vector sized for its input, a source's
-    /// batch in a vector its hand-over grew) is either copied, when its elements are few (the
-    /// output keeps its room), or shrunk to its elements before it goes (the allocator gives
-    /// the rest back in place, without copying).
+    /// A batch in flight holds at most twice its elements' memory, or [`SMALL_BATCH_BYTES`]:
+    /// a vector that is mostly empty room of more than that (a selective filter's output in a
+    /// vector sized for its input, a source's batch in a vector its hand-over grew) is either
+    /// copied into a vector of its own size, when its elements are few (the output keeps its
+    /// room), or shrunk to its elements before it goes (the allocator gives the rest back in
+    /// place, without copying). The small vectors come back to the pool like any other, and
+    /// the pool hands out the one returned last: a stream of small steps reuses them and, once
+    /// warm, allocates nothing.
     fn take_batch(&mut self) -> Batch<T> {
         let len = self.pending.len();
-        if self.pending.capacity() / 2 > len {
+        let room = self
+            .pending
+            .capacity()
+            .saturating_mul(std::mem::size_of::<T>());
+        if self.pending.capacity() / 2 > len && room > SMALL_BATCH_BYTES {
             if len.saturating_mul(std::mem::size_of::<T>()) <= SMALL_BATCH_BYTES {
-                let data: Arc<[T]> = self.pending.drain(..).collect();
+                let mut own = Vec::with_capacity(len);
+                own.append(&mut self.pending);
                 // The room waits in the pool, not in this output, until a step appends again.
                 self.pool.put(std::mem::take(&mut self.pending));
-                return Batch::new(data);
+                return Batch::pooled(own, &self.pool);
             }
             self.pending.shrink_to_fit();
         }
@@ -843,8 +853,8 @@ impl<T: Element> OutSlot for OutBuf<T> {
 mod tests {
     use super::*;
 
-    fn batch(items: &[u64]) -> Box<dyn Any + Send> {
-        Box::new(Batch::new(items.to_vec().into()))
+    fn batch(items: &[u64]) -> AnyBatch {
+        Batch::new(items.to_vec().into()).into_any()
     }
 
     /// The progress after a step that consumed everything it was shown.
@@ -888,7 +898,7 @@ mod tests {
         let mut buf = InBuf::<u64>::new();
         // One batch: the view is the batch itself; once consumed, the input lets go of it
         // after the step, and its vector is back in the writer's pool.
-        buf.push(Box::new(Batch::pooled((0..4096).collect(), &pool)))
+        buf.push(Batch::pooled((0..4096).collect(), &pool).into_any())
             .unwrap();
         step(&mut buf);
         assert_eq!(pool.len(), 1, "the batch went back to its writer");
@@ -921,7 +931,7 @@ mod tests {
         let large: Vec<u64> = (0..ALONE_ELEMENTS as u64).collect();
         let first = Batch::new(large.clone().into());
         let ptr = first.as_slice().as_ptr();
-        buf.push(Box::new(first)).unwrap();
+        buf.push(first.into_any()).unwrap();
         buf.push(batch(&[7, 8])).unwrap();
         buf.push(batch(&[9])).unwrap();
         // The large batch first, by itself: the view is that batch, not a copy of it.
@@ -941,7 +951,7 @@ mod tests {
         // An agent that left elements sees everything received as one slice, large or not.
         buf.consume(2);
         buf.take_consumed();
-        buf.push(Box::new(Batch::new(large.clone().into())))
+        buf.push(Batch::new(large.clone().into()).into_any())
             .unwrap();
         buf.prepare(false);
         assert_eq!(buf.as_slice().len(), 1 + large.len());
@@ -953,7 +963,7 @@ mod tests {
         buf.push(batch(&[3])).unwrap();
         let behind = Batch::new(large.clone().into());
         let ptr = behind.as_slice().as_ptr();
-        buf.push(Box::new(behind)).unwrap();
+        buf.push(behind.into_any()).unwrap();
         buf.prepare(false);
         assert_eq!(buf.as_slice(), [1, 2, 3]);
         buf.consume(3);
@@ -979,7 +989,36 @@ mod tests {
         let batch = out.take_batch();
         assert_eq!(batch.as_slice(), (0..10).collect::<Vec<_>>());
         // The batch holds 10 elements' worth, not 4096; the room stays with the output.
+        assert_eq!(batch.vec_capacity(), Some(10));
         assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+    }
+
+    #[test]
+    fn small_steps_reuse_their_small_vectors_and_a_small_vector_goes_whole() {
+        let mut out = OutBuf::<u64>::new();
+        out.pending().reserve(4096);
+        out.pending().push(1);
+        let first = out.take_batch();
+        let (ptr, cap) = (first.as_slice().as_ptr(), first.vec_capacity());
+        assert_eq!(cap, Some(1), "copied out of the large room");
+        drop(first);
+        // The small vector came back last: the next step appends into it, and it goes as it
+        // is (moved, not copied), whatever its fill.
+        out.pending().push(2);
+        let second = out.take_batch();
+        assert_eq!(second.as_slice(), [2]);
+        assert_eq!(second.as_slice().as_ptr(), ptr, "the same vector, reused");
+        drop(second);
+        out.pending().extend([3, 4]);
+        let grown = out.take_batch();
+        let cap = grown.vec_capacity().unwrap();
+        drop(grown);
+        out.pending().push(5);
+        assert_eq!(
+            out.take_batch().vec_capacity(),
+            Some(cap),
+            "a few spare slots go along"
+        );
     }
 
     #[test]

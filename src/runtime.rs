@@ -72,10 +72,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use actix::{
-    fut, Actor, ActorContext, ActorFutureExt, Addr, Arbiter, AsyncContext, Context, Handler,
-    Message, System,
-};
+use actix::{Actor, ActorContext, Addr, Arbiter, AsyncContext, Context, StreamHandler, System};
 
 use crate::error::Error;
 use nix::sys::signal::Signal;
@@ -475,23 +472,86 @@ struct Stall {
     what: Vec<String>,
 }
 
-struct Msg(Envelope);
-
-impl Message for Msg {
-    type Result = ();
-}
-
+/// An actor's mailbox: envelopes wait in a queue of its own ([`Parcels`]), which the actor
+/// reads as a stream, rather than each in an actix message: a post allocates nothing (actix
+/// boxes every message), and the actor takes in everything waiting at once.
 struct ActorMailbox {
-    addr: Addr<AgentActor>,
+    parcels: Arc<Parcels>,
     shared: Arc<Shared>,
+    /// Keeps the actor's context running for as long as anyone can post to it (actix stops
+    /// an actor none of whose addresses is left); nothing is sent through it.
+    _alive: Addr<AgentActor>,
 }
 
 impl Mailbox for ActorMailbox {
     fn post(&self, env: Envelope) {
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         self.shared.posted.fetch_add(1, Ordering::SeqCst);
-        // do_send ignores the mailbox capacity; every data message is bounded by credit.
-        self.addr.do_send(Msg(env));
+        self.parcels.post(env);
+    }
+}
+
+/// The envelopes posted to an actor and not yet taken in, and the waker of the actor's task.
+///
+/// Unbounded as actix's own mailbox is: every data envelope is bounded by its link's credit,
+/// every other kind by what the run sends (one credit per delivered batch, a few control
+/// envelopes). The queue's vector and its spare are reused: no allocation per envelope.
+#[derive(Default)]
+struct Parcels {
+    queue: Mutex<Queued>,
+    waker: futures_util::task::AtomicWaker,
+}
+
+#[derive(Default)]
+struct Queued {
+    /// Waiting, oldest first.
+    waiting: std::collections::VecDeque<Envelope>,
+    /// An empty queue with its capacity, handed out with the next burst.
+    spare: std::collections::VecDeque<Envelope>,
+}
+
+impl Parcels {
+    fn post(&self, env: Envelope) {
+        self.lock().waiting.push_back(env);
+        self.waker.wake();
+    }
+
+    /// Gives back a burst's queue, emptied, for reuse.
+    fn recycle(&self, burst: std::collections::VecDeque<Envelope>) {
+        debug_assert!(burst.is_empty());
+        let mut q = self.lock();
+        if burst.capacity() > q.spare.capacity() {
+            q.spare = burst;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        // A panic while holding the lock leaves a valid queue (push, swap).
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Everything posted to an actor since it last looked, oldest first.
+struct Burst(std::collections::VecDeque<Envelope>);
+
+/// The actor's side of its [`Parcels`]: one [`Burst`] whenever something waits; never ends.
+struct ParcelStream(Arc<Parcels>);
+
+impl futures_util::Stream for ParcelStream {
+    type Item = Burst;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Burst>> {
+        // Registered before the look: a post after it wakes the task again.
+        self.0.waker.register(cx.waker());
+        let mut q = self.0.lock();
+        if q.waiting.is_empty() {
+            return std::task::Poll::Pending;
+        }
+        let spare = std::mem::take(&mut q.spare);
+        std::task::Poll::Ready(Some(Burst(std::mem::replace(&mut q.waiting, spare))))
     }
 }
 
@@ -674,10 +734,10 @@ impl Tended {
 /// An agent as an actix actor on its worker (or named, or own) thread.
 struct AgentActor {
     tended: Tended,
-    /// Envelopes taken in whose step has not run yet (see the `Handler<Msg>` impl).
+    /// Where its envelopes wait (see [`ActorMailbox`]); read as a stream once started.
+    parcels: Arc<Parcels>,
+    /// Envelopes taken in whose step has not run yet (see the `StreamHandler<Burst>` impl).
     accepted: usize,
-    /// A step is scheduled to run once the mailbox is empty.
-    step_scheduled: bool,
 }
 
 impl AgentActor {
@@ -699,43 +759,41 @@ impl Actor for AgentActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.add_stream(ParcelStream(Arc::clone(&self.parcels)));
         let r = self.tended.step();
         self.after(r, ctx);
         self.tended.shared.handled();
     }
 }
 
-/// Adaptive batching: an envelope is taken in at once, but the host steps only once the
-/// mailbox is empty. Actix drains an actor's mailbox before it polls the actor's spawned
-/// futures, so the step scheduled by the first envelope of a burst runs after every envelope
-/// that waited (data that queued up while this agent or its thread was busy): one step, one
+/// Adaptive batching: every envelope that waits is taken in at once, then the host steps
+/// once: data that queued up while this agent or its thread was busy goes as one step, one
 /// batch out, one wake-up downstream per burst instead of per envelope, and no added latency
 /// when the stream is quiet (the step runs as soon as the one envelope is in).
-impl Handler<Msg> for AgentActor {
-    type Result = ();
-
-    fn handle(&mut self, Msg(env): Msg, ctx: &mut Context<Self>) {
-        let r = self.tended.accept(env);
-        // Counted as handled only after the step that takes it in: until then the run is not
-        // quiescent.
-        self.accepted += 1;
-        if r.is_err() {
-            self.after(r, ctx);
-            self.settle_accepted();
-            return;
+impl StreamHandler<Burst> for AgentActor {
+    fn handle(&mut self, Burst(mut envs): Burst, ctx: &mut Context<Self>) {
+        let mut failed = None;
+        for env in envs.drain(..) {
+            // Counted as handled only after the step that takes it in: until then the run is
+            // not quiescent. After a protocol violation the rest is only counted.
+            self.accepted += 1;
+            if failed.is_none() {
+                if let Err(e) = self.tended.accept(env) {
+                    failed = Some(e);
+                }
+            }
         }
-        if !self.step_scheduled {
-            self.step_scheduled = true;
-            ctx.spawn(
-                fut::wrap_future::<_, Self>(std::future::ready(())).map(|(), act, ctx| {
-                    act.step_scheduled = false;
-                    let r = act.tended.step();
-                    act.after(r, ctx);
-                    act.settle_accepted();
-                }),
-            );
-        }
+        self.parcels.recycle(envs);
+        let r = match failed {
+            Some(e) => Err(e),
+            None => self.tended.step(),
+        };
+        self.after(r, ctx);
+        self.settle_accepted();
     }
+
+    /// Never called: the stream of parcels never ends (it is dropped with the actor).
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl AgentActor {
@@ -1805,10 +1863,12 @@ fn coordinate(
                 return Some(mailbox as Arc<dyn Mailbox>);
             }
             let (tx, rx) = actix::dev::channel::channel::<AgentActor>(16);
-            receivers.push(Some(rx));
+            let parcels = Arc::new(Parcels::default());
+            receivers.push(Some((rx, Arc::clone(&parcels))));
             Some(Arc::new(ActorMailbox {
-                addr: Addr::new(tx),
+                parcels,
                 shared: Arc::clone(&shared),
+                _alive: Addr::new(tx),
             }) as Arc<dyn Mailbox>)
         })
         .collect();
@@ -1929,11 +1989,11 @@ fn coordinate(
             arbiter.spawn_fn(move || direct.start(tended, Arbiter::current()));
             continue;
         }
-        let rx = receivers[i].take().expect("a local agent has a mailbox");
+        let (rx, parcels) = receivers[i].take().expect("a local agent has a mailbox");
         let actor = AgentActor {
             tended: Tended::new(i, host, Arc::clone(&shared), mailbox),
+            parcels,
             accepted: 0,
-            step_scheduled: false,
         };
         arbiter.spawn_fn(move || {
             Context::with_receiver(rx).run(actor);

@@ -18,6 +18,7 @@
 //! Any `Clone + Send + Sync + 'static` type that serde can serialize is an [`Element`]: the
 //! serde bound is what lets an edge cross a process or host boundary without changing agent code.
 
+use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -130,7 +131,9 @@ pub enum Mark {
 /// The buffer is either the vector the step appended to, moved in without a copy
 /// ([`Batch::pooled`]), or an `Arc<[T]>` ([`Batch::new`], what a transport decodes). The
 /// vector goes back to its writer's [`VecPool`] when the last reader drops its batch, so a
-/// writer in a steady state reuses the same few buffers instead of allocating one per batch.
+/// writer in a steady state reuses the same few buffers instead of allocating one per batch;
+/// and so does the reference-counted box around it (the pool keeps the empty box), so a
+/// pooled batch costs no allocation at all once its writer is warm.
 pub(crate) struct Batch<T> {
     data: Shared<T>,
     range: Range<usize>,
@@ -140,6 +143,9 @@ pub(crate) struct Batch<T> {
 enum Shared<T> {
     Slice(Arc<[T]>),
     Vec(Arc<Owned<T>>),
+    /// Nothing: only while a batch is taken apart (its buffer moved out in `drop` or
+    /// `into_any`), never seen by a reader.
+    Gone,
 }
 
 impl<T> Clone for Shared<T> {
@@ -147,19 +153,25 @@ impl<T> Clone for Shared<T> {
         match self {
             Shared::Slice(a) => Shared::Slice(Arc::clone(a)),
             Shared::Vec(a) => Shared::Vec(Arc::clone(a)),
+            Shared::Gone => Shared::Gone,
         }
     }
 }
 
-/// A vector shared by the readers of a batch, and the pool it returns to.
+/// A vector shared by the readers of a batch, and the pool it returns to: none while the
+/// box waits, empty, in that pool's list of boxes.
 struct Owned<T> {
     items: Vec<T>,
-    home: Arc<VecPool<T>>,
+    home: Option<Arc<VecPool<T>>>,
 }
 
 impl<T> Drop for Owned<T> {
+    /// The last reference went without [`Batch`]'s drop seeing it unique (two readers let go
+    /// at once): the vector goes home, its box is freed.
     fn drop(&mut self) {
-        self.home.put(std::mem::take(&mut self.items));
+        if let Some(home) = self.home.take() {
+            home.put(std::mem::take(&mut self.items));
+        }
     }
 }
 
@@ -173,12 +185,22 @@ impl<T> Batch<T> {
         }
     }
     /// The elements of `items`, moved in (no copy); the vector goes back to `pool` when the
-    /// last clone of the batch is dropped.
+    /// last clone of the batch is dropped, in a box the pool kept (no allocation) if it has
+    /// one.
     pub fn pooled(items: Vec<T>, pool: &Arc<VecPool<T>>) -> Self {
         let range = 0..items.len();
-        let home = Arc::clone(pool);
+        let home = Some(Arc::clone(pool));
+        let data = match pool.take_box() {
+            Some(mut boxed) => {
+                let owned = Arc::get_mut(&mut boxed).expect("a box the pool keeps is unique");
+                owned.items = items;
+                owned.home = home;
+                boxed
+            }
+            None => Arc::new(Owned { items, home }),
+        };
         Batch {
-            data: Shared::Vec(Arc::new(Owned { items, home })),
+            data: Shared::Vec(data),
             range,
         }
     }
@@ -192,6 +214,7 @@ impl<T> Batch<T> {
         let all: &[T] = match &self.data {
             Shared::Slice(a) => a,
             Shared::Vec(a) => &a.items,
+            Shared::Gone => &[],
         };
         &all[self.range.clone()]
     }
@@ -210,7 +233,7 @@ impl<T> Batch<T> {
     #[cfg(test)]
     pub fn vec_capacity(&self) -> Option<usize> {
         match &self.data {
-            Shared::Slice(_) => None,
+            Shared::Slice(_) | Shared::Gone => None,
             Shared::Vec(a) => Some(a.items.capacity()),
         }
     }
@@ -221,11 +244,78 @@ impl<T> Batch<T> {
     }
 }
 
+impl<T: Send + Sync + 'static> Batch<T> {
+    /// The batch with its element type erased, to travel in an envelope to a reader of any
+    /// type. A pooled batch's box becomes the erased one: no allocation (only an `Arc<[T]>`
+    /// batch is boxed).
+    pub fn into_any(mut self) -> AnyBatch {
+        let range = self.range.clone();
+        match std::mem::replace(&mut self.data, Shared::Gone) {
+            Shared::Vec(a) => AnyBatch::Pooled { data: a, range },
+            data => AnyBatch::Boxed(Box::new(Batch { data, range })),
+        }
+    }
+}
+
+impl<T> Drop for Batch<T> {
+    /// The last reference to a pooled vector sends both it and its box back to the pool.
+    fn drop(&mut self) {
+        if let Shared::Vec(a) = &mut self.data {
+            if Arc::get_mut(a).is_some() {
+                let Shared::Vec(mut boxed) = std::mem::replace(&mut self.data, Shared::Gone) else {
+                    unreachable!("matched just above")
+                };
+                let owned = Arc::get_mut(&mut boxed).expect("unique: checked above");
+                if let Some(home) = owned.home.take() {
+                    let items = std::mem::take(&mut owned.items);
+                    home.put_with_box(items, boxed);
+                }
+            }
+        }
+    }
+}
+
 impl<T> Clone for Batch<T> {
     fn clone(&self) -> Self {
         Batch {
             data: self.data.clone(),
             range: self.range.clone(),
+        }
+    }
+}
+
+/// A [`Batch`] of some element type, as an envelope carries it (see [`Batch::into_any`]).
+pub(crate) enum AnyBatch {
+    /// A pooled batch: its shared box, type-erased, and its range.
+    Pooled {
+        data: Arc<dyn Any + Send + Sync>,
+        range: Range<usize>,
+    },
+    /// Any other batch, boxed.
+    Boxed(Box<dyn Any + Send>),
+}
+
+impl fmt::Debug for AnyBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AnyBatch { .. }")
+    }
+}
+
+impl AnyBatch {
+    /// The batch, if its elements are `T`s; else the batch back.
+    pub fn downcast<T: Send + Sync + 'static>(self) -> Result<Batch<T>, AnyBatch> {
+        match self {
+            AnyBatch::Pooled { data, range } => match data.downcast::<Owned<T>>() {
+                Ok(a) => Ok(Batch {
+                    data: Shared::Vec(a),
+                    range,
+                }),
+                Err(data) => Err(AnyBatch::Pooled { data, range }),
+            },
+            AnyBatch::Boxed(b) => b
+                .downcast::<Batch<T>>()
+                .map(|b| *b)
+                .map_err(AnyBatch::Boxed),
         }
     }
 }
@@ -313,10 +403,12 @@ pub(crate) struct VecPool<T> {
     max_bytes: usize,
 }
 
-/// The vectors a [`VecPool`] keeps, and their capacity in bytes.
+/// The vectors a [`VecPool`] keeps, and their capacity in bytes; and empty boxes for them
+/// (each unique, with no home: no cycle back to the pool).
 struct Free<T> {
     vecs: Vec<Vec<T>>,
     bytes: usize,
+    boxes: Vec<Arc<Owned<T>>>,
 }
 
 impl<T> Drop for VecPool<T> {
@@ -343,6 +435,7 @@ impl<T> VecPool<T> {
             free: std::sync::Mutex::new(Free {
                 vecs: Vec::new(),
                 bytes: 0,
+                boxes: Vec::new(),
             }),
             max_vecs,
             max_bytes,
@@ -365,20 +458,37 @@ impl<T> VecPool<T> {
     }
 
     /// Gives `items` back for reuse (cleared), or frees it if the pool has no room for it.
-    pub fn put(&self, mut items: Vec<T>) {
-        let bytes = Self::bytes(&items);
-        if items.capacity() == 0 || bytes > self.max_bytes {
-            return;
+    pub fn put(&self, items: Vec<T>) {
+        if let Some(items) = self.fits(items) {
+            self.lock().keep(items, self.max_vecs, self.max_bytes);
+        }
+    }
+
+    /// [`put`](VecPool::put), and keeps `boxed` (emptied, homeless, unique) for the next
+    /// [`Batch::pooled`], up to as many boxes as vectors; one lock for both.
+    fn put_with_box(&self, items: Vec<T>, boxed: Arc<Owned<T>>) {
+        let items = self.fits(items);
+        let mut free = self.lock();
+        if let Some(items) = items {
+            free.keep(items, self.max_vecs, self.max_bytes);
+        }
+        if free.boxes.len() < self.max_vecs {
+            free.boxes.push(boxed);
+        }
+    }
+
+    /// An empty box kept by [`put_with_box`](VecPool::put_with_box), if there is one.
+    fn take_box(&self) -> Option<Arc<Owned<T>>> {
+        self.lock().boxes.pop()
+    }
+
+    /// `items`, cleared, if the pool could keep it (it has a capacity, not too large).
+    fn fits(&self, mut items: Vec<T>) -> Option<Vec<T>> {
+        if items.capacity() == 0 || Self::bytes(&items) > self.max_bytes {
+            return None;
         }
         items.clear();
-        let mut free = self.lock();
-        if free.vecs.len() < self.max_vecs
-            && free.bytes + bytes <= self.max_bytes
-            && spare::keep(bytes)
-        {
-            free.bytes += bytes;
-            free.vecs.push(items);
-        }
+        Some(items)
     }
 
     fn bytes(v: &Vec<T>) -> usize {
@@ -394,6 +504,36 @@ impl<T> VecPool<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Free<T>> {
         // A panic while holding the lock leaves a valid list (push and pop only).
         self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T> Free<T> {
+    /// Keeps `items` if there is room, here and in the process's bound; else frees it. With
+    /// every slot taken, a larger vector takes the place of the smallest one kept: small
+    /// vectors (a few elements' batches) are cheap to make again, large ones cost fresh pages.
+    fn keep(&mut self, items: Vec<T>, max_vecs: usize, max_bytes: usize) {
+        let bytes = VecPool::bytes(&items);
+        if self.vecs.len() >= max_vecs {
+            let Some((i, smallest)) = self
+                .vecs
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, v)| (i, VecPool::bytes(v)))
+            else {
+                return;
+            };
+            if smallest >= bytes {
+                return;
+            }
+            drop(self.vecs.swap_remove(i));
+            self.bytes -= smallest;
+            spare::release(smallest);
+        }
+        if self.bytes + bytes <= max_bytes && spare::keep(bytes) {
+            self.bytes += bytes;
+            self.vecs.push(items);
+        }
     }
 }
 
@@ -473,6 +613,74 @@ mod tests {
         let again = pool.take();
         assert!(again.is_empty());
         assert_eq!((again.as_ptr(), again.capacity()), (ptr, cap));
+    }
+
+    #[test]
+    fn a_pooled_batch_reuses_the_box_of_the_last_one_dropped() {
+        let pool = Arc::new(VecPool::<u64>::new());
+        let first = Batch::pooled(vec![1, 2, 3], &pool);
+        let Shared::Vec(a) = &first.data else {
+            panic!("a pooled batch shares a vector")
+        };
+        let boxed = Arc::as_ptr(a);
+        let reader = first.clone();
+        drop(first);
+        assert_eq!(pool.lock().boxes.len(), 0, "a reader still holds it");
+        drop(reader);
+        assert_eq!(pool.lock().boxes.len(), 1);
+        assert_eq!(pool.len(), 1, "and its vector");
+        let again = Batch::pooled(pool.take(), &pool);
+        let Shared::Vec(b) = &again.data else {
+            panic!("a pooled batch shares a vector")
+        };
+        assert_eq!(Arc::as_ptr(b), boxed, "the same box, no allocation");
+        assert!(again.is_empty());
+        assert_eq!(pool.lock().boxes.len(), 0);
+    }
+
+    #[test]
+    fn an_erased_batch_comes_back_as_its_own_type_only() {
+        let pool = Arc::new(VecPool::<u64>::new());
+        let mut batch = Batch::pooled(vec![1, 2, 3, 4], &pool);
+        batch.advance(1);
+        let erased = batch.into_any();
+        assert!(
+            matches!(erased, AnyBatch::Pooled { .. }),
+            "no box of its own"
+        );
+        let Err(erased) = erased.downcast::<u32>() else {
+            panic!("not a batch of u32")
+        };
+        let back = erased.downcast::<u64>().unwrap();
+        assert_eq!(back.as_slice(), [2, 3, 4]);
+        drop(back);
+        assert_eq!(
+            pool.len(),
+            1,
+            "the vector went home through the erased batch"
+        );
+        let shared = Batch::new(Arc::from([7u64, 8])).into_any();
+        let Err(shared) = shared.downcast::<String>() else {
+            panic!("not a batch of String")
+        };
+        assert_eq!(shared.downcast::<u64>().unwrap().as_slice(), [7, 8]);
+    }
+
+    #[test]
+    fn a_full_pool_keeps_its_largest_vectors() {
+        let pool = Arc::new(VecPool::<u64>::with_limits(2, 1 << 20));
+        for cap in [1, 2] {
+            pool.put(Vec::with_capacity(cap));
+        }
+        pool.put(Vec::with_capacity(1000));
+        pool.put(Vec::with_capacity(1));
+        let mut kept: Vec<usize> = pool.lock().vecs.iter().map(|v| v.capacity()).collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [2, 1000],
+            "the smallest gave way, a smaller one was not kept"
+        );
     }
 
     #[test]

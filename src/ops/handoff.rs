@@ -12,8 +12,10 @@
 //! it came in. A step whose buffer is empty takes the first `Vec` itself (swapped, not copied)
 //! and appends the next ones while they fit; the writer gets back the agent's empty `Vec` with
 //! its capacity. So a source that hands over whole batches has its elements moved, never
-//! copied, on the way to its agent, and in steady state nothing is allocated per element or per
-//! hand-over.
+//! copied, on the way to its agent. Only a few elements (at most 4 KiB) in a mostly empty `Vec`
+//! (pushed one at a time into room for a batch) are copied out instead, and the room stays
+//! with the writer: the agent's batch is the size of its elements, and the same two or three
+//! vectors go round. In steady state nothing is allocated per element or per hand-over.
 //!
 //! The writer waits while `limit` elements or more wait (one hand-over may go past it, so a
 //! hand-over larger than the limit still goes through): memory stays bounded by the limit plus
@@ -26,6 +28,10 @@ use std::time::Duration;
 
 /// The most empty `Vec`s kept for the writer: one per batch that may wait.
 const SPARES: usize = 4;
+
+/// A chunk whose elements take at most this many bytes and fill less than half of it is
+/// copied out rather than swapped (see the module docs).
+const COPY_AT_MOST_BYTES: usize = 4 << 10;
 
 /// How a stream fed through a handoff ended.
 #[derive(Debug)]
@@ -227,7 +233,8 @@ impl<T> HandoffRx<T> {
                 break;
             }
             let mut taken = state.chunks.pop_front().expect("a front chunk");
-            if out.is_empty() {
+            let few = n.saturating_mul(std::mem::size_of::<T>()) <= COPY_AT_MOST_BYTES;
+            if out.is_empty() && !(few && n < taken.capacity() / 2) {
                 std::mem::swap(out, &mut taken);
             } else {
                 out.append(&mut taken);

@@ -494,7 +494,7 @@ pub(crate) fn post_items<T: Element>(
                 }
                 target.post(Envelope::Data {
                     input,
-                    batch: Box::new(part),
+                    batch: part.into_any(),
                 });
             }
             Item::Mark(mark) => target.post(Envelope::Mark { input, mark }),

@@ -15,7 +15,6 @@
 //! the run, to know whether a dead peer may come back, to hold the process's exit until its
 //! peer heard the last word) is a [`RunContext`], also handed down as a value by the runtime.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +25,7 @@ use super::tcp::TcpSender;
 use super::ShmSender;
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element, Mark, Policy};
+use crate::stream::{AnyBatch, Batch, Element, Mark, Policy};
 
 // ---------------------------------------------------------------------------------------------
 // What a link needs from its run
@@ -162,11 +161,8 @@ impl Drop for LingerGuard {
 /// A message to a host. Data and end-of-stream travel in order on the same path, so an end of
 /// stream never overtakes data.
 pub(crate) enum Envelope {
-    /// A batch (`Batch<T>`, boxed) for input `input`.
-    Data {
-        input: u32,
-        batch: Box<dyn Any + Send>,
-    },
+    /// A batch (a `Batch<T>`, its type erased) for input `input`.
+    Data { input: u32, batch: AnyBatch },
     /// A [`Mark`] for input `input`, after the data sent before it.
     Mark { input: u32, mark: Mark },
     /// The writer of input `input` closed its stream; nothing follows.
@@ -282,7 +278,7 @@ fn transmit<T: Element>(
             let part = batch.split_front(n);
             mailbox.post(Envelope::Data {
                 input: *input,
-                batch: Box::new(part),
+                batch: part.into_any(),
             });
             let in_flight = (capacity - *credit) as u64;
             counters
@@ -709,7 +705,7 @@ mod tests {
             match env {
                 Envelope::Data { batch, .. } => log.extend(
                     batch
-                        .downcast::<Batch<u64>>()
+                        .downcast::<u64>()
                         .unwrap()
                         .as_slice()
                         .iter()

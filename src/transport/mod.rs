@@ -1229,7 +1229,7 @@ fn feed<T: Element>(
             }
             spec.target.post(Envelope::Data {
                 input: spec.input,
-                batch: Box::new(part),
+                batch: part.into_any(),
             });
             continue;
         }
@@ -1426,7 +1426,7 @@ mod tests {
             let mut seen = self.seen.lock().unwrap();
             match env {
                 Envelope::Data { batch, .. } => {
-                    let batch = batch.downcast::<Batch<u64>>().unwrap();
+                    let batch = batch.downcast::<u64>().unwrap();
                     seen.batches.push(batch.len());
                     seen.items.extend_from_slice(batch.as_slice());
                 }
@@ -1675,7 +1675,7 @@ mod tests {
     impl Mailbox for Strings {
         fn post(&self, env: Envelope) {
             if let Envelope::Data { batch, .. } = env {
-                let batch = batch.downcast::<Batch<String>>().unwrap();
+                let batch = batch.downcast::<String>().unwrap();
                 self.0.lock().unwrap().extend_from_slice(batch.as_slice());
             }
         }
@@ -2394,7 +2394,7 @@ mod tests {
             match env {
                 Envelope::Data { batch, .. } => log.extend(
                     batch
-                        .downcast::<Batch<T>>()
+                        .downcast::<T>()
                         .unwrap()
                         .as_slice()
                         .iter()

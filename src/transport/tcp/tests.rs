@@ -12,7 +12,7 @@ use super::feeder::{spawn_probed, FeederProbe};
 use super::*;
 use crate::error::Error;
 use crate::metrics::LinkCounters;
-use crate::stream::{Batch, Element, Mark};
+use crate::stream::{Element, Mark};
 use crate::transport::link::{Envelope, Mailbox, Run, RunContext};
 use crate::transport::testutil::TestRun;
 
@@ -148,7 +148,7 @@ impl<T: Element> Mailbox for Sink<T> {
         let mut seen = self.seen.lock().unwrap();
         match env {
             Envelope::Data { batch, .. } => {
-                let batch = batch.downcast::<Batch<T>>().unwrap();
+                let batch = batch.downcast::<T>().unwrap();
                 assert!(!seen.eos, "data after the end of stream");
                 seen.items.extend_from_slice(batch.as_slice());
                 self.consume(&mut seen);
