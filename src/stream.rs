@@ -188,9 +188,18 @@ impl<T> Batch<T> {
     /// last clone of the batch is dropped, in a box the pool kept (no allocation) if it has
     /// one.
     pub fn pooled(items: Vec<T>, pool: &Arc<VecPool<T>>) -> Self {
+        Self::pooled_in(items, pool, pool.take_box())
+    }
+    /// [`Batch::pooled`] of what `items` holds, leaving in its place an empty vector from
+    /// `pool` ([`VecPool::take`]): one look at the pool for both.
+    pub fn pooled_replacing(items: &mut Vec<T>, pool: &Arc<VecPool<T>>) -> Self {
+        let (empty, boxed) = pool.take_with_box();
+        Self::pooled_in(std::mem::replace(items, empty), pool, boxed)
+    }
+    fn pooled_in(items: Vec<T>, pool: &Arc<VecPool<T>>, boxed: Option<Arc<Owned<T>>>) -> Self {
         let range = 0..items.len();
         let home = Some(Arc::clone(pool));
-        let data = match pool.take_box() {
+        let data = match boxed {
             Some(mut boxed) => {
                 let owned = Arc::get_mut(&mut boxed).expect("a box the pool keeps is unique");
                 owned.items = items;
@@ -260,18 +269,20 @@ impl<T: Send + Sync + 'static> Batch<T> {
 impl<T> Drop for Batch<T> {
     /// The last reference to a pooled vector sends both it and its box back to the pool.
     fn drop(&mut self) {
-        if let Shared::Vec(a) = &mut self.data {
-            if Arc::get_mut(a).is_some() {
-                let Shared::Vec(mut boxed) = std::mem::replace(&mut self.data, Shared::Gone) else {
-                    unreachable!("matched just above")
-                };
-                let owned = Arc::get_mut(&mut boxed).expect("unique: checked above");
-                if let Some(home) = owned.home.take() {
-                    let items = std::mem::take(&mut owned.items);
-                    home.put_with_box(items, boxed);
-                }
-            }
-        }
+        let Shared::Vec(a) = &mut self.data else {
+            return;
+        };
+        let Some(owned) = Arc::get_mut(a) else {
+            return;
+        };
+        let Some(home) = owned.home.take() else {
+            return;
+        };
+        let items = std::mem::take(&mut owned.items);
+        let Shared::Vec(boxed) = std::mem::replace(&mut self.data, Shared::Gone) else {
+            unreachable!("matched just above")
+        };
+        home.put_with_box(items, boxed);
     }
 }
 
@@ -445,7 +456,10 @@ impl<T> VecPool<T> {
     /// An empty vector: the one returned last (with its capacity) if there is one, else a new
     /// one (no allocation until it grows).
     pub fn take(&self) -> Vec<T> {
-        let mut free = self.lock();
+        Self::pop_vec(&mut self.lock())
+    }
+
+    fn pop_vec(free: &mut Free<T>) -> Vec<T> {
         match free.vecs.pop() {
             Some(v) => {
                 let bytes = Self::bytes(&v);
@@ -480,6 +494,13 @@ impl<T> VecPool<T> {
     /// An empty box kept by [`put_with_box`](VecPool::put_with_box), if there is one.
     fn take_box(&self) -> Option<Arc<Owned<T>>> {
         self.lock().boxes.pop()
+    }
+
+    /// [`take`](VecPool::take) and [`take_box`](VecPool::take_box) under one lock.
+    fn take_with_box(&self) -> (Vec<T>, Option<Arc<Owned<T>>>) {
+        let mut free = self.lock();
+        let boxed = free.boxes.pop();
+        (Self::pop_vec(&mut free), boxed)
     }
 
     /// `items`, cleared, if the pool could keep it (it has a capacity, not too large).

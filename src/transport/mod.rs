@@ -1152,8 +1152,7 @@ fn feeder_pool<T>(capacity: usize) -> VecPool<T> {
 /// vector from `pool`, and starts gathering into another one from it.
 fn seal<T>(staged: &mut Vec<T>, pending: &mut VecDeque<Pending<T>>, pool: &Arc<VecPool<T>>) {
     if !staged.is_empty() {
-        let items = std::mem::replace(staged, pool.take());
-        pending.push_back(Pending::Data(Batch::pooled(items, pool)));
+        pending.push_back(Pending::Data(Batch::pooled_replacing(staged, pool)));
     }
 }
 
