@@ -511,14 +511,21 @@ struct Queued {
 }
 
 impl Parcels {
+    /// The most envelopes a kept queue has room for (about 12 KiB).
+    const KEEP: usize = 256;
+
     fn post(&self, env: Envelope) {
         self.lock().waiting.push_back(env);
         self.waker.wake();
     }
 
-    /// Gives back a burst's queue, emptied, for reuse.
+    /// Gives back a burst's queue, emptied, for reuse, unless it grew past
+    /// [`Parcels::KEEP`] (an idle agent keeps little, whatever bursts it saw).
     fn recycle(&self, burst: std::collections::VecDeque<Envelope>) {
         debug_assert!(burst.is_empty());
+        if burst.capacity() > Self::KEEP {
+            return;
+        }
         let mut q = self.lock();
         if burst.capacity() > q.spare.capacity() {
             q.spare = burst;
