@@ -411,8 +411,9 @@ fn paced_push_allocations(transport: iotstream::Transport, n: u64) -> u64 {
 /// allocated per element anywhere in the process, in-process between actors or across a
 /// shared-memory ring (forced within this process: the same ring, feeder and decoder as
 /// between processes). Batch vectors and the boxes that share them go back to their pools,
-/// envelopes wait in a reused queue, not in an actix message. (A TCP link still allocates
-/// per frame, on both ends: see `links_between_processes_allocate_per_batch_not_per_element`.)
+/// envelopes wait in a reused queue, not in an actix message. (A TCP link's reader decodes
+/// into its pool's vectors too, but its writer still allocates per frame: see
+/// `links_between_processes_allocate_per_batch_not_per_element`.)
 #[test]
 fn paced_one_element_pushes_allocate_nothing_once_warm() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());

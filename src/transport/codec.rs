@@ -492,7 +492,7 @@ impl<T: Element> Codec<T> {
 
     /// [`decode`](Self::decode), appending the elements to `out`; returns how many. On an
     /// error, some may have been appended.
-    fn decode_into(&self, payload: &[u8], out: &mut Vec<T>) -> Result<usize, String> {
+    pub fn decode_into(&self, payload: &[u8], out: &mut Vec<T>) -> Result<usize, String> {
         if payload.len() < HEADER {
             return Err(format!(
                 "a frame of {} bytes is shorter than its 8-byte header",

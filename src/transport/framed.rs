@@ -477,15 +477,16 @@ pub(crate) fn take_within_credit<T: Element>(
 }
 
 /// Posts `items` (batches and marks: the End is delivered apart) to input `input` behind
-/// `target`, in order, counting elements and batches in `counters` when `count`.
+/// `target`, in order, counting elements and batches in `counters` when `count`; leaves
+/// `items` empty, with its capacity, for the next delivery.
 pub(crate) fn post_items<T: Element>(
-    items: Vec<Item<T>>,
+    items: &mut Vec<Item<T>>,
     target: &dyn Mailbox,
     input: u32,
     counters: &LinkCounters,
     count: bool,
 ) {
-    for item in items {
+    for item in items.drain(..) {
         match item {
             Item::Data(part) => {
                 if count {

@@ -1140,7 +1140,7 @@ enum Pending<T> {
 /// with them: about twice the connection's capacity of elements (what the feeder may have
 /// delivered and not seen consumed, plus what it gathers), at least a default pool's bytes
 /// and at most 64 MiB.
-fn feeder_pool<T>(capacity: usize) -> VecPool<T> {
+pub(crate) fn feeder_pool<T>(capacity: usize) -> VecPool<T> {
     let bytes = capacity
         .saturating_mul(std::mem::size_of::<T>())
         .saturating_mul(2)

@@ -247,7 +247,7 @@ fn feed<T: Element>(shared: &Shared<T>) {
             shared.ack(reply);
         }
         post_items(
-            gather(out),
+            &mut gather(out),
             &*shared.target,
             shared.input,
             &shared.counters,

@@ -53,7 +53,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element, Mark};
+use crate::stream::{Batch, Element, Mark, VecPool};
 use crate::transport::codec::Codec;
 use crate::transport::framed::{
     post_items, start_feeder, take_within_credit, FeederMailbox, Item, Next,
@@ -191,6 +191,8 @@ struct Shared<T> {
     refusals: Mutex<Vec<String>>,
     /// Where the reading input returns credit.
     mailbox: Arc<FeederMailbox>,
+    /// The vectors frames are decoded into, back when the reading agent drops their batches.
+    pool: Arc<VecPool<T>>,
     /// The reading host's mailbox.
     target: Arc<dyn Mailbox>,
     /// The reading input's index on that host.
@@ -198,7 +200,7 @@ struct Shared<T> {
     /// Held across "take from `pending` + post to `target`" by whichever thread delivers (the
     /// connection thread after a read, the feeder thread when credit comes back), so that
     /// batches reach the input in order. Taken before `state`, never after.
-    delivery: Mutex<()>,
+    delivery: Mutex<Vec<Item<T>>>,
     /// Batches delivered so far, by either thread: the feeder tells a pause from load by it.
     delivered: AtomicU64,
 }
@@ -258,7 +260,7 @@ impl<T> Shared<T> {
 
 impl<T: Element> Shared<T> {
     /// Holds the delivery lock (see [`Shared::delivery`]).
-    fn delivering(&self) -> MutexGuard<'_, ()> {
+    fn delivering(&self) -> MutexGuard<'_, Vec<Item<T>>> {
         self.delivery.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -273,7 +275,7 @@ impl<T: Element> Shared<T> {
 
     /// Posts `items` (batches and marks) to the reading input, in order (the delivery lock is
     /// held).
-    fn post_deliveries(&self, items: Vec<Item<T>>) {
+    fn post_deliveries(&self, items: &mut Vec<Item<T>>) {
         if items.is_empty() {
             return;
         }
@@ -448,9 +450,10 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         lingering: AtomicBool::new(false),
         refusals: Mutex::new(Vec::new()),
         mailbox: Arc::clone(&mailbox),
+        pool: Arc::new(crate::transport::feeder_pool(spec.capacity)),
         target: spec.target,
         input: spec.input,
-        delivery: Mutex::new(()),
+        delivery: Mutex::new(Vec::new()),
         delivered: AtomicU64::new(0),
     });
     let acceptor = Arc::clone(&shared);
@@ -738,16 +741,16 @@ impl<T: Element> Reading<'_, T> {
     /// input's credit wakes it too), and an Ack that is due.
     fn deliver(&self) {
         let shared = self.shared;
-        let delivery = shared.delivering();
-        let mut parts = Vec::new();
+        // The delivery lock guards the list of parts, reused from one delivery to the next.
+        let mut parts = shared.delivering();
         let wake = {
             let mut st = shared.lock();
             st.consume(shared.mailbox.take_consumed());
             let next = shared.take_deliveries(&mut st, &mut parts);
             next != Next::Nothing || st.ack_bytes >= shared.settings.unacked_bytes / 4
         };
-        shared.post_deliveries(parts);
-        drop(delivery);
+        shared.post_deliveries(&mut parts);
+        drop(parts);
         if wake {
             shared.feeder.unpark();
         }
@@ -886,7 +889,9 @@ impl<T: Element> Reading<'_, T> {
             }
         }
         // Decoded outside the lock, in this connection's private memory.
-        let items = self.codec.decode_shared_private(payload).map_err(|e| {
+        // Decoded into a vector of the pool (plain data copied once, straight into it).
+        let mut items = shared.pool.take();
+        self.codec.decode_into(payload, &mut items).map_err(|e| {
             Some(format!(
                 "batch {seq} does not decode as {}: {e}",
                 shared.id.type_name
@@ -916,7 +921,10 @@ impl<T: Element> Reading<'_, T> {
         });
         st.held_payload += payload.len();
         if n > 0 {
-            st.pending.push_back(Item::Data(Batch::new(items)));
+            st.pending
+                .push_back(Item::Data(Batch::pooled(items, &shared.pool)));
+        } else {
+            shared.pool.put(items);
         }
         drop(st);
         if shared.count_traffic {
@@ -1032,10 +1040,10 @@ impl<T: Element> Feeder<T> {
                 self.end_of_run(&mut writer);
                 return Ok(());
             }
-            let mut deliver = Vec::new();
             let mut eos = false;
             let mut out = Vec::new();
-            let delivery = shared.delivering();
+            // The delivery lock guards the list of parts, reused from one delivery to the next.
+            let mut deliver = shared.delivering();
             {
                 let mut st = shared.lock();
                 // The connection thread delivers what arrives while there is credit: that is
@@ -1136,7 +1144,7 @@ impl<T: Element> Feeder<T> {
                 }
             }
             let progressed = !deliver.is_empty() || eos;
-            shared.post_deliveries(deliver);
+            shared.post_deliveries(&mut deliver);
             // Its own deliveries are not news to this thread.
             seen_delivered = shared.delivered.load(Ordering::SeqCst).max(seen_delivered);
             if eos {
@@ -1146,7 +1154,7 @@ impl<T: Element> Feeder<T> {
                 shared.run.finished(&self.state);
                 self.reported = true;
             }
-            drop(delivery);
+            drop(deliver);
             if !out.is_empty() && self.send(&mut writer, &out) {
                 last_send = Instant::now();
                 for f in &out {
