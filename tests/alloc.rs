@@ -409,11 +409,11 @@ fn paced_push_allocations(transport: iotstream::Transport, n: u64) -> u64 {
 
 /// One element per push, each its own batch (the pipeline keeps up): once warm, nothing is
 /// allocated per element anywhere in the process, in-process between actors or across a
-/// shared-memory ring (forced within this process: the same ring, feeder and decoder as
-/// between processes). Batch vectors and the boxes that share them go back to their pools,
-/// envelopes wait in a reused queue, not in an actix message. (A TCP link's reader decodes
-/// into its pool's vectors too, but its writer still allocates per frame: see
-/// `links_between_processes_allocate_per_batch_not_per_element`.)
+/// shared-memory ring or a TCP link on loopback (forced within this process: the same ring,
+/// socket, feeder and decoder as between processes). Batch vectors and the boxes that share
+/// them go back to their pools, envelopes wait in a reused queue, not in an actix message; a
+/// TCP writer's acknowledged frames are written over by later ones, and its reader decodes
+/// into its pool's vectors.
 #[test]
 fn paced_one_element_pushes_allocate_nothing_once_warm() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -421,6 +421,7 @@ fn paced_one_element_pushes_allocate_nothing_once_warm() {
     for transport in [
         iotstream::Transport::Local,
         iotstream::Transport::SharedMemory,
+        iotstream::Transport::Tcp,
     ] {
         let used = paced_push_allocations(transport, n);
         eprintln!("{transport:?}: {used} allocations for {n} paced one-element pushes");

@@ -3,10 +3,13 @@
 //! their own, or messages through NATS JetStream) and how they are acknowledged stay with each
 //! flavor; this module knows nothing of either, nor of hosts or graphs.
 //!
-//! - The writer's end: [`FrameEncoder`] encodes a batch's leading elements into Data frames
-//!   (the rings' codec, at most a target payload a frame, an element larger than that in a
-//!   frame of its own), and [`Outbox`] numbers and queues Data, Mark and End frames until the
-//!   flavor says they are acknowledged, counting the payload they hold.
+//! - The writer's end: [`FrameEncoder`] encodes a batch's leading elements into numbered Data
+//!   frames (the rings' codec, at most a target payload a frame, an element larger than that
+//!   in a frame of its own), and [`Outbox`] queues Data, Mark and End frames until the flavor
+//!   says they are acknowledged, counting the payload they hold. A flavor holds a frame's
+//!   bytes in a [`FrameBytes`]: an acknowledged frame that nothing else holds is kept (up to
+//!   [`SPARE_BYTES`] of them) and written over by a later frame, so a steady stream allocates
+//!   nothing per frame.
 //! - The reader's end: [`FeederMailbox`] is the input's credit, which comes back as the reading
 //!   agent consumes (so credit is consumption, which the flavor turns into acknowledgements);
 //!   [`take_within_credit`] takes what that credit covers from the frames received, in order,
@@ -31,10 +34,70 @@ pub(crate) const DATA_OVERHEAD_BYTES: usize = wire::HEADER_BYTES + 1 + 8 + 4;
 // ---------------------------------------------------------------------------------------------
 // The writer's end
 
-/// A Data frame encoded and not yet numbered (its seq is 0 until [`Outbox::push_data`]).
-pub(crate) struct DataFrame {
+/// How many acknowledged frames an [`Outbox`] keeps for reuse at most. A reader acknowledges
+/// every millisecond or so (see the TCP feeder's `ACK_DELAY`): the frames of one such pause,
+/// one element each at tens of µs apart, are reused in the next.
+const SPARE_FRAMES: usize = 1024;
+
+/// The bytes of the buffers an [`Outbox`] keeps for reuse at most: 1 MiB a link (and as much
+/// again lent to the encoder).
+const SPARE_BYTES: usize = 1 << 20;
+
+/// The largest buffer an [`Outbox`] keeps for reuse. Larger frames (big batches, large
+/// elements) are freed once acknowledged; they are not one per element.
+const SPARE_FRAME_BYTES: usize = 64 << 10;
+
+/// How a flavor holds a queued frame's bytes (see the [module docs](self)).
+pub(crate) trait FrameBytes: Sized {
+    /// A frame that `fill` writes into an empty buffer: `spare`'s (a frame [`reclaim`]ed)
+    /// when given, else a new one.
+    ///
+    /// [`reclaim`]: FrameBytes::reclaim
+    fn write(spare: Option<Self>, fill: impl FnOnce(&mut Vec<u8>)) -> Self;
+
+    /// This frame and its buffer's capacity, to be written over later, when nothing else holds
+    /// its bytes and its buffer is at most [`SPARE_FRAME_BYTES`]; `None` frees it.
+    fn reclaim(self) -> Option<(Self, usize)>;
+}
+
+/// TCP's frames, shared with the link's I/O thread while it writes them.
+impl FrameBytes for Arc<Vec<u8>> {
+    fn write(spare: Option<Self>, fill: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut frame = spare.unwrap_or_default();
+        let bytes = Arc::get_mut(&mut frame).expect("a spare frame is held by nothing else");
+        bytes.clear();
+        fill(bytes);
+        frame
+    }
+
+    fn reclaim(mut self) -> Option<(Self, usize)> {
+        match Arc::get_mut(&mut self).map(|bytes| bytes.capacity()) {
+            Some(capacity) if capacity <= SPARE_FRAME_BYTES => Some((self, capacity)),
+            _ => None,
+        }
+    }
+}
+
+/// The broker's messages, handed to its client (which may hold them on): never reused.
+impl FrameBytes for bytes::Bytes {
+    fn write(spare: Option<Self>, fill: impl FnOnce(&mut Vec<u8>)) -> Self {
+        debug_assert!(spare.is_none(), "Bytes are never reclaimed");
+        let mut bytes = Vec::new();
+        fill(&mut bytes);
+        bytes.into()
+    }
+
+    fn reclaim(self) -> Option<(Self, usize)> {
+        None
+    }
+}
+
+/// A Data frame encoded and numbered, not yet queued.
+pub(crate) struct DataFrame<F> {
+    /// Its seq: the one [`Outbox::push_data`] must give it next.
+    seq: u64,
     /// The whole frame, length prefix included.
-    bytes: Vec<u8>,
+    bytes: F,
     /// The elements it holds.
     elements: usize,
     /// Its payload bytes.
@@ -64,25 +127,41 @@ impl<T: Element> FrameEncoder<T> {
         }
     }
 
-    /// Encodes leading elements of `items` into Data frames while `room(frames, payload)`,
-    /// given the frames made so far and their payload bytes, allows another; returns the
-    /// frames and how many elements they hold. An element whose encoding exceeds `max` is an
-    /// error naming the size.
-    pub(crate) fn encode(
+    /// Encodes leading elements of `items` into Data frames numbered from `first_seq` (the
+    /// outbox's next seq: only the writer queues frames), into `frames` (empty), while
+    /// `room(frames, payload)`, given the frames made so far and their payload bytes, allows
+    /// another; frames reuse the buffers of `spare` (see [`Outbox::lend_spare`]) while it
+    /// has some. Returns how many elements the frames hold. An element whose encoding exceeds
+    /// `max` is an error naming the size, and leaves `frames` empty.
+    pub(crate) fn encode<F: FrameBytes>(
         &mut self,
         items: &[T],
+        first_seq: u64,
+        spare: &mut Vec<F>,
+        frames: &mut Vec<DataFrame<F>>,
         mut room: impl FnMut(usize, usize) -> bool,
-    ) -> Result<(Vec<DataFrame>, usize), String> {
-        let mut frames = Vec::new();
+    ) -> Result<usize, String> {
+        debug_assert!(frames.is_empty(), "frames not queued");
         let (mut done, mut payload) = (0, 0);
         while done < items.len() && room(frames.len(), payload) {
             let rest = &items[done..];
-            let (n, len) = self.plan(rest)?;
-            let mut bytes = Vec::with_capacity(DATA_OVERHEAD_BYTES + len);
-            wire::data_header(0, n as u32, len, &mut bytes);
-            self.codec.append(rest, n, &mut bytes);
-            debug_assert_eq!(bytes.len(), DATA_OVERHEAD_BYTES + len);
+            let (n, len) = match self.plan(rest) {
+                Ok(planned) => planned,
+                Err(e) => {
+                    frames.clear();
+                    return Err(e);
+                }
+            };
+            let seq = first_seq + frames.len() as u64;
+            let codec = &mut self.codec;
+            let bytes = F::write(spare.pop(), |bytes| {
+                bytes.reserve(DATA_OVERHEAD_BYTES + len);
+                wire::data_header(seq, n as u32, len, bytes);
+                codec.append(rest, n, bytes);
+                debug_assert_eq!(bytes.len(), DATA_OVERHEAD_BYTES + len);
+            });
             frames.push(DataFrame {
+                seq,
                 bytes,
                 elements: n,
                 payload: len,
@@ -90,7 +169,7 @@ impl<T: Element> FrameEncoder<T> {
             payload += len;
             done += n;
         }
-        Ok((frames, done))
+        Ok(done)
     }
 
     /// The next frame for the leading elements of `rest`: how many, and the payload's bytes.
@@ -138,9 +217,14 @@ pub(crate) struct Outbox<F> {
     pub closed: bool,
     /// The End is acknowledged.
     pub finished: bool,
+    /// Acknowledged frames kept to be written over (at most [`SPARE_FRAMES`] and
+    /// [`SPARE_BYTES`]).
+    spare: Vec<F>,
+    /// The capacity of `spare`'s buffers.
+    spare_bytes: usize,
 }
 
-impl<F: From<Vec<u8>>> Outbox<F> {
+impl<F: FrameBytes> Outbox<F> {
     pub(crate) fn new() -> Self {
         Outbox {
             queue: VecDeque::new(),
@@ -149,16 +233,26 @@ impl<F: From<Vec<u8>>> Outbox<F> {
             full: false,
             closed: false,
             finished: false,
+            spare: Vec::new(),
+            spare_bytes: 0,
         }
     }
 
-    /// Queues `frames`, each numbered with the next seq.
-    pub(crate) fn push_data(&mut self, frames: Vec<DataFrame>) {
-        for f in frames {
-            let mut bytes = f.bytes;
-            let seq = self.next_seq;
-            bytes[wire::DATA_SEQ_AT..wire::DATA_SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
-            self.push(bytes, f.elements, f.payload, false);
+    /// Hands the frames kept for reuse to the writer's encoder, when `to` has none left: the
+    /// two lists trade places, so neither allocates once both have grown.
+    pub(crate) fn lend_spare(&mut self, to: &mut Vec<F>) {
+        if to.is_empty() {
+            std::mem::swap(&mut self.spare, to);
+            self.spare_bytes = 0;
+        }
+    }
+
+    /// Queues `frames`, leaving the list empty for the next call. Each must carry the next
+    /// seq: [`FrameEncoder::encode`] was given [`Outbox::next_seq`].
+    pub(crate) fn push_data(&mut self, frames: &mut Vec<DataFrame<F>>) {
+        for f in frames.drain(..) {
+            assert_eq!(f.seq, self.next_seq, "Data frames are queued in seq order");
+            self.push(f.bytes, f.elements, f.payload, false);
         }
     }
 
@@ -173,15 +267,11 @@ impl<F: From<Vec<u8>>> Outbox<F> {
     /// Queues a Mark frame of `mark`; it counts its whole size, [`wire::MARK_FRAME_BYTES`], as
     /// payload.
     pub(crate) fn push_mark(&mut self, mark: Mark) {
-        let mut bytes = Vec::with_capacity(wire::MARK_FRAME_BYTES);
-        wire::encode_frame(
-            &Frame::Mark {
-                seq: self.next_seq,
-                mark,
-            },
-            &mut bytes,
-        );
-        debug_assert_eq!(bytes.len(), wire::MARK_FRAME_BYTES);
+        let seq = self.next_seq;
+        let bytes = F::write(self.spare.pop(), |bytes| {
+            wire::encode_frame(&Frame::Mark { seq, mark }, bytes);
+            debug_assert_eq!(bytes.len(), wire::MARK_FRAME_BYTES);
+        });
         self.push(bytes, 0, wire::MARK_FRAME_BYTES, false);
     }
 
@@ -191,18 +281,20 @@ impl<F: From<Vec<u8>>> Outbox<F> {
             return false;
         }
         self.closed = true;
-        let mut bytes = Vec::new();
-        wire::encode_frame(&Frame::End { seq: self.next_seq }, &mut bytes);
+        let seq = self.next_seq;
+        let bytes = F::write(self.spare.pop(), |bytes| {
+            wire::encode_frame(&Frame::End { seq }, bytes)
+        });
         self.push(bytes, 0, 0, true);
         true
     }
 
-    fn push(&mut self, bytes: Vec<u8>, elements: usize, payload: usize, end: bool) {
+    fn push(&mut self, frame: F, elements: usize, payload: usize, end: bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queue.push_back(Queued {
             seq,
-            frame: F::from(bytes),
+            frame,
             elements,
             payload,
             end,
@@ -210,8 +302,8 @@ impl<F: From<Vec<u8>>> Outbox<F> {
         self.unacked += payload;
     }
 
-    /// Frees every frame numbered below `next` (acknowledged, or given up). Freeing the End
-    /// sets `finished`.
+    /// Frees every frame numbered below `next` (acknowledged, or given up), keeping a few for
+    /// reuse. Freeing the End sets `finished`.
     pub(crate) fn release_below(&mut self, next: u64) -> Released {
         let mut r = Released {
             elements: 0,
@@ -222,6 +314,12 @@ impl<F: From<Vec<u8>>> Outbox<F> {
             self.unacked -= q.payload;
             r.elements += q.elements;
             r.end |= q.end;
+            if self.spare.len() < SPARE_FRAMES && self.spare_bytes < SPARE_BYTES {
+                if let Some((frame, capacity)) = q.frame.reclaim() {
+                    self.spare.push(frame);
+                    self.spare_bytes += capacity;
+                }
+            }
         }
         self.finished |= r.end;
         r
@@ -501,5 +599,114 @@ pub(crate) fn post_items<T: Element>(
             Item::Mark(mark) => target.post(Envelope::Mark { input, mark }),
             Item::End => unreachable!("the End is delivered apart"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::Mark;
+    use crate::transport::tcp::wire::FrameDecoder;
+
+    type Frames = Outbox<Arc<Vec<u8>>>;
+
+    /// Encodes `items` whole into `out`'s next frames, as a writer does.
+    fn write(
+        enc: &mut FrameEncoder<u64>,
+        out: &mut Frames,
+        spare: &mut Vec<Arc<Vec<u8>>>,
+        items: &[u64],
+    ) {
+        out.lend_spare(spare);
+        let mut frames = Vec::new();
+        let n = enc
+            .encode(items, out.next_seq, spare, &mut frames, |_, _| true)
+            .unwrap();
+        assert_eq!(n, items.len());
+        out.push_data(&mut frames);
+        assert!(frames.is_empty());
+    }
+
+    /// The frame queued with `seq`.
+    fn frame(out: &Frames, seq: u64) -> Arc<Vec<u8>> {
+        Arc::clone(&out.queue.iter().find(|q| q.seq == seq).unwrap().frame)
+    }
+
+    fn decode(bytes: &[u8]) -> Frame {
+        let mut dec = FrameDecoder::new(wire::DEFAULT_MAX_FRAME_BYTES);
+        dec.push(bytes);
+        let f = dec.next().unwrap().expect("a whole frame");
+        assert!(dec.next().unwrap().is_none(), "one frame");
+        f
+    }
+
+    #[test]
+    fn frames_are_numbered_in_order_across_data_marks_and_the_end() {
+        let mut enc = FrameEncoder::<u64>::new(1 << 10, 1 << 20, "frame");
+        let (mut out, mut spare) = (Frames::new(), Vec::new());
+        write(&mut enc, &mut out, &mut spare, &[1, 2]);
+        out.push_mark(Mark::Watermark(7));
+        // 200 elements of 8 bytes: two frames of at most 1 KiB.
+        let many: Vec<u64> = (0..200).collect();
+        write(&mut enc, &mut out, &mut spare, &many);
+        assert!(out.push_end());
+        let seqs: Vec<u64> = out
+            .queue
+            .iter()
+            .map(|q| match decode(&q.frame) {
+                Frame::Data { seq, .. } | Frame::Mark { seq, .. } | Frame::End { seq } => seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4]);
+        assert_eq!(out.queue.iter().map(|q| q.seq).collect::<Vec<_>>(), seqs);
+        assert_eq!(out.queue.iter().map(|q| q.elements).sum::<usize>(), 202);
+    }
+
+    #[test]
+    fn an_acknowledged_frame_nothing_holds_is_written_over_by_a_later_one() {
+        let mut enc = FrameEncoder::<u64>::new(1 << 10, 1 << 20, "frame");
+        let (mut out, mut spare) = (Frames::new(), Vec::new());
+        write(&mut enc, &mut out, &mut spare, &[1]);
+        write(&mut enc, &mut out, &mut spare, &[2]);
+        let first_at = Arc::as_ptr(&frame(&out, 0));
+        // The I/O thread still holds the second frame (it is being written).
+        let writing = frame(&out, 1);
+        assert_eq!(out.release_below(2).elements, 2);
+        drop(writing);
+        // Only the first came back; the next frame is written into it.
+        write(&mut enc, &mut out, &mut spare, &[3]);
+        let third = frame(&out, 2);
+        assert_eq!(Arc::as_ptr(&third), first_at);
+        match decode(&third) {
+            Frame::Data {
+                seq: 2,
+                elements: 1,
+                payload,
+            } => assert!(payload.ends_with(&3u64.to_le_bytes())),
+            other => panic!("{other:?}"),
+        }
+        // The second was freed, not kept: the one after is new.
+        write(&mut enc, &mut out, &mut spare, &[4]);
+        assert!(spare.is_empty() && out.spare.is_empty());
+    }
+
+    #[test]
+    fn large_frames_are_freed_and_spares_stay_bounded() {
+        let mut enc = FrameEncoder::<u64>::new(1 << 20, 1 << 20, "frame");
+        let (mut out, mut spare) = (Frames::new(), Vec::new());
+        // A frame larger than the largest buffer kept.
+        let big: Vec<u64> = (0..(SPARE_FRAME_BYTES as u64 / 8 + 1)).collect();
+        write(&mut enc, &mut out, &mut spare, &big);
+        out.release_below(out.next_seq);
+        assert!(out.spare.is_empty());
+        // More small frames acknowledged at once than are kept.
+        for v in 0..SPARE_FRAMES as u64 + 10 {
+            write(&mut enc, &mut out, &mut spare, &[v]);
+        }
+        out.release_below(out.next_seq);
+        assert_eq!(out.spare.len(), SPARE_FRAMES);
+        assert!(out.spare_bytes <= SPARE_BYTES);
+        assert_eq!(out.unacked, 0);
     }
 }

@@ -19,7 +19,7 @@ use super::{
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark, Policy};
-use crate::transport::framed::{FrameEncoder, Outbox};
+use crate::transport::framed::{DataFrame, FrameEncoder, Outbox};
 use crate::transport::link::{Envelope, Mailbox, Run};
 
 /// What a writer's end needs.
@@ -58,6 +58,10 @@ impl Shared {
 pub(crate) struct BrokerSender<T> {
     shared: Arc<Shared>,
     encoder: FrameEncoder<T>,
+    /// Never filled: the broker's messages are not reused (see `FrameBytes`).
+    spare: Vec<Bytes>,
+    /// The frames of one [`write`](Self::write) (kept for its capacity).
+    frames: Vec<DataFrame<Bytes>>,
     counters: Arc<LinkCounters>,
     max_pending: usize,
     max_pending_bytes: usize,
@@ -106,6 +110,8 @@ impl<T: Element> BrokerSender<T> {
                 crate::stream::MAX_ELEMENT_BYTES + 1024,
                 "message",
             ),
+            spare: Vec::new(),
+            frames: Vec::new(),
             counters: spec.counters,
             max_pending: settings.max_pending.max(1),
             max_pending_bytes: settings.max_pending_bytes,
@@ -123,17 +129,22 @@ impl<T: Element> BrokerSender<T> {
     /// room). An element whose encoding exceeds `MAX_ELEMENT_BYTES` is an error naming its
     /// size.
     pub(crate) fn write(&mut self, items: &[T]) -> Result<usize, String> {
-        // Only the task frees room meanwhile: counting from here errs on the safe side.
-        let (msgs, bytes) = {
+        // Only the task frees room meanwhile: counting from here errs on the safe side. Only
+        // this sender queues frames: the next seq stays until it queues these.
+        let (msgs, bytes, next_seq) = {
             let st = self.shared.lock();
-            (st.queue.len(), st.unacked)
+            (st.queue.len(), st.unacked, st.next_seq)
         };
         let (max_msgs, max_bytes) = (self.max_pending, self.max_pending_bytes);
-        let (frames, done) = self
-            .encoder
-            .encode(items, |n, b| room(max_msgs, max_bytes, msgs + n, bytes + b))?;
+        let done = self.encoder.encode(
+            items,
+            next_seq,
+            &mut self.spare,
+            &mut self.frames,
+            |n, b| room(max_msgs, max_bytes, msgs + n, bytes + b),
+        )?;
         let mut st = self.shared.lock();
-        st.push_data(frames);
+        st.push_data(&mut self.frames);
         self.counters
             .unacked_bytes
             .store(st.unacked as u64, Ordering::Relaxed);

@@ -36,6 +36,7 @@
 //! was consumed. A failed run does not linger: its writer keeps the stream for a restarted
 //! reader.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -71,6 +72,12 @@ const ACCEPT_POLL: Duration = Duration::from_millis(20);
 /// in bursts under load, and at most this late once the stream pauses (see
 /// [`Feeder::ack_due`]).
 const ACK_DELAY: Duration = Duration::from_millis(1);
+
+/// The frames consumed after which an Ack is sent without waiting for [`ACK_DELAY`]: a writer
+/// keeps every frame until acknowledged, and small frames (one element each, at a sensor's
+/// pace) would otherwise pile up by the thousand before a quarter of its byte budget is
+/// consumed. Once acknowledged, the writer writes later frames over them.
+const ACK_EVERY_FRAMES: usize = 128;
 
 /// The most reads a connection thread makes before it delivers what they brought, while more
 /// bytes wait in the socket.
@@ -140,6 +147,8 @@ struct State<T> {
     ack: Option<u64>,
     /// Payload bytes consumed since the last Ack sent (see [`Feeder::ack_due`]).
     ack_bytes: usize,
+    /// Frames consumed since the last Ack sent (see [`Feeder::ack_due`]).
+    ack_frames: usize,
     eos_posted: bool,
     end_acked: bool,
     /// Marks received, and marks delivered: a held Mark frame numbered below
@@ -403,6 +412,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
                 shared,
                 mailbox,
                 reported: false,
+                wire: Cell::new(Vec::new()),
             };
             feeder.run();
         },
@@ -419,6 +429,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             held_payload: 0,
             ack: None,
             ack_bytes: 0,
+            ack_frames: 0,
             eos_posted: false,
             end_acked: false,
             marks_received: 0,
@@ -747,7 +758,7 @@ impl<T: Element> Reading<'_, T> {
             let mut st = shared.lock();
             st.consume(shared.mailbox.take_consumed());
             let next = shared.take_deliveries(&mut st, &mut parts);
-            next != Next::Nothing || st.ack_bytes >= shared.settings.unacked_bytes / 4
+            next != Next::Nothing || st.ack_is_large(&shared.settings)
         };
         shared.post_deliveries(&mut parts);
         drop(parts);
@@ -935,6 +946,12 @@ impl<T: Element> Reading<'_, T> {
 }
 
 impl<T> State<T> {
+    /// The consumption not acknowledged yet is worth an Ack at once: a quarter of the writer's
+    /// budget, or [`ACK_EVERY_FRAMES`] frames.
+    fn ack_is_large(&self, settings: &TcpSettings) -> bool {
+        self.ack_bytes >= settings.unacked_bytes / 4 || self.ack_frames >= ACK_EVERY_FRAMES
+    }
+
     /// The reader consumed `n` more elements: frames whose every element is consumed leave
     /// `held` and, if of the current sequence, move the acknowledgement past them. The End
     /// and marks leave once they were delivered.
@@ -962,6 +979,7 @@ impl<T> State<T> {
             if done.stream == self.stream {
                 self.ack = Some(done.seq + 1);
                 self.ack_bytes += done.payload;
+                self.ack_frames += 1;
                 self.end_acked |= done.end;
             }
         }
@@ -975,6 +993,8 @@ struct Feeder<T> {
     state: Arc<FeederState>,
     /// `run.finished` was called.
     reported: bool,
+    /// The bytes of the last frames sent, kept for their capacity (see [`Feeder::send`]).
+    wire: Cell<Vec<u8>>,
 }
 
 impl<T: Element> Feeder<T> {
@@ -1002,11 +1022,14 @@ impl<T: Element> Feeder<T> {
         let Some((conn_no, w)) = writer else {
             return false;
         };
-        let mut out = Vec::new();
+        let mut out = self.wire.take();
+        out.clear();
         for f in frames {
             super::wire::encode_frame(f, &mut out);
         }
-        if let Err(e) = w.write_all(&out).and_then(|()| w.flush()) {
+        let written = w.write_all(&out).and_then(|()| w.flush());
+        self.wire.set(out);
+        if let Err(e) = written {
             let conn_no = *conn_no;
             *writer = None;
             self.shared
@@ -1031,6 +1054,8 @@ impl<T: Element> Feeder<T> {
         let mut seen_delivered = 0;
         // An Ack is held back (see `ack_due`).
         let mut ack_waits;
+        // The frames to send in a pass (kept for its capacity).
+        let mut out = Vec::new();
         // Frames delivered and not all consumed.
         let mut awaits_consumption;
         // Ends: when the run is over, the link ended (End acknowledged and the writer gone),
@@ -1041,7 +1066,7 @@ impl<T: Element> Feeder<T> {
                 return Ok(());
             }
             let mut eos = false;
-            let mut out = Vec::new();
+            out.clear();
             // The delivery lock guards the list of parts, reused from one delivery to the next.
             let mut deliver = shared.delivering();
             {
@@ -1086,6 +1111,7 @@ impl<T: Element> Feeder<T> {
                             out.push(Frame::Ack { next: a });
                             acked_sent = Some(a);
                             st.ack_bytes = 0;
+                            st.ack_frames = 0;
                         } else {
                             ack_waits = true;
                         }
@@ -1189,8 +1215,9 @@ impl<T: Element> Feeder<T> {
     /// Whether the consumption acknowledged by `st.ack` is to be sent now rather than held back
     /// (one Ack per batch would wake the writer for each): always on a new connection (the
     /// writer may have missed the last one) and for the End; otherwise once a quarter of the
-    /// writer's budget is consumed, or once no frame was delivered for [`ACK_DELAY`] (the
-    /// stream pauses, or the reader waits for what only the writer's budget lets come).
+    /// writer's budget or [`ACK_EVERY_FRAMES`] frames are consumed, or once no frame was
+    /// delivered for [`ACK_DELAY`] (the stream pauses, or the reader waits for what only the
+    /// writer's budget lets come).
     fn ack_due(
         st: &State<T>,
         acked_sent: Option<u64>,
@@ -1199,7 +1226,7 @@ impl<T: Element> Feeder<T> {
     ) -> bool {
         acked_sent.is_none()
             || st.end_acked
-            || st.ack_bytes >= settings.unacked_bytes / 4
+            || st.ack_is_large(settings)
             || quiet_since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
     }
 

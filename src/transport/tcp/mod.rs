@@ -38,9 +38,10 @@
 //! - **Acknowledgements mean "consumed"**. Credit coming back from the reading agent is
 //!   consumption (the shm feeder's durable credit); the feeder acknowledges, cumulatively, the
 //!   frames whose every element was consumed. Under load it holds Acks back until a quarter
-//!   of `unacked_bytes` is consumed (one Ack per batch would wake the writer for each; the
-//!   connection thread wakes the feeder when that much is consumed); once no frame was
-//!   delivered for a millisecond, and on a new connection, it acknowledges at once. The End is acknowledged once it was delivered and everything before it was
+//!   of `unacked_bytes` or 128 frames are consumed (one Ack per batch would wake the writer
+//!   for each; the connection thread wakes the feeder when that much is consumed; the frame
+//!   count keeps the frames a writer holds few when each carries one element); once no frame
+//!   was delivered for a millisecond, and on a new connection, it acknowledges at once. The End is acknowledged once it was delivered and everything before it was
 //!   consumed, at once.
 //!
 //! # Marks

@@ -310,8 +310,7 @@ pub(crate) fn encode_data(seq: u64, elements: u32, payload: &[u8], out: &mut Vec
 }
 
 /// Appends the start of a Data frame whose `payload_bytes` of payload the caller appends next
-/// (encoding straight into the frame). Its seq sits at [`DATA_SEQ_AT`] from the frame's start,
-/// to be set once known.
+/// (encoding straight into the frame).
 pub(crate) fn data_header(seq: u64, elements: u32, payload_bytes: usize, out: &mut Vec<u8>) {
     put_header(out, KIND_DATA, DATA_FIXED_BYTES + payload_bytes);
     out.extend_from_slice(&seq.to_le_bytes());
@@ -319,6 +318,7 @@ pub(crate) fn data_header(seq: u64, elements: u32, payload_bytes: usize, out: &m
 }
 
 /// Where a Data frame's seq (`u64` LE) sits, from the frame's first byte.
+#[cfg(test)]
 pub(crate) const DATA_SEQ_AT: usize = HEADER_BYTES + 1;
 
 /// The bytes a Data frame of `payload_bytes` takes on the wire, length prefix included.

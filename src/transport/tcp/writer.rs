@@ -34,7 +34,7 @@ use super::{
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark};
-use crate::transport::framed::{FrameEncoder, Outbox};
+use crate::transport::framed::{DataFrame, FrameEncoder, Outbox};
 use crate::transport::link::{Envelope, Mailbox, Run};
 
 /// How long one TCP connect attempt may take.
@@ -114,6 +114,10 @@ impl Shared {
 pub(crate) struct TcpSender<T> {
     shared: Arc<Shared>,
     encoder: FrameEncoder<T>,
+    /// Acknowledged frames lent by the outbox, which the encoder writes over.
+    spare: Vec<Arc<Vec<u8>>>,
+    /// The frames of one pass of [`write`](Self::write) (kept for its capacity).
+    frames: Vec<DataFrame<Arc<Vec<u8>>>>,
     counters: Arc<LinkCounters>,
     /// The budget of unacknowledged payload bytes.
     budget: usize,
@@ -179,6 +183,8 @@ impl<T: Element> TcpSender<T> {
         Ok(TcpSender {
             shared,
             encoder: FrameEncoder::new(TARGET_PAYLOAD_BYTES, max_payload, "frame"),
+            spare: Vec::new(),
+            frames: Vec::new(),
             counters: spec.counters,
             budget: settings.unacked_bytes,
         })
@@ -194,13 +200,22 @@ impl<T: Element> TcpSender<T> {
         let budget = self.budget;
         // Ends: each pass takes at least one element, or returns.
         loop {
-            let unacked = self.shared.lock().out.unacked;
-            let (frames, n) = self.encoder.encode(&items[done..], |_, b| {
-                unacked + b == 0 || unacked + b < budget
-            })?;
+            // Only this sender queues frames: the next seq stays until it queues these.
+            let (unacked, next_seq) = {
+                let mut st = self.shared.lock();
+                st.out.lend_spare(&mut self.spare);
+                (st.out.unacked, st.out.next_seq)
+            };
+            let n = self.encoder.encode(
+                &items[done..],
+                next_seq,
+                &mut self.spare,
+                &mut self.frames,
+                |_, b| unacked + b == 0 || unacked + b < budget,
+            )?;
             done += n;
             let mut st = self.shared.lock();
-            st.out.push_data(frames);
+            st.out.push_data(&mut self.frames);
             set_gauge(&self.counters, st.out.unacked);
             if st.io_waiting {
                 self.shared.cond.notify_all();
@@ -576,12 +591,15 @@ impl Io {
     fn pump(&self, w: &mut impl std::io::Write) -> Outcome {
         let heartbeat = self.settings.heartbeat;
         let mut last_send = Instant::now();
+        // Reused from round to round: what is written, the control frames and the queued frames
+        // of a round.
         let mut out = Vec::new();
+        let mut control = Vec::new();
+        let mut frames: Vec<Arc<Vec<u8>>> = Vec::new();
         // Ends: each pass writes something or waits a slice; every exit condition is checked
         // at each pass.
         loop {
-            let mut control = Vec::new();
-            let mut frames: Vec<Arc<Vec<u8>>> = Vec::new();
+            control.clear();
             let mut payload = 0;
             {
                 let mut st = self.shared.lock();
@@ -668,6 +686,9 @@ impl Io {
                 }
                 w.flush()
             })();
+            // Let go of the frames at once: an acknowledged frame that nothing else holds is
+            // written over by a later one.
+            frames.clear();
             if let Err(e) = written {
                 let mut st = self.shared.lock();
                 let why = st
