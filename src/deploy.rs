@@ -30,7 +30,7 @@
 //! heartbeat_ms = 1000          # default 1000: a silent link says it is alive this often
 //! peer_timeout_ms = 5000       # default 5000: a peer silent this long is taken as gone (> heartbeat_ms)
 //! reconnect_limit_ms = 60000   # default 60000: a broken link is retried this long, then the application fails
-//! unacked_bytes = 16777216     # default 16 MiB, at least 64 KiB: bytes sent and not yet acknowledged per link
+//! unacked_bytes = 16777216     # default 16 MiB, at least 64 KiB: bytes sent and not yet acknowledged per link (payload + 128 a frame)
 //!
 //! [broker]                     # a NATS server with JetStream, for connections marked transport = "broker"
 //! url = "nats://10.0.0.5:4222" # required: nats:// or tls://, several separated by commas
@@ -345,8 +345,9 @@ pub struct NetworkSettings {
     /// How long a broken link is retried before the application fails naming the other host
     /// (`reconnect_limit_ms`, default 60 s).
     pub reconnect_limit: Duration,
-    /// The most payload bytes a writer keeps sent and not yet acknowledged on one link
-    /// (`unacked_bytes`, default 16 MiB): a writer out of room waits.
+    /// The most bytes a writer keeps sent and not yet acknowledged on one link
+    /// (`unacked_bytes`, default 16 MiB), each frame counting its payload and 128 bytes for
+    /// itself: a writer out of room waits.
     pub unacked_bytes: usize,
 }
 

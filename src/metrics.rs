@@ -49,7 +49,8 @@ pub(crate) struct LinkCounters {
     pub bytes: AtomicU64,
     /// TCP links: connections re-established after a break.
     pub reconnects: AtomicU64,
-    /// TCP links, writer side: payload bytes sent and not yet acknowledged (a gauge).
+    /// TCP links, writer side: bytes sent and not yet acknowledged, each frame counting its
+    /// payload and 128 bytes (a gauge).
     pub unacked_bytes: AtomicU64,
 }
 
@@ -456,8 +457,9 @@ pub struct LinkStats {
     /// TCP connections: how many times the connection was established again after a break
     /// (a cut, a peer silent too long, a restarted peer). Always 0 on other connections.
     pub reconnects: u64,
-    /// TCP connections, writer side: payload bytes sent and not yet acknowledged by the reader
-    /// (which acknowledges what its agent consumed), now. Bounded by the deployment's
+    /// TCP connections, writer side: bytes sent and not yet acknowledged by the reader (which
+    /// acknowledges what its agent consumed), now, each frame counting its payload and 128
+    /// bytes for itself. Bounded by the deployment's
     /// `unacked_bytes` plus one frame: that bound is the link's back-pressure. Always 0 on the
     /// reader's side and on other connections.
     pub unacked_bytes: u64,

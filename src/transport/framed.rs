@@ -6,7 +6,8 @@
 //! - The writer's end: [`FrameEncoder`] encodes a batch's leading elements into numbered Data
 //!   frames (the rings' codec, at most a target payload a frame, an element larger than that
 //!   in a frame of its own), and [`Outbox`] queues Data, Mark and End frames until the flavor
-//!   says they are acknowledged, counting the payload they hold. A flavor holds a frame's
+//!   says they are acknowledged, counting what they cost the flavor's budget (their payload,
+//!   and a flavor's cost per frame). A flavor holds a frame's
 //!   bytes in a [`FrameBytes`]: an acknowledged frame that nothing else holds is kept (up to
 //!   [`SPARE_BYTES`] of them) and written over by a later frame, so a steady stream allocates
 //!   nothing per frame.
@@ -47,17 +48,26 @@ const SPARE_BYTES: usize = 1 << 20;
 /// elements) are freed once acknowledged; they are not one per element.
 const SPARE_FRAME_BYTES: usize = 64 << 10;
 
+/// A reused buffer keeps at most twice its frame's bytes and this much more: a spare of a
+/// large frame written over by a small one is shrunk, so that a frame's memory stays near
+/// its size (which the budget counts) whatever frame its buffer held before.
+const SPARE_SLACK_BYTES: usize = 128;
+
 /// How a flavor holds a queued frame's bytes (see the [module docs](self)).
 pub(crate) trait FrameBytes: Sized {
     /// A frame that `fill` writes into an empty buffer: `spare`'s (a frame [`reclaim`]ed)
-    /// when given, else a new one.
+    /// when given, shrunk if much larger than what `fill` wrote (see [`SPARE_SLACK_BYTES`]),
+    /// else a new one.
     ///
     /// [`reclaim`]: FrameBytes::reclaim
     fn write(spare: Option<Self>, fill: impl FnOnce(&mut Vec<u8>)) -> Self;
 
-    /// This frame and its buffer's capacity, to be written over later, when nothing else holds
-    /// its bytes and its buffer is at most [`SPARE_FRAME_BYTES`]; `None` frees it.
-    fn reclaim(self) -> Option<(Self, usize)>;
+    /// This frame, to be written over later, when nothing else holds its bytes and its buffer
+    /// is at most [`SPARE_FRAME_BYTES`]; `None` frees it.
+    fn reclaim(self) -> Option<Self>;
+
+    /// The bytes its buffer holds, used or not.
+    fn capacity(&self) -> usize;
 }
 
 /// TCP's frames, shared with the link's I/O thread while it writes them.
@@ -67,14 +77,21 @@ impl FrameBytes for Arc<Vec<u8>> {
         let bytes = Arc::get_mut(&mut frame).expect("a spare frame is held by nothing else");
         bytes.clear();
         fill(bytes);
+        if bytes.capacity() > 2 * bytes.len() + SPARE_SLACK_BYTES {
+            bytes.shrink_to_fit();
+        }
         frame
     }
 
-    fn reclaim(mut self) -> Option<(Self, usize)> {
-        match Arc::get_mut(&mut self).map(|bytes| bytes.capacity()) {
-            Some(capacity) if capacity <= SPARE_FRAME_BYTES => Some((self, capacity)),
+    fn reclaim(mut self) -> Option<Self> {
+        match Arc::get_mut(&mut self) {
+            Some(bytes) if bytes.capacity() <= SPARE_FRAME_BYTES => Some(self),
             _ => None,
         }
+    }
+
+    fn capacity(&self) -> usize {
+        Vec::capacity(self)
     }
 }
 
@@ -87,8 +104,12 @@ impl FrameBytes for bytes::Bytes {
         bytes.into()
     }
 
-    fn reclaim(self) -> Option<(Self, usize)> {
+    fn reclaim(self) -> Option<Self> {
         None
+    }
+
+    fn capacity(&self) -> usize {
+        self.len()
     }
 }
 
@@ -196,9 +217,12 @@ pub(crate) struct Queued<F> {
     pub frame: F,
     /// Its elements (0 for a Mark or the End).
     pub elements: usize,
-    /// Its payload bytes, as the budget counts them: a Data frame's payload, a Mark frame's
-    /// whole size (so that marks without data between them are bounded too), 0 for the End.
+    /// Its payload bytes: a Data frame's payload, a Mark frame's whole size, 0 for the End.
     pub payload: usize,
+    /// What it costs the budget: its payload and the outbox's cost per frame (so that marks
+    /// without data between them, and frames of one small element each, are bounded too); 0
+    /// for the End.
+    pub cost: usize,
     pub end: bool,
 }
 
@@ -209,8 +233,10 @@ pub(crate) struct Outbox<F> {
     pub queue: VecDeque<Queued<F>>,
     /// The seq of the next frame queued.
     pub next_seq: u64,
-    /// Payload bytes of `queue`.
+    /// The cost of `queue` (see [`Queued::cost`]): what the flavor's budget bounds.
     pub unacked: usize,
+    /// What a frame costs besides its payload.
+    frame_cost: usize,
     /// The writer stopped short for room: the flavor posts a credit envelope when room comes.
     pub full: bool,
     /// The End is queued.
@@ -225,11 +251,14 @@ pub(crate) struct Outbox<F> {
 }
 
 impl<F: FrameBytes> Outbox<F> {
-    pub(crate) fn new() -> Self {
+    /// An empty outbox whose Data and Mark frames each cost `frame_cost` bytes besides their
+    /// payload.
+    pub(crate) fn new(frame_cost: usize) -> Self {
         Outbox {
             queue: VecDeque::new(),
             next_seq: 0,
             unacked: 0,
+            frame_cost,
             full: false,
             closed: false,
             finished: false,
@@ -264,11 +293,11 @@ impl<F: FrameBytes> Outbox<F> {
         Ok(())
     }
 
-    /// Queues a Mark frame of `mark`; it counts its whole size, [`wire::MARK_FRAME_BYTES`], as
-    /// payload.
+    /// Queues a Mark frame of `mark`; its whole size, [`wire::MARK_FRAME_BYTES`], counts as
+    /// its payload.
     pub(crate) fn push_mark(&mut self, mark: Mark) {
         let seq = self.next_seq;
-        let bytes = F::write(self.spare.pop(), |bytes| {
+        let bytes = F::write(self.take_spare(), |bytes| {
             wire::encode_frame(&Frame::Mark { seq, mark }, bytes);
             debug_assert_eq!(bytes.len(), wire::MARK_FRAME_BYTES);
         });
@@ -282,24 +311,33 @@ impl<F: FrameBytes> Outbox<F> {
         }
         self.closed = true;
         let seq = self.next_seq;
-        let bytes = F::write(self.spare.pop(), |bytes| {
+        let bytes = F::write(self.take_spare(), |bytes| {
             wire::encode_frame(&Frame::End { seq }, bytes)
         });
         self.push(bytes, 0, 0, true);
         true
     }
 
+    /// A frame kept for reuse, for a Mark or the End.
+    fn take_spare(&mut self) -> Option<F> {
+        let frame = self.spare.pop()?;
+        self.spare_bytes -= frame.capacity();
+        Some(frame)
+    }
+
     fn push(&mut self, frame: F, elements: usize, payload: usize, end: bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let cost = if end { 0 } else { payload + self.frame_cost };
         self.queue.push_back(Queued {
             seq,
             frame,
             elements,
             payload,
+            cost,
             end,
         });
-        self.unacked += payload;
+        self.unacked += cost;
     }
 
     /// Frees every frame numbered below `next` (acknowledged, or given up), keeping a few for
@@ -311,13 +349,13 @@ impl<F: FrameBytes> Outbox<F> {
         };
         while self.queue.front().is_some_and(|q| q.seq < next) {
             let q = self.queue.pop_front().expect("a front");
-            self.unacked -= q.payload;
+            self.unacked -= q.cost;
             r.elements += q.elements;
             r.end |= q.end;
             if self.spare.len() < SPARE_FRAMES && self.spare_bytes < SPARE_BYTES {
-                if let Some((frame, capacity)) = q.frame.reclaim() {
+                if let Some(frame) = q.frame.reclaim() {
+                    self.spare_bytes += frame.capacity();
                     self.spare.push(frame);
-                    self.spare_bytes += capacity;
                 }
             }
         }
@@ -643,7 +681,7 @@ mod tests {
     #[test]
     fn frames_are_numbered_in_order_across_data_marks_and_the_end() {
         let mut enc = FrameEncoder::<u64>::new(1 << 10, 1 << 20, "frame");
-        let (mut out, mut spare) = (Frames::new(), Vec::new());
+        let (mut out, mut spare) = (Frames::new(100), Vec::new());
         write(&mut enc, &mut out, &mut spare, &[1, 2]);
         out.push_mark(Mark::Watermark(7));
         // 200 elements of 8 bytes: two frames of at most 1 KiB.
@@ -661,12 +699,18 @@ mod tests {
         assert_eq!(seqs, [0, 1, 2, 3, 4]);
         assert_eq!(out.queue.iter().map(|q| q.seq).collect::<Vec<_>>(), seqs);
         assert_eq!(out.queue.iter().map(|q| q.elements).sum::<usize>(), 202);
+        // Each Data and Mark frame costs its payload and 100; the End nothing.
+        let payload: usize = out.queue.iter().map(|q| q.payload).sum();
+        assert_eq!(out.unacked, payload + 4 * 100);
+        let released = out.release_below(5);
+        assert!(released.end && out.finished);
+        assert_eq!(out.unacked, 0);
     }
 
     #[test]
     fn an_acknowledged_frame_nothing_holds_is_written_over_by_a_later_one() {
         let mut enc = FrameEncoder::<u64>::new(1 << 10, 1 << 20, "frame");
-        let (mut out, mut spare) = (Frames::new(), Vec::new());
+        let (mut out, mut spare) = (Frames::new(0), Vec::new());
         write(&mut enc, &mut out, &mut spare, &[1]);
         write(&mut enc, &mut out, &mut spare, &[2]);
         let first_at = Arc::as_ptr(&frame(&out, 0));
@@ -692,9 +736,40 @@ mod tests {
     }
 
     #[test]
+    fn a_small_frame_written_over_a_large_spare_shrinks_it() {
+        let mut enc = FrameEncoder::<u64>::new(1 << 20, 1 << 20, "frame");
+        let (mut out, mut spare) = (Frames::new(0), Vec::new());
+        let many: Vec<u64> = (0..4096).collect();
+        write(&mut enc, &mut out, &mut spare, &many);
+        let large = frame(&out, 0).capacity();
+        assert!(large >= 8 * 4096, "{large}");
+        out.release_below(1);
+        assert_eq!(out.spare_bytes, large);
+        write(&mut enc, &mut out, &mut spare, &[7]);
+        let small = frame(&out, 1);
+        assert!(
+            small.capacity() <= 2 * small.len() + SPARE_SLACK_BYTES,
+            "a frame of {} bytes in a buffer of {}",
+            small.len(),
+            small.capacity()
+        );
+        drop(small);
+        // The same size again reuses the buffer as it is.
+        out.release_below(2);
+        let at = Arc::as_ptr(out.spare.last().expect("a spare frame"));
+        write(&mut enc, &mut out, &mut spare, &[8]);
+        assert_eq!(Arc::as_ptr(&frame(&out, 2)), at);
+        // A Mark takes a spare too, and the count of spare bytes follows.
+        out.release_below(3);
+        assert!(out.spare_bytes > 0);
+        out.push_mark(Mark::Idle);
+        assert_eq!(out.spare_bytes, 0);
+    }
+
+    #[test]
     fn large_frames_are_freed_and_spares_stay_bounded() {
         let mut enc = FrameEncoder::<u64>::new(1 << 20, 1 << 20, "frame");
-        let (mut out, mut spare) = (Frames::new(), Vec::new());
+        let (mut out, mut spare) = (Frames::new(0), Vec::new());
         // A frame larger than the largest buffer kept.
         let big: Vec<u64> = (0..(SPARE_FRAME_BYTES as u64 / 8 + 1)).collect();
         write(&mut enc, &mut out, &mut spare, &big);

@@ -84,7 +84,8 @@ impl<T: Element> BrokerSender<T> {
             detail: format!("connection {}: no random epoch: {e}", spec.label),
         })?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(Outbox::new()),
+            // Messages are bounded by count too (`max_pending`): only payload counts as bytes.
+            state: Mutex::new(Outbox::new(0)),
             notify: tokio::sync::Notify::new(),
             dropped: AtomicBool::new(false),
         });

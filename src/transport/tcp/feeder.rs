@@ -49,8 +49,8 @@ use super::handshake;
 use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
 use super::wire::{Frame, FrameDecoder, FrameRef, Hello, MARK_FRAME_BYTES};
 use super::{
-    secs, timed_out, LinkIdentity, PeerStop, StopHook, TcpSettings, BUSY_REASON, HANDSHAKE_TIMEOUT,
-    SLICE, WAIT_LOG_EVERY,
+    secs, timed_out, LinkIdentity, PeerStop, StopHook, TcpSettings, BUSY_REASON, FRAME_COST_BYTES,
+    HANDSHAKE_TIMEOUT, SLICE, WAIT_LOG_EVERY,
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -121,7 +121,8 @@ struct Held {
     /// Which writer sequence it belongs to (a new writer epoch starts a new one).
     stream: u64,
     elements: usize,
-    payload: usize,
+    /// What it costs the writer's budget: its payload and [`FRAME_COST_BYTES`].
+    cost: usize,
     end: bool,
     /// A Mark frame: its number among the marks received (see [`State::marks_delivered`]).
     mark: Option<u64>,
@@ -141,11 +142,11 @@ struct State<T> {
     held: VecDeque<Held>,
     /// Elements of `held.front()` consumed.
     front_consumed: usize,
-    /// Payload bytes of `held`.
-    held_payload: usize,
+    /// The cost of `held` (see [`Held::cost`]).
+    held_cost: usize,
     /// What to acknowledge (every seq below is consumed), for the current sequence.
     ack: Option<u64>,
-    /// Payload bytes consumed since the last Ack sent (see [`Feeder::ack_due`]).
+    /// The cost of the frames consumed since the last Ack sent (see [`Feeder::ack_due`]).
     ack_bytes: usize,
     /// Frames consumed since the last Ack sent (see [`Feeder::ack_due`]).
     ack_frames: usize,
@@ -426,7 +427,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             pending: VecDeque::new(),
             held: VecDeque::new(),
             front_consumed: 0,
-            held_payload: 0,
+            held_cost: 0,
             ack: None,
             ack_bytes: 0,
             ack_frames: 0,
@@ -792,7 +793,7 @@ impl<T: Element> Reading<'_, T> {
                     seq,
                     stream,
                     elements: 0,
-                    payload: 0,
+                    cost: 0,
                     end: true,
                     mark: None,
                 });
@@ -843,11 +844,12 @@ impl<T: Element> Reading<'_, T> {
     }
 
     /// A Mark frame: queued in order, held as a frame of no element (it costs the budget
-    /// its frame's bytes, as at the writer) until it is delivered and everything before it
+    /// its frame's bytes and [`FRAME_COST_BYTES`], as at the writer) until it is delivered and everything before it
     /// consumed.
     fn on_mark(&self, seq: u64, mark: Mark) -> Result<(), Stop> {
         let shared = self.shared;
-        let cost = MARK_FRAME_BYTES;
+        // As the writer counts it.
+        let cost = MARK_FRAME_BYTES + FRAME_COST_BYTES;
         let mut st = shared.lock();
         if st.conn_no != self.conn_no {
             return Err(None);
@@ -856,9 +858,10 @@ impl<T: Element> Reading<'_, T> {
             return Ok(());
         }
         let bound = shared.settings.unacked_bytes + shared.settings.frame_limit() as usize;
-        if st.held_payload + cost > bound {
+        if st.held_cost + cost > bound {
             return Err(Some(format!(
-                "the writer sent more than {bound} bytes not acknowledged (its bound and a frame)"
+                "the writer sent more than {bound} bytes not acknowledged (its bound and a \
+                 frame, each frame counting its payload and {FRAME_COST_BYTES} bytes)"
             )));
         }
         st.next = Some(seq + 1);
@@ -868,15 +871,15 @@ impl<T: Element> Reading<'_, T> {
             seq,
             stream,
             elements: 0,
-            payload: cost,
+            cost,
             end: false,
             mark: Some(no),
         });
-        st.held_payload += cost;
+        st.held_cost += cost;
         st.pending.push_back(Item::Mark(mark));
         drop(st);
         if shared.count_traffic {
-            add(&shared.counters.bytes, cost as u64);
+            add(&shared.counters.bytes, MARK_FRAME_BYTES as u64);
         }
         Ok(())
     }
@@ -892,10 +895,10 @@ impl<T: Element> Reading<'_, T> {
                 return Ok(());
             }
             let bound = shared.settings.unacked_bytes + shared.settings.frame_limit() as usize;
-            if st.held_payload + payload.len() > bound {
+            if st.held_cost + payload.len() + FRAME_COST_BYTES > bound {
                 return Err(Some(format!(
                     "the writer sent more than {bound} bytes not acknowledged (its bound and \
-                     a frame)"
+                     a frame, each frame counting its payload and {FRAME_COST_BYTES} bytes)"
                 )));
             }
         }
@@ -926,11 +929,11 @@ impl<T: Element> Reading<'_, T> {
             seq,
             stream,
             elements: n,
-            payload: payload.len(),
+            cost: payload.len() + FRAME_COST_BYTES,
             end: false,
             mark: None,
         });
-        st.held_payload += payload.len();
+        st.held_cost += payload.len() + FRAME_COST_BYTES;
         if n > 0 {
             st.pending
                 .push_back(Item::Data(Batch::pooled(items, &shared.pool)));
@@ -975,10 +978,10 @@ impl<T> State<T> {
             }
             let done = self.held.pop_front().expect("a front");
             self.front_consumed = 0;
-            self.held_payload -= done.payload;
+            self.held_cost -= done.cost;
             if done.stream == self.stream {
                 self.ack = Some(done.seq + 1);
-                self.ack_bytes += done.payload;
+                self.ack_bytes += done.cost;
                 self.ack_frames += 1;
                 self.end_acked |= done.end;
             }

@@ -627,7 +627,7 @@ mod tests {
             None,
             |_| Ok(0),
         );
-        let reason = "protocol version mismatch: the client speaks version 9, the server version 1";
+        let reason = "protocol version mismatch: the client speaks version 9, the server version 2";
         assert_eq!(
             client.unwrap_err().to_string(),
             format!("the server refused the connection: {reason}")
@@ -670,7 +670,9 @@ mod tests {
         let err = server_handshake(&mut Scripted::new(input), None, |_| Ok(0)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"the peer is not an iotstream process (it sent "\x87\x00\x00\x00\x10XOTSTRM1\x01\x00\x05\x00plant\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07")"#
+            format!(
+                r#"the peer is not an iotstream process (it sent "\x87\x00\x00\x00\x10XOTSTRM1\x{VERSION:02x}\x00\x05\x00plant\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07")"#
+            )
         );
         let err =
             server_handshake(&mut Scripted::new(b"hi".to_vec()), None, |_| Ok(0)).unwrap_err();

@@ -15,8 +15,8 @@
 //!   `Pod` types, postcard otherwise; at most 256 KiB of payload a frame, a single element of
 //!   up to `MAX_ELEMENT_BYTES` always fits one) and queues them, each with the next seq. A
 //!   frame stays queued until the reader acknowledges it; `write` takes nothing more once
-//!   `unacked_bytes` of payload wait for acknowledgement (but always at least one frame when
-//!   none does): that bound is the link's back-pressure, exactly like an out-of-credit local
+//!   `unacked_bytes` wait for acknowledgement, counting each frame's payload and
+//!   [`FRAME_COST_BYTES`] (but always at least one frame when none does): that bound is the link's back-pressure, exactly like an out-of-credit local
 //!   link, and the I/O thread posts a credit envelope to the host when acknowledgements make
 //!   room. An **I/O thread** connects, handshakes, writes queued frames (several per write
 //!   call), heartbeats, and reconnects; a second thread per connection reads the reader's
@@ -50,8 +50,8 @@
 //! crosses a reconnection as they do: resent if unacknowledged, dropped by the reader if it
 //! already has its seq, never lost or repeated. [`TcpSender::write_mark`] queues it behind
 //! everything written before it; it costs the unacknowledged-bytes budget its 22 bytes of
-//! frame (so marks with no data between them are bounded like data, and counted in
-//! `bytes`), and when the budget is used up it waits in the link's stash like data. The
+//! frame and [`FRAME_COST_BYTES`], as any frame (so marks with no data between them are
+//! bounded like data; the 22 bytes are counted in `bytes`), and when the budget is used up it waits in the link's stash like data. The
 //! feeder queues it in order with the batches and delivers it as soon as the batches before it
 //! went (it takes no credit, but waits behind a batch that waits for credit); it acknowledges
 //! it as a frame of no element, once delivered and everything before it consumed.
@@ -113,8 +113,9 @@
 //! the reason); it never touches the running link. A writer refused for a reason that will
 //! not change fails its run at once, naming it; refused as "busy" it retries as after a break.
 //! Frames after the handshake are decoded with a hard memory bound, and a reader never holds
-//! more unacknowledged payload than the writer may send (`unacked_bytes` and a frame): more is
-//! a protocol error, not an allocation.
+//! more unacknowledged frames than the writer may send (`unacked_bytes` and a frame, each
+//! frame counting its payload and [`FRAME_COST_BYTES`]): more is a protocol error, not an
+//! allocation.
 //!
 //! # Behaviour at the time of writing
 //!
@@ -123,7 +124,8 @@
 //! - Every link thread looks at its run and its link at least every 100 ms; the acceptor polls
 //!   every 20 ms; a connect attempt lasts at most 3 s.
 //! - The reader does not acknowledge early: a reading agent that waits for more elements than
-//!   `unacked_bytes` holds (a count window of more than 16 MiB of elements, by default) waits
+//!   `unacked_bytes` holds (a count window of more than 16 MiB of elements by default, each
+//!   frame counting 128 bytes more: about 116,000 frames of one 8-byte element) waits
 //!   forever, as its writer does for room. Size `unacked_bytes` above the largest window a
 //!   reader of the link needs (the shared-memory flavor releases early instead, see
 //!   `transport::held`).
@@ -247,8 +249,9 @@ pub(crate) struct TcpSettings {
     /// [`MIN_FRAME_BYTES`] if set lower, so that any element fits one frame. Default
     /// [`wire::DEFAULT_MAX_FRAME_BYTES`].
     pub max_frame_bytes: u32,
-    /// The writer's bound on payload bytes sent and not acknowledged (the back-pressure); the
-    /// reader refuses to hold more than this and a frame. Default 16 MiB.
+    /// The writer's bound on bytes sent and not acknowledged (the back-pressure): each frame's
+    /// payload and [`FRAME_COST_BYTES`] for the frame itself; the reader refuses to hold more
+    /// than this and a frame. Default 16 MiB.
     pub unacked_bytes: usize,
 }
 
@@ -274,6 +277,13 @@ pub(crate) const MIN_FRAME_BYTES: u32 = (MAX_ELEMENT_BYTES + 1024) as u32;
 /// The payload a writer puts in one Data frame when elements are small: large enough that a
 /// frame's fixed cost does not matter, small enough that a few frames keep the pipe full.
 const TARGET_PAYLOAD_BYTES: usize = 256 << 10;
+
+/// What a Data or Mark frame costs the budget of bytes not acknowledged (`unacked_bytes`),
+/// on both ends, besides its payload: about what holding it costs in memory (its header, the
+/// writer's queue entry and buffer, the reader's record and batch). Without it, frames of one
+/// small element each would be bounded only by their payload: 16 MiB of 8-byte elements is
+/// two million frames, a quarter of a gigabyte held.
+pub(crate) const FRAME_COST_BYTES: usize = 128;
 
 // Bytes of a Data frame besides its payload (shared with the broker links).
 use crate::transport::framed::DATA_OVERHEAD_BYTES;

@@ -611,6 +611,45 @@ fn a_restarted_writer_starts_a_fresh_sequence() {
     assert_eq!(wrun2.failure(), None);
 }
 
+/// Frames of one element each are bounded by what holding them costs, not only by their few
+/// bytes of payload: at 64 KiB, a few hundred frames, not four thousand.
+#[test]
+fn one_element_frames_count_their_own_cost_against_the_bound() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let budget = 64 << 10;
+    let s = TcpSettings {
+        unacked_bytes: budget,
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 100, 0);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, s);
+    let mut taken = 0u64;
+    // Ends: each frame costs at least FRAME_COST_BYTES of the budget.
+    while w.tx.write(&[taken]).unwrap() == 1 {
+        taken += 1;
+        assert!(
+            taken as usize <= budget / FRAME_COST_BYTES + 1,
+            "the writer took {taken} one-element frames within {budget} bytes"
+        );
+    }
+    // A frame's payload is at most a few dozen bytes here.
+    assert!(
+        taken as usize >= budget / (FRAME_COST_BYTES + 64),
+        "{taken}"
+    );
+    // The reader (which held them all within its own bound) consumes: the rest goes through.
+    r.sink.set_limit(usize::MAX);
+    poll("the writer woken", || w.wake.credits() > 0);
+    let all: Vec<u64> = (0..2_000).collect();
+    w.send(&all[taken as usize..], 1, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert_eq!(r.sink.items(), all);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
 #[test]
 fn a_stalled_reader_stops_the_writer_at_the_unacknowledged_bound() {
     let (rrun, wrun) = (run(), run());
@@ -624,8 +663,8 @@ fn a_stalled_reader_stops_the_writer_at_the_unacknowledged_bound() {
     let mut w = writer::<u64>(r.probe.addr(), &wrun, s);
     let items: Vec<u64> = (0..200_000).collect();
     let batch = 1000;
-    // One batch is one frame of 8 + 8000 payload bytes.
-    let one_batch = 8 + 8 * batch;
+    // One batch is one frame of 8 + 8000 payload bytes, and the frame's own cost.
+    let one_batch = 8 + 8 * batch + FRAME_COST_BYTES;
     let mut taken = 0;
     let mut most = 0;
     // Ends: the budget is reached within budget / one_batch + 1 batches.

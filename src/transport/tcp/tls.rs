@@ -1238,7 +1238,10 @@ pub(crate) mod tests {
         let client_err = client_handshake(&mut c, &hello(), None).unwrap_err();
         assert_eq!(
             server_side.join().unwrap().unwrap_err().to_string(),
-            r#"TLS: the peer does not speak TLS (it sent "\x87\x00\x00\x00\x10IOTSTRM1\x01\x00\x05\x00plant\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07"): is TLS configured on one host only?"#
+            format!(
+                r#"TLS: the peer does not speak TLS (it sent "\x87\x00\x00\x00\x10IOTSTRM1\x{:02x}\x00\x05\x00plant\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07"): is TLS configured on one host only?"#,
+                super::super::wire::VERSION
+            )
         );
         // The TLS server closed the connection: the plain client sees it closed or reset.
         match client_err {

@@ -45,8 +45,10 @@ pub(crate) const HANDSHAKE_MAX_BYTES: u32 = 64 << 10;
 /// The first bytes of every Hello body. It never changes; the version after it does.
 pub(crate) const MAGIC: [u8; 8] = *b"IOTSTRM1";
 
-/// The protocol version this build speaks.
-pub(crate) const VERSION: u16 = 1;
+/// The protocol version this build speaks. 2: a frame costs the bound of bytes not
+/// acknowledged its payload and `FRAME_COST_BYTES` (1: its payload), so a reader of 2 would
+/// refuse a writer of 1 mid-stream; the handshake refuses it at once instead.
+pub(crate) const VERSION: u16 = 2;
 
 /// How many bytes [`FrameDecoder::read_from`] asks a reader for at most, in one call.
 const READ_CHUNK_BYTES: usize = 64 << 10;

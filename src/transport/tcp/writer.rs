@@ -28,8 +28,8 @@ use super::tls::TlsError;
 use super::wire::{self, Frame, FrameDecoder, Hello};
 use super::{
     secs, set_gauge, sleep_while, timed_out, Backoff, LinkIdentity, PeerStop, StopHook,
-    TcpSettings, BUSY_REASON, DATA_OVERHEAD_BYTES, HANDSHAKE_TIMEOUT, SLICE, TARGET_PAYLOAD_BYTES,
-    WAIT_LOG_EVERY,
+    TcpSettings, BUSY_REASON, DATA_OVERHEAD_BYTES, FRAME_COST_BYTES, HANDSHAKE_TIMEOUT, SLICE,
+    TARGET_PAYLOAD_BYTES, WAIT_LOG_EVERY,
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -71,7 +71,7 @@ pub(crate) struct TcpWriterSpec {
 /// What the host's thread, the I/O thread and the ack thread share.
 struct State {
     /// Every frame taken and not acknowledged, in seq order; the budget's count of their
-    /// payload (`unacked`); `full`: `write` stopped short for the budget, so a credit
+    /// cost (`unacked`: payload and [`FRAME_COST_BYTES`] a frame); `full`: `write` stopped short for the budget, so a credit
     /// envelope is posted when room comes; `closed`: the End is queued; `finished`: the End
     /// is acknowledged.
     out: Outbox<Arc<Vec<u8>>>,
@@ -119,7 +119,7 @@ pub(crate) struct TcpSender<T> {
     /// The frames of one pass of [`write`](Self::write) (kept for its capacity).
     frames: Vec<DataFrame<Arc<Vec<u8>>>>,
     counters: Arc<LinkCounters>,
-    /// The budget of unacknowledged payload bytes.
+    /// The budget of unacknowledged bytes (payload and [`FRAME_COST_BYTES`] a frame).
     budget: usize,
 }
 
@@ -142,7 +142,7 @@ impl<T: Element> TcpSender<T> {
         let epoch = u64::from_le_bytes(epoch_bytes[..8].try_into().expect("8 bytes"));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                out: Outbox::new(),
+                out: Outbox::new(FRAME_COST_BYTES),
                 acked: 0,
                 send_from: 0,
                 written: 0,
@@ -211,7 +211,10 @@ impl<T: Element> TcpSender<T> {
                 next_seq,
                 &mut self.spare,
                 &mut self.frames,
-                |_, b| unacked + b == 0 || unacked + b < budget,
+                |n, b| {
+                    let cost = b + n * FRAME_COST_BYTES;
+                    unacked + cost == 0 || unacked + cost < budget
+                },
             )?;
             done += n;
             let mut st = self.shared.lock();
@@ -238,9 +241,10 @@ impl<T: Element> TcpSender<T> {
     /// of unacknowledged bytes is used up: the I/O thread then posts a credit envelope when
     /// acknowledgements make room, as after a short [`write`](Self::write).
     ///
-    /// A mark costs the budget its frame's [`wire::MARK_FRAME_BYTES`] (22), counted as payload
-    /// (in `bytes` and `unacked_bytes` too): so marks without data between them, which the
-    /// reader acknowledges only once delivered, are bounded by the budget as data is.
+    /// A mark costs the budget its frame's [`wire::MARK_FRAME_BYTES`] (22, counted as payload
+    /// in `bytes`) and [`FRAME_COST_BYTES`], as a Data frame does: so marks without data
+    /// between them, which the reader acknowledges only once delivered, are bounded by the
+    /// budget as data is.
     pub(crate) fn write_mark(&mut self, mark: Mark) -> Result<bool, String> {
         let mut st = self.shared.lock();
         st.out.check_open()?;
