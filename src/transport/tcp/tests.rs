@@ -611,19 +611,26 @@ fn a_restarted_writer_starts_a_fresh_sequence() {
     assert_eq!(wrun2.failure(), None);
 }
 
-/// Frames of one element each are bounded by what holding them costs, not only by their few
-/// bytes of payload: at 64 KiB, a few hundred frames, not four thousand.
-#[test]
-fn one_element_frames_count_their_own_cost_against_the_bound() {
+/// A writer of `u64` with a budget of `budget` bytes, and its reader, whose sink consumes
+/// nothing until told; both runs end when the `Ends` is dropped.
+fn stalled_reader(budget: usize) -> (Arc<TestRun>, Arc<TestRun>, Ends, Reader<u64>, Writer<u64>) {
     let (rrun, wrun) = (run(), run());
-    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
-    let budget = 64 << 10;
+    let ends = Ends(vec![rrun.clone(), wrun.clone()]);
     let s = TcpSettings {
         unacked_bytes: budget,
         ..settings()
     };
     let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 100, 0);
-    let mut w = writer::<u64>(r.probe.addr(), &wrun, s);
+    let w = writer::<u64>(r.probe.addr(), &wrun, s);
+    (rrun, wrun, ends, r, w)
+}
+
+/// Frames of one element each are bounded by what holding them costs, not only by their few
+/// bytes of payload: at 64 KiB, a few hundred frames, not four thousand.
+#[test]
+fn one_element_frames_count_their_own_cost_against_the_bound() {
+    let budget = 64 << 10;
+    let (rrun, wrun, _ends, r, mut w) = stalled_reader(budget);
     let mut taken = 0u64;
     // Ends: each frame costs at least FRAME_COST_BYTES of the budget.
     while w.tx.write(&[taken]).unwrap() == 1 {
@@ -652,15 +659,8 @@ fn one_element_frames_count_their_own_cost_against_the_bound() {
 
 #[test]
 fn a_stalled_reader_stops_the_writer_at_the_unacknowledged_bound() {
-    let (rrun, wrun) = (run(), run());
-    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
     let budget = 64 << 10;
-    let s = TcpSettings {
-        unacked_bytes: budget,
-        ..settings()
-    };
-    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 100, 0);
-    let mut w = writer::<u64>(r.probe.addr(), &wrun, s);
+    let (_, _, _ends, r, mut w) = stalled_reader(budget);
     let items: Vec<u64> = (0..200_000).collect();
     let batch = 1000;
     // One batch is one frame of 8 + 8000 payload bytes, and the frame's own cost.
