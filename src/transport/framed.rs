@@ -7,10 +7,9 @@
 //!   frames (the rings' codec, at most a target payload a frame, an element larger than that
 //!   in a frame of its own), and [`Outbox`] queues Data, Mark and End frames until the flavor
 //!   says they are acknowledged, counting what they cost the flavor's budget (their payload,
-//!   and a flavor's cost per frame). A flavor holds a frame's
-//!   bytes in a [`FrameBytes`]: an acknowledged frame that nothing else holds is kept (up to
-//!   [`SPARE_BYTES`] of them) and written over by a later frame, so a steady stream allocates
-//!   nothing per frame.
+//!   and a flavor's cost per frame). A flavor holds a frame's bytes in a [`FrameBytes`]: an
+//!   acknowledged frame that nothing else holds is kept (up to [`SPARE_BYTES`] of them) and
+//!   written over by a later frame, so a steady stream allocates nothing per frame.
 //! - The reader's end: [`FeederMailbox`] is the input's credit, which comes back as the reading
 //!   agent consumes (so credit is consumption, which the flavor turns into acknowledgements);
 //!   [`take_within_credit`] takes what that credit covers from the frames received, in order,
@@ -318,6 +317,17 @@ impl<F: FrameBytes> Outbox<F> {
         true
     }
 
+    /// Keeps `frame`, freed from the queue, for reuse if nothing else holds it and the spares
+    /// have room; else drops it.
+    pub(crate) fn keep_spare(&mut self, frame: F) {
+        if self.spare.len() < SPARE_FRAMES && self.spare_bytes < SPARE_BYTES {
+            if let Some(frame) = frame.reclaim() {
+                self.spare_bytes += frame.capacity();
+                self.spare.push(frame);
+            }
+        }
+    }
+
     /// A frame kept for reuse, for a Mark or the End.
     fn take_spare(&mut self) -> Option<F> {
         let frame = self.spare.pop()?;
@@ -352,12 +362,7 @@ impl<F: FrameBytes> Outbox<F> {
             self.unacked -= q.cost;
             r.elements += q.elements;
             r.end |= q.end;
-            if self.spare.len() < SPARE_FRAMES && self.spare_bytes < SPARE_BYTES {
-                if let Some(frame) = q.frame.reclaim() {
-                    self.spare_bytes += frame.capacity();
-                    self.spare.push(frame);
-                }
-            }
+            self.keep_spare(q.frame);
         }
         self.finished |= r.end;
         r

@@ -844,8 +844,8 @@ impl<T: Element> Reading<'_, T> {
     }
 
     /// A Mark frame: queued in order, held as a frame of no element (it costs the budget
-    /// its frame's bytes and [`FRAME_COST_BYTES`], as at the writer) until it is delivered and everything before it
-    /// consumed.
+    /// its frame's bytes and [`FRAME_COST_BYTES`], as at the writer) until it is delivered
+    /// and everything before it consumed.
     fn on_mark(&self, seq: u64, mark: Mark) -> Result<(), Stop> {
         let shared = self.shared;
         // As the writer counts it.

@@ -10,22 +10,22 @@
 //!
 //! # The link, end to end
 //!
-//! - **Writer** ([`TcpSender`], a flavor of the host's `LinkTx`). `write` encodes batches into
-//!   Data frames on the host's thread (the rings' codec: plain bytes for numbers and declared
-//!   `Pod` types, postcard otherwise; at most 256 KiB of payload a frame, a single element of
-//!   up to `MAX_ELEMENT_BYTES` always fits one) and queues them, each with the next seq. A
-//!   frame stays queued until the reader acknowledges it; `write` takes nothing more once
-//!   `unacked_bytes` wait for acknowledgement, counting each frame's payload and
-//!   [`FRAME_COST_BYTES`] (but always at least one frame when none does): that bound is the link's back-pressure, exactly like an out-of-credit local
-//!   link, and the I/O thread posts a credit envelope to the host when acknowledgements make
-//!   room. An **I/O thread** connects, handshakes, writes queued frames (several per write
-//!   call), heartbeats, and reconnects; a second thread per connection reads the reader's
-//!   acknowledgements. (Writing from the host's thread when the socket has room was tried and
-//!   measured: on loopback it was no faster, the host's thread then paying for the receiver's
-//!   side of each `send`; see `docs/benchmarks.md`, issue 10.) `close` queues an End frame after the data; the stream counts as
-//!   ended for the host only once the End is acknowledged ([`TcpSender::finished`]), i.e.
-//!   once the reading agent consumed every element, so a writing process never exits with
-//!   data only it holds.
+//! - **Writer** ([`TcpSender`], a flavor of the host's `LinkTx`). `write` encodes batches into Data
+//!   frames on the host's thread (the rings' codec: plain bytes for numbers and declared `Pod`
+//!   types, postcard otherwise; at most 256 KiB of payload a frame, a single element of up to
+//!   `MAX_ELEMENT_BYTES` always fits one) and queues them, each with the next seq. A frame stays
+//!   queued until the reader acknowledges it; `write` takes nothing more once `unacked_bytes` wait
+//!   for acknowledgement, counting each frame's payload and [`FRAME_COST_BYTES`] (but always at
+//!   least one frame when none does): that bound is the link's back-pressure, exactly like an
+//!   out-of-credit local link, and the I/O thread posts a credit envelope to the host when
+//!   acknowledgements make room. An **I/O thread** connects, handshakes, writes queued frames
+//!   (several per write call), heartbeats, and reconnects; a second thread per connection reads the
+//!   reader's acknowledgements. (Writing from the host's thread when the socket has room was tried
+//!   and measured: on loopback it was no faster, the host's thread then paying for the receiver's
+//!   side of each `send`; see `docs/benchmarks.md`, issue 10.) `close` queues an End frame after
+//!   the data; the stream counts as ended for the host only once the End is acknowledged
+//!   ([`TcpSender::finished`]), i.e. once the reading agent consumed every element, so a writing
+//!   process never exits with data only it holds.
 //! - **Reader** ([`spawn_tcp_feeder`]). An accepting thread hands each connection to a
 //!   handshake thread (at most 4 at once, 10 s each), which, once the writer is accepted,
 //!   reads its frames, checks their seq and decodes them into private memory (an element
@@ -41,8 +41,9 @@
 //!   of `unacked_bytes` or 128 frames are consumed (one Ack per batch would wake the writer
 //!   for each; the connection thread wakes the feeder when that much is consumed; the frame
 //!   count keeps the frames a writer holds few when each carries one element); once no frame
-//!   was delivered for a millisecond, and on a new connection, it acknowledges at once. The End is acknowledged once it was delivered and everything before it was
-//!   consumed, at once.
+//!   was delivered for a millisecond, and on a new connection, it acknowledges at once. The
+//!   End is acknowledged once it was delivered and everything before it was consumed, at
+//!   once.
 //!
 //! # Marks
 //!
@@ -51,10 +52,11 @@
 //! already has its seq, never lost or repeated. [`TcpSender::write_mark`] queues it behind
 //! everything written before it; it costs the unacknowledged-bytes budget its 22 bytes of
 //! frame and [`FRAME_COST_BYTES`], as any frame (so marks with no data between them are
-//! bounded like data; the 22 bytes are counted in `bytes`), and when the budget is used up it waits in the link's stash like data. The
-//! feeder queues it in order with the batches and delivers it as soon as the batches before it
-//! went (it takes no credit, but waits behind a batch that waits for credit); it acknowledges
-//! it as a frame of no element, once delivered and everything before it consumed.
+//! bounded like data; the 22 bytes are counted in `bytes`), and when the budget is used up
+//! it waits in the link's stash like data. The feeder queues it in order with the batches
+//! and delivers it as soon as the batches before it went (it takes no credit, but waits
+//! behind a batch that waits for credit); it acknowledges it as a frame of no element, once
+//! delivered and everything before it consumed.
 //!
 //! # Resuming after a break
 //!

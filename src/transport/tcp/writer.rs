@@ -71,9 +71,9 @@ pub(crate) struct TcpWriterSpec {
 /// What the host's thread, the I/O thread and the ack thread share.
 struct State {
     /// Every frame taken and not acknowledged, in seq order; the budget's count of their
-    /// cost (`unacked`: payload and [`FRAME_COST_BYTES`] a frame); `full`: `write` stopped short for the budget, so a credit
-    /// envelope is posted when room comes; `closed`: the End is queued; `finished`: the End
-    /// is acknowledged.
+    /// cost (`unacked`: payload and [`FRAME_COST_BYTES`] a frame); `full`: `write` stopped
+    /// short for the budget, so a credit envelope is posted when room comes; `closed`: the
+    /// End is queued; `finished`: the End is acknowledged.
     out: Outbox<Arc<Vec<u8>>>,
     /// Every seq below is acknowledged.
     acked: u64,
@@ -691,7 +691,16 @@ impl Io {
                 w.flush()
             })();
             // Let go of the frames at once: an acknowledged frame that nothing else holds is
-            // written over by a later one.
+            // written over by a later one. One acknowledged while it was being written (this
+            // thread was slow to get here) is this thread's alone now: kept too.
+            if frames.iter().any(|f| Arc::strong_count(f) == 1) {
+                let mut st = self.shared.lock();
+                for f in frames.drain(..) {
+                    if Arc::strong_count(&f) == 1 {
+                        st.out.keep_spare(f);
+                    }
+                }
+            }
             frames.clear();
             if let Err(e) = written {
                 let mut st = self.shared.lock();
