@@ -19,7 +19,7 @@ use crate::error::{panic_message, AgentError, Error};
 use crate::metrics::{add, step_clock, AgentCounters};
 use crate::port::{InSlot, OutSlot};
 use crate::stream::Mark;
-pub(crate) use crate::transport::{Envelope, Mailbox};
+pub(crate) use crate::transport::{join_waiting, Envelope, Mailbox};
 
 // ---------------------------------------------------------------------------------------------
 // The host

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::metrics::{add, StreamCounters};
-use crate::stream::{spare, AnyBatch, Batch, Element, Mark, Policy, VecPool};
+use crate::stream::{spare, AnyBatch, Batch, Element, Mark, Policy, VecPool, SMALL_VEC_BYTES};
 use crate::transport::broker::{BrokerSender, BrokerWriterSpec};
 use crate::transport::tcp::{TcpSender, TcpWriterSpec};
 use crate::transport::{LinkSpec, LinkTx, Mailbox, Run, ShmSender};
@@ -535,12 +535,6 @@ pub(crate) trait OutSlot: Send {
     fn waits_on_ring(&self) -> bool;
 }
 
-/// A batch of at most this many bytes of elements that fills less than half its vector, when
-/// that vector has more than this many bytes of room, is copied into a vector of its own size
-/// rather than moved (see `OutBuf::take_batch`); a vector of at most this many bytes goes as
-/// it is, whatever its fill.
-const SMALL_BATCH_BYTES: usize = 4 << 10;
-
 /// An output buffer: the step appends to `pending`; `flush` makes it one shared batch, then
 /// sends the step's mark, if it set one, after it.
 ///
@@ -591,23 +585,23 @@ impl<T: Element> OutBuf<T> {
     /// What the step appended, as one batch: the vector itself, moved, and `pending` starts
     /// again with a vector from the pool.
     ///
-    /// A batch in flight holds at most twice its elements' memory, or [`SMALL_BATCH_BYTES`]:
+    /// A batch in flight holds at most twice its elements' memory, or [`SMALL_VEC_BYTES`]:
     /// a vector that is mostly empty room of more than that (a selective filter's output in a
     /// vector sized for its input, a source's batch in a vector its hand-over grew) is either
-    /// copied into a vector of its own size, when its elements are few (the output keeps its
-    /// room), or shrunk to its elements before it goes (the allocator gives the rest back in
-    /// place, without copying). The small vectors come back to the pool like any other, and
-    /// the pool hands out the one returned last: a stream of small steps reuses them and, once
-    /// warm, allocates nothing.
+    /// copied into a small vector, when its elements are few (the output keeps its room), or
+    /// shrunk to its elements before it goes (the allocator gives the rest back in place,
+    /// without copying). The small vectors come back to the pool, which keeps them apart from
+    /// the large ones ([`VecPool::take_small`]): a stream of small steps reuses them and, once
+    /// warm, allocates nothing, whatever large vectors the pool holds.
     fn take_batch(&mut self) -> Batch<T> {
         let len = self.pending.len();
         let room = self
             .pending
             .capacity()
             .saturating_mul(std::mem::size_of::<T>());
-        if self.pending.capacity() / 2 > len && room > SMALL_BATCH_BYTES {
-            if len.saturating_mul(std::mem::size_of::<T>()) <= SMALL_BATCH_BYTES {
-                let mut own = Vec::with_capacity(len);
+        if self.pending.capacity() / 2 > len && room > SMALL_VEC_BYTES {
+            if len.saturating_mul(std::mem::size_of::<T>()) <= SMALL_VEC_BYTES {
+                let mut own = self.pool.take_small(len);
                 own.append(&mut self.pending);
                 // The room waits in the pool, not in this output, until a step appends again.
                 self.pool.put(std::mem::take(&mut self.pending));

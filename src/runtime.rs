@@ -81,7 +81,7 @@ mod direct;
 
 use crate::graph::{Graph, Part, Remote, Resolved};
 use crate::host::SourceThreadCtx;
-use crate::host::{Driver, Envelope, Host, Mailbox};
+use crate::host::{join_waiting, Driver, Envelope, Host, Mailbox};
 use crate::launch::signals::{self, Again, OnSignal};
 use crate::launch::{self, ChildProcess, Role, RunId, Segments};
 use crate::metrics::{Metrics, Registry};
@@ -487,8 +487,20 @@ impl Mailbox for ActorMailbox {
     fn post(&self, env: Envelope) {
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         self.shared.posted.fetch_add(1, Ordering::SeqCst);
-        self.parcels.post(env);
+        if self.parcels.post(env) == Posted::Joined {
+            // Its elements travel in an envelope already counted.
+            self.shared.handled();
+        }
     }
+}
+
+/// What became of a posted envelope.
+#[derive(Debug, PartialEq, Eq)]
+enum Posted {
+    /// Queued.
+    Queued,
+    /// A batch, joined to one that waits for the same input (see [`join_waiting`]).
+    Joined,
 }
 
 /// The envelopes posted to an actor and not yet taken in, and the waker of the actor's task.
@@ -514,9 +526,23 @@ impl Parcels {
     /// The most envelopes a kept queue has room for (about 12 KiB).
     const KEEP: usize = 256;
 
-    fn post(&self, env: Envelope) {
-        self.lock().waiting.push_back(env);
-        self.waker.wake();
+    /// Queues `env`, or joins it to a batch that waits for the same input (no wake-up then:
+    /// the actor has one coming).
+    fn post(&self, env: Envelope) -> Posted {
+        let mut q = self.lock();
+        match join_waiting(q.waiting.iter_mut().rev(), env) {
+            Ok(spent) => {
+                drop(q);
+                drop(spent);
+                Posted::Joined
+            }
+            Err(env) => {
+                q.waiting.push_back(env);
+                drop(q);
+                self.waker.wake();
+                Posted::Queued
+            }
+        }
     }
 
     /// Gives back a burst's queue, emptied, for reuse, unless it grew past

@@ -253,15 +253,88 @@ impl<T> Batch<T> {
     }
 }
 
-impl<T: Send + Sync + 'static> Batch<T> {
+impl<T: Clone + Send + Sync + 'static> Batch<T> {
     /// The batch with its element type erased, to travel in an envelope to a reader of any
     /// type. A pooled batch's box becomes the erased one: no allocation (only an `Arc<[T]>`
     /// batch is boxed).
     pub fn into_any(mut self) -> AnyBatch {
         let range = self.range.clone();
         match std::mem::replace(&mut self.data, Shared::Gone) {
-            Shared::Vec(a) => AnyBatch::Pooled { data: a, range },
+            Shared::Vec(a) => AnyBatch::Pooled {
+                data: a,
+                range,
+                absorb: absorb_into::<T>,
+            },
             data => AnyBatch::Boxed(Box::new(Batch { data, range })),
+        }
+    }
+}
+
+/// A small vector: at most this many bytes of capacity. A few elements that a step appended
+/// to a much larger vector travel in a small one of their own (see `OutBuf::take_batch`), and
+/// a writer's [`VecPool`] keeps small vectors apart for them ([`VecPool::take_small`]).
+pub(crate) const SMALL_VEC_BYTES: usize = 4 << 10;
+
+/// A batch that has joined another ([`AnyBatch::absorb`]) holds at most this many bytes of
+/// elements: its vector, which goes back to the writer's pool, stays a small one.
+pub(crate) const JOINED_MAX_BYTES: usize = SMALL_VEC_BYTES;
+
+/// Appends the elements of `later` to the pooled batch (`data`, `range`) of `T`s in place, if
+/// `later` holds `T`s too and the batch may grow ([`join_in_place`]). True if it appended them.
+fn absorb_into<T: Clone + Send + Sync + 'static>(
+    data: &mut Arc<dyn Any + Send + Sync>,
+    range: &mut Range<usize>,
+    later: &AnyBatch,
+) -> bool {
+    let Some(add) = later.as_slice::<T>() else {
+        return false;
+    };
+    match Arc::get_mut(data).and_then(|a| a.downcast_mut::<Owned<T>>()) {
+        Some(owned) => join_in_place(owned, range, add),
+        None => false,
+    }
+}
+
+/// Appends `add` to the batch of `owned`'s elements in `range`, in place, if the batch may
+/// grow: it covers the whole vector (not split), the vector is a pooled one, and the two
+/// together stay within [`JOINED_MAX_BYTES`]. Only for elements without drop glue (plain
+/// data, whose clone is a copy): the copy cannot fail half-way. The caller has checked that
+/// nothing else holds `owned`. True if it appended them.
+fn join_in_place<T: Clone>(owned: &mut Owned<T>, range: &mut Range<usize>, add: &[T]) -> bool {
+    if std::mem::needs_drop::<T>() {
+        return false;
+    }
+    let size = std::mem::size_of::<T>().max(1);
+    let joined = range.len() + add.len();
+    if joined.saturating_mul(size) > JOINED_MAX_BYTES
+        || range.start != 0
+        || range.end != owned.items.len()
+        || owned.home.is_none()
+    {
+        return false;
+    }
+    if owned.items.capacity() < joined {
+        // Straight to the most a joined batch holds: one allocation, and the vector, back in
+        // the writer's pool, has room for the next joins.
+        let most = JOINED_MAX_BYTES / size;
+        owned.items.reserve_exact(most - owned.items.len());
+    }
+    owned.items.extend_from_slice(add);
+    range.end = owned.items.len();
+    true
+}
+
+impl<T: Clone> Batch<T> {
+    /// Appends `add` to this batch in place, if it can: a pooled batch of plain data that
+    /// nothing else holds (no other reader, not split), small with `add` (see
+    /// [`AnyBatch::absorb`], the same for an erased batch). True if it did.
+    pub fn join(&mut self, add: &[T]) -> bool {
+        match &mut self.data {
+            Shared::Vec(a) => match Arc::get_mut(a) {
+                Some(owned) => join_in_place(owned, &mut self.range, add),
+                None => false,
+            },
+            Shared::Slice(_) | Shared::Gone => false,
         }
     }
 }
@@ -297,10 +370,12 @@ impl<T> Clone for Batch<T> {
 
 /// A [`Batch`] of some element type, as an envelope carries it (see [`Batch::into_any`]).
 pub(crate) enum AnyBatch {
-    /// A pooled batch: its shared box, type-erased, and its range.
+    /// A pooled batch: its shared box, type-erased, and its range; and how to append a
+    /// later batch of the same type to it in place (see [`AnyBatch::absorb`]).
     Pooled {
         data: Arc<dyn Any + Send + Sync>,
         range: Range<usize>,
+        absorb: fn(&mut Arc<dyn Any + Send + Sync>, &mut Range<usize>, &AnyBatch) -> bool,
     },
     /// Any other batch, boxed.
     Boxed(Box<dyn Any + Send>),
@@ -316,17 +391,52 @@ impl AnyBatch {
     /// The batch, if its elements are `T`s; else the batch back.
     pub fn downcast<T: Send + Sync + 'static>(self) -> Result<Batch<T>, AnyBatch> {
         match self {
-            AnyBatch::Pooled { data, range } => match data.downcast::<Owned<T>>() {
+            AnyBatch::Pooled {
+                data,
+                range,
+                absorb,
+            } => match data.downcast::<Owned<T>>() {
                 Ok(a) => Ok(Batch {
                     data: Shared::Vec(a),
                     range,
                 }),
-                Err(data) => Err(AnyBatch::Pooled { data, range }),
+                Err(data) => Err(AnyBatch::Pooled {
+                    data,
+                    range,
+                    absorb,
+                }),
             },
             AnyBatch::Boxed(b) => b
                 .downcast::<Batch<T>>()
                 .map(|b| *b)
                 .map_err(AnyBatch::Boxed),
+        }
+    }
+
+    /// The elements, if they are `T`s.
+    fn as_slice<T: 'static>(&self) -> Option<&[T]> {
+        match self {
+            AnyBatch::Pooled { data, range, .. } => data
+                .downcast_ref::<Owned<T>>()
+                .and_then(|o| o.items.get(range.clone())),
+            AnyBatch::Boxed(b) => b.downcast_ref::<Batch<T>>().map(Batch::as_slice),
+        }
+    }
+
+    /// Appends the elements of `later`, a batch that followed this one on the same input, to
+    /// this one, in place, if it can: this is a pooled batch of plain data that nothing else
+    /// shares, `later` holds the same type, and the two stay small together (see
+    /// `absorb_into`). True if it did: `later` is spent (drop it, and its vector goes back to
+    /// its pool). The way a reader's queue joins the one-element batches that pile up while
+    /// the reader is busy, instead of keeping (and its writer allocating) one per element.
+    pub fn absorb(&mut self, later: &AnyBatch) -> bool {
+        match self {
+            AnyBatch::Pooled {
+                data,
+                range,
+                absorb,
+            } => absorb(data, range, later),
+            AnyBatch::Boxed(_) => false,
         }
     }
 }
@@ -417,7 +527,11 @@ pub(crate) struct VecPool<T> {
 /// The vectors a [`VecPool`] keeps, and their capacity in bytes; and empty boxes for them
 /// (each unique, with no home: no cycle back to the pool).
 struct Free<T> {
+    /// Vectors of more than [`SMALL_VEC_BYTES`].
     vecs: Vec<Vec<T>>,
+    /// Small vectors ([`SMALL_VEC_BYTES`] at most), as many as `vecs` at most: kept apart so
+    /// that a few large vectors do not push out the small ones few-element batches travel in.
+    small: Vec<Vec<T>>,
     bytes: usize,
     boxes: Vec<Arc<Owned<T>>>,
 }
@@ -445,6 +559,7 @@ impl<T> VecPool<T> {
         VecPool {
             free: std::sync::Mutex::new(Free {
                 vecs: Vec::new(),
+                small: Vec::new(),
                 bytes: 0,
                 boxes: Vec::new(),
             }),
@@ -453,22 +568,39 @@ impl<T> VecPool<T> {
         }
     }
 
-    /// An empty vector: the one returned last (with its capacity) if there is one, else a new
-    /// one (no allocation until it grows).
+    /// An empty vector for a step to append to: the large one returned last (with its
+    /// capacity) if there is one, else the small one returned last, else a new one (no
+    /// allocation until it grows).
     pub fn take(&self) -> Vec<T> {
         Self::pop_vec(&mut self.lock())
     }
 
     fn pop_vec(free: &mut Free<T>) -> Vec<T> {
-        match free.vecs.pop() {
-            Some(v) => {
-                let bytes = Self::bytes(&v);
-                free.bytes -= bytes;
-                spare::release(bytes);
-                v
-            }
+        match free.vecs.pop().or_else(|| free.small.pop()) {
+            Some(v) => Self::taken(free, v),
             None => Vec::new(),
         }
+    }
+
+    /// An empty small vector with room for `len` elements: one kept if there is one, else a
+    /// new one of that capacity.
+    pub fn take_small(&self, len: usize) -> Vec<T> {
+        let mut free = self.lock();
+        match free.small.iter().rposition(|v| v.capacity() >= len) {
+            Some(i) => {
+                let v = free.small.swap_remove(i);
+                Self::taken(&mut free, v)
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// Accounts for `v` leaving the pool.
+    fn taken(free: &mut Free<T>, v: Vec<T>) -> Vec<T> {
+        let bytes = Self::bytes(&v);
+        free.bytes -= bytes;
+        spare::release(bytes);
+        v
     }
 
     /// Gives `items` back for reuse (cleared), or frees it if the pool has no room for it.
@@ -519,7 +651,8 @@ impl<T> VecPool<T> {
     /// Vectors kept now.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.lock().vecs.len()
+        let free = self.lock();
+        free.vecs.len() + free.small.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Free<T>> {
@@ -529,11 +662,20 @@ impl<T> VecPool<T> {
 }
 
 impl<T> Free<T> {
-    /// Keeps `items` if there is room, here and in the process's bound; else frees it. With
-    /// every slot taken, a larger vector takes the place of the smallest one kept: small
-    /// vectors (a few elements' batches) are cheap to make again, large ones cost fresh pages.
+    /// Keeps `items` if there is room, here and in the process's bound; else frees it. Small
+    /// vectors and large ones are kept apart, up to `max_vecs` of each. With every slot
+    /// taken, a larger vector takes the place of the smallest one kept: large vectors cost
+    /// fresh pages to make again.
     fn keep(&mut self, items: Vec<T>, max_vecs: usize, max_bytes: usize) {
         let bytes = VecPool::bytes(&items);
+        if bytes <= SMALL_VEC_BYTES {
+            if self.small.len() < max_vecs && self.bytes + bytes <= max_bytes && spare::keep(bytes)
+            {
+                self.bytes += bytes;
+                self.small.push(items);
+            }
+            return;
+        }
         if self.vecs.len() >= max_vecs {
             let Some((i, smallest)) = self
                 .vecs
@@ -688,19 +830,76 @@ mod tests {
     }
 
     #[test]
+    fn a_small_unshared_batch_joins_a_later_one_in_place_and_nothing_else_does() {
+        let pool = Arc::new(VecPool::<u64>::new());
+        let mut first = Batch::pooled(vec![1, 2], &pool).into_any();
+        let later = Batch::pooled(vec![3], &pool).into_any();
+        assert!(first.absorb(&later));
+        drop(later);
+        assert_eq!(pool.len(), 1, "the spent batch's vector went home");
+        let Ok(first) = first.downcast::<u64>() else {
+            panic!("a batch of u64")
+        };
+        assert_eq!(first.as_slice(), [1, 2, 3]);
+        let most = JOINED_MAX_BYTES / 8;
+        assert_eq!(
+            first.vec_capacity(),
+            Some(most),
+            "grown once, to the most a joined batch holds"
+        );
+
+        // Shared with another reader, split, of another type, too large together, or not
+        // plain data: no join.
+        let mut shared = Batch::pooled(vec![1], &pool);
+        let reader = shared.clone();
+        assert!(!shared.join(&[2]));
+        drop(reader);
+        let mut split = Batch::pooled(vec![1, 2], &pool);
+        let front = split.split_front(1);
+        assert!(!split.join(&[3]));
+        drop(front);
+        let mut erased = Batch::pooled(vec![1u64], &pool).into_any();
+        assert!(!erased.absorb(&Batch::pooled(vec![1u32], &Arc::new(VecPool::new())).into_any()));
+        let mut big = Batch::pooled(vec![0u64; most - 1], &pool);
+        assert!(!big.join(&[1, 2]));
+        assert!(big.join(&[1]));
+        assert_eq!(big.len(), most);
+        let strings = Arc::new(VecPool::<String>::new());
+        let mut text = Batch::pooled(vec!["a".to_string()], &strings);
+        assert!(!text.join(&["b".to_string()]));
+        let mut decoded = Batch::new(Arc::from([1u64]));
+        assert!(!decoded.join(&[2]), "an Arc<[T]> cannot grow");
+        // A decoded batch can join a pooled one, though.
+        let mut pooled = Batch::pooled(vec![1u64], &pool).into_any();
+        assert!(pooled.absorb(&Batch::new(Arc::from([2u64])).into_any()));
+        assert_eq!(pooled.downcast::<u64>().unwrap().as_slice(), [1, 2]);
+    }
+
+    #[test]
     fn a_full_pool_keeps_its_largest_vectors() {
         let pool = Arc::new(VecPool::<u64>::with_limits(2, 1 << 20));
-        for cap in [1, 2] {
+        for cap in [1000, 2000] {
             pool.put(Vec::with_capacity(cap));
         }
+        pool.put(Vec::with_capacity(10_000));
         pool.put(Vec::with_capacity(1000));
-        pool.put(Vec::with_capacity(1));
         let mut kept: Vec<usize> = pool.lock().vecs.iter().map(|v| v.capacity()).collect();
         kept.sort();
         assert_eq!(
             kept,
-            [2, 1000],
+            [2000, 10_000],
             "the smallest gave way, a smaller one was not kept"
+        );
+        // Small vectors have places of their own: large ones do not push them out.
+        pool.put(Vec::with_capacity(1));
+        pool.put(Vec::with_capacity(4));
+        assert_eq!(pool.len(), 4);
+        assert_eq!(pool.take_small(3).capacity(), 4, "one with room for 3");
+        assert_eq!(pool.take_small(3).capacity(), 3, "none left: a new one");
+        assert_eq!(
+            pool.take().capacity(),
+            10_000,
+            "a step gets a large one first"
         );
     }
 

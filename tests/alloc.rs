@@ -172,7 +172,10 @@ fn push_allocations(n: u64, threaded: bool) -> (u64, u64) {
 /// One element per push: the push itself allocates nothing (it appends to the input's waiting
 /// elements), so allocations grow with batches. How many batches depends on how busy the
 /// readers are (adaptive batching): under the harness, pushes wait until the input is full; in
-/// a threaded run, anything from one batch per push to a few thousand pushes per batch.
+/// a threaded run, anything from one batch per push to a few thousand pushes per batch. And
+/// however many batches, fewer allocations than one per hundred elements: batches that wait
+/// for a busy reader join into one (`join_waiting`), and a writer's pool keeps small vectors
+/// apart from large ones (before both, 4,000 allocations for 400,000 pushes).
 #[test]
 fn one_element_pushes_allocate_per_batch_not_per_element() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,12 +191,10 @@ fn one_element_pushes_allocate_per_batch_not_per_element() {
             per_batch < 40.0,
             "threaded {threaded}: {per_batch:.1} allocations per batch"
         );
-        if !threaded {
-            assert!(
-                used < 400_000 / 100,
-                "harness: {used} allocations for 400,000 pushes"
-            );
-        }
+        assert!(
+            used.saturating_sub(fixed) < 400_000 / 100,
+            "threaded {threaded}: {used} allocations for 400,000 pushes"
+        );
     }
 }
 
@@ -277,6 +278,12 @@ fn link_allocations(n: u64, transport: iotstream::Transport, pushes: bool) -> (u
 /// Between processes too (a shared-memory ring, a TCP link), allocations grow with batches,
 /// not elements, whether the program hands over batches or one element at a time. (The test's
 /// own batches of 4096 are not counted against the link: one vector per 4096 elements.)
+///
+/// One element per push as fast as possible, across a ring: every push is a frame of its own,
+/// and the ring's feeder steps `triple` once per frame or so, each step a one-element batch
+/// for the sink's worker. While that worker is busy or asleep, those batches join the one
+/// that waits for it (`join_waiting`) instead of piling up, one allocation each beyond the
+/// pool (before: about 100,000 allocations for 400,000 elements; now a few hundred).
 #[test]
 fn links_between_processes_allocate_per_batch_not_per_element() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -296,11 +303,14 @@ fn links_between_processes_allocate_per_batch_not_per_element() {
                 per_batch < 40.0,
                 "{transport:?}, pushes {pushes}: {per_batch:.1} allocations per batch"
             );
-            // Batches of 4096 (pushes make batches of any size, up to one per push, as
-            // busy as the readers are: there only the rate per batch says anything).
+            // Batches of 4096; and one element per push across a ring. (Across TCP each
+            // push is still a frame of its own, and a reader slow to acknowledge them leaves
+            // more frames queued than the writer keeps for reuse: there only the rate per
+            // batch says anything.)
             assert!(
-                pushes || used < n / 100,
-                "{transport:?}: {used} allocations for {n} elements"
+                (pushes && transport == iotstream::Transport::Tcp)
+                    || used.saturating_sub(fixed) < n / 100,
+                "{transport:?}, pushes {pushes}: {used} allocations for {n} elements"
             );
         }
     }

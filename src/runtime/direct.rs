@@ -27,7 +27,7 @@ use std::time::Duration;
 use actix::ArbiterHandle;
 
 use super::{Next, Shared, Tended};
-use crate::host::{Envelope, Mailbox};
+use crate::host::{join_waiting, Envelope, Mailbox};
 
 /// What waits for the agent.
 enum Item {
@@ -227,7 +227,23 @@ impl Mailbox for DirectMailbox {
     fn post(&self, env: Envelope) {
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         self.shared.posted.fetch_add(1, Ordering::SeqCst);
-        self.push(Item::Envelope(env));
-        self.drive();
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = queue.iter_mut().rev().filter_map(|item| match item {
+            Item::Envelope(e) => Some(e),
+            Item::Start | Item::Timer(_) => None,
+        });
+        match join_waiting(waiting, env) {
+            Ok(spent) => {
+                drop(queue);
+                drop(spent);
+                // Its elements travel in an envelope already counted (and already driven).
+                self.shared.handled();
+            }
+            Err(env) => {
+                queue.push_back(Item::Envelope(env));
+                drop(queue);
+                self.drive();
+            }
+        }
     }
 }

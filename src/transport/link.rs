@@ -176,6 +176,47 @@ pub(crate) enum Envelope {
     ForceClose,
 }
 
+/// How many waiting envelopes [`join_waiting`] looks back through, newest first, for a batch
+/// of the same input.
+const JOIN_LOOKBACK: usize = 8;
+
+/// Joins `env`, if it is a batch, to the last batch for the same input still waiting in a
+/// mailbox's queue (`newest_first`), when nothing for that input waits between them (no mark,
+/// no end of stream) and the two can join ([`AnyBatch::absorb`]: small plain data, that batch
+/// unshared). Returns the spent batch, for the caller to drop once it let go of its queue's
+/// lock (its vector goes back to its writer's pool); or `env` back, to queue.
+///
+/// This is adaptive batching on the reader's side of a mailbox: while a reader's thread is
+/// busy or asleep, the one-element batches of a fast writer join into a few batches, one
+/// delivery each, instead of one envelope (and, beyond its writer's pool, one allocation) per
+/// element. Order is kept: elements only join elements of the same input that were sent
+/// before them, with nothing of that input between; the host takes in every waiting envelope
+/// before it steps, so envelopes of other inputs between are not overtaken in any way a step
+/// could see. Nothing waits longer: the reader takes whatever waits when it wakes.
+pub(crate) fn join_waiting<'a>(
+    newest_first: impl Iterator<Item = &'a mut Envelope>,
+    env: Envelope,
+) -> Result<AnyBatch, Envelope> {
+    let Envelope::Data { input, batch } = env else {
+        return Err(env);
+    };
+    for waiting in newest_first.take(JOIN_LOOKBACK) {
+        match waiting {
+            Envelope::Data { input: i, batch: b } if *i == input => {
+                return if b.absorb(&batch) {
+                    Ok(batch)
+                } else {
+                    Err(Envelope::Data { input, batch })
+                };
+            }
+            Envelope::Mark { input: i, .. } | Envelope::Eos { input: i } if *i == input => break,
+            Envelope::ForceClose => break,
+            _ => {}
+        }
+    }
+    Err(Envelope::Data { input, batch })
+}
+
 /// Where a host posts envelopes for another host.
 pub(crate) trait Mailbox: Send + Sync {
     fn post(&self, env: Envelope);
@@ -735,6 +776,86 @@ mod tests {
 
     fn batch(items: &[u64]) -> Batch<u64> {
         Batch::new(items.to_vec().into())
+    }
+
+    fn data(input: u32, items: &[u64]) -> Envelope {
+        let pool = Arc::new(crate::stream::VecPool::new());
+        Envelope::Data {
+            input,
+            batch: Batch::pooled(items.to_vec(), &pool).into_any(),
+        }
+    }
+
+    /// The elements of a data envelope.
+    fn elements(env: Envelope) -> Vec<u64> {
+        let Envelope::Data { batch, .. } = env else {
+            panic!("not data")
+        };
+        batch.downcast::<u64>().unwrap().as_slice().to_vec()
+    }
+
+    #[test]
+    fn a_batch_joins_the_last_one_waiting_for_its_input_and_never_passes_a_mark() {
+        let mut q: VecDeque<Envelope> = VecDeque::new();
+        let post = |q: &mut VecDeque<Envelope>, env| match join_waiting(q.iter_mut().rev(), env) {
+            Ok(_spent) => true,
+            Err(env) => {
+                q.push_back(env);
+                false
+            }
+        };
+        assert!(!post(&mut q, data(0, &[1])), "nothing to join");
+        assert!(!post(&mut q, data(1, &[10])), "another input");
+        assert!(!post(
+            &mut q,
+            Envelope::Credit {
+                output: 0,
+                link: 0,
+                n: 5
+            }
+        ));
+        assert!(
+            post(&mut q, data(0, &[2, 3])),
+            "past the other input and the credit"
+        );
+        assert!(post(&mut q, data(1, &[11])));
+        assert!(!post(
+            &mut q,
+            Envelope::Mark {
+                input: 0,
+                mark: Mark::Watermark(3)
+            }
+        ));
+        assert!(!post(&mut q, data(0, &[4])), "not past its input's mark");
+        assert!(post(&mut q, data(0, &[5])));
+        assert!(!post(&mut q, Envelope::Eos { input: 0 }));
+        assert!(post(&mut q, data(1, &[12])), "past another input's end");
+        assert!(!post(&mut q, Envelope::ForceClose));
+        assert!(!post(&mut q, data(1, &[13])), "not past a forced close");
+        let kinds: Vec<String> = q
+            .drain(..)
+            .map(|e| match e {
+                Envelope::Data { input, .. } => format!("{input}:{:?}", elements(e)),
+                Envelope::Mark { input, .. } => format!("{input}:mark"),
+                Envelope::Eos { input } => format!("{input}:eos"),
+                Envelope::Credit { .. } => "credit".into(),
+                Envelope::ForceClose => "close".into(),
+                Envelope::Wake => "wake".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "0:[1, 2, 3]",
+                "1:[10, 11, 12]",
+                "credit",
+                "0:mark",
+                "0:[4, 5]",
+                "0:eos",
+                "close",
+                "1:[13]"
+            ]
+        );
     }
 
     #[test]

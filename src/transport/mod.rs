@@ -87,7 +87,8 @@ use shm::ring::{fail_producer, Consumer, DataNudger, Producer, SpaceWaiter, Wait
 use shm::segment::Segment;
 
 pub(crate) use link::{
-    Envelope, FailureHook, FeederState, Linger, LinkSpec, LinkTx, Mailbox, Run, RunContext,
+    join_waiting, Envelope, FailureHook, FeederState, Linger, LinkSpec, LinkTx, Mailbox, Run,
+    RunContext,
 };
 use process::pid_alive;
 

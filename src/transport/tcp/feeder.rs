@@ -934,7 +934,14 @@ impl<T: Element> Reading<'_, T> {
             mark: None,
         });
         st.held_cost += payload.len() + FRAME_COST_BYTES;
-        if n > 0 {
+        // A small frame joins the batch before it, if that one waits unshared (adaptive
+        // batching: frames that arrive while the reader is busy go to it as one batch, not
+        // one batch and one of the pool's vectors each).
+        let joined = match st.pending.back_mut() {
+            Some(Item::Data(last)) => last.join(&items),
+            _ => false,
+        };
+        if n > 0 && !joined {
             st.pending
                 .push_back(Item::Data(Batch::pooled(items, &shared.pool)));
         } else {
