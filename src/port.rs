@@ -982,8 +982,9 @@ mod tests {
         out.pending().extend(0..10u64);
         let batch = out.take_batch();
         assert_eq!(batch.as_slice(), (0..10).collect::<Vec<_>>());
-        // The batch holds 10 elements' worth, not 4096; the room stays with the output.
-        assert_eq!(batch.vec_capacity(), Some(10));
+        // The batch holds 10 elements' worth (rounded up to 16, for reuse), not 4096; the
+        // room stays with the output.
+        assert_eq!(batch.vec_capacity(), Some(16));
         assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
     }
 

@@ -279,6 +279,14 @@ pub(crate) const SMALL_VEC_BYTES: usize = 4 << 10;
 /// elements: its vector, which goes back to the writer's pool, stays a small one.
 pub(crate) const JOINED_MAX_BYTES: usize = SMALL_VEC_BYTES;
 
+/// Only a batch of at most this many bytes of elements joins another (one element of up to
+/// 64 bytes, eight `u64`): where what a batch costs of its own (an envelope, a vector and its
+/// box, a share of a step) outweighs copying its elements once more. Larger batches go as
+/// they are: a reader behind on them gathers them into one slice anyway, and joining would
+/// copy them twice (in alternated runs, joins of batches up to 4 KiB made one element per
+/// push across processes a tenth slower; up to 64 bytes, as fast as without joins).
+pub(crate) const JOIN_MAX_BYTES: usize = 64;
+
 /// Appends the elements of `later` to the pooled batch (`data`, `range`) of `T`s in place, if
 /// `later` holds `T`s too and the batch may grow ([`join_in_place`]). True if it appended them.
 fn absorb_into<T: Clone + Send + Sync + 'static>(
@@ -295,9 +303,9 @@ fn absorb_into<T: Clone + Send + Sync + 'static>(
     }
 }
 
-/// Appends `add` to the batch of `owned`'s elements in `range`, in place, if the batch may
-/// grow: it covers the whole vector (not split), the vector is a pooled one, and the two
-/// together stay within [`JOINED_MAX_BYTES`]. Only for elements without drop glue (plain
+/// Appends `add` to the batch of `owned`'s elements in `range`, in place, if `add` is small
+/// ([`JOIN_MAX_BYTES`]) and the batch may grow: it covers the whole vector (not split), the
+/// vector is a pooled one, and the two together stay within [`JOINED_MAX_BYTES`]. Only for elements without drop glue (plain
 /// data, whose clone is a copy): the copy cannot fail half-way. The caller has checked that
 /// nothing else holds `owned`. True if it appended them.
 fn join_in_place<T: Clone>(owned: &mut Owned<T>, range: &mut Range<usize>, add: &[T]) -> bool {
@@ -306,7 +314,8 @@ fn join_in_place<T: Clone>(owned: &mut Owned<T>, range: &mut Range<usize>, add: 
     }
     let size = std::mem::size_of::<T>().max(1);
     let joined = range.len() + add.len();
-    if joined.saturating_mul(size) > JOINED_MAX_BYTES
+    if add.len().saturating_mul(size) > JOIN_MAX_BYTES
+        || joined.saturating_mul(size) > JOINED_MAX_BYTES
         || range.start != 0
         || range.end != owned.items.len()
         || owned.home.is_none()
@@ -507,9 +516,10 @@ pub(crate) mod spare {
 
 /// A writer's bounded free list of batch vectors (see [`Batch::pooled`]).
 ///
-/// It keeps at most [`VecPool::MAX_VECS`] vectors of at most [`VecPool::MAX_BYTES`] bytes of
-/// capacity in all, and only while the process's bound on spare buffers ([`spare`]) has
-/// room; a vector that does not fit is freed. Eight batches fit, up to a default
+/// It keeps at most [`VecPool::MAX_VECS`] large vectors and as many small ones (at most
+/// [`SMALL_VEC_BYTES`] each, kept apart: see [`VecPool::take_small`]), of at most
+/// [`VecPool::MAX_BYTES`] bytes of capacity in all, and only while the process's bound on
+/// spare buffers ([`spare`]) has room; a vector that does not fit is freed. Eight batches fit, up to a default
 /// connection's byte capacity (4 MiB) in all: as much as a default connection has in flight,
 /// so that batches of large elements (1 MiB of 1 KiB elements) reuse their vectors too,
 /// instead of an allocation and its fresh pages per batch. What it keeps is what the writer
@@ -543,7 +553,7 @@ impl<T> Drop for VecPool<T> {
 }
 
 impl<T> VecPool<T> {
-    /// Most vectors kept.
+    /// Most vectors kept, large and small each.
     pub const MAX_VECS: usize = 8;
     /// Most bytes of capacity kept, all vectors together.
     pub const MAX_BYTES: usize = 4 << 20;
@@ -583,7 +593,8 @@ impl<T> VecPool<T> {
     }
 
     /// An empty small vector with room for `len` elements: one kept if there is one, else a
-    /// new one of that capacity.
+    /// new one with room for `len` rounded up to a power of two (at most twice `len`, and
+    /// within [`SMALL_VEC_BYTES`]), so that it fits the next batches of about that size.
     pub fn take_small(&self, len: usize) -> Vec<T> {
         let mut free = self.lock();
         match free.small.iter().rposition(|v| v.capacity() >= len) {
@@ -591,7 +602,11 @@ impl<T> VecPool<T> {
                 let v = free.small.swap_remove(i);
                 Self::taken(&mut free, v)
             }
-            None => Vec::with_capacity(len),
+            None => {
+                drop(free);
+                let most = SMALL_VEC_BYTES / std::mem::size_of::<T>().max(1);
+                Vec::with_capacity(len.next_power_of_two().min(most).max(len))
+            }
         }
     }
 
@@ -618,7 +633,7 @@ impl<T> VecPool<T> {
         if let Some(items) = items {
             free.keep(items, self.max_vecs, self.max_bytes);
         }
-        if free.boxes.len() < self.max_vecs {
+        if free.boxes.len() < 2 * self.max_vecs {
             free.boxes.push(boxed);
         }
     }
@@ -860,6 +875,9 @@ mod tests {
         drop(front);
         let mut erased = Batch::pooled(vec![1u64], &pool).into_any();
         assert!(!erased.absorb(&Batch::pooled(vec![1u32], &Arc::new(VecPool::new())).into_any()));
+        let mut nine = Batch::pooled(vec![0u64], &pool);
+        assert!(!nine.join(&[0; 9]), "more than JOIN_MAX_BYTES");
+        assert!(nine.join(&[0; 8]));
         let mut big = Batch::pooled(vec![0u64; most - 1], &pool);
         assert!(!big.join(&[1, 2]));
         assert!(big.join(&[1]));
@@ -895,7 +913,18 @@ mod tests {
         pool.put(Vec::with_capacity(4));
         assert_eq!(pool.len(), 4);
         assert_eq!(pool.take_small(3).capacity(), 4, "one with room for 3");
-        assert_eq!(pool.take_small(3).capacity(), 3, "none left: a new one");
+        assert_eq!(
+            pool.take_small(3).capacity(),
+            4,
+            "the one left is too small: a new one, rounded up to a power of two"
+        );
+        assert_eq!(pool.len(), 3, "the small one stays");
+        let most = SMALL_VEC_BYTES / 8;
+        assert_eq!(
+            pool.take_small(most - 1).capacity(),
+            most,
+            "within a small vector"
+        );
         assert_eq!(
             pool.take().capacity(),
             10_000,

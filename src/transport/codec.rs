@@ -59,6 +59,9 @@ const KIND_NEXT: u8 = 4;
 const KIND_MARK: u8 = 5;
 const HEADER: usize = 8;
 
+/// The bytes of a payload's header (kind, and count or offset) before its body.
+pub(crate) const PAYLOAD_HEADER_BYTES: usize = HEADER;
+
 /// A mark's tag: a watermark (the value is its time).
 const MARK_WATERMARK: u32 = 0;
 /// A mark's tag: idleness (the value is 0).
@@ -283,6 +286,36 @@ impl<T: Element> Codec<T> {
             debug_assert_eq!(start + at, out.len(), "the payload is written in order");
             out.extend_from_slice(bytes);
         });
+    }
+
+    /// Appends the elements planned by the last `plan` for `items` to the payload that ends
+    /// `out` and starts at `at` (one this codec wrote, of whole elements), as if they had
+    /// been planned with the elements it holds: its body grows by the planned length less the
+    /// header, and the count in its header by `n`. False, and `out` untouched, if that
+    /// payload is not one of whole elements of this codec's kind (a large element's part).
+    pub fn append_joined(&self, items: &[T], n: usize, out: &mut Vec<u8>, at: usize) -> bool {
+        let kind = if self.plain.is_some() {
+            KIND_PLAIN
+        } else {
+            KIND_POSTCARD
+        };
+        let Some(header) = out.get(at..at + HEADER) else {
+            return false;
+        };
+        if header[0] != kind {
+            return false;
+        }
+        let count = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let Some(count) = u32::try_from(n).ok().and_then(|n| count.checked_add(n)) else {
+            return false;
+        };
+        let start = out.len();
+        self.append(items, n, out);
+        // The new elements' header goes: their body follows the earlier body.
+        out.copy_within(start + HEADER.., start);
+        out.truncate(out.len() - HEADER);
+        out[at + 4..at + 8].copy_from_slice(&count.to_le_bytes());
+        true
     }
 
     /// The planned payload's bytes, in order, each piece with its offset in the payload.

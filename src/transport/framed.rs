@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 
-use super::codec::{Codec, Plan};
+use super::codec::{Codec, Plan, PAYLOAD_HEADER_BYTES};
 use super::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
 use super::tcp::wire::{self, Frame};
 use crate::error::Error;
@@ -51,6 +51,16 @@ const SPARE_FRAME_BYTES: usize = 64 << 10;
 /// large frame written over by a small one is shrunk, so that a frame's memory stays near
 /// its size (which the budget counts) whatever frame its buffer held before.
 const SPARE_SLACK_BYTES: usize = 128;
+
+/// A Data frame that later writes joined ([`FrameEncoder::join`]) carries at most this much
+/// payload: well within a reused buffer's bound ([`SPARE_FRAME_BYTES`]), so that it too is
+/// written over once acknowledged.
+pub(crate) const JOINED_PAYLOAD_BYTES: usize = 16 << 10;
+
+/// Only a write of at most this much payload joins a frame ([`FrameEncoder::join`]): a few
+/// elements, for which a frame of their own (its header, its buffer, its share of a write
+/// and of an acknowledgement) costs more than they do. Larger writes are frames of their own.
+pub(crate) const JOIN_WRITE_BYTES: usize = 1 << 10;
 
 /// How a flavor holds a queued frame's bytes (see the [module docs](self)).
 pub(crate) trait FrameBytes: Sized {
@@ -190,6 +200,45 @@ impl<T: Element> FrameEncoder<T> {
             done += n;
         }
         Ok(done)
+    }
+
+    /// Appends all of `items` to `frame`, a whole Data frame this encoder made and nobody has
+    /// sent yet, when they are few ([`JOIN_WRITE_BYTES`]), fit in it within
+    /// [`JOINED_PAYLOAD_BYTES`] of payload, and `room(added)` allows the payload they add. Returns that payload, or `None` with `frame`
+    /// untouched (the caller encodes them into frames of their own).
+    ///
+    /// The frame keeps its seq: the elements go where they would have gone in a frame of
+    /// their own right behind it, and they are acknowledged with it.
+    pub(crate) fn join(
+        &mut self,
+        items: &[T],
+        frame: &mut Vec<u8>,
+        room: impl FnOnce(usize) -> bool,
+    ) -> Result<Option<usize>, String> {
+        let payload = frame.len().saturating_sub(DATA_OVERHEAD_BYTES);
+        let Some(free) = JOINED_PAYLOAD_BYTES.min(self.target).checked_sub(payload) else {
+            return Ok(None);
+        };
+        let free = free.min(JOIN_WRITE_BYTES);
+        if items.is_empty() {
+            return Ok(None);
+        }
+        // With their own payload header: the planned length is what a frame of them would
+        // carry, and joining saves that header.
+        let len = match self.codec.plan(items, free + PAYLOAD_HEADER_BYTES)? {
+            Plan::Frame { n, len } if n == items.len() => len,
+            _ => return Ok(None),
+        };
+        let added = len - PAYLOAD_HEADER_BYTES;
+        if !room(added)
+            || !self
+                .codec
+                .append_joined(items, items.len(), frame, DATA_OVERHEAD_BYTES)
+        {
+            return Ok(None);
+        }
+        wire::data_frame_grown(frame, items.len() as u32);
+        Ok(Some(added))
     }
 
     /// The next frame for the leading elements of `rest`: how many, and the payload's bytes.
@@ -681,6 +730,63 @@ mod tests {
         let f = dec.next().unwrap().expect("a whole frame");
         assert!(dec.next().unwrap().is_none(), "one frame");
         f
+    }
+
+    /// A Data frame that a later write joined decodes as one frame of all their elements,
+    /// with its seq; a joined frame stays within its bounds.
+    #[test]
+    fn a_joined_frame_decodes_as_all_its_elements_plain_or_postcard() {
+        fn joined<T: Element + PartialEq + std::fmt::Debug>(first: &[T], later: &[&[T]]) {
+            let mut enc = FrameEncoder::<T>::new(1 << 20, 1 << 20, "frame");
+            let (mut frames, mut spare) = (Vec::new(), Vec::<Arc<Vec<u8>>>::new());
+            enc.encode(first, 7, &mut spare, &mut frames, |_, _| true)
+                .unwrap();
+            let mut frame = frames.pop().unwrap();
+            let bytes = Arc::get_mut(&mut frame.bytes).unwrap();
+            let mut payload = frame.payload;
+            for items in later {
+                let added = enc.join(items, bytes, |_| true).unwrap().unwrap();
+                payload += added;
+            }
+            let all: Vec<T> = first
+                .iter()
+                .chain(later.iter().flat_map(|l| l.iter()))
+                .cloned()
+                .collect();
+            match decode(bytes) {
+                Frame::Data {
+                    seq: 7,
+                    elements,
+                    payload: p,
+                } => {
+                    assert_eq!(elements as usize, all.len());
+                    assert_eq!(p.len(), payload, "the payload the joins counted");
+                    assert_eq!(Codec::<T>::new().decode(&p).unwrap(), all);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        joined::<u64>(&[1], &[&[2], &[3, 4]]);
+        joined::<String>(&["a".into()], &[&["bb".into()], &["ccc".into(), "".into()]]);
+
+        let mut enc = FrameEncoder::<u64>::new(1 << 20, 1 << 20, "frame");
+        let (mut frames, mut spare) = (Vec::new(), Vec::<Arc<Vec<u8>>>::new());
+        enc.encode(&[0], 0, &mut spare, &mut frames, |_, _| true)
+            .unwrap();
+        let mut frame = frames.pop().unwrap();
+        let bytes = Arc::get_mut(&mut frame.bytes).unwrap();
+        let before = bytes.clone();
+        // Refused, the frame untouched: no room in the budget, a write too large to join.
+        assert_eq!(enc.join(&[1], bytes, |_| false).unwrap(), None);
+        let large = vec![0u64; JOIN_WRITE_BYTES / 8 + 1];
+        assert_eq!(enc.join(&large, bytes, |_| true).unwrap(), None);
+        assert_eq!(*bytes, before);
+        // Joins stop at the joined frame's bound.
+        let mut n = 1;
+        while enc.join(&[n as u64], bytes, |_| true).unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, (JOINED_PAYLOAD_BYTES - PAYLOAD_HEADER_BYTES) / 8);
     }
 
     #[test]

@@ -632,8 +632,11 @@ fn one_element_frames_count_their_own_cost_against_the_bound() {
     let budget = 64 << 10;
     let (rrun, wrun, _ends, r, mut w) = stalled_reader(budget);
     let mut taken = 0u64;
-    // Ends: each frame costs at least FRAME_COST_BYTES of the budget.
+    // Ends: each frame costs at least FRAME_COST_BYTES of the budget. Each element waits for
+    // the I/O thread to take the frame before it (so that it is a frame of its own, not
+    // joined to that one).
     while w.tx.write(&[taken]).unwrap() == 1 {
+        poll("the frame taken", || w.tx.queued_frames().1 == 0);
         taken += 1;
         assert!(
             taken as usize <= budget / FRAME_COST_BYTES + 1,
@@ -1059,6 +1062,46 @@ fn a_lingering_reader_gives_up_after_the_reconnect_limit_and_a_failed_one_does_n
 fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// Writes of a few elements that find the last frame not yet taken by any connection join it:
+/// a writer whose reader does not listen yet queues one frame for a hundred one-element writes
+/// (a larger write is a frame of its own), and the reader, once it listens, gets them all, in
+/// order, then the rest.
+#[test]
+fn small_writes_join_a_frame_no_connection_took() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let addr = closed_port();
+    let mut w = writer::<u64>(addr, &wrun, settings());
+    for v in 0..100u64 {
+        assert_eq!(w.tx.write(&[v]).unwrap(), 1);
+    }
+    assert_eq!(w.tx.queued_frames(), (1, 1), "one frame, not taken");
+    let unacked = w.counters.unacked_bytes.load(Ordering::Relaxed) as usize;
+    assert_eq!(
+        unacked,
+        8 + 100 * 8 + FRAME_COST_BYTES,
+        "one payload header, one frame"
+    );
+    let large: Vec<u64> = (100..300).collect();
+    assert_eq!(w.tx.write(&large).unwrap(), 200);
+    assert_eq!(
+        w.tx.queued_frames(),
+        (2, 2),
+        "1,600 bytes: a frame of its own"
+    );
+    let r = reader::<u64>(&addr.to_string(), &rrun, settings(), 4096, usize::MAX);
+    let rest: Vec<u64> = (300..2_000).collect();
+    w.send(&rest, 1, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(
+        r.sink.items().into_iter().eq(0..2_000),
+        "every element, in order, once"
+    );
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
 }
 
 #[test]

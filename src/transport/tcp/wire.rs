@@ -319,6 +319,16 @@ pub(crate) fn data_header(seq: u64, elements: u32, payload_bytes: usize, out: &m
     out.extend_from_slice(&elements.to_le_bytes());
 }
 
+/// Fixes the length prefix and the element count of `frame`, a whole Data frame (length prefix
+/// included), after `added` elements were appended to its payload.
+pub(crate) fn data_frame_grown(frame: &mut [u8], added: u32) {
+    let length = u32::try_from(frame.len() - HEADER_BYTES).expect("a frame's length fits in a u32");
+    frame[..HEADER_BYTES].copy_from_slice(&length.to_le_bytes());
+    let at = HEADER_BYTES + 1 + 8;
+    let elements = u32::from_le_bytes(frame[at..at + 4].try_into().expect("4 bytes"));
+    frame[at..at + 4].copy_from_slice(&(elements + added).to_le_bytes());
+}
+
 /// Where a Data frame's seq (`u64` LE) sits, from the frame's first byte.
 #[cfg(test)]
 pub(crate) const DATA_SEQ_AT: usize = HEADER_BYTES + 1;

@@ -196,6 +196,9 @@ impl<T: Element> TcpSender<T> {
     /// acknowledgements make room. An element whose encoding exceeds `MAX_ELEMENT_BYTES` is an
     /// error naming its size.
     pub(crate) fn write(&mut self, items: &[T]) -> Result<usize, String> {
+        if self.join_last(items)? {
+            return Ok(items.len());
+        }
         let mut done = 0;
         let budget = self.budget;
         // Ends: each pass takes at least one element, or returns.
@@ -234,6 +237,54 @@ impl<T: Element> TcpSender<T> {
             st.out.full = true;
             return Ok(done);
         }
+    }
+
+    /// Appends `items` to the last frame queued, if it is a Data frame that no connection has
+    /// taken yet and they fit in it ([`FrameEncoder::join`]) within the budget; true if they
+    /// went there. While the I/O thread is busy (writing, or not running), a burst of small
+    /// writes thus fills a few frames instead of one frame, and one buffer, per write; a
+    /// frame it has taken is never touched (a connection may have sent it, and a resent frame
+    /// must be the same).
+    fn join_last(&mut self, items: &[T]) -> Result<bool, String> {
+        let budget = self.budget;
+        let mut st = self.shared.lock();
+        let st = &mut *st;
+        let unacked = st.out.unacked;
+        let Some(last) = st.out.queue.back_mut() else {
+            return Ok(false);
+        };
+        if last.end || last.elements == 0 || last.seq < st.written {
+            return Ok(false);
+        }
+        let Some(frame) = Arc::get_mut(&mut last.frame) else {
+            return Ok(false);
+        };
+        let Some(added) = self
+            .encoder
+            .join(items, frame, |added| unacked + added < budget)?
+        else {
+            return Ok(false);
+        };
+        last.elements += items.len();
+        last.payload += added;
+        last.cost += added;
+        st.out.unacked += added;
+        set_gauge(&self.counters, st.out.unacked);
+        if st.io_waiting {
+            self.shared.cond.notify_all();
+        }
+        Ok(true)
+    }
+
+    /// Test hook: the frames queued (not acknowledged), and how many of them no connection
+    /// has taken yet.
+    #[cfg(test)]
+    pub(crate) fn queued_frames(&self) -> (usize, u64) {
+        let st = self.shared.lock();
+        (
+            st.out.queue.len(),
+            st.out.next_seq.saturating_sub(st.written),
+        )
     }
 
     /// Queues `mark` as a Mark frame after everything written before it, with the next seq
