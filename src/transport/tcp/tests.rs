@@ -1065,14 +1065,16 @@ fn closed_port() -> SocketAddr {
 }
 
 /// Writes of a few elements that find the last frame not yet taken by any connection join it:
-/// a writer whose reader does not listen yet queues one frame for a hundred one-element writes
+/// a writer whose reader does not answer yet queues one frame for a hundred one-element writes
 /// (a larger write is a frame of its own), and the reader, once it listens, gets them all, in
 /// order, then the rest.
 #[test]
 fn small_writes_join_a_frame_no_connection_took() {
     let (rrun, wrun) = (run(), run());
     let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
-    let addr = closed_port();
+    // Holds the port (no other test is handed it) and never answers a handshake.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
     let mut w = writer::<u64>(addr, &wrun, settings());
     for v in 0..100u64 {
         assert_eq!(w.tx.write(&[v]).unwrap(), 1);
@@ -1091,7 +1093,19 @@ fn small_writes_join_a_frame_no_connection_took() {
         (2, 2),
         "1,600 bytes: a frame of its own"
     );
-    let r = reader::<u64>(&addr.to_string(), &rrun, settings(), 4096, usize::MAX);
+    drop(silent);
+    let start = Instant::now();
+    let r = loop {
+        // The port may take a moment to be free again.
+        let bound = std::panic::catch_unwind(|| {
+            reader::<u64>(&addr.to_string(), &rrun, settings(), 4096, usize::MAX)
+        });
+        match bound {
+            Ok(r) => break r,
+            Err(_) => assert!(start.elapsed() < GUARD, "cannot listen again on {addr}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let rest: Vec<u64> = (300..2_000).collect();
     w.send(&rest, 1, |_| {});
     w.finish();
