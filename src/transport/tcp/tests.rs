@@ -535,6 +535,22 @@ fn a_plain_writer_at_a_tls_reader_is_refused_and_fails() {
     });
 }
 
+/// A reader of `u64` (capacity 4096, consuming everything) listening on `addr`, which was
+/// just let go of: it may take a moment to be free again.
+fn listen_again(addr: SocketAddr, run: &Arc<TestRun>) -> Reader<u64> {
+    let start = Instant::now();
+    loop {
+        let bound = std::panic::catch_unwind(|| {
+            reader::<u64>(&addr.to_string(), run, settings(), 4096, usize::MAX)
+        });
+        match bound {
+            Ok(r) => return r,
+            Err(_) => assert!(start.elapsed() < GUARD, "cannot listen again on {addr}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_restarted_reader_gets_everything_its_predecessor_did_not_consume() {
     let (rrun1, rrun2, wrun) = (run(), run(), run());
@@ -560,18 +576,7 @@ fn a_restarted_reader_gets_everything_its_predecessor_did_not_consume() {
         detail: "killed".into(),
     });
     poll("the first reader's port closes", || r1.probe.finished());
-    let start = Instant::now();
-    let r2 = loop {
-        // Its port may take a moment to close.
-        let bound = std::panic::catch_unwind(|| {
-            reader::<u64>(&addr.to_string(), &rrun2, settings(), 4096, usize::MAX)
-        });
-        match bound {
-            Ok(r) => break r,
-            Err(_) => assert!(start.elapsed() < GUARD, "cannot listen again on {addr}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let r2 = listen_again(addr, &rrun2);
     let w = sending.join().unwrap();
     r2.sink.wait("the end of stream", |s| s.eos);
     let first = r1.sink.items();
@@ -1094,18 +1099,7 @@ fn small_writes_join_a_frame_no_connection_took() {
         "1,600 bytes: a frame of its own"
     );
     drop(silent);
-    let start = Instant::now();
-    let r = loop {
-        // The port may take a moment to be free again.
-        let bound = std::panic::catch_unwind(|| {
-            reader::<u64>(&addr.to_string(), &rrun, settings(), 4096, usize::MAX)
-        });
-        match bound {
-            Ok(r) => break r,
-            Err(_) => assert!(start.elapsed() < GUARD, "cannot listen again on {addr}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let r = listen_again(addr, &rrun);
     let rest: Vec<u64> = (300..2_000).collect();
     w.send(&rest, 1, |_| {});
     w.finish();
