@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 
 use super::codec::{Codec, Plan, PAYLOAD_HEADER_BYTES};
-use super::link::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
+use super::mailbox::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
 use super::tcp::wire::{self, Frame};
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};

@@ -70,6 +70,7 @@ pub(crate) mod codec;
 pub(crate) mod framed;
 pub(crate) mod held;
 pub(crate) mod link;
+pub(crate) mod mailbox;
 pub(crate) mod process;
 pub(crate) mod shm;
 pub(crate) mod tcp;
@@ -86,9 +87,9 @@ use held::Held;
 use shm::ring::{fail_producer, Consumer, DataNudger, Producer, SpaceWaiter, Wait};
 use shm::segment::Segment;
 
-pub(crate) use link::{
-    join_waiting, Envelope, FailureHook, FeederState, Linger, LinkSpec, LinkTx, Mailbox, Run,
-    RunContext,
+pub(crate) use link::{LinkSpec, LinkTx};
+pub(crate) use mailbox::{
+    join_waiting, Envelope, FailureHook, FeederState, Linger, Mailbox, Run, RunContext,
 };
 use process::pid_alive;
 

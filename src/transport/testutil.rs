@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::link::{FailureHook, FeederState, Linger, Run, RunContext};
+use super::mailbox::{FailureHook, FeederState, Linger, Run, RunContext};
 use crate::error::Error;
 
 /// A run for helper threads under test: never quiescent, over once it fails or is ended; the

@@ -26,7 +26,7 @@ use crate::transport::codec::Codec;
 use crate::transport::framed::{
     post_items, start_feeder, take_within_credit, FeederMailbox, Item, Next,
 };
-use crate::transport::link::{Envelope, Linger, Mailbox, Run};
+use crate::transport::mailbox::{Envelope, Linger, Mailbox, Run};
 use crate::transport::tcp::wire::{Frame, FrameDecoder, FrameRef};
 
 /// How long the broker waits for the reader's acknowledgement before it sends a message again.

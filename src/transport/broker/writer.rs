@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark, Policy};
 use crate::transport::framed::{DataFrame, FrameEncoder, Outbox};
-use crate::transport::link::{Envelope, Mailbox, Run};
+use crate::transport::mailbox::{Envelope, Mailbox, Run};
 
 /// What a writer's end needs.
 pub(crate) struct BrokerWriterSpec {

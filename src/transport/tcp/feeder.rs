@@ -59,7 +59,7 @@ use crate::transport::codec::Codec;
 use crate::transport::framed::{
     post_items, start_feeder, take_within_credit, FeederMailbox, Item, Next,
 };
-use crate::transport::link::{Envelope, FeederState, Linger, Mailbox, Run};
+use crate::transport::mailbox::{Envelope, FeederState, Linger, Mailbox, Run};
 
 /// The most handshakes one listening port runs at once: a few connectors that say nothing
 /// cannot hold more threads than this, for [`HANDSHAKE_TIMEOUT`] each.

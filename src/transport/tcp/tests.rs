@@ -13,7 +13,7 @@ use super::*;
 use crate::error::Error;
 use crate::metrics::LinkCounters;
 use crate::stream::{Element, Mark};
-use crate::transport::link::{Envelope, Mailbox, Run, RunContext};
+use crate::transport::mailbox::{Envelope, Mailbox, Run, RunContext};
 use crate::transport::testutil::TestRun;
 
 const LABEL: &str = "sensor.out -> detector.in";

@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark};
 use crate::transport::framed::{DataFrame, FrameEncoder, Outbox};
-use crate::transport::link::{Envelope, Mailbox, Run};
+use crate::transport::mailbox::{Envelope, Mailbox, Run};
 
 /// How long one TCP connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
