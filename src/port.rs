@@ -102,6 +102,14 @@ fn travels_alone(len: usize, size: usize) -> bool {
     len >= ALONE_ELEMENTS || len.saturating_mul(size) >= ALONE_BYTES
 }
 
+/// The fewest bytes of elements that [`InBuf::take_shown`] moves rather than leaving its
+/// caller to copy them. A smaller batch stays in a core's cache, and copying it into the
+/// output's own vector (the same few vectors, written by this thread, step after step) costs
+/// less than the vectors it would otherwise pass on: the writer's thread then fills vectors
+/// another core has just written. Measured with 8-byte elements in batches of 4,096 (32 KiB),
+/// source and map on one thread: moving them was 0.7× the copy.
+pub(crate) const MOVE_AT_LEAST_BYTES: usize = 64 << 10;
+
 /// An input buffer: batches received, shown to the step as one slice.
 ///
 /// While the agent consumes everything it is shown, the slice is the batch itself (no copy).
@@ -233,6 +241,34 @@ impl<T: Element> InBuf<T> {
         self.consumed += n;
         self.unreturned += n;
         self.consumed_total += n as u64;
+    }
+
+    /// Consumes everything shown and returns it as a vector without copying, when the view is
+    /// all shown, at least [`MOVE_AT_LEAST_BYTES`], and one vector that nothing else holds: a
+    /// batch, whole and unshared ([`Batch::take_whole`]; `replacement` goes back to the
+    /// batch's pool with it), or the vector batches were gathered into (`replacement` becomes
+    /// the view's). Otherwise `replacement` comes back and nothing is consumed.
+    pub fn take_shown(&mut self, replacement: Vec<T>) -> Result<Vec<T>, Vec<T>> {
+        let n = self.shown;
+        if n == 0
+            || n != self.view_all().len()
+            || n.saturating_mul(std::mem::size_of::<T>()) < MOVE_AT_LEAST_BYTES
+        {
+            return Err(replacement);
+        }
+        let items = match &mut self.view {
+            View::Borrowed(b) => b.take_whole(replacement)?,
+            View::Owned(v, 0) => std::mem::replace(v, replacement),
+            View::Owned(..) => return Err(replacement),
+        };
+        if let View::Owned(v, _) = &mut self.view {
+            v.clear();
+        }
+        self.shown = 0;
+        self.consumed += n;
+        self.unreturned += n;
+        self.consumed_total += n as u64;
+        Ok(items)
     }
 
     /// The marks among the unconsumed elements, each with its place in the slice: `(i, m)`
@@ -582,6 +618,28 @@ impl<T: Element> OutBuf<T> {
         &mut self.pending
     }
 
+    /// Makes `take`'s vector this step's, if `take` gives one for the empty vector it is handed
+    /// (this output's, or one from its pool); true if it did. Only while the step appended
+    /// nothing.
+    pub fn adopt(&mut self, take: impl FnOnce(Vec<T>) -> Result<Vec<T>, Vec<T>>) -> bool {
+        debug_assert!(self.pending.is_empty());
+        let empty = if self.pending.capacity() == 0 {
+            self.pool.take()
+        } else {
+            std::mem::take(&mut self.pending)
+        };
+        match take(empty) {
+            Ok(items) => {
+                self.pending = items;
+                true
+            }
+            Err(empty) => {
+                self.pending = empty;
+                false
+            }
+        }
+    }
+
     /// What the step appended, as one batch: the vector itself, moved, and `pending` starts
     /// again with a vector from the pool.
     ///
@@ -884,6 +942,69 @@ mod tests {
         assert_eq!(out.pending.capacity(), 0);
         drop(second);
         assert!(out.pending().is_empty() && out.pending().capacity() >= 4096);
+    }
+
+    #[test]
+    fn a_whole_unshared_batch_moves_from_input_to_output_and_an_empty_vector_goes_home() {
+        let writer = Arc::new(VecPool::<u64>::new());
+        let mut input = InBuf::<u64>::new();
+        let mut out = OutBuf::<u64>::new();
+        // The output's own pool has a vector to give in exchange.
+        out.pool.put(Vec::with_capacity(512));
+        let n = MOVE_AT_LEAST_BYTES / 8;
+        input
+            .push(Batch::pooled((0..n as u64).collect(), &writer).into_any())
+            .unwrap();
+        input.prepare(false);
+        let ptr = input.as_slice().as_ptr();
+        assert!(out.adopt(|empty| input.take_shown(empty)));
+        assert_eq!(out.pending().as_ptr(), ptr, "moved, not copied");
+        assert_eq!(out.pending().len(), n);
+        assert!(input.as_slice().is_empty());
+        assert_eq!(input.take_consumed(), n, "consumed, for credit");
+        // The input let go of the emptied batch: the output's vector is now its writer's.
+        assert_eq!(writer.len(), 1);
+        assert!(writer.take().capacity() >= 512);
+
+        // Shared by another reader: nothing moves, nothing is consumed.
+        let shared = Batch::pooled((0..n as u64).collect(), &writer);
+        let other = shared.clone();
+        input.push(shared.into_any()).unwrap();
+        input.prepare(false);
+        let mut out = OutBuf::<u64>::new();
+        assert!(!out.adopt(|empty| input.take_shown(empty)));
+        assert_eq!(input.as_slice().len(), n);
+        drop(other);
+        // Partly consumed: not the whole vector any more.
+        input.consume(2);
+        assert!(!out.adopt(|empty| input.take_shown(empty)));
+        input.consume(n - 2);
+        input.take_consumed();
+        // Smaller than MOVE_AT_LEAST_BYTES: left to be copied.
+        input.push(batch(&[1, 2, 3])).unwrap();
+        input.prepare(false);
+        assert!(!out.adopt(|empty| input.take_shown(empty)));
+        input.consume(3);
+        input.take_consumed();
+        // Batches gathered into the input's own vector: that vector moves.
+        for _ in 0..16 {
+            input.push(batch(&vec![7; n / 16])).unwrap();
+        }
+        input.prepare(false);
+        let gathered = input.as_slice().as_ptr();
+        assert!(out.adopt(|empty| input.take_shown(empty)));
+        assert_eq!(out.pending().as_ptr(), gathered);
+        assert_eq!(out.pending().len(), n);
+        assert_eq!(input.take_consumed(), n);
+        // Behind a mark only part is shown: nothing moves.
+        let mut input = InBuf::<u64>::new();
+        input.push(batch(&vec![1; n])).unwrap();
+        input.push_mark(Mark::Watermark(9)).unwrap();
+        input.push(batch(&[4])).unwrap();
+        input.prepare(true);
+        assert_eq!(input.as_slice().len(), n);
+        let mut out = OutBuf::<u64>::new();
+        assert!(!out.adopt(|empty| input.take_shown(empty)));
     }
 
     #[test]

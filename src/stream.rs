@@ -251,6 +251,25 @@ impl<T> Batch<T> {
         debug_assert!(n <= self.len());
         self.range.start += n;
     }
+    /// Moves the whole vector out of this batch, if nothing else holds it (no other reader, not
+    /// split) and the batch is all of it: `replacement`, emptied, takes its place, and the
+    /// batch is left empty. When the batch is dropped, `replacement` goes to the pool the
+    /// vector came from, so a writer that hands its vectors on this way gets as many back.
+    /// Otherwise `replacement` comes back and the batch is untouched.
+    pub fn take_whole(&mut self, mut replacement: Vec<T>) -> Result<Vec<T>, Vec<T>> {
+        let Shared::Vec(a) = &mut self.data else {
+            return Err(replacement);
+        };
+        let Some(owned) = Arc::get_mut(a) else {
+            return Err(replacement);
+        };
+        if self.range != (0..owned.items.len()) {
+            return Err(replacement);
+        }
+        replacement.clear();
+        self.range = 0..0;
+        Ok(std::mem::replace(&mut owned.items, replacement))
+    }
 }
 
 impl<T: Clone + Send + Sync + 'static> Batch<T> {
