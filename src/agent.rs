@@ -419,6 +419,11 @@ impl Outputs<'_> {
     /// is the same; only the cost differs (with 1 KiB elements, the copy is most of a map
     /// stage's time).
     ///
+    /// The elements are in the output as soon as this returns, and what a step appended goes
+    /// on even when the step then fails: a step that may fail after changing only some of them
+    /// should cut the output back to what it changed (`o.vec(&out).truncate(..)`), as
+    /// [`Graph::map_in_place`](crate::Graph::map_in_place) does when its function panics.
+    ///
     /// ```
     /// use iotstream::{Agent, AgentError, Graph, Input, Inputs, Outputs, Stream};
     ///

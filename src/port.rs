@@ -691,14 +691,27 @@ impl<T: Element> OutBuf<T> {
             self.pool.put(std::mem::take(&mut self.pending));
             return;
         }
-        let data = self.take_batch();
-        for (link, &taken) in self.links.iter_mut().zip(&self.taken) {
+        let mut data = Some(self.take_batch());
+        let last = self.taken.iter().rposition(|&taken| taken < len);
+        for (i, (link, &taken)) in self.links.iter_mut().zip(&self.taken).enumerate() {
             if taken < len {
-                let mut part = data.clone();
+                let mut part = share(&mut data, Some(i) == last);
                 part.advance(taken);
                 link.offer(part);
             }
         }
+    }
+}
+
+/// A reference to the batch in `data` for one more reader: the batch itself for the `last`
+/// (nothing is left holding it, so a reader that alone holds it may take its vector, see
+/// [`InBuf::take_shown`]), a clone otherwise.
+fn share<T>(data: &mut Option<Batch<T>>, last: bool) -> Batch<T> {
+    if last {
+        data.take().expect("the last reader takes the batch once")
+    } else {
+        data.clone()
+            .expect("the batch is there until the last reader")
     }
 }
 
@@ -797,9 +810,10 @@ impl<T: Element> OutSlot for OutBuf<T> {
                 link.offer_mark(mark);
             }
         }
-        if let Some(data) = data.filter(|_| len > from) {
-            for link in &mut self.links {
-                link.offer(data.clone());
+        if len > from {
+            let n = self.links.len();
+            for (i, link) in self.links.iter_mut().enumerate() {
+                link.offer(share(&mut data, i + 1 == n));
             }
             self.sent_idle = false;
         }

@@ -144,7 +144,7 @@ enum Shared<T> {
     Slice(Arc<[T]>),
     Vec(Arc<Owned<T>>),
     /// Nothing: only while a batch is taken apart (its buffer moved out in `drop` or
-    /// `into_any`), never seen by a reader.
+    /// `into_any`), or what [`Batch::take_all`] leaves; never seen by a reader.
     Gone,
 }
 
@@ -226,6 +226,19 @@ impl<T> Batch<T> {
             Shared::Gone => &[],
         };
         &all[self.range.clone()]
+    }
+    /// Takes every element as a batch, leaving this one empty and holding nothing: unlike
+    /// [`split_front`](Self::split_front) of all of them, the buffer keeps no second
+    /// reference, so the batch taken stays unshared (a reader may change it in place, see
+    /// [`take_whole`](Self::take_whole)).
+    pub fn take_all(&mut self) -> Batch<T> {
+        std::mem::replace(
+            self,
+            Batch {
+                data: Shared::Gone,
+                range: 0..0,
+            },
+        )
     }
     /// Takes the first `n` elements off the front as a batch of their own.
     pub fn split_front(&mut self, n: usize) -> Batch<T> {

@@ -105,3 +105,40 @@ fn a_batch_another_reader_reads_too_is_never_changed_under_it() {
     // on another thread): what must hold is that it never sees the change.
     eprintln!("copied {copied}");
 }
+
+/// `f` panics on element `at` of a batch of `n`: readers get the elements mapped before it and
+/// nothing unmapped, whether the batch was moved (`n` large) or copied.
+fn panics_at(n: u64, at: u64) -> Vec<u64> {
+    let mut g = Graph::new("forward_panics");
+    let s = g.source_iter_with(
+        "numbers",
+        0..n,
+        SourceOptions {
+            max_batch: n as usize,
+            interval: None,
+        },
+    );
+    let doubled = g.map_in_place("double", &s, move |v: &mut u64| {
+        if *v == at {
+            panic!("no {at}");
+        }
+        *v *= 2;
+    });
+    let out = g.collect("out", &doubled);
+    let err = g.run().unwrap_err();
+    assert_eq!(err.agent(), Some("double"), "{err}");
+    out.values()
+}
+
+#[test]
+fn a_panicking_map_in_place_sends_nothing_it_did_not_change() {
+    for (n, at) in [(10, 5), (6 * 16_384, 70_000)] {
+        let got = panics_at(n, at);
+        assert!(
+            got.iter().zip(0..).all(|(&v, k)| v == 2 * k) && got.len() as u64 <= at,
+            "n {n}, panic at {at}: {} elements, the last {:?}",
+            got.len(),
+            got.last()
+        );
+    }
+}

@@ -145,10 +145,22 @@ where
         inputs: &mut Inputs<'_>,
         outputs: &mut Outputs<'_>,
     ) -> Result<(), AgentError> {
-        outputs
-            .forward(&self.out, inputs, &self.input)
-            .iter_mut()
-            .for_each(&mut self.f);
+        let from = outputs.vec(&self.out).len();
+        let moved = outputs.forward(&self.out, inputs, &self.input);
+        let mut mapped = 0;
+        let f = &mut self.f;
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for v in moved.iter_mut() {
+                f(v);
+                mapped += 1;
+            }
+        }));
+        if let Err(panic) = run {
+            // What follows the element `f` panicked on was never changed: it must not go on
+            // as if it had been (as `map` sends only what `f` returned before it panicked).
+            outputs.vec(&self.out).truncate(from + mapped);
+            std::panic::resume_unwind(panic);
+        }
         Ok(())
     }
 }

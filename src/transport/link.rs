@@ -106,7 +106,12 @@ fn transmit<T: Element>(
                 return Ok(0);
             }
             *credit -= n;
-            let part = batch.split_front(n);
+            // All of it: the batch itself, so that the reader holds the only reference.
+            let part = if n == batch.len() {
+                batch.take_all()
+            } else {
+                batch.split_front(n)
+            };
             mailbox.post(Envelope::Data {
                 input: *input,
                 batch: part.into_any(),
