@@ -904,7 +904,7 @@ mod tests {
             stream: format!("{}.out", agents[from].name),
             input: format!("{}.in", agents[to].name),
             capacity: 100,
-            capacity_bytes: crate::DEFAULT_CAPACITY_BYTES,
+            capacity_bytes: crate::graph::DEFAULT_CAPACITY_BYTES,
             element_bytes: 8,
             credit: 100,
             policy: Policy::Block,
