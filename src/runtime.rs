@@ -533,7 +533,8 @@ impl Parcels {
         match join_waiting(q.waiting.iter_mut().rev(), env) {
             Ok(spent) => {
                 drop(q);
-                drop(spent);
+                // Typed: its vector and box both go home.
+                spent.release();
                 Posted::Joined
             }
             Err(env) => {

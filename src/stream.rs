@@ -295,7 +295,7 @@ impl<T: Clone + Send + Sync + 'static> Batch<T> {
             Shared::Vec(a) => AnyBatch::Pooled {
                 data: a,
                 range,
-                absorb: absorb_into::<T>,
+                typed: typed::<T>,
             },
             data => AnyBatch::Boxed(Box::new(Batch { data, range })),
         }
@@ -318,6 +318,39 @@ pub(crate) const JOINED_MAX_BYTES: usize = SMALL_VEC_BYTES;
 /// copy them twice (in alternated runs, joins of batches up to 4 KiB made one element per
 /// push across processes a tenth slower; up to 64 bytes, as fast as without joins).
 pub(crate) const JOIN_MAX_BYTES: usize = 64;
+
+/// What an erased pooled batch asks of the code that knows its element type (see
+/// [`AnyBatch::Pooled`]'s `typed`).
+pub(crate) enum Typed<'a> {
+    /// Append `later` to the batch (`data`, `range`) in place: see [`AnyBatch::absorb`].
+    Absorb {
+        data: &'a mut Arc<dyn Any + Send + Sync>,
+        range: &'a mut Range<usize>,
+        later: &'a AnyBatch,
+    },
+    /// Drop the batch as the typed [`Batch`] it is: see [`AnyBatch::release`].
+    Release {
+        data: Arc<dyn Any + Send + Sync>,
+        range: Range<usize>,
+    },
+}
+
+/// The typed half of an erased pooled batch of `T`s; what it returns is [`AnyBatch::absorb`]'s
+/// answer (always true for a release).
+fn typed<T: Clone + Send + Sync + 'static>(op: Typed<'_>) -> bool {
+    match op {
+        Typed::Absorb { data, range, later } => absorb_into::<T>(data, range, later),
+        Typed::Release { data, range } => {
+            if let Ok(a) = data.downcast::<Owned<T>>() {
+                drop(Batch {
+                    data: Shared::Vec(a),
+                    range,
+                });
+            }
+            true
+        }
+    }
+}
 
 /// Appends the elements of `later` to the pooled batch (`data`, `range`) of `T`s in place, if
 /// `later` holds `T`s too and the batch may grow ([`join_in_place`]). True if it appended them.
@@ -411,12 +444,13 @@ impl<T> Clone for Batch<T> {
 
 /// A [`Batch`] of some element type, as an envelope carries it (see [`Batch::into_any`]).
 pub(crate) enum AnyBatch {
-    /// A pooled batch: its shared box, type-erased, and its range; and how to append a
-    /// later batch of the same type to it in place (see [`AnyBatch::absorb`]).
+    /// A pooled batch: its shared box, type-erased, and its range; and the code that knows
+    /// its type, to append a later batch of the same type to it in place
+    /// ([`AnyBatch::absorb`]) and to drop it as a typed batch ([`AnyBatch::release`]).
     Pooled {
         data: Arc<dyn Any + Send + Sync>,
         range: Range<usize>,
-        absorb: fn(&mut Arc<dyn Any + Send + Sync>, &mut Range<usize>, &AnyBatch) -> bool,
+        typed: fn(Typed<'_>) -> bool,
     },
     /// Any other batch, boxed.
     Boxed(Box<dyn Any + Send>),
@@ -432,20 +466,12 @@ impl AnyBatch {
     /// The batch, if its elements are `T`s; else the batch back.
     pub fn downcast<T: Send + Sync + 'static>(self) -> Result<Batch<T>, AnyBatch> {
         match self {
-            AnyBatch::Pooled {
-                data,
-                range,
-                absorb,
-            } => match data.downcast::<Owned<T>>() {
+            AnyBatch::Pooled { data, range, typed } => match data.downcast::<Owned<T>>() {
                 Ok(a) => Ok(Batch {
                     data: Shared::Vec(a),
                     range,
                 }),
-                Err(data) => Err(AnyBatch::Pooled {
-                    data,
-                    range,
-                    absorb,
-                }),
+                Err(data) => Err(AnyBatch::Pooled { data, range, typed }),
             },
             AnyBatch::Boxed(b) => b
                 .downcast::<Batch<T>>()
@@ -467,17 +493,24 @@ impl AnyBatch {
     /// Appends the elements of `later`, a batch that followed this one on the same input, to
     /// this one, in place, if it can: this is a pooled batch of plain data that nothing else
     /// shares, `later` holds the same type, and the two stay small together (see
-    /// `absorb_into`). True if it did: `later` is spent (drop it, and its vector goes back to
-    /// its pool). The way a reader's queue joins the one-element batches that pile up while
+    /// `absorb_into`). True if it did: `later` is spent ([`release`](Self::release) it, and
+    /// its vector and box go back to its pool). The way a reader's queue joins the one-element batches that pile up while
     /// the reader is busy, instead of keeping (and its writer allocating) one per element.
     pub fn absorb(&mut self, later: &AnyBatch) -> bool {
         match self {
-            AnyBatch::Pooled {
-                data,
-                range,
-                absorb,
-            } => absorb(data, range, later),
+            AnyBatch::Pooled { data, range, typed } => typed(Typed::Absorb { data, range, later }),
             AnyBatch::Boxed(_) => false,
+        }
+    }
+
+    /// Drops the batch as the typed [`Batch`] it is: if this was the last reference to a
+    /// pooled vector, both the vector and its box go back to the writer's pool. (Dropped as
+    /// it is, an erased batch that holds the last reference sends the vector home but frees
+    /// the box: an allocation at the writer's next batch.) For a batch spent by a join, whose
+    /// writer may have let go of it already.
+    pub fn release(self) {
+        if let AnyBatch::Pooled { data, range, typed } = self {
+            typed(Typed::Release { data, range });
         }
     }
 }
@@ -882,8 +915,12 @@ mod tests {
         let mut first = Batch::pooled(vec![1, 2], &pool).into_any();
         let later = Batch::pooled(vec![3], &pool).into_any();
         assert!(first.absorb(&later));
-        drop(later);
+        later.release();
         assert_eq!(pool.len(), 1, "the spent batch's vector went home");
+        assert!(
+            pool.take_box().is_some(),
+            "and its box, released as a typed batch"
+        );
         let Ok(first) = first.downcast::<u64>() else {
             panic!("a batch of u64")
         };

@@ -235,7 +235,8 @@ impl Mailbox for DirectMailbox {
         match join_waiting(waiting, env) {
             Ok(spent) => {
                 drop(queue);
-                drop(spent);
+                // Typed: its vector and box both go home.
+                spent.release();
                 // Its elements travel in an envelope already counted (and already driven).
                 self.shared.handled();
             }

@@ -179,8 +179,9 @@ const JOIN_LOOKBACK: usize = 8;
 /// Joins `env`, if it is a batch, to the last batch for the same input still waiting in a
 /// mailbox's queue (`newest_first`), when nothing for that input waits between them (no mark,
 /// no end of stream) and the two can join ([`AnyBatch::absorb`]: small plain data, that batch
-/// unshared). Returns the spent batch, for the caller to drop once it let go of its queue's
-/// lock (its vector goes back to its writer's pool); or `env` back, to queue.
+/// unshared). Returns the spent batch, for the caller to [`release`](AnyBatch::release) once it
+/// let go of its queue's lock (its vector and box go back to its writer's pool); or `env` back,
+/// to queue.
 ///
 /// This is adaptive batching on the reader's side of a mailbox: while a reader's thread is
 /// busy or asleep, the one-element batches of a fast writer join into a few batches, one
