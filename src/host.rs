@@ -142,6 +142,9 @@ pub(crate) trait SourceDriver: Send {
     /// Moves the source's work onto its own thread (threaded executor only); returns what ends
     /// its stream if that thread does not return after a stop (a source on a thread of its own).
     fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<Option<SourceEnder>, Error>;
+    /// Its work runs on a thread of its own in a threaded run (a [`Source`](crate::Source)),
+    /// rather than in the program's calls (`Graph::input`).
+    fn has_thread(&self) -> bool;
 }
 
 pub(crate) enum Driver {

@@ -1720,43 +1720,95 @@ enum ThreadKey {
     Worker(usize),
 }
 
-/// True if agent `i` is stepped by whoever posts to it (see [`direct`]), not placed on a
-/// thread:
+/// The most stages a source's thread steps in a chain ([`stepped_directly`]). Each stage's
+/// step runs inside the one before it (its output's post steps the next stage), about 2.4 KiB
+/// of stack each: a longer chain is stepped by its worker, as any other.
+const MAX_CHAIN_STAGES: usize = 16;
+
+/// Per agent: whether it is stepped by whoever posts to it (see [`direct`]), not placed on a
+/// thread. Agents placed on a thread never are; the others are if
 /// - every input of it is connected, and connected to another process (a shared-memory ring
 ///   or a TCP link): the links' feeders (for TCP, also the connection's reading thread) step
 ///   it;
 /// - or it is a source whose every output goes to another process over a ring: its own
 ///   thread (or the program, through an [`InputSender`]) steps it as it hands elements over
-///   (the step is mostly the write into the ring; a wake-up of a worker would cost more).
-fn stepped_directly(graph: &Graph, i: usize) -> bool {
-    let agent = &graph.agents[i];
-    if agent.thread.is_some() || agent.own_thread {
-        return false;
+///   (the step is mostly the write into the ring; a wake-up of a worker would cost more);
+/// - or it is a source with a thread of its own (a [`Source`](crate::Source), not the
+///   program's `Graph::input`), or a stage of a chain such a source alone feeds, where the
+///   chain's last stage writes only into rings (`source → map → filter ⇒ ring`; each stage
+///   the only reader of the one before, and reading nothing else; at most
+///   [`MAX_CHAIN_STAGES`] stages): the source's thread steps
+///   the whole chain, from its hand-over to the write into the ring, as a raw ring's producer
+///   makes and writes each element on one thread (on two cores this moved 1.7–2.4× the
+///   elements of a worker stepping the chain beside the source's thread,
+///   `docs/benchmarks.md`).
+///
+/// Linear in agents and connections: each agent is in at most one chain.
+fn stepped_directly(graph: &Graph) -> Vec<bool> {
+    use crate::graph::Edge;
+    let total = graph.agents.len();
+    let mut ins: Vec<Vec<&Edge>> = vec![Vec::new(); total];
+    let mut outs: Vec<Vec<&Edge>> = vec![Vec::new(); total];
+    for e in &graph.edges {
+        outs[e.from.agent as usize].push(e);
+        ins[e.to.agent as usize].push(e);
     }
-    let edges = |out: bool| {
-        graph.edges.iter().filter(move |e| {
-            let end = if out { e.from } else { e.to };
-            end.agent as usize == i
-        })
+    // Placed by the runtime: not on a named thread, not on a thread of its own.
+    let free = |i: usize| graph.agents[i].thread.is_none() && !graph.agents[i].own_thread;
+    let local = |e: &Edge| graph.resolve(e) == Resolved::Local;
+    // Connected, and only to rings (other processes on this host).
+    let into_rings = |i: usize| {
+        !outs[i].is_empty()
+            && outs[i]
+                .iter()
+                .all(|e| graph.resolve(e) == Resolved::SharedMemory)
     };
-    let ring = |e: &crate::graph::Edge| graph.resolve(e) == Resolved::SharedMemory;
-    if matches!(agent.driver, Some(Driver::Source(_))) {
-        let mut outs = edges(true).peekable();
-        return outs.peek().is_some() && outs.all(ring);
-    }
-    if agent.inputs.is_empty() {
-        return false;
-    }
-    let mut fed = vec![false; agent.inputs.len()];
-    for e in edges(false) {
-        if graph.resolve(e) == Resolved::Local {
-            return false;
+    // The stage that continues a chain after `i`: `i` has one connection, in-process, to an
+    // agent placed by the runtime that reads nothing else.
+    let chain_next = |i: usize| {
+        let [edge] = outs[i].as_slice() else {
+            return None;
+        };
+        let next = edge.to.agent as usize;
+        let alone = ins[next].len() == 1 && graph.agents[next].inputs.len() == 1;
+        (local(edge) && alone && free(next)).then_some(next)
+    };
+    let mut direct = vec![false; total];
+    for i in (0..total).filter(|&i| free(i)) {
+        let agent = &graph.agents[i];
+        if let Some(Driver::Source(source)) = &agent.driver {
+            if into_rings(i) {
+                direct[i] = true;
+            } else if source.has_thread() {
+                // The chain it alone feeds, if that ends in rings. Each stage's only input is
+                // the stage before: no agent is in two chains, or twice in one.
+                let mut chain = vec![i];
+                while let Some(next) = chain_next(chain[chain.len() - 1]) {
+                    if chain.len() > MAX_CHAIN_STAGES {
+                        break;
+                    }
+                    chain.push(next);
+                    if into_rings(next) {
+                        chain.iter().for_each(|&k| direct[k] = true);
+                        break;
+                    }
+                }
+            }
+            continue;
         }
-        if let Some(f) = fed.get_mut(e.to.port as usize) {
-            *f = true;
+        let mut fed = vec![false; agent.inputs.len()];
+        for e in &ins[i] {
+            if local(e) {
+                fed.clear();
+                break;
+            }
+            if let Some(f) = fed.get_mut(e.to.port as usize) {
+                *f = true;
+            }
         }
+        direct[i] |= !fed.is_empty() && fed.iter().all(|f| *f);
     }
-    fed.iter().all(|f| *f)
+    direct
 }
 
 /// The thread of every agent: its named thread, a thread of its own, or a worker of the pool.
@@ -1876,8 +1928,10 @@ fn coordinate(
     let shared = Arc::new(Shared::new(n, Arc::clone(&stop), Some(System::current())));
     // Agents fed only by rings are stepped by the feeders, sources of low-latency rings by
     // their own threads (see `direct`).
-    let stepped_by_poster: Vec<bool> = (0..total)
-        .map(|i| local[i] && stepped_directly(&graph, i))
+    let stepped_by_poster: Vec<bool> = stepped_directly(&graph)
+        .into_iter()
+        .zip(&local)
+        .map(|(direct, &local)| direct && local)
         .collect();
     let mut direct: Vec<Option<Arc<direct::DirectMailbox>>> = vec![None; total];
     // Addresses exist before the actors, so every link can be wired before any actor starts.
@@ -2499,8 +2553,9 @@ mod tests {
             g.place_in_process(agent, "p1");
         }
         g.place_on_thread("pinned", "own");
+        let stepped = super::stepped_directly(&g);
         let direct: Vec<(String, bool)> = (0..g.agents.len())
-            .map(|i| (g.agents[i].name.clone(), super::stepped_directly(&g, i)))
+            .map(|i| (g.agents[i].name.clone(), stepped[i]))
             .filter(|(name, _)| !name.starts_with("sink"))
             .collect();
         // `a` feeds `far` over a spinning ring, `c` feeds `far3` over a ring; `b` feeds `near`
@@ -2511,6 +2566,86 @@ mod tests {
             assert_eq!(*is, expect(name), "agent {name}: stepped directly {is}");
         }
         assert_eq!(direct.len(), 10, "{direct:?}");
+    }
+
+    #[test]
+    fn a_chain_from_a_source_thread_into_rings_is_stepped_by_that_thread_and_nothing_else_is() {
+        use crate::Connection;
+        let plain = Connection::new();
+        let mut g = Graph::new("chains");
+        // s → m1 → m2 ⇒ far: the source's thread steps s, m1 and m2.
+        let s = g.source_iter("s", 0..10u64);
+        let m1 = pass(&mut g, "m1", &s, plain);
+        let m2 = pass(&mut g, "m2", &m1, plain);
+        let far = pass(&mut g, "far", &m2, plain);
+        g.for_each("sink_far", &far, |_: &u64| {});
+        // t → n1 → (n2 ⇒ far_n, and a local reader): n1 has two readers, no chain.
+        let t = g.source_iter("t", 0..10u64);
+        let n1 = pass(&mut g, "n1", &t, plain);
+        let n2 = pass(&mut g, "n2", &n1, plain);
+        g.for_each("sink_n1", &n1, |_: &u64| {});
+        let far_n = pass(&mut g, "far_n", &n2, plain);
+        g.for_each("sink_far_n", &far_n, |_: &u64| {});
+        // The program's input → k1 ⇒ far_k: the program's pushes do not step a chain.
+        let input = g.input::<u64>("input");
+        let k1 = pass(&mut g, "k1", &input, plain);
+        let far_k = pass(&mut g, "far_k", &k1, plain);
+        g.for_each("sink_far_k", &far_k, |_: &u64| {});
+        // u → pinned ⇒ far_u: a stage placed on a thread stays there, its source too.
+        let u = g.source_iter("u", 0..10u64);
+        let pinned = pass(&mut g, "pinned", &u, plain);
+        let far_u = pass(&mut g, "far_u", &pinned, plain);
+        g.for_each("sink_far_u", &far_u, |_: &u64| {});
+        // v → w → local sink: no ring at the end, no chain.
+        let v = g.source_iter("v", 0..10u64);
+        let w = pass(&mut g, "w", &v, plain);
+        g.for_each("sink_w", &w, |_: &u64| {});
+        // x → y ⇒ far_y and y → local z: y writes into a ring and locally, no chain.
+        let x = g.source_iter("x", 0..10u64);
+        let y = pass(&mut g, "y", &x, plain);
+        let far_y = pass(&mut g, "far_y", &y, plain);
+        let z = pass(&mut g, "z", &y, plain);
+        g.for_each("sink_far_y", &far_y, |_: &u64| {});
+        g.for_each("sink_z", &z, |_: &u64| {});
+        for agent in ["far", "far_n", "far_k", "far_u", "far_y"] {
+            g.place_in_process(agent, "p1");
+        }
+        for agent in [
+            "sink_far",
+            "sink_far_n",
+            "sink_far_k",
+            "sink_far_u",
+            "sink_far_y",
+        ] {
+            g.place_in_process(agent, "p1");
+        }
+        g.place_on_thread("pinned", "own");
+        let stepped = super::stepped_directly(&g);
+        let direct: Vec<&str> = (0..g.agents.len())
+            .filter(|&i| stepped[i])
+            .map(|i| &*g.agents[i].name)
+            .filter(|name| !name.starts_with("far") && !name.starts_with("sink"))
+            .collect();
+        assert_eq!(direct, ["s", "m1", "m2"]);
+
+        // The longest chain a source's thread steps, and one stage more.
+        for stages in [super::MAX_CHAIN_STAGES, super::MAX_CHAIN_STAGES + 1] {
+            let mut g = Graph::new("chains");
+            let mut s = g.source_iter("s", 0..10u64);
+            for k in 0..stages {
+                s = pass(&mut g, &format!("m{k}"), &s, plain);
+            }
+            pass(&mut g, "far", &s, plain);
+            g.place_in_process("far", "p1");
+            let stepped = super::stepped_directly(&g);
+            let direct = (0..g.agents.len()).filter(|&i| stepped[i] && &*g.agents[i].name != "far");
+            let want = if stages <= super::MAX_CHAIN_STAGES {
+                stages + 1
+            } else {
+                0
+            };
+            assert_eq!(direct.count(), want, "a chain of {stages} stages");
+        }
     }
 
     #[test]

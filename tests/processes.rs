@@ -37,6 +37,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "served" => served(),
         "stepped" => stepped(),
         "spinning" => spinning(arg(0)),
+        "chained" => chained(arg(0)),
+        "long_chain" => long_chain(arg(0) as usize, arg(1)),
         other => panic!("no application named {other}"),
     }
 }
@@ -513,6 +515,106 @@ fn stepped() -> Result<(), iotstream::Error> {
     Ok(())
 }
 
+/// numbers → tag (×3, noting the threads its data steps run on) → plus_one ⇒ check in `p1`,
+/// over a ring of 256 elements: the starter prints the threads, `p1` what arrived.
+fn chained(n: u64) -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs, Stream};
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    struct Tag {
+        input: Input<u64>,
+        out: Stream<u64>,
+        threads: Arc<Mutex<BTreeSet<String>>>,
+    }
+    impl Agent for Tag {
+        fn step(&mut self, i: &mut Inputs<'_>, o: &mut Outputs<'_>) -> Result<(), AgentError> {
+            let xs = i.slice(&self.input);
+            if !xs.is_empty() {
+                let name = std::thread::current().name().unwrap_or("?").to_string();
+                self.threads.lock().unwrap().insert(name);
+                o.extend(&self.out, xs.iter().map(|v| v * 3));
+                i.consume_all(&self.input);
+            }
+            Ok(())
+        }
+    }
+
+    let mut g = Graph::new("chained");
+    g.set_default_capacity(256);
+    let opts = SourceOptions {
+        max_batch: 64,
+        ..SourceOptions::default()
+    };
+    let s = g.source_iter_with("numbers", 0..n, opts);
+    let threads = Arc::new(Mutex::new(BTreeSet::new()));
+    let t = Arc::clone(&threads);
+    let tagged = g.add_agent("tag", |ports| {
+        let input = ports.input::<u64>("in");
+        let out = ports.output::<u64>("out");
+        (
+            Tag {
+                input,
+                out,
+                threads: t,
+            },
+            (input, out),
+        )
+    });
+    g.connect(&s, &tagged.0);
+    let plus = g.map("plus_one", &tagged.1, |v: &u64| v + 1);
+    let mut state = (0u64, 0u64, true, None::<u64>);
+    let report = Arc::new(Mutex::new(None));
+    let r = Arc::clone(&report);
+    g.sink_list("check", &plus, move |xs: &[u64]| {
+        for &v in xs {
+            state.0 += 1;
+            state.1 = state.1.wrapping_add(v);
+            state.2 &= state.3.is_none_or(|last| v > last);
+            state.3 = Some(v);
+        }
+        *r.lock().unwrap() = Some((state.0, state.1, state.2));
+        Ok(())
+    });
+    g.place_in_process("check", "p1");
+    let role = std::env::var("IOTSTREAM_PROCESS").ok();
+    g.run()?;
+    match role.as_deref() {
+        Some("p1") => {
+            let (count, sum, ordered) = report.lock().unwrap().unwrap_or((0, 0, true));
+            println!("CHECK count={count} sum={sum} ordered={ordered}");
+        }
+        _ => println!("RESULT threads={:?}", threads.lock().unwrap()),
+    }
+    Ok(())
+}
+
+/// numbers → `stages` maps (+1 each) ⇒ check in `p1`; `p1` prints the count and the sum.
+fn long_chain(stages: usize, n: u64) -> Result<(), iotstream::Error> {
+    use std::sync::{Arc, Mutex};
+    let mut g = Graph::new("long_chain");
+    let mut s = g.source_iter("numbers", 0..n);
+    for k in 0..stages {
+        s = g.map(&format!("add{k}"), &s, |v: &u64| v + 1);
+    }
+    let seen = Arc::new(Mutex::new((0u64, 0u64)));
+    let r = Arc::clone(&seen);
+    g.sink_list("check", &s, move |xs: &[u64]| {
+        let mut seen = r.lock().unwrap();
+        seen.0 += xs.len() as u64;
+        seen.1 += xs.iter().sum::<u64>();
+        Ok(())
+    });
+    g.place_in_process("check", "p1");
+    let is_p1 = std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("p1");
+    g.run()?;
+    if is_p1 {
+        let (count, sum) = *seen.lock().unwrap();
+        println!("RESULT count={count} sum={sum}");
+    }
+    Ok(())
+}
+
 /// Low-latency mode both ways: `n` numbers from the starter to `triple` in process `p1` and
 /// back, both rings spinning (the source and both readers stepped by the threads that hand
 /// them data); the starter prints the count, the sum, and whether the order held.
@@ -762,6 +864,12 @@ fn result_line(out: &str) -> Result<String, String> {
 }
 
 fn run_app(app: &str, args: &[&str]) -> Result<String, String> {
+    result_line(&run_app_output(app, args)?)
+}
+
+/// What the application printed (the starter and its children), once it succeeded and left
+/// no shared memory behind.
+fn run_app_output(app: &str, args: &[&str]) -> Result<String, String> {
     let (status, out, err) = Started::new(app, args).wait(Duration::from_secs(120))?;
     if !status.success() {
         return Err(format!(
@@ -774,7 +882,7 @@ fn run_app(app: &str, args: &[&str]) -> Result<String, String> {
             segments(app)
         ));
     }
-    result_line(&out)
+    Ok(out)
 }
 
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
@@ -906,6 +1014,38 @@ fn a_ring_fed_agent_steps_on_the_feeder_thread() -> Result<(), String> {
         r.starts_with("count=1000 fired=true threads=[") && r.contains("\"ring feeder 0\""),
         || format!("got {r}"),
     )
+}
+
+/// A chain a source alone feeds into a ring (`numbers → tag → plus_one ⇒ check`) is stepped
+/// by the source's thread, and loses, repeats and reorders nothing. (Its steps may also run
+/// on the thread that saw room come back in a full ring, and its first step, with what came
+/// before it, on its worker.)
+fn a_chain_from_a_source_into_a_ring_steps_on_the_source_thread() -> Result<(), String> {
+    const N: u64 = 100_000;
+    let out = run_app_output("chained", &[&N.to_string()])?;
+    let threads = result_line(&out)?;
+    ensure(threads.contains("\"source numbers\""), || {
+        format!("tag's data steps ran on {threads}")
+    })?;
+    let want_sum: u64 = (0..N).map(|v| v * 3 + 1).sum();
+    let check = out
+        .lines()
+        .find_map(|l| l.split_once("CHECK ").map(|(_, r)| r.to_string()))
+        .ok_or_else(|| format!("no CHECK line in the output:\n{out}"))?;
+    ensure(
+        check == format!("count={N} sum={want_sum} ordered=true"),
+        || format!("p1 got {check}"),
+    )
+}
+
+/// A chain of 2,000 maps from a source into a ring delivers everything: longer than a source's
+/// thread steps (each stage's step nested in the one before), it runs on a worker.
+fn a_long_chain_into_a_ring_delivers_everything() -> Result<(), String> {
+    const STAGES: u64 = 2_000;
+    const N: u64 = 10_000;
+    let r = run_app("long_chain", &[&STAGES.to_string(), &N.to_string()])?;
+    let sum: u64 = (0..N).map(|v| v + STAGES).sum();
+    ensure(r == format!("count={N} sum={sum}"), || format!("got {r}"))
 }
 
 /// Low-latency mode (`Connection::spin`) loses, repeats and reorders nothing.
@@ -1510,7 +1650,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 27] = [
+    let scenarios: [(&str, Scenario); 29] = [
         (
             "spinning_rings_deliver_everything_in_order",
             spinning_rings_deliver_everything_in_order,
@@ -1518,6 +1658,14 @@ fn main() {
         (
             "a_ring_fed_agent_steps_on_the_feeder_thread",
             a_ring_fed_agent_steps_on_the_feeder_thread,
+        ),
+        (
+            "a_chain_from_a_source_into_a_ring_steps_on_the_source_thread",
+            a_chain_from_a_source_into_a_ring_steps_on_the_source_thread,
+        ),
+        (
+            "a_long_chain_into_a_ring_delivers_everything",
+            a_long_chain_into_a_ring_delivers_everything,
         ),
         (
             "a_starter_serves_every_processs_counters",

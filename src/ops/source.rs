@@ -7,6 +7,12 @@
 //! its readers is slowed down, not buffered without end. The agent takes everything waiting as
 //! one batch: a source that produces one element per call still travels in batches whenever
 //! its readers are busy, and alone, at once, when they are not.
+//! When the source alone feeds a chain of stages whose last one writes only into shared-memory
+//! rings (`source → map → filter`, then another process on the host), the source's thread
+//! also steps that chain as it hands a batch over, up to the write into the ring: no worker
+//! to wake, the batch stays in one core's cache (a stage of the chain then runs between the
+//! source's calls, not beside them; place it with
+//! [`Graph::place_on_thread`](crate::Graph::place_on_thread) to run it beside them).
 //! Under the [`Harness`](crate::Harness) the same source is called inline, and timers are
 //! ignored (the harness runs in logical time).
 //!
@@ -147,6 +153,9 @@ enum Mode<T> {
 pub(crate) struct SourceAgent<T> {
     out: Stream<T>,
     mode: Mode<T>,
+    /// Made with a [`Source`] (its calls run on a thread of their own in a threaded run), not
+    /// fed by the program (`Graph::input`).
+    pulls: bool,
     options: SourceOptions,
     /// Shared with the source thread: see [`Waker`].
     awake: Arc<AtomicBool>,
@@ -197,6 +206,10 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             }
             Mode::Finished => Ok(SourceStatus::Done),
         }
+    }
+
+    fn has_thread(&self) -> bool {
+        self.pulls
     }
 
     fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<Option<SourceEnder>, Error> {
@@ -667,6 +680,7 @@ impl Graph {
         let out = ports.output::<T>("out");
         let agent = SourceAgent {
             out,
+            pulls: matches!(mode, Mode::Pull(_)),
             mode,
             options,
             awake,

@@ -7,8 +7,10 @@
 //! writer's step and the reader's. A [`DirectMailbox`] takes the second one out: whoever posts
 //! to it runs the agent's step right there, on its own thread, the feeder included. So one
 //! wake-up separates the two steps, as with a raw ring. The runtime gives one to every agent
-//! fed only from other processes, and to a source whose every output is a ring (its source
-//! thread, or the program through an `InputSender`, steps it).
+//! fed only from other processes, to a source whose every output is a ring (its source
+//! thread, or the program through an `InputSender`, steps it), and to a source and every stage
+//! of a chain it alone feeds into rings (its source thread steps them all, one after the
+//! other, from the hand-over to the write into the ring: see `runtime.rs` `stepped_directly`).
 //!
 //! Posts never wait for each other: a post queues its envelope, then tries to take the agent.
 //! If another thread holds it (it is stepping), that thread takes the queued envelope in
