@@ -65,17 +65,15 @@ fn c14() -> Result<(), iotstream::Error> {
     Ok(())
 }
 
-/// numbers → ×3 → odd → a checking sink, in 1 process or 3 (`sensor` / `mapper` / `sink`).
-fn pipeline(n: u64, processes: usize, capacity: usize, app: &str) -> Result<(), iotstream::Error> {
-    let mut g = Graph::new(app);
-    g.set_default_capacity(capacity.max(1));
-    let s = g.source_iter("numbers", 0..n);
-    let m = g.map("triple", &s, |v: &u64| v.wrapping_mul(3));
-    let f = g.filter("odd", &m, |v: &u64| v % 2 == 1);
+/// What [`checking_sink`] saw: count, wrapping sum, strictly increasing.
+type Checked = std::sync::Arc<std::sync::Mutex<Option<(u64, u64, bool)>>>;
+
+/// A sink `check` reading `from` that counts, sums and checks the order of what it gets.
+fn checking_sink(g: &mut Graph, from: &iotstream::Stream<u64>) -> Checked {
     let mut state = (0u64, 0u64, true, None::<u64>);
-    let report = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let report = Checked::default();
     let r = std::sync::Arc::clone(&report);
-    g.sink_list("check", &f, move |xs: &[u64]| {
+    g.sink_list("check", from, move |xs: &[u64]| {
         for &v in xs {
             state.0 += 1;
             state.1 = state.1.wrapping_add(v);
@@ -85,6 +83,17 @@ fn pipeline(n: u64, processes: usize, capacity: usize, app: &str) -> Result<(), 
         *r.lock().unwrap() = Some((state.0, state.1, state.2));
         Ok(())
     });
+    report
+}
+
+/// numbers → ×3 → odd → a checking sink, in 1 process or 3 (`sensor` / `mapper` / `sink`).
+fn pipeline(n: u64, processes: usize, capacity: usize, app: &str) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new(app);
+    g.set_default_capacity(capacity.max(1));
+    let s = g.source_iter("numbers", 0..n);
+    let m = g.map("triple", &s, |v: &u64| v.wrapping_mul(3));
+    let f = g.filter("odd", &m, |v: &u64| v % 2 == 1);
+    let report = checking_sink(&mut g, &f);
     if app == "stopped" {
         // The source runs in a child: stopping must reach other processes.
         g.place_in_process("numbers", "sensor");
@@ -563,19 +572,7 @@ fn chained(n: u64) -> Result<(), iotstream::Error> {
     });
     g.connect(&s, &tagged.0);
     let plus = g.map("plus_one", &tagged.1, |v: &u64| v + 1);
-    let mut state = (0u64, 0u64, true, None::<u64>);
-    let report = Arc::new(Mutex::new(None));
-    let r = Arc::clone(&report);
-    g.sink_list("check", &plus, move |xs: &[u64]| {
-        for &v in xs {
-            state.0 += 1;
-            state.1 = state.1.wrapping_add(v);
-            state.2 &= state.3.is_none_or(|last| v > last);
-            state.3 = Some(v);
-        }
-        *r.lock().unwrap() = Some((state.0, state.1, state.2));
-        Ok(())
-    });
+    let report = checking_sink(&mut g, &plus);
     g.place_in_process("check", "p1");
     let role = std::env::var("IOTSTREAM_PROCESS").ok();
     g.run()?;
