@@ -79,6 +79,9 @@ pub(crate) struct SourceThreadCtx {
     pub name: String,
     pub wake: Arc<dyn Mailbox>,
     pub stop: Arc<AtomicBool>,
+    /// The agent is stepped by whoever posts to it (the runtime's direct mailboxes): the
+    /// source thread posts at every hand-over ([`Waker::every_time`]).
+    pub stepped_by_poster: bool,
 }
 
 /// Wakes a source's host when a chunk arrives, once: while the host is awake (it will look at
@@ -86,12 +89,16 @@ pub(crate) struct SourceThreadCtx {
 pub(crate) struct Waker {
     pub mailbox: Arc<dyn Mailbox>,
     pub awake: Arc<AtomicBool>,
+    /// Posts at every call, awake or not: for an agent stepped by whoever posts to it, so that
+    /// the source's thread steps it (and the chain it feeds) whenever no other thread has it,
+    /// rather than leaving it to a worker that found it awake and keeps it stepping.
+    pub every_time: bool,
 }
 
 impl Waker {
-    /// Posts a wake-up unless one is pending.
+    /// Posts a wake-up unless one is pending (or at every call, [`every_time`](Self::every_time)).
     pub fn wake(&self) {
-        if !self.awake.swap(true, Ordering::SeqCst) {
+        if !self.awake.swap(true, Ordering::SeqCst) || self.every_time {
             self.mailbox.post(Envelope::Wake);
         }
     }

@@ -2060,6 +2060,7 @@ fn coordinate(
                     name: host.name.to_string(),
                     wake,
                     stop: Arc::clone(&stop),
+                    stepped_by_poster: stepped_by_poster[i],
                 });
                 match spawned {
                     Ok(ender) => enders.extend(ender),

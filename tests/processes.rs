@@ -37,7 +37,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "served" => served(),
         "stepped" => stepped(),
         "spinning" => spinning(arg(0)),
-        "chained" => chained(arg(0)),
+        "chained" => chained(arg(0), arg(1) as usize),
         "long_chain" => long_chain(arg(0) as usize, arg(1)),
         other => panic!("no application named {other}"),
     }
@@ -525,8 +525,8 @@ fn stepped() -> Result<(), iotstream::Error> {
 }
 
 /// numbers → tag (×3, noting the threads its data steps run on) → plus_one ⇒ check in `p1`,
-/// over a ring of 256 elements: the starter prints the threads, `p1` what arrived.
-fn chained(n: u64) -> Result<(), iotstream::Error> {
+/// over a ring of `capacity` elements: the starter prints the threads, `p1` what arrived.
+fn chained(n: u64, capacity: usize) -> Result<(), iotstream::Error> {
     use iotstream::{Agent, AgentError, Input, Inputs, Outputs, Stream};
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
@@ -550,7 +550,7 @@ fn chained(n: u64) -> Result<(), iotstream::Error> {
     }
 
     let mut g = Graph::new("chained");
-    g.set_default_capacity(256);
+    g.set_default_capacity(capacity);
     let opts = SourceOptions {
         max_batch: 64,
         ..SourceOptions::default()
@@ -1014,25 +1014,30 @@ fn a_ring_fed_agent_steps_on_the_feeder_thread() -> Result<(), String> {
 }
 
 /// A chain a source alone feeds into a ring (`numbers → tag → plus_one ⇒ check`) is stepped
-/// by the source's thread, and loses, repeats and reorders nothing. (Its steps may also run
-/// on the thread that saw room come back in a full ring, and its first step, with what came
-/// before it, on its worker.)
+/// by the source's thread, and loses, repeats and reorders nothing, whether the ring has room
+/// for the whole stream or for 256 elements. (Other threads may step it too: its worker takes
+/// its first step, with whatever came before it, and the thread that sees room come back in a
+/// full ring steps it then; so the thread is checked where the ring never fills.)
 fn a_chain_from_a_source_into_a_ring_steps_on_the_source_thread() -> Result<(), String> {
     const N: u64 = 100_000;
-    let out = run_app_output("chained", &[&N.to_string()])?;
-    let threads = result_line(&out)?;
-    ensure(threads.contains("\"source numbers\""), || {
-        format!("tag's data steps ran on {threads}")
-    })?;
-    let want_sum: u64 = (0..N).map(|v| v * 3 + 1).sum();
-    let check = out
-        .lines()
-        .find_map(|l| l.split_once("CHECK ").map(|(_, r)| r.to_string()))
-        .ok_or_else(|| format!("no CHECK line in the output:\n{out}"))?;
-    ensure(
-        check == format!("count={N} sum={want_sum} ordered=true"),
-        || format!("p1 got {check}"),
-    )
+    for capacity in [1usize << 17, 256] {
+        let out = run_app_output("chained", &[&N.to_string(), &capacity.to_string()])?;
+        let threads = result_line(&out)?;
+        ensure(
+            capacity == 256 || threads.contains("\"source numbers\""),
+            || format!("tag's data steps ran on {threads}"),
+        )?;
+        let want_sum: u64 = (0..N).map(|v| v * 3 + 1).sum();
+        let check = out
+            .lines()
+            .find_map(|l| l.split_once("CHECK ").map(|(_, r)| r.to_string()))
+            .ok_or_else(|| format!("no CHECK line in the output:\n{out}"))?;
+        ensure(
+            check == format!("count={N} sum={want_sum} ordered=true"),
+            || format!("capacity {capacity}: p1 got {check}"),
+        )?;
+    }
+    Ok(())
 }
 
 /// A chain of 2,000 maps from a source into a ring delivers everything: longer than a source's

@@ -224,6 +224,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 waker: Waker {
                     mailbox: Arc::clone(&ctx.wake),
                     awake: Arc::clone(&self.awake),
+                    every_time: false,
                 },
             }));
         };
@@ -236,6 +237,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
         let waker = Waker {
             mailbox: Arc::clone(&ctx.wake),
             awake: Arc::clone(&self.awake),
+            every_time: ctx.stepped_by_poster,
         };
         let ender = SourceEnder {
             name: name.clone(),
@@ -244,6 +246,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             waker: Waker {
                 mailbox: Arc::clone(&ctx.wake),
                 awake: Arc::clone(&self.awake),
+                every_time: false,
             },
         };
         let done = SetOnDrop(Arc::clone(&ender.thread_done));
@@ -469,6 +472,7 @@ impl<T: Element> ExternalAny for ExternalInput<T> {
         let waker = Waker {
             mailbox: wake,
             awake: self.awake,
+            every_time: false,
         };
         Box::new(InputSender::new(self.tx, waker))
     }

@@ -19,7 +19,9 @@
 //! it was busy is taken in at once and handled by one step, as on a worker (adaptive batching).
 //! A step that posts to an agent it is nested in (credit going back up) only queues.
 //!
-//! The agent's timers run on its worker of the pool, which also gives it its first step.
+//! The agent's timers run on its worker of the pool, which also gives it its first step; a
+//! task there steps the agent for one burst and leaves what waits after it to another task,
+//! so the worker's other actors have their turns between them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -93,7 +95,7 @@ impl DirectMailbox {
             stopped: false,
         }));
         self.push(Item::Start);
-        self.drive();
+        self.drive_on_worker();
     }
 
     /// Drops the agent (and its host): the run is over. Waits for a step in progress.
@@ -116,16 +118,42 @@ impl DirectMailbox {
 
     /// Takes the agent if no other thread has it, and steps it until nothing waits.
     fn drive(&self) {
+        self.drive_at_most(usize::MAX);
+    }
+
+    /// From a task on the agent's worker (its first step, a timer): one burst, then another
+    /// task for whatever waits after it. Otherwise one task could keep the worker from its
+    /// other actors for as long as a stream lasts: a chain stage's timer steps the stage, the
+    /// stage's credit steps its source's agent (nested, on this thread), which takes the next
+    /// batch from the source's thread and posts it to the stage, which this loop would step
+    /// again.
+    fn drive_on_worker(&self) {
+        if let Some(worker) = self.drive_at_most(1) {
+            let this = self.this.clone();
+            worker.spawn(async move {
+                if let Some(mailbox) = this.upgrade() {
+                    mailbox.drive_on_worker();
+                }
+            });
+        }
+    }
+
+    /// Takes the agent if no other thread has it, and steps it until nothing waits or it
+    /// stepped `bursts` times. Returns the agent's worker if it stopped at that limit with
+    /// something waiting (for the caller to look again later).
+    fn drive_at_most(&self, bursts: usize) -> Option<ArbiterHandle> {
+        let mut left = bursts;
         loop {
             let mut state = match self.agent.try_lock() {
                 Ok(guard) => guard,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
                 // Another thread steps it and looks at the queue before and after it lets go.
-                Err(TryLockError::WouldBlock) => return,
+                Err(TryLockError::WouldBlock) => return None,
             };
+            let mut worker = None;
             match &mut *state {
                 // `start` drives once it has put the agent in.
-                State::Waiting => return,
+                State::Waiting => return None,
                 State::Gone => {
                     let dropped =
                         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
@@ -143,12 +171,17 @@ impl DirectMailbox {
                         .unwrap_or_else(|p| p.into_inner())
                         .is_empty()
                     {
-                        return;
+                        return None;
                     }
                     continue;
                 }
                 State::Running(agent) => {
-                    while self.step_burst(agent) {}
+                    while left > 0 && self.step_burst(agent) {
+                        left -= 1;
+                    }
+                    if left == 0 {
+                        worker = Some(agent.worker.clone());
+                    }
                     if agent.stopped {
                         // Failed: the run stops; what comes later is dropped (as an actor's
                         // mailbox does once the actor stopped).
@@ -164,7 +197,10 @@ impl DirectMailbox {
                 .unwrap_or_else(|p| p.into_inner())
                 .is_empty()
             {
-                return;
+                return None;
+            }
+            if worker.is_some() {
+                return worker;
             }
         }
     }
@@ -217,7 +253,7 @@ impl DirectMailbox {
                     actix_rt::time::sleep(delay).await;
                     if let Some(mailbox) = this.upgrade() {
                         mailbox.push(Item::Timer(at));
-                        mailbox.drive();
+                        mailbox.drive_on_worker();
                     }
                 });
             }
