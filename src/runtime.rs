@@ -1737,11 +1737,10 @@ const MAX_CHAIN_STAGES: usize = 16;
 ///   program's `Graph::input`), or a stage of a chain such a source alone feeds, where the
 ///   chain's last stage writes only into rings (`source → map → filter ⇒ ring`; each stage
 ///   the only reader of the one before, and reading nothing else; at most
-///   [`MAX_CHAIN_STAGES`] stages): the source's thread steps
-///   the whole chain, from its hand-over to the write into the ring, as a raw ring's producer
-///   makes and writes each element on one thread (on two cores this moved 1.7–2.4× the
-///   elements of a worker stepping the chain beside the source's thread,
-///   `docs/benchmarks.md`).
+///   [`MAX_CHAIN_STAGES`] stages): the source's thread steps the whole chain, from its
+///   hand-over to the write into the ring, as a raw ring's producer makes and writes each
+///   element on one thread (on two cores this moved 1.7–2.4× the elements of a worker
+///   stepping the chain beside the source's thread, `docs/benchmarks.md`).
 ///
 /// Linear in agents and connections: each agent is in at most one chain.
 fn stepped_directly(graph: &Graph) -> Vec<bool> {
@@ -1926,8 +1925,8 @@ fn coordinate(
         .collect();
     let n = local.iter().filter(|l| **l).count();
     let shared = Arc::new(Shared::new(n, Arc::clone(&stop), Some(System::current())));
-    // Agents fed only by rings are stepped by the feeders, sources of low-latency rings by
-    // their own threads (see `direct`).
+    // Agents fed only by rings are stepped by the feeders; sources writing into rings, and
+    // the chains sources feed into rings, by the sources' own threads (see `direct`).
     let stepped_by_poster: Vec<bool> = stepped_directly(&graph)
         .into_iter()
         .zip(&local)
