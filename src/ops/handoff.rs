@@ -209,21 +209,23 @@ impl<T> Drop for HandoffTx<T> {
 
 /// What a step took.
 pub(crate) struct Taken {
-    /// Elements were appended to the step's buffer.
-    pub got: bool,
     /// The stream ends after them (a writer gone without a word ends it too).
     pub end: Option<Ending>,
+    /// Nothing waits any more and the stream goes on: `awake` was cleared, so the writer's
+    /// next hand-over wakes the agent (no need to look again before it).
+    pub asleep: bool,
 }
 
 impl<T> HandoffRx<T> {
     /// Moves what waits into `out`, at most `max` elements in all (`out` may hold some).
     /// When nothing is left waiting and the stream has not ended, clears `awake` under the
-    /// lock, so a writer that hands over afterwards sees it cleared and wakes the agent.
+    /// lock, so a writer that hands over afterwards sees it cleared and wakes the agent: the
+    /// step that emptied the queue is the last until then (one step per burst, not a second
+    /// one to find the queue empty).
     pub fn take(&self, out: &mut Vec<T>, max: usize, awake: &AtomicBool) -> Taken {
         let mut state = self.0.lock();
         let was_full = state.waiting >= self.0.limit;
         let mut room = max.saturating_sub(out.len()).max(1);
-        let got = state.waiting > 0;
         while let Some(front) = state.chunks.front_mut() {
             let n = front.len();
             if n > room {
@@ -253,16 +255,20 @@ impl<T> HandoffRx<T> {
             self.0.room.notify_all();
         }
         if state.waiting > 0 {
-            return Taken { got, end: None };
+            return Taken {
+                end: None,
+                asleep: false,
+            };
         }
         let end = state
             .end
             .take()
             .or_else(|| state.writer_gone.then_some(Ending::Done));
-        if end.is_none() && !got {
+        let asleep = end.is_none();
+        if asleep {
             awake.store(false, Ordering::SeqCst);
         }
-        Taken { got, end }
+        Taken { end, asleep }
     }
 }
 
@@ -286,12 +292,15 @@ mod tests {
         }
         let mut out = Vec::with_capacity(64);
         let taken = rx.take(&mut out, 4096, &awake);
-        assert!(taken.got && taken.end.is_none());
         assert_eq!(out, [0, 1, 2, 3, 4]);
-        // Nothing waits: the next look clears `awake`.
+        // Nothing waits after it: that very step clears `awake` (the writer's next hand-over
+        // wakes the agent), so no second step is needed to find the queue empty.
+        assert!(taken.asleep && taken.end.is_none());
+        assert!(!awake.load(Ordering::SeqCst));
+        awake.store(true, Ordering::SeqCst);
         let mut more = Vec::new();
         let taken = rx.take(&mut more, 4096, &awake);
-        assert!(!taken.got && taken.end.is_none());
+        assert!(more.is_empty() && taken.asleep && taken.end.is_none());
         assert!(!awake.load(Ordering::SeqCst));
         // The writer got the reader's empty Vec (with its capacity) at the first swap.
         let mut buf = vec![9];
@@ -344,7 +353,7 @@ mod tests {
             let taken = rx.take(&mut out, 10, &awake);
             assert!(out.len() <= 10);
             got.extend(out);
-            if !taken.got {
+            if taken.asleep {
                 break;
             }
         }
@@ -398,7 +407,7 @@ mod tests {
         let awake = AtomicBool::new(true);
         let mut out = Vec::new();
         let taken = rx.take(&mut out, 1, &awake);
-        assert!(taken.got && taken.end.is_none(), "data first");
+        assert!(!taken.asleep && taken.end.is_none(), "data first");
         let taken = rx.take(&mut out, 10, &awake);
         assert!(matches!(taken.end, Some(Ending::Failed(ref e)) if e == "sensor unplugged"));
         assert_eq!(out, [1, 2]);

@@ -194,13 +194,15 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                         self.mode = Mode::Finished;
                         Ok(SourceStatus::Done)
                     }
-                    // More may have come meanwhile: look again (the next look that finds
-                    // nothing puts the agent to sleep).
-                    None if taken.got => Ok(SourceStatus::More),
+                    // More than a step takes waits: step again.
+                    None if !taken.asleep => Ok(SourceStatus::More),
+                    // Read after `take` cleared `awake`: an ender that set `abandoned` and found
+                    // the agent awake (so posted nothing) is seen here.
                     None if self.abandoned.load(Ordering::SeqCst) => {
                         self.mode = Mode::Finished;
                         Ok(SourceStatus::Done)
                     }
+                    // The queue is empty and the writer's next hand-over wakes the agent.
                     None => Ok(SourceStatus::Wait),
                 }
             }
