@@ -105,12 +105,34 @@ pub trait Agent: Send + 'static {
     }
 }
 
+/// A step's processing time, read from the executor's clock at the first look (a step that
+/// asks for none reads no clock).
+pub(crate) struct StepTime<'a> {
+    read: &'a dyn Fn() -> Duration,
+    at: std::cell::OnceCell<Duration>,
+}
+
+impl<'a> StepTime<'a> {
+    /// A time to be read from `read` when first asked.
+    pub(crate) fn new(read: &'a dyn Fn() -> Duration) -> Self {
+        StepTime {
+            read,
+            at: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The time, the same at every call.
+    fn get(&self) -> Duration {
+        *self.at.get_or_init(self.read)
+    }
+}
+
 /// The inputs of one agent, as seen by its step.
 pub struct Inputs<'a> {
     pub(crate) agent: (u32, u32),
     pub(crate) slots: &'a mut [Box<dyn InSlot>],
-    /// The processing time at the start of the step.
-    pub(crate) now: Duration,
+    /// The processing time of the step, read at its first look.
+    pub(crate) now: StepTime<'a>,
     /// The earliest processing time the step asked to be called again at.
     pub(crate) wake: &'a mut Option<Duration>,
     /// The agent's count of late elements ([`Inputs::count_late`]).
@@ -241,9 +263,10 @@ impl Inputs<'_> {
     }
 
     /// Processing time: how long the process has run, on the clock of the executor (the
-    /// [`Harness`](crate::Harness) moves it by hand). For timers, not for event time.
+    /// [`Harness`](crate::Harness) moves it by hand). For timers, not for event time. Read
+    /// once per step, at its first call: every call in a step returns the same time.
     pub fn processing_time(&self) -> Duration {
-        self.now
+        self.now.get()
     }
 
     /// Asks for a step at processing time `at` (or soon after), even if no input arrives. The
@@ -608,5 +631,33 @@ impl Ports {
     pub fn originates_watermarks(&mut self) {
         self.manages_watermarks = true;
         self.originates_watermarks = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepTime;
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    #[test]
+    fn a_step_reads_the_clock_once_and_only_if_it_asks() {
+        let reads = Cell::new(0u32);
+        let read = || {
+            reads.set(reads.get() + 1);
+            Duration::from_millis(u64::from(reads.get()) * 10)
+        };
+        {
+            let _unasked = StepTime::new(&read);
+        }
+        assert_eq!(reads.get(), 0, "a step that does not ask reads no clock");
+        let asked = StepTime::new(&read);
+        assert_eq!(asked.get(), Duration::from_millis(10));
+        assert_eq!(
+            asked.get(),
+            Duration::from_millis(10),
+            "the same time all step long"
+        );
+        assert_eq!(reads.get(), 1);
     }
 }

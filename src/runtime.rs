@@ -117,6 +117,9 @@ struct Shared {
     /// starter's drain bound starts on it.
     failed: AtomicBool,
     system: Mutex<Option<System>>,
+    /// `system` is gone (the actors are torn down): an atomic, so that link threads, which
+    /// ask [`RunHandle::is_over`] at every batch, take no lock shared by the whole run.
+    torn_down: AtomicBool,
     mailboxes: Mutex<Vec<Arc<dyn Mailbox>>>,
     /// Threads that feed local inputs from other processes (see [`RunHandle`]).
     feeders: Mutex<Vec<Arc<FeederState>>>,
@@ -211,19 +214,11 @@ impl RunHandle {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
-    /// True once the run has failed or its actors are torn down: helper threads end.
+    /// True once the run has failed or its actors are torn down: helper threads end. Two
+    /// atomics (a feeder asks at every batch): `failed` is set with the first error, and
+    /// `torn_down` when the actor system is dropped.
     pub fn is_over(&self) -> bool {
-        self.shared
-            .error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-            || self
-                .shared
-                .system
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none()
+        self.shared.failed.load(Ordering::SeqCst) || self.shared.torn_down.load(Ordering::SeqCst)
     }
 }
 
@@ -273,6 +268,7 @@ impl Shared {
             stop,
             error: Mutex::new(None),
             failed: AtomicBool::new(false),
+            torn_down: AtomicBool::new(system.is_none()),
             system: Mutex::new(system),
             mailboxes: Mutex::new(Vec::new()),
             feeders: Mutex::new(Vec::new()),
@@ -2131,6 +2127,7 @@ fn coordinate(
         .unwrap_or_else(|p| p.into_inner())
         .clear();
     *shared.system.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    shared.torn_down.store(true, Ordering::SeqCst);
     // The run is over for every link thread now; after a normal end, links that still owe
     // their peer the last word may hold the exit a little (bounded).
     if !shared.failed.load(Ordering::SeqCst) {
