@@ -108,13 +108,13 @@ pub trait Agent: Send + 'static {
 /// A step's processing time, read from the executor's clock at the first look (a step that
 /// asks for none reads no clock).
 pub(crate) struct StepTime<'a> {
-    read: &'a dyn Fn() -> Duration,
+    read: &'a (dyn Fn() -> Duration + Sync),
     at: std::cell::OnceCell<Duration>,
 }
 
 impl<'a> StepTime<'a> {
     /// A time to be read from `read` when first asked.
-    pub(crate) fn new(read: &'a dyn Fn() -> Duration) -> Self {
+    pub(crate) fn new(read: &'a (dyn Fn() -> Duration + Sync)) -> Self {
         StepTime {
             read,
             at: std::cell::OnceCell::new(),
@@ -636,21 +636,25 @@ impl Ports {
 
 #[cfg(test)]
 mod tests {
-    use super::StepTime;
-    use std::cell::Cell;
+    use super::{Inputs, StepTime};
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
     #[test]
     fn a_step_reads_the_clock_once_and_only_if_it_asks() {
-        let reads = Cell::new(0u32);
+        let reads = AtomicU32::new(0);
         let read = || {
-            reads.set(reads.get() + 1);
-            Duration::from_millis(u64::from(reads.get()) * 10)
+            let n = reads.fetch_add(1, Ordering::Relaxed) + 1;
+            Duration::from_millis(u64::from(n) * 10)
         };
         {
             let _unasked = StepTime::new(&read);
         }
-        assert_eq!(reads.get(), 0, "a step that does not ask reads no clock");
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            0,
+            "a step that does not ask reads no clock"
+        );
         let asked = StepTime::new(&read);
         assert_eq!(asked.get(), Duration::from_millis(10));
         assert_eq!(
@@ -658,6 +662,13 @@ mod tests {
             Duration::from_millis(10),
             "the same time all step long"
         );
-        assert_eq!(reads.get(), 1);
+        assert_eq!(reads.load(Ordering::Relaxed), 1);
+    }
+
+    /// A step may hand its inputs to a scoped thread: the lazy clock keeps `Inputs` `Send`.
+    #[test]
+    fn inputs_stay_send() {
+        fn send<T: Send>() {}
+        send::<Inputs<'static>>();
     }
 }

@@ -84,8 +84,9 @@ pub(crate) struct SourceThreadCtx {
     pub stepped_by_poster: bool,
 }
 
-/// Wakes a source's host when a chunk arrives, once: while the host is awake (it will look at
-/// the channel again before it goes idle), the source thread posts no more wake-ups.
+/// Wakes a source's host when a chunk arrives, once: while the host is awake (its step takes
+/// what waits, and the step that leaves nothing waiting clears the flag under the handoff's
+/// lock), the source thread posts no more wake-ups.
 pub(crate) struct Waker {
     pub mailbox: Arc<dyn Mailbox>,
     pub awake: Arc<AtomicBool>,
@@ -135,7 +136,7 @@ impl SourceEnder {
 /// What a source driver reports after a step.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum SourceStatus {
-    /// It may have more right away: step again.
+    /// More waits than the step took: step again.
     More,
     /// Nothing now; a `Wake` envelope will come.
     Wait,
