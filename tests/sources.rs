@@ -233,3 +233,62 @@ fn delivered_is_called_after_each_fill_that_emitted() {
         assert_eq!(fills.load(Ordering::Relaxed), 10, "threaded: {threaded}");
     }
 }
+
+/// Runs `run` on a thread of its own; fails the test (instead of hanging) if it has not
+/// returned in 60 s.
+fn within_60s<R: Send + 'static>(run: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the run did not end within 60 s")
+}
+
+/// A `max_batch` far beyond what any call fills is a limit, not a size to reserve: the run
+/// delivers everything and ends. Before, the source's thread panicked reserving room for it
+/// (outside the calls whose panics are caught) and the run hung, its agent asleep, or ended
+/// without the elements.
+#[test]
+fn a_source_with_a_huge_max_batch_delivers_and_ends() {
+    let out = within_60s(|| {
+        let mut g = Graph::new("huge_batch");
+        let mut next = 0u64;
+        let s = g.source_with(
+            "counter",
+            move |out: &mut Vec<u64>, max: usize| {
+                out.extend((next..next + 1000).take(max));
+                next += 1000;
+                Ok(next < 5000)
+            },
+            iotstream::SourceOptions {
+                max_batch: usize::MAX / 4,
+                interval: None,
+            },
+        );
+        let out = g.collect("out", &s);
+        g.run().map(|_| out.values())
+    });
+    assert_eq!(out.unwrap(), (0..5000).collect::<Vec<u64>>());
+}
+
+/// An interval longer than time can count (`Duration::MAX`: "once, then never") calls the
+/// source once and then waits for the stop. Before, the source's thread panicked computing
+/// the next tick (an `Instant` overflow) and the run hung or, once such panics failed the run,
+/// failed with it.
+#[test]
+fn an_interval_past_what_an_instant_holds_calls_once_then_waits_for_the_stop() {
+    let values = within_60s(|| {
+        let mut g = Graph::new("once");
+        let s = g.source_fn("tick", Duration::MAX, Some(2), || 42u64);
+        let out = g.collect("out", &s);
+        let running = g.start().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        running.stop();
+        running.join().map(|_| out.values())
+    });
+    assert_eq!(values.unwrap(), [42]);
+}

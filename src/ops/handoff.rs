@@ -222,7 +222,18 @@ impl<T> HandoffRx<T> {
     /// lock, so a writer that hands over afterwards sees it cleared and wakes the agent: the
     /// step that emptied the queue is the last until then (one step per burst, not a second
     /// one to find the queue empty).
-    pub fn take(&self, out: &mut Vec<T>, max: usize, awake: &AtomicBool) -> Taken {
+    ///
+    /// If `abandoned` is set then (the writer did not return after a stop: see
+    /// `SourceEnder`), the stream ends here, and under the same lock the handoff refuses
+    /// further hand-overs ([`PutError::ReaderGone`]): a writer's hand-over is either taken
+    /// by this step or refused, never accepted and then dropped with the agent's end.
+    pub fn take(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        awake: &AtomicBool,
+        abandoned: &AtomicBool,
+    ) -> Taken {
         let mut state = self.0.lock();
         let was_full = state.waiting >= self.0.limit;
         let mut room = max.saturating_sub(out.len()).max(1);
@@ -264,11 +275,24 @@ impl<T> HandoffRx<T> {
             .end
             .take()
             .or_else(|| state.writer_gone.then_some(Ending::Done));
-        let asleep = end.is_none();
-        if asleep {
-            awake.store(false, Ordering::SeqCst);
+        if end.is_some() {
+            return Taken { end, asleep: false };
         }
-        Taken { end, asleep }
+        awake.store(false, Ordering::SeqCst);
+        // Read after `awake` is cleared: an ender sets `abandoned`, then wakes the agent
+        // unless it finds it awake; so either this sees the flag or a wake-up comes.
+        if abandoned.load(Ordering::SeqCst) {
+            state.reader_gone = true;
+            self.0.room.notify_all();
+            return Taken {
+                end: Some(Ending::Done),
+                asleep: false,
+            };
+        }
+        Taken {
+            end: None,
+            asleep: true,
+        }
     }
 }
 
@@ -291,7 +315,7 @@ mod tests {
             tx.put(&mut vec![v], Wait::Never).unwrap();
         }
         let mut out = Vec::with_capacity(64);
-        let taken = rx.take(&mut out, 4096, &awake);
+        let taken = rx.take(&mut out, 4096, &awake, &AtomicBool::new(false));
         assert_eq!(out, [0, 1, 2, 3, 4]);
         // Nothing waits after it: that very step clears `awake` (the writer's next hand-over
         // wakes the agent), so no second step is needed to find the queue empty.
@@ -299,7 +323,7 @@ mod tests {
         assert!(!awake.load(Ordering::SeqCst));
         awake.store(true, Ordering::SeqCst);
         let mut more = Vec::new();
-        let taken = rx.take(&mut more, 4096, &awake);
+        let taken = rx.take(&mut more, 4096, &awake, &AtomicBool::new(false));
         assert!(more.is_empty() && taken.asleep && taken.end.is_none());
         assert!(!awake.load(Ordering::SeqCst));
         // The writer got the reader's empty Vec (with its capacity) at the first swap.
@@ -323,7 +347,7 @@ mod tests {
         // A step with an empty buffer takes the first batch's own Vec.
         for (i, &ptr) in ptrs.iter().enumerate().take(2) {
             let mut out = Vec::new();
-            rx.take(&mut out, 1000, &awake);
+            rx.take(&mut out, 1000, &awake, &AtomicBool::new(false));
             assert_eq!(out.as_ptr(), ptr);
             assert_eq!(
                 out,
@@ -333,7 +357,7 @@ mod tests {
         // With room for more, the next batches are appended (gathered into one).
         tx.put(&mut (3000..3500).collect(), Wait::Never).unwrap();
         let mut out = Vec::new();
-        rx.take(&mut out, 2000, &awake);
+        rx.take(&mut out, 2000, &awake, &AtomicBool::new(false));
         assert_eq!(out, (2000..3500).collect::<Vec<_>>());
         // The agent's empty Vec went back to the writer: its next hand-over reuses it.
         let mut next = vec![7u64; 1000];
@@ -350,7 +374,7 @@ mod tests {
         let mut got = Vec::new();
         loop {
             let mut out = Vec::new();
-            let taken = rx.take(&mut out, 10, &awake);
+            let taken = rx.take(&mut out, 10, &awake, &AtomicBool::new(false));
             assert!(out.len() <= 10);
             got.extend(out);
             if taken.asleep {
@@ -370,10 +394,10 @@ mod tests {
         let awake = AtomicBool::new(true);
         let mut out = Vec::new();
         // At most `max` per step; the rest waits for the next one.
-        rx.take(&mut out, 3, &awake);
+        rx.take(&mut out, 3, &awake, &AtomicBool::new(false));
         assert_eq!(out, [1, 2, 3]);
         let mut out = Vec::new();
-        rx.take(&mut out, 3, &awake);
+        rx.take(&mut out, 3, &awake, &AtomicBool::new(false));
         assert_eq!(out, [4]);
     }
 
@@ -388,7 +412,7 @@ mod tests {
         let awake = AtomicBool::new(true);
         let mut out = Vec::new();
         while out.is_empty() {
-            rx.take(&mut out, 10, &awake);
+            rx.take(&mut out, 10, &awake, &AtomicBool::new(false));
         }
         let (tx, r) = writer.join().unwrap();
         r.unwrap();
@@ -406,15 +430,36 @@ mod tests {
         tx.end(Ending::Failed("sensor unplugged".into()));
         let awake = AtomicBool::new(true);
         let mut out = Vec::new();
-        let taken = rx.take(&mut out, 1, &awake);
+        let taken = rx.take(&mut out, 1, &awake, &AtomicBool::new(false));
         assert!(!taken.asleep && taken.end.is_none(), "data first");
-        let taken = rx.take(&mut out, 10, &awake);
+        let taken = rx.take(&mut out, 10, &awake, &AtomicBool::new(false));
         assert!(matches!(taken.end, Some(Ending::Failed(ref e)) if e == "sensor unplugged"));
         assert_eq!(out, [1, 2]);
 
         let (tx, rx) = handoff::<u32>(10);
         drop(tx);
-        let taken = rx.take(&mut Vec::new(), 10, &awake);
+        let taken = rx.take(&mut Vec::new(), 10, &awake, &AtomicBool::new(false));
         assert!(matches!(taken.end, Some(Ending::Done)));
+    }
+
+    #[test]
+    fn an_abandoned_stream_ends_at_the_step_that_empties_it_and_refuses_what_comes_after() {
+        let (tx, rx) = handoff::<u32>(10);
+        let awake = AtomicBool::new(true);
+        let abandoned = AtomicBool::new(true);
+        tx.put(&mut vec![1, 2], Wait::Never).unwrap();
+        // What was handed over before the step is delivered with it, then the stream ends.
+        let mut out = Vec::new();
+        let taken = rx.take(&mut out, 10, &awake, &abandoned);
+        assert_eq!(out, [1, 2]);
+        assert!(matches!(taken.end, Some(Ending::Done)) && !taken.asleep);
+        // A hand-over after that step is refused, not accepted and then dropped with the agent
+        // (before, the agent read the flag after the lock and a put in between was lost).
+        assert_eq!(tx.put(&mut vec![3], Wait::Never), Err(PutError::ReaderGone));
+        assert!(matches!(
+            tx.put_one(4, Wait::Forever),
+            Err((PutError::ReaderGone, 4))
+        ));
+        drop(rx);
     }
 }

@@ -117,10 +117,14 @@ where
 pub struct SourceOptions {
     /// Most elements per batch (default 4096). With the default connection capacity (32 Ki
     /// elements) that keeps 8 batches in flight per connection: large batches are what makes
-    /// throughput high, since the runtime's costs are per batch, never per element.
+    /// throughput high, since the runtime's costs are per batch, never per element. It is a
+    /// limit, not a size: a source's thread reserves room for at most 4 MiB of a batch up
+    /// front, and what a call appends beyond that grows the batch.
     pub max_batch: usize,
     /// If set, [`Source::fill`] is called for one element every `interval` (threaded runs
-    /// only; the harness ignores time).
+    /// only; the harness ignores time). The calls keep to the clock, without drift; an
+    /// interval past what the clock can count (`Duration::MAX`) means one call, then none
+    /// until the stop.
     pub interval: Option<Duration>,
 }
 
@@ -186,7 +190,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             }
             Mode::Channel(rx) => {
                 let buf = outputs.vec(&self.out);
-                let taken = rx.take(buf, max, &self.awake);
+                let taken = rx.take(buf, max, &self.awake, &self.abandoned);
                 match taken.end {
                     // What came before the failure is delivered first (the host flushes).
                     Some(Ending::Failed(e)) => Err(e.into()),
@@ -196,12 +200,6 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                     }
                     // More than a step takes waits: step again.
                     None if !taken.asleep => Ok(SourceStatus::More),
-                    // Read after `take` cleared `awake`: an ender that set `abandoned` and found
-                    // the agent awake (so posted nothing) is seen here.
-                    None if self.abandoned.load(Ordering::SeqCst) => {
-                        self.mode = Mode::Finished;
-                        Ok(SourceStatus::Done)
-                    }
                     // The queue is empty and the writer's next hand-over wakes the agent.
                     None => Ok(SourceStatus::Wait),
                 }
@@ -256,7 +254,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             .name(format!("source {name}"))
             .spawn(move || {
                 let _done = done;
-                source_thread(source, options, tx, ctx, waker)
+                run_source_thread(source, options, tx, ctx, waker)
             })
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start the thread of source '{name}': {e}"),
@@ -302,62 +300,114 @@ fn end<T>(tx: &HandoffTx<T>, waker: &Waker) {
     waker.wake();
 }
 
-fn source_thread<T: Element>(
-    mut source: Box<dyn Source<T>>,
+/// Ends the stream of a source's thread that a panic unwound outside the source's own calls
+/// (those are caught where they are made): in a stage this thread stepped as it woke its
+/// agent, say. The run then fails with the panic; a handoff merely dropped would have left the
+/// agent asleep with nothing to wake it (the run hung), or ended the stream as if the source
+/// had finished. Nothing if the stream had already ended.
+fn fail_unwound<T>(panic: Box<dyn std::any::Any + Send>, tx: &HandoffTx<T>, waker: &Waker) {
+    let message = format!("panicked: {}", crate::error::panic_message(&*panic));
+    tx.end(Ending::Failed(message));
+    // The wake-up may be what panicked: once more, and whatever it does, the thread ends here.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+    // A payload whose drop panics must not unwind out of the thread either.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(panic)));
+}
+
+/// A source's thread, from its first call to the end of its stream, however it ends.
+fn run_source_thread<T: Element>(
+    source: Box<dyn Source<T>>,
     options: SourceOptions,
     tx: HandoffTx<T>,
     ctx: SourceThreadCtx,
     waker: Waker,
+) {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        source_thread(source, options, &tx, &ctx, &waker)
+    }));
+    if let Err(panic) = run {
+        fail_unwound(panic, &tx, &waker);
+    }
+}
+
+/// The most bytes a source's thread reserves up front for a batch (more grows as `fill`
+/// appends): a `max_batch` far beyond what any call fills must not fail the allocation.
+const RESERVE_AT_MOST_BYTES: usize = 4 << 20;
+
+/// The capacity a source's thread starts its batch with: room for `max` elements, within
+/// [`RESERVE_AT_MOST_BYTES`].
+fn batch_reserve<T>(max: usize) -> usize {
+    max.min(RESERVE_AT_MOST_BYTES / std::mem::size_of::<T>().max(1))
+        .max(1)
+}
+
+/// Sleeps until `due` (never, if `None`), in short slices so that a stop is noticed at once;
+/// returns early on a stop.
+fn sleep_until(due: Option<Instant>, stop: &AtomicBool) {
+    const SLICE: Duration = Duration::from_millis(50);
+    while !stop.load(Ordering::Relaxed) {
+        let left = match due {
+            Some(due) => match due.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return,
+            },
+            None => SLICE,
+        };
+        std::thread::sleep(left.min(SLICE));
+    }
+}
+
+fn source_thread<T: Element>(
+    mut source: Box<dyn Source<T>>,
+    options: SourceOptions,
+    tx: &HandoffTx<T>,
+    ctx: &SourceThreadCtx,
+    waker: &Waker,
 ) {
     let max = if options.interval.is_some() {
         1
     } else {
         options.max_batch.max(1)
     };
-    let start = Instant::now();
-    let mut ticks: u32 = 0;
+    // When the next call is due with an interval: one interval after the last one was due (no
+    // drift). `None` once that is past what an `Instant` holds: the source then waits for the
+    // stop (an interval of `Duration::MAX` calls it once).
+    let mut due = Some(Instant::now());
     // Handing over moves this to the agent and gives back an empty Vec the agent is done with
     // (when there is one): no allocation per call in steady state.
-    let mut buf = Vec::with_capacity(max);
+    let mut buf = Vec::with_capacity(batch_reserve::<T>(max));
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
             // A graceful stop: what was emitted is delivered, then the stream ends.
-            return end(&tx, &waker);
+            return end(tx, waker);
         }
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.fill(&mut buf, max)));
         let more = match result {
             Ok(Ok(more)) => more,
-            Ok(Err(e)) => return fail(e.to_string(), buf, &tx, &ctx, &waker),
+            Ok(Err(e)) => return fail(e.to_string(), buf, tx, ctx, waker),
             Err(p) => {
                 let msg = format!("panicked: {}", crate::error::panic_message(&*p));
-                return fail(msg, buf, &tx, &ctx, &waker);
+                return fail(msg, buf, tx, ctx, waker);
             }
         };
         if !buf.is_empty() {
-            if !hand_over(&tx, &mut buf, &ctx, &waker) {
+            if !hand_over(tx, &mut buf, ctx, waker) {
                 return;
             }
             let told =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.delivered()));
             if let Err(p) = told {
                 let msg = format!("panicked: {}", crate::error::panic_message(&*p));
-                return fail(msg, buf, &tx, &ctx, &waker);
+                return fail(msg, buf, tx, ctx, waker);
             }
         }
         if !more {
-            return end(&tx, &waker);
+            return end(tx, waker);
         }
         if let Some(interval) = options.interval {
-            ticks = ticks.saturating_add(1);
-            let due = start + interval * ticks;
-            // Sleep in short slices so a stop is noticed promptly.
-            while let Some(left) = due.checked_duration_since(Instant::now()) {
-                if ctx.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                std::thread::sleep(left.min(Duration::from_millis(50)));
-            }
+            due = due.and_then(|due| due.checked_add(interval));
+            sleep_until(due, &ctx.stop);
         }
     }
 }
@@ -855,5 +905,75 @@ impl Graph {
         self.externals
             .insert(stream.id, Box::new(ExternalInput { tx, agent, awake }));
         stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::mailbox::{Envelope, Mailbox};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A mailbox whose every post panics, as a stage stepped on the posting thread might.
+    struct PanicsOnPost(AtomicUsize);
+
+    impl Mailbox for PanicsOnPost {
+        fn post(&self, _: Envelope) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            panic!("a stage stepped by the poster failed");
+        }
+    }
+
+    #[test]
+    fn a_source_thread_unwound_outside_its_source_calls_fails_the_stream_and_wakes_the_agent() {
+        let (tx, rx) = handoff::<u64>(16);
+        let mailbox = Arc::new(PanicsOnPost(AtomicUsize::new(0)));
+        let awake = Arc::new(AtomicBool::new(false));
+        let ctx = SourceThreadCtx {
+            name: "unwound".into(),
+            wake: mailbox.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            stepped_by_poster: true,
+        };
+        let waker = Waker {
+            mailbox: mailbox.clone(),
+            awake: Arc::clone(&awake),
+            every_time: true,
+        };
+        let mut sent = false;
+        let source = move |out: &mut Vec<u64>, _: usize| {
+            if !sent {
+                out.push(7);
+                sent = true;
+            }
+            Ok(true)
+        };
+        let options = SourceOptions::default();
+        std::thread::spawn(move || run_source_thread(Box::new(source), options, tx, ctx, waker))
+            .join()
+            .expect("the thread ends, it does not unwind");
+        // The element handed over comes first, then the stream fails with the panic (before,
+        // the dropped handoff ended it as if the source had finished, or left the agent asleep).
+        let mut out = Vec::new();
+        let taken = rx.take(&mut out, 16, &awake, &AtomicBool::new(false));
+        assert_eq!(out, [7]);
+        match taken.end {
+            Some(Ending::Failed(e)) => assert!(e.contains("stepped by the poster"), "{e}"),
+            other => panic!("the stream must fail with the panic, not end with {other:?}"),
+        }
+        // The wake-up was tried again once the stream had failed (the agent is not left asleep).
+        assert_eq!(mailbox.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_source_thread_reserves_room_for_a_batch_within_a_bound() {
+        assert_eq!(batch_reserve::<u64>(4096), 4096);
+        assert_eq!(batch_reserve::<u64>(0), 1);
+        assert_eq!(
+            batch_reserve::<u64>(usize::MAX / 4),
+            RESERVE_AT_MOST_BYTES / 8
+        );
+        assert_eq!(batch_reserve::<[u8; 1 << 23]>(10), 1);
+        assert_eq!(batch_reserve::<()>(usize::MAX), RESERVE_AT_MOST_BYTES);
     }
 }
