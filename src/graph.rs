@@ -602,7 +602,9 @@ impl Graph {
     /// Declares `T` plain data: batches of `T` then cross processes as their bytes, with no
     /// encoding (as the primitive numbers always do), instead of as postcard records.
     /// `bytemuck::Pod` guarantees what makes that sound: no padding, any bit pattern valid.
-    /// Every process builds the graph, so every process makes the same declaration.
+    /// Every process builds the graph, so every process makes the same declaration. A
+    /// zero-sized type stays encoded (a frame of plain data could then claim any number of
+    /// elements in no bytes).
     ///
     /// ```
     /// use iotstream::Graph;

@@ -142,8 +142,14 @@ pub(crate) fn declare_plain<T: bytemuck::Pod>() {
 
 /// The element size if `T` is a plain-data type whose every bit pattern is a valid value and
 /// that has no padding: a primitive number, or a `bytemuck::Pod` type declared with
-/// `declare_plain` (whose bound guarantees both).
+/// `declare_plain` (whose bound guarantees both). Never for a zero-sized type: a plain frame's
+/// element count is bounded only by its bytes, so a peer's 8-byte frame of "4 billion `()`"
+/// would pass; encoded (postcard, a 4-byte length per element), each element costs the peer
+/// bytes it must send.
 pub(crate) fn plain_size<T: 'static>() -> Option<usize> {
+    if std::mem::size_of::<T>() == 0 {
+        return None;
+    }
     let t = TypeId::of::<T>();
     if DECLARED_PLAIN
         .read()
@@ -877,6 +883,22 @@ mod tests {
             rest = &rest[n..];
         }
         out
+    }
+
+    #[test]
+    fn a_zero_sized_type_is_never_plain_so_a_frame_cannot_claim_billions_of_them() {
+        declare_plain::<()>();
+        assert_eq!(plain_size::<()>(), None);
+        // Four billion `()` in the eight bytes of a plain frame's header: refused.
+        let mut frame = vec![KIND_PLAIN, 0, 0, 0];
+        frame.extend(u32::MAX.to_le_bytes());
+        assert!(Codec::<()>::new().decode(&frame).is_err());
+        let mut postcard = vec![KIND_POSTCARD, 0, 0, 0];
+        postcard.extend(u32::MAX.to_le_bytes());
+        let e = Codec::<()>::new().decode(&postcard).unwrap_err();
+        assert!(e.contains("4294967295 elements"), "{e}");
+        // Encoded, each costs its 4-byte length: a real batch still goes through.
+        assert_eq!(round_trip(&[(); 100], 256), [(); 100]);
     }
 
     #[test]

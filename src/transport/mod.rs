@@ -597,11 +597,13 @@ impl<T: Element> ShmSender<T> {
         let frame = codec::mark_frame(mark);
         let written = self
             .producer
-            .try_write(frame.len(), |buf| buf.write_at(0, &frame))
-            .map_err(|e| e.to_string())?;
-        if written {
-            self.producer.publish();
-        } else {
+            .try_write(frame.len(), |buf| buf.write_at(0, &frame));
+        // Whether the mark went or not: the last parts `write_parts` wrote in this call go out
+        // now, since the reader must see them to finish the element and hand its room back
+        // (left unpublished, they waited for the next write, which an idle mark may never get).
+        self.producer.publish();
+        let written = written.map_err(|e| e.to_string())?;
+        if !written {
             self.arm(frame.len());
         }
         Ok(written)
@@ -2572,6 +2574,48 @@ mod tests {
         run.fail(Error::Runtime {
             detail: "the test is over".into(),
         });
+    }
+
+    #[test]
+    fn a_mark_that_finds_no_room_after_an_elements_last_parts_still_publishes_them() {
+        // Element sizes around twice the ring's: for some of them the parts that finish the
+        // element (in the room the reader handed back) leave less room than a mark's frame.
+        // The reader reads and hands back everything published before each offer of the mark.
+        let mut finished_without_the_mark = 0;
+        for extra in (0..2048).step_by(8) {
+            let (name, _guard, view) = test_ring("mark-after-last-parts", 8 << 10);
+            let run = test_run();
+            let (_writer, mut tx) = open_writer::<String>(&name, &run);
+            let big = "x".repeat(15_000 + extra);
+            assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
+            let mut reader = Consumer::new(view).unwrap();
+            let mut offers = 0;
+            loop {
+                while reader.try_read(|_| ()).unwrap().is_some() {}
+                reader.release().unwrap();
+                let sent = tx.write_mark(Mark::Idle).unwrap();
+                assert!(
+                    !tx.producer.unpublished(),
+                    "element of {} bytes: written parts left unpublished",
+                    big.len()
+                );
+                if sent {
+                    break;
+                }
+                if tx.idle() {
+                    finished_without_the_mark += 1;
+                }
+                offers += 1;
+                assert!(offers < 1000, "the mark never went");
+            }
+            run.fail(Error::Runtime {
+                detail: "the test is over".into(),
+            });
+        }
+        assert!(
+            finished_without_the_mark > 0,
+            "no size left the mark without room after the last part: the test tests nothing"
+        );
     }
 
     #[test]

@@ -1221,6 +1221,12 @@ impl<M: RingMemory> Producer<M> {
         self.ring.notify(&self.ring.header().data_wake);
     }
 
+    /// Frames written and not yet published.
+    #[cfg(test)]
+    pub(crate) fn unpublished(&self) -> bool {
+        self.st.head != self.st.published
+    }
+
     /// Ends the stream: publishes pending frames, sets `closed`, wakes the consumer. Idempotent;
     /// later writes fail with [`RingError::Closed`].
     pub(crate) fn close(&mut self) {
