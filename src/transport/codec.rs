@@ -124,6 +124,50 @@ pub(crate) fn part_header(at: usize, total: usize) -> [u8; HEADER] {
     h
 }
 
+/// Counts the elements of a ring's frames, read in order: what a writer that took a ring over
+/// counts in flight of the frames its dead predecessor left unreleased (see
+/// `transport::Credit`).
+#[derive(Default)]
+pub(crate) struct FrameCounter {
+    /// The record length of the large element whose parts are being counted.
+    total: Option<usize>,
+}
+
+impl FrameCounter {
+    /// The elements `payload` completes: a batch's count, 1 for the part that ends a large
+    /// element, 0 for any other part, a mark, or what is not a frame of this codec (the bytes
+    /// are another process's: a wrong count only makes the writer wait, or write sooner, by
+    /// what the reader's own frames claim).
+    pub fn elements(&mut self, payload: &Payload<'_>) -> usize {
+        if payload.len() < HEADER {
+            return 0;
+        }
+        let mut header = [0u8; HEADER];
+        payload.copy_to(0, &mut header);
+        let word = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+        let body = payload.len() - HEADER;
+        let (total, at) = match header[0] {
+            KIND_PLAIN | KIND_POSTCARD => {
+                self.total = None;
+                return word;
+            }
+            KIND_FIRST => (word, 0),
+            KIND_NEXT => match self.total {
+                Some(total) => (total, word),
+                None => return 0,
+            },
+            _ => return 0,
+        };
+        if at.saturating_add(body) >= total {
+            self.total = None;
+            1
+        } else {
+            self.total = Some(total);
+            0
+        }
+    }
+}
+
 /// The bytes of record payload a part frame of at most `max_len` bytes carries.
 pub(crate) fn part_room(max_len: usize) -> usize {
     max_len - HEADER
@@ -883,6 +927,35 @@ mod tests {
             rest = &rest[n..];
         }
         out
+    }
+
+    #[test]
+    fn a_frame_counter_counts_batches_and_large_elements_once_and_nothing_else() {
+        let mut counter = FrameCounter::default();
+        let mut count = |bytes: &[u8]| counter.elements(&Payload::from_private(bytes));
+        let mut batch = vec![KIND_POSTCARD, 0, 0, 0];
+        batch.extend(3u32.to_le_bytes());
+        batch.extend([0; 12]);
+        assert_eq!(count(&batch), 3);
+        assert_eq!(count(&mark_frame(Mark::Idle)), 0);
+        // A record of 10 bytes in three parts: one element, at its last part.
+        let part = |at: usize, n: usize| {
+            let mut p = part_header(at, 10).to_vec();
+            p.extend(vec![0; n]);
+            p
+        };
+        assert_eq!(count(&part(0, 4)), 0);
+        assert_eq!(count(&part(4, 4)), 0);
+        assert_eq!(count(&part(8, 2)), 1);
+        // A next part with no first part before it (a restarted writer's first frame cut an
+        // element short), an unknown kind, a payload shorter than a header: nothing.
+        assert_eq!(count(&part(4, 6)), 0);
+        assert_eq!(count(&[9, 0, 0, 0, 1, 0, 0, 0]), 0);
+        assert_eq!(count(&[KIND_PLAIN, 0]), 0);
+        // A first part cut short by a batch: the batch counts, the element never does.
+        assert_eq!(count(&part(0, 4)), 0);
+        assert_eq!(count(&batch), 3);
+        assert_eq!(count(&part(4, 6)), 0);
     }
 
     #[test]

@@ -324,11 +324,11 @@ struct Watch {
 /// that frame: `consumed` makes the credit as fine-grained as an in-process link's.
 ///
 /// What it counts is never less than what is in flight (the ring's values are read tail
-/// first, and only between writes), so `capacity` is never exceeded, with two exceptions:
-/// elements the feeder released early (its fallback, counted in `LinkStats::released_early`)
-/// are no longer counted, and a producer that took the role over from a dead one does not
-/// know what the dead one's frames hold: until the reader releases past them, it counts only
-/// its own frames (so up to twice the capacity may be in flight right after a restart).
+/// first, and only between writes), so `capacity` is never exceeded, except by elements the
+/// feeder released early (its fallback, counted in `LinkStats::released_early`), which are
+/// no longer counted. A producer that took the role over from a dead one counts the dead
+/// one's unreleased frames as its own ([`ShmSender::open`], `codec::FrameCounter`): a restart
+/// does not double what may be in flight.
 struct Credit {
     /// Elements that may be in flight; `usize::MAX` for no bound (the ring's room only).
     capacity: usize,
@@ -343,37 +343,38 @@ struct Credit {
     /// The consumer's `consumed` last read, and the `tail` it was read with.
     consumed: u64,
     tail: u64,
-    /// Where this producer's own frames start: frames before it are a dead producer's, whose
-    /// elements it does not know.
-    origin: u64,
     /// The most in flight right after a write (see [`ShmSender::peak_in_flight`]).
     peak: usize,
 }
 
 impl Credit {
-    fn new(origin: u64) -> Credit {
+    /// The credit of a producer whose ring holds unreleased frames from `tail` on (none
+    /// counted yet: see [`inherited`](Self::inherited)).
+    fn new(tail: u64) -> Credit {
         Credit {
             capacity: usize::MAX,
             frames: VecDeque::new(),
             written: 0,
             open: 0,
             consumed: 0,
-            tail: origin,
-            origin,
+            tail,
             peak: 0,
         }
     }
 
     /// Elements in flight as last counted.
     fn in_flight(&self) -> usize {
-        // While a dead producer's frames are not all released, what the reader consumed is
-        // theirs (elements are consumed in order): none of ours.
-        let consumed = if self.tail < self.origin {
-            0
-        } else {
-            usize::try_from(self.consumed).unwrap_or(usize::MAX)
-        };
+        let consumed = usize::try_from(self.consumed).unwrap_or(usize::MAX);
         (self.written - consumed.min(self.written)) + self.open
+    }
+
+    /// A frame of `n` elements ending at `end` that a dead producer wrote and the reader has
+    /// not released: in flight as if this producer had written it.
+    fn inherited(&mut self, end: u64, n: usize) {
+        if n > 0 {
+            self.frames.push_back((end, n));
+            self.written = self.written.saturating_add(n);
+        }
     }
 
     /// Elements that may be written now, at most `want`: counted again from the ring's
@@ -440,8 +441,20 @@ impl<T: Element> ShmSender<T> {
         let opened = Segment::open(segment).map_err(|e| Error::Runtime {
             detail: format!("connection {label}: {e}"),
         })?;
-        let producer =
+        let mut producer =
             Producer::take_over(Arc::new(opened), pid_alive).map_err(|e| Error::Runtime {
+                detail: format!("connection {label}: {e}"),
+            })?;
+        // A restarted writer counts what its dead predecessor left in the ring (none for a
+        // new ring): what is in flight stays within the capacity across the restart.
+        let (tail, _) = producer.released().map_err(|e| Error::Runtime {
+            detail: format!("connection {label}: {e}"),
+        })?;
+        let mut credit = Credit::new(tail);
+        let mut counter = codec::FrameCounter::default();
+        producer
+            .published_frames(|end, payload| credit.inherited(end, counter.elements(&payload)))
+            .map_err(|e| Error::Runtime {
                 detail: format!("connection {label}: {e}"),
             })?;
         let watch = Arc::new(Watch {
@@ -470,7 +483,6 @@ impl<T: Element> ShmSender<T> {
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a ring watcher thread: {e}"),
             })?;
-        let credit = Credit::new(producer.head());
         Ok(ShmSender {
             producer,
             codec: Codec::new(),
@@ -2571,6 +2583,49 @@ mod tests {
         let mut want: Vec<Ev<u64>> = items[..n].iter().map(|&v| Ev::El(v)).collect();
         want.extend([Ev::M(Mark::Watermark(41)), Ev::Eos]);
         assert_eq!(log.get(), want);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    #[test]
+    fn a_restarted_writer_counts_its_dead_predecessors_frames_in_flight() {
+        let (name, _guard, view) = test_ring("credit-after-restart", 64 << 10);
+        let run = test_run();
+        let big = "y".repeat(20_000);
+        let (_writer, mut tx) = open_writer::<String>(&name, &run);
+        tx.set_capacity(4);
+        // Three small elements, a mark, and a large element in parts: four in flight.
+        let small: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        assert_eq!(tx.write(&small).unwrap(), 3);
+        assert!(tx.write_mark(Mark::Idle).unwrap());
+        assert_eq!(tx.write(std::slice::from_ref(&big)).unwrap(), 1);
+        assert!(tx.flush().unwrap(), "the parts fit the ring");
+        assert_eq!(tx.in_flight(), 4);
+        assert_eq!(tx.write(&small).unwrap(), 0, "no credit left");
+        // The writing process dies; its replacement takes the ring over.
+        drop(tx);
+        view.header()
+            .id
+            .producer_pid
+            .store(dead_pid(), Ordering::SeqCst);
+        let (_writer, mut tx) = open_writer::<String>(&name, &run);
+        tx.set_capacity(4);
+        // Before, it counted none of them and took four more (eight in flight).
+        assert_eq!(tx.in_flight(), 4);
+        assert_eq!(
+            tx.write(&small).unwrap(),
+            0,
+            "the dead writer's four are in flight"
+        );
+        // The reader consumes the first two (as a feeder says: `consumed` past its tail): two
+        // may go; once it releases every frame, four.
+        let mut reader = Consumer::take_over(view, pid_alive).unwrap();
+        reader.release_consumed(2, None).unwrap();
+        assert_eq!(tx.write(&small).unwrap(), 2);
+        while reader.try_read(|_| ()).unwrap().is_some() {}
+        reader.release_consumed(0, Some(reader.position())).unwrap();
+        assert_eq!(tx.write(&small).unwrap(), 3, "everything released");
         run.fail(Error::Runtime {
             detail: "the test is over".into(),
         });

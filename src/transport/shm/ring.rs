@@ -747,6 +747,12 @@ impl<'a> PayloadMut<'a> {
     }
 }
 
+/// A published frame found at a position: its payload, and the position after it.
+struct FrameAt<'a> {
+    payload: Payload<'a>,
+    end: u64,
+}
+
 /// What both sides share: the memory and what was validated once on attach.
 struct Ring<M: RingMemory> {
     mem: M,
@@ -836,6 +842,97 @@ impl<M: RingMemory> Ring<M> {
 
     fn header(&self) -> &Header {
         self.mem.header()
+    }
+
+    /// The published frame at position `pos` (a frame's start, or a wrap marker before one;
+    /// `pos < head`, both validated multiples of 8), every word of its header read once and
+    /// checked: a wrap marker must be followed by a published frame that did not fit before
+    /// it, flags 0 or 1, a length within the largest frame, the data area and `head`.
+    ///
+    /// The frames from the released `tail` to `head` are read by the consumer, and, after a
+    /// take-over, counted by the producer ([`Producer::published_frames`]): nobody writes
+    /// them (a well-behaved peer), so each side reads them through a [`Payload`] only.
+    fn frame_at(&self, mut pos: u64, head: u64) -> Result<FrameAt<'_>, RingError> {
+        let ring = self;
+        let cap = ring.cap;
+        let mut off = ring.offset(pos);
+        // SAFETY: `pos` is a multiple of 8 (validated positions plus multiple-of-8 frame sizes),
+        // so `off` is a multiple of 8 and, `cap` being a multiple of 8, `off + 8 <= cap`. The
+        // word is published (`pos < head`, both multiples of 8) and not released: only read.
+        let mut len = unsafe { ring.read_frame_len(off) };
+        if len == WRAP {
+            let skip = cap - off;
+            if head - pos < (skip + FRAME_HEADER) as u64 {
+                return Err(corrupt(format_args!(
+                    "wrap marker at offset {off} (position {pos}) is not followed by a \
+                     published frame (head {head})"
+                )));
+            }
+            pos += skip as u64;
+            off = 0;
+            // SAFETY: offset 0 is in bounds and aligned; position `pos` is published (checked
+            // just above) and not released.
+            len = unsafe { ring.read_frame_len(0) };
+            if len == WRAP {
+                return Err(corrupt(format_args!(
+                    "two wrap markers in a row (offsets {} and 0)",
+                    cap - skip
+                )));
+            }
+            if (len as usize) <= ring.max_len && frame_size(len as usize) <= skip {
+                return Err(corrupt(format_args!(
+                    "wrap marker at offset {} although the next frame ({} bytes) fits there \
+                     ({skip} bytes to the end)",
+                    cap - skip,
+                    frame_size(len as usize)
+                )));
+            }
+        }
+        // SAFETY: as for the `len` word just read at `off`.
+        let flags = unsafe { ring.read_frame_flags(off) };
+        if flags > FLAG_TAKEN_OVER {
+            return Err(corrupt(format_args!(
+                "frame flags {flags} at offset {off} (position {pos}) are not 0 or 1"
+            )));
+        }
+        let len = len as usize;
+        if len > ring.max_len {
+            return Err(corrupt(format_args!(
+                "frame length {len} at offset {off} exceeds the largest frame ({} bytes)",
+                ring.max_len
+            )));
+        }
+        let frame = frame_size(len);
+        if off + frame > cap {
+            return Err(corrupt(format_args!(
+                "frame length {len} at offset {off} runs past the end of the data area \
+                 ({cap} bytes)"
+            )));
+        }
+        if head - pos < frame as u64 {
+            return Err(corrupt(format_args!(
+                "frame length {len} at position {pos} runs past the published head {head}"
+            )));
+        }
+        ring.mem.shadow().track_read(off + FRAME_HEADER, len);
+        // SAFETY: `off + 8 + len <= off + frame <= cap` (checked above), so the pointer and the
+        // `len` bytes after it are inside the data area, valid for reads (`RingMemory`). The
+        // range is published and not yet released, so a well-behaved producer does not write
+        // it; a misbehaving one can, at any time. So no reference to it is made: `Payload`
+        // only copies bytes out (raw copies into private memory), and what is decoded is the
+        // private copy, each shared byte read once.
+        let payload = Payload {
+            ptr: unsafe {
+                NonNull::new_unchecked(ring.mem.data().as_ptr().add(off + FRAME_HEADER))
+            },
+            len,
+            taken_over: flags == FLAG_TAKEN_OVER,
+            _frame: std::marker::PhantomData,
+        };
+        Ok(FrameAt {
+            payload,
+            end: pos + frame as u64,
+        })
     }
 
     /// The data offset of position `pos`.
@@ -1219,6 +1316,26 @@ impl<M: RingMemory> Producer<M> {
             .store(self.st.head, Ordering::Release);
         self.st.published = self.st.head;
         self.ring.notify(&self.ring.header().data_wake);
+    }
+
+    /// Calls `f` with the end position and the payload of every published frame not yet
+    /// released, in order, from the `tail` read on attach to the published `head`: for a
+    /// producer that took the role over, what its dead predecessor's frames hold. Call before
+    /// writing. The frames are the consumer's to read and nobody's to write, so they are read
+    /// as the consumer reads them, through a [`Payload`], every header word once and checked
+    /// (a corrupt frame is [`RingError::Corrupt`]).
+    pub(crate) fn published_frames(
+        &self,
+        mut f: impl FnMut(u64, Payload<'_>),
+    ) -> Result<(), RingError> {
+        debug_assert_eq!(self.st.head, self.st.published, "called after a write");
+        let mut pos = self.st.tail;
+        while pos < self.st.published {
+            let at = self.ring.frame_at(pos, self.st.published)?;
+            f(at.end, at.payload);
+            pos = at.end;
+        }
+        Ok(())
     }
 
     /// Frames written and not yet published.
@@ -1624,87 +1741,9 @@ impl<M: RingMemory> Consumer<M> {
                 return Ok(None);
             }
         }
-        let ring = &self.ring;
-        let cap = ring.cap;
-        let head = self.st.head;
-        let mut pos = self.st.tail;
-        let mut off = ring.offset(pos);
-        // SAFETY: `pos` is a multiple of 8 (validated positions plus multiple-of-8 frame sizes),
-        // so `off` is a multiple of 8 and, `cap` being a multiple of 8, `off + 8 <= cap`. The
-        // word is published (`pos < head`, both multiples of 8) and not released: the
-        // consumer's.
-        let mut len = unsafe { ring.read_frame_len(off) };
-        if len == WRAP {
-            let skip = cap - off;
-            if head - pos < (skip + FRAME_HEADER) as u64 {
-                return Err(corrupt(format_args!(
-                    "wrap marker at offset {off} (position {pos}) is not followed by a \
-                     published frame (head {head})"
-                )));
-            }
-            pos += skip as u64;
-            off = 0;
-            // SAFETY: offset 0 is in bounds and aligned; position `pos` is published (checked
-            // just above) and not released.
-            len = unsafe { ring.read_frame_len(0) };
-            if len == WRAP {
-                return Err(corrupt(format_args!(
-                    "two wrap markers in a row (offsets {} and 0)",
-                    cap - skip
-                )));
-            }
-            if (len as usize) <= ring.max_len && frame_size(len as usize) <= skip {
-                return Err(corrupt(format_args!(
-                    "wrap marker at offset {} although the next frame ({} bytes) fits there \
-                     ({skip} bytes to the end)",
-                    cap - skip,
-                    frame_size(len as usize)
-                )));
-            }
-        }
-        // SAFETY: as for the `len` word just read at `off`.
-        let flags = unsafe { ring.read_frame_flags(off) };
-        if flags > FLAG_TAKEN_OVER {
-            return Err(corrupt(format_args!(
-                "frame flags {flags} at offset {off} (position {pos}) are not 0 or 1"
-            )));
-        }
-        let len = len as usize;
-        if len > ring.max_len {
-            return Err(corrupt(format_args!(
-                "frame length {len} at offset {off} exceeds the largest frame ({} bytes)",
-                ring.max_len
-            )));
-        }
-        let frame = frame_size(len);
-        if off + frame > cap {
-            return Err(corrupt(format_args!(
-                "frame length {len} at offset {off} runs past the end of the data area \
-                 ({cap} bytes)"
-            )));
-        }
-        if head - pos < frame as u64 {
-            return Err(corrupt(format_args!(
-                "frame length {len} at position {pos} runs past the published head {head}"
-            )));
-        }
-        ring.mem.shadow().track_read(off + FRAME_HEADER, len);
-        // SAFETY: `off + 8 + len <= off + frame <= cap` (checked above), so the pointer and the
-        // `len` bytes after it are inside the data area, valid for reads (`RingMemory`). The
-        // range is published and not yet released, so a well-behaved producer does not write
-        // it; a misbehaving one can, at any time. So no reference to it is made: `Payload`
-        // only copies bytes out (raw copies into private memory), and what is decoded is the
-        // private copy, each shared byte read once.
-        let payload = Payload {
-            ptr: unsafe {
-                NonNull::new_unchecked(ring.mem.data().as_ptr().add(off + FRAME_HEADER))
-            },
-            len,
-            taken_over: flags == FLAG_TAKEN_OVER,
-            _frame: std::marker::PhantomData,
-        };
-        let r = f(payload);
-        self.st.tail = pos + frame as u64;
+        let at = self.ring.frame_at(self.st.tail, self.st.head)?;
+        let r = f(at.payload);
+        self.st.tail = at.end;
         Ok(Some(r))
     }
 
