@@ -852,6 +852,7 @@ impl<M: RingMemory> Ring<M> {
     /// The frames from the released `tail` to `head` are read by the consumer, and, after a
     /// take-over, counted by the producer ([`Producer::published_frames`]): nobody writes
     /// them (a well-behaved peer), so each side reads them through a [`Payload`] only.
+    #[inline]
     fn frame_at(&self, mut pos: u64, head: u64) -> Result<FrameAt<'_>, RingError> {
         let ring = self;
         let cap = ring.cap;
