@@ -8,7 +8,7 @@
 //! implementation of the stream semantics, and the harness tests exactly what runs in production.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -74,11 +74,49 @@ pub(crate) fn in_a_step() -> bool {
     IN_STEP.with(|c| c.get())
 }
 
+/// Holds sources' threads back until the executor has set up every agent of the process: a
+/// thread that started at once would hand over to, and step, agents not there yet, and its
+/// elements would pile up for whichever thread starts them (see the runtime's direct
+/// mailboxes).
+#[derive(Default)]
+pub(crate) struct StartGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Lets every thread waiting at the gate go, and those that come later through.
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate is open.
+    pub fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Opens the gate when dropped: however the executor's setup ends, no source thread waits
+/// for ever.
+pub(crate) struct OpenOnDrop(pub Arc<StartGate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
 /// What a source thread needs from the executor.
 pub(crate) struct SourceThreadCtx {
     pub name: String,
     pub wake: Arc<dyn Mailbox>,
     pub stop: Arc<AtomicBool>,
+    /// The thread calls its source only once this is open.
+    pub gate: Arc<StartGate>,
     /// The agent is stepped by whoever posts to it (the runtime's direct mailboxes): the
     /// source thread posts at every hand-over ([`Waker::every_time`]).
     pub stepped_by_poster: bool,
@@ -90,16 +128,21 @@ pub(crate) struct SourceThreadCtx {
 pub(crate) struct Waker {
     pub mailbox: Arc<dyn Mailbox>,
     pub awake: Arc<AtomicBool>,
-    /// Posts at every call, awake or not: for an agent stepped by whoever posts to it, so that
-    /// the source's thread steps it (and the chain it feeds) whenever no other thread has it,
-    /// rather than leaving it to a worker that found it awake and keeps it stepping.
+    /// The source's own thread drives the agent, stepped by whoever posts to it: it posts at
+    /// every call, awake or not, as the agent's driver ([`Mailbox::post_as_driver`]), so that
+    /// the source's thread steps the agent and the chain it feeds, waiting for its turn when
+    /// a worker has it, rather than leaving them to a worker that keeps them stepping.
     pub every_time: bool,
 }
 
 impl Waker {
-    /// Posts a wake-up unless one is pending (or at every call, [`every_time`](Self::every_time)).
+    /// Posts a wake-up unless one is pending (or at every call, as the driver,
+    /// [`every_time`](Self::every_time)).
     pub fn wake(&self) {
-        if !self.awake.swap(true, Ordering::SeqCst) || self.every_time {
+        let was_awake = self.awake.swap(true, Ordering::SeqCst);
+        if self.every_time {
+            self.mailbox.post_as_driver(Envelope::Wake);
+        } else if !was_awake {
             self.mailbox.post(Envelope::Wake);
         }
     }
@@ -362,11 +405,20 @@ impl Host {
     /// state, so also at the end of the stream. In-process routes return credit right after
     /// the step, as always.
     pub fn run(&mut self) -> Result<(), Error> {
+        self.run_yielding(&AtomicBool::new(false))
+    }
+
+    /// [`run`](Self::run), returning between two steps once `yield_now` is set (after one
+    /// step at least): the host keeps what is left to do for the next `run`, which its
+    /// executor must call. A source's agent says after every step that more waits for as long
+    /// as its thread keeps up, so without this one `run` could last as long as the stream.
+    pub fn run_yielding(&mut self, yield_now: &AtomicBool) -> Result<(), Error> {
         let span = self.span.clone();
         let _entered = span.enter();
         if self.owed {
             self.settle_durable();
         }
+        let mut stepped = false;
         loop {
             match self.state {
                 State::Done => return Ok(()),
@@ -382,6 +434,10 @@ impl Host {
             if !self.dirty || self.outputs.iter().any(|o| o.blocked()) {
                 return Ok(());
             }
+            if stepped && yield_now.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            stepped = true;
             self.dirty = false;
             add(&self.counters.steps, 1);
             let id = self.id;

@@ -80,8 +80,8 @@ use nix::sys::signal::Signal;
 mod direct;
 
 use crate::graph::{Graph, Part, Remote, Resolved};
-use crate::host::SourceThreadCtx;
 use crate::host::{join_waiting, Driver, Envelope, Host, Mailbox};
+use crate::host::{OpenOnDrop, SourceThreadCtx, StartGate};
 use crate::launch::signals::{self, Again, OnSignal};
 use crate::launch::{self, ChildProcess, Role, RunId, Segments};
 use crate::metrics::{Metrics, Registry};
@@ -656,6 +656,12 @@ impl Tended {
     /// Steps the agent if it has something to do.
     fn step(&mut self) -> Result<(), Error> {
         self.guarded(|host| host.run())
+    }
+
+    /// [`step`](Self::step), returning between two of the host's steps once `yield_now` is
+    /// set ([`Host::run_yielding`]): the caller steps it again.
+    fn step_yielding(&mut self, yield_now: &AtomicBool) -> Result<(), Error> {
+        self.guarded(|host| host.run_yielding(yield_now))
     }
 
     /// The timer asked for at `at` fired: marks the agent for a step if it is still due.
@@ -1739,7 +1745,7 @@ const MAX_CHAIN_STAGES: usize = 16;
 ///   stepping the chain beside the source's thread, `docs/benchmarks.md`).
 ///
 /// Linear in agents and connections: each agent is in at most one chain.
-fn stepped_directly(graph: &Graph) -> Vec<bool> {
+fn stepped_directly(graph: &Graph) -> Vec<Stepped> {
     use crate::graph::Edge;
     let total = graph.agents.len();
     let mut ins: Vec<Vec<&Edge>> = vec![Vec::new(); total];
@@ -1768,12 +1774,12 @@ fn stepped_directly(graph: &Graph) -> Vec<bool> {
         let alone = ins[next].len() == 1 && graph.agents[next].inputs.len() == 1;
         (local(edge) && alone && free(next)).then_some(next)
     };
-    let mut direct = vec![false; total];
+    let mut direct = vec![Stepped::AsActor; total];
     for i in (0..total).filter(|&i| free(i)) {
         let agent = &graph.agents[i];
         if let Some(Driver::Source(source)) = &agent.driver {
             if into_rings(i) {
-                direct[i] = true;
+                direct[i] = Stepped::InChainOf(i);
             } else if source.has_thread() {
                 // The chain it alone feeds, if that ends in rings. Each stage's only input is
                 // the stage before: no agent is in two chains, or twice in one.
@@ -1784,7 +1790,9 @@ fn stepped_directly(graph: &Graph) -> Vec<bool> {
                     }
                     chain.push(next);
                     if into_rings(next) {
-                        chain.iter().for_each(|&k| direct[k] = true);
+                        chain
+                            .iter()
+                            .for_each(|&k| direct[k] = Stepped::InChainOf(i));
                         break;
                     }
                 }
@@ -1801,9 +1809,30 @@ fn stepped_directly(graph: &Graph) -> Vec<bool> {
                 *f = true;
             }
         }
-        direct[i] |= !fed.is_empty() && fed.iter().all(|f| *f);
+        if !fed.is_empty() && fed.iter().all(|f| *f) {
+            direct[i] = Stepped::ByPoster;
+        }
     }
     direct
+}
+
+/// How an agent is stepped ([`stepped_directly`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stepped {
+    /// As an actor, by its worker of the pool or its thread.
+    AsActor,
+    /// By whoever posts to it: the feeders of its links from other processes.
+    ByPoster,
+    /// By whoever posts to it, mostly the thread of this source agent, its chain's driver
+    /// (`direct`): the source itself, or a stage of the chain it alone feeds into rings.
+    InChainOf(usize),
+}
+
+impl Stepped {
+    /// Not as an actor: its mailbox is a [`direct::DirectMailbox`].
+    fn directly(self) -> bool {
+        self != Stepped::AsActor
+    }
 }
 
 /// The thread of every agent: its named thread, a thread of its own, or a worker of the pool.
@@ -1923,11 +1952,12 @@ fn coordinate(
     let shared = Arc::new(Shared::new(n, Arc::clone(&stop), Some(System::current())));
     // Agents fed only by rings are stepped by the feeders; sources writing into rings, and
     // the chains sources feed into rings, by the sources' own threads (see `direct`).
-    let stepped_by_poster: Vec<bool> = stepped_directly(&graph)
+    let stepped: Vec<Stepped> = stepped_directly(&graph)
         .into_iter()
         .zip(&local)
-        .map(|(direct, &local)| direct && local)
+        .map(|(stepped, &local)| if local { stepped } else { Stepped::AsActor })
         .collect();
+    let stepped_by_poster: Vec<bool> = stepped.iter().map(|s| s.directly()).collect();
     let mut direct: Vec<Option<Arc<direct::DirectMailbox>>> = vec![None; total];
     // Addresses exist before the actors, so every link can be wired before any actor starts.
     let mut receivers: Vec<Option<_>> = Vec::with_capacity(total);
@@ -1941,7 +1971,11 @@ fn coordinate(
             }
             if stepped_by_poster[i] {
                 receivers.push(None);
-                let mailbox = direct::DirectMailbox::new(Arc::clone(&shared));
+                let chain = match stepped[i] {
+                    Stepped::InChainOf(source) => Some(source),
+                    Stepped::ByPoster | Stepped::AsActor => None,
+                };
+                let mailbox = direct::DirectMailbox::new(Arc::clone(&shared), chain);
                 direct[i] = Some(Arc::clone(&mailbox));
                 return Some(mailbox as Arc<dyn Mailbox>);
             }
@@ -2033,6 +2067,10 @@ fn coordinate(
     let mut arbiters: HashMap<ThreadKey, Arbiter> = HashMap::new();
     let mut result = Ok(());
     let mut enders = Vec::new();
+    // Sources' threads start once every agent is set up (below: the gate opens when this
+    // drops), so a thread that steps the chain it feeds finds every stage there.
+    let gate = Arc::new(StartGate::default());
+    let open_gate = OpenOnDrop(Arc::clone(&gate));
     for (i, mut host) in hosts {
         let key = threads[i].clone();
         let arbiter = match arbiters.entry(key) {
@@ -2055,6 +2093,7 @@ fn coordinate(
                     name: host.name.to_string(),
                     wake,
                     stop: Arc::clone(&stop),
+                    gate: Arc::clone(&gate),
                     stepped_by_poster: stepped_by_poster[i],
                 });
                 match spawned {
@@ -2068,9 +2107,13 @@ fn coordinate(
         }
         let mailbox = Arc::clone(mailboxes[i].as_ref().expect("a local agent has a mailbox"));
         if let Some(direct) = &direct[i] {
-            let tended = Tended::new(i, host, Arc::clone(&shared), mailbox);
+            // There now, for whoever posts to it; its first step on its worker.
+            direct.install(
+                Tended::new(i, host, Arc::clone(&shared), mailbox),
+                arbiter.handle(),
+            );
             let direct = Arc::clone(direct);
-            arbiter.spawn_fn(move || direct.start(tended, Arbiter::current()));
+            arbiter.spawn_fn(move || direct.first_step());
             continue;
         }
         let (rx, parcels) = receivers[i].take().expect("a local agent has a mailbox");
@@ -2083,6 +2126,7 @@ fn coordinate(
             Context::with_receiver(rx).run(actor);
         });
     }
+    drop(open_gate);
     let run_over = Arc::new(AtomicBool::new(false));
     if result.is_ok() && !enders.is_empty() {
         result = end_sources_after_stop(Arc::clone(&stop), Arc::clone(&run_over), enders);
@@ -2552,7 +2596,7 @@ mod tests {
         g.place_on_thread("pinned", "own");
         let stepped = super::stepped_directly(&g);
         let direct: Vec<(String, bool)> = (0..g.agents.len())
-            .map(|i| (g.agents[i].name.clone(), stepped[i]))
+            .map(|i| (g.agents[i].name.clone(), stepped[i].directly()))
             .filter(|(name, _)| !name.starts_with("sink"))
             .collect();
         // `a` feeds `far` over a spinning ring, `c` feeds `far3` over a ring; `b` feeds `near`
@@ -2619,11 +2663,22 @@ mod tests {
         g.place_on_thread("pinned", "own");
         let stepped = super::stepped_directly(&g);
         let direct: Vec<&str> = (0..g.agents.len())
-            .filter(|&i| stepped[i])
+            .filter(|&i| stepped[i].directly())
             .map(|i| &*g.agents[i].name)
             .filter(|name| !name.starts_with("far") && !name.starts_with("sink"))
             .collect();
         assert_eq!(direct, ["s", "m1", "m2"]);
+        // Each stage knows its chain (whose driver, the source's thread, waits for it), and an
+        // agent fed by a ring is stepped by its feeders, in no chain.
+        let index = |name: &str| g.agents.iter().position(|a| &*a.name == name).unwrap();
+        for stage in ["s", "m1", "m2"] {
+            assert_eq!(
+                stepped[index(stage)],
+                super::Stepped::InChainOf(index("s")),
+                "{stage}"
+            );
+        }
+        assert_eq!(stepped[index("far")], super::Stepped::ByPoster);
 
         // The longest chain a source's thread steps, and one stage more.
         for stages in [super::MAX_CHAIN_STAGES, super::MAX_CHAIN_STAGES + 1] {
@@ -2635,7 +2690,8 @@ mod tests {
             pass(&mut g, "far", &s, plain);
             g.place_in_process("far", "p1");
             let stepped = super::stepped_directly(&g);
-            let direct = (0..g.agents.len()).filter(|&i| stepped[i] && &*g.agents[i].name != "far");
+            let direct = (0..g.agents.len())
+                .filter(|&i| stepped[i].directly() && &*g.agents[i].name != "far");
             let want = if stages <= super::MAX_CHAIN_STAGES {
                 stages + 1
             } else {

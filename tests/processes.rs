@@ -524,24 +524,26 @@ fn stepped() -> Result<(), iotstream::Error> {
     Ok(())
 }
 
-/// numbers → tag (×3, noting the threads its data steps run on) → plus_one ⇒ check in `p1`,
-/// over a ring of `capacity` elements: the starter prints the threads, `p1` what arrived.
+/// numbers → tag (×3, counting the elements its steps take on each thread) → plus_one ⇒ check
+/// in `p1`, over a ring of `capacity` elements: the starter prints how many tag took on the
+/// source's thread and on each thread, `p1` what arrived.
 fn chained(n: u64, capacity: usize) -> Result<(), iotstream::Error> {
     use iotstream::{Agent, AgentError, Input, Inputs, Outputs, Stream};
-    use std::collections::BTreeSet;
+    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
     struct Tag {
         input: Input<u64>,
         out: Stream<u64>,
-        threads: Arc<Mutex<BTreeSet<String>>>,
+        /// Per thread, how many elements tag's steps on it took.
+        threads: Arc<Mutex<BTreeMap<String, u64>>>,
     }
     impl Agent for Tag {
         fn step(&mut self, i: &mut Inputs<'_>, o: &mut Outputs<'_>) -> Result<(), AgentError> {
             let xs = i.slice(&self.input);
             if !xs.is_empty() {
                 let name = std::thread::current().name().unwrap_or("?").to_string();
-                self.threads.lock().unwrap().insert(name);
+                *self.threads.lock().unwrap().entry(name).or_default() += xs.len() as u64;
                 o.extend(&self.out, xs.iter().map(|v| v * 3));
                 i.consume_all(&self.input);
             }
@@ -556,7 +558,7 @@ fn chained(n: u64, capacity: usize) -> Result<(), iotstream::Error> {
         ..SourceOptions::default()
     };
     let s = g.source_iter_with("numbers", 0..n, opts);
-    let threads = Arc::new(Mutex::new(BTreeSet::new()));
+    let threads = Arc::new(Mutex::new(BTreeMap::new()));
     let t = Arc::clone(&threads);
     let tagged = g.add_agent("tag", |ports| {
         let input = ports.input::<u64>("in");
@@ -581,7 +583,11 @@ fn chained(n: u64, capacity: usize) -> Result<(), iotstream::Error> {
             let (count, sum, ordered) = report.lock().unwrap().unwrap_or((0, 0, true));
             println!("CHECK count={count} sum={sum} ordered={ordered}");
         }
-        _ => println!("RESULT threads={:?}", threads.lock().unwrap()),
+        _ => {
+            let threads = threads.lock().unwrap();
+            let on_source = threads.get("source numbers").copied().unwrap_or(0);
+            println!("RESULT on_source={on_source} threads={threads:?}");
+        }
     }
     Ok(())
 }
@@ -1015,18 +1021,27 @@ fn a_ring_fed_agent_steps_on_the_feeder_thread() -> Result<(), String> {
 
 /// A chain a source alone feeds into a ring (`numbers → tag → plus_one ⇒ check`) is stepped
 /// by the source's thread, and loses, repeats and reorders nothing, whether the ring has room
-/// for the whole stream or for 256 elements. (Other threads may step it too: its worker takes
-/// its first step, with whatever came before it, and the thread that sees room come back in a
-/// full ring steps it then; so the thread is checked where the ring never fills.)
+/// for the whole stream or for 256 elements. Other threads may step it too: its worker takes
+/// its first step, and the thread that sees room come back in a full ring steps it then; so
+/// where the ring never fills, the source's thread must have taken most of the stream. (It took
+/// none in a third of the runs, or a sixth of the stream, before the source's thread waited for
+/// its turn, stopped a worker's run of source steps, and started only once every stage was
+/// there.)
 fn a_chain_from_a_source_into_a_ring_steps_on_the_source_thread() -> Result<(), String> {
     const N: u64 = 100_000;
     for capacity in [1usize << 17, 256] {
         let out = run_app_output("chained", &[&N.to_string(), &capacity.to_string()])?;
         let threads = result_line(&out)?;
-        ensure(
-            capacity == 256 || threads.contains("\"source numbers\""),
-            || format!("tag's data steps ran on {threads}"),
-        )?;
+        let on_source: u64 = threads
+            .strip_prefix("on_source=")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no on_source= in {threads}"))?;
+        ensure(capacity == 256 || on_source >= N / 2, || {
+            format!(
+                "tag's steps took fewer than half the elements on the source's thread: {threads}"
+            )
+        })?;
         let want_sum: u64 = (0..N).map(|v| v * 3 + 1).sum();
         let check = out
             .lines()

@@ -364,6 +364,7 @@ fn source_thread<T: Element>(
     ctx: &SourceThreadCtx,
     waker: &Waker,
 ) {
+    ctx.gate.wait();
     let max = if options.interval.is_some() {
         1
     } else {
@@ -933,6 +934,11 @@ mod tests {
             name: "unwound".into(),
             wake: mailbox.clone(),
             stop: Arc::new(AtomicBool::new(false)),
+            gate: {
+                let gate = crate::host::StartGate::default();
+                gate.open();
+                Arc::new(gate)
+            },
             stepped_by_poster: true,
         };
         let waker = Waker {

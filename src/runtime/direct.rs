@@ -19,19 +19,54 @@
 //! it was busy is taken in at once and handled by one step, as on a worker (adaptive batching).
 //! A step that posts to an agent it is nested in (credit going back up) only queues.
 //!
-//! The agent's timers run on its worker of the pool, which also gives it its first step; a
-//! task there steps the agent for one burst and leaves what waits after it to another task,
-//! so the worker's other actors have their turns between them.
+//! One exception: a source's own thread is its chain's *driver* (it posts with
+//! [`Mailbox::post_as_driver`]), and a driver waits for its turn. Otherwise a worker that
+//! stepped a stage once (its first step, a timer) could keep it: the source's thread refills
+//! and posts while the worker steps, finds the stage taken, leaves its batch queued, and the
+//! worker, seeing it after its burst, steps again, for the whole stream (the chain then runs
+//! on two threads handing each batch over, which is what the chain's direct stepping is there
+//! to avoid; a test saw it in a third of its runs). So a post from a driver's thread to a
+//! stage of its chain that another thread holds waits for that thread's burst, marked by
+//! `driver_waits`, which tells the other thread to leave what waits to the driver, and its
+//! host to stop between two steps (a source's agent steps again for as long as its thread
+//! keeps up: `Host::run_yielding`). The driver steps at least once when it gets the agent:
+//! the other thread may have taken its envelope in, and stopped with steps to go.
+//!
+//! No deadlock: a driver holds a prefix of its chain (the source's agent, then each stage its
+//! step posts data to) and waits only for the stage after it; the threads it waits for never
+//! wait for a stage of its chain (their posts there only try, another chain's driver's too),
+//! and a post back up the chain to a stage the driver itself holds (credit) only queues.
+//!
+//! The agent is installed before anything can post to it (so a source's thread, which starts
+//! once every agent is set up, finds every stage of its chain there); its timers run on its
+//! worker of the pool, which also queues its first step. A task there steps the agent for one
+//! burst and leaves what waits after it to another task, so the worker's other actors have
+//! their turns between them.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, TryLockError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::Duration;
 
 use actix::ArbiterHandle;
 
 use super::{Next, Shared, Tended};
 use crate::host::{join_waiting, Envelope, Mailbox};
+
+thread_local! {
+    /// Set for good on a source's thread once it posts as its chain's driver
+    /// ([`Mailbox::post_as_driver`]): the chain (its source agent) whose stages its posts wait
+    /// for (see the module docs). Its posts to other agents only try.
+    static DRIVER: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Its address tells this thread from the others ([`this_thread`]).
+    static THREAD_TOKEN: u8 = const { 0 };
+}
+
+/// A number unique to the calling thread among the live threads, never 0.
+fn this_thread() -> usize {
+    THREAD_TOKEN.with(|t| t as *const u8 as usize)
+}
 
 /// What waits for the agent.
 enum Item {
@@ -67,33 +102,52 @@ struct Agent {
 /// The mailbox of an agent stepped by whoever posts to it. See the [module docs](self).
 pub(super) struct DirectMailbox {
     shared: Arc<Shared>,
+    /// The chain it is a stage of (its source agent's index, the source's own included),
+    /// whose driver waits for its turn; `None` for an agent stepped by its feeders.
+    chain: Option<usize>,
     /// Items posted and not yet taken in. Bounded as every mailbox is: data by the links'
     /// credit, the rest by what the run sends (one credit per batch, a wake-up, a close).
     queue: Mutex<VecDeque<Item>>,
     agent: Mutex<State>,
+    /// The thread holding `agent` ([`this_thread`]) while it steps, 0 otherwise: tells a
+    /// driver's post to a stage it is nested in (which only queues) from one to a stage
+    /// another thread holds (which waits).
+    holder: AtomicUsize,
+    /// The chain's driver waits for `agent`: the thread holding it leaves what waits to the
+    /// driver, and other threads do not take it.
+    driver_waits: AtomicBool,
     this: Weak<DirectMailbox>,
 }
 
 impl DirectMailbox {
-    /// A mailbox whose agent is given later, by [`start`](Self::start).
-    pub(super) fn new(shared: Arc<Shared>) -> Arc<DirectMailbox> {
+    /// A mailbox whose agent is given later, by [`install`](Self::install), a stage of
+    /// `chain` if given.
+    pub(super) fn new(shared: Arc<Shared>, chain: Option<usize>) -> Arc<DirectMailbox> {
         Arc::new_cyclic(|this| DirectMailbox {
             shared,
+            chain,
             queue: Mutex::new(VecDeque::new()),
             agent: Mutex::new(State::Waiting),
+            holder: AtomicUsize::new(0),
+            driver_waits: AtomicBool::new(false),
             this: this.clone(),
         })
     }
 
-    /// Hands the agent over and runs its first step, with whatever was posted before, on this
-    /// thread (its worker).
-    pub(super) fn start(&self, tended: Tended, worker: ArbiterHandle) {
+    /// Hands the agent over, to be stepped by whoever posts to it from now on, its timers
+    /// and first step on `worker`.
+    pub(super) fn install(&self, tended: Tended, worker: ArbiterHandle) {
         *self.lock_agent() = State::Running(Box::new(Agent {
             tended,
             worker,
             burst: VecDeque::new(),
             stopped: false,
         }));
+    }
+
+    /// Runs the agent's first step, with whatever was posted before, on this thread (its
+    /// worker), unless another thread steps it: then that one does.
+    pub(super) fn first_step(&self) {
         self.push(Item::Start);
         self.drive_on_worker();
     }
@@ -105,7 +159,7 @@ impl DirectMailbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn lock_agent(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock_agent(&self) -> MutexGuard<'_, State> {
         self.agent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -116,9 +170,39 @@ impl DirectMailbox {
             .push_back(item);
     }
 
-    /// Takes the agent if no other thread has it, and steps it until nothing waits.
+    /// Takes the agent if no other thread has it (on the chain's driver: waits for it unless
+    /// this thread has it), and steps it until nothing waits.
     fn drive(&self) {
-        self.drive_at_most(usize::MAX);
+        let driver = self.chain.is_some() && DRIVER.with(Cell::get) == self.chain;
+        self.drive_at_most(usize::MAX, driver);
+    }
+
+    /// The agent, if this thread may take it now: not if another thread has it, unless
+    /// `wait` (a driver), and then only if that thread is not this one; not for other
+    /// threads while the driver waits for it. With whether this thread waited for it.
+    fn take_agent(&self, wait: bool) -> Option<(MutexGuard<'_, State>, bool)> {
+        if !wait && self.driver_waits.load(Ordering::SeqCst) {
+            return None;
+        }
+        match self.agent.try_lock() {
+            Ok(guard) => Some((guard, false)),
+            Err(TryLockError::Poisoned(p)) => Some((p.into_inner(), false)),
+            // Another thread steps it and looks at the queue before and after it lets go.
+            Err(TryLockError::WouldBlock) if !wait => None,
+            // This thread steps it: a post back up the chain, taken in by the step it is
+            // nested in.
+            Err(TryLockError::WouldBlock)
+                if self.holder.load(Ordering::SeqCst) == this_thread() =>
+            {
+                None
+            }
+            Err(TryLockError::WouldBlock) => {
+                self.driver_waits.store(true, Ordering::SeqCst);
+                let guard = self.lock_agent();
+                self.driver_waits.store(false, Ordering::SeqCst);
+                Some((guard, true))
+            }
+        }
     }
 
     /// From a task on the agent's worker (its first step, a timer): one burst, then another
@@ -128,7 +212,7 @@ impl DirectMailbox {
     /// batch from the source's thread and posts it to the stage, which this loop would step
     /// again.
     fn drive_on_worker(&self) {
-        if let Some(worker) = self.drive_at_most(1) {
+        if let Some(worker) = self.drive_at_most(1, false) {
             let this = self.this.clone();
             worker.spawn(async move {
                 if let Some(mailbox) = this.upgrade() {
@@ -138,21 +222,20 @@ impl DirectMailbox {
         }
     }
 
-    /// Takes the agent if no other thread has it, and steps it until nothing waits or it
-    /// stepped `bursts` times. Returns the agent's worker if it stopped at that limit with
-    /// something waiting (for the caller to look again later).
-    fn drive_at_most(&self, bursts: usize) -> Option<ArbiterHandle> {
+    /// Takes the agent as [`take_agent`](Self::take_agent) says (waiting, the first time, if
+    /// `wait`), and steps it until nothing waits or it stepped `bursts` times. Returns the
+    /// agent's worker if it stopped at that limit with something waiting (for the caller to
+    /// look again later).
+    fn drive_at_most(&self, bursts: usize, wait: bool) -> Option<ArbiterHandle> {
         let mut left = bursts;
+        let mut wait = wait;
         loop {
-            let mut state = match self.agent.try_lock() {
-                Ok(guard) => guard,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                // Another thread steps it and looks at the queue before and after it lets go.
-                Err(TryLockError::WouldBlock) => return None,
-            };
+            let (mut state, waited) = self.take_agent(wait)?;
+            // Once: what is posted after this thread lets go is its poster's to step.
+            wait = false;
             let mut worker = None;
             match &mut *state {
-                // `start` drives once it has put the agent in.
+                // Not installed yet: the first step after it takes whatever waits.
                 State::Waiting => return None,
                 State::Gone => {
                     let dropped =
@@ -176,9 +259,21 @@ impl DirectMailbox {
                     continue;
                 }
                 State::Running(agent) => {
-                    while left > 0 && self.step_burst(agent) {
+                    self.holder.store(this_thread(), Ordering::SeqCst);
+                    // The thread it waited for may have taken this thread's post in, and left
+                    // its host with steps to go (`Host::run_yielding`): one step at least.
+                    if waited {
+                        self.step_burst(agent, true);
+                        left = left.saturating_sub(1);
+                    }
+                    // A waiting driver takes what waits after this burst.
+                    while left > 0
+                        && !self.driver_waits.load(Ordering::SeqCst)
+                        && self.step_burst(agent, false)
+                    {
                         left -= 1;
                     }
+                    self.holder.store(0, Ordering::SeqCst);
                     if left == 0 {
                         worker = Some(agent.worker.clone());
                     }
@@ -190,12 +285,14 @@ impl DirectMailbox {
                 }
             }
             drop(state);
-            // Something posted after the last look, whose poster found the agent taken.
-            if self
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
+            // Something posted after the last look, whose poster found the agent taken (and
+            // did not wait for it: a waiting driver takes it).
+            if self.driver_waits.load(Ordering::SeqCst)
+                || self
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
             {
                 return None;
             }
@@ -205,11 +302,12 @@ impl DirectMailbox {
         }
     }
 
-    /// Takes in everything queued and steps once; false if nothing was queued.
-    fn step_burst(&self, agent: &mut Agent) -> bool {
+    /// Takes in everything queued and steps once; false if nothing was queued, unless
+    /// `anyway` (then it steps all the same).
+    fn step_burst(&self, agent: &mut Agent, anyway: bool) -> bool {
         {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if queue.is_empty() {
+            if queue.is_empty() && !anyway {
                 return false;
             }
             std::mem::swap(&mut *queue, &mut agent.burst);
@@ -232,7 +330,9 @@ impl DirectMailbox {
         }
         if !agent.stopped {
             if result.is_ok() {
-                result = agent.tended.step();
+                // A source's agent would step for as long as its thread keeps up: a waiting
+                // driver stops it between two steps, and goes on from there.
+                result = agent.tended.step_yielding(&self.driver_waits);
             }
             self.after(agent, result);
         }
@@ -262,6 +362,11 @@ impl DirectMailbox {
 }
 
 impl Mailbox for DirectMailbox {
+    fn post_as_driver(&self, env: Envelope) {
+        DRIVER.with(|d| d.set(self.chain));
+        self.post(env);
+    }
+
     fn post(&self, env: Envelope) {
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         self.shared.posted.fetch_add(1, Ordering::SeqCst);

@@ -218,6 +218,15 @@ pub(crate) fn join_waiting<'a>(
 pub(crate) trait Mailbox: Send + Sync {
     fn post(&self, env: Envelope);
 
+    /// Posts from the thread that drives the agent: a source's own thread, which steps its
+    /// agent and the chain that agent alone feeds (the runtime's direct mailboxes). Such a
+    /// mailbox steps the agent on this thread, waiting for its turn if another thread is
+    /// stepping it, and so does every mailbox of the chain this thread posts to from then on;
+    /// other mailboxes post.
+    fn post_as_driver(&self, env: Envelope) {
+        self.post(env);
+    }
+
     /// On a durable credit route (a ring's feeder): the reading agent's last step saw every
     /// element received on the input and left `unconsumed` of them; it waits for more. Posted
     /// after that step's credit, and only if nothing arrived since the step. Other mailboxes

@@ -1020,6 +1020,9 @@ impl<T: Element> Feeder<T> {
         if !self.reported {
             shared.run.finished(&self.state);
         }
+        // Before `done`: a feeder seen finished holds the exit no more (its thread's guard
+        // releases it again when it ends, which does nothing more).
+        shared.linger.release();
         shared.done.store(true, Ordering::SeqCst);
         let cutter = shared.lock().cutter.take();
         if let Some(c) = cutter {

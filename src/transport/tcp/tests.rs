@@ -1286,6 +1286,11 @@ fn arbitrary_bytes_after_the_handshake_are_an_error_and_the_reader_goes_on() {
             prop_assert!(accepted.is_ok(), "{accepted:?}");
             let _ = tcp.write_all(&bytes);
             let _ = tcp.shutdown(std::net::Shutdown::Both);
+            // The next case is another writer: until the reader has seen this one go, it
+            // refuses it as busy (a real writer retries; this raw client does not).
+            poll("the reader sees the connection end", || {
+                !r.probe.connected()
+            });
             Ok(())
         })
         .unwrap();
