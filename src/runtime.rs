@@ -294,7 +294,13 @@ impl Shared {
             let hooks =
                 std::mem::take(&mut *self.failure_hooks.lock().unwrap_or_else(|p| p.into_inner()));
             for hook in hooks {
-                hook();
+                // One hook's panic (a defect) neither skips the others nor the stop below.
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)) {
+                    tracing::error!(
+                        "a failure hook panicked (the others ran): {}",
+                        crate::error::panic_message(&*p)
+                    );
+                }
             }
         }
         self.stop.store(true, Ordering::SeqCst);
@@ -666,16 +672,16 @@ impl Tended {
 
     /// The timer asked for at `at` fired: marks the agent for a step if it is still due.
     /// Returns whether it was.
-    fn timer_due(&mut self, at: Duration) -> bool {
+    fn timer_due(&mut self, at: Duration) -> Result<bool, Error> {
         if self.timer_set == Some(at) {
             self.timer_set = None;
         }
-        self.host.fire_timer_if_due()
+        self.guarded(|host| Ok(host.fire_timer_if_due()))
     }
 
     /// The timer asked for at `at` fired: steps the agent if it is still due.
     fn timer_fired(&mut self, at: Duration) -> Result<(), Error> {
-        if self.timer_due(at) {
+        if self.timer_due(at)? {
             self.step()
         } else {
             Ok(())
@@ -683,12 +689,34 @@ impl Tended {
     }
 
     /// Books what the last piece of work left: a failure, a timer to arm, a source blocked or
-    /// not, a stall description, the agent's end.
+    /// not, a stall description, the agent's end. A panic in that bookkeeping (a defect of
+    /// the runtime) fails the run, naming the agent, as one in its step would: it runs on
+    /// whatever thread stepped the agent (a worker, a source's thread, a ring's feeder), which
+    /// would otherwise die with the agent's end unbooked, and the run would wait for ever.
     fn after(&mut self, result: Result<(), Error>) -> Next {
         if let Err(e) = result {
             self.shared.fail(e);
             return Next::Stop;
         }
+        let booked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.book()));
+        booked.unwrap_or_else(|p| {
+            self.shared.fail(self.runtime_panic(&*p));
+            Next::Stop
+        })
+    }
+
+    /// The failure of a panic in the runtime's own code while it tended this agent.
+    fn runtime_panic(&self, payload: &(dyn std::any::Any + Send)) -> Error {
+        Error::Panic {
+            agent: self.host.name.to_string(),
+            message: format!("in the runtime: {}", crate::error::panic_message(payload)),
+        }
+    }
+
+    /// [`after`](Self::after) once the work succeeded.
+    fn book(&mut self) -> Next {
+        #[cfg(test)]
+        tests::fault("book", &self.host.name);
         let mut next = Next::Continue;
         if let Some(at) = self.host.timer() {
             // Only a request earlier than the timer already armed arms another: one moved
@@ -756,14 +784,10 @@ impl Tended {
     /// Runs host work, turning a panic anywhere in it (not only in the agent's step, which the
     /// host already catches: in a link, a transport, the runtime itself) into a failure of the
     /// run that names the agent, instead of a dead thread and a hang.
-    fn guarded(&mut self, work: impl FnOnce(&mut Host) -> Result<(), Error>) -> Result<(), Error> {
+    fn guarded<R>(&mut self, work: impl FnOnce(&mut Host) -> Result<R, Error>) -> Result<R, Error> {
         let host = &mut self.host;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(host))).unwrap_or_else(|p| {
-            Err(Error::Panic {
-                agent: self.host.name.to_string(),
-                message: format!("in the runtime: {}", crate::error::panic_message(&*p)),
-            })
-        })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(host)))
+            .unwrap_or_else(|p| Err(self.runtime_panic(&*p)))
     }
 }
 
@@ -2427,6 +2451,88 @@ mod tests {
     fn armed_count(agent: &str) -> u64 {
         let m = ARMED.lock().unwrap_or_else(|p| p.into_inner());
         m.as_ref().and_then(|m| m.get(agent).copied()).unwrap_or(0)
+    }
+
+    /// A panic to inject in the runtime's own code, at a named site, for one agent (by name:
+    /// tests run in parallel, each with agents of its own).
+    static FAULTS: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
+
+    /// Panics if a test asked for a fault at `site` for `agent`.
+    pub(super) fn fault(site: &str, agent: &str) {
+        let faults = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
+        if faults.iter().any(|(s, a)| *s == site && a == agent) {
+            drop(faults);
+            panic!("injected fault at {site}");
+        }
+    }
+
+    /// Runs `g` to its end on another thread; `None` if it has not ended after a minute (a
+    /// hang guard, not a timing assertion).
+    fn run_to_end(g: Graph) -> Option<Result<crate::Metrics, crate::Error>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(g.start().and_then(|running| running.join()));
+        });
+        rx.recv_timeout(Duration::from_secs(60)).ok()
+    }
+
+    /// A defect of the runtime that panics while it books a step (on the worker that stepped
+    /// the agent) fails the run, naming the agent, instead of killing the worker's task with
+    /// the agent's end unbooked and leaving the run to wait for ever.
+    #[test]
+    fn a_panic_in_the_runtime_after_a_step_fails_the_run_naming_the_agent() {
+        FAULTS
+            .lock()
+            .unwrap()
+            .push(("book", "booked_badly".to_string()));
+        let mut g = Graph::new("fault_in_book");
+        let s = g.source_iter("s", 0..1000u64);
+        let m = g.map("booked_badly", &s, |v: &u64| v + 1);
+        let out = g.collect("out", &m);
+        let ended = run_to_end(g).expect("the run ends");
+        match ended {
+            Err(crate::Error::Panic { agent, message }) => {
+                assert_eq!(agent, "booked_badly");
+                assert!(
+                    message.contains("in the runtime") && message.contains("injected fault"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected the agent's panic, got {other:?}"),
+        }
+        assert!(
+            out.values().len() < 1000,
+            "the stage failed at its first step"
+        );
+    }
+
+    /// A failure hook that panics (a defect) neither keeps the others from running nor the
+    /// run from stopping; the failure is the one reported.
+    #[test]
+    fn a_panicking_failure_hook_leaves_the_other_hooks_and_the_stop_to_run() {
+        use super::Shared;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Shared::new(1, Arc::clone(&stop), None);
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&ran);
+        {
+            let mut hooks = shared.failure_hooks.lock().unwrap();
+            hooks.push(Box::new(|| panic!("a hook's defect")));
+            hooks.push(Box::new(move || r.store(true, Ordering::SeqCst)));
+        }
+        shared.fail(crate::Error::Runtime {
+            detail: "the first failure".into(),
+        });
+        assert!(ran.load(Ordering::SeqCst), "the second hook ran");
+        assert!(stop.load(Ordering::SeqCst), "the run stops");
+        let err = shared.error.lock().unwrap().take();
+        assert!(
+            matches!(err, Some(crate::Error::Runtime { ref detail }) if detail == "the first failure"),
+            "{err:?}"
+        );
     }
 
     /// Counts the wake-ups posted to it.

@@ -324,7 +324,11 @@ impl DirectMailbox {
                 }
                 Item::Start => counted += 1,
                 Item::Timer(at) => {
-                    agent.tended.timer_due(at);
+                    if let Err(e) = agent.tended.timer_due(at) {
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    }
                 }
             }
         }

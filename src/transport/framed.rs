@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 
 use super::codec::{Codec, Plan, PAYLOAD_HEADER_BYTES};
-use super::mailbox::{Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
+use super::mailbox::{link_thread, Envelope, FeederState, Linger, LingerGuard, Mailbox, Run};
 use super::tcp::wire::{self, Frame};
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -569,10 +569,11 @@ pub(crate) fn start_feeder<S: Send + 'static>(
     run.linger(Arc::clone(linger));
     let release = LingerGuard(Arc::clone(linger));
     let (tx, rx) = mpsc::channel::<S>();
+    let (thread_run, thread_label, thread) = (Arc::clone(run), label.to_string(), what.to_string());
     let started = std::thread::Builder::new().name(name).spawn(move || {
         let _release = release;
         if let Ok(start) = rx.recv() {
-            body(start);
+            link_thread(&thread_run, &thread_label, &thread, || body(start));
         }
     });
     let handle = match started {

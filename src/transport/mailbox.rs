@@ -65,6 +65,22 @@ pub(crate) trait RunContext: Send + Sync {
 /// A run's context, as links hold it.
 pub(crate) type Run = Arc<dyn RunContext>;
 
+/// Runs the body of a link's own thread (a feeder, a ring's space watcher, a socket's reader
+/// or writer). Such a thread may step agents too (a post to a directly stepped agent runs its
+/// step there). A panic in it is a defect of the link or of the runtime; caught here, it fails
+/// the run naming the connection and the thread, where the thread would otherwise die alone,
+/// and the agents it serves, and the run, would wait for ever.
+pub(crate) fn link_thread(run: &Run, label: &str, thread: &str, body: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        run.fail(Error::Runtime {
+            detail: format!(
+                "connection {label}: its {thread} thread panicked: {}",
+                crate::error::panic_message(&*p)
+            ),
+        });
+    }
+}
+
 /// What a link does when this process's part of the run fails.
 pub(crate) type FailureHook = Box<dyn Fn() + Send + Sync>;
 

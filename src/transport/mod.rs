@@ -89,7 +89,7 @@ use shm::segment::Segment;
 
 pub(crate) use link::{LinkSpec, LinkTx};
 pub(crate) use mailbox::{
-    join_waiting, Envelope, FailureHook, FeederState, Linger, Mailbox, Run, RunContext,
+    join_waiting, link_thread, Envelope, FailureHook, FeederState, Linger, Mailbox, Run, RunContext,
 };
 use process::pid_alive;
 
@@ -479,7 +479,12 @@ impl<T: Element> ShmSender<T> {
         let label = label.to_string();
         std::thread::Builder::new()
             .name(format!("ring space {output}.{link}"))
-            .spawn(move || watch_space(waiter, w, wake, output, link, run, label, peer))
+            .spawn(move || {
+                let (r, l) = (run.clone(), label.clone());
+                link_thread(&r, &l, "ring space watcher", || {
+                    watch_space(waiter, w, wake, output, link, run, label, peer)
+                })
+            })
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a ring watcher thread: {e}"),
             })?;
@@ -1080,17 +1085,20 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
         .spawn(move || {
             let Ok(mailbox) = rx.recv() else { return };
             let run = spec.run.clone();
-            let mut held = Held::new();
-            let fed = feed::<T>(&mut consumer, &spec, &mailbox, &mut held);
-            if let Err(e) = &fed {
-                run.fail(Error::Runtime {
-                    detail: format!("connection {}: {e}", spec.label),
-                });
-            }
-            run.finished(&feeder);
-            if fed.is_ok() {
-                linger(&mut consumer, &spec, &mailbox, &mut held);
-            }
+            let label = spec.label.clone();
+            link_thread(&run, &label, "ring feeder", || {
+                let mut held = Held::new();
+                let fed = feed::<T>(&mut consumer, &spec, &mailbox, &mut held);
+                if let Err(e) = &fed {
+                    run.fail(Error::Runtime {
+                        detail: format!("connection {}: {e}", spec.label),
+                    });
+                }
+                run.finished(&feeder);
+                if fed.is_ok() {
+                    linger(&mut consumer, &spec, &mailbox, &mut held);
+                }
+            })
         })
         .map_err(|e| Error::Runtime {
             detail: format!("cannot start a ring feeder thread: {e}"),
@@ -1542,6 +1550,94 @@ mod tests {
             stopped: |_| false,
             spin: None,
         }
+    }
+
+    /// A mailbox that panics at the first envelope of a kind: a defect of whatever the
+    /// link's thread steps there.
+    struct PanicsAt(fn(&Envelope) -> bool);
+
+    impl Mailbox for PanicsAt {
+        fn post(&self, env: Envelope) {
+            if (self.0)(&env) {
+                panic!("a defect where the envelope went");
+            }
+        }
+    }
+
+    /// Polls until the run failed; its failure.
+    fn failure_of(run: &testutil::TestRun) -> String {
+        poll("the run failed", || run.failure().is_some(), || ());
+        run.failure().unwrap()
+    }
+
+    /// A panic on a feeder's thread (here in what it delivers to) fails the run, naming the
+    /// connection and the thread, where the thread died alone before and its reader, and the
+    /// run, waited for ever.
+    #[test]
+    fn a_panic_on_a_feeders_thread_fails_the_run_naming_the_connection() {
+        let (name, _guard, _view) = test_ring("feeder-panics", 8 << 10);
+        let test = Arc::new(testutil::TestRun::default());
+        let run: Run = test.clone();
+        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
+        assert_eq!(tx.write(&[1, 2, 3]).unwrap(), 3);
+        let spec = FeederSpec {
+            target: Arc::new(PanicsAt(|e| matches!(e, Envelope::Data { .. }))),
+            ..feeder(&name, 8, &Arc::new(Inbox::default()), &run)
+        };
+        spawn_feeder::<u64>(spec).unwrap();
+        let failure = failure_of(&test);
+        assert!(
+            failure.contains("connection numbers.out -> slow.in: its ring feeder thread panicked")
+                && failure.contains("a defect where the envelope went"),
+            "{failure}"
+        );
+    }
+
+    /// The same on the writer's side: a panic on a ring's space watcher (here in the writer's
+    /// step it runs as room comes back) fails the run instead of leaving the writer waiting.
+    #[test]
+    fn a_panic_on_a_rings_space_watcher_fails_the_run_naming_the_connection() {
+        let (name, _guard, _view) = test_ring("watcher-panics", 8 << 10);
+        let test = Arc::new(testutil::TestRun::default());
+        let run: Run = test.clone();
+        let wake = Arc::new(PanicsAt(|e| matches!(e, Envelope::Credit { .. })));
+        let mut tx = ShmSender::<u64>::open(
+            &name,
+            "full.out -> slow.in",
+            "slow",
+            wake,
+            0,
+            0,
+            run.clone(),
+        )
+        .unwrap();
+        let items: Vec<u64> = (0..4096).collect();
+        let mut written = 0;
+        // Ends: the ring holds 8 KiB, fewer than 4096 u64.
+        loop {
+            let n = tx.write(&items).unwrap();
+            if n == 0 {
+                break;
+            }
+            written += n;
+        }
+        let reader = Arc::new(Inbox::default());
+        let credit = spawn_feeder::<u64>(feeder(&name, 8192, &reader, &run)).unwrap();
+        reader.wait("what was written delivered", |s| s.items.len() == written);
+        assert!(test.failure().is_none(), "{:?}", test.failure());
+        // Consumed: the ring's space comes back and its watcher wakes the writer.
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: written,
+        });
+        let failure = failure_of(&test);
+        assert!(
+            failure
+                .contains("connection full.out -> slow.in: its ring space watcher thread panicked")
+                && failure.contains("a defect where the envelope went"),
+            "{failure}"
+        );
     }
 
     #[test]

@@ -202,7 +202,13 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
         acks_pending: Arc::new(AtomicUsize::new(0)),
         ended: AtomicBool::new(false),
     });
-    rt.spawn(pull(Arc::clone(&shared), Codec::<T>::new()));
+    super::spawn_link_task(
+        rt,
+        Arc::clone(&shared.run),
+        shared.label.clone(),
+        "broker reader",
+        pull(Arc::clone(&shared), Codec::<T>::new()),
+    );
     let _ = tx.send(shared);
     Ok(mailbox)
 }

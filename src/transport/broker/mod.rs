@@ -314,6 +314,33 @@ pub(crate) fn sanitize(name: &str, max: usize) -> String {
 }
 
 /// The broker links' runtime (see the module docs, "The broker's runtime").
+/// Spawns a link's task (`thread` says which, for the message) on the broker runtime. A panic
+/// in it, a defect, fails the run naming the connection, as on a link's own thread
+/// ([`link_thread`](crate::transport::mailbox::link_thread)); tokio alone would end the task
+/// quietly, and its agents would wait for ever.
+pub(crate) fn spawn_link_task(
+    rt: &tokio::runtime::Runtime,
+    run: crate::transport::mailbox::Run,
+    label: String,
+    thread: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let handle = rt.spawn(task);
+    rt.spawn(async move {
+        if let Err(e) = handle.await {
+            if e.is_panic() {
+                let p = e.into_panic();
+                run.fail(crate::error::Error::Runtime {
+                    detail: format!(
+                        "connection {label}: its {thread} task panicked: {}",
+                        crate::error::panic_message(&*p)
+                    ),
+                });
+            }
+        }
+    });
+}
+
 pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {

@@ -103,7 +103,8 @@ impl<T: Element> BrokerSender<T> {
             link,
             run,
         };
-        rt.spawn(publisher.run());
+        let (run, label) = (Arc::clone(&publisher.run), publisher.label.clone());
+        super::spawn_link_task(rt, run, label, "broker publisher", publisher.run());
         Ok(BrokerSender {
             shared,
             encoder: FrameEncoder::new(

@@ -59,7 +59,7 @@ use crate::transport::codec::Codec;
 use crate::transport::framed::{
     post_items, start_feeder, take_within_credit, FeederMailbox, Item, Next,
 };
-use crate::transport::mailbox::{Envelope, FeederState, Linger, Mailbox, Run};
+use crate::transport::mailbox::{link_thread, Envelope, FeederState, Linger, Mailbox, Run};
 
 /// The most handshakes one listening port runs at once: a few connectors that say nothing
 /// cannot hold more threads than this, for [`HANDSHAKE_TIMEOUT`] each.
@@ -471,7 +471,12 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
     let acceptor = Arc::clone(&shared);
     let accepting = std::thread::Builder::new()
         .name(format!("tcp accept {input}"))
-        .spawn(move || accept_loop(listener, acceptor));
+        .spawn(move || {
+            let (run, label) = (Arc::clone(&acceptor.run), acceptor.label.clone());
+            link_thread(&run, &label, "TCP accept", || {
+                accept_loop(listener, acceptor)
+            })
+        });
     if let Err(e) = accepting {
         // The feeder thread gets nothing, ends, and the run no longer waits for it.
         drop(tx);
@@ -515,7 +520,12 @@ fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
                 let serving = Arc::clone(&shared);
                 let started = std::thread::Builder::new()
                     .name("tcp handshake".into())
-                    .spawn(move || serve(serving, stream, addr, slot));
+                    .spawn(move || {
+                        let (run, label) = (Arc::clone(&serving.run), serving.label.clone());
+                        link_thread(&run, &label, "TCP handshake", || {
+                            serve(serving, stream, addr, slot)
+                        })
+                    });
                 if let Err(e) = started {
                     shared.refused(addr, &format!("cannot start a thread: {e}"));
                 }

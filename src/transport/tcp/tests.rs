@@ -337,6 +337,50 @@ fn failure_of(run: &TestRun) -> String {
     run.failure().unwrap()
 }
 
+/// A mailbox that panics at the first data posted to it: a defect of whatever the feeder
+/// steps there.
+struct PanicsAtData;
+
+impl Mailbox for PanicsAtData {
+    fn post(&self, env: Envelope) {
+        if let Envelope::Data { .. } = env {
+            panic!("a defect where the data went");
+        }
+    }
+}
+
+/// A panic on one of the reader's threads fails the run, naming the connection and the
+/// thread, where the thread died alone before and the run waited for ever.
+#[test]
+fn a_panic_on_a_readers_thread_fails_the_run_naming_the_connection() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let (hook, _stops) = stop_recorder();
+    let spec = TcpFeederSpec {
+        id: identity::<u64>(),
+        peer_host: WRITER_HOST.into(),
+        listen: "127.0.0.1:0".into(),
+        settings: Arc::new(settings()),
+        target: Arc::new(PanicsAtData),
+        input: 0,
+        capacity: 64,
+        counters: Arc::default(),
+        count_traffic: true,
+        label: LABEL.into(),
+        run: Arc::clone(&rrun) as Run,
+        on_peer_stop: hook,
+    };
+    let (_credit, probe) = spawn_probed::<u64>(spec).unwrap();
+    let mut w = writer::<u64>(probe.addr(), &wrun, settings());
+    w.send(&[1, 2, 3], 3, |_| {});
+    let failure = failure_of(&rrun);
+    assert!(
+        failure.contains(&format!("connection {LABEL}: its "))
+            && failure.contains("thread panicked: a defect where the data went"),
+        "{failure}"
+    );
+}
+
 #[test]
 fn a_million_numbers_arrive_in_order_and_complete() {
     let (rrun, wrun) = (run(), run());

@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark};
 use crate::transport::framed::{DataFrame, FrameEncoder, Outbox};
-use crate::transport::mailbox::{Envelope, Mailbox, Run};
+use crate::transport::mailbox::{link_thread, Envelope, Mailbox, Run};
 
 /// How long one TCP connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -173,7 +173,10 @@ impl<T: Element> TcpSender<T> {
         };
         std::thread::Builder::new()
             .name(format!("tcp link {output}.{link}"))
-            .spawn(move || io.run())
+            .spawn(move || {
+                let (run, label) = (Arc::clone(&io.run), io.label.clone());
+                link_thread(&run, &label, "TCP link", || io.run())
+            })
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start a TCP link thread: {e}"),
             })?;
@@ -616,7 +619,10 @@ impl Io {
             };
             std::thread::Builder::new()
                 .name(format!("tcp acks {}.{}", self.output, self.link))
-                .spawn(move || reader.run(r))
+                .spawn(move || {
+                    let (run, label) = (Arc::clone(&reader.run), reader.label.clone());
+                    link_thread(&run, &label, "TCP acknowledgement reader", || reader.run(r))
+                })
         };
         let acks = match acks {
             Ok(handle) => handle,
