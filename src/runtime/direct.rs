@@ -303,8 +303,23 @@ impl DirectMailbox {
     }
 
     /// Takes in everything queued and steps once; false if nothing was queued, unless
-    /// `anyway` (then it steps all the same).
+    /// `anyway` (then it steps all the same). A panic anywhere in it (the agent's own are
+    /// caught in its host already: this is a defect of the runtime) fails the run naming the
+    /// agent, and stops it, instead of unwinding through the thread that posted (a ring's
+    /// feeder, a source's thread), which would die with the agent's burst unaccounted for.
     fn step_burst(&self, agent: &mut Agent, anyway: bool) -> bool {
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.step_burst_unguarded(agent, anyway)
+        }));
+        stepped.unwrap_or_else(|p| {
+            agent.stopped = true;
+            self.shared.fail(agent.tended.runtime_panic(&*p));
+            false
+        })
+    }
+
+    /// [`step_burst`](Self::step_burst) without the guard.
+    fn step_burst_unguarded(&self, agent: &mut Agent, anyway: bool) -> bool {
         {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             if queue.is_empty() && !anyway {

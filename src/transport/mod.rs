@@ -306,6 +306,12 @@ enum Armed {
 struct Watch {
     /// What the writer waits for; `None` when nothing waits.
     armed: Mutex<Option<Armed>>,
+    /// Set with `armed` (under its lock) and cleared when the watcher takes the request: the
+    /// writer asks for something new while the watcher waits for what it asked before (it
+    /// then takes the new request at once, not once the old one holds, which may be never:
+    /// room for a frame the reader does not release, when the writer now waits for the
+    /// consumption inside it).
+    rearmed: AtomicBool,
     cond: Condvar,
     /// The link is gone: the watcher ends.
     done: AtomicBool,
@@ -459,6 +465,7 @@ impl<T: Element> ShmSender<T> {
             })?;
         let watch = Arc::new(Watch {
             armed: Mutex::new(None),
+            rearmed: AtomicBool::new(false),
             cond: Condvar::new(),
             done: AtomicBool::new(false),
         });
@@ -724,8 +731,14 @@ impl<T: Element> ShmSender<T> {
 
     /// Arms the watcher: wake the host when `what` happens.
     fn arm_for(&mut self, what: Armed) {
-        *self.watch.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(what);
+        {
+            let mut armed = self.watch.armed.lock().unwrap_or_else(|p| p.into_inner());
+            *armed = Some(what);
+            self.watch.rearmed.store(true, Ordering::SeqCst);
+        }
         self.watch.cond.notify_one();
+        // A watcher waiting in the ring for what was asked before looks again.
+        self.producer.wake_space_waiter();
     }
 
     /// Writes and publishes what is left of a large element already accepted; true once
@@ -781,6 +794,7 @@ fn watch_space(
                     return;
                 }
                 if let Some(n) = armed.take() {
+                    watch.rearmed.store(false, Ordering::SeqCst);
                     break n;
                 }
                 armed = watch
@@ -795,13 +809,16 @@ fn watch_space(
             if watch.done.load(Ordering::SeqCst) || run.is_over() {
                 return;
             }
+            let rearmed = || watch.rearmed.load(Ordering::SeqCst);
             let waited = match needed {
-                Armed::Tail(at_least) => waiter.wait_for_tail(at_least, WAIT_SLICE),
+                Armed::Tail(at_least) => waiter.wait_for_tail(at_least, WAIT_SLICE, rearmed),
                 Armed::Progress { tail, consumed } => {
-                    waiter.wait_for_progress(tail, consumed, WAIT_SLICE)
+                    waiter.wait_for_progress(tail, consumed, WAIT_SLICE, rearmed)
                 }
             };
             match waited {
+                // The writer asks for something else now: that, not this, wakes it.
+                Ok(Wait::Ready) if rearmed() => break,
                 Ok(Wait::Ready) => {
                     wake.post(Envelope::Credit { output, link, n: 0 });
                     break;
@@ -1637,6 +1654,59 @@ mod tests {
                 .contains("connection full.out -> slow.in: its ring space watcher thread panicked")
                 && failure.contains("a defect where the envelope went"),
             "{failure}"
+        );
+    }
+
+    /// A writer that waited for room (its watcher armed for the reader's tail) and now waits
+    /// for consumption instead (out of element credit) is woken by the first consumption: the
+    /// watcher takes the new request at once. Before, it went on waiting for the tail, which
+    /// the reader does not move while it holds a frame it consumed only part of, and the
+    /// writer slept until something else woke it.
+    #[test]
+    fn a_watcher_rearmed_for_consumption_wakes_the_writer_at_the_first_consumption() {
+        let (name, _guard, view) = test_ring("watcher-rearmed", 8 << 10);
+        let run = test_run();
+        let (writer, mut tx) = open_writer::<u64>(&name, &run);
+        // Counting what is in flight, with credit for more than the ring holds.
+        tx.set_capacity(100_000);
+        let items: Vec<u64> = (0..4096).collect();
+        let mut written = 0;
+        // Ends: the ring holds 8 KiB, fewer than 4096 u64. The last write arms the watcher
+        // for room.
+        loop {
+            let n = tx.write(&items[written..]).unwrap();
+            if n == 0 {
+                break;
+            }
+            written += n;
+        }
+        poll(
+            "the watcher waits for room",
+            || tx.watch.armed.lock().unwrap().is_none(),
+            || (),
+        );
+        // Out of element credit now: the writer asks to be woken by consumption.
+        tx.set_capacity(1);
+        assert_eq!(tx.write(&items[written..]).unwrap(), 0);
+        let reader = Arc::new(Inbox::default());
+        let credit = spawn_feeder::<u64>(feeder(&name, 8192, &reader, &run)).unwrap();
+        reader.wait("what was written delivered", |s| s.items.len() == written);
+        let before = writer.credits();
+        // One element of the first frame consumed: the frame stays held, the tail stays.
+        credit.post(Envelope::Credit {
+            output: 0,
+            link: 0,
+            n: 1,
+        });
+        poll(
+            "the writer woken by the consumption",
+            || writer.credits() > before,
+            || (),
+        );
+        assert_eq!(
+            view.header().tail.load(Ordering::SeqCst),
+            0,
+            "woken by the consumption, not by room"
         );
     }
 

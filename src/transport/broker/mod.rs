@@ -313,7 +313,6 @@ pub(crate) fn sanitize(name: &str, max: usize) -> String {
     out
 }
 
-/// The broker links' runtime (see the module docs, "The broker's runtime").
 /// Spawns a link's task (`thread` says which, for the message) on the broker runtime. A panic
 /// in it, a defect, fails the run naming the connection, as on a link's own thread
 /// ([`link_thread`](crate::transport::mailbox::link_thread)); tokio alone would end the task
@@ -341,6 +340,7 @@ pub(crate) fn spawn_link_task(
     });
 }
 
+/// The broker links' runtime (see the module docs, "The broker's runtime").
 pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {

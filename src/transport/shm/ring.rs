@@ -1411,6 +1411,13 @@ impl<M: RingMemory> Producer<M> {
 }
 
 impl<M: RingMemory + Clone> Producer<M> {
+    /// Wakes the thread of this process waiting in a [`SpaceWaiter`] of this ring, if it
+    /// sleeps, so that it re-checks its `also` condition (the producer asks for something
+    /// else). Call after making that condition true.
+    pub(crate) fn wake_space_waiter(&self) {
+        self.ring.notify(&self.ring.header().space_wake);
+    }
+
     /// A handle with which another thread can wait for room in this ring while this producer
     /// stays with its owner (the writer's host never blocks; a watcher thread does).
     pub(crate) fn space_waiter(&self) -> SpaceWaiter<M> {
@@ -1443,11 +1450,13 @@ pub(crate) struct SpaceWaiter<M: RingMemory> {
 
 impl<M: RingMemory> SpaceWaiter<M> {
     /// Waits until the consumer's `tail` reaches `at_least` (see [`Producer::tail_needed`]), or
-    /// `timeout` elapses.
+    /// `also` returns true, or `timeout` elapses. Whatever makes `also` true must be followed by
+    /// a [`Producer::wake_space_waiter`] (the same handshake as for the consumer's `tail`).
     pub(crate) fn wait_for_tail(
         &self,
         at_least: u64,
         timeout: Duration,
+        mut also: impl FnMut() -> bool,
     ) -> Result<Wait, RingError> {
         let header = self.ring.header();
         self.ring.wait(
@@ -1463,7 +1472,7 @@ impl<M: RingMemory> SpaceWaiter<M> {
                 if tail % 8 != 0 {
                     return Err(corrupt(format_args!("tail {tail} is not a multiple of 8")));
                 }
-                Ok(tail >= at_least)
+                Ok(tail >= at_least || also())
             },
         )
     }
@@ -1484,12 +1493,15 @@ impl<M: RingMemory> SpaceWaiter<M> {
 
     /// Waits until the consumer's `tail` or `consumed` is no longer `tail` and `consumed` (what
     /// [`Producer::released`] last said), or `timeout` elapses: its reader consumed something
-    /// (or a new consumer took over). The producer then counts again what is in flight.
+    /// (or a new consumer took over), or `also` returns true (as for
+    /// [`wait_for_tail`](Self::wait_for_tail)). The producer then counts again what is in
+    /// flight.
     pub(crate) fn wait_for_progress(
         &self,
         tail: u64,
         consumed: u64,
         timeout: Duration,
+        mut also: impl FnMut() -> bool,
     ) -> Result<Wait, RingError> {
         let header = self.ring.header();
         // No nudge: a consumer has nothing to do for a producer that waits for consumption.
@@ -1503,7 +1515,8 @@ impl<M: RingMemory> SpaceWaiter<M> {
                 // Hints: the producer validates `tail` when it counts again.
                 let h = ring.header();
                 Ok(h.tail.load(Ordering::Acquire) != tail
-                    || h.consumed.load(Ordering::Acquire) != consumed)
+                    || h.consumed.load(Ordering::Acquire) != consumed
+                    || also())
             },
         )
     }
@@ -2820,7 +2833,7 @@ mod tests {
         ring.header().tail.store(12, Ordering::Relaxed);
         assert_corrupt(
             p.space_waiter()
-                .wait_for_tail(1000, Duration::from_secs(3600)),
+                .wait_for_tail(1000, Duration::from_secs(3600), || false),
             "tail 12 is not a multiple of 8",
         );
     }

@@ -836,6 +836,14 @@ impl<T: Element> Reading<'_, T> {
     /// Whether frame `seq` is the next one (true), one already received (false: dropped), or
     /// after a gap (an error). Nothing may follow the End.
     fn in_order(&self, st: &State<T>, seq: u64) -> Result<bool, Stop> {
+        if seq == u64::MAX {
+            // Nothing could follow it (the next number would not fit): a writer never gets
+            // there, so a peer that says it does breaks the protocol.
+            return Err(Some(format!(
+                "batch {seq} is past the last batch number ({})",
+                u64::MAX - 1
+            )));
+        }
         match st.next {
             Some(next) if seq < next => return Ok(false),
             Some(next) if seq > next => {

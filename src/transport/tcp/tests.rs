@@ -1358,6 +1358,48 @@ fn arbitrary_bytes_after_the_handshake_are_an_error_and_the_reader_goes_on() {
     assert_eq!(wrun.failure(), None);
 }
 
+/// A frame numbered `u64::MAX` (no number can follow it) ends its connection with an error,
+/// as any other break of the protocol: nothing of it is delivered, the run does not fail, and
+/// the real writer is served after. (Before, the next number was computed with `seq + 1`:
+/// a panic where overflow is checked, a wrap to 0 where it is not, and the batch delivered.)
+#[test]
+fn a_batch_numbered_past_the_last_number_is_refused_and_the_reader_goes_on() {
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let s = TcpSettings {
+        reconnect_limit: Duration::from_secs(30),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 4096, usize::MAX);
+    let addr = r.probe.addr();
+    for frame in ["data", "end"] {
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let hello = identity::<u64>().hello(rand_epoch(), true);
+        handshake::client_handshake(&mut tcp, &hello, s.secret.as_deref()).unwrap();
+        let mut bytes = Vec::new();
+        match frame {
+            "data" => wire::encode_data(u64::MAX, 1, &7u64.to_le_bytes(), &mut bytes),
+            _ => wire::encode_frame(&wire::Frame::End { seq: u64::MAX }, &mut bytes),
+        }
+        tcp.write_all(&bytes).unwrap();
+        poll("the reader ends the connection", || !r.probe.connected());
+        assert_eq!(rrun.failure(), None, "{frame}: the run goes on");
+        assert!(
+            !r.sink.seen.lock().unwrap().eos,
+            "{frame}: no end of stream"
+        );
+    }
+    let mut w = writer::<u64>(addr, &wrun, s);
+    let items: Vec<u64> = (0..1000).collect();
+    w.send(&items, 100, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert_eq!(r.sink.items(), items, "nothing of the bad frames delivered");
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
 fn rand_epoch() -> u64 {
     u64::from_le_bytes(auth::nonce().unwrap()[..8].try_into().unwrap())
 }
