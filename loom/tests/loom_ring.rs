@@ -310,7 +310,9 @@ fn a_producer_waiting_for_consumption_is_woken_by_it() {
             c
         });
         assert_eq!(
-            waiter.wait_for_progress(tail, consumed, FOREVER).unwrap(),
+            waiter
+                .wait_for_progress(tail, consumed, FOREVER, || false)
+                .unwrap(),
             Wait::Ready
         );
         assert_eq!(p.released().unwrap(), (0, 1));
