@@ -820,9 +820,11 @@ impl Actor for AgentActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.add_stream(ParcelStream(Arc::clone(&self.parcels)));
-        let r = self.tended.step();
-        self.after(r, ctx);
-        self.tended.shared.handled();
+        self.contained(ctx, |act, ctx| {
+            let r = act.tended.step();
+            act.after(r, ctx);
+            act.tended.shared.handled();
+        });
     }
 }
 
@@ -831,7 +833,33 @@ impl Actor for AgentActor {
 /// batch out, one wake-up downstream per burst instead of per envelope, and no added latency
 /// when the stream is quiet (the step runs as soon as the one envelope is in).
 impl StreamHandler<Burst> for AgentActor {
-    fn handle(&mut self, Burst(mut envs): Burst, ctx: &mut Context<Self>) {
+    fn handle(&mut self, burst: Burst, ctx: &mut Context<Self>) {
+        self.contained(ctx, |act, ctx| act.take_burst(burst, ctx));
+    }
+
+    /// Never called: the stream of parcels never ends (it is dropped with the actor).
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl AgentActor {
+    /// Runs `work`; a panic in it (the agent's own are caught in its host already: this is
+    /// a defect of the runtime, in the quiescence check after a burst, say) fails the run
+    /// naming the agent and stops the actor, where tokio would end the actor's task quietly
+    /// and the run would wait for it for ever.
+    fn contained(
+        &mut self,
+        ctx: &mut Context<Self>,
+        work: impl FnOnce(&mut Self, &mut Context<Self>),
+    ) {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self, ctx)));
+        if let Err(p) = done {
+            self.tended.shared.fail(self.tended.runtime_panic(&*p));
+            ctx.stop();
+        }
+    }
+
+    /// Takes a burst of envelopes in, then steps once (see the `StreamHandler` impl).
+    fn take_burst(&mut self, Burst(mut envs): Burst, ctx: &mut Context<Self>) {
         let mut failed = None;
         for env in envs.drain(..) {
             // Counted as handled only after the step that takes it in: until then the run is
@@ -852,13 +880,10 @@ impl StreamHandler<Burst> for AgentActor {
         self.settle_accepted();
     }
 
-    /// Never called: the stream of parcels never ends (it is dropped with the actor).
-    fn finished(&mut self, _: &mut Context<Self>) {}
-}
-
-impl AgentActor {
     /// Marks the envelopes taken in since the last step as handled.
     fn settle_accepted(&mut self) {
+        #[cfg(test)]
+        tests::fault("settle", &self.tended.host.name);
         self.tended
             .shared
             .handled_many(std::mem::take(&mut self.accepted));
@@ -2506,6 +2531,24 @@ mod tests {
                     message.contains("in the runtime") && message.contains("injected fault"),
                     "{message}"
                 );
+            }
+            other => panic!("expected the agent's panic, got {other:?}"),
+        }
+    }
+
+    /// The same after the bookkeeping, as an actor settles the envelopes of its burst: the
+    /// actor stops and the run fails, where tokio ended the actor's task quietly before.
+    #[test]
+    fn a_panic_in_the_runtime_as_an_actor_settles_its_burst_fails_the_run() {
+        inject_fault("settle", "settled_badly");
+        let mut g = Graph::new("fault_in_settle");
+        let s = g.source_iter("s", 0..1000u64);
+        let m = g.map("settled_badly", &s, |v: &u64| v + 1);
+        g.for_each("out", &m, |_: &u64| {});
+        match run_to_end(g).expect("the run ends") {
+            Err(crate::Error::Panic { agent, message }) => {
+                assert_eq!(agent, "settled_badly");
+                assert!(message.contains("injected fault at settle"), "{message}");
             }
             other => panic!("expected the agent's panic, got {other:?}"),
         }

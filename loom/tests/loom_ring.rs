@@ -253,6 +253,33 @@ fn a_nudge_wakes_a_consumer_waiting_for_its_condition() {
 }
 
 #[test]
+fn a_producer_asking_for_something_else_wakes_its_space_waiter() {
+    // The writer's watcher waits for room the reader never gives; the writer (another thread
+    // of its process) asks for something else (a relaxed store: the wake's fence is what
+    // orders it) and wakes it. Missing that wake-up is a writer asleep until the reader
+    // releases frames it may hold for long.
+    model(None, || {
+        use loom::sync::atomic::{AtomicBool, Ordering};
+        let (p, _c) = pair(64);
+        let waiter = p.space_waiter();
+        let flag = Arc::new(AtomicBool::new(false));
+        let asked = Arc::clone(&flag);
+        let writer = thread::spawn(move || {
+            asked.store(true, Ordering::Relaxed);
+            p.wake_space_waiter();
+            p
+        });
+        assert_eq!(
+            waiter
+                .wait_for_tail(64, FOREVER, || flag.load(Ordering::Relaxed))
+                .unwrap(),
+            Wait::Ready
+        );
+        drop(writer.join().unwrap());
+    });
+}
+
+#[test]
 fn a_producer_never_counts_less_in_flight_than_there_is() {
     // Frames A (3 elements) and B (2). The reader consumes 2 of A (the consumer says
     // consumed 2, nothing released), then 2 more: A is released and 1 of B consumed (consumed
