@@ -22,11 +22,13 @@
 //! nudge moved before its waiting flag is set and fenced, or a `DataNudger` nudge without its
 //! fence (a deadlock); the consumer's `consumed` stored after the `tail` it goes with (a
 //! producer counting less in flight than there is), or `release_consumed` not waking the
-//! producer when only `consumed` changed (a deadlock).
+//! producer when only `consumed` changed (a deadlock); `Producer::wake_space_waiter` left
+//! out (a deadlock: the writer's watcher keeps waiting for what it no longer needs).
 //!
-//! Bounds: the five sleep/wake handshake models are exhaustive (including the producer's nudge
-//! to a consumer that holds frames and watches for a producer out of space, and a nudge from
-//! another thread of the consumer's process), and so are the two of the consumer's
+//! Bounds: the six sleep/wake handshake models are exhaustive (including the producer's nudge
+//! to a consumer that holds frames and watches for a producer out of space, a nudge from
+//! another thread of the consumer's process, and a wake of the producer's watcher from the
+//! writer's thread), and so are the two of the consumer's
 //! `consumed` word (the producer's count of what is in flight, its wait for consumption);
 //! the three longer ones are bounded to 4–5
 //! preemptions, so that the whole file takes about a minute on two cores.

@@ -302,15 +302,26 @@ enum Armed {
     Progress { tail: u64, consumed: u64 },
 }
 
+/// The writer's requests to its watcher.
+#[derive(Default)]
+struct Requests {
+    /// Asked for and not yet taken by the watcher.
+    next: Option<Armed>,
+    /// What the watcher waits for now; `None` once it woke the writer (or before the first
+    /// request). Asking for it again changes nothing: the watcher goes on with its wait and
+    /// its peer checks (a writer that drops what it cannot write asks at every step).
+    held: Option<Armed>,
+}
+
 /// What the writer's host and its watcher thread share.
 struct Watch {
-    /// What the writer waits for; `None` when nothing waits.
-    armed: Mutex<Option<Armed>>,
-    /// Set with `armed` (under its lock) and cleared when the watcher takes the request: the
-    /// writer asks for something new while the watcher waits for what it asked before (it
-    /// then takes the new request at once, not once the old one holds, which may be never:
-    /// room for a frame the reader does not release, when the writer now waits for the
-    /// consumption inside it).
+    /// What the writer asks for and what the watcher waits for.
+    armed: Mutex<Requests>,
+    /// Set with `Requests::next` (under its lock) and cleared when the watcher takes the
+    /// request: the writer asks for something new while the watcher waits for what it asked
+    /// before (it then takes the new request at once, not once the old one holds, which may
+    /// be never: room for a frame the reader does not release, when the writer now waits for
+    /// the consumption inside it).
     rearmed: AtomicBool,
     cond: Condvar,
     /// The link is gone: the watcher ends.
@@ -464,7 +475,7 @@ impl<T: Element> ShmSender<T> {
                 detail: format!("connection {label}: {e}"),
             })?;
         let watch = Arc::new(Watch {
-            armed: Mutex::new(None),
+            armed: Mutex::new(Requests::default()),
             rearmed: AtomicBool::new(false),
             cond: Condvar::new(),
             done: AtomicBool::new(false),
@@ -733,7 +744,10 @@ impl<T: Element> ShmSender<T> {
     fn arm_for(&mut self, what: Armed) {
         {
             let mut armed = self.watch.armed.lock().unwrap_or_else(|p| p.into_inner());
-            *armed = Some(what);
+            if armed.next.is_none() && armed.held == Some(what) {
+                return;
+            }
+            armed.next = Some(what);
             self.watch.rearmed.store(true, Ordering::SeqCst);
         }
         self.watch.cond.notify_one();
@@ -786,6 +800,11 @@ fn watch_space(
     mut peer: PeerWatch,
 ) {
     let warn_after = progress_warn_after().ok().flatten();
+    // Since the writer began to wait (the watcher woke it last, or it never waited): whether
+    // the reader releases anything, and when the reader was last looked at. Both go on when
+    // the writer asks for something else meanwhile, however often it does.
+    let mut episode: Option<ProgressWatch> = None;
+    let mut looked = Instant::now();
     loop {
         let needed = {
             let mut armed = watch.armed.lock().unwrap_or_else(|p| p.into_inner());
@@ -793,7 +812,8 @@ fn watch_space(
                 if watch.done.load(Ordering::SeqCst) || run.is_over() {
                     return;
                 }
-                if let Some(n) = armed.take() {
+                if let Some(n) = armed.next.take() {
+                    armed.held = Some(n);
                     watch.rearmed.store(false, Ordering::SeqCst);
                     break n;
                 }
@@ -804,8 +824,9 @@ fn watch_space(
                     .0;
             }
         };
-        let mut progress = ProgressWatch::new(warn_after, waiter.tail_hint());
-        loop {
+        let progress =
+            episode.get_or_insert_with(|| ProgressWatch::new(warn_after, waiter.tail_hint()));
+        let woke = loop {
             if watch.done.load(Ordering::SeqCst) || run.is_over() {
                 return;
             }
@@ -816,14 +837,19 @@ fn watch_space(
                     waiter.wait_for_progress(tail, consumed, WAIT_SLICE, rearmed)
                 }
             };
+            let due = looked.elapsed() >= WAIT_SLICE;
             match waited {
                 // The writer asks for something else now: that, not this, wakes it.
-                Ok(Wait::Ready) if rearmed() => break,
-                Ok(Wait::Ready) => {
+                Ok(Wait::Ready) if rearmed() && !due => break false,
+                Ok(Wait::Ready) if !rearmed() => {
+                    watch.armed.lock().unwrap_or_else(|p| p.into_inner()).held = None;
                     wake.post(Envelope::Credit { output, link, n: 0 });
-                    break;
+                    break true;
                 }
-                Ok(Wait::TimedOut) => {
+                // Timed out, or asked for something else after a slice without a look at
+                // the reader.
+                Ok(_) => {
+                    looked = Instant::now();
                     let pid = waiter.consumer_pid();
                     if let Err(e) =
                         peer.check(pid, pid_alive, run.peers_may_restart(), run.stopping())
@@ -834,6 +860,9 @@ fn watch_space(
                         return;
                     }
                     progress.check(waiter.tail_hint(), &label, &peer.peer, pid);
+                    if rearmed() {
+                        break false;
+                    }
                 }
                 Err(e) => {
                     run.fail(Error::Runtime {
@@ -842,6 +871,10 @@ fn watch_space(
                     return;
                 }
             }
+        };
+        if woke {
+            // The writer's wait is over; its next one is another episode.
+            episode = None;
         }
     }
 }
@@ -1682,7 +1715,7 @@ mod tests {
         }
         poll(
             "the watcher waits for room",
-            || tx.watch.armed.lock().unwrap().is_none(),
+            || tx.watch.armed.lock().unwrap().next.is_none(),
             || (),
         );
         // Out of element credit now: the writer asks to be woken by consumption.
@@ -1708,6 +1741,40 @@ mod tests {
             0,
             "woken by the consumption, not by room"
         );
+    }
+
+    /// A writer that asks its watcher for something new at every step (a writer that drops
+    /// what it cannot write steps on; here it alternates between waiting for room and for
+    /// consumption) still has its reader looked at every slice: a dead reader fails the run.
+    /// (Each new request restarted the watcher's wait, and with it the slice after which it
+    /// looks at the reader: asked often enough, it never looked.)
+    #[test]
+    fn a_writer_asking_again_and_again_still_learns_that_its_reader_died() {
+        let (name, _guard, view) = test_ring("rearmed-dead-reader", 8 << 10);
+        let test = Arc::new(testutil::TestRun::default());
+        let run: Run = test.clone();
+        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
+        tx.set_capacity(100_000);
+        let items: Vec<u64> = (0..4096).collect();
+        // Ends: the ring holds 8 KiB, fewer than 4096 u64.
+        while tx.write(&items).unwrap() > 0 {}
+        // The reading process, gone: a pid that was alive and is no more.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        view.header().id.consumer_pid.store(dead, Ordering::SeqCst);
+        let start = Instant::now();
+        let mut room = true;
+        while test.failure().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(60), "never failed");
+            // Room, then consumption, then room: a new request every time.
+            tx.set_capacity(if room { 100_000 } else { 1 });
+            room = !room;
+            assert_eq!(tx.write(&items).unwrap(), 0);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let failure = test.failure().unwrap();
+        assert!(failure.contains(&format!("(pid {dead}) died")), "{failure}");
     }
 
     #[test]
