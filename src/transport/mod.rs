@@ -1743,38 +1743,45 @@ mod tests {
         );
     }
 
-    /// A writer that asks its watcher for something new at every step (a writer that drops
-    /// what it cannot write steps on; here it alternates between waiting for room and for
-    /// consumption) still has its reader looked at every slice: a dead reader fails the run.
-    /// (Each new request restarted the watcher's wait, and with it the slice after which it
-    /// looks at the reader: asked often enough, it never looked.)
+    /// A writer that asks its watcher again at every step (a writer that drops what it cannot
+    /// write steps on), for the same thing or, here, alternately for room and for consumption,
+    /// still has its reader looked at every slice: a dead reader fails the run. (Each request
+    /// restarted the watcher's wait, and with it the slice after which it looks at the reader:
+    /// asked often enough, it never looked.)
     #[test]
     fn a_writer_asking_again_and_again_still_learns_that_its_reader_died() {
-        let (name, _guard, view) = test_ring("rearmed-dead-reader", 8 << 10);
-        let test = Arc::new(testutil::TestRun::default());
-        let run: Run = test.clone();
-        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
-        tx.set_capacity(100_000);
-        let items: Vec<u64> = (0..4096).collect();
-        // Ends: the ring holds 8 KiB, fewer than 4096 u64.
-        while tx.write(&items).unwrap() > 0 {}
-        // The reading process, gone: a pid that was alive and is no more.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
-        view.header().id.consumer_pid.store(dead, Ordering::SeqCst);
-        let start = Instant::now();
-        let mut room = true;
-        while test.failure().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(60), "never failed");
-            // Room, then consumption, then room: a new request every time.
-            tx.set_capacity(if room { 100_000 } else { 1 });
-            room = !room;
-            assert_eq!(tx.write(&items).unwrap(), 0);
-            std::thread::sleep(Duration::from_millis(1));
+        for alternate in [false, true] {
+            let (name, _guard, view) = test_ring(&format!("rearmed-dead-{alternate}"), 8 << 10);
+            let test = Arc::new(testutil::TestRun::default());
+            let run: Run = test.clone();
+            let (_writer, mut tx) = open_writer::<u64>(&name, &run);
+            tx.set_capacity(100_000);
+            let items: Vec<u64> = (0..4096).collect();
+            // Ends: the ring holds 8 KiB, fewer than 4096 u64.
+            while tx.write(&items).unwrap() > 0 {}
+            // The reading process, gone: a pid that was alive and is no more.
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let dead = child.id();
+            child.wait().unwrap();
+            view.header().id.consumer_pid.store(dead, Ordering::SeqCst);
+            let start = Instant::now();
+            let mut room = true;
+            while test.failure().is_none() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "never failed (alternate: {alternate})"
+                );
+                if alternate {
+                    // Room, then consumption, then room: a new request every time.
+                    tx.set_capacity(if room { 100_000 } else { 1 });
+                    room = !room;
+                }
+                assert_eq!(tx.write(&items).unwrap(), 0);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let failure = test.failure().unwrap();
+            assert!(failure.contains(&format!("(pid {dead}) died")), "{failure}");
         }
-        let failure = test.failure().unwrap();
-        assert!(failure.contains(&format!("(pid {dead}) died")), "{failure}");
     }
 
     #[test]
