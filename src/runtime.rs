@@ -844,8 +844,9 @@ impl StreamHandler<Burst> for AgentActor {
 impl AgentActor {
     /// Runs `work`; a panic in it (the agent's own are caught in its host already: this is
     /// a defect of the runtime, in the quiescence check after a burst, say) fails the run
-    /// naming the agent and stops the actor, where tokio would end the actor's task quietly
-    /// and the run would wait for it for ever.
+    /// naming the agent and stops the actor, where tokio would end the actor's task quietly:
+    /// the run then waited for it for ever, or ended as if nothing had happened (a test saw
+    /// a panic after the last burst reported as success).
     fn contained(
         &mut self,
         ctx: &mut Context<Self>,
