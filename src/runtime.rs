@@ -2514,22 +2514,23 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(60)).ok()
     }
 
-    /// A defect of the runtime that panics while it books a step (on the worker that stepped
-    /// the agent) fails the run, naming the agent, instead of killing the worker's task with
-    /// the agent's end unbooked and leaving the run to wait for ever.
-    #[test]
-    fn a_panic_in_the_runtime_after_a_step_fails_the_run_naming_the_agent() {
-        inject_fault("book", "booked_badly");
-        let mut g = Graph::new("fault_in_book");
+    /// Runs source → `agent` (a map) → sink with a fault injected at `site` for the map, and
+    /// asserts that the run fails with the map's panic "in the runtime" at that site.
+    fn assert_a_fault_fails_the_run(site: &'static str, agent: &str) {
+        inject_fault(site, agent);
+        let mut g = Graph::new(&format!("fault_in_{site}"));
         let s = g.source_iter("s", 0..1000u64);
-        let m = g.map("booked_badly", &s, |v: &u64| v + 1);
+        let m = g.map(agent, &s, |v: &u64| v + 1);
         g.for_each("out", &m, |_: &u64| {});
-        let ended = run_to_end(g).expect("the run ends");
-        match ended {
-            Err(crate::Error::Panic { agent, message }) => {
-                assert_eq!(agent, "booked_badly");
+        match run_to_end(g).expect("the run ends") {
+            Err(crate::Error::Panic {
+                agent: failed,
+                message,
+            }) => {
+                assert_eq!(failed, agent);
                 assert!(
-                    message.contains("in the runtime") && message.contains("injected fault"),
+                    message.contains("in the runtime")
+                        && message.contains(&format!("injected fault at {site}")),
                     "{message}"
                 );
             }
@@ -2537,22 +2538,20 @@ mod tests {
         }
     }
 
+    /// A defect of the runtime that panics while it books a step (on the worker that stepped
+    /// the agent) fails the run, naming the agent, instead of killing the worker's task with
+    /// the agent's end unbooked and leaving the run to wait for ever.
+    #[test]
+    fn a_panic_in_the_runtime_after_a_step_fails_the_run_naming_the_agent() {
+        assert_a_fault_fails_the_run("book", "booked_badly");
+    }
+
     /// The same after the bookkeeping, as an actor settles the envelopes of its burst: the
-    /// actor stops and the run fails, where tokio ended the actor's task quietly before.
+    /// actor stops and the run fails, where tokio ended the actor's task quietly before (and
+    /// the run reported success).
     #[test]
     fn a_panic_in_the_runtime_as_an_actor_settles_its_burst_fails_the_run() {
-        inject_fault("settle", "settled_badly");
-        let mut g = Graph::new("fault_in_settle");
-        let s = g.source_iter("s", 0..1000u64);
-        let m = g.map("settled_badly", &s, |v: &u64| v + 1);
-        g.for_each("out", &m, |_: &u64| {});
-        match run_to_end(g).expect("the run ends") {
-            Err(crate::Error::Panic { agent, message }) => {
-                assert_eq!(agent, "settled_badly");
-                assert!(message.contains("injected fault at settle"), "{message}");
-            }
-            other => panic!("expected the agent's panic, got {other:?}"),
-        }
+        assert_a_fault_fails_the_run("settle", "settled_badly");
     }
 
     /// A failure hook that panics (a defect) neither keeps the others from running nor the
