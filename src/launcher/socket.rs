@@ -975,8 +975,13 @@ impl Listed {
             exit_code: None,
         };
         let mut refused = None;
+        let conn = connect(&self.socket)?;
+        // The launcher's start, read while it surely runs (it has just taken the connection):
+        // a process given its pid after it exits is not mistaken for it below.
+        let pid = self.status.launcher_pid;
+        let started = crate::transport::process::start_stamp(pid).unwrap_or(0);
         exchange(
-            connect(&self.socket)?,
+            conn,
             &Request::Stop { now },
             LONG_WAIT,
             |reply| match reply {
@@ -1004,9 +1009,8 @@ impl Listed {
         }
         // The socket closes just before the launcher exits: wait for the process itself
         // (bounded: it has nothing left to do but return from `main`).
-        let pid = self.status.launcher_pid;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while crate::transport::process::pid_alive(pid) {
+        while crate::transport::process::alive_since(pid, started) {
             if std::time::Instant::now() > deadline {
                 return Err(OpError::failed(format!(
                     "the launcher (pid {pid}) said it stopped, but is still running"

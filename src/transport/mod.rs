@@ -84,14 +84,13 @@ use std::time::{Duration, Instant};
 
 use codec::{Codec, Decoded, Plan, Reader};
 use held::Held;
-use shm::ring::{fail_producer, Consumer, DataNudger, Producer, SpaceWaiter, Wait};
+use shm::ring::{fail_producer, Consumer, DataNudger, Holder, Producer, SpaceWaiter, Wait};
 use shm::segment::Segment;
 
 pub(crate) use link::{LinkSpec, LinkTx};
 pub(crate) use mailbox::{
     join_waiting, link_thread, Envelope, FailureHook, FeederState, Linger, Mailbox, Run, RunContext,
 };
-use process::pid_alive;
 
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -145,13 +144,20 @@ pub(crate) fn ring_elements(capacity: usize, capacity_bytes: usize, frame: usize
     capacity.min((capacity_bytes / frame.max(1)).saturating_sub(1).max(1))
 }
 
+/// Whether the process recorded as a ring's producer or consumer is alive: its pid names a
+/// live process that started when the recorded one did (not a later process given the same
+/// pid: see [`Holder`]).
+pub(crate) fn holder_alive(holder: Holder) -> bool {
+    process::alive_since(holder.pid(), holder.started())
+}
+
 /// What one side of a connection does when its peer process looks dead.
 struct PeerWatch {
     /// `"reading process 'name'"` or `"writing process 'name'"`: the peer, for messages.
     peer: String,
     label: String,
-    /// The dead pid already warned about (once per pid).
-    warned: Option<u32>,
+    /// The dead holder already warned about (once per process).
+    warned: Option<Holder>,
 }
 
 impl PeerWatch {
@@ -164,26 +170,27 @@ impl PeerWatch {
         }
     }
 
-    /// Checks the peer recorded in the ring (`pid`, `None` before it attached). A dead peer is an
-    /// error, except in a supervised process that is not stopping: then it warns once per pid and
-    /// the caller waits on (the restarted peer records its new pid in the ring).
+    /// Checks the peer recorded in the ring (`holder`, `None` before it attached). A dead peer is
+    /// an error, except in a supervised process that is not stopping: then it warns once per
+    /// process and the caller waits on (the restarted peer records itself in the ring).
     fn check(
         &mut self,
-        pid: Option<u32>,
-        alive: impl Fn(u32) -> bool,
+        holder: Option<Holder>,
+        alive: impl Fn(Holder) -> bool,
         supervised: bool,
         stopping: bool,
     ) -> Result<(), String> {
-        let Some(pid) = pid else { return Ok(()) };
-        if alive(pid) {
+        let Some(holder) = holder else { return Ok(()) };
+        if alive(holder) {
             return Ok(());
         }
+        let pid = holder.pid();
         let peer = &self.peer;
         if !supervised || stopping {
             return Err(format!("the {peer} (pid {pid}) died"));
         }
-        if self.warned != Some(pid) {
-            self.warned = Some(pid);
+        if self.warned != Some(holder) {
+            self.warned = Some(holder);
             tracing::warn!(
                 "connection {}: the {peer} (pid {pid}) died; waiting for the launcher to \
                  restart it",
@@ -459,7 +466,7 @@ impl<T: Element> ShmSender<T> {
             detail: format!("connection {label}: {e}"),
         })?;
         let mut producer =
-            Producer::take_over(Arc::new(opened), pid_alive).map_err(|e| Error::Runtime {
+            Producer::take_over(Arc::new(opened), holder_alive).map_err(|e| Error::Runtime {
                 detail: format!("connection {label}: {e}"),
             })?;
         // A restarted writer counts what its dead predecessor left in the ring (none for a
@@ -850,16 +857,24 @@ fn watch_space(
                 // the reader.
                 Ok(_) => {
                     looked = Instant::now();
-                    let pid = waiter.consumer_pid();
-                    if let Err(e) =
-                        peer.check(pid, pid_alive, run.peers_may_restart(), run.stopping())
-                    {
+                    let reader = waiter.consumer();
+                    if let Err(e) = peer.check(
+                        reader,
+                        holder_alive,
+                        run.peers_may_restart(),
+                        run.stopping(),
+                    ) {
                         run.fail(Error::Runtime {
                             detail: format!("connection {label}: {e}"),
                         });
                         return;
                     }
-                    progress.check(waiter.tail_hint(), &label, &peer.peer, pid);
+                    progress.check(
+                        waiter.tail_hint(),
+                        &label,
+                        &peer.peer,
+                        reader.map(Holder::pid),
+                    );
                     if rearmed() {
                         break false;
                     }
@@ -910,8 +925,8 @@ pub(crate) struct FeederSpec {
 /// when it goes on.
 struct StoppedWatch {
     after: Option<Duration>,
-    /// The stopped pid and since when it was seen stopped.
-    since: Option<(u32, Instant)>,
+    /// The stopped process and since when it was seen stopped.
+    since: Option<(Holder, Instant)>,
     warned: bool,
 }
 
@@ -924,29 +939,31 @@ impl StoppedWatch {
         }
     }
 
-    /// After a wait slice without data: `pid` is the writer's (see [`PeerWatch`] for `peer`).
-    /// True when it warned.
+    /// After a wait slice without data: `writer` is the writer, if attached and alive (see
+    /// [`PeerWatch`] for `peer`). True when it warned.
     fn check(
         &mut self,
-        pid: Option<u32>,
+        writer: Option<Holder>,
         stopped: fn(u32) -> bool,
         label: &str,
         peer: &str,
     ) -> bool {
-        let Some(pid) = pid.filter(|&p| stopped(p)) else {
-            if let Some((pid, _)) = self.since.take() {
+        let Some(writer) = writer.filter(|w| stopped(w.pid())) else {
+            if let Some((writer, _)) = self.since.take() {
                 if std::mem::take(&mut self.warned) {
+                    let pid = writer.pid();
                     tracing::info!("connection {label}: the {peer} (pid {pid}) goes on");
                 }
             }
             return false;
         };
+        let pid = writer.pid();
         let since = match self.since {
-            Some((p, since)) if p == pid => since,
+            Some((w, since)) if w == writer => since,
             _ => {
-                // Another pid (a restarted writer): a new episode.
+                // Another process (a restarted writer): a new episode.
                 self.warned = false;
-                self.since = Some((pid, Instant::now()));
+                self.since = Some((writer, Instant::now()));
                 Instant::now()
             }
         };
@@ -1118,7 +1135,7 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
         detail: format!("connection {label}: {e}"),
     })?;
     let mut consumer =
-        Consumer::take_over(Arc::new(opened), pid_alive).map_err(|e| Error::Runtime {
+        Consumer::take_over(Arc::new(opened), holder_alive).map_err(|e| Error::Runtime {
             detail: format!("connection {label}: {e}"),
         })?;
     if let Some(window) = spec.spin {
@@ -1413,14 +1430,16 @@ fn feed<T: Element>(
                     })
                     .map_err(|e| e.to_string())?;
                 if wait == Wait::TimedOut {
-                    let pid = consumer.producer_pid();
+                    let writer = consumer.producer();
                     peer.check(
-                        pid,
-                        pid_alive,
+                        writer,
+                        holder_alive,
                         spec.run.peers_may_restart(),
                         spec.run.stopping(),
                     )?;
-                    stopped.check(pid, spec.stopped, &spec.label, &peer.peer);
+                    // Only a live writer: a dead one's pid may name another process by now.
+                    let live = writer.filter(|&w| holder_alive(w));
+                    stopped.check(live, spec.stopped, &spec.label, &peer.peer);
                 }
             }
             Err(e) => return Err(e.to_string()),
@@ -1763,7 +1782,10 @@ mod tests {
             let mut child = std::process::Command::new("true").spawn().unwrap();
             let dead = child.id();
             child.wait().unwrap();
-            view.header().id.consumer_pid.store(dead, Ordering::SeqCst);
+            view.header()
+                .id
+                .consumer
+                .store(Holder::new(dead, 0).0, Ordering::SeqCst);
             let start = Instant::now();
             let mut room = true;
             while test.failure().is_none() {
@@ -1909,9 +1931,12 @@ mod tests {
         run.fail(Error::Runtime {
             detail: "the test ends this reader".into(),
         });
-        header.id.consumer_pid.store(dead_pid(), Ordering::SeqCst);
+        header
+            .id
+            .consumer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
         let mut again =
-            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
+            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), holder_alive).unwrap();
         let codec = Codec::<u64>::new();
         let mut got = Vec::new();
         while let Some(items) = again
@@ -1979,9 +2004,12 @@ mod tests {
         run.fail(Error::Runtime {
             detail: "the test ends this reader".into(),
         });
-        header.id.consumer_pid.store(dead_pid(), Ordering::SeqCst);
+        header
+            .id
+            .consumer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
         let mut again =
-            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
+            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), holder_alive).unwrap();
         let mut r = Reader::<String>::new();
         let mut got = Vec::new();
         while let Some(frame) = again.try_read(|p| r.read(p)).unwrap() {
@@ -2009,10 +2037,10 @@ mod tests {
         });
         view.header()
             .id
-            .consumer_pid
-            .store(dead_pid(), Ordering::SeqCst);
+            .consumer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
         let mut again =
-            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
+            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), holder_alive).unwrap();
         let mut r = Reader::<String>::new();
         let mut got = Vec::new();
         while let Some(frame) = again.try_read(|p| r.read(p)).unwrap() {
@@ -2114,7 +2142,10 @@ mod tests {
         let credit = spawn_feeder::<String>(spec).unwrap();
         // The writing process is SIGKILLed, waiting for room for its third part.
         drop(tx);
-        header.id.producer_pid.store(dead_pid(), Ordering::SeqCst);
+        header
+            .id
+            .producer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
         let mut tx =
             ShmSender::<String>::open(&name, "test", "r", writer.clone(), 0, 0, run.clone())
                 .unwrap();
@@ -2342,27 +2373,38 @@ mod tests {
     #[test]
     fn a_dead_peer_is_an_error_unless_supervised_and_not_stopping() {
         let dead = |_| false;
+        let seven = Holder::new(7, 70);
         let mut w = PeerWatch::new("reading", "b", "a.out -> b.in");
         assert_eq!(w.check(None, dead, false, false), Ok(()), "no peer yet");
-        assert_eq!(w.check(Some(7), |_| true, false, false), Ok(()), "alive");
         assert_eq!(
-            w.check(Some(7), dead, false, false),
+            w.check(Some(seven), |_| true, false, false),
+            Ok(()),
+            "alive"
+        );
+        assert_eq!(
+            w.check(Some(seven), dead, false, false),
             Err("the reading process 'b' (pid 7) died".to_string())
         );
         assert_eq!(
-            w.check(Some(7), dead, true, false),
+            w.check(Some(seven), dead, true, false),
             Ok(()),
             "supervised: wait"
         );
-        assert_eq!(w.warned, Some(7));
-        assert_eq!(w.check(Some(7), dead, true, false), Ok(()));
+        assert_eq!(w.warned, Some(seven));
+        assert_eq!(w.check(Some(seven), dead, true, false), Ok(()));
         assert_eq!(
-            w.check(Some(7), dead, true, true),
+            w.check(Some(seven), dead, true, true),
             Err("the reading process 'b' (pid 7) died".to_string()),
             "supervised, but the application is stopping: nobody will restart it"
         );
-        assert_eq!(w.check(Some(9), dead, true, false), Ok(()));
-        assert_eq!(w.warned, Some(9), "a new dead pid is warned about again");
+        // The same pid, another process (the kernel reused it): warned about again.
+        let seven_again = Holder::new(7, 71);
+        assert_eq!(w.check(Some(seven_again), dead, true, false), Ok(()));
+        assert_eq!(
+            w.warned,
+            Some(seven_again),
+            "a new dead process is warned about again"
+        );
     }
 
     #[test]
@@ -2778,9 +2820,12 @@ mod tests {
         run.fail(Error::Runtime {
             detail: "the test ends this reader".into(),
         });
-        header.id.consumer_pid.store(dead_pid(), Ordering::SeqCst);
+        header
+            .id
+            .consumer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
         let mut again =
-            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), pid_alive).unwrap();
+            Consumer::take_over(Arc::new(Segment::open(&name).unwrap()), holder_alive).unwrap();
         let mut r = Reader::<u64>::new();
         let mut got = Vec::new();
         while let Some(frame) = again.try_read(|p| r.read(p)).unwrap() {
@@ -2847,8 +2892,8 @@ mod tests {
         drop(tx);
         view.header()
             .id
-            .producer_pid
-            .store(dead_pid(), Ordering::SeqCst);
+            .producer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
         let (_writer, mut tx) = open_writer::<String>(&name, &run);
         tx.set_capacity(4);
         // Before, it counted none of them and took four more (eight in flight).
@@ -2860,7 +2905,7 @@ mod tests {
         );
         // The reader consumes the first two (as a feeder says: `consumed` past its tail): two
         // may go; once it releases every frame, four.
-        let mut reader = Consumer::take_over(view, pid_alive).unwrap();
+        let mut reader = Consumer::take_over(view, holder_alive).unwrap();
         reader.release_consumed(2, None).unwrap();
         assert_eq!(tx.write(&small).unwrap(), 2);
         while reader.try_read(|_| ()).unwrap().is_some() {}

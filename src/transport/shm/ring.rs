@@ -17,9 +17,9 @@
 //! | 8 | `version: u32` = [`VERSION`] | creator, once |
 //! | 12 | `header_size: u32` = 384 | creator, once |
 //! | 16 | `capacity: u64`, data bytes | creator, once |
-//! | 24 | `producer_pid: u32`, 0 until a producer claims the ring | producer, on claim or take-over |
-//! | 28 | `consumer_pid: u32`, 0 until a consumer claims the ring | consumer, on claim or take-over |
-//! | 32 | `closed: u32`, 0 open, 1 the producer ended the stream, 2 the producer's process failed (the stream is incomplete) | producer, once |
+//! | 24 | `producer: u64`, the producer's [`Holder`], 0 until a producer claims the ring | producer, on claim or take-over |
+//! | 32 | `consumer: u64`, the consumer's [`Holder`], 0 until a consumer claims the ring | consumer, on claim or take-over |
+//! | 40 | `closed: u32`, 0 open, 1 the producer ended the stream, 2 the producer's process failed (the stream is incomplete) | producer, once |
 //! | 64 | `head: u64`, bytes published by the producer since the start | producer |
 //! | 128 | `tail: u64`, bytes released by the consumer since the start | consumer |
 //! | 192 | `data_seq: u32` (futex word), `data_waiting: u32` (consumer sleeps) | both |
@@ -81,14 +81,18 @@
 //!
 //! # Roles, and taking one over from a dead process
 //!
-//! A ring has one producer and one consumer at a time. Each attaches by recording its pid in
-//! its role's field with a compare-and-swap from 0 ([`Producer::new`], [`Consumer::new`]); a
-//! role already held is [`RingError::RoleTaken`]. A restarted process takes a role over with
-//! [`Producer::take_over`] / [`Consumer::take_over`]: if the recorded pid is one that the
-//! caller's liveness test says is dead, a compare-and-swap from that pid to ours claims it (two
-//! processes racing for it: one wins, the other gets `RoleTaken`); a live holder, or our own
-//! pid, is never displaced. The liveness test is a parameter, so the ring makes no system call
-//! of its own (and runs unchanged under loom). After the claim:
+//! A ring has one producer and one consumer at a time. Each attaches by recording itself, a
+//! [`Holder`] (its pid and a stamp of when its process started, in one `u64`), in its role's
+//! field with a compare-and-swap from 0 ([`Producer::new`], [`Consumer::new`]); a role already
+//! held is [`RingError::RoleTaken`]. A restarted process takes a role over with
+//! [`Producer::take_over`] / [`Consumer::take_over`]: if the recorded holder is one that the
+//! caller's liveness test says is dead, a compare-and-swap from that holder to ours claims it
+//! (two processes racing for it: one wins, the other gets `RoleTaken`); a live holder, or
+//! ourselves, is never displaced. The start stamp is what makes "dead" mean dead once pids
+//! wrap: a process that the kernel later gave the dead holder's pid (the restarted owner
+//! itself, or any other) has another stamp, so it is not mistaken for the holder. The liveness
+//! test is a parameter, so the ring makes no system call of its own (and runs unchanged under
+//! loom). After the claim:
 //!
 //! - a consumer that takes over starts reading at the released `tail`: every frame the dead
 //!   consumer read but did not release is delivered again, none is lost — which is why a
@@ -128,7 +132,7 @@
 //! `space_seq`/`space_waiting`, woken by [`Consumer::release`]. There is at most one wake-up per
 //! `publish`/`release`/`close`, never one per frame, and none at all while the other side is not
 //! sleeping. Waits are always timed: the caller loops, and between waits checks that the peer
-//! is alive ([`Consumer::producer_pid`], [`Producer::consumer_pid`]).
+//! is alive ([`Consumer::producer`], [`Producer::consumer`]).
 //!
 //! A consumer that holds frames read but not released must know when the producer runs out of
 //! space (it may then have to release them, see `transport::held`): a producer about to sleep
@@ -179,8 +183,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sync::{
-    fence, note_woke, spin_hint, take_woke, yield_core, AtomicU32, AtomicU64, Ordering, Shadow,
-    SPIN_LIMIT,
+    fence, note_woke, own_start_stamp, spin_hint, take_woke, yield_core, AtomicU32, AtomicU64,
+    Ordering, Shadow, SPIN_LIMIT,
 };
 
 /// `b"IOTSRING"` as a little-endian u64: the first field of every ring.
@@ -194,8 +198,50 @@ pub(crate) const ASLEEP: u32 = 1;
 /// producer out of room ([`Consumer::producer_waits_for_space`]) does not count it.
 pub(crate) const ASLEEP_FOR_PROGRESS: u32 = 2;
 
-/// The layout version; an opener refuses any other. Version 2 added `consumed`.
-pub(crate) const VERSION: u32 = 2;
+/// The layout version; an opener refuses any other. Version 2 added `consumed`; version 3
+/// made the roles' pids [`Holder`]s (a pid and its process's start stamp).
+pub(crate) const VERSION: u32 = 3;
+
+/// Which process holds a role of a ring: its pid and a stamp of when that process started,
+/// packed into one `u64` (the pid in the low half), so that claiming a role stays one
+/// compare-and-swap and a reader never sees a pid with another process's stamp.
+///
+/// A pid alone does not name a process for long: the kernel hands it out again once pids wrap
+/// (after 32,768 on many small boards). Without the stamp, a process that received a dead
+/// holder's pid would look like the holder, alive, and keep the role from its restarted owner
+/// for as long as it ran (or the restarted owner, given its predecessor's pid, would take the
+/// role for its own and refuse it). The stamp is 1 + the process's start time in clock ticks
+/// since boot, modulo `u32::MAX`; 0 means not known (a `/proc` that cannot be read, the loom
+/// models): the pid alone then decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Holder(pub(crate) u64);
+
+impl Holder {
+    /// The holder of pid `pid` whose process started at `started` (a stamp, 0 if not known).
+    pub(crate) const fn new(pid: u32, started: u32) -> Holder {
+        Holder(((started as u64) << 32) | pid as u64)
+    }
+
+    /// This process.
+    pub(crate) fn this_process() -> Holder {
+        Holder::new(std::process::id(), own_start_stamp())
+    }
+
+    /// The recorded value: `None` for 0 (nobody holds the role).
+    fn from_raw(raw: u64) -> Option<Holder> {
+        (raw != 0).then_some(Holder(raw))
+    }
+
+    /// The pid.
+    pub(crate) fn pid(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The start stamp (0: not known).
+    pub(crate) fn started(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
 
 /// The smallest data area, in bytes.
 pub(crate) const MIN_CAPACITY: usize = 64;
@@ -337,10 +383,10 @@ pub(crate) struct Identity {
     pub(crate) header_size: AtomicU32,
     /// Data bytes.
     pub(crate) capacity: AtomicU64,
-    /// The producer's pid, 0 until claimed.
-    pub(crate) producer_pid: AtomicU32,
-    /// The consumer's pid, 0 until claimed.
-    pub(crate) consumer_pid: AtomicU32,
+    /// The producer's [`Holder`], 0 until claimed.
+    pub(crate) producer: AtomicU64,
+    /// The consumer's [`Holder`], 0 until claimed.
+    pub(crate) consumer: AtomicU64,
     /// 1 once the producer has ended the stream.
     pub(crate) closed: AtomicU32,
 }
@@ -362,7 +408,7 @@ pub(crate) struct WakeWord {
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Header {
-    /// Magic, version, sizes, pids, `closed`.
+    /// Magic, version, sizes, holders, `closed`.
     pub(crate) id: Line<Identity>,
     /// Bytes published by the producer.
     pub(crate) head: Line<AtomicU64>,
@@ -390,8 +436,8 @@ impl Header {
                 version: AtomicU32::new(0),
                 header_size: AtomicU32::new(0),
                 capacity: AtomicU64::new(0),
-                producer_pid: AtomicU32::new(0),
-                consumer_pid: AtomicU32::new(0),
+                producer: AtomicU64::new(0),
+                consumer: AtomicU64::new(0),
                 closed: AtomicU32::new(0),
             }),
             head: Line(AtomicU64::new(0)),
@@ -412,8 +458,8 @@ impl Header {
         id.header_size
             .store(std::mem::size_of::<Header>() as u32, Ordering::Relaxed);
         id.capacity.store(capacity as u64, Ordering::Relaxed);
-        id.producer_pid.store(0, Ordering::Relaxed);
-        id.consumer_pid.store(0, Ordering::Relaxed);
+        id.producer.store(0, Ordering::Relaxed);
+        id.consumer.store(0, Ordering::Relaxed);
         id.closed.store(0, Ordering::Relaxed);
         self.head.store(0, Ordering::Relaxed);
         self.tail.store(0, Ordering::Relaxed);
@@ -763,19 +809,19 @@ struct Ring<M: RingMemory> {
 }
 
 impl<M: RingMemory> Ring<M> {
-    /// Validates the header of `mem`, claims `role` in `pid_field` and returns the ring with the
-    /// current `(head, tail)`, validated, and whether the role was taken over from a dead
+    /// Validates the header of `mem`, claims `role` in `holder_field` and returns the ring with
+    /// the current `(head, tail)`, validated, and whether the role was taken over from a dead
     /// process. A producer cannot attach to a closed ring.
     ///
-    /// The role is free if its pid is 0; with `alive`, it is also free if the pid recorded there
-    /// is one that `alive` says is dead (a crashed process): it is then taken over with a
-    /// compare-and-swap from that pid to ours, so of two processes taking it over at once only
-    /// one succeeds.
+    /// The role is free if its holder is 0; with `alive`, it is also free if the holder
+    /// recorded there is one that `alive` says is dead (a crashed process): it is then taken
+    /// over with a compare-and-swap from that holder to ours, so of two processes taking it
+    /// over at once only one succeeds.
     fn attach(
         mem: M,
         role: &'static str,
-        pid_field: fn(&Header) -> &AtomicU32,
-        alive: Option<&dyn Fn(u32) -> bool>,
+        holder_field: fn(&Header) -> &AtomicU64,
+        alive: Option<&dyn Fn(Holder) -> bool>,
     ) -> Result<(Ring<M>, u64, u64, bool), RingError> {
         let header = mem.header();
         let cap = header.check(mem.data_len())?;
@@ -788,18 +834,23 @@ impl<M: RingMemory> Ring<M> {
         if role == "producer" && closed != 0 {
             return Err(RingError::Closed);
         }
-        let pid = std::process::id();
-        let field = pid_field(header);
+        let me = Holder::this_process();
+        let field = holder_field(header);
         let mut expected = 0;
         let taken_over = loop {
-            match field.compare_exchange(expected, pid, Ordering::AcqRel, Ordering::Acquire) {
+            match field.compare_exchange(expected, me.0, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break expected != 0,
                 Err(other) => {
                     // The role is held (or was claimed since we looked): it may be taken over
                     // only from a process that is dead, and never from ourselves.
-                    let dead = other != pid && alive.is_some_and(|alive| !alive(other));
-                    if other != 0 && !dead {
-                        return Err(RingError::RoleTaken { role, pid: other });
+                    if let Some(holder) = Holder::from_raw(other) {
+                        let dead = holder != me && alive.is_some_and(|alive| !alive(holder));
+                        if !dead {
+                            return Err(RingError::RoleTaken {
+                                role,
+                                pid: holder.pid(),
+                            });
+                        }
                     }
                     expected = other;
                 }
@@ -1171,7 +1222,7 @@ impl<M: RingMemory> fmt::Debug for Producer<M> {
 
 impl<M: RingMemory> Producer<M> {
     /// Attaches the producer to the ring in `mem`: validates the header and claims the producer
-    /// role (this process's pid in `producer_pid`), which must be free: a ring has one producer
+    /// role (this process, a [`Holder`], in `producer`), which must be free: a ring has one producer
     /// at a time (see [`take_over`](Self::take_over)), and none once closed
     /// ([`RingError::Closed`]).
     pub(crate) fn new(mem: M) -> Result<Producer<M>, RingError> {
@@ -1183,13 +1234,16 @@ impl<M: RingMemory> Producer<M> {
     /// the published `head`; frames the dead one wrote but did not publish are overwritten.
     /// The liveness test is injected so that the ring itself makes no system call (it also runs
     /// under loom).
-    pub(crate) fn take_over(mem: M, alive: impl Fn(u32) -> bool) -> Result<Producer<M>, RingError> {
+    pub(crate) fn take_over(
+        mem: M,
+        alive: impl Fn(Holder) -> bool,
+    ) -> Result<Producer<M>, RingError> {
         Self::attach(mem, Some(&alive))
     }
 
-    fn attach(mem: M, alive: Option<&dyn Fn(u32) -> bool>) -> Result<Producer<M>, RingError> {
+    fn attach(mem: M, alive: Option<&dyn Fn(Holder) -> bool>) -> Result<Producer<M>, RingError> {
         let (ring, head, tail, taken_over) =
-            Ring::attach(mem, "producer", |h| &h.id.producer_pid, alive)?;
+            Ring::attach(mem, "producer", |h| &h.id.producer, alive)?;
         Ok(Producer {
             ring,
             st: ProducerState {
@@ -1401,12 +1455,9 @@ impl<M: RingMemory> Producer<M> {
         )
     }
 
-    /// The consumer's pid, once a consumer has attached (for liveness checks).
-    pub(crate) fn consumer_pid(&self) -> Option<u32> {
-        match self.ring.header().id.consumer_pid.load(Ordering::Relaxed) {
-            0 => None,
-            pid => Some(pid),
-        }
+    /// The consumer, once one has attached (for liveness checks).
+    pub(crate) fn consumer(&self) -> Option<Holder> {
+        Holder::from_raw(self.ring.header().id.consumer.load(Ordering::Relaxed))
     }
 }
 
@@ -1477,12 +1528,9 @@ impl<M: RingMemory> SpaceWaiter<M> {
         )
     }
 
-    /// The consumer's pid, once a consumer has attached (for liveness checks).
-    pub(crate) fn consumer_pid(&self) -> Option<u32> {
-        match self.ring.header().id.consumer_pid.load(Ordering::Relaxed) {
-            0 => None,
-            pid => Some(pid),
-        }
+    /// The consumer, once one has attached (for liveness checks).
+    pub(crate) fn consumer(&self) -> Option<Holder> {
+        Holder::from_raw(self.ring.header().id.consumer.load(Ordering::Relaxed))
     }
 
     /// The consumer's `tail` as stored now, unvalidated: only compared with an earlier reading
@@ -1705,7 +1753,7 @@ impl<M: RingMemory> fmt::Debug for Consumer<M> {
 
 impl<M: RingMemory> Consumer<M> {
     /// Attaches the consumer to the ring in `mem`: validates the header and claims the consumer
-    /// role (this process's pid in `consumer_pid`), which must be free: a ring has one consumer
+    /// role (this process, a [`Holder`], in `consumer`), which must be free: a ring has one consumer
     /// at a time (see [`take_over`](Self::take_over)).
     pub(crate) fn new(mem: M) -> Result<Consumer<M>, RingError> {
         Self::attach(mem, None)
@@ -1714,12 +1762,15 @@ impl<M: RingMemory> Consumer<M> {
     /// Like [`new`](Self::new), but the consumer role may also be taken over from a process
     /// that `alive` says is dead (a crashed consumer, restarted): the new consumer starts at the
     /// released `tail`, so it reads again every frame the dead one had not released.
-    pub(crate) fn take_over(mem: M, alive: impl Fn(u32) -> bool) -> Result<Consumer<M>, RingError> {
+    pub(crate) fn take_over(
+        mem: M,
+        alive: impl Fn(Holder) -> bool,
+    ) -> Result<Consumer<M>, RingError> {
         Self::attach(mem, Some(&alive))
     }
 
-    fn attach(mem: M, alive: Option<&dyn Fn(u32) -> bool>) -> Result<Consumer<M>, RingError> {
-        let (ring, head, tail, _) = Ring::attach(mem, "consumer", |h| &h.id.consumer_pid, alive)?;
+    fn attach(mem: M, alive: Option<&dyn Fn(Holder) -> bool>) -> Result<Consumer<M>, RingError> {
+        let (ring, head, tail, _) = Ring::attach(mem, "consumer", |h| &h.id.consumer, alive)?;
         // A new consumer has consumed nothing past the tail: a dead one's count goes with it
         // (what it had consumed there is read and consumed again).
         ring.header().consumed.store(0, Ordering::Release);
@@ -1918,18 +1969,16 @@ impl<M: RingMemory> Consumer<M> {
     /// [`RingError::WriterFailed`] if the producer's process marked the ring as failed.
     pub(crate) fn writer_failed(&self) -> Result<(), RingError> {
         if self.ring.header().id.closed.load(Ordering::Acquire) == FAILED {
-            let pid = self.ring.header().id.producer_pid.load(Ordering::Relaxed);
+            let raw = self.ring.header().id.producer.load(Ordering::Relaxed);
+            let pid = Holder::from_raw(raw).map_or(0, Holder::pid);
             return Err(RingError::WriterFailed { pid });
         }
         Ok(())
     }
 
-    /// The producer's pid, once a producer has attached (for liveness checks).
-    pub(crate) fn producer_pid(&self) -> Option<u32> {
-        match self.ring.header().id.producer_pid.load(Ordering::Relaxed) {
-            0 => None,
-            pid => Some(pid),
-        }
+    /// The producer, once one has attached (for liveness checks).
+    pub(crate) fn producer(&self) -> Option<Holder> {
+        Holder::from_raw(self.ring.header().id.producer.load(Ordering::Relaxed))
     }
 }
 
@@ -2176,7 +2225,7 @@ mod tests {
     fn each_role_is_claimed_once_and_a_closed_ring_takes_no_producer() {
         let (ring, mut p, _c) = pair(64);
         let me = std::process::id();
-        assert_eq!(p.consumer_pid(), Some(me));
+        assert_eq!(p.consumer(), Some(Holder::this_process()));
         assert_eq!(
             Producer::new(Arc::clone(&ring)).unwrap_err(),
             RingError::RoleTaken {
@@ -2458,8 +2507,87 @@ mod tests {
         pid
     }
 
-    fn alive(pid: u32) -> bool {
-        crate::transport::process::pid_alive(pid)
+    fn alive(holder: Holder) -> bool {
+        crate::transport::holder_alive(holder)
+    }
+
+    /// What a role's field holds for `pid` recorded without a start stamp.
+    fn by_pid(pid: u32) -> u64 {
+        Holder::new(pid, 0).0
+    }
+
+    /// Kills and reaps a child process when dropped, also when the test fails.
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_role_held_under_a_pid_that_now_names_another_process_is_taken_over() {
+        // Pids wrap: the process recorded as the consumer died, and the kernel has since given
+        // its pid to another process, alive (a child of this test). What tells them apart is
+        // the start stamp recorded with the pid.
+        let (ring, mut p, c) = pair(256);
+        assert!(write(&mut p, &[7; 8]));
+        p.publish();
+        drop(c);
+        let other = Reaped(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        );
+        let pid = other.0.id();
+        let stamp = crate::transport::process::start_stamp(pid).expect("the child's /proc entry");
+        // A start that is neither the child's nor this process's.
+        let own = crate::transport::process::own_start_stamp();
+        let another_start = (1..=3).find(|s| *s != stamp && *s != own).unwrap();
+        let field = &ring.header().id.consumer;
+
+        // The process that has the pid now is the one recorded: alive, never displaced.
+        field.store(Holder::new(pid, stamp).0, Ordering::Relaxed);
+        assert_eq!(
+            Consumer::take_over(Arc::clone(&ring), alive).unwrap_err(),
+            RingError::RoleTaken {
+                role: "consumer",
+                pid
+            }
+        );
+        // Recorded with another start: that process is dead, its pid reused.
+        field.store(Holder::new(pid, another_start).0, Ordering::Relaxed);
+        let mut c = Consumer::take_over(Arc::clone(&ring), alive)
+            .expect("a reused pid does not keep the role from a restarted consumer");
+        assert_eq!(p.consumer(), Some(Holder::this_process()));
+        assert_eq!(
+            read(&mut c),
+            Some(vec![7; 8]),
+            "the unreleased frame is read again"
+        );
+        drop(c);
+
+        // The restarted owner itself was given its dead predecessor's pid: the role is
+        // recorded under this very pid, with another start. Before the stamp, that read as
+        // "held by ourselves" and was refused, naming our own pid.
+        let me = Holder::this_process();
+        field.store(Holder::new(me.pid(), another_start).0, Ordering::Relaxed);
+        let mut c = Consumer::take_over(Arc::clone(&ring), alive)
+            .expect("a process given its predecessor's pid takes its role over");
+        assert_eq!(read(&mut c), Some(vec![7; 8]));
+        // The producer's role, likewise.
+        drop(p);
+        ring.header()
+            .id
+            .producer
+            .store(Holder::new(pid, another_start).0, Ordering::Relaxed);
+        let mut p = Producer::take_over(Arc::clone(&ring), alive).unwrap();
+        assert_eq!(c.producer(), Some(me));
+        assert!(write(&mut p, &[8; 8]));
+        p.close();
+        assert_eq!(read(&mut c), Some(vec![8; 8]));
     }
 
     #[test]
@@ -2477,22 +2605,22 @@ mod tests {
         c.release_to(after_first).unwrap();
         drop(c);
         let dead = dead_pid();
-        let field = &ring.header().id.consumer_pid;
-        field.store(dead, Ordering::Relaxed);
+        let field = &ring.header().id.consumer;
+        field.store(by_pid(dead), Ordering::Relaxed);
         ring.header().data_wake.waiting.store(1, Ordering::Relaxed);
 
         // A live holder (init, or ourselves) is never displaced.
-        for holder in [1, std::process::id()] {
-            field.store(holder, Ordering::Relaxed);
+        for holder in [Holder::new(1, 0), Holder::this_process()] {
+            field.store(holder.0, Ordering::Relaxed);
             assert_eq!(
                 Consumer::take_over(Arc::clone(&ring), alive).unwrap_err(),
                 RingError::RoleTaken {
                     role: "consumer",
-                    pid: holder
+                    pid: holder.pid()
                 }
             );
         }
-        field.store(dead, Ordering::Relaxed);
+        field.store(by_pid(dead), Ordering::Relaxed);
         assert_eq!(
             Consumer::new(Arc::clone(&ring)).unwrap_err(),
             RingError::RoleTaken {
@@ -2503,8 +2631,8 @@ mod tests {
         );
 
         let mut c = Consumer::take_over(Arc::clone(&ring), alive).unwrap();
-        assert_eq!(field.load(Ordering::Relaxed), std::process::id());
-        assert_eq!(p.consumer_pid(), Some(std::process::id()));
+        assert_eq!(field.load(Ordering::Relaxed), Holder::this_process().0);
+        assert_eq!(p.consumer(), Some(Holder::this_process()));
         assert_eq!(
             ring.header().data_wake.waiting.load(Ordering::Relaxed),
             0,
@@ -2532,8 +2660,8 @@ mod tests {
         assert!(write(&mut p, &[3; 8])); // written, never published: lost with the producer
         let published = p.st.published;
         drop(p);
-        let field = &ring.header().id.producer_pid;
-        field.store(1, Ordering::Relaxed);
+        let field = &ring.header().id.producer;
+        field.store(by_pid(1), Ordering::Relaxed);
         assert_eq!(
             Producer::take_over(Arc::clone(&ring), alive).unwrap_err(),
             RingError::RoleTaken {
@@ -2541,9 +2669,9 @@ mod tests {
                 pid: 1
             }
         );
-        field.store(dead_pid(), Ordering::Relaxed);
+        field.store(by_pid(dead_pid()), Ordering::Relaxed);
         let mut p = Producer::take_over(Arc::clone(&ring), alive).unwrap();
-        assert_eq!(c.producer_pid(), Some(std::process::id()));
+        assert_eq!(c.producer(), Some(Holder::this_process()));
         assert_eq!(p.st.head, published);
         assert!(write(&mut p, &[4; 16]));
         p.publish();
@@ -2555,7 +2683,7 @@ mod tests {
         // A closed ring takes no producer, not even one taking over from a dead one.
         p.close();
         drop(p);
-        field.store(dead_pid(), Ordering::Relaxed);
+        field.store(by_pid(dead_pid()), Ordering::Relaxed);
         assert_eq!(
             Producer::take_over(ring, alive).unwrap_err(),
             RingError::Closed
@@ -2570,8 +2698,8 @@ mod tests {
         drop(p);
         ring.header()
             .id
-            .producer_pid
-            .store(dead_pid(), Ordering::Relaxed);
+            .producer
+            .store(by_pid(dead_pid()), Ordering::Relaxed);
         let mut p = Producer::take_over(Arc::clone(&ring), alive).unwrap();
         // A fill that panics writes nothing: the flag waits for the first frame written.
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -48,9 +48,9 @@ const _: () = {
     assert!(offset_of!(Header, id) + offset_of!(Identity, version) == 8);
     assert!(offset_of!(Header, id) + offset_of!(Identity, header_size) == 12);
     assert!(offset_of!(Header, id) + offset_of!(Identity, capacity) == 16);
-    assert!(offset_of!(Header, id) + offset_of!(Identity, producer_pid) == 24);
-    assert!(offset_of!(Header, id) + offset_of!(Identity, consumer_pid) == 28);
-    assert!(offset_of!(Header, id) + offset_of!(Identity, closed) == 32);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, producer) == 24);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, consumer) == 32);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, closed) == 40);
     assert!(offset_of!(Header, head) == 64);
     assert!(offset_of!(Header, tail) == 128);
     assert!(offset_of!(Header, data_wake) + offset_of!(WakeWord, seq) == 192);
@@ -399,7 +399,7 @@ fn bad_name(name: &str, reason: impl fmt::Display) -> SegmentError {
 #[cfg(all(test, not(iotstream_loom)))]
 mod tests {
     use super::*;
-    use crate::transport::shm::ring::{Consumer, PayloadMut, Producer, RingError, Wait};
+    use crate::transport::shm::ring::{Consumer, Holder, PayloadMut, Producer, RingError, Wait};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     use nix::unistd::{fork, ForkResult, Pid};
     use std::time::Duration;
@@ -445,10 +445,7 @@ mod tests {
             p.publish();
             in_batch = 0;
             while p.wait_for_space(len, Duration::from_millis(100))? == Wait::TimedOut {
-                if !p
-                    .consumer_pid()
-                    .is_some_and(crate::transport::process::pid_alive)
-                {
+                if !p.consumer().is_some_and(crate::transport::holder_alive) {
                     return Err(RingError::Closed);
                 }
             }
@@ -690,7 +687,8 @@ mod tests {
         let consumer_side = Segment::create(&name, 4096).unwrap();
         let producer_side = Segment::open(&name).unwrap();
         // SAFETY: the child only uses memory mapped before the fork, atomics, the futex and
-        // getpid/kill system calls (`produce` allocates nothing), catches any panic, and ends
+        // getpid/kill system calls, and reads its start stamp from `/proc` into stack buffers
+        // (`process::own_start_stamp`; `produce` allocates nothing), catches any panic, and ends
         // with `_exit`, so it neither needs locks other threads of the test harness may hold,
         // nor runs their code or destructors.
         match unsafe { fork() }.unwrap() {
@@ -712,6 +710,8 @@ mod tests {
             ForkResult::Parent { child } => {
                 drop(producer_side);
                 let mut reap = Reap(Some(child));
+                // The child's own start, read while it runs (10 M elements take a while).
+                let child_started = crate::transport::process::start_stamp(child.as_raw() as u32);
                 let mut c = Consumer::new(consumer_side).unwrap();
                 let mut exited = None;
                 let got = consume(&mut c, || {
@@ -729,7 +729,13 @@ mod tests {
                 };
                 reap.0 = None;
                 assert_eq!(status, Ok(WaitStatus::Exited(child, 0)));
-                assert_eq!(c.producer_pid(), Some(child.as_raw() as u32));
+                // The child recorded itself: its pid and its own start, not the stamp of its
+                // parent that it inherited in memory.
+                let child_started = child_started.expect("the child's /proc entry");
+                assert_eq!(
+                    c.producer(),
+                    Some(Holder::new(child.as_raw() as u32, child_started))
+                );
                 let (count, sum) = got.unwrap();
                 assert_eq!(count, N);
                 assert_eq!(sum, N * (N - 1) / 2);

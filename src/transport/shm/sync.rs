@@ -10,6 +10,7 @@
 //! | [`Shadow::track_read`] / [`Shadow::track_write`] | nothing | one loom `UnsafeCell<()>` per 8 data bytes, so loom reports unsynchronised payload accesses |
 //! | [`SPIN_LIMIT`] | a short spin before sleeping | one check, to keep the models small |
 //! | `note_woke` / `take_woke` | a thread-local flag: this thread woke a sleeper (its next wait gives the core up first) | nothing noted |
+//! | `own_start_stamp` | when this process started, read once from `/proc/<pid>/stat` (a ring's [`Holder`](super::ring::Holder)) | 0, not known |
 //!
 //! [`Shadow`] is the per-ring state the model needs; in a real build it is zero-sized, and a
 //! shared-memory segment needs nothing but the futex words already in the ring's header.
@@ -77,6 +78,11 @@ mod real {
     #[inline]
     pub(crate) fn take_woke() -> bool {
         WOKE.with(|w| w.replace(false))
+    }
+
+    /// This process's start stamp (see [`Holder`](super::super::ring::Holder)), read once.
+    pub(crate) fn own_start_stamp() -> u32 {
+        crate::transport::process::own_start_stamp()
     }
 
     /// Per-ring state of the model checker; nothing in a real build.
@@ -185,6 +191,11 @@ mod model {
     /// Never: the model's waits stay small.
     pub(crate) fn take_woke() -> bool {
         false
+    }
+
+    /// Not known: the models have one process, and no `/proc` to read under loom.
+    pub(crate) fn own_start_stamp() -> u32 {
+        0
     }
 
     /// Per-ring state of the model: the futex emulation and one race detector per 8 data bytes.
