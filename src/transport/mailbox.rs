@@ -142,6 +142,11 @@ impl Linger {
         at
     }
 
+    /// How long after the run's end it may hold the exit.
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+
     /// The deadline, once [`start`](Linger::start) fixed it.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         *self.deadline.lock().unwrap_or_else(|p| p.into_inner())

@@ -1107,6 +1107,61 @@ fn a_lingering_reader_gives_up_after_the_reconnect_limit_and_a_failed_one_does_n
     }
 }
 
+/// Both runs end normally at once (as the two ends of a link in one process do, or two
+/// processes whose last agents end together) while the End's acknowledgement has not gone
+/// out: the reader's agents left the last element unconsumed until their run's end. The
+/// writer lingers for the acknowledgement and confirms it with its Goodbye, so neither side
+/// holds its exit until `reconnect_limit`. Before, the writer's link ended with its run,
+/// without the Goodbye, and the reader's feeder lingered for the whole limit (the End never
+/// acknowledged to the writer).
+#[test]
+fn a_writer_whose_run_ends_before_the_ends_acknowledgement_lingers_for_it() {
+    let s = TcpSettings {
+        reconnect_limit: GUARD * 2,
+        ..settings()
+    };
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let n = 1000;
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 4096, n - 1);
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, s);
+    let items: Vec<u64> = (0..n as u64).collect();
+    w.send(&items, 100, |_| {});
+    w.tx.close();
+    r.sink.wait("the end of stream, all but one consumed", |s| {
+        s.eos && s.consumed == n - 1
+    });
+    assert_eq!(
+        wrun.lingering(),
+        vec![LABEL.to_string()],
+        "registered from the start"
+    );
+    // The writing run ends first, the reading one a little after: the End is acknowledged
+    // only by the reader's end of run. In between, the writer's link looks at its run a few
+    // times (each slice) and stays for the acknowledgement it is owed.
+    wrun.end();
+    std::thread::sleep(SLICE * 5);
+    assert!(
+        r.probe.connected() && !w.tx.finished(),
+        "the writer stays connected for the End's acknowledgement"
+    );
+    rrun.end();
+    poll(
+        "the End acknowledged to the writer after its run's end",
+        || w.tx.finished(),
+    );
+    poll(
+        "the reader's feeder ends after the writer's Goodbye",
+        || r.probe.finished(),
+    );
+    poll("neither exit is held", || {
+        rrun.lingering().is_empty() && wrun.lingering().is_empty()
+    });
+    assert!(r.sink.items() == items);
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(wrun.failure(), None);
+}
+
 /// A loopback port nobody listens on (bound, then closed).
 fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

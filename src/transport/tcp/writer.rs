@@ -7,15 +7,32 @@
 //!   queues them within the unacknowledged-bytes budget, and [`TcpSender::close`];
 //! - the link's **I/O thread** connects (bounded by `connect_wait`), handshakes, writes the
 //!   queued frames (several per write call), heartbeats, sends Stop, and reconnects after a
-//!   break (bounded by `reconnect_limit`); it ends when the End is acknowledged, the run is
-//!   over, or the sender is dropped. It is notified only while it waits for work (a notify
-//!   is a system call even when nobody waits), and Acks notify it only for the End;
+//!   break (bounded by `reconnect_limit`); it ends when the End is acknowledged, the run
+//!   fails, or the run is over or the sender dropped with no End owed (below). It is notified
+//!   only while it waits for work (a notify is a system call even when nobody waits), and
+//!   Acks notify it only for the End;
 //! - per connection, an **ack thread** reads what the reader sends (Acks, Heartbeats, Stop,
 //!   Goodbye), frees acknowledged frames, posts a credit envelope to the host when that makes
 //!   room (or acknowledges the End), and watches the reader's silence.
 //!
 //! Either connection thread that meets an error records it and cuts the connection, which
 //! wakes the other out of any blocked read or write.
+//!
+//! # The End's acknowledgement after the run
+//!
+//! A writer whose run ends normally (its process's agents are done) may not have heard the
+//! acknowledgement of its End yet: the reader acknowledges it once its agents consumed the
+//! stream, often just as both runs end (in one process, always at the same moment). Ending
+//! the link then, without the Goodbye that confirms the acknowledgement, would leave the
+//! reader's feeder lingering for a writer that never comes back, holding its process's exit
+//! for `reconnect_limit` (see the feeder's "The last word after a normal end"). So the link
+//! **lingers** too: it registers a [`Linger`] with its run, and while its End is queued and
+//! not acknowledged it goes on (connection, reconnection, acknowledgement reader) after the
+//! run's end or the sender's drop, until the acknowledgement comes (then Goodbye) or the
+//! linger's deadline passes (`reconnect_limit` after the run's end, less after a drain), with
+//! a warning naming the reader's host. Everything before the End was consumed by then (the
+//! run could not end normally otherwise), so giving up fails nothing. A failed run does not
+//! linger: the link ends at once.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +52,7 @@ use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark};
 use crate::transport::framed::{DataFrame, FrameEncoder, Outbox};
-use crate::transport::mailbox::{link_thread, Envelope, Mailbox, Run};
+use crate::transport::mailbox::{link_thread, Envelope, Linger, LingerGuard, Mailbox, Run};
 
 /// How long one TCP connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -100,13 +117,54 @@ struct Shared {
     state: Mutex<State>,
     /// Signals the I/O thread: frames queued, a connection broke, the End acknowledged.
     cond: Condvar,
-    /// The [`TcpSender`] is gone: the I/O thread ends.
+    /// The [`TcpSender`] is gone: the I/O thread ends, unless it owes the End (see the module
+    /// docs, "The End's acknowledgement after the run").
     dropped: AtomicBool,
+    /// Holds the process's exit while the End's acknowledgement is owed after the run's end;
+    /// released when the I/O thread ends.
+    linger: Arc<Linger>,
+    /// The linger's deadline passed and the warning was given.
+    gave_up: AtomicBool,
+    /// The connection and the reader's host, for messages.
+    label: String,
+    host: String,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the link has work left, with the state `st` in hand: the run goes on and the
+    /// sender exists; or, the run not failed, the End is queued and not acknowledged and, once
+    /// the run is over, the linger's deadline has not passed (see the module docs).
+    fn has_work(&self, st: &State, run: &Run) -> bool {
+        if run.failed() {
+            return false;
+        }
+        let over = run.is_over();
+        if !over && !self.dropped.load(Ordering::SeqCst) {
+            return true;
+        }
+        if !st.out.closed || st.out.finished {
+            return false;
+        }
+        if !over {
+            // The sender is gone but the run goes on: the End is owed as long as it runs.
+            return true;
+        }
+        if Instant::now() < self.linger.start(None) {
+            return true;
+        }
+        if !self.gave_up.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                "connection {}: host '{}' did not acknowledge the end of stream within {} of                  the run's end; ending anyway: it consumed everything before it",
+                self.label,
+                self.host,
+                secs(self.linger.limit())
+            );
+        }
+        false
     }
 }
 
@@ -140,6 +198,9 @@ impl<T: Element> TcpSender<T> {
             detail: format!("connection {label}: {e}"),
         })?;
         let epoch = u64::from_le_bytes(epoch_bytes[..8].try_into().expect("8 bytes"));
+        let linger = Linger::new(label.clone(), spec.settings.reconnect_limit);
+        // Registered before the run can end; released when the I/O thread ends.
+        run.linger(Arc::clone(&linger));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 out: Outbox::new(FRAME_COST_BYTES),
@@ -155,6 +216,10 @@ impl<T: Element> TcpSender<T> {
             }),
             cond: Condvar::new(),
             dropped: AtomicBool::new(false),
+            linger,
+            gave_up: AtomicBool::new(false),
+            label: label.clone(),
+            host: spec.peer_host.clone(),
         });
         let settings = Arc::clone(&spec.settings);
         let io = Io {
@@ -171,9 +236,11 @@ impl<T: Element> TcpSender<T> {
             link,
             run,
         };
+        let release = LingerGuard(Arc::clone(&shared.linger));
         std::thread::Builder::new()
             .name(format!("tcp link {output}.{link}"))
             .spawn(move || {
+                let _release = release;
                 let (run, label) = (Arc::clone(&io.run), io.label.clone());
                 link_thread(&run, &label, "TCP link", || io.run())
             })
@@ -382,9 +449,10 @@ struct Io {
 }
 
 impl Io {
-    /// The link still has work: the run goes on and the sender exists.
+    /// The link still has work: the run goes on and the sender exists, or the End's
+    /// acknowledgement is owed ([`Shared::has_work`]).
     fn alive(&self) -> bool {
-        !self.run.is_over() && !self.shared.dropped.load(Ordering::SeqCst)
+        self.shared.has_work(&self.shared.lock(), &self.run)
     }
 
     fn fail(&self, detail: String) {
@@ -452,6 +520,17 @@ impl Io {
                 Err(DialError::Transient(e)) => e,
             };
             let waited = start.elapsed();
+            if waited >= wait && self.run.is_over() && !self.run.failed() {
+                // Lingering for the End's acknowledgement after a normal end: nothing fails.
+                tracing::warn!(
+                    "connection {}: host '{}' ({}) did not accept the connection within {} for                      the acknowledgement of the end of stream; ending anyway; last error: {error}",
+                    self.label,
+                    self.host,
+                    self.addr,
+                    secs(wait)
+                );
+                return None;
+            }
             if waited >= wait {
                 self.fail(format!(
                     "connection {}: host '{}' ({}) did not accept the connection within {}; \
@@ -486,6 +565,17 @@ impl Io {
         // Ends: each pass dials once; the limit or the end of the run returns.
         loop {
             let left = limit.saturating_sub(since.elapsed());
+            if left.is_zero() && self.run.is_over() && !self.run.failed() {
+                // Lingering for the End's acknowledgement after a normal end: nothing fails.
+                tracing::warn!(
+                    "connection {}: lost host '{}' ({}) after the run's end and could not                      reconnect within {} for the acknowledgement of the end of stream; ending                      anyway: it consumed everything before it; last error: {last}",
+                    self.label,
+                    self.host,
+                    self.addr,
+                    secs(limit)
+                );
+                return None;
+            }
             if left.is_zero() {
                 self.fail(format!(
                     "connection {}: lost host '{}' ({}) and could not reconnect within {}; last \
@@ -686,7 +776,7 @@ impl Io {
                         st.stop_sent = true;
                         control.push(Frame::Stop);
                     }
-                    if control.is_empty() && !self.alive() {
+                    if control.is_empty() && !self.shared.has_work(&st, &self.run) {
                         return Outcome::Ended;
                     }
                     if st.send_from < st.out.next_seq {
@@ -818,9 +908,10 @@ impl AckReader {
                 if st.conn != self.conn_no || st.broken.is_some() {
                     return None;
                 }
-                // Once finished, reads on until the reader closes (see `drive`).
-                let dropped = self.shared.dropped.load(Ordering::SeqCst);
-                if self.run.is_over() || (dropped && !st.out.finished) {
+                // Once finished, reads on until the reader closes (see `drive`); before, while
+                // the link has work (the End's acknowledgement may still be owed after the
+                // run's end).
+                if self.run.failed() || !(st.out.finished || self.shared.has_work(&st, &self.run)) {
                     return None;
                 }
             }
