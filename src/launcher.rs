@@ -137,6 +137,30 @@ impl DeploymentFile {
     }
 }
 
+/// The bearer token the live view of a launcher running `deployment` asks for off loopback
+/// (`iotstream view-token`): derived from the deployment's secret (see `docs/operations.md`),
+/// so that the secret itself never travels over HTTP. An error if the deployment has no
+/// `secret_file` in `[network]`, or names a file that cannot be read as a secret (naming the
+/// file and what is wrong).
+pub fn view_token(deployment: &DeploymentFile) -> Result<String, Error> {
+    let settings = &deployment.deployment;
+    let problem = |detail: String| Error::Deployment {
+        problems: vec![format!(
+            "{}: [network] secret_file: {detail}",
+            deployment.name
+        )],
+    };
+    let path = settings.network.secret_file.as_ref().ok_or_else(|| {
+        problem(
+            "not set: without a secret the live view serves loopback addresses only, and asks              for no token (see docs/security.md)"
+                .into(),
+        )
+    })?;
+    let secret =
+        crate::transport::tcp::auth::Secret::from_file(path).map_err(|e| problem(e.to_string()))?;
+    Ok(crate::transport::tcp::auth::view_token(&secret))
+}
+
 /// Asks `app` for its graph, placed by `deployment` (as declared in code if `None`). Fails if
 /// the application does not describe itself, or if the deployment does not fit its graph
 /// (every problem with file, line and column) or the graph is not well formed.
@@ -751,9 +775,9 @@ fn check_links(info: &GraphInfo, settings: &Deployment, host: &str) -> Result<()
     Ok(())
 }
 
-/// What the live view serves and to whom: `--metrics` and `--ui` with the deployment's
-/// secret as their token, and, with several hosts and a secret, the observation channel with
-/// the other hosts' launchers.
+/// What the live view serves and to whom: `--metrics` and `--ui` with the token derived from
+/// the deployment's secret ([`view_token`]), and, with several hosts and a secret, the
+/// observation channel with the other hosts' launchers.
 fn watch_options(
     info: &GraphInfo,
     settings: &Deployment,
@@ -773,19 +797,9 @@ fn watch_options(
         ),
         None => None,
     };
-    // The token is the secret file's text (surrounding white space aside).
-    let token = match (
-        &settings.network.secret_file,
-        options.metrics.is_some() || options.ui.is_some(),
-    ) {
-        (Some(path), true) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                problem(format!(
-                    "cannot read it as text for the live view's token: {e}"
-                ))
-            })?;
-            Some(text.trim().to_string())
-        }
+    // Derived from the secret, never the secret itself: it travels in clear over HTTP.
+    let token = match (&secret, options.metrics.is_some() || options.ui.is_some()) {
+        (Some(secret), true) => Some(crate::transport::tcp::auth::view_token(secret)),
         _ => None,
     };
     let peers = match (&secret, info.hosts.len() > 1) {

@@ -1128,20 +1128,48 @@ fn an_address_off_loopback_needs_the_deployments_secret() {
         format!("{text}\n[network]\nsecret_file = \"secret\"\n"),
     )
     .expect("write the deployment");
+    // Without a secret there is no token to print: the error says where it would come from.
+    let none = Command::new(launcher_exe())
+        .args(["view-token", "--deploy"])
+        .arg(deployment())
+        .output()
+        .expect("run iotstream view-token");
+    assert!(!none.status.success());
+    let said = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        said.contains("quake_detector.toml") && said.contains("[network] secret_file: not set"),
+        "{said}"
+    );
+    // The token is derived from the secret: `iotstream view-token` prints it.
+    let printed = Command::new(launcher_exe())
+        .args(["view-token", "--deploy"])
+        .arg(&deploy)
+        .output()
+        .expect("run iotstream view-token");
+    assert!(printed.status.success(), "{printed:?}");
+    let token = String::from_utf8(printed.stdout).expect("text");
+    let token = token.trim();
+    assert!(
+        token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a hex token: {token:?}"
+    );
+    assert!(!token.contains(secret));
     let run = Run::start_with(&deploy, &["--metrics", "0.0.0.0:0"]);
     let addr = run.served("metrics");
     run.wait_flowing();
-    for (token, want) in [
+    for (bearer, want) in [
         (None, 401),
         (Some("not-the-secret"), 401),
-        (Some(secret), 200),
+        // The secret itself is not the token: it never travels over HTTP.
+        (Some(secret), 401),
+        (Some(token), 200),
     ] {
         for path in ["/metrics", "/api/metrics", "/api/graph"] {
-            let (status, body) = get(addr, path, token);
-            assert_eq!(status, want, "{path} with token {token:?}: {body}");
+            let (status, body) = get(addr, path, bearer);
+            assert_eq!(status, want, "{path} with token {bearer:?}: {body}");
         }
     }
-    let scraped = scrape(addr, Some(secret));
+    let scraped = scrape(addr, Some(token));
     series(&scraped, "iotstream_process_up", &[("process", "trigger")]);
     run.stop();
 }

@@ -26,7 +26,8 @@ use iotstream::{Policy, Transport};
 
 use browser::{elements_with, Browser};
 
-const TOKEN: &str = "s3cret-token";
+/// With a '+' and a '/', as a base64 token has: the page must send it as it is.
+const TOKEN: &str = "s3cret+token/=";
 
 fn port(name: &str) -> PortInfo {
     PortInfo {

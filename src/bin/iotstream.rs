@@ -92,8 +92,9 @@ iotstream run ./my_app --metrics-interval 250ms --log-lines 5000"
         log_lines: usize,
         /// Serve the metrics at this address (`127.0.0.1:9464`, or a port alone for 127.0.0.1):
         /// Prometheus text on /metrics,
-        /// JSON on /api/metrics and /api/graph. An address that is not loopback needs the
-        /// deployment's secret, which clients send as `Authorization: Bearer <secret>`.
+        /// JSON on /api/metrics and /api/graph. An address that is not loopback needs a
+        /// deployment secret; clients send the token `iotstream view-token` prints as
+        /// `Authorization: Bearer <token>`.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
         /// Serve the live view's web page at this address (`127.0.0.1:9465`; the same
@@ -242,6 +243,18 @@ without a liveness lock (from an older iotstream) are left and listed. Runs clea
 themselves; this is for what a SIGKILL or a power cut left behind."
     )]
     Clean,
+    /// Print the bearer token the live view (--metrics, --ui) asks for off loopback.
+    #[command(
+        long_about = "Print the bearer token a launcher running this deployment asks for when it serves --metrics or --ui on an address that is not loopback: derived from the deployment's secret ([network] secret_file), never the secret itself, which proves the links' peers and is never sent. The token travels in clear over HTTP and only lets its bearer read the view. Clients send it as 'Authorization: Bearer <token>' (Prometheus: credentials_file), or the page as ?token=<token> in its address.",
+        after_help = "Examples:
+  iotstream view-token --deploy cluster.toml
+  iotstream view-token --deploy cluster.toml > /etc/iotstream/view.token"
+    )]
+    ViewToken {
+        /// The deployment file (TOML) whose [network] secret_file the token derives from.
+        #[arg(long, short = 'd', value_name = "FILE")]
+        deploy: PathBuf,
+    },
     /// Measure what each way of running agents costs on this machine, against raw baselines.
     #[command(
         long_about = "Measure what each way of running agents costs on this machine, each figure \
@@ -508,6 +521,15 @@ fn main() -> ExitCode {
                 nats,
             };
             run_bench(&options, json.as_deref(), plot.as_deref())
+        }
+        Cmd::ViewToken { deploy } => {
+            match DeploymentFile::load(&deploy).and_then(|d| launcher::view_token(&d)) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
         }
         Cmd::Clean => {
             let cleaned = launcher::clean();

@@ -40,7 +40,8 @@ pub(crate) struct WatchOptions {
     pub metrics: Option<String>,
     /// `--ui ADDR`: the web page (and the same endpoints).
     pub ui: Option<String>,
-    /// The bearer token an address that is not loopback requires (the deployment's secret).
+    /// The bearer token an address that is not loopback requires (derived from the
+    /// deployment's secret: `launcher::view_token`).
     pub token: Option<String>,
     /// The other hosts' observation addresses, and the secret that proves requests; where this
     /// launcher's own observation port listens.
@@ -174,8 +175,8 @@ impl Watch {
 
 /// Starts the server `flag` (`--metrics` or `--ui`) asks for on `addr`. Its errors name the
 /// flag and the address once; an address that is not loopback without a token is refused
-/// with what a launcher's user can do about it (the token is the deployment's secret). On a
-/// loopback address no token is asked for.
+/// with what a launcher's user can do about it (the token derives from the deployment's
+/// secret). On a loopback address no token is asked for.
 fn serve(
     flag: &str,
     addr: &str,
@@ -191,10 +192,11 @@ fn serve(
         return Err(Error::Runtime {
             detail: format!(
                 "{flag} '{addr}': {} is not a loopback address, so anyone who can reach it \
-                 could read the application's metrics: there the deployment's secret is \
-                 required as a bearer token (name its file in the deployment's [network] \
-                 secret_file, see docs/security.md; clients then send 'Authorization: Bearer \
-                 <secret>'), or listen on 127.0.0.1",
+                 could read the application's metrics: there a bearer token is required, \
+                 derived from the deployment's secret (name its file in the deployment's \
+                 [network] secret_file, see docs/security.md; clients then send \
+                 'Authorization: Bearer <token>', the token `iotstream view-token --deploy \
+                 FILE` prints), or listen on 127.0.0.1",
                 resolved.ip()
             ),
         });
@@ -464,7 +466,7 @@ mod tests {
             assert_eq!(e.matches("runtime error").count(), 1, "{e}");
             assert!(e.contains("[network] secret_file"), "{e}");
         }
-        // With the secret as token, the same address is served.
+        // With a token, the same address is served.
         let mut o = options(Some("0.0.0.0:0"), None);
         o.token = Some("a-secret-of-the-deployment".into());
         assert_eq!(Watch::start(board(), o).expect("served").addrs().len(), 1);

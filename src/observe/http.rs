@@ -14,7 +14,8 @@
 //!
 //! The server listens on the address it is given, `127.0.0.1:PORT` by default in the
 //! launcher: only users of this host can reach it. An address that is not a loopback address
-//! (another interface, `0.0.0.0`) needs a token, the deployment's secret: every request must
+//! (another interface, `0.0.0.0`) needs a token (the launcher's is derived from the
+//! deployment's secret, `iotstream view-token`; never the secret itself): every request must
 //! then carry `Authorization: Bearer <token>` (compared in constant time), except that the
 //! page (`/`) may also be opened as `/?token=<token>` (percent-encoded) from a browser; the
 //! page passes the token on to its API calls as the header. Starting on such an address
@@ -147,8 +148,8 @@ impl Server {
             None if !resolved.ip().is_loopback() => {
                 return Err(fail(format!(
                     "{} is not a loopback address, so anyone who can reach it could read the \
-                     application's metrics: give a token (the deployment's secret; clients then \
-                     send 'Authorization: Bearer <token>'), or listen on 127.0.0.1",
+                     application's metrics: give a token (clients then send \
+                     'Authorization: Bearer <token>'), or listen on 127.0.0.1",
                     resolved.ip()
                 )))
             }

@@ -308,6 +308,21 @@ fn tag_mac(secret: &Secret, label: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
     mac
 }
 
+/// What names the live view's bearer token in its HMAC: see [`view_token`].
+const VIEW_TOKEN_LABEL: &[u8] = b"iotstream live view token v1";
+
+/// The live view's bearer token for a deployment with this secret: the hex of
+/// HMAC-SHA256(secret, "iotstream live view token v1"). Clients send it over plain HTTP, where
+/// anyone on the path may read it; it grants reading the view, nothing else: the secret
+/// itself, which proves a link's peer, is never sent (`docs/security.md`), and the token
+/// cannot be turned back into it. `iotstream view-token` prints it.
+pub(crate) fn view_token(secret: &Secret) -> String {
+    tag(secret, VIEW_TOKEN_LABEL, &[])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// 32 bytes from the operating system's random source.
 pub(crate) fn nonce() -> io::Result<[u8; 32]> {
     let mut out = [0; 32];
