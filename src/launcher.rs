@@ -152,7 +152,8 @@ pub fn view_token(deployment: &DeploymentFile) -> Result<String, Error> {
     };
     let path = settings.network.secret_file.as_ref().ok_or_else(|| {
         problem(
-            "not set: without a secret the live view serves loopback addresses only, and asks              for no token (see docs/security.md)"
+            "not set: without a secret the live view serves loopback addresses only, and asks \
+             for no token (see docs/security.md)"
                 .into(),
         )
     })?;

@@ -468,7 +468,7 @@ mod tests {
         }
         // With a token, the same address is served.
         let mut o = options(Some("0.0.0.0:0"), None);
-        o.token = Some("a-secret-of-the-deployment".into());
+        o.token = Some("a-view-token".into());
         assert_eq!(Watch::start(board(), o).expect("served").addrs().len(), 1);
     }
 

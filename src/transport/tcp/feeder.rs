@@ -1329,7 +1329,8 @@ impl<T: Element> Feeder<T> {
             let deadline = shared.linger.deadline().unwrap_or(deadline);
             if Instant::now() >= deadline {
                 tracing::warn!(
-                    "connection {}: host '{}' did not come back for the acknowledgement of its                      end of stream ({}); ending anyway: everything it sent was consumed",
+                    "connection {}: host '{}' did not come back for the acknowledgement of its \
+                     end of stream ({}); ending anyway: everything it sent was consumed",
                     shared.label,
                     shared.host,
                     if told.is_some() {

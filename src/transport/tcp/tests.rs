@@ -1107,13 +1107,12 @@ fn a_lingering_reader_gives_up_after_the_reconnect_limit_and_a_failed_one_does_n
     }
 }
 
-/// Both runs end normally at once (as the two ends of a link in one process do, or two
-/// processes whose last agents end together) while the End's acknowledgement has not gone
-/// out: the reader's agents left the last element unconsumed until their run's end. The
-/// writer lingers for the acknowledgement and confirms it with its Goodbye, so neither side
-/// holds its exit until `reconnect_limit`. Before, the writer's link ended with its run,
-/// without the Goodbye, and the reader's feeder lingered for the whole limit (the End never
-/// acknowledged to the writer).
+/// The writing run ends while its End's acknowledgement has not come (the reader's agents
+/// left the last element unconsumed until their run's end; a real run's host with a TCP
+/// output waits for the acknowledgement, see the next test, but the link does not count on
+/// it): the writer lingers for the acknowledgement and confirms it with its Goodbye, so
+/// neither side holds its exit until `reconnect_limit`. Before, the writer's link ended with
+/// its run, without the Goodbye, and the reader's feeder lingered for the whole limit.
 #[test]
 fn a_writer_whose_run_ends_before_the_ends_acknowledgement_lingers_for_it() {
     let s = TcpSettings {
@@ -1160,6 +1159,67 @@ fn a_writer_whose_run_ends_before_the_ends_acknowledgement_lingers_for_it() {
     assert!(r.sink.items() == items);
     assert_eq!(rrun.failure(), None);
     assert_eq!(wrun.failure(), None);
+}
+
+/// The writing host's mailbox of a run that ends the moment its End is acknowledged, as a
+/// real run does (the host with a TCP output is done once its End is acknowledged, and the
+/// run ends with its last host): the first credit envelope, the End's (a stream within the
+/// budget gets no other), ends the run.
+struct EndsAtTheAck(Arc<TestRun>);
+
+impl Mailbox for EndsAtTheAck {
+    fn post(&self, env: Envelope) {
+        if let Envelope::Credit { .. } = env {
+            self.0.end();
+        }
+    }
+}
+
+/// The writing run ends at the very moment its End is acknowledged (as a real run does): the
+/// writer's link must still say Goodbye, so that the reader does not linger for it. Before,
+/// the acknowledgement reader saw the run over and cut the connection, often before the I/O
+/// thread's Goodbye went out (the reader then held its exit for `reconnect_limit`).
+#[test]
+fn a_writer_whose_run_ends_at_the_ends_acknowledgement_still_says_goodbye() {
+    let s = TcpSettings {
+        reconnect_limit: GUARD * 2,
+        ..settings()
+    };
+    for round in 0..10 {
+        let (rrun, wrun) = (run(), run());
+        let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+        let n = 100;
+        let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 4096, n);
+        let (hook, _stops) = stop_recorder();
+        let spec = TcpWriterSpec {
+            id: identity::<u64>(),
+            peer_host: READER_HOST.into(),
+            connect_to: r.probe.addr().to_string(),
+            settings: Arc::new(s.clone()),
+            counters: Arc::default(),
+            on_peer_stop: hook,
+        };
+        let wake = Arc::new(EndsAtTheAck(wrun.clone()));
+        let mut tx = TcpSender::<u64>::open(spec, wake, 0, 0, wrun.clone() as Run).unwrap();
+        let items: Vec<u64> = (0..n as u64).collect();
+        assert_eq!(tx.write(&items).unwrap(), n, "within the budget");
+        tx.close();
+        poll("the writing run ends at the End's acknowledgement", || {
+            wrun.is_over()
+        });
+        assert!(tx.finished());
+        // The reading run ends: its feeder had the Goodbye, so it does not linger.
+        rrun.end();
+        poll(
+            &format!("round {round}: the reader ends without lingering"),
+            || r.probe.finished(),
+        );
+        assert!(rrun.lingering().is_empty());
+        poll("the writer's link is done", || wrun.lingering().is_empty());
+        assert!(r.sink.items() == items);
+        assert_eq!(rrun.failure(), None);
+        assert_eq!(wrun.failure(), None);
+    }
 }
 
 /// A loopback port nobody listens on (bound, then closed).

@@ -18,21 +18,23 @@
 //! Either connection thread that meets an error records it and cuts the connection, which
 //! wakes the other out of any blocked read or write.
 //!
-//! # The End's acknowledgement after the run
+//! # The Goodbye after the run
 //!
-//! A writer whose run ends normally (its process's agents are done) may not have heard the
-//! acknowledgement of its End yet: the reader acknowledges it once its agents consumed the
-//! stream, often just as both runs end (in one process, always at the same moment). Ending
-//! the link then, without the Goodbye that confirms the acknowledgement, would leave the
-//! reader's feeder lingering for a writer that never comes back, holding its process's exit
-//! for `reconnect_limit` (see the feeder's "The last word after a normal end"). So the link
-//! **lingers** too: it registers a [`Linger`] with its run, and while its End is queued and
-//! not acknowledged it goes on (connection, reconnection, acknowledgement reader) after the
-//! run's end or the sender's drop, until the acknowledgement comes (then Goodbye) or the
-//! linger's deadline passes (`reconnect_limit` after the run's end, less after a drain), with
-//! a warning naming the reader's host. Everything before the End was consumed by then (the
-//! run could not end normally otherwise), so giving up fails nothing. A failed run does not
-//! linger: the link ends at once.
+//! A host with a TCP output is done once its End is acknowledged, and a run ends with its
+//! last host: so the writing run often ends the very moment the acknowledgement arrives. The
+//! Goodbye that confirms it must still go out, or the reader's feeder lingers for a writer
+//! that never comes back, holding its process's exit for `reconnect_limit` (see the feeder's
+//! "The last word after a normal end"). So, once the End is acknowledged, the
+//! acknowledgement reader reads on until the reader closes (or is silent for `peer_timeout`,
+//! or the linger's deadline passes), whatever the run: before, it saw the run over and cut
+//! the connection, often before the I/O thread's Goodbye was out.
+//!
+//! And the link **lingers**: it registers a [`Linger`] with its run, released when its I/O
+//! thread ends, so that the process does not exit before the Goodbye is out; and while its End is queued and not acknowledged it goes on (connection,
+//! reconnection, acknowledgement reader) after the run's end or the sender's drop, until the
+//! acknowledgement comes (then Goodbye) or the linger's deadline passes (`reconnect_limit`
+//! after the run's end, less after a drain), with a warning naming the reader's host and no
+//! failure. A failed run does not linger: the link ends at once.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,7 +160,9 @@ impl Shared {
         }
         if !self.gave_up.swap(true, Ordering::SeqCst) {
             tracing::warn!(
-                "connection {}: host '{}' did not acknowledge the end of stream within {} of                  the run's end; ending anyway: it consumed everything before it",
+                "connection {}: host '{}' did not acknowledge the end of stream by the end of \
+                 the wait after the run's end (at most {}); ending anyway: it consumed \
+                 everything before it",
                 self.label,
                 self.host,
                 secs(self.linger.limit())
@@ -523,7 +527,8 @@ impl Io {
             if waited >= wait && self.run.is_over() && !self.run.failed() {
                 // Lingering for the End's acknowledgement after a normal end: nothing fails.
                 tracing::warn!(
-                    "connection {}: host '{}' ({}) did not accept the connection within {} for                      the acknowledgement of the end of stream; ending anyway; last error: {error}",
+                    "connection {}: host '{}' ({}) did not accept the connection within {} for \
+                     the acknowledgement of the end of stream; ending anyway; last error: {error}",
                     self.label,
                     self.host,
                     self.addr,
@@ -568,7 +573,9 @@ impl Io {
             if left.is_zero() && self.run.is_over() && !self.run.failed() {
                 // Lingering for the End's acknowledgement after a normal end: nothing fails.
                 tracing::warn!(
-                    "connection {}: lost host '{}' ({}) after the run's end and could not                      reconnect within {} for the acknowledgement of the end of stream; ending                      anyway: it consumed everything before it; last error: {last}",
+                    "connection {}: lost host '{}' ({}) after the run's end and could not \
+                     reconnect within {} for the acknowledgement of the end of stream; ending \
+                     anyway: it consumed everything before it; last error: {last}",
                     self.label,
                     self.host,
                     self.addr,
@@ -908,10 +915,16 @@ impl AckReader {
                 if st.conn != self.conn_no || st.broken.is_some() {
                     return None;
                 }
-                // Once finished, reads on until the reader closes (see `drive`); before, while
-                // the link has work (the End's acknowledgement may still be owed after the
-                // run's end).
-                if self.run.failed() || !(st.out.finished || self.shared.has_work(&st, &self.run)) {
+                // Once finished, reads on until the reader closes (see `drive` and the module
+                // docs), within the linger's deadline after the run's end; before, while the
+                // link has work (the End's acknowledgement may still be owed after the run's
+                // end).
+                let reads_on = if st.out.finished {
+                    !self.run.is_over() || Instant::now() < self.shared.linger.start(None)
+                } else {
+                    self.shared.has_work(&st, &self.run)
+                };
+                if self.run.failed() || !reads_on {
                     return None;
                 }
             }
