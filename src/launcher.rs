@@ -894,7 +894,8 @@ fn read_control(
                 }
                 continue;
             }
-            Ok(socket::LineRead::End) | Err(_) => return,
+            // A last line cut off mid-way (the child died writing it) is not a report.
+            Ok(socket::LineRead::End | socket::LineRead::Unterminated) | Err(_) => return,
         }
         let text = String::from_utf8_lossy(&line);
         let event = match text.trim() {

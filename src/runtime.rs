@@ -979,7 +979,8 @@ fn read_reports(
         match launch::read_line_bounded(&mut lines, &mut line, launch::MAX_METRICS_LINE) {
             Ok(launch::LineRead::Line) => {}
             Ok(launch::LineRead::TooLong) => continue,
-            Ok(launch::LineRead::End) | Err(_) => return,
+            // A last line cut off mid-way (the child died writing it) is not a report.
+            Ok(launch::LineRead::End | launch::LineRead::Unterminated) | Err(_) => return,
         }
         let text = String::from_utf8_lossy(&line);
         match text.trim() {

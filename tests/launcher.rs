@@ -1648,6 +1648,25 @@ fn ask(socket: &Path, request: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(&line).map_err(|e| format!("{request}: {e}: {line}"))
 }
 
+/// Sends `request` without a newline, closes the connection's writing half and reads the
+/// answer, a JSON line.
+fn ask_unterminated(socket: &Path, request: &str) -> Result<serde_json::Value, String> {
+    let conn = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    (&conn)
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    conn.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(&conn)
+        .read_line(&mut line)
+        .map_err(|e| format!("{request}: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("{request} (unterminated): {e}: {line:?}"))
+}
+
 /// The `process` entry of a `status` or `metrics` answer.
 fn process_entry<'a>(
     answer: &'a serde_json::Value,
@@ -2005,7 +2024,16 @@ fn restart_restarts_a_process_and_loses_nothing() -> Result<(), String> {
             )),
         || format!("restart said:\n{said}\n{}", run.stderr()),
     )?;
-    let status = ask(&socket_of(&xdg.0, run.pid())?, r#"{"cmd":"status"}"#)?;
+    let socket = socket_of(&xdg.0, run.pid())?;
+    let status = ask(&socket, r#"{"cmd":"status"}"#)?;
+    // The same request without its newline, the client's writing half closed after it (as
+    // `printf '{"cmd":"status"}' | socat - UNIX-CONNECT:...` sends it): answered too. Before,
+    // it was dropped without a word.
+    let unterminated = ask_unterminated(&socket, r#"{"cmd":"status"}"#)?;
+    ensure(
+        unterminated["status"]["run"] == status["status"]["run"],
+        || format!("an unterminated request got {unterminated}"),
+    )?;
     let work = process_entry(&status, "status", "work").ok_or("no 'work' in the status")?;
     ensure(
         work["restarts"] == 1 && work["status"] == "running" && work["pid"] == after.unwrap_or(0),

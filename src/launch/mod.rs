@@ -605,7 +605,11 @@ pub(crate) enum LineRead {
     Line,
     /// A line longer than the limit was skipped (up to and including its `\n`).
     TooLong,
-    /// The end of the input (a last line without `\n` is dropped).
+    /// A last line without `\n` is in the buffer, at the end of the input (a peer that wrote
+    /// it and closed; or one cut off mid-line: the caller decides). The next read says
+    /// [`End`](LineRead::End).
+    Unterminated,
+    /// The end of the input.
     End,
 }
 
@@ -625,7 +629,11 @@ pub(crate) fn read_line_bounded(
             Err(e) => return Err(e),
         };
         if available.is_empty() {
-            return Ok(LineRead::End);
+            return Ok(if buf.is_empty() || too_long {
+                LineRead::End
+            } else {
+                LineRead::Unterminated
+            });
         }
         let (piece, found) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (&available[..i], Some(i + 1)),

@@ -515,7 +515,9 @@ fn serve(conn: UnixStream, shared: &Shared) {
     let mut line = Vec::new();
     loop {
         match read_line_bounded(&mut reader, &mut line, MAX_REQUEST) {
-            Ok(LineRead::Line) => {}
+            // A last request without its newline (`printf '{"cmd":"status"}' | socat ...`)
+            // is answered too: the next read ends the connection.
+            Ok(LineRead::Line | LineRead::Unterminated) => {}
             Ok(LineRead::TooLong) => {
                 let _ = send(
                     &mut conn,
@@ -906,7 +908,8 @@ fn exchange(
     let mut buf = Vec::new();
     loop {
         match read_line_bounded(&mut reader, &mut buf, MAX_REPLY).map_err(lost)? {
-            LineRead::End => return Ok(()),
+            // A reply cut off mid-way: the launcher went away.
+            LineRead::End | LineRead::Unterminated => return Ok(()),
             LineRead::TooLong => {
                 return Err(OpError::failed(format!(
                     "the launcher answered a line over {MAX_REPLY} bytes"
@@ -1254,11 +1257,28 @@ mod tests {
             match read_line_bounded(&mut r, &mut buf, 10).unwrap() {
                 LineRead::Line => got.push(String::from_utf8(buf.clone()).unwrap()),
                 LineRead::TooLong => got.push("<too long>".into()),
+                LineRead::Unterminated => {
+                    got.push(format!("{} (unterminated)", String::from_utf8_lossy(&buf)))
+                }
                 LineRead::End => break,
             }
             assert!(buf.len() <= 10);
         }
-        assert_eq!(got, ["short", "<too long>", "next"]);
+        assert_eq!(
+            got,
+            ["short", "<too long>", "next", "unfinished (unterminated)"]
+        );
+        // A long last line without its newline is skipped, as any long line.
+        let text = format!("ok\n{long}");
+        let mut r = BufReader::with_capacity(7, text.as_bytes());
+        assert_eq!(
+            read_line_bounded(&mut r, &mut buf, 10).unwrap(),
+            LineRead::Line
+        );
+        assert_eq!(
+            read_line_bounded(&mut r, &mut buf, 10).unwrap(),
+            LineRead::End
+        );
     }
 
     #[test]
