@@ -30,11 +30,12 @@
 //! the connection, often before the I/O thread's Goodbye was out.
 //!
 //! And the link **lingers**: it registers a [`Linger`] with its run, released when its I/O
-//! thread ends, so that the process does not exit before the Goodbye is out; and while its End is queued and not acknowledged it goes on (connection,
-//! reconnection, acknowledgement reader) after the run's end or the sender's drop, until the
-//! acknowledgement comes (then Goodbye) or the linger's deadline passes (`reconnect_limit`
-//! after the run's end, less after a drain), with a warning naming the reader's host and no
-//! failure. A failed run does not linger: the link ends at once.
+//! thread ends, so that the process does not exit before the Goodbye is out; and while its
+//! End is queued and not acknowledged it goes on (connection, reconnection, acknowledgement
+//! reader) after the run's end or the sender's drop, until the acknowledgement comes (then
+//! Goodbye) or the linger's deadline passes (`reconnect_limit` after the run's end, less after
+//! a drain), with a warning naming the reader's host and no failure. A failed run does not
+//! linger: the link ends at once.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,10 +121,10 @@ struct Shared {
     /// Signals the I/O thread: frames queued, a connection broke, the End acknowledged.
     cond: Condvar,
     /// The [`TcpSender`] is gone: the I/O thread ends, unless it owes the End (see the module
-    /// docs, "The End's acknowledgement after the run").
+    /// docs, "The Goodbye after the run").
     dropped: AtomicBool,
-    /// Holds the process's exit while the End's acknowledgement is owed after the run's end;
-    /// released when the I/O thread ends.
+    /// Holds the process's exit after the run's end until the Goodbye is out (or the End's
+    /// acknowledgement is given up on); released when the I/O thread ends.
     linger: Arc<Linger>,
     /// The linger's deadline passed and the warning was given.
     gave_up: AtomicBool,
