@@ -1634,37 +1634,34 @@ fn socket_of(xdg: &Path, pid: u32) -> Result<PathBuf, String> {
 
 /// Sends one JSON request line on `socket`, as any client may, and reads one answer line.
 fn ask(socket: &Path, request: &str) -> Result<serde_json::Value, String> {
-    let conn = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    (&conn)
-        .write_all(format!("{request}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut line)
-        .map_err(|e| format!("{request}: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("{request}: {e}: {line}"))
+    exchange(socket, &format!("{request}\n"), false)
 }
 
 /// Sends `request` without a newline, closes the connection's writing half and reads the
 /// answer, a JSON line.
 fn ask_unterminated(socket: &Path, request: &str) -> Result<serde_json::Value, String> {
+    exchange(socket, request, true)
+}
+
+/// Writes `bytes` on `socket` (then closes the writing half if `close_writes`) and reads one
+/// answer line, as JSON.
+fn exchange(socket: &Path, bytes: &str, close_writes: bool) -> Result<serde_json::Value, String> {
     let conn = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("connect {}: {e}", socket.display()))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
     (&conn)
-        .write_all(request.as_bytes())
+        .write_all(bytes.as_bytes())
         .map_err(|e| e.to_string())?;
-    conn.shutdown(std::net::Shutdown::Write)
-        .map_err(|e| e.to_string())?;
+    if close_writes {
+        conn.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+    }
     let mut line = String::new();
     BufReader::new(&conn)
         .read_line(&mut line)
-        .map_err(|e| format!("{request}: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("{request} (unterminated): {e}: {line:?}"))
+        .map_err(|e| format!("{bytes:?}: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("{bytes:?}: {e}: {line:?}"))
 }
 
 /// The `process` entry of a `status` or `metrics` answer.

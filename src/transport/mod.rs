@@ -1430,15 +1430,16 @@ fn feed<T: Element>(
                     })
                     .map_err(|e| e.to_string())?;
                 if wait == Wait::TimedOut {
+                    // One look at the writer's process serves both checks.
                     let writer = consumer.producer();
+                    let live = writer.filter(|&w| holder_alive(w));
                     peer.check(
                         writer,
-                        holder_alive,
+                        |_| live.is_some(),
                         spec.run.peers_may_restart(),
                         spec.run.stopping(),
                     )?;
                     // Only a live writer: a dead one's pid may name another process by now.
-                    let live = writer.filter(|&w| holder_alive(w));
                     stopped.check(live, spec.stopped, &spec.label, &peer.peer);
                 }
             }

@@ -253,6 +253,26 @@ struct Writer<T> {
     run: Arc<TestRun>,
 }
 
+/// What a writer to `addr` needs, and where its stop hook records the hosts it was called
+/// with.
+fn writer_spec(
+    id: LinkIdentity,
+    addr: SocketAddr,
+    settings: TcpSettings,
+    counters: &Arc<LinkCounters>,
+) -> (TcpWriterSpec, Arc<Mutex<Vec<String>>>) {
+    let (hook, stops) = stop_recorder();
+    let spec = TcpWriterSpec {
+        id,
+        peer_host: READER_HOST.into(),
+        connect_to: addr.to_string(),
+        settings: Arc::new(settings),
+        counters: Arc::clone(counters),
+        on_peer_stop: hook,
+    };
+    (spec, stops)
+}
+
 fn writer_with<T: Element>(
     id: LinkIdentity,
     addr: SocketAddr,
@@ -261,15 +281,7 @@ fn writer_with<T: Element>(
 ) -> Writer<T> {
     let wake = Arc::new(Wake::default());
     let counters = Arc::new(LinkCounters::default());
-    let (hook, stops) = stop_recorder();
-    let spec = TcpWriterSpec {
-        id,
-        peer_host: READER_HOST.into(),
-        connect_to: addr.to_string(),
-        settings: Arc::new(settings),
-        counters: Arc::clone(&counters),
-        on_peer_stop: hook,
-    };
+    let (spec, stops) = writer_spec(id, addr, settings, &counters);
     let tx = TcpSender::<T>::open(
         spec,
         Arc::clone(&wake) as Arc<dyn Mailbox>,
@@ -1190,15 +1202,12 @@ fn a_writer_whose_run_ends_at_the_ends_acknowledgement_still_says_goodbye() {
         let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
         let n = 100;
         let r = reader::<u64>("127.0.0.1:0", &rrun, s.clone(), 4096, n);
-        let (hook, _stops) = stop_recorder();
-        let spec = TcpWriterSpec {
-            id: identity::<u64>(),
-            peer_host: READER_HOST.into(),
-            connect_to: r.probe.addr().to_string(),
-            settings: Arc::new(s.clone()),
-            counters: Arc::default(),
-            on_peer_stop: hook,
-        };
+        let (spec, _stops) = writer_spec(
+            identity::<u64>(),
+            r.probe.addr(),
+            s.clone(),
+            &Arc::default(),
+        );
         let wake = Arc::new(EndsAtTheAck(wrun.clone()));
         let mut tx = TcpSender::<u64>::open(spec, wake, 0, 0, wrun.clone() as Run).unwrap();
         let items: Vec<u64> = (0..n as u64).collect();
