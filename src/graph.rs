@@ -30,6 +30,8 @@
 //!   rounded up to a power of two (8 KiB at least);
 //! - over TCP, as in process; the deployment's `unacked_bytes` bounds the bytes there.
 //!
+//! A source's batches are kept to an eighth of the smallest credit it feeds, so that several
+//! are in flight at once ([`SourceOptions::max_batch`](crate::SourceOptions::max_batch)).
 //! A batch larger than the credit is split (what fits goes, the rest waits), and the credit is
 //! never less than one element (an element larger than the bound travels alone) nor less than
 //! what the reading agent needs to make progress ([`Ports::needs_at_least`]: a bound set on
@@ -187,6 +189,11 @@ pub(crate) struct Edge {
     pub to: PortId,
     pub conn: Connection,
 }
+
+/// How many of a source's batches its connections' credit holds at least: a source's batch
+/// is kept to this fraction of the smallest credit it feeds (see
+/// [`SourceOptions::max_batch`](crate::SourceOptions::max_batch)).
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// What a connection's two bounds come to (see the module docs, "Capacity").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -777,6 +784,19 @@ impl Graph {
         out
     }
 
+    /// For each agent, the most elements a batch of its stream may hold if it is a source: an
+    /// eighth of the smallest credit among the connections it feeds ([`BATCHES_IN_FLIGHT`]);
+    /// `None` if it feeds none.
+    fn source_batch_limits(&self) -> Vec<Option<usize>> {
+        let mut limits = vec![None; self.agents.len()];
+        for e in &self.edges {
+            let share = (self.bounds(e).elements / BATCHES_IN_FLIGHT).max(1);
+            let limit = &mut limits[e.from.agent as usize];
+            *limit = Some(limit.map_or(share, |l: usize| l.min(share)));
+        }
+        limits
+    }
+
     /// What edge `e`'s element and byte bounds come to (see the module docs, "Capacity").
     pub(crate) fn bounds(&self, e: &Edge) -> Bounds {
         let capacity = e.conn.capacity.unwrap_or(self.default_capacity);
@@ -1050,6 +1070,7 @@ impl Graph {
             .map(|i| part.process.is_none_or(|p| self.process_of(i) == p))
             .collect();
         let timed = self.timed_agents();
+        let batch_limits = self.source_batch_limits();
         let mut registry = Registry::default();
         let mut hosts: Vec<Option<Host>> = Vec::with_capacity(self.agents.len());
         for (i, a) in self.agents.iter_mut().enumerate() {
@@ -1070,9 +1091,12 @@ impl Graph {
             registry
                 .agents
                 .push((a.name.clone(), Arc::clone(&counters)));
-            let driver = a.driver.take().ok_or_else(|| Error::Runtime {
+            let mut driver = a.driver.take().ok_or_else(|| Error::Runtime {
                 detail: format!("graph '{}' was already instantiated", self.name),
             })?;
+            if let (Driver::Source(source), Some(limit)) = (&mut driver, batch_limits[i]) {
+                source.limit_batch(limit);
+            }
             let mut host = Host::new(
                 a.name.as_str().into(),
                 (self.id, i as u32),

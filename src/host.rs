@@ -196,6 +196,9 @@ pub(crate) trait SourceDriver: Send {
     /// Its work runs on a thread of its own in a threaded run (a [`Source`](crate::Source)),
     /// rather than in the program's calls (`Graph::input`).
     fn has_thread(&self) -> bool;
+    /// Keeps its batches to at most `elements` (never below one): set once, before the run,
+    /// from the credit of the connections its stream feeds.
+    fn limit_batch(&mut self, elements: usize);
 }
 
 pub(crate) enum Driver {

@@ -292,3 +292,80 @@ fn an_interval_past_what_an_instant_holds_calls_once_then_waits_for_the_stop() {
     });
     assert_eq!(values.unwrap(), [42]);
 }
+
+/// The `max` each `fill` of a source (asked for batches of 4096) was given, in a threaded run
+/// of `source → collect` set up by `wire`, which may add more readers of the source's stream.
+fn maxes_asked(wire: impl FnOnce(&mut Graph, &iotstream::Stream<u64>)) -> Vec<usize> {
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&asked);
+    let mut g = Graph::new("batch_limits");
+    let mut next = 0u64;
+    let s = g.source_with(
+        "counter",
+        move |out: &mut Vec<u64>, max: usize| {
+            seen.lock().unwrap().push(max);
+            out.extend(next..next + 100);
+            next += 100;
+            Ok(next < 1000)
+        },
+        iotstream::SourceOptions {
+            max_batch: 4096,
+            interval: None,
+        },
+    );
+    wire(&mut g, &s);
+    let out = g.collect("out", &s);
+    within_60s(move || g.run().map(|_| out.values()))
+        .map(|v| assert_eq!(v, (0..1000).collect::<Vec<u64>>()))
+        .unwrap();
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 10, "fill was called {} times", asked.len());
+    asked
+}
+
+/// A source's batches are kept to an eighth of the credit of the connections it feeds, so
+/// that 8 of them are in flight: a batch that took a connection's whole credit made writer and
+/// reader take turns (two processes moved 1 KiB elements at half the speed). Before, `fill`
+/// was asked for `max_batch` whatever the connections held.
+#[test]
+fn a_sources_batches_are_an_eighth_of_the_credit_it_feeds_at_most() {
+    // The default bounds hold 32 Ki u64s: max_batch (4096) is already an eighth.
+    assert!(maxes_asked(|_, _| {}).iter().all(|&m| m == 4096));
+    // 64 KiB hold 8 Ki u64s: 1 Ki to a batch.
+    assert!(maxes_asked(|g, _| {
+        g.set_default_capacity_bytes(64 << 10);
+    })
+    .iter()
+    .all(|&m| m == 1024));
+    // The smallest credit among the readers counts (16 elements: batches of 2).
+    assert!(maxes_asked(|g, s| {
+        let input = g.add_agent("slow", |p| {
+            let input = p.input::<u64>("in");
+            (Drain(input), input)
+        });
+        g.connect_with(s, &input, iotstream::Connection::new().capacity(16));
+    })
+    .iter()
+    .all(|&m| m == 2));
+    // Never below one element.
+    assert!(maxes_asked(|g, _| {
+        g.set_default_capacity(3);
+    })
+    .iter()
+    .all(|&m| m == 1));
+}
+
+/// Consumes what it is shown.
+struct Drain(iotstream::Input<u64>);
+
+impl iotstream::Agent for Drain {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        _: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        let n = i.slice(&self.0).len();
+        i.consume(&self.0, n);
+        Ok(())
+    }
+}

@@ -120,6 +120,14 @@ pub struct SourceOptions {
     /// throughput high, since the runtime's costs are per batch, never per element. It is a
     /// limit, not a size: a source's thread reserves room for at most 4 MiB of a batch up
     /// front, and what a call appends beyond that grows the batch.
+    ///
+    /// The run lowers it to an eighth of the credit of the connections the source feeds
+    /// (see [`Graph`](crate::Graph)'s "Capacity"; at least one element), so that 8 batches are
+    /// in flight there however large the elements: at the default byte bound (4 MiB), 1 KiB
+    /// elements go 512 to a batch. A batch that took a connection's whole credit would make
+    /// writer and reader take turns (each waits while the other works on it), and one of
+    /// several megabytes no longer fits a core's cache between making it and sending it;
+    /// both halved the two-process throughput of 1 KiB elements (docs/benchmarks.md).
     pub max_batch: usize,
     /// If set, [`Source::fill`] is called for one element every `interval` (threaded runs
     /// only; the harness ignores time). The calls keep to the clock, without drift; an
@@ -210,6 +218,10 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
 
     fn has_thread(&self) -> bool {
         self.pulls
+    }
+
+    fn limit_batch(&mut self, elements: usize) {
+        self.options.max_batch = self.options.max_batch.clamp(1, elements.max(1));
     }
 
     fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<Option<SourceEnder>, Error> {
