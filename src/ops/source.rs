@@ -122,7 +122,7 @@ pub struct SourceOptions {
     /// front, and what a call appends beyond that grows the batch.
     ///
     /// The run lowers it to an eighth of the credit of the connections the source feeds
-    /// (see [`Graph`](crate::Graph)'s "Capacity"; at least one element), so that 8 batches are
+    /// (see [`graph`](crate::graph), "Capacity"; at least one element), so that 8 batches are
     /// in flight there however large the elements: at the default byte bound (4 MiB), 1 KiB
     /// elements go 512 to a batch. A batch that took a connection's whole credit would make
     /// writer and reader take turns (each waits while the other works on it), and one of
