@@ -34,6 +34,12 @@
 //! - The server answers up to [`MAX_EXCHANGES`] clients at once, each on a thread of its own,
 //!   so one slow client delays no other; while that many are in progress it accepts no more
 //!   (they wait in the listen queue, within their own deadlines).
+//! - Anyone who can reach the port can open a connection, proof or not. So that a few
+//!   connections that say nothing cannot keep the launchers from each other, one address has
+//!   at most [`MAX_EXCHANGES_PER_ADDRESS`] exchanges in progress (a connection beyond that is
+//!   closed at once, unanswered, and reported), and a client has [`REQUEST_TIMEOUT`] after the
+//!   greeting to send its request. A launcher asks each other one once per interval, one
+//!   exchange at a time.
 //! - An answer is at most [`MAX_ANSWER_BYTES`], refused by its announced length before any of
 //!   it is read, and read as it arrives (no buffer of the announced size up front).
 
@@ -65,6 +71,13 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many clients the server answers at once.
 pub const MAX_EXCHANGES: usize = 16;
 
+/// How many of those may come from one address (IP) at once.
+pub const MAX_EXCHANGES_PER_ADDRESS: usize = 2;
+
+/// How long the server waits for a client's request once it has sent its greeting (the rest
+/// of the exchange is still within [`EXCHANGE_TIMEOUT`]): a round trip, even on a slow link.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Addresses whose refusals the server remembers having reported (each is reported once).
 const MAX_REPORTED_ADDRESSES: usize = 1024;
 
@@ -93,6 +106,9 @@ struct Shared {
     report: ReportFn,
     /// Exchanges in progress (at most [`MAX_EXCHANGES`]).
     active: AtomicUsize,
+    /// Exchanges in progress per client address (at most [`MAX_EXCHANGES_PER_ADDRESS`] each;
+    /// an address with none has no entry).
+    by_address: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Addresses whose refusal was reported.
     reported: Mutex<std::collections::HashSet<std::net::IpAddr>>,
 }
@@ -115,6 +131,7 @@ impl PeerServer {
             view,
             report,
             active: AtomicUsize::new(0),
+            by_address: Mutex::new(std::collections::HashMap::new()),
             reported: Mutex::new(std::collections::HashSet::new()),
         });
         let stopped = Arc::clone(&stop);
@@ -171,25 +188,76 @@ fn accept_loop(listener: &TcpListener, addr: SocketAddr, shared: &Arc<Shared>, s
             }
         };
         failing = None;
-        shared.active.fetch_add(1, Ordering::SeqCst);
-        let one = Arc::clone(shared);
+        let Some(slot) = Slot::take(shared, peer) else {
+            // Closed unanswered (after the report, as an answered refusal): this address
+            // already has all the exchanges it may have.
+            shared.refused(
+                peer,
+                &format!(
+                    "{MAX_EXCHANGES_PER_ADDRESS} exchanges from this address already in progress"
+                ),
+            );
+            drop(stream);
+            continue;
+        };
         let spawned = std::thread::Builder::new()
             .name("iotstream observe answer".into())
             .spawn(move || {
                 let mut stream = stream;
                 // Reported before the connection closes: the client learns of the refusal
                 // after the report is made.
-                if let Err(e) = answer(&mut stream, &one.secret, &one.view) {
-                    one.refused(peer, &e);
+                if let Err(e) = answer(&mut stream, &slot.shared.secret, &slot.shared.view) {
+                    slot.shared.refused(peer, &e);
                 }
                 drop(stream);
-                one.active.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
             });
         if let Err(e) = spawned {
-            // The closure (and the connection) is dropped: the client sees it closed.
-            shared.active.fetch_sub(1, Ordering::SeqCst);
+            // The closure (the connection, its slot) is dropped: the client sees it closed.
             shared.refused(peer, &format!("no thread to answer it: {e}"));
         }
+    }
+}
+
+/// One exchange in progress, counted in [`Shared::active`] and under its client's address
+/// until dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    peer: std::net::IpAddr,
+}
+
+impl Slot {
+    /// Counts one more exchange from `peer`; `None` if its address already has
+    /// [`MAX_EXCHANGES_PER_ADDRESS`].
+    fn take(shared: &Arc<Shared>, peer: SocketAddr) -> Option<Slot> {
+        let mut by_address = shared.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        let count = by_address.entry(peer.ip()).or_insert(0);
+        if *count >= MAX_EXCHANGES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        Some(Slot {
+            shared: Arc::clone(shared),
+            peer: peer.ip(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut by_address = self
+            .shared
+            .by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = by_address.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&self.peer);
+            }
+        }
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -266,7 +334,17 @@ fn answer(stream: &mut TcpStream, secret: &Secret, view: &ViewFn) -> Result<(), 
     hello.extend_from_slice(&server_nonce);
     write_by(stream, &hello, deadline).map_err(|e| e.to_string())?;
     let mut request = [0u8; 8 + 32 + 1 + 32];
-    read_by(stream, &mut request, deadline).map_err(|e| format!("no complete request: {e}"))?;
+    let request_by = deadline.min(Instant::now() + REQUEST_TIMEOUT);
+    read_by(stream, &mut request, request_by).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock {
+            format!(
+                "no complete request within {} s of the greeting",
+                REQUEST_TIMEOUT.as_secs()
+            )
+        } else {
+            format!("no complete request: {e}")
+        }
+    })?;
     if &request[..8] != MAGIC {
         return Err("not an iotstream launcher (wrong magic)".into());
     }
@@ -422,19 +500,112 @@ mod tests {
     fn clients_that_say_nothing_do_not_keep_others_waiting() {
         let server = serve("0123456789abcdef-same");
         // All exchanges but one taken by clients that read the greeting and then say nothing
-        // (a server answering one client at a time would wait for each of them in turn).
+        // (a server answering one client at a time would wait for each of them in turn), from
+        // as many addresses as that takes.
         let silent: Vec<TcpStream> = (0..MAX_EXCHANGES - 1)
-            .map(|_| {
-                let mut s = TcpStream::connect(server.addr()).unwrap();
-                let mut hello = [0u8; 40];
-                s.read_exact(&mut hello).unwrap();
-                assert_eq!(&hello[..8], MAGIC);
+            .map(|i| {
+                let from = format!("127.0.0.{}", 2 + i / MAX_EXCHANGES_PER_ADDRESS);
+                let mut s = connect_from(&from, server.addr());
+                assert!(
+                    greeted(&mut s),
+                    "connection {i} from {from} was not answered"
+                );
                 s
             })
             .collect();
         let got = fetch(server.addr(), &secret("0123456789abcdef-same")).unwrap();
         assert_eq!(got.app, "quake");
         drop(silent);
+    }
+
+    /// A connection to `server` from `from`, a loopback address of its own (127.0.0.2, …).
+    fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: SocketAddr = format!("{from}:0").parse().unwrap();
+        socket.bind(&local.into()).unwrap();
+        socket.connect(&server.into()).unwrap();
+        socket.into()
+    }
+
+    /// Reads the server's greeting: false if the server closed the connection instead.
+    fn greeted(s: &mut TcpStream) -> bool {
+        let mut hello = [0u8; 40];
+        match s.read_exact(&mut hello) {
+            Ok(()) => {
+                assert_eq!(&hello[..8], MAGIC);
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Err(e) => panic!("reading the greeting: {e}"),
+        }
+    }
+
+    /// Connections that say nothing, all from one address, cannot take every exchange: the
+    /// server closes those beyond [`MAX_EXCHANGES_PER_ADDRESS`] unanswered, and says so, and
+    /// other clients are answered meanwhile. Before, 16 such connections (reopened as they
+    /// timed out) kept every other launcher from this one's view.
+    #[test]
+    fn one_address_cannot_take_every_exchange() {
+        let (server, reported) = serve_reporting("0123456789abcdef-same");
+        let held: Vec<TcpStream> = (0..MAX_EXCHANGES_PER_ADDRESS)
+            .map(|_| {
+                let mut s = connect_from("127.0.0.2", server.addr());
+                assert!(greeted(&mut s));
+                s
+            })
+            .collect();
+        let mut beyond = connect_from("127.0.0.2", server.addr());
+        assert!(
+            !greeted(&mut beyond),
+            "a connection beyond the address's share was answered"
+        );
+        let got = fetch(server.addr(), &secret("0123456789abcdef-same")).unwrap();
+        assert_eq!(got.app, "quake");
+        // Reported by the accepting thread before it accepted the fetch's connection.
+        let lines = reported.lock().unwrap().clone();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("observation request from 127.0.0.2:")
+                    && l.contains("refused: 2 exchanges from this address already in progress")),
+            "{lines:?}"
+        );
+        // Once its exchanges end, the address is answered again.
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut again = connect_from("127.0.0.2", server.addr());
+            if greeted(&mut again) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "127.0.0.2 was never answered again"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A client that reads the greeting and says nothing is closed once [`REQUEST_TIMEOUT`]
+    /// has passed, and the report says so.
+    #[test]
+    fn a_client_that_sends_no_request_is_closed_and_named() {
+        let (server, reported) = serve_reporting("0123456789abcdef-same");
+        let mut silent = connect_from("127.0.0.3", server.addr());
+        assert!(greeted(&mut silent));
+        let mut rest = Vec::new();
+        // Returns at the server's close (EOF), which the report comes before.
+        silent.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        let lines = reported.lock().unwrap().clone();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("observation request from 127.0.0.3:")
+                    && l.contains("refused: no complete request within 2 s of the greeting")),
+            "{lines:?}"
+        );
     }
 
     #[test]
