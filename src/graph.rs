@@ -30,8 +30,9 @@
 //!   rounded up to a power of two (8 KiB at least);
 //! - over TCP, as in process; the deployment's `unacked_bytes` bounds the bytes there.
 //!
-//! A source's batches are kept to an eighth of the smallest credit it feeds, so that several
-//! are in flight at once ([`SourceOptions::max_batch`](crate::SourceOptions::max_batch)).
+//! A source's batches are kept to an eighth of the smallest credit it feeds, or to 256 KiB of
+//! elements if that is more, so that several are in flight at once
+//! ([`SourceOptions::max_batch`](crate::SourceOptions::max_batch)).
 //! A batch larger than the credit is split (what fits goes, the rest waits), and the credit is
 //! never less than one element (an element larger than the bound travels alone) nor less than
 //! what the reading agent needs to make progress ([`Ports::needs_at_least`]: a bound set on
@@ -192,8 +193,15 @@ pub(crate) struct Edge {
 
 /// How many of a source's batches its connections' credit holds at least: a source's batch
 /// is kept to this fraction of the smallest credit it feeds (see
-/// [`SourceOptions::max_batch`](crate::SourceOptions::max_batch)).
+/// [`SourceOptions::max_batch`](crate::SourceOptions::max_batch)), unless that is less than
+/// [`SMALL_BATCH_BYTES`].
 const BATCHES_IN_FLIGHT: usize = 8;
+
+/// A batch this small stays in a core's cache and is cheap to wait for: a source's batches
+/// are never kept below it (nor above `max_batch`) for the sake of [`BATCHES_IN_FLIGHT`]. A
+/// small credit of small elements (a capacity of 3 u64s) splits the source's batches as it
+/// always did, and they travel as their source made them.
+const SMALL_BATCH_BYTES: usize = 256 << 10;
 
 /// What a connection's two bounds come to (see the module docs, "Capacity").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -785,12 +793,16 @@ impl Graph {
     }
 
     /// For each agent, the most elements a batch of its stream may hold if it is a source: an
-    /// eighth of the smallest credit among the connections it feeds ([`BATCHES_IN_FLIGHT`]);
-    /// `None` if it feeds none.
+    /// eighth of the smallest credit among the connections it feeds ([`BATCHES_IN_FLIGHT`]),
+    /// or [`SMALL_BATCH_BYTES`] of its elements if that is more; `None` if it feeds none.
     fn source_batch_limits(&self) -> Vec<Option<usize>> {
         let mut limits = vec![None; self.agents.len()];
         for e in &self.edges {
-            let share = (self.bounds(e).elements / BATCHES_IN_FLIGHT).max(1);
+            let decl = &self.agents[e.from.agent as usize].outputs[e.from.port as usize];
+            let small = SMALL_BATCH_BYTES / decl.element_bytes.max(1);
+            let share = (self.bounds(e).elements / BATCHES_IN_FLIGHT)
+                .max(small)
+                .max(1);
             let limit = &mut limits[e.from.agent as usize];
             *limit = Some(limit.map_or(share, |l: usize| l.min(share)));
         }

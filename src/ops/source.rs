@@ -121,13 +121,14 @@ pub struct SourceOptions {
     /// limit, not a size: a source's thread reserves room for at most 4 MiB of a batch up
     /// front, and what a call appends beyond that grows the batch.
     ///
-    /// The run lowers it to an eighth of the credit of the connections the source feeds
-    /// (see [`graph`](crate::graph), "Capacity"; at least one element), so that 8 batches are
-    /// in flight there however large the elements: at the default byte bound (4 MiB), 1 KiB
-    /// elements go 512 to a batch. A batch that took a connection's whole credit would make
-    /// writer and reader take turns (each waits while the other works on it), and one of
-    /// several megabytes no longer fits a core's cache between making it and sending it;
-    /// both halved the two-process throughput of 1 KiB elements (docs/benchmarks.md).
+    /// The run lowers it to an eighth of the smallest credit among the connections the source
+    /// feeds (see [`graph`](crate::graph), "Capacity"), so that 8 batches are in flight there
+    /// however large the elements, but never below 256 KiB of elements: at the default byte
+    /// bound (4 MiB), 1 KiB elements go 512 to a batch, 64 KiB elements 8; 8-byte elements
+    /// keep 4096. A batch that took a connection's whole credit would make writer and reader
+    /// take turns (each waits while the other works on it), and one of several megabytes no
+    /// longer fits a core's cache between making it and sending it: together they halved the
+    /// two-process throughput of 1 KiB elements (docs/benchmarks.md).
     pub max_batch: usize,
     /// If set, [`Source::fill`] is called for one element every `interval` (threaded runs
     /// only; the harness ignores time). The calls keep to the clock, without drift; an
