@@ -123,7 +123,8 @@ impl Watch {
             let view: peers::ViewFn = Arc::new(move || own.local_view());
             let logs = Arc::clone(&board);
             let report: peers::ReportFn = Arc::new(move |line: &str| super::note(&logs, line));
-            let server = PeerServer::start(p.listen, p.secret.clone(), view, report);
+            let known = peers::KnownAddresses::default();
+            let server = PeerServer::start(p.listen, p.secret.clone(), view, report, known.clone());
             peer_server = Some(server.map_err(|e| Error::Runtime {
                 detail: format!(
                     "host '{}': cannot listen for the other hosts' launchers on its observation \
@@ -141,6 +142,7 @@ impl Watch {
                     period,
                     Arc::clone(&board),
                     Arc::clone(&stop),
+                    known.clone(),
                 )?);
             }
         }
@@ -316,6 +318,7 @@ impl Remote {
         period: Duration,
         board: Arc<Board>,
         stop: Arc<AtomicBool>,
+        known: peers::KnownAddresses,
     ) -> Result<Remote, Error> {
         let latest: Arc<Mutex<Option<AppMetrics>>> = Arc::default();
         let thread = {
@@ -336,6 +339,9 @@ impl Remote {
                                 a.next()
                                     .ok_or_else(|| format!("{address} resolves to nothing"))
                             })
+                            // Its launcher's requests to this one come from there (most
+                            // likely): not held to one address's share.
+                            .inspect(|a| known.learn(a.ip()))
                             .and_then(|a| peers::fetch(a, &secret))
                             .and_then(|view| match view.app == board.graph().app {
                                 true => Ok(view),

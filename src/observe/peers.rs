@@ -35,16 +35,18 @@
 //!   so one slow client delays no other; while that many are in progress it accepts no more
 //!   (they wait in the listen queue, within their own deadlines).
 //! - Anyone who can reach the port can open a connection, proof or not. So that a few
-//!   connections that say nothing cannot keep the launchers from each other, one address has
-//!   at most [`MAX_EXCHANGES_PER_ADDRESS`] exchanges in progress (a connection beyond that is
-//!   closed at once, unanswered, and reported), and a client has [`REQUEST_TIMEOUT`] after the
-//!   greeting to send its request. A launcher asks each other one once per interval, one
-//!   exchange at a time.
+//!   connections that say nothing cannot keep the launchers from each other, a client has
+//!   [`REQUEST_TIMEOUT`] after the greeting to send its request, and an address that is not
+//!   one of the deployment's hosts' ([`KnownAddresses`], as the launcher last resolved them)
+//!   has at most [`MAX_EXCHANGES_PER_ADDRESS`] exchanges in progress: a connection beyond
+//!   that is closed at once, unanswered, and reported. A launcher asks each other one once
+//!   per interval, one exchange at a time, so a host seen from another address (behind NAT)
+//!   is answered too, unless more than two of them share it.
 //! - An answer is at most [`MAX_ANSWER_BYTES`], refused by its announced length before any of
 //!   it is read, and read as it arrives (no buffer of the announced size up front).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,8 +80,13 @@ pub const MAX_EXCHANGES_PER_ADDRESS: usize = 2;
 /// of the exchange is still within [`EXCHANGE_TIMEOUT`]): a round trip, even on a slow link.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Addresses whose refusals the server remembers having reported (each is reported once).
-const MAX_REPORTED_ADDRESSES: usize = 1024;
+/// Refusals (address and cause) the server remembers having reported: each is reported
+/// once, and once this many were, no more are.
+const MAX_REPORTED: usize = 1024;
+
+/// How many addresses [`KnownAddresses`] holds at most (a host's name may resolve to a new
+/// address now and then; the first ones stay).
+const MAX_KNOWN_ADDRESSES: usize = 1024;
 
 /// How long the server's accepting thread sleeps when there is nothing to accept, or no room
 /// for one more exchange: also how soon it sees that it must stop.
@@ -109,18 +116,58 @@ struct Shared {
     /// Exchanges in progress per client address (at most [`MAX_EXCHANGES_PER_ADDRESS`] each;
     /// an address with none has no entry).
     by_address: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    /// Addresses whose refusal was reported.
-    reported: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    /// The deployment's hosts' addresses: not held to [`MAX_EXCHANGES_PER_ADDRESS`].
+    known: KnownAddresses,
+    /// How long a client has for its request after the greeting ([`REQUEST_TIMEOUT`]).
+    request_timeout: Duration,
+    /// Refusals reported: the address and the cause.
+    reported: Mutex<std::collections::HashSet<(IpAddr, String)>>,
+}
+
+/// The addresses of the deployment's other hosts, as the threads that ask their launchers
+/// resolved them: the server does not hold connections from them to
+/// [`MAX_EXCHANGES_PER_ADDRESS`] (several hosts may share one address: loopback, a tunnel).
+/// Cloned, it is the same set.
+#[derive(Clone, Default)]
+pub struct KnownAddresses(Arc<Mutex<std::collections::HashSet<IpAddr>>>);
+
+impl KnownAddresses {
+    /// Adds `ip` (up to [`MAX_KNOWN_ADDRESSES`]).
+    pub fn learn(&self, ip: IpAddr) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() < MAX_KNOWN_ADDRESSES {
+            known.insert(ip.to_canonical());
+        }
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.contains(&ip.to_canonical())
+    }
 }
 
 impl PeerServer {
     /// Listens on `addr` and answers every authenticated request with `view()`; refusals and
-    /// listener errors go to `report`.
+    /// listener errors go to `report`. Connections from `known` addresses are not held to
+    /// [`MAX_EXCHANGES_PER_ADDRESS`].
     pub(crate) fn start(
         addr: SocketAddr,
         secret: Secret,
         view: ViewFn,
         report: ReportFn,
+        known: KnownAddresses,
+    ) -> std::io::Result<Self> {
+        Self::start_with(addr, secret, view, report, known, REQUEST_TIMEOUT)
+    }
+
+    /// [`start`](Self::start), with `request_timeout` for [`REQUEST_TIMEOUT`].
+    fn start_with(
+        addr: SocketAddr,
+        secret: Secret,
+        view: ViewFn,
+        report: ReportFn,
+        known: KnownAddresses,
+        request_timeout: Duration,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
@@ -132,6 +179,8 @@ impl PeerServer {
             report,
             active: AtomicUsize::new(0),
             by_address: Mutex::new(std::collections::HashMap::new()),
+            known,
+            request_timeout,
             reported: Mutex::new(std::collections::HashSet::new()),
         });
         let stopped = Arc::clone(&stop);
@@ -206,7 +255,7 @@ fn accept_loop(listener: &TcpListener, addr: SocketAddr, shared: &Arc<Shared>, s
                 let mut stream = stream;
                 // Reported before the connection closes: the client learns of the refusal
                 // after the report is made.
-                if let Err(e) = answer(&mut stream, &slot.shared.secret, &slot.shared.view) {
+                if let Err(e) = answer(&mut stream, &slot.shared) {
                     slot.shared.refused(peer, &e);
                 }
                 drop(stream);
@@ -219,42 +268,51 @@ fn accept_loop(listener: &TcpListener, addr: SocketAddr, shared: &Arc<Shared>, s
     }
 }
 
-/// One exchange in progress, counted in [`Shared::active`] and under its client's address
-/// until dropped.
+/// One exchange in progress, counted in [`Shared::active`] and (from an address that is not
+/// known) under its client's address until dropped.
 struct Slot {
     shared: Arc<Shared>,
-    peer: std::net::IpAddr,
+    /// The address it is counted under, if any.
+    counted: Option<IpAddr>,
 }
 
 impl Slot {
-    /// Counts one more exchange from `peer`; `None` if its address already has
-    /// [`MAX_EXCHANGES_PER_ADDRESS`].
+    /// Counts one more exchange from `peer`; `None` if its address is not known and already
+    /// has [`MAX_EXCHANGES_PER_ADDRESS`].
     fn take(shared: &Arc<Shared>, peer: SocketAddr) -> Option<Slot> {
-        let mut by_address = shared.by_address.lock().unwrap_or_else(|p| p.into_inner());
-        let count = by_address.entry(peer.ip()).or_insert(0);
-        if *count >= MAX_EXCHANGES_PER_ADDRESS {
-            return None;
-        }
-        *count += 1;
+        let ip = peer.ip().to_canonical();
+        let counted = if shared.known.contains(ip) {
+            None
+        } else {
+            let mut by_address = shared.by_address.lock().unwrap_or_else(|p| p.into_inner());
+            let count = by_address.entry(ip).or_insert(0);
+            if *count >= MAX_EXCHANGES_PER_ADDRESS {
+                return None;
+            }
+            *count += 1;
+            Some(ip)
+        };
         shared.active.fetch_add(1, Ordering::SeqCst);
         Some(Slot {
             shared: Arc::clone(shared),
-            peer: peer.ip(),
+            counted,
         })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut by_address = self
-            .shared
-            .by_address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = by_address.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                by_address.remove(&self.peer);
+        if let Some(ip) = self.counted {
+            let mut by_address = self
+                .shared
+                .by_address
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = by_address.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    by_address.remove(&ip);
+                }
             }
         }
         self.shared.active.fetch_sub(1, Ordering::SeqCst);
@@ -262,15 +320,24 @@ impl Drop for Slot {
 }
 
 impl Shared {
-    /// Reports a refused request, once per address.
+    /// Reports a refused request, once per address and cause (up to [`MAX_REPORTED`], and
+    /// says when that is reached).
     fn refused(&self, peer: SocketAddr, why: &str) {
-        let first = {
+        let (first, last) = {
             let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-            reported.len() < MAX_REPORTED_ADDRESSES && reported.insert(peer.ip())
+            let room = reported.len() < MAX_REPORTED;
+            let first = room && reported.insert((peer.ip().to_canonical(), why.to_string()));
+            (first, first && reported.len() == MAX_REPORTED)
         };
         if first {
             (self.report)(&format!(
-                "observation request from {peer} refused: {why} (said once per address)"
+                "observation request from {peer} refused: {why} (said once per address and cause)"
+            ));
+        }
+        if last {
+            (self.report)(&format!(
+                "{MAX_REPORTED} different refusals reported on the observation port: no more \
+                 will be"
             ));
         }
     }
@@ -325,7 +392,8 @@ fn left(deadline: Instant) -> std::io::Result<Duration> {
 }
 
 /// The server's side of one exchange; an error says why the request was refused.
-fn answer(stream: &mut TcpStream, secret: &Secret, view: &ViewFn) -> Result<(), String> {
+fn answer(stream: &mut TcpStream, shared: &Shared) -> Result<(), String> {
+    let (secret, view) = (&shared.secret, &shared.view);
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
     let server_nonce = nonce().map_err(|e| e.to_string())?;
@@ -334,12 +402,16 @@ fn answer(stream: &mut TcpStream, secret: &Secret, view: &ViewFn) -> Result<(), 
     hello.extend_from_slice(&server_nonce);
     write_by(stream, &hello, deadline).map_err(|e| e.to_string())?;
     let mut request = [0u8; 8 + 32 + 1 + 32];
-    let request_by = deadline.min(Instant::now() + REQUEST_TIMEOUT);
-    read_by(stream, &mut request, request_by).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock {
+    let request_by = Instant::now() + shared.request_timeout;
+    read_by(stream, &mut request, request_by.min(deadline)).map_err(|e| {
+        let late = matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        );
+        if late && request_by <= deadline {
             format!(
-                "no complete request within {} s of the greeting",
-                REQUEST_TIMEOUT.as_secs()
+                "no complete request within {} ms of the greeting",
+                shared.request_timeout.as_millis()
             )
         } else {
             format!("no complete request: {e}")
@@ -445,6 +517,15 @@ mod tests {
 
     /// A server answering with a view of app "quake", and the lines it reported.
     fn serve_reporting(s: &str) -> (PeerServer, Arc<Mutex<Vec<String>>>) {
+        serve_with(s, KnownAddresses::default(), REQUEST_TIMEOUT)
+    }
+
+    /// [`serve_reporting`] with `known` addresses and a client's `request_timeout`.
+    fn serve_with(
+        s: &str,
+        known: KnownAddresses,
+        request_timeout: Duration,
+    ) -> (PeerServer, Arc<Mutex<Vec<String>>>) {
         let view: ViewFn = Arc::new(|| AppMetrics {
             app: "quake".into(),
             run: "1-2".into(),
@@ -453,8 +534,15 @@ mod tests {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let into = Arc::clone(&lines);
         let report: ReportFn = Arc::new(move |l: &str| into.lock().unwrap().push(l.to_string()));
-        let server =
-            PeerServer::start("127.0.0.1:0".parse().unwrap(), secret(s), view, report).unwrap();
+        let server = PeerServer::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            secret(s),
+            view,
+            report,
+            known,
+            request_timeout,
+        )
+        .unwrap();
         (server, lines)
     }
 
@@ -489,7 +577,7 @@ mod tests {
             reported[0].starts_with("observation request from 127.0.0.1:")
                 && reported[0].ends_with(
                     "refused: wrong proof: the peer does not hold this deployment's secret \
-                     (said once per address)"
+                     (said once per address and cause)"
                 ),
             "{}",
             reported[0]
@@ -547,7 +635,12 @@ mod tests {
     /// timed out) kept every other launcher from this one's view.
     #[test]
     fn one_address_cannot_take_every_exchange() {
-        let (server, reported) = serve_reporting("0123456789abcdef-same");
+        // The held connections wait for as long as the test takes.
+        let (server, reported) = serve_with(
+            "0123456789abcdef-same",
+            KnownAddresses::default(),
+            Duration::from_secs(600),
+        );
         let held: Vec<TcpStream> = (0..MAX_EXCHANGES_PER_ADDRESS)
             .map(|_| {
                 let mut s = connect_from("127.0.0.2", server.addr());
@@ -587,11 +680,32 @@ mod tests {
         }
     }
 
-    /// A client that reads the greeting and says nothing is closed once [`REQUEST_TIMEOUT`]
-    /// has passed, and the report says so.
+    /// The deployment's hosts' addresses are not held to [`MAX_EXCHANGES_PER_ADDRESS`]
+    /// (several launchers may share one: hosts on one machine, a tunnel).
+    #[test]
+    fn a_known_address_is_not_held_to_the_share_of_one() {
+        let known = KnownAddresses::default();
+        known.learn("127.0.0.4".parse().unwrap());
+        let (server, _) = serve_with("0123456789abcdef-same", known, Duration::from_secs(600));
+        let held: Vec<TcpStream> = (0..MAX_EXCHANGES_PER_ADDRESS + 2)
+            .map(|i| {
+                let mut s = connect_from("127.0.0.4", server.addr());
+                assert!(greeted(&mut s), "connection {i} was not answered");
+                s
+            })
+            .collect();
+        drop(held);
+    }
+
+    /// A client that reads the greeting and says nothing is closed once its time for the
+    /// request ([`REQUEST_TIMEOUT`], here 200 ms) has passed, and the report says so.
     #[test]
     fn a_client_that_sends_no_request_is_closed_and_named() {
-        let (server, reported) = serve_reporting("0123456789abcdef-same");
+        let (server, reported) = serve_with(
+            "0123456789abcdef-same",
+            KnownAddresses::default(),
+            Duration::from_millis(200),
+        );
         let mut silent = connect_from("127.0.0.3", server.addr());
         assert!(greeted(&mut silent));
         let mut rest = Vec::new();
@@ -603,7 +717,7 @@ mod tests {
             lines
                 .iter()
                 .any(|l| l.starts_with("observation request from 127.0.0.3:")
-                    && l.contains("refused: no complete request within 2 s of the greeting")),
+                    && l.contains("refused: no complete request within 200 ms of the greeting")),
             "{lines:?}"
         );
     }
