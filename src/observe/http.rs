@@ -345,8 +345,10 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits, nothing else (`from_str_radix` alone takes "+f" as 15).
+            let hex = bytes.get(i + 1..i + 3)?;
+            let digit = |b: u8| (b as char).to_digit(16);
+            out.push((digit(hex[0])? * 16 + digit(hex[1])?) as u8);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -666,6 +668,10 @@ mod tests {
         assert_eq!(percent_decode("a%20b%2b"), Some("a b+".into()));
         assert_eq!(percent_decode("a%2"), None);
         assert_eq!(percent_decode("%ff"), None);
+        // A sign is not a digit: "%+f" is not the byte 15, "%-0" not 0.
+        assert_eq!(percent_decode("a%+f"), None);
+        assert_eq!(percent_decode("a%-0"), None);
+        assert_eq!(percent_decode("%41%7e%7E"), Some("A~~".into()));
     }
 
     /// Sends `raw` on a new connection, then reads until the server closes (at most 20 s).
