@@ -248,11 +248,14 @@ fn within_60s<R: Send + 'static>(run: impl FnOnce() -> R + Send + 'static) -> R 
 /// A `max_batch` far beyond what any call fills is a limit, not a size to reserve: the run
 /// delivers everything and ends. Before, the source's thread panicked reserving room for it
 /// (outside the calls whose panics are caught) and the run hung, its agent asleep, or ended
-/// without the elements.
+/// without the elements. (The run keeps a batch to an eighth of the credit it feeds: the
+/// connection's bounds are as huge here, so that `max_batch` reaches the source's thread.)
 #[test]
 fn a_source_with_a_huge_max_batch_delivers_and_ends() {
     let out = within_60s(|| {
         let mut g = Graph::new("huge_batch");
+        g.set_default_capacity(usize::MAX / 2);
+        g.set_default_capacity_bytes(usize::MAX / 2);
         let mut next = 0u64;
         let s = g.source_with(
             "counter",
