@@ -38,8 +38,9 @@
 //!   connections that say nothing cannot keep the launchers from each other, a client has
 //!   [`REQUEST_TIMEOUT`] after the greeting to send its request, and an address that is not
 //!   one of the deployment's hosts' ([`KnownAddresses`], as the launcher last resolved them)
-//!   has at most [`MAX_EXCHANGES_PER_ADDRESS`] exchanges in progress: a connection beyond
-//!   that is closed at once, unanswered, and reported. A launcher asks each other one once
+//!   has at most [`MAX_EXCHANGES_PER_ADDRESS`] exchanges in progress (unless the server
+//!   listens on loopback, where every client is on this machine): a connection beyond that
+//!   is closed at once, unanswered, and reported. A launcher asks each other one once
 //!   per interval, one exchange at a time, so a host seen from another address (behind NAT)
 //!   is answered too, unless more than two of them share it.
 //! - An answer is at most [`MAX_ANSWER_BYTES`], refused by its announced length before any of
@@ -80,9 +81,23 @@ pub const MAX_EXCHANGES_PER_ADDRESS: usize = 2;
 /// of the exchange is still within [`EXCHANGE_TIMEOUT`]): a round trip, even on a slow link.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Refusals (address and cause) the server remembers having reported: each is reported
-/// once, and once this many were, no more are.
+/// Addresses whose refusals the server remembers having reported (each kind of refusal is
+/// reported once per address); once this many were, refusals from other addresses are not.
 const MAX_REPORTED: usize = 1024;
+
+/// Why a request was refused, for reporting each kind once per address (a client cannot fill
+/// the report with causes of its making: I/O errors, wrong bytes).
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// Its address already has [`MAX_EXCHANGES_PER_ADDRESS`] exchanges in progress.
+    Busy = 1,
+    /// No request in time.
+    Late = 2,
+    /// A wrong proof of the secret.
+    Proof = 4,
+    /// Anything else: wrong bytes, a connection lost, no thread.
+    Other = 8,
+}
 
 /// How many addresses [`KnownAddresses`] holds at most (a host's name may resolve to a new
 /// address now and then; the first ones stay).
@@ -120,8 +135,12 @@ struct Shared {
     known: KnownAddresses,
     /// How long a client has for its request after the greeting ([`REQUEST_TIMEOUT`]).
     request_timeout: Duration,
-    /// Refusals reported: the address and the cause.
-    reported: Mutex<std::collections::HashSet<(IpAddr, String)>>,
+    /// Refusals reported: the kinds (a bit each, [`Refusal`]) reported per address.
+    reported: Mutex<std::collections::HashMap<IpAddr, u8>>,
+    /// It listens on a loopback address: every client runs on this machine (the deployment's
+    /// hosts too, on loopback addresses of their own, all asking from 127.0.0.1), and none is
+    /// held to [`MAX_EXCHANGES_PER_ADDRESS`].
+    loopback: bool,
 }
 
 /// The addresses of the deployment's other hosts, as the threads that ask their launchers
@@ -132,7 +151,7 @@ struct Shared {
 pub struct KnownAddresses(Arc<Mutex<std::collections::HashSet<IpAddr>>>);
 
 impl KnownAddresses {
-    /// Adds `ip` (up to [`MAX_KNOWN_ADDRESSES`]).
+    /// Adds `ip` (up to 1024 addresses; later ones are not added).
     pub fn learn(&self, ip: IpAddr) {
         let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() < MAX_KNOWN_ADDRESSES {
@@ -157,10 +176,12 @@ impl PeerServer {
         report: ReportFn,
         known: KnownAddresses,
     ) -> std::io::Result<Self> {
-        Self::start_with(addr, secret, view, report, known, REQUEST_TIMEOUT)
+        let loopback = addr.ip().is_loopback();
+        Self::start_with(addr, secret, view, report, known, REQUEST_TIMEOUT, loopback)
     }
 
-    /// [`start`](Self::start), with `request_timeout` for [`REQUEST_TIMEOUT`].
+    /// [`start`](Self::start), with `request_timeout` for [`REQUEST_TIMEOUT`], and whether
+    /// to take every client as on this machine (`loopback`: no share per address).
     fn start_with(
         addr: SocketAddr,
         secret: Secret,
@@ -168,6 +189,7 @@ impl PeerServer {
         report: ReportFn,
         known: KnownAddresses,
         request_timeout: Duration,
+        loopback: bool,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
@@ -181,7 +203,8 @@ impl PeerServer {
             by_address: Mutex::new(std::collections::HashMap::new()),
             known,
             request_timeout,
-            reported: Mutex::new(std::collections::HashSet::new()),
+            reported: Mutex::new(std::collections::HashMap::new()),
+            loopback,
         });
         let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -242,6 +265,7 @@ fn accept_loop(listener: &TcpListener, addr: SocketAddr, shared: &Arc<Shared>, s
             // already has all the exchanges it may have.
             shared.refused(
                 peer,
+                Refusal::Busy,
                 &format!(
                     "{MAX_EXCHANGES_PER_ADDRESS} exchanges from this address already in progress"
                 ),
@@ -255,15 +279,19 @@ fn accept_loop(listener: &TcpListener, addr: SocketAddr, shared: &Arc<Shared>, s
                 let mut stream = stream;
                 // Reported before the connection closes: the client learns of the refusal
                 // after the report is made.
-                if let Err(e) = answer(&mut stream, &slot.shared) {
-                    slot.shared.refused(peer, &e);
+                if let Err((kind, why)) = answer(&mut stream, &slot.shared) {
+                    slot.shared.refused(peer, kind, &why);
                 }
                 drop(stream);
                 drop(slot);
             });
         if let Err(e) = spawned {
             // The closure (the connection, its slot) is dropped: the client sees it closed.
-            shared.refused(peer, &format!("no thread to answer it: {e}"));
+            shared.refused(
+                peer,
+                Refusal::Other,
+                &format!("no thread to answer it: {e}"),
+            );
         }
     }
 }
@@ -281,7 +309,7 @@ impl Slot {
     /// has [`MAX_EXCHANGES_PER_ADDRESS`].
     fn take(shared: &Arc<Shared>, peer: SocketAddr) -> Option<Slot> {
         let ip = peer.ip().to_canonical();
-        let counted = if shared.known.contains(ip) {
+        let counted = if shared.loopback || shared.known.contains(ip) {
             None
         } else {
             let mut by_address = shared.by_address.lock().unwrap_or_else(|p| p.into_inner());
@@ -320,24 +348,30 @@ impl Drop for Slot {
 }
 
 impl Shared {
-    /// Reports a refused request, once per address and cause (up to [`MAX_REPORTED`], and
-    /// says when that is reached).
-    fn refused(&self, peer: SocketAddr, why: &str) {
+    /// Reports a refused request, once per address and kind of refusal (for up to
+    /// [`MAX_REPORTED`] addresses, and says when that is reached).
+    fn refused(&self, peer: SocketAddr, kind: Refusal, why: &str) {
         let (first, last) = {
             let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-            let room = reported.len() < MAX_REPORTED;
-            let first = room && reported.insert((peer.ip().to_canonical(), why.to_string()));
-            (first, first && reported.len() == MAX_REPORTED)
+            let ip = peer.ip().to_canonical();
+            if reported.len() >= MAX_REPORTED && !reported.contains_key(&ip) {
+                return;
+            }
+            let kinds = reported.entry(ip).or_insert(0);
+            let first = *kinds & kind as u8 == 0;
+            let new_address = *kinds == 0;
+            *kinds |= kind as u8;
+            (first, new_address && reported.len() == MAX_REPORTED)
         };
         if first {
             (self.report)(&format!(
-                "observation request from {peer} refused: {why} (said once per address and cause)"
+                "observation request from {peer} refused: {why} (said once per address and kind)"
             ));
         }
         if last {
             (self.report)(&format!(
-                "{MAX_REPORTED} different refusals reported on the observation port: no more \
-                 will be"
+                "refusals reported from {MAX_REPORTED} addresses on the observation port: those \
+                 from other addresses will not be"
             ));
         }
     }
@@ -392,15 +426,16 @@ fn left(deadline: Instant) -> std::io::Result<Duration> {
 }
 
 /// The server's side of one exchange; an error says why the request was refused.
-fn answer(stream: &mut TcpStream, shared: &Shared) -> Result<(), String> {
+fn answer(stream: &mut TcpStream, shared: &Shared) -> Result<(), (Refusal, String)> {
     let (secret, view) = (&shared.secret, &shared.view);
+    let other = |e: &dyn std::fmt::Display| (Refusal::Other, e.to_string());
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
-    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-    let server_nonce = nonce().map_err(|e| e.to_string())?;
+    stream.set_nonblocking(false).map_err(|e| other(&e))?;
+    let server_nonce = nonce().map_err(|e| other(&e))?;
     let mut hello = Vec::with_capacity(40);
     hello.extend_from_slice(MAGIC);
     hello.extend_from_slice(&server_nonce);
-    write_by(stream, &hello, deadline).map_err(|e| e.to_string())?;
+    write_by(stream, &hello, deadline).map_err(|e| other(&e))?;
     let mut request = [0u8; 8 + 32 + 1 + 32];
     let request_by = Instant::now() + shared.request_timeout;
     read_by(stream, &mut request, request_by.min(deadline)).map_err(|e| {
@@ -409,16 +444,15 @@ fn answer(stream: &mut TcpStream, shared: &Shared) -> Result<(), String> {
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
         );
         if late && request_by <= deadline {
-            format!(
-                "no complete request within {} ms of the greeting",
-                shared.request_timeout.as_millis()
-            )
+            let within = shared.request_timeout.as_millis();
+            let why = format!("no complete request within {within} ms of the greeting");
+            (Refusal::Late, why)
         } else {
-            format!("no complete request: {e}")
+            (Refusal::Other, format!("no complete request: {e}"))
         }
     })?;
     if &request[..8] != MAGIC {
-        return Err("not an iotstream launcher (wrong magic)".into());
+        return Err(other(&"not an iotstream launcher (wrong magic)"));
     }
     let client_nonce = &request[8..40];
     let kind = &request[40..41];
@@ -428,16 +462,24 @@ fn answer(stream: &mut TcpStream, shared: &Shared) -> Result<(), String> {
         &[&server_nonce, client_nonce, kind],
         &request[41..],
     ) {
-        return Err("wrong proof: the peer does not hold this deployment's secret".into());
+        return Err((
+            Refusal::Proof,
+            "wrong proof: the peer does not hold this deployment's secret".into(),
+        ));
     }
     if kind[0] != REQUEST_VIEW {
-        return Err(format!("unknown request {}", kind[0]));
+        return Err(other(&format!("unknown request {}", kind[0])));
     }
-    let json = serde_json::to_vec(&view()).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&view()).map_err(|e| other(&e))?;
     let len = u32::try_from(json.len())
         .ok()
         .filter(|&n| n <= MAX_ANSWER_BYTES)
-        .ok_or_else(|| format!("the view is too large to send ({} bytes)", json.len()))?;
+        .ok_or_else(|| {
+            other(&format!(
+                "the view is too large to send ({} bytes)",
+                json.len()
+            ))
+        })?;
     let len = len.to_be_bytes();
     let mac = tag(
         secret,
@@ -448,7 +490,7 @@ fn answer(stream: &mut TcpStream, shared: &Shared) -> Result<(), String> {
     out.extend_from_slice(&len);
     out.extend_from_slice(&json);
     out.extend_from_slice(&mac);
-    write_by(stream, &out, deadline).map_err(|e| e.to_string())
+    write_by(stream, &out, deadline).map_err(|e| other(&e))
 }
 
 /// Asks the launcher at `addr` for its view, within [`PEER_TIMEOUT`] to connect and
@@ -520,11 +562,23 @@ mod tests {
         serve_with(s, KnownAddresses::default(), REQUEST_TIMEOUT)
     }
 
-    /// [`serve_reporting`] with `known` addresses and a client's `request_timeout`.
+    /// A server on loopback that holds its clients to [`MAX_EXCHANGES_PER_ADDRESS`] as if it
+    /// listened on another address (clients come from 127.0.0.2, …).
     fn serve_with(
         s: &str,
         known: KnownAddresses,
         request_timeout: Duration,
+    ) -> (PeerServer, Arc<Mutex<Vec<String>>>) {
+        serve_as(s, known, request_timeout, false)
+    }
+
+    /// [`serve_reporting`] with `known` addresses, a client's `request_timeout`, and
+    /// whether every client is taken as local (`loopback`).
+    fn serve_as(
+        s: &str,
+        known: KnownAddresses,
+        request_timeout: Duration,
+        loopback: bool,
     ) -> (PeerServer, Arc<Mutex<Vec<String>>>) {
         let view: ViewFn = Arc::new(|| AppMetrics {
             app: "quake".into(),
@@ -541,6 +595,7 @@ mod tests {
             report,
             known,
             request_timeout,
+            loopback,
         )
         .unwrap();
         (server, lines)
@@ -577,7 +632,7 @@ mod tests {
             reported[0].starts_with("observation request from 127.0.0.1:")
                 && reported[0].ends_with(
                     "refused: wrong proof: the peer does not hold this deployment's secret \
-                     (said once per address and cause)"
+                     (said once per address and kind)"
                 ),
             "{}",
             reported[0]
@@ -697,6 +752,27 @@ mod tests {
         drop(held);
     }
 
+    /// A server listening on loopback holds no address to [`MAX_EXCHANGES_PER_ADDRESS`]:
+    /// every client is on this machine, the deployment's hosts too, and those on loopback
+    /// addresses of their own (127.0.0.2, …) all ask from 127.0.0.1.
+    #[test]
+    fn on_loopback_no_address_is_held_to_the_share_of_one() {
+        let (server, _) = serve_as(
+            "0123456789abcdef-same",
+            KnownAddresses::default(),
+            Duration::from_secs(600),
+            true,
+        );
+        let held: Vec<TcpStream> = (0..MAX_EXCHANGES_PER_ADDRESS + 2)
+            .map(|i| {
+                let mut s = connect_from("127.0.0.1", server.addr());
+                assert!(greeted(&mut s), "connection {i} was not answered");
+                s
+            })
+            .collect();
+        drop(held);
+    }
+
     /// A client that reads the greeting and says nothing is closed once its time for the
     /// request ([`REQUEST_TIMEOUT`], here 200 ms) has passed, and the report says so.
     #[test]
@@ -720,6 +796,27 @@ mod tests {
                     && l.contains("refused: no complete request within 200 ms of the greeting")),
             "{lines:?}"
         );
+        // Another kind of refusal from the same address is reported too (a wrong proof,
+        // which the first refusal must not hide), once.
+        for _ in 0..2 {
+            let mut wrong = connect_from("127.0.0.3", server.addr());
+            assert!(greeted(&mut wrong));
+            let mut request = MAGIC.to_vec();
+            request.extend_from_slice(&[0u8; 32 + 1 + 32]);
+            wrong.write_all(&request).unwrap();
+            wrong.read_to_end(&mut rest).unwrap();
+        }
+        let lines = reported.lock().unwrap().clone();
+        let from_3 = |what: &str| {
+            lines
+                .iter()
+                .filter(|l| {
+                    l.starts_with("observation request from 127.0.0.3:") && l.contains(what)
+                })
+                .count()
+        };
+        assert_eq!(from_3("refused: wrong proof"), 1, "{lines:?}");
+        assert_eq!(from_3("refused: no complete request"), 1, "{lines:?}");
     }
 
     #[test]
