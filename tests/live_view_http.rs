@@ -189,8 +189,8 @@ fn idle_connections_take_no_threads_and_a_request_is_still_answered() {
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
     let mut most = proc_status("Threads");
-    // A request made after them all: answered once the server is past them (those it
-    // accepted wait for the deadline; those beyond its limit are closed at once).
+    // A request made after them all: answered once the server has accepted them (each beyond
+    // its limit takes the place of the oldest silent one).
     let status = status_within(addr, "/api/graph", Duration::from_secs(120), || {
         most = most.max(proc_status("Threads"));
     });
@@ -311,4 +311,86 @@ fn a_client_sending_one_byte_at_a_time_is_cut_while_others_are_answered() {
         "a slow head is answered 408 if at all: {got:?}"
     );
     assert!(answered >= 1);
+}
+
+/// Whether `c` is still open: nothing to read yet, no close.
+fn still_open(c: &TcpStream) -> bool {
+    c.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let open = matches!((&*c).read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock);
+    c.set_nonblocking(false).unwrap();
+    open
+}
+
+/// Clients that send the start of a head and then nothing hold no worker: the accept thread
+/// reads heads as their bytes come, and a worker gets a connection only with its head whole.
+/// Before, each such client held a worker until its deadline: more of them than workers,
+/// renewed every few seconds, and no request was answered.
+#[test]
+fn clients_that_stop_inside_their_head_hold_no_worker() {
+    let server = start();
+    let addr = server.local_addr();
+    let slow: Vec<TcpStream> = (0..2 * WORKERS)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).expect("connect");
+            c.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    // Their bytes are at the server before the request below is made (each was written
+    // before it connects; the accept thread reads them as it polls).
+    assert_eq!(status_of(addr, "/api/graph"), Ok(200));
+    for (i, c) in slow.iter().enumerate() {
+        assert!(
+            still_open(c),
+            "slow client {i} was answered or closed before the request was answered: it \
+             held a worker"
+        );
+    }
+}
+
+/// With every connection open and none yet with its head, a new one takes the place of the
+/// oldest silent one, and is answered. Before, it was closed at once, unanswered: silent
+/// connections renewed every few seconds kept every scraper out.
+#[test]
+fn a_new_connection_takes_the_place_of_the_oldest_silent_one() {
+    let server = start();
+    let addr = server.local_addr();
+    let silent: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    // Accepted, all of them, before the request below (the server takes connections in the
+    // order they came): the first request may still find the last of them not yet accepted.
+    let status = status_within(addr, "/metrics", Duration::from_secs(60), || {});
+    assert_eq!(status, 200);
+    let first = &silent[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert!(
+        (&*first).read_to_end(&mut rest).is_ok() && rest.is_empty(),
+        "the oldest silent connection was not closed unanswered: {rest:?}"
+    );
+    assert!(
+        still_open(&silent[MAX_CONNECTIONS - 1]),
+        "the newest silent one was closed"
+    );
+}
+
+/// A client that sends its whole head and closes its side at once (`printf … | nc`) is
+/// answered.
+#[test]
+fn a_head_sent_whole_then_half_closed_is_answered() {
+    let server = start();
+    let addr = server.local_addr();
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
 }

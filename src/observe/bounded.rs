@@ -7,14 +7,14 @@
 //! |---|---|
 //! | a request head (request line and headers) | [`Limits::max_head`] bytes, at most [`MAX_HEADERS`] headers: beyond, `431` (`400` for a head that does not parse) and the connection is closed |
 //! | requests per connection | one: every answer says `Connection: close`; a request body is never read |
-//! | time | [`Limits::deadline`] per connection, from its accept to the last byte of the answer: before each read and write the socket's timeout is set to the time left (at most [`SLICE`], so that a stop is seen soon). A head not complete by then is answered `408` (nothing, if not a byte came) and the connection closed |
-//! | open connections | [`Limits::max_connections`], counted from the accept to the close: one accepted beyond that is closed at once, unanswered (not left in the backlog, where it would wait unseen) |
-//! | threads | one accept thread and [`Limits::workers`] workers, fed by a bounded queue: a connection waits there for a worker, its deadline running |
-//! | memory | one head buffer per worker; a connection queued holds only its socket |
+//! | time | [`Limits::deadline`] per connection, from its accept to the last byte of the answer: before each write the socket's timeout is set to the time left (at most [`SLICE`], so that a stop is seen soon). A head not complete by then is answered `408` (nothing, if not a byte came) and the connection closed |
+//! | open connections | [`Limits::max_connections`], counted from the accept to the close. One accepted beyond that takes the place of the oldest connection whose head is not complete (closed unanswered: a silent or slow client's), or, if every one has reached a worker, is closed at once, unanswered (not left in the backlog, where it would wait unseen) |
+//! | threads | one accept thread and [`Limits::workers`] workers, fed by a bounded queue. The accept thread reads every head, without blocking, as its bytes come: a worker gets a connection only with its head complete (or an error to answer), so clients that send nothing, or a head a byte at a time, hold no worker |
+//! | memory | one head buffer per connection that has sent something, up to [`Limits::max_head`] |
 //!
 //! After an error answer, or when the client sent more than the head, the server stops
-//! writing and reads what still comes (into the same buffer, thrown away) until the client
-//! closes or the deadline: closing with unread data would reset the connection, and the
+//! writing and reads what still comes (thrown away) until the client closes, the deadline, or
+//! [`LINGER`] after the answer: closing with unread data would reset the connection, and the
 //! client could lose the answer before reading it.
 //!
 //! The accept loop never ends on an error: each kind of error is logged as a warning the first
@@ -44,6 +44,9 @@ pub(crate) const SLICE: Duration = Duration::from_millis(250);
 
 /// How long an error answer may take to write once the deadline has passed.
 const LATE_GRACE: Duration = Duration::from_millis(100);
+
+/// How long a worker reads what a client still sends after its answer, at most.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// What the server lets a client spend. See the [module docs](self).
 #[derive(Clone, Copy, Debug)]
@@ -212,7 +215,7 @@ impl Listener {
             accept: None,
             workers: Vec::with_capacity(limits.workers),
         };
-        let (tx, rx) = crossbeam_channel::bounded::<Conn>(limits.max_connections.max(1));
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(limits.max_connections.max(1));
         for i in 0..limits.workers.max(1) {
             let (rx, stop, handler) = (rx.clone(), Arc::clone(&stop), Arc::clone(&handler));
             let worker = std::thread::Builder::new()
@@ -261,14 +264,53 @@ impl Drop for Listener {
     }
 }
 
-/// Accepts connections until the stop. A connection waits here, in this thread's poll set,
-/// until it has something to read (or its deadline passes: it is then closed unanswered, as
-/// one that sent nothing); only then does it go to the workers' queue. So idle connections (a
-/// browser's spare ones, a flood of silent ones) hold no worker: at most `max_connections`
-/// are open, beyond which a new one is closed at once.
-fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, stop: &AtomicBool) {
+/// A connection in the accept thread's poll set: its head so far.
+struct Pending {
+    conn: Conn,
+    /// The head's bytes so far: empty (no allocation) until the first byte comes.
+    head: Vec<u8>,
+}
+
+/// What a worker is given: a connection and what to answer.
+enum Job {
+    /// A request to answer; `unread`: the client sent (or said it would send) more than the
+    /// head.
+    Request {
+        conn: Conn,
+        request: Request,
+        unread: bool,
+    },
+    /// An error answer, then (with `linger`) what still comes read and thrown away;
+    /// `late`: the deadline has passed (the answer gets [`LATE_GRACE`]).
+    Refusal {
+        conn: Conn,
+        response: Response,
+        linger: bool,
+        late: bool,
+    },
+}
+
+/// What reading a pending connection came to.
+enum HeadRead {
+    /// Not complete yet: it waits on.
+    More,
+    /// The client left, or sent nothing in time: closed unanswered.
+    Gone,
+    /// A request to answer (see [`Job::Request`]).
+    Request(Request, bool),
+    /// An error to answer; `late`: the deadline has passed.
+    Refuse(Response, bool),
+}
+
+/// Accepts connections and reads their heads until the stop. A connection waits here, in this
+/// thread's poll set, while its head comes (read without blocking, into a buffer of its own);
+/// only a complete head (or an error to answer: too large, not HTTP, too late after some
+/// bytes) goes to the workers' queue. So idle connections (a browser's spare ones, a flood of
+/// silent ones) and slow ones hold no worker: at most `max_connections` are open, and a new
+/// one beyond that takes the place of the oldest that has not completed its head.
+fn accept_loop(listener: &TcpListener, queue: &Sender<Job>, limits: &Limits, stop: &AtomicBool) {
     let open = Arc::new(AtomicUsize::new(0));
-    let mut waiting: Vec<Conn> = Vec::new();
+    let mut waiting: Vec<Pending> = Vec::new();
     let mut logged: HashSet<String> = HashSet::new();
     let mut log_once = |what: String, detail: String| {
         if logged.insert(what) {
@@ -282,8 +324,8 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, st
         let (acceptable, ready) = {
             let mut fds = Vec::with_capacity(1 + waiting.len());
             fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-            for c in &waiting {
-                fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+            for p in &waiting {
+                fds.push(PollFd::new(p.conn.stream.as_fd(), PollFlags::POLLIN));
             }
             let polled = poll(&mut fds, ms);
             let seen =
@@ -291,17 +333,38 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, st
             let ready: Vec<bool> = fds[1..].iter().map(seen).collect();
             (seen(&fds[0]), ready)
         };
-        // Readable (or closed, or failed: the worker finds out) go to the workers; those
-        // past their deadline are closed; the others wait on.
+        // Readable (or closed, or failed) are read; those past their deadline are answered
+        // 408 if they sent something, closed if not; the others wait on.
         let now = Instant::now();
         let mut still = Vec::with_capacity(waiting.len());
-        for (conn, ready) in waiting.drain(..).zip(ready) {
-            if ready {
-                // Never full: it holds at most the open connections.
-                let _ = queue.try_send(conn);
-            } else if now.duration_since(conn.accepted) < limits.deadline {
-                still.push(conn);
-            }
+        for (mut pending, ready) in waiting.drain(..).zip(ready) {
+            let read = if ready {
+                read_more(&mut pending, limits)
+            } else if now.duration_since(pending.conn.accepted) >= limits.deadline {
+                late(&pending, limits)
+            } else {
+                HeadRead::More
+            };
+            let job = match read {
+                HeadRead::More => {
+                    still.push(pending);
+                    continue;
+                }
+                HeadRead::Gone => continue,
+                HeadRead::Request(request, unread) => Job::Request {
+                    conn: pending.conn,
+                    request,
+                    unread,
+                },
+                HeadRead::Refuse(response, late) => Job::Refusal {
+                    conn: pending.conn,
+                    response,
+                    linger: !late,
+                    late,
+                },
+            };
+            // Never full: it holds at most the open connections.
+            let _ = queue.try_send(job);
         }
         waiting = still;
         if !acceptable {
@@ -313,20 +376,44 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, st
                     break;
                 }
                 if open.load(Ordering::SeqCst) >= limits.max_connections {
+                    if waiting.is_empty() {
+                        log_once(
+                            "full".into(),
+                            format!(
+                                "{} connections open, all being answered: one from {peer} \
+                                 closed unanswered",
+                                limits.max_connections
+                            ),
+                        );
+                        continue;
+                    }
+                    // The oldest head still coming makes room (its slot is freed as it drops).
+                    let oldest = waiting.remove(0);
                     log_once(
-                        "full".into(),
+                        "evicted".into(),
                         format!(
-                            "{} connections open: one from {peer} closed unanswered",
-                            limits.max_connections
+                            "{} connections open: the oldest whose request had not come ({}) \
+                             closed unanswered for one from {peer}",
+                            limits.max_connections,
+                            oldest
+                                .conn
+                                .stream
+                                .peer_addr()
+                                .map_or_else(|_| "?".to_string(), |a| a.to_string())
                         ),
                     );
+                }
+                if stream.set_nonblocking(true).is_err() {
                     continue;
                 }
                 open.fetch_add(1, Ordering::SeqCst);
-                waiting.push(Conn {
-                    stream,
-                    accepted: Instant::now(),
-                    _open: OpenSlot(Arc::clone(&open)),
+                waiting.push(Pending {
+                    conn: Conn {
+                        stream,
+                        accepted: Instant::now(),
+                        _open: OpenSlot(Arc::clone(&open)),
+                    },
+                    head: Vec::new(),
                 });
             }
             Err(e)
@@ -353,12 +440,97 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Conn>, limits: &Limits, st
     }
 }
 
+/// Reads what has come on `pending` (without blocking) and looks at its head once a blank
+/// line ends it (or the buffer is full). Each byte is looked at about once, however the head
+/// is cut into reads.
+fn read_more(pending: &mut Pending, limits: &Limits) -> HeadRead {
+    let max = limits.max_head.max(1);
+    let before = pending.head.len();
+    let mut chunk = [0u8; 4096];
+    // The client closed its side: what came is all there will be (a head sent whole, then
+    // the close, as `printf … | nc` does, is answered).
+    let mut ended_by_client = false;
+    loop {
+        let room = (max - pending.head.len()).min(chunk.len());
+        if room == 0 {
+            break;
+        }
+        match (&pending.conn.stream).read(&mut chunk[..room]) {
+            Ok(0) => {
+                ended_by_client = true;
+                break;
+            }
+            Ok(n) => pending.head.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return HeadRead::Gone,
+        }
+    }
+    let head = &pending.head;
+    // A blank line ends a head ("\n\n" or "\n\r\n"): look only where the new bytes
+    // may complete one.
+    let new = &head[before.saturating_sub(2)..];
+    let ended = new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
+    if !ended && head.len() < max {
+        // Not a whole head: wait for more, or, the client gone, answer nothing.
+        return match ended_by_client {
+            true => HeadRead::Gone,
+            false => HeadRead::More,
+        };
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(n)) => {
+            let unread = n < head.len();
+            let request = Request::of(&request);
+            let unread = unread || request.has_body();
+            HeadRead::Request(request, unread)
+        }
+        // A blank line that does not end the head yet: wait for more.
+        Ok(httparse::Status::Partial) if head.len() < max && !ended_by_client => HeadRead::More,
+        Ok(httparse::Status::Partial) if head.len() < max => HeadRead::Gone,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            HeadRead::Refuse(too_large(limits), false)
+        }
+        Err(e) => HeadRead::Refuse(
+            Response::text(400, &format!("not an HTTP/1.x request: {e}\n")),
+            false,
+        ),
+    }
+}
+
+/// A connection past its deadline before its head was complete: `408` if it sent something.
+fn late(pending: &Pending, limits: &Limits) -> HeadRead {
+    if pending.head.is_empty() {
+        return HeadRead::Gone;
+    }
+    let response = Response::text(
+        408,
+        &format!(
+            "the request head did not come within {} s\n",
+            limits.deadline.as_secs_f64()
+        ),
+    );
+    HeadRead::Refuse(response, true)
+}
+
+/// The answer to a head too large.
+fn too_large(limits: &Limits) -> Response {
+    Response::text(
+        431,
+        &format!(
+            "request head too large: at most {} bytes and {MAX_HEADERS} headers\n",
+            limits.max_head
+        ),
+    )
+}
 /// A worker: serves connections from the queue until it is empty and its sender gone.
-fn work(queue: &Receiver<Conn>, handler: &Handler, limits: &Limits, stop: &AtomicBool) {
-    let mut buf = vec![0u8; limits.max_head.max(1)];
-    while let Ok(conn) = queue.recv() {
+fn work(queue: &Receiver<Job>, handler: &Handler, limits: &Limits, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 4096];
+    while let Ok(job) = queue.recv() {
         if !stop.load(Ordering::SeqCst) {
-            serve(conn, &mut buf, handler, limits, stop);
+            serve(job, &mut buf, handler, limits, stop);
         }
     }
 }
@@ -371,20 +543,6 @@ enum Cut {
     Stop,
     /// The connection failed.
     Failed,
-}
-
-/// What the head read came to.
-enum Head {
-    /// A request, whose head was `n` of the bytes read.
-    Request(Request, usize),
-    /// Too long, or too many headers.
-    TooLarge,
-    /// Not a request head.
-    Bad(httparse::Error),
-    /// The deadline passed: after some bytes or none.
-    Late { some: bool },
-    /// Closed by the client, failed, or the server stops: nothing to answer.
-    Gone,
 }
 
 /// Reads into `buf` within `deadline`: the bytes read, 0 at the end of the stream.
@@ -450,100 +608,50 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Reads the request head into `buf` (its length is the limit) and parses it.
-fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut [u8],
-    deadline: Instant,
-    stop: &AtomicBool,
-) -> (Head, usize) {
-    let mut len = 0;
-    loop {
-        if len > 0 {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut request = httparse::Request::new(&mut headers);
-            match request.parse(&buf[..len]) {
-                Ok(httparse::Status::Complete(n)) => {
-                    return (Head::Request(Request::of(&request), n), len)
-                }
-                Ok(httparse::Status::Partial) if len == buf.len() => return (Head::TooLarge, len),
-                Ok(httparse::Status::Partial) => {}
-                Err(httparse::Error::TooManyHeaders) => return (Head::TooLarge, len),
-                Err(e) => return (Head::Bad(e), len),
-            }
-        }
-        match read_by(stream, &mut buf[len..], deadline, stop) {
-            Ok(0) => return (Head::Gone, len),
-            Ok(n) => len += n,
-            Err(Cut::Late) => return (Head::Late { some: len > 0 }, len),
-            Err(Cut::Stop | Cut::Failed) => return (Head::Gone, len),
-        }
-    }
-}
-
-/// Serves one connection: one request, one answer, the close.
-fn serve(conn: Conn, buf: &mut [u8], handler: &Handler, limits: &Limits, stop: &AtomicBool) {
-    let Conn {
-        mut stream,
-        accepted,
-        _open,
-    } = conn;
-    let mut deadline = accepted + limits.deadline;
-    if stream.set_nonblocking(false).is_err() {
-        return;
-    }
-    let _ = stream.set_nodelay(true);
-    let (head, read) = read_head(&mut stream, buf, deadline, stop);
-    let (response, head_only, linger) = match head {
-        Head::Request(request, n) => {
+/// Serves one connection whose head the accept thread has read: one answer, the close.
+fn serve(job: Job, buf: &mut [u8], handler: &Handler, limits: &Limits, stop: &AtomicBool) {
+    let (conn, response, head_only, linger, late) = match job {
+        Job::Request {
+            conn,
+            request,
+            unread,
+        } => {
             let response =
                 catch_unwind(AssertUnwindSafe(|| handler(&request))).unwrap_or_else(|p| {
                     let why = crate::error::panic_message(&*p);
                     tracing::error!("live view: {}: {why}", request.target());
                     Response::text(500, &format!("internal error: {why}\n"))
                 });
-            let unread = n < read || request.has_body();
-            (response, request.method() == "HEAD", unread)
+            (conn, response, request.method() == "HEAD", unread, false)
         }
-        Head::TooLarge => (
-            Response::text(
-                431,
-                &format!(
-                    "request head too large: at most {} bytes and {MAX_HEADERS} headers\n",
-                    limits.max_head
-                ),
-            ),
-            false,
-            true,
-        ),
-        Head::Bad(e) => (
-            Response::text(400, &format!("not an HTTP/1.x request: {e}\n")),
-            false,
-            true,
-        ),
-        Head::Late { some: true } => {
-            deadline = Instant::now() + LATE_GRACE;
-            (
-                Response::text(
-                    408,
-                    &format!(
-                        "the request head did not come within {} s\n",
-                        limits.deadline.as_secs_f64()
-                    ),
-                ),
-                false,
-                false,
-            )
-        }
-        Head::Late { some: false } | Head::Gone => return,
+        Job::Refusal {
+            conn,
+            response,
+            linger,
+            late,
+        } => (conn, response, false, linger, late),
     };
+    let Conn {
+        mut stream,
+        accepted,
+        _open,
+    } = conn;
+    let deadline = match late {
+        true => Instant::now() + LATE_GRACE,
+        false => accepted + limits.deadline,
+    };
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
     if write_by(&mut stream, &response.encode(head_only), deadline, stop).is_err() {
         return;
     }
     if linger {
-        // Read what still comes (thrown away) until the client closes: closing on unread
-        // bytes would reset the connection, and the client might lose the answer.
+        // Read what still comes (thrown away) until the client closes, briefly: closing on
+        // unread bytes would reset the connection, and the client might lose the answer.
         let _ = stream.shutdown(Shutdown::Write);
+        let deadline = deadline.min(Instant::now() + LINGER);
         while let Ok(n) = read_by(&mut stream, buf, deadline, stop) {
             if n == 0 {
                 break;
