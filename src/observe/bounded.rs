@@ -338,12 +338,19 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Job>, limits: &Limits, sto
         let now = Instant::now();
         let mut still = Vec::with_capacity(waiting.len());
         for (mut pending, ready) in waiting.drain(..).zip(ready) {
-            let read = if ready {
-                read_more(&mut pending, limits)
-            } else if now.duration_since(pending.conn.accepted) >= limits.deadline {
-                late(&pending, limits)
-            } else {
-                HeadRead::More
+            let past = now.duration_since(pending.conn.accepted) >= limits.deadline;
+            let read = match (ready, past) {
+                (true, false) => read_more(&mut pending, limits),
+                // Past the deadline, even if bytes keep coming (one every poll would otherwise
+                // keep it here): 408 if it sent something; an error found now is answered
+                // within the grace of a late answer.
+                (true, true) => match read_more(&mut pending, limits) {
+                    HeadRead::More | HeadRead::Request(..) => late(&pending, limits),
+                    HeadRead::Refuse(response, _) => HeadRead::Refuse(response, true),
+                    HeadRead::Gone => HeadRead::Gone,
+                },
+                (false, true) => late(&pending, limits),
+                (false, false) => HeadRead::More,
             };
             let job = match read {
                 HeadRead::More => {
@@ -388,7 +395,9 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<Job>, limits: &Limits, sto
                         continue;
                     }
                     // The oldest head still coming makes room (its slot is freed as it drops).
-                    let oldest = waiting.remove(0);
+                    // The oldest that has sent nothing, else the oldest.
+                    let at = waiting.iter().position(|p| p.head.is_empty()).unwrap_or(0);
+                    let oldest = waiting.remove(at);
                     log_once(
                         "evicted".into(),
                         format!(
@@ -460,7 +469,13 @@ fn read_more(pending: &mut Pending, limits: &Limits) -> HeadRead {
                 ended_by_client = true;
                 break;
             }
-            Ok(n) => pending.head.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                if pending.head.capacity() == 0 {
+                    // Once, and exactly: growth by doubling would overshoot the bound.
+                    pending.head.reserve_exact(max);
+                }
+                pending.head.extend_from_slice(&chunk[..n]);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(_) => return HeadRead::Gone,
@@ -471,7 +486,10 @@ fn read_more(pending: &mut Pending, limits: &Limits) -> HeadRead {
     // may complete one.
     let new = &head[before.saturating_sub(2)..];
     let ended = new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
-    if !ended && head.len() < max {
+    // The request line's end is looked at too: what is not HTTP (a TLS greeting, a wrong
+    // line) is refused at once, not at the deadline.
+    let first_line = !head[..before].contains(&b'\n') && new.contains(&b'\n');
+    if !ended && !first_line && head.len() < max {
         // Not a whole head: wait for more, or, the client gone, answer nothing.
         return match ended_by_client {
             true => HeadRead::Gone,
@@ -487,7 +505,7 @@ fn read_more(pending: &mut Pending, limits: &Limits) -> HeadRead {
             let unread = unread || request.has_body();
             HeadRead::Request(request, unread)
         }
-        // A blank line that does not end the head yet: wait for more.
+        // Only the request line, or a blank line that does not end the head yet: wait.
         Ok(httparse::Status::Partial) if head.len() < max && !ended_by_client => HeadRead::More,
         Ok(httparse::Status::Partial) if head.len() < max => HeadRead::Gone,
         Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
