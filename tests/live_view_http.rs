@@ -395,14 +395,23 @@ fn a_new_connection_takes_the_place_of_the_oldest_silent_one() {
 fn a_head_sent_whole_then_half_closed_is_answered() {
     let server = start();
     let addr = server.local_addr();
-    let mut c = TcpStream::connect(addr).expect("connect");
-    c.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
+    let head = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let answer = answer_to(addr, head.as_bytes(), true);
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+}
+
+/// What the server answers to `bytes` (sent whole, then the client's side closed if
+/// `half_close`), up to its close: bounded by a 30 s read timeout.
+fn answer_to(addr: SocketAddr, bytes: &[u8], half_close: bool) -> String {
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.write_all(bytes).unwrap();
+    if half_close {
+        c.shutdown(Shutdown::Write).unwrap();
+    }
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Whether connections made at `started` are still within their deadline
@@ -424,12 +433,7 @@ fn a_first_line_that_is_not_http_is_refused_at_once() {
     let addr = server.local_addr();
     let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n";
     for garbage in [&b"HELLO THERE\r\n"[..], &tls_hello[..]] {
-        let mut c = TcpStream::connect(addr).expect("connect");
-        c.write_all(garbage).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut answer = Vec::new();
-        let _ = c.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = answer_to(addr, garbage, false);
         assert!(
             answer.starts_with("HTTP/1.1 400 "),
             "{garbage:?}: {answer:?}"

@@ -351,25 +351,12 @@ fn a_sources_batches_are_an_eighth_of_the_credit_it_feeds_at_most() {
     all(
         maxes_asked::<Kib>(4096, |g, s| {
             g.set_default_capacity_bytes(16 << 20);
-            let input = g.add_agent("slow", |p| {
-                let input = p.input::<Kib>("in");
-                (Drain(input), input)
-            });
-            g.connect_with(s, &input, iotstream::Connection::new().capacity(4096));
+            slow_reader(g, s, 4096);
         }),
         512,
     );
     // Never below 256 KiB of elements: a reader holding 16 of them leaves batches of 256.
-    all(
-        maxes_asked::<Kib>(4096, |g, s| {
-            let input = g.add_agent("slow", |p| {
-                let input = p.input::<Kib>("in");
-                (Drain(input), input)
-            });
-            g.connect_with(s, &input, iotstream::Connection::new().capacity(16));
-        }),
-        256,
-    );
+    all(maxes_asked::<Kib>(4096, |g, s| slow_reader(g, s, 16)), 256);
     // So small elements keep their batches, even over a small credit (which splits them).
     all(
         maxes_asked::<u64>(4096, |g, _| {
@@ -377,6 +364,15 @@ fn a_sources_batches_are_an_eighth_of_the_credit_it_feeds_at_most() {
         }),
         4096,
     );
+}
+
+/// Adds a reader of `s` whose connection holds `capacity` elements.
+fn slow_reader<E: iotstream::Element>(g: &mut Graph, s: &iotstream::Stream<E>, capacity: usize) {
+    let input = g.add_agent("slow", |p| {
+        let input = p.input::<E>("in");
+        (Drain(input), input)
+    });
+    g.connect_with(s, &input, iotstream::Connection::new().capacity(capacity));
 }
 
 /// Consumes what it is shown.

@@ -742,14 +742,7 @@ mod tests {
         let known = KnownAddresses::default();
         known.learn("127.0.0.4".parse().unwrap());
         let (server, _) = serve_with("0123456789abcdef-same", known, Duration::from_secs(600));
-        let held: Vec<TcpStream> = (0..MAX_EXCHANGES_PER_ADDRESS + 2)
-            .map(|i| {
-                let mut s = connect_from("127.0.0.4", server.addr());
-                assert!(greeted(&mut s), "connection {i} was not answered");
-                s
-            })
-            .collect();
-        drop(held);
+        all_greeted_from("127.0.0.4", &server, MAX_EXCHANGES_PER_ADDRESS + 2);
     }
 
     /// A server listening on loopback holds no address to [`MAX_EXCHANGES_PER_ADDRESS`]:
@@ -763,10 +756,18 @@ mod tests {
             Duration::from_secs(600),
             true,
         );
-        let held: Vec<TcpStream> = (0..MAX_EXCHANGES_PER_ADDRESS + 2)
+        all_greeted_from("127.0.0.1", &server, MAX_EXCHANGES_PER_ADDRESS + 2);
+    }
+
+    /// Opens `n` connections from `from` to `server`, each greeted while the others are open.
+    fn all_greeted_from(from: &str, server: &PeerServer, n: usize) {
+        let held: Vec<TcpStream> = (0..n)
             .map(|i| {
-                let mut s = connect_from("127.0.0.1", server.addr());
-                assert!(greeted(&mut s), "connection {i} was not answered");
+                let mut s = connect_from(from, server.addr());
+                assert!(
+                    greeted(&mut s),
+                    "connection {i} from {from} was not answered"
+                );
                 s
             })
             .collect();
