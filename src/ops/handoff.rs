@@ -17,9 +17,15 @@
 //! with the writer: the agent's batch is the size of its elements, and the same two or three
 //! vectors go round. In steady state nothing is allocated per element or per hand-over.
 //!
+//! A hand-over larger than what a step takes is taken in parts, from the front, each part
+//! moved once: its rest waits as the vector's iterator (`State::front`), never shifted to the
+//! vector's start (which moved the whole rest at every step: quadratic in the hand-over).
+//!
 //! The writer waits while `limit` elements or more wait (one hand-over may go past it, so a
 //! hand-over larger than the limit still goes through): memory stays bounded by the limit plus
-//! the largest hand-over.
+//! the largest hand-over. The limit, and with it the batch, may be lowered once the reader
+//! knows its batch ([`HandoffRx::set_limit`]: a program's input, made before the run knows
+//! its connections' credit).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,10 +69,16 @@ pub(crate) enum Wait<'a> {
 }
 
 struct State<T> {
-    /// What waits, in order; no `Vec` in it is empty.
+    /// The rest of a hand-over a step took only part of: waits before `chunks`.
+    front: Option<std::vec::IntoIter<T>>,
+    /// What waits, in order, after `front`; no `Vec` in it is empty.
     chunks: VecDeque<Vec<T>>,
-    /// Elements in `chunks`.
+    /// Elements in `front` and `chunks`.
     waiting: usize,
+    /// The writer waits while this many elements (at least 1) wait.
+    limit: usize,
+    /// The most elements gathered into one waiting `Vec` (a batch: a quarter of the limit).
+    chunk: usize,
     /// Empty `Vec`s the agent is done with (at most [`SPARES`]), for the writer's next
     /// hand-overs.
     spares: Vec<Vec<T>>,
@@ -78,9 +90,6 @@ struct State<T> {
 struct Shared<T> {
     state: Mutex<State<T>>,
     room: Condvar,
-    limit: usize,
-    /// The most elements gathered into one waiting `Vec` (a batch: a quarter of the limit).
-    chunk: usize,
 }
 
 impl<T> Shared<T> {
@@ -100,16 +109,17 @@ pub(crate) struct HandoffRx<T>(Arc<Shared<T>>);
 pub(crate) fn handoff<T>(limit: usize) -> (HandoffTx<T>, HandoffRx<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
+            front: None,
             chunks: VecDeque::new(),
             waiting: 0,
+            limit: limit.max(1),
+            chunk: (limit / 4).max(1),
             spares: Vec::new(),
             end: None,
             writer_gone: false,
             reader_gone: false,
         }),
         room: Condvar::new(),
-        limit: limit.max(1),
-        chunk: (limit / 4).max(1),
     });
     (HandoffTx(Arc::clone(&shared)), HandoffRx(shared))
 }
@@ -123,7 +133,7 @@ impl<T> HandoffTx<T> {
             return Ok(());
         }
         state.waiting += items.len();
-        let chunk = self.0.chunk;
+        let chunk = state.chunk;
         match state.chunks.back_mut() {
             // Small hand-overs gather into one batch.
             Some(last) if last.len() + items.len() <= chunk => last.append(items),
@@ -142,7 +152,7 @@ impl<T> HandoffTx<T> {
         match self.room(wait) {
             Ok(mut state) => {
                 state.waiting += 1;
-                let chunk = self.0.chunk;
+                let chunk = state.chunk;
                 match state.chunks.back_mut() {
                     Some(last) if last.len() < chunk => last.push(item),
                     _ => {
@@ -169,7 +179,7 @@ impl<T> HandoffTx<T> {
             if state.reader_gone {
                 return Err(PutError::ReaderGone);
             }
-            if state.waiting < self.0.limit {
+            if state.waiting < state.limit {
                 return Ok(state);
             }
             match wait {
@@ -234,15 +244,30 @@ impl<T> HandoffRx<T> {
         awake: &AtomicBool,
         abandoned: &AtomicBool,
     ) -> Taken {
-        let mut state = self.0.lock();
-        let was_full = state.waiting >= self.0.limit;
+        let mut guard = self.0.lock();
+        let state = &mut *guard;
+        let was_full = state.waiting >= state.limit;
         let mut room = max.saturating_sub(out.len()).max(1);
-        while let Some(front) = state.chunks.front_mut() {
+        if let Some(rest) = &mut state.front {
+            let n = rest.len().min(room);
+            out.extend(rest.by_ref().take(n));
+            state.waiting -= n;
+            room -= n;
+            if rest.len() == 0 {
+                state.front = None;
+            }
+        }
+        while room > 0 {
+            let Some(front) = state.chunks.front() else {
+                break;
+            };
             let n = front.len();
             if n > room {
-                // Only part of it fits: that part is copied, the rest waits.
-                out.extend(front.drain(..room));
+                // Only part of it fits: that part is moved out, the rest waits where it is.
+                let mut rest = state.chunks.pop_front().expect("a front chunk").into_iter();
+                out.extend(rest.by_ref().take(room));
                 state.waiting -= room;
+                state.front = Some(rest);
                 break;
             }
             let mut taken = state.chunks.pop_front().expect("a front chunk");
@@ -258,13 +283,11 @@ impl<T> HandoffRx<T> {
             }
             state.waiting -= n;
             room -= n;
-            if room == 0 {
-                break;
-            }
         }
-        if was_full && state.waiting < self.0.limit {
+        if was_full && state.waiting < state.limit {
             self.0.room.notify_all();
         }
+        let mut state = guard;
         if state.waiting > 0 {
             return Taken {
                 end: None,
@@ -293,6 +316,19 @@ impl<T> HandoffRx<T> {
             end: None,
             asleep: true,
         }
+    }
+}
+
+impl<T> HandoffRx<T> {
+    /// Sets the limit (and with it the batch, a quarter of it) from now on, as
+    /// [`handoff`] does: for a reader whose batch is known only after the handoff was made.
+    /// What already waits keeps its vectors (a larger one is taken in parts).
+    pub fn set_limit(&self, limit: usize) {
+        let mut state = self.0.lock();
+        state.limit = limit.max(1);
+        state.chunk = (limit / 4).max(1);
+        // A raised limit may make room for a waiting writer.
+        self.0.room.notify_all();
     }
 }
 
@@ -382,6 +418,48 @@ mod tests {
             }
         }
         assert_eq!(got, (0..26).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn what_comes_after_a_hand_over_taken_in_parts_follows_its_rest() {
+        let (tx, rx) = handoff::<u32>(400);
+        let awake = AtomicBool::new(true);
+        let take = |max| {
+            let mut out = Vec::new();
+            rx.take(&mut out, max, &awake, &AtomicBool::new(false));
+            out
+        };
+        tx.put(&mut (0..250).collect(), Wait::Never).unwrap();
+        assert_eq!(take(100), (0..100).collect::<Vec<_>>());
+        tx.put_one(250, Wait::Never).unwrap();
+        tx.put(&mut vec![251, 252], Wait::Never).unwrap();
+        assert_eq!(take(100), (100..200).collect::<Vec<_>>());
+        // The rest of the large one, then what came after it, in one step.
+        assert_eq!(take(1000), (200..253).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_new_limit_bounds_the_writer_from_then_on_and_a_raised_one_wakes_it() {
+        let (tx, rx) = handoff::<u32>(4096);
+        rx.set_limit(8);
+        for v in 0..8 {
+            tx.put_one(v, Wait::Never).unwrap();
+        }
+        assert_eq!(
+            tx.put_one(8, Wait::Never).map_err(|(e, _)| e),
+            Err(PutError::Full)
+        );
+        let writer = std::thread::spawn(move || {
+            tx.put_one(8, Wait::Forever).map_err(|(e, _)| e)?;
+            Ok::<_, PutError>(tx)
+        });
+        rx.set_limit(100);
+        let tx = writer.join().unwrap().expect("the raised limit makes room");
+        tx.put_one(9, Wait::Never).unwrap();
+        let awake = AtomicBool::new(true);
+        let mut out = Vec::new();
+        rx.take(&mut out, 100, &awake, &AtomicBool::new(false));
+        assert_eq!(out, (0..10).collect::<Vec<_>>());
     }
 
     #[test]
