@@ -19,7 +19,8 @@
 //!
 //! A hand-over larger than what a step takes is taken in parts, from the front, each part
 //! moved once: its rest waits as the vector's iterator (`State::front`), never shifted to the
-//! vector's start (which moved the whole rest at every step: quadratic in the hand-over).
+//! vector's start (which moved the whole rest at every step: quadratic in the hand-over); its
+//! vector is freed once taken, not kept for the writer.
 //!
 //! The writer waits while `limit` elements or more wait (one hand-over may go past it, so a
 //! hand-over larger than the limit still goes through): memory stays bounded by the limit plus

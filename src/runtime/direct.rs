@@ -32,22 +32,28 @@
 //! keeps up: `Host::run_yielding`). The driver steps at least once when it gets the agent:
 //! the other thread may have taken its envelope in, and stopped with steps to go.
 //!
-//! A driver also waits for the rings its chain writes into: when a stage's output waits for
-//! room in a ring (the reader is behind), the driver parks in that stage's loop, holding it,
-//! until something is posted to it (the ring's space watcher posts a credit when room comes
-//! back; the post unparks the driver instead of stepping the stage), and steps it there. The
+//! A driver also waits for the rings its chain writes into: when a stage is blocked on a ring
+//! (a connection that waits for room, `Policy::Block`, holds data for it: the reader is
+//! behind; a connection that drops never holds its writer), the driver parks in that stage's
+//! loop, holding it and the stages before it (its step is nested in theirs), until something
+//! is posted to it (the ring's space watcher posts a credit when room comes back; the post
+//! unparks the driver instead of stepping the stage), and steps it there. The
 //! watcher would otherwise step the stage itself, and the chain would run on two threads
 //! again, the watcher writing into the ring what the source's thread had just made beside it
 //! on the other core (in a test, the watcher stepped 92–99 % of a stream in half the runs; the
 //! `processes` 1 KiB cell of `iotstream bench` moved about 1.25× the elements with the driver
 //! waiting). The source's thread then calls `fill` again only once the ring has room, as a
 //! raw ring's producer waits before it makes the next elements. It stops waiting when the run
-//! stops or fails (what is left is then the watcher's to step).
+//! stops or fails (what is left is then the watcher's to step). Meanwhile what is posted to
+//! the stages before it (a timer, a credit) waits in their queues until the driver returns
+//! through them, as it waited before while the source's thread was in `fill`.
 //!
 //! No deadlock: a driver holds a prefix of its chain (the source's agent, then each stage its
-//! step posts data to) and waits only for the stage after it; the threads it waits for never
-//! wait for a stage of its chain (their posts there only try, another chain's driver's too),
-//! and a post back up the chain to a stage the driver itself holds (credit) only queues.
+//! step posts data to) and waits only for the stage after it, or for a ring's reader; the
+//! threads it waits for never wait for a stage of its chain (their posts there only try,
+//! another chain's driver's too; a ring's reader is in another process and reads nothing a
+//! chain stage holds, each stage reading only the stage before it), and a post back up the
+//! chain to a stage the driver itself holds (credit) only queues.
 //!
 //! The agent is installed before anything can post to it (so a source's thread, which starts
 //! once every agent is set up, finds every stage of its chain there); its timers run on its
@@ -327,13 +333,17 @@ impl DirectMailbox {
         }
     }
 
-    /// On the chain's driver: while the stage's output waits for room in a ring, parks until
+    /// On the chain's driver: while the stage is blocked on a ring (a connection that waits
+    /// for room, `Policy::Block`, holds data for it), parks until
     /// something is posted to the stage (the ring's watcher posts when room appears) and steps
     /// it, so that the chain stays on the driver's thread instead of being stepped by the
     /// watcher (see the module docs). Leaves when the run stops, fails or is torn down.
     fn drive_while_ring_waits(&self, agent: &mut Agent) {
+        // Blocked (a `Block` connection holds data), not merely holding some: a connection
+        // that drops keeps a stash on purpose, and its source must go on, not wait.
         while !agent.stopped
             && agent.tended.host.waits_on_ring()
+            && agent.tended.host.is_blocked()
             && !agent.tended.host.is_done()
             && !self.shared.stop.load(Ordering::SeqCst)
             && !self.shared.failed.load(Ordering::SeqCst)
