@@ -108,10 +108,14 @@ struct Shared<T> {
     mailbox: Arc<FeederMailbox>,
     /// Wakes the pulling task: room again, or the link is done.
     room: tokio::sync::Notify,
-    /// The connection, once made (acknowledgements go through it).
+    /// The connection, once made (the last acknowledgements go through it).
     client: OnceLock<async_nats::Client>,
-    /// Acknowledgements handed to the broker runtime and not yet queued on the connection: the
-    /// last flush waits for them (else it may go first, and they are lost at exit).
+    /// Where acknowledgements wait for the one task that publishes them, in order
+    /// ([`publish_in_order`]), once connected. Unbounded in type only: a reader holds at most
+    /// the consumer's `max_ack_pending` messages unacknowledged, so no more wait here.
+    acks: OnceLock<tokio::sync::mpsc::UnboundedSender<async_nats::Subject>>,
+    /// Acknowledgements handed over and not yet queued on the connection: the last flush
+    /// waits for them (else it may go first, and they are lost at exit).
     acks_pending: Arc<AtomicUsize>,
     /// The feeder thread ended.
     ended: AtomicBool,
@@ -135,20 +139,16 @@ impl<T> Shared<T> {
         }
     }
 
-    /// Sends the acknowledgement of a message (fire and forget, on the broker runtime).
+    /// Sends the acknowledgement of a message, after every one sent before it (fire and
+    /// forget: [`publish_in_order`] publishes them on the broker runtime).
     fn ack(&self, reply: async_nats::Subject) {
-        let (Some(client), Ok(rt)) = (self.client.get(), runtime()) else {
+        let Some(acks) = self.acks.get() else {
             return;
         };
-        let client = client.clone();
-        let pending = Arc::clone(&self.acks_pending);
-        pending.fetch_add(1, Ordering::SeqCst);
-        rt.spawn(async move {
-            let _ = client
-                .publish(reply, bytes::Bytes::from_static(b"+ACK"))
-                .await;
-            pending.fetch_sub(1, Ordering::SeqCst);
-        });
+        self.acks_pending.fetch_add(1, Ordering::SeqCst);
+        if acks.send(reply).is_err() {
+            self.acks_pending.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -199,6 +199,7 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
         mailbox: Arc::clone(&mailbox),
         room: tokio::sync::Notify::new(),
         client: OnceLock::new(),
+        acks: OnceLock::new(),
         acks_pending: Arc::new(AtomicUsize::new(0)),
         ended: AtomicBool::new(false),
     });
@@ -376,6 +377,25 @@ fn settle<T>(st: &mut State<T>, mut consumed: usize, acks: &mut Vec<async_nats::
     debug_assert_eq!(consumed, 0, "credit beyond what was delivered");
 }
 
+/// Publishes the acknowledgements `queued`, one after the other, in the order they were made
+/// (then counts each off `pending`). A task per acknowledgement published them in whatever
+/// order the runtime ran the tasks: a reader killed between two of them had acknowledged a
+/// message and not the one before it, which its successor then found in the stream followed
+/// by a gap, and took for a message the broker lost (`tests/broker.rs` failed so once).
+async fn publish_in_order<F, Fut>(
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<async_nats::Subject>,
+    pending: Arc<AtomicUsize>,
+    mut publish: F,
+) where
+    F: FnMut(async_nats::Subject) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    while let Some(reply) = queued.recv().await {
+        publish(reply).await;
+        pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The pulling task (see the module docs).
 async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
     let client = match connect(&shared.settings, &shared.label).await {
@@ -383,6 +403,21 @@ async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
         Err(e) => return shared.fail(e),
     };
     let _ = shared.client.set(client.clone());
+    let (acks, queued) = tokio::sync::mpsc::unbounded_channel();
+    let _ = shared.acks.set(acks);
+    let publisher = client.clone();
+    tokio::spawn(publish_in_order(
+        queued,
+        Arc::clone(&shared.acks_pending),
+        move |reply| {
+            let client = publisher.clone();
+            async move {
+                let _ = client
+                    .publish(reply, bytes::Bytes::from_static(b"+ACK"))
+                    .await;
+            }
+        },
+    ));
     let js = async_nats::jetstream::new(client);
     let stream = match ensure_stream(&js, &shared.names, &shared.settings, || shared.over()).await {
         Ok(s) => s,
@@ -653,4 +688,47 @@ fn take<T: Element>(
         shared.ack(r);
     }
     Ok(Taken::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Acknowledgements reach the connection in the order they were made, however long each
+    /// publication takes and however many workers the runtime has.
+    #[test]
+    fn acknowledgements_are_published_in_the_order_they_were_made() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let (acks, queued) = tokio::sync::mpsc::unbounded_channel();
+        let seen = Arc::clone(&published);
+        rt.spawn(publish_in_order(
+            queued,
+            Arc::clone(&pending),
+            move |reply: async_nats::Subject| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    // Earlier ones take longer: any reordering would show.
+                    let n: u64 = reply.as_str().parse().unwrap();
+                    tokio::time::sleep(Duration::from_micros(200 - n)).await;
+                    seen.lock().unwrap().push(n);
+                }
+            },
+        ));
+        for n in 0..200u64 {
+            pending.fetch_add(1, Ordering::SeqCst);
+            acks.send(async_nats::Subject::from(n.to_string())).unwrap();
+        }
+        rt.block_on(async {
+            while pending.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert_eq!(*published.lock().unwrap(), (0..200).collect::<Vec<_>>());
+    }
 }
