@@ -112,7 +112,9 @@ struct Shared<T> {
     client: OnceLock<async_nats::Client>,
     /// Where acknowledgements wait for the one task that publishes them, in order
     /// ([`publish_in_order`]), once connected. Unbounded in type only: a reader holds at most
-    /// the consumer's `max_ack_pending` messages unacknowledged, so no more wait here.
+    /// the consumer's `max_ack_pending` messages unacknowledged, and acknowledges each once,
+    /// plus once more for each redelivery of one already consumed (at most one per message
+    /// per `ACK_WAIT`).
     acks: OnceLock<tokio::sync::mpsc::UnboundedSender<async_nats::Subject>>,
     /// Acknowledgements handed over and not yet queued on the connection: the last flush
     /// waits for them (else it may go first, and they are lost at exit).

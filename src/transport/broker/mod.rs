@@ -71,11 +71,14 @@
 //! End message once delivered and everything before it credited). So after a crash of the
 //! reading process, its restart (same durable consumer) gets again exactly the messages not
 //! acknowledged: those that were in the process (pulled, delivered, or being consumed) and
-//! those whose acknowledgement was still on its way. The acknowledgements leave in stream
-//! order (one task publishes them, `feeder.rs` `publish_in_order`), so what comes again is
-//! always a tail of what the crashed reader held, never a message behind one acknowledged
-//! (its successor would take the gap for a message the broker lost). Nothing acknowledged
-//! comes again, nothing unacknowledged is lost; **duplicates are bounded by what was mid-processing**: what the
+//! those whose acknowledgement was still on its way. The acknowledgements a reader makes
+//! leave in the order it made them, which is stream order (one task publishes them,
+//! `feeder.rs` `publish_in_order`; the last ones, at the run's end, only once that task's
+//! queue is empty): a crash between two no longer leaves a message behind one acknowledged,
+//! which the next reader took for a message the broker lost. (One acknowledgement lost on a
+//! broken connection still can: it is sent again only when the broker redelivers the
+//! message, after `ACK_WAIT`.) Nothing acknowledged comes again, nothing unacknowledged is
+//! lost; **duplicates are bounded by what was mid-processing**: what the
 //! process held, at most the input's capacity of elements waiting for credit, the capacity
 //! delivered and not consumed, and one pull (`PULL_BATCH` messages) prefetched; never more
 //! than the consumer's `max_ack_pending` messages (the capacity plus two pulls), which the
