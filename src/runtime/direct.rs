@@ -46,7 +46,7 @@
 //! raw ring's producer waits before it makes the next elements. It stops waiting when the run
 //! stops or fails (what is left is then the watcher's to step). Meanwhile what is posted to
 //! the stages before it (a timer, a credit) waits in their queues until the driver returns
-//! through them, as it waited before while the source's thread was in `fill`.
+//! through them (while the source's thread was in `fill`, a worker could step them).
 //!
 //! No deadlock: a driver holds a prefix of its chain (the source's agent, then each stage its
 //! step posts data to) and waits only for the stage after it, or for a ring's reader; the
