@@ -74,34 +74,82 @@ pub(crate) fn in_a_step() -> bool {
     IN_STEP.with(|c| c.get())
 }
 
-/// Holds sources' threads back until the executor has set up every agent of the process: a
-/// thread that started at once would hand over to, and step, agents not there yet, and its
-/// elements would pile up for whichever thread starts them (see the runtime's direct
-/// mailboxes).
+/// Holds sources' threads back until the executor has set up every agent of the process, and
+/// every agent a source's thread steps has made its first step: a thread that started at once
+/// would hand over to, and step, agents not there yet, and its elements would pile up for
+/// whichever thread starts them (see the runtime's direct mailboxes); and a stage's first
+/// step, on its worker, could take in the source's first batch and step it there, off the
+/// source's thread.
 #[derive(Default)]
 pub(crate) struct StartGate {
-    open: Mutex<bool>,
+    state: Mutex<GateState>,
     opened: Condvar,
 }
 
+/// What keeps a [`StartGate`] shut.
+#[derive(Default)]
+struct GateState {
+    /// The executor's setup is over ([`StartGate::open`]).
+    set_up: bool,
+    /// Holds not yet released ([`StartGate::hold`]).
+    holds: usize,
+    /// The run is over: the gate is open whatever holds it ([`StartGate::open_for_good`]).
+    forced: bool,
+}
+
+impl GateState {
+    fn is_open(&self) -> bool {
+        self.forced || (self.set_up && self.holds == 0)
+    }
+}
+
 impl StartGate {
-    /// Lets every thread waiting at the gate go, and those that come later through.
+    /// Ends the setup: the gate opens once every hold is released.
     pub fn open(&self) {
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.opened.notify_all();
+        self.update(|s| s.set_up = true);
+    }
+
+    /// Opens the gate now, holds or not: the run is over (a first step that will never run
+    /// must not keep a source's thread waiting).
+    pub fn open_for_good(&self) {
+        self.update(|s| s.forced = true);
+    }
+
+    /// Keeps the gate shut until the returned hold is dropped (a first step queued on a worker
+    /// holds it until it has run, or until the worker drops it unrun).
+    pub fn hold(self: &Arc<Self>) -> GateHold {
+        self.update(|s| s.holds += 1);
+        GateHold(Arc::clone(self))
+    }
+
+    fn update(&self, change: impl FnOnce(&mut GateState)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut state);
+        if state.is_open() {
+            self.opened.notify_all();
+        }
     }
 
     /// Waits until the gate is open.
     pub fn wait(&self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        while !*open {
-            open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while !state.is_open() {
+            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
 
-/// Opens the gate when dropped: however the executor's setup ends, no source thread waits
-/// for ever.
+/// Keeps a [`StartGate`] shut while it lives.
+pub(crate) struct GateHold(Arc<StartGate>);
+
+impl Drop for GateHold {
+    fn drop(&mut self) {
+        self.0.update(|s| s.holds -= 1);
+    }
+}
+
+/// Ends the setup when dropped ([`StartGate::open`]): however the executor's setup ends, no
+/// source thread waits for it for ever.
 pub(crate) struct OpenOnDrop(pub Arc<StartGate>);
 
 impl Drop for OpenOnDrop {
@@ -698,6 +746,41 @@ mod tests {
     use crate::stream::{Batch, Input, Policy, PortId, Stream};
     use crate::transport::LinkSpec;
     use std::sync::Mutex;
+
+    /// A start gate opens once the setup is over and every hold is released, in either order;
+    /// `open_for_good` opens it whatever holds it.
+    #[test]
+    fn the_start_gate_waits_for_the_setup_and_every_hold() {
+        let gate = Arc::new(StartGate::default());
+        let first = gate.hold();
+        let second = gate.hold();
+        gate.open();
+        assert!(!gate.state.lock().unwrap().is_open(), "open with two holds");
+        drop(first);
+        assert!(!gate.state.lock().unwrap().is_open(), "open with one hold");
+        let waiter = {
+            let gate = Arc::clone(&gate);
+            std::thread::spawn(move || gate.wait())
+        };
+        drop(second);
+        waiter.join().unwrap();
+        assert!(gate.state.lock().unwrap().is_open());
+
+        let gate = Arc::new(StartGate::default());
+        drop(gate.hold());
+        assert!(
+            !gate.state.lock().unwrap().is_open(),
+            "open before the setup ended"
+        );
+        gate.open();
+        assert!(gate.state.lock().unwrap().is_open());
+
+        let gate = Arc::new(StartGate::default());
+        let _never_released = gate.hold();
+        gate.open();
+        gate.open_for_good();
+        gate.wait();
+    }
 
     /// Records the envelopes posted to it, and what readers said they wait with.
     #[derive(Default)]

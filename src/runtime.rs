@@ -2118,8 +2118,9 @@ fn coordinate(
     let mut arbiters: HashMap<ThreadKey, Arbiter> = HashMap::new();
     let mut result = Ok(());
     let mut enders = Vec::new();
-    // Sources' threads start once every agent is set up (below: the gate opens when this
-    // drops), so a thread that steps the chain it feeds finds every stage there.
+    // Sources' threads start once every agent is set up (below: the setup ends when this
+    // drops) and every stage of their chains has made its first step, so a thread that
+    // steps the chain it feeds finds every stage there, and steps its first batch itself.
     let gate = Arc::new(StartGate::default());
     let open_gate = OpenOnDrop(Arc::clone(&gate));
     for (i, mut host) in hosts {
@@ -2163,8 +2164,15 @@ fn coordinate(
                 Tended::new(i, host, Arc::clone(&shared), mailbox),
                 arbiter.handle(),
             );
+            // A stage of a source's chain holds the sources' threads back until its first
+            // step has run (or its worker dropped it unrun): a source's first batch is then
+            // the driver's to step, never taken in by that first step on the worker.
+            let hold = direct.is_chain_stage().then(|| gate.hold());
             let direct = Arc::clone(direct);
-            arbiter.spawn_fn(move || direct.first_step());
+            arbiter.spawn_fn(move || {
+                direct.first_step();
+                drop(hold);
+            });
             continue;
         }
         let (rx, parcels) = receivers[i].take().expect("a local agent has a mailbox");
@@ -2197,6 +2205,9 @@ fn coordinate(
     } else {
         Ok(())
     };
+    // A first step that never ran (the run failed before its worker started) holds no
+    // source's thread back.
+    gate.open_for_good();
     // Read before the stop flag is set below: whether this run ended by a drain.
     let drained = stop.load(Ordering::SeqCst);
     // Before the stop flag: the poller must not take the end of the run for a stop.

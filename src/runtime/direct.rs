@@ -57,7 +57,10 @@
 //!
 //! The agent is installed before anything can post to it (so a source's thread, which starts
 //! once every agent is set up, finds every stage of its chain there); its timers run on its
-//! worker of the pool, which also queues its first step. A task there steps the agent for one
+//! worker of the pool, which also queues its first step. A source's thread starts only once
+//! every stage of its chain has made that first step (`host::StartGate`): a first step that
+//! came later could take in the source's first batch and step it, and the stages after it,
+//! on the worker. A task there steps the agent for one
 //! burst and leaves what waits after it to another task, so the worker's other actors have
 //! their turns between them.
 
@@ -167,6 +170,12 @@ impl DirectMailbox {
             burst: VecDeque::new(),
             stopped: false,
         }));
+    }
+
+    /// A stage of a source's chain (the source's own agent included), stepped by the source's
+    /// thread as its driver.
+    pub(super) fn is_chain_stage(&self) -> bool {
+        self.chain.is_some()
     }
 
     /// Runs the agent's first step, with whatever was posted before, on this thread (its
