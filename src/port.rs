@@ -644,13 +644,18 @@ impl<T: Element> OutBuf<T> {
     /// again with a vector from the pool.
     ///
     /// A batch in flight holds at most twice its elements' memory, or [`SMALL_VEC_BYTES`]:
-    /// a vector that is mostly empty room of more than that (a selective filter's output in a
-    /// vector sized for its input, a source's batch in a vector its hand-over grew) is either
-    /// copied into a small vector, when its elements are few (the output keeps its room), or
-    /// shrunk to its elements before it goes (the allocator gives the rest back in place,
-    /// without copying). The small vectors come back to the pool, which keeps them apart from
-    /// the large ones ([`VecPool::take_small`]): a stream of small steps reuses them and, once
-    /// warm, allocates nothing, whatever large vectors the pool holds.
+    /// the elements of a vector that is mostly empty room of more than that (a selective
+    /// filter's output in a vector sized for its input, a source's batch in the vector its
+    /// hand-over gathered one element at a time into room for a batch) are copied into a
+    /// vector that fits them ([`VecPool::take_fitting`]), and the output keeps its room (in
+    /// its pool, until a step appends again). The fitting vectors come back to the pool: a
+    /// stream of small steps reuses them and, once warm, allocates nothing.
+    ///
+    /// The vector is never shrunk in place instead: the allocator gives the rest back, and
+    /// the vector, back in the pool, grows again in the next steps (a large one, mapped on its
+    /// own, is moved by the kernel to fresh pages at each growth). With 1 KiB elements handed
+    /// over one at a time, that was a page fault every four elements, and the kernel's time
+    /// four times the program's (about 1 M elements/s, against 2.5–9 M without).
     fn take_batch(&mut self) -> Batch<T> {
         let len = self.pending.len();
         let room = self
@@ -658,14 +663,11 @@ impl<T: Element> OutBuf<T> {
             .capacity()
             .saturating_mul(std::mem::size_of::<T>());
         if self.pending.capacity() / 2 > len && room > SMALL_VEC_BYTES {
-            if len.saturating_mul(std::mem::size_of::<T>()) <= SMALL_VEC_BYTES {
-                let mut own = self.pool.take_small(len);
-                own.append(&mut self.pending);
-                // The room waits in the pool, not in this output, until a step appends again.
-                self.pool.put(std::mem::take(&mut self.pending));
-                return Batch::pooled(own, &self.pool);
-            }
-            self.pending.shrink_to_fit();
+            let mut own = self.pool.take_fitting(len);
+            own.append(&mut self.pending);
+            // The room waits in the pool, not in this output, until a step appends again.
+            self.pool.put(std::mem::take(&mut self.pending));
+            return Batch::pooled(own, &self.pool);
         }
         Batch::pooled(std::mem::take(&mut self.pending), &self.pool)
     }
@@ -1151,10 +1153,14 @@ mod tests {
         );
     }
 
+    /// Not shrunk in place: its room, given back to the allocator, would be made again by the
+    /// next steps growing the vector (with elements of 1 KiB, a vector of a batch is mapped
+    /// on its own, and each growth was a move to fresh pages).
     #[test]
-    fn a_large_batch_in_a_much_larger_vector_is_shrunk_not_sent_with_its_room() {
+    fn a_large_batch_in_a_much_larger_vector_goes_in_a_fitting_one_and_the_room_stays() {
         let mut out = OutBuf::<u64>::new();
         out.pending().reserve(16384);
+        let room = out.pending().as_ptr();
         out.pending().extend(0..4096u64);
         let batch = out.take_batch();
         assert_eq!(batch.as_slice(), (0..4096).collect::<Vec<_>>());
@@ -1162,6 +1168,25 @@ mod tests {
             .vec_capacity()
             .expect("a large batch is moved, not copied into an Arc<[T]>");
         assert!(held < 2 * 4096, "sent with its room: {held}");
+        // The room waits for the next step, whole, while the batch travels.
+        assert_eq!(
+            out.pending().as_ptr(),
+            room,
+            "the room stays with the output"
+        );
+        assert!(out.pending().capacity() >= 16384, "the room was shrunk");
+        // Once back, the fitting vector carries the next batch of that size: nothing is
+        // allocated for it.
+        let fitting = batch.as_slice().as_ptr();
+        drop(batch);
+        out.pending().extend(0..3000u64);
+        let next = out.take_batch();
+        assert_eq!(
+            next.as_slice().as_ptr(),
+            fitting,
+            "the fitting vector, reused"
+        );
+        assert_eq!(out.pending().as_ptr(), room);
     }
 
     #[test]

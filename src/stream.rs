@@ -304,7 +304,7 @@ impl<T: Clone + Send + Sync + 'static> Batch<T> {
 
 /// A small vector: at most this many bytes of capacity. A few elements that a step appended
 /// to a much larger vector travel in a small one of their own (see `OutBuf::take_batch`), and
-/// a writer's [`VecPool`] keeps small vectors apart for them ([`VecPool::take_small`]).
+/// a writer's [`VecPool`] keeps small vectors apart for them ([`VecPool::take_fitting`]).
 pub(crate) const SMALL_VEC_BYTES: usize = 4 << 10;
 
 /// A batch that has joined another ([`AnyBatch::absorb`]) holds at most this many bytes of
@@ -582,7 +582,7 @@ pub(crate) mod spare {
 /// A writer's bounded free list of batch vectors (see [`Batch::pooled`]).
 ///
 /// It keeps at most [`VecPool::MAX_VECS`] large vectors and as many small ones (at most
-/// [`SMALL_VEC_BYTES`] each, kept apart: see [`VecPool::take_small`]), of at most
+/// [`SMALL_VEC_BYTES`] each, kept apart: see [`VecPool::take_fitting`]), of at most
 /// [`VecPool::MAX_BYTES`] bytes of capacity in all, and only while the process's bound on
 /// spare buffers ([`spare`]) has room; a vector that does not fit is freed. Eight batches fit, up to a default
 /// connection's byte capacity (4 MiB) in all: as much as a default connection has in flight,
@@ -657,20 +657,39 @@ impl<T> VecPool<T> {
         }
     }
 
-    /// An empty small vector with room for `len` elements: one kept if there is one, else a
-    /// new one with room for `len` rounded up to a power of two (at most twice `len`, and
-    /// within [`SMALL_VEC_BYTES`]), so that it fits the next batches of about that size.
-    pub fn take_small(&self, len: usize) -> Vec<T> {
+    /// An empty vector with room for `len` elements and not much more, for a batch of `len`
+    /// elements to travel in: a kept one if one fits, else a new one with room for `len`
+    /// rounded up to a power of two (so that it fits the next batches of about that size). A
+    /// small batch ([`SMALL_VEC_BYTES`] at most) takes any small vector with room for it; a
+    /// larger one a vector of at most twice its elements' bytes, which bounds what a batch in
+    /// flight holds.
+    pub fn take_fitting(&self, len: usize) -> Vec<T> {
+        let size = std::mem::size_of::<T>().max(1);
+        let small = len.saturating_mul(size) <= SMALL_VEC_BYTES;
         let mut free = self.lock();
-        match free.small.iter().rposition(|v| v.capacity() >= len) {
+        let list = if small { &free.small } else { &free.vecs };
+        let most = len.saturating_mul(2).max(1);
+        let kept = list
+            .iter()
+            .rposition(|v| v.capacity() >= len && (small || v.capacity() <= most));
+        match kept {
             Some(i) => {
-                let v = free.small.swap_remove(i);
+                let v = if small {
+                    free.small.swap_remove(i)
+                } else {
+                    free.vecs.swap_remove(i)
+                };
                 Self::taken(&mut free, v)
             }
             None => {
                 drop(free);
-                let most = SMALL_VEC_BYTES / std::mem::size_of::<T>().max(1);
-                Vec::with_capacity(len.next_power_of_two().min(most).max(len))
+                let rounded = len.checked_next_power_of_two().unwrap_or(len).max(1);
+                let room = if small {
+                    rounded.min(SMALL_VEC_BYTES / size).max(len)
+                } else {
+                    rounded
+                };
+                Vec::with_capacity(room)
             }
         }
     }
@@ -981,19 +1000,28 @@ mod tests {
         pool.put(Vec::with_capacity(1));
         pool.put(Vec::with_capacity(4));
         assert_eq!(pool.len(), 4);
-        assert_eq!(pool.take_small(3).capacity(), 4, "one with room for 3");
+        assert_eq!(pool.take_fitting(3).capacity(), 4, "one with room for 3");
         assert_eq!(
-            pool.take_small(3).capacity(),
+            pool.take_fitting(3).capacity(),
             4,
             "the one left is too small: a new one, rounded up to a power of two"
         );
         assert_eq!(pool.len(), 3, "the small one stays");
         let most = SMALL_VEC_BYTES / 8;
         assert_eq!(
-            pool.take_small(most - 1).capacity(),
+            pool.take_fitting(most - 1).capacity(),
             most,
             "within a small vector"
         );
+        // A larger batch takes a kept vector of at most twice its elements, else a new one
+        // rounded up to a power of two.
+        assert_eq!(
+            pool.take_fitting(4000).capacity(),
+            4096,
+            "10,000 is more than twice 4,000: a new one"
+        );
+        assert_eq!(pool.take_fitting(6000).capacity(), 10_000, "the kept one");
+        pool.put(Vec::with_capacity(10_000));
         assert_eq!(
             pool.take().capacity(),
             10_000,
