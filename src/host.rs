@@ -74,12 +74,13 @@ pub(crate) fn in_a_step() -> bool {
     IN_STEP.with(|c| c.get())
 }
 
-/// Holds sources' threads back until the executor has set up every agent of the process, and
-/// every agent a source's thread steps has made its first step: a thread that started at once
-/// would hand over to, and step, agents not there yet, and its elements would pile up for
-/// whichever thread starts them (see the runtime's direct mailboxes); and a stage's first
-/// step, on its worker, could take in the source's first batch and step it there, off the
-/// source's thread.
+/// Holds a source's thread back until the executor has set up every agent of the process, and
+/// every stage of the source's chain (the agents its thread steps) has made its first step: a
+/// thread that started at once would hand over to, and step, agents not there yet, and its
+/// elements would pile up for whichever thread starts them (see the runtime's direct
+/// mailboxes); and a stage's first step, on its worker, could come after the source's first
+/// batch and take it in there, off the source's thread. One gate per source
+/// ([`StartGates`]): a source waits for no other chain's first steps.
 #[derive(Default)]
 pub(crate) struct StartGate {
     state: Mutex<GateState>,
@@ -148,13 +149,32 @@ impl Drop for GateHold {
     }
 }
 
-/// Ends the setup when dropped ([`StartGate::open`]): however the executor's setup ends, no
-/// source thread waits for it for ever.
-pub(crate) struct OpenOnDrop(pub Arc<StartGate>);
+/// The start gates of a process's sources, one per source agent (by its index), made when
+/// first asked for. Dropped, it opens every gate for good: however the executor ends (a panic
+/// included), no source's thread waits for ever.
+#[derive(Default)]
+pub(crate) struct StartGates(std::collections::HashMap<usize, Arc<StartGate>>);
 
-impl Drop for OpenOnDrop {
+impl StartGates {
+    /// The gate of the source whose agent is `source`.
+    pub fn of(&mut self, source: usize) -> Arc<StartGate> {
+        Arc::clone(self.0.entry(source).or_default())
+    }
+
+    /// Ends the setup of every gate ([`StartGate::open`]).
+    pub fn end_setup(&self) {
+        self.0.values().for_each(|g| g.open());
+    }
+
+    /// Opens every gate now, holds or not ([`StartGate::open_for_good`]).
+    pub fn open_for_good(&self) {
+        self.0.values().for_each(|g| g.open_for_good());
+    }
+}
+
+impl Drop for StartGates {
     fn drop(&mut self) {
-        self.0.open();
+        self.open_for_good();
     }
 }
 

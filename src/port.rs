@@ -1179,6 +1179,7 @@ mod tests {
         // allocated for it.
         let fitting = batch.as_slice().as_ptr();
         drop(batch);
+        assert_eq!(out.pool.len(), 1, "the fitting vector is kept in the pool");
         out.pending().extend(0..3000u64);
         let next = out.take_batch();
         assert_eq!(
@@ -1186,6 +1187,7 @@ mod tests {
             fitting,
             "the fitting vector, reused"
         );
+        assert_eq!(out.pool.len(), 1, "the room is back in the pool");
         assert_eq!(out.pending().as_ptr(), room);
     }
 

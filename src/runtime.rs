@@ -81,7 +81,7 @@ mod direct;
 
 use crate::graph::{Graph, Part, Remote, Resolved};
 use crate::host::{join_waiting, Driver, Envelope, Host, Mailbox};
-use crate::host::{OpenOnDrop, SourceThreadCtx, StartGate};
+use crate::host::{SourceThreadCtx, StartGates};
 use crate::launch::signals::{self, Again, OnSignal};
 use crate::launch::{self, ChildProcess, Role, RunId, Segments};
 use crate::metrics::{Metrics, Registry};
@@ -2118,11 +2118,11 @@ fn coordinate(
     let mut arbiters: HashMap<ThreadKey, Arbiter> = HashMap::new();
     let mut result = Ok(());
     let mut enders = Vec::new();
-    // Sources' threads start once every agent is set up (below: the setup ends when this
-    // drops) and every stage of their chains has made its first step, so a thread that
-    // steps the chain it feeds finds every stage there, and steps its first batch itself.
-    let gate = Arc::new(StartGate::default());
-    let open_gate = OpenOnDrop(Arc::clone(&gate));
+    // A source's thread starts once every agent is set up (below: `end_setup`) and every
+    // stage of its chain has made its first step, so a thread that steps the chain it feeds
+    // finds every stage there, and steps its first batch itself. Whatever happens, the gates
+    // open when this drops.
+    let mut gates = StartGates::default();
     for (i, mut host) in hosts {
         let key = threads[i].clone();
         let arbiter = match arbiters.entry(key) {
@@ -2145,7 +2145,7 @@ fn coordinate(
                     name: host.name.to_string(),
                     wake,
                     stop: Arc::clone(&stop),
-                    gate: Arc::clone(&gate),
+                    gate: gates.of(i),
                     stepped_by_poster: stepped_by_poster[i],
                 });
                 match spawned {
@@ -2164,10 +2164,10 @@ fn coordinate(
                 Tended::new(i, host, Arc::clone(&shared), mailbox),
                 arbiter.handle(),
             );
-            // A stage of a source's chain holds the sources' threads back until its first
-            // step has run (or its worker dropped it unrun): a source's first batch is then
-            // the driver's to step, never taken in by that first step on the worker.
-            let hold = direct.is_chain_stage().then(|| gate.hold());
+            // A stage of a source's chain holds that source's thread back until its first
+            // step has run (or its worker dropped it unrun): the source's first batch is then
+            // the driver's to step, not taken in by that first step on the worker.
+            let hold = direct.chain().map(|source| gates.of(source).hold());
             let direct = Arc::clone(direct);
             arbiter.spawn_fn(move || {
                 direct.first_step();
@@ -2185,7 +2185,7 @@ fn coordinate(
             Context::with_receiver(rx).run(actor);
         });
     }
-    drop(open_gate);
+    gates.end_setup();
     let run_over = Arc::new(AtomicBool::new(false));
     if result.is_ok() && !enders.is_empty() {
         result = end_sources_after_stop(Arc::clone(&stop), Arc::clone(&run_over), enders);
@@ -2207,7 +2207,7 @@ fn coordinate(
     };
     // A first step that never ran (the run failed before its worker started) holds no
     // source's thread back.
-    gate.open_for_good();
+    gates.open_for_good();
     // Read before the stop flag is set below: whether this run ended by a drain.
     let drained = stop.load(Ordering::SeqCst);
     // Before the stop flag: the poller must not take the end of the run for a stop.

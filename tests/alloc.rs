@@ -258,8 +258,11 @@ fn one_element_pushes_of_large_elements_shrink_and_regrow_no_batch_buffer() {
     let (big, batches) = large_push_reallocations(n);
     let per_batch = big as f64 / batches.max(1) as f64;
     eprintln!("{big} reallocations from or to at least {BIG} bytes for {n} 1 KiB pushes in {batches} batches: {per_batch:.2} per batch");
+    // A few while the run warms up (vectors growing to their batches' size), then one in
+    // four batches at most (0.02-0.20 per batch measured; 0.40-1.69 before, each run above
+    // this bound).
     assert!(
-        per_batch < 0.2,
+        big <= batches / 4 + 100,
         "{big} batch buffers grown or shrunk for {batches} batches"
     );
 }

@@ -58,9 +58,11 @@
 //! The agent is installed before anything can post to it (so a source's thread, which starts
 //! once every agent is set up, finds every stage of its chain there); its timers run on its
 //! worker of the pool, which also queues its first step. A source's thread starts only once
-//! every stage of its chain has made that first step (`host::StartGate`): a first step that
-//! came later could take in the source's first batch and step it, and the stages after it,
-//! on the worker. A task there steps the agent for one
+//! every stage of its chain has made that first step, or found the stage taken (`host::StartGate`,
+//! one per source): a first step that came after the source's first batch could take it in
+//! and step it, and the stages after it, on the worker. (What is posted to a stage during its
+//! first step is stepped by a later task on the worker, which waits for no gate: a stage
+//! that posts at its first step may still hand a little of the stream to its worker.) A task there steps the agent for one
 //! burst and leaves what waits after it to another task, so the worker's other actors have
 //! their turns between them.
 
@@ -172,10 +174,10 @@ impl DirectMailbox {
         }));
     }
 
-    /// A stage of a source's chain (the source's own agent included), stepped by the source's
-    /// thread as its driver.
-    pub(super) fn is_chain_stage(&self) -> bool {
-        self.chain.is_some()
+    /// The chain it is a stage of (its source agent's index, the source's own agent
+    /// included), stepped by the source's thread as its driver; `None` if it is none.
+    pub(super) fn chain(&self) -> Option<usize> {
+        self.chain
     }
 
     /// Runs the agent's first step, with whatever was posted before, on this thread (its
