@@ -58,13 +58,13 @@
 //! The agent is installed before anything can post to it (so a source's thread, which starts
 //! once every agent is set up, finds every stage of its chain there); its timers run on its
 //! worker of the pool, which also queues its first step. A source's thread starts only once
-//! every stage of its chain has made that first step, or found the stage taken (`host::StartGate`,
-//! one per source): a first step that came after the source's first batch could take it in
-//! and step it, and the stages after it, on the worker. (What is posted to a stage during its
-//! first step is stepped by a later task on the worker, which waits for no gate: a stage
-//! that posts at its first step may still hand a little of the stream to its worker.) A task there steps the agent for one
-//! burst and leaves what waits after it to another task, so the worker's other actors have
-//! their turns between them.
+//! every stage of its chain has made that first step, or found the stage taken
+//! (`host::StartGate`, one per source): a first step that came after the source's first
+//! batch could take it in and step it, and the stages after it, on the worker. (What is
+//! posted to a stage during its first step is stepped by a later task on the worker, which
+//! waits for no gate: a stage that posts at its first step may still hand a little of the
+//! stream to its worker.) A task there steps the agent for one burst and leaves what waits
+//! after it to another task, so the worker's other actors have their turns between them.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
