@@ -594,17 +594,15 @@ fn a_plain_writer_at_a_tls_reader_is_refused_and_fails() {
 /// A reader of `u64` (capacity 4096, consuming everything) listening on `addr`, which was
 /// just let go of: it may take a moment to be free again.
 fn listen_again(addr: SocketAddr, run: &Arc<TestRun>) -> Reader<u64> {
-    let start = Instant::now();
-    loop {
-        let bound = std::panic::catch_unwind(|| {
+    let mut bound = None;
+    poll(&format!("listening again on {addr}"), || {
+        bound = std::panic::catch_unwind(|| {
             reader::<u64>(&addr.to_string(), run, settings(), 4096, usize::MAX)
-        });
-        match bound {
-            Ok(r) => return r,
-            Err(_) => assert!(start.elapsed() < GUARD, "cannot listen again on {addr}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        })
+        .ok();
+        bound.is_some()
+    });
+    bound.expect("poll returns once bound")
 }
 
 #[test]
