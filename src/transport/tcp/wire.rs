@@ -54,8 +54,16 @@ pub(crate) const VERSION: u16 = 2;
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 /// The buffer [`FrameDecoder::read_from`] reads into (unless the limit is lower, or a frame
-/// needs more): a few reads' room.
-const READ_BUFFER_BYTES: usize = 4 * READ_CHUNK_BYTES;
+/// needs more): a Data frame of the writers' target payload and a read's room after it, so
+/// that a stream of such frames never grows it (512 KiB).
+const READ_BUFFER_BYTES: usize =
+    (super::TARGET_PAYLOAD_BYTES + DATA_FIXED_BYTES + 1 + HEADER_BYTES + READ_CHUNK_BYTES)
+        .next_power_of_two();
+
+/// How many reads in a row must fit in [`READ_BUFFER_BYTES`] before a buffer grown for larger
+/// frames gives its memory back: a stream of large frames keeps its buffer, one large frame
+/// among small ones does not keep it for long.
+const SHRINK_AFTER_SMALL_READS: u32 = 64;
 
 const KIND_DATA: u8 = 0x01;
 const KIND_END: u8 = 0x02;
@@ -433,6 +441,8 @@ pub(crate) struct FrameDecoder {
     start: usize,
     end: usize,
     max_frame_bytes: u32,
+    /// Reads and pushes in a row whose bytes fitted in [`READ_BUFFER_BYTES`].
+    small_reads: u32,
 }
 
 impl Default for FrameDecoder {
@@ -453,6 +463,7 @@ impl FrameDecoder {
             start: 0,
             end: 0,
             max_frame_bytes,
+            small_reads: 0,
         }
     }
 
@@ -473,7 +484,10 @@ impl FrameDecoder {
 
     /// Moves the undecoded bytes to the front of the buffer (`lazy`: only when less than a
     /// read's room is left after them, so that a frame split between reads is not copied at
-    /// every read), and gives memory back after a large frame.
+    /// every read), and gives memory back once large frames have stopped coming
+    /// ([`SHRINK_AFTER_SMALL_READS`]): shrunk after each one, the buffer of a stream of frames
+    /// a little larger than it was shrunk and grown again at every frame, each a `mremap`
+    /// and fresh pages to fault in (a third of a TCP reader's time at 1 KiB elements).
     fn compact(&mut self, lazy: bool) {
         if self.start == self.end {
             self.start = 0;
@@ -483,19 +497,32 @@ impl FrameDecoder {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end <= READ_CHUNK_BYTES && self.buf.len() > READ_BUFFER_BYTES {
+        if self.end <= READ_CHUNK_BYTES
+            && self.buf.len() > READ_BUFFER_BYTES
+            && self.small_reads >= SHRINK_AFTER_SMALL_READS
+        {
             self.buf.truncate(READ_BUFFER_BYTES);
             self.buf.shrink_to(READ_BUFFER_BYTES);
         }
     }
 
-    /// Makes `buf[end..end + room]` writable; `end + room` is within the limit.
+    /// Makes `buf[end..end + room]` writable; `end + room` is within the limit. A buffer too
+    /// small at least doubles (within the limit), so that a large frame read a chunk at a
+    /// time grows it a few times, not at every read.
     fn grow_for(&mut self, room: usize) {
         let need = self.end + room;
         debug_assert!(need <= self.limit_bytes());
         if self.buf.len() < need {
-            self.buf.reserve_exact(need - self.buf.len());
-            self.buf.resize(need, 0);
+            let len = need
+                .max(self.buf.len().saturating_mul(2))
+                .min(self.limit_bytes());
+            self.buf.reserve_exact(len - self.buf.len());
+            self.buf.resize(len, 0);
+        }
+        if self.end - self.start + room > READ_BUFFER_BYTES {
+            self.small_reads = 0;
+        } else {
+            self.small_reads = self.small_reads.saturating_add(1);
         }
     }
 
@@ -1072,6 +1099,70 @@ pub(crate) mod tests {
             "a 60 MiB frame, under the limit, is awaited"
         );
         assert!(d.held_bytes() <= 64, "held {}", d.held_bytes());
+    }
+
+    /// Reads `frames` through `read_from` as a socket would hand them over (at most 64 KiB a
+    /// read), decoding as it goes; returns how many times the buffer was reallocated.
+    fn buffer_moves_reading(d: &mut FrameDecoder, frames: &[u8]) -> usize {
+        struct Socket<'a>(&'a [u8]);
+        impl Read for Socket<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(64 << 10);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut socket = Socket(frames);
+        let mut moves = 0;
+        let mut held = (d.buf.as_ptr(), d.buf.capacity());
+        while d.read_from(&mut socket).unwrap() > 0 {
+            if (d.buf.as_ptr(), d.buf.capacity()) != held {
+                moves += 1;
+                held = (d.buf.as_ptr(), d.buf.capacity());
+            }
+            decode_all(d).unwrap();
+        }
+        assert_eq!(d.buffered_bytes(), 0);
+        moves
+    }
+
+    #[test]
+    fn a_stream_of_frames_reuses_one_buffer_and_a_large_frame_gives_its_memory_back() {
+        // A writer's frames carry up to its target payload; with 1 KiB elements they are a
+        // little more than 256 KiB long with their headers.
+        let mut frames = Vec::new();
+        let payload = vec![7u8; super::super::TARGET_PAYLOAD_BYTES];
+        for seq in 0..200 {
+            encode_data(seq, 256, &payload, &mut frames);
+        }
+        let mut d = FrameDecoder::default();
+        let moves = buffer_moves_reading(&mut d, &frames);
+        // Before: grown past 256 KiB at each frame and shrunk back after it (400 moves).
+        assert!(moves <= 2, "the buffer moved {moves} times for 200 frames");
+        assert!(d.held_bytes() <= READ_BUFFER_BYTES);
+
+        // Frames of 1 MiB: the buffer doubles up to them, then keeps its size while they come.
+        let mut large = Vec::new();
+        let payload = vec![9u8; 1 << 20];
+        for seq in 0..50 {
+            encode_data(seq, 1, &payload, &mut large);
+        }
+        let moves = buffer_moves_reading(&mut d, &large);
+        assert!(
+            moves <= 3,
+            "the buffer moved {moves} times for 50 large frames"
+        );
+        assert!(d.held_bytes() > 1 << 20);
+
+        // Small frames again: the memory of the large ones goes back.
+        let mut small = Vec::new();
+        // Enough for twice the reads it waits for (four frames a read).
+        for seq in 0..(8 * SHRINK_AFTER_SMALL_READS as u64) {
+            encode_data(seq, 1, &[1u8; 16 << 10], &mut small);
+        }
+        buffer_moves_reading(&mut d, &small);
+        assert_eq!(d.held_bytes(), READ_BUFFER_BYTES);
     }
 
     #[test]
