@@ -37,13 +37,14 @@
 //! a drain), with a warning naming the reader's host and no failure. A failed run does not
 //! linger: the link ends at once.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::handshake::{self, HandshakeError};
-use super::stream::{Conn, ConnRead, Cutter};
+use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
 use super::tls::TlsError;
 use super::wire::{self, Frame, FrameDecoder, Hello};
 use super::{
@@ -63,10 +64,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest pause between two connect attempts while a writer waits for its reader's host
 /// to start (after a break, [`super::BACKOFF_MAX`] applies).
 const START_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Frames up to this size are copied into one buffer and written together; larger ones are
-/// written straight from the queue.
-const COALESCE_BYTES: usize = 64 << 10;
 
 /// The most bytes of frames the I/O thread takes from the queue for one round of writes.
 const WRITE_ROUND_BYTES: usize = 1 << 20;
@@ -747,12 +744,13 @@ impl Io {
 
     /// Writes what is queued, heartbeats and Stop on one connection until it breaks or the link
     /// is done.
-    fn pump(&self, w: &mut impl std::io::Write) -> Outcome {
+    fn pump(&self, w: &mut ConnWrite) -> Outcome {
         let heartbeat = self.settings.heartbeat;
         let mut last_send = Instant::now();
-        // Reused from round to round: what is written, the control frames and the queued frames
-        // of a round.
+        // Reused from round to round: the control frames' bytes, a buffer to gather small
+        // frames in (TLS), the control frames and the queued frames of a round.
         let mut out = Vec::new();
+        let mut scratch = Vec::new();
         let mut control = Vec::new();
         let mut frames: Vec<Arc<Vec<u8>>> = Vec::new();
         // Ends: each pass writes something or waits a slice; every exit condition is checked
@@ -828,23 +826,10 @@ impl Io {
             for f in &control {
                 wire::encode_frame(f, &mut out);
             }
-            let written = (|| {
-                for f in &frames {
-                    if f.len() <= COALESCE_BYTES {
-                        out.extend_from_slice(f);
-                        continue;
-                    }
-                    if !out.is_empty() {
-                        w.write_all(&out)?;
-                        out.clear();
-                    }
-                    w.write_all(f)?;
-                }
-                if !out.is_empty() {
-                    w.write_all(&out)?;
-                }
-                w.flush()
-            })();
+            let pieces = std::iter::once(out.as_slice()).chain(frames.iter().map(|f| f.as_slice()));
+            let written = w
+                .write_pieces(pieces, &mut scratch)
+                .and_then(|()| w.flush());
             // Let go of the frames at once: an acknowledged frame that nothing else holds is
             // written over by a later one. One acknowledged while it was being written (this
             // thread was slow to get here) is this thread's alone now: kept too.
