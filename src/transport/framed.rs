@@ -43,9 +43,11 @@ const SPARE_FRAMES: usize = 1024;
 /// again lent to the encoder).
 const SPARE_BYTES: usize = 1 << 20;
 
-/// The largest buffer an [`Outbox`] keeps for reuse. Larger frames (big batches, large
-/// elements) are freed once acknowledged; they are not one per element.
-const SPARE_FRAME_BYTES: usize = 64 << 10;
+/// The largest buffer an [`Outbox`] keeps for reuse: a frame of a TCP link's target payload
+/// (256 KiB) and its header fit, so that a stream of big batches writes over the same few
+/// buffers (freed and allocated again, each frame's pages were faulted in anew). Larger frames
+/// (large elements) are freed once acknowledged.
+const SPARE_FRAME_BYTES: usize = 512 << 10;
 
 /// A reused buffer keeps at most twice its frame's bytes and this much more: a spare of a
 /// large frame written over by a small one is shrunk, so that a frame's memory stays near
@@ -369,7 +371,7 @@ impl<F: FrameBytes> Outbox<F> {
     /// Keeps `frame`, freed from the queue, for reuse if nothing else holds it and the spares
     /// have room; else drops it.
     pub(crate) fn keep_spare(&mut self, frame: F) {
-        if self.spare.len() < SPARE_FRAMES && self.spare_bytes < SPARE_BYTES {
+        if self.spare.len() < SPARE_FRAMES && self.spare_bytes + frame.capacity() <= SPARE_BYTES {
             if let Some(frame) = frame.reclaim() {
                 self.spare_bytes += frame.capacity();
                 self.spare.push(frame);
@@ -876,6 +878,35 @@ mod tests {
         assert!(out.spare_bytes > 0);
         out.push_mark(Mark::Idle);
         assert_eq!(out.spare_bytes, 0);
+    }
+
+    #[test]
+    fn frames_of_big_batches_are_written_over_once_acknowledged() {
+        // A TCP link's frames: 256 KiB of payload each, four of them a batch.
+        let mut enc = FrameEncoder::<u64>::new(256 << 10, 1 << 20, "frame");
+        let (mut out, mut spare) = (Frames::new(0), Vec::new());
+        let batch: Vec<u64> = (0..(256 << 10) / 8 * 4).collect();
+        let buffers = |out: &Frames, seqs: std::ops::Range<u64>| -> Vec<*const u8> {
+            seqs.map(|seq| frame(out, seq))
+                .filter(|f| f.len() > 200 << 10)
+                .map(|f| f.as_ptr())
+                .collect()
+        };
+        write(&mut enc, &mut out, &mut spare, &batch);
+        let first = buffers(&out, 0..out.next_seq);
+        assert!(first.len() >= 3, "{} big frames", first.len());
+        out.release_below(out.next_seq);
+        assert!(out.spare_bytes <= SPARE_BYTES);
+        let from = out.next_seq;
+        write(&mut enc, &mut out, &mut spare, &batch);
+        let again = buffers(&out, from..out.next_seq);
+        let reused = again.iter().filter(|b| first.contains(b)).count();
+        // Before: frames over 64 KiB were freed once acknowledged, and each new one allocated.
+        assert!(
+            reused >= 3,
+            "{reused} of the {} big frames written over a kept buffer",
+            again.len()
+        );
     }
 
     #[test]
