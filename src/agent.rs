@@ -483,7 +483,8 @@ impl Outputs<'_> {
         let inbuf = inputs.slot_mut(input);
         let out = self.buf(stream);
         let from = out.pending().len();
-        if from == 0 && out.adopt(|empty| inbuf.take_shown(empty)) {
+        let at_least = out.moves_at_least();
+        if from == 0 && out.adopt(|empty| inbuf.take_shown(empty, at_least)) {
             return out.pending();
         }
         let n = inbuf.as_slice().len();

@@ -110,6 +110,13 @@ fn travels_alone(len: usize, size: usize) -> bool {
 /// source and map on one thread: moving them was 0.7× the copy.
 pub(crate) const MOVE_AT_LEAST_BYTES: usize = 64 << 10;
 
+/// [`MOVE_AT_LEAST_BYTES`] for an output whose every reader is in another process (or host):
+/// its vector is written into a ring or socket and goes back to its pool on the same thread,
+/// so a moved batch costs no vector passed to another core, and a copy would be a second
+/// pass over the bytes before the transport's (with 8-byte elements in batches of 32 KiB
+/// between two processes, the map's copy was a quarter of the writing thread's time).
+pub(crate) const MOVE_TO_BYTES_AT_LEAST_BYTES: usize = 4 << 10;
+
 /// An input buffer: batches received, shown to the step as one slice.
 ///
 /// While the agent consumes everything it is shown, the slice is the batch itself (no copy).
@@ -244,15 +251,20 @@ impl<T: Element> InBuf<T> {
     }
 
     /// Consumes everything shown and returns it as a vector without copying, when the view is
-    /// all shown, at least [`MOVE_AT_LEAST_BYTES`], and one vector that nothing else holds: a
+    /// all shown, at least `at_least_bytes` (see [`OutBuf::moves_at_least`]), and one vector
+    /// that nothing else holds: a
     /// batch, whole and unshared ([`Batch::take_whole`]; `replacement` goes back to the
     /// batch's pool with it), or the vector batches were gathered into (`replacement` becomes
     /// the view's). Otherwise `replacement` comes back and nothing is consumed.
-    pub fn take_shown(&mut self, replacement: Vec<T>) -> Result<Vec<T>, Vec<T>> {
+    pub fn take_shown(
+        &mut self,
+        replacement: Vec<T>,
+        at_least_bytes: usize,
+    ) -> Result<Vec<T>, Vec<T>> {
         let n = self.shown;
         if n == 0
             || n != self.view_all().len()
-            || n.saturating_mul(std::mem::size_of::<T>()) < MOVE_AT_LEAST_BYTES
+            || n.saturating_mul(std::mem::size_of::<T>()) < at_least_bytes
         {
             return Err(replacement);
         }
@@ -618,6 +630,17 @@ impl<T: Element> OutBuf<T> {
         &mut self.pending
     }
 
+    /// The fewest bytes of a batch worth taking over as this output's vector rather than
+    /// copying ([`InBuf::take_shown`]): [`MOVE_TO_BYTES_AT_LEAST_BYTES`] when every link
+    /// writes bytes (the readers are all in other processes), else [`MOVE_AT_LEAST_BYTES`].
+    pub fn moves_at_least(&self) -> usize {
+        if !self.links.is_empty() && self.links.iter().all(LinkTx::writes_bytes) {
+            MOVE_TO_BYTES_AT_LEAST_BYTES
+        } else {
+            MOVE_AT_LEAST_BYTES
+        }
+    }
+
     /// Makes `take`'s vector this step's, if `take` gives one for the empty vector it is handed
     /// (this output's, or one from its pool); true if it did. Only while the step appended
     /// nothing.
@@ -973,7 +996,7 @@ mod tests {
             .unwrap();
         input.prepare(false);
         let ptr = input.as_slice().as_ptr();
-        assert!(out.adopt(|empty| input.take_shown(empty)));
+        assert!(out.adopt(|empty| input.take_shown(empty, MOVE_AT_LEAST_BYTES)));
         assert_eq!(out.pending().as_ptr(), ptr, "moved, not copied");
         assert_eq!(out.pending().len(), n);
         assert!(input.as_slice().is_empty());
@@ -988,18 +1011,18 @@ mod tests {
         input.push(shared.into_any()).unwrap();
         input.prepare(false);
         let mut out = OutBuf::<u64>::new();
-        assert!(!out.adopt(|empty| input.take_shown(empty)));
+        assert!(!out.adopt(|empty| input.take_shown(empty, MOVE_AT_LEAST_BYTES)));
         assert_eq!(input.as_slice().len(), n);
         drop(other);
         // Partly consumed: not the whole vector any more.
         input.consume(2);
-        assert!(!out.adopt(|empty| input.take_shown(empty)));
+        assert!(!out.adopt(|empty| input.take_shown(empty, MOVE_AT_LEAST_BYTES)));
         input.consume(n - 2);
         input.take_consumed();
         // Smaller than MOVE_AT_LEAST_BYTES: left to be copied.
         input.push(batch(&[1, 2, 3])).unwrap();
         input.prepare(false);
-        assert!(!out.adopt(|empty| input.take_shown(empty)));
+        assert!(!out.adopt(|empty| input.take_shown(empty, MOVE_AT_LEAST_BYTES)));
         input.consume(3);
         input.take_consumed();
         // Batches gathered into the input's own vector: that vector moves.
@@ -1008,7 +1031,7 @@ mod tests {
         }
         input.prepare(false);
         let gathered = input.as_slice().as_ptr();
-        assert!(out.adopt(|empty| input.take_shown(empty)));
+        assert!(out.adopt(|empty| input.take_shown(empty, MOVE_AT_LEAST_BYTES)));
         assert_eq!(out.pending().as_ptr(), gathered);
         assert_eq!(out.pending().len(), n);
         assert_eq!(input.take_consumed(), n);
@@ -1020,7 +1043,7 @@ mod tests {
         input.prepare(true);
         assert_eq!(input.as_slice().len(), n);
         let mut out = OutBuf::<u64>::new();
-        assert!(!out.adopt(|empty| input.take_shown(empty)));
+        assert!(!out.adopt(|empty| input.take_shown(empty, MOVE_AT_LEAST_BYTES)));
     }
 
     #[test]

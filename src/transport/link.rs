@@ -305,6 +305,14 @@ impl<T: Element> LinkTx<T> {
         self.note_blocked();
     }
 
+    /// Whether this link writes the elements it is offered as bytes ([`offer_slice`]: a ring,
+    /// a socket, a broker) rather than passing batches on (an in-process link).
+    ///
+    /// [`offer_slice`]: Self::offer_slice
+    pub(crate) fn writes_bytes(&self) -> bool {
+        !matches!(self.flavor, Flavor::Local { .. })
+    }
+
     /// Offers the elements of `items` without a batch: a transport of bytes (a ring, a socket,
     /// a broker) with nothing waiting before them writes what it takes now straight from the
     /// slice. Returns how many leading elements the link is done with; the caller

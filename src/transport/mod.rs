@@ -3002,6 +3002,53 @@ mod tests {
     }
 
     #[test]
+    fn an_output_read_only_through_rings_takes_over_a_batch_of_32_kib_instead_of_copying_it() {
+        use crate::port::{
+            InBuf, InSlot, OutBuf, OutSlot, MOVE_AT_LEAST_BYTES, MOVE_TO_BYTES_AT_LEAST_BYTES,
+        };
+        let (name, _guard, _view) = test_ring("link-move-to-ring", 1 << 20);
+        let run = test_run();
+        let spec = |mailbox: Option<Arc<dyn Mailbox>>| LinkSpec {
+            mailbox,
+            input: 0,
+            capacity: 1 << 20,
+            policy: crate::stream::Policy::Block,
+            counters: Arc::default(),
+            label: "numbers.out -> slow.in".into(),
+        };
+        let wake: Arc<dyn Mailbox> = Arc::new(Inbox::default());
+        let mut to_ring = OutBuf::<u64>::new();
+        to_ring
+            .add_shm_link(&name, spec(None), Arc::clone(&wake), 0, run.clone(), "slow")
+            .unwrap();
+        assert_eq!(to_ring.moves_at_least(), MOVE_TO_BYTES_AT_LEAST_BYTES);
+        let mut local = OutBuf::<u64>::new();
+        local.add_link(spec(Some(Arc::clone(&wake))));
+        assert_eq!(local.moves_at_least(), MOVE_AT_LEAST_BYTES);
+        assert_eq!(OutBuf::<u64>::new().moves_at_least(), MOVE_AT_LEAST_BYTES);
+
+        // A source's batch of 4,096 u64 (32 KiB), as `Outputs::forward` takes it.
+        let pool = Arc::new(crate::stream::VecPool::<u64>::new());
+        for (out, moved) in [(&mut to_ring, true), (&mut local, false)] {
+            let mut input = InBuf::<u64>::new();
+            input
+                .push(Batch::pooled((0..4096).collect(), &pool).into_any())
+                .unwrap();
+            input.prepare(false);
+            let at = input.as_slice().as_ptr();
+            let at_least = out.moves_at_least();
+            assert_eq!(out.adopt(|empty| input.take_shown(empty, at_least)), moved);
+            if moved {
+                assert_eq!(out.pending().as_ptr(), at, "the batch's vector itself");
+                out.pending().clear();
+            }
+        }
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    #[test]
     fn drop_newest_never_lets_data_overtake_a_mark_that_waits_for_room() {
         let (name, _guard, _view) = test_ring("link-drop-newest-mark", 8 << 10);
         let run = test_run();
