@@ -434,7 +434,9 @@ impl Outputs<'_> {
     /// stage that passes its input on, without copying its batches.
     ///
     /// When the step has appended nothing to `stream` yet and the input shows one batch of at
-    /// least 64 KiB that nothing else holds (its writer's only reader took it, as a whole),
+    /// least 64 KiB (4 KiB when every reader of `stream` is reached through a ring, a socket
+    /// or a broker, which write it as bytes) that nothing else holds (its writer's only reader
+    /// took it, as a whole),
     /// the batch's vector itself becomes the step's output: no element is copied, and an
     /// empty vector of this output's goes back to the writer's pool in its place. Otherwise
     /// the elements are cloned onto the end of the output, as [`extend`](Self::extend) would

@@ -103,18 +103,21 @@ fn travels_alone(len: usize, size: usize) -> bool {
 }
 
 /// The fewest bytes of elements that [`InBuf::take_shown`] moves rather than leaving its
-/// caller to copy them. A smaller batch stays in a core's cache, and copying it into the
+/// caller to copy them, for an output with a reader in this process
+/// ([`OutBuf::moves_at_least`]). A smaller batch stays in a core's cache, and copying it into the
 /// output's own vector (the same few vectors, written by this thread, step after step) costs
 /// less than the vectors it would otherwise pass on: the writer's thread then fills vectors
 /// another core has just written. Measured with 8-byte elements in batches of 4,096 (32 KiB),
 /// source and map on one thread: moving them was 0.7× the copy.
 pub(crate) const MOVE_AT_LEAST_BYTES: usize = 64 << 10;
 
-/// [`MOVE_AT_LEAST_BYTES`] for an output whose every reader is in another process (or host):
-/// its vector is written into a ring or socket and goes back to its pool on the same thread,
-/// so a moved batch costs no vector passed to another core, and a copy would be a second
-/// pass over the bytes before the transport's (with 8-byte elements in batches of 32 KiB
-/// between two processes, the map's copy was a quarter of the writing thread's time).
+/// [`MOVE_AT_LEAST_BYTES`] for an output whose every link writes bytes (a ring, a socket, a
+/// broker: its readers are in other processes or hosts, or forced onto such a link): its
+/// vector is written by the stepping thread and goes back to that output's pool there, so
+/// the vector passed on is only the empty one the input's writer gets in exchange, and a copy
+/// would be a second pass over the bytes before the transport's (with 8-byte elements in
+/// batches of 32 KiB between two processes, the map's copy was about a quarter of the
+/// writing thread's time, the ring's another quarter).
 pub(crate) const MOVE_TO_BYTES_AT_LEAST_BYTES: usize = 4 << 10;
 
 /// An input buffer: batches received, shown to the step as one slice.

@@ -1786,9 +1786,11 @@ const MAX_CHAIN_STAGES: usize = 16;
 /// - or it is a source whose every output goes to another process over a ring: its own
 ///   thread (or the program, through an [`InputSender`]) steps it as it hands elements over
 ///   (the step is mostly the write into the ring; a wake-up of a worker would cost more);
+///   a source with a thread of its own also when its outputs are TCP links;
 /// - or it is a source with a thread of its own (a [`Source`](crate::Source), not the
 ///   program's `Graph::input`), or a stage of a chain such a source alone feeds, where the
-///   chain's last stage writes only into rings (`source → map → filter ⇒ ring`; each stage
+///   chain's last stage writes only into rings or TCP links (`source → map → filter ⇒
+///   ring`; each stage
 ///   the only reader of the one before, and reading nothing else; at most
 ///   [`MAX_CHAIN_STAGES`] stages): the source's thread steps the whole chain, from its
 ///   hand-over to the write into the ring, as a raw ring's producer makes and writes each
@@ -1808,12 +1810,19 @@ fn stepped_directly(graph: &Graph) -> Vec<Stepped> {
     // Placed by the runtime: not on a named thread, not on a thread of its own.
     let free = |i: usize| graph.agents[i].thread.is_none() && !graph.agents[i].own_thread;
     let local = |e: &Edge| graph.resolve(e) == Resolved::Local;
-    // Connected, and only to rings (other processes on this host).
-    let into_rings = |i: usize| {
+    // Connected, and only to rings (other processes on this host), or also to TCP links
+    // (other hosts) when `tcp`: transports whose writer waits for its peer, and is posted to
+    // when room comes back. Only a source's thread drives a chain into TCP links: it hands
+    // over batches, where a program's `InputSender` pushes one element at a time, each of
+    // which would then be a frame of its own and a wake-up of the link's I/O thread (a
+    // worker stepping the input gathers them).
+    let into_peers = |i: usize, tcp: bool| {
         !outs[i].is_empty()
-            && outs[i]
-                .iter()
-                .all(|e| graph.resolve(e) == Resolved::SharedMemory)
+            && outs[i].iter().all(|e| match graph.resolve(e) {
+                Resolved::SharedMemory => true,
+                Resolved::Tcp => tcp,
+                Resolved::Local | Resolved::Broker => false,
+            })
     };
     // The stage that continues a chain after `i`: `i` has one connection, in-process, to an
     // agent placed by the runtime that reads nothing else.
@@ -1829,7 +1838,7 @@ fn stepped_directly(graph: &Graph) -> Vec<Stepped> {
     for i in (0..total).filter(|&i| free(i)) {
         let agent = &graph.agents[i];
         if let Some(Driver::Source(source)) = &agent.driver {
-            if into_rings(i) {
+            if into_peers(i, source.has_thread()) {
                 direct[i] = Stepped::InChainOf(i);
             } else if source.has_thread() {
                 // The chain it alone feeds, if that ends in rings. Each stage's only input is
@@ -1840,7 +1849,7 @@ fn stepped_directly(graph: &Graph) -> Vec<Stepped> {
                         break;
                     }
                     chain.push(next);
-                    if into_rings(next) {
+                    if into_peers(next, true) {
                         chain
                             .iter()
                             .for_each(|&k| direct[k] = Stepped::InChainOf(i));
@@ -2814,6 +2823,17 @@ mod tests {
         let z = pass(&mut g, "z", &y, plain);
         g.for_each("sink_far_y", &far_y, |_: &u64| {});
         g.for_each("sink_z", &z, |_: &u64| {});
+        // q → r ⇒ a TCP link: the source's thread steps that chain too.
+        let tcp = Connection::new().transport(crate::Transport::Tcp);
+        let q = g.source_iter("q", 0..10u64);
+        let r = pass(&mut g, "r", &q, plain);
+        let far_r = pass(&mut g, "far_r", &r, tcp);
+        g.for_each("sink_far_r", &far_r, |_: &u64| {});
+        // The program's input ⇒ a TCP link: a worker gathers its pushes (each would be a
+        // frame of its own), where into a ring the pushing thread steps it.
+        let pushed = g.input::<u64>("pushed");
+        let far_p = pass(&mut g, "far_p", &pushed, tcp);
+        g.for_each("sink_far_p", &far_p, |_: &u64| {});
         for agent in ["far", "far_n", "far_k", "far_u", "far_y"] {
             g.place_in_process(agent, "p1");
         }
@@ -2833,7 +2853,7 @@ mod tests {
             .map(|i| &*g.agents[i].name)
             .filter(|name| !name.starts_with("far") && !name.starts_with("sink"))
             .collect();
-        assert_eq!(direct, ["s", "m1", "m2"]);
+        assert_eq!(direct, ["s", "m1", "m2", "q", "r"]);
         // Each stage knows its chain (whose driver, the source's thread, waits for it), and an
         // agent fed by a ring is stepped by its feeders, in no chain.
         let index = |name: &str| g.agents.iter().position(|a| &*a.name == name).unwrap();
@@ -2845,6 +2865,8 @@ mod tests {
             );
         }
         assert_eq!(stepped[index("far")], super::Stepped::ByPoster);
+        assert_eq!(stepped[index("r")], super::Stepped::InChainOf(index("q")));
+        assert_eq!(stepped[index("far_r")], super::Stepped::ByPoster);
 
         // The longest chain a source's thread steps, and one stage more.
         for stages in [super::MAX_CHAIN_STAGES, super::MAX_CHAIN_STAGES + 1] {

@@ -206,8 +206,9 @@ impl Graph {
     }
 
     /// `v` after `f(&mut v)`, for each `v`: a map that keeps the element type and changes each
-    /// element where it lies. A batch of at least 64 KiB that only this agent holds (its
-    /// writer's only reader took it whole) becomes the output without a copy
+    /// element where it lies. A batch of at least 64 KiB (4 KiB when the output's readers are
+    /// all in other processes or hosts) that only this agent holds (its writer's only reader
+    /// took it whole) becomes the output without a copy
     /// ([`Outputs::forward`]); a smaller one is copied (faster than passing it on); a batch
     /// another reader holds too is copied first, and that reader never sees the change. With
     /// large elements (a frame of samples, an image row) this saves most of a map's time.

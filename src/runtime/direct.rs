@@ -9,8 +9,10 @@
 //! wake-up separates the two steps, as with a raw ring. The runtime gives one to every agent
 //! fed only from other processes, to a source whose every output is a ring (its source
 //! thread, or the program through an `InputSender`, steps it), and to a source and every stage
-//! of a chain it alone feeds into rings (its source thread steps them all, one after the
-//! other, from the hand-over to the write into the ring: see `runtime.rs` `stepped_directly`).
+//! of a chain it alone feeds into rings or TCP links (its source thread steps them all, one
+//! after the other, from the hand-over to the write into the ring or the link's queue: see
+//! `runtime.rs` `stepped_directly`; a blocked TCP link posts when its reader acknowledges, as
+//! a ring's watcher does when room comes back).
 //!
 //! Posts never wait for each other: a post queues its envelope, then tries to take the agent.
 //! If another thread holds it (it is stepping), that thread takes the queued envelope in

@@ -3025,6 +3025,21 @@ mod tests {
         let mut local = OutBuf::<u64>::new();
         local.add_link(spec(Some(Arc::clone(&wake))));
         assert_eq!(local.moves_at_least(), MOVE_AT_LEAST_BYTES);
+        // A ring and a reader in this process: the local reader decides.
+        let (mixed_name, _mixed_guard, _mixed_view) = test_ring("link-move-mixed", 1 << 20);
+        let mut mixed = OutBuf::<u64>::new();
+        mixed
+            .add_shm_link(
+                &mixed_name,
+                spec(None),
+                Arc::clone(&wake),
+                0,
+                run.clone(),
+                "slow",
+            )
+            .unwrap();
+        mixed.add_link(spec(Some(Arc::clone(&wake))));
+        assert_eq!(mixed.moves_at_least(), MOVE_AT_LEAST_BYTES);
         assert_eq!(OutBuf::<u64>::new().moves_at_least(), MOVE_AT_LEAST_BYTES);
 
         // A source's batch of 4,096 u64 (32 KiB), as `Outputs::forward` takes it.

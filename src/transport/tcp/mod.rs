@@ -122,7 +122,8 @@
 //! # Behaviour at the time of writing
 //!
 //! - Frames carry at most 256 KiB of payload unless one element needs more; a writer hands at
-//!   most 1 MiB of frames to one round of writes, small frames copied into one buffer.
+//!   most 1 MiB of frames to one round of writes: over plain TCP as they are queued
+//!   (`writev`), under TLS small frames copied into one buffer (a record per write).
 //! - Every link thread looks at its run and its link at least every 100 ms; the acceptor polls
 //!   every 20 ms; a connect attempt lasts at most 3 s.
 //! - The reader does not acknowledge early: a reading agent that waits for more elements than

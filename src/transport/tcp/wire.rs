@@ -21,8 +21,8 @@
 //!
 //! All integers are little endian. A frame's length is checked against the receiver's limit
 //! ([`DEFAULT_MAX_FRAME_BYTES`] unless configured; [`HANDSHAKE_MAX_BYTES`] for handshake
-//! messages) before anything is allocated, and nothing larger than the declared length is ever
-//! allocated. Every body is checked exactly: a wrong size, an unknown kind, a flag that is
+//! messages) before anything is allocated, and nothing beyond that limit is ever allocated
+//! (a buffer that must grow for a frame at most doubles, within the limit). Every body is checked exactly: a wrong size, an unknown kind, a flag that is
 //! neither 0 nor 1, text that is not UTF-8 or bytes after the last field are [`WireError`]s.
 //! Decoding never panics, whatever the bytes.
 
@@ -60,8 +60,8 @@ const READ_BUFFER_BYTES: usize =
     (super::TARGET_PAYLOAD_BYTES + DATA_FIXED_BYTES + 1 + HEADER_BYTES + READ_CHUNK_BYTES)
         .next_power_of_two();
 
-/// How many reads in a row must fit in [`READ_BUFFER_BYTES`] before a buffer grown for larger
-/// frames gives its memory back: a stream of large frames keeps its buffer, one large frame
+/// How many reads in a row (read attempts, a timed-out one included) must fit in
+/// [`READ_BUFFER_BYTES`] before a buffer grown for larger frames gives its memory back: a stream of large frames keeps its buffer, one large frame
 /// among small ones does not keep it for long.
 const SHRINK_AFTER_SMALL_READS: u32 = 64;
 
@@ -441,7 +441,7 @@ pub(crate) struct FrameDecoder {
     start: usize,
     end: usize,
     max_frame_bytes: u32,
-    /// Reads and pushes in a row whose bytes fitted in [`READ_BUFFER_BYTES`].
+    /// Reads (attempts) and pushes in a row that needed no more than [`READ_BUFFER_BYTES`].
     small_reads: u32,
 }
 
