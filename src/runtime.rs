@@ -1790,8 +1790,7 @@ const MAX_CHAIN_STAGES: usize = 16;
 /// - or it is a source with a thread of its own (a [`Source`](crate::Source), not the
 ///   program's `Graph::input`), or a stage of a chain such a source alone feeds, where the
 ///   chain's last stage writes only into rings or TCP links (`source → map → filter ⇒
-///   ring`; each stage
-///   the only reader of the one before, and reading nothing else; at most
+///   ring`; each stage the only reader of the one before, and reading nothing else; at most
 ///   [`MAX_CHAIN_STAGES`] stages): the source's thread steps the whole chain, from its
 ///   hand-over to the write into the ring, as a raw ring's producer makes and writes each
 ///   element on one thread (on two cores this moved 1.7–2.4× the elements of a worker
@@ -1841,8 +1840,8 @@ fn stepped_directly(graph: &Graph) -> Vec<Stepped> {
             if into_peers(i, source.has_thread()) {
                 direct[i] = Stepped::InChainOf(i);
             } else if source.has_thread() {
-                // The chain it alone feeds, if that ends in rings. Each stage's only input is
-                // the stage before: no agent is in two chains, or twice in one.
+                // The chain it alone feeds, if that ends in rings or TCP links. Each stage's
+                // only input is the stage before: no agent is in two chains, or twice in one.
                 let mut chain = vec![i];
                 while let Some(next) = chain_next(chain[chain.len() - 1]) {
                     if chain.len() > MAX_CHAIN_STAGES {
