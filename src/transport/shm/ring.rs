@@ -1700,7 +1700,7 @@ pub(crate) struct Consumer<M: RingMemory> {
 /// request and its reply, messages back to back) is checked for up to twice that gap, at least
 /// [`MIN`](Self::MIN), before the reader sleeps, so the next element finds it awake and the
 /// writer makes no wake-up call; after a longer gap, or a wait that timed out, the next wait
-/// sleeps after the usual microsecond ([`SPIN_LIMIT`] checks). A quiet stream thus costs one
+/// sleeps after the usual few microseconds ([`SPIN_LIMIT`] checks). A quiet stream thus costs one
 /// spin of at most `MAX` and then nothing, and a stream paced slower than `MAX` per element
 /// (1,000 per second) spins never (but for the credit wake-ups below); a fast one trades up
 /// to a core's share of spinning for what a futex wake-up costs the reader in latency (10 to
