@@ -1780,9 +1780,9 @@ const MAX_CHAIN_STAGES: usize = 16;
 
 /// Per agent: whether it is stepped by whoever posts to it (see [`direct`]), not placed on a
 /// thread. Agents placed on a thread never are; the others are if
-/// - every input of it is connected, and connected to another process (a shared-memory ring
-///   or a TCP link): the links' feeders (for TCP, also the connection's reading thread) step
-///   it;
+/// - every input of it is connected, and connected to another process (a shared-memory ring,
+///   a TCP link or a broker's): the links' feeders (for TCP, also the connection's reading
+///   thread; for a broker, its feeder thread, not the broker's runtime) step it;
 /// - or it is a source whose every output goes to another process over a ring: its own
 ///   thread (or the program, through an [`InputSender`]) steps it as it hands elements over
 ///   (the step is mostly the write into the ring; a wake-up of a worker would cost more);
