@@ -197,6 +197,9 @@ struct Shared<T> {
     linger: Arc<Linger>,
     /// The feeder is lingering now (for tests and diagnostics).
     lingering: AtomicBool,
+    /// The deadline at which the linger ended, the writer not having confirmed (for tests and
+    /// diagnostics: the bound was waited out, not skipped).
+    gave_up_at: Mutex<Option<Instant>>,
     /// The reasons connections were refused, the latest last.
     refusals: Mutex<Vec<String>>,
     /// Where the reading input returns credit.
@@ -320,6 +323,7 @@ trait Probe: Send + Sync {
     fn acked(&self) -> u64;
     fn connected(&self) -> bool;
     fn lingering(&self) -> bool;
+    fn gave_up_at(&self) -> Option<Instant>;
 }
 
 #[cfg(test)]
@@ -344,6 +348,9 @@ impl<T: Element> Probe for Shared<T> {
     }
     fn lingering(&self) -> bool {
         self.lingering.load(Ordering::SeqCst)
+    }
+    fn gave_up_at(&self) -> Option<Instant> {
+        *self.gave_up_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -373,6 +380,11 @@ impl FeederProbe {
     /// acknowledgement.
     pub(crate) fn lingering(&self) -> bool {
         self.0.lingering()
+    }
+    /// The deadline at which the linger ended (`reconnect_limit` after the run's end), the
+    /// writer not having come back to confirm; `None` if it did not end so.
+    pub(crate) fn gave_up_at(&self) -> Option<Instant> {
+        self.0.gave_up_at()
     }
 }
 
@@ -460,6 +472,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         done: AtomicBool::new(false),
         linger,
         lingering: AtomicBool::new(false),
+        gave_up_at: Mutex::new(None),
         refusals: Mutex::new(Vec::new()),
         mailbox: Arc::clone(&mailbox),
         pool: Arc::new(crate::transport::feeder_pool(spec.capacity)),
@@ -1328,6 +1341,7 @@ impl<T: Element> Feeder<T> {
             // The deadline may have been brought nearer (a drain).
             let deadline = shared.linger.deadline().unwrap_or(deadline);
             if Instant::now() >= deadline {
+                *shared.gave_up_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
                 tracing::warn!(
                     "connection {}: host '{}' did not come back for the acknowledgement of its \
                      end of stream ({}); ending anyway: everything it sent was consumed",
