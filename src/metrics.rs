@@ -367,7 +367,7 @@ pub struct StreamStats {
 /// A connection between two processes (a shared-memory ring, a TCP link) has one set of
 /// counters in each: the writer's process counts what its agent sent (`elements`, `batches`,
 /// `dropped`, `blocked`; on a ring also `max_in_flight`, as it counts what it wrote and has
-/// not seen consumed; over TCP also `bytes` sent, `reconnects`, `unacked_bytes`), the
+/// not seen consumed, when it reads the reader's consumption again; over TCP also `bytes` sent, `reconnects`, `unacked_bytes`), the
 /// reader's process what its agent was handed (`elements`, `batches`, `in_flight`,
 /// `max_in_flight`, `released_early`; over TCP also `bytes` received, `reconnects`). Put the
 /// two together by [`LinkStats::edge`] (the live view does: see

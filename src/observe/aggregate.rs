@@ -15,7 +15,7 @@
 //! |---|---|
 //! | `elements`, `batches`, `bytes` and `elements_per_s` | the reader's end: what its agent was handed (the writer's count includes what still waits in a ring or socket). The writer's end stands in while no report of the reader's end exists (a reader not started yet, or on a host not reached) |
 //! | `in_flight`, `released_early` | the reader's end (what its process holds unconsumed; a ring's writer cannot see it), the writer's while the reader's is missing |
-//! | `max_in_flight` | the larger of the two ends' (a ring's writer counts what it wrote and has not seen consumed, what still waits in the ring included; the reader what it read and has not consumed) |
+//! | `max_in_flight` | the larger of the two ends' (a ring's writer counts what it wrote and has not seen consumed, what still waits in the ring included, in the writes where it reads the reader's consumption again; the reader what it read and has not consumed) |
 //! | `dropped`, `blocked_ns`, `unacked_bytes`, `dropped_per_s`, `blocked_share` | the writer's end: only the writer drops, waits, and keeps unacknowledged bytes |
 //! | `reconnects` | the larger of the two ends' counts (each end counts the connections it saw re-established) |
 //!

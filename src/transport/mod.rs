@@ -369,6 +369,9 @@ struct Credit {
     tail: u64,
     /// The most in flight right after a write (see [`ShmSender::peak_in_flight`]).
     peak: usize,
+    /// `consumed` and `tail` were read again during the current write: what `in_flight`
+    /// says is then what is in flight, not an old count (see [`wrote`](Self::wrote)).
+    recounted: bool,
 }
 
 impl Credit {
@@ -383,6 +386,7 @@ impl Credit {
             consumed: 0,
             tail,
             peak: 0,
+            recounted: false,
         }
     }
 
@@ -417,6 +421,7 @@ impl Credit {
         }
         let (tail, consumed) = producer.released().map_err(|e| e.to_string())?;
         (self.tail, self.consumed) = (tail, consumed);
+        self.recounted = true;
         while let Some(&(end, n)) = self.frames.front() {
             if end > tail {
                 break;
@@ -428,12 +433,27 @@ impl Credit {
     }
 
     /// A frame of `n` elements was written, ending at `end`.
+    ///
+    /// The peak is raised only in a write whose count was read again from the ring
+    /// ([`available`](Self::available) does when the credit it counted runs short): between
+    /// such readings the count only grows with what is written, whatever the reader consumes,
+    /// and taken as it is it made every ring link report its capacity as its most in flight
+    /// once that many elements had gone through it, however promptly they were consumed. The
+    /// reader's end counts what it holds at every batch and credit, and the view takes the
+    /// larger of the two ends' peaks.
     fn wrote(&mut self, end: u64, n: usize) {
         if n > 0 && self.capacity != usize::MAX {
             self.frames.push_back((end, n));
             self.written += n;
-            self.peak = self.peak.max(self.in_flight());
+            if self.recounted {
+                self.peak = self.peak.max(self.in_flight());
+            }
         }
+    }
+
+    /// The current write is over: the next one starts from the count as it stands.
+    fn write_ended(&mut self) {
+        self.recounted = false;
     }
 }
 
@@ -537,8 +557,9 @@ impl<T: Element> ShmSender<T> {
         self.credit.in_flight()
     }
 
-    /// The most elements in flight this writer counted right after one of its writes: at most
-    /// the capacity (a write takes only the credit left). Not the most [`in_flight`] ever
+    /// The most elements in flight this writer counted right after one of its writes, in
+    /// writes that read the reader's consumption again (see `Credit::wrote`): at most the
+    /// capacity (a write takes only the credit left). Not the most [`in_flight`] ever
     /// returned: a reading of the ring's position and consumption may pair a position with
     /// the consumption the reader already stored for its next position (reset to that frame's
     /// start), and count a frame the reader has just released (a safe overestimate for the
@@ -620,6 +641,7 @@ impl<T: Element> ShmSender<T> {
                 Err(e) => break Err(e.to_string()),
             }
         };
+        self.credit.write_ended();
         self.producer.publish();
         result
     }
@@ -1877,6 +1899,49 @@ mod tests {
             reader.seen.lock().unwrap().items,
             (0..12).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_writer_whose_reader_keeps_up_reports_what_was_in_flight_not_what_it_wrote() {
+        // One element at a time, each consumed before the next is written: never more than
+        // one in flight. The writer's peak was taken from its own count, read again from the
+        // ring only when its credit ran short, so it grew with every element written and the
+        // link reported its capacity (100) as its most in flight (found by a user's audit:
+        // `iotstream_link_max_in_flight` equal to the capacity on a link that kept up).
+        let (name, _guard, view) = test_ring("writer-peak", 8 << 10);
+        let run = test_run();
+        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
+        tx.set_capacity(100);
+        let reader = Arc::new(Inbox::default());
+        let credit = spawn_feeder::<u64>(feeder(&name, 100, &reader, &run)).unwrap();
+        let header = view.header();
+        for i in 0..350u64 {
+            assert_eq!(tx.write(&[i]).unwrap(), 1, "element {i}: credit for it");
+            reader.wait("the element delivered", |s| s.items.len() == i as usize + 1);
+            credit.post(Envelope::Credit {
+                output: 0,
+                link: 0,
+                n: 1,
+            });
+            let head = header.head.load(Ordering::SeqCst);
+            poll(
+                "the element consumed and its frame released",
+                || header.tail.load(Ordering::SeqCst) == head,
+                || (),
+            );
+        }
+        assert_eq!(
+            tx.peak_in_flight(),
+            1,
+            "one element in flight at most, counted once the credit ran short"
+        );
+        assert_eq!(
+            reader.seen.lock().unwrap().items,
+            (0..350).collect::<Vec<_>>()
+        );
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
     }
 
     #[test]
