@@ -1227,6 +1227,9 @@ impl Supervisor<'_> {
             env.extend(d.env());
         }
         env.push((launch::ENV_SUPERVISED.into(), "1".into()));
+        if m.restarts + m.asked_restarts > 0 {
+            env.push((launch::ENV_RESTARTED.into(), "1".into()));
+        }
         env.push((
             launch::ENV_CONTROL_FD.into(),
             launch::CONTROL_FD.to_string(),

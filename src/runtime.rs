@@ -251,6 +251,9 @@ impl RunContext for RunHandle {
     fn peers_may_restart(&self) -> bool {
         launch::peers_may_restart()
     }
+    fn restarted(&self) -> bool {
+        launch::restarted()
+    }
     fn linger(&self, linger: Arc<Linger>) {
         RunHandle::linger(self, linger)
     }

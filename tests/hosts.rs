@@ -1113,6 +1113,29 @@ fn ctrl_c_on_either_host_drains_both() -> Result<(), String> {
     Ok(())
 }
 
+/// Ctrl-C on the sink host while the source host was never started drains it at once: its
+/// TCP input, which no writer ever reached, ends empty; the launcher exits 0, every process
+/// finished, the sink recorded nothing. Before, the drain waited for a writer that could not
+/// come until its timeout, killed the processes and exited 1 (found by a user's audit).
+fn ctrl_c_on_a_host_whose_peer_never_started_drains_it() -> Result<(), String> {
+    let net = Net::new("ctrl-c-alone");
+    net.deploy(&net.file(NETWORK, INDEXED_PROCESSES), [SECRET, SECRET]);
+    let sink = net.launch(SINK, "endless", &["200"]);
+    let other = HOST_NAMES[SOURCE];
+    sink.wait_stderr(&format!("the sink host waiting for '{other}'"), |e| {
+        e.lines()
+            .any(|l| l.contains(&format!("'{other}'")) && l.contains("wait"))
+    })?;
+    sink.signal(libc::SIGINT);
+    let host = sink.host;
+    let (status, out, err) = sink.wait()?;
+    succeeded(host, status, &err)?;
+    let got = result_count(&out, "sink").ok_or_else(|| format!("no RESULT line:\n{out}\n{err}"))?;
+    ensure(got == 0, || {
+        format!("the sink recorded {got} elements from nowhere")
+    })
+}
+
 /// The sink host's launcher is killed (SIGKILL; its processes die with it) mid-run: the source
 /// host warns, naming it; the sink host is started again and the run completes, every index
 /// recorded (those being recorded at the kill perhaps twice), in order.
@@ -2099,6 +2122,10 @@ fn main() {
         (
             "ctrl_c_on_either_host_drains_both",
             ctrl_c_on_either_host_drains_both,
+        ),
+        (
+            "ctrl_c_on_a_host_whose_peer_never_started_drains_it",
+            ctrl_c_on_a_host_whose_peer_never_started_drains_it,
         ),
         (
             "the_quake_detector_across_two_hosts_detects_as_in_one_process",

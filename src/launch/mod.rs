@@ -94,6 +94,9 @@ pub(crate) const ENV_DEPLOY_FD: &str = "IOTSTREAM_DEPLOY_FD";
 pub(crate) const ENV_CONTROL_FD: &str = "IOTSTREAM_CONTROL_FD";
 /// Set by the launcher to `1`: a dead peer process may be restarted, so it is waited for.
 pub(crate) const ENV_SUPERVISED: &str = "IOTSTREAM_SUPERVISED";
+/// Set by the launcher to `1` when it starts a process again (after a failure, or asked to):
+/// its peers may hold data for it that the process before it did not consume.
+pub(crate) const ENV_RESTARTED: &str = "IOTSTREAM_RESTARTED";
 /// Set by the launcher beside [`ENV_CONTROL_FD`]: a random nonce, per child, that the
 /// launcher's first message on the control channel carries (`hello <nonce>`).
 pub(crate) const ENV_CONTROL_NONCE: &str = "IOTSTREAM_CONTROL_NONCE";
@@ -103,7 +106,7 @@ pub(crate) const ENV_METRICS_INTERVAL_MS: &str = "IOTSTREAM_METRICS_INTERVAL_MS"
 
 /// The role and control variables: they describe this process only, so they are read once and
 /// removed from the environment (see [`role_env`]).
-const ROLE_VARS: [&str; 10] = [
+const ROLE_VARS: [&str; 11] = [
     ENV_PROCESS,
     ENV_RUN,
     ENV_GRAPH,
@@ -112,6 +115,7 @@ const ROLE_VARS: [&str; 10] = [
     ENV_DEPLOY_FD,
     ENV_CONTROL_FD,
     ENV_SUPERVISED,
+    ENV_RESTARTED,
     ENV_CONTROL_NONCE,
     ENV_METRICS_INTERVAL_MS,
 ];
@@ -1114,6 +1118,13 @@ pub(crate) fn peers_may_restart() -> bool {
 /// True if the launcher started this process (`IOTSTREAM_SUPERVISED` set).
 pub(crate) fn supervised_by_launcher() -> bool {
     role_env(ENV_SUPERVISED).is_some()
+}
+
+/// True if the launcher started this process again, after an earlier one of the same name
+/// (`IOTSTREAM_RESTARTED` set): writers on other hosts may reconnect to resume what the
+/// earlier one left unconsumed.
+pub(crate) fn restarted() -> bool {
+    role_env(ENV_RESTARTED).is_some()
 }
 
 /// Whether the control channel was taken already (one graph per process talks to the launcher).

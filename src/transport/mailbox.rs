@@ -56,6 +56,10 @@ pub(crate) trait RunContext: Send + Sync {
     /// A dead peer process may come back: a launcher supervises this process and may still
     /// restart a crashed one. Waits on that peer then go on instead of failing.
     fn peers_may_restart(&self) -> bool;
+    /// This process was started again after an earlier one of its name (a launcher restarted
+    /// it): a writer on another host may still reconnect to resume the stream it had been
+    /// sending to the earlier one, although none has connected to this one yet.
+    fn restarted(&self) -> bool;
     /// Registers `linger`: after a normal end (not a failure), this process does not exit
     /// until the link [released](Linger::release) it or its deadline passed (see [`Linger`]).
     /// Register before the run can end: from the link's start, say.

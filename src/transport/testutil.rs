@@ -19,6 +19,7 @@ pub(crate) struct TestRun {
     stop: AtomicBool,
     ended: AtomicBool,
     finished: AtomicUsize,
+    restarted: AtomicBool,
 }
 
 impl RunContext for TestRun {
@@ -59,6 +60,9 @@ impl RunContext for TestRun {
     fn peers_may_restart(&self) -> bool {
         false
     }
+    fn restarted(&self) -> bool {
+        self.restarted.load(Ordering::SeqCst)
+    }
     fn linger(&self, linger: Arc<Linger>) {
         self.lingers.lock().unwrap().push(linger);
     }
@@ -68,6 +72,11 @@ impl TestRun {
     /// The application is asked to stop (the run goes on).
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The process is one a launcher started again (see [`RunContext::restarted`]).
+    pub(crate) fn set_restarted(&self) {
+        self.restarted.store(true, Ordering::SeqCst);
     }
 
     /// The run ends normally: helper threads end.

@@ -35,6 +35,15 @@
 //! says), with a warning naming the writer's host; the process still ends well, as everything
 //! was consumed. A failed run does not linger: its writer keeps the stream for a restarted
 //! reader.
+//!
+//! # A drain before any writer came
+//!
+//! A run that drains (Ctrl-C, `iotstream stop`, another host's Stop) while no writer has ever
+//! claimed the link (the writer's host is not up) ends the stream at once, empty: nothing came,
+//! so nothing is owed, and the drain need not wait out its timeout for a writer that is not
+//! there. A writer that comes later is refused (the stream has ended). Not in a process its
+//! launcher restarted ([`RunContext::restarted`](crate::transport::mailbox::RunContext::restarted)):
+//! its writer may come back to resume what it sent to the process before it.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -1110,6 +1119,7 @@ impl<T: Element> Feeder<T> {
                 return Ok(());
             }
             let mut eos = false;
+            let mut ended_unclaimed = false;
             out.clear();
             // The delivery lock guards the list of parts, reused from one delivery to the next.
             let mut deliver = shared.delivering();
@@ -1142,6 +1152,28 @@ impl<T: Element> Feeder<T> {
                     st.pending.pop_front();
                     st.eos_posted = true;
                     eos = true;
+                }
+                if shared.run.draining()
+                    && st.epoch.is_none()
+                    && !st.eos_posted
+                    && !shared.run.restarted()
+                {
+                    // This run drains and no writer ever claimed the link (its host is not
+                    // up, say): nothing came, so nothing is owed, and the stream ends empty
+                    // here rather than hold the drain until its timeout. Under the lock a
+                    // claim takes: a writer that comes later is told the stream has ended.
+                    // Not in a restarted process: its writer, which was sending to the
+                    // process before it, may still come back to resume.
+                    tracing::warn!(
+                        "connection {}: the run drains and host '{}' never connected to {}: \
+                         the stream ends here, with nothing received",
+                        shared.label,
+                        shared.host,
+                        shared.listen
+                    );
+                    st.eos_posted = true;
+                    eos = true;
+                    ended_unclaimed = true;
                 }
                 st.consume(0);
                 // Consumption to come would move the acknowledgement (or, for the End, end
@@ -1223,6 +1255,10 @@ impl<T: Element> Feeder<T> {
                 });
                 shared.run.finished(&self.state);
                 self.reported = true;
+                if ended_unclaimed {
+                    // No writer to acknowledge the End to.
+                    return Ok(());
+                }
             }
             drop(deliver);
             if !out.is_empty() && self.send(&mut writer, &out) {

@@ -1414,6 +1414,45 @@ fn a_stopping_side_tells_its_peer_once() {
     assert_eq!(r.sink.items(), vec![1, 2, 3, 4, 5]);
 }
 
+/// A reading run that drains while no writer ever connected (its host is not up) ends the
+/// stream at once, empty: nothing came, so nothing is owed, and its drain need not wait for
+/// its timeout (found by a user's audit: Ctrl-C on one host of two, the other not started,
+/// waited out the drain timeout and exited 1). A restarted reading process waits instead:
+/// its writer may come back to resume what it sent to the process before it.
+#[test]
+fn a_draining_reader_no_writer_ever_reached_ends_its_stream_unless_restarted() {
+    let rrun = run();
+    let _ends = Ends(vec![rrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 10, usize::MAX);
+    rrun.stop();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert!(r.sink.items().is_empty());
+    poll("the port closes", || r.probe.finished());
+    assert_eq!(rrun.failure(), None);
+    assert_eq!(rrun.feeders_finished(), 1);
+    assert!(rrun.lingering().is_empty(), "no writer to wait for");
+
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    rrun.set_restarted();
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 10, usize::MAX);
+    rrun.stop();
+    // Several of the feeder's passes (each at most a slice): an unrestarted one ended its
+    // stream in the first.
+    std::thread::sleep(5 * SLICE);
+    assert!(!r.sink.seen.lock().unwrap().eos, "a restarted reader waits");
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, settings());
+    w.send(&[1, 2, 3], 3, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert_eq!(
+        r.sink.items(),
+        vec![1, 2, 3],
+        "the writer came and was read"
+    );
+    assert_eq!(rrun.failure(), None);
+}
+
 #[test]
 fn the_type_fingerprint_is_stable_and_tells_types_apart() {
     let a = identity::<u64>();
