@@ -309,7 +309,7 @@ pub struct Deployment {
 /// How the supervisor treats every process (the `[supervisor]` section).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SupervisorSettings {
-    /// How long a graceful drain (on Ctrl-C or SIGTERM) may take before the processes still
+    /// How long a graceful drain (on Ctrl-C, SIGTERM or SIGHUP) may take before the processes still
     /// running are killed (`drain_timeout_ms`, default 10 s).
     pub drain_timeout: Duration,
     /// How long a started process has to report ready (`ready_timeout_ms`, default 30 s).

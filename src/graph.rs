@@ -254,7 +254,7 @@ pub struct Graph {
     pub(crate) hosts: Vec<HostPlan>,
     /// The host of each process a deployment placed; others run on the first host.
     pub(crate) process_hosts: HashMap<String, String>,
-    /// Ctrl-C and SIGTERM drain the run (see [`Graph::handle_signals`]).
+    /// Ctrl-C, SIGTERM and SIGHUP drain the run (see [`Graph::handle_signals`]).
     pub(crate) handle_signals: bool,
     /// Where the program serves its own live view ([`Graph::serve_metrics`]).
     pub(crate) serve_metrics: Option<(String, crate::observe::ServeOptions)>,
@@ -414,14 +414,16 @@ impl Graph {
         self.broker = Some(settings);
     }
 
-    /// Whether Ctrl-C (SIGINT) and SIGTERM drain the application while it runs (default: yes).
+    /// Whether Ctrl-C (SIGINT), SIGTERM and SIGHUP (a hang-up: the terminal closed, the SSH
+    /// session dropped) drain the application while it runs (default: yes).
     ///
     /// With `true`, the first of them drains the run [`start`](Graph::start)ed here (sources
     /// stop, data in flight is processed, sinks flush, [`run`](Graph::run) returns `Ok`) and
     /// forwards the drain to its child processes; a second one, while it drains, ends the
-    /// process at once with status 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), killing
-    /// its child processes and removing their shared-memory rings. Once the run is over, the
-    /// signals do what they did before (by default, end the program).
+    /// process at once with status 128 + the signal (130 for Ctrl-C, 143 for SIGTERM, 129 for
+    /// SIGHUP), killing its child processes and removing their shared-memory rings. Once the
+    /// run is over, the signals do what they did before (by default, end the program). SIGHUP
+    /// is left alone if it was ignored when the run started (under `nohup`).
     ///
     /// A program that owns its signals (one that embeds iotstream in a larger service, say)
     /// passes `false`: nothing is installed, and it stops the run itself with

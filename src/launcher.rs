@@ -24,11 +24,12 @@
 //!   waiter thread reports it); under `restart = "on-failure"` it is started again after its
 //!   backoff (doubled each time, up to the limit), and resumes from the data waiting in its input
 //!   rings; otherwise the run stops, and the launcher exits with that child's status.
-//! - Ctrl-C or SIGTERM starts a **graceful drain**: no more restarts, every child is told `stop`
+//! - Ctrl-C, SIGTERM or SIGHUP (a hang-up: the terminal closed, the SSH session dropped; not
+//!   under `nohup`) starts a **graceful drain**: no more restarts, every child is told `stop`
 //!   on its control channel (its sources end their streams, data in flight is processed, sinks
 //!   flush) and exits 0. Children still alive after the drain timeout are killed and the exit is
-//!   non-zero. A second Ctrl-C kills everything at once. Children run in process groups of their
-//!   own, so a terminal's Ctrl-C reaches only the launcher.
+//!   non-zero. A second signal kills everything at once (exit 128 + the signal). Children run in
+//!   process groups of their own, so a terminal's Ctrl-C or hang-up reaches only the launcher.
 //! - Every child's output lines are prefixed with `[process]`; the launcher's own lines with
 //!   `[iotstream]`.
 //! - The rings are removed on every exit of the launcher that runs code; after a SIGKILL of the
@@ -941,19 +942,19 @@ enum Event {
     Drain { pid: u32 },
     /// A child ended (reported by its waiter thread the moment it did).
     Exit(launch::Exit),
-    /// Ctrl-C or SIGTERM.
+    /// Ctrl-C, SIGTERM or SIGHUP.
     Signal(i32),
     /// A request on the control socket (`iotstream stop`, `restart`).
     Command(socket::Command),
 }
 
-/// Ctrl-C and SIGTERM go to the supervisor as events, every one of them (it drains on the
-/// first and stops at once on the second), for as long as the returned registration lives
+/// Ctrl-C, SIGTERM and SIGHUP go to the supervisor as events, every one of them (it drains on
+/// the first and stops at once on the second), for as long as the returned registration lives
 /// (see [`launch::signals`]).
 fn install_signals(events: mpsc::SyncSender<Event>) -> Result<signals::Registration, Error> {
     let again = events.clone();
     signals::register(OnSignal {
-        sigint: true,
+        terminal: true,
         first: Box::new(move |sig| {
             let _ = events.send(Event::Signal(sig));
         }),
@@ -1083,7 +1084,7 @@ struct Supervisor<'a> {
     flowing: bool,
     /// A drain (or stop after a failure) is on, until this deadline.
     draining: Option<Instant>,
-    /// Ctrl-C or SIGTERM was received: the next one stops everything at once.
+    /// Ctrl-C, SIGTERM or SIGHUP was received: the next one stops everything at once.
     signalled: bool,
     /// The first failure: the run's result.
     failure: Option<Failure>,

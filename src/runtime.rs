@@ -40,14 +40,16 @@
 //! - **Stalls**: if at that point a writer still holds data its reader will never take (a
 //!   capacity too small for what the reader needs), the run fails with
 //!   [`Error::Stalled`] naming the connection, instead of hanging.
-//! - **On Ctrl-C or SIGTERM** (or [`Running::stop`]): a graceful drain. Sources stop and end
-//!   their streams, data in flight is processed, sinks see their end of stream (and flush in
-//!   [`Agent::finish`](crate::Agent::finish)), and `run` returns the final counters, `Ok`: the
-//!   program goes on and exits 0 as after a normal end. A second signal while the drain is on
-//!   ends the process at once with status 128 + the signal (130 for Ctrl-C, 143 for SIGTERM),
-//!   as the `iotstream` launcher does. Once the run is over, the signals do what they did
-//!   before it (by default, end the program). A program that handles signals itself turns this
-//!   off with [`Graph::handle_signals`]`(false)`.
+//! - **On Ctrl-C, SIGTERM or SIGHUP** (or [`Running::stop`]): a graceful drain. Sources stop
+//!   and end their streams, data in flight is processed, sinks see their end of stream (and
+//!   flush in [`Agent::finish`](crate::Agent::finish)), and `run` returns the final counters,
+//!   `Ok`: the program goes on and exits 0 as after a normal end. A second signal while the
+//!   drain is on ends the process at once with status 128 + the signal (130 for Ctrl-C, 143 for
+//!   SIGTERM, 129 for SIGHUP), as the `iotstream` launcher does. SIGHUP (a hang-up: the
+//!   terminal closed, the SSH session dropped) is left alone if it was ignored when the run
+//!   started (`nohup`). Once the run is over, the signals do what they did before it (by
+//!   default, end the program). A program that handles signals itself turns this off with
+//!   [`Graph::handle_signals`]`(false)`.
 //!
 //! # Several processes
 //!
@@ -57,11 +59,11 @@
 //! (this same program, re-executed with a role), runs the agents of
 //! [`MAIN_PROCESS`](crate::MAIN_PROCESS) itself, and supervises the children; `join` returns once
 //! every process has ended, or with the first failure, naming the process. In a child, the same
-//! `start` runs only that process's agents. Ctrl-C or SIGTERM drains the application gracefully
-//! (sources end their streams, data in flight is processed, in every process); a second one
-//! kills the children, removes the rings and ends the starter at once. The drain is bounded
-//! (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s): child processes still running then (stopped or
-//! hung) are killed and the run fails naming them. Each child is named
+//! `start` runs only that process's agents. Ctrl-C, SIGTERM or SIGHUP drains the application
+//! gracefully (sources end their streams, data in flight is processed, in every process); a
+//! second one kills the children, removes the rings and ends the starter at once. The drain is
+//! bounded (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s): child processes still running then
+//! (stopped or hung) are killed and the run fails naming them. Each child is named
 //! `iotstream <app>/<process>` in `ps` and `<app>/<process>` in `top`.
 
 use std::any::Any;
@@ -1169,11 +1171,12 @@ impl Graph {
                     let handle_signals = self.handle_signals;
                     let mut running = start_part(self, None, None)?;
                     if handle_signals {
-                        // Ctrl-C and SIGTERM drain it as they drain a launched application;
-                        // a second one ends the process at once (128 + the signal).
+                        // Ctrl-C, SIGTERM and SIGHUP drain it as they drain a launched
+                        // application; a second one ends the process at once (128 + the
+                        // signal).
                         let stop = Arc::clone(&running.stop);
                         let registered = signals::register(OnSignal {
-                            sigint: true,
+                            terminal: true,
                             first: Box::new(move |sig| {
                                 tracing::warn!(
                                     "signal {sig}: draining (send it again to stop at once)"
@@ -1241,8 +1244,9 @@ impl Graph {
                 }
                 let stop = Arc::new(AtomicBool::new(false));
                 // Always, whatever `handle_signals` says: a member's signals are its starter's
-                // drain request, not the user's. SIGINT (a terminal's Ctrl-C to the whole
-                // process group) is swallowed, so that only the starter's SIGTERM drains it.
+                // drain request, not the user's. SIGINT and SIGHUP (a terminal's Ctrl-C and
+                // hang-up, to the whole process group) are swallowed, so that only the starter's
+                // SIGTERM drains it.
                 // Under the launcher a second SIGTERM (a service manager signalling the whole
                 // group, say) changes nothing: the launcher decides when to kill.
                 let first = {
@@ -1258,7 +1262,7 @@ impl Graph {
                     Again::Exit(Box::new(|| {}))
                 };
                 let registration = signals::register(OnSignal {
-                    sigint: false,
+                    terminal: false,
                     first: Box::new(first),
                     again,
                 })?;
@@ -1445,7 +1449,7 @@ fn start_starter(
         let segs = Arc::clone(&segments);
         let (asked, stopping) = (Arc::clone(&draining), Arc::clone(&stop));
         signals::register(OnSignal {
-            sigint: true,
+            terminal: true,
             first: Box::new(move |sig| {
                 tracing::warn!("signal {sig}: draining (send it again to stop at once)");
                 asked.store(true, Ordering::SeqCst);

@@ -653,17 +653,27 @@ fn ctrl_c_once_recorded(
     out: &Path,
     lines: usize,
 ) -> Result<(String, String), String> {
+    signal_once_recorded(run, out, lines, "INT")
+}
+
+/// [`ctrl_c_once_recorded`] with signal `signal` (its name for `kill`: `INT`, `HUP`…).
+fn signal_once_recorded(
+    run: Launched,
+    out: &Path,
+    lines: usize,
+    signal: &str,
+) -> Result<(String, String), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while lines_of(out).len() < lines && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = Command::new("kill")
-        .arg("-INT")
+        .arg(format!("-{signal}"))
         .arg(run.pid().to_string())
         .status();
     let (status, stdout, stderr) = run.wait()?;
     ensure(status.code() == Some(0), || {
-        format!("exit {status} after Ctrl-C:\n{stderr}")
+        format!("exit {status} after SIG{signal}:\n{stderr}")
     })?;
     Ok((stdout, stderr))
 }
@@ -759,6 +769,12 @@ fn ctrl_c_drains_every_element_and_exits_0() -> Result<(), String> {
     })?;
     // Let data flow for a moment, so the drain has something in flight.
     let (stdout, _stderr) = ctrl_c_once_recorded(run, &out, 5_000)?;
+    every_emitted_element_recorded(&stdout, &out)
+}
+
+/// The `endless` relay's stdout says it emitted as many elements as its `record` received, as
+/// many as the lines of `out`, and at least 5 000.
+fn every_emitted_element_recorded(stdout: &str, out: &Path) -> Result<(), String> {
     let emitted = stdout
         .lines()
         .find_map(|l| l.split_once("EMITTED ").map(|(_, n)| n.to_string()))
@@ -773,14 +789,34 @@ fn ctrl_c_drains_every_element_and_exits_0() -> Result<(), String> {
     ensure(emitted == received, || {
         format!("emitted {emitted}, received {received}")
     })?;
-    ensure(lines_of(&out).len().to_string() == received, || {
+    ensure(lines_of(out).len().to_string() == received, || {
         format!(
             "{} lines in the file, {received} received",
-            lines_of(&out).len()
+            lines_of(out).len()
         )
     })?;
     ensure(emitted.parse::<u64>().unwrap_or(0) >= 5_000, || {
         format!("only {emitted} emitted")
+    })
+}
+
+/// A hang-up (SIGHUP: the terminal closed, the SSH session dropped) drains as Ctrl-C does:
+/// every element emitted is recorded, the exit is 0, and neither the control socket nor a ring
+/// nor the run's liveness lock is left behind (`Launched::wait` checks the rings and the lock).
+fn sighup_drains_every_element_and_leaves_nothing_behind() -> Result<(), String> {
+    let xdg = Scratch::new("sighup");
+    let deploy = xdg.file("moved.toml", MOVED);
+    let out = xdg.path("out.txt");
+    let run = launch_in(&xdg.0, "endless", &[], Some(&deploy), &[], &[("OUT", &out)]);
+    run.wait_stderr("data flowing", |e| e.contains("data flows"))?;
+    socket_of(&xdg.0, run.pid())?;
+    let (stdout, stderr) = signal_once_recorded(run, &out, 5_000, "HUP")?;
+    ensure(stderr.contains("signal 1: draining"), || {
+        format!("the hang-up did not start a drain:\n{stderr}")
+    })?;
+    every_emitted_element_recorded(&stdout, &out)?;
+    ensure(sockets(&xdg.0).is_empty(), || {
+        format!("sockets left: {:?}", sockets(&xdg.0))
     })
 }
 
@@ -2401,6 +2437,10 @@ fn main() {
         (
             "ctrl_c_drains_every_element_and_exits_0",
             Box::new(ctrl_c_drains_every_element_and_exits_0),
+        ),
+        (
+            "sighup_drains_every_element_and_leaves_nothing_behind",
+            Box::new(sighup_drains_every_element_and_leaves_nothing_behind),
         ),
         (
             "sigkill_of_the_sink_under_on_failure_restarts_without_gap",

@@ -1,5 +1,5 @@
-//! Ctrl-C and SIGTERM, for real: signals sent to real processes, one-process and multi-process
-//! runs, and what a process is called in `ps` and `top`.
+//! Ctrl-C, SIGTERM and SIGHUP, for real: signals sent to real processes, one-process and
+//! multi-process runs, and what a process is called in `ps` and `top`.
 //!
 //! Like `tests/processes.rs`, this test has its own `main` (`harness = false`): run as
 //! `signals app NAME ARGS…` it *is* the application NAME (the starter, or, with a role in its
@@ -31,6 +31,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "slow_drain" => drain(&arg(0), true, true),
         // the same with `handle_signals(false)`
         "unhandled" => drain(&arg(0), false, false),
+        // the same with the map in process `worker`: rings between the processes
+        "drain_worker" => drain_in(&arg(0), false, true, true),
         // a finite run in PROCESSES (1 or 2) processes, then a minute of other work
         "after_run" => after_run(&arg(0)),
         // numbers until stopped, in processes `main` and `detector`
@@ -83,7 +85,17 @@ impl Agent for FileSink {
 /// writing to `path`; in one process. Prints `EMITTED n` (the source's own count) when the
 /// run has ended well.
 fn drain(path: &str, slow_finish: bool, handle_signals: bool) -> Result<(), iotstream::Error> {
-    let mut g = Graph::new("drain");
+    drain_in(path, slow_finish, handle_signals, false)
+}
+
+/// [`drain`], with the map in process `worker` if `worker` (application `drain_worker`).
+fn drain_in(
+    path: &str,
+    slow_finish: bool,
+    handle_signals: bool,
+    worker: bool,
+) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new(if worker { "drain_worker" } else { "drain" });
     g.handle_signals(handle_signals);
     let emitted = Arc::new(AtomicU64::new(0));
     let counted = Arc::clone(&emitted);
@@ -121,8 +133,15 @@ fn drain(path: &str, slow_finish: bool, handle_signals: bool) -> Result<(), iots
         &input,
         iotstream::Connection::new().capacity(256),
     );
+    if worker {
+        g.place_in_process("forward", "worker");
+    }
+    // Read before the run, which takes the role out of the environment.
+    let starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
     g.run()?;
-    println!("EMITTED {}", emitted.load(Ordering::SeqCst));
+    if starter {
+        println!("EMITTED {}", emitted.load(Ordering::SeqCst));
+    }
     Ok(())
 }
 
@@ -211,15 +230,22 @@ const HANG: Duration = Duration::from_secs(30);
 impl Started {
     /// Runs `signals app NAME ARGS…` (this binary as the application `name`).
     fn new(name: &str, app: &str, args: &[&str]) -> Started {
-        let mut child = Command::new(std::env::current_exe().expect("own path"))
+        Started::with(name, app, args, |_| {})
+    }
+
+    /// [`Started::new`], with the command changed by `prepare` before it starts (a process
+    /// group, a signal ignored).
+    fn with(name: &str, app: &str, args: &[&str], prepare: impl FnOnce(&mut Command)) -> Started {
+        let mut command = Command::new(std::env::current_exe().expect("own path"));
+        command
             .arg("app")
             .arg(name)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the application");
+            .stderr(Stdio::piped());
+        prepare(&mut command);
+        let mut child = command.spawn().expect("start the application");
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped");
         let reader = std::thread::spawn(move || {
@@ -266,6 +292,13 @@ impl Started {
     fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child, not reaped yet (it is reaped in `wait`/`drop`).
         unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Sends `signal` to the application's first process's process group, as a terminal does
+    /// (it must have been started as the leader of a group of its own).
+    fn signal_group(&self, signal: i32) {
+        // SAFETY: killpg(2) on the group our own child leads, not reaped yet.
+        unsafe { libc::killpg(self.child.id() as i32, signal) };
     }
 
     /// Waits for the end; returns the status, every stdout line and stderr.
@@ -399,10 +432,26 @@ impl Drop for Scratch {
 /// One signal to a one-process run: sources stop, every element emitted reaches the file, the
 /// sink flushes, exit 0.
 fn one_signal_drains_a_one_process_run(signal: i32) -> Result<(), String> {
-    let file = Scratch::new(&format!("drain-{signal}"));
-    let mut app = Started::new("drain", "drain", &[file.arg()]);
+    one_signal_drains("drain", signal, false)
+}
+
+/// One signal to application `name` (`drain`, or `drain_worker` in two processes), to its first
+/// process or (`to_group`) to its whole process group as a terminal sends it: sources stop,
+/// every element emitted reaches the file, the sink flushes, exit 0, no ring left.
+fn one_signal_drains(name: &str, signal: i32, to_group: bool) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let file = Scratch::new(&format!("{name}-{signal}"));
+    let mut app = Started::with(name, name, &[file.arg()], |c| {
+        if to_group {
+            c.process_group(0);
+        }
+    });
     app.wait_line("SEEN 1000")?;
-    app.signal(signal);
+    if to_group {
+        app.signal_group(signal);
+    } else {
+        app.signal(signal);
+    }
     let (status, out, err) = app.wait()?;
     ensure(status.code() == Some(0), || {
         format!(
@@ -425,6 +474,9 @@ fn one_signal_drains_a_one_process_run(signal: i32) -> Result<(), String> {
     })?;
     ensure(lines.iter().copied().eq(0..emitted), || {
         "the file's lines are not 0, 1, 2, … in order".to_string()
+    })?;
+    ensure(segments(name).is_empty(), || {
+        format!("shared-memory objects left: {:?}", segments(name))
     })
 }
 
@@ -458,6 +510,47 @@ fn second_signal_ends_a_slow_drain(first: i32, second: i32) -> Result<(), String
     })
 }
 
+fn sighup_drains_a_one_process_run() -> Result<(), String> {
+    one_signal_drains_a_one_process_run(libc::SIGHUP)
+}
+
+/// A terminal's hang-up reaches the starter and the child in its process group: the child
+/// waits for its starter's drain request, and the two processes drain as one.
+fn sighup_to_the_process_group_drains_a_two_process_run() -> Result<(), String> {
+    one_signal_drains("drain_worker", libc::SIGHUP, true)
+}
+
+/// Under `nohup` (SIGHUP ignored when the program starts) a hang-up changes nothing: the run
+/// goes on, and a SIGTERM after it drains as a first signal.
+fn with_sighup_ignored_a_hang_up_changes_nothing() -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let file = Scratch::new("nohup");
+    let mut app = Started::with("drain", "drain", &[file.arg()], |c| {
+        // SAFETY: signal(2) only, between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    app.wait_line("SEEN 1000")?;
+    app.signal(libc::SIGHUP);
+    app.signal(libc::SIGTERM);
+    let (status, out, err) = app.wait()?;
+    ensure(status.code() == Some(0), || {
+        format!(
+            "exit {status} after SIGHUP (ignored) and SIGTERM:\n{}\n{err}",
+            out.join("\n")
+        )
+    })?;
+    ensure(
+        err.contains(&format!("signal {}: draining", libc::SIGTERM))
+            && !err.contains(&format!("signal {}:", libc::SIGHUP)),
+        || format!("SIGHUP was not ignored:\n{err}"),
+    )
+}
+
 fn a_second_ctrl_c_ends_a_slow_drain_at_once() -> Result<(), String> {
     second_signal_ends_a_slow_drain(libc::SIGINT, libc::SIGINT)
 }
@@ -466,20 +559,32 @@ fn a_sigterm_after_ctrl_c_ends_a_slow_drain_at_once() -> Result<(), String> {
     second_signal_ends_a_slow_drain(libc::SIGINT, libc::SIGTERM)
 }
 
-/// `handle_signals(false)`: nothing is installed, so Ctrl-C has its default action.
-fn without_signal_handling_ctrl_c_kills_the_run() -> Result<(), String> {
+fn a_second_sighup_ends_a_slow_drain_at_once() -> Result<(), String> {
+    second_signal_ends_a_slow_drain(libc::SIGHUP, libc::SIGHUP)
+}
+
+/// `handle_signals(false)`: nothing is installed, so `signal` has its default action.
+fn without_signal_handling_a_signal_kills_the_run(signal: i32) -> Result<(), String> {
     use std::os::unix::process::ExitStatusExt;
-    let file = Scratch::new("unhandled");
+    let file = Scratch::new(&format!("unhandled-{signal}"));
     let mut app = Started::new("unhandled", "drain", &[file.arg()]);
     app.wait_line("SEEN 1000")?;
-    app.signal(libc::SIGINT);
+    app.signal(signal);
     let (status, out, err) = app.wait()?;
-    ensure(status.signal() == Some(libc::SIGINT), || {
+    ensure(status.signal() == Some(signal), || {
         format!(
-            "exit {status}, killed by SIGINT expected:\n{}\n{err}",
+            "exit {status}, killed by signal {signal} expected:\n{}\n{err}",
             out.join("\n")
         )
     })
+}
+
+fn without_signal_handling_ctrl_c_kills_the_run() -> Result<(), String> {
+    without_signal_handling_a_signal_kills_the_run(libc::SIGINT)
+}
+
+fn without_signal_handling_sighup_kills_the_run() -> Result<(), String> {
+    without_signal_handling_a_signal_kills_the_run(libc::SIGHUP)
 }
 
 /// Once a run is over, a signal does what it did before: the default action (the program is
@@ -508,6 +613,10 @@ fn after_a_multi_process_run_sigterm_kills_the_program() -> Result<(), String> {
 
 fn after_a_multi_process_run_ctrl_c_kills_the_program() -> Result<(), String> {
     after_a_run_a_signal_kills_the_program("2", libc::SIGINT)
+}
+
+fn after_a_multi_process_run_sighup_kills_the_program() -> Result<(), String> {
+    after_a_run_a_signal_kills_the_program("2", libc::SIGHUP)
 }
 
 fn after_a_one_process_run_ctrl_c_kills_the_program() -> Result<(), String> {
@@ -587,7 +696,7 @@ fn main() -> ExitCode {
         };
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 10] = [
+    let scenarios: [(&str, Scenario); 16] = [
         (
             "ctrl_c_drains_a_one_process_run",
             ctrl_c_drains_a_one_process_run,
@@ -595,6 +704,18 @@ fn main() -> ExitCode {
         (
             "sigterm_drains_a_one_process_run",
             sigterm_drains_a_one_process_run,
+        ),
+        (
+            "sighup_drains_a_one_process_run",
+            sighup_drains_a_one_process_run,
+        ),
+        (
+            "sighup_to_the_process_group_drains_a_two_process_run",
+            sighup_to_the_process_group_drains_a_two_process_run,
+        ),
+        (
+            "with_sighup_ignored_a_hang_up_changes_nothing",
+            with_sighup_ignored_a_hang_up_changes_nothing,
         ),
         (
             "a_second_ctrl_c_ends_a_slow_drain_at_once",
@@ -605,8 +726,16 @@ fn main() -> ExitCode {
             a_sigterm_after_ctrl_c_ends_a_slow_drain_at_once,
         ),
         (
+            "a_second_sighup_ends_a_slow_drain_at_once",
+            a_second_sighup_ends_a_slow_drain_at_once,
+        ),
+        (
             "without_signal_handling_ctrl_c_kills_the_run",
             without_signal_handling_ctrl_c_kills_the_run,
+        ),
+        (
+            "without_signal_handling_sighup_kills_the_run",
+            without_signal_handling_sighup_kills_the_run,
         ),
         (
             "after_a_multi_process_run_sigterm_kills_the_program",
@@ -615,6 +744,10 @@ fn main() -> ExitCode {
         (
             "after_a_multi_process_run_ctrl_c_kills_the_program",
             after_a_multi_process_run_ctrl_c_kills_the_program,
+        ),
+        (
+            "after_a_multi_process_run_sighup_kills_the_program",
+            after_a_multi_process_run_sighup_kills_the_program,
         ),
         (
             "after_a_one_process_run_ctrl_c_kills_the_program",

@@ -60,9 +60,10 @@ Every process of this host is started and reports ready before any data flows. A
 fails is restarted if its restart policy says so (restart = \"on-failure\"); it resumes from the \
 data waiting in its input rings. Otherwise the application stops and `iotstream run` exits with \
 that process's status (128 + N for a signal N).\n\n\
-Ctrl-C or SIGTERM drains the application: sources stop, data in flight is processed, sinks \
-flush, every process exits 0. Processes still running after the drain timeout are killed and \
-the exit is non-zero. A second Ctrl-C stops everything at once.\n\n\
+Ctrl-C, SIGTERM or SIGHUP (the terminal closed; not under nohup) drains the application: \
+sources stop, data in flight is processed, sinks flush, every process exits 0. Processes still \
+running after the drain timeout are killed and the exit is non-zero. A second signal stops \
+everything at once (exit 128 + the signal).\n\n\
 While it runs, `iotstream list`, `stop`, `logs` and `restart` reach it through a Unix socket in \
 your runtime folder ($XDG_RUNTIME_DIR/iotstream, or /tmp/iotstream-UID), private to you. Every \
 process reports its counters to the launcher every --metrics-interval.",

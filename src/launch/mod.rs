@@ -19,8 +19,8 @@
 //! lines it wrote to standard error). Children die with the starter (`PR_SET_PDEATHSIG`).
 //! Each child's output lines are prefixed with `[process]`. A stop (Ctrl-C, SIGTERM, a failure)
 //! is bounded by [`drain_timeout`] (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s), after which the
-//! children still running are killed and named. What Ctrl-C and SIGTERM do, to a starter, a
-//! child, a one-process run or the launcher, is decided in one place: [`signals`].
+//! children still running are killed and named. What Ctrl-C, SIGTERM and SIGHUP do, to a
+//! starter, a child, a one-process run or the launcher, is decided in one place: [`signals`].
 //!
 //! Each child says what it is: its `argv[0]` is `iotstream <app>/<process>` (what `ps` shows),
 //! and its name, once it knows its role, `<app>/<process>` (what `top` and `ps -o comm` show;
@@ -34,9 +34,9 @@
 //!
 //! Only the starter creates and removes shared-memory objects; their names carry the application,
 //! the starter's pid and a run nonce (`/iotstream.<app>.<pid>-<nonce>.e<edge>`). They are removed
-//! on every exit of the starter that runs code (normal end, error, Ctrl-C / SIGTERM); after a
-//! SIGKILL of the starter, the next start of the same application (or `iotstream clean`) removes
-//! the objects of runs whose starter is dead.
+//! on every exit of the starter that runs code (normal end, error, Ctrl-C / SIGTERM / SIGHUP);
+//! after a SIGKILL of the starter, the next start of the same application (or `iotstream clean`)
+//! removes the objects of runs whose starter is dead.
 //!
 //! # Liveness locks
 //!
@@ -700,10 +700,10 @@ pub(crate) fn spawn_child(
     for &fd in &command.inherit {
         inherit_fd(&mut cmd, fd);
     }
-    // A supervised child gets a process group of its own: a terminal's Ctrl-C reaches only the
-    // launcher, which conducts the drain. Not the one that reads a terminal, though: a process
-    // outside the terminal's foreground group is stopped (SIGTTIN) when it reads it. It ignores
-    // a terminal's SIGINT (see [`signals`]), so the launcher still conducts.
+    // A supervised child gets a process group of its own: a terminal's Ctrl-C and hang-up reach
+    // only the launcher, which conducts the drain. Not the one that reads a terminal, though: a
+    // process outside the terminal's foreground group is stopped (SIGTTIN) when it reads it. It
+    // ignores a terminal's SIGINT and SIGHUP (see [`signals`]), so the launcher still conducts.
     let reads_terminal = command.stdin && std::io::IsTerminal::is_terminal(&std::io::stdin());
     let own_group = control.is_some() && !reads_terminal;
     let mut cpu_set = None;
@@ -731,9 +731,11 @@ pub(crate) fn spawn_child(
                 return Err(std::io::Error::last_os_error());
             }
             if reads_terminal {
-                // In the terminal's group, a Ctrl-C reaches it too, maybe before its own handler
-                // (which ignores SIGINT) is installed: ignored from the start (kept across exec).
+                // In the terminal's group, a Ctrl-C or a hang-up reaches it too, maybe before its
+                // own handler (which ignores both) is installed: ignored from the start (kept
+                // across exec).
                 libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
             }
             if let Some(fd) = control {
                 if fd == CONTROL_FD {

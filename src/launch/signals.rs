@@ -1,23 +1,27 @@
-//! Ctrl-C and SIGTERM: one handler for the whole process, and the runs it serves.
+//! Ctrl-C, SIGTERM and SIGHUP: one handler for the whole process, and the runs it serves.
 //!
 //! # How a signal is handled
 //!
-//! The first run that asks for signals ([`register`]) installs one handler for SIGINT and
-//! SIGTERM, for the rest of the process's life, and a thread (`iotstream signals`) that
-//! takes each signal from it and hands it to the **active runs**: those registered and not
-//! yet dropped. Each run says what a signal does to it ([`OnSignal`]):
+//! The first run that asks for signals ([`register`]) installs one handler for SIGINT,
+//! SIGTERM and SIGHUP (a hang-up: the terminal closed, the SSH session dropped), for the rest
+//! of the process's life, and a thread (`iotstream signals`) that takes each signal from it and
+//! hands it to the **active runs**: those registered and not yet dropped. Each run says what a
+//! signal does to it ([`OnSignal`]):
 //!
 //! - its **first** signal starts its drain (sources stop, data in flight is processed, sinks
 //!   flush, the run ends normally);
 //! - a **later** one, while it is still draining, ends at once: a one-process run, a starter
 //!   and a member started by a starter run their cleanup (the starter kills its children and
 //!   removes its rings) and the process exits with status 128 + the signal (130 for SIGINT,
-//!   143 for SIGTERM), as the `iotstream` launcher does; a member supervised by the launcher
-//!   ignores it (its launcher decides when to kill it); the launcher's own supervisor is told
-//!   and stops everything at once.
+//!   143 for SIGTERM, 129 for SIGHUP), as the `iotstream` launcher does; a member supervised
+//!   by the launcher ignores it (its launcher decides when to kill it); the launcher's own
+//!   supervisor is told and stops everything at once.
 //!
-//! A member ignores SIGINT while it runs: a terminal's Ctrl-C reaches the whole process group,
-//! and only its starter's (or launcher's) request may drain it.
+//! A member ignores SIGINT and SIGHUP while it runs: a terminal's Ctrl-C and hang-up reach the
+//! whole process group, and only its starter's (or launcher's) request may drain it.
+//!
+//! SIGHUP is left alone if it was ignored when the handler was installed (the program was
+//! started under `nohup`, which asks for exactly that): a hang-up then changes nothing.
 //!
 //! With **no run active** (before the first, between runs, after the last) a signal does what
 //! it did before the handler was installed: the default action (the process ends: a program
@@ -35,15 +39,16 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::error::Error;
 
 /// What a signal does to one run (see the [module](self) documentation).
 pub(crate) struct OnSignal {
-    /// The run drains on SIGINT too (false: SIGINT is swallowed while it is active, as in a
-    /// member process, which only its starter's or launcher's request drains).
-    pub sigint: bool,
+    /// The run drains on a terminal's signals too, SIGINT and SIGHUP (false: they are
+    /// swallowed while it is active, as in a member process, which only its starter's or
+    /// launcher's request drains).
+    pub terminal: bool,
     /// The first signal: start the drain. Called with the signal's number.
     pub first: Box<dyn Fn(i32) + Send + Sync>,
     /// Every later signal.
@@ -75,7 +80,7 @@ impl Drop for Registration {
     }
 }
 
-/// Makes `actions` the response of this run to SIGINT and SIGTERM until the returned
+/// Makes `actions` the response of this run to SIGINT, SIGTERM and SIGHUP until the returned
 /// registration is dropped. The first call installs the process's handler and its thread.
 pub(crate) fn register(actions: OnSignal) -> Result<Registration, Error> {
     install().map_err(|detail| Error::Runtime { detail })?;
@@ -84,7 +89,7 @@ pub(crate) fn register(actions: OnSignal) -> Result<Registration, Error> {
     let id = runs.next_id;
     runs.entries.push(Entry {
         id,
-        sigint: actions.sigint,
+        terminal: actions.terminal,
         seen: 0,
         first: Arc::from(actions.first),
         again: match actions.again {
@@ -99,7 +104,8 @@ pub(crate) fn register(actions: OnSignal) -> Result<Registration, Error> {
 /// One active run.
 struct Entry {
     id: u64,
-    sigint: bool,
+    /// It takes SIGINT and SIGHUP ([`OnSignal::terminal`]).
+    terminal: bool,
     /// Signals it took so far.
     seen: u32,
     first: Arc<dyn Fn(i32) + Send + Sync>,
@@ -127,7 +133,7 @@ static RUNS: Mutex<Runs> = Mutex::new(Runs {
 /// What a signal's disposition was before our handler was installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Before {
-    /// `SIG_DFL`: SIGINT and SIGTERM end the process.
+    /// `SIG_DFL`: SIGINT, SIGTERM and SIGHUP end the process.
     Default,
     /// `SIG_IGN`.
     Ignored,
@@ -135,16 +141,44 @@ enum Before {
     Handler,
 }
 
-/// SIGINT's and SIGTERM's dispositions before our handler, once it is installed.
-static INSTALLED: OnceLock<Result<[Before; 2], String>> = OnceLock::new();
+/// The signals the handler takes, in the order of [`Dispositions`].
+const HANDLED: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
 
-/// Installs the handler and its thread, once per process.
+/// What SIGINT, SIGTERM and SIGHUP did before our handler was installed (in [`HANDLED`]'s
+/// order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dispositions([Before; 3]);
+
+impl Dispositions {
+    /// What `sig` did before our handler (the default action for a signal not in
+    /// [`HANDLED`], which is never delivered to us).
+    fn of(self, sig: i32) -> Before {
+        match HANDLED.iter().position(|&s| s == sig) {
+            Some(i) => self.0[i],
+            None => Before::Default,
+        }
+    }
+}
+
+/// The dispositions from before our handler, once it is installed.
+static INSTALLED: OnceLock<Result<Dispositions, String>> = OnceLock::new();
+
+/// Installs the handler and its thread, once per process. SIGHUP is not taken if it was
+/// ignored then (`nohup`): it stays ignored.
 fn install() -> Result<(), String> {
     INSTALLED
         .get_or_init(|| {
-            let before = [disposition(SIGINT)?, disposition(SIGTERM)?];
-            let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-                .map_err(|e| format!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
+            let before = Dispositions([
+                disposition(SIGINT)?,
+                disposition(SIGTERM)?,
+                disposition(SIGHUP)?,
+            ]);
+            let taken: Vec<i32> = HANDLED
+                .into_iter()
+                .filter(|&s| s != SIGHUP || before.of(SIGHUP) != Before::Ignored)
+                .collect();
+            let mut signals = signal_hook::iterator::Signals::new(&taken)
+                .map_err(|e| format!("cannot install the SIGINT/SIGTERM/SIGHUP handler: {e}"))?;
             std::thread::Builder::new()
                 .name("iotstream signals".into())
                 .spawn(move || {
@@ -192,11 +226,13 @@ enum Step {
 
 /// Decides what signal `sig` does to the active runs `entries` (counting it in each run that
 /// takes it), `before` being the dispositions from before the handler.
-fn decide(sig: i32, entries: &mut [Entry], before: [Before; 2]) -> Step {
+fn decide(sig: i32, entries: &mut [Entry], before: Dispositions) -> Step {
     if entries.is_empty() {
-        return Step::Before(before[usize::from(sig != SIGINT)]);
+        return Step::Before(before.of(sig));
     }
-    let takes = |e: &Entry| sig != SIGINT || e.sigint;
+    // A terminal's signals, sent to its whole foreground process group.
+    let from_terminal = sig == SIGINT || sig == SIGHUP;
+    let takes = |e: &Entry| !from_terminal || e.terminal;
     let ends = entries
         .iter()
         .any(|e| takes(e) && e.seen > 0 && matches!(e.again, Later::Exit(_)));
@@ -225,7 +261,7 @@ fn decide(sig: i32, entries: &mut [Entry], before: [Before; 2]) -> Step {
 }
 
 /// Hands signal `sig` to the active runs (see the [module](self) documentation).
-fn deliver(sig: i32, before: [Before; 2]) {
+fn deliver(sig: i32, before: Dispositions) {
     let step = {
         let mut runs = RUNS.lock().unwrap_or_else(|p| p.into_inner());
         decide(sig, &mut runs.entries, before)
@@ -259,11 +295,11 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn entry(id: u64, sigint: bool, again: Later, hits: &Arc<AtomicU32>) -> Entry {
+    fn entry(id: u64, terminal: bool, again: Later, hits: &Arc<AtomicU32>) -> Entry {
         let hits = Arc::clone(hits);
         Entry {
             id,
-            sigint,
+            terminal,
             seen: 0,
             first: Arc::new(move |_| {
                 hits.fetch_add(1, Ordering::SeqCst);
@@ -294,16 +330,18 @@ mod tests {
 
     #[test]
     fn with_no_run_a_signal_does_what_it_did_before() {
-        let before = [Before::Ignored, Before::Default];
+        let before = Dispositions([Before::Ignored, Before::Default, Before::Handler]);
         assert_eq!(run(decide(SIGINT, &mut [], before)), "ignored");
         assert_eq!(run(decide(SIGTERM, &mut [], before)), "default");
-        let before = [Before::Handler, Before::Handler];
+        assert_eq!(run(decide(SIGHUP, &mut [], before)), "handler");
+        let before = Dispositions([Before::Handler, Before::Handler, Before::Default]);
         assert_eq!(run(decide(SIGINT, &mut [], before)), "handler");
+        assert_eq!(run(decide(SIGHUP, &mut [], before)), "default");
     }
 
     #[test]
     fn the_first_signal_drains_every_run_and_the_second_ends_the_process() {
-        let before = [Before::Default, Before::Default];
+        let before = Dispositions([Before::Default; 3]);
         let hits = Arc::new(AtomicU32::new(0));
         let cleaned = Arc::new(AtomicU32::new(0));
         let c = Arc::clone(&cleaned);
@@ -323,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_run_registered_after_the_first_signal_gets_its_own_first() {
-        let before = [Before::Default, Before::Default];
+        let before = Dispositions([Before::Default; 3]);
         let hits = Arc::new(AtomicU32::new(0));
         let mut runs = vec![entry(1, true, Later::Nothing, &hits)];
         assert_eq!(run(decide(SIGTERM, &mut runs, before)), "calls");
@@ -335,8 +373,31 @@ mod tests {
     }
 
     #[test]
+    fn a_hang_up_drains_as_sigterm_does_and_a_second_ends_the_process() {
+        let before = Dispositions([Before::Default; 3]);
+        let hits = Arc::new(AtomicU32::new(0));
+        let mut runs = vec![entry(1, true, Later::Exit(Arc::new(|| {})), &hits)];
+        assert_eq!(run(decide(SIGHUP, &mut runs, before)), "calls");
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "the drain started");
+        assert_eq!(run(decide(SIGHUP, &mut runs, before)), "exit");
+    }
+
+    #[test]
+    fn a_member_swallows_a_hang_up() {
+        let before = Dispositions([Before::Default; 3]);
+        let hits = Arc::new(AtomicU32::new(0));
+        let mut runs = vec![entry(1, false, Later::Exit(Arc::new(|| {})), &hits)];
+        for _ in 0..3 {
+            assert_eq!(run(decide(SIGHUP, &mut runs, before)), "calls");
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "SIGHUP swallowed");
+        assert_eq!(run(decide(SIGTERM, &mut runs, before)), "calls");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
     fn a_member_swallows_sigint_and_drains_on_sigterm() {
-        let before = [Before::Default, Before::Default];
+        let before = Dispositions([Before::Default; 3]);
         let hits = Arc::new(AtomicU32::new(0));
         let mut runs = vec![entry(1, false, Later::Exit(Arc::new(|| {})), &hits)];
         for _ in 0..3 {
@@ -351,7 +412,7 @@ mod tests {
 
     #[test]
     fn a_launcher_hears_every_signal() {
-        let before = [Before::Default, Before::Default];
+        let before = Dispositions([Before::Default; 3]);
         let hits = Arc::new(AtomicU32::new(0));
         let h = Arc::clone(&hits);
         let mut runs = vec![entry(
