@@ -10,7 +10,9 @@
 //! path (and the deployment, if any: its name in the environment, its text in a sealed memfd
 //! the application inherits, see [`DeploymentFile`]). [`Graph::start`](crate::Graph::start)
 //! then applies the deployment, checks the graph, writes its [`GraphInfo`] (or what is wrong
-//! with it) to that file as JSON, and exits, before running anything ([`describe`]).
+//! with it) to that file as JSON, and exits, before running anything ([`describe`]). The
+//! application dies with the launcher (`PR_SET_PDEATHSIG`), and a Ctrl-C, SIGTERM or SIGHUP
+//! meanwhile kills it, removes the file and ends the launcher with 128 + the signal.
 //!
 //! # How it runs one
 //!
@@ -62,6 +64,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -166,10 +169,33 @@ pub fn view_token(deployment: &DeploymentFile) -> Result<String, Error> {
 /// Asks `app` for its graph, placed by `deployment` (as declared in code if `None`). Fails if
 /// the application does not describe itself, or if the deployment does not fit its graph
 /// (every problem with file, line and column) or the graph is not well formed.
+///
+/// A SIGINT, SIGTERM or SIGHUP while the application describes itself ends this process with
+/// status 128 + the signal, once the application is killed and its description file removed:
+/// nothing runs yet, there is nothing to drain. (The application also dies with the thread
+/// that calls this, `PR_SET_PDEATHSIG`, if that ends first.)
 pub fn describe(
     app: &AppCommand,
     deployment: Option<&DeploymentFile>,
 ) -> Result<(GraphInfo, String), Error> {
+    match ask_for_graph(app, deployment)? {
+        Answer::Graph(info, fingerprint) => Ok((info, fingerprint)),
+        Answer::Signalled(sig) => std::process::exit(128 + sig),
+    }
+}
+
+/// How [`ask_for_graph`] ended, if not with an error.
+enum Answer {
+    /// The application's graph and fingerprint.
+    Graph(GraphInfo, String),
+    /// This signal came while the application described itself: it was killed and its
+    /// description file removed.
+    Signalled(i32),
+}
+
+/// [`describe`], telling a signal that came meanwhile to the caller instead of ending the
+/// process.
+fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Result<Answer, Error> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -179,6 +205,22 @@ pub fn describe(
         std::process::id()
     ));
     let _remove = RemoveOnDrop(path.clone());
+    // Before the application starts: a signal from here on stops it (below) instead of ending
+    // the launcher with the application left running. The first signal counts, later ones
+    // change nothing.
+    let signalled = Arc::new(AtomicI32::new(0));
+    let _signals = {
+        let (first, again) = (Arc::clone(&signalled), Arc::clone(&signalled));
+        signals::register(OnSignal {
+            terminal: true,
+            first: Box::new(move |sig| {
+                let _ = first.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+            }),
+            again: Again::Call(Box::new(move |sig| {
+                let _ = again.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+            })),
+        })?
+    };
     let mut cmd = Command::new(&app.program);
     cmd.args(&app.args)
         .env(launch::ENV_DESCRIBE, &path)
@@ -193,6 +235,7 @@ pub fn describe(
     } else {
         cmd.env_remove(launch::ENV_DEPLOY_FD);
     }
+    launch::die_with_us(&mut cmd);
     let shown = app.program.display().to_string();
     let mut child = cmd.spawn().map_err(|e| Error::Runtime {
         detail: format!("cannot start the application '{shown}': {e}"),
@@ -217,6 +260,18 @@ pub fn describe(
             detail: format!("waiting for '{shown}': {e}"),
         })? {
             break status;
+        }
+        let sig = signalled.load(Ordering::SeqCst);
+        if sig != 0 {
+            let pid = child.id();
+            let _ = child.kill();
+            let _ = child.wait();
+            // The description file goes with `_remove`, as this returns.
+            log(&format!(
+                "signal {sig}: stopped '{shown}' (pid {pid}) while it described its graph; \
+                 nothing had started"
+            ));
+            return Ok(Answer::Signalled(sig));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -248,7 +303,7 @@ pub fn describe(
         detail: format!("'{shown}' wrote a description the launcher cannot read: {e}"),
     })?;
     match described {
-        Described::Graph { info, fingerprint } => Ok((info, fingerprint)),
+        Described::Graph { info, fingerprint } => Ok(Answer::Graph(info, fingerprint)),
         Described::Error(DescribedError::Deployment { problems }) => {
             Err(Error::Deployment { problems })
         }
@@ -568,7 +623,11 @@ pub fn run(
     deployment: Option<&DeploymentFile>,
     options: &RunOptions,
 ) -> Result<i32, Error> {
-    let (info, fingerprint) = describe(app, deployment)?;
+    let (info, fingerprint) = match ask_for_graph(app, deployment)? {
+        Answer::Graph(info, fingerprint) => (info, fingerprint),
+        // Nothing runs yet: nothing to drain, nothing to remove.
+        Answer::Signalled(sig) => return Ok(128 + sig),
+    };
     let fingerprint = u64::from_str_radix(&fingerprint, 16).map_err(|_| Error::Runtime {
         detail: format!("the application reported a malformed fingerprint '{fingerprint}'"),
     })?;
@@ -591,6 +650,10 @@ pub fn run(
     // child, the control socket's connections) wait while it is full, and the supervisor is
     // always receiving.
     let (events_tx, events) = mpsc::sync_channel::<Event>(EVENTS_BOUND);
+    // Before anything is made that a signal's default action would leave behind (the control
+    // socket, the lock, the rings): a signal from here on is an event, which the supervisor
+    // takes once the processes are started (a drain).
+    let signals = install_signals(events_tx.clone())?;
     let board = Arc::new(Board::new(
         info.clone(),
         run.to_string(),
@@ -632,7 +695,6 @@ pub fn run(
     }
     let segments = Arc::new(Segments::new(&info.app, &run)?);
     create_rings(&info, &run, &segments, &host)?;
-    let signals = install_signals(events_tx.clone())?;
     let mut sup = Supervisor {
         app,
         app_name: info.app.clone(),

@@ -1199,6 +1199,135 @@ fn a_program_that_does_not_describe_itself_is_refused_clearly() -> Result<(), St
     )
 }
 
+/// The pid of a live child of `parent` whose name (comm) is `name`.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    dir.flatten().find_map(|e| {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid …": the comm may hold anything, so split after its last ')'.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1;
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?;
+        let ppid = fields.next()?.parse::<u32>().ok()?;
+        (ppid == parent && comm == name && state != "Z").then_some(pid)
+    })
+}
+
+/// Whether process `pid` is alive and named `name` (not a zombie, not another program that
+/// took its pid).
+fn alive_as(pid: u32, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string));
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')').map(|(c, _)| c.to_string()));
+        comm.as_deref() == Some(name) && state.as_deref() != Some("Z")
+    })
+}
+
+/// A `sleep` this test found running: SIGKILLed when dropped if it still is, so that a failed
+/// scenario leaves nothing running.
+struct Sleeper(u32);
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        if alive_as(self.0, "sleep") {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+}
+
+/// `signal` (its number) to the launcher while it waits for the application to describe itself
+/// (a program that never does: it starts its description file, then sleeps): the launcher
+/// stops the program, removes the file and exits with 128 + the signal, leaving nothing running.
+/// SIGKILL, which the launcher cannot see, ends the program all the same (it dies with the
+/// launcher); only the file may be left then.
+fn a_signal_while_the_app_describes_itself_stops_it(signal: i32) -> Result<(), String> {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = Scratch::new(&format!("describe-{signal}"));
+    let script = r#"printf partial > "$IOTSTREAM_DESCRIBE"; exec sleep 1000"#;
+    let run = Launched::start(
+        &[
+            "run".as_ref(),
+            "/bin/sh".as_ref(),
+            "--".as_ref(),
+            "-c".as_ref(),
+            script.as_ref(),
+        ],
+        &[("TMPDIR", &tmp.0)],
+        "describe_signal",
+        Feed::Nothing,
+    );
+    let described = || -> Vec<PathBuf> {
+        std::fs::read_dir(&tmp.0)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.to_string_lossy().contains("iotstream-describe-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sleeper = loop {
+        if let Some(pid) = child_named(run.pid(), "sleep") {
+            if !described().is_empty() {
+                break Sleeper(pid);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the program describing itself never started; stderr:\n{}",
+                run.stderr()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(run.pid().to_string())
+        .status();
+    let (status, _out, err) = run.wait()?;
+    if signal == libc::SIGKILL {
+        ensure(status.signal() == Some(signal), || {
+            format!("exit {status} after SIGKILL during describe:\n{err}")
+        })?;
+        // The kernel kills it as the launcher dies: bounded, a guard against a hang.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive_as(sleeper.0, "sleep") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        return ensure(!alive_as(sleeper.0, "sleep"), || {
+            format!(
+                "the program describing itself (pid {}) outlived its killed launcher",
+                sleeper.0
+            )
+        });
+    }
+    ensure(status.code() == Some(128 + signal), || {
+        format!(
+            "exit {status} after signal {signal} during describe, {} expected:\n{err}",
+            128 + signal
+        )
+    })?;
+    ensure(!alive_as(sleeper.0, "sleep"), || {
+        format!(
+            "the program describing itself (pid {}) still runs after the launcher exited:\n{err}",
+            sleeper.0
+        )
+    })?;
+    ensure(described().is_empty(), || {
+        format!("description files left: {:?}", described())
+    })
+}
+
 /// A child's output line longer than the launcher copies at once arrives in prefixed pieces,
 /// none of it lost.
 fn a_very_long_output_line_is_copied_in_prefixed_pieces() -> Result<(), String> {
@@ -2441,6 +2570,22 @@ fn main() {
         (
             "sighup_drains_every_element_and_leaves_nothing_behind",
             Box::new(sighup_drains_every_element_and_leaves_nothing_behind),
+        ),
+        (
+            "ctrl_c_while_the_app_describes_itself_stops_it",
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGINT)),
+        ),
+        (
+            "sigterm_while_the_app_describes_itself_stops_it",
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGTERM)),
+        ),
+        (
+            "sighup_while_the_app_describes_itself_stops_it",
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGHUP)),
+        ),
+        (
+            "sigkill_while_the_app_describes_itself_stops_it",
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGKILL)),
         ),
         (
             "sigkill_of_the_sink_under_on_failure_restarts_without_gap",

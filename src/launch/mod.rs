@@ -936,6 +936,25 @@ pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
 /// `drain_timeout_ms`, and a starter's [`ENV_DRAIN_TIMEOUT_MS`]).
 pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
+/// Makes the program `cmd` starts die with this process (`PR_SET_PDEATHSIG`: SIGKILL when the
+/// thread that starts it ends, as every child of ours), or not start if this process died
+/// before that was set.
+pub(crate) fn die_with_us(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // We may have died between fork and prctl: then nobody would kill it.
+            if nix::unistd::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Lets the program `cmd` starts inherit our descriptor `fd` (close-on-exec here) at the same
 /// number: its close-on-exec flag is cleared in the forked child only, just before `exec`.
 pub(crate) fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
