@@ -298,6 +298,9 @@ pub struct Deployment {
     /// The `[broker]` section, if any: the NATS server that connections marked
     /// `transport = "broker"` cross.
     pub broker: Option<BrokerSection>,
+    /// The file has a `[broker]` section, valid or not (`broker` is `None` when it is not):
+    /// its own problems are reported, and a connection through it is not told it is missing.
+    broker_written: bool,
     /// SHA-256 of the file's text: every host must run the same deployment, and the links
     /// between hosts check it in their handshake.
     pub digest: [u8; 32],
@@ -719,7 +722,10 @@ impl Deployment {
                 "supervisor" => r.supervisor(value, &mut d.supervisor),
                 "env" => d.env = r.env(value, "'env'", "in [env]"),
                 "network" => r.network(value, &mut d.network, Path::new(file).parent()),
-                "broker" => d.broker = r.broker(value, Path::new(file).parent()),
+                "broker" => {
+                    d.broker_written = true;
+                    d.broker = r.broker(value, Path::new(file).parent());
+                }
                 "hosts" => d.hosts = r.hosts(value),
                 "processes" => d.processes = r.processes(value),
                 _ => d.connections = r.connections(value),
@@ -1158,9 +1164,13 @@ impl Deployment {
         }
     }
 
-    /// `transport = "broker"` needs a `[broker]`; `between` names hosts of the file.
+    /// `transport = "broker"` needs a `[broker]`; `between` names hosts of the file. A
+    /// `[broker]` that is written but wrong has problems of its own: nothing more is said here.
     fn check_broker(&self, problems: &mut Problems) {
         if self.broker.is_none() {
+            if self.broker_written {
+                return;
+            }
             for c in &self.connections {
                 if let Some((true, at)) = c.broker {
                     problems.add(
@@ -2950,6 +2960,29 @@ mod tests {
             "deploy.toml:3:12: unknown host 'a' in 'between' in [broker]; the hosts are 'local'\n\
              deploy.toml:3:12: unknown host 'b' in 'between' in [broker]; the hosts are 'local'\n\
              deploy.toml:4:13: 'max_bytes' in [broker] must be at least 1048576, found 5"
+        );
+    }
+
+    #[test]
+    fn a_broker_section_that_is_wrong_is_not_said_to_be_missing() {
+        let through_broker = "[[connections]]\nstream = \"sensor.out\"\ntransport = \"broker\"\n";
+        // The section is there, its url is wrong: the url is the one problem.
+        assert_eq!(
+            error(&format!(
+                "[broker]\nurl = \"nats://user:pw@127.0.0.1:4222\"\n{through_broker}"
+            )),
+            "deploy.toml:2:7: 'url' in [broker] must not hold a user or password (USER@HOST): \
+             name them apart (the deployment's 'user' and 'password_file', or BrokerOptions::user)"
+        );
+        // Without its url, or not a table: likewise.
+        assert_eq!(
+            error(&format!("[broker]\nmax_pending = 4\n{through_broker}")),
+            "deploy.toml:1:1: [broker] has no 'url' (it is required: the NATS server, as \
+             \"nats://host:4222\")"
+        );
+        assert_eq!(
+            error(&format!("broker = 3\n{through_broker}")),
+            "deploy.toml:1:10: 'broker' must be a table, found integer 3"
         );
     }
 
