@@ -301,6 +301,8 @@ pub struct Deployment {
     /// The file has a `[broker]` section, valid or not (`broker` is `None` when it is not):
     /// its own problems are reported, and a connection through it is not told it is missing.
     broker_written: bool,
+    /// Where `[network]` names its files, for the problems found when they are read.
+    network_at: NetworkFilesAt,
     /// SHA-256 of the file's text: every host must run the same deployment, and the links
     /// between hosts check it in their handshake.
     pub digest: [u8; 32],
@@ -386,6 +388,11 @@ pub struct BrokerSection {
     pub between: Vec<(String, String)>,
     /// Where each pair of `between` is written, for problems found by `plan`.
     between_at: Vec<Pos>,
+    /// The deployment file's name, and where `token_file` and `password_file` are written:
+    /// for the problems found when those files are read.
+    file: String,
+    token_file_at: Pos,
+    password_file_at: Pos,
 }
 
 impl BrokerSection {
@@ -394,10 +401,11 @@ impl BrokerSection {
     pub(crate) fn settings(&self) -> Result<crate::transport::broker::BrokerSettings, Error> {
         let mut s = crate::transport::broker::BrokerSettings::new(&self.url);
         if let Some(path) = &self.token_file {
-            s.token = Some(read_secret("token_file", path)?);
+            s.token = Some(self.read_secret("token_file", path, self.token_file_at)?);
         }
         if let Some((user, path)) = &self.user {
-            s.user = Some((user.clone(), read_secret("password_file", path)?));
+            let password = self.read_secret("password_file", path, self.password_file_at)?;
+            s.user = Some((user.clone(), password));
         }
         s.creds = self.creds.clone();
         if self.tls_ca.is_some() || self.tls_client.is_some() {
@@ -416,24 +424,24 @@ impl BrokerSection {
         s.connect_wait = self.connect_wait;
         Ok(s)
     }
-}
 
-/// The secret in the file `path` that `[broker]` field `field` names, without the white space
-/// around it; an error names the field and the file, never the secret.
-fn read_secret(field: &str, path: &Path) -> Result<String, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Deployment {
-        problems: vec![format!(
-            "[broker] {field}: cannot read {}: {e}",
-            path.display()
-        )],
-    })?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(Error::Deployment {
-            problems: vec![format!("[broker] {field}: {} is empty", path.display())],
-        });
+    /// The secret in the file `path` that `[broker]` field `field` names (written at `at`),
+    /// without the white space around it; an error names the deployment file, the field's line
+    /// and column, the field and the file, never the secret.
+    fn read_secret(&self, field: &str, path: &Path, at: Pos) -> Result<String, Error> {
+        let problem = |message: String| {
+            let mut problems = Problems::new(&self.file);
+            problems.add(at, format!("[broker] {field}: {message}"));
+            Error::from(problems.into_error())
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(problem(format!("{} is empty", path.display())));
+        }
+        Ok(secret.to_string())
     }
-    Ok(secret.to_string())
 }
 
 /// The files of TLS on links between hosts (PEM): this host's certificate and key, and the
@@ -613,6 +621,15 @@ struct Pos {
     column: usize,
 }
 
+/// Where `[network]` names its files (the field's key).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct NetworkFilesAt {
+    /// `secret_file`.
+    secret_file: Pos,
+    /// `tls_cert`, `tls_key` and `tls_ca`.
+    tls: [Pos; 3],
+}
+
 /// One `[hosts.NAME]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct HostEntry {
@@ -721,7 +738,12 @@ impl Deployment {
             match key.get_ref().as_ref() {
                 "supervisor" => r.supervisor(value, &mut d.supervisor),
                 "env" => d.env = r.env(value, "'env'", "in [env]"),
-                "network" => r.network(value, &mut d.network, Path::new(file).parent()),
+                "network" => r.network(
+                    value,
+                    &mut d.network,
+                    &mut d.network_at,
+                    Path::new(file).parent(),
+                ),
                 "broker" => {
                     d.broker_written = true;
                     d.broker = r.broker(value, Path::new(file).parent());
@@ -1107,6 +1129,55 @@ impl Deployment {
                     );
                 }
             }
+        }
+        problems.finish()
+    }
+
+    /// Reads the `[network]` secret file as a run does before it starts anything (links between
+    /// hosts prove themselves with it; the live view's token is derived from it): it must
+    /// exist, be a regular file only its owner may read or write, and hold a secret. A problem
+    /// is at the place of `secret_file` in the file. Nothing to check without one.
+    ///
+    /// Only the machine that runs a host has its files: [`parse`](Deployment::parse) does not
+    /// read them; the launcher calls this (`check` and `run`).
+    pub fn check_secret_file(&self) -> Result<(), DeployError> {
+        let mut problems = Problems::new(&self.file);
+        if let Some(path) = &self.network.secret_file {
+            if let Err(e) = crate::transport::tcp::auth::Secret::from_file(path) {
+                problems.add(
+                    self.network_at.secret_file,
+                    format!("[network] secret_file: {e}"),
+                );
+            }
+        }
+        problems.finish()
+    }
+
+    /// Loads the `[network]` TLS files as a run does before it starts links between hosts: the
+    /// certificate, the key (only its owner may read it) and the CA, the certificate signed by
+    /// the CA. A problem is at the place of the field naming the file at fault (`tls_cert`
+    /// when the certificate and key do not match; the first TLS field for any other refusal).
+    /// Nothing to check without TLS.
+    pub fn check_tls_files(&self) -> Result<(), DeployError> {
+        use crate::transport::tcp::tls::{FileKind, TlsConfig, TlsFiles};
+        let Some(t) = &self.network.tls else {
+            return Ok(());
+        };
+        let mut problems = Problems::new(&self.file);
+        let files = TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            ca: t.ca.clone(),
+        };
+        if let Err(e) = TlsConfig::load(&files) {
+            let at = &self.network_at.tls;
+            let (field, at) = match e.file() {
+                Some(FileKind::Cert) => ("tls_cert", at[0]),
+                Some(FileKind::Key) => ("tls_key", at[1]),
+                Some(FileKind::Ca) => ("tls_ca", at[2]),
+                None => ("TLS", at.iter().copied().min().unwrap_or_default()),
+            };
+            problems.add(at, format!("[network] {field}: {e}"));
         }
         problems.finish()
     }
@@ -1694,7 +1765,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn network(&mut self, v: &Value<'_>, n: &mut NetworkSettings, folder: Option<&Path>) {
+    fn network(
+        &mut self,
+        v: &Value<'_>,
+        n: &mut NetworkSettings,
+        at_files: &mut NetworkFilesAt,
+        folder: Option<&Path>,
+    ) {
         let Some(t) = self.table(v, "'network'") else {
             return;
         };
@@ -1722,7 +1799,10 @@ impl<'a> Reader<'a> {
                     };
                     let at = self.pos(key.span().start);
                     match field {
-                        "secret_file" => n.secret_file = Some(path),
+                        "secret_file" => {
+                            n.secret_file = Some(path);
+                            at_files.secret_file = at;
+                        }
                         "tls_cert" => tls[0] = Some((path, at)),
                         "tls_key" => tls[1] = Some((path, at)),
                         _ => tls[2] = Some((path, at)),
@@ -1761,6 +1841,7 @@ impl<'a> Reader<'a> {
             .collect();
         match tls {
             [Some(cert), Some(key), Some(ca)] => {
+                at_files.tls = [cert.1, key.1, ca.1];
                 n.tls = Some(TlsPaths {
                     cert: cert.0,
                     key: key.0,
@@ -2129,6 +2210,9 @@ impl<'a> Reader<'a> {
             connect_wait: Duration::from_secs(60),
             between: Vec::new(),
             between_at: Vec::new(),
+            file: self.problems.file.clone(),
+            token_file_at: Pos::default(),
+            password_file_at: Pos::default(),
         };
         let mut client: [Option<(PathBuf, Pos)>; 2] = [None, None];
         // `user` and `password_file`, each with where it is written.
@@ -2174,7 +2258,10 @@ impl<'a> Reader<'a> {
                     let at = self.pos(key.span().start);
                     match field {
                         "creds" => b.creds = Some(path),
-                        "token_file" => b.token_file = Some(path),
+                        "token_file" => {
+                            b.token_file = Some(path);
+                            b.token_file_at = at;
+                        }
                         "password_file" => password = Some((path, at)),
                         "tls_ca" => b.tls_ca = Some(path),
                         "tls_cert" => client[0] = Some((path, at)),
@@ -2247,7 +2334,10 @@ impl<'a> Reader<'a> {
             ),
         }
         match (user_name, password) {
-            (Some((name, _)), Some((path, _))) => b.user = Some((name, path)),
+            (Some((name, _)), Some((path, at))) => {
+                b.user = Some((name, path));
+                b.password_file_at = at;
+            }
             (None, None) => {}
             (Some((_, at)), None) | (None, Some((_, at))) => self.problems.add(
                 at,
@@ -2672,6 +2762,61 @@ mod tests {
     }
 
     #[test]
+    fn network_files_are_checked_at_the_line_and_column_that_name_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("deploy.toml").display().to_string();
+        let text = "[hosts.a]\naddress = \"10.0.0.1\"\n[hosts.b]\naddress = \"10.0.0.2\"\n\
+                    [network]\n  secret_file = \"secret\"\ntls_cert = \"host.pem\"\n\
+                    tls_key = \"host.key\"\ntls_ca = \"ca.pem\"\n";
+        let d = Deployment::parse(&name, text).unwrap();
+        let at = |path: &str| dir.path().join(path).display().to_string();
+        let secret = dir.path().join("secret");
+        assert_eq!(
+            d.check_secret_file().unwrap_err().to_string(),
+            format!(
+                "{name}:6:3: [network] secret_file: the secret file {} does not exist",
+                at("secret")
+            )
+        );
+        std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = d.check_secret_file().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{name}:6:3: [network] secret_file: permissions 0644 for the secret file"
+            )),
+            "{e}"
+        );
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        d.check_secret_file().unwrap();
+        // Each TLS file at its own field: the certificate, then (a certificate there) the key.
+        assert_eq!(
+            d.check_tls_files().unwrap_err().to_string(),
+            format!(
+                "{name}:7:1: [network] tls_cert: the TLS certificate file {} does not exist",
+                at("host.pem")
+            )
+        );
+        std::fs::write(
+            dir.path().join("host.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert_eq!(
+            d.check_tls_files().unwrap_err().to_string(),
+            format!(
+                "{name}:8:1: [network] tls_key: the TLS key file {} does not exist",
+                at("host.key")
+            )
+        );
+        // Without a [network] section there is nothing to check.
+        let none = Deployment::parse(&name, "").unwrap();
+        none.check_secret_file().unwrap();
+        none.check_tls_files().unwrap();
+    }
+
+    #[test]
     fn a_host_port_leaves_room_for_every_connection_into_it() {
         let text = "[hosts.local]\naddress = \"127.0.0.1\"\n[hosts.edge]\naddress = \
                     \"10.0.0.7\"\nport = 65535\n[processes.logger]\nhost = \"edge\"\n\
@@ -3011,6 +3156,48 @@ mod tests {
         let s = b.settings().unwrap();
         assert_eq!(s.user, Some(("fleet".to_string(), "s3cret".to_string())));
         assert_eq!(s.token, None);
+    }
+
+    #[test]
+    fn broker_secret_files_are_named_with_the_deployment_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("deploy.toml").display().to_string();
+        let token = dir.path().join("nats.token");
+        let d = Deployment::parse(
+            &name,
+            "[broker]\nurl = \"nats://127.0.0.1:4222\"\ntoken_file = \"nats.token\"\n",
+        )
+        .unwrap();
+        let b = d.broker.as_ref().unwrap();
+        assert_eq!(
+            b.settings().unwrap_err().to_string(),
+            format!(
+                "{name}:3:1: [broker] token_file: cannot read {}: No such file or directory \
+                 (os error 2)",
+                token.display()
+            )
+        );
+        std::fs::write(&token, "\n").unwrap();
+        assert_eq!(
+            b.settings().unwrap_err().to_string(),
+            format!(
+                "{name}:3:1: [broker] token_file: {} is empty",
+                token.display()
+            )
+        );
+        let d = Deployment::parse(
+            &name,
+            "[broker]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"fleet\"\n  password_file = \"p\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            d.broker.unwrap().settings().unwrap_err().to_string(),
+            format!(
+                "{name}:4:3: [broker] password_file: cannot read {}: No such file or directory \
+                 (os error 2)",
+                dir.path().join("p").display()
+            )
+        );
     }
 
     #[test]

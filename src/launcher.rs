@@ -161,6 +161,8 @@ pub fn view_token(deployment: &DeploymentFile) -> Result<String, Error> {
                 .into(),
         )
     })?;
+    // Its problems at the place of `secret_file` in the file.
+    settings.check_secret_file()?;
     let secret =
         crate::transport::tcp::auth::Secret::from_file(path).map_err(|e| problem(e.to_string()))?;
     Ok(crate::transport::tcp::auth::view_token(&secret))
@@ -807,31 +809,24 @@ fn check_links(info: &GraphInfo, settings: &Deployment, host: &str) -> Result<()
         return Ok(());
     }
     let network = &settings.network;
-    match &network.secret_file {
-        Some(path) => {
-            crate::transport::tcp::auth::Secret::from_file(path).map_err(|e| {
-                Error::Deployment {
-                    problems: vec![format!("{}: [network] secret_file: {e}", settings.file)],
-                }
-            })?;
-        }
-        None if network.insecure => log(
+    // Each problem at the place of the field naming the file, both at once.
+    let problems: Vec<String> = [settings.check_secret_file(), settings.check_tls_files()]
+        .into_iter()
+        .filter_map(Result::err)
+        .flat_map(|e| e.problems)
+        .map(|p| p.to_string())
+        .collect();
+    if !problems.is_empty() {
+        return Err(Error::Deployment { problems });
+    }
+    // Without a secret: refused when the file was read, unless it says `insecure`; a
+    // deployment built in code has one host.
+    if network.secret_file.is_none() && network.insecure {
+        log(
             "warning: links between hosts run WITHOUT authentication (insecure = true in \
              [network]): anyone who can reach their ports can read the streams and inject data; \
              see docs/security.md",
-        ),
-        // Refused when the file was read; a deployment built in code has one host.
-        None => {}
-    }
-    if let Some(t) = &network.tls {
-        let files = crate::transport::tcp::tls::TlsFiles {
-            cert: t.cert.clone(),
-            key: t.key.clone(),
-            ca: t.ca.clone(),
-        };
-        crate::transport::tcp::tls::TlsConfig::load(&files).map_err(|e| Error::Deployment {
-            problems: vec![format!("{}: [network] TLS: {e}", settings.file)],
-        })?;
+        );
     }
     for l in &links {
         log(&format!("link {l}"));

@@ -317,6 +317,27 @@ pub(crate) enum TlsError {
     Protocol(String),
 }
 
+impl TlsError {
+    /// Which of the three files a loading error is about: the certificate for a certificate
+    /// the CA refuses or a key that does not match it; `None` for any other error.
+    pub(crate) fn file(&self) -> Option<FileKind> {
+        match self {
+            TlsError::Missing { kind, .. }
+            | TlsError::Unreadable { kind, .. }
+            | TlsError::NotAFile { kind, .. }
+            | TlsError::TooLarge { kind, .. }
+            | TlsError::BadPem { kind, .. }
+            | TlsError::NoCertificate { kind, .. } => Some(*kind),
+            TlsError::KeyTooOpen { .. } | TlsError::NoKey { .. } | TlsError::BadKey { .. } => {
+                Some(FileKind::Key)
+            }
+            TlsError::BadCa { .. } => Some(FileKind::Ca),
+            TlsError::KeyMismatch { .. } | TlsError::CertNotFromCa { .. } => Some(FileKind::Cert),
+            _ => None,
+        }
+    }
+}
+
 impl From<TlsError> for io::Error {
     fn from(e: TlsError) -> io::Error {
         let kind = match e {
