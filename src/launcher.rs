@@ -70,7 +70,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 
-use crate::deploy::{Deployment, ProcessSettings, Restart};
+use crate::deploy::{DeployError, Deployment, Problem, ProcessSettings, Restart};
 use crate::error::Error;
 use crate::info::GraphInfo;
 use crate::launch::describe::{Described, DescribedError};
@@ -319,10 +319,12 @@ fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Resul
 }
 
 /// Checks `deployment` against `app` as `iotstream check` does: asks the application for its
-/// graph as the file places it ([`describe`]), then checks the `cpus` of the processes of this
-/// host (`host`, or the one [`run`] would pick) against the CPUs this machine lets the launcher
-/// use. When several hosts leave the host undecided (none named `local` and no `host`), CPUs
-/// are not checked: this machine may be any of them.
+/// graph as the file places it ([`describe`]), then checks what [`run`] checks before it
+/// starts anything, reporting every problem at once: the `cpus` of the processes of this host
+/// (`host`, or the one [`run`] would pick) against the CPUs this machine lets the launcher use,
+/// and the secret and TLS files of `[network]`. When several hosts leave the host undecided
+/// (none named `local` and no `host`), CPUs are not checked (this machine may be any of them),
+/// and the TLS files are checked if any host has links to another.
 pub fn check(
     app: &AppCommand,
     deployment: &DeploymentFile,
@@ -333,16 +335,28 @@ pub fn check(
         (Some(wanted), _) => Some(pick_host(&info, Some(wanted))?),
         (None, picked) => picked.ok(),
     };
-    if let Some(host) = host {
-        check_cpus(&info, deployment, &host)?;
+    let settings = &deployment.deployment;
+    let mut problems: Vec<Problem> = Vec::new();
+    if let Some(host) = &host {
+        if let Err(e) = check_cpus(&info, settings, host) {
+            problems.extend(e.problems);
+        }
     }
-    Ok(info)
+    let links = !links_between_hosts(&info, host.as_deref()).is_empty();
+    problems.extend(network_file_problems(settings, links));
+    if problems.is_empty() {
+        return Ok(info);
+    }
+    problems.sort_by_key(|p| (p.line, p.column));
+    Err(Error::Deployment {
+        problems: problems.iter().map(Problem::to_string).collect(),
+    })
 }
 
 /// The `cpus` of the processes of `host` exist on this machine: the CPUs of the launcher's
 /// affinity mask (a child pinned to another fails to start with EINVAL, or is silently pinned
 /// to fewer CPUs than the file says). Not checked if the mask cannot be read.
-fn check_cpus(info: &GraphInfo, deployment: &DeploymentFile, host: &str) -> Result<(), Error> {
+fn check_cpus(info: &GraphInfo, deployment: &Deployment, host: &str) -> Result<(), DeployError> {
     let Some(available) = available_cpus() else {
         return Ok(());
     };
@@ -352,10 +366,7 @@ fn check_cpus(info: &GraphInfo, deployment: &DeploymentFile, host: &str) -> Resu
         .filter(|p| info.host_of(p).is_none_or(|h| h.name == host))
         .map(String::as_str)
         .collect();
-    deployment
-        .deployment
-        .check_cpus(&processes, &available)
-        .map_err(Error::from)
+    deployment.check_cpus(&processes, &available)
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), or `None` if that cannot be read.
@@ -635,7 +646,7 @@ pub fn run(
     })?;
     let host = pick_host(&info, options.host.as_deref())?;
     if let Some(d) = deployment {
-        check_cpus(&info, d, &host)?;
+        check_cpus(&info, &d.deployment, &host)?;
     }
     let default = Deployment::default();
     let settings = deployment.map_or(&default, |d| &d.deployment);
@@ -776,19 +787,64 @@ fn create_rings(
     Ok(())
 }
 
-/// The links between `host` and other hosts: logs them, and checks before anything starts
-/// that their secret file is usable (or warns that they run without one).
+/// The links between `host` and other hosts: checks before anything starts that the files of
+/// `[network]` are usable ([`network_file_problems`]), every problem at once, then logs the
+/// links (or warns that they run without a secret).
 fn check_links(info: &GraphInfo, settings: &Deployment, host: &str) -> Result<(), Error> {
+    let links = links_between_hosts(info, Some(host));
+    let problems = network_file_problems(settings, !links.is_empty());
+    if !problems.is_empty() {
+        return Err(Error::Deployment {
+            problems: problems.iter().map(Problem::to_string).collect(),
+        });
+    }
+    if links.is_empty() {
+        return Ok(());
+    }
+    // Without a secret: refused when the file was read, unless it says `insecure`; a
+    // deployment built in code has one host.
+    if settings.network.secret_file.is_none() && settings.network.insecure {
+        log(
+            "warning: links between hosts run WITHOUT authentication (insecure = true in \
+             [network]): anyone who can reach their ports can read the streams and inject data; \
+             see docs/security.md",
+        );
+    }
+    for l in &links {
+        log(&format!("link {l}"));
+    }
+    Ok(())
+}
+
+/// The problems [`run`] finds with the files `[network]` names before it starts anything, each
+/// at the place of the field that names the file: the secret file whenever one is named (the
+/// live view's token is derived from it), the TLS files when this host has `links` to others.
+fn network_file_problems(settings: &Deployment, links: bool) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Err(e) = settings.check_secret_file() {
+        problems.extend(e.problems);
+    }
+    if links {
+        if let Err(e) = settings.check_tls_files() {
+            problems.extend(e.problems);
+        }
+    }
+    problems
+}
+
+/// The links between hosts that `host` is an end of (`None`: every one), as the log names
+/// them: `stream -> input (host 'a' -> host 'b', address:port)`.
+fn links_between_hosts(info: &GraphInfo, host: Option<&str>) -> Vec<String> {
     let host_of = |agent: usize| {
         info.host_of(&info.agents[agent].process)
             .map_or(crate::info::LOCAL_HOST, |h| h.name.as_str())
     };
-    let links: Vec<String> = info
-        .edges
+    let here = |agent: usize| host.is_none_or(|h| host_of(agent) == h);
+    info.edges
         .iter()
         .enumerate()
         .filter(|(_, e)| e.transport == "tcp")
-        .filter(|(_, e)| host_of(e.from_agent) == host || host_of(e.to_agent) == host)
+        .filter(|(_, e)| here(e.from_agent) || here(e.to_agent))
         .map(|(i, e)| {
             let to = host_of(e.to_agent);
             let at = info
@@ -804,34 +860,7 @@ fn check_links(info: &GraphInfo, settings: &Deployment, host: &str) -> Result<()
                 host_of(e.from_agent)
             )
         })
-        .collect();
-    if links.is_empty() {
-        return Ok(());
-    }
-    let network = &settings.network;
-    // Each problem at the place of the field naming the file, both at once.
-    let problems: Vec<String> = [settings.check_secret_file(), settings.check_tls_files()]
-        .into_iter()
-        .filter_map(Result::err)
-        .flat_map(|e| e.problems)
-        .map(|p| p.to_string())
-        .collect();
-    if !problems.is_empty() {
-        return Err(Error::Deployment { problems });
-    }
-    // Without a secret: refused when the file was read, unless it says `insecure`; a
-    // deployment built in code has one host.
-    if network.secret_file.is_none() && network.insecure {
-        log(
-            "warning: links between hosts run WITHOUT authentication (insecure = true in \
-             [network]): anyone who can reach their ports can read the streams and inject data; \
-             see docs/security.md",
-        );
-    }
-    for l in &links {
-        log(&format!("link {l}"));
-    }
-    Ok(())
+        .collect()
 }
 
 /// What the live view serves and to whom: `--metrics` and `--ui` with the token derived from

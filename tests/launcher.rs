@@ -1520,6 +1520,70 @@ fn bad_deployment_files_are_rejected_with_file_line_column_and_name() -> Result<
     ensure(wrong.is_empty(), || wrong.join("\n\n"))
 }
 
+/// `check` refuses the files `run` refuses before it starts anything: a secret file that is
+/// missing or open to others, a TLS file that is missing; every such problem at once, each at
+/// the line and column of the field that names the file. (It said "good" to all of them.)
+fn check_refuses_the_secret_and_tls_files_that_run_refuses() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("check-files");
+    let exe = own_exe();
+    let check = |path: &Path| {
+        Command::new(launcher_exe())
+            .args([
+                "check".as_ref(),
+                path.as_os_str(),
+                "--app".as_ref(),
+                exe.as_os_str(),
+            ])
+            .args(["--", "app", "relay", "10"])
+            .output()
+            .map_err(|e| e.to_string())
+    };
+    // `record` on another host: a TCP link from this one, which needs the secret and TLS.
+    let two_hosts = "[hosts.local]\naddress = \"127.0.0.1\"\nport = 7600\n\n\
+                     [hosts.far]\naddress = \"127.0.0.2\"\nport = 7700\n\n\
+                     [processes.sink]\nhost = \"far\"\nagents = [\"record\"]\n\n\
+                     [network]\nsecret_file = \"secret\"\n";
+    let tls = "tls_cert = \"host.pem\"\ntls_key = \"host.key\"\ntls_ca = \"ca.pem\"\n";
+    let with_tls = dir.file("tls.toml", &format!("{two_hosts}{tls}"));
+    let file = with_tls.display().to_string();
+    let out = check(&with_tls)?;
+    let want = format!(
+        "{file}:14:1: [network] secret_file: the secret file {} does not exist\n\
+         {file}:15:1: [network] tls_cert: the TLS certificate file {} does not exist\n",
+        dir.path("secret").display(),
+        dir.path("host.pem").display()
+    );
+    let stderr = text(&out.stderr);
+    ensure(out.status.code() == Some(2) && stderr == want, || {
+        format!(
+            "missing files: exit {:?}\nexpected: {want}got:      {stderr}",
+            out.status.code()
+        )
+    })?;
+    let plain = dir.file("plain.toml", two_hosts);
+    let file = plain.display().to_string();
+    let secret = dir.file("secret", "0123456789abcdef0123\n");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    let out = check(&plain)?;
+    let stderr = text(&out.stderr);
+    ensure(
+        out.status.code() == Some(2)
+            && stderr.starts_with(&format!(
+                "{file}:14:1: [network] secret_file: permissions 0644 for the secret file"
+            )),
+        || format!("a secret open to others: {out:?}"),
+    )?;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    let out = check(&plain)?;
+    ensure(
+        out.status.success() && text(&out.stdout).contains("good: application 'relay'"),
+        || format!("a good secret: {out:?}"),
+    )
+}
+
 /// This process's CPUs as the kernel lists them (`0-1`), which the launcher it starts inherits.
 fn allowed_cpus() -> Result<String, String> {
     std::fs::read_to_string("/proc/self/status")
@@ -2683,6 +2747,10 @@ fn main() {
         (
             "run_refuses_reserved_variables_and_missing_cpus_before_starting",
             Box::new(run_refuses_reserved_variables_and_missing_cpus_before_starting),
+        ),
+        (
+            "check_refuses_the_secret_and_tls_files_that_run_refuses",
+            Box::new(check_refuses_the_secret_and_tls_files_that_run_refuses),
         ),
         (
             "bad_deployment_files_are_rejected_with_file_line_column_and_name",
