@@ -239,8 +239,16 @@ fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Resul
     }
     launch::die_with_us(&mut cmd);
     let shown = app.program.display().to_string();
-    let mut child = cmd.spawn().map_err(|e| Error::Runtime {
-        detail: format!("cannot start the application '{shown}': {e}"),
+    let mut child = cmd.spawn().map_err(|e| {
+        // Executing a folder fails with EACCES, which would read as a permission problem.
+        let why = if e.kind() == std::io::ErrorKind::PermissionDenied && app.program.is_dir() {
+            "it is a directory, not a program".to_string()
+        } else {
+            e.to_string()
+        };
+        Error::Runtime {
+            detail: format!("cannot start the application '{shown}': {why}"),
+        }
     })?;
     let stderr = child.stderr.take().expect("stderr is piped");
     // Its last 5 lines on standard error, for the message if it does not describe itself.
@@ -291,8 +299,16 @@ fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Resul
     let text = match std::fs::read(&path) {
         Ok(t) => t,
         Err(_) => {
+            // A program that failed and said why on standard error may well be an iotstream
+            // application (one that rejects its arguments, say): its lines say what happened.
+            // One that ended well or silently is asked what it is.
+            let question = if status.success() || last.is_empty() {
+                "is it an iotstream application that builds a Graph and calls Graph::run or Graph::start?"
+            } else {
+                "it ended before calling Graph::run or Graph::start."
+            };
             let mut detail = format!(
-                "'{shown}' did not describe its graph ({}): is it an iotstream application that builds a Graph and calls Graph::run or Graph::start?",
+                "'{shown}' did not describe its graph ({}): {question}",
                 describe_status(status)
             );
             if !last.is_empty() {

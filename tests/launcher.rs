@@ -1183,6 +1183,42 @@ fn a_program_that_does_not_describe_itself_is_refused_clearly() -> Result<(), St
             && err.contains("no application named no_such_app"),
         || format!("the refusal does not say why:\n{err}"),
     )?;
+    // It failed and said why (as an application rejecting its arguments does): it is not
+    // asked whether it is an iotstream application. A program that ends well without
+    // describing itself is.
+    ensure(
+        !err.contains("is it an iotstream application")
+            && err.contains("it ended before calling Graph::run or Graph::start"),
+        || format!("a failing application is asked what it is:\n{err}"),
+    )?;
+    let run = Launched::start(
+        &["run".as_ref(), "true".as_ref()],
+        &[],
+        "true",
+        Feed::Nothing,
+    );
+    let (status, _out, err) = run.wait()?;
+    ensure(
+        status.code() == Some(2) && err.contains("is it an iotstream application"),
+        || format!("true: exit {status}:\n{err}"),
+    )?;
+    // A folder is not a program; it is not a permission problem either.
+    let dir = Scratch::new("a-folder");
+    let run = Launched::start(
+        &["run".as_ref(), dir.0.as_os_str()],
+        &[],
+        "a_folder",
+        Feed::Nothing,
+    );
+    let (status, _out, err) = run.wait()?;
+    ensure(
+        status.code() == Some(2)
+            && err.contains(&format!(
+                "cannot start the application '{}': it is a directory, not a program",
+                dir.0.display()
+            )),
+        || format!("a folder: exit {status}:\n{err}"),
+    )?;
     let run = Launched::start(
         &["run".as_ref(), "/no/such/program".as_ref()],
         &[],
@@ -2240,6 +2276,11 @@ fn restart_restarts_a_process_and_loses_nothing() -> Result<(), String> {
         false,
         &["no process 'wrok'", "'main', 'work', 'sink'"],
     )?;
+    // Refused before anything is said to be restarting.
+    let wrong = ops(&xdg.0, &["restart", "relay", "wrok"], false)?;
+    ensure(wrong.stdout.is_empty(), || {
+        format!("a refused restart said: {}", text(&wrong.stdout))
+    })?;
     let said = ops_ok(&xdg.0, &["restart", "relay", "work"])?;
     let after = pid_of(&run.stderr(), "work");
     ensure(

@@ -664,6 +664,10 @@ fn restart(app: &str, process: &str, run: Option<&str>) -> ExitCode {
         Ok(f) => f,
         Err(e) => return command_failed(&e),
     };
+    // Refused before anything is said to be restarting (the launcher checks it again).
+    if let Err(e) = found.check_process(process) {
+        return command_failed(&e);
+    }
     println!(
         "restarting process '{process}' of '{app}' (run {})…",
         found.status.run

@@ -1065,6 +1065,28 @@ impl Listed {
         }
     }
 
+    /// `process` is one of this launcher's processes (as listed); an error naming them if
+    /// not, as the launcher's own answer to a restart of it would.
+    pub fn check_process(&self, process: &str) -> Result<(), OpError> {
+        let names: Vec<String> = self
+            .status
+            .processes
+            .iter()
+            .map(|p| p.process.clone())
+            .collect();
+        if names.iter().any(|n| n == process) {
+            return Ok(());
+        }
+        Err(OpError::new(
+            OpErrorKind::NotFound,
+            format!(
+                "no process '{process}' in this launcher of '{}'; its processes are {}",
+                self.status.app,
+                quoted(&names)
+            ),
+        ))
+    }
+
     /// Kills `process` and starts it again; returns once it runs again (what the launcher
     /// said).
     pub fn restart(&self, process: &str) -> Result<String, OpError> {
