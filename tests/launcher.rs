@@ -2368,6 +2368,45 @@ fn another_user_can_neither_list_nor_stop_an_application() -> Result<(), String>
     ensure(status.success(), || format!("{status}\n{stderr}"))
 }
 
+/// A launcher that does not answer (stopped by SIGSTOP, say; here a socket whose listener
+/// never accepts) is listed as running but not answering, with its application, pid and
+/// socket, and `stop` says that it does not answer (exit 1): neither says that nothing runs.
+fn a_launcher_that_does_not_answer_is_not_taken_for_gone() -> Result<(), String> {
+    let xdg = Scratch::new("silent");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(xdg.0.join("iotstream"))
+            .map_err(|e| e.to_string())?;
+    }
+    let pid = std::process::id();
+    let socket = xdg.0.join(format!("iotstream/mute.{pid}.sock"));
+    // Listening, never accepting: a connection waits in its queue and gets no answer.
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| e.to_string())?;
+    let listed = ops_ok(&xdg.0, &["list"])?;
+    ensure(
+        !listed.contains("no iotstream application is running")
+            && listed.contains(&format!(
+                "mute: its launcher (pid {pid}) runs but does not answer on {}",
+                socket.display()
+            )),
+        || format!("list said:\n{listed}"),
+    )?;
+    ops_refused(
+        &xdg.0,
+        &["stop", "mute"],
+        false,
+        &[
+            &format!("the launcher of 'mute' (pid {pid}) does not answer"),
+            &socket.display().to_string(),
+        ],
+    )?;
+    ensure(socket.exists(), || {
+        "the socket of a launcher that runs was removed".to_string()
+    })
+}
+
 /// `launcher connect SOCKET`: connects and asks for the status, printing what happened; exits
 /// 1 if the connection failed (run as another uid by the scenario above).
 fn connect_mode(socket: &str) -> ! {
@@ -2780,6 +2819,10 @@ fn main() {
         (
             "restart_restarts_a_process_and_loses_nothing",
             Box::new(restart_restarts_a_process_and_loses_nothing),
+        ),
+        (
+            "a_launcher_that_does_not_answer_is_not_taken_for_gone",
+            Box::new(a_launcher_that_does_not_answer_is_not_taken_for_gone),
         ),
         (
             "another_user_can_neither_list_nor_stop_an_application",

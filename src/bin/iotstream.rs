@@ -589,13 +589,24 @@ fn list() -> ExitCode {
     for problem in &listing.problems {
         eprintln!("iotstream: warning: {problem}");
     }
-    if listing.apps.is_empty() {
+    if listing.apps.is_empty() && listing.silent.is_empty() {
         println!("no iotstream application is running");
-    } else {
+    }
+    if !listing.apps.is_empty() {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         print!("{}", launcher::socket::render_list(&listing.apps, now_ms));
+    }
+    // Running, but not answering (stopped by SIGSTOP, say): listed, not taken for gone.
+    for s in &listing.silent {
+        let pid = s.pid.map_or(String::new(), |p| format!(" (pid {p})"));
+        println!(
+            "{}: its launcher{pid} runs but does not answer on {}: {}",
+            s.app,
+            s.socket.display(),
+            s.why
+        );
     }
     ExitCode::SUCCESS
 }

@@ -301,15 +301,19 @@ fn make_runtime_dir(dir: &Path) -> Result<(), OpError> {
 
 /// The socket's file name for application `app` and launcher `pid`.
 fn socket_name(app: &str, pid: u32) -> String {
-    let app: String = app
-        .chars()
+    format!("{}.{pid}.sock", socket_app(app))
+}
+
+/// Application `app`'s name as its sockets' names carry it: letters, digits, `_` and `-`
+/// (anything else becomes `_`), at most 32 of them.
+fn socket_app(app: &str) -> String {
+    app.chars()
         .map(|c| match c {
             'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
             _ => '_',
         })
         .take(32)
-        .collect();
-    format!("{app}.{pid}.sock")
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,12 +727,39 @@ pub struct Listed {
     pub status: Status,
 }
 
+/// A launcher that takes connections on its control socket but does not answer (stopped by
+/// SIGSTOP, or stuck): it runs, but cannot be asked anything.
+#[derive(Clone, Debug)]
+pub struct Silent {
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// Its application's name as the socket's name carries it (see the
+    /// [module](self) documentation: letters, digits, `_` and `-`, at most 32 of them).
+    pub app: String,
+    /// The launcher's pid, from the socket's name.
+    pub pid: Option<u32>,
+    /// What asking it gave.
+    pub why: String,
+}
+
+impl Silent {
+    /// `'APP' (pid N)`, or `'APP'` when the socket's name carries no pid.
+    fn describe(&self) -> String {
+        match self.pid {
+            Some(pid) => format!("'{}' (pid {pid})", self.app),
+            None => format!("'{}'", self.app),
+        }
+    }
+}
+
 /// What [`list`] found.
 #[derive(Clone, Debug, Default)]
 pub struct Listing {
     /// The applications running, sorted by name and start.
     pub apps: Vec<Listed>,
-    /// Sockets whose launcher did not answer, with why.
+    /// The launchers that took a connection but did not answer: running, but not answering.
+    pub silent: Vec<Silent>,
+    /// Sockets that could not be asked (other than those of launchers gone), with why.
     pub problems: Vec<String>,
     /// Stale sockets removed (their launcher is gone).
     pub removed: Vec<PathBuf>,
@@ -793,7 +824,20 @@ pub fn list_in(dir: &Path) -> Result<Listing, OpError> {
             Ok(other) => listing
                 .problems
                 .push(format!("{}: unexpected answer {other:?}", path.display())),
-            Err(e) => listing.problems.push(format!("{}: {e}", path.display())),
+            // It took the connection: its launcher runs, but does not answer.
+            Err(e) => {
+                let stem = name.trim_end_matches(".sock");
+                let (app, pid) = match stem.rsplit_once('.') {
+                    Some((app, pid)) => (app.to_string(), pid.parse().ok()),
+                    None => (stem.to_string(), None),
+                };
+                listing.silent.push(Silent {
+                    socket: path,
+                    app,
+                    pid,
+                    why: e.message,
+                });
+            }
         }
     }
     listing.apps.sort_by(|a, b| {
@@ -804,8 +848,39 @@ pub fn list_in(dir: &Path) -> Result<Listing, OpError> {
 
 /// The running application named `app` (its name in [`Graph::new`](crate::Graph::new)), run
 /// `run` if given (needed when several runs of it are running).
+///
+/// An application whose launcher does not answer is not said not to run: that is an error
+/// of its own, naming the launcher's pid and socket.
 pub fn find(app: &str, run: Option<&str>) -> Result<Listed, OpError> {
-    pick(list()?.apps, app, run)
+    let listing = list()?;
+    pick(listing.apps, app, run).map_err(|e| match e.kind {
+        OpErrorKind::NotFound => silent_instead(e, &listing.silent, app),
+        _ => e,
+    })
+}
+
+/// `not_found` (no answering launcher of `app`), unless launchers of `app` were found that do
+/// not answer: then an error naming them.
+fn silent_instead(not_found: OpError, silent: &[Silent], app: &str) -> OpError {
+    let named: Vec<String> = silent
+        .iter()
+        .filter(|s| s.app == socket_app(app))
+        .map(|s| {
+            format!(
+                "the launcher of {} does not answer on {}: {}",
+                s.describe(),
+                s.socket.display(),
+                s.why
+            )
+        })
+        .collect();
+    if named.is_empty() {
+        return not_found;
+    }
+    OpError::failed(format!(
+        "{}; it runs, but cannot be asked anything (stopped, by SIGSTOP say, or stuck)",
+        named.join("; ")
+    ))
 }
 
 /// [`find`] among `apps`.
@@ -898,8 +973,15 @@ fn exchange(
     wait: impl Into<Option<Duration>>,
     mut on_reply: impl FnMut(Reply) -> bool,
 ) -> Result<(), OpError> {
-    let lost = |e: std::io::Error| OpError::failed(format!("the launcher's control socket: {e}"));
-    conn.set_read_timeout(wait.into()).map_err(lost)?;
+    let wait = wait.into();
+    let lost = |e: std::io::Error| match (e.kind(), wait) {
+        // The read timed out.
+        (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut, Some(w)) => {
+            OpError::failed(format!("no answer within {} ms", w.as_millis()))
+        }
+        _ => OpError::failed(format!("the launcher's control socket: {e}")),
+    };
+    conn.set_read_timeout(wait).map_err(lost)?;
     conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(lost)?;
     let mut line = serde_json::to_string(request).map_err(|e| OpError::failed(e.to_string()))?;
     line.push('\n');
