@@ -350,35 +350,42 @@ pub fn application(path: PathBuf, cfg: &Config) -> (Graph, Tally) {
 
 fn main() {
     iotstream::init_logging();
-    let (path, generated) = match std::env::args_os().nth(1) {
+    // The generated log is a file without a name, which the system removes once this process
+    // ends, however it ends: no clean-up after `run` is needed. None would run when the
+    // launcher asks the program to describe its graph (`run` ends the process there), nor in
+    // a process killed by a signal.
+    let (path, _generated) = match std::env::args_os().nth(1) {
         Some(p) => (PathBuf::from(p), None),
         None => {
             // 2026-12-02 12:00:00 UTC, six minutes of traffic.
             let (lines, beyond) = generate(1_796_212_800_000, 6, 7);
-            let path =
-                std::env::temp_dir().join(format!("iotstream-access-{}.log", std::process::id()));
-            if let Err(e) = std::fs::write(&path, lines.join("\n") + "\n") {
-                eprintln!(
-                    "error: cannot write the generated log {}: {e}",
-                    path.display()
-                );
-                std::process::exit(1);
-            }
+            let written = tempfile::tempfile().and_then(|mut file| {
+                std::io::Write::write_all(&mut file, (lines.join("\n") + "\n").as_bytes())?;
+                Ok(file)
+            });
+            let file = match written {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: cannot write the generated log: {e}");
+                    std::process::exit(1);
+                }
+            };
+            // The source opens it by this path, which names the open file of this process.
+            let path = PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&file)
+            ));
             println!(
-                "generated {} lines ({} written more than 5 s late) in {}",
+                "generated {} lines ({} written more than 5 s late) in a temporary file without \
+                 a name, removed when the program ends",
                 lines.len(),
                 beyond,
-                path.display()
             );
-            (path.clone(), Some(path))
+            (path, Some(file))
         }
     };
     let (g, tally) = application(path, &Config::default());
-    let result = g.run();
-    if let Some(p) = generated {
-        let _ = std::fs::remove_file(p);
-    }
-    if let Err(e) = result {
+    if let Err(e) = g.run() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -1123,6 +1123,22 @@ type Ready = Result<(Arc<Registry>, HashMap<PortId, Box<dyn Any + Send>>), Error
 impl Graph {
     /// Runs the application until it ends; returns its final counters or the first error. See
     /// [`runtime`](crate::runtime).
+    ///
+    /// `run` does not always return, so clean-up written after it does not always run:
+    ///
+    /// - Under the `iotstream` launcher, the program is first started only to describe its
+    ///   graph (`iotstream run`, `graph` and `check` all do this): there `run` writes the
+    ///   description and ends the process (see [`start`](Graph::start)).
+    /// - A process can be killed: by the launcher (a restart, a drain that outlasts
+    ///   `drain_timeout_ms`, its own end), or by a second Ctrl-C or SIGTERM.
+    ///
+    /// And `main` runs in every process of the application (each builds the same graph), and
+    /// in that describe step, so what it does before `run` is done each time. So make what must
+    /// not outlive the process something the system removes with it (an unnamed temporary
+    /// file, such as `tempfile::tempfile()` makes, is read by the path
+    /// `/proc/self/fd/N`), or create it in an agent that uses it, and remove it in that
+    /// agent's [`finish`](crate::Agent::finish); never rely on code after `run` for clean-up
+    /// that must happen.
     pub fn run(self) -> Result<Metrics, Error> {
         self.start()?.join()
     }
