@@ -23,8 +23,8 @@
 //!
 //! ```text
 //! cargo build --release --example log_monitor --bin iotstream
-//! tail -F /var/log/syslog | target/release/iotstream run target/release/examples/log_monitor \
-//!     --deploy examples/log_monitor.toml
+//! journalctl -f | target/release/iotstream run target/release/examples/log_monitor \
+//!     --deploy examples/log_monitor.toml     # or tail -F /var/log/syslog | ..., where it exists
 //! ```
 //!
 //! `tests/log_monitor.rs` compiles this file as a module (`#[path]`) and checks the alerts with

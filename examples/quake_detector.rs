@@ -4,7 +4,7 @@
 //! known times. The application is four agents:
 //!
 //! ```text
-//! seismometer ──▶ sta_lta ──▶ trigger ──▶ print
+//! seismometer ──▶ sta_lta ──▶ trigger ──▶ alerts
 //!  (Source)      (Agent)     (filter_map)  (for_each)
 //! ```
 //!
@@ -13,7 +13,7 @@
 //!   running sums over two ring buffers;
 //! - `trigger` emits a [`Detection`] when the ratio rises above 4, and re-arms once it falls
 //!   below 1.5;
-//! - `print` prints each detection; `main` prints a one-line summary at the end.
+//! - `alerts` prints each detection; `main` prints a one-line summary at the end.
 //!
 //! ```text
 //! cargo run --release --example quake_detector                  # 10 minutes of data, at full speed

@@ -189,7 +189,7 @@ pub fn prometheus_text(view: &AppMetrics) -> String {
         (
             "iotstream_process_restarts_total",
             Kind::Counter,
-            "Times the process was started again after a failure.",
+            "Times the process was started again, after a failure or asked for (iotstream restart).",
         ),
     ];
     for (i, (name, kind, help)) in process_families.iter().enumerate() {
