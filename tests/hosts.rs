@@ -1520,7 +1520,7 @@ fn tls_case(network: &str, rogue: Option<usize>) -> Result<(), String> {
         // Its own CA file does not sign its certificate: refused before anything starts.
         let (status, _, err) = net.launch(rogue, "indexed", &args).wait()?;
         let want = format!(
-            "TLS: the certificate in {} is refused by the CA in {}",
+            "[network] tls_cert: the certificate in {} is refused by the CA in {}",
             site.join("tls.pem").display(),
             site.join("ca.pem").display()
         );
