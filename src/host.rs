@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, Inputs, Outputs, StepTime};
 use crate::error::{panic_message, AgentError, Error};
-use crate::metrics::{add, step_clock, AgentCounters};
+use crate::metrics::{add, AgentCounters};
 use crate::port::{InSlot, OutSlot};
 use crate::stream::Mark;
 pub(crate) use crate::transport::{join_waiting, Envelope, Mailbox};
@@ -537,7 +537,7 @@ impl Host {
                             agent: id,
                             slots: &mut self.outputs,
                         };
-                        let started = step_clock::now();
+                        let started = self.counters.step_started();
                         let r = catch_unwind(AssertUnwindSafe(|| {
                             in_step(|| agent.step(&mut inputs, &mut outputs))
                         }));
@@ -574,7 +574,7 @@ impl Host {
                                 agent: id,
                                 slots: &mut self.outputs,
                             };
-                            let started = step_clock::now();
+                            let started = self.counters.step_started();
                             let r = catch_unwind(AssertUnwindSafe(|| {
                                 in_step(|| agent.finish(&mut outputs))
                             }));
@@ -592,7 +592,7 @@ impl Host {
                             agent: id,
                             slots: &mut self.outputs,
                         };
-                        let started = step_clock::now();
+                        let started = self.counters.step_started();
                         let r = catch_unwind(AssertUnwindSafe(|| source.step(&mut outputs)));
                         self.counters.note_busy(started);
                         r

@@ -5,7 +5,7 @@
 //! from [`Running::metrics`](crate::Running::metrics) during a run, or from the value
 //! [`Graph::run`](crate::Graph::run) returns at the end.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,13 @@ pub(crate) struct LinkCounters {
     pub elements: AtomicU64,
     pub batches: AtomicU64,
     pub dropped: AtomicU64,
+    /// Time the writer held data it could not send, in nanoseconds, for the waits that ended
+    /// (see [`LinkCounters::blocked_now`] for the one going on).
     pub blocked_ns: AtomicU64,
+    /// While the writer waits: [`mono_ns`] at the wait's start, plus one; 0 otherwise.
+    pub blocked_since: AtomicU64,
+    /// The most blocked time a snapshot said ([`LinkCounters::blocked_now`]).
+    pub blocked_said: AtomicU64,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
     pub released_early: AtomicU64,
@@ -58,8 +64,13 @@ pub(crate) struct LinkCounters {
 pub(crate) struct AgentCounters {
     pub steps: AtomicU64,
     pub consumed: AtomicU64,
-    /// Time spent in steps (and `finish`), in [`step_clock`] ticks.
+    /// Time spent in steps (and `finish`) that ended, in [`step_clock`] ticks (see
+    /// [`AgentCounters::busy_now`] for the step going on).
     pub busy_ticks: AtomicU64,
+    /// While a step runs: the [`step_clock`] reading at its start, plus one; 0 otherwise.
+    pub step_since: AtomicU64,
+    /// The most busy time a snapshot said, in ticks ([`AgentCounters::busy_now`]).
+    pub busy_said: AtomicU64,
     /// Elements the agent found late ([`Inputs::count_late`](crate::Inputs::count_late)).
     pub late: AtomicU64,
     /// Elements a sink could not deliver to the outside world
@@ -73,15 +84,99 @@ impl LinkCounters {
         self.in_flight.store(n, Relaxed);
         self.max_in_flight.fetch_max(n, Relaxed);
     }
+
+    /// The writer starts waiting with data it cannot send; returns the start, for
+    /// [`unblocked`](Self::unblocked).
+    pub fn blocked(&self) -> u64 {
+        let now = mono_ns();
+        self.blocked_since.store(now.saturating_add(1), Relaxed);
+        now
+    }
+
+    /// The wait that started at `since` ([`blocked`](Self::blocked)) is over.
+    pub fn unblocked(&self, since: u64) {
+        // Cleared before the time is added: a snapshot that sees the time added sees it
+        // cleared, and never counts the wait twice (see `ongoing`).
+        self.blocked_since.store(0, Release);
+        self.blocked_ns
+            .fetch_add(mono_ns().saturating_sub(since), Release);
+    }
+
+    /// The writer's blocked time so far, in nanoseconds, the wait going on included (a writer
+    /// that has waited for a minute shows that minute now, not once it is over), and never
+    /// less than an earlier call said.
+    pub fn blocked_now(&self) -> u64 {
+        ongoing(
+            &self.blocked_ns,
+            &self.blocked_since,
+            &self.blocked_said,
+            mono_ns(),
+        )
+    }
 }
 
 impl AgentCounters {
-    /// Adds the time since `started` (a [`step_clock::now`] reading) to the busy time: called
-    /// once per step.
+    /// A step (or `finish`) starts: returns the [`step_clock`] reading to pass to
+    /// [`note_busy`](Self::note_busy) when it ends.
+    #[inline]
+    pub fn step_started(&self) -> u64 {
+        let now = step_clock::now();
+        self.step_since.store(now.saturating_add(1), Relaxed);
+        now
+    }
+
+    /// Adds the time since `started` ([`step_started`](Self::step_started)) to the busy time:
+    /// called once per step.
     #[inline]
     pub fn note_busy(&self, started: u64) {
-        add(&self.busy_ticks, step_clock::now().saturating_sub(started));
+        // Cleared first, as in `LinkCounters::unblocked`.
+        self.step_since.store(0, Release);
+        self.busy_ticks
+            .fetch_add(step_clock::now().saturating_sub(started), Release);
     }
+
+    /// The busy time so far, in ticks, the step going on included (an agent in a step of a
+    /// minute shows busy through that minute), and never less than an earlier call said.
+    pub fn busy_now(&self) -> u64 {
+        ongoing(
+            &self.busy_ticks,
+            &self.step_since,
+            &self.busy_said,
+            step_clock::now(),
+        )
+    }
+}
+
+/// A time counter with the span going on: `done` (spans that ended), plus `now - (since - 1)`
+/// if `since` is set (not 0), raised to what `said` holds (and stored there).
+///
+/// The writer clears `since` (`Release`) before it adds the span to `done` (`Release`); this
+/// reads `done` before `since` (`Acquire` both). So if `done` includes a span, `since` is seen
+/// cleared (or set anew, for a later span): a span is never counted twice, and the sum is never
+/// more than the truth. It may be less (`done` read just before a span was added, `since` just
+/// after it was cleared): `said`, the most said so far, keeps what is reported from going back,
+/// which a Prometheus counter must never do.
+fn ongoing(done: &AtomicU64, since: &AtomicU64, said: &AtomicU64, now: u64) -> u64 {
+    let ended = done.load(Ordering::Acquire);
+    let since = since.load(Ordering::Acquire);
+    let total = match since {
+        0 => ended,
+        s => ended.saturating_add(now.saturating_sub(s - 1)),
+    };
+    said.fetch_max(total, Relaxed).max(total)
+}
+
+/// Nanoseconds on the monotonic clock since the process first asked: when a writer's wait
+/// started ([`LinkCounters::blocked`]).
+pub(crate) fn mono_ns() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(
+        ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos(),
+    )
+    .unwrap_or(u64::MAX)
 }
 
 /// The clock that times agents' steps ([`AgentCounters::note_busy`]), read twice per step, so
@@ -286,7 +381,7 @@ impl Registry {
                     elements: l.counters.elements.load(Relaxed),
                     batches: l.counters.batches.load(Relaxed),
                     dropped: l.counters.dropped.load(Relaxed),
-                    blocked: Duration::from_nanos(l.counters.blocked_ns.load(Relaxed)),
+                    blocked: Duration::from_nanos(l.counters.blocked_now()),
                     in_flight: l.counters.in_flight.load(Relaxed),
                     max_in_flight: l.counters.max_in_flight.load(Relaxed),
                     released_early: l.counters.released_early.load(Relaxed),
@@ -302,7 +397,7 @@ impl Registry {
                     name: name.clone(),
                     steps: c.steps.load(Relaxed),
                     consumed: c.consumed.load(Relaxed),
-                    busy: Duration::from_nanos(busy.nanos(c.busy_ticks.load(Relaxed))),
+                    busy: Duration::from_nanos(busy.nanos(c.busy_now())),
                     late: c.late.load(Relaxed),
                     undelivered: c.undelivered.load(Relaxed),
                 })

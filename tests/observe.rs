@@ -3,7 +3,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use iotstream::info::GraphInfo;
 use iotstream::observe::{AppMetrics, ServeOptions};
@@ -223,6 +225,79 @@ impl Agent for Slow {
     fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
         let n = i.slice(&self.input).len().min(10);
         o.extend(&self.out, i.slice(&self.input)[..n].iter().copied());
+        i.consume(&self.input, n);
+        Ok(())
+    }
+}
+
+/// An agent in a long step shows as busy while it is in it, and a writer that waits with data
+/// it cannot send shows that wait while it lasts. Both were counted only once over (a user's
+/// audit saw an agent in steps of 1.5 s shown idle in alternate seconds, and a writer whose
+/// reader was stopped shown 0 % blocked for as long as the stop lasted).
+#[test]
+fn a_long_step_and_a_long_wait_show_while_they_last() {
+    let gate = Arc::new(AtomicBool::new(false));
+    let mut g = Graph::new("long_step");
+    let xs = g.source_iter("numbers", 0..10_000u64);
+    let (input, out) = g.add_agent("stuck", |p| {
+        let input = p.input::<u64>("in");
+        let out = p.output::<u64>("out");
+        let stuck = Stuck {
+            input,
+            out,
+            gate: Arc::clone(&gate),
+        };
+        (stuck, (input, out))
+    });
+    g.connect_with(&xs, &input, Connection::new().capacity(16));
+    g.for_each("sink", &out, |_: &u64| {});
+    let running = g.start().unwrap();
+    let enough = Duration::from_millis(50);
+    let start = Instant::now();
+    let shown = loop {
+        let m = running.metrics();
+        let busy = m.agent("stuck").unwrap().busy;
+        let blocked = m.link("numbers.out", "stuck").unwrap().blocked;
+        if busy >= enough && blocked >= enough {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let m = running.metrics();
+    gate.store(true, Ordering::SeqCst);
+    let done = running.join().unwrap();
+    assert!(
+        shown,
+        "in the first step (busy {:?}) and waiting (blocked {:?}) for 30 s: not shown",
+        m.agent("stuck").unwrap().busy,
+        m.link("numbers.out", "stuck").unwrap().blocked
+    );
+    // Never less than said before: counters that go on from where they were.
+    assert!(done.agent("stuck").unwrap().busy >= m.agent("stuck").unwrap().busy);
+    assert!(
+        done.link("numbers.out", "stuck").unwrap().blocked
+            >= m.link("numbers.out", "stuck").unwrap().blocked
+    );
+    assert_eq!(done.link("numbers.out", "stuck").unwrap().elements, 10_000);
+}
+
+/// Stays in its first step until the gate opens, then forwards everything.
+struct Stuck {
+    input: Input<u64>,
+    out: Stream<u64>,
+    gate: Arc<AtomicBool>,
+}
+
+impl Agent for Stuck {
+    fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+        while !self.gate.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let n = i.slice(&self.input).len();
+        o.extend(&self.out, i.slice(&self.input).iter().copied());
         i.consume(&self.input, n);
         Ok(())
     }

@@ -214,7 +214,7 @@ pub fn prometheus_text(view: &AppMetrics) -> String {
         ),
         (
             "iotstream_agent_busy_seconds_total",
-            "Time the agent spent in its steps, in seconds.",
+            "Time the agent spent in its steps, the step going on included, in seconds.",
         ),
         (
             "iotstream_agent_late_total",
@@ -303,7 +303,7 @@ pub fn prometheus_text(view: &AppMetrics) -> String {
         (
             "iotstream_link_blocked_seconds_total",
             Kind::Counter,
-            "Time the writer held data it could not send on the connection, in seconds.",
+            "Time the writer waited with data it could not send on the connection (never on one that drops), the wait going on included, in seconds.",
         ),
         (
             "iotstream_link_in_flight",

@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::broker::BrokerSender;
 use super::mailbox::{Envelope, Mailbox};
@@ -84,7 +83,8 @@ pub(crate) struct LinkTx<T> {
     stashed: usize,
     close_pending: bool,
     eos_sent: bool,
-    blocked_since: Option<Instant>,
+    /// When the writer started waiting with data it cannot send ([`LinkCounters::blocked`]).
+    blocked_since: Option<u64>,
     counters: Arc<LinkCounters>,
     label: String,
     /// The first transport failure (a corrupt ring, an element too large for a frame).
@@ -444,11 +444,15 @@ impl<T: Element> LinkTx<T> {
         }
     }
 
+    /// Times the writer's waits: while a link that blocks holds data it cannot send. A link
+    /// that drops instead never holds its writer back, whatever it holds (a drop-oldest link
+    /// keeps the newest elements for when room comes): not blocked.
     fn note_blocked(&mut self) {
-        match (self.stash.is_empty(), self.blocked_since) {
-            (false, None) => self.blocked_since = Some(Instant::now()),
-            (true, Some(since)) => {
-                add(&self.counters.blocked_ns, since.elapsed().as_nanos() as u64);
+        let waits = !self.stash.is_empty() && self.policy == Policy::Block;
+        match (waits, self.blocked_since) {
+            (true, None) => self.blocked_since = Some(self.counters.blocked()),
+            (false, Some(since)) => {
+                self.counters.unblocked(since);
                 self.blocked_since = None;
             }
             _ => {}
