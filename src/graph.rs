@@ -1194,6 +1194,8 @@ impl Graph {
                 hosts[reader].as_mut().expect("local").inputs[e.to.port as usize]
                     .set_timed(timed[writer]);
                 let target = Arc::clone(mailboxes[reader].as_ref().expect("local reader"));
+                // An in-process link's reader stores its consumption in the link's counters.
+                let local_counters = (resolved == Resolved::Local).then(|| Arc::clone(&counters));
                 let credit_to = match resolved {
                     Resolved::Local => {
                         Arc::clone(mailboxes[writer].as_ref().expect("local writer"))
@@ -1231,6 +1233,7 @@ impl Graph {
                         // A ring's feeder, a TCP link and a broker link release or
                         // acknowledge only what the reader consumed.
                         durable: resolved != Resolved::Local,
+                        local: local_counters,
                     },
                 );
             }

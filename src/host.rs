@@ -906,6 +906,7 @@ mod tests {
             capacity,
             policy: Policy::Block,
             durable,
+            local: None,
         });
         let mut output: Box<dyn OutSlot> = Box::new(OutBuf::<u64>::new());
         output.add_link(LinkSpec {

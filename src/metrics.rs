@@ -50,6 +50,9 @@ pub(crate) struct LinkCounters {
     pub blocked_said: AtomicU64,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    /// In-process links: the elements the reading agent consumed, stored by the reader's host
+    /// after each step (its credit goes back in groups: see [`LinkCounters::local_backlog`]).
+    pub consumed: AtomicU64,
     pub released_early: AtomicU64,
     /// TCP links: payload bytes sent (writer) or received (reader).
     pub bytes: AtomicU64,
@@ -83,6 +86,16 @@ impl LinkCounters {
     pub fn set_in_flight(&self, n: u64) {
         self.in_flight.store(n, Relaxed);
         self.max_in_flight.fetch_max(n, Relaxed);
+    }
+
+    /// An in-process link's backlog, sent and not consumed, with `sent` elements sent: at most
+    /// `uncredited` (sent and not credited back, which also counts what was consumed and is
+    /// credited only with the rest of its group). Stored as the in-flight gauge by the writer
+    /// when it sends or gets credit and by the reader after each step, so that the gauge of a
+    /// pipeline that consumed everything says 0, not up to a quarter of the capacity.
+    pub fn local_backlog(&self, sent: u64, uncredited: u64) -> u64 {
+        sent.saturating_sub(self.consumed.load(Ordering::Acquire))
+            .min(uncredited)
     }
 
     /// The writer starts waiting with data it cannot send; returns the start, for

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::metrics::{add, StreamCounters};
+use crate::metrics::{add, LinkCounters, StreamCounters};
 use crate::stream::{spare, AnyBatch, Batch, Element, Mark, Policy, VecPool, SMALL_VEC_BYTES};
 use crate::transport::broker::{BrokerSender, BrokerWriterSpec};
 use crate::transport::tcp::{TcpSender, TcpWriterSpec};
@@ -29,6 +29,9 @@ pub(crate) struct CreditRoute {
     /// comes back: credit then means "done with", and is returned only once the step's outputs
     /// are handed on (see [`Host::run`]), so that a restarted process re-reads what was not.
     pub durable: bool,
+    /// An in-process link's counters, shared with its writer: the reader stores there what its
+    /// agent consumed, and the backlog that leaves ([`LinkCounters::local_backlog`]).
+    pub local: Option<Arc<LinkCounters>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,6 +492,20 @@ impl<T: Element> InSlot for InBuf<T> {
             match std::mem::replace(&mut self.view, View::Owned(Vec::new(), 0)) {
                 View::Borrowed(_) => {}
                 View::Owned(v, _) => self.keep_spare(v),
+            }
+        }
+        if let Some(local) = self.route.as_ref().and_then(|r| r.local.as_ref()) {
+            if self.consumed > 0 {
+                local
+                    .consumed
+                    .store(self.consumed_total, std::sync::atomic::Ordering::Release);
+                let sent = local.elements.load(std::sync::atomic::Ordering::Relaxed);
+                // What the writer's credit says is in flight is not known here: sent and not
+                // consumed is.
+                local.in_flight.store(
+                    local.local_backlog(sent, u64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
         }
         std::mem::take(&mut self.consumed)

@@ -116,7 +116,9 @@ fn transmit<T: Element>(
                 input: *input,
                 batch: part.into_any(),
             });
-            let in_flight = (capacity - *credit) as u64;
+            // `elements` does not count these `n` yet.
+            let sent = counters.elements.load(std::sync::atomic::Ordering::Relaxed) + n as u64;
+            let in_flight = counters.local_backlog(sent, (capacity - *credit) as u64);
             counters
                 .in_flight
                 .store(in_flight, std::sync::atomic::Ordering::Relaxed);
@@ -463,8 +465,13 @@ impl<T: Element> LinkTx<T> {
     pub(crate) fn credit(&mut self, n: usize) {
         if let Flavor::Local { .. } = self.flavor {
             self.credit = (self.credit + n).min(self.capacity);
+            let sent = self
+                .counters
+                .elements
+                .load(std::sync::atomic::Ordering::Relaxed);
             self.counters.in_flight.store(
-                (self.capacity - self.credit) as u64,
+                self.counters
+                    .local_backlog(sent, (self.capacity - self.credit) as u64),
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
