@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
-use crate::observe::http::{Server, ViewSource};
+use crate::observe::http::{listen_address, Server, ViewSource};
 use crate::observe::peers::{self, PeerServer};
 use crate::observe::{Aggregator, AppMetrics};
 use crate::transport::tcp::auth::Secret;
@@ -102,17 +102,21 @@ impl Watch {
         )));
         let mut servers = Vec::new();
         let source: Arc<dyn ViewSource> = Arc::clone(&board) as Arc<dyn ViewSource>;
-        let mut addrs: Vec<&String> = Vec::new();
+        // Where each server listens, as resolved: `9465`, `127.0.0.1:9465` and (where it
+        // resolves there) `localhost:9465` are one address, served once.
+        let mut addrs: Vec<SocketAddr> = Vec::new();
         let mut served = Vec::new();
         for (flag, addr) in [("--metrics", &options.metrics), ("--ui", &options.ui)] {
             let Some(addr) = addr else { continue };
-            if let Some(i) = addrs.iter().position(|a| *a == addr) {
+            // An address that does not resolve is not compared: `serve` says what is wrong.
+            let resolved = listen_address(addr).ok();
+            if let Some(i) = resolved.and_then(|r| addrs.iter().position(|a| *a == r)) {
                 served.push((flag, i)); // one server serves both
                 continue;
             }
             let server = serve(flag, addr, options.token.as_deref(), Arc::clone(&source))?;
             served.push((flag, servers.len()));
-            addrs.push(addr);
+            addrs.push(resolved.unwrap_or_else(|| server.local_addr()));
             servers.push(server);
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -446,8 +450,9 @@ mod tests {
         assert_eq!((addrs[0].0, addrs[1].0), ("--metrics", "--ui"));
         assert_eq!(addrs[0].1, addrs[1].1, "one server for the same address");
 
-        let watch = Watch::start(board(), options(Some("127.0.0.1:0"), Some("localhost:0")))
-            .expect("served");
+        let port = free_port();
+        let ui = format!("127.0.0.1:{port}");
+        let watch = Watch::start(board(), options(Some("127.0.0.1:0"), Some(&ui))).expect("served");
         let addrs = watch.addrs();
         assert_eq!(addrs.len(), 2, "{addrs:?}");
         assert_ne!(addrs[0].1, addrs[1].1, "two addresses, two servers");
@@ -456,6 +461,46 @@ mod tests {
         let addrs = watch.addrs();
         assert_eq!(addrs.len(), 1);
         assert_eq!(addrs[0].0, "--ui");
+    }
+
+    /// A port nothing listens on now (on 127.0.0.1).
+    fn free_port() -> u16 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("its address").port()
+    }
+
+    #[test]
+    fn one_address_spelt_two_ways_is_served_once() {
+        // A port alone is that port on 127.0.0.1: the same address as written in full.
+        let port = free_port();
+        let (alone, full) = (port.to_string(), format!("127.0.0.1:{port}"));
+        let watch = Watch::start(board(), options(Some(&full), Some(&alone)))
+            .expect("served by one server");
+        let addrs = watch.addrs();
+        assert_eq!(addrs.len(), 2, "{addrs:?}");
+        assert_eq!(addrs[0].1, addrs[1].1, "one server for the same address");
+        assert_eq!(addrs[0].1.to_string(), full);
+        drop(watch);
+
+        // A name: one server when it names the same address (localhost is 127.0.0.1 on most
+        // machines), two when not (localhost first as ::1); never "address already in use".
+        let port = free_port();
+        let (name, full) = (format!("localhost:{port}"), format!("127.0.0.1:{port}"));
+        let watch = Watch::start(board(), options(Some(&full), Some(&name))).expect("served");
+        let addrs = watch.addrs();
+        assert_eq!(addrs.len(), 2, "{addrs:?}");
+        let same = name.to_socket_addrs().ok().and_then(|mut a| a.next()) == Some(addrs[0].1);
+        assert_eq!(addrs[0].1 == addrs[1].1, same, "{name}: {addrs:?}");
+        drop(watch);
+
+        // 0.0.0.0 (every interface) is not 127.0.0.1: two servers.
+        let mut o = options(Some("127.0.0.1:0"), Some("0.0.0.0:0"));
+        o.token = Some("a-view-token".into());
+        let watch = Watch::start(board(), o).expect("served");
+        let addrs = watch.addrs();
+        assert_eq!(addrs.len(), 2, "{addrs:?}");
+        assert_ne!(addrs[0].1, addrs[1].1, "two addresses, two servers");
+        assert!(addrs[1].1.ip().is_unspecified(), "{addrs:?}");
     }
 
     #[test]

@@ -121,6 +121,20 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// The socket address a server asked for on `addr` listens on: a port alone is that port on
+/// the loopback interface (`127.0.0.1`), anything else is `host:port` and its first address
+/// (a name is resolved). The error says why `addr` names no address.
+pub fn listen_address(addr: &str) -> Result<SocketAddr, String> {
+    let addr = match addr.parse::<u16>() {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => addr.to_string(),
+    };
+    addr.to_socket_addrs()
+        .map_err(|e| format!("not an address (host:port): {e}"))?
+        .next()
+        .ok_or_else(|| "the name resolves to no address".to_string())
+}
+
 impl Server {
     /// Serves the live view of `source` on `addr` (`host:port`, or a port alone for
     /// `127.0.0.1:port`; port 0 picks a free one, see
@@ -135,16 +149,7 @@ impl Server {
         let fail = |why: String| Error::Runtime {
             detail: format!("cannot serve the live view on '{addr}': {why}"),
         };
-        // A port alone is a port on the loopback interface.
-        let addr = match addr.parse::<u16>() {
-            Ok(port) => format!("127.0.0.1:{port}"),
-            Err(_) => addr.to_string(),
-        };
-        let resolved = addr
-            .to_socket_addrs()
-            .map_err(|e| fail(format!("not an address (host:port): {e}")))?
-            .next()
-            .ok_or_else(|| fail("the name resolves to no address".into()))?;
+        let resolved = listen_address(addr).map_err(fail)?;
         let token = match token {
             Some("") => return Err(fail("the token is empty".into())),
             Some(t) => Some(digest(t.as_bytes())),
