@@ -818,14 +818,7 @@ fn spawn_cell(cell: &Cell, limit: Duration) -> Result<Outcome, String> {
     if killed {
         // Its processes died with it; their rings are provably stale now.
         let _ = crate::launch::sweep_stale(None);
-        return Err(format!(
-            "killed after {:.0} s (--timeout){}",
-            limit.as_secs_f64(),
-            match last_lines(&stderr, 3) {
-                s if s.is_empty() => String::new(),
-                s => format!("; it said: {s}"),
-            }
-        ));
+        return Err(killed_after(limit, &stderr));
     }
     if !status.success() {
         // The cell's own error line says it best; otherwise whatever it said last.
@@ -849,6 +842,30 @@ fn spawn_cell(cell: &Cell, limit: Duration) -> Result<Outcome, String> {
         }
     }
     Ok(Outcome { values, cpu_s })
+}
+
+/// `210 ms` below a second (never rounded to 0 s), `60 s`, `2.5 s` from a second.
+fn span(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        let s = format!("{:.3}", d.as_secs_f64());
+        format!("{} s", s.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// The error of a cell killed after `limit` (its duration and `--timeout`), with the last
+/// lines its process wrote on its standard error, `stderr`.
+fn killed_after(limit: Duration, stderr: &str) -> String {
+    format!(
+        "killed after {} (--timeout){}",
+        span(limit),
+        match last_lines(stderr, 3) {
+            s if s.is_empty() => String::new(),
+            s => format!("; it said: {s}"),
+        }
+    )
 }
 
 /// What the progress display is told.
@@ -1257,6 +1274,78 @@ mod tests {
         assert_eq!(
             report.failures(),
             ["processes 64 B single @1000/s: latency: delivered 9 of 10 elements"]
+        );
+    }
+
+    /// The cell of `table` (as [`render_table`] lays it out) in the column headed `column`,
+    /// on the first row that starts with `row`; the columns right of the third are aligned
+    /// right and separated by two spaces at least.
+    fn table_cell(table: &str, row: &str, column: &str) -> String {
+        let head = table.lines().next().unwrap_or_default();
+        let end = head[..head.find(column).expect(column)].chars().count() + column.chars().count();
+        let line = table.lines().find(|l| l.starts_with(row)).expect(row);
+        let left: String = line.chars().take(end).collect();
+        left.rsplit("  ")
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn a_cell_killed_by_the_timeout_says_when_and_shows_no_rate() {
+        // Killed below a second: said in milliseconds, not rounded to "0 s".
+        assert_eq!(
+            killed_after(Duration::from_millis(210), ""),
+            "killed after 210 ms (--timeout)"
+        );
+        assert_eq!(
+            killed_after(Duration::from_secs(60), "starting\nstill going\n"),
+            "killed after 60 s (--timeout); it said: starting | still going"
+        );
+        assert_eq!(
+            killed_after(Duration::from_millis(2500), ""),
+            "killed after 2.5 s (--timeout)"
+        );
+
+        // Its row has no elements/s nor bytes/s figure: a dash, not 0.
+        let p = Params::new(8, Pattern::Batch, Duration::from_millis(200));
+        let killed = assemble(
+            Mode::Processes,
+            &p,
+            &Err(killed_after(Duration::from_millis(210), "")),
+            outcome(10, 10),
+            &outcome(50, 50),
+            &outcome(3, 3),
+        );
+        let good = assemble(
+            Mode::Threads,
+            &p,
+            &outcome(100, 100),
+            outcome(10, 10),
+            &outcome(50, 50),
+            &outcome(3, 3),
+        );
+        let report = Report {
+            runs: vec![good, killed],
+            ..Report::default()
+        };
+        let table = render_table(&report);
+        assert_eq!(
+            table_cell(&table, "processes", "elements/s"),
+            "-",
+            "{table}"
+        );
+        assert_eq!(table_cell(&table, "processes", "bytes/s"), "-", "{table}");
+        assert_eq!(
+            table_cell(&table, "threads", "elements/s"),
+            "100",
+            "{table}"
+        );
+        assert_ne!(table_cell(&table, "threads", "bytes/s"), "-", "{table}");
+        assert!(
+            table.contains("FAILED processes 8 B batch: throughput: killed after 210 ms"),
+            "{table}"
         );
     }
 

@@ -26,6 +26,16 @@ fn si(x: f64) -> String {
     }
 }
 
+/// A rate in `unit` per second (`1.23 M`, `3.92 GB`), or `-` for a run that has none: a run
+/// that failed has 0 there.
+fn rate(x: f64, unit: &str) -> String {
+    if x == 0.0 {
+        "-".into()
+    } else {
+        format!("{}{unit}", si(x))
+    }
+}
+
 /// `850 ns`, `31.2 µs`, `4.10 ms`.
 fn ns(x: u64) -> String {
     let x = x as f64;
@@ -134,14 +144,14 @@ pub fn render_table(report: &Report) -> String {
                 r.mode.clone(),
                 size(r.element_bytes),
                 r.pattern_label(),
-                si(r.elements_per_s),
-                format!("{}B", si(r.bytes_per_s)),
+                rate(r.elements_per_s, ""),
+                rate(r.bytes_per_s, "B"),
                 ns(r.p50_ns),
                 ns(r.p99_ns),
                 ns(r.p999_ns),
                 format!("{:.2}", r.cpu_s),
                 r.baseline.clone(),
-                si(r.baseline_elements_per_s),
+                rate(r.baseline_elements_per_s, ""),
                 ratio(r.ratio),
                 ns(r.baseline_p50_ns),
                 ratio(r.latency_ratio),
