@@ -1195,7 +1195,12 @@ impl Graph {
                     .set_timed(timed[writer]);
                 let target = Arc::clone(mailboxes[reader].as_ref().expect("local reader"));
                 // An in-process link's reader stores its consumption in the link's counters.
-                let local_counters = (resolved == Resolved::Local).then(|| Arc::clone(&counters));
+                let local_counters = (resolved == Resolved::Local).then(|| {
+                    counters
+                        .local
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    Arc::clone(&counters)
+                });
                 let credit_to = match resolved {
                     Resolved::Local => {
                         Arc::clone(mailboxes[writer].as_ref().expect("local writer"))

@@ -53,6 +53,8 @@ pub(crate) struct LinkCounters {
     /// In-process links: the elements the reading agent consumed, stored by the reader's host
     /// after each step (its credit goes back in groups: see [`LinkCounters::local_backlog`]).
     pub consumed: AtomicU64,
+    /// An in-process link: its backlog (`in_flight`) is computed when read, not stored.
+    pub local: AtomicBool,
     pub released_early: AtomicU64,
     /// TCP links: payload bytes sent (writer) or received (reader).
     pub bytes: AtomicU64,
@@ -72,7 +74,8 @@ pub(crate) struct AgentCounters {
     pub busy_ticks: AtomicU64,
     /// While a step runs: the [`step_clock`] reading at its start, plus one; 0 otherwise.
     pub step_since: AtomicU64,
-    /// The most busy time a snapshot said, in ticks ([`AgentCounters::busy_now`]).
+    /// The most busy time a snapshot said, in nanoseconds ([`AgentCounters::busy_now`]): kept
+    /// in nanoseconds, not ticks, since the ticks' rate is measured anew at each snapshot.
     pub busy_said: AtomicU64,
     /// Elements the agent found late ([`Inputs::count_late`](crate::Inputs::count_late)).
     pub late: AtomicU64,
@@ -90,9 +93,11 @@ impl LinkCounters {
 
     /// An in-process link's backlog, sent and not consumed, with `sent` elements sent: at most
     /// `uncredited` (sent and not credited back, which also counts what was consumed and is
-    /// credited only with the rest of its group). Stored as the in-flight gauge by the writer
-    /// when it sends or gets credit and by the reader after each step, so that the gauge of a
-    /// pipeline that consumed everything says 0, not up to a quarter of the capacity.
+    /// credited only with the rest of its group). Computed when the counters are read, from
+    /// `elements` (counted by the writer before it posts) and `consumed` (stored by the reader
+    /// after each step), so that a pipeline that consumed everything shows 0, not up to a
+    /// quarter of the capacity, whichever thread stored last; and by the writer after each
+    /// send, for the most in flight.
     pub fn local_backlog(&self, sent: u64, uncredited: u64) -> u64 {
         sent.saturating_sub(self.consumed.load(Ordering::Acquire))
             .min(uncredited)
@@ -119,12 +124,8 @@ impl LinkCounters {
     /// that has waited for a minute shows that minute now, not once it is over), and never
     /// less than an earlier call said.
     pub fn blocked_now(&self) -> u64 {
-        ongoing(
-            &self.blocked_ns,
-            &self.blocked_since,
-            &self.blocked_said,
-            mono_ns(),
-        )
+        let ns = ongoing(&self.blocked_ns, &self.blocked_since, mono_ns());
+        self.blocked_said.fetch_max(ns, Relaxed).max(ns)
     }
 }
 
@@ -148,35 +149,33 @@ impl AgentCounters {
             .fetch_add(step_clock::now().saturating_sub(started), Release);
     }
 
-    /// The busy time so far, in ticks, the step going on included (an agent in a step of a
-    /// minute shows busy through that minute), and never less than an earlier call said.
-    pub fn busy_now(&self) -> u64 {
-        ongoing(
-            &self.busy_ticks,
-            &self.step_since,
-            &self.busy_said,
-            step_clock::now(),
-        )
+    /// The busy time so far, in nanoseconds at the rate `to_ns` measured, the step going on
+    /// included (an agent in a step of a minute shows busy through that minute), and never
+    /// less than an earlier call said.
+    pub fn busy_now(&self, to_ns: step_clock::ToNanos) -> u64 {
+        let ticks = ongoing(&self.busy_ticks, &self.step_since, step_clock::now());
+        let ns = to_ns.nanos(ticks);
+        self.busy_said.fetch_max(ns, Relaxed).max(ns)
     }
 }
 
 /// A time counter with the span going on: `done` (spans that ended), plus `now - (since - 1)`
-/// if `since` is set (not 0), raised to what `said` holds (and stored there).
+/// if `since` is set (not 0). The caller raises it to the most it said before (and stores it
+/// there), in the unit it reports.
 ///
 /// The writer clears `since` (`Release`) before it adds the span to `done` (`Release`); this
 /// reads `done` before `since` (`Acquire` both). So if `done` includes a span, `since` is seen
 /// cleared (or set anew, for a later span): a span is never counted twice, and the sum is never
 /// more than the truth. It may be less (`done` read just before a span was added, `since` just
-/// after it was cleared): `said`, the most said so far, keeps what is reported from going back,
-/// which a Prometheus counter must never do.
-fn ongoing(done: &AtomicU64, since: &AtomicU64, said: &AtomicU64, now: u64) -> u64 {
+/// after it was cleared): the most said so far keeps what is reported from going back, which a
+/// Prometheus counter must never do.
+fn ongoing(done: &AtomicU64, since: &AtomicU64, now: u64) -> u64 {
     let ended = done.load(Ordering::Acquire);
     let since = since.load(Ordering::Acquire);
-    let total = match since {
+    match since {
         0 => ended,
         s => ended.saturating_add(now.saturating_sub(s - 1)),
-    };
-    said.fetch_max(total, Relaxed).max(total)
+    }
 }
 
 /// Nanoseconds on the monotonic clock since the process first asked: when a writer's wait
@@ -395,7 +394,15 @@ impl Registry {
                     batches: l.counters.batches.load(Relaxed),
                     dropped: l.counters.dropped.load(Relaxed),
                     blocked: Duration::from_nanos(l.counters.blocked_now()),
-                    in_flight: l.counters.in_flight.load(Relaxed),
+                    in_flight: if l.counters.local.load(Relaxed) {
+                        // `consumed` first: `elements` is counted before the elements are
+                        // posted, so it is never behind it.
+                        let consumed = l.counters.consumed.load(Ordering::Acquire);
+                        let sent = l.counters.elements.load(Ordering::Acquire);
+                        sent.saturating_sub(consumed).min(l.capacity as u64)
+                    } else {
+                        l.counters.in_flight.load(Relaxed)
+                    },
                     max_in_flight: l.counters.max_in_flight.load(Relaxed),
                     released_early: l.counters.released_early.load(Relaxed),
                     bytes: l.counters.bytes.load(Relaxed),
@@ -410,7 +417,7 @@ impl Registry {
                     name: name.clone(),
                     steps: c.steps.load(Relaxed),
                     consumed: c.consumed.load(Relaxed),
-                    busy: Duration::from_nanos(busy.nanos(c.busy_now())),
+                    busy: Duration::from_nanos(c.busy_now(busy)),
                     late: c.late.load(Relaxed),
                     undelivered: c.undelivered.load(Relaxed),
                 })

@@ -30,7 +30,7 @@ pub(crate) struct CreditRoute {
     /// are handed on (see [`Host::run`]), so that a restarted process re-reads what was not.
     pub durable: bool,
     /// An in-process link's counters, shared with its writer: the reader stores there what its
-    /// agent consumed, and the backlog that leaves ([`LinkCounters::local_backlog`]).
+    /// agent consumed, from which the backlog is computed ([`LinkCounters::local_backlog`]).
     pub local: Option<Arc<LinkCounters>>,
 }
 
@@ -496,16 +496,11 @@ impl<T: Element> InSlot for InBuf<T> {
         }
         if let Some(local) = self.route.as_ref().and_then(|r| r.local.as_ref()) {
             if self.consumed > 0 {
+                // The link's backlog is what was sent less this (see
+                // `LinkCounters::local_backlog`).
                 local
                     .consumed
                     .store(self.consumed_total, std::sync::atomic::Ordering::Release);
-                let sent = local.elements.load(std::sync::atomic::Ordering::Relaxed);
-                // What the writer's credit says is in flight is not known here: sent and not
-                // consumed is.
-                local.in_flight.store(
-                    local.local_backlog(sent, u64::MAX),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
             }
         }
         std::mem::take(&mut self.consumed)

@@ -91,6 +91,16 @@ pub(crate) struct LinkTx<T> {
     error: Option<String>,
 }
 
+impl<T> Drop for LinkTx<T> {
+    fn drop(&mut self) {
+        // A writer gone while it waited (a failed or torn-down run): its wait is over, and a
+        // snapshot must not go on counting it.
+        if let Some(since) = self.blocked_since.take() {
+            self.counters.unblocked(since);
+        }
+    }
+}
+
 /// Sends as much of the front of `batch` as the transport takes now; returns how many elements.
 fn transmit<T: Element>(
     flavor: &mut Flavor<T>,
@@ -99,7 +109,7 @@ fn transmit<T: Element>(
     counters: &LinkCounters,
     batch: &mut Batch<T>,
 ) -> Result<usize, String> {
-    let n = match flavor {
+    match flavor {
         Flavor::Local { mailbox, input } => {
             let n = (*credit).min(batch.len());
             if n == 0 {
@@ -112,32 +122,30 @@ fn transmit<T: Element>(
             } else {
                 batch.split_front(n)
             };
+            // Counted before the post: the reader, which may consume them at once, never
+            // says it consumed more than was sent (the backlog is computed when read, sent
+            // less consumed: see `LinkCounters::local_backlog`).
+            let sent = counters
+                .elements
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Release)
+                + n as u64;
+            add(&counters.batches, 1);
             mailbox.post(Envelope::Data {
                 input: *input,
                 batch: part.into_any(),
             });
-            // `elements` does not count these `n` yet.
-            let sent = counters.elements.load(std::sync::atomic::Ordering::Relaxed) + n as u64;
-            let in_flight = counters.local_backlog(sent, (capacity - *credit) as u64);
-            counters
-                .in_flight
-                .store(in_flight, std::sync::atomic::Ordering::Relaxed);
-            counters
-                .max_in_flight
-                .fetch_max(in_flight, std::sync::atomic::Ordering::Relaxed);
-            n
+            counters.max_in_flight.fetch_max(
+                counters.local_backlog(sent, (capacity - *credit) as u64),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            Ok(n)
         }
         _ => {
             let n = write_bytes(flavor, counters, batch.as_slice())?;
             batch.advance(n);
-            return Ok(n);
+            Ok(n)
         }
-    };
-    if n > 0 {
-        add(&counters.elements, n as u64);
-        add(&counters.batches, 1);
     }
-    Ok(n)
 }
 
 /// Writes the leading elements of `items` that a transport of bytes (a ring, a socket, a
@@ -464,16 +472,8 @@ impl<T: Element> LinkTx<T> {
     /// The reader consumed `n` elements (a ring: there may be room again); sends what waits.
     pub(crate) fn credit(&mut self, n: usize) {
         if let Flavor::Local { .. } = self.flavor {
+            // The backlog is computed when read (`LinkCounters::local_backlog`).
             self.credit = (self.credit + n).min(self.capacity);
-            let sent = self
-                .counters
-                .elements
-                .load(std::sync::atomic::Ordering::Relaxed);
-            self.counters.in_flight.store(
-                self.counters
-                    .local_backlog(sent, (self.capacity - self.credit) as u64),
-                std::sync::atomic::Ordering::Relaxed,
-            );
         }
         // For a ring, a credit envelope means "there may be room again".
         self.pump();

@@ -39,10 +39,11 @@
 //! # A drain before any writer came
 //!
 //! A run that drains (Ctrl-C, `iotstream stop`, another host's Stop) while no writer has ever
-//! claimed the link (the writer's host is not up) ends the stream at once, empty: nothing came,
-//! so nothing is owed, and the drain need not wait out its timeout for a writer that is not
-//! there. A writer that comes later is refused (the stream has ended). Not in a process its
-//! launcher restarted ([`RunContext::restarted`](crate::transport::mailbox::RunContext::restarted)):
+//! claimed the link ends the stream empty once no handshake is in progress and
+//! [`UNCLAIMED_GRACE`] has passed since the feeder started: a writer that is up retries its
+//! connection more often than that, so none is coming (its host is not up), and the drain need
+//! not wait out its timeout for it. A writer that comes later is refused (the stream has
+//! ended). Not in a process its launcher restarted ([`RunContext::restarted`](crate::transport::mailbox::RunContext::restarted)):
 //! its writer may come back to resume what it sent to the process before it.
 
 use std::cell::Cell;
@@ -76,6 +77,14 @@ pub(crate) const MAX_HANDSHAKES: usize = 4;
 
 /// How often the acceptor looks for a new connection.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
+/// How long a draining reader waits, from its start, for a writer that has never connected
+/// before it ends the input empty (see "A drain before any writer came"): longer than a
+/// writer's longest pause between two attempts to connect ([`BACKOFF_MAX`](super::BACKOFF_MAX)),
+/// so that a writer that is up and holds data for this input (its host started first, or this
+/// host was started again by hand while it kept the stream) claims the link within it; shorter
+/// than the default drain bound (10 s).
+pub(super) const UNCLAIMED_GRACE: Duration = Duration::from_secs(6);
 
 /// How long the feeder holds back an Ack while nothing arrives: consumption is acknowledged
 /// in bursts under load, and at most this late once the stream pauses (see
@@ -1157,13 +1166,16 @@ impl<T: Element> Feeder<T> {
                     && st.epoch.is_none()
                     && !st.eos_posted
                     && !shared.run.restarted()
+                    && start.elapsed() >= UNCLAIMED_GRACE
+                    && shared.handshakes.load(Ordering::SeqCst) == 0
                 {
-                    // This run drains and no writer ever claimed the link (its host is not
-                    // up, say): nothing came, so nothing is owed, and the stream ends empty
-                    // here rather than hold the drain until its timeout. Under the lock a
-                    // claim takes: a writer that comes later is told the stream has ended.
-                    // Not in a restarted process: its writer, which was sending to the
-                    // process before it, may still come back to resume.
+                    // This run drains and no writer has claimed the link, none is in a
+                    // handshake, and one that were up would have tried within the grace (its
+                    // host is not up, say): the stream ends empty here rather than hold the
+                    // drain until its timeout. Under the lock a claim takes: a writer that
+                    // comes later is told the stream has ended. Not in a restarted process:
+                    // its writer, which was sending to the process before it, may still come
+                    // back to resume.
                     tracing::warn!(
                         "connection {}: the run drains and host '{}' never connected to {}: \
                          the stream ends here, with nothing received",

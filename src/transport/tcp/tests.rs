@@ -1432,14 +1432,27 @@ fn a_draining_reader_no_writer_ever_reached_ends_its_stream_unless_restarted() {
     assert_eq!(rrun.feeders_finished(), 1);
     assert!(rrun.lingering().is_empty(), "no writer to wait for");
 
+    // A writer that comes within the grace (it was up and retrying) is taken: its host may
+    // hold data for this input.
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 10, usize::MAX);
+    rrun.stop();
+    let mut w = writer::<u64>(r.probe.addr(), &wrun, settings());
+    w.send(&[1, 2, 3], 3, |_| {});
+    w.finish();
+    r.sink.wait("the end of stream", |s| s.eos);
+    assert_eq!(r.sink.items(), vec![1, 2, 3], "a writer within the grace");
+    assert_eq!((rrun.failure(), wrun.failure()), (None, None));
+
     let (rrun, wrun) = (run(), run());
     let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
     rrun.set_restarted();
     let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 10, usize::MAX);
     rrun.stop();
-    // Several of the feeder's passes (each at most a slice): an unrestarted one ended its
-    // stream in the first.
-    std::thread::sleep(5 * SLICE);
+    // Past the grace and several of the feeder's passes (each at most a slice): an
+    // unrestarted one ended its stream by then.
+    std::thread::sleep(super::feeder::UNCLAIMED_GRACE + 5 * SLICE);
     assert!(!r.sink.seen.lock().unwrap().eos, "a restarted reader waits");
     let mut w = writer::<u64>(r.probe.addr(), &wrun, settings());
     w.send(&[1, 2, 3], 3, |_| {});
