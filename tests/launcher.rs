@@ -1509,21 +1509,23 @@ const BAD_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// `iotstream check PATH --app <this test binary> -- app relay 10`: its output.
+fn check_relay(path: &Path) -> Result<std::process::Output, String> {
+    Command::new(launcher_exe())
+        .args([
+            "check".as_ref(),
+            path.as_os_str(),
+            "--app".as_ref(),
+            own_exe().as_os_str(),
+        ])
+        .args(["--", "app", "relay", "10"])
+        .output()
+        .map_err(|e| e.to_string())
+}
+
 fn bad_deployment_files_are_rejected_with_file_line_column_and_name() -> Result<(), String> {
     let dir = Scratch::new("bad");
-    let exe = own_exe();
-    let check = |path: &Path| {
-        Command::new(launcher_exe())
-            .args([
-                "check".as_ref(),
-                path.as_os_str(),
-                "--app".as_ref(),
-                exe.as_os_str(),
-            ])
-            .args(["--", "app", "relay", "10"])
-            .output()
-            .map_err(|e| e.to_string())
-    };
+    let check = check_relay;
     let mut wrong = Vec::new();
     for (i, (text, expected)) in BAD_FILES.iter().enumerate() {
         let path = dir.file(&format!("bad{i}.toml"), text);
@@ -1562,19 +1564,7 @@ fn bad_deployment_files_are_rejected_with_file_line_column_and_name() -> Result<
 fn check_refuses_the_secret_and_tls_files_that_run_refuses() -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let dir = Scratch::new("check-files");
-    let exe = own_exe();
-    let check = |path: &Path| {
-        Command::new(launcher_exe())
-            .args([
-                "check".as_ref(),
-                path.as_os_str(),
-                "--app".as_ref(),
-                exe.as_os_str(),
-            ])
-            .args(["--", "app", "relay", "10"])
-            .output()
-            .map_err(|e| e.to_string())
-    };
+    let check = check_relay;
     // `record` on another host: a TCP link from this one, which needs the secret and TLS.
     let two_hosts = "[hosts.local]\naddress = \"127.0.0.1\"\nport = 7600\n\n\
                      [hosts.far]\naddress = \"127.0.0.2\"\nport = 7700\n\n\
