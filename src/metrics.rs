@@ -91,16 +91,18 @@ impl LinkCounters {
         self.max_in_flight.fetch_max(n, Relaxed);
     }
 
-    /// An in-process link's backlog, sent and not consumed, with `sent` elements sent: at most
-    /// `uncredited` (sent and not credited back, which also counts what was consumed and is
-    /// credited only with the rest of its group). Computed when the counters are read, from
-    /// `elements` (counted by the writer before it posts) and `consumed` (stored by the reader
-    /// after each step), so that a pipeline that consumed everything shows 0, not up to a
-    /// quarter of the capacity, whichever thread stored last; and by the writer after each
+    /// An in-process link's backlog, sent and not consumed, at most `bound` (the capacity, or
+    /// what the writer has sent and not had credited back). Computed when the counters are
+    /// read, from `elements` (counted by the writer before it posts) and `consumed` (stored by
+    /// the reader after each step), so that a pipeline that consumed everything shows 0, not
+    /// the up to a quarter of the capacity its credit holds back; and by the writer after each
     /// send, for the most in flight.
-    pub fn local_backlog(&self, sent: u64, uncredited: u64) -> u64 {
-        sent.saturating_sub(self.consumed.load(Ordering::Acquire))
-            .min(uncredited)
+    pub fn local_backlog(&self, bound: u64) -> u64 {
+        // `consumed` first: `elements` counts the elements before they are posted, so read
+        // after it, it is never behind it.
+        let consumed = self.consumed.load(Ordering::Acquire);
+        let sent = self.elements.load(Ordering::Acquire);
+        sent.saturating_sub(consumed).min(bound)
     }
 
     /// The writer starts waiting with data it cannot send; returns the start, for
@@ -395,11 +397,7 @@ impl Registry {
                     dropped: l.counters.dropped.load(Relaxed),
                     blocked: Duration::from_nanos(l.counters.blocked_now()),
                     in_flight: if l.counters.local.load(Relaxed) {
-                        // `consumed` first: `elements` is counted before the elements are
-                        // posted, so it is never behind it.
-                        let consumed = l.counters.consumed.load(Ordering::Acquire);
-                        let sent = l.counters.elements.load(Ordering::Acquire);
-                        sent.saturating_sub(consumed).min(l.capacity as u64)
+                        l.counters.local_backlog(l.capacity as u64)
                     } else {
                         l.counters.in_flight.load(Relaxed)
                     },

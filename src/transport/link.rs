@@ -125,17 +125,16 @@ fn transmit<T: Element>(
             // Counted before the post: the reader, which may consume them at once, never
             // says it consumed more than was sent (the backlog is computed when read, sent
             // less consumed: see `LinkCounters::local_backlog`).
-            let sent = counters
+            counters
                 .elements
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Release)
-                + n as u64;
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Release);
             add(&counters.batches, 1);
             mailbox.post(Envelope::Data {
                 input: *input,
                 batch: part.into_any(),
             });
             counters.max_in_flight.fetch_max(
-                counters.local_backlog(sent, (capacity - *credit) as u64),
+                counters.local_backlog((capacity - *credit) as u64),
                 std::sync::atomic::Ordering::Relaxed,
             );
             Ok(n)
