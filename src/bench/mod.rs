@@ -1337,12 +1337,14 @@ mod tests {
             "{table}"
         );
         assert_eq!(table_cell(&table, "processes", "bytes/s"), "-", "{table}");
+        assert_eq!(table_cell(&table, "processes", "CPU s"), "-", "{table}");
         assert_eq!(
             table_cell(&table, "threads", "elements/s"),
             "100",
             "{table}"
         );
         assert_ne!(table_cell(&table, "threads", "bytes/s"), "-", "{table}");
+        assert_eq!(table_cell(&table, "threads", "CPU s"), "0.50", "{table}");
         assert!(
             table.contains("FAILED processes 8 B batch: throughput: killed after 210 ms"),
             "{table}"

@@ -36,6 +36,15 @@ fn rate(x: f64, unit: &str) -> String {
     }
 }
 
+/// CPU seconds, or a dash for a run that has none (it failed or was killed).
+fn cpu(seconds: f64) -> String {
+    if seconds == 0.0 {
+        "-".into()
+    } else {
+        format!("{seconds:.2}")
+    }
+}
+
 /// `850 ns`, `31.2 µs`, `4.10 ms`.
 fn ns(x: u64) -> String {
     let x = x as f64;
@@ -149,7 +158,7 @@ pub fn render_table(report: &Report) -> String {
                 ns(r.p50_ns),
                 ns(r.p99_ns),
                 ns(r.p999_ns),
-                format!("{:.2}", r.cpu_s),
+                cpu(r.cpu_s),
                 r.baseline.clone(),
                 rate(r.baseline_elements_per_s, ""),
                 ratio(r.ratio),
@@ -229,7 +238,7 @@ fn point_row(p: &ScalePoint) -> Vec<String> {
         format!("{:.0} MiB", p.max_rss_kib as f64 / 1024.0),
         kib(p.idle_kib_per_unit),
         kib(p.peak_kib_per_unit),
-        format!("{:.2}", p.cpu_s),
+        cpu(p.cpu_s),
         si(p.delivered as f64),
         p.min_batches.to_string(),
         "all".into(),
