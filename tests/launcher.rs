@@ -2260,6 +2260,11 @@ fn restart_restarts_a_process_and_loses_nothing() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let before = pid_of(&run.stderr(), "work").ok_or_else(|| run.stderr())?;
+    // A process the launcher starts again is told so (its TCP inputs then wait for writers
+    // that may hold what the one before left unconsumed); the first one is not.
+    ensure(!restarted_env(before), || {
+        format!("the first 'work' (pid {before}) was started as restarted")
+    })?;
     ops_refused(
         &xdg.0,
         &["restart", "relay", "wrok"],
@@ -2281,6 +2286,9 @@ fn restart_restarts_a_process_and_loses_nothing() -> Result<(), String> {
             )),
         || format!("restart said:\n{said}\n{}", run.stderr()),
     )?;
+    ensure(after.is_some_and(restarted_env), || {
+        format!("the restarted 'work' ({after:?}) has no IOTSTREAM_RESTARTED=1")
+    })?;
     let socket = socket_of(&xdg.0, run.pid())?;
     let status = ask(&socket, r#"{"cmd":"status"}"#)?;
     // The same request without its newline, the client's writing half closed after it (as
@@ -2308,6 +2316,14 @@ fn restart_restarts_a_process_and_loses_nothing() -> Result<(), String> {
             got.len()
         )
     })
+}
+
+/// Whether process `pid` was started with `IOTSTREAM_RESTARTED=1` (its /proc environ).
+fn restarted_env(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .any(|var| var == b"IOTSTREAM_RESTARTED=1")
 }
 
 /// Another local user (uid 65534) can neither list nor stop our applications: the runtime
