@@ -714,9 +714,15 @@ pub fn run(
         note(&board, &format!("{what} on http://{bound}/"));
     }
     let swept = launch::sweep_stale(Some(&info.app));
-    for name in swept.removed {
+    if !swept.removed.is_empty() {
+        // Its processes died with its launcher: what they held in memory is gone, and what
+        // its connections held goes with these objects. Said, not silent.
         log(&format!(
-            "removed {name}, left behind by an earlier run whose owner died"
+            "an earlier run of '{}' on this host ended without draining (its launcher died): \
+             removed what it left in shared memory ({}), and with it whatever its connections \
+             still held",
+            info.app,
+            swept.removed.join(", ")
         ));
     }
     for (name, why) in swept.unproven {

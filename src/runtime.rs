@@ -1404,8 +1404,13 @@ fn start_starter(
     let run = RunId::new();
     let app = graph.name.clone();
     let swept = launch::sweep_stale(Some(&app));
-    for name in swept.removed {
-        tracing::info!("removed {name}, left behind by an earlier run whose starter died");
+    if !swept.removed.is_empty() {
+        tracing::warn!(
+            "an earlier run of '{app}' ended without cleaning up (its starter died): removed \
+             what it left in shared memory ({}), and with it whatever its connections still \
+             held",
+            swept.removed.join(", ")
+        );
     }
     for (name, why) in swept.unproven {
         tracing::warn!("left {name}: {why}");

@@ -1233,11 +1233,18 @@ fn sigkill_of_the_starter_kills_children_and_next_run_cleans_up() -> Result<(), 
         .into_iter()
         .filter(|s| left.contains(s))
         .collect();
-    drop(next);
+    kill(next_pid, 9);
+    let (_, _, said) = next.wait(Duration::from_secs(10))?;
     remove_segments("endless");
     ensure(still.is_empty(), || {
         format!("the next run did not remove the dead run's rings: {still:?}")
-    })
+    })?;
+    // ...and says that what they held is gone with them.
+    ensure(
+        said.contains("an earlier run of 'endless' ended without cleaning up")
+            && said.contains("whatever its connections still held"),
+        || format!("the next run removed the rings without a word:\n{said}"),
+    )
 }
 
 fn garbage_in_a_live_ring_is_an_error_not_a_panic() -> Result<(), String> {

@@ -187,6 +187,9 @@ struct State<T> {
     ever_connected: bool,
     /// The writer said Goodbye on the current connection.
     goodbye: bool,
+    /// A writer resumed here what a reader of an earlier run acknowledged (said once; see
+    /// [`Shared::received`]).
+    resumed_after_earlier_run: bool,
 }
 
 /// What does not change, and what every thread of the feeder shares.
@@ -256,6 +259,29 @@ impl<T> Shared<T> {
             r.remove(0);
         }
         r.push(reason.to_string());
+    }
+
+    /// Takes frame `seq` (in order, see `Reading::in_order`) as received.
+    ///
+    /// The first frame of a fresh sequence numbered above 0 comes from a writer that an
+    /// earlier reader on this port acknowledged up to there: a reading process its launcher
+    /// restarted (its outputs, rings of the same run, kept what it consumed: nothing is lost),
+    /// or, in a process that was not restarted, a reader of an **earlier run of this host**
+    /// (its launcher was killed and started again): what that run had consumed here and not
+    /// yet passed out of this host (in its rings and queues) ended with it. That cannot be
+    /// made good here; it is said, as an error naming the link and the writer's host, once.
+    fn received(&self, st: &mut State<T>, seq: u64) {
+        if st.next.is_none() && seq > 0 && !self.run.restarted() && !st.resumed_after_earlier_run {
+            st.resumed_after_earlier_run = true;
+            tracing::error!(
+                "connection {}: host '{}' resumes at batch {seq}: an earlier run of this host \
+                 acknowledged the batches before it (its launcher ended without draining); \
+                 whatever of them that run had not yet passed out of this host is lost",
+                self.label,
+                self.host
+            );
+        }
+        st.next = Some(seq + 1);
     }
 
     /// Connection `conn_no` broke (`why`; `None` for an orderly close): unless a newer one
@@ -342,6 +368,7 @@ trait Probe: Send + Sync {
     fn connected(&self) -> bool;
     fn lingering(&self) -> bool;
     fn gave_up_at(&self) -> Option<Instant>;
+    fn resumed_after_earlier_run(&self) -> bool;
 }
 
 #[cfg(test)]
@@ -369,6 +396,9 @@ impl<T: Element> Probe for Shared<T> {
     }
     fn gave_up_at(&self) -> Option<Instant> {
         *self.gave_up_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn resumed_after_earlier_run(&self) -> bool {
+        self.lock().resumed_after_earlier_run
     }
 }
 
@@ -403,6 +433,11 @@ impl FeederProbe {
     /// writer not having come back to confirm; `None` if it did not end so.
     pub(crate) fn gave_up_at(&self) -> Option<Instant> {
         self.0.gave_up_at()
+    }
+    /// A writer resumed here past batches a reader of an earlier run acknowledged (said as
+    /// an error).
+    pub(crate) fn resumed_after_earlier_run(&self) -> bool {
+        self.0.resumed_after_earlier_run()
     }
 }
 
@@ -473,6 +508,7 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
             broken: None,
             ever_connected: false,
             goodbye: false,
+            resumed_after_earlier_run: false,
         }),
         stop: PeerStop::new(spec.on_peer_stop, &spec.peer_host),
         id: spec.id,
@@ -826,7 +862,7 @@ impl<T: Element> Reading<'_, T> {
                 if !self.in_order(&st, seq)? {
                     return Ok(());
                 }
-                st.next = Some(seq + 1);
+                shared.received(&mut st, seq);
                 st.end_seq = Some(seq);
                 let stream = st.stream;
                 st.pending.push_back(Item::End);
@@ -913,7 +949,7 @@ impl<T: Element> Reading<'_, T> {
                  frame, each frame counting its payload and {FRAME_COST_BYTES} bytes)"
             )));
         }
-        st.next = Some(seq + 1);
+        shared.received(&mut st, seq);
         let (stream, no) = (st.stream, st.marks_received);
         st.marks_received += 1;
         st.held.push_back(Held {
@@ -971,7 +1007,7 @@ impl<T: Element> Reading<'_, T> {
         if st.conn_no != self.conn_no {
             return Err(None);
         }
-        st.next = Some(seq + 1);
+        shared.received(&mut st, seq);
         let stream = st.stream;
         let n = items.len();
         st.held.push_back(Held {

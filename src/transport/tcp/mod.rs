@@ -78,7 +78,11 @@
 //!   frame not yet acknowledged, from the oldest, and the fresh reader takes the first seq it
 //!   gets as its start. Acknowledgements covered only consumed elements, so nothing is lost;
 //!   only elements the dead reader had received but whose frames were not all consumed come
-//!   again.
+//!   again. That holds for a reading process restarted within its run (what it consumed went
+//!   on into its outputs, which outlive it). A fresh reader in a process that was not
+//!   restarted, resumed past seq 0, belongs to a new run of its host: the run that
+//!   acknowledged the earlier frames ended without draining, and what it had not passed on
+//!   ended with it; the reader says so, as an error naming the link and the writer's host.
 //! - A writer with a **new epoch** (a restarted writing process) starts a fresh sequence at the
 //!   reader (`resume_from = 0`, any first seq accepted); what the old writer's frames brought
 //!   is still delivered.
