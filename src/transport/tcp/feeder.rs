@@ -4,7 +4,10 @@
 //! Threads, all ending when the feeder thread ends (the others look at least every slice):
 //!
 //! - the **acceptor** polls the listening port and hands each connection to a handshake
-//!   thread, at most [`MAX_HANDSHAKES`] at once (more are closed at once, and logged);
+//!   thread, at most [`MAX_HANDSHAKES`] at once: one more closes the oldest handshake still
+//!   in progress (logged) and takes its place, so that connectors that say nothing cannot keep
+//!   the link's writer out, whose handshake takes a few round trips; beyond twice that many
+//!   threads (closed ones not ended yet), a connection is closed at once, and logged;
 //! - a **connection thread** runs the handshake (10 s at most), then, if the writer was
 //!   accepted, reads its frames: checks each seq, decodes each batch into private memory and
 //!   queues it; after each read (or a few, while more bytes wait in the socket: the reading
@@ -72,7 +75,9 @@ use crate::transport::framed::{
 use crate::transport::mailbox::{link_thread, Envelope, FeederState, Linger, Mailbox, Run};
 
 /// The most handshakes one listening port runs at once: a few connectors that say nothing
-/// cannot hold more threads than this, for [`HANDSHAKE_TIMEOUT`] each.
+/// cannot hold more threads than this (twice this while the ones closed to make room end),
+/// for [`HANDSHAKE_TIMEOUT`] each. One more connection takes the place of the oldest (see
+/// [`Shared::make_room`]).
 pub(crate) const MAX_HANDSHAKES: usize = 4;
 
 /// How often the acceptor looks for a new connection.
@@ -208,8 +213,13 @@ struct Shared<T> {
     count_traffic: bool,
     stop: Arc<PeerStop>,
     feeder: Thread,
-    /// Handshakes in progress.
+    /// Handshake threads running (those closed to make room included, until they end).
     handshakes: AtomicUsize,
+    /// The handshakes in progress that may be closed to make room, the oldest first: each
+    /// slot's number, its peer, when it was accepted and its socket.
+    in_handshake: Mutex<VecDeque<(u64, SocketAddr, Instant, TcpStream)>>,
+    /// Numbers the handshake slots.
+    slots: AtomicU64,
     /// The last Ack sent (for tests and diagnostics).
     acked: AtomicU64,
     /// The feeder thread ended: the other threads end and the port closes.
@@ -522,6 +532,8 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
         count_traffic: spec.count_traffic,
         feeder: mailbox.thread.clone(),
         handshakes: AtomicUsize::new(0),
+        in_handshake: Mutex::new(VecDeque::new()),
+        slots: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         done: AtomicBool::new(false),
         linger,
@@ -556,12 +568,54 @@ fn spawn<T: Element>(spec: TcpFeederSpec) -> Result<Spawned<T>, Error> {
     Ok((mailbox, shared))
 }
 
-/// Frees a handshake slot when dropped.
-struct Slot<T>(Arc<Shared<T>>);
+/// Frees a handshake slot when dropped: the slot's number and the shared state.
+struct Slot<T>(u64, Arc<Shared<T>>);
 
 impl<T> Drop for Slot<T> {
     fn drop(&mut self) {
-        self.0.handshakes.fetch_sub(1, Ordering::SeqCst);
+        let mut pending = self
+            .1
+            .in_handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending.retain(|(no, ..)| *no != self.0);
+        drop(pending);
+        self.1.handshakes.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<T> Shared<T> {
+    /// Every handshake slot is taken and a connection from `addr` came: closes the oldest
+    /// handshake still in progress so that the newcomer takes its place, unless twice
+    /// [`MAX_HANDSHAKES`] threads still run (closed ones that have not ended yet). Whether
+    /// there is room now.
+    ///
+    /// Without it, [`MAX_HANDSHAKES`] connections that say nothing, from anyone who reaches
+    /// the port (no secret needed), kept the link's own writer out for as long as they were
+    /// reopened: at start and after every break, until the application failed. A writer's
+    /// handshake takes a few round trips; the silent ones are the oldest.
+    fn make_room(&self, addr: SocketAddr) -> bool {
+        if self.handshakes.load(Ordering::SeqCst) >= 2 * MAX_HANDSHAKES {
+            return false;
+        }
+        let oldest = self
+            .in_handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        let Some((_, old, since, stream)) = oldest else {
+            return false;
+        };
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        self.refused(
+            old,
+            &format!(
+                "its handshake was not done after {:.1} s and {MAX_HANDSHAKES} were in \
+                 progress: closed to make room for a connection from {addr}",
+                since.elapsed().as_secs_f64()
+            ),
+        );
+        true
     }
 }
 
@@ -575,7 +629,9 @@ fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
         }
         match listener.accept() {
             Ok((stream, addr)) => {
-                if shared.handshakes.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
+                if shared.handshakes.load(Ordering::SeqCst) >= MAX_HANDSHAKES
+                    && !shared.make_room(addr)
+                {
                     shared.refused(
                         addr,
                         &format!("{MAX_HANDSHAKES} handshakes are already in progress"),
@@ -583,7 +639,15 @@ fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
                     continue;
                 }
                 shared.handshakes.fetch_add(1, Ordering::SeqCst);
-                let slot = Slot(Arc::clone(&shared));
+                let no = shared.slots.fetch_add(1, Ordering::SeqCst);
+                if let Ok(clone) = stream.try_clone() {
+                    shared
+                        .in_handshake
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back((no, addr, Instant::now(), clone));
+                }
+                let slot = Slot(no, Arc::clone(&shared));
                 let serving = Arc::clone(&shared);
                 let started = std::thread::Builder::new()
                     .name("tcp handshake".into())

@@ -790,6 +790,35 @@ fn a_stalled_reader_stops_the_writer_at_the_unacknowledged_bound() {
 }
 
 #[test]
+fn connectors_that_say_nothing_do_not_keep_the_writer_out() {
+    // Anyone who reaches the port, without the secret, holds every handshake slot with
+    // connections that send nothing (reopened as the reader closes them). The link's own
+    // writer must still get in, long before those connections' handshake limit runs out.
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let r = reader::<u64>("127.0.0.1:0", &rrun, settings(), 4096, usize::MAX);
+    let addr = r.probe.addr();
+    let silent: Vec<TcpStream> = (0..feeder::MAX_HANDSHAKES)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    // The reader takes them all in before the writer comes.
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let mut w = writer::<u64>(addr, &wrun, settings());
+    let items: Vec<u64> = (0..1000).collect();
+    w.send(&items, 100, |_| {});
+    r.sink
+        .wait("every element", |s| s.items.len() == items.len());
+    assert!(
+        start.elapsed() < HANDSHAKE_TIMEOUT / 2,
+        "the writer got in only after {:?}, when the silent connections timed out",
+        start.elapsed()
+    );
+    assert_eq!(r.sink.items(), items);
+    drop(silent);
+}
+
+#[test]
 fn bad_peers_are_refused_and_the_running_link_goes_on() {
     let (rrun, wrun) = (run(), run());
     let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
