@@ -5,8 +5,9 @@
 //!
 //! - the **acceptor** polls the listening port and hands each connection to a handshake
 //!   thread, at most [`MAX_HANDSHAKES`] at once: one more closes the oldest handshake still
-//!   in progress (logged) and takes its place, so that connectors that say nothing cannot keep
-//!   the link's writer out, whose handshake takes a few round trips; beyond twice that many
+//!   in progress of the address that holds the most (logged) and takes its place, so that
+//!   connectors that say nothing, or a flood from one address, cannot keep the link's writer
+//!   out, whose handshake takes a few round trips; beyond twice that many
 //!   threads (closed ones not ended yet), a connection is closed at once, and logged;
 //! - a **connection thread** runs the handshake (10 s at most), then, if the writer was
 //!   accepted, reads its frames: checks each seq, decodes each batch into private memory and
@@ -52,7 +53,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
@@ -379,6 +380,7 @@ trait Probe: Send + Sync {
     fn lingering(&self) -> bool;
     fn gave_up_at(&self) -> Option<Instant>;
     fn resumed_after_earlier_run(&self) -> bool;
+    fn handshakes(&self) -> usize;
 }
 
 #[cfg(test)]
@@ -409,6 +411,9 @@ impl<T: Element> Probe for Shared<T> {
     }
     fn resumed_after_earlier_run(&self) -> bool {
         self.lock().resumed_after_earlier_run
+    }
+    fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
     }
 }
 
@@ -448,6 +453,10 @@ impl FeederProbe {
     /// an error).
     pub(crate) fn resumed_after_earlier_run(&self) -> bool {
         self.0.resumed_after_earlier_run()
+    }
+    /// Handshake threads running.
+    pub(crate) fn handshakes(&self) -> usize {
+        self.0.handshakes()
     }
 }
 
@@ -593,17 +602,19 @@ impl<T> Shared<T> {
     /// Without it, [`MAX_HANDSHAKES`] connections that say nothing, from anyone who reaches
     /// the port (no secret needed), kept the link's own writer out for as long as they were
     /// reopened: at start and after every break, until the application failed. A writer's
-    /// handshake takes a few round trips; the silent ones are the oldest.
+    /// handshake takes a few round trips; the silent ones are the oldest. The one closed is
+    /// the oldest of the address that holds the most (see [`to_close`]): connections from one
+    /// address, however many and however fast, never close another address's.
     fn make_room(&self, addr: SocketAddr) -> bool {
         if self.handshakes.load(Ordering::SeqCst) >= 2 * MAX_HANDSHAKES {
             return false;
         }
-        let oldest = self
-            .in_handshake
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
-        let Some((_, old, since, stream)) = oldest else {
+        let closed = {
+            let mut pending = self.in_handshake.lock().unwrap_or_else(|p| p.into_inner());
+            let peers: Vec<IpAddr> = pending.iter().map(|(_, a, ..)| a.ip()).collect();
+            to_close(&peers).and_then(|i| pending.remove(i))
+        };
+        let Some((_, old, since, stream)) = closed else {
             return false;
         };
         let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -617,6 +628,16 @@ impl<T> Shared<T> {
         );
         true
     }
+}
+
+/// Which handshake to close to make room, given the peers' addresses of those in progress,
+/// the oldest first: the oldest of those from the address that holds the most. A flood from
+/// one address (or a few) then closes only its own connections, never the writer's, whose
+/// host holds one.
+pub(super) fn to_close(peers: &[IpAddr]) -> Option<usize> {
+    let held = |ip: &IpAddr| peers.iter().filter(|p| *p == ip).count();
+    let most = peers.iter().map(held).max()?;
+    peers.iter().position(|p| held(p) == most)
 }
 
 fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {

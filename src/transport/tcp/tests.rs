@@ -801,21 +801,41 @@ fn connectors_that_say_nothing_do_not_keep_the_writer_out() {
     let silent: Vec<TcpStream> = (0..feeder::MAX_HANDSHAKES)
         .map(|_| TcpStream::connect(addr).unwrap())
         .collect();
-    // The reader takes them all in before the writer comes.
-    std::thread::sleep(Duration::from_millis(300));
-    let start = Instant::now();
+    poll("the reader runs their handshakes", || {
+        r.probe.handshakes() == feeder::MAX_HANDSHAKES
+    });
     let mut w = writer::<u64>(addr, &wrun, settings());
     let items: Vec<u64> = (0..1000).collect();
     w.send(&items, 100, |_| {});
     r.sink
         .wait("every element", |s| s.items.len() == items.len());
+    // It got in by closing a silent one, not because they timed out.
+    let refusals = r.probe.refusals();
     assert!(
-        start.elapsed() < HANDSHAKE_TIMEOUT / 2,
-        "the writer got in only after {:?}, when the silent connections timed out",
-        start.elapsed()
+        refusals
+            .iter()
+            .any(|x| x.contains("closed to make room for a connection from")),
+        "{refusals:?}"
     );
     assert_eq!(r.sink.items(), items);
     drop(silent);
+}
+
+/// The handshake closed to make room is the oldest of the address holding the most: a flood
+/// from one address closes only its own, never the writer's from another (which an
+/// oldest-first rule closed as soon as four newer connections came during its handshake).
+#[test]
+fn making_room_closes_the_oldest_handshake_of_the_busiest_address() {
+    use std::net::IpAddr;
+    let flood: IpAddr = "10.0.0.9".parse().unwrap();
+    let writer: IpAddr = "10.0.0.1".parse().unwrap();
+    let other: IpAddr = "10.0.0.7".parse().unwrap();
+    assert_eq!(feeder::to_close(&[]), None);
+    assert_eq!(feeder::to_close(&[writer, flood, flood, flood]), Some(1));
+    assert_eq!(feeder::to_close(&[flood, writer, flood, flood]), Some(0));
+    assert_eq!(feeder::to_close(&[other, writer, flood, flood]), Some(2));
+    // Every address holding one: the oldest.
+    assert_eq!(feeder::to_close(&[other, writer, flood]), Some(0));
 }
 
 #[test]
