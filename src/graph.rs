@@ -224,8 +224,13 @@ pub(crate) struct Bounds {
 pub(crate) trait ExternalAny: Send {
     fn agent(&self) -> usize;
     fn as_any(&self) -> &dyn std::any::Any;
-    /// The threaded runtime's [`InputSender<T>`](crate::InputSender), boxed.
-    fn into_sender(self: Box<Self>, wake: Arc<dyn Mailbox>) -> Box<dyn std::any::Any + Send>;
+    /// The threaded runtime's [`InputSender<T>`](crate::InputSender) of the stream `name`,
+    /// boxed.
+    fn into_sender(
+        self: Box<Self>,
+        wake: Arc<dyn Mailbox>,
+        name: String,
+    ) -> Box<dyn std::any::Any + Send>;
 }
 
 static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);
@@ -928,6 +933,27 @@ impl Graph {
     /// The full name of a stream: `"agent.port"`.
     pub fn stream_name<T>(&self, stream: &Stream<T>) -> String {
         self.port_name(stream.id, true)
+    }
+
+    /// The full name of every stream of the graph (`"agent.port"`), by its id.
+    pub(crate) fn output_names(&self) -> HashMap<PortId, String> {
+        let mut names = HashMap::new();
+        for (ai, a) in self.agents.iter().enumerate() {
+            for (pi, p) in a.outputs.iter().enumerate() {
+                let id = PortId {
+                    graph: self.id,
+                    agent: ai as u32,
+                    port: pi as u32,
+                };
+                names.insert(id, format!("{}.{}", a.name, p.name));
+            }
+        }
+        names
+    }
+
+    /// The full name of the stream output `id` writes: `"agent.port"`.
+    pub(crate) fn output_name(&self, id: PortId) -> String {
+        self.port_name(id, true)
     }
 
     fn port_name(&self, id: PortId, output: bool) -> String {

@@ -902,6 +902,8 @@ pub struct Running {
     registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
     inputs: HashMap<PortId, Box<dyn Any + Send>>,
+    /// The name of every stream of the graph, for errors about them.
+    stream_names: HashMap<PortId, String>,
     thread: Option<JoinHandle<Result<(), Error>>>,
     /// The children, when this is the starter of a multi-process run.
     children: Option<Children>,
@@ -1038,11 +1040,17 @@ impl Running {
             .remove(&stream.id)
             .and_then(|b| b.downcast::<InputSender<T>>().ok())
             .map(|b| *b)
-            .ok_or_else(|| Error::Runtime {
-                detail: format!(
-                    "application '{}': stream #{}.{} is not an input made with Graph::input, or its sender was already taken",
-                    self.app, stream.id.agent, stream.id.port
-                ),
+            .ok_or_else(|| {
+                let what = match self.stream_names.get(&stream.id) {
+                    Some(name) => format!(
+                        "stream '{name}' is not an input made with Graph::input, or its sender \
+                         was already taken"
+                    ),
+                    None => "the stream is not one of this application's".to_string(),
+                };
+                Error::Runtime {
+                    detail: format!("application '{}': {what}", self.app),
+                }
             })
     }
 
@@ -1707,6 +1715,7 @@ fn start_part(
     shm: Option<(String, RunId, Arc<AtomicBool>)>,
 ) -> Result<Running, Error> {
     let app = graph.name.clone();
+    let stream_names = graph.output_names();
     let stop = shm
         .as_ref()
         .map(|(_, _, stop)| Arc::clone(stop))
@@ -1728,6 +1737,7 @@ fn start_part(
             registry,
             stop,
             inputs,
+            stream_names,
             thread: Some(thread),
             children: None,
             _signals: None,
@@ -2147,7 +2157,8 @@ fn coordinate(
     let mut inputs = HashMap::new();
     for (id, ext) in externals {
         if let Some(wake) = &mailboxes[ext.agent()] {
-            inputs.insert(id, ext.into_sender(Arc::clone(wake)));
+            let name = graph.output_name(id);
+            inputs.insert(id, ext.into_sender(Arc::clone(wake), name));
         }
     }
 

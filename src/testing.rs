@@ -73,6 +73,8 @@ pub struct Harness {
     queue: Queue,
     registry: Registry,
     externals: HashMap<PortId, Box<dyn ExternalAny>>,
+    /// The name of every stream of the graph, for errors about them.
+    stream_names: HashMap<PortId, String>,
     max_rounds: u64,
     /// The agents' processing time, in nanoseconds.
     clock: Arc<AtomicU64>,
@@ -105,6 +107,7 @@ impl Harness {
             queue,
             registry,
             externals: std::mem::take(&mut graph.externals),
+            stream_names: graph.output_names(),
             max_rounds: 10_000_000,
             clock,
         })
@@ -156,11 +159,16 @@ impl Harness {
         self.externals
             .get(&stream.id)
             .and_then(|e| e.as_any().downcast_ref::<ExternalInput<T>>())
-            .ok_or_else(|| Error::Runtime {
-                detail: format!(
-                    "harness of '{}': stream #{}.{} is not an input made with Graph::input, or it was closed",
-                    self.app, stream.id.agent, stream.id.port
-                ),
+            .ok_or_else(|| {
+                let what = match self.stream_names.get(&stream.id) {
+                    Some(name) => format!(
+                        "stream '{name}' is not an input made with Graph::input, or it was closed"
+                    ),
+                    None => "the stream is not one of this application's".to_string(),
+                };
+                Error::Runtime {
+                    detail: format!("harness of '{}': {what}", self.app),
+                }
             })
     }
 

@@ -389,3 +389,44 @@ impl<E: iotstream::Element> iotstream::Agent for Drain<E> {
         Ok(())
     }
 }
+
+/// Errors about an input name its stream (found by a user's audit: "stream #0.0 is not an
+/// input made with Graph::input", and "the application has stopped" naming no input).
+#[test]
+fn errors_about_an_input_name_its_stream() {
+    let mut g = Graph::new("named");
+    let readings = g.input::<u64>("readings");
+    let doubled = g.map("double", &readings, |x: &u64| x * 2);
+    let _out = g.collect("out", &doubled);
+    let mut running = g.start().unwrap();
+    let tx = running.input(&readings).unwrap();
+    let again = running.input(&readings).unwrap_err().to_string();
+    assert!(
+        again.contains("stream 'readings.out'") && again.contains("already taken"),
+        "{again}"
+    );
+    let not_input = running.input(&doubled).unwrap_err().to_string();
+    assert!(
+        not_input.contains("stream 'double.out' is not an input made with Graph::input"),
+        "{not_input}"
+    );
+    tx.push(1).unwrap();
+    running.stop();
+    running.join().unwrap();
+    let late = tx.push(2).unwrap_err().to_string();
+    assert!(
+        late.contains("input 'readings.out'") && late.contains("the application has stopped"),
+        "{late}"
+    );
+
+    let mut g = Graph::new("named");
+    let readings = g.input::<u64>("readings");
+    let doubled = g.map("double", &readings, |x: &u64| x * 2);
+    let _out = g.collect("out", &doubled);
+    let mut h = iotstream::Harness::new(g).unwrap();
+    let wrong = h.push(&doubled, vec![1]).unwrap_err().to_string();
+    assert!(
+        wrong.contains("stream 'double.out' is not an input made with Graph::input"),
+        "{wrong}"
+    );
+}

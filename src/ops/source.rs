@@ -460,13 +460,25 @@ fn source_thread<T: Element>(
 pub struct InputSender<T: Element> {
     tx: Option<HandoffTx<T>>,
     waker: Waker,
+    /// The stream's name (`"agent.port"`), for errors.
+    name: String,
+}
+
+impl<T: Element> std::fmt::Debug for InputSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InputSender")
+            .field("stream", &self.name)
+            .field("closed", &self.tx.is_none())
+            .finish()
+    }
 }
 
 impl<T: Element> InputSender<T> {
-    pub(crate) fn new(tx: HandoffTx<T>, waker: Waker) -> Self {
+    pub(crate) fn new(tx: HandoffTx<T>, waker: Waker, name: String) -> Self {
         InputSender {
             tx: Some(tx),
             waker,
+            name,
         }
     }
 
@@ -499,8 +511,16 @@ impl<T: Element> InputSender<T> {
     fn handed(&self, put: Result<(), PutError>) -> Result<(), Error> {
         put.map_err(|e| Error::Runtime {
             detail: match e {
-                PutError::ReaderGone => "the application has stopped; input not accepted".into(),
-                PutError::Full => "an input is full and its sender was called from inside an agent's step, where waiting could hold up the very thread that makes room: send from a thread of your own".into(),
+                PutError::ReaderGone => format!(
+                    "input '{}': the application has stopped; input not accepted",
+                    self.name
+                ),
+                PutError::Full => format!(
+                    "input '{}' is full and its sender was called from inside an agent's step, \
+                     where waiting could hold up the very thread that makes room: send from a \
+                     thread of your own",
+                    self.name
+                ),
             },
         })?;
         self.waker.wake();
@@ -542,13 +562,17 @@ impl<T: Element> ExternalAny for ExternalInput<T> {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-    fn into_sender(self: Box<Self>, wake: Arc<dyn Mailbox>) -> Box<dyn std::any::Any + Send> {
+    fn into_sender(
+        self: Box<Self>,
+        wake: Arc<dyn Mailbox>,
+        name: String,
+    ) -> Box<dyn std::any::Any + Send> {
         let waker = Waker {
             mailbox: wake,
             awake: self.awake,
             every_time: false,
         };
-        Box::new(InputSender::new(self.tx, waker))
+        Box::new(InputSender::new(self.tx, waker, name))
     }
 }
 
