@@ -203,7 +203,43 @@ pub(crate) fn url_problem(url: &str) -> Option<String> {
             "must not hold a user or password (USER@HOST): name them apart (the deployment's 'user' and 'password_file', or BrokerOptions::user)"
                 .to_string(),
         ),
-        None => None,
+        None => url
+            .split(',')
+            .map(str::trim)
+            .find_map(|one| authority_problem(one).map(|why| format!("{why} in '{one}'"))),
+    }
+}
+
+/// What is wrong with the `HOST[:PORT]` of one broker URL (known to start with a scheme and
+/// to hold no user): a missing host, white space in it, a port that is not one (the client
+/// would take a port out of range for its default, or fail only when the run starts).
+fn authority_problem(one: &str) -> Option<String> {
+    let rest = one.split_once("://")?.1;
+    let authority = rest.split('/').next().unwrap_or("");
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, tail)) if tail.is_empty() || tail.starts_with(':') => {
+                (host, tail.strip_prefix(':'))
+            }
+            _ => return Some("an IPv6 address must be written [ADDRESS]:PORT".into()),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Some("no host".into());
+    }
+    if host.contains(char::is_whitespace) {
+        return Some(format!("the host '{host}' holds white space"));
+    }
+    match port.map(str::parse::<u16>) {
+        Some(Ok(0)) | Some(Err(_)) => Some(format!(
+            "the port '{}' is not a port (1 to 65535)",
+            port.unwrap_or_default()
+        )),
+        _ => None,
     }
 }
 
@@ -608,5 +644,32 @@ mod tests {
         assert_eq!(parse_msg_id(&msg_id(0xabc, 42)), Some((0xabc, 42)));
         assert_eq!(parse_msg_id("12-3"), None);
         assert_eq!(parse_msg_id("nonsense"), None);
+    }
+
+    /// A broker URL that cannot work is refused when the application is built, naming what is
+    /// wrong (found by a user's audit: a port out of range was found only at the run's start,
+    /// and the client may take it for its default port).
+    #[test]
+    fn a_url_whose_host_or_port_cannot_work_is_refused() {
+        for good in [
+            "nats://127.0.0.1:4222",
+            "nats://nats.example.org",
+            "tls://[::1]:4222",
+            "nats://a:4222, nats://b:4223",
+        ] {
+            assert_eq!(url_problem(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("nats://127.0.0.1:403559", "the port '403559' is not a port"),
+            ("nats://127.0.0.1:0", "the port '0' is not a port"),
+            ("nats://host:x", "the port 'x' is not a port"),
+            ("nats://:4222", "no host"),
+            ("nats://my host:4222", "the host 'my host' holds white space"),
+            ("tls://[::1", "IPv6"),
+            ("nats://a:4222,nats://b:99999", "in 'nats://b:99999'"),
+        ] {
+            let said = url_problem(bad).unwrap_or_default();
+            assert!(said.contains(why), "{bad}: {said}");
+        }
     }
 }
