@@ -280,6 +280,32 @@ fn a_late_element_within_the_allowed_lateness_updates_its_window_and_it_is_emitt
     assert_eq!(late.values(), [(8, 5)]);
 }
 
+/// A late element that bridges a session already emitted and one still open makes one
+/// session of them: it replaces the emitted one, so it is a correction (`Late`) when the
+/// watermark passes its end, not a second `OnTime` session covering the first (a reader that
+/// counts `OnTime` sessions and reconciles `Late` ones would count [3, 8) twice).
+#[test]
+fn a_session_that_takes_in_one_already_emitted_is_a_correction() {
+    let (mut h, x, windows, late) = graph(EventWindow::session(5).allowed_lateness(20), 0);
+    h.push(&x, [(3, 1)]).unwrap();
+    h.run().unwrap();
+    h.push(&x, [(10, 2)]).unwrap(); // watermark 10: [3, 8) on time; [10, 15) open
+    h.run().unwrap();
+    h.push(&x, [(7, 3)]).unwrap(); // within the lateness: bridges [3, 8) and [10, 15)
+    h.run().unwrap();
+    h.push(&x, [(30, 4)]).unwrap(); // watermark 30: [3, 15) closes
+    h.finish().unwrap();
+    assert_eq!(
+        windows.values(),
+        [
+            win(3, 8, vec![(3, 1)], Firing::OnTime),
+            win(3, 15, vec![(3, 1), (7, 3), (10, 2)], Firing::Late),
+            win(30, 35, vec![(30, 4)], Firing::Final),
+        ]
+    );
+    assert!(late.values().is_empty());
+}
+
 #[test]
 fn a_quiet_input_emits_its_open_windows_early_on_the_harness_clock() {
     let quiet = Duration::from_secs(30);

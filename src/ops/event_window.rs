@@ -52,7 +52,8 @@
 //!   units after the watermark passed its end; an element for it in that time updates it and
 //!   the window is emitted again, whole, with [`Firing::Late`]: a correction that supersedes
 //!   what was emitted before for the same window (for sessions: for every earlier session of
-//!   the key it overlaps).
+//!   the key it overlaps). A session that the late element joins to one still open is such a
+//!   correction too: it is emitted with `Late` when the watermark passes its end.
 //! - **End of stream** (or a drain): windows the watermark did not pass are emitted with
 //!   [`Firing::Final`], or dropped with [`EventWindow::drop_partial`].
 //! - **Quiet inputs** ([`EventWindow::fire_when_idle`]`(q)`): when no element came for `q` of
@@ -381,7 +382,9 @@ pub enum Firing {
     /// The watermark passed the window's end: the window is complete.
     OnTime,
     /// A correction: a late element (within the allowed lateness) updated a window already
-    /// emitted; this one supersedes it.
+    /// emitted; this one supersedes it. For sessions, also a session that took in one already
+    /// emitted (a late element bridged it to a session still open): it supersedes every
+    /// earlier session of the key it overlaps, and is emitted when the watermark passes its end.
     Late,
     /// End of stream (or a drain) before the watermark passed the window's end: the window
     /// holds what came.
@@ -548,6 +551,9 @@ struct KeyState<K, V> {
     sessions: BTreeMap<u64, (u64, bool)>,
     /// This key's entries of `Engine::pending`, as (end, start).
     pending: BTreeSet<(u64, u64)>,
+    /// Pending sessions, as (end, start), that took in a session already emitted: when the
+    /// watermark passes their end they are corrections ([`Firing::Late`]), not `OnTime`.
+    corrects: BTreeSet<(u64, u64)>,
     /// When the front of the buffer may go: the entry of this key in `Engine::expiry`.
     expiry: Option<u64>,
     /// When the key was last seen (its current touch in `Engine::lru`).
@@ -674,10 +680,15 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
     }
 
     /// Emits the given pending windows in order (end, start, key encoding).
-    fn emit_sorted(
+    fn emit_sorted(&self, due: Vec<(u64, u64, u64)>, firing: Firing, out: &mut Vec<Fired<K, V>>) {
+        self.emit_sorted_with(due, |_| firing, out);
+    }
+
+    /// As [`emit_sorted`](Self::emit_sorted), each window with `firing(window)`.
+    fn emit_sorted_with(
         &self,
         mut due: Vec<(u64, u64, u64)>,
-        firing: Firing,
+        firing: impl Fn(&(u64, u64, u64)) -> Firing,
         out: &mut Vec<Fired<K, V>>,
     ) {
         due.sort_by(|a, b| {
@@ -685,10 +696,11 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 .cmp(&(b.0, b.1))
                 .then_with(|| self.keys[&a.2].key_bytes.cmp(&self.keys[&b.2].key_bytes))
         });
-        out.extend(
-            due.into_iter()
-                .map(|(e, s, id)| self.fired(id, s, e, firing)),
-        );
+        out.extend(due.into_iter().map(|w| {
+            let f = firing(&w);
+            let (e, s, id) = w;
+            self.fired(id, s, e, f)
+        }));
     }
 
     fn set_expiry(&mut self, id: u64, at: Option<u64>) {
@@ -736,17 +748,31 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
             self.pending.pop_first();
             due.push(first);
         }
+        let mut corrections = BTreeSet::new();
         for &(end, start, id) in &due {
             let state = self
                 .keys
                 .get_mut(&id)
                 .expect("a pending window's key is live");
             state.pending.remove(&(end, start));
+            if state.corrects.remove(&(end, start)) {
+                corrections.insert((end, start, id));
+            }
             if let Some(s) = state.sessions.get_mut(&start) {
                 s.1 = true;
             }
         }
-        self.emit_sorted(due, Firing::OnTime, out);
+        self.emit_sorted_with(
+            due,
+            |w| {
+                if corrections.contains(w) {
+                    Firing::Late
+                } else {
+                    Firing::OnTime
+                }
+            },
+            out,
+        );
         while let Some(&(at, id)) = self.expiry.first() {
             if at > w {
                 break;
@@ -857,6 +883,7 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 elems: BTreeMap::new(),
                 sessions: BTreeMap::new(),
                 pending: BTreeSet::new(),
+                corrects: BTreeSet::new(),
                 expiry: None,
                 seen: seq,
             },
@@ -907,10 +934,14 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 let mut start = t;
                 let mut end = t_end;
                 let state = self.keys.get_mut(&id).expect("a live key");
+                // Whether the merged session replaces one already emitted (directly, or
+                // through a pending session that had replaced one).
+                let mut replaces_emitted = false;
                 for &(s, e, emitted) in &overlapping {
                     start = start.min(s);
                     end = end.max(e);
                     state.sessions.remove(&s);
+                    replaces_emitted |= emitted | state.corrects.remove(&(e, s));
                     if !emitted {
                         self.pending.remove(&(e, s, id));
                         state.pending.remove(&(e, s));
@@ -921,6 +952,10 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 if open {
                     state.pending.insert((end, start));
                     self.pending.insert((end, start, id));
+                    if replaces_emitted {
+                        // Emitted when the watermark passes its end, as the correction it is.
+                        state.corrects.insert((end, start));
+                    }
                 } else {
                     out.push(self.fired(id, start, end, Firing::Late));
                 }
