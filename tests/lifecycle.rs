@@ -133,6 +133,46 @@ fn an_agent_error_in_the_harness_names_the_agent() {
     assert_eq!(out.values(), [1, 2]);
 }
 
+/// The error of a `try_` operator names the failing element by its index in the stream: the
+/// index within a batch (what it said before) depends on how the input happened to be batched.
+#[test]
+fn a_try_error_names_the_elements_index_in_the_stream_not_in_its_batch() {
+    let mut g = Graph::new("bad_data");
+    let x = g.input::<String>("x");
+    let n = g.try_map("parse", &x, |l: &String| l.parse::<u64>());
+    g.try_for_each("check", &n, |v: &u64| {
+        if *v == 7 {
+            Err(format!("unlucky {v}"))
+        } else {
+            Ok(())
+        }
+    });
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, ["1".to_string(), "2".into(), "3".into()])
+        .unwrap();
+    h.run().unwrap();
+    h.push(&x, ["4".to_string(), "x".into()]).unwrap();
+    let err = h.run().unwrap_err().to_string();
+    assert!(err.contains("element 4 of the stream"), "{err}");
+
+    let mut g = Graph::new("bad_data");
+    let x = g.input::<u64>("x");
+    g.try_for_each("check", &x, |v: &u64| {
+        if *v == 7 {
+            Err(format!("unlucky {v}"))
+        } else {
+            Ok(())
+        }
+    });
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, [1, 2, 3]).unwrap();
+    h.run().unwrap();
+    h.push(&x, [5, 7]).unwrap();
+    let err = h.run().unwrap_err().to_string();
+    assert!(err.contains("element 4 of the stream"), "{err}");
+    assert!(err.contains("unlucky 7"), "{err}");
+}
+
 #[test]
 fn a_panic_stops_the_run_and_names_the_agent() {
     let mut g = Graph::new("panicky");

@@ -349,8 +349,9 @@ impl Graph {
         })
     }
 
-    /// `f(v)`; an `Err` stops the application with an error naming this agent. Elements before
-    /// the failing one in the same batch are still emitted.
+    /// `f(v)`; an `Err` stops the application with an error naming this agent and the failing
+    /// element's index in the stream (counting from 0). Elements before the failing one are
+    /// still emitted.
     ///
     /// ```
     /// use iotstream::Graph;
@@ -368,12 +369,16 @@ impl Graph {
         E: Into<AgentError>,
         F: FnMut(&T) -> Result<U, E> + Send + 'static,
     {
+        // The stream index of the next element: what an error names (a batch's bounds mean
+        // nothing to the user).
+        let mut index: u64 = 0;
         self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
-            for (i, v) in new.iter().enumerate() {
+            for v in new {
                 let o = f(v).map_err(|e| -> AgentError {
                     let e: AgentError = e.into();
-                    format!("element {i} of the batch: {e}").into()
+                    format!("element {index} of the stream (counting from 0): {e}").into()
                 })?;
+                index += 1;
                 out.push(o);
             }
             Ok(())

@@ -226,7 +226,7 @@ impl Graph {
     }
 
     /// Calls `f(v)` for each element; an `Err` stops the application with an error naming this
-    /// agent.
+    /// agent and the element's index in the stream (counting from 0).
     ///
     /// ```
     /// use iotstream::Graph;
@@ -242,9 +242,15 @@ impl Graph {
         E: Into<AgentError>,
         F: FnMut(&T) -> Result<(), E> + Send + 'static,
     {
+        // The stream index of the next element: what an error names.
+        let mut index: u64 = 0;
         self.sink_list(name, stream, move |xs: &[T]| {
             for x in xs {
-                f(x).map_err(Into::into)?;
+                f(x).map_err(|e| -> AgentError {
+                    let e: AgentError = e.into();
+                    format!("element {index} of the stream (counting from 0): {e}").into()
+                })?;
+                index += 1;
             }
             Ok(())
         });
