@@ -658,6 +658,40 @@ fn rolling_recovers_exactly_after_a_glitch() {
     }
 }
 
+/// Finite values whose sum or squared deviations overflow f64 give what plain arithmetic
+/// gives (inf), never NaN or a variance of 0, and the aggregates recover as soon as they leave
+/// the window (they stayed NaN for up to a window more, and the variance of [7, 1e308] was 0).
+#[test]
+fn rolling_overflow_gives_inf_and_recovers_when_it_leaves() {
+    let run = |agg: Rolling, xs: &[f64]| {
+        let mut g = Graph::new("overflow");
+        let x = g.input::<f64>("x");
+        let r = g.rolling("r", &x, 4, agg);
+        let out = g.collect("out", &r);
+        let mut h = Harness::new(g).unwrap();
+        h.push(&x, xs.iter().copied()).unwrap();
+        h.finish().unwrap();
+        out.values()
+    };
+    let xs = [1.0, 1.0, 1.0, 1e308, 1e308, 1.0, 1.0, 1.0, 1.0, 1.0];
+    let inf = f64::INFINITY;
+    assert_eq!(
+        run(Rolling::Sum, &xs),
+        [1e308, inf, inf, inf, 1e308, 4.0, 4.0]
+    );
+    assert_eq!(
+        run(Rolling::Mean, &xs),
+        [2.5e307, inf, inf, inf, 2.5e307, 1.0, 1.0]
+    );
+    let var = run(Rolling::Variance, &xs);
+    assert_eq!(var[1..4], [inf, inf, inf], "{var:?}");
+    assert_eq!(var[5..], [0.0, 0.0], "{var:?}");
+    assert!(var[0] > 1e300 && var[4] > 1e300, "{var:?}");
+    let var = run(Rolling::Variance, &[7.0, 1e308, 1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(var[..2], [inf, inf], "{var:?}");
+    assert_eq!(var[2], 1.25, "{var:?}");
+}
+
 #[test]
 fn rolling_zero_window_is_rejected_at_build_naming_the_agent() {
     let mut g = Graph::new("zero");

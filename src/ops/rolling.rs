@@ -49,7 +49,9 @@
 //! NaN is propagated as plain arithmetic would: while a NaN is among the last `W` values, sum,
 //! mean, minimum, maximum and variance are NaN, and they recover as soon as it leaves the window
 //! (the running state is never poisoned). Infinities behave as in plain arithmetic too (`+∞` and
-//! `−∞` in one window sum to NaN). `Count` counts the values that are not NaN.
+//! `−∞` in one window sum to NaN), and so do finite values whose sum (or squared deviations)
+//! overflow: the sum, mean or variance is `±∞` while they are in the window. `Count` counts the
+//! values that are not NaN.
 //!
 //! # Inside your own agent
 //!
@@ -224,7 +226,16 @@ impl Compensated {
     }
 
     fn value(&self) -> f64 {
+        if self.sum.is_infinite() {
+            // The finite values overflowed: the compensation (inf − inf) means nothing.
+            return self.sum;
+        }
         self.sum + self.c
+    }
+
+    /// False once an addition overflowed: the running state must be recomputed.
+    fn is_finite(&self) -> bool {
+        self.sum.is_finite() && self.c.is_finite()
     }
 }
 
@@ -371,8 +382,10 @@ impl RollingAggregate for RollingSum {
             self.finite.add(x);
         }
         self.since_resync += 1;
-        if self.since_resync == self.ring.cap {
-            // O(W) every W values: O(1) amortised, and the error never grows with the stream.
+        // O(W) every W values: O(1) amortised, and the error never grows with the stream. Also
+        // after finite values overflowed (their sum is ±inf, its compensation NaN), so that the
+        // state recovers as soon as they leave the window, not up to W values later.
+        if self.since_resync == self.ring.cap || !self.finite.is_finite() {
             self.since_resync = 0;
             self.finite = Compensated::default();
             for &v in self.ring.values() {
@@ -692,7 +705,13 @@ impl RollingVariance {
             return 0.0;
         }
         let s1 = self.s1.value();
-        (self.s2.value() - s1 * s1 / self.n as f64).max(0.0)
+        let m2 = self.s2.value() - s1 * s1 / self.n as f64;
+        if m2.is_nan() {
+            // Finite values whose squared deviations overflow (inf − inf): the variance is
+            // beyond f64, not 0 (which `max(0.0)` would make of NaN).
+            return f64::INFINITY;
+        }
+        m2.max(0.0)
     }
 }
 
@@ -707,7 +726,10 @@ impl RollingAggregate for RollingVariance {
             self.add(x);
         }
         self.since_resync += 1;
-        if self.since_resync == self.ring.cap || self.stale() {
+        // Also after finite values overflowed a sum (it is then ±inf or NaN), so that the
+        // state recovers as soon as they leave the window.
+        let overflowed = !(self.s1.is_finite() && self.s2.is_finite());
+        if self.since_resync == self.ring.cap || overflowed || self.stale() {
             self.since_resync = 0;
             self.resync();
         }
