@@ -573,6 +573,12 @@ fn parameters_of_zero_are_reported_when_the_graph_is_built() {
         EventWindow::session(0).max_keys(0),
         |e: &[El]| e.len(),
     );
+    let _ = g.event_window(
+        "d",
+        &x,
+        EventWindow::tumbling(10).max_buffered(0),
+        |e: &[El]| e.len(),
+    );
     let _ = g.keyed_map_with_state(
         "c",
         &x,
@@ -590,6 +596,7 @@ fn parameters_of_zero_are_reported_when_the_graph_is_built() {
                 "agent 'b': session gap must be at least 1",
                 "agent 'b': max_keys must be at least 1",
                 "agent 'c': max_keys must be at least 1",
+                "agent 'd': max_buffered must be at least 1",
             ] {
                 assert!(all.contains(want), "missing {want:?} in {all}");
             }

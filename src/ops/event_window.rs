@@ -261,8 +261,8 @@ impl EventWindow {
         }
     }
 
-    /// At most `n` elements buffered (all keys together); one more is an error naming the
-    /// operator. Default [`DEFAULT_MAX_BUFFERED`].
+    /// At most `n` (at least 1) elements buffered (all keys together); one more is an error
+    /// naming the operator. Default [`DEFAULT_MAX_BUFFERED`].
     ///
     /// ```
     /// use iotstream::ops::event_window::EventWindow;
@@ -364,6 +364,10 @@ impl EventWindow {
         }
         if self.max_keys == 0 {
             p.push("max_keys must be at least 1 (got 0)");
+        }
+        if self.max_buffered == 0 {
+            // Every element would fail the run: say so before anything runs.
+            p.push("max_buffered must be at least 1 (got 0)");
         }
         p
     }
