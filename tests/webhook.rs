@@ -328,3 +328,40 @@ fn webhook_fails_the_application_when_asked() {
     let msg = g.run().expect_err("not http").to_string();
     assert!(msg.contains("must start with http:// or https://"), "{msg}");
 }
+
+/// A URL that can never be posted to is a graph error naming the agent and what is wrong,
+/// before anything runs. A port beyond 65535 in particular: the URL parser drops it, and the
+/// requests went to port 80 ("Connection refused", or worse, another service's answer).
+#[test]
+fn a_webhook_url_that_cannot_work_is_reported_when_the_graph_is_built() {
+    for (url, says) in [
+        (
+            "http://127.0.0.1:99999/x",
+            "port '99999' is not a number from 0 to 65535",
+        ),
+        ("https://hooks.example:80a/x", "port '80a'"),
+        ("http://", "not a valid URL"),
+        ("http://:8080/x", "names no host"),
+        ("http://no host/x", "not a valid URL"),
+    ] {
+        let mut g = Graph::new("webhook_bad_url");
+        let s = g.source_iter("alerts", alerts(1));
+        g.sink_webhook("hook", &s, url);
+        let msg = g.run().expect_err(url).to_string();
+        assert!(msg.contains("not well formed"), "{url}: {msg}");
+        assert!(msg.contains("sink_webhook 'hook'"), "{url}: {msg}");
+        assert!(msg.contains(says), "{url}: {msg}");
+    }
+    // Ports, IPv6 hosts and user information that are valid pass.
+    for url in [
+        "http://127.0.0.1:65535/x",
+        "http://[::1]/x",
+        "http://[::1]:8080/x",
+        "https://user:pw@hooks.example/x",
+    ] {
+        let mut g = Graph::new("webhook_good_url");
+        let s = g.input::<Alert>("alerts");
+        g.sink_webhook("hook", &s, url);
+        assert!(iotstream::Harness::new(g).is_ok(), "{url}");
+    }
+}

@@ -333,10 +333,34 @@ impl<T: Element> Agent for WebhookSink<T> {
     }
 }
 
+/// Why `url` cannot be posted to, if it cannot: checked when the application is built, since a
+/// URL that is not valid never becomes valid by trying again.
+fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("it must start with http:// or https://".to_string());
+    }
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("not a valid URL: {e}"))?;
+    let authority = match uri.authority() {
+        Some(a) if !a.host().is_empty() => a.as_str(),
+        _ => return Err("it names no host".to_string()),
+    };
+    // A port that is not a number from 0 to 65535 is silently dropped by the URL parser (the
+    // request would go to the scheme's default port, 80 or 443): refuse it.
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some((_, port)) = host_port.rsplit_once(':') {
+        if !host_port.ends_with(']') && !port.is_empty() && port.parse::<u16>().is_err() {
+            return Err(format!("port '{port}' is not a number from 0 to 65535"));
+        }
+    }
+    Ok(())
+}
+
 impl Graph {
     /// Posts `stream` to the web hook at `url` (`http://` or `https://`) as JSON arrays of its
     /// elements, one or more requests per batch, with the default [`WebhookOptions`]: at most
     /// 500 elements and 1 MiB per request, 5 tries with backoff, undelivered elements counted.
+    /// A URL that can never work (another scheme, no host, a port beyond 65535) is reported
+    /// when the application is built.
     /// See [`Graph::sink_webhook_with`] and the [module documentation](crate::ops::webhook).
     ///
     /// ```no_run
@@ -388,10 +412,8 @@ impl Graph {
         options: WebhookOptions,
     ) {
         let url = url.into();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            self.problem(format!(
-                "sink_webhook '{name}': the URL must start with http:// or https://, not '{url}'"
-            ));
+        if let Err(why) = check_url(&url) {
+            self.problem(format!("sink_webhook '{name}': URL '{url}': {why}"));
         }
         if options.max_elements == 0 {
             self.problem(format!(
