@@ -626,6 +626,32 @@ fn bad_options_are_reported_when_the_graph_is_built() {
     );
     assert!(err.contains("topic template 'alerts/{unclosed'"), "{err}");
     let _ = std::io::stderr().flush();
+
+    // A scheme in the host, a host with a space, port 0: each would only fail its connection
+    // attempts, retried for ever by default.
+    let mut g = Graph::new("bad_addresses");
+    for (i, (host, port)) in [
+        ("mqtt://127.0.0.1", 1883),
+        ("broker one", 1883),
+        ("127.0.0.1", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = g.source_mqtt(
+            &format!("in{i}"),
+            MqttSource::utf8(MqttBroker::new(host, port, "x"), ["a/#"]),
+        );
+        let _ = g.collect(&format!("out{i}"), &s);
+    }
+    let err = g.run().unwrap_err().to_string();
+    for says in [
+        "host 'mqtt://127.0.0.1' must be a host name or address, without a scheme",
+        "host 'broker one' is not a host name or address",
+        "port 0 is not a port",
+    ] {
+        assert!(err.contains(says), "{says}: {err}");
+    }
 }
 
 /// TLS (feature `mqtt-tls`): a broker with a certificate from a CA made here; a source and a

@@ -312,6 +312,20 @@ impl MqttBroker {
         let mut p = Vec::new();
         if self.host.is_empty() {
             p.push("the broker's host is empty".to_string());
+        } else if self.host.contains("://") {
+            // `mqtt://host` would only ever fail its name lookup, retried for ever.
+            p.push(format!(
+                "host '{}' must be a host name or address, without a scheme",
+                self.host
+            ));
+        } else if self.host.contains(|c: char| c.is_whitespace() || c == '/') {
+            p.push(format!(
+                "host '{}' is not a host name or address",
+                self.host
+            ));
+        }
+        if self.port == 0 {
+            p.push("port 0 is not a port a broker can listen on".to_string());
         }
         if self.client_id.is_empty() && !self.clean_session {
             p.push("a persistent session needs a client id".to_string());
