@@ -228,10 +228,14 @@ fn follow_resumes_from_its_offset_file_across_runs() {
 
     let first = follow_run(&log, &offset, 10, "the first run");
     assert_eq!(first, (0..10).map(line).collect::<Vec<_>>());
-    // Device, inode and the offset of the end of the last line handed over.
+    // Device, inode, the offset of the end of the last line handed over, and the bytes just
+    // before it (hex).
     let saved = std::fs::read_to_string(&offset).unwrap();
     let len = std::fs::metadata(&log).unwrap().len();
-    assert!(saved.trim_end().ends_with(&format!(" {len}")), "{saved}");
+    let fields: Vec<&str> = saved.split_whitespace().collect();
+    assert_eq!(fields.len(), 4, "{saved}");
+    assert_eq!(fields[2], len.to_string(), "{saved}");
+    assert!(fields[3].ends_with(&format!("{:02x}", b'\n')), "{saved}");
 
     // Written while nothing follows the file.
     let more: String = (10..25).map(|i| format!("{}\n", line(i))).collect();
@@ -260,6 +264,50 @@ fn follow_resumes_from_its_offset_file_across_runs() {
     let msg = err.to_string();
     assert!(msg.contains(&offset.display().to_string()), "{msg}");
     assert_eq!(err.agent(), Some("log"), "{msg}");
+}
+
+/// A copytruncate while nothing follows the file, written again past the saved offset before
+/// the next run: the same inode, long enough, but not the bytes the offset was taken in. The
+/// next run reads it from its beginning (as a running follower does when it sees a
+/// truncation), not from the stale offset, which lost the new file's first lines and handed
+/// over the tail of one of them as a line.
+#[test]
+fn follow_reads_from_the_start_a_file_truncated_and_rewritten_while_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let offset = dir.path().join("app.log.offset");
+    let text: String = (0..5).map(|i| format!("old {i}\n")).collect();
+    std::fs::write(&log, text).unwrap();
+    let first = follow_run(&log, &offset, 5, "the first run");
+    assert_eq!(first.len(), 5);
+
+    // copytruncate: the same inode, emptied, then written again beyond the old offset.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let fresh: Vec<String> = (0..8).map(|i| format!("new line number {i}")).collect();
+    append(
+        &log,
+        &fresh.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    );
+    let second = follow_run(&log, &offset, 8, "the run after the truncation");
+    assert_eq!(second, fresh);
+
+    // Unchanged before the offset (only appended to): the run after resumes there.
+    append(&log, "appended\n");
+    let third = follow_run(&log, &offset, 1, "the run after an append");
+    assert_eq!(third, ["appended"]);
+
+    // An offset file of the earlier form (no bytes recorded) still resumes at its offset.
+    let saved = std::fs::read_to_string(&offset).unwrap();
+    let old_form: Vec<&str> = saved.split_whitespace().take(3).collect();
+    std::fs::write(&offset, format!("{}\n", old_form.join(" "))).unwrap();
+    append(&log, "appended again\n");
+    let fourth = follow_run(&log, &offset, 1, "the run with an old offset file");
+    assert_eq!(fourth, ["appended again"]);
 }
 
 /// A line longer than the limit is an error naming the file and the line's byte offset, or is

@@ -23,15 +23,17 @@
 //! is waited for, and read from its beginning once it appears.
 //!
 //! With [`FollowOptions::offset_file`], the follower records in that file the device, inode and
-//! byte offset just past the last line it handed over (written to a temporary file beside it,
-//! then renamed over it: never half written). On the next start, if the file at the path is the
-//! same file (same device and inode) and at least that long, reading resumes there; otherwise
-//! it starts as [`FollowOptions::start`] says. A graceful stop (Ctrl-C, [`Running::stop`])
+//! byte offset just past the last line it handed over, and the (at most 64) bytes just before
+//! that offset, in hex (written to a temporary file beside it, then renamed over it: never half
+//! written). On the next start, if the file at the path is the same file (same device and
+//! inode), at least that long and still holding those bytes there, reading resumes there; the
+//! same file without them was truncated (copytruncate) while nothing followed it, and is read
+//! from its beginning; another file is read as [`FollowOptions::start`] says. A graceful stop (Ctrl-C, [`Running::stop`])
 //! delivers every line handed over, so a restart neither loses nor repeats a line; after a
 //! crash, the lines handed over but not yet processed downstream are not read again. The
 //! offset file is written once per batch and not synced to disk (an empty one, left by a
-//! power cut, counts as none); one that cannot be read as `<device> <inode> <offset>` stops
-//! the application with an error naming it.
+//! power cut, counts as none); one that cannot be read as `<device> <inode> <offset> [<hex>]`
+//! stops the application with an error naming it.
 //!
 //! # Limits and bad input
 //!
@@ -209,8 +211,8 @@ struct Follower {
     skipping: Option<(u64, bool)>,
     /// The last bytes read before `read_pos` (at most [`FINGERPRINT_BYTES`]).
     fingerprint: Vec<u8>,
-    /// What the offset file says now: (device, inode, offset).
-    saved: Option<(u64, u64, u64)>,
+    /// What the offset file says now.
+    saved: Option<Saved>,
 }
 
 impl Follower {
@@ -258,11 +260,17 @@ impl Follower {
             Some(p) => read_offset_file(p)?,
             None => None,
         };
+        let same_bytes = match &saved {
+            Some(sv) => self.holds_before(&file, sv.offset, sv.before.as_deref())?,
+            None => false,
+        };
+        let at = saved.as_ref().map(|sv| (sv.dev, sv.ino, sv.offset));
         self.saved = saved;
         let mut skip_partial = false;
-        let pos = match saved {
-            Some((d, i, offset)) if (d, i) == (dev, ino) && offset <= len => offset,
-            // The same file, shorter than the offset: truncated while we were away.
+        let pos = match at {
+            Some((d, i, offset)) if (d, i) == (dev, ino) && offset <= len && same_bytes => offset,
+            // The same file, shorter than the offset, or not holding the bytes that were read
+            // before it: truncated (and perhaps written again) while we were away.
             Some((d, i, _)) if (d, i) == (dev, ino) => 0,
             _ if !self.started && self.options.start == FollowStart::End => {
                 // After the last complete line: an unfinished one is read whole once finished.
@@ -508,7 +516,30 @@ impl Follower {
         }
     }
 
-    /// Records the position in the offset file, if asked and if it moved.
+    /// Whether `file` holds, just before `offset`, the bytes `before` (`None`: an offset file
+    /// that recorded none, taken as yes). False if it is shorter.
+    fn holds_before(
+        &self,
+        file: &File,
+        offset: u64,
+        before: Option<&[u8]>,
+    ) -> Result<bool, AgentError> {
+        let Some(before) = before else {
+            return Ok(true);
+        };
+        let Some(from) = offset.checked_sub(before.len() as u64) else {
+            return Ok(false);
+        };
+        let mut now = vec![0u8; before.len()];
+        match file.read_exact_at(&mut now, from) {
+            Ok(()) => Ok(now == before),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(format!("cannot read {}: {e}", self.origin()).into()),
+        }
+    }
+
+    /// Records the position in the offset file, if asked and if it moved, with the bytes just
+    /// before it (so that the next start notices a file truncated and written again).
     fn save(&mut self) -> Result<(), AgentError> {
         let Some(path) = &self.options.offset_file else {
             return Ok(());
@@ -516,11 +547,22 @@ impl Follower {
         let Some(cur) = &self.cur else {
             return Ok(());
         };
-        let now = (cur.dev, cur.ino, self.committed());
-        if self.saved == Some(now) {
+        let offset = self.committed();
+        let from = offset.saturating_sub(FINGERPRINT_BYTES as u64);
+        let mut before = vec![0u8; (offset - from) as usize];
+        cur.file
+            .read_exact_at(&mut before, from)
+            .map_err(|e| format!("cannot read {}: {e}", self.origin()))?;
+        let now = Saved {
+            dev: cur.dev,
+            ino: cur.ino,
+            offset,
+            before: Some(before),
+        };
+        if self.saved.as_ref() == Some(&now) {
             return Ok(());
         }
-        write_offset_file(path, now)?;
+        write_offset_file(path, &now)?;
         self.saved = Some(now);
         Ok(())
     }
@@ -573,8 +615,19 @@ impl Follower {
     }
 }
 
+/// What an offset file records: the file (device and inode), the offset just past the last line
+/// handed over, and the bytes just before it (at most [`FINGERPRINT_BYTES`]; `None` in a file
+/// written by a version that did not record them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Saved {
+    dev: u64,
+    ino: u64,
+    offset: u64,
+    before: Option<Vec<u8>>,
+}
+
 /// Reads an offset file: `None` if there is none.
-fn read_offset_file(path: &Path) -> Result<Option<(u64, u64, u64)>, AgentError> {
+fn read_offset_file(path: &Path) -> Result<Option<Saved>, AgentError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -591,27 +644,57 @@ fn read_offset_file(path: &Path) -> Result<Option<(u64, u64, u64)>, AgentError> 
     }
     let bad = || -> AgentError {
         format!(
-            "offset file '{}': expected one line `<device> <inode> <offset>`, found {:?}",
+            "offset file '{}': expected one line `<device> <inode> <offset> [<hex bytes>]`, found {:?}",
             path.display(),
             text.chars().take(80).collect::<String>()
         )
         .into()
     };
     let fields: Vec<&str> = text.split_whitespace().collect();
-    let [dev, ino, offset] = fields[..] else {
-        return Err(bad());
+    let (dev, ino, offset, hex) = match fields[..] {
+        [dev, ino, offset] => (dev, ino, offset, None),
+        [dev, ino, offset, hex] => (dev, ino, offset, Some(hex)),
+        _ => return Err(bad()),
     };
     let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
-    Ok(Some((num(dev)?, num(ino)?, num(offset)?)))
+    let before = match hex {
+        None => None,
+        Some(h) if h.len() % 2 == 0 && h.len() <= 2 * FINGERPRINT_BYTES => Some(
+            (0..h.len())
+                .step_by(2)
+                .map(|i| {
+                    u8::from_str_radix(h.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())
+                })
+                .collect::<Result<Vec<u8>, AgentError>>()?,
+        ),
+        Some(_) => return Err(bad()),
+    };
+    Ok(Some(Saved {
+        dev: num(dev)?,
+        ino: num(ino)?,
+        offset: num(offset)?,
+        before,
+    }))
 }
 
 /// Writes an offset file whole: to a temporary file beside it, then renamed over it.
-fn write_offset_file(path: &Path, (dev, ino, offset): (u64, u64, u64)) -> Result<(), AgentError> {
+fn write_offset_file(path: &Path, saved: &Saved) -> Result<(), AgentError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let cannot = |e: std::io::Error| format!("cannot write offset file '{}': {e}", path.display());
-    std::fs::write(&tmp, format!("{dev} {ino} {offset}\n")).map_err(cannot)?;
+    let Saved {
+        dev, ino, offset, ..
+    } = saved;
+    let mut line = format!("{dev} {ino} {offset}");
+    if let Some(before) = saved.before.as_ref().filter(|b| !b.is_empty()) {
+        line.push(' ');
+        for b in before {
+            line.push_str(&format!("{b:02x}"));
+        }
+    }
+    line.push('\n');
+    std::fs::write(&tmp, line).map_err(cannot)?;
     std::fs::rename(&tmp, path).map_err(cannot)?;
     Ok(())
 }
