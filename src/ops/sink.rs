@@ -423,7 +423,20 @@ impl Graph {
     /// (see [`FileMode`]); each batch is written and flushed as a whole, and at the end of the
     /// stream the file is synced to disk. An element that cannot be written as JSON (a map
     /// with keys that are not strings, say) stops the application with an error naming the
-    /// file and the element's line.
+    /// file and the element's line. A float that is NaN or infinite is written as `null`
+    /// (serde_json's rule, JSON has no such numbers), with no error: such a line does not read
+    /// back as a float; use `Option<f64>` (`None` is `null` too) or a string where it matters.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let path = std::env::temp_dir().join(format!("iotstream-doc-nan-{}.jsonl", std::process::id()));
+    /// let mut g = Graph::new("readings");
+    /// let s = g.source_iter("celsius", [21.5f64, f64::NAN]);
+    /// g.to_json_lines("save", &s, &path);
+    /// g.run().unwrap();
+    /// assert_eq!(std::fs::read_to_string(&path).unwrap(), "21.5\nnull\n");
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
     ///
     /// ```
     /// use iotstream::Graph;
