@@ -654,6 +654,29 @@ fn bad_options_are_reported_when_the_graph_is_built() {
     }
 }
 
+/// A sink that gives up on a broker that never answers fails the run naming the broker, and
+/// what it had handed to its connection, never acknowledged, is counted undelivered (it stayed
+/// 0: the count is made by the drain at the end of the stream, which a failing step skips).
+#[test]
+fn a_sink_that_gives_up_counts_what_was_never_acknowledged() {
+    // A port nothing listens on: bound, then closed.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut g = Graph::new("gives_up");
+    let s = g.source_iter("alerts", (0..1000).map(|i| i.to_string()));
+    let broker =
+        MqttBroker::new("127.0.0.1", port, "gives-up").give_up_after(Duration::from_millis(500));
+    let stats = g.sink_mqtt("publish", &s, MqttSink::utf8(broker, "alerts/x"));
+    let err = g.run().expect_err("nobody listens").to_string();
+    assert!(err.contains("gave up on MQTT broker 127.0.0.1"), "{err}");
+    assert!(stats.published() > 0, "nothing was handed over");
+    assert_eq!(stats.delivered(), 0);
+    assert_eq!(stats.undelivered(), stats.published(), "{err}");
+}
+
 /// TLS (feature `mqtt-tls`): a broker with a certificate from a CA made here; a source and a
 /// sink that trust the CA exchange messages, one that trusts another CA fails naming TLS.
 #[cfg(feature = "mqtt-tls")]

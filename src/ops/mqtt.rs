@@ -1542,6 +1542,21 @@ impl<T: Element> MqttWriter<T> {
         Ok(())
     }
 
+    /// The sink fails: what was handed to the connection and never acknowledged is counted
+    /// undelivered (as a drain would), and the connection thread is told to end.
+    fn abandon(&mut self) {
+        let Some(writing) = self.writing.take() else {
+            return;
+        };
+        writing.control.stop.store(true, Relaxed);
+        let stats = &self.options.stats.inner;
+        let missing = stats
+            .published
+            .load(Relaxed)
+            .saturating_sub(stats.delivered.load(Relaxed));
+        stats.undelivered.fetch_add(missing, Relaxed);
+    }
+
     /// Reports what became undelivered since the last report to the agent's counters
     /// ([`Inputs::count_undelivered`]: `AgentStats::undelivered`, the live view).
     fn report_undelivered(&mut self, inputs: &mut Inputs<'_>) {
@@ -1572,6 +1587,9 @@ impl<T: Element> Agent for MqttWriter<T> {
                 // inputs); `finish` drains only if this step did not.
                 result = self.drain();
             }
+        }
+        if result.is_err() {
+            self.abandon();
         }
         self.report_undelivered(inputs);
         result
