@@ -692,6 +692,28 @@ fn rolling_overflow_gives_inf_and_recovers_when_it_leaves() {
     assert_eq!(var[2], 1.25, "{var:?}");
 }
 
+/// A rolling window far larger than the stream allocates for the values that came, not for the
+/// window: a window of 4e9 over 10 values ran out of memory at once (the process aborted with
+/// "memory allocation of 32000000000 bytes failed", naming no agent).
+#[test]
+fn a_huge_rolling_window_allocates_for_the_values_not_the_window() {
+    for agg in [
+        Rolling::Mean,
+        Rolling::Max,
+        Rolling::Variance,
+        Rolling::Count,
+    ] {
+        let mut g = Graph::new("huge_window");
+        let x = g.input::<f64>("x");
+        let r = g.rolling("r", &x, 4_000_000_000, agg);
+        let out = g.collect("out", &r);
+        let mut h = Harness::new(g).unwrap();
+        h.push(&x, (0..10).map(f64::from)).unwrap();
+        h.finish().unwrap();
+        assert!(out.values().is_empty(), "{agg:?}");
+    }
+}
+
 #[test]
 fn rolling_zero_window_is_rejected_at_build_naming_the_agent() {
     let mut g = Graph::new("zero");

@@ -169,7 +169,10 @@ fn check_window(window: usize) {
 // ---------------------------------------------------------------------------------------------
 // Building blocks
 
-/// The last `cap` values, oldest overwritten first. Allocated once.
+/// The last `cap` values, oldest overwritten first. Grows with the values that came (doubling,
+/// never beyond `cap`), then stays: memory follows the stream, not the window's size, so a huge
+/// window over a short stream allocates little (it allocated `cap` values at once, and a window
+/// of 4e9 aborted the process: "memory allocation of 32000000000 bytes failed").
 #[derive(Clone, Debug)]
 struct Ring {
     buf: Vec<f64>,
@@ -180,7 +183,7 @@ struct Ring {
 impl Ring {
     fn new(cap: usize) -> Self {
         Ring {
-            buf: Vec::with_capacity(cap),
+            buf: Vec::new(),
             cap,
             next: 0,
         }
@@ -189,6 +192,10 @@ impl Ring {
     /// Adds `x`; returns the value it displaced once the ring is full.
     fn push(&mut self, x: f64) -> Option<f64> {
         if self.buf.len() < self.cap {
+            if self.buf.len() == self.buf.capacity() {
+                let more = self.buf.len().max(8).min(self.cap - self.buf.len());
+                self.buf.reserve_exact(more);
+            }
             self.buf.push(x);
             return None;
         }
@@ -460,7 +467,8 @@ impl<const MAX: bool> Extremum<MAX> {
         check_window(window);
         Extremum {
             window,
-            deque: VecDeque::with_capacity(window + 1),
+            // Grows with the candidates (at most `window` + 1), not allocated for the window.
+            deque: VecDeque::new(),
             count: 0,
             last_nan: None,
         }
