@@ -550,9 +550,13 @@ impl Follower {
         let offset = self.committed();
         let from = offset.saturating_sub(FINGERPRINT_BYTES as u64);
         let mut before = vec![0u8; (offset - from) as usize];
-        cur.file
-            .read_exact_at(&mut before, from)
-            .map_err(|e| format!("cannot read {}: {e}", self.origin()))?;
+        match cur.file.read_exact_at(&mut before, from) {
+            Ok(()) => {}
+            // Truncated since it was read (copytruncate at this very moment): the next read
+            // notices it and starts again from the beginning; the position is saved then.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.origin()).into()),
+        }
         let now = Saved {
             dev: cur.dev,
             ino: cur.ino,
@@ -788,5 +792,42 @@ impl Graph {
         }
         let follower = Follower::new(path.into(), options);
         self.source_with(name, follower, SourceOptions::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file truncated between the read of its lines and the save of the offset (copytruncate
+    /// at that moment) does not fail the source: the save waits for the next read, which
+    /// notices the truncation.
+    #[test]
+    fn a_truncation_just_before_the_save_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let offset = dir.path().join("app.log.offset");
+        std::fs::write(&log, "one\ntwo\n").unwrap();
+        let options = FollowOptions::default()
+            .start(FollowStart::Beginning)
+            .offset_file(&offset)
+            .poll_interval(Duration::from_millis(1));
+        let mut f = Follower::new(log.clone(), options);
+        let mut out = Vec::new();
+        f.fill(&mut out, 100).unwrap();
+        assert_eq!(out, ["one", "two"]);
+        let saved = std::fs::read_to_string(&offset).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        f.save().unwrap();
+        assert_eq!(std::fs::read_to_string(&offset).unwrap(), saved);
+        std::fs::write(&log, "three\n").unwrap();
+        out.clear();
+        f.fill(&mut out, 100).unwrap();
+        assert_eq!(out, ["three"]);
     }
 }
