@@ -154,6 +154,36 @@ fn disorder() -> impl Strategy<Value = (Vec<El>, Vec<El>, u64)> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
+    /// With an allowed lateness and input beyond its bound (so that there are late elements,
+    /// corrections, and sessions that take in emitted ones), the windows and the late elements
+    /// do not depend on the batches; within the bound, a lateness changes nothing.
+    #[test]
+    fn with_allowed_lateness_the_output_does_not_depend_on_batches(
+        data in prop::collection::vec((0u64..100, 0u32..5), 0..40),
+        d in 0u64..6,
+        lateness in 0u64..15,
+        kind in kind(),
+        chunks in prop::collection::vec(1usize..6, 1..5),
+    ) {
+        let spec = spec_of(kind).allowed_lateness(lateness);
+        let batched = run_windows(spec, &data, d, &chunks);
+        let whole = run_windows(spec, &data, d, &[usize::MAX]);
+        prop_assert_eq!(batched, whole);
+    }
+
+    #[test]
+    fn within_the_bound_a_lateness_changes_nothing(
+        (sorted, permuted, d) in disorder(),
+        kind in kind(),
+        lateness in 1u64..15,
+        chunks in prop::collection::vec(1usize..9, 1..6),
+    ) {
+        let want = ref_output(kind, &sorted, d);
+        let (got, late, _) = run_windows(spec_of(kind).allowed_lateness(lateness), &permuted, d, &chunks);
+        prop_assert_eq!(&got, &want);
+        prop_assert!(late.is_empty());
+    }
+
     #[test]
     fn within_the_bound_the_output_is_the_reference_whatever_the_order_and_batches(
         (sorted, permuted, d) in disorder(),
