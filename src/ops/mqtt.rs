@@ -826,7 +826,9 @@ impl<T: Display> MqttSink<T> {
 }
 
 impl<T: Serialize> MqttSink<T> {
-    /// Payloads as the elements' JSON (serde).
+    /// Payloads as the elements' JSON (serde). A float that is NaN or infinite is written as
+    /// `null` (serde_json's rule: JSON has no such numbers), which a reader expecting a number
+    /// refuses; use `Option<f64>` or a string where such values occur.
     pub fn json(broker: MqttBroker, topic: impl Into<MqttTopic<T>>) -> Self {
         MqttSink::with_encoder(broker, topic.into(), encode_json::<T>)
     }
