@@ -609,6 +609,18 @@ fn parameters_of_zero_are_reported_when_the_graph_is_built() {
         EventWindow::tumbling(10).max_buffered(0),
         |e: &[El]| e.len(),
     );
+    // A minute in microseconds slid every microsecond: 60 million windows per element (one
+    // element took over 1 GB in 20 s and did not finish its step).
+    let _ = g.event_window(
+        "e",
+        &x,
+        EventWindow::sliding(60_000_000, 1),
+        |e: &[El]| e.len(),
+    );
+    // At the bound: accepted.
+    let _ = g.event_window("f", &x, EventWindow::sliding(100_000, 1), |e: &[El]| {
+        e.len()
+    });
     let _ = g.keyed_map_with_state(
         "c",
         &x,
@@ -627,9 +639,11 @@ fn parameters_of_zero_are_reported_when_the_graph_is_built() {
                 "agent 'b': max_keys must be at least 1",
                 "agent 'c': max_keys must be at least 1",
                 "agent 'd': max_buffered must be at least 1",
+                "agent 'e': sliding(60000000, 1) puts each element in 60000000 windows, more than 100000",
             ] {
                 assert!(all.contains(want), "missing {want:?} in {all}");
             }
+            assert!(!all.contains("agent 'f'"), "{all}");
         }
         other => panic!("unexpected error {other:?}"),
     }

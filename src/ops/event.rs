@@ -62,8 +62,10 @@
 //!   ends (an ended input's buffered elements wait too): idleness never makes elements late.
 //! - An agent that forwards marks takes one step per mark: a stream with a watermark after
 //!   nearly every element (heavy disorder beyond the bound) costs a step per element there.
-//! - `sliding(size, step)` keeps one pending window per window an element is in: a very
-//!   large `size / step` costs memory in proportion.
+//! - `sliding(size, step)` keeps one pending window per window an element is in: a large
+//!   `size / step` costs memory in proportion, and more than
+//!   [`MAX_WINDOWS_PER_ELEMENT`](crate::ops::event_window::MAX_WINDOWS_PER_ELEMENT) (100,000)
+//!   is refused when the application is built.
 //!
 //! # In your own agent
 //!

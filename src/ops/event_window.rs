@@ -125,6 +125,10 @@ use crate::stream::{Element, Input, Mark, Stream};
 pub const DEFAULT_MAX_BUFFERED: usize = 1_000_000;
 /// The default bound on live keys ([`EventWindow::max_keys`]).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// The most windows one element may belong to: `size / step` (rounded up) of a sliding
+/// [`EventWindow`]. Each is kept and emitted on its own, so more is refused when the
+/// application is built (a window and a step in different units, say).
+pub const MAX_WINDOWS_PER_ELEMENT: u64 = 100_000;
 
 /// The shape of the windows of an [`EventWindow`].
 ///
@@ -197,7 +201,8 @@ impl EventWindow {
         Self::new(WindowKind::Tumbling { size })
     }
 
-    /// Windows of `size` every `step` (both at least 1), from timestamp 0.
+    /// Windows of `size` every `step` (both at least 1, `size / step` at most
+    /// [`MAX_WINDOWS_PER_ELEMENT`]), from timestamp 0.
     ///
     /// ```
     /// use iotstream::ops::event_window::{EventWindow, WindowKind};
@@ -350,24 +355,37 @@ impl EventWindow {
     }
 
     /// What is wrong with the parameters, if anything.
-    fn problems(&self) -> Vec<&'static str> {
-        let mut p = Vec::new();
+    fn problems(&self) -> Vec<String> {
+        let mut p: Vec<String> = Vec::new();
         match self.kind {
             WindowKind::Tumbling { size } | WindowKind::Sliding { size, .. } if size == 0 => {
-                p.push("window size must be at least 1 (got 0)")
+                p.push("window size must be at least 1 (got 0)".into())
             }
-            WindowKind::Session { gap: 0 } => p.push("session gap must be at least 1 (got 0)"),
+            WindowKind::Session { gap: 0 } => {
+                p.push("session gap must be at least 1 (got 0)".into())
+            }
             _ => {}
         }
-        if let WindowKind::Sliding { step: 0, .. } = self.kind {
-            p.push("window step must be at least 1 (got 0)");
+        if let WindowKind::Sliding { size, step } = self.kind {
+            if step == 0 {
+                p.push("window step must be at least 1 (got 0)".into());
+            } else if size.div_ceil(step) > MAX_WINDOWS_PER_ELEMENT {
+                // Each element would be stored in, and emitted with, that many windows: memory
+                // that no element bound limits, and a step that never ends.
+                p.push(format!(
+                    "sliding({size}, {step}) puts each element in {} windows, more than \
+                     {MAX_WINDOWS_PER_ELEMENT}: raise the step (are size and step in the same \
+                     unit?), or use rolling / timed_window",
+                    size.div_ceil(step)
+                ));
+            }
         }
         if self.max_keys == 0 {
-            p.push("max_keys must be at least 1 (got 0)");
+            p.push("max_keys must be at least 1 (got 0)".into());
         }
         if self.max_buffered == 0 {
             // Every element would fail the run: say so before anything runs.
-            p.push("max_buffered must be at least 1 (got 0)");
+            p.push("max_buffered must be at least 1 (got 0)".into());
         }
         p
     }
