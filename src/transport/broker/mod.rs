@@ -664,7 +664,10 @@ mod tests {
             ("nats://127.0.0.1:0", "the port '0' is not a port"),
             ("nats://host:x", "the port 'x' is not a port"),
             ("nats://:4222", "no host"),
-            ("nats://my host:4222", "the host 'my host' holds white space"),
+            (
+                "nats://my host:4222",
+                "the host 'my host' holds white space",
+            ),
             ("tls://[::1", "IPv6"),
             ("nats://a:4222,nats://b:99999", "in 'nats://b:99999'"),
         ] {
