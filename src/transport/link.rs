@@ -530,8 +530,18 @@ impl<T: Element> LinkTx<T> {
                 Flavor::Broker(tx) => tx.pending(),
                 _ => self.capacity - self.credit,
             };
+            // A reader that holds all it may and consumes none of it needs more at once than
+            // the connection lets through: say so, and what to do.
+            let full = if in_flight >= self.capacity {
+                ": the reader holds all the connection lets through and consumes none of it, as \
+                 an agent that needs more than that at once does (a window longer than the \
+                 capacity); give the connection a larger capacity (Connection::capacity, or \
+                 `capacity` in the deployment's [[connections]])"
+            } else {
+                ""
+            };
             format!(
-                "{}: {} elements wait at the writer, {in_flight} in flight unconsumed by the reader (capacity {})",
+                "{}: {} elements wait at the writer, {in_flight} in flight unconsumed by the reader (capacity {}){full}",
                 self.label, self.stashed, self.capacity
             )
         })
