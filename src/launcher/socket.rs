@@ -821,23 +821,24 @@ pub fn list_in(dir: &Path) -> Result<Listing, OpError> {
                 socket: path,
                 status,
             }),
-            Ok(other) => listing
-                .problems
-                .push(format!("{}: unexpected answer {other:?}", path.display())),
-            // It took the connection: its launcher runs, but does not answer.
-            Err(e) => {
-                let stem = name.trim_end_matches(".sock");
-                let (app, pid) = match stem.rsplit_once('.') {
-                    Some((app, pid)) => (app.to_string(), pid.parse().ok()),
-                    None => (stem.to_string(), None),
+            Ok(other) => {
+                let why = match other {
+                    // It runs, and said why it cannot answer (it serves a bounded number of
+                    // connections): not a launcher that is gone.
+                    Reply::Error { message } => Some(format!("{BUSY}: {message}")),
+                    other => {
+                        listing
+                            .problems
+                            .push(format!("{}: unexpected answer {other:?}", path.display()));
+                        None
+                    }
                 };
-                listing.silent.push(Silent {
-                    socket: path,
-                    app,
-                    pid,
-                    why: e.message,
-                });
+                if let Some(why) = why {
+                    listing.silent.push(silent(&name, path, why));
+                }
             }
+            // It took the connection: its launcher runs, but does not answer.
+            Err(e) => listing.silent.push(silent(&name, path, e.message)),
         }
     }
     listing.apps.sort_by(|a, b| {
@@ -877,10 +878,33 @@ fn silent_instead(not_found: OpError, silent: &[Silent], app: &str) -> OpError {
     if named.is_empty() {
         return not_found;
     }
-    OpError::failed(format!(
-        "{}; it runs, but cannot be asked anything (stopped, by SIGSTOP say, or stuck)",
-        named.join("; ")
-    ))
+    let busy = silent.iter().all(|s| s.why.starts_with(BUSY));
+    OpError::failed(if busy {
+        format!("{}; it runs", named.join("; "))
+    } else {
+        format!(
+            "{}; it runs, but cannot be asked anything (stopped, by SIGSTOP say, or stuck)",
+            named.join("; ")
+        )
+    })
+}
+
+/// How [`Silent::why`] begins for a launcher that answered it cannot take the connection.
+const BUSY: &str = "it refused the connection";
+
+/// A launcher that runs but gave no status, from its socket's file `name` at `path`.
+fn silent(name: &str, path: PathBuf, why: String) -> Silent {
+    let stem = name.trim_end_matches(".sock");
+    let (app, pid) = match stem.rsplit_once('.') {
+        Some((app, pid)) => (app.to_string(), pid.parse().ok()),
+        None => (stem.to_string(), None),
+    };
+    Silent {
+        socket: path,
+        app,
+        pid,
+        why,
+    }
 }
 
 /// [`find`] among `apps`.
@@ -985,9 +1009,24 @@ fn exchange(
     conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(lost)?;
     let mut line = serde_json::to_string(request).map_err(|e| OpError::failed(e.to_string()))?;
     line.push('\n');
-    (&conn).write_all(line.as_bytes()).map_err(lost)?;
+    // A launcher that cannot serve the connection (it serves MAX_CONNECTIONS at most) answers
+    // why and closes it without reading: the request then meets a closed socket (EPIPE), but
+    // the answer is there to read. Only a write error with nothing to read is the error.
+    let written = (&conn).write_all(line.as_bytes());
     let mut reader = BufReader::new(conn);
     let mut buf = Vec::new();
+    if let Err(e) = written {
+        return match read_line_bounded(&mut reader, &mut buf, MAX_REPLY) {
+            Ok(LineRead::Line) => match serde_json::from_slice::<Reply>(&buf) {
+                Ok(reply) => {
+                    on_reply(reply);
+                    Ok(())
+                }
+                Err(_) => Err(lost(e)),
+            },
+            _ => Err(lost(e)),
+        };
+    }
     loop {
         match read_line_bounded(&mut reader, &mut buf, MAX_REPLY).map_err(lost)? {
             // A reply cut off mid-way: the launcher went away.
@@ -1432,6 +1471,47 @@ mod tests {
                 ..Status::default()
             },
         }
+    }
+
+    #[test]
+    fn a_launcher_that_serves_no_more_connections_is_listed_as_running_with_its_reason() {
+        // A launcher at MAX_CONNECTIONS answers why and closes at once, without reading the
+        // request: `list` (and so `stop`, `restart`...) must show it as running, with its
+        // words, not as gone ("no application is running") nor as a broken pipe.
+        let dir = std::env::temp_dir().join(format!("iotstream-busy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = dir.join("busy_app.4242.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let busy = format!(
+            "{{\"error\":{{\"message\":\"the launcher serves {MAX_CONNECTIONS} connections at most: try again\"}}}}\n"
+        );
+        let serving = std::thread::spawn(move || {
+            for _ in 0..20 {
+                let (mut c, _) = listener.accept().unwrap();
+                let _ = c.write_all(busy.as_bytes());
+            }
+        });
+        for _ in 0..20 {
+            let listing = list_in(&dir).unwrap();
+            assert!(
+                listing.apps.is_empty() && listing.problems.is_empty(),
+                "{listing:?}"
+            );
+            assert_eq!(listing.silent.len(), 1, "{listing:?}");
+            let s = &listing.silent[0];
+            assert_eq!((s.app.as_str(), s.pid), ("busy_app", Some(4242)));
+            assert!(
+                s.why.contains(&format!(
+                    "serves {MAX_CONNECTIONS} connections at most: try again"
+                )),
+                "{}",
+                s.why
+            );
+        }
+        serving.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
