@@ -24,7 +24,7 @@
 //!
 //! With [`FollowOptions::offset_file`], the follower records in that file the device, inode and
 //! byte offset just past the last line it handed over, and the (at most 64) bytes just before
-//! that offset, in hex (written to a temporary file beside it, then renamed over it: never half
+//! that offset as it read them, in hex (written to a temporary file beside it, then renamed over it: never half
 //! written). On the next start, if the file at the path is the same file (same device and
 //! inode), at least that long and still holding those bytes there, reading resumes there; the
 //! same file without them was truncated (copytruncate) while nothing followed it, and is read
@@ -211,6 +211,10 @@ struct Follower {
     skipping: Option<(u64, bool)>,
     /// The last bytes read before `read_pos` (at most [`FINGERPRINT_BYTES`]).
     fingerprint: Vec<u8>,
+    /// The last bytes before the committed offset (at most [`FINGERPRINT_BYTES`]), as they
+    /// were read: what the offset file records, never read from the file again (which may
+    /// hold other bytes there by then).
+    committed_tail: Vec<u8>,
     /// What the offset file says now.
     saved: Option<Saved>,
 }
@@ -226,6 +230,7 @@ impl Follower {
             searched: 0,
             skipping: None,
             fingerprint: Vec::new(),
+            committed_tail: Vec::new(),
             saved: None,
         }
     }
@@ -312,6 +317,7 @@ impl Follower {
         let mut fp = vec![0u8; (pos - from) as usize];
         file.read_exact_at(&mut fp, from)
             .map_err(|e| format!("cannot read {}: {e}", self.origin()))?;
+        self.committed_tail.clone_from(&fp);
         self.fingerprint = fp;
         self.pending.clear();
         self.searched = 0;
@@ -374,12 +380,7 @@ impl Follower {
         }
         let cur = self.cur.as_mut().expect("a file is open");
         cur.read_pos += n as u64;
-        let read = &self.pending[old_len..];
-        let keep = FINGERPRINT_BYTES.saturating_sub(read.len());
-        let drop = self.fingerprint.len().saturating_sub(keep);
-        self.fingerprint.drain(..drop);
-        self.fingerprint
-            .extend_from_slice(&read[read.len().saturating_sub(FINGERPRINT_BYTES)..]);
+        keep_tail(&mut self.fingerprint, &self.pending[old_len..]);
         Ok(Some(n))
     }
 
@@ -422,6 +423,12 @@ impl Follower {
             }
             out.push(self.decode(line_at, line)?);
         }
+        let Follower {
+            pending,
+            committed_tail,
+            ..
+        } = self;
+        keep_tail(committed_tail, &pending[..start]);
         self.pending.drain(..start);
         self.searched = self.searched.saturating_sub(start);
         Ok(())
@@ -472,6 +479,12 @@ impl Follower {
             return Ok(());
         }
         let at = self.committed();
+        let Follower {
+            pending,
+            committed_tail,
+            ..
+        } = self;
+        keep_tail(committed_tail, pending);
         if let Some((from, warn)) = self.skipping.take() {
             if warn {
                 self.skipped(from, at + self.pending.len() as u64);
@@ -547,21 +560,13 @@ impl Follower {
         let Some(cur) = &self.cur else {
             return Ok(());
         };
-        let offset = self.committed();
-        let from = offset.saturating_sub(FINGERPRINT_BYTES as u64);
-        let mut before = vec![0u8; (offset - from) as usize];
-        match cur.file.read_exact_at(&mut before, from) {
-            Ok(()) => {}
-            // Truncated since it was read (copytruncate at this very moment): the next read
-            // notices it and starts again from the beginning; the position is saved then.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(format!("cannot read {}: {e}", self.origin()).into()),
-        }
+        // The bytes before the offset as they were read, not as the file holds them now: a
+        // file truncated and written again since must not pass for the one read.
         let now = Saved {
             dev: cur.dev,
             ino: cur.ino,
-            offset,
-            before: Some(before),
+            offset: self.committed(),
+            before: Some(self.committed_tail.clone()),
         };
         if self.saved.as_ref() == Some(&now) {
             return Ok(());
@@ -617,6 +622,14 @@ impl Follower {
         }
         Ok(())
     }
+}
+
+/// Appends `bytes` to `tail`, keeping its last [`FINGERPRINT_BYTES`].
+fn keep_tail(tail: &mut Vec<u8>, bytes: &[u8]) {
+    let keep = FINGERPRINT_BYTES.saturating_sub(bytes.len());
+    let drop = tail.len().saturating_sub(keep);
+    tail.drain(..drop);
+    tail.extend_from_slice(&bytes[bytes.len().saturating_sub(FINGERPRINT_BYTES)..]);
 }
 
 /// What an offset file records: the file (device and inode), the offset just past the last line
@@ -829,5 +842,47 @@ mod tests {
         out.clear();
         f.fill(&mut out, 100).unwrap();
         assert_eq!(out, ["three"]);
+    }
+
+    /// The offset file records the bytes before its offset as they were read, never read from
+    /// the file again: a file truncated and written again since (copytruncate and its writer),
+    /// while the follower handed over lines it had buffered, must not pass for the one read
+    /// (a reviewer's finding: the save read the new bytes, and the next start resumed at the
+    /// stale offset, handing over a fragment, "XXXXXXXXXX", as a line).
+    #[test]
+    fn the_offset_file_records_the_bytes_read_not_those_there_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let offset = dir.path().join("app.log.offset");
+        std::fs::write(&log, "aaaa\nbbbb\ncccc\n").unwrap();
+        let options = FollowOptions::default()
+            .start(FollowStart::Beginning)
+            .offset_file(&offset)
+            .poll_interval(Duration::from_millis(1));
+        let mut f = Follower::new(log.clone(), options.clone());
+        let mut out = Vec::new();
+        f.fill(&mut out, 1).unwrap();
+        assert_eq!(out, ["aaaa"]);
+        // copytruncate, and its writer writes past the offset.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let long = "X".repeat(20);
+        std::fs::write(&log, format!("{long}\nYY\n")).unwrap();
+        out.clear();
+        f.fill(&mut out, 1).unwrap();
+        assert_eq!(out, ["bbbb"], "from the buffer");
+        drop(f);
+        let mut again = Follower::new(log.clone(), options);
+        let mut out = Vec::new();
+        again.fill(&mut out, 100).unwrap();
+        assert_eq!(
+            out,
+            [long.as_str(), "YY"],
+            "read from its start, not resumed"
+        );
     }
 }
