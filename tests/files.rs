@@ -243,11 +243,29 @@ fn follow_resumes_from_its_offset_file_across_runs() {
     let second = follow_run(&log, &offset, 15, "the second run");
     assert_eq!(second, (10..25).map(line).collect::<Vec<_>>());
 
-    // Rotated while nothing follows: the new file is another one, read from its beginning.
+    // Written to, then rotated while nothing follows: the rest of the renamed file is read
+    // first, then the new one from its beginning (before, the rest of the old file was lost:
+    // found by a user's audit).
+    append(&log, "late 1\nlate 2\n");
     std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
     std::fs::write(&log, "fresh 1\nfresh 2\n").unwrap();
-    let third = follow_run(&log, &offset, 2, "the third run");
-    assert_eq!(third, ["fresh 1", "fresh 2"]);
+    let third = follow_run(&log, &offset, 4, "the third run");
+    assert_eq!(third, ["late 1", "late 2", "fresh 1", "fresh 2"]);
+
+    // Rotated again and the old file gone (compressed at once, say): the new file, all of it
+    // written since, is read from its beginning, even by a follower that starts at the end.
+    std::fs::rename(&log, dir.path().join("app.log.2")).unwrap();
+    std::fs::remove_file(dir.path().join("app.log.2")).unwrap();
+    std::fs::write(&log, "newer 1\nnewer 2\n").unwrap();
+    let mut g = Graph::new("resume_at_end");
+    let lines = g.source_file_follow_with("log", &log, fast().offset_file(&offset));
+    let out = g.collect("out", &lines);
+    let running = g.start().unwrap();
+    wait_for(&out, 2, "the run after the old file went");
+    stop(running);
+    assert_eq!(out.values(), ["newer 1", "newer 2"]);
+    std::fs::write(&log, "fresh 1\nfresh 2\n").unwrap();
+    std::fs::remove_file(&offset).unwrap();
 
     // An empty offset file (a power cut after the rename) counts as none.
     std::fs::write(&offset, "").unwrap();

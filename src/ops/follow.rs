@@ -28,7 +28,15 @@
 //! written). On the next start, if the file at the path is the same file (same device and
 //! inode), at least that long and still holding those bytes there, reading resumes there; the
 //! same file without them was truncated (copytruncate) while nothing followed it, and is read
-//! from its beginning; another file is read as [`FollowOptions::start`] says. A graceful stop (Ctrl-C, [`Running::stop`])
+//! from its beginning. Another file at the path means the file was rotated (renamed) while
+//! nothing followed it: the follower looks for the file it read in the path's folder, by its
+//! device and inode (`app.log.1`, say), reads its rest from the offset, then the new file from
+//! its beginning, so that a stop across a rotation loses nothing; if that file is gone
+//! (deleted, or compressed at once), what was written to it after the offset is lost, a
+//! warning says so, and the new file is read from its beginning (everything in it came after).
+//! Only the file read before and the one at the path are read: files rotated in between, by
+//! several rotations while stopped, are not. Without an offset file, the file found at the
+//! start is read as [`FollowOptions::start`] says. A graceful stop (Ctrl-C, [`Running::stop`])
 //! delivers every line handed over, so a restart neither loses nor repeats a line; after a
 //! crash, the lines handed over but not yet processed downstream are not read again. The
 //! offset file is written once per batch and not synced to disk (an empty one, left by a
@@ -277,6 +285,32 @@ impl Follower {
             // The same file, shorter than the offset, or not holding the bytes that were read
             // before it: truncated (and perhaps written again) while we were away.
             Some((d, i, _)) if (d, i) == (dev, ino) => 0,
+            // Another file at the path: the one read before was rotated away (renamed) while
+            // nothing followed it. Its rest is read first, found beside the path by its inode;
+            // then `fill` goes on to the file at the path from its beginning, as after a rename
+            // seen while running. Gone (deleted, compressed), its rest is lost: said, and the
+            // file at the path, all of it written since, is read from its beginning.
+            Some((d, i, offset)) => {
+                if let Some((old, name)) = self.rotated_away(d, i, offset)? {
+                    tracing::info!(
+                        "{} was rotated while nothing followed it: reading the rest of {} \
+                         from byte {offset}, then the new file from its beginning",
+                        self.origin(),
+                        name.display()
+                    );
+                    self.start_file(old, d, i, offset)?;
+                    self.started = true;
+                    return Ok(true);
+                }
+                tracing::warn!(
+                    "{} was rotated while nothing followed it, and the file read before (device \
+                     {d}, inode {i}, read up to byte {offset}) is no longer beside it: what was \
+                     written to it after that byte, if anything, is lost; reading the new file \
+                     from its beginning",
+                    self.origin()
+                );
+                0
+            }
             _ if !self.started && self.options.start == FollowStart::End => {
                 // After the last complete line: an unfinished one is read whole once finished.
                 let from = len.saturating_sub(READ_CHUNK as u64);
@@ -301,6 +335,44 @@ impl Follower {
         }
         self.started = true;
         Ok(true)
+    }
+
+    /// The file of device `dev` and inode `ino` in the path's folder, if it is there and still
+    /// holds, before `offset`, the bytes the offset file recorded: the file followed before,
+    /// renamed by a rotation. With its name.
+    fn rotated_away(
+        &self,
+        dev: u64,
+        ino: u64,
+        offset: u64,
+    ) -> Result<Option<(File, PathBuf)>, AgentError> {
+        let folder = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            return Ok(None);
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if !meta.is_file() || (meta.dev(), meta.ino()) != (dev, ino) {
+                continue;
+            }
+            if meta.len() < offset {
+                return Ok(None);
+            }
+            let Ok(file) = File::open(entry.path()) else {
+                return Ok(None);
+            };
+            let before = self.saved.as_ref().and_then(|s| s.before.as_deref());
+            if self.holds_before(&file, offset, before)? {
+                return Ok(Some((file, entry.path())));
+            }
+            return Ok(None);
+        }
+        Ok(None)
     }
 
     /// Makes `file` the current file, read from `pos` on.
