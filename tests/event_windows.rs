@@ -336,6 +336,27 @@ fn a_session_that_takes_in_one_already_emitted_is_a_correction() {
     assert!(late.values().is_empty());
 }
 
+/// The same bridge with the stream ending before the watermark passes [3, 15): the session is
+/// `Final`, and (as the docs of `Firing` say for sessions) it supersedes [3, 8), which it
+/// holds: a reader keeps the last session of the overlapping ones, whatever its firing.
+#[test]
+fn a_final_session_that_took_in_an_emitted_one_supersedes_it() {
+    let (mut h, x, windows, late) = graph(EventWindow::session(5).allowed_lateness(20), 0);
+    for e in [(3, 1), (10, 2), (7, 3)] {
+        h.push(&x, [e]).unwrap();
+        h.run().unwrap();
+    }
+    h.finish().unwrap();
+    assert_eq!(
+        windows.values(),
+        [
+            win(3, 8, vec![(3, 1)], Firing::OnTime),
+            win(3, 15, vec![(3, 1), (7, 3), (10, 2)], Firing::Final),
+        ]
+    );
+    assert!(late.values().is_empty());
+}
+
 #[test]
 fn a_quiet_input_emits_its_open_windows_early_on_the_harness_clock() {
     let quiet = Duration::from_secs(30);

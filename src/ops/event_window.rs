@@ -56,6 +56,10 @@
 //!   correction too: it is emitted with `Late` when the watermark passes its end.
 //! - **End of stream** (or a drain): windows the watermark did not pass are emitted with
 //!   [`Firing::Final`], or dropped with [`EventWindow::drop_partial`].
+//! - **Sessions: the rule for reconciling.** Whatever its firing (`Late`, but also `Final` at
+//!   end of stream or `Evicted`), an emitted session supersedes every session of its key
+//!   emitted before that it overlaps: a late element joined them, and it holds their elements.
+//!   A reader keeps, per key, the last emitted session of each overlapping group.
 //! - **Quiet inputs** ([`EventWindow::fire_when_idle`]`(q)`): when no element came for `q` of
 //!   processing time, the open windows are emitted with [`Firing::Early`] (once per quiet
 //!   period): the alert of a log that went quiet comes now, not at the next line. The window is
@@ -402,6 +406,11 @@ impl EventWindow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Firing {
     /// The watermark passed the window's end: the window is complete.
+    ///
+    /// **Sessions**: whatever its firing, an emitted session supersedes every session of its
+    /// key emitted before that it overlaps (a late element may have joined them: the new one
+    /// holds their elements). A `Final` or `Evicted` session can be such a correction too;
+    /// only the watermark's corrections are marked [`Firing::Late`].
     OnTime,
     /// A correction: a late element (within the allowed lateness) updated a window already
     /// emitted; this one supersedes it. For sessions, also a session that took in one already
@@ -409,13 +418,15 @@ pub enum Firing {
     /// earlier session of the key it overlaps, and is emitted when the watermark passes its end.
     Late,
     /// End of stream (or a drain) before the watermark passed the window's end: the window
-    /// holds what came.
+    /// holds what came. A `Final` session supersedes the earlier sessions of its key that it
+    /// overlaps, as any session does (see [`Firing::OnTime`]).
     Final,
     /// A preview: the input was quiet for the [`EventWindow::fire_when_idle`] time. The window
     /// is emitted again when it closes.
     Early,
     /// The key was evicted ([`EventWindow::max_keys`]) before the window closed: it holds what
-    /// came.
+    /// came. An `Evicted` session supersedes the earlier sessions of its key that it overlaps,
+    /// as any session does (see [`Firing::OnTime`]).
     Evicted,
 }
 
