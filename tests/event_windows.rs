@@ -248,6 +248,63 @@ proptest! {
     }
 }
 
+/// What a reader following the docs holds at the end: each window in the order emitted; for
+/// sessions, every emitted session supersedes the earlier ones it overlaps (whatever its
+/// firing), for the other kinds a `Late` window supersedes the same window. An `OnTime` window
+/// supersedes nothing (no `fire_when_idle` here), nor does anything but `Late` for the grid
+/// kinds.
+fn reconcile(kind: WindowKind, out: &[Out]) -> Result<Vec<(u64, u64, Vec<El>)>, String> {
+    let session = matches!(kind, WindowKind::Session { .. });
+    let mut cur: Vec<(u64, u64, Vec<El>)> = Vec::new();
+    for w in out {
+        let replaces = |c: &(u64, u64, Vec<El>)| {
+            if session {
+                c.0 < w.end && w.start < c.1
+            } else {
+                (c.0, c.1) == (w.start, w.end)
+            }
+        };
+        let supersedes = w.firing == Firing::Late || (session && w.firing != Firing::OnTime);
+        if supersedes {
+            cur.retain(|c| !replaces(c));
+        } else if let Some(c) = cur.iter().find(|c| replaces(c)) {
+            return Err(format!(
+                "{:?} [{}, {}) would replace [{}, {})",
+                w.firing, w.start, w.end, c.0, c.1
+            ));
+        }
+        cur.push((w.start, w.end, w.value.clone()));
+    }
+    cur.sort_by_key(|w| (w.1, w.0));
+    Ok(cur)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// With an allowed lateness and input beyond its bound, a reader that applies the windows
+    /// in order as the docs say (corrections supersede) ends with the windows of the elements
+    /// that were not late: every accepted element in its windows, none lost to a correction.
+    #[test]
+    fn reconciled_by_the_docs_the_windows_are_those_of_the_elements_not_late(
+        data in prop::collection::vec((0u64..100, 0u32..5), 0..40),
+        d in 0u64..6,
+        lateness in 0u64..15,
+        kind in kind(),
+        chunks in prop::collection::vec(1usize..6, 1..5),
+    ) {
+        let spec = spec_of(kind).allowed_lateness(lateness);
+        let (out, late, _) = run_windows(spec, &data, d, &chunks);
+        let cur = reconcile(kind, &out).map_err(|e| TestCaseError::fail(format!("{e}: {out:?}")))?;
+        let mut kept = data.clone();
+        for l in &late {
+            let i = kept.iter().position(|x| x == l).expect("a late element came");
+            kept.remove(i);
+        }
+        prop_assert_eq!(cur, ref_windows(kind, &kept));
+    }
+}
+
 fn win(start: u64, end: u64, value: Vec<El>, firing: Firing) -> Out {
     Window {
         start,
@@ -355,6 +412,53 @@ fn a_final_session_that_took_in_an_emitted_one_supersedes_it() {
         ]
     );
     assert!(late.values().is_empty());
+}
+
+/// A session stays while a late element that is still accepted can touch it: the element
+/// joins it (a correction holding both), instead of forming a session of its own that
+/// overlaps it and, read as the correction it is, would drop [3, 8)'s element.
+#[test]
+fn a_late_element_joins_an_emitted_session_it_touches_while_it_is_accepted() {
+    let (mut h, x, windows, late) = graph(EventWindow::session(5).allowed_lateness(20), 0);
+    h.push(&x, [(3, 1)]).unwrap();
+    h.run().unwrap();
+    h.push(&x, [(30, 2)]).unwrap(); // watermark 30: [3, 8) on time
+    h.run().unwrap();
+    h.push(&x, [(7, 3)]).unwrap(); // 7 + 5 + 20 > 30: accepted, and it touches [3, 8)
+    h.finish().unwrap();
+    assert_eq!(
+        windows.values(),
+        [
+            win(3, 8, vec![(3, 1)], Firing::OnTime),
+            win(3, 12, vec![(3, 1), (7, 3)], Firing::Late),
+            win(30, 35, vec![(30, 2)], Firing::Final),
+        ]
+    );
+    assert!(late.values().is_empty());
+}
+
+/// An element that touches a session still kept and reaches back before the end of one
+/// already dropped is late: merged, it would make a session overlapping the dropped one
+/// without its elements.
+#[test]
+fn an_element_that_would_bridge_to_a_dropped_session_is_late() {
+    let (mut h, x, windows, late) = graph(EventWindow::session(10).allowed_lateness(6), 3);
+    for e in [(52, 1), (81, 2), (0, 3), (63, 4), (54, 5)] {
+        h.push(&x, [e]).unwrap();
+        h.run().unwrap();
+    }
+    h.finish().unwrap();
+    // At watermark 78, [52, 62) is dropped (62 + 10 + 6 <= 78); 63 is accepted (63 + 10 + 6
+    // > 78) and closed at once; 54 touches [63, 73) but is before 62.
+    assert_eq!(
+        windows.values(),
+        [
+            win(52, 62, vec![(52, 1)], Firing::OnTime),
+            win(63, 73, vec![(63, 4)], Firing::Late),
+            win(81, 91, vec![(81, 2)], Firing::Final),
+        ]
+    );
+    assert_eq!(late.values(), [(0, 3), (54, 5)]);
 }
 
 #[test]

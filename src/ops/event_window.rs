@@ -53,7 +53,11 @@
 //!   the window is emitted again, whole, with [`Firing::Late`]: a correction that supersedes
 //!   what was emitted before for the same window (for sessions: for every earlier session of
 //!   the key it overlaps). A session that the late element joins to one still open is such a
-//!   correction too: it is emitted with `Late` when the watermark passes its end.
+//!   correction too: it is emitted with `Late` when the watermark passes its end. A session
+//!   is kept until the watermark passes its end plus the gap plus the allowed lateness (as
+//!   long as an element that is not late can still touch it, so that such an element joins
+//!   it); an element before the end of a session of its key already dropped is late, even if
+//!   it touches a later session (joined to it, it would overlap the dropped one).
 //! - **End of stream** (or a drain): windows the watermark did not pass are emitted with
 //!   [`Firing::Final`], or dropped with [`EventWindow::drop_partial`].
 //! - **Sessions: the rule for reconciling.** Whatever its firing (`Late`, but also `Final` at
@@ -93,7 +97,8 @@
 //! # Memory
 //!
 //! An element is buffered until the watermark passes the end of the last window it belongs
-//! to, plus the allowed lateness; then it is dropped from the buffer. The buffer holds at most
+//! to, plus the allowed lateness (for sessions: plus the gap too); then it is dropped from the
+//! buffer. The buffer holds at most
 //! [`EventWindow::max_buffered`] elements (all keys together): one more stops the application
 //! with an error naming the operator and the bound, instead of growing without limit.
 //!
@@ -589,6 +594,10 @@ struct KeyState<K, V> {
     corrects: BTreeSet<(u64, u64)>,
     /// When the front of the buffer may go: the entry of this key in `Engine::expiry`.
     expiry: Option<u64>,
+    /// Sessions: the largest end of the sessions already dropped (0 if none). An element
+    /// before it is late: its session could touch one that is gone, and the new session would
+    /// overlap one already emitted without containing its elements.
+    horizon: u64,
     /// When the key was last seen (its current touch in `Engine::lru`).
     seen: u64,
 }
@@ -750,6 +759,14 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
         state.expiry = at;
     }
 
+    /// The gap of session windows (1 for the others, which do not use it).
+    fn session_gap(&self) -> u64 {
+        match self.spec.kind {
+            WindowKind::Session { gap } => gap.max(1),
+            _ => 1,
+        }
+    }
+
     /// When the front of a key's buffer may go.
     fn front_expiry(&self, state: &KeyState<K, V>) -> Option<u64> {
         let l = self.spec.allowed_lateness;
@@ -761,7 +778,7 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
             }
             None => {
                 let (_, &(end, _)) = state.sessions.first_key_value()?;
-                Some(end.saturating_add(l))
+                Some(end.saturating_add(self.session_gap()).saturating_add(l))
             }
         }
     }
@@ -819,6 +836,7 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
         let l = self.spec.allowed_lateness;
         let w = self.wm;
         let grid = self.grid();
+        let gap = self.session_gap();
         let state = self.keys.get_mut(&id).expect("a live key");
         let before = state.elems.len();
         match grid {
@@ -832,12 +850,16 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 }
             }
             None => {
+                // A session stays while an element that can still be accepted (`t + gap + l >
+                // w`) could touch it (`t < end`), so that such an element merges with it
+                // instead of forming a session that overlaps it.
                 while let Some((&start, &(end, emitted))) = state.sessions.first_key_value() {
-                    if end.saturating_add(l) > w {
+                    if end.saturating_add(gap).saturating_add(l) > w {
                         break;
                     }
                     debug_assert!(emitted, "a session is emitted before it expires");
                     state.sessions.remove(&start);
+                    state.horizon = state.horizon.max(end);
                     while state
                         .elems
                         .first_key_value()
@@ -918,6 +940,7 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 pending: BTreeSet::new(),
                 corrects: BTreeSet::new(),
                 expiry: None,
+                horizon: 0,
                 seen: seq,
             },
         );
@@ -959,7 +982,13 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                         .collect(),
                     None => Vec::new(),
                 };
-                if overlapping.is_empty() && t_end.saturating_add(l) <= w {
+                // Before the end of a session already dropped: late, even if it touches a
+                // session still kept (it would bridge to the one that is gone).
+                let below = self
+                    .ids
+                    .get(&key)
+                    .is_some_and(|id| t < self.keys[id].horizon);
+                if below || (overlapping.is_empty() && t_end.saturating_add(l) <= w) {
                     return Ok(Some((t, v)));
                 }
                 let id = self.key_id(key, out);
