@@ -690,6 +690,24 @@ fn rolling_overflow_gives_inf_and_recovers_when_it_leaves() {
     let var = run(Rolling::Variance, &[7.0, 1e308, 1.0, 2.0, 3.0, 4.0]);
     assert_eq!(var[..2], [inf, inf], "{var:?}");
     assert_eq!(var[2], 1.25, "{var:?}");
+    // Equal values whose sum overflows (their squared deviations do not): the variance is 0,
+    // not ∞ (the shift was taken as sum / n, an infinite sum made every deviation infinite).
+    let big = [1e308; 10];
+    for agg in [
+        Rolling::Variance,
+        Rolling::SampleVariance,
+        Rolling::StdDev,
+        Rolling::SampleStdDev,
+    ] {
+        assert_eq!(run(agg, &big), [0.0; 7], "{agg:?}");
+    }
+    let var = run(
+        Rolling::Variance,
+        &[1e308, 1e308, 1e308, 1e308, 1.0, 2.0, 3.0, 4.0],
+    );
+    assert_eq!(var[0], 0.0, "{var:?}");
+    assert_eq!(var[1..4], [inf, inf, inf], "{var:?}");
+    assert_eq!(var[4], 1.25, "{var:?}");
 }
 
 /// A rolling window far larger than the stream allocates for the values that came, not for the

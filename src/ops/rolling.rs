@@ -49,9 +49,10 @@
 //! NaN is propagated as plain arithmetic would: while a NaN is among the last `W` values, sum,
 //! mean, minimum, maximum and variance are NaN, and they recover as soon as it leaves the window
 //! (the running state is never poisoned). Infinities behave as in plain arithmetic too (`+∞` and
-//! `−∞` in one window sum to NaN), and so do finite values whose sum (or squared deviations)
-//! overflow: the sum, mean or variance is `±∞` while they are in the window. `Count` counts the
-//! values that are not NaN.
+//! `−∞` in one window sum to NaN), and so do finite values whose sum overflows: the sum and
+//! mean are `±∞` while they are in the window; the variance is `∞` while their squared
+//! deviations from the mean overflow (equal large values, whose sum overflows, have variance
+//! 0). `Count` counts the values that are not NaN.
 //!
 //! # Inside your own agent
 //!
@@ -670,19 +671,22 @@ impl RollingVariance {
 
     /// Recentres on the window's mean and recomputes the sums from the window.
     fn resync(&mut self) {
-        let mut sum = Compensated::default();
-        let mut n = 0usize;
-        for &v in self.ring.values().iter().filter(|v| v.is_finite()) {
-            sum.add(v);
-            n += 1;
-        }
+        let values = self.ring.values();
+        let n = values.iter().filter(|v| v.is_finite()).count();
         self.n = 0;
         self.s1 = Compensated::default();
         self.s2 = Compensated::default();
         if n == 0 {
             return;
         }
-        self.shift = sum.value() / n as f64;
+        // The mean as Σ (v / n), which stays within the largest |v|: the plain sum of large
+        // values overflows (1e308 four times), and an infinite shift made every deviation
+        // infinite, so the variance of equal values was ∞ instead of 0.
+        let mut mean = Compensated::default();
+        for &v in values.iter().filter(|v| v.is_finite()) {
+            mean.add(v / n as f64);
+        }
+        self.shift = mean.value();
         for &v in self.ring.values().iter().filter(|v| v.is_finite()) {
             let d = v - self.shift;
             self.s1.add(d);
