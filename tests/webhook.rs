@@ -322,6 +322,22 @@ fn webhook_fails_the_application_when_asked() {
     assert!(msg.contains("elements 0 to 2"), "{msg}");
     assert!(msg.contains("after 2 tries"), "{msg}");
 
+    // With a password in the URL, the error shows it as ***.
+    let mut g = Graph::new("webhook_unreachable_password");
+    let s = g.source_iter("alerts", alerts(1));
+    g.sink_webhook_with(
+        "hook",
+        &s,
+        format!("http://user:secret@{addr}/nobody"),
+        quick().attempts(1).undelivered(Undelivered::Fail),
+    );
+    let msg = g.run().expect_err("nobody listens").to_string();
+    assert!(
+        msg.contains(&format!("http://user:***@{addr}/nobody")),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret"), "{msg}");
+
     let mut g = Graph::new("webhook_bad_url");
     let s = g.source_iter("alerts", alerts(1));
     g.sink_webhook("hook", &s, "ftp://example/x");
@@ -337,8 +353,9 @@ fn a_webhook_url_that_cannot_work_is_reported_when_the_graph_is_built() {
     for (url, says) in [
         (
             "http://127.0.0.1:99999/x",
-            "port '99999' is not a number from 0 to 65535",
+            "port '99999' is not a number from 1 to 65535",
         ),
+        ("http://127.0.0.1:0/x", "port 0 is not a port"),
         ("https://hooks.example:80a/x", "port '80a'"),
         ("http://", "not a valid URL"),
         ("http://:8080/x", "names no host"),
@@ -352,6 +369,16 @@ fn a_webhook_url_that_cannot_work_is_reported_when_the_graph_is_built() {
         assert!(msg.contains("sink_webhook 'hook'"), "{url}: {msg}");
         assert!(msg.contains(says), "{url}: {msg}");
     }
+    // The message shows the URL without its password.
+    let mut g = Graph::new("webhook_password");
+    let s = g.source_iter("alerts", alerts(1));
+    g.sink_webhook("hook", &s, "https://user:secret@hooks.example:99999/x?a=1");
+    let msg = g.run().expect_err("port 99999").to_string();
+    assert!(
+        msg.contains("URL 'https://user:***@hooks.example:99999/x?a=1'"),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret"), "{msg}");
     // Ports, IPv6 hosts and user information that are valid pass.
     for url in [
         "http://127.0.0.1:65535/x",

@@ -168,6 +168,8 @@ struct Failure {
 struct WebhookSink<T> {
     input: Input<T>,
     url: String,
+    /// `url` as messages show it: without a password.
+    shown: String,
     options: WebhookOptions,
     client: ureq::Agent,
     /// The request being built: `[` and the elements so far, comma separated.
@@ -194,6 +196,7 @@ impl<T: Element> WebhookSink<T> {
             .build();
         WebhookSink {
             input,
+            shown: redacted(&url),
             url,
             options,
             client: ureq::Agent::new_with_config(config),
@@ -280,7 +283,7 @@ impl<T: Element> WebhookSink<T> {
         for (k, v) in &self.options.headers {
             request = request.header(k, v);
         }
-        let url = &self.url;
+        let url = &self.shown;
         match request.send(&self.body[..]) {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -304,11 +307,11 @@ impl<T: Element> WebhookSink<T> {
     fn give_up(&mut self, n: u64, cause: &str) -> Result<(), AgentError> {
         match self.options.undelivered {
             Undelivered::Count => {
-                tracing::warn!("sink_webhook to {}: {cause}", self.url);
+                tracing::warn!("sink_webhook to {}: {cause}", self.shown);
                 self.undelivered += n;
                 Ok(())
             }
-            Undelivered::Fail => Err(format!("sink_webhook to {}: {cause}", self.url).into()),
+            Undelivered::Fail => Err(format!("sink_webhook to {}: {cause}", self.shown).into()),
         }
     }
 }
@@ -346,22 +349,47 @@ fn check_url(url: &str) -> Result<(), String> {
         _ => return Err("it names no host".to_string()),
     };
     // A port that is not a number from 0 to 65535 is silently dropped by the URL parser (the
-    // request would go to the scheme's default port, 80 or 443): refuse it.
+    // request would go to the scheme's default port, 80 or 443): refuse it. Port 0 can never
+    // be connected to (as for MQTT brokers).
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if let Some((_, port)) = host_port.rsplit_once(':') {
-        if !host_port.ends_with(']') && !port.is_empty() && port.parse::<u16>().is_err() {
-            return Err(format!("port '{port}' is not a number from 0 to 65535"));
+        if !host_port.ends_with(']') && !port.is_empty() {
+            match port.parse::<u16>() {
+                Ok(0) => return Err("port 0 is not a port a server can listen on".to_string()),
+                Ok(_) => {}
+                Err(_) => return Err(format!("port '{port}' is not a number from 1 to 65535")),
+            }
         }
     }
     Ok(())
+}
+
+/// `url` with the password of its user information (`user:password@`) replaced by `***`, for
+/// messages and logs. Works on the text, so also on a URL that does not parse.
+fn redacted(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let Some((user, _password)) = user_info.split_once(':') else {
+        return url.to_string();
+    };
+    format!(
+        "{}{user}:***@{host}{}",
+        &url[..after_scheme],
+        &rest[authority_len..]
+    )
 }
 
 impl Graph {
     /// Posts `stream` to the web hook at `url` (`http://` or `https://`) as JSON arrays of its
     /// elements, one or more requests per batch, with the default [`WebhookOptions`]: at most
     /// 500 elements and 1 MiB per request, 5 tries with backoff, undelivered elements counted.
-    /// A URL that can never work (another scheme, no host, a port beyond 65535) is reported
-    /// when the application is built.
+    /// A URL that can never work (another scheme, no host, port 0 or a port beyond 65535) is
+    /// reported when the application is built. Messages show the URL without its password.
     /// See [`Graph::sink_webhook_with`] and the [module documentation](crate::ops::webhook).
     ///
     /// ```no_run
@@ -414,7 +442,8 @@ impl Graph {
     ) {
         let url = url.into();
         if let Err(why) = check_url(&url) {
-            self.problem(format!("sink_webhook '{name}': URL '{url}': {why}"));
+            let shown = redacted(&url);
+            self.problem(format!("sink_webhook '{name}': URL '{shown}': {why}"));
         }
         if options.max_elements == 0 {
             self.problem(format!(
