@@ -413,8 +413,15 @@ impl MqttStats {
     pub fn delivered(&self) -> u64 {
         self.inner.delivered.load(Relaxed)
     }
-    /// Elements a sink could not deliver: too large, a topic that is not valid, or not
-    /// acknowledged by the end of the drain.
+    /// Elements a sink could not deliver: too large, a topic that is not valid (or a topic
+    /// template whose field is missing), not acknowledged by the end of the drain, or handed
+    /// to the connection and never acknowledged when the sink failed (its connection gave up,
+    /// say).
+    ///
+    /// Counted when the sink stops; the connection thread is told to end but not waited for,
+    /// so an acknowledgement it handles after that count is in
+    /// [`delivered`](Self::delivered) too (rare: a sink fails once its connection has ended or
+    /// is failing).
     pub fn undelivered(&self) -> u64 {
         self.inner.undelivered.load(Relaxed)
     }
@@ -626,6 +633,10 @@ impl<T> MqttSource<T> {
 /// How a sink makes an element's topic: a fixed name, a template with `{field}` placeholders
 /// (a field of the element's serde form: a struct's or map's field, `{0}` a tuple's first
 /// item), or a function.
+///
+/// A placeholder's field must be text, a number or a boolean: an element whose field is
+/// missing or anything else (a NaN or infinite float included, which serde_json makes
+/// `null`) is not published, and is counted in [`MqttStats::undelivered`] with the reason.
 ///
 /// ```
 /// use iotstream::ops::mqtt::MqttTopic;
@@ -1723,6 +1734,11 @@ mod tests {
         let t: MqttTopic<Alert> = "alerts/{room}".into();
         let e = t.of(&a).unwrap_err();
         assert!(e.contains("'room'") && e.contains("alerts/{room}"), "{e}");
+        // A NaN field is JSON null: no number to put in the topic.
+        let t: MqttTopic<(String, f64)> = "by/{1}".into();
+        assert_eq!(t.of(&("x".to_string(), 1.5)).unwrap(), "by/1.5");
+        let e = t.of(&("x".to_string(), f64::NAN)).unwrap_err();
+        assert!(e.contains("no text, number or boolean '1'"), "{e}");
         for bad in ["alerts/{sensor", "alerts/}", "a/{}", ""] {
             let t: MqttTopic<Alert> = bad.into();
             assert!(t.problem().is_some(), "{bad}");

@@ -422,8 +422,9 @@ impl Graph {
     /// object, array or value per line: "JSON lines"), created if missing and never truncated
     /// (see [`FileMode`]); each batch is written and flushed as a whole, and at the end of the
     /// stream the file is synced to disk. An element that cannot be written as JSON (a map
-    /// with keys that are not strings, say) stops the application with an error naming the
-    /// file and the element's line. A float that is NaN or infinite is written as `null`
+    /// whose keys cannot be written as strings: tuples, structs or a NaN, say; serde_json
+    /// writes integer, boolean and finite float keys as strings) stops the application with an
+    /// error naming the file and the element's line. A float that is NaN or infinite is written as `null`
     /// (serde_json's rule, JSON has no such numbers), with no error: such a line does not read
     /// back as a float; use `Option<f64>` (`None` is `null` too) or a string where it matters.
     ///

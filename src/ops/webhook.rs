@@ -10,9 +10,11 @@
 //!   and at most [`WebhookOptions::max_bytes`] bytes of body; a larger batch is split, in
 //!   order. An element whose JSON alone is larger than `max_bytes` is not sent: it is counted
 //!   undelivered (or fails the application), naming its index in the stream. An element
-//!   that cannot be written as JSON at all (a map whose keys are not strings) stops the
-//!   application, naming its index: that is a program's mistake, not the hook's. A float that
-//!   is NaN or infinite is sent as `null` (serde_json's rule: JSON has no such numbers).
+//!   that cannot be written as JSON at all (a map whose keys cannot be written as strings:
+//!   tuples, structs or a NaN, say; serde_json writes integer, boolean and finite float keys
+//!   as strings) stops the application, naming its index: that is a program's mistake, not
+//!   the hook's. A float that is NaN or infinite is sent as `null` (serde_json's rule: JSON
+//!   has no such numbers).
 //! - **Order.** Requests go one at a time, in stream order; a request is sent again only after
 //!   it failed, and the next one waits for it.
 //! - **Retries with a bound.** A request that fails (no connection, a timeout, a `5xx`, `408` or
