@@ -685,6 +685,51 @@ fn the_key_bound_evicts_the_least_recently_seen_key_and_counts_it() {
     assert_eq!(windows.values().len(), 50);
 }
 
+/// A documented limit: eviction forgets a key's emitted windows too, so a correction of the
+/// key after it holds only what came after the eviction ([0, 10) Late holds 5, not 1).
+#[test]
+fn an_evicted_key_starts_afresh_and_a_later_correction_holds_only_what_came_after() {
+    for (spec, first, bridged) in [
+        (EventWindow::tumbling(10), (0, 10), (0, 10)),
+        (EventWindow::session(5), (1, 6), (5, 10)),
+    ] {
+        let mut g = Graph::new("evict_afresh");
+        let x = g.input::<(u64, char)>("x");
+        let timed = g.watermarks("timed", &x, Watermarks::bounded(0));
+        let w = g.keyed_event_window(
+            "w",
+            &timed,
+            |e: &(u64, char)| e.1,
+            spec.allowed_lateness(20).max_keys(1),
+            |e: &[(u64, char)]| e.to_vec(),
+        );
+        let windows = g.collect("windows", &w.windows);
+        let mut h = Harness::new(g).unwrap();
+        // 'b' evicts 'a' (with [0, 10) / [1, 6) emitted and kept for the lateness); 'a' comes
+        // again with 5.
+        for e in [(1, 'a'), (12, 'a'), (13, 'b'), (5, 'a')] {
+            h.push(&x, [e]).unwrap();
+            h.run().unwrap();
+        }
+        h.finish().unwrap();
+        let got: Vec<_> = windows
+            .values()
+            .into_iter()
+            .filter(|w| w.key == 'a' && w.start < 10)
+            .map(|w| (w.start, w.end, w.value, w.firing))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (first.0, first.1, vec![(1, 'a')], Firing::OnTime),
+                (bridged.0, bridged.1, vec![(5, 'a')], Firing::Late),
+            ],
+            "{spec:?}"
+        );
+        assert_eq!(w.evicted.get(), 2, "{spec:?}");
+    }
+}
+
 #[test]
 fn more_buffered_elements_than_the_bound_is_an_error_naming_the_operator_and_the_bound() {
     let (mut h, x, _, _) = graph(EventWindow::tumbling(1_000).max_buffered(5), 0);

@@ -63,7 +63,8 @@
 //! - **Sessions: the rule for reconciling.** Whatever its firing (`Late`, but also `Final` at
 //!   end of stream or `Evicted`), an emitted session supersedes every session of its key
 //!   emitted before that it overlaps: a late element joined them, and it holds their elements.
-//!   A reader keeps, per key, the last emitted session of each overlapping group.
+//!   A reader keeps, per key, the last emitted session of each overlapping group. Not across
+//!   an eviction of the key, though (see Keys).
 //! - **Quiet inputs** ([`EventWindow::fire_when_idle`]`(q)`): when no element came for `q` of
 //!   processing time, the open windows are emitted with [`Firing::Early`] (once per quiet
 //!   period): the alert of a log that went quiet comes now, not at the next line. The window is
@@ -91,8 +92,12 @@
 //! [`EventWindow::max_keys`]: a new key beyond it evicts the key seen least recently; its open
 //! windows are emitted at once with [`Firing::Evicted`] (or dropped, with `drop_partial`), and
 //! the [`EvictionCounter`] counts it. Which key is evicted depends on arrival order: size the
-//! bound so that it is rare. A key whose windows have all closed holds nothing and is not
-//! counted. [`Graph::keyed_map_with_state`] keeps a user state per key, with the same bound.
+//! bound so that it is rare. Eviction forgets the key's windows, the emitted ones kept for
+//! the allowed lateness included: if the key comes again, its windows start afresh, so a
+//! correction (`Late`) or a session that follows holds only what came after the eviction, and
+//! reconciling it as superseding what was emitted before drops the elements before the
+//! eviction. Size the bound above the keys whose windows are open or within their allowed
+//! lateness. A key whose windows have all closed holds nothing and is not counted. [`Graph::keyed_map_with_state`] keeps a user state per key, with the same bound.
 //!
 //! # Memory
 //!
@@ -404,7 +409,8 @@ impl EventWindow {
 ///
 /// ```
 /// use iotstream::ops::event_window::Firing;
-/// // Corrections are the ones to reconcile with what was emitted before.
+/// // Tumbling and sliding windows: corrections (to reconcile with what was emitted before)
+/// // are the Late ones. Sessions: see `OnTime`.
 /// let corrects = |f: Firing| f == Firing::Late;
 /// assert!(corrects(Firing::Late) && !corrects(Firing::OnTime));
 /// ```
@@ -415,7 +421,9 @@ pub enum Firing {
     /// **Sessions**: whatever its firing, an emitted session supersedes every session of its
     /// key emitted before that it overlaps (a late element may have joined them: the new one
     /// holds their elements). A `Final` or `Evicted` session can be such a correction too;
-    /// only the watermark's corrections are marked [`Firing::Late`].
+    /// only the watermark's corrections are marked [`Firing::Late`]. Not across an eviction of
+    /// the key ([`EventWindow::max_keys`]): its windows then start afresh, and a later one
+    /// holds only what came after the eviction.
     OnTime,
     /// A correction: a late element (within the allowed lateness) updated a window already
     /// emitted; this one supersedes it. For sessions, also a session that took in one already
