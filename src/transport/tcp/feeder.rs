@@ -5,9 +5,10 @@
 //!
 //! - the **acceptor** polls the listening port and hands each connection to a handshake
 //!   thread, at most [`MAX_HANDSHAKES`] at once: one more closes the oldest handshake still
-//!   in progress of the address that holds the most (logged) and takes its place, so that
-//!   connectors that say nothing, or a flood from one address, cannot keep the link's writer
-//!   out, whose handshake takes a few round trips; beyond twice that many
+//!   in progress of the address that holds the most ([`to_close`], logged) and takes its
+//!   place, so that connectors that say nothing, or a flood from a few addresses, cannot keep
+//!   the link's writer out, whose handshake takes a few round trips (a writer that proved
+//!   itself is no longer one that may be closed); beyond twice that many
 //!   threads (closed ones not ended yet), a connection is closed at once, and logged;
 //! - a **connection thread** runs the handshake (10 s at most), then, if the writer was
 //!   accepted, reads its frames: checks each seq, decodes each batch into private memory and
@@ -612,7 +613,7 @@ impl<T> Shared<T> {
         let closed = {
             let mut pending = self.in_handshake.lock().unwrap_or_else(|p| p.into_inner());
             let peers: Vec<IpAddr> = pending.iter().map(|(_, a, ..)| a.ip()).collect();
-            to_close(&peers).and_then(|i| pending.remove(i))
+            to_close(&peers, addr.ip()).and_then(|i| pending.remove(i))
         };
         let Some((_, old, since, stream)) = closed else {
             return false;
@@ -630,14 +631,30 @@ impl<T> Shared<T> {
     }
 }
 
-/// Which handshake to close to make room, given the peers' addresses of those in progress,
-/// the oldest first: the oldest of those from the address that holds the most. A flood from
-/// one address (or a few) then closes only its own connections, never the writer's, whose
-/// host holds one.
-pub(super) fn to_close(peers: &[IpAddr]) -> Option<usize> {
-    let held = |ip: &IpAddr| peers.iter().filter(|p| *p == ip).count();
-    let most = peers.iter().map(held).max()?;
-    peers.iter().position(|p| held(p) == most)
+/// Which handshake to close to make room for a connection from `newcomer`, given the peers'
+/// addresses of those in progress, the oldest first: the oldest of the address that holds the
+/// most, the newcomer counted with its own (so that a flood from any number of addresses
+/// closes its own connections first: the writer's host holds one). IPv6 addresses count by
+/// their /64 network, which one attacker commonly holds whole.
+pub(super) fn to_close(peers: &[IpAddr], newcomer: IpAddr) -> Option<usize> {
+    let group = |ip: IpAddr| -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
+            v4 => v4,
+        }
+    };
+    let held = |ip: IpAddr| {
+        let g = group(ip);
+        peers.iter().filter(|p| group(**p) == g).count() + usize::from(group(newcomer) == g)
+    };
+    let most = peers.iter().map(|p| held(*p)).max()?;
+    peers.iter().position(|p| held(*p) == most)
 }
 
 fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
@@ -659,15 +676,22 @@ fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
                     );
                     continue;
                 }
+                // A second handle, to close it if room must be made (a handshake not listed
+                // could not claim the link).
+                let clone = match stream.try_clone() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        shared.refused(addr, &format!("cannot take the connection: {e}"));
+                        continue;
+                    }
+                };
                 shared.handshakes.fetch_add(1, Ordering::SeqCst);
                 let no = shared.slots.fetch_add(1, Ordering::SeqCst);
-                if let Ok(clone) = stream.try_clone() {
-                    shared
-                        .in_handshake
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back((no, addr, Instant::now(), clone));
-                }
+                shared
+                    .in_handshake
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((no, addr, Instant::now(), clone));
                 let slot = Slot(no, Arc::clone(&shared));
                 let serving = Arc::clone(&shared);
                 let started = std::thread::Builder::new()
@@ -697,8 +721,27 @@ fn accept_loop<T: Element>(listener: TcpListener, shared: Arc<Shared<T>>) {
 
 /// The reader's answer to an authenticated writer's Hello: refused, or the seq to resume at
 /// (see "Resuming after a break" in the module docs). Claims the link for the new connection.
-fn claim<T>(shared: &Shared<T>, hello: &Hello, claimed: &mut Option<u64>) -> Result<u64, String> {
+fn claim<T>(
+    shared: &Shared<T>,
+    hello: &Hello,
+    slot: u64,
+    claimed: &mut Option<u64>,
+) -> Result<u64, String> {
     shared.id.check(hello)?;
+    // An authenticated writer: no longer one of the handshakes that may be closed to make
+    // room (closed, its socket would break the link it is about to own). Already closed: it
+    // lost its place.
+    {
+        let mut pending = shared
+            .in_handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let before = pending.len();
+        pending.retain(|(no, ..)| *no != slot);
+        if pending.len() == before {
+            return Err("its connection was closed to make room for another".into());
+        }
+    }
     let mut st = shared.lock();
     // A run that ended normally may still answer its writer (see "The last word after a
     // normal end"); a failed one takes nothing more.
@@ -755,7 +798,7 @@ fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr
     let mut claimed = None;
     let secret = shared.settings.secret.clone();
     let result = handshake::server_handshake(&mut conn, secret.as_deref(), |hello| {
-        claim(&shared, hello, &mut claimed)
+        claim(&shared, hello, slot.0, &mut claimed)
     });
     let resume = match result {
         Ok((_, resume)) => resume,

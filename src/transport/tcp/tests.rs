@@ -830,12 +830,49 @@ fn making_room_closes_the_oldest_handshake_of_the_busiest_address() {
     let flood: IpAddr = "10.0.0.9".parse().unwrap();
     let writer: IpAddr = "10.0.0.1".parse().unwrap();
     let other: IpAddr = "10.0.0.7".parse().unwrap();
-    assert_eq!(feeder::to_close(&[]), None);
-    assert_eq!(feeder::to_close(&[writer, flood, flood, flood]), Some(1));
-    assert_eq!(feeder::to_close(&[flood, writer, flood, flood]), Some(0));
-    assert_eq!(feeder::to_close(&[other, writer, flood, flood]), Some(2));
-    // Every address holding one: the oldest.
-    assert_eq!(feeder::to_close(&[other, writer, flood]), Some(0));
+    assert_eq!(feeder::to_close(&[], flood), None);
+    assert_eq!(
+        feeder::to_close(&[writer, flood, flood, flood], flood),
+        Some(1)
+    );
+    assert_eq!(
+        feeder::to_close(&[flood, writer, flood, flood], flood),
+        Some(0)
+    );
+    // The newcomer's address then holds as many as the flood's: the oldest of the two.
+    assert_eq!(
+        feeder::to_close(&[other, writer, flood, flood], other),
+        Some(0)
+    );
+    assert_eq!(
+        feeder::to_close(&[writer, other, flood, flood], other),
+        Some(1)
+    );
+    // A flood from several addresses, each holding one: the newcomer's own is closed, never
+    // the writer's (the reviewer's case: the oldest of all was the writer's).
+    let third: IpAddr = "10.0.0.8".parse().unwrap();
+    assert_eq!(
+        feeder::to_close(&[writer, flood, other, third], other),
+        Some(2)
+    );
+    // A newcomer from a new address: the oldest of those holding the most.
+    assert_eq!(feeder::to_close(&[writer, flood, flood], third), Some(1));
+    // IPv6 addresses count by their /64 network.
+    let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+    assert_eq!(
+        feeder::to_close(
+            &[v6("2001:db8::1"), v6("2001:db8:1::1"), v6("2001:db8::2")],
+            v6("2001:db8::3")
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        feeder::to_close(
+            &[v6("2001:db8::1"), v6("2001:db8:1::1")],
+            v6("2001:db8:1::9")
+        ),
+        Some(1)
+    );
 }
 
 #[test]
