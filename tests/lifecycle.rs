@@ -322,7 +322,7 @@ fn stalling_graph() -> Graph {
 fn a_stall_is_reported_not_hung() {
     // The reader needs ten at once where four may come: the message says what to do (found
     // by a user's audit: it named the connection, neither the cause nor the fix).
-    let hint = "give the connection a larger capacity (Connection::capacity";
+    let hint = "give this connection a larger capacity (Connection::capacity";
     let err = join_within(stalling_graph()).unwrap_err();
     assert!(matches!(err, Error::Stalled { .. }), "{err:#?}");
     assert!(

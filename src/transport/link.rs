@@ -530,13 +530,15 @@ impl<T: Element> LinkTx<T> {
                 Flavor::Broker(tx) => tx.pending(),
                 _ => self.capacity - self.credit,
             };
-            // A reader that holds all it may and consumes none of it needs more at once than
-            // the connection lets through: say so, and what to do.
+            // A reader that holds all it may and consumes none of it either waits on a
+            // connection of its own (which the stall names too) or needs more at once than this
+            // one lets through: say so, and what to do then. (Only the reader knows which.)
             let full = if in_flight >= self.capacity {
-                ": the reader holds all the connection lets through and consumes none of it, as \
-                 an agent that needs more than that at once does (a window longer than the \
-                 capacity); give the connection a larger capacity (Connection::capacity, or \
-                 `capacity` in the deployment's [[connections]])"
+                ": its reader holds all the connection lets through and consumes none of it; \
+                 unless that reader is itself held up by another connection named here, it needs \
+                 more than that at once (a window longer than the capacity): give this connection \
+                 a larger capacity (Connection::capacity, or `capacity` in the deployment's \
+                 [[connections]])"
             } else {
                 ""
             };
