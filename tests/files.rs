@@ -205,6 +205,22 @@ fn follow_survives_copytruncate_losing_and_repeating_nothing() {
     assert!(got == want, "the lines differ from what was written");
 }
 
+/// Waits until the offset file names `log` (its device and inode): the follower has opened it.
+fn wait_for_offset_of(offset: &Path, log: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(log).unwrap();
+    let want = format!("{} {} ", meta.dev(), meta.ino());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(offset).is_ok_and(|s| s.starts_with(&want)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower never recorded {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn follow_run(log: &Path, offset: &Path, n: usize, what: &str) -> Vec<String> {
     let mut g = Graph::new("resume");
     let options = fast().start(FollowStart::Beginning).offset_file(offset);
@@ -264,6 +280,29 @@ fn follow_resumes_from_its_offset_file_across_runs() {
     wait_for(&out, 2, "the run after the old file went");
     stop(running);
     assert_eq!(out.values(), ["newer 1", "newer 2"]);
+    // The offset file pointed at another path, whose file was made before the offset file was
+    // last written (an earlier deployment's offset file, say): not a rotation; the follower
+    // starts as its start option says, without replaying the file, and does not take a file
+    // of another name for the one the offset file names (a reviewer's finding).
+    let other = dir.path().join("other.log");
+    std::fs::write(&other, "history 1\nhistory 2\n").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let before_other = std::fs::read_to_string(&offset).unwrap();
+    std::fs::write(&offset, before_other).unwrap();
+    let mut g = Graph::new("another_path");
+    let lines = g.source_file_follow_with("log", &other, fast().offset_file(&offset));
+    let out = g.collect("out", &lines);
+    let running = g.start().unwrap();
+    wait_for_offset_of(&offset, &other);
+    append(&other, "live 1\n");
+    wait_for(&out, 1, "the line appended to the other file");
+    stop(running);
+    if std::fs::metadata(&other).unwrap().created().is_ok() {
+        assert_eq!(out.values(), ["live 1"]);
+    } else {
+        // A file system that does not say when a file was made: read as a new file.
+        assert_eq!(out.values(), ["history 1", "history 2", "live 1"]);
+    }
     std::fs::write(&log, "fresh 1\nfresh 2\n").unwrap();
     std::fs::remove_file(&offset).unwrap();
 

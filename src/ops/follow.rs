@@ -30,10 +30,14 @@
 //! same file without them was truncated (copytruncate) while nothing followed it, and is read
 //! from its beginning. Another file at the path means the file was rotated (renamed) while
 //! nothing followed it: the follower looks for the file it read in the path's folder, by its
-//! device and inode (`app.log.1`, say), reads its rest from the offset, then the new file from
-//! its beginning, so that a stop across a rotation loses nothing; if that file is gone
-//! (deleted, or compressed at once), what was written to it after the offset is lost, a
-//! warning says so, and the new file is read from its beginning (everything in it came after).
+//! device and inode, among the names that begin with the path's (`app.log.1`,
+//! `app.log-20261206`), reads its rest from the offset, then the new file from its beginning,
+//! so that a stop across a rotation loses nothing; if that file is gone (deleted, or
+//! compressed at once), what was written to it after the offset is lost, a warning says so,
+//! and the new file is read from its beginning (everything in it came after) — unless the new
+//! file was made before the offset file was last written (the file system says when a file
+//! was made): then the offset file is about another file (an earlier deployment's, or the
+//! path changed), and the start option applies, with a warning.
 //! Only the file read before and the one at the path are read: files rotated in between, by
 //! several rotations while stopped, are not. Without an offset file, the file found at the
 //! start is read as [`FollowOptions::start`] says. A graceful stop (Ctrl-C, [`Running::stop`])
@@ -280,11 +284,14 @@ impl Follower {
         let at = saved.as_ref().map(|sv| (sv.dev, sv.ino, sv.offset));
         self.saved = saved;
         let mut skip_partial = false;
-        let pos = match at {
-            Some((d, i, offset)) if (d, i) == (dev, ino) && offset <= len && same_bytes => offset,
+        // Where the offset file says to start; `None`: as the start option says.
+        let resume = match at {
+            Some((d, i, offset)) if (d, i) == (dev, ino) && offset <= len && same_bytes => {
+                Some(offset)
+            }
             // The same file, shorter than the offset, or not holding the bytes that were read
             // before it: truncated (and perhaps written again) while we were away.
-            Some((d, i, _)) if (d, i) == (dev, ino) => 0,
+            Some((d, i, _)) if (d, i) == (dev, ino) => Some(0),
             // Another file at the path: the one read before was rotated away (renamed) while
             // nothing followed it. Its rest is read first, found beside the path by its inode;
             // then `fill` goes on to the file at the path from its beginning, as after a rename
@@ -302,16 +309,32 @@ impl Follower {
                     self.started = true;
                     return Ok(true);
                 }
-                tracing::warn!(
-                    "{} was rotated while nothing followed it, and the file read before (device \
-                     {d}, inode {i}, read up to byte {offset}) is no longer beside it: what was \
-                     written to it after that byte, if anything, is lost; reading the new file \
-                     from its beginning",
-                    self.origin()
-                );
-                0
+                if self.made_before_the_offset_file(&meta) {
+                    // Not a file that replaced the one read: the offset file is about another
+                    // file (an earlier deployment's, or the path changed).
+                    tracing::warn!(
+                        "{}: the offset file names another file (device {d}, inode {i}), not \
+                         found beside it, and this one is older than the offset file: starting \
+                         as FollowOptions::start says",
+                        self.origin()
+                    );
+                    None
+                } else {
+                    tracing::warn!(
+                        "{} was rotated while nothing followed it, and the file read before \
+                         (device {d}, inode {i}, read up to byte {offset}) is no longer beside \
+                         it as it was: what was written to it after that byte, if anything, is \
+                         lost; reading the new file from its beginning",
+                        self.origin()
+                    );
+                    Some(0)
+                }
             }
-            _ if !self.started && self.options.start == FollowStart::End => {
+            None => None,
+        };
+        let pos = match resume {
+            Some(pos) => pos,
+            None if !self.started && self.options.start == FollowStart::End => {
                 // After the last complete line: an unfinished one is read whole once finished.
                 let from = len.saturating_sub(READ_CHUNK as u64);
                 let mut tail = vec![0u8; (len - from) as usize];
@@ -326,7 +349,7 @@ impl Follower {
                     }
                 }
             }
-            _ => 0,
+            None => 0,
         };
         self.start_file(file, dev, ino, pos)?;
         if skip_partial {
@@ -353,7 +376,13 @@ impl Follower {
         let Ok(entries) = std::fs::read_dir(folder) else {
             return Ok(None);
         };
+        // A rotated file keeps the name as its prefix (`app.log.1`, `app.log-20261206`): a
+        // file of another name is not taken for it, even with the inode (reused since).
+        let stem = self.path.file_name().unwrap_or_default().as_encoded_bytes();
         for entry in entries.flatten() {
+            if !entry.file_name().as_encoded_bytes().starts_with(stem) {
+                continue;
+            }
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
@@ -373,6 +402,22 @@ impl Follower {
             return Ok(None);
         }
         Ok(None)
+    }
+
+    /// Whether the file of `meta` was made before the offset file was last written: then it is
+    /// not a file that replaced, by a rotation while nothing followed it, the one the offset
+    /// file names. False when the file system does not say when a file was made.
+    fn made_before_the_offset_file(&self, meta: &std::fs::Metadata) -> bool {
+        let saved_at = self
+            .options
+            .offset_file
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .and_then(|m| m.modified().ok());
+        match (meta.created().ok(), saved_at) {
+            (Some(made), Some(saved_at)) => made < saved_at,
+            _ => false,
+        }
     }
 
     /// Makes `file` the current file, read from `pos` on.
