@@ -714,9 +714,6 @@ impl Launched {
         }
     }
 
-    /// Waits (until the deadline) for the end of a launcher killed on purpose, and for the
-    /// processes of its run, which die with it; returns its status. What it could not remove
-    /// (its shared-memory objects) goes when it is dropped.
     /// [`killed`](Self::killed), leaving its run's shared-memory objects as the SIGKILL did:
     /// the next launcher of the application on its host finds them (and must remove them:
     /// what is left at the end of the scenario is reported).
@@ -725,6 +722,9 @@ impl Launched {
         self.killed()
     }
 
+    /// Waits (until the deadline) for the end of a launcher killed on purpose, and for the
+    /// processes of its run, which die with it; returns its status. What it could not remove
+    /// (its shared-memory objects) goes when it is dropped.
     fn killed(mut self) -> Result<ExitStatus, String> {
         let host = self.host;
         let status = loop {
