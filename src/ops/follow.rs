@@ -929,30 +929,42 @@ impl Graph {
 mod tests {
     use super::*;
 
+    /// `dir/app.log` holding `text`, its offset file `dir/app.log.offset`, and options that
+    /// read it from its beginning with that offset file, polling every millisecond.
+    fn follower_in(dir: &Path, text: &str) -> (PathBuf, PathBuf, FollowOptions) {
+        let log = dir.join("app.log");
+        let offset = dir.join("app.log.offset");
+        std::fs::write(&log, text).unwrap();
+        let options = FollowOptions::default()
+            .start(FollowStart::Beginning)
+            .offset_file(&offset)
+            .poll_interval(Duration::from_millis(1));
+        (log, offset, options)
+    }
+
+    /// Empties `log` in place, as copytruncate does.
+    fn truncate(log: &Path) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
     /// A file truncated between the read of its lines and the save of the offset (copytruncate
     /// at that moment) does not fail the source: the save waits for the next read, which
     /// notices the truncation.
     #[test]
     fn a_truncation_just_before_the_save_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("app.log");
-        let offset = dir.path().join("app.log.offset");
-        std::fs::write(&log, "one\ntwo\n").unwrap();
-        let options = FollowOptions::default()
-            .start(FollowStart::Beginning)
-            .offset_file(&offset)
-            .poll_interval(Duration::from_millis(1));
+        let (log, offset, options) = follower_in(dir.path(), "one\ntwo\n");
         let mut f = Follower::new(log.clone(), options);
         let mut out = Vec::new();
         f.fill(&mut out, 100).unwrap();
         assert_eq!(out, ["one", "two"]);
         let saved = std::fs::read_to_string(&offset).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&log);
         f.save().unwrap();
         assert_eq!(std::fs::read_to_string(&offset).unwrap(), saved);
         std::fs::write(&log, "three\n").unwrap();
@@ -969,24 +981,13 @@ mod tests {
     #[test]
     fn the_offset_file_records_the_bytes_read_not_those_there_now() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("app.log");
-        let offset = dir.path().join("app.log.offset");
-        std::fs::write(&log, "aaaa\nbbbb\ncccc\n").unwrap();
-        let options = FollowOptions::default()
-            .start(FollowStart::Beginning)
-            .offset_file(&offset)
-            .poll_interval(Duration::from_millis(1));
+        let (log, _offset, options) = follower_in(dir.path(), "aaaa\nbbbb\ncccc\n");
         let mut f = Follower::new(log.clone(), options.clone());
         let mut out = Vec::new();
         f.fill(&mut out, 1).unwrap();
         assert_eq!(out, ["aaaa"]);
         // copytruncate, and its writer writes past the offset.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&log);
         let long = "X".repeat(20);
         std::fs::write(&log, format!("{long}\nYY\n")).unwrap();
         out.clear();
