@@ -51,7 +51,9 @@
 //!
 //! A line is at most [`FollowOptions::max_line_bytes`] long (1 MiB by default): a longer one
 //! stops the application with an error naming the file and the byte offset where the line
-//! starts, or is skipped with a warning ([`LongLines::Skip`]). A line that is not UTF-8 is an
+//! starts, or is skipped with a warning ([`LongLines::Skip`]; an offset file then records the
+//! skipped line's start until it ends, so that a restart skips it whole again, never hands
+//! over its rest as a line). A line that is not UTF-8 is an
 //! error naming the file and offset, or is decoded lossily ([`InvalidUtf8::Lossy`]). The
 //! follower holds at most one unfinished line and one read (64 KiB) in memory.
 //!
@@ -221,6 +223,9 @@ struct Follower {
     /// Discarding a line up to its next newline: where it started, and whether to warn (an
     /// over-long line) or not (the end of a line begun before a start at the end).
     skipping: Option<(u64, bool)>,
+    /// While an over-long line is skipped: the bytes before its start, as read (what the
+    /// offset file records then, with the line's start: see [`Follower::save`]).
+    skip_tail: Vec<u8>,
     /// The last bytes read before `read_pos` (at most [`FINGERPRINT_BYTES`]).
     fingerprint: Vec<u8>,
     /// The last bytes before the committed offset (at most [`FINGERPRINT_BYTES`]), as they
@@ -241,6 +246,7 @@ impl Follower {
             pending: Vec::new(),
             searched: 0,
             skipping: None,
+            skip_tail: Vec::new(),
             fingerprint: Vec::new(),
             committed_tail: Vec::new(),
             saved: None,
@@ -517,6 +523,8 @@ impl Follower {
                 } else if self.pending.len() - start > limit + 1 {
                     // (One byte more: the line's `\r` may be there already.)
                     self.long_line(base + start as u64)?;
+                    self.skip_tail.clone_from(&self.committed_tail);
+                    keep_tail(&mut self.skip_tail, &self.pending[..start]);
                     self.skipping = Some((base + start as u64, true));
                     start = self.pending.len();
                 }
@@ -678,12 +686,21 @@ impl Follower {
             return Ok(());
         };
         // The bytes before the offset as they were read, not as the file holds them now: a
-        // file truncated and written again since must not pass for the one read.
+        // file truncated and written again since must not pass for the one read. Never an
+        // offset inside a line being skipped (a restart there would hand over its rest as a
+        // line): an over-long one is recorded at its start (a restart skips it again, with a
+        // warning again); a line in progress at a start at the end, not at all until it ends
+        // (a restart starts at the end again).
+        let (offset, before) = match self.skipping {
+            Some((at, true)) => (at, self.skip_tail.clone()),
+            Some((_, false)) => return Ok(()),
+            None => (self.committed(), self.committed_tail.clone()),
+        };
         let now = Saved {
             dev: cur.dev,
             ino: cur.ino,
-            offset: self.committed(),
-            before: Some(self.committed_tail.clone()),
+            offset,
+            before: Some(before),
         };
         if self.saved.as_ref() == Some(&now) {
             return Ok(());
@@ -1002,5 +1019,35 @@ mod tests {
             [long.as_str(), "YY"],
             "read from its start, not resumed"
         );
+    }
+
+    /// A stop while an over-long line is skipped records the line's start, not a place inside
+    /// it: the next start skips the whole line again and hands over the line after it, not
+    /// the skipped line's rest as a line (a reviewer's finding: "xyz" came out).
+    #[test]
+    fn a_stop_inside_a_skipped_line_resumes_at_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "L".repeat(20);
+        let (log, _offset, options) = follower_in(dir.path(), &format!("aaaa\n{long}"));
+        let options = options.max_line_bytes(8).long_lines(LongLines::Skip);
+        let mut f = Follower::new(log.clone(), options.clone());
+        let mut out = Vec::new();
+        f.fill(&mut out, 100).unwrap();
+        assert_eq!(out, ["aaaa"]);
+        assert!(f.skipping.is_some(), "skipping the long line");
+        drop(f);
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"xyz\nbbbb\n")
+            .unwrap();
+        let mut again = Follower::new(log, options);
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            again.fill(&mut out, 100).unwrap();
+        }
+        assert_eq!(out, ["bbbb"]);
     }
 }
