@@ -939,13 +939,13 @@ impl Graph {
     pub(crate) fn output_names(&self) -> HashMap<PortId, String> {
         let mut names = HashMap::new();
         for (ai, a) in self.agents.iter().enumerate() {
-            for (pi, p) in a.outputs.iter().enumerate() {
+            for pi in 0..a.outputs.len() {
                 let id = PortId {
                     graph: self.id,
                     agent: ai as u32,
                     port: pi as u32,
                 };
-                names.insert(id, format!("{}.{}", a.name, p.name));
+                names.insert(id, self.port_name(id, true));
             }
         }
         names
