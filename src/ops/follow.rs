@@ -548,12 +548,7 @@ impl Follower {
             }
             out.push(self.decode(line_at, line)?);
         }
-        let Follower {
-            pending,
-            committed_tail,
-            ..
-        } = self;
-        keep_tail(committed_tail, &pending[..start]);
+        keep_tail(&mut self.committed_tail, &self.pending[..start]);
         self.pending.drain(..start);
         self.searched = self.searched.saturating_sub(start);
         Ok(())
@@ -604,12 +599,7 @@ impl Follower {
             return Ok(());
         }
         let at = self.committed();
-        let Follower {
-            pending,
-            committed_tail,
-            ..
-        } = self;
-        keep_tail(committed_tail, pending);
+        keep_tail(&mut self.committed_tail, &self.pending);
         if let Some((from, warn)) = self.skipping.take() {
             if warn {
                 self.skipped(from, at + self.pending.len() as u64);
