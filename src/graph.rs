@@ -956,6 +956,15 @@ impl Graph {
         self.port_name(id, true)
     }
 
+    /// The connection `e` as messages name it: `"writer.port -> reader.port"`.
+    pub(crate) fn edge_name(&self, e: &Edge) -> String {
+        format!(
+            "{} -> {}",
+            self.port_name(e.from, true),
+            self.port_name(e.to, false)
+        )
+    }
+
     fn port_name(&self, id: PortId, output: bool) -> String {
         let a = &self.agents[id.agent as usize];
         let ports = if output { &a.outputs } else { &a.inputs };

@@ -795,15 +795,18 @@ fn create_rings(
         info.host_of(&info.agents[agent].process)
             .is_none_or(|h| h.name == host)
     };
-    for (i, e) in info.edges.iter().enumerate() {
-        let Some(bytes) = e.ring_bytes else { continue };
-        if !(on_host(e.from_agent) && on_host(e.to_agent)) {
-            continue;
-        }
+    let rings: Vec<(usize, &crate::info::EdgeInfo, usize)> = info
+        .edges
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| on_host(e.from_agent) && on_host(e.to_agent))
+        .filter_map(|(i, e)| e.ring_bytes.map(|bytes| (i, e, bytes)))
+        .collect();
+    let all_rings = crate::transport::rings_total(rings.iter().map(|&(_, _, bytes)| bytes));
+    for (i, e, bytes) in rings {
         let name = crate::transport::ring_name(&info.app, &run.to_string(), i)?;
-        crate::transport::create_ring(&name, bytes, i).map_err(|err| Error::Runtime {
-            detail: format!("connection {} -> {}: {err}", e.stream, e.input),
-        })?;
+        let connection = format!("{} -> {}", e.stream, e.input);
+        crate::transport::create_ring(&name, bytes, &connection, all_rings)?;
         segments.add(name);
     }
     Ok(())

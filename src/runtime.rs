@@ -2302,15 +2302,17 @@ fn coordinate(
 /// Creates the ring of every shared-memory connection of `graph` (the starter does this before
 /// any process starts); each name is recorded in `segments`, which removes them.
 fn create_segments(graph: &Graph, run: &RunId, segments: &Segments) -> Result<(), Error> {
-    for (edge, e) in graph.edges.iter().enumerate() {
-        if graph.resolve(e) != Resolved::SharedMemory {
-            continue;
-        }
+    let rings: Vec<(usize, usize)> = graph
+        .edges
+        .iter()
+        .enumerate()
+        .filter_map(|(edge, e)| graph.ring_bytes(e).map(|bytes| (edge, bytes)))
+        .collect();
+    let all_rings = transport::rings_total(rings.iter().map(|&(_, bytes)| bytes));
+    for (edge, bytes) in rings {
         let name = transport::ring_name(&graph.name, &run.to_string(), edge)?;
-        let Some(bytes) = graph.ring_bytes(e) else {
-            continue;
-        };
-        transport::create_ring(&name, bytes, edge)?;
+        let connection = graph.edge_name(&graph.edges[edge]);
+        transport::create_ring(&name, bytes, &connection, all_rings)?;
         segments.add(name);
     }
     Ok(())

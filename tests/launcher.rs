@@ -1776,6 +1776,64 @@ fn a_sweep_from_another_pid_namespace_leaves_a_live_run_alone() -> Result<(), St
     })
 }
 
+/// `/dev/shm` without room for the rings (a container's default 64 MiB, a small board's tmpfs):
+/// the launcher refuses to start, naming the connection, the room the rings need and the fix,
+/// before any process starts, and leaves nothing there. (The rings' pages were allocated as
+/// they were first touched: the process that touched one with no room behind it died of
+/// SIGBUS.) The launcher runs in a mount namespace of its own whose `/dev/shm` is a 16 KiB
+/// tmpfs (`unshare -m`: root); skipped, said so, without.
+fn a_dev_shm_without_room_for_the_rings_is_refused_before_anything_starts() -> Result<(), String> {
+    let usable = Command::new("unshare")
+        .args(["-m", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } == 0 {
+            return Err("unshare -m does not work here, as root".into());
+        }
+        println!("  (skipped: unshare -m needs root)");
+        return Ok(());
+    }
+    let dir = Scratch::new("shm-room");
+    let deploy = dir.file("moved.toml", MOVED);
+    let out = dir.path("out.txt");
+    // What the launcher leaves in /dev/shm is listed once it ended: the tmpfs ends with the
+    // namespace.
+    let script = "mount -t tmpfs -o size=16k iotstream-test /dev/shm || exit 97\n\
+                  \"$@\"; rc=$?\n\
+                  echo \"LEFT[$(ls -A /dev/shm | tr '\\n' ' ')]\"\n\
+                  exit $rc";
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(launcher_exe())
+        .arg("run")
+        .arg(own_exe())
+        .arg("--deploy")
+        .arg(&deploy)
+        .args(["--", "app", "relay", "100000"])
+        .env("OUT", &out)
+        .stdin(Stdio::null());
+    let run = cmd.output().map_err(|e| format!("unshare: {e}"))?;
+    let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
+    let said = || format!("exit {}\nstdout:\n{stdout}\nstderr:\n{stderr}", run.status);
+    ensure(run.status.code() == Some(2), said)?;
+    ensure(
+        stderr.contains(
+            "connection numbers.out -> triple.in: cannot create its ring: no room in /dev/shm",
+        ) && stderr.contains("the rings between this host's processes take")
+            && stderr.contains("--shm-size"),
+        said,
+    )?;
+    ensure(
+        !stderr.contains("SIGBUS") && !stderr.contains("started (pid"),
+        said,
+    )?;
+    ensure(stdout.contains("LEFT[]"), said)?;
+    ensure(lines_of(&out).is_empty(), said)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Operating a running application: list, stop, logs, restart, over the control socket
 
@@ -2808,6 +2866,10 @@ fn main() {
         (
             "a_sweep_from_another_pid_namespace_leaves_a_live_run_alone",
             Box::new(a_sweep_from_another_pid_namespace_leaves_a_live_run_alone),
+        ),
+        (
+            "a_dev_shm_without_room_for_the_rings_is_refused_before_anything_starts",
+            Box::new(a_dev_shm_without_room_for_the_rings_is_refused_before_anything_starts),
         ),
         ("graph_dot_output_parses", Box::new(graph_dot_output_parses)),
         (

@@ -285,15 +285,35 @@ pub(crate) fn ring_name(app: &str, run: &str, edge: usize) -> Result<String, Err
     })
 }
 
-/// Creates the shared-memory object of the ring of connection `edge`, named `name`, of `bytes`
-/// bytes. The object stays until it is unlinked (by whoever created it: see
-/// `launch::Segments`).
-pub(crate) fn create_ring(name: &str, bytes: usize, edge: usize) -> Result<(), Error> {
-    Segment::create(name, bytes)
-        .map(drop)
-        .map_err(|err| Error::Runtime {
-            detail: format!("cannot create the ring of connection #{edge}: {err}"),
-        })
+/// What the shared-memory objects of rings of these data sizes take in `/dev/shm`, headers
+/// included: the `all_rings` of [`create_ring`].
+pub(crate) fn rings_total(data_bytes: impl Iterator<Item = usize>) -> usize {
+    data_bytes.map(|b| b + shm::segment::HEADER_SIZE).sum()
+}
+
+/// Creates the shared-memory object of the ring of `connection` (`"writer.port -> reader.port"`,
+/// for errors), named `name`, of `bytes` bytes, its pages reserved (`all_rings`: the bytes of
+/// every ring the caller makes, for the error when `/dev/shm` has no room for them). The object
+/// stays until it is unlinked (by whoever created it: see `launch::Segments`).
+pub(crate) fn create_ring(
+    name: &str,
+    bytes: usize,
+    connection: &str,
+    all_rings: usize,
+) -> Result<(), Error> {
+    Segment::create(name, bytes).map(drop).map_err(|err| {
+        let hint = match err {
+            shm::segment::SegmentError::NoRoom { .. } => format!(
+                "; the rings between this host's processes take {all_rings} bytes in all: make \
+                 /dev/shm larger than that (a container's `--shm-size`, say) or lower the \
+                 connections' capacity_bytes (a ring takes at most twice its connection's)"
+            ),
+            _ => String::new(),
+        };
+        Error::Runtime {
+            detail: format!("connection {connection}: cannot create its ring: {err}{hint}"),
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -90,6 +90,22 @@ pub(crate) enum SegmentError {
         /// Its error.
         errno: Errno,
     },
+    /// The file system of shared-memory objects has no room (or the process no memory) for
+    /// the object's pages.
+    #[error(
+        "no room in {SHM_DIR} for shared-memory object '{name}': it needs {needed} bytes and \
+         {SHM_DIR} has {free} bytes free ({errno})"
+    )]
+    NoRoom {
+        /// The object's name.
+        name: String,
+        /// Bytes the object needs.
+        needed: usize,
+        /// Bytes free in [`SHM_DIR`] when it failed (0 if they could not be read).
+        free: u64,
+        /// What reserving its pages said: `ENOSPC` (the file system is full) or `ENOMEM`.
+        errno: Errno,
+    },
     /// The object exists but is not a usable ring (wrong size, header, version, ...).
     #[error("shared-memory object '{name}' is not a usable ring: {reason}")]
     Invalid {
@@ -145,6 +161,7 @@ impl Segment {
         let size = libc::off_t::try_from(map_len)
             .map_err(|_| invalid(name, format_args!("{map_len} bytes do not fit in an off_t")))?;
         nix::unistd::ftruncate(&fd, size).map_err(|errno| os(name, "ftruncate", errno))?;
+        reserve(name, &fd, size)?;
         let segment = Segment::map(name, &fd, map_len)?;
         segment
             .header()
@@ -372,6 +389,26 @@ pub(crate) fn list_segments(prefix: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Reserves the pages of the object `fd` (`size` bytes) now, so that a full `/dev/shm` (a
+/// container's 64 MiB, say) is an error when the object is made and not a `SIGBUS` in whichever
+/// process first touches a page that finds no room. A file system that cannot reserve
+/// (`EOPNOTSUPP`) leaves the pages to be allocated as they are touched, as before.
+fn reserve(name: &str, fd: &OwnedFd, size: libc::off_t) -> Result<(), SegmentError> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    match fallocate(fd, FallocateFlags::empty(), 0, size) {
+        Ok(()) | Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => Ok(()),
+        Err(errno @ (Errno::ENOSPC | Errno::ENOMEM)) => Err(SegmentError::NoRoom {
+            name: name.to_string(),
+            needed: size as usize,
+            free: nix::sys::statvfs::statvfs(SHM_DIR)
+                .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+                .unwrap_or(0),
+            errno,
+        }),
+        Err(errno) => Err(os(name, "fallocate", errno)),
+    }
 }
 
 fn os(name: &str, op: &'static str, errno: Errno) -> SegmentError {
