@@ -247,7 +247,12 @@ impl Holder {
 pub(crate) const MIN_CAPACITY: usize = 64;
 
 /// The largest data area, in bytes (4 GiB: frame lengths are u32).
+#[cfg(target_pointer_width = "64")]
 pub(crate) const MAX_CAPACITY: usize = 1 << 32;
+
+/// The largest data area, in bytes (1 GiB on a 32-bit target: a quarter of its address space).
+#[cfg(not(target_pointer_width = "64"))]
+pub(crate) const MAX_CAPACITY: usize = 1 << 30;
 
 /// Bytes before each payload: `len: u32` and a `flags: u32` word.
 pub(crate) const FRAME_HEADER: usize = 8;

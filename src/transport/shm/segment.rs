@@ -179,7 +179,9 @@ impl Segment {
         let fd = shm_open(name, OFlag::O_RDWR, Mode::empty())
             .map_err(|errno| os(name, "shm_open", errno))?;
         let stat = fstat(&fd).map_err(|errno| os(name, "fstat", errno))?;
-        let size = stat.st_size;
+        // `off_t` is 32 bits wide on some 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let size = i64::from(stat.st_size);
         let smallest = (HEADER_SIZE + MIN_CAPACITY) as i64;
         let largest = (HEADER_SIZE + MAX_CAPACITY) as i64;
         if !(smallest..=largest).contains(&size) {
@@ -403,7 +405,11 @@ fn reserve(name: &str, fd: &OwnedFd, size: libc::off_t) -> Result<(), SegmentErr
             name: name.to_string(),
             needed: size as usize,
             free: nix::sys::statvfs::statvfs(SHM_DIR)
-                .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+                .map(|v| {
+                    // Both are 32 bits wide on 32-bit targets.
+                    #[allow(clippy::useless_conversion)]
+                    u64::from(v.blocks_available()).saturating_mul(u64::from(v.fragment_size()))
+                })
                 .unwrap_or(0),
             errno,
         }),
