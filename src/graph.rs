@@ -930,6 +930,72 @@ impl Graph {
         false
     }
 
+    /// For every agent, which of its inputs are fed from a feedback loop it is part of: the
+    /// writer is in the same strongly connected component of the graph as the reader. These
+    /// are the inputs closed when a run goes quiet with loops still open
+    /// (`Envelope::ForceClose`); the rest end by their writers' end of stream.
+    ///
+    /// Kosaraju's algorithm, iterative: linear in agents and connections.
+    fn loop_inputs(&self) -> Vec<Vec<bool>> {
+        let n = self.agents.len();
+        let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut prev: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for e in &self.edges {
+            next[e.from.agent as usize].push(e.to.agent as usize);
+            prev[e.to.agent as usize].push(e.from.agent as usize);
+        }
+        // First pass: the agents in the order their depth-first search finished.
+        let mut order = Vec::with_capacity(n);
+        let mut seen = vec![false; n];
+        for root in 0..n {
+            if std::mem::replace(&mut seen[root], true) {
+                continue;
+            }
+            let mut stack = vec![(root, 0usize)];
+            while let Some(&(a, k)) = stack.last() {
+                if let Some(&b) = next[a].get(k) {
+                    if let Some(top) = stack.last_mut() {
+                        top.1 += 1;
+                    }
+                    if !std::mem::replace(&mut seen[b], true) {
+                        stack.push((b, 0));
+                    }
+                } else {
+                    order.push(a);
+                    stack.pop();
+                }
+            }
+        }
+        // Second pass, on the reversed graph in reverse finishing order: one component each.
+        let mut component = vec![usize::MAX; n];
+        for (c, &root) in order.iter().rev().enumerate() {
+            if component[root] != usize::MAX {
+                continue;
+            }
+            component[root] = c;
+            let mut stack = vec![root];
+            while let Some(a) = stack.pop() {
+                for &b in &prev[a] {
+                    if component[b] == usize::MAX {
+                        component[b] = c;
+                        stack.push(b);
+                    }
+                }
+            }
+        }
+        let mut loops: Vec<Vec<bool>> = self
+            .agents
+            .iter()
+            .map(|a| vec![false; a.inputs.len()])
+            .collect();
+        for e in &self.edges {
+            if component[e.from.agent as usize] == component[e.to.agent as usize] {
+                loops[e.to.agent as usize][e.to.port as usize] = true;
+            }
+        }
+        loops
+    }
+
     /// The full name of a stream: `"agent.port"`.
     pub fn stream_name<T>(&self, stream: &Stream<T>) -> String {
         self.port_name(stream.id, true)
@@ -1120,6 +1186,7 @@ impl Graph {
             .collect();
         let timed = self.timed_agents();
         let batch_limits = self.source_batch_limits();
+        let mut loop_inputs = self.loop_inputs();
         let mut registry = Registry::default();
         let mut hosts: Vec<Option<Host>> = Vec::with_capacity(self.agents.len());
         for (i, a) in self.agents.iter_mut().enumerate() {
@@ -1155,6 +1222,7 @@ impl Graph {
                 counters,
             );
             host.forward_marks = !a.manages_watermarks;
+            host.loop_inputs = Some(std::mem::take(&mut loop_inputs[i]));
             hosts.push(Some(host));
         }
         for (edge, e) in self.edges.iter().enumerate() {

@@ -302,6 +302,10 @@ pub(crate) struct Host {
     pub forward_marks: bool,
     /// The last mark forwarded.
     forwarded: Option<Mark>,
+    /// Which inputs are fed from the agent's own feedback loop (their writer is in the same
+    /// strongly connected part of the graph): the ones a forced close closes. `None`: every
+    /// input (a host made outside a graph).
+    pub loop_inputs: Option<Vec<bool>>,
     /// The clock of [`Inputs::processing_time`](crate::Inputs::processing_time).
     pub clock: Clock,
     /// The processing time the last step asked to be called again at.
@@ -332,6 +336,7 @@ impl Host {
             owed: false,
             forward_marks: true,
             forwarded: None,
+            loop_inputs: None,
             clock: Clock::Real,
             timer: None,
         }
@@ -449,8 +454,14 @@ impl Host {
             }
             Envelope::Wake => self.dirty = true,
             Envelope::ForceClose => {
-                for slot in &mut self.inputs {
-                    slot.close();
+                // Only the inputs of a loop: an agent the loop merely feeds (a sink after it,
+                // an `_and_end` operator) ends when its writer's end of stream reaches it, so
+                // that what its writer still sends while the loop ends (the items an `end`
+                // function returns) is not refused as "data after the end of stream".
+                for (i, slot) in self.inputs.iter_mut().enumerate() {
+                    if self.loop_inputs.as_ref().is_none_or(|l| l[i]) {
+                        slot.close();
+                    }
                 }
                 self.dirty = true;
             }

@@ -276,7 +276,8 @@ impl Harness {
     }
 
     /// Closes every input, runs to the end, and checks that every agent finished. Agents still
-    /// open then are in feedback loops: they are closed too (their loop has gone quiet). Data
+    /// open then are in feedback loops, or after one: the inputs a loop feeds are closed (the
+    /// loop has gone quiet), and the agents after it end by end of stream. Data
     /// that can never be delivered is an [`Error::Stalled`] naming the connection.
     pub fn finish(&mut self) -> Result<(), Error> {
         let open: Vec<_> = self.externals.drain().map(|(_, e)| e).collect();

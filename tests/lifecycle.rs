@@ -225,6 +225,15 @@ fn a_panicking_sink_in_the_middle_of_an_endless_source_still_ends_the_run() {
 
 /// Each value v ≥ 2 goes round the loop as v / 2; the loop ends when nothing is emitted.
 fn halving_loop(name: &str, capacity: usize) -> (Graph, iotstream::Collected<u64>) {
+    let (g, all, _) = halving_loop_and_stream(name, capacity);
+    (g, all)
+}
+
+/// [`halving_loop`], and the stream of every value that went round.
+fn halving_loop_and_stream(
+    name: &str,
+    capacity: usize,
+) -> (Graph, iotstream::Collected<u64>, Stream<u64>) {
     let mut g = Graph::new(name);
     g.set_default_capacity(capacity);
     let seeds = g.source_iter("seeds", [1000u64, 17, 64]);
@@ -240,7 +249,7 @@ fn halving_loop(name: &str, capacity: usize) -> (Graph, iotstream::Collected<u64
     let next = g.filter_map("halve", &out, |v: &u64| (*v >= 2).then_some(v / 2));
     g.connect(&next, &loop_in);
     let all = g.collect("all", &out);
-    (g, all)
+    (g, all, out)
 }
 
 struct Merge2 {
@@ -288,6 +297,46 @@ fn a_feedback_loop_ends_when_it_goes_quiet() {
         let mut got = all.values();
         got.sort_unstable();
         assert_eq!(got, expected, "threaded: {threaded}");
+    }
+}
+
+/// An agent after a loop that emits at the end of its input (`map_with_state_and_end`), read by
+/// another agent: when the loop goes quiet, only the loop is closed; the agents after it end
+/// by end of stream, and what `end` returns reaches its reader (it was refused as "data
+/// arrived after the end of stream", found by audit D: every agent was closed at once).
+#[test]
+fn what_follows_a_loop_gets_what_is_emitted_at_its_end() {
+    let build = || {
+        let (mut g, _, out) = halving_loop_and_stream("halving_end", 1024);
+        let counted = g.map_with_state_and_end(
+            "count",
+            &out,
+            0u64,
+            |v: &u64, n: u64| (*v, n + 1),
+            |n: u64| Some(1_000_000 + n),
+        );
+        let after = g.filter("after", &counted, |_| true);
+        let last = g.collect("last", &after);
+        (g, last)
+    };
+    let expected = halvings(&[1000, 17, 64]);
+    for threaded in [false, true] {
+        let (g, last) = build();
+        if threaded {
+            join_within(g).unwrap();
+        } else {
+            let mut h = Harness::new(g).unwrap();
+            h.finish().unwrap();
+        }
+        let got = last.values();
+        assert_eq!(
+            got.last(),
+            Some(&(1_000_000 + expected.len() as u64)),
+            "threaded: {threaded}"
+        );
+        let mut values = got[..got.len() - 1].to_vec();
+        values.sort_unstable();
+        assert_eq!(values, expected, "threaded: {threaded}");
     }
 }
 
