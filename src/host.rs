@@ -577,6 +577,21 @@ impl Host {
                             self.dirty = true;
                             continue;
                         }
+                        // What the agent leaves at its end (the last partial window) goes back
+                        // as credit, as if consumed: a TCP link's writer takes its stream as
+                        // ended only once the reader consumed all of it, and would otherwise
+                        // wait for ever (its process, and a host waiting on it, with it).
+                        let left: usize = self.inputs.iter_mut().map(|i| i.discard_rest()).sum();
+                        if left > 0 {
+                            self.return_credits();
+                            // The agent's counter says what it consumed, not what was dropped.
+                            self.counters
+                                .consumed
+                                .fetch_sub(left as u64, Ordering::Relaxed);
+                            if self.owed {
+                                self.settle_durable();
+                            }
+                        }
                         let Driver::Agent(agent) = &mut self.driver else {
                             unreachable!()
                         };

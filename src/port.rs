@@ -54,6 +54,10 @@ pub(crate) trait InSlot: Send {
     fn has_unseen(&self) -> bool;
     /// Elements consumed since the last call.
     fn take_consumed(&mut self) -> usize;
+    /// Consumes, for credit, every element left once the input is closed and the agent has
+    /// consumed all it will (the last partial window, say), so that the writer's link
+    /// accounts the stream as consumed; returns how many. Nothing while elements are unseen.
+    fn discard_rest(&mut self) -> usize;
     /// Credit to return to the writer now, if it is due (see [`InBuf`]). A durable route's
     /// credit is never due unless `durable_ok` (the host says the outputs are handed on).
     fn credit_due(&mut self, durable_ok: bool) -> usize;
@@ -477,6 +481,17 @@ impl<T: Element> InSlot for InBuf<T> {
             }
         }
         self.shown = self.view_all().len().min(want);
+    }
+
+    fn discard_rest(&mut self) -> usize {
+        if self.has_unseen() {
+            return 0;
+        }
+        let n = self.as_slice().len();
+        if n > 0 {
+            self.consume(n);
+        }
+        n
     }
 
     fn take_consumed(&mut self) -> usize {

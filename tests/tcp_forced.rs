@@ -115,3 +115,57 @@ fn a_tiny_capacity_still_delivers_everything() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Sums of three: consumes whole windows only, so the last one or two elements of the stream
+/// are never consumed (as `map_window` leaves a last partial window).
+struct SumsOfThree {
+    input: iotstream::Input<u64>,
+    out: iotstream::Stream<u64>,
+}
+
+impl iotstream::Agent for SumsOfThree {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        o: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        let whole = i.slice(&self.input).len() / 3 * 3;
+        let sums: Vec<u64> = i.slice(&self.input)[..whole]
+            .chunks(3)
+            .map(|w| w.iter().sum())
+            .collect();
+        o.extend(&self.out, sums);
+        i.consume(&self.input, whole);
+        Ok(())
+    }
+}
+
+/// A reader that ends with elements it never consumed (a last partial window) ends the link:
+/// what it left goes back as consumed, so the writer's End is acknowledged. Found by audit D:
+/// the writer waited for ever for those elements' acknowledgement, so the run never ended
+/// (between two hosts, each waiting for the other: both hung).
+#[test]
+fn a_reader_that_leaves_a_partial_window_ends_the_link() {
+    for transport in [Transport::Auto, Transport::Tcp] {
+        let mut g = Graph::new("tcp_partial_window");
+        let s = g.source_iter("numbers", 0..10u64);
+        let (input, out) = g.add_agent("sums", |p| {
+            let input = p.input::<u64>("in");
+            let out = p.output::<u64>("out");
+            (SumsOfThree { input, out }, (input, out))
+        });
+        g.connect_with(&s, &input, Connection::new().transport(transport));
+        let c = g.collect("out", &out);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(g.run().map(|m| m.agent("sums").map(|a| a.consumed)));
+        });
+        let ended = rx.recv_timeout(std::time::Duration::from_secs(20));
+        let consumed = ended
+            .unwrap_or_else(|_| panic!("{transport:?}: the run did not end within 20 s"))
+            .unwrap();
+        assert_eq!(c.values(), [3, 12, 21], "{transport:?}");
+        // The agent's counter says what it consumed, not what was dropped at its end.
+        assert_eq!(consumed, Some(9), "{transport:?}");
+    }
+}
