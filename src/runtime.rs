@@ -904,6 +904,9 @@ pub struct Running {
     inputs: HashMap<PortId, Box<dyn Any + Send>>,
     /// The name of every stream of the graph, for errors about them.
     stream_names: HashMap<PortId, String>,
+    /// The inputs ([`Graph::input`]) whose agent runs in another process than this one, with
+    /// that process and this one's name: their sender is taken there, not here.
+    elsewhere: HashMap<PortId, (String, String)>,
     thread: Option<JoinHandle<Result<(), Error>>>,
     /// The children, when this is the starter of a multi-process run.
     children: Option<Children>,
@@ -1035,18 +1038,32 @@ impl Running {
 
     /// The sender of an input stream made with [`Graph::input`]. Each input's sender can be taken
     /// once; inputs whose sender is never taken are closed by [`Running::join`].
+    ///
+    /// In an application of several processes every process runs the program, but only the
+    /// process that holds the input's agent (`main` unless it was placed elsewhere) can take its
+    /// sender: elsewhere this fails with an error naming that process, which the program
+    /// skips (see `tests/processes.rs`, `input_elsewhere`).
     pub fn input<T: Element>(&mut self, stream: &Stream<T>) -> Result<InputSender<T>, Error> {
         self.inputs
             .remove(&stream.id)
             .and_then(|b| b.downcast::<InputSender<T>>().ok())
             .map(|b| *b)
             .ok_or_else(|| {
-                let what = match self.stream_names.get(&stream.id) {
-                    Some(name) => format!(
+                let what = match (
+                    self.stream_names.get(&stream.id),
+                    self.elsewhere.get(&stream.id),
+                ) {
+                    (Some(name), Some((there, here))) => format!(
+                        "input '{name}' is fed in process '{there}', not in this process \
+                         ('{here}'): every process runs the program, and only the one that \
+                         holds the input's agent takes its sender (an error here is expected: \
+                         skip the input in this process)"
+                    ),
+                    (Some(name), None) => format!(
                         "stream '{name}' is not an input made with Graph::input, or its sender \
                          was already taken"
                     ),
-                    None => "the stream is not one of this application's".to_string(),
+                    (None, _) => "the stream is not one of this application's".to_string(),
                 };
                 Error::Runtime {
                     detail: format!("application '{}': {what}", self.app),
@@ -1716,6 +1733,17 @@ fn start_part(
 ) -> Result<Running, Error> {
     let app = graph.name.clone();
     let stream_names = graph.output_names();
+    let elsewhere: HashMap<PortId, (String, String)> = match &process {
+        Some(here) => graph
+            .externals
+            .iter()
+            .filter_map(|(id, e)| {
+                let there = graph.process_of(e.agent());
+                (there != here).then(|| (*id, (there.to_string(), here.clone())))
+            })
+            .collect(),
+        None => HashMap::new(),
+    };
     let stop = shm
         .as_ref()
         .map(|(_, _, stop)| Arc::clone(stop))
@@ -1738,6 +1766,7 @@ fn start_part(
             stop,
             inputs,
             stream_names,
+            elsewhere,
             thread: Some(thread),
             children: None,
             _signals: None,

@@ -39,6 +39,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "spinning" => spinning(arg(0)),
         "chained" => chained(arg(0), arg(1) as usize),
         "long_chain" => long_chain(arg(0) as usize, arg(1)),
+        "input_elsewhere" => input_elsewhere(),
         other => panic!("no application named {other}"),
     }
 }
@@ -61,6 +62,31 @@ fn c14() -> Result<(), iotstream::Error> {
     g.run()?;
     if is_p1 {
         println!("RESULT {:?}", out.values());
+    }
+    Ok(())
+}
+
+/// A program-fed input (`Graph::input`) read by an agent of another process: every process
+/// runs this, the starter takes the sender and pushes, the child cannot take it and says why.
+fn input_elsewhere() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("input_elsewhere");
+    let x = g.input::<u64>("x");
+    let y = g.map("double", &x, |v: &u64| v * 2);
+    let out = g.collect("collector", &y);
+    g.place_in_process("double", "p1");
+    let is_starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    let mut running = g.start()?;
+    match running.input(&x) {
+        Ok(tx) => {
+            for i in 0..100u64 {
+                tx.push(i)?;
+            }
+        }
+        Err(e) => println!("NOT HERE {e}"),
+    }
+    running.join()?;
+    if is_starter {
+        println!("RESULT {}", out.values().iter().sum::<u64>());
     }
     Ok(())
 }
@@ -1102,6 +1128,21 @@ fn spinning_rings_deliver_everything_in_order() -> Result<(), String> {
     })
 }
 
+/// `Running::input` in a process that does not hold the input's agent says where it is fed
+/// (found by audit D: it said the stream "is not an input made with Graph::input").
+fn an_input_fed_elsewhere_says_where() -> Result<(), String> {
+    let out = run_app_output("input_elsewhere", &[])?;
+    ensure(result_line(&out)? == "9900", || out.clone())?;
+    let line = out
+        .lines()
+        .find(|l| l.contains("NOT HERE"))
+        .ok_or_else(|| format!("no NOT HERE line:\n{out}"))?;
+    ensure(
+        line.contains("input 'x.out' is fed in process 'main', not in this process ('p1')"),
+        || line.to_string(),
+    )
+}
+
 fn c14_two_processes() -> Result<(), String> {
     let r = run_app("c14", &[])?;
     ensure(r == "[200, 202, 204, 206, 208, 210]", || format!("got {r}"))
@@ -1701,7 +1742,11 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 29] = [
+    let scenarios: [(&str, Scenario); 30] = [
+        (
+            "an_input_fed_elsewhere_says_where",
+            an_input_fed_elsewhere_says_where,
+        ),
         (
             "spinning_rings_deliver_everything_in_order",
             spinning_rings_deliver_everything_in_order,
