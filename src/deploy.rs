@@ -132,7 +132,7 @@
 //!
 //! The file format, every field's default and the rules are in `docs/deployment.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -804,6 +804,8 @@ impl Deployment {
             }
         }
 
+        self.check_loops_kept_together(info, &agent_process, &mut problems);
+
         let mut edges: Vec<(usize, Policy)> =
             info.edges.iter().map(|e| (e.capacity, e.policy)).collect();
         let mut capacity_bytes: Vec<Option<usize>> = vec![None; info.edges.len()];
@@ -1347,6 +1349,60 @@ impl Deployment {
                     ),
                 ),
             }
+        }
+    }
+
+    /// A feedback loop must stay in one process: an agent this file moves away from another
+    /// agent of its loop is reported at the line that moves it (the graph's own check would
+    /// only name the connection, with no line of the file).
+    fn check_loops_kept_together(
+        &self,
+        info: &GraphInfo,
+        agent_process: &[String],
+        problems: &mut Problems,
+    ) {
+        let moved: HashMap<usize, Pos> = self
+            .processes
+            .iter()
+            .flat_map(|p| p.agents.iter())
+            .filter_map(|(agent, at)| info.agent(agent).map(|i| (i, *at)))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        let component = loop_components(info);
+        let mut reported: HashSet<usize> = HashSet::new();
+        for e in &info.edges {
+            let (from, to) = (e.from_agent, e.to_agent);
+            if component[from] != component[to] || agent_process[from] == agent_process[to] {
+                continue;
+            }
+            // Reported at the agent this file moved (the later line if it moved both).
+            let Some((agent, at)) = [from, to]
+                .into_iter()
+                .filter_map(|a| moved.get(&a).map(|at| (a, *at)))
+                .max_by_key(|&(_, at)| at)
+            else {
+                continue;
+            };
+            if !reported.insert(agent) {
+                continue;
+            }
+            let other = if agent == from { to } else { from };
+            problems.add(
+                at,
+                format!(
+                    "agent '{}' is in a feedback loop with agent '{}', which runs in process \
+                     '{}', not '{}': connection {} -> {} would cross processes; keep every \
+                     agent of a loop in one process",
+                    info.agents[agent].name,
+                    info.agents[other].name,
+                    agent_process[other],
+                    agent_process[agent],
+                    e.stream,
+                    e.input
+                ),
+            );
         }
     }
 
@@ -2467,6 +2523,56 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The strongly connected component of every agent of `info` (Kosaraju, iterative): two
+/// agents share one exactly when each reaches the other, i.e. they are in one feedback loop.
+fn loop_components(info: &GraphInfo) -> Vec<usize> {
+    let n = info.agents.len();
+    let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut prev: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for e in &info.edges {
+        next[e.from_agent].push(e.to_agent);
+        prev[e.to_agent].push(e.from_agent);
+    }
+    let mut order = Vec::with_capacity(n);
+    let mut seen = vec![false; n];
+    for root in 0..n {
+        if std::mem::replace(&mut seen[root], true) {
+            continue;
+        }
+        let mut stack = vec![(root, 0usize)];
+        while let Some(&(a, k)) = stack.last() {
+            if let Some(&b) = next[a].get(k) {
+                if let Some(top) = stack.last_mut() {
+                    top.1 += 1;
+                }
+                if !std::mem::replace(&mut seen[b], true) {
+                    stack.push((b, 0));
+                }
+            } else {
+                order.push(a);
+                stack.pop();
+            }
+        }
+    }
+    let mut component = vec![usize::MAX; n];
+    for (c, &root) in order.iter().rev().enumerate() {
+        if component[root] != usize::MAX {
+            continue;
+        }
+        component[root] = c;
+        let mut stack = vec![root];
+        while let Some(a) = stack.pop() {
+            for &b in &prev[a] {
+                if component[b] == usize::MAX {
+                    component[b] = c;
+                    stack.push(b);
+                }
+            }
+        }
+    }
+    component
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2656,6 +2762,41 @@ mod tests {
             error("[processes.detector]\nagents = [\"sensor\", \"detektor\"]\n"),
             "deploy.toml:2:21: unknown agent 'detektor' in process 'detector' (did you mean \
              'detector'?); the app's agents are 'sensor', 'detector', 'average', 'alarm' and 'log'"
+        );
+    }
+
+    /// Found by audit D: a file that split a feedback loop was reported by the graph's check,
+    /// naming the connections but no line of the file.
+    #[test]
+    fn a_loop_split_by_the_file_is_reported_at_the_line_that_splits_it() {
+        let mut g = Graph::new("countdown");
+        let seed = g.source_iter("seed", [3u64]);
+        let (back, looped) = g.feedback::<u64>("back");
+        let merged = g.blend("merge", &[seed, looped]);
+        let next = g.filter_map("next", &merged, |v: &u64| v.checked_sub(1));
+        g.connect(&next, &back);
+        g.for_each("print", &merged, |_: &u64| {});
+        let info = g.info();
+        let plan = |text: &str| {
+            Deployment::parse("deploy.toml", text)
+                .unwrap()
+                .plan(&info)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            plan("[processes.far]\nagents = [\"print\"]\n[processes.q]\nagents = [\"next\"]\n"),
+            Err(
+                "deploy.toml:4:11: agent 'next' is in a feedback loop with agent 'merge', which \
+                 runs in process 'main', not 'q': connection merge.out -> next.in would cross \
+                 processes; keep every agent of a loop in one process"
+                    .to_string()
+            )
+        );
+        // The whole loop moved together: fine.
+        assert_eq!(
+            plan("[processes.q]\nagents = [\"next\", \"merge\", \"back\"]\n"),
+            Ok(())
         );
     }
 
