@@ -1370,7 +1370,10 @@ impl Deployment {
         if moved.is_empty() {
             return;
         }
-        let component = loop_components(info);
+        let component = crate::info::loop_components(
+            info.agents.len(),
+            info.edges.iter().map(|e| (e.from_agent, e.to_agent)),
+        );
         let mut reported: HashSet<usize> = HashSet::new();
         for e in &info.edges {
             let (from, to) = (e.from_agent, e.to_agent);
@@ -2521,56 +2524,6 @@ impl<'a> Reader<'a> {
         }
         connections
     }
-}
-
-/// The strongly connected component of every agent of `info` (Kosaraju, iterative): two
-/// agents share one exactly when each reaches the other, i.e. they are in one feedback loop.
-fn loop_components(info: &GraphInfo) -> Vec<usize> {
-    let n = info.agents.len();
-    let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut prev: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for e in &info.edges {
-        next[e.from_agent].push(e.to_agent);
-        prev[e.to_agent].push(e.from_agent);
-    }
-    let mut order = Vec::with_capacity(n);
-    let mut seen = vec![false; n];
-    for root in 0..n {
-        if std::mem::replace(&mut seen[root], true) {
-            continue;
-        }
-        let mut stack = vec![(root, 0usize)];
-        while let Some(&(a, k)) = stack.last() {
-            if let Some(&b) = next[a].get(k) {
-                if let Some(top) = stack.last_mut() {
-                    top.1 += 1;
-                }
-                if !std::mem::replace(&mut seen[b], true) {
-                    stack.push((b, 0));
-                }
-            } else {
-                order.push(a);
-                stack.pop();
-            }
-        }
-    }
-    let mut component = vec![usize::MAX; n];
-    for (c, &root) in order.iter().rev().enumerate() {
-        if component[root] != usize::MAX {
-            continue;
-        }
-        component[root] = c;
-        let mut stack = vec![root];
-        while let Some(a) = stack.pop() {
-            for &b in &prev[a] {
-                if component[b] == usize::MAX {
-                    component[b] = c;
-                    stack.push(b);
-                }
-            }
-        }
-    }
-    component
 }
 
 #[cfg(test)]

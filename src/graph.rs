@@ -910,79 +910,23 @@ impl Graph {
         h.finish()
     }
 
-    /// True if agent `to` can be reached from agent `from` along edges.
-    fn reaches(&self, from: usize, to: usize) -> bool {
-        let mut seen = vec![false; self.agents.len()];
-        let mut stack = vec![from];
-        while let Some(a) = stack.pop() {
-            if a == to {
-                return true;
-            }
-            if std::mem::replace(&mut seen[a], true) {
-                continue;
-            }
-            for e in &self.edges {
-                if e.from.agent as usize == a {
-                    stack.push(e.to.agent as usize);
-                }
-            }
-        }
-        false
+    /// The feedback loop of each agent (`info::loop_components`): two agents are in one
+    /// loop exactly when their components are equal.
+    fn loop_components(&self) -> Vec<usize> {
+        crate::info::loop_components(
+            self.agents.len(),
+            self.edges
+                .iter()
+                .map(|e| (e.from.agent as usize, e.to.agent as usize)),
+        )
     }
 
     /// For every agent, which of its inputs are fed from a feedback loop it is part of: the
     /// writer is in the same strongly connected component of the graph as the reader. These
     /// are the inputs closed when a run goes quiet with loops still open
     /// (`Envelope::ForceClose`); the rest end by their writers' end of stream.
-    ///
-    /// Kosaraju's algorithm, iterative: linear in agents and connections.
     fn loop_inputs(&self) -> Vec<Vec<bool>> {
-        let n = self.agents.len();
-        let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
-        let mut prev: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for e in &self.edges {
-            next[e.from.agent as usize].push(e.to.agent as usize);
-            prev[e.to.agent as usize].push(e.from.agent as usize);
-        }
-        // First pass: the agents in the order their depth-first search finished.
-        let mut order = Vec::with_capacity(n);
-        let mut seen = vec![false; n];
-        for root in 0..n {
-            if std::mem::replace(&mut seen[root], true) {
-                continue;
-            }
-            let mut stack = vec![(root, 0usize)];
-            while let Some(&(a, k)) = stack.last() {
-                if let Some(&b) = next[a].get(k) {
-                    if let Some(top) = stack.last_mut() {
-                        top.1 += 1;
-                    }
-                    if !std::mem::replace(&mut seen[b], true) {
-                        stack.push((b, 0));
-                    }
-                } else {
-                    order.push(a);
-                    stack.pop();
-                }
-            }
-        }
-        // Second pass, on the reversed graph in reverse finishing order: one component each.
-        let mut component = vec![usize::MAX; n];
-        for (c, &root) in order.iter().rev().enumerate() {
-            if component[root] != usize::MAX {
-                continue;
-            }
-            component[root] = c;
-            let mut stack = vec![root];
-            while let Some(a) = stack.pop() {
-                for &b in &prev[a] {
-                    if component[b] == usize::MAX {
-                        component[b] = c;
-                        stack.push(b);
-                    }
-                }
-            }
-        }
+        let component = self.loop_components();
         let mut loops: Vec<Vec<bool>> = self
             .agents
             .iter()
@@ -1042,6 +986,7 @@ impl Graph {
         let mut problems = self.problems.clone();
         problems.extend(self.broker_problems.iter().cloned());
         let mut fed: HashMap<PortId, usize> = HashMap::new();
+        let component = self.loop_components();
         for e in &self.edges {
             *fed.entry(e.to).or_default() += 1;
             let bounds = self.bounds(e);
@@ -1080,7 +1025,7 @@ impl Graph {
                 ));
             }
             if self.resolve(e) != Resolved::Local
-                && self.reaches(e.to.agent as usize, e.from.agent as usize)
+                && component[e.to.agent as usize] == component[e.from.agent as usize]
             {
                 problems.push(format!(
                     "{what}: is part of a feedback loop and crosses processes (or is forced to shared memory); keep every agent of a loop in one process"
