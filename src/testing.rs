@@ -25,9 +25,10 @@
 //! ```
 //!
 //! Sources in the graph ([`Graph::source_iter`], …) are called inline until exhausted; a periodic
-//! source's period is ignored. A graph that never becomes quiescent (an endless source, a loop
-//! that never stops emitting) makes `run` fail after [`Harness::set_max_rounds`] rounds instead
-//! of hanging.
+//! source's period is ignored. A graph that never becomes quiescent makes `run` fail instead of
+//! hanging: a source that emits more than [`Harness::set_max_source_elements`] elements (10
+//! million unless set) in one `run` (an endless one), or a loop that never stops emitting, after
+//! [`Harness::set_max_rounds`] rounds.
 //!
 //! # Processing time
 //!
@@ -45,7 +46,7 @@ use crate::error::Error;
 use crate::graph::ExternalAny;
 use crate::graph::{Graph, Part};
 use crate::host::{Clock, Envelope, Host, Mailbox};
-use crate::metrics::{Metrics, Registry};
+use crate::metrics::{Metrics, Registry, StreamCounters};
 use crate::ops::handoff::{PutError, Wait};
 use crate::ops::source::ExternalInput;
 use crate::stream::{Element, PortId, Stream};
@@ -76,11 +77,18 @@ pub struct Harness {
     /// The name of every stream of the graph, for errors about them.
     stream_names: HashMap<PortId, String>,
     max_rounds: u64,
+    /// The streams of the graph's own sources (not the test's inputs), each with its source's
+    /// name: what they emitted is bounded per `run` (see `set_max_source_elements`).
+    source_streams: Vec<(String, Arc<StreamCounters>)>,
+    max_source_elements: u64,
     /// The agents' processing time, in nanoseconds.
     clock: Arc<AtomicU64>,
 }
 
 impl Harness {
+    /// The default of [`Harness::set_max_source_elements`].
+    pub const DEFAULT_MAX_SOURCE_ELEMENTS: u64 = 10_000_000;
+
     /// Checks and instantiates `graph`. Fails with every wiring problem at once.
     pub fn new(mut graph: Graph) -> Result<Harness, Error> {
         let queue: Queue = Arc::default();
@@ -93,6 +101,22 @@ impl Harness {
             })
             .collect();
         let (hosts, registry) = graph.instantiate(&mailboxes, &Part::whole())?;
+        let fed_by_the_test: Vec<String> = graph
+            .externals
+            .keys()
+            .map(|id| graph.agents[id.agent as usize].name.clone())
+            .collect();
+        let source_streams = hosts
+            .iter()
+            .filter(|(_, h)| h.is_source() && !fed_by_the_test.iter().any(|n| **n == *h.name))
+            .flat_map(|(_, h)| {
+                registry
+                    .streams
+                    .iter()
+                    .filter(|(_, agent, _)| **agent == *h.name)
+                    .map(|(_, agent, c)| (agent.clone(), Arc::clone(c)))
+            })
+            .collect();
         let clock: Arc<AtomicU64> = Arc::default();
         let hosts = hosts
             .into_iter()
@@ -109,6 +133,8 @@ impl Harness {
             externals: std::mem::take(&mut graph.externals),
             stream_names: graph.output_names(),
             max_rounds: 10_000_000,
+            source_streams,
+            max_source_elements: Harness::DEFAULT_MAX_SOURCE_ELEMENTS,
             clock,
         })
     }
@@ -153,6 +179,49 @@ impl Harness {
     pub fn set_max_rounds(&mut self, rounds: u64) -> &mut Self {
         self.max_rounds = rounds;
         self
+    }
+
+    /// How many elements each of the graph's own sources ([`Graph::source_iter`],
+    /// [`Graph::source_fn`], …; not the test's [`Graph::input`]s) may emit in one
+    /// [`run`](Self::run) before it fails, naming the source: a source that never ends (a
+    /// `source_fn` without a count, whose period the harness ignores) would otherwise keep
+    /// `run` busy until memory runs out. Default [`Harness::DEFAULT_MAX_SOURCE_ELEMENTS`]; raise it for
+    /// a finite source larger than that.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use iotstream::{Graph, Harness};
+    /// let mut g = Graph::new("ticks");
+    /// let t = g.source_fn("tick", Duration::from_millis(100), None, || 1u64);
+    /// g.for_each("drop", &t, |_: &u64| {});
+    /// let mut h = Harness::new(g).unwrap();
+    /// h.set_max_source_elements(1_000);
+    /// let err = h.run().unwrap_err().to_string();
+    /// assert!(err.contains("source 'tick' emitted"), "{err}");
+    /// ```
+    pub fn set_max_source_elements(&mut self, elements: u64) -> &mut Self {
+        self.max_source_elements = elements;
+        self
+    }
+
+    /// The first of the graph's sources that emitted more than its bound since `start` (what
+    /// each had emitted when `run` began), as the error `run` returns.
+    fn endless_source(&self, start: &[u64]) -> Option<Error> {
+        let (name, emitted) = self
+            .source_streams
+            .iter()
+            .zip(start)
+            .map(|((name, c), s)| (name, c.elements.load(Ordering::Relaxed) - s))
+            .find(|&(_, n)| n > self.max_source_elements)?;
+        Some(Error::Stalled {
+            detail: format!(
+                "harness of '{}': source '{name}' emitted {emitted} elements in one run and has \
+                 not ended: a source that never ends (a source_fn without a count: the harness \
+                 ignores periods) never lets the harness settle; give it a count, or raise the \
+                 bound with Harness::set_max_source_elements (now {})",
+                self.app, self.max_source_elements
+            ),
+        })
     }
 
     fn external<T: Element>(&self, stream: &Stream<T>) -> Result<&ExternalInput<T>, Error> {
@@ -237,7 +306,15 @@ impl Harness {
     /// Runs until nothing is left to do: every envelope delivered, every agent with input
     /// stepped, every source exhausted (or waiting for input from the test).
     pub fn run(&mut self) -> Result<(), Error> {
+        let start: Vec<u64> = self
+            .source_streams
+            .iter()
+            .map(|(_, c)| c.elements.load(Ordering::Relaxed))
+            .collect();
         for _ in 0..self.max_rounds {
+            if let Some(endless) = self.endless_source(&start) {
+                return Err(endless);
+            }
             let delivered = self.deliver()?;
             let mut stepped = false;
             for h in &mut self.hosts {

@@ -603,3 +603,38 @@ fn output_appended_before_an_error_is_delivered() {
     let _ = h.run(); // let the sink take what was delivered
     assert_eq!(out.values(), [1, 2]);
 }
+
+/// A source that never ends (a `source_fn` without a count: the harness ignores its period) in
+/// the harness: `run` fails naming it once it emitted the bound's worth in one run (10 million
+/// by default), where it ran for 10 million rounds of a batch each, about 40 minutes and more
+/// memory than a machine has (the bound on rounds was the only one). What the test pushes
+/// itself is not counted, and a finite source larger than the bound runs once it is raised.
+#[test]
+fn an_endless_source_in_the_harness_is_an_error_naming_it() {
+    let mut g = Graph::new("endless");
+    let t = g.source_fn("tick", Duration::from_millis(100), None, || 1u64);
+    g.for_each("drop", &t, |_: &u64| {});
+    let mut h = Harness::new(g).unwrap();
+    let err = h.run().unwrap_err();
+    assert!(matches!(err, Error::Stalled { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("source 'tick' emitted") && text.contains("set_max_source_elements"),
+        "{text}"
+    );
+
+    let mut g = Graph::new("finite");
+    let x = g.input::<u64>("x");
+    let s = g.source_iter("big", 0..5_000u64);
+    let both = g.blend("both", &[x, s]);
+    let out = g.collect("out", &both);
+    let mut h = Harness::new(g).unwrap();
+    h.set_max_source_elements(1_000);
+    h.push(&x, 0..5_000u64).unwrap();
+    let err = h.run().unwrap_err().to_string();
+    assert!(err.contains("source 'big' emitted"), "{err}");
+    assert!(!err.contains("source 'x'"), "{err}");
+    h.set_max_source_elements(10_000);
+    h.finish().unwrap();
+    assert_eq!(out.values().len(), 10_000);
+}
