@@ -33,6 +33,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
     match name {
         // pipe URL|- N CAPACITY STEP_MS
         "pipe" => pipe(&arg(0), num(1), num(2) as usize, num(3)),
+        // big URL N BYTES: N elements of BYTES bytes each through the broker at URL.
+        "big" => big(&arg(0), num(1), num(2) as usize),
         "quake" => quake::application(&quake::Config::default(), false)
             .run()
             .map(|_| ()),
@@ -113,6 +115,36 @@ fn pipe(url: &str, n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstrea
         println!("LINK elements {}", l.elements);
     }
     Ok(())
+}
+
+/// `blobs` (n elements of `bytes` bytes) → `count`, in one process, through the broker at
+/// `url`.
+fn big(url: &str, n: u64, bytes: usize) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("broker_big");
+    let blobs = g.source_iter("blobs", (0..n).map(move |i| vec![i as u8; bytes]));
+    let seen = g.add_agent("count", |p| {
+        let input = p.input::<Vec<u8>>("in");
+        (Count { input }, input)
+    });
+    g.use_broker(url);
+    g.connect_with(
+        &blobs,
+        &seen,
+        Connection::new().transport(Transport::Broker),
+    );
+    g.run().map(|_| ())
+}
+
+/// Consumes everything it is given.
+struct Count {
+    input: iotstream::Input<Vec<u8>>,
+}
+
+impl Agent for Count {
+    fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        i.consume_all(&self.input);
+        Ok(())
+    }
 }
 
 /// `$OUT`, opened for appending; a torn last line (a kill mid-write) is ended with `#torn`.
@@ -1126,6 +1158,35 @@ fn creds_of_the_account_deliver_another_accounts_fail_clearly() -> Result<(), St
     })
 }
 
+/// An element larger than the server's `max_payload` (1 MiB by default) fails the run with an
+/// error naming the stream, the sizes and the fix (found by an audit: the server closed the
+/// connection at each publish, and the writer retried it every 5 s for ever, saying only "timed
+/// out: didn't receive ack in time"; a drain then waited for it for ever too).
+fn an_element_larger_than_the_servers_max_payload_fails_naming_it() -> Result<(), String> {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let run = Running::app("big", &[&server.url(), "2", "2000000"], &out);
+    let (status, _, stderr) = run.wait()?;
+    ensure(!status.success(), || {
+        format!("the run succeeded:\n{stderr}")
+    })?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("max_payload") && l.contains("error"))
+        .ok_or_else(|| format!("no error naming max_payload:\n{stderr}"))?;
+    for says in [
+        "IOTSTREAM_broker_big_blobs_out__count_in",
+        "1048576",
+        &server.url(),
+    ] {
+        ensure(line.contains(says), || {
+            format!("the error does not say '{says}': {line}")
+        })?;
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("app") {
@@ -1141,7 +1202,11 @@ fn main() {
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     type Scenario = fn() -> Result<(), String>;
-    let scenarios: [(&str, Scenario); 13] = [
+    let scenarios: [(&str, Scenario); 14] = [
+        (
+            "an_element_larger_than_the_servers_max_payload_fails_naming_it",
+            an_element_larger_than_the_servers_max_payload_fails_naming_it,
+        ),
         (
             "forced_in_one_process_matches_local",
             forced_in_one_process_matches_local,

@@ -25,7 +25,9 @@
 //!
 //! - **Writer** ([`BrokerSender`], a flavor of the host's `LinkTx`): encodes each batch on the
 //!   host's thread into the TCP flavor's Data frame (the rings' codec: plain bytes for numbers
-//!   and declared `Pod` types, postcard otherwise; at most 256 KiB of payload a frame), a mark
+//!   and declared `Pod` types, postcard otherwise; at most `TARGET_PAYLOAD_BYTES` of payload a
+//!   frame, or one larger element alone: a message larger than the server's `max_payload`
+//!   fails the run, naming the stream, its size and the limit, before it is sent), a mark
 //!   into a Mark frame, the end of stream into an End frame, each with the next seq, and queues
 //!   it. The broker's own runtime (below) publishes each frame as one message, with the
 //!   message id `<writer epoch>-<seq>` (JetStream drops a repeated id within its duplicate

@@ -193,6 +193,21 @@ impl<T: Element> BrokerSender<T> {
     }
 }
 
+/// The bytes `headers` take in a message, as the server counts them against its
+/// `max_payload` (`NATS/1.0` line, one `Name: value` line each, the blank line).
+fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<[u8]>::as_ref(name).len() + 2 + v.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
+}
+
 /// Whether another message may be queued with `msgs` messages of `bytes` payload awaiting
 /// PubAcks (one always may when none does).
 fn room(max_msgs: usize, max_bytes: usize, msgs: usize, bytes: usize) -> bool {
@@ -265,17 +280,31 @@ impl Publisher {
             Ok(c) => c,
             Err(e) => return self.fail(e),
         };
+        let server = client.clone();
         let mut js = async_nats::jetstream::new(client);
         js.set_timeout(PUBLISH_TIMEOUT);
         if let Err(e) = ensure_stream(&js, &self.names, &self.settings, || !self.alive()).await {
             return self.fail(e);
         }
-        self.publish_loop(&js).await;
+        self.publish_loop(&js, &server).await;
+    }
+
+    /// The error of a message of `size` bytes (payload and headers) that the server, whose
+    /// `max_payload` is `max`, would refuse: it closes the connection on such a message, so
+    /// that publishing it again would fail forever (the client saw only timeouts).
+    fn too_large(&self, size: usize, max: usize) -> String {
+        format!(
+            "a message of {size} bytes (a batch, or one element, and the headers) is larger than \
+             the NATS server {} accepts (max_payload {max} bytes), for JetStream stream '{}': \
+             raise max_payload in the server's configuration (at most 64 MiB) or send smaller \
+             elements",
+            self.settings.url, self.names.stream
+        )
     }
 
     /// Publishes queued frames in order, at most `max_pending` at once, and frees each once
     /// its PubAck came.
-    async fn publish_loop(&self, js: &async_nats::jetstream::Context) {
+    async fn publish_loop(&self, js: &async_nats::jetstream::Context, server: &async_nats::Client) {
         // The seq of the next frame to publish.
         let mut next: u64 = 0;
         // Every frame before `next` that is not in flight is confirmed: the next publish
@@ -313,6 +342,11 @@ impl Publisher {
                 }
                 if let Some(p) = prev {
                     headers.insert(PREV, p.to_string().as_str());
+                }
+                let size = frame.len() + header_bytes(&headers);
+                let max = server.server_info().max_payload;
+                if max > 0 && size > max {
+                    return self.fail(self.too_large(size, max));
                 }
                 match js
                     .publish_with_headers(self.names.subject.clone(), headers, frame)
