@@ -1187,6 +1187,81 @@ fn an_element_larger_than_the_servers_max_payload_fails_naming_it() -> Result<()
     Ok(())
 }
 
+/// Runs `f` against the server at `url` with a JetStream context (on a runtime of its own).
+fn with_jetstream<R>(
+    url: &str,
+    f: impl AsyncFnOnce(async_nats::jetstream::Context) -> Result<R, String>,
+) -> Result<R, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+        f(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// A stream that already exists with settings of its own (made beforehand by hand, as
+/// docs/deployment.md invites, or by a run with other limits): another retention fails the run
+/// naming the stream and the difference, other limits are changed to the `[broker]` ones
+/// (found by an audit: the stream was used as it was, silently; with limits retention the
+/// second run's reader got the first run's elements again, then failed with "data arrived
+/// after the end of stream"; changed limits were never applied).
+fn a_stream_made_with_other_settings_is_refused_or_given_the_limits() -> Result<(), String> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy};
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let name = "IOTSTREAM_broker_pipe_numbers_out__record_in";
+    let config = |retention| Config {
+        name: name.to_string(),
+        subjects: vec!["iotstream.broker_pipe.numbers.out.record.in".to_string()],
+        retention,
+        discard: DiscardPolicy::New,
+        max_messages: 5,
+        ..Default::default()
+    };
+    with_jetstream(&url, async |js| {
+        js.create_stream(config(RetentionPolicy::Limits))
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    let run = Running::app("pipe", &[&url, "100", "1024", "0"], &out);
+    let (status, _, stderr) = run.wait()?;
+    ensure(!status.success(), || {
+        format!("the run succeeded:\n{stderr}")
+    })?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("error") && l.contains(name))
+        .ok_or_else(|| format!("no error naming the stream:\n{stderr}"))?;
+    ensure(line.contains("retention Limits"), || {
+        format!("the error does not say the retention: {line}")
+    })?;
+    // Work-queue retention, but a limit the application does not ask for.
+    with_jetstream(&url, async |js| {
+        js.delete_stream(name).await.map_err(|e| e.to_string())?;
+        js.create_stream(config(RetentionPolicy::WorkQueue))
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    let _ = std::fs::remove_file(&out);
+    let run = Running::app("pipe", &[&url, "100", "1024", "0"], &out);
+    let (status, _, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    exactly_once_in_order(&out, 100)?;
+    let limit = with_jetstream(&url, async |js| {
+        let mut stream = js.get_stream(name).await.map_err(|e| e.to_string())?;
+        let info = stream.info().await.map_err(|e| e.to_string())?;
+        Ok(info.config.max_messages)
+    })?;
+    ensure(limit == -1, || {
+        format!("the stream still has max_messages {limit}, which [broker] does not set")
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("app") {
@@ -1202,7 +1277,11 @@ fn main() {
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     type Scenario = fn() -> Result<(), String>;
-    let scenarios: [(&str, Scenario); 14] = [
+    let scenarios: [(&str, Scenario); 15] = [
+        (
+            "a_stream_made_with_other_settings_is_refused_or_given_the_limits",
+            a_stream_made_with_other_settings_is_refused_or_given_the_limits,
+        ),
         (
             "an_element_larger_than_the_servers_max_payload_fails_naming_it",
             an_element_larger_than_the_servers_max_payload_fails_naming_it,

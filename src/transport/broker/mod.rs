@@ -39,6 +39,9 @@
 //!   make room (a credit envelope to the host). The stream counts as ended for the writing
 //!   host once the End's PubAck came: the broker then holds everything, the reader may be
 //!   gone for hours.
+//! - **A stream that exists already** (a former run's, or made by hand) is checked when a link
+//!   starts (`fit_stream`): another retention, discard policy or subject fails the run naming
+//!   the stream and the difference; other limits are set to the `[broker]` ones.
 //! - **The stream's limit**: the JetStream stream has `max_bytes` (default 256 MiB) and
 //!   optionally `max_messages` and `max_age`, with "discard new" and work-queue retention (a message is removed
 //!   once its reader acknowledged it). A publish refused at that limit follows the
@@ -586,7 +589,7 @@ pub(crate) async fn ensure_stream(
             .get_or_create_stream(stream_config(names, settings))
             .await
         {
-            Ok(s) => return Ok(s),
+            Ok(s) => return fit_stream(js, s, names, settings).await,
             Err(e) => last = e.to_string(),
         }
         if stopped() || tokio::time::Instant::now() >= deadline {
@@ -598,6 +601,80 @@ pub(crate) async fn ensure_stream(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Checks a stream that already existed (a former run made it, or a user beforehand) against
+/// what the link needs. Another retention, discard policy or subject would break the link's
+/// guarantees (with limits retention every run's reader got every former run's messages
+/// again): an error naming the stream and the difference. Other limits (`max_bytes`,
+/// `max_messages`, `max_age_s`, changed in the deployment since) are applied to it, keeping
+/// what else it has (replicas raised by hand, say).
+async fn fit_stream(
+    js: &async_nats::jetstream::Context,
+    stream: async_nats::jetstream::stream::Stream,
+    names: &BrokerNames,
+    settings: &BrokerSettings,
+) -> Result<async_nats::jetstream::stream::Stream, String> {
+    let want = stream_config(names, settings);
+    let have = &stream.cached_info().config;
+    let mut wrong = Vec::new();
+    if have.retention != want.retention {
+        wrong.push(format!(
+            "retention {:?} instead of {:?}",
+            have.retention, want.retention
+        ));
+    }
+    if have.discard != want.discard {
+        wrong.push(format!(
+            "discard {:?} instead of {:?}",
+            have.discard, want.discard
+        ));
+    }
+    if have.subjects != want.subjects {
+        wrong.push(format!(
+            "subjects {:?} instead of {:?}",
+            have.subjects, want.subjects
+        ));
+    }
+    if !wrong.is_empty() {
+        return Err(format!(
+            "the JetStream stream '{}' on {} exists with other settings: {}; delete it (nats \
+             stream rm {}) and the link makes it again, or make it with these",
+            names.stream,
+            settings.url,
+            wrong.join(", "),
+            names.stream
+        ));
+    }
+    if have.max_bytes == want.max_bytes
+        && have.max_messages == want.max_messages
+        && have.max_age == want.max_age
+    {
+        return Ok(stream);
+    }
+    let mut config = have.clone();
+    config.max_bytes = want.max_bytes;
+    config.max_messages = want.max_messages;
+    config.max_age = want.max_age;
+    js.update_stream(&config).await.map_err(|e| {
+        format!(
+            "cannot change the limits of the JetStream stream '{}' on {} (max_bytes {}, \
+             max_messages {}, max_age {:?}) to those of [broker]: {e}",
+            names.stream, settings.url, have.max_bytes, have.max_messages, have.max_age
+        )
+    })?;
+    tracing::info!(
+        "JetStream stream '{}': limits changed to those of [broker] (max_bytes {} -> {}, \
+         max_messages {} -> {}, max_age {:?} -> {:?})",
+        names.stream,
+        have.max_bytes,
+        want.max_bytes,
+        have.max_messages,
+        want.max_messages,
+        have.max_age,
+        want.max_age
+    );
+    Ok(stream)
 }
 
 /// The message id of frame `seq` of writer `epoch`.
