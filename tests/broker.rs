@@ -1187,6 +1187,48 @@ fn an_element_larger_than_the_servers_max_payload_fails_naming_it() -> Result<()
     Ok(())
 }
 
+/// A server restarted without its store mid-run (the streams gone with it): the links make
+/// their stream again, and the reader fails the run naming the stream and what the broker lost
+/// (found by an audit: both ends retried for ever, the writer saying once "timed out", the
+/// reader once "stream not found").
+fn a_server_restarted_without_its_store_says_what_it_lost() -> Result<(), String> {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let deploy = dir.path().join("pipe.toml");
+    std::fs::write(
+        &deploy,
+        format!(
+            "[broker]\nurl = \"{}\"\nmax_messages = 128\nmax_pending = 8\n\n\
+             [processes.sink]\nagents = [\"record\"]\n\n\
+             [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n",
+            server.url()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let n = 300_000u64;
+    // A slow reader (50 ms a step): the full stream holds seconds of its work when the server
+    // stops, so the restart surely loses some.
+    let run = Running::launched("pipe", &["-", &n.to_string(), "1024", "50"], &deploy, &out);
+    // The stream full: it holds what the reader has not consumed yet.
+    run.wait_stderr("the writer waiting at the stream's limit", |e| {
+        e.contains("is at its limit")
+    })?;
+    server.restart_without_store();
+    let (status, _, stderr) = run.wait()?;
+    ensure(!status.success(), || {
+        format!("the run succeeded although the broker lost the stream:\n{stderr}")
+    })?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("error") && l.contains("the broker lost"))
+        .ok_or_else(|| format!("no error saying what the broker lost:\n{stderr}"))?;
+    ensure(
+        line.contains("IOTSTREAM_broker_pipe_numbers_out__record_in"),
+        || format!("the error does not name the stream: {line}"),
+    )
+}
+
 /// Runs `f` against the server at `url` with a JetStream context (on a runtime of its own).
 fn with_jetstream<R>(
     url: &str,
@@ -1277,7 +1319,11 @@ fn main() {
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     type Scenario = fn() -> Result<(), String>;
-    let scenarios: [(&str, Scenario); 15] = [
+    let scenarios: [(&str, Scenario); 16] = [
+        (
+            "a_server_restarted_without_its_store_says_what_it_lost",
+            a_server_restarted_without_its_store_says_what_it_lost,
+        ),
         (
             "a_stream_made_with_other_settings_is_refused_or_given_the_limits",
             a_stream_made_with_other_settings_is_refused_or_given_the_limits,

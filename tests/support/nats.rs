@@ -121,6 +121,14 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Stops the server, removes its JetStream store (as a server with a memory store, or a
+    /// store under a /tmp that a reboot cleared) and starts it again on the same port.
+    pub fn restart_without_store(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+        self.spawn();
+    }
+
     /// Stops the server: SIGTERM and a bounded wait, then SIGKILL.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

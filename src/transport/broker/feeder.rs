@@ -428,6 +428,8 @@ async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
     // A former reader's consumer would hold back what it had been sent until its
     // acknowledgement wait ran out: made afresh, it starts at the first message nobody
     // acknowledged (work-queue retention removed the others).
+    // When the stream was made: a stream made again (the server lost it) differs.
+    let mut created = stream.cached_info().created;
     let mut messages = match fresh_consumer(&shared, &stream).await {
         Ok(m) => m,
         Err(e) => return shared.fail(e),
@@ -450,6 +452,13 @@ async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
         let resync = match next {
             // The pull ended (the connection broke for good, the consumer went away).
             None => true,
+            // The server lost the stream or the consumer (restarted without its store): made
+            // again below.
+            Some(Err(e))
+                if gone(&e.to_string()) || e.to_string().contains("consumer not found") =>
+            {
+                true
+            }
             Some(Err(e)) => {
                 if !warned {
                     warned = true;
@@ -484,11 +493,41 @@ async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
             );
             tokio::time::sleep(SLICE).await;
             match fresh_consumer(&shared, &stream).await {
-                Ok(m) => messages = m,
+                Ok(m) => {
+                    messages = m;
+                    // Made again since (by this reader or its writer): the new stream numbers
+                    // its messages from 1 again, which are no redeliveries of the old one's.
+                    if let Ok(info) = stream.get_info().await {
+                        if info.created != created {
+                            tracing::error!(
+                                "connection {}: the JetStream stream '{}' on {} was made again \
+                                 (a server restarted without its store?): what the old one held \
+                                 and this reader had not consumed is lost",
+                                shared.label,
+                                shared.names.stream,
+                                shared.settings.url
+                            );
+                            created = info.created;
+                            shared.lock().last_stream_seq = 0;
+                        }
+                    }
+                }
+                Err(e) if gone(&e) => {
+                    if let Err(e) =
+                        ensure_stream(&js, &shared.names, &shared.settings, || shared.over()).await
+                    {
+                        return shared.fail(e);
+                    }
+                }
                 Err(e) => tracing::warn!("connection {}: {e}; trying again", shared.label),
             }
         }
     }
+}
+
+/// Whether a pull or consumer error says the stream does not exist (any more).
+fn gone(error: &str) -> bool {
+    error.contains("stream not found")
 }
 
 /// Deletes the reader's durable consumer if it exists and creates it again (deliver all:
@@ -656,9 +695,9 @@ fn take<T: Element>(
             // broker lost what was published between them.
             return Err(format!(
                 "message {stream_seq} follows the writer's frame {p}, but the last frame \
-                 received was {s}: the broker lost {} published message(s) (a server that \
-                 discards messages at its byte limit although told to refuse new ones: use \
-                 max_messages, or a newer nats-server)",
+                 received was {s}: the broker lost {} published message(s) (a server \
+                 restarted without its store, or one that discards messages at its byte limit \
+                 although told to refuse new ones: use max_messages, or a newer nats-server)",
                 p.saturating_sub(s)
             ));
         }

@@ -62,6 +62,11 @@
 //!   stream's limit is left out, the frames after it re-published naming the one before it).
 //!   The reader checks it against the last frame it took from the same writer epoch: a
 //!   mismatch is an error of the run naming the stream, the frames and how many were lost.
+//! - **A lost stream** (the server restarted without its store): the writer's publish finds
+//!   no stream, the reader's pull no stream or consumer; each makes the stream again, logging
+//!   an error, and the reader, seeing a stream made since it started, numbers its messages
+//!   afresh. What the old stream held and the reader had not taken then shows as a gap in
+//!   `Iotstream-Prev`: an error of the run naming the stream and how many messages were lost.
 //! - **Lost deliveries**: the consumer numbers its deliveries one by one (redeliveries too); a
 //!   jump means one was lost on the way (a broken connection, a restarted server). The reader
 //!   takes nothing after it: it deletes and re-creates the consumer, which sends again, in

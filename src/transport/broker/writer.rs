@@ -230,6 +230,9 @@ enum Failure {
     OutOfOrder,
     /// The server did not answer in time, the connection broke: publish again.
     Transient(String),
+    /// No stream holds the subject: the server lost it (restarted without its store). Make
+    /// it again, then publish again.
+    Gone,
     /// Anything else: the run fails.
     Fatal(String),
 }
@@ -241,7 +244,7 @@ fn classify(e: async_nats::jetstream::context::PublishError) -> Failure {
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Failure::Transient(text),
         PublishErrorKind::MaxAckPending => Failure::Transient(text),
         _ if text.contains("maximum") || text.contains("exceeded") => Failure::Full(text),
-        PublishErrorKind::StreamNotFound => Failure::Transient(text),
+        PublishErrorKind::StreamNotFound => Failure::Gone,
         _ => Failure::Fatal(text),
     }
 }
@@ -428,6 +431,23 @@ impl Publisher {
                                 );
                             }
                             tokio::time::sleep(SLICE).await;
+                        }
+                        Failure::Gone => {
+                            tracing::error!(
+                                "connection {}: the JetStream stream '{}' is gone from {} (a \
+                                 server restarted without its store?): making it again; what \
+                                 it held and its reader had not consumed is lost, and the \
+                                 reader will say so",
+                                self.label,
+                                self.names.stream,
+                                self.settings.url
+                            );
+                            if let Err(e) =
+                                ensure_stream(js, &self.names, &self.settings, || !self.alive())
+                                    .await
+                            {
+                                return self.fail(e);
+                            }
                         }
                         Failure::Fatal(why) => {
                             return self.fail(format!(
