@@ -221,6 +221,7 @@ fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Resul
             again: Again::Call(Box::new(move |sig| {
                 let _ = again.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
             })),
+            bound: None,
         })?
     };
     let mut cmd = Command::new(&app.program);
@@ -1072,6 +1073,8 @@ fn install_signals(events: mpsc::SyncSender<Event>) -> Result<signals::Registrat
         again: Again::Call(Box::new(move |sig| {
             let _ = again.send(Event::Signal(sig));
         })),
+        // The supervisor bounds the drain itself (`drain_timeout_ms`).
+        bound: None,
     })
 }
 

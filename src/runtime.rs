@@ -63,7 +63,9 @@
 //! gracefully (sources end their streams, data in flight is processed, in every process); a
 //! second one kills the children, removes the rings and ends the starter at once. The drain is
 //! bounded (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s): child processes still running then
-//! (stopped or hung) are killed and the run fails naming them. Each child is named
+//! (stopped or hung) are killed and the run fails naming them; a drain a signal started that
+//! the starter's own agents still hold up 2 s later (one process: at the bound) ends the
+//! process with status 1, saying so. Each child is named
 //! `iotstream <app>/<process>` in `ps` and `<app>/<process>` in `top`.
 
 use std::any::Any;
@@ -1210,6 +1212,8 @@ impl Graph {
                     (0..self.agents.len()).any(|i| self.process_of(i) != launch::MAIN_PROCESS);
                 let mut running = if !shm && !used {
                     let handle_signals = self.handle_signals;
+                    // Read before anything starts: a malformed value fails with nothing to undo.
+                    let drain = launch::drain_timeout()?;
                     let mut running = start_part(self, None, None)?;
                     if handle_signals {
                         // Ctrl-C, SIGTERM and SIGHUP drain it as they drain a launched
@@ -1225,6 +1229,12 @@ impl Graph {
                                 stop.store(true, Ordering::SeqCst);
                             }),
                             again: Again::Exit(Box::new(|| {})),
+                            // A drain that outlasts IOTSTREAM_DRAIN_TIMEOUT_MS (a sink that
+                            // cannot deliver, a broker that is down) ends the process.
+                            bound: Some(signals::DrainBound {
+                                bound: drain,
+                                grace: Duration::ZERO,
+                            }),
                         });
                         match registered {
                             Ok(r) => running._signals = Some(r),
@@ -1306,6 +1316,8 @@ impl Graph {
                     terminal: false,
                     first: Box::new(first),
                     again,
+                    // Its starter or launcher bounds the drain (and kills it).
+                    bound: None,
                 })?;
                 let app = self.name.clone();
                 let mut running = start_part(self, Some(process), Some((app, run, stop)))?;
@@ -1416,6 +1428,10 @@ impl Drop for SelfServe {
     }
 }
 
+/// How long after the drain's bound ([`launch::drain_timeout`]) a starter whose own agents
+/// still drain ends the process (see `signals::OnSignal::bound`).
+const STARTER_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
 /// The starter of a multi-process run: rings, children, its own part, supervision.
 ///
 /// With `reports` (the program serves its live view), every child reports its counters every
@@ -1506,6 +1522,13 @@ fn start_starter(
                 launch::signal_all(&second, Signal::SIGKILL);
                 segs.remove_all();
             })),
+            // The supervisor kills the children still draining at `drain` and fails the run
+            // naming them; this bounds the starter's own agents, a little later, so that the
+            // supervisor's account comes first when they are not what holds the drain up.
+            bound: Some(signals::DrainBound {
+                bound: drain,
+                grace: STARTER_DRAIN_GRACE,
+            }),
         })
         .map(Some)
     } else {

@@ -29,6 +29,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "drain" => drain(&arg(0), false, true),
         // the same, but the sink's end of stream takes a minute: a drain to interrupt
         "slow_drain" => drain(&arg(0), true, true),
+        // the slow end of stream in the starter, the map in process `worker`
+        "slow_drain_worker" => drain_in(&arg(0), true, true, true),
         // the same with `handle_signals(false)`
         "unhandled" => drain(&arg(0), false, false),
         // the same with the map in process `worker`: rings between the processes
@@ -510,6 +512,45 @@ fn second_signal_ends_a_slow_drain(first: i32, second: i32) -> Result<(), String
     })
 }
 
+/// One signal, and a drain that outlasts its bound (`IOTSTREAM_DRAIN_TIMEOUT_MS`, 300 ms here;
+/// the sink's end of stream takes a minute, as a sink that cannot deliver or a broker that is
+/// down would): the process ends with status 1 and says why, instead of draining for as long as
+/// it takes (the bound held only for child processes, never for the process the user started).
+/// `app` is `slow_drain` (one process) or `slow_drain_worker` (the slow sink in the starter,
+/// the map in a child: the starter's own agents are what the drain waits for).
+fn a_drain_that_outlasts_its_bound_ends_the_process(app: &str) -> Result<(), String> {
+    let file = Scratch::new(&format!("bound-{app}"));
+    let name = if app == "slow_drain" {
+        "drain"
+    } else {
+        "drain_worker"
+    };
+    let mut started = Started::with(app, name, &[file.arg()], |c| {
+        c.env("IOTSTREAM_DRAIN_TIMEOUT_MS", "300");
+    });
+    started.wait_line("SEEN 1000")?;
+    started.signal(libc::SIGINT);
+    started.wait_line("FINISHING")?;
+    let (status, out, err) = started.wait()?;
+    ensure(status.code() == Some(1), || {
+        format!("exit {status}, 1 expected:\n{}\n{err}", out.join("\n"))
+    })?;
+    ensure(err.contains("the drain did not end within 300 ms"), || {
+        format!("no word of the bound:\n{err}")
+    })?;
+    ensure(segments(name).is_empty(), || {
+        format!("shared-memory objects left: {:?}", segments(name))
+    })
+}
+
+fn a_drain_that_outlasts_its_bound_ends_a_one_process_run() -> Result<(), String> {
+    a_drain_that_outlasts_its_bound_ends_the_process("slow_drain")
+}
+
+fn a_drain_that_outlasts_its_bound_ends_a_starter() -> Result<(), String> {
+    a_drain_that_outlasts_its_bound_ends_the_process("slow_drain_worker")
+}
+
 fn sighup_drains_a_one_process_run() -> Result<(), String> {
     one_signal_drains_a_one_process_run(libc::SIGHUP)
 }
@@ -696,7 +737,15 @@ fn main() -> ExitCode {
         };
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 16] = [
+    let scenarios: [(&str, Scenario); 18] = [
+        (
+            "a_drain_that_outlasts_its_bound_ends_a_one_process_run",
+            a_drain_that_outlasts_its_bound_ends_a_one_process_run,
+        ),
+        (
+            "a_drain_that_outlasts_its_bound_ends_a_starter",
+            a_drain_that_outlasts_its_bound_ends_a_starter,
+        ),
         (
             "ctrl_c_drains_a_one_process_run",
             ctrl_c_drains_a_one_process_run,

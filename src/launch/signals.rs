@@ -53,6 +53,21 @@ pub(crate) struct OnSignal {
     pub first: Box<dyn Fn(i32) + Send + Sync>,
     /// Every later signal.
     pub again: Again,
+    /// The drain's bound: a drain the first signal started that is still under way this long
+    /// after it ends the process as a later signal would (every active run's [`Again::Exit`]
+    /// cleanup), with an error saying so and exit status 1, as the launcher does at its
+    /// `drain_timeout_ms`. `None`: unbounded here (a member: its starter or launcher bounds it).
+    pub bound: Option<DrainBound>,
+}
+
+/// When a drain that does not end ends the process ([`OnSignal::bound`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DrainBound {
+    /// The bound the user set (`IOTSTREAM_DRAIN_TIMEOUT_MS`), which the error names.
+    pub bound: std::time::Duration,
+    /// Waited beyond it before the process ends (a starter's supervisor acts at the bound
+    /// itself, and its account of what held the drain up comes first).
+    pub grace: std::time::Duration,
 }
 
 /// What a run's second (and later) signal does.
@@ -92,6 +107,7 @@ pub(crate) fn register(actions: OnSignal) -> Result<Registration, Error> {
         terminal: actions.terminal,
         seen: 0,
         first: Arc::from(actions.first),
+        bound: actions.bound,
         again: match actions.again {
             Again::Nothing => Later::Nothing,
             Again::Exit(f) => Later::Exit(Arc::from(f)),
@@ -109,6 +125,8 @@ struct Entry {
     /// Signals it took so far.
     seen: u32,
     first: Arc<dyn Fn(i32) + Send + Sync>,
+    /// [`OnSignal::bound`].
+    bound: Option<DrainBound>,
     again: Later,
 }
 
@@ -218,8 +236,9 @@ fn disposition(sig: i32) -> Result<Before, String> {
 enum Step {
     /// No run is active: what the signal did before the handler was installed.
     Before(Before),
-    /// Call these (first and later actions of the active runs).
-    Call(Vec<Arc<dyn Fn(i32) + Send + Sync>>),
+    /// Call these (first and later actions of the active runs), and watch the drains just
+    /// started that have a bound (the run's id, its bound).
+    Call(Vec<Arc<dyn Fn(i32) + Send + Sync>>, Vec<(u64, DrainBound)>),
     /// Run these cleanups, then end the process with 128 + the signal.
     Exit(Vec<Arc<dyn Fn() + Send + Sync>>),
 }
@@ -249,15 +268,55 @@ fn decide(sig: i32, entries: &mut [Entry], before: Dispositions) -> Step {
         );
     }
     let mut calls = Vec::new();
+    let mut bounded = Vec::new();
     for e in entries.iter_mut().filter(|e| takes(e)) {
         e.seen = e.seen.saturating_add(1);
         if e.seen == 1 {
             calls.push(Arc::clone(&e.first));
+            if let Some(bound) = e.bound {
+                bounded.push((e.id, bound));
+            }
         } else if let Later::Call(f) = &e.again {
             calls.push(Arc::clone(f));
         }
     }
-    Step::Call(calls)
+    Step::Call(calls, bounded)
+}
+
+/// Waits `bound` (and its grace), then, if run `id` is still active (its drain did not end),
+/// ends the process as a later signal would: every active run's cleanup, then exit status 1.
+fn watch_drain(id: u64, bound: DrainBound) {
+    let spawned = std::thread::Builder::new()
+        .name("iotstream drain bound".into())
+        .spawn(move || {
+            std::thread::sleep(bound.bound + bound.grace);
+            let cleanups: Vec<Arc<dyn Fn() + Send + Sync>> = {
+                let runs = RUNS.lock().unwrap_or_else(|p| p.into_inner());
+                if !runs.entries.iter().any(|e| e.id == id) {
+                    return;
+                }
+                runs.entries
+                    .iter()
+                    .filter_map(|e| match &e.again {
+                        Later::Exit(f) => Some(Arc::clone(f)),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            tracing::error!(
+                "the drain did not end within {} ms ({}): stopping at once; what was still in \
+                 flight is lost",
+                bound.bound.as_millis(),
+                super::ENV_DRAIN_TIMEOUT_MS
+            );
+            for cleanup in cleanups {
+                cleanup();
+            }
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("the drain is not bounded: cannot start a thread to bound it: {e}");
+    }
 }
 
 /// Hands signal `sig` to the active runs (see the [module](self) documentation).
@@ -275,9 +334,12 @@ fn deliver(sig: i32, before: Dispositions) {
             }
         }
         Step::Before(Before::Ignored | Before::Handler) => {}
-        Step::Call(calls) => {
+        Step::Call(calls, bounded) => {
             for call in calls {
                 call(sig);
+            }
+            for (id, bound) in bounded {
+                watch_drain(id, bound);
             }
         }
         Step::Exit(cleanups) => {
@@ -304,6 +366,7 @@ mod tests {
             first: Arc::new(move |_| {
                 hits.fetch_add(1, Ordering::SeqCst);
             }),
+            bound: None,
             again,
         }
     }
@@ -313,7 +376,7 @@ mod tests {
             Step::Before(Before::Default) => "default",
             Step::Before(Before::Ignored) => "ignored",
             Step::Before(Before::Handler) => "handler",
-            Step::Call(calls) => {
+            Step::Call(calls, _) => {
                 for c in &calls {
                     c(SIGTERM);
                 }
