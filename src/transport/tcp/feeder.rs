@@ -891,8 +891,11 @@ impl<T: Element> Reading<'_, T> {
             match dec.read_from(&mut r) {
                 Ok(0) => {
                     if let Err(e) = dec.finish() {
+                        // A frame cut off by the end of the connection is what a writer
+                        // process that ended (or a network cut) leaves, not a protocol breach.
                         return Some(format!(
-                            "the writer sent bytes that break the protocol: {e}"
+                            "the writer's connection ended: {e} (its process ended, or the \
+                             network cut it)"
                         ));
                     }
                     return if shared.lock().goodbye {

@@ -921,9 +921,12 @@ impl AckReader {
                     }
                     let goodbye = self.shared.lock().goodbye.clone();
                     return Some(match (goodbye, dec.finish()) {
-                        (_, Err(e)) => {
-                            format!("the reader sent bytes that break the protocol: {e}")
-                        }
+                        // A frame cut off by the end of the connection: the reader's
+                        // process ended, or the network cut it; not a protocol breach.
+                        (_, Err(e)) => format!(
+                            "the reader's connection ended: {e} (its process ended, or the \
+                             network cut it)"
+                        ),
                         (Some(reason), Ok(())) => {
                             format!("the reader closed the connection: {reason}")
                         }
