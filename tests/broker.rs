@@ -560,12 +560,11 @@ fn reader_killed_twice_loses_nothing() -> Result<(), String> {
     Ok(())
 }
 
-/// The NATS server stopped and started again (same port, same store) while the stream flows,
-/// with the connection's JetStream stream limited to 128 messages (of 3 000), so that the
-/// writer waits at that limit (policy `block`) and publishes across the restart too:
-/// nothing is lost, nothing repeated, the order kept.
-fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
-    let mut server = NatsServer::start();
+/// A scratch folder with `pipe.toml`: `numbers.out` through `server`, its stream limited to
+/// 128 messages (so that the writer waits at that limit), the sink in a process of its own.
+fn pipe_limited_to_128_messages(
+    server: &NatsServer,
+) -> Result<(tempfile::TempDir, PathBuf), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let deploy = dir.path().join("pipe.toml");
     std::fs::write(
@@ -578,6 +577,16 @@ fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
         ),
     )
     .map_err(|e| e.to_string())?;
+    Ok((dir, deploy))
+}
+
+/// The NATS server stopped and started again (same port, same store) while the stream flows,
+/// with the connection's JetStream stream limited to 128 messages (of 3 000), so that the
+/// writer waits at that limit (policy `block`) and publishes across the restart too:
+/// nothing is lost, nothing repeated, the order kept.
+fn server_restarted_mid_run_loses_nothing() -> Result<(), String> {
+    let mut server = NatsServer::start();
+    let (dir, deploy) = pipe_limited_to_128_messages(&server)?;
     let out = dir.path().join("out.txt");
     let n = 300_000u64;
     let run = Running::launched("pipe", &["-", &n.to_string(), "1024", "3"], &deploy, &out);
@@ -1193,18 +1202,7 @@ fn an_element_larger_than_the_servers_max_payload_fails_naming_it() -> Result<()
 /// reader once "stream not found").
 fn a_server_restarted_without_its_store_says_what_it_lost() -> Result<(), String> {
     let mut server = NatsServer::start();
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let deploy = dir.path().join("pipe.toml");
-    std::fs::write(
-        &deploy,
-        format!(
-            "[broker]\nurl = \"{}\"\nmax_messages = 128\nmax_pending = 8\n\n\
-             [processes.sink]\nagents = [\"record\"]\n\n\
-             [[connections]]\nstream = \"numbers.out\"\ntransport = \"broker\"\n",
-            server.url()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let (dir, deploy) = pipe_limited_to_128_messages(&server)?;
     let out = dir.path().join("out.txt");
     let n = 300_000u64;
     // A slow reader (50 ms a step): the full stream holds seconds of its work when the server

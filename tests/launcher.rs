@@ -1718,21 +1718,32 @@ fn clean_removes_only_rings_whose_owner_is_provably_dead() -> Result<(), String>
     result
 }
 
+/// Whether `unshare FLAGS true` works here: an error as root (where it must), false (said as
+/// a skipped scenario) otherwise.
+fn unshare_works(flags: &[&str]) -> Result<bool, String> {
+    let usable = Command::new("unshare")
+        .args(flags)
+        .arg("true")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if usable {
+        return Ok(true);
+    }
+    let flags = flags.join(" ");
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        return Err(format!("unshare {flags} does not work here, as root"));
+    }
+    println!("  (skipped: unshare {flags} needs root)");
+    Ok(false)
+}
+
 /// A run is live; `iotstream clean` runs in another PID namespace sharing /dev/shm (where the
 /// run's pids name nothing): the run's rings survive, a killed process of the run is restarted
 /// on them, and the run drains and exits 0. Needs `unshare` (root); skipped, said so, without.
 fn a_sweep_from_another_pid_namespace_leaves_a_live_run_alone() -> Result<(), String> {
-    let usable = Command::new("unshare")
-        .args(["--pid", "--fork", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !usable {
-        // SAFETY: getuid has no preconditions.
-        if unsafe { libc::getuid() } == 0 {
-            return Err("unshare --pid --fork does not work here, as root".into());
-        }
-        println!("  (skipped: unshare --pid --fork needs root)");
+    if !unshare_works(&["--pid", "--fork"])? {
         return Ok(());
     }
     let dir = Scratch::new("namespace");
@@ -1783,17 +1794,7 @@ fn a_sweep_from_another_pid_namespace_leaves_a_live_run_alone() -> Result<(), St
 /// SIGBUS.) The launcher runs in a mount namespace of its own whose `/dev/shm` is a 16 KiB
 /// tmpfs (`unshare -m`: root); skipped, said so, without.
 fn a_dev_shm_without_room_for_the_rings_is_refused_before_anything_starts() -> Result<(), String> {
-    let usable = Command::new("unshare")
-        .args(["-m", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !usable {
-        // SAFETY: getuid has no preconditions.
-        if unsafe { libc::getuid() } == 0 {
-            return Err("unshare -m does not work here, as root".into());
-        }
-        println!("  (skipped: unshare -m needs root)");
+    if !unshare_works(&["-m"])? {
         return Ok(());
     }
     let dir = Scratch::new("shm-room");
