@@ -1211,11 +1211,16 @@ impl Graph {
                 let used =
                     (0..self.agents.len()).any(|i| self.process_of(i) != launch::MAIN_PROCESS);
                 let mut running = if !shm && !used {
-                    let handle_signals = self.handle_signals;
-                    // Read before anything starts: a malformed value fails with nothing to undo.
-                    let drain = launch::drain_timeout()?;
+                    // The drain's bound, for a run that takes signals (only a signal's drain
+                    // is bounded here): read before anything starts, so that a malformed
+                    // value fails with nothing to undo.
+                    let drain = if self.handle_signals {
+                        Some(launch::drain_timeout()?)
+                    } else {
+                        None
+                    };
                     let mut running = start_part(self, None, None)?;
-                    if handle_signals {
+                    if let Some(drain) = drain {
                         // Ctrl-C, SIGTERM and SIGHUP drain it as they drain a launched
                         // application; a second one ends the process at once (128 + the
                         // signal).
