@@ -381,6 +381,11 @@ impl Host {
         self.outputs.iter().any(|o| o.waits_on_ring())
     }
 
+    /// True if, of those, a link waits on a TCP link or a broker, which no ring shows.
+    pub fn waits_off_ring(&self) -> bool {
+        self.outputs.iter().any(|o| o.waits_off_ring())
+    }
+
     /// True if a `Block` link of this host holds data it cannot send.
     pub fn is_blocked(&self) -> bool {
         self.outputs.iter().any(|o| o.blocked())

@@ -611,6 +611,8 @@ pub(crate) trait OutSlot: Send {
     /// A link holds data for another process (a ring, a TCP link), or waits for its reader to
     /// acknowledge its end: it waits on another process, not on this one.
     fn waits_on_ring(&self) -> bool;
+    /// Of those, a link whose peer no ring shows (TCP, a broker).
+    fn waits_off_ring(&self) -> bool;
 }
 
 /// An output buffer: the step appends to `pending`; `flush` makes it one shared batch, then
@@ -963,6 +965,10 @@ impl<T: Element> OutSlot for OutBuf<T> {
 
     fn waits_on_ring(&self) -> bool {
         self.links.iter().any(|l| l.waits_on_peer())
+    }
+
+    fn waits_off_ring(&self) -> bool {
+        self.links.iter().any(|l| l.waits_off_ring())
     }
 
     fn stalled(&self) -> Vec<String> {

@@ -114,6 +114,12 @@ struct Shared {
     blocked_sources: AtomicUsize,
     /// Agents not yet finished.
     hosts_left: AtomicUsize,
+    /// Agents counted in `active_sources` because they wait on a ring (see
+    /// `Tended::counted_ring_wait`): only another process can move them.
+    ring_waits: AtomicUsize,
+    /// Of those, agents that wait on a TCP link or a broker: no ring shows them move, so the
+    /// part is never quiet for the stall check across processes (`quiet_across`).
+    off_ring_waits: AtomicUsize,
     /// Set to stop sources (graceful) or after a failure.
     stop: Arc<AtomicBool>,
     error: Mutex<Option<Error>>,
@@ -153,10 +159,7 @@ pub(crate) struct RunHandle {
 impl RunHandle {
     /// Registers a feeder; call `finished` when it has delivered its end of stream.
     pub fn feeder(&self, label: String) -> Arc<FeederState> {
-        let state = Arc::new(FeederState {
-            label,
-            blocked: AtomicBool::new(false),
-        });
+        let state = Arc::new(FeederState::new(label));
         self.shared.active_sources.fetch_add(1, Ordering::SeqCst);
         self.shared
             .feeders
@@ -272,6 +275,8 @@ impl Shared {
             active_sources: AtomicUsize::new(0),
             blocked_sources: AtomicUsize::new(0),
             hosts_left: AtomicUsize::new(agents),
+            ring_waits: AtomicUsize::new(0),
+            off_ring_waits: AtomicUsize::new(0),
             stop,
             error: Mutex::new(None),
             failed: AtomicBool::new(false),
@@ -472,6 +477,104 @@ impl Shared {
     }
 }
 
+/// This process's part, as the stall check across the processes of one host sees it
+/// ([`Shared::quiet_across`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Quiet {
+    /// Envelopes ever posted in this process: it did nothing between two readings that agree.
+    pub posted: u64,
+    /// What it holds and cannot send, or cannot take: the one-process stall's descriptions.
+    pub stuck: Vec<String>,
+}
+
+impl Shared {
+    /// This process's part is quiet but for other processes of this host: nothing in flight,
+    /// and every unfinished source blocked on credit, waiting on a ring's room, or a ring
+    /// feeder that read everything its writer published ([`FeederState::waits_for_writer`]).
+    /// Only a change in another process (a ring moving) can wake it: if every process is so,
+    /// twice in a row with nothing moved anywhere, the application is stalled (the starter or
+    /// launcher decides). `None` while anything here may still move (a running step, a source
+    /// producing, a TCP or broker feeder, a failure) or while blocked agents' descriptions are
+    /// out of date (a new round is asked for, as [`check_quiescent`](Self::check_quiescent)
+    /// does: the wake-ups it posts make the next reading differ). A part with every agent
+    /// finished is quiet, with nothing stuck.
+    ///
+    /// The state is read between two reads of `posted`, which must agree.
+    fn quiet_across(&self) -> Option<Quiet> {
+        let before = self.posted.load(Ordering::SeqCst);
+        if self.failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        if self.hosts_left.load(Ordering::SeqCst) == 0 {
+            return Some(Quiet {
+                posted: before,
+                stuck: Vec::new(),
+            });
+        }
+        if self.in_flight.load(Ordering::SeqCst) != 0
+            || self.off_ring_waits.load(Ordering::SeqCst) != 0
+        {
+            return None;
+        }
+        let (stuck, stale) = {
+            let round = self.stall_round.load(Ordering::SeqCst);
+            let stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
+            let stale = round == 0 || stalls.values().any(|s| s.round != round);
+            let stuck: Vec<String> = stalls.values().flat_map(|s| s.what.clone()).collect();
+            (
+                stuck,
+                stale.then(|| {
+                    stalls
+                        .values()
+                        .map(|s| Arc::clone(&s.mailbox))
+                        .collect::<Vec<_>>()
+                }),
+            )
+        };
+        let (mut blocked_feeders, mut waiting_feeders) = (Vec::new(), 0usize);
+        for f in self
+            .feeders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if f.blocked.load(Ordering::SeqCst) {
+                blocked_feeders.push(format!(
+                    "{}: the reader takes no more of what arrived from the other process",
+                    f.label
+                ));
+            } else if f.waits_for_writer() {
+                waiting_feeders += 1;
+            }
+        }
+        // Every unfinished source accounted for (a finished feeder is neither blocked nor
+        // waiting: a mismatch either way is no reading).
+        let accounted = self.blocked_sources.load(Ordering::SeqCst)
+            + self.ring_waits.load(Ordering::SeqCst)
+            + waiting_feeders;
+        if self.active_sources.load(Ordering::SeqCst) != accounted
+            || self.in_flight.load(Ordering::SeqCst) != 0
+            || self.posted.load(Ordering::SeqCst) != before
+        {
+            return None;
+        }
+        if let Some(wake) = stale.filter(|w| !w.is_empty()) {
+            // Descriptions written when each agent blocked: asked again, for the next reading.
+            self.stall_round.fetch_add(1, Ordering::SeqCst);
+            for m in wake {
+                m.post(Envelope::Wake);
+            }
+            return None;
+        }
+        let mut stuck = stuck;
+        stuck.extend(blocked_feeders);
+        Some(Quiet {
+            posted: before,
+            stuck,
+        })
+    }
+}
+
 /// An agent blocked on credit (see `Shared::stalls`).
 struct Stall {
     mailbox: Arc<dyn Mailbox>,
@@ -617,6 +720,8 @@ struct Tended {
     /// This agent waits on a shared-memory ring and is counted in `Shared::active_sources`:
     /// the run is not quiescent while another process may still make room.
     counted_ring_wait: bool,
+    /// Of that wait, a link no ring shows (counted in `Shared::off_ring_waits`).
+    counted_off_ring: bool,
     /// The agent's timer last scheduled (see `Inputs::wake_at`).
     timer_set: Option<Duration>,
 }
@@ -644,6 +749,7 @@ impl Tended {
             stall_written: 0,
             mailbox,
             counted_ring_wait: false,
+            counted_off_ring: false,
             timer_set: None,
         }
     }
@@ -741,9 +847,20 @@ impl Tended {
         if ring_wait != self.counted_ring_wait {
             self.counted_ring_wait = ring_wait;
             if ring_wait {
+                self.shared.ring_waits.fetch_add(1, Ordering::SeqCst);
                 self.shared.active_sources.fetch_add(1, Ordering::SeqCst);
             } else {
                 self.shared.active_sources.fetch_sub(1, Ordering::SeqCst);
+                self.shared.ring_waits.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let off_ring = ring_wait && self.host.waits_off_ring();
+        if off_ring != self.counted_off_ring {
+            self.counted_off_ring = off_ring;
+            if off_ring {
+                self.shared.off_ring_waits.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.shared.off_ring_waits.fetch_sub(1, Ordering::SeqCst);
             }
         }
         let blocked_now = self.host.is_blocked() && !self.host.is_done();
@@ -937,6 +1054,142 @@ struct Children {
     /// Each child's latest report of its counters, when the program serves its live view
     /// ([`Graph::serve_metrics`]): by process name.
     reports: ChildReports,
+    /// The thread that looks for a stall across the processes (see [`watch_stalls`]).
+    stall_watch: Option<JoinHandle<()>>,
+}
+
+/// A starter's stall probes: where to ask each child, and what each last answered (see
+/// [`watch_stalls`]).
+#[derive(Default)]
+struct Probes {
+    /// Each child's name and the starter's end of its control channel.
+    asks: Mutex<Vec<(String, std::os::unix::net::UnixStream)>>,
+    /// Each child's latest answer, by name: its round, and what it said (`None`: busy).
+    answers: Mutex<HashMap<String, (u64, Option<(u64, Vec<String>)>)>>,
+    /// Notified at every answer.
+    answered: std::sync::Condvar,
+}
+
+/// How often the starter looks for a stall across its processes while its own part is quiet.
+/// Only the pace of the rounds: a stall is decided on states, never on time.
+const STALL_PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// How long a round waits for every child's answer; a round without them decides nothing.
+const STALL_ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// One round's reading of the whole application (every process quiet): what each process did
+/// so far, and where every ring stands. Two equal readings in a row: nothing moved between.
+#[derive(PartialEq, Eq)]
+struct Reading {
+    /// Envelopes ever posted, by process (the starter's own part as `main`).
+    posted: std::collections::BTreeMap<String, u64>,
+    /// Every ring's positions ([`transport::RingGauges::positions`]).
+    rings: Vec<u64>,
+}
+
+/// Looks for a stall whose halves are in different processes of this host (in one process,
+/// [`Shared::check_quiescent`] finds it). While the starter's own part is quiet
+/// ([`Shared::quiet_across`]), every [`STALL_PROBE_EVERY`] it asks every running child
+/// (`quiet? <round>`) whether its part is quiet too; a round in which all are, and no ring
+/// moved while the answers came, is a reading. Two equal readings in a row (no process posted
+/// anything, no ring moved in between) are a stall: the run fails with [`Error::Stalled`],
+/// naming what every process holds stuck, and the children are asked to stop. Ends when the
+/// run stops or fails, or every child has ended.
+fn watch_stalls(
+    probes: &Probes,
+    list: &[ChildProcess],
+    local: &Shared,
+    gauges: &transport::RingGauges,
+    failure: &Mutex<Option<Error>>,
+) {
+    let mut last: Option<Reading> = None;
+    let mut round = 0u64;
+    // Ends: the run stops or fails, or every child ended; each pass sleeps STALL_PROBE_EVERY
+    // and waits at most STALL_ANSWER_WITHIN.
+    loop {
+        std::thread::sleep(STALL_PROBE_EVERY);
+        if local.stop.load(Ordering::SeqCst)
+            || local.failed.load(Ordering::SeqCst)
+            || failure.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+            || list.iter().all(|c| !c.running())
+        {
+            return;
+        }
+        let Some(mine) = local.quiet_across() else {
+            last = None;
+            continue;
+        };
+        round += 1;
+        let rings = gauges.positions();
+        let asked: Vec<String> = {
+            let asks = probes.asks.lock().unwrap_or_else(|p| p.into_inner());
+            let line = format!("quiet? {round}\n");
+            asks.iter()
+                .filter(|(name, _)| list.iter().any(|c| &c.name == name && c.running()))
+                .filter(|(_, out)| (&mut &*out).write_all(line.as_bytes()).is_ok())
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let deadline = Instant::now() + STALL_ANSWER_WITHIN;
+        let mut answers = probes.answers.lock().unwrap_or_else(|p| p.into_inner());
+        // Ends when every child asked answered this round, or at the deadline.
+        while asked
+            .iter()
+            .any(|n| answers.get(n).is_none_or(|(r, _)| *r != round))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            answers = probes
+                .answered
+                .wait_timeout(answers, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let mut posted = std::collections::BTreeMap::new();
+        posted.insert(launch::MAIN_PROCESS.to_string(), mine.posted);
+        let mut stuck = mine.stuck;
+        let mut all_quiet = true;
+        for name in &asked {
+            match answers.get(name) {
+                Some((r, Some((p, s)))) if *r == round => {
+                    posted.insert(name.clone(), *p);
+                    stuck.extend(s.iter().cloned());
+                }
+                _ => all_quiet = false,
+            }
+        }
+        drop(answers);
+        // A child that ended meanwhile, or was never asked, is in neither reading: a child
+        // that ends changes the set of processes asked, and with it the reading.
+        if !all_quiet || gauges.positions() != rings {
+            last = None;
+            continue;
+        }
+        let reading = Reading { posted, rings };
+        if last.as_ref() != Some(&reading) || stuck.is_empty() {
+            last = Some(reading);
+            continue;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        stuck.retain(|s| seen.insert(s.clone()));
+        let error = Error::Stalled {
+            detail: stuck.join("; "),
+        };
+        // Recorded as the cause before anything stops: the children that fail because of it
+        // (their rings marked failed) are its consequences.
+        {
+            let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
+            if first.is_some() {
+                return;
+            }
+            *first = Some(error.clone());
+        }
+        local.fail(error);
+        launch::signal_all(list, Signal::SIGTERM);
+        return;
+    }
 }
 
 /// The children's latest reports, by process name (see [`report_channel`]).
@@ -948,7 +1201,7 @@ type ChildReports = Arc<Mutex<std::collections::BTreeMap<String, crate::observe:
 /// starter's end, whose `hello` is written already.
 fn report_channel(
     command: &mut launch::ChildCommand,
-    interval: Duration,
+    interval: Option<Duration>,
 ) -> Result<std::os::unix::net::UnixStream, Error> {
     let broken = |e: std::io::Error| Error::Runtime {
         detail: format!("cannot make a control channel for a child process: {e}"),
@@ -963,22 +1216,25 @@ fn report_channel(
         launch::CONTROL_FD.to_string(),
     ));
     command.env.push((launch::ENV_CONTROL_NONCE.into(), nonce));
+    // No interval: no reports (`0`), the channel serves the stall probes only.
     command.env.push((
         launch::ENV_METRICS_INTERVAL_MS.into(),
-        interval.as_millis().max(1).to_string(),
+        interval.map_or(0, |i| i.as_millis().max(1)).to_string(),
     ));
     command.control = Some(theirs.into());
     Ok(ours)
 }
 
 /// Reads child `process`'s (pid `pid`) control channel until it closes: `ready` is answered
-/// with `go` at once, each `metrics <json>` is kept in `reports`. Nothing the child says is
-/// trusted: lines are bounded, and one not understood is warned about once and skipped.
+/// with `go` at once, each `metrics <json>` is kept in `reports`, each answer to a stall probe
+/// in `probes`. Nothing the child says is trusted: lines are bounded, and one not understood
+/// is warned about once and skipped.
 fn read_reports(
     channel: std::os::unix::net::UnixStream,
     process: &str,
     pid: u32,
     reports: &ChildReports,
+    probes: &Probes,
 ) {
     let mut writer = match channel.try_clone() {
         Ok(w) => w,
@@ -1001,25 +1257,35 @@ fn read_reports(
             }
             // Only a launcher drains other hosts; a starter's run has one host.
             "drain" => {}
-            t => match t
-                .strip_prefix("metrics ")
-                .map(serde_json::from_str::<crate::observe::ProcessSample>)
-            {
-                Some(Ok(mut sample)) => {
-                    sample.pid = pid;
-                    reports
+            t => match launch::parse_quiet(t) {
+                Some((round, said)) => {
+                    probes
+                        .answers
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(process.to_string(), sample);
+                        .insert(process.to_string(), (round, said));
+                    probes.answered.notify_all();
                 }
-                _ => {
-                    if !std::mem::replace(&mut warned, true) {
-                        tracing::warn!(
-                            "process '{process}' (pid {pid}) sent a control line that is not \
-                             understood: skipped (warned once)"
-                        );
+                None => match t
+                    .strip_prefix("metrics ")
+                    .map(serde_json::from_str::<crate::observe::ProcessSample>)
+                {
+                    Some(Ok(mut sample)) => {
+                        sample.pid = pid;
+                        reports
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(process.to_string(), sample);
                     }
-                }
+                    _ => {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(
+                                "process '{process}' (pid {pid}) sent a control line that is not \
+                             understood: skipped (warned once)"
+                            );
+                        }
+                    }
+                },
             },
         }
     }
@@ -1119,6 +1385,9 @@ impl Running {
             }
             if let Some(bound) = children.drain_bound.take() {
                 let _ = bound.join();
+            }
+            if let Some(watch) = children.stall_watch.take() {
+                let _ = watch.join();
             }
             let failure = children
                 .failure
@@ -1468,6 +1737,7 @@ fn start_starter(
     let (exit_tx, exit_rx) = mpsc::sync_channel(processes.len());
     let mut list = Vec::new();
     let child_reports: ChildReports = Arc::default();
+    let probes = Arc::new(Probes::default());
     let stdin_process = graph.stdin_process().map(str::to_string);
     for p in processes.iter().filter(|p| *p != launch::MAIN_PROCESS) {
         let command = launch::ChildCommand::this_program(p).map(|c| {
@@ -1480,21 +1750,29 @@ fn start_starter(
             let _ = exits.send(exit);
         };
         let spawned = command.and_then(|mut c| {
-            let channel = match reports {
-                Some(interval) => Some(report_channel(&mut c, interval)?),
-                None => None,
-            };
+            // Every child has one: its counters (when the live view is served) and the
+            // stall probes (see `watch_stalls`) go over it.
+            let channel = report_channel(&mut c, reports)?;
+            let asks = channel.try_clone().map_err(|e| Error::Runtime {
+                detail: format!("cannot make a control channel for a child process: {e}"),
+            })?;
+            // Never a write that waits for ever on a child that does not read.
+            let _ = asks.set_write_timeout(Some(launch::CONTROL_WRITE_TIMEOUT));
             let child = launch::spawn_child(p, c, on_exit)?;
-            if let Some(channel) = channel {
-                let (name, pid, reports) = (p.clone(), child.pid, Arc::clone(&child_reports));
-                // Not fatal: without it the child waits for its `go`, so it is started.
-                std::thread::Builder::new()
-                    .name(format!("iotstream reports {p}"))
-                    .spawn(move || read_reports(channel, &name, pid, &reports))
-                    .map_err(|e| Error::Runtime {
-                        detail: format!("cannot start the thread that reads process '{p}': {e}"),
-                    })?;
-            }
+            probes
+                .asks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((p.clone(), asks));
+            let (name, pid, reports) = (p.clone(), child.pid, Arc::clone(&child_reports));
+            let probes = Arc::clone(&probes);
+            // Not fatal: without it the child waits for its `go`, so it is started.
+            std::thread::Builder::new()
+                .name(format!("iotstream reports {p}"))
+                .spawn(move || read_reports(channel, &name, pid, &reports, &probes))
+                .map_err(|e| Error::Runtime {
+                    detail: format!("cannot start the thread that reads process '{p}': {e}"),
+                })?;
             Ok(child)
         });
         match spawned {
@@ -1584,6 +1862,26 @@ fn start_starter(
                 detail: format!("cannot start the thread that bounds the drain: {e}"),
             })?
     };
+    let stall_watch = match (
+        running.fail_handle(),
+        transport::RingGauges::open(&segments.names()),
+    ) {
+        (Some(local), Ok(gauges)) => {
+            let (list, failure) = (Arc::clone(&list), Arc::clone(&failure));
+            std::thread::Builder::new()
+                .name("iotstream stall watch".into())
+                .spawn(move || watch_stalls(&probes, &list, &local, &gauges, &failure))
+                .map_err(|e| Error::Runtime {
+                    detail: format!("cannot start the thread that watches for stalls: {e}"),
+                })
+                .map(Some)?
+        }
+        (_, Err(e)) => {
+            tracing::warn!("a stall across processes will not be detected: {e}");
+            None
+        }
+        (None, _) => None,
+    };
     running.children = Some(Children {
         list,
         segments,
@@ -1593,6 +1891,7 @@ fn start_starter(
         killed,
         draining,
         reports: child_reports,
+        stall_watch,
     });
     running._signals = registration;
     Ok(running)
@@ -2198,7 +2497,11 @@ fn coordinate(
     // report the counters every interval until the run is over.
     let reporter = match launch::take_control().and_then(|c| {
         c.map_or(Ok(false), |c| {
-            c.ready_then_wait_go(Arc::clone(&stop)).map(|()| true)
+            let part = Arc::clone(&shared);
+            let quiet: launch::QuietProbe =
+                Box::new(move || part.quiet_across().map(|q| (q.posted, q.stuck)));
+            c.ready_then_wait_go(Arc::clone(&stop), quiet)
+                .map(|()| true)
         })
     }) {
         Ok(supervised) => supervised

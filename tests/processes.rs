@@ -40,6 +40,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "chained" => chained(arg(0), arg(1) as usize),
         "long_chain" => long_chain(arg(0) as usize, arg(1)),
         "input_elsewhere" => input_elsewhere(),
+        "stallx" => stallx(),
+        "slow_progress" => slow_progress(),
         other => panic!("no application named {other}"),
     }
 }
@@ -89,6 +91,44 @@ fn input_elsewhere() -> Result<(), iotstream::Error> {
         println!("RESULT {}", out.values().iter().sum::<u64>());
     }
     Ok(())
+}
+
+/// A capacity too small for the graph, its halves in two processes: `zip` (in `p1`) needs a
+/// third of the numbers on `in1` for every one on `in0`, whose 64 fill at once; `nums` waits
+/// on `in0`'s ring, `thirds` has nothing more to give. In one process this is `Stalled`.
+fn stallx() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("stallx");
+    g.set_default_capacity(64);
+    let s = g.source_iter("nums", 0..10_000u64);
+    let f = g.filter("thirds", &s, |v: &u64| v % 3 == 0);
+    let z = g.zip("zip", &s, &f);
+    g.for_each("out", &z, |_: &(u64, u64)| {});
+    g.place_in_process("zip", "p1");
+    g.run().map(|_| ())
+}
+
+/// Slow but moving, over tiny capacities in three processes: a sink in `slow` that sleeps a
+/// millisecond per element behind a map in `p1`. Every process is often quiet between two
+/// elements, never all at once with nothing moved: it must end, not be called stalled.
+fn slow_progress() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("slow_progress");
+    g.set_default_capacity(2);
+    let s = g.source_iter("numbers", 0..600u64);
+    let m = g.map("double", &s, |v: &u64| 2 * v);
+    let mut sum = 0u64;
+    g.sink_list("slow", &m, move |xs: &[u64]| {
+        for &v in xs {
+            std::thread::sleep(Duration::from_millis(1));
+            sum += v;
+        }
+        if sum == 359_400 {
+            println!("RESULT {sum}");
+        }
+        Ok(())
+    });
+    g.place_in_process("double", "p1");
+    g.place_in_process("slow", "slow");
+    g.run().map(|_| ())
 }
 
 /// What [`checking_sink`] saw: count, wrapping sum, strictly increasing.
@@ -1724,6 +1764,30 @@ fn quake_detector_prints_errors_for_people() -> Result<(), String> {
     )
 }
 
+/// A stall whose writer and reader are in different processes is reported as in one process,
+/// naming the connection, instead of hanging (the wait is a hang guard).
+fn a_stall_across_processes_is_reported() -> Result<(), String> {
+    let (status, out, err) = Started::new("stallx", &[]).wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || {
+        format!("the application succeeded:\n{out}\n{err}")
+    })?;
+    ensure(
+        err.contains("application stalled") && err.contains("nums.out -> zip.in0"),
+        || format!("no stall naming nums.out -> zip.in0:\n{err}"),
+    )?;
+    ensure(segments("stallx").is_empty(), || {
+        format!("left behind: {:?}", segments("stallx"))
+    })
+}
+
+/// A slow application whose processes are each often quiet, never all at once with nothing
+/// moving, ends normally: no stall is declared.
+fn a_slow_application_across_processes_is_no_stall() -> Result<(), String> {
+    let out = run_app_output("slow_progress", &[])?;
+    ensure(!out.contains("stalled"), || out.clone())?;
+    ensure(result_line(&out)? == "359400", || out.clone())
+}
+
 /// A scenario: `Ok` or what went wrong.
 type Scenario = fn() -> Result<(), String>;
 
@@ -1742,7 +1806,15 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 30] = [
+    let scenarios: [(&str, Scenario); 32] = [
+        (
+            "a_stall_across_processes_is_reported",
+            a_stall_across_processes_is_reported,
+        ),
+        (
+            "a_slow_application_across_processes_is_no_stall",
+            a_slow_application_across_processes_is_no_stall,
+        ),
         (
             "an_input_fed_elsewhere_says_where",
             an_input_fed_elsewhere_says_where,

@@ -412,6 +412,11 @@ impl Segments {
         })
     }
 
+    /// The names of the objects created for the run so far.
+    pub fn names(&self) -> Vec<String> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Records an object created for the run.
     pub fn add(&self, name: String) {
         self.names
@@ -1469,15 +1474,56 @@ pub(crate) fn metrics_line(
     }
 }
 
+/// A process's answer to a stall probe (`quiet? <round>` on its control channel): `None` while
+/// its part may still move by itself; else what it did so far (envelopes ever posted) and
+/// what it holds stuck. Given by the runtime, which alone knows the part.
+pub(crate) type QuietProbe = Box<dyn Fn() -> Option<(u64, Vec<String>)> + Send>;
+
+/// The longest answer to a stall probe a process sends (and its starter or launcher reads).
+pub(crate) const MAX_QUIET_LINE: usize = 1 << 20;
+
+/// The answer line to probe `round`: `quiet <round> <posted> <descriptions as JSON>` or
+/// `busy <round>`. Descriptions beyond [`MAX_QUIET_LINE`] are cut (the first ones name the
+/// connections).
+pub(crate) fn quiet_line(round: u64, quiet: Option<(u64, Vec<String>)>) -> String {
+    match quiet {
+        None => format!("busy {round}\n"),
+        Some((posted, mut stuck)) => loop {
+            let json = serde_json::to_string(&stuck).unwrap_or_else(|_| "[]".into());
+            let line = format!("quiet {round} {posted} {json}\n");
+            if line.len() <= MAX_QUIET_LINE || stuck.is_empty() {
+                return line;
+            }
+            stuck.truncate(stuck.len() / 2);
+        },
+    }
+}
+
+/// An answer line to a stall probe, as [`quiet_line`] writes it: the round, then what the
+/// process said (`None`: busy). `None` for any other line.
+pub(crate) fn parse_quiet(line: &str) -> Option<(u64, Option<(u64, Vec<String>)>)> {
+    if let Some(round) = line.strip_prefix("busy ") {
+        return Some((round.trim().parse().ok()?, None));
+    }
+    let rest = line.strip_prefix("quiet ")?;
+    let (round, rest) = rest.split_once(' ')?;
+    let (posted, json) = rest.split_once(' ')?;
+    let stuck: Vec<String> = serde_json::from_str(json).ok()?;
+    Some((round.parse().ok()?, Some((posted.parse().ok()?, stuck))))
+}
+
 impl Control {
     /// Says `ready`, waits for `go` (or `stop`, which sets `stop` and lets the part start
-    /// already draining), then keeps listening for `stop` and `final` on a thread.
-    pub fn ready_then_wait_go(self, stop: Arc<AtomicBool>) -> Result<(), Error> {
+    /// already draining), then keeps listening for `stop`, `final` and stall probes
+    /// (`quiet? <round>`, answered with what `quiet` says: [`quiet_line`]) on a thread.
+    pub fn ready_then_wait_go(self, stop: Arc<AtomicBool>, quiet: QuietProbe) -> Result<(), Error> {
         let lost = |e: std::io::Error| Error::Runtime {
             detail: format!("the launcher's control channel failed: {e}"),
         };
         let mut reader = self.reader;
         if let Ok(out) = reader.get_ref().try_clone() {
+            // Answers to stall probes go out here too: never a write that waits for ever.
+            let _ = out.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT));
             let _ = CONTROL_OUT.set(Mutex::new(out));
         }
         reader.get_ref().write_all(b"ready\n").map_err(lost)?;
@@ -1513,7 +1559,14 @@ impl Control {
                                 tracing::info!("the launcher asks for a drain");
                                 stop.store(true, Ordering::SeqCst)
                             }
-                            _ => {}
+                            t => {
+                                let round = t.strip_prefix("quiet? ").and_then(|r| r.parse().ok());
+                                if let (Some(round), Some(out)) = (round, CONTROL_OUT.get()) {
+                                    let answer = quiet_line(round, quiet());
+                                    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                                    let _ = out.write_all(answer.as_bytes());
+                                }
+                            }
                         },
                     }
                 }

@@ -517,6 +517,16 @@ impl<T: Element> LinkTx<T> {
         }
     }
 
+    /// It waits on a peer that no ring shows (a TCP link, a broker: possibly on another host):
+    /// the part of [`waits_on_peer`](Self::waits_on_peer) that a stall check across the
+    /// processes of one host cannot see move.
+    pub(crate) fn waits_off_ring(&self) -> bool {
+        match &self.flavor {
+            Flavor::Local { .. } | Flavor::Shm(_) => false,
+            Flavor::Tcp(_) | Flavor::Broker(_) => self.waits_on_peer(),
+        }
+    }
+
     /// The first transport failure, taken.
     pub(crate) fn take_error(&mut self) -> Option<String> {
         self.error.take()

@@ -17,7 +17,7 @@
 //! This is the bottom of the transport layer: it imports nothing of it. The writer's end of a
 //! connection, one handle over the transports, is [`LinkTx`](super::link::LinkTx), above them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,36 @@ pub(crate) struct FeederState {
     pub label: String,
     /// It holds data the local reader has no credit for.
     pub blocked: AtomicBool,
+    /// A ring feeder's read position when it last found nothing to read, holding nothing
+    /// undelivered ([`NOT_IDLE`] before and after): see [`waits_for_writer`](Self::waits_for_writer).
+    pub idle_at: AtomicU64,
+    /// A ring feeder's view of what its writer published (the ring's `head`), set once.
+    pub published: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+/// [`FeederState::idle_at`] of a feeder that is not waiting for its writer.
+pub(crate) const NOT_IDLE: u64 = u64::MAX;
+
+impl FeederState {
+    /// The state of a feeder of `label`, neither blocked nor idle.
+    pub fn new(label: String) -> FeederState {
+        FeederState {
+            label,
+            blocked: AtomicBool::new(false),
+            idle_at: AtomicU64::new(NOT_IDLE),
+            published: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// True if this is a ring feeder that read everything its writer published, holds nothing
+    /// it has not delivered, and waits for the writer: it found nothing more to read at the
+    /// position where the ring's `head` still is (positions only grow: had anything been
+    /// published since, the head would have moved past it). A TCP or broker feeder, which
+    /// cannot see its writer, never says so.
+    pub fn waits_for_writer(&self) -> bool {
+        let at = self.idle_at.load(Ordering::SeqCst);
+        at != NOT_IDLE && self.published.get().is_some_and(|head| head() == at)
+    }
 }
 
 /// A link's hold on the exit of its process after the run ended normally.

@@ -316,6 +316,45 @@ pub(crate) fn create_ring(
     })
 }
 
+/// The positions of a run's rings, read without taking any role in them: whether anything
+/// moved on any of them between two looks (the stall check across processes).
+pub(crate) struct RingGauges {
+    rings: Vec<Segment>,
+}
+
+impl RingGauges {
+    /// Maps the rings named `names` (a run's, made by the caller).
+    pub(crate) fn open(names: &[String]) -> Result<RingGauges, Error> {
+        let rings = names
+            .iter()
+            .map(|n| {
+                Segment::open(n).map_err(|e| Error::Runtime {
+                    detail: format!("ring {n}: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RingGauges { rings })
+    }
+
+    /// Every ring's published `head`, released `tail` and `consumed`, now. `head` and `tail`
+    /// only grow, and `consumed` only grows while `tail` stays: equal readings mean nothing
+    /// moved in between.
+    pub(crate) fn positions(&self) -> Vec<u64> {
+        use shm::ring::RingMemory;
+        self.rings
+            .iter()
+            .flat_map(|r| {
+                let h = r.header();
+                [
+                    h.head.0.load(Ordering::Acquire),
+                    h.tail.0.load(Ordering::Acquire),
+                    h.consumed.0.load(Ordering::Acquire),
+                ]
+            })
+            .collect()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The writer's end
 
@@ -1185,6 +1224,8 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
     }
     let nudger = consumer.nudger();
     let feeder = spec.run.feeder(label.clone());
+    let head = consumer.nudger();
+    let _ = feeder.published.set(Box::new(move || head.published()));
     let capacity = spec.capacity;
     let counters = Arc::clone(&spec.counters);
     let (run, state) = (spec.run.clone(), Arc::clone(&feeder));
@@ -1198,6 +1239,7 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
             link_thread(&run, &label, "ring feeder", || {
                 let mut held = Held::new();
                 let fed = feed::<T>(&mut consumer, &spec, &mailbox, &mut held);
+                feeder.idle_at.store(mailbox::NOT_IDLE, Ordering::SeqCst);
                 if let Err(e) = &fed {
                     run.fail(Error::Runtime {
                         detail: format!("connection {}: {e}", spec.label),
@@ -1464,6 +1506,9 @@ fn feed<T: Element>(
                         .map_err(|e| e.to_string())?;
                     continue;
                 }
+                // Everything published is read and delivered: the run may see this feeder
+                // as waiting for its writer, for as long as the head stays here.
+                mailbox.state.idle_at.store(read, Ordering::SeqCst);
                 let wait = consumer
                     .wait_for_data_or(WAIT_SLICE, watch, || {
                         // Consumption to apply; or, unless it already waits, a reader that

@@ -24,10 +24,7 @@ pub(crate) struct TestRun {
 
 impl RunContext for TestRun {
     fn feeder(&self, label: String) -> Arc<FeederState> {
-        Arc::new(FeederState {
-            label,
-            blocked: AtomicBool::new(false),
-        })
+        Arc::new(FeederState::new(label))
     }
     fn set_blocked(&self, feeder: &FeederState, blocked: bool) {
         feeder.blocked.store(blocked, Ordering::SeqCst);

@@ -1586,6 +1586,11 @@ impl<M: RingMemory> DataNudger<M> {
     pub(crate) fn nudge(&self) {
         self.ring.notify(&self.ring.header().data_wake);
     }
+
+    /// The producer's `head` as it is now (unvalidated: only compared with a position).
+    pub(crate) fn published(&self) -> u64 {
+        self.ring.header().head.0.load(Ordering::Acquire)
+    }
 }
 
 /// The consumer's private state (apart from the memory, so a wait can borrow both).
