@@ -731,6 +731,15 @@ pub fn run(
     }
     let segments = Arc::new(Segments::new(&info.app, &run)?);
     create_rings(&info, &run, &segments, &host)?;
+    let gauges = match crate::transport::RingGauges::open(&segments.names()) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            log(&format!(
+                "warning: a stall across this host's processes will not be detected: {e}"
+            ));
+            None
+        }
+    };
     let mut sup = Supervisor {
         app,
         app_name: info.app.clone(),
@@ -751,6 +760,7 @@ pub fn run(
         draining: None,
         signalled: false,
         failure: None,
+        stall: StallWatch::new(gauges),
     };
     let code = sup.supervise(&events);
     sup.publish();
@@ -1014,6 +1024,24 @@ fn read_control(
         let event = match text.trim() {
             "ready" => Event::Ready { pid },
             "drain" => Event::Drain { pid },
+            t if t.starts_with("quiet ") || t.starts_with("busy ") => {
+                match launch::parse_quiet(t) {
+                    Some((round, said)) => Event::Quiet { pid, round, said },
+                    None => {
+                        if !std::mem::replace(&mut warned_bad, true) {
+                            note(
+                                board,
+                                &format!(
+                                    "warning: process '{name}' (pid {pid}) sent an answer to a \
+                                     stall probe the launcher does not understand: skipped \
+                                     (warned once)"
+                                ),
+                            );
+                        }
+                        continue;
+                    }
+                }
+            }
             t => {
                 let sample = t
                     .strip_prefix("metrics ")
@@ -1052,6 +1080,12 @@ enum Event {
     Ready { pid: u32 },
     /// A child asks for a drain of the application (another host is stopping it).
     Drain { pid: u32 },
+    /// A child's answer to stall probe `round` (see [`StallWatch`]): `None` if busy.
+    Quiet {
+        pid: u32,
+        round: u64,
+        said: launch::QuietAnswer,
+    },
     /// A child ended (reported by its waiter thread the moment it did).
     Exit(launch::Exit),
     /// Ctrl-C, SIGTERM or SIGHUP.
@@ -1202,6 +1236,57 @@ struct Supervisor<'a> {
     signalled: bool,
     /// The first failure: the run's result.
     failure: Option<Failure>,
+    /// The stall check across this host's processes.
+    stall: StallWatch,
+}
+
+/// The launcher's stall check across the processes of its host, as a starter's
+/// (`runtime::watch_stalls`): while the application flows, nothing restarts and every process
+/// is ready, every [`launch::STALL_PROBE_EVERY`] each running process is asked whether its
+/// part is quiet but for the other processes (`quiet? <round>`); a round in which all are, and
+/// no ring moved while the answers came, is a reading; two equal readings in a row (no
+/// process posted anything, no ring moved in between) are a stall. Processes fed from other
+/// hosts (TCP, a broker), or waiting on them, never say they are quiet: a stall across hosts
+/// is not detected.
+struct StallWatch {
+    /// The positions of this host's rings (`None`: they could not be mapped; no check).
+    gauges: Option<crate::transport::RingGauges>,
+    round: u64,
+    /// The round asked and not yet decided.
+    asked: Option<StallRound>,
+    /// The previous round's reading, if every process was quiet in it.
+    last: Option<launch::StallReading>,
+    /// When to ask the next round.
+    next_at: Instant,
+}
+
+/// A stall round that waits for answers.
+struct StallRound {
+    /// Who was asked (name, pid), and what each answered (by pid; `None`: busy).
+    asked: Vec<(String, u32)>,
+    answers: std::collections::BTreeMap<u32, launch::QuietAnswer>,
+    /// The rings when it was asked.
+    rings: Vec<u64>,
+    /// Answers after this decide nothing: the round is dropped.
+    until: Instant,
+}
+
+impl StallWatch {
+    fn new(gauges: Option<crate::transport::RingGauges>) -> StallWatch {
+        StallWatch {
+            gauges,
+            round: 0,
+            asked: None,
+            last: None,
+            next_at: Instant::now() + launch::STALL_PROBE_EVERY,
+        }
+    }
+
+    /// When the supervisor must look at it again.
+    fn wake(&self) -> Option<Instant> {
+        self.gauges.as_ref()?;
+        Some(self.asked.as_ref().map_or(self.next_at, |r| r.until))
+    }
 }
 
 impl Supervisor<'_> {
@@ -1233,8 +1318,12 @@ impl Supervisor<'_> {
             if let Some(d) = self.draining {
                 wake = wake.min(d);
             }
+            if let Some(s) = self.stall.wake() {
+                wake = wake.min(s);
+            }
             match events.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Event::Ready { pid }) => self.on_ready(pid),
+                Ok(Event::Quiet { pid, round, said }) => self.on_quiet(pid, round, said),
                 Ok(Event::Drain { pid }) => {
                     if self.draining.is_none() {
                         let name = self
@@ -1523,8 +1612,111 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Asks a new stall round when it is time and the application may be stalled; drops a
+    /// round whose answers did not all come in time (see [`StallWatch`]).
+    fn stall_timers(&mut self, now: Instant) {
+        if self.stall.asked.as_ref().is_some_and(|r| r.until <= now) {
+            self.stall.asked = None;
+            self.stall.last = None;
+        }
+        if self.stall.asked.is_some() || now < self.stall.next_at {
+            return;
+        }
+        self.stall.next_at = now + launch::STALL_PROBE_EVERY;
+        let Some(gauges) = &self.stall.gauges else {
+            return;
+        };
+        // A process down, restarting or not ready yet: its peers wait for it, no stall.
+        let settled = self.flowing
+            && self.draining.is_none()
+            && self.failure.is_none()
+            && self
+                .members
+                .iter()
+                .all(|m| m.restart_at.is_none() && (m.ended || (m.pid.is_some() && m.ready)))
+            && self.members.iter().any(|m| m.pid.is_some());
+        if !settled {
+            self.stall.last = None;
+            return;
+        }
+        self.stall.round += 1;
+        let rings = gauges.positions();
+        let word = format!("quiet? {}", self.stall.round);
+        let mut asked = Vec::new();
+        for m in &mut self.members {
+            if let Some(pid) = m.pid {
+                m.say(&word);
+                asked.push((m.name.clone(), pid));
+            }
+        }
+        self.stall.asked = Some(StallRound {
+            asked,
+            answers: std::collections::BTreeMap::new(),
+            rings,
+            until: now + launch::STALL_ANSWER_WITHIN,
+        });
+    }
+
+    /// Process `pid`'s answer to stall round `round`; once every process asked has answered,
+    /// decides the round (see [`StallWatch`]) and, at a stall, stops the application with it.
+    fn on_quiet(&mut self, pid: u32, round: u64, said: launch::QuietAnswer) {
+        if round != self.stall.round {
+            return;
+        }
+        let Some(r) = &mut self.stall.asked else {
+            return;
+        };
+        if !r.asked.iter().any(|(_, p)| *p == pid) {
+            return;
+        }
+        r.answers.insert(pid, said);
+        if r.answers.len() < r.asked.len() {
+            return;
+        }
+        let Some(r) = self.stall.asked.take() else {
+            return;
+        };
+        let mut posted = std::collections::BTreeMap::new();
+        let mut stuck: Vec<String> = Vec::new();
+        for (name, pid) in &r.asked {
+            let Some(Some((p, s))) = r.answers.get(pid) else {
+                self.stall.last = None;
+                return;
+            };
+            posted.insert(name.clone(), *p);
+            stuck.extend(s.iter().cloned());
+        }
+        let now_rings = self.stall.gauges.as_ref().map(|g| g.positions());
+        if now_rings.as_ref() != Some(&r.rings) || self.draining.is_some() {
+            self.stall.last = None;
+            return;
+        }
+        let reading = launch::StallReading {
+            posted,
+            rings: r.rings,
+        };
+        if self.stall.last.as_ref() != Some(&reading) || stuck.is_empty() {
+            self.stall.last = Some(reading);
+            return;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        stuck.retain(|s| seen.insert(s.clone()));
+        let message = Error::Stalled {
+            detail: stuck.join("; "),
+        }
+        .to_string();
+        note(&self.board, &format!("{message}: stopping the application"));
+        self.failure.get_or_insert(Failure { message, code: 1 });
+        self.stop();
+        // Its blocked writers would never end their streams: every reader ends at once.
+        if let Some(g) = &self.stall.gauges {
+            g.fail_all();
+        }
+    }
+
     fn on_timers(&mut self, events: &mpsc::Receiver<Event>) {
         let now = Instant::now();
+        self.stall_timers(now);
         for i in 0..self.members.len() {
             let m = &self.members[i];
             if m.restart_at.is_some_and(|t| t <= now) {

@@ -39,7 +39,11 @@
 //!   drains and ends as if its inputs had closed.
 //! - **Stalls**: if at that point a writer still holds data its reader will never take (a
 //!   capacity too small for what the reader needs), the run fails with
-//!   [`Error::Stalled`] naming the connection, instead of hanging.
+//!   [`Error::Stalled`] naming the connection, instead of hanging. Across the processes of
+//!   one host too: the starter (or the launcher) asks every process, while they may be quiet,
+//!   whether its part is quiet but for the others, and declares the stall when all are, twice
+//!   in a row, with nothing posted anywhere and no ring moved in between (see
+//!   `docs/ARCHITECTURE.md`, "A stall across processes"). A slow application is never one.
 //! - **On Ctrl-C, SIGTERM or SIGHUP** (or [`Running::stop`]): a graceful drain. Sources stop
 //!   and end their streams, data in flight is processed, sinks see their end of stream (and
 //!   flush in [`Agent::finish`](crate::Agent::finish)), and `run` returns the final counters,
@@ -1065,31 +1069,14 @@ struct Probes {
     /// Each child's name and the starter's end of its control channel.
     asks: Mutex<Vec<(String, std::os::unix::net::UnixStream)>>,
     /// Each child's latest answer, by name: its round, and what it said (`None`: busy).
-    answers: Mutex<HashMap<String, (u64, Option<(u64, Vec<String>)>)>>,
+    answers: Mutex<HashMap<String, (u64, launch::QuietAnswer)>>,
     /// Notified at every answer.
     answered: std::sync::Condvar,
 }
 
-/// How often the starter looks for a stall across its processes while its own part is quiet.
-/// Only the pace of the rounds: a stall is decided on states, never on time.
-const STALL_PROBE_EVERY: Duration = Duration::from_millis(50);
-
-/// How long a round waits for every child's answer; a round without them decides nothing.
-const STALL_ANSWER_WITHIN: Duration = Duration::from_secs(2);
-
-/// One round's reading of the whole application (every process quiet): what each process did
-/// so far, and where every ring stands. Two equal readings in a row: nothing moved between.
-#[derive(PartialEq, Eq)]
-struct Reading {
-    /// Envelopes ever posted, by process (the starter's own part as `main`).
-    posted: std::collections::BTreeMap<String, u64>,
-    /// Every ring's positions ([`transport::RingGauges::positions`]).
-    rings: Vec<u64>,
-}
-
 /// Looks for a stall whose halves are in different processes of this host (in one process,
 /// [`Shared::check_quiescent`] finds it). While the starter's own part is quiet
-/// ([`Shared::quiet_across`]), every [`STALL_PROBE_EVERY`] it asks every running child
+/// ([`Shared::quiet_across`]), every [`launch::STALL_PROBE_EVERY`] it asks every running child
 /// (`quiet? <round>`) whether its part is quiet too; a round in which all are, and no ring
 /// moved while the answers came, is a reading. Two equal readings in a row (no process posted
 /// anything, no ring moved in between) are a stall: the run fails with [`Error::Stalled`],
@@ -1102,12 +1089,12 @@ fn watch_stalls(
     gauges: &transport::RingGauges,
     failure: &Mutex<Option<Error>>,
 ) {
-    let mut last: Option<Reading> = None;
+    let mut last: Option<launch::StallReading> = None;
     let mut round = 0u64;
     // Ends: the run stops or fails, or every child ended; each pass sleeps STALL_PROBE_EVERY
     // and waits at most STALL_ANSWER_WITHIN.
     loop {
-        std::thread::sleep(STALL_PROBE_EVERY);
+        std::thread::sleep(launch::STALL_PROBE_EVERY);
         if local.stop.load(Ordering::SeqCst)
             || local.failed.load(Ordering::SeqCst)
             || failure.lock().unwrap_or_else(|p| p.into_inner()).is_some()
@@ -1130,7 +1117,7 @@ fn watch_stalls(
                 .map(|(name, _)| name.clone())
                 .collect()
         };
-        let deadline = Instant::now() + STALL_ANSWER_WITHIN;
+        let deadline = Instant::now() + launch::STALL_ANSWER_WITHIN;
         let mut answers = probes.answers.lock().unwrap_or_else(|p| p.into_inner());
         // Ends when every child asked answered this round, or at the deadline.
         while asked
@@ -1167,7 +1154,7 @@ fn watch_stalls(
             last = None;
             continue;
         }
-        let reading = Reading { posted, rings };
+        let reading = launch::StallReading { posted, rings };
         if last.as_ref() != Some(&reading) || stuck.is_empty() {
             last = Some(reading);
             continue;

@@ -32,6 +32,10 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         // numbers until stopped, paced → ×3 → record
         "endless" => relay("endless", u64::MAX, 200),
         "failing" => failing(),
+        // nums → thirds, zip(nums, thirds) → out, capacity 64: stalls (zip moved by the file)
+        "stallx" => stallx(),
+        // numbers → double → a sink sleeping 1 ms per element, capacity 2: slow, never stalled
+        "slow_progress" => slow_progress(),
         // KIND N CAPACITY STEP_MS: indexed elements of KIND (u64, string, struct) 0..N, one
         // per source step → a slow record of their indices to $OUT (STEP_MS per element)
         "lossless" => lossless(
@@ -351,6 +355,38 @@ fn stubborn() -> Result<(), iotstream::Error> {
     let s = g.source_fn("numbers", Duration::from_millis(1), None, || 1u64);
     g.for_each("sleepy", &s, |_: &u64| {
         std::thread::sleep(Duration::from_secs(3600))
+    });
+    g.run().map(|_| ())
+}
+
+/// A capacity too small for the graph: `zip` needs a third of the numbers on `in1` for every
+/// one on `in0`, whose 64 fill at once. The deployment moves `zip` to another process.
+fn stallx() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("stallx");
+    g.set_default_capacity(64);
+    let s = g.source_iter("nums", 0..10_000u64);
+    let f = g.filter("thirds", &s, |v: &u64| v % 3 == 0);
+    let z = g.zip("zip", &s, &f);
+    g.for_each("out", &z, |_: &(u64, u64)| {});
+    g.run().map(|_| ())
+}
+
+/// Slow but moving over tiny capacities; the deployment spreads it over three processes.
+fn slow_progress() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("slow_progress");
+    g.set_default_capacity(2);
+    let s = g.source_iter("numbers", 0..600u64);
+    let m = g.map("double", &s, |v: &u64| 2 * v);
+    let mut sum = 0u64;
+    g.sink_list("slow", &m, move |xs: &[u64]| {
+        for &v in xs {
+            std::thread::sleep(Duration::from_millis(1));
+            sum += v;
+        }
+        if sum == 359_400 {
+            println!("RESULT {sum}");
+        }
+        Ok(())
     });
     g.run().map(|_| ())
 }
@@ -1402,6 +1438,38 @@ fn a_failed_process_is_named_and_its_status_returned() -> Result<(), String> {
             && err.contains("agent 'fragile' failed")
             && err.contains("bad reading 5000"),
         || format!("stderr does not name the process and agent:\n{err}"),
+    )
+}
+
+/// A stall whose halves the deployment puts in two processes is the launcher's failure,
+/// status 1, naming the connection, instead of a hang (the wait is a hang guard).
+fn a_stall_across_processes_fails_the_run() -> Result<(), String> {
+    let dir = Scratch::new("stallx");
+    let deploy = dir.file("stallx.toml", "[processes.p1]\nagents = [\"zip\"]\n");
+    let run = launch("stallx", &[], Some(&deploy), &[], Feed::Nothing);
+    let (status, _out, err) = run.wait()?;
+    ensure(status.code() == Some(1), || {
+        format!("expected status 1, got {status}:\n{err}")
+    })?;
+    ensure(
+        err.contains("application stalled") && err.contains("nums.out -> zip.in0"),
+        || format!("stderr does not name the stall:\n{err}"),
+    )
+}
+
+/// A slow application spread over three processes ends well: no stall is declared.
+fn a_slow_application_is_no_stall() -> Result<(), String> {
+    let dir = Scratch::new("slow_progress");
+    let deploy = dir.file(
+        "slow.toml",
+        "[processes.p1]\nagents = [\"double\"]\n[processes.p2]\nagents = [\"slow\"]\n",
+    );
+    let run = launch("slow_progress", &[], Some(&deploy), &[], Feed::Nothing);
+    let (status, out, err) = run.wait()?;
+    ensure(status.success(), || format!("{status}:\n{err}"))?;
+    ensure(
+        !err.contains("stalled") && out.contains("RESULT 359400"),
+        || format!("{out}\n{err}"),
     )
 }
 
@@ -2831,6 +2899,14 @@ fn main() {
         (
             "repeated_sigkills_of_a_slow_sink_lose_no_struct_default_capacity",
             Box::new(|| repeated_sigkills_of_a_slow_sink_lose_nothing("struct", 2_000, 0)),
+        ),
+        (
+            "a_stall_across_processes_fails_the_run",
+            Box::new(a_stall_across_processes_fails_the_run),
+        ),
+        (
+            "a_slow_application_is_no_stall",
+            Box::new(a_slow_application_is_no_stall),
         ),
         (
             "a_failed_process_is_named_and_its_status_returned",

@@ -1474,10 +1474,32 @@ pub(crate) fn metrics_line(
     }
 }
 
+/// How often a starter or launcher looks for a stall across the processes of its host while
+/// they may be quiet. Only the pace of the rounds: a stall is decided on states, never on time.
+pub(crate) const STALL_PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// How long a stall round waits for every process's answer; a round without them decides
+/// nothing.
+pub(crate) const STALL_ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// One stall round's reading of the processes of a host (every one quiet): what each did so
+/// far, and where every ring stands. Two equal readings in a row: nothing moved in between.
+#[derive(PartialEq, Eq)]
+pub(crate) struct StallReading {
+    /// Envelopes ever posted, by process.
+    pub posted: std::collections::BTreeMap<String, u64>,
+    /// Every ring's positions (`transport::RingGauges::positions`).
+    pub rings: Vec<u64>,
+}
+
 /// A process's answer to a stall probe (`quiet? <round>` on its control channel): `None` while
 /// its part may still move by itself; else what it did so far (envelopes ever posted) and
 /// what it holds stuck. Given by the runtime, which alone knows the part.
-pub(crate) type QuietProbe = Box<dyn Fn() -> Option<(u64, Vec<String>)> + Send>;
+pub(crate) type QuietProbe = Box<dyn Fn() -> QuietAnswer + Send>;
+
+/// What a process answers a stall probe: `None` (busy), or the envelopes its part ever posted
+/// and what it holds stuck.
+pub(crate) type QuietAnswer = Option<(u64, Vec<String>)>;
 
 /// The longest answer to a stall probe a process sends (and its starter or launcher reads).
 pub(crate) const MAX_QUIET_LINE: usize = 1 << 20;
@@ -1485,7 +1507,7 @@ pub(crate) const MAX_QUIET_LINE: usize = 1 << 20;
 /// The answer line to probe `round`: `quiet <round> <posted> <descriptions as JSON>` or
 /// `busy <round>`. Descriptions beyond [`MAX_QUIET_LINE`] are cut (the first ones name the
 /// connections).
-pub(crate) fn quiet_line(round: u64, quiet: Option<(u64, Vec<String>)>) -> String {
+pub(crate) fn quiet_line(round: u64, quiet: QuietAnswer) -> String {
     match quiet {
         None => format!("busy {round}\n"),
         Some((posted, mut stuck)) => loop {
@@ -1501,7 +1523,7 @@ pub(crate) fn quiet_line(round: u64, quiet: Option<(u64, Vec<String>)>) -> Strin
 
 /// An answer line to a stall probe, as [`quiet_line`] writes it: the round, then what the
 /// process said (`None`: busy). `None` for any other line.
-pub(crate) fn parse_quiet(line: &str) -> Option<(u64, Option<(u64, Vec<String>)>)> {
+pub(crate) fn parse_quiet(line: &str) -> Option<(u64, QuietAnswer)> {
     if let Some(round) = line.strip_prefix("busy ") {
         return Some((round.trim().parse().ok()?, None));
     }
@@ -1583,6 +1605,33 @@ mod tests {
     use super::{
         peek_hello, process_comm, read_deployment_fd, DeploymentFd, OutputLines, MAX_LINE,
     };
+
+    #[test]
+    fn a_stall_probe_answer_reads_back_as_written_and_anything_else_is_none() {
+        use super::{parse_quiet, quiet_line, MAX_QUIET_LINE};
+        let stuck = vec![
+            "a.out -> b.in: 3 elements wait".to_string(),
+            "x \" y".into(),
+        ];
+        let line = quiet_line(7, Some((42, stuck.clone())));
+        assert_eq!(parse_quiet(line.trim()), Some((7, Some((42, stuck)))));
+        assert_eq!(parse_quiet(quiet_line(8, None).trim()), Some((8, None)));
+        for bad in [
+            "quiet 1 2",
+            "quiet 1 x []",
+            "busy x",
+            "quiet? 3",
+            "metrics {}",
+        ] {
+            assert_eq!(parse_quiet(bad), None, "{bad}");
+        }
+        // Too many descriptions are cut to fit, the first ones kept.
+        let many: Vec<String> = (0..100_000).map(|i| format!("connection {i}")).collect();
+        let line = quiet_line(1, Some((0, many)));
+        assert!(line.len() <= MAX_QUIET_LINE);
+        let (_, said) = parse_quiet(line.trim()).unwrap();
+        assert_eq!(said.unwrap().1[0], "connection 0");
+    }
 
     #[test]
     fn a_process_name_fits_the_kernels_15_bytes_cut_between_characters() {

@@ -353,6 +353,15 @@ impl RingGauges {
             })
             .collect()
     }
+
+    /// Marks every ring as written by a failed process (see `shm::ring::fail_producer`): their
+    /// readers end at once with an error instead of waiting. For a launcher that stops a
+    /// stalled application, whose blocked writers would never end their streams.
+    pub(crate) fn fail_all(&self) {
+        for r in &self.rings {
+            shm::ring::fail_producer(r);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
