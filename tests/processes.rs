@@ -118,7 +118,10 @@ fn slow_progress() -> Result<(), iotstream::Error> {
     let mut sum = 0u64;
     g.sink_list("slow", &m, move |xs: &[u64]| {
         for &v in xs {
-            std::thread::sleep(Duration::from_millis(1));
+            // Now and then a step far longer than the stall check's pace (50 ms): the
+            // writers wait on full rings all that time, and nothing moves, but a step runs.
+            let pause = if v % 200 == 0 { 300 } else { 1 };
+            std::thread::sleep(Duration::from_millis(pause));
             sum += v;
         }
         if sum == 359_400 {
