@@ -78,8 +78,9 @@ pub struct Harness {
     stream_names: HashMap<PortId, String>,
     max_rounds: u64,
     /// The streams of the graph's own sources (not the test's inputs), each with its source's
-    /// name: what they emitted is bounded per `run` (see `set_max_source_elements`).
-    source_streams: Vec<(String, Arc<StreamCounters>)>,
+    /// host (an index in `hosts`) and name: what they emitted is bounded per `run` (see
+    /// `set_max_source_elements`).
+    source_streams: Vec<(usize, String, Arc<StreamCounters>)>,
     max_source_elements: u64,
     /// The agents' processing time, in nanoseconds.
     clock: Arc<AtomicU64>,
@@ -108,13 +109,14 @@ impl Harness {
             .collect();
         let source_streams = hosts
             .iter()
-            .filter(|(_, h)| h.is_source() && !fed_by_the_test.iter().any(|n| **n == *h.name))
-            .flat_map(|(_, h)| {
+            .enumerate()
+            .filter(|(_, (_, h))| h.is_source() && !fed_by_the_test.iter().any(|n| **n == *h.name))
+            .flat_map(|(i, (_, h))| {
                 registry
                     .streams
                     .iter()
                     .filter(|(_, agent, _)| **agent == *h.name)
-                    .map(|(_, agent, c)| (agent.clone(), Arc::clone(c)))
+                    .map(move |(_, agent, c)| (i, agent.clone(), Arc::clone(c)))
             })
             .collect();
         let clock: Arc<AtomicU64> = Arc::default();
@@ -183,7 +185,7 @@ impl Harness {
 
     /// How many elements each of the graph's own sources ([`Graph::source_iter`],
     /// [`Graph::source_fn`], …; not the test's [`Graph::input`]s) may emit in one
-    /// [`run`](Self::run) before it fails, naming the source: a source that never ends (a
+    /// [`run`](Self::run) and still be going before `run` fails, naming the source: a source that never ends (a
     /// `source_fn` without a count, whose period the harness ignores) would otherwise keep
     /// `run` busy until memory runs out. Default [`Harness::DEFAULT_MAX_SOURCE_ELEMENTS`]; raise it for
     /// a finite source larger than that.
@@ -204,14 +206,15 @@ impl Harness {
         self
     }
 
-    /// The first of the graph's sources that emitted more than its bound since `start` (what
-    /// each had emitted when `run` began), as the error `run` returns.
+    /// The first of the graph's sources still going that emitted more than its bound since
+    /// `start` (what each had emitted when `run` began), as the error `run` returns.
     fn endless_source(&self, start: &[u64]) -> Option<Error> {
         let (name, emitted) = self
             .source_streams
             .iter()
             .zip(start)
-            .map(|((name, c), s)| (name, c.elements.load(Ordering::Relaxed) - s))
+            .filter(|((host, _, _), _)| !self.hosts[*host].is_done())
+            .map(|((_, name, c), s)| (name, c.elements.load(Ordering::Relaxed) - s))
             .find(|&(_, n)| n > self.max_source_elements)?;
         Some(Error::Stalled {
             detail: format!(
@@ -309,7 +312,7 @@ impl Harness {
         let start: Vec<u64> = self
             .source_streams
             .iter()
-            .map(|(_, c)| c.elements.load(Ordering::Relaxed))
+            .map(|(_, _, c)| c.elements.load(Ordering::Relaxed))
             .collect();
         for _ in 0..self.max_rounds {
             if let Some(endless) = self.endless_source(&start) {
