@@ -1495,6 +1495,10 @@ impl Graph {
                             bound: Some(signals::DrainBound {
                                 bound: drain,
                                 grace: Duration::ZERO,
+                                draining: {
+                                    let part = running.shared.clone();
+                                    Arc::new(move || part.as_deref().is_some_and(still_draining))
+                                },
                             }),
                         });
                         match registered {
@@ -1689,6 +1693,12 @@ impl Drop for SelfServe {
     }
 }
 
+/// Whether a part whose drain started is still draining: agents not finished and no failure
+/// (a failed run is ending on its own).
+fn still_draining(part: &Shared) -> bool {
+    part.hosts_left.load(Ordering::SeqCst) > 0 && !part.failed.load(Ordering::SeqCst)
+}
+
 /// How long after the drain's bound ([`launch::drain_timeout`]) a starter whose own agents
 /// still drain ends the process (see `signals::OnSignal::bound`).
 const STARTER_DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -1776,6 +1786,8 @@ fn start_starter(
     let stop = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
     let handle_signals = graph.handle_signals;
+    // The starter's own part, once started: the drain's bound looks at it.
+    let own_part: Arc<std::sync::OnceLock<Arc<Shared>>> = Arc::default();
     let registration = if handle_signals {
         let (first, second) = (Arc::clone(&list), Arc::clone(&list));
         let segs = Arc::clone(&segments);
@@ -1798,6 +1810,10 @@ fn start_starter(
             bound: Some(signals::DrainBound {
                 bound: drain,
                 grace: STARTER_DRAIN_GRACE,
+                draining: {
+                    let part = Arc::clone(&own_part);
+                    Arc::new(move || part.get().is_none_or(|s| still_draining(s)))
+                },
             }),
         })
         .map(Some)
@@ -1824,6 +1840,9 @@ fn start_starter(
             return Err(e);
         }
     };
+    if let Some(shared) = &running.shared {
+        let _ = own_part.set(Arc::clone(shared));
+    }
     let failure: Arc<Mutex<Option<Error>>> = Arc::default();
     let supervisor = {
         let list = Arc::clone(&list);

@@ -31,6 +31,9 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "slow_drain" => drain(&arg(0), true, true),
         // the slow end of stream in the starter, the map in process `worker`
         "slow_drain_worker" => drain_in(&arg(0), true, true, true),
+        // numbers until stopped → the file sink, with `start`; the program joins 2 s after its
+        // first SEEN line, long after a signal's drain ended
+        "late_join" => late_join(&arg(0)),
         // the same with `handle_signals(false)`
         "unhandled" => drain(&arg(0), false, false),
         // the same with the map in process `worker`: rings between the processes
@@ -144,6 +147,46 @@ fn drain_in(
     if starter {
         println!("EMITTED {}", emitted.load(Ordering::SeqCst));
     }
+    Ok(())
+}
+
+/// Numbers until stopped → the file sink (application `late_join`), started with `start`;
+/// the program sleeps 2 s before it joins (prints `JOINED` then).
+fn late_join(path: &str) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("late_join");
+    let mut next = 0u64;
+    let numbers = g.source_with(
+        "numbers",
+        move |out: &mut Vec<u64>, max: usize| -> Result<bool, AgentError> {
+            std::thread::sleep(Duration::from_millis(1));
+            let n = (max as u64).min(16);
+            out.extend(next..next + n);
+            next += n;
+            Ok(true)
+        },
+        SourceOptions {
+            max_batch: 16,
+            ..SourceOptions::default()
+        },
+    );
+    let file = std::fs::File::create(path).map_err(|e| iotstream::Error::Runtime {
+        detail: format!("cannot create {path}: {e}"),
+    })?;
+    let input = g.add_agent("write", |p| {
+        let input = p.input::<u64>("in");
+        let sink = FileSink {
+            input,
+            file: std::io::BufWriter::new(file),
+            seen: 0,
+            slow_finish: false,
+        };
+        (sink, input)
+    });
+    g.connect(&numbers, &input);
+    let running = g.start()?;
+    std::thread::sleep(Duration::from_secs(2));
+    running.join()?;
+    println!("JOINED");
     Ok(())
 }
 
@@ -543,6 +586,25 @@ fn a_drain_that_outlasts_its_bound_ends_the_process(app: &str) -> Result<(), Str
     })
 }
 
+/// A drain that ended within its bound, in a program that joins its run only later: the bound
+/// leaves it alone (exit 0, `JOINED`), where it ended any process whose run was not yet
+/// joined.
+fn a_drain_that_ended_is_not_cut_by_its_bound_before_the_join() -> Result<(), String> {
+    let file = Scratch::new("late-join");
+    let mut started = Started::with("late_join", "late_join", &[file.arg()], |c| {
+        c.env("IOTSTREAM_DRAIN_TIMEOUT_MS", "300");
+    });
+    started.wait_line("SEEN 1000")?;
+    started.signal(libc::SIGINT);
+    let (status, out, err) = started.wait()?;
+    ensure(status.code() == Some(0), || {
+        format!("exit {status}, 0 expected:\n{}\n{err}", out.join("\n"))
+    })?;
+    ensure(out.iter().any(|l| l == "JOINED"), || {
+        format!("no JOINED line:\n{}\n{err}", out.join("\n"))
+    })
+}
+
 fn a_drain_that_outlasts_its_bound_ends_a_one_process_run() -> Result<(), String> {
     a_drain_that_outlasts_its_bound_ends_the_process("slow_drain")
 }
@@ -737,7 +799,11 @@ fn main() -> ExitCode {
         };
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 18] = [
+    let scenarios: [(&str, Scenario); 19] = [
+        (
+            "a_drain_that_ended_is_not_cut_by_its_bound_before_the_join",
+            a_drain_that_ended_is_not_cut_by_its_bound_before_the_join,
+        ),
         (
             "a_drain_that_outlasts_its_bound_ends_a_one_process_run",
             a_drain_that_outlasts_its_bound_ends_a_one_process_run,

@@ -61,13 +61,16 @@ pub(crate) struct OnSignal {
 }
 
 /// When a drain that does not end ends the process ([`OnSignal::bound`]).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub(crate) struct DrainBound {
     /// The bound the user set (`IOTSTREAM_DRAIN_TIMEOUT_MS`), which the error names.
     pub bound: std::time::Duration,
     /// Waited beyond it before the process ends (a starter's supervisor acts at the bound
     /// itself, and its account of what held the drain up comes first).
     pub grace: std::time::Duration,
+    /// Whether the drain is still under way (agents of this process not finished): a run
+    /// whose drain ended but which the program has not joined yet is left alone.
+    pub draining: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// What a run's second (and later) signal does.
@@ -273,8 +276,8 @@ fn decide(sig: i32, entries: &mut [Entry], before: Dispositions) -> Step {
         e.seen = e.seen.saturating_add(1);
         if e.seen == 1 {
             calls.push(Arc::clone(&e.first));
-            if let Some(bound) = e.bound {
-                bounded.push((e.id, bound));
+            if let Some(bound) = &e.bound {
+                bounded.push((e.id, bound.clone()));
             }
         } else if let Later::Call(f) = &e.again {
             calls.push(Arc::clone(f));
@@ -283,7 +286,7 @@ fn decide(sig: i32, entries: &mut [Entry], before: Dispositions) -> Step {
     Step::Call(calls, bounded)
 }
 
-/// Waits `bound` (and its grace), then, if run `id` is still active (its drain did not end),
+/// Waits `bound` (and its grace), then, if run `id` is still active and its drain did not end,
 /// ends the process as a later signal would: every active run's cleanup, then exit status 1.
 fn watch_drain(id: u64, bound: DrainBound) {
     let spawned = std::thread::Builder::new()
@@ -292,7 +295,7 @@ fn watch_drain(id: u64, bound: DrainBound) {
             std::thread::sleep(bound.bound + bound.grace);
             let cleanups: Vec<Arc<dyn Fn() + Send + Sync>> = {
                 let runs = RUNS.lock().unwrap_or_else(|p| p.into_inner());
-                if !runs.entries.iter().any(|e| e.id == id) {
+                if !runs.entries.iter().any(|e| e.id == id) || !(bound.draining)() {
                     return;
                 }
                 runs.entries
