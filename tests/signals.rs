@@ -100,7 +100,26 @@ fn drain_in(
     handle_signals: bool,
     worker: bool,
 ) -> Result<(), iotstream::Error> {
-    let mut g = Graph::new(if worker { "drain_worker" } else { "drain" });
+    let name = if worker { "drain_worker" } else { "drain" };
+    let (g, emitted) = drain_graph(name, path, slow_finish, handle_signals, worker)?;
+    // Read before the run, which takes the role out of the environment.
+    let starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    g.run()?;
+    if starter {
+        println!("EMITTED {}", emitted.load(Ordering::SeqCst));
+    }
+    Ok(())
+}
+
+/// The graph of [`drain_in`], named `name`, and the count of what its source emitted.
+fn drain_graph(
+    name: &str,
+    path: &str,
+    slow_finish: bool,
+    handle_signals: bool,
+    worker: bool,
+) -> Result<(Graph, Arc<AtomicU64>), iotstream::Error> {
+    let mut g = Graph::new(name);
     g.handle_signals(handle_signals);
     let emitted = Arc::new(AtomicU64::new(0));
     let counted = Arc::clone(&emitted);
@@ -141,48 +160,13 @@ fn drain_in(
     if worker {
         g.place_in_process("forward", "worker");
     }
-    // Read before the run, which takes the role out of the environment.
-    let starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
-    g.run()?;
-    if starter {
-        println!("EMITTED {}", emitted.load(Ordering::SeqCst));
-    }
-    Ok(())
+    Ok((g, emitted))
 }
 
-/// Numbers until stopped → the file sink (application `late_join`), started with `start`;
-/// the program sleeps 2 s before it joins (prints `JOINED` then).
+/// [`drain`]'s graph (application `late_join`), started with `start`; the program sleeps 2 s
+/// before it joins (prints `JOINED` then).
 fn late_join(path: &str) -> Result<(), iotstream::Error> {
-    let mut g = Graph::new("late_join");
-    let mut next = 0u64;
-    let numbers = g.source_with(
-        "numbers",
-        move |out: &mut Vec<u64>, max: usize| -> Result<bool, AgentError> {
-            std::thread::sleep(Duration::from_millis(1));
-            let n = (max as u64).min(16);
-            out.extend(next..next + n);
-            next += n;
-            Ok(true)
-        },
-        SourceOptions {
-            max_batch: 16,
-            ..SourceOptions::default()
-        },
-    );
-    let file = std::fs::File::create(path).map_err(|e| iotstream::Error::Runtime {
-        detail: format!("cannot create {path}: {e}"),
-    })?;
-    let input = g.add_agent("write", |p| {
-        let input = p.input::<u64>("in");
-        let sink = FileSink {
-            input,
-            file: std::io::BufWriter::new(file),
-            seen: 0,
-            slow_finish: false,
-        };
-        (sink, input)
-    });
-    g.connect(&numbers, &input);
+    let (g, _emitted) = drain_graph("late_join", path, false, true, false)?;
     let running = g.start()?;
     std::thread::sleep(Duration::from_secs(2));
     running.join()?;
