@@ -21,14 +21,23 @@
 //! bytes ([`Connection::capacity_bytes`], default [`DEFAULT_CAPACITY_BYTES`]). The link's
 //! credit is the smaller of the two, counted in elements, the same on every transport:
 //!
-//! - in process, each element counts `size_of::<T>()` bytes: what the shared batches hold.
-//!   Data an element owns on the heap (a `String`'s text, a `Vec`'s items) is not counted
-//!   (there is no cheap way to know it): bound such streams in elements;
+//! - in process, each element counts `size_of::<T>()` bytes: what the shared batches hold;
+//!   an element that owns heap memory counts that too, if its type has a counter: built in for
+//!   `String`, `Box<str>`, `Box<[u8]>`, `Vec<String>` and the `Vec`s of primitive numbers,
+//!   declared with [`Graph::heap_bytes`] for other types. Such a link sends what fits the byte
+//!   bound as it goes (the credit in elements, fixed before the run, cannot know the sizes),
+//!   and a source of such elements keeps each batch to an eighth of the smallest byte bound it
+//!   feeds (at least 256 KiB), so that the elements are not made thousands at a time before
+//!   any bound could count them. A type with heap memory and no counter counts its
+//!   `size_of` only: declare it, or bound such streams in elements;
 //! - on a shared-memory ring, each element counts the bytes it takes in the ring at most (a
 //!   frame of its own: its encoding, up to 24 bytes more), and the ring is made twice what the
 //!   credit takes (room for the writer's next frame), so a ring is at most twice the bound,
 //!   rounded up to a power of two (8 KiB at least);
-//! - over TCP, as in process; the deployment's `unacked_bytes` bounds the bytes there.
+//! - over TCP, as in process; the deployment's `unacked_bytes` bounds the bytes there, as
+//!   encoded (a reader acknowledges what its agent consumed);
+//! - through a broker, as in process; the reader also stops pulling while the messages it
+//!   holds unacknowledged have the byte bound's worth of payload.
 //!
 //! A source's batches are kept to an eighth of the smallest credit it feeds, or to 256 KiB of
 //! elements if that is more, so that several are in flight at once
@@ -642,6 +651,42 @@ impl Graph {
         self
     }
 
+    /// Declares how many bytes an element of `T` owns on the heap, for the byte bound of the
+    /// connections that carry `T` in process (see "Capacity" in the [module docs](self)).
+    ///
+    /// A connection's byte bound counts `size_of::<T>()` per element, which for a type that
+    /// holds a vector or a string says nothing of its contents (a `Vec<u8>` counts 24 bytes
+    /// whatever its length). `String`, `Box<str>`, `Box<[u8]>`, `Vec<String>` and the `Vec`s
+    /// of primitive numbers are counted without a declaration; declare your own types that
+    /// own heap memory, so that a connection of large elements holds what its byte bound says
+    /// and not its element capacity of them. `count` runs once per element sent on such a
+    /// connection: keep it to lengths and capacities. Like [`plain_data`](Self::plain_data),
+    /// the declaration holds for the whole process, and the last one for a type holds.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    /// struct Image { camera: u16, jpeg: Vec<u8> }
+    ///
+    /// let mut g = Graph::new("cameras");
+    /// g.heap_bytes::<Image>(|i| i.jpeg.capacity());
+    /// // At most 1 MiB of images in flight on each connection (four of these), not 32 Ki.
+    /// g.set_default_capacity_bytes(1 << 20);
+    /// let shots = (0..64).map(|n| Image { camera: n, jpeg: vec![0; 256 << 10] });
+    /// let images = g.source_iter("shots", shots);
+    /// let sizes = g.map("size", &images, |i: &Image| i.jpeg.len() as u64);
+    /// let total = g.collect("total", &sizes);
+    /// g.run().unwrap();
+    /// assert_eq!(total.take().len(), 64);
+    /// ```
+    pub fn heap_bytes<T: Element>(
+        &mut self,
+        count: impl Fn(&T) -> usize + Send + Sync + 'static,
+    ) -> &mut Self {
+        crate::stream::heap::declare::<T>(Arc::new(count));
+        self
+    }
+
     /// Serves the running application's live view on `addr` (`127.0.0.1:PORT`; port 0
     /// picks a free one, see [`Running::metrics_addr`](crate::Running::metrics_addr)), for
     /// programs that run without the `iotstream` launcher: `/metrics` (Prometheus text),
@@ -801,17 +846,22 @@ impl Graph {
 
     /// For each agent, the most elements a batch of its stream may hold if it is a source: an
     /// eighth of the smallest credit among the connections it feeds ([`BATCHES_IN_FLIGHT`]),
-    /// or [`SMALL_BATCH_BYTES`] of its elements if that is more; `None` if it feeds none.
-    fn source_batch_limits(&self) -> Vec<Option<usize>> {
+    /// or [`SMALL_BATCH_BYTES`] of its elements if that is more; `None` if it feeds none. With
+    /// it, the most bytes such a batch may hold: an eighth of the smallest byte bound, or
+    /// [`SMALL_BATCH_BYTES`] (what elements that own heap memory are held to, counted as the
+    /// source makes them: see [`Graph::heap_bytes`]).
+    fn source_batch_limits(&self) -> Vec<Option<(usize, usize)>> {
         let mut limits = vec![None; self.agents.len()];
         for e in &self.edges {
             let decl = &self.agents[e.from.agent as usize].outputs[e.from.port as usize];
             let small = SMALL_BATCH_BYTES / decl.element_bytes.max(1);
-            let share = (self.bounds(e).elements / BATCHES_IN_FLIGHT)
-                .max(small)
-                .max(1);
+            let bounds = self.bounds(e);
+            let share = (bounds.elements / BATCHES_IN_FLIGHT).max(small).max(1);
+            let bytes = (bounds.capacity_bytes / BATCHES_IN_FLIGHT).max(SMALL_BATCH_BYTES);
             let limit = &mut limits[e.from.agent as usize];
-            *limit = Some(limit.map_or(share, |l: usize| l.min(share)));
+            *limit = Some(limit.map_or((share, bytes), |(l, b): (usize, usize)| {
+                (l.min(share), b.min(bytes))
+            }));
         }
         limits
     }
@@ -1156,7 +1206,7 @@ impl Graph {
                 detail: format!("graph '{}' was already instantiated", self.name),
             })?;
             if let (Driver::Source(source), Some(limit)) = (&mut driver, batch_limits[i]) {
-                source.limit_batch(limit);
+                source.limit_batch(limit.0, limit.1);
             }
             let mut host = Host::new(
                 a.name.as_str().into(),
@@ -1176,7 +1226,8 @@ impl Graph {
             if !local[writer] && !local[reader] {
                 continue;
             }
-            let capacity = self.bounds(e).elements;
+            let bounds = self.bounds(e);
+            let capacity = bounds.elements;
             let counters: Arc<crate::metrics::LinkCounters> = Arc::default();
             let stream = self.port_name(e.from, true);
             let input = &self.agents[reader].inputs[e.to.port as usize].name;
@@ -1213,6 +1264,8 @@ impl Graph {
                     mailbox: None,
                     input: e.to.port,
                     capacity,
+                    capacity_bytes: bounds.capacity_bytes,
+                    need: self.agents[reader].inputs[e.to.port as usize].min_capacity,
                     policy: e.conn.policy,
                     counters: Arc::clone(&counters),
                     label: label.clone(),
@@ -1263,7 +1316,11 @@ impl Graph {
                             decl,
                             target,
                             e.to.port,
-                            capacity,
+                            ReaderBounds {
+                                elements: capacity,
+                                bytes: bounds.capacity_bytes,
+                                need: self.agents[reader].inputs[e.to.port as usize].min_capacity,
+                            },
                             counters,
                             count_traffic,
                             label,
@@ -1409,12 +1466,23 @@ pub(crate) trait Wiring {
         decl: &crate::agent::PortDecl,
         target: Arc<dyn Mailbox>,
         input: u32,
-        capacity: usize,
+        bounds: ReaderBounds,
         counters: Arc<crate::metrics::LinkCounters>,
         count_traffic: bool,
         label: String,
         remote: &Remote<'_>,
     ) -> Result<Arc<dyn Mailbox>, Error>;
+}
+
+/// What the reading end of a connection between processes is held to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReaderBounds {
+    /// The link's credit: the most elements delivered and not consumed.
+    pub elements: usize,
+    /// The connection's byte bound.
+    pub bytes: usize,
+    /// Elements the reading agent needs to make progress.
+    pub need: usize,
 }
 
 fn no_wiring(app: &str, label: &str) -> Error {

@@ -264,9 +264,10 @@ pub(crate) trait SourceDriver: Send {
     /// Its work runs on a thread of its own in a threaded run (a [`Source`](crate::Source)),
     /// rather than in the program's calls (`Graph::input`).
     fn has_thread(&self) -> bool;
-    /// Keeps its batches to at most `elements` (never below one): set once, before the run,
-    /// from the credit of the connections its stream feeds.
-    fn limit_batch(&mut self, elements: usize);
+    /// Keeps its batches to at most `elements` (never below one), and, for elements that own
+    /// heap memory, to about `bytes`: set once, before the run, from the bounds of the
+    /// connections its stream feeds.
+    fn limit_batch(&mut self, elements: usize, bytes: usize);
 }
 
 pub(crate) enum Driver {
@@ -944,6 +945,8 @@ mod tests {
             mailbox: Some(Arc::clone(downstream) as Arc<dyn Mailbox>),
             input: 0,
             capacity: out_capacity,
+            capacity_bytes: usize::MAX,
+            need: 0,
             policy: Policy::Block,
             counters: Arc::default(),
             label: "pass.out -> next.in".into(),

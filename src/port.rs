@@ -166,6 +166,10 @@ pub(crate) struct InBuf<T> {
     /// Its capacity in bytes, counted in the process's spare buffers.
     spare_bytes: usize,
     route: Option<CreditRoute>,
+    /// An in-process link whose elements own heap memory: its writer counts their bytes
+    /// against the connection's byte bound and may stop far below the element credit, so
+    /// credit goes back after every step rather than by quarters of the capacity.
+    credit_every_step: bool,
     /// Elements the last step left unconsumed, having seen everything received (see
     /// [`InSlot::take_waiting`]); cleared when a batch arrives.
     waiting: Option<usize>,
@@ -198,6 +202,7 @@ impl<T: Element> InBuf<T> {
             spare: Vec::new(),
             spare_bytes: 0,
             route: None,
+            credit_every_step: false,
             waiting: None,
             received_total: 0,
             consumed_total: 0,
@@ -527,7 +532,9 @@ impl<T: Element> InSlot for InBuf<T> {
             return 0;
         }
         let group = match route.policy {
-            Policy::Block if !route.durable => (route.capacity / 4).max(1),
+            Policy::Block if !route.durable && !self.credit_every_step => {
+                (route.capacity / 4).max(1)
+            }
             Policy::Block | Policy::DropOldest | Policy::DropNewest => 1,
         };
         if self.unreturned >= group || self.outstanding >= route.capacity || self.closed {
@@ -540,6 +547,8 @@ impl<T: Element> InSlot for InBuf<T> {
     }
 
     fn set_credit_route(&mut self, route: CreditRoute) {
+        self.credit_every_step =
+            route.local.is_some() && crate::stream::heap::counter::<T>().is_some();
         self.route = Some(route);
     }
 

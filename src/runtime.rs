@@ -87,7 +87,7 @@ use nix::sys::signal::Signal;
 
 mod direct;
 
-use crate::graph::{Graph, Part, Remote, Resolved};
+use crate::graph::{Graph, Part, ReaderBounds, Remote, Resolved};
 use crate::host::{join_waiting, Driver, Envelope, Host, Mailbox};
 use crate::host::{SourceThreadCtx, StartGates};
 use crate::launch::signals::{self, Again, OnSignal};
@@ -2827,12 +2827,13 @@ impl crate::graph::Wiring for ProcessLinks {
         decl: &crate::agent::PortDecl,
         target: Arc<dyn Mailbox>,
         input: u32,
-        capacity: usize,
+        bounds: ReaderBounds,
         counters: Arc<crate::metrics::LinkCounters>,
         count_traffic: bool,
         label: String,
         remote: &Remote<'_>,
     ) -> Result<Arc<dyn Mailbox>, Error> {
+        let capacity = bounds.elements;
         match remote {
             Remote::Ring { process, spin } => {
                 let segment = transport::ring_name(&self.app, &self.run.to_string(), edge)?;
@@ -2873,6 +2874,8 @@ impl crate::graph::Wiring for ProcessLinks {
                 target,
                 input,
                 capacity,
+                capacity_bytes: bounds.bytes,
+                need: bounds.need,
                 counters,
                 count_traffic,
                 label,

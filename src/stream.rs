@@ -579,6 +579,114 @@ pub(crate) mod spare {
     }
 }
 
+/// What an element owns on the heap, which `size_of` does not see: the count a connection's
+/// byte bound needs for elements such as a `String` or a `Vec<u8>` (see
+/// [`Graph::heap_bytes`](crate::Graph::heap_bytes) and [`graph`](crate::graph), "Capacity").
+///
+/// A counter is found once per link, when the run starts: one declared for the type with
+/// `Graph::heap_bytes`, else a built-in one (`String`, `Box<str>`, `Box<[u8]>`, `Vec<String>`
+/// and the `Vec`s of primitive numbers, `bool` and `char`), else none, and then the type's
+/// `size_of` is all an element counts (a plain-data type: nothing on the heap). What is counted
+/// is the heap memory the element holds: a vector's capacity, not its length.
+pub(crate) mod heap {
+    use std::any::{Any, TypeId};
+    use std::collections::HashMap;
+    use std::sync::{Arc, RwLock};
+
+    /// Counts the bytes one element owns on the heap.
+    pub(crate) type Counter<T> = Arc<dyn Fn(&T) -> usize + Send + Sync>;
+
+    /// The counters declared with `Graph::heap_bytes`, by type: a `Counter<T>` each.
+    static DECLARED: RwLock<Option<HashMap<TypeId, Box<dyn Any + Send + Sync>>>> =
+        RwLock::new(None);
+
+    /// Declares `count` the counter of `T` (the last declaration holds).
+    pub(crate) fn declare<T: 'static>(count: Counter<T>) {
+        let mut declared = DECLARED.write().unwrap_or_else(|p| p.into_inner());
+        declared
+            .get_or_insert_with(HashMap::new)
+            .insert(TypeId::of::<T>(), Box::new(count));
+    }
+
+    /// `T`'s counter: declared, built in, or none (see the module docs).
+    pub(crate) fn counter<T: 'static>() -> Option<Counter<T>> {
+        let declared = DECLARED.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = declared.as_ref().and_then(|d| d.get(&TypeId::of::<T>())) {
+            return c.downcast_ref::<Counter<T>>().cloned();
+        }
+        drop(declared);
+        built_in::<T>()
+    }
+
+    /// The counter of `U` as a counter of `T`, if they are the same type.
+    fn same<T: 'static, U: 'static>(count: fn(&U) -> usize) -> Option<Counter<T>> {
+        if TypeId::of::<T>() != TypeId::of::<U>() {
+            return None;
+        }
+        let count: Counter<U> = Arc::new(count);
+        (Box::new(count) as Box<dyn Any>)
+            .downcast::<Counter<T>>()
+            .ok()
+            .map(|c| *c)
+    }
+
+    fn vec_bytes<E>(v: &Vec<E>) -> usize {
+        v.capacity() * std::mem::size_of::<E>()
+    }
+
+    fn built_in<T: 'static>() -> Option<Counter<T>> {
+        macro_rules! vecs {
+            ($($e:ty),*) => {
+                None$(.or_else(|| same::<T, Vec<$e>>(vec_bytes::<$e>)))*
+            };
+        }
+        same::<T, String>(|s| s.capacity())
+            .or_else(|| same::<T, Box<str>>(|s| s.len()))
+            .or_else(|| same::<T, Box<[u8]>>(|s| s.len()))
+            .or_else(|| {
+                same::<T, Vec<String>>(|v| {
+                    vec_bytes(v) + v.iter().map(String::capacity).sum::<usize>()
+                })
+            })
+            .or_else(|| {
+                vecs!(
+                    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool,
+                    char
+                )
+            })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn built_in_counters_count_capacity_and_plain_types_have_none() {
+            let s = String::with_capacity(100);
+            assert_eq!(counter::<String>().unwrap()(&s), 100);
+            let v: Vec<f64> = Vec::with_capacity(10);
+            assert_eq!(counter::<Vec<f64>>().unwrap()(&v), 80);
+            let strings = vec![String::from("abc"), String::with_capacity(7)];
+            assert_eq!(
+                counter::<Vec<String>>().unwrap()(&strings),
+                strings.capacity() * std::mem::size_of::<String>() + 3 + 7
+            );
+            assert!(counter::<u64>().is_none());
+            assert!(counter::<[u8; 1024]>().is_none());
+        }
+
+        #[test]
+        fn a_declared_counter_is_found_for_its_type_only() {
+            #[derive(Clone)]
+            struct Frame(Vec<u8>);
+            assert!(counter::<Frame>().is_none());
+            declare::<Frame>(Arc::new(|f: &Frame| f.0.len()));
+            assert_eq!(counter::<Frame>().unwrap()(&Frame(vec![0; 9])), 9);
+            assert!(counter::<(Frame, u8)>().is_none());
+        }
+    }
+}
+
 /// A writer's bounded free list of batch vectors (see [`Batch::pooled`]).
 ///
 /// It keeps at most [`VecPool::MAX_VECS`] large vectors and as many small ones (at most

@@ -262,3 +262,160 @@ impl iotstream::Agent for Slow {
         Ok(())
     }
 }
+
+/// A connection of elements that own heap memory holds what its byte bound says, not its
+/// element capacity of them: a `Vec<u8>` counts its bytes, not the 24 of `size_of` (before:
+/// 100 vectors of 64 KiB, 6.4 MB, in flight under a 1 MiB bound).
+#[test]
+fn heap_owning_elements_in_flight_are_bounded_by_their_bytes() {
+    let mut g = Graph::new("images");
+    let x = g.input::<Vec<u8>>("x");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let input = g.add_agent("sink", |p| {
+        let input = p.input::<Vec<u8>>("in");
+        (Lengths { input, seen: s }, input)
+    });
+    g.connect_with(&x, &input, Connection::new().capacity_bytes(1 << 20));
+    let mut h = Harness::new(g).unwrap();
+    for i in 0..100u8 {
+        h.push(&x, vec![vec![i; 64 << 10]]).unwrap();
+    }
+    h.run().unwrap();
+    h.finish().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, (0..100u8).map(|i| (i, 64 << 10)).collect::<Vec<_>>());
+    let link = h.metrics().link("x.out", "sink").unwrap().clone();
+    // Each counts 64 KiB and 24 bytes: 15 fit in 1 MiB.
+    assert!(
+        (1..=15).contains(&link.max_in_flight),
+        "{} vectors of 64 KiB in flight under a 1 MiB bound",
+        link.max_in_flight
+    );
+    assert_eq!(link.elements, 100);
+}
+
+struct Lengths {
+    input: iotstream::Input<Vec<u8>>,
+    seen: Arc<std::sync::Mutex<Vec<(u8, usize)>>>,
+}
+
+impl iotstream::Agent for Lengths {
+    fn step(
+        &mut self,
+        inputs: &mut iotstream::Inputs,
+        _: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(inputs.slice(&self.input).iter().map(|v| (v[0], v.len())));
+        inputs.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// The same bound in a threaded run, for a type declared with `Graph::heap_bytes`, from a
+/// source faster than its reader; and a window that needs more elements than the bound holds
+/// still gets them (the byte bound yields to what the reader needs to make progress).
+#[test]
+fn declared_heap_bytes_bound_a_threaded_link_and_yield_to_a_window_s_need() {
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    struct Shot {
+        n: u32,
+        jpeg: Vec<u8>,
+    }
+    let mut g = Graph::new("shots");
+    g.heap_bytes::<Shot>(|s| s.jpeg.capacity());
+    g.set_default_capacity_bytes(1 << 20);
+    let shots = g.source_iter(
+        "camera",
+        (0..400u32).map(|n| Shot {
+            n,
+            jpeg: vec![n as u8; 32 << 10],
+        }),
+    );
+    let slow = g.map("slow", &shots, |s: &Shot| {
+        std::thread::sleep(Duration::from_micros(200));
+        s.n
+    });
+    let seen = g.collect("seen", &slow);
+    // 40 shots of 32 KiB a window: 1.25 MiB, more than the bound.
+    let windows = g.map_window("window", &shots, 40, 40, |w: &[Shot]| w[0].n);
+    let firsts = g.collect("firsts", &windows);
+    let m = g.run().unwrap();
+    assert_eq!(seen.take(), (0..400).collect::<Vec<_>>());
+    assert_eq!(firsts.take(), (0..10).map(|i| i * 40).collect::<Vec<_>>());
+    let link = m.link("camera.out", "slow").unwrap();
+    // Each counts 32 KiB and its `size_of`: 31 fit in 1 MiB.
+    assert!(
+        (1..=31).contains(&link.max_in_flight),
+        "{} shots of 32 KiB in flight under a 1 MiB bound",
+        link.max_in_flight
+    );
+    let window = m.link("camera.out", "window").unwrap();
+    assert!(window.max_in_flight >= 40, "the window got its 40");
+}
+
+/// Frames alive in the process, and the most ever alive at once.
+static ALIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A camera frame that counts how many of it are alive.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Frame {
+    n: u32,
+    pixels: Vec<u8>,
+}
+
+impl Frame {
+    fn new(n: u32) -> Self {
+        let alive = ALIVE.fetch_add(1, Ordering::SeqCst) + 1;
+        PEAK.fetch_max(alive, Ordering::SeqCst);
+        Frame {
+            n,
+            pixels: vec![n as u8; 64 << 10],
+        }
+    }
+}
+
+impl Clone for Frame {
+    fn clone(&self) -> Self {
+        let mut f = Frame::new(self.n);
+        f.pixels.clone_from(&self.pixels);
+        f
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        ALIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a source of large heap-owning elements holds at once follows the byte bound of the
+/// connection it feeds: its batches, what waits between its thread and its agent, and the
+/// link (before: the source's first call made all 400 frames of 64 KiB, 26 MB, as one batch
+/// of its 8,192 elements, under a 1 MiB bound).
+#[test]
+fn a_source_of_large_elements_holds_what_the_byte_bound_says() {
+    let mut g = Graph::new("frames");
+    g.heap_bytes::<Frame>(|f| f.pixels.capacity());
+    g.set_default_capacity_bytes(1 << 20);
+    let frames = g.source_iter("camera", (0..400u32).map(Frame::new));
+    let seen = g.map("slow", &frames, |f: &Frame| {
+        std::thread::sleep(Duration::from_micros(100));
+        f.n
+    });
+    let out = g.collect("out", &seen);
+    g.run().unwrap();
+    assert_eq!(out.take(), (0..400).collect::<Vec<_>>());
+    assert_eq!(ALIVE.load(Ordering::SeqCst), 0);
+    // The link's 1 MiB (15 frames, and as many again while the reader gathers batches that
+    // arrived meanwhile into one slice, which clones them), the source agent's batch of
+    // 256 KiB (3), what waits for it (four such batches and one hand-over past them: 15)
+    // and the batch being made (3): 51 at most.
+    let peak = PEAK.load(Ordering::SeqCst);
+    assert!(
+        peak <= 51,
+        "{peak} frames of 64 KiB alive at once under a 1 MiB bound"
+    );
+}

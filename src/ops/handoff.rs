@@ -27,11 +27,17 @@
 //! the largest hand-over. The limit, and with it the batch, may be lowered once the reader
 //! knows its batch ([`HandoffRx::set_limit`]: a program's input, made before the run knows
 //! its connections' credit).
+//!
+//! Elements that own heap memory (a `String`, a `Vec<u8>`: see `stream::heap`) are bounded
+//! in bytes as well ([`HandoffRx::limit_bytes`]): the writer also waits while that many bytes
+//! wait, counted as each hand-over comes in and as the agent takes it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
+
+use crate::stream::heap;
 
 /// The most empty `Vec`s kept for the writer: one per batch that may wait.
 const SPARES: usize = 4;
@@ -80,6 +86,11 @@ struct State<T> {
     limit: usize,
     /// The most elements gathered into one waiting `Vec` (a batch: a quarter of the limit).
     chunk: usize,
+    /// For elements that own heap memory: what counts their bytes, the bytes waiting (each
+    /// element's `size_of` and heap bytes), and the writer waits while this many wait.
+    count: Option<heap::Counter<T>>,
+    bytes: usize,
+    byte_limit: usize,
     /// Empty `Vec`s the agent is done with (at most [`SPARES`]), for the writer's next
     /// hand-overs.
     spares: Vec<Vec<T>>,
@@ -115,6 +126,9 @@ pub(crate) fn handoff<T>(limit: usize) -> (HandoffTx<T>, HandoffRx<T>) {
             waiting: 0,
             limit: limit.max(1),
             chunk: (limit / 4).max(1),
+            count: None,
+            bytes: 0,
+            byte_limit: usize::MAX,
             spares: Vec::new(),
             end: None,
             writer_gone: false,
@@ -134,6 +148,10 @@ impl<T> HandoffTx<T> {
             return Ok(());
         }
         state.waiting += items.len();
+        if let Some(count) = &state.count {
+            let bytes = bytes_of(count, items);
+            state.bytes += bytes;
+        }
         let chunk = state.chunk;
         match state.chunks.back_mut() {
             // Small hand-overs gather into one batch.
@@ -153,6 +171,10 @@ impl<T> HandoffTx<T> {
         match self.room(wait) {
             Ok(mut state) => {
                 state.waiting += 1;
+                if let Some(count) = &state.count {
+                    let bytes = bytes_of(count, std::slice::from_ref(&item));
+                    state.bytes += bytes;
+                }
                 let chunk = state.chunk;
                 match state.chunks.back_mut() {
                     Some(last) if last.len() < chunk => last.push(item),
@@ -180,7 +202,7 @@ impl<T> HandoffTx<T> {
             if state.reader_gone {
                 return Err(PutError::ReaderGone);
             }
-            if state.waiting < state.limit {
+            if state.waiting < state.limit && state.bytes < state.byte_limit {
                 return Ok(state);
             }
             match wait {
@@ -247,7 +269,8 @@ impl<T> HandoffRx<T> {
     ) -> Taken {
         let mut guard = self.0.lock();
         let state = &mut *guard;
-        let was_full = state.waiting >= state.limit;
+        let was_full = state.waiting >= state.limit || state.bytes >= state.byte_limit;
+        let before = out.len();
         let mut room = max.saturating_sub(out.len()).max(1);
         if let Some(rest) = &mut state.front {
             let n = rest.len().min(room);
@@ -285,7 +308,11 @@ impl<T> HandoffRx<T> {
             state.waiting -= n;
             room -= n;
         }
-        if was_full && state.waiting < state.limit {
+        if let Some(count) = &state.count {
+            let bytes = bytes_of(count, &out[before..]);
+            state.bytes = state.bytes.saturating_sub(bytes);
+        }
+        if was_full && state.waiting < state.limit && state.bytes < state.byte_limit {
             self.0.room.notify_all();
         }
         let mut state = guard;
@@ -331,6 +358,30 @@ impl<T> HandoffRx<T> {
         // A raised limit may make room for a waiting writer.
         self.0.room.notify_all();
     }
+
+    /// Bounds what waits in bytes too, counted with `count` (elements that own heap memory:
+    /// see the module docs), from now on.
+    pub fn limit_bytes(&self, byte_limit: usize, count: heap::Counter<T>) {
+        let mut state = self.0.lock();
+        let waiting: usize = state
+            .front
+            .iter()
+            .map(|rest| bytes_of(&count, rest.as_slice()))
+            .chain(state.chunks.iter().map(|c| bytes_of(&count, c)))
+            .sum();
+        state.bytes = waiting;
+        state.count = Some(count);
+        state.byte_limit = byte_limit.max(1);
+        self.0.room.notify_all();
+    }
+}
+
+/// The bytes `items` count against a byte limit: each one's `size_of` and heap bytes.
+pub(crate) fn bytes_of<T>(count: &heap::Counter<T>, items: &[T]) -> usize {
+    items
+        .iter()
+        .map(|x| std::mem::size_of::<T>() + count(x))
+        .sum()
 }
 
 impl<T> Drop for HandoffRx<T> {

@@ -39,8 +39,8 @@ pub use crate::host::SOURCE_STOP_GRACE;
 use crate::host::{
     Driver, Mailbox, SourceDriver, SourceEnder, SourceStatus, SourceThreadCtx, Waker,
 };
-use crate::ops::handoff::{handoff, Ending, HandoffRx, HandoffTx, PutError, Wait};
-use crate::stream::{Element, Stream};
+use crate::ops::handoff::{bytes_of, handoff, Ending, HandoffRx, HandoffTx, PutError, Wait};
+use crate::stream::{heap, Element, Stream};
 
 /// Something that produces elements, called again and again on the source's own thread.
 ///
@@ -174,6 +174,47 @@ pub(crate) struct SourceAgent<T> {
     awake: Arc<AtomicBool>,
     /// Set by a [`SourceEnder`]: once the handoff is empty, the stream ends.
     abandoned: Arc<AtomicBool>,
+    /// For elements that own heap memory, once the run set the batch's bytes.
+    budget: Option<ByteBudget<T>>,
+}
+
+/// Keeps a source's batches of elements that own heap memory (see
+/// [`Graph::heap_bytes`](crate::Graph::heap_bytes)) to about `bytes`: each call's `max`
+/// follows the bytes per element of the batch before, and the first call makes one element.
+/// A batch of 4,096 camera frames made before anything could count them would hold what the
+/// connections' byte bounds are there to prevent.
+struct ByteBudget<T> {
+    count: heap::Counter<T>,
+    bytes: usize,
+    /// Bytes per element of the last batch; 0 before the first.
+    per_element: usize,
+}
+
+impl<T> Clone for ByteBudget<T> {
+    fn clone(&self) -> Self {
+        ByteBudget {
+            count: Arc::clone(&self.count),
+            bytes: self.bytes,
+            per_element: self.per_element,
+        }
+    }
+}
+
+impl<T> ByteBudget<T> {
+    /// The most elements the next call may make, at most `max`.
+    fn max(&self, max: usize) -> usize {
+        match self.per_element {
+            0 => 1,
+            per => (self.bytes / per).clamp(1, max.max(1)),
+        }
+    }
+
+    /// Learns the bytes per element from a batch just made.
+    fn observe(&mut self, items: &[T]) {
+        if !items.is_empty() {
+            self.per_element = (bytes_of(&self.count, items) / items.len()).max(1);
+        }
+    }
 }
 
 impl<T: Element> SourceDriver for SourceAgent<T> {
@@ -186,7 +227,11 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             Mode::Pull(source) => {
                 let buf = outputs.vec(&self.out);
                 let before = buf.len();
+                let max = self.budget.as_ref().map_or(max, |b| b.max(max));
                 let more = source.fill(buf, max)?;
+                if let Some(b) = &mut self.budget {
+                    b.observe(&buf[before..]);
+                }
                 if buf.len() > before {
                     source.delivered();
                 }
@@ -199,7 +244,12 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             }
             Mode::Channel(rx) => {
                 let buf = outputs.vec(&self.out);
+                let before = buf.len();
+                let max = self.budget.as_ref().map_or(max, |b| b.max(max));
                 let taken = rx.take(buf, max, &self.awake, &self.abandoned);
+                if let Some(b) = &mut self.budget {
+                    b.observe(&buf[before..]);
+                }
                 match taken.end {
                     // What came before the failure is delivered first (the host flushes).
                     Some(Ending::Failed(e)) => Err(e.into()),
@@ -221,8 +271,13 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
         self.pulls
     }
 
-    fn limit_batch(&mut self, elements: usize) {
+    fn limit_batch(&mut self, elements: usize, bytes: usize) {
         self.options.max_batch = self.options.max_batch.clamp(1, elements.max(1));
+        self.budget = heap::counter::<T>().map(|count| ByteBudget {
+            count,
+            bytes,
+            per_element: 0,
+        });
         // An input the program appends to (`Graph::input`) has its handoff already, made with
         // the default batch: it gathers batches of the step's size from now on. Batches of
         // the default size behind a step that takes fewer were split at every step, each part
@@ -230,6 +285,9 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
         // time ran at 1.2-2.8 M/s in every mode).
         if let Mode::Channel(rx) = &self.mode {
             rx.set_limit(waiting_limit(&self.options));
+            if let Some(b) = &self.budget {
+                rx.limit_bytes(waiting_bytes(b.bytes), Arc::clone(&b.count));
+            }
         }
     }
 
@@ -250,6 +308,10 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             }));
         };
         let (tx, rx) = handoff(waiting_limit(&self.options));
+        if let Some(b) = &self.budget {
+            rx.limit_bytes(waiting_bytes(b.bytes), Arc::clone(&b.count));
+        }
+        let budget = self.budget.clone();
         let Mode::Pull(source) = std::mem::replace(&mut self.mode, Mode::Channel(rx)) else {
             unreachable!()
         };
@@ -275,7 +337,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             .name(format!("source {name}"))
             .spawn(move || {
                 let _done = done;
-                run_source_thread(source, options, tx, ctx, waker)
+                run_source_thread(source, options, budget, tx, ctx, waker)
             })
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot start the thread of source '{name}': {e}"),
@@ -288,6 +350,11 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
 /// the writer waits: four batches.
 fn waiting_limit(options: &SourceOptions) -> usize {
     options.max_batch.max(1).saturating_mul(4)
+}
+
+/// How many bytes of elements that own heap memory may wait there: four batches' worth.
+fn waiting_bytes(batch_bytes: usize) -> usize {
+    batch_bytes.saturating_mul(4)
 }
 
 /// Hands `buf` over, waiting while the handoff is full; after a stop, appends it anyway (what
@@ -339,12 +406,13 @@ fn fail_unwound<T>(panic: Box<dyn std::any::Any + Send>, tx: &HandoffTx<T>, wake
 fn run_source_thread<T: Element>(
     source: Box<dyn Source<T>>,
     options: SourceOptions,
+    budget: Option<ByteBudget<T>>,
     tx: HandoffTx<T>,
     ctx: SourceThreadCtx,
     waker: Waker,
 ) {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        source_thread(source, options, &tx, &ctx, &waker)
+        source_thread(source, options, budget, &tx, &ctx, &waker)
     }));
     if let Err(panic) = run {
         fail_unwound(panic, &tx, &waker);
@@ -381,6 +449,7 @@ fn sleep_until(due: Option<Instant>, stop: &AtomicBool) {
 fn source_thread<T: Element>(
     mut source: Box<dyn Source<T>>,
     options: SourceOptions,
+    mut budget: Option<ByteBudget<T>>,
     tx: &HandoffTx<T>,
     ctx: &SourceThreadCtx,
     waker: &Waker,
@@ -403,8 +472,12 @@ fn source_thread<T: Element>(
             // A graceful stop: what was emitted is delivered, then the stream ends.
             return end(tx, waker);
         }
+        let max = budget.as_ref().map_or(max, |b| b.max(max));
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.fill(&mut buf, max)));
+        if let Some(b) = &mut budget {
+            b.observe(&buf);
+        }
         let more = match result {
             Ok(Ok(more)) => more,
             Ok(Err(e)) => return fail(e.to_string(), buf, tx, ctx, waker),
@@ -787,6 +860,7 @@ impl Graph {
             options,
             awake,
             abandoned: Arc::new(AtomicBool::new(false)),
+            budget: None,
         };
         self.push_agent(name, ports, Driver::Source(Box::new(agent)));
         out
@@ -1000,9 +1074,11 @@ mod tests {
             Ok(true)
         };
         let options = SourceOptions::default();
-        std::thread::spawn(move || run_source_thread(Box::new(source), options, tx, ctx, waker))
-            .join()
-            .expect("the thread ends, it does not unwind");
+        std::thread::spawn(move || {
+            run_source_thread(Box::new(source), options, None, tx, ctx, waker)
+        })
+        .join()
+        .expect("the thread ends, it does not unwind");
         // The element handed over comes first, then the stream fails with the panic (before,
         // the dropped handoff ended it as if the source had finished, or left the agent asleep).
         let mut out = Vec::new();
@@ -1027,7 +1103,7 @@ mod tests {
         let Some(Driver::Source(driver)) = g.agents[s.id.agent as usize].driver.as_mut() else {
             panic!("an input is a source");
         };
-        driver.limit_batch(2);
+        driver.limit_batch(2, usize::MAX);
         let external = g.externals.remove(&s.id).expect("the input's sender");
         let input = external
             .as_any()

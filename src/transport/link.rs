@@ -15,7 +15,7 @@ use super::mailbox::{Envelope, Mailbox};
 use super::tcp::TcpSender;
 use super::ShmSender;
 use crate::metrics::{add, LinkCounters};
-use crate::stream::{Batch, Element, Mark, Policy};
+use crate::stream::{heap, Batch, Element, Mark, Policy};
 
 // ---------------------------------------------------------------------------------------------
 // The writer's end
@@ -26,9 +26,76 @@ pub(crate) struct LinkSpec {
     pub mailbox: Option<Arc<dyn Mailbox>>,
     pub input: u32,
     pub capacity: usize,
+    /// The connection's byte bound: what elements that own heap memory may hold in flight on
+    /// an in-process link (see [`HeapBound`]).
+    pub capacity_bytes: usize,
+    /// Elements the reader needs in flight to make progress: sent whatever the byte bound says.
+    pub need: usize,
     pub policy: Policy,
     pub counters: Arc<LinkCounters>,
     pub label: String,
+}
+
+/// The byte bound of an in-process link whose elements own heap memory (a `String`, a
+/// `Vec<u8>`, a type declared with [`Graph::heap_bytes`](crate::Graph::heap_bytes)).
+///
+/// The element credit counts each element as `size_of::<T>()` bytes, which for such a type
+/// says nothing of what it holds: 32 Ki `Vec<u8>`s of 64 KiB are 2 GiB. This bound counts each
+/// element's `size_of` and its heap bytes when it is sent, and a batch's bytes until the reader
+/// consumed every element of it (the batch's memory is held until then): the writer sends
+/// only the elements that fit under the bound, always one at least when nothing is in flight
+/// (an element larger than the bound travels alone), and always up to the `need` the reader
+/// has to make progress. The other links (a ring, a socket, a broker) carry bytes and bound
+/// those.
+struct HeapBound<T> {
+    count: heap::Counter<T>,
+    /// The bound, in bytes.
+    max: usize,
+    /// Elements always allowed in flight (the reader's need).
+    need: usize,
+    /// Bytes of the batches sent and not wholly consumed.
+    bytes: usize,
+    /// Elements sent, and consumed, since the link began.
+    sent: u64,
+    consumed: u64,
+    /// The batches sent and not wholly consumed: the count of elements sent up to its end,
+    /// and its bytes. At most one entry per element in flight.
+    batches: VecDeque<(u64, usize)>,
+}
+
+impl<T> HeapBound<T> {
+    /// How many leading elements of `items` may be sent now, and their bytes.
+    fn fits(&self, items: &[T]) -> (usize, usize) {
+        let in_flight = (self.sent - self.consumed) as usize;
+        let (mut n, mut bytes) = (0, 0);
+        for x in items {
+            let b = std::mem::size_of::<T>() + (self.count)(x);
+            let room = self.bytes + bytes + b <= self.max;
+            if !(room || in_flight + n < self.need.max(1)) {
+                break;
+            }
+            n += 1;
+            bytes += b;
+        }
+        (n, bytes)
+    }
+
+    fn sent(&mut self, n: usize, bytes: usize) {
+        self.sent += n as u64;
+        self.bytes += bytes;
+        self.batches.push_back((self.sent, bytes));
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.consumed = (self.consumed + n as u64).min(self.sent);
+        while let Some(&(end, bytes)) = self.batches.front() {
+            if end > self.consumed {
+                break;
+            }
+            self.bytes -= bytes;
+            self.batches.pop_front();
+        }
+    }
 }
 
 /// How a link reaches its reader. One variant per transport; agents never see which.
@@ -77,6 +144,8 @@ pub(crate) struct LinkTx<T> {
     flavor: Flavor<T>,
     capacity: usize,
     credit: usize,
+    /// In process, for elements that own heap memory: the byte bound.
+    heap: Option<HeapBound<T>>,
     policy: Policy,
     stash: VecDeque<Piece<T>>,
     /// Elements in the stash.
@@ -105,13 +174,21 @@ impl<T> Drop for LinkTx<T> {
 fn transmit<T: Element>(
     flavor: &mut Flavor<T>,
     credit: &mut usize,
+    heap: &mut Option<HeapBound<T>>,
     capacity: usize,
     counters: &LinkCounters,
     batch: &mut Batch<T>,
 ) -> Result<usize, String> {
     match flavor {
         Flavor::Local { mailbox, input } => {
-            let n = (*credit).min(batch.len());
+            let mut n = (*credit).min(batch.len());
+            if let Some(h) = heap.as_mut() {
+                let (fit, bytes) = h.fits(&batch.as_slice()[..n]);
+                n = fit;
+                if n > 0 {
+                    h.sent(n, bytes);
+                }
+            }
             if n == 0 {
                 return Ok(0);
             }
@@ -252,10 +329,25 @@ impl<T: Element> LinkTx<T> {
     }
 
     fn new(flavor: Flavor<T>, spec: &LinkSpec) -> Self {
+        let heap = match &flavor {
+            Flavor::Local { .. } if spec.capacity_bytes < usize::MAX => {
+                heap::counter::<T>().map(|count| HeapBound {
+                    count,
+                    max: spec.capacity_bytes,
+                    need: spec.need,
+                    bytes: 0,
+                    sent: 0,
+                    consumed: 0,
+                    batches: VecDeque::new(),
+                })
+            }
+            _ => None,
+        };
         LinkTx {
             flavor,
             capacity: spec.capacity,
             credit: spec.capacity,
+            heap,
             policy: spec.policy,
             stash: VecDeque::new(),
             stashed: 0,
@@ -275,6 +367,7 @@ impl<T: Element> LinkTx<T> {
         match transmit(
             &mut self.flavor,
             &mut self.credit,
+            &mut self.heap,
             self.capacity,
             &self.counters,
             batch,
@@ -473,6 +566,9 @@ impl<T: Element> LinkTx<T> {
         if let Flavor::Local { .. } = self.flavor {
             // The backlog is computed when read (`LinkCounters::local_backlog`).
             self.credit = (self.credit + n).min(self.capacity);
+            if let Some(h) = self.heap.as_mut() {
+                h.consumed(n);
+            }
         }
         // For a ring, a credit envelope means "there may be room again".
         self.pump();
@@ -604,6 +700,8 @@ mod tests {
             mailbox: Some(Arc::clone(&log) as Arc<dyn Mailbox>),
             input: 0,
             capacity,
+            capacity_bytes: usize::MAX,
+            need: 0,
             policy,
             counters: Arc::clone(&counters),
             label: "a.out -> b.in".into(),

@@ -50,6 +50,12 @@ pub(crate) struct BrokerFeederSpec {
     pub input: u32,
     /// The input's capacity: the most elements delivered and not consumed.
     pub capacity: usize,
+    /// The connection's byte bound: the reader stops pulling while the messages it holds
+    /// unacknowledged (pulled, delivered or being consumed) have this many bytes of payload...
+    pub capacity_bytes: usize,
+    /// ... and at least this many elements not consumed (what the reading agent needs to make
+    /// progress).
+    pub need: usize,
     /// The link's counters.
     pub counters: Arc<LinkCounters>,
     /// Count elements, batches and bytes here (false when the writer, in this process too,
@@ -67,6 +73,8 @@ struct Held {
     stream_seq: u64,
     /// Its elements not yet consumed (0 for a mark or the End).
     left: usize,
+    /// Its payload's bytes (0 for a mark or the End).
+    bytes: usize,
     /// A mark or the End: delivered (it is acknowledged once delivered and everything before
     /// it consumed).
     delivered: bool,
@@ -81,6 +89,9 @@ struct State<T> {
     /// Elements in `pending`.
     pending_elements: usize,
     held: VecDeque<Held>,
+    /// The payload bytes of the messages in `held`, and their elements not consumed.
+    held_bytes: usize,
+    held_left: usize,
     /// The `(writer epoch, seq)` of the last message taken: a repeat is dropped.
     last: Option<(u64, u64)>,
     /// The stream sequence of the last message taken: a redelivery is dropped.
@@ -100,6 +111,8 @@ struct Shared<T> {
     settings: Arc<BrokerSettings>,
     label: String,
     capacity: usize,
+    capacity_bytes: usize,
+    need: usize,
     counters: Arc<LinkCounters>,
     count_traffic: bool,
     run: Run,
@@ -130,6 +143,16 @@ impl<T> Shared<T> {
 
     fn over(&self) -> bool {
         self.run.is_over() || self.ended.load(Ordering::SeqCst)
+    }
+
+    /// The reader holds enough to stop pulling: the input's capacity of elements waiting for
+    /// credit, or the byte bound's worth of payload unacknowledged (with what the reading
+    /// agent needs to make progress). Heap-owning elements (a `Vec<u8>`, a `String`) count
+    /// their bytes here, not the `size_of` the element credit counts: 32 Ki elements of
+    /// 64 KiB are 2 GiB.
+    fn full(&self, st: &State<T>) -> bool {
+        st.pending_elements >= self.capacity
+            || (st.held_bytes >= self.capacity_bytes && st.held_left >= self.need.max(1))
     }
 
     /// Fails the run with `detail` about this link.
@@ -183,6 +206,8 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
             pending: VecDeque::new(),
             pending_elements: 0,
             held: VecDeque::new(),
+            held_bytes: 0,
+            held_left: 0,
             last: None,
             last_stream_seq: 0,
             last_delivery: 0,
@@ -193,6 +218,8 @@ pub(crate) fn spawn_broker_feeder<T: Element>(
         settings: spec.settings,
         label: spec.label,
         capacity: spec.capacity,
+        capacity_bytes: spec.capacity_bytes,
+        need: spec.need,
         counters: spec.counters,
         count_traffic: spec.count_traffic,
         run: spec.run,
@@ -270,7 +297,7 @@ fn feed<T: Element>(shared: &Shared<T>) {
         }
         let (room, done) = {
             let st = shared.lock();
-            (st.pending_elements < shared.capacity, st.done)
+            (!shared.full(&st), st.done)
         };
         if done {
             break;
@@ -366,11 +393,13 @@ fn settle<T>(st: &mut State<T>, mut consumed: usize, acks: &mut Vec<async_nats::
             let n = consumed.min(front.left);
             front.left -= n;
             consumed -= n;
+            st.held_left -= n;
             if front.left > 0 {
                 break;
             }
         }
         let h = st.held.pop_front().expect("front");
+        st.held_bytes -= h.bytes;
         if h.empty && st.eos_posted && st.held.is_empty() && st.pending.is_empty() {
             st.done = true;
         }
@@ -441,7 +470,7 @@ async fn pull<T: Element>(shared: Arc<Shared<T>>, codec: Codec<T>) {
         if shared.over() || shared.lock().done {
             return;
         }
-        if shared.lock().pending_elements >= shared.capacity {
+        if shared.full(&shared.lock()) {
             let _ = tokio::time::timeout(SLICE, shared.room.notified()).await;
             continue;
         }
@@ -620,7 +649,7 @@ fn take<T: Element>(
     if dec.push(&msg.payload) != msg.payload.len() {
         return Err(format!("message {stream_seq} is larger than any frame"));
     }
-    let (elements, item) = match dec.next_ref() {
+    let (elements, bytes, item) = match dec.next_ref() {
         Ok(Some(FrameRef::Data {
             seq: fseq,
             elements,
@@ -646,12 +675,12 @@ fn take<T: Element>(
             if shared.count_traffic {
                 add(&shared.counters.bytes, payload.len() as u64);
             }
-            (items.len(), Item::Data(Batch::new(items)))
+            (items.len(), payload.len(), Item::Data(Batch::new(items)))
         }
         Ok(Some(FrameRef::Other(Frame::Mark { seq: fseq, mark }))) if fseq == seq => {
-            (0, Item::Mark(mark))
+            (0, 0, Item::Mark(mark))
         }
-        Ok(Some(FrameRef::Other(Frame::End { seq: fseq }))) if fseq == seq => (0, Item::End),
+        Ok(Some(FrameRef::Other(Frame::End { seq: fseq }))) if fseq == seq => (0, 0, Item::End),
         Ok(Some(FrameRef::Other(f))) => {
             return Err(format!(
                 "message {stream_seq} holds an unexpected frame {f:?}"
@@ -708,6 +737,7 @@ fn take<T: Element>(
         st.held.push_back(Held {
             stream_seq,
             left: 0,
+            bytes: 0,
             delivered: false,
             empty: true,
             reply,
@@ -717,10 +747,13 @@ fn take<T: Element>(
         st.held.push_back(Held {
             stream_seq,
             left: elements,
+            bytes,
             delivered: false,
             empty: false,
             reply,
         });
+        st.held_bytes += bytes;
+        st.held_left += elements;
         st.pending_elements += elements;
         st.pending.push_back(item);
     } else if let Some(r) = reply {

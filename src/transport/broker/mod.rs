@@ -55,7 +55,11 @@
 //!   error of the run naming the stream and subject, never a panic), and hands them to a
 //!   feeder thread, which delivers them to the reading host within the input's credit, like a
 //!   ring's feeder, and counts as a source until it delivered the end of stream. It stops
-//!   pulling while the input's capacity of elements waits for credit.
+//!   pulling while the input's capacity of elements waits for credit, or while the messages
+//!   it holds unacknowledged (pulled, delivered, being consumed) have the connection's
+//!   `capacity_bytes` of payload and the reading agent's `min_capacity` of elements
+//!   (heap-owning elements: 32 Ki `Vec<u8>`s of 64 KiB are 2 GiB). What the client
+//!   prefetches is one pull, at most `PULL_BYTES`.
 //!
 //! - **Nothing lost silently**: each message carries, besides its id, the seq of the writer's
 //!   previous frame that the stream is to hold (`Iotstream-Prev`; a frame dropped at the
