@@ -29,7 +29,10 @@
 //!   and a source of such elements keeps each batch to an eighth of the smallest byte bound it
 //!   feeds (at least 256 KiB), so that the elements are not made thousands at a time before
 //!   any bound could count them. A type with heap memory and no counter counts its
-//!   `size_of` only: declare it, or bound such streams in elements;
+//!   `size_of` only: declare it, or bound such streams in elements. An agent that holds one
+//!   input while it waits for another (a zip whose other side lags, a join) holds at most the
+//!   byte bound of it: a lag of more than that is a stall whose error names the connection,
+//!   its bytes and the bound to raise;
 //! - on a shared-memory ring, each element counts the bytes it takes in the ring at most (a
 //!   frame of its own: its encoding, up to 24 bytes more), and the ring is made twice what the
 //!   credit takes (room for the writer's next frame), so a ring is at most twice the bound,

@@ -285,6 +285,23 @@ impl<T> Batch<T> {
     }
 }
 
+impl<T: Clone> Batch<T> {
+    /// Appends the batch's elements to `out`, leaving it empty: moved out of its vector if
+    /// nothing else holds it (no clone: a `String` keeps its text where it is), cloned
+    /// otherwise.
+    pub fn move_into(&mut self, out: &mut Vec<T>) {
+        if let Shared::Vec(a) = &mut self.data {
+            if let Some(owned) = Arc::get_mut(a) {
+                out.extend(owned.items.drain(self.range.clone()));
+                self.range = 0..0;
+                return;
+            }
+        }
+        out.extend_from_slice(self.as_slice());
+        self.range.start = self.range.end;
+    }
+}
+
 impl<T: Clone + Send + Sync + 'static> Batch<T> {
     /// The batch with its element type erased, to travel in an envelope to a reader of any
     /// type. A pooled batch's box becomes the erased one: no allocation (only an `Arc<[T]>`

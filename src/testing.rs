@@ -247,7 +247,10 @@ impl Harness {
     /// Appends `items` to an input stream made with [`Graph::input`]. Nothing runs until
     /// [`Harness::run`] (unless the input holds as much as it may, in which case the graph
     /// runs until it has room); what was pushed until then travels as one batch, as it would
-    /// in a threaded run whose input's agent was busy.
+    /// in a threaded run whose input's agent was busy. If the graph, run until nothing is left
+    /// to do, still takes no more of the input (a zip fed one side only, beyond its
+    /// connection's capacity), the push fails with [`Error::Stalled`] naming the connections
+    /// that hold up.
     pub fn push<T: Element>(
         &mut self,
         stream: &Stream<T>,
@@ -265,6 +268,9 @@ impl Harness {
             }
             (None, _) => {}
         }
+        // Ends: a push that finds no room runs the graph until nothing is left to do; still no
+        // room then is a stall (the graph will never take more), not another run.
+        let mut ran = false;
         loop {
             let ext = self.external(stream)?;
             let agent = ext.agent;
@@ -284,8 +290,26 @@ impl Harness {
                     return Ok(());
                 }
                 Err((PutError::Full, item)) => {
+                    if ran {
+                        let held: Vec<String> =
+                            self.hosts.iter().flat_map(|h| h.stalled()).collect();
+                        return Err(Error::Stalled {
+                            detail: format!(
+                                "harness of '{}': input '{}' holds as much as it may, and the \
+                                 graph, run until nothing is left to do, takes no more of it{}",
+                                self.app,
+                                self.hosts[agent].name,
+                                if held.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {}", held.join("; "))
+                                }
+                            ),
+                        });
+                    }
                     one = item;
                     self.run()?;
+                    ran = true;
                 }
                 Err((PutError::ReaderGone, _)) => {
                     unreachable!("the source agent holds the reading end")

@@ -188,6 +188,9 @@ struct ByteBudget<T> {
     bytes: usize,
     /// Bytes per element of the last batch; 0 before the first.
     per_element: usize,
+    /// The most the last call was allowed: the next is allowed at most twice that, so that a
+    /// small first element does not let the second call make thousands of large ones.
+    last: usize,
 }
 
 impl<T> Clone for ByteBudget<T> {
@@ -196,17 +199,22 @@ impl<T> Clone for ByteBudget<T> {
             count: Arc::clone(&self.count),
             bytes: self.bytes,
             per_element: self.per_element,
+            last: self.last,
         }
     }
 }
 
 impl<T> ByteBudget<T> {
     /// The most elements the next call may make, at most `max`.
-    fn max(&self, max: usize) -> usize {
-        match self.per_element {
+    fn max(&mut self, max: usize) -> usize {
+        let allowed = match self.per_element {
             0 => 1,
-            per => (self.bytes / per).clamp(1, max.max(1)),
-        }
+            per => (self.bytes / per)
+                .min(self.last.saturating_mul(2))
+                .clamp(1, max.max(1)),
+        };
+        self.last = allowed;
+        allowed
     }
 
     /// Learns the bytes per element from a batch just made.
@@ -227,7 +235,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             Mode::Pull(source) => {
                 let buf = outputs.vec(&self.out);
                 let before = buf.len();
-                let max = self.budget.as_ref().map_or(max, |b| b.max(max));
+                let max = self.budget.as_mut().map_or(max, |b| b.max(max));
                 let more = source.fill(buf, max)?;
                 if let Some(b) = &mut self.budget {
                     b.observe(&buf[before..]);
@@ -245,7 +253,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             Mode::Channel(rx) => {
                 let buf = outputs.vec(&self.out);
                 let before = buf.len();
-                let max = self.budget.as_ref().map_or(max, |b| b.max(max));
+                let max = self.budget.as_mut().map_or(max, |b| b.max(max));
                 let taken = rx.take(buf, max, &self.awake, &self.abandoned);
                 if let Some(b) = &mut self.budget {
                     b.observe(&buf[before..]);
@@ -277,6 +285,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             count,
             bytes,
             per_element: 0,
+            last: 0,
         });
         // An input the program appends to (`Graph::input`) has its handoff already, made with
         // the default batch: it gathers batches of the step's size from now on. Batches of
@@ -472,7 +481,7 @@ fn source_thread<T: Element>(
             // A graceful stop: what was emitted is delivered, then the stream ends.
             return end(tx, waker);
         }
-        let max = budget.as_ref().map_or(max, |b| b.max(max));
+        let max = budget.as_mut().map_or(max, |b| b.max(max));
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.fill(&mut buf, max)));
         if let Some(b) = &mut budget {

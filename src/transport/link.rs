@@ -61,17 +61,26 @@ struct HeapBound<T> {
     /// The batches sent and not wholly consumed: the count of elements sent up to its end,
     /// and its bytes. At most one entry per element in flight.
     batches: VecDeque<(u64, usize)>,
+    /// The bytes of the first element [`fits`](Self::fits) found no room for (for a stall's
+    /// description).
+    next_bytes: usize,
+    /// The bytes the last [`sent`](Self::sent) counted.
+    last_sent: usize,
+    /// Bytes of the elements waiting in a `DropOldest` link's stash, which is held to the
+    /// bound as well (the oldest are dropped).
+    stashed: usize,
 }
 
 impl<T> HeapBound<T> {
     /// How many leading elements of `items` may be sent now, and their bytes.
-    fn fits(&self, items: &[T]) -> (usize, usize) {
+    fn fits(&mut self, items: &[T]) -> (usize, usize) {
         let in_flight = (self.sent - self.consumed) as usize;
         let (mut n, mut bytes) = (0, 0);
         for x in items {
-            let b = std::mem::size_of::<T>() + (self.count)(x);
+            let b = self.element_bytes(x);
             let room = self.bytes + bytes + b <= self.max;
             if !(room || in_flight + n < self.need.max(1)) {
+                self.next_bytes = b;
                 break;
             }
             n += 1;
@@ -80,9 +89,15 @@ impl<T> HeapBound<T> {
         (n, bytes)
     }
 
+    /// What `x` counts: its `size_of` and its heap bytes.
+    fn element_bytes(&self, x: &T) -> usize {
+        std::mem::size_of::<T>() + (self.count)(x)
+    }
+
     fn sent(&mut self, n: usize, bytes: usize) {
         self.sent += n as u64;
         self.bytes += bytes;
+        self.last_sent = bytes;
         self.batches.push_back((self.sent, bytes));
     }
 
@@ -339,6 +354,9 @@ impl<T: Element> LinkTx<T> {
                     sent: 0,
                     consumed: 0,
                     batches: VecDeque::new(),
+                    next_bytes: 0,
+                    last_sent: 0,
+                    stashed: 0,
                 })
             }
             _ => None,
@@ -399,6 +417,13 @@ impl<T: Element> LinkTx<T> {
             }
             Policy::DropOldest => {
                 self.stashed += batch.len();
+                if let Some(h) = self.heap.as_mut() {
+                    h.stashed += batch
+                        .as_slice()
+                        .iter()
+                        .map(|x| h.element_bytes(x))
+                        .sum::<usize>();
+                }
                 self.stash.push_back(Piece::Data(batch));
                 self.pump();
                 self.drop_oldest_excess();
@@ -444,21 +469,42 @@ impl<T: Element> LinkTx<T> {
         n
     }
 
-    /// Drops the oldest stashed elements beyond `capacity` (`DropOldest`); marks stay.
+    /// Drops the oldest stashed elements beyond `capacity` (`DropOldest`), and, for elements
+    /// that own heap memory, beyond the byte bound (the newest element stays); marks stay.
     fn drop_oldest_excess(&mut self) {
-        if self.stashed <= self.capacity {
+        let over_bytes = |h: &Option<HeapBound<T>>, stashed: usize| {
+            h.as_ref().is_some_and(|h| h.stashed > h.max && stashed > 1)
+        };
+        if self.stashed <= self.capacity && !over_bytes(&self.heap, self.stashed) {
             return;
         }
         for piece in self.stash.iter_mut() {
-            let excess = self.stashed - self.capacity;
-            if excess == 0 {
-                break;
+            let Piece::Data(b) = piece else { continue };
+            let excess = self.stashed.saturating_sub(self.capacity).min(b.len());
+            if excess > 0 {
+                if let Some(h) = self.heap.as_mut() {
+                    let gone: usize = b.as_slice()[..excess]
+                        .iter()
+                        .map(|x| h.element_bytes(x))
+                        .sum();
+                    h.stashed = h.stashed.saturating_sub(gone);
+                }
+                b.advance(excess);
+                self.stashed -= excess;
+                add(&self.counters.dropped, excess as u64);
             }
-            if let Piece::Data(b) = piece {
-                let n = excess.min(b.len());
-                b.advance(n);
-                self.stashed -= n;
-                add(&self.counters.dropped, n as u64);
+            // Then one at a time while the stash is over the byte bound.
+            while !b.is_empty() && over_bytes(&self.heap, self.stashed) {
+                if let Some(h) = self.heap.as_mut() {
+                    let gone = h.element_bytes(&b.as_slice()[0]);
+                    h.stashed = h.stashed.saturating_sub(gone);
+                }
+                b.advance(1);
+                self.stashed -= 1;
+                add(&self.counters.dropped, 1);
+            }
+            if self.stashed <= self.capacity && !over_bytes(&self.heap, self.stashed) {
+                break;
             }
         }
         self.stash
@@ -498,6 +544,9 @@ impl<T: Element> LinkTx<T> {
                 Piece::Data(mut batch) => {
                     let n = self.send_now(&mut batch);
                     self.stashed -= n;
+                    if let (Some(h), true) = (self.heap.as_mut(), n > 0) {
+                        h.stashed = h.stashed.saturating_sub(h.last_sent);
+                    }
                     if !batch.is_empty() {
                         self.stash.push_front(Piece::Data(batch));
                     }
@@ -639,14 +688,23 @@ impl<T: Element> LinkTx<T> {
             // A reader that holds all it may and consumes none of it either waits on a
             // connection of its own (which the stall names too) or needs more at once than this
             // one lets through: say so, and what to do then. (Only the reader knows which.)
-            let full = if in_flight >= self.capacity {
-                ": its reader holds all the connection lets through and consumes none of it; \
-                 unless that reader is itself held up by another connection named here, it needs \
-                 more than that at once (a window longer than the capacity): give this connection \
-                 a larger capacity (Connection::capacity, or `capacity` in the deployment's \
-                 [[connections]])"
-            } else {
-                ""
+            let full = match &self.heap {
+                _ if in_flight >= self.capacity => ": its reader holds all the connection lets \
+                     through and consumes none of it; unless that reader is itself held up by \
+                     another connection named here, it needs more than that at once (a window \
+                     longer than the capacity): give this connection a larger capacity \
+                     (Connection::capacity, or `capacity` in the deployment's [[connections]])"
+                    .to_string(),
+                Some(h) if in_flight > 0 && h.bytes + h.next_bytes > h.max => format!(
+                    ": those hold {} bytes with what they own on the heap, and the next {} more, \
+                     past the connection's byte bound of {}; unless that reader is itself held \
+                     up by another connection named here, it needs more than that at once (a zip \
+                     or a join waiting for its other input): give this connection a larger byte \
+                     bound (Connection::capacity_bytes, Graph::set_default_capacity_bytes, or \
+                     `capacity_bytes` in the deployment's [[connections]])",
+                    h.bytes, h.next_bytes, h.max
+                ),
+                _ => String::new(),
             };
             format!(
                 "{}: {} elements wait at the writer, {in_flight} in flight unconsumed by the reader (capacity {}){full}",
