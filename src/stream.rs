@@ -286,11 +286,12 @@ impl<T> Batch<T> {
 }
 
 impl<T: Clone> Batch<T> {
-    /// Appends the batch's elements to `out`, leaving it empty: moved out of its vector if
-    /// nothing else holds it (no clone: a `String` keeps its text where it is), cloned
-    /// otherwise.
+    /// Appends the batch's elements to `out`, leaving it empty: an element that owns
+    /// something (`needs_drop`: a `String`, a `Vec`) is moved out of its vector if nothing else
+    /// holds it (no clone: a `String` keeps its text where it is); plain data, and a batch
+    /// another reader holds, are copied (cloned).
     pub fn move_into(&mut self, out: &mut Vec<T>) {
-        if let Shared::Vec(a) = &mut self.data {
+        if let (Shared::Vec(a), true) = (&mut self.data, std::mem::needs_drop::<T>()) {
             if let Some(owned) = Arc::get_mut(a) {
                 out.extend(owned.items.drain(self.range.clone()));
                 self.range = 0..0;
@@ -978,6 +979,38 @@ mod tests {
         assert_eq!(budget.kept(), 40);
         assert!(budget.keep(60));
         assert_eq!(budget.kept(), 100);
+    }
+
+    /// A batch no one else holds gives its strings up without a clone (their text stays where
+    /// it is); one another reader holds is cloned, and that reader still sees its elements.
+    #[test]
+    fn move_into_moves_what_no_one_else_holds_and_clones_the_rest() {
+        let pool = Arc::new(VecPool::<String>::new());
+        let items = vec![String::from("first"), String::from("second")];
+        let texts: Vec<*const u8> = items.iter().map(|s| s.as_ptr()).collect();
+        let mut alone = Batch::pooled(items, &pool);
+        let mut out = Vec::new();
+        alone.move_into(&mut out);
+        assert!(alone.is_empty());
+        assert_eq!(out, ["first", "second"]);
+        assert_eq!(out.iter().map(|s| s.as_ptr()).collect::<Vec<_>>(), texts);
+
+        let mut shared = Batch::pooled(vec![String::from("third")], &pool);
+        let other = shared.split_front(1);
+        let mut rest = other;
+        let mut out = Vec::new();
+        shared.move_into(&mut out);
+        assert!(out.is_empty(), "the front went to the other batch");
+        rest.move_into(&mut out);
+        assert_eq!(out, ["third"]);
+        assert_ne!(out[0].as_ptr(), shared_text(&shared));
+    }
+
+    fn shared_text(b: &Batch<String>) -> *const u8 {
+        match &b.data {
+            Shared::Vec(a) => a.items[0].as_ptr(),
+            _ => std::ptr::null(),
+        }
     }
 
     #[test]
