@@ -31,11 +31,11 @@ fn text(i: usize) -> String {
     format!("{i:032}")
 }
 
-/// Seconds to move `n` strings through source → map → sink.
-fn counted(n: usize) -> f64 {
-    let mut g = Graph::new("bench_heap_counted");
-    let s = g.source_iter("lines", (0..n).map(text));
-    let m = g.map("len", &s, |t: &String| t.len());
+/// Seconds to move `n` strings, made by `make`, through source → map (`len`) → sink.
+fn run<T: iotstream::Element>(n: usize, make: fn(usize) -> T, len: fn(&T) -> usize) -> f64 {
+    let mut g = Graph::new("bench_heap_bytes");
+    let s = g.source_iter("lines", (0..n).map(make));
+    let m = g.map("len", &s, move |t: &T| len(t));
     let total = Arc::new(AtomicUsize::new(0));
     let sum = Arc::clone(&total);
     g.for_each("total", &m, move |v: &usize| {
@@ -48,20 +48,12 @@ fn counted(n: usize) -> f64 {
     elapsed
 }
 
+fn counted(n: usize) -> f64 {
+    run(n, text, String::len)
+}
+
 fn uncounted(n: usize) -> f64 {
-    let mut g = Graph::new("bench_heap_uncounted");
-    let s = g.source_iter("lines", (0..n).map(|i| Uncounted(text(i))));
-    let m = g.map("len", &s, |t: &Uncounted| t.0.len());
-    let total = Arc::new(AtomicUsize::new(0));
-    let sum = Arc::clone(&total);
-    g.for_each("total", &m, move |v: &usize| {
-        sum.fetch_add(*v, Ordering::Relaxed);
-    });
-    let start = Instant::now();
-    g.run().expect("run");
-    let elapsed = start.elapsed().as_secs_f64();
-    assert_eq!(total.load(Ordering::Relaxed), 32 * n);
-    elapsed
+    run(n, |i| Uncounted(text(i)), |t| t.0.len())
 }
 
 fn main() {

@@ -355,41 +355,47 @@ fn declared_heap_bytes_bound_a_threaded_link_and_yield_to_a_window_s_need() {
     assert!(window.max_in_flight >= 40, "the window got its 40");
 }
 
-/// Frames alive in the process, and the most ever alive at once.
-static ALIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Elements alive in the process, and the most ever alive at once, one tally per test that
+/// counts (`K`): tests run in parallel.
+static ALIVE: [std::sync::atomic::AtomicUsize; 2] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; 2];
+static PEAK: [std::sync::atomic::AtomicUsize; 2] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; 2];
 
-/// A camera frame that counts how many of it are alive.
+/// A camera frame or a file's record that counts how many of it are alive, in tally `K`.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Frame {
+struct Counted<const K: usize> {
     n: u32,
-    pixels: Vec<u8>,
+    bytes: Vec<u8>,
 }
 
-impl Frame {
-    fn new(n: u32) -> Self {
-        let alive = ALIVE.fetch_add(1, Ordering::SeqCst) + 1;
-        PEAK.fetch_max(alive, Ordering::SeqCst);
-        Frame {
+impl<const K: usize> Counted<K> {
+    fn new(n: u32, len: usize) -> Self {
+        let alive = ALIVE[K].fetch_add(1, Ordering::SeqCst) + 1;
+        PEAK[K].fetch_max(alive, Ordering::SeqCst);
+        Counted {
             n,
-            pixels: vec![n as u8; 64 << 10],
+            bytes: vec![n as u8; len],
         }
     }
 }
 
-impl Clone for Frame {
+impl<const K: usize> Clone for Counted<K> {
     fn clone(&self) -> Self {
-        let mut f = Frame::new(self.n);
-        f.pixels.clone_from(&self.pixels);
-        f
+        let mut c = Counted::new(self.n, 0);
+        c.bytes.clone_from(&self.bytes);
+        c
     }
 }
 
-impl Drop for Frame {
+impl<const K: usize> Drop for Counted<K> {
     fn drop(&mut self) {
-        ALIVE.fetch_sub(1, Ordering::SeqCst);
+        ALIVE[K].fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+type Frame = Counted<0>;
+type Record = Counted<1>;
 
 /// What a source of large heap-owning elements holds at once follows the byte bound of the
 /// connection it feeds: its batches, what waits between its thread and its agent, and the
@@ -398,9 +404,9 @@ impl Drop for Frame {
 #[test]
 fn a_source_of_large_elements_holds_what_the_byte_bound_says() {
     let mut g = Graph::new("frames");
-    g.heap_bytes::<Frame>(|f| f.pixels.capacity());
+    g.heap_bytes::<Frame>(|f| f.bytes.capacity());
     g.set_default_capacity_bytes(1 << 20);
-    let frames = g.source_iter("camera", (0..400u32).map(Frame::new));
+    let frames = g.source_iter("camera", (0..400u32).map(|n| Frame::new(n, 64 << 10)));
     let seen = g.map("slow", &frames, |f: &Frame| {
         std::thread::sleep(Duration::from_micros(100));
         f.n
@@ -408,12 +414,12 @@ fn a_source_of_large_elements_holds_what_the_byte_bound_says() {
     let out = g.collect("out", &seen);
     g.run().unwrap();
     assert_eq!(out.take(), (0..400).collect::<Vec<_>>());
-    assert_eq!(ALIVE.load(Ordering::SeqCst), 0);
+    assert_eq!(ALIVE[0].load(Ordering::SeqCst), 0);
     // The link's 1 MiB (15 frames; the reader gathers what arrived meanwhile by moving it,
     // not by cloning), the source agent's batch of 256 KiB (3) and what it could not send
     // yet, what waits for it (four such batches and one hand-over past them: 15) and the
     // batch being made (3): 39 seen, 42 before batches were moved into the gathered slice.
-    let peak = PEAK.load(Ordering::SeqCst);
+    let peak = PEAK[0].load(Ordering::SeqCst);
     assert!(
         peak <= 42,
         "{peak} frames of 64 KiB alive at once under a 1 MiB bound"
@@ -490,48 +496,13 @@ fn a_zip_held_up_by_the_byte_bound_says_so_and_runs_with_a_larger_one() {
     assert_eq!(pairs, (0..200u32).map(|i| (i, i + 100)).collect::<Vec<_>>());
 }
 
-/// Records alive in the process, and the most ever alive at once.
-static RECORDS_ALIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static RECORDS_PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Record {
-    n: u32,
-    body: Vec<u8>,
-}
-
-impl Record {
-    fn new(n: u32, len: usize) -> Record {
-        let alive = RECORDS_ALIVE.fetch_add(1, Ordering::SeqCst) + 1;
-        RECORDS_PEAK.fetch_max(alive, Ordering::SeqCst);
-        Record {
-            n,
-            body: vec![n as u8; len],
-        }
-    }
-}
-
-impl Clone for Record {
-    fn clone(&self) -> Record {
-        let mut r = Record::new(self.n, 0);
-        r.body.clone_from(&self.body);
-        r
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        RECORDS_ALIVE.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// A source whose first element is small (a file's header) does not make thousands of the
 /// large ones at its second call: each call makes at most twice the last (before: 199 of 200
 /// records of 256 KiB alive at once under a 1 MiB bound).
 #[test]
 fn a_source_whose_first_element_is_small_still_keeps_to_the_byte_bound() {
     let mut g = Graph::new("header");
-    g.heap_bytes::<Record>(|r| r.body.capacity());
+    g.heap_bytes::<Record>(|r| r.bytes.capacity());
     g.set_default_capacity_bytes(1 << 20);
     let records = g.source_iter(
         "file",
@@ -544,7 +515,7 @@ fn a_source_whose_first_element_is_small_still_keeps_to_the_byte_bound() {
     let out = g.collect("out", &slow);
     g.run().unwrap();
     assert_eq!(out.take(), (0..200).collect::<Vec<_>>());
-    let peak = RECORDS_PEAK.load(Ordering::SeqCst);
+    let peak = PEAK[1].load(Ordering::SeqCst);
     assert!(
         peak <= 24,
         "{peak} records of 256 KiB alive at once under a 1 MiB bound"
