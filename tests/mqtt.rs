@@ -765,3 +765,50 @@ fn tls_connections_work_with_the_right_ca_and_fail_clearly_with_another() {
     eprintln!("the error: {err}");
     assert!(err.contains("TLS failed"), "{err}");
 }
+
+/// QoS 0 messages, which the broker sends without waiting for acknowledgements: a source
+/// whose readers are held up keeps at most `queue_bytes` of payload waiting between its
+/// connection and its agent (before, only the message bound: 4,096 messages of up to 1 MiB).
+#[test]
+fn a_held_up_source_keeps_its_queue_to_its_byte_bound() {
+    let broker = Mosquitto::start("allow_anonymous true");
+    let mut g = Graph::new("queue_bytes");
+    // One image in flight on each connection, so the queue is what fills.
+    g.set_default_capacity_bytes(256 << 10);
+    let source = MqttSource::bytes(broker.broker("camera"), ["camera/jpeg"]).queue_bytes(1 << 20);
+    let stats = source.stats();
+    let images = g.source_mqtt("images", source);
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let held = Arc::clone(&paused);
+    let sizes = g.map("size", &images, move |v: &Vec<u8>| {
+        while held.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        v.len()
+    });
+    let out = g.collect("out", &sizes);
+    let running = g.start().unwrap();
+    wait_for(&broker, "the source's subscription", || stats.subscribed());
+    let publisher = TestClient::new(&broker, "camera-publisher", None, |_| {});
+    for _ in 0..20 {
+        publisher
+            .client
+            .publish("camera/jpeg", QoS::AtMostOnce, false, vec![7u8; 256 << 10])
+            .unwrap();
+    }
+    wait_for(&broker, "the source's queue to fill", || {
+        stats.max_queued_bytes() >= 768 << 10
+    });
+    // Time for more to come, were there room.
+    std::thread::sleep(Duration::from_millis(500));
+    paused.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for(&broker, "every image", || out.len() == 20);
+    running.stop();
+    running.join().unwrap();
+    assert_eq!(out.values(), vec![256 << 10; 20]);
+    let most = stats.max_queued_bytes();
+    assert!(
+        most <= 1 << 20,
+        "{most} bytes of payload waited in a queue of 1 MiB"
+    );
+}

@@ -33,8 +33,8 @@
 //!   password, client id or authorisation is not retried: the agent fails, naming the broker.
 //! - **Never blocks other agents**: each source and sink has its connection on a thread of its
 //!   own, and a sink agent runs on its own thread. Between a source's connection and its
-//!   agent at most [`MqttSource::queue`] messages wait (then the connection stops reading and
-//!   the broker queues); a sink has at most twice [`MqttSink::max_outstanding`] publishes not
+//!   agent at most [`MqttSource::queue`] messages and [`MqttSource::queue_bytes`] bytes of
+//!   payload wait (then the connection stops reading and the broker queues); a sink has at most twice [`MqttSink::max_outstanding`] publishes not
 //!   acknowledged (then its step waits: back-pressure reaches its writers as on any
 //!   connection).
 //! - **Bad payloads**: a payload that does not decode (not UTF-8, not the JSON of the type) is
@@ -92,6 +92,47 @@ use crate::stream::{Element, Input, Stream};
 
 /// How long the connection thread waits for the broker in one call, so a stop is noticed.
 const POLL_SLICE: Duration = Duration::from_millis(100);
+
+/// The payload bytes that may wait in a source's queue unless [`MqttSource::queue_bytes`]
+/// says otherwise: 16 MiB.
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+
+/// The payload bytes waiting in a source's queue, and what wakes the connection's thread
+/// when some are taken.
+#[derive(Default)]
+struct QueuedBytes {
+    bytes: Mutex<usize>,
+    taken: std::sync::Condvar,
+}
+
+impl QueuedBytes {
+    /// Waits (a slice at most) until `bytes` more fit under `max` (or nothing waits: a larger
+    /// message waits alone), then counts them (and the peak in `peak`); false if there was no
+    /// room within the slice.
+    fn reserve(&self, bytes: usize, max: usize, peak: &AtomicU64) -> bool {
+        let mut queued = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        if *queued > 0 && *queued + bytes > max {
+            queued = self
+                .taken
+                .wait_timeout(queued, POLL_SLICE)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            if *queued > 0 && *queued + bytes > max {
+                return false;
+            }
+        }
+        *queued += bytes;
+        peak.fetch_max(*queued as u64, Relaxed);
+        true
+    }
+
+    /// `bytes` were taken by the source.
+    fn release(&self, bytes: usize) {
+        let mut queued = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        *queued = queued.saturating_sub(bytes);
+        self.taken.notify_one();
+    }
+}
 /// How long a source's `fill` waits for a first message before it returns with none.
 const FILL_WAIT: Duration = Duration::from_millis(50);
 /// How long closing a connection waits for its thread to send what is owed and end.
@@ -394,9 +435,17 @@ struct StatsInner {
     reconnects: AtomicU64,
     subscribed: AtomicBool,
     last_problem: Mutex<Option<String>>,
+    max_queued_bytes: AtomicU64,
 }
 
 impl MqttStats {
+    /// The most bytes of payload that waited at once between a source's connection and its
+    /// agent (at most [`MqttSource::queue_bytes`], or one larger message alone): how close
+    /// the queue came to making the connection stop reading.
+    pub fn max_queued_bytes(&self) -> u64 {
+        self.inner.max_queued_bytes.load(Relaxed)
+    }
+
     /// Messages a source received (duplicates included).
     pub fn received(&self) -> u64 {
         self.inner.received.load(Relaxed)
@@ -517,6 +566,7 @@ pub struct MqttSource<T> {
     qos: MqttQos,
     on_malformed: OnMalformed,
     queue: usize,
+    queue_bytes: usize,
     decode: Decode<T>,
     stats: MqttStats,
 }
@@ -575,6 +625,7 @@ impl<T: 'static> MqttSource<T> {
             qos: self.qos,
             on_malformed: self.on_malformed,
             queue: self.queue,
+            queue_bytes: self.queue_bytes,
             decode: Arc::new(move |topic, b| {
                 Ok(MqttMessage {
                     topic: topic.to_string(),
@@ -598,6 +649,7 @@ impl<T> MqttSource<T> {
             qos: MqttQos::default(),
             on_malformed: OnMalformed::default(),
             queue: 4096,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             decode,
             stats: MqttStats::default(),
         }
@@ -621,6 +673,15 @@ impl<T> MqttSource<T> {
     /// mosquitto's `max_inflight_messages`, 20 by default).
     pub fn queue(mut self, messages: usize) -> Self {
         self.queue = messages.max(1);
+        self
+    }
+
+    /// The most bytes of payload waiting between the connection and the source's agent
+    /// ([`DEFAULT_QUEUE_BYTES`], 16 MiB, by default; a message larger than that waits alone).
+    /// The message bound alone let 4,096 camera images of 1 MiB (4 GiB) wait on a QoS 0
+    /// subscription, which the broker sends without waiting for acknowledgements.
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes.max(1);
         self
     }
 
@@ -1130,6 +1191,9 @@ struct SourceThread {
     tx: Sender<Incoming>,
     control: Arc<Control>,
     stats: MqttStats,
+    /// The payload bytes in `tx`'s queue, and the most that may wait there.
+    queued: Arc<QueuedBytes>,
+    queue_bytes: usize,
 }
 
 impl SourceThread {
@@ -1200,8 +1264,18 @@ impl SourceThread {
         self.hand(Incoming::Fatal(why));
     }
 
-    /// Hands `m` to the source, waiting while its queue is full. False if the source is gone.
+    /// Hands `m` to the source, waiting while its queue is full (in messages, or in bytes of
+    /// payload). False if the source is gone.
     fn hand(&self, mut m: Incoming) -> bool {
+        if let Incoming::Message(p) = &m {
+            // Ends: room comes, or a stop (checked every slice).
+            let peak = &self.stats.inner.max_queued_bytes;
+            while !self.queued.reserve(p.payload.len(), self.queue_bytes, peak) {
+                if self.control.stop.load(Relaxed) {
+                    return false;
+                }
+            }
+        }
         loop {
             match self.tx.send_timeout(m, POLL_SLICE) {
                 Ok(()) => return true,
@@ -1222,6 +1296,8 @@ struct Reading {
     rx: Receiver<Incoming>,
     control: Arc<Control>,
     done: Receiver<()>,
+    /// The payload bytes waiting in `rx`.
+    queued: Arc<QueuedBytes>,
 }
 
 /// The [`Source`] behind [`Graph::source_mqtt`].
@@ -1245,6 +1321,7 @@ impl<T: Element> MqttReader<T> {
             let options = o.broker.options(10, qos1)?;
             let (tx, rx) = crossbeam_channel::bounded(o.queue);
             let control = Arc::new(Control::default());
+            let queued = Arc::new(QueuedBytes::default());
             let thread = SourceThread {
                 agent: self.agent.clone(),
                 broker: o.broker.clone(),
@@ -1256,6 +1333,8 @@ impl<T: Element> MqttReader<T> {
                 tx,
                 control: Arc::clone(&control),
                 stats: o.stats.clone(),
+                queued: Arc::clone(&queued),
+                queue_bytes: o.queue_bytes,
             };
             // Room for every acknowledgement the queue may owe, and a subscribe.
             let cap = o.queue + 16;
@@ -1268,6 +1347,7 @@ impl<T: Element> MqttReader<T> {
                 rx,
                 control,
                 done,
+                queued,
             });
         }
         Ok(self.reading.as_ref().expect("started above"))
@@ -1328,7 +1408,8 @@ impl<T: Element> Source<T> for MqttReader<T> {
     fn fill(&mut self, out: &mut Vec<T>, max: usize) -> Result<bool, AgentError> {
         self.send_acks();
         let before = out.len();
-        let rx = self.start()?.rx.clone();
+        let reading = self.start()?;
+        let (rx, queued) = (reading.rx.clone(), Arc::clone(&reading.queued));
         let mut next = match rx.recv_timeout(FILL_WAIT) {
             Ok(m) => Some(m),
             Err(ChanTimeout::Timeout) => return Ok(true),
@@ -1342,7 +1423,10 @@ impl<T: Element> Source<T> for MqttReader<T> {
         };
         while let Some(m) = next.take() {
             match m {
-                Incoming::Message(p) => self.take(p, out)?,
+                Incoming::Message(p) => {
+                    queued.release(p.payload.len());
+                    self.take(p, out)?
+                }
                 Incoming::Fatal(why) => return Err(why.into()),
             }
             if out.len() - before >= max {
