@@ -659,8 +659,9 @@ impl Graph {
     ///
     /// A connection's byte bound counts `size_of::<T>()` per element, which for a type that
     /// holds a vector or a string says nothing of its contents (a `Vec<u8>` counts 24 bytes
-    /// whatever its length). `String`, `Box<str>`, `Box<[u8]>`, `Vec<String>` and the `Vec`s
-    /// of primitive numbers are counted without a declaration; declare your own types that
+    /// whatever its length). `String`, `Box<str>`, `Box<[u8]>`, `Vec<String>`, the `Vec`s
+    /// of primitive numbers and the messages of an MQTT source `with_topic` are counted
+    /// without a declaration; declare your own types that
     /// own heap memory, so that a connection of large elements holds what its byte bound says
     /// and not its element capacity of them. `count` runs once per element sent on such a
     /// connection: keep it to lengths and capacities. Like [`plain_data`](Self::plain_data),

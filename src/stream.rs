@@ -626,6 +626,16 @@ pub(crate) mod heap {
             .insert(TypeId::of::<T>(), Box::new(count));
     }
 
+    /// Declares `count` the counter of `T` unless one is declared already (a library's
+    /// default, which the user's own declaration overrides, before or after).
+    pub(crate) fn declare_if_absent<T: 'static>(count: Counter<T>) {
+        let mut declared = DECLARED.write().unwrap_or_else(|p| p.into_inner());
+        declared
+            .get_or_insert_with(HashMap::new)
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(count));
+    }
+
     /// `T`'s counter: declared, built in, or none (see the module docs).
     pub(crate) fn counter<T: 'static>() -> Option<Counter<T>> {
         let declared = DECLARED.read().unwrap_or_else(|p| p.into_inner());

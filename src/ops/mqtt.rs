@@ -88,7 +88,7 @@ use crate::agent::{Agent, Inputs, Outputs};
 use crate::error::AgentError;
 use crate::graph::Graph;
 use crate::ops::source::Source;
-use crate::stream::{Element, Input, Stream};
+use crate::stream::{heap, Element, Input, Stream};
 
 /// How long the connection thread waits for the broker in one call, so a stop is noticed.
 const POLL_SLICE: Duration = Duration::from_millis(100);
@@ -618,6 +618,13 @@ impl<T: 'static> MqttSource<T> {
     /// g.run().unwrap();
     /// ```
     pub fn with_topic(self) -> MqttSource<MqttMessage<T>> {
+        // A message counts its topic and what its payload owns against a connection's byte
+        // bound (a camera's images, with_topic, are as large as without it).
+        let payload: std::sync::OnceLock<Option<heap::Counter<T>>> = std::sync::OnceLock::new();
+        heap::declare_if_absent::<MqttMessage<T>>(Arc::new(move |m: &MqttMessage<T>| {
+            let payload = payload.get_or_init(heap::counter::<T>);
+            m.topic.capacity() + payload.as_ref().map_or(0, |c| c(&m.payload))
+        }));
         let decode = self.decode;
         MqttSource {
             broker: self.broker,
@@ -1797,6 +1804,27 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Messages with their topic count the topic and the payload's bytes against a byte bound
+    /// (the payload's own counter: built in for bytes and text, none for a number).
+    #[test]
+    fn messages_with_topic_count_their_topic_and_payload() {
+        let broker = MqttBroker::new("127.0.0.1", 1883, "counted");
+        let _ = MqttSource::bytes(broker.clone(), ["cameras/+"]).with_topic();
+        let _ = MqttSource::json::<f64>(broker, ["sensors/+"]).with_topic();
+        let image = MqttMessage {
+            topic: String::from("cameras/door"),
+            payload: vec![0u8; 1000],
+        };
+        let count = heap::counter::<MqttMessage<Vec<u8>>>().expect("a counter");
+        assert_eq!(count(&image), image.topic.capacity() + 1000);
+        let reading = MqttMessage {
+            topic: String::from("sensors/t1"),
+            payload: 21.5,
+        };
+        let count = heap::counter::<MqttMessage<f64>>().expect("a counter");
+        assert_eq!(count(&reading), reading.topic.capacity());
+    }
 
     #[test]
     fn templates_parse_and_render_fields_of_structs_and_tuples() {
