@@ -273,6 +273,12 @@ impl Inputs<'_> {
     /// earliest request of a step counts; a new step forgets older requests, so a step that
     /// still wants its timer asks again.
     ///
+    /// An agent may take its input in only at its timers (a reader with a pace of its own):
+    /// while a timer is armed, a full connection and a blocked writer are not a stall
+    /// ([`Error::Stalled`](crate::Error::Stalled) is declared only once a timer's step went by
+    /// and freed nothing: take something in at each timer while a writer waits). In the [`Harness`](crate::Harness) time moves only with
+    /// `advance_clock`, and a push that stalls names the timers to come.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use iotstream::{Agent, AgentError, Graph, Harness, Input, Inputs, Outputs, Stream};

@@ -43,7 +43,11 @@
 //!   one host too: the starter (or the launcher) asks every process, while they may be quiet,
 //!   whether its part is quiet but for the others, and declares the stall when all are, twice
 //!   in a row, with nothing posted anywhere and no ring moved in between (see
-//!   `docs/ARCHITECTURE.md`, "A stall across processes"). A slow application is never one.
+//!   `docs/ARCHITECTURE.md`, "A stall across processes"). A slow application is never one,
+//!   and neither is one that waits for an agent's timer ([`Inputs::wake_at`](crate::Inputs::wake_at)):
+//!   while a timer is armed, what is blocked may still move (a reader that takes its input in
+//!   at a pace of its own), and the stall is declared only once a timer's step went by and
+//!   freed nothing.
 //! - **On Ctrl-C, SIGTERM or SIGHUP** (or [`Running::stop`]): a graceful drain. Sources stop
 //!   and end their streams, data in flight is processed, sinks see their end of stream (and
 //!   flush in [`Agent::finish`](crate::Agent::finish)), and `run` returns the final counters,
@@ -124,6 +128,19 @@ struct Shared {
     /// Of those, agents that wait on a TCP link or a broker: no ring shows them move, so the
     /// part is never quiet for the stall check across processes (`quiet_across`).
     off_ring_waits: AtomicUsize,
+    /// Agents not finished with a timer armed (`Inputs::wake_at`): the step it brings may
+    /// consume, emit or mark what frees a blocked writer (a reader that takes its input in at
+    /// a pace of its own, a ticker feeding a zip's other side, an idle mark), so while one is
+    /// armed what is blocked is a stall only once a timer's step went by and freed nothing
+    /// (see [`timers_hold_off`](Self::timers_hold_off)).
+    timers_armed: AtomicUsize,
+    /// Timers' steps run (counted after the step).
+    timer_steps: AtomicU64,
+    /// What may have freed a blocked writer: a timer's step that consumed, credit taken in
+    /// by a blocked agent, a ring feeder no longer blocked.
+    relief: AtomicU64,
+    /// `timer_steps` and `relief` when the stall check was last held off by a timer.
+    held_off: Mutex<Option<(u64, u64)>>,
     /// Set to stop sources (graceful) or after a failure.
     stop: Arc<AtomicBool>,
     error: Mutex<Option<Error>>,
@@ -182,6 +199,8 @@ impl RunHandle {
                 self.shared.check_quiescent();
             } else {
                 self.shared.blocked_sources.fetch_sub(1, Ordering::SeqCst);
+                // Its reader took some in: what a timer held off may be moving.
+                self.shared.relief.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -281,6 +300,10 @@ impl Shared {
             hosts_left: AtomicUsize::new(agents),
             ring_waits: AtomicUsize::new(0),
             off_ring_waits: AtomicUsize::new(0),
+            timers_armed: AtomicUsize::new(0),
+            timer_steps: AtomicU64::new(0),
+            relief: AtomicU64::new(0),
+            held_off: Mutex::new(None),
             stop,
             error: Mutex::new(None),
             failed: AtomicBool::new(false),
@@ -462,6 +485,11 @@ impl Shared {
             return;
         }
         if !stuck.is_empty() {
+            if self.timers_hold_off() {
+                // A timer to come may free what is blocked; a timer's step looks again
+                // (`Tended::book`).
+                return;
+            }
             // Anything blocked now stays blocked forever: a stall, reported before anything is
             // closed (closing would let blocked writers go on into closed readers).
             self.fail(Error::Stalled {
@@ -477,6 +505,31 @@ impl Shared {
             .clone();
         for m in boxes {
             m.post(Envelope::ForceClose);
+        }
+    }
+}
+
+impl Shared {
+    /// Whether armed timers hold off a stall verdict: some timer is armed and, since the
+    /// check was last held off, no timer's step went by, or something was relieved (then the
+    /// waiting starts again from here). So a reader that takes its input in at its timers is
+    /// never a stall, and an agent that keeps asking for timers elsewhere (a periodic report)
+    /// delays a stall's report by one of its timers, not for ever.
+    fn timers_hold_off(&self) -> bool {
+        if self.timers_armed.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let now = (
+            self.timer_steps.load(Ordering::SeqCst),
+            self.relief.load(Ordering::SeqCst),
+        );
+        let mut held = self.held_off.lock().unwrap_or_else(|p| p.into_inner());
+        match *held {
+            Some((steps, relief)) if relief == now.1 => steps == now.0,
+            _ => {
+                *held = Some(now);
+                true
+            }
         }
     }
 }
@@ -517,6 +570,7 @@ impl Shared {
         }
         if self.in_flight.load(Ordering::SeqCst) != 0
             || self.off_ring_waits.load(Ordering::SeqCst) != 0
+            || self.timers_hold_off()
         {
             return None;
         }
@@ -726,6 +780,12 @@ struct Tended {
     counted_ring_wait: bool,
     /// Of that wait, a link no ring shows (counted in `Shared::off_ring_waits`).
     counted_off_ring: bool,
+    /// Counted in [`Shared::timers_armed`].
+    counted_timer: bool,
+    /// The step to book was a timer's (see [`Shared::timer_steps`]).
+    timer_stepped: bool,
+    /// The agent's `consumed` counter at the last booking.
+    consumed_booked: u64,
     /// The agent's timer last scheduled (see `Inputs::wake_at`).
     timer_set: Option<Duration>,
 }
@@ -754,6 +814,9 @@ impl Tended {
             mailbox,
             counted_ring_wait: false,
             counted_off_ring: false,
+            counted_timer: false,
+            timer_stepped: false,
+            consumed_booked: 0,
             timer_set: None,
         }
     }
@@ -762,6 +825,10 @@ impl Tended {
     /// is a stall.
     fn accept(&mut self, env: Envelope) -> Result<(), Error> {
         let forced = matches!(env, Envelope::ForceClose);
+        if matches!(env, Envelope::Credit { .. }) && self.listed_stalled {
+            // Credit for a blocked agent: what a timer held off may be moving.
+            self.shared.relief.fetch_add(1, Ordering::SeqCst);
+        }
         self.guarded(|host| {
             host.accept(env)?;
             if forced && !host.is_done() {
@@ -793,7 +860,9 @@ impl Tended {
         if self.timer_set == Some(at) {
             self.timer_set = None;
         }
-        self.guarded(|host| Ok(host.fire_timer_if_due()))
+        let due = self.guarded(|host| Ok(host.fire_timer_if_due()))?;
+        self.timer_stepped |= due;
+        Ok(due)
     }
 
     /// The timer asked for at `at` fired: steps the agent if it is still due.
@@ -905,6 +974,28 @@ impl Tended {
             if self.shared.hosts_left.fetch_sub(1, Ordering::SeqCst) == 1 {
                 self.shared.stop_system();
             }
+        }
+        // Timers and the stall check (see `Shared::timers_hold_off`).
+        let consumed = self.host.counters.consumed.load(Ordering::Relaxed);
+        let timer_step = std::mem::take(&mut self.timer_stepped);
+        if timer_step && consumed != self.consumed_booked {
+            self.shared.relief.fetch_add(1, Ordering::SeqCst);
+        }
+        self.consumed_booked = consumed;
+        let timer = self.timer_set.is_some() && !self.host.is_done();
+        if timer != self.counted_timer {
+            self.counted_timer = timer;
+            if timer {
+                self.shared.timers_armed.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.shared.timers_armed.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if timer_step {
+            self.shared.timer_steps.fetch_add(1, Ordering::SeqCst);
+            // What is blocked now may be a stall; nothing else would look again (a timer's
+            // step is no envelope in flight).
+            self.shared.check_quiescent();
         }
         next
     }

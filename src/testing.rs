@@ -296,14 +296,15 @@ impl Harness {
                         return Err(Error::Stalled {
                             detail: format!(
                                 "harness of '{}': input '{}' holds as much as it may, and the \
-                                 graph, run until nothing is left to do, takes no more of it{}",
+                                 graph, run until nothing is left to do, takes no more of it{}{}",
                                 self.app,
                                 self.hosts[agent].name,
                                 if held.is_empty() {
                                     String::new()
                                 } else {
                                     format!(": {}", held.join("; "))
-                                }
+                                },
+                                self.timers_to_come()
                             ),
                         });
                     }
@@ -315,6 +316,30 @@ impl Harness {
                     unreachable!("the source agent holds the reading end")
                 }
             }
+        }
+    }
+
+    /// The agents' timers still to come, as a hint after a stall's message: in the harness
+    /// time moves only by [`advance_clock`](Self::advance_clock), and a timer's step may take
+    /// in what the graph holds now.
+    fn timers_to_come(&self) -> String {
+        let now = self.clock();
+        let timers: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| !h.is_done())
+            .filter_map(|h| {
+                h.timer()
+                    .map(|at| format!("'{}' at {:?}", h.name, at.saturating_sub(now)))
+            })
+            .collect();
+        if timers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; agents wait for their timers ({}, from now): Harness::advance_clock runs them",
+                timers.join(", ")
+            )
         }
     }
 

@@ -357,14 +357,21 @@ impl Agent for NeedsTen {
 }
 
 fn stalling_graph() -> Graph {
+    stalling_graph_and_source(0..100).0
+}
+
+/// [`stalling_graph`] of `numbers`, and its source's stream.
+fn stalling_graph_and_source(
+    numbers: impl Iterator<Item = u64> + Send + 'static,
+) -> (Graph, Stream<u64>) {
     let mut g = Graph::new("stall");
-    let s = g.source_iter("numbers", 0..100u64);
+    let s = g.source_iter("numbers", numbers);
     let input = g.add_agent("needs_ten", |p| {
         let input = p.input::<u64>("in");
         (NeedsTen { input }, input)
     });
     g.connect_with(&s, &input, Connection::new().capacity(4));
-    g
+    (g, s)
 }
 
 #[test]
@@ -639,4 +646,139 @@ fn an_endless_source_in_the_harness_is_an_error_naming_it() {
     h.set_max_source_elements(1_000_000);
     h.finish().unwrap();
     assert_eq!(out.values().len(), 205_000);
+}
+
+/// A reader that takes its input in at a pace of its own: at each of its timers, every
+/// `every` of processing time, all it holds (and all of it at the end of the stream). Between
+/// two timers its connection is full, its writer blocked, and nothing is in flight.
+struct Paced {
+    input: Input<u64>,
+    every: Duration,
+    next: Option<Duration>,
+    seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Agent for Paced {
+    fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        let now = i.processing_time();
+        let next = *self.next.get_or_insert(now + self.every);
+        if now >= next || i.is_closed(&self.input) {
+            let n = i.slice(&self.input).len();
+            self.seen
+                .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+            i.consume(&self.input, n);
+            self.next = Some(now + self.every);
+        }
+        if !i.is_closed(&self.input) {
+            i.wake_at(self.next.expect("set above"));
+        }
+        Ok(())
+    }
+}
+
+/// Adds a [`Paced`] reader of `stream` over a connection of capacity 16; returns what it
+/// will have seen.
+fn paced_reader(
+    g: &mut Graph,
+    stream: &Stream<u64>,
+    every: Duration,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    let input = g.add_agent("paced", move |p| {
+        let input = p.input("in");
+        let agent = Paced {
+            input,
+            every,
+            next: None,
+            seen: counter,
+        };
+        (agent, input)
+    });
+    g.connect_with(stream, &input, Connection::new().capacity(16));
+    seen
+}
+
+/// A reader waiting for its own timer to take in a full connection is no stall: the timer's
+/// step frees the writer. (Before: `Stalled` at once, "its reader holds all the connection lets
+/// through and consumes none of it", and the run failed after 16 of 200 elements.)
+#[test]
+fn a_reader_waiting_for_its_timer_is_no_stall() {
+    let mut g = Graph::new("paced");
+    let s = g.source_iter("numbers", 0..200u64);
+    let seen = paced_reader(&mut g, &s, Duration::from_millis(40));
+    let run = join_within(g);
+    assert!(run.is_ok(), "{run:?}");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 200);
+}
+/// A timer elsewhere delays a stall's report; it does not hide it, not even one asked for
+/// again and again: once a timer's step went by and freed nothing, the stall is reported.
+#[test]
+fn a_stall_is_reported_once_a_timer_has_gone_by() {
+    // Endless: the source never ends the stream its other reader gets.
+    let (mut g, numbers) = stalling_graph_and_source(0..);
+    // A second reader of the stalled source (its input stays open while the stall lasts)
+    // that takes in whatever comes and asks for a step every 300 ms, for ever: a periodic
+    // report would.
+    struct Periodic {
+        input: Input<u64>,
+    }
+    impl Agent for Periodic {
+        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+            i.consume_all(&self.input);
+            i.wake_at(i.processing_time() + Duration::from_millis(300));
+            Ok(())
+        }
+    }
+    let input = g.add_agent("periodic", |p| {
+        let input = p.input::<u64>("in");
+        (Periodic { input }, input)
+    });
+    g.connect(&numbers, &input);
+    let started = std::time::Instant::now();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(g.run());
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run did not end within 60 s: a stall hidden by timers")
+        .unwrap_err();
+    assert!(matches!(err, Error::Stalled { .. }), "{err:#?}");
+    assert!(
+        err.to_string().contains("numbers.out -> needs_ten.in"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "reported before the timer went by"
+    );
+}
+
+/// In the harness, time moves only when the test says: a push that finds the paced reader's
+/// connection full is a stall whose message points at the timer and at `advance_clock`, which
+/// lets the reader take the rest in.
+#[test]
+fn a_harness_stall_names_the_timers_to_come() {
+    let mut g = Graph::new("paced_input");
+    let x = g.input::<u64>("x");
+    let seen = paced_reader(&mut g, &x, Duration::from_secs(1));
+    let mut h = Harness::new(g).unwrap();
+    // The input's own queue takes its capacity's worth first.
+    let (accepted, err) = (0..1_000_000u64)
+        .find_map(|k| h.push(&x, [k]).err().map(|e| (k, e)))
+        .expect("the pushes never stalled");
+    assert!(matches!(err, Error::Stalled { .. }), "{err:#?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("'paced' at 1s") && text.contains("Harness::advance_clock"),
+        "{text}"
+    );
+    // Each second of the harness's clock the reader takes in the 16 it holds.
+    for _ in 0..accepted / 16 + 2 {
+        h.advance_clock(Duration::from_secs(1)).unwrap();
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), accepted);
+    h.close(&x).unwrap();
+    h.finish().unwrap();
 }

@@ -40,8 +40,9 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "chained" => chained(arg(0), arg(1) as usize),
         "long_chain" => long_chain(arg(0) as usize, arg(1)),
         "input_elsewhere" => input_elsewhere(),
-        "stallx" => stallx(),
+        "stallx" => stallx(arg(0) == 1),
         "slow_progress" => slow_progress(),
+        "paced" => paced(),
         other => panic!("no application named {other}"),
     }
 }
@@ -96,7 +97,22 @@ fn input_elsewhere() -> Result<(), iotstream::Error> {
 /// A capacity too small for the graph, its halves in two processes: `zip` (in `p1`) needs a
 /// third of the numbers on `in1` for every one on `in0`, whose 64 fill at once; `nums` waits
 /// on `in0`'s ring, `thirds` has nothing more to give. In one process this is `Stalled`.
-fn stallx() -> Result<(), iotstream::Error> {
+///
+/// With `periodic`, `p1` also runs an agent that reads `thirds` and asks for a step every
+/// 100 ms for ever (a periodic report): the stall is still declared, once one of its timers
+/// went by and freed nothing.
+fn stallx(periodic: bool) -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
+    struct Periodic {
+        input: Input<u64>,
+    }
+    impl Agent for Periodic {
+        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+            i.consume_all(&self.input);
+            i.wake_at(i.processing_time() + Duration::from_millis(100));
+            Ok(())
+        }
+    }
     let mut g = Graph::new("stallx");
     g.set_default_capacity(64);
     let s = g.source_iter("nums", 0..10_000u64);
@@ -104,6 +120,14 @@ fn stallx() -> Result<(), iotstream::Error> {
     let z = g.zip("zip", &s, &f);
     g.for_each("out", &z, |_: &(u64, u64)| {});
     g.place_in_process("zip", "p1");
+    if periodic {
+        let input = g.add_agent("periodic", |p| {
+            let input = p.input::<u64>("in");
+            (Periodic { input }, input)
+        });
+        g.connect(&f, &input);
+        g.place_in_process("periodic", "p1");
+    }
     g.run().map(|_| ())
 }
 
@@ -131,6 +155,49 @@ fn slow_progress() -> Result<(), iotstream::Error> {
     });
     g.place_in_process("double", "p1");
     g.place_in_process("slow", "slow");
+    g.run().map(|_| ())
+}
+
+/// A reader in process `p1` that takes its input in only at its timers, every 100 ms, over a
+/// ring of capacity 16: between two timers every process is quiet, the writer waits on the
+/// full ring, and nothing moves, but the timer will move it. Prints what it summed.
+fn paced() -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
+    struct Paced {
+        input: Input<u64>,
+        next: Option<Duration>,
+        sum: u64,
+    }
+    impl Agent for Paced {
+        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+            let now = i.processing_time();
+            let next = *self.next.get_or_insert(now + Duration::from_millis(100));
+            if now >= next || i.is_closed(&self.input) {
+                self.sum += i.slice(&self.input).iter().sum::<u64>();
+                i.consume_all(&self.input);
+                self.next = Some(now + Duration::from_millis(100));
+            }
+            if i.is_closed(&self.input) {
+                println!("RESULT {}", self.sum);
+            } else {
+                i.wake_at(self.next.expect("set above"));
+            }
+            Ok(())
+        }
+    }
+    let mut g = Graph::new("paced");
+    let s = g.source_iter("numbers", 0..200u64);
+    let input = g.add_agent("paced", |p| {
+        let input = p.input("in");
+        let agent = Paced {
+            input,
+            next: None,
+            sum: 0,
+        };
+        (agent, input)
+    });
+    g.connect_with(&s, &input, Connection::new().capacity(16));
+    g.place_in_process("paced", "p1");
     g.run().map(|_| ())
 }
 
@@ -1770,7 +1837,18 @@ fn quake_detector_prints_errors_for_people() -> Result<(), String> {
 /// A stall whose writer and reader are in different processes is reported as in one process,
 /// naming the connection, instead of hanging (the wait is a hang guard).
 fn a_stall_across_processes_is_reported() -> Result<(), String> {
-    let (status, out, err) = Started::new("stallx", &[]).wait(Duration::from_secs(60))?;
+    stall_across_processes_is_reported(false)
+}
+
+/// The same, with an agent asking for timers for ever in the stalled process: its timers
+/// delay the report, they do not hide it.
+fn a_stall_across_processes_is_reported_despite_a_periodic_timer() -> Result<(), String> {
+    stall_across_processes_is_reported(true)
+}
+
+fn stall_across_processes_is_reported(periodic: bool) -> Result<(), String> {
+    let arg = if periodic { "1" } else { "0" };
+    let (status, out, err) = Started::new("stallx", &[arg]).wait(Duration::from_secs(60))?;
     ensure(!status.success(), || {
         format!("the application succeeded:\n{out}\n{err}")
     })?;
@@ -1791,6 +1869,15 @@ fn a_slow_application_across_processes_is_no_stall() -> Result<(), String> {
     ensure(result_line(&out)? == "359400", || out.clone())
 }
 
+/// A reader in another process that takes its input in at its own timers is no stall across
+/// processes: the run ends with every element. (Before: "application stalled: numbers.out ->
+/// paced.in".)
+fn a_reader_waiting_for_its_timer_across_processes_is_no_stall() -> Result<(), String> {
+    let out = run_app_output("paced", &[])?;
+    ensure(!out.contains("stalled"), || out.clone())?;
+    ensure(result_line(&out)? == "19900", || out.clone())
+}
+
 /// A scenario: `Ok` or what went wrong.
 type Scenario = fn() -> Result<(), String>;
 
@@ -1809,7 +1896,15 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 32] = [
+    let scenarios: [(&str, Scenario); 34] = [
+        (
+            "a_stall_across_processes_is_reported_despite_a_periodic_timer",
+            a_stall_across_processes_is_reported_despite_a_periodic_timer,
+        ),
+        (
+            "a_reader_waiting_for_its_timer_across_processes_is_no_stall",
+            a_reader_waiting_for_its_timer_across_processes_is_no_stall,
+        ),
         (
             "a_stall_across_processes_is_reported",
             a_stall_across_processes_is_reported,
