@@ -147,6 +147,9 @@ struct Shared {
     /// Set by the first failure and never cleared (the run's end takes `error` out): the
     /// starter's drain bound starts on it.
     failed: AtomicBool,
+    /// Before anything failed this part, a link found its peer process failed or dead (see
+    /// [`RunContext::peer_failed`]): the failure that follows is that peer's consequence.
+    failed_by_peer: AtomicBool,
     system: Mutex<Option<System>>,
     /// `system` is gone (the actors are torn down): an atomic, so that link threads, which
     /// ask [`RunHandle::is_over`] at every batch, take no lock shared by the whole run.
@@ -217,6 +220,13 @@ impl RunHandle {
         self.shared.fail(e);
     }
 
+    /// See [`RunContext::peer_failed`].
+    pub fn peer_failed(&self) {
+        if !self.shared.failed.load(Ordering::SeqCst) {
+            self.shared.failed_by_peer.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Registers `hook`, run once when this process's part fails (an agent's error, a peer's
     /// death noticed, a stall, the starter's supervisor failing it), before the stop flag is
     /// set: a ring's writer marks the ring failed, so readers in other processes end at once
@@ -266,6 +276,9 @@ impl RunContext for RunHandle {
     fn fail(&self, e: Error) {
         RunHandle::fail(self, e)
     }
+    fn peer_failed(&self) {
+        RunHandle::peer_failed(self)
+    }
     fn on_failure(&self, hook: FailureHook) {
         RunHandle::on_failure(self, hook)
     }
@@ -307,6 +320,7 @@ impl Shared {
             stop,
             error: Mutex::new(None),
             failed: AtomicBool::new(false),
+            failed_by_peer: AtomicBool::new(false),
             torn_down: AtomicBool::new(system.is_none()),
             system: Mutex::new(system),
             mailboxes: Mutex::new(Vec::new()),
@@ -1447,15 +1461,24 @@ impl Running {
         });
         if let Some(mut children) = self.children.take() {
             // Whichever failed first is the cause: a child failure recorded before this process's
-            // own part ended, or this process's error (children stopped because of it fail after).
-            let child_first = children
-                .failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some();
-            if result.is_err() {
+            // own part ended, or one that reached this part through a link (a ring marked by
+            // its failed writer, a dead peer) before the child was reaped; else this process's
+            // error (children stopped because of it fail after).
+            let by_peer = self
+                .shared
+                .as_ref()
+                .is_some_and(|s| s.failed_by_peer.load(Ordering::SeqCst));
+            let child_first = by_peer
+                || children
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some();
+            if result.is_err() && !by_peer {
                 // This process failed: ask the others to stop; the drain's bound (see
-                // `bound_drain`) makes sure they do.
+                // `bound_drain`) makes sure they do. (A child's failure that reached this
+                // part first is left to end by itself, saying why: the supervisor stops the
+                // others once it is reaped, the drain's bound if it is not.)
                 launch::signal_all(&children.list, Signal::SIGTERM);
             }
             if let Some(sup) = children.supervisor.take() {

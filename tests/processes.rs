@@ -26,7 +26,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "readings" => readings(arg(0), arg(1) as usize),
         "endless" => pipeline(u64::MAX, 3, 256, "endless"),
         "stopped" => pipeline(u64::MAX, 3, 256, "stopped"),
-        "failing" => failing(),
+        "failing" => failing(false),
+        "failing_slowly" => failing(true),
         "stdin_lines" => stdin_lines(),
         "quiet_tail" => quiet_tail(),
         "spawner" => spawner(),
@@ -467,8 +468,16 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
         .unwrap_or_default())
 }
 
-fn failing() -> Result<(), iotstream::Error> {
-    let mut g = Graph::new("failing");
+/// `fragile`, in process `worker`, fails at element 5,000 of 100,000; `sink` is in `main`.
+///
+/// With `slow_exit`, `worker` also runs an agent that sleeps 2 s in each step: the failure
+/// reaches `main` through the ring at once, and `worker` exits only when that step is over.
+fn failing(slow_exit: bool) -> Result<(), iotstream::Error> {
+    let mut g = Graph::new(if slow_exit {
+        "failing_slowly"
+    } else {
+        "failing"
+    });
     let s = g.source_iter("numbers", 0..100_000u64);
     let m = g.try_map("fragile", &s, |v: &u64| {
         if *v == 5_000 {
@@ -479,6 +488,14 @@ fn failing() -> Result<(), iotstream::Error> {
     });
     g.for_each("sink", &m, |_: &u64| {});
     g.place_in_process("fragile", "worker");
+    if slow_exit {
+        let ticks = g.source_iter("ticks", 0..3u64);
+        g.for_each("slowpoke", &ticks, |_: &u64| {
+            std::thread::sleep(Duration::from_secs(2))
+        });
+        g.place_in_process("ticks", "worker");
+        g.place_in_process("slowpoke", "worker");
+    }
     g.run().map(|_| ())
 }
 
@@ -1309,6 +1326,25 @@ fn a_failing_agent_in_a_child_names_process_and_agent() -> Result<(), String> {
     })
 }
 
+/// A child's failure that reaches `main`'s agents through the ring before the child exits
+/// (it finishes a 2 s step first) is still the run's cause: the final error names the child,
+/// its agent and why, not `main`'s connection whose writer failed. (Before: "error: runtime
+/// error: connection fragile.out -> sink.in: the writing process 'worker' (pid …) failed: its
+/// stream ends incomplete".)
+fn a_child_failure_that_reaches_main_first_is_still_the_cause() -> Result<(), String> {
+    let (status, _out, err) = Started::new("failing_slowly", &[]).wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || "the application succeeded".into())?;
+    let last = err.lines().last().unwrap_or_default();
+    ensure(
+        last.starts_with("error: process 'worker' exited with status 1")
+            && last.contains("bad reading 5000"),
+        || format!("the final error is not the child's failure:\n{err}"),
+    )?;
+    ensure(segments("failing_slowly").is_empty(), || {
+        format!("left behind: {:?}", segments("failing_slowly"))
+    })
+}
+
 /// Waits (bounded) until the run started by `starter` has a child named `process`.
 fn wait_for_child(starter: u32, process: &str) -> Result<u32, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1896,7 +1932,11 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 34] = [
+    let scenarios: [(&str, Scenario); 35] = [
+        (
+            "a_child_failure_that_reaches_main_first_is_still_the_cause",
+            a_child_failure_that_reaches_main_first_is_still_the_cause,
+        ),
         (
             "a_stall_across_processes_is_reported_despite_a_periodic_timer",
             a_stall_across_processes_is_reported_despite_a_periodic_timer,

@@ -954,6 +954,7 @@ fn watch_space(
                         run.peers_may_restart(),
                         run.stopping(),
                     ) {
+                        run.peer_failed();
                         run.fail(Error::Runtime {
                             detail: format!("connection {label}: {e}"),
                         });
@@ -1368,6 +1369,7 @@ fn feed<T: Element>(
     let writer = peer.peer.clone();
     let failed = |e: shm::ring::RingError| match e {
         shm::ring::RingError::WriterFailed { pid } => {
+            spec.run.peer_failed();
             format!("the {writer} (pid {pid}) failed: its stream ends incomplete")
         }
         other => other.to_string(),
@@ -1534,7 +1536,8 @@ fn feed<T: Element>(
                         |_| live.is_some(),
                         spec.run.peers_may_restart(),
                         spec.run.stopping(),
-                    )?;
+                    )
+                    .inspect_err(|_| spec.run.peer_failed())?;
                     // Only a live writer: a dead one's pid may name another process by now.
                     stopped.check(live, spec.stopped, &spec.label, &peer.peer);
                 }
