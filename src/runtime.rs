@@ -128,19 +128,17 @@ struct Shared {
     /// Of those, agents that wait on a TCP link or a broker: no ring shows them move, so the
     /// part is never quiet for the stall check across processes (`quiet_across`).
     off_ring_waits: AtomicUsize,
-    /// Agents not finished with a timer armed (`Inputs::wake_at`): the step it brings may
-    /// consume, emit or mark what frees a blocked writer (a reader that takes its input in at
-    /// a pace of its own, a ticker feeding a zip's other side, an idle mark), so while one is
-    /// armed what is blocked is a stall only once a timer's step went by and freed nothing
-    /// (see [`timers_hold_off`](Self::timers_hold_off)).
-    timers_armed: AtomicUsize,
-    /// Timers' steps run (counted after the step).
-    timer_steps: AtomicU64,
-    /// What may have freed a blocked writer: a timer's step that consumed, credit taken in
-    /// by a blocked agent, a ring feeder no longer blocked.
-    relief: AtomicU64,
-    /// `timer_steps` and `relief` when the stall check was last held off by a timer.
-    held_off: Mutex<Option<(u64, u64)>>,
+    /// Agents not finished with a timer armed (`Inputs::wake_at`), by index: the step a timer
+    /// brings may consume, emit or mark what frees a blocked writer (a reader that takes its
+    /// input in at a pace of its own, a ticker feeding a zip's other side, an idle mark), so
+    /// they hold a stall's verdict off (see [`HoldOff`]).
+    timers: Mutex<std::collections::BTreeSet<usize>>,
+    /// The stall check held off by timers, if it is.
+    hold: Mutex<Option<HoldOff>>,
+    /// `hold` is on and not relieved: what relieves it and timers' steps look at it.
+    holding: AtomicBool,
+    /// The last hold-off's generation (see [`HoldOff::generation`]).
+    hold_generation: AtomicU64,
     /// Set to stop sources (graceful) or after a failure.
     stop: Arc<AtomicBool>,
     error: Mutex<Option<Error>>,
@@ -148,8 +146,9 @@ struct Shared {
     /// starter's drain bound starts on it.
     failed: AtomicBool,
     /// Before anything failed this part, a link found its peer process failed or dead (see
-    /// [`RunContext::peer_failed`]): the failure that follows is that peer's consequence.
-    failed_by_peer: AtomicBool,
+    /// [`RunContext::peer_failed`]): the failure that follows is that peer's consequence. Its
+    /// pid.
+    failed_by_peer: Mutex<Option<u32>>,
     system: Mutex<Option<System>>,
     /// `system` is gone (the actors are torn down): an atomic, so that link threads, which
     /// ask [`RunHandle::is_over`] at every batch, take no lock shared by the whole run.
@@ -202,8 +201,8 @@ impl RunHandle {
                 self.shared.check_quiescent();
             } else {
                 self.shared.blocked_sources.fetch_sub(1, Ordering::SeqCst);
-                // Its reader took some in: what a timer held off may be moving.
-                self.shared.relief.fetch_add(1, Ordering::SeqCst);
+                // Its reader took some in: what timers held off moves.
+                self.shared.relieve(None);
             }
         }
     }
@@ -221,9 +220,14 @@ impl RunHandle {
     }
 
     /// See [`RunContext::peer_failed`].
-    pub fn peer_failed(&self) {
-        if !self.shared.failed.load(Ordering::SeqCst) {
-            self.shared.failed_by_peer.store(true, Ordering::SeqCst);
+    pub fn peer_failed(&self, pid: u32) {
+        let mut first = self
+            .shared
+            .failed_by_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !self.shared.failed.load(Ordering::SeqCst) && first.is_none() {
+            *first = Some(pid);
         }
     }
 
@@ -276,8 +280,8 @@ impl RunContext for RunHandle {
     fn fail(&self, e: Error) {
         RunHandle::fail(self, e)
     }
-    fn peer_failed(&self) {
-        RunHandle::peer_failed(self)
+    fn peer_failed(&self, pid: u32) {
+        RunHandle::peer_failed(self, pid)
     }
     fn on_failure(&self, hook: FailureHook) {
         RunHandle::on_failure(self, hook)
@@ -313,14 +317,14 @@ impl Shared {
             hosts_left: AtomicUsize::new(agents),
             ring_waits: AtomicUsize::new(0),
             off_ring_waits: AtomicUsize::new(0),
-            timers_armed: AtomicUsize::new(0),
-            timer_steps: AtomicU64::new(0),
-            relief: AtomicU64::new(0),
-            held_off: Mutex::new(None),
+            timers: Mutex::new(std::collections::BTreeSet::new()),
+            hold: Mutex::new(None),
+            holding: AtomicBool::new(false),
+            hold_generation: AtomicU64::new(0),
             stop,
             error: Mutex::new(None),
             failed: AtomicBool::new(false),
-            failed_by_peer: AtomicBool::new(false),
+            failed_by_peer: Mutex::new(None),
             torn_down: AtomicBool::new(system.is_none()),
             system: Mutex::new(system),
             mailboxes: Mutex::new(Vec::new()),
@@ -499,10 +503,22 @@ impl Shared {
             return;
         }
         if !stuck.is_empty() {
-            if self.timers_hold_off() {
-                // A timer to come may free what is blocked; a timer's step looks again
+            let agents: Vec<usize> = self
+                .stalls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .copied()
+                .collect();
+            match self.hold_off(agents) {
+                // A timer to come may free what is blocked: its step looks again
                 // (`Tended::book`).
-                return;
+                Verdict::Hold => return,
+                Verdict::Refresh => {
+                    self.new_stall_round();
+                    return;
+                }
+                Verdict::Stall => {}
             }
             // Anything blocked now stays blocked forever: a stall, reported before anything is
             // closed (closing would let blocked writers go on into closed readers).
@@ -523,27 +539,124 @@ impl Shared {
     }
 }
 
+/// The stall check held off by agents' timers (`Shared::hold`): quiescent with something
+/// blocked, but some agent has a timer armed, whose step may free it. The verdict waits until
+/// every timer armed when the hold began has fired (or gone with its agent), and is a stall if
+/// nothing was relieved meanwhile (credit taken in by a blocked agent of the hold, a ring
+/// feeder unblocked, a timer's step that consumed): so a reader that takes its input in at its own timers is never one, and an
+/// agent that asks for timers for ever (a periodic report) delays a stall's report by one of
+/// its timers, not for ever. A relief, or something blocked anew, starts the wait again.
+struct HoldOff {
+    /// Told apart from later holds: a timer that fired before this hold began is not one of
+    /// its timers going by (its agent's next timer is).
+    generation: u64,
+    /// The blocked agents the hold is for (by index): credit to one of them relieves it.
+    blocked: std::collections::BTreeSet<usize>,
+    /// Agents whose timer, armed when the hold began, has not fired yet.
+    waiting: std::collections::BTreeSet<usize>,
+    /// Something blocked moved: the wait starts again at the next check.
+    relieved: bool,
+    /// The descriptions were asked for again once the timers went by (the report says what
+    /// is blocked at the end, not at the hold's start).
+    refreshed: bool,
+}
+
+/// What [`Shared::hold_off`] says of a quiescent part with something blocked.
+enum Verdict {
+    /// A timer may still free it: wait.
+    Hold,
+    /// The timers went by and nothing moved: ask the blocked agents for fresh descriptions,
+    /// then decide.
+    Refresh,
+    /// A stall.
+    Stall,
+}
+
 impl Shared {
-    /// Whether armed timers hold off a stall verdict: some timer is armed and, since the
-    /// check was last held off, no timer's step went by, or something was relieved (then the
-    /// waiting starts again from here). So a reader that takes its input in at its timers is
-    /// never a stall, and an agent that keeps asking for timers elsewhere (a periodic report)
-    /// delays a stall's report by one of its timers, not for ever.
-    fn timers_hold_off(&self) -> bool {
-        if self.timers_armed.load(Ordering::SeqCst) == 0 {
-            return false;
-        }
-        let now = (
-            self.timer_steps.load(Ordering::SeqCst),
-            self.relief.load(Ordering::SeqCst),
-        );
-        let mut held = self.held_off.lock().unwrap_or_else(|p| p.into_inner());
-        match *held {
-            Some((steps, relief)) if relief == now.1 => steps == now.0,
-            _ => {
-                *held = Some(now);
-                true
+    /// Decides, for a quiescent part whose `blocked` agents (by index) hold data, whether
+    /// timers hold the verdict off (see [`HoldOff`]).
+    fn hold_off(&self, blocked: Vec<usize>) -> Verdict {
+        let blocked: std::collections::BTreeSet<usize> = blocked.into_iter().collect();
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hold.as_mut() {
+            if !h.relieved && blocked.is_subset(&h.blocked) {
+                if !h.waiting.is_empty() {
+                    return Verdict::Hold;
+                }
+                // Only agents write descriptions (a feeder's is written when asked).
+                if !h.refreshed && !blocked.is_empty() {
+                    h.refreshed = true;
+                    return Verdict::Refresh;
+                }
+                // Kept, decided, until something is relieved: the check across processes
+                // asks again and must get the same answer.
+                h.refreshed = true;
+                return Verdict::Stall;
             }
+        }
+        let waiting = self
+            .timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if waiting.is_empty() {
+            *hold = None;
+            self.holding.store(false, Ordering::SeqCst);
+            return Verdict::Stall;
+        }
+        *hold = Some(HoldOff {
+            generation: self.hold_generation.fetch_add(1, Ordering::SeqCst) + 1,
+            blocked,
+            waiting,
+            relieved: false,
+            refreshed: false,
+        });
+        self.holding.store(true, Ordering::SeqCst);
+        Verdict::Hold
+    }
+
+    /// Something blocked moved: credit to blocked agent `agent`, or (`None`) a ring feeder
+    /// unblocked or a timer's step that consumed. Relieves the hold if it is for that agent.
+    fn relieve(&self, agent: Option<usize>) {
+        if !self.holding.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hold.as_mut() {
+            if agent.is_none_or(|a| h.blocked.contains(&a)) {
+                h.relieved = true;
+                self.holding.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Agent `agent`'s timer of hold generation `generation` fired (`None`: its timer is gone,
+    /// with no step): it no longer holds the verdict off.
+    fn timer_went_by(&self, agent: usize, generation: Option<u64>) {
+        if !self.holding.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hold.as_mut() {
+            if generation.is_none_or(|g| g == h.generation) {
+                h.waiting.remove(&agent);
+            }
+        }
+    }
+
+    /// A new description round: every blocked agent writes what it holds again (see
+    /// `stall_round`), and its handler checks again.
+    fn new_stall_round(&self) {
+        let wake: Vec<Arc<dyn Mailbox>> = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| Arc::clone(&s.mailbox))
+            .collect();
+        self.stall_round.fetch_add(1, Ordering::SeqCst);
+        for m in wake {
+            m.post(Envelope::Wake);
         }
     }
 }
@@ -584,7 +697,6 @@ impl Shared {
         }
         if self.in_flight.load(Ordering::SeqCst) != 0
             || self.off_ring_waits.load(Ordering::SeqCst) != 0
-            || self.timers_hold_off()
         {
             return None;
         }
@@ -640,6 +752,23 @@ impl Shared {
         }
         let mut stuck = stuck;
         stuck.extend(blocked_feeders);
+        // Even with nothing blocked here: a timer here may free what is blocked in another
+        // process (a reader with a pace of its own, the ring's writer elsewhere).
+        let agents: Vec<usize> = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        match self.hold_off(agents) {
+            Verdict::Hold => return None,
+            Verdict::Refresh => {
+                self.new_stall_round();
+                return None;
+            }
+            Verdict::Stall => {}
+        }
         Some(Quiet {
             posted: before,
             stuck,
@@ -794,10 +923,10 @@ struct Tended {
     counted_ring_wait: bool,
     /// Of that wait, a link no ring shows (counted in `Shared::off_ring_waits`).
     counted_off_ring: bool,
-    /// Counted in [`Shared::timers_armed`].
+    /// Listed in [`Shared::timers`].
     counted_timer: bool,
-    /// The step to book was a timer's (see [`Shared::timer_steps`]).
-    timer_stepped: bool,
+    /// The step to book was a timer's, fired under this hold generation (see [`HoldOff`]).
+    timer_fired_in: Option<u64>,
     /// The agent's `consumed` counter at the last booking.
     consumed_booked: u64,
     /// The agent's timer last scheduled (see `Inputs::wake_at`).
@@ -829,7 +958,7 @@ impl Tended {
             counted_ring_wait: false,
             counted_off_ring: false,
             counted_timer: false,
-            timer_stepped: false,
+            timer_fired_in: None,
             consumed_booked: 0,
             timer_set: None,
         }
@@ -840,8 +969,8 @@ impl Tended {
     fn accept(&mut self, env: Envelope) -> Result<(), Error> {
         let forced = matches!(env, Envelope::ForceClose);
         if matches!(env, Envelope::Credit { .. }) && self.listed_stalled {
-            // Credit for a blocked agent: what a timer held off may be moving.
-            self.shared.relief.fetch_add(1, Ordering::SeqCst);
+            // Credit for a blocked agent: what timers held off may be moving.
+            self.shared.relieve(Some(self.index));
         }
         self.guarded(|host| {
             host.accept(env)?;
@@ -875,7 +1004,9 @@ impl Tended {
             self.timer_set = None;
         }
         let due = self.guarded(|host| Ok(host.fire_timer_if_due()))?;
-        self.timer_stepped |= due;
+        if due {
+            self.timer_fired_in = Some(self.shared.hold_generation.load(Ordering::SeqCst));
+        }
         Ok(due)
     }
 
@@ -989,24 +1120,34 @@ impl Tended {
                 self.shared.stop_system();
             }
         }
-        // Timers and the stall check (see `Shared::timers_hold_off`).
+        // Timers and the stall check (see `HoldOff`): after the step, whose posts are in
+        // flight by now.
+        let fired = self.timer_fired_in.take();
         let consumed = self.host.counters.consumed.load(Ordering::Relaxed);
-        let timer_step = std::mem::take(&mut self.timer_stepped);
-        if timer_step && consumed != self.consumed_booked {
-            self.shared.relief.fetch_add(1, Ordering::SeqCst);
+        if fired.is_some() && consumed != self.consumed_booked {
+            // A reader with a pace of its own took something in: its writer, here or in
+            // another process, moves.
+            self.shared.relieve(None);
         }
         self.consumed_booked = consumed;
         let timer = self.timer_set.is_some() && !self.host.is_done();
-        if timer != self.counted_timer {
+        let changed = timer != self.counted_timer;
+        if changed {
             self.counted_timer = timer;
+            let mut timers = self.shared.timers.lock().unwrap_or_else(|p| p.into_inner());
             if timer {
-                self.shared.timers_armed.fetch_add(1, Ordering::SeqCst);
+                timers.insert(self.index);
             } else {
-                self.shared.timers_armed.fetch_sub(1, Ordering::SeqCst);
+                timers.remove(&self.index);
             }
         }
-        if timer_step {
-            self.shared.timer_steps.fetch_add(1, Ordering::SeqCst);
+        if let Some(generation) = fired {
+            self.shared.timer_went_by(self.index, Some(generation));
+        }
+        if changed && !timer {
+            self.shared.timer_went_by(self.index, None);
+        }
+        if fired.is_some() || (changed && !timer) {
             // What is blocked now may be a stall; nothing else would look again (a timer's
             // step is no envelope in flight).
             self.shared.check_quiescent();
@@ -1467,19 +1608,24 @@ impl Running {
             let by_peer = self
                 .shared
                 .as_ref()
-                .is_some_and(|s| s.failed_by_peer.load(Ordering::SeqCst));
-            let child_first = by_peer
+                .and_then(|s| *s.failed_by_peer.lock().unwrap_or_else(|p| p.into_inner()));
+            let child_first = by_peer.is_some()
                 || children
                     .failure
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .is_some();
-            if result.is_err() && !by_peer {
+            if result.is_err() {
                 // This process failed: ask the others to stop; the drain's bound (see
-                // `bound_drain`) makes sure they do. (A child's failure that reached this
-                // part first is left to end by itself, saying why: the supervisor stops the
-                // others once it is reaped, the drain's bound if it is not.)
-                launch::signal_all(&children.list, Signal::SIGTERM);
+                // `bound_drain`) makes sure they do. Not the child whose failure reached this
+                // part first: it is ending by itself, saying why (a SIGTERM could cut that
+                // short); the drain's bound kills it if it hangs.
+                let others: Vec<&ChildProcess> = children
+                    .list
+                    .iter()
+                    .filter(|c| by_peer != Some(c.pid))
+                    .collect();
+                launch::signal_each(&others, Signal::SIGTERM);
             }
             if let Some(sup) = children.supervisor.take() {
                 let _ = sup.join();

@@ -649,24 +649,29 @@ fn an_endless_source_in_the_harness_is_an_error_naming_it() {
 }
 
 /// A reader that takes its input in at a pace of its own: at each of its timers, every
-/// `every` of processing time, all it holds (and all of it at the end of the stream). Between
-/// two timers its connection is full, its writer blocked, and nothing is in flight.
+/// `every` of processing time, all it holds (and all of it at the end of the stream), passed
+/// on to `out` if it has one. Between two timers its connection is full, its writer blocked,
+/// and nothing is in flight.
 struct Paced {
     input: Input<u64>,
+    out: Option<Stream<u64>>,
     every: Duration,
     next: Option<Duration>,
     seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Agent for Paced {
-    fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+    fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
         let now = i.processing_time();
         let next = *self.next.get_or_insert(now + self.every);
         if now >= next || i.is_closed(&self.input) {
-            let n = i.slice(&self.input).len();
+            let taken = i.slice(&self.input);
             self.seen
-                .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
-            i.consume(&self.input, n);
+                .fetch_add(taken.len() as u64, std::sync::atomic::Ordering::SeqCst);
+            if let Some(out) = &self.out {
+                o.extend(out, taken.iter().copied());
+            }
+            i.consume_all(&self.input);
             self.next = Some(now + self.every);
         }
         if !i.is_closed(&self.input) {
@@ -676,27 +681,97 @@ impl Agent for Paced {
     }
 }
 
-/// Adds a [`Paced`] reader of `stream` over a connection of capacity 16; returns what it
-/// will have seen.
+/// Adds a [`Paced`] agent `name` reading `stream` over a connection of capacity 16; returns
+/// what it will have seen, and its output.
+fn paced(
+    g: &mut Graph,
+    name: &str,
+    stream: &Stream<u64>,
+    every: Duration,
+) -> (std::sync::Arc<std::sync::atomic::AtomicU64>, Stream<u64>) {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    let (input, out) = g.add_agent(name, move |p| {
+        let input = p.input("in");
+        let out = p.output("out");
+        let agent = Paced {
+            input,
+            out: Some(out),
+            every,
+            next: None,
+            seen: counter,
+        };
+        (agent, (input, out))
+    });
+    g.connect_with(stream, &input, Connection::new().capacity(16));
+    (seen, out)
+}
+
+/// [`paced`], named `paced`, its output left unread.
 fn paced_reader(
     g: &mut Graph,
     stream: &Stream<u64>,
     every: Duration,
 ) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
-    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = std::sync::Arc::clone(&seen);
-    let input = g.add_agent("paced", move |p| {
+    paced(g, "paced", stream, every).0
+}
+
+/// Reads its input as it comes and asks for a step every `every` for as long as the input is
+/// open (a periodic report); at each timer's step it emits `burst` elements to `out`.
+struct Periodic {
+    input: Input<u64>,
+    out: Stream<u64>,
+    every: Duration,
+    burst: u64,
+    next: Option<Duration>,
+}
+
+impl Agent for Periodic {
+    fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+        i.consume_all(&self.input);
+        let now = i.processing_time();
+        let next = *self.next.get_or_insert(now + self.every);
+        if now >= next {
+            o.extend(&self.out, 0..self.burst);
+            self.next = Some(now + self.every);
+        }
+        if !i.is_closed(&self.input) {
+            i.wake_at(self.next.expect("set above"));
+        }
+        Ok(())
+    }
+}
+
+/// Adds a [`Periodic`] agent reading `stream`; its output goes to a sink over a connection of
+/// capacity 2.
+fn periodic(g: &mut Graph, stream: &Stream<u64>, every: Duration, burst: u64) {
+    let (input, out) = g.add_agent("periodic", move |p| {
         let input = p.input("in");
-        let agent = Paced {
+        let out = p.output("out");
+        let agent = Periodic {
             input,
+            out,
             every,
+            burst,
             next: None,
-            seen: counter,
         };
-        (agent, input)
+        (agent, (input, out))
     });
-    g.connect_with(stream, &input, Connection::new().capacity(16));
-    seen
+    g.connect(stream, &input);
+    struct Drain {
+        input: Input<u64>,
+    }
+    impl Agent for Drain {
+        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+            i.consume_all(&self.input);
+            Ok(())
+        }
+    }
+    let sink = g.add_agent("sink", |p| {
+        let input = p.input::<u64>("in");
+        (Drain { input }, input)
+    });
+    g.connect_with(&out, &sink, Connection::new().capacity(2));
 }
 
 /// A reader waiting for its own timer to take in a full connection is no stall: the timer's
@@ -711,6 +786,100 @@ fn a_reader_waiting_for_its_timer_is_no_stall() {
     assert!(run.is_ok(), "{run:?}");
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 200);
 }
+/// Two paced stages in a row, the second slower: between their timers the first waits on the
+/// second, and the first one's timer goes by with nothing to do; the second one's frees it.
+#[test]
+fn two_paced_stages_in_a_row_are_no_stall() {
+    let mut g = Graph::new("two_paced");
+    let s = g.source_iter("numbers", 0..200u64);
+    let (_, first) = paced(&mut g, "paced1", &s, Duration::from_millis(30));
+    let (_, second) = paced(&mut g, "paced2", &first, Duration::from_millis(45));
+    let out = g.collect("out", &second);
+    let run = join_within(g);
+    assert!(run.is_ok(), "{run:?}");
+    assert_eq!(out.len(), 200);
+}
+
+/// A paced reader with a faster periodic agent after it: the periodic agent's timers going by
+/// do not end the wait for the paced reader's own.
+#[test]
+fn a_paced_reader_beside_a_faster_periodic_timer_is_no_stall() {
+    let mut g = Graph::new("paced_and_periodic");
+    let s = g.source_iter("numbers", 0..200u64);
+    let (seen, out) = paced(&mut g, "paced", &s, Duration::from_millis(120));
+    periodic(&mut g, &out, Duration::from_millis(15), 0);
+    let run = join_within(g);
+    assert!(run.is_ok(), "{run:?}");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 200);
+}
+
+/// A ticker (an agent that emits one element at each of its timers) feeding a zip's other
+/// side: between two ticks the zip's fast side is full and its writer blocked.
+#[test]
+fn a_ticker_feeding_a_zip_is_no_stall() {
+    struct Ticker {
+        input: Input<u64>,
+        out: Stream<u64>,
+        next: Option<Duration>,
+        sent: u64,
+    }
+    impl Agent for Ticker {
+        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+            i.consume_all(&self.input);
+            let now = i.processing_time();
+            let next = *self.next.get_or_insert(now);
+            if now >= next && self.sent < 100 {
+                o.push(&self.out, self.sent);
+                self.sent += 1;
+                self.next = Some(now + Duration::from_millis(3));
+            }
+            if self.sent < 100 && !i.is_closed(&self.input) {
+                i.wake_at(self.next.expect("set above"));
+            }
+            Ok(())
+        }
+    }
+    let mut g = Graph::new("ticker_zip");
+    // The zip's fast side fills at once.
+    g.set_default_capacity(4);
+    let fast = g.source_iter("fast", 0..100u64);
+    // Keeps the ticker's input open (and it alive) until its hundred ticks are out.
+    let keep = g.input::<u64>("keep");
+    let (tick_in, ticks) = g.add_agent("ticker", |p| {
+        let input = p.input("in");
+        let out = p.output("out");
+        let agent = Ticker {
+            input,
+            out,
+            next: None,
+            sent: 0,
+        };
+        (agent, (input, out))
+    });
+    g.connect(&keep, &tick_in);
+    let zipped = g.zip("zip", &fast, &ticks);
+    let out = g.collect("out", &zipped);
+    let mut running = g.start().expect("starts");
+    let keep_open = running.input(&keep).expect("the input");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(running.join());
+    });
+    // The program ends `keep` once the hundred pairs are out, or the run ended before.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut ended = None;
+    while out.len() < 100 && ended.is_none() && std::time::Instant::now() < deadline {
+        ended = rx.recv_timeout(Duration::from_millis(5)).ok();
+    }
+    drop(keep_open);
+    let run = ended.unwrap_or_else(|| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the run did not end within 60 s")
+    });
+    assert!(run.is_ok(), "{run:?}");
+    assert_eq!(out.len(), 100);
+}
+
 /// A timer elsewhere delays a stall's report; it does not hide it, not even one asked for
 /// again and again: once a timer's step went by and freed nothing, the stall is reported.
 #[test]
@@ -718,23 +887,10 @@ fn a_stall_is_reported_once_a_timer_has_gone_by() {
     // Endless: the source never ends the stream its other reader gets.
     let (mut g, numbers) = stalling_graph_and_source(0..);
     // A second reader of the stalled source (its input stays open while the stall lasts)
-    // that takes in whatever comes and asks for a step every 300 ms, for ever: a periodic
-    // report would.
-    struct Periodic {
-        input: Input<u64>,
-    }
-    impl Agent for Periodic {
-        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
-            i.consume_all(&self.input);
-            i.wake_at(i.processing_time() + Duration::from_millis(300));
-            Ok(())
-        }
-    }
-    let input = g.add_agent("periodic", |p| {
-        let input = p.input::<u64>("in");
-        (Periodic { input }, input)
-    });
-    g.connect(&numbers, &input);
+    // that takes in whatever comes and asks for a step every 300 ms, for ever (a periodic
+    // report would), emitting 8 elements at each into a connection of capacity 2: the credit
+    // it gets back while it waits on them relieves nothing blocked by the stall.
+    periodic(&mut g, &numbers, Duration::from_millis(300), 8);
     let started = std::time::Instant::now();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

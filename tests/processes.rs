@@ -26,8 +26,9 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "readings" => readings(arg(0), arg(1) as usize),
         "endless" => pipeline(u64::MAX, 3, 256, "endless"),
         "stopped" => pipeline(u64::MAX, 3, 256, "stopped"),
-        "failing" => failing(false),
-        "failing_slowly" => failing(true),
+        "failing" => failing("failing", 0),
+        "failing_slowly" => failing("failing_slowly", 2),
+        "failing_hung" => failing("failing_hung", 600),
         "stdin_lines" => stdin_lines(),
         "quiet_tail" => quiet_tail(),
         "spawner" => spawner(),
@@ -100,17 +101,27 @@ fn input_elsewhere() -> Result<(), iotstream::Error> {
 /// on `in0`'s ring, `thirds` has nothing more to give. In one process this is `Stalled`.
 ///
 /// With `periodic`, `p1` also runs an agent that reads `thirds` and asks for a step every
-/// 100 ms for ever (a periodic report): the stall is still declared, once one of its timers
-/// went by and freed nothing.
+/// 100 ms for ever (a periodic report), emitting 8 elements at each to a reader over a
+/// connection of capacity 2: the stall is still declared, once one of its timers went by and
+/// freed nothing blocked by the stall.
 fn stallx(periodic: bool) -> Result<(), iotstream::Error> {
     use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
     struct Periodic {
         input: Input<u64>,
+        out: iotstream::Stream<u64>,
+        next: Option<Duration>,
     }
     impl Agent for Periodic {
-        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
             i.consume_all(&self.input);
-            i.wake_at(i.processing_time() + Duration::from_millis(100));
+            let now = i.processing_time();
+            let next = *self.next.get_or_insert(now + Duration::from_millis(100));
+            if now >= next {
+                // More than its reader's connection holds: it waits on it for a moment.
+                o.extend(&self.out, 0..8u64);
+                self.next = Some(now + Duration::from_millis(100));
+            }
+            i.wake_at(self.next.expect("set above"));
             Ok(())
         }
     }
@@ -122,12 +133,33 @@ fn stallx(periodic: bool) -> Result<(), iotstream::Error> {
     g.for_each("out", &z, |_: &(u64, u64)| {});
     g.place_in_process("zip", "p1");
     if periodic {
-        let input = g.add_agent("periodic", |p| {
+        let (input, out) = g.add_agent("periodic", |p| {
             let input = p.input::<u64>("in");
-            (Periodic { input }, input)
+            let out = p.output::<u64>("out");
+            let agent = Periodic {
+                input,
+                out,
+                next: None,
+            };
+            (agent, (input, out))
         });
         g.connect(&f, &input);
+        struct Drain {
+            input: Input<u64>,
+        }
+        impl Agent for Drain {
+            fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+                i.consume_all(&self.input);
+                Ok(())
+            }
+        }
+        let report = g.add_agent("report", |p| {
+            let input = p.input::<u64>("in");
+            (Drain { input }, input)
+        });
+        g.connect_with(&out, &report, Connection::new().capacity(2));
         g.place_in_process("periodic", "p1");
+        g.place_in_process("report", "p1");
     }
     g.run().map(|_| ())
 }
@@ -470,14 +502,13 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
 
 /// `fragile`, in process `worker`, fails at element 5,000 of 100,000; `sink` is in `main`.
 ///
-/// With `slow_exit`, `worker` also runs an agent that sleeps 2 s in each step: the failure
-/// reaches `main` through the ring at once, and `worker` exits only when that step is over.
-fn failing(slow_exit: bool) -> Result<(), iotstream::Error> {
-    let mut g = Graph::new(if slow_exit {
-        "failing_slowly"
-    } else {
-        "failing"
-    });
+/// With `pause_s` > 0, `worker` also runs an agent that sleeps that long in each step: the
+/// failure reaches `main` through the ring at once, and `worker` exits only when that step is
+/// over (or the drain's bound kills it); and a healthy process `other` runs an endless source
+/// into an agent that prints `FLUSHED` when it finishes (a drain).
+fn failing(app: &str, pause_s: u64) -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
+    let mut g = Graph::new(app);
     let s = g.source_iter("numbers", 0..100_000u64);
     let m = g.try_map("fragile", &s, |v: &u64| {
         if *v == 5_000 {
@@ -488,13 +519,34 @@ fn failing(slow_exit: bool) -> Result<(), iotstream::Error> {
     });
     g.for_each("sink", &m, |_: &u64| {});
     g.place_in_process("fragile", "worker");
-    if slow_exit {
+    if pause_s > 0 {
         let ticks = g.source_iter("ticks", 0..3u64);
-        g.for_each("slowpoke", &ticks, |_: &u64| {
-            std::thread::sleep(Duration::from_secs(2))
+        g.for_each("slowpoke", &ticks, move |_: &u64| {
+            std::thread::sleep(Duration::from_secs(pause_s))
         });
         g.place_in_process("ticks", "worker");
         g.place_in_process("slowpoke", "worker");
+        struct Flusher {
+            input: Input<u64>,
+        }
+        impl Agent for Flusher {
+            fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+                i.consume_all(&self.input);
+                Ok(())
+            }
+            fn finish(&mut self, _: &mut Outputs) -> Result<(), AgentError> {
+                println!("FLUSHED");
+                Ok(())
+            }
+        }
+        let endless = g.source_fn("endless", Duration::from_millis(10), None, || 1u64);
+        let input = g.add_agent("flusher", |p| {
+            let input = p.input::<u64>("in");
+            (Flusher { input }, input)
+        });
+        g.connect(&endless, &input);
+        g.place_in_process("endless", "other");
+        g.place_in_process("flusher", "other");
     }
     g.run().map(|_| ())
 }
@@ -1345,6 +1397,31 @@ fn a_child_failure_that_reaches_main_first_is_still_the_cause() -> Result<(), St
     })
 }
 
+/// A child that hangs after its failure reached `main` first (a step of 600 s): the other
+/// children are still asked to drain at once (`other` prints FLUSHED), the hung one is killed
+/// at the drain's bound, and the run's error is its failure.
+fn a_child_hung_after_its_failure_does_not_keep_the_others_from_draining() -> Result<(), String> {
+    let (status, out, err) = Started::with_env(
+        "failing_hung",
+        &[],
+        None,
+        &[("IOTSTREAM_DRAIN_TIMEOUT_MS", "3000")],
+    )
+    .wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || "the application succeeded".into())?;
+    ensure(out.contains("FLUSHED"), || {
+        format!("'other' was not drained:\n{out}\n{err}")
+    })?;
+    let last = err.lines().last().unwrap_or_default();
+    ensure(
+        last.starts_with("error: process 'worker'") && last.contains("bad reading 5000"),
+        || format!("the final error is not the child's failure:\n{err}"),
+    )?;
+    ensure(segments("failing_hung").is_empty(), || {
+        format!("left behind: {:?}", segments("failing_hung"))
+    })
+}
+
 /// Waits (bounded) until the run started by `starter` has a child named `process`.
 fn wait_for_child(starter: u32, process: &str) -> Result<u32, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1932,7 +2009,11 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 35] = [
+    let scenarios: [(&str, Scenario); 36] = [
+        (
+            "a_child_hung_after_its_failure_does_not_keep_the_others_from_draining",
+            a_child_hung_after_its_failure_does_not_keep_the_others_from_draining,
+        ),
         (
             "a_child_failure_that_reaches_main_first_is_still_the_cause",
             a_child_failure_that_reaches_main_first_is_still_the_cause,

@@ -929,6 +929,11 @@ fn copy_prefixed(
 
 /// Sends `signal` to every child still alive (SIGTERM at most once to each).
 pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
+    signal_each(&children.iter().collect::<Vec<_>>(), signal);
+}
+
+/// [`signal_all`], for some of the children.
+pub(crate) fn signal_each(children: &[&ChildProcess], signal: Signal) {
     for c in children.iter().filter(|c| !c.reaped.load(Ordering::SeqCst)) {
         if signal == Signal::SIGTERM && c.term_sent.swap(true, Ordering::SeqCst) {
             continue; // asked to drain already: a second SIGTERM would cut the drain short

@@ -40,10 +40,11 @@ pub(crate) trait RunContext: Send + Sync {
     fn finished(&self, feeder: &FeederState);
     /// Fails the run.
     fn fail(&self, e: Error);
-    /// A link found its peer process failed or dead, and is about to fail the run for it:
-    /// if nothing failed this part before, that peer's failure is the run's cause, and this
-    /// part's error its consequence (the starter names the process, once it has reaped it).
-    fn peer_failed(&self) {}
+    /// A link found its peer process `pid` failed or dead, and is about to fail the run for
+    /// it: if nothing failed this part before, that peer's failure is the run's cause, and
+    /// this part's error its consequence (the starter names the process, once it has reaped
+    /// it).
+    fn peer_failed(&self, _pid: u32) {}
     /// Registers `hook`, run once when this process's part fails, before anything stops.
     fn on_failure(&self, hook: FailureHook);
     /// The application was asked to stop, or failed.

@@ -954,7 +954,9 @@ fn watch_space(
                         run.peers_may_restart(),
                         run.stopping(),
                     ) {
-                        run.peer_failed();
+                        if let Some(reader) = reader {
+                            run.peer_failed(reader.pid());
+                        }
                         run.fail(Error::Runtime {
                             detail: format!("connection {label}: {e}"),
                         });
@@ -1369,7 +1371,7 @@ fn feed<T: Element>(
     let writer = peer.peer.clone();
     let failed = |e: shm::ring::RingError| match e {
         shm::ring::RingError::WriterFailed { pid } => {
-            spec.run.peer_failed();
+            spec.run.peer_failed(pid);
             format!("the {writer} (pid {pid}) failed: its stream ends incomplete")
         }
         other => other.to_string(),
@@ -1537,7 +1539,11 @@ fn feed<T: Element>(
                         spec.run.peers_may_restart(),
                         spec.run.stopping(),
                     )
-                    .inspect_err(|_| spec.run.peer_failed())?;
+                    .inspect_err(|_| {
+                        if let Some(writer) = writer {
+                            spec.run.peer_failed(writer.pid());
+                        }
+                    })?;
                     // Only a live writer: a dead one's pid may name another process by now.
                     stopped.check(live, spec.stopped, &spec.label, &peer.peer);
                 }
