@@ -52,7 +52,14 @@ pub(crate) struct LinkCounters {
     pub max_in_flight: AtomicU64,
     /// In-process links: the elements the reading agent consumed, stored by the reader's host
     /// after each step (its credit goes back in groups: see [`LinkCounters::local_backlog`]).
+    /// The writer's byte bound for elements that own heap memory reads it too.
     pub consumed: AtomicU64,
+    /// In-process links of elements that own heap memory: the writer waits for room under the
+    /// byte bound. Set by the writer before it reads `consumed` once more, taken by the reader
+    /// after it stored `consumed` (both sequentially consistent): either the writer sees the
+    /// reader's progress, or the reader sees the flag and returns its credit at once, whatever
+    /// its grouping, so that the writer wakes up.
+    pub writer_waits_bytes: AtomicBool,
     /// An in-process link: its backlog (`in_flight`) is computed when read, not stored.
     pub local: AtomicBool,
     pub released_early: AtomicU64,

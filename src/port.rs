@@ -170,9 +170,11 @@ pub(crate) struct InBuf<T> {
     spare_bytes: usize,
     route: Option<CreditRoute>,
     /// An in-process link whose elements own heap memory: its writer counts their bytes
-    /// against the connection's byte bound and may stop far below the element credit, so
-    /// credit goes back after every step rather than by quarters of the capacity.
-    credit_every_step: bool,
+    /// against the connection's byte bound from what this input stores as consumed, and may
+    /// stop far below the element credit; then it says so
+    /// ([`LinkCounters::writer_waits_bytes`](crate::metrics::LinkCounters)) and credit goes
+    /// back at the next step that consumed, rather than by quarters of the capacity.
+    heap_counted: bool,
     /// Elements the last step left unconsumed, having seen everything received (see
     /// [`InSlot::take_waiting`]); cleared when a batch arrives.
     waiting: Option<usize>,
@@ -205,7 +207,7 @@ impl<T: Element> InBuf<T> {
             spare: Vec::new(),
             spare_bytes: 0,
             route: None,
-            credit_every_step: false,
+            heap_counted: false,
             waiting: None,
             received_total: 0,
             consumed_total: 0,
@@ -520,10 +522,14 @@ impl<T: Element> InSlot for InBuf<T> {
         if let Some(local) = self.route.as_ref().and_then(|r| r.local.as_ref()) {
             if self.consumed > 0 {
                 // The link's backlog is what was sent less this (see
-                // `LinkCounters::local_backlog`).
-                local
-                    .consumed
-                    .store(self.consumed_total, std::sync::atomic::Ordering::Release);
+                // `LinkCounters::local_backlog`); a writer waiting on its byte bound reads it
+                // before it waits (see `credit_due`).
+                let order = if self.heap_counted {
+                    std::sync::atomic::Ordering::SeqCst
+                } else {
+                    std::sync::atomic::Ordering::Release
+                };
+                local.consumed.store(self.consumed_total, order);
             }
         }
         std::mem::take(&mut self.consumed)
@@ -535,12 +541,24 @@ impl<T: Element> InSlot for InBuf<T> {
             return 0;
         }
         let group = match route.policy {
-            Policy::Block if !route.durable && !self.credit_every_step => {
-                (route.capacity / 4).max(1)
-            }
+            Policy::Block if !route.durable => (route.capacity / 4).max(1),
             Policy::Block | Policy::DropOldest | Policy::DropNewest => 1,
         };
-        if self.unreturned >= group || self.outstanding >= route.capacity || self.closed {
+        // After the SeqCst store of what was consumed (`take_consumed`): a writer that set
+        // the flag before reading that store waits for this credit.
+        let writer_waits = || {
+            route.local.as_ref().is_some_and(|l| {
+                l.writer_waits_bytes
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    && l.writer_waits_bytes
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+            })
+        };
+        if self.unreturned >= group
+            || self.outstanding >= route.capacity
+            || self.closed
+            || (self.heap_counted && self.unreturned > 0 && writer_waits())
+        {
             let n = std::mem::take(&mut self.unreturned);
             self.outstanding -= n;
             n
@@ -550,8 +568,7 @@ impl<T: Element> InSlot for InBuf<T> {
     }
 
     fn set_credit_route(&mut self, route: CreditRoute) {
-        self.credit_every_step =
-            route.local.is_some() && crate::stream::heap::counter::<T>().is_some();
+        self.heap_counted = route.local.is_some() && crate::stream::heap::counter::<T>().is_some();
         self.route = Some(route);
     }
 

@@ -8,6 +8,7 @@
 //! [`mailbox`](super::mailbox).
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::broker::BrokerSender;
@@ -55,7 +56,8 @@ struct HeapBound<T> {
     need: usize,
     /// Bytes of the batches sent and not wholly consumed.
     bytes: usize,
-    /// Elements sent, and consumed, since the link began.
+    /// Elements sent, and consumed (as the reader last stored it in
+    /// [`LinkCounters::consumed`]), since the link began.
     sent: u64,
     consumed: u64,
     /// The batches sent and not wholly consumed: the count of elements sent up to its end,
@@ -101,8 +103,9 @@ impl<T> HeapBound<T> {
         self.batches.push_back((self.sent, bytes));
     }
 
-    fn consumed(&mut self, n: usize) {
-        self.consumed = (self.consumed + n as u64).min(self.sent);
+    /// The reader has consumed `total` elements since the link began.
+    fn consumed_upto(&mut self, total: u64) {
+        self.consumed = total.clamp(self.consumed, self.sent);
         while let Some(&(end, bytes)) = self.batches.front() {
             if end > self.consumed {
                 break;
@@ -198,7 +201,18 @@ fn transmit<T: Element>(
         Flavor::Local { mailbox, input } => {
             let mut n = (*credit).min(batch.len());
             if let Some(h) = heap.as_mut() {
-                let (fit, bytes) = h.fits(&batch.as_slice()[..n]);
+                // What the reader consumed frees bytes, whether or not its credit came back
+                // yet (it comes back in groups).
+                h.consumed_upto(counters.consumed.load(Ordering::Acquire));
+                let (mut fit, mut bytes) = h.fits(&batch.as_slice()[..n]);
+                if fit < n {
+                    // The byte bound stops it: say so, then look once more (see
+                    // `LinkCounters::writer_waits_bytes`): either this sees what the reader
+                    // consumed since, or the reader sees the flag and sends its credit now.
+                    counters.writer_waits_bytes.store(true, Ordering::SeqCst);
+                    h.consumed_upto(counters.consumed.load(Ordering::SeqCst));
+                    (fit, bytes) = h.fits(&batch.as_slice()[..n]);
+                }
                 n = fit;
                 if n > 0 {
                     h.sent(n, bytes);
@@ -615,9 +629,6 @@ impl<T: Element> LinkTx<T> {
         if let Flavor::Local { .. } = self.flavor {
             // The backlog is computed when read (`LinkCounters::local_backlog`).
             self.credit = (self.credit + n).min(self.capacity);
-            if let Some(h) = self.heap.as_mut() {
-                h.consumed(n);
-            }
         }
         // For a ring, a credit envelope means "there may be room again".
         self.pump();
@@ -680,9 +691,12 @@ impl<T: Element> LinkTx<T> {
     /// One line about the data it cannot send, if it holds any.
     pub(crate) fn stalled(&self) -> Option<String> {
         (!self.stash.is_empty()).then(|| {
-            let in_flight = match &self.flavor {
-                Flavor::Shm(tx) => tx.in_flight(),
-                Flavor::Broker(tx) => tx.pending(),
+            let in_flight = match (&self.flavor, &self.heap) {
+                (Flavor::Shm(tx), _) => tx.in_flight(),
+                (Flavor::Broker(tx), _) => tx.pending(),
+                // What the reader consumed and its credit, which comes back in groups, has
+                // not said yet.
+                (Flavor::Local { .. }, Some(h)) => (h.sent - h.consumed) as usize,
                 _ => self.capacity - self.credit,
             };
             // A reader that holds all it may and consumes none of it either waits on a
