@@ -503,22 +503,10 @@ impl Shared {
             return;
         }
         if !stuck.is_empty() {
-            let agents: Vec<usize> = self
-                .stalls
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .copied()
-                .collect();
-            match self.hold_off(agents) {
+            if self.timers_hold() {
                 // A timer to come may free what is blocked: its step looks again
                 // (`Tended::book`).
-                Verdict::Hold => return,
-                Verdict::Refresh => {
-                    self.new_stall_round();
-                    return;
-                }
-                Verdict::Stall => {}
+                return;
             }
             // Anything blocked now stays blocked forever: a stall, reported before anything is
             // closed (closing would let blocked writers go on into closed readers).
@@ -573,10 +561,29 @@ enum Verdict {
 }
 
 impl Shared {
+    /// Whether timers hold a quiescent part's stall verdict off (see [`HoldOff`]); asks the
+    /// blocked agents for fresh descriptions when the verdict is about to be given.
+    fn timers_hold(&self) -> bool {
+        let blocked = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        match self.hold_off(blocked) {
+            Verdict::Hold => true,
+            Verdict::Refresh => {
+                self.new_stall_round();
+                true
+            }
+            Verdict::Stall => false,
+        }
+    }
+
     /// Decides, for a quiescent part whose `blocked` agents (by index) hold data, whether
     /// timers hold the verdict off (see [`HoldOff`]).
-    fn hold_off(&self, blocked: Vec<usize>) -> Verdict {
-        let blocked: std::collections::BTreeSet<usize> = blocked.into_iter().collect();
+    fn hold_off(&self, blocked: std::collections::BTreeSet<usize>) -> Verdict {
         let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = hold.as_mut() {
             if !h.relieved && blocked.is_subset(&h.blocked) {
@@ -754,20 +761,8 @@ impl Shared {
         stuck.extend(blocked_feeders);
         // Even with nothing blocked here: a timer here may free what is blocked in another
         // process (a reader with a pace of its own, the ring's writer elsewhere).
-        let agents: Vec<usize> = self
-            .stalls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
-        match self.hold_off(agents) {
-            Verdict::Hold => return None,
-            Verdict::Refresh => {
-                self.new_stall_round();
-                return None;
-            }
-            Verdict::Stall => {}
+        if self.timers_hold() {
+            return None;
         }
         Some(Quiet {
             posted: before,
