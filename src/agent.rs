@@ -274,10 +274,10 @@ impl Inputs<'_> {
     /// still wants its timer asks again.
     ///
     /// An agent may take its input in only at its timers (a reader with a pace of its own):
-    /// while a timer is armed, a full connection and a blocked writer are not a stall
-    /// ([`Error::Stalled`](crate::Error::Stalled) is declared only once a timer's step went by
-    /// and freed nothing: take something in at each timer while a writer waits). In the [`Harness`](crate::Harness) time moves only with
-    /// `advance_clock`, and a push that stalls names the timers to come.
+    /// while it has a timer armed, the full connection it reads and the blocked writer of it
+    /// are not a stall, nor is a connection it leads to ([`Error::Stalled`](crate::Error::Stalled)
+    /// is declared once no such timer is left). In the [`Harness`](crate::Harness) time moves
+    /// only with `advance_clock`, and a push that stalls names the timers to come.
     ///
     /// ```
     /// use std::time::Duration;

@@ -1273,6 +1273,7 @@ impl Graph {
                     policy: e.conn.policy,
                     counters: Arc::clone(&counters),
                     label: label.clone(),
+                    reader,
                 };
                 match resolved {
                     Resolved::Local => out.add_link(LinkSpec {

@@ -387,6 +387,21 @@ impl Host {
         self.outputs.iter().any(|o| o.waits_off_ring())
     }
 
+    /// The readers (agent indices in the graph) of this agent's links that hold data they
+    /// cannot send.
+    pub fn blocked_readers(&self) -> Vec<usize> {
+        let mut readers = Vec::new();
+        for o in &self.outputs {
+            o.blocked_readers(&mut readers);
+        }
+        readers
+    }
+
+    /// True if an input holds elements the agent has not consumed.
+    pub fn holds_input(&self) -> bool {
+        self.inputs.iter().any(|i| i.holds())
+    }
+
     /// True if a `Block` link of this host holds data it cannot send.
     pub fn is_blocked(&self) -> bool {
         self.outputs.iter().any(|o| o.blocked())
@@ -950,6 +965,7 @@ mod tests {
             policy: Policy::Block,
             counters: Arc::default(),
             label: "pass.out -> next.in".into(),
+            reader: 1,
         });
         Host::new(
             "pass".into(),

@@ -52,6 +52,8 @@ pub(crate) trait InSlot: Send {
     fn prepare(&mut self, segment: bool);
     /// Elements received that the last [`prepare`](InSlot::prepare) did not show.
     fn has_unseen(&self) -> bool;
+    /// Elements received and not consumed.
+    fn holds(&self) -> bool;
     /// Elements consumed since the last call.
     fn take_consumed(&mut self) -> usize;
     /// Consumes, for credit, every element left once the input is closed and the agent has
@@ -435,6 +437,10 @@ impl<T: Element> InSlot for InBuf<T> {
         !self.queue.is_empty() || self.shown < self.view_all().len()
     }
 
+    fn holds(&self) -> bool {
+        !self.queue.is_empty() || !self.view_all().is_empty()
+    }
+
     fn prepare(&mut self, segment: bool) {
         // With `segment`, show only what comes before the next mark (none, if it is at the
         // front: it passes after this step, before what follows it is shown). Not after a
@@ -637,6 +643,8 @@ pub(crate) trait OutSlot: Send {
     fn set_counters(&mut self, counters: Arc<StreamCounters>);
     /// One line per link that holds data it cannot send.
     fn stalled(&self) -> Vec<String>;
+    /// The readers (agent indices in the graph) of the links that hold data they cannot send.
+    fn blocked_readers(&self, into: &mut Vec<usize>);
     /// A link holds data for another process (a ring, a TCP link), or waits for its reader to
     /// acknowledge its end: it waits on another process, not on this one.
     fn waits_on_ring(&self) -> bool;
@@ -1002,6 +1010,10 @@ impl<T: Element> OutSlot for OutBuf<T> {
 
     fn stalled(&self) -> Vec<String> {
         self.links.iter().filter_map(|l| l.stalled()).collect()
+    }
+
+    fn blocked_readers(&self, into: &mut Vec<usize>) {
+        into.extend(self.links.iter().filter_map(|l| l.blocked_reader()));
     }
 }
 

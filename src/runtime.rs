@@ -45,9 +45,9 @@
 //!   in a row, with nothing posted anywhere and no ring moved in between (see
 //!   `docs/ARCHITECTURE.md`, "A stall across processes"). A slow application is never one,
 //!   and neither is one that waits for an agent's timer ([`Inputs::wake_at`](crate::Inputs::wake_at)):
-//!   while a timer is armed, what is blocked may still move (a reader that takes its input in
-//!   at a pace of its own), and the stall is declared only once a timer's step went by and
-//!   freed nothing.
+//!   while a timer that leads to a blocked connection's reader is armed, what is blocked may
+//!   still move (a reader that takes its input in at a pace of its own, a ticker feeding a
+//!   zip), and the stall is declared once no such timer is left.
 //! - **On Ctrl-C, SIGTERM or SIGHUP** (or [`Running::stop`]): a graceful drain. Sources stop
 //!   and end their streams, data in flight is processed, sinks see their end of stream (and
 //!   flush in [`Agent::finish`](crate::Agent::finish)), and `run` returns the final counters,
@@ -129,16 +129,17 @@ struct Shared {
     /// part is never quiet for the stall check across processes (`quiet_across`).
     off_ring_waits: AtomicUsize,
     /// Agents not finished with a timer armed (`Inputs::wake_at`), by index: the step a timer
-    /// brings may consume, emit or mark what frees a blocked writer (a reader that takes its
-    /// input in at a pace of its own, a ticker feeding a zip's other side, an idle mark), so
-    /// they hold a stall's verdict off (see [`HoldOff`]).
+    /// brings may consume, emit or mark what frees a blocked writer (see
+    /// [`timers_hold`](Self::timers_hold)).
     timers: Mutex<std::collections::BTreeSet<usize>>,
-    /// The stall check held off by timers, if it is.
-    hold: Mutex<Option<HoldOff>>,
-    /// `hold` is on and not relieved: what relieves it and timers' steps look at it.
-    holding: AtomicBool,
-    /// The last hold-off's generation (see [`HoldOff::generation`]).
-    hold_generation: AtomicU64,
+    /// Agents fed from another process or host that hold elements they have not consumed, by
+    /// index: their timer's step may take them in and free that writer.
+    remote_holders: Mutex<std::collections::BTreeSet<usize>>,
+    /// A timer's step ran since the last description round: the next verdict asks for fresh
+    /// descriptions first.
+    timer_since_round: AtomicBool,
+    /// The graph's links as this part sees them (set once the part is built).
+    topology: std::sync::OnceLock<Topology>,
     /// Set to stop sources (graceful) or after a failure.
     stop: Arc<AtomicBool>,
     error: Mutex<Option<Error>>,
@@ -201,8 +202,6 @@ impl RunHandle {
                 self.shared.check_quiescent();
             } else {
                 self.shared.blocked_sources.fetch_sub(1, Ordering::SeqCst);
-                // Its reader took some in: what timers held off moves.
-                self.shared.relieve(None);
             }
         }
     }
@@ -318,9 +317,9 @@ impl Shared {
             ring_waits: AtomicUsize::new(0),
             off_ring_waits: AtomicUsize::new(0),
             timers: Mutex::new(std::collections::BTreeSet::new()),
-            hold: Mutex::new(None),
-            holding: AtomicBool::new(false),
-            hold_generation: AtomicU64::new(0),
+            remote_holders: Mutex::new(std::collections::BTreeSet::new()),
+            timer_since_round: AtomicBool::new(false),
+            topology: std::sync::OnceLock::new(),
             stop,
             error: Mutex::new(None),
             failed: AtomicBool::new(false),
@@ -503,9 +502,9 @@ impl Shared {
             return;
         }
         if !stuck.is_empty() {
-            if self.timers_hold() {
+            if self.timers_hold() || self.refresh_after_timers() {
                 // A timer to come may free what is blocked: its step looks again
-                // (`Tended::book`).
+                // (`Tended::book`); or the descriptions are asked for again.
                 return;
             }
             // Anything blocked now stays blocked forever: a stall, reported before anything is
@@ -527,133 +526,96 @@ impl Shared {
     }
 }
 
-/// The stall check held off by agents' timers (`Shared::hold`): quiescent with something
-/// blocked, but some agent has a timer armed, whose step may free it. The verdict waits until
-/// every timer armed when the hold began has fired (or gone with its agent), and is a stall if
-/// nothing was relieved meanwhile (credit taken in by a blocked agent of the hold, a ring
-/// feeder unblocked, a timer's step that consumed): so a reader that takes its input in at its own timers is never one, and an
-/// agent that asks for timers for ever (a periodic report) delays a stall's report by one of
-/// its timers, not for ever. A relief, or something blocked anew, starts the wait again.
-struct HoldOff {
-    /// Told apart from later holds: a timer that fired before this hold began is not one of
-    /// its timers going by (its agent's next timer is).
-    generation: u64,
-    /// The blocked agents the hold is for (by index): credit to one of them relieves it.
-    blocked: std::collections::BTreeSet<usize>,
-    /// Agents whose timer, armed when the hold began, has not fired yet.
-    waiting: std::collections::BTreeSet<usize>,
-    /// Something blocked moved: the wait starts again at the next check.
-    relieved: bool,
-    /// The descriptions were asked for again once the timers went by (the report says what
-    /// is blocked at the end, not at the hold's start).
-    refreshed: bool,
+/// Who can free whom, for [`Shared::timers_hold`]: the graph's links as one part sees them,
+/// by agent index (agents of other parts have no links here).
+pub(crate) struct Topology {
+    /// The agents of this part each agent of this part reads from.
+    upstream: Vec<Vec<usize>>,
+    /// An agent with an input fed from another process or host.
+    remote_in: Vec<bool>,
+    /// An agent with an output read in another process or host.
+    remote_out: Vec<bool>,
 }
 
-/// What [`Shared::hold_off`] says of a quiescent part with something blocked.
-enum Verdict {
-    /// A timer may still free it: wait.
-    Hold,
-    /// The timers went by and nothing moved: ask the blocked agents for fresh descriptions,
-    /// then decide.
-    Refresh,
-    /// A stall.
-    Stall,
+impl Topology {
+    /// The links of `graph` between the agents that are `local`.
+    fn of(graph: &Graph, local: &[bool]) -> Topology {
+        let n = graph.agents.len();
+        let mut t = Topology {
+            upstream: vec![Vec::new(); n],
+            remote_in: vec![false; n],
+            remote_out: vec![false; n],
+        };
+        for e in &graph.edges {
+            let (from, to) = (e.from.agent as usize, e.to.agent as usize);
+            if local[from] && local[to] && graph.resolve(e) == Resolved::Local {
+                t.upstream[to].push(from);
+            } else {
+                t.remote_out[from] |= local[from];
+                t.remote_in[to] |= local[to];
+            }
+        }
+        t
+    }
 }
 
 impl Shared {
-    /// Whether timers hold a quiescent part's stall verdict off (see [`HoldOff`]); asks the
-    /// blocked agents for fresh descriptions when the verdict is about to be given.
+    /// Whether an armed timer may still free what is blocked, so that a quiescent part with
+    /// something blocked is no stall yet (and is not quiet for the check across processes).
+    ///
+    /// Only a timer that can lead to a blocked writer's relief counts: one of an agent from
+    /// which a reader that may free a writer can be reached (itself included). Those readers
+    /// are the readers of this part's blocked agents, the agents fed from elsewhere that hold
+    /// elements they have not consumed (their writer waits in another process or host), and
+    /// the agents that write to elsewhere (a reader there may wait for them). So a reader
+    /// that takes its input in at its own timers, a ticker feeding a zip's other side or an
+    /// idleness mark before a merge holds the verdict for as long as its timers come; a
+    /// periodic report on another branch does not, and the stall is reported at once.
     fn timers_hold(&self) -> bool {
-        let blocked = self
-            .stalls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
-        match self.hold_off(blocked) {
-            Verdict::Hold => true,
-            Verdict::Refresh => {
-                self.new_stall_round();
-                true
-            }
-            Verdict::Stall => false,
-        }
-    }
-
-    /// Decides, for a quiescent part whose `blocked` agents (by index) hold data, whether
-    /// timers hold the verdict off (see [`HoldOff`]).
-    fn hold_off(&self, blocked: std::collections::BTreeSet<usize>) -> Verdict {
-        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = hold.as_mut() {
-            if !h.relieved && blocked.is_subset(&h.blocked) {
-                if !h.waiting.is_empty() {
-                    return Verdict::Hold;
-                }
-                // Only agents write descriptions (a feeder's is written when asked).
-                if !h.refreshed && !blocked.is_empty() {
-                    h.refreshed = true;
-                    return Verdict::Refresh;
-                }
-                // Kept, decided, until something is relieved: the check across processes
-                // asks again and must get the same answer.
-                h.refreshed = true;
-                return Verdict::Stall;
-            }
-        }
-        let waiting = self
+        let timers = self
             .timers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if waiting.is_empty() {
-            *hold = None;
-            self.holding.store(false, Ordering::SeqCst);
-            return Verdict::Stall;
+        if timers.is_empty() {
+            return false;
         }
-        *hold = Some(HoldOff {
-            generation: self.hold_generation.fetch_add(1, Ordering::SeqCst) + 1,
-            blocked,
-            waiting,
-            relieved: false,
-            refreshed: false,
-        });
-        self.holding.store(true, Ordering::SeqCst);
-        Verdict::Hold
-    }
-
-    /// Something blocked moved: credit to blocked agent `agent`, or (`None`) a ring feeder
-    /// unblocked or a timer's step that consumed. Relieves the hold if it is for that agent.
-    fn relieve(&self, agent: Option<usize>) {
-        if !self.holding.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = hold.as_mut() {
-            if agent.is_none_or(|a| h.blocked.contains(&a)) {
-                h.relieved = true;
-                self.holding.store(false, Ordering::SeqCst);
+        let Some(t) = self.topology.get() else {
+            return true;
+        };
+        let readers: Vec<usize> = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flat_map(|s| s.readers.iter().copied())
+            .collect();
+        let holders = self
+            .remote_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut reached = vec![false; t.upstream.len()];
+        let mut next: Vec<usize> = readers
+            .into_iter()
+            .chain(holders)
+            .chain((0..t.remote_out.len()).filter(|&i| t.remote_out[i]))
+            .collect();
+        while let Some(a) = next.pop() {
+            if !std::mem::replace(&mut reached[a], true) {
+                next.extend(t.upstream[a].iter().copied().filter(|&u| !reached[u]));
             }
         }
+        timers.iter().any(|&a| reached[a])
     }
 
-    /// Agent `agent`'s timer of hold generation `generation` fired (`None`: its timer is gone,
-    /// with no step): it no longer holds the verdict off.
-    fn timer_went_by(&self, agent: usize, generation: Option<u64>) {
-        if !self.holding.load(Ordering::SeqCst) {
-            return;
+    /// Asks for fresh descriptions before a verdict if a timer's step ran since the last
+    /// round (it may have moved what a blocked agent holds without unblocking it): true if
+    /// it did, the verdict then waits for the new round.
+    fn refresh_after_timers(&self) -> bool {
+        if !self.timer_since_round.swap(false, Ordering::SeqCst) {
+            return false;
         }
-        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = hold.as_mut() {
-            if generation.is_none_or(|g| g == h.generation) {
-                h.waiting.remove(&agent);
-            }
-        }
-    }
-
-    /// A new description round: every blocked agent writes what it holds again (see
-    /// `stall_round`), and its handler checks again.
-    fn new_stall_round(&self) {
         let wake: Vec<Arc<dyn Mailbox>> = self
             .stalls
             .lock()
@@ -661,10 +623,14 @@ impl Shared {
             .values()
             .map(|s| Arc::clone(&s.mailbox))
             .collect();
+        if wake.is_empty() {
+            return false;
+        }
         self.stall_round.fetch_add(1, Ordering::SeqCst);
         for m in wake {
             m.post(Envelope::Wake);
         }
+        true
     }
 }
 
@@ -760,7 +726,9 @@ impl Shared {
         let mut stuck = stuck;
         stuck.extend(blocked_feeders);
         // Even with nothing blocked here: a timer here may free what is blocked in another
-        // process (a reader with a pace of its own, the ring's writer elsewhere).
+        // process (a reader with a pace of its own, the ring's writer elsewhere). (No round
+        // after a timer's step here, as `check_quiescent` asks for: a timer firing faster than
+        // two probes would keep every other answer from being a reading.)
         if self.timers_hold() {
             return None;
         }
@@ -778,6 +746,8 @@ struct Stall {
     round: u64,
     /// What it holds and cannot send.
     what: Vec<String>,
+    /// The readers of its links that hold data (agent indices in the graph).
+    readers: Vec<usize>,
 }
 
 /// An actor's mailbox: envelopes wait in a queue of its own ([`Parcels`]), which the actor
@@ -920,10 +890,10 @@ struct Tended {
     counted_off_ring: bool,
     /// Listed in [`Shared::timers`].
     counted_timer: bool,
-    /// The step to book was a timer's, fired under this hold generation (see [`HoldOff`]).
-    timer_fired_in: Option<u64>,
-    /// The agent's `consumed` counter at the last booking.
-    consumed_booked: u64,
+    /// The step to book was a timer's.
+    timer_fired: bool,
+    /// Listed in [`Shared::remote_holders`].
+    counted_remote_hold: bool,
     /// The agent's timer last scheduled (see `Inputs::wake_at`).
     timer_set: Option<Duration>,
 }
@@ -953,8 +923,8 @@ impl Tended {
             counted_ring_wait: false,
             counted_off_ring: false,
             counted_timer: false,
-            timer_fired_in: None,
-            consumed_booked: 0,
+            timer_fired: false,
+            counted_remote_hold: false,
             timer_set: None,
         }
     }
@@ -963,10 +933,6 @@ impl Tended {
     /// is a stall.
     fn accept(&mut self, env: Envelope) -> Result<(), Error> {
         let forced = matches!(env, Envelope::ForceClose);
-        if matches!(env, Envelope::Credit { .. }) && self.listed_stalled {
-            // Credit for a blocked agent: what timers held off may be moving.
-            self.shared.relieve(Some(self.index));
-        }
         self.guarded(|host| {
             host.accept(env)?;
             if forced && !host.is_done() {
@@ -999,9 +965,7 @@ impl Tended {
             self.timer_set = None;
         }
         let due = self.guarded(|host| Ok(host.fire_timer_if_due()))?;
-        if due {
-            self.timer_fired_in = Some(self.shared.hold_generation.load(Ordering::SeqCst));
-        }
+        self.timer_fired |= due;
         Ok(due)
     }
 
@@ -1085,6 +1049,7 @@ impl Tended {
                 mailbox: Arc::clone(&self.mailbox),
                 round,
                 what: self.host.stalled(),
+                readers: self.host.blocked_readers(),
             };
             let mut stalls = self.shared.stalls.lock().unwrap_or_else(|p| p.into_inner());
             stalls.insert(self.index, stall);
@@ -1115,16 +1080,8 @@ impl Tended {
                 self.shared.stop_system();
             }
         }
-        // Timers and the stall check (see `HoldOff`): after the step, whose posts are in
-        // flight by now.
-        let fired = self.timer_fired_in.take();
-        let consumed = self.host.counters.consumed.load(Ordering::Relaxed);
-        if fired.is_some() && consumed != self.consumed_booked {
-            // A reader with a pace of its own took something in: its writer, here or in
-            // another process, moves.
-            self.shared.relieve(None);
-        }
-        self.consumed_booked = consumed;
+        // Timers and the stall check (see `Shared::timers_hold`).
+        let fired = std::mem::take(&mut self.timer_fired);
         let timer = self.timer_set.is_some() && !self.host.is_done();
         let changed = timer != self.counted_timer;
         if changed {
@@ -1136,13 +1093,31 @@ impl Tended {
                 timers.remove(&self.index);
             }
         }
-        if let Some(generation) = fired {
-            self.shared.timer_went_by(self.index, Some(generation));
+        if self
+            .shared
+            .topology
+            .get()
+            .is_some_and(|t| t.remote_in[self.index])
+        {
+            let holds = self.host.holds_input() && !self.host.is_done();
+            if holds != self.counted_remote_hold {
+                self.counted_remote_hold = holds;
+                let mut holders = self
+                    .shared
+                    .remote_holders
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if holds {
+                    holders.insert(self.index);
+                } else {
+                    holders.remove(&self.index);
+                }
+            }
         }
-        if changed && !timer {
-            self.shared.timer_went_by(self.index, None);
+        if fired {
+            self.shared.timer_since_round.store(true, Ordering::SeqCst);
         }
-        if fired.is_some() || (changed && !timer) {
+        if fired || (changed && !timer) {
             // What is blocked now may be a stall; nothing else would look again (a timer's
             // step is no envelope in flight).
             self.shared.check_quiescent();
@@ -2664,6 +2639,7 @@ fn coordinate(
         .collect();
     let n = local.iter().filter(|l| **l).count();
     let shared = Arc::new(Shared::new(n, Arc::clone(&stop), Some(System::current())));
+    let _ = shared.topology.set(Topology::of(&graph, &local));
     // Agents fed only by rings are stepped by the feeders; sources writing into rings, and
     // the chains sources feed into rings, by the sources' own threads (see `direct`).
     let stepped: Vec<Stepped> = stepped_directly(&graph)
@@ -3306,6 +3282,7 @@ mod tests {
                         mailbox: Arc::clone(mailbox) as Arc<dyn crate::host::Mailbox>,
                         round,
                         what: vec![format!("agent {i} -> agent {}", 1 - i)],
+                        readers: vec![1 - i],
                     },
                 );
             }

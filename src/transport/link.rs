@@ -35,6 +35,8 @@ pub(crate) struct LinkSpec {
     pub policy: Policy,
     pub counters: Arc<LinkCounters>,
     pub label: String,
+    /// The reading agent's index in the graph (for the stall check: `Host::blocked_readers`).
+    pub reader: usize,
 }
 
 /// The byte bound of an in-process link whose elements own heap memory (a `String`, a
@@ -174,6 +176,8 @@ pub(crate) struct LinkTx<T> {
     blocked_since: Option<u64>,
     counters: Arc<LinkCounters>,
     label: String,
+    /// The reading agent's index in the graph.
+    reader: usize,
     /// The first transport failure (a corrupt ring, an element too large for a frame).
     error: Option<String>,
 }
@@ -388,6 +392,7 @@ impl<T: Element> LinkTx<T> {
             blocked_since: None,
             counters: Arc::clone(&spec.counters),
             label: spec.label.clone(),
+            reader: spec.reader,
             error: None,
         }
     }
@@ -688,6 +693,11 @@ impl<T: Element> LinkTx<T> {
         self.error.take()
     }
 
+    /// Its reader's index in the graph, if it holds data it cannot send (a `Block` link).
+    pub(crate) fn blocked_reader(&self) -> Option<usize> {
+        (!self.stash.is_empty() && self.policy == Policy::Block).then_some(self.reader)
+    }
+
     /// One line about the data it cannot send, if it holds any.
     pub(crate) fn stalled(&self) -> Option<String> {
         (!self.stash.is_empty()).then(|| {
@@ -777,6 +787,7 @@ mod tests {
             policy,
             counters: Arc::clone(&counters),
             label: "a.out -> b.in".into(),
+            reader: 1,
         };
         (LinkTx::local(&spec), log, counters)
     }

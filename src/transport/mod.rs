@@ -3165,6 +3165,7 @@ mod tests {
             policy: crate::stream::Policy::Block,
             counters: Arc::default(),
             label: "numbers.out -> slow.in".into(),
+            reader: 1,
         };
         let wake: Arc<dyn Mailbox> = Arc::new(Inbox::default());
         let mut to_ring = OutBuf::<u64>::new();
@@ -3228,6 +3229,7 @@ mod tests {
             policy: crate::stream::Policy::DropNewest,
             counters: Arc::clone(&counters),
             label: "timed.out -> obs.in".into(),
+            reader: 1,
         };
         let mut link = LinkTx::shm(tx, &spec);
         let items: Vec<u64> = (0..10_000).collect();
