@@ -533,8 +533,6 @@ pub(crate) struct Topology {
     upstream: Vec<Vec<usize>>,
     /// An agent with an input fed from another process or host.
     remote_in: Vec<bool>,
-    /// An agent with an output read in another process or host.
-    remote_out: Vec<bool>,
 }
 
 impl Topology {
@@ -544,14 +542,12 @@ impl Topology {
         let mut t = Topology {
             upstream: vec![Vec::new(); n],
             remote_in: vec![false; n],
-            remote_out: vec![false; n],
         };
         for e in &graph.edges {
             let (from, to) = (e.from.agent as usize, e.to.agent as usize);
             if local[from] && local[to] && graph.resolve(e) == Resolved::Local {
                 t.upstream[to].push(from);
             } else {
-                t.remote_out[from] |= local[from];
                 t.remote_in[to] |= local[to];
             }
         }
@@ -565,12 +561,15 @@ impl Shared {
     ///
     /// Only a timer that can lead to a blocked writer's relief counts: one of an agent from
     /// which a reader that may free a writer can be reached (itself included). Those readers
-    /// are the readers of this part's blocked agents, the agents fed from elsewhere that hold
-    /// elements they have not consumed (their writer waits in another process or host), and
-    /// the agents that write to elsewhere (a reader there may wait for them). So a reader
-    /// that takes its input in at its own timers, a ticker feeding a zip's other side or an
-    /// idleness mark before a merge holds the verdict for as long as its timers come; a
-    /// periodic report on another branch does not, and the stall is reported at once.
+    /// are the readers of this part's blocked agents, and the agents fed from elsewhere that
+    /// hold elements they have not consumed (their writer waits in another process or host).
+    /// So a reader that takes its input in at its own timers, a ticker feeding a zip's other
+    /// side or an idleness mark before a merge holds the verdict for as long as its timers
+    /// come; a periodic report on another branch does not, and the stall is reported at once.
+    /// Not seen: a timer whose agent frees a writer in another process only through what it
+    /// writes there (a ticker in one process feeding a zip in another): this part cannot know
+    /// what waits there, and counting every agent that writes elsewhere hid real stalls
+    /// beside any periodic report sent to another process.
     fn timers_hold(&self) -> bool {
         let timers = self
             .timers
@@ -596,11 +595,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut reached = vec![false; t.upstream.len()];
-        let mut next: Vec<usize> = readers
-            .into_iter()
-            .chain(holders)
-            .chain((0..t.remote_out.len()).filter(|&i| t.remote_out[i]))
-            .collect();
+        let mut next: Vec<usize> = readers.into_iter().chain(holders).collect();
         while let Some(a) = next.pop() {
             if !std::mem::replace(&mut reached[a], true) {
                 next.extend(t.upstream[a].iter().copied().filter(|&u| !reached[u]));
