@@ -1243,9 +1243,11 @@ struct Supervisor<'a> {
 /// The launcher's stall check across the processes of its host, as a starter's
 /// (`runtime::watch_stalls`): while the application flows, nothing restarts and every process
 /// is ready, every [`launch::STALL_PROBE_EVERY`] each running process is asked whether its
-/// part is quiet but for the other processes (`quiet? <round>`); a round in which all are, and
-/// no ring moved while the answers came, is a reading; two equal readings in a row (no
-/// process posted anything, no ring moved in between) are a stall. Processes fed from other
+/// part is quiet but for the other processes ([`launch::probe_line`], with what the previous
+/// round's answers said may free a writer); a round in which all are, and no ring moved while
+/// the answers came, is a reading; two equal readings in a row (no process posted anything,
+/// no ring moved in between, the same agents that may free a writer) are a stall. Processes
+/// fed from other
 /// hosts (TCP, a broker), or waiting on them, never say they are quiet: a stall across hosts
 /// is not detected.
 struct StallWatch {
@@ -1256,6 +1258,13 @@ struct StallWatch {
     asked: Option<StallRound>,
     /// The previous round's reading, if every process was quiet in it.
     last: Option<launch::StallReading>,
+    /// What the last round's quiet answers said may free a writer ([`launch::Quiet::frees`]),
+    /// sent with the next probe.
+    frees: Vec<usize>,
+    /// Processes that did not answer a round in time and have not answered since (a stopped
+    /// one): no round is asked until they do, so that probes never pile up in a channel
+    /// nobody reads (the launcher's writes to it would wait).
+    owing: std::collections::BTreeSet<u32>,
     /// When to ask the next round.
     next_at: Instant,
 }
@@ -1278,6 +1287,8 @@ impl StallWatch {
             round: 0,
             asked: None,
             last: None,
+            frees: Vec::new(),
+            owing: std::collections::BTreeSet::new(),
             next_at: Instant::now() + launch::STALL_PROBE_EVERY,
         }
     }
@@ -1615,9 +1626,12 @@ impl Supervisor<'_> {
     /// Asks a new stall round when it is time and the application may be stalled; drops a
     /// round whose answers did not all come in time (see [`StallWatch`]).
     fn stall_timers(&mut self, now: Instant) {
-        if self.stall.asked.as_ref().is_some_and(|r| r.until <= now) {
-            self.stall.asked = None;
+        if let Some(r) = self.stall.asked.take_if(|r| r.until <= now) {
             self.stall.last = None;
+            let silent = r.asked.iter().map(|(_, pid)| *pid);
+            self.stall
+                .owing
+                .extend(silent.filter(|pid| !r.answers.contains_key(pid)));
         }
         if self.stall.asked.is_some() || now < self.stall.next_at {
             return;
@@ -1635,17 +1649,23 @@ impl Supervisor<'_> {
                 .iter()
                 .all(|m| m.restart_at.is_none() && (m.ended || (m.pid.is_some() && m.ready)))
             && self.members.iter().any(|m| m.pid.is_some());
-        if !settled {
+        // A process that owes an answer is asked nothing more until it answers (or ends).
+        let members = &self.members;
+        self.stall
+            .owing
+            .retain(|pid| members.iter().any(|m| m.pid == Some(*pid)));
+        if !settled || !self.stall.owing.is_empty() {
             self.stall.last = None;
             return;
         }
         self.stall.round += 1;
         let rings = gauges.positions();
-        let word = format!("quiet? {}", self.stall.round);
+        let line = launch::probe_line(self.stall.round, &self.stall.frees);
+        let word = line.trim_end();
         let mut asked = Vec::new();
         for m in &mut self.members {
             if let Some(pid) = m.pid {
-                m.say(&word);
+                m.say(word);
                 asked.push((m.name.clone(), pid));
             }
         }
@@ -1660,6 +1680,7 @@ impl Supervisor<'_> {
     /// Process `pid`'s answer to stall round `round`; once every process asked has answered,
     /// decides the round (see [`StallWatch`]) and, at a stall, stops the application with it.
     fn on_quiet(&mut self, pid: u32, round: u64, said: launch::QuietAnswer) {
+        self.stall.owing.remove(&pid);
         if round != self.stall.round {
             return;
         }
@@ -1676,15 +1697,18 @@ impl Supervisor<'_> {
         let Some(r) = self.stall.asked.take() else {
             return;
         };
+        // Kept even from a round not all quiet: a timer that leads to one of them is busy in
+        // the next.
+        self.stall.frees = launch::frees_of(r.answers.values().flatten());
         let mut posted = std::collections::BTreeMap::new();
         let mut stuck: Vec<String> = Vec::new();
         for (name, pid) in &r.asked {
-            let Some(Some((p, s))) = r.answers.get(pid) else {
+            let Some(Some(q)) = r.answers.get(pid) else {
                 self.stall.last = None;
                 return;
             };
-            posted.insert(name.clone(), *p);
-            stuck.extend(s.iter().cloned());
+            posted.insert(name.clone(), q.posted);
+            stuck.extend(q.stuck.iter().cloned());
         }
         let now_rings = self.stall.gauges.as_ref().map(|g| g.positions());
         if now_rings.as_ref() != Some(&r.rings) || self.draining.is_some() {
@@ -1694,6 +1718,7 @@ impl Supervisor<'_> {
         let reading = launch::StallReading {
             posted,
             rings: r.rings,
+            frees: self.stall.frees.clone(),
         };
         if self.stall.last.as_ref() != Some(&reading) || stuck.is_empty() {
             self.stall.last = Some(reading);

@@ -45,9 +45,9 @@
 //!   in a row, with nothing posted anywhere and no ring moved in between (see
 //!   `docs/ARCHITECTURE.md`, "A stall across processes"). A slow application is never one,
 //!   and neither is one that waits for an agent's timer ([`Inputs::wake_at`](crate::Inputs::wake_at)):
-//!   while a timer that leads to a blocked connection's reader is armed, what is blocked may
-//!   still move (a reader that takes its input in at a pace of its own, a ticker feeding a
-//!   zip), and the stall is declared once no such timer is left.
+//!   while a timer that leads to a blocked connection's reader is armed, in this process or
+//!   another, what is blocked may still move (a reader that takes its input in at a pace of
+//!   its own, a ticker feeding a zip), and the stall is declared once no such timer is left.
 //! - **On Ctrl-C, SIGTERM or SIGHUP** (or [`Running::stop`]): a graceful drain. Sources stop
 //!   and end their streams, data in flight is processed, sinks see their end of stream (and
 //!   flush in [`Agent::finish`](crate::Agent::finish)), and `run` returns the final counters,
@@ -502,7 +502,7 @@ impl Shared {
             return;
         }
         if !stuck.is_empty() {
-            if self.timers_hold() || self.refresh_after_timers() {
+            if self.timers_hold(Some(&[])) || self.refresh_after_timers() {
                 // A timer to come may free what is blocked: its step looks again
                 // (`Tended::book`); or the descriptions are asked for again.
                 return;
@@ -526,17 +526,17 @@ impl Shared {
     }
 }
 
-/// Who can free whom, for [`Shared::timers_hold`]: the graph's links as one part sees them,
-/// by agent index (agents of other parts have no links here).
+/// Who can free whom, for [`Shared::timers_hold`]: the graph's links, by agent index.
 pub(crate) struct Topology {
-    /// The agents of this part each agent of this part reads from.
+    /// The agents each agent reads from, wherever either runs: a tick may go through
+    /// another process on its way to the reader it frees.
     upstream: Vec<Vec<usize>>,
-    /// An agent with an input fed from another process or host.
+    /// An agent of this part with an input fed from another process or host.
     remote_in: Vec<bool>,
 }
 
 impl Topology {
-    /// The links of `graph` between the agents that are `local`.
+    /// The links of `graph`, `local` saying which agents are this part's.
     fn of(graph: &Graph, local: &[bool]) -> Topology {
         let n = graph.agents.len();
         let mut t = Topology {
@@ -545,9 +545,8 @@ impl Topology {
         };
         for e in &graph.edges {
             let (from, to) = (e.from.agent as usize, e.to.agent as usize);
-            if local[from] && local[to] && graph.resolve(e) == Resolved::Local {
-                t.upstream[to].push(from);
-            } else {
+            t.upstream[to].push(from);
+            if !(local[from] && local[to] && graph.resolve(e) == Resolved::Local) {
                 t.remote_in[to] |= local[to];
             }
         }
@@ -556,21 +555,42 @@ impl Topology {
 }
 
 impl Shared {
+    /// The agents of this part (or its readers elsewhere) whose step may free a writer: the
+    /// readers of the links its blocked agents hold data for, and its agents fed from
+    /// elsewhere that hold elements they have not consumed (their writer waits in another
+    /// process or host).
+    fn frees(&self) -> Vec<usize> {
+        let mut frees: std::collections::BTreeSet<usize> = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flat_map(|s| s.readers.iter().copied())
+            .collect();
+        frees.extend(
+            self.remote_holders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied(),
+        );
+        frees.into_iter().collect()
+    }
+
     /// Whether an armed timer may still free what is blocked, so that a quiescent part with
     /// something blocked is no stall yet (and is not quiet for the check across processes).
     ///
     /// Only a timer that can lead to a blocked writer's relief counts: one of an agent from
-    /// which a reader that may free a writer can be reached (itself included). Those readers
-    /// are the readers of this part's blocked agents, and the agents fed from elsewhere that
-    /// hold elements they have not consumed (their writer waits in another process or host).
-    /// So a reader that takes its input in at its own timers, a ticker feeding a zip's other
-    /// side or an idleness mark before a merge holds the verdict for as long as its timers
-    /// come; a periodic report on another branch does not, and the stall is reported at once.
-    /// Not seen: a timer whose agent frees a writer in another process only through what it
-    /// writes there (a ticker in one process feeding a zip in another): this part cannot know
-    /// what waits there, and counting every agent that writes elsewhere hid real stalls
-    /// beside any periodic report sent to another process.
-    fn timers_hold(&self) -> bool {
+    /// which an agent that may free a writer can be reached along the graph's links
+    /// (itself included), wherever the links run. Those agents are this part's
+    /// ([`frees`](Self::frees)) and, across processes, what the other processes said of
+    /// theirs (`elsewhere`, indices in the graph, others ignored; `None`: too many to list,
+    /// then any armed timer holds). So a reader that takes
+    /// its input in at its own timers, a ticker feeding a zip's other side (in this process
+    /// or another, directly or through a third) or an idleness mark before a merge holds the
+    /// verdict for as long as its timers come; a periodic report on another branch does not,
+    /// and the stall is reported at once.
+    fn timers_hold(&self, elsewhere: Option<&[usize]>) -> bool {
         let timers = self
             .timers
             .lock()
@@ -579,23 +599,13 @@ impl Shared {
         if timers.is_empty() {
             return false;
         }
-        let Some(t) = self.topology.get() else {
+        let (Some(t), Some(elsewhere)) = (self.topology.get(), elsewhere) else {
             return true;
         };
-        let readers: Vec<usize> = self
-            .stalls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .flat_map(|s| s.readers.iter().copied())
-            .collect();
-        let holders = self
-            .remote_holders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut reached = vec![false; t.upstream.len()];
-        let mut next: Vec<usize> = readers.into_iter().chain(holders).collect();
+        let n = t.upstream.len();
+        let mut reached = vec![false; n];
+        let mut next: Vec<usize> = self.frees();
+        next.extend(elsewhere.iter().copied().filter(|&a| a < n));
         while let Some(a) = next.pop() {
             if !std::mem::replace(&mut reached[a], true) {
                 next.extend(t.upstream[a].iter().copied().filter(|&u| !reached[u]));
@@ -629,16 +639,6 @@ impl Shared {
     }
 }
 
-/// This process's part, as the stall check across the processes of one host sees it
-/// ([`Shared::quiet_across`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Quiet {
-    /// Envelopes ever posted in this process: it did nothing between two readings that agree.
-    pub posted: u64,
-    /// What it holds and cannot send, or cannot take: the one-process stall's descriptions.
-    pub stuck: Vec<String>,
-}
-
 impl Shared {
     /// This process's part is quiet but for other processes of this host: nothing in flight,
     /// and every unfinished source blocked on credit, waiting on a ring's room, or a ring
@@ -651,16 +651,20 @@ impl Shared {
     /// does: the wake-ups it posts make the next reading differ). A part with every agent
     /// finished is quiet, with nothing stuck.
     ///
+    /// `elsewhere`: the agents of the other processes whose step may free a writer, as they
+    /// said in the previous round ([`launch::Quiet::frees`]; `None`: too many to list, any
+    /// may): a timer here that leads to one of them keeps this part from being quiet.
+    ///
     /// The state is read between two reads of `posted`, which must agree.
-    fn quiet_across(&self) -> Option<Quiet> {
+    fn quiet_across(&self, elsewhere: Option<&[usize]>) -> Option<launch::Quiet> {
         let before = self.posted.load(Ordering::SeqCst);
         if self.failed.load(Ordering::SeqCst) {
             return None;
         }
         if self.hosts_left.load(Ordering::SeqCst) == 0 {
-            return Some(Quiet {
+            return Some(launch::Quiet {
                 posted: before,
-                stuck: Vec::new(),
+                ..launch::Quiet::default()
             });
         }
         if self.in_flight.load(Ordering::SeqCst) != 0
@@ -721,14 +725,16 @@ impl Shared {
         let mut stuck = stuck;
         stuck.extend(blocked_feeders);
         // Even with nothing blocked here: a timer here may free what is blocked in another
-        // process (a reader with a pace of its own, the ring's writer elsewhere). (No round
-        // after a timer's step here, as `check_quiescent` asks for: a timer firing faster than
-        // two probes would keep every other answer from being a reading.)
-        if self.timers_hold() {
+        // process (a reader with a pace of its own, the ring's writer elsewhere; a ticker
+        // feeding a zip there). (No round after a timer's step here, as `check_quiescent`
+        // asks for: a timer firing faster than two probes would keep every other answer
+        // from being a reading.)
+        if self.timers_hold(elsewhere) {
             return None;
         }
-        Some(Quiet {
+        Some(launch::Quiet {
             posted: before,
+            frees: self.frees(),
             stuck,
         })
     }
@@ -1288,9 +1294,12 @@ struct Probes {
 /// Looks for a stall whose halves are in different processes of this host (in one process,
 /// [`Shared::check_quiescent`] finds it). While the starter's own part is quiet
 /// ([`Shared::quiet_across`]), every [`launch::STALL_PROBE_EVERY`] it asks every running child
-/// (`quiet? <round>`) whether its part is quiet too; a round in which all are, and no ring
-/// moved while the answers came, is a reading. Two equal readings in a row (no process posted
-/// anything, no ring moved in between) are a stall: the run fails with [`Error::Stalled`],
+/// ([`launch::probe_line`]) whether its part is quiet too; a round in which all are, and no
+/// ring moved while the answers came, is a reading. Each probe carries what the previous
+/// round's answers said may free a writer ([`launch::Quiet::frees`]): a process with a timer
+/// that leads to one of them is not quiet. Two equal readings in a row (no process posted
+/// anything, no ring moved in between, the same agents that may free a writer) are a stall:
+/// the run fails with [`Error::Stalled`],
 /// naming what every process holds stuck, and the children are asked to stop. Ends when the
 /// run stops or fails, or every child has ended.
 fn watch_stalls(
@@ -1302,6 +1311,10 @@ fn watch_stalls(
 ) {
     let mut last: Option<launch::StallReading> = None;
     let mut round = 0u64;
+    // What the last round's quiet answers said may free a writer, sent with the next probe.
+    let mut frees: Vec<usize> = Vec::new();
+    // The last round each child was asked.
+    let mut asked_last: HashMap<String, u64> = HashMap::new();
     // Ends: the run stops or fails, or every child ended; each pass sleeps STALL_PROBE_EVERY
     // and waits at most STALL_ANSWER_WITHIN.
     loop {
@@ -1313,21 +1326,38 @@ fn watch_stalls(
         {
             return;
         }
-        let Some(mine) = local.quiet_across() else {
+        let listed = (frees.len() <= launch::MAX_PROBE_FREES).then_some(frees.as_slice());
+        let Some(mine) = local.quiet_across(listed) else {
             last = None;
             continue;
         };
+        // A child that did not answer the last probe it was asked (a stopped one) is asked
+        // nothing more until it does: probes never pile up in a channel nobody reads.
+        let owing = {
+            let answers = probes.answers.lock().unwrap_or_else(|p| p.into_inner());
+            asked_last.iter().any(|(name, r)| {
+                list.iter().any(|c| &c.name == name && c.running())
+                    && answers.get(name).is_none_or(|(answered, _)| answered < r)
+            })
+        };
+        if owing {
+            last = None;
+            continue;
+        }
         round += 1;
         let rings = gauges.positions();
         let asked: Vec<String> = {
             let asks = probes.asks.lock().unwrap_or_else(|p| p.into_inner());
-            let line = format!("quiet? {round}\n");
+            let line = launch::probe_line(round, &frees);
             asks.iter()
                 .filter(|(name, _)| list.iter().any(|c| &c.name == name && c.running()))
                 .filter(|(_, out)| (&mut &*out).write_all(line.as_bytes()).is_ok())
                 .map(|(name, _)| name.clone())
                 .collect()
         };
+        for name in &asked {
+            asked_last.insert(name.clone(), round);
+        }
         let deadline = Instant::now() + launch::STALL_ANSWER_WITHIN;
         let mut answers = probes.answers.lock().unwrap_or_else(|p| p.into_inner());
         // Ends when every child asked answered this round, or at the deadline.
@@ -1347,17 +1377,22 @@ fn watch_stalls(
         }
         let mut posted = std::collections::BTreeMap::new();
         posted.insert(launch::MAIN_PROCESS.to_string(), mine.posted);
-        let mut stuck = mine.stuck;
+        let mut stuck = mine.stuck.clone();
+        let mut quiet = vec![&mine];
         let mut all_quiet = true;
         for name in &asked {
             match answers.get(name) {
-                Some((r, Some((p, s)))) if *r == round => {
-                    posted.insert(name.clone(), *p);
-                    stuck.extend(s.iter().cloned());
+                Some((r, Some(q))) if *r == round => {
+                    posted.insert(name.clone(), q.posted);
+                    stuck.extend(q.stuck.iter().cloned());
+                    quiet.push(q);
                 }
                 _ => all_quiet = false,
             }
         }
+        // Kept even from a round not all quiet: a timer that leads to one of them is busy
+        // in the next.
+        frees = launch::frees_of(quiet);
         drop(answers);
         // A child that ended meanwhile, or was never asked, is in neither reading: a child
         // that ends changes the set of processes asked, and with it the reading.
@@ -1365,7 +1400,11 @@ fn watch_stalls(
             last = None;
             continue;
         }
-        let reading = launch::StallReading { posted, rings };
+        let reading = launch::StallReading {
+            posted,
+            rings,
+            frees: frees.clone(),
+        };
         if last.as_ref() != Some(&reading) || stuck.is_empty() {
             last = Some(reading);
             continue;
@@ -2730,8 +2769,7 @@ fn coordinate(
     let reporter = match launch::take_control().and_then(|c| {
         c.map_or(Ok(false), |c| {
             let part = Arc::clone(&shared);
-            let quiet: launch::QuietProbe =
-                Box::new(move || part.quiet_across().map(|q| (q.posted, q.stuck)));
+            let quiet: launch::QuietProbe = Box::new(move |elsewhere| part.quiet_across(elsewhere));
             c.ready_then_wait_go(Arc::clone(&stop), quiet)
                 .map(|()| true)
         })

@@ -36,6 +36,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "stallx" => stallx(),
         // numbers → double → a sink sleeping 1 ms per element, capacity 2: slow, never stalled
         "slow_progress" => slow_progress(),
+        // zip(fast, ticks), a tick every 150 ms, 12 of them, capacity 4: slow, never stalled
+        "ticker_zip" => ticker_zip(),
         // KIND N CAPACITY STEP_MS: indexed elements of KIND (u64, string, struct) 0..N, one
         // per source step → a slow record of their indices to $OUT (STEP_MS per element)
         "lossless" => lossless(
@@ -385,6 +387,76 @@ fn slow_progress() -> Result<(), iotstream::Error> {
         }
         if sum == 359_400 {
             println!("RESULT {sum}");
+        }
+        Ok(())
+    });
+    g.run().map(|_| ())
+}
+
+/// A zip whose fast side (capacity 4, one element at a time) waits for a ticker's ticks,
+/// every 150 ms (three stall probes), 12 of them, relayed by a map: between two ticks
+/// nothing moves, but the next tick will move it. The ticker also reads `fast`, which keeps
+/// it running while `fast` waits; once `fast` ends, it sends the ticks left at once. The
+/// deployment puts the ticker, the relay and the rest in three processes. The sink prints
+/// the sum of the pairs once the 12 are in.
+fn ticker_zip() -> Result<(), iotstream::Error> {
+    const TICKS: u64 = 12;
+    struct Ticker {
+        input: iotstream::Input<u64>,
+        out: iotstream::Stream<u64>,
+        next: Option<Duration>,
+        sent: u64,
+    }
+    impl Agent for Ticker {
+        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+            i.consume_all(&self.input);
+            let now = i.processing_time();
+            let next = *self.next.get_or_insert(now);
+            if now >= next && self.sent < TICKS {
+                o.push(&self.out, self.sent);
+                self.sent += 1;
+                self.next = Some(now + Duration::from_millis(150));
+            }
+            if self.sent < TICKS {
+                i.wake_at(self.next.expect("set above"));
+            }
+            Ok(())
+        }
+
+        fn finish(&mut self, o: &mut Outputs) -> Result<(), AgentError> {
+            o.extend(&self.out, self.sent..TICKS);
+            Ok(())
+        }
+    }
+    let mut g = Graph::new("ticker_zip");
+    g.set_default_capacity(4);
+    let one_by_one = iotstream::SourceOptions {
+        max_batch: 1,
+        ..iotstream::SourceOptions::default()
+    };
+    let fast = g.source_iter_with("fast", 0..TICKS, one_by_one);
+    let (tick_in, ticks) = g.add_agent("ticker", |p| {
+        let input = p.input("in");
+        let out = p.output("out");
+        let agent = Ticker {
+            input,
+            out,
+            next: None,
+            sent: 0,
+        };
+        (agent, (input, out))
+    });
+    g.connect_with(&fast, &tick_in, iotstream::Connection::new().capacity(64));
+    let relayed = g.map("relay", &ticks, |v: &u64| *v);
+    let zipped = g.zip("zip", &fast, &relayed);
+    let (mut pairs, mut sum) = (0u64, 0u64);
+    g.sink_list("out", &zipped, move |xs: &[(u64, u64)]| {
+        for (a, b) in xs {
+            pairs += 1;
+            sum += a + b;
+        }
+        if pairs == TICKS {
+            println!("RESULT {pairs} {sum}");
         }
         Ok(())
     });
@@ -1469,6 +1541,25 @@ fn a_slow_application_is_no_stall() -> Result<(), String> {
     ensure(status.success(), || format!("{status}:\n{err}"))?;
     ensure(
         !err.contains("stalled") && out.contains("RESULT 359400"),
+        || format!("{out}\n{err}"),
+    )
+}
+
+/// A ticker in one process whose ticks, relayed by a second, free a writer in a third is no
+/// stall under the launcher either: every pair comes out. (Before: "application stalled:
+/// fast.out -> zip.in0" after the first pair.)
+fn a_ticker_feeding_a_zip_through_processes_is_no_stall() -> Result<(), String> {
+    let dir = Scratch::new("ticker_zip");
+    let deploy = dir.file(
+        "ticker.toml",
+        "[processes.p1]\nagents = [\"ticker\"]\n[processes.p2]\nagents = [\"relay\"]\n",
+    );
+    let run = launch("ticker_zip", &[], Some(&deploy), &[], Feed::Nothing);
+    let (status, out, err) = run.wait()?;
+    ensure(status.success(), || format!("{status}:\n{err}"))?;
+    // 12 pairs (i, i): twice 0 + … + 11.
+    ensure(
+        !err.contains("stalled") && out.contains("RESULT 12 132"),
         || format!("{out}\n{err}"),
     )
 }
@@ -2907,6 +2998,10 @@ fn main() {
         (
             "a_slow_application_is_no_stall",
             Box::new(a_slow_application_is_no_stall),
+        ),
+        (
+            "a_ticker_feeding_a_zip_through_processes_is_no_stall",
+            Box::new(a_ticker_feeding_a_zip_through_processes_is_no_stall),
         ),
         (
             "a_failed_process_is_named_and_its_status_returned",

@@ -45,6 +45,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "stallx" => stallx(arg(0)),
         "slow_progress" => slow_progress(),
         "paced" => paced(),
+        "ticker_zip" => ticker_zip(arg(0)),
         other => panic!("no application named {other}"),
     }
 }
@@ -237,6 +238,95 @@ fn paced() -> Result<(), iotstream::Error> {
     g.connect_with(&s, &input, Connection::new().capacity(16));
     g.place_in_process("paced", "p1");
     g.run().map(|_| ())
+}
+
+/// A zip whose fast side (capacity 4) waits for a ticker's ticks, every 150 ms (three stall
+/// probes), 12 of them, the ticker and the zip in different processes: between two ticks
+/// every process is quiet, `fast`'s writer waits on a full connection and nothing moves, but
+/// the next tick will move it. The ticker reads `fast` too (over a connection that takes all
+/// of it), which keeps it running while `fast`, making one element at a time, waits; once
+/// `fast` ends, it sends the ticks left at once. Prints how many pairs came and their sum.
+///
+/// `layout`: 0 the ticker in `p1`, the rest in `main`; 1 the zip in `p1` (fed from `main`),
+/// the ticker and the rest in `main`; 2 the ticker in `p1` feeding a map in `p2` that feeds
+/// the zip in `main`; 3 the ticker in `main` feeding a map in `p1` that feeds the zip in
+/// `main`.
+fn ticker_zip(layout: u64) -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
+    const TICKS: u64 = 12;
+    struct Ticker {
+        input: Input<u64>,
+        out: iotstream::Stream<u64>,
+        next: Option<Duration>,
+        sent: u64,
+    }
+    impl Agent for Ticker {
+        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+            i.consume_all(&self.input);
+            let now = i.processing_time();
+            let next = *self.next.get_or_insert(now);
+            if now >= next && self.sent < TICKS {
+                o.push(&self.out, self.sent);
+                self.sent += 1;
+                self.next = Some(now + Duration::from_millis(150));
+            }
+            if self.sent < TICKS {
+                i.wake_at(self.next.expect("set above"));
+            }
+            Ok(())
+        }
+
+        fn finish(&mut self, o: &mut Outputs) -> Result<(), AgentError> {
+            o.extend(&self.out, self.sent..TICKS);
+            Ok(())
+        }
+    }
+    let mut g = Graph::new("ticker_zip");
+    g.set_default_capacity(4);
+    // One element at a time: `fast` makes its next one only once the zip took one in.
+    let one_by_one = SourceOptions {
+        max_batch: 1,
+        ..SourceOptions::default()
+    };
+    let fast = g.source_iter_with("fast", 0..TICKS, one_by_one);
+    let (tick_in, ticks) = g.add_agent("ticker", |p| {
+        let input = p.input("in");
+        let out = p.output("out");
+        let agent = Ticker {
+            input,
+            out,
+            next: None,
+            sent: 0,
+        };
+        (agent, (input, out))
+    });
+    g.connect_with(&fast, &tick_in, Connection::new().capacity(64));
+    let ticks = if layout >= 2 {
+        let relayed = g.map("relay", &ticks, |v: &u64| *v);
+        g.place_in_process("relay", if layout == 2 { "p2" } else { "p1" });
+        relayed
+    } else {
+        ticks
+    };
+    let zipped = g.zip("zip", &fast, &ticks);
+    let out = g.collect("out", &zipped);
+    match layout {
+        1 => {
+            g.place_in_process("zip", "p1");
+        }
+        0 | 2 => {
+            g.place_in_process("ticker", "p1");
+        }
+        _ => {}
+    }
+    let is_starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    g.run()?;
+    if is_starter {
+        let pairs = out.values();
+        let sum: u64 = pairs.iter().map(|(a, b)| a + b).sum();
+        println!("RESULT {} {sum}", pairs.len());
+    }
+    Ok(())
 }
 
 /// What [`checking_sink`] saw: count, wrapping sum, strictly increasing.
@@ -2001,6 +2091,38 @@ fn a_reader_waiting_for_its_timer_across_processes_is_no_stall() -> Result<(), S
     ensure(result_line(&out)? == "19900", || out.clone())
 }
 
+/// A ticker in one process whose ticks free a writer in another (it feeds the zip that
+/// writer waits on) is no stall: every pair comes out. (Before: "application stalled:
+/// fast.out -> zip.in0" after 1 of 12 pairs: no process alone saw that the ticker leads to
+/// the zip.)
+fn a_ticker_feeding_a_zip_in_another_process_is_no_stall() -> Result<(), String> {
+    ticker_zip_is_no_stall("0")
+}
+
+/// The same, the zip in a child fed from the starter, the ticker in the starter.
+fn a_ticker_feeding_a_zip_in_a_child_is_no_stall() -> Result<(), String> {
+    ticker_zip_is_no_stall("1")
+}
+
+/// The same, the ticks going through a third process on their way.
+fn a_ticker_feeding_a_zip_through_a_third_process_is_no_stall() -> Result<(), String> {
+    ticker_zip_is_no_stall("2")
+}
+
+/// The same, the ticks leaving the ticker's process for a map and coming back to the zip:
+/// the path from the ticker to the zip, all of whose ends are in one process, goes through
+/// another.
+fn a_ticker_feeding_a_zip_through_another_process_and_back_is_no_stall() -> Result<(), String> {
+    ticker_zip_is_no_stall("3")
+}
+
+fn ticker_zip_is_no_stall(layout: &str) -> Result<(), String> {
+    let out = run_app_output("ticker_zip", &[layout])?;
+    ensure(!out.contains("stalled"), || out.clone())?;
+    // 12 pairs (i, i): twice 0 + … + 11.
+    ensure(result_line(&out)? == "12 132", || out.clone())
+}
+
 /// A scenario: `Ok` or what went wrong.
 type Scenario = fn() -> Result<(), String>;
 
@@ -2019,7 +2141,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 37] = [
+    let scenarios: [(&str, Scenario); 41] = [
         (
             "a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere",
             a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere,
@@ -2039,6 +2161,22 @@ fn main() {
         (
             "a_reader_waiting_for_its_timer_across_processes_is_no_stall",
             a_reader_waiting_for_its_timer_across_processes_is_no_stall,
+        ),
+        (
+            "a_ticker_feeding_a_zip_in_another_process_is_no_stall",
+            a_ticker_feeding_a_zip_in_another_process_is_no_stall,
+        ),
+        (
+            "a_ticker_feeding_a_zip_in_a_child_is_no_stall",
+            a_ticker_feeding_a_zip_in_a_child_is_no_stall,
+        ),
+        (
+            "a_ticker_feeding_a_zip_through_a_third_process_is_no_stall",
+            a_ticker_feeding_a_zip_through_a_third_process_is_no_stall,
+        ),
+        (
+            "a_ticker_feeding_a_zip_through_another_process_and_back_is_no_stall",
+            a_ticker_feeding_a_zip_through_another_process_and_back_is_no_stall,
         ),
         (
             "a_stall_across_processes_is_reported",

@@ -1488,41 +1488,101 @@ pub(crate) const STALL_PROBE_EVERY: Duration = Duration::from_millis(50);
 pub(crate) const STALL_ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 /// One stall round's reading of the processes of a host (every one quiet): what each did so
-/// far, and where every ring stands. Two equal readings in a row: nothing moved in between.
+/// far, where every ring stands, and the agents that may free a writer. Two equal readings
+/// in a row: nothing moved in between.
 #[derive(PartialEq, Eq)]
 pub(crate) struct StallReading {
     /// Envelopes ever posted, by process.
     pub posted: std::collections::BTreeMap<String, u64>,
     /// Every ring's positions (`transport::RingGauges::positions`).
     pub rings: Vec<u64>,
+    /// What every process said may free a writer ([`Quiet::frees`]), together. Equal in two
+    /// readings: the second round's answers were given knowing them all.
+    pub frees: Vec<usize>,
 }
 
-/// A process's answer to a stall probe (`quiet? <round>` on its control channel): `None` while
-/// its part may still move by itself; else what it did so far (envelopes ever posted) and
-/// what it holds stuck. Given by the runtime, which alone knows the part.
-pub(crate) type QuietProbe = Box<dyn Fn() -> QuietAnswer + Send>;
+/// A process's answer to a stall probe: `None` while its part may still move by itself,
+/// given what may free a writer in the other processes (agent indices, what the previous
+/// round's answers said: [`frees_of`]; `None`: more than a probe lists, any agent may).
+/// Given by the runtime, which alone knows the part.
+pub(crate) type QuietProbe = Box<dyn Fn(Option<&[usize]>) -> QuietAnswer + Send>;
 
-/// What a process answers a stall probe: `None` (busy), or the envelopes its part ever posted
-/// and what it holds stuck.
-pub(crate) type QuietAnswer = Option<(u64, Vec<String>)>;
+/// What a process answers a stall probe: `None` (busy), or its quiet part.
+pub(crate) type QuietAnswer = Option<Quiet>;
+
+/// A process's part, quiet but for the other processes of its host: only a change elsewhere
+/// can move it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Quiet {
+    /// Envelopes ever posted in this process: it did nothing between two readings that agree.
+    pub posted: u64,
+    /// The agents (indices in the graph, which every process builds alike) whose step may
+    /// free a writer: the readers of what this part holds and cannot send, and its agents fed
+    /// from elsewhere that hold elements they did not consume. A timer in another process
+    /// that leads to one of them holds the verdict there.
+    pub frees: Vec<usize>,
+    /// What it holds and cannot send, or cannot take: the one-process stall's descriptions.
+    pub stuck: Vec<String>,
+}
+
+/// The agents that may free a writer, as every quiet answer of a round says, together,
+/// sorted, each once: sent with the next round's probe.
+pub(crate) fn frees_of<'a>(answers: impl IntoIterator<Item = &'a Quiet>) -> Vec<usize> {
+    let all: std::collections::BTreeSet<usize> = answers
+        .into_iter()
+        .flat_map(|q| q.frees.iter().copied())
+        .collect();
+    all.into_iter().collect()
+}
 
 /// The longest answer to a stall probe a process sends (and its starter or launcher reads).
 pub(crate) const MAX_QUIET_LINE: usize = 1 << 20;
 
-/// The answer line to probe `round`: `quiet <round> <posted> <descriptions as JSON>` or
-/// `busy <round>`. Descriptions beyond [`MAX_QUIET_LINE`] are cut (the first ones name the
-/// connections).
+/// The most agents that may free a writer a stall probe lists (about 60 KiB of line): more
+/// are sent as `null`, any agent may (a process with any timer armed is then busy).
+pub(crate) const MAX_PROBE_FREES: usize = 8192;
+
+/// The stall probe of `round`, with what may free a writer ([`frees_of`] the round before):
+/// `quiet? <round> <frees as JSON, or null>`.
+pub(crate) fn probe_line(round: u64, frees: &[usize]) -> String {
+    let json = if frees.len() > MAX_PROBE_FREES {
+        "null".to_string()
+    } else {
+        // A list of numbers always serializes.
+        serde_json::to_string(frees).unwrap_or_else(|_| "null".into())
+    };
+    format!("quiet? {round} {json}\n")
+}
+
+/// A stall probe as [`probe_line`] writes it: the round and the agents that may free a
+/// writer elsewhere (`None`: any may). `None` for any other line.
+pub(crate) fn parse_probe(line: &str) -> Option<(u64, Option<Vec<usize>>)> {
+    let rest = line.strip_prefix("quiet? ")?;
+    let (round, json) = rest.split_once(' ')?;
+    Some((round.parse().ok()?, serde_json::from_str(json).ok()?))
+}
+
+/// The answer line to probe `round`: `quiet <round> <posted> <frees as JSON> <descriptions as
+/// JSON>` or `busy <round>`. Descriptions beyond [`MAX_QUIET_LINE`] are cut (the first ones
+/// name the connections); an answer whose agents that may free a writer alone do not fit is
+/// `busy` (never a stall for want of them).
 pub(crate) fn quiet_line(round: u64, quiet: QuietAnswer) -> String {
-    match quiet {
-        None => format!("busy {round}\n"),
-        Some((posted, mut stuck)) => loop {
-            let json = serde_json::to_string(&stuck).unwrap_or_else(|_| "[]".into());
-            let line = format!("quiet {round} {posted} {json}\n");
-            if line.len() <= MAX_QUIET_LINE || stuck.is_empty() {
-                return line;
-            }
-            stuck.truncate(stuck.len() / 2);
-        },
+    let busy = || format!("busy {round}\n");
+    let Some(mut q) = quiet else {
+        return busy();
+    };
+    // Lists of numbers and of strings always serialize.
+    let frees = serde_json::to_string(&q.frees).unwrap_or_else(|_| "[]".into());
+    loop {
+        let stuck = serde_json::to_string(&q.stuck).unwrap_or_else(|_| "[]".into());
+        let line = format!("quiet {round} {} {frees} {stuck}\n", q.posted);
+        if line.len() <= MAX_QUIET_LINE {
+            return line;
+        }
+        if q.stuck.is_empty() {
+            return busy();
+        }
+        q.stuck.truncate(q.stuck.len() / 2);
     }
 }
 
@@ -1534,15 +1594,21 @@ pub(crate) fn parse_quiet(line: &str) -> Option<(u64, QuietAnswer)> {
     }
     let rest = line.strip_prefix("quiet ")?;
     let (round, rest) = rest.split_once(' ')?;
-    let (posted, json) = rest.split_once(' ')?;
-    let stuck: Vec<String> = serde_json::from_str(json).ok()?;
-    Some((round.parse().ok()?, Some((posted.parse().ok()?, stuck))))
+    let (posted, rest) = rest.split_once(' ')?;
+    // The agents' indices are numbers: the list has no space in it.
+    let (frees, stuck) = rest.split_once(' ')?;
+    let quiet = Quiet {
+        posted: posted.parse().ok()?,
+        frees: serde_json::from_str(frees).ok()?,
+        stuck: serde_json::from_str(stuck).ok()?,
+    };
+    Some((round.parse().ok()?, Some(quiet)))
 }
 
 impl Control {
     /// Says `ready`, waits for `go` (or `stop`, which sets `stop` and lets the part start
     /// already draining), then keeps listening for `stop`, `final` and stall probes
-    /// (`quiet? <round>`, answered with what `quiet` says: [`quiet_line`]) on a thread.
+    /// ([`probe_line`], answered with what `quiet` says: [`quiet_line`]) on a thread.
     pub fn ready_then_wait_go(self, stop: Arc<AtomicBool>, quiet: QuietProbe) -> Result<(), Error> {
         let lost = |e: std::io::Error| Error::Runtime {
             detail: format!("the launcher's control channel failed: {e}"),
@@ -1587,9 +1653,10 @@ impl Control {
                                 stop.store(true, Ordering::SeqCst)
                             }
                             t => {
-                                let round = t.strip_prefix("quiet? ").and_then(|r| r.parse().ok());
-                                if let (Some(round), Some(out)) = (round, CONTROL_OUT.get()) {
-                                    let answer = quiet_line(round, quiet());
+                                if let (Some((round, frees)), Some(out)) =
+                                    (parse_probe(t), CONTROL_OUT.get())
+                                {
+                                    let answer = quiet_line(round, quiet(frees.as_deref()));
                                     let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
                                     let _ = out.write_all(answer.as_bytes());
                                 }
@@ -1613,29 +1680,66 @@ mod tests {
 
     #[test]
     fn a_stall_probe_answer_reads_back_as_written_and_anything_else_is_none() {
-        use super::{parse_quiet, quiet_line, MAX_QUIET_LINE};
-        let stuck = vec![
-            "a.out -> b.in: 3 elements wait".to_string(),
-            "x \" y".into(),
-        ];
-        let line = quiet_line(7, Some((42, stuck.clone())));
-        assert_eq!(parse_quiet(line.trim()), Some((7, Some((42, stuck)))));
+        use super::{
+            parse_probe, parse_quiet, probe_line, quiet_line, Quiet, MAX_PROBE_FREES,
+            MAX_QUIET_LINE,
+        };
+        let quiet = Quiet {
+            posted: 42,
+            frees: vec![3, 17],
+            stuck: vec![
+                "a.out -> b.in: 3 elements wait".to_string(),
+                "x \" y".into(),
+            ],
+        };
+        let line = quiet_line(7, Some(quiet.clone()));
+        assert_eq!(parse_quiet(line.trim()), Some((7, Some(quiet))));
         assert_eq!(parse_quiet(quiet_line(8, None).trim()), Some((8, None)));
         for bad in [
             "quiet 1 2",
-            "quiet 1 x []",
+            "quiet 1 2 []",
+            "quiet 1 x [] []",
+            "quiet 1 2 [\"a\"] []",
+            "quiet 1 2 [-1] []",
             "busy x",
-            "quiet? 3",
+            "quiet? 3 []",
             "metrics {}",
         ] {
             assert_eq!(parse_quiet(bad), None, "{bad}");
         }
+        assert_eq!(
+            parse_probe(probe_line(9, &[1, 2]).trim()),
+            Some((9, Some(vec![1, 2])))
+        );
+        assert_eq!(
+            parse_probe(probe_line(9, &[]).trim()),
+            Some((9, Some(vec![])))
+        );
+        // Too many to list: any agent may free a writer.
+        let many: Vec<usize> = (0..=MAX_PROBE_FREES).collect();
+        assert_eq!(parse_probe(probe_line(9, &many).trim()), Some((9, None)));
+        for bad in ["quiet? 3", "quiet? x []", "quiet? 3 [x]", "quiet 3 []"] {
+            assert_eq!(parse_probe(bad), None, "{bad}");
+        }
         // Too many descriptions are cut to fit, the first ones kept.
         let many: Vec<String> = (0..100_000).map(|i| format!("connection {i}")).collect();
-        let line = quiet_line(1, Some((0, many)));
+        let quiet = Quiet {
+            stuck: many,
+            ..Quiet::default()
+        };
+        let line = quiet_line(1, Some(quiet));
         assert!(line.len() <= MAX_QUIET_LINE);
         let (_, said) = parse_quiet(line.trim()).unwrap();
-        assert_eq!(said.unwrap().1[0], "connection 0");
+        assert_eq!(said.unwrap().stuck[0], "connection 0");
+        // Agents that may free a writer are never cut: an answer they do not fit is busy.
+        let quiet = Quiet {
+            frees: (usize::MAX - 100_000..usize::MAX).collect(),
+            ..Quiet::default()
+        };
+        assert_eq!(
+            parse_quiet(quiet_line(2, Some(quiet)).trim()),
+            Some((2, None))
+        );
     }
 
     #[test]
