@@ -13,6 +13,9 @@
 #[path = "../examples/quake_detector.rs"]
 mod quake;
 
+#[path = "support/ticker.rs"]
+mod ticker;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -20,6 +23,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iotstream::{Agent, AgentError, Graph, Inputs, Outputs};
+use ticker::{add_ticker, Ticks};
 
 // ---------------------------------------------------------------------------------------------
 // The applications
@@ -401,33 +405,6 @@ fn slow_progress() -> Result<(), iotstream::Error> {
 /// the sum of the pairs once the 12 are in.
 fn ticker_zip() -> Result<(), iotstream::Error> {
     const TICKS: u64 = 12;
-    struct Ticker {
-        input: iotstream::Input<u64>,
-        out: iotstream::Stream<u64>,
-        next: Option<Duration>,
-        sent: u64,
-    }
-    impl Agent for Ticker {
-        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
-            i.consume_all(&self.input);
-            let now = i.processing_time();
-            let next = *self.next.get_or_insert(now);
-            if now >= next && self.sent < TICKS {
-                o.push(&self.out, self.sent);
-                self.sent += 1;
-                self.next = Some(now + Duration::from_millis(150));
-            }
-            if self.sent < TICKS {
-                i.wake_at(self.next.expect("set above"));
-            }
-            Ok(())
-        }
-
-        fn finish(&mut self, o: &mut Outputs) -> Result<(), AgentError> {
-            o.extend(&self.out, self.sent..TICKS);
-            Ok(())
-        }
-    }
     let mut g = Graph::new("ticker_zip");
     g.set_default_capacity(4);
     let one_by_one = iotstream::SourceOptions {
@@ -435,17 +412,12 @@ fn ticker_zip() -> Result<(), iotstream::Error> {
         ..iotstream::SourceOptions::default()
     };
     let fast = g.source_iter_with("fast", 0..TICKS, one_by_one);
-    let (tick_in, ticks) = g.add_agent("ticker", |p| {
-        let input = p.input("in");
-        let out = p.output("out");
-        let agent = Ticker {
-            input,
-            out,
-            next: None,
-            sent: 0,
-        };
-        (agent, (input, out))
-    });
+    let ticks = Ticks {
+        count: TICKS,
+        every: Duration::from_millis(150),
+        rest_at_end: true,
+    };
+    let (tick_in, ticks) = add_ticker(&mut g, "ticker", ticks);
     g.connect_with(&fast, &tick_in, iotstream::Connection::new().capacity(64));
     let relayed = g.map("relay", &ticks, |v: &u64| *v);
     let zipped = g.zip("zip", &fast, &relayed);

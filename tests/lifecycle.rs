@@ -2,8 +2,13 @@
 //! both executors (the deterministic harness and the threaded runtime). Nothing may hang: every
 //! threaded run here is joined through `join_within`, which fails the test after 60 s instead.
 
+#[path = "support/ticker.rs"]
+mod ticker;
+
 use std::sync::mpsc;
 use std::time::Duration;
+
+use ticker::{add_ticker, Ticks};
 
 use iotstream::{
     Agent, AgentError, Connection, Error, Graph, Harness, Input, Inputs, Outputs, Stream,
@@ -840,45 +845,18 @@ fn a_paced_reader_beside_a_faster_periodic_timer_is_no_stall() {
 /// side: between two ticks the zip's fast side is full and its writer blocked.
 #[test]
 fn a_ticker_feeding_a_zip_is_no_stall() {
-    struct Ticker {
-        input: Input<u64>,
-        out: Stream<u64>,
-        next: Option<Duration>,
-        sent: u64,
-    }
-    impl Agent for Ticker {
-        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
-            i.consume_all(&self.input);
-            let now = i.processing_time();
-            let next = *self.next.get_or_insert(now);
-            if now >= next && self.sent < 100 {
-                o.push(&self.out, self.sent);
-                self.sent += 1;
-                self.next = Some(now + Duration::from_millis(3));
-            }
-            if self.sent < 100 && !i.is_closed(&self.input) {
-                i.wake_at(self.next.expect("set above"));
-            }
-            Ok(())
-        }
-    }
     let mut g = Graph::new("ticker_zip");
     // The zip's fast side fills at once.
     g.set_default_capacity(4);
     let fast = g.source_iter("fast", 0..100u64);
     // Keeps the ticker's input open (and it alive) until its hundred ticks are out.
     let keep = g.input::<u64>("keep");
-    let (tick_in, ticks) = g.add_agent("ticker", |p| {
-        let input = p.input("in");
-        let out = p.output("out");
-        let agent = Ticker {
-            input,
-            out,
-            next: None,
-            sent: 0,
-        };
-        (agent, (input, out))
-    });
+    let ticks = Ticks {
+        count: 100,
+        every: Duration::from_millis(3),
+        rest_at_end: false,
+    };
+    let (tick_in, ticks) = add_ticker(&mut g, "ticker", ticks);
     g.connect(&keep, &tick_in);
     let zipped = g.zip("zip", &fast, &ticks);
     let out = g.collect("out", &zipped);
@@ -919,42 +897,15 @@ fn a_reader_taking_its_input_in_at_every_fifth_timer_is_no_stall() {
 /// waits while the ticks come, and is a stall once the ticker stops asking for timers.
 #[test]
 fn a_ticker_that_stops_leaves_a_stall_that_is_reported() {
-    struct Ticker {
-        input: Input<u64>,
-        out: Stream<u64>,
-        next: Option<Duration>,
-        sent: u64,
-    }
-    impl Agent for Ticker {
-        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
-            i.consume_all(&self.input);
-            let now = i.processing_time();
-            let next = *self.next.get_or_insert(now);
-            if now >= next && self.sent < 20 {
-                o.push(&self.out, self.sent);
-                self.sent += 1;
-                self.next = Some(now + Duration::from_millis(20));
-            }
-            if self.sent < 20 {
-                i.wake_at(self.next.expect("set above"));
-            }
-            Ok(())
-        }
-    }
     let mut g = Graph::new("ticks_then_stall");
     g.set_default_capacity(4);
     let fast = g.source_iter("fast", 0u64..);
-    let (input, ticks) = g.add_agent("ticker", |p| {
-        let input = p.input("in");
-        let out = p.output("out");
-        let agent = Ticker {
-            input,
-            out,
-            next: None,
-            sent: 0,
-        };
-        (agent, (input, out))
-    });
+    let ticks = Ticks {
+        count: 20,
+        every: Duration::from_millis(20),
+        rest_at_end: false,
+    };
+    let (input, ticks) = add_ticker(&mut g, "ticker", ticks);
     g.connect(&fast, &input);
     let zipped = g.zip("zip", &fast, &ticks);
     let out = g.collect("out", &zipped);
@@ -977,7 +928,6 @@ fn a_stall_beside_other_timers_is_reported() {
     // it gets back while it waits on them relieves nothing blocked by the stall.
     let reports = periodic(&mut g, &numbers, Duration::from_millis(100), 8);
     paced_every_kth(&mut g, "paced", &reports, Duration::from_millis(20), 1, 2);
-    let started = std::time::Instant::now();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(g.run());
@@ -991,7 +941,6 @@ fn a_stall_beside_other_timers_is_reported() {
         err.to_string().contains("numbers.out -> needs_ten.in"),
         "{err}"
     );
-    let _ = started;
 }
 
 /// In the harness, time moves only when the test says: a push that finds the paced reader's

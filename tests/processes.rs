@@ -8,12 +8,16 @@
 //! Every scenario removes what it may leave behind (processes, shared-memory objects), even
 //! when it fails.
 
+#[path = "support/ticker.rs"]
+mod ticker;
+
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use iotstream::{Connection, Graph, SourceOptions};
 use serde::{Deserialize, Serialize};
+use ticker::{add_ticker, Ticks};
 
 // ---------------------------------------------------------------------------------------------
 // The applications
@@ -252,35 +256,7 @@ fn paced() -> Result<(), iotstream::Error> {
 /// the zip in `main`; 3 the ticker in `main` feeding a map in `p1` that feeds the zip in
 /// `main`.
 fn ticker_zip(layout: u64) -> Result<(), iotstream::Error> {
-    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
     const TICKS: u64 = 12;
-    struct Ticker {
-        input: Input<u64>,
-        out: iotstream::Stream<u64>,
-        next: Option<Duration>,
-        sent: u64,
-    }
-    impl Agent for Ticker {
-        fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
-            i.consume_all(&self.input);
-            let now = i.processing_time();
-            let next = *self.next.get_or_insert(now);
-            if now >= next && self.sent < TICKS {
-                o.push(&self.out, self.sent);
-                self.sent += 1;
-                self.next = Some(now + Duration::from_millis(150));
-            }
-            if self.sent < TICKS {
-                i.wake_at(self.next.expect("set above"));
-            }
-            Ok(())
-        }
-
-        fn finish(&mut self, o: &mut Outputs) -> Result<(), AgentError> {
-            o.extend(&self.out, self.sent..TICKS);
-            Ok(())
-        }
-    }
     let mut g = Graph::new("ticker_zip");
     g.set_default_capacity(4);
     // One element at a time: `fast` makes its next one only once the zip took one in.
@@ -289,17 +265,12 @@ fn ticker_zip(layout: u64) -> Result<(), iotstream::Error> {
         ..SourceOptions::default()
     };
     let fast = g.source_iter_with("fast", 0..TICKS, one_by_one);
-    let (tick_in, ticks) = g.add_agent("ticker", |p| {
-        let input = p.input("in");
-        let out = p.output("out");
-        let agent = Ticker {
-            input,
-            out,
-            next: None,
-            sent: 0,
-        };
-        (agent, (input, out))
-    });
+    let ticks = Ticks {
+        count: TICKS,
+        every: Duration::from_millis(150),
+        rest_at_end: true,
+    };
+    let (tick_in, ticks) = add_ticker(&mut g, "ticker", ticks);
     g.connect_with(&fast, &tick_in, Connection::new().capacity(64));
     let ticks = if layout >= 2 {
         let relayed = g.map("relay", &ticks, |v: &u64| *v);
