@@ -557,16 +557,12 @@ impl Topology {
 impl Shared {
     /// The agents of this part (or its readers elsewhere) whose step may free a writer: the
     /// readers of the links its blocked agents hold data for, and its agents fed from
-    /// elsewhere that hold elements they have not consumed (their writer waits in another
-    /// process or host).
+    /// elsewhere that hold elements they have not consumed (their writer may wait in another
+    /// process or host). Only the first are named to the other processes
+    /// ([`blocked_readers`](Self::blocked_readers)): a writer there that waits names its
+    /// reader itself, and a holder whose writer does not wait frees nothing.
     fn frees(&self) -> Vec<usize> {
-        let mut frees: std::collections::BTreeSet<usize> = self
-            .stalls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .flat_map(|s| s.readers.iter().copied())
-            .collect();
+        let mut frees = self.blocked_readers();
         frees.extend(
             self.remote_holders
                 .lock()
@@ -574,7 +570,22 @@ impl Shared {
                 .iter()
                 .copied(),
         );
-        frees.into_iter().collect()
+        frees.sort_unstable();
+        frees.dedup();
+        frees
+    }
+
+    /// The readers, here or in another process, of the links this part's blocked agents hold
+    /// data for, sorted, each once.
+    fn blocked_readers(&self) -> Vec<usize> {
+        let readers: std::collections::BTreeSet<usize> = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flat_map(|s| s.readers.iter().copied())
+            .collect();
+        readers.into_iter().collect()
     }
 
     /// Whether an armed timer may still free what is blocked, so that a quiescent part with
@@ -734,7 +745,7 @@ impl Shared {
         }
         Some(launch::Quiet {
             posted: before,
-            frees: self.frees(),
+            frees: self.blocked_readers(),
             stuck,
         })
     }

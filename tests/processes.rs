@@ -46,7 +46,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "chained" => chained(arg(0), arg(1) as usize),
         "long_chain" => long_chain(arg(0) as usize, arg(1)),
         "input_elsewhere" => input_elsewhere(),
-        "stallx" => stallx(arg(0)),
+        "stallx" => stallx(arg(0), arg(1)),
+        "stall_beside_a_holder" => stall_beside_a_holder(arg(0)),
         "slow_progress" => slow_progress(),
         "paced" => paced(),
         "ticker_zip" => ticker_zip(arg(0)),
@@ -111,8 +112,12 @@ fn input_elsewhere() -> Result<(), iotstream::Error> {
 /// freed nothing blocked by the stall.
 ///
 /// `periodic`: 0 none; 1 as said, its reader in `p1`; 2 its reader in `main` (a report sent
-/// to another process).
-fn stallx(periodic: u64) -> Result<(), iotstream::Error> {
+/// to another process). `p1_late_ms`: `p1` sleeps that long before it builds its part (a
+/// child slow to start, probed before it is ready).
+fn stallx(periodic: u64, p1_late_ms: u64) -> Result<(), iotstream::Error> {
+    if std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok("p1") {
+        std::thread::sleep(Duration::from_millis(p1_late_ms));
+    }
     use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
     struct Periodic {
         input: Input<u64>,
@@ -170,6 +175,54 @@ fn stallx(periodic: u64) -> Result<(), iotstream::Error> {
         if periodic == 1 {
             g.place_in_process("report", "p1");
         }
+    }
+    g.run().map(|_| ())
+}
+
+/// `stallx`'s stall (zip in `p1`) beside a healthy branch: `beat` reads `thirds` and ticks
+/// every 100 ms for ever into `last`, which keeps the last element it got unconsumed (as a
+/// window of two would), over a connection that never fills. Nothing `beat` sends can reach
+/// the zip: the stall must be reported.
+///
+/// `layout`: 0 `last` in `p2` (an agent fed from another process that holds an element, its
+/// writer not waiting); 1 `beat` in `p2`.
+fn stall_beside_a_holder(layout: u64) -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
+    struct KeepLast {
+        input: Input<u64>,
+    }
+    impl Agent for KeepLast {
+        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+            let n = i.slice(&self.input).len();
+            if n > 1 {
+                i.consume(&self.input, n - 1);
+            }
+            Ok(())
+        }
+    }
+    let mut g = Graph::new("stall_holder");
+    g.set_default_capacity(64);
+    let s = g.source_iter("nums", 0..10_000u64);
+    let f = g.filter("thirds", &s, |v: &u64| v % 3 == 0);
+    let z = g.zip("zip", &s, &f);
+    g.for_each("out", &z, |_: &(u64, u64)| {});
+    g.place_in_process("zip", "p1");
+    let forever = Ticks {
+        count: u64::MAX,
+        every: Duration::from_millis(100),
+        rest_at_end: false,
+    };
+    let (beat_in, beats) = add_ticker(&mut g, "beat", forever);
+    g.connect(&f, &beat_in);
+    let last = g.add_agent("last", |p| {
+        let input = p.input::<u64>("in");
+        (KeepLast { input }, input)
+    });
+    g.connect(&beats, &last);
+    if layout == 0 {
+        g.place_in_process("last", "p2");
+    } else {
+        g.place_in_process("beat", "p2");
     }
     g.run().map(|_| ())
 }
@@ -2031,8 +2084,39 @@ fn a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere() -> Resu
     stall_across_processes_is_reported("2")
 }
 
+/// The same, the child that holds the zip slow to start (probed before it said it is ready,
+/// it answered nothing: before, no stall round was ever asked again, a hang).
+fn a_stall_across_processes_is_reported_when_a_child_starts_late() -> Result<(), String> {
+    stall_across_processes_is_reported_with(&["0", "300"])
+}
+
+/// A stall beside a healthy branch whose timer leads to an agent of another process that
+/// holds an element it has not consumed (its writer not waiting) is reported (before: a
+/// hang, that agent taken for one that may free a writer).
+fn a_stall_is_reported_beside_a_timer_leading_to_a_holder_elsewhere() -> Result<(), String> {
+    for layout in ["0", "1"] {
+        let (status, out, err) =
+            Started::new("stall_beside_a_holder", &[layout]).wait(Duration::from_secs(60))?;
+        ensure(!status.success(), || {
+            format!("layout {layout}: the application succeeded:\n{out}\n{err}")
+        })?;
+        ensure(
+            err.contains("application stalled") && err.contains("nums.out -> zip.in0"),
+            || format!("layout {layout}: no stall naming nums.out -> zip.in0:\n{err}"),
+        )?;
+        ensure(segments("stall_holder").is_empty(), || {
+            format!("left behind: {:?}", segments("stall_holder"))
+        })?;
+    }
+    Ok(())
+}
+
 fn stall_across_processes_is_reported(arg: &str) -> Result<(), String> {
-    let (status, out, err) = Started::new("stallx", &[arg]).wait(Duration::from_secs(60))?;
+    stall_across_processes_is_reported_with(&[arg])
+}
+
+fn stall_across_processes_is_reported_with(args: &[&str]) -> Result<(), String> {
+    let (status, out, err) = Started::new("stallx", args).wait(Duration::from_secs(60))?;
     ensure(!status.success(), || {
         format!("the application succeeded:\n{out}\n{err}")
     })?;
@@ -2112,7 +2196,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 41] = [
+    let scenarios: [(&str, Scenario); 43] = [
         (
             "a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere",
             a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere,
@@ -2148,6 +2232,14 @@ fn main() {
         (
             "a_ticker_feeding_a_zip_through_another_process_and_back_is_no_stall",
             a_ticker_feeding_a_zip_through_another_process_and_back_is_no_stall,
+        ),
+        (
+            "a_stall_across_processes_is_reported_when_a_child_starts_late",
+            a_stall_across_processes_is_reported_when_a_child_starts_late,
+        ),
+        (
+            "a_stall_is_reported_beside_a_timer_leading_to_a_holder_elsewhere",
+            a_stall_is_reported_beside_a_timer_leading_to_a_holder_elsewhere,
         ),
         (
             "a_stall_across_processes_is_reported",

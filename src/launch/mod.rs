@@ -1517,9 +1517,10 @@ pub(crate) struct Quiet {
     /// Envelopes ever posted in this process: it did nothing between two readings that agree.
     pub posted: u64,
     /// The agents (indices in the graph, which every process builds alike) whose step may
-    /// free a writer: the readers of what this part holds and cannot send, and its agents fed
-    /// from elsewhere that hold elements they did not consume. A timer in another process
-    /// that leads to one of them holds the verdict there.
+    /// free a writer of this part: the readers, here or elsewhere, of the links it holds data
+    /// for and cannot send. A timer in another process that leads to one of them holds the
+    /// verdict there. (Not its agents fed from elsewhere that hold unconsumed elements: their
+    /// writer, if it waits, names them itself; one that does not wait needs nothing of them.)
     pub frees: Vec<usize>,
     /// What it holds and cannot send, or cannot take: the one-process stall's descriptions.
     pub stuck: Vec<String>,
@@ -1635,7 +1636,15 @@ impl Control {
                     break;
                 }
                 "final" => NO_MORE_RESTARTS.store(true, Ordering::SeqCst),
-                _ => {}
+                t => {
+                    // A stall probe before the run starts (a starter probes as soon as its
+                    // own part is quiet): not quiet yet. Unanswered, the prober would wait for
+                    // this answer before it asks again.
+                    if let (Some((round, _)), Some(out)) = (parse_probe(t), CONTROL_OUT.get()) {
+                        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = out.write_all(quiet_line(round, None).as_bytes());
+                    }
+                }
             }
         }
         std::thread::Builder::new()
