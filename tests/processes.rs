@@ -307,7 +307,8 @@ fn paced() -> Result<(), iotstream::Error> {
 /// `layout`: 0 the ticker in `p1`, the rest in `main`; 1 the zip in `p1` (fed from `main`),
 /// the ticker and the rest in `main`; 2 the ticker in `p1` feeding a map in `p2` that feeds
 /// the zip in `main`; 3 the ticker in `main` feeding a map in `p1` that feeds the zip in
-/// `main`.
+/// `main`; 4 the zip in `p1`, the ticker in `p2` (the writer, its reader and the timer each in
+/// a process of its own).
 fn ticker_zip(layout: u64) -> Result<(), iotstream::Error> {
     const TICKS: u64 = 12;
     let mut g = Graph::new("ticker_zip");
@@ -337,6 +338,10 @@ fn ticker_zip(layout: u64) -> Result<(), iotstream::Error> {
     match layout {
         1 => {
             g.place_in_process("zip", "p1");
+        }
+        4 => {
+            g.place_in_process("zip", "p1");
+            g.place_in_process("ticker", "p2");
         }
         0 | 2 => {
             g.place_in_process("ticker", "p1");
@@ -2171,6 +2176,11 @@ fn a_ticker_feeding_a_zip_through_another_process_and_back_is_no_stall() -> Resu
     ticker_zip_is_no_stall("3")
 }
 
+/// The same, the zip's writer in `main`, the zip in `p1`, the ticker in `p2`.
+fn a_ticker_feeding_a_zip_in_a_third_process_is_no_stall() -> Result<(), String> {
+    ticker_zip_is_no_stall("4")
+}
+
 fn ticker_zip_is_no_stall(layout: &str) -> Result<(), String> {
     let out = run_app_output("ticker_zip", &[layout])?;
     ensure(!out.contains("stalled"), || out.clone())?;
@@ -2196,7 +2206,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 43] = [
+    let scenarios: [(&str, Scenario); 44] = [
         (
             "a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere",
             a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere,
@@ -2228,6 +2238,10 @@ fn main() {
         (
             "a_ticker_feeding_a_zip_through_a_third_process_is_no_stall",
             a_ticker_feeding_a_zip_through_a_third_process_is_no_stall,
+        ),
+        (
+            "a_ticker_feeding_a_zip_in_a_third_process_is_no_stall",
+            a_ticker_feeding_a_zip_in_a_third_process_is_no_stall,
         ),
         (
             "a_ticker_feeding_a_zip_through_another_process_and_back_is_no_stall",
