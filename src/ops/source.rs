@@ -524,6 +524,14 @@ fn source_thread<T: Element>(
 /// Pushing one element at a time costs little: while the input's agent is awake, no wake-up is
 /// sent, and whatever was pushed while it was busy goes downstream as one batch.
 ///
+/// **Several inputs from one thread.** An agent that pairs its inputs (a zip, a join, a merge
+/// in event time) holds what one input brings until the others bring theirs, up to the
+/// connection's capacity; then a push into that input waits for room the agent makes only once
+/// another input is fed. A program that pushes everything into one input before it pushes
+/// into the next therefore waits for ever once it has pushed more than the connection and the
+/// input's own queue hold (the run cannot tell: another thread might still push). Push them
+/// in turns, or from a thread per input.
+///
 /// ```
 /// use iotstream::Graph;
 /// let mut g = Graph::new("readings");
