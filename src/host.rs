@@ -387,14 +387,12 @@ impl Host {
         self.outputs.iter().any(|o| o.waits_off_ring())
     }
 
-    /// The readers (agent indices in the graph) of this agent's links that hold data they
-    /// cannot send.
-    pub fn blocked_readers(&self) -> Vec<usize> {
-        let mut readers = Vec::new();
+    /// Appends to `into` the readers (agent indices in the graph) of this agent's links that
+    /// hold data they cannot send (no allocation once `into` has room).
+    pub fn blocked_readers_into(&self, into: &mut Vec<usize>) {
         for o in &self.outputs {
-            o.blocked_readers(&mut readers);
+            o.blocked_readers(into);
         }
-        readers
     }
 
     /// True if an input holds elements the agent has not consumed.

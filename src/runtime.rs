@@ -893,6 +893,10 @@ struct Tended {
     listed_stalled: bool,
     /// The description round of that entry.
     stall_written: u64,
+    /// The readers that entry names (`Stall::readers`).
+    readers_written: Vec<usize>,
+    /// The readers of its blocked links now, to compare (kept for its allocation).
+    readers_now: Vec<usize>,
     /// Its own mailbox (for `Shared::stalls`).
     mailbox: Arc<dyn Mailbox>,
     /// This agent waits on a shared-memory ring and is counted in `Shared::active_sources`:
@@ -931,6 +935,8 @@ impl Tended {
             counted_blocked: false,
             listed_stalled: false,
             stall_written: 0,
+            readers_written: Vec::new(),
+            readers_now: Vec::new(),
             mailbox,
             counted_ring_wait: false,
             counted_off_ring: false,
@@ -1053,19 +1059,31 @@ impl Tended {
             }
         }
         let blocked_now = self.host.is_blocked() && !self.host.is_done();
-        // Written when the agent becomes blocked and when a new round asks (see
-        // `Shared::stall_round`), not at every message while it stays blocked.
+        // Written when the agent becomes blocked, when a new round asks (see
+        // `Shared::stall_round`), and when, still blocked, it comes to wait on other readers
+        // (what it waits on decides which timers hold the verdict: `Shared::timers_hold`);
+        // not at every message while it stays blocked on the same ones (a `format!` per
+        // blocked link, under a lock the whole run shares).
         let round = self.shared.stall_round.load(Ordering::SeqCst);
-        if blocked_now && (!self.listed_stalled || self.stall_written != round) {
+        self.readers_now.clear();
+        if blocked_now {
+            self.host.blocked_readers_into(&mut self.readers_now);
+        }
+        if blocked_now
+            && (!self.listed_stalled
+                || self.stall_written != round
+                || self.readers_now != self.readers_written)
+        {
             let stall = Stall {
                 mailbox: Arc::clone(&self.mailbox),
                 round,
                 what: self.host.stalled(),
-                readers: self.host.blocked_readers(),
+                readers: self.readers_now.clone(),
             };
             let mut stalls = self.shared.stalls.lock().unwrap_or_else(|p| p.into_inner());
             stalls.insert(self.index, stall);
             self.stall_written = round;
+            self.readers_written.clone_from(&self.readers_now);
             self.listed_stalled = true;
         } else if !blocked_now && self.listed_stalled {
             let mut stalls = self.shared.stalls.lock().unwrap_or_else(|p| p.into_inner());

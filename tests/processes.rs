@@ -48,6 +48,8 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "input_elsewhere" => input_elsewhere(),
         "stallx" => stallx(arg(0), arg(1)),
         "stall_beside_a_holder" => stall_beside_a_holder(arg(0)),
+        "moved_block_ticker" => moved_block_ticker(),
+        "moved_block_stall" => moved_block_stall(),
         "slow_progress" => slow_progress(),
         "paced" => paced(),
         "ticker_zip" => ticker_zip(arg(0)),
@@ -224,6 +226,108 @@ fn stall_beside_a_holder(layout: u64) -> Result<(), iotstream::Error> {
     } else {
         g.place_in_process("beat", "p2");
     }
+    g.run().map(|_| ())
+}
+
+/// An agent that sleeps 500 ms in its first step, then consumes all it gets on `a` (and on
+/// `b`, if connected): a writer to it blocks on it first, then on another reader.
+struct SlowFirst {
+    a: iotstream::Input<u64>,
+    b: iotstream::Input<u64>,
+    first: bool,
+}
+
+impl iotstream::Agent for SlowFirst {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        _: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        if std::mem::take(&mut self.first) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        i.consume_all(&self.a);
+        i.consume_all(&self.b);
+        Ok(())
+    }
+}
+
+/// Adds a [`SlowFirst`] named `name`: its inputs `a` and `b`.
+fn slow_first(g: &mut Graph, name: &str) -> (iotstream::Input<u64>, iotstream::Input<u64>) {
+    g.add_agent(name, |p| {
+        let a = p.input::<u64>("a");
+        let b = p.input::<u64>("b");
+        (SlowFirst { a, b, first: true }, (a, b))
+    })
+}
+
+/// `ticker_zip` (layout 0), `fast` also read by `slow` in `p1` (capacity 2) whose first step
+/// takes 500 ms: `fast` blocks on `slow` first, then, still blocked, on the zip only. Its
+/// description must follow, or the ticker, which does not lead to `slow`, stops holding the
+/// verdict. Prints how many pairs came and their sum.
+fn moved_block_ticker() -> Result<(), iotstream::Error> {
+    const TICKS: u64 = 12;
+    let mut g = Graph::new("moved_block");
+    g.set_default_capacity(4);
+    let one_by_one = SourceOptions {
+        max_batch: 1,
+        ..SourceOptions::default()
+    };
+    let fast = g.source_iter_with("fast", 0..TICKS, one_by_one);
+    let (slow_a, slow_b) = slow_first(&mut g, "slow");
+    g.connect_with(&fast, &slow_a, Connection::new().capacity(2));
+    let nothing = g.source_iter("nothing", 0..0u64);
+    g.connect(&nothing, &slow_b);
+    let ticks = Ticks {
+        count: TICKS,
+        every: Duration::from_millis(150),
+        rest_at_end: true,
+    };
+    let (tick_in, ticks) = add_ticker(&mut g, "ticker", ticks);
+    g.connect_with(&fast, &tick_in, Connection::new().capacity(64));
+    let zipped = g.zip("zip", &fast, &ticks);
+    let out = g.collect("out", &zipped);
+    g.place_in_process("slow", "p1");
+    g.place_in_process("ticker", "p1");
+    let is_starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
+    g.run()?;
+    if is_starter {
+        let pairs = out.values();
+        let sum: u64 = pairs.iter().map(|(a, b)| a + b).sum();
+        println!("RESULT {} {sum}", pairs.len());
+    }
+    Ok(())
+}
+
+/// `stallx`'s stall (zip in `p2`), `nums` also read by `r1` in `p1` (capacity 2), whose first
+/// step takes 500 ms and which also reads a beat ticking for ever: `nums` blocks on `r1`
+/// first, then, still blocked, on the zip only, which no timer leads to. The stall must be
+/// reported, not held by the beat for ever as if `nums` still waited on `r1`.
+fn moved_block_stall() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("moved_block");
+    g.set_default_capacity(64);
+    let one_by_one = SourceOptions {
+        max_batch: 1,
+        ..SourceOptions::default()
+    };
+    let s = g.source_iter_with("nums", 0..10_000u64, one_by_one);
+    let f = g.filter("thirds", &s, |v: &u64| v % 3 == 0);
+    let z = g.zip("zip", &s, &f);
+    g.for_each("out", &z, |_: &(u64, u64)| {});
+    let forever = Ticks {
+        count: u64::MAX,
+        every: Duration::from_millis(100),
+        rest_at_end: false,
+    };
+    let (beat_in, beats) = add_ticker(&mut g, "beat", forever);
+    g.connect(&f, &beat_in);
+    let (a, b) = slow_first(&mut g, "r1");
+    g.connect_with(&s, &a, Connection::new().capacity(2));
+    g.connect(&beats, &b);
+    g.place_in_process("r1", "p1");
+    g.place_in_process("beat", "p1");
+    g.place_in_process("zip", "p2");
+    g.place_in_process("out", "p2");
     g.run().map(|_| ())
 }
 
@@ -2116,6 +2220,33 @@ fn a_stall_is_reported_beside_a_timer_leading_to_a_holder_elsewhere() -> Result<
     Ok(())
 }
 
+/// A writer that, still blocked, comes to wait on another reader is described anew: a ticker
+/// leading to the reader it now waits on holds the verdict (before: `Stalled` naming the link
+/// it no longer waited on, in most runs), ...
+fn a_writer_blocked_on_another_link_is_no_stall_while_a_ticker_frees_it() -> Result<(), String> {
+    let out = run_app_output("moved_block_ticker", &[])?;
+    ensure(!out.contains("stalled"), || out.clone())?;
+    ensure(result_line(&out)? == "12 132", || out.clone())
+}
+
+/// ... and a timer leading only to the reader it no longer waits on does not (before: a
+/// hang).
+fn a_writer_blocked_on_another_link_is_a_stall_a_timer_elsewhere_does_not_hide(
+) -> Result<(), String> {
+    let (status, out, err) =
+        Started::new("moved_block_stall", &[]).wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || {
+        format!("the application succeeded:\n{out}\n{err}")
+    })?;
+    ensure(
+        err.contains("application stalled") && err.contains("nums.out -> zip.in0"),
+        || format!("no stall naming nums.out -> zip.in0:\n{err}"),
+    )?;
+    ensure(segments("moved_block").is_empty(), || {
+        format!("left behind: {:?}", segments("moved_block"))
+    })
+}
+
 fn stall_across_processes_is_reported(arg: &str) -> Result<(), String> {
     stall_across_processes_is_reported_with(&[arg])
 }
@@ -2206,7 +2337,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 44] = [
+    let scenarios: [(&str, Scenario); 46] = [
         (
             "a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere",
             a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere,
@@ -2254,6 +2385,14 @@ fn main() {
         (
             "a_stall_is_reported_beside_a_timer_leading_to_a_holder_elsewhere",
             a_stall_is_reported_beside_a_timer_leading_to_a_holder_elsewhere,
+        ),
+        (
+            "a_writer_blocked_on_another_link_is_no_stall_while_a_ticker_frees_it",
+            a_writer_blocked_on_another_link_is_no_stall_while_a_ticker_frees_it,
+        ),
+        (
+            "a_writer_blocked_on_another_link_is_a_stall_a_timer_elsewhere_does_not_hide",
+            a_writer_blocked_on_another_link_is_a_stall_a_timer_elsewhere_does_not_hide,
         ),
         (
             "a_stall_across_processes_is_reported",
