@@ -2204,18 +2204,8 @@ fn a_stall_across_processes_is_reported_when_a_child_starts_late() -> Result<(),
 /// hang, that agent taken for one that may free a writer).
 fn a_stall_is_reported_beside_a_timer_leading_to_a_holder_elsewhere() -> Result<(), String> {
     for layout in ["0", "1"] {
-        let (status, out, err) =
-            Started::new("stall_beside_a_holder", &[layout]).wait(Duration::from_secs(60))?;
-        ensure(!status.success(), || {
-            format!("layout {layout}: the application succeeded:\n{out}\n{err}")
-        })?;
-        ensure(
-            err.contains("application stalled") && err.contains("nums.out -> zip.in0"),
-            || format!("layout {layout}: no stall naming nums.out -> zip.in0:\n{err}"),
-        )?;
-        ensure(segments("stall_holder").is_empty(), || {
-            format!("left behind: {:?}", segments("stall_holder"))
-        })?;
+        reports_stallx_stall("stall_beside_a_holder", &[layout], "stall_holder")
+            .map_err(|e| format!("layout {layout}: {e}"))?;
     }
     Ok(())
 }
@@ -2233,18 +2223,7 @@ fn a_writer_blocked_on_another_link_is_no_stall_while_a_ticker_frees_it() -> Res
 /// hang).
 fn a_writer_blocked_on_another_link_is_a_stall_a_timer_elsewhere_does_not_hide(
 ) -> Result<(), String> {
-    let (status, out, err) =
-        Started::new("moved_block_stall", &[]).wait(Duration::from_secs(60))?;
-    ensure(!status.success(), || {
-        format!("the application succeeded:\n{out}\n{err}")
-    })?;
-    ensure(
-        err.contains("application stalled") && err.contains("nums.out -> zip.in0"),
-        || format!("no stall naming nums.out -> zip.in0:\n{err}"),
-    )?;
-    ensure(segments("moved_block").is_empty(), || {
-        format!("left behind: {:?}", segments("moved_block"))
-    })
+    reports_stallx_stall("moved_block_stall", &[], "moved_block")
 }
 
 fn stall_across_processes_is_reported(arg: &str) -> Result<(), String> {
@@ -2252,7 +2231,13 @@ fn stall_across_processes_is_reported(arg: &str) -> Result<(), String> {
 }
 
 fn stall_across_processes_is_reported_with(args: &[&str]) -> Result<(), String> {
-    let (status, out, err) = Started::new("stallx", args).wait(Duration::from_secs(60))?;
+    reports_stallx_stall("stallx", args, "stallx")
+}
+
+/// Runs `app` (whose graph is named `graph`), which must fail with `stallx`'s stall (naming
+/// `nums.out -> zip.in0`) and leave no shared memory behind.
+fn reports_stallx_stall(app: &str, args: &[&str], graph: &str) -> Result<(), String> {
+    let (status, out, err) = Started::new(app, args).wait(Duration::from_secs(60))?;
     ensure(!status.success(), || {
         format!("the application succeeded:\n{out}\n{err}")
     })?;
@@ -2260,8 +2245,8 @@ fn stall_across_processes_is_reported_with(args: &[&str]) -> Result<(), String> 
         err.contains("application stalled") && err.contains("nums.out -> zip.in0"),
         || format!("no stall naming nums.out -> zip.in0:\n{err}"),
     )?;
-    ensure(segments("stallx").is_empty(), || {
-        format!("left behind: {:?}", segments("stallx"))
+    ensure(segments(graph).is_empty(), || {
+        format!("left behind: {:?}", segments(graph))
     })
 }
 
