@@ -592,15 +592,14 @@ impl Shared {
     /// something blocked is no stall yet (and is not quiet for the check across processes).
     ///
     /// Only a timer that can lead to a blocked writer's relief counts: one of an agent from
-    /// which an agent that may free a writer can be reached along the graph's links
-    /// (itself included), wherever the links run. Those agents are this part's
+    /// which an agent that may free a writer can be reached along the graph's links (itself
+    /// included), wherever the links run. Those agents are this part's
     /// ([`frees`](Self::frees)) and, across processes, what the other processes said of
     /// theirs (`elsewhere`, indices in the graph, others ignored; `None`: too many to list,
-    /// then any armed timer holds). So a reader that takes
-    /// its input in at its own timers, a ticker feeding a zip's other side (in this process
-    /// or another, directly or through a third) or an idleness mark before a merge holds the
-    /// verdict for as long as its timers come; a periodic report on another branch does not,
-    /// and the stall is reported at once.
+    /// then any armed timer holds). So a reader that takes its input in at its own timers, a
+    /// ticker feeding a zip's other side (in this process or another, directly or through a
+    /// third) or an idleness mark before a merge holds the verdict for as long as its timers
+    /// come; a periodic report on another branch does not, and the stall is reported at once.
     fn timers_hold(&self, elsewhere: Option<&[usize]>) -> bool {
         let timers = self
             .timers
@@ -1328,9 +1327,8 @@ struct Probes {
 /// round's answers said may free a writer ([`launch::Quiet::frees`]): a process with a timer
 /// that leads to one of them is not quiet. Two equal readings in a row (no process posted
 /// anything, no ring moved in between, the same agents that may free a writer) are a stall:
-/// the run fails with [`Error::Stalled`],
-/// naming what every process holds stuck, and the children are asked to stop. Ends when the
-/// run stops or fails, or every child has ended.
+/// the run fails with [`Error::Stalled`], naming what every process holds stuck, and the
+/// children are asked to stop. Ends when the run stops or fails, or every child has ended.
 fn watch_stalls(
     probes: &Probes,
     list: &[ChildProcess],
