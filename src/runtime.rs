@@ -1658,9 +1658,11 @@ impl Running {
                     .collect();
                 launch::signal_each(&others, Signal::SIGTERM);
             }
-            if let Some(sup) = children.supervisor.take() {
-                let _ = sup.join();
-            }
+            let ended = children
+                .supervisor
+                .take()
+                .and_then(|sup| sup.join().ok())
+                .unwrap_or_default();
             if let Some(bound) = children.drain_bound.take() {
                 let _ = bound.join();
             }
@@ -1672,6 +1674,12 @@ impl Running {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
+            // The child whose failure reached this part first is the cause, even if another
+            // child (one asked to stop because of it, say) was reaped before it.
+            let failure = by_peer
+                .and_then(|pid| ended.iter().find(|e| e.pid == pid && !e.success()))
+                .map(launch::Exit::to_error)
+                .or(failure);
             children.segments.remove_all();
             if let Some(f) = failure {
                 if child_first || result.is_ok() {

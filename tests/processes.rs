@@ -33,6 +33,9 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "failing" => failing("failing", 0),
         "failing_slowly" => failing("failing_slowly", 2),
         "failing_hung" => failing("failing_hung", 600),
+        "failing_other_late" => failing("failing_other_late", 1),
+        "failing_other_fails_its_drain" => failing("failing_other_fails_its_drain", 1),
+        "late_child" => late_child(),
         "stdin_lines" => stdin_lines(),
         "quiet_tail" => quiet_tail(),
         "spawner" => spawner(),
@@ -756,6 +759,7 @@ fn failing(app: &str, pause_s: u64) -> Result<(), iotstream::Error> {
         g.place_in_process("slowpoke", "worker");
         struct Flusher {
             input: Input<u64>,
+            fails: bool,
         }
         impl Agent for Flusher {
             fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
@@ -763,20 +767,67 @@ fn failing(app: &str, pause_s: u64) -> Result<(), iotstream::Error> {
                 Ok(())
             }
             fn finish(&mut self, _: &mut Outputs) -> Result<(), AgentError> {
+                if self.fails {
+                    return Err("cannot flush".into());
+                }
                 println!("FLUSHED");
                 Ok(())
             }
         }
+        // `other` asked to drain while it still starts (before its run takes signals).
+        if app == "failing_other_late" && is_process("other") {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let fails = app == "failing_other_fails_its_drain";
         let endless = g.source_fn("endless", Duration::from_millis(10), None, || 1u64);
         let input = g.add_agent("flusher", |p| {
             let input = p.input::<u64>("in");
-            (Flusher { input }, input)
+            (Flusher { input, fails }, input)
         });
         g.connect(&endless, &input);
         g.place_in_process("endless", "other");
         g.place_in_process("flusher", "other");
     }
     g.run().map(|_| ())
+}
+
+/// This program runs as process `name` of a multi-process run.
+fn is_process(name: &str) -> bool {
+    std::env::var("IOTSTREAM_PROCESS").as_deref() == Ok(name)
+}
+
+/// An endless source in `main` read by a flusher in process `late`, which takes a second to
+/// start (before its run takes signals); the starter asks for the drain as soon as it
+/// started (`Running::stop`). `late` prints FLUSHED when its flusher finishes.
+fn late_child() -> Result<(), iotstream::Error> {
+    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
+    if is_process("late") {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut g = Graph::new("late_child");
+    let endless = g.source_fn("endless", Duration::from_millis(5), None, || 1u64);
+    struct Flusher {
+        input: Input<u64>,
+    }
+    impl Agent for Flusher {
+        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+            i.consume_all(&self.input);
+            Ok(())
+        }
+        fn finish(&mut self, _: &mut Outputs) -> Result<(), AgentError> {
+            println!("FLUSHED");
+            Ok(())
+        }
+    }
+    let input = g.add_agent("flusher", |p| {
+        let input = p.input::<u64>("in");
+        (Flusher { input }, input)
+    });
+    g.connect(&endless, &input);
+    g.place_in_process("flusher", "late");
+    let running = g.start()?;
+    running.stop();
+    running.join().map(|_| ())
 }
 
 /// Standard input's lines, read in process `reader` (not the starter), parsed and doubled
@@ -1625,6 +1676,57 @@ fn a_child_failure_that_reaches_main_first_is_still_the_cause() -> Result<(), St
     })
 }
 
+/// The same, while `other`, asked to drain because of that failure, still starts (its run not
+/// yet taking signals) and is reaped first: it drains once it runs, and the cause is still
+/// `worker`'s failure. (It was "process 'other' was killed by signal 15 (SIGTERM)", now and
+/// then in the test above, every time here.)
+fn a_child_failure_that_reaches_main_first_is_the_cause_beside_a_child_still_starting(
+) -> Result<(), String> {
+    child_failure_is_the_cause("failing_other_late", true)
+}
+
+/// The same, while `other`, asked to drain because of that failure, fails its drain (a sink
+/// that cannot flush) and is reaped first: the cause is `worker`'s failure, which came first.
+fn a_child_failure_that_reaches_main_first_is_the_cause_beside_a_child_failing_its_drain(
+) -> Result<(), String> {
+    child_failure_is_the_cause("failing_other_fails_its_drain", false)
+}
+
+/// Runs `app` (see `failing`): `worker` fails at element 5,000, its
+/// failure reaching `main` first (`worker` ends about 3 s later). The run fails with `worker`'s failure as its final error;
+/// `other` drained (printed FLUSHED) if `flushed`.
+fn child_failure_is_the_cause(app: &str, flushed: bool) -> Result<(), String> {
+    let (status, out, err) = Started::new(app, &[]).wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || "the application succeeded".into())?;
+    let last = err.lines().last().unwrap_or_default();
+    ensure(
+        last.starts_with("error: process 'worker' exited with status 1")
+            && last.contains("bad reading 5000"),
+        || format!("the final error is not the child's failure:\n{err}"),
+    )?;
+    ensure(!flushed || out.contains("FLUSHED"), || {
+        format!("'other' was not drained:\n{out}\n{err}")
+    })?;
+    ensure(segments(app).is_empty(), || {
+        format!("left behind: {:?}", segments(app))
+    })
+}
+
+/// A child asked to drain while it still starts (its run not yet taking signals: here a
+/// second before it builds its graph) drains once its run starts, and the run ends normally;
+/// it was killed by the SIGTERM (the run failing with "process 'late' was killed by signal
+/// 15").
+fn a_child_asked_to_drain_while_it_starts_drains() -> Result<(), String> {
+    let (status, out, err) = Started::new("late_child", &[]).wait(Duration::from_secs(60))?;
+    ensure(status.success(), || format!("exit {status}:\n{out}\n{err}"))?;
+    ensure(out.contains("[late] FLUSHED"), || {
+        format!("'late' was not drained:\n{out}\n{err}")
+    })?;
+    ensure(segments("late_child").is_empty(), || {
+        format!("left behind: {:?}", segments("late_child"))
+    })
+}
+
 /// A child that hangs after its failure reached `main` first (a step of 600 s): the other
 /// children are still asked to drain at once (`other` prints FLUSHED), the hung one is killed
 /// at the drain's bound, and the run's error is its failure.
@@ -2322,7 +2424,7 @@ fn main() {
         }
     }
     let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let scenarios: [(&str, Scenario); 46] = [
+    let scenarios: [(&str, Scenario); 49] = [
         (
             "a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere",
             a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere,
@@ -2334,6 +2436,18 @@ fn main() {
         (
             "a_child_failure_that_reaches_main_first_is_still_the_cause",
             a_child_failure_that_reaches_main_first_is_still_the_cause,
+        ),
+        (
+            "a_child_failure_that_reaches_main_first_is_the_cause_beside_a_child_still_starting",
+            a_child_failure_that_reaches_main_first_is_the_cause_beside_a_child_still_starting,
+        ),
+        (
+            "a_child_failure_that_reaches_main_first_is_the_cause_beside_a_child_failing_its_drain",
+            a_child_failure_that_reaches_main_first_is_the_cause_beside_a_child_failing_its_drain,
+        ),
+        (
+            "a_child_asked_to_drain_while_it_starts_drains",
+            a_child_asked_to_drain_while_it_starts_drains,
         ),
         (
             "a_stall_across_processes_is_reported_despite_a_periodic_timer",

@@ -723,8 +723,8 @@ pub(crate) fn spawn_child(
     }
     let name = process.to_string();
     // SAFETY: the closure runs in the forked child before exec, allocates nothing and only makes
-    // async-signal-safe system calls (prctl, getppid, setpgid, signal, dup2, fcntl,
-    // sched_setaffinity, _exit).
+    // async-signal-safe calls (prctl, getppid, setpgid, sigemptyset, sigaddset, sigprocmask,
+    // signal, dup2, fcntl, sched_setaffinity, _exit).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
@@ -733,6 +733,18 @@ pub(crate) fn spawn_child(
                 libc::_exit(1);
             }
             if own_group && libc::setpgid(0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Deaf to a drain request until its run takes signals: a SIGTERM (or a terminal's
+            // Ctrl-C) sent while it starts waits, pending, instead of ending it by the default
+            // action; the run's signal thread unblocks them once the run is registered (see
+            // `signals`). The mask is kept across exec.
+            let mut blocked = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(blocked.as_mut_ptr());
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(blocked.as_mut_ptr(), sig);
+            }
+            if libc::sigprocmask(libc::SIG_BLOCK, blocked.as_ptr(), std::ptr::null_mut()) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             if reads_terminal {
