@@ -71,7 +71,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
         .args([
             "bench",
             "--modes",
-            "thread,threads,processes,tcp,spin,scaling",
+            "thread,threads,pool,processes,tcp,spin,scaling",
             "--sizes",
             "8,1024",
             "--duration",
@@ -93,7 +93,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
     let report = read_json(&json);
 
     let runs = report["runs"].as_array().expect("a runs array");
-    assert_eq!(runs.len(), 5 * 2 * 2, "one run per mode × size × pattern");
+    assert_eq!(runs.len(), 6 * 2 * 2, "one run per mode × size × pattern");
     let mut seen = Vec::new();
     for run in runs {
         for key in [
@@ -128,7 +128,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
         assert_eq!(u(run, "latency_delivered"), pings, "{run}");
         let baseline = run["baseline"].as_str().expect("a baseline");
         let want = match mode {
-            "thread" | "threads" => "crossbeam",
+            "thread" | "threads" | "pool" => "crossbeam",
             "processes" | "spin" => "shm-ring",
             "tcp" => "raw-tcp",
             other => panic!("unexpected mode {other}"),
@@ -137,7 +137,7 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
     }
     seen.sort();
     let mut want = Vec::new();
-    for mode in ["thread", "threads", "processes", "tcp", "spin"] {
+    for mode in ["thread", "threads", "pool", "processes", "tcp", "spin"] {
         for size in [8, 1024] {
             for pattern in ["batch", "single"] {
                 want.push(format!("{mode} {size} {pattern}"));
@@ -187,6 +187,16 @@ fn every_mode_and_baseline_delivers_every_element_and_the_json_has_every_key() {
         "delivered",
     ] {
         assert!(stdout.contains(word), "'{word}' in the table:\n{stdout}");
+    }
+    // What splitting the graph costs, for each cross-process mode and every cell.
+    for mode in ["processes", "spin", "tcp"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{mode} over pool")))
+            .unwrap_or_else(|| panic!("no '{mode} over pool' line:\n{stdout}"));
+        for cell in ["8 B batch", "8 B single", "1 KiB batch", "1 KiB single"] {
+            assert!(line.contains(cell), "'{cell}' in '{line}'");
+        }
     }
     let svg = std::fs::read_to_string(&svg).expect("the plot was drawn");
     assert!(svg.contains("<svg") && svg.contains("Throughput"), "{svg}");

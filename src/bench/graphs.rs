@@ -63,7 +63,7 @@ fn place(g: &mut Graph, mode: Mode, agents: &[&str], far: &str) {
         Mode::Processes | Mode::Spin => {
             g.place_in_process(far, far);
         }
-        Mode::Tcp | Mode::Broker => {}
+        Mode::Pool | Mode::Tcp | Mode::Broker => {}
     }
 }
 

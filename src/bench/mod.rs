@@ -76,6 +76,9 @@ pub enum Mode {
     Thread,
     /// Every agent on a thread of its own (`place_on_thread` with its own name).
     Threads,
+    /// One process, no placement: the agents take turns on the worker pool (about a thread
+    /// per core), as a graph does unless told otherwise.
+    Pool,
     /// The sink (the echo) in a second process; the connections to it are shared-memory rings.
     Processes,
     /// One process; map → sink (both echo connections) forced to `Transport::Tcp` on loopback.
@@ -95,9 +98,10 @@ pub const SPIN_WINDOW: Duration = Duration::MAX;
 
 impl Mode {
     /// Every mode, in the order the bench runs them.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Thread,
         Mode::Threads,
+        Mode::Pool,
         Mode::Processes,
         Mode::Tcp,
         Mode::Spin,
@@ -105,13 +109,20 @@ impl Mode {
     ];
 
     /// The modes a plain `iotstream bench` runs (`spin` keeps a core busy: asked for only).
-    pub const DEFAULT: [Mode; 4] = [Mode::Thread, Mode::Threads, Mode::Processes, Mode::Tcp];
+    pub const DEFAULT: [Mode; 5] = [
+        Mode::Thread,
+        Mode::Threads,
+        Mode::Pool,
+        Mode::Processes,
+        Mode::Tcp,
+    ];
 
     /// Its name on the command line and in the output.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Thread => "thread",
             Mode::Threads => "threads",
+            Mode::Pool => "pool",
             Mode::Processes => "processes",
             Mode::Tcp => "tcp",
             Mode::Spin => "spin",
@@ -127,7 +138,7 @@ impl Mode {
     /// The baseline its figures are compared with.
     pub fn baseline(self) -> Baseline {
         match self {
-            Mode::Thread | Mode::Threads => Baseline::Crossbeam,
+            Mode::Thread | Mode::Threads | Mode::Pool => Baseline::Crossbeam,
             Mode::Processes | Mode::Spin => Baseline::ShmRing,
             Mode::Tcp => Baseline::RawTcp,
             Mode::Broker => Baseline::RawNats,
@@ -227,7 +238,7 @@ impl Default for Options {
     }
 }
 
-/// Parses `--modes`: names separated by commas (`thread,threads,processes,tcp,spin,scaling`).
+/// Parses `--modes`: names separated by commas (`thread,threads,pool,processes,tcp,spin,scaling`).
 pub fn parse_modes(text: &str) -> Result<(Vec<Mode>, bool), String> {
     let mut modes = Vec::new();
     let mut scaling = false;

@@ -178,6 +178,7 @@ pub fn render_table(report: &Report) -> String {
          p50/base: latency p50 over the baseline's (above 1 is slower). Baselines move the same \
          bytes the same way (per batch or per element).\n",
     );
+    out.push_str(&render_split_cost(report));
     for r in &report.runs {
         if let Some(e) = &r.error {
             let _ = writeln!(
@@ -186,6 +187,49 @@ pub fn render_table(report: &Report) -> String {
                 r.mode,
                 size(r.element_bytes),
                 r.pattern_label()
+            );
+        }
+    }
+    out
+}
+
+/// What splitting the graph costs: each cross-process mode's elements/s over `pool`'s (the
+/// same graph in one process, not placed) of the same cell, when both ran. Empty otherwise.
+fn render_split_cost(report: &Report) -> String {
+    let mut out = String::new();
+    for mode in ["processes", "spin", "tcp", "broker"] {
+        let cells: Vec<String> = report
+            .runs
+            .iter()
+            .filter(|r| r.mode == mode && r.error.is_none())
+            .filter_map(|r| {
+                let local = report.runs.iter().find(|l| {
+                    l.mode == "pool"
+                        && l.error.is_none()
+                        && l.element_bytes == r.element_bytes
+                        && l.pattern == r.pattern
+                        && l.rate_per_s == r.rate_per_s
+                })?;
+                // Rows of one cell at several rates share its throughput: once per cell.
+                let first = report.runs.iter().find(|o| {
+                    o.mode == r.mode && o.element_bytes == r.element_bytes && o.pattern == r.pattern
+                });
+                if !first.is_some_and(|o| std::ptr::eq(o, r)) || local.elements_per_s <= 0.0 {
+                    return None;
+                }
+                Some(format!(
+                    "{} {} {}",
+                    size(r.element_bytes),
+                    r.pattern,
+                    ratio(r.elements_per_s / local.elements_per_s)
+                ))
+            })
+            .collect();
+        if !cells.is_empty() {
+            let _ = writeln!(
+                out,
+                "{mode} over pool (the same graph in one process), elements/s: {}",
+                cells.join(", ")
             );
         }
     }
@@ -373,6 +417,7 @@ fn colour(key: &str) -> plotters::style::RGBColor {
     match key {
         "thread" => RGBColor(31, 119, 180),
         "threads" => RGBColor(255, 127, 14),
+        "pool" => RGBColor(188, 189, 34),
         "processes" => RGBColor(44, 160, 44),
         "tcp" => RGBColor(214, 39, 40),
         "spin" => RGBColor(23, 190, 207),

@@ -285,9 +285,9 @@ iotstream bench --modes processes,spin --sizes 8 --patterns batch --rate 0,1000 
 iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,10,100,1000 --procs 1,2,4,8,16"
     )]
     Bench {
-        /// Modes to measure, comma-separated: thread, threads, processes, tcp, spin, broker
-        /// (needs --nats), scaling.
-        #[arg(long, value_name = "LIST", default_value = "thread,threads,processes,tcp,scaling", value_parser = modes_arg)]
+        /// Modes to measure, comma-separated: thread, threads, pool, processes, tcp, spin,
+        /// broker (needs --nats), scaling.
+        #[arg(long, value_name = "LIST", default_value = "thread,threads,pool,processes,tcp,scaling", value_parser = modes_arg)]
         modes: Modes,
         /// Element sizes in bytes, comma-separated, from 8, 64, 256, 1024, 4096, 65536.
         #[arg(long, value_name = "LIST", default_value = "8,1024", value_parser = sizes_arg)]
