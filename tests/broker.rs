@@ -9,6 +9,8 @@
 
 #[path = "support/nats.rs"]
 mod nats;
+#[path = "support/suite.rs"]
+mod suite;
 
 #[path = "../examples/quake_detector.rs"]
 mod quake;
@@ -1421,7 +1423,6 @@ fn main() {
             }
         }
     }
-    let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     type Scenario = fn() -> Result<(), String>;
     let scenarios: [(&str, Scenario); 17] = [
         (
@@ -1493,41 +1494,7 @@ fn main() {
             creds_of_the_account_deliver_another_accounts_fail_clearly,
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, scenario) in scenarios {
-        if filter.is_some_and(|f| !name.contains(f.as_str())) {
-            continue;
-        }
-        let started = Instant::now();
-        match std::panic::catch_unwind(scenario) {
-            Ok(Ok(())) => {
-                passed += 1;
-                println!(
-                    "test {name} ... ok ({:.1} s)",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Ok(Err(e)) => {
-                failed += 1;
-                println!("test {name} ... FAILED\n{e}");
-            }
-            Err(_) => {
-                failed += 1;
-                println!("test {name} ... FAILED (panicked)");
-            }
-        }
-    }
-    ensure_ran(passed + failed);
-    println!("\n{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
-}
-
-/// A filter that matches nothing is a failure, not a silent pass.
-fn ensure_ran(n: usize) {
-    if n == 0 {
-        println!("no scenario matched the filter");
+    if !suite::run(&scenarios, &[], suite::filter().as_deref()) {
         std::process::exit(1);
     }
 }

@@ -13,6 +13,8 @@
 #[path = "../examples/quake_detector.rs"]
 mod quake;
 
+#[path = "support/suite.rs"]
+mod suite;
 #[path = "support/ticker.rs"]
 mod ticker;
 
@@ -2884,11 +2886,8 @@ fn main() {
     }
     // libtest-style filtering: `cargo test --test launcher -- NAME` runs the scenarios whose
     // name contains NAME.
-    let filter: Option<&str> = args
-        .iter()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .map(String::as_str);
+    let filter = suite::filter();
+    let filter = filter.as_deref();
     type Scenario = Box<dyn Fn() -> Result<(), String>>;
     let scenarios: Vec<(&str, Scenario)> = vec![
         (
@@ -3033,10 +3032,6 @@ fn main() {
             Box::new(restart_restarts_a_process_and_loses_nothing),
         ),
         (
-            "a_launcher_that_does_not_answer_is_not_taken_for_gone",
-            Box::new(a_launcher_that_does_not_answer_is_not_taken_for_gone),
-        ),
-        (
             "another_user_can_neither_list_nor_stop_an_application",
             Box::new(another_user_can_neither_list_nor_stop_an_application),
         ),
@@ -3053,30 +3048,12 @@ fn main() {
             Box::new(bad_deployment_files_are_rejected_with_file_line_column_and_name),
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, f) in &scenarios {
-        if filter.is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let started = Instant::now();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-            .unwrap_or_else(|_| Err("panicked".into()));
-        match r {
-            Ok(()) => {
-                passed += 1;
-                println!(
-                    "test {name} ... ok ({:.1} s)",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test {name} ... FAILED\n{e}");
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 || passed == 0 {
+    // Two answers it waits for in vain, 10 s each.
+    let beside: [suite::Beside; 1] = [(
+        "a_launcher_that_does_not_answer_is_not_taken_for_gone",
+        a_launcher_that_does_not_answer_is_not_taken_for_gone,
+    )];
+    if !suite::run(&scenarios, &beside, filter) {
         std::process::exit(1);
     }
 }

@@ -8,6 +8,8 @@
 //! Every scenario removes what it may leave behind (processes, shared-memory objects), even
 //! when it fails.
 
+#[path = "support/suite.rs"]
+mod suite;
 #[path = "support/ticker.rs"]
 mod ticker;
 
@@ -2423,7 +2425,6 @@ fn main() {
             }
         }
     }
-    let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     let scenarios: [(&str, Scenario); 49] = [
         (
             "a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere",
@@ -2616,25 +2617,7 @@ fn main() {
             quake_detector_prints_errors_for_people,
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, f) in scenarios {
-        if filter.is_some_and(|f| !name.contains(f.as_str())) {
-            continue;
-        }
-        let t = Instant::now();
-        match f() {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test {name} ... FAILED\n{e}");
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 || passed == 0 {
+    if !suite::run(&scenarios, &[], suite::filter().as_deref()) {
         std::process::exit(1);
     }
 }

@@ -11,6 +11,9 @@
 //! its application may leave, even when it fails.
 
 use std::io::{BufRead, BufReader, Read, Write};
+#[path = "support/suite.rs"]
+mod suite;
+
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio, Termination};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -782,7 +785,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    let filter: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with('-'));
     let scenarios: [(&str, Scenario); 19] = [
         (
             "a_drain_that_ended_is_not_cut_by_its_bound_before_the_join",
@@ -861,27 +863,9 @@ fn main() -> ExitCode {
             an_error_returned_from_main_reads_as_a_sentence,
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, f) in scenarios {
-        if filter.is_some_and(|f| !name.contains(f.as_str())) {
-            continue;
-        }
-        let t = Instant::now();
-        match f() {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test {name} ... FAILED\n{e}");
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 || passed == 0 {
-        ExitCode::FAILURE
-    } else {
+    if suite::run(&scenarios, &[], suite::filter().as_deref()) {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
