@@ -1001,6 +1001,8 @@ fn read_control(
     let mut lines = BufReader::new(reader);
     let mut line = Vec::new();
     let (mut warned_long, mut warned_bad) = (false, false);
+    // The child said `protocol …` (before its `ready`).
+    let mut said_protocol = false;
     loop {
         match socket::read_line_bounded(&mut lines, &mut line, launch::MAX_METRICS_LINE) {
             Ok(socket::LineRead::Line) => {}
@@ -1022,7 +1024,27 @@ fn read_control(
         }
         let text = String::from_utf8_lossy(&line);
         let event = match text.trim() {
-            "ready" => Event::Ready { pid },
+            // A child of another protocol refuses to run by itself (it read ours).
+            t if launch::parse_protocol(t).is_some() => {
+                said_protocol = true;
+                continue;
+            }
+            "ready" => {
+                if !said_protocol {
+                    note(
+                        board,
+                        &format!(
+                            "warning: process '{name}' (pid {pid}) did not say its control \
+                             protocol: it was built with an iotstream older than this launcher \
+                             ({}), whose stall probes it does not answer (stall detection \
+                             across processes is off): build the application and the launcher \
+                             from the same release",
+                            env!("CARGO_PKG_VERSION")
+                        ),
+                    );
+                }
+                Event::Ready { pid }
+            }
             "drain" => Event::Drain { pid },
             t if t.starts_with("quiet ") || t.starts_with("busy ") => {
                 match launch::parse_quiet(t) {
@@ -1457,7 +1479,7 @@ impl Supervisor<'_> {
         let nonce = launch::control_nonce();
         env.push((launch::ENV_CONTROL_NONCE.into(), nonce.clone()));
         (&ours)
-            .write_all(format!("hello {nonce}\n").as_bytes())
+            .write_all(launch::hello_lines(&nonce).as_bytes())
             .map_err(|e| Error::Runtime {
                 detail: format!("cannot write on the control channel: {e}"),
             })?;
@@ -1990,7 +2012,9 @@ mod tests {
         let good = launch::metrics_line(&sample, launch::MAX_METRICS_LINE).unwrap();
         let writer = std::thread::spawn(move || {
             let huge = format!("metrics {}\n", "x".repeat(launch::MAX_METRICS_LINE + 10));
+            let protocol = launch::protocol_line();
             for line in [
+                protocol.as_str(),
                 "ready\n",
                 "metrics {not json\n",
                 "hello there\n",
@@ -2023,6 +2047,30 @@ mod tests {
             "process 'main' (pid 4242) sent a control line the launcher does not understand"
         ));
         assert!(warnings[1].contains("over 4194304 bytes"));
+    }
+
+    #[test]
+    fn a_child_that_does_not_say_its_protocol_is_warned_about() {
+        let (mut child, ours) = UnixStream::pair().unwrap();
+        let board = board();
+        let (tx, rx) = mpsc::sync_channel(8);
+        // An application built with an older iotstream: `ready` alone.
+        child.write_all(b"ready\n").unwrap();
+        drop(child);
+        read_control(ours, 0, "main", 4242, &tx, &board);
+        assert!(matches!(rx.try_recv(), Ok(Event::Ready { pid: 4242 })));
+        let warnings: Vec<String> = board
+            .logs()
+            .since(0, &LogFilter::Launcher)
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("process 'main' (pid 4242) did not say its control protocol")
+                && warnings[0].contains("stall detection across processes is off"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -1473,7 +1473,7 @@ fn report_channel(
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(broken)?;
     let nonce = launch::control_nonce();
     (&ours)
-        .write_all(format!("hello {nonce}\n").as_bytes())
+        .write_all(launch::hello_lines(&nonce).as_bytes())
         .map_err(broken)?;
     command.env.push((
         launch::ENV_CONTROL_FD.into(),
@@ -1519,6 +1519,8 @@ fn read_reports(
             "ready" => {
                 let _ = writer.write_all(b"go\n");
             }
+            // The same program: the same protocol.
+            t if launch::parse_protocol(t).is_some() => {}
             // Only a launcher drains other hosts; a starter's run has one host.
             "drain" => {}
             t => match launch::parse_quiet(t) {

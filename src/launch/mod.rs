@@ -156,6 +156,59 @@ fn role_var(name: &str) -> Option<String> {
     role_env(name).and_then(|v| v.into_string().ok())
 }
 
+/// The version of the control channel's lines (hello, `ready`, `go`, `stop`, `final`, `drain`,
+/// `metrics`, the stall probes and their answers). Whoever starts a process (a starter or the
+/// launcher) says it right after its hello ([`hello_lines`]), and the process says its own
+/// before `ready`, both as `protocol <N> <iotstream version>`. A process started by one that
+/// speaks another protocol, or none (an older iotstream), refuses to run: lines one side does
+/// not understand would otherwise be skipped, and stall detection across processes would be
+/// off without a word. Raise it whenever a control line changes meaning.
+pub(crate) const CONTROL_PROTOCOL: u32 = 1;
+
+/// `protocol <N> <version>`: this build's [`CONTROL_PROTOCOL`] and iotstream version.
+pub(crate) fn protocol_line() -> String {
+    format!(
+        "protocol {CONTROL_PROTOCOL} {}\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The protocol and iotstream version a `protocol <N> <version>` line says; `None` if it is not
+/// one.
+pub(crate) fn parse_protocol(line: &str) -> Option<(u32, &str)> {
+    let rest = line.strip_prefix("protocol ")?;
+    let (n, version) = rest.split_once(' ').unwrap_or((rest, "?"));
+    Some((n.parse().ok()?, version))
+}
+
+/// What a starter or the launcher writes first on a child's control channel: the hello with
+/// the child's nonce (see [`take_control`]), then its protocol ([`protocol_line`]).
+pub(crate) fn hello_lines(nonce: &str) -> String {
+    format!("hello {nonce}\n{}", protocol_line())
+}
+
+/// Why a process started by one that said `theirs` (`None`: nothing, before `go`) must not
+/// run; `None` if the protocols are the same.
+fn protocol_refused(theirs: Option<(u32, &str)>) -> Option<Error> {
+    let ours = env!("CARGO_PKG_VERSION");
+    let who = match theirs {
+        Some((n, _)) if n == CONTROL_PROTOCOL => return None,
+        Some((n, version)) => format!(
+            "speaks control protocol {n} (iotstream {version}), this program {CONTROL_PROTOCOL}"
+        ),
+        None => {
+            "did not say its control protocol (an iotstream older than this program's)".to_string()
+        }
+    };
+    Some(Error::Runtime {
+        detail: format!(
+            "the launcher (or starter) that started this process {who} (iotstream {ours}): \
+             build the application and the launcher from the same iotstream release \
+             (`iotstream --version`)"
+        ),
+    })
+}
+
 /// A nonce for a child's control channel: 128 random bits in hex (the standard library's
 /// randomly seeded hasher keys, mixed with the time and pid).
 pub(crate) fn control_nonce() -> String {
@@ -1632,8 +1685,11 @@ impl Control {
             let _ = out.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT));
             let _ = CONTROL_OUT.set(Mutex::new(out));
         }
-        reader.get_ref().write_all(b"ready\n").map_err(lost)?;
+        let said = format!("{}ready\n", protocol_line());
+        reader.get_ref().write_all(said.as_bytes()).map_err(lost)?;
         let mut line = String::new();
+        // What the launcher said its protocol was.
+        let mut theirs: Option<(u32, String)> = None;
         loop {
             line.clear();
             if reader.read_line(&mut line).map_err(lost)? == 0 {
@@ -1641,13 +1697,24 @@ impl Control {
                     detail: "the launcher ended before the run started".into(),
                 });
             }
-            match line.trim() {
+            let t = line.trim();
+            if matches!(t, "go" | "stop") {
+                if let Some(refused) =
+                    protocol_refused(theirs.as_ref().map(|(n, v)| (*n, v.as_str())))
+                {
+                    return Err(refused);
+                }
+            }
+            match t {
                 "go" => break,
                 "stop" => {
                     stop.store(true, Ordering::SeqCst);
                     break;
                 }
                 "final" => NO_MORE_RESTARTS.store(true, Ordering::SeqCst),
+                t if parse_protocol(t).is_some() => {
+                    theirs = parse_protocol(t).map(|(n, v)| (n, v.to_string()));
+                }
                 t => {
                     // A stall probe before the run starts (a starter probes as soon as its
                     // own part is quiet): not quiet yet. Unanswered, the prober would wait for
@@ -1698,6 +1765,65 @@ mod tests {
     use super::{
         peek_hello, process_comm, read_deployment_fd, DeploymentFd, OutputLines, MAX_LINE,
     };
+
+    /// What a child under a launcher that wrote `from_launcher` did: its `ready_then_wait_go`
+    /// result and what it wrote on the channel.
+    fn child_under(from_launcher: &str) -> (Result<(), crate::error::Error>, String) {
+        use std::io::{Read, Write};
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let (child, mut launcher) = std::os::unix::net::UnixStream::pair().unwrap();
+        launcher.write_all(from_launcher.as_bytes()).unwrap();
+        let control = super::Control {
+            reader: std::io::BufReader::new(child),
+        };
+        let result =
+            control.ready_then_wait_go(Arc::new(AtomicBool::new(false)), Box::new(|_| None));
+        launcher
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let mut said = vec![0u8; 4096];
+        let n = launcher.read(&mut said).unwrap_or(0);
+        (result, String::from_utf8_lossy(&said[..n]).into_owned())
+    }
+
+    #[test]
+    fn a_child_runs_only_under_a_launcher_of_its_own_control_protocol() {
+        use super::{parse_protocol, protocol_line, CONTROL_PROTOCOL};
+        let ours = protocol_line();
+        assert_eq!(
+            parse_protocol(ours.trim()),
+            Some((CONTROL_PROTOCOL, env!("CARGO_PKG_VERSION")))
+        );
+        assert_eq!(parse_protocol("protocol x 1.0"), None);
+        assert_eq!(parse_protocol("ready"), None);
+
+        let (result, said) = child_under(&format!("{ours}go\n"));
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(
+            said,
+            format!("{ours}ready\n"),
+            "the child says its protocol, then ready"
+        );
+
+        // An older launcher says nothing; a newer one another number: the child refuses.
+        let (result, _) = child_under("go\n");
+        let e = result.expect_err("no protocol said").to_string();
+        assert!(e.contains("did not say its control protocol"), "{e}");
+        assert!(e.contains("from the same iotstream release"), "{e}");
+        let (result, _) = child_under(&format!("protocol {} 9.9.9\ngo\n", CONTROL_PROTOCOL + 1));
+        let e = result.expect_err("another protocol").to_string();
+        assert!(
+            e.contains(&format!(
+                "speaks control protocol {} (iotstream 9.9.9), this program {CONTROL_PROTOCOL}",
+                CONTROL_PROTOCOL + 1
+            )),
+            "{e}"
+        );
+        // A drain asked for before `go` is refused the same way.
+        let (result, _) = child_under("stop\n");
+        assert!(result.is_err());
+    }
 
     #[test]
     fn a_stall_probe_answer_reads_back_as_written_and_anything_else_is_none() {
