@@ -1490,7 +1490,8 @@ fn report_channel(
 }
 
 /// Reads child `process`'s (pid `pid`) control channel until it closes: `ready` is answered
-/// with `go` at once, each `metrics <json>` is kept in `reports`, each answer to a stall probe
+/// at once, with `go`, or `stop` if a drain was asked for while it started (`gate`: its
+/// `ready` and `term_sent` flags, see [`launch::drain_at_ready`]), each `metrics <json>` is kept in `reports`, each answer to a stall probe
 /// in `probes`. Nothing the child says is trusted: lines are bounded, and one not understood
 /// is warned about once and skipped.
 fn read_reports(
@@ -1499,6 +1500,7 @@ fn read_reports(
     pid: u32,
     reports: &ChildReports,
     probes: &Probes,
+    gate: &(Arc<AtomicBool>, Arc<AtomicBool>),
 ) {
     let mut writer = match channel.try_clone() {
         Ok(w) => w,
@@ -1517,7 +1519,7 @@ fn read_reports(
         let text = String::from_utf8_lossy(&line);
         match text.trim() {
             "ready" => {
-                let _ = writer.write_all(b"go\n");
+                let _ = writer.write_all(launch::drain_at_ready(&gate.0, &gate.1));
             }
             // The same program: the same protocol.
             t if launch::parse_protocol(t).is_some() => {}
@@ -1660,11 +1662,9 @@ impl Running {
                     .collect();
                 launch::signal_each(&others, Signal::SIGTERM);
             }
-            let ended = children
-                .supervisor
-                .take()
-                .and_then(|sup| sup.join().ok())
-                .unwrap_or_default();
+            if let Some(sup) = children.supervisor.take() {
+                let _ = sup.join();
+            }
             if let Some(bound) = children.drain_bound.take() {
                 let _ = bound.join();
             }
@@ -1676,12 +1676,6 @@ impl Running {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
-            // The child whose failure reached this part first is the cause, even if another
-            // child (one asked to stop because of it, say) was reaped before it.
-            let failure = by_peer
-                .and_then(|pid| ended.iter().find(|e| e.pid == pid && !e.success()))
-                .map(launch::Exit::to_error)
-                .or(failure);
             children.segments.remove_all();
             if let Some(f) = failure {
                 if child_first || result.is_ok() {
@@ -2064,10 +2058,13 @@ fn start_starter(
                 .push((p.clone(), asks));
             let (name, pid, reports) = (p.clone(), child.pid, Arc::clone(&child_reports));
             let probes = Arc::clone(&probes);
+            // Ready once it says so (see `launch::drain_at_ready`).
+            child.ready.store(false, Ordering::SeqCst);
+            let gate = (Arc::clone(&child.ready), Arc::clone(&child.term_sent));
             // Not fatal: without it the child waits for its `go`, so it is started.
             std::thread::Builder::new()
                 .name(format!("iotstream reports {p}"))
-                .spawn(move || read_reports(channel, &name, pid, &reports, &probes))
+                .spawn(move || read_reports(channel, &name, pid, &reports, &probes, &gate))
                 .map_err(|e| Error::Runtime {
                     detail: format!("cannot start the thread that reads process '{p}': {e}"),
                 })?;

@@ -502,10 +502,18 @@ pub(crate) struct ChildProcess {
     /// Set by its waiter thread as soon as the process is reaped: from then on its pid may be
     /// another process's, which must never be signalled.
     pub reaped: Arc<AtomicBool>,
-    /// A SIGTERM was sent: [`signal_all`] sends it once. A child takes a second SIGTERM for
-    /// "end at once" (as a second Ctrl-C), which would cut its drain, and with it the error
-    /// it was about to report.
-    pub term_sent: AtomicBool,
+    /// A drain was asked for (a SIGTERM sent, or to be said at its `ready`): [`signal_all`]
+    /// asks once. A child takes a second SIGTERM for "end at once" (as a second Ctrl-C), which
+    /// would cut its drain, and with it the error it was about to report.
+    pub term_sent: Arc<AtomicBool>,
+    /// The child said `ready` on its control channel (a starter's child: see
+    /// [`drain_at_ready`]). Before that its run may not take signals yet (a member registers
+    /// its handler as its run starts): a SIGTERM would end it by the default action, and the
+    /// starter would take that for a failure. So [`signal_all`] does not signal a child that
+    /// is not ready; the drain is asked for in the answer to its `ready` instead. True from
+    /// the start for a child whose channel nobody reads that way (the launcher's, which asks
+    /// for drains on the channel itself).
+    pub ready: Arc<AtomicBool>,
 }
 
 impl ChildProcess {
@@ -776,8 +784,8 @@ pub(crate) fn spawn_child(
     }
     let name = process.to_string();
     // SAFETY: the closure runs in the forked child before exec, allocates nothing and only makes
-    // async-signal-safe calls (prctl, getppid, setpgid, sigemptyset, sigaddset, sigprocmask,
-    // signal, dup2, fcntl, sched_setaffinity, _exit).
+    // async-signal-safe system calls (prctl, getppid, setpgid, signal, dup2, fcntl,
+    // sched_setaffinity, _exit).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
@@ -786,18 +794,6 @@ pub(crate) fn spawn_child(
                 libc::_exit(1);
             }
             if own_group && libc::setpgid(0, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Deaf to a drain request until its run takes signals: a SIGTERM (or a terminal's
-            // Ctrl-C) sent while it starts waits, pending, instead of ending it by the default
-            // action; the run's signal thread unblocks them once the run is registered (see
-            // `signals`). The mask is kept across exec.
-            let mut blocked = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(blocked.as_mut_ptr());
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::sigaddset(blocked.as_mut_ptr(), sig);
-            }
-            if libc::sigprocmask(libc::SIG_BLOCK, blocked.as_ptr(), std::ptr::null_mut()) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             if reads_terminal {
@@ -889,8 +885,22 @@ pub(crate) fn spawn_child(
         pid,
         name: process.to_string(),
         reaped,
-        term_sent: AtomicBool::new(false),
+        term_sent: Arc::new(AtomicBool::new(false)),
+        ready: Arc::new(AtomicBool::new(true)),
     })
+}
+
+/// The answer to a starter's child's `ready`: `stop` if a drain was asked for while it started
+/// (it then starts already draining), else `go`. `ready` is set first: a drain asked for from
+/// now on is a SIGTERM ([`signal_each`] reads `ready` after it sets `term_sent`, so one of the
+/// two sees the other).
+pub(crate) fn drain_at_ready(ready: &AtomicBool, term_sent: &AtomicBool) -> &'static [u8] {
+    ready.store(true, Ordering::SeqCst);
+    if term_sent.load(Ordering::SeqCst) {
+        b"stop\n"
+    } else {
+        b"go\n"
+    }
 }
 
 /// The longest piece of a child's output line copied at once (see [`OutputLines`]).
@@ -1000,8 +1010,13 @@ pub(crate) fn signal_all(children: &[ChildProcess], signal: Signal) {
 /// [`signal_all`], for some of the children.
 pub(crate) fn signal_each(children: &[&ChildProcess], signal: Signal) {
     for c in children.iter().filter(|c| !c.reaped.load(Ordering::SeqCst)) {
-        if signal == Signal::SIGTERM && c.term_sent.swap(true, Ordering::SeqCst) {
-            continue; // asked to drain already: a second SIGTERM would cut the drain short
+        if signal == Signal::SIGTERM {
+            if c.term_sent.swap(true, Ordering::SeqCst) {
+                continue; // asked to drain already: a second SIGTERM would cut the drain short
+            }
+            if !c.ready.load(Ordering::SeqCst) {
+                continue; // still starting: asked at its `ready` (see `drain_at_ready`)
+            }
         }
         let _ = kill(Pid::from_raw(c.pid as i32), signal);
     }

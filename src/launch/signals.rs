@@ -29,13 +29,6 @@
 //! signal was ignored then (a child started with SIGINT ignored). A handler of the program's
 //! own installed before ours is still called (signal-hook chains it) and nothing else happens.
 //!
-//! A **member process** (started by a starter or the launcher) starts with SIGINT, SIGTERM and
-//! SIGHUP blocked: a drain request sent while it starts (building its graph, before its run
-//! is registered) waits, pending, and drains the run once it is registered, where the default
-//! action would have ended a process that had not run yet (its starter then failed the whole
-//! run: "process 'x' was killed by signal 15"). A member that never reaches its run is killed
-//! at the drain's bound.
-//!
 //! Why one handler: signal-hook cannot give a signal its default action back once a handler
 //! is installed (unregistering leaves the signal ignored), so a handler per run left the
 //! process deaf to Ctrl-C and SIGTERM once its first run was over.
@@ -107,36 +100,24 @@ impl Drop for Registration {
 
 /// Makes `actions` the response of this run to SIGINT, SIGTERM and SIGHUP until the returned
 /// registration is dropped. The first call installs the process's handler and its thread.
-///
-/// The run is registered before the handler's thread starts: a signal that was pending (a
-/// member process starts with these signals blocked, see [`spawn_child`](super::spawn_child))
-/// reaches this run, not the default action.
 pub(crate) fn register(actions: OnSignal) -> Result<Registration, Error> {
-    let id = {
-        let mut runs = RUNS.lock().unwrap_or_else(|p| p.into_inner());
-        runs.next_id += 1;
-        let id = runs.next_id;
-        runs.entries.push(Entry {
-            id,
-            terminal: actions.terminal,
-            seen: 0,
-            first: Arc::from(actions.first),
-            bound: actions.bound,
-            again: match actions.again {
-                Again::Nothing => Later::Nothing,
-                Again::Exit(f) => Later::Exit(Arc::from(f)),
-                Again::Call(f) => Later::Call(Arc::from(f)),
-            },
-        });
-        id
-    };
-    let registration = Registration { id };
-    // Dropped on an error: the run leaves the registry.
     install().map_err(|detail| Error::Runtime { detail })?;
-    // And this thread: the threads the run starts from here (and the programs they start)
-    // do not inherit a mask that would leave them deaf.
-    unblock_handled();
-    Ok(registration)
+    let mut runs = RUNS.lock().unwrap_or_else(|p| p.into_inner());
+    runs.next_id += 1;
+    let id = runs.next_id;
+    runs.entries.push(Entry {
+        id,
+        terminal: actions.terminal,
+        seen: 0,
+        first: Arc::from(actions.first),
+        bound: actions.bound,
+        again: match actions.again {
+            Again::Nothing => Later::Nothing,
+            Again::Exit(f) => Later::Exit(Arc::from(f)),
+            Again::Call(f) => Later::Call(Arc::from(f)),
+        },
+    });
+    Ok(Registration { id })
 }
 
 /// One active run.
@@ -222,9 +203,6 @@ fn install() -> Result<(), String> {
             std::thread::Builder::new()
                 .name("iotstream signals".into())
                 .spawn(move || {
-                    // A member process starts with them blocked: this thread takes them, and
-                    // any that came while it started, now that a run is registered.
-                    unblock_handled();
                     // Never ends: the handler stays for the process's life.
                     for sig in signals.forever() {
                         deliver(sig, before);
@@ -236,22 +214,6 @@ fn install() -> Result<(), String> {
         .as_ref()
         .map(|_| ())
         .map_err(Clone::clone)
-}
-
-/// Unblocks SIGINT, SIGTERM and SIGHUP in the calling thread. A process started by a starter
-/// or the launcher has them blocked from its start (see [`spawn_child`](super::spawn_child)),
-/// so that one sent before its run is registered waits; the signal thread and the thread that
-/// registers the run unblock them (a thread the program started before keeps them blocked;
-/// the signal thread takes them).
-fn unblock_handled() {
-    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
-    let mut set = SigSet::empty();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(sig);
-    }
-    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None) {
-        tracing::warn!("cannot unblock SIGINT, SIGTERM and SIGHUP: {e}");
-    }
 }
 
 /// The current disposition of `sig`.
