@@ -1998,6 +1998,16 @@ mod tests {
         )
     }
 
+    /// The launcher's own lines on `board` (its warnings).
+    fn launcher_lines(board: &Board) -> Vec<String> {
+        board
+            .logs()
+            .since(0, &LogFilter::Launcher)
+            .into_iter()
+            .map(|l| l.text)
+            .collect()
+    }
+
     #[test]
     fn a_child_is_never_trusted_on_its_control_channel() {
         let (mut child, ours) = UnixStream::pair().unwrap();
@@ -2036,12 +2046,7 @@ mod tests {
             .as_ref()
             .expect("the good report");
         assert_eq!((kept.pid, kept.cpu_ns, kept.rss_bytes), (4242, 7, 8));
-        let warnings: Vec<String> = board
-            .logs()
-            .since(0, &LogFilter::Launcher)
-            .into_iter()
-            .map(|l| l.text)
-            .collect();
+        let warnings = launcher_lines(&board);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains(
             "process 'main' (pid 4242) sent a control line the launcher does not understand"
@@ -2059,12 +2064,7 @@ mod tests {
         drop(child);
         read_control(ours, 0, "main", 4242, &tx, &board);
         assert!(matches!(rx.try_recv(), Ok(Event::Ready { pid: 4242 })));
-        let warnings: Vec<String> = board
-            .logs()
-            .since(0, &LogFilter::Launcher)
-            .into_iter()
-            .map(|l| l.text)
-            .collect();
+        let warnings = launcher_lines(&board);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
             warnings[0].contains("process 'main' (pid 4242) did not say its control protocol")

@@ -739,7 +739,6 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
 /// over (or the drain's bound kills it); and a healthy process `other` runs an endless source
 /// into an agent that prints `FLUSHED` when it finishes (a drain).
 fn failing(app: &str, pause_s: u64) -> Result<(), iotstream::Error> {
-    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
     let mut g = Graph::new(app);
     let s = g.source_iter("numbers", 0..100_000u64);
     let m = g.try_map("fragile", &s, |v: &u64| {
@@ -758,33 +757,45 @@ fn failing(app: &str, pause_s: u64) -> Result<(), iotstream::Error> {
         });
         g.place_in_process("ticks", "worker");
         g.place_in_process("slowpoke", "worker");
-        struct Flusher {
-            input: Input<u64>,
-        }
-        impl Agent for Flusher {
-            fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
-                i.consume_all(&self.input);
-                Ok(())
-            }
-            fn finish(&mut self, _: &mut Outputs) -> Result<(), AgentError> {
-                println!("FLUSHED");
-                Ok(())
-            }
-        }
         // `other` asked to drain while it still starts (before its run takes signals).
         if app == "failing_other_late" && is_process("other") {
             std::thread::sleep(Duration::from_secs(1));
         }
         let endless = g.source_fn("endless", Duration::from_millis(10), None, || 1u64);
-        let input = g.add_agent("flusher", |p| {
-            let input = p.input::<u64>("in");
-            (Flusher { input }, input)
-        });
-        g.connect(&endless, &input);
+        add_flusher(&mut g, &endless);
         g.place_in_process("endless", "other");
         g.place_in_process("flusher", "other");
     }
     g.run().map(|_| ())
+}
+
+/// An agent that takes in whatever comes and prints `FLUSHED` when it finishes (a drain).
+struct Flusher {
+    input: iotstream::Input<u64>,
+}
+
+impl iotstream::Agent for Flusher {
+    fn step(
+        &mut self,
+        i: &mut iotstream::Inputs,
+        _: &mut iotstream::Outputs,
+    ) -> Result<(), iotstream::AgentError> {
+        i.consume_all(&self.input);
+        Ok(())
+    }
+    fn finish(&mut self, _: &mut iotstream::Outputs) -> Result<(), iotstream::AgentError> {
+        println!("FLUSHED");
+        Ok(())
+    }
+}
+
+/// Adds a [`Flusher`] named `flusher`, reading `from`.
+fn add_flusher(g: &mut Graph, from: &iotstream::Stream<u64>) {
+    let input = g.add_agent("flusher", |p| {
+        let input = p.input::<u64>("in");
+        (Flusher { input }, input)
+    });
+    g.connect(from, &input);
 }
 
 /// No ring of application `app` is left in /dev/shm.
@@ -802,30 +813,12 @@ fn is_process(name: &str) -> bool {
 /// start (before its run takes signals); the starter asks for the drain as soon as it
 /// started (`Running::stop`). `late` prints FLUSHED when its flusher finishes.
 fn late_child() -> Result<(), iotstream::Error> {
-    use iotstream::{Agent, AgentError, Input, Inputs, Outputs};
     if is_process("late") {
         std::thread::sleep(Duration::from_secs(1));
     }
     let mut g = Graph::new("late_child");
     let endless = g.source_fn("endless", Duration::from_millis(5), None, || 1u64);
-    struct Flusher {
-        input: Input<u64>,
-    }
-    impl Agent for Flusher {
-        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
-            i.consume_all(&self.input);
-            Ok(())
-        }
-        fn finish(&mut self, _: &mut Outputs) -> Result<(), AgentError> {
-            println!("FLUSHED");
-            Ok(())
-        }
-    }
-    let input = g.add_agent("flusher", |p| {
-        let input = p.input::<u64>("in");
-        (Flusher { input }, input)
-    });
-    g.connect(&endless, &input);
+    add_flusher(&mut g, &endless);
     g.place_in_process("flusher", "late");
     let running = g.start()?;
     running.stop();
