@@ -2061,13 +2061,17 @@ fn start_starter(
             // Ready once it says so (see `launch::drain_at_ready`).
             child.ready.store(false, Ordering::SeqCst);
             let gate = (Arc::clone(&child.ready), Arc::clone(&child.term_sent));
-            // Not fatal: without it the child waits for its `go`, so it is started.
-            std::thread::Builder::new()
+            // Fatal: without it the child would wait for its `go` for ever. The child is not
+            // in `list` yet: it is killed here, as the others are below.
+            let read = std::thread::Builder::new()
                 .name(format!("iotstream reports {p}"))
-                .spawn(move || read_reports(channel, &name, pid, &reports, &probes, &gate))
-                .map_err(|e| Error::Runtime {
+                .spawn(move || read_reports(channel, &name, pid, &reports, &probes, &gate));
+            if let Err(e) = read {
+                launch::signal_all(std::slice::from_ref(&child), Signal::SIGKILL);
+                return Err(Error::Runtime {
                     detail: format!("cannot start the thread that reads process '{p}': {e}"),
-                })?;
+                });
+            }
             Ok(child)
         });
         match spawned {
