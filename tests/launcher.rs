@@ -25,7 +25,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iotstream::{Agent, AgentError, Graph, Inputs, Outputs};
-use ticker::{add_ticker, Ticks};
+use ticker::{fast_and_ticks, FAST_TICKS};
 
 // ---------------------------------------------------------------------------------------------
 // The applications
@@ -406,21 +406,7 @@ fn slow_progress() -> Result<(), iotstream::Error> {
 /// deployment puts the ticker, the relay and the rest in three processes. The sink prints
 /// the sum of the pairs once the 12 are in.
 fn ticker_zip() -> Result<(), iotstream::Error> {
-    const TICKS: u64 = 12;
-    let mut g = Graph::new("ticker_zip");
-    g.set_default_capacity(4);
-    let one_by_one = iotstream::SourceOptions {
-        max_batch: 1,
-        ..iotstream::SourceOptions::default()
-    };
-    let fast = g.source_iter_with("fast", 0..TICKS, one_by_one);
-    let ticks = Ticks {
-        count: TICKS,
-        every: Duration::from_millis(150),
-        rest_at_end: true,
-    };
-    let (tick_in, ticks) = add_ticker(&mut g, "ticker", ticks);
-    g.connect_with(&fast, &tick_in, iotstream::Connection::new().capacity(64));
+    let (mut g, fast, ticks) = fast_and_ticks("ticker_zip");
     let relayed = g.map("relay", &ticks, |v: &u64| *v);
     let zipped = g.zip("zip", &fast, &relayed);
     let (mut pairs, mut sum) = (0u64, 0u64);
@@ -429,7 +415,7 @@ fn ticker_zip() -> Result<(), iotstream::Error> {
             pairs += 1;
             sum += a + b;
         }
-        if pairs == TICKS {
+        if pairs == FAST_TICKS {
             println!("RESULT {pairs} {sum}");
         }
         Ok(())

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use iotstream::{Connection, Graph, SourceOptions};
 use serde::{Deserialize, Serialize};
-use ticker::{add_ticker, Ticks};
+use ticker::{add_ticker, fast_and_ticks, Ticks};
 
 // ---------------------------------------------------------------------------------------------
 // The applications
@@ -270,37 +270,14 @@ fn slow_first(g: &mut Graph, name: &str) -> (iotstream::Input<u64>, iotstream::I
 /// description must follow, or the ticker, which does not lead to `slow`, stops holding the
 /// verdict. Prints how many pairs came and their sum.
 fn moved_block_ticker() -> Result<(), iotstream::Error> {
-    const TICKS: u64 = 12;
-    let mut g = Graph::new("moved_block");
-    g.set_default_capacity(4);
-    let one_by_one = SourceOptions {
-        max_batch: 1,
-        ..SourceOptions::default()
-    };
-    let fast = g.source_iter_with("fast", 0..TICKS, one_by_one);
+    let (mut g, fast, ticks) = fast_and_ticks("moved_block");
     let (slow_a, slow_b) = slow_first(&mut g, "slow");
     g.connect_with(&fast, &slow_a, Connection::new().capacity(2));
     let nothing = g.source_iter("nothing", 0..0u64);
     g.connect(&nothing, &slow_b);
-    let ticks = Ticks {
-        count: TICKS,
-        every: Duration::from_millis(150),
-        rest_at_end: true,
-    };
-    let (tick_in, ticks) = add_ticker(&mut g, "ticker", ticks);
-    g.connect_with(&fast, &tick_in, Connection::new().capacity(64));
-    let zipped = g.zip("zip", &fast, &ticks);
-    let out = g.collect("out", &zipped);
     g.place_in_process("slow", "p1");
     g.place_in_process("ticker", "p1");
-    let is_starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
-    g.run()?;
-    if is_starter {
-        let pairs = out.values();
-        let sum: u64 = pairs.iter().map(|(a, b)| a + b).sum();
-        println!("RESULT {} {sum}", pairs.len());
-    }
-    Ok(())
+    zip_and_print_pairs(g, &fast, &ticks, None)
 }
 
 /// `stallx`'s stall (zip in `p2`), `nums` also read by `r1` in `p1` (capacity 2), whose first
@@ -418,22 +395,7 @@ fn paced() -> Result<(), iotstream::Error> {
 /// `main`; 4 the zip in `p1`, the ticker in `p2` (the writer, its reader and the timer each in
 /// a process of its own).
 fn ticker_zip(layout: u64) -> Result<(), iotstream::Error> {
-    const TICKS: u64 = 12;
-    let mut g = Graph::new("ticker_zip");
-    g.set_default_capacity(4);
-    // One element at a time: `fast` makes its next one only once the zip took one in.
-    let one_by_one = SourceOptions {
-        max_batch: 1,
-        ..SourceOptions::default()
-    };
-    let fast = g.source_iter_with("fast", 0..TICKS, one_by_one);
-    let ticks = Ticks {
-        count: TICKS,
-        every: Duration::from_millis(150),
-        rest_at_end: true,
-    };
-    let (tick_in, ticks) = add_ticker(&mut g, "ticker", ticks);
-    g.connect_with(&fast, &tick_in, Connection::new().capacity(64));
+    let (mut g, fast, ticks) = fast_and_ticks("ticker_zip");
     let ticks = if layout >= 2 {
         let relayed = g.map("relay", &ticks, |v: &u64| *v);
         g.place_in_process("relay", if layout == 2 { "p2" } else { "p1" });
@@ -441,14 +403,8 @@ fn ticker_zip(layout: u64) -> Result<(), iotstream::Error> {
     } else {
         ticks
     };
-    let zipped = g.zip("zip", &fast, &ticks);
-    let out = g.collect("out", &zipped);
     match layout {
-        1 => {
-            g.place_in_process("zip", "p1");
-        }
         4 => {
-            g.place_in_process("zip", "p1");
             g.place_in_process("ticker", "p2");
         }
         0 | 2 => {
@@ -456,6 +412,23 @@ fn ticker_zip(layout: u64) -> Result<(), iotstream::Error> {
         }
         _ => {}
     }
+    let zip_in = matches!(layout, 1 | 4).then_some("p1");
+    zip_and_print_pairs(g, &fast, &ticks, zip_in)
+}
+
+/// Zips `fast` with `ticks` (agent `zip`, in process `zip_in` if given, else `main`), runs
+/// `g`, and in the starter prints how many pairs came and their sum: `RESULT <pairs> <sum>`.
+fn zip_and_print_pairs(
+    mut g: Graph,
+    fast: &iotstream::Stream<u64>,
+    ticks: &iotstream::Stream<u64>,
+    zip_in: Option<&str>,
+) -> Result<(), iotstream::Error> {
+    let zipped = g.zip("zip", fast, ticks);
+    if let Some(process) = zip_in {
+        g.place_in_process("zip", process);
+    }
+    let out = g.collect("out", &zipped);
     let is_starter = std::env::var_os("IOTSTREAM_PROCESS").is_none();
     g.run()?;
     if is_starter {

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use iotstream::{Agent, AgentError, Graph, Input, Inputs, Outputs, Stream};
+use iotstream::{
+    Agent, AgentError, Connection, Graph, Input, Inputs, Outputs, SourceOptions, Stream,
+};
 
 /// What a ticker emits, and when.
 pub struct Ticks {
@@ -62,4 +64,32 @@ pub fn add_ticker(g: &mut Graph, name: &str, ticks: Ticks) -> (Input<u64>, Strea
         };
         (agent, (input, out))
     })
+}
+
+/// The elements of [`fast_and_ticks`]'s `fast` and ticks of its ticker.
+#[allow(dead_code)] // not every suite that includes this file uses it
+pub const FAST_TICKS: u64 = 12;
+
+/// A zip's two sides in a new graph `app` (capacity 4), for the scenarios of a ticker freeing
+/// a blocked writer: `fast`, 12 elements made one at a time (the next only once its readers
+/// took one in), also read by `ticker` (over a connection that takes all of it, which keeps it
+/// running while `fast` waits), whose 12 ticks come every 150 ms, the rest at once when
+/// `fast` ends.
+#[allow(dead_code)] // not every suite that includes this file uses it
+pub fn fast_and_ticks(app: &str) -> (Graph, Stream<u64>, Stream<u64>) {
+    let mut g = Graph::new(app);
+    g.set_default_capacity(4);
+    let one_by_one = SourceOptions {
+        max_batch: 1,
+        ..SourceOptions::default()
+    };
+    let fast = g.source_iter_with("fast", 0..FAST_TICKS, one_by_one);
+    let ticks = Ticks {
+        count: FAST_TICKS,
+        every: Duration::from_millis(150),
+        rest_at_end: true,
+    };
+    let (tick_in, ticks) = add_ticker(&mut g, "ticker", ticks);
+    g.connect_with(&fast, &tick_in, Connection::new().capacity(64));
+    (g, fast, ticks)
 }
