@@ -190,12 +190,20 @@ pub(crate) struct SourceThreadCtx {
     pub stepped_by_poster: bool,
 }
 
+/// Whether a source's agent is awake (a wake-up is on its way, or its step runs), kept where its
+/// hand-overs wait (a source's handoff, under the lock a hand-over takes anyway: one cache
+/// line fewer moves between the writer's core and the agent's per hand-over).
+pub(crate) trait AwakeFlag: Send + Sync {
+    /// Marks the agent awake; true if it was asleep (the caller posts it a wake-up).
+    fn rouse(&self) -> bool;
+}
+
 /// Wakes a source's host when a chunk arrives, once: while the host is awake (its step takes
 /// what waits, and the step that leaves nothing waiting clears the flag under the handoff's
 /// lock), the source thread posts no more wake-ups.
 pub(crate) struct Waker {
     pub mailbox: Arc<dyn Mailbox>,
-    pub awake: Arc<AtomicBool>,
+    pub awake: Arc<dyn AwakeFlag>,
     /// The source's own thread drives the agent, stepped by whoever posts to it: it posts at
     /// every call, awake or not, as the agent's driver ([`Mailbox::post_as_driver`]), so that
     /// the source's thread steps the agent and the chain it feeds, waiting for its turn when
@@ -207,10 +215,16 @@ impl Waker {
     /// Posts a wake-up unless one is pending (or at every call, as the driver,
     /// [`every_time`](Self::every_time)).
     pub fn wake(&self) {
-        let was_awake = self.awake.swap(true, Ordering::SeqCst);
+        let asleep = self.awake.rouse();
+        self.woken(asleep);
+    }
+
+    /// As [`wake`](Self::wake), for a caller that has marked the agent awake itself (a
+    /// hand-over does, under its lock) and found it `asleep` or not.
+    pub fn woken(&self, asleep: bool) {
         if self.every_time {
             self.mailbox.post_as_driver(Envelope::Wake);
-        } else if !was_awake {
+        } else if asleep {
             self.mailbox.post(Envelope::Wake);
         }
     }

@@ -282,7 +282,7 @@ impl Harness {
                 None => ext.tx.put(&mut batch, Wait::Never).map_err(|e| (e, None)),
             };
             match put {
-                Ok(()) => {
+                Ok(_) => {
                     self.queue
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

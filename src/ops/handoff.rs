@@ -7,18 +7,29 @@
 //! its batch size) as one batch: the per-batch cost is paid once per burst, whatever the
 //! writer's rhythm (adaptive batching).
 //!
-//! What waits is a queue of `Vec`s of up to a batch each (`limit / 4` elements): small
-//! hand-overs and single elements are appended to the last one, a full batch waits as the `Vec`
-//! it came in. A step whose buffer is empty takes the first `Vec` itself (swapped, not copied)
-//! and appends the next ones while they fit; the writer gets back the agent's empty `Vec` with
-//! its capacity. So a source that hands over whole batches has its elements moved, never
-//! copied, on the way to its agent. Only a few elements (at most 4 KiB) in a mostly empty `Vec`
-//! (pushed one at a time into room for a batch) are copied out instead, and the room stays
-//! with the writer: the agent's batch is the size of its elements, and the same two or three
-//! vectors go round. In steady state nothing is allocated per element or per hand-over.
+//! What waits is a queue of `Vec`s of up to a batch each (`limit / 4` elements), then the one
+//! being gathered (`State::open`): small hand-overs and single elements are appended to it, a
+//! batch arriving when it is empty takes its place as the `Vec` it came in, and a full one is
+//! sealed onto the queue. A step whose buffer is empty takes the first `Vec` itself (swapped,
+//! not copied) and appends the next ones while they fit; the writer gets back the agent's
+//! empty `Vec` with its capacity. So a source that hands over whole batches has its elements
+//! moved, never copied, on the way to its agent. Only a few elements (at most 4 KiB) in a
+//! mostly empty `Vec` (pushed one at a time into room for a batch) are copied out instead, and
+//! the room stays with the writer: the agent's batch is the size of its elements, and the same
+//! two or three vectors go round. In steady state nothing is allocated per element or per
+//! hand-over.
+//!
+//! A source fed one element at a time pays for the handoff in cache lines moved between the
+//! writer's core and the agent's, not in instructions: the lock, what a hand-over reads and
+//! writes (the counts, the gathering `Vec`, whether the agent is awake) and nothing else share
+//! one line (`Shared`), and the rest of the state is behind a pointer the writer follows only
+//! to seal a batch. Whether the agent is awake lives there too ([`AwakeFlag`]): the hand-over
+//! says whether to wake it, with no atomic of its own on another line. (`cargo bench --bench
+//! single`, three alternated runs: one element per `fill` went from 0.82-0.88x a crossbeam
+//! pipeline to 1.08-1.26x, one per `push` from 1.01-1.05x to 1.50-1.57x.)
 //!
 //! A hand-over larger than what a step takes is taken in parts, from the front, each part
-//! moved once: its rest waits as the vector's iterator (`State::front`), never shifted to the
+//! moved once: its rest waits as the vector's iterator (`Cold::front`), never shifted to the
 //! vector's start (which moved the whole rest at every step: quadratic in the hand-over); its
 //! vector is freed once taken, not kept for the writer.
 //!
@@ -37,6 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::host::AwakeFlag;
 use crate::stream::heap;
 
 /// The most empty `Vec`s kept for the writer: one per batch that may wait.
@@ -75,30 +87,49 @@ pub(crate) enum Wait<'a> {
     UntilStop(&'a AtomicBool),
 }
 
+/// What every hand-over and every take reads or writes, kept in the cache line of the lock
+/// itself (see [`Shared`]): a single element handed over moves this line and the element's
+/// own between the writer's core and the reader's, nothing else.
 struct State<T> {
+    /// The agent is awake: a wake-up is on its way or its step runs (see
+    /// [`AwakeFlag`]). Cleared by the step that leaves nothing waiting.
+    awake: bool,
+    writer_gone: bool,
+    reader_gone: bool,
+    /// Bytes are counted too ([`HandoffRx::limit_bytes`]): `Cold::bytes` bounds the writer.
+    counts_bytes: bool,
+    /// Elements in `Cold::front`, `Cold::chunks` and `open`.
+    waiting: usize,
+    /// The writer waits while this many elements (at least 1) wait; a quarter of it is the
+    /// most elements gathered into one waiting `Vec` (a batch, [`chunk_of`]).
+    limit: usize,
+    /// The batch being gathered, after everything in `Cold`: small hand-overs and single
+    /// elements are appended here; a step takes it last.
+    open: Vec<T>,
+    cold: Box<Cold<T>>,
+}
+
+/// The rest of the state: touched by the writer only when a batch is sealed, bytes are
+/// counted, or the stream ends.
+struct Cold<T> {
     /// The rest of a hand-over a step took only part of: waits before `chunks`.
     front: Option<std::vec::IntoIter<T>>,
-    /// What waits, in order, after `front`; no `Vec` in it is empty.
+    /// What waits, in order, after `front` and before `State::open`; no `Vec` in it is empty.
     chunks: VecDeque<Vec<T>>,
-    /// Elements in `front` and `chunks`.
-    waiting: usize,
-    /// The writer waits while this many elements (at least 1) wait.
-    limit: usize,
-    /// The most elements gathered into one waiting `Vec` (a batch: a quarter of the limit).
-    chunk: usize,
     /// For elements that own heap memory: what counts their bytes, the bytes waiting (each
     /// element's `size_of` and heap bytes), and the writer waits while this many wait.
     count: Option<heap::Counter<T>>,
     bytes: usize,
     byte_limit: usize,
     /// Empty `Vec`s the agent is done with (at most [`SPARES`]), for the writer's next
-    /// hand-overs.
+    /// batches.
     spares: Vec<Vec<T>>,
     end: Option<Ending>,
-    writer_gone: bool,
-    reader_gone: bool,
 }
 
+/// The lock and its state take one cache line of their own (64 bytes: the state is 56), the
+/// condition variable the next one; the `Arc`'s counts sit in the line before.
+#[repr(C, align(64))]
 struct Shared<T> {
     state: Mutex<State<T>>,
     room: Condvar,
@@ -110,6 +141,45 @@ impl<T> Shared<T> {
     }
 }
 
+impl<T> State<T> {
+    /// The writer must wait: `limit` elements (or `byte_limit` bytes) wait.
+    fn full(&self) -> bool {
+        self.waiting >= self.limit || (self.counts_bytes && self.cold.bytes >= self.cold.byte_limit)
+    }
+
+    /// Moves the batch being gathered to the end of `chunks`; a spare (or nothing) is
+    /// gathered into next.
+    fn seal(&mut self) {
+        let cold = &mut *self.cold;
+        let next = cold.spares.pop().unwrap_or_default();
+        cold.chunks
+            .push_back(std::mem::replace(&mut self.open, next));
+    }
+
+    /// Marks the agent awake; true if it was asleep.
+    fn rouse(&mut self) -> bool {
+        !std::mem::replace(&mut self.awake, true)
+    }
+}
+
+/// The most elements gathered into one waiting `Vec`: a quarter of the limit.
+fn chunk_of(limit: usize) -> usize {
+    (limit / 4).max(1)
+}
+
+/// The capacity a gathering `Vec` is given at once: room for a batch (not a growth per few
+/// elements), within 4 MiB.
+fn gather_capacity<T>(chunk: usize) -> usize {
+    chunk
+        .min((4 << 20) / std::mem::size_of::<T>().max(1))
+        .max(1)
+}
+
+/// At most [`COPY_AT_MOST_BYTES`]: copied rather than swapped.
+fn few<T>(n: usize) -> bool {
+    n.saturating_mul(std::mem::size_of::<T>()) <= COPY_AT_MOST_BYTES
+}
+
 /// The writing end.
 pub(crate) struct HandoffTx<T>(Arc<Shared<T>>);
 
@@ -117,81 +187,95 @@ pub(crate) struct HandoffTx<T>(Arc<Shared<T>>);
 pub(crate) struct HandoffRx<T>(Arc<Shared<T>>);
 
 /// A handoff whose writer waits while `limit` (at least 1) elements wait; what waits is
-/// gathered in `Vec`s of up to `limit / 4` elements (a batch).
+/// gathered in `Vec`s of up to `limit / 4` elements (a batch). The agent starts awake (its
+/// host steps it when it starts).
 pub(crate) fn handoff<T>(limit: usize) -> (HandoffTx<T>, HandoffRx<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            front: None,
-            chunks: VecDeque::new(),
-            waiting: 0,
-            limit: limit.max(1),
-            chunk: (limit / 4).max(1),
-            count: None,
-            bytes: 0,
-            byte_limit: usize::MAX,
-            spares: Vec::new(),
-            end: None,
+            awake: true,
             writer_gone: false,
             reader_gone: false,
+            counts_bytes: false,
+            waiting: 0,
+            limit: limit.max(1),
+            open: Vec::new(),
+            cold: Box::new(Cold {
+                front: None,
+                chunks: VecDeque::new(),
+                count: None,
+                bytes: 0,
+                byte_limit: usize::MAX,
+                spares: Vec::new(),
+                end: None,
+            }),
         }),
         room: Condvar::new(),
     });
     (HandoffTx(Arc::clone(&shared)), HandoffRx(shared))
 }
 
+impl<T: Send + 'static> AwakeFlag for Shared<T> {
+    fn rouse(&self) -> bool {
+        self.lock().rouse()
+    }
+}
+
 impl<T> HandoffTx<T> {
     /// Appends `items` (leaving it empty, possibly with the capacity of a `Vec` the reader is
-    /// done with), waiting for room as `wait` says.
-    pub fn put(&self, items: &mut Vec<T>, wait: Wait<'_>) -> Result<(), PutError> {
-        let mut state = self.room(wait)?;
-        if items.is_empty() {
-            return Ok(());
+    /// done with), waiting for room as `wait` says. True if the agent was asleep: the caller
+    /// wakes it ([`Waker::woken`](crate::host::Waker::woken)); the agent counts as awake from
+    /// here on.
+    pub fn put(&self, items: &mut Vec<T>, wait: Wait<'_>) -> Result<bool, PutError> {
+        let mut guard = self.room(wait)?;
+        let state = &mut *guard;
+        let n = items.len();
+        if n == 0 {
+            return Ok(false);
         }
-        state.waiting += items.len();
-        if let Some(count) = &state.count {
-            let bytes = bytes_of(count, items);
-            state.bytes += bytes;
-        }
-        let chunk = state.chunk;
-        match state.chunks.back_mut() {
-            // Small hand-overs gather into one batch.
-            Some(last) if last.len() + items.len() <= chunk => last.append(items),
-            // A batch waits as it came: moved, not copied.
-            _ => {
-                let spare = state.spares.pop().unwrap_or_default();
-                state.chunks.push_back(std::mem::replace(items, spare));
+        state.waiting += n;
+        if state.counts_bytes {
+            let cold = &mut *state.cold;
+            if let Some(count) = &cold.count {
+                cold.bytes += bytes_of(count, items);
             }
         }
-        Ok(())
+        if !state.open.is_empty() && state.open.len() + n > chunk_of(state.limit) {
+            state.seal();
+        }
+        // A batch waits as it came: moved, not copied; a few elements are copied into the
+        // room the gathering `Vec` has (the writer keeps its own).
+        if state.open.is_empty() && (!few::<T>(n) || state.open.capacity() < n) {
+            std::mem::swap(&mut state.open, items);
+        } else {
+            state.open.append(items);
+        }
+        Ok(state.rouse())
     }
 
-    /// Appends one element (no allocation unless the waiting `Vec` grows); gives it back if
-    /// it could not.
-    pub fn put_one(&self, item: T, wait: Wait<'_>) -> Result<(), (PutError, T)> {
-        match self.room(wait) {
-            Ok(mut state) => {
-                state.waiting += 1;
-                if let Some(count) = &state.count {
-                    let bytes = bytes_of(count, std::slice::from_ref(&item));
-                    state.bytes += bytes;
-                }
-                let chunk = state.chunk;
-                match state.chunks.back_mut() {
-                    Some(last) if last.len() < chunk => last.push(item),
-                    _ => {
-                        let mut v = match state.spares.pop() {
-                            Some(v) => v,
-                            // Room for a batch at once, not a growth per few elements.
-                            None => Vec::with_capacity(chunk),
-                        };
-                        v.push(item);
-                        state.chunks.push_back(v);
-                    }
-                }
-                Ok(())
+    /// Appends one element (no allocation unless the gathering `Vec` grows); gives it back if
+    /// it could not. True if the agent was asleep, as for [`put`](Self::put).
+    pub fn put_one(&self, item: T, wait: Wait<'_>) -> Result<bool, (PutError, T)> {
+        let mut guard = match self.room(wait) {
+            Ok(guard) => guard,
+            Err(e) => return Err((e, item)),
+        };
+        let state = &mut *guard;
+        state.waiting += 1;
+        if state.counts_bytes {
+            let cold = &mut *state.cold;
+            if let Some(count) = &cold.count {
+                cold.bytes += bytes_of(count, std::slice::from_ref(&item));
             }
-            Err(e) => Err((e, item)),
         }
+        let chunk = chunk_of(state.limit);
+        if state.open.len() >= chunk {
+            state.seal();
+        }
+        if state.open.capacity() == 0 {
+            state.open.reserve(gather_capacity::<T>(chunk));
+        }
+        state.open.push(item);
+        Ok(state.rouse())
     }
 
     /// The state, locked, once there is room (or the stop says to append anyway).
@@ -202,7 +286,7 @@ impl<T> HandoffTx<T> {
             if state.reader_gone {
                 return Err(PutError::ReaderGone);
             }
-            if state.waiting < state.limit && state.bytes < state.byte_limit {
+            if !state.full() {
                 return Ok(state);
             }
             match wait {
@@ -228,9 +312,15 @@ impl<T> HandoffTx<T> {
     /// Ends the stream after what was handed over.
     pub fn end(&self, ending: Ending) {
         let mut state = self.0.lock();
-        if state.end.is_none() {
-            state.end = Some(ending);
-        }
+        state.cold.end.get_or_insert(ending);
+    }
+
+    /// The agent's awake flag, for its [`Waker`](crate::host::Waker).
+    pub fn awake_flag(&self) -> Arc<dyn AwakeFlag>
+    where
+        T: Send + 'static,
+    {
+        Arc::clone(&self.0) as Arc<dyn AwakeFlag>
     }
 }
 
@@ -244,78 +334,96 @@ impl<T> Drop for HandoffTx<T> {
 pub(crate) struct Taken {
     /// The stream ends after them (a writer gone without a word ends it too).
     pub end: Option<Ending>,
-    /// Nothing waits any more and the stream goes on: `awake` was cleared, so the writer's
-    /// next hand-over wakes the agent (no need to look again before it).
+    /// Nothing waits any more and the stream goes on: the agent was marked asleep, so the
+    /// writer's next hand-over wakes it (no need to look again before it).
     pub asleep: bool,
+}
+
+/// Moves the elements of `chunk` (all of them: they fit) to `out`. The emptied `Vec` stays in
+/// `chunk`: `out`'s own empty one when `out` was empty and `chunk` was swapped into it, else
+/// `chunk`'s with its capacity. A few elements in a mostly empty `Vec` are copied, not
+/// swapped (see the module docs).
+fn move_all<T>(out: &mut Vec<T>, chunk: &mut Vec<T>) {
+    let n = chunk.len();
+    if out.is_empty() && !(few::<T>(n) && n < chunk.capacity() / 2) {
+        std::mem::swap(out, chunk);
+    } else {
+        out.append(chunk);
+    }
 }
 
 impl<T> HandoffRx<T> {
     /// Moves what waits into `out`, at most `max` elements in all (`out` may hold some).
-    /// When nothing is left waiting and the stream has not ended, clears `awake` under the
-    /// lock, so a writer that hands over afterwards sees it cleared and wakes the agent: the
-    /// step that emptied the queue is the last until then (one step per burst, not a second
-    /// one to find the queue empty).
+    /// When nothing is left waiting and the stream has not ended, marks the agent asleep
+    /// under the lock, so a writer that hands over afterwards finds it asleep and wakes it:
+    /// the step that emptied the queue is the last until then (one step per burst, not a
+    /// second one to find the queue empty).
     ///
     /// If `abandoned` is set then (the writer did not return after a stop: see
     /// `SourceEnder`), the stream ends here, and under the same lock the handoff refuses
     /// further hand-overs ([`PutError::ReaderGone`]): a writer's hand-over is either taken
     /// by this step or refused, never accepted and then dropped with the agent's end.
-    pub fn take(
-        &self,
-        out: &mut Vec<T>,
-        max: usize,
-        awake: &AtomicBool,
-        abandoned: &AtomicBool,
-    ) -> Taken {
+    pub fn take(&self, out: &mut Vec<T>, max: usize, abandoned: &AtomicBool) -> Taken {
         let mut guard = self.0.lock();
         let state = &mut *guard;
-        let was_full = state.waiting >= state.limit || state.bytes >= state.byte_limit;
+        let was_full = state.full();
         let before = out.len();
         let mut room = max.saturating_sub(out.len()).max(1);
-        if let Some(rest) = &mut state.front {
+        let cold = &mut *state.cold;
+        if let Some(rest) = &mut cold.front {
             let n = rest.len().min(room);
             out.extend(rest.by_ref().take(n));
             state.waiting -= n;
             room -= n;
             if rest.len() == 0 {
-                state.front = None;
+                cold.front = None;
             }
         }
         while room > 0 {
-            let Some(front) = state.chunks.front() else {
+            let Some(front) = cold.chunks.front_mut() else {
                 break;
             };
             let n = front.len();
             if n > room {
                 // Only part of it fits: that part is moved out, the rest waits where it is.
-                let mut rest = state.chunks.pop_front().expect("a front chunk").into_iter();
+                let mut rest = cold.chunks.pop_front().expect("a front chunk").into_iter();
                 out.extend(rest.by_ref().take(room));
                 state.waiting -= room;
-                state.front = Some(rest);
+                cold.front = Some(rest);
+                room = 0;
                 break;
             }
-            let mut taken = state.chunks.pop_front().expect("a front chunk");
-            let few = n.saturating_mul(std::mem::size_of::<T>()) <= COPY_AT_MOST_BYTES;
-            if out.is_empty() && !(few && n < taken.capacity() / 2) {
-                std::mem::swap(out, &mut taken);
-            } else {
-                out.append(&mut taken);
-            }
-            // `taken` is empty now: the writer's next hand-over goes out in it.
-            if taken.capacity() > 0 && state.spares.len() < SPARES {
-                state.spares.push(taken);
+            move_all(out, front);
+            let emptied = cold.chunks.pop_front().expect("a front chunk");
+            // The writer's next batch is gathered in it.
+            if emptied.capacity() > 0 && cold.spares.len() < SPARES {
+                cold.spares.push(emptied);
             }
             state.waiting -= n;
             room -= n;
         }
-        if let Some(count) = &state.count {
-            let bytes = bytes_of(count, &out[before..]);
-            state.bytes = state.bytes.saturating_sub(bytes);
+        let n = state.open.len();
+        if room > 0 && n > 0 {
+            if n > room {
+                let next = cold.spares.pop().unwrap_or_default();
+                let mut rest = std::mem::replace(&mut state.open, next).into_iter();
+                out.extend(rest.by_ref().take(room));
+                state.waiting -= room;
+                cold.front = Some(rest);
+            } else {
+                // The gathering `Vec` keeps its room (or gets `out`'s): the writer's next
+                // elements go into it, no `Vec` changes hands through `spares`.
+                move_all(out, &mut state.open);
+                state.waiting -= n;
+            }
         }
-        if was_full && state.waiting < state.limit && state.bytes < state.byte_limit {
+        if let Some(count) = &cold.count {
+            let bytes = bytes_of(count, &out[before..]);
+            cold.bytes = cold.bytes.saturating_sub(bytes);
+        }
+        if was_full && !state.full() {
             self.0.room.notify_all();
         }
-        let mut state = guard;
         if state.waiting > 0 {
             return Taken {
                 end: None,
@@ -323,15 +431,17 @@ impl<T> HandoffRx<T> {
             };
         }
         let end = state
+            .cold
             .end
             .take()
             .or_else(|| state.writer_gone.then_some(Ending::Done));
         if end.is_some() {
             return Taken { end, asleep: false };
         }
-        awake.store(false, Ordering::SeqCst);
-        // Read after `awake` is cleared: an ender sets `abandoned`, then wakes the agent
-        // unless it finds it awake; so either this sees the flag or a wake-up comes.
+        state.awake = false;
+        // Read with the lock held: an ender sets `abandoned`, then marks the agent awake
+        // under this lock and wakes it if it was asleep; so either this sees the flag or a
+        // wake-up comes.
         if abandoned.load(Ordering::SeqCst) {
             state.reader_gone = true;
             self.0.room.notify_all();
@@ -345,6 +455,15 @@ impl<T> HandoffRx<T> {
             asleep: true,
         }
     }
+
+    /// The agent's awake flag, for the [`Waker`](crate::host::Waker) of whoever wakes it
+    /// other than the writer (a `SourceEnder`).
+    pub fn awake_flag(&self) -> Arc<dyn AwakeFlag>
+    where
+        T: Send + 'static,
+    {
+        Arc::clone(&self.0) as Arc<dyn AwakeFlag>
+    }
 }
 
 impl<T> HandoffRx<T> {
@@ -354,7 +473,6 @@ impl<T> HandoffRx<T> {
     pub fn set_limit(&self, limit: usize) {
         let mut state = self.0.lock();
         state.limit = limit.max(1);
-        state.chunk = (limit / 4).max(1);
         // A raised limit may make room for a waiting writer.
         self.0.room.notify_all();
     }
@@ -362,16 +480,20 @@ impl<T> HandoffRx<T> {
     /// Bounds what waits in bytes too, counted with `count` (elements that own heap memory:
     /// see the module docs), from now on.
     pub fn limit_bytes(&self, byte_limit: usize, count: heap::Counter<T>) {
-        let mut state = self.0.lock();
-        let waiting: usize = state
+        let mut guard = self.0.lock();
+        let state = &mut *guard;
+        let cold = &mut *state.cold;
+        let waiting: usize = cold
             .front
             .iter()
             .map(|rest| bytes_of(&count, rest.as_slice()))
-            .chain(state.chunks.iter().map(|c| bytes_of(&count, c)))
+            .chain(cold.chunks.iter().map(|c| bytes_of(&count, c)))
+            .chain(std::iter::once(bytes_of(&count, &state.open)))
             .sum();
-        state.bytes = waiting;
-        state.count = Some(count);
-        state.byte_limit = byte_limit.max(1);
+        cold.bytes = waiting;
+        cold.count = Some(count);
+        cold.byte_limit = byte_limit.max(1);
+        state.counts_bytes = true;
         self.0.room.notify_all();
     }
 }
@@ -398,32 +520,78 @@ mod tests {
     #[test]
     fn a_step_takes_every_waiting_hand_over_at_once_and_gives_its_vec_back() {
         let (tx, rx) = handoff::<u32>(100);
-        let awake = AtomicBool::new(true);
+        // The agent starts awake (its host steps it when it starts): no wake-up is asked for.
         for v in 0..5 {
-            tx.put(&mut vec![v], Wait::Never).unwrap();
+            assert!(!tx.put(&mut vec![v], Wait::Never).unwrap());
         }
         let mut out = Vec::with_capacity(64);
-        let taken = rx.take(&mut out, 4096, &awake, &AtomicBool::new(false));
+        let taken = rx.take(&mut out, 4096, &AtomicBool::new(false));
         assert_eq!(out, [0, 1, 2, 3, 4]);
-        // Nothing waits after it: that very step clears `awake` (the writer's next hand-over
-        // wakes the agent), so no second step is needed to find the queue empty.
+        // Nothing waits after it: that very step marks the agent asleep (the writer's next
+        // hand-over wakes it), so no second step is needed to find the queue empty.
         assert!(taken.asleep && taken.end.is_none());
-        assert!(!awake.load(Ordering::SeqCst));
-        awake.store(true, Ordering::SeqCst);
+        // Another waker (an ender) finds it asleep, and the agent is awake from then on.
+        assert!(tx.awake_flag().rouse());
+        assert!(!rx.awake_flag().rouse());
         let mut more = Vec::new();
-        let taken = rx.take(&mut more, 4096, &awake, &AtomicBool::new(false));
+        let taken = rx.take(&mut more, 4096, &AtomicBool::new(false));
         assert!(more.is_empty() && taken.asleep && taken.end.is_none());
-        assert!(!awake.load(Ordering::SeqCst));
-        // The writer got the reader's empty Vec (with its capacity) at the first swap.
+        // The writer's next hand-over finds it asleep and says so, once.
         let mut buf = vec![9];
-        tx.put(&mut buf, Wait::Never).unwrap();
+        assert!(tx.put(&mut buf, Wait::Never).unwrap());
         assert!(buf.is_empty());
+        assert!(!tx.put_one(10, Wait::Never).unwrap());
+        let mut out = Vec::new();
+        let taken = rx.take(&mut out, 4096, &AtomicBool::new(false));
+        assert_eq!(out, [9, 10]);
+        assert!(taken.asleep);
+        assert!(tx.put_one(11, Wait::Never).unwrap());
+    }
+
+    #[test]
+    fn a_hand_over_reads_and_writes_one_cache_line_besides_its_elements() {
+        // The lock and `State` in one line, starting one: what the layout is for.
+        assert_eq!(std::mem::align_of::<Shared<u64>>(), 64);
+        assert!(std::mem::size_of::<Mutex<State<u64>>>() <= 64);
+        assert!(std::mem::size_of::<Mutex<State<[u8; 1024]>>>() <= 64);
+    }
+
+    #[test]
+    fn single_elements_gather_where_the_writer_left_room_and_the_room_stays_with_it() {
+        let (tx, rx) = handoff::<u64>(4 * 64);
+        let mut out = Vec::new();
+        let abandoned = AtomicBool::new(false);
+        // Elements pushed one at a time, taken after each, and after bursts: the gathering
+        // vector keeps the room it was given at the first push (one batch), the agent's batch
+        // is copied out of it, and no vector changes hands.
+        tx.put_one(0, Wait::Never).unwrap();
+        let room = rx.0.lock().open.as_ptr();
+        let mut next = 1;
+        for burst in [1, 1, 3, 1, 17, 64] {
+            for _ in 0..burst {
+                tx.put_one(next, Wait::Never).unwrap();
+                next += 1;
+            }
+            rx.take(&mut out, 4096, &abandoned);
+            assert_eq!(rx.0.lock().open.as_ptr(), room, "after a burst of {burst}");
+        }
+        // A batch of 64 (a whole chunk) was sealed and a new one gathered: still in order.
+        for v in next..next + 100 {
+            tx.put_one(v, Wait::Never).unwrap();
+        }
+        rx.take(&mut out, 4096, &abandoned);
+        assert_eq!(out, (0..next + 100).collect::<Vec<_>>());
+        // The writer's small hand-overs are copied into that room too: it keeps its buffer.
+        let mut buf = Vec::with_capacity(16);
+        buf.push(1000);
+        let mine = buf.as_ptr();
+        tx.put(&mut buf, Wait::Never).unwrap();
+        assert!(buf.is_empty() && buf.as_ptr() == mine);
     }
 
     #[test]
     fn whole_batches_are_moved_to_the_agent_not_copied() {
         let (tx, rx) = handoff::<u64>(4 * 1000);
-        let awake = AtomicBool::new(true);
         let mut ptrs = Vec::new();
         for b in 0..3u64 {
             let batch: Vec<u64> = (b * 1000..(b + 1) * 1000).collect();
@@ -435,7 +603,7 @@ mod tests {
         // A step with an empty buffer takes the first batch's own Vec.
         for (i, &ptr) in ptrs.iter().enumerate().take(2) {
             let mut out = Vec::new();
-            rx.take(&mut out, 1000, &awake, &AtomicBool::new(false));
+            rx.take(&mut out, 1000, &AtomicBool::new(false));
             assert_eq!(out.as_ptr(), ptr);
             assert_eq!(
                 out,
@@ -445,7 +613,7 @@ mod tests {
         // With room for more, the next batches are appended (gathered into one).
         tx.put(&mut (3000..3500).collect(), Wait::Never).unwrap();
         let mut out = Vec::new();
-        rx.take(&mut out, 2000, &awake, &AtomicBool::new(false));
+        rx.take(&mut out, 2000, &AtomicBool::new(false));
         assert_eq!(out, (2000..3500).collect::<Vec<_>>());
         // The agent's empty Vec went back to the writer: its next hand-over reuses it.
         let mut next = vec![7u64; 1000];
@@ -458,11 +626,10 @@ mod tests {
         let (tx, rx) = handoff::<u32>(40);
         tx.put(&mut (0..25).collect(), Wait::Never).unwrap();
         tx.put_one(25, Wait::Never).unwrap();
-        let awake = AtomicBool::new(true);
         let mut got = Vec::new();
         loop {
             let mut out = Vec::new();
-            let taken = rx.take(&mut out, 10, &awake, &AtomicBool::new(false));
+            let taken = rx.take(&mut out, 10, &AtomicBool::new(false));
             assert!(out.len() <= 10);
             got.extend(out);
             if taken.asleep {
@@ -475,10 +642,9 @@ mod tests {
     #[test]
     fn what_comes_after_a_hand_over_taken_in_parts_follows_its_rest() {
         let (tx, rx) = handoff::<u32>(400);
-        let awake = AtomicBool::new(true);
         let take = |max| {
             let mut out = Vec::new();
-            rx.take(&mut out, max, &awake, &AtomicBool::new(false));
+            rx.take(&mut out, max, &AtomicBool::new(false));
             out
         };
         tx.put(&mut (0..250).collect(), Wait::Never).unwrap();
@@ -508,9 +674,8 @@ mod tests {
         rx.set_limit(100);
         let tx = writer.join().unwrap().expect("the raised limit makes room");
         tx.put_one(9, Wait::Never).unwrap();
-        let awake = AtomicBool::new(true);
         let mut out = Vec::new();
-        rx.take(&mut out, 100, &awake, &AtomicBool::new(false));
+        rx.take(&mut out, 100, &AtomicBool::new(false));
         assert_eq!(out, (0..10).collect::<Vec<_>>());
     }
 
@@ -521,13 +686,12 @@ mod tests {
         assert_eq!(tx.put(&mut vec![4], Wait::Never), Err(PutError::Full));
         let stop = AtomicBool::new(true);
         tx.put(&mut vec![4], Wait::UntilStop(&stop)).unwrap();
-        let awake = AtomicBool::new(true);
         let mut out = Vec::new();
         // At most `max` per step; the rest waits for the next one.
-        rx.take(&mut out, 3, &awake, &AtomicBool::new(false));
+        rx.take(&mut out, 3, &AtomicBool::new(false));
         assert_eq!(out, [1, 2, 3]);
         let mut out = Vec::new();
-        rx.take(&mut out, 3, &awake, &AtomicBool::new(false));
+        rx.take(&mut out, 3, &AtomicBool::new(false));
         assert_eq!(out, [4]);
     }
 
@@ -539,10 +703,9 @@ mod tests {
             let r = tx.put(&mut vec![2], Wait::Forever);
             (tx, r)
         });
-        let awake = AtomicBool::new(true);
         let mut out = Vec::new();
         while out.is_empty() {
-            rx.take(&mut out, 10, &awake, &AtomicBool::new(false));
+            rx.take(&mut out, 10, &AtomicBool::new(false));
         }
         let (tx, r) = writer.join().unwrap();
         r.unwrap();
@@ -558,29 +721,27 @@ mod tests {
         let (tx, rx) = handoff::<u32>(10);
         tx.put(&mut vec![1, 2], Wait::Never).unwrap();
         tx.end(Ending::Failed("sensor unplugged".into()));
-        let awake = AtomicBool::new(true);
         let mut out = Vec::new();
-        let taken = rx.take(&mut out, 1, &awake, &AtomicBool::new(false));
+        let taken = rx.take(&mut out, 1, &AtomicBool::new(false));
         assert!(!taken.asleep && taken.end.is_none(), "data first");
-        let taken = rx.take(&mut out, 10, &awake, &AtomicBool::new(false));
+        let taken = rx.take(&mut out, 10, &AtomicBool::new(false));
         assert!(matches!(taken.end, Some(Ending::Failed(ref e)) if e == "sensor unplugged"));
         assert_eq!(out, [1, 2]);
 
         let (tx, rx) = handoff::<u32>(10);
         drop(tx);
-        let taken = rx.take(&mut Vec::new(), 10, &awake, &AtomicBool::new(false));
+        let taken = rx.take(&mut Vec::new(), 10, &AtomicBool::new(false));
         assert!(matches!(taken.end, Some(Ending::Done)));
     }
 
     #[test]
     fn an_abandoned_stream_ends_at_the_step_that_empties_it_and_refuses_what_comes_after() {
         let (tx, rx) = handoff::<u32>(10);
-        let awake = AtomicBool::new(true);
         let abandoned = AtomicBool::new(true);
         tx.put(&mut vec![1, 2], Wait::Never).unwrap();
         // What was handed over before the step is delivered with it, then the stream ends.
         let mut out = Vec::new();
-        let taken = rx.take(&mut out, 10, &awake, &abandoned);
+        let taken = rx.take(&mut out, 10, &abandoned);
         assert_eq!(out, [1, 2]);
         assert!(matches!(taken.end, Some(Ending::Done)) && !taken.asleep);
         // A hand-over after that step is refused, not accepted and then dropped with the agent

@@ -170,8 +170,6 @@ pub(crate) struct SourceAgent<T> {
     /// fed by the program (`Graph::input`).
     pulls: bool,
     options: SourceOptions,
-    /// Shared with the source thread: see [`Waker`].
-    awake: Arc<AtomicBool>,
     /// Set by a [`SourceEnder`]: once the handoff is empty, the stream ends.
     abandoned: Arc<AtomicBool>,
     /// For elements that own heap memory, once the run set the batch's bytes.
@@ -254,7 +252,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 let buf = outputs.vec(&self.out);
                 let before = buf.len();
                 let max = self.budget.as_mut().map_or(max, |b| b.max(max));
-                let taken = rx.take(buf, max, &self.awake, &self.abandoned);
+                let taken = rx.take(buf, max, &self.abandoned);
                 if let Some(b) = &mut self.budget {
                     b.observe(&buf[before..]);
                 }
@@ -302,16 +300,19 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
 
     fn spawn(&mut self, ctx: SourceThreadCtx) -> Result<Option<SourceEnder>, Error> {
         let Mode::Pull(_) = self.mode else {
+            let Mode::Channel(rx) = &self.mode else {
+                return Ok(None);
+            };
             // An input the program appends to (`Graph::input`): its "thread" is the program's,
             // which may keep its sender for ever. After a stop, once the grace has passed,
             // what it sent is delivered and the stream ends, as for a source stuck in `fill`.
-            return Ok(matches!(self.mode, Mode::Channel(_)).then(|| SourceEnder {
+            return Ok(Some(SourceEnder {
                 name: ctx.name.clone(),
                 thread_done: Arc::new(AtomicBool::new(false)),
                 abandoned: Arc::clone(&self.abandoned),
                 waker: Waker {
                     mailbox: Arc::clone(&ctx.wake),
-                    awake: Arc::clone(&self.awake),
+                    awake: rx.awake_flag(),
                     every_time: false,
                 },
             }));
@@ -328,7 +329,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
         let name = ctx.name.clone();
         let waker = Waker {
             mailbox: Arc::clone(&ctx.wake),
-            awake: Arc::clone(&self.awake),
+            awake: tx.awake_flag(),
             every_time: ctx.stepped_by_poster,
         };
         let ender = SourceEnder {
@@ -337,7 +338,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
             abandoned: Arc::clone(&self.abandoned),
             waker: Waker {
                 mailbox: Arc::clone(&ctx.wake),
-                awake: Arc::clone(&self.awake),
+                awake: tx.awake_flag(),
                 every_time: false,
             },
         };
@@ -369,11 +370,13 @@ fn waiting_bytes(batch_bytes: usize) -> usize {
 /// Hands `buf` over, waiting while the handoff is full; after a stop, appends it anyway (what
 /// the source produced is delivered). False if the run is over.
 fn hand_over<T>(tx: &HandoffTx<T>, buf: &mut Vec<T>, ctx: &SourceThreadCtx, waker: &Waker) -> bool {
-    let handed = tx.put(buf, Wait::UntilStop(&ctx.stop)).is_ok();
-    if handed {
-        waker.wake();
+    match tx.put(buf, Wait::UntilStop(&ctx.stop)) {
+        Ok(asleep) => {
+            waker.woken(asleep);
+            true
+        }
+        Err(_) => false,
     }
-    handed
 }
 
 /// Ends a source's stream with `failure`, after what its failed call appended (`buf`): nothing
@@ -598,8 +601,8 @@ impl<T: Element> InputSender<T> {
         }
     }
 
-    fn handed(&self, put: Result<(), PutError>) -> Result<(), Error> {
-        put.map_err(|e| Error::Runtime {
+    fn handed(&self, put: Result<bool, PutError>) -> Result<(), Error> {
+        let asleep = put.map_err(|e| Error::Runtime {
             detail: match e {
                 PutError::ReaderGone => format!(
                     "input '{}': the application has stopped; input not accepted",
@@ -613,7 +616,7 @@ impl<T: Element> InputSender<T> {
                 ),
             },
         })?;
-        self.waker.wake();
+        self.waker.woken(asleep);
         Ok(())
     }
 
@@ -641,8 +644,6 @@ impl<T: Element> Drop for InputSender<T> {
 pub(crate) struct ExternalInput<T> {
     pub tx: HandoffTx<T>,
     pub agent: usize,
-    /// The input's agent's [`Waker`] flag.
-    pub awake: Arc<AtomicBool>,
 }
 
 impl<T: Element> ExternalAny for ExternalInput<T> {
@@ -659,7 +660,7 @@ impl<T: Element> ExternalAny for ExternalInput<T> {
     ) -> Box<dyn std::any::Any + Send> {
         let waker = Waker {
             mailbox: wake,
-            awake: self.awake,
+            awake: self.tx.awake_flag(),
             every_time: false,
         };
         Box::new(InputSender::new(self.tx, waker, name))
@@ -866,7 +867,6 @@ impl Graph {
         name: &str,
         mode: Mode<T>,
         options: SourceOptions,
-        awake: Arc<AtomicBool>,
     ) -> Stream<T> {
         let mut ports = self.ports();
         let out = ports.output::<T>("out");
@@ -875,7 +875,6 @@ impl Graph {
             pulls: matches!(mode, Mode::Pull(_)),
             mode,
             options,
-            awake,
             abandoned: Arc::new(AtomicBool::new(false)),
             budget: None,
         };
@@ -895,9 +894,7 @@ impl Graph {
         source: impl Source<T>,
         options: SourceOptions,
     ) -> Stream<T> {
-        // Awake: the host steps a source when it starts.
-        let awake = Arc::new(AtomicBool::new(true));
-        self.add_source_driver(name, Mode::Pull(Box::new(source)), options, awake)
+        self.add_source_driver(name, Mode::Pull(Box::new(source)), options)
     }
 
     /// A source that emits the items of `items`, then closes its stream.
@@ -1032,15 +1029,9 @@ impl Graph {
     pub fn input<T: Element>(&mut self, name: &str) -> Stream<T> {
         let (tx, rx) = handoff(waiting_limit(&SourceOptions::default()));
         let agent = self.agents.len();
-        let awake = Arc::new(AtomicBool::new(true));
-        let stream = self.add_source_driver(
-            name,
-            Mode::Channel(rx),
-            SourceOptions::default(),
-            Arc::clone(&awake),
-        );
+        let stream = self.add_source_driver(name, Mode::Channel(rx), SourceOptions::default());
         self.externals
-            .insert(stream.id, Box::new(ExternalInput { tx, agent, awake }));
+            .insert(stream.id, Box::new(ExternalInput { tx, agent }));
         stream
     }
 }
@@ -1065,7 +1056,6 @@ mod tests {
     fn a_source_thread_unwound_outside_its_source_calls_fails_the_stream_and_wakes_the_agent() {
         let (tx, rx) = handoff::<u64>(16);
         let mailbox = Arc::new(PanicsOnPost(AtomicUsize::new(0)));
-        let awake = Arc::new(AtomicBool::new(false));
         let ctx = SourceThreadCtx {
             name: "unwound".into(),
             wake: mailbox.clone(),
@@ -1079,7 +1069,7 @@ mod tests {
         };
         let waker = Waker {
             mailbox: mailbox.clone(),
-            awake: Arc::clone(&awake),
+            awake: tx.awake_flag(),
             every_time: true,
         };
         let mut sent = false;
@@ -1099,7 +1089,7 @@ mod tests {
         // The element handed over comes first, then the stream fails with the panic (before,
         // the dropped handoff ended it as if the source had finished, or left the agent asleep).
         let mut out = Vec::new();
-        let taken = rx.take(&mut out, 16, &awake, &AtomicBool::new(false));
+        let taken = rx.take(&mut out, 16, &AtomicBool::new(false));
         assert_eq!(out, [7]);
         match taken.end {
             Some(Ending::Failed(e)) => assert!(e.contains("stepped by the poster"), "{e}"),
