@@ -232,13 +232,14 @@ impl<T> HandoffTx<T> {
         if n == 0 {
             return Ok(false);
         }
-        state.waiting += n;
+        // Counted first: a user's counter that panics leaves the state as it was.
         if state.counts_bytes {
             let cold = &mut *state.cold;
             if let Some(count) = &cold.count {
                 cold.bytes += bytes_of(count, items);
             }
         }
+        state.waiting += n;
         if !state.open.is_empty() && state.open.len() + n > chunk_of(state.limit) {
             state.seal();
         }
@@ -260,13 +261,13 @@ impl<T> HandoffTx<T> {
             Err(e) => return Err((e, item)),
         };
         let state = &mut *guard;
-        state.waiting += 1;
         if state.counts_bytes {
             let cold = &mut *state.cold;
             if let Some(count) = &cold.count {
                 cold.bytes += bytes_of(count, std::slice::from_ref(&item));
             }
         }
+        state.waiting += 1;
         let chunk = chunk_of(state.limit);
         if state.open.len() >= chunk {
             state.seal();
@@ -752,5 +753,323 @@ mod tests {
             Err((PutError::ReaderGone, 4))
         ));
         drop(rx);
+    }
+
+    /// xorshift64: the random tests' sequence, the same at every run.
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    /// What waits is what the model holds, in its order, counted and bounded as it says.
+    fn check_invariants(rx: &HandoffRx<String>, model: &VecDeque<String>, counting: bool) {
+        let st = rx.0.lock();
+        assert_eq!(st.waiting, model.len(), "waiting count");
+        let mut actual: Vec<String> = Vec::new();
+        if let Some(f) = &st.cold.front {
+            assert!(f.len() > 0, "empty front kept");
+            actual.extend(f.as_slice().iter().cloned());
+        }
+        for c in &st.cold.chunks {
+            assert!(!c.is_empty(), "empty chunk");
+            actual.extend(c.iter().cloned());
+        }
+        actual.extend(st.open.iter().cloned());
+        assert_eq!(
+            actual,
+            model.iter().cloned().collect::<Vec<_>>(),
+            "contents/order"
+        );
+        if counting {
+            let want: usize = model
+                .iter()
+                .map(|s| std::mem::size_of::<String>() + s.capacity())
+                .sum();
+            assert_eq!(st.cold.bytes, want, "byte accounting");
+        }
+        assert!(st.cold.spares.len() <= SPARES);
+    }
+
+    /// Hand-overs of every size (one element, a few, a batch, none), takes of every size
+    /// (with elements already in `out`), raised and lowered limits, with and without a byte
+    /// bound, against a `VecDeque`: the same elements in the same order, the same refusals,
+    /// the same wake-ups asked for, exact byte counts.
+    #[test]
+    fn a_random_mix_of_hand_overs_takes_and_limits_matches_a_queue_model() {
+        for seed0 in 1..400u64 {
+            let mut seed = seed0.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+            let lim0 = (rng(&mut seed) % 64 + 1) as usize;
+            let (tx, rx) = handoff::<String>(lim0);
+            let mut limit = lim0;
+            let counting = rng(&mut seed) % 2 == 0;
+            let mut byte_limit = usize::MAX;
+            if counting {
+                byte_limit = (rng(&mut seed) % 3000 + 1) as usize;
+                rx.limit_bytes(byte_limit, Arc::new(|s: &String| s.capacity()));
+            }
+            let mut model: VecDeque<String> = VecDeque::new();
+            let mut next = 0u64;
+            let mut awake = true;
+            let ab = AtomicBool::new(false);
+            let mk = |next: &mut u64, seed: &mut u64| {
+                let pad = (rng(seed) % 40) as usize;
+                let mut s = format!("{next}{}", "x".repeat(pad));
+                s.shrink_to_fit();
+                assert_eq!(s.capacity(), s.clone().capacity());
+                *next += 1;
+                s
+            };
+            for _ in 0..300 {
+                let bytes: usize = model
+                    .iter()
+                    .map(|s| std::mem::size_of::<String>() + s.capacity())
+                    .sum();
+                let full = model.len() >= limit || (counting && bytes >= byte_limit);
+                match rng(&mut seed) % 10 {
+                    0..=2 => {
+                        let k = match rng(&mut seed) % 4 {
+                            0 => 0,
+                            1 => (rng(&mut seed) % 3) as usize,
+                            2 => (rng(&mut seed) % 20) as usize,
+                            _ => (rng(&mut seed) % 200) as usize,
+                        };
+                        let mut v: Vec<String> =
+                            Vec::with_capacity((rng(&mut seed) % 300) as usize);
+                        for _ in 0..k {
+                            v.push(mk(&mut next, &mut seed));
+                        }
+                        let copy = v.clone();
+                        let stopped = AtomicBool::new(true);
+                        let wait = if rng(&mut seed) % 3 == 0 {
+                            Wait::UntilStop(&stopped)
+                        } else {
+                            Wait::Never
+                        };
+                        let forced = matches!(wait, Wait::UntilStop(_));
+                        match tx.put(&mut v, wait) {
+                            Ok(asleep) => {
+                                assert!(!full || forced);
+                                assert!(v.is_empty());
+                                if k > 0 {
+                                    assert_eq!(asleep, !awake, "asleep report");
+                                    awake = true;
+                                } else {
+                                    assert!(!asleep);
+                                }
+                                model.extend(copy);
+                            }
+                            Err(e) => {
+                                assert_eq!(e, PutError::Full);
+                                assert!(full && !forced);
+                                next -= k as u64;
+                            }
+                        }
+                    }
+                    3..=5 => {
+                        let s = mk(&mut next, &mut seed);
+                        match tx.put_one(s.clone(), Wait::Never) {
+                            Ok(asleep) => {
+                                assert!(!full);
+                                assert_eq!(asleep, !awake);
+                                awake = true;
+                                model.push_back(s);
+                            }
+                            Err((e, back)) => {
+                                assert_eq!(e, PutError::Full);
+                                assert!(full);
+                                assert_eq!(back, s);
+                                next -= 1;
+                            }
+                        }
+                    }
+                    6..=8 => {
+                        let pre = (rng(&mut seed) % 3) as usize;
+                        let mut out: Vec<String> = (0..pre).map(|i| format!("pre{i}")).collect();
+                        let max = (rng(&mut seed) % 80) as usize;
+                        let taken = rx.take(&mut out, max, &ab);
+                        let room = max.saturating_sub(pre).max(1);
+                        let got = &out[pre..];
+                        assert!(got.len() <= room);
+                        let want: Vec<String> = model.drain(..room.min(model.len())).collect();
+                        assert_eq!(got, &want[..], "seed {seed0}");
+                        assert!(taken.end.is_none());
+                        assert_eq!(taken.asleep, model.is_empty());
+                        if taken.asleep {
+                            awake = false;
+                        }
+                    }
+                    _ => {
+                        limit = (rng(&mut seed) % 64 + 1) as usize;
+                        rx.set_limit(limit);
+                    }
+                }
+                check_invariants(&rx, &model, counting);
+                assert_eq!(rx.0.lock().awake, awake);
+            }
+        }
+    }
+
+    /// A writer thread and a reader playing the host (it sleeps when told it may, until the
+    /// writer says a hand-over found it asleep): every element arrives, in order, and every
+    /// wake-up asked for is needed (none lost, none extra).
+    #[test]
+    fn a_writer_and_a_reader_on_two_threads_lose_no_element_and_no_wake_up() {
+        use std::sync::mpsc;
+        for round in 0..12u64 {
+            let (tx, rx) = handoff::<String>(((round % 9) + 1) as usize * 4);
+            if round % 2 == 0 {
+                rx.limit_bytes(2000, Arc::new(|s: &String| s.capacity()));
+            }
+            let (wake_tx, wake_rx) = mpsc::channel::<()>();
+            const N: u64 = 20_000;
+            let writer = std::thread::spawn(move || {
+                let mut seed = round * 7919 + 13;
+                let mut next = 0u64;
+                let mut buf: Vec<String> = Vec::new();
+                while next < N {
+                    let asleep = if rng(&mut seed) % 2 == 0 {
+                        let r = tx
+                            .put_one(next.to_string(), Wait::Forever)
+                            .map_err(|_| ())
+                            .unwrap();
+                        next += 1;
+                        r
+                    } else {
+                        let k = (rng(&mut seed) % 50).min(N - next);
+                        for _ in 0..k {
+                            buf.push(next.to_string());
+                            next += 1;
+                        }
+                        let r = tx.put(&mut buf, Wait::Forever).unwrap();
+                        assert!(buf.is_empty());
+                        r
+                    };
+                    if asleep {
+                        wake_tx.send(()).unwrap();
+                    }
+                }
+                tx.end(Ending::Done);
+                if tx.awake_flag().rouse() {
+                    wake_tx.send(()).unwrap();
+                }
+            });
+            let ab = AtomicBool::new(false);
+            let mut expect = 0u64;
+            let mut seed = round + 99;
+            loop {
+                let mut out = Vec::new();
+                let max = (rng(&mut seed) % 70 + 1) as usize;
+                if rng(&mut seed) % 1000 == 0 {
+                    rx.set_limit((rng(&mut seed) % 40 + 1) as usize);
+                }
+                let taken = rx.take(&mut out, max, &ab);
+                // A take with elements waiting takes at least one (else this loop would spin).
+                assert!(!out.is_empty() || taken.asleep || taken.end.is_some());
+                assert!(out.len() <= max);
+                for s in out {
+                    assert_eq!(s, expect.to_string());
+                    expect += 1;
+                }
+                if taken.end.is_some() {
+                    break;
+                }
+                if taken.asleep {
+                    wake_rx
+                        .recv_timeout(Duration::from_secs(10))
+                        .expect("lost wake-up: agent asleep, nobody woke it");
+                }
+            }
+            assert_eq!(expect, N);
+            writer.join().unwrap();
+            let st = rx.0.lock();
+            assert_eq!(st.waiting, 0);
+            if round % 2 == 0 {
+                assert_eq!(st.cold.bytes, 0);
+            }
+            assert!(wake_rx.try_recv().is_err(), "spurious extra wake");
+        }
+    }
+
+    /// A writer, an ender abandoning the stream at varied moments, and the reader: the reader
+    /// gets exactly what the writer was told was accepted, and the stream ends.
+    #[test]
+    fn an_abandoned_stream_delivers_exactly_what_was_accepted_whatever_the_timing() {
+        use std::sync::mpsc;
+        for round in 0..60u64 {
+            let (tx, rx) = handoff::<u64>(((round % 5) + 1) as usize * 4);
+            let (wake_tx, wake_rx) = mpsc::channel::<()>();
+            let abandoned = Arc::new(AtomicBool::new(false));
+            let ender_flag = rx.awake_flag();
+            let wt = wake_tx.clone();
+            let writer = std::thread::spawn(move || {
+                let mut accepted = Vec::new();
+                let mut next = 0u64;
+                loop {
+                    let r = if next % 3 == 0 {
+                        let mut v = vec![next, next + 1];
+                        tx.put(&mut v, Wait::Forever).map(|a| (a, 2))
+                    } else {
+                        tx.put_one(next, Wait::Forever)
+                            .map(|a| (a, 1))
+                            .map_err(|(e, _)| e)
+                    };
+                    match r {
+                        Ok((asleep, k)) => {
+                            for i in 0..k {
+                                accepted.push(next + i);
+                            }
+                            next += k;
+                            if asleep {
+                                wt.send(()).unwrap();
+                            }
+                        }
+                        Err(e) => {
+                            assert_eq!(e, PutError::ReaderGone);
+                            return accepted;
+                        }
+                    }
+                    if next % 97 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            let ab2 = Arc::clone(&abandoned);
+            let wt2 = wake_tx.clone();
+            let ender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_micros(200 + round * 15));
+                ab2.store(true, Ordering::SeqCst);
+                if ender_flag.rouse() {
+                    wt2.send(()).unwrap();
+                }
+            });
+            drop(wake_tx);
+            let mut got = Vec::new();
+            loop {
+                let mut out = Vec::new();
+                let taken = rx.take(&mut out, 7, &abandoned);
+                // A take with elements waiting takes at least one (else this loop would spin).
+                assert!(!out.is_empty() || taken.asleep || taken.end.is_some());
+                got.extend(out);
+                if let Some(e) = taken.end {
+                    assert!(matches!(e, Ending::Done));
+                    break;
+                }
+                if taken.asleep {
+                    wake_rx
+                        .recv_timeout(Duration::from_secs(10))
+                        .expect("lost wake-up");
+                }
+            }
+            ender.join().unwrap();
+            // The writer may be blocked in Forever: the end set reader_gone and notified.
+            let accepted = writer.join().unwrap();
+            assert_eq!(
+                got, accepted,
+                "accepted elements lost or reordered (round {round})"
+            );
+            drop(rx);
+        }
     }
 }
