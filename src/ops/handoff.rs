@@ -26,7 +26,9 @@
 //! to seal a batch. Whether the agent is awake lives there too ([`AwakeFlag`]): the hand-over
 //! says whether to wake it, with no atomic of its own on another line. (`cargo bench --bench
 //! single`, three alternated runs: one element per `fill` went from 0.82-0.88x a crossbeam
-//! pipeline to 1.08-1.26x, one per `push` from 1.01-1.05x to 1.50-1.57x.)
+//! pipeline to 1.08-1.26x, one per `push` from 1.01-1.05x to 1.50-1.57x. Elements of 1 KiB
+//! pushed one at a time run about a fifth slower than before in `iotstream bench`'s `pool`
+//! and `thread` cells: docs/benchmarks.md says what was measured and why.)
 //!
 //! A hand-over larger than what a step takes is taken in parts, from the front, each part
 //! moved once: its rest waits as the vector's iterator (`Cold::front`), never shifted to the
