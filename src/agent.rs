@@ -501,6 +501,53 @@ impl Outputs<'_> {
         &mut out.pending()[from..]
     }
 
+    /// Whether [`map_from`](Self::map_from) would make its results straight in a ring now:
+    /// nothing appended to `stream` in this step yet, and its only reader is in another
+    /// process, over shared memory, with plain data ([`Graph::plain_data`](crate::Graph::plain_data)).
+    pub(crate) fn makes_through<T: Element>(&mut self, stream: &Stream<T>) -> bool {
+        self.buf(stream).makes_through()
+    }
+
+    /// Appends `f(x)` to `stream` for each element `x` that `inputs` shows of `input`, and
+    /// consumes them. When [`makes_through`](Self::makes_through), each result is made
+    /// straight in the ring, as many as it has room for now (no vector, no second pass
+    /// over the elements to copy them in); the rest are appended as usual.
+    ///
+    /// If `f` panics, exactly the elements whose results go on are consumed: those before it
+    /// (those of the ring frame it panicked in are dropped unsent, and stay unconsumed); the
+    /// panic then goes on.
+    pub(crate) fn map_from<T: Element, U: Element>(
+        &mut self,
+        stream: &Stream<U>,
+        inputs: &mut Inputs,
+        input: &Input<T>,
+        mut f: impl FnMut(&T) -> U,
+    ) {
+        let items = inputs.slice(input);
+        let n = items.len();
+        if n == 0 {
+            return;
+        }
+        let out = self.buf(stream);
+        let (made, panic) = out.make_through(n, |i| f(&items[i]));
+        let mut mapped = made;
+        let panic = panic.or_else(|| {
+            let pending = out.pending();
+            pending.reserve(n - made);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for x in &items[made..] {
+                    pending.push(f(x));
+                    mapped += 1;
+                }
+            }))
+            .err()
+        });
+        inputs.consume(input, mapped);
+        if let Some(panic) = panic {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     /// Appends one element to `stream`.
     pub fn push<T: Element>(&mut self, stream: &Stream<T>, value: T) {
         self.vec(stream).push(value);

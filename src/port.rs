@@ -710,6 +710,37 @@ impl<T: Element> OutBuf<T> {
         }
     }
 
+    /// Whether [`make_through`](Self::make_through) would make elements straight in a ring
+    /// now: nothing appended or marked in this step yet, and the output's only link writes
+    /// plain data into a ring with nothing waiting before it.
+    pub fn makes_through(&self) -> bool {
+        !self.closed
+            && self.pending.is_empty()
+            && self.pending_marks.is_empty()
+            && matches!(self.links.as_slice(), [link] if link.makes_in_ring())
+    }
+
+    /// Makes `make(0)`, `make(1)`, … (`count` in all) straight in the ring of the output's
+    /// only link, as many as it takes now, when [`makes_through`](Self::makes_through): sent,
+    /// as a step's flush sends (counted, in order before anything the step appends next).
+    /// How many, and `make`'s panic if it panicked (see [`LinkTx::offer_made`]).
+    pub fn make_through(
+        &mut self,
+        count: usize,
+        make: impl FnMut(usize) -> T,
+    ) -> (usize, Option<Box<dyn std::any::Any + Send>>) {
+        if !self.makes_through() {
+            return (0, None);
+        }
+        let (n, panic) = self.links[0].offer_made(count, make);
+        if n > 0 {
+            add(&self.counters.elements, n as u64);
+            add(&self.counters.batches, 1);
+            self.sent_idle = false;
+        }
+        (n, panic)
+    }
+
     /// Makes `take`'s vector this step's, if `take` gives one for the empty vector it is handed
     /// (this output's, or one from its pool); true if it did. Only while the step appended
     /// nothing.

@@ -5,7 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use iotstream::{Agent, AgentError, Graph, Input, Inputs, Outputs, SourceOptions, Stream};
+use iotstream::{
+    Agent, AgentError, Connection, Graph, Input, Inputs, Outputs, SourceOptions, Stream, Transport,
+};
 
 /// Doubles in place; counts the steps whose output is the input's own memory.
 struct Double {
@@ -107,9 +109,16 @@ fn a_batch_another_reader_reads_too_is_never_changed_under_it() {
 }
 
 /// `f` panics on element `at` of a batch of `n`: readers get the elements mapped before it and
-/// nothing unmapped, whether the batch was moved (`n` large) or copied.
-fn panics_at(n: u64, at: u64) -> Vec<u64> {
-    let mut g = Graph::new("forward_panics");
+/// nothing unmapped, whether the batch was moved (`n` large) or copied. With `ring`, the reader
+/// is behind a shared-memory ring (forced in this process), where each element is changed on
+/// its way into the ring.
+fn panics_at(n: u64, at: u64, ring: bool) -> Vec<u64> {
+    let app = if ring {
+        "forward_panics_ring"
+    } else {
+        "forward_panics"
+    };
+    let mut g = Graph::new(app);
     let s = g.source_iter_with(
         "numbers",
         0..n,
@@ -124,21 +133,105 @@ fn panics_at(n: u64, at: u64) -> Vec<u64> {
         }
         *v *= 2;
     });
-    let out = g.collect("out", &doubled);
+    let got = keep(&mut g, &doubled, Connection::new(), ring);
     let err = g.run().unwrap_err();
     assert_eq!(err.agent(), Some("double"), "{err}");
-    out.values()
+    kept(got)
+}
+
+/// A `Keep` agent reading `stream` over `conn`, through a shared-memory ring with `ring`.
+fn keep(
+    g: &mut Graph,
+    stream: &Stream<u64>,
+    conn: Connection,
+    ring: bool,
+) -> Arc<std::sync::Mutex<Vec<u64>>> {
+    let (input, got) = g.add_agent("out", |p| {
+        let input = p.input::<u64>("in");
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = Keep {
+            input,
+            got: Arc::clone(&got),
+        };
+        (keep, (input, got))
+    });
+    let conn = if ring {
+        conn.transport(Transport::SharedMemory)
+    } else {
+        conn
+    };
+    g.connect_with(stream, &input, conn);
+    got
+}
+
+/// What a `Keep` agent kept, once its run is over.
+fn kept(got: Arc<std::sync::Mutex<Vec<u64>>>) -> Vec<u64> {
+    Arc::try_unwrap(got)
+        .expect("the run is over")
+        .into_inner()
+        .unwrap()
+}
+
+/// Keeps what it reads.
+struct Keep {
+    input: Input<u64>,
+    got: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Agent for Keep {
+    fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        self.got
+            .lock()
+            .unwrap()
+            .extend_from_slice(i.slice(&self.input));
+        i.consume_all(&self.input);
+        Ok(())
+    }
 }
 
 #[test]
 fn a_panicking_map_in_place_sends_nothing_it_did_not_change() {
-    for (n, at) in [(10, 5), (6 * 16_384, 70_000)] {
-        let got = panics_at(n, at);
+    for (n, at, ring) in [
+        (10, 5, false),
+        (6 * 16_384, 70_000, false),
+        (10, 5, true),
+        (6 * 16_384, 70_000, true),
+    ] {
+        let got = panics_at(n, at, ring);
         assert!(
             got.iter().zip(0..).all(|(&v, k)| v == 2 * k) && got.len() as u64 <= at,
-            "n {n}, panic at {at}: {} elements, the last {:?}",
+            "n {n}, panic at {at}, ring {ring}: {} elements, the last {:?}",
             got.len(),
             got.last()
         );
     }
+}
+
+/// A map in place whose only reader is across a ring (forced in this process; a small ring
+/// that fills, so that the elements go both ways: made in the ring, and stashed behind it)
+/// delivers every element changed once, in order, as in one process.
+#[test]
+fn a_map_in_place_in_front_of_a_ring_changes_every_element_once() {
+    let run = |ring: bool| {
+        let mut g = Graph::new(if ring {
+            "forward_ring"
+        } else {
+            "forward_local"
+        });
+        let s = g.source_iter_with(
+            "numbers",
+            0..300_000u64,
+            SourceOptions {
+                max_batch: 5_000,
+                interval: None,
+            },
+        );
+        let tripled = g.map_in_place("triple", &s, |v: &mut u64| *v = *v * 3 + 1);
+        let got = keep(&mut g, &tripled, Connection::new().capacity(1_000), ring);
+        g.run().unwrap();
+        kept(got)
+    };
+    let expected: Vec<u64> = (0..300_000u64).map(|v| v * 3 + 1).collect();
+    assert_eq!(run(false), expected);
+    assert_eq!(run(true), expected);
 }

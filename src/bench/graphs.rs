@@ -98,8 +98,9 @@ fn connection(mode: Mode) -> Connection {
     }
 }
 
-/// A map stage (`Payload::mapped`), added by hand so that its input's transport can be forced.
-/// It maps what it is shown in place, in its output ([`Outputs::forward`]): a batch of at
+/// The latency pair's echo: a map stage (`Payload::mapped`) added by hand so that its input's
+/// transport can be forced (the throughput graph's map is the library's
+/// [`Graph::map_in_place`]). It maps what it is shown in place, in its output ([`Outputs::forward`]): a batch of at
 /// least 64 KiB that only it holds becomes its output without a copy (its source's batches of
 /// 1 KiB elements, whole), anything else is copied once (`extend(iter.map(Payload::mapped))` copies each element twice, through a
 /// temporary, which at 1 KiB was half of the stage's time). The baselines' map stages do the
@@ -238,7 +239,9 @@ pub(crate) fn throughput<const N: usize>(mode: Mode, p: &Params) -> Result<(), E
         ),
         Pattern::Single => g.input::<Payload<N>>("source"),
     };
-    let mapped = map_stage(&mut g, "map", &source, Connection::new());
+    // The library's map in place (what a user would write): in front of a ring it changes
+    // each element on its way into the ring.
+    let mapped = g.map_in_place("map", &source, Payload::map_in_place);
     let tally = Arc::new(Tally::default());
     let t = Arc::clone(&tally);
     let input = g.add_agent("sink", |ports| {

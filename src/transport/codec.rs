@@ -328,6 +328,30 @@ impl<T: Element> Codec<T> {
         self.write_with(items, n, |at, bytes| buf.write_at(at, bytes));
     }
 
+    /// For plain data: how many of `count` elements a frame of at most `max_len` bytes holds,
+    /// and that payload's length; `None` for an encoded type (its records' sizes are known only
+    /// once encoded) or when not one element fits. What [`write_made`](Self::write_made) writes.
+    pub fn plan_made(&self, count: usize, max_len: usize) -> Option<(usize, usize)> {
+        let size = self.plain?;
+        let n = count.min(max_len.saturating_sub(HEADER) / size.max(1));
+        (n > 0).then_some((n, HEADER + n * size))
+    }
+
+    /// Writes a frame of the `n` elements `make(0)`, …, `make(n - 1)` into the ring payload
+    /// `buf`, each straight into its place: the frame [`write`](Self::write) would write for
+    /// those elements, without them ever being in a vector. Plain data only, as planned by
+    /// [`plan_made`](Self::plan_made).
+    pub fn write_made(&self, n: usize, buf: &mut PayloadMut<'_>, make: impl FnMut(usize) -> T) {
+        let size = self
+            .plain
+            .expect("write_made is planned for plain data only");
+        debug_assert_eq!(size, std::mem::size_of::<T>());
+        let mut header = [KIND_PLAIN, 0, 0, 0, 0, 0, 0, 0];
+        header[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+        buf.write_at(0, &header);
+        buf.write_each(HEADER, n, make);
+    }
+
     /// Appends the payload planned by the last `plan` for `items` to `out` (exactly the planned
     /// length): a TCP link's Data frame carries the same payload as a ring frame.
     pub fn append(&self, items: &[T], n: usize, out: &mut Vec<u8>) {

@@ -488,6 +488,43 @@ impl<T: Element> LinkTx<T> {
         n
     }
 
+    /// Whether [`offer_made`](Self::offer_made) can make elements in a ring now: a ring link
+    /// of plain data with nothing waiting in its stash or owed of a large element, and no
+    /// failure.
+    pub(crate) fn makes_in_ring(&self) -> bool {
+        match &self.flavor {
+            Flavor::Shm(tx) => self.stash.is_empty() && self.error.is_none() && tx.makes(),
+            _ => false,
+        }
+    }
+
+    /// Makes elements straight in a ring: `make(0)`, `make(1)`, … (`count` in all), as many as
+    /// the ring takes now ([`ShmSender::write_made`]); how many, and `make`'s panic if it
+    /// panicked. Nothing for any other transport, while anything waits in the stash, or after
+    /// a failure: the caller makes the rest into a vector and offers it as usual.
+    pub(crate) fn offer_made(
+        &mut self,
+        count: usize,
+        make: impl FnMut(usize) -> T,
+    ) -> (usize, Option<Box<dyn std::any::Any + Send>>) {
+        let Flavor::Shm(tx) = &mut self.flavor else {
+            return (0, None);
+        };
+        if !self.stash.is_empty() || self.error.is_some() {
+            return (0, None);
+        }
+        let (n, panic) = tx.write_made(count, make);
+        if n > 0 {
+            self.counters.max_in_flight.fetch_max(
+                tx.peak_in_flight() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            add(&self.counters.elements, n as u64);
+            add(&self.counters.batches, 1);
+        }
+        (n, panic)
+    }
+
     /// Drops the oldest stashed elements beyond `capacity` (`DropOldest`), and, for elements
     /// that own heap memory, beyond the byte bound (the newest element stays); marks stay.
     fn drop_oldest_excess(&mut self) {

@@ -775,6 +775,36 @@ impl<'a> PayloadMut<'a> {
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(at), src.len()) }
     }
 
+    /// Writes `make(0)`, …, `make(n - 1)` one after the other from payload offset `at`, each
+    /// with an unaligned store of its own bytes (no reference into the payload is made, as for
+    /// [`write_at`](Self::write_at)). For plain data, whose bytes are the element (a reader
+    /// copies them out as its own).
+    ///
+    /// # Panics
+    ///
+    /// If the `n` elements do not fit between `at` and the payload's end (a bug of the
+    /// caller), or if `make` does: the elements written before stay in the payload, which is
+    /// published only once its frame is whole ([`Producer::try_write`] returns first).
+    pub(crate) fn write_each<T>(&mut self, at: usize, n: usize, mut make: impl FnMut(usize) -> T) {
+        let size = std::mem::size_of::<T>();
+        assert!(
+            n.checked_mul(size)
+                .and_then(|bytes| bytes.checked_add(at))
+                .is_some_and(|end| end <= self.len),
+            "{n} elements of {size} bytes at {at} of a payload of {}",
+            self.len
+        );
+        let base = self.ptr.as_ptr();
+        for i in 0..n {
+            let value = make(i);
+            // SAFETY: `at + i * size + size <= len` (asserted), so the element's bytes are
+            // inside the payload, which is valid for writes (`RingMemory`) and owned by the
+            // producer until published; `write_unaligned` needs no alignment and makes no
+            // reference.
+            unsafe { std::ptr::write_unaligned(base.add(at + i * size).cast::<T>(), value) };
+        }
+    }
+
     /// Copies `src`, exactly the payload's length.
     pub(crate) fn copy_from_slice(&mut self, src: &[u8]) {
         assert_eq!(src.len(), self.len, "a payload of {} bytes", self.len);
