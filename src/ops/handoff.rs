@@ -13,11 +13,14 @@
 //! sealed onto the queue. A step whose buffer is empty takes the first `Vec` itself (swapped,
 //! not copied) and appends the next ones while they fit; the writer gets back the agent's
 //! empty `Vec` with its capacity. So a source that hands over whole batches has its elements
-//! moved, never copied, on the way to its agent. Only a few elements (at most 4 KiB) in a
-//! mostly empty `Vec` (pushed one at a time into room for a batch) are copied out instead, and
-//! the room stays with the writer: the agent's batch is the size of its elements, and the same
-//! two or three vectors go round. In steady state nothing is allocated per element or per
-//! hand-over.
+//! moved, never copied, on the way to its agent, and so are single elements gathered into room
+//! for a batch: the step's empty buffer, with its room, is where the next ones gather, so the
+//! same two or three vectors go round. (Copying a few elements out instead, to leave the room
+//! with the writer, held the lock while the copy pulled the elements' cache lines from the
+//! writer's core, and the writer, pushing the next element, waited: one element per push ran
+//! 1.2-1.5x slower in `iotstream bench`'s `thread` and `pool` cells.) Small hand-overs of a
+//! batch are copied into the room the gathering `Vec` has, so the writer keeps its own
+//! buffer. In steady state nothing is allocated per element or per hand-over.
 //!
 //! A source fed one element at a time pays for the handoff in cache lines moved between the
 //! writer's core and the agent's, not in instructions: the lock, what a hand-over reads and
@@ -26,9 +29,8 @@
 //! to seal a batch. Whether the agent is awake lives there too ([`AwakeFlag`]): the hand-over
 //! says whether to wake it, with no atomic of its own on another line. (`cargo bench --bench
 //! single`, three alternated runs: one element per `fill` went from 0.82-0.88x a crossbeam
-//! pipeline to 1.08-1.26x, one per `push` from 1.01-1.05x to 1.50-1.57x. Elements of 1 KiB
-//! pushed one at a time run about a fifth slower than before in `iotstream bench`'s `pool`
-//! and `thread` cells: docs/benchmarks.md says what was measured and why.)
+//! pipeline to 1.08-1.26x, one per `push` from 1.01-1.05x to 1.50-1.57x; docs/benchmarks.md
+//! has the figures, and those of a step swapping rather than copying a few elements.)
 //!
 //! A hand-over larger than what a step takes is taken in parts, from the front, each part
 //! moved once: its rest waits as the vector's iterator (`Cold::front`), never shifted to the
@@ -56,8 +58,8 @@ use crate::stream::heap;
 /// The most empty `Vec`s kept for the writer: one per batch that may wait.
 const SPARES: usize = 4;
 
-/// A chunk whose elements take at most this many bytes and fill less than half of it is
-/// copied out rather than swapped (see the module docs).
+/// A hand-over of at most this many bytes is copied into the room the gathering `Vec` has
+/// rather than swapped in: the writer keeps its buffer (see the module docs).
 const COPY_AT_MOST_BYTES: usize = 4 << 10;
 
 /// How a stream fed through a handoff ended.
@@ -343,12 +345,10 @@ pub(crate) struct Taken {
 }
 
 /// Moves the elements of `chunk` (all of them: they fit) to `out`. The emptied `Vec` stays in
-/// `chunk`: `out`'s own empty one when `out` was empty and `chunk` was swapped into it, else
-/// `chunk`'s with its capacity. A few elements in a mostly empty `Vec` are copied, not
-/// swapped (see the module docs).
+/// `chunk`: `out`'s own empty one when `out` was empty and `chunk` was swapped into it (however
+/// few its elements: see the module docs), else `chunk`'s with its capacity.
 fn move_all<T>(out: &mut Vec<T>, chunk: &mut Vec<T>) {
-    let n = chunk.len();
-    if out.is_empty() && !(few::<T>(n) && n < chunk.capacity() / 2) {
+    if out.is_empty() {
         std::mem::swap(out, chunk);
     } else {
         out.append(chunk);
@@ -560,36 +560,45 @@ mod tests {
     }
 
     #[test]
-    fn single_elements_gather_where_the_writer_left_room_and_the_room_stays_with_it() {
+    fn single_elements_gather_in_room_for_a_batch_and_a_step_takes_them_without_a_copy() {
         let (tx, rx) = handoff::<u64>(4 * 64);
-        let mut out = Vec::new();
         let abandoned = AtomicBool::new(false);
-        // Elements pushed one at a time, taken after each, and after bursts: the gathering
-        // vector keeps the room it was given at the first push (one batch), the agent's batch
-        // is copied out of it, and no vector changes hands.
-        tx.put_one(0, Wait::Never).unwrap();
-        let room = rx.0.lock().open.as_ptr();
-        let mut next = 1;
-        for burst in [1, 1, 3, 1, 17, 64] {
+        // Elements pushed one at a time, taken after each, and after bursts: each step's
+        // buffer is swapped with the vector they were gathered in (nothing is copied while
+        // the writer may be waiting for the lock), and the step's empty buffer, with its
+        // room, is where the next ones gather. In steady state two vectors go round.
+        let mut next = 0;
+        let mut got = Vec::new();
+        let mut out: Vec<u64> = Vec::with_capacity(64);
+        let mut seen = std::collections::HashSet::new();
+        for burst in [1, 1, 3, 1, 17, 64, 2, 5] {
             for _ in 0..burst {
                 tx.put_one(next, Wait::Never).unwrap();
                 next += 1;
             }
+            let gathered = rx.0.lock().open.as_ptr();
+            let mine = out.as_ptr();
             rx.take(&mut out, 4096, &abandoned);
-            assert_eq!(rx.0.lock().open.as_ptr(), room, "after a burst of {burst}");
+            assert_eq!(out.as_ptr(), gathered, "after a burst of {burst}: swapped");
+            assert_eq!(
+                rx.0.lock().open.as_ptr(),
+                mine,
+                "the step's room gathers next"
+            );
+            seen.insert(out.as_ptr());
+            got.append(&mut out);
         }
-        // A batch of 64 (a whole chunk) was sealed and a new one gathered: still in order.
-        for v in next..next + 100 {
-            tx.put_one(v, Wait::Never).unwrap();
-        }
-        rx.take(&mut out, 4096, &abandoned);
-        assert_eq!(out, (0..next + 100).collect::<Vec<_>>());
-        // The writer's small hand-overs are copied into that room too: it keeps its buffer.
+        assert_eq!(got, (0..next).collect::<Vec<_>>());
+        assert!(seen.len() <= 3, "{} vectors went round", seen.len());
+        // The writer's small hand-overs are copied into the room there is: it keeps its buffer.
+        tx.put_one(999, Wait::Never).unwrap();
         let mut buf = Vec::with_capacity(16);
         buf.push(1000);
         let mine = buf.as_ptr();
         tx.put(&mut buf, Wait::Never).unwrap();
         assert!(buf.is_empty() && buf.as_ptr() == mine);
+        rx.take(&mut out, 4096, &abandoned);
+        assert_eq!(out, [999, 1000]);
     }
 
     #[test]
