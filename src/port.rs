@@ -671,6 +671,9 @@ pub(crate) struct OutBuf<T> {
     /// Per link, how many of the step's elements it took from the step's vector (see
     /// [`OutBuf::offer_pending`]); kept to reuse its allocation.
     taken: Vec<usize>,
+    /// Elements were made in a ring in this step ([`OutBuf::make_through`]): the step's batch
+    /// is counted already.
+    made: bool,
     closed: bool,
     counters: Arc<StreamCounters>,
 }
@@ -685,6 +688,7 @@ impl<T: Element> OutBuf<T> {
             sent_idle: false,
             links: Vec::new(),
             taken: Vec::new(),
+            made: false,
             closed: false,
             counters: Arc::default(),
         }
@@ -735,7 +739,10 @@ impl<T: Element> OutBuf<T> {
         let (n, panic) = self.links[0].offer_made(count, make);
         if n > 0 {
             add(&self.counters.elements, n as u64);
-            add(&self.counters.batches, 1);
+            // One batch per step that appended anything, however many ways it went.
+            if !std::mem::replace(&mut self.made, true) {
+                add(&self.counters.batches, 1);
+            }
             self.sent_idle = false;
         }
         (n, panic)
@@ -889,6 +896,7 @@ impl<T: Element> OutSlot for OutBuf<T> {
     }
 
     fn flush(&mut self) {
+        let made = std::mem::take(&mut self.made);
         if self.closed {
             // Appends after close (from a buggy finish) have nowhere to go; the host
             // never calls finish after closing, so this is unreachable in practice.
@@ -899,7 +907,9 @@ impl<T: Element> OutSlot for OutBuf<T> {
         let len = self.pending.len();
         if len > 0 {
             add(&self.counters.elements, len as u64);
-            add(&self.counters.batches, 1);
+            if !made {
+                add(&self.counters.batches, 1);
+            }
         }
         if self.pending_marks.is_empty() {
             if len > 0 {

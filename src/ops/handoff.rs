@@ -18,9 +18,11 @@
 //! same two or three vectors go round. (Copying a few elements out instead, to leave the room
 //! with the writer, held the lock while the copy pulled the elements' cache lines from the
 //! writer's core, and the writer, pushing the next element, waited: one element per push ran
-//! 1.2-1.5x slower in `iotstream bench`'s `thread` and `pool` cells.) Small hand-overs of a
-//! batch are copied into the room the gathering `Vec` has, so the writer keeps its own
-//! buffer. In steady state nothing is allocated per element or per hand-over.
+//! 1.2-1.5x slower in `iotstream bench`'s `thread` and `pool` cells.) Only a step whose buffer
+//! has less room than the gathering `Vec` (its output's pool was empty) copies a few elements
+//! out, so that the room stays where the next ones gather. Small hand-overs of a batch are
+//! copied into the room the gathering `Vec` has, so the writer keeps its own buffer. In steady
+//! state nothing is allocated per element or per hand-over.
 //!
 //! A source fed one element at a time pays for the handoff in cache lines moved between the
 //! writer's core and the agent's, not in instructions: the lock, what a hand-over reads and
@@ -345,10 +347,13 @@ pub(crate) struct Taken {
 }
 
 /// Moves the elements of `chunk` (all of them: they fit) to `out`. The emptied `Vec` stays in
-/// `chunk`: `out`'s own empty one when `out` was empty and `chunk` was swapped into it (however
-/// few its elements: see the module docs), else `chunk`'s with its capacity.
+/// `chunk`: `out`'s own empty one when `out` was empty and `chunk` was swapped into it, else
+/// `chunk`'s with its capacity. A few elements are swapped out only into as much room as they
+/// were gathered in (see the module docs): a step with less (its output's pool was empty)
+/// copies them, and the writer keeps its room rather than gathering the next ones into a
+/// vector too small for them.
 fn move_all<T>(out: &mut Vec<T>, chunk: &mut Vec<T>) {
-    if out.is_empty() {
+    if out.is_empty() && (!few::<T>(chunk.len()) || out.capacity() >= chunk.capacity()) {
         std::mem::swap(out, chunk);
     } else {
         out.append(chunk);
@@ -599,6 +604,34 @@ mod tests {
         assert!(buf.is_empty() && buf.as_ptr() == mine);
         rx.take(&mut out, 4096, &abandoned);
         assert_eq!(out, [999, 1000]);
+    }
+
+    /// A step whose buffer has no room (its output's pool was empty) copies a few gathered
+    /// elements out rather than swapping them: the gathering vector keeps its room, so a
+    /// writer that hands over small batches keeps its own buffer (they are copied into that
+    /// room) instead of losing it at every hand-over.
+    #[test]
+    fn a_writer_reusing_its_buffer_keeps_it_when_the_steps_buffer_has_no_room() {
+        let (tx, rx) = handoff::<u64>(4 * 64);
+        let abandoned = AtomicBool::new(false);
+        let mut buf: Vec<u64> = Vec::with_capacity(16);
+        let (mut changed, mut got) = (0, Vec::new());
+        for round in 0..50u64 {
+            buf.extend([round * 3, round * 3 + 1, round * 3 + 2]);
+            let mine = buf.as_ptr();
+            tx.put(&mut buf, Wait::Never).unwrap();
+            if buf.capacity() == 0 {
+                buf.reserve(16);
+            }
+            if round > 2 && buf.as_ptr() != mine {
+                changed += 1;
+            }
+            let mut out = Vec::new();
+            rx.take(&mut out, 4096, &abandoned);
+            got.extend(out);
+        }
+        assert_eq!(got, (0..150).collect::<Vec<_>>());
+        assert_eq!(changed, 0, "the writer lost its buffer {changed} times");
     }
 
     #[test]

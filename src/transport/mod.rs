@@ -3232,19 +3232,29 @@ mod tests {
         });
     }
 
-    /// Everything published in ring `reader`'s segment since its last release, decoded, and
-    /// released.
-    fn read_published(reader: &mut Consumer<Arc<Segment>>) -> Vec<u64> {
+    /// The frames published in `reader`'s ring since its last release, decoded (elements as
+    /// `Ok`, marks as `Err`), and released.
+    fn read_frames(reader: &mut Consumer<Arc<Segment>>) -> Vec<Result<u64, Mark>> {
         let mut r = Reader::<u64>::new();
         let mut got = Vec::new();
         while let Some(frame) = reader.try_read(|p| r.read(p)).unwrap() {
             match frame.unwrap() {
-                Decoded::Batch(b) => got.extend(b.iter().copied()),
+                Decoded::Batch(b) => got.extend(b.iter().copied().map(Ok)),
+                Decoded::Mark(m) => got.push(Err(m)),
                 other => panic!("{other:?}"),
             }
         }
         reader.release().unwrap();
         got
+    }
+
+    /// The elements published in `reader`'s ring since its last release (no mark among them),
+    /// and released.
+    fn read_published(reader: &mut Consumer<Arc<Segment>>) -> Vec<u64> {
+        read_frames(reader)
+            .into_iter()
+            .map(|frame| frame.expect("elements only"))
+            .collect()
     }
 
     fn ring_link_spec(capacity: usize) -> LinkSpec {
@@ -3272,14 +3282,349 @@ mod tests {
         crate::port::OutBuf<u64>,
         Consumer<Arc<Segment>>,
     ) {
+        let o = ring_output_with(test, bytes, 1 << 20, crate::stream::Policy::Block);
+        (o._guard, o.run, o.out, o.reader)
+    }
+
+    /// An output of `u64` whose only link writes into a ring, and what a test looks at.
+    struct RingOutput {
+        name: String,
+        _guard: UnlinkGuard,
+        run: Run,
+        out: crate::port::OutBuf<u64>,
+        /// The link's counters.
+        link: Arc<LinkCounters>,
+        reader: Consumer<Arc<Segment>>,
+    }
+
+    /// [`ring_output`] with the link's element credit `capacity` and `policy`.
+    fn ring_output_with(
+        test: &str,
+        bytes: usize,
+        capacity: usize,
+        policy: crate::stream::Policy,
+    ) -> RingOutput {
         use crate::port::OutSlot;
         let (name, guard, view) = test_ring(test, bytes);
         let run = test_run();
         let wake: Arc<dyn Mailbox> = Arc::new(Inbox::default());
+        let link: Arc<LinkCounters> = Arc::default();
         let mut out = crate::port::OutBuf::<u64>::new();
-        out.add_shm_link(&name, ring_link_spec(1 << 20), wake, 0, run.clone(), "slow")
+        let spec = LinkSpec {
+            policy,
+            counters: Arc::clone(&link),
+            ..ring_link_spec(capacity)
+        };
+        out.add_shm_link(&name, spec, wake, 0, run.clone(), "slow")
             .unwrap();
-        (guard, run, out, Consumer::new(Arc::new(view)).unwrap())
+        let reader = Consumer::new(Arc::new(view)).unwrap();
+        RingOutput {
+            name,
+            _guard: guard,
+            run,
+            out,
+            link,
+            reader,
+        }
+    }
+
+    /// Elements made in a ring take the connection's element credit as written ones do: at
+    /// most `capacity` in flight; more only once the reader releases what it read.
+    #[test]
+    fn elements_made_in_a_ring_take_no_more_than_the_element_credit() {
+        let RingOutput {
+            _guard,
+            run,
+            mut out,
+            link,
+            mut reader,
+            ..
+        } = ring_output_with("make-credit", 64 << 10, 10, crate::stream::Policy::Block);
+        let (made, panic) = out.make_through(100, |i| i as u64);
+        assert!(panic.is_none());
+        assert_eq!(made, 10, "the credit, not the ring's room");
+        assert!(out.makes_through());
+        assert_eq!(
+            out.make_through(100, |i| 100 + i as u64).0,
+            0,
+            "no credit left"
+        );
+        assert_eq!(read_published(&mut reader), (0..10).collect::<Vec<u64>>());
+        assert_eq!(out.make_through(100, |i| 10 + i as u64).0, 10);
+        assert_eq!(read_published(&mut reader), (10..20).collect::<Vec<u64>>());
+        assert_eq!(link.elements.load(Ordering::Relaxed), 20);
+        assert!(link.max_in_flight.load(Ordering::Relaxed) <= 10);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// A step that makes some elements in the ring and appends the rest is one batch of the
+    /// stream (`StreamStats::batches`: one per step that appended anything).
+    #[test]
+    fn a_step_made_partly_in_a_ring_counts_one_batch() {
+        use crate::port::OutSlot;
+        let (_guard, run, mut out, mut reader) = ring_output("make-batches", 8 << 10);
+        let counters = Arc::new(crate::metrics::StreamCounters::default());
+        out.set_counters(Arc::clone(&counters));
+        let count = 5_000usize;
+        let (made, _) = out.make_through(count, |i| i as u64);
+        assert!(made > 0 && made < count, "{made}");
+        out.pending().extend((made..count).map(|i| i as u64));
+        out.flush();
+        assert_eq!(counters.elements.load(Ordering::Relaxed), count as u64);
+        assert_eq!(
+            counters.batches.load(Ordering::Relaxed),
+            1,
+            "one step, one batch"
+        );
+        // Once the stash is through, the next step counts its own.
+        let mut got = Vec::new();
+        while !out.makes_through() {
+            got.extend(read_published(&mut reader));
+            out.credit(0, 0);
+            assert!(got.len() <= count, "no more than was sent");
+        }
+        got.extend(read_published(&mut reader));
+        assert_eq!(got, (0..count as u64).collect::<Vec<_>>());
+        assert_eq!(out.make_through(3, |i| i as u64).0, 3);
+        out.flush();
+        assert_eq!(counters.batches.load(Ordering::Relaxed), 2);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// A mark set after elements made in a full ring waits behind them in the link's stash;
+    /// while it waits nothing is made in the ring (it would overtake the mark); once the reader
+    /// makes room the mark goes, and what is made next follows it.
+    #[test]
+    fn a_stashed_mark_is_never_overtaken_by_elements_made_in_the_ring() {
+        use crate::port::OutSlot;
+        let (_guard, run, mut out, mut reader) = ring_output("make-mark", 8 << 10);
+        let (made, _) = out.make_through(100_000, |i| i as u64);
+        assert!(made > 0 && made < 100_000);
+        out.set_mark(Mark::Watermark(7));
+        out.flush();
+        assert!(!out.makes_through(), "a mark waits in the stash");
+        assert_eq!(out.make_through(5, |_| 999).0, 0);
+        let mut got = read_frames(&mut reader);
+        out.credit(0, 0);
+        assert!(out.makes_through(), "the mark went");
+        assert_eq!(out.make_through(3, |i| 1_000_000 + i as u64).0, 3);
+        got.extend(read_frames(&mut reader));
+        let mut expected: Vec<Result<u64, Mark>> = (0..made as u64).map(Ok).collect();
+        expected.push(Err(Mark::Watermark(7)));
+        expected.extend((1_000_000..1_000_003).map(Ok));
+        assert_eq!(got, expected);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// Under `DropNewest`, what the ring takes is made in it and what it does not take, once
+    /// appended and flushed, is dropped and counted, never sent later.
+    #[test]
+    fn drop_newest_drops_what_a_full_ring_does_not_take_after_elements_made_in_it() {
+        use crate::port::OutSlot;
+        let RingOutput {
+            _guard,
+            run,
+            mut out,
+            link,
+            mut reader,
+            ..
+        } = ring_output_with(
+            "make-drop-newest",
+            64 << 10,
+            100,
+            crate::stream::Policy::DropNewest,
+        );
+        let (made, _) = out.make_through(150, |i| i as u64);
+        assert_eq!(made, 100);
+        out.pending().extend(100..150u64);
+        out.flush();
+        assert_eq!(link.dropped.load(Ordering::Relaxed), 50);
+        assert_eq!(link.elements.load(Ordering::Relaxed), 100);
+        assert!(out.makes_through(), "nothing waits under DropNewest");
+        out.credit(0, 0);
+        assert_eq!(read_published(&mut reader), (0..100).collect::<Vec<u64>>());
+        assert_eq!(out.make_through(2, |i| 500 + i as u64).0, 2);
+        assert_eq!(read_published(&mut reader), [500, 501]);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// Under `DropOldest`, elements waiting in the stash stop elements being made in the ring;
+    /// the stash keeps the newest `capacity`.
+    #[test]
+    fn drop_oldest_elements_waiting_in_the_stash_stop_making_in_the_ring() {
+        use crate::port::OutSlot;
+        let RingOutput {
+            _guard,
+            run,
+            mut out,
+            link,
+            mut reader,
+            ..
+        } = ring_output_with(
+            "make-drop-oldest",
+            64 << 10,
+            100,
+            crate::stream::Policy::DropOldest,
+        );
+        assert_eq!(out.make_through(100, |i| i as u64).0, 100);
+        out.flush();
+        // A second step: no credit, all 300 go to the stash, the oldest 200 dropped.
+        assert_eq!(out.make_through(300, |i| 100 + i as u64).0, 0);
+        out.pending().extend(100..400u64);
+        out.flush();
+        assert_eq!(link.dropped.load(Ordering::Relaxed), 200);
+        assert!(!out.makes_through(), "the newest wait in the stash");
+        assert_eq!(read_published(&mut reader), (0..100).collect::<Vec<u64>>());
+        out.credit(0, 0);
+        assert!(out.makes_through());
+        assert_eq!(
+            read_published(&mut reader),
+            (300..400).collect::<Vec<u64>>()
+        );
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// A closed output makes nothing.
+    #[test]
+    fn a_closed_output_makes_nothing_in_its_ring() {
+        use crate::port::OutSlot;
+        let (_guard, run, mut out, mut reader) = ring_output("make-closed", 8 << 10);
+        out.close();
+        assert!(!out.makes_through());
+        let (n, panic) = out.make_through(3, |i| i as u64);
+        assert_eq!(n, 0);
+        assert!(panic.is_none());
+        assert!(read_frames(&mut reader).is_empty());
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// A ring that turns corrupt while elements are made in it: nothing more is made, and the
+    /// failure is reported by the usual path (the flush of what the step appended).
+    #[test]
+    fn a_ring_failure_while_making_elements_is_reported_by_the_flush() {
+        use crate::port::OutSlot;
+        let RingOutput {
+            name,
+            _guard,
+            run,
+            mut out,
+            ..
+        } = ring_output_with(
+            "make-corrupt",
+            8 << 10,
+            1 << 20,
+            crate::stream::Policy::Block,
+        );
+        let (made, _) = out.make_through(100_000, |i| i as u64);
+        assert!(made > 0 && made < 100_000);
+        // The reader's tail says something impossible.
+        let other = Segment::open(&name).unwrap();
+        other.header().tail.store(3, Ordering::Release);
+        let (again, panic) = out.make_through(10, |i| i as u64);
+        assert!(panic.is_none());
+        assert_eq!(again, 0);
+        out.pending().extend(0..10u64);
+        out.flush();
+        assert!(out.take_error().is_some(), "the ring's failure is reported");
+        assert!(!out.makes_through(), "a failed link makes nothing");
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// A feeder with credit for everything gathers consecutive readable frames into batches of
+    /// at most about `GATHER_AT_MOST_BYTES` (the frame that reaches it is the last), in order,
+    /// nothing lost or repeated.
+    #[test]
+    fn a_feeder_gathers_at_most_64_kib_of_frames_into_one_batch() {
+        let (name, _guard, _view) = test_ring("feeder-gather-bound", 256 << 10);
+        let run = test_run();
+        let (_writer, mut tx) = open_writer::<u64>(&name, &run);
+        for f in 0..20u64 {
+            let items: Vec<u64> = (f * 1000..f * 1000 + 1000).collect();
+            assert_eq!(tx.write(&items).unwrap(), 1000);
+        }
+        tx.close();
+        let reader = Arc::new(Inbox::default());
+        let _credit = spawn_feeder::<u64>(feeder(&name, 1 << 20, &reader, &run)).unwrap();
+        reader.wait("the end of the stream", |s| s.eos);
+        let seen = reader.seen.lock().unwrap();
+        assert_eq!(seen.items, (0..20_000).collect::<Vec<_>>());
+        assert_eq!(seen.batches, [9_000, 9_000, 2_000]);
+        drop(seen);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// Elements made in a ring, with panics at random places (some in a frame after a wrap
+    /// marker, some in the first frame of a call): the reader reads exactly the elements of the
+    /// frames before each panic, whole, in order, and never a half-written frame.
+    #[test]
+    fn panics_while_making_elements_at_random_places_leave_the_ring_whole() {
+        let RingOutput {
+            _guard,
+            run,
+            mut out,
+            link,
+            mut reader,
+            ..
+        } = ring_output_with(
+            "make-panics-random",
+            8 << 10,
+            1 << 20,
+            crate::stream::Policy::Block,
+        );
+        let mut seed = 0x2545F4914F6CDD1Du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut next, mut expected, mut got, mut panics) = (0u64, Vec::new(), Vec::new(), 0);
+        for _ in 0..150 {
+            let count = (rnd() % 1500 + 1) as usize;
+            let panic_at = (rnd() % 3 == 0).then(|| (rnd() as usize) % count);
+            let base = next;
+            let (made, panic) = out.make_through(count, |i| {
+                assert!(Some(i) != panic_at, "element {i}");
+                base + i as u64
+            });
+            assert!(
+                panic.is_none() || panic_at.is_some(),
+                "a panic only where asked"
+            );
+            assert!(
+                panic_at.is_none_or(|p| made <= p),
+                "made {made}, panic at {panic_at:?}"
+            );
+            panics += usize::from(panic.is_some());
+            expected.extend(base..base + made as u64);
+            next = base + count as u64;
+            if rnd() % 2 == 0 || (made == 0 && panic.is_none()) {
+                got.extend(read_published(&mut reader));
+            }
+        }
+        got.extend(read_published(&mut reader));
+        assert!(panics > 10, "{panics} panics");
+        assert_eq!(got, expected);
+        assert_eq!(link.elements.load(Ordering::Relaxed), expected.len() as u64);
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
     }
 
     /// An output whose only reader is across a ring makes elements straight in the ring
