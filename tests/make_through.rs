@@ -289,3 +289,72 @@ fn small_and_declared_plain_elements_are_made_in_a_ring_as_changed_in_place() {
     assert_eq!(local.len(), 50_000);
     assert_eq!(through("make_through_pair_ring", pairs, f, true), local);
 }
+
+/// numbers → `map` (`u64` to `u32`, a type of its own) → keep, the last hop over a ring with
+/// `ring`; a map that panics at `panic_at`. What was kept, and whether the run failed.
+fn mapped(app: &str, ring: bool, panic_at: Option<u64>) -> (Vec<u32>, bool) {
+    let mut g = Graph::new(app);
+    let s = g.source_iter_with(
+        "numbers",
+        0..200_000u64,
+        SourceOptions {
+            max_batch: 7_000,
+            interval: None,
+        },
+    );
+    let m = g.map("low", &s, move |v: &u64| {
+        assert!(Some(*v) != panic_at, "no {v}");
+        (*v as u32).wrapping_mul(2_654_435_761)
+    });
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&got);
+    let input = g.add_agent("keep", |p| {
+        let input = p.input::<u32>("in");
+        let keep = KeepAll {
+            input,
+            got: kept,
+            slow: false,
+            steps: 0,
+        };
+        (keep, input)
+    });
+    g.connect_with(&m, &input, over(Connection::new().capacity(3_000), ring));
+    let failed = match g.run() {
+        Ok(_) => false,
+        Err(e) => {
+            assert_eq!(e.agent(), Some("low"), "{e}");
+            true
+        }
+    };
+    let got = std::mem::take(&mut *got.lock().unwrap());
+    (got, failed)
+}
+
+/// `Graph::map` makes its small results straight in the ring of its only reader: they arrive
+/// as in one process; a function that panics fails the run, and what arrived before is a
+/// prefix of the results, none of them past the panic.
+#[test]
+fn a_map_in_front_of_a_ring_makes_its_results_there_as_in_one_process() {
+    let expected: Vec<u32> = (0..200_000u64)
+        .map(|v| (v as u32).wrapping_mul(2_654_435_761))
+        .collect();
+    assert_eq!(
+        mapped("make_through_map_local", false, None),
+        (expected.clone(), false)
+    );
+    assert_eq!(
+        mapped("make_through_map_ring", true, None),
+        (expected.clone(), false)
+    );
+    for ring in [false, true] {
+        let app = if ring {
+            "make_through_map_panics_ring"
+        } else {
+            "make_through_map_panics_local"
+        };
+        let (got, failed) = mapped(app, ring, Some(150_000));
+        assert!(failed, "ring {ring}: the panic fails the run");
+        assert!(got.len() <= 150_000, "ring {ring}: {} results", got.len());
+        assert_eq!(got, expected[..got.len()], "ring {ring}");
+    }
+}

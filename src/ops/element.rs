@@ -128,14 +128,54 @@ where
     }
 }
 
-/// The largest element [`Graph::map_in_place`] changes on its way into a ring (a copy changed
-/// and written there, [`Outputs::map_from`]) rather than in place before the ring's copy.
-/// Measured with `iotstream bench --modes processes` (batches, alternated builds): 8-byte
-/// elements 0.97–1.26 G/s against 0.84–0.96 G/s, a pass over the batch saved; 64-byte ones
-/// 102–109 M/s against 140–143 M/s, 1 KiB 6.4–6.6 M against 8.1–8.5 M: a larger element is
-/// copied more than once on its way (into the copy `f` changes, then into the ring), where
-/// the change in place touches only what `f` changes and the ring's copy is one bulk copy.
-const IN_PLACE_THROUGH_AT_MOST_BYTES: usize = 8;
+/// The agent of [`Graph::map`]: `out[i] = f(in[i])`.
+struct MapEach<T, U, F> {
+    input: Input<T>,
+    out: Stream<U>,
+    f: F,
+}
+
+impl<T, U, F> Agent for MapEach<T, U, F>
+where
+    T: Element,
+    U: Element,
+    F: FnMut(&T) -> U + Send + 'static,
+{
+    fn step(
+        &mut self,
+        inputs: &mut Inputs<'_>,
+        outputs: &mut Outputs<'_>,
+    ) -> Result<(), AgentError> {
+        if std::mem::size_of::<U>() <= MADE_IN_RING_AT_MOST_BYTES
+            && outputs.makes_through(&self.out)
+        {
+            // Its only reader is across a ring: each result is made in the ring, not
+            // appended to a vector that the ring then copies.
+            outputs.map_from(&self.out, inputs, &self.input, &mut self.f);
+            return Ok(());
+        }
+        let new = inputs.slice(&self.input);
+        let n = new.len();
+        if n == 0 {
+            return Ok(());
+        }
+        outputs.vec(&self.out).extend(new.iter().map(&mut self.f));
+        inputs.consume(&self.input, n);
+        Ok(())
+    }
+}
+
+/// The largest result [`Graph::map`] makes straight in the ring of its only reader, and the
+/// largest element [`Graph::map_in_place`] changes on its way into it (a copy changed and
+/// written there), rather than appending it to a vector the ring then copies
+/// ([`Outputs::map_from`]). Measured with `iotstream bench --modes processes` (batches,
+/// alternated builds) for `map_in_place`: 8-byte elements 0.97–1.26 G/s against 0.84–0.96 G/s,
+/// a pass over the batch saved; 64-byte ones 102–109 M/s against 140–143 M/s, 1 KiB 6.4–6.6 M
+/// against 8.1–8.5 M: a larger element is copied more than once on its way (into the copy `f`
+/// changes, then into the ring), where the change in place touches only what `f` changes and
+/// the ring's copy is one bulk copy. For `map` (`cargo bench --bench modes`' two-process
+/// graph, 200 M `u64`, alternated): 0.96–1.17 G/s against 0.94–0.96 G/s.
+const MADE_IN_RING_AT_MOST_BYTES: usize = 8;
 
 /// The agent of [`Graph::map_in_place`].
 struct InPlace<T: Element, F> {
@@ -154,7 +194,7 @@ where
         inputs: &mut Inputs<'_>,
         outputs: &mut Outputs<'_>,
     ) -> Result<(), AgentError> {
-        if std::mem::size_of::<T>() <= IN_PLACE_THROUGH_AT_MOST_BYTES
+        if std::mem::size_of::<T>() <= MADE_IN_RING_AT_MOST_BYTES
             && outputs.makes_through(&self.out)
         {
             // Its only reader is across a ring: each element is changed on its way into the
@@ -206,6 +246,10 @@ impl Graph {
 
     /// `out[i] = f(in[i])`.
     ///
+    /// When the output's only reader is in another process (a shared-memory ring) and the
+    /// results are plain data of at most 8 bytes (a number, a small declared struct), each
+    /// result is made straight in the ring, not appended to a vector the ring then copies.
+    ///
     /// ```
     /// use iotstream::Graph;
     /// let mut g = Graph::new("celsius");
@@ -215,16 +259,19 @@ impl Graph {
     /// g.run().unwrap();
     /// assert_eq!(out.values(), [0.0, 100.0]);
     /// ```
-    pub fn map<T, U, F>(&mut self, name: &str, stream: &Stream<T>, mut f: F) -> Stream<U>
+    pub fn map<T, U, F>(&mut self, name: &str, stream: &Stream<T>, f: F) -> Stream<U>
     where
         T: Element,
         U: Element,
         F: FnMut(&T) -> U + Send + 'static,
     {
-        self.slice_map(name, stream, move |new: &[T], out: &mut Vec<U>| {
-            out.extend(new.iter().map(&mut f));
-            Ok(())
-        })
+        let (input, out) = self.add_agent(name, |p| {
+            let input = p.input::<T>("in");
+            let out = p.output::<U>("out");
+            (MapEach { input, out, f }, (input, out))
+        });
+        self.connect(stream, &input);
+        out
     }
 
     /// `v` after `f(&mut v)`, for each `v`: a map that keeps the element type and changes each
@@ -234,6 +281,8 @@ impl Graph {
     /// ([`Outputs::forward`]); a smaller one is copied (faster than passing it on); a batch
     /// another reader holds too is copied first, and that reader never sees the change. With
     /// large elements (a frame of samples, an image row) this saves most of a map's time.
+    /// Elements of at most 8 bytes whose only reader is across a shared-memory ring are
+    /// changed on their way into it instead (as [`map`](Self::map) makes its results there).
     ///
     /// ```
     /// use iotstream::Graph;
