@@ -149,23 +149,11 @@ fn a_map_in_place_in_front_of_a_ring_keeps_within_the_credit() {
             },
         );
         let mapped = g.map_in_place("shift", &s, |v: &mut u64| *v = *v * 2 + 1);
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&got);
-        let input = g.add_agent("slow", |p| {
-            let input = p.input::<u64>("in");
-            let slow = KeepAll {
-                input,
-                got: kept,
-                slow: true,
-                steps: 0,
-            };
-            (slow, input)
-        });
         let mut conn = over(Connection::new().capacity(capacity), true);
         if let Some(b) = bytes {
             conn = conn.capacity_bytes(b);
         }
-        g.connect_with(&mapped, &input, conn);
+        let got = keep_all(&mut g, "slow", &mapped, conn, true);
         let metrics = g.run().unwrap();
         let got = Arc::try_unwrap(got).unwrap().into_inner().unwrap();
         let expected: Vec<u64> = (0..N).map(|v| v * 2 + 1).collect();
@@ -230,6 +218,30 @@ impl<T: Element> Agent for KeepAll<T> {
     }
 }
 
+/// A `KeepAll` agent named `name` reading `stream` over `conn`; what it keeps.
+fn keep_all<T: Element>(
+    g: &mut Graph,
+    name: &str,
+    stream: &Stream<T>,
+    conn: Connection,
+    slow: bool,
+) -> Arc<Mutex<Vec<T>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&got);
+    let input = g.add_agent(name, |p| {
+        let input = p.input::<T>("in");
+        let keep = KeepAll {
+            input,
+            got: kept,
+            slow,
+            steps: 0,
+        };
+        (keep, input)
+    });
+    g.connect_with(stream, &input, conn);
+    got
+}
+
 /// items → map in place `f` → keep, the last hop over a ring with `ring`.
 fn through<T: Element + Copy>(app: &str, items: Vec<T>, f: fn(&mut T), ring: bool) -> Vec<T> {
     let mut g = Graph::new(app);
@@ -243,23 +255,8 @@ fn through<T: Element + Copy>(app: &str, items: Vec<T>, f: fn(&mut T), ring: boo
         },
     );
     let mapped = g.map_in_place("change", &s, f);
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let kept = Arc::clone(&got);
-    let input = g.add_agent("keep", |p| {
-        let input = p.input::<T>("in");
-        let keep = KeepAll {
-            input,
-            got: kept,
-            slow: false,
-            steps: 0,
-        };
-        (keep, input)
-    });
-    g.connect_with(
-        &mapped,
-        &input,
-        over(Connection::new().capacity(2_000), ring),
-    );
+    let conn = over(Connection::new().capacity(2_000), ring);
+    let got = keep_all(&mut g, "keep", &mapped, conn, false);
     g.run().unwrap();
     std::mem::take(&mut *got.lock().unwrap())
 }
@@ -306,19 +303,8 @@ fn mapped(app: &str, ring: bool, panic_at: Option<u64>) -> (Vec<u32>, bool) {
         assert!(Some(*v) != panic_at, "no {v}");
         (*v as u32).wrapping_mul(2_654_435_761)
     });
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let kept = Arc::clone(&got);
-    let input = g.add_agent("keep", |p| {
-        let input = p.input::<u32>("in");
-        let keep = KeepAll {
-            input,
-            got: kept,
-            slow: false,
-            steps: 0,
-        };
-        (keep, input)
-    });
-    g.connect_with(&m, &input, over(Connection::new().capacity(3_000), ring));
+    let conn = over(Connection::new().capacity(3_000), ring);
+    let got = keep_all(&mut g, "keep", &m, conn, false);
     let failed = match g.run() {
         Ok(_) => false,
         Err(e) => {
