@@ -61,7 +61,8 @@ use crate::stream::heap;
 const SPARES: usize = 4;
 
 /// A hand-over of at most this many bytes is copied into the room the gathering `Vec` has
-/// rather than swapped in: the writer keeps its buffer (see the module docs).
+/// rather than swapped in (the writer keeps its buffer), and a step whose buffer has less room
+/// than the gathering `Vec` copies that many out rather than swapping (see the module docs).
 const COPY_AT_MOST_BYTES: usize = 4 << 10;
 
 /// How a stream fed through a handoff ended.
