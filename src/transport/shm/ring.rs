@@ -109,10 +109,11 @@
 //!
 //! # Waiting without lost wake-ups
 //!
-//! [`Consumer::wait_for_data`] and [`Producer::wait_for_space`] first re-check their condition
-//! [`SPIN_LIMIT`] times (a consumer whose last wait was short keeps checking a little longer,
-//! [`AdaptiveSpin`]; one in low-latency mode for its window), then sleep on a futex word with
-//! the classic event-count handshake:
+//! [`Producer::wait_for_space`] first re-checks its condition [`SPIN_LIMIT`] times, and so does
+//! [`Consumer::wait_for_data`] when its last wait was short (it then keeps checking a little
+//! longer, [`AdaptiveSpin`]; in low-latency mode, for its window; after a long wait it checks
+//! only once, in the handshake), then they sleep on a futex word with the classic event-count
+//! handshake:
 //!
 //! ```text
 //! waiter (consumer)                          waker (producer, in publish)
@@ -1098,8 +1099,8 @@ impl<M: RingMemory> Ring<M> {
         }
     }
 
-    /// Waits until `ready` holds or `timeout` elapses: a short spin (or one of `spin`, at most
-    /// `timeout`), then the waiter's half of the handshake on `wake`. With `nudge`, each time the waiter is about to sleep (its
+    /// Waits until `ready` holds or `timeout` elapses: what `awake` says (a few checks, a spin
+    /// of at most `timeout`), then the waiter's half of the handshake on `wake`. With `nudge`, each time the waiter is about to sleep (its
     /// waiting flag set and fenced) it also wakes the other side if that sleeps on `nudge`: so
     /// a consumer can learn, without a lost wake-up, that the producer waits for space.
     fn wait(
@@ -1108,7 +1109,7 @@ impl<M: RingMemory> Ring<M> {
         asleep: u32,
         nudge: Option<&WakeWord>,
         timeout: Duration,
-        spin: Option<Duration>,
+        awake: BeforeSleep,
         mut ready: impl FnMut(&Self) -> Result<bool, RingError>,
     ) -> Result<Wait, RingError> {
         if take_woke() {
@@ -1122,14 +1123,14 @@ impl<M: RingMemory> Ring<M> {
             }
             yield_core();
         }
-        for _ in 0..SPIN_LIMIT {
+        for _ in 0..awake.checks {
             if ready(self)? {
                 return Ok(Wait::Ready);
             }
             spin_hint();
         }
         let start = Instant::now();
-        if let Some(window) = spin {
+        if let Some(window) = awake.spin {
             // Low-latency mode: keep checking, looking at the clock now and then, and giving
             // the core up for a moment: the peer this thread has just woken (the reader of
             // what it wrote) may have been queued on this very core, and would otherwise wait
@@ -1175,6 +1176,22 @@ impl<M: RingMemory> Ring<M> {
                 .futex_wait(&wake.seq, seq, timeout - elapsed);
         }
     }
+}
+
+/// What a wait does before it sleeps on the futex: `checks` checks of its condition (a
+/// spin-loop hint between two), then, with a `spin` window, checks for up to that long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BeforeSleep {
+    checks: u32,
+    spin: Option<Duration>,
+}
+
+impl BeforeSleep {
+    /// The usual few microseconds of checks ([`SPIN_LIMIT`]), no spin: a producer's.
+    const CHECKS: BeforeSleep = BeforeSleep {
+        checks: SPIN_LIMIT,
+        spin: None,
+    };
 }
 
 /// The producer's private state (apart from the memory, so a wait can borrow both).
@@ -1482,7 +1499,7 @@ impl<M: RingMemory> Producer<M> {
             ASLEEP,
             Some(&header.data_wake),
             timeout,
-            None,
+            BeforeSleep::CHECKS,
             |ring| {
                 let (skip, frame) = st.placement(ring, len);
                 st.fits(ring, skip + frame)
@@ -1550,7 +1567,7 @@ impl<M: RingMemory> SpaceWaiter<M> {
             ASLEEP,
             Some(&header.data_wake),
             timeout,
-            None,
+            BeforeSleep::CHECKS,
             |ring| {
                 // Only a hint for the producer, which validates `tail` before it writes; a
                 // misaligned one is reported here at once all the same.
@@ -1593,7 +1610,7 @@ impl<M: RingMemory> SpaceWaiter<M> {
             ASLEEP_FOR_PROGRESS,
             None,
             timeout,
-            None,
+            BeforeSleep::CHECKS,
             |ring| {
                 // Hints: the producer validates `tail` when it counts again.
                 let h = ring.header();
@@ -1740,9 +1757,10 @@ pub(crate) struct Consumer<M: RingMemory> {
 /// request and its reply, messages back to back) is checked for up to twice that gap, at least
 /// [`MIN`](Self::MIN), before the reader sleeps, so the next element finds it awake and the
 /// writer makes no wake-up call; after a longer gap, or a wait that timed out, the next wait
-/// sleeps after the usual few microseconds ([`SPIN_LIMIT`] checks). A quiet stream thus costs one
-/// spin of at most `MAX` and then nothing, and a stream paced slower than `MAX` per element
-/// (1,000 per second) spins never (but for the credit wake-ups below); a fast one trades up
+/// sleeps at once, without the [`SPIN_LIMIT`] checks a producer makes (see
+/// [`before_sleep`](Self::before_sleep)). A quiet stream thus costs one spin of at most `MAX` and then
+/// nothing, and a stream paced slower than `MAX` per element (1,000 per second) spins never
+/// (but for the credit wake-ups below); a fast one trades up
 /// to a core's share of spinning for what a futex wake-up costs the reader in latency (10 to
 /// 30 µs on a virtual machine whose other core sleeps) and the writer in a system call. A wait that ended for something other
 /// than data (credit coming back from a reader on another thread) counts too, so such a
@@ -1771,6 +1789,29 @@ impl AdaptiveSpin {
     /// The window of the next wait, if any.
     fn window(self) -> Option<Duration> {
         (!self.window.is_zero()).then_some(self.window)
+    }
+
+    /// What a wait with this spin `window` does before it sleeps: [`SPIN_LIMIT`] checks for
+    /// data, then the spin, with a window; nothing without one (the handshake still checks
+    /// once before the sleep). The last gap was longer than [`MAX`](Self::MAX), so data is
+    /// unlikely within the few microseconds of checks, and they would keep the core from
+    /// the thread that most likely needs it: Linux often runs a woken thread on its waker's
+    /// core, so a reader woken by a write, having written its reply, checked for 3 µs on
+    /// the core that the thread waiting for that reply had given up to it (at 1,000 pings/s
+    /// between two processes, p50 median of ten alternated runs 6.0 µs against 7.8 µs; with
+    /// both cores busy with other work, 4.6–4.8 µs in four of four runs against 6.0 µs to
+    /// 1 ms: docs/benchmarks.md, "A reader on a slow stream sleeps at once").
+    fn before_sleep(window: Option<Duration>) -> BeforeSleep {
+        match window {
+            Some(_) => BeforeSleep {
+                checks: SPIN_LIMIT,
+                spin: window,
+            },
+            None => BeforeSleep {
+                checks: 0,
+                spin: None,
+            },
+        }
     }
 
     /// Records how the last wait ended and how long it took.
@@ -1989,12 +2030,13 @@ impl<M: RingMemory> Consumer<M> {
     ) -> Result<Wait, RingError> {
         let st = &mut self.st;
         let started = Instant::now();
+        let awake = AdaptiveSpin::before_sleep(self.spin.or(self.adaptive.window()));
         let wait = self.ring.wait(
             &self.ring.header().data_wake,
             ASLEEP,
             None,
             timeout,
-            self.spin.or(self.adaptive.window()),
+            awake,
             |ring| {
                 Ok(st.data_ready(ring)?
                     || also()
@@ -2354,11 +2396,7 @@ mod tests {
     fn blocking_mode_spins_after_a_short_wait_and_sleeps_at_once_after_a_long_one() {
         let micros = Duration::from_micros;
         let mut a = AdaptiveSpin::default();
-        assert_eq!(
-            a.window(),
-            None,
-            "a new reader sleeps after the usual checks"
-        );
+        assert_eq!(a.window(), None, "a new reader sleeps at once");
         for (outcome, took, window) in [
             (Wait::Ready, micros(0), Some(AdaptiveSpin::MIN)),
             (Wait::Ready, micros(3), Some(AdaptiveSpin::MIN)),
@@ -2375,7 +2413,7 @@ mod tests {
         }
 
         // The consumer keeps it: data found at once makes the next wait spin; a wait that
-        // timed out makes the next one sleep after the usual checks.
+        // timed out makes the next one sleep at once.
         let (_ring, mut p, mut c) = pair(64);
         assert!(armed_by_data(&mut p, &mut c));
         assert_eq!(
@@ -2389,6 +2427,41 @@ mod tests {
         p.publish();
         assert_eq!(c.wait_for_data(Duration::from_secs(3600)), Ok(Wait::Ready));
         assert_eq!(read(&mut c).as_deref(), Some(&[2; 8][..]));
+    }
+
+    /// How many times `c` checks for data in a wait of `wait` for data that does not come.
+    fn checks_in(c: &mut HeapConsumer, wait: Duration) -> u32 {
+        let mut checks = 0;
+        let waited = c.wait_for_data_or(wait, false, || {
+            checks += 1;
+            false
+        });
+        assert_eq!(waited, Ok(Wait::TimedOut));
+        checks
+    }
+
+    #[test]
+    fn a_reader_on_a_slow_stream_sleeps_without_checking_first() {
+        let _ = take_woke();
+        let (_ring, mut p, mut c) = pair(64);
+        // New, or after a wait that timed out: one check before it sleeps and one when its
+        // sleep ends (a few more if woken for nothing), not the SPIN_LIMIT checks a producer
+        // makes: they would keep the core from the thread that woke it.
+        let wait = Duration::from_millis(5);
+        let first = checks_in(&mut c, wait);
+        assert!(
+            first < SPIN_LIMIT,
+            "{first} checks before a new reader slept"
+        );
+        let again = checks_in(&mut c, wait);
+        assert!(
+            again < SPIN_LIMIT,
+            "{again} checks after a wait that timed out"
+        );
+        // Data found at once: the next wait checks, then spins, then sleeps.
+        assert!(armed_by_data(&mut p, &mut c));
+        let armed = checks_in(&mut c, wait);
+        assert!(armed >= SPIN_LIMIT, "only {armed} checks on a fast stream");
     }
 
     /// Writes, waits and reads frames until a wait that found data at once arms the spin
@@ -2422,7 +2495,7 @@ mod tests {
             Some(Duration::MAX),
             Duration::from_millis(200)
         ));
-        // The default: a microsecond of checks, then asleep on the futex for the rest.
+        // The default: asleep on the futex at once.
         assert!(slept_while_waiting(None, Duration::from_millis(200)));
         // A window shorter than the wait: checks, then sleeps.
         assert!(slept_while_waiting(

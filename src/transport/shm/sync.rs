@@ -46,9 +46,10 @@ mod real {
     pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
     /// How many times a side re-checks its condition (with a spin-loop hint) before sleeping on
-    /// the futex: 1–3 µs, by how long the processor's spin-loop hint takes (`pause` took
-    /// 28–36 ns on the project's AMD EPYC machines in 2026-12: 100 checks, 2.9 µs), at the low
-    /// end of what a futex wake-up costs there (2–20 µs). 40 checks measured no different
+    /// the futex (a producer always, a consumer only after a short wait: `AdaptiveSpin`): 1–3
+    /// µs, by how long the processor's spin-loop hint takes (`pause` took 28–36 ns on the
+    /// project's AMD EPYC machines in 2026-12: 100 checks, 2.9 µs), at the low end of what a
+    /// futex wake-up costs there (2–20 µs). 40 checks measured no different
     /// (docs/benchmarks.md, "Where a blocking round trip goes at 1,000/s").
     pub(crate) const SPIN_LIMIT: u32 = 100;
 
