@@ -185,7 +185,7 @@ use std::time::{Duration, Instant};
 
 use super::sync::{
     fence, note_woke, own_start_stamp, spin_hint, take_woke, yield_core, AtomicU32, AtomicU64,
-    Ordering, Shadow, SPIN_LIMIT,
+    Ordering, Shadow, SLOW_STREAM_CHECKS, SPIN_LIMIT,
 };
 
 /// `b"IOTSRING"` as a little-endian u64: the first field of every ring.
@@ -1792,8 +1792,8 @@ impl AdaptiveSpin {
     }
 
     /// What a wait with this spin `window` does before it sleeps: [`SPIN_LIMIT`] checks for
-    /// data, then the spin, with a window; nothing without one (the handshake still checks
-    /// once before the sleep). The last gap was longer than [`MAX`](Self::MAX), so data is
+    /// data, then the spin, with a window; nothing without one ([`SLOW_STREAM_CHECKS`]; the
+    /// handshake still checks once before the sleep). The last gap was longer than [`MAX`](Self::MAX), so data is
     /// unlikely within the few microseconds of checks, and they would keep the core from
     /// the thread that most likely needs it: Linux often runs a woken thread on its waker's
     /// core, so a reader woken by a write, having written its reply, checked for 3 µs on
@@ -1808,7 +1808,7 @@ impl AdaptiveSpin {
                 spin: window,
             },
             None => BeforeSleep {
-                checks: 0,
+                checks: SLOW_STREAM_CHECKS,
                 spin: None,
             },
         }

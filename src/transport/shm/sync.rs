@@ -9,6 +9,7 @@
 //! | [`Shadow::futex_wait`] / [`Shadow::futex_wake`] | the Linux `futex` system call, shared (not `FUTEX_PRIVATE`), so it works across processes | a loom `Mutex` + `Condvar` emulating wait-if-equal / wake-all |
 //! | [`Shadow::track_read`] / [`Shadow::track_write`] | nothing | one loom `UnsafeCell<()>` per 8 data bytes, so loom reports unsynchronised payload accesses |
 //! | [`SPIN_LIMIT`] | a short spin before sleeping | one check, to keep the models small |
+//! | [`SLOW_STREAM_CHECKS`] | none: a reader on a slow stream sleeps at once | one check: without it every schedule goes through the futex emulation (the models took 300 s instead of 30) |
 //! | `note_woke` / `take_woke` | a thread-local flag: this thread woke a sleeper (its next wait gives the core up first) | nothing noted |
 //! | `own_start_stamp` | when this process started, read once from `/proc/<pid>/stat` (a ring's [`Holder`](super::ring::Holder)) | 0, not known |
 //!
@@ -52,6 +53,10 @@ mod real {
     /// futex wake-up costs there (2–20 µs). 40 checks measured no different
     /// (docs/benchmarks.md, "Where a blocking round trip goes at 1,000/s").
     pub(crate) const SPIN_LIMIT: u32 = 100;
+
+    /// How many times a reader whose last wait was long re-checks for data before the
+    /// handshake (which checks once more): none, it sleeps at once (`AdaptiveSpin`).
+    pub(crate) const SLOW_STREAM_CHECKS: u32 = 0;
 
     /// A hint to the processor inside a spin loop.
     #[inline]
@@ -178,6 +183,11 @@ mod model {
 
     /// One check before sleeping: spinning only multiplies the interleavings loom explores.
     pub(crate) const SPIN_LIMIT: u32 = 1;
+
+    /// One check too, where the real build makes none: a check only reads, so the handshake
+    /// after a failed one is the real build's, and without it every schedule of every model
+    /// goes through the futex emulation (the models took ten times as long).
+    pub(crate) const SLOW_STREAM_CHECKS: u32 = 1;
 
     /// Lets loom run another thread.
     pub(crate) fn spin_hint() {
