@@ -147,8 +147,9 @@ impl Connection {
     /// the stream is quiet; it keeps checking only after a wait that ended within 50 µs (messages
     /// back to back, a reply to a request), for up to twice that gap, so a stream paced slower
     /// than that (1,000 messages per second) never spins (its reader sleeps as soon as it finds
-    /// the ring empty) and a busy one takes no wake-up per message. `Duration::ZERO` sleeps after a few microseconds of checks, always (the least
-    /// CPU, a wake-up per message). Other transports ignore it.
+    /// the ring empty) and a busy one takes no wake-up per message. `Duration::ZERO` sleeps
+    /// after a few microseconds of checks, always (the least CPU, a wake-up per message).
+    /// Other transports ignore it.
     ///
     /// ```
     /// use std::time::Duration;
