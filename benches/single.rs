@@ -6,10 +6,11 @@
 //! - `push`: the program pushes into a [`Graph::input`] with [`InputSender::push`], one element
 //!   per call, from its own thread;
 //! - `fill1`: a [`Source`] whose `fill` returns one element per call;
+//! - `fill1_max1`: the same source with `SourceOptions::max_batch` 1 (batches of one);
 //! - `crossbeam`: pusher → map thread → sink thread, one element per message.
 //!
 //! The pipeline is source → map → sink over `u64`. After the criterion group the bench runs the
-//! three in alternation and prints the median ratio of each to crossbeam.
+//! variants in alternation and prints the median ratio of each to crossbeam.
 //!
 //! ```text
 //! cargo bench --bench single
@@ -22,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
-use iotstream::{AgentError, Graph, Source};
+use iotstream::{AgentError, Graph, Source, SourceOptions};
 
 fn n() -> u64 {
     std::env::var("SINGLE_N")
@@ -88,6 +89,25 @@ fn iotstream_fill1(n: u64) -> u64 {
     sum.load(Ordering::Relaxed)
 }
 
+/// One element per `fill`, with `max_batch: 1`: each call is asked for one element, and each
+/// batch downstream holds one (a step per element; its thread runs ahead of its agent).
+fn iotstream_fill1_max1(n: u64) -> u64 {
+    let sum = Arc::new(AtomicU64::new(0));
+    let total = Arc::clone(&sum);
+    let mut g = Graph::new("bench_single_fill_max1");
+    let options = SourceOptions {
+        max_batch: 1,
+        interval: None,
+    };
+    let s = g.source_with("readings", OneByOne { next: 0, n }, options);
+    let m = g.map("map", &s, |v: &u64| map_fn(*v));
+    g.for_each("sum", &m, move |v: &u64| {
+        total.fetch_add(*v, Ordering::Relaxed);
+    });
+    g.run().expect("run");
+    sum.load(Ordering::Relaxed)
+}
+
 /// The same stages on std threads, one element per message.
 fn crossbeam(n: u64) -> u64 {
     let (tx1, rx1) = crossbeam_channel::bounded::<u64>(1024);
@@ -110,10 +130,11 @@ fn crossbeam(n: u64) -> u64 {
 
 type Variant = (&'static str, fn(u64) -> u64);
 
-const VARIANTS: [Variant; 3] = [
+const VARIANTS: [Variant; 4] = [
     ("crossbeam", crossbeam),
     ("push", iotstream_push),
     ("fill1", iotstream_fill1),
+    ("fill1_max1", iotstream_fill1_max1),
 ];
 
 fn bench(c: &mut Criterion) {

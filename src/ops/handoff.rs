@@ -7,7 +7,8 @@
 //! its batch size) as one batch: the per-batch cost is paid once per burst, whatever the
 //! writer's rhythm (adaptive batching).
 //!
-//! What waits is a queue of `Vec`s of up to a batch each (`limit / 4` elements), then the one
+//! What waits is a queue of `Vec`s of up to a batch each (`limit / 4` elements, or what the
+//! agent's step takes: [`HandoffRx::set_batch`]), then the one
 //! being gathered (`State::open`): small hand-overs and single elements are appended to it, a
 //! batch arriving when it is empty takes its place as the `Vec` it came in, and a full one is
 //! sealed onto the queue. A step whose buffer is empty takes the first `Vec` itself (swapped,
@@ -105,10 +106,13 @@ struct State<T> {
     reader_gone: bool,
     /// Bytes are counted too ([`HandoffRx::limit_bytes`]): `Cold::bytes` bounds the writer.
     counts_bytes: bool,
+    /// The most elements gathered into one waiting `Vec` (a batch, at least 1): a quarter
+    /// of `limit` ([`chunk_of`]) unless the reader said what its step takes
+    /// ([`HandoffRx::set_batch`]). A `u32` keeps the state within the lock's cache line.
+    chunk: u32,
     /// Elements in `Cold::front`, `Cold::chunks` and `open`.
     waiting: usize,
-    /// The writer waits while this many elements (at least 1) wait; a quarter of it is the
-    /// most elements gathered into one waiting `Vec` (a batch, [`chunk_of`]).
+    /// The writer waits while this many elements (at least 1) wait.
     limit: usize,
     /// The batch being gathered, after everything in `Cold`: small hand-overs and single
     /// elements are appended here; a step takes it last.
@@ -169,10 +173,13 @@ impl<T> State<T> {
     }
 }
 
-/// The most elements gathered into one waiting `Vec`: a quarter of the limit.
-fn chunk_of(limit: usize) -> usize {
-    (limit / 4).max(1)
+/// The most elements gathered into one waiting `Vec` by default: a quarter of the limit.
+fn chunk_of(limit: usize) -> u32 {
+    u32::try_from(limit / 4).unwrap_or(u32::MAX).max(1)
 }
+
+// The state a hand-over touches stays within the cache line of its lock (see `State`).
+const _: () = assert!(std::mem::size_of::<Mutex<State<u64>>>() <= 64);
 
 /// The capacity a gathering `Vec` is given at once: room for a batch (not a growth per few
 /// elements), within 4 MiB.
@@ -203,6 +210,7 @@ pub(crate) fn handoff<T>(limit: usize) -> (HandoffTx<T>, HandoffRx<T>) {
             writer_gone: false,
             reader_gone: false,
             counts_bytes: false,
+            chunk: chunk_of(limit),
             waiting: 0,
             limit: limit.max(1),
             open: Vec::new(),
@@ -247,7 +255,7 @@ impl<T> HandoffTx<T> {
             }
         }
         state.waiting += n;
-        if !state.open.is_empty() && state.open.len() + n > chunk_of(state.limit) {
+        if !state.open.is_empty() && state.open.len() + n > state.chunk as usize {
             state.seal();
         }
         // A batch waits as it came: moved, not copied; a few elements are copied into the
@@ -275,7 +283,7 @@ impl<T> HandoffTx<T> {
             }
         }
         state.waiting += 1;
-        let chunk = chunk_of(state.limit);
+        let chunk = state.chunk as usize;
         if state.open.len() >= chunk {
             state.seal();
         }
@@ -482,8 +490,23 @@ impl<T> HandoffRx<T> {
     pub fn set_limit(&self, limit: usize) {
         let mut state = self.0.lock();
         state.limit = limit.max(1);
+        state.chunk = chunk_of(limit);
         // A raised limit may make room for a waiting writer.
         self.0.room.notify_all();
+    }
+
+    /// Gathers what waits in batches of `batch` elements from now on (after
+    /// [`set_limit`](Self::set_limit), which sets a quarter of the limit): the most a step
+    /// takes, when the limit is more than four of them, so that a step takes a whole waiting
+    /// `Vec` (swapped, not copied) rather than part of a larger one (a 1 KiB source of
+    /// batches of 256 behind a limit of 2,048 ran 6x slower so). Never fewer than
+    /// [`COPY_AT_MOST_BYTES`] hold, nor more than a quarter of the limit: batches of one
+    /// element would each be a `Vec` of its own.
+    pub fn set_batch(&self, batch: usize) {
+        let few = (COPY_AT_MOST_BYTES / std::mem::size_of::<T>().max(1)).max(1);
+        let mut state = self.0.lock();
+        let chunk = u32::try_from(batch.max(few)).unwrap_or(u32::MAX);
+        state.chunk = chunk.min(chunk_of(state.limit));
     }
 
     /// Bounds what waits in bytes too, counted with `count` (elements that own heap memory:
@@ -700,6 +723,37 @@ mod tests {
         assert_eq!(take(100), (100..200).collect::<Vec<_>>());
         // The rest of the large one, then what came after it, in one step.
         assert_eq!(take(1000), (200..253).collect::<Vec<_>>());
+    }
+
+    /// Behind a limit of more than four of its batches (a source of small batches), what a
+    /// step takes waits as the vectors it was handed over in, and each step takes one whole
+    /// (swapped, no copy), rather than halves of vectors gathered from two.
+    #[test]
+    fn a_set_batch_keeps_each_hand_over_whole_for_the_step() {
+        type Kib = [u64; 128];
+        let (tx, rx) = handoff::<Kib>(2048);
+        rx.set_batch(256);
+        let ab = AtomicBool::new(false);
+        let batch = |first: u64| -> Vec<Kib> { (first..first + 256).map(|i| [i; 128]).collect() };
+        let (mut a, mut b) = (batch(0), batch(256));
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        tx.put(&mut a, Wait::Never).unwrap();
+        tx.put(&mut b, Wait::Never).unwrap();
+        for (want_ptr, first) in [(pa, 0u64), (pb, 256)] {
+            let mut out = Vec::new();
+            rx.take(&mut out, 256, &ab);
+            assert_eq!(out.len(), 256);
+            assert_eq!(out[0][0], first);
+            assert_eq!(out.as_ptr(), want_ptr, "the hand-over's own vector");
+        }
+        // Never below a few kilobytes' worth, nor above a quarter of the limit.
+        rx.set_batch(1);
+        assert_eq!(rx.0.lock().chunk, 4);
+        rx.set_batch(100_000);
+        assert_eq!(rx.0.lock().chunk, 512);
+        let (_tx, small) = handoff::<u64>(1 << 16);
+        small.set_batch(1);
+        assert_eq!(small.0.lock().chunk as usize, COPY_AT_MOST_BYTES / 8);
     }
 
     #[test]
@@ -948,6 +1002,9 @@ mod tests {
                     _ => {
                         limit = (rng(&mut seed) % 64 + 1) as usize;
                         rx.set_limit(limit);
+                        if rng(&mut seed) % 2 == 0 {
+                            rx.set_batch((rng(&mut seed) % 20 + 1) as usize);
+                        }
                     }
                 }
                 check_invariants(&rx, &model, counting);

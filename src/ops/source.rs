@@ -129,6 +129,13 @@ pub struct SourceOptions {
     /// take turns (each waits while the other works on it), and one of several megabytes no
     /// longer fits a core's cache between making it and sending it: together they halved the
     /// two-process throughput of 1 KiB elements (docs/benchmarks.md).
+    ///
+    /// A small `max_batch` (say 1) is kept: each batch downstream holds at most that many,
+    /// and so each costs a step, whatever the pace. For a source that makes one element per
+    /// call, keep the default instead and append what you have: a call may append fewer than
+    /// `max`, and in a threaded run the source's agent takes everything its thread handed
+    /// over meanwhile as one batch (adaptive batching; a quiet stream's element goes alone, at
+    /// once). `cargo bench --bench single` measures both: `fill1` and `fill1_max1`.
     pub max_batch: usize,
     /// If set, [`Source::fill`] is called for one element every `interval` (threaded runs
     /// only; the harness ignores time). The calls keep to the clock, without drift; an
@@ -170,6 +177,13 @@ pub(crate) struct SourceAgent<T> {
     /// fed by the program (`Graph::input`).
     pulls: bool,
     options: SourceOptions,
+    /// What the handoff is sized by (four of these may wait, [`waiting_limit`]): the larger of
+    /// `options.max_batch` and the default's, lowered with it by the connections' bounds
+    /// ([`SourceDriver::limit_batch`]). Not `max_batch` alone: a source of small batches
+    /// (`max_batch: 1`) could then hand over four before its thread waited for the agent,
+    /// and every batch cost a wake-up of each and two switches of threads (65,000 elements/s
+    /// in `iotstream bench`'s `pool` cell with batches of one, 2.1 million now).
+    handoff_batch: usize,
     /// Set by a [`SourceEnder`]: once the handoff is empty, the stream ends.
     abandoned: Arc<AtomicBool>,
     /// For elements that own heap memory, once the run set the batch's bytes.
@@ -279,6 +293,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
 
     fn limit_batch(&mut self, elements: usize, bytes: usize) {
         self.options.max_batch = self.options.max_batch.clamp(1, elements.max(1));
+        self.handoff_batch = self.handoff_batch.clamp(1, elements.max(1));
         self.budget = heap::counter::<T>().map(|count| ByteBudget {
             count,
             bytes,
@@ -291,7 +306,8 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
         // shifting the rest (quadratic in the gathered batch: 1 KiB elements pushed one at a
         // time ran at 1.2-2.8 M/s in every mode).
         if let Mode::Channel(rx) = &self.mode {
-            rx.set_limit(waiting_limit(&self.options));
+            rx.set_limit(waiting_limit(self.handoff_batch));
+            rx.set_batch(self.options.max_batch);
             if let Some(b) = &self.budget {
                 rx.limit_bytes(waiting_bytes(b.bytes), Arc::clone(&b.count));
             }
@@ -317,7 +333,8 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 },
             }));
         };
-        let (tx, rx) = handoff(waiting_limit(&self.options));
+        let (tx, rx) = handoff(waiting_limit(self.handoff_batch));
+        rx.set_batch(self.options.max_batch);
         if let Some(b) = &self.budget {
             rx.limit_bytes(waiting_bytes(b.bytes), Arc::clone(&b.count));
         }
@@ -357,9 +374,18 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
 }
 
 /// How many elements may wait between a source's thread (or the program) and its agent before
-/// the writer waits: four batches.
-fn waiting_limit(options: &SourceOptions) -> usize {
-    options.max_batch.max(1).saturating_mul(4)
+/// the writer waits: four batches (of `handoff_batch` elements).
+fn waiting_limit(handoff_batch: usize) -> usize {
+    handoff_batch.max(1).saturating_mul(4)
+}
+
+/// What a source's handoff is sized by, before the run lowers it: `max_batch`, and at least
+/// the default's (see [`SourceAgent::handoff_batch`]).
+fn handoff_batch(options: &SourceOptions) -> usize {
+    options
+        .max_batch
+        .max(SourceOptions::default().max_batch)
+        .max(1)
 }
 
 /// How many bytes of elements that own heap memory may wait there: four batches' worth.
@@ -874,6 +900,7 @@ impl Graph {
             out,
             pulls: matches!(mode, Mode::Pull(_)),
             mode,
+            handoff_batch: handoff_batch(&options),
             options,
             abandoned: Arc::new(AtomicBool::new(false)),
             budget: None,
@@ -1027,7 +1054,7 @@ impl Graph {
     /// The stream ends when its sender is dropped, or, after [`Running::stop`](crate::Running::stop)
     /// (or Ctrl-C), [`SOURCE_STOP_GRACE`] after the stop, with everything sent until then.
     pub fn input<T: Element>(&mut self, name: &str) -> Stream<T> {
-        let (tx, rx) = handoff(waiting_limit(&SourceOptions::default()));
+        let (tx, rx) = handoff(waiting_limit(handoff_batch(&SourceOptions::default())));
         let agent = self.agents.len();
         let stream = self.add_source_driver(name, Mode::Channel(rx), SourceOptions::default());
         self.externals
