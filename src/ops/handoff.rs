@@ -8,7 +8,7 @@
 //! writer's rhythm (adaptive batching).
 //!
 //! What waits is a queue of `Vec`s of up to a batch each (`limit / 4` elements, or what the
-//! agent's step takes: [`HandoffRx::set_batch`]), then the one
+//! agent's step takes, if at least 4 KiB: [`HandoffRx::set_batch`]), then the one
 //! being gathered (`State::open`): small hand-overs and single elements are appended to it, a
 //! batch arriving when it is empty takes its place as the `Vec` it came in, and a full one is
 //! sealed onto the queue. A step whose buffer is empty takes the first `Vec` itself (swapped,
@@ -58,7 +58,9 @@ use std::time::Duration;
 use crate::host::AwakeFlag;
 use crate::stream::heap;
 
-/// The most empty `Vec`s kept for the writer: one per batch that may wait.
+/// The most empty `Vec`s kept for the writer: one per batch that may wait when the batch is a
+/// quarter of the limit (with a smaller one, [`HandoffRx::set_batch`], more may wait, and a
+/// sealed batch beyond the spares allocates its vector: once per batch, never per element).
 const SPARES: usize = 4;
 
 /// A hand-over of at most this many bytes is copied into the room the gathering `Vec` has
@@ -486,7 +488,8 @@ impl<T> HandoffRx<T> {
 impl<T> HandoffRx<T> {
     /// Sets the limit (and with it the batch, a quarter of it) from now on, as
     /// [`handoff`] does: for a reader whose batch is known only after the handoff was made.
-    /// What already waits keeps its vectors (a larger one is taken in parts).
+    /// What already waits keeps its vectors (a larger one is taken in parts). It undoes a
+    /// [`set_batch`](Self::set_batch): call that after it.
     pub fn set_limit(&self, limit: usize) {
         let mut state = self.0.lock();
         state.limit = limit.max(1);
@@ -1003,7 +1006,12 @@ mod tests {
                         limit = (rng(&mut seed) % 64 + 1) as usize;
                         rx.set_limit(limit);
                         if rng(&mut seed) % 2 == 0 {
-                            rx.set_batch((rng(&mut seed) % 20 + 1) as usize);
+                            // What `set_batch` sets, below its floor of 4 KiB (170 of these
+                            // elements, more than a quarter of any limit here): batches smaller
+                            // than a quarter of the limit.
+                            let batch = (rng(&mut seed) % 20 + 1) as u32;
+                            let mut st = rx.0.lock();
+                            st.chunk = batch.min(chunk_of(limit));
                         }
                     }
                 }

@@ -136,6 +136,12 @@ pub struct SourceOptions {
     /// `max`, and in a threaded run the source's agent takes everything its thread handed
     /// over meanwhile as one batch (adaptive batching; a quiet stream's element goes alone, at
     /// once). `cargo bench --bench single` measures both: `fill1` and `fill1_max1`.
+    /// Either way the source's thread may run ahead of its agent by four default batches
+    /// (lowered by the connections' bounds, as above): a small `max_batch` does not bound
+    /// memory; the connection's capacity and byte bound do ([`Graph::heap_bytes`] for
+    /// elements that own heap memory).
+    ///
+    /// [`Graph::heap_bytes`]: crate::Graph::heap_bytes
     pub max_batch: usize,
     /// If set, [`Source::fill`] is called for one element every `interval` (threaded runs
     /// only; the harness ignores time). The calls keep to the clock, without drift; an
