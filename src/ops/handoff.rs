@@ -8,7 +8,7 @@
 //! writer's rhythm (adaptive batching).
 //!
 //! What waits is a queue of `Vec`s of up to a batch each (`limit / 4` elements, or what the
-//! agent's step takes, if at least 4 KiB: [`HandoffRx::set_batch`]), then the one
+//! agent's step takes, if at least 4 KiB: [`HandoffRx::set_bounds`]), then the one
 //! being gathered (`State::open`): small hand-overs and single elements are appended to it, a
 //! batch arriving when it is empty takes its place as the `Vec` it came in, and a full one is
 //! sealed onto the queue. A step whose buffer is empty takes the first `Vec` itself (swapped,
@@ -43,7 +43,7 @@
 //! The writer waits while `limit` elements or more wait (one hand-over may go past it, so a
 //! hand-over larger than the limit still goes through): memory stays bounded by the limit plus
 //! the largest hand-over. The limit, and with it the batch, may be lowered once the reader
-//! knows its batch ([`HandoffRx::set_limit`]: a program's input, made before the run knows
+//! knows its batch ([`HandoffRx::set_bounds`]: a program's input, made before the run knows
 //! its connections' credit).
 //!
 //! Elements that own heap memory (a `String`, a `Vec<u8>`: see `stream::heap`) are bounded
@@ -59,7 +59,7 @@ use crate::host::AwakeFlag;
 use crate::stream::heap;
 
 /// The most empty `Vec`s kept for the writer: one per batch that may wait when the batch is a
-/// quarter of the limit (with a smaller one, [`HandoffRx::set_batch`], more may wait, and a
+/// quarter of the limit (with a smaller one, [`HandoffRx::set_bounds`], more may wait, and a
 /// sealed batch beyond the spares allocates its vector: once per batch, never per element).
 const SPARES: usize = 4;
 
@@ -110,7 +110,7 @@ struct State<T> {
     counts_bytes: bool,
     /// The most elements gathered into one waiting `Vec` (a batch, at least 1): a quarter
     /// of `limit` ([`chunk_of`]) unless the reader said what its step takes
-    /// ([`HandoffRx::set_batch`]). A `u32` keeps the state within the lock's cache line.
+    /// ([`HandoffRx::set_bounds`]). A `u32` keeps the state within the lock's cache line.
     chunk: u32,
     /// Elements in `Cold::front`, `Cold::chunks` and `open`.
     waiting: usize,
@@ -486,30 +486,23 @@ impl<T> HandoffRx<T> {
 }
 
 impl<T> HandoffRx<T> {
-    /// Sets the limit (and with it the batch, a quarter of it) from now on, as
-    /// [`handoff`] does: for a reader whose batch is known only after the handoff was made.
-    /// What already waits keeps its vectors (a larger one is taken in parts). It undoes a
-    /// [`set_batch`](Self::set_batch): call that after it.
-    pub fn set_limit(&self, limit: usize) {
+    /// Sets, from now on, the limit (the writer waits while that many elements wait) and the
+    /// batch what waits is gathered in: for a reader whose batch is known only after the
+    /// handoff was made. The batch is the most a step takes, so that a step takes a whole
+    /// waiting `Vec` (swapped, not copied) rather than part of a larger one (a 1 KiB source
+    /// of batches of 256 behind a limit of 2,048 ran 6x slower so); it is kept within a
+    /// quarter of the limit (what [`handoff`] starts with; `usize::MAX` asks for that) and
+    /// never below what [`COPY_AT_MOST_BYTES`] hold (batches of one element would each be a
+    /// `Vec` of its own). What already waits keeps its vectors (a larger one is taken in
+    /// parts).
+    pub fn set_bounds(&self, limit: usize, batch: usize) {
+        let few = (COPY_AT_MOST_BYTES / std::mem::size_of::<T>().max(1)).max(1);
+        let batch = u32::try_from(batch.max(few)).unwrap_or(u32::MAX);
         let mut state = self.0.lock();
         state.limit = limit.max(1);
-        state.chunk = chunk_of(limit);
+        state.chunk = batch.min(chunk_of(limit));
         // A raised limit may make room for a waiting writer.
         self.0.room.notify_all();
-    }
-
-    /// Gathers what waits in batches of `batch` elements from now on (after
-    /// [`set_limit`](Self::set_limit), which sets a quarter of the limit): the most a step
-    /// takes, when the limit is more than four of them, so that a step takes a whole waiting
-    /// `Vec` (swapped, not copied) rather than part of a larger one (a 1 KiB source of
-    /// batches of 256 behind a limit of 2,048 ran 6x slower so). Never fewer than
-    /// [`COPY_AT_MOST_BYTES`] hold, nor more than a quarter of the limit: batches of one
-    /// element would each be a `Vec` of its own.
-    pub fn set_batch(&self, batch: usize) {
-        let few = (COPY_AT_MOST_BYTES / std::mem::size_of::<T>().max(1)).max(1);
-        let mut state = self.0.lock();
-        let chunk = u32::try_from(batch.max(few)).unwrap_or(u32::MAX);
-        state.chunk = chunk.min(chunk_of(state.limit));
     }
 
     /// Bounds what waits in bytes too, counted with `count` (elements that own heap memory:
@@ -732,10 +725,10 @@ mod tests {
     /// step takes waits as the vectors it was handed over in, and each step takes one whole
     /// (swapped, no copy), rather than halves of vectors gathered from two.
     #[test]
-    fn a_set_batch_keeps_each_hand_over_whole_for_the_step() {
+    fn a_small_batch_keeps_each_hand_over_whole_for_the_step() {
         type Kib = [u64; 128];
         let (tx, rx) = handoff::<Kib>(2048);
-        rx.set_batch(256);
+        rx.set_bounds(2048, 256);
         let ab = AtomicBool::new(false);
         let batch = |first: u64| -> Vec<Kib> { (first..first + 256).map(|i| [i; 128]).collect() };
         let (mut a, mut b) = (batch(0), batch(256));
@@ -750,19 +743,19 @@ mod tests {
             assert_eq!(out.as_ptr(), want_ptr, "the hand-over's own vector");
         }
         // Never below a few kilobytes' worth, nor above a quarter of the limit.
-        rx.set_batch(1);
+        rx.set_bounds(2048, 1);
         assert_eq!(rx.0.lock().chunk, 4);
-        rx.set_batch(100_000);
+        rx.set_bounds(2048, usize::MAX);
         assert_eq!(rx.0.lock().chunk, 512);
         let (_tx, small) = handoff::<u64>(1 << 16);
-        small.set_batch(1);
+        small.set_bounds(1 << 16, 1);
         assert_eq!(small.0.lock().chunk as usize, COPY_AT_MOST_BYTES / 8);
     }
 
     #[test]
     fn a_new_limit_bounds_the_writer_from_then_on_and_a_raised_one_wakes_it() {
         let (tx, rx) = handoff::<u32>(4096);
-        rx.set_limit(8);
+        rx.set_bounds(8, usize::MAX);
         for v in 0..8 {
             tx.put_one(v, Wait::Never).unwrap();
         }
@@ -774,7 +767,7 @@ mod tests {
             tx.put_one(8, Wait::Forever).map_err(|(e, _)| e)?;
             Ok::<_, PutError>(tx)
         });
-        rx.set_limit(100);
+        rx.set_bounds(100, usize::MAX);
         let tx = writer.join().unwrap().expect("the raised limit makes room");
         tx.put_one(9, Wait::Never).unwrap();
         let mut out = Vec::new();
@@ -1004,9 +997,9 @@ mod tests {
                     }
                     _ => {
                         limit = (rng(&mut seed) % 64 + 1) as usize;
-                        rx.set_limit(limit);
+                        rx.set_bounds(limit, usize::MAX);
                         if rng(&mut seed) % 2 == 0 {
-                            // What `set_batch` sets, below its floor of 4 KiB (170 of these
+                            // What `set_bounds` sets, below its floor of 4 KiB (170 of these
                             // elements, more than a quarter of any limit here): batches smaller
                             // than a quarter of the limit.
                             let batch = (rng(&mut seed) % 20 + 1) as u32;
@@ -1072,7 +1065,7 @@ mod tests {
                 let mut out = Vec::new();
                 let max = (rng(&mut seed) % 70 + 1) as usize;
                 if rng(&mut seed) % 1000 == 0 {
-                    rx.set_limit((rng(&mut seed) % 40 + 1) as usize);
+                    rx.set_bounds((rng(&mut seed) % 40 + 1) as usize, usize::MAX);
                 }
                 let taken = rx.take(&mut out, max, &ab);
                 // A take with elements waiting takes at least one (else this loop would spin).

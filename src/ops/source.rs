@@ -312,8 +312,7 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
         // shifting the rest (quadratic in the gathered batch: 1 KiB elements pushed one at a
         // time ran at 1.2-2.8 M/s in every mode).
         if let Mode::Channel(rx) = &self.mode {
-            rx.set_limit(waiting_limit(self.handoff_batch));
-            rx.set_batch(self.options.max_batch);
+            rx.set_bounds(waiting_limit(self.handoff_batch), self.options.max_batch);
             if let Some(b) = &self.budget {
                 rx.limit_bytes(waiting_bytes(b.bytes), Arc::clone(&b.count));
             }
@@ -339,8 +338,9 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 },
             }));
         };
-        let (tx, rx) = handoff(waiting_limit(self.handoff_batch));
-        rx.set_batch(self.options.max_batch);
+        let limit = waiting_limit(self.handoff_batch);
+        let (tx, rx) = handoff(limit);
+        rx.set_bounds(limit, self.options.max_batch);
         if let Some(b) = &self.budget {
             rx.limit_bytes(waiting_bytes(b.bytes), Arc::clone(&b.count));
         }
