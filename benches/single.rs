@@ -76,11 +76,12 @@ impl Source<u64> for OneByOne {
     }
 }
 
-fn iotstream_fill1(n: u64) -> u64 {
+/// source → map → sum over [`OneByOne`], driven as `options` say.
+fn iotstream_one_by_one(n: u64, options: SourceOptions) -> u64 {
     let sum = Arc::new(AtomicU64::new(0));
     let total = Arc::clone(&sum);
     let mut g = Graph::new("bench_single_fill");
-    let s = g.source("readings", OneByOne { next: 0, n });
+    let s = g.source_with("readings", OneByOne { next: 0, n }, options);
     let m = g.map("map", &s, |v: &u64| map_fn(*v));
     g.for_each("sum", &m, move |v: &u64| {
         total.fetch_add(*v, Ordering::Relaxed);
@@ -89,23 +90,20 @@ fn iotstream_fill1(n: u64) -> u64 {
     sum.load(Ordering::Relaxed)
 }
 
+/// One element per `fill`, with the default `max_batch`: the source's agent takes what waits
+/// as one batch.
+fn iotstream_fill1(n: u64) -> u64 {
+    iotstream_one_by_one(n, SourceOptions::default())
+}
+
 /// One element per `fill`, with `max_batch: 1`: each call is asked for one element, and each
 /// batch downstream holds one (a step per element; its thread runs ahead of its agent).
 fn iotstream_fill1_max1(n: u64) -> u64 {
-    let sum = Arc::new(AtomicU64::new(0));
-    let total = Arc::clone(&sum);
-    let mut g = Graph::new("bench_single_fill_max1");
     let options = SourceOptions {
         max_batch: 1,
         interval: None,
     };
-    let s = g.source_with("readings", OneByOne { next: 0, n }, options);
-    let m = g.map("map", &s, |v: &u64| map_fn(*v));
-    g.for_each("sum", &m, move |v: &u64| {
-        total.fetch_add(*v, Ordering::Relaxed);
-    });
-    g.run().expect("run");
-    sum.load(Ordering::Relaxed)
+    iotstream_one_by_one(n, options)
 }
 
 /// The same stages on std threads, one element per message.
