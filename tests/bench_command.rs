@@ -363,6 +363,13 @@ fn the_broker_mode_and_its_raw_nats_baseline_deliver_every_element() {
         stdout.contains("raw-nats"),
         "the table names the baseline:\n{stdout}"
     );
+    // Every cell's streams are deleted once it ended (the server keeps them otherwise).
+    assert_eq!(
+        server.stream_names(),
+        Vec::<String>::new(),
+        "{}",
+        text(&out)
+    );
 
     let refused = iotstream()
         .args(["bench", "--modes", "broker"])
@@ -386,6 +393,15 @@ fn bad_flag_values_are_refused_naming_the_flag() {
         ("--rate", "0,fast", "'fast'"),
         ("--agents", "10,1", "increasing"),
         ("--procs", "100", "from 1 to 64"),
+        // A negative number reaches the flag's own check.
+        ("--duration", "-1", "10ms"),
+        ("--rate", "-5", "'-5'"),
+        // Files and servers that cannot be used are found before anything runs.
+        ("--json", "/nonexistent-folder/bench.json", "does not exist"),
+        ("--json", "/", "is a folder"),
+        ("--plot", "bench.png", ".svg"),
+        ("--nats", "127.0.0.1:4222", "nats://HOST:PORT"),
+        ("--nats", "nats://127.0.0.1:1", "cannot reach"),
     ] {
         let out = iotstream()
             .args(["bench", flag, value])
@@ -400,4 +416,131 @@ fn bad_flag_values_are_refused_naming_the_flag() {
         );
         assert!(out.stdout.is_empty(), "nothing ran: {}", text(&out));
     }
+    // Nothing to draw: the scaling mode alone has no throughput or latency run.
+    let out = iotstream()
+        .args(["bench", "--modes", "scaling", "--plot", "scaling.svg"])
+        .output()
+        .expect("run iotstream bench");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--plot"),
+        "{}",
+        text(&out)
+    );
+    assert!(out.stdout.is_empty(), "nothing ran: {}", text(&out));
+}
+
+/// `/dev/shm` entries whose names start with `prefix`.
+fn shm_entries(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                // The parent's pid follows the name in parentheses and the state.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Ctrl-C (SIGINT to the bench's process alone, as a terminal's reaches it: the cells run in
+/// process groups of their own) while a two-process cell runs: that cell is ended and its
+/// rings removed, the table shows the rows that ran whole, the JSON is not written over with
+/// a part of the run, and the command exits 130.
+#[test]
+fn a_signal_stops_the_bench_keeping_the_rows_that_ran_and_leaving_no_ring() {
+    let dir = Scratch::new("signal");
+    let json = dir.path("bench.json");
+    let mut bench = iotstream()
+        .args([
+            "bench",
+            "--modes",
+            "thread,processes",
+            "--sizes",
+            "8",
+            "--patterns",
+            "batch",
+            "--duration",
+            "2",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start iotstream bench");
+    let bench_pid = bench.id();
+    // The `processes` throughput cell, once its rings exist.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let cell = loop {
+        let found = children_of(bench_pid)
+            .into_iter()
+            .find(|c| !shm_entries(&format!("iotstream.bench_processes_8.{c}-")).is_empty());
+        if let Some(c) = found {
+            break c;
+        }
+        if std::time::Instant::now() > deadline || bench.try_wait().ok().flatten().is_some() {
+            let _ = bench.kill();
+            let out = bench.wait_with_output().expect("the bench's output");
+            panic!("the processes cell never ran: {}", text(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let sent = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bench_pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    assert!(sent.is_ok(), "{sent:?}");
+    // Bounded: a bench that does not end is killed, and the test fails.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bench.try_wait().expect("wait for the bench").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = bench.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = bench.wait_with_output().expect("the bench's output");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted by SIGINT"), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("thread ")),
+        "the row that ran whole: {}",
+        text(&out)
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("processes ")),
+        "no row for the cell cut short: {}",
+        text(&out)
+    );
+    assert!(!json.exists(), "no JSON of a part of the run");
+    assert_eq!(
+        shm_entries(&format!("iotstream.bench_processes_8.{cell}-")),
+        Vec::<String>::new(),
+        "the interrupted cell's rings are removed"
+    );
+    assert!(
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(cell as i32), None).is_err(),
+        "no process of the interrupted cell is left"
+    );
 }

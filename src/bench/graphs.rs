@@ -68,12 +68,39 @@ fn place(g: &mut Graph, mode: Mode, agents: &[&str], far: &str) {
 }
 
 /// The application's name: `base`, and for the `broker` mode this process's id after it, so
-/// that each cell has JetStream streams of its own (the broker keeps them across runs).
+/// that each cell has JetStream streams of its own (the bench deletes them once the cell
+/// ended: [`broker_stream_prefixes`]).
 fn app_name(mode: Mode, base: &str) -> String {
     match mode {
-        Mode::Broker => format!("{base}_{}", std::process::id()),
+        Mode::Broker => broker_app(base, std::process::id()),
         _ => base.to_string(),
     }
+}
+
+/// A `broker` cell's application name, from its base and its process's id.
+fn broker_app(base: &str, pid: u32) -> String {
+    format!("{base}_{pid}")
+}
+
+/// The throughput graph's application name before [`app_name`].
+fn throughput_base(mode: Mode, size: usize) -> String {
+    format!("bench_{}_{size}", mode.name())
+}
+
+/// The latency pair's application name before [`app_name`].
+fn latency_base(mode: Mode, size: usize) -> String {
+    format!("bench_latency_{}_{size}", mode.name())
+}
+
+/// What the names of the JetStream streams of a `broker` cell of `size`-byte elements whose
+/// process was `pid` start with (a broker link's stream is `IOTSTREAM_<app>_…`): its
+/// throughput graph's and its latency pair's.
+pub(crate) fn broker_stream_prefixes(size: usize, pid: u32) -> [String; 2] {
+    [
+        throughput_base(Mode::Broker, size),
+        latency_base(Mode::Broker, size),
+    ]
+    .map(|base| format!("IOTSTREAM_{}_", broker_app(&base, pid)))
 }
 
 /// Names the `broker` mode's server (`--nats`) in `g`.
@@ -216,7 +243,7 @@ impl<const N: usize> crate::ops::source::Source<Payload<N>> for BatchSource<N> {
 /// its side of the result.
 pub(crate) fn throughput<const N: usize>(mode: Mode, p: &Params) -> Result<(), Error> {
     let role = role();
-    let mut g = Graph::new(&app_name(mode, &format!("bench_{}_{N}", mode.name())));
+    let mut g = Graph::new(&app_name(mode, &throughput_base(mode, N)));
     use_broker(&mut g, mode, p)?;
     g.plain_data::<Payload<N>>();
     g.set_default_capacity(p.capacity);
@@ -410,10 +437,7 @@ impl<const N: usize> crate::ops::source::Source<Payload<N>> for PingSource<N> {
 /// one-way latencies' percentiles.
 pub(crate) fn latency<const N: usize>(mode: Mode, p: &Params) -> Result<(), Error> {
     let role = role();
-    let mut g = Graph::new(&app_name(
-        mode,
-        &format!("bench_latency_{}_{N}", mode.name()),
-    ));
+    let mut g = Graph::new(&app_name(mode, &latency_base(mode, N)));
     use_broker(&mut g, mode, p)?;
     g.plain_data::<Payload<N>>();
     g.set_default_capacity(p.capacity);

@@ -42,13 +42,18 @@ mod scaling;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use serde::{Deserialize, Serialize};
 
 pub use element::SIZES;
-pub use report::{render_scaling, render_table, write_json, write_plot};
+pub use raw::check_nats;
+pub use report::{check_output, render_scaling, render_table, write_json, write_plot};
 pub use scaling::Shape;
 
 /// The environment variable that makes the `iotstream` binary run one cell (its value, JSON)
@@ -238,7 +243,8 @@ impl Default for Options {
     }
 }
 
-/// Parses `--modes`: names separated by commas (`thread,threads,pool,processes,tcp,spin,scaling`).
+/// Parses `--modes`: names separated by commas (`thread,threads,pool,processes,tcp,spin,broker,
+/// scaling`).
 pub fn parse_modes(text: &str) -> Result<(Vec<Mode>, bool), String> {
     let mut modes = Vec::new();
     let mut scaling = false;
@@ -249,9 +255,11 @@ pub fn parse_modes(text: &str) -> Result<(Vec<Mode>, bool), String> {
                 Some(m) if !modes.contains(m) => modes.push(*m),
                 Some(_) => {}
                 None => {
+                    let known: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
                     return Err(format!(
-                    "unknown mode '{w}': the modes are thread, threads, processes, tcp, spin, broker and scaling"
-                ))
+                        "unknown mode '{w}': the modes are {} and scaling",
+                        known.join(", ")
+                    ));
                 }
             },
         }
@@ -561,6 +569,10 @@ pub struct Report {
     pub scaling: Vec<ScalePoint>,
     /// What was asked.
     pub settings: serde_json::Value,
+    /// The signal (2 for SIGINT, 15 for SIGTERM, 1 for SIGHUP) that stopped the bench before
+    /// every cell ran: the rows are those of the cells that ran before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<i32>,
 }
 
 impl Run {
@@ -772,19 +784,106 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
+/// The process group of the cell running now (its first process's pid), 0 between cells: a
+/// second signal kills it before the bench ends.
+static CELL_GROUP: AtomicU32 = AtomicU32::new(0);
+
+/// The first process of the cell that ran last (its pid names its broker streams).
+static LAST_CELL: AtomicU32 = AtomicU32::new(0);
+
+/// The signal that interrupted the bench, 0 if none came.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// How long an interrupted or killed cell's processes may take to be gone before its rings
+/// are swept anyway (those of a process still alive then are left for `iotstream clean`).
+const GROUP_GONE_WITHIN: Duration = Duration::from_secs(2);
+
+/// The signal that interrupted the bench, if one did.
+fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+fn pid(id: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(id as i32)
+}
+
+/// `SIGINT` for 2.
+fn signal_name(signal: i32) -> String {
+    Signal::try_from(signal).map_or_else(|_| format!("signal {signal}"), |s| s.to_string())
+}
+
+/// Waits until no process of `group` is left, at most `within`.
+fn wait_group_gone(group: u32, within: Duration) {
+    let until = Instant::now() + within;
+    // `kill(-group, 0)` fails with ESRCH once the group is empty (a zombie still counts: the
+    // starter's children are reaped by whoever adopted them).
+    while nix::sys::signal::killpg(pid(group), None).is_ok() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP stop the bench between two cells, or the cell running,
+/// while the returned registration lives: the rows measured so far are kept
+/// ([`Report::interrupted`]). A second signal ends the process at once (status 128 + the
+/// signal), killing the cell running.
+fn on_signals() -> Option<crate::launch::signals::Registration> {
+    use crate::launch::signals::{register, Again, OnSignal};
+    INTERRUPTED.store(0, Ordering::SeqCst);
+    let actions = OnSignal {
+        terminal: true,
+        first: Box::new(|signal| {
+            let _ = INTERRUPTED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        }),
+        again: Again::Exit(Box::new(|| {
+            let group = CELL_GROUP.load(Ordering::SeqCst);
+            if group != 0 {
+                let _ = nix::sys::signal::killpg(pid(group), Signal::SIGKILL);
+                wait_group_gone(group, Duration::from_millis(500));
+                let _ = crate::launch::sweep_stale(None);
+            }
+        })),
+        bound: None,
+    };
+    register(actions).ok()
+}
+
+/// The error a cell's process wrote last (after [`CELL_ERROR`]), on one line: an error of
+/// several lines (an application that is not well formed lists each problem on a line of its
+/// own) keeps all of them.
+fn cell_error(stderr: &str) -> Option<String> {
+    let (_, error) = stderr.rsplit_once(CELL_ERROR)?;
+    let lines: Vec<&str> = error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Some(lines.join(" "))
+}
+
 /// Runs `cell` in a fresh process of this binary; kills it after `limit`.
 fn spawn_cell(cell: &Cell, limit: Duration) -> Result<Outcome, String> {
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find the iotstream binary to run a cell: {e}"))?;
     let spec = serde_json::to_string(cell).map_err(|e| e.to_string())?;
     let cpu_before = children_cpu_s();
+    // A process group of its own (the cell's processes, a starter's children with it): a
+    // terminal's Ctrl-C reaches this process only, which ends the cell and cleans up after it
+    // (below) rather than the cell's processes dying where they stand; a cell killed is
+    // killed whole.
     let mut child = Command::new(exe)
         .env(CELL_VAR, spec)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start a cell process: {e}"))?;
+    let group = child.id();
+    CELL_GROUP.store(group, Ordering::SeqCst);
+    LAST_CELL.store(group, Ordering::SeqCst);
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -809,34 +908,40 @@ fn spawn_cell(cell: &Cell, limit: Duration) -> Result<Outcome, String> {
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
     let deadline = Instant::now() + limit;
-    let mut killed = false;
+    let mut killed = None;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                killed = true;
+            Ok(None) if Instant::now() >= deadline || interrupted().is_some() => {
+                killed = Some(interrupted());
+                let _ = nix::sys::signal::killpg(pid(group), Signal::SIGKILL);
                 break child.wait();
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => break Err(e),
         }
     }
-    .map_err(|e| format!("waiting for a cell process: {e}"))?;
+    .map_err(|e| format!("waiting for a cell process: {e}"));
     let cpu_s = children_cpu_s() - cpu_before;
+    if killed.is_some() || interrupted().is_some() {
+        // Its processes are killed (or died of the signal); once all of them are gone, their
+        // rings are provably stale.
+        let _ = nix::sys::signal::killpg(pid(group), Signal::SIGKILL);
+        wait_group_gone(group, GROUP_GONE_WITHIN);
+        let _ = crate::launch::sweep_stale(None);
+    }
+    CELL_GROUP.store(0, Ordering::SeqCst);
+    let status = status?;
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
-    if killed {
-        // Its processes died with it; their rings are provably stale now.
-        let _ = crate::launch::sweep_stale(None);
-        return Err(killed_after(limit, &stderr));
+    match killed {
+        Some(Some(signal)) => return Err(format!("interrupted ({})", signal_name(signal))),
+        Some(None) => return Err(killed_after(limit, &stderr)),
+        None => {}
     }
     if !status.success() {
         // The cell's own error line says it best; otherwise whatever it said last.
-        let said = match stderr.lines().rev().find_map(|l| l.split_once(CELL_ERROR)) {
-            Some((_, e)) => e.trim().to_string(),
-            None => last_lines(&stderr, 3),
-        };
+        let said = cell_error(&stderr).unwrap_or_else(|| last_lines(&stderr, 3));
         return Err(if said.is_empty() {
             format!("its process ended with {status}")
         } else {
@@ -958,14 +1063,37 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
         done += 1;
     };
     let limit = options.duration + options.timeout;
+    let _signals = on_signals();
+    // A broker cell's streams are deleted once it ended, whichever way (the server keeps them).
+    let cell = |cell: &Cell, limit: Duration| {
+        if let Some(signal) = interrupted() {
+            return Err(format!("not run: interrupted ({})", signal_name(signal)));
+        }
+        let outcome = spawn_cell(cell, limit);
+        if let (Cell::Throughput(Mode::Broker, p) | Cell::Latency(Mode::Broker, p), Some(url)) =
+            (cell, &options.nats)
+        {
+            let ran = LAST_CELL.load(Ordering::SeqCst);
+            let prefixes = graphs::broker_stream_prefixes(p.size, ran);
+            if let Err(e) = raw::delete_nats_streams(url, &prefixes) {
+                eprintln!(
+                    "iotstream bench: warning: the broker cell's streams were not deleted: {e}"
+                );
+            }
+        }
+        outcome
+    };
     let mut base_tput: HashMap<(Baseline, usize, Pattern), Result<Outcome, String>> =
         HashMap::new();
     let mut base_lat: HashMap<(Baseline, usize, u32), Result<Outcome, String>> = HashMap::new();
     let mut runs = Vec::new();
-    for &mode in &options.modes {
+    'cells: for &mode in &options.modes {
         let b = mode.baseline();
         for &size in &options.sizes {
             for &pattern in &options.patterns {
+                if interrupted().is_some() {
+                    break 'cells;
+                }
                 let p = Params {
                     nats: options.nats.clone(),
                     ..Params::new(size, pattern, options.duration)
@@ -977,10 +1105,10 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
                         format!("{} {size} B {}", b.name(), pattern.name()),
                         progress,
                     );
-                    slot.insert(spawn_cell(&Cell::BaseThroughput(b, p.clone()), limit));
+                    slot.insert(cell(&Cell::BaseThroughput(b, p.clone()), limit));
                 }
                 step(format!("{name} throughput"), progress);
-                let tput = spawn_cell(&Cell::Throughput(mode, p.clone()), limit);
+                let tput = cell(&Cell::Throughput(mode, p.clone()), limit);
                 for &rate in &options.rates {
                     let lat = Params {
                         duration: (options.duration / 2).max(Duration::from_millis(10)),
@@ -993,10 +1121,15 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
                     };
                     if let Entry::Vacant(slot) = base_lat.entry((b, size, rate)) {
                         step(format!("{} {size} B latency{paced}", b.name()), progress);
-                        slot.insert(spawn_cell(&Cell::BaseLatency(b, lat.clone()), limit));
+                        slot.insert(cell(&Cell::BaseLatency(b, lat.clone()), limit));
                     }
                     step(format!("{name} latency{paced}"), progress);
-                    let latency = spawn_cell(&Cell::Latency(mode, lat.clone()), limit);
+                    let latency = cell(&Cell::Latency(mode, lat.clone()), limit);
+                    if interrupted().is_some() {
+                        // A row a signal cut short is no measurement: the table shows the
+                        // rows that ran whole.
+                        break 'cells;
+                    }
                     runs.push(assemble(
                         mode,
                         &lat,
@@ -1019,6 +1152,9 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
             let mut failed: Option<usize> = None;
             let mut previous: Option<(usize, f64)> = None;
             for &n in counts {
+                if interrupted().is_some() {
+                    break;
+                }
                 step(format!("scaling {} {n}", shape.name()), progress);
                 let point = match failed {
                     Some(f) => ScalePoint {
@@ -1028,10 +1164,13 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
                         ..ScalePoint::default()
                     },
                     None => {
-                        let o = spawn_cell(&Cell::Scaling(shape, n), options.timeout);
+                        let o = cell(&Cell::Scaling(shape, n), options.timeout);
                         scaling::point(shape, n, o.map(|o| (o.values, o.cpu_s)), previous)
                     }
                 };
+                if interrupted().is_some() {
+                    break;
+                }
                 if point.error.is_some() {
                     failed.get_or_insert(n);
                 } else {
@@ -1058,6 +1197,7 @@ pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
             "processes": options.processes,
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         }),
+        interrupted: interrupted(),
     }
 }
 
@@ -1164,6 +1304,11 @@ mod tests {
             (vec![Mode::Thread, Mode::Tcp], true)
         );
         assert!(parse_modes("threads,fast").unwrap_err().contains("'fast'"));
+        // The error names every mode there is.
+        let unknown = parse_modes("bogus").unwrap_err();
+        for m in Mode::ALL {
+            assert!(unknown.contains(m.name()), "{}: {unknown}", m.name());
+        }
         assert_eq!(parse_sizes("8,1k,64KiB").unwrap(), [8, 1024, 65536]);
         assert!(parse_sizes("100").unwrap_err().contains("100 bytes"));
         assert!(parse_sizes("").is_err());
@@ -1304,6 +1449,24 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_error_of_several_lines_is_kept_whole() {
+        let stderr = "a log line\niotstream bench cell: application 'bench_broker_8_1' is not \
+                      well formed:\n- BrokerOptions: url must be nats://HOST:PORT, found 'x'\n\n";
+        assert_eq!(
+            cell_error(stderr).as_deref(),
+            Some(
+                "application 'bench_broker_8_1' is not well formed: - BrokerOptions: url must \
+                 be nats://HOST:PORT, found 'x'"
+            )
+        );
+        assert_eq!(
+            cell_error("iotstream bench cell: one\niotstream bench cell: two\n").as_deref(),
+            Some("two")
+        );
+        assert_eq!(cell_error("panicked somewhere\n"), None);
+    }
+
+    #[test]
     fn a_cell_killed_by_the_timeout_says_when_and_shows_no_rate() {
         // Killed below a second: said in milliseconds, not rounded to "0 s".
         assert_eq!(
@@ -1337,11 +1500,24 @@ mod tests {
             &outcome(50, 50),
             &outcome(3, 3),
         );
+        // A row whose latency runs failed shows no latency: a dash, not "0 ns".
+        let no_latency = assemble(
+            Mode::Tcp,
+            &p,
+            &outcome(100, 100),
+            Err("its process ended with exit status: 1".into()),
+            &outcome(50, 50),
+            &Err("cannot connect".into()),
+        );
         let report = Report {
-            runs: vec![good, killed],
+            runs: vec![good, killed, no_latency],
             ..Report::default()
         };
         let table = render_table(&report);
+        for column in ["p50", "p99", "p999", "base p50", "p50/base"] {
+            assert_eq!(table_cell(&table, "tcp", column), "-", "{column}: {table}");
+        }
+        assert_eq!(table_cell(&table, "threads", "p50"), "10 ns", "{table}");
         assert_eq!(
             table_cell(&table, "processes", "elements/s"),
             "-",

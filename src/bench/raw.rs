@@ -699,6 +699,86 @@ async fn nats_connect(p: &Params) -> Result<async_nats::jetstream::Context, Stri
     Ok(async_nats::jetstream::new(client))
 }
 
+/// How long [`check_nats`] waits for the server to answer.
+const NATS_CHECK: Duration = Duration::from_secs(5);
+
+/// The server `url` names, connected within [`NATS_CHECK`].
+async fn nats_client(url: &str) -> Result<async_nats::Client, String> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(NATS_CHECK)
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot reach the NATS server: {e}"))
+}
+
+/// Checks `url` (`--nats`) before anything runs: a well-formed URL (said without showing a
+/// password it may hold), a server that answers within 5 s (`NATS_CHECK`), with JetStream. A
+/// broker cell would otherwise wait a minute for the server (its `connect_wait_ms`) and say
+/// only that its pong did not come back.
+pub fn check_nats(url: &str) -> Result<(), String> {
+    if let Some(problem) = crate::transport::broker::url_problem(url) {
+        return Err(format!("--nats: the URL {problem}"));
+    }
+    let rt = nats_runtime()?;
+    rt.block_on(async {
+        let client = nats_client(url).await.map_err(|e| format!("--nats: {e}"))?;
+        // JetStream's account information, read as plain JSON: the client's own type wants
+        // fields older servers do not send.
+        let no_jetstream = |why: String| {
+            format!("--nats: the server has no JetStream ({why}): start it with `nats-server -js`")
+        };
+        let answer = tokio::time::timeout(NATS_CHECK, client.request("$JS.API.INFO", "".into()))
+            .await
+            .map_err(|_| {
+                format!(
+                    "--nats: the server did not answer a JetStream request within {NATS_CHECK:?}"
+                )
+            })?
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    no_jetstream("nothing answers JetStream requests".into())
+                }
+                _ => no_jetstream(e.to_string()),
+            })?;
+        let info: serde_json::Value = serde_json::from_slice(&answer.payload)
+            .map_err(|e| no_jetstream(format!("its answer is not JSON: {e}")))?;
+        match info.get("error") {
+            None => Ok(()),
+            Some(error) => Err(no_jetstream(
+                error
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("an error")
+                    .to_string(),
+            )),
+        }
+    })
+}
+
+/// Deletes the JetStream streams whose names start with one of `prefixes` (a broker cell's,
+/// which the server keeps otherwise); how many.
+pub(crate) fn delete_nats_streams(url: &str, prefixes: &[String]) -> Result<usize, String> {
+    use futures_util::StreamExt as _;
+    let rt = nats_runtime()?;
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(nats_client(url).await?);
+        let mut names = js.stream_names();
+        let mut doomed = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(|e| format!("cannot list the streams: {e}"))?;
+            if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                doomed.push(name);
+            }
+        }
+        for name in &doomed {
+            js.delete_stream(name)
+                .await
+                .map_err(|e| format!("cannot delete stream {name}: {e}"))?;
+        }
+        Ok(doomed.len())
+    })
+}
+
 /// Removes the baseline's streams (the server keeps them otherwise).
 async fn nats_clean(js: &async_nats::jetstream::Context, what: &[&str]) {
     for w in what {

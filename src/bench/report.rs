@@ -45,10 +45,13 @@ fn cpu(seconds: f64) -> String {
     }
 }
 
-/// `850 ns`, `31.2 µs`, `4.10 ms`.
+/// `850 ns`, `31.2 µs`, `4.10 ms`, or `-` for a run that has none: a latency run that failed
+/// (or was not measured) has 0 there, and no round trip takes 0 ns.
 fn ns(x: u64) -> String {
     let x = x as f64;
-    if x < 1e3 {
+    if x == 0.0 {
+        "-".into()
+    } else if x < 1e3 {
         format!("{x:.0} ns")
     } else if x < 1e6 {
         format!("{:.1} µs", x / 1e3)
@@ -332,7 +335,51 @@ pub fn render_scaling(report: &Report) -> String {
     out
 }
 
-/// Writes the report as JSON (`runs`, `scaling`, `settings`) to `path`.
+/// Checks, before anything runs, that `path` (the file of `flag`, `--json` or `--plot`) can be
+/// written: not a folder, in a folder that exists and this process may write into. A typo then
+/// costs nothing, where it would otherwise be found once every cell had run.
+pub fn check_output(flag: &str, path: &Path) -> Result<(), String> {
+    let named = path.display();
+    if path.is_dir() {
+        return Err(format!("{flag} {named}: is a folder; name a file"));
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(format!(
+            "{flag} {named}: the folder {} does not exist",
+            folder.display()
+        ));
+    }
+    let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK);
+    if let Err(e) = writable(folder) {
+        return Err(format!(
+            "{flag} {named}: cannot write into {}: {}",
+            folder.display(),
+            e.desc()
+        ));
+    }
+    if path.exists() {
+        if let Err(e) = writable(path) {
+            return Err(format!("{flag} {named}: cannot write it: {}", e.desc()));
+        }
+    }
+    if flag == "--plot"
+        && !path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        return Err(format!(
+            "{flag} {named}: the plot is drawn as SVG: name a file ending in .svg"
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the report as JSON (`runs`, `scaling`, `settings`, and `interrupted` when a signal
+/// stopped the bench) to `path`.
 pub fn write_json(path: &Path, report: &Report) -> Result<(), String> {
     let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -424,6 +471,8 @@ fn colour(key: &str) -> plotters::style::RGBColor {
         "crossbeam" => RGBColor(148, 103, 189),
         "shm-ring" => RGBColor(140, 86, 75),
         "raw-tcp" => RGBColor(90, 90, 90),
+        "broker" => RGBColor(227, 119, 194),
+        "raw-nats" => RGBColor(127, 127, 127),
         _ => RGBColor(0, 0, 0),
     }
 }

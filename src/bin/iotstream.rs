@@ -265,10 +265,12 @@ For every mode, element size and input pattern it runs source -> map -> sink for
 for half as long (latency: half a round trip, p50/p99/p999; back to back, or paced at each \
 --rate, a row per rate). Modes: thread (every agent on one \
 thread), threads (each agent on a thread of its own), processes (the sink in a second process, \
-over shared memory), tcp (map -> sink forced onto a TCP link on loopback), spin (as processes, \
-the rings in low-latency mode: Connection::spin(Duration::MAX), the readers never sleep; asked for only, it keeps cores busy). \
+over shared memory), tcp (map -> sink forced onto a TCP link on loopback), pool (one process, \
+nothing placed: the worker pool, as a graph runs unless told otherwise), spin (as processes, \
+the rings in low-latency mode: Connection::spin(Duration::MAX), the readers never sleep; asked for only, it keeps cores busy), \
+broker (map -> sink through the NATS JetStream server --nats names). \
 Patterns: batch (a \
-Source handing over batches) and single (one InputSender::send per element). Baselines move the \
+Source handing over batches) and single (one InputSender::push per element). Baselines move the \
 same bytes the same way: crossbeam channels (thread, threads), a raw shared-memory ring between \
 two processes (processes, spin), a raw loopback TCP connection (tcp), a raw async-nats \
 JetStream publisher and pull subscriber on the same server (broker, with --nats URL).\n\n\
@@ -276,8 +278,11 @@ The scaling mode runs shapes instead: a chain of --agents maps, one stream read 
 sinks, a chain over --procs processes; it prints each point's time and how it grows.\n\n\
 Every cell runs in a fresh process and checks that every element sent was delivered; a cell \
 that fails (or runs --timeout past its duration) is a row with its error, and the command then \
-exits 1, naming it. The default run (4 modes x 2 sizes x 2 patterns, 0.5 s each, the short \
-scaling points) takes about half a minute. See docs/benchmarks.md for how to read each ratio.",
+exits 1, naming it; a flag value that cannot be used (a --json or --plot file that cannot be \
+written, a --nats server that does not answer) exits 2 before anything runs. Ctrl-C (or \
+SIGTERM) stops the bench: the cell running is ended and cleaned up after, the table shows \
+the cells that ran, and the command exits 130 (143). The default run (5 modes x 2 sizes x 2 \
+patterns, 0.5 s each, the short scaling points) takes about half a minute. See docs/benchmarks.md for how to read each ratio.",
         after_help = "Examples:\n  \
 iotstream bench\n  \
 iotstream bench --modes threads,processes --sizes 8,64,1024,65536 --duration 2 --json bench.json --plot bench.svg\n  \
@@ -290,17 +295,17 @@ iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,
         #[arg(long, value_name = "LIST", default_value = "thread,threads,pool,processes,tcp,scaling", value_parser = modes_arg)]
         modes: Modes,
         /// Element sizes in bytes, comma-separated, from 8, 64, 256, 1024, 4096, 65536.
-        #[arg(long, value_name = "LIST", default_value = "8,1024", value_parser = sizes_arg)]
+        #[arg(long, value_name = "LIST", default_value = "8,1024", value_parser = sizes_arg, allow_negative_numbers = true)]
         sizes: Sizes,
         /// Input patterns, comma-separated: batch, single.
         #[arg(long, value_name = "LIST", default_value = "batch,single", value_parser = patterns_arg)]
         patterns: Patterns,
         /// Seconds each throughput run feeds (0.5, 2, 250ms); each latency run takes half.
-        #[arg(long, value_name = "S", default_value = "0.5", value_parser = bench::parse_seconds)]
+        #[arg(long, value_name = "S", default_value = "0.5", value_parser = bench::parse_seconds, allow_negative_numbers = true)]
         duration: Duration,
         /// Pings per second of the latency runs, comma-separated, a row each (0: back to back;
         /// 1000: the next ping at the next millisecond tick, never before the pong is back).
-        #[arg(long, value_name = "MSG/S", default_value = "0", value_parser = rates_arg)]
+        #[arg(long, value_name = "MSG/S", default_value = "0", value_parser = rates_arg, allow_negative_numbers = true)]
         rate: Rates,
         /// Also write the results as JSON to this file (`runs`, `scaling`, `settings`).
         #[arg(long, value_name = "FILE")]
@@ -309,16 +314,16 @@ iotstream bench --modes scaling --agents 1,10,100,1000,10000,100000 --readers 1,
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
         /// Scaling: lengths of the chain of maps, increasing (up to 100000).
-        #[arg(long, value_name = "LIST", default_value = "1,10,100,1000", value_parser = agents_arg)]
+        #[arg(long, value_name = "LIST", default_value = "1,10,100,1000", value_parser = agents_arg, allow_negative_numbers = true)]
         agents: Counts,
         /// Scaling: readers of one stream, increasing (up to 10000).
-        #[arg(long, value_name = "LIST", default_value = "1,10,100", value_parser = readers_arg)]
+        #[arg(long, value_name = "LIST", default_value = "1,10,100", value_parser = readers_arg, allow_negative_numbers = true)]
         readers: Counts,
         /// Scaling: processes in a chain, increasing (up to 64).
-        #[arg(long, value_name = "LIST", default_value = "1,2,4", value_parser = procs_arg)]
+        #[arg(long, value_name = "LIST", default_value = "1,2,4", value_parser = procs_arg, allow_negative_numbers = true)]
         procs: Counts,
         /// Seconds a cell may run past its duration before it is killed and reported failed.
-        #[arg(long, value_name = "S", default_value = "60", value_parser = bench::parse_seconds)]
+        #[arg(long, value_name = "S", default_value = "60", value_parser = bench::parse_seconds, allow_negative_numbers = true)]
         timeout: Duration,
         /// A NATS server with JetStream (nats://host:4222): adds the broker mode (unless
         /// --modes is given), measured beside a raw async-nats publisher and subscriber on
@@ -507,6 +512,33 @@ fn main() -> ExitCode {
             if modes.0.contains(&bench::Mode::Broker) && nats.is_none() {
                 eprintln!("error: the broker mode needs a NATS server: --nats nats://host:4222");
                 return ExitCode::from(2);
+            }
+            // What can be checked before anything runs is: a typo costs nothing then.
+            let mut unusable = Vec::new();
+            if let Some(path) = &json {
+                unusable.extend(bench::check_output("--json", path).err());
+            }
+            if let Some(path) = &plot {
+                unusable.extend(bench::check_output("--plot", path).err());
+                if modes.0.is_empty() {
+                    unusable.push(
+                        "--plot draws the throughput and latency runs, and --modes names none \
+                         (the scaling points are in the table and in --json)"
+                            .to_string(),
+                    );
+                }
+            }
+            if let Some(url) = nats
+                .as_deref()
+                .filter(|_| modes.0.contains(&bench::Mode::Broker))
+            {
+                unusable.extend(bench::check_nats(url).err());
+            }
+            if !unusable.is_empty() {
+                for problem in unusable {
+                    eprintln!("iotstream bench: error: {problem}");
+                }
+                return ExitCode::from(USAGE_ERROR);
             }
             let options = bench::Options {
                 modes: modes.0,
@@ -730,6 +762,20 @@ fn run_bench(
     text.push_str(&bench::render_scaling(&report));
     // A reader that went away (`| head`) does not stop the files from being written.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if let Some(signal) = report.interrupted {
+        // What ran is shown; files are not written over with a part of the run.
+        let name = nix::sys::signal::Signal::try_from(signal)
+            .map_or_else(|_| format!("signal {signal}"), |s| s.to_string());
+        eprintln!(
+            "iotstream bench: interrupted by {name}: the table shows the cells that ran{}",
+            if json.is_some() || plot.is_some() {
+                "; --json and --plot not written"
+            } else {
+                ""
+            }
+        );
+        return ExitCode::from(128 + signal.clamp(0, 127) as u8);
+    }
     let mut code = ExitCode::SUCCESS;
     if let Some(path) = json {
         match bench::write_json(path, &report) {

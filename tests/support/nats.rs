@@ -158,6 +158,21 @@ impl NatsServer {
             .any(|a| a.path().join("streams").join(name).is_dir())
     }
 
+    /// The JetStream streams the server stores (in its store folder, every account's).
+    pub fn stream_names(&self) -> Vec<String> {
+        let Ok(accounts) = std::fs::read_dir(self.store.join("jetstream")) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = accounts
+            .flatten()
+            .filter_map(|a| std::fs::read_dir(a.path().join("streams")).ok())
+            .flat_map(|streams| streams.flatten())
+            .map(|s| s.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// What the server wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
