@@ -1055,6 +1055,10 @@ fn cell_count(o: &Options) -> usize {
 
 /// Runs every cell `options` asks for and returns what they measured. A cell that fails is a
 /// row with its error ([`Report::failures`] lists them), and the bench goes on.
+///
+/// While it runs, SIGINT, SIGTERM and SIGHUP stop it: the cell running is killed with its
+/// processes and its rings are swept, and the report holds the rows that ran whole, with the
+/// signal in [`Report::interrupted`]. A second signal ends the process at once.
 pub fn run(options: &Options, progress: &mut dyn Progress) -> Report {
     let total = cell_count(options);
     let mut done = 0;
