@@ -195,6 +195,11 @@ enum Answer {
     Signalled(i32),
 }
 
+/// How long after the describing application died of SIGINT, SIGTERM or SIGHUP the launcher
+/// waits to learn whether the signal was its own too (a terminal's, sent to the whole process
+/// group): then it stops as a signal says, instead of reporting a failed application.
+const OWN_SIGNAL_WITHIN: Duration = Duration::from_millis(500);
+
 /// [`describe`], telling a signal that came meanwhile to the caller instead of ending the
 /// process.
 fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Result<Answer, Error> {
@@ -247,8 +252,17 @@ fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Resul
         } else {
             e.to_string()
         };
+        // A bare name is looked up in PATH, not in the current folder.
+        let bare = app.program.components().count() == 1 && !shown.starts_with('.');
+        let hint = match () {
+            _ if e.kind() != std::io::ErrorKind::NotFound || !bare => String::new(),
+            _ if app.program.is_file() => format!(
+                " (a name without a '/' is looked up in PATH, not in this folder: run ./{shown})"
+            ),
+            _ => " (a name without a '/' is looked up in PATH)".to_string(),
+        };
         Error::Runtime {
-            detail: format!("cannot start the application '{shown}': {why}"),
+            detail: format!("cannot start the application '{shown}': {why}{hint}"),
         }
     })?;
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -296,6 +310,25 @@ fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Resul
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    // A terminal's Ctrl-C (or hang-up) reaches the application too, which is in this
+    // process's group while it describes itself: it may die of that very signal before this
+    // process's own handler has said so. Stopped by a signal, not failed.
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status)
+        .filter(|s| [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].contains(s))
+    {
+        let until = Instant::now() + OWN_SIGNAL_WITHIN;
+        while signalled.load(Ordering::SeqCst) == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let own = signalled.load(Ordering::SeqCst);
+        if own != 0 {
+            log(&format!(
+                "signal {own}: '{shown}' ended (signal {sig}) while it described its graph; \
+                 nothing had started"
+            ));
+            return Ok(Answer::Signalled(own));
+        }
+    }
     let last = tail.join().unwrap_or_default();
     let text = match std::fs::read(&path) {
         Ok(t) => t,
@@ -674,6 +707,23 @@ pub fn run(
         .filter(|p| info.host_of(p).is_none_or(|h| h.name == host))
         .cloned()
         .collect();
+    if processes.is_empty() {
+        // Nothing to start here: "every process ended well" would be a lie that hides a
+        // wrong --host (or a launcher started on the wrong machine).
+        let busy: Vec<&str> = info
+            .hosts
+            .iter()
+            .filter(|h| !h.processes.is_empty())
+            .map(|h| h.name.as_str())
+            .collect();
+        return Err(Error::Deployment {
+            problems: vec![format!(
+                "host '{host}' runs none of the application's processes (they run on: {}): \
+                 name the host this launcher runs with --host",
+                busy.join(", ")
+            )],
+        });
+    }
 
     let run = RunId::new();
     // Bounded: its senders (the signal thread, a control reader and an exit waiter per started
@@ -765,10 +815,14 @@ pub fn run(
     let code = sup.supervise(&events);
     sup.publish();
     drop(watch);
-    // From here on the process's signals do what they did before this run.
-    drop(signals);
     segments.remove_all();
     server.finish(Some(*code.as_ref().unwrap_or(&2)));
+    // From here on the process's signals do what they did before this run. Not before the
+    // cleanup above: a signal that came once the run's outcome was decided (a Ctrl-C just
+    // after "every process ended well", a second one as a drain ends) went to the signal's
+    // default action, ending the launcher with 130 and leaving its rings and socket behind.
+    // Until here it is an event nobody takes any more.
+    drop(signals);
     code
 }
 

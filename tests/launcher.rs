@@ -1352,8 +1352,14 @@ impl Drop for Sleeper {
 /// (a program that never does: it starts its description file, then sleeps): the launcher
 /// stops the program, removes the file and exits with 128 + the signal, leaving nothing running.
 /// SIGKILL, which the launcher cannot see, ends the program all the same (it dies with the
-/// launcher); only the file may be left then.
-fn a_signal_while_the_app_describes_itself_stops_it(signal: i32) -> Result<(), String> {
+/// launcher); only the file may be left then. With `terminal`, the program gets the signal too,
+/// first (a terminal's Ctrl-C reaches the whole process group, and the program may die of it
+/// before the launcher hears of its own): still a stop, not a program that failed to
+/// describe itself.
+fn a_signal_while_the_app_describes_itself_stops_it(
+    signal: i32,
+    terminal: bool,
+) -> Result<(), String> {
     use std::os::unix::process::ExitStatusExt;
     let tmp = Scratch::new(&format!("describe-{signal}"));
     let script = r#"printf partial > "$IOTSTREAM_DESCRIBE"; exec sleep 1000"#;
@@ -1394,6 +1400,14 @@ fn a_signal_while_the_app_describes_itself_stops_it(signal: i32) -> Result<(), S
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    if terminal {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(sleeper.0.to_string())
+            .status();
+        // The program's death comes first, as when it handles the signal faster.
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(run.pid().to_string())
@@ -1426,6 +1440,9 @@ fn a_signal_while_the_app_describes_itself_stops_it(signal: i32) -> Result<(), S
             "the program describing itself (pid {}) still runs after the launcher exited:\n{err}",
             sleeper.0
         )
+    })?;
+    ensure(!err.contains("did not describe"), || {
+        format!("a stop reported as a failed program:\n{err}")
     })?;
     ensure(described().is_empty(), || {
         format!("description files left: {:?}", described())
@@ -1726,6 +1743,35 @@ fn check_refuses_the_secret_and_tls_files_that_run_refuses() -> Result<(), Strin
     ensure(
         out.status.success() && text(&out.stdout).contains("good: application 'relay'"),
         || format!("a good secret: {out:?}"),
+    )
+}
+
+/// `--host` naming a host of the deployment that runs none of its processes: refused, naming
+/// the hosts that do, not a run that starts nothing and says every process ended well.
+fn a_host_that_runs_no_process_is_refused() -> Result<(), String> {
+    let dir = Scratch::new("idle-host");
+    let file = dir.file(
+        "far.toml",
+        "[hosts.local]\naddress = \"127.0.0.1\"\nport = 7600\n\n\
+         [hosts.far]\naddress = \"127.0.0.2\"\nport = 7700\n\n\
+         [network]\ninsecure = true\n\n\
+         [processes.main]\nhost = \"far\"\n\n\
+         [processes.sink]\nhost = \"far\"\nagents = [\"record\"]\n",
+    );
+    let exe = own_exe();
+    let out = Command::new(launcher_exe())
+        .args(["run".as_ref(), exe.as_os_str(), "--deploy".as_ref()])
+        .arg(&file)
+        .args(["--host", "local", "--", "app", "relay", "10"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stderr = text(&out.stderr);
+    ensure(
+        out.status.code() == Some(2)
+            && stderr.contains("host 'local' runs none of the application's processes")
+            && stderr.contains("(they run on: far)")
+            && !stderr.contains("ended well"),
+        || format!("exit {:?}:\n{stderr}", out.status.code()),
     )
 }
 
@@ -2898,19 +2944,27 @@ fn main() {
         ),
         (
             "ctrl_c_while_the_app_describes_itself_stops_it",
-            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGINT)),
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGINT, false)),
+        ),
+        (
+            "a_host_that_runs_no_process_is_refused",
+            Box::new(a_host_that_runs_no_process_is_refused),
+        ),
+        (
+            "a_terminal_ctrl_c_while_the_app_describes_itself_stops_it",
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGINT, true)),
         ),
         (
             "sigterm_while_the_app_describes_itself_stops_it",
-            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGTERM)),
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGTERM, false)),
         ),
         (
             "sighup_while_the_app_describes_itself_stops_it",
-            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGHUP)),
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGHUP, false)),
         ),
         (
             "sigkill_while_the_app_describes_itself_stops_it",
-            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGKILL)),
+            Box::new(|| a_signal_while_the_app_describes_itself_stops_it(libc::SIGKILL, false)),
         ),
         (
             "sigkill_of_the_sink_under_on_failure_restarts_without_gap",

@@ -76,12 +76,13 @@ pub struct Status {
 }
 
 impl Status {
-    /// How many processes run now, and how many there are.
+    /// How many processes run now (their agents running or draining: a drain that a process
+    /// holds up shows it still there), and how many there are.
     pub fn running(&self) -> (usize, usize) {
         let running = self
             .processes
             .iter()
-            .filter(|p| matches!(p.status, ProcessStatus::Running))
+            .filter(|p| matches!(p.status, ProcessStatus::Running | ProcessStatus::Draining))
             .count();
         (running, self.processes.len())
     }
@@ -434,6 +435,25 @@ impl LogBook {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_draining_process_still_counts_as_running() {
+        let state = |status| super::ProcessState {
+            status,
+            ..Default::default()
+        };
+        let s = super::Status {
+            processes: vec![
+                state(ProcessStatus::Draining),
+                state(ProcessStatus::Running),
+                state(ProcessStatus::Ended),
+                state(ProcessStatus::Starting),
+                state(ProcessStatus::Failed),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(s.running(), (2, 5));
+    }
+
     use super::*;
 
     #[test]

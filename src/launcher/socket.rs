@@ -4,8 +4,9 @@
 //! # Where
 //!
 //! Every `iotstream run` listens on a Unix socket in a per-user **runtime folder**:
-//! `$XDG_RUNTIME_DIR/iotstream/` when `XDG_RUNTIME_DIR` is set (systemd sets it to
-//! `/run/user/<uid>`), else `/tmp/iotstream-<uid>/`. The socket is named after the application
+//! `$XDG_RUNTIME_DIR/iotstream/` when `XDG_RUNTIME_DIR` names a folder that exists (systemd
+//! sets it to `/run/user/<uid>`), else `/tmp/iotstream-<uid>/` (a variable naming no folder,
+//! left over from a session that ended, falls back there, as the XDG specification asks). The socket is named after the application
 //! and the launcher's pid, `<app>.<pid>.sock` (the application's name reduced to letters,
 //! digits, `_` and `-`, at most 32 of them: the exact name is in the `status` answer). A command
 //! finds an application by asking every socket there for its `status`.
@@ -191,12 +192,20 @@ impl OpError {
 // ---------------------------------------------------------------------------------------------
 // The runtime folder
 
-/// This user's runtime folder: `$XDG_RUNTIME_DIR/iotstream` if that variable is set to an
-/// absolute path, else `/tmp/iotstream-<uid>`.
+/// This user's runtime folder: `$XDG_RUNTIME_DIR/iotstream` if that variable names a folder
+/// by an absolute path, else `/tmp/iotstream-<uid>`.
 pub fn runtime_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d).join("iotstream"),
-        _ => PathBuf::from(format!("/tmp/iotstream-{}", my_uid())),
+    runtime_dir_for(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), my_uid())
+}
+
+/// [`runtime_dir`] for the value `xdg` of `XDG_RUNTIME_DIR` and user `uid`. A value naming no
+/// folder (a session's folder removed when it ended, a typo) falls back to `/tmp`, as the XDG
+/// specification asks: the control socket is there to reach the run, and a run refused for
+/// want of it would be the worse outcome.
+fn runtime_dir_for(xdg: Option<&std::ffi::OsStr>, uid: u32) -> PathBuf {
+    match xdg.map(Path::new) {
+        Some(d) if d.is_absolute() && d.is_dir() => d.join("iotstream"),
+        _ => PathBuf::from(format!("/tmp/iotstream-{uid}")),
     }
 }
 
@@ -1315,6 +1324,21 @@ pub fn human_duration(s: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_runtime_folder_falls_back_to_tmp_unless_xdg_names_a_folder() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let xdg = |v: &std::path::Path| super::runtime_dir_for(Some(v.as_os_str()), 7);
+        assert_eq!(xdg(dir.path()), dir.path().join("iotstream"));
+        let tmp = std::path::PathBuf::from("/tmp/iotstream-7");
+        assert_eq!(
+            xdg(&dir.path().join("gone")),
+            tmp,
+            "a folder that does not exist"
+        );
+        assert_eq!(xdg(std::path::Path::new("relative")), tmp);
+        assert_eq!(super::runtime_dir_for(None, 7), tmp);
+    }
+
     use super::*;
 
     #[test]
