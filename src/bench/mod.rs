@@ -810,8 +810,8 @@ fn pid(id: u32) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(id as i32)
 }
 
-/// `SIGINT` for 2.
-fn signal_name(signal: i32) -> String {
+/// A signal's name (`SIGINT` for 2), or `signal N` for a number that names none.
+pub fn signal_name(signal: i32) -> String {
     Signal::try_from(signal).map_or_else(|_| format!("signal {signal}"), |s| s.to_string())
 }
 

@@ -764,10 +764,9 @@ fn run_bench(
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     if let Some(signal) = report.interrupted {
         // What ran is shown; files are not written over with a part of the run.
-        let name = nix::sys::signal::Signal::try_from(signal)
-            .map_or_else(|_| format!("signal {signal}"), |s| s.to_string());
         eprintln!(
-            "iotstream bench: interrupted by {name}: the table shows the cells that ran{}",
+            "iotstream bench: interrupted by {}: the table shows the cells that ran{}",
+            bench::signal_name(signal),
             if json.is_some() || plot.is_some() {
                 "; --json and --plot not written"
             } else {
