@@ -366,15 +366,6 @@ pub fn check_output(flag: &str, path: &Path) -> Result<(), String> {
             return Err(format!("{flag} {named}: cannot write it: {}", e.desc()));
         }
     }
-    if flag == "--plot"
-        && !path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
-    {
-        return Err(format!(
-            "{flag} {named}: the plot is drawn as SVG: name a file ending in .svg"
-        ));
-    }
     Ok(())
 }
 

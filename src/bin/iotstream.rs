@@ -520,6 +520,15 @@ fn main() -> ExitCode {
             }
             if let Some(path) = &plot {
                 unusable.extend(bench::check_output("--plot", path).err());
+                if !path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+                {
+                    unusable.push(format!(
+                        "--plot {}: the plot is drawn as SVG: name a file ending in .svg",
+                        path.display()
+                    ));
+                }
                 if modes.0.is_empty() {
                     unusable.push(
                         "--plot draws the throughput and latency runs, and --modes names none \

@@ -6,10 +6,11 @@
 //! Every `iotstream run` listens on a Unix socket in a per-user **runtime folder**:
 //! `$XDG_RUNTIME_DIR/iotstream/` when `XDG_RUNTIME_DIR` names a folder that exists (systemd
 //! sets it to `/run/user/<uid>`), else `/tmp/iotstream-<uid>/` (a variable naming no folder,
-//! left over from a session that ended, falls back there, as the XDG specification asks). The socket is named after the application
-//! and the launcher's pid, `<app>.<pid>.sock` (the application's name reduced to letters,
-//! digits, `_` and `-`, at most 32 of them: the exact name is in the `status` answer). A command
-//! finds an application by asking every socket there for its `status`.
+//! left over from a session that ended, falls back there, as the XDG specification asks).
+//! The socket is named after the application and the launcher's pid, `<app>.<pid>.sock` (the
+//! application's name reduced to letters, digits, `_` and `-`, at most 32 of them: the exact
+//! name is in the `status` answer). A command finds an application by asking every socket
+//! there for its `status`.
 //!
 //! # Who may talk to it
 //!
