@@ -730,6 +730,69 @@ fn an_evicted_key_starts_afresh_and_a_later_correction_holds_only_what_came_afte
     }
 }
 
+/// An element whose window would end past `u64::MAX` (a window is `[start, start + size)`)
+/// fails the agent, naming its timestamp, with watermarks or without. It used to go into a
+/// window whose end was cut to `u64::MAX`, which left it out: it was in no window and not
+/// late, and an empty window was emitted.
+#[test]
+fn an_element_whose_window_would_end_past_the_last_timestamp_is_an_error_naming_it() {
+    let near_the_end = u64::MAX - 2;
+    for spec in [
+        EventWindow::tumbling(10),
+        EventWindow::sliding(10, 3),
+        EventWindow::session(5),
+    ] {
+        for timed in [true, false] {
+            let mut g = Graph::new("last");
+            let x = g.input::<El>("x");
+            let input = if timed {
+                g.watermarks("timed", &x, Watermarks::bounded(0))
+            } else {
+                x
+            };
+            let w = g.event_window("w", &input, spec, |e: &[El]| e.to_vec());
+            let windows = g.collect("windows", &w.windows);
+            let mut h = Harness::new(g).unwrap();
+            h.push(&x, [(5, 1), (near_the_end, 2)]).unwrap();
+            let err = h.run().and_then(|()| h.finish()).unwrap_err();
+            match &err {
+                Error::Agent { agent, cause } => {
+                    assert_eq!(agent, "w", "{spec:?}");
+                    assert!(
+                        cause.contains(&format!("timestamp {near_the_end}")),
+                        "{cause}"
+                    );
+                    assert!(cause.contains("past u64::MAX"), "{cause}");
+                }
+                other => panic!("{spec:?}: unexpected error {other:?}"),
+            }
+            // Nothing was emitted that leaves the element out.
+            assert!(
+                windows
+                    .values()
+                    .iter()
+                    .all(|w| w.end <= 10 && !w.value.is_empty()),
+                "{spec:?} {:?}",
+                windows.values()
+            );
+        }
+    }
+    // A window that ends exactly at u64::MAX holds its elements.
+    let (mut h, x, windows, _) = graph(EventWindow::tumbling(5), 0);
+    let last_window = u64::MAX - 5;
+    h.push(&x, [(last_window, 1), (u64::MAX - 1, 2)]).unwrap();
+    h.finish().unwrap();
+    assert_eq!(
+        windows.values(),
+        [win(
+            last_window,
+            u64::MAX,
+            vec![(last_window, 1), (u64::MAX - 1, 2)],
+            Firing::Final
+        )]
+    );
+}
+
 #[test]
 fn more_buffered_elements_than_the_bound_is_an_error_naming_the_operator_and_the_bound() {
     let (mut h, x, _, _) = graph(EventWindow::tumbling(1_000).max_buffered(5), 0);

@@ -336,3 +336,165 @@ proptest! {
         prop_assert_eq!(mix_and_zip(&order(&d1), bound), mix_and_zip(&order(&d2), bound));
     }
 }
+
+/// An operator's output and how many elements it counted late.
+type WithLate<T> = (Vec<T>, u64);
+
+/// What two inputs gave through every event-time merge and join, with their late counts.
+#[derive(Debug, PartialEq)]
+struct Merged {
+    mix: WithLate<(u64, (usize, u32))>,
+    zip: WithLate<(u64, Vec<Option<u32>>)>,
+    zip2: WithLate<(u64, Option<u32>, Option<u32>)>,
+    join: WithLate<(u64, u32, u32)>,
+}
+
+/// Runs `timed_mix`, `timed_zip`, `timed_zip2` and `timed_join` (tolerance 3) over two inputs
+/// with watermarks of `bound` (or none, taken as ascending), delivered as `cuts` and `order`
+/// say (see [`deliver`]).
+fn merged(
+    inputs: &[Vec<(u64, u32)>; 2],
+    bound: Option<u64>,
+    cuts: &[usize],
+    order: &[usize],
+) -> Merged {
+    let mut g = Graph::new("merged");
+    let xs = [g.input::<(u64, u32)>("x0"), g.input::<(u64, u32)>("x1")];
+    let timed = match bound {
+        Some(d) => [
+            g.watermarks("w0", &xs[0], Watermarks::bounded(d)),
+            g.watermarks("w1", &xs[1], Watermarks::bounded(d)),
+        ],
+        None => xs,
+    };
+    let mut mix_late = None;
+    let mut zip_late = None;
+    let (mix, zip) = if bound.is_some() {
+        let (mix, late) = g.timed_mix("mix", &timed);
+        mix_late = Some(late);
+        let (zip, late) = g.timed_zip_counted("zip", &timed);
+        zip_late = Some(late);
+        (
+            Some(g.collect("c_mix", &mix)),
+            Some(g.collect("c_zip", &zip)),
+        )
+    } else {
+        // Without watermarks these two refuse a decreasing timestamp (tested elsewhere).
+        (None, None)
+    };
+    let (zip2, zip2_late) = g.timed_zip2_counted("zip2", &timed[0], &timed[1]);
+    let (join, join_late) = g.timed_join("join", &timed[0], &timed[1], 3);
+    let (zip2, join) = (g.collect("c_zip2", &zip2), g.collect("c_join", &join));
+    let mut h = Harness::new(g).unwrap();
+    deliver(&mut h, &xs, inputs, cuts, order);
+    h.finish().unwrap();
+    Merged {
+        mix: (
+            mix.map(|c| c.values()).unwrap_or_default(),
+            mix_late.map_or(0, |l| l.get()),
+        ),
+        zip: (
+            zip.map(|c| c.values()).unwrap_or_default(),
+            zip_late.map_or(0, |l| l.get()),
+        ),
+        zip2: (zip2.values(), zip2_late.get()),
+        join: (join.values(), join_late.get()),
+    }
+}
+
+/// The elements of `input` that are not late: those not more than `bound` below the highest
+/// timestamp before them on the same input (without watermarks, not below it).
+fn on_time(input: &[(u64, u32)], bound: Option<u64>) -> Vec<(u64, u32)> {
+    let mut highest: Option<u64> = None;
+    let mut kept = Vec::new();
+    for &(t, v) in input {
+        let late = highest.is_some_and(|m| t.saturating_add(bound.unwrap_or(0)) < m);
+        if !late {
+            kept.push((t, v));
+        }
+        highest = Some(highest.map_or(t, |m| m.max(t)));
+    }
+    kept
+}
+
+/// Any timestamps, in any order: far beyond the bound too. Values below 128 and distinct, so
+/// that their encodings (the order of equal timestamps) sort as the numbers do.
+fn disordered() -> impl Strategy<Value = Vec<(u64, u32)>> {
+    prop::collection::vec(0u64..120, 0..40).prop_map(|ts| {
+        ts.into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Beyond the bound: whether an element is late is judged on its own input (its
+    /// watermark before it), so each merge and join gives the same output and the same late
+    /// count whatever the batches and the interleaving of the two inputs, and `timed_mix`
+    /// gives the sorted merge of exactly the elements that are not late. (Before, an element
+    /// behind its input's watermark was kept when the merge had not emitted up to that
+    /// watermark yet: kept or late depending on where the batches ended.)
+    #[test]
+    fn lateness_beyond_the_bound_does_not_depend_on_batches_or_interleaving(
+        x0 in disordered(), x1 in disordered(),
+        bound in prop::option::of(0u64..10),
+        cuts in prop::collection::vec(1usize..6, 1..8),
+        order in prop::collection::vec(0usize..2, 1..8),
+    ) {
+        let inputs = [x0, x1];
+        let whole = merged(&inputs, bound, &[usize::MAX], &[0, 1]);
+        let cut = merged(&inputs, bound, &cuts, &order);
+        prop_assert_eq!(&whole, &cut);
+        let kept: Vec<Vec<(u64, u32)>> = inputs.iter().map(|i| on_time(i, bound)).collect();
+        let late = (inputs[0].len() + inputs[1].len() - kept[0].len() - kept[1].len()) as u64;
+        if bound.is_some() {
+            let mut want: Vec<(u64, (usize, u32))> = kept
+                .iter()
+                .enumerate()
+                .flat_map(|(j, k)| k.iter().map(move |&(t, v)| (t, (j, v))))
+                .collect();
+            want.sort();
+            prop_assert_eq!(&whole.mix, &(want, late));
+            prop_assert_eq!(whole.zip.1, late);
+        }
+        prop_assert_eq!(whole.zip2.1, late);
+        let zipped: usize = whole.zip2.0.iter().map(|r| r.1.is_some() as usize + r.2.is_some() as usize).sum();
+        prop_assert_eq!(zipped, kept[0].len() + kept[1].len());
+    }
+}
+
+/// An element at the last timestamp, `u64::MAX`, is emitted at the end by every event-time
+/// merge and join (they emitted only what lay below `u64::MAX`, and counted nothing late).
+#[test]
+fn an_element_at_the_last_timestamp_is_emitted_at_the_end() {
+    const LAST: u64 = u64::MAX;
+    for bound in [Some(0), None] {
+        let inputs = [vec![(5, 1), (LAST, 2)], vec![(5, 3), (LAST, 4)]];
+        let out = merged(&inputs, bound, &[usize::MAX], &[0, 1]);
+        if bound.is_some() {
+            assert_eq!(
+                out.mix,
+                (
+                    vec![(5, (0, 1)), (5, (1, 3)), (LAST, (0, 2)), (LAST, (1, 4))],
+                    0
+                )
+            );
+            assert_eq!(
+                out.zip,
+                (
+                    vec![(5, vec![Some(1), Some(3)]), (LAST, vec![Some(2), Some(4)])],
+                    0
+                )
+            );
+        }
+        assert_eq!(
+            out.zip2,
+            (vec![(5, Some(1), Some(3)), (LAST, Some(2), Some(4))], 0),
+            "{bound:?}"
+        );
+        assert_eq!(out.join, (vec![(5, 1, 3), (LAST, 2, 4)], 0), "{bound:?}");
+    }
+}

@@ -271,12 +271,17 @@ pub(crate) struct EventInput {
 
 impl EventInput {
     /// Takes every unconsumed element of `input`, in order with its marks: `each` gets every
-    /// element and the input's watermark just before it. Consumes them all.
+    /// element and whether it is **behind its input's watermark** just before it (below a
+    /// watermark that came before it; without watermarks, below a timestamp the input already
+    /// sent). Such an element is late whatever the other inputs do, and judging it by its own
+    /// input's marks, in their place, is what keeps lateness independent of batches and of
+    /// how the inputs' steps interleave: the operator may not have emitted up to that
+    /// watermark yet. Consumes them all.
     pub fn take<V: Element>(
         &mut self,
         inputs: &mut Inputs<'_>,
         input: &Input<(u64, V)>,
-        mut each: impl FnMut(&(u64, V), Option<u64>),
+        mut each: impl FnMut(&(u64, V), bool),
     ) {
         let timed = inputs.carries_watermarks(input);
         let data = inputs.slice(input);
@@ -299,7 +304,7 @@ impl EventInput {
                 }
             }
             let Some(e) = data.get(at) else { break };
-            each(e, self.watermark);
+            each(e, self.watermark.is_some_and(|w| e.0 < w));
             self.idle = false;
             if !timed {
                 self.watermark = Some(self.watermark.map_or(e.0, |o| o.max(e.0)));
@@ -341,7 +346,7 @@ pub(crate) fn frontier(ins: &[EventInput]) -> Option<u64> {
 
 /// [`Graph::timed_mix`](crate::Graph::timed_mix) over inputs that carry watermarks: elements
 /// wait until every input's watermark has passed them, then go out in `(t, input, encoding)`
-/// order; an element behind what was emitted is late.
+/// order; an element behind its input's watermark, or behind what was emitted, is late.
 pub(crate) struct EventMix<V> {
     clocks: Vec<EventInput>,
     pending: BinaryHeap<Reverse<Keyed<(usize, V)>>>,
@@ -373,8 +378,8 @@ impl<V: Element> EventMix<V> {
         let done_below = self.done_below;
         for (j, input) in ins.iter().enumerate() {
             let (pending, seq) = (&mut self.pending, &mut self.seq);
-            self.clocks[j].take(inputs, input, |e, _| {
-                if e.0 < done_below {
+            self.clocks[j].take(inputs, input, |e, behind| {
+                if behind || e.0 < done_below {
                     late += 1;
                 } else {
                     *seq += 1;
@@ -395,13 +400,19 @@ impl<V: Element> EventMix<V> {
             .into());
         }
         if let Some(upto) = frontier(&self.clocks).filter(|&u| u > self.done_below) {
-            self.emit(upto, out, outputs);
+            self.emit(Some(upto), out, outputs);
         }
         Ok(late)
     }
 
-    /// Emits everything below `upto`, then the watermark.
-    pub fn emit(&mut self, upto: u64, out: &Stream<(u64, (usize, V))>, outputs: &mut Outputs<'_>) {
+    /// Emits everything below `upto`, then the watermark; with `None` (the end), everything,
+    /// timestamps of `u64::MAX` included.
+    pub fn emit(
+        &mut self,
+        upto: Option<u64>,
+        out: &Stream<(u64, (usize, V))>,
+        outputs: &mut Outputs<'_>,
+    ) {
         // Elements of one input at one timestamp go out in a fixed order (`sort_ties`), not
         // in their order of arrival.
         let mut run: Vec<(usize, V)> = Vec::new();
@@ -415,7 +426,7 @@ impl<V: Element> EventMix<V> {
             }
         };
         while let Some(Reverse(k)) = self.pending.peek() {
-            if k.t >= upto {
+            if upto.is_some_and(|u| k.t >= u) {
                 break;
             }
             let Reverse(k) = self.pending.pop().expect("peeked");
@@ -429,6 +440,7 @@ impl<V: Element> EventMix<V> {
             run.push(k.v);
         }
         flush(&mut run, run_t, outputs);
+        let upto = upto.unwrap_or(u64::MAX);
         self.done_below = self.done_below.max(upto);
         if upto < u64::MAX {
             outputs.mark(out, Mark::Watermark(upto));
@@ -465,7 +477,7 @@ impl<V> Ord for Keyed<V> {
 
 /// [`Graph::timed_zip`](crate::Graph::timed_zip) over inputs that carry watermarks: rows wait
 /// until every input's watermark has passed their timestamp, then go out in time order; an
-/// element behind what was emitted is late.
+/// element behind its input's watermark, or behind what was emitted, is late.
 pub(crate) struct EventZip<V> {
     clocks: Vec<EventInput>,
     /// Per timestamp, what each input brought, in arrival order.
@@ -498,8 +510,8 @@ impl<V: Element> EventZip<V> {
         let (done_below, n) = (self.done_below, ins.len());
         for (j, input) in ins.iter().enumerate() {
             let (rows, buffered) = (&mut self.rows, &mut self.buffered);
-            self.clocks[j].take(inputs, input, |e, _| {
-                if e.0 < done_below {
+            self.clocks[j].take(inputs, input, |e, behind| {
+                if behind || e.0 < done_below {
                     late += 1;
                 } else {
                     let row = rows
@@ -519,21 +531,22 @@ impl<V: Element> EventZip<V> {
             .into());
         }
         if let Some(upto) = frontier(&self.clocks).filter(|&u| u > self.done_below) {
-            self.emit(upto, out, outputs);
+            self.emit(Some(upto), out, outputs);
         }
         Ok(late)
     }
 
     /// Emits every row below `upto` (several when an input has several elements at one
-    /// timestamp), then the watermark.
+    /// timestamp), then the watermark; with `None` (the end), every row, timestamps of
+    /// `u64::MAX` included.
     pub fn emit(
         &mut self,
-        upto: u64,
+        upto: Option<u64>,
         out: &Stream<(u64, Vec<Option<V>>)>,
         outputs: &mut Outputs<'_>,
     ) {
         while let Some(entry) = self.rows.first_entry() {
-            if *entry.key() >= upto {
+            if upto.is_some_and(|u| *entry.key() >= u) {
                 break;
             }
             let (t, mut queues) = entry.remove_entry();
@@ -546,6 +559,7 @@ impl<V: Element> EventZip<V> {
                 outputs.push(out, (t, row));
             }
         }
+        let upto = upto.unwrap_or(u64::MAX);
         self.done_below = self.done_below.max(upto);
         if upto < u64::MAX {
             outputs.mark(out, Mark::Watermark(upto));

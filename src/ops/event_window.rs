@@ -58,6 +58,10 @@
 //!   long as an element that is not late can still touch it, so that such an element joins
 //!   it); an element before the end of a session of its key already dropped is late, even if
 //!   it touches a later session (joined to it, it would overlap the dropped one).
+//! - **Timestamps near `u64::MAX`.** A window is `[start, start + size)`, its end exclusive:
+//!   an element whose window (for sessions: its timestamp plus the gap) would end past
+//!   `u64::MAX` fails the agent with an error naming its timestamp, rather than going into a
+//!   window that cannot hold it.
 //! - **End of stream** (or a drain): windows the watermark did not pass are emitted with
 //!   [`Firing::Final`], or dropped with [`EventWindow::drop_partial`].
 //! - **Sessions: the rule for reconciling.** Whatever its firing (`Late`, but also `Final` at
@@ -91,8 +95,10 @@
 //! encoding. The number of live keys (keys with buffered elements) is bounded by
 //! [`EventWindow::max_keys`]: a new key beyond it evicts the key seen least recently; its open
 //! windows are emitted at once with [`Firing::Evicted`] (or dropped, with `drop_partial`), and
-//! the [`EvictionCounter`] counts it. Which key is evicted depends on arrival order: size the
-//! bound so that it is rare. Eviction forgets the key's windows, the emitted ones kept for
+//! the [`EvictionCounter`] counts it. Which key is evicted, and what its windows hold then,
+//! depends on arrival order and on batches (a window the watermark would close on time may
+//! still be open when a new key in the same batch evicts its key: the watermarks agent marks
+//! a batch's progress after it): size the bound so that it is rare. Eviction forgets the key's windows, the emitted ones kept for
 //! the allowed lateness included: if the key comes again, its windows start afresh, so a
 //! correction (`Late`) or a session that follows holds only what came after the eviction, and
 //! reconciling it as superseding what was emitted before drops the elements before the
@@ -978,7 +984,9 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
         match self.spec.kind {
             WindowKind::Session { gap } => {
                 let gap = gap.max(1);
-                let t_end = t.saturating_add(gap);
+                let Some(t_end) = t.checked_add(gap) else {
+                    return Err(past_the_last_timestamp(t, t, gap));
+                };
                 // Sessions overlapping [t, t + gap): contiguous, found from the right.
                 let overlapping: Vec<(u64, u64, bool)> = match self.ids.get(&key) {
                     Some(id) => self.keys[id]
@@ -1037,6 +1045,11 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
                 let Some((first, last)) = Self::grid_windows(size, step, t) else {
                     return Ok(None); // between sampling windows: in none
                 };
+                // A window's end is exclusive: one that would end past `u64::MAX` cannot be
+                // told (a saturated end would leave `t` out of its own window).
+                if last.checked_add(size).is_none() {
+                    return Err(past_the_last_timestamp(t, last, size));
+                }
                 if first.saturating_add(size).saturating_add(l) <= w {
                     return Ok(Some((t, v)));
                 }
@@ -1086,6 +1099,15 @@ impl<K: Element + Eq + Hash, V: Element> Engine<K, V> {
         let due: Vec<_> = self.pending.iter().copied().collect();
         self.emit_sorted(due, firing, out);
     }
+}
+
+/// The error of an element whose window (or session) would end past `u64::MAX`.
+fn past_the_last_timestamp(t: u64, start: u64, size: u64) -> String {
+    format!(
+        "the element at timestamp {t} falls in a window [{start}, {start} + {size}) that ends \
+         past u64::MAX, the last end a window can have: timestamps must stay at least a \
+         window (a session's gap) below u64::MAX"
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,8 +11,12 @@
 //! arrive out of order within the inputs' bound and the output does not change. If the inputs
 //! carry none, timestamps are taken as ascending within each input (the watermark of an input
 //! is the highest timestamp it sent). Either way an input that has ended holds nothing back,
-//! and at the end everything buffered is emitted. An element that arrives behind what was
-//! already emitted is **late**: dropped, and counted in the [`LateCounter`] returned.
+//! and at the end everything buffered is emitted. An element is **late** (dropped, and counted
+//! in the [`LateCounter`] returned) when it is behind its own input's watermark (a watermark
+//! that came before it on that input; without watermarks, a timestamp its input already
+//! sent), judged on that input alone, so that batches and the interleaving of the two inputs
+//! change nothing; or when it arrives behind what was already emitted, which only an input
+//! that was idle meanwhile can do.
 //!
 //! The output carries a watermark too (the point up to which it is complete), so another
 //! event-time operator can read it.
@@ -83,10 +87,11 @@ impl<A: Element, B: Element> TimedJoin<A, B> {
         best.map(|(_, _, v)| v)
     }
 
-    /// Emits every waiting `a` below `upto`; forgets the `b`s no later `a` can match.
-    fn emit(&mut self, upto: u64, outputs: &mut Outputs<'_>) {
+    /// Emits every waiting `a` below `upto` (with `None`, the end: every one, timestamps of
+    /// `u64::MAX` included); forgets the `b`s no later `a` can match.
+    fn emit(&mut self, upto: Option<u64>, outputs: &mut Outputs<'_>) {
         while let Some(Reverse(k)) = self.pending.peek() {
-            if k.t >= upto {
+            if upto.is_some_and(|u| k.t >= u) {
                 break;
             }
             let Reverse(k) = self.pending.pop().expect("peeked");
@@ -94,6 +99,7 @@ impl<A: Element, B: Element> TimedJoin<A, B> {
                 outputs.push(&self.out, (k.t, k.v, b.clone()));
             }
         }
+        let upto = upto.unwrap_or(u64::MAX);
         self.done_below = self.done_below.max(upto);
         let keep_from = self.done_below.saturating_sub(self.tolerance);
         self.candidates = self.candidates.split_off(&(keep_from, 0));
@@ -113,8 +119,8 @@ impl<A: Element, B: Element> Agent for TimedJoin<A, B> {
         let done_below = self.done_below;
         let (tol, seq) = (self.tolerance, &mut self.seq);
         let pending = &mut self.pending;
-        self.clocks[0].take(inputs, &self.a, |e, _| {
-            if e.0 < done_below {
+        self.clocks[0].take(inputs, &self.a, |e, behind| {
+            if behind || e.0 < done_below {
                 late += 1;
             } else {
                 *seq += 1;
@@ -126,9 +132,10 @@ impl<A: Element, B: Element> Agent for TimedJoin<A, B> {
             }
         });
         let candidates = &mut self.candidates;
-        self.clocks[1].take(inputs, &self.b, |e, _| {
-            // It could only have matched readings of `a` already emitted.
-            if e.0.saturating_add(tol) < done_below {
+        self.clocks[1].take(inputs, &self.b, |e, behind| {
+            // Behind `b`'s own watermark, or it could only have matched readings of `a`
+            // already emitted.
+            if behind || e.0.saturating_add(tol) < done_below {
                 late += 1;
             } else {
                 *seq += 1;
@@ -165,13 +172,13 @@ impl<A: Element, B: Element> Agent for TimedJoin<A, B> {
             _ => None,
         };
         if let Some(upto) = upto.filter(|&u| u > self.done_below) {
-            self.emit(upto, outputs);
+            self.emit(Some(upto), outputs);
         }
         Ok(())
     }
 
     fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
-        self.emit(u64::MAX, outputs);
+        self.emit(None, outputs);
         Ok(())
     }
 }
@@ -194,9 +201,11 @@ struct TimedZip2<A, B> {
 }
 
 impl<A: Element, B: Element> TimedZip2<A, B> {
-    fn emit(&mut self, upto: u64, outputs: &mut Outputs<'_>) {
+    /// Emits every row below `upto` (with `None`, the end: every row, timestamps of
+    /// `u64::MAX` included), then the watermark.
+    fn emit(&mut self, upto: Option<u64>, outputs: &mut Outputs<'_>) {
         while let Some(entry) = self.rows.first_entry() {
-            if *entry.key() >= upto {
+            if upto.is_some_and(|u| *entry.key() >= u) {
                 break;
             }
             let (t, (mut xs, mut ys)) = entry.remove_entry();
@@ -207,6 +216,7 @@ impl<A: Element, B: Element> TimedZip2<A, B> {
                 outputs.push(&self.out, (t, xs.pop_front(), ys.pop_front()));
             }
         }
+        let upto = upto.unwrap_or(u64::MAX);
         self.done_below = self.done_below.max(upto);
         if upto < u64::MAX {
             outputs.mark(&self.out, Mark::Watermark(upto));
@@ -223,16 +233,16 @@ impl<A: Element, B: Element> Agent for TimedZip2<A, B> {
         let mut late = 0;
         let done_below = self.done_below;
         let (rows, buffered) = (&mut self.rows, &mut self.buffered);
-        self.clocks[0].take(inputs, &self.a, |e, _| {
-            if e.0 < done_below {
+        self.clocks[0].take(inputs, &self.a, |e, behind| {
+            if behind || e.0 < done_below {
                 late += 1;
             } else {
                 rows.entry(e.0).or_default().0.push_back(e.1.clone());
                 *buffered += 1;
             }
         });
-        self.clocks[1].take(inputs, &self.b, |e, _| {
-            if e.0 < done_below {
+        self.clocks[1].take(inputs, &self.b, |e, behind| {
+            if behind || e.0 < done_below {
                 late += 1;
             } else {
                 rows.entry(e.0).or_default().1.push_back(e.1.clone());
@@ -250,13 +260,13 @@ impl<A: Element, B: Element> Agent for TimedZip2<A, B> {
             .into());
         }
         if let Some(upto) = frontier(&self.clocks).filter(|&u| u > self.done_below) {
-            self.emit(upto, outputs);
+            self.emit(Some(upto), outputs);
         }
         Ok(())
     }
 
     fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
-        self.emit(u64::MAX, outputs);
+        self.emit(None, outputs);
         Ok(())
     }
 }

@@ -67,16 +67,19 @@
 //! **In event time**, [`Graph::timed_zip`] waits for the watermarks instead: a row at `t` goes
 //! out once every input's watermark has passed `t` (an idle or ended input does not hold the
 //! others back), so a quiet input marked idle no longer holds the output for ever, and input out
-//! of order within the bound gives the same rows; an element behind what was emitted is late,
-//! dropped and counted ([`Graph::timed_zip_counted`]).
+//! of order within the bound gives the same rows; an element behind its input's watermark, or
+//! behind what was emitted, is late, dropped and counted ([`Graph::timed_zip_counted`]).
 //!
 //! **In event time.** When the inputs of [`Graph::timed_mix`] carry watermarks (each made with
 //! [`Graph::watermarks`], see the [`event`](crate::ops::event) guide), it does not judge by
 //! arrival: it buffers elements until every input's watermark has passed them (an idle or
 //! ended input does not hold the others back), then emits them in `(t, input index, encoding)`
 //! order, so input that is out of order within the watermarks' bound gives the same output
-//! whatever the arrival. Only an element behind what was already emitted is late: dropped and
-//! counted. At the end everything buffered is emitted. Either all its inputs carry watermarks or
+//! whatever the arrival. Only an element behind its input's watermark (one that came before
+//! it on that input), or behind what was already emitted, is late: dropped and counted. The
+//! first is judged on the input alone, so whether an element is late does not depend on
+//! batches or on how the inputs' arrivals interleave (the second happens only to an input
+//! that was idle meanwhile). At the end everything buffered is emitted. Either all its inputs carry watermarks or
 //! none do (a mix of both is an error naming the input). For two streams of different types,
 //! or a match within a tolerance, see [`join`](crate::ops::join).
 //!
@@ -418,7 +421,7 @@ impl<V: Element> Agent for TimedZip<V> {
 
     fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
         if let Some(ev) = &mut self.event {
-            ev.emit(u64::MAX, &self.out, outputs);
+            ev.emit(None, &self.out, outputs);
         }
         Ok(())
     }
@@ -521,7 +524,7 @@ impl<V: Element> Agent for TimedMix<V> {
 
     fn finish(&mut self, outputs: &mut Outputs<'_>) -> Result<(), AgentError> {
         if let Some(ev) = &mut self.event {
-            ev.emit(u64::MAX, &self.out, outputs);
+            ev.emit(None, &self.out, outputs);
         }
         Ok(())
     }
@@ -753,7 +756,8 @@ impl Graph {
     }
 
     /// [`Graph::timed_zip`], with the counter of the late elements it dropped (in event time:
-    /// an element behind what was already emitted; see the [module docs](crate::ops::merge)).
+    /// an element behind its input's watermark or behind what was already emitted; see the
+    /// [module docs](crate::ops::merge)).
     ///
     /// ```
     /// use iotstream::Graph;
