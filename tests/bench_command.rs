@@ -376,8 +376,9 @@ fn the_broker_mode_and_its_raw_nats_baseline_deliver_every_element() {
         .output()
         .expect("run iotstream bench");
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--nats"),
+        said.contains("iotstream bench: error:") && said.contains("--nats"),
         "{}",
         text(&refused)
     );

@@ -102,6 +102,126 @@ fn follow_starts_at_the_end_or_at_the_beginning() {
     );
 }
 
+/// From the end, an unfinished last line longer than one read (64 KiB) is read whole once
+/// finished too (it was skipped without a word: only the last 64 KiB were searched for its
+/// start); one already longer than `max_line_bytes` is what an over-long line is: an error
+/// naming the file, or skipped.
+#[test]
+fn follow_from_the_end_reads_a_long_unfinished_last_line_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let partial = "x".repeat(70_000);
+    std::fs::write(
+        &log,
+        format!(
+            "old
+{partial}"
+        ),
+    )
+    .unwrap();
+    let ready = dir.path().join("end.offset");
+    let mut g = Graph::new("long_unfinished");
+    let lines = g.source_file_follow_with("log", &log, fast().offset_file(&ready));
+    let out = g.collect("out", &lines);
+    let running = g.start().unwrap();
+    wait_for_file(&ready, "the follower from the end");
+    append(&log, "END\nnext\n");
+    wait_for(&out, 2, "the finished line and the next");
+    stop(running);
+    assert_eq!(out.values(), [format!("{partial}END"), "next".to_string()]);
+
+    // Already past the limit at the start.
+    std::fs::write(&log, format!("old\n{partial}")).unwrap();
+    let mut g = Graph::new("too_long_unfinished");
+    let lines = g.source_file_follow_with("log", &log, fast().max_line_bytes(1_000));
+    g.collect("out", &lines);
+    let msg = g.run().expect_err("over the limit").to_string();
+    assert!(msg.contains(&log.display().to_string()), "{msg}");
+    assert!(msg.contains("unfinished last line"), "{msg}");
+    assert!(msg.contains("longer than 1000 bytes"), "{msg}");
+
+    let content = format!("old\n{partial}");
+    std::fs::write(&log, &content).unwrap();
+    let mut g = Graph::new("too_long_skipped");
+    let options = fast().max_line_bytes(1_000).long_lines(LongLines::Skip);
+    let lines = g.source_file_follow_with("log", &log, options);
+    let out = g.collect("out", &lines);
+    let running = g.start().unwrap();
+    // No offset file while the line in progress is skipped: the follower has decided once
+    // its open file stands at the end.
+    wait_for_position(&log, content.len() as u64);
+    append(&log, "END\nnext\n");
+    wait_for(&out, 1, "the line after the skipped one");
+    stop(running);
+    assert_eq!(out.values(), ["next"]);
+}
+
+/// A stop ends a follower that waits for its next poll, however long its poll interval: its
+/// thread returns. (It slept the whole interval: the stop's grace abandoned the source with
+/// a warning, and its thread slept on, here for an hour.)
+#[test]
+fn a_stop_ends_a_follower_between_polls() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    std::fs::write(&log, "old\n").unwrap();
+    let mut g = Graph::new("slow_poll");
+    let options = FollowOptions::default()
+        .start(FollowStart::Beginning)
+        .poll_interval(Duration::from_secs(3_600));
+    // Its thread is "source slowpoll" (a thread's name is at most 15 bytes).
+    let lines = g.source_file_follow_with("slowpoll", &log, options);
+    let out = g.collect("out", &lines);
+    let running = g.start().unwrap();
+    wait_for(&out, 1, "the line already there");
+    assert_eq!(threads_named("source slowpoll"), 1);
+    running.stop();
+    running.join().expect("a clean stop");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while threads_named("source slowpoll") > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        threads_named("source slowpoll"),
+        0,
+        "the follower's thread still waits for its next poll"
+    );
+    assert_eq!(out.values(), ["old"]);
+}
+
+/// Waits until this process has `path` open at byte `pos`.
+fn wait_for_position(path: &Path, pos: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_pos = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|p| p == path)
+                    && std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(fd.file_name()))
+                        .is_ok_and(|info| info.lines().any(|l| l == format!("pos:\t{pos}")))
+            })
+    };
+    while !at_pos() {
+        assert!(
+            Instant::now() < deadline,
+            "{} not open at byte {pos} after 60 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// How many threads of this process have the name `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .count()
+}
+
 /// Rename rotation while a writer keeps appending: every line exactly once, in order, the
 /// unfinished last line of each rotated file included, lines written in pieces whole.
 #[test]

@@ -509,6 +509,37 @@ fn a_malformed_payload_fails_the_source_naming_the_topic_when_asked() {
     assert!(err.contains("not the JSON expected"), "{err}");
 }
 
+/// A payload over `max_payload_bytes` fails the source naming the topic and both sizes, even
+/// when the whole packet is within what the client accepts (the payload's bound plus room
+/// for the topic: a 60,000-byte payload went through a 1,024-byte bound). The message
+/// before it arrives.
+#[test]
+fn a_payload_over_the_bound_fails_the_source_naming_the_topic() {
+    let broker = Mosquitto::start("allow_anonymous true");
+    let mut g = Graph::new("payload_bound");
+    let source = MqttSource::utf8(broker.broker("bounded").max_payload_bytes(1024), ["big/+"]);
+    let stats = source.stats();
+    let messages = g.source_mqtt("messages", source);
+    let out = g.collect("out", &messages);
+    let running = g.start().unwrap();
+    wait_for(&broker, "the source's subscription", || stats.subscribed());
+    let publisher = TestClient::new(&broker, "big-publisher", None, |_| {});
+    publisher
+        .client
+        .publish("big/small", QoS::AtLeastOnce, false, "x".repeat(1024))
+        .unwrap();
+    publisher
+        .client
+        .publish("big/large", QoS::AtLeastOnce, false, "x".repeat(60_000))
+        .unwrap();
+    let err = running.join().unwrap_err().to_string();
+    eprintln!("the error: {err}");
+    assert!(err.contains("'big/large'"), "{err}");
+    assert!(err.contains("60000 bytes"), "{err}");
+    assert!(err.contains("max_payload_bytes (1024)"), "{err}");
+    assert_eq!(out.values(), ["x".repeat(1024)]);
+}
+
 /// A broker that knows one user, alice, with the password "right".
 fn broker_with_password() -> Mosquitto {
     let passwords = tempfile::NamedTempFile::new().unwrap();

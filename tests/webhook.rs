@@ -392,3 +392,46 @@ fn a_webhook_url_that_cannot_work_is_reported_when_the_graph_is_built() {
         assert!(iotstream::Harness::new(g).is_ok(), "{url}");
     }
 }
+
+/// An element that stops the application (too large with `Undelivered::Fail`, or not
+/// writable as JSON) does not take the elements before it down with it: they are posted
+/// first, then the application stops naming the element. (They were built into the request
+/// and dropped without a word.)
+#[test]
+fn the_elements_before_one_that_stops_the_application_are_posted() {
+    use std::collections::BTreeMap;
+
+    let hook = Hook::start(0, 200);
+    let mut g = Graph::new("webhook_too_large");
+    let s = g.source_iter("in", ["a".to_string(), "b".to_string(), "x".repeat(100)]);
+    g.sink_webhook_with(
+        "hook",
+        &s,
+        hook.url("/large"),
+        quick().max_bytes(20).undelivered(Undelivered::Fail),
+    );
+    let msg = g.run().expect_err("too large").to_string();
+    assert!(msg.contains("element 2 is 102 bytes of JSON"), "{msg}");
+    let posted: Vec<String> = hook
+        .requests()
+        .iter()
+        .flat_map(|r| serde_json::from_slice::<Vec<String>>(&r.body).unwrap())
+        .collect();
+    assert_eq!(posted, ["a", "b"]);
+
+    // Not writable as JSON (a map with tuple keys), with the default Undelivered::Count.
+    let hook = Hook::start(0, 200);
+    let mut g = Graph::new("webhook_not_json");
+    let mut bad = BTreeMap::new();
+    bad.insert((1u32, 2u32), 3u32);
+    let s = g.source_iter("in", [BTreeMap::new(), BTreeMap::new(), bad]);
+    g.sink_webhook_with("hook", &s, hook.url("/json"), quick());
+    let msg = g.run().expect_err("not JSON").to_string();
+    assert!(msg.contains("element 2 cannot be written as JSON"), "{msg}");
+    let posted: Vec<serde_json::Value> = hook
+        .requests()
+        .iter()
+        .flat_map(|r| serde_json::from_slice::<Vec<serde_json::Value>>(&r.body).unwrap())
+        .collect();
+    assert_eq!(posted, [serde_json::json!({}), serde_json::json!({})]);
+}

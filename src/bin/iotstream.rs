@@ -510,7 +510,7 @@ fn main() -> ExitCode {
                 modes.0.push(bench::Mode::Broker);
             }
             if modes.0.contains(&bench::Mode::Broker) && nats.is_none() {
-                eprintln!("error: the broker mode needs a NATS server: --nats nats://host:4222");
+                eprintln!("iotstream bench: error: the broker mode needs a NATS server: --nats nats://host:4222");
                 return ExitCode::from(2);
             }
             // What can be checked before anything runs is: a typo costs nothing then.
@@ -789,7 +789,7 @@ fn run_bench(
         match bench::write_json(path, &report) {
             Ok(()) => eprintln!("results written to {}", path.display()),
             Err(e) => {
-                eprintln!("iotstream: error: --json: {e}");
+                eprintln!("iotstream bench: error: --json: {e}");
                 code = ExitCode::from(COMMAND_FAILED);
             }
         }
@@ -798,7 +798,7 @@ fn run_bench(
         match bench::write_plot(path, &report) {
             Ok(()) => eprintln!("plot drawn in {}", path.display()),
             Err(e) => {
-                eprintln!("iotstream: error: --plot: {e}");
+                eprintln!("iotstream bench: error: --plot: {e}");
                 code = ExitCode::from(COMMAND_FAILED);
             }
         }

@@ -14,12 +14,18 @@
 //!   again past that point before it looked), and starts again from the beginning. Lines
 //!   written after the follower's last read and before the truncation are only in the copy:
 //!   copytruncate loses them for every reader, which is why rename rotation is preferred.
+//!   And a file truncated and written again, within one poll, past the follower's position
+//!   with the same bytes before that position as before (a log of identical lines: a
+//!   heartbeat, a constant reading) cannot be told from a file that grew: its new lines up
+//!   to that position are taken as read, and lost (as they are to `tail -F`).
 //!
 //! # Where it starts, and resuming
 //!
 //! [`FollowOptions::start`] says where reading starts in the file found at the start: at its
 //! end (the default, as `tail -F -n0`: only lines that begin after the start; an unfinished
-//! last line is read whole once finished) or at its beginning. A file that does not exist yet
+//! last line is read whole once finished, or, already longer than
+//! [`FollowOptions::max_line_bytes`], is what any over-long line is: an error, or skipped
+//! with a warning) or at its beginning. A file that does not exist yet
 //! is waited for, and read from its beginning once it appears.
 //!
 //! With [`FollowOptions::offset_file`], the follower records in that file the device, inode and
@@ -61,7 +67,8 @@
 //!
 //! The follower polls: when it has read everything, it looks again every
 //! [`FollowOptions::poll_interval`] (100 ms by default). Its stream never ends by itself; a
-//! stop of the application ends it after the poll in progress.
+//! stop of the application ends it after the read in progress, within 50 ms while it waits
+//! for the next poll, however long the interval.
 //!
 //! [`Running::stop`]: crate::Running::stop
 
@@ -69,7 +76,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::AgentError;
 use crate::graph::Graph;
@@ -82,6 +89,8 @@ pub const FOLLOW_MAX_LINE_BYTES: usize = 16 << 20;
 // A line crosses a ring as a postcard string: its bytes and a length of at most 5 bytes.
 const _: () = assert!(FOLLOW_MAX_LINE_BYTES + 5 <= crate::stream::MAX_ELEMENT_BYTES);
 
+/// The longest one call waits for the next poll: a stop is noticed between calls.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
 /// The most one read takes from the file.
 const READ_CHUNK: usize = 64 * 1024;
 /// The most reads in one call that hand over nothing (a long line growing, or one skipped),
@@ -234,6 +243,8 @@ struct Follower {
     committed_tail: Vec<u8>,
     /// What the offset file says now.
     saved: Option<Saved>,
+    /// When the next look at the file is due, while the follower waits between polls.
+    poll_due: Option<Instant>,
 }
 
 impl Follower {
@@ -250,7 +261,36 @@ impl Follower {
             fingerprint: Vec::new(),
             committed_tail: Vec::new(),
             saved: None,
+            poll_due: None,
         }
+    }
+
+    /// Waits for the next poll, at most [`WAIT_SLICE`] per call, so that a call returns soon
+    /// enough for a stop to be noticed between calls whatever the poll interval; whether the
+    /// poll is due now.
+    fn wait_for_poll(&mut self) -> bool {
+        let Some(due) = self.poll_due else {
+            return true;
+        };
+        let now = Instant::now();
+        if now < due {
+            std::thread::sleep((due - now).min(WAIT_SLICE));
+        }
+        let due_now = Instant::now() >= due;
+        if due_now {
+            self.poll_due = None;
+        }
+        due_now
+    }
+
+    /// Everything was read: the next look is one poll interval from now.
+    fn poll_later(&mut self) {
+        self.poll_due = Instant::now().checked_add(self.options.poll_interval);
+        // An interval past what an `Instant` holds: the next look never comes.
+        if self.poll_due.is_none() {
+            self.poll_due = Some(Instant::now() + Duration::from_secs(u32::MAX as u64));
+        }
+        self.wait_for_poll();
     }
 
     fn origin(&self) -> String {
@@ -341,15 +381,32 @@ impl Follower {
         let pos = match resume {
             Some(pos) => pos,
             None if !self.started && self.options.start == FollowStart::End => {
-                // After the last complete line: an unfinished one is read whole once finished.
-                let from = len.saturating_sub(READ_CHUNK as u64);
-                let mut tail = vec![0u8; (len - from) as usize];
-                file.read_exact_at(&mut tail, from)
-                    .map_err(|e| format!("cannot read {}: {e}", self.origin()))?;
-                match tail.iter().rposition(|&b| b == b'\n') {
-                    Some(i) => from + i as u64 + 1,
-                    None if from == 0 => 0,
+                // After the last complete line: an unfinished one is read whole once finished,
+                // however long it is within the line limit.
+                let limit = self.options.max_line_bytes as u64;
+                match last_line_start(&file, len, limit + 2)
+                    .map_err(|e| format!("cannot read {}: {e}", self.origin()))?
+                {
+                    Some(pos) => pos,
                     None => {
+                        // Longer than the limit already: what an over-long line gets.
+                        let before = len - (limit + 2);
+                        match self.options.long_lines {
+                            LongLines::Fail => {
+                                return Err(format!(
+                                    "{}: the unfinished last line at the start (it begins \
+                                     before byte offset {before}) is longer than {limit} bytes \
+                                     (FollowOptions::max_line_bytes)",
+                                    self.origin()
+                                )
+                                .into());
+                            }
+                            LongLines::Skip => tracing::warn!(
+                                "{}: skipping the unfinished last line at the start (it begins \
+                                 before byte offset {before}), longer than {limit} bytes",
+                                self.origin()
+                            ),
+                        }
                         skip_partial = true;
                         len
                     }
@@ -359,7 +416,7 @@ impl Follower {
         };
         self.start_file(file, dev, ino, pos)?;
         if skip_partial {
-            // The line in progress began more than a read before the end: not ours to emit.
+            // The line in progress is already too long to emit (and said so above).
             self.skipping = Some((pos, false));
         }
         self.started = true;
@@ -701,8 +758,11 @@ impl Follower {
     }
 
     fn fill(&mut self, out: &mut Vec<String>, max: usize) -> Result<(), AgentError> {
+        if !self.wait_for_poll() {
+            return Ok(());
+        }
         if self.cur.is_none() && !self.open_first()? {
-            std::thread::sleep(self.options.poll_interval);
+            self.poll_later();
             return Ok(());
         }
         self.take_lines(out, max)?;
@@ -742,7 +802,7 @@ impl Follower {
         }
         self.save()?;
         if out.is_empty() && reads < READS_PER_CALL {
-            std::thread::sleep(self.options.poll_interval);
+            self.poll_later();
         }
         Ok(())
     }
@@ -816,6 +876,25 @@ fn read_offset_file(path: &Path) -> Result<Option<Saved>, AgentError> {
         offset: num(offset)?,
         before,
     }))
+}
+
+/// Where the last line of the first `len` bytes of `file` begins (just past its last newline,
+/// or 0), if it begins within `within` bytes of `len`; `None` if it began earlier. Reads back
+/// from `len` a chunk at a time, so that memory stays at one read whatever `within` is.
+fn last_line_start(file: &File, len: u64, within: u64) -> std::io::Result<Option<u64>> {
+    let floor = len.saturating_sub(within);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut end = len;
+    while end > floor {
+        let from = end.saturating_sub(READ_CHUNK as u64).max(floor);
+        let piece = &mut chunk[..(end - from) as usize];
+        file.read_exact_at(piece, from)?;
+        if let Some(i) = piece.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(from + i as u64 + 1));
+        }
+        end = from;
+    }
+    Ok((floor == 0).then_some(0))
 }
 
 /// Writes an offset file whole: to a temporary file beside it, then renamed over it.

@@ -1377,6 +1377,19 @@ impl<T: Element> MqttReader<T> {
     fn take(&mut self, p: Publish, out: &mut Vec<T>) -> Result<(), AgentError> {
         let stats = &self.options.stats;
         stats.inner.received.fetch_add(1, Relaxed);
+        // The client refuses only packets beyond the limit plus room for a topic and headers
+        // (its own limit is on the whole packet): the payload's own bound is checked here.
+        let broker = &self.options.broker;
+        if p.payload.len() > broker.max_payload_bytes {
+            return Err(format!(
+                "{broker}: a message of {} bytes arrived on topic '{}', more than \
+                 max_payload_bytes ({})",
+                p.payload.len(),
+                p.topic,
+                broker.max_payload_bytes
+            )
+            .into());
+        }
         let decoded = (self.options.decode)(&p.topic, &p.payload);
         let topic = p.topic.clone();
         if p.qos != QoS::AtMostOnce {

@@ -13,7 +13,7 @@
 //!   that cannot be written as JSON at all (a map whose keys cannot be written as strings:
 //!   tuples, structs or a NaN, say; serde_json writes integer, boolean and finite float keys
 //!   as strings) stops the application, naming its index: that is a program's mistake, not
-//!   the hook's. A float that is NaN or infinite is sent as `null` (serde_json's rule: JSON
+//!   the hook's. Either way the elements before it are posted first. A float that is NaN or infinite is sent as `null` (serde_json's rule: JSON
 //!   has no such numbers).
 //! - **Order.** Requests go one at a time, in stream order; a request is sent again only after
 //!   it failed, and the next one waits for it.
@@ -329,13 +329,15 @@ impl<T: Element> Agent for WebhookSink<T> {
                 break;
             }
         }
-        if result.is_ok() {
-            // A batch goes now: an alert never waits for the next one.
-            result = self.send();
-        }
+        // A batch goes now: an alert never waits for the next one. So do the elements before
+        // one that stops the application: they were accepted, and the hook is not at fault.
+        let sent = self.send();
         inputs.consume(&self.input, n);
         inputs.count_undelivered(std::mem::take(&mut self.undelivered));
-        result
+        match (result, sent) {
+            (Err(stop), Err(before)) => Err(format!("{stop}; and before it: {before}").into()),
+            (result, sent) => result.and(sent),
+        }
     }
 }
 
