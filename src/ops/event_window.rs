@@ -98,7 +98,8 @@
 //! the [`EvictionCounter`] counts it. Which key is evicted, and what its windows hold then,
 //! depends on arrival order and on batches (a window the watermark would close on time may
 //! still be open when a new key in the same batch evicts its key: the watermarks agent marks
-//! a batch's progress after it): size the bound so that it is rare. Eviction forgets the key's windows, the emitted ones kept for
+//! a batch's progress after it): size the bound so that it is rare. Eviction forgets the
+//! key's windows, the emitted ones kept for
 //! the allowed lateness included: if the key comes again, its windows start afresh, so a
 //! correction (`Late`) or a session that follows holds only what came after the eviction, and
 //! reconciling it as superseding what was emitted before drops the elements before the

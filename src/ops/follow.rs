@@ -285,11 +285,12 @@ impl Follower {
 
     /// Everything was read: the next look is one poll interval from now.
     fn poll_later(&mut self) {
-        self.poll_due = Instant::now().checked_add(self.options.poll_interval);
-        // An interval past what an `Instant` holds: the next look never comes.
-        if self.poll_due.is_none() {
-            self.poll_due = Some(Instant::now() + Duration::from_secs(u32::MAX as u64));
-        }
+        let now = Instant::now();
+        // An interval past what an `Instant` holds (`Duration::MAX`): 136 years.
+        let due = now
+            .checked_add(self.options.poll_interval)
+            .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)));
+        self.poll_due = Some(due);
         self.wait_for_poll();
     }
 
