@@ -1311,6 +1311,14 @@ impl Agent for Slow {
 fn a_server_restarted_without_its_store_says_what_it_lost() -> Result<(), String> {
     let mut server = NatsServer::start();
     let (dir, deploy) = pipe_limited_to_128_messages(&server)?;
+    // Once the reader has failed, its writer waits at the stream's limit for a reader that
+    // will not come, until the drain's bound (10 s by default) kills it: 2 s is enough here.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&deploy)
+        .map_err(|e| e.to_string())?;
+    file.write_all(b"\n[supervisor]\ndrain_timeout_ms = 2000\n")
+        .map_err(|e| e.to_string())?;
     let out = dir.path().join("out.txt");
     let n = 300_000u64;
     // A slow reader (50 ms a step): the full stream holds seconds of its work when the server
