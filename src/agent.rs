@@ -583,6 +583,8 @@ pub struct Ports {
     pub(crate) manages_watermarks: bool,
     /// Its outputs carry watermarks whatever its inputs ([`Ports::originates_watermarks`]).
     pub(crate) originates_watermarks: bool,
+    /// Calls that named a port of another agent: reported when the application is built.
+    pub(crate) misuse: Vec<String>,
 }
 
 /// What the graph keeps of a declared port until the application is instantiated.
@@ -670,7 +672,17 @@ impl Ports {
     /// (a count window of size `n`, say). A connection with a smaller capacity is rejected when
     /// the application is built, instead of stalling at run time.
     pub fn needs_at_least<T: Element>(&mut self, input: &Input<T>, n: usize) {
-        self.inputs[input.id.port as usize].min_capacity = n.max(1);
+        let id = input.id;
+        match self.inputs.get_mut(id.port as usize) {
+            Some(decl) if (id.graph, id.agent) == (self.graph, self.agent) => {
+                decl.min_capacity = n.max(1);
+            }
+            _ => self.misuse.push(format!(
+                "needs_at_least names an input of another agent, not one this agent declared \
+                 (input {} of agent {})",
+                id.port, id.agent
+            )),
+        }
     }
 
     /// Says the agent sends its outputs' marks itself, with [`Outputs::mark`], instead of the

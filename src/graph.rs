@@ -289,12 +289,22 @@ pub struct Graph {
 impl Graph {
     /// An empty application named `name` (used in logs, errors and shared-memory names).
     pub fn new(name: &str) -> Self {
+        // Reported when the application is built, as every graph problem (a thread's name,
+        // a file's, a ring's cannot hold a NUL byte: the run would panic).
+        let problems = if name.contains('\0') {
+            vec![format!(
+                "the application's name '{}' holds a NUL byte",
+                name.escape_debug()
+            )]
+        } else {
+            Vec::new()
+        };
         Graph {
             name: name.to_string(),
             id: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed),
             agents: Vec::new(),
             edges: Vec::new(),
-            problems: Vec::new(),
+            problems,
             default_capacity: DEFAULT_CAPACITY,
             default_capacity_bytes: DEFAULT_CAPACITY_BYTES,
             workers: None,
@@ -488,6 +498,7 @@ impl Graph {
             outputs: Vec::new(),
             manages_watermarks: false,
             originates_watermarks: false,
+            misuse: Vec::new(),
         }
     }
 
@@ -499,11 +510,20 @@ impl Graph {
         );
         if name.is_empty() {
             self.problems.push("an agent has an empty name".into());
+        } else if name.contains('\0') {
+            // A thread's name cannot hold one: the run would panic naming no agent.
+            self.problems.push(format!(
+                "agent name '{}' holds a NUL byte",
+                name.escape_debug()
+            ));
         } else if self.by_name.contains_key(name) {
             self.problems
                 .push(format!("agent name '{name}' is used twice"));
         } else {
             self.by_name.insert(name.to_string(), self.agents.len());
+        }
+        for misuse in &ports.misuse {
+            self.problems.push(format!("agent '{name}': {misuse}"));
         }
         for (kind, decls) in [("input", &ports.inputs), ("output", &ports.outputs)] {
             let mut seen = HashSet::new();
@@ -586,6 +606,10 @@ impl Graph {
     /// ```
     pub fn place_on_thread(&mut self, agent: &str, thread: &str) -> &mut Self {
         match self.by_name.get(agent).map(|&i| &mut self.agents[i]) {
+            Some(_) if thread.contains('\0') => self.problems.push(format!(
+                "place_on_thread: thread name '{}' holds a NUL byte",
+                thread.escape_debug()
+            )),
             Some(a) => a.thread = Some(thread.to_string()),
             None => self
                 .problems

@@ -238,6 +238,9 @@ fn ask_for_graph(app: &AppCommand, deployment: Option<&DeploymentFile>) -> Resul
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if let Some(d) = deployment {
+        // The graph it describes is the one every process builds: with `[env]`, which every
+        // process gets (a graph that reads it was refused as "a different graph").
+        cmd.envs(&d.deployment.env);
         cmd.envs(d.env());
         launch::inherit_fd(&mut cmd, d.fd());
     } else {

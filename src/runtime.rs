@@ -1662,20 +1662,28 @@ impl Running {
                     .collect();
                 launch::signal_each(&others, Signal::SIGTERM);
             }
-            if let Some(sup) = children.supervisor.take() {
-                let _ = sup.join();
-            }
+            let exits = children
+                .supervisor
+                .take()
+                .and_then(|sup| sup.join().ok())
+                .unwrap_or_default();
             if let Some(bound) = children.drain_bound.take() {
                 let _ = bound.join();
             }
             if let Some(watch) = children.stall_watch.take() {
                 let _ = watch.join();
             }
-            let failure = children
+            let first_reaped = children
                 .failure
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
+            // The child whose failure reached this part through a link is the cause, even if
+            // another child, failing because of this part's failure, was reaped before it.
+            let failure = by_peer
+                .and_then(|pid| exits.iter().find(|e| e.pid == pid && !e.success()))
+                .map(launch::Exit::to_error)
+                .or(first_reaped);
             children.segments.remove_all();
             if let Some(f) = failure {
                 if child_first || result.is_ok() {
@@ -1835,9 +1843,17 @@ impl Graph {
                     });
                 }
                 if self.fingerprint() != fingerprint {
+                    let (other, hint) = if launch::supervised_by_launcher() {
+                        (
+                            "the one the launcher was described",
+                            " (a process's own `env` in the deployment file must not change it)",
+                        )
+                    } else {
+                        ("the starter's", "")
+                    };
                     return Err(Error::Runtime {
                         detail: format!(
-                            "process '{process}' built a different graph than the starter of application '{}' (agents, ports, placement or connections differ): the graph must be built the same way in every process",
+                            "process '{process}' of application '{}' built a different graph than {other} (agents, ports, placement or connections differ): the graph must be built the same way in every process{hint}",
                             self.name
                         ),
                     });

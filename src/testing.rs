@@ -27,8 +27,12 @@
 //! Sources in the graph ([`Graph::source_iter`], …) are called inline until exhausted; a periodic
 //! source's period is ignored. A graph that never becomes quiescent makes `run` fail instead of
 //! hanging: a source that emits more than [`Harness::set_max_source_elements`] elements (10
-//! million unless set) in one `run` (an endless one), or a loop that never stops emitting, after
-//! [`Harness::set_max_rounds`] rounds.
+//! million unless set) in one `run` (an endless one), one that returns `Ok(true)` with nothing
+//! appended 100 times in a row (it waits for outside input: a poller, which only a threaded run
+//! can drive), or a loop that never stops emitting, after [`Harness::set_max_rounds`] rounds.
+//!
+//! An agent's failure (an error or a panic) ends the run as in a threaded one: what it
+//! appended before reaches its readers, and every later call returns that first error.
 //!
 //! # Processing time
 //!
@@ -84,6 +88,10 @@ pub struct Harness {
     max_source_elements: u64,
     /// The agents' processing time, in nanoseconds.
     clock: Arc<AtomicU64>,
+    /// The first failure of an agent (or of the runtime): every later call returns it, as a
+    /// threaded run stops at its first failure (stepping on would step the failed agent
+    /// again, on the input it failed on).
+    failed: Option<Error>,
 }
 
 impl Harness {
@@ -138,6 +146,7 @@ impl Harness {
             source_streams,
             max_source_elements: Harness::DEFAULT_MAX_SOURCE_ELEMENTS,
             clock,
+            failed: None,
         })
     }
 
@@ -256,6 +265,7 @@ impl Harness {
         stream: &Stream<T>,
         items: impl IntoIterator<Item = T>,
     ) -> Result<(), Error> {
+        self.still_running()?;
         let mut items = items.into_iter();
         // One element goes in without a Vec of its own.
         let mut batch: Vec<T> = Vec::new();
@@ -345,6 +355,7 @@ impl Harness {
 
     /// Ends an input stream made with [`Graph::input`].
     pub fn close<T: Element>(&mut self, stream: &Stream<T>) -> Result<(), Error> {
+        self.still_running()?;
         let agent = self.external(stream)?.agent;
         // Dropping the sender ends the stream once queued chunks are taken.
         self.externals.remove(&stream.id);
@@ -357,7 +368,39 @@ impl Harness {
 
     /// Runs until nothing is left to do: every envelope delivered, every agent with input
     /// stepped, every source exhausted (or waiting for input from the test).
+    ///
+    /// Once an agent has failed (an error or a panic), this and every later call (`push`,
+    /// `close`, `advance_clock`, `finish`) return that first error: the run is over, as a
+    /// threaded run is.
     pub fn run(&mut self) -> Result<(), Error> {
+        self.still_running()?;
+        let result = self.run_rounds(None);
+        if let Err(e) = &result {
+            if matches!(
+                e,
+                Error::Agent { .. } | Error::Panic { .. } | Error::Runtime { .. }
+            ) {
+                // What the failed agent appended before it failed reaches its readers, as in a
+                // threaded run; it is not stepped again, nor is any source.
+                let failed = e.agent().map(str::to_string);
+                let _ = self.run_rounds(Some(failed.as_deref().unwrap_or_default()));
+                self.failed = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    /// The first failure, if an agent has failed.
+    fn still_running(&self) -> Result<(), Error> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Rounds until nothing is left to do. `settling` after a failure (of the agent it names):
+    /// neither that agent nor the sources step.
+    fn run_rounds(&mut self, settling: Option<&str>) -> Result<(), Error> {
         let start: Vec<u64> = self
             .source_streams
             .iter()
@@ -373,7 +416,8 @@ impl Harness {
                 h.fire_timer_if_due();
             }
             for h in &mut self.hosts {
-                if h.ready() {
+                let held = settling.is_some_and(|failed| h.is_source() || *h.name == *failed);
+                if h.ready() && !held {
                     stepped = true;
                     h.run()?;
                 }
@@ -409,6 +453,7 @@ impl Harness {
     /// loop has gone quiet), and the agents after it end by end of stream. Data
     /// that can never be delivered is an [`Error::Stalled`] naming the connection.
     pub fn finish(&mut self) -> Result<(), Error> {
+        self.still_running()?;
         let open: Vec<_> = self.externals.drain().map(|(_, e)| e).collect();
         drop(open);
         for (i, h) in self.hosts.iter().enumerate() {

@@ -128,7 +128,9 @@ fn relay(app: &str, n: u64, pace: usize) -> Result<(), iotstream::Error> {
         );
     }
     let mut g = Graph::new(app);
-    g.set_default_capacity(1024);
+    // A deployment's `[env]` may change the graph: every process, and its description, get it.
+    let capacity = std::env::var("RELAY_CAPACITY").map_or(1024, |c| c.parse().expect("a number"));
+    g.set_default_capacity(capacity);
     let mut next = 0u64;
     let numbers = g.source(
         "numbers",
@@ -1141,6 +1143,9 @@ fn a_drain_that_times_out_kills_the_stragglers_and_fails() -> Result<(), String>
     })
 }
 
+/// `[env]` and a process's own `env` reach the processes, and `[env]` the describing run too (the
+/// graph reads `RELAY_CAPACITY`: described without it, every process was refused as "a
+/// different graph").
 fn deployment_env_and_cpus_reach_the_processes() -> Result<(), String> {
     let dir = Scratch::new("env");
     // The first CPU this test may run on (CPU 0 may be outside its set).
@@ -1152,7 +1157,7 @@ fn deployment_env_and_cpus_reach_the_processes() -> Result<(), String> {
         .ok_or("cannot read this process's CPUs")?;
     let deploy = dir.file(
         "env.toml",
-        &format!("[env]\nRELAY_TAG = \"everyone\"\n\n[processes.work]\nagents = [\"triple\"]\ncpus = [{cpu}]\nenv = {{ RELAY_TAG = \"worker\" }}\n\n[processes.sink]\nagents = [\"record\"]\n"),
+        &format!("[env]\nRELAY_TAG = \"everyone\"\nRELAY_CAPACITY = \"64\"\n\n[processes.work]\nagents = [\"triple\"]\ncpus = [{cpu}]\nenv = {{ RELAY_TAG = \"worker\" }}\n\n[processes.sink]\nagents = [\"record\"]\n"),
     );
     let out = dir.path("out.txt");
     let run = launch(

@@ -785,15 +785,6 @@ fn periodic(g: &mut Graph, stream: &Stream<u64>, every: Duration, burst: u64) ->
         (agent, (input, out))
     });
     g.connect(stream, &input);
-    struct Drain {
-        input: Input<u64>,
-    }
-    impl Agent for Drain {
-        fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
-            i.consume_all(&self.input);
-            Ok(())
-        }
-    }
     let sink = g.add_agent("sink", |p| {
         let input = p.input::<u64>("in");
         (Drain { input }, input)
@@ -969,4 +960,141 @@ fn a_harness_stall_names_the_timers_to_come() {
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), accepted);
     h.close(&x).unwrap();
     h.finish().unwrap();
+}
+
+/// Once an agent has failed under the Harness, every later call returns that first error: the
+/// failed step is not run again on the input it failed on. (The next `run` returned `Ok`, the
+/// step ran again and emitted its first element twice, and the same bad element was named as
+/// element 1, then 2, then 3.)
+#[test]
+fn the_harness_stops_at_an_agents_first_failure() {
+    let mut g = Graph::new("sticky");
+    let x = g.input::<String>("x");
+    let parsed = g.try_map("parse", &x, |v: &String| v.parse::<u64>());
+    let out = g.collect("out", &parsed);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, ["1".to_string(), "x".into(), "3".into()])
+        .unwrap();
+    let first = h.run().unwrap_err().to_string();
+    assert!(first.contains("element 1 of the stream"), "{first}");
+    assert_eq!(h.run().unwrap_err().to_string(), first);
+    assert_eq!(
+        h.push(&x, ["4".to_string()]).unwrap_err().to_string(),
+        first
+    );
+    assert_eq!(h.close(&x).unwrap_err().to_string(), first);
+    assert_eq!(h.finish().unwrap_err().to_string(), first);
+    assert_eq!(out.values(), [1]);
+}
+
+/// A source that returns `Ok(true)` with nothing appended (one that polls for outside input,
+/// as `Source::fill` allows) is an error under the Harness, which runs sources until they
+/// end, naming the source: `run` never returned, whatever `set_max_rounds` said.
+#[test]
+fn a_polling_source_under_the_harness_is_an_error_not_a_hang() {
+    let mut g = Graph::new("polling");
+    let mut calls = 0u32;
+    let s = g.source("sensor", move |out: &mut Vec<u64>, _max: usize| {
+        calls += 1;
+        if calls <= 3 {
+            out.push(u64::from(calls)); // a few readings, then nothing ever again
+        }
+        Ok::<bool, AgentError>(true)
+    });
+    let out = g.collect("out", &s);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Harness::new(g).unwrap().run());
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("run did not return within 60 s")
+        .unwrap_err();
+    assert_eq!(err.agent(), Some("sensor"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("returned Ok(true) with no element 100 times in a row"),
+        "{err}"
+    );
+    assert_eq!(out.values(), [1, 2, 3]);
+}
+
+/// A source's panic is `Error::Panic` naming the source in a threaded run, as under the
+/// Harness (it was `Error::Agent` with "panicked: …" as its cause, on the source's thread).
+#[test]
+fn a_panicking_source_is_a_panic_naming_it_threaded_as_in_the_harness() {
+    let graph = || {
+        let mut g = Graph::new("exploding");
+        let mut calls = 0u64;
+        let s = g.source("boom", move |out: &mut Vec<u64>, _max: usize| {
+            calls += 1;
+            assert!(calls < 3, "sensor exploded");
+            out.push(calls);
+            Ok::<bool, AgentError>(true)
+        });
+        let out = g.collect("out", &s);
+        (g, out)
+    };
+    let (g, _) = graph();
+    let threaded = join_within(g).unwrap_err();
+    let (g, harness_out) = graph();
+    let harness = Harness::new(g).unwrap().finish().unwrap_err();
+    for err in [threaded, harness] {
+        match &err {
+            Error::Panic { agent, message } => {
+                assert_eq!(agent, "boom");
+                assert_eq!(message, "sensor exploded");
+            }
+            other => panic!("not a panic: {other:#?}"),
+        }
+    }
+    // What it made before is delivered.
+    assert_eq!(harness_out.values(), [1, 2]);
+}
+
+/// Mistakes that panicked inside the library are graph errors: a NUL byte in the
+/// application's, an agent's or a thread's name (a thread's name cannot hold one), and
+/// `Ports::needs_at_least` given another agent's input (an index out of bounds, or the need
+/// put on this agent's own input of that number).
+#[test]
+fn names_with_a_nul_byte_and_a_need_on_another_agents_input_are_graph_errors() {
+    let mut g = Graph::new("bad\0app");
+    let s = g.source_iter("num\0bers", 0..3u64);
+    let m = g.map("double", &s, |v: &u64| v * 2);
+    g.collect("out", &m);
+    g.place_on_thread("double", "t\0");
+    let reader = g.add_agent("reader", |p| {
+        let input = p.input::<u64>("in");
+        (Drain { input }, input)
+    });
+    g.connect(&m, &reader);
+    g.add_agent("needy", |p| {
+        let input = p.input::<u64>("in");
+        p.needs_at_least(&reader, 5);
+        (Drain { input }, input)
+    });
+    let text = match g.run().unwrap_err() {
+        Error::Graph { problems, .. } => problems.join("\n"),
+        other => panic!("{other:#?}"),
+    };
+    for expected in [
+        "the application's name 'bad\\0app' holds a NUL byte",
+        "agent name 'num\\0bers' holds a NUL byte",
+        "place_on_thread: thread name 't\\0' holds a NUL byte",
+        "agent 'needy': needs_at_least names an input of another agent",
+    ] {
+        assert!(text.contains(expected), "missing '{expected}' in:\n{text}");
+    }
+}
+
+/// Consumes everything it is given.
+struct Drain {
+    input: Input<u64>,
+}
+
+impl Agent for Drain {
+    fn step(&mut self, i: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        i.consume_all(&self.input);
+        Ok(())
+    }
 }

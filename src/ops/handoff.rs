@@ -75,6 +75,10 @@ pub(crate) enum Ending {
     Done,
     /// The writer failed: the run stops with this, after what it handed over.
     Failed(String),
+    /// The writer (a [`Source`](crate::Source)'s call) panicked, with this message: the run
+    /// stops with [`Error::Panic`](crate::Error::Panic) naming the source, after what it
+    /// handed over, as when a step panics.
+    Panicked(String),
 }
 
 /// Why a hand-over did not happen.

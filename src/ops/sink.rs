@@ -551,6 +551,15 @@ impl Graph {
     }
 
     /// Prints each element as one line on standard output.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("alerts");
+    /// let readings = g.source_iter("readings", [12.5, 31.0, 18.25]);
+    /// let hot = g.filter("hot", &readings, |c: &f64| *c > 30.0);
+    /// g.to_stdout("print", &hot); // prints "31"
+    /// g.run().unwrap();
+    /// ```
     pub fn to_stdout<T: Element + Display>(&mut self, name: &str, stream: &Stream<T>) {
         self.sink_list(name, stream, |xs: &[T]| {
             let mut out = std::io::stdout().lock();

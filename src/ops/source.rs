@@ -194,7 +194,15 @@ pub(crate) struct SourceAgent<T> {
     abandoned: Arc<AtomicBool>,
     /// For elements that own heap memory, once the run set the batch's bytes.
     budget: Option<ByteBudget<T>>,
+    /// Calls of the source in a row, stepped in place (under the `Harness`), that returned
+    /// `Ok(true)` with nothing appended.
+    empty_fills: u32,
 }
+
+/// How many calls in a row a source stepped in place (under the `Harness`, which runs
+/// sources until they end) may return `Ok(true)` with nothing appended before it is an error:
+/// such a source waits for outside input, and under the harness it would wait for ever.
+const MAX_EMPTY_FILLS: u32 = 100;
 
 /// Keeps a source's batches of elements that own heap memory (see
 /// [`Graph::heap_bytes`](crate::Graph::heap_bytes)) to about `bytes`: each call's `max`
@@ -260,6 +268,18 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 }
                 if buf.len() > before {
                     source.delivered();
+                    self.empty_fills = 0;
+                } else if more {
+                    self.empty_fills += 1;
+                    if self.empty_fills >= MAX_EMPTY_FILLS {
+                        return Err(format!(
+                            "returned Ok(true) with no element {MAX_EMPTY_FILLS} times in a row: \
+                             the Harness runs a source until it ends, and one that waits for \
+                             outside input never does (test the agents after it with \
+                             Graph::input and pushes, or run the graph threaded)"
+                        )
+                        .into());
+                    }
                 }
                 if more {
                     Ok(SourceStatus::More)
@@ -279,6 +299,9 @@ impl<T: Element> SourceDriver for SourceAgent<T> {
                 match taken.end {
                     // What came before the failure is delivered first (the host flushes).
                     Some(Ending::Failed(e)) => Err(e.into()),
+                    // Raised again here, where a step's panics are caught: the same
+                    // `Error::Panic` as under the Harness, which makes the call in the step.
+                    Some(Ending::Panicked(message)) => std::panic::resume_unwind(Box::new(message)),
                     Some(Ending::Done) => {
                         self.mode = Mode::Finished;
                         Ok(SourceStatus::Done)
@@ -414,16 +437,21 @@ fn hand_over<T>(tx: &HandoffTx<T>, buf: &mut Vec<T>, ctx: &SourceThreadCtx, wake
 /// Ends a source's stream with `failure`, after what its failed call appended (`buf`): nothing
 /// already accepted is lost.
 fn fail<T>(
-    failure: String,
+    failure: Ending,
     mut buf: Vec<T>,
     tx: &HandoffTx<T>,
     ctx: &SourceThreadCtx,
     waker: &Waker,
 ) {
     if buf.is_empty() || hand_over(tx, &mut buf, ctx, waker) {
-        tx.end(Ending::Failed(failure));
+        tx.end(failure);
         waker.wake();
     }
+}
+
+/// How a source's call that panicked ends its stream.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Ending {
+    Ending::Panicked(crate::error::panic_message(panic))
 }
 
 /// Ends a source's stream after what it handed over.
@@ -524,11 +552,8 @@ fn source_thread<T: Element>(
         }
         let more = match result {
             Ok(Ok(more)) => more,
-            Ok(Err(e)) => return fail(e.to_string(), buf, tx, ctx, waker),
-            Err(p) => {
-                let msg = format!("panicked: {}", crate::error::panic_message(&*p));
-                return fail(msg, buf, tx, ctx, waker);
-            }
+            Ok(Err(e)) => return fail(Ending::Failed(e.to_string()), buf, tx, ctx, waker),
+            Err(p) => return fail(panicked(&*p), buf, tx, ctx, waker),
         };
         if !buf.is_empty() {
             if !hand_over(tx, &mut buf, ctx, waker) {
@@ -537,8 +562,7 @@ fn source_thread<T: Element>(
             let told =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.delivered()));
             if let Err(p) = told {
-                let msg = format!("panicked: {}", crate::error::panic_message(&*p));
-                return fail(msg, buf, tx, ctx, waker);
+                return fail(panicked(&*p), buf, tx, ctx, waker);
             }
         }
         if !more {
@@ -910,12 +934,30 @@ impl Graph {
             options,
             abandoned: Arc::new(AtomicBool::new(false)),
             budget: None,
+            empty_fills: 0,
         };
         self.push_agent(name, ports, Driver::Source(Box::new(agent)));
         out
     }
 
-    /// A source that emits what `source` produces. See [`Source`].
+    /// A source that emits what `source` produces. See [`Source`]; a closure
+    /// `FnMut(&mut Vec<T>, usize) -> Result<bool, AgentError>` is one.
+    ///
+    /// ```
+    /// use iotstream::{AgentError, Graph};
+    /// let mut g = Graph::new("counter");
+    /// let mut next = 0u64;
+    /// // Appends at most `max` elements a call; `Ok(false)` once it is done.
+    /// let numbers = g.source("numbers", move |out: &mut Vec<u64>, max: usize| {
+    ///     let end = (next + max as u64).min(5);
+    ///     out.extend(next..end);
+    ///     next = end;
+    ///     Ok::<bool, AgentError>(next < 5)
+    /// });
+    /// let out = g.collect("out", &numbers);
+    /// g.run().unwrap();
+    /// assert_eq!(out.values(), [0, 1, 2, 3, 4]);
+    /// ```
     pub fn source<T: Element>(&mut self, name: &str, source: impl Source<T>) -> Stream<T> {
         self.source_with(name, source, SourceOptions::default())
     }
@@ -1059,6 +1101,23 @@ impl Graph {
     /// in tests, or through [`Running::input`](crate::Running::input) in a threaded run.
     /// The stream ends when its sender is dropped, or, after [`Running::stop`](crate::Running::stop)
     /// (or Ctrl-C), [`SOURCE_STOP_GRACE`] after the stop, with everything sent until then.
+    ///
+    /// ```
+    /// use iotstream::Graph;
+    /// let mut g = Graph::new("callbacks");
+    /// let clicks = g.input::<u32>("clicks");
+    /// let doubled = g.map("double", &clicks, |c: &u32| c * 2);
+    /// let out = g.collect("out", &doubled);
+    /// let mut running = g.start().unwrap();
+    /// let sender = running.input(&clicks).unwrap();
+    /// // As a device's callback would, one element at a time.
+    /// for c in [1, 2, 3] {
+    ///     sender.push(c).unwrap();
+    /// }
+    /// drop(sender); // ends the stream
+    /// running.join().unwrap();
+    /// assert_eq!(out.values(), [2, 4, 6]);
+    /// ```
     pub fn input<T: Element>(&mut self, name: &str) -> Stream<T> {
         let (tx, rx) = handoff(waiting_limit(handoff_batch(&SourceOptions::default())));
         let agent = self.agents.len();
