@@ -2233,9 +2233,19 @@ fn supervise(
     while ended.len() < list.len() {
         let Ok(exit) = exits.recv() else { break };
         if !exit.success() {
+            // After this process's own part failed by itself, a child's failure is not the
+            // first: most likely its consequence (the rings it read or wrote were marked
+            // failed). One that failed the part through a link still is.
+            let failed_before = fail_local.as_ref().is_some_and(|s| {
+                s.failed.load(Ordering::SeqCst)
+                    && s.failed_by_peer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_none()
+            });
             let first = {
                 let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
-                let first = f.is_none();
+                let first = f.is_none() && !failed_before;
                 if first {
                     *f = Some(exit.to_error());
                 }

@@ -37,6 +37,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "failing_hung" => failing("failing_hung", 600),
         "failing_other_late" => failing("failing_other_late", 1),
         "failing_through_main" => failing("failing_through_main", 2),
+        "failing_in_main" => failing_in_main(),
         "late_child" => late_child(),
         "stdin_lines" => stdin_lines(),
         "quiet_tail" => quiet_tail(),
@@ -748,6 +749,24 @@ fn failing(app: &str, pause_s: u64) -> Result<(), iotstream::Error> {
         g.place_in_process("endless", "other");
         g.place_in_process("flusher", "other");
     }
+    g.run().map(|_| ())
+}
+
+/// `main`'s own agent fails at element 5,000 of a stream a child (`feeder`) writes into it
+/// through a small ring: the child's writer waits for room when `main`'s part fails.
+fn failing_in_main() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("failing_in_main");
+    g.set_default_capacity(64);
+    let s = g.source_iter("numbers", 0..1_000_000u64);
+    let m = g.try_map("fragile", &s, |v: &u64| {
+        if *v == 5_000 {
+            Err(format!("bad reading {v}"))
+        } else {
+            Ok(*v)
+        }
+    });
+    g.for_each("sink", &m, |_: &u64| {});
+    g.place_in_process("numbers", "feeder");
     g.run().map(|_| ())
 }
 
@@ -1652,6 +1671,25 @@ fn a_failure_that_goes_on_through_main_is_still_the_cause() -> Result<(), String
     child_failure_is_the_cause("failing_through_main")
 }
 
+/// `main`'s own part fails while a child writes into it, waiting for room: the child's
+/// writer learns that its reader failed (the ring is marked) and ends at once, and the run's
+/// error is `main`'s agent's, alone. (The starter lives on, supervising: the writer saw a live
+/// reader and waited until the drain's bound killed it, "killed after the 10000 ms grace
+/// (SIGKILL): 'feeder'" added to the error.)
+fn a_child_writing_into_a_failed_starter_ends_at_once() -> Result<(), String> {
+    let (status, _, err) = Started::new("failing_in_main", &[]).wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || "the application succeeded".into())?;
+    let last = err.lines().last().unwrap_or_default();
+    ensure(
+        last.starts_with("error: agent 'fragile' failed") && last.contains("bad reading 5000"),
+        || format!("the final error is not main's agent's failure:\n{err}"),
+    )?;
+    ensure(!err.contains("killed after"), || {
+        format!("the child was killed at the drain's bound:\n{err}")
+    })?;
+    nothing_left("failing_in_main")
+}
+
 /// Runs `app` (see `failing`): `worker` fails at element 5,000, its failure reaching `main`
 /// first (`worker` ends seconds later, after its slow agent's step). The run fails with
 /// `worker`'s failure as its final error, and `other` drained (printed FLUSHED).
@@ -2355,7 +2393,7 @@ fn main() {
             }
         }
     }
-    let scenarios: [(&str, Scenario); 49] = [
+    let scenarios: [(&str, Scenario); 50] = [
         (
             "a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere",
             a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere,
@@ -2371,6 +2409,10 @@ fn main() {
         (
             "a_failure_that_goes_on_through_main_is_still_the_cause",
             a_failure_that_goes_on_through_main_is_still_the_cause,
+        ),
+        (
+            "a_child_writing_into_a_failed_starter_ends_at_once",
+            a_child_writing_into_a_failed_starter_ends_at_once,
         ),
         (
             "a_child_failure_that_reaches_main_first_is_the_cause_beside_a_child_still_starting",

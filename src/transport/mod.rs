@@ -84,7 +84,9 @@ use std::time::{Duration, Instant};
 
 use codec::{Codec, Decoded, Plan, Reader};
 use held::Held;
-use shm::ring::{fail_producer, Consumer, DataNudger, Holder, Producer, SpaceWaiter, Wait};
+use shm::ring::{
+    fail_consumer, fail_producer, Consumer, DataNudger, Holder, Producer, SpaceWaiter, Wait,
+};
 use shm::segment::Segment;
 
 pub(crate) use link::{LinkSpec, LinkTx};
@@ -1006,6 +1008,23 @@ fn watch_space(
                 }
             };
             let due = looked.elapsed() >= WAIT_SLICE;
+            if waiter.reader_failed() {
+                // Its part failed and reads no more (its process may live on, supervising):
+                // this writer's stream ends here, a consequence of that failure.
+                let reader = waiter.consumer();
+                if let Some(reader) = reader {
+                    run.peer_failed(reader.pid());
+                }
+                let pid = reader.map_or(String::new(), |r| format!(" (pid {})", r.pid()));
+                run.fail(Error::Runtime {
+                    detail: format!(
+                        "connection {label}: the {}{pid} failed: what waits for it is not \
+                         delivered",
+                        peer.peer
+                    ),
+                });
+                return;
+            }
             match waited {
                 // The writer asks for something else now: that, not this, wakes it.
                 Ok(Wait::Ready) if rearmed() && !due => break false,
@@ -1305,6 +1324,16 @@ pub(crate) fn spawn_feeder<T: Element>(spec: FeederSpec) -> Result<Arc<dyn Mailb
     if let Some(window) = spec.spin {
         consumer.spin_for(window);
     }
+    // If this process's part fails, its writer must not wait for room that will never come:
+    // the ring is marked at once (unless a launcher may restart this process, whose
+    // replacement reads on). The hook holds the run weakly: the run holds its hooks.
+    let segment = Arc::clone(consumer.memory());
+    let weak_run = Arc::downgrade(&spec.run);
+    spec.run.on_failure(Box::new(move || {
+        if !weak_run.upgrade().is_some_and(|r| r.peers_may_restart()) {
+            fail_consumer(&segment);
+        }
+    }));
     let nudger = consumer.nudger();
     let feeder = spec.run.feeder(label.clone());
     let head = consumer.nudger();

@@ -20,6 +20,7 @@
 //! | 24 | `producer: u64`, the producer's [`Holder`], 0 until a producer claims the ring | producer, on claim or take-over |
 //! | 32 | `consumer: u64`, the consumer's [`Holder`], 0 until a consumer claims the ring | consumer, on claim or take-over |
 //! | 40 | `closed: u32`, 0 open, 1 the producer ended the stream, 2 the producer's process failed (the stream is incomplete) | producer, once |
+//! | 44 | `reader_failed: u32`, non-zero once the consumer's process failed and reads no more ([`fail_consumer`]: the producer's space waiter stops waiting) | consumer, once |
 //! | 64 | `head: u64`, bytes published by the producer since the start | producer |
 //! | 128 | `tail: u64`, bytes released by the consumer since the start | consumer |
 //! | 192 | `data_seq: u32` (futex word), `data_waiting: u32` (consumer sleeps) | both |
@@ -163,7 +164,9 @@
 //! - a frame, read by the consumer: `len <= max_frame_len`, `flags` 0 or 1, the frame inside the data area and
 //!   inside the published region; a wrap marker only where the frame after it (at offset 0,
 //!   published) does not fit, and never twice in a row;
-//! - `closed`: 0, 1 or 2. The futex words and waiting flags are only hints: any value is harmless.
+//! - `closed`: 0, 1 or 2. The futex words and waiting flags are only hints: any value is
+//!   harmless. So is `reader_failed`: a false one ends only the writer's own stream, with an
+//!   error naming its reader.
 //!
 //! Each side keeps its own counters in private memory and never uses a value read back from the
 //! ring (the consumer reads `tail` back only to compare it with its own), and reads a frame's
@@ -200,8 +203,9 @@ pub(crate) const ASLEEP: u32 = 1;
 pub(crate) const ASLEEP_FOR_PROGRESS: u32 = 2;
 
 /// The layout version; an opener refuses any other. Version 2 added `consumed`; version 3
-/// made the roles' pids [`Holder`]s (a pid and its process's start stamp).
-pub(crate) const VERSION: u32 = 3;
+/// made the roles' pids [`Holder`]s (a pid and its process's start stamp); version 4 added
+/// `reader_failed`.
+pub(crate) const VERSION: u32 = 4;
 
 /// Which process holds a role of a ring: its pid and a stamp of when that process started,
 /// packed into one `u64` (the pid in the low half), so that claiming a role stays one
@@ -395,6 +399,8 @@ pub(crate) struct Identity {
     pub(crate) consumer: AtomicU64,
     /// 1 once the producer has ended the stream.
     pub(crate) closed: AtomicU32,
+    /// 1 once the consumer's process failed and will read no more (see [`fail_consumer`]).
+    pub(crate) reader_failed: AtomicU32,
 }
 
 /// A futex word and the flag saying somebody sleeps on it.
@@ -445,6 +451,7 @@ impl Header {
                 producer: AtomicU64::new(0),
                 consumer: AtomicU64::new(0),
                 closed: AtomicU32::new(0),
+                reader_failed: AtomicU32::new(0),
             }),
             head: Line(AtomicU64::new(0)),
             tail: Line(AtomicU64::new(0)),
@@ -467,6 +474,7 @@ impl Header {
         id.producer.store(0, Ordering::Relaxed);
         id.consumer.store(0, Ordering::Relaxed);
         id.closed.store(0, Ordering::Relaxed);
+        id.reader_failed.store(0, Ordering::Relaxed);
         self.head.store(0, Ordering::Relaxed);
         self.tail.store(0, Ordering::Relaxed);
         self.consumed.store(0, Ordering::Relaxed);
@@ -1575,7 +1583,7 @@ impl<M: RingMemory> SpaceWaiter<M> {
                 if tail % 8 != 0 {
                     return Err(corrupt(format_args!("tail {tail} is not a multiple of 8")));
                 }
-                Ok(tail >= at_least || also())
+                Ok(tail >= at_least || also() || reader_failed(ring))
             },
         )
     }
@@ -1583,6 +1591,12 @@ impl<M: RingMemory> SpaceWaiter<M> {
     /// The consumer, once one has attached (for liveness checks).
     pub(crate) fn consumer(&self) -> Option<Holder> {
         Holder::from_raw(self.ring.header().id.consumer.load(Ordering::Relaxed))
+    }
+
+    /// Whether the consumer's process marked the ring as read by a failed part
+    /// ([`fail_consumer`]): no room will come.
+    pub(crate) fn reader_failed(&self) -> bool {
+        reader_failed(&self.ring)
     }
 
     /// The consumer's `tail` as stored now, unvalidated: only compared with an earlier reading
@@ -1616,7 +1630,8 @@ impl<M: RingMemory> SpaceWaiter<M> {
                 let h = ring.header();
                 Ok(h.tail.load(Ordering::Acquire) != tail
                     || h.consumed.load(Ordering::Acquire) != consumed
-                    || also())
+                    || also()
+                    || reader_failed(ring))
             },
         )
     }
@@ -1742,6 +1757,23 @@ pub(crate) fn fail_producer<M: RingMemory>(mem: &M) {
     mem.shadow().futex_wake(&header.data_wake.seq);
 }
 
+/// Whether the ring's consumer marked it as read by a failed process ([`fail_consumer`]).
+fn reader_failed<M: RingMemory>(ring: &Ring<M>) -> bool {
+    ring.header().id.reader_failed.load(Ordering::Acquire) != 0
+}
+
+/// Marks the ring in `mem` as read by a failed process, which will read no more, and wakes its
+/// producer's space waiter, which then fails naming the reader instead of waiting for room
+/// that will never come (the reading process may live on: a starter that supervises its
+/// children). Any thread of the consumer's process may call it.
+pub(crate) fn fail_consumer<M: RingMemory>(mem: &M) {
+    let header = mem.header();
+    header.id.reader_failed.store(1, Ordering::Release);
+    fence(Ordering::SeqCst);
+    header.space_wake.seq.fetch_add(1, Ordering::Release);
+    mem.shadow().futex_wake(&header.space_wake.seq);
+}
+
 /// The reading side of a ring.
 pub(crate) struct Consumer<M: RingMemory> {
     ring: Ring<M>,
@@ -1833,6 +1865,12 @@ impl<M: RingMemory> fmt::Debug for Consumer<M> {
 }
 
 impl<M: RingMemory> Consumer<M> {
+    /// The ring's memory (to mark it read by a failed process from another thread:
+    /// [`fail_consumer`]).
+    pub(crate) fn memory(&self) -> &M {
+        &self.ring.mem
+    }
+
     /// Attaches the consumer to the ring in `mem`: validates the header and claims the consumer
     /// role (this process, a [`Holder`], in `consumer`), which must be free: a ring has one consumer
     /// at a time (see [`take_over`](Self::take_over)).
@@ -3157,6 +3195,32 @@ mod tests {
         assert_corrupt(
             c.wait_for_data(Duration::from_secs(3600)),
             "closed flag is 3",
+        );
+    }
+
+    /// A producer's space waiter, asleep for room that a failed reader will never make, wakes
+    /// when the reader marks the ring ([`fail_consumer`]) and says so, also on later waits.
+    #[test]
+    fn a_failed_consumer_wakes_the_producers_space_waiter() {
+        let (ring, mut p, _c) = pair(128);
+        while write(&mut p, &[1; 8]) {}
+        p.publish();
+        let waiter = p.space_waiter();
+        assert!(!waiter.reader_failed());
+        let marker = std::thread::spawn({
+            let ring = Arc::clone(&ring);
+            move || {
+                std::thread::sleep(Duration::from_millis(50));
+                fail_consumer(&ring);
+            }
+        });
+        let woke = waiter.wait_for_tail(1 << 20, Duration::from_secs(3600), || false);
+        marker.join().unwrap();
+        assert_eq!(woke, Ok(Wait::Ready));
+        assert!(waiter.reader_failed());
+        assert_eq!(
+            waiter.wait_for_progress(0, 0, Duration::from_secs(3600), || false),
+            Ok(Wait::Ready)
         );
     }
 
