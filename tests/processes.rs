@@ -716,13 +716,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
 fn failing(app: &str, pause_s: u64) -> Result<(), iotstream::Error> {
     let mut g = Graph::new(app);
     let s = g.source_iter("numbers", 0..100_000u64);
-    let m = g.try_map("fragile", &s, |v: &u64| {
-        if *v == 5_000 {
-            Err(format!("bad reading {v}"))
-        } else {
-            Ok(*v)
-        }
-    });
+    let m = fragile(&mut g, &s);
     if app == "failing_through_main" {
         // worker's output comes back through `main` and goes on to `tail`: `main` fails
         // because `worker` did, and `tail` because `main` did, ending long before `worker`.
@@ -752,19 +746,24 @@ fn failing(app: &str, pause_s: u64) -> Result<(), iotstream::Error> {
     g.run().map(|_| ())
 }
 
+/// `fragile`: passes `s` on, and fails at element 5,000 ("bad reading 5000").
+fn fragile(g: &mut Graph, s: &iotstream::Stream<u64>) -> iotstream::Stream<u64> {
+    g.try_map("fragile", s, |v: &u64| {
+        if *v == 5_000 {
+            Err(format!("bad reading {v}"))
+        } else {
+            Ok(*v)
+        }
+    })
+}
+
 /// `main`'s own agent fails at element 5,000 of a stream a child (`feeder`) writes into it
 /// through a small ring: the child's writer waits for room when `main`'s part fails.
 fn failing_in_main() -> Result<(), iotstream::Error> {
     let mut g = Graph::new("failing_in_main");
     g.set_default_capacity(64);
     let s = g.source_iter("numbers", 0..1_000_000u64);
-    let m = g.try_map("fragile", &s, |v: &u64| {
-        if *v == 5_000 {
-            Err(format!("bad reading {v}"))
-        } else {
-            Ok(*v)
-        }
-    });
+    let m = fragile(&mut g, &s);
     g.for_each("sink", &m, |_: &u64| {});
     g.place_in_process("numbers", "feeder");
     g.run().map(|_| ())
