@@ -775,6 +775,29 @@ pub struct Listing {
     pub removed: Vec<PathBuf>,
 }
 
+impl Listing {
+    /// Adds what the launcher behind the socket file `name` at `path` answered to `status`.
+    fn add_answer(&mut self, name: &str, path: PathBuf, answer: Result<Reply, OpError>) {
+        match answer {
+            Ok(Reply::Status(status)) => self.apps.push(Listed {
+                socket: path,
+                status,
+            }),
+            // It runs, and said why it cannot answer (it serves a bounded number of
+            // connections): not a launcher that is gone.
+            Ok(Reply::Error { message }) => {
+                self.silent
+                    .push(silent(name, path, format!("{BUSY}: {message}")))
+            }
+            Ok(other) => self
+                .problems
+                .push(format!("{}: unexpected answer {other:?}", path.display())),
+            // It took the connection: its launcher runs, but does not answer.
+            Err(e) => self.silent.push(silent(name, path, e.message)),
+        }
+    }
+}
+
 /// The applications this user runs on this host: asks each socket of [`runtime_dir`] for its
 /// status, and removes the sockets of launchers that are gone (connection refused).
 pub fn list() -> Result<Listing, OpError> {
@@ -799,62 +822,86 @@ pub fn list_in(dir: &Path) -> Result<Listing, OpError> {
         )
     })?;
     let mut listing = Listing::default();
+    // Connecting is quick (a launcher's socket accepts at once, or refuses); the answer may
+    // not be: each launcher is asked on a thread of its own, a group at a time, so that a
+    // launcher that does not answer costs the listing IO_TIMEOUT once, not once per launcher.
+    let mut asked: Vec<(String, PathBuf, UnixStream)> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || !name.ends_with(".sock") {
             continue;
         }
         let path = entry.path();
-        let conn = match UnixStream::connect(&path) {
-            Ok(c) => c,
+        match UnixStream::connect(&path) {
+            Ok(conn) => asked.push((name, path, conn)),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 // Nobody listens: its launcher is gone (a SIGKILL left it).
                 if std::fs::remove_file(&path).is_ok() {
                     listing.removed.push(path);
                 }
-                continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 return Err(OpError::new(
                     OpErrorKind::PermissionDenied,
                     format!("permission denied: {}: {e}", path.display()),
                 ))
             }
-            Err(e) => {
-                listing.problems.push(format!("{}: {e}", path.display()));
-                continue;
-            }
-        };
-        match one_answer(conn, &Request::Status) {
-            Ok(Reply::Status(status)) => listing.apps.push(Listed {
-                socket: path,
-                status,
-            }),
-            Ok(other) => {
-                let why = match other {
-                    // It runs, and said why it cannot answer (it serves a bounded number of
-                    // connections): not a launcher that is gone.
-                    Reply::Error { message } => Some(format!("{BUSY}: {message}")),
-                    other => {
-                        listing
-                            .problems
-                            .push(format!("{}: unexpected answer {other:?}", path.display()));
-                        None
-                    }
-                };
-                if let Some(why) = why {
-                    listing.silent.push(silent(&name, path, why));
-                }
-            }
-            // It took the connection: its launcher runs, but does not answer.
-            Err(e) => listing.silent.push(silent(&name, path, e.message)),
+            Err(e) => listing.problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    let mut asked = asked.into_iter().peekable();
+    while asked.peek().is_some() {
+        let group: Vec<_> = asked.by_ref().take(ASKED_AT_ONCE).collect();
+        for (name, path, answer) in ask_status_at_once(group) {
+            listing.add_answer(&name, path, answer);
         }
     }
     listing.apps.sort_by(|a, b| {
         (&a.status.app, a.status.started_ms).cmp(&(&b.status.app, b.status.started_ms))
     });
     Ok(listing)
+}
+
+/// How many launchers [`list_in`] asks at once, each on a thread of its own.
+const ASKED_AT_ONCE: usize = 16;
+
+/// Asks each launcher of `group` (its socket's file name, path, connection) for its status,
+/// all at once: each answer, in `group`'s order. A launcher whose thread cannot be started is
+/// asked on this one.
+fn ask_status_at_once(
+    group: Vec<(String, PathBuf, UnixStream)>,
+) -> Vec<(String, PathBuf, Result<Reply, OpError>)> {
+    std::thread::scope(|scope| {
+        let asking: Vec<_> = group
+            .into_iter()
+            .map(|(name, path, conn)| {
+                // The thread gets a duplicate: if it cannot start, `conn` is still here.
+                let thread = conn.try_clone().ok().and_then(|dup| {
+                    std::thread::Builder::new()
+                        .name("iotstream list".into())
+                        .spawn_scoped(scope, move || one_answer(dup, &Request::Status))
+                        .ok()
+                });
+                (name, path, conn, thread)
+            })
+            .collect();
+        asking
+            .into_iter()
+            .map(|(name, path, conn, thread)| {
+                let answer = match thread {
+                    Some(t) => {
+                        drop(conn);
+                        t.join().unwrap_or_else(|_| {
+                            Err(OpError::failed("asking the launcher panicked"))
+                        })
+                    }
+                    None => one_answer(conn, &Request::Status),
+                };
+                (name, path, answer)
+            })
+            .collect()
+    })
 }
 
 /// The running application named `app` (its name in [`Graph::new`](crate::Graph::new)), run
@@ -1341,6 +1388,8 @@ mod tests {
     }
 
     use super::*;
+    use std::io::BufRead;
+    use std::sync::{Condvar, Mutex};
 
     #[test]
     fn the_runtime_folder_must_be_ours_and_closed_to_others() {
@@ -1537,6 +1586,60 @@ mod tests {
         }
         serving.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn launchers_are_asked_at_once_so_a_silent_one_does_not_hold_up_the_others() {
+        // Three launchers, each of which answers only once all three were asked: asked one
+        // after the other, the first waits for the second until the ask times out, and so
+        // on (two of them listed as silent, after twice IO_TIMEOUT); asked at once, all three
+        // answer.
+        const LAUNCHERS: usize = 3;
+        let dir = std::env::temp_dir().join(format!("iotstream-at-once-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let asked = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let launchers: Vec<_> = (0..LAUNCHERS)
+            .map(|i| {
+                let listener =
+                    UnixListener::bind(dir.join(format!("app{i}.{}.sock", 100 + i))).unwrap();
+                let asked = Arc::clone(&asked);
+                std::thread::spawn(move || {
+                    let (conn, _) = listener.accept().unwrap();
+                    let mut request = String::new();
+                    let _ = BufReader::new(&conn).read_line(&mut request);
+                    let (count, all) = &*asked;
+                    let mut n = count.lock().unwrap();
+                    *n += 1;
+                    all.notify_all();
+                    let bound = Duration::from_secs(60);
+                    let (n, _) = all
+                        .wait_timeout_while(n, bound, |n| *n < LAUNCHERS)
+                        .unwrap();
+                    drop(n);
+                    let status = Status {
+                        app: format!("app{i}"),
+                        run: format!("{i}"),
+                        ..Status::default()
+                    };
+                    let mut line = serde_json::to_string(&Reply::Status(status)).unwrap();
+                    line.push('\n');
+                    let _ = (&conn).write_all(line.as_bytes());
+                })
+            })
+            .collect();
+        let listing = list_in(&dir).unwrap();
+        for l in launchers {
+            l.join().unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        let apps: Vec<&str> = listing.apps.iter().map(|l| l.status.app.as_str()).collect();
+        assert_eq!(apps, ["app0", "app1", "app2"], "{listing:?}");
+        assert!(
+            listing.silent.is_empty() && listing.problems.is_empty(),
+            "{listing:?}"
+        );
     }
 
     #[test]
