@@ -393,7 +393,16 @@ pub struct BrokerSection {
     file: String,
     token_file_at: Pos,
     password_file_at: Pos,
+    /// Where `creds`, `tls_ca`, `tls_cert` and `tls_key` are written.
+    creds_at: Pos,
+    tls_ca_at: Pos,
+    tls_client_at: (Pos, Pos),
 }
+
+/// The largest file a `[broker]` field may name: a token or password (4 KiB, as the
+/// `[network]` secret), a credentials file or a PEM file (1 MiB).
+const BROKER_SECRET_MAX_BYTES: usize = 4096;
+const BROKER_FILE_MAX_BYTES: usize = 1 << 20;
 
 impl BrokerSection {
     /// The settings broker links use; reads the token and password files (an error names the
@@ -406,6 +415,22 @@ impl BrokerSection {
         if let Some((user, path)) = &self.user {
             let password = self.read_secret("password_file", path, self.password_file_at)?;
             s.user = Some((user.clone(), password));
+        }
+        // The other files are read by the NATS client when a link connects, in a process
+        // already running: each is checked here, when every process starts (and by `iotstream
+        // check`), so that a missing or unsafe one is named with its field before anything
+        // runs. A credentials file holds a private key, as `tls_key` does: only its owner may
+        // read it.
+        if let Some(path) = &self.creds {
+            self.read_file("creds", path, self.creds_at, BROKER_FILE_MAX_BYTES, true)?;
+        }
+        if let Some(path) = &self.tls_ca {
+            self.read_file("tls_ca", path, self.tls_ca_at, BROKER_FILE_MAX_BYTES, false)?;
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            let (cert_at, key_at) = self.tls_client_at;
+            self.read_file("tls_cert", cert, cert_at, BROKER_FILE_MAX_BYTES, false)?;
+            self.read_file("tls_key", key, key_at, BROKER_FILE_MAX_BYTES, true)?;
         }
         s.creds = self.creds.clone();
         if self.tls_ca.is_some() || self.tls_client.is_some() {
@@ -429,18 +454,53 @@ impl BrokerSection {
     /// without the white space around it; an error names the deployment file, the field's line
     /// and column, the field and the file, never the secret.
     fn read_secret(&self, field: &str, path: &Path, at: Pos) -> Result<String, Error> {
-        let problem = |message: String| {
-            let mut problems = Problems::new(&self.file);
-            problems.add(at, format!("[broker] {field}: {message}"));
-            Error::from(problems.into_error())
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = self.read_file(field, path, at, BROKER_SECRET_MAX_BYTES, true)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            self.file_problem(field, at, format!("{} is not UTF-8 text", path.display()))
+        })?;
         let secret = text.trim();
         if secret.is_empty() {
-            return Err(problem(format!("{} is empty", path.display())));
+            return Err(self.file_problem(field, at, format!("{} is empty", path.display())));
         }
         Ok(secret.to_string())
+    }
+
+    /// The file `path` that `[broker]` field `field` names (written at `at`), read as a link
+    /// reads its own files (`auth::read_local_file`): a regular file of at most `max` bytes,
+    /// opened without blocking (a named pipe does not hang the start), and, if `private`, one
+    /// that group and others may neither read nor write.
+    fn read_file(
+        &self,
+        field: &str,
+        path: &Path,
+        at: Pos,
+        max: usize,
+        private: bool,
+    ) -> Result<Vec<u8>, Error> {
+        use crate::transport::tcp::auth::{read_local_file, FileProblem};
+        read_local_file(path, max, private).map_err(|p| {
+            let shown = path.display();
+            let why = match p {
+                FileProblem::Missing => {
+                    format!("cannot read {shown}: No such file or directory (os error 2)")
+                }
+                FileProblem::Unreadable(e) => format!("cannot read {shown}: {e}"),
+                FileProblem::NotAFile => format!("{shown} is not a regular file"),
+                FileProblem::TooOpen(mode) => format!(
+                    "{shown} may be read by others (mode {mode:o}): it holds a secret; make it \
+                     private with chmod 600 {shown}"
+                ),
+                FileProblem::TooLarge => format!("{shown} is larger than {max} bytes"),
+            };
+            self.file_problem(field, at, why)
+        })
+    }
+
+    /// A problem with the file of `[broker]` field `field`, at `at` in the deployment file.
+    fn file_problem(&self, field: &str, at: Pos, message: String) -> Error {
+        let mut problems = Problems::new(&self.file);
+        problems.add(at, format!("[broker] {field}: {message}"));
+        Error::from(problems.into_error())
     }
 }
 
@@ -811,6 +871,9 @@ impl Deployment {
         let mut capacity_bytes: Vec<Option<usize>> = vec![None; info.edges.len()];
         let mut spin_us: Vec<Option<u64>> = vec![None; info.edges.len()];
         let mut broker: Vec<bool> = vec![false; info.edges.len()];
+        // Where the capacity and byte bound each connection ends with were written.
+        let mut capacity_at: Vec<Option<Pos>> = vec![None; info.edges.len()];
+        let mut capacity_bytes_at: Vec<Option<Pos>> = vec![None; info.edges.len()];
         // Entries for a whole stream first, so that an entry for one connection wins.
         let stream_wide = self.connections.iter().filter(|c| c.to.is_none());
         let one = self.connections.iter().filter(|c| c.to.is_some());
@@ -847,46 +910,14 @@ impl Deployment {
                 }
             };
             for i in targets {
-                let e = &info.edges[i];
+                // Checked below, once every entry is applied: the value that won.
                 if let Some((capacity, at)) = c.capacity {
-                    let reader = &info.agents[e.to_agent];
-                    let input = &reader.inputs[e.to_port];
-                    if capacity < input.min_capacity {
-                        problems.add(
-                            at,
-                            format!(
-                                "capacity {capacity} of connection {} is less than {}, the \
-                                 fewest elements agent '{}' needs on its input '{}'",
-                                connection_label(&e.stream, Some(&e.input)),
-                                input.min_capacity,
-                                reader.name,
-                                input.name
-                            ),
-                        );
-                    }
                     edges[i].0 = capacity;
+                    capacity_at[i] = Some(at);
                 }
                 if let Some((bytes, at)) = c.capacity_bytes {
-                    let reader = &info.agents[e.to_agent];
-                    let input = &reader.inputs[e.to_port];
-                    // As the graph counts it (see `graph`, "Capacity"): `size_of` each.
-                    let holds = (bytes / e.element_bytes.max(1)).max(1);
-                    if holds < input.min_capacity {
-                        problems.add(
-                            at,
-                            format!(
-                                "capacity_bytes {bytes} of connection {} holds {holds} elements \
-                                 of {} bytes, fewer than {}, the fewest elements agent '{}' \
-                                 needs on its input '{}'",
-                                connection_label(&e.stream, Some(&e.input)),
-                                e.element_bytes,
-                                input.min_capacity,
-                                reader.name,
-                                input.name
-                            ),
-                        );
-                    }
                     capacity_bytes[i] = Some(bytes);
+                    capacity_bytes_at[i] = Some(at);
                 }
                 if let Some(policy) = c.policy {
                     edges[i].1 = policy;
@@ -936,6 +967,48 @@ impl Deployment {
             }
         }
 
+        // The capacities a file gives, each against what its reader needs: the value that won
+        // (an entry with `to` wins over its stream's entry, whatever their order).
+        for (i, e) in info.edges.iter().enumerate() {
+            let reader = &info.agents[e.to_agent];
+            let input = &reader.inputs[e.to_port];
+            if let Some(at) = capacity_at[i] {
+                let capacity = edges[i].0;
+                if capacity < input.min_capacity {
+                    problems.add(
+                        at,
+                        format!(
+                            "capacity {capacity} of connection {} is less than {}, the fewest \
+                             elements agent '{}' needs on its input '{}'",
+                            connection_label(&e.stream, Some(&e.input)),
+                            input.min_capacity,
+                            reader.name,
+                            input.name
+                        ),
+                    );
+                }
+            }
+            if let (Some(at), Some(bytes)) = (capacity_bytes_at[i], capacity_bytes[i]) {
+                // As the graph counts it (see `graph`, "Capacity"): `size_of` each.
+                let holds = (bytes / e.element_bytes.max(1)).max(1);
+                if holds < input.min_capacity {
+                    problems.add(
+                        at,
+                        format!(
+                            "capacity_bytes {bytes} of connection {} holds {holds} elements of \
+                             {} bytes, fewer than {}, the fewest elements agent '{}' needs on \
+                             its input '{}'",
+                            connection_label(&e.stream, Some(&e.input)),
+                            e.element_bytes,
+                            input.min_capacity,
+                            reader.name,
+                            input.name
+                        ),
+                    );
+                }
+            }
+        }
+
         // Connections between two hosts that `between` pairs go through the broker, unless
         // their own entry says "direct".
         if let Some(b) = &self.broker {
@@ -944,10 +1017,10 @@ impl Deployment {
                 let (Some(from), Some(to)) = (host(edge.from_agent), host(edge.to_agent)) else {
                     continue;
                 };
-                let paired = b
-                    .between
-                    .iter()
-                    .any(|(x, y)| (x == from && y == to) || (x == to && y == from));
+                let paired = from != to
+                    && b.between
+                        .iter()
+                        .any(|(x, y)| (x == from && y == to) || (x == to && y == from));
                 let said = self.connections.iter().any(|c| {
                     c.broker.is_some()
                         && c.stream.0 == edge.stream
@@ -959,7 +1032,7 @@ impl Deployment {
             }
         }
 
-        self.check_ports(info, &agent_process, &process_host, &mut problems);
+        self.check_ports(info, &agent_process, &process_host, &broker, &mut problems);
 
         problems.finish()?;
         Ok(Plan {
@@ -1002,11 +1075,16 @@ impl Deployment {
         info: &GraphInfo,
         agent_process: &[String],
         process_host: &BTreeMap<String, String>,
+        broker: &[bool],
         problems: &mut Problems,
     ) {
         // Who listens on a port of an address: the first one named there, as a phrase.
         let mut taken: HashMap<(&str, usize), String> = HashMap::new();
         for (i, e) in info.edges.iter().enumerate() {
+            // A connection through the broker has no listener: it takes no port.
+            if broker[i] {
+                continue;
+            }
             let host_of = |agent: usize| process_host.get(&agent_process[agent]);
             let (Some(from), Some(to)) = (host_of(e.from_agent), host_of(e.to_agent)) else {
                 continue;
@@ -1540,9 +1618,10 @@ fn cpu_ranges(cpus: &[usize]) -> String {
     }
 }
 
-/// Whether `name` is a valid process or host name: 1 to 64 ASCII letters, digits, `_` or `-`
-/// (the rule of [`Graph::place_in_process`](crate::Graph::place_in_process)).
-/// An IP address, or a DNS name (letters, digits, '-' and '.', labels of 1 to 63).
+/// An IP address, or a DNS name (letters, digits, '-' and '.', labels of 1 to 63) whose last
+/// label is not all digits (RFC 3696, 2): the resolver reads "192.168.1", "127.1" or
+/// "10.0.0.010" (octal) as other IPv4 addresses, so such a name would reach another machine
+/// than the one it seems to name.
 fn valid_address(address: &str) -> bool {
     address.parse::<std::net::IpAddr>().is_ok()
         || (address.len() <= 253
@@ -1551,9 +1630,15 @@ fn valid_address(address: &str) -> bool {
                     && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-            }))
+            })
+            && !address
+                .rsplit('.')
+                .next()
+                .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit())))
 }
 
+/// Whether `name` is a valid process or host name: 1 to 64 ASCII letters, digits, `_` or `-`
+/// (the rule of [`Graph::place_in_process`](crate::Graph::place_in_process)).
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -2043,14 +2128,26 @@ impl<'a> Reader<'a> {
                 address = self.string(value, &what);
                 match address.as_deref() {
                     Some("") => self.error(value.span(), format!("{what} must not be empty")),
-                    Some(a) if !valid_address(a) => self.error(
-                        value.span(),
-                        format!(
-                            "{what} must be an IP address or a host name, without a port (set \
-                             'port'), found '{}'",
-                            a.escape_debug()
-                        ),
-                    ),
+                    Some(a) if !valid_address(a) => {
+                        let numeric = a.rsplit('.').next().is_some_and(|last| {
+                            !last.is_empty() && last.chars().all(|c| c.is_ascii_digit())
+                        });
+                        let why = if numeric && !a.contains(':') {
+                            ": not an IPv4 address (four numbers 0-255, no leading zero), and \
+                             a host name cannot end in a number (a resolver would read it as \
+                             another address)"
+                        } else {
+                            ""
+                        };
+                        self.error(
+                            value.span(),
+                            format!(
+                                "{what} must be an IP address or a host name, without a port \
+                                 (set 'port'), found '{}'{why}",
+                                a.escape_debug()
+                            ),
+                        )
+                    }
                     _ => {}
                 }
             }
@@ -2272,6 +2369,9 @@ impl<'a> Reader<'a> {
             file: self.problems.file.clone(),
             token_file_at: Pos::default(),
             password_file_at: Pos::default(),
+            creds_at: Pos::default(),
+            tls_ca_at: Pos::default(),
+            tls_client_at: (Pos::default(), Pos::default()),
         };
         let mut client: [Option<(PathBuf, Pos)>; 2] = [None, None];
         // `user` and `password_file`, each with where it is written.
@@ -2316,13 +2416,19 @@ impl<'a> Reader<'a> {
                     };
                     let at = self.pos(key.span().start);
                     match field {
-                        "creds" => b.creds = Some(path),
+                        "creds" => {
+                            b.creds = Some(path);
+                            b.creds_at = at;
+                        }
                         "token_file" => {
                             b.token_file = Some(path);
                             b.token_file_at = at;
                         }
                         "password_file" => password = Some((path, at)),
-                        "tls_ca" => b.tls_ca = Some(path),
+                        "tls_ca" => {
+                            b.tls_ca = Some(path);
+                            b.tls_ca_at = at;
+                        }
                         "tls_cert" => client[0] = Some((path, at)),
                         _ => client[1] = Some((path, at)),
                     }
@@ -2366,6 +2472,15 @@ impl<'a> Reader<'a> {
                             _ => None,
                         };
                         match names {
+                            // A pair is of two hosts: connections within one host never go
+                            // through the broker by `between`.
+                            Some(n) if n[0] == n[1] => self.error(
+                                pair.span(),
+                                format!(
+                                    "{what} pairs two different hosts, found host '{}' twice",
+                                    n[0].escape_debug()
+                                ),
+                            ),
                             Some(n) => {
                                 b.between.push((n[0].clone(), n[1].clone()));
                                 b.between_at.push(at);
@@ -2385,7 +2500,10 @@ impl<'a> Reader<'a> {
             }
         }
         match client {
-            [Some(cert), Some(key)] => b.tls_client = Some((cert.0, key.0)),
+            [Some(cert), Some(key)] => {
+                b.tls_client = Some((cert.0, key.0));
+                b.tls_client_at = (cert.1, key.1);
+            }
             [None, None] => {}
             [Some((_, at)), None] | [None, Some((_, at))] => self.problems.add(
                 at,
@@ -3225,6 +3343,13 @@ mod tests {
         );
     }
 
+    /// Writes `text` to `path`, a file only its owner may read (as secrets must be).
+    fn write_private(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     #[test]
     fn broker_user_and_password_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -3243,10 +3368,10 @@ mod tests {
             e.contains("password_file") && e.contains("nats.pass"),
             "{e}"
         );
-        std::fs::write(dir.path().join("nats.pass"), " \n").unwrap();
+        write_private(&dir.path().join("nats.pass"), " \n");
         let e = b.settings().unwrap_err().to_string();
         assert!(e.contains("password_file") && e.contains("is empty"), "{e}");
-        std::fs::write(dir.path().join("nats.pass"), "s3cret\n").unwrap();
+        write_private(&dir.path().join("nats.pass"), "s3cret\n");
         let s = b.settings().unwrap();
         assert_eq!(s.user, Some(("fleet".to_string(), "s3cret".to_string())));
         assert_eq!(s.token, None);
@@ -3271,7 +3396,7 @@ mod tests {
                 token.display()
             )
         );
-        std::fs::write(&token, "\n").unwrap();
+        write_private(&token, "\n");
         assert_eq!(
             b.settings().unwrap_err().to_string(),
             format!(
@@ -3877,5 +4002,171 @@ insecure = true
         assert_eq!(plan.edges[0], (1024, Policy::DropOldest));
         assert_eq!(d.process("detector").cpus, Some(vec![2, 3]));
         assert_eq!(d.process("detector").env["RUST_LOG"], "info");
+    }
+
+    #[test]
+    fn an_address_the_resolver_would_read_as_another_ip_is_refused() {
+        // None of these is an IP address (`IpAddr` refuses each), and none is a host name
+        // (a name's last label is never all digits): the C resolver the links use reads them
+        // as *other* addresses (inet_aton: "192.168.1" is 192.168.0.1, "10.0.0.010" is
+        // 10.0.0.8, octal) or as nothing at all ("10.0.0.256"). Each is a typo, refused where
+        // it is written.
+        for address in ["192.168.1", "10.0.0.010", "10.0.0.256", "127.1"] {
+            let text = format!("[hosts.local]\naddress = \"{address}\"\n");
+            let got = Deployment::parse("deploy.toml", &text);
+            let e = match got {
+                Ok(_) => panic!("address = \"{address}\" was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                e.starts_with(
+                    "deploy.toml:2:11: 'address' in host 'local' must be an IP address or a \
+                     host name"
+                ) && e.contains(address)
+                    && e.contains("a host name cannot end in a number"),
+                "{address}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn between_a_host_and_itself_is_refused() {
+        // `between` pairs two hosts: connections between processes on the two cross the
+        // broker. A pair naming one host twice is a mistake, and was accepted: it put every
+        // connection of that host through the broker, even those inside one process.
+        let text =
+            "[broker]\nurl = \"nats://127.0.0.1:4222\"\nbetween = [[\"local\", \"local\"]]\n";
+        match Deployment::parse("deploy.toml", text) {
+            Err(e) => assert!(
+                e.to_string().starts_with("deploy.toml:3:12: ")
+                    && e.to_string().contains("'local'"),
+                "{e}"
+            ),
+            Ok(d) => {
+                let plan = d.plan(&app()).unwrap();
+                // sensor.out -> detector.in: both agents in process 'main'.
+                panic!(
+                    "accepted; connections through the broker: {:?} (sensor.out -> detector.in, \
+                     inside process 'main', is {})",
+                    plan.broker, plan.broker[0]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_through_the_broker_takes_no_port_of_its_host() {
+        // average.out -> log.in (connection 3) crosses the broker, by `between` or by its own
+        // entry: no listener of `edge` serves it, so edge's `port` need not leave room for it.
+        let hosts = "[hosts.local]\naddress = \"127.0.0.1\"\n[hosts.edge]\naddress = \"10.0.0.7\"\n\
+                     port = 65535\n[processes.logger]\nhost = \"edge\"\n[network]\ninsecure = true\n\
+                     [broker]\nurl = \"nats://10.0.0.5:4222\"\n";
+        for routed in [
+            "between = [[\"local\", \"edge\"]]\n",
+            "[[connections]]\nstream = \"average.out\"\ntransport = \"broker\"\n",
+        ] {
+            let text = format!("{hosts}{routed}");
+            let d = Deployment::parse("deploy.toml", &text).unwrap();
+            match d.plan(&app()) {
+                Ok(plan) => assert!(plan.broker[3]),
+                Err(e) => panic!("{routed:?}: refused: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_with_to_wins_over_its_streams_entry_in_the_capacity_checks_too() {
+        // "an entry with `to` sets that one connection and wins over an entry for the whole
+        // stream, whatever their order": average.in gets 8 (or 64 bytes, 8 elements), what
+        // agent 'average' needs; detector.in gets the stream's 4. Refused, for the 4 that
+        // the `to` entry replaces.
+        for text in [
+            "[[connections]]\nstream = \"sensor.out\"\ncapacity = 4\n\
+             [[connections]]\nstream = \"sensor.out\"\nto = \"average.in\"\ncapacity = 8\n",
+            "[[connections]]\nstream = \"sensor.out\"\ncapacity_bytes = 32\n\
+             [[connections]]\nstream = \"sensor.out\"\nto = \"average.in\"\ncapacity_bytes = 64\n",
+        ] {
+            let d = Deployment::parse("deploy.toml", text).unwrap();
+            let plan = match d.plan(&app()) {
+                Ok(plan) => plan,
+                Err(e) => panic!("refused:\n{e}\nfor:\n{text}"),
+            };
+            if text.contains("capacity = 4") {
+                assert_eq!((plan.edges[0].0, plan.edges[1].0), (4, 8));
+            } else {
+                assert_eq!(plan.capacity_bytes[..2], [Some(32), Some(64)]);
+            }
+        }
+    }
+
+    #[test]
+    fn broker_creds_and_tls_files_are_checked_when_the_run_starts() {
+        // As token_file and password_file are: a file that is not there is named with the
+        // deployment file, line and column when the run starts (before any process does),
+        // not by a link once the application runs.
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("deploy.toml").display().to_string();
+        for (text, at) in [
+            (
+                "[broker]\nurl = \"nats://127.0.0.1:4222\"\ncreds = \"app.creds\"\n",
+                "3:1: [broker] creds",
+            ),
+            (
+                "[broker]\nurl = \"tls://127.0.0.1:4222\"\ntls_ca = \"ca.pem\"\n",
+                "3:1: [broker] tls_ca",
+            ),
+        ] {
+            let d = Deployment::parse(&name, text).unwrap();
+            match d.broker.as_ref().unwrap().settings() {
+                Ok(_) => panic!("{text:?}: a missing file was taken"),
+                Err(e) => assert!(e.to_string().starts_with(&format!("{name}:{at}")), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn broker_token_and_password_files_are_checked_as_the_network_secret_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("deploy.toml").display().to_string();
+        let d = Deployment::parse(
+            &name,
+            "[broker]\nurl = \"nats://127.0.0.1:4222\"\ntoken_file = \"nats.token\"\n",
+        )
+        .unwrap();
+        let token = dir.path().join("nats.token");
+        // Readable by every user of the machine: the [network] secret is refused so, as an
+        // ssh key is; the NATS token that gives the same access to the streams is taken.
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        match d.broker.as_ref().unwrap().settings() {
+            Ok(_) => panic!("a token file of mode 0644 was taken"),
+            Err(e) => assert!(
+                e.to_string()
+                    .starts_with(&format!("{name}:3:1: [broker] token_file")),
+                "{e}"
+            ),
+        }
+        // A named pipe named by mistake: the [network] secret is opened without waiting for
+        // a writer ("not a regular file"); the token's read waits for one forever (the
+        // describe step then ends, after 60 s, with "did not describe its graph").
+        std::fs::remove_file(&token).unwrap();
+        nix::unistd::mkfifo(&token, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let b = d.broker.clone().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(b.settings().map(|_| ()).map_err(|e| e.to_string()));
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(r) => assert!(
+                r.is_err_and(|e| e.contains("token_file")),
+                "a FIFO was taken"
+            ),
+            Err(_) => {
+                // Unblock the reader so that the test process ends.
+                let _ = std::fs::OpenOptions::new().write(true).open(&token);
+                panic!("reading a token_file that is a named pipe did not return in 10 s");
+            }
+        }
     }
 }

@@ -769,10 +769,14 @@ fn refused_with(dir: &Path, url: &str, broker: &str, says: &[&str]) -> Result<()
     Ok(())
 }
 
-/// A file in `dir` holding `text`; its path, for a deployment file.
+/// A private file (mode 600) in `dir` holding `text`; its path, for a deployment file.
 fn secret_file(dir: &Path, name: &str, text: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
     let p = dir.join(name);
     std::fs::write(&p, text).map_err(|e| e.to_string())?;
+    // Only its owner may read a secret (the launcher refuses it otherwise).
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
     Ok(p.to_str().ok_or("a UTF-8 path")?.to_string())
 }
 
