@@ -360,3 +360,62 @@ fn an_idle_in_process_connection_shows_no_backlog() {
     drop(sender);
     running.join().unwrap();
 }
+
+/// A reader that consumes nothing.
+struct Hoarder {
+    input: Input<u64>,
+}
+
+impl Agent for Hoarder {
+    fn step(&mut self, _: &mut Inputs, _: &mut Outputs) -> Result<(), AgentError> {
+        let _ = &self.input;
+        Ok(())
+    }
+}
+
+/// A connection whose byte bound is smaller than its element bound has a credit of the byte
+/// bound's worth of elements (`LinkStats::capacity`, graph.rs "Capacity"). The live view and
+/// `/metrics` show that as the connection's capacity: it is what the backlog can reach, and
+/// what "backlog full" (red) is measured against. They showed the 1,000 asked for (found by
+/// an audit: a backlog at its real bound never showed as full).
+#[test]
+fn the_live_view_shows_the_capacity_the_connection_really_has() {
+    let mut g = Graph::new("view_capacity");
+    let x = g.input::<u64>("x");
+    let input = g.add_agent("stalled", |p| {
+        let input = p.input::<u64>("in");
+        (Hoarder { input }, input)
+    });
+    // 1,000 elements asked for, but 800 bytes of u64: a credit of 100.
+    g.connect_with(
+        &x,
+        &input,
+        Connection::new().capacity(1000).capacity_bytes(800),
+    );
+    g.serve_metrics_with(
+        "127.0.0.1:0",
+        ServeOptions::default().interval(Duration::from_millis(20)),
+    );
+    let mut running = g.start().unwrap();
+    let addr = running.metrics_addr().unwrap();
+    let sender = running.input(&x).unwrap();
+    let feeding = std::thread::spawn(move || sender.send((0..500).collect()).is_ok());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let real = loop {
+        let l = running.metrics().link("x.out", "stalled").unwrap().clone();
+        if l.in_flight == l.capacity as u64 {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the backlog never reached the credit: {l:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(real.capacity, 100, "LinkStats: the credit");
+    let view = wait_for(addr, |v| v.links[0].in_flight == 100);
+    let (_, prom) = get(addr, "/metrics");
+    // The reader is never stepped again (nothing new comes): the run ends by its drop.
+    drop(running);
+    let _ = feeding.join();
+    let link = &view.links[0];
+    assert_eq!((link.in_flight, link.capacity), (100, 100), "{link:?}");
+    assert_eq!(sample(&prom, "iotstream_link_capacity{"), 100.0, "{prom}");
+}

@@ -795,7 +795,10 @@ impl Aggregator {
                 .get(e.to_port)
                 .map_or_else(String::new, |p| p.name.clone()),
             transport: e.transport.clone(),
-            capacity: e.capacity as u64,
+            // What the backlog can reach: the credit both bounds allow on the transport
+            // (`LinkStats::capacity`), not the element bound asked for (a graph described by
+            // an older program has no credit: the element bound, then).
+            capacity: if e.credit > 0 { e.credit } else { e.capacity } as u64,
             ..LinkView::default()
         }
     }
