@@ -53,10 +53,10 @@
 //!
 //! # Mistakes
 //!
-//! Building never panics on a wiring mistake: problems (a duplicate name, an input connected
-//! twice or never, a capacity too small for a window) are collected and returned together by
-//! [`Graph::run`], [`Graph::start`] or [`Harness::new`](crate::Harness::new) as
-//! [`Error::Graph`].
+//! Building never panics on a wiring mistake: problems (a duplicate name, two ports whose
+//! `agent.port` names read the same, an input connected twice or never, a capacity too small
+//! for a window) are collected and returned together by [`Graph::run`], [`Graph::start`] or
+//! [`Harness::new`](crate::Harness::new) as [`Error::Graph`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -284,6 +284,11 @@ pub struct Graph {
     /// Each agent's index by name (the first, if a name is used twice): a name is looked up
     /// in constant time, so adding n agents takes linear time, not quadratic.
     by_name: HashMap<String, usize>,
+    /// Each port's full name (`agent.port`), inputs and outputs apart, with the agent and port
+    /// it names: two ports whose full names read the same (agent `a` port `b.out`, agent
+    /// `a.b` port `out`) would be one stream in the live view, the metrics and deployment
+    /// files, which name ports that way.
+    port_names: [HashMap<String, (String, String)>; 2],
 }
 
 impl Graph {
@@ -310,6 +315,7 @@ impl Graph {
             workers: None,
             process_workers: BTreeMap::new(),
             by_name: HashMap::new(),
+            port_names: [HashMap::new(), HashMap::new()],
             externals: HashMap::new(),
             network: None,
             broker: None,
@@ -525,12 +531,29 @@ impl Graph {
         for misuse in &ports.misuse {
             self.problems.push(format!("agent '{name}': {misuse}"));
         }
-        for (kind, decls) in [("input", &ports.inputs), ("output", &ports.outputs)] {
+        for (k, (kind, decls)) in [("input", &ports.inputs), ("output", &ports.outputs)]
+            .into_iter()
+            .enumerate()
+        {
             let mut seen = HashSet::new();
             for d in decls {
                 if !seen.insert(d.name.as_str()) {
                     self.problems
                         .push(format!("agent '{name}' declares {kind} '{}' twice", d.name));
+                    continue;
+                }
+                let full = format!("{name}.{}", d.name);
+                match self.port_names[k].get(&full) {
+                    Some((agent, port)) if agent != name => self.problems.push(format!(
+                        "{kind} '{full}' names two {kind}s: '{port}' of agent '{agent}' and \
+                         '{}' of agent '{name}' (the live view, the metrics and deployment \
+                         files name a port agent.port): rename one",
+                        d.name
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.port_names[k].insert(full, (name.to_string(), d.name.clone()));
+                    }
                 }
             }
         }

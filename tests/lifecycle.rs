@@ -445,6 +445,43 @@ fn graph_mistakes_are_all_reported_with_names() {
     assert_eq!(problems.len(), 5, "{text}");
 }
 
+/// Agent `a` with output `b.out` and agent `a.b` with output `out` are both stream `a.b.out`
+/// where ports are named by `agent.port` (the live view, the metrics, deployment files): the
+/// view showed one of them with the other's counts and `/metrics` repeated a series (which
+/// Prometheus refuses whole). A graph problem naming both; inputs alike. Found by an audit.
+#[test]
+fn two_ports_whose_full_names_read_the_same_are_a_graph_problem() {
+    let mut g = Graph::new("dots");
+    let xs = g.source_iter("numbers", 0..10u64);
+    let (input, evens) = g.add_agent("a", |p| {
+        let input = p.input::<u64>("in");
+        let out = p.output::<u64>("b.out");
+        (SumAtEnd { input, out, sum: 0 }, (input, out))
+    });
+    g.connect(&xs, &input);
+    let all = g.map("a.b", &xs, |v: &u64| *v);
+    let twin = g.add_agent("c", |p| {
+        let input = p.input::<u64>("d.in");
+        (NeedsTen { input }, input)
+    });
+    g.connect(&evens, &twin);
+    g.for_each("c.d", &all, |_: &u64| {});
+    let err = Harness::new(g).err().expect("the graph is refused");
+    let Error::Graph { problems, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        problems,
+        &[
+            "output 'a.b.out' names two outputs: 'b.out' of agent 'a' and 'out' of agent 'a.b' \
+             (the live view, the metrics and deployment files name a port agent.port): rename \
+             one",
+            "input 'c.d.in' names two inputs: 'd.in' of agent 'c' and 'in' of agent 'c.d' (the \
+             live view, the metrics and deployment files name a port agent.port): rename one",
+        ],
+    );
+}
+
 #[test]
 fn standard_input_has_one_reader_and_the_graph_says_which() {
     let mut g = Graph::new("logs");
