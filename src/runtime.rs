@@ -1959,10 +1959,18 @@ impl SelfServe {
             let mut agg = view.lock().unwrap_or_else(|p| p.into_inner());
             agg.record(launch::MAIN_PROCESS, sample);
             for c in children.iter().flat_map(|l| l.iter()) {
+                use crate::observe::ProcessStatus;
                 let (status, pid) = if c.running() {
-                    (crate::observe::ProcessStatus::Running, c.pid)
+                    // Asked to drain (Ctrl-C, a stop, a failure elsewhere): draining.
+                    if c.term_sent.load(Ordering::SeqCst) {
+                        (ProcessStatus::Draining, c.pid)
+                    } else {
+                        (ProcessStatus::Running, c.pid)
+                    }
+                } else if c.reaped.load(Ordering::SeqCst) && c.failed.load(Ordering::SeqCst) {
+                    (ProcessStatus::Failed, 0)
                 } else {
-                    (crate::observe::ProcessStatus::Ended, 0)
+                    (ProcessStatus::Ended, 0)
                 };
                 agg.set_status(&c.name, status, pid);
             }

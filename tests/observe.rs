@@ -406,7 +406,10 @@ fn the_live_view_shows_the_capacity_the_connection_really_has() {
         if l.in_flight == l.capacity as u64 {
             break l;
         }
-        assert!(Instant::now() < deadline, "the backlog never reached the credit: {l:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the backlog never reached the credit: {l:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
     assert_eq!(real.capacity, 100, "LinkStats: the credit");

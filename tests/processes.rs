@@ -47,6 +47,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "long_lines" => long_lines(),
         "event" => event_windows(arg(0) as usize),
         "served" => served(),
+        "served_failing_child" => served_failing_child(),
         "stepped" => stepped(),
         "spinning" => spinning(arg(0)),
         "chained" => chained(arg(0), arg(1) as usize),
@@ -691,6 +692,52 @@ fn served() -> Result<(), iotstream::Error> {
     running.stop();
     running.join()?;
     Ok(())
+}
+
+/// A starter serving its live view whose child `worker` fails (see `fragile`): the starter
+/// reads its own `/api/metrics` until the worker's status is no longer running, starting or
+/// draining, and prints it (`WORKER <status>`) before it joins the failed run.
+fn served_failing_child() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("served_failing_child");
+    let s = g.source_iter("numbers", 0..1_000_000u64);
+    let m = fragile(&mut g, &s);
+    g.for_each("sink", &m, |_: &u64| {});
+    g.place_in_process("fragile", "worker");
+    g.serve_metrics_with(
+        "127.0.0.1:0",
+        iotstream::observe::ServeOptions::default().interval(Duration::from_millis(20)),
+    );
+    // Read before the start, which takes the role variables out of the environment.
+    let is_child = std::env::var_os("IOTSTREAM_PROCESS").is_some();
+    let running = g.start()?;
+    if is_child {
+        running.join()?;
+        return Ok(());
+    }
+    let addr = running.metrics_addr().expect("the starter serves");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = String::from("never shown");
+    while Instant::now() < deadline {
+        let view: Option<serde_json::Value> = http_get(addr, "/api/metrics")
+            .ok()
+            .and_then(|body| serde_json::from_str(&body).ok());
+        let worker = view.and_then(|v| {
+            v["processes"]
+                .as_array()?
+                .iter()
+                .find(|p| p["process"] == "worker")
+                .map(|p| p["status"].as_str().unwrap_or("?").to_string())
+        });
+        if let Some(w) = worker {
+            status = w;
+            if !["starting", "running", "draining"].contains(&status.as_str()) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("WORKER {status}");
+    running.join().map(drop)
 }
 
 /// `GET path` from `addr`, the body (HTTP/1.0: the server closes when done).
@@ -1412,6 +1459,20 @@ fn a_starter_serves_every_processs_counters() -> Result<(), String> {
         })?;
     }
     Ok(())
+}
+
+/// A starter's view shows a child that failed as failed, as the launcher's does: it showed
+/// every child not running as ended, a failure in grey (found by an audit).
+fn a_starters_view_shows_a_failed_child_as_failed() -> Result<(), String> {
+    let (status, out, err) =
+        Started::new("served_failing_child", &[]).wait(Duration::from_secs(60))?;
+    ensure(!status.success(), || {
+        format!("the application succeeded:\n{out}\n{err}")
+    })?;
+    nothing_left("served_failing_child")?;
+    ensure(out.lines().any(|l| l == "WORKER failed"), || {
+        format!("no 'WORKER failed' in the output:\n{out}\n{err}")
+    })
 }
 
 /// Standard input reaches the agent that reads it, in a child process: every line, once.
@@ -2392,7 +2453,11 @@ fn main() {
             }
         }
     }
-    let scenarios: [(&str, Scenario); 50] = [
+    let scenarios: [(&str, Scenario); 51] = [
+        (
+            "a_starters_view_shows_a_failed_child_as_failed",
+            a_starters_view_shows_a_failed_child_as_failed,
+        ),
         (
             "a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere",
             a_stall_across_processes_is_reported_beside_a_report_sent_elsewhere,

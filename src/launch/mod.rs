@@ -502,6 +502,9 @@ pub(crate) struct ChildProcess {
     /// Set by its waiter thread as soon as the process is reaped: from then on its pid may be
     /// another process's, which must never be signalled.
     pub reaped: Arc<AtomicBool>,
+    /// Set by its waiter thread, before `reaped`, when the process ended with a failure (a
+    /// status other than 0, or a signal).
+    pub failed: Arc<AtomicBool>,
     /// A drain was asked for (a SIGTERM sent, or to be said at its `ready`): [`signal_all`]
     /// asks once. A child takes a second SIGTERM for "end at once" (as a second Ctrl-C), which
     /// would cut its drain, and with it the error it was about to report.
@@ -852,11 +855,15 @@ pub(crate) fn spawn_child(
     let watched = name.clone();
     let reaped = Arc::new(AtomicBool::new(false));
     let reaped_by_waiter = Arc::clone(&reaped);
+    let failed = Arc::new(AtomicBool::new(false));
+    let failed_by_waiter = Arc::clone(&failed);
     std::thread::Builder::new()
         .name(format!("wait {process}"))
         .spawn(move || {
             use std::os::unix::process::ExitStatusExt;
             let status = child.wait();
+            let success = status.as_ref().is_ok_and(ExitStatus::success);
+            failed_by_waiter.store(!success, Ordering::SeqCst);
             reaped_by_waiter.store(true, Ordering::SeqCst);
             // Let the output copiers reach the end of the pipes, so the report has the last
             // lines; bounded, since a program the child started may hold its pipes open.
@@ -885,6 +892,7 @@ pub(crate) fn spawn_child(
         pid,
         name: process.to_string(),
         reaped,
+        failed,
         term_sent: Arc::new(AtomicBool::new(false)),
         ready: Arc::new(AtomicBool::new(true)),
     })
