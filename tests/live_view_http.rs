@@ -400,6 +400,32 @@ fn a_head_sent_whole_then_half_closed_is_answered() {
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
 }
 
+/// A request target in absolute form (`GET http://host:port/metrics`, RFC 9112 3.2.2: a
+/// server must accept it) is served as its path; its authority stands for the Host header, so
+/// a domain there is refused as in Host (DNS rebinding). It was a 404 (found by an audit).
+#[test]
+fn a_request_target_in_absolute_form_is_served_and_its_authority_checked() {
+    let server = start();
+    let addr = server.local_addr();
+    let asked = |target: &str, host: &str| {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        answer_to(addr, head.as_bytes(), false)
+    };
+    let metrics = asked(&format!("http://{addr}/metrics"), &addr.to_string());
+    assert!(metrics.starts_with("HTTP/1.1 200 "), "{metrics:?}");
+    assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics:?}");
+    let page = asked(&format!("HTTP://{addr}"), &addr.to_string());
+    assert!(
+        page.starts_with("HTTP/1.1 200 ") && page.contains("<html"),
+        "{page:?}"
+    );
+    // The authority wins over Host, either way.
+    let rebound = asked("http://evil.example/metrics", &addr.to_string());
+    assert!(rebound.starts_with("HTTP/1.1 403 "), "{rebound:?}");
+    let named = asked(&format!("http://{addr}/api/graph"), "evil.example");
+    assert!(named.starts_with("HTTP/1.1 200 "), "{named:?}");
+}
+
 /// What the server answers to `bytes` (sent whole, then the client's side closed if
 /// `half_close`), up to its close: bounded by a 30 s read timeout.
 fn answer_to(addr: SocketAddr, bytes: &[u8], half_close: bool) -> String {

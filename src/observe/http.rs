@@ -236,9 +236,29 @@ impl Reply {
     }
 }
 
+/// A request target's authority, path and query. The authority is there only in absolute
+/// form (`http://host:port/path?query`, RFC 9112 3.2.2, as a proxy or some clients send it),
+/// where it stands for the Host header; in origin form (`/path?query`) it is `None`. An empty
+/// path is `/`.
+fn split_target(target: &str) -> (Option<&str>, &str, &str) {
+    let absolute = target.find("://").and_then(|end| {
+        let scheme = &target[..end];
+        (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+            .then(|| &target[end + 3..])
+    });
+    let (authority, rest) = match absolute {
+        Some(rest) => {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            (Some(&rest[..end]), &rest[end..])
+        }
+        None => (None, target),
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    (authority, if path.is_empty() { "/" } else { path }, query)
+}
+
 fn answer(request: &Request, source: &dyn ViewSource, token: Option<&[u8; 32]>) -> Response {
-    let url = request.target();
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let (authority, path, query) = split_target(request.target());
     let authorized = token.is_none_or(|expected| {
         let bearer = request
             .headers("Authorization")
@@ -254,9 +274,12 @@ fn answer(request: &Request, source: &dyn ViewSource, token: Option<&[u8; 32]>) 
     // rebinding): its requests name that domain as their Host, and are refused (as is a Host
     // that is not text).
     let rebound = token.is_none()
-        && request
-            .headers("Host")
-            .any(|v| std::str::from_utf8(v).map_or(true, |h| !names_this_host(h)));
+        && match authority {
+            Some(a) => !names_this_host(a),
+            None => request
+                .headers("Host")
+                .any(|v| std::str::from_utf8(v).map_or(true, |h| !names_this_host(h))),
+        };
     let reply = if rebound {
         Reply::text(
             403,
