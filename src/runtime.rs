@@ -788,15 +788,18 @@ impl Mailbox for ActorMailbox {
 enum Posted {
     /// Queued.
     Queued,
-    /// A batch, joined to one that waits for the same input (see [`join_waiting`]).
+    /// A batch joined to one that waits for the same input, or a mark merged into the marks
+    /// waiting for it (see [`join_waiting`]).
     Joined,
 }
 
 /// The envelopes posted to an actor and not yet taken in, and the waker of the actor's task.
 ///
 /// Unbounded as actix's own mailbox is: every data envelope is bounded by its link's credit,
-/// every other kind by what the run sends (one credit per delivered batch, a few control
-/// envelopes). The queue's vector and its spare are reused: no allocation per envelope.
+/// marks by their merging (at most two of an input between two of its batches, see
+/// [`join_waiting`]), every other kind by what the run sends (one credit per delivered batch,
+/// a few control envelopes). The queue's vector and its spare are reused: no allocation per
+/// envelope.
 #[derive(Default)]
 struct Parcels {
     queue: Mutex<Queued>,
@@ -823,7 +826,9 @@ impl Parcels {
             Ok(spent) => {
                 drop(q);
                 // Typed: its vector and box both go home.
-                spent.release();
+                if let Some(spent) = spent {
+                    spent.release();
+                }
                 Posted::Joined
             }
             Err(env) => {

@@ -496,7 +496,9 @@ impl Mailbox for DirectMailbox {
             Ok(spent) => {
                 drop(queue);
                 // Typed: its vector and box both go home.
-                spent.release();
+                if let Some(spent) = spent {
+                    spent.release();
+                }
                 // Its elements travel in an envelope already counted (and already driven).
                 self.shared.handled();
             }
