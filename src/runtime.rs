@@ -1270,6 +1270,11 @@ impl AgentActor {
 }
 
 /// A running application. See the [module docs](self).
+///
+/// [`join`](Running::join) it to wait for its end and see how it ended. Dropping it without
+/// `join` stops the run (as [`stop`](Running::stop)) and waits, within the drain's bound, for
+/// it to end; its error, if any, is only logged.
+#[must_use = "a run is stopped when its Running is dropped: join it to wait for its end"]
 pub struct Running {
     app: String,
     registry: Arc<Registry>,
@@ -1630,6 +1635,12 @@ impl Running {
     /// Waits for the end of the run (of every process, in a multi-process starter); returns the
     /// final counters of this process, or the first failure (naming the process that failed).
     pub fn join(mut self) -> Result<Metrics, Error> {
+        self.end()
+    }
+
+    /// What [`join`](Self::join) does: waits for the end, reaps the children, removes the
+    /// rings. Once: it takes the runtime thread's handle.
+    fn end(&mut self) -> Result<Metrics, Error> {
         self.inputs.clear(); // dropping untaken senders ends those inputs
         let thread = self.thread.take().expect("joined once");
         let mut result = thread.join().unwrap_or_else(|p| {
@@ -1706,6 +1717,42 @@ impl Running {
             }
         }
         result.map(|()| self.registry.snapshot())
+    }
+}
+
+/// Dropped without [`join`](Running::join) (by mistake, or by a panic that unwinds past it):
+/// the run is stopped as [`stop`](Running::stop) does and drained, and ended as `join` ends it
+/// (children reaped, rings removed), its error logged since nobody can see it. A run that has
+/// not ended within the drain's bound (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s: an agent
+/// holding up the drain) is left to end by itself, with a warning: a drop does not wait on it
+/// for ever. It was left running, children and all, with nothing left to stop it.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(thread) = &self.thread else {
+            return; // joined
+        };
+        self.stop();
+        let bound = launch::drain_timeout().unwrap_or(launch::DRAIN_GRACE);
+        let deadline = std::time::Instant::now() + bound;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !thread.is_finished() {
+            tracing::warn!(
+                "application '{}': its Running handle was dropped without join; the run was \
+                 stopped, but it has not ended {} ms later: left to end by itself",
+                self.app,
+                bound.as_millis()
+            );
+            return;
+        }
+        if let Err(e) = self.end() {
+            tracing::error!(
+                "application '{}': its Running handle was dropped without join; the run \
+                 ended with: {e}",
+                self.app
+            );
+        }
     }
 }
 

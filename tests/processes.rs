@@ -39,6 +39,7 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
         "failing_through_main" => failing("failing_through_main", 2),
         "failing_in_main" => failing_in_main(),
         "late_child" => late_child(),
+        "dropped_handle" => dropped_handle(),
         "stdin_lines" => stdin_lines(),
         "quiet_tail" => quiet_tail(),
         "spawner" => spawner(),
@@ -872,6 +873,25 @@ fn late_child() -> Result<(), iotstream::Error> {
     running.join().map(|_| ())
 }
 
+/// An endless source in `main` read by a flusher in process `reader`; the starter drops its
+/// `Running` without joining it, then prints `DROPPED` and returns: the drop stops the run,
+/// waits for its end (the flusher's `FLUSHED` first) and removes the rings.
+fn dropped_handle() -> Result<(), iotstream::Error> {
+    let mut g = Graph::new("dropped_handle");
+    let endless = g.source_fn("endless", Duration::from_millis(1), None, || 1u64);
+    add_flusher(&mut g, &endless);
+    g.place_in_process("flusher", "reader");
+    let is_child = std::env::var_os("IOTSTREAM_PROCESS").is_some();
+    let running = g.start()?;
+    if is_child {
+        return running.join().map(drop);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(running);
+    println!("DROPPED");
+    Ok(())
+}
+
 /// Standard input's lines, read in process `reader` (not the starter), parsed and doubled
 /// there; counted and summed in `main`.
 fn stdin_lines() -> Result<(), iotstream::Error> {
@@ -1472,6 +1492,21 @@ fn a_starters_view_shows_a_failed_child_as_failed() -> Result<(), String> {
     nothing_left("served_failing_child")?;
     ensure(out.lines().any(|l| l == "WORKER failed"), || {
         format!("no 'WORKER failed' in the output:\n{out}\n{err}")
+    })
+}
+
+/// A starter that drops its `Running` without `join` stops the run and ends it as `join`
+/// would: the child drained (`FLUSHED`) before the drop returned, no ring left. The run went
+/// on, children and rings, with nothing left to stop it (found by an audit).
+fn a_dropped_handle_stops_and_ends_the_run() -> Result<(), String> {
+    let (status, out, err) = Started::new("dropped_handle", &[]).wait(Duration::from_secs(60))?;
+    ensure(status.success(), || {
+        format!("failed with {status}:\n{out}\n{err}")
+    })?;
+    nothing_left("dropped_handle")?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure(lines == ["[reader] FLUSHED", "DROPPED"], || {
+        format!("the output, FLUSHED then DROPPED expected:\n{out}\n{err}")
     })
 }
 
@@ -2453,7 +2488,11 @@ fn main() {
             }
         }
     }
-    let scenarios: [(&str, Scenario); 51] = [
+    let scenarios: [(&str, Scenario); 52] = [
+        (
+            "a_dropped_handle_stops_and_ends_the_run",
+            a_dropped_handle_stops_and_ends_the_run,
+        ),
         (
             "a_starters_view_shows_a_failed_child_as_failed",
             a_starters_view_shows_a_failed_child_as_failed,
