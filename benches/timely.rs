@@ -83,6 +83,9 @@ fn iotstream_pipeline(n: u64, harness: bool, workers: Option<usize>) -> u64 {
     });
     if harness {
         let mut h = Harness::new(g).expect("pipeline builds");
+        // The harness bounds what a source emits in one run (10 M by default, a guard against
+        // a source that never ends): this one ends after its `n`.
+        h.set_max_source_elements(n);
         h.finish().expect("pipeline runs");
     } else {
         if let Some(w) = workers {
