@@ -40,6 +40,10 @@ fn run_all(pushes: &[Vec<i32>], capacity: usize) -> Vec<Vec<i64>> {
         g.map_list("map_list", &x, |xs: &[i32]| {
             xs.iter().map(|v| i64::from(*v) - 7).collect()
         }),
+        {
+            let kept = g.filter("filter_itself", &x, |v: &i32| v % 4 != 0);
+            g.map("widen", &kept, |v: &i32| i64::from(*v))
+        },
     ];
     let outs: Vec<_> = streams
         .iter()
@@ -72,7 +76,24 @@ fn reference(data: &[i32]) -> Vec<Vec<i64>> {
             })
             .collect(),
         wide.iter().map(|v| v - 7).collect(),
+        wide.iter().copied().filter(|v| v % 4 != 0).collect(),
     ]
+}
+
+/// `filter` over an element that owns heap memory: each kept element is a clone of its own.
+fn filter_strings(pushes: &[Vec<i32>], capacity: usize) -> Vec<String> {
+    let mut g = Graph::new("strings");
+    g.set_default_capacity(capacity);
+    let x = g.input::<String>("x");
+    let kept = g.filter("keep", &x, |s: &String| !s.ends_with('7'));
+    let out = g.collect("out", &kept);
+    let mut h = Harness::new(g).unwrap();
+    for p in pushes {
+        h.push(&x, p.iter().map(|v| format!("value {v}"))).unwrap();
+        h.run().unwrap();
+    }
+    h.finish().unwrap();
+    out.values()
 }
 
 proptest! {
@@ -89,4 +110,39 @@ proptest! {
         prop_assert_eq!(&one_batch, &expected);
         prop_assert_eq!(&chunked, &expected);
     }
+
+    #[test]
+    fn filter_keeps_owned_elements_whatever_the_batches(
+        data in proptest::collection::vec(-1000i32..1000, 0..300),
+        sizes in proptest::collection::vec(1usize..40, 1..8),
+        capacity in 1usize..64,
+    ) {
+        let expected: Vec<String> = data
+            .iter()
+            .map(|v| format!("value {v}"))
+            .filter(|s| !s.ends_with('7'))
+            .collect();
+        prop_assert_eq!(&filter_strings(std::slice::from_ref(&data), 1 << 14), &expected);
+        prop_assert_eq!(&filter_strings(&chunks(&data, &sizes), capacity), &expected);
+    }
+}
+
+/// A `filter` whose function panics in the middle of a batch of owned elements fails naming
+/// its agent; the elements it had kept of that batch are not handed on (nor dropped twice).
+#[test]
+fn a_filter_panicking_in_a_batch_fails_naming_it() {
+    let mut g = Graph::new("panicky");
+    let x = g.input::<String>("x");
+    let kept = g.filter("keep", &x, |s: &String| {
+        assert!(s != "boom", "cannot judge {s}");
+        true
+    });
+    let out = g.collect("out", &kept);
+    let mut h = Harness::new(g).unwrap();
+    h.push(&x, ["a", "b", "boom", "c"].map(String::from))
+        .unwrap();
+    let err = h.run().unwrap_err();
+    assert_eq!(err.agent(), Some("keep"), "{err}");
+    assert!(err.to_string().contains("cannot judge boom"), "{err}");
+    assert!(out.values().is_empty(), "{:?}", out.values());
 }

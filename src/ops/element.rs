@@ -326,10 +326,27 @@ impl Graph {
         F: FnMut(&T) -> bool + Send + 'static,
     {
         self.slice_map(name, stream, move |new: &[T], out: &mut Vec<T>| {
-            // Room for all of them up front: no growth in the loop (the output vector is
-            // reused from batch to batch, so this allocates only until it has the room).
+            // Written into the vector's spare room with a count of our own, its length set
+            // once: `extend` with a filter stored the length and reloaded the length, the
+            // capacity and the pointer at every element (a `u64` written could alias them, for
+            // the compiler), which made this loop 2.5 times slower on `u64`. Room for all of
+            // them up front (the output vector is reused from batch to batch, so this
+            // allocates only until it has the room).
             out.reserve(new.len());
-            out.extend(new.iter().filter(|v| f(v)).cloned());
+            let start = out.len();
+            let room = &mut out.spare_capacity_mut()[..new.len()];
+            let mut kept = 0;
+            for v in new {
+                if f(v) {
+                    room[kept].write(v.clone());
+                    kept += 1;
+                }
+            }
+            // SAFETY: the `kept` slots after the first `start` elements were written above,
+            // each with an initialised `T`, and are within the capacity (`reserve`). Should
+            // `f` or `clone` panic, the length is not set and the elements written are never
+            // dropped (a leak, never a double drop).
+            unsafe { out.set_len(start + kept) };
             Ok(())
         })
     }
