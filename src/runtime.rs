@@ -2582,7 +2582,7 @@ const MAX_CHAIN_STAGES: usize = 16;
 ///   [`MAX_CHAIN_STAGES`] stages): the source's thread steps the whole chain, from its
 ///   hand-over to the write into the ring, as a raw ring's producer makes and writes each
 ///   element on one thread (on two cores this moved 1.7–2.4× the elements of a worker
-///   stepping the chain beside the source's thread, `docs/benchmarks.md`).
+///   stepping the chain beside the source's thread, `docs/benchmarks-journal.md`).
 ///
 /// Linear in agents and connections: each agent is in at most one chain.
 fn stepped_directly(graph: &Graph) -> Vec<Stepped> {

@@ -32,7 +32,7 @@
 //! to seal a batch. Whether the agent is awake lives there too ([`AwakeFlag`]): the hand-over
 //! says whether to wake it, with no atomic of its own on another line. (`cargo bench --bench
 //! single`, three alternated runs: one element per `fill` went from 0.82-0.88x a crossbeam
-//! pipeline to 1.08-1.26x, one per `push` from 1.01-1.05x to 1.50-1.57x; docs/benchmarks.md
+//! pipeline to 1.08-1.26x, one per `push` from 1.01-1.05x to 1.50-1.57x; docs/benchmarks-journal.md
 //! has the figures, and those of a step swapping rather than copying a few elements.)
 //!
 //! A hand-over larger than what a step takes is taken in parts, from the front, each part

@@ -128,7 +128,7 @@ pub struct SourceOptions {
     /// keep 4096. A batch that took a connection's whole credit would make writer and reader
     /// take turns (each waits while the other works on it), and one of several megabytes no
     /// longer fits a core's cache between making it and sending it: together they halved the
-    /// two-process throughput of 1 KiB elements (docs/benchmarks.md).
+    /// two-process throughput of 1 KiB elements (docs/benchmarks-journal.md).
     ///
     /// A small `max_batch` (say 1) is kept: each batch downstream holds at most that many,
     /// and so each costs a step, whatever the pace. For a source that makes one element per

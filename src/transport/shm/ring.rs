@@ -1124,7 +1124,7 @@ impl<M: RingMemory> Ring<M> {
             // This thread has woken the other side of a ring since its last wait, and Linux
             // often runs a thread woken that way on the waker's core. Spinning here would
             // keep it off that core until the spin ends (at 1,000 pings/s between two
-            // processes, p50 7.5 µs against 5.3 with this yield: docs/benchmarks.md, "Who
+            // processes, p50 7.5 µs against 5.3 with this yield: docs/benchmarks-journal.md, "Who
             // waits for whom"). So give the core up once, first.
             if ready(self)? {
                 return Ok(Wait::Ready);
@@ -1798,7 +1798,7 @@ pub(crate) struct Consumer<M: RingMemory> {
 /// than data (credit coming back from a reader on another thread) counts too, so such a
 /// reader spins up to twice that wait once per batch even on a slow stream: a cost kept
 /// because counting data alone measured slower at 1,000 pings/s (p50 19–21 µs against
-/// 12–15 µs, docs/benchmarks.md). [`Consumer::spin_for`] replaces it (low-latency mode).
+/// 12–15 µs, docs/benchmarks-journal.md). [`Consumer::spin_for`] replaces it (low-latency mode).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct AdaptiveSpin {
     /// The next wait's window (zero: sleep after the usual checks).
@@ -1832,7 +1832,7 @@ impl AdaptiveSpin {
     /// the core that the thread waiting for that reply had given up to it (at 1,000 pings/s
     /// between two processes, p50 median of ten alternated runs 6.0 µs against 7.8 µs; with
     /// both cores busy with other work, 4.6–4.8 µs in four of four runs against 6.0 µs to
-    /// 1 ms: docs/benchmarks.md, "A reader on a slow stream sleeps at once").
+    /// 1 ms: docs/benchmarks-journal.md, "A reader on a slow stream sleeps at once").
     fn before_sleep(window: Option<Duration>) -> BeforeSleep {
         match window {
             Some(_) => BeforeSleep {

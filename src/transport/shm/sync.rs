@@ -51,7 +51,7 @@ mod real {
     /// µs, by how long the processor's spin-loop hint takes (`pause` took 28–36 ns on the
     /// project's AMD EPYC machines in 2026-12: 100 checks, 2.9 µs), at the low end of what a
     /// futex wake-up costs there (2–20 µs). 40 checks measured no different
-    /// (docs/benchmarks.md, "Where a blocking round trip goes at 1,000/s").
+    /// (docs/benchmarks-journal.md, "Where a blocking round trip goes at 1,000/s").
     pub(crate) const SPIN_LIMIT: u32 = 100;
 
     /// How many times a reader whose last wait was long re-checks for data before the

@@ -22,7 +22,7 @@
 //!   (several per write call), heartbeats, and reconnects; a second thread per connection reads the
 //!   reader's acknowledgements. (Writing from the host's thread when the socket has room was tried
 //!   and measured: on loopback it was no faster, the host's thread then paying for the receiver's
-//!   side of each `send`; see `docs/benchmarks.md`, issue 10.) `close` queues an End frame after
+//!   side of each `send`; see `docs/benchmarks-journal.md`, issue 10.) `close` queues an End frame after
 //!   the data; the stream counts as ended for the host only once the End is acknowledged
 //!   ([`TcpSender::finished`]), i.e. once the reading agent consumed every element, so a writing
 //!   process never exits with data only it holds.
