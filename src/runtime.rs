@@ -1725,7 +1725,7 @@ impl Running {
 /// (children reaped, rings removed), its error logged since nobody can see it. A run that has
 /// not ended within the drain's bound (`IOTSTREAM_DRAIN_TIMEOUT_MS`, default 10 s: an agent
 /// holding up the drain) is left to end by itself, with a warning: a drop does not wait on it
-/// for ever. It was left running, children and all, with nothing left to stop it.
+/// for ever.
 impl Drop for Running {
     fn drop(&mut self) {
         let Some(thread) = &self.thread else {
