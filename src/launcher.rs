@@ -1651,14 +1651,19 @@ impl Supervisor<'_> {
                     ),
                 );
             } else {
-                // The application stops meanwhile: nothing restarts.
-                m.ended = true;
-                let why = format!(
-                    "the application is stopping: process '{}' was not restarted",
-                    m.name
+                // The application stops meanwhile. Not restarting it would lose what waits
+                // in its input rings (its writers may have ended: nobody would report it), so
+                // it starts again, told to drain, and processes that before it ends.
+                m.asked_restarts += 1;
+                m.restart_at = Some(Instant::now());
+                note(
+                    &self.board,
+                    &format!(
+                        "process '{}' stopped for its restart while the application stops: \
+                         starting it again to drain its input",
+                        m.name
+                    ),
                 );
-                note(&self.board, &why);
-                m.answer_waiters(Err(why));
             }
             return;
         }
@@ -1842,6 +1847,12 @@ impl Supervisor<'_> {
                     }
                 } else {
                     self.members[i].pending_failure = None;
+                    if self.draining.is_some() {
+                        // Started while the application stops (an asked restart): it drains
+                        // at once, as the others were told to.
+                        self.members[i].say("final");
+                        self.members[i].say("stop");
+                    }
                 }
                 continue;
             }
@@ -1891,6 +1902,12 @@ impl Supervisor<'_> {
     fn stop(&mut self) {
         self.draining = Some(Instant::now() + self.drain_timeout);
         for m in &mut self.members {
+            if m.restart_at.is_some() && m.pending_failure.is_none() {
+                // An asked restart (`iotstream restart`) under way: it goes on, and the
+                // process drains once started (see `on_timers`), or what waits in its input
+                // rings would be lost.
+                continue;
+            }
             if m.restart_at.take().is_some() {
                 // Its restart is cancelled: its crash is the run's failure, not what its
                 // peers report about it afterwards.

@@ -71,8 +71,70 @@ fn app(name: &str, args: &[String]) -> Result<(), iotstream::Error> {
             println!("{}", "x".repeat(150_000));
             relay("long_line", 10, 0)
         }
+        // N STEP_US: numbers 0..N → `mid` → `record`, which sleeps STEP_US per element and
+        // writes each as a line to $OUT as it goes
+        "chain" => chain_app(arg(0), arg(1)),
         other => panic!("no application named {other}"),
     }
+}
+
+/// A slow sink: sleeps its `step` per element and writes each element's values as lines to
+/// its file as it goes, before the step consumes them.
+struct LineRecord {
+    input: iotstream::Input<Vec<u64>>,
+    file: std::fs::File,
+    step: Duration,
+}
+
+impl Agent for LineRecord {
+    fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        for xs in i.slice(&self.input) {
+            std::thread::sleep(self.step);
+            let text: String = xs.iter().map(|x| format!("{x}\n")).collect();
+            self.file.write_all(text.as_bytes())?;
+        }
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// numbers 0..n → `mid` (each as a one-element vector) → `record`, a [`LineRecord`] of
+/// `step_us` per element writing to `$OUT`. With `$HOLD_PIPES` set, the process first starts
+/// a program that shares its output pipes and outlives it by seconds (a logger, say): its
+/// launcher then hears of its exit up to 2 s after it died (it waits for the pipes' ends).
+fn chain_app(n: u64, step_us: u64) -> Result<(), iotstream::Error> {
+    if std::env::var_os("HOLD_PIPES").is_some() {
+        let _ = Command::new("/bin/sleep").arg("4").env_clear().spawn();
+    }
+    let mut g = Graph::new("chain");
+    let numbers = g.source_iter("numbers", 0..n);
+    let mid = g.map("mid", &numbers, |v: &u64| vec![*v]);
+    let input = g.add_agent("record", |p| {
+        let input = p.input::<Vec<u64>>("in");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::var_os("OUT").expect("$OUT"))
+            .expect("open $OUT");
+        let step = Duration::from_micros(step_us);
+        (LineRecord { input, file, step }, input)
+    });
+    g.connect(&mid, &input);
+    g.run().map(drop)
+}
+
+/// The values of 0..n that no line of `out` holds (a line that is not such a value is an
+/// error).
+fn missing_in(out: &Path, n: u64) -> Result<Vec<u64>, String> {
+    let text = std::fs::read_to_string(out).map_err(|e| e.to_string())?;
+    let mut seen = vec![false; n as usize];
+    for line in text.lines() {
+        match line.parse::<u64>() {
+            Ok(i) if i < n => seen[i as usize] = true,
+            _ => return Err(format!("a bad line in the output: {line:?}")),
+        }
+    }
+    Ok((0..n).filter(|&i| !seen[i as usize]).collect())
 }
 
 /// Writes every element as a line to the file named by `$OUT`, one write per step (so what a
@@ -2547,6 +2609,58 @@ fn restart_restarts_a_process_and_loses_nothing() -> Result<(), String> {
     })
 }
 
+// AUDIT scenarios ---------------------------------------------------------------------------
+
+/// `iotstream restart APP sink`, then Ctrl-C before the launcher heard of the killed sink's
+/// exit (its process shares its pipes with a program that outlives it: the exit is reported
+/// up to 2 s later). Its writer had ended (its ring closed) and it still held 280 elements it
+/// had not consumed. The stop cancelled the restart: they were lost and the run exited 0
+/// (found by an audit). The sink now starts again, told to drain, and processes them.
+fn an_asked_restart_cut_short_by_a_stop_drains_the_process_again() -> Result<(), String> {
+    let xdg = Scratch::new("asked-drain");
+    let n = 300u64;
+    let deploy = xdg.file(
+        "d.toml",
+        "[processes.work]\nagents = [\"numbers\", \"mid\"]\n\n[processes.sink]\nagents = [\"record\"]\nenv = { HOLD_PIPES = \"1\" }\n",
+    );
+    let out = xdg.path("out.txt");
+    let run = launch_in(
+        &xdg.0,
+        "chain",
+        &[&n.to_string(), "2000"],
+        Some(&deploy),
+        &[],
+        &[("OUT", &out)],
+    );
+    run.wait_stderr("work finished", |e| e.contains("process 'work' finished"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines_of(&out).len() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let dir = xdg.0.clone();
+    let asked = std::thread::spawn(move || ops(&dir, &["restart", "chain", "sink"], false));
+    run.wait_stderr("the restart's kill", |e| {
+        e.contains("restart asked (iotstream restart): killing it")
+    })?;
+    let _ = Command::new("kill")
+        .args(["-INT", &run.pid().to_string()])
+        .status();
+    let (status, stdout, stderr) = run.wait()?;
+    let _ = asked.join();
+    let missing = missing_in(&out, n)?;
+    ensure(missing.is_empty() && status.success(), || {
+        format!(
+            "{} of {n} elements never reached the sink (first {:?}), exit {status}:\n{stdout}\n{stderr}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        )
+    })?;
+    ensure(
+        stderr.contains("starting it again to drain its input"),
+        || format!("the sink was not started again to drain:\n{stderr}"),
+    )
+}
+
 /// Whether process `pid` was started with `IOTSTREAM_RESTARTED=1` (its /proc environ).
 fn restarted_env(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -2927,6 +3041,10 @@ fn main() {
     let filter = filter.as_deref();
     type Scenario = Box<dyn Fn() -> Result<(), String>>;
     let scenarios: Vec<(&str, Scenario)> = vec![
+        (
+            "an_asked_restart_cut_short_by_a_stop_drains_the_process_again",
+            Box::new(an_asked_restart_cut_short_by_a_stop_drains_the_process_again),
+        ),
         (
             "moving_agents_by_deployment_gives_identical_output",
             Box::new(moving_agents_by_deployment_gives_identical_output),
