@@ -2012,14 +2012,16 @@ impl SelfServe {
             agg.record(launch::MAIN_PROCESS, sample);
             for c in children.iter().flat_map(|l| l.iter()) {
                 use crate::observe::ProcessStatus;
-                let (status, pid) = if c.running() {
+                // Shown as running until its waiter reaped it and noted how it ended: a
+                // process that just died is not "ended" before anyone knows whether it failed.
+                let (status, pid) = if !c.reaped.load(Ordering::SeqCst) {
                     // Asked to drain (Ctrl-C, a stop, a failure elsewhere): draining.
                     if c.term_sent.load(Ordering::SeqCst) {
                         (ProcessStatus::Draining, c.pid)
                     } else {
                         (ProcessStatus::Running, c.pid)
                     }
-                } else if c.reaped.load(Ordering::SeqCst) && c.failed.load(Ordering::SeqCst) {
+                } else if c.failed.load(Ordering::SeqCst) {
                     (ProcessStatus::Failed, 0)
                 } else {
                     (ProcessStatus::Ended, 0)
