@@ -284,11 +284,6 @@ pub struct Graph {
     /// Each agent's index by name (the first, if a name is used twice): a name is looked up
     /// in constant time, so adding n agents takes linear time, not quadratic.
     by_name: HashMap<String, usize>,
-    /// Each port's full name (`agent.port`), inputs and outputs apart, with the agent and port
-    /// it names: two ports whose full names read the same (agent `a` port `b.out`, agent
-    /// `a.b` port `out`) would be one stream in the live view, the metrics and deployment
-    /// files, which name ports that way.
-    port_names: [HashMap<String, (String, String)>; 2],
 }
 
 impl Graph {
@@ -315,7 +310,6 @@ impl Graph {
             workers: None,
             process_workers: BTreeMap::new(),
             by_name: HashMap::new(),
-            port_names: [HashMap::new(), HashMap::new()],
             externals: HashMap::new(),
             network: None,
             broker: None,
@@ -531,29 +525,12 @@ impl Graph {
         for misuse in &ports.misuse {
             self.problems.push(format!("agent '{name}': {misuse}"));
         }
-        for (k, (kind, decls)) in [("input", &ports.inputs), ("output", &ports.outputs)]
-            .into_iter()
-            .enumerate()
-        {
+        for (kind, decls) in [("input", &ports.inputs), ("output", &ports.outputs)] {
             let mut seen = HashSet::new();
             for d in decls {
                 if !seen.insert(d.name.as_str()) {
                     self.problems
                         .push(format!("agent '{name}' declares {kind} '{}' twice", d.name));
-                    continue;
-                }
-                let full = format!("{name}.{}", d.name);
-                match self.port_names[k].get(&full) {
-                    Some((agent, port)) if agent != name => self.problems.push(format!(
-                        "{kind} '{full}' names two {kind}s: '{port}' of agent '{agent}' and \
-                         '{}' of agent '{name}' (the live view, the metrics and deployment \
-                         files name a port agent.port): rename one",
-                        d.name
-                    )),
-                    Some(_) => {}
-                    None => {
-                        self.port_names[k].insert(full, (name.to_string(), d.name.clone()));
-                    }
                 }
             }
         }
@@ -1084,8 +1061,43 @@ impl Graph {
     }
 
     /// Checks the graph; all problems at once.
+    /// Ports whose full names (`agent.port`) read the same, outputs and inputs apart (agent
+    /// `a` port `b.out`, agent `a.b` port `out`): they would be one stream in the live view,
+    /// the metrics and deployment files, which name ports that way. A problem for each.
+    fn ports_named_alike(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for kind in ["output", "input"] {
+            let mut first: HashMap<String, (&str, &str)> = HashMap::new();
+            for a in &self.agents {
+                let ports = if kind == "input" {
+                    &a.inputs
+                } else {
+                    &a.outputs
+                };
+                for port in ports {
+                    let full = format!("{}.{}", a.name, port.name);
+                    match first.get(&full) {
+                        // The same agent name twice is a problem of its own.
+                        Some(&(agent, _)) if agent == a.name => {}
+                        Some(&(agent, other)) => problems.push(format!(
+                            "{kind} '{full}' names two {kind}s: '{other}' of agent '{agent}' \
+                             and '{}' of agent '{}' (the live view, the metrics and deployment \
+                             files name a port agent.port): rename one",
+                            port.name, a.name
+                        )),
+                        None => {
+                            first.insert(full, (&a.name, &port.name));
+                        }
+                    }
+                }
+            }
+        }
+        problems
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let mut problems = self.problems.clone();
+        problems.extend(self.ports_named_alike());
         problems.extend(self.broker_problems.iter().cloned());
         let mut fed: HashMap<PortId, usize> = HashMap::new();
         let component = self.loop_components();
