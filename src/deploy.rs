@@ -481,9 +481,7 @@ impl BrokerSection {
         read_local_file(path, max, private).map_err(|p| {
             let shown = path.display();
             let why = match p {
-                FileProblem::Missing => {
-                    format!("cannot read {shown}: No such file or directory (os error 2)")
-                }
+                FileProblem::Missing => format!("{shown} does not exist"),
                 FileProblem::Unreadable(e) => format!("cannot read {shown}: {e}"),
                 FileProblem::NotAFile => format!("{shown} is not a regular file"),
                 FileProblem::TooOpen(mode) => format!(
@@ -3391,8 +3389,7 @@ mod tests {
         assert_eq!(
             b.settings().unwrap_err().to_string(),
             format!(
-                "{name}:3:1: [broker] token_file: cannot read {}: No such file or directory \
-                 (os error 2)",
+                "{name}:3:1: [broker] token_file: {} does not exist",
                 token.display()
             )
         );
@@ -3412,8 +3409,7 @@ mod tests {
         assert_eq!(
             d.broker.unwrap().settings().unwrap_err().to_string(),
             format!(
-                "{name}:4:3: [broker] password_file: cannot read {}: No such file or directory \
-                 (os error 2)",
+                "{name}:4:3: [broker] password_file: {} does not exist",
                 dir.path().join("p").display()
             )
         );
