@@ -394,6 +394,18 @@ mod tests {
         batch.downcast::<u64>().unwrap().as_slice().to_vec()
     }
 
+    /// Posts `env` to the queue `q` as a mailbox does: true if it joined (or merged into) an
+    /// envelope waiting there, false if it was queued.
+    fn post(q: &mut VecDeque<Envelope>, env: Envelope) -> bool {
+        match join_waiting(q.iter_mut().rev(), env) {
+            Ok(_) => true,
+            Err(env) => {
+                q.push_back(env);
+                false
+            }
+        }
+    }
+
     /// What a queue holds, an entry each: `0:[1, 2]`, `0:w5`, `0:idle`, `1:eos`, ...
     fn shown(q: VecDeque<Envelope>) -> Vec<String> {
         q.into_iter()
@@ -423,13 +435,6 @@ mod tests {
     #[test]
     fn marks_merge_as_the_input_would_and_never_past_its_data() {
         let mut q: VecDeque<Envelope> = VecDeque::new();
-        let post = |q: &mut VecDeque<Envelope>, env| match join_waiting(q.iter_mut().rev(), env) {
-            Ok(_) => true,
-            Err(env) => {
-                q.push_back(env);
-                false
-            }
-        };
         let w = |input, w| Envelope::Mark {
             input,
             mark: Mark::Watermark(w),
@@ -493,13 +498,6 @@ mod tests {
     #[test]
     fn a_batch_joins_the_last_one_waiting_for_its_input_and_never_passes_a_mark() {
         let mut q: VecDeque<Envelope> = VecDeque::new();
-        let post = |q: &mut VecDeque<Envelope>, env| match join_waiting(q.iter_mut().rev(), env) {
-            Ok(_spent) => true,
-            Err(env) => {
-                q.push_back(env);
-                false
-            }
-        };
         assert!(!post(&mut q, data(0, &[1])), "nothing to join");
         assert!(!post(&mut q, data(1, &[10])), "another input");
         assert!(!post(
