@@ -344,8 +344,22 @@ impl<T: Element> LinkTx<T> {
 
     /// A link that writes into a shared-memory ring, opened by [`ShmSender::open`]: at most
     /// `spec.capacity` elements in flight, as in process (see [`ShmSender::set_capacity`]).
+    ///
+    /// A writer that took the ring over from a dead process counts what that process held in
+    /// its drop policy's stash as dropped (at most `spec.capacity`), and says so: its writer
+    /// had been told they were taken (see [`note_stash`](Self::note_stash)).
     pub(crate) fn shm(mut tx: ShmSender<T>, spec: &LinkSpec) -> Self {
         tx.set_capacity(spec.capacity);
+        let lost = tx.inherited_stash().min(spec.capacity as u64);
+        if lost > 0 {
+            add(&spec.counters.dropped, lost);
+            tracing::warn!(
+                "connection {}: {lost} elements waiting for room in the ring were lost with \
+                 the writing process that died (its drop policy had taken them from its \
+                 agent); counted in LinkStats::dropped",
+                spec.label
+            );
+        }
         Self::new(Flavor::Shm(tx), spec)
     }
 
@@ -655,6 +669,7 @@ impl<T: Element> LinkTx<T> {
     /// that drops instead never holds its writer back, whatever it holds (a drop-oldest link
     /// keeps the newest elements for when room comes): not blocked.
     fn note_blocked(&mut self) {
+        self.note_stash();
         let waits = !self.stash.is_empty() && self.policy == Policy::Block;
         match (waits, self.blocked_since) {
             (true, None) => self.blocked_since = Some(self.counters.blocked()),
@@ -663,6 +678,21 @@ impl<T: Element> LinkTx<T> {
                 self.blocked_since = None;
             }
             _ => {}
+        }
+    }
+
+    /// Records in a ring how many elements a drop policy's stash holds: its writer was told
+    /// they were taken (the policy never holds it back), so if this process dies they are
+    /// lost, and the writer that takes the ring over counts them as dropped ([`shm`]). A
+    /// `Block` stash needs no record: its writer's input is not done with them, and gives
+    /// them again.
+    ///
+    /// [`shm`]: Self::shm
+    fn note_stash(&mut self) {
+        if let (Flavor::Shm(tx), Policy::DropOldest | Policy::DropNewest) =
+            (&mut self.flavor, self.policy)
+        {
+            tx.note_stashed(self.stashed);
         }
     }
 

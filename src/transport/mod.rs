@@ -621,6 +621,19 @@ impl<T: Element> ShmSender<T> {
         self.credit.capacity = capacity.max(1);
     }
 
+    /// Records in the ring how many elements the link holds for it outside the ring (a drop
+    /// policy's stash), for a writer that takes the ring over if this process dies
+    /// ([`Producer::note_stashed`]).
+    pub(crate) fn note_stashed(&mut self, n: usize) {
+        self.producer.note_stashed(n as u64);
+    }
+
+    /// Elements the dead writer this one took the ring over from held for it outside the ring
+    /// and never sent ([`Producer::inherited_stash`]): a hint from another process, unbounded.
+    pub(crate) fn inherited_stash(&self) -> u64 {
+        self.producer.inherited_stash()
+    }
+
     /// Elements in flight as this writer last counted them: written and not seen consumed
     /// (never less than what is really in flight, see [`Credit`]).
     pub fn in_flight(&self) -> usize {
@@ -3518,6 +3531,77 @@ mod tests {
             read_published(&mut reader),
             (300..400).collect::<Vec<u64>>()
         );
+        run.fail(Error::Runtime {
+            detail: "the test is over".into(),
+        });
+    }
+
+    /// A drop policy's stash is lost with its writer's process (its agent was told the
+    /// elements were taken): the writer that takes the ring over counts them as dropped, once,
+    /// and never more than its capacity, whatever the ring says.
+    #[test]
+    fn a_restarted_writer_counts_the_drop_stash_its_dead_predecessor_lost() {
+        use crate::port::OutSlot;
+        let RingOutput {
+            name,
+            _guard,
+            run,
+            mut out,
+            link,
+            mut reader,
+        } = ring_output_with(
+            "stash-lost",
+            64 << 10,
+            100,
+            crate::stream::Policy::DropOldest,
+        );
+        out.pending().extend(0..100u64);
+        out.flush();
+        // No credit left: 250 go to the stash, which keeps the newest 100.
+        out.pending().extend(100..350u64);
+        out.flush();
+        assert_eq!(link.dropped.load(Ordering::Relaxed), 150);
+        // The writing process dies with 100 in its stash; its replacement takes the ring over.
+        drop(out);
+        let header = reader.memory().header();
+        header
+            .id
+            .producer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
+        let restarted = |policy| {
+            let counters: Arc<LinkCounters> = Arc::default();
+            let spec = LinkSpec {
+                policy,
+                counters: Arc::clone(&counters),
+                ..ring_link_spec(100)
+            };
+            let mut out = crate::port::OutBuf::<u64>::new();
+            let wake: Arc<dyn Mailbox> = Arc::new(Inbox::default());
+            out.add_shm_link(&name, spec, wake, 0, run.clone(), "slow")
+                .unwrap();
+            (out, counters)
+        };
+        let (out, counters) = restarted(crate::stream::Policy::DropOldest);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 100);
+        // Counted once: the next writer after this one (which held nothing) counts none.
+        drop(out);
+        header
+            .id
+            .producer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
+        let (out, counters) = restarted(crate::stream::Policy::DropOldest);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+        // A wild value (another process wrote it) counts at most the capacity.
+        drop(out);
+        header.id.stashed.store(u64::MAX, Ordering::SeqCst);
+        header
+            .id
+            .producer
+            .store(Holder::new(dead_pid(), 0).0, Ordering::SeqCst);
+        let (_out, counters) = restarted(crate::stream::Policy::DropOldest);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 100);
+        // What the first writer sent is still there for the reader, in order.
+        assert_eq!(read_published(&mut reader), (0..100).collect::<Vec<u64>>());
         run.fail(Error::Runtime {
             detail: "the test is over".into(),
         });

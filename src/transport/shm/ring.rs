@@ -21,6 +21,7 @@
 //! | 32 | `consumer: u64`, the consumer's [`Holder`], 0 until a consumer claims the ring | consumer, on claim or take-over |
 //! | 40 | `closed: u32`, 0 open, 1 the producer ended the stream, 2 the producer's process failed (the stream is incomplete) | producer, once |
 //! | 44 | `reader_failed: u32`, non-zero once the consumer's process failed and reads no more ([`fail_consumer`]: the producer's space waiter stops waiting) | consumer, once |
+//! | 48 | `stashed: u64`, elements the producer's owner holds for the ring outside it (a drop policy's stash, waiting for room): lost if its process dies ([`Producer::note_stashed`]) | producer |
 //! | 64 | `head: u64`, bytes published by the producer since the start | producer |
 //! | 128 | `tail: u64`, bytes released by the consumer since the start | consumer |
 //! | 192 | `data_seq: u32` (futex word), `data_waiting: u32` (consumer sleeps) | both |
@@ -166,7 +167,9 @@
 //!   published) does not fit, and never twice in a row;
 //! - `closed`: 0, 1 or 2. The futex words and waiting flags are only hints: any value is
 //!   harmless. So is `reader_failed`: a false one ends only the writer's own stream, with an
-//!   error naming its reader.
+//!   error naming its reader;
+//!   and `stashed`: a wrong one only changes how many elements a restarted writer counts as
+//!   lost with its predecessor, which the writer bounds by its connection's capacity.
 //!
 //! Each side keeps its own counters in private memory and never uses a value read back from the
 //! ring (the consumer reads `tail` back only to compare it with its own), and reads a frame's
@@ -204,8 +207,8 @@ pub(crate) const ASLEEP_FOR_PROGRESS: u32 = 2;
 
 /// The layout version; an opener refuses any other. Version 2 added `consumed`; version 3
 /// made the roles' pids [`Holder`]s (a pid and its process's start stamp); version 4 added
-/// `reader_failed`.
-pub(crate) const VERSION: u32 = 4;
+/// `reader_failed`; version 5 added `stashed`.
+pub(crate) const VERSION: u32 = 5;
 
 /// Which process holds a role of a ring: its pid and a stamp of when that process started,
 /// packed into one `u64` (the pid in the low half), so that claiming a role stays one
@@ -401,6 +404,9 @@ pub(crate) struct Identity {
     pub(crate) closed: AtomicU32,
     /// 1 once the consumer's process failed and will read no more (see [`fail_consumer`]).
     pub(crate) reader_failed: AtomicU32,
+    /// Elements the producer's owner holds for this ring outside it (see
+    /// [`Producer::note_stashed`]); a hint, like the futex words.
+    pub(crate) stashed: AtomicU64,
 }
 
 /// A futex word and the flag saying somebody sleeps on it.
@@ -452,6 +458,7 @@ impl Header {
                 consumer: AtomicU64::new(0),
                 closed: AtomicU32::new(0),
                 reader_failed: AtomicU32::new(0),
+                stashed: AtomicU64::new(0),
             }),
             head: Line(AtomicU64::new(0)),
             tail: Line(AtomicU64::new(0)),
@@ -475,6 +482,7 @@ impl Header {
         id.consumer.store(0, Ordering::Relaxed);
         id.closed.store(0, Ordering::Relaxed);
         id.reader_failed.store(0, Ordering::Relaxed);
+        id.stashed.store(0, Ordering::Relaxed);
         self.head.store(0, Ordering::Relaxed);
         self.tail.store(0, Ordering::Relaxed);
         self.consumed.store(0, Ordering::Relaxed);
@@ -1216,6 +1224,11 @@ struct ProducerState {
     /// This producer took the role over from a dead one and has written no frame yet: the
     /// next one is flagged [`FLAG_TAKEN_OVER`].
     flag_next: bool,
+    /// The `stashed` last stored in the ring ([`Producer::note_stashed`]).
+    stashed: u64,
+    /// The `stashed` the ring held when this producer attached: what a dead predecessor's
+    /// owner held outside the ring (see [`Producer::inherited_stash`]).
+    inherited_stash: u64,
 }
 
 impl ProducerState {
@@ -1304,6 +1317,8 @@ impl<M: RingMemory> Producer<M> {
     fn attach(mem: M, alive: Option<&dyn Fn(Holder) -> bool>) -> Result<Producer<M>, RingError> {
         let (ring, head, tail, taken_over) =
             Ring::attach(mem, "producer", |h| &h.id.producer, alive)?;
+        // Read once and cleared: from now on the count is this producer's.
+        let inherited_stash = ring.header().id.stashed.swap(0, Ordering::AcqRel);
         Ok(Producer {
             ring,
             st: ProducerState {
@@ -1312,8 +1327,29 @@ impl<M: RingMemory> Producer<M> {
                 tail,
                 closed: false,
                 flag_next: taken_over,
+                stashed: 0,
+                inherited_stash,
             },
         })
+    }
+
+    /// Records in the ring that this producer's owner holds `n` elements for it outside the
+    /// ring (a drop policy's stash: elements its writer was told were taken, waiting for
+    /// room), so that a producer taking the role over after this process died knows how many
+    /// were lost with it ([`inherited_stash`](Self::inherited_stash)). Stores only changes.
+    pub(crate) fn note_stashed(&mut self, n: u64) {
+        if n != self.st.stashed {
+            self.st.stashed = n;
+            self.ring.header().id.stashed.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// What the previous producer's owner last recorded with
+    /// [`note_stashed`](Self::note_stashed) and never sent: elements lost when its process
+    /// died (0 for a new ring, or after a producer that had sent its stash). Written by another
+    /// process: a hint the caller bounds (by the connection's capacity).
+    pub(crate) fn inherited_stash(&self) -> u64 {
+        self.st.inherited_stash
     }
 
     /// Data bytes of the ring.

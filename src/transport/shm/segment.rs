@@ -52,6 +52,7 @@ const _: () = {
     assert!(offset_of!(Header, id) + offset_of!(Identity, consumer) == 32);
     assert!(offset_of!(Header, id) + offset_of!(Identity, closed) == 40);
     assert!(offset_of!(Header, id) + offset_of!(Identity, reader_failed) == 44);
+    assert!(offset_of!(Header, id) + offset_of!(Identity, stashed) == 48);
     assert!(offset_of!(Header, head) == 64);
     assert!(offset_of!(Header, tail) == 128);
     assert!(offset_of!(Header, data_wake) + offset_of!(WakeWord, seq) == 192);
