@@ -639,7 +639,12 @@ impl<T: Element> Codec<T> {
                         body.len()
                     ));
                 }
-                out.reserve(count);
+                // Room for what the frame's bytes could hold as `T`s in memory, not for the
+                // count it claims: a peer's frame of 4-byte empty records would otherwise
+                // reserve `size_of::<T>() / 4` times its size (gigabytes for large types)
+                // before a single element decodes. More elements grow the vector as they come.
+                let room = body.len().max(4096) / std::mem::size_of::<T>().max(1);
+                out.reserve(count.min(room));
                 let mut rest = body;
                 for i in 0..count {
                     if rest.len() < 4 {
@@ -721,7 +726,8 @@ pub(crate) struct Reader<T> {
     record: Vec<u8>,
     /// Its total length, while one is being reassembled.
     total: Option<usize>,
-    /// A frame other than an orphan part was read.
+    /// A frame other than an orphan part was read, or the reader is at the ring's start
+    /// ([`new`](Self::new)): a part without its first part is then an error.
     started: bool,
     /// The last frame was an orphan part.
     orphan: bool,
@@ -731,16 +737,25 @@ pub(crate) struct Reader<T> {
 }
 
 impl<T: Element> Reader<T> {
-    /// A reader at the start of a ring, or where a previous reader released it.
+    /// A reader at the start of a ring: every large element's parts come after its first.
     pub fn new() -> Self {
         Reader {
             codec: Codec::new(),
             private: Vec::new(),
             record: Vec::new(),
             total: None,
-            started: false,
+            started: true,
             orphan: false,
             abandoned: false,
+        }
+    }
+
+    /// A reader where a dead reader released the ring: its first frames may be the rest of an
+    /// element whose first part that reader released early ([`Decoded::Orphan`]).
+    pub fn resuming() -> Self {
+        Reader {
+            started: false,
+            ..Reader::new()
         }
     }
 
@@ -1213,9 +1228,13 @@ mod tests {
         let mut bad = part_header(0, 3).to_vec();
         bad.extend_from_slice(&[9, 0xFF, 0xFF]);
         fail(vec![bad], "postcard cannot decode it");
-        // Parts whose first part a previous reader released: skipped, only before anything
-        // else; afterwards a part without its first part is an error.
+        // Parts whose first part a previous reader released: skipped by a reader that took
+        // the ring over, only before anything else; afterwards a part without its first part
+        // is an error. So is such a part at the start of a ring.
         let mut r = Reader::<String>::new();
+        let err = r.read(Payload::from_private(&f[1])).unwrap_err();
+        assert!(err.contains("without its first part"), "{err}");
+        let mut r = Reader::<String>::resuming();
         for (frame, new) in [(&f[1], true), (&f[2], false), (&f[3], false)] {
             assert!(matches!(
                 r.read(Payload::from_private(frame)),
@@ -1390,5 +1409,33 @@ mod tests {
             let _ = c.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
             let _ = s.decode_shared(Payload::from_private(&bytes), &mut Vec::new());
         }
+    }
+
+    /// A frame of 4-byte empty records that claims a million elements of a large type: an
+    /// error, having reserved no more than the frame's own size. Before, the claimed count was
+    /// reserved: 8 GiB for 8 KiB elements, and 32 KiB elements aborted the process.
+    #[test]
+    fn a_frames_claimed_count_reserves_no_more_than_its_bytes_hold() {
+        fn claim<T: Element>() -> (Result<(), String>, usize, usize) {
+            let n: u32 = 1 << 20;
+            let mut frame = vec![KIND_POSTCARD, 0, 0, 0];
+            frame.extend_from_slice(&n.to_le_bytes());
+            frame.resize(HEADER + 4 * n as usize, 0);
+            let mut reader = Reader::<T>::new();
+            let mut out: Vec<T> = Vec::new();
+            let r = reader
+                .read_into(Payload::from_private(&frame), &mut out)
+                .map(|_| ());
+            (r, out.capacity() * std::mem::size_of::<T>(), frame.len())
+        }
+        let (r, reserved, frame) = claim::<[[u64; 32]; 32]>();
+        assert!(r.is_err());
+        assert!(
+            reserved <= frame,
+            "a {frame}-byte frame made the reader reserve {reserved} bytes"
+        );
+        let (r, reserved, frame) = claim::<[[[u64; 32]; 32]; 4]>();
+        assert!(r.is_err());
+        assert!(reserved <= frame, "{reserved} bytes reserved");
     }
 }

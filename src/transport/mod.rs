@@ -1481,7 +1481,11 @@ fn feed<T: Element>(
     held: &mut Held,
 ) -> Result<(), String> {
     // Copies every frame into private memory before decoding it, reassembles large elements.
-    let mut reader = Reader::<T>::new();
+    let mut reader = if consumer.took_over() {
+        Reader::<T>::resuming()
+    } else {
+        Reader::<T>::new()
+    };
     let mut pending: VecDeque<Pending<T>> = VecDeque::new();
     let pool = Arc::new(feeder_pool::<T>(spec.capacity));
     // Whole elements of the frames read since `pending` was last empty and not yet in it.
@@ -2456,6 +2460,43 @@ mod tests {
         run.fail(Error::Runtime {
             detail: "the test ends".into(),
         });
+    }
+
+    /// A next part of a large element at the start of a ring, read by the ring's first reader:
+    /// no legitimate writer sends one there (a first part always comes first), so it is
+    /// corrupt data, an error. Before, it was skipped as the rest of an element a previous
+    /// reader had released early, and the stream ended as if whole.
+    #[test]
+    fn a_stray_next_part_at_the_start_of_a_ring_is_an_error() {
+        let (name, _guard, view) = test_ring("stray-next-part", 8 << 10);
+        let mut p = shm::ring::Producer::new(view).unwrap();
+        let mut part = vec![4u8, 0, 0, 0];
+        part.extend_from_slice(&8u32.to_le_bytes());
+        part.extend_from_slice(&[0xee; 8]);
+        assert!(p
+            .try_write(part.len(), |b| b.copy_from_slice(&part))
+            .unwrap());
+        let mut batch = vec![1u8, 0, 0, 0];
+        batch.extend_from_slice(&1u32.to_le_bytes());
+        batch.extend_from_slice(&42u64.to_ne_bytes());
+        assert!(p
+            .try_write(batch.len(), |b| b.copy_from_slice(&batch))
+            .unwrap());
+        p.close();
+        let test = Arc::new(testutil::TestRun::default());
+        let run: Run = test.clone();
+        let reader = Arc::new(Inbox::default());
+        let spec = feeder(&name, 8, &reader, &run);
+        spawn_feeder::<u64>(spec).unwrap();
+        poll(
+            "the feeder ends",
+            || test.failure().is_some() || reader.seen.lock().unwrap().eos,
+            || (),
+        );
+        let failure = test.failure();
+        test.end();
+        let failure = failure.expect("an error, not the end of the stream");
+        assert!(failure.contains("without its first part"), "{failure}");
     }
 
     /// The pid of a process that surely ended: `true`, spawned and reaped.

@@ -1818,6 +1818,8 @@ pub(crate) struct Consumer<M: RingMemory> {
     spin: Option<Duration>,
     /// Blocking mode's short spin, sized from the last wait (when `spin` is `None`).
     adaptive: AdaptiveSpin,
+    /// It took the role over from a dead consumer ([`took_over`](Self::took_over)).
+    took_over: bool,
 }
 
 /// Blocking mode's spin before sleeping, sized from how long the last wait took: a
@@ -1925,7 +1927,8 @@ impl<M: RingMemory> Consumer<M> {
     }
 
     fn attach(mem: M, alive: Option<&dyn Fn(Holder) -> bool>) -> Result<Consumer<M>, RingError> {
-        let (ring, head, tail, _) = Ring::attach(mem, "consumer", |h| &h.id.consumer, alive)?;
+        let (ring, head, tail, took_over) =
+            Ring::attach(mem, "consumer", |h| &h.id.consumer, alive)?;
         // A new consumer has consumed nothing past the tail: a dead one's count goes with it
         // (what it had consumed there is read and consumed again).
         ring.header().consumed.store(0, Ordering::Release);
@@ -1939,7 +1942,15 @@ impl<M: RingMemory> Consumer<M> {
             },
             spin: None,
             adaptive: AdaptiveSpin::default(),
+            took_over,
         })
+    }
+
+    /// Whether this consumer took the role over from a dead one (and starts where that one
+    /// released the ring), rather than being the ring's first: only then may the first frames
+    /// be the rest of something it never saw the start of.
+    pub(crate) fn took_over(&self) -> bool {
+        self.took_over
     }
 
     /// Data bytes of the ring.
