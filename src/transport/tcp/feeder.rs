@@ -61,7 +61,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use super::handshake;
-use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
+use super::stream::{Conn, ConnRead, ConnWrite, Cutter, HandshakeDeadline};
 use super::wire::{Frame, FrameDecoder, FrameRef, Hello, MARK_FRAME_BYTES};
 use super::{
     secs, timed_out, LinkIdentity, PeerStop, StopHook, TcpSettings, BUSY_REASON, FRAME_COST_BYTES,
@@ -784,29 +784,41 @@ fn serve<T: Element>(shared: Arc<Shared<T>>, stream: TcpStream, addr: SocketAddr
     if let Err(e) = stream.set_nonblocking(false) {
         return shared.refused(addr, &format!("cannot set up the connection: {e}"));
     }
-    let conn = match Conn::server(stream, shared.settings.tls.as_ref(), HANDSHAKE_TIMEOUT) {
-        Ok(c) => c,
-        Err(e) => return shared.refused(addr, &e.to_string()),
-    };
-    let mut conn = match conn
-        .set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
-        .map(|()| conn)
-    {
-        Ok(c) => c,
+    // The whole handshake within its bound: a client sending a byte now and then must not
+    // keep its slot (the sockets' timeouts bound one read each).
+    let deadline = match HandshakeDeadline::start(&stream, HANDSHAKE_TIMEOUT) {
+        Ok(d) => d,
         Err(e) => return shared.refused(addr, &format!("cannot set up the connection: {e}")),
     };
     let mut claimed = None;
-    let secret = shared.settings.secret.clone();
-    let result = handshake::server_handshake(&mut conn, secret.as_deref(), |hello| {
-        claim(&shared, hello, slot.0, &mut claimed)
-    });
-    let resume = match result {
-        Ok((_, resume)) => resume,
+    let result = (|| {
+        let conn = Conn::server(stream, shared.settings.tls.as_ref(), HANDSHAKE_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let mut conn = conn
+            .set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
+            .map(|()| conn)
+            .map_err(|e| format!("cannot set up the connection: {e}"))?;
+        let secret = shared.settings.secret.clone();
+        let (_, resume) = handshake::server_handshake(&mut conn, secret.as_deref(), |hello| {
+            claim(&shared, hello, slot.0, &mut claimed)
+        })
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>((conn, resume))
+    })();
+    let result = match deadline.finish() {
+        true => Err(format!(
+            "the client did not finish its handshake within {}",
+            secs(HANDSHAKE_TIMEOUT)
+        )),
+        false => result,
+    };
+    let (conn, resume) = match result {
+        Ok(done) => done,
         Err(e) => {
             if let Some(conn_no) = claimed {
                 shared.broke(conn_no, Some(format!("the handshake failed: {e}")));
             }
-            return shared.refused(addr, &e.to_string());
+            return shared.refused(addr, &e);
         }
     };
     drop(slot);

@@ -85,6 +85,10 @@ pub(crate) enum HandshakeError {
         /// The reason sent.
         reason: String,
     },
+    /// A client with a secret failed before the server proved it knows it: whoever answered
+    /// may not be the server it dialled (see [`client_handshake`]).
+    #[error("{0}")]
+    Unproven(Box<HandshakeError>),
 }
 
 /// `bytes` as printable ASCII, at most [`SHOWN_BYTES`] of them.
@@ -240,6 +244,10 @@ const NO_SECRET_HINT: &str =
 /// whether there is a `secret`), checks the server's proof, sends its own, and returns the
 /// server's [`Accept`].
 ///
+/// With a secret, a failure before the server's proof checked out (a refusal, bytes that are
+/// not a handshake, a wrong proof, the connection lost) is [`HandshakeError::Unproven`]:
+/// nothing says it came from the server the client meant to reach.
+///
 /// # Panics
 /// When `hello.authenticated` disagrees with `secret`.
 pub(crate) fn client_handshake<S: Read + Write + ?Sized>(
@@ -268,25 +276,30 @@ pub(crate) fn client_handshake_with<S: Read + Write + ?Sized>(
     };
     let mut hello_body = Vec::new();
     hello.encode_body(&mut hello_body);
-    send(io, &Message::Hello(hello))?;
+    // Until the server's proof checks out, a failure may come from anyone on its address.
+    let unproven = |e: HandshakeError| match secret {
+        Some(_) => HandshakeError::Unproven(Box::new(e)),
+        None => e,
+    };
+    send(io, &Message::Hello(hello)).map_err(unproven)?;
     let server = Role::Server;
-    let server_nonce = match read_message(io, server, true)? {
+    let server_nonce = match read_message(io, server, true).map_err(unproven)? {
         Message::Challenge { nonce, proof } => {
             if let Some(secret) = secret {
                 if !auth::verify(secret, Role::Server, &hello_body, &nonce, &proof) {
-                    return Err(refuse(
+                    return Err(unproven(refuse(
                         io,
                         server,
                         "wrong secret: the server's proof does not match the client's secret \
                          (the server does not know the secret, or the client has a wrong one)"
                             .into(),
-                    ));
+                    )));
                 }
             }
             nonce
         }
-        Message::Refuse { reason } => return Err(refused(server, &reason)),
-        other => return Err(unexpected(server, &other, "Challenge message")),
+        Message::Refuse { reason } => return Err(unproven(refused(server, &reason))),
+        other => return Err(unproven(unexpected(server, &other, "Challenge message"))),
     };
     let proof = match secret {
         Some(secret) => auth::proof(secret, Role::Client, &hello_body, &server_nonce),

@@ -311,6 +311,62 @@ impl Cutter {
     }
 }
 
+/// Cuts a connection once its handshake has taken `within`, unless dropped first: bounds the
+/// whole handshake (TLS and iotstream's), which the sockets' timeouts cannot, as they bound
+/// one read or write each (a peer sending a byte every few seconds never lets one expire).
+/// One thread, which sleeps until the deadline or the drop.
+pub(crate) struct HandshakeDeadline {
+    /// Dropped to end the watch.
+    done: Option<std::sync::mpsc::Sender<()>>,
+    expired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HandshakeDeadline {
+    /// Watches `socket` (a clone of it is cut at the deadline).
+    pub(crate) fn start(socket: &TcpStream, within: Duration) -> io::Result<HandshakeDeadline> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let cutter = Cutter(socket.try_clone()?);
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        let expired = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&expired);
+        let thread = std::thread::Builder::new()
+            .name("tcp handshake deadline".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(within)
+                {
+                    flag.store(true, Ordering::SeqCst);
+                    cutter.cut();
+                }
+            })?;
+        Ok(HandshakeDeadline {
+            done: Some(done),
+            expired,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the watch; whether the deadline had passed (the connection was cut) first.
+    pub(crate) fn finish(mut self) -> bool {
+        self.stop();
+        self.expired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn stop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            // The thread returns as soon as its channel is closed.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HandshakeDeadline {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -902,10 +902,13 @@ fn bad_peers_are_refused_and_the_running_link_goes_on() {
     };
     let prefix = format!("runtime error: connection {LABEL}: host '{READER_HOST}' ({addr})");
 
+    // A server whose proof is wrong may be anything on that address: the writer tries again
+    // until its connect wait is over.
     let failure = bad_writer(
         identity::<u64>(),
         TcpSettings {
             secret: secret("a wrong secret, long enough"),
+            connect_wait: Duration::from_millis(500),
             ..settings()
         },
     );
@@ -913,7 +916,10 @@ fn bad_peers_are_refused_and_the_running_link_goes_on() {
                   server does not know the secret, or the client has a wrong one)";
     assert_eq!(
         failure,
-        format!("{prefix} refused the link: refused the server: {reason}")
+        format!(
+            "{prefix} did not accept the connection within 0.5 s; last error: refused the \
+             server: {reason}"
+        )
     );
     refused(
         "a wrong secret",
@@ -1707,4 +1713,184 @@ fn a_batch_numbered_past_the_last_number_is_refused_and_the_reader_goes_on() {
 
 fn rand_epoch() -> u64 {
     u64::from_le_bytes(auth::nonce().unwrap()[..8].try_into().unwrap())
+}
+
+/// Something on the reader's port without the secret: reads the writer's Hello, answers `m`.
+fn impostor_answers(listener: &TcpListener, m: &wire::Message) {
+    impostor_answer(listener, m).unwrap();
+}
+
+/// [`impostor_answers`]; an error too if no dial comes within 20 s (a writer that gave up).
+fn impostor_answer(listener: &TcpListener, m: &wire::Message) -> std::io::Result<()> {
+    use std::io::Read;
+    listener.set_nonblocking(true)?;
+    let start = Instant::now();
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() > Duration::from_secs(20) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no dial within 20 s",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    s.set_nonblocking(false)?;
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header)?;
+    let mut hello = vec![0; u32::from_le_bytes(header) as usize];
+    s.read_exact(&mut hello)?;
+    let mut out = Vec::new();
+    wire::encode_message(m, &mut out);
+    s.write_all(&out)
+}
+
+/// A refusal from whatever answers on the reader's address before it proved the secret does
+/// not end a working link: the writer tries again, and goes on with the reader once it is
+/// back. Before, one forged `Refuse` ended the writer's run.
+#[test]
+fn a_refusal_from_an_impostor_on_the_readers_port_does_not_end_the_link() {
+    let (first_run, second_run, wrun) = (run(), run(), run());
+    let _ends = Ends(vec![first_run.clone(), second_run.clone(), wrun.clone()]);
+    let first = reader::<u64>("127.0.0.1:0", &first_run, settings(), 4096, usize::MAX);
+    let addr = first.probe.addr();
+    let mut w = writer::<u64>(addr, &wrun, settings());
+    w.send(&(0..1000u64).collect::<Vec<_>>(), 100, |_| {});
+    first
+        .sink
+        .wait("the first elements", |s| s.items.len() == 1000);
+    first_run.fail(Error::Runtime {
+        detail: "the reading host died".into(),
+    });
+    poll("the first reader's port closes", || first.probe.finished());
+    let mut impostor = None;
+    poll("the impostor has the port", || {
+        impostor = TcpListener::bind(addr).ok();
+        impostor.is_some()
+    });
+    let impostor = impostor.unwrap();
+    let refuse = wire::Message::Refuse {
+        reason: "wrong type: forged by an impostor".into(),
+    };
+    impostor_answers(&impostor, &refuse);
+    // It tries again (and gets another refusal) rather than give up.
+    impostor_answers(&impostor, &refuse);
+    drop(impostor);
+    assert_eq!(wrun.failure(), None, "a forged refusal ended the link");
+    let second = reader::<u64>(&addr.to_string(), &second_run, settings(), 4096, usize::MAX);
+    w.send(&(1000..2000u64).collect::<Vec<_>>(), 100, |_| {});
+    second.sink.wait("the elements after the impostor", |s| {
+        s.items.contains(&1999)
+    });
+    assert_eq!(wrun.failure(), None);
+}
+
+/// A `Challenge` whose proof is not the secret's, from an impostor: the writer tries again
+/// within its connect wait, and its error, once the wait is over, says what it heard.
+/// Before, the first one ended the run at once.
+#[test]
+fn a_wrong_proof_from_an_impostor_is_retried_within_the_connect_wait() {
+    let wrun = run();
+    let _ends = Ends(vec![wrun.clone()]);
+    let impostor = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = impostor.local_addr().unwrap();
+    let s = TcpSettings {
+        connect_wait: Duration::from_secs(3),
+        ..settings()
+    };
+    let _w = writer::<u64>(addr, &wrun, s);
+    let challenge = wire::Message::Challenge {
+        nonce: [1; 32],
+        proof: [2; 32],
+    };
+    impostor_answers(&impostor, &challenge);
+    impostor_answers(&impostor, &challenge);
+    assert_eq!(wrun.failure(), None, "one forged Challenge ended the run");
+    // It answers every dial so, until the writer gives up.
+    let answering = std::thread::spawn(
+        move || {
+            while impostor_answer(&impostor, &challenge).is_ok() {}
+        },
+    );
+    poll("the connect wait is over", || wrun.failure().is_some());
+    // A connection that sends nothing ends the impostor's loop.
+    drop(TcpStream::connect(addr));
+    answering.join().unwrap();
+    let failure = wrun.failure().unwrap();
+    assert!(
+        failure.contains("did not accept the connection within 3 s")
+            && failure.contains("wrong secret"),
+        "{failure}"
+    );
+}
+
+/// A server that sends its handshake a byte at a time, each within the read timeout: the dial
+/// ends at its deadline, and the writer fails once its connect wait is over. Before, the dial
+/// never returned and the connect wait never applied.
+#[test]
+fn a_server_dribbling_its_handshake_does_not_outlast_the_connect_wait() {
+    use std::io::Read;
+    let wrun = run();
+    let _ends = Ends(vec![wrun.clone()]);
+    let impostor = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = impostor.local_addr().unwrap();
+    let s = TcpSettings {
+        connect_wait: Duration::from_secs(1),
+        ..settings()
+    };
+    let _w = writer::<u64>(addr, &wrun, s);
+    let (mut c, _) = impostor.accept().unwrap();
+    let mut header = [0u8; 4];
+    c.read_exact(&mut header).unwrap();
+    let mut hello = vec![0; u32::from_le_bytes(header) as usize];
+    c.read_exact(&mut hello).unwrap();
+    c.write_all(&65u32.to_le_bytes()).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) && wrun.failure().is_none() {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = c.write_all(&[0]);
+    }
+    let failure = wrun.failure();
+    assert!(
+        failure
+            .as_deref()
+            .is_some_and(|f| f.contains("did not finish its handshake")),
+        "after {:?}: {failure:?}",
+        start.elapsed()
+    );
+}
+
+/// A client that sends its handshake a byte at a time: cut once the handshake has taken
+/// `HANDSHAKE_TIMEOUT`, its slot free again. Before, each read's timeout alone bounded it, and
+/// a byte every few seconds kept it for ever.
+#[test]
+fn a_client_dribbling_its_handshake_is_cut_at_the_handshake_limit() {
+    let rrun = run();
+    let _ends = Ends(vec![rrun.clone()]);
+    let s = TcpSettings {
+        connect_wait: Duration::from_secs(60),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, s, 10, usize::MAX);
+    let mut c = TcpStream::connect(r.probe.addr()).unwrap();
+    c.write_all(&1000u32.to_le_bytes()).unwrap();
+    c.write_all(&[0x10]).unwrap();
+    poll("the handshake begins", || r.probe.handshakes() == 1);
+    let start = Instant::now();
+    let limit = HANDSHAKE_TIMEOUT + Duration::from_secs(4);
+    while start.elapsed() < limit && r.probe.handshakes() > 0 {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = c.write_all(b"I");
+    }
+    assert_eq!(
+        r.probe.handshakes(),
+        0,
+        "a handshake still going {:?} after it began",
+        start.elapsed()
+    );
 }

@@ -44,7 +44,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::handshake::{self, HandshakeError};
-use super::stream::{Conn, ConnRead, ConnWrite, Cutter};
+use super::stream::{Conn, ConnRead, ConnWrite, Cutter, HandshakeDeadline};
 use super::tls::TlsError;
 use super::wire::{self, Frame, FrameDecoder, Hello};
 use super::{
@@ -57,6 +57,9 @@ use crate::metrics::{add, LinkCounters};
 use crate::stream::{Element, Mark};
 use crate::transport::framed::{DataFrame, FrameEncoder, Outbox};
 use crate::transport::mailbox::{link_thread, Envelope, Linger, LingerGuard, Mailbox, Run};
+
+/// The least time a dial gives a handshake, however little of the connect wait is left.
+const MIN_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long one TCP connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -510,7 +513,7 @@ impl Io {
             if !self.alive() {
                 return None;
             }
-            let error = match self.dial() {
+            let error = match self.dial(wait.saturating_sub(start.elapsed())) {
                 Ok(conn) => return Some(conn),
                 Err(DialError::Fatal(e)) => {
                     self.fail(format!(
@@ -595,7 +598,7 @@ impl Io {
             if !sleep_while(backoff.pause().min(left), || self.alive()) {
                 return None;
             }
-            match self.dial() {
+            match self.dial(limit.saturating_sub(since.elapsed())) {
                 Ok(conn) => return Some(conn),
                 Err(DialError::Fatal(e)) => {
                     self.fail(format!(
@@ -609,8 +612,54 @@ impl Io {
         }
     }
 
-    /// One attempt: connect, handshake, apply the reader's resume point.
-    fn dial(&self) -> Result<Conn, DialError> {
+    /// The TLS handshake (with TLS) and iotstream's over a connected `stream`.
+    ///
+    /// A failure before the server proved who it is (its certificate, or its proof of the
+    /// secret) is transient: whoever answered may not be the reader at all (something else on
+    /// its port while it restarts, an impostor), and must not end the run with one forged
+    /// refusal; the dial is retried within the connect wait or the reconnect limit, whose
+    /// error then quotes it. Without a secret nothing is proved, and a refusal ends the link.
+    fn handshake(&self, stream: TcpStream) -> Result<(Conn, handshake::Accept), DialError> {
+        let io_error =
+            |e: std::io::Error| DialError::Transient(format!("cannot set up the connection: {e}"));
+        let mut conn = Conn::client(
+            stream,
+            self.settings.tls.as_ref(),
+            &self.addr,
+            HANDSHAKE_TIMEOUT,
+        )
+        .map_err(|e| match e {
+            // A server name that the address cannot be is this side's own mistake.
+            TlsError::BadServerName { .. } | TlsError::Config(_) => DialError::Fatal(e.to_string()),
+            // Anything else may come from whoever answered, not proved to be the reader.
+            e => DialError::Transient(e.to_string()),
+        })?;
+        conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
+            .map_err(io_error)?;
+        let accept =
+            handshake::client_handshake(&mut conn, &self.hello, self.settings.secret.as_deref())
+                .map_err(|e| match &e {
+                    HandshakeError::Unproven(_) => DialError::Transient(e.to_string()),
+                    // Under TLS 1.3 the server checks this host's certificate after the
+                    // client's handshake is over: its refusal arrives as an alert at the first
+                    // read, as InvalidData (`TlsError`). A retry would only repeat it.
+                    HandshakeError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                        DialError::Fatal(e.to_string())
+                    }
+                    HandshakeError::Io(_) | HandshakeError::Closed => {
+                        DialError::Transient(e.to_string())
+                    }
+                    HandshakeError::Refused { reason, .. } if reason.starts_with(BUSY_REASON) => {
+                        DialError::Transient(e.to_string())
+                    }
+                    _ => DialError::Fatal(e.to_string()),
+                })?;
+        Ok((conn, accept))
+    }
+
+    /// One attempt, with `left` of the time to connect: connect, handshake, apply the
+    /// reader's resume point.
+    fn dial(&self, left: Duration) -> Result<Conn, DialError> {
         let addrs: Vec<SocketAddr> = self
             .addr
             .to_socket_addrs()
@@ -632,37 +681,17 @@ impl Io {
         };
         let io_error =
             |e: std::io::Error| DialError::Transient(format!("cannot set up the connection: {e}"));
-        let mut conn = Conn::client(
-            stream,
-            self.settings.tls.as_ref(),
-            &self.addr,
-            HANDSHAKE_TIMEOUT,
-        )
-        .map_err(|e| match e {
-            // The network failed: try again. Anything else is a certificate or configuration
-            // problem that a retry would only repeat.
-            TlsError::Io(_) | TlsError::Closed { .. } => DialError::Transient(e.to_string()),
-            e => DialError::Fatal(e.to_string()),
-        })?;
-        conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
-            .map_err(io_error)?;
-        let accept =
-            handshake::client_handshake(&mut conn, &self.hello, self.settings.secret.as_deref())
-                .map_err(|e| match &e {
-                    // Under TLS 1.3 the server checks this host's certificate after the
-                    // client's handshake is over: its refusal arrives as an alert at the first
-                    // read, as InvalidData (`TlsError`). A retry would only repeat it.
-                    HandshakeError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
-                        DialError::Fatal(e.to_string())
-                    }
-                    HandshakeError::Io(_) | HandshakeError::Closed => {
-                        DialError::Transient(e.to_string())
-                    }
-                    HandshakeError::Refused { reason, .. } if reason.starts_with(BUSY_REASON) => {
-                        DialError::Transient(e.to_string())
-                    }
-                    _ => DialError::Fatal(e.to_string()),
-                })?;
+        // The whole handshake within its bound, and within the time left to connect.
+        let within = HANDSHAKE_TIMEOUT.min(left.max(MIN_HANDSHAKE_WAIT));
+        let deadline = HandshakeDeadline::start(&stream, within).map_err(io_error)?;
+        let shaken = self.handshake(stream);
+        if deadline.finish() {
+            return Err(DialError::Transient(format!(
+                "the server did not finish its handshake within {}",
+                secs(within)
+            )));
+        }
+        let (conn, accept) = shaken?;
         let mut st = self.shared.lock();
         if accept.resume_from > st.out.next_seq {
             return Err(DialError::Transient(format!(
