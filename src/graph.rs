@@ -1019,6 +1019,24 @@ impl Graph {
         loops
     }
 
+    /// The JetStream stream that carries a connection through the broker in application
+    /// `app`: from output `port` of agent `agent` to input `input` of agent `reader` (for
+    /// `nats stream info` and the like; see docs/deployment.md, "Broker").
+    ///
+    /// ```
+    /// let name = iotstream::Graph::broker_stream_name("quake", "detect", "out", "alerts", "in");
+    /// assert_eq!(name, "IOTSTREAM_quake_detect_out__alerts_in");
+    /// ```
+    pub fn broker_stream_name(
+        app: &str,
+        agent: &str,
+        port: &str,
+        reader: &str,
+        input: &str,
+    ) -> String {
+        crate::transport::broker::BrokerNames::new(app, agent, port, reader, input).stream
+    }
+
     /// The full name of a stream: `"agent.port"`.
     pub fn stream_name<T>(&self, stream: &Stream<T>) -> String {
         self.port_name(stream.id, true)

@@ -115,6 +115,7 @@ fn pipe(url: &str, n: u64, capacity: usize, step_ms: u64) -> Result<(), iotstrea
     if let Some(l) = metrics.link("numbers.out", "record") {
         println!("LINK dropped {}", l.dropped);
         println!("LINK elements {}", l.elements);
+        println!("LINK bytes {}", l.bytes);
     }
     Ok(())
 }
@@ -697,8 +698,9 @@ fn quake_detector_behind_the_broker_detects_as_in_one_process() -> Result<(), St
     ensure(samples == expected, || {
         format!("detections at samples {samples:?}, in one process {expected:?}:\n{stdout}")
     })?;
-    let stream = "IOTSTREAM_quake_detector_seismometer_out__sta_lta_samples";
-    ensure(server.has_stream(stream), || {
+    let stream =
+        Graph::broker_stream_name("quake_detector", "seismometer", "out", "sta_lta", "samples");
+    ensure(server.has_stream(&stream), || {
         format!("the samples did not cross the broker: no JetStream stream {stream}")
     })
 }
@@ -1191,7 +1193,7 @@ fn an_element_larger_than_the_servers_max_payload_fails_naming_it() -> Result<()
         .find(|l| l.contains("max_payload") && l.contains("error"))
         .ok_or_else(|| format!("no error naming max_payload:\n{stderr}"))?;
     for says in [
-        "IOTSTREAM_broker_big_blobs_out__count_in",
+        &Graph::broker_stream_name("broker_big", "blobs", "out", "count", "in"),
         "1048576",
         &server.url(),
     ] {
@@ -1342,7 +1344,13 @@ fn a_server_restarted_without_its_store_says_what_it_lost() -> Result<(), String
         .find(|l| l.contains("error") && l.contains("the broker lost"))
         .ok_or_else(|| format!("no error saying what the broker lost:\n{stderr}"))?;
     ensure(
-        line.contains("IOTSTREAM_broker_pipe_numbers_out__record_in"),
+        line.contains(&Graph::broker_stream_name(
+            "broker_pipe",
+            "numbers",
+            "out",
+            "record",
+            "in",
+        )),
         || format!("the error does not name the stream: {line}"),
     )
 }
@@ -1374,7 +1382,7 @@ fn a_stream_made_with_other_settings_is_refused_or_given_the_limits() -> Result<
     let url = server.url();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let out = dir.path().join("out.txt");
-    let name = "IOTSTREAM_broker_pipe_numbers_out__record_in";
+    let name = &Graph::broker_stream_name("broker_pipe", "numbers", "out", "record", "in");
     let config = |retention| Config {
         name: name.to_string(),
         subjects: vec!["iotstream.broker_pipe.numbers.out.record.in".to_string()],
@@ -1422,6 +1430,248 @@ fn a_stream_made_with_other_settings_is_refused_or_given_the_limits() -> Result<
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Found by an audit of the broker links (2026-12-07)
+
+/// LinkStats::bytes of a broker link counts what crossed, once: at the stream's limit (the
+/// writer retries a refused publish every 100 ms) the writer must not count each attempt.
+fn a_writers_bytes_are_counted_once_at_the_streams_limit() -> Result<(), String> {
+    let server = NatsServer::start();
+    let n = 20_000u64;
+    let mut g = Graph::new("audit_bytes");
+    let s = g.source_iter_with(
+        "numbers",
+        0..n,
+        SourceOptions {
+            max_batch: 100,
+            ..SourceOptions::default()
+        },
+    );
+    let (input, out) = g.add_agent("slowodd", |p| {
+        let input = p.input::<u64>("in");
+        let out = p.output::<u64>("out");
+        (SlowOdd { input, out }, (input, out))
+    });
+    if std::env::var_os("AUDIT_NOLIMIT").is_some() {
+        g.use_broker(&server.url());
+    } else {
+        g.use_broker_with(BrokerOptions::new(&server.url()).max_messages(4));
+    }
+    g.connect_with(
+        &s,
+        &input,
+        Connection::new().capacity(100).transport(Transport::Broker),
+    );
+    let c = g.collect("out", &out);
+    let metrics = g.run().map_err(|e| e.to_string())?;
+    let l = metrics
+        .link("numbers.out", "slowodd")
+        .ok_or("no counters for the link")?;
+    ensure(c.values().len() == n as usize, || {
+        format!("{} elements", c.len())
+    })?;
+    eprintln!(
+        "  elements {} bytes {} (8 x n = {})",
+        l.elements,
+        l.bytes,
+        8 * n
+    );
+    // Each message's payload also counts 8 bytes besides its elements (161 600 without a
+    // limit): a tenth of slack.
+    ensure(l.bytes <= 8 * n * 11 / 10, || {
+        format!(
+            "LinkStats::bytes = {} for {} elements of 8 bytes ({} expected): every refused \
+             publish at the stream's limit was counted again",
+            l.bytes,
+            l.elements,
+            8 * n
+        )
+    })
+}
+
+struct SlowOdd {
+    input: iotstream::Input<u64>,
+    out: iotstream::Stream<u64>,
+}
+
+impl Agent for SlowOdd {
+    fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+        std::thread::sleep(Duration::from_millis(5));
+        o.extend(&self.out, i.slice(&self.input).iter().copied());
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// `app` → agent `src` → `sink`: 100 u64 through the broker.
+fn named_pipe(url: &str, app: &str, agent: &str) -> Result<Vec<u64>, String> {
+    let mut g = Graph::new(app);
+    let s = g.source_iter(agent, 0..100u64);
+    let (input, out) = g.add_agent("sink", |p| {
+        let input = p.input::<u64>("in");
+        let out = p.output::<u64>("out");
+        (SlowOdd { input, out }, (input, out))
+    });
+    g.use_broker(url);
+    g.connect_with(&s, &input, Connection::new().transport(Transport::Broker));
+    let c = g.collect("out", &out);
+    g.run().map_err(|e| e.to_string())?;
+    Ok(c.values())
+}
+
+/// Two applications on one server whose names differ ("a_b" with agent "c", "a" with agent
+/// "b_c") get JetStream streams of their own.
+fn two_applications_whose_names_join_alike_get_two_streams() -> Result<(), String> {
+    let server = NatsServer::start();
+    let first = named_pipe(&server.url(), "a_b", "c").map_err(|e| format!("app a_b: {e}"))?;
+    ensure(first == (0..100).collect::<Vec<_>>(), || {
+        "app a_b: wrong output".into()
+    })?;
+    let second = named_pipe(&server.url(), "a", "b_c")
+        .map_err(|e| format!("app 'a' (agent 'b_c') after app 'a_b' (agent 'c'): {e}"))?;
+    ensure(second == (0..100).collect::<Vec<_>>(), || {
+        "app a: wrong output".into()
+    })
+}
+
+/// Fails at its first step, consuming nothing: what was published stays in the broker.
+struct FailFirst {
+    input: iotstream::Input<u64>,
+}
+
+impl Agent for FailFirst {
+    fn step(&mut self, i: &mut Inputs, _o: &mut Outputs) -> Result<(), AgentError> {
+        if i.slice(&self.input).is_empty() {
+            return Ok(());
+        }
+        Err("stop".into())
+    }
+}
+
+/// A message of another element type in the stream (left by an earlier version of the
+/// application whose stream carried u64; this one carries f64) is refused with an error
+/// naming the stream, never decoded as f64.
+fn a_message_of_another_element_type_is_refused_naming_the_stream() -> Result<(), String> {
+    let server = NatsServer::start();
+    // Run 1: u64 published; its reader fails before consuming any.
+    {
+        let mut g = Graph::new("audit_types");
+        let s = g.source_iter("src", 1_000_000u64..100_000_000);
+        let input = g.add_agent("sink", |p| {
+            let input = p.input::<u64>("in");
+            (FailFirst { input }, input)
+        });
+        g.use_broker(&server.url());
+        g.connect_with(&s, &input, Connection::new().transport(Transport::Broker));
+        let r = g.run();
+        ensure(r.is_err(), || "run 1 did not fail".into())?;
+    }
+    // Run 2: same names, element type f64.
+    let mut g = Graph::new("audit_types");
+    let s = g.source_iter("src", vec![1.5f64, 2.5]);
+    let (input, out) = g.add_agent("sink", |p| {
+        let input = p.input::<f64>("in");
+        let out = p.output::<f64>("out");
+        (PassF64 { input, out }, (input, out))
+    });
+    g.use_broker(&server.url());
+    g.connect_with(&s, &input, Connection::new().transport(Transport::Broker));
+    let c = g.collect("out", &out);
+    match g.run() {
+        Err(e) => ensure(e.to_string().contains("IOTSTREAM_audit_types"), || {
+            format!("run 2 failed without naming the stream: {e}")
+        }),
+        Ok(_) => {
+            let v = c.values();
+            Err(format!(
+                "run 2 succeeded and its f64 reader got {} elements, the first {:?}: u64 \
+                 messages of the earlier run decoded as f64",
+                v.len(),
+                &v[..v.len().min(3)]
+            ))
+        }
+    }
+}
+
+struct PassF64 {
+    input: iotstream::Input<f64>,
+    out: iotstream::Stream<f64>,
+}
+
+impl Agent for PassF64 {
+    fn step(&mut self, i: &mut Inputs, o: &mut Outputs) -> Result<(), AgentError> {
+        o.extend(&self.out, i.slice(&self.input).iter().copied());
+        i.consume_all(&self.input);
+        Ok(())
+    }
+}
+
+/// A reader process whose step outlasts the consumer's acknowledgement wait (5 s): the broker
+/// sends the held messages again, the reader recognises and drops them; its LinkStats::bytes
+/// must count each message once.
+fn a_readers_bytes_are_counted_once_across_redeliveries() -> Result<(), String> {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let deploy = dir.path().join("pipe.toml");
+    std::fs::write(&deploy, pipe_deployment(&server.url())).map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    let n = 1000u64;
+    let run = Running::launched(
+        "pipe",
+        &["-", &n.to_string(), "1000", "7000"],
+        &deploy,
+        &out,
+    );
+    let (status, stdout, stderr) = run.wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    exactly_once_in_order(&out, n)?;
+    let counts: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once("LINK bytes ")
+                .map(|(_, b)| b.trim().parse().unwrap_or(0))
+        })
+        .collect();
+    eprintln!("  LINK bytes per process: {counts:?}");
+    let max = counts.iter().copied().max().unwrap_or(0);
+    // 8 bytes an element and 8 a message (10 messages of 100).
+    ensure(max <= 8 * n + 8 * 10, || {
+        format!(
+            "a process counted {max} bytes for {n} elements of 8 bytes ({} expected): the \
+             broker's redeliveries, recognised and dropped, were counted again ({counts:?})",
+            8 * n + 8 * 10
+        )
+    })
+}
+
+/// A message larger than a reader's pull (32 MiB), which the server would never hand it
+/// (the reader waited for the pull to expire, then the message was skipped without an error),
+/// is refused by the link's stream when published.
+fn a_message_larger_than_a_pull_is_refused_by_the_links_stream() -> Result<(), String> {
+    let server = NatsServer::start_with("max_payload: 67108864\nmax_pending: 134217728\n");
+    let url = server.url();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = dir.path().join("out.txt");
+    // A run makes the link's stream.
+    let (status, _, stderr) = Running::app("pipe", &[&url, "10", "1024", "0"], &out).wait()?;
+    ensure(status.success(), || format!("exit {status}:\n{stderr}"))?;
+    let subject = "iotstream.broker_pipe.numbers.out.record.in";
+    let refused = with_jetstream(&url, async |js| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "00000000000000ab-0");
+        let published = js
+            .publish_with_headers(subject, headers, vec![7u8; 40 << 20].into())
+            .await;
+        Ok(match published {
+            Err(e) => Some(e.to_string()),
+            Ok(ack) => ack.await.err().map(|e| e.to_string()),
+        })
+    })?;
+    ensure(refused.is_some(), || {
+        "the link's stream took a 40 MiB message, which no pull of its reader can take".into()
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("app") {
@@ -1436,7 +1686,27 @@ fn main() {
         }
     }
     type Scenario = fn() -> Result<(), String>;
-    let scenarios: [(&str, Scenario); 17] = [
+    let scenarios: [(&str, Scenario); 22] = [
+        (
+            "a_message_larger_than_a_pull_is_refused_by_the_links_stream",
+            a_message_larger_than_a_pull_is_refused_by_the_links_stream,
+        ),
+        (
+            "a_readers_bytes_are_counted_once_across_redeliveries",
+            a_readers_bytes_are_counted_once_across_redeliveries,
+        ),
+        (
+            "a_writers_bytes_are_counted_once_at_the_streams_limit",
+            a_writers_bytes_are_counted_once_at_the_streams_limit,
+        ),
+        (
+            "two_applications_whose_names_join_alike_get_two_streams",
+            two_applications_whose_names_join_alike_get_two_streams,
+        ),
+        (
+            "a_message_of_another_element_type_is_refused_naming_the_stream",
+            a_message_of_another_element_type_is_refused_naming_the_stream,
+        ),
         (
             "a_slow_reader_holds_what_the_byte_bound_says",
             a_slow_reader_holds_what_the_byte_bound_says,

@@ -184,6 +184,21 @@ pub(crate) fn declare_plain<T: bytemuck::Pod>() {
     }
 }
 
+/// The element type's fingerprint: the first 8 bytes of SHA-256 over the type's name, its size
+/// and whether it travels as plain bytes. Stable across builds of the same code, different when
+/// either side's type changes shape: the links between hosts and through the broker check it.
+pub(crate) fn type_fingerprint<T: Element>() -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(std::any::type_name::<T>().as_bytes());
+    h.update((std::mem::size_of::<T>() as u64).to_le_bytes());
+    h.update([u8::from(plain_size::<T>().is_some())]);
+    let digest = h.finalize();
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// The element size if `T` is a plain-data type whose every bit pattern is a valid value and
 /// that has no padding: a primitive number, or a `bytemuck::Pod` type declared with
 /// `declare_plain` (whose bound guarantees both). Never for a zero-sized type: a plain frame's

@@ -19,7 +19,9 @@
 //! `>`, `/` and `\`, and in subject tokens none of whitespace, `.`, `*`, `>`. Every character
 //! outside `A-Z a-z 0-9 - _` is replaced by `_`, and when anything was replaced (or the name
 //! is longer than 200 bytes, cut) an 8-hex-digit hash of the original name is appended, so two
-//! names that differ only in such characters stay apart.
+//! names that differ only in such characters stay apart. A stream's name also gets a hash of its
+//! five parts when one of them holds a `_`, the character that joins them: app `a_b` with agent
+//! `c` and app `a` with agent `b_c` do not share a stream.
 //!
 //! # The link, end to end
 //!
@@ -307,6 +309,11 @@ const MSG_ID: async_nats::HeaderName = async_nats::header::NATS_MESSAGE_ID;
 /// an error, never a silent gap.
 const PREV: &str = "Iotstream-Prev";
 
+/// The header naming the fingerprint of the element type a message holds
+/// ([`type_fingerprint`](crate::transport::codec::type_fingerprint)), 16 hex digits: a reader of
+/// another type refuses the message (a stream a former version of the application left).
+const ELEMENT_TYPE: &str = "Iotstream-Type";
+
 /// The header that makes a publish conditional on the stream's last message id,
 /// `Nats-Expected-Last-Msg-Id`.
 const EXPECTED_LAST_ID: async_nats::HeaderName = async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID;
@@ -327,11 +334,19 @@ impl BrokerNames {
     /// to input `input` of agent `reader`.
     pub(crate) fn new(app: &str, agent: &str, port: &str, reader: &str, input: &str) -> Self {
         let t = |s: &str| sanitize(s, 64);
+        let parts = [app, agent, port, reader, input];
+        let joined_apart = parts.iter().any(|p| p.contains('_'));
+        let mut stream = sanitize(
+            &format!("IOTSTREAM_{app}_{agent}_{port}__{reader}_{input}"),
+            if joined_apart { 200 - 9 } else { 200 },
+        );
+        if joined_apart {
+            // `_` also joins the parts: app `a_b` with agent `c` and app `a` with agent `b_c`
+            // would share one stream. A hash of the parts themselves keeps them apart.
+            push_hash(&mut stream, parts.join("\0").as_bytes());
+        }
         BrokerNames {
-            stream: sanitize(
-                &format!("IOTSTREAM_{app}_{agent}_{port}__{reader}_{input}"),
-                200,
-            ),
+            stream,
             subject: format!(
                 "iotstream.{}.{}.{}.{}.{}",
                 t(app),
@@ -360,13 +375,18 @@ pub(crate) fn sanitize(name: &str, max: usize) -> String {
         .collect();
     if out != name || out.len() > max || out.is_empty() {
         out.truncate(max.saturating_sub(9));
-        let digest = Sha256::digest(name.as_bytes());
-        out.push('_');
-        for b in &digest[..4] {
-            out.push_str(&format!("{b:02x}"));
-        }
+        push_hash(&mut out, name.as_bytes());
     }
     out
+}
+
+/// Appends `_` and an 8-hex-digit hash of `bytes` to `name`.
+fn push_hash(name: &mut String, bytes: &[u8]) {
+    let digest = Sha256::digest(bytes);
+    name.push('_');
+    for b in &digest[..4] {
+        name.push_str(&format!("{b:02x}"));
+    }
 }
 
 /// Spawns a link's task (`thread` says which, for the message) on the broker runtime. A panic
@@ -578,6 +598,10 @@ pub(crate) fn stream_config(
         max_age: settings.max_age.unwrap_or_default(),
         max_messages: settings.max_messages.unwrap_or(-1),
         duplicate_window: Duration::from_secs(120),
+        // What one pull takes: a larger message (never one of iotstream's: an element of
+        // `MAX_ELEMENT_BYTES` alone fits) would be pulled by no reader and skipped silently
+        // once the pull expired. The server refuses it at the publish instead.
+        max_message_size: PULL_BYTES as i32,
         ..Default::default()
     }
 }
@@ -655,9 +679,12 @@ async fn fit_stream(
             names.stream
         ));
     }
+    let message_size_fits =
+        have.max_message_size > 0 && have.max_message_size <= want.max_message_size;
     if have.max_bytes == want.max_bytes
         && have.max_messages == want.max_messages
         && have.max_age == want.max_age
+        && message_size_fits
     {
         return Ok(stream);
     }
@@ -665,6 +692,9 @@ async fn fit_stream(
     config.max_bytes = want.max_bytes;
     config.max_messages = want.max_messages;
     config.max_age = want.max_age;
+    if !message_size_fits {
+        config.max_message_size = want.max_message_size;
+    }
     js.update_stream(&config).await.map_err(|e| {
         format!(
             "cannot change the limits of the JetStream stream '{}' on {} (max_bytes {}, \
@@ -710,6 +740,19 @@ mod tests {
         assert_eq!(n.stream, "IOTSTREAM_quake_detect_out__alerts_in");
         assert_eq!(n.subject, "iotstream.quake.detect.out.alerts.in");
         assert_eq!(n.consumer, "alerts_in");
+        // `_` joins the parts: parts holding one are told apart by a hash of the parts.
+        let (x, y) = (
+            BrokerNames::new("a_b", "c", "out", "sink", "in"),
+            BrokerNames::new("a", "b_c", "out", "sink", "in"),
+        );
+        assert_ne!(x.stream, y.stream);
+        assert!(
+            x.stream.starts_with("IOTSTREAM_a_b_c_out__sink_in_"),
+            "{}",
+            x.stream
+        );
+        let long = BrokerNames::new(&"a_".repeat(200), "c", "out", "sink", "in");
+        assert!(long.stream.len() <= 200, "{}", long.stream.len());
         let a = BrokerNames::new("my app", "a.b", "out", "c*", "in>");
         for name in [&a.stream, &a.consumer] {
             assert!(

@@ -13,8 +13,8 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use bytes::Bytes;
 
 use super::{
-    connect, ensure_stream, msg_id, runtime, BrokerNames, BrokerSettings, EXPECTED_LAST_ID, MSG_ID,
-    PREV, PUBLISH_TIMEOUT, SLICE, TARGET_PAYLOAD_BYTES,
+    connect, ensure_stream, msg_id, runtime, BrokerNames, BrokerSettings, ELEMENT_TYPE,
+    EXPECTED_LAST_ID, MSG_ID, PREV, PUBLISH_TIMEOUT, SLICE, TARGET_PAYLOAD_BYTES,
 };
 use crate::error::Error;
 use crate::metrics::{add, LinkCounters};
@@ -93,6 +93,7 @@ impl<T: Element> BrokerSender<T> {
         let publisher = Publisher {
             shared: Arc::clone(&shared),
             epoch: u64::from_le_bytes(epoch_bytes),
+            element_type: format!("{:016x}", crate::transport::codec::type_fingerprint::<T>()),
             names: spec.names,
             settings: Arc::clone(&settings),
             counters: Arc::clone(&spec.counters),
@@ -253,6 +254,8 @@ fn classify(e: async_nats::jetstream::context::PublishError) -> Failure {
 struct Publisher {
     shared: Arc<Shared>,
     epoch: u64,
+    /// The element type's fingerprint, 16 hex digits ([`ELEMENT_TYPE`]).
+    element_type: String,
     names: BrokerNames,
     settings: Arc<BrokerSettings>,
     counters: Arc<LinkCounters>,
@@ -335,11 +338,12 @@ impl Publisher {
                     }
                     st.queue
                         .get((next - first) as usize)
-                        .map(|q| (q.frame.clone(), q.payload))
+                        .map(|q| q.frame.clone())
                 };
-                let Some((frame, payload)) = frame else { break };
+                let Some(frame) = frame else { break };
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(MSG_ID, msg_id(self.epoch, next).as_str());
+                headers.insert(ELEMENT_TYPE, self.element_type.as_str());
                 if !confirmed_before_next && next > 0 {
                     headers.insert(EXPECTED_LAST_ID, msg_id(self.epoch, next - 1).as_str());
                 }
@@ -356,7 +360,6 @@ impl Publisher {
                     .await
                 {
                     Ok(ack) => {
-                        add(&self.counters.bytes, payload as u64);
                         in_flight.push_back((next, prev, ack));
                         prev = Some(next);
                         next += 1;
@@ -476,8 +479,13 @@ impl Publisher {
     /// (`dropped`): frees it, and wakes the host if it waited for room or this was the End.
     fn confirm(&self, seq: u64, dropped: bool) {
         let mut st = self.shared.lock();
-        if st.queue.front().is_none_or(|q| q.seq != seq) {
+        let Some(front) = st.queue.front().filter(|q| q.seq == seq) else {
             return;
+        };
+        // Counted once stored, not at each attempt (a publish is retried at the stream's
+        // limit, and again after a lost PubAck).
+        if !dropped {
+            add(&self.counters.bytes, front.payload as u64);
         }
         let freed = st.release_below(seq + 1);
         self.counters

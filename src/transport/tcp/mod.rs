@@ -222,8 +222,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 // The runtime's entry points (issue 10: the lead wires them in).
 #[allow(unused_imports)]
 pub(crate) use feeder::{spawn_tcp_feeder, TcpFeederSpec};
@@ -339,25 +337,16 @@ pub(crate) struct LinkIdentity {
 }
 
 impl LinkIdentity {
-    /// The identity of edge `edge`, labelled `label`, carrying `T`. The fingerprint is the first
-    /// 8 bytes of SHA-256 over the type's name, its size and whether it travels as plain bytes:
-    /// stable across builds of the same code, different when either side's type changes shape.
+    /// The identity of edge `edge`, labelled `label`, carrying `T` (its fingerprint:
+    /// [`codec::type_fingerprint`]).
     pub(crate) fn new<T: Element>(app: &str, deployment: [u8; 32], edge: u32, label: &str) -> Self {
-        let type_name = std::any::type_name::<T>().to_string();
-        let mut h = Sha256::new();
-        h.update(type_name.as_bytes());
-        h.update((std::mem::size_of::<T>() as u64).to_le_bytes());
-        h.update([u8::from(codec::plain_size::<T>().is_some())]);
-        let digest = h.finalize();
-        let mut first = [0; 8];
-        first.copy_from_slice(&digest[..8]);
         LinkIdentity {
             app: app.to_string(),
             deployment,
             edge,
             label: label.to_string(),
-            type_name,
-            type_fingerprint: u64::from_le_bytes(first),
+            type_name: std::any::type_name::<T>().to_string(),
+            type_fingerprint: codec::type_fingerprint::<T>(),
         }
     }
 

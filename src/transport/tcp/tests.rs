@@ -1894,3 +1894,36 @@ fn a_client_dribbling_its_handshake_is_cut_at_the_handshake_limit() {
         start.elapsed()
     );
 }
+
+/// Secret and TLS: a reader whose certificate checked out, refusing this host's certificate
+/// (from a CA it does not trust), ends the link at once: it proved who it is. Before, the
+/// alert counted as unproven and was retried for the whole connect wait.
+#[test]
+fn a_proven_tls_reader_refusing_this_hosts_certificate_ends_the_link_at_once() {
+    use super::tls::tests::{ca, host_files};
+    let dir = tempfile::tempdir().unwrap();
+    let plant = ca("plant CA");
+    let other = ca("other CA");
+    // The writer trusts the reader's CA, but its own certificate comes from another CA.
+    let writer_files = host_files(dir.path(), "a", &other, &["127.0.0.1"], &[&plant, &other]);
+    let reader_files = host_files(dir.path(), "b", &plant, &["127.0.0.1"], &[&plant]);
+    let (rrun, wrun) = (run(), run());
+    let _ends = Ends(vec![rrun.clone(), wrun.clone()]);
+    let rs = TcpSettings {
+        tls: Some(tls::TlsConfig::load(&reader_files).unwrap()),
+        ..settings()
+    };
+    let r = reader::<u64>("127.0.0.1:0", &rrun, rs, 4096, usize::MAX);
+    let ws = TcpSettings {
+        tls: Some(tls::TlsConfig::load(&writer_files).unwrap()),
+        connect_wait: Duration::from_secs(30),
+        ..settings()
+    };
+    let _w = writer::<u64>(r.probe.addr(), &wrun, ws);
+    poll("the writer fails", || wrun.failure().is_some());
+    let failure = wrun.failure().unwrap();
+    assert!(
+        failure.contains("refused the link") && failure.contains("UnknownCA"),
+        "{failure}"
+    );
+}

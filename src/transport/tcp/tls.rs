@@ -951,13 +951,13 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     /// A certificate authority made for one test.
-    struct Ca {
+    pub(crate) struct Ca {
         params: CertificateParams,
         key: KeyPair,
         pem: String,
     }
 
-    fn ca(name: &str) -> Ca {
+    pub(crate) fn ca(name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
@@ -1004,7 +1004,13 @@ pub(crate) mod tests {
 
     /// Writes a host's three files into `dir` under names starting with `host`; the CA file
     /// holds `cas`.
-    fn host_files(dir: &Path, host: &str, signer: &Ca, names: &[&str], cas: &[&Ca]) -> TlsFiles {
+    pub(crate) fn host_files(
+        dir: &Path,
+        host: &str,
+        signer: &Ca,
+        names: &[&str],
+        cas: &[&Ca],
+    ) -> TlsFiles {
         let (cert, key) = host_cert(signer, names);
         let ca_pem: String = cas.iter().map(|c| c.pem.as_str()).collect();
         TlsFiles {

@@ -564,10 +564,12 @@ impl Io {
         }
     }
 
-    /// After a break: retries with backoff until `reconnect_limit` has passed since `since`.
+    /// After a break: retries with backoff until `reconnect_limit` has passed since `since`,
+    /// saying every few seconds what it last heard.
     fn reconnect(&self, since: Instant, mut last: String) -> Option<Conn> {
         let limit = self.settings.reconnect_limit;
         let mut backoff = Backoff::new();
+        let mut said = Instant::now();
         // Ends: each pass dials once; the limit or the end of the run returns.
         loop {
             let left = limit.saturating_sub(since.elapsed());
@@ -607,7 +609,19 @@ impl Io {
                     ));
                     return None;
                 }
-                Err(DialError::Transient(e)) => last = e,
+                Err(DialError::Transient(e)) => {
+                    if said.elapsed() >= WAIT_LOG_EVERY {
+                        said = Instant::now();
+                        tracing::warn!(
+                            "connection {}: still reconnecting to host '{}' ({}) after {} ({e})",
+                            self.label,
+                            self.host,
+                            self.addr,
+                            secs(since.elapsed())
+                        );
+                    }
+                    last = e;
+                }
             }
         }
     }
@@ -639,6 +653,15 @@ impl Io {
         let accept =
             handshake::client_handshake(&mut conn, &self.hello, self.settings.secret.as_deref())
                 .map_err(|e| match &e {
+                    // Under TLS the server proved its certificate before this first read: an
+                    // alert there is its refusal of this host's certificate (below).
+                    HandshakeError::Unproven(inner)
+                        if self.settings.tls.is_some()
+                            && matches!(&**inner, HandshakeError::Io(io)
+                                if io.kind() == std::io::ErrorKind::InvalidData) =>
+                    {
+                        DialError::Fatal(e.to_string())
+                    }
                     HandshakeError::Unproven(_) => DialError::Transient(e.to_string()),
                     // Under TLS 1.3 the server checks this host's certificate after the
                     // client's handshake is over: its refusal arrives as an alert at the first
