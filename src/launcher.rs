@@ -1940,16 +1940,7 @@ impl Supervisor<'_> {
     /// (the launcher has not said `final`: that is said only when the application stops).
     fn restart_asked(&mut self, process: &str, reply: mpsc::Sender<Result<String, String>>) {
         let Some(i) = self.members.iter().position(|m| m.name == process) else {
-            let names: Vec<String> = self
-                .members
-                .iter()
-                .map(|m| format!("'{}'", m.name))
-                .collect();
-            let _ = reply.send(Err(format!(
-                "no process '{process}' in this launcher of '{}'; its processes are {}",
-                self.board.graph().app,
-                names.join(", ")
-            )));
+            let _ = reply.send(Err(self.board.status(false).not_here(process)));
             return;
         };
         if self.draining.is_some() {

@@ -73,9 +73,34 @@ pub struct Status {
     pub exit_code: Option<i32>,
     /// Every process of this host.
     pub processes: Vec<ProcessState>,
+    /// The processes of the other hosts, each with its host (their launchers run them).
+    #[serde(default)]
+    pub elsewhere: Vec<(String, String)>,
 }
 
 impl Status {
+    /// Why `process` is not one of this launcher's, for an error: the host that runs it, or
+    /// else the processes there are.
+    pub fn not_here(&self, process: &str) -> String {
+        if let Some((_, host)) = self.elsewhere.iter().find(|(p, _)| p == process) {
+            return format!(
+                "process '{process}' of '{}' runs on host '{host}', not on this host ('{}'): \
+                 run the command there",
+                self.app, self.host
+            );
+        }
+        let names: Vec<String> = self
+            .processes
+            .iter()
+            .map(|p| format!("'{}'", p.process))
+            .collect();
+        format!(
+            "no process '{process}' in this launcher of '{}'; its processes are {}",
+            self.app,
+            names.join(", ")
+        )
+    }
+
     /// How many processes run now (their agents running or draining: a drain that a process
     /// holds up shows it still there), and how many there are.
     pub fn running(&self) -> (usize, usize) {
@@ -139,6 +164,12 @@ impl Board {
             app: info.app.clone(),
             run,
             hosts: info.hosts.iter().map(|h| h.name.clone()).collect(),
+            elsewhere: info
+                .hosts
+                .iter()
+                .filter(|h| h.name != host)
+                .flat_map(|h| h.processes.iter().map(|p| (p.clone(), h.name.clone())))
+                .collect(),
             launcher_pid: std::process::id(),
             started_ms: epoch_ms(SystemTime::now()),
             interval_ms: interval.as_millis() as u64,
@@ -246,6 +277,7 @@ impl Status {
             run: self.run.clone(),
             host: self.host.clone(),
             hosts: self.hosts.clone(),
+            elsewhere: self.elsewhere.clone(),
             launcher_pid: self.launcher_pid,
             started_ms: self.started_ms,
             interval_ms: self.interval_ms,

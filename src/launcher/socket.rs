@@ -600,11 +600,7 @@ fn answer(request: Request, conn: &mut UnixStream, shared: &Shared) -> Result<()
                 None => LogFilter::All,
                 Some(p) if board.processes().contains(&p) => LogFilter::Process(p),
                 Some(p) => {
-                    let message = format!(
-                        "no process '{p}' in this launcher of '{}'; its processes are {}",
-                        board.graph().app,
-                        quoted(&board.processes())
-                    );
+                    let message = board.status(false).not_here(&p);
                     return io(send(conn, &Reply::Error { message }));
                 }
             };
@@ -715,14 +711,6 @@ fn post(shared: &Shared, mut event: super::Event) -> bool {
             }
         }
     }
-}
-
-fn quoted(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| format!("'{n}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -983,9 +971,14 @@ fn pick(apps: Vec<Listed>, app: &str, run: Option<&str>) -> Result<Listed, OpErr
             ),
         ));
     }
+    // Each run with its host when the application has several: two hosts' launchers may
+    // share a machine (a test bench), and the ids alone do not say which is which.
     let runs = |ls: &[&Listed]| {
         ls.iter()
-            .map(|l| l.status.run.clone())
+            .map(|l| match l.status.hosts.len() {
+                0 | 1 => l.status.run.clone(),
+                _ => format!("{} (host '{}')", l.status.run, l.status.host),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -1257,11 +1250,7 @@ impl Listed {
         }
         Err(OpError::new(
             OpErrorKind::NotFound,
-            format!(
-                "no process '{process}' in this launcher of '{}'; its processes are {}",
-                self.status.app,
-                quoted(&names)
-            ),
+            self.status.not_here(process),
         ))
     }
 
@@ -1668,6 +1657,30 @@ mod tests {
         );
         let e = pick(apps, "quake", Some("9-z")).unwrap_err();
         assert!(e.message.contains("no run 9-z"), "{e}");
+        // The two hosts' launchers of one application on one machine: each run says its host.
+        let on = |run: &str, host: &str| {
+            let mut l = listed("plant", run);
+            l.status.host = host.into();
+            l.status.hosts = vec!["pi".into(), "cloud".into()];
+            l
+        };
+        let e = pick(vec![on("4-d", "pi"), on("5-e", "cloud")], "plant", None).unwrap_err();
+        assert!(
+            e.message.contains("4-d (host 'pi'), 5-e (host 'cloud')"),
+            "{e}"
+        );
+        // A process of the other host: which host runs it, not only this host's processes.
+        let mut pi = on("4-d", "pi");
+        pi.status.elsewhere = vec![("sink".into(), "cloud".into())];
+        let e = pi.check_process("sink").unwrap_err();
+        assert!(
+            e.message.contains(
+                "process 'sink' of 'plant' runs on host 'cloud', not on this host ('pi')"
+            ),
+            "{e}"
+        );
+        let e = pi.check_process("nowhere").unwrap_err();
+        assert!(e.message.contains("no process 'nowhere'"), "{e}");
         let e = pick(Vec::new(), "quake", None).unwrap_err();
         assert!(
             e.message.contains("no iotstream application is running"),
