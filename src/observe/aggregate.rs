@@ -93,6 +93,10 @@ pub struct Aggregator {
     /// The last view of each other host merged in ([`Aggregator::merge_remote`]), and whether
     /// that host is reached now ([`Aggregator::forget_remote`] says it is not).
     remote: BTreeMap<String, (AppMetrics, bool)>,
+    /// Per other host, what its launcher's earlier runs counted (the last view of each, the
+    /// counters only): added to its current view, so that a host started again does not take
+    /// its counters back to zero ([`Aggregator::merge_remote`]).
+    remote_base: BTreeMap<String, AppMetrics>,
     /// Per connection: the most each counter has shown (see the module docs).
     shown: Vec<LinkMax>,
     view: AppMetrics,
@@ -357,6 +361,7 @@ impl Aggregator {
             processes,
             process_index,
             remote: BTreeMap::new(),
+            remote_base: BTreeMap::new(),
             shown: vec![LinkMax::default(); info.edges.len()],
             view: AppMetrics::default(),
             info,
@@ -455,10 +460,24 @@ impl Aggregator {
     /// the streams they write, and their ends of connections (see [`LinkView::ends`]). It
     /// replaces the previous view of that host and takes effect at the next
     /// [`tick`](Self::tick). A host the graph does not name is ignored.
-    pub fn merge_remote(&mut self, host: &str, view: AppMetrics) {
-        if self.info.hosts.iter().any(|h| h.name == host) {
-            self.remote.insert(host.to_string(), (view, true));
+    ///
+    /// A view of another run of that host's launcher (it was started again) adds to what the
+    /// earlier runs counted: counters never go back during this run, as for a process of this
+    /// host started again.
+    pub fn merge_remote(&mut self, host: &str, mut view: AppMetrics) {
+        if !self.info.hosts.iter().any(|h| h.name == host) {
+            return;
         }
+        if let Some((last, _)) = self.remote.get(host) {
+            if last.run != view.run {
+                // `last` already holds the runs before it.
+                self.remote_base.insert(host.to_string(), last.clone());
+            }
+        }
+        if let Some(base) = self.remote_base.get(host) {
+            carry_counters(&mut view, base);
+        }
+        self.remote.insert(host.to_string(), (view, true));
     }
 
     /// Host `host`'s launcher is not reached (now, or ever yet): its processes show as
@@ -898,6 +917,49 @@ impl crate::observe::http::ViewSource for Mutex<Aggregator> {
     }
 }
 
+/// Adds the counters of `base` (what earlier runs of a host's launcher counted) to those of the
+/// same processes, agents, streams and connection ends in `view`; gauges (memory, backlog,
+/// status) and rates stay `view`'s. The processes of a new run count one restart more.
+fn carry_counters(view: &mut AppMetrics, base: &AppMetrics) {
+    for p in &mut view.processes {
+        if let Some(b) = base.processes.iter().find(|b| b.process == p.process) {
+            p.cpu_s += b.cpu_s;
+            p.restarts += b.restarts + 1;
+        }
+    }
+    for a in &mut view.agents {
+        if let Some(b) = base.agents.iter().find(|b| b.name == a.name) {
+            a.steps += b.steps;
+            a.consumed += b.consumed;
+            a.busy_ns += b.busy_ns;
+            a.late += b.late;
+            a.undelivered += b.undelivered;
+        }
+    }
+    for st in &mut view.streams {
+        if let Some(b) = base.streams.iter().find(|b| b.name == st.name) {
+            st.elements += b.elements;
+            st.batches += b.batches;
+            st.watermark = st.watermark.max(b.watermark);
+        }
+    }
+    for l in &mut view.links {
+        if let Some(b) = base
+            .links
+            .iter()
+            .find(|b| b.edge == l.edge && b.stream == l.stream && b.ends == l.ends)
+        {
+            l.elements += b.elements;
+            l.batches += b.batches;
+            l.dropped += b.dropped;
+            l.blocked_ns += b.blocked_ns;
+            l.bytes += b.bytes;
+            l.reconnects += b.reconnects;
+            l.released_early += b.released_early;
+            l.max_in_flight = l.max_in_flight.max(b.max_in_flight);
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1316,6 +1378,52 @@ mod tests {
         here.merge_remote("b", remote);
         let v = here.tick(at(1_000)).clone();
         assert_eq!(v.processes[1].status, ProcessStatus::Running);
+    }
+
+    /// Host b's launcher started again (a new run of its part, counting from zero): its
+    /// counters add to what the run before counted, never going back (found by an audit:
+    /// steps 1140 → 0 in the other host's view). A view of the same run replaces the last.
+    #[test]
+    fn another_hosts_counters_never_go_back_when_its_launcher_starts_again() {
+        let mut i = info();
+        i.hosts = vec![
+            crate::info::HostInfo {
+                name: "a".into(),
+                address: "10.0.0.1".into(),
+                port: 7000,
+                observe_port: None,
+                processes: vec!["main".into()],
+            },
+            crate::info::HostInfo {
+                name: "b".into(),
+                address: "10.0.0.2".into(),
+                port: 7000,
+                observe_port: None,
+                processes: vec!["printer".into()],
+            },
+        ];
+        i.edges[1].transport = "tcp".into();
+        let mut here = Aggregator::new(i.clone(), "1-x", Duration::from_secs(1));
+        let view_of = |run: &str, elements: u64| {
+            let mut there = Aggregator::new(i.clone(), run, Duration::from_secs(1));
+            there.set_status("printer", ProcessStatus::Running, 77);
+            there.record("printer", printer_sample(1_000, 77, elements, 0));
+            there.tick(at(1_000)).clone()
+        };
+        here.merge_remote("b", view_of("2-y", 60));
+        here.merge_remote("b", view_of("2-y", 70));
+        let v = here.tick(at(1_000)).clone();
+        assert_eq!(v.links[1].elements, 70, "the same run: its latest count");
+        assert_eq!(v.agents[2].steps, 3);
+        here.merge_remote("b", view_of("3-z", 40));
+        let v = here.tick(at(1_000)).clone();
+        assert_eq!(v.links[1].elements, 110, "a new run adds to the last");
+        assert_eq!(v.agents[2].steps, 3 + 2);
+        assert_eq!(v.processes[1].restarts, 1);
+        here.merge_remote("b", view_of("4-w", 1));
+        let v = here.tick(at(1_000)).clone();
+        assert_eq!(v.links[1].elements, 111, "and each one after");
+        assert_eq!(v.processes[1].restarts, 2);
     }
 
     #[test]
