@@ -1880,8 +1880,27 @@ impl Supervisor<'_> {
                 .map(|m| format!("'{}'", m.name))
                 .collect();
             if !stragglers.is_empty() {
+                // Another host that does not answer is the likely hold-up: a connection to it
+                // waits for its acknowledgement or its reconnection. Named, as the view has it.
+                let mut unreached: Vec<String> = self
+                    .board
+                    .view()
+                    .processes
+                    .iter()
+                    .filter(|p| p.status == crate::observe::ProcessStatus::Unknown)
+                    .map(|p| format!("'{}'", p.host))
+                    .collect();
+                unreached.dedup();
+                let why = match unreached.len() {
+                    0 => String::new(),
+                    _ => format!(
+                        "; host {} is not reached (its launcher does not answer): a connection \
+                         to it held the drain up",
+                        unreached.join(", ")
+                    ),
+                };
                 let message = format!(
-                    "the drain did not end within {} ms: killed {}",
+                    "the drain did not end within {} ms: killed {}{why}",
                     self.drain_timeout.as_millis(),
                     stragglers.join(", ")
                 );

@@ -483,6 +483,51 @@ impl Net {
         self.dir.0.join(HOST_NAMES[i])
     }
 
+    /// Host `i`'s runtime folder (its launchers' control sockets), mode 0700.
+    fn runtime(&self, i: usize) -> PathBuf {
+        let d = self.site(i).join("run");
+        let _ = std::fs::create_dir_all(&d);
+        let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+        d
+    }
+
+    /// `iotstream ARGS…` run in host `i` (its runtime folder), killed after `limit`: (exit
+    /// code, stdout, stderr, seconds taken, whether it had to be killed).
+    fn cli(
+        &self,
+        i: usize,
+        args: &[&str],
+        limit: Duration,
+    ) -> (Option<i32>, String, String, f64, bool) {
+        let mut cmd = self.hosts.command(i, launcher_exe());
+        cmd.args(args)
+            .env("XDG_RUNTIME_DIR", self.runtime(i))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("start iotstream");
+        let out = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let r1 = collect(child.stdout.take().unwrap(), Arc::clone(&out));
+        let r2 = collect(child.stderr.take().unwrap(), Arc::clone(&err));
+        let mut hung = false;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > limit {
+                hung = true;
+                let _ = child.kill();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = (r1.join(), r2.join());
+        let (o, e) = (out.lock().unwrap().clone(), err.lock().unwrap().clone());
+        (status.code(), o, e, started.elapsed().as_secs_f64(), hung)
+    }
+
     /// Host `i`'s output file (`$OUT`).
     fn out(&self, i: usize) -> PathBuf {
         self.site(i).join("out.txt")
@@ -532,6 +577,7 @@ impl Net {
             .args(args)
             .env("OUT", self.out(i))
             .env("RUST_BACKTRACE", "0")
+            .env("XDG_RUNTIME_DIR", self.runtime(i))
             .current_dir(&site);
         Launched::start(cmd, HOST_NAMES[i])
     }
@@ -2125,6 +2171,99 @@ const GRACE: Duration = Duration::from_secs(30);
 
 type Scenario = fn() -> Result<(), String>;
 
+// ---------------------------------------------------------------------------------------------
+// Operating commands across two hosts (found by an audit, 2026-12-07)
+
+type Cli = (Option<i32>, String, String, f64, bool);
+
+fn show(what: &str, r: &Cli) -> String {
+    format!(
+        "  {what}: exit {:?} after {:.1} s{}\n    stdout: {}\n    stderr: {}",
+        r.0,
+        r.3,
+        if r.4 {
+            " (KILLED: still running at the limit)"
+        } else {
+            ""
+        },
+        r.1.trim().replace('\n', "\n            "),
+        r.2.trim().replace('\n', "\n            ")
+    )
+}
+
+/// `iotstream restart APP sink` and `iotstream logs APP sink` asked on the source host, where
+/// `sink` does not run: refused, and the refusal says which host runs it (`'cloudbox'`).
+fn restart_or_logs_of_another_hosts_process_names_its_host() -> Result<(), String> {
+    let net = Net::new("other-host");
+    net.deploy(&net.file(NETWORK, INDEXED_PROCESSES), [SECRET, SECRET]);
+    let sink = net.launch(SINK, "endless", &["200"]);
+    let source = net.launch(SOURCE, "endless", &["200"]);
+    wait_recorded(&net.out(SINK), 2_000, (&source, &sink))?;
+    let restart = net.cli(
+        SOURCE,
+        &["restart", "hosts_endless", "sink"],
+        Duration::from_secs(30),
+    );
+    let logs = net.cli(
+        SOURCE,
+        &["logs", "hosts_endless", "sink"],
+        Duration::from_secs(30),
+    );
+    println!(
+        "{}\n{}",
+        show("restart sink on sensorbox", &restart),
+        show("logs sink on sensorbox", &logs)
+    );
+    source.signal(libc::SIGINT);
+    both_succeed(source, sink)?;
+    let mut wrong = Vec::new();
+    for (what, r) in [("restart", &restart), ("logs", &logs)] {
+        if r.0 == Some(0) || r.4 || !r.2.contains("'cloudbox'") {
+            wrong.push(format!(
+                "{what} of 'sink' on sensorbox does not name host 'cloudbox':\n{}",
+                show(what, r)
+            ));
+        }
+    }
+    ensure(wrong.is_empty(), || wrong.join("\n"))
+}
+
+/// The source host started alone (the sink host never comes): `iotstream stop` on it ends
+/// in bounded time, and what it says names host 'cloudbox'.
+fn a_stop_on_a_host_whose_reader_host_never_started_names_it() -> Result<(), String> {
+    let net = Net::new("alone");
+    net.deploy(
+        &net.file(NETWORK, INDEXED_PROCESSES)
+            .replace("drain_timeout_ms = 20000", "drain_timeout_ms = 10000"),
+        [SECRET, SECRET],
+    );
+    let source = net.launch(SOURCE, "endless", &["200"]);
+    source.wait_stderr("waiting for 'cloudbox'", |e| {
+        e.lines()
+            .any(|l| l.contains("'cloudbox'") && l.contains("wait"))
+    })?;
+    let r = net.cli(SOURCE, &["stop", "hosts_endless"], Duration::from_secs(40));
+    println!("{}", show("stop on sensorbox, cloudbox never started", &r));
+    let (st, out, err) = source.wait()?;
+    println!(
+        "  sensorbox ended: {st}\n{out}\n{}",
+        tail_of("sensorbox", &err)
+    );
+    let stop_text = format!("{}{}", r.1, r.2);
+    ensure(
+        !r.4 && st.code() == Some(0)
+            || stop_text
+                .lines()
+                .any(|l| l.contains("error") && l.contains("'cloudbox'")),
+        || {
+            format!(
+                "the stop failed without naming host 'cloudbox' in its error:\n{}",
+                show("stop", &r)
+            )
+        },
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("app") {
@@ -2143,6 +2282,14 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .map(String::as_str);
     let scenarios: &[(&str, Scenario)] = &[
+        (
+            "a_stop_on_a_host_whose_reader_host_never_started_names_it",
+            a_stop_on_a_host_whose_reader_host_never_started_names_it,
+        ),
+        (
+            "restart_or_logs_of_another_hosts_process_names_its_host",
+            restart_or_logs_of_another_hosts_process_names_its_host,
+        ),
         (
             "a_failing_scenario_leaves_nothing_behind",
             a_failing_scenario_leaves_nothing_behind,
