@@ -582,10 +582,24 @@ pub(crate) async fn connect(
     }
 }
 
-/// The JetStream stream of a connection, as both ends declare it.
+/// The largest message a link's stream takes: what one pull of its reader takes
+/// ([`PULL_BYTES`]; an iotstream message never is larger: an element of `MAX_ELEMENT_BYTES`
+/// alone fits), or the server's `max_payload` if that is less (no message can be larger, and a
+/// stream's limit above it is no use).
+fn max_message_size(js: &async_nats::jetstream::Context) -> i32 {
+    let payload = js.client().server_info().max_payload;
+    match payload {
+        0 => PULL_BYTES as i32,
+        p => p.min(PULL_BYTES) as i32,
+    }
+}
+
+/// The JetStream stream of a connection, as both ends declare it; `max_message_size` as
+/// [`max_message_size`] says.
 pub(crate) fn stream_config(
     names: &BrokerNames,
     settings: &BrokerSettings,
+    max_message_size: i32,
 ) -> async_nats::jetstream::stream::Config {
     use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
     Config {
@@ -598,10 +612,9 @@ pub(crate) fn stream_config(
         max_age: settings.max_age.unwrap_or_default(),
         max_messages: settings.max_messages.unwrap_or(-1),
         duplicate_window: Duration::from_secs(120),
-        // What one pull takes: a larger message (never one of iotstream's: an element of
-        // `MAX_ELEMENT_BYTES` alone fits) would be pulled by no reader and skipped silently
-        // once the pull expired. The server refuses it at the publish instead.
-        max_message_size: PULL_BYTES as i32,
+        // A larger message would be pulled by no reader and skipped silently once the pull
+        // expired: the server refuses it at the publish instead.
+        max_message_size,
         ..Default::default()
     }
 }
@@ -619,7 +632,7 @@ pub(crate) async fn ensure_stream(
     // Ends: at the deadline, or when the run stops, or once the stream exists.
     loop {
         match js
-            .get_or_create_stream(stream_config(names, settings))
+            .get_or_create_stream(stream_config(names, settings, max_message_size(js)))
             .await
         {
             Ok(s) => return fit_stream(js, s, names, settings).await,
@@ -648,7 +661,7 @@ async fn fit_stream(
     names: &BrokerNames,
     settings: &BrokerSettings,
 ) -> Result<async_nats::jetstream::stream::Stream, String> {
-    let want = stream_config(names, settings);
+    let want = stream_config(names, settings, max_message_size(js));
     let have = &stream.cached_info().config;
     let mut wrong = Vec::new();
     if have.retention != want.retention {
@@ -704,14 +717,16 @@ async fn fit_stream(
     })?;
     tracing::info!(
         "JetStream stream '{}': limits changed to those of [broker] (max_bytes {} -> {}, \
-         max_messages {} -> {}, max_age {:?} -> {:?})",
+         max_messages {} -> {}, max_age {:?} -> {:?}, max_msg_size {} -> {})",
         names.stream,
         have.max_bytes,
         want.max_bytes,
         have.max_messages,
         want.max_messages,
         have.max_age,
-        want.max_age
+        want.max_age,
+        have.max_message_size,
+        config.max_message_size
     );
     Ok(stream)
 }
