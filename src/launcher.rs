@@ -1890,12 +1890,18 @@ impl Supervisor<'_> {
                     .filter(|p| p.status == crate::observe::ProcessStatus::Unknown)
                     .map(|p| format!("'{}'", p.host))
                     .collect();
+                unreached.sort();
                 unreached.dedup();
                 let why = match unreached.len() {
                     0 => String::new(),
-                    _ => format!(
+                    1 => format!(
                         "; host {} is not reached (its launcher does not answer): a connection \
                          to it held the drain up",
+                        unreached[0]
+                    ),
+                    _ => format!(
+                        "; hosts {} are not reached (their launchers do not answer): a \
+                         connection to one of them held the drain up",
                         unreached.join(", ")
                     ),
                 };

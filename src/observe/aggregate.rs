@@ -93,10 +93,12 @@ pub struct Aggregator {
     /// The last view of each other host merged in ([`Aggregator::merge_remote`]), and whether
     /// that host is reached now ([`Aggregator::forget_remote`] says it is not).
     remote: BTreeMap<String, (AppMetrics, bool)>,
-    /// Per other host, what its launcher's earlier runs counted (the last view of each, the
-    /// counters only): added to its current view, so that a host started again does not take
-    /// its counters back to zero ([`Aggregator::merge_remote`]).
-    remote_base: BTreeMap<String, AppMetrics>,
+    /// Per other host, the last view of each run of its launcher seen, oldest first (at most
+    /// [`REMOTE_RUNS_KEPT`]; older ones folded into the first): the other runs' counters are
+    /// added to the current view, so that a host started again does not take its counters
+    /// back to zero ([`Aggregator::merge_remote`]), and each run counts once, whatever order
+    /// views come in.
+    remote_runs: BTreeMap<String, Vec<(String, AppMetrics)>>,
     /// Per connection: the most each counter has shown (see the module docs).
     shown: Vec<LinkMax>,
     view: AppMetrics,
@@ -361,7 +363,7 @@ impl Aggregator {
             processes,
             process_index,
             remote: BTreeMap::new(),
-            remote_base: BTreeMap::new(),
+            remote_runs: BTreeMap::new(),
             shown: vec![LinkMax::default(); info.edges.len()],
             view: AppMetrics::default(),
             info,
@@ -464,20 +466,29 @@ impl Aggregator {
     /// A view of another run of that host's launcher (it was started again) adds to what the
     /// earlier runs counted: counters never go back during this run, as for a process of this
     /// host started again.
-    pub fn merge_remote(&mut self, host: &str, mut view: AppMetrics) {
+    pub fn merge_remote(&mut self, host: &str, view: AppMetrics) {
         if !self.info.hosts.iter().any(|h| h.name == host) {
             return;
         }
-        if let Some((last, _)) = self.remote.get(host) {
-            if last.run != view.run {
-                // `last` already holds the runs before it.
-                self.remote_base.insert(host.to_string(), last.clone());
+        let runs = self.remote_runs.entry(host.to_string()).or_default();
+        match runs.iter_mut().find(|(run, _)| *run == view.run) {
+            Some((_, last)) => *last = view.clone(),
+            None => {
+                runs.push((view.run.clone(), view.clone()));
+                if runs.len() > REMOTE_RUNS_KEPT {
+                    // The two oldest become one: what they counted stays, once.
+                    let (_, second) = runs.remove(1);
+                    carry_counters(&mut runs[0].1, &second);
+                }
             }
         }
-        if let Some(base) = self.remote_base.get(host) {
-            carry_counters(&mut view, base);
+        let mut shown = view;
+        for (run, other) in runs.iter() {
+            if *run != shown.run {
+                carry_counters(&mut shown, other);
+            }
         }
-        self.remote.insert(host.to_string(), (view, true));
+        self.remote.insert(host.to_string(), (shown, true));
     }
 
     /// Host `host`'s launcher is not reached (now, or ever yet): its processes show as
@@ -916,6 +927,10 @@ impl crate::observe::http::ViewSource for Mutex<Aggregator> {
         self.lock().unwrap_or_else(|p| p.into_inner()).view.clone()
     }
 }
+
+/// The runs of another host's launcher whose last views [`Aggregator::merge_remote`] keeps
+/// apart; older ones are folded together.
+const REMOTE_RUNS_KEPT: usize = 8;
 
 /// Adds the counters of `base` (what earlier runs of a host's launcher counted) to those of the
 /// same processes, agents, streams and connection ends in `view`; gauges (memory, backlog,
@@ -1424,6 +1439,22 @@ mod tests {
         let v = here.tick(at(1_000)).clone();
         assert_eq!(v.links[1].elements, 111, "and each one after");
         assert_eq!(v.processes[1].restarts, 2);
+        // Views of earlier runs again (a late answer): each run still counts once.
+        for _ in 0..3 {
+            here.merge_remote("b", view_of("2-y", 70));
+            here.merge_remote("b", view_of("4-w", 1));
+        }
+        let v = here.tick(at(1_000)).clone();
+        assert_eq!(
+            v.links[1].elements, 111,
+            "each run once, whatever the order"
+        );
+        // Many runs: the oldest are folded, nothing counted twice or lost.
+        for k in 0..20 {
+            here.merge_remote("b", view_of(&format!("{}-r", 10 + k), 2));
+        }
+        let v = here.tick(at(1_000)).clone();
+        assert_eq!(v.links[1].elements, 111 + 40);
     }
 
     #[test]

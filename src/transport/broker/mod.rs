@@ -19,9 +19,10 @@
 //! `>`, `/` and `\`, and in subject tokens none of whitespace, `.`, `*`, `>`. Every character
 //! outside `A-Z a-z 0-9 - _` is replaced by `_`, and when anything was replaced (or the name
 //! is longer than 200 bytes, cut) an 8-hex-digit hash of the original name is appended, so two
-//! names that differ only in such characters stay apart. A stream's name also gets a hash of its
-//! five parts when one of them holds a `_`, the character that joins them: app `a_b` with agent
-//! `c` and app `a` with agent `b_c` do not share a stream.
+//! names that differ only in such characters stay apart. The subject keeps the five parts apart
+//! (`.` joins them); a stream's name may not (`_` joins them, and may be in a part): app `a_b`
+//! with agent `c` and app `a` with agent `b_c` name one stream with two subjects. The second to
+//! start is refused, saying so (see `fit_stream`).
 //!
 //! # The link, end to end
 //!
@@ -334,17 +335,10 @@ impl BrokerNames {
     /// to input `input` of agent `reader`.
     pub(crate) fn new(app: &str, agent: &str, port: &str, reader: &str, input: &str) -> Self {
         let t = |s: &str| sanitize(s, 64);
-        let parts = [app, agent, port, reader, input];
-        let joined_apart = parts.iter().any(|p| p.contains('_'));
-        let mut stream = sanitize(
+        let stream = sanitize(
             &format!("IOTSTREAM_{app}_{agent}_{port}__{reader}_{input}"),
-            if joined_apart { 200 - 9 } else { 200 },
+            200,
         );
-        if joined_apart {
-            // `_` also joins the parts: app `a_b` with agent `c` and app `a` with agent `b_c`
-            // would share one stream. A hash of the parts themselves keeps them apart.
-            push_hash(&mut stream, parts.join("\0").as_bytes());
-        }
         BrokerNames {
             stream,
             subject: format!(
@@ -682,6 +676,17 @@ async fn fit_stream(
             have.subjects, want.subjects
         ));
     }
+    if have.subjects != want.subjects && wrong.len() == 1 {
+        // Only the subject differs: another connection's stream, whose name reads like this
+        // one's (`_` joins the parts, and parts may hold it).
+        return Err(format!(
+            "the JetStream stream '{}' on {} belongs to another connection (subjects {:?}; \
+             this one's is {:?}): their application, agent, port and input names, joined by \
+             '_', read alike. Rename one of them (a name without '_' is never taken for \
+             another)",
+            names.stream, settings.url, have.subjects, want.subjects
+        ));
+    }
     if !wrong.is_empty() {
         return Err(format!(
             "the JetStream stream '{}' on {} exists with other settings: {}; delete it (nats \
@@ -755,19 +760,14 @@ mod tests {
         assert_eq!(n.stream, "IOTSTREAM_quake_detect_out__alerts_in");
         assert_eq!(n.subject, "iotstream.quake.detect.out.alerts.in");
         assert_eq!(n.consumer, "alerts_in");
-        // `_` joins the parts: parts holding one are told apart by a hash of the parts.
+        // `_` joins the parts of a stream's name: parts holding one may read alike, their
+        // subjects never do.
         let (x, y) = (
             BrokerNames::new("a_b", "c", "out", "sink", "in"),
             BrokerNames::new("a", "b_c", "out", "sink", "in"),
         );
-        assert_ne!(x.stream, y.stream);
-        assert!(
-            x.stream.starts_with("IOTSTREAM_a_b_c_out__sink_in_"),
-            "{}",
-            x.stream
-        );
-        let long = BrokerNames::new(&"a_".repeat(200), "c", "out", "sink", "in");
-        assert!(long.stream.len() <= 200, "{}", long.stream.len());
+        assert_eq!(x.stream, y.stream);
+        assert_ne!(x.subject, y.subject);
         let a = BrokerNames::new("my app", "a.b", "out", "c*", "in>");
         for name in [&a.stream, &a.consumer] {
             assert!(

@@ -1586,32 +1586,6 @@ fn a_draining_reader_no_writer_ever_reached_ends_its_stream_unless_restarted() {
     assert_eq!(rrun.failure(), None);
 }
 
-/// The mirror case: a writing run that drains while its reader's host never let it in fails
-/// once the grace is over, naming the host and what it held, instead of dialling on until the
-/// drain's bound kills its process with an error naming only the process (found by an audit).
-#[test]
-fn a_draining_writer_whose_reader_never_came_fails_naming_the_host() {
-    let wrun = run();
-    let _ends = Ends(vec![wrun.clone()]);
-    // A port nobody listens on: bound, then closed.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut w = writer::<u64>(addr, &wrun, settings());
-    assert_eq!(w.tx.write(&[1, 2, 3]).unwrap(), 3);
-    wrun.stop();
-    poll("the writer gives up", || wrun.failure().is_some());
-    let failure = wrun.failure().unwrap();
-    assert!(
-        failure.contains(&format!(
-            "the run drains and host '{READER_HOST}' ({addr}) never accepted the connection: 3 \
-             element(s) for it are not delivered"
-        )),
-        "{failure}"
-    );
-}
-
 #[test]
 fn the_type_fingerprint_is_stable_and_tells_types_apart() {
     let a = identity::<u64>();

@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::feeder::UNCLAIMED_GRACE;
 use super::handshake::{self, HandshakeError};
 use super::stream::{Conn, ConnRead, ConnWrite, Cutter, HandshakeDeadline};
 use super::tls::TlsError;
@@ -526,29 +525,6 @@ impl Io {
                 Err(DialError::Transient(e)) => e,
             };
             let waited = start.elapsed();
-            if self.run.draining()
-                && !self.run.restarted()
-                && !self.run.is_over()
-                && waited >= UNCLAIMED_GRACE
-            {
-                // The run drains and the reader's host, which one that is up would have let in
-                // within the grace, never did: what this link holds cannot be delivered. Said
-                // now, naming the host, rather than when the drain's bound kills the process.
-                let held: usize = self
-                    .shared
-                    .lock()
-                    .out
-                    .queue
-                    .iter()
-                    .map(|q| q.elements)
-                    .sum();
-                self.fail(format!(
-                    "connection {}: the run drains and host '{}' ({}) never accepted the \
-                     connection: {held} element(s) for it are not delivered; last error: {error}",
-                    self.label, self.host, self.addr
-                ));
-                return None;
-            }
             if waited >= wait && self.run.is_over() && !self.run.failed() {
                 // Lingering for the End's acknowledgement after a normal end: nothing fails.
                 tracing::warn!(
