@@ -1927,3 +1927,18 @@ fn a_proven_tls_reader_refusing_this_hosts_certificate_ends_the_link_at_once() {
         "{failure}"
     );
 }
+
+/// A writer waiting for its reader says each new kind of answer at once (a wrong secret after
+/// "connection refused"), the same one again only every few seconds. Before, a refusal heard
+/// between two "connection refused" lines was never logged (the hosts scenario
+/// `a_wrong_secret_is_refused_on_both_sides` failed once on it).
+#[test]
+fn dial_errors_of_one_kind_differ_only_in_numbers() {
+    use super::writer::same_kind;
+    let refused = |port: u16| format!("cannot connect: Connection refused (os error 111) {port}");
+    assert!(same_kind(&refused(2000), &refused(2001)));
+    assert!(!same_kind(
+        &refused(2000),
+        "refused the server: wrong secret: the server's proof does not match"
+    ));
+}

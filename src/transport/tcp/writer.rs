@@ -437,6 +437,13 @@ enum Outcome {
     Broken(String),
 }
 
+/// Whether two dial errors say the same thing but for numbers (ports, addresses, os error
+/// codes): a new kind of answer is logged at once, the same one every few seconds.
+pub(super) fn same_kind(a: &str, b: &str) -> bool {
+    let shape = |s: &str| -> String { s.chars().filter(|c| !c.is_ascii_digit()).collect() };
+    shape(a) == shape(b)
+}
+
 /// The I/O thread's view of the link.
 struct Io {
     shared: Arc<Shared>,
@@ -507,7 +514,9 @@ impl Io {
         let start = Instant::now();
         let wait = self.settings.connect_wait;
         let mut backoff = Backoff::new();
-        let mut said: Option<Instant> = None;
+        // What was last said, and when: a new kind of answer (a refusal after "connection
+        // refused", say) is said at once, the same one again every few seconds.
+        let mut said: Option<(Instant, String)> = None;
         // Ends: each pass dials once; the deadline or the end of the run returns.
         loop {
             if !self.alive() {
@@ -548,8 +557,11 @@ impl Io {
                 ));
                 return None;
             }
-            if said.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
-                said = Some(Instant::now());
+            if said
+                .as_ref()
+                .is_none_or(|(t, e)| t.elapsed() >= WAIT_LOG_EVERY || !same_kind(e, &error))
+            {
+                said = Some((Instant::now(), error.clone()));
                 tracing::warn!(
                     "connection {}: waiting for host '{}' ({}) to listen ({error})",
                     self.label,
@@ -569,7 +581,7 @@ impl Io {
     fn reconnect(&self, since: Instant, mut last: String) -> Option<Conn> {
         let limit = self.settings.reconnect_limit;
         let mut backoff = Backoff::new();
-        let mut said = Instant::now();
+        let mut said = (Instant::now(), last.clone());
         // Ends: each pass dials once; the limit or the end of the run returns.
         loop {
             let left = limit.saturating_sub(since.elapsed());
@@ -610,8 +622,8 @@ impl Io {
                     return None;
                 }
                 Err(DialError::Transient(e)) => {
-                    if said.elapsed() >= WAIT_LOG_EVERY {
-                        said = Instant::now();
+                    if said.0.elapsed() >= WAIT_LOG_EVERY || !same_kind(&said.1, &e) {
+                        said = (Instant::now(), e.clone());
                         tracing::warn!(
                             "connection {}: still reconnecting to host '{}' ({}) after {} ({e})",
                             self.label,
