@@ -1332,26 +1332,26 @@ mod tests {
         assert_eq!(v.agents[1].steps, 10);
     }
 
+    /// Hosts "a" (process main) and "b" (process printer).
+    fn two_hosts() -> Vec<crate::info::HostInfo> {
+        let host = |name: &str, address: &str, process: &str| crate::info::HostInfo {
+            name: name.into(),
+            address: address.into(),
+            port: 7000,
+            observe_port: None,
+            processes: vec![process.into()],
+        };
+        vec![
+            host("a", "10.0.0.1", "main"),
+            host("b", "10.0.0.2", "printer"),
+        ]
+    }
+
     #[test]
     fn another_hosts_view_speaks_for_its_processes_and_its_ends() {
         // The same graph, "printer" on host "b".
         let mut i = info();
-        i.hosts = vec![
-            crate::info::HostInfo {
-                name: "a".into(),
-                address: "10.0.0.1".into(),
-                port: 7000,
-                observe_port: None,
-                processes: vec!["main".into()],
-            },
-            crate::info::HostInfo {
-                name: "b".into(),
-                address: "10.0.0.2".into(),
-                port: 7000,
-                observe_port: None,
-                processes: vec!["printer".into()],
-            },
-        ];
+        i.hosts = two_hosts();
         i.edges[1].transport = "tcp".into();
         let mut here = Aggregator::new(i.clone(), "1-x", Duration::from_secs(1));
         let mut there = Aggregator::new(i, "1-x", Duration::from_secs(1));
@@ -1401,22 +1401,7 @@ mod tests {
     #[test]
     fn another_hosts_counters_never_go_back_when_its_launcher_starts_again() {
         let mut i = info();
-        i.hosts = vec![
-            crate::info::HostInfo {
-                name: "a".into(),
-                address: "10.0.0.1".into(),
-                port: 7000,
-                observe_port: None,
-                processes: vec!["main".into()],
-            },
-            crate::info::HostInfo {
-                name: "b".into(),
-                address: "10.0.0.2".into(),
-                port: 7000,
-                observe_port: None,
-                processes: vec!["printer".into()],
-            },
-        ];
+        i.hosts = two_hosts();
         i.edges[1].transport = "tcp".into();
         let mut here = Aggregator::new(i.clone(), "1-x", Duration::from_secs(1));
         let view_of = |run: &str, elements: u64| {
@@ -1460,22 +1445,7 @@ mod tests {
     #[test]
     fn a_host_never_reached_is_unknown_with_its_writers_count_standing_in() {
         let mut i = info();
-        i.hosts = vec![
-            crate::info::HostInfo {
-                name: "a".into(),
-                address: "10.0.0.1".into(),
-                port: 7000,
-                observe_port: None,
-                processes: vec!["main".into()],
-            },
-            crate::info::HostInfo {
-                name: "b".into(),
-                address: "10.0.0.2".into(),
-                port: 7000,
-                observe_port: None,
-                processes: vec!["printer".into()],
-            },
-        ];
+        i.hosts = two_hosts();
         let mut here = Aggregator::new(i, "1-x", Duration::from_secs(1));
         here.set_status("main", ProcessStatus::Running, 10);
         here.record("main", main_sample(1_000, 10, 100, 0));
