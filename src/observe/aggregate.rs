@@ -936,14 +936,22 @@ const REMOTE_RUNS_KEPT: usize = 8;
 /// same processes, agents, streams and connection ends in `view`; gauges (memory, backlog,
 /// status) and rates stay `view`'s. The processes of a new run count one restart more.
 fn carry_counters(view: &mut AppMetrics, base: &AppMetrics) {
+    // Indexed by name: a graph of many agents is matched in one pass, not one search each.
+    let processes: HashMap<&str, &ProcessView> = base
+        .processes
+        .iter()
+        .map(|b| (b.process.as_str(), b))
+        .collect();
     for p in &mut view.processes {
-        if let Some(b) = base.processes.iter().find(|b| b.process == p.process) {
+        if let Some(b) = processes.get(p.process.as_str()) {
             p.cpu_s += b.cpu_s;
             p.restarts += b.restarts + 1;
         }
     }
+    let agents: HashMap<&str, &AgentView> =
+        base.agents.iter().map(|b| (b.name.as_str(), b)).collect();
     for a in &mut view.agents {
-        if let Some(b) = base.agents.iter().find(|b| b.name == a.name) {
+        if let Some(b) = agents.get(a.name.as_str()) {
             a.steps += b.steps;
             a.consumed += b.consumed;
             a.busy_ns += b.busy_ns;
@@ -951,19 +959,28 @@ fn carry_counters(view: &mut AppMetrics, base: &AppMetrics) {
             a.undelivered += b.undelivered;
         }
     }
+    let streams: HashMap<&str, &StreamView> =
+        base.streams.iter().map(|b| (b.name.as_str(), b)).collect();
     for st in &mut view.streams {
-        if let Some(b) = base.streams.iter().find(|b| b.name == st.name) {
+        if let Some(b) = streams.get(st.name.as_str()) {
             st.elements += b.elements;
             st.batches += b.batches;
             st.watermark = st.watermark.max(b.watermark);
         }
     }
+    // A connection has at most two ends here (writer, reader).
+    let mut links: HashMap<(usize, &str), Vec<&LinkView>> = HashMap::new();
+    for b in &base.links {
+        links
+            .entry((b.edge, b.stream.as_str()))
+            .or_default()
+            .push(b);
+    }
     for l in &mut view.links {
-        if let Some(b) = base
-            .links
-            .iter()
-            .find(|b| b.edge == l.edge && b.stream == l.stream && b.ends == l.ends)
-        {
+        let same = links
+            .get(&(l.edge, l.stream.as_str()))
+            .and_then(|ends| ends.iter().find(|b| b.ends == l.ends));
+        if let Some(b) = same {
             l.elements += b.elements;
             l.batches += b.batches;
             l.dropped += b.dropped;
