@@ -63,7 +63,7 @@
 //! stream = "sensor.out"        # required: the writer's stream, "agent.port"
 //! to = "detector.in"           # default: every connection from that stream; else the reader's input
 //! capacity = 1024              # default: as in code; >= 1 and >= the reader's min_capacity
-//! capacity_bytes = 1048576     # default: as in code (4 MiB unless set); >= 1; must hold min_capacity elements
+//! capacity_bytes = 1048576     # default: as in code (1 MiB unless set); >= 1; must hold min_capacity elements
 //! policy = "drop-oldest"       # "block" | "drop-oldest" | "drop-newest"; default: as in code
 //! spin_us = 200                # low-latency mode of a ring (Connection::spin): microseconds the
 //!                              # reader checks before it sleeps, 0..=60000000 (0: off, the

@@ -77,18 +77,22 @@ use crate::transport::Mailbox;
 /// Elements that may be in flight on a connection unless it says otherwise.
 pub const DEFAULT_CAPACITY: usize = 32 * 1024;
 
-/// Bytes of elements that may be in flight on a connection unless it says otherwise: 4 MiB
+/// Bytes of elements that may be in flight on a connection unless it says otherwise: 1 MiB
 /// (see the module docs, "Capacity", for how they are counted).
 ///
 /// The element bound alone let a connection of 1 KiB elements hold 32 MiB in process (and a
-/// 64 MiB ring across processes): ten such connections would fill a small Raspberry Pi. 4 MiB
-/// keeps every connection of elements up to 128 bytes at its element bound (32 Ki × 128 B),
-/// so small elements lose nothing; it holds 4 096 elements of 1 KiB, 64 of 64 KiB. Throughput
-/// does not need more: in flight is what a round trip of credit (tens of microseconds) must
-/// cover, and 4 MiB per round trip is far beyond what one core copies. Raise it per
-/// connection ([`Connection::capacity_bytes`]), per graph
-/// ([`Graph::set_default_capacity_bytes`]) or in the deployment file.
-pub const DEFAULT_CAPACITY_BYTES: usize = 4 << 20;
+/// 64 MiB ring across processes): ten such connections would fill a small Raspberry Pi. 1 MiB
+/// keeps every connection of elements up to 32 bytes at its element bound (32 Ki × 32 B);
+/// it holds 1 024 elements of 1 KiB, 16 of 64 KiB, and a ring of at most 2 MiB. Throughput
+/// does not need more, and gains from less: in flight is what a round trip of credit (tens of
+/// microseconds) must cover, and what is in flight should stay in a core's cache between
+/// being written and being read. Against 4 MiB, the bound until 2026-12-07, `iotstream bench`
+/// moved more with 1 MiB in every mode at 1 KiB and 64 KiB (two processes at 1 KiB: 11.2
+/// against 7.9 M elements/s; one process: 17.2 against 14.7; docs/benchmarks-journal.md).
+/// Raise it for a link with a long round trip (a broker or a host far away: 1 MiB per
+/// 100 ms of round trip is 10 MB/s), per connection ([`Connection::capacity_bytes`]), per
+/// graph ([`Graph::set_default_capacity_bytes`]) or in the deployment file.
+pub const DEFAULT_CAPACITY_BYTES: usize = 1 << 20;
 
 /// Options of one connection: capacity (in elements and in bytes) and back-pressure policy.
 ///

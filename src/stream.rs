@@ -720,9 +720,10 @@ pub(crate) mod heap {
 /// It keeps at most [`VecPool::MAX_VECS`] large vectors and as many small ones (at most
 /// [`SMALL_VEC_BYTES`] each, kept apart: see [`VecPool::take_fitting`]), of at most
 /// [`VecPool::MAX_BYTES`] bytes of capacity in all, and only while the process's bound on
-/// spare buffers ([`spare`]) has room; a vector that does not fit is freed. Eight batches fit, up to a default
-/// connection's byte capacity (4 MiB) in all: as much as a default connection has in flight,
-/// so that batches of large elements (1 MiB of 1 KiB elements) reuse their vectors too,
+/// spare buffers ([`spare`]) has room; a vector that does not fit is freed. Eight batches fit, 4 MiB in all: four
+/// times what a default connection has in flight ([`crate::DEFAULT_CAPACITY_BYTES`]), so that
+/// batches of large elements (1 MiB of 1 KiB elements), and connections raised to 4 MiB,
+/// reuse their vectors too,
 /// instead of an allocation and its fresh pages per batch. What it keeps is what the writer
 /// allocated anyway: vectors come back only from batches it sent. The trade-off: four
 /// writers of such batches can fill the process's bound, and other pools then free what

@@ -488,7 +488,7 @@ fn a_zip_held_up_by_the_byte_bound_says_so_and_runs_with_a_larger_one() {
     let err = run(None).unwrap_err();
     assert!(
         err.contains("s.out -> z.in0")
-            && err.contains("byte bound of 4194304")
+            && err.contains("byte bound of 1048576")
             && err.contains("Connection::capacity_bytes"),
         "{err}"
     );

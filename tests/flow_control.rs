@@ -211,22 +211,22 @@ fn kibs(n: u64, batch: usize, conn: Connection) -> (Graph, iotstream::Collected<
     (g, out)
 }
 
-/// By default a connection holds 4 MiB of elements, not 32 Ki elements: a link of 1 KiB
+/// By default a connection holds 1 MiB of elements, not 32 Ki elements: a link of 1 KiB
 /// elements held up to 32 MiB in process and had a 128 MiB ring. In process the credit is
-/// 4 096 elements of 1 024 bytes; a ring counts each element as the frame it may take (1 048
-/// bytes, its encoding and headers), and is at most twice the bound: 8 MiB.
+/// 1 024 elements of 1 024 bytes; a ring counts each element as the frame it may take (1 048
+/// bytes, its encoding and headers), and is at most twice the bound: 2 MiB.
 #[test]
-fn the_default_byte_bound_keeps_a_link_of_1_kib_elements_to_4_mib() {
-    assert_eq!(iotstream::DEFAULT_CAPACITY_BYTES, 4 << 20);
+fn the_default_byte_bound_keeps_a_link_of_1_kib_elements_to_1_mib() {
+    assert_eq!(iotstream::DEFAULT_CAPACITY_BYTES, 1 << 20);
     let n = 20_000;
     for (transport, credit, ring) in [
-        (Transport::Auto, 4096, None),
-        (Transport::SharedMemory, 4001, Some(8 << 20)),
+        (Transport::Auto, 1024, None),
+        (Transport::SharedMemory, 999, Some(2 << 20)),
     ] {
         let (g, out) = kibs(n, 1024, Connection::new().transport(transport));
         let info = g.info();
         assert_eq!(info.edges[0].capacity, iotstream::DEFAULT_CAPACITY);
-        assert_eq!(info.edges[0].capacity_bytes, 4 << 20);
+        assert_eq!(info.edges[0].capacity_bytes, 1 << 20);
         assert_eq!(info.edges[0].element_bytes, 1024);
         assert_eq!(info.edges[0].credit, credit, "{transport:?}");
         assert_eq!(info.edges[0].ring_bytes, ring, "{transport:?}");
@@ -239,7 +239,7 @@ fn the_default_byte_bound_keeps_a_link_of_1_kib_elements_to_4_mib() {
             "{transport:?}: {} in flight",
             link.max_in_flight
         );
-        assert!(link.max_in_flight * 1024 <= 4 << 20);
+        assert!(link.max_in_flight * 1024 <= 1 << 20);
     }
 }
 

@@ -342,8 +342,9 @@ fn a_sources_batches_are_an_eighth_of_the_credit_it_feeds_at_most() {
             "asked {asked:?}, not {want}"
         );
     };
-    // The default byte bound (4 MiB) holds 4096 of them: batches of 512.
-    all(maxes_asked::<Kib>(4096, |_, _| {}), 512);
+    // The default byte bound (1 MiB) holds 1024 of them: an eighth is 128, below 256 KiB of
+    // elements, so batches of 256.
+    all(maxes_asked::<Kib>(4096, |_, _| {}), 256);
     // Never raised above max_batch.
     all(maxes_asked::<Kib>(100, |_, _| {}), 100);
     // The smallest credit among the readers counts: 4096 of a 16 MiB default, 4096 elements

@@ -639,9 +639,9 @@ pub(crate) struct Params {
 
 impl Params {
     fn new(size: usize, pattern: Pattern, duration: Duration) -> Params {
-        // About 4 MiB in flight per connection, within the default capacity: large elements
-        // would otherwise hold gigabytes.
-        let capacity = (4 << 20) / size;
+        // The default byte bound in flight per connection, within the default element bound:
+        // what a graph that sets neither has.
+        let capacity = crate::graph::DEFAULT_CAPACITY_BYTES / size;
         let capacity = capacity.clamp(16, crate::graph::DEFAULT_CAPACITY);
         let batch = (capacity / 4).clamp(1, 4096);
         Params {
@@ -1575,13 +1575,15 @@ mod tests {
     }
 
     #[test]
-    fn capacities_hold_about_four_mebibytes() {
+    fn capacities_hold_the_default_byte_bound() {
         let p = Params::new(8, Pattern::Batch, Duration::from_secs(1));
         assert_eq!(
             (p.capacity, p.batch),
             (crate::graph::DEFAULT_CAPACITY, 4096)
         );
+        let p = Params::new(1024, Pattern::Batch, Duration::from_secs(1));
+        assert_eq!((p.capacity, p.batch), (1024, 256));
         let p = Params::new(65536, Pattern::Batch, Duration::from_secs(1));
-        assert_eq!((p.capacity, p.batch), (64, 16));
+        assert_eq!((p.capacity, p.batch), (16, 4));
     }
 }

@@ -124,7 +124,7 @@ pub struct SourceOptions {
     /// The run lowers it to an eighth of the smallest credit among the connections the source
     /// feeds (see [`graph`](crate::graph), "Capacity"), so that 8 batches are in flight there
     /// however large the elements, but never below 256 KiB of elements: at the default byte
-    /// bound (4 MiB), 1 KiB elements go 512 to a batch, 64 KiB elements 8; 8-byte elements
+    /// bound (1 MiB), 1 KiB elements go 256 to a batch, 64 KiB elements 4; 8-byte elements
     /// keep 4096. A batch that took a connection's whole credit would make writer and reader
     /// take turns (each waits while the other works on it), and one of several megabytes no
     /// longer fits a core's cache between making it and sending it: together they halved the
