@@ -81,13 +81,14 @@ pub const DEFAULT_CAPACITY: usize = 32 * 1024;
 /// (see the module docs, "Capacity", for how they are counted).
 ///
 /// The element bound alone let a connection of 1 KiB elements hold 32 MiB in process (and a
-/// 64 MiB ring across processes): ten such connections would fill a small Raspberry Pi. 1 MiB
-/// keeps every connection of elements up to 32 bytes at its element bound (32 Ki × 32 B);
-/// it holds 1 024 elements of 1 KiB, 16 of 64 KiB, and a ring of at most 2 MiB. Throughput
+/// 128 MiB ring across processes): ten such connections would fill a small Raspberry Pi.
+/// 1 MiB keeps every in-process connection of elements up to 32 bytes at its element bound
+/// (32 Ki × 32 B; a ring counts each element's frame, a little more); it holds 1 024 elements
+/// of 1 KiB, 16 of 64 KiB, and a ring of 2 MiB for elements up to half a megabyte. Throughput
 /// does not need more, and gains from less: in flight is what a round trip of credit (tens of
 /// microseconds) must cover, and what is in flight should stay in a core's cache between
 /// being written and being read. Against 4 MiB, the bound until 2026-12-07, `iotstream bench`
-/// moved more with 1 MiB in every mode at 1 KiB and 64 KiB (two processes at 1 KiB: 11.2
+/// moved more with 1 MiB in every mode within one host at 1 KiB (two processes: 11.2
 /// against 7.9 M elements/s; one process: 17.2 against 14.7; docs/benchmarks-journal.md).
 /// Raise it for a link with a long round trip (a broker or a host far away: 1 MiB per
 /// 100 ms of round trip is 10 MB/s; through a local NATS server 1 KiB elements moved 160 k/s
@@ -704,8 +705,8 @@ impl Graph {
     ///
     /// let mut g = Graph::new("cameras");
     /// g.heap_bytes::<Image>(|i| i.jpeg.capacity());
-    /// // At most 1 MiB of images in flight on each connection (four of these), not 32 Ki.
-    /// g.set_default_capacity_bytes(1 << 20);
+    /// // At most 512 KiB of images in flight on each connection (two of these), not 32 Ki.
+    /// g.set_default_capacity_bytes(512 << 10);
     /// let shots = (0..64).map(|n| Image { camera: n, jpeg: vec![0; 256 << 10] });
     /// let images = g.source_iter("shots", shots);
     /// let sizes = g.map("size", &images, |i: &Image| i.jpeg.len() as u64);

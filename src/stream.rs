@@ -722,7 +722,8 @@ pub(crate) mod heap {
 /// [`VecPool::MAX_BYTES`] bytes of capacity in all, and only while the process's bound on
 /// spare buffers ([`spare`]) has room; a vector that does not fit is freed. Eight batches fit, 4 MiB in all: four
 /// times what a default connection has in flight ([`crate::DEFAULT_CAPACITY_BYTES`]), so that
-/// batches of large elements (1 MiB of 1 KiB elements), and connections raised to 4 MiB,
+/// batches of large elements (256 KiB of 1 KiB elements at the default bound), and connections
+/// raised to 4 MiB,
 /// reuse their vectors too,
 /// instead of an allocation and its fresh pages per batch. What it keeps is what the writer
 /// allocated anyway: vectors come back only from batches it sent. The trade-off: four

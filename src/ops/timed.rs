@@ -34,7 +34,8 @@
 //!
 //! An element is consumed as soon as no future window can contain it, so the operator holds at
 //! most the elements of the last `D` time units. The connection feeding it must be able to hold
-//! that many (its capacity defaults to [`DEFAULT_CAPACITY`](crate::DEFAULT_CAPACITY)); if a
+//! that many (its capacity defaults to [`DEFAULT_CAPACITY`](crate::DEFAULT_CAPACITY) elements
+//! and [`DEFAULT_CAPACITY_BYTES`](crate::DEFAULT_CAPACITY_BYTES), whichever holds fewer); if a
 //! single window can hold more elements than the capacity, the writer waits forever and the run
 //! ends with [`Error::Stalled`](crate::Error::Stalled) instead of a result.
 
