@@ -44,11 +44,16 @@
 //! plain data straight into the batch's allocation, postcard records into a buffer the feeder
 //! reuses (see [`Payload`]). Decoding trusts nothing: the kind, the count
 //! (bounded by the payload's length before anything is allocated), every record length and the
-//! absence of trailing bytes are checked, and a postcard error names the element's index.
+//! absence of trailing bytes (after the frame's last record, and inside each record) are
+//! checked, and a postcard error names the element's index. Records are decoded within a
+//! budget ([`bounded`](super::bounded)): sequence and map elements at most eight per byte of
+//! the frame (and 64 Ki more), nesting at most 128 deep, so that zero-sized values and deep
+//! nesting, which take no bytes, cannot keep a reader counting for ever or overflow its stack.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
 
+use super::bounded;
 use super::shm::ring::{Payload, PayloadMut};
 use crate::stream::{Element, Mark, MAX_ELEMENT_BYTES};
 
@@ -562,7 +567,8 @@ impl<T: Element> Codec<T> {
             // bytes, which `record` holds; the read is unaligned-safe.
             return Ok(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) });
         }
-        match postcard::take_from_bytes::<T>(record) {
+        let budget = bounded::Budget::new(bounded::elements_for(record.len()));
+        match bounded::take_from_bytes::<T>(record, &budget) {
             Ok((value, [])) => Ok(value),
             Ok((_, rest)) => Err(format!(
                 "{} bytes follow a large element of {} bytes",
@@ -570,9 +576,12 @@ impl<T: Element> Codec<T> {
                 record.len() - rest.len()
             )),
             Err(e) => Err(format!(
-                "a large element of {} bytes: postcard cannot decode it as {}: {e}",
+                "a large element of {} bytes: postcard cannot decode it as {}: {}",
                 record.len(),
-                std::any::type_name::<T>()
+                std::any::type_name::<T>(),
+                budget
+                    .over()
+                    .map_or_else(|| e.to_string(), |over| over.to_string())
             )),
         }
     }
@@ -660,6 +669,9 @@ impl<T: Element> Codec<T> {
                 // before a single element decodes. More elements grow the vector as they come.
                 let room = body.len().max(4096) / std::mem::size_of::<T>().max(1);
                 out.reserve(count.min(room));
+                // What the records may ask a decoder to count through, all together: a record
+                // of zero-sized values or of deep nesting costs no bytes (see `bounded`).
+                let budget = bounded::Budget::new(bounded::elements_for(body.len()));
                 let mut rest = body;
                 for i in 0..count {
                     if rest.len() < 4 {
@@ -675,12 +687,25 @@ impl<T: Element> Codec<T> {
                             rest.len()
                         ));
                     }
-                    let v = postcard::from_bytes::<T>(&rest[..len]).map_err(|e| {
-                        format!(
-                            "element {i} of {count}: postcard cannot decode it as {}: {e}",
-                            std::any::type_name::<T>()
-                        )
-                    })?;
+                    let v = match bounded::take_from_bytes::<T>(&rest[..len], &budget) {
+                        Ok((v, [])) => v,
+                        Ok((_, after)) => {
+                            return Err(format!(
+                                "element {i} of {count}: {} bytes follow it in its record of \
+                                 {len}",
+                                after.len()
+                            ))
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "element {i} of {count}: postcard cannot decode it as {}: {}",
+                                std::any::type_name::<T>(),
+                                budget
+                                    .over()
+                                    .map_or_else(|| e.to_string(), |over| over.to_string())
+                            ))
+                        }
+                    };
                     out.push(v);
                     rest = &rest[len..];
                 }
@@ -1026,6 +1051,54 @@ mod tests {
         assert!(e.contains("4294967295 elements"), "{e}");
         // Encoded, each costs its 4-byte length: a real batch still goes through.
         assert_eq!(round_trip(&[(); 100], 256), [(); 100]);
+    }
+
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Tree {
+        Leaf,
+        Node(Vec<Tree>),
+    }
+
+    /// Decodes a postcard frame of one element whose record is `record`, on a thread of its
+    /// own, giving it 60 s (the decoder used to count for ever, or to abort the process).
+    fn decode_one<T: Element + std::fmt::Debug>(record: Vec<u8>) -> Result<Vec<T>, String> {
+        let mut frame = vec![KIND_POSTCARD, 0, 0, 0];
+        frame.extend(1u32.to_le_bytes());
+        frame.extend((record.len() as u32).to_le_bytes());
+        frame.extend(record);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Codec::<T>::new().decode(&frame));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the decoder is still at it after 60 s")
+    }
+
+    /// A peer's record of a few bytes claiming 2^62 zero-sized values, or a value nested a
+    /// million deep, is an error saying so: before, the decoder counted through the values
+    /// for ever (a reading thread lost), or overflowed the reading thread's stack (the
+    /// process aborted). What such types legitimately carry still decodes.
+    #[test]
+    fn endless_zero_sized_values_or_deep_nesting_from_a_peer_fail_with_an_error() {
+        let claim = postcard::to_allocvec(&(1u64 << 62)).unwrap();
+        let e = decode_one::<Vec<()>>(claim.clone()).unwrap_err();
+        assert!(
+            e.contains("element 0 of 1") && e.contains("zero-sized"),
+            "{e}"
+        );
+        let e = decode_one::<std::collections::BTreeMap<(), ()>>(claim).unwrap_err();
+        assert!(e.contains("zero-sized"), "{e}");
+        let mut deep = [1u8, 1].repeat(1_000_000);
+        deep.push(0);
+        let e = decode_one::<Tree>(deep).unwrap_err();
+        assert!(e.contains("nested more than 128 deep"), "{e}");
+        let units = postcard::to_allocvec(&vec![(); 5000]).unwrap();
+        assert_eq!(decode_one::<Vec<()>>(units).unwrap()[0].len(), 5000);
+        let tree = (0..40).fold(Tree::Leaf, |t, _| Tree::Node(vec![t, Tree::Leaf]));
+        assert_eq!(
+            decode_one::<Tree>(postcard::to_allocvec(&tree).unwrap()).unwrap(),
+            [tree]
+        );
     }
 
     #[test]

@@ -65,6 +65,7 @@
 //! - When this process's part fails, the rings it writes are marked failed at once (through
 //!   [`RunContext::on_failure`]), so their readers end with an error naming the failed writer.
 
+pub(crate) mod bounded;
 pub(crate) mod broker;
 pub(crate) mod codec;
 pub(crate) mod framed;
