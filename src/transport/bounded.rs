@@ -10,11 +10,20 @@
 //! - **nesting**: a recursive type (`enum Tree { Leaf, Node(Vec<Tree>) }`) nested a million
 //!   levels deep in a megabyte overflows the reading thread's stack, which aborts the process.
 //!
-//! [`Bounded`] wraps postcard's deserializer, and everything it hands to a visitor, and counts:
-//! every element of a sequence or map, against a [`Budget`] shared by every record of a frame
-//! (eight per byte of the frame, and 64 Ki more: far above what a frame's bytes can hold of
-//! anything but zero-sized values), and the depth of nesting, at most [`MAX_DEPTH`] (serde_json's
-//! limit). Past either, decoding fails with an error saying which.
+//! [`Bounded`] wraps postcard's deserializer, and everything it hands to a visitor, and counts,
+//! for each record (each element) on its own, so that whether an element decodes never
+//! depends on what travels beside it:
+//!
+//! - every element of a sequence or map, at most eight per byte of the record and
+//!   [`ZERO_SIZED_PER_RECORD`] more ([`elements_for`]): far above what a record's bytes can
+//!   hold of anything but zero-sized values. A frame's records together then ask for at most
+//!   about 72 counts per byte of the frame (a record takes at least 4 bytes with its length);
+//! - the nesting of sequences, maps, tuples, structs and enums (not of options, newtypes or
+//!   numbers), at most [`MAX_DEPTH`] levels, as serde_json's `recursion_limit` counts them.
+//!   Each level takes some of the reading thread's stack, more for types with large inline
+//!   fields: 128 levels of a type of a few hundred bytes fit the 2 MiB of a thread's stack.
+//!
+//! Past either, decoding fails with an error saying which.
 
 use std::cell::Cell;
 use std::fmt;
@@ -22,17 +31,24 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess};
 use serde::de::{VariantAccess, Visitor};
 
-/// The deepest nesting a record may have (as serde_json's `recursion_limit`).
+/// The deepest nesting of sequences, maps, tuples, structs and enums a record may have (as
+/// serde_json's `recursion_limit`).
 pub(crate) const MAX_DEPTH: u32 = 128;
 
-/// Elements of sequences and maps a frame of `bytes` may hold: eight per byte, and 64 Ki more
-/// (a frame that is all zero-sized values).
+/// Sequence and map elements a record may hold beyond eight per byte of it: zero-sized values
+/// (a `Vec<()>`, a `Vec` of a unit struct), which take no bytes.
+pub(crate) const ZERO_SIZED_PER_RECORD: u64 = 256;
+
+/// Elements of sequences and maps a record of `bytes` may hold: eight per byte, and
+/// [`ZERO_SIZED_PER_RECORD`] more.
 pub(crate) fn elements_for(bytes: usize) -> u64 {
-    (bytes as u64).saturating_mul(8).saturating_add(64 << 10)
+    (bytes as u64)
+        .saturating_mul(8)
+        .saturating_add(ZERO_SIZED_PER_RECORD)
 }
 
 /// What the records of one frame may still ask for, and what went over.
-pub(crate) struct Budget {
+struct Budget {
     /// The elements it started with, for the error.
     limit: u64,
     elements: Cell<u64>,
@@ -54,8 +70,9 @@ impl fmt::Display for Over {
         match self {
             Over::Elements(n) => write!(
                 f,
-                "more than {n} sequence or map elements in one frame (eight per byte, and 64 Ki \
-                 more): a sequence of zero-sized values (a Vec<()>) longer than its frame allows"
+                "more than {n} sequence or map elements in one element's record (eight per byte, \
+                 and {ZERO_SIZED_PER_RECORD} more): a sequence of zero-sized values (a Vec<()>) \
+                 longer than its record allows"
             ),
             Over::Depth => write!(f, "values nested more than {MAX_DEPTH} deep"),
         }
@@ -64,7 +81,7 @@ impl fmt::Display for Over {
 
 impl Budget {
     /// A budget of `elements` sequence and map elements.
-    pub(crate) fn new(elements: u64) -> Budget {
+    fn new(elements: u64) -> Budget {
         Budget {
             limit: elements,
             elements: Cell::new(elements),
@@ -74,7 +91,7 @@ impl Budget {
     }
 
     /// What went over, if anything did: the reason of the error decoding returned.
-    pub(crate) fn over(&self) -> Option<Over> {
+    fn over(&self) -> Option<Over> {
         self.over.get()
     }
 
@@ -107,9 +124,23 @@ impl Budget {
     }
 }
 
-/// Decodes one `T` from the front of `bytes` with postcard, within `budget`; returns it and
-/// the bytes after it. On an error, [`Budget::over`] says whether the budget was the reason.
+/// Decodes one `T` from the front of `bytes` (one element's record) with postcard, within a
+/// budget for it ([`elements_for`] its length, [`MAX_DEPTH`]); returns it and the bytes after
+/// it, or what is wrong: what went over the budget, if that was the reason, else postcard's
+/// error.
 pub(crate) fn take_from_bytes<'de, T: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<(T, &'de [u8]), String> {
+    let budget = Budget::new(elements_for(bytes.len()));
+    decode_within(bytes, &budget).map_err(|e| {
+        budget
+            .over()
+            .map_or_else(|| e.to_string(), |over| over.to_string())
+    })
+}
+
+/// [`take_from_bytes`] within `budget`.
+fn decode_within<'de, T: serde::Deserialize<'de>>(
     bytes: &'de [u8],
     budget: &Budget,
 ) -> Result<(T, &'de [u8]), postcard::Error> {
@@ -122,7 +153,7 @@ pub(crate) fn take_from_bytes<'de, T: serde::Deserialize<'de>>(
 }
 
 /// A deserializer that counts what it hands out against a [`Budget`].
-pub(crate) struct Bounded<'b, D> {
+struct Bounded<'b, D> {
     inner: D,
     budget: &'b Budget,
 }
@@ -156,23 +187,31 @@ impl<'de, 'b, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<'b, S> {
     }
 }
 
-/// A `deserialize_*` method that enters one level, hands the inner deserializer a wrapped
-/// visitor, and leaves.
+/// `deserialize_*` methods that hand the inner deserializer a wrapped visitor: `flat` ones
+/// as they are, `nested` ones one level deeper (a sequence, a map, a tuple, a struct, an enum).
 macro_rules! forward {
-    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+    (flat { $($method:ident($($arg:ident: $ty:ty),*);)* } nested { $($nested:ident($($narg:ident: $nty:ty),*);)* }) => {
+        $(
         fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.$method($($arg,)* Visit { inner: visitor, budget: self.budget })
+        }
+        )*
+        $(
+        fn $nested<V: Visitor<'de>>(self, $($narg: $nty,)* visitor: V) -> Result<V::Value, D::Error> {
             self.budget.enter()?;
-            let value = self.inner.$method($($arg,)* Visit { inner: visitor, budget: self.budget });
+            let value = self.inner.$nested($($narg,)* Visit { inner: visitor, budget: self.budget });
             self.budget.leave();
             value
         }
-    )*};
+        )*
+    };
 }
 
 impl<'de, 'b, D: Deserializer<'de>> Deserializer<'de> for Bounded<'b, D> {
     type Error = D::Error;
 
     forward! {
+        flat {
         deserialize_any();
         deserialize_bool();
         deserialize_i8();
@@ -196,14 +235,17 @@ impl<'de, 'b, D: Deserializer<'de>> Deserializer<'de> for Bounded<'b, D> {
         deserialize_unit();
         deserialize_unit_struct(name: &'static str);
         deserialize_newtype_struct(name: &'static str);
+        deserialize_identifier();
+        deserialize_ignored_any();
+        }
+        nested {
         deserialize_seq();
         deserialize_tuple(len: usize);
         deserialize_tuple_struct(name: &'static str, len: usize);
         deserialize_map();
         deserialize_struct(name: &'static str, fields: &'static [&'static str]);
         deserialize_enum(name: &'static str, variants: &'static [&'static str]);
-        deserialize_identifier();
-        deserialize_ignored_any();
+        }
     }
 
     fn is_human_readable(&self) -> bool {
@@ -301,11 +343,14 @@ impl<'de, 'b, A: SeqAccess<'de>> SeqAccess<'de> for Access<'b, A> {
         &mut self,
         seed: S,
     ) -> Result<Option<S::Value>, A::Error> {
-        self.budget.take_element()?;
-        self.inner.next_element_seed(Seed {
+        let next = self.inner.next_element_seed(Seed {
             inner: seed,
             budget: self.budget,
-        })
+        })?;
+        if next.is_some() {
+            self.budget.take_element()?;
+        }
+        Ok(next)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -320,11 +365,14 @@ impl<'de, 'b, A: MapAccess<'de>> MapAccess<'de> for Access<'b, A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
-        self.budget.take_element()?;
-        self.inner.next_key_seed(Seed {
+        let next = self.inner.next_key_seed(Seed {
             inner: seed,
             budget: self.budget,
-        })
+        })?;
+        if next.is_some() {
+            self.budget.take_element()?;
+        }
+        Ok(next)
     }
 
     fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, A::Error> {
@@ -413,13 +461,10 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        let budget = Budget::new(elements_for(bytes.len()));
-        match take_from_bytes::<T>(bytes, &budget) {
+        match take_from_bytes::<T>(bytes) {
             Ok((v, [])) => Ok(v),
             Ok((_, rest)) => Err(format!("{} bytes left", rest.len())),
-            Err(e) => Err(budget
-                .over()
-                .map_or_else(|| e.to_string(), |o| o.to_string())),
+            Err(e) => Err(e),
         }
     }
 
@@ -489,16 +534,18 @@ mod tests {
         let claim = postcard::to_allocvec(&(1u64 << 62)).unwrap();
         let err = decode::<Vec<()>>(&claim).unwrap_err();
         assert!(
-            err.contains("more than 65608 sequence or map elements"),
+            err.contains("more than 328 sequence or map elements"),
             "{err}"
         );
         assert!(err.contains("zero-sized values"), "{err}");
         // A map of them too.
         let err = decode::<std::collections::BTreeMap<(), ()>>(&claim).unwrap_err();
         assert!(err.contains("zero-sized values"), "{err}");
-        // Within the budget, they decode.
-        let few = postcard::to_allocvec(&vec![(); 1000]).unwrap();
-        assert_eq!(decode::<Vec<()>>(&few).map(|v| v.len()), Ok(1000));
+        // Within the budget, they decode (a record of 2 bytes: 16 + 256).
+        let few = postcard::to_allocvec(&vec![(); 272]).unwrap();
+        assert_eq!(decode::<Vec<()>>(&few).map(|v| v.len()), Ok(272));
+        let more = postcard::to_allocvec(&vec![(); 273]).unwrap();
+        assert!(decode::<Vec<()>>(&more).is_err());
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
