@@ -20,8 +20,9 @@
 //!   about 72 counts per byte of the frame (a record takes at least 4 bytes with its length);
 //! - the nesting of sequences, maps, tuples, structs and enums (not of options, newtypes or
 //!   numbers), at most [`MAX_DEPTH`] levels, as serde_json's `recursion_limit` counts them.
-//!   Each level takes some of the reading thread's stack, more for types with large inline
-//!   fields: 128 levels of a type of a few hundred bytes fit the 2 MiB of a thread's stack.
+//!   Each level takes some of the reading thread's stack (2 MiB), more for types with large
+//!   inline fields: a review's debug build decoded 64 levels of a type with 2 KiB inline, and
+//!   overflowed at 48 levels of one with 8 KiB. Box what is large in a recursive type.
 //!
 //! Past either, decoding fails with an error saying which.
 
@@ -47,7 +48,7 @@ pub(crate) fn elements_for(bytes: usize) -> u64 {
         .saturating_add(ZERO_SIZED_PER_RECORD)
 }
 
-/// What the records of one frame may still ask for, and what went over.
+/// What one record may still ask for, and what went over.
 struct Budget {
     /// The elements it started with, for the error.
     limit: u64,
@@ -59,7 +60,7 @@ struct Budget {
 /// What a record asked for beyond its [`Budget`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Over {
-    /// More sequence or map elements than the frame's bytes allow.
+    /// More sequence or map elements than the record's bytes allow (the limit).
     Elements(u64),
     /// Nesting deeper than [`MAX_DEPTH`].
     Depth,
