@@ -59,7 +59,7 @@ struct Budget {
 
 /// What a record asked for beyond its [`Budget`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Over {
+enum Over {
     /// More sequence or map elements than the record's bytes allow (the limit).
     Elements(u64),
     /// Nesting deeper than [`MAX_DEPTH`].
@@ -111,17 +111,16 @@ impl Budget {
         }
     }
 
-    fn enter<E: de::Error>(&self) -> Result<(), E> {
-        let depth = self.depth.get() + 1;
-        if depth > MAX_DEPTH {
+    /// Runs `decode` one level of nesting deeper, or fails past [`MAX_DEPTH`].
+    fn nested<R, E: de::Error>(&self, decode: impl FnOnce() -> Result<R, E>) -> Result<R, E> {
+        let depth = self.depth.get();
+        if depth >= MAX_DEPTH {
             return Err(self.fail(Over::Depth));
         }
+        self.depth.set(depth + 1);
+        let value = decode();
         self.depth.set(depth);
-        Ok(())
-    }
-
-    fn leave(&self) {
-        self.depth.set(self.depth.get().saturating_sub(1));
+        value
     }
 }
 
@@ -199,10 +198,8 @@ macro_rules! forward {
         )*
         $(
         fn $nested<V: Visitor<'de>>(self, $($narg: $nty,)* visitor: V) -> Result<V::Value, D::Error> {
-            self.budget.enter()?;
-            let value = self.inner.$nested($($narg,)* Visit { inner: visitor, budget: self.budget });
-            self.budget.leave();
-            value
+            let budget = self.budget;
+            budget.nested(|| self.inner.$nested($($narg,)* Visit { inner: visitor, budget }))
         }
         )*
     };
@@ -426,16 +423,16 @@ impl<'de, 'b, A: VariantAccess<'de>> VariantAccess<'de> for Access<'b, A> {
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
-        self.budget.enter()?;
-        let value = self.inner.tuple_variant(
-            len,
-            Visit {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        value
+        let budget = self.budget;
+        budget.nested(|| {
+            self.inner.tuple_variant(
+                len,
+                Visit {
+                    inner: visitor,
+                    budget,
+                },
+            )
+        })
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -443,16 +440,16 @@ impl<'de, 'b, A: VariantAccess<'de>> VariantAccess<'de> for Access<'b, A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, A::Error> {
-        self.budget.enter()?;
-        let value = self.inner.struct_variant(
-            fields,
-            Visit {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        value
+        let budget = self.budget;
+        budget.nested(|| {
+            self.inner.struct_variant(
+                fields,
+                Visit {
+                    inner: visitor,
+                    budget,
+                },
+            )
+        })
     }
 }
 
